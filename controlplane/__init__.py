@@ -1,0 +1,1 @@
+"""Meterline control plane: catalog, customers, usage, invoicing, config sync."""

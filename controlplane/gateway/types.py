@@ -1,0 +1,67 @@
+"""Gateway entities in Kong's vocabulary. Entities refer to each other by name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class PluginName(StrEnum):
+    KEY_AUTH = "key-auth"
+    AI_PROXY = "ai-proxy"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    service: str
+    paths: tuple[str, ...]
+    methods: tuple[str, ...] = ()
+    strip_path: bool = True
+
+
+@dataclass(frozen=True)
+class Consumer:
+    username: str
+    custom_id: str = ""
+    # Hashes ("sha256:<hex>") of the consumer's keys; plain keys are never stored.
+    key_hashes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A plugin instance; its scope is the set of non-empty service/route/consumer names.
+
+    ``config`` is the plugin's validated, normalised config (JSON-shaped, defaults filled in).
+    A plugin is identified by (name, service, route, consumer), as Kong allows one plugin of a
+    kind per scope.
+    """
+
+    name: PluginName
+    service: str = ""
+    route: str = ""
+    consumer: str = ""
+    enabled: bool = True
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def scope(self) -> tuple[str, str, str, str]:
+        return (self.name.value, self.service, self.route, self.consumer)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole gateway configuration, as a declarative file describes it."""
+
+    services: tuple[Service, ...] = ()
+    routes: tuple[Route, ...] = ()
+    consumers: tuple[Consumer, ...] = ()
+    plugins: tuple[Plugin, ...] = ()

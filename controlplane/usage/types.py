@@ -1,0 +1,36 @@
+"""Usage events: immutable, idempotent by id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class TokenType(StrEnum):
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    """One LLM usage record: the tokens of one type of one request."""
+
+    id: str
+    source: str
+    type: str
+    subject: str
+    time: datetime
+    provider: str
+    model: str
+    token_type: TokenType
+    tokens: int
+    status_code: int
+    route: str = ""
+    request_id: str = ""
+    estimated: bool = False
+
+    @property
+    def billable(self) -> bool:
+        """Failed upstream requests are recorded but not billed."""
+        return 200 <= self.status_code < 300

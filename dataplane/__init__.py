@@ -1,0 +1,1 @@
+"""Meterline data plane: the OpenAI-compatible proxy that meters every request."""

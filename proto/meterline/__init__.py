@@ -1,0 +1,1 @@
+"""Meterline: the public gRPC contract of a token-billing AI gateway."""

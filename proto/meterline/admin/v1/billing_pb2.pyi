@@ -1,0 +1,68 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class InvoiceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INVOICE_STATE_UNSPECIFIED: _ClassVar[InvoiceState]
+    INVOICE_STATE_GATHERING: _ClassVar[InvoiceState]
+INVOICE_STATE_UNSPECIFIED: InvoiceState
+INVOICE_STATE_GATHERING: InvoiceState
+
+class Invoice(_message.Message):
+    __slots__ = ("name", "customer", "currency", "period_start_time", "period_end_time", "lines", "total", "state")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    customer: str
+    currency: str
+    period_start_time: _timestamp_pb2.Timestamp
+    period_end_time: _timestamp_pb2.Timestamp
+    lines: _containers.RepeatedCompositeFieldContainer[InvoiceLine]
+    total: str
+    state: InvoiceState
+    def __init__(self, name: _Optional[str] = ..., customer: _Optional[str] = ..., currency: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., total: _Optional[str] = ..., state: _Optional[_Union[InvoiceState, str]] = ...) -> None: ...
+
+class InvoiceLine(_message.Message):
+    __slots__ = ("subscription", "rate_card", "feature", "description", "quantity", "unit_price", "amount", "period_start_time", "period_end_time")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    RATE_CARD_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    subscription: str
+    rate_card: str
+    feature: str
+    description: str
+    quantity: str
+    unit_price: str
+    amount: str
+    period_start_time: _timestamp_pb2.Timestamp
+    period_end_time: _timestamp_pb2.Timestamp
+    def __init__(self, subscription: _Optional[str] = ..., rate_card: _Optional[str] = ..., feature: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PreviewInvoiceRequest(_message.Message):
+    __slots__ = ("customer", "as_of_time")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_TIME_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    as_of_time: _timestamp_pb2.Timestamp
+    def __init__(self, customer: _Optional[str] = ..., as_of_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

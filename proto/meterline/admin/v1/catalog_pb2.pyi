@@ -1,0 +1,216 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class MeterAggregation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    METER_AGGREGATION_UNSPECIFIED: _ClassVar[MeterAggregation]
+    METER_AGGREGATION_SUM: _ClassVar[MeterAggregation]
+    METER_AGGREGATION_COUNT: _ClassVar[MeterAggregation]
+    METER_AGGREGATION_MAX: _ClassVar[MeterAggregation]
+    METER_AGGREGATION_UNIQUE_COUNT: _ClassVar[MeterAggregation]
+
+class PlanState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PLAN_STATE_UNSPECIFIED: _ClassVar[PlanState]
+    PLAN_STATE_DRAFT: _ClassVar[PlanState]
+    PLAN_STATE_ACTIVE: _ClassVar[PlanState]
+    PLAN_STATE_ARCHIVED: _ClassVar[PlanState]
+
+class PriceType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRICE_TYPE_UNSPECIFIED: _ClassVar[PriceType]
+    PRICE_TYPE_UNIT: _ClassVar[PriceType]
+
+class EntitlementType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENTITLEMENT_TYPE_UNSPECIFIED: _ClassVar[EntitlementType]
+    ENTITLEMENT_TYPE_BOOLEAN: _ClassVar[EntitlementType]
+METER_AGGREGATION_UNSPECIFIED: MeterAggregation
+METER_AGGREGATION_SUM: MeterAggregation
+METER_AGGREGATION_COUNT: MeterAggregation
+METER_AGGREGATION_MAX: MeterAggregation
+METER_AGGREGATION_UNIQUE_COUNT: MeterAggregation
+PLAN_STATE_UNSPECIFIED: PlanState
+PLAN_STATE_DRAFT: PlanState
+PLAN_STATE_ACTIVE: PlanState
+PLAN_STATE_ARCHIVED: PlanState
+PRICE_TYPE_UNSPECIFIED: PriceType
+PRICE_TYPE_UNIT: PriceType
+ENTITLEMENT_TYPE_UNSPECIFIED: EntitlementType
+ENTITLEMENT_TYPE_BOOLEAN: EntitlementType
+
+class Meter(_message.Message):
+    __slots__ = ("name", "key", "event_type", "aggregation", "value_property", "group_by")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_PROPERTY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    key: str
+    event_type: str
+    aggregation: MeterAggregation
+    value_property: str
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., event_type: _Optional[str] = ..., aggregation: _Optional[_Union[MeterAggregation, str]] = ..., value_property: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Feature(_message.Message):
+    __slots__ = ("name", "key", "display_name", "meter", "filters", "create_time")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    METER_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    key: str
+    display_name: str
+    meter: str
+    filters: _containers.ScalarMap[str, str]
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., display_name: _Optional[str] = ..., meter: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Plan(_message.Message):
+    __slots__ = ("name", "key", "version", "display_name", "currency", "billing_cadence", "rate_cards", "state", "create_time", "publish_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    BILLING_CADENCE_FIELD_NUMBER: _ClassVar[int]
+    RATE_CARDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    key: str
+    version: int
+    display_name: str
+    currency: str
+    billing_cadence: str
+    rate_cards: _containers.RepeatedCompositeFieldContainer[RateCard]
+    state: PlanState
+    create_time: _timestamp_pb2.Timestamp
+    publish_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., version: _Optional[int] = ..., display_name: _Optional[str] = ..., currency: _Optional[str] = ..., billing_cadence: _Optional[str] = ..., rate_cards: _Optional[_Iterable[_Union[RateCard, _Mapping]]] = ..., state: _Optional[_Union[PlanState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., publish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RateCard(_message.Message):
+    __slots__ = ("key", "feature", "price", "entitlement")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    ENTITLEMENT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    feature: str
+    price: Price
+    entitlement: Entitlement
+    def __init__(self, key: _Optional[str] = ..., feature: _Optional[str] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., entitlement: _Optional[_Union[Entitlement, _Mapping]] = ...) -> None: ...
+
+class Price(_message.Message):
+    __slots__ = ("type", "amount")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    type: PriceType
+    amount: str
+    def __init__(self, type: _Optional[_Union[PriceType, str]] = ..., amount: _Optional[str] = ...) -> None: ...
+
+class Entitlement(_message.Message):
+    __slots__ = ("type",)
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    type: EntitlementType
+    def __init__(self, type: _Optional[_Union[EntitlementType, str]] = ...) -> None: ...
+
+class ListMetersRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListMetersResponse(_message.Message):
+    __slots__ = ("meters", "next_page_token")
+    METERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    meters: _containers.RepeatedCompositeFieldContainer[Meter]
+    next_page_token: str
+    def __init__(self, meters: _Optional[_Iterable[_Union[Meter, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CreateFeatureRequest(_message.Message):
+    __slots__ = ("feature",)
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    feature: Feature
+    def __init__(self, feature: _Optional[_Union[Feature, _Mapping]] = ...) -> None: ...
+
+class GetFeatureRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListFeaturesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListFeaturesResponse(_message.Message):
+    __slots__ = ("features", "next_page_token")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedCompositeFieldContainer[Feature]
+    next_page_token: str
+    def __init__(self, features: _Optional[_Iterable[_Union[Feature, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CreatePlanRequest(_message.Message):
+    __slots__ = ("plan",)
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    plan: Plan
+    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
+
+class GetPlanRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListPlansRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListPlansResponse(_message.Message):
+    __slots__ = ("plans", "next_page_token")
+    PLANS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    plans: _containers.RepeatedCompositeFieldContainer[Plan]
+    next_page_token: str
+    def __init__(self, plans: _Optional[_Iterable[_Union[Plan, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class PublishPlanRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

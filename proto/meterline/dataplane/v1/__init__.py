@@ -1,0 +1,1 @@
+"""Meterline contract (generated code lives beside the .proto files)."""

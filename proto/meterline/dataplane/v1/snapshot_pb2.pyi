@@ -1,0 +1,139 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Snapshot(_message.Message):
+    __slots__ = ("services", "routes", "consumers", "plugins")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+    PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[Service]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    consumers: _containers.RepeatedCompositeFieldContainer[Consumer]
+    plugins: _containers.RepeatedCompositeFieldContainer[Plugin]
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., consumers: _Optional[_Iterable[_Union[Consumer, _Mapping]]] = ..., plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ...) -> None: ...
+
+class Service(_message.Message):
+    __slots__ = ("id", "name", "url")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    url: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("id", "name", "service_id", "paths", "methods", "strip_path")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    STRIP_PATH_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    service_id: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    strip_path: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., service_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., strip_path: _Optional[bool] = ...) -> None: ...
+
+class Consumer(_message.Message):
+    __slots__ = ("id", "username", "custom_id", "key_hashes")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_HASHES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    username: str
+    custom_id: str
+    key_hashes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., username: _Optional[str] = ..., custom_id: _Optional[str] = ..., key_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Plugin(_message.Message):
+    __slots__ = ("id", "name", "service_id", "route_id", "consumer_id", "enabled", "key_auth", "ai_proxy")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    KEY_AUTH_FIELD_NUMBER: _ClassVar[int]
+    AI_PROXY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    service_id: str
+    route_id: str
+    consumer_id: str
+    enabled: bool
+    key_auth: KeyAuthConfig
+    ai_proxy: AiProxyConfig
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., service_id: _Optional[str] = ..., route_id: _Optional[str] = ..., consumer_id: _Optional[str] = ..., enabled: _Optional[bool] = ..., key_auth: _Optional[_Union[KeyAuthConfig, _Mapping]] = ..., ai_proxy: _Optional[_Union[AiProxyConfig, _Mapping]] = ...) -> None: ...
+
+class KeyAuthConfig(_message.Message):
+    __slots__ = ("key_names", "hide_credentials", "key_in_query", "key_in_bearer")
+    KEY_NAMES_FIELD_NUMBER: _ClassVar[int]
+    HIDE_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    KEY_IN_QUERY_FIELD_NUMBER: _ClassVar[int]
+    KEY_IN_BEARER_FIELD_NUMBER: _ClassVar[int]
+    key_names: _containers.RepeatedScalarFieldContainer[str]
+    hide_credentials: bool
+    key_in_query: bool
+    key_in_bearer: bool
+    def __init__(self, key_names: _Optional[_Iterable[str]] = ..., hide_credentials: _Optional[bool] = ..., key_in_query: _Optional[bool] = ..., key_in_bearer: _Optional[bool] = ...) -> None: ...
+
+class AiProxyConfig(_message.Message):
+    __slots__ = ("route_type", "auth", "model", "llm_format")
+    ROUTE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LLM_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    route_type: str
+    auth: AiProxyAuth
+    model: AiProxyModel
+    llm_format: str
+    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., llm_format: _Optional[str] = ...) -> None: ...
+
+class AiProxyAuth(_message.Message):
+    __slots__ = ("header_name", "header_value", "param_name", "param_value", "param_location")
+    HEADER_NAME_FIELD_NUMBER: _ClassVar[int]
+    HEADER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    PARAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARAM_VALUE_FIELD_NUMBER: _ClassVar[int]
+    PARAM_LOCATION_FIELD_NUMBER: _ClassVar[int]
+    header_name: str
+    header_value: str
+    param_name: str
+    param_value: str
+    param_location: str
+    def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., param_name: _Optional[str] = ..., param_value: _Optional[str] = ..., param_location: _Optional[str] = ...) -> None: ...
+
+class AiProxyModel(_message.Message):
+    __slots__ = ("provider", "name", "options")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    name: str
+    options: AiProxyModelOptions
+    def __init__(self, provider: _Optional[str] = ..., name: _Optional[str] = ..., options: _Optional[_Union[AiProxyModelOptions, _Mapping]] = ...) -> None: ...
+
+class AiProxyModelOptions(_message.Message):
+    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost")
+    UPSTREAM_URL_FIELD_NUMBER: _ClassVar[int]
+    ANTHROPIC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_COST_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_COST_FIELD_NUMBER: _ClassVar[int]
+    upstream_url: str
+    anthropic_version: str
+    max_tokens: int
+    input_cost: str
+    output_cost: str
+    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ...) -> None: ...
