@@ -1,0 +1,416 @@
+"""Operator API servicers: translate messages to domain calls and back, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+from google.protobuf import empty_pb2
+from sqlalchemy import Connection
+
+from controlplane.api import convert
+from controlplane.api.paging import checked_page_size, decode_offset, encode_offset, page
+from controlplane.catalog import storage as catalog
+from controlplane.catalog.types import BUILTIN_METERS
+from controlplane.clock import Clock
+from controlplane.configsync.hub import ConfigHub
+from controlplane.customers import storage as customers
+from controlplane.customers.types import Customer
+from controlplane.errors import InvalidArgument
+from controlplane.gateway import storage as gateway
+from controlplane.gateway.apply import apply_document
+from controlplane.gateway.keys import generate_key, hash_key
+from controlplane.gateway.types import Consumer
+from controlplane.invoicing.preview import preview_invoice
+from controlplane.storage.db import Database
+from controlplane.subscriptions import storage as subscriptions
+from controlplane.usage import storage as usage
+from meterline.admin.v1 import (
+    billing_pb2,
+    billing_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    customers_pb2,
+    customers_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
+
+T = TypeVar("T")
+Ctx = grpc.aio.ServicerContext
+
+
+class _Base:
+    def __init__(self, *, db: Database, clock: Clock, hub: ConfigHub) -> None:
+        self._db = db
+        self._clock = clock
+        self._hub = hub
+
+    async def _tx(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn in one transaction, off the event loop."""
+
+        def run() -> T:
+            with self._db.begin() as conn:
+                return fn(conn)
+
+        return await asyncio.to_thread(run)
+
+    async def _changed_gateway(self) -> None:
+        await self._hub.notify()
+
+
+def _require(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    return value
+
+
+class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
+    async def ListServices(
+        self, request: gateway_pb2.ListServicesRequest, context: Ctx
+    ) -> gateway_pb2.ListServicesResponse:
+        items = await self._tx(gateway.list_services)
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return gateway_pb2.ListServicesResponse(
+            services=[convert.service_to_proto(s) for s in chunk], next_page_token=token
+        )
+
+    async def GetService(
+        self, request: gateway_pb2.GetServiceRequest, context: Ctx
+    ) -> gateway_pb2.Service:
+        name = convert.resource_id(request.name, "services")
+        return convert.service_to_proto(await self._tx(lambda c: gateway.get_service(c, name)))
+
+    async def ListRoutes(
+        self, request: gateway_pb2.ListRoutesRequest, context: Ctx
+    ) -> gateway_pb2.ListRoutesResponse:
+        items = await self._tx(gateway.list_routes)
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return gateway_pb2.ListRoutesResponse(
+            routes=[convert.route_to_proto(r) for r in chunk], next_page_token=token
+        )
+
+    async def ListConsumers(
+        self, request: gateway_pb2.ListConsumersRequest, context: Ctx
+    ) -> gateway_pb2.ListConsumersResponse:
+        items = await self._tx(gateway.list_consumers)
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return gateway_pb2.ListConsumersResponse(
+            consumers=[convert.consumer_to_proto(c) for c in chunk], next_page_token=token
+        )
+
+    async def GetConsumer(
+        self, request: gateway_pb2.GetConsumerRequest, context: Ctx
+    ) -> gateway_pb2.Consumer:
+        username = convert.resource_id(request.name, "consumers")
+        return convert.consumer_to_proto(
+            await self._tx(lambda c: gateway.get_consumer(c, username))
+        )
+
+    async def CreateConsumer(
+        self, request: gateway_pb2.CreateConsumerRequest, context: Ctx
+    ) -> gateway_pb2.Consumer:
+        username = _require(request.consumer.username, "consumer.username")
+        consumer = Consumer(username=username, custom_id=request.consumer.custom_id)
+        now = self._clock.now()
+
+        def create(conn: Connection) -> Consumer:
+            gateway.create_consumer(conn, consumer, now=now)
+            return gateway.get_consumer(conn, username)
+
+        created = await self._tx(create)
+        await self._changed_gateway()
+        return convert.consumer_to_proto(created)
+
+    async def DeleteConsumer(
+        self, request: gateway_pb2.DeleteConsumerRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        username = convert.resource_id(request.name, "consumers")
+        await self._tx(lambda c: gateway.delete_consumer(c, username))
+        await self._changed_gateway()
+        return empty_pb2.Empty()
+
+    async def CreateKeyAuthCredential(
+        self, request: gateway_pb2.CreateKeyAuthCredentialRequest, context: Ctx
+    ) -> gateway_pb2.KeyAuthCredential:
+        username = convert.resource_id(request.parent, "consumers")
+        key = request.key or generate_key()
+        if len(key) < 8:
+            raise InvalidArgument("key must be at least 8 characters long")
+        now = self._clock.now()
+
+        def add(conn: Connection) -> None:
+            gateway.get_consumer(conn, username)
+            if not gateway.add_credential(conn, username=username, key_hash=hash_key(key), now=now):
+                raise InvalidArgument("the consumer already has that key")
+
+        await self._tx(add)
+        await self._changed_gateway()
+        return gateway_pb2.KeyAuthCredential(
+            consumer=f"consumers/{username}", key=key, create_time=convert.to_timestamp(now)
+        )
+
+    async def ListPlugins(
+        self, request: gateway_pb2.ListPluginsRequest, context: Ctx
+    ) -> gateway_pb2.ListPluginsResponse:
+        def load(conn: Connection) -> list[gateway_pb2.Plugin]:
+            ids = gateway.plugin_ids(conn)
+            return [convert.plugin_to_proto(p, ids[p.scope]) for p in gateway.list_plugins(conn)]
+
+        items = await self._tx(load)
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return gateway_pb2.ListPluginsResponse(plugins=chunk, next_page_token=token)
+
+    async def ApplyConfig(
+        self, request: gateway_pb2.ApplyConfigRequest, context: Ctx
+    ) -> gateway_pb2.ApplyConfigResponse:
+        now = self._clock.now()
+        result = await asyncio.to_thread(
+            apply_document,
+            self._db,
+            text=request.document,
+            now=now,
+            validate_only=request.validate_only,
+        )
+        if result.changes and not request.validate_only:
+            await self._changed_gateway()
+        version = await self._hub.current_version()
+        return gateway_pb2.ApplyConfigResponse(changes=result.changes, config_version=version)
+
+
+class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
+    async def ListMeters(
+        self, request: catalog_pb2.ListMetersRequest, context: Ctx
+    ) -> catalog_pb2.ListMetersResponse:
+        chunk, token = page(
+            list(BUILTIN_METERS.values()),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return catalog_pb2.ListMetersResponse(
+            meters=[convert.meter_to_proto(m) for m in chunk], next_page_token=token
+        )
+
+    async def CreateFeature(
+        self, request: catalog_pb2.CreateFeatureRequest, context: Ctx
+    ) -> catalog_pb2.Feature:
+        feature = convert.feature_from_proto(request.feature)
+        _require(feature.key, "feature.key")
+        meter = BUILTIN_METERS.get(feature.meter)
+        if meter is None:
+            raise InvalidArgument(
+                f"feature.meter {feature.meter!r} is not a meter; known: {sorted(BUILTIN_METERS)}"
+            )
+        for dimension in feature.filters:
+            if dimension not in meter.group_by:
+                raise InvalidArgument(
+                    f"feature.filters: {dimension!r} is not a dimension of meter {meter.key}"
+                    f" ({', '.join(meter.group_by)})"
+                )
+        now = self._clock.now()
+
+        def create(conn: Connection) -> catalog_pb2.Feature:
+            catalog.create_feature(conn, feature, now=now)
+            return convert.feature_to_proto(catalog.get_feature(conn, feature.key))
+
+        return await self._tx(create)
+
+    async def GetFeature(
+        self, request: catalog_pb2.GetFeatureRequest, context: Ctx
+    ) -> catalog_pb2.Feature:
+        key = convert.resource_id(request.name, "features")
+        return convert.feature_to_proto(await self._tx(lambda c: catalog.get_feature(c, key)))
+
+    async def ListFeatures(
+        self, request: catalog_pb2.ListFeaturesRequest, context: Ctx
+    ) -> catalog_pb2.ListFeaturesResponse:
+        items = await self._tx(catalog.list_features)
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return catalog_pb2.ListFeaturesResponse(
+            features=[convert.feature_to_proto(f) for f in chunk], next_page_token=token
+        )
+
+    async def CreatePlan(
+        self, request: catalog_pb2.CreatePlanRequest, context: Ctx
+    ) -> catalog_pb2.Plan:
+        plan = convert.plan_from_proto(request.plan)
+        _require(plan.key, "plan.key")
+        if len(plan.currency) != 3 or not plan.currency.isalpha():
+            raise InvalidArgument("plan.currency must be an ISO 4217 code such as USD")
+        _require(plan.billing_cadence, "plan.billing_cadence")
+        now = self._clock.now()
+        stored = await self._tx(lambda c: catalog.insert_plan_version(c, plan, now=now))
+        return convert.plan_to_proto(stored)
+
+    async def GetPlan(self, request: catalog_pb2.GetPlanRequest, context: Ctx) -> catalog_pb2.Plan:
+        key, version = convert.parse_plan_name(request.name)
+        return convert.plan_to_proto(await self._tx(lambda c: catalog.get_plan(c, key, version)))
+
+    async def ListPlans(
+        self, request: catalog_pb2.ListPlansRequest, context: Ctx
+    ) -> catalog_pb2.ListPlansResponse:
+        items = await self._tx(catalog.list_plans)
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return catalog_pb2.ListPlansResponse(
+            plans=[convert.plan_to_proto(p) for p in chunk], next_page_token=token
+        )
+
+    async def PublishPlan(
+        self, request: catalog_pb2.PublishPlanRequest, context: Ctx
+    ) -> catalog_pb2.Plan:
+        key, version = convert.parse_plan_name(request.name)
+        if version is None:
+            raise InvalidArgument("name must name a version: plans/KEY/versions/N")
+        now = self._clock.now()
+        return convert.plan_to_proto(
+            await self._tx(lambda c: catalog.publish_plan(c, key, version, now=now))
+        )
+
+
+class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
+    async def CreateCustomer(
+        self, request: customers_pb2.CreateCustomerRequest, context: Ctx
+    ) -> customers_pb2.Customer:
+        message = request.customer
+        customer = Customer(
+            key=_require(message.key, "customer.key"),
+            name=message.display_name or message.key,
+            subjects=tuple(message.subjects),
+        )
+        now = self._clock.now()
+        created = await self._tx(lambda c: customers.create_customer(c, customer, now=now))
+        return convert.customer_to_proto(created)
+
+    async def GetCustomer(
+        self, request: customers_pb2.GetCustomerRequest, context: Ctx
+    ) -> customers_pb2.Customer:
+        key = convert.resource_id(request.name, "customers")
+        return convert.customer_to_proto(await self._tx(lambda c: customers.get_customer(c, key)))
+
+    async def ListCustomers(
+        self, request: customers_pb2.ListCustomersRequest, context: Ctx
+    ) -> customers_pb2.ListCustomersResponse:
+        items = await self._tx(customers.list_customers)
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return customers_pb2.ListCustomersResponse(
+            customers=[convert.customer_to_proto(c) for c in chunk], next_page_token=token
+        )
+
+    async def CreateSubscription(
+        self, request: customers_pb2.CreateSubscriptionRequest, context: Ctx
+    ) -> customers_pb2.Subscription:
+        message = request.subscription
+        customer_key = convert.resource_id(_require(message.customer, "subscription.customer"), "customers")
+        plan_key, version = convert.parse_plan_name(_require(message.plan, "subscription.plan"))
+        now = self._clock.now()
+        start = convert.from_timestamp(message.start_time) if message.HasField("start_time") else now
+
+        def create(conn: Connection) -> customers_pb2.Subscription:
+            customers.get_customer(conn, customer_key)
+            plan = (
+                catalog.active_plan(conn, plan_key)
+                if version is None
+                else catalog.get_plan(conn, plan_key, version)
+            )
+            if plan.state.value != "active":
+                raise InvalidArgument(f"{convert.plan_name(plan)} is {plan.state.value}, not active")
+            sub = subscriptions.create_subscription(
+                conn,
+                customer=customer_key,
+                plan_key=plan.key,
+                plan_version=plan.version,
+                start_time=start,
+                now=now,
+            )
+            return convert.subscription_to_proto(sub)
+
+        return await self._tx(create)
+
+    async def GetSubscription(
+        self, request: customers_pb2.GetSubscriptionRequest, context: Ctx
+    ) -> customers_pb2.Subscription:
+        id = convert.resource_id(request.name, "subscriptions")
+        return convert.subscription_to_proto(
+            await self._tx(lambda c: subscriptions.get_subscription(c, id))
+        )
+
+    async def ListSubscriptions(
+        self, request: customers_pb2.ListSubscriptionsRequest, context: Ctx
+    ) -> customers_pb2.ListSubscriptionsResponse:
+        customer = convert.resource_id(request.parent, "customers") if request.parent else None
+        items = await self._tx(lambda c: subscriptions.list_subscriptions(c, customer))
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return customers_pb2.ListSubscriptionsResponse(
+            subscriptions=[convert.subscription_to_proto(s) for s in chunk], next_page_token=token
+        )
+
+    async def CancelSubscription(
+        self, request: customers_pb2.CancelSubscriptionRequest, context: Ctx
+    ) -> customers_pb2.Subscription:
+        id = convert.resource_id(request.name, "subscriptions")
+        end = (
+            convert.from_timestamp(request.end_time)
+            if request.HasField("end_time")
+            else self._clock.now()
+        )
+        return convert.subscription_to_proto(
+            await self._tx(lambda c: subscriptions.cancel_subscription(c, id, end_time=end))
+        )
+
+
+class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
+    async def PreviewInvoice(
+        self, request: billing_pb2.PreviewInvoiceRequest, context: Ctx
+    ) -> billing_pb2.Invoice:
+        key = convert.resource_id(_require(request.customer, "customer"), "customers")
+        at = (
+            convert.from_timestamp(request.as_of_time)
+            if request.HasField("as_of_time")
+            else self._clock.now()
+        )
+        invoice = await self._tx(lambda c: preview_invoice(c, customer_key=key, at=at))
+        return convert.invoice_to_proto(invoice)
+
+
+class UsageQueryServicer(_Base, usage_pb2_grpc.UsageServiceServicer):
+    async def ListUsageEvents(
+        self, request: usage_pb2.ListUsageEventsRequest, context: Ctx
+    ) -> usage_pb2.ListUsageEventsResponse:
+        # Events are fetched one page (+1 row) at a time, never all at once.
+        size = checked_page_size(request.page_size)
+        offset = decode_offset(request.page_token)
+        rows = await self._tx(
+            lambda c: usage.list_events(
+                c, subject=request.subject or None, limit=size + 1, offset=offset
+            )
+        )
+        token = encode_offset(offset + size) if len(rows) > size else ""
+        return usage_pb2.ListUsageEventsResponse(
+            usage_events=[convert.usage_event_to_admin_proto(e) for e in rows[:size]],
+            next_page_token=token,
+        )
+
+    async def QueryMeter(
+        self, request: usage_pb2.QueryMeterRequest, context: Ctx
+    ) -> usage_pb2.QueryMeterResponse:
+        if request.meter not in BUILTIN_METERS:
+            raise InvalidArgument(f"unknown meter {request.meter!r}")
+        start = convert.from_timestamp(request.start_time) if request.HasField("start_time") else None
+        end = convert.from_timestamp(request.end_time) if request.HasField("end_time") else None
+        rows = await self._tx(
+            lambda c: usage.group_tokens(
+                c,
+                subjects=list(request.subjects),
+                start=start,
+                end=end,
+                filters=dict(request.filters),
+                group_by=list(request.group_by),
+            )
+        )
+        return usage_pb2.QueryMeterResponse(
+            rows=[usage_pb2.MeterRow(group=g, value=str(v)) for g, v in rows]
+        )

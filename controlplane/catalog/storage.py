@@ -1,0 +1,186 @@
+"""Storage of features and plan versions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from controlplane.catalog.types import (
+    Entitlement,
+    EntitlementType,
+    Feature,
+    Plan,
+    PlanState,
+    Price,
+    PriceType,
+    RateCard,
+)
+from controlplane.errors import AlreadyExists, FailedPrecondition, NotFound
+from controlplane.storage import schema as s
+
+
+def _feature(row: object) -> Feature:
+    return Feature(
+        key=row.key,  # type: ignore[attr-defined]
+        name=row.name,  # type: ignore[attr-defined]
+        meter=row.meter,  # type: ignore[attr-defined]
+        filters=dict(row.filters),  # type: ignore[attr-defined]
+    )
+
+
+def list_features(conn: Connection) -> list[Feature]:
+    return [_feature(r) for r in conn.execute(select(s.features).order_by(s.features.c.key))]
+
+
+def get_feature(conn: Connection, key: str) -> Feature:
+    row = conn.execute(select(s.features).where(s.features.c.key == key)).first()
+    if row is None:
+        raise NotFound(f"feature {key!r} not found")
+    return _feature(row)
+
+
+def create_feature(conn: Connection, feature: Feature, *, now: datetime) -> None:
+    if conn.execute(select(s.features.c.key).where(s.features.c.key == feature.key)).first():
+        raise AlreadyExists(f"feature {feature.key!r} already exists")
+    upsert_feature(conn, feature, now=now)
+
+
+def upsert_feature(conn: Connection, feature: Feature, *, now: datetime) -> str | None:
+    t = s.features
+    values = {"name": feature.name, "meter": feature.meter, "filters": dict(feature.filters)}
+    row = conn.execute(select(t).where(t.c.key == feature.key)).first()
+    if row is None:
+        conn.execute(insert(t).values(key=feature.key, create_time=now, update_time=now, **values))
+        return f"created feature {feature.key}"
+    if {k: getattr(row, k) for k in values} != values:
+        conn.execute(update(t).where(t.c.key == feature.key).values(update_time=now, **values))
+        return f"updated feature {feature.key}"
+    return None
+
+
+def _rate_cards(conn: Connection) -> dict[tuple[str, int], list[RateCard]]:
+    cards: dict[tuple[str, int], list[RateCard]] = defaultdict(list)
+    rc = s.rate_cards
+    rows = conn.execute(select(rc).order_by(rc.c.plan_key, rc.c.plan_version, rc.c.position))
+    for r in rows:
+        price = (
+            Price(type=PriceType(r.price_type), amount=Decimal(r.price_amount))
+            if r.price_type
+            else None
+        )
+        entitlement = (
+            Entitlement(type=EntitlementType(r.entitlement_type)) if r.entitlement_type else None
+        )
+        cards[(r.plan_key, r.plan_version)].append(
+            RateCard(key=r.key, feature=r.feature, price=price, entitlement=entitlement)
+        )
+    return cards
+
+
+def list_plans(conn: Connection) -> list[Plan]:
+    """Every version of every plan, by key then version."""
+    cards = _rate_cards(conn)
+    rows = conn.execute(select(s.plans).order_by(s.plans.c.key, s.plans.c.version))
+    return [
+        Plan(
+            key=r.key,
+            version=r.version,
+            name=r.name,
+            currency=r.currency,
+            billing_cadence=r.billing_cadence,
+            state=PlanState(r.state),
+            rate_cards=tuple(cards[(r.key, r.version)]),
+            create_time=r.create_time,
+            publish_time=r.publish_time,
+        )
+        for r in rows
+    ]
+
+
+def get_plan(conn: Connection, key: str, version: int | None = None) -> Plan:
+    """One version of a plan; without a version, the newest one."""
+    versions = [p for p in list_plans(conn) if p.key == key]
+    if version is not None:
+        versions = [p for p in versions if p.version == version]
+    if not versions:
+        what = f"plan {key!r}" + (f" version {version}" if version is not None else "")
+        raise NotFound(f"{what} not found")
+    return versions[-1]
+
+
+def active_plan(conn: Connection, key: str) -> Plan:
+    """The published version of a plan, which new subscriptions use."""
+    active = [p for p in list_plans(conn) if p.key == key and p.state is PlanState.ACTIVE]
+    if not active:
+        get_plan(conn, key)  # NotFound if the plan does not exist at all
+        raise FailedPrecondition(f"plan {key!r} has no published version; publish it first")
+    return active[-1]
+
+
+def insert_plan_version(conn: Connection, plan: Plan, *, now: datetime) -> Plan:
+    """Store a plan as a new draft version (version = newest + 1)."""
+    newest = conn.execute(
+        select(func.max(s.plans.c.version)).where(s.plans.c.key == plan.key)
+    ).scalar()
+    version = (newest or 0) + 1
+    conn.execute(
+        insert(s.plans).values(
+            key=plan.key,
+            version=version,
+            name=plan.name,
+            currency=plan.currency,
+            billing_cadence=plan.billing_cadence,
+            state=PlanState.DRAFT.value,
+            create_time=now,
+            publish_time=None,
+        )
+    )
+    for position, card in enumerate(plan.rate_cards):
+        get_feature(conn, card.feature)
+        conn.execute(
+            insert(s.rate_cards).values(
+                plan_key=plan.key,
+                plan_version=version,
+                key=card.key,
+                position=position,
+                feature=card.feature,
+                price_type=card.price.type.value if card.price else None,
+                price_amount=str(card.price.amount) if card.price else None,
+                entitlement_type=card.entitlement.type.value if card.entitlement else None,
+            )
+        )
+    return get_plan(conn, plan.key, version)
+
+
+def publish_plan(conn: Connection, key: str, version: int, *, now: datetime) -> Plan:
+    """Make a draft version the active one; the previously active version is archived."""
+    plan = get_plan(conn, key, version)
+    if plan.state is not PlanState.DRAFT:
+        raise FailedPrecondition(
+            f"plan {key!r} version {version} is {plan.state.value}; only drafts can be published"
+        )
+    t = s.plans
+    conn.execute(
+        update(t)
+        .where((t.c.key == key) & (t.c.state == PlanState.ACTIVE.value))
+        .values(state=PlanState.ARCHIVED.value)
+    )
+    conn.execute(
+        update(t)
+        .where((t.c.key == key) & (t.c.version == version))
+        .values(state=PlanState.ACTIVE.value, publish_time=now)
+    )
+    return get_plan(conn, key, version)
+
+
+def same_content(a: Plan, b: Plan) -> bool:
+    """Two plan versions sell the same thing (ignoring version, state and times)."""
+    return (a.name, a.currency, a.billing_cadence, a.rate_cards) == (
+        b.name,
+        b.currency,
+        b.billing_cadence,
+        b.rate_cards,
+    )

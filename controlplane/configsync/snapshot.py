@@ -1,0 +1,169 @@
+"""Building the data-plane snapshot of a gateway config, with a content-hash version.
+
+The same config always gives byte-identical snapshots and the same version: ids are uuid5 of
+each entity's name (plugins: their scope) in a fixed namespace, entities are sorted, and the
+version hashes the deterministic serialisation. So the version changes exactly when the
+content does, which is what lets data planes ACK/NACK versions and the control plane push only
+on change. The snapshot carries provider secrets (ai-proxy auth), as data planes need them: it
+must only ever be sent to data planes, never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meterline.dataplane.v1 import snapshot_pb2
+
+from controlplane.errors import InvalidArgument
+from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
+
+# Fixed forever: changing it changes every id and so every data plane's config.
+ID_NAMESPACE = uuid.UUID("6f1d7f0e-3c59-5d8a-9a51-0b6c2e4d7a10")
+VERSION_PREFIX = "sha256:"
+
+
+@dataclass(frozen=True)
+class BuiltSnapshot:
+    """A snapshot and its version: ``"sha256:"`` + 16 hex digits of its serialised bytes."""
+
+    snapshot: snapshot_pb2.Snapshot
+    version: str
+
+
+def entity_id(kind: str, *parts: str) -> str:
+    """The stable id of a gateway entity, from its kind and its identifying names."""
+    # "\x1f" cannot appear in names, so different part lists never collide.
+    return str(uuid.uuid5(ID_NAMESPACE, "\x1f".join((kind, *parts))))
+
+
+def build_snapshot(config: GatewayConfig) -> BuiltSnapshot:
+    """The data-plane snapshot of ``config``; InvalidArgument if a reference is dangling."""
+    service_ids = {service.name: entity_id("service", service.name) for service in config.services}
+    route_ids = {route.name: entity_id("route", route.name) for route in config.routes}
+    consumer_ids = {
+        consumer.username: entity_id("consumer", consumer.username) for consumer in config.consumers
+    }
+    snapshot = snapshot_pb2.Snapshot(
+        services=[_service(s, service_ids) for s in sorted(config.services, key=_by_name)],
+        routes=[_route(r, route_ids, service_ids) for r in sorted(config.routes, key=_by_name)],
+        consumers=[
+            _consumer(c, consumer_ids)
+            for c in sorted(config.consumers, key=lambda consumer: consumer.username)
+        ],
+        plugins=[
+            _plugin(p, service_ids=service_ids, route_ids=route_ids, consumer_ids=consumer_ids)
+            for p in sorted(config.plugins, key=lambda plugin: plugin.scope)
+        ],
+    )
+    digest = hashlib.sha256(snapshot.SerializeToString(deterministic=True)).hexdigest()
+    return BuiltSnapshot(snapshot=snapshot, version=VERSION_PREFIX + digest[:16])
+
+
+def _by_name(entity: Service | Route) -> str:
+    return entity.name
+
+
+def _resolve(ids: Mapping[str, str], kind: str, name: str, owner: str) -> str:
+    try:
+        return ids[name]
+    except KeyError:
+        raise InvalidArgument(f'{owner} refers to unknown {kind} "{name}"') from None
+
+
+def _service(service: Service, ids: Mapping[str, str]) -> snapshot_pb2.Service:
+    return snapshot_pb2.Service(id=ids[service.name], name=service.name, url=service.url)
+
+
+def _route(
+    route: Route, ids: Mapping[str, str], service_ids: Mapping[str, str]
+) -> snapshot_pb2.Route:
+    return snapshot_pb2.Route(
+        id=ids[route.name],
+        name=route.name,
+        service_id=_resolve(service_ids, "service", route.service, f'route "{route.name}"'),
+        paths=list(route.paths),
+        methods=list(route.methods),
+        strip_path=route.strip_path,
+    )
+
+
+def _consumer(consumer: Consumer, ids: Mapping[str, str]) -> snapshot_pb2.Consumer:
+    return snapshot_pb2.Consumer(
+        id=ids[consumer.username],
+        username=consumer.username,
+        custom_id=consumer.custom_id,
+        # Key order means nothing; sorting keeps the version a function of the key set.
+        key_hashes=sorted(consumer.key_hashes),
+    )
+
+
+def _plugin(
+    plugin: Plugin,
+    *,
+    service_ids: Mapping[str, str],
+    route_ids: Mapping[str, str],
+    consumer_ids: Mapping[str, str],
+) -> snapshot_pb2.Plugin:
+    owner = f"{plugin.name.value} plugin"
+    message = snapshot_pb2.Plugin(
+        id=entity_id("plugin", *plugin.scope),
+        name=plugin.name.value,
+        service_id=_resolve(service_ids, "service", plugin.service, owner)
+        if plugin.service
+        else "",
+        route_id=_resolve(route_ids, "route", plugin.route, owner) if plugin.route else "",
+        consumer_id=(
+            _resolve(consumer_ids, "consumer", plugin.consumer, owner) if plugin.consumer else ""
+        ),
+        enabled=plugin.enabled,
+    )
+    if plugin.name is PluginName.KEY_AUTH:
+        message.key_auth.CopyFrom(key_auth_config(plugin.config))
+    elif plugin.name is PluginName.AI_PROXY:
+        message.ai_proxy.CopyFrom(ai_proxy_config(plugin.config))
+    else:  # pragma: no cover - PluginName has no other members
+        raise InvalidArgument(f'plugin "{plugin.name}" has no snapshot form')
+    return message
+
+
+def key_auth_config(config: Mapping[str, Any]) -> snapshot_pb2.KeyAuthConfig:
+    """The typed key-auth config of a normalised config dict."""
+    return snapshot_pb2.KeyAuthConfig(
+        key_names=list(config.get("key_names", ["apikey"])),
+        hide_credentials=bool(config.get("hide_credentials", False)),
+        key_in_query=bool(config.get("key_in_query", True)),
+        key_in_bearer=bool(config.get("key_in_bearer", True)),
+    )
+
+
+def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
+    """The typed ai-proxy config of a normalised config dict."""
+    auth: Mapping[str, Any] = config.get("auth") or {}
+    model: Mapping[str, Any] = config.get("model") or {}
+    options: Mapping[str, Any] = model.get("options") or {}
+    return snapshot_pb2.AiProxyConfig(
+        route_type=str(config.get("route_type", "llm/v1/chat")),
+        llm_format=str(config.get("llm_format", "openai")),
+        auth=snapshot_pb2.AiProxyAuth(
+            header_name=str(auth.get("header_name", "")),
+            header_value=str(auth.get("header_value", "")),
+            param_name=str(auth.get("param_name", "")),
+            param_value=str(auth.get("param_value", "")),
+            param_location=str(auth.get("param_location", "")),
+        ),
+        model=snapshot_pb2.AiProxyModel(
+            provider=str(model.get("provider", "")),
+            name=str(model.get("name", "")),
+            options=snapshot_pb2.AiProxyModelOptions(
+                upstream_url=str(options.get("upstream_url", "")),
+                anthropic_version=str(options.get("anthropic_version", "")),
+                max_tokens=int(options.get("max_tokens", 0)),
+                input_cost=str(options.get("input_cost", "")),
+                output_cost=str(options.get("output_cost", "")),
+            ),
+        ),
+    )

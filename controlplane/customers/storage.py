@@ -1,0 +1,77 @@
+"""Storage of customers and the subjects whose usage they pay for."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from controlplane.customers.types import Customer
+from controlplane.errors import AlreadyExists, InvalidArgument, NotFound
+from controlplane.storage import schema as s
+
+
+def list_customers(conn: Connection) -> list[Customer]:
+    subjects: dict[str, list[str]] = defaultdict(list)
+    cs = s.customer_subjects
+    for row in conn.execute(select(cs).order_by(cs.c.subject)):
+        subjects[row.customer].append(row.subject)
+    rows = conn.execute(select(s.customers).order_by(s.customers.c.key))
+    return [
+        Customer(
+            key=r.key,
+            name=r.name,
+            subjects=tuple(subjects[r.key]),
+            create_time=r.create_time,
+            update_time=r.update_time,
+        )
+        for r in rows
+    ]
+
+
+def get_customer(conn: Connection, key: str) -> Customer:
+    for customer in list_customers(conn):
+        if customer.key == key:
+            return customer
+    raise NotFound(f"customer {key!r} not found")
+
+
+def create_customer(conn: Connection, customer: Customer, *, now: datetime) -> Customer:
+    if conn.execute(select(s.customers.c.key).where(s.customers.c.key == customer.key)).first():
+        raise AlreadyExists(f"customer {customer.key!r} already exists")
+    upsert_customer(conn, customer, now=now)
+    return get_customer(conn, customer.key)
+
+
+def upsert_customer(conn: Connection, customer: Customer, *, now: datetime) -> str | None:
+    """Create or update a customer and set its subjects."""
+    t, cs = s.customers, s.customer_subjects
+    owners = {
+        r.subject: r.customer
+        for r in conn.execute(select(cs).where(cs.c.subject.in_(customer.subjects)))
+    }
+    for subject, owner in owners.items():
+        if owner != customer.key:
+            raise InvalidArgument(
+                f"subject {subject!r} already belongs to customer {owner!r}; "
+                "a subject's usage is billed to one customer"
+            )
+    row = conn.execute(select(t).where(t.c.key == customer.key)).first()
+    if row is None:
+        conn.execute(
+            insert(t).values(key=customer.key, name=customer.name, create_time=now, update_time=now)
+        )
+        change: str | None = f"created customer {customer.key}"
+    else:
+        current = get_customer(conn, customer.key)
+        if (current.name, set(current.subjects)) == (customer.name, set(customer.subjects)):
+            return None
+        conn.execute(
+            update(t).where(t.c.key == customer.key).values(name=customer.name, update_time=now)
+        )
+        conn.execute(delete(cs).where(cs.c.customer == customer.key))
+        change = f"updated customer {customer.key}"
+    for subject in sorted(set(customer.subjects)):
+        conn.execute(insert(cs).values(subject=subject, customer=customer.key))
+    return change

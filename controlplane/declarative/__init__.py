@@ -1,0 +1,24 @@
+"""Declarative configuration: one YAML/JSON document describing the gateway and billing.
+
+The gateway half is Kong decK's ``_format_version: "3.0"`` format (services, routes, consumers
+with ``keyauth_credentials``, plugins ``key-auth`` and ``ai-proxy``), top-level or nested; the
+``billing:`` section holds features, plans, customers and subscriptions. Parsing is pure and
+validates everything; every problem is reported, each naming the entry it is about.
+"""
+
+from __future__ import annotations
+
+from controlplane.declarative.document import FORMAT_VERSION, parse_document
+from controlplane.declarative.errors import DeclarativeError
+from controlplane.declarative.plugins import KEY_AUTH_DEFAULTS
+from controlplane.declarative.types import BillingConfig, DeclarativeConfig, SubscriptionSpec
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KEY_AUTH_DEFAULTS",
+    "BillingConfig",
+    "DeclarativeConfig",
+    "DeclarativeError",
+    "SubscriptionSpec",
+    "parse_document",
+]

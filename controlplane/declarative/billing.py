@@ -1,0 +1,280 @@
+"""The ``billing:`` section of a declarative document: features, plans, customers, subscriptions."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from controlplane.catalog.types import (
+    BUILTIN_METERS,
+    TOKEN_TYPE_ALIASES,
+    Entitlement,
+    EntitlementType,
+    Feature,
+    Plan,
+    Price,
+    PriceType,
+    RateCard,
+)
+from controlplane.customers.types import Customer
+from controlplane.declarative.entry import Entry, describe, quoted
+from controlplane.declarative.types import BillingConfig, SubscriptionSpec
+from controlplane.errors import InvalidArgument
+from controlplane.rating.money import minor_units
+from controlplane.subscriptions.periods import parse_cadence
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
+TOKEN_TYPES = ("input", "output")
+
+
+def parse_billing(billing: Entry) -> BillingConfig:
+    """Read the billing section; problems go to ``billing.problems``."""
+    billing.check_keys(("features", "plans", "customers", "subscriptions"))
+    features: dict[str, Feature] = {}
+    feature_keys: dict[str, str] = {}
+    for entry in billing.entries("features", label="key"):
+        feature = _feature(entry, feature_keys)
+        if feature is not None:
+            features[feature.key] = feature
+    plans: list[Plan] = []
+    plan_keys: dict[str, str] = {}
+    for entry in billing.entries("plans", label="key"):
+        plan = _plan(entry, plan_keys, feature_keys)
+        if plan is not None:
+            plans.append(plan)
+    customers: list[Customer] = []
+    customer_keys: dict[str, str] = {}
+    subjects: dict[str, str] = {}
+    for entry in billing.entries("customers", label="key"):
+        customer = _customer(entry, customer_keys, subjects)
+        if customer is not None:
+            customers.append(customer)
+    subscriptions: list[SubscriptionSpec] = []
+    seen_pairs: dict[tuple[str, str], str] = {}
+    for entry in billing.entries("subscriptions", label="customer"):
+        subscription = _subscription(entry, customer_keys, plan_keys, seen_pairs)
+        if subscription is not None:
+            subscriptions.append(subscription)
+    return BillingConfig(
+        features=tuple(features.values()),
+        plans=tuple(plans),
+        customers=tuple(customers),
+        subscriptions=tuple(subscriptions),
+    )
+
+
+def _claim_key(entry: Entry, kind: str, seen: dict[str, str]) -> str | None:
+    """Read the entry's ``key`` and register it; None if invalid or already taken."""
+    key = entry.string("key", required=True)
+    if key is None:
+        return None
+    if key in seen:
+        entry.fail(f'duplicate {kind} key "{key}", already defined at {seen[key]}')
+        return None
+    # Registered even if malformed, so references to it do not report the same mistake again.
+    seen[key] = entry.where
+    if not _KEY.match(key):
+        entry.fail_field(
+            "key", f'"{key}" must start with a letter or digit and contain only "._~-" besides'
+        )
+        return None
+    return key
+
+
+def _feature(entry: Entry, seen: dict[str, str]) -> Feature | None:
+    before = len(entry.problems)
+    entry.check_keys(("key", "name", "meter", "filters"))
+    key = _claim_key(entry, "feature", seen)
+    name = entry.string("name", default="")
+    meter_key = entry.choice("meter", tuple(BUILTIN_METERS))
+    filters: dict[str, str] = {}
+    raw_filters = entry.sub("filters")
+    if raw_filters is not None and meter_key is not None:
+        group_by = BUILTIN_METERS[meter_key].group_by
+        for dimension, value in raw_filters.data.items():
+            if dimension not in group_by:
+                raw_filters.fail(
+                    f'filters.{dimension} is not a dimension of meter "{meter_key}" '
+                    f"(expected one of: {quoted(group_by)})"
+                )
+                continue
+            text = _filter_value(raw_filters, str(dimension), value)
+            if text is not None:
+                filters[str(dimension)] = text
+    if len(entry.problems) > before or key is None or name is None or meter_key is None:
+        return None
+    return Feature(key=key, meter=meter_key, name=name, filters=filters)
+
+
+def _filter_value(filters: Entry, dimension: str, value: object) -> str | None:
+    """A filter value as a string; token types are normalised to input/output."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # status_code: 200 reads as an integer
+    if not isinstance(value, str) or not value.strip():
+        filters.fail_field(dimension, f"must be a non-empty string, got {describe(value)}")
+        return None
+    if dimension == "type":
+        normalised = TOKEN_TYPE_ALIASES.get(value, value)
+        if normalised not in TOKEN_TYPES:
+            accepted = (*TOKEN_TYPES, *TOKEN_TYPE_ALIASES)
+            filters.fail_field(dimension, f'must be one of {quoted(accepted)}, got "{value}"')
+            return None
+        return normalised
+    return value
+
+
+def _plan(entry: Entry, seen: dict[str, str], features: dict[str, str]) -> Plan | None:
+    before = len(entry.problems)
+    entry.check_keys(("key", "name", "currency", "billing_cadence", "rate_cards"))
+    key = _claim_key(entry, "plan", seen)
+    name = entry.string("name", required=True)
+    currency = entry.string("currency", required=True)
+    if currency is not None:
+        try:
+            minor_units(currency)
+        except InvalidArgument as exc:
+            entry.fail(str(exc))
+    cadence = entry.string("billing_cadence", required=True)
+    if cadence is not None:
+        try:
+            parse_cadence(cadence)
+        except InvalidArgument as exc:
+            entry.fail(str(exc))
+    rate_cards: list[RateCard] = []
+    card_keys: dict[str, str] = {}
+    priced_features: dict[str, str] = {}
+    if entry.data.get("rate_cards") is None:
+        entry.fail_field("rate_cards", "is required")
+    for card_entry in entry.entries("rate_cards", label="key"):
+        card = _rate_card(card_entry, features, card_keys, priced_features)
+        if card is not None:
+            rate_cards.append(card)
+    if (
+        len(entry.problems) > before
+        or key is None
+        or name is None
+        or currency is None
+        or cadence is None
+    ):
+        return None
+    return Plan(
+        key=key,
+        name=name,
+        currency=currency,
+        billing_cadence=cadence,
+        rate_cards=tuple(rate_cards),
+    )
+
+
+def _rate_card(
+    entry: Entry, features: dict[str, str], keys: dict[str, str], priced: dict[str, str]
+) -> RateCard | None:
+    before = len(entry.problems)
+    entry.check_keys(("key", "feature", "price", "entitlement"))
+    feature = entry.string("feature", required=True)
+    if feature is not None:
+        if feature not in features:
+            entry.fail(f'unknown feature "{feature}"')
+        elif feature in priced:
+            entry.fail(f'feature "{feature}" is already in {priced[feature]}')
+        else:
+            priced[feature] = entry.where
+    key = entry.string("key", default=feature or "")
+    if key:
+        if key in keys:
+            entry.fail(f'duplicate rate card key "{key}", already defined at {keys[key]}')
+        else:
+            keys[key] = entry.where
+    price = _price(entry)
+    entitlement = _entitlement(entry)
+    if not entry.has("price") and not entry.has("entitlement"):
+        entry.fail("needs a price, an entitlement or both")
+    if len(entry.problems) > before or feature is None or not key:
+        return None
+    return RateCard(key=key, feature=feature, price=price, entitlement=entitlement)
+
+
+def _price(card: Entry) -> Price | None:
+    price = card.sub("price")
+    if price is None:
+        return None
+    price.check_keys(("type", "amount"))
+    price_type = price.choice("type", tuple(PriceType))
+    amount = price.decimal("amount", required=True)
+    if price_type is None or amount is None:
+        return None
+    return Price(type=PriceType(price_type), amount=amount)
+
+
+def _entitlement(card: Entry) -> Entitlement | None:
+    entitlement = card.sub("entitlement")
+    if entitlement is None:
+        return None
+    entitlement.check_keys(("type",))
+    kind = entitlement.choice("type", tuple(EntitlementType))
+    return None if kind is None else Entitlement(type=EntitlementType(kind))
+
+
+def _customer(entry: Entry, seen: dict[str, str], subjects: dict[str, str]) -> Customer | None:
+    before = len(entry.problems)
+    entry.check_keys(("key", "name", "subjects"))
+    key = _claim_key(entry, "customer", seen)
+    name = entry.string("name", required=True)
+    own = entry.string_list("subjects", required=True)
+    for index, subject in enumerate(own or ()):
+        if subject in subjects:
+            entry.fail_field(
+                f"subjects[{index}]", f'"{subject}" already belongs to {subjects[subject]}'
+            )
+        else:
+            subjects[subject] = entry.where
+    if len(entry.problems) > before or key is None or name is None or own is None:
+        return None
+    return Customer(key=key, name=name, subjects=own)
+
+
+def _subscription(
+    entry: Entry,
+    customers: dict[str, str],
+    plans: dict[str, str],
+    seen: dict[tuple[str, str], str],
+) -> SubscriptionSpec | None:
+    before = len(entry.problems)
+    entry.check_keys(("customer", "plan", "start"))
+    customer = entry.string("customer", required=True)
+    if customer is not None and customer not in customers:
+        entry.fail(f'unknown customer "{customer}"')
+    plan = entry.string("plan", required=True)
+    if plan is not None and plan not in plans:
+        entry.fail(f'unknown plan "{plan}"')
+    start = _start(entry)
+    if customer is not None and plan is not None:
+        if (customer, plan) in seen:
+            entry.fail(
+                f'customer "{customer}" is already subscribed to plan "{plan}" at '
+                f"{seen[customer, plan]}"
+            )
+        else:
+            seen[customer, plan] = entry.where
+    if len(entry.problems) > before or customer is None or plan is None:
+        return None
+    return SubscriptionSpec(customer=customer, plan=plan, start=start)
+
+
+def _start(entry: Entry) -> datetime | None:
+    """``start``: absent or "now" mean now (None); otherwise an ISO 8601 time with a zone."""
+    value = entry.string("start", default="now")
+    if value is None or value == "now":
+        return None
+    try:
+        start = datetime.fromisoformat(value)
+    except ValueError:
+        entry.fail_field(
+            "start",
+            f'must be "now" or an ISO 8601 timestamp like 2025-01-01T00:00:00Z, got "{value}"',
+        )
+        return None
+    if start.tzinfo is None or start.utcoffset() is None:
+        entry.fail_field("start", f'"{value}" needs a timezone, like Z or +02:00')
+        return None
+    return start

@@ -1,0 +1,297 @@
+"""The gateway half of a decK ``_format_version: "3.0"`` document.
+
+Both of decK's shapes are read: top-level ``services``/``routes``/``consumers``/``plugins``
+lists that refer to each other by name, and entities nested under their parent
+(``services[].routes[]``, ``services[].plugins[]``, ``services[].routes[].plugins[]``,
+``consumers[].plugins[]``). Both give the same :class:`GatewayConfig`, whose entities are
+sorted by name so that equal configs compare equal whatever their layout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controlplane.declarative.entry import Entry, describe
+from controlplane.declarative.errors import Problems
+from controlplane.declarative.plugins import is_http_url, normalise_plugin_config
+from controlplane.gateway.keys import hash_key
+from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
+
+# Kong's rule for entity names.
+_NAME = re.compile(r"^[A-Za-z0-9._~-]+$")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_SCOPES = ("service", "route", "consumer")
+
+
+@dataclass
+class _Gateway:
+    """Entities read so far, each with where it was defined, and every name seen."""
+
+    problems: Problems
+    services: list[Service] = field(default_factory=list)
+    routes: list[tuple[str, Route, bool]] = field(default_factory=list)  # (where, route, nested)
+    consumers: list[Consumer] = field(default_factory=list)
+    plugins: list[tuple[str, Plugin]] = field(default_factory=list)
+    # name -> where it was first defined; includes entities that had other problems, so one
+    # mistake is not reported again by every entity referring to it.
+    names: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {"service": {}, "route": {}, "consumer": {}}
+    )
+    custom_ids: dict[str, str] = field(default_factory=dict)
+    key_hashes: dict[str, str] = field(default_factory=dict)
+
+    def claim(self, kind: str, entry: Entry, key: str) -> str | None:
+        """Read the entry's name field and register it; None if invalid or already taken."""
+        name = entry.string(key, required=True)
+        if name is None:
+            return None
+        seen = self.names[kind]
+        if name in seen:
+            entry.fail(f'duplicate {kind} {key} "{name}", already defined at {seen[name]}')
+            return None
+        seen[name] = entry.where
+        if kind != "consumer" and not _NAME.match(name):
+            entry.fail_field(key, f'"{name}" may contain only letters, digits and "._~-"')
+            return None
+        return name
+
+
+def parse_gateway(document: Entry) -> GatewayConfig:
+    """Read the gateway entities of ``document``; problems go to ``document.problems``."""
+    gateway = _Gateway(document.problems)
+    for entry in document.entries("services", label="name"):
+        _service(gateway, entry)
+    for entry in document.entries("routes", label="name"):
+        _route(gateway, entry, service=None)
+    for entry in document.entries("consumers", label="username"):
+        _consumer(gateway, entry)
+    for entry in document.entries("plugins", label="name"):
+        _plugin(gateway, entry, nested={})
+    _check_references(gateway)
+    return GatewayConfig(
+        services=tuple(sorted(gateway.services, key=lambda s: s.name)),
+        routes=tuple(sorted((route for _, route, _ in gateway.routes), key=lambda r: r.name)),
+        consumers=tuple(sorted(gateway.consumers, key=lambda c: c.username)),
+        plugins=tuple(sorted((plugin for _, plugin in gateway.plugins), key=lambda p: p.scope)),
+    )
+
+
+def _service(gateway: _Gateway, entry: Entry) -> None:
+    before = len(gateway.problems)
+    entry.check_keys(("name", "url", "protocol", "host", "port", "path", "routes", "plugins"))
+    name = gateway.claim("service", entry, "name")
+    url = _service_url(entry)
+    own_problems = len(gateway.problems) > before
+    for route in entry.entries("routes", label="name"):
+        _route(gateway, route, service=name or "")
+    for plugin in entry.entries("plugins", label="name"):
+        _plugin(gateway, plugin, nested={"service": name or ""})
+    if not own_problems and name is not None and url is not None:
+        gateway.services.append(Service(name=name, url=url))
+
+
+def _service_url(entry: Entry) -> str | None:
+    """The service's URL, given whole or as Kong's protocol/host/port/path parts."""
+    parts = [key for key in ("protocol", "host", "port", "path") if entry.has(key)]
+    if entry.has("url"):
+        if parts:
+            entry.fail(f"give either url or {'/'.join(parts)}, not both")
+            return None
+        url = entry.string("url", required=True)
+        if url is not None and not is_http_url(url):
+            entry.fail_field("url", f'must be an http(s) URL, got "{url}"')
+            return None
+        return url
+    if not entry.has("host"):
+        entry.fail("url (or host) is required")
+        return None
+    protocol = entry.choice("protocol", tuple(_DEFAULT_PORTS), default="http")
+    host = entry.string("host", required=True)
+    port = entry.integer("port", minimum=1)
+    if port is not None and port > 65535:
+        entry.fail_field("port", f"must be at most 65535, got {port}")
+        return None
+    path = entry.string("path", default="")
+    if path and not path.startswith("/"):
+        entry.fail_field("path", f'must start with "/", got "{path}"')
+        return None
+    if protocol is None or host is None or path is None:
+        return None
+    return f"{protocol}://{host}:{port or _DEFAULT_PORTS[protocol]}{path}"
+
+
+def _route(gateway: _Gateway, entry: Entry, *, service: str | None) -> None:
+    """Read a route; ``service`` is the enclosing service's name for a nested route."""
+    before = len(gateway.problems)
+    nested = service is not None
+    if nested and entry.has("service"):
+        entry.fail("service must not be set on a route nested under a service")
+    entry.check_keys(("name", "service", "paths", "methods", "strip_path", "plugins"))
+    name = gateway.claim("route", entry, "name")
+    if not nested:
+        service = _reference(entry, "service", required=True)
+    paths = entry.string_list("paths", required=True)
+    for index, path in enumerate(paths or ()):
+        if not path.startswith("/"):
+            entry.fail_field(f"paths[{index}]", 'must start with "/"')
+    methods = entry.string_list("methods")
+    for index, method in enumerate(methods or ()):
+        if method.upper() not in HTTP_METHODS:
+            entry.fail_field(f"methods[{index}]", f'"{method}" is not an HTTP method')
+    strip_path = entry.boolean("strip_path", default=True)
+    own_problems = len(gateway.problems) > before
+    for plugin in entry.entries("plugins", label="name"):
+        _plugin(gateway, plugin, nested={"route": name or ""})
+    if (
+        own_problems
+        or name is None
+        or not service
+        or paths is None
+        or methods is None
+        or strip_path is None
+    ):
+        return
+    route = Route(
+        name=name,
+        service=service,
+        paths=paths,
+        methods=tuple(method.upper() for method in methods),
+        strip_path=strip_path,
+    )
+    gateway.routes.append((entry.where, route, nested))
+
+
+def _consumer(gateway: _Gateway, entry: Entry) -> None:
+    before = len(gateway.problems)
+    entry.check_keys(("username", "custom_id", "keyauth_credentials", "plugins"))
+    username = gateway.claim("consumer", entry, "username")
+    custom_id = entry.string("custom_id", default="")
+    if custom_id:
+        if custom_id in gateway.custom_ids:
+            entry.fail_field(
+                "custom_id", f'"{custom_id}" is already used by {gateway.custom_ids[custom_id]}'
+            )
+        else:
+            gateway.custom_ids[custom_id] = entry.where
+    hashes: list[str] = []
+    for credential in entry.entries("keyauth_credentials", label=""):
+        credential.check_keys(("key",))
+        key = credential.string("key", required=True)
+        if key is None:
+            continue
+        hashed = hash_key(key)
+        # Never echo the key itself: it is a secret.
+        if hashed in gateway.key_hashes:
+            credential.fail_field("key", f"is already used by {gateway.key_hashes[hashed]}")
+            continue
+        gateway.key_hashes[hashed] = credential.where
+        hashes.append(hashed)
+    own_problems = len(gateway.problems) > before
+    for plugin in entry.entries("plugins", label="name"):
+        _plugin(gateway, plugin, nested={"consumer": username or ""})
+    if not own_problems and username is not None and custom_id is not None:
+        gateway.consumers.append(
+            Consumer(username=username, custom_id=custom_id, key_hashes=tuple(hashes))
+        )
+
+
+def _plugin(gateway: _Gateway, entry: Entry, *, nested: Mapping[str, str]) -> None:
+    """Read a plugin; ``nested`` holds the scope given by its parent entity, if any."""
+    before = len(gateway.problems)
+    for parent in nested:
+        if entry.has(parent):
+            entry.fail(f"{parent} must not be set on a plugin nested under a {parent}")
+    entry.check_keys(("name", "enabled", "config", *_SCOPES))
+    name = entry.choice("name", tuple(plugin.value for plugin in PluginName))
+    scope: dict[str, str | None] = {
+        key: nested[key] if key in nested else _reference(entry, key, required=False)
+        for key in _SCOPES
+    }
+    enabled = entry.boolean("enabled", default=True)
+    config_entry = entry.sub("config") or Entry(entry.where, {}, entry.problems, prefix="config.")
+    if name is None:
+        return
+    config = normalise_plugin_config(PluginName(name), config_entry)
+    if len(gateway.problems) > before or enabled is None:
+        return
+    if any(value is None for value in scope.values()) or any(nested[key] == "" for key in nested):
+        return
+    plugin = Plugin(
+        name=PluginName(name),
+        service=scope["service"] or "",
+        route=scope["route"] or "",
+        consumer=scope["consumer"] or "",
+        enabled=enabled,
+        config=config,
+    )
+    gateway.plugins.append((entry.where, plugin))
+
+
+def _reference(entry: Entry, key: str, *, required: bool) -> str | None:
+    """A reference by name: ``key: NAME`` or ``key: {name: NAME}``; "" if absent."""
+    value = entry.data.get(key)
+    if value is None:
+        if required:
+            entry.fail_field(key, "is required")
+            return None
+        return ""
+    if isinstance(value, Mapping) and set(value) == {"name"}:
+        return Entry(entry.where, value, entry.problems, prefix=f"{key}.").string(
+            "name", required=True
+        )
+    if isinstance(value, str) and value.strip():
+        return value
+    # decK also refers by id, but ids are Meterline's to assign (derived from names).
+    entry.fail_field(key, f"must be a name or {{name: NAME}}, got {_shape(value)}")
+    return None
+
+
+def _shape(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping with " + ", ".join(f'"{key}"' for key in value)
+    return describe(value)
+
+
+def _check_references(gateway: _Gateway) -> None:
+    """Report references to undefined entities and plugins that share a scope."""
+    problems = gateway.problems
+    for where, route, nested in gateway.routes:
+        if not nested and route.service not in gateway.names["service"]:
+            problems.add(where, f'service "{route.service}" is not defined')
+    scopes: dict[tuple[str, str, str, str], str] = {}
+    for where, plugin in gateway.plugins:
+        for kind, reference in (
+            ("service", plugin.service),
+            ("route", plugin.route),
+            ("consumer", plugin.consumer),
+        ):
+            if reference and reference not in gateway.names[kind]:
+                problems.add(where, f'{kind} "{reference}" is not defined')
+        if plugin.name is PluginName.KEY_AUTH and plugin.consumer:
+            # Authentication is what identifies the consumer, so it cannot depend on one.
+            problems.add(where, "key-auth cannot be scoped to a consumer")
+        if plugin.scope in scopes:
+            scope_text = _describe_scope(plugin)
+            problems.add(
+                where,
+                f"duplicate {plugin.name.value} plugin {scope_text}, already defined at "
+                f"{scopes[plugin.scope]} (one plugin of a kind per scope)",
+            )
+        else:
+            scopes[plugin.scope] = where
+
+
+def _describe_scope(plugin: Plugin) -> str:
+    parts = [
+        f'{kind} "{value}"'
+        for kind, value in (
+            ("service", plugin.service),
+            ("route", plugin.route),
+            ("consumer", plugin.consumer),
+        )
+        if value
+    ]
+    return "for " + ", ".join(parts) if parts else "at global scope"

@@ -1,0 +1,82 @@
+"""Reading YAML or JSON text into plain data, strictly.
+
+Stricter than ``yaml.safe_load`` in two ways that matter for config: a key repeated in one
+mapping is an error (YAML would silently keep the last one), and timestamps stay strings (the
+parser decides what a timestamp means, and never gets a naive datetime by accident).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from controlplane.errors import InvalidArgument
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without implicit timestamps and with duplicate-key detection."""
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue  # keys merged in with "<<" may legitimately be overridden
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            repeated = key in seen
+        except TypeError:
+            continue  # unhashable key: construct_mapping reports it with its position
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidArgument(f"invalid JSON: duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def load_text(text: str) -> Any:
+    """The data in ``text`` (YAML, or JSON); InvalidArgument with line and column if malformed."""
+    if text.lstrip().startswith("{"):
+        # JSON is YAML too, but YAML rejects tab indentation that JSON allows.
+        try:
+            return json.loads(text, object_pairs_hook=_json_object)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(
+                f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "malformed document"
+        raise InvalidArgument(f"invalid YAML{where}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"invalid YAML: {exc}") from None

@@ -1,0 +1,208 @@
+"""``meterline demo``: the walkthrough on the embedded default, as plain processes.
+
+Starts a control plane on a temporary SQLite file, a data plane and (only when
+OPENAI_API_KEY is not set) a local fake OpenAI upstream; applies the walkthrough config;
+sends six chat requests through the gateway (three streamed); prints the invoice preview.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+import httpx
+
+from controlplane.cli.client import admin_client
+from controlplane.cli.render import invoice_table
+from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
+
+CONSUMER_KEY = "acme-secret-key"
+
+WALKTHROUGH = """\
+_format_version: "3.0"
+services:
+  - name: ai-service
+    url: {upstream_base}
+    routes:
+      - name: chat
+        paths: [/chat]
+    plugins:
+      - name: ai-proxy
+        config:
+          route_type: llm/v1/chat
+          auth:
+            header_name: Authorization
+            header_value: Bearer {upstream_key}
+          model:
+            provider: openai
+            name: gpt-4o-mini
+            options:
+              upstream_url: {upstream_base}/v1/chat/completions
+consumers:
+  - username: acme-corp
+    keyauth_credentials:
+      - key: {consumer_key}
+plugins:
+  - name: key-auth
+    config:
+      key_names: [apikey]
+billing:
+  features:
+    - {{key: ai-token, meter: llm_tokens, filters: {{provider: openai, type: input}}}}
+  plans:
+    - key: starter
+      name: Starter
+      currency: USD
+      billing_cadence: P1M
+      rate_cards:
+        - {{feature: ai-token, price: {{type: unit, amount: "1"}}, entitlement: {{type: boolean}}}}
+  customers:
+    - {{key: acme, name: Acme Corp, subjects: [acme-corp]}}
+  subscriptions:
+    - {{customer: acme, plan: starter, start: now}}
+"""
+
+PROMPTS = [
+    "Say hello to the Meterline walkthrough.",
+    "What is a token?",
+    "Name three colours.",
+    "Count from one to five.",
+    "Write a haiku about invoices.",
+    "What is the capital of France?",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def walkthrough_yaml(*, upstream_base: str, upstream_key: str) -> str:
+    return WALKTHROUGH.format(
+        upstream_base=upstream_base, upstream_key=upstream_key, consumer_key=CONSUMER_KEY
+    )
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_http(url: str, *, until: float, ok: set[int]) -> None:
+    while time.monotonic() < until:
+        try:
+            if httpx.get(url, timeout=1).status_code in ok:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"error: {url} did not become ready")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _chat(base: str, prompt: str, *, stream: bool) -> dict[str, object]:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+    headers = {"apikey": CONSUMER_KEY}
+    if not stream:
+        response = httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=60)
+        response.raise_for_status()
+        data = response.json()
+        return {"reply": data["choices"][0]["message"]["content"]}
+    body["stream"] = True
+    parts = []
+    with httpx.stream(
+        "POST", f"{base}/chat/completions", json=body, headers=headers, timeout=60
+    ) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for choice in json.loads(line[6:]).get("choices", []):
+                    parts.append(choice.get("delta", {}).get("content") or "")
+    return {"reply": "".join(parts)}
+
+
+def run_demo() -> int:
+    real_key = os.environ.get("OPENAI_API_KEY")
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="meterline-demo-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        deadline = time.monotonic() + 60
+        cp_addr = f"127.0.0.1:{free_port()}"
+        dp_port = free_port()
+        if real_key:
+            upstream_base, upstream_key = "https://api.openai.com", real_key
+            print("using the real OpenAI API (OPENAI_API_KEY is set)")
+        else:
+            fake_port = free_port()
+            upstream_base, upstream_key = f"http://127.0.0.1:{fake_port}", "sk-fake-demo"
+            fake = _start(
+                [python, "-m", "dataplane.fakeprovider", "--listen", f"127.0.0.1:{fake_port}"],
+                work / "fake.log",
+            )
+            stack.callback(_stop, fake)
+            print(f"fake OpenAI upstream on {upstream_base} (set OPENAI_API_KEY to use OpenAI)")
+        db_url = f"sqlite:///{work / 'meterline.db'}"
+        cp = _start(
+            [python, "-m", "controlplane", "controlplane", "--db", db_url, "--listen", cp_addr],
+            work / "controlplane.log",
+        )
+        stack.callback(_stop, cp)
+        print(f"control plane on {cp_addr} ({db_url})")
+        with admin_client(cp_addr, wait_seconds=30) as client:
+            applied = client.gateway.ApplyConfig(
+                gateway_pb2.ApplyConfigRequest(
+                    document=walkthrough_yaml(upstream_base=upstream_base, upstream_key=upstream_key)
+                )
+            )
+            print(f"applied the walkthrough: {len(applied.changes)} changes")
+            for change in applied.changes:
+                print(f"  {change}")
+            dp = _start(
+                [python, "-m", "controlplane", "dataplane", "--cp", cp_addr,
+                 "--listen", f"127.0.0.1:{dp_port}"],
+                work / "dataplane.log",
+            )
+            stack.callback(_stop, dp)
+            base = f"http://127.0.0.1:{dp_port}/chat"
+            # 404 on an unmatched path means the data plane holds a config and serves.
+            _wait_http(f"http://127.0.0.1:{dp_port}/_ready_probe", until=deadline, ok={404})
+            print(f"data plane on http://127.0.0.1:{dp_port}; OpenAI base_url {base}")
+            for i, prompt in enumerate(PROMPTS):
+                stream = i % 2 == 1
+                result = _chat(base, prompt, stream=stream)
+                kind = "stream" if stream else "plain "
+                print(f"  [{kind}] {prompt!r} -> {str(result['reply'])[:60]!r}")
+            # Usage reaches the control plane asynchronously: wait for all 12 events.
+            while time.monotonic() < deadline:
+                events = client.usage.ListUsageEvents(
+                    usage_pb2.ListUsageEventsRequest(subject="acme-corp", page_size=1000)
+                ).usage_events
+                if len(events) >= 2 * len(PROMPTS):
+                    break
+                time.sleep(0.1)
+            try:
+                invoice = client.billing.PreviewInvoice(
+                    billing_pb2.PreviewInvoiceRequest(customer="customers/acme")
+                )
+            except grpc.RpcError as exc:
+                print(f"error: {exc.details()}", file=sys.stderr)
+                return 1
+        print()
+        print(invoice_table(invoice))
+    return 0

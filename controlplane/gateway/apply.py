@@ -1,0 +1,98 @@
+"""Declarative apply: a whole decK-style document, in one transaction, all or nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from controlplane.catalog import storage as catalog
+from controlplane.customers import storage as customers
+from controlplane.declarative import DeclarativeConfig, parse_document
+from controlplane.errors import InvalidArgument, NotFound
+from controlplane.gateway import storage as gateway
+from controlplane.storage.db import Database
+from controlplane.subscriptions import storage as subscriptions
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What the apply changed (empty when the stored state already matched the file)."""
+
+    changes: tuple[str, ...]
+
+
+def apply_document(
+    db: Database, *, text: str, now: datetime, validate_only: bool = False
+) -> ApplyResult:
+    """Parse, validate and store a declarative document; nothing is stored if any entry fails."""
+    config = parse_document(text)
+    with db.engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            changes = _apply(conn, config, now=now)
+        except IntegrityError as exc:
+            transaction.rollback()
+            raise InvalidArgument(f"the file conflicts with stored data: {exc.orig}") from exc
+        except BaseException:
+            transaction.rollback()
+            raise
+        if validate_only:
+            transaction.rollback()
+        else:
+            transaction.commit()
+    return ApplyResult(changes=tuple(changes))
+
+
+def _apply(conn: Connection, config: DeclarativeConfig, *, now: datetime) -> list[str]:
+    changes: list[str | None] = []
+    for service in config.gateway.services:
+        changes.append(gateway.upsert_service(conn, service, now=now))
+    for route in config.gateway.routes:
+        changes.append(gateway.upsert_route(conn, route, now=now))
+    for consumer in config.gateway.consumers:
+        changes.extend(gateway.upsert_consumer(conn, consumer, now=now))
+    for plugin in config.gateway.plugins:
+        changes.append(gateway.upsert_plugin(conn, plugin, now=now))
+
+    billing = config.billing
+    for feature in billing.features:
+        changes.append(catalog.upsert_feature(conn, feature, now=now))
+    for plan in billing.plans:
+        try:
+            current = catalog.get_plan(conn, plan.key)
+        except NotFound:
+            current = None
+        if current is not None and catalog.same_content(current, plan):
+            if current.state.value == "draft":
+                catalog.publish_plan(conn, plan.key, current.version, now=now)
+                changes.append(f"published plan {plan.key} version {current.version}")
+            continue
+        stored = catalog.insert_plan_version(conn, plan, now=now)
+        catalog.publish_plan(conn, stored.key, stored.version, now=now)
+        changes.append(f"created and published plan {plan.key} version {stored.version}")
+    for customer in billing.customers:
+        changes.append(customers.upsert_customer(conn, customer, now=now))
+    for spec in billing.subscriptions:
+        running = [
+            sub
+            for sub in subscriptions.list_subscriptions(conn, spec.customer)
+            if sub.plan_key == spec.plan and (sub.end_time is None or sub.end_time > now)
+        ]
+        if running:
+            continue
+        plan = catalog.active_plan(conn, spec.plan)
+        sub = subscriptions.create_subscription(
+            conn,
+            customer=spec.customer,
+            plan_key=plan.key,
+            plan_version=plan.version,
+            start_time=spec.start or now,
+            now=now,
+        )
+        changes.append(
+            f"created subscription {sub.id} ({spec.customer} on {plan.key} v{plan.version})"
+        )
+    return [c for c in changes if c]

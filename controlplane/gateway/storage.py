@@ -1,0 +1,223 @@
+"""Storage of gateway entities (Core statements over one connection = one unit of work)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from controlplane.errors import AlreadyExists, NotFound
+from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
+from controlplane.storage import schema as s
+
+
+def load_config(conn: Connection) -> GatewayConfig:
+    """The whole stored gateway configuration."""
+    return GatewayConfig(
+        services=tuple(list_services(conn)),
+        routes=tuple(list_routes(conn)),
+        consumers=tuple(list_consumers(conn)),
+        plugins=tuple(list_plugins(conn)),
+    )
+
+
+def list_services(conn: Connection) -> list[Service]:
+    rows = conn.execute(select(s.services).order_by(s.services.c.name))
+    return [Service(name=r.name, url=r.url) for r in rows]
+
+
+def get_service(conn: Connection, name: str) -> Service:
+    row = conn.execute(select(s.services).where(s.services.c.name == name)).first()
+    if row is None:
+        raise NotFound(f"service {name!r} not found")
+    return Service(name=row.name, url=row.url)
+
+
+def list_routes(conn: Connection) -> list[Route]:
+    rows = conn.execute(select(s.routes).order_by(s.routes.c.name))
+    return [
+        Route(
+            name=r.name,
+            service=r.service,
+            paths=tuple(r.paths),
+            methods=tuple(r.methods),
+            strip_path=r.strip_path,
+        )
+        for r in rows
+    ]
+
+
+def list_consumers(conn: Connection) -> list[Consumer]:
+    hashes: dict[str, list[str]] = defaultdict(list)
+    creds = s.keyauth_credentials
+    for row in conn.execute(select(creds.c.consumer, creds.c.key_hash).order_by(creds.c.key_hash)):
+        hashes[row.consumer].append(row.key_hash)
+    rows = conn.execute(select(s.consumers).order_by(s.consumers.c.username))
+    return [
+        Consumer(
+            username=r.username, custom_id=r.custom_id, key_hashes=tuple(hashes[r.username])
+        )
+        for r in rows
+    ]
+
+
+def get_consumer(conn: Connection, username: str) -> Consumer:
+    for consumer in list_consumers(conn):
+        if consumer.username == username:
+            return consumer
+    raise NotFound(f"consumer {username!r} not found")
+
+
+def list_plugins(conn: Connection) -> list[Plugin]:
+    p = s.plugins
+    rows = conn.execute(select(p).order_by(p.c.name, p.c.service, p.c.route, p.c.consumer))
+    return [
+        Plugin(
+            name=PluginName(r.name),
+            service=r.service,
+            route=r.route,
+            consumer=r.consumer,
+            enabled=r.enabled,
+            config=r.config,
+        )
+        for r in rows
+    ]
+
+
+def plugin_ids(conn: Connection) -> dict[tuple[str, str, str, str], str]:
+    p = s.plugins
+    rows = conn.execute(select(p.c.id, p.c.name, p.c.service, p.c.route, p.c.consumer))
+    return {(r.name, r.service, r.route, r.consumer): r.id for r in rows}
+
+
+def upsert_service(conn: Connection, service: Service, *, now: datetime) -> str | None:
+    """Create or update a service; returns a description of the change, or None."""
+    t = s.services
+    row = conn.execute(select(t).where(t.c.name == service.name)).first()
+    if row is None:
+        conn.execute(
+            insert(t).values(name=service.name, url=service.url, create_time=now, update_time=now)
+        )
+        return f"created service {service.name}"
+    if row.url != service.url:
+        conn.execute(
+            update(t).where(t.c.name == service.name).values(url=service.url, update_time=now)
+        )
+        return f"updated service {service.name}"
+    return None
+
+
+def upsert_route(conn: Connection, route: Route, *, now: datetime) -> str | None:
+    t = s.routes
+    values: dict[str, Any] = {
+        "service": route.service,
+        "paths": list(route.paths),
+        "methods": list(route.methods),
+        "strip_path": route.strip_path,
+    }
+    row = conn.execute(select(t).where(t.c.name == route.name)).first()
+    if row is None:
+        conn.execute(
+            insert(t).values(name=route.name, create_time=now, update_time=now, **values)
+        )
+        return f"created route {route.name}"
+    if {k: getattr(row, k) for k in values} != values:
+        conn.execute(update(t).where(t.c.name == route.name).values(update_time=now, **values))
+        return f"updated route {route.name}"
+    return None
+
+
+def upsert_consumer(conn: Connection, consumer: Consumer, *, now: datetime) -> list[str]:
+    """Create or update a consumer and add the key credentials it lacks."""
+    t = s.consumers
+    changes: list[str] = []
+    row = conn.execute(select(t).where(t.c.username == consumer.username)).first()
+    if row is None:
+        conn.execute(
+            insert(t).values(
+                username=consumer.username,
+                custom_id=consumer.custom_id,
+                create_time=now,
+                update_time=now,
+            )
+        )
+        changes.append(f"created consumer {consumer.username}")
+    elif row.custom_id != consumer.custom_id:
+        conn.execute(
+            update(t)
+            .where(t.c.username == consumer.username)
+            .values(custom_id=consumer.custom_id, update_time=now)
+        )
+        changes.append(f"updated consumer {consumer.username}")
+    for key_hash in consumer.key_hashes:
+        if add_credential(conn, username=consumer.username, key_hash=key_hash, now=now):
+            changes.append(f"added a key credential to consumer {consumer.username}")
+    return changes
+
+
+def add_credential(conn: Connection, *, username: str, key_hash: str, now: datetime) -> bool:
+    """Attach a key (by hash) to a consumer; False if it already belongs to that consumer."""
+    creds = s.keyauth_credentials
+    owner = conn.execute(select(creds.c.consumer).where(creds.c.key_hash == key_hash)).scalar()
+    if owner == username:
+        return False
+    if owner is not None:
+        raise AlreadyExists(f"that key already belongs to another consumer ({owner})")
+    conn.execute(
+        insert(creds).values(
+            id=str(uuid.uuid4()), consumer=username, key_hash=key_hash, create_time=now
+        )
+    )
+    return True
+
+
+def create_consumer(conn: Connection, consumer: Consumer, *, now: datetime) -> None:
+    t = s.consumers
+    if conn.execute(select(t.c.username).where(t.c.username == consumer.username)).first():
+        raise AlreadyExists(f"consumer {consumer.username!r} already exists")
+    upsert_consumer(conn, consumer, now=now)
+
+
+def delete_consumer(conn: Connection, username: str) -> None:
+    conn.execute(delete(s.keyauth_credentials).where(s.keyauth_credentials.c.consumer == username))
+    conn.execute(delete(s.plugins).where(s.plugins.c.consumer == username))
+    result = conn.execute(delete(s.consumers).where(s.consumers.c.username == username))
+    if result.rowcount == 0:
+        raise NotFound(f"consumer {username!r} not found")
+
+
+def upsert_plugin(conn: Connection, plugin: Plugin, *, now: datetime) -> str | None:
+    t = s.plugins
+    scope = (
+        (t.c.name == plugin.name.value)
+        & (t.c.service == plugin.service)
+        & (t.c.route == plugin.route)
+        & (t.c.consumer == plugin.consumer)
+    )
+    where = plugin.route or plugin.service or plugin.consumer or "global"
+    row = conn.execute(select(t).where(scope)).first()
+    config = dict(plugin.config)
+    if row is None:
+        conn.execute(
+            insert(t).values(
+                id=str(uuid.uuid4()),
+                name=plugin.name.value,
+                service=plugin.service,
+                route=plugin.route,
+                consumer=plugin.consumer,
+                enabled=plugin.enabled,
+                config=config,
+                create_time=now,
+                update_time=now,
+            )
+        )
+        return f"created plugin {plugin.name.value} ({where})"
+    if row.enabled != plugin.enabled or row.config != config:
+        conn.execute(
+            update(t).where(scope).values(enabled=plugin.enabled, config=config, update_time=now)
+        )
+        return f"updated plugin {plugin.name.value} ({where})"
+    return None

@@ -1,0 +1,226 @@
+"""The relational schema, as SQLAlchemy Core tables. Alembic migrations create it.
+
+Decimal amounts are stored as text so that no database ever rounds them through a float;
+timestamps are stored as naive UTC and come back timezone-aware (``UTCDateTime``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+
+def _times() -> list[Column[Any]]:
+    return [
+        Column("create_time", UTCDateTime(), nullable=False),
+        Column("update_time", UTCDateTime(), nullable=False),
+    ]
+
+
+services = Table(
+    "services",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("url", Text, nullable=False),
+    *_times(),
+)
+
+routes = Table(
+    "routes",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("service", String(200), ForeignKey("services.name"), nullable=False),
+    Column("paths", JSON, nullable=False),
+    Column("methods", JSON, nullable=False),
+    Column("strip_path", Boolean, nullable=False),
+    *_times(),
+)
+
+consumers = Table(
+    "consumers",
+    metadata,
+    Column("username", String(200), primary_key=True),
+    Column("custom_id", String(200), nullable=False, default=""),
+    *_times(),
+)
+
+keyauth_credentials = Table(
+    "keyauth_credentials",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "consumer",
+        String(200),
+        ForeignKey("consumers.username", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("key_hash", String(100), nullable=False, unique=True),
+    Column("create_time", UTCDateTime(), nullable=False),
+)
+
+plugins = Table(
+    "plugins",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(100), nullable=False),
+    # Empty string, not NULL, for "no scope": NULLs would defeat the unique constraint.
+    Column("service", String(200), nullable=False),
+    Column("route", String(200), nullable=False),
+    Column("consumer", String(200), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("config", JSON, nullable=False),
+    *_times(),
+    UniqueConstraint("name", "service", "route", "consumer", name="uq_plugins_scope"),
+)
+
+features = Table(
+    "features",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("meter", String(200), nullable=False),
+    Column("filters", JSON, nullable=False),
+    *_times(),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("billing_cadence", String(50), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("create_time", UTCDateTime(), nullable=False),
+    Column("publish_time", UTCDateTime(), nullable=True),
+)
+
+rate_cards = Table(
+    "rate_cards",
+    metadata,
+    Column("plan_key", String(200), primary_key=True),
+    Column("plan_version", Integer, primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("feature", String(200), ForeignKey("features.key"), nullable=False),
+    Column("price_type", String(20), nullable=True),
+    Column("price_amount", String(60), nullable=True),
+    Column("entitlement_type", String(20), nullable=True),
+    ForeignKeyConstraint(
+        ["plan_key", "plan_version"], ["plans.key", "plans.version"], ondelete="CASCADE"
+    ),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("name", String(200), nullable=False),
+    *_times(),
+)
+
+customer_subjects = Table(
+    "customer_subjects",
+    metadata,
+    # A subject's usage belongs to at most one customer.
+    Column("subject", String(200), primary_key=True),
+    Column(
+        "customer", String(200), ForeignKey("customers.key", ondelete="CASCADE"), nullable=False
+    ),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("customer", String(200), ForeignKey("customers.key"), nullable=False),
+    Column("plan_key", String(200), nullable=False),
+    Column("plan_version", Integer, nullable=False),
+    Column("start_time", UTCDateTime(), nullable=False),
+    Column("end_time", UTCDateTime(), nullable=True),
+    Column("create_time", UTCDateTime(), nullable=False),
+    ForeignKeyConstraint(["plan_key", "plan_version"], ["plans.key", "plans.version"]),
+    Index("ix_subscriptions_customer", "customer"),
+)
+
+usage_events = Table(
+    "usage_events",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("source", String(200), nullable=False),
+    Column("type", String(100), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("time", UTCDateTime(), nullable=False),
+    Column("provider", String(100), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("token_type", String(20), nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("route", String(200), nullable=False),
+    Column("request_id", String(100), nullable=False),
+    Column("estimated", Boolean, nullable=False),
+    Column("ingest_time", UTCDateTime(), nullable=False),
+    Index("ix_usage_events_subject_time", "subject", "time"),
+)
+
+dataplanes = Table(
+    "dataplanes",
+    metadata,
+    Column("node_id", String(200), primary_key=True),
+    Column("hostname", String(200), nullable=False),
+    Column("version", String(50), nullable=False),
+    Column("config_version", String(100), nullable=False),
+    Column("sync_status", String(20), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("last_seen_time", UTCDateTime(), nullable=False),
+)

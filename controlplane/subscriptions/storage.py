@@ -1,0 +1,83 @@
+"""Storage of subscriptions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, select, update
+
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from controlplane.storage import schema as s
+from controlplane.subscriptions.types import Subscription
+
+
+def _subscription(r: object) -> Subscription:
+    return Subscription(
+        id=r.id,  # type: ignore[attr-defined]
+        customer=r.customer,  # type: ignore[attr-defined]
+        plan_key=r.plan_key,  # type: ignore[attr-defined]
+        plan_version=r.plan_version,  # type: ignore[attr-defined]
+        start_time=r.start_time,  # type: ignore[attr-defined]
+        end_time=r.end_time,  # type: ignore[attr-defined]
+        create_time=r.create_time,  # type: ignore[attr-defined]
+    )
+
+
+def list_subscriptions(conn: Connection, customer: str | None = None) -> list[Subscription]:
+    t = s.subscriptions
+    query = select(t).order_by(t.c.start_time, t.c.id)
+    if customer is not None:
+        query = query.where(t.c.customer == customer)
+    return [_subscription(r) for r in conn.execute(query)]
+
+
+def get_subscription(conn: Connection, id: str) -> Subscription:
+    row = conn.execute(select(s.subscriptions).where(s.subscriptions.c.id == id)).first()
+    if row is None:
+        raise NotFound(f"subscription {id!r} not found")
+    return _subscription(row)
+
+
+def create_subscription(
+    conn: Connection,
+    *,
+    customer: str,
+    plan_key: str,
+    plan_version: int,
+    start_time: datetime,
+    now: datetime,
+) -> Subscription:
+    """A new subscription; a customer has at most one running subscription per plan."""
+    for existing in list_subscriptions(conn, customer):
+        if existing.plan_key == plan_key and (
+            existing.end_time is None or existing.end_time > start_time
+        ):
+            raise FailedPrecondition(
+                f"customer {customer!r} already has a running subscription to plan {plan_key!r}"
+                f" ({existing.id})"
+            )
+    id = str(uuid.uuid4())
+    conn.execute(
+        insert(s.subscriptions).values(
+            id=id,
+            customer=customer,
+            plan_key=plan_key,
+            plan_version=plan_version,
+            start_time=start_time,
+            end_time=None,
+            create_time=now,
+        )
+    )
+    return get_subscription(conn, id)
+
+
+def cancel_subscription(conn: Connection, id: str, *, end_time: datetime) -> Subscription:
+    subscription = get_subscription(conn, id)
+    if subscription.end_time is not None:
+        raise FailedPrecondition(f"subscription {id!r} is already canceled")
+    if end_time < subscription.start_time:
+        raise InvalidArgument("end_time is before the subscription's start_time")
+    t = s.subscriptions
+    conn.execute(update(t).where(t.c.id == id).values(end_time=end_time))
+    return get_subscription(conn, id)

@@ -1,0 +1,312 @@
+"""Validate a wire Snapshot and compile it into a RuntimeConfig, or explain why not.
+
+Compilation is pure (no I/O) so a bad snapshot is rejected before anything changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode, urlsplit
+
+from dataplane.keys import is_key_hash
+from dataplane.providers import (
+    NOT_YET_SUPPORTED_PROVIDERS,
+    NOT_YET_SUPPORTED_ROUTE_TYPES,
+    OPENAI_FORMAT_DEFAULT_URLS,
+    SUPPORTED_ROUTE_TYPES,
+)
+from dataplane.routing import RouteTable
+from dataplane.runtime import (
+    AiProxyPolicy,
+    CompiledRoute,
+    Consumer,
+    KeyAuthPolicy,
+    ProviderTarget,
+    RuntimeConfig,
+)
+
+if TYPE_CHECKING:
+    from meterline.dataplane.v1 import snapshot_pb2
+
+KEY_AUTH = "key-auth"
+AI_PROXY = "ai-proxy"
+_CONFIG_FIELD = {KEY_AUTH: "key_auth", AI_PROXY: "ai_proxy"}
+_DEFAULT_KEY_NAMES = ("apikey",)
+
+# Never forwarded upstream: credentials of the client, and hop-by-hop or length headers that
+# the upstream HTTP client sets itself.
+_ALWAYS_DROPPED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"accept-encoding",
+        b"content-type",
+        b"authorization",
+        b"proxy-authorization",
+        b"cookie",
+        b"apikey",
+        b"api-key",
+        b"x-api-key",
+    }
+)
+
+
+class CompileError(ValueError):
+    """A snapshot that cannot be applied; the message says which object is wrong and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    key_auth: snapshot_pb2.KeyAuthConfig | None
+    ai_proxy: snapshot_pb2.AiProxyConfig | None
+
+
+def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> RuntimeConfig:
+    """Return the runtime form of ``snapshot``; raise CompileError if it is invalid."""
+    service_ids = _service_ids(snapshot)
+    route_ids = _check_routes(snapshot, service_ids)
+    consumers = _consumers_by_key_hash(snapshot)
+    consumer_ids = {consumer.id for consumer in snapshot.consumers}
+    plugins = _check_plugins(snapshot, service_ids, route_ids, consumer_ids)
+
+    compiled: list[tuple[CompiledRoute, list[str]]] = []
+    for route in snapshot.routes:
+        resolved = _resolve_plugins(route, plugins)
+        key_auth = _compile_key_auth(resolved.key_auth) if resolved.key_auth else None
+        ai_proxy = _compile_ai_proxy(resolved.ai_proxy) if resolved.ai_proxy else None
+        dropped = set(_ALWAYS_DROPPED)
+        if key_auth is not None:
+            dropped |= key_auth.header_names
+        if ai_proxy is not None:
+            dropped |= {name for name, _ in ai_proxy.target.auth_headers}
+        compiled.append(
+            (
+                CompiledRoute(
+                    id=route.id,
+                    name=route.name or route.id,
+                    service_id=route.service_id,
+                    methods=frozenset(route.methods),
+                    key_auth=key_auth,
+                    ai_proxy=ai_proxy,
+                    dropped_headers=frozenset(dropped),
+                ),
+                list(route.paths),
+            )
+        )
+    return RuntimeConfig(
+        version=version,
+        routes=RouteTable(compiled),
+        consumers_by_key_hash=MappingProxyType(consumers),
+    )
+
+
+def _service_ids(snapshot: snapshot_pb2.Snapshot) -> set[str]:
+    ids: set[str] = set()
+    for service in snapshot.services:
+        if not service.id:
+            raise CompileError(f'service "{service.name}" has no id')
+        if service.id in ids:
+            raise CompileError(f'duplicate service id "{service.id}"')
+        ids.add(service.id)
+    return ids
+
+
+def _check_routes(snapshot: snapshot_pb2.Snapshot, service_ids: set[str]) -> set[str]:
+    ids: set[str] = set()
+    for route in snapshot.routes:
+        label = f'route "{route.name or route.id}"'
+        if not route.id:
+            raise CompileError(f"{label} has no id")
+        if route.id in ids:
+            raise CompileError(f'duplicate route id "{route.id}"')
+        ids.add(route.id)
+        if route.service_id not in service_ids:
+            raise CompileError(f'{label}: unknown service_id "{route.service_id}"')
+        if not route.paths:
+            raise CompileError(f"{label} has no paths")
+        for path in route.paths:
+            if not path.startswith("/"):
+                raise CompileError(f'{label}: path "{path}" does not start with "/"')
+        for method in route.methods:
+            if not method.isalpha() or method != method.upper():
+                raise CompileError(f'{label}: method "{method}" is not an upper-case HTTP method')
+    return ids
+
+
+def _consumers_by_key_hash(snapshot: snapshot_pb2.Snapshot) -> dict[str, Consumer]:
+    by_hash: dict[str, Consumer] = {}
+    ids: set[str] = set()
+    for wire in snapshot.consumers:
+        if not wire.id:
+            raise CompileError(f'consumer "{wire.username}" has no id')
+        if wire.id in ids:
+            raise CompileError(f'duplicate consumer id "{wire.id}"')
+        ids.add(wire.id)
+        if not wire.username:
+            # The username is the metering subject: usage without one could not be billed.
+            raise CompileError(f'consumer "{wire.id}" has no username')
+        consumer = Consumer(id=wire.id, username=wire.username)
+        for key_hash in wire.key_hashes:
+            if not is_key_hash(key_hash):
+                raise CompileError(
+                    f'consumer "{wire.username}": key hash is not "sha256:" + 64 lower-case hex'
+                )
+            other = by_hash.get(key_hash)
+            if other is not None and other.id != consumer.id:
+                raise CompileError(
+                    f'duplicate key hash: consumers "{other.username}" and "{consumer.username}" '
+                    "share a key"
+                )
+            by_hash[key_hash] = consumer
+    return by_hash
+
+
+def _check_plugins(
+    snapshot: snapshot_pb2.Snapshot,
+    service_ids: set[str],
+    route_ids: set[str],
+    consumer_ids: set[str],
+) -> list[snapshot_pb2.Plugin]:
+    """Validate every plugin (enabled or not) and return the enabled ones."""
+    scopes: set[tuple[str, str, str, str]] = set()
+    enabled: list[snapshot_pb2.Plugin] = []
+    for plugin in snapshot.plugins:
+        label = f'plugin "{plugin.id or plugin.name}"'
+        expected_field = _CONFIG_FIELD.get(plugin.name)
+        if expected_field is None:
+            raise CompileError(
+                f'{label}: unknown plugin name "{plugin.name}" (expected "key-auth" or "ai-proxy")'
+            )
+        actual_field = plugin.WhichOneof("config")
+        if actual_field != expected_field:
+            raise CompileError(
+                f'{label}: a "{plugin.name}" plugin needs config "{expected_field}", '
+                f'got "{actual_field or "none"}"'
+            )
+        if plugin.service_id and plugin.service_id not in service_ids:
+            raise CompileError(f'{label}: unknown service_id "{plugin.service_id}"')
+        if plugin.route_id and plugin.route_id not in route_ids:
+            raise CompileError(f'{label}: unknown route_id "{plugin.route_id}"')
+        if plugin.consumer_id and plugin.consumer_id not in consumer_ids:
+            raise CompileError(f'{label}: unknown consumer_id "{plugin.consumer_id}"')
+        scope = (plugin.name, plugin.service_id, plugin.route_id, plugin.consumer_id)
+        if scope in scopes:
+            raise CompileError(f'{label}: a second "{plugin.name}" plugin on the same scope')
+        scopes.add(scope)
+        if plugin.name == AI_PROXY:
+            _check_ai_proxy(label, plugin.ai_proxy)
+        if plugin.enabled:
+            enabled.append(plugin)
+    return enabled
+
+
+def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
+    provider = config.model.provider
+    if provider in NOT_YET_SUPPORTED_PROVIDERS:
+        raise CompileError(f'{label}: provider "{provider}" is not supported yet')
+    if provider not in OPENAI_FORMAT_DEFAULT_URLS:
+        supported = ", ".join(sorted(OPENAI_FORMAT_DEFAULT_URLS))
+        raise CompileError(f'{label}: unknown provider "{provider}" (supported: {supported})')
+    route_type = config.route_type
+    if route_type in NOT_YET_SUPPORTED_ROUTE_TYPES:
+        raise CompileError(f'{label}: route_type "{route_type}" is not supported yet')
+    if route_type not in SUPPORTED_ROUTE_TYPES:
+        supported = ", ".join(sorted(SUPPORTED_ROUTE_TYPES))
+        raise CompileError(f'{label}: unknown route_type "{route_type}" (supported: {supported})')
+    if config.llm_format not in ("", "openai"):
+        raise CompileError(f'{label}: llm_format "{config.llm_format}" is not supported yet')
+    upstream_url = config.model.options.upstream_url
+    if upstream_url:
+        parts = urlsplit(upstream_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CompileError(f'{label}: upstream_url "{upstream_url}" is not an http(s) URL')
+    elif route_type not in OPENAI_FORMAT_DEFAULT_URLS[provider]:
+        raise CompileError(f'{label}: provider "{provider}" needs model.options.upstream_url')
+    auth = config.auth
+    if bool(auth.header_name) != bool(auth.header_value):
+        raise CompileError(f"{label}: auth needs both header_name and header_value")
+    if auth.param_name and auth.param_location not in ("query", "body"):
+        raise CompileError(f'{label}: auth.param_location must be "query" or "body"')
+    if config.model.options.max_tokens < 0:
+        raise CompileError(f"{label}: model.options.max_tokens is negative")
+
+
+def _resolve_plugins(route: snapshot_pb2.Route, plugins: list[snapshot_pb2.Plugin]) -> _Resolved:
+    """Pick each plugin kind for ``route``: route-scoped > service-scoped > global (Kong)."""
+    best: dict[str, tuple[int, snapshot_pb2.Plugin]] = {}
+    for plugin in plugins:
+        if plugin.consumer_id:
+            # Consumer-scoped plugins need the consumer, known only after key-auth; not yet used.
+            continue
+        if plugin.route_id:
+            if plugin.route_id != route.id or (
+                plugin.service_id and plugin.service_id != route.service_id
+            ):
+                continue
+            rank = 3 if plugin.service_id else 2
+        elif plugin.service_id:
+            if plugin.service_id != route.service_id:
+                continue
+            rank = 1
+        else:
+            rank = 0
+        current = best.get(plugin.name)
+        if current is None or rank > current[0]:
+            best[plugin.name] = (rank, plugin)
+    key_auth = best.get(KEY_AUTH)
+    ai_proxy = best.get(AI_PROXY)
+    return _Resolved(
+        key_auth=key_auth[1].key_auth if key_auth else None,
+        ai_proxy=ai_proxy[1].ai_proxy if ai_proxy else None,
+    )
+
+
+def _compile_key_auth(config: snapshot_pb2.KeyAuthConfig) -> KeyAuthPolicy:
+    names = tuple(config.key_names) or _DEFAULT_KEY_NAMES
+    return KeyAuthPolicy(
+        header_names=frozenset(name.lower().encode("latin-1") for name in names),
+        query_names=frozenset(names),
+        key_in_query=config.key_in_query,
+        key_in_bearer=config.key_in_bearer,
+    )
+
+
+def _compile_ai_proxy(config: snapshot_pb2.AiProxyConfig) -> AiProxyPolicy:
+    provider = config.model.provider
+    url = (
+        config.model.options.upstream_url or OPENAI_FORMAT_DEFAULT_URLS[provider][config.route_type]
+    )
+    auth = config.auth
+    body_params: tuple[tuple[str, str], ...] = ()
+    if auth.param_name and auth.param_location == "query":
+        url += ("&" if urlsplit(url).query else "?") + urlencode(
+            {auth.param_name: auth.param_value}
+        )
+    elif auth.param_name:
+        body_params = ((auth.param_name, auth.param_value),)
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    if auth.header_name:
+        headers = ((auth.header_name.lower().encode("latin-1"), auth.header_value.encode()),)
+    return AiProxyPolicy(
+        route_type=config.route_type,
+        target=ProviderTarget(
+            provider=provider,
+            url=url,
+            origin=f"{parts.scheme}://{parts.hostname}:{port}",
+            auth_headers=headers,
+            auth_body_params=body_params,
+        ),
+        model=config.model.name,
+        max_tokens=config.model.options.max_tokens,
+    )

@@ -1,0 +1,277 @@
+"""A fake OpenAI chat-completions provider for tests and the local demo.
+
+It speaks OpenAI's wire format (whole responses and SSE streams) with deterministic token
+counts, so tests can assert exact sums:
+
+- ``prompt_tokens`` = sum over messages of (3 + number of whitespace-separated words in the
+  message's text; for list content, the text of its ``text`` parts);
+- the reply is ``"fake reply: "`` followed by the words of the last message, cut to
+  ``max_completion_tokens``/``max_tokens`` words if set (then ``finish_reason`` is
+  ``"length"``), and ``completion_tokens`` = number of words in the reply.
+
+Errors: a wrong or missing ``Authorization`` answers 401 (the expected key is configurable;
+by default any ``Bearer sk-...`` passes); model ``"fail-500"`` or header ``x-fake-status: N``
+answers status N with an OpenAI error. Every request is recorded; ``GET /_fake/requests``
+returns them and ``DELETE /_fake/requests`` clears them.
+
+Run it with ``python -m dataplane.fakeprovider --listen 127.0.0.1:PORT``, or in-process:
+``async with serve_http(FakeProvider()) as address: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from dataplane.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, read_body, send_response
+from dataplane.httpserver import serve_http, split_host_port
+
+MESSAGE_OVERHEAD_TOKENS = 3
+REPLY_PREFIX = "fake reply:"
+SYSTEM_FINGERPRINT = "fp_fake"
+
+_SERVER_ERROR = {
+    "message": "The server had an error while processing your request.",
+    "type": "server_error",
+    "param": None,
+    "code": None,
+}
+_BAD_KEY = {
+    "message": "Incorrect API key provided",
+    "type": "invalid_request_error",
+    "param": None,
+    "code": "invalid_api_key",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """A request as the fake received it (header names lower-case)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+def message_text(message: Any) -> str:
+    """The text of one chat message (string content, or the text parts of list content)."""
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def prompt_tokens(messages: list[Any]) -> int:
+    """The fake's prompt token count (see the module docstring)."""
+    return sum(MESSAGE_OVERHEAD_TOKENS + len(message_text(m).split()) for m in messages)
+
+
+def reply_words(messages: list[Any], max_words: int | None = None) -> tuple[list[str], str]:
+    """The fake's reply as words, and its finish reason."""
+    last = message_text(messages[-1]) if messages else ""
+    words = [*REPLY_PREFIX.split(), *last.split()]
+    if max_words is not None and len(words) > max_words:
+        return words[:max_words], "length"
+    return words, "stop"
+
+
+class FakeProvider:
+    """The fake as a raw ASGI app; ``requests`` lists what it received."""
+
+    def __init__(self, *, api_key: str | None = None) -> None:
+        self.api_key = api_key
+        self.requests: list[RecordedRequest] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method: str = scope["method"]
+        path: str = scope["path"]
+        if path == "/_fake/requests":
+            if method == "DELETE":
+                self.requests.clear()
+            payload = orjson.dumps([asdict(request) for request in self.requests])
+            await send_response(send, 200, payload, [JSON_CONTENT_TYPE])
+            return
+
+        raw = await read_body(receive, limit=64 * 1024 * 1024)
+        headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
+        try:
+            body: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests.append(RecordedRequest(method=method, path=path, headers=headers, body=body))
+
+        if method != "POST" or not path.endswith("/chat/completions"):
+            await _error(send, 404, f"Invalid URL ({method} {path})", "invalid_request_error", None)
+            return
+        authorization = headers.get("authorization", "")
+        if not (
+            authorization == f"Bearer {self.api_key}"
+            if self.api_key is not None
+            else authorization.startswith("Bearer sk-")
+        ):
+            await send_response(send, 401, orjson.dumps({"error": _BAD_KEY}), [JSON_CONTENT_TYPE])
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            await _error(
+                send,
+                400,
+                "We could not parse the JSON body of your request.",
+                "invalid_request_error",
+                None,
+            )
+            return
+        forced = headers.get("x-fake-status")
+        if body.get("model") == "fail-500" or forced == "500":
+            payload = orjson.dumps({"error": _SERVER_ERROR})
+            await send_response(send, 500, payload, [JSON_CONTENT_TYPE])
+            return
+        if forced and forced.isdigit():
+            await _error(
+                send, int(forced), f"Forced status {forced}", "invalid_request_error", None
+            )
+            return
+        await self._complete(send, body)
+
+    async def _complete(self, send: Send, body: dict[str, Any]) -> None:
+        messages: list[Any] = body["messages"]
+        model = str(body.get("model", ""))
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        words, finish_reason = reply_words(messages, limit if isinstance(limit, int) else None)
+        usage = _usage(prompt_tokens(messages), len(words))
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if not body.get("stream"):
+            document = {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": " ".join(words),
+                            "refusal": None,
+                        },
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": usage,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+            }
+            await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])
+            return
+
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            document: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            if include_usage:
+                document["usage"] = None
+            return b"data: " + orjson.dumps(document) + b"\n\n"
+
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
+        pieces = [chunk({"role": "assistant", "content": "", "refusal": None}, None)]
+        pieces.extend(
+            chunk({"content": word if i == 0 else " " + word}, None) for i, word in enumerate(words)
+        )
+        pieces.append(chunk({}, finish_reason))
+        if include_usage:
+            final = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+                "choices": [],
+                "usage": usage,
+            }
+            pieces.append(b"data: " + orjson.dumps(final) + b"\n\n")
+        pieces.append(b"data: [DONE]\n\n")
+        for piece in pieces:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+async def _error(send: Send, status: int, message: str, type: str, code: str | None) -> None:
+    payload = orjson.dumps(
+        {"error": {"message": message, "type": type, "param": None, "code": code}}
+    )
+    await send_response(send, status, payload, [JSON_CONTENT_TYPE])
+
+
+async def _serve(host: str, port: int, api_key: str | None) -> None:
+    async with serve_http(FakeProvider(api_key=api_key), host=host, port=port) as address:
+        print(f"fake provider listening on {address.url}", flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dataplane.fakeprovider --listen HOST:PORT [--api-key KEY]``."""
+    parser = argparse.ArgumentParser(prog="python -m dataplane.fakeprovider", description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:8900", help="HOST:PORT (port 0: any)")
+    parser.add_argument("--api-key", default=None, help="the only key accepted (default: sk-*)")
+    args = parser.parse_args(argv)
+    host, port = split_host_port(args.listen)
+    try:
+        import uvloop
+
+        uvloop.run(_serve(host, port, args.api_key))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The immutable runtime config a data plane serves from: what a Snapshot compiles into."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dataplane.routing import RouteTable
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """An API caller as the hot path needs it."""
+
+    id: str
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAuthPolicy:
+    """Where the key-auth plugin looks for a key (header names are lower-case bytes)."""
+
+    header_names: frozenset[bytes]
+    query_names: frozenset[str]
+    key_in_query: bool
+    key_in_bearer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderTarget:
+    """One upstream endpoint of a provider, with its secret auth already resolved."""
+
+    provider: str
+    url: str
+    # scheme://host:port: requests to one origin share one pooled HTTP client.
+    origin: str
+    # Provider secrets: never logged, never sent to a client.
+    auth_headers: tuple[tuple[bytes, bytes], ...]
+    auth_body_params: tuple[tuple[str, str], ...]
+
+    def __repr__(self) -> str:
+        # The default repr would print the provider key into any log or traceback.
+        return f"ProviderTarget(provider={self.provider!r}, url={self.url!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class AiProxyPolicy:
+    """The ai-proxy plugin of a route."""
+
+    route_type: str
+    target: ProviderTarget
+    # Replaces the client's model when set.
+    model: str
+    # Default max_tokens when the client sets none; 0 means none.
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """A route with its plugins resolved (route > service > global)."""
+
+    id: str
+    name: str
+    service_id: str
+    methods: frozenset[str]
+    key_auth: KeyAuthPolicy | None
+    ai_proxy: AiProxyPolicy | None
+    # Client headers never forwarded upstream: credentials and hop-by-hop headers.
+    dropped_headers: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """A compiled snapshot. Swapped in whole; never mutated."""
+
+    version: str
+    routes: RouteTable[CompiledRoute]
+    consumers_by_key_hash: Mapping[str, Consumer]
+
+    def __repr__(self) -> str:
+        return (
+            f"RuntimeConfig(version={self.version!r}, routes={len(self.routes)}, "
+            f"consumers={len(set(self.consumers_by_key_hash.values()))})"
+        )
