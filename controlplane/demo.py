@@ -19,10 +19,10 @@ from pathlib import Path
 
 import grpc
 import httpx
+from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
 
 from controlplane.cli.client import admin_client
 from controlplane.cli.render import invoice_table
-from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
 
 CONSUMER_KEY = "acme-secret-key"
 
@@ -117,7 +117,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _chat(base: str, prompt: str, *, stream: bool) -> dict[str, object]:
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+    body: dict[str, object] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
     headers = {"apikey": CONSUMER_KEY}
     if not stream:
         response = httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=60)
@@ -167,15 +167,25 @@ def run_demo() -> int:
         with admin_client(cp_addr, wait_seconds=30) as client:
             applied = client.gateway.ApplyConfig(
                 gateway_pb2.ApplyConfigRequest(
-                    document=walkthrough_yaml(upstream_base=upstream_base, upstream_key=upstream_key)
+                    document=walkthrough_yaml(
+                        upstream_base=upstream_base, upstream_key=upstream_key
+                    )
                 )
             )
             print(f"applied the walkthrough: {len(applied.changes)} changes")
             for change in applied.changes:
                 print(f"  {change}")
             dp = _start(
-                [python, "-m", "controlplane", "dataplane", "--cp", cp_addr,
-                 "--listen", f"127.0.0.1:{dp_port}"],
+                [
+                    python,
+                    "-m",
+                    "controlplane",
+                    "dataplane",
+                    "--cp",
+                    cp_addr,
+                    "--listen",
+                    f"127.0.0.1:{dp_port}",
+                ],
                 work / "dataplane.log",
             )
             stack.callback(_stop, dp)

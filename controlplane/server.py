@@ -7,6 +7,15 @@ import logging
 import signal
 
 import grpc
+from meterline.admin.v1 import (
+    billing_pb2_grpc,
+    catalog_pb2_grpc,
+    customers_pb2_grpc,
+    gateway_pb2_grpc,
+    usage_pb2_grpc,
+)
+from meterline.dataplane.v1 import config_pb2_grpc
+from meterline.dataplane.v1 import usage_pb2_grpc as dp_usage_pb2_grpc
 
 from controlplane.api.admin import (
     BillingServicer,
@@ -20,15 +29,6 @@ from controlplane.api.errors import DomainErrorInterceptor
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync.hub import ConfigHub
 from controlplane.storage.db import Database
-from meterline.admin.v1 import (
-    billing_pb2_grpc,
-    catalog_pb2_grpc,
-    customers_pb2_grpc,
-    gateway_pb2_grpc,
-    usage_pb2_grpc,
-)
-from meterline.dataplane.v1 import config_pb2_grpc
-from meterline.dataplane.v1 import usage_pb2_grpc as dp_usage_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,22 @@ class ControlPlane:
         self.listen = listen
         self.port = 0
         self.server = grpc.aio.server(interceptors=[DomainErrorInterceptor()])
-        deps = {"db": db, "clock": self.clock, "hub": self.hub}
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(**deps), self.server)
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(**deps), self.server)
-        customers_pb2_grpc.add_CustomerServiceServicer_to_server(
-            CustomerServicer(**deps), self.server
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
+            GatewayServicer(db=db, clock=self.clock, hub=self.hub), self.server
         )
-        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(**deps), self.server)
-        usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageQueryServicer(**deps), self.server)
-        self._config = ConfigServicer(**deps)
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
+            CatalogServicer(db=db, clock=self.clock, hub=self.hub), self.server
+        )
+        customers_pb2_grpc.add_CustomerServiceServicer_to_server(
+            CustomerServicer(db=db, clock=self.clock, hub=self.hub), self.server
+        )
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(
+            BillingServicer(db=db, clock=self.clock, hub=self.hub), self.server
+        )
+        usage_pb2_grpc.add_UsageServiceServicer_to_server(
+            UsageQueryServicer(db=db, clock=self.clock, hub=self.hub), self.server
+        )
+        self._config = ConfigServicer(db=db, clock=self.clock, hub=self.hub)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(self._config, self.server)
         dp_usage_pb2_grpc.add_UsageServiceServicer_to_server(
             UsageServicer(db=db, clock=self.clock), self.server
@@ -82,7 +89,12 @@ async def serve(*, db_url: str, listen: str) -> None:
     cp = ControlPlane(db=db, listen=listen)
     port = await cp.start()
     host = listen.rsplit(":", 1)[0]
-    log.info("control plane listening on %s:%d (database %s)", host, port, db.engine.url.render_as_string(hide_password=True))
+    log.info(
+        "control plane listening on %s:%d (database %s)",
+        host,
+        port,
+        db.engine.url.render_as_string(hide_password=True),
+    )
     print(f"control plane listening on {host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
+from meterline.admin.v1 import (
+    billing_pb2,
+    billing_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    customers_pb2,
+    customers_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 from sqlalchemy import Connection
 
 from controlplane.api import convert
@@ -27,21 +39,12 @@ from controlplane.invoicing.preview import preview_invoice
 from controlplane.storage.db import Database
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.usage import storage as usage
-from meterline.admin.v1 import (
-    billing_pb2,
-    billing_pb2_grpc,
-    catalog_pb2,
-    catalog_pb2_grpc,
-    customers_pb2,
-    customers_pb2_grpc,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    usage_pb2,
-    usage_pb2_grpc,
-)
 
 T = TypeVar("T")
-Ctx = grpc.aio.ServicerContext
+if TYPE_CHECKING:
+    Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+else:
+    Ctx = grpc.aio.ServicerContext
 
 
 class _Base:
@@ -304,10 +307,14 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         self, request: customers_pb2.CreateSubscriptionRequest, context: Ctx
     ) -> customers_pb2.Subscription:
         message = request.subscription
-        customer_key = convert.resource_id(_require(message.customer, "subscription.customer"), "customers")
+        customer_key = convert.resource_id(
+            _require(message.customer, "subscription.customer"), "customers"
+        )
         plan_key, version = convert.parse_plan_name(_require(message.plan, "subscription.plan"))
         now = self._clock.now()
-        start = convert.from_timestamp(message.start_time) if message.HasField("start_time") else now
+        start = (
+            convert.from_timestamp(message.start_time) if message.HasField("start_time") else now
+        )
 
         def create(conn: Connection) -> customers_pb2.Subscription:
             customers.get_customer(conn, customer_key)
@@ -317,7 +324,9 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
                 else catalog.get_plan(conn, plan_key, version)
             )
             if plan.state.value != "active":
-                raise InvalidArgument(f"{convert.plan_name(plan)} is {plan.state.value}, not active")
+                raise InvalidArgument(
+                    f"{convert.plan_name(plan)} is {plan.state.value}, not active"
+                )
             sub = subscriptions.create_subscription(
                 conn,
                 customer=customer_key,
@@ -399,7 +408,9 @@ class UsageQueryServicer(_Base, usage_pb2_grpc.UsageServiceServicer):
     ) -> usage_pb2.QueryMeterResponse:
         if request.meter not in BUILTIN_METERS:
             raise InvalidArgument(f"unknown meter {request.meter!r}")
-        start = convert.from_timestamp(request.start_time) if request.HasField("start_time") else None
+        start = (
+            convert.from_timestamp(request.start_time) if request.HasField("start_time") else None
+        )
         end = convert.from_timestamp(request.end_time) if request.HasField("end_time") else None
         rows = await self._tx(
             lambda c: usage.group_tokens(

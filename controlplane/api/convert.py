@@ -8,6 +8,14 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
+from meterline.admin.v1 import (
+    billing_pb2,
+    catalog_pb2,
+    customers_pb2,
+    gateway_pb2,
+)
+from meterline.admin.v1 import usage_pb2 as admin_usage_pb2
+from meterline.dataplane.v1 import usage_pb2
 
 from controlplane.catalog.types import (
     Aggregation,
@@ -27,14 +35,6 @@ from controlplane.gateway.types import Consumer, Plugin, Route, Service
 from controlplane.invoicing.types import Invoice, InvoiceLine
 from controlplane.subscriptions.types import Subscription
 from controlplane.usage.types import TokenType, UsageEvent
-from meterline.admin.v1 import (
-    billing_pb2,
-    catalog_pb2,
-    customers_pb2,
-    gateway_pb2,
-)
-from meterline.admin.v1 import usage_pb2 as admin_usage_pb2
-from meterline.dataplane.v1 import usage_pb2
 
 SECRET_KEYS = {"header_value", "param_value"}
 
@@ -127,14 +127,26 @@ def plugin_to_proto(plugin: Plugin, plugin_id: str) -> gateway_pb2.Plugin:
 # Catalog ------------------------------------------------------------------------------------
 
 
+AGGREGATIONS = {
+    Aggregation.SUM: catalog_pb2.METER_AGGREGATION_SUM,
+    Aggregation.COUNT: catalog_pb2.METER_AGGREGATION_COUNT,
+    Aggregation.MAX: catalog_pb2.METER_AGGREGATION_MAX,
+    Aggregation.UNIQUE_COUNT: catalog_pb2.METER_AGGREGATION_UNIQUE_COUNT,
+}
+
+PLAN_STATES = {
+    PlanState.DRAFT: catalog_pb2.PLAN_STATE_DRAFT,
+    PlanState.ACTIVE: catalog_pb2.PLAN_STATE_ACTIVE,
+    PlanState.ARCHIVED: catalog_pb2.PLAN_STATE_ARCHIVED,
+}
+
+
 def meter_to_proto(meter: Meter) -> catalog_pb2.Meter:
     return catalog_pb2.Meter(
         name=f"meters/{meter.key}",
         key=meter.key,
         event_type=meter.event_type,
-        aggregation=catalog_pb2.MeterAggregation.Value(
-            f"METER_AGGREGATION_{Aggregation(meter.aggregation).value}"
-        ),
+        aggregation=AGGREGATIONS[meter.aggregation],
         value_property=meter.value_property,
         group_by=meter.group_by,
     )
@@ -180,7 +192,7 @@ def plan_to_proto(plan: Plan) -> catalog_pb2.Plan:
         display_name=plan.name,
         currency=plan.currency,
         billing_cadence=plan.billing_cadence,
-        state=catalog_pb2.PlanState.Value(f"PLAN_STATE_{PlanState(plan.state).name}"),
+        state=PLAN_STATES[plan.state],
         create_time=to_timestamp(plan.create_time),
         publish_time=to_timestamp(plan.publish_time),
     )
@@ -215,7 +227,9 @@ def plan_from_proto(message: catalog_pb2.Plan) -> Plan:
         if not rc.feature:
             raise InvalidArgument(f"rate_cards[{i}].feature is required")
         cards.append(
-            RateCard(key=rc.key or rc.feature, feature=rc.feature, price=price, entitlement=entitlement)
+            RateCard(
+                key=rc.key or rc.feature, feature=rc.feature, price=price, entitlement=entitlement
+            )
         )
     return Plan(
         key=message.key,

@@ -6,8 +6,10 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
+from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2, usage_pb2_grpc
 
 from controlplane.api import convert
 from controlplane.clock import Clock
@@ -16,10 +18,13 @@ from controlplane.configsync.hub import ConfigHub
 from controlplane.configsync.registry import SyncStatus
 from controlplane.storage.db import Database
 from controlplane.usage import storage as usage
-from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2, usage_pb2_grpc
+from controlplane.usage.types import UsageEvent
 
 log = logging.getLogger(__name__)
-Ctx = grpc.aio.ServicerContext
+if TYPE_CHECKING:
+    Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+else:
+    Ctx = grpc.aio.ServicerContext
 
 
 class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
@@ -127,6 +132,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self._db = db
         self._clock = clock
 
+    def _store(self, events: list[UsageEvent]) -> usage.InsertResult:
+        with self._db.begin() as conn:
+            return usage.insert_events(conn, events, ingest_time=self._clock.now())
+
     async def StreamUsage(
         self, request_iterator: AsyncIterator[usage_pb2.UsageBatch], context: Ctx
     ) -> AsyncIterator[usage_pb2.UsageAck]:
@@ -134,13 +143,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             events = [
                 convert.usage_event_from_proto(e, index=i) for i, e in enumerate(batch.events)
             ]
-            now = self._clock.now()
-
-            def store() -> usage.InsertResult:
-                with self._db.begin() as conn:
-                    return usage.insert_events(conn, events, ingest_time=now)
-
-            result = await asyncio.to_thread(store)
+            result = await asyncio.to_thread(self._store, events)
             yield usage_pb2.UsageAck(
                 batch_id=batch.batch_id,
                 accepted_count=result.accepted,

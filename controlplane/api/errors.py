@@ -30,7 +30,7 @@ CODES: dict[type[MeterlineError], grpc.StatusCode] = {
 }
 
 
-async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+async def _abort_for(exc: Exception, context: Any, method: str) -> None:
     if isinstance(exc, MeterlineError):
         code = next(
             (c for kind, c in CODES.items() if isinstance(exc, kind)), grpc.StatusCode.UNKNOWN
@@ -50,9 +50,9 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -60,7 +60,7 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             inner_uu = handler.unary_unary
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(request: Any, context: Any) -> Any:
                 try:
                     return await inner_uu(request, context)
                 except Exception as exc:
@@ -77,7 +77,7 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_ss = handler.stream_stream
 
             async def stream_stream(
-                request_iterator: Any, context: grpc.aio.ServicerContext
+                request_iterator: Any, context: Any
             ) -> AsyncIterator[Any]:
                 try:
                     async for response in inner_ss(request_iterator, context):

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
-
 from meterline.admin.v1 import (
     billing_pb2_grpc,
     catalog_pb2_grpc,

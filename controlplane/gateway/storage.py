@@ -57,9 +57,7 @@ def list_consumers(conn: Connection) -> list[Consumer]:
         hashes[row.consumer].append(row.key_hash)
     rows = conn.execute(select(s.consumers).order_by(s.consumers.c.username))
     return [
-        Consumer(
-            username=r.username, custom_id=r.custom_id, key_hashes=tuple(hashes[r.username])
-        )
+        Consumer(username=r.username, custom_id=r.custom_id, key_hashes=tuple(hashes[r.username]))
         for r in rows
     ]
 
@@ -120,9 +118,7 @@ def upsert_route(conn: Connection, route: Route, *, now: datetime) -> str | None
     }
     row = conn.execute(select(t).where(t.c.name == route.name)).first()
     if row is None:
-        conn.execute(
-            insert(t).values(name=route.name, create_time=now, update_time=now, **values)
-        )
+        conn.execute(insert(t).values(name=route.name, create_time=now, update_time=now, **values))
         return f"created route {route.name}"
     if {k: getattr(row, k) for k in values} != values:
         conn.execute(update(t).where(t.c.name == route.name).values(update_time=now, **values))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from meterline.admin.v1 import (
     catalog_pb2,
     customers_pb2,
@@ -16,9 +15,7 @@ async def test_apply_walkthrough_then_again_changes_nothing(harness, walkthrough
     first = await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=walkthrough))
     assert "created consumer acme-corp" in first.changes
     assert any(c.startswith("created subscription") for c in first.changes)
-    second = await harness.gateway.ApplyConfig(
-        gateway_pb2.ApplyConfigRequest(document=walkthrough)
-    )
+    second = await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=walkthrough))
     assert list(second.changes) == []
     assert second.config_version == first.config_version
 
@@ -74,7 +71,9 @@ async def test_subject_of_two_customers_is_rejected_atomically(harness, walkthro
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "acme-corp" in err.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as missing:
-        await harness.customers.GetCustomer(customers_pb2.GetCustomerRequest(name="customers/other"))
+        await harness.customers.GetCustomer(
+            customers_pb2.GetCustomerRequest(name="customers/other")
+        )
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 

@@ -8,10 +8,11 @@ from datetime import datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from meterline.admin.v1 import gateway_pb2, usage_pb2
+from meterline.dataplane.v1 import config_pb2
+from meterline.dataplane.v1 import usage_pb2 as dp_usage_pb2
 
 from controlplane.configsync import registry
-from meterline.admin.v1 import gateway_pb2, usage_pb2
-from meterline.dataplane.v1 import config_pb2, usage_pb2 as dp_usage_pb2
 
 
 def _ts(value: datetime) -> timestamp_pb2.Timestamp:
@@ -21,7 +22,13 @@ def _ts(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 def llm_event(
-    id: str, *, at: datetime, tokens: int, token_type: int, subject: str = "acme-corp", status: int = 200
+    id: str,
+    *,
+    at: datetime,
+    tokens: int,
+    token_type: int,
+    subject: str = "acme-corp",
+    status: int = 200,
 ) -> dp_usage_pb2.UsageEvent:
     return dp_usage_pb2.UsageEvent(
         id=id,
@@ -41,7 +48,9 @@ def llm_event(
     )
 
 
-async def send_batches(harness, batches: list[dp_usage_pb2.UsageBatch]) -> list[dp_usage_pb2.UsageAck]:
+async def send_batches(
+    harness, batches: list[dp_usage_pb2.UsageBatch]
+) -> list[dp_usage_pb2.UsageAck]:
     call = harness.usage_stream.StreamUsage()
     acks = []
     for batch in batches:
@@ -125,7 +134,11 @@ async def test_config_stream_pushes_on_connect_and_on_change_and_records_acks(
         await asyncio.wait_for(call.read(), 1)
     with harness.cp.db.begin() as conn:
         (node,) = registry.list_dataplanes(conn)
-    assert (node["node_id"], node["sync_status"], node["error"]) == ("dp-1", "nacked", "cannot apply")
+    assert (node["node_id"], node["sync_status"], node["error"]) == (
+        "dp-1",
+        "nacked",
+        "cannot apply",
+    )
     assert node["config_version"] == empty.version_info
     call.cancel()
 
@@ -167,7 +180,9 @@ async def test_invoice_preview_counts_only_billable_usage_inside_the_subscriptio
             dp_usage_pb2.UsageBatch(
                 batch_id="early",
                 events=[
-                    llm_event("e0:input", at=before, tokens=1000, token_type=dp_usage_pb2.TOKEN_TYPE_INPUT)
+                    llm_event(
+                        "e0:input", at=before, tokens=1000, token_type=dp_usage_pb2.TOKEN_TYPE_INPUT
+                    )
                 ],
             )
         ],

@@ -1,0 +1,148 @@
+"""The config client against a scripted control plane (a real in-process grpc.aio server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+import httpx
+import pytest
+
+from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, snapshot_pb2
+
+from dataplane.backoff import Backoff
+from dataplane.configsync import ConfigClient
+from dataplane.httpserver import serve_http
+from dataplane.proxy import Gateway
+
+_END = None
+
+
+class ScriptedConfigService(config_pb2_grpc.ConfigServiceServicer):
+    """Sends what the test puts in ``outbox`` (None ends the stream); queues what it gets."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[config_pb2.ConfigRequest] = asyncio.Queue()
+        self.outbox: asyncio.Queue[config_pb2.ConfigResponse | None] = asyncio.Queue()
+
+    async def StreamConfig(self, request_iterator, context):  # noqa: N802 (gRPC's name)
+        async def read() -> None:
+            async for request in request_iterator:
+                self.inbox.put_nowait(request)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await self.outbox.get()) is not _END:
+                yield response
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+@pytest.fixture
+async def control_plane() -> AsyncIterator[tuple[ScriptedConfigService, str]]:
+    service = ScriptedConfigService()
+    server = grpc.aio.server()
+    config_pb2_grpc.add_ConfigServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield service, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+async def test_ack_then_nack_keeps_serving_the_old_config(control_plane, fake, snapshot_for):
+    service, target = control_plane
+    gateway = Gateway(node_id="dp-1", usage_sink=lambda event: None)
+    good = snapshot_for(fake.chat_url)
+    bad = snapshot_pb2.Snapshot()
+    bad.CopyFrom(good)
+    bad.routes[0].service_id = "svc-missing"
+
+    async with (
+        grpc.aio.insecure_channel(target) as channel,
+        serve_http(gateway) as address,
+        httpx.AsyncClient(base_url=address.url) as http,
+    ):
+        client = ConfigClient(
+            stub=config_pb2_grpc.ConfigServiceStub(channel),
+            node=config_pb2.Node(id="dp-1", hostname="host-a", version="0.1.0"),
+            apply=gateway.apply,
+            backoff=Backoff(initial=0.01, maximum=0.05),
+        )
+        sync = asyncio.create_task(client.run())
+        try:
+            # Given a data plane that announced itself and has no config yet
+            hello = await service.inbox.get()
+            assert hello.node == config_pb2.Node(id="dp-1", hostname="host-a", version="0.1.0")
+            assert (hello.version_info, hello.response_nonce) == ("", "")
+            assert (await http.post("/open/chat/completions", json={})).status_code == 503
+
+            # When a good snapshot arrives, then it is ACKed and served
+            await service.outbox.put(
+                config_pb2.ConfigResponse(version_info="v1", nonce="n1", snapshot=good)
+            )
+            ack = await service.inbox.get()
+            assert (ack.version_info, ack.response_nonce) == ("v1", "n1")
+            assert not ack.HasField("error_detail")
+            assert gateway.config is not None and gateway.config.version == "v1"
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            assert (await http.post("/open/chat/completions", json=body)).status_code == 200
+
+            # When a bad snapshot arrives, then it is NACKed and the old config stays
+            await service.outbox.put(
+                config_pb2.ConfigResponse(version_info="v2", nonce="n2", snapshot=bad)
+            )
+            nack = await service.inbox.get()
+            assert (nack.version_info, nack.response_nonce) == ("v1", "n2")
+            assert nack.error_detail.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert 'unknown service_id "svc-missing"' in nack.error_detail.message
+            assert gateway.config.version == "v1"
+            assert (await http.post("/open/chat/completions", json=body)).status_code == 200
+            assert client.applied_versions == ["v1"]
+            assert client.rejected_versions == ["v2"]
+
+            # When the stream ends, then the client reconnects and says what it holds
+            await service.outbox.put(_END)
+            again = await service.inbox.get()
+            assert again.node.id == "dp-1"
+            assert (again.version_info, again.response_nonce) == ("v1", "")
+            assert (await http.post("/open/chat/completions", json=body)).status_code == 200
+        finally:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+            await gateway.aclose()
+
+
+async def test_first_snapshot_rejected_nacks_with_empty_version(control_plane):
+    service, target = control_plane
+    applied = []
+    bad = snapshot_pb2.Snapshot(
+        plugins=[snapshot_pb2.Plugin(id="p", name="rate-limiting", enabled=True)]
+    )
+    async with grpc.aio.insecure_channel(target) as channel:
+        client = ConfigClient(
+            stub=config_pb2_grpc.ConfigServiceStub(channel),
+            node=config_pb2.Node(id="dp-2"),
+            apply=applied.append,
+        )
+        sync = asyncio.create_task(client.run())
+        try:
+            await service.inbox.get()
+            await service.outbox.put(
+                config_pb2.ConfigResponse(version_info="v9", nonce="n9", snapshot=bad)
+            )
+            nack = await service.inbox.get()
+        finally:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+    assert (nack.version_info, nack.response_nonce) == ("", "n9")
+    assert nack.error_detail.code == 3
+    assert "rate-limiting" in nack.error_detail.message
+    assert applied == []

@@ -1,0 +1,159 @@
+"""The usage reporter against a scripted UsageService (a real in-process grpc.aio server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
+
+from dataplane.backoff import Backoff
+from dataplane.openai_format import TokenUsage
+from dataplane.usage import UsageReporter
+from dataplane.usage_events import llm_token_events
+
+
+def events_of(n: int) -> list[usage_pb2.UsageEvent]:
+    events: list[usage_pb2.UsageEvent] = []
+    for i in range(n):
+        events.extend(
+            llm_token_events(
+                request_id=f"req{i}",
+                source="dp-1",
+                subject="acme-corp",
+                time_ns=1_700_000_000_000_000_000 + i,
+                provider="openai",
+                model="gpt-4o-mini",
+                status_code=200,
+                route="chat",
+                usage=TokenUsage(input_tokens=10 + i, output_tokens=i),
+                estimated=False,
+            )
+        )
+    return events
+
+
+class ScriptedUsageService(usage_pb2_grpc.UsageServiceServicer):
+    """Stores events idempotently and acks batches; can break a stream instead of acking."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+        self.received: list[tuple[int, usage_pb2.UsageBatch]] = []
+        self.stored: dict[str, usage_pb2.UsageEvent] = {}
+        self.break_on_batches: set[int] = set()
+
+    async def StreamUsage(self, request_iterator, context):  # noqa: N802 (gRPC's name)
+        self.streams += 1
+        stream = self.streams
+        async for batch in request_iterator:
+            self.received.append((stream, batch))
+            if len(self.received) in self.break_on_batches:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane restarting")
+            accepted = duplicate = 0
+            for event in batch.events:
+                if event.id in self.stored:
+                    duplicate += 1
+                else:
+                    self.stored[event.id] = event
+                    accepted += 1
+            yield usage_pb2.UsageAck(
+                batch_id=batch.batch_id, accepted_count=accepted, duplicate_count=duplicate
+            )
+
+
+@pytest.fixture
+async def usage_service() -> AsyncIterator[tuple[ScriptedUsageService, grpc.aio.Channel]]:
+    service = ScriptedUsageService()
+    server = grpc.aio.server()
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield service, channel
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+def reporter_on(channel: grpc.aio.Channel, **kwargs) -> UsageReporter:
+    return UsageReporter(
+        stub=usage_pb2_grpc.UsageServiceStub(channel),
+        backoff=Backoff(initial=0.01, maximum=0.05),
+        **kwargs,
+    )
+
+
+async def test_batches_are_sent_and_acked(usage_service) -> None:
+    service, channel = usage_service
+    reporter = reporter_on(channel, flush_interval=0.01, batch_size=500)
+    reporter.start()
+    events = events_of(600)  # 1200 events: 500 + 500 + 200
+    for event in events:
+        reporter.append(event)
+    await asyncio.wait_for(reporter.wait_drained(), 5)
+    assert await reporter.close(timeout=1)
+
+    sizes = [len(batch.events) for _, batch in service.received]
+    assert sum(sizes) == 1200
+    assert max(sizes) == 500
+    assert len({batch.batch_id for _, batch in service.received}) == len(sizes)
+    assert list(service.stored) == [event.id for event in events]
+    stats = reporter.stats
+    assert stats.acked_batches == len(sizes)
+    assert stats.acked_events == 1200
+    assert stats.pending_events == 0
+    assert stats.resent_batches == 0
+
+
+async def test_unacked_batch_is_resent_with_its_batch_id(usage_service) -> None:
+    service, channel = usage_service
+    # Given a control plane that drops the stream instead of acking the first batch
+    service.break_on_batches = {1}
+    reporter = reporter_on(channel, flush_interval=0.01)
+    events = events_of(3)
+    for event in events:
+        reporter.append(event)
+    # When the reporter runs until everything is acked
+    reporter.start()
+    await asyncio.wait_for(reporter.wait_drained(), 5)
+    await reporter.close(timeout=1)
+    # Then the same batch went out again, on a new stream, unchanged
+    (first_stream, first), (second_stream, second) = service.received
+    assert (first_stream, second_stream) == (1, 2)
+    assert second.batch_id == first.batch_id
+    assert second == first
+    assert list(service.stored) == [event.id for event in events]
+    stats = reporter.stats
+    assert (stats.resent_batches, stats.acked_batches, stats.streams_opened) == (1, 1, 2)
+
+
+async def test_close_flushes_what_is_buffered(usage_service) -> None:
+    service, channel = usage_service
+    reporter = reporter_on(channel, flush_interval=60)  # only close() can make it send
+    reporter.start()
+    for event in events_of(2):
+        reporter.append(event)
+    assert await reporter.close(timeout=2)
+    assert len(service.stored) == 4
+
+
+async def test_close_gives_up_after_its_deadline_when_nobody_acks() -> None:
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # nothing listens there
+    reporter = reporter_on(channel, flush_interval=0.01)
+    reporter.start()
+    reporter.append(events_of(1)[0])
+    assert not await reporter.close(timeout=0.2)
+    assert reporter.stats.pending_events == 1
+    await channel.close()
+
+
+def test_a_full_buffer_drops_the_oldest_event() -> None:
+    reporter = UsageReporter(stub=None, max_buffered_events=2)  # type: ignore[arg-type]
+    for event in events_of(2):  # 4 events
+        reporter.append(event)
+    stats = reporter.stats
+    assert (stats.buffered_events, stats.dropped_events) == (2, 2)
