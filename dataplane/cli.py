@@ -95,12 +95,12 @@ async def _serve(*, cp: str, host: str, port: int, node_id: str, flush_interval:
     # One channel (one HTTP/2 connection) carries both the config and the usage stream.
     channel = grpc.aio.insecure_channel(cp)
     reporter = UsageReporter(
-        stub=usage_pb2_grpc.UsageServiceStub(channel),  # type: ignore[no-untyped-call]
+        stub=usage_pb2_grpc.UsageServiceStub(channel),  # type: ignore[no-untyped-call, unused-ignore]
         flush_interval=flush_interval,
     )
     gateway = Gateway(node_id=node_id, usage_sink=reporter.append)
     config_client = ConfigClient(
-        stub=config_pb2_grpc.ConfigServiceStub(channel),  # type: ignore[no-untyped-call]
+        stub=config_pb2_grpc.ConfigServiceStub(channel),  # type: ignore[no-untyped-call, unused-ignore]
         node=config_pb2.Node(id=node_id, hostname=socket.gethostname(), version=__version__),
         apply=gateway.apply,
     )

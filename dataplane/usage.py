@@ -104,7 +104,9 @@ class UsageReporter:
         self._wake.set()
         drained = True
         try:
-            await asyncio.wait_for(self._drained.wait(), timeout)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
         except TimeoutError:
             drained = False
             logger.error(
@@ -164,7 +166,8 @@ class UsageReporter:
                 if self._closing and self._buffer:
                     continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._flush_interval)
+                    async with asyncio.timeout(self._flush_interval):
+                        await self._wake.wait()
             await reader  # re-raises the reader's failure, if any
             raise ConnectionError("the control plane ended the usage stream")
         finally:

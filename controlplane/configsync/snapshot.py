@@ -130,40 +130,51 @@ def _plugin(
     return message
 
 
+def _text(config: Mapping[str, Any], key: str, default: str = "") -> str:
+    # Stored configs may hold JSON nulls for unset fields; proto3 strings say "unset" with "".
+    value = config.get(key)
+    return default if value is None else str(value)
+
+
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key)
+    return default if value is None else bool(value)
+
+
 def key_auth_config(config: Mapping[str, Any]) -> snapshot_pb2.KeyAuthConfig:
-    """The typed key-auth config of a normalised config dict."""
+    """The typed key-auth config of a normalised config dict (defaults for missing fields)."""
     return snapshot_pb2.KeyAuthConfig(
-        key_names=list(config.get("key_names", ["apikey"])),
-        hide_credentials=bool(config.get("hide_credentials", False)),
-        key_in_query=bool(config.get("key_in_query", True)),
-        key_in_bearer=bool(config.get("key_in_bearer", True)),
+        key_names=[str(name) for name in config.get("key_names") or ["apikey"]],
+        hide_credentials=_flag(config, "hide_credentials", False),
+        key_in_query=_flag(config, "key_in_query", True),
+        key_in_bearer=_flag(config, "key_in_bearer", True),
     )
 
 
 def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
-    """The typed ai-proxy config of a normalised config dict."""
+    """The typed ai-proxy config of a normalised config dict (defaults for missing fields)."""
     auth: Mapping[str, Any] = config.get("auth") or {}
     model: Mapping[str, Any] = config.get("model") or {}
     options: Mapping[str, Any] = model.get("options") or {}
     return snapshot_pb2.AiProxyConfig(
-        route_type=str(config.get("route_type", "llm/v1/chat")),
-        llm_format=str(config.get("llm_format", "openai")),
+        route_type=_text(config, "route_type", "llm/v1/chat"),
+        llm_format=_text(config, "llm_format", "openai"),
         auth=snapshot_pb2.AiProxyAuth(
-            header_name=str(auth.get("header_name", "")),
-            header_value=str(auth.get("header_value", "")),
-            param_name=str(auth.get("param_name", "")),
-            param_value=str(auth.get("param_value", "")),
-            param_location=str(auth.get("param_location", "")),
+            header_name=_text(auth, "header_name"),
+            header_value=_text(auth, "header_value"),
+            param_name=_text(auth, "param_name"),
+            param_value=_text(auth, "param_value"),
+            param_location=_text(auth, "param_location"),
         ),
         model=snapshot_pb2.AiProxyModel(
-            provider=str(model.get("provider", "")),
-            name=str(model.get("name", "")),
+            provider=_text(model, "provider"),
+            name=_text(model, "name"),
             options=snapshot_pb2.AiProxyModelOptions(
-                upstream_url=str(options.get("upstream_url", "")),
-                anthropic_version=str(options.get("anthropic_version", "")),
-                max_tokens=int(options.get("max_tokens", 0)),
-                input_cost=str(options.get("input_cost", "")),
-                output_cost=str(options.get("output_cost", "")),
+                upstream_url=_text(options, "upstream_url"),
+                anthropic_version=_text(options, "anthropic_version"),
+                max_tokens=int(options.get("max_tokens") or 0),
+                input_cost=_text(options, "input_cost"),
+                output_cost=_text(options, "output_cost"),
             ),
         ),
     )

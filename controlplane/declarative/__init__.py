@@ -4,6 +4,11 @@ The gateway half is Kong decK's ``_format_version: "3.0"`` format (services, rou
 with ``keyauth_credentials``, plugins ``key-auth`` and ``ai-proxy``), top-level or nested; the
 ``billing:`` section holds features, plans, customers and subscriptions. Parsing is pure and
 validates everything; every problem is reported, each naming the entry it is about.
+
+Differences from Kong: the ``key-auth`` plugin also accepts ``Authorization: Bearer <key>``
+(``key_in_bearer``, default true) because that is how the openai and anthropic SDKs send an
+API key; entities are referred to by name only (ids are derived from names); prices and costs
+must be quoted decimal strings or integers, never YAML floats, so money stays exact.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def load_text(text: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "malformed document"
-        raise InvalidArgument(f"invalid YAML{where}: {problem}") from None
+        problem = ", ".join(part for part in (exc.context, exc.problem) if part)
+        raise InvalidArgument(f"invalid YAML{where}: {problem or 'malformed document'}") from None
     except yaml.YAMLError as exc:
         raise InvalidArgument(f"invalid YAML: {exc}") from None

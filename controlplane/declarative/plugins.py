@@ -58,7 +58,8 @@ def normalise_plugin_config(name: PluginName, config: Entry) -> dict[str, Any]:
 
 def _key_auth(config: Entry) -> dict[str, Any]:
     config.check_keys(KEY_AUTH_DEFAULTS.keys())
-    result = dict(KEY_AUTH_DEFAULTS)
+    # A fresh list each time: callers may mutate the config they get.
+    result = {**KEY_AUTH_DEFAULTS, "key_names": list(KEY_AUTH_DEFAULTS["key_names"])}
     if config.has("key_names"):
         names = config.string_list("key_names", required=True)
         for index, key_name in enumerate(names or ()):

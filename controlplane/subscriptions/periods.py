@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-import isodate  # type: ignore[import-untyped]
+import isodate
 
 from controlplane.errors import InvalidArgument
 

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import grpc
 import httpx
 import pytest
-
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, snapshot_pb2
 
 from dataplane.backoff import Backoff
@@ -27,7 +26,7 @@ class ScriptedConfigService(config_pb2_grpc.ConfigServiceServicer):
         self.inbox: asyncio.Queue[config_pb2.ConfigRequest] = asyncio.Queue()
         self.outbox: asyncio.Queue[config_pb2.ConfigResponse | None] = asyncio.Queue()
 
-    async def StreamConfig(self, request_iterator, context):  # noqa: N802 (gRPC's name)
+    async def StreamConfig(self, request_iterator, context):
         async def read() -> None:
             async for request in request_iterator:
                 self.inbox.put_nowait(request)

@@ -9,7 +9,6 @@ import httpx
 import openai
 import orjson
 import pytest
-
 from meterline.dataplane.v1 import usage_pb2
 
 from dataplane.compiler import compile_snapshot
@@ -56,7 +55,10 @@ async def test_non_streaming_usage_matches_provider_usage(running, fake) -> None
         EXPECTED_INPUT,
         EXPECTED_OUTPUT,
     )
-    assert completion.choices[0].message.content == "fake reply: count the words in this sentence please"
+    assert (
+        completion.choices[0].message.content
+        == "fake reply: count the words in this sentence please"
+    )
     input_event, output_event = running.events
     assert input_event.id == f"{request_id}:input"
     assert output_event.id == f"{request_id}:output"

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-
 from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
 
 from dataplane.backoff import Backoff
@@ -45,7 +44,7 @@ class ScriptedUsageService(usage_pb2_grpc.UsageServiceServicer):
         self.stored: dict[str, usage_pb2.UsageEvent] = {}
         self.break_on_batches: set[int] = set()
 
-    async def StreamUsage(self, request_iterator, context):  # noqa: N802 (gRPC's name)
+    async def StreamUsage(self, request_iterator, context):
         self.streams += 1
         stream = self.streams
         async for batch in request_iterator:

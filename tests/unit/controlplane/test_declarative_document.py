@@ -357,7 +357,8 @@ def test_any_quoted_decimal_amount_is_kept_exactly(amount: Decimal) -> None:
         ),
         pytest.param(
             '_format_version: "3.0"\nservices:\n- name: a\n  name: b\n',
-            "invalid YAML at line 4, column 3: found duplicate key 'name'",
+            "invalid YAML at line 4, column 3: while constructing a mapping, "
+            "found duplicate key 'name'",
             id="duplicate-key",
         ),
         pytest.param(
@@ -371,6 +372,13 @@ def test_any_quoted_decimal_amount_is_kept_exactly(amount: Decimal) -> None:
             id="json-duplicate-key",
         ),
         pytest.param("- a\n- b\n", "the document must be a mapping", id="not-a-mapping"),
+        pytest.param(
+            '_format_version: "3.0"\n---\n_format_version: "3.0"\n',
+            "invalid YAML at line 2, column 1: expected a single document in the stream, but found "
+            "another document",
+            id="two-documents",
+        ),
+        pytest.param("a: b: c\n", "invalid YAML at line 1, column 5", id="nested-colon"),
         pytest.param("", "the document must be a mapping", id="empty"),
     ],
 )

@@ -230,3 +230,24 @@ def test_empty_config() -> None:
 
     assert built.snapshot.ByteSize() == 0
     assert built.version.startswith("sha256:")
+
+
+def test_stored_configs_with_nulls_and_missing_fields_get_defaults() -> None:
+    config = GatewayConfig(
+        plugins=(
+            Plugin(name=PluginName.KEY_AUTH, config={"key_names": None, "key_in_query": None}),
+            Plugin(
+                name=PluginName.AI_PROXY,
+                config={"auth": None, "model": {"provider": "openai", "name": None}},
+            ),
+        )
+    )
+
+    ai_proxy, key_auth = build_snapshot(config).snapshot.plugins
+
+    assert list(key_auth.key_auth.key_names) == ["apikey"]
+    assert key_auth.key_auth.key_in_query is True
+    assert key_auth.key_auth.key_in_bearer is True
+    assert ai_proxy.ai_proxy.route_type == "llm/v1/chat"
+    assert ai_proxy.ai_proxy.model.name == ""
+    assert ai_proxy.ai_proxy.auth.header_value == ""

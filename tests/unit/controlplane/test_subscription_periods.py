@@ -12,8 +12,10 @@ from controlplane.errors import InvalidArgument
 from controlplane.subscriptions.periods import Cadence, add_cadence, billing_period, parse_cadence
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
 
 
 PLUS_2 = timezone(timedelta(hours=2))

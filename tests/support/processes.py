@@ -1,0 +1,77 @@
+"""Running Meterline as whole processes, as a user does: servers, fake provider, the CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check, *, timeout: float = 30.0, what: str) -> None:
+    """Poll check() until it is true; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def meterline(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the meterline CLI as a user would."""
+    return subprocess.run(
+        [PYTHON, "-m", "controlplane", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=60,
+    )
+
+
+@dataclass
+class Processes:
+    tmp: Path
+    started: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
+
+    def start(self, name: str, *cmd: str) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [PYTHON, *cmd], stdout=out, stderr=subprocess.STDOUT, env={**os.environ}
+            )
+        self.started.append((process, log))
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()}" for _, log in self.started)
+
+    def stop_all(self) -> None:
+        for process, _ in reversed(self.started):
+            process.terminate()
+        for process, _ in self.started:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def http_ready(url: str, ok: set[int]) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code in ok
+    except httpx.TransportError:
+        return False
