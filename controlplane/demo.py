@@ -8,6 +8,7 @@ sends six chat requests through the gateway (three streamed); prints the invoice
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -15,14 +16,15 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import httpx
-from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
 
 from controlplane.cli.client import admin_client
 from controlplane.cli.render import invoice_table
+from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
 
 CONSUMER_KEY = "acme-secret-key"
 
@@ -116,28 +118,50 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def _chat(base: str, prompt: str, *, stream: bool) -> dict[str, object]:
-    body: dict[str, object] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+@dataclass(frozen=True)
+class ChatResult:
+    reply: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _chat(base: str, prompt: str, *, stream: bool) -> ChatResult:
+    """One chat request through the gateway; streams ask for the usage chunk."""
+    body: dict[str, object] = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": prompt}],
+    }
     headers = {"apikey": CONSUMER_KEY}
     if not stream:
         response = httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=60)
         response.raise_for_status()
         data = response.json()
-        return {"reply": data["choices"][0]["message"]["content"]}
+        usage = data["usage"]
+        return ChatResult(
+            data["choices"][0]["message"]["content"],
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+        )
     body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
     parts = []
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
     with httpx.stream(
         "POST", f"{base}/chat/completions", json=body, headers=headers, timeout=60
     ) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
-                for choice in json.loads(line[6:]).get("choices", []):
+                chunk = json.loads(line[6:])
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices", []):
                     parts.append(choice.get("delta", {}).get("content") or "")
-    return {"reply": "".join(parts)}
+    return ChatResult("".join(parts), usage["prompt_tokens"], usage["completion_tokens"])
 
 
 def run_demo() -> int:
+    # Request lines of the demo's own HTTP client would drown the walkthrough's output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     real_key = os.environ.get("OPENAI_API_KEY")
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="meterline-demo-") as tmp, ExitStack() as stack:
@@ -193,11 +217,17 @@ def run_demo() -> int:
             # 404 on an unmatched path means the data plane holds a config and serves.
             _wait_http(f"http://127.0.0.1:{dp_port}/_ready_probe", until=deadline, ok={404})
             print(f"data plane on http://127.0.0.1:{dp_port}; OpenAI base_url {base}")
+            prompt_total = 0
             for i, prompt in enumerate(PROMPTS):
                 stream = i % 2 == 1
                 result = _chat(base, prompt, stream=stream)
+                prompt_total += result.prompt_tokens
                 kind = "stream" if stream else "plain "
-                print(f"  [{kind}] {prompt!r} -> {str(result['reply'])[:60]!r}")
+                print(
+                    f"  [{kind}] in={result.prompt_tokens:<3} out={result.completion_tokens:<3}"
+                    f" {prompt!r} -> {result.reply[:50]!r}"
+                )
+            print(f"prompt tokens reported by the provider: {prompt_total}")
             # Usage reaches the control plane asynchronously: wait for all 12 events.
             while time.monotonic() < deadline:
                 events = client.usage.ListUsageEvents(

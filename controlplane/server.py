@@ -7,15 +7,6 @@ import logging
 import signal
 
 import grpc
-from meterline.admin.v1 import (
-    billing_pb2_grpc,
-    catalog_pb2_grpc,
-    customers_pb2_grpc,
-    gateway_pb2_grpc,
-    usage_pb2_grpc,
-)
-from meterline.dataplane.v1 import config_pb2_grpc
-from meterline.dataplane.v1 import usage_pb2_grpc as dp_usage_pb2_grpc
 
 from controlplane.api.admin import (
     BillingServicer,
@@ -29,6 +20,15 @@ from controlplane.api.errors import DomainErrorInterceptor
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync.hub import ConfigHub
 from controlplane.storage.db import Database
+from meterline.admin.v1 import (
+    billing_pb2_grpc,
+    catalog_pb2_grpc,
+    customers_pb2_grpc,
+    gateway_pb2_grpc,
+    usage_pb2_grpc,
+)
+from meterline.dataplane.v1 import config_pb2_grpc
+from meterline.dataplane.v1 import usage_pb2_grpc as dp_usage_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,14 @@ class ControlPlane:
         self.hub = ConfigHub(db, poll_seconds=poll_seconds)
         self.listen = listen
         self.port = 0
-        self.server = grpc.aio.server(interceptors=[DomainErrorInterceptor()])
+        self.server = grpc.aio.server(
+            interceptors=[DomainErrorInterceptor()],
+            options=[
+                # Data planes hold streams open for days: let them probe dead links.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
             GatewayServicer(db=db, clock=self.clock, hub=self.hub), self.server
         )

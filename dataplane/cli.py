@@ -15,13 +15,13 @@ import socket
 import sys
 
 import grpc
-from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2_grpc
 
 from dataplane import __version__
 from dataplane.configsync import ConfigClient
 from dataplane.httpserver import serve_http, split_host_port
 from dataplane.proxy import Gateway
 from dataplane.usage import UsageReporter
+from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2_grpc
 
 logger = logging.getLogger("dataplane")
 

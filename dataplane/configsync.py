@@ -14,11 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
 
 from dataplane.backoff import Backoff
 from dataplane.compiler import CompileError, compile_snapshot
 from dataplane.runtime import RuntimeConfig
+from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from typing import Final
 from urllib.parse import parse_qsl
 
 import httpx
-from meterline.dataplane.v1 import usage_pb2
 
 from dataplane.asgi import (
     JSON_CONTENT_TYPE,
@@ -40,6 +39,7 @@ from dataplane.runtime import AiProxyPolicy, CompiledRoute, Consumer, KeyAuthPol
 from dataplane.sse import SseSplitter
 from dataplane.upstream import UpstreamClients
 from dataplane.usage_events import llm_token_events
+from meterline.dataplane.v1 import usage_pb2
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
 
 from dataplane.backoff import Backoff
+from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
 
 logger = logging.getLogger(__name__)
 

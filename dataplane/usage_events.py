@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from meterline.dataplane.v1 import usage_pb2
 
 from dataplane.openai_format import TokenUsage
+from meterline.dataplane.v1 import usage_pb2
 
 LLM_TOKENS_EVENT_TYPE = "llm.tokens"
 

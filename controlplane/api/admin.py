@@ -8,18 +8,6 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
-from meterline.admin.v1 import (
-    billing_pb2,
-    billing_pb2_grpc,
-    catalog_pb2,
-    catalog_pb2_grpc,
-    customers_pb2,
-    customers_pb2_grpc,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    usage_pb2,
-    usage_pb2_grpc,
-)
 from sqlalchemy import Connection
 
 from controlplane.api import convert
@@ -39,6 +27,18 @@ from controlplane.invoicing.preview import preview_invoice
 from controlplane.storage.db import Database
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.usage import storage as usage
+from meterline.admin.v1 import (
+    billing_pb2,
+    billing_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    customers_pb2,
+    customers_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 
 T = TypeVar("T")
 if TYPE_CHECKING:

@@ -8,14 +8,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from meterline.admin.v1 import (
-    billing_pb2,
-    catalog_pb2,
-    customers_pb2,
-    gateway_pb2,
-)
-from meterline.admin.v1 import usage_pb2 as admin_usage_pb2
-from meterline.dataplane.v1 import usage_pb2
 
 from controlplane.catalog.types import (
     Aggregation,
@@ -35,6 +27,14 @@ from controlplane.gateway.types import Consumer, Plugin, Route, Service
 from controlplane.invoicing.types import Invoice, InvoiceLine
 from controlplane.subscriptions.types import Subscription
 from controlplane.usage.types import TokenType, UsageEvent
+from meterline.admin.v1 import (
+    billing_pb2,
+    catalog_pb2,
+    customers_pb2,
+    gateway_pb2,
+)
+from meterline.admin.v1 import usage_pb2 as admin_usage_pb2
+from meterline.dataplane.v1 import usage_pb2
 
 SECRET_KEYS = {"header_value", "param_value"}
 

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2, usage_pb2_grpc
 
 from controlplane.api import convert
 from controlplane.clock import Clock
@@ -19,6 +18,7 @@ from controlplane.configsync.registry import SyncStatus
 from controlplane.storage.db import Database
 from controlplane.usage import storage as usage
 from controlplane.usage.types import UsageEvent
+from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2, usage_pb2_grpc
 
 log = logging.getLogger(__name__)
 if TYPE_CHECKING:

@@ -76,9 +76,7 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.stream_stream:
             inner_ss = handler.stream_stream
 
-            async def stream_stream(
-                request_iterator: Any, context: Any
-            ) -> AsyncIterator[Any]:
+            async def stream_stream(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
                 try:
                     async for response in inner_ss(request_iterator, context):
                         yield response

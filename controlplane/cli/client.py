@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
+
 from meterline.admin.v1 import (
     billing_pb2_grpc,
     catalog_pb2_grpc,

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
 
 from controlplane.cli.client import admin_client, default_cp
 from controlplane.cli.render import invoice_json, invoice_table
 from controlplane.storage.db import Database, default_url
+from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
 
 
 def _cmd_controlplane(args: argparse.Namespace) -> int:

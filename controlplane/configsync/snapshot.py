@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meterline.dataplane.v1 import snapshot_pb2
-
 from controlplane.errors import InvalidArgument
 from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
+from meterline.dataplane.v1 import snapshot_pb2
 
 # Fixed forever: changing it changes every id and so every data plane's config.
 ID_NAMESPACE = uuid.UUID("6f1d7f0e-3c59-5d8a-9a51-0b6c2e4d7a10")

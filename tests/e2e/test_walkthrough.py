@@ -13,10 +13,10 @@ import grpc
 import httpx
 import openai
 import pytest
-from meterline.admin.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2, usage_pb2_grpc
-from support.processes import free_port, http_ready, meterline, wait_until
 
 from dataplane.fakeprovider import prompt_tokens
+from meterline.admin.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2, usage_pb2_grpc
+from support.processes import free_port, http_ready, meterline, wait_until
 
 KEY = "acme-secret-key"
 

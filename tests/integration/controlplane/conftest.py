@@ -8,6 +8,10 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+
+from controlplane.clock import FrozenClock
+from controlplane.server import ControlPlane
+from controlplane.storage.db import Database
 from meterline.admin.v1 import (
     billing_pb2_grpc,
     catalog_pb2_grpc,
@@ -17,10 +21,6 @@ from meterline.admin.v1 import (
 )
 from meterline.dataplane.v1 import config_pb2_grpc
 from meterline.dataplane.v1 import usage_pb2_grpc as dp_usage_pb2_grpc
-
-from controlplane.clock import FrozenClock
-from controlplane.server import ControlPlane
-from controlplane.storage.db import Database
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

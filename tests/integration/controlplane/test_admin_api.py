@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from meterline.admin.v1 import (
     catalog_pb2,
     customers_pb2,

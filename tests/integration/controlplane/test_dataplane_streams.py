@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+
+from controlplane.configsync import registry
 from meterline.admin.v1 import gateway_pb2, usage_pb2
 from meterline.dataplane.v1 import config_pb2
 from meterline.dataplane.v1 import usage_pb2 as dp_usage_pb2
-
-from controlplane.configsync import registry
 
 
 def _ts(value: datetime) -> timestamp_pb2.Timestamp:

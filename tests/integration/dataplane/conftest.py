@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
-from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 from dataplane.compiler import compile_snapshot
 from dataplane.fakeprovider import FakeProvider
 from dataplane.httpserver import ServerAddress, serve_http
 from dataplane.keys import hash_key
 from dataplane.proxy import Gateway
+from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 ACME_KEY = "sk-meterline-acme-0001"
 BETA_KEY = "sk-meterline-beta-0002"

@@ -9,6 +9,7 @@ import sys
 
 import grpc
 import openai
+
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2, usage_pb2_grpc
 
 # The key build_snapshot (conftest) gives consumer acme-corp.

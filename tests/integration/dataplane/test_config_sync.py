@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import grpc
 import httpx
 import pytest
-from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, snapshot_pb2
 
 from dataplane.backoff import Backoff
 from dataplane.configsync import ConfigClient
 from dataplane.httpserver import serve_http
 from dataplane.proxy import Gateway
+from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, snapshot_pb2
 
 _END = None
 

@@ -9,12 +9,12 @@ import httpx
 import openai
 import orjson
 import pytest
-from meterline.dataplane.v1 import usage_pb2
 
 from dataplane.compiler import compile_snapshot
 from dataplane.fakeprovider import prompt_tokens, reply_words
 from dataplane.httpserver import serve_http
 from dataplane.proxy import Gateway
+from meterline.dataplane.v1 import usage_pb2
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 import pytest
-from meterline.dataplane.v1 import usage_pb2
 
 from dataplane.asgi import Receive, Scope, Send, read_body
 from dataplane.compiler import compile_snapshot
 from dataplane.httpserver import serve_http
 from dataplane.proxy import Gateway
+from meterline.dataplane.v1 import usage_pb2
 
 FIRST = (
     b'data: {"model":"up-model","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n'

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
 
 from dataplane.backoff import Backoff
 from dataplane.openai_format import TokenUsage
 from dataplane.usage import UsageReporter
 from dataplane.usage_events import llm_token_events
+from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
 
 
 def events_of(n: int) -> list[usage_pb2.UsageEvent]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from meterline.dataplane.v1 import snapshot_pb2
 
 from dataplane.keys import hash_key
+from meterline.dataplane.v1 import snapshot_pb2
 
 
 def _valid_snapshot() -> snapshot_pb2.Snapshot:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from meterline.dataplane.v1 import snapshot_pb2
 
 from dataplane.compiler import CompileError, compile_snapshot
 from dataplane.keys import hash_key
+from meterline.dataplane.v1 import snapshot_pb2
 
 Mutation = Callable[[snapshot_pb2.Snapshot], None]
 
