@@ -305,6 +305,9 @@ def invoice_to_proto(invoice: Invoice) -> billing_pb2.Invoice:
 TOKEN_TYPES = {
     usage_pb2.TOKEN_TYPE_INPUT: TokenType.INPUT,
     usage_pb2.TOKEN_TYPE_OUTPUT: TokenType.OUTPUT,
+    usage_pb2.TOKEN_TYPE_CACHED_INPUT: TokenType.CACHED_INPUT,
+    usage_pb2.TOKEN_TYPE_REASONING: TokenType.REASONING,
+    usage_pb2.TOKEN_TYPE_CACHE_WRITE: TokenType.CACHE_WRITE,
 }
 
 
@@ -319,7 +322,7 @@ def usage_event_from_proto(message: usage_pb2.UsageEvent, *, index: int) -> Usag
     llm = message.llm_tokens
     token_type = TOKEN_TYPES.get(llm.token_type)
     if token_type is None:
-        raise InvalidArgument(f"{where}: token_type must be TOKEN_TYPE_INPUT or TOKEN_TYPE_OUTPUT")
+        raise InvalidArgument(f"{where}: token_type {llm.token_type} is not a known TokenType")
     if llm.tokens < 0:
         raise InvalidArgument(f"{where}: tokens must not be negative")
     return UsageEvent(

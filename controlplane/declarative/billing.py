@@ -22,9 +22,10 @@ from controlplane.declarative.types import BillingConfig, SubscriptionSpec
 from controlplane.errors import InvalidArgument
 from controlplane.rating.money import minor_units
 from controlplane.subscriptions.periods import parse_cadence
+from controlplane.usage.types import TokenType
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
-TOKEN_TYPES = ("input", "output")
+TOKEN_TYPES = tuple(t.value for t in TokenType)
 
 
 def parse_billing(billing: Entry) -> BillingConfig:

@@ -8,8 +8,13 @@ from enum import StrEnum
 
 
 class TokenType(StrEnum):
+    """Disjoint kinds of tokens (see TokenType in meterline/dataplane/v1/usage.proto)."""
+
     INPUT = "input"
     OUTPUT = "output"
+    CACHED_INPUT = "cached_input"
+    REASONING = "reasoning"
+    CACHE_WRITE = "cache_write"
 
 
 @dataclass(frozen=True)

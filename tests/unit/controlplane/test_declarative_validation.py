@@ -251,7 +251,8 @@ CASES = [
                  '"llm_tokens"', id="feature-unknown-dimension"),
     pytest.param({"billing.features[0].filters.type": "prompt"},
                  'billing.features[0] (ai-token): filters.type must be one of "input", '
-                 '"output", "request", "response", got "prompt"', id="feature-bad-token-type"),
+                 '"output", "cached_input", "reasoning", "cache_write", "request", "response", '
+                 'got "prompt"', id="feature-bad-token-type"),
     pytest.param({"billing.features[0].filters.provider": ["openai"]},
                  "billing.features[0] (ai-token): filters.provider must be a non-empty string",
                  id="feature-filter-list"),

@@ -15,9 +15,15 @@ class TokenType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOKEN_TYPE_UNSPECIFIED: _ClassVar[TokenType]
     TOKEN_TYPE_INPUT: _ClassVar[TokenType]
     TOKEN_TYPE_OUTPUT: _ClassVar[TokenType]
+    TOKEN_TYPE_CACHED_INPUT: _ClassVar[TokenType]
+    TOKEN_TYPE_REASONING: _ClassVar[TokenType]
+    TOKEN_TYPE_CACHE_WRITE: _ClassVar[TokenType]
 TOKEN_TYPE_UNSPECIFIED: TokenType
 TOKEN_TYPE_INPUT: TokenType
 TOKEN_TYPE_OUTPUT: TokenType
+TOKEN_TYPE_CACHED_INPUT: TokenType
+TOKEN_TYPE_REASONING: TokenType
+TOKEN_TYPE_CACHE_WRITE: TokenType
 
 class UsageEvent(_message.Message):
     __slots__ = ("id", "source", "type", "subject", "time", "llm_tokens")
