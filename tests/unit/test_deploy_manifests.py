@@ -1,0 +1,193 @@
+"""deploy/ cannot be run here (no Docker engine, no cluster), so its files are checked instead:
+they parse, and every command line, port, env var and reference they use exists."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controlplane.cli.main import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+SOURCES = [*ROOT.joinpath("controlplane").rglob("*.py"), *ROOT.joinpath("dataplane").rglob("*.py")]
+
+
+def known_env_vars() -> set[str]:
+    """Every environment variable the code reads."""
+    pattern = re.compile(r"os\.environ(?:\.get\(|\[)\s*[\"']([A-Z0-9_]+)[\"']")
+    return {m for path in SOURCES for m in pattern.findall(path.read_text())}
+
+
+def parse_meterline(args: list[str]) -> Any:
+    """The args as `meterline` parses them; argparse errors become test failures."""
+    try:
+        return build_parser().parse_args(args)
+    except SystemExit as exc:  # argparse reports unknown flags by exiting
+        pytest.fail(f"meterline rejects {args}: exit {exc.code}")
+
+
+def listen_port(args: list[str]) -> int:
+    namespace = parse_meterline(args)
+    return int(namespace.listen.rsplit(":", 1)[1])
+
+
+def fake_provider_flags() -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "dataplane.fakeprovider", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return set(re.findall(r"--[a-z-]+", out))
+
+
+def test_the_code_reads_the_env_vars_the_docs_name() -> None:
+    assert {"DATABASE_URL", "METERLINE_CP"} <= known_env_vars()
+
+
+# Dockerfile ---------------------------------------------------------------------------------
+
+
+def test_dockerfile_entrypoint_and_default_command_exist() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r'^ENTRYPOINT \["meterline"\]$', text, re.M)
+    assert 'meterline = "controlplane.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    cmd = yaml.safe_load(re.search(r"^CMD (.+)$", text, re.M).group(1))
+    assert listen_port(cmd) == 50051
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split()}
+    assert exposed == {50051, 8000}
+    for source in re.findall(r"^COPY (\S+)", text, re.M):
+        assert (ROOT / source).exists(), source
+    assert re.search(r"^USER 10001", text, re.M), "the image must not run as root"
+
+
+# Compose ------------------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose" / "compose.yaml").read_text())
+
+
+def test_compose_commands_flags_ports_and_env_exist() -> None:
+    services = compose()["services"]
+    assert {"postgres", "controlplane", "fake-provider"} <= set(services)
+    dataplanes = [name for name in services if name.startswith("dataplane-")]
+    assert len(dataplanes) == 3
+    env_vars = known_env_vars()
+    for name, service in services.items():
+        if service.get("image") != "meterline:0.1.0":
+            continue
+        command = service["command"]
+        if service.get("entrypoint") == ["python", "-m", "dataplane.fakeprovider"]:
+            assert {a for a in command if a.startswith("--")} <= fake_provider_flags()
+            continue
+        assert "entrypoint" not in service, name
+        namespace = parse_meterline(command)
+        for variable in service.get("environment", {}):
+            assert variable in env_vars, f"{name}: {variable} is read by nothing"
+        for mapping in service.get("ports", []):
+            container_port = int(mapping.rsplit(":", 1)[1])
+            assert container_port == listen_port(command), name
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+        if namespace.command == "dataplane":
+            host, port = namespace.cp.split(":")
+            assert host in services and int(port) == listen_port(services[host]["command"])
+
+
+# Kubernetes ---------------------------------------------------------------------------------
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+def by_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in k8s_documents() if d["kind"] == kind]
+
+
+def pod_specs() -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    specs = []
+    for d in by_kind("Deployment") + by_kind("Job"):
+        template = d["spec"]["template"]
+        specs.append((d["metadata"]["name"], template["spec"], template["metadata"]["labels"]))
+    return specs
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
+    files = {p.name for p in (DEPLOY / "kubernetes").glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+
+
+def test_kubernetes_has_the_promised_objects() -> None:
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in k8s_documents()}
+    assert {
+        ("Deployment", "meterline-controlplane"),
+        ("Service", "meterline-controlplane"),
+        ("Deployment", "meterline-dataplane"),
+        ("Service", "meterline-dataplane"),
+        ("HorizontalPodAutoscaler", "meterline-dataplane"),
+        ("PodDisruptionBudget", "meterline-dataplane"),
+        ("Secret", "meterline"),
+        ("Job", "meterline-migrate"),
+    } <= kinds
+    (cp,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "meterline-controlplane"]
+    assert cp["spec"]["replicas"] == 2
+
+
+def test_kubernetes_containers_use_real_flags_ports_env_and_secrets() -> None:
+    secrets = {d["metadata"]["name"]: set(d.get("stringData", {})) for d in by_kind("Secret")}
+    env_vars = known_env_vars()
+    services = {d["metadata"]["name"]: d for d in by_kind("Service")}
+    for name, spec, _ in pod_specs():
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        for container in spec["containers"]:
+            args = container["args"]
+            namespace = parse_meterline(args)
+            for port in container.get("ports", []):
+                assert port["containerPort"] == listen_port(args), name
+            for env in container.get("env", []):
+                assert env["name"] in env_vars, f"{name}: {env['name']} is read by nothing"
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets[ref["name"]], f"{name}: {ref}"
+            if namespace.command == "dataplane":
+                host, port = namespace.cp.split(":")
+                assert host in services
+                assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
+
+
+def test_kubernetes_selectors_and_targets_resolve() -> None:
+    pods = pod_specs()
+    for service in by_kind("Service") + by_kind("PodDisruptionBudget"):
+        selector = service["spec"]["selector"]
+        selector = selector.get("matchLabels", selector)
+        matches = [spec for _, spec, labels in pods if selector.items() <= labels.items()]
+        assert matches, f"{service['metadata']['name']} selects no pod"
+        for port in service["spec"].get("ports", []):
+            names = {p["name"] for spec in matches for c in spec["containers"] for p in c["ports"]}
+            assert port["targetPort"] in names
+    deployments = {d["metadata"]["name"] for d in by_kind("Deployment")}
+    for hpa in by_kind("HorizontalPodAutoscaler"):
+        assert hpa["spec"]["scaleTargetRef"]["name"] in deployments
+
+
+# Local topology scripts ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["up.sh", "down.sh"])
+def test_local_scripts_are_valid_bash(script: str) -> None:
+    subprocess.run(["bash", "-n", str(DEPLOY / "local" / script)], check=True)
