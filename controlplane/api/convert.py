@@ -11,20 +11,26 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from controlplane.catalog.types import (
     Aggregation,
+    Commitments,
+    Discounts,
     Entitlement,
     EntitlementType,
     Feature,
     Meter,
+    PaymentTerm,
     Plan,
     PlanState,
     Price,
     PriceType,
     RateCard,
+    Tier,
+    TierMode,
 )
 from controlplane.customers.types import Customer
 from controlplane.errors import InvalidArgument
 from controlplane.gateway.types import Consumer, Plugin, Route, Service
 from controlplane.invoicing.types import Invoice, InvoiceLine
+from controlplane.rating.charge import LineType, TierCharge
 from controlplane.subscriptions.types import Subscription
 from controlplane.usage.types import TokenType, UsageEvent
 from meterline.admin.v1 import (
@@ -184,6 +190,43 @@ def parse_plan_name(name: str) -> tuple[str, int | None]:
     raise InvalidArgument(f"expected plans/KEY or plans/KEY/versions/N, got {name!r}")
 
 
+PRICE_TYPES = {
+    PriceType.FLAT: catalog_pb2.PRICE_TYPE_FLAT,
+    PriceType.UNIT: catalog_pb2.PRICE_TYPE_UNIT,
+    PriceType.TIERED: catalog_pb2.PRICE_TYPE_TIERED,
+    PriceType.PACKAGE: catalog_pb2.PRICE_TYPE_PACKAGE,
+}
+PAYMENT_TERMS = {
+    PaymentTerm.IN_ADVANCE: catalog_pb2.PAYMENT_TERM_IN_ADVANCE,
+    PaymentTerm.IN_ARREARS: catalog_pb2.PAYMENT_TERM_IN_ARREARS,
+}
+TIER_MODES = {
+    TierMode.GRADUATED: catalog_pb2.TIER_MODE_GRADUATED,
+    TierMode.VOLUME: catalog_pb2.TIER_MODE_VOLUME,
+}
+
+
+def _text(value: Decimal | None) -> str:
+    return "" if value is None else str(value)
+
+
+def price_to_proto(price: Price) -> catalog_pb2.Price:
+    message = catalog_pb2.Price(
+        type=PRICE_TYPES[price.type],
+        amount="" if price.type is PriceType.TIERED else str(price.amount),
+        quantity_per_package=_text(price.quantity_per_package),
+    )
+    if price.payment_term is not None:
+        message.payment_term = PAYMENT_TERMS[price.payment_term]
+    if price.mode is not None:
+        message.tier_mode = TIER_MODES[price.mode]
+    for tier in price.tiers:
+        item = message.tiers.add(unit_price=str(tier.unit_price), flat_price=str(tier.flat_price))
+        if tier.up_to is not None:
+            item.up_to = str(tier.up_to)
+    return message
+
+
 def plan_to_proto(plan: Plan) -> catalog_pb2.Plan:
     message = catalog_pb2.Plan(
         name=plan_name(plan),
@@ -197,38 +240,126 @@ def plan_to_proto(plan: Plan) -> catalog_pb2.Plan:
         publish_time=to_timestamp(plan.publish_time),
     )
     for card in plan.rate_cards:
-        rc = message.rate_cards.add(key=card.key, feature=card.feature)
+        rc = message.rate_cards.add(key=card.key, feature=card.feature or "")
         if card.price is not None:
-            rc.price.type = catalog_pb2.PRICE_TYPE_UNIT
-            rc.price.amount = str(card.price.amount)
+            rc.price.CopyFrom(price_to_proto(card.price))
         if card.entitlement is not None:
             rc.entitlement.type = catalog_pb2.ENTITLEMENT_TYPE_BOOLEAN
+        if card.discounts is not None:
+            rc.discounts.percentage = _text(card.discounts.percentage)
+            rc.discounts.usage = _text(card.discounts.usage)
+        if card.commitments is not None:
+            rc.commitments.minimum_amount = _text(card.commitments.minimum_amount)
+            rc.commitments.maximum_amount = _text(card.commitments.maximum_amount)
     return message
 
 
+def _amount(text: str, *, field: str, required: bool = False) -> Decimal | None:
+    """A non-negative decimal string; empty means absent (an error when ``required``)."""
+    if not text:
+        if required:
+            raise InvalidArgument(f"{field} is required")
+        return None
+    value = parse_decimal(text, field=field)
+    if value < 0:
+        raise InvalidArgument(f"{field} must not be negative, got {text!r}")
+    return value
+
+
+def _enum(value: int, table: Mapping[Any, int], *, field: str, names: str) -> Any:
+    for domain, wire in table.items():
+        if wire == value:
+            return domain
+    raise InvalidArgument(f"{field} must be one of {names}, got {value}")
+
+
+def price_from_proto(message: catalog_pb2.Price, *, where: str) -> Price:
+    price_type: PriceType = _enum(
+        message.type,
+        PRICE_TYPES,
+        field=f"{where}.type",
+        names="PRICE_TYPE_FLAT, PRICE_TYPE_UNIT, PRICE_TYPE_TIERED, PRICE_TYPE_PACKAGE",
+    )
+    term: PaymentTerm | None = None
+    if message.payment_term:
+        term = _enum(
+            message.payment_term,
+            PAYMENT_TERMS,
+            field=f"{where}.payment_term",
+            names="PAYMENT_TERM_IN_ADVANCE, PAYMENT_TERM_IN_ARREARS",
+        )
+    elif price_type is PriceType.FLAT:
+        term = PaymentTerm.IN_ADVANCE
+    mode: TierMode | None = None
+    if message.tier_mode:
+        mode = _enum(
+            message.tier_mode,
+            TIER_MODES,
+            field=f"{where}.tier_mode",
+            names="TIER_MODE_GRADUATED, TIER_MODE_VOLUME",
+        )
+    tiers = tuple(
+        Tier(
+            up_to=_amount(t.up_to, field=f"{where}.tiers[{i}].up_to")
+            if t.HasField("up_to")
+            else None,
+            unit_price=_amount(t.unit_price, field=f"{where}.tiers[{i}].unit_price") or Decimal(0),
+            flat_price=_amount(t.flat_price, field=f"{where}.tiers[{i}].flat_price") or Decimal(0),
+        )
+        for i, t in enumerate(message.tiers)
+    )
+    amount = _amount(
+        message.amount, field=f"{where}.amount", required=price_type is not PriceType.TIERED
+    )
+    return Price(
+        type=price_type,
+        amount=amount if amount is not None else Decimal(0),
+        payment_term=term,
+        mode=mode,
+        tiers=tiers,
+        quantity_per_package=_amount(
+            message.quantity_per_package, field=f"{where}.quantity_per_package"
+        ),
+    )
+
+
 def plan_from_proto(message: catalog_pb2.Plan) -> Plan:
+    """A plan from the wire; only syntax is checked here (``check_plan`` does the rest)."""
     cards = []
     for i, rc in enumerate(message.rate_cards):
-        price = None
-        if rc.HasField("price"):
-            if rc.price.type != catalog_pb2.PRICE_TYPE_UNIT:
-                raise InvalidArgument(f"rate_cards[{i}].price.type must be PRICE_TYPE_UNIT")
-            amount = parse_decimal(rc.price.amount, field=f"rate_cards[{i}].price.amount")
-            if amount < 0:
-                raise InvalidArgument(f"rate_cards[{i}].price.amount must not be negative")
-            price = Price(type=PriceType.UNIT, amount=amount)
+        where = f"plan.rate_cards[{i}] ({rc.key or rc.feature or 'no key'})"
+        price = (
+            price_from_proto(rc.price, where=f"{where}: price") if rc.HasField("price") else None
+        )
         entitlement = None
         if rc.HasField("entitlement"):
             if rc.entitlement.type != catalog_pb2.ENTITLEMENT_TYPE_BOOLEAN:
-                raise InvalidArgument(
-                    f"rate_cards[{i}].entitlement.type must be ENTITLEMENT_TYPE_BOOLEAN"
-                )
+                raise InvalidArgument(f"{where}: entitlement.type must be ENTITLEMENT_TYPE_BOOLEAN")
             entitlement = Entitlement(type=EntitlementType.BOOLEAN)
-        if not rc.feature:
-            raise InvalidArgument(f"rate_cards[{i}].feature is required")
+        discounts = None
+        if rc.HasField("discounts"):
+            discounts = Discounts(
+                percentage=_amount(rc.discounts.percentage, field=f"{where}: discounts.percentage"),
+                usage=_amount(rc.discounts.usage, field=f"{where}: discounts.usage"),
+            )
+        commitments = None
+        if rc.HasField("commitments"):
+            commitments = Commitments(
+                minimum_amount=_amount(
+                    rc.commitments.minimum_amount, field=f"{where}: commitments.minimum_amount"
+                ),
+                maximum_amount=_amount(
+                    rc.commitments.maximum_amount, field=f"{where}: commitments.maximum_amount"
+                ),
+            )
         cards.append(
             RateCard(
-                key=rc.key or rc.feature, feature=rc.feature, price=price, entitlement=entitlement
+                key=rc.key or rc.feature,
+                feature=rc.feature or None,
+                price=price,
+                entitlement=entitlement,
+                discounts=discounts,
+                commitments=commitments,
             )
         )
     return Plan(
@@ -274,17 +405,51 @@ def subscription_to_proto(sub: Subscription) -> customers_pb2.Subscription:
 # Billing ------------------------------------------------------------------------------------
 
 
+LINE_TYPES = {
+    LineType.FLAT: billing_pb2.INVOICE_LINE_TYPE_FLAT,
+    LineType.USAGE: billing_pb2.INVOICE_LINE_TYPE_USAGE,
+    LineType.DISCOUNT: billing_pb2.INVOICE_LINE_TYPE_DISCOUNT,
+    LineType.MAXIMUM_COMMITMENT: billing_pb2.INVOICE_LINE_TYPE_MAXIMUM_COMMITMENT,
+    LineType.MINIMUM_COMMITMENT: billing_pb2.INVOICE_LINE_TYPE_MINIMUM_COMMITMENT,
+}
+
+
+def tier_to_proto(tier: TierCharge) -> billing_pb2.InvoiceLineTier:
+    message = billing_pb2.InvoiceLineTier(
+        tier=tier.tier,
+        quantity=str(tier.quantity),
+        unit_price=str(tier.unit_price),
+        flat_price=str(tier.flat_price),
+        amount=str(tier.amount),
+    )
+    if tier.up_to is not None:
+        message.up_to = str(tier.up_to)
+    return message
+
+
 def line_to_proto(line: InvoiceLine) -> billing_pb2.InvoiceLine:
     return billing_pb2.InvoiceLine(
         subscription=f"subscriptions/{line.subscription}",
         rate_card=line.rate_card,
-        feature=line.feature,
+        feature=line.feature or "",
         description=line.description,
         quantity=str(line.quantity),
-        unit_price=str(line.unit_price),
+        unit_price=_text(line.unit_price),
         amount=str(line.amount),
         period_start_time=to_timestamp(line.period_start),
         period_end_time=to_timestamp(line.period_end),
+        type=LINE_TYPES[line.type],
+        price_type=(
+            PRICE_TYPES[line.price_type] if line.price_type else catalog_pb2.PRICE_TYPE_UNSPECIFIED
+        ),
+        payment_term=(
+            PAYMENT_TERMS[line.payment_term]
+            if line.payment_term
+            else catalog_pb2.PAYMENT_TERM_UNSPECIFIED
+        ),
+        free_quantity=str(line.free_quantity) if line.free_quantity else "",
+        packages=_text(line.packages),
+        tiers=[tier_to_proto(t) for t in line.tiers],
     )
 
 

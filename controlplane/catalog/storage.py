@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from controlplane.catalog.types import (
+    Commitments,
+    Discounts,
     Entitlement,
     EntitlementType,
     Feature,
+    PaymentTerm,
     Plan,
     PlanState,
     Price,
     PriceType,
     RateCard,
+    Tier,
+    TierMode,
 )
+from controlplane.catalog.validation import check_plan
 from controlplane.errors import AlreadyExists, FailedPrecondition, NotFound
 from controlplane.storage import schema as s
 
@@ -61,21 +69,93 @@ def upsert_feature(conn: Connection, feature: Feature, *, now: datetime) -> str 
     return None
 
 
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _number(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in data.items() if v is not None}, sort_keys=True)
+
+
+def price_to_json(price: Price) -> str:
+    """A price as JSON text; every amount is a decimal string."""
+    return _dumps(
+        {
+            "type": price.type.value,
+            "amount": str(price.amount),
+            "payment_term": price.payment_term.value if price.payment_term else None,
+            "mode": price.mode.value if price.mode else None,
+            "tiers": [
+                {
+                    "up_to": _text(t.up_to),
+                    "unit_price": str(t.unit_price),
+                    "flat_price": str(t.flat_price),
+                }
+                for t in price.tiers
+            ]
+            or None,
+            "quantity_per_package": _text(price.quantity_per_package),
+        }
+    )
+
+
+def price_from_json(text: str) -> Price:
+    data = json.loads(text)
+    return Price(
+        type=PriceType(data["type"]),
+        amount=Decimal(data.get("amount", "0")),
+        payment_term=PaymentTerm(data["payment_term"]) if "payment_term" in data else None,
+        mode=TierMode(data["mode"]) if "mode" in data else None,
+        tiers=tuple(
+            Tier(
+                up_to=_number(t.get("up_to")),
+                unit_price=Decimal(t["unit_price"]),
+                flat_price=Decimal(t["flat_price"]),
+            )
+            for t in data.get("tiers", ())
+        ),
+        quantity_per_package=_number(data.get("quantity_per_package")),
+    )
+
+
+def _discounts_from_json(text: str | None) -> Discounts | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return Discounts(percentage=_number(data.get("percentage")), usage=_number(data.get("usage")))
+
+
+def _commitments_from_json(text: str | None) -> Commitments | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return Commitments(
+        minimum_amount=_number(data.get("minimum_amount")),
+        maximum_amount=_number(data.get("maximum_amount")),
+    )
+
+
 def _rate_cards(conn: Connection) -> dict[tuple[str, int], list[RateCard]]:
     cards: dict[tuple[str, int], list[RateCard]] = defaultdict(list)
     rc = s.rate_cards
     rows = conn.execute(select(rc).order_by(rc.c.plan_key, rc.c.plan_version, rc.c.position))
     for r in rows:
-        price = (
-            Price(type=PriceType(r.price_type), amount=Decimal(r.price_amount))
-            if r.price_type
-            else None
-        )
         entitlement = (
             Entitlement(type=EntitlementType(r.entitlement_type)) if r.entitlement_type else None
         )
         cards[(r.plan_key, r.plan_version)].append(
-            RateCard(key=r.key, feature=r.feature, price=price, entitlement=entitlement)
+            RateCard(
+                key=r.key,
+                feature=r.feature,
+                price=price_from_json(r.price) if r.price is not None else None,
+                entitlement=entitlement,
+                discounts=_discounts_from_json(r.discounts),
+                commitments=_commitments_from_json(r.commitments),
+            )
         )
     return cards
 
@@ -121,7 +201,8 @@ def active_plan(conn: Connection, key: str) -> Plan:
 
 
 def insert_plan_version(conn: Connection, plan: Plan, *, now: datetime) -> Plan:
-    """Store a plan as a new draft version (version = newest + 1)."""
+    """Store a plan as a new draft version (version = newest + 1); nothing if it is invalid."""
+    check_plan(plan)
     newest = conn.execute(
         select(func.max(s.plans.c.version)).where(s.plans.c.key == plan.key)
     ).scalar()
@@ -139,7 +220,9 @@ def insert_plan_version(conn: Connection, plan: Plan, *, now: datetime) -> Plan:
         )
     )
     for position, card in enumerate(plan.rate_cards):
-        get_feature(conn, card.feature)
+        if card.feature is not None:
+            get_feature(conn, card.feature)
+        discounts, commitments = card.discounts, card.commitments
         conn.execute(
             insert(s.rate_cards).values(
                 plan_key=plan.key,
@@ -147,9 +230,24 @@ def insert_plan_version(conn: Connection, plan: Plan, *, now: datetime) -> Plan:
                 key=card.key,
                 position=position,
                 feature=card.feature,
-                price_type=card.price.type.value if card.price else None,
-                price_amount=str(card.price.amount) if card.price else None,
+                price=price_to_json(card.price) if card.price else None,
                 entitlement_type=card.entitlement.type.value if card.entitlement else None,
+                discounts=_dumps(
+                    {
+                        "percentage": _text(discounts.percentage),
+                        "usage": _text(discounts.usage),
+                    }
+                )
+                if discounts
+                else None,
+                commitments=_dumps(
+                    {
+                        "minimum_amount": _text(commitments.minimum_amount),
+                        "maximum_amount": _text(commitments.maximum_amount),
+                    }
+                )
+                if commitments
+                else None,
             )
         )
     return get_plan(conn, plan.key, version)

@@ -55,13 +55,71 @@ class Feature:
 
 
 class PriceType(StrEnum):
+    """Price types, named as in OpenMeter's product catalog."""
+
+    FLAT = "flat"
     UNIT = "unit"
+    TIERED = "tiered"
+    PACKAGE = "package"
+
+
+class PaymentTerm(StrEnum):
+    """When a flat price is charged: at the start of its period or at its end."""
+
+    IN_ADVANCE = "in_advance"
+    IN_ARREARS = "in_arrears"
+
+
+class TierMode(StrEnum):
+    """Graduated: each tier prices its own slice. Volume: one tier prices the whole quantity."""
+
+    GRADUATED = "graduated"
+    VOLUME = "volume"
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One tier of a tiered price; ``up_to`` is inclusive, None on the last (open) tier."""
+
+    up_to: Decimal | None
+    unit_price: Decimal = Decimal(0)
+    flat_price: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
 class Price:
+    """A price of a rate card. ``amount`` is per period (flat), per unit or per package.
+
+    Only the fields of the price's type are set; :func:`controlplane.catalog.validation.
+    price_problems` checks that.
+    """
+
     type: PriceType
-    amount: Decimal
+    amount: Decimal = Decimal(0)
+    payment_term: PaymentTerm | None = None
+    mode: TierMode | None = None
+    tiers: tuple[Tier, ...] = ()
+    quantity_per_package: Decimal | None = None
+
+    @property
+    def usage_based(self) -> bool:
+        return self.type is not PriceType.FLAT
+
+
+@dataclass(frozen=True)
+class Discounts:
+    """Percent off the rate card's amount; ``usage`` units free from the start of the period."""
+
+    percentage: Decimal | None = None
+    usage: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Commitments:
+    """A floor (topped up on its own line) and a cap of the rate card's amount per period."""
+
+    minimum_amount: Decimal | None = None
+    maximum_amount: Decimal | None = None
 
 
 class EntitlementType(StrEnum):
@@ -75,10 +133,14 @@ class Entitlement:
 
 @dataclass(frozen=True)
 class RateCard:
+    """What a plan sells: a feature (optional for flat prices), its price and entitlement."""
+
     key: str
-    feature: str
+    feature: str | None
     price: Price | None
     entitlement: Entitlement | None = None
+    discounts: Discounts | None = None
+    commitments: Commitments | None = None
 
 
 class PlanState(StrEnum):

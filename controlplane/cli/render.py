@@ -3,8 +3,51 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from meterline.admin.v1 import billing_pb2
+from meterline.admin.v1 import billing_pb2, catalog_pb2
+
+
+def _line_type(line: billing_pb2.InvoiceLine) -> str:
+    name = billing_pb2.InvoiceLineType.Name(line.type)
+    return name.removeprefix("INVOICE_LINE_TYPE_").lower()
+
+
+def _tier_json(tier: billing_pb2.InvoiceLineTier) -> dict[str, Any]:
+    return {
+        "tier": tier.tier,
+        "up_to": tier.up_to if tier.HasField("up_to") else None,
+        "quantity": tier.quantity,
+        "unit_price": tier.unit_price,
+        "flat_price": tier.flat_price,
+        "amount": tier.amount,
+    }
+
+
+def _line_json(line: billing_pb2.InvoiceLine) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "subscription": line.subscription.removeprefix("subscriptions/"),
+        "rate_card": line.rate_card,
+        "feature": line.feature,
+        "type": _line_type(line),
+        "description": line.description,
+        "quantity": line.quantity,
+        "unit_price": line.unit_price,
+        "amount": line.amount,
+    }
+    if line.price_type:
+        data["price_type"] = catalog_pb2.PriceType.Name(line.price_type)
+        data["price_type"] = data["price_type"].removeprefix("PRICE_TYPE_").lower()
+    if line.payment_term:
+        term = catalog_pb2.PaymentTerm.Name(line.payment_term)
+        data["payment_term"] = term.removeprefix("PAYMENT_TERM_").lower()
+    if line.free_quantity:
+        data["free_quantity"] = line.free_quantity
+    if line.packages:
+        data["packages"] = line.packages
+    if line.tiers:
+        data["tiers"] = [_tier_json(t) for t in line.tiers]
+    return data
 
 
 def invoice_json(invoice: billing_pb2.Invoice) -> str:
@@ -15,35 +58,44 @@ def invoice_json(invoice: billing_pb2.Invoice) -> str:
             "currency": invoice.currency,
             "period_start": invoice.period_start_time.ToJsonString(),
             "period_end": invoice.period_end_time.ToJsonString(),
-            "lines": [
-                {
-                    "subscription": line.subscription.removeprefix("subscriptions/"),
-                    "rate_card": line.rate_card,
-                    "feature": line.feature,
-                    "description": line.description,
-                    "quantity": line.quantity,
-                    "unit_price": line.unit_price,
-                    "amount": line.amount,
-                }
-                for line in invoice.lines
-            ],
+            "lines": [_line_json(line) for line in invoice.lines],
             "total": invoice.total,
         },
         indent=2,
     )
 
 
-def invoice_table(invoice: billing_pb2.Invoice) -> str:
-    """The invoice as a plain-text table."""
-    header = ("feature", "quantity", "unit price", "amount")
-    rows = [(ln.feature, ln.quantity, ln.unit_price, ln.amount) for ln in invoice.lines]
-    footer = ("total", "", "", invoice.total)
-    widths = [max(len(r[i]) for r in [header, *rows, footer]) for i in range(4)]
+Row = tuple[str, str, str, str, str]
 
-    def fmt(row: tuple[str, str, str, str]) -> str:
-        first = row[0].ljust(widths[0])
-        rest = [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest])
+
+def _rows(line: billing_pb2.InvoiceLine) -> list[Row]:
+    name = line.feature or line.rate_card
+    quantity = line.quantity
+    if line.free_quantity:
+        quantity = f"{line.quantity} ({line.free_quantity} free)"
+    if line.packages:
+        quantity = f"{line.quantity} ({line.packages} pkg)"
+    rows: list[Row] = [(name, _line_type(line), quantity, line.unit_price, line.amount)]
+    for tier in line.tiers:
+        bound = f"<= {tier.up_to}" if tier.HasField("up_to") else "and above"
+        price = tier.unit_price
+        if tier.flat_price and tier.flat_price != "0":
+            price = f"{tier.unit_price} + {tier.flat_price}"
+        rows.append((f"  tier {tier.tier} ({bound})", "", tier.quantity, price, tier.amount))
+    return rows
+
+
+def invoice_table(invoice: billing_pb2.Invoice) -> str:
+    """The invoice as a plain-text table; tiered lines list their tiers underneath."""
+    header: Row = ("feature", "line", "quantity", "unit price", "amount")
+    rows = [row for line in invoice.lines for row in _rows(line)]
+    footer: Row = ("total", "", "", "", invoice.total)
+    widths = [max(len(r[i]) for r in [header, *rows, footer]) for i in range(len(header))]
+
+    def fmt(row: Row) -> str:
+        left = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        rest = [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
+        return "  ".join([*left, *rest]).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     period = (

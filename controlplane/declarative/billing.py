@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 
 from controlplane.catalog.types import (
     BUILTIN_METERS,
     TOKEN_TYPE_ALIASES,
+    Commitments,
+    Discounts,
     Entitlement,
     EntitlementType,
     Feature,
+    PaymentTerm,
     Plan,
     Price,
     PriceType,
     RateCard,
+    Tier,
+    TierMode,
 )
+from controlplane.catalog.validation import rate_card_problems
 from controlplane.customers.types import Customer
 from controlplane.declarative.entry import Entry, describe, quoted
 from controlplane.declarative.types import BillingConfig, SubscriptionSpec
@@ -147,7 +154,7 @@ def _plan(entry: Entry, seen: dict[str, str], features: dict[str, str]) -> Plan 
     if entry.data.get("rate_cards") is None:
         entry.fail_field("rate_cards", "is required")
     for card_entry in entry.entries("rate_cards", label="key"):
-        card = _rate_card(card_entry, features, card_keys, priced_features)
+        card = _rate_card(card_entry, features, card_keys, priced_features, currency)
         if card is not None:
             rate_cards.append(card)
     if (
@@ -168,11 +175,15 @@ def _plan(entry: Entry, seen: dict[str, str], features: dict[str, str]) -> Plan 
 
 
 def _rate_card(
-    entry: Entry, features: dict[str, str], keys: dict[str, str], priced: dict[str, str]
+    entry: Entry,
+    features: dict[str, str],
+    keys: dict[str, str],
+    priced: dict[str, str],
+    currency: str | None,
 ) -> RateCard | None:
     before = len(entry.problems)
-    entry.check_keys(("key", "feature", "price", "entitlement"))
-    feature = entry.string("feature", required=True)
+    entry.check_keys(("key", "feature", "price", "entitlement", "discounts", "commitments"))
+    feature: str | None = entry.string("feature", default="") or None
     if feature is not None:
         if feature not in features:
             entry.fail(f'unknown feature "{feature}"')
@@ -181,6 +192,8 @@ def _rate_card(
         else:
             priced[feature] = entry.where
     key = entry.string("key", default=feature or "")
+    if key == "" and entry.data.get("feature") is None:
+        entry.fail("key is required when the rate card has no feature")
     if key:
         if key in keys:
             entry.fail(f'duplicate rate card key "{key}", already defined at {keys[key]}')
@@ -188,23 +201,89 @@ def _rate_card(
             keys[key] = entry.where
     price = _price(entry)
     entitlement = _entitlement(entry)
-    if not entry.has("price") and not entry.has("entitlement"):
-        entry.fail("needs a price, an entitlement or both")
-    if len(entry.problems) > before or feature is None or not key:
+    discounts = _discounts(entry)
+    commitments = _commitments(entry)
+    if len(entry.problems) > before or not key:
         return None
-    return RateCard(key=key, feature=feature, price=price, entitlement=entitlement)
+    card = RateCard(
+        key=key,
+        feature=feature,
+        price=price,
+        entitlement=entitlement,
+        discounts=discounts,
+        commitments=commitments,
+    )
+    for problem in rate_card_problems(card, currency=currency):
+        entry.fail(problem)
+    return None if len(entry.problems) > before else card
 
 
 def _price(card: Entry) -> Price | None:
     price = card.sub("price")
     if price is None:
         return None
-    price.check_keys(("type", "amount"))
-    price_type = price.choice("type", tuple(PriceType))
-    amount = price.decimal("amount", required=True)
-    if price_type is None or amount is None:
+    before = len(price.problems)
+    price.check_keys(("type", "amount", "payment_term", "mode", "tiers", "quantity_per_package"))
+    kind = price.choice("type", tuple(PriceType))
+    price_type = PriceType(kind) if kind is not None else None
+    needs_amount = price_type in (PriceType.FLAT, PriceType.UNIT, PriceType.PACKAGE)
+    amount = price.decimal("amount", required=needs_amount)
+    term = price.choice("payment_term", tuple(PaymentTerm)) if price.has("payment_term") else None
+    mode = price.choice("mode", tuple(TierMode)) if price.has("mode") else None
+    tiers = tuple(_tiers(price))
+    per_package = price.decimal("quantity_per_package")
+    if price_type is None or len(price.problems) > before:
         return None
-    return Price(type=PriceType(price_type), amount=amount)
+    if term is None and price_type is PriceType.FLAT:
+        term = PaymentTerm.IN_ADVANCE.value
+    return Price(
+        type=price_type,
+        amount=amount if amount is not None else Decimal(0),
+        payment_term=PaymentTerm(term) if term is not None else None,
+        mode=TierMode(mode) if mode is not None else None,
+        tiers=tiers,
+        quantity_per_package=per_package,
+    )
+
+
+def _tiers(price: Entry) -> list[Tier]:
+    tiers: list[Tier] = []
+    for index, tier in enumerate(price.entries("tiers", label="up_to")):
+        where = f"{price.prefix}tiers[{index}]."
+        item = Entry(price.where, tier.data, price.problems, prefix=where)
+        item.check_keys(("up_to", "unit_price", "flat_price"))
+        up_to = item.decimal("up_to")
+        unit_price = item.decimal("unit_price")
+        flat_price = item.decimal("flat_price")
+        if not item.has("unit_price") and not item.has("flat_price"):
+            item.fail(f"{where[:-1]} needs a unit_price, a flat_price or both")
+        tiers.append(
+            Tier(
+                up_to=up_to,
+                unit_price=unit_price if unit_price is not None else Decimal(0),
+                flat_price=flat_price if flat_price is not None else Decimal(0),
+            )
+        )
+    return tiers
+
+
+def _discounts(card: Entry) -> Discounts | None:
+    discounts = card.sub("discounts")
+    if discounts is None:
+        return None
+    discounts.check_keys(("percentage", "usage"))
+    return Discounts(percentage=discounts.decimal("percentage"), usage=discounts.decimal("usage"))
+
+
+def _commitments(card: Entry) -> Commitments | None:
+    commitments = card.sub("commitments")
+    if commitments is None:
+        return None
+    commitments.check_keys(("minimum_amount", "maximum_amount"))
+    return Commitments(
+        minimum_amount=commitments.decimal("minimum_amount"),
+        maximum_amount=commitments.decimal("maximum_amount"),
+    )
 
 
 def _entitlement(card: Entry) -> Entitlement | None:

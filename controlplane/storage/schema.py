@@ -152,10 +152,14 @@ rate_cards = Table(
     Column("plan_version", Integer, primary_key=True),
     Column("key", String(200), primary_key=True),
     Column("position", Integer, nullable=False),
-    Column("feature", String(200), ForeignKey("features.key"), nullable=False),
-    Column("price_type", String(20), nullable=True),
-    Column("price_amount", String(60), nullable=True),
+    # NULL for a flat fee that meters nothing.
+    Column("feature", String(200), ForeignKey("features.key"), nullable=True),
+    # JSON text with decimal strings ({"type": "tiered", "mode": "graduated", "tiers": [...]}),
+    # so no database reads an amount as a float.
+    Column("price", Text, nullable=True),
     Column("entitlement_type", String(20), nullable=True),
+    Column("discounts", Text, nullable=True),
+    Column("commitments", Text, nullable=True),
     ForeignKeyConstraint(
         ["plan_key", "plan_version"], ["plans.key", "plans.version"], ondelete="CASCADE"
     ),

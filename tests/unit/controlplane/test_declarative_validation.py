@@ -299,8 +299,9 @@ CASES = [
                  f"{CARD}: price.amount must be a decimal string", id="price-boolean"),
     pytest.param({"billing.plans[0].rate_cards[0].price.amount": DELETE},
                  f"{CARD}: price.amount is required", id="price-amount-missing"),
-    pytest.param({"billing.plans[0].rate_cards[0].price.type": "tiered"},
-                 f'{CARD}: price.type must be one of "unit", got "tiered"', id="price-type"),
+    pytest.param({"billing.plans[0].rate_cards[0].price.type": "stepped"},
+                 f'{CARD}: price.type must be one of "flat", "unit", "tiered", "package", '
+                 'got "stepped"', id="price-type"),
     pytest.param({"billing.plans[0].rate_cards[0].entitlement.type": "metered"},
                  f'{CARD}: entitlement.type must be one of "boolean", got "metered"',
                  id="entitlement-type"),

@@ -23,23 +23,28 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from meterline.admin.v1 import catalog_pb2 as meterline_dot_admin_dot_v1_dot_catalog__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/billing.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x02\n\x07Invoice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x35\n\x11period_start_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x05lines\x18\x06 \x03(\x0b\x32\x1f.meterline.admin.v1.InvoiceLine\x12\r\n\x05total\x18\x07 \x01(\t\x12/\n\x05state\x18\x08 \x01(\x0e\x32 .meterline.admin.v1.InvoiceState\"\xfe\x01\n\x0bInvoiceLine\x12\x14\n\x0csubscription\x18\x01 \x01(\t\x12\x11\n\trate_card\x18\x02 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\t\x12\x12\n\nunit_price\x18\x06 \x01(\t\x12\x0e\n\x06\x61mount\x18\x07 \x01(\t\x12\x35\n\x11period_start_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x15PreviewInvoiceRequest\x12\x10\n\x08\x63ustomer\x18\x01 \x01(\t\x12.\n\nas_of_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*J\n\x0cInvoiceState\x12\x1d\n\x19INVOICE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17INVOICE_STATE_GATHERING\x10\x01\x32j\n\x0e\x42illingService\x12X\n\x0ePreviewInvoice\x12).meterline.admin.v1.PreviewInvoiceRequest\x1a\x1b.meterline.admin.v1.Invoiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/billing.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a meterline/admin/v1/catalog.proto\"\x97\x02\n\x07Invoice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x35\n\x11period_start_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x05lines\x18\x06 \x03(\x0b\x32\x1f.meterline.admin.v1.InvoiceLine\x12\r\n\x05total\x18\x07 \x01(\t\x12/\n\x05state\x18\x08 \x01(\x0e\x32 .meterline.admin.v1.InvoiceState\"\x87\x01\n\x0fInvoiceLineTier\x12\x0c\n\x04tier\x18\x01 \x01(\x05\x12\x12\n\x05up_to\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x12\n\nunit_price\x18\x04 \x01(\t\x12\x12\n\nflat_price\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\tB\x08\n\x06_up_to\"\xf8\x03\n\x0bInvoiceLine\x12\x14\n\x0csubscription\x18\x01 \x01(\t\x12\x11\n\trate_card\x18\x02 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\t\x12\x12\n\nunit_price\x18\x06 \x01(\t\x12\x0e\n\x06\x61mount\x18\x07 \x01(\t\x12\x35\n\x11period_start_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x04type\x18\n \x01(\x0e\x32#.meterline.admin.v1.InvoiceLineType\x12\x31\n\nprice_type\x18\x0b \x01(\x0e\x32\x1d.meterline.admin.v1.PriceType\x12\x35\n\x0cpayment_term\x18\x0c \x01(\x0e\x32\x1f.meterline.admin.v1.PaymentTerm\x12\x15\n\rfree_quantity\x18\r \x01(\t\x12\x10\n\x08packages\x18\x0e \x01(\t\x12\x32\n\x05tiers\x18\x0f \x03(\x0b\x32#.meterline.admin.v1.InvoiceLineTier\"Y\n\x15PreviewInvoiceRequest\x12\x10\n\x08\x63ustomer\x18\x01 \x01(\t\x12.\n\nas_of_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*J\n\x0cInvoiceState\x12\x1d\n\x19INVOICE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17INVOICE_STATE_GATHERING\x10\x01*\xe1\x01\n\x0fInvoiceLineType\x12!\n\x1dINVOICE_LINE_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16INVOICE_LINE_TYPE_FLAT\x10\x01\x12\x1b\n\x17INVOICE_LINE_TYPE_USAGE\x10\x02\x12\x1e\n\x1aINVOICE_LINE_TYPE_DISCOUNT\x10\x03\x12(\n$INVOICE_LINE_TYPE_MAXIMUM_COMMITMENT\x10\x04\x12(\n$INVOICE_LINE_TYPE_MINIMUM_COMMITMENT\x10\x05\x32j\n\x0e\x42illingService\x12X\n\x0ePreviewInvoice\x12).meterline.admin.v1.PreviewInvoiceRequest\x1a\x1b.meterline.admin.v1.Invoiceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.admin.v1.billing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INVOICESTATE']._serialized_start=719
-  _globals['_INVOICESTATE']._serialized_end=793
-  _globals['_INVOICE']._serialized_start=90
-  _globals['_INVOICE']._serialized_end=369
-  _globals['_INVOICELINE']._serialized_start=372
-  _globals['_INVOICELINE']._serialized_end=626
-  _globals['_PREVIEWINVOICEREQUEST']._serialized_start=628
-  _globals['_PREVIEWINVOICEREQUEST']._serialized_end=717
-  _globals['_BILLINGSERVICE']._serialized_start=795
-  _globals['_BILLINGSERVICE']._serialized_end=901
+  _globals['_INVOICESTATE']._serialized_start=1141
+  _globals['_INVOICESTATE']._serialized_end=1215
+  _globals['_INVOICELINETYPE']._serialized_start=1218
+  _globals['_INVOICELINETYPE']._serialized_end=1443
+  _globals['_INVOICE']._serialized_start=124
+  _globals['_INVOICE']._serialized_end=403
+  _globals['_INVOICELINETIER']._serialized_start=406
+  _globals['_INVOICELINETIER']._serialized_end=541
+  _globals['_INVOICELINE']._serialized_start=544
+  _globals['_INVOICELINE']._serialized_end=1048
+  _globals['_PREVIEWINVOICEREQUEST']._serialized_start=1050
+  _globals['_PREVIEWINVOICEREQUEST']._serialized_end=1139
+  _globals['_BILLINGSERVICE']._serialized_start=1445
+  _globals['_BILLINGSERVICE']._serialized_end=1551
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from meterline.admin.v1 import catalog_pb2 as _catalog_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -14,8 +15,23 @@ class InvoiceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INVOICE_STATE_UNSPECIFIED: _ClassVar[InvoiceState]
     INVOICE_STATE_GATHERING: _ClassVar[InvoiceState]
+
+class InvoiceLineType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INVOICE_LINE_TYPE_UNSPECIFIED: _ClassVar[InvoiceLineType]
+    INVOICE_LINE_TYPE_FLAT: _ClassVar[InvoiceLineType]
+    INVOICE_LINE_TYPE_USAGE: _ClassVar[InvoiceLineType]
+    INVOICE_LINE_TYPE_DISCOUNT: _ClassVar[InvoiceLineType]
+    INVOICE_LINE_TYPE_MAXIMUM_COMMITMENT: _ClassVar[InvoiceLineType]
+    INVOICE_LINE_TYPE_MINIMUM_COMMITMENT: _ClassVar[InvoiceLineType]
 INVOICE_STATE_UNSPECIFIED: InvoiceState
 INVOICE_STATE_GATHERING: InvoiceState
+INVOICE_LINE_TYPE_UNSPECIFIED: InvoiceLineType
+INVOICE_LINE_TYPE_FLAT: InvoiceLineType
+INVOICE_LINE_TYPE_USAGE: InvoiceLineType
+INVOICE_LINE_TYPE_DISCOUNT: InvoiceLineType
+INVOICE_LINE_TYPE_MAXIMUM_COMMITMENT: InvoiceLineType
+INVOICE_LINE_TYPE_MINIMUM_COMMITMENT: InvoiceLineType
 
 class Invoice(_message.Message):
     __slots__ = ("name", "customer", "currency", "period_start_time", "period_end_time", "lines", "total", "state")
@@ -37,8 +53,24 @@ class Invoice(_message.Message):
     state: InvoiceState
     def __init__(self, name: _Optional[str] = ..., customer: _Optional[str] = ..., currency: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., total: _Optional[str] = ..., state: _Optional[_Union[InvoiceState, str]] = ...) -> None: ...
 
+class InvoiceLineTier(_message.Message):
+    __slots__ = ("tier", "up_to", "quantity", "unit_price", "flat_price", "amount")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    FLAT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    tier: int
+    up_to: str
+    quantity: str
+    unit_price: str
+    flat_price: str
+    amount: str
+    def __init__(self, tier: _Optional[int] = ..., up_to: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., flat_price: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
+
 class InvoiceLine(_message.Message):
-    __slots__ = ("subscription", "rate_card", "feature", "description", "quantity", "unit_price", "amount", "period_start_time", "period_end_time")
+    __slots__ = ("subscription", "rate_card", "feature", "description", "quantity", "unit_price", "amount", "period_start_time", "period_end_time", "type", "price_type", "payment_term", "free_quantity", "packages", "tiers")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     RATE_CARD_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +80,12 @@ class InvoiceLine(_message.Message):
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     PERIOD_START_TIME_FIELD_NUMBER: _ClassVar[int]
     PERIOD_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_TERM_FIELD_NUMBER: _ClassVar[int]
+    FREE_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    PACKAGES_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
     subscription: str
     rate_card: str
     feature: str
@@ -57,7 +95,13 @@ class InvoiceLine(_message.Message):
     amount: str
     period_start_time: _timestamp_pb2.Timestamp
     period_end_time: _timestamp_pb2.Timestamp
-    def __init__(self, subscription: _Optional[str] = ..., rate_card: _Optional[str] = ..., feature: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    type: InvoiceLineType
+    price_type: _catalog_pb2.PriceType
+    payment_term: _catalog_pb2.PaymentTerm
+    free_quantity: str
+    packages: str
+    tiers: _containers.RepeatedCompositeFieldContainer[InvoiceLineTier]
+    def __init__(self, subscription: _Optional[str] = ..., rate_card: _Optional[str] = ..., feature: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[InvoiceLineType, str]] = ..., price_type: _Optional[_Union[_catalog_pb2.PriceType, str]] = ..., payment_term: _Optional[_Union[_catalog_pb2.PaymentTerm, str]] = ..., free_quantity: _Optional[str] = ..., packages: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[InvoiceLineTier, _Mapping]]] = ...) -> None: ...
 
 class PreviewInvoiceRequest(_message.Message):
     __slots__ = ("customer", "as_of_time")

@@ -29,6 +29,21 @@ class PriceType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PRICE_TYPE_UNSPECIFIED: _ClassVar[PriceType]
     PRICE_TYPE_UNIT: _ClassVar[PriceType]
+    PRICE_TYPE_FLAT: _ClassVar[PriceType]
+    PRICE_TYPE_TIERED: _ClassVar[PriceType]
+    PRICE_TYPE_PACKAGE: _ClassVar[PriceType]
+
+class PaymentTerm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PAYMENT_TERM_UNSPECIFIED: _ClassVar[PaymentTerm]
+    PAYMENT_TERM_IN_ADVANCE: _ClassVar[PaymentTerm]
+    PAYMENT_TERM_IN_ARREARS: _ClassVar[PaymentTerm]
+
+class TierMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIER_MODE_UNSPECIFIED: _ClassVar[TierMode]
+    TIER_MODE_GRADUATED: _ClassVar[TierMode]
+    TIER_MODE_VOLUME: _ClassVar[TierMode]
 
 class EntitlementType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +60,15 @@ PLAN_STATE_ACTIVE: PlanState
 PLAN_STATE_ARCHIVED: PlanState
 PRICE_TYPE_UNSPECIFIED: PriceType
 PRICE_TYPE_UNIT: PriceType
+PRICE_TYPE_FLAT: PriceType
+PRICE_TYPE_TIERED: PriceType
+PRICE_TYPE_PACKAGE: PriceType
+PAYMENT_TERM_UNSPECIFIED: PaymentTerm
+PAYMENT_TERM_IN_ADVANCE: PaymentTerm
+PAYMENT_TERM_IN_ARREARS: PaymentTerm
+TIER_MODE_UNSPECIFIED: TierMode
+TIER_MODE_GRADUATED: TierMode
+TIER_MODE_VOLUME: TierMode
 ENTITLEMENT_TYPE_UNSPECIFIED: EntitlementType
 ENTITLEMENT_TYPE_BOOLEAN: EntitlementType
 
@@ -112,24 +136,62 @@ class Plan(_message.Message):
     def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., version: _Optional[int] = ..., display_name: _Optional[str] = ..., currency: _Optional[str] = ..., billing_cadence: _Optional[str] = ..., rate_cards: _Optional[_Iterable[_Union[RateCard, _Mapping]]] = ..., state: _Optional[_Union[PlanState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., publish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RateCard(_message.Message):
-    __slots__ = ("key", "feature", "price", "entitlement")
+    __slots__ = ("key", "feature", "price", "entitlement", "discounts", "commitments")
     KEY_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
     ENTITLEMENT_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
     key: str
     feature: str
     price: Price
     entitlement: Entitlement
-    def __init__(self, key: _Optional[str] = ..., feature: _Optional[str] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., entitlement: _Optional[_Union[Entitlement, _Mapping]] = ...) -> None: ...
+    discounts: Discounts
+    commitments: Commitments
+    def __init__(self, key: _Optional[str] = ..., feature: _Optional[str] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., entitlement: _Optional[_Union[Entitlement, _Mapping]] = ..., discounts: _Optional[_Union[Discounts, _Mapping]] = ..., commitments: _Optional[_Union[Commitments, _Mapping]] = ...) -> None: ...
+
+class PriceTier(_message.Message):
+    __slots__ = ("up_to", "unit_price", "flat_price")
+    UP_TO_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    FLAT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    up_to: str
+    unit_price: str
+    flat_price: str
+    def __init__(self, up_to: _Optional[str] = ..., unit_price: _Optional[str] = ..., flat_price: _Optional[str] = ...) -> None: ...
 
 class Price(_message.Message):
-    __slots__ = ("type", "amount")
+    __slots__ = ("type", "amount", "payment_term", "tier_mode", "tiers", "quantity_per_package")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_TERM_FIELD_NUMBER: _ClassVar[int]
+    TIER_MODE_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_PER_PACKAGE_FIELD_NUMBER: _ClassVar[int]
     type: PriceType
     amount: str
-    def __init__(self, type: _Optional[_Union[PriceType, str]] = ..., amount: _Optional[str] = ...) -> None: ...
+    payment_term: PaymentTerm
+    tier_mode: TierMode
+    tiers: _containers.RepeatedCompositeFieldContainer[PriceTier]
+    quantity_per_package: str
+    def __init__(self, type: _Optional[_Union[PriceType, str]] = ..., amount: _Optional[str] = ..., payment_term: _Optional[_Union[PaymentTerm, str]] = ..., tier_mode: _Optional[_Union[TierMode, str]] = ..., tiers: _Optional[_Iterable[_Union[PriceTier, _Mapping]]] = ..., quantity_per_package: _Optional[str] = ...) -> None: ...
+
+class Discounts(_message.Message):
+    __slots__ = ("percentage", "usage")
+    PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    percentage: str
+    usage: str
+    def __init__(self, percentage: _Optional[str] = ..., usage: _Optional[str] = ...) -> None: ...
+
+class Commitments(_message.Message):
+    __slots__ = ("minimum_amount", "maximum_amount")
+    MINIMUM_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    MAXIMUM_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    minimum_amount: str
+    maximum_amount: str
+    def __init__(self, minimum_amount: _Optional[str] = ..., maximum_amount: _Optional[str] = ...) -> None: ...
 
 class Entitlement(_message.Message):
     __slots__ = ("type",)

@@ -1,0 +1,162 @@
+"""Checks of rate cards and plans, shared by the declarative parser and the admin API.
+
+Each check returns problems as messages that start with the field they are about, relative
+to the rate card (``price.tiers[1].up_to must be greater than 1000``), so callers can say
+which entry is wrong.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from controlplane.catalog.types import Plan, Price, PriceType, RateCard
+from controlplane.errors import InvalidArgument
+from controlplane.rating.money import minor_units
+
+HUNDRED = Decimal(100)
+
+
+def _negative(field: str, value: Decimal | None) -> list[str]:
+    if value is not None and value < 0:
+        return [f"{field} must not be negative, got {value}"]
+    return []
+
+
+def price_problems(price: Price) -> list[str]:
+    """What is wrong with a price on its own."""
+    problems = _negative("price.amount", price.amount)
+    kind = price.type.value
+    if price.payment_term is not None and price.type is not PriceType.FLAT:
+        problems.append(f'price.payment_term is only for flat prices, not "{kind}"')
+    if price.type is not PriceType.TIERED:
+        if price.mode is not None:
+            problems.append(f'price.mode is only for tiered prices, not "{kind}"')
+        if price.tiers:
+            problems.append(f'price.tiers are only for tiered prices, not "{kind}"')
+    if price.type is not PriceType.PACKAGE and price.quantity_per_package is not None:
+        problems.append(f'price.quantity_per_package is only for package prices, not "{kind}"')
+    if price.type is PriceType.PACKAGE:
+        if price.quantity_per_package is None:
+            problems.append("price.quantity_per_package is required for a package price")
+        elif price.quantity_per_package <= 0:
+            problems.append(
+                f"price.quantity_per_package must be positive, got {price.quantity_per_package}"
+            )
+    if price.type is PriceType.TIERED:
+        if price.amount:
+            problems.append("price.amount is not used by tiered prices: price the tiers")
+        if price.mode is None:
+            problems.append('price.mode is required for a tiered price: "graduated" or "volume"')
+        problems.extend(tier_problems(price))
+    return problems
+
+
+def tier_problems(price: Price) -> list[str]:
+    """Tiers ascend strictly by ``up_to``; only the last one, and it must, has no ``up_to``."""
+    if not price.tiers:
+        return ["price.tiers must list at least one tier"]
+    problems: list[str] = []
+    previous: Decimal | None = None
+    last = len(price.tiers) - 1
+    for index, tier in enumerate(price.tiers):
+        where = f"price.tiers[{index}]"
+        problems += _negative(f"{where}.unit_price", tier.unit_price)
+        problems += _negative(f"{where}.flat_price", tier.flat_price)
+        if index == last:
+            if tier.up_to is not None:
+                problems.append(
+                    f"{where}.up_to must be left out: the last tier is open-ended "
+                    f"(it has up_to {tier.up_to})"
+                )
+            continue
+        if tier.up_to is None:
+            problems.append(f"{where}.up_to is required on every tier but the last")
+        elif tier.up_to <= 0:
+            problems.append(f"{where}.up_to must be positive, got {tier.up_to}")
+        elif previous is not None and tier.up_to <= previous:
+            problems.append(
+                f"{where}.up_to must be greater than the previous tier's {previous} "
+                f"(tiers go in ascending order), got {tier.up_to}"
+            )
+        else:
+            previous = tier.up_to
+    return problems
+
+
+def rate_card_problems(card: RateCard, *, currency: str | None = None) -> list[str]:
+    """What is wrong with a rate card; ``currency`` checks commitments' precision too."""
+    problems: list[str] = []
+    price = card.price
+    if price is not None:
+        problems += price_problems(price)
+        if price.usage_based and not card.feature:
+            problems.append(
+                f'a "{price.type.value}" price needs a feature to meter; '
+                "only a flat price can stand without one"
+            )
+    elif card.entitlement is None:
+        problems.append("needs a price, an entitlement or both")
+    if card.entitlement is not None and not card.feature:
+        problems.append("an entitlement needs a feature")
+    discounts, commitments = card.discounts, card.commitments
+    if discounts is not None:
+        if price is None:
+            problems.append("discounts need a price")
+        pct = discounts.percentage
+        if pct is not None and not 0 < pct <= HUNDRED:
+            problems.append(f"discounts.percentage must be above 0 and at most 100, got {pct}")
+        if discounts.usage is not None:
+            problems += _negative("discounts.usage", discounts.usage)
+            if price is not None and not price.usage_based:
+                problems.append("discounts.usage needs a usage-based price, not a flat one")
+    if commitments is not None:
+        if price is not None and not price.usage_based:
+            problems.append("commitments need a usage-based price, not a flat one")
+        elif price is None:
+            problems.append("commitments need a price")
+        low, high = commitments.minimum_amount, commitments.maximum_amount
+        problems += _negative("commitments.minimum_amount", low)
+        problems += _negative("commitments.maximum_amount", high)
+        if low is not None and high is not None and low > high:
+            problems.append(
+                f"commitments.minimum_amount {low} must not exceed maximum_amount {high}"
+            )
+        if currency is not None:
+            problems += _precision_problems(commitments.minimum_amount, "minimum", currency)
+            problems += _precision_problems(commitments.maximum_amount, "maximum", currency)
+    return problems
+
+
+def _precision_problems(amount: Decimal | None, which: str, currency: str) -> list[str]:
+    try:
+        places = minor_units(currency)
+    except InvalidArgument:
+        return []  # the plan's currency is reported on its own
+    if amount is None or amount == amount.quantize(Decimal(1).scaleb(-places)):
+        return []
+    return [f"commitments.{which}_amount {amount} has more decimals than {currency}'s {places}"]
+
+
+def check_plan(plan: Plan) -> None:
+    """Raise InvalidArgument naming every bad rate card of ``plan``."""
+    problems: list[str] = []
+    try:
+        minor_units(plan.currency)
+    except InvalidArgument as exc:
+        problems.append(f"plan.currency: {exc}")
+    keys: set[str] = set()
+    for index, card in enumerate(plan.rate_cards):
+        where = f"plan.rate_cards[{index}] ({card.key or card.feature or 'no key'})"
+        if not card.key:
+            problems.append(f"{where}: key is required when there is no feature")
+        elif card.key in keys:
+            problems.append(f"{where}: duplicate rate card key {card.key!r}")
+        keys.add(card.key)
+        problems += [
+            f"{where}: {problem}" for problem in rate_card_problems(card, currency=plan.currency)
+        ]
+    if problems:
+        raise InvalidArgument("; ".join(problems))
+
+
+__all__ = ["check_plan", "price_problems", "rate_card_problems", "tier_problems"]

@@ -1,0 +1,79 @@
+"""What pricers return: a charge for one quantity, and the lines a rate card becomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import (
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+)
+from enum import StrEnum
+
+# Every sum and product of rating is exact: 200 digits hold any realistic amount, and an
+# inexact result raises instead of rounding silently (only ``round_money`` rounds).
+EXACT = Context(
+    prec=200,
+    rounding=ROUND_HALF_UP,
+    traps=[Inexact, InvalidOperation, DivisionByZero, Overflow],
+)
+
+
+@dataclass(frozen=True)
+class TierCharge:
+    """The slice of a quantity one tier prices; ``amount`` is exact (not rounded).
+
+    ``tier`` counts from 1; ``quantity`` is the units priced by this tier, ``amount`` is
+    ``quantity * unit_price + flat_price``.
+    """
+
+    tier: int
+    up_to: Decimal | None
+    quantity: Decimal
+    unit_price: Decimal
+    flat_price: Decimal
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A price applied to one quantity: the exact amount, rounded once, and its breakdown."""
+
+    quantity: Decimal
+    exact_amount: Decimal
+    amount: Decimal
+    unit_price: Decimal | None = None
+    packages: Decimal | None = None
+    tiers: tuple[TierCharge, ...] = ()
+
+
+class LineType(StrEnum):
+    """The kinds of line a rate card becomes on an invoice (see ``rate_card_lines``)."""
+
+    FLAT = "flat"
+    USAGE = "usage"
+    DISCOUNT = "discount"
+    MAXIMUM_COMMITMENT = "maximum_commitment"
+    MINIMUM_COMMITMENT = "minimum_commitment"
+
+
+@dataclass(frozen=True)
+class RatedLine:
+    """One line of money; ``amount`` is rounded to the currency's minor unit.
+
+    Usage lines: ``quantity`` is the metered quantity, ``free_quantity`` the part a usage
+    discount made free, and the price applies to the rest. Adjustment lines (discount,
+    commitments) have quantity 1 and ``unit_price == amount``.
+    """
+
+    quantity: Decimal
+    unit_price: Decimal | None
+    amount: Decimal
+    type: LineType = LineType.USAGE
+    free_quantity: Decimal = Decimal(0)
+    packages: Decimal | None = None
+    tiers: tuple[TierCharge, ...] = ()
