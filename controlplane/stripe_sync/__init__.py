@@ -1,0 +1,42 @@
+"""Stripe sync: issued invoices become Stripe invoices exactly once; payments come back.
+
+Free of storage and transport: the caller persists ``SyncRecord`` after every step (``save``)
+and applies ``WebhookOutcome`` states to its invoices. Wiring: build ``StripeSettings`` (from
+``METERLINE_STRIPE_*``, None = sync off) and one client with ``new_client`` in the composition
+root; decimal amounts become Stripe's integer minor units only in ``money``.
+"""
+
+from __future__ import annotations
+
+from controlplane.stripe_sync.money import stripe_currency, to_minor_units
+from controlplane.stripe_sync.retry import RetryPolicy
+from controlplane.stripe_sync.sync import idempotency_key, new_client, sync_invoice
+from controlplane.stripe_sync.types import (
+    CollectionMethod,
+    InvoiceToSync,
+    LineToSync,
+    PaymentState,
+    StripeSettings,
+    SyncRecord,
+    SyncState,
+    WebhookOutcome,
+)
+from controlplane.stripe_sync.webhooks import handle_webhook
+
+__all__ = [
+    "CollectionMethod",
+    "InvoiceToSync",
+    "LineToSync",
+    "PaymentState",
+    "RetryPolicy",
+    "StripeSettings",
+    "SyncRecord",
+    "SyncState",
+    "WebhookOutcome",
+    "handle_webhook",
+    "idempotency_key",
+    "new_client",
+    "stripe_currency",
+    "sync_invoice",
+    "to_minor_units",
+]
