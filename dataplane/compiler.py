@@ -8,13 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
+from dataplane.anthropic_format import DEFAULT_ANTHROPIC_VERSION
 from dataplane.keys import is_key_hash
 from dataplane.providers import (
+    AZURE_PATHS,
+    DEFAULT_AZURE_API_VERSION,
+    DEFAULT_URLS,
+    LLM_FORMAT_ANTHROPIC,
+    LLM_FORMAT_OPENAI,
     NOT_YET_SUPPORTED_PROVIDERS,
     NOT_YET_SUPPORTED_ROUTE_TYPES,
-    OPENAI_FORMAT_DEFAULT_URLS,
+    PROVIDER_ROUTE_TYPES,
+    ROUTE_TYPE_CHAT,
+    ROUTE_TYPE_PRESERVE,
     SUPPORTED_ROUTE_TYPES,
 )
 from dataplane.routing import RouteTable
@@ -25,6 +33,13 @@ from dataplane.runtime import (
     KeyAuthPolicy,
     ProviderTarget,
     RuntimeConfig,
+)
+from dataplane.translators import (
+    AnthropicNativeTranslator,
+    OpenAIToAnthropicTranslator,
+    OpenAITranslator,
+    PreserveTranslator,
+    Translator,
 )
 
 if TYPE_CHECKING:
@@ -213,8 +228,8 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
     provider = config.model.provider
     if provider in NOT_YET_SUPPORTED_PROVIDERS:
         raise CompileError(f'{label}: provider "{provider}" is not supported yet')
-    if provider not in OPENAI_FORMAT_DEFAULT_URLS:
-        supported = ", ".join(sorted(OPENAI_FORMAT_DEFAULT_URLS))
+    if provider not in DEFAULT_URLS:
+        supported = ", ".join(sorted(DEFAULT_URLS))
         raise CompileError(f'{label}: unknown provider "{provider}" (supported: {supported})')
     route_type = config.route_type
     if route_type in NOT_YET_SUPPORTED_ROUTE_TYPES:
@@ -222,22 +237,53 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
     if route_type not in SUPPORTED_ROUTE_TYPES:
         supported = ", ".join(sorted(SUPPORTED_ROUTE_TYPES))
         raise CompileError(f'{label}: unknown route_type "{route_type}" (supported: {supported})')
-    if config.llm_format not in ("", "openai"):
-        raise CompileError(f'{label}: llm_format "{config.llm_format}" is not supported yet')
-    upstream_url = config.model.options.upstream_url
+    if route_type not in PROVIDER_ROUTE_TYPES[provider]:
+        raise CompileError(
+            f'{label}: provider "{provider}" does not serve route_type "{route_type}"'
+        )
+    llm_format = config.llm_format or LLM_FORMAT_OPENAI
+    if llm_format not in (LLM_FORMAT_OPENAI, LLM_FORMAT_ANTHROPIC):
+        raise CompileError(
+            f'{label}: unknown llm_format "{llm_format}" (supported: anthropic, openai)'
+        )
+    if llm_format == LLM_FORMAT_ANTHROPIC and provider != "anthropic":
+        raise CompileError(
+            f'{label}: llm_format "anthropic" needs provider "anthropic", got "{provider}"'
+        )
+    options = config.model.options
+    upstream_url = options.upstream_url
     if upstream_url:
         parts = urlsplit(upstream_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise CompileError(f'{label}: upstream_url "{upstream_url}" is not an http(s) URL')
-    elif route_type not in OPENAI_FORMAT_DEFAULT_URLS[provider]:
+    elif provider == "azure":
+        if not options.azure_instance:
+            raise CompileError(
+                f'{label}: provider "azure" needs model.options.azure_instance '
+                "(or model.options.upstream_url)"
+            )
+        if route_type != ROUTE_TYPE_PRESERVE and not options.azure_deployment_id:
+            raise CompileError(
+                f'{label}: provider "azure" needs model.options.azure_deployment_id '
+                "(or model.options.upstream_url)"
+            )
+        if not _is_dns_label(options.azure_instance):
+            raise CompileError(
+                f'{label}: azure_instance "{options.azure_instance}" is not a host name label'
+            )
+    elif route_type not in DEFAULT_URLS[provider]:
         raise CompileError(f'{label}: provider "{provider}" needs model.options.upstream_url')
     auth = config.auth
     if bool(auth.header_name) != bool(auth.header_value):
         raise CompileError(f"{label}: auth needs both header_name and header_value")
     if auth.param_name and auth.param_location not in ("query", "body"):
         raise CompileError(f'{label}: auth.param_location must be "query" or "body"')
-    if config.model.options.max_tokens < 0:
+    if options.max_tokens < 0:
         raise CompileError(f"{label}: model.options.max_tokens is negative")
+
+
+def _is_dns_label(value: str) -> bool:
+    return value.replace("-", "").isalnum() and value.isascii() and len(value) <= 63
 
 
 def _resolve_plugins(route: snapshot_pb2.Route, plugins: list[snapshot_pb2.Plugin]) -> _Resolved:
@@ -280,11 +326,40 @@ def _compile_key_auth(config: snapshot_pb2.KeyAuthConfig) -> KeyAuthPolicy:
     )
 
 
+def _upstream_url(config: snapshot_pb2.AiProxyConfig) -> str:
+    options = config.model.options
+    if options.upstream_url:
+        return options.upstream_url
+    provider, route_type = config.model.provider, config.route_type
+    if provider == "azure":
+        base = f"https://{options.azure_instance}.openai.azure.com"
+        if route_type == ROUTE_TYPE_PRESERVE:
+            return base
+        version = options.azure_api_version or DEFAULT_AZURE_API_VERSION
+        return (
+            f"{base}/openai/deployments/{quote(options.azure_deployment_id, safe='')}/"
+            f"{AZURE_PATHS[route_type]}?{urlencode({'api-version': version})}"
+        )
+    return DEFAULT_URLS[provider][route_type]
+
+
+_OPENAI = OpenAITranslator()
+_ANTHROPIC_NATIVE = AnthropicNativeTranslator()
+_OPENAI_TO_ANTHROPIC = OpenAIToAnthropicTranslator()
+
+
+def _translator(config: snapshot_pb2.AiProxyConfig) -> Translator:
+    anthropic_clients = config.llm_format == LLM_FORMAT_ANTHROPIC
+    if config.route_type == ROUTE_TYPE_PRESERVE:
+        return PreserveTranslator(anthropic_errors=anthropic_clients)
+    if config.model.provider == "anthropic":
+        return _ANTHROPIC_NATIVE if anthropic_clients else _OPENAI_TO_ANTHROPIC
+    return _OPENAI
+
+
 def _compile_ai_proxy(config: snapshot_pb2.AiProxyConfig) -> AiProxyPolicy:
     provider = config.model.provider
-    url = (
-        config.model.options.upstream_url or OPENAI_FORMAT_DEFAULT_URLS[provider][config.route_type]
-    )
+    url = _upstream_url(config)
     auth = config.auth
     body_params: tuple[tuple[str, str], ...] = ()
     if auth.param_name and auth.param_location == "query":
@@ -295,18 +370,24 @@ def _compile_ai_proxy(config: snapshot_pb2.AiProxyConfig) -> AiProxyPolicy:
         body_params = ((auth.param_name, auth.param_value),)
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    headers: tuple[tuple[bytes, bytes], ...] = ()
+    headers: list[tuple[bytes, bytes]] = []
     if auth.header_name:
-        headers = ((auth.header_name.lower().encode("latin-1"), auth.header_value.encode()),)
+        headers.append((auth.header_name.lower().encode("latin-1"), auth.header_value.encode()))
+    if provider == "anthropic" and config.route_type == ROUTE_TYPE_CHAT:
+        # The route's version replaces the client's, so one route speaks one API version.
+        version = config.model.options.anthropic_version or DEFAULT_ANTHROPIC_VERSION
+        headers.append((b"anthropic-version", version.encode("latin-1")))
     return AiProxyPolicy(
         route_type=config.route_type,
         target=ProviderTarget(
             provider=provider,
             url=url,
             origin=f"{parts.scheme}://{parts.hostname}:{port}",
-            auth_headers=headers,
+            auth_headers=tuple(headers),
             auth_body_params=body_params,
         ),
         model=config.model.name,
         max_tokens=config.model.options.max_tokens,
+        llm_format=config.llm_format or LLM_FORMAT_OPENAI,
+        translator=_translator(config),
     )

@@ -9,6 +9,18 @@ counts, so tests can assert exact sums:
   ``max_completion_tokens``/``max_tokens`` words if set (then ``finish_reason`` is
   ``"length"``), and ``completion_tokens`` = number of words in the reply.
 
+Details, as OpenAI reports them (both included in the totals above):
+
+- ``prompt_tokens_details.cached_tokens``: like OpenAI's automatic prompt caching, the system
+  messages' tokens when they have at least ``CACHE_MIN_WORDS`` words and the same system text
+  was seen before;
+- ``completion_tokens_details.reasoning_tokens``: for reasoning models (``o1``, ``o3-mini``...,
+  names of ``o`` + digit), ``REASONING_TOKENS_PER_WORD`` per reply word.
+
+Legacy ``/completions`` (``prompt`` -> ``choices[].text``) and ``/embeddings`` (``input`` ->
+``data[].embedding``, usage ``prompt_tokens`` = words + 3 per input) are served too. Azure's
+``api-key`` header is accepted as well as ``Authorization``.
+
 Errors: a wrong or missing ``Authorization`` answers 401 (the expected key is configurable;
 by default any ``Bearer sk-...`` passes); model ``"fail-500"`` or header ``x-fake-status: N``
 answers status N with an OpenAI error. Every request is recorded; ``GET /_fake/requests``
@@ -34,6 +46,8 @@ from dataplane.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, read_body, s
 from dataplane.httpserver import serve_http, split_host_port
 
 MESSAGE_OVERHEAD_TOKENS = 3
+CACHE_MIN_WORDS = 32
+REASONING_TOKENS_PER_WORD = 2
 REPLY_PREFIX = "fake reply:"
 SYSTEM_FINGERPRINT = "fp_fake"
 
@@ -97,6 +111,7 @@ class FakeProvider:
     def __init__(self, *, api_key: str | None = None) -> None:
         self.api_key = api_key
         self.requests: list[RecordedRequest] = []
+        self._seen_systems: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,10 +133,16 @@ class FakeProvider:
             body = None
         self.requests.append(RecordedRequest(method=method, path=path, headers=headers, body=body))
 
-        if method != "POST" or not path.endswith("/chat/completions"):
+        endpoint = next(
+            (e for e in ("/chat/completions", "/completions", "/embeddings") if path.endswith(e)),
+            None,
+        )
+        if method != "POST" or endpoint is None:
             await _error(send, 404, f"Invalid URL ({method} {path})", "invalid_request_error", None)
             return
         authorization = headers.get("authorization", "")
+        if "api-key" in headers:
+            authorization = f"Bearer {headers['api-key']}"
         if not (
             authorization == f"Bearer {self.api_key}"
             if self.api_key is not None
@@ -129,6 +150,11 @@ class FakeProvider:
         ):
             await send_response(send, 401, orjson.dumps({"error": _BAD_KEY}), [JSON_CONTENT_TYPE])
             return
+        if isinstance(body, dict) and endpoint != "/chat/completions":
+            field = "prompt" if endpoint == "/completions" else "input"
+            text = body.get(field)
+            texts = text if isinstance(text, list) else [text]
+            body = {**body, "messages": [{"role": "user", "content": t} for t in texts]}
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             await _error(
                 send,
@@ -148,16 +174,70 @@ class FakeProvider:
                 send, int(forced), f"Forced status {forced}", "invalid_request_error", None
             )
             return
-        await self._complete(send, body)
+        if endpoint == "/embeddings":
+            await self._embed(send, body)
+            return
+        await self._complete(send, body, legacy=endpoint == "/completions")
 
-    async def _complete(self, send: Send, body: dict[str, Any]) -> None:
+    async def _embed(self, send: Send, body: dict[str, Any]) -> None:
+        tokens = prompt_tokens(body["messages"])
+        document = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [0.0, 0.5, 1.0]}
+                for i in range(len(body["messages"]))
+            ],
+            "model": str(body.get("model", "")),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])
+
+    def _cached_tokens(self, messages: list[Any]) -> int:
+        system = [m for m in messages if isinstance(m, dict) and m.get("role") == "system"]
+        text = " ".join(message_text(m) for m in system)
+        if len(text.split()) < CACHE_MIN_WORDS:
+            return 0
+        if text in self._seen_systems:
+            return prompt_tokens(system)
+        self._seen_systems.add(text)
+        return 0
+
+    async def _complete(self, send: Send, body: dict[str, Any], *, legacy: bool = False) -> None:
         messages: list[Any] = body["messages"]
         model = str(body.get("model", ""))
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         words, finish_reason = reply_words(messages, limit if isinstance(limit, int) else None)
-        usage = _usage(prompt_tokens(messages), len(words))
+        reasoning = (
+            REASONING_TOKENS_PER_WORD * len(words)
+            if len(model) > 1 and model[0] == "o" and model[1].isdigit()
+            else 0
+        )
+        usage = _usage(
+            prompt_tokens(messages),
+            len(words) + reasoning,
+            cached=self._cached_tokens(messages),
+            reasoning=reasoning,
+        )
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
+        if legacy and not body.get("stream"):
+            document = {
+                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "text": " ".join(words),
+                        "index": 0,
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": usage,
+            }
+            await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])
+            return
         if not body.get("stream"):
             document = {
                 "id": completion_id,
@@ -229,14 +309,14 @@ class FakeProvider:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
+def _usage(prompt: int, completion: int, *, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reasoning,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,

@@ -7,20 +7,26 @@ the same as one that reports 0 tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dataplane.runtime import AiProxyPolicy
 from dataplane.sse import event_data
+from dataplane.token_usage import TokenUsage, count, minus
 
+if TYPE_CHECKING:
+    from dataplane.runtime import AiProxyPolicy
 
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    """Token counts a provider reported; None where it reported nothing."""
-
-    input_tokens: int | None
-    output_tokens: int | None
+__all__ = [
+    "ChatRequest",
+    "ChatStreamScanner",
+    "InvalidRequest",
+    "TokenUsage",
+    "error_body",
+    "prepare_chat_request",
+    "read_body_usage",
+    "usage_from_openai",
+]
 
 
 class InvalidRequest(Exception):
@@ -43,6 +49,8 @@ class ChatRequest:
     # True when the gateway asked for stream usage itself, so the usage chunk is not the
     # client's to see.
     hide_usage_chunk: bool
+    # The parsed body, kept to estimate the prompt when the provider reports no usage.
+    document: Any = None
 
 
 def error_body(message: str, *, type: str, code: str | None, param: str | None = None) -> bytes:
@@ -50,11 +58,16 @@ def error_body(message: str, *, type: str, code: str | None, param: str | None =
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
 
 
-def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
-    """Validate a client's chat body and apply the route's model, stream usage and auth.
+# The field each OpenAI-format route type requires, and whether it may stream.
+_REQUIRED_FIELD: dict[str, tuple[str, type | tuple[type, ...], str, bool]] = {
+    "llm/v1/chat": ("messages", list, "an array", True),
+    "llm/v1/completions": ("prompt", (str, list), "a string or an array", True),
+    "llm/v1/embeddings": ("input", (str, list), "a string or an array", False),
+}
 
-    The client's bytes are forwarded untouched unless something had to change.
-    """
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or InvalidRequest."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -63,32 +76,55 @@ def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    messages = body.get("messages")
-    if messages is None:
-        raise InvalidRequest(
-            "Missing required parameter: 'messages'.",
-            code="missing_required_parameter",
-            param="messages",
-        )
-    if not isinstance(messages, list):
-        raise InvalidRequest(
-            "Invalid type for 'messages': expected an array.", code="invalid_type", param="messages"
-        )
+    return body
+
+
+def check_stream_flag(body: dict[str, Any]) -> bool:
+    """The body's ``stream`` flag (default false), or InvalidRequest if it is not a boolean."""
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest(
             "Invalid type for 'stream': expected a boolean.", code="invalid_type", param="stream"
         )
+    return stream
 
-    changed = False
+
+def resolve_model(body: dict[str, Any], policy: AiProxyPolicy) -> tuple[str, bool]:
+    """Apply the route's model to ``body``; return the model and whether the body changed."""
     if policy.model and body.get("model") != policy.model:
         body["model"] = policy.model
-        changed = True
+        return policy.model, True
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest(
             "Missing required parameter: 'model'.", code="missing_required_parameter", param="model"
         )
+    return model, False
+
+
+def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
+    """Validate a client's OpenAI-format body and apply the route's model, stream usage and auth.
+
+    Chat, legacy completions and embeddings bodies are accepted, per the route type. The
+    client's bytes are forwarded untouched unless something had to change.
+    """
+    body = parse_json_object(raw)
+    field, types, expected, may_stream = _REQUIRED_FIELD.get(
+        policy.route_type, _REQUIRED_FIELD["llm/v1/chat"]
+    )
+    value = body.get(field)
+    if value is None:
+        raise InvalidRequest(
+            f"Missing required parameter: '{field}'.",
+            code="missing_required_parameter",
+            param=field,
+        )
+    if not isinstance(value, types):
+        raise InvalidRequest(
+            f"Invalid type for '{field}': expected {expected}.", code="invalid_type", param=field
+        )
+    stream = check_stream_flag(body) if may_stream else False
+    model, changed = resolve_model(body, policy)
     hide_usage_chunk = False
     if stream:
         options = body.get("stream_options")
@@ -96,32 +132,70 @@ def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
             # Usage in a stream comes only on request; ask for it and keep it from the client.
             body["stream_options"] = {**(options or {}), "include_usage": True}
             hide_usage_chunk = changed = True
-    if policy.max_tokens and "max_tokens" not in body and "max_completion_tokens" not in body:
+    if (
+        may_stream
+        and policy.max_tokens
+        and "max_tokens" not in body
+        and "max_completion_tokens" not in body
+    ):
         body["max_tokens"] = policy.max_tokens
         changed = True
-    for name, value in policy.target.auth_body_params:
-        body[name] = value
+    for name, param_value in policy.target.auth_body_params:
+        body[name] = param_value
         changed = True
     return ChatRequest(
         body=orjson.dumps(body) if changed else raw,
         model=model,
         stream=stream,
         hide_usage_chunk=hide_usage_chunk,
+        document=body,
+    )
+
+
+def _detail(usage: dict[str, Any], details_key: str, key: str) -> int | None:
+    details = usage.get(details_key)
+    return count(details.get(key)) if isinstance(details, dict) else None
+
+
+def usage_from_openai(usage: Any) -> TokenUsage | None:
+    """The disjoint token kinds of an OpenAI ``usage`` object.
+
+    Chat and legacy completions and embeddings report ``prompt_tokens``/``completion_tokens``
+    (cache reads in ``prompt_tokens_details.cached_tokens``, reasoning in
+    ``completion_tokens_details.reasoning_tokens``, both included in the totals); the Responses
+    API reports ``input_tokens``/``output_tokens`` with ``input_tokens_details`` and
+    ``output_tokens_details``. The details are subtracted so each token is counted once.
+    """
+    if not isinstance(usage, dict):
+        return None
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        prompt = count(usage.get("prompt_tokens"))
+        completion = count(usage.get("completion_tokens"))
+        cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
+        reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
+    elif "input_tokens" in usage or "output_tokens" in usage:
+        prompt = count(usage.get("input_tokens"))
+        completion = count(usage.get("output_tokens"))
+        cached = _detail(usage, "input_tokens_details", "cached_tokens")
+        reasoning = _detail(usage, "output_tokens_details", "reasoning_tokens")
+    else:
+        return None
+    # A detail larger than its total is malformed; capping keeps the sum equal to the totals.
+    cached = min(cached, prompt) if cached is not None and prompt is not None else cached
+    if reasoning is not None and completion is not None:
+        reasoning = min(reasoning, completion)
+    return TokenUsage(
+        input_tokens=minus(prompt, cached),
+        output_tokens=minus(completion, reasoning),
+        cached_input_tokens=cached,
+        reasoning_tokens=reasoning,
     )
 
 
 def _usage_of(document: Any) -> TokenUsage | None:
     if not isinstance(document, dict):
         return None
-    usage = document.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    return TokenUsage(
-        input_tokens=prompt if isinstance(prompt, int) else None,
-        output_tokens=completion if isinstance(completion, int) else None,
-    )
+    return usage_from_openai(document.get("usage"))
 
 
 def _model_of(document: Any) -> str | None:
@@ -151,20 +225,53 @@ def _has_usage_object(data: bytes) -> bool:
 
 
 class ChatStreamScanner:
-    """Reads usage and model from a chat-completions SSE stream, event by event."""
+    """Reads usage and model from a chat-completions SSE stream, event by event.
 
-    __slots__ = ("_hide_usage_chunk", "model", "usage")
+    Data of events is kept (by reference, not copied) until usage shows up, so a stream that
+    ends without usage can still be estimated from its text; see ``produced_text``.
+    """
+
+    __slots__ = ("_hide_usage_chunk", "_pending", "model", "usage")
 
     def __init__(self, *, hide_usage_chunk: bool) -> None:
         self._hide_usage_chunk = hide_usage_chunk
         self.usage: TokenUsage | None = None
         self.model: str | None = None
+        self._pending: list[bytes] = []
+
+    def produced_text(self) -> str:
+        """The text of the deltas seen (content, tool arguments, legacy ``text``)."""
+        parts: list[str] = []
+        for data in self._pending:
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            choices = chunk.get("choices") if isinstance(chunk, dict) else None
+            for choice in choices if isinstance(choices, list) else ():
+                if not isinstance(choice, dict):
+                    continue
+                delta = choice.get("delta")
+                if isinstance(choice.get("text"), str):
+                    parts.append(choice["text"])
+                if not isinstance(delta, dict):
+                    continue
+                for key in ("content", "reasoning_content", "refusal"):
+                    if isinstance(delta.get(key), str):
+                        parts.append(delta[key])
+                for call in delta.get("tool_calls") or ():
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                        parts.append(function["arguments"])
+        return "".join(parts)
 
     def accept(self, event: bytes) -> bool:
         """Inspect one whole event; return False if the client must not see it."""
         data = event_data(event)
         if data is None or data == b"[DONE]":
             return True
+        if self.usage is None:
+            self._pending.append(data)
         has_usage = _has_usage_object(data)
         if self.model is None or has_usage:
             try:
@@ -174,6 +281,7 @@ class ChatStreamScanner:
             self.model = self.model or _model_of(chunk)
             if has_usage:
                 self.usage = _usage_of(chunk)
+                self._pending = []
                 if self._hide_usage_chunk and chunk.get("choices") == []:
                     return False
         return True

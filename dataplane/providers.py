@@ -1,20 +1,68 @@
-"""What the data plane knows about each provider it can call."""
+"""What the data plane knows about each provider it can call: endpoints and route types."""
 
 from __future__ import annotations
 
 from typing import Final
 
 ROUTE_TYPE_CHAT: Final = "llm/v1/chat"
+ROUTE_TYPE_COMPLETIONS: Final = "llm/v1/completions"
+ROUTE_TYPE_EMBEDDINGS: Final = "llm/v1/embeddings"
+ROUTE_TYPE_PRESERVE: Final = "preserve"
 
-# Providers that speak OpenAI's chat-completions wire format, with their default endpoints.
-# openai_compatible has no default: its upstream_url is required.
-OPENAI_FORMAT_DEFAULT_URLS: Final[dict[str, dict[str, str]]] = {
-    "openai": {ROUTE_TYPE_CHAT: "https://api.openai.com/v1/chat/completions"},
+LLM_FORMAT_OPENAI: Final = "openai"
+LLM_FORMAT_ANTHROPIC: Final = "anthropic"
+
+# Default endpoints per provider and route type. For "preserve" the value is a base URL the
+# client's path (after the route prefix) is appended to. openai_compatible has no default: its
+# upstream_url is required; azure's URL is built from its deployment options.
+DEFAULT_URLS: Final[dict[str, dict[str, str]]] = {
+    "openai": {
+        ROUTE_TYPE_CHAT: "https://api.openai.com/v1/chat/completions",
+        ROUTE_TYPE_COMPLETIONS: "https://api.openai.com/v1/completions",
+        ROUTE_TYPE_EMBEDDINGS: "https://api.openai.com/v1/embeddings",
+        ROUTE_TYPE_PRESERVE: "https://api.openai.com",
+    },
+    "anthropic": {
+        ROUTE_TYPE_CHAT: "https://api.anthropic.com/v1/messages",
+        ROUTE_TYPE_PRESERVE: "https://api.anthropic.com",
+    },
+    "azure": {},
     "openai_compatible": {},
 }
+# Kept for callers of the first version: the providers that speak OpenAI's wire format.
+OPENAI_FORMAT_PROVIDERS: Final = frozenset({"openai", "azure", "openai_compatible"})
+OPENAI_FORMAT_DEFAULT_URLS: Final = {
+    name: urls for name, urls in DEFAULT_URLS.items() if name in OPENAI_FORMAT_PROVIDERS
+}
+
+# Route types each provider can serve.
+PROVIDER_ROUTE_TYPES: Final[dict[str, frozenset[str]]] = {
+    "openai": frozenset(
+        {ROUTE_TYPE_CHAT, ROUTE_TYPE_COMPLETIONS, ROUTE_TYPE_EMBEDDINGS, ROUTE_TYPE_PRESERVE}
+    ),
+    "azure": frozenset(
+        {ROUTE_TYPE_CHAT, ROUTE_TYPE_COMPLETIONS, ROUTE_TYPE_EMBEDDINGS, ROUTE_TYPE_PRESERVE}
+    ),
+    "openai_compatible": frozenset(
+        {ROUTE_TYPE_CHAT, ROUTE_TYPE_COMPLETIONS, ROUTE_TYPE_EMBEDDINGS, ROUTE_TYPE_PRESERVE}
+    ),
+    "anthropic": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_PRESERVE}),
+}
+
+# Azure OpenAI: https://{instance}.openai.azure.com/openai/deployments/{deployment}/{path}.
+AZURE_PATHS: Final = {
+    ROUTE_TYPE_CHAT: "chat/completions",
+    ROUTE_TYPE_COMPLETIONS: "completions",
+    ROUTE_TYPE_EMBEDDINGS: "embeddings",
+}
+DEFAULT_AZURE_API_VERSION: Final = "2024-10-21"
 
 # Known providers this version cannot call yet: rejected with a clear "unsupported" message.
-NOT_YET_SUPPORTED_PROVIDERS: Final = frozenset({"anthropic", "azure", "bedrock", "gemini"})
+NOT_YET_SUPPORTED_PROVIDERS: Final = frozenset(
+    {"bedrock", "gemini", "mistral", "llama2", "cohere", "huggingface"}
+)
 
-SUPPORTED_ROUTE_TYPES: Final = frozenset({ROUTE_TYPE_CHAT})
-NOT_YET_SUPPORTED_ROUTE_TYPES: Final = frozenset({"llm/v1/completions", "preserve"})
+SUPPORTED_ROUTE_TYPES: Final = frozenset(
+    {ROUTE_TYPE_CHAT, ROUTE_TYPE_COMPLETIONS, ROUTE_TYPE_EMBEDDINGS, ROUTE_TYPE_PRESERVE}
+)
+NOT_YET_SUPPORTED_ROUTE_TYPES: Final = frozenset({"llm/v1/responses", "llm/v1/assistants"})

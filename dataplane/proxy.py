@@ -6,14 +6,18 @@ applied to it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
 
 import httpx
+import orjson
 
 from dataplane.asgi import (
     JSON_CONTENT_TYPE,
@@ -25,18 +29,14 @@ from dataplane.asgi import (
     read_body,
     send_response,
 )
+from dataplane.estimate import estimate_usage
 from dataplane.keys import hash_key
-from dataplane.openai_format import (
-    ChatRequest,
-    ChatStreamScanner,
-    InvalidRequest,
-    TokenUsage,
-    error_body,
-    prepare_chat_request,
-    read_body_usage,
-)
+from dataplane.openai_format import InvalidRequest, error_body
+from dataplane.providers import ROUTE_TYPE_PRESERVE
 from dataplane.runtime import AiProxyPolicy, CompiledRoute, Consumer, KeyAuthPolicy, RuntimeConfig
 from dataplane.sse import SseSplitter
+from dataplane.token_usage import TokenUsage
+from dataplane.translators import OpenAITranslator, Prepared, Translator
 from dataplane.upstream import UpstreamClients
 from dataplane.usage_events import llm_token_events
 from meterline.dataplane.v1 import usage_pb2
@@ -46,6 +46,13 @@ logger = logging.getLogger(__name__)
 UsageSink = Callable[[usage_pb2.UsageEvent], None]
 
 DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
+# How long a stream is still read after its client went away, to meter its real usage.
+DEFAULT_DRAIN_TIMEOUT_S: Final = 60.0
+# Latest request timings kept in memory (Gateway.timings).
+TIMINGS_KEPT: Final = 1024
+
+_OPENAI: Final = OpenAITranslator()
+_SSE_CONTENT_TYPE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
 
 # Upstream response headers the gateway does not relay: hop-by-hop ones, lengths and encodings
 # that no longer hold for the (decoded) body it sends, and headers it sets itself.
@@ -77,8 +84,12 @@ class Gateway:
         usage_sink: UsageSink,
         clients: UpstreamClients | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
     ) -> None:
         self.node_id = node_id
+        # Latency of the latest requests (time to first token, total), newest last.
+        self.timings: deque[RequestTiming] = deque(maxlen=TIMINGS_KEPT)
+        self._drain_timeout_s = drain_timeout_s
         self.config: RuntimeConfig | None = None
         self._usage_sink = usage_sink
         self._clients = clients or UpstreamClients()
@@ -107,8 +118,8 @@ class Gateway:
             )
             await send_response(send, 503, body, [JSON_CONTENT_TYPE, id_header])
             return
-        route = config.routes.match(scope["path"], scope["method"])
-        if route is None:
+        matched = config.routes.match_prefix(scope["path"], scope["method"])
+        if matched is None:
             body = error_body(
                 "no Route matched with those values",
                 type="invalid_request_error",
@@ -116,29 +127,35 @@ class Gateway:
             )
             await send_response(send, 404, body, [JSON_CONTENT_TYPE, id_header])
             return
+        route, prefix = matched
+        policy = route.ai_proxy
+        translator = (policy.translator if policy else None) or _OPENAI
 
         consumer: Consumer | None = None
         if route.key_auth is not None:
             key = _find_key(route.key_auth, scope)
             if key is None:
-                body = error_body(
+                body = translator.error_body(
                     "No API key found in request",
-                    type="invalid_request_error",
+                    type="authentication_error"
+                    if policy and policy.llm_format == "anthropic"
+                    else "invalid_request_error",
                     code="missing_api_key",
                 )
                 await send_response(send, 401, body, [JSON_CONTENT_TYPE, id_header])
                 return
             consumer = config.consumers_by_key_hash.get(hash_key(key))
             if consumer is None:
-                body = error_body(
+                body = translator.error_body(
                     "Invalid authentication credentials",
-                    type="invalid_request_error",
+                    type="authentication_error"
+                    if policy and policy.llm_format == "anthropic"
+                    else "invalid_request_error",
                     code="invalid_api_key",
                 )
                 await send_response(send, 401, body, [JSON_CONTENT_TYPE, id_header])
                 return
 
-        policy = route.ai_proxy
         if policy is None:
             body = error_body(
                 f'Route "{route.name}" has no ai-proxy plugin; this gateway only proxies LLM '
@@ -148,9 +165,10 @@ class Gateway:
             )
             await send_response(send, 501, body, [JSON_CONTENT_TYPE, id_header])
             return
-        if scope["method"] != "POST":
-            body = error_body(
-                f"Method {scope['method']} is not allowed here; chat completions use POST.",
+        preserve = policy.route_type == ROUTE_TYPE_PRESERVE
+        if scope["method"] != "POST" and not preserve:
+            body = translator.error_body(
+                f"Method {scope['method']} is not allowed here; LLM requests use POST.",
                 type="invalid_request_error",
                 code="method_not_allowed",
             )
@@ -159,17 +177,25 @@ class Gateway:
         try:
             raw = await read_body(receive, limit=self._max_body_bytes)
         except BodyTooLarge:
-            body = error_body(
+            body = translator.error_body(
                 f"The request body exceeds {self._max_body_bytes} bytes.",
-                type="invalid_request_error",
+                type="request_too_large"
+                if policy.llm_format == "anthropic"
+                else "invalid_request_error",
                 code="request_too_large",
             )
             await send_response(send, 413, body, [JSON_CONTENT_TYPE, id_header])
             return
         try:
-            chat = prepare_chat_request(raw, policy)
+            prepared = translator.prepare(
+                raw,
+                policy,
+                subpath=scope["path"][len(prefix) :],
+                query=scope["query_string"],
+                method=scope["method"],
+            )
         except InvalidRequest as exc:
-            body = error_body(
+            body = translator.error_body(
                 exc.message, type="invalid_request_error", code=exc.code, param=exc.param
             )
             await send_response(send, 400, body, [JSON_CONTENT_TYPE, id_header])
@@ -182,23 +208,47 @@ class Gateway:
             start_ns=start_ns,
             route=route,
             policy=policy,
+            translator=translator,
             subject=consumer.username if consumer else "",
-            chat=chat,
+            prepared=prepared,
+            timings=self.timings,
+            drain_timeout_s=self._drain_timeout_s,
         )
-        await exchange.run(scope, send, self._clients.get(policy.target.origin))
+        await exchange.run(scope, receive, send, self._clients.get(policy.target.origin))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTiming:
+    """Latency of one proxied request, kept in memory (the usage contract has no field yet)."""
+
+    request_id: str
+    route: str
+    provider: str
+    model: str
+    status_code: int
+    stream: bool
+    # Time from the request's arrival to the first body bytes sent to the client; None when
+    # nothing was sent (errors before the body).
+    time_to_first_token_ms: float | None
+    total_ms: float
 
 
 class _Exchange:
-    """One proxied chat request: the upstream call, the relay, and its usage record."""
+    """One proxied LLM request: the upstream call, the relay, and its usage record."""
 
     __slots__ = (
-        "chat",
+        "drain_timeout_s",
+        "first_byte_ns",
         "policy",
+        "prepared",
         "request_id",
         "route",
         "source",
         "start_ns",
+        "start_perf_ns",
         "subject",
+        "timings",
+        "translator",
         "usage_sink",
     )
 
@@ -211,28 +261,69 @@ class _Exchange:
         start_ns: int,
         route: CompiledRoute,
         policy: AiProxyPolicy,
+        translator: Translator,
         subject: str,
-        chat: ChatRequest,
+        prepared: Prepared,
+        timings: deque[RequestTiming],
+        drain_timeout_s: float,
     ) -> None:
         self.source = source
         self.usage_sink = usage_sink
         self.request_id = request_id
         self.start_ns = start_ns
+        self.start_perf_ns = time.perf_counter_ns()
+        self.first_byte_ns: int | None = None
         self.route = route
         self.policy = policy
+        self.translator = translator
         self.subject = subject
-        self.chat = chat
+        self.prepared = prepared
+        self.timings = timings
+        self.drain_timeout_s = drain_timeout_s
 
     def _record(
-        self, *, status: int, usage: TokenUsage | None, model: str | None, estimated: bool
+        self,
+        *,
+        status: int,
+        usage: TokenUsage | None,
+        model: str | None,
+        estimated: bool,
     ) -> None:
+        now = time.perf_counter_ns()
+        model = model or self.prepared.model
+        ttft = (
+            None if self.first_byte_ns is None else (self.first_byte_ns - self.start_perf_ns) / 1e6
+        )
+        timing = RequestTiming(
+            request_id=self.request_id,
+            route=self.route.name,
+            provider=self.policy.target.provider,
+            model=model,
+            status_code=status,
+            stream=self.prepared.stream,
+            time_to_first_token_ms=ttft,
+            total_ms=(now - self.start_perf_ns) / 1e6,
+        )
+        self.timings.append(timing)
+        logger.debug(
+            "request %s: status=%d ttft_ms=%s total_ms=%.1f",
+            self.request_id,
+            status,
+            "-" if ttft is None else f"{ttft:.1f}",
+            timing.total_ms,
+        )
+        if not self.prepared.metered or (
+            usage is None and 200 <= status < 300 and self.policy.route_type == ROUTE_TYPE_PRESERVE
+        ):
+            # Nothing to bill: a call without tokens, or a passed-through body without usage.
+            return
         for event in llm_token_events(
             request_id=self.request_id,
             source=self.source,
             subject=self.subject,
             time_ns=self.start_ns,
             provider=self.policy.target.provider,
-            model=model or self.chat.model,
+            model=model,
             status_code=status,
             route=self.route.name,
             usage=usage,
@@ -240,16 +331,32 @@ class _Exchange:
         ):
             self.usage_sink(event)
 
-    async def run(self, scope: Scope, send: Send, client: httpx.AsyncClient) -> None:
+    def _estimate(self, produced: str, what: str) -> TokenUsage:
+        logger.warning(
+            "request %s: %s from provider %s without usage; recording an estimate "
+            "(ceil(chars/4)) marked estimated",
+            self.request_id,
+            what,
+            self.policy.target.provider,
+        )
+        return estimate_usage(document=self.prepared.document, produced=produced)
+
+    async def run(
+        self, scope: Scope, receive: Receive, send: Send, client: httpx.AsyncClient
+    ) -> None:
         target = self.policy.target
+        prepared = self.prepared
         headers: Headers = [
             (name, value)
             for name, value in scope["headers"]
             if name not in self.route.dropped_headers
         ]
-        headers.append(JSON_CONTENT_TYPE)
+        if prepared.body:
+            headers.append(JSON_CONTENT_TYPE)
         headers.extend(target.auth_headers)
-        request = client.build_request("POST", target.url, content=self.chat.body, headers=headers)
+        request = client.build_request(
+            prepared.method, prepared.url, content=prepared.body, headers=headers
+        )
         id_header = (b"x-request-id", self.request_id.encode())
         try:
             response = await client.send(request, stream=True)
@@ -265,48 +372,84 @@ class _Exchange:
             ]
             out_headers.append(id_header)
             content_type = response.headers.get("content-type", "")
-            if self.chat.stream and 200 <= status < 300 and "text/event-stream" in content_type:
-                await self._relay_stream(send, response, out_headers)
+            if prepared.stream and 200 <= status < 300 and "text/event-stream" in content_type:
+                await self._relay_stream(receive, send, response, out_headers)
                 return
             try:
                 body = await response.aread()
             except httpx.HTTPError as exc:
                 await self._upstream_failed(send, exc, id_header)
                 return
-            await send_response(send, status, body, out_headers)
-            usage, model = read_body_usage(body)
+            out, usage, model = self.translator.whole(body, status, prepared)
+            if out is not body:
+                out_headers = [
+                    (name, value) for name, value in out_headers if name != b"content-type"
+                ]
+                out_headers.append(JSON_CONTENT_TYPE)
             estimated = False
-            if usage is None and 200 <= status < 300:
-                logger.warning(
-                    "request %s: provider %s reported no usage; recording 0 tokens as estimated",
-                    self.request_id,
-                    target.provider,
-                )
-                estimated = True
+            if (
+                usage is None
+                and 200 <= status < 300
+                and prepared.metered
+                and self.policy.route_type != ROUTE_TYPE_PRESERVE
+            ):
+                usage, estimated = self._estimate(_completion_text(body), "response"), True
+            self.first_byte_ns = time.perf_counter_ns()
+            # Usage is recorded (spooled) before the response completes: a response its
+            # client received is never lost with a killed data plane.
             self._record(status=status, usage=usage, model=model, estimated=estimated)
+            await send_response(send, status, out, out_headers)
         finally:
             await response.aclose()
 
-    async def _relay_stream(self, send: Send, response: httpx.Response, headers: Headers) -> None:
-        """Relay SSE events as they arrive, reading usage and hiding the injected usage chunk."""
+    async def _relay_stream(
+        self, receive: Receive, send: Send, response: httpx.Response, headers: Headers
+    ) -> None:
+        """Relay SSE events as they arrive, reading usage (and translating if needed).
+
+        If the client goes away, the upstream stream is still read to its end (at most
+        ``drain_timeout_s`` more) so the tokens it produced are metered from its own usage.
+        """
+        headers = [(name, value) for name, value in headers if name != b"content-type"]
+        headers.append(_SSE_CONTENT_TYPE)
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
         splitter = SseSplitter()
-        scanner = ChatStreamScanner(hide_usage_chunk=self.chat.hide_usage_chunk)
+        relay = self.translator.stream(self.prepared)
         status = response.status_code
+        disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
+        cut_short = False
+        loop = asyncio.get_running_loop()
         try:
-            async for chunk in response.aiter_bytes():
-                events = splitter.feed(chunk)
-                if not events:
-                    continue
-                out = [event for event in events if scanner.accept(event)]
-                if out:
-                    body = out[0] if len(out) == 1 else b"".join(out)
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-            rest = splitter.flush()
-            if rest and scanner.accept(rest):
-                await send({"type": "http.response.body", "body": rest, "more_body": True})
+            async with asyncio.timeout(None) as deadline:
+
+                def _start_drain_clock(future: asyncio.Future[None]) -> None:
+                    if not future.cancelled():
+                        deadline.reschedule(loop.time() + self.drain_timeout_s)
+
+                disconnected.add_done_callback(_start_drain_clock)
+                try:
+                    async for chunk in response.aiter_bytes():
+                        events = splitter.feed(chunk)
+                        if not events:
+                            continue
+                        out = b"".join([relay.feed(event) for event in events])
+                        if out:
+                            if self.first_byte_ns is None:
+                                self.first_byte_ns = time.perf_counter_ns()
+                            await send(
+                                {"type": "http.response.body", "body": out, "more_body": True}
+                            )
+                    rest = splitter.flush()
+                    if rest:
+                        out = relay.feed(rest)
+                        if out:
+                            await send(
+                                {"type": "http.response.body", "body": out, "more_body": True}
+                            )
+                finally:
+                    disconnected.remove_done_callback(_start_drain_clock)
         except httpx.HTTPError as exc:
             # The status line is gone already; end the stream and record the failure.
             logger.warning(
@@ -316,17 +459,24 @@ class _Exchange:
                 type(exc).__name__,
             )
             status = 502
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        estimated = False
-        if scanner.usage is None and status < 300:
+        except TimeoutError:
             logger.warning(
-                "request %s: stream from provider %s ended without usage; recording 0 tokens as "
-                "estimated",
+                "request %s: client left; upstream %s did not finish within %.0f s",
                 self.request_id,
-                self.policy.target.provider,
+                self.policy.target.origin,
+                self.drain_timeout_s,
             )
-            estimated = True
-        self._record(status=status, usage=scanner.usage, model=scanner.model, estimated=estimated)
+            cut_short = True
+        finally:
+            disconnected.cancel()
+        usage = relay.usage
+        estimated = False
+        if usage is None and status < 300 and self.policy.route_type != ROUTE_TYPE_PRESERVE:
+            what = "stream cut short" if cut_short else "stream ended"
+            usage, estimated = self._estimate(relay.produced_text(), what), True
+        # Recorded before the stream's end reaches the client (see the whole-response path).
+        self._record(status=status, usage=usage, model=relay.model, estimated=estimated)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _upstream_failed(
         self, send: Send, exc: httpx.HTTPError, id_header: tuple[bytes, bytes]
@@ -339,15 +489,44 @@ class _Exchange:
             type(exc).__name__,
         )
         timed_out = isinstance(exc, httpx.TimeoutException)
-        body = error_body(
+        status = 504 if timed_out else 502
+        anthropic = self.policy.llm_format == "anthropic"
+        body = self.translator.error_body(
             "The upstream provider timed out."
             if timed_out
             else "The upstream provider is unreachable.",
-            type="api_error",
+            type=("timeout_error" if timed_out else "api_error") if anthropic else "api_error",
             code="upstream_timeout" if timed_out else "upstream_unavailable",
         )
-        await send_response(send, 502, body, [JSON_CONTENT_TYPE, id_header])
-        self._record(status=502, usage=None, model=None, estimated=False)
+        self._record(status=status, usage=None, model=None, estimated=False)
+        await send_response(send, status, body, [JSON_CONTENT_TYPE, id_header])
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _completion_text(body: bytes) -> str:
+    """The text of a whole response (OpenAI choices or Anthropic content), for an estimate."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(document, dict):
+        return ""
+    parts: list[str] = []
+    for choice in document.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                parts.append(message["content"])
+            if isinstance(choice.get("text"), str):
+                parts.append(choice["text"])
+    for block in document.get("content") or ():
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            parts.append(block["text"])
+    return "".join(parts)
 
 
 def _find_key(policy: KeyAuthPolicy, scope: Scope) -> str | None:

@@ -45,6 +45,13 @@ class RouteTable(Generic[R]):
                 return route
         return None
 
+    def match_prefix(self, path: str, method: str) -> tuple[R, str] | None:
+        """Return the route for ``path`` and ``method`` with the path prefix that matched."""
+        for prefix, route in self._entries:
+            if path.startswith(prefix) and (not route.methods or method in route.methods):
+                return route, prefix
+        return None
+
     def __len__(self) -> int:
         return len(self._routes)
 

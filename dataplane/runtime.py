@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dataplane.routing import RouteTable
+
+if TYPE_CHECKING:
+    from dataplane.translators import Translator
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,10 @@ class AiProxyPolicy:
     model: str
     # Default max_tokens when the client sets none; 0 means none.
     max_tokens: int
+    # "openai" or "anthropic": the format the route speaks to its clients.
+    llm_format: str = "openai"
+    # Chosen once per snapshot from (llm_format, provider, route_type); None means OpenAI.
+    translator: Translator | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from dataplane.openai_format import TokenUsage
+from dataplane.token_usage import TokenUsage
 from meterline.dataplane.v1 import usage_pb2
 
-LLM_TOKENS_EVENT_TYPE = "llm.tokens"
+LLM_TOKENS_EVENT_TYPE: Final = "llm.tokens"
 
 
 def llm_token_events(
@@ -22,18 +24,27 @@ def llm_token_events(
     route: str,
     usage: TokenUsage | None,
     estimated: bool,
-) -> tuple[usage_pb2.UsageEvent, usage_pb2.UsageEvent]:
-    """Return the input and output events of a request (ids ``<request_id>:input|output``).
+) -> list[usage_pb2.UsageEvent]:
+    """Return the events of a request, one per token kind (ids ``<request_id>:<kind>``).
 
-    A count the provider did not report is recorded as 0.
+    Input and output events are always there (a count the provider did not report is recorded
+    as 0); cached_input, reasoning and cache_write events only when their count is above zero.
     """
     time = Timestamp()
     time.FromNanoseconds(time_ns)
-    counts = (
-        ("input", usage_pb2.TOKEN_TYPE_INPUT, usage.input_tokens if usage else None),
-        ("output", usage_pb2.TOKEN_TYPE_OUTPUT, usage.output_tokens if usage else None),
-    )
-    input_event, output_event = (
+    counts: list[tuple[str, int, int]] = [
+        ("input", usage_pb2.TOKEN_TYPE_INPUT, (usage.input_tokens if usage else None) or 0),
+        ("output", usage_pb2.TOKEN_TYPE_OUTPUT, (usage.output_tokens if usage else None) or 0),
+    ]
+    if usage is not None:
+        for suffix, token_type, tokens in (
+            ("cached_input", usage_pb2.TOKEN_TYPE_CACHED_INPUT, usage.cached_input_tokens),
+            ("reasoning", usage_pb2.TOKEN_TYPE_REASONING, usage.reasoning_tokens),
+            ("cache_write", usage_pb2.TOKEN_TYPE_CACHE_WRITE, usage.cache_write_tokens),
+        ):
+            if tokens:
+                counts.append((suffix, token_type, tokens))
+    return [
         usage_pb2.UsageEvent(
             id=f"{request_id}:{suffix}",
             source=source,
@@ -43,8 +54,8 @@ def llm_token_events(
             llm_tokens=usage_pb2.LlmTokens(
                 provider=provider,
                 model=model,
-                token_type=token_type,
-                tokens=tokens or 0,
+                token_type=token_type,  # type: ignore[arg-type]
+                tokens=tokens,
                 status_code=status_code,
                 route=route,
                 request_id=request_id,
@@ -52,5 +63,4 @@ def llm_token_events(
             ),
         )
         for suffix, token_type, tokens in counts
-    )
-    return input_event, output_event
+    ]

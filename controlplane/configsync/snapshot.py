@@ -174,6 +174,9 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
                 max_tokens=int(options.get("max_tokens") or 0),
                 input_cost=_text(options, "input_cost"),
                 output_cost=_text(options, "output_cost"),
+                azure_instance=_text(options, "azure_instance"),
+                azure_deployment_id=_text(options, "azure_deployment_id"),
+                azure_api_version=_text(options, "azure_api_version"),
             ),
         ),
     )

@@ -24,7 +24,7 @@ KEY_AUTH_DEFAULTS: Mapping[str, Any] = {
     "key_in_bearer": True,
 }
 
-ROUTE_TYPES = ("llm/v1/chat", "llm/v1/completions", "preserve")
+ROUTE_TYPES = ("llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings", "preserve")
 LLM_FORMATS = ("openai", "anthropic")
 PROVIDERS = (
     "openai",
@@ -38,13 +38,26 @@ PROVIDERS = (
     "bedrock",
     "huggingface",
 )
-# Providers without one public endpoint: the operator must say where they are.
+# Providers without one public endpoint: the operator must say where they are. Azure may
+# instead name its instance and deployment (azure_instance, azure_deployment_id).
 PROVIDERS_NEEDING_URL = frozenset({"openai_compatible", "llama2", "azure"})
 PARAM_LOCATIONS = ("query", "body")
 
 _AUTH_FIELDS = ("header_name", "header_value", "param_name", "param_value", "param_location")
 _MODEL_FIELDS = ("provider", "name", "options")
-_OPTION_FIELDS = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost")
+_OPTION_FIELDS = (
+    "upstream_url",
+    "anthropic_version",
+    "max_tokens",
+    "input_cost",
+    "output_cost",
+    "azure_instance",
+    "azure_deployment_id",
+    "azure_api_version",
+)
+_AZURE_OPTIONS = ("azure_instance", "azure_deployment_id", "azure_api_version")
+# An Azure resource name is a DNS label: it becomes {instance}.openai.azure.com.
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 # RFC 9110 token characters, which is what an HTTP header name may contain.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -83,7 +96,12 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
         result["auth"] = _auth(auth)
     model = config.sub("model", required=True)
     if model is not None:
-        result["model"] = _model(model)
+        result["model"] = _model(model, route_type=result["route_type"])
+        provider = result["model"]["provider"]
+        if result["llm_format"] == "anthropic" and provider not in (None, "anthropic"):
+            config.fail_field(
+                "llm_format", f'"anthropic" needs model.provider "anthropic", got "{provider}"'
+            )
     return result
 
 
@@ -113,7 +131,7 @@ def quoted_choices() -> str:
     return " or ".join(f'"{location}"' for location in PARAM_LOCATIONS)
 
 
-def _model(model: Entry) -> dict[str, Any]:
+def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
     model.check_keys(_MODEL_FIELDS)
     provider = model.choice("provider", PROVIDERS)
     result: dict[str, Any] = {
@@ -124,7 +142,22 @@ def _model(model: Entry) -> dict[str, Any]:
     options = model.sub("options")
     if options is not None:
         result["options"] = _options(options)
-    if provider in PROVIDERS_NEEDING_URL and "upstream_url" not in result["options"]:
+    options_set = result["options"]
+    azure_set = [key for key in _AZURE_OPTIONS if key in options_set]
+    if azure_set and provider != "azure":
+        model.fail_field(f"options.{azure_set[0]}", 'is only for provider "azure"')
+    if provider == "azure" and "upstream_url" not in options_set:
+        if "azure_instance" not in options_set:
+            model.fail_field(
+                "options.azure_instance",
+                'is required for provider "azure" (or options.upstream_url)',
+            )
+        elif route_type != "preserve" and "azure_deployment_id" not in options_set:
+            model.fail_field(
+                "options.azure_deployment_id",
+                'is required for provider "azure" (or options.upstream_url)',
+            )
+    elif provider in PROVIDERS_NEEDING_URL and "upstream_url" not in options_set:
         model.fail_field("options.upstream_url", f'is required for provider "{provider}"')
     return result
 
@@ -139,6 +172,12 @@ def _options(options: Entry) -> dict[str, Any]:
         result["upstream_url"] = url
     if options.has("anthropic_version"):
         result["anthropic_version"] = options.string("anthropic_version", required=True)
+    for key in _AZURE_OPTIONS:
+        if options.has(key):
+            value = options.string(key, required=True)
+            if key == "azure_instance" and value is not None and not _DNS_LABEL.match(value):
+                options.fail_field(key, f'"{value}" is not an Azure resource name')
+            result[key] = value
     if options.has("max_tokens"):
         result["max_tokens"] = options.integer("max_tokens", minimum=1)
     for cost in ("input_cost", "output_cost"):

@@ -138,7 +138,7 @@ plugins:
       model: {provider: anthropic, name: claude-3-5-haiku, options: {max_tokens: 512}}
   - name: ai-proxy
     consumer: {name: bob}
-    config: {llm_format: anthropic, model: {provider: openai, name: gpt-4o}}
+    config: {llm_format: anthropic, model: {provider: anthropic, name: claude-x}}
 """
 
 NESTED = """
@@ -171,7 +171,7 @@ consumers:
   - username: bob
     plugins:
       - name: ai-proxy
-        config: {llm_format: anthropic, model: {provider: openai, name: gpt-4o}}
+        config: {llm_format: anthropic, model: {provider: anthropic, name: claude-x}}
   - username: acme-corp
     custom_id: acme-1
     keyauth_credentials: [{key: k1}, {key: k2, tags: [rotated]}]

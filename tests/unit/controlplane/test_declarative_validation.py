@@ -204,7 +204,27 @@ CASES = [
                  f"{AI_PROXY}: config.model.provider is required", id="ai-proxy-no-provider"),
     pytest.param({"plugins[1].config.route_type": "llm/v2/chat"},
                  f'{AI_PROXY}: config.route_type must be one of "llm/v1/chat", '
-                 '"llm/v1/completions", "preserve", got "llm/v2/chat"', id="ai-proxy-route-type"),
+                 '"llm/v1/completions", "llm/v1/embeddings", "preserve", got "llm/v2/chat"',
+                 id="ai-proxy-route-type"),
+    pytest.param({"plugins[1].config.llm_format": "anthropic"},
+                 f'{AI_PROXY}: config.llm_format "anthropic" needs model.provider "anthropic", '
+                 'got "openai"', id="ai-proxy-llm-format-anthropic-on-openai"),
+    pytest.param({"plugins[1].config.model.provider": "azure",
+                  "plugins[1].config.model.options": DELETE},
+                 f'{AI_PROXY}: config.model.options.azure_instance is required for provider '
+                 '"azure" (or options.upstream_url)', id="ai-proxy-azure-needs-instance"),
+    pytest.param({"plugins[1].config.model.provider": "azure",
+                  "plugins[1].config.model.options": {"azure_instance": "acme"}},
+                 f'{AI_PROXY}: config.model.options.azure_deployment_id is required for '
+                 'provider "azure"', id="ai-proxy-azure-needs-deployment"),
+    pytest.param({"plugins[1].config.model.provider": "azure",
+                  "plugins[1].config.model.options": {"azure_instance": "a.b",
+                                                      "azure_deployment_id": "d"}},
+                 f'{AI_PROXY}: config.model.options.azure_instance "a.b" is not an Azure '
+                 'resource name', id="ai-proxy-azure-bad-instance"),
+    pytest.param({"plugins[1].config.model.options.azure_instance": "acme"},
+                 f'{AI_PROXY}: config.model.options.azure_instance is only for provider "azure"',
+                 id="ai-proxy-azure-option-on-openai"),
     pytest.param({"plugins[1].config.llm_format": "gemini"},
                  f"{AI_PROXY}: config.llm_format must be one of \"openai\", \"anthropic\"",
                  id="ai-proxy-llm-format"),

@@ -251,3 +251,29 @@ def test_stored_configs_with_nulls_and_missing_fields_get_defaults() -> None:
     assert ai_proxy.ai_proxy.route_type == "llm/v1/chat"
     assert ai_proxy.ai_proxy.model.name == ""
     assert ai_proxy.ai_proxy.auth.header_value == ""
+
+
+def test_ai_proxy_azure_options_reach_the_snapshot() -> None:
+    from controlplane.configsync.snapshot import ai_proxy_config
+
+    config = ai_proxy_config(
+        {
+            "route_type": "llm/v1/embeddings",
+            "llm_format": "openai",
+            "model": {
+                "provider": "azure",
+                "name": "",
+                "options": {
+                    "azure_instance": "acme",
+                    "azure_deployment_id": "emb-3",
+                    "azure_api_version": "2024-10-21",
+                },
+            },
+        }
+    )
+    assert config.route_type == "llm/v1/embeddings"
+    assert (
+        config.model.options.azure_instance,
+        config.model.options.azure_deployment_id,
+        config.model.options.azure_api_version,
+    ) == ("acme", "emb-3", "2024-10-21")

@@ -114,21 +114,45 @@ def _shared_key(s: snapshot_pb2.Snapshot) -> None:
             id="config-missing",
         ),
         pytest.param(
-            _set_provider("anthropic"),
-            'provider "anthropic" is not supported yet',
-            id="provider-anthropic-unsupported",
+            _set_provider("gemini"),
+            'provider "gemini" is not supported yet',
+            id="provider-gemini-unsupported",
         ),
         pytest.param(
-            _set_provider("azure"), 'provider "azure" is not supported yet', id="provider-azure"
+            _set_provider("azure"),
+            'provider "azure" needs model.options.azure_instance',
+            id="azure-without-instance",
+        ),
+        pytest.param(
+            lambda s: (
+                _set_provider("azure")(s),
+                setattr(_plugin(s, "ai").ai_proxy.model.options, "azure_instance", "acme"),
+            ),
+            'provider "azure" needs model.options.azure_deployment_id',
+            id="azure-without-deployment",
+        ),
+        pytest.param(
+            lambda s: (
+                _set_provider("azure")(s),
+                setattr(_plugin(s, "ai").ai_proxy.model.options, "azure_instance", "a.b/c"),
+                setattr(_plugin(s, "ai").ai_proxy.model.options, "azure_deployment_id", "d"),
+            ),
+            'azure_instance "a.b/c" is not a host name label',
+            id="azure-bad-instance",
+        ),
+        pytest.param(
+            lambda s: (_set_provider("anthropic")(s), _route_type("llm/v1/embeddings")(s)),
+            'provider "anthropic" does not serve route_type "llm/v1/embeddings"',
+            id="anthropic-embeddings",
         ),
         pytest.param(
             _set_provider("acme-llm"), 'unknown provider "acme-llm"', id="provider-unknown"
         ),
         pytest.param(_set_provider(""), 'unknown provider ""', id="provider-empty"),
         pytest.param(
-            _route_type("llm/v1/completions"),
-            'route_type "llm/v1/completions" is not supported yet',
-            id="route-type-completions",
+            _route_type("llm/v1/responses"),
+            'route_type "llm/v1/responses" is not supported yet',
+            id="route-type-responses",
         ),
         pytest.param(_route_type(""), 'unknown route_type ""', id="route-type-empty"),
         pytest.param(
@@ -171,8 +195,13 @@ def _shared_key(s: snapshot_pb2.Snapshot) -> None:
         ),
         pytest.param(
             lambda s: setattr(_plugin(s, "ai").ai_proxy, "llm_format", "anthropic"),
-            'llm_format "anthropic" is not supported yet',
-            id="llm-format-anthropic",
+            'llm_format "anthropic" needs provider "anthropic", got "openai"',
+            id="llm-format-anthropic-on-openai",
+        ),
+        pytest.param(
+            lambda s: setattr(_plugin(s, "ai").ai_proxy, "llm_format", "gemini"),
+            'unknown llm_format "gemini"',
+            id="llm-format-unknown",
         ),
         pytest.param(
             lambda s: setattr(_plugin(s, "ai").ai_proxy.auth, "header_value", ""),
@@ -190,7 +219,7 @@ def test_invalid_snapshots_are_rejected(valid_snapshot, mutate: Mutation, messag
 
 def test_disabled_invalid_plugin_is_still_rejected(valid_snapshot) -> None:
     _plugin(valid_snapshot, "ai").enabled = False
-    _plugin(valid_snapshot, "ai").ai_proxy.model.provider = "anthropic"
+    _plugin(valid_snapshot, "ai").ai_proxy.model.provider = "gemini"
     with pytest.raises(CompileError):
         compile_snapshot(valid_snapshot, version="v2")
 

@@ -125,15 +125,21 @@ class AiProxyModel(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., name: _Optional[str] = ..., options: _Optional[_Union[AiProxyModelOptions, _Mapping]] = ...) -> None: ...
 
 class AiProxyModelOptions(_message.Message):
-    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost")
+    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost", "azure_instance", "azure_deployment_id", "azure_api_version")
     UPSTREAM_URL_FIELD_NUMBER: _ClassVar[int]
     ANTHROPIC_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     INPUT_COST_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_COST_FIELD_NUMBER: _ClassVar[int]
+    AZURE_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    AZURE_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AZURE_API_VERSION_FIELD_NUMBER: _ClassVar[int]
     upstream_url: str
     anthropic_version: str
     max_tokens: int
     input_cost: str
     output_cost: str
-    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ...) -> None: ...
+    azure_instance: str
+    azure_deployment_id: str
+    azure_api_version: str
+    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,126 @@
+"""Anthropic's Messages API wire format: usage in bodies and streams, errors.
+
+Usage lives in ``usage`` of a message: ``input_tokens`` (prompt tokens not read from or written
+to a cache), ``cache_read_input_tokens``, ``cache_creation_input_tokens`` and ``output_tokens``
+(thinking included: Anthropic does not report reasoning tokens apart). In a stream,
+``message_start`` carries the message with its input and cache counts, and each
+``message_delta`` carries cumulative counts (always ``output_tokens``; newer API versions repeat
+the input counts too), so the last value of each field wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from dataplane.sse import event_data
+from dataplane.token_usage import TokenUsage, count
+
+DEFAULT_ANTHROPIC_VERSION: Final = "2023-06-01"
+# Anthropic requires max_tokens; used when neither the client nor the route sets one.
+DEFAULT_MAX_TOKENS: Final = 1024
+
+# Gateway error types (OpenAI vocabulary) -> Anthropic's error types.
+_ERROR_TYPES: Final = {
+    "invalid_request_error": "invalid_request_error",
+    "api_error": "api_error",
+    "authentication_error": "authentication_error",
+    "not_found_error": "not_found_error",
+    "request_too_large": "request_too_large",
+    "timeout_error": "timeout_error",
+}
+
+
+def anthropic_error_body(message: str, *, type: str) -> bytes:
+    """Return an Anthropic-shaped error document."""
+    return orjson.dumps(
+        {
+            "type": "error",
+            "error": {"type": _ERROR_TYPES.get(type, "api_error"), "message": message},
+        }
+    )
+
+
+def usage_from_anthropic(usage: Any) -> TokenUsage | None:
+    """The disjoint token kinds of an Anthropic ``usage`` object."""
+    if not isinstance(usage, dict):
+        return None
+    return TokenUsage(
+        input_tokens=count(usage.get("input_tokens")),
+        output_tokens=count(usage.get("output_tokens")),
+        cached_input_tokens=count(usage.get("cache_read_input_tokens")),
+        cache_write_tokens=count(usage.get("cache_creation_input_tokens")),
+    )
+
+
+def merge_usage(old: TokenUsage | None, new: TokenUsage | None) -> TokenUsage | None:
+    """``new``'s counts where present, ``old``'s elsewhere (stream counts are cumulative)."""
+    if old is None or new is None:
+        return new or old
+    return TokenUsage(
+        input_tokens=new.input_tokens if new.input_tokens is not None else old.input_tokens,
+        output_tokens=new.output_tokens if new.output_tokens is not None else old.output_tokens,
+        cached_input_tokens=(
+            new.cached_input_tokens
+            if new.cached_input_tokens is not None
+            else old.cached_input_tokens
+        ),
+        reasoning_tokens=None,
+        cache_write_tokens=(
+            new.cache_write_tokens if new.cache_write_tokens is not None else old.cache_write_tokens
+        ),
+    )
+
+
+def read_message_usage(body: bytes) -> tuple[TokenUsage | None, str | None]:
+    """Return the usage and model of a whole (non-streamed) Messages response."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    model = document.get("model")
+    return usage_from_anthropic(document.get("usage")), model if isinstance(model, str) else None
+
+
+class MessageStreamScanner:
+    """Reads usage and model from a Messages SSE stream, relaying every event unchanged."""
+
+    __slots__ = ("model", "texts", "usage")
+
+    def __init__(self) -> None:
+        self.usage: TokenUsage | None = None
+        self.model: str | None = None
+        # Text produced so far, kept only to estimate a stream that ends without usage.
+        self.texts: list[str] = []
+
+    def accept(self, event: bytes) -> dict[str, Any] | None:
+        """Inspect one whole event; return its parsed data (None if it has no JSON data)."""
+        data = event_data(event)
+        if data is None:
+            return None
+        try:
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(document, dict):
+            return None
+        kind = document.get("type")
+        if kind == "content_block_delta":
+            delta = document.get("delta")
+            if isinstance(delta, dict):
+                text = delta.get("text", delta.get("partial_json", delta.get("thinking")))
+                if isinstance(text, str):
+                    self.texts.append(text)
+        elif kind == "message_start":
+            message = document.get("message")
+            if isinstance(message, dict):
+                model = message.get("model")
+                if isinstance(model, str) and model:
+                    self.model = model
+                self.usage = merge_usage(self.usage, usage_from_anthropic(message.get("usage")))
+        elif kind == "message_delta":
+            self.usage = merge_usage(self.usage, usage_from_anthropic(document.get("usage")))
+        return document
