@@ -16,6 +16,7 @@ from controlplane.api.admin import (
     UsageQueryServicer,
 )
 from controlplane.api.dataplane import ConfigServicer, UsageServicer
+from controlplane.api.dataplanes import DataPlaneServicer
 from controlplane.api.errors import DomainErrorInterceptor
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync.hub import ConfigHub
@@ -24,6 +25,7 @@ from meterline.admin.v1 import (
     billing_pb2_grpc,
     catalog_pb2_grpc,
     customers_pb2_grpc,
+    dataplanes_pb2_grpc,
     gateway_pb2_grpc,
     usage_pb2_grpc,
 )
@@ -71,6 +73,9 @@ class ControlPlane:
         )
         usage_pb2_grpc.add_UsageServiceServicer_to_server(
             UsageQueryServicer(db=db, clock=self.clock, hub=self.hub), self.server
+        )
+        dataplanes_pb2_grpc.add_DataPlaneServiceServicer_to_server(
+            DataPlaneServicer(db=db), self.server
         )
         self._config = ConfigServicer(db=db, clock=self.clock, hub=self.hub)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(self._config, self.server)

@@ -9,17 +9,30 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import socket
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from dataplane import __version__
+from dataplane.cache import CacheError, ConfigCache, load_key, stable_node_id
 from dataplane.configsync import ConfigClient
 from dataplane.httpserver import serve_http, split_host_port
 from dataplane.proxy import Gateway
+from dataplane.spool import (
+    DEFAULT_FSYNC_INTERVAL_S,
+    DEFAULT_MAX_BYTES,
+    FsyncPolicy,
+    FullPolicy,
+    Spool,
+    SpoolLocked,
+)
+from dataplane.spool_guard import SpoolGuard
 from dataplane.usage import UsageReporter
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2_grpc
 
@@ -45,7 +58,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HTTP address to serve on (default: %(default)s)",
     )
     parser.add_argument(
-        "--node-id", default=None, help="data plane id (default: hostname + random suffix)"
+        "--node-id",
+        default=None,
+        help="data plane id (default: the one stored in the state directory, else hostname + "
+        "random suffix, stored there for the next start)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=os.environ.get("METERLINE_STATE_DIR") or None,
+        metavar="DIR",
+        help="directory (0700) for the node id, the config cache (DIR/config) and the usage "
+        "spool (DIR/spool) (default: $METERLINE_STATE_DIR; unset: nothing on disk, usage in "
+        "memory only)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="config cache directory (default: STATE_DIR/config)",
+    )
+    parser.add_argument(
+        "--cache-key-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="Fernet key that encrypts the config cache (default: $METERLINE_CACHE_KEY; "
+        "unset: not encrypted, owner-only permissions)",
+    )
+    parser.add_argument(
+        "--spool-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="usage spool directory (default: STATE_DIR/spool)",
+    )
+    parser.add_argument(
+        "--spool-fsync",
+        choices=[p.value for p in FsyncPolicy],
+        default=FsyncPolicy.INTERVAL.value,
+        help="fdatasync the spool after every event, or every --spool-fsync-interval-ms "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--spool-fsync-interval-ms",
+        type=int,
+        default=int(DEFAULT_FSYNC_INTERVAL_S * 1000),
+        metavar="MS",
+        help="most usage (in ms) a machine crash can lose under --spool-fsync interval "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--spool-max-bytes",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        metavar="BYTES",
+        help="unacknowledged usage the spool may hold (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--spool-full",
+        choices=[p.value for p in FullPolicy],
+        default=FullPolicy.BLOCK.value,
+        help="when the spool is full: block (new requests get 503) or serve (keep serving, "
+        "usage past the bound in memory only, logged as an ALERT) (default: %(default)s)",
     )
     parser.add_argument(
         "--usage-flush-ms",
@@ -68,7 +144,11 @@ def run(args: argparse.Namespace) -> int:
             level=logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-    node_id = args.node_id or default_node_id()
+    try:
+        state = _state_from_args(args)
+    except (CacheError, OSError) as exc:
+        print(f"dataplane: {exc}", file=sys.stderr)
+        return 2
     import uvloop
 
     try:
@@ -77,37 +157,92 @@ def run(args: argparse.Namespace) -> int:
                 cp=args.cp,
                 host=host,
                 port=port,
-                node_id=node_id,
+                state=state,
                 flush_interval=args.usage_flush_ms / 1000,
             )
         )
+    except SpoolLocked as exc:
+        logger.error("dataplane could not start: %s", exc)
+        return 1
     except OSError as exc:
         logger.error("dataplane could not start: %s", exc)
         return 1
 
 
-async def _serve(*, cp: str, host: str, port: int, node_id: str, flush_interval: float) -> int:
+@dataclass(frozen=True)
+class _State:
+    node_id: str
+    cache: ConfigCache | None
+    spool: Spool | None
+    full_policy: FullPolicy
+
+
+def _state_from_args(args: argparse.Namespace) -> _State:
+    state_dir: Path | None = args.state_dir
+    cache_dir: Path | None = args.cache_dir or (state_dir / "config" if state_dir else None)
+    spool_dir: Path | None = args.spool_dir or (state_dir / "spool" if state_dir else None)
+    # The node id lives beside the state it names, so a restart keeps both.
+    identity_dir = state_dir or cache_dir or spool_dir
+    if identity_dir is not None:
+        node_id = stable_node_id(identity_dir, explicit=args.node_id)
+    else:
+        node_id = args.node_id or default_node_id()
+    cache = None
+    if cache_dir is not None:
+        key = load_key(
+            key_file=args.cache_key_file, env_value=os.environ.get("METERLINE_CACHE_KEY")
+        )
+        cache = ConfigCache(cache_dir, key=key)
+    spool = None
+    if spool_dir is not None:
+        spool = Spool(
+            spool_dir,
+            max_bytes=args.spool_max_bytes,
+            fsync=FsyncPolicy(args.spool_fsync),
+            fsync_interval=args.spool_fsync_interval_ms / 1000,
+        )
+    return _State(
+        node_id=node_id, cache=cache, spool=spool, full_policy=FullPolicy(args.spool_full)
+    )
+
+
+async def _serve(*, cp: str, host: str, port: int, state: _State, flush_interval: float) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    node_id = state.node_id
+    spool = state.spool
+    if spool is not None:
+        spool.open()
+        spool.start()
+    else:
+        logger.warning(
+            "no --state-dir: usage is buffered in memory only (lost if this process dies) and "
+            "the config is not cached"
+        )
     # One channel (one HTTP/2 connection) carries both the config and the usage stream.
     channel = grpc.aio.insecure_channel(cp)
     reporter = UsageReporter(
         stub=usage_pb2_grpc.UsageServiceStub(channel),  # type: ignore[no-untyped-call, unused-ignore]
         flush_interval=flush_interval,
+        spool=spool,
+        full_policy=state.full_policy,
     )
     gateway = Gateway(node_id=node_id, usage_sink=reporter.append)
     config_client = ConfigClient(
         stub=config_pb2_grpc.ConfigServiceStub(channel),  # type: ignore[no-untyped-call, unused-ignore]
         node=config_pb2.Node(id=node_id, hostname=socket.gethostname(), version=__version__),
         apply=gateway.apply,
+        cache=state.cache,
     )
+    config_client.load_cached()
     reporter.start()
     sync = asyncio.create_task(config_client.run(), name="config-sync")
+    app = SpoolGuard(gateway, accepting=lambda: reporter.accepting) if spool else gateway
     try:
-        async with serve_http(gateway, host=host, port=port) as address:
+        async with serve_http(app, host=host, port=port) as address:
             logger.info(
                 "dataplane listening on %s (node %s, control plane %s)", address.url, node_id, cp
             )
@@ -118,6 +253,8 @@ async def _serve(*, cp: str, host: str, port: int, node_id: str, flush_interval:
         with contextlib.suppress(asyncio.CancelledError):
             await sync
         await reporter.close(timeout=USAGE_FLUSH_DEADLINE_S)
+        if spool is not None:
+            await spool.close()
         await gateway.aclose()
         await channel.close()
     logger.info("dataplane stopped")

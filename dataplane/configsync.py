@@ -4,6 +4,10 @@ For every ConfigResponse: compile the snapshot, swap it in, and ACK (version_inf
 version); if it does not compile, keep the old config and NACK (version_info = the version
 kept, error_detail = why). A broken stream is reopened with backoff while the gateway keeps
 serving its last config.
+
+With a ConfigCache, every applied snapshot is also written to disk, and ``load_cached`` starts
+a data plane from the last one before the control plane answers; the first ConfigRequest then
+names the cached version, so an unchanged control plane sends nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 import grpc
 
 from dataplane.backoff import Backoff
+from dataplane.cache import CacheError, ConfigCache
 from dataplane.compiler import CompileError, compile_snapshot
 from dataplane.runtime import RuntimeConfig
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
@@ -37,6 +42,7 @@ class ConfigClient:
         apply: Callable[[RuntimeConfig], None],
         backoff: Backoff | None = None,
         initial_version: str = "",
+        cache: ConfigCache | None = None,
     ) -> None:
         self._stub = stub
         self._node = node
@@ -46,6 +52,36 @@ class ConfigClient:
         self.applied_versions: list[str] = []
         self.rejected_versions: list[str] = []
         self._first_applied = asyncio.Event()
+        self._cache = cache
+        self.loaded_from_cache = False
+
+    def load_cached(self) -> bool:
+        """Apply the cached snapshot, if there is one and it compiles; return whether it did.
+
+        Call before ``run``: the data plane then serves while the control plane is unreachable.
+        """
+        if self._cache is None:
+            return False
+        try:
+            cached = self._cache.load()
+        except (CacheError, OSError) as exc:
+            logger.error("config cache %s not used: %s", self._cache.path, exc)
+            return False
+        if cached is None:
+            return False
+        try:
+            config = compile_snapshot(cached.snapshot, version=cached.version_info)
+        except Exception as exc:  # a cache from another version may not compile: sync instead
+            logger.error("cached config version %s not used: %s", cached.version_info, exc)
+            return False
+        self._apply(config)
+        self.version = cached.version_info
+        self.loaded_from_cache = True
+        self._first_applied.set()
+        logger.info(
+            "serving cached config version %s until the control plane answers", self.version
+        )
+        return True
 
     async def wait_applied(self) -> None:
         """Wait until a first config is applied."""
@@ -74,9 +110,19 @@ class ConfigClient:
             await call.write(config_pb2.ConfigRequest(node=self._node, version_info=self.version))
             async for response in call:
                 self._backoff.reset()
-                await call.write(self._handle(response))
+                answer = self._handle(response)
+                if self._cache is not None and not answer.HasField("error_detail"):
+                    await self._save(response)
+                await call.write(answer)
         finally:
             call.cancel()
+
+    async def _save(self, response: config_pb2.ConfigResponse) -> None:
+        assert self._cache is not None
+        try:
+            await asyncio.to_thread(self._cache.save, response)
+        except OSError as exc:  # a full or read-only disk must not stop config sync
+            logger.error("could not write the config cache %s: %s", self._cache.path, exc)
 
     def _handle(self, response: config_pb2.ConfigResponse) -> config_pb2.ConfigRequest:
         """Compile and apply one response; return its ACK or NACK."""

@@ -5,6 +5,13 @@ sooner at ``batch_size`` events), sends them over one long-lived StreamUsage cal
 each batch until its UsageAck arrives. When the stream breaks it reconnects with backoff and
 resends every unacked batch unchanged (same batch_id, same events); the control plane
 deduplicates by event id.
+
+With a Spool, ``append`` first writes the event to the spool (one write(2), see
+dataplane/spool.py for what each fsync policy can lose); a batch's ACK releases its events
+from the spool, and events recovered from the spool at start are sent first. Without a spool
+(tests, or a data plane run without ``--state-dir``) events live in memory only: they survive
+a broken stream but not a restart, and past ``max_buffered_events`` the oldest are dropped,
+counted and logged.
 """
 
 from __future__ import annotations
@@ -12,14 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from dataplane.backoff import Backoff
+from dataplane.spool import FullPolicy, Spool
 from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -38,6 +47,11 @@ class UsageStats:
     acked_events: int = 0
     dropped_events: int = 0
     streams_opened: int = 0
+    # Written to the spool; recovered from it at start; kept in memory only because it was full.
+    spooled_events: int = 0
+    recovered_events: int = 0
+    unspooled_events: int = 0
+    spool_bytes: int = 0
 
     @property
     def pending_events(self) -> int:
@@ -57,6 +71,8 @@ class UsageReporter:
         max_buffered_events: int = 200_000,
         max_unacked_batches: int = 64,
         backoff: Backoff | None = None,
+        spool: Spool | None = None,
+        full_policy: FullPolicy = FullPolicy.BLOCK,
     ) -> None:
         self._stub = stub
         self._flush_interval = flush_interval
@@ -64,29 +80,72 @@ class UsageReporter:
         self._max_buffered = max_buffered_events
         self._max_unacked = max_unacked_batches
         self._backoff = backoff or Backoff()
-        self._buffer: deque[usage_pb2.UsageEvent] = deque()
-        # Insertion-ordered: resends go out in the original order.
-        self._unacked: dict[str, usage_pb2.UsageBatch] = {}
+        # (spool segment or None, serialized event): bytes are what the spool holds anyway,
+        # and far smaller in memory than message objects.
+        self._buffer: deque[tuple[int | None, bytes]] = deque()
+        # Insertion-ordered: resends go out in the original order. Each batch remembers how
+        # many of its events each spool segment holds, to release them on the ACK.
+        self._unacked: dict[str, tuple[usage_pb2.UsageBatch, Counter[int]]] = {}
+        self._spool = spool
+        self._full_policy = full_policy
+        self._last_full_alert = 0.0
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._stats = UsageStats()
+        if spool is not None:
+            for spooled in spool.recovered:
+                self._buffer.append((spooled.segment, spooled.data))
+            self._stats.recovered_events = len(spool.recovered)
+            if self._buffer:
+                self._drained.clear()
 
     # -- the hot path -------------------------------------------------------------------------
 
+    @property
+    def accepting(self) -> bool:
+        """False while a full spool under the BLOCK policy asks for new requests to wait."""
+        return not (
+            self._spool is not None and self._full_policy is FullPolicy.BLOCK and self._spool.full
+        )
+
     def append(self, event: usage_pb2.UsageEvent) -> None:
-        """Buffer one event (O(1), never blocks). Past the bound the oldest event is dropped."""
-        if len(self._buffer) >= self._max_buffered:
-            # No disk spool yet: losing the oldest event is logged loudly and counted.
+        """Record one event: to the spool if there is one, then to the send buffer.
+
+        Never blocks on the network. Without a spool, past the bound the oldest event is
+        dropped (counted and logged).
+        """
+        data = event.SerializeToString()
+        segment: int | None = None
+        spool = self._spool
+        if spool is not None:
+            if spool.full and self._full_policy is FullPolicy.SERVE:
+                self._stats.unspooled_events += 1
+                self._alert_full()
+            else:
+                segment = spool.append(data)
+                self._stats.spooled_events += 1
+        if segment is None and len(self._buffer) >= self._max_buffered:
             self._buffer.popleft()
             self._stats.dropped_events += 1
             logger.error("usage buffer full (%d events): dropped the oldest", self._max_buffered)
-        self._buffer.append(event)
+        self._buffer.append((segment, data))
         self._drained.clear()
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
+
+    def _alert_full(self) -> None:
+        now = time.monotonic()
+        if now - self._last_full_alert >= 10.0:
+            self._last_full_alert = now
+            logger.error(
+                "ALERT usage spool full (%d bytes): %d events kept in memory only so far "
+                "(lost if this process dies before the control plane acknowledges them)",
+                self._spool.size_bytes if self._spool else 0,
+                self._stats.unspooled_events,
+            )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -109,10 +168,18 @@ class UsageReporter:
                 await self._drained.wait()
         except TimeoutError:
             drained = False
-            logger.error(
-                "usage reporter stopped with %d unacknowledged events (they are lost)",
-                self.stats.pending_events,
-            )
+            if self._spool is not None:
+                logger.warning(
+                    "usage reporter stopped with %d unacknowledged events (kept in the spool "
+                    "%s for the next start)",
+                    self.stats.pending_events,
+                    self._spool.directory,
+                )
+            else:
+                logger.error(
+                    "usage reporter stopped with %d unacknowledged events (they are lost)",
+                    self.stats.pending_events,
+                )
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,7 +193,8 @@ class UsageReporter:
         stats = self._stats
         stats.buffered_events = len(self._buffer)
         stats.unacked_batches = len(self._unacked)
-        stats.unacked_events = sum(len(batch.events) for batch in self._unacked.values())
+        stats.unacked_events = sum(len(batch.events) for batch, _ in self._unacked.values())
+        stats.spool_bytes = self._spool.size_bytes if self._spool is not None else 0
         return UsageStats(**vars(stats))
 
     async def wait_drained(self) -> None:
@@ -152,13 +220,13 @@ class UsageReporter:
         self._stats.streams_opened += 1
         reader = asyncio.create_task(self._read_acks(call))
         try:
-            for batch in list(self._unacked.values()):
+            for batch, _ in list(self._unacked.values()):
                 await call.write(batch)
                 self._stats.resent_batches += 1
             while not reader.done():
                 while self._buffer and len(self._unacked) < self._max_unacked:
-                    batch = self._cut_batch()
-                    self._unacked[batch.batch_id] = batch
+                    batch, segments = self._cut_batch()
+                    self._unacked[batch.batch_id] = (batch, segments)
                     await call.write(batch)
                     self._stats.sent_batches += 1
                 self._check_drained()
@@ -176,18 +244,27 @@ class UsageReporter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    def _cut_batch(self) -> usage_pb2.UsageBatch:
+    def _cut_batch(self) -> tuple[usage_pb2.UsageBatch, Counter[int]]:
         count = min(len(self._buffer), self._batch_size)
-        events = [self._buffer.popleft() for _ in range(count)]
-        return usage_pb2.UsageBatch(batch_id=uuid.uuid4().hex, events=events)
+        batch = usage_pb2.UsageBatch(batch_id=uuid.uuid4().hex)
+        segments: Counter[int] = Counter()
+        for _ in range(count):
+            segment, data = self._buffer.popleft()
+            batch.events.add().MergeFromString(data)
+            if segment is not None:
+                segments[segment] += 1
+        return batch, segments
 
     async def _read_acks(self, call: Any) -> None:
         try:
             async for ack in call:
-                batch = self._unacked.pop(ack.batch_id, None)
-                if batch is None:
+                entry = self._unacked.pop(ack.batch_id, None)
+                if entry is None:
                     logger.debug("usage ack for unknown batch %s", ack.batch_id)
                     continue
+                batch, segments = entry
+                if self._spool is not None and segments:
+                    self._spool.ack(segments)
                 # A stream that delivers acks is healthy: the next failure starts a new backoff.
                 self._backoff.reset()
                 self._stats.acked_batches += 1

@@ -30,10 +30,13 @@ else:
 class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     """Pushes a full snapshot at connect (unless the node holds it) and on every change."""
 
-    def __init__(self, *, db: Database, clock: Clock, hub: ConfigHub) -> None:
+    def __init__(
+        self, *, db: Database, clock: Clock, hub: ConfigHub, version: str | None = None
+    ) -> None:
         self._db = db
         self._clock = clock
         self._hub = hub
+        self.version = version or registry.running_version()
         self._writes: set[asyncio.Task[None]] = set()
 
     async def _record(self, **kwargs: object) -> None:
@@ -66,6 +69,21 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the first ConfigRequest must name its node.id"
             )
         node = first.node
+        if not registry.compatible(control_plane=self.version, data_plane=node.version):
+            message = (
+                f"data plane version {node.version} is incompatible with control plane version "
+                f"{self.version} (major versions differ)"
+            )
+            await self._record(
+                node_id=node.id,
+                hostname=node.hostname,
+                version=node.version,
+                config_version=first.version_info,
+                status=SyncStatus.INCOMPATIBLE,
+                error=message,
+            )
+            log.warning("data plane %s refused: %s", node.id, message)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
         await self._record(
             node_id=node.id,
             hostname=node.hostname,

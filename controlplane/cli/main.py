@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     with_cp(usage_list)
     usage_list.set_defaults(func=_cmd_usage_list)
 
+    from controlplane.cli import dataplanes
+
+    dataplanes.register(commands)
+
     demo = commands.add_parser(
         "demo", help="run the walkthrough: control plane, data plane, six requests, an invoice"
     )

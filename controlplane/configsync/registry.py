@@ -1,9 +1,17 @@
-"""The data-plane registry: who is connected, which config version each one holds."""
+"""The data-plane registry: who is connected, which config version each one holds.
+
+Version compatibility: a data plane is compatible when its Meterline major version equals the
+control plane's (``1.4.2`` and ``1.0.0`` are; ``2.0.0`` is not). An incompatible data plane is
+recorded as INCOMPATIBLE and gets no config; it keeps serving what it has (its cache). A data
+plane that reports no version is accepted: there is nothing to compare.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from importlib import metadata
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -15,6 +23,40 @@ class SyncStatus(StrEnum):
     IN_SYNC = "in_sync"
     NACKED = "nacked"
     DISCONNECTED = "disconnected"
+    INCOMPATIBLE = "incompatible"
+
+
+@dataclass(frozen=True)
+class DataPlaneRecord:
+    """A data plane as last seen by a control plane."""
+
+    node_id: str
+    hostname: str
+    version: str
+    config_version: str
+    sync_status: SyncStatus | None
+    error: str
+    last_seen_time: datetime
+
+
+def running_version() -> str:
+    """The Meterline version of this process."""
+    try:
+        return metadata.version("meterline")
+    except metadata.PackageNotFoundError:  # a source tree that is not installed
+        return "0.1.0"
+
+
+def major_version(version: str) -> str:
+    """The major part of a version string ("" for none)."""
+    return version.strip().split(".", 1)[0]
+
+
+def compatible(*, control_plane: str, data_plane: str) -> bool:
+    """Whether a data plane of version ``data_plane`` may sync from this control plane."""
+    if not data_plane.strip():
+        return True
+    return major_version(data_plane) == major_version(control_plane)
 
 
 def record(
@@ -49,3 +91,33 @@ def record(
 def list_dataplanes(conn: Connection) -> list[dict[str, object]]:
     t = s.dataplanes
     return [dict(r._mapping) for r in conn.execute(select(t).order_by(t.c.node_id))]
+
+
+def _to_record(row: object) -> DataPlaneRecord:
+    m = row._mapping  # type: ignore[attr-defined]
+    try:
+        status: SyncStatus | None = SyncStatus(m["sync_status"])
+    except ValueError:  # written by a newer replica: shown as unspecified, not an error
+        status = None
+    return DataPlaneRecord(
+        node_id=m["node_id"],
+        hostname=m["hostname"],
+        version=m["version"],
+        config_version=m["config_version"],
+        sync_status=status,
+        error=m["error"],
+        last_seen_time=m["last_seen_time"],
+    )
+
+
+def list_records(conn: Connection) -> list[DataPlaneRecord]:
+    """Every data plane ever seen, by node id."""
+    t = s.dataplanes
+    return [_to_record(r) for r in conn.execute(select(t).order_by(t.c.node_id))]
+
+
+def get_record(conn: Connection, node_id: str) -> DataPlaneRecord | None:
+    """One data plane, or None."""
+    t = s.dataplanes
+    row = conn.execute(select(t).where(t.c.node_id == node_id)).first()
+    return _to_record(row) if row is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -47,17 +48,27 @@ class Processes:
     tmp: Path
     started: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
 
-    def start(self, name: str, *cmd: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *cmd: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [PYTHON, *cmd], stdout=out, stderr=subprocess.STDOUT, env={**os.environ}
+                [PYTHON, *cmd],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
         self.started.append((process, log))
         return process
 
     def logs(self) -> str:
         return "\n".join(f"--- {log.name}\n{log.read_text()}" for _, log in self.started)
+
+    def kill9(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL: no handler runs, nothing is flushed, as in a crash or an OOM kill."""
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
 
     def stop_all(self) -> None:
         for process, _ in reversed(self.started):
@@ -75,3 +86,15 @@ def http_ready(url: str, ok: set[int]) -> bool:
         return httpx.get(url, timeout=1).status_code in ok
     except httpx.TransportError:
         return False
+
+
+def grpc_ready(address: str, timeout: float = 0.5) -> bool:
+    """Whether a gRPC server accepts connections at ``address``."""
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+    return True

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 import grpc
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from dataplane.backoff import Backoff
+from dataplane.cache import ConfigCache
 from dataplane.configsync import ConfigClient
 from dataplane.httpserver import serve_http
 from dataplane.proxy import Gateway
@@ -145,3 +147,99 @@ async def test_first_snapshot_rejected_nacks_with_empty_version(control_plane):
     assert nack.error_detail.code == 3
     assert "rate-limiting" in nack.error_detail.message
     assert applied == []
+
+
+async def test_a_restart_serves_the_cached_snapshot_and_reports_its_version(
+    control_plane, fake, snapshot_for, tmp_path
+):
+    service, target = control_plane
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    cache = ConfigCache(tmp_path / "config")
+
+    # Given a data plane that applied (and so cached) v1, then stopped
+    async with grpc.aio.insecure_channel(target) as channel:
+        first = ConfigClient(
+            stub=config_pb2_grpc.ConfigServiceStub(channel),
+            node=config_pb2.Node(id="dp-3"),
+            apply=lambda config: None,
+            cache=cache,
+        )
+        assert not first.load_cached()
+        sync = asyncio.create_task(first.run())
+        try:
+            await service.inbox.get()
+            await service.outbox.put(
+                config_pb2.ConfigResponse(
+                    version_info="v1", nonce="n1", snapshot=snapshot_for(fake.chat_url)
+                )
+            )
+            assert (await service.inbox.get()).version_info == "v1"
+            # A NACKed snapshot never replaces the cache.
+            await service.outbox.put(
+                config_pb2.ConfigResponse(
+                    version_info="v2",
+                    nonce="n2",
+                    snapshot=snapshot_pb2.Snapshot(
+                        plugins=[snapshot_pb2.Plugin(id="p", name="nope", enabled=True)]
+                    ),
+                )
+            )
+            assert (await service.inbox.get()).error_detail.message
+        finally:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+    assert cache.load().version_info == "v1"
+
+    # When it starts again with no control plane reachable
+    gateway = Gateway(node_id="dp-3", usage_sink=lambda event: None)
+    async with (
+        grpc.aio.insecure_channel("127.0.0.1:1") as dead,
+        serve_http(gateway) as address,
+        httpx.AsyncClient(base_url=address.url) as http,
+    ):
+        client = ConfigClient(
+            stub=config_pb2_grpc.ConfigServiceStub(dead),
+            node=config_pb2.Node(id="dp-3"),
+            apply=gateway.apply,
+            cache=cache,
+        )
+        # Then it serves the cached config at once
+        assert client.load_cached() and client.loaded_from_cache
+        assert (await http.post("/open/chat/completions", json=body)).status_code == 200
+        await gateway.aclose()
+
+    # And its first request to a control plane names the cached version
+    async with grpc.aio.insecure_channel(target) as channel:
+        client = ConfigClient(
+            stub=config_pb2_grpc.ConfigServiceStub(channel),
+            node=config_pb2.Node(id="dp-3"),
+            apply=lambda config: None,
+            cache=cache,
+        )
+        client.load_cached()
+        sync = asyncio.create_task(client.run())
+        try:
+            hello = await service.inbox.get()
+            assert (hello.node.id, hello.version_info) == ("dp-3", "v1")
+        finally:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+
+
+def test_a_cache_that_does_not_compile_is_ignored(tmp_path) -> None:
+    cache = ConfigCache(tmp_path)
+    bad = snapshot_pb2.Snapshot(plugins=[snapshot_pb2.Plugin(id="p", name="nope", enabled=True)])
+    cache.save(config_pb2.ConfigResponse(version_info="v1", snapshot=bad))
+    applied = []
+    client = ConfigClient(
+        stub=None, node=config_pb2.Node(id="dp"), apply=applied.append, cache=cache
+    )
+    assert not client.load_cached()
+    assert (applied, client.version) == ([], "")
+    # A cache encrypted with another key is ignored the same way.
+    ConfigCache(tmp_path, key=Fernet.generate_key()).save(
+        config_pb2.ConfigResponse(version_info="v2", snapshot=snapshot_pb2.Snapshot())
+    )
+    assert not client.load_cached()

@@ -10,6 +10,7 @@ import pytest
 
 from dataplane.backoff import Backoff
 from dataplane.openai_format import TokenUsage
+from dataplane.spool import FullPolicy, Spool
 from dataplane.usage import UsageReporter
 from dataplane.usage_events import llm_token_events
 from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
@@ -156,3 +157,101 @@ def test_a_full_buffer_drops_the_oldest_event() -> None:
         reporter.append(event)
     stats = reporter.stats
     assert (stats.buffered_events, stats.dropped_events) == (2, 2)
+
+
+# -- with a disk spool ------------------------------------------------------------------------
+
+
+def open_spool(directory, **kwargs) -> Spool:
+    spool = Spool(directory, fsync_interval=0.01, **kwargs)
+    spool.open()
+    spool.start()
+    return spool
+
+
+async def test_spooled_events_survive_a_restart_and_are_released_by_acks(
+    usage_service, tmp_path
+) -> None:
+    service, channel = usage_service
+    events = events_of(50)  # 100 events
+    # Given a data plane that spooled usage while its control plane was unreachable
+    dead = grpc.aio.insecure_channel("127.0.0.1:1")
+    spool = open_spool(tmp_path)
+    reporter = reporter_on(dead, flush_interval=0.01, spool=spool)
+    reporter.start()
+    for event in events:
+        reporter.append(event)
+    assert not await reporter.close(timeout=0.1)
+    assert reporter.stats.spooled_events == 100
+    await spool.close()
+    await dead.close()
+    assert list(tmp_path.glob("seg-*.wal"))
+
+    # When it restarts on the same spool with the control plane back
+    spool = open_spool(tmp_path)
+    reporter = reporter_on(channel, flush_interval=0.01, spool=spool)
+    assert reporter.stats.recovered_events == 100
+    reporter.start()
+    await asyncio.wait_for(reporter.wait_drained(), 5)
+    assert await reporter.close(timeout=1)
+    await spool.close()
+
+    # Then every event arrived, in order, and the spool is empty
+    assert list(service.stored) == [event.id for event in events]
+    assert list(tmp_path.glob("seg-*.wal")) == []
+
+
+async def test_a_full_spool_under_block_stops_admitting_but_keeps_in_flight_usage(
+    usage_service, tmp_path
+) -> None:
+    service, channel = usage_service
+    dead = grpc.aio.insecure_channel("127.0.0.1:1")
+    spool = open_spool(tmp_path, max_bytes=1000)
+    reporter = reporter_on(dead, flush_interval=0.01, spool=spool, full_policy=FullPolicy.BLOCK)
+    events = events_of(20)
+    written = 0
+    while reporter.accepting:
+        reporter.append(events[written])
+        written += 1
+    assert spool.full and 0 < written < len(events)
+    # Requests admitted before the spool filled still record their usage, on disk.
+    reporter.append(events[written])
+    assert reporter.stats.spooled_events == written + 1
+    assert reporter.stats.unspooled_events == reporter.stats.dropped_events == 0
+    await reporter.close(timeout=0)
+    await spool.close()
+    await dead.close()
+
+    # Once the control plane acknowledges the spool, requests are admitted again.
+    spool = open_spool(tmp_path, max_bytes=1000)
+    reporter = reporter_on(channel, flush_interval=0.01, spool=spool)
+    assert not reporter.accepting
+    reporter.start()
+    await asyncio.wait_for(reporter.wait_drained(), 5)
+    assert reporter.accepting
+    assert len(service.stored) == written + 1
+    await reporter.close(timeout=1)
+    await spool.close()
+
+
+async def test_a_full_spool_under_serve_keeps_usage_in_memory_and_counts_it(
+    usage_service, tmp_path, caplog
+) -> None:
+    service, channel = usage_service
+    spool = open_spool(tmp_path, max_bytes=500)
+    reporter = reporter_on(channel, flush_interval=60, spool=spool, full_policy=FullPolicy.SERVE)
+    events = events_of(10)
+    for event in events:
+        reporter.append(event)
+    stats = reporter.stats
+    assert reporter.accepting
+    assert stats.unspooled_events > 0
+    assert stats.spooled_events + stats.unspooled_events == 20
+    assert stats.dropped_events == 0
+    assert "ALERT usage spool full" in caplog.text
+    # Nothing was dropped: everything still reaches the control plane.
+    reporter.start()
+    assert await reporter.close(timeout=2)
+    assert len(service.stored) == 20
+    await spool.close()
+    assert list(tmp_path.glob("seg-*.wal")) == []

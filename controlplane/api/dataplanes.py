@@ -1,0 +1,85 @@
+"""The data-plane registry API (admin ``DataPlaneService``): list and get data planes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+
+from controlplane.api.convert import to_timestamp
+from controlplane.api.paging import page
+from controlplane.configsync import registry
+from controlplane.configsync.registry import DataPlaneRecord, SyncStatus
+from controlplane.errors import InvalidArgument, NotFound
+from controlplane.storage.db import Database
+from meterline.admin.v1 import dataplanes_pb2, dataplanes_pb2_grpc
+
+if TYPE_CHECKING:
+    Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+else:
+    Ctx = grpc.aio.ServicerContext
+
+NAME_PREFIX = "dataplanes/"
+
+_STATUS = {
+    SyncStatus.CONNECTED: dataplanes_pb2.SYNC_STATUS_CONNECTED,
+    SyncStatus.IN_SYNC: dataplanes_pb2.SYNC_STATUS_IN_SYNC,
+    SyncStatus.NACKED: dataplanes_pb2.SYNC_STATUS_NACKED,
+    SyncStatus.DISCONNECTED: dataplanes_pb2.SYNC_STATUS_DISCONNECTED,
+    SyncStatus.INCOMPATIBLE: dataplanes_pb2.SYNC_STATUS_INCOMPATIBLE,
+}
+
+
+def to_proto_dataplane(record: DataPlaneRecord) -> dataplanes_pb2.DataPlane:
+    """The wire form of a registry record."""
+    return dataplanes_pb2.DataPlane(
+        name=NAME_PREFIX + record.node_id,
+        node_id=record.node_id,
+        hostname=record.hostname,
+        version=record.version,
+        config_version=record.config_version,
+        last_seen_time=to_timestamp(record.last_seen_time),
+        sync_status=(
+            _STATUS[record.sync_status]
+            if record.sync_status is not None
+            else dataplanes_pb2.SYNC_STATUS_UNSPECIFIED
+        ),
+        error=record.error,
+    )
+
+
+class DataPlaneServicer(dataplanes_pb2_grpc.DataPlaneServiceServicer):
+    """Reads the registry the config streams keep up to date."""
+
+    def __init__(self, *, db: Database) -> None:
+        self._db = db
+
+    def _list(self) -> list[DataPlaneRecord]:
+        with self._db.begin() as conn:
+            return registry.list_records(conn)
+
+    def _get(self, node_id: str) -> DataPlaneRecord | None:
+        with self._db.begin() as conn:
+            return registry.get_record(conn, node_id)
+
+    async def ListDataPlanes(
+        self, request: dataplanes_pb2.ListDataPlanesRequest, context: Ctx
+    ) -> dataplanes_pb2.ListDataPlanesResponse:
+        # A registry holds one row per data plane: small enough to page in memory.
+        records = await asyncio.to_thread(self._list)
+        items, token = page(records, page_size=request.page_size, page_token=request.page_token)
+        return dataplanes_pb2.ListDataPlanesResponse(
+            data_planes=[to_proto_dataplane(r) for r in items], next_page_token=token
+        )
+
+    async def GetDataPlane(
+        self, request: dataplanes_pb2.GetDataPlaneRequest, context: Ctx
+    ) -> dataplanes_pb2.DataPlane:
+        node_id = request.name.removeprefix(NAME_PREFIX)
+        if not request.name.startswith(NAME_PREFIX) or not node_id:
+            raise InvalidArgument('name must be "dataplanes/{node_id}"')
+        record = await asyncio.to_thread(self._get, node_id)
+        if record is None:
+            raise NotFound(f"data plane {request.name} not found")
+        return to_proto_dataplane(record)
