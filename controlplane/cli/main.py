@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dataplanes.register(commands)
 
+    from controlplane.cli import pki
+
+    pki.register(commands)
+
     demo = commands.add_parser(
         "demo", help="run the walkthrough: control plane, data plane, six requests, an invoice"
     )
