@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pki.register(commands)
 
+    from controlplane.cli import tokens
+
+    tokens.register(commands)
+
     demo = commands.add_parser(
         "demo", help="run the walkthrough: control plane, data plane, six requests, an invoice"
     )
