@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from controlplane.cli.client import admin_client, default_cp
+from controlplane.cli.env import apply_env_defaults
 from controlplane.cli.render import invoice_json, invoice_table
 from controlplane.storage.db import Database, default_url
 from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the walkthrough: control plane, data plane, six requests, an invoice"
     )
     demo.set_defaults(func=_cmd_demo)
+    apply_env_defaults(parser)
     return parser
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controlplane.cli.env import env_names
 from controlplane.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +23,8 @@ SOURCES = [*ROOT.joinpath("controlplane").rglob("*.py"), *ROOT.joinpath("datapla
 def known_env_vars() -> set[str]:
     """Every environment variable the code reads."""
     pattern = re.compile(r"os\.environ(?:\.get\(|\[)\s*[\"']([A-Z0-9_]+)[\"']")
-    return {m for path in SOURCES for m in pattern.findall(path.read_text())}
+    read = {m for path in SOURCES for m in pattern.findall(path.read_text())}
+    return read | env_names(build_parser())
 
 
 def parse_meterline(args: list[str]) -> Any:
