@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
@@ -18,14 +18,19 @@ from controlplane.clock import Clock
 from controlplane.configsync.hub import ConfigHub
 from controlplane.customers import storage as customers
 from controlplane.customers.types import Customer
-from controlplane.errors import InvalidArgument
+from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.gateway import storage as gateway
 from controlplane.gateway.apply import apply_document
 from controlplane.gateway.keys import generate_key, hash_key
 from controlplane.gateway.types import Consumer
+from controlplane.invoicing import lifecycle
+from controlplane.invoicing import storage as invoice_storage
+from controlplane.invoicing.lifecycle import InvoicingSettings
 from controlplane.invoicing.preview import preview_invoice
+from controlplane.invoicing.types import Invoice, InvoiceState
 from controlplane.storage.db import Database
 from controlplane.subscriptions import storage as subscriptions
+from controlplane.subscriptions.types import Subscription
 from controlplane.usage import storage as usage
 from meterline.admin.v1 import (
     billing_pb2,
@@ -285,23 +290,55 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
             subjects=tuple(message.subjects),
         )
         now = self._clock.now()
-        created = await self._tx(lambda c: customers.create_customer(c, customer, now=now))
-        return convert.customer_to_proto(created)
+        stripe_id = message.stripe_customer_id
+
+        def create(conn: Connection) -> customers_pb2.Customer:
+            created = customers.create_customer(conn, customer, now=now)
+            if stripe_id:
+                invoice_storage.link_stripe_customer(conn, created.key, stripe_id, now=now)
+            return convert.customer_to_proto(created, stripe_customer_id=stripe_id or None)
+
+        return await self._tx(create)
 
     async def GetCustomer(
         self, request: customers_pb2.GetCustomerRequest, context: Ctx
     ) -> customers_pb2.Customer:
         key = convert.resource_id(request.name, "customers")
-        return convert.customer_to_proto(await self._tx(lambda c: customers.get_customer(c, key)))
+
+        def get(conn: Connection) -> customers_pb2.Customer:
+            customer = customers.get_customer(conn, key)
+            stripe_id = invoice_storage.stripe_customer_ids(conn).get(key)
+            return convert.customer_to_proto(customer, stripe_customer_id=stripe_id)
+
+        return await self._tx(get)
+
+    async def LinkStripeCustomer(
+        self, request: customers_pb2.LinkStripeCustomerRequest, context: Ctx
+    ) -> customers_pb2.Customer:
+        key = convert.resource_id(_require(request.name, "name"), "customers")
+        stripe_id = _require(request.stripe_customer_id, "stripe_customer_id")
+        now = self._clock.now()
+
+        def link(conn: Connection) -> customers_pb2.Customer:
+            customer = customers.get_customer(conn, key)
+            invoice_storage.link_stripe_customer(conn, key, stripe_id, now=now)
+            return convert.customer_to_proto(customer, stripe_customer_id=stripe_id)
+
+        return await self._tx(link)
 
     async def ListCustomers(
         self, request: customers_pb2.ListCustomersRequest, context: Ctx
     ) -> customers_pb2.ListCustomersResponse:
-        items = await self._tx(customers.list_customers)
+        def load(conn: Connection) -> list[customers_pb2.Customer]:
+            stripe_ids = invoice_storage.stripe_customer_ids(conn)
+            return [
+                convert.customer_to_proto(c, stripe_customer_id=stripe_ids.get(c.key))
+                for c in customers.list_customers(conn)
+            ]
+
+        items = await self._tx(load)
         chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
-        return customers_pb2.ListCustomersResponse(
-            customers=[convert.customer_to_proto(c) for c in chunk], next_page_token=token
-        )
+        return customers_pb2.ListCustomersResponse(customers=chunk, next_page_token=token)
 
     async def CreateSubscription(
         self, request: customers_pb2.CreateSubscriptionRequest, context: Ctx
@@ -361,14 +398,63 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         self, request: customers_pb2.CancelSubscriptionRequest, context: Ctx
     ) -> customers_pb2.Subscription:
         id = convert.resource_id(request.name, "subscriptions")
-        end = (
-            convert.from_timestamp(request.end_time)
-            if request.HasField("end_time")
-            else self._clock.now()
-        )
+        now = self._clock.now()
+        if request.timing == customers_pb2.CANCEL_TIMING_PERIOD_END:
+            if request.HasField("end_time"):
+                raise InvalidArgument("end_time and timing PERIOD_END exclude each other")
+
+            def at_period_end(conn: Connection) -> Subscription:
+                sub = subscriptions.get_subscription(conn, id)
+                plan = catalog.get_plan(conn, sub.plan_key, sub.plan_version)
+                return subscriptions.cancel_at_period_end(
+                    conn, id, cadence=plan.billing_cadence, now=now
+                )
+
+            return convert.subscription_to_proto(await self._tx(at_period_end))
+        if request.timing == customers_pb2.CANCEL_TIMING_IMMEDIATELY and request.HasField(
+            "end_time"
+        ):
+            raise InvalidArgument("end_time and timing IMMEDIATELY exclude each other")
+        end = convert.from_timestamp(request.end_time) if request.HasField("end_time") else now
         return convert.subscription_to_proto(
             await self._tx(lambda c: subscriptions.cancel_subscription(c, id, end_time=end))
         )
+
+    async def ChangeSubscriptionPlan(
+        self, request: customers_pb2.ChangeSubscriptionPlanRequest, context: Ctx
+    ) -> customers_pb2.Subscription:
+        id = convert.resource_id(_require(request.name, "name"), "subscriptions")
+        plan_key, version = convert.parse_plan_name(_require(request.plan, "plan"))
+        now = self._clock.now()
+        at = convert.from_timestamp(request.change_time) if request.HasField("change_time") else now
+
+        def change(conn: Connection) -> Subscription:
+            plan = (
+                catalog.active_plan(conn, plan_key)
+                if version is None
+                else catalog.get_plan(conn, plan_key, version)
+            )
+            if plan.state.value != "active":
+                raise InvalidArgument(
+                    f"{convert.plan_name(plan)} is {plan.state.value}, not active"
+                )
+            old = subscriptions.get_subscription(conn, id)
+            old_plan = catalog.get_plan(conn, old.plan_key, old.plan_version)
+            if (old_plan.currency, old_plan.billing_cadence) != (
+                plan.currency,
+                plan.billing_cadence,
+            ):
+                raise InvalidArgument(
+                    "a plan change keeps the currency and billing cadence"
+                    f" ({old_plan.currency}, {old_plan.billing_cadence}); cancel and subscribe"
+                    " anew instead"
+                )
+            lifecycle.check_change_time(conn, customer=old.customer, at=at)
+            return subscriptions.change_plan(
+                conn, id, plan_key=plan.key, plan_version=plan.version, at=at, now=now
+            )
+
+        return convert.subscription_to_proto(await self._tx(change))
 
 
 class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
@@ -383,6 +469,106 @@ class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
         )
         invoice = await self._tx(lambda c: preview_invoice(c, customer_key=key, at=at))
         return convert.invoice_to_proto(invoice)
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        clock: Clock,
+        hub: ConfigHub,
+        invoicing: InvoicingSettings | None = None,
+        on_issued: Callable[[str], Awaitable[None]] | None = None,
+        retry_sync: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(db=db, clock=clock, hub=hub)
+        self._invoicing = invoicing or InvoicingSettings()
+        # Hooks of the Stripe sync (None when it is off).
+        self._on_issued = on_issued
+        self._retry_sync = retry_sync
+
+    async def ListInvoices(
+        self, request: billing_pb2.ListInvoicesRequest, context: Ctx
+    ) -> billing_pb2.ListInvoicesResponse:
+        customer = convert.resource_id(request.parent, "customers") if request.parent else None
+        states = convert.invoice_states_from_proto(request.states) or None
+        items = await self._tx(
+            lambda c: lifecycle.list_invoices(c, customer=customer, states=states)
+        )
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return billing_pb2.ListInvoicesResponse(
+            invoices=[convert.invoice_to_proto(i) for i in chunk], next_page_token=token
+        )
+
+    async def GetInvoice(
+        self, request: billing_pb2.GetInvoiceRequest, context: Ctx
+    ) -> billing_pb2.Invoice:
+        id = convert.resource_id(_require(request.name, "name"), "invoices")
+        return convert.invoice_to_proto(await self._tx(lambda c: lifecycle.get_invoice(c, id)))
+
+    async def IssueInvoice(
+        self, request: billing_pb2.IssueInvoiceRequest, context: Ctx
+    ) -> billing_pb2.Invoice:
+        id = convert.resource_id(_require(request.name, "name"), "invoices")
+        now = self._clock.now()
+        invoice = await self._tx(
+            lambda c: lifecycle.issue_invoice(c, id=id, now=now, force=request.force)
+        )
+        if self._on_issued is not None:
+            await self._on_issued(id)
+        return convert.invoice_to_proto(invoice)
+
+    async def VoidInvoice(
+        self, request: billing_pb2.VoidInvoiceRequest, context: Ctx
+    ) -> billing_pb2.Invoice:
+        id = convert.resource_id(_require(request.name, "name"), "invoices")
+        now = self._clock.now()
+        return convert.invoice_to_proto(
+            await self._tx(lambda c: lifecycle.void_invoice(c, id=id, now=now))
+        )
+
+    async def MarkInvoicePaid(
+        self, request: billing_pb2.MarkInvoicePaidRequest, context: Ctx
+    ) -> billing_pb2.Invoice:
+        id = convert.resource_id(_require(request.name, "name"), "invoices")
+        now = self._clock.now()
+
+        def mark(conn: Connection) -> Invoice:
+            invoice, changed = lifecycle.set_payment_state(
+                conn, id=id, state=InvoiceState.PAID, now=now
+            )
+            if not changed:
+                raise FailedPrecondition(f"invoice {id!r} is already paid")
+            return invoice
+
+        return convert.invoice_to_proto(await self._tx(mark))
+
+    async def CloseInvoices(
+        self, request: billing_pb2.CloseInvoicesRequest, context: Ctx
+    ) -> billing_pb2.CloseInvoicesResponse:
+        now = self._clock.now()
+        result = await asyncio.to_thread(
+            lifecycle.advance, self._db, now=now, settings=self._invoicing
+        )
+        if self._on_issued is not None:
+            for id in result.issued:
+                await self._on_issued(id)
+        return billing_pb2.CloseInvoicesResponse(
+            created_invoices=[f"invoices/{i}" for i in result.created],
+            drafted_invoices=[f"invoices/{i}" for i in result.drafted],
+            issued_invoices=[f"invoices/{i}" for i in result.issued],
+        )
+
+    async def RetryInvoiceSync(
+        self, request: billing_pb2.RetryInvoiceSyncRequest, context: Ctx
+    ) -> billing_pb2.Invoice:
+        id = convert.resource_id(_require(request.name, "name"), "invoices")
+        invoice = await self._tx(lambda c: lifecycle.get_invoice(c, id))
+        if self._retry_sync is None:
+            raise FailedPrecondition("Stripe sync is not configured on this control plane")
+        if invoice.state.open:
+            raise FailedPrecondition(f"invoice {id!r} is {invoice.state.value}, not issued")
+        await self._retry_sync(id)
+        return convert.invoice_to_proto(await self._tx(lambda c: lifecycle.get_invoice(c, id)))
 
 
 class UsageQueryServicer(_Base, usage_pb2_grpc.UsageServiceServicer):

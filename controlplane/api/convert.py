@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -29,7 +30,7 @@ from controlplane.catalog.types import (
 from controlplane.customers.types import Customer
 from controlplane.errors import InvalidArgument
 from controlplane.gateway.types import Consumer, Plugin, Route, Service
-from controlplane.invoicing.types import Invoice, InvoiceLine
+from controlplane.invoicing.types import Invoice, InvoiceLine, InvoiceState
 from controlplane.rating.charge import LineType, TierCharge
 from controlplane.subscriptions.types import Subscription
 from controlplane.usage.types import TokenType, UsageEvent
@@ -227,6 +228,50 @@ def price_to_proto(price: Price) -> catalog_pb2.Price:
     return message
 
 
+ENTITLEMENT_TYPES = {
+    EntitlementType.BOOLEAN: catalog_pb2.ENTITLEMENT_TYPE_BOOLEAN,
+    EntitlementType.STATIC: catalog_pb2.ENTITLEMENT_TYPE_STATIC,
+    EntitlementType.METERED: catalog_pb2.ENTITLEMENT_TYPE_METERED,
+}
+
+
+def entitlement_to_proto(entitlement: Entitlement) -> catalog_pb2.Entitlement:
+    message = catalog_pb2.Entitlement(
+        type=ENTITLEMENT_TYPES[entitlement.type],
+        config=entitlement.config or "",
+        usage_period=entitlement.usage_period or "",
+        soft_limit=entitlement.soft_limit,
+        preserve_overage_at_reset=entitlement.preserve_overage_at_reset,
+    )
+    if entitlement.limit is not None:
+        message.limit = entitlement.limit
+    return message
+
+
+def entitlement_from_proto(message: catalog_pb2.Entitlement, *, where: str) -> Entitlement:
+    """Syntax only; ``entitlement_problems`` checks the fields against the type."""
+    kind: EntitlementType = _enum(
+        message.type,
+        ENTITLEMENT_TYPES,
+        field=f"{where}.type",
+        names="ENTITLEMENT_TYPE_BOOLEAN, ENTITLEMENT_TYPE_STATIC, ENTITLEMENT_TYPE_METERED",
+    )
+    config: str | None = None
+    if message.config:
+        try:
+            config = json.dumps(json.loads(message.config), sort_keys=True, separators=(",", ":"))
+        except ValueError:
+            raise InvalidArgument(f"{where}.config must be a JSON object") from None
+    return Entitlement(
+        type=kind,
+        config=config,
+        limit=message.limit if message.HasField("limit") else None,
+        usage_period=message.usage_period or None,
+        soft_limit=message.soft_limit,
+        preserve_overage_at_reset=message.preserve_overage_at_reset,
+    )
+
+
 def plan_to_proto(plan: Plan) -> catalog_pb2.Plan:
     message = catalog_pb2.Plan(
         name=plan_name(plan),
@@ -244,7 +289,7 @@ def plan_to_proto(plan: Plan) -> catalog_pb2.Plan:
         if card.price is not None:
             rc.price.CopyFrom(price_to_proto(card.price))
         if card.entitlement is not None:
-            rc.entitlement.type = catalog_pb2.ENTITLEMENT_TYPE_BOOLEAN
+            rc.entitlement.CopyFrom(entitlement_to_proto(card.entitlement))
         if card.discounts is not None:
             rc.discounts.percentage = _text(card.discounts.percentage)
             rc.discounts.usage = _text(card.discounts.usage)
@@ -333,9 +378,7 @@ def plan_from_proto(message: catalog_pb2.Plan) -> Plan:
         )
         entitlement = None
         if rc.HasField("entitlement"):
-            if rc.entitlement.type != catalog_pb2.ENTITLEMENT_TYPE_BOOLEAN:
-                raise InvalidArgument(f"{where}: entitlement.type must be ENTITLEMENT_TYPE_BOOLEAN")
-            entitlement = Entitlement(type=EntitlementType.BOOLEAN)
+            entitlement = entitlement_from_proto(rc.entitlement, where=f"{where}: entitlement")
         discounts = None
         if rc.HasField("discounts"):
             discounts = Discounts(
@@ -374,8 +417,11 @@ def plan_from_proto(message: catalog_pb2.Plan) -> Plan:
 # Customers ----------------------------------------------------------------------------------
 
 
-def customer_to_proto(customer: Customer) -> customers_pb2.Customer:
+def customer_to_proto(
+    customer: Customer, *, stripe_customer_id: str | None = None
+) -> customers_pb2.Customer:
     return customers_pb2.Customer(
+        stripe_customer_id=stripe_customer_id or "",
         name=f"customers/{customer.key}",
         key=customer.key,
         display_name=customer.name,
@@ -399,6 +445,7 @@ def subscription_to_proto(sub: Subscription) -> customers_pb2.Subscription:
             else customers_pb2.SUBSCRIPTION_STATE_CANCELED
         ),
         create_time=to_timestamp(sub.create_time),
+        billing_anchor_time=to_timestamp(sub.anchor),
     )
 
 
@@ -450,19 +497,62 @@ def line_to_proto(line: InvoiceLine) -> billing_pb2.InvoiceLine:
         free_quantity=str(line.free_quantity) if line.free_quantity else "",
         packages=_text(line.packages),
         tiers=[tier_to_proto(t) for t in line.tiers],
+        id=line.id,
+        late_usage=line.late_usage,
     )
+
+
+INVOICE_STATES = {
+    InvoiceState.GATHERING: billing_pb2.INVOICE_STATE_GATHERING,
+    InvoiceState.DRAFT: billing_pb2.INVOICE_STATE_DRAFT,
+    InvoiceState.ISSUED: billing_pb2.INVOICE_STATE_ISSUED,
+    InvoiceState.PAID: billing_pb2.INVOICE_STATE_PAID,
+    InvoiceState.PAYMENT_FAILED: billing_pb2.INVOICE_STATE_PAYMENT_FAILED,
+    InvoiceState.VOID: billing_pb2.INVOICE_STATE_VOID,
+}
+INVOICE_STATES_FROM_PROTO: dict[int, InvoiceState] = {v: k for k, v in INVOICE_STATES.items()}
+
+
+def _sync_state(state: str | None) -> billing_pb2.InvoiceSyncState:
+    if state is None:
+        return billing_pb2.INVOICE_SYNC_STATE_NONE
+    if state == "finalized":
+        return billing_pb2.INVOICE_SYNC_STATE_SYNCED
+    if state == "sync_failed":
+        return billing_pb2.INVOICE_SYNC_STATE_FAILED
+    if state == "pending":
+        return billing_pb2.INVOICE_SYNC_STATE_PENDING
+    return billing_pb2.INVOICE_SYNC_STATE_IN_PROGRESS
 
 
 def invoice_to_proto(invoice: Invoice) -> billing_pb2.Invoice:
     return billing_pb2.Invoice(
+        name=f"invoices/{invoice.id}" if invoice.id else "",
+        id=invoice.id,
         customer=f"customers/{invoice.customer}",
         currency=invoice.currency,
         period_start_time=to_timestamp(invoice.period_start),
         period_end_time=to_timestamp(invoice.period_end),
         lines=[line_to_proto(line) for line in invoice.lines],
         total=str(invoice.total),
-        state=billing_pb2.INVOICE_STATE_GATHERING,
+        state=INVOICE_STATES[invoice.state],
+        number=invoice.number or "",
+        issue_time=to_timestamp(invoice.issue_time),
+        create_time=to_timestamp(invoice.create_time),
+        update_time=to_timestamp(invoice.update_time),
+        sync_state=_sync_state(invoice.sync_state),
+        sync_error=invoice.sync_error or "",
+        stripe_invoice_id=invoice.stripe_invoice_id or "",
     )
+
+
+def invoice_states_from_proto(values: Iterable[int]) -> list[InvoiceState]:
+    states = []
+    for value in values:
+        if value not in INVOICE_STATES_FROM_PROTO:
+            raise InvalidArgument(f"states: unknown invoice state {value}")
+        states.append(INVOICE_STATES_FROM_PROTO[value])
+    return states
 
 
 # Usage --------------------------------------------------------------------------------------

@@ -122,6 +122,32 @@ def price_from_json(text: str) -> Price:
     )
 
 
+def entitlement_to_json(entitlement: Entitlement) -> str | None:
+    """The fields of an entitlement beyond its type, as JSON text; None for a boolean one."""
+    data = {
+        "config": entitlement.config,
+        "limit": entitlement.limit,
+        "usage_period": entitlement.usage_period,
+        "soft_limit": entitlement.soft_limit or None,
+        "preserve_overage_at_reset": entitlement.preserve_overage_at_reset or None,
+    }
+    return _dumps(data) if any(v is not None for v in data.values()) else None
+
+
+def entitlement_from_row(kind: str | None, text: str | None) -> Entitlement | None:
+    if not kind:
+        return None
+    data = json.loads(text) if text else {}
+    return Entitlement(
+        type=EntitlementType(kind),
+        config=data.get("config"),
+        limit=data.get("limit"),
+        usage_period=data.get("usage_period"),
+        soft_limit=bool(data.get("soft_limit", False)),
+        preserve_overage_at_reset=bool(data.get("preserve_overage_at_reset", False)),
+    )
+
+
 def _discounts_from_json(text: str | None) -> Discounts | None:
     if text is None:
         return None
@@ -144,9 +170,7 @@ def _rate_cards(conn: Connection) -> dict[tuple[str, int], list[RateCard]]:
     rc = s.rate_cards
     rows = conn.execute(select(rc).order_by(rc.c.plan_key, rc.c.plan_version, rc.c.position))
     for r in rows:
-        entitlement = (
-            Entitlement(type=EntitlementType(r.entitlement_type)) if r.entitlement_type else None
-        )
+        entitlement = entitlement_from_row(r.entitlement_type, r.entitlement)
         cards[(r.plan_key, r.plan_version)].append(
             RateCard(
                 key=r.key,
@@ -232,6 +256,7 @@ def insert_plan_version(conn: Connection, plan: Plan, *, now: datetime) -> Plan:
                 feature=card.feature,
                 price=price_to_json(card.price) if card.price else None,
                 entitlement_type=card.entitlement.type.value if card.entitlement else None,
+                entitlement=entitlement_to_json(card.entitlement) if card.entitlement else None,
                 discounts=_dumps(
                     {
                         "percentage": _text(discounts.percentage),

@@ -123,12 +123,32 @@ class Commitments:
 
 
 class EntitlementType(StrEnum):
+    """OpenMeter's entitlement types."""
+
     BOOLEAN = "boolean"
+    STATIC = "static"
+    METERED = "metered"
 
 
 @dataclass(frozen=True)
 class Entitlement:
+    """What a rate card grants for its feature.
+
+    ``boolean``: access, nothing more. ``static``: access plus ``config``, a JSON object (kept
+    as canonical JSON text) handed to the application. ``metered``: ``limit`` units of the
+    feature per ``usage_period`` (an ISO 8601 duration counted from the subscription start);
+    ``soft_limit`` true allows usage beyond the balance (billed as overage), false blocks it;
+    ``preserve_overage_at_reset`` carries a period's overage into the next period's balance.
+    Only the fields of the type are set; :func:`controlplane.catalog.validation.
+    entitlement_problems` checks that.
+    """
+
     type: EntitlementType
+    config: str | None = None
+    limit: int | None = None
+    usage_period: str | None = None
+    soft_limit: bool = False
+    preserve_overage_at_reset: bool = False
 
 
 @dataclass(frozen=True)

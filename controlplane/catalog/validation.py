@@ -7,11 +7,20 @@ which entry is wrong.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
-from controlplane.catalog.types import Plan, Price, PriceType, RateCard
+from controlplane.catalog.types import (
+    Entitlement,
+    EntitlementType,
+    Plan,
+    Price,
+    PriceType,
+    RateCard,
+)
 from controlplane.errors import InvalidArgument
 from controlplane.rating.money import minor_units
+from controlplane.subscriptions.periods import parse_cadence
 
 HUNDRED = Decimal(100)
 
@@ -83,6 +92,59 @@ def tier_problems(price: Price) -> list[str]:
     return problems
 
 
+def entitlement_problems(entitlement: Entitlement) -> list[str]:
+    """What is wrong with an entitlement on its own (its feature is checked by the rate card)."""
+    problems: list[str] = []
+    kind = entitlement.type.value
+    metered = entitlement.type is EntitlementType.METERED
+    if not metered:
+        only_metered = [
+            field
+            for field, value in (
+                ("limit", entitlement.limit),
+                ("usage_period", entitlement.usage_period),
+                ("soft_limit", entitlement.soft_limit or None),
+                ("preserve_overage_at_reset", entitlement.preserve_overage_at_reset or None),
+            )
+            if value is not None
+        ]
+        problems += [
+            f'entitlement.{field} is only for metered entitlements, not "{kind}"'
+            for field in only_metered
+        ]
+    if entitlement.type is not EntitlementType.STATIC and entitlement.config is not None:
+        problems.append(f'entitlement.config is only for static entitlements, not "{kind}"')
+    if entitlement.type is EntitlementType.STATIC:
+        if entitlement.config is None:
+            problems.append("entitlement.config is required for a static entitlement")
+        else:
+            try:
+                config = json.loads(entitlement.config)
+            except ValueError:
+                problems.append("entitlement.config must be a JSON object")
+            else:
+                if not isinstance(config, dict):
+                    problems.append("entitlement.config must be a JSON object")
+    if metered:
+        if entitlement.limit is None:
+            problems.append("entitlement.limit is required for a metered entitlement")
+        elif entitlement.limit < 0:
+            problems.append(f"entitlement.limit must not be negative, got {entitlement.limit}")
+        if entitlement.usage_period is None:
+            problems.append(
+                "entitlement.usage_period is required for a metered entitlement (like P1M)"
+            )
+        else:
+            try:
+                parse_cadence(entitlement.usage_period)
+            except InvalidArgument:
+                problems.append(
+                    f"entitlement.usage_period {entitlement.usage_period!r} is not a positive "
+                    "ISO 8601 duration (like P1M, P1D, PT1H)"
+                )
+    return problems
+
+
 def rate_card_problems(card: RateCard, *, currency: str | None = None) -> list[str]:
     """What is wrong with a rate card; ``currency`` checks commitments' precision too."""
     problems: list[str] = []
@@ -96,8 +158,13 @@ def rate_card_problems(card: RateCard, *, currency: str | None = None) -> list[s
             )
     elif card.entitlement is None:
         problems.append("needs a price, an entitlement or both")
-    if card.entitlement is not None and not card.feature:
-        problems.append("an entitlement needs a feature")
+    if card.entitlement is not None:
+        if not card.feature:
+            problems.append(
+                f'a "{card.entitlement.type.value}" entitlement needs a feature; '
+                "a rate card without a feature can only have a flat price"
+            )
+        problems += entitlement_problems(card.entitlement)
     discounts, commitments = card.discounts, card.commitments
     if discounts is not None:
         if price is None:
@@ -159,4 +226,10 @@ def check_plan(plan: Plan) -> None:
         raise InvalidArgument("; ".join(problems))
 
 
-__all__ = ["check_plan", "price_problems", "rate_card_problems", "tier_problems"]
+__all__ = [
+    "check_plan",
+    "entitlement_problems",
+    "price_problems",
+    "rate_card_problems",
+    "tier_problems",
+]

@@ -7,21 +7,49 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
+import isodate
 
 from controlplane.cli.client import admin_client, default_cp
 from controlplane.cli.env import apply_env_defaults
-from controlplane.cli.render import invoice_json, invoice_table
-from controlplane.storage.db import Database, default_url
-from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
+from controlplane.invoicing.lifecycle import InvoicingSettings
+from controlplane.storage.db import Database, SchemaError, default_url
+from meterline.admin.v1 import gateway_pb2, usage_pb2
+
+
+def _duration(text: str, flag: str) -> timedelta:
+    try:
+        value = isodate.parse_duration(text)
+    except (isodate.ISO8601Error, ValueError):
+        raise SystemExit(f"error: {flag}: {text!r} is not an ISO 8601 duration (PT1H)") from None
+    if not isinstance(value, timedelta) or value < timedelta(0):
+        raise SystemExit(f"error: {flag}: use a non-negative duration without months (PT1H, P1D)")
+    return value
 
 
 def _cmd_controlplane(args: argparse.Namespace) -> int:
     from controlplane.server import serve
 
-    asyncio.run(serve(db_url=args.db, listen=args.listen))
+    try:
+        asyncio.run(
+            serve(
+                db_url=args.db,
+                listen=args.listen,
+                run_migrations=args.migrations == "auto",
+                invoicing=InvoicingSettings(
+                    grace=_duration(args.invoice_grace, "--invoice-grace"),
+                    auto_issue=args.auto_issue,
+                ),
+                invoice_job_seconds=args.invoice_job_interval or None,
+                webhook_listen=args.webhook_listen,
+            )
+        )
+    except SchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -51,15 +79,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         print(f"{verb} {len(response.changes)} entities; config version {response.config_version}")
     else:
         print(f"nothing to change; config version {response.config_version}")
-    return 0
-
-
-def _cmd_invoice_preview(args: argparse.Namespace) -> int:
-    with admin_client(args.cp) as client:
-        invoice = client.billing.PreviewInvoice(
-            billing_pb2.PreviewInvoiceRequest(customer=f"customers/{args.customer}")
-        )
-    print(invoice_json(invoice) if args.json else invoice_table(invoice))
     return 0
 
 
@@ -109,6 +128,34 @@ def build_parser() -> argparse.ArgumentParser:
     cp = commands.add_parser("controlplane", help="run the control plane (gRPC)")
     with_db(cp)
     cp.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
+    cp.add_argument(
+        "--migrations",
+        choices=["auto", "check"],
+        default="auto",
+        help="auto: upgrade the schema at start (replicas take turns); check: refuse to start "
+        "unless `meterline migrate` has run (default: %(default)s)",
+    )
+    cp.add_argument(
+        "--invoice-grace",
+        default="PT1H",
+        metavar="DURATION",
+        help="ISO 8601 duration after a billing period during which late usage still lands on"
+        " its own invoice, before it becomes a draft (default: %(default)s)",
+    )
+    cp.add_argument(
+        "--invoice-job-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often the invoicing job runs; 0 = never (default: %(default)s)",
+    )
+    cp.add_argument("--auto-issue", action="store_true", help="issue drafts automatically (job)")
+    cp.add_argument(
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="serve Stripe webhooks (POST /stripe/webhook) here; needs METERLINE_STRIPE_API_KEY"
+        " and METERLINE_STRIPE_WEBHOOK_SECRET",
+    )
     cp.set_defaults(func=_cmd_controlplane)
 
     dp = commands.add_parser("dataplane", help="run a data plane (the HTTP gateway)")
@@ -127,13 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_cp(apply)
     apply.set_defaults(func=_cmd_apply)
 
-    invoice = commands.add_parser("invoice", help="invoices")
-    invoice_commands = invoice.add_subparsers(dest="invoice_command", required=True)
-    preview = invoice_commands.add_parser("preview", help="preview a customer's current invoice")
-    preview.add_argument("customer", help="customer key")
-    preview.add_argument("--json", action="store_true", help="print JSON")
-    with_cp(preview)
-    preview.set_defaults(func=_cmd_invoice_preview)
+    from controlplane.cli import invoices
+
+    invoices.register(commands)
+
+    from controlplane.cli import subscriptions
+
+    subscriptions.register(commands)
 
     usage = commands.add_parser("usage", help="usage events")
     usage_commands = usage.add_subparsers(dest="usage_command", required=True)
@@ -146,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     from controlplane.cli import dataplanes
 
     dataplanes.register(commands)
+
+    from controlplane.cli import entitlements
+
+    entitlements.register(commands)
 
     from controlplane.cli import pki
 

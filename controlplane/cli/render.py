@@ -47,12 +47,40 @@ def _line_json(line: billing_pb2.InvoiceLine) -> dict[str, Any]:
         data["packages"] = line.packages
     if line.tiers:
         data["tiers"] = [_tier_json(t) for t in line.tiers]
+    if line.late_usage:
+        data["late_usage"] = True
+        data["period_start"] = line.period_start_time.ToJsonString()
+        data["period_end"] = line.period_end_time.ToJsonString()
+    if line.id:
+        data["id"] = line.id
     return data
+
+
+def invoice_state(invoice: billing_pb2.Invoice) -> str:
+    """``gathering``, ``draft``, ``issued``, ``paid``, ``payment_failed`` or ``void``."""
+    return billing_pb2.InvoiceState.Name(invoice.state).removeprefix("INVOICE_STATE_").lower()
+
+
+def sync_state(invoice: billing_pb2.Invoice) -> str:
+    return (
+        billing_pb2.InvoiceSyncState.Name(invoice.sync_state)
+        .removeprefix("INVOICE_SYNC_STATE_")
+        .lower()
+    )
 
 
 def invoice_json(invoice: billing_pb2.Invoice) -> str:
     """Machine-readable invoice: decimals stay decimal strings."""
-    return json.dumps(
+    return json.dumps(invoice_dict(invoice), indent=2)
+
+
+def invoice_dict(invoice: billing_pb2.Invoice) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if invoice.id:
+        data["id"] = invoice.id
+        data["number"] = invoice.number or None
+        data["state"] = invoice_state(invoice)
+    data.update(
         {
             "customer": invoice.customer.removeprefix("customers/"),
             "currency": invoice.currency,
@@ -60,9 +88,18 @@ def invoice_json(invoice: billing_pb2.Invoice) -> str:
             "period_end": invoice.period_end_time.ToJsonString(),
             "lines": [_line_json(line) for line in invoice.lines],
             "total": invoice.total,
-        },
-        indent=2,
+        }
     )
+    if invoice.id:
+        data["issue_time"] = (
+            invoice.issue_time.ToJsonString() if invoice.HasField("issue_time") else None
+        )
+        data["sync_state"] = sync_state(invoice)
+        if invoice.sync_error:
+            data["sync_error"] = invoice.sync_error
+        if invoice.stripe_invoice_id:
+            data["stripe_invoice_id"] = invoice.stripe_invoice_id
+    return data
 
 
 Row = tuple[str, str, str, str, str]
@@ -70,6 +107,8 @@ Row = tuple[str, str, str, str, str]
 
 def _rows(line: billing_pb2.InvoiceLine) -> list[Row]:
     name = line.feature or line.rate_card
+    if line.late_usage:
+        name = f"{name} (late, {line.period_start_time.ToJsonString()[:10]})"
     quantity = line.quantity
     if line.free_quantity:
         quantity = f"{line.quantity} ({line.free_quantity} free)"
@@ -101,13 +140,26 @@ def invoice_table(invoice: billing_pb2.Invoice) -> str:
     period = (
         f"{invoice.period_start_time.ToJsonString()} .. {invoice.period_end_time.ToJsonString()}"
     )
+    customer = invoice.customer.removeprefix("customers/")
+    title = f"Invoice preview for {customer}"
+    if invoice.id:
+        title = f"Invoice {invoice.number or invoice.id} [{invoice_state(invoice)}] for {customer}"
     lines = [
-        f"Invoice preview for {invoice.customer.removeprefix('customers/')}"
-        f" ({invoice.currency}), period {period}",
+        f"{title} ({invoice.currency}), period {period}",
         fmt(header),
         rule,
         *(fmt(r) for r in rows),
         rule,
         fmt(footer),
     ]
+    if invoice.id and invoice.sync_state not in (
+        billing_pb2.INVOICE_SYNC_STATE_UNSPECIFIED,
+        billing_pb2.INVOICE_SYNC_STATE_NONE,
+    ):
+        sync = f"Stripe sync: {sync_state(invoice)}"
+        if invoice.stripe_invoice_id:
+            sync += f" ({invoice.stripe_invoice_id})"
+        if invoice.sync_error:
+            sync += f": {invoice.sync_error}"
+        lines.append(sync)
     return "\n".join(lines)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.catalog.types import LLM_TOKENS
+from controlplane.entitlements.types import ConsumerAccess, EntitlementValue
 from controlplane.errors import InvalidArgument
 from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
 from meterline.dataplane.v1 import snapshot_pb2
@@ -39,8 +41,14 @@ def entity_id(kind: str, *parts: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, "\x1f".join((kind, *parts))))
 
 
-def build_snapshot(config: GatewayConfig) -> BuiltSnapshot:
-    """The data-plane snapshot of ``config``; InvalidArgument if a reference is dangling."""
+def build_snapshot(
+    config: GatewayConfig, entitlements: Sequence[ConsumerAccess] = ()
+) -> BuiltSnapshot:
+    """The data-plane snapshot of ``config`` and the consumers' entitlement state.
+
+    InvalidArgument if a reference is dangling. Entitlement state of subjects that are not
+    consumers of ``config`` is left out: no data plane can authenticate them.
+    """
     service_ids = {service.name: entity_id("service", service.name) for service in config.services}
     route_ids = {route.name: entity_id("route", route.name) for route in config.routes}
     consumer_ids = {
@@ -56,6 +64,11 @@ def build_snapshot(config: GatewayConfig) -> BuiltSnapshot:
         plugins=[
             _plugin(p, service_ids=service_ids, route_ids=route_ids, consumer_ids=consumer_ids)
             for p in sorted(config.plugins, key=lambda plugin: plugin.scope)
+        ],
+        consumer_entitlements=[
+            _consumer_entitlements(access, consumer_ids[access.subject])
+            for access in sorted(entitlements, key=lambda a: a.subject)
+            if access.subject in consumer_ids
         ],
     )
     digest = hashlib.sha256(snapshot.SerializeToString(deterministic=True)).hexdigest()
@@ -98,6 +111,37 @@ def _consumer(consumer: Consumer, ids: Mapping[str, str]) -> snapshot_pb2.Consum
         # Key order means nothing; sorting keeps the version a function of the key set.
         key_hashes=sorted(consumer.key_hashes),
     )
+
+
+def balance_id(value: EntitlementValue) -> str:
+    """One id per balance: every consumer of a customer spends the same one."""
+    return entity_id("balance", value.customer, value.subscription, value.feature)
+
+
+def _consumer_entitlements(
+    access: ConsumerAccess, consumer_id: str
+) -> snapshot_pb2.ConsumerEntitlements:
+    message = snapshot_pb2.ConsumerEntitlements(
+        consumer_id=consumer_id,
+        username=access.subject,
+        customer=access.customer,
+        has_access=access.has_access,
+    )
+    for value in sorted(access.metered, key=lambda v: v.feature):
+        # Only what the gateway meters itself can be enforced by it.
+        if value.balance is None or value.meter != LLM_TOKENS.key:
+            continue
+        item = message.metered.add(
+            balance_id=balance_id(value),
+            feature=value.feature,
+            filters=dict(value.filters),
+            has_access=value.has_access,
+            balance=value.balance.balance,
+            soft_limit=value.soft_limit,
+            limit=value.limit or 0,
+        )
+        item.period_end_time.FromDatetime(value.balance.period_end)
+    return message
 
 
 def _plugin(

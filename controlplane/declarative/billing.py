@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -290,9 +291,61 @@ def _entitlement(card: Entry) -> Entitlement | None:
     entitlement = card.sub("entitlement")
     if entitlement is None:
         return None
-    entitlement.check_keys(("type",))
+    before = len(entitlement.problems)
+    entitlement.check_keys(
+        ("type", "config", "limit", "usage_period", "soft_limit", "preserve_overage_at_reset")
+    )
     kind = entitlement.choice("type", tuple(EntitlementType))
-    return None if kind is None else Entitlement(type=EntitlementType(kind))
+    limit = _limit(entitlement)
+    usage_period = entitlement.string("usage_period", default="") or None
+    soft_limit = entitlement.boolean("soft_limit", default=False)
+    preserve = entitlement.boolean("preserve_overage_at_reset", default=False)
+    config = _static_config(entitlement)
+    if kind is None or soft_limit is None or preserve is None:
+        return None
+    if len(entitlement.problems) > before:
+        return None
+    # The rest (fields of the wrong type, a malformed usage_period) is checked by
+    # rate_card_problems, shared with the admin API.
+    return Entitlement(
+        type=EntitlementType(kind),
+        config=config,
+        limit=limit,
+        usage_period=usage_period,
+        soft_limit=soft_limit,
+        preserve_overage_at_reset=preserve,
+    )
+
+
+def _limit(entitlement: Entry) -> int | None:
+    """``limit``: a whole number of units, zero or more."""
+    value = entitlement.data.get("limit")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        entitlement.fail_field("limit", f"must be a whole number of units, got {describe(value)}")
+        return None
+    if value < 0:
+        entitlement.fail_field("limit", f"must not be negative, got {value}")
+        return None
+    return value
+
+
+def _static_config(entitlement: Entry) -> str | None:
+    """``config`` of a static entitlement: a mapping, kept as canonical JSON text."""
+    value = entitlement.data.get("config")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        entitlement.fail_field("config", f"must be a mapping, got {describe(value)}")
+        return None
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        entitlement.fail_field(
+            "config", "must hold only JSON values (strings, numbers, booleans, lists, mappings)"
+        )
+        return None
 
 
 def _customer(entry: Entry, seen: dict[str, str], subjects: dict[str, str]) -> Customer | None:

@@ -75,7 +75,7 @@ def preview_invoice(conn: Connection, *, customer_key: str, at: datetime) -> Inv
         plan = catalog.get_plan(conn, sub.plan_key, sub.plan_version)
         currencies.add(plan.currency)
         period_start, period_end = billing_period(
-            anchor=sub.start_time, cadence=plan.billing_cadence, at=at
+            anchor=sub.anchor, cadence=plan.billing_cadence, at=at
         )
         start = max(period_start, sub.start_time)
         end = period_end if sub.end_time is None else min(period_end, sub.end_time)

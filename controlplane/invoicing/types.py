@@ -12,7 +12,22 @@ from controlplane.rating.charge import LineType, TierCharge
 
 
 class InvoiceState(StrEnum):
+    """OpenMeter's lifecycle: gathering -> draft -> issued -> paid | payment_failed | void."""
+
+    # The open period; lines are computed live (a preview).
     GATHERING = "gathering"
+    # The period (plus the grace interval for late events) has ended; still computed live.
+    DRAFT = "draft"
+    # Numbered; lines and total frozen for ever.
+    ISSUED = "issued"
+    PAID = "paid"
+    PAYMENT_FAILED = "payment_failed"
+    VOID = "void"
+
+    @property
+    def open(self) -> bool:
+        """Gathering or draft: lines are still computed, nothing is frozen."""
+        return self in (InvoiceState.GATHERING, InvoiceState.DRAFT)
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,10 @@ class InvoiceLine:
     free_quantity: Decimal = Decimal(0)
     packages: Decimal | None = None
     tiers: tuple[TierCharge, ...] = ()
+    # Set on stored lines.
+    id: str = ""
+    # Usage of an already issued period that arrived after its invoice was issued.
+    late_usage: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,3 +70,12 @@ class Invoice:
     lines: tuple[InvoiceLine, ...]
     total: Decimal
     state: InvoiceState = InvoiceState.GATHERING
+    # Stored invoices only (a preview has none of these).
+    id: str = ""
+    number: str | None = None
+    issue_time: datetime | None = None
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    sync_state: str | None = None
+    sync_error: str | None = None
+    stripe_invoice_id: str | None = None

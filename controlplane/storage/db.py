@@ -10,7 +10,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -47,10 +49,54 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+# Any fixed 64-bit number: replicas starting at once take turns to run the migrations.
+MIGRATION_LOCK_ID = 0x6D65746572_6C696E
+
+
+class SchemaError(Exception):
+    """The database schema does not match this version of Meterline."""
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _refuse_newer(connection: Connection) -> None:
+    current = current_revision(connection)
+    known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaError(
+            f"the database schema is at revision {current}, which this Meterline does not know "
+            f"(its newest is {head_revision()}): the database was migrated by a newer version; "
+            "upgrade Meterline"
+        )
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema up to the newest revision."""
+    """Bring the schema up to the newest revision (serialised across replicas on PostgreSQL)."""
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+        _refuse_newer(connection)
         command.upgrade(alembic_config(connection), "head")
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse an unmigrated or newer schema with a message that says what to do."""
+    with engine.connect() as connection:
+        _refuse_newer(connection)
+        current, head = current_revision(connection), head_revision()
+    if current != head:
+        raise SchemaError(
+            f"the database schema is at revision {current or 'none (empty database)'}, "
+            f"this Meterline needs {head}: run `meterline migrate` first"
+        )
 
 
 class Database:
@@ -61,9 +107,16 @@ class Database:
 
     @classmethod
     def connect(cls, url: str, *, run_migrations: bool = True) -> Database:
+        """Connect; migrate the schema to the newest revision, or only check that it is there."""
         engine = make_engine(url)
-        if run_migrations:
-            migrate(engine)
+        try:
+            if run_migrations:
+                migrate(engine)
+            else:
+                check_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
         return cls(engine)
 
     @contextmanager

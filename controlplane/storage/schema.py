@@ -158,6 +158,9 @@ rate_cards = Table(
     # so no database reads an amount as a float.
     Column("price", Text, nullable=True),
     Column("entitlement_type", String(20), nullable=True),
+    # JSON text of the entitlement's other fields (limit, usage_period, config, ...); NULL for
+    # boolean entitlements and rate cards without one.
+    Column("entitlement", Text, nullable=True),
     Column("discounts", Text, nullable=True),
     Column("commitments", Text, nullable=True),
     ForeignKeyConstraint(
@@ -193,6 +196,8 @@ subscriptions = Table(
     Column("start_time", UTCDateTime(), nullable=False),
     Column("end_time", UTCDateTime(), nullable=True),
     Column("create_time", UTCDateTime(), nullable=False),
+    # Billing periods count from here; NULL means start_time. A plan change keeps the anchor.
+    Column("billing_anchor", UTCDateTime(), nullable=True),
     ForeignKeyConstraint(["plan_key", "plan_version"], ["plans.key", "plans.version"]),
     Index("ix_subscriptions_customer", "customer"),
 )
@@ -227,4 +232,89 @@ dataplanes = Table(
     Column("sync_status", String(20), nullable=False),
     Column("error", Text, nullable=False),
     Column("last_seen_time", UTCDateTime(), nullable=False),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    # Token credits on top of a customer's metered entitlement of a feature (top-ups, promotions).
+    Column("id", String(36), primary_key=True),
+    Column("customer", String(200), ForeignKey("customers.key"), nullable=False),
+    Column("feature", String(200), ForeignKey("features.key"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("effective_time", UTCDateTime(), nullable=False),
+    Column("expiration_time", UTCDateTime(), nullable=True),
+    # ISO 8601 duration: the balance is reset to ``amount`` every interval from effective_time.
+    Column("recurrence_interval", String(50), nullable=True),
+    Column("void_time", UTCDateTime(), nullable=True),
+    Column("create_time", UTCDateTime(), nullable=False),
+    Index("ix_grants_customer_feature", "customer", "feature"),
+)
+
+invoices = Table(
+    "invoices",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("customer", String(200), ForeignKey("customers.key"), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("period_start", UTCDateTime(), nullable=False),
+    Column("period_end", UTCDateTime(), nullable=False),
+    # gathering | draft | issued | paid | payment_failed | void
+    Column("state", String(20), nullable=False),
+    # Set when issued: ML-<currency>-<year>-<6 digits>.
+    Column("number", String(40), nullable=True, unique=True),
+    # Decimal string, frozen when issued; NULL before (lines are computed live).
+    Column("total", Text, nullable=True),
+    Column("issue_time", UTCDateTime(), nullable=True),
+    # Stripe sync: the stripe_sync SyncRecord as JSON; NULL when sync is off or not started.
+    Column("sync_state", String(20), nullable=True),
+    Column("sync_record", Text, nullable=True),
+    *_times(),
+    # One invoice per customer, currency and billing period, however many replicas run the job.
+    UniqueConstraint(
+        "customer", "currency", "period_start", "period_end", name="uq_invoices_period"
+    ),
+    Index("ix_invoices_state", "state"),
+)
+
+invoice_lines = Table(
+    "invoice_lines",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("invoice_id", String(36), ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    # The whole line as JSON with decimal strings (frozen at issue).
+    Column("line", Text, nullable=False),
+    Index("ix_invoice_lines_invoice_id", "invoice_id"),
+)
+
+invoice_usage_events = Table(
+    "invoice_usage_events",
+    metadata,
+    # Which usage events each issued invoice priced for each subscription: the primary key makes
+    # "an event is billed at most once per subscription" a database constraint.
+    Column("subscription_id", String(36), primary_key=True),
+    Column("event_id", String(200), primary_key=True),
+    Column("invoice_id", String(36), ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False),
+    Index("ix_invoice_usage_events_invoice_id", "invoice_id"),
+)
+
+invoice_numbers = Table(
+    "invoice_numbers",
+    metadata,
+    # The last number given per currency and year; the row is locked while numbering.
+    Column("currency", String(3), primary_key=True),
+    Column("year", Integer, primary_key=True),
+    Column("last", Integer, nullable=False),
+)
+
+stripe_customers = Table(
+    "stripe_customers",
+    metadata,
+    Column(
+        "customer", String(200), ForeignKey("customers.key", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("stripe_customer_id", String(100), nullable=False),
+    *_times(),
 )

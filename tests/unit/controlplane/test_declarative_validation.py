@@ -322,9 +322,9 @@ CASES = [
     pytest.param({"billing.plans[0].rate_cards[0].price.type": "stepped"},
                  f'{CARD}: price.type must be one of "flat", "unit", "tiered", "package", '
                  'got "stepped"', id="price-type"),
-    pytest.param({"billing.plans[0].rate_cards[0].entitlement.type": "metered"},
-                 f'{CARD}: entitlement.type must be one of "boolean", got "metered"',
-                 id="entitlement-type"),
+    pytest.param({"billing.plans[0].rate_cards[0].entitlement.type": "quota"},
+                 f'{CARD}: entitlement.type must be one of "boolean", "static", "metered", '
+                 'got "quota"', id="entitlement-type"),
     pytest.param({"billing.plans[0].rate_cards[0].price": DELETE,
                   "billing.plans[0].rate_cards[0].entitlement": DELETE},
                  f"{CARD}: needs a price, an entitlement or both", id="rate-card-empty"),

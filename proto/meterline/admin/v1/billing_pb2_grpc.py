@@ -40,6 +40,41 @@ class BillingServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.PreviewInvoiceRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
                 _registered_method=True)
+        self.ListInvoices = channel.unary_unary(
+                '/meterline.admin.v1.BillingService/ListInvoices',
+                request_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.ListInvoicesRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.ListInvoicesResponse.FromString,
+                _registered_method=True)
+        self.GetInvoice = channel.unary_unary(
+                '/meterline.admin.v1.BillingService/GetInvoice',
+                request_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.GetInvoiceRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+                _registered_method=True)
+        self.IssueInvoice = channel.unary_unary(
+                '/meterline.admin.v1.BillingService/IssueInvoice',
+                request_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.IssueInvoiceRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+                _registered_method=True)
+        self.VoidInvoice = channel.unary_unary(
+                '/meterline.admin.v1.BillingService/VoidInvoice',
+                request_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.VoidInvoiceRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+                _registered_method=True)
+        self.MarkInvoicePaid = channel.unary_unary(
+                '/meterline.admin.v1.BillingService/MarkInvoicePaid',
+                request_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.MarkInvoicePaidRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+                _registered_method=True)
+        self.CloseInvoices = channel.unary_unary(
+                '/meterline.admin.v1.BillingService/CloseInvoices',
+                request_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.CloseInvoicesRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.CloseInvoicesResponse.FromString,
+                _registered_method=True)
+        self.RetryInvoiceSync = channel.unary_unary(
+                '/meterline.admin.v1.BillingService/RetryInvoiceSync',
+                request_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.RetryInvoiceSyncRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -54,12 +89,98 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInvoices(self, request, context):
+        """Stored invoices, oldest period first. Open ones (gathering, draft) show their lines as
+        computed from usage now; issued ones their frozen lines.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInvoice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueInvoice(self, request, context):
+        """Draft -> issued: numbers the invoice and freezes its lines and total. A gathering invoice
+        whose period has not ended is FAILED_PRECONDITION unless `force`; an issued one always is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidInvoice(self, request, context):
+        """Issued or payment_failed -> void. A paid invoice cannot be voided (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkInvoicePaid(self, request, context):
+        """Issued or payment_failed -> paid, for payments collected outside Stripe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseInvoices(self, request, context):
+        """Runs the invoicing job once (it also runs periodically): creates the invoices of started
+        periods, moves ended ones (after the grace interval) to draft, issues them if configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryInvoiceSync(self, request, context):
+        """Runs the Stripe sync of an issued invoice again (after a sync_failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PreviewInvoice': grpc.unary_unary_rpc_method_handler(
                     servicer.PreviewInvoice,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.PreviewInvoiceRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.SerializeToString,
+            ),
+            'ListInvoices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvoices,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.ListInvoicesRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.ListInvoicesResponse.SerializeToString,
+            ),
+            'GetInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInvoice,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.GetInvoiceRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.SerializeToString,
+            ),
+            'IssueInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueInvoice,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.IssueInvoiceRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.SerializeToString,
+            ),
+            'VoidInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidInvoice,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.VoidInvoiceRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.SerializeToString,
+            ),
+            'MarkInvoicePaid': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkInvoicePaid,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.MarkInvoicePaidRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.SerializeToString,
+            ),
+            'CloseInvoices': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseInvoices,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.CloseInvoicesRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.CloseInvoicesResponse.SerializeToString,
+            ),
+            'RetryInvoiceSync': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryInvoiceSync,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.RetryInvoiceSyncRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.SerializeToString,
             ),
     }
@@ -90,6 +211,195 @@ class BillingService:
             target,
             '/meterline.admin.v1.BillingService/PreviewInvoice',
             meterline_dot_admin_dot_v1_dot_billing__pb2.PreviewInvoiceRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvoices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.BillingService/ListInvoices',
+            meterline_dot_admin_dot_v1_dot_billing__pb2.ListInvoicesRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_billing__pb2.ListInvoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.BillingService/GetInvoice',
+            meterline_dot_admin_dot_v1_dot_billing__pb2.GetInvoiceRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.BillingService/IssueInvoice',
+            meterline_dot_admin_dot_v1_dot_billing__pb2.IssueInvoiceRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.BillingService/VoidInvoice',
+            meterline_dot_admin_dot_v1_dot_billing__pb2.VoidInvoiceRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkInvoicePaid(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.BillingService/MarkInvoicePaid',
+            meterline_dot_admin_dot_v1_dot_billing__pb2.MarkInvoicePaidRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseInvoices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.BillingService/CloseInvoices',
+            meterline_dot_admin_dot_v1_dot_billing__pb2.CloseInvoicesRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_billing__pb2.CloseInvoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryInvoiceSync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.BillingService/RetryInvoiceSync',
+            meterline_dot_admin_dot_v1_dot_billing__pb2.RetryInvoiceSyncRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
             options,
             channel_credentials,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/catalog.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n\x05Meter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x39\n\x0b\x61ggregation\x18\x04 \x01(\x0e\x32$.meterline.admin.v1.MeterAggregation\x12\x16\n\x0evalue_property\x18\x05 \x01(\t\x12\x10\n\x08group_by\x18\x06 \x03(\t\"\xe5\x01\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\r\n\x05meter\x18\x04 \x01(\t\x12\x39\n\x07\x66ilters\x18\x05 \x03(\x0b\x32(.meterline.admin.v1.Feature.FiltersEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb6\x02\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x17\n\x0f\x62illing_cadence\x18\x06 \x01(\t\x12\x30\n\nrate_cards\x18\x07 \x03(\x0b\x32\x1c.meterline.admin.v1.RateCard\x12,\n\x05state\x18\x08 \x01(\x0e\x32\x1d.meterline.admin.v1.PlanState\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpublish_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf0\x01\n\x08RateCard\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12(\n\x05price\x18\x03 \x01(\x0b\x32\x19.meterline.admin.v1.Price\x12\x34\n\x0b\x65ntitlement\x18\x04 \x01(\x0b\x32\x1f.meterline.admin.v1.Entitlement\x12\x30\n\tdiscounts\x18\x05 \x01(\x0b\x32\x1d.meterline.admin.v1.Discounts\x12\x34\n\x0b\x63ommitments\x18\x06 \x01(\x0b\x32\x1f.meterline.admin.v1.Commitments\"Q\n\tPriceTier\x12\x12\n\x05up_to\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nunit_price\x18\x02 \x01(\t\x12\x12\n\nflat_price\x18\x03 \x01(\tB\x08\n\x06_up_to\"\xf8\x01\n\x05Price\x12+\n\x04type\x18\x01 \x01(\x0e\x32\x1d.meterline.admin.v1.PriceType\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x35\n\x0cpayment_term\x18\x03 \x01(\x0e\x32\x1f.meterline.admin.v1.PaymentTerm\x12/\n\ttier_mode\x18\x04 \x01(\x0e\x32\x1c.meterline.admin.v1.TierMode\x12,\n\x05tiers\x18\x05 \x03(\x0b\x32\x1d.meterline.admin.v1.PriceTier\x12\x1c\n\x14quantity_per_package\x18\x06 \x01(\t\".\n\tDiscounts\x12\x12\n\npercentage\x18\x01 \x01(\t\x12\r\n\x05usage\x18\x02 \x01(\t\"=\n\x0b\x43ommitments\x12\x16\n\x0eminimum_amount\x18\x01 \x01(\t\x12\x16\n\x0emaximum_amount\x18\x02 \x01(\t\"@\n\x0b\x45ntitlement\x12\x31\n\x04type\x18\x01 \x01(\x0e\x32#.meterline.admin.v1.EntitlementType\":\n\x11ListMetersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x12ListMetersResponse\x12)\n\x06meters\x18\x01 \x03(\x0b\x32\x19.meterline.admin.v1.Meter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x14\x43reateFeatureRequest\x12,\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x1b.meterline.admin.v1.Feature\"!\n\x11GetFeatureRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListFeaturesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x14ListFeaturesResponse\x12-\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1b.meterline.admin.v1.Feature\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x11\x43reatePlanRequest\x12&\n\x04plan\x18\x01 \x01(\x0b\x32\x18.meterline.admin.v1.Plan\"\x1e\n\x0eGetPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x10ListPlansRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x11ListPlansResponse\x12\'\n\x05plans\x18\x01 \x03(\x0b\x32\x18.meterline.admin.v1.Plan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12PublishPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xac\x01\n\x10MeterAggregation\x12!\n\x1dMETER_AGGREGATION_UNSPECIFIED\x10\x00\x12\x19\n\x15METER_AGGREGATION_SUM\x10\x01\x12\x1b\n\x17METER_AGGREGATION_COUNT\x10\x02\x12\x19\n\x15METER_AGGREGATION_MAX\x10\x03\x12\"\n\x1eMETER_AGGREGATION_UNIQUE_COUNT\x10\x04*m\n\tPlanState\x12\x1a\n\x16PLAN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10PLAN_STATE_DRAFT\x10\x01\x12\x15\n\x11PLAN_STATE_ACTIVE\x10\x02\x12\x17\n\x13PLAN_STATE_ARCHIVED\x10\x03*\x80\x01\n\tPriceType\x12\x1a\n\x16PRICE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRICE_TYPE_UNIT\x10\x01\x12\x13\n\x0fPRICE_TYPE_FLAT\x10\x02\x12\x15\n\x11PRICE_TYPE_TIERED\x10\x03\x12\x16\n\x12PRICE_TYPE_PACKAGE\x10\x04*e\n\x0bPaymentTerm\x12\x1c\n\x18PAYMENT_TERM_UNSPECIFIED\x10\x00\x12\x1b\n\x17PAYMENT_TERM_IN_ADVANCE\x10\x01\x12\x1b\n\x17PAYMENT_TERM_IN_ARREARS\x10\x02*T\n\x08TierMode\x12\x19\n\x15TIER_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13TIER_MODE_GRADUATED\x10\x01\x12\x14\n\x10TIER_MODE_VOLUME\x10\x02*Q\n\x0f\x45ntitlementType\x12 \n\x1c\x45NTITLEMENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NTITLEMENT_TYPE_BOOLEAN\x10\x01\x32\xbd\x05\n\x0e\x43\x61talogService\x12[\n\nListMeters\x12%.meterline.admin.v1.ListMetersRequest\x1a&.meterline.admin.v1.ListMetersResponse\x12V\n\rCreateFeature\x12(.meterline.admin.v1.CreateFeatureRequest\x1a\x1b.meterline.admin.v1.Feature\x12P\n\nGetFeature\x12%.meterline.admin.v1.GetFeatureRequest\x1a\x1b.meterline.admin.v1.Feature\x12\x61\n\x0cListFeatures\x12\'.meterline.admin.v1.ListFeaturesRequest\x1a(.meterline.admin.v1.ListFeaturesResponse\x12M\n\nCreatePlan\x12%.meterline.admin.v1.CreatePlanRequest\x1a\x18.meterline.admin.v1.Plan\x12G\n\x07GetPlan\x12\".meterline.admin.v1.GetPlanRequest\x1a\x18.meterline.admin.v1.Plan\x12X\n\tListPlans\x12$.meterline.admin.v1.ListPlansRequest\x1a%.meterline.admin.v1.ListPlansResponse\x12O\n\x0bPublishPlan\x12&.meterline.admin.v1.PublishPlanRequest\x1a\x18.meterline.admin.v1.Planb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/catalog.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n\x05Meter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x39\n\x0b\x61ggregation\x18\x04 \x01(\x0e\x32$.meterline.admin.v1.MeterAggregation\x12\x16\n\x0evalue_property\x18\x05 \x01(\t\x12\x10\n\x08group_by\x18\x06 \x03(\t\"\xe5\x01\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\r\n\x05meter\x18\x04 \x01(\t\x12\x39\n\x07\x66ilters\x18\x05 \x03(\x0b\x32(.meterline.admin.v1.Feature.FiltersEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb6\x02\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x17\n\x0f\x62illing_cadence\x18\x06 \x01(\t\x12\x30\n\nrate_cards\x18\x07 \x03(\x0b\x32\x1c.meterline.admin.v1.RateCard\x12,\n\x05state\x18\x08 \x01(\x0e\x32\x1d.meterline.admin.v1.PlanState\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpublish_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf0\x01\n\x08RateCard\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12(\n\x05price\x18\x03 \x01(\x0b\x32\x19.meterline.admin.v1.Price\x12\x34\n\x0b\x65ntitlement\x18\x04 \x01(\x0b\x32\x1f.meterline.admin.v1.Entitlement\x12\x30\n\tdiscounts\x18\x05 \x01(\x0b\x32\x1d.meterline.admin.v1.Discounts\x12\x34\n\x0b\x63ommitments\x18\x06 \x01(\x0b\x32\x1f.meterline.admin.v1.Commitments\"Q\n\tPriceTier\x12\x12\n\x05up_to\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nunit_price\x18\x02 \x01(\t\x12\x12\n\nflat_price\x18\x03 \x01(\tB\x08\n\x06_up_to\"\xf8\x01\n\x05Price\x12+\n\x04type\x18\x01 \x01(\x0e\x32\x1d.meterline.admin.v1.PriceType\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x35\n\x0cpayment_term\x18\x03 \x01(\x0e\x32\x1f.meterline.admin.v1.PaymentTerm\x12/\n\ttier_mode\x18\x04 \x01(\x0e\x32\x1c.meterline.admin.v1.TierMode\x12,\n\x05tiers\x18\x05 \x03(\x0b\x32\x1d.meterline.admin.v1.PriceTier\x12\x1c\n\x14quantity_per_package\x18\x06 \x01(\t\".\n\tDiscounts\x12\x12\n\npercentage\x18\x01 \x01(\t\x12\r\n\x05usage\x18\x02 \x01(\t\"=\n\x0b\x43ommitments\x12\x16\n\x0eminimum_amount\x18\x01 \x01(\t\x12\x16\n\x0emaximum_amount\x18\x02 \x01(\t\"\xbb\x01\n\x0b\x45ntitlement\x12\x31\n\x04type\x18\x01 \x01(\x0e\x32#.meterline.admin.v1.EntitlementType\x12\x0e\n\x06\x63onfig\x18\x02 \x01(\t\x12\x12\n\x05limit\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x0cusage_period\x18\x04 \x01(\t\x12\x12\n\nsoft_limit\x18\x05 \x01(\x08\x12!\n\x19preserve_overage_at_reset\x18\x06 \x01(\x08\x42\x08\n\x06_limit\":\n\x11ListMetersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x12ListMetersResponse\x12)\n\x06meters\x18\x01 \x03(\x0b\x32\x19.meterline.admin.v1.Meter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x14\x43reateFeatureRequest\x12,\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x1b.meterline.admin.v1.Feature\"!\n\x11GetFeatureRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListFeaturesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x14ListFeaturesResponse\x12-\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1b.meterline.admin.v1.Feature\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x11\x43reatePlanRequest\x12&\n\x04plan\x18\x01 \x01(\x0b\x32\x18.meterline.admin.v1.Plan\"\x1e\n\x0eGetPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x10ListPlansRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x11ListPlansResponse\x12\'\n\x05plans\x18\x01 \x03(\x0b\x32\x18.meterline.admin.v1.Plan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12PublishPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xac\x01\n\x10MeterAggregation\x12!\n\x1dMETER_AGGREGATION_UNSPECIFIED\x10\x00\x12\x19\n\x15METER_AGGREGATION_SUM\x10\x01\x12\x1b\n\x17METER_AGGREGATION_COUNT\x10\x02\x12\x19\n\x15METER_AGGREGATION_MAX\x10\x03\x12\"\n\x1eMETER_AGGREGATION_UNIQUE_COUNT\x10\x04*m\n\tPlanState\x12\x1a\n\x16PLAN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10PLAN_STATE_DRAFT\x10\x01\x12\x15\n\x11PLAN_STATE_ACTIVE\x10\x02\x12\x17\n\x13PLAN_STATE_ARCHIVED\x10\x03*\x80\x01\n\tPriceType\x12\x1a\n\x16PRICE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRICE_TYPE_UNIT\x10\x01\x12\x13\n\x0fPRICE_TYPE_FLAT\x10\x02\x12\x15\n\x11PRICE_TYPE_TIERED\x10\x03\x12\x16\n\x12PRICE_TYPE_PACKAGE\x10\x04*e\n\x0bPaymentTerm\x12\x1c\n\x18PAYMENT_TERM_UNSPECIFIED\x10\x00\x12\x1b\n\x17PAYMENT_TERM_IN_ADVANCE\x10\x01\x12\x1b\n\x17PAYMENT_TERM_IN_ARREARS\x10\x02*T\n\x08TierMode\x12\x19\n\x15TIER_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13TIER_MODE_GRADUATED\x10\x01\x12\x14\n\x10TIER_MODE_VOLUME\x10\x02*\x8c\x01\n\x0f\x45ntitlementType\x12 \n\x1c\x45NTITLEMENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NTITLEMENT_TYPE_BOOLEAN\x10\x01\x12\x1b\n\x17\x45NTITLEMENT_TYPE_STATIC\x10\x02\x12\x1c\n\x18\x45NTITLEMENT_TYPE_METERED\x10\x03\x32\xbd\x05\n\x0e\x43\x61talogService\x12[\n\nListMeters\x12%.meterline.admin.v1.ListMetersRequest\x1a&.meterline.admin.v1.ListMetersResponse\x12V\n\rCreateFeature\x12(.meterline.admin.v1.CreateFeatureRequest\x1a\x1b.meterline.admin.v1.Feature\x12P\n\nGetFeature\x12%.meterline.admin.v1.GetFeatureRequest\x1a\x1b.meterline.admin.v1.Feature\x12\x61\n\x0cListFeatures\x12\'.meterline.admin.v1.ListFeaturesRequest\x1a(.meterline.admin.v1.ListFeaturesResponse\x12M\n\nCreatePlan\x12%.meterline.admin.v1.CreatePlanRequest\x1a\x18.meterline.admin.v1.Plan\x12G\n\x07GetPlan\x12\".meterline.admin.v1.GetPlanRequest\x1a\x18.meterline.admin.v1.Plan\x12X\n\tListPlans\x12$.meterline.admin.v1.ListPlansRequest\x1a%.meterline.admin.v1.ListPlansResponse\x12O\n\x0bPublishPlan\x12&.meterline.admin.v1.PublishPlanRequest\x1a\x18.meterline.admin.v1.Planb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FEATURE_FILTERSENTRY']._loaded_options = None
   _globals['_FEATURE_FILTERSENTRY']._serialized_options = b'8\001'
-  _globals['_METERAGGREGATION']._serialized_start=2235
-  _globals['_METERAGGREGATION']._serialized_end=2407
-  _globals['_PLANSTATE']._serialized_start=2409
-  _globals['_PLANSTATE']._serialized_end=2518
-  _globals['_PRICETYPE']._serialized_start=2521
-  _globals['_PRICETYPE']._serialized_end=2649
-  _globals['_PAYMENTTERM']._serialized_start=2651
-  _globals['_PAYMENTTERM']._serialized_end=2752
-  _globals['_TIERMODE']._serialized_start=2754
-  _globals['_TIERMODE']._serialized_end=2838
-  _globals['_ENTITLEMENTTYPE']._serialized_start=2840
-  _globals['_ENTITLEMENTTYPE']._serialized_end=2921
+  _globals['_METERAGGREGATION']._serialized_start=2359
+  _globals['_METERAGGREGATION']._serialized_end=2531
+  _globals['_PLANSTATE']._serialized_start=2533
+  _globals['_PLANSTATE']._serialized_end=2642
+  _globals['_PRICETYPE']._serialized_start=2645
+  _globals['_PRICETYPE']._serialized_end=2773
+  _globals['_PAYMENTTERM']._serialized_start=2775
+  _globals['_PAYMENTTERM']._serialized_end=2876
+  _globals['_TIERMODE']._serialized_start=2878
+  _globals['_TIERMODE']._serialized_end=2962
+  _globals['_ENTITLEMENTTYPE']._serialized_start=2965
+  _globals['_ENTITLEMENTTYPE']._serialized_end=3105
   _globals['_METER']._serialized_start=90
   _globals['_METER']._serialized_end=245
   _globals['_FEATURE']._serialized_start=248
@@ -64,30 +64,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISCOUNTS']._serialized_end=1415
   _globals['_COMMITMENTS']._serialized_start=1417
   _globals['_COMMITMENTS']._serialized_end=1478
-  _globals['_ENTITLEMENT']._serialized_start=1480
-  _globals['_ENTITLEMENT']._serialized_end=1544
-  _globals['_LISTMETERSREQUEST']._serialized_start=1546
-  _globals['_LISTMETERSREQUEST']._serialized_end=1604
-  _globals['_LISTMETERSRESPONSE']._serialized_start=1606
-  _globals['_LISTMETERSRESPONSE']._serialized_end=1694
-  _globals['_CREATEFEATUREREQUEST']._serialized_start=1696
-  _globals['_CREATEFEATUREREQUEST']._serialized_end=1764
-  _globals['_GETFEATUREREQUEST']._serialized_start=1766
-  _globals['_GETFEATUREREQUEST']._serialized_end=1799
-  _globals['_LISTFEATURESREQUEST']._serialized_start=1801
-  _globals['_LISTFEATURESREQUEST']._serialized_end=1861
-  _globals['_LISTFEATURESRESPONSE']._serialized_start=1863
-  _globals['_LISTFEATURESRESPONSE']._serialized_end=1957
-  _globals['_CREATEPLANREQUEST']._serialized_start=1959
-  _globals['_CREATEPLANREQUEST']._serialized_end=2018
-  _globals['_GETPLANREQUEST']._serialized_start=2020
-  _globals['_GETPLANREQUEST']._serialized_end=2050
-  _globals['_LISTPLANSREQUEST']._serialized_start=2052
-  _globals['_LISTPLANSREQUEST']._serialized_end=2109
-  _globals['_LISTPLANSRESPONSE']._serialized_start=2111
-  _globals['_LISTPLANSRESPONSE']._serialized_end=2196
-  _globals['_PUBLISHPLANREQUEST']._serialized_start=2198
-  _globals['_PUBLISHPLANREQUEST']._serialized_end=2232
-  _globals['_CATALOGSERVICE']._serialized_start=2924
-  _globals['_CATALOGSERVICE']._serialized_end=3625
+  _globals['_ENTITLEMENT']._serialized_start=1481
+  _globals['_ENTITLEMENT']._serialized_end=1668
+  _globals['_LISTMETERSREQUEST']._serialized_start=1670
+  _globals['_LISTMETERSREQUEST']._serialized_end=1728
+  _globals['_LISTMETERSRESPONSE']._serialized_start=1730
+  _globals['_LISTMETERSRESPONSE']._serialized_end=1818
+  _globals['_CREATEFEATUREREQUEST']._serialized_start=1820
+  _globals['_CREATEFEATUREREQUEST']._serialized_end=1888
+  _globals['_GETFEATUREREQUEST']._serialized_start=1890
+  _globals['_GETFEATUREREQUEST']._serialized_end=1923
+  _globals['_LISTFEATURESREQUEST']._serialized_start=1925
+  _globals['_LISTFEATURESREQUEST']._serialized_end=1985
+  _globals['_LISTFEATURESRESPONSE']._serialized_start=1987
+  _globals['_LISTFEATURESRESPONSE']._serialized_end=2081
+  _globals['_CREATEPLANREQUEST']._serialized_start=2083
+  _globals['_CREATEPLANREQUEST']._serialized_end=2142
+  _globals['_GETPLANREQUEST']._serialized_start=2144
+  _globals['_GETPLANREQUEST']._serialized_end=2174
+  _globals['_LISTPLANSREQUEST']._serialized_start=2176
+  _globals['_LISTPLANSREQUEST']._serialized_end=2233
+  _globals['_LISTPLANSRESPONSE']._serialized_start=2235
+  _globals['_LISTPLANSRESPONSE']._serialized_end=2320
+  _globals['_PUBLISHPLANREQUEST']._serialized_start=2322
+  _globals['_PUBLISHPLANREQUEST']._serialized_end=2356
+  _globals['_CATALOGSERVICE']._serialized_start=3108
+  _globals['_CATALOGSERVICE']._serialized_end=3809
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,8 @@ class EntitlementType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENTITLEMENT_TYPE_UNSPECIFIED: _ClassVar[EntitlementType]
     ENTITLEMENT_TYPE_BOOLEAN: _ClassVar[EntitlementType]
+    ENTITLEMENT_TYPE_STATIC: _ClassVar[EntitlementType]
+    ENTITLEMENT_TYPE_METERED: _ClassVar[EntitlementType]
 METER_AGGREGATION_UNSPECIFIED: MeterAggregation
 METER_AGGREGATION_SUM: MeterAggregation
 METER_AGGREGATION_COUNT: MeterAggregation
@@ -71,6 +73,8 @@ TIER_MODE_GRADUATED: TierMode
 TIER_MODE_VOLUME: TierMode
 ENTITLEMENT_TYPE_UNSPECIFIED: EntitlementType
 ENTITLEMENT_TYPE_BOOLEAN: EntitlementType
+ENTITLEMENT_TYPE_STATIC: EntitlementType
+ENTITLEMENT_TYPE_METERED: EntitlementType
 
 class Meter(_message.Message):
     __slots__ = ("name", "key", "event_type", "aggregation", "value_property", "group_by")
@@ -194,10 +198,20 @@ class Commitments(_message.Message):
     def __init__(self, minimum_amount: _Optional[str] = ..., maximum_amount: _Optional[str] = ...) -> None: ...
 
 class Entitlement(_message.Message):
-    __slots__ = ("type",)
+    __slots__ = ("type", "config", "limit", "usage_period", "soft_limit", "preserve_overage_at_reset")
     TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    SOFT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PRESERVE_OVERAGE_AT_RESET_FIELD_NUMBER: _ClassVar[int]
     type: EntitlementType
-    def __init__(self, type: _Optional[_Union[EntitlementType, str]] = ...) -> None: ...
+    config: str
+    limit: int
+    usage_period: str
+    soft_limit: bool
+    preserve_overage_at_reset: bool
+    def __init__(self, type: _Optional[_Union[EntitlementType, str]] = ..., config: _Optional[str] = ..., limit: _Optional[int] = ..., usage_period: _Optional[str] = ..., soft_limit: _Optional[bool] = ..., preserve_overage_at_reset: _Optional[bool] = ...) -> None: ...
 
 class ListMetersRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

@@ -15,28 +15,39 @@ class SubscriptionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUBSCRIPTION_STATE_UNSPECIFIED: _ClassVar[SubscriptionState]
     SUBSCRIPTION_STATE_ACTIVE: _ClassVar[SubscriptionState]
     SUBSCRIPTION_STATE_CANCELED: _ClassVar[SubscriptionState]
+
+class CancelTiming(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CANCEL_TIMING_UNSPECIFIED: _ClassVar[CancelTiming]
+    CANCEL_TIMING_IMMEDIATELY: _ClassVar[CancelTiming]
+    CANCEL_TIMING_PERIOD_END: _ClassVar[CancelTiming]
 SUBSCRIPTION_STATE_UNSPECIFIED: SubscriptionState
 SUBSCRIPTION_STATE_ACTIVE: SubscriptionState
 SUBSCRIPTION_STATE_CANCELED: SubscriptionState
+CANCEL_TIMING_UNSPECIFIED: CancelTiming
+CANCEL_TIMING_IMMEDIATELY: CancelTiming
+CANCEL_TIMING_PERIOD_END: CancelTiming
 
 class Customer(_message.Message):
-    __slots__ = ("name", "key", "display_name", "subjects", "create_time", "update_time")
+    __slots__ = ("name", "key", "display_name", "subjects", "create_time", "update_time", "stripe_customer_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBJECTS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     key: str
     display_name: str
     subjects: _containers.RepeatedScalarFieldContainer[str]
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., display_name: _Optional[str] = ..., subjects: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    stripe_customer_id: str
+    def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., display_name: _Optional[str] = ..., subjects: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stripe_customer_id: _Optional[str] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("name", "id", "customer", "plan", "start_time", "end_time", "state", "create_time")
+    __slots__ = ("name", "id", "customer", "plan", "start_time", "end_time", "state", "create_time", "billing_anchor_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +56,7 @@ class Subscription(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    BILLING_ANCHOR_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     customer: str
@@ -53,7 +65,8 @@ class Subscription(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     state: SubscriptionState
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., customer: _Optional[str] = ..., plan: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SubscriptionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    billing_anchor_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., customer: _Optional[str] = ..., plan: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SubscriptionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateCustomerRequest(_message.Message):
     __slots__ = ("customer",)
@@ -114,9 +127,29 @@ class ListSubscriptionsResponse(_message.Message):
     def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelSubscriptionRequest(_message.Message):
-    __slots__ = ("name", "end_time")
+    __slots__ = ("name", "end_time", "timing")
     NAME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
     name: str
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    timing: CancelTiming
+    def __init__(self, name: _Optional[str] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timing: _Optional[_Union[CancelTiming, str]] = ...) -> None: ...
+
+class ChangeSubscriptionPlanRequest(_message.Message):
+    __slots__ = ("name", "plan", "change_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    plan: str
+    change_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., plan: _Optional[str] = ..., change_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LinkStripeCustomerRequest(_message.Message):
+    __slots__ = ("name", "stripe_customer_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    stripe_customer_id: str
+    def __init__(self, name: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ...) -> None: ...

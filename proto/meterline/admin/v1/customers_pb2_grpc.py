@@ -70,6 +70,16 @@ class CustomerServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.CancelSubscriptionRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.FromString,
                 _registered_method=True)
+        self.ChangeSubscriptionPlan = channel.unary_unary(
+                '/meterline.admin.v1.CustomerService/ChangeSubscriptionPlan',
+                request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ChangeSubscriptionPlanRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.LinkStripeCustomer = channel.unary_unary(
+                '/meterline.admin.v1.CustomerService/LinkStripeCustomer',
+                request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.LinkStripeCustomerRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Customer.FromString,
+                _registered_method=True)
 
 
 class CustomerServiceServicer:
@@ -113,7 +123,25 @@ class CustomerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelSubscription(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Ends a subscription now, at a given time, or at the end of its current billing period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeSubscriptionPlan(self, request, context):
+        """Moves a running subscription to another plan (or plan version) at a moment: the old
+        subscription ends there and a new one starts there with the same billing anchor, so both
+        land on the same invoice; flat fees of each part are prorated by time. Returns the new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LinkStripeCustomer(self, request, context):
+        """Bills the customer through an existing Stripe customer (instead of one the sync creates).
+        Invoices already synced keep their Stripe customer.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -155,6 +183,16 @@ def add_CustomerServiceServicer_to_server(servicer, server):
                     servicer.CancelSubscription,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.CancelSubscriptionRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.SerializeToString,
+            ),
+            'ChangeSubscriptionPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeSubscriptionPlan,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ChangeSubscriptionPlanRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.SerializeToString,
+            ),
+            'LinkStripeCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkStripeCustomer,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.LinkStripeCustomerRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Customer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,6 +385,60 @@ class CustomerService:
             '/meterline.admin.v1.CustomerService/CancelSubscription',
             meterline_dot_admin_dot_v1_dot_customers__pb2.CancelSubscriptionRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeSubscriptionPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CustomerService/ChangeSubscriptionPlan',
+            meterline_dot_admin_dot_v1_dot_customers__pb2.ChangeSubscriptionPlanRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkStripeCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CustomerService/LinkStripeCustomer',
+            meterline_dot_admin_dot_v1_dot_customers__pb2.LinkStripeCustomerRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_customers__pb2.Customer.FromString,
             options,
             channel_credentials,
             insecure,

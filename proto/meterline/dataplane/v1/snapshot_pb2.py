@@ -22,33 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%meterline/dataplane/v1/snapshot.proto\x12\x16meterline.dataplane.v1\"\xd2\x01\n\x08Snapshot\x12\x31\n\x08services\x18\x01 \x03(\x0b\x32\x1f.meterline.dataplane.v1.Service\x12-\n\x06routes\x18\x02 \x03(\x0b\x32\x1d.meterline.dataplane.v1.Route\x12\x33\n\tconsumers\x18\x03 \x03(\x0b\x32 .meterline.dataplane.v1.Consumer\x12/\n\x07plugins\x18\x04 \x03(\x0b\x32\x1e.meterline.dataplane.v1.Plugin\"0\n\x07Service\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"i\n\x05Route\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0f\n\x07methods\x18\x05 \x03(\t\x12\x12\n\nstrip_path\x18\x06 \x01(\x08\"O\n\x08\x43onsumer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x11\n\tcustom_id\x18\x03 \x01(\t\x12\x12\n\nkey_hashes\x18\x04 \x03(\t\"\xee\x01\n\x06Plugin\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x10\n\x08route_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63onsumer_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\x12\x39\n\x08key_auth\x18\n \x01(\x0b\x32%.meterline.dataplane.v1.KeyAuthConfigH\x00\x12\x39\n\x08\x61i_proxy\x18\x0b \x01(\x0b\x32%.meterline.dataplane.v1.AiProxyConfigH\x00\x42\x08\n\x06\x63onfig\"i\n\rKeyAuthConfig\x12\x11\n\tkey_names\x18\x01 \x03(\t\x12\x18\n\x10hide_credentials\x18\x02 \x01(\x08\x12\x14\n\x0ckey_in_query\x18\x03 \x01(\x08\x12\x15\n\rkey_in_bearer\x18\x04 \x01(\x08\"\x9f\x01\n\rAiProxyConfig\x12\x12\n\nroute_type\x18\x01 \x01(\t\x12\x31\n\x04\x61uth\x18\x02 \x01(\x0b\x32#.meterline.dataplane.v1.AiProxyAuth\x12\x33\n\x05model\x18\x03 \x01(\x0b\x32$.meterline.dataplane.v1.AiProxyModel\x12\x12\n\nllm_format\x18\x04 \x01(\t\"y\n\x0b\x41iProxyAuth\x12\x13\n\x0bheader_name\x18\x01 \x01(\t\x12\x14\n\x0cheader_value\x18\x02 \x01(\t\x12\x12\n\nparam_name\x18\x03 \x01(\t\x12\x13\n\x0bparam_value\x18\x04 \x01(\t\x12\x16\n\x0eparam_location\x18\x05 \x01(\t\"l\n\x0c\x41iProxyModel\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12<\n\x07options\x18\x03 \x01(\x0b\x32+.meterline.dataplane.v1.AiProxyModelOptions\"\xd3\x01\n\x13\x41iProxyModelOptions\x12\x14\n\x0cupstream_url\x18\x01 \x01(\t\x12\x19\n\x11\x61nthropic_version\x18\x02 \x01(\t\x12\x12\n\nmax_tokens\x18\x03 \x01(\x03\x12\x12\n\ninput_cost\x18\x04 \x01(\t\x12\x13\n\x0boutput_cost\x18\x05 \x01(\t\x12\x16\n\x0e\x61zure_instance\x18\x06 \x01(\t\x12\x1b\n\x13\x61zure_deployment_id\x18\x07 \x01(\t\x12\x19\n\x11\x61zure_api_version\x18\x08 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%meterline/dataplane/v1/snapshot.proto\x12\x16meterline.dataplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x02\n\x08Snapshot\x12\x31\n\x08services\x18\x01 \x03(\x0b\x32\x1f.meterline.dataplane.v1.Service\x12-\n\x06routes\x18\x02 \x03(\x0b\x32\x1d.meterline.dataplane.v1.Route\x12\x33\n\tconsumers\x18\x03 \x03(\x0b\x32 .meterline.dataplane.v1.Consumer\x12/\n\x07plugins\x18\x04 \x03(\x0b\x32\x1e.meterline.dataplane.v1.Plugin\x12K\n\x15\x63onsumer_entitlements\x18\x05 \x03(\x0b\x32,.meterline.dataplane.v1.ConsumerEntitlements\"0\n\x07Service\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"i\n\x05Route\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0f\n\x07methods\x18\x05 \x03(\t\x12\x12\n\nstrip_path\x18\x06 \x01(\x08\"O\n\x08\x43onsumer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x11\n\tcustom_id\x18\x03 \x01(\t\x12\x12\n\nkey_hashes\x18\x04 \x03(\t\"\xee\x01\n\x06Plugin\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x10\n\x08route_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63onsumer_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\x12\x39\n\x08key_auth\x18\n \x01(\x0b\x32%.meterline.dataplane.v1.KeyAuthConfigH\x00\x12\x39\n\x08\x61i_proxy\x18\x0b \x01(\x0b\x32%.meterline.dataplane.v1.AiProxyConfigH\x00\x42\x08\n\x06\x63onfig\"i\n\rKeyAuthConfig\x12\x11\n\tkey_names\x18\x01 \x03(\t\x12\x18\n\x10hide_credentials\x18\x02 \x01(\x08\x12\x14\n\x0ckey_in_query\x18\x03 \x01(\x08\x12\x15\n\rkey_in_bearer\x18\x04 \x01(\x08\"\x9f\x01\n\rAiProxyConfig\x12\x12\n\nroute_type\x18\x01 \x01(\t\x12\x31\n\x04\x61uth\x18\x02 \x01(\x0b\x32#.meterline.dataplane.v1.AiProxyAuth\x12\x33\n\x05model\x18\x03 \x01(\x0b\x32$.meterline.dataplane.v1.AiProxyModel\x12\x12\n\nllm_format\x18\x04 \x01(\t\"y\n\x0b\x41iProxyAuth\x12\x13\n\x0bheader_name\x18\x01 \x01(\t\x12\x14\n\x0cheader_value\x18\x02 \x01(\t\x12\x12\n\nparam_name\x18\x03 \x01(\t\x12\x13\n\x0bparam_value\x18\x04 \x01(\t\x12\x16\n\x0eparam_location\x18\x05 \x01(\t\"l\n\x0c\x41iProxyModel\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12<\n\x07options\x18\x03 \x01(\x0b\x32+.meterline.dataplane.v1.AiProxyModelOptions\"\xd3\x01\n\x13\x41iProxyModelOptions\x12\x14\n\x0cupstream_url\x18\x01 \x01(\t\x12\x19\n\x11\x61nthropic_version\x18\x02 \x01(\t\x12\x12\n\nmax_tokens\x18\x03 \x01(\x03\x12\x12\n\ninput_cost\x18\x04 \x01(\t\x12\x13\n\x0boutput_cost\x18\x05 \x01(\t\x12\x16\n\x0e\x61zure_instance\x18\x06 \x01(\t\x12\x1b\n\x13\x61zure_deployment_id\x18\x07 \x01(\t\x12\x19\n\x11\x61zure_api_version\x18\x08 \x01(\t\"\xa0\x01\n\x14\x43onsumerEntitlements\x12\x13\n\x0b\x63onsumer_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x12\n\nhas_access\x18\x04 \x01(\x08\x12;\n\x07metered\x18\x05 \x03(\x0b\x32*.meterline.dataplane.v1.MeteredEntitlement\"\xb0\x02\n\x12MeteredEntitlement\x12\x12\n\nbalance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12H\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x37.meterline.dataplane.v1.MeteredEntitlement.FiltersEntry\x12\x12\n\nhas_access\x18\x04 \x01(\x08\x12\x0f\n\x07\x62\x61lance\x18\x05 \x01(\x03\x12\x12\n\nsoft_limit\x18\x06 \x01(\x08\x12\x33\n\x0fperiod_end_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x08 \x01(\x03\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.dataplane.v1.snapshot_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SNAPSHOT']._serialized_start=66
-  _globals['_SNAPSHOT']._serialized_end=276
-  _globals['_SERVICE']._serialized_start=278
-  _globals['_SERVICE']._serialized_end=326
-  _globals['_ROUTE']._serialized_start=328
-  _globals['_ROUTE']._serialized_end=433
-  _globals['_CONSUMER']._serialized_start=435
-  _globals['_CONSUMER']._serialized_end=514
-  _globals['_PLUGIN']._serialized_start=517
-  _globals['_PLUGIN']._serialized_end=755
-  _globals['_KEYAUTHCONFIG']._serialized_start=757
-  _globals['_KEYAUTHCONFIG']._serialized_end=862
-  _globals['_AIPROXYCONFIG']._serialized_start=865
-  _globals['_AIPROXYCONFIG']._serialized_end=1024
-  _globals['_AIPROXYAUTH']._serialized_start=1026
-  _globals['_AIPROXYAUTH']._serialized_end=1147
-  _globals['_AIPROXYMODEL']._serialized_start=1149
-  _globals['_AIPROXYMODEL']._serialized_end=1257
-  _globals['_AIPROXYMODELOPTIONS']._serialized_start=1260
-  _globals['_AIPROXYMODELOPTIONS']._serialized_end=1471
+  _globals['_METEREDENTITLEMENT_FILTERSENTRY']._loaded_options = None
+  _globals['_METEREDENTITLEMENT_FILTERSENTRY']._serialized_options = b'8\001'
+  _globals['_SNAPSHOT']._serialized_start=99
+  _globals['_SNAPSHOT']._serialized_end=386
+  _globals['_SERVICE']._serialized_start=388
+  _globals['_SERVICE']._serialized_end=436
+  _globals['_ROUTE']._serialized_start=438
+  _globals['_ROUTE']._serialized_end=543
+  _globals['_CONSUMER']._serialized_start=545
+  _globals['_CONSUMER']._serialized_end=624
+  _globals['_PLUGIN']._serialized_start=627
+  _globals['_PLUGIN']._serialized_end=865
+  _globals['_KEYAUTHCONFIG']._serialized_start=867
+  _globals['_KEYAUTHCONFIG']._serialized_end=972
+  _globals['_AIPROXYCONFIG']._serialized_start=975
+  _globals['_AIPROXYCONFIG']._serialized_end=1134
+  _globals['_AIPROXYAUTH']._serialized_start=1136
+  _globals['_AIPROXYAUTH']._serialized_end=1257
+  _globals['_AIPROXYMODEL']._serialized_start=1259
+  _globals['_AIPROXYMODEL']._serialized_end=1367
+  _globals['_AIPROXYMODELOPTIONS']._serialized_start=1370
+  _globals['_AIPROXYMODELOPTIONS']._serialized_end=1581
+  _globals['_CONSUMERENTITLEMENTS']._serialized_start=1584
+  _globals['_CONSUMERENTITLEMENTS']._serialized_end=1744
+  _globals['_METEREDENTITLEMENT']._serialized_start=1747
+  _globals['_METEREDENTITLEMENT']._serialized_end=2051
+  _globals['_METEREDENTITLEMENT_FILTERSENTRY']._serialized_start=2005
+  _globals['_METEREDENTITLEMENT_FILTERSENTRY']._serialized_end=2051
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -7,16 +10,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Snapshot(_message.Message):
-    __slots__ = ("services", "routes", "consumers", "plugins")
+    __slots__ = ("services", "routes", "consumers", "plugins", "consumer_entitlements")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     CONSUMERS_FIELD_NUMBER: _ClassVar[int]
     PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_ENTITLEMENTS_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[Service]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     consumers: _containers.RepeatedCompositeFieldContainer[Consumer]
     plugins: _containers.RepeatedCompositeFieldContainer[Plugin]
-    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., consumers: _Optional[_Iterable[_Union[Consumer, _Mapping]]] = ..., plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ...) -> None: ...
+    consumer_entitlements: _containers.RepeatedCompositeFieldContainer[ConsumerEntitlements]
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., consumers: _Optional[_Iterable[_Union[Consumer, _Mapping]]] = ..., plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ..., consumer_entitlements: _Optional[_Iterable[_Union[ConsumerEntitlements, _Mapping]]] = ...) -> None: ...
 
 class Service(_message.Message):
     __slots__ = ("id", "name", "url")
@@ -143,3 +148,44 @@ class AiProxyModelOptions(_message.Message):
     azure_deployment_id: str
     azure_api_version: str
     def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ...) -> None: ...
+
+class ConsumerEntitlements(_message.Message):
+    __slots__ = ("consumer_id", "username", "customer", "has_access", "metered")
+    CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    HAS_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    METERED_FIELD_NUMBER: _ClassVar[int]
+    consumer_id: str
+    username: str
+    customer: str
+    has_access: bool
+    metered: _containers.RepeatedCompositeFieldContainer[MeteredEntitlement]
+    def __init__(self, consumer_id: _Optional[str] = ..., username: _Optional[str] = ..., customer: _Optional[str] = ..., has_access: _Optional[bool] = ..., metered: _Optional[_Iterable[_Union[MeteredEntitlement, _Mapping]]] = ...) -> None: ...
+
+class MeteredEntitlement(_message.Message):
+    __slots__ = ("balance_id", "feature", "filters", "has_access", "balance", "soft_limit", "period_end_time", "limit")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BALANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    HAS_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    SOFT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    balance_id: str
+    feature: str
+    filters: _containers.ScalarMap[str, str]
+    has_access: bool
+    balance: int
+    soft_limit: bool
+    period_end_time: _timestamp_pb2.Timestamp
+    limit: int
+    def __init__(self, balance_id: _Optional[str] = ..., feature: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., has_access: _Optional[bool] = ..., balance: _Optional[int] = ..., soft_limit: _Optional[bool] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,231 @@
+"""``meterline entitlements list`` and ``meterline grants create|list|void``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from controlplane.cli.client import default_cp
+from meterline.admin.v1 import catalog_pb2, entitlements_pb2, entitlements_pb2_grpc
+
+
+def register(subparsers: Any) -> None:
+    """Add ``entitlements`` and ``grants`` to the ``meterline`` subcommands."""
+
+    def with_cp(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--cp",
+            default=default_cp(),
+            metavar="HOST:PORT",
+            help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
+        )
+
+    entitlements = subparsers.add_parser(
+        "entitlements", help="customers' entitlements: usage, balance, overage, access"
+    )
+    commands = entitlements.add_subparsers(dest="entitlements_command", required=True)
+    listing = commands.add_parser("list", help="a customer's entitlements, evaluated now")
+    listing.add_argument("customer", help="customer key")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    with_cp(listing)
+    listing.set_defaults(func=_cmd_entitlements_list)
+
+    grants = subparsers.add_parser("grants", help="token grants on metered entitlements")
+    grant_commands = grants.add_subparsers(dest="grants_command", required=True)
+    create = grant_commands.add_parser("create", help="grant a customer units of a feature")
+    create.add_argument("customer", help="customer key")
+    create.add_argument("--feature", required=True, help="feature key")
+    create.add_argument("--amount", required=True, type=int, help="units (tokens)")
+    create.add_argument("--priority", type=int, help="burn-down order, lower first (default 1)")
+    create.add_argument("--effective", metavar="TIME", help="ISO 8601 time (default: now)")
+    create.add_argument("--expires", metavar="TIME", help="ISO 8601 time (default: never)")
+    create.add_argument(
+        "--recurrence", metavar="DURATION", help="reset to amount every DURATION (e.g. P1M)"
+    )
+    create.add_argument("--json", action="store_true", help="print JSON")
+    with_cp(create)
+    create.set_defaults(func=_cmd_grants_create)
+
+    glist = grant_commands.add_parser("list", help="a customer's grants")
+    glist.add_argument("customer", help="customer key")
+    glist.add_argument("--feature", help="only this feature")
+    glist.add_argument("--all", action="store_true", help="include voided grants")
+    glist.add_argument("--json", action="store_true", help="print JSON")
+    with_cp(glist)
+    glist.set_defaults(func=_cmd_grants_list)
+
+    void = grant_commands.add_parser("void", help="void a grant from now on")
+    void.add_argument("customer", help="customer key")
+    void.add_argument("grant", help="grant id")
+    with_cp(void)
+    void.set_defaults(func=_cmd_grants_void)
+
+
+@contextmanager
+def _stub(address: str) -> Iterator[entitlements_pb2_grpc.EntitlementServiceStub]:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=10)
+        except grpc.FutureTimeoutError:
+            raise SystemExit(f"error: no control plane answers at {address}") from None
+        yield entitlements_pb2_grpc.EntitlementServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+
+
+def _time(ts: timestamp_pb2.Timestamp, present: bool) -> str:
+    return ts.ToJsonString() if present else ""
+
+
+def _timestamp(text: str, flag: str) -> timestamp_pb2.Timestamp:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"error: {flag} must be an ISO 8601 time, got {text!r}") from None
+    if moment.tzinfo is None:
+        raise SystemExit(f"error: {flag} needs a timezone, like Z or +02:00")
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+def entitlement_json(value: entitlements_pb2.EntitlementValue) -> dict[str, Any]:
+    kind = catalog_pb2.EntitlementType.Name(value.type).removeprefix("ENTITLEMENT_TYPE_")
+    data: dict[str, Any] = {
+        "feature": value.feature,
+        "type": kind.lower(),
+        "has_access": value.has_access,
+        "subscription": value.subscription.removeprefix("subscriptions/"),
+    }
+    if value.config:
+        data["config"] = json.loads(value.config)
+    if value.type == catalog_pb2.ENTITLEMENT_TYPE_METERED:
+        data |= {
+            "limit": value.limit,
+            "usage_period": value.usage_period,
+            "soft_limit": value.soft_limit,
+            "preserve_overage_at_reset": value.preserve_overage_at_reset,
+            "period_start": value.period_start_time.ToJsonString(),
+            "period_end": value.period_end_time.ToJsonString(),
+            "usage": value.usage,
+            "balance": value.balance,
+            "overage": value.overage,
+            "granted": value.granted,
+            "expired": value.expired,
+            "carried_overage": value.carried_overage,
+        }
+    return data
+
+
+def grant_json(grant: entitlements_pb2.Grant) -> dict[str, Any]:
+    return {
+        "id": grant.id,
+        "feature": grant.feature,
+        "amount": grant.amount,
+        "priority": grant.priority,
+        "effective": _time(grant.effective_time, grant.HasField("effective_time")),
+        "expires": _time(grant.expiration_time, grant.HasField("expiration_time")),
+        "recurrence": grant.recurrence_interval,
+        "voided": _time(grant.void_time, grant.HasField("void_time")),
+    }
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    table = [header, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    )
+
+
+def _cmd_entitlements_list(args: argparse.Namespace) -> int:
+    with _stub(args.cp) as stub:
+        response = stub.ListEntitlements(
+            entitlements_pb2.ListEntitlementsRequest(customer=f"customers/{args.customer}")
+        )
+    values = [entitlement_json(v) for v in response.entitlements]
+    if args.json:
+        print(json.dumps(values, indent=2))
+        return 0
+    rows = []
+    for v in values:
+        metered = v["type"] == "metered"
+        rows.append(
+            (
+                v["feature"],
+                v["type"] + (" (soft)" if v.get("soft_limit") else ""),
+                str(v["limit"]) if metered else "-",
+                str(v["usage"]) if metered else "-",
+                str(v["balance"]) if metered else "-",
+                str(v["overage"]) if metered else "-",
+                "yes" if v["has_access"] else "NO",
+                f"{v['period_start']} .. {v['period_end']}" if metered else "-",
+            )
+        )
+    header = ("FEATURE", "TYPE", "LIMIT", "USAGE", "BALANCE", "OVERAGE", "ACCESS", "PERIOD")
+    print(_table(header, rows) if rows else f"customer {args.customer} has no entitlements now")
+    return 0
+
+
+def _cmd_grants_create(args: argparse.Namespace) -> int:
+    grant = entitlements_pb2.Grant(feature=args.feature, amount=args.amount)
+    if args.priority is not None:
+        grant.priority = args.priority
+    if args.effective:
+        grant.effective_time.CopyFrom(_timestamp(args.effective, "--effective"))
+    if args.expires:
+        grant.expiration_time.CopyFrom(_timestamp(args.expires, "--expires"))
+    if args.recurrence:
+        grant.recurrence_interval = args.recurrence
+    with _stub(args.cp) as stub:
+        created = stub.CreateGrant(
+            entitlements_pb2.CreateGrantRequest(parent=f"customers/{args.customer}", grant=grant)
+        )
+    if args.json:
+        print(json.dumps(grant_json(created), indent=2))
+    else:
+        print(f"created grant {created.id}: {created.amount} units of {created.feature}")
+    return 0
+
+
+def _cmd_grants_list(args: argparse.Namespace) -> int:
+    found: list[entitlements_pb2.Grant] = []
+    with _stub(args.cp) as stub:
+        token = ""
+        while True:
+            response = stub.ListGrants(
+                entitlements_pb2.ListGrantsRequest(
+                    parent=f"customers/{args.customer}",
+                    feature=args.feature or "",
+                    include_voided=args.all,
+                    page_size=1000,
+                    page_token=token,
+                )
+            )
+            found.extend(response.grants)
+            token = response.next_page_token
+            if not token:
+                break
+    grants = [grant_json(g) for g in found]
+    if args.json:
+        print(json.dumps(grants, indent=2))
+        return 0
+    header = ("ID", "FEATURE", "AMOUNT", "PRIORITY", "EFFECTIVE", "EXPIRES", "RECURRENCE", "VOIDED")
+    rows = [tuple(str(v) or "-" for v in g.values()) for g in grants]
+    print(_table(header, rows) if rows else f"customer {args.customer} has no grants")
+    return 0
+
+
+def _cmd_grants_void(args: argparse.Namespace) -> int:
+    with _stub(args.cp) as stub:
+        voided = stub.VoidGrant(
+            entitlements_pb2.VoidGrantRequest(name=f"customers/{args.customer}/grants/{args.grant}")
+        )
+    print(f"voided grant {voided.id} from {voided.void_time.ToJsonString()}")
+    return 0

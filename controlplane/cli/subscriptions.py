@@ -1,0 +1,105 @@
+"""``meterline subscription list|cancel|change-plan``."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from typing import Any
+
+from controlplane.cli.client import admin_client, default_cp
+from meterline.admin.v1 import customers_pb2
+
+
+def _time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z or +00:00)")
+    return value
+
+
+def _name(id: str) -> str:
+    return id if id.startswith("subscriptions/") else f"subscriptions/{id}"
+
+
+def _print(sub: customers_pb2.Subscription) -> None:
+    state = customers_pb2.SubscriptionState.Name(sub.state).removeprefix("SUBSCRIPTION_STATE_")
+    end = sub.end_time.ToJsonString() if sub.HasField("end_time") else "-"
+    print(
+        f"{sub.id}  {sub.customer.removeprefix('customers/'):16}  {sub.plan:28}"
+        f"  {sub.start_time.ToJsonString()} .. {end}  {state.lower()}"
+    )
+
+
+def _list(args: argparse.Namespace) -> int:
+    with admin_client(args.cp) as client:
+        response = client.customers.ListSubscriptions(
+            customers_pb2.ListSubscriptionsRequest(
+                parent=f"customers/{args.customer}" if args.customer else "", page_size=1000
+            )
+        )
+    for sub in response.subscriptions:
+        _print(sub)
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    request = customers_pb2.CancelSubscriptionRequest(name=_name(args.id))
+    if args.at_period_end:
+        request.timing = customers_pb2.CANCEL_TIMING_PERIOD_END
+    elif args.at is not None:
+        request.end_time.FromDatetime(args.at)
+    else:
+        request.timing = customers_pb2.CANCEL_TIMING_IMMEDIATELY
+    with admin_client(args.cp) as client:
+        _print(client.customers.CancelSubscription(request))
+    return 0
+
+
+def _change(args: argparse.Namespace) -> int:
+    plan = args.plan if args.plan.startswith("plans/") else f"plans/{args.plan}"
+    request = customers_pb2.ChangeSubscriptionPlanRequest(name=_name(args.id), plan=plan)
+    if args.at is not None:
+        request.change_time.FromDatetime(args.at)
+    with admin_client(args.cp) as client:
+        _print(client.customers.ChangeSubscriptionPlan(request))
+    return 0
+
+
+def register(commands: Any) -> None:
+    """Add the ``subscription`` command and its subcommands to the top-level subparsers."""
+
+    def with_cp(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--cp",
+            default=default_cp(),
+            metavar="HOST:PORT",
+            help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
+        )
+
+    subscription = commands.add_parser("subscription", help="subscriptions")
+    sub = subscription.add_subparsers(dest="subscription_command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="subscriptions, oldest first")
+    p.add_argument("--customer", help="only this customer's")
+    with_cp(p)
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("cancel", help="end a subscription (now by default)")
+    p.add_argument("id", help="subscription id")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--at-period-end", action="store_true", help="when its period ends")
+    when.add_argument("--at", type=_time, metavar="TIME", help="at this ISO 8601 time")
+    with_cp(p)
+    p.set_defaults(func=_cancel)
+
+    p = sub.add_parser(
+        "change-plan", help="move to another plan; flat fees of both parts are prorated"
+    )
+    p.add_argument("id", help="subscription id")
+    p.add_argument("plan", help="plan key (its active version) or plans/KEY/versions/N")
+    p.add_argument("--at", type=_time, metavar="TIME", help="when (default: now)")
+    with_cp(p)
+    p.set_defaults(func=_change)

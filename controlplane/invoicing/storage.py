@@ -1,0 +1,470 @@
+"""Storage of invoices, their frozen lines, the usage events they billed, and numbering.
+
+``invoice_usage_events`` is the ledger of billed usage: one row per (subscription, event) an
+issued invoice priced. Its primary key makes "an event is billed at most once per
+subscription" a database constraint, whatever runs concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from controlplane.catalog.types import PaymentTerm, PriceType
+from controlplane.errors import InvalidArgument, NotFound
+from controlplane.invoicing.types import InvoiceLine, InvoiceState
+from controlplane.rating.charge import LineType, TierCharge
+from controlplane.storage import schema as s
+from controlplane.stripe_sync.types import SyncRecord, SyncState
+from controlplane.usage.storage import DIMENSION_COLUMNS
+
+inv = s.invoices
+ev = s.usage_events
+billed = s.invoice_usage_events
+
+
+@dataclass(frozen=True)
+class InvoiceRow:
+    """An invoice as stored; open invoices have no stored lines or total."""
+
+    id: str
+    customer: str
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    state: InvoiceState
+    number: str | None
+    total: Decimal | None
+    issue_time: datetime | None
+    sync_state: str | None
+    sync_record: str | None
+    create_time: datetime
+    update_time: datetime
+
+
+def _row(r: Any) -> InvoiceRow:
+    return InvoiceRow(
+        id=r.id,
+        customer=r.customer,
+        currency=r.currency,
+        period_start=r.period_start,
+        period_end=r.period_end,
+        state=InvoiceState(r.state),
+        number=r.number,
+        total=Decimal(r.total) if r.total is not None else None,
+        issue_time=r.issue_time,
+        sync_state=r.sync_state,
+        sync_record=r.sync_record,
+        create_time=r.create_time,
+        update_time=r.update_time,
+    )
+
+
+def get_invoice_row(conn: Connection, id: str, *, lock: bool = False) -> InvoiceRow:
+    query = select(inv).where(inv.c.id == id)
+    if lock:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFound(f"invoice {id!r} not found")
+    return _row(row)
+
+
+def list_invoice_rows(
+    conn: Connection,
+    *,
+    customer: str | None = None,
+    states: Iterable[InvoiceState] | None = None,
+    currency: str | None = None,
+) -> list[InvoiceRow]:
+    query = select(inv).order_by(inv.c.period_start, inv.c.customer, inv.c.id)
+    if customer is not None:
+        query = query.where(inv.c.customer == customer)
+    if states is not None:
+        query = query.where(inv.c.state.in_([st.value for st in states]))
+    if currency is not None:
+        query = query.where(inv.c.currency == currency)
+    return [_row(r) for r in conn.execute(query)]
+
+
+def find_invoice_row(
+    conn: Connection, *, customer: str, currency: str, period_start: datetime, period_end: datetime
+) -> InvoiceRow | None:
+    row = conn.execute(
+        select(inv).where(
+            inv.c.customer == customer,
+            inv.c.currency == currency,
+            inv.c.period_start == period_start,
+            inv.c.period_end == period_end,
+        )
+    ).first()
+    return _row(row) if row is not None else None
+
+
+def insert_invoice_row(
+    conn: Connection,
+    *,
+    customer: str,
+    currency: str,
+    period_start: datetime,
+    period_end: datetime,
+    state: InvoiceState,
+    now: datetime,
+) -> InvoiceRow:
+    id = str(uuid.uuid4())
+    conn.execute(
+        insert(inv).values(
+            id=id,
+            customer=customer,
+            currency=currency,
+            period_start=period_start,
+            period_end=period_end,
+            state=state.value,
+            create_time=now,
+            update_time=now,
+        )
+    )
+    return get_invoice_row(conn, id)
+
+
+def set_state(conn: Connection, id: str, state: InvoiceState, *, now: datetime) -> None:
+    conn.execute(update(inv).where(inv.c.id == id).values(state=state.value, update_time=now))
+
+
+def freeze(
+    conn: Connection,
+    id: str,
+    *,
+    number: str,
+    lines: Sequence[InvoiceLine],
+    total: Decimal,
+    now: datetime,
+) -> None:
+    """Store the issued invoice's lines and total; nothing changes them afterwards."""
+    rows = [
+        {
+            "id": line.id or str(uuid.uuid4()),
+            "invoice_id": id,
+            "position": position,
+            "line": json.dumps(line_to_json(line), sort_keys=True),
+        }
+        for position, line in enumerate(lines)
+    ]
+    if rows:
+        conn.execute(insert(s.invoice_lines), rows)
+    conn.execute(
+        update(inv)
+        .where(inv.c.id == id)
+        .values(
+            state=InvoiceState.ISSUED.value,
+            number=number,
+            total=str(total),
+            issue_time=now,
+            update_time=now,
+        )
+    )
+
+
+def stored_lines(conn: Connection, id: str) -> list[InvoiceLine]:
+    t = s.invoice_lines
+    rows = conn.execute(select(t).where(t.c.invoice_id == id).order_by(t.c.position))
+    return [line_from_json(r.id, json.loads(r.line)) for r in rows]
+
+
+def set_sync(conn: Connection, id: str, *, sync_state: str, record: str, now: datetime) -> None:
+    conn.execute(
+        update(inv)
+        .where(inv.c.id == id)
+        .values(sync_state=sync_state, sync_record=record, update_time=now)
+    )
+
+
+# Locks ----------------------------------------------------------------------------------------
+
+
+def lock_customer(conn: Connection, key: str, *, skip_locked: bool = False) -> bool:
+    """Lock a customer row for this transaction; False if absent or (skip_locked) held elsewhere.
+
+    Every change to a customer's invoices happens under this lock, so two replicas never
+    create, issue or bill usage for the same customer at once. SQLite ignores it: it has one
+    writer anyway.
+    """
+    query = (
+        select(s.customers.c.key)
+        .where(s.customers.c.key == key)
+        .with_for_update(skip_locked=skip_locked)
+    )
+    return conn.execute(query).first() is not None
+
+
+def next_number(conn: Connection, *, currency: str, year: int) -> str:
+    """The next invoice number of a currency and year: ML-USD-2026-000001, gap-free."""
+    t = s.invoice_numbers
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(
+        dialect.insert(t).values(currency=currency, year=year, last=0).on_conflict_do_nothing()
+    )
+    last = conn.execute(
+        select(t.c.last).where(t.c.currency == currency, t.c.year == year).with_for_update()
+    ).scalar_one()
+    conn.execute(update(t).where(t.c.currency == currency, t.c.year == year).values(last=last + 1))
+    return f"ML-{currency}-{year}-{last + 1:06d}"
+
+
+# Billed usage ---------------------------------------------------------------------------------
+
+
+class Billed(StrEnum):
+    """Which events of a window a sum counts, relative to one invoice."""
+
+    # Not billed by any invoice yet (what an open invoice would bill now).
+    UNBILLED = "unbilled"
+    # Billed by this invoice.
+    BY_INVOICE = "by_invoice"
+    # Billed by any other invoice (what earlier invoices already charged).
+    BY_OTHERS = "by_others"
+
+
+def _window(
+    *, subjects: Sequence[str], start: datetime, end: datetime
+) -> list[ColumnElement[bool]]:
+    return [ev.c.subject.in_(list(subjects)), ev.c.time >= start, ev.c.time < end]
+
+
+def _billed_clause(*, subscription: str, invoice_id: str, which: Billed) -> ColumnElement[bool]:
+    match = and_(billed.c.subscription_id == subscription, billed.c.event_id == ev.c.id)
+    if which is Billed.UNBILLED:
+        return ~exists().where(match)
+    if which is Billed.BY_INVOICE:
+        return exists().where(match, billed.c.invoice_id == invoice_id)
+    return exists().where(match, billed.c.invoice_id != invoice_id)
+
+
+def _filter(dimension: str, value: str) -> ColumnElement[bool]:
+    column = DIMENSION_COLUMNS.get(dimension)
+    if column is None:
+        raise InvalidArgument(f"unknown dimension {dimension!r}")
+    if dimension == "status_code":
+        try:
+            return column == int(value)  # type: ignore[no-any-return]
+        except ValueError:
+            raise InvalidArgument(f"status_code filter must be an integer, got {value!r}") from None
+    return column == value  # type: ignore[no-any-return]
+
+
+def sum_billed(
+    conn: Connection,
+    *,
+    subscription: str,
+    invoice_id: str,
+    which: Billed,
+    subjects: Sequence[str],
+    start: datetime,
+    end: datetime,
+    filters: Mapping[str, str],
+) -> int:
+    """Exact SUM of tokens in [start, end) matching the filters, among ``which`` events."""
+    if not subjects or end <= start:
+        return 0
+    query = select(func.coalesce(func.sum(ev.c.tokens), 0)).where(
+        *_window(subjects=subjects, start=start, end=end),
+        _billed_clause(subscription=subscription, invoice_id=invoice_id, which=which),
+    )
+    if "status_code" not in filters:
+        # Failed upstream requests are recorded but not billed.
+        query = query.where(ev.c.status_code >= 200, ev.c.status_code < 300)
+    for dimension, value in filters.items():
+        query = query.where(_filter(dimension, value))
+    return int(conn.execute(query).scalar_one())
+
+
+def first_unbilled_time(
+    conn: Connection, *, subscription: str, subjects: Sequence[str], start: datetime, end: datetime
+) -> datetime | None:
+    """The time of the earliest event in [start, end) no invoice billed for the subscription."""
+    if not subjects or end <= start:
+        return None
+    query = select(func.min(ev.c.time)).where(
+        *_window(subjects=subjects, start=start, end=end),
+        _billed_clause(subscription=subscription, invoice_id="", which=Billed.UNBILLED),
+    )
+    value = conn.execute(query).scalar_one()
+    if value is None:
+        return None
+    # func.min bypasses the column's type decorator.
+    result = s.UTCDateTime().process_result_value(value, conn.dialect)
+    assert result is not None
+    return result
+
+
+def mark_billed(
+    conn: Connection,
+    *,
+    subscription: str,
+    invoice_id: str,
+    subjects: Sequence[str],
+    start: datetime,
+    end: datetime,
+) -> int:
+    """Record every unbilled event of the window as billed by the invoice; returns the count.
+
+    One INSERT ... SELECT: events committed after its snapshot stay unbilled and are picked up
+    by a later invoice as late usage.
+    """
+    if not subjects or end <= start:
+        return 0
+    source = select(literal(subscription), ev.c.id, literal(invoice_id)).where(
+        *_window(subjects=subjects, start=start, end=end),
+        _billed_clause(subscription=subscription, invoice_id=invoice_id, which=Billed.UNBILLED),
+    )
+    result = conn.execute(
+        insert(billed).from_select(["subscription_id", "event_id", "invoice_id"], source)
+    )
+    return int(result.rowcount or 0)
+
+
+# Line (de)serialization -----------------------------------------------------------------------
+
+
+def _dec(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _undec(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def line_to_json(line: InvoiceLine) -> dict[str, Any]:
+    return {
+        "subscription": line.subscription,
+        "rate_card": line.rate_card,
+        "feature": line.feature,
+        "description": line.description,
+        "quantity": str(line.quantity),
+        "unit_price": _dec(line.unit_price),
+        "amount": str(line.amount),
+        "period_start": line.period_start.isoformat(),
+        "period_end": line.period_end.isoformat(),
+        "type": line.type.value,
+        "price_type": line.price_type.value if line.price_type else None,
+        "payment_term": line.payment_term.value if line.payment_term else None,
+        "free_quantity": str(line.free_quantity),
+        "packages": _dec(line.packages),
+        "late_usage": line.late_usage,
+        "tiers": [
+            {
+                "tier": t.tier,
+                "up_to": _dec(t.up_to),
+                "quantity": str(t.quantity),
+                "unit_price": str(t.unit_price),
+                "flat_price": str(t.flat_price),
+                "amount": str(t.amount),
+            }
+            for t in line.tiers
+        ],
+    }
+
+
+def line_from_json(id: str, data: Mapping[str, Any]) -> InvoiceLine:
+    return InvoiceLine(
+        id=id,
+        subscription=data["subscription"],
+        rate_card=data["rate_card"],
+        feature=data["feature"],
+        description=data["description"],
+        quantity=Decimal(data["quantity"]),
+        unit_price=_undec(data["unit_price"]),
+        amount=Decimal(data["amount"]),
+        period_start=datetime.fromisoformat(data["period_start"]),
+        period_end=datetime.fromisoformat(data["period_end"]),
+        type=LineType(data["type"]),
+        price_type=PriceType(data["price_type"]) if data["price_type"] else None,
+        payment_term=PaymentTerm(data["payment_term"]) if data["payment_term"] else None,
+        free_quantity=Decimal(data["free_quantity"]),
+        packages=_undec(data["packages"]),
+        late_usage=bool(data["late_usage"]),
+        tiers=tuple(
+            TierCharge(
+                tier=t["tier"],
+                up_to=_undec(t["up_to"]),
+                quantity=Decimal(t["quantity"]),
+                unit_price=Decimal(t["unit_price"]),
+                flat_price=Decimal(t["flat_price"]),
+                amount=Decimal(t["amount"]),
+            )
+            for t in data["tiers"]
+        ),
+    )
+
+
+# Stripe sync records --------------------------------------------------------------------------
+
+
+def sync_record_to_json(record: SyncRecord) -> str:
+    return json.dumps(
+        {
+            "invoice_id": record.invoice_id,
+            "state": record.state.value,
+            "stripe_customer_id": record.stripe_customer_id,
+            "stripe_invoice_id": record.stripe_invoice_id,
+            "synced_line_ids": list(record.synced_line_ids),
+            "error": record.error,
+        },
+        sort_keys=True,
+    )
+
+
+def sync_record_of(row: InvoiceRow) -> SyncRecord | None:
+    if row.sync_record is None:
+        return None
+    data = json.loads(row.sync_record)
+    return SyncRecord(
+        invoice_id=data["invoice_id"],
+        state=SyncState(data["state"]),
+        stripe_customer_id=data["stripe_customer_id"],
+        stripe_invoice_id=data["stripe_invoice_id"],
+        synced_line_ids=tuple(data["synced_line_ids"]),
+        error=data["error"],
+    )
+
+
+def stripe_customer_ids(conn: Connection) -> dict[str, str]:
+    """Meterline customer key -> linked Stripe customer id."""
+    t = s.stripe_customers
+    return {r.customer: r.stripe_customer_id for r in conn.execute(select(t))}
+
+
+def link_stripe_customer(conn: Connection, customer: str, stripe_id: str, *, now: datetime) -> None:
+    """Link (or re-link) a customer to a Stripe customer id."""
+    if not stripe_id.startswith("cus_"):
+        raise InvalidArgument(f"stripe_customer_id must look like cus_..., got {stripe_id!r}")
+    t = s.stripe_customers
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(t).values(
+        customer=customer, stripe_customer_id=stripe_id, create_time=now, update_time=now
+    )
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["customer"],
+            set_={"stripe_customer_id": stripe_id, "update_time": now},
+        )
+    )
