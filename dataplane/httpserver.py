@@ -48,15 +48,19 @@ async def serve_http(
     host: str = "127.0.0.1",
     port: int = 0,
     graceful_shutdown_s: int = 5,
+    reuse_port: bool = False,
 ) -> AsyncIterator[ServerAddress]:
     """Serve ``app`` on uvicorn (httptools, no access log) until the block exits.
 
     ``port=0`` picks a free port; the yielded address tells which. The socket is bound and
-    listening before this yields, so callers may connect at once.
+    listening before this yields, so callers may connect at once. ``reuse_port`` lets
+    several processes listen on one port, the kernel spreading connections among them.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
         sock.listen(2048)
@@ -72,6 +76,9 @@ async def serve_http(
         lifespan="off",
         access_log=False,
         server_header=False,
+        # The gateway never reads client addresses or X-Forwarded-*; uvicorn's
+        # ProxyHeadersMiddleware would still wrap (and cost) every request.
+        proxy_headers=False,
         log_config=None,
         timeout_graceful_shutdown=graceful_shutdown_s,
     )

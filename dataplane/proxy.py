@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
 
-import httpx
+import aiohttp
 import orjson
 
 from dataplane.asgi import (
@@ -37,7 +37,7 @@ from dataplane.runtime import AiProxyPolicy, CompiledRoute, Consumer, KeyAuthPol
 from dataplane.sse import SseSplitter
 from dataplane.token_usage import TokenUsage
 from dataplane.translators import OpenAITranslator, Prepared, Translator
-from dataplane.upstream import UpstreamClients
+from dataplane.upstream import UPSTREAM_ERRORS, UpstreamClients, upstream_url
 from dataplane.usage_events import llm_token_events
 from meterline.dataplane.v1 import usage_pb2
 
@@ -53,6 +53,7 @@ TIMINGS_KEPT: Final = 1024
 
 _OPENAI: Final = OpenAITranslator()
 _SSE_CONTENT_TYPE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
+_JSON_CONTENT_TYPE_STR: Final = ("Content-Type", "application/json")
 
 # Upstream response headers the gateway does not relay: hop-by-hop ones, lengths and encodings
 # that no longer hold for the (decoded) body it sends, and headers it sets itself.
@@ -107,7 +108,8 @@ class Gateway:
         if scope["type"] != "http":
             return
         start_ns = time.time_ns()
-        request_id = uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID object.
+        request_id = os.urandom(16).hex()
         id_header = (b"x-request-id", request_id.encode())
         config = self.config
         if config is None:
@@ -342,42 +344,49 @@ class _Exchange:
         return estimate_usage(document=self.prepared.document, produced=produced)
 
     async def run(
-        self, scope: Scope, receive: Receive, send: Send, client: httpx.AsyncClient
+        self, scope: Scope, receive: Receive, send: Send, session: aiohttp.ClientSession
     ) -> None:
         target = self.policy.target
         prepared = self.prepared
-        headers: Headers = [
-            (name, value)
+        dropped = self.route.dropped_headers
+        # aiohttp takes str headers and sends them UTF-8 encoded: decoding as UTF-8 keeps
+        # every valid header byte for byte (invalid sequences become U+FFFD).
+        headers = [
+            (name.decode(errors="replace"), value.decode(errors="replace"))
             for name, value in scope["headers"]
-            if name not in self.route.dropped_headers
+            if name not in dropped
         ]
         if prepared.body:
-            headers.append(JSON_CONTENT_TYPE)
-        headers.extend(target.auth_headers)
-        request = client.build_request(
-            prepared.method, prepared.url, content=prepared.body, headers=headers
-        )
+            headers.append(_JSON_CONTENT_TYPE_STR)
+        headers.extend(target.auth_header_strs)
         id_header = (b"x-request-id", self.request_id.encode())
         try:
-            response = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            # Redirects are the client's business (httpx did not follow them either).
+            response = await session.request(
+                prepared.method,
+                upstream_url(prepared.url),
+                data=prepared.body or None,
+                headers=headers,
+                allow_redirects=False,
+            )
+        except UPSTREAM_ERRORS as exc:
             await self._upstream_failed(send, exc, id_header)
             return
         try:
-            status = response.status_code
-            out_headers: Headers = [
-                (name.lower(), value)
-                for name, value in response.headers.raw
-                if name.lower() not in _DROPPED_RESPONSE_HEADERS
-            ]
+            status = response.status
+            out_headers: Headers = []
+            for name, value in response.raw_headers:
+                name = name.lower()
+                if name not in _DROPPED_RESPONSE_HEADERS:
+                    out_headers.append((name, value))
             out_headers.append(id_header)
             content_type = response.headers.get("content-type", "")
             if prepared.stream and 200 <= status < 300 and "text/event-stream" in content_type:
                 await self._relay_stream(receive, send, response, out_headers)
                 return
             try:
-                body = await response.aread()
-            except httpx.HTTPError as exc:
+                body = await response.read()
+            except UPSTREAM_ERRORS as exc:
                 await self._upstream_failed(send, exc, id_header)
                 return
             out, usage, model = self.translator.whole(body, status, prepared)
@@ -400,10 +409,11 @@ class _Exchange:
             self._record(status=status, usage=usage, model=model, estimated=estimated)
             await send_response(send, status, out, out_headers)
         finally:
-            await response.aclose()
+            # Back to the pool if the body was read to its end; closed otherwise.
+            response.release()
 
     async def _relay_stream(
-        self, receive: Receive, send: Send, response: httpx.Response, headers: Headers
+        self, receive: Receive, send: Send, response: aiohttp.ClientResponse, headers: Headers
     ) -> None:
         """Relay SSE events as they arrive, reading usage (and translating if needed).
 
@@ -412,12 +422,10 @@ class _Exchange:
         """
         headers = [(name, value) for name, value in headers if name != b"content-type"]
         headers.append(_SSE_CONTENT_TYPE)
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
-        )
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
         splitter = SseSplitter()
         relay = self.translator.stream(self.prepared)
-        status = response.status_code
+        status = response.status
         disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
         cut_short = False
         loop = asyncio.get_running_loop()
@@ -430,7 +438,7 @@ class _Exchange:
 
                 disconnected.add_done_callback(_start_drain_clock)
                 try:
-                    async for chunk in response.aiter_bytes():
+                    async for chunk in response.content.iter_any():
                         events = splitter.feed(chunk)
                         if not events:
                             continue
@@ -450,7 +458,9 @@ class _Exchange:
                             )
                 finally:
                     disconnected.remove_done_callback(_start_drain_clock)
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
+            # Caught before TimeoutError: a read timeout (aiohttp's ServerTimeoutError is both)
+            # is a broken upstream, not the drain deadline below.
             # The status line is gone already; end the stream and record the failure.
             logger.warning(
                 "request %s: stream from %s broke: %s",
@@ -479,7 +489,7 @@ class _Exchange:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _upstream_failed(
-        self, send: Send, exc: httpx.HTTPError, id_header: tuple[bytes, bytes]
+        self, send: Send, exc: BaseException, id_header: tuple[bytes, bytes]
     ) -> None:
         # Only the origin and error type are logged: the URL may carry a provider key.
         logger.warning(
@@ -488,7 +498,7 @@ class _Exchange:
             self.policy.target.origin,
             type(exc).__name__,
         )
-        timed_out = isinstance(exc, httpx.TimeoutException)
+        timed_out = isinstance(exc, TimeoutError)
         status = 504 if timed_out else 502
         anthropic = self.policy.llm_format == "anthropic"
         body = self.translator.error_body(

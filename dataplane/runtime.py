@@ -41,6 +41,13 @@ class ProviderTarget:
     # Provider secrets: never logged, never sent to a client.
     auth_headers: tuple[tuple[bytes, bytes], ...]
     auth_body_params: tuple[tuple[str, str], ...]
+    # auth_headers as the upstream HTTP client takes them, decoded once per snapshot.
+    auth_header_strs: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.auth_header_strs and self.auth_headers:
+            strs = tuple((name.decode(), value.decode()) for name, value in self.auth_headers)
+            object.__setattr__(self, "auth_header_strs", strs)
 
     def __repr__(self) -> str:
         # The default repr would print the provider key into any log or traceback.

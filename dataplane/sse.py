@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-_SEPARATORS = (b"\n\n", b"\r\n\r\n")
-
 
 class SseSplitter:
     """Cuts arbitrary network chunks into complete events, each with its trailing blank line.
@@ -19,18 +17,19 @@ class SseSplitter:
         data = self._pending + chunk if self._pending else chunk
         events: list[bytes] = []
         start = 0
-        while True:
-            end = -1
-            sep_len = 0
-            for sep in _SEPARATORS:
-                index = data.find(sep, start)
-                if index != -1 and (end == -1 or index < end):
-                    end, sep_len = index, len(sep)
-            if end == -1:
-                break
-            events.append(data[start : end + sep_len])
-            start = end + sep_len
-        self._pending = data[start:]
+        # Each separator is searched once and again only after it is consumed: searching
+        # both from every event start rescanned the whole chunk per event (quadratic).
+        lf = data.find(b"\n\n")
+        crlf = data.find(b"\r\n\r\n") if b"\r" in data else -1
+        while lf != -1 or crlf != -1:
+            end = crlf + 4 if crlf != -1 and (lf == -1 or crlf < lf) else lf + 2
+            events.append(data[start:end])
+            start = end
+            if lf != -1 and lf < start:
+                lf = data.find(b"\n\n", start)
+            if crlf != -1 and crlf < start:
+                crlf = data.find(b"\r\n\r\n", start)
+        self._pending = data[start:] if start else data
         return events
 
     def flush(self) -> bytes:
@@ -41,6 +40,12 @@ class SseSplitter:
 
 def event_data(event: bytes) -> bytes | None:
     """Return the joined ``data:`` lines of one event, or None if it has none."""
+    if event[:5] == b"data:" and b"\r" not in event:
+        # The common shape, one data line ("data: {...}\n\n"), without splitting lines.
+        newline = event.find(b"\n")
+        if newline == -1 or event[newline:] in (b"\n", b"\n\n"):
+            value = event[5:newline] if newline != -1 else event[5:]
+            return value[1:] if value[:1] == b" " else value
     parts: list[bytes] = []
     for line in event.splitlines():
         if line.startswith(b"data:"):

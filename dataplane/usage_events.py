@@ -30,8 +30,9 @@ def llm_token_events(
     Input and output events are always there (a count the provider did not report is recorded
     as 0); cached_input, reasoning and cache_write events only when their count is above zero.
     """
-    time = Timestamp()
-    time.FromNanoseconds(time_ns)
+    # Fields set directly: Timestamp.FromNanoseconds is pure Python and shows in profiles.
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    time = Timestamp(seconds=seconds, nanos=nanos)
     counts: list[tuple[str, int, int]] = [
         ("input", usage_pb2.TOKEN_TYPE_INPUT, (usage.input_tokens if usage else None) or 0),
         ("output", usage_pb2.TOKEN_TYPE_OUTPUT, (usage.output_tokens if usage else None) or 0),

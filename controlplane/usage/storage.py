@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+import orjson
+from sqlalchemy import ColumnElement, Connection, func, select, text
+from sqlalchemy.dialects import sqlite
 
 from controlplane.errors import InvalidArgument
 from controlplane.storage import schema as s
@@ -39,6 +40,9 @@ def insert_events(
     if not events:
         return InsertResult(0, 0)
     unique = list({e.id: e for e in events}.values())
+    if conn.dialect.name == "postgresql":
+        accepted = _insert_json(conn, unique, ingest_time=ingest_time)
+        return InsertResult(accepted=accepted, duplicates=len(events) - accepted)
     rows = [
         {
             "id": e.id,
@@ -58,10 +62,72 @@ def insert_events(
         }
         for e in unique
     ]
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(t).on_conflict_do_nothing(index_elements=["id"]).returning(t.c.id)
+    statement = sqlite.insert(t).on_conflict_do_nothing(index_elements=["id"]).returning(t.c.id)
     accepted = len(conn.execute(statement, rows).all())
     return InsertResult(accepted=accepted, duplicates=len(events) - accepted)
+
+
+# One statement per batch whatever its size: the rows travel as one JSON parameter that the
+# server turns back into rows (json_to_recordset, in C). A multi-row VALUES (what SQLAlchemy's
+# insertmanyvalues builds) is a new, long SQL text that psycopg re-parses on every batch, and
+# array parameters are dumped element by element in Python: each was most of the ingest CPU
+# (bench/README.md). This text never changes, so the server plans it once per connection.
+_JSON_INSERT = text(
+    """
+    WITH inserted AS (
+        INSERT INTO usage_events (
+            id, source, type, subject, time, provider, model, token_type, tokens,
+            status_code, route, request_id, estimated, ingest_time
+        )
+        SELECT
+            u.id, u.source, u.type, u.subject, u.time, u.provider, u.model, u.token_type,
+            u.tokens, u.status_code, u.route, u.request_id, u.estimated,
+            CAST(:ingest_time AS timestamp)
+        FROM json_to_recordset(CAST(:rows AS json)) AS u(
+            id text, source text, type text, subject text, time timestamp, provider text,
+            model text, token_type text, tokens bigint, status_code integer, route text,
+            request_id text, estimated boolean
+        )
+        ON CONFLICT (id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) FROM inserted
+    """
+)
+
+
+def _naive_utc(value: datetime) -> datetime:
+    # What UTCDateTime stores: naive UTC (a raw parameter skips the column type's conversion).
+    if value.tzinfo is UTC:
+        return value.replace(tzinfo=None)
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the database")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _insert_json(conn: Connection, events: Sequence[UsageEvent], *, ingest_time: datetime) -> int:
+    rows = orjson.dumps(
+        [
+            {
+                "id": e.id,
+                "source": e.source,
+                "type": e.type,
+                "subject": e.subject,
+                "time": _naive_utc(e.time),
+                "provider": e.provider,
+                "model": e.model,
+                "token_type": e.token_type.value,
+                "tokens": e.tokens,
+                "status_code": e.status_code,
+                "route": e.route,
+                "request_id": e.request_id,
+                "estimated": e.estimated,
+            }
+            for e in events
+        ]
+    ).decode()
+    params = {"ingest_time": _naive_utc(ingest_time), "rows": rows}
+    return int(conn.execute(_JSON_INSERT, params).scalar_one())
 
 
 def _event(r: Any) -> UsageEvent:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import aiohttp
 import httpx
 import openai
 import pytest
@@ -64,11 +65,14 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def gateway_in_front_of(upstream, snapshot_for, **gateway_options) -> AsyncIterator:
+async def gateway_in_front_of(
+    upstream, snapshot_for, *, upstream_host: str | None = None, **gateway_options
+) -> AsyncIterator:
     recorder = Recorder()
     async with serve_http(upstream) as up:
         gateway = Gateway(node_id="dp-test", usage_sink=recorder, **gateway_options)
-        snapshot = snapshot_for(f"{up.url}/v1/chat/completions", route_model="")
+        base = f"http://{upstream_host}:{up.port}" if upstream_host else up.url
+        snapshot = snapshot_for(f"{base}/v1/chat/completions", route_model="")
         snapshot.plugins[1].ai_proxy.auth.header_value = f"Bearer {PROVIDER_KEY}"
         gateway.apply(compile_snapshot(snapshot, version="v1"))
         try:
@@ -130,7 +134,7 @@ async def test_abandoned_stream_that_never_ends_is_estimated_after_the_drain_lim
 
 async def test_upstream_timeout_is_a_504_in_openai_shape(snapshot_for) -> None:
     upstream = GatedUpstream(answer_first=False)
-    clients = UpstreamClients(timeout=httpx.Timeout(0.2))
+    clients = UpstreamClients(timeout=aiohttp.ClientTimeout(sock_connect=0.2, sock_read=0.2))
     async with gateway_in_front_of(upstream, snapshot_for, clients=clients) as (
         address,
         recorder,
@@ -189,3 +193,46 @@ async def test_no_body_or_provider_key_in_logs(snapshot_for, caplog) -> None:
     assert recorder.events
     assert secret_prompt not in caplog.text
     assert PROVIDER_KEY not in caplog.text
+
+
+class CookieSettingUpstream:
+    """Answers every request with a redirect that also sets a cookie; records request headers."""
+
+    def __init__(self) -> None:
+        self.request_headers: list[dict[bytes, bytes]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, limit=1 << 20)
+        self.request_headers.append(dict(scope["headers"]))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"location", b"http://127.0.0.1:9/elsewhere"),
+            (b"set-cookie", b"session=consumer-a; Path=/"),
+        ]
+        body = b'{"error":{"message":"moved","type":"api_error","param":null,"code":null}}'
+        await send({"type": "http.response.start", "status": 307, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def test_upstream_redirects_are_relayed_and_cookies_never_shared(snapshot_for) -> None:
+    upstream = CookieSettingUpstream()
+    async with (
+        # A host name, not an IP: cookie jars ignore cookies from IP addresses.
+        gateway_in_front_of(upstream, snapshot_for, upstream_host="localhost") as (
+            address,
+            recorder,
+            _,
+        ),
+        httpx.AsyncClient(base_url=address.url) as client,
+    ):
+        body = {**BODY, "stream": False}
+        first = await client.post("/open/chat/completions", json=body)
+        second = await client.post("/open/chat/completions", json=body)
+    # The redirect is the client's to follow (the gateway relays it, as it did with httpx)...
+    assert first.status_code == second.status_code == 307
+    assert first.headers["location"] == "http://127.0.0.1:9/elsewhere"
+    assert len(upstream.request_headers) == 2
+    # ...and a cookie one request got from the provider never rides along on the next one.
+    assert all(b"cookie" not in headers for headers in upstream.request_headers)
+    assert upstream.request_headers[0][b"authorization"] == f"Bearer {PROVIDER_KEY}".encode()
+    assert {e.llm_tokens.status_code for e in recorder.events} == {307}

@@ -28,6 +28,7 @@ from dataplane.translators import (
     OpenAITranslator,
     PreserveTranslator,
 )
+from dataplane.upstream import upstream_url
 
 
 @pytest.mark.parametrize(
@@ -701,3 +702,19 @@ def test_native_anthropic_fills_in_model_and_max_tokens_only_when_needed(snapsho
         b'{"model":"c","messages":[]}', policy, subpath="/v1/messages", query=b"", method="POST"
     )
     assert orjson.loads(filled.body)["max_tokens"] == 77
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        pytest.param(
+            "https://x.openai.azure.com/openai/deployments/d/chat/completions"
+            "?api-version=2024-10-21&key=a%2Bb%2Fc%3D%7E",
+            "/openai/deployments/d/chat/completions?api-version=2024-10-21&key=a%2Bb%2Fc%3D%7E",
+            id="escapes-kept-byte-for-byte",
+        ),
+        pytest.param("http://h:1/p/ä b?q=ü", "/p/%C3%A4%20b?q=%C3%BC", id="non-ascii-quoted"),
+    ],
+)
+def test_upstream_url_keeps_what_is_already_encoded(url: str, sent: str) -> None:
+    assert upstream_url(url).raw_path_qs == sent

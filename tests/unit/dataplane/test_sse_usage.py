@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dataplane.openai_format import ChatStreamScanner, TokenUsage, read_body_usage
 from dataplane.sse import SseSplitter, event_data
@@ -107,3 +109,52 @@ def test_spaced_json_usage_is_found() -> None:
 )
 def test_read_body_usage(body: bytes, usage: TokenUsage | None, model: str | None) -> None:
     assert read_body_usage(body) == (usage, model)
+
+
+def _reference_split(data: bytes) -> tuple[list[bytes], bytes]:
+    """The splitter's contract, written the slow and obvious way."""
+    events: list[bytes] = []
+    start = 0
+    while True:
+        found = [(data.find(sep, start), sep) for sep in (b"\n\n", b"\r\n\r\n")]
+        found = [(index, sep) for index, sep in found if index != -1]
+        if not found:
+            return events, data[start:]
+        index, sep = min(found)
+        events.append(data[start : index + len(sep)])
+        start = index + len(sep)
+
+
+def _reference_event_data(event: bytes) -> bytes | None:
+    parts = [
+        line[6:] if line.startswith(b"data: ") else line[5:]
+        for line in event.splitlines()
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(parts) if parts else None
+
+
+_SSE_PIECES = st.sampled_from(
+    [b"data: ", b"data:", b"x", b"{}", b"\n", b"\r", b"\r\n", b"\n\n", b"\r\n\r\n", b": c", b"e"]
+)
+
+
+@given(
+    pieces=st.lists(_SSE_PIECES, max_size=40),
+    cuts=st.lists(st.integers(0, 200), max_size=6),
+)
+def test_splitter_matches_the_reference_on_any_bytes_and_chunking(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(pieces)
+    splitter = SseSplitter()
+    events: list[bytes] = []
+    previous = 0
+    for cut in [*sorted({min(cut, len(data)) for cut in cuts}), len(data)]:
+        events.extend(splitter.feed(data[previous:cut]))
+        previous = cut
+    expected_events, expected_rest = _reference_split(data)
+    assert events == expected_events
+    assert splitter.flush() == expected_rest
+    for event in [*events, expected_rest]:
+        assert event_data(event) == _reference_event_data(event)
