@@ -133,9 +133,8 @@ class ControlPlane:
         )
         self._config = ConfigServicer(db=db, clock=self.clock, hub=self.hub)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(self._config, self.server)
-        dp_usage_pb2_grpc.add_UsageServiceServicer_to_server(
-            UsageServicer(db=db, clock=self.clock), self.server
-        )
+        self._usage = UsageServicer(db=db, clock=self.clock, hub=self.hub)
+        dp_usage_pb2_grpc.add_UsageServiceServicer_to_server(self._usage, self.server)
         # Every service registered above, for health checks and reflection (grpcurl).
         self._service_names = [
             service.full_name
@@ -195,6 +194,7 @@ class ControlPlane:
             await self.stripe.drain()
         await self.server.stop(grace)
         await self._config.drain()
+        await self._usage.drain()
 
 
 async def serve(

@@ -146,9 +146,40 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     """Stores each batch in one transaction, then ACKs it; duplicates are counted, not stored."""
 
-    def __init__(self, *, db: Database, clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        clock: Clock,
+        hub: ConfigHub | None = None,
+        notify_seconds: float = 0.2,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._hub = hub
+        self._notify_seconds = notify_seconds
+        self._notify: asyncio.Task[None] | None = None
+
+    def _balances_changed(self) -> None:
+        """New usage changes entitlement balances: tell the config streams, at most every
+        notify_seconds (a burst of batches becomes one snapshot rebuild)."""
+        if self._hub is None or self._notify is not None:
+            return
+        hub = self._hub
+
+        async def notify_later() -> None:
+            await asyncio.sleep(self._notify_seconds)
+            self._notify = None
+            await hub.notify()
+
+        self._notify = asyncio.create_task(notify_later())
+
+    async def drain(self) -> None:
+        """Drop a pending notification (the server is stopping)."""
+        if self._notify is not None:
+            self._notify.cancel()
+            await asyncio.gather(self._notify, return_exceptions=True)
+            self._notify = None
 
     def _store(self, events: list[UsageEvent]) -> usage.InsertResult:
         with self._db.begin() as conn:
@@ -162,6 +193,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 convert.usage_event_from_proto(e, index=i) for i, e in enumerate(batch.events)
             ]
             result = await asyncio.to_thread(self._store, events)
+            if result.accepted:
+                self._balances_changed()
             yield usage_pb2.UsageAck(
                 batch_id=batch.batch_id,
                 accepted_count=result.accepted,
