@@ -46,11 +46,18 @@ def env_names(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def apply_env_defaults(
-    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+    parser: argparse.ArgumentParser,
+    environ: Mapping[str, str] | None = None,
+    *,
+    command: tuple[str, ...] | None = None,
 ) -> None:
-    """Make each flag default to its environment variable, and say so in --help."""
+    """Make each flag default to its environment variable, and say so in --help.
+
+    ``command`` names the subcommand ``parser`` itself stands for, when it is not the root.
+    """
     environ = os.environ if environ is None else environ
-    for path, sub in _subparsers(parser):
+    parsers = [(command, parser)] if command is not None else list(_subparsers(parser))
+    for path, sub in parsers:
         for action in _flags(sub):
             name = env_name(path, action)
             action.help = f"{action.help or ''} [env {name}]".strip()
