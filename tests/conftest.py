@@ -22,9 +22,19 @@ def pg_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        # The application name marks every connection to this schema, from any process.
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}&application_name={schema}"
     finally:
         with admin.connect() as conn:
+            # Servers a test started may still hold connections (and locks) on the schema:
+            # end them first, or DROP SCHEMA can deadlock with their last queries.
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": schema},
+            )
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
 

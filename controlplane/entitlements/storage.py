@@ -9,9 +9,9 @@ from datetime import datetime
 from sqlalchemy import Connection, case, func, insert, literal, select, update
 
 from controlplane.entitlements.types import Grant
-from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.storage import schema as s
-from controlplane.usage.storage import DIMENSION_COLUMNS
+from controlplane.usage.storage import filter_clause
 
 g = s.grants
 u = s.usage_events
@@ -116,10 +116,7 @@ def segment_usage(
     if "status_code" not in filters:
         rows = rows.where(u.c.status_code >= 200, u.c.status_code < 300)
     for dimension, value in filters.items():
-        column = DIMENSION_COLUMNS.get(dimension)
-        if column is None:
-            raise InvalidArgument(f"unknown dimension {dimension!r}")
-        rows = rows.where(column == (int(value) if dimension == "status_code" else value))
+        rows = rows.where(filter_clause(dimension, value))
     inner = rows.subquery()
     query = select(inner.c.segment, func.sum(inner.c.tokens)).group_by(inner.c.segment)
     sums = [0] * len(segments)

@@ -35,7 +35,7 @@ from controlplane.invoicing.types import InvoiceLine, InvoiceState
 from controlplane.rating.charge import LineType, TierCharge
 from controlplane.storage import schema as s
 from controlplane.stripe_sync.types import SyncRecord, SyncState
-from controlplane.usage.storage import DIMENSION_COLUMNS
+from controlplane.usage.storage import filter_clause
 
 inv = s.invoices
 ev = s.usage_events
@@ -259,18 +259,6 @@ def _billed_clause(*, subscription: str, invoice_id: str, which: Billed) -> Colu
     return exists().where(match, billed.c.invoice_id != invoice_id)
 
 
-def _filter(dimension: str, value: str) -> ColumnElement[bool]:
-    column = DIMENSION_COLUMNS.get(dimension)
-    if column is None:
-        raise InvalidArgument(f"unknown dimension {dimension!r}")
-    if dimension == "status_code":
-        try:
-            return column == int(value)  # type: ignore[no-any-return]
-        except ValueError:
-            raise InvalidArgument(f"status_code filter must be an integer, got {value!r}") from None
-    return column == value  # type: ignore[no-any-return]
-
-
 def sum_billed(
     conn: Connection,
     *,
@@ -293,7 +281,7 @@ def sum_billed(
         # Failed upstream requests are recorded but not billed.
         query = query.where(ev.c.status_code >= 200, ev.c.status_code < 300)
     for dimension, value in filters.items():
-        query = query.where(_filter(dimension, value))
+        query = query.where(filter_clause(dimension, value))
     return int(conn.execute(query).scalar_one())
 
 

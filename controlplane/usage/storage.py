@@ -157,7 +157,9 @@ def list_events(
     return [_event(r) for r in conn.execute(query)]
 
 
-def _filter_clause(dimension: str, value: str) -> ColumnElement[bool]:
+def filter_clause(dimension: str, value: str) -> ColumnElement[bool]:
+    """The WHERE clause of one meter-dimension filter (the same for preview, invoices and
+    entitlements, so they all select the same usage)."""
     column = DIMENSION_COLUMNS.get(dimension)
     if column is None:
         raise InvalidArgument(f"unknown dimension {dimension!r}")
@@ -189,7 +191,7 @@ def sum_tokens(
         # Failed upstream requests are recorded but not billed.
         query = query.where(t.c.status_code >= 200, t.c.status_code < 300)
     for dimension, value in filters.items():
-        query = query.where(_filter_clause(dimension, value))
+        query = query.where(filter_clause(dimension, value))
     return int(conn.execute(query).scalar_one())
 
 
@@ -216,7 +218,7 @@ def group_tokens(
     if end is not None:
         query = query.where(t.c.time < end)
     for dimension, value in filters.items():
-        query = query.where(_filter_clause(dimension, value))
+        query = query.where(filter_clause(dimension, value))
     if columns:
         query = query.group_by(*columns).order_by(*columns)
     result = []

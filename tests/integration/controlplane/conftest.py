@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -104,4 +105,7 @@ async def harness(db_url: str) -> AsyncIterator[Harness]:
             usage_stream=dp_usage_pb2_grpc.UsageServiceStub(channel),
         )
     await cp.stop(0)
+    # Database work still running in threads (a handler cancelled mid-query) must end before
+    # the pool goes away, or its connection is garbage-collected open.
+    await asyncio.get_running_loop().shutdown_default_executor()
     db.dispose()
