@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
@@ -67,6 +67,17 @@ class _Base:
 
         return await asyncio.to_thread(run)
 
+    async def _page(
+        self,
+        load: Callable[[Connection], Sequence[T]],
+        request: Any,
+        to_proto: Callable[[T], Any] | None = None,
+    ) -> tuple[list[Any], str]:
+        """One page of what ``load`` reads (AIP-158), converted, and the next page's token."""
+        items = await self._tx(load)
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return ([to_proto(i) for i in chunk] if to_proto else list(chunk)), token
+
     async def _changed_gateway(self) -> None:
         await self._hub.notify()
 
@@ -81,11 +92,8 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
     async def ListServices(
         self, request: gateway_pb2.ListServicesRequest, context: Ctx
     ) -> gateway_pb2.ListServicesResponse:
-        items = await self._tx(gateway.list_services)
-        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
-        return gateway_pb2.ListServicesResponse(
-            services=[convert.service_to_proto(s) for s in chunk], next_page_token=token
-        )
+        items, token = await self._page(gateway.list_services, request, convert.service_to_proto)
+        return gateway_pb2.ListServicesResponse(services=items, next_page_token=token)
 
     async def GetService(
         self, request: gateway_pb2.GetServiceRequest, context: Ctx
@@ -96,20 +104,14 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
     async def ListRoutes(
         self, request: gateway_pb2.ListRoutesRequest, context: Ctx
     ) -> gateway_pb2.ListRoutesResponse:
-        items = await self._tx(gateway.list_routes)
-        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
-        return gateway_pb2.ListRoutesResponse(
-            routes=[convert.route_to_proto(r) for r in chunk], next_page_token=token
-        )
+        items, token = await self._page(gateway.list_routes, request, convert.route_to_proto)
+        return gateway_pb2.ListRoutesResponse(routes=items, next_page_token=token)
 
     async def ListConsumers(
         self, request: gateway_pb2.ListConsumersRequest, context: Ctx
     ) -> gateway_pb2.ListConsumersResponse:
-        items = await self._tx(gateway.list_consumers)
-        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
-        return gateway_pb2.ListConsumersResponse(
-            consumers=[convert.consumer_to_proto(c) for c in chunk], next_page_token=token
-        )
+        items, token = await self._page(gateway.list_consumers, request, convert.consumer_to_proto)
+        return gateway_pb2.ListConsumersResponse(consumers=items, next_page_token=token)
 
     async def GetConsumer(
         self, request: gateway_pb2.GetConsumerRequest, context: Ctx
@@ -169,9 +171,8 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
             ids = gateway.plugin_ids(conn)
             return [convert.plugin_to_proto(p, ids[p.scope]) for p in gateway.list_plugins(conn)]
 
-        items = await self._tx(load)
-        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
-        return gateway_pb2.ListPluginsResponse(plugins=chunk, next_page_token=token)
+        items, token = await self._page(load, request)
+        return gateway_pb2.ListPluginsResponse(plugins=items, next_page_token=token)
 
     async def ApplyConfig(
         self, request: gateway_pb2.ApplyConfigRequest, context: Ctx
@@ -236,11 +237,8 @@ class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
     async def ListFeatures(
         self, request: catalog_pb2.ListFeaturesRequest, context: Ctx
     ) -> catalog_pb2.ListFeaturesResponse:
-        items = await self._tx(catalog.list_features)
-        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
-        return catalog_pb2.ListFeaturesResponse(
-            features=[convert.feature_to_proto(f) for f in chunk], next_page_token=token
-        )
+        items, token = await self._page(catalog.list_features, request, convert.feature_to_proto)
+        return catalog_pb2.ListFeaturesResponse(features=items, next_page_token=token)
 
     async def CreatePlan(
         self, request: catalog_pb2.CreatePlanRequest, context: Ctx
@@ -261,11 +259,8 @@ class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
     async def ListPlans(
         self, request: catalog_pb2.ListPlansRequest, context: Ctx
     ) -> catalog_pb2.ListPlansResponse:
-        items = await self._tx(catalog.list_plans)
-        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
-        return catalog_pb2.ListPlansResponse(
-            plans=[convert.plan_to_proto(p) for p in chunk], next_page_token=token
-        )
+        items, token = await self._page(catalog.list_plans, request, convert.plan_to_proto)
+        return catalog_pb2.ListPlansResponse(plans=items, next_page_token=token)
 
     async def PublishPlan(
         self, request: catalog_pb2.PublishPlanRequest, context: Ctx
@@ -336,9 +331,8 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
                 for c in customers.list_customers(conn)
             ]
 
-        items = await self._tx(load)
-        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
-        return customers_pb2.ListCustomersResponse(customers=chunk, next_page_token=token)
+        items, token = await self._page(load, request)
+        return customers_pb2.ListCustomersResponse(customers=items, next_page_token=token)
 
     async def CreateSubscription(
         self, request: customers_pb2.CreateSubscriptionRequest, context: Ctx
@@ -388,11 +382,12 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         self, request: customers_pb2.ListSubscriptionsRequest, context: Ctx
     ) -> customers_pb2.ListSubscriptionsResponse:
         customer = convert.resource_id(request.parent, "customers") if request.parent else None
-        items = await self._tx(lambda c: subscriptions.list_subscriptions(c, customer))
-        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
-        return customers_pb2.ListSubscriptionsResponse(
-            subscriptions=[convert.subscription_to_proto(s) for s in chunk], next_page_token=token
+        items, token = await self._page(
+            lambda c: subscriptions.list_subscriptions(c, customer),
+            request,
+            convert.subscription_to_proto,
         )
+        return customers_pb2.ListSubscriptionsResponse(subscriptions=items, next_page_token=token)
 
     async def CancelSubscription(
         self, request: customers_pb2.CancelSubscriptionRequest, context: Ctx
@@ -491,13 +486,12 @@ class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
     ) -> billing_pb2.ListInvoicesResponse:
         customer = convert.resource_id(request.parent, "customers") if request.parent else None
         states = convert.invoice_states_from_proto(request.states) or None
-        items = await self._tx(
-            lambda c: lifecycle.list_invoices(c, customer=customer, states=states)
+        items, token = await self._page(
+            lambda c: lifecycle.list_invoices(c, customer=customer, states=states),
+            request,
+            convert.invoice_to_proto,
         )
-        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
-        return billing_pb2.ListInvoicesResponse(
-            invoices=[convert.invoice_to_proto(i) for i in chunk], next_page_token=token
-        )
+        return billing_pb2.ListInvoicesResponse(invoices=items, next_page_token=token)
 
     async def GetInvoice(
         self, request: billing_pb2.GetInvoiceRequest, context: Ctx
