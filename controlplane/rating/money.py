@@ -22,6 +22,11 @@ MINOR_UNITS: Mapping[str, int] = {
     "SGD": 2, "THB": 2, "TRY": 2, "TWD": 2, "UAH": 2, "USD": 2, "ZAR": 2,
 }  # fmt: skip
 
+# Stripe takes the three-decimal currencies it supports only in multiples of ten minor units
+# ("5.124 KWD must be rounded to 5120 or 5130"). Lines in these currencies are rounded to 0.010
+# everywhere, so an invoice's total is the same in Meterline and in Stripe, Stripe or not.
+ROUNDED_TO_TENS: frozenset[str] = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+
 
 def minor_units(currency: str) -> int:
     """Decimal places of ``currency``'s minor unit (USD 2, JPY 0, KWD 3)."""
@@ -33,6 +38,12 @@ def minor_units(currency: str) -> int:
         raise InvalidArgument(
             f"unknown currency {currency!r}: expected an upper-case ISO 4217 code like USD"
         ) from None
+
+
+def rounding_places(currency: str) -> int:
+    """Decimal places lines are rounded to: the minor unit, or one less for ROUNDED_TO_TENS."""
+    places = minor_units(currency)
+    return places - 1 if currency in ROUNDED_TO_TENS else places
 
 
 def require_decimal(name: str, value: object) -> Decimal:
@@ -52,12 +63,17 @@ def exact_context(*operands: Decimal, extra_digits: int = 0) -> Context:
 
 
 def round_money(amount: Decimal, currency: str) -> Decimal:
-    """``amount`` quantized to ``currency``'s minor unit, ties away from zero (ROUND_HALF_UP)."""
+    """``amount`` quantized to ``currency``'s minor unit, ties away from zero (ROUND_HALF_UP).
+
+    BHD, JOD, KWD, OMR and TND are quantized to ten minor units (0.010), Stripe's rule.
+    """
     require_decimal("amount", amount)
     places = minor_units(currency)
-    exponent = Decimal(1).scaleb(-places)
     # Room for every integer digit plus the minor digits, so quantize never overflows.
     context = exact_context(amount, extra_digits=max(amount.adjusted(), 0) + places)
-    rounded = amount.quantize(exponent, rounding=ROUND_HALF_UP, context=context)
+    step = Decimal(1).scaleb(-rounding_places(currency))
+    rounded = amount.quantize(step, rounding=ROUND_HALF_UP, context=context)
+    # Written with all of the minor unit's digits (KWD 5.130, not 5.13).
+    rounded = rounded.quantize(Decimal(1).scaleb(-places), context=context)
     # -0.001 rounds to -0.00; money has no negative zero.
     return rounded.copy_abs() if rounded.is_zero() else rounded

@@ -52,6 +52,8 @@ import uvicorn
 DEFAULT_API_KEY = "sk_test_meterline_emulator"
 DEFAULT_WEBHOOK_SECRET = "whsec_meterline_emulator"
 API_VERSION = "2026-10-28.endive"
+# Stripe's three-decimal currencies take amounts in multiples of 10 minor units only.
+THREE_DECIMAL_CURRENCIES = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 
 Json = dict[str, Any]
 Receive = Callable[[], Any]
@@ -867,6 +869,14 @@ class StripeEmulator:
         customer = self._customer(as_str(params, "customer", required=True) or "", "customer")
         amount = as_int(params, "amount", required=True)
         currency = (as_str(params, "currency", required=True) or "").lower()
+        if currency in THREE_DECIMAL_CURRENCIES and (amount or 0) % 10:
+            raise StripeApiError(
+                400,
+                f"Invalid amount: {currency.upper()} amounts must be a multiple of 10 in the "
+                "smallest currency unit.",
+                param="amount",
+                code="invalid_amount",
+            )
         invoice_id = as_str(params, "invoice")
         if invoice_id is not None:
             invoice = self._invoice(invoice_id, "invoice")

@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+import stripe
 
 from controlplane.errors import InvalidArgument
+from controlplane.rating.money import round_money
 from controlplane.stripe_sync import (
     CollectionMethod,
     InvoiceToSync,
@@ -414,6 +416,30 @@ def test_zero_decimal_currency(emulator, client, settings, store_factory, policy
 
     [stripe_invoice] = emulator.invoices.values()
     assert (stripe_invoice["currency"], stripe_invoice["total"]) == ("jpy", 500)
+
+
+def test_three_decimal_currency_in_tens_of_minor_units(
+    emulator, client, settings, store_factory, policy, sleeps
+):
+    # Stripe takes KWD in multiples of 10 fils; rating rounds KWD lines to 0.010.
+    start, end = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)
+    amount = round_money(Decimal("12.3456"), "KWD")
+    assert amount == Decimal("12.350")
+    line = LineToSync("l1", "ai-token (123456 x 0.0001)", amount, start, end)
+    invoice = InvoiceToSync("inv_kwd", "ML-1", "acme", "Acme", None, "KWD", (line,), amount)
+    run(client, settings, invoice, store_factory(SyncRecord(invoice.id)), policy, sleeps)
+
+    [stripe_invoice] = emulator.invoices.values()
+    assert (stripe_invoice["currency"], stripe_invoice["total"]) == ("kwd", 12350)
+
+
+def test_the_emulator_refuses_three_decimal_amounts_stripe_refuses(emulator):
+    customer = emulator.client().v1.customers.create({"name": "Acme"})
+    with pytest.raises(stripe.InvalidRequestError, match="multiple of 10"):
+        emulator.client().v1.invoice_items.create(
+            {"customer": customer.id, "amount": 12345, "currency": "kwd"}
+        )
+    assert emulator.invoice_items == {}
 
 
 def test_secrets_never_reach_repr_or_logs(

@@ -18,6 +18,7 @@ from controlplane.rating import (
     rate_unit_line,
     round_money,
 )
+from controlplane.rating.money import rounding_places
 
 D = Decimal
 
@@ -61,7 +62,9 @@ def test_unknown_currency_is_invalid(currency: str) -> None:
         pytest.param("-0.001", "USD", "0.00", id="no-negative-zero"),
         pytest.param("2.5", "JPY", "3", id="jpy-tie"),
         pytest.param("2.4999", "JPY", "2", id="jpy-below-tie"),
-        pytest.param("1.0005", "KWD", "1.001", id="kwd-tie"),
+        pytest.param("1.0005", "IQD", "1.001", id="three-decimal-tie"),
+        pytest.param("1.005", "KWD", "1.010", id="kwd-tie-in-tens-of-fils"),
+        pytest.param("1.0049", "KWD", "1.000", id="kwd-below-tie"),
         pytest.param("7", "USD", "7.00", id="integer-gets-minor-digits"),
         pytest.param("1E+30", "USD", "1000000000000000000000000000000.00", id="huge"),
         pytest.param("0.000000000000000000000000000000005", "USD", "0.00", id="tiny"),
@@ -85,7 +88,8 @@ def test_round_money(amount: str, currency: str, expected: str) -> None:
         pytest.param("0", "12.34", "EUR", "0.00", id="zero-quantity"),
         pytest.param("500000", "0", "USD", "0.00", id="free"),
         pytest.param("1500", "0.3", "JPY", "450", id="jpy"),
-        pytest.param("1", "0.0005", "KWD", "0.001", id="kwd-tie"),
+        pytest.param("1", "0.0005", "IQD", "0.001", id="three-decimal-tie"),
+        pytest.param("1", "0.005", "KWD", "0.010", id="kwd-tie-in-tens-of-fils"),
         pytest.param("123456789012345678901234567890", "1.23456789012345678901234567890", "USD",
                      "152415787532388367504953515625.36", id="exact-beyond-28-digits"),
     ],
@@ -158,28 +162,28 @@ def test_rate_unit_is_the_exact_product_rounded_once(
 ) -> None:
     amount = rate_unit(quantity=quantity, unit_price=unit_price, currency=currency)
 
-    places = MINOR_UNITS[currency]
-    assert Fraction(amount) == _half_up(Fraction(quantity) * Fraction(unit_price), places)
-    assert amount.as_tuple().exponent == -places
+    step = rounding_places(currency)
+    assert Fraction(amount) == _half_up(Fraction(quantity) * Fraction(unit_price), step)
+    assert amount.as_tuple().exponent == -MINOR_UNITS[currency]
 
 
 @given(amount=st.decimals(allow_nan=False, allow_infinity=False), currency=currencies)
 def test_round_money_is_within_half_a_minor_unit(amount: Decimal, currency: str) -> None:
     rounded = round_money(amount, currency)
 
-    places = MINOR_UNITS[currency]
-    assert Fraction(rounded) == _half_up(Fraction(amount), places)
-    assert abs(Fraction(rounded) - Fraction(amount)) <= Fraction(1, 2 * 10**places)
+    step = rounding_places(currency)
+    assert Fraction(rounded) == _half_up(Fraction(amount), step)
+    assert abs(Fraction(rounded) - Fraction(amount)) <= Fraction(1, 2 * 10**step)
     assert not rounded.is_signed() or rounded < 0
 
 
 @given(units=st.integers(min_value=-(10**9), max_value=10**9), currency=currencies)
 def test_exact_ties_round_away_from_zero(units: int, currency: str) -> None:
-    places = MINOR_UNITS[currency]
-    # units + 1/2 minor units is exactly halfway between two representable amounts.
-    tie = (D(units) + D("0.5")).scaleb(-places)
+    step = rounding_places(currency)
+    # units + 1/2 rounding steps is exactly halfway between two representable amounts.
+    tie = (D(units) + D("0.5")).scaleb(-step)
 
     rounded = round_money(tie, currency)
 
     away = units + 1 if tie > 0 else units
-    assert rounded == D(away).scaleb(-places)
+    assert rounded == D(away).scaleb(-step)

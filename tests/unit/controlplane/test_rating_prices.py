@@ -67,7 +67,8 @@ FLATS = tiers(("10", "1", "5"), ("20", "0.5", "7"), (None, "0.1", "11"))
         pytest.param("19.995", "USD", "20.00", id="half-up"),
         pytest.param("19.994", "USD", "19.99", id="below-half"),
         pytest.param("1500.5", "JPY", "1501", id="jpy-no-minor-unit"),
-        pytest.param("1.0005", "KWD", "1.001", id="kwd-three-places"),
+        pytest.param("1.0005", "IQD", "1.001", id="three-places"),
+        pytest.param("1.0005", "KWD", "1.000", id="kwd-in-tens-of-fils"),
     ],
 )
 def test_flat(amount: str, currency: str, expected: str) -> None:
