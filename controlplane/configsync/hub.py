@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync.snapshot import BuiltSnapshot, build_snapshot
@@ -24,15 +25,28 @@ log = logging.getLogger(__name__)
 
 
 class ConfigHub:
+    """One snapshot per change, shared by every stream of this control plane.
+
+    Builds are single-flight: however many streams ask after a change, the snapshot is built
+    once (in a worker thread) and they all await that build. The database is re-read at most
+    once per ``poll_seconds`` for all streams together, and a poll that finds a different
+    version wakes every stream.
+    """
+
     def __init__(
         self, db: Database, *, poll_seconds: float = 2.0, clock: Clock | None = None
     ) -> None:
         self._db = db
         self._clock = clock or SystemClock()
         self.poll_seconds = poll_seconds
+        # Bumped when the stored state may differ from the cached snapshot.
         self._generation = 0
+        # Bumped when streams should look again (a change, or a poll that found one).
+        self._wake = 0
         self._changed = asyncio.Condition()
         self._cached: tuple[int, BuiltSnapshot] | None = None
+        self._building: tuple[int, asyncio.Future[BuiltSnapshot]] | None = None
+        self._last_poll = time.monotonic()
         self._entitlements: list[ConsumerAccess] = []
 
     def _build(self) -> BuiltSnapshot:
@@ -49,11 +63,28 @@ class ConfigHub:
 
     async def current(self, *, refresh: bool = False) -> BuiltSnapshot:
         """The snapshot of the stored config (rebuilt after a change, or when asked to)."""
+        if refresh:
+            self._generation += 1
         generation = self._generation
-        if refresh or self._cached is None or self._cached[0] != generation:
-            built = await asyncio.to_thread(self._build)
+        cached = self._cached
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        building = self._building
+        if building is None or building[0] != generation:
+            future = asyncio.ensure_future(asyncio.to_thread(self._build))
+            building = self._building = (generation, future)
+        built = await asyncio.shield(building[1])
+        if self._building is building:
+            self._building = None
+        cached = self._cached
+        if cached is None or cached[0] < generation:
             self._cached = (generation, built)
-        return self._cached[1]
+            if cached is not None and cached[1].version != built.version:
+                # A poll (or a change seen by one stream) found new content: tell the rest.
+                async with self._changed:
+                    self._wake += 1
+                    self._changed.notify_all()
+        return built
 
     async def current_version(self) -> str:
         return (await self.current()).version
@@ -62,18 +93,22 @@ class ConfigHub:
         """Tell every stream the config (or a balance) may have changed."""
         async with self._changed:
             self._generation += 1
+            self._wake += 1
             self._changed.notify_all()
 
     async def wait_for_change(self) -> None:
         """Return after a notify() or after poll_seconds, whichever comes first."""
         async with self._changed:
-            generation = self._generation
+            wake = self._wake
             try:
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._generation != generation),
+                    self._changed.wait_for(lambda: self._wake != wake),
                     timeout=self.poll_seconds,
                 )
             except TimeoutError:
-                # Another replica may have changed the database, usage may have arrived:
-                # rebuild next time.
-                self._generation += 1
+                # Another replica may have changed the database, usage may have arrived, a
+                # period may have turned: re-read, once per interval for all streams.
+                now = time.monotonic()
+                if now - self._last_poll >= self.poll_seconds * 0.9:
+                    self._last_poll = now
+                    self._generation += 1
