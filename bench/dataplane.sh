@@ -23,7 +23,7 @@ CP_PORT="${CP_PORT:-18051}"
 KEY="bench-consumer-key"
 WORK="$(mktemp -d -t meterline-bench-XXXXXX)"
 
-"$PYTHON" -m controlplane controlplane --db "sqlite:///$WORK/meterline.db" \
+"$PYTHON" -m controlplane controlplane --insecure-dev --db "sqlite:///$WORK/meterline.db" \
   --listen "127.0.0.1:$CP_PORT" >"$WORK/controlplane.log" 2>&1 &
 CP_PID=$!
 trap 'kill $CP_PID 2>/dev/null; wait $CP_PID 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -51,7 +51,7 @@ YAML
 "$PYTHON" -m controlplane apply "$WORK/bench.yaml" --cp "127.0.0.1:$CP_PORT"
 
 THIRD_NAME=meterline \
-THIRD_CMD="exec $PYTHON -m dataplane --cp 127.0.0.1:$CP_PORT --listen 127.0.0.1:$DP_PORT --workers ${DP_WORKERS:-1} ${DP_ARGS:-}" \
+THIRD_CMD="exec $PYTHON -m dataplane --insecure-dev --cp 127.0.0.1:$CP_PORT --listen 127.0.0.1:$DP_PORT --workers ${DP_WORKERS:-1} ${DP_ARGS:-}" \
 UPSTREAM_PORT="$UPSTREAM_PORT" \
   bash "$PEERS/run.sh" "http://127.0.0.1:$DP_PORT/v1/chat/completions" "apikey: $KEY"
 

@@ -5,7 +5,8 @@ streams, deduplicated and ACKed only when durable.
 
 Default database: the machine's PostgreSQL (a fresh schema, dropped afterwards). Prints one
 table: events/s over the whole run, per-batch ACK latency percentiles, and a check that the
-stored count equals the distinct events sent (a resent batch is part of every run).
+stored count equals the distinct events sent (a resent batch is part of every run), and that
+the hourly rollups kept in the same transactions hold exactly the stored events and tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import BigInteger, cast, create_engine, func, select, text
 
 from controlplane.server import ControlPlane
 from controlplane.storage import schema
@@ -116,6 +117,11 @@ async def main() -> None:
             await c.close()
         with db.begin() as conn:
             stored = conn.execute(select(func.count()).select_from(schema.usage_events)).scalar()
+            tokens = conn.execute(select(func.sum(schema.usage_events.c.tokens))).scalar()
+            r = schema.usage_rollups
+            rolled = conn.execute(
+                select(func.sum(cast(r.c.value, BigInteger)), func.sum(r.c.count))
+            ).one()
         latencies = sorted(x for r in results for x in r)
         sent = per_stream * args.streams
         q = statistics.quantiles(latencies, n=100)
@@ -123,6 +129,9 @@ async def main() -> None:
         print(f"streams x batch    {args.streams} x {args.batch}")
         print(f"events sent        {sent} (+{args.batch} resent)")
         print(f"events stored      {stored} ({'OK' if stored == sent else 'MISMATCH'})")
+        same = tuple(rolled) == (tokens, stored)
+        print(f"hourly rollups     {rolled[1]} events, {rolled[0]} tokens", end=" ")
+        print("(OK: equal to the stored events)" if same else f"(MISMATCH: {tokens} tokens)")
         print(f"elapsed            {elapsed:.2f} s")
         print(f"throughput         {sent / elapsed:,.0f} events/s")
         print(f"batch ack p50/p99  {q[49] * 1000:.1f} / {q[98] * 1000:.1f} ms")

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import httpx
 
-from controlplane.cli.client import admin_client
+from controlplane.cli.client import OperatorCredentials, admin_client
 from controlplane.cli.render import invoice_table
 from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
 
@@ -182,13 +182,25 @@ def run_demo() -> int:
             stack.callback(_stop, fake)
             print(f"fake OpenAI upstream on {upstream_base} (set OPENAI_API_KEY to use OpenAI)")
         db_url = f"sqlite:///{work / 'meterline.db'}"
+        # One machine, one command: development mode (plaintext, no tokens, one port). The
+        # README's "Trust model" shows the production setup (mTLS, operator tokens).
         cp = _start(
-            [python, "-m", "controlplane", "controlplane", "--db", db_url, "--listen", cp_addr],
+            [
+                python,
+                "-m",
+                "controlplane",
+                "controlplane",
+                "--insecure-dev",
+                "--db",
+                db_url,
+                "--listen",
+                cp_addr,
+            ],
             work / "controlplane.log",
         )
         stack.callback(_stop, cp)
-        print(f"control plane on {cp_addr} ({db_url})")
-        with admin_client(cp_addr, wait_seconds=30) as client:
+        print(f"control plane on {cp_addr} ({db_url}; --insecure-dev, local only)")
+        with admin_client(cp_addr, wait_seconds=30, credentials=OperatorCredentials()) as client:
             applied = client.gateway.ApplyConfig(
                 gateway_pb2.ApplyConfigRequest(
                     document=walkthrough_yaml(
@@ -205,6 +217,7 @@ def run_demo() -> int:
                     "-m",
                     "controlplane",
                     "dataplane",
+                    "--insecure-dev",
                     "--cp",
                     cp_addr,
                     "--listen",

@@ -3,29 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 
 import grpc
+import httpx
 
 from controlplane.api.admin import (
     BillingServicer,
     CatalogServicer,
     CustomerServicer,
     GatewayServicer,
-    UsageQueryServicer,
 )
+from controlplane.api.auth import ClusterAuthInterceptor, TokenAuthInterceptor, Trust
 from controlplane.api.dataplane import ConfigServicer, UsageServicer
 from controlplane.api.dataplanes import DataPlaneServicer
 from controlplane.api.entitlements import EntitlementServicer
 from controlplane.api.errors import DomainErrorInterceptor
 from controlplane.api.health import add_health_and_reflection, mark_not_serving, mark_serving
+from controlplane.api.notifications import NotificationServicer
 from controlplane.api.stripe_webhook import WebhookServer, webhook_server
+from controlplane.api.usage import UsageQueryServicer
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync.hub import ConfigHub
+from controlplane.gateway import storage as gateway_storage
+from controlplane.gateway.secrets import SecretBox
 from controlplane.invoicing.lifecycle import InvoicingSettings, advance
 from controlplane.invoicing.stripe_app import StripeApp
+from controlplane.metrics import ControlPlaneMetrics, MetricsServer
+from controlplane.notifications import service as notifications_service
+from controlplane.notifications.types import NotificationSettings
 from controlplane.storage.db import Database
 from controlplane.stripe_sync import StripeSettings
 from meterline.admin.v1 import (
@@ -41,6 +50,8 @@ from meterline.admin.v1 import (
     entitlements_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
+    notifications_pb2,
+    notifications_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -57,6 +68,7 @@ SERVICE_MODULES = (
     usage_pb2,
     dataplanes_pb2,
     entitlements_pb2,
+    notifications_pb2,
     config_pb2,
     dp_usage_pb2,
 )
@@ -78,8 +90,25 @@ class ControlPlane:
         invoice_job_seconds: float | None = None,
         stripe: StripeApp | None = None,
         webhook_listen: str | None = None,
+        trust: Trust | None = None,
+        metrics: ControlPlaneMetrics | None = None,
+        metrics_listen: str | None = None,
+        notifications: NotificationSettings | None = None,
+        notification_job_seconds: float | None = None,
     ) -> None:
         self.db = db
+        self.notifications = notifications or NotificationSettings()
+        # None: alerts are evaluated and delivered only when EvaluateNotifications is called.
+        self.notification_job_seconds = notification_job_seconds
+        self._notify_lock = asyncio.Lock()
+        self._webhook_client: httpx.AsyncClient | None = None
+        self.metrics = metrics or ControlPlaneMetrics()
+        # None: no /metrics endpoint (the metrics are still counted).
+        self.metrics_listen = metrics_listen
+        self.metrics_port = 0
+        self._metrics_server: MetricsServer | None = None
+        # None: development mode, every service on ``listen`` in plaintext without auth.
+        self.trust = trust
         self.clock = clock or SystemClock()
         self.invoicing = invoicing or InvoicingSettings()
         # None: the invoicing job runs only when CloseInvoices is called (tests).
@@ -94,14 +123,35 @@ class ControlPlane:
         self.hub = ConfigHub(db, poll_seconds=poll_seconds, clock=self.clock)
         self.listen = listen
         self.port = 0
-        self.server = grpc.aio.server(
-            interceptors=[DomainErrorInterceptor()],
-            options=[
-                # Data planes hold streams open for days: let them probe dead links.
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ],
-        )
+        server_options = [
+            # Data planes hold streams open for days: let them probe dead links.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+        operator_interceptors: list[grpc.aio.ServerInterceptor] = [DomainErrorInterceptor()]
+        if trust is not None:
+            operator_interceptors.insert(
+                0, TokenAuthInterceptor(trust.tokens, guarded_prefixes=("/meterline.admin.v1.",))
+            )
+        # With trust, data planes get a listener of their own (mTLS, data-plane services only).
+        self.cluster_port = 0
+        # Ends the data planes' streams at stop (and, with trust, checks their certificates).
+        self._cluster_auth = ClusterAuthInterceptor(check_certificates=trust is not None)
+        if trust is None:
+            operator_interceptors.insert(0, self._cluster_auth)
+        # Outermost: counts every call, refused ones included.
+        operator_interceptors.insert(0, self.metrics.interceptor)
+        self.server = grpc.aio.server(interceptors=operator_interceptors, options=server_options)
+        self.cluster_server = self.server
+        if trust is not None:
+            self.cluster_server = grpc.aio.server(
+                interceptors=[
+                    self.metrics.interceptor,
+                    self._cluster_auth,
+                    DomainErrorInterceptor(),
+                ],
+                options=server_options,
+            )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
             GatewayServicer(db=db, clock=self.clock, hub=self.hub), self.server
         )
@@ -126,31 +176,57 @@ class ControlPlane:
             UsageQueryServicer(db=db, clock=self.clock, hub=self.hub), self.server
         )
         dataplanes_pb2_grpc.add_DataPlaneServiceServicer_to_server(
-            DataPlaneServicer(db=db), self.server
+            DataPlaneServicer(db=db, clock=self.clock), self.server
         )
         entitlements_pb2_grpc.add_EntitlementServiceServicer_to_server(
             EntitlementServicer(db=db, clock=self.clock, hub=self.hub), self.server
         )
-        self._config = ConfigServicer(db=db, clock=self.clock, hub=self.hub)
-        config_pb2_grpc.add_ConfigServiceServicer_to_server(self._config, self.server)
-        self._usage = UsageServicer(db=db, clock=self.clock, hub=self.hub)
-        dp_usage_pb2_grpc.add_UsageServiceServicer_to_server(self._usage, self.server)
+        notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
+            NotificationServicer(db=db, clock=self.clock, run_once=self.run_notifications),
+            self.server,
+        )
+        self._config = ConfigServicer(db=db, clock=self.clock, hub=self.hub, metrics=self.metrics)
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(self._config, self.cluster_server)
+        self._usage = UsageServicer(db=db, clock=self.clock, hub=self.hub, metrics=self.metrics)
+        dp_usage_pb2_grpc.add_UsageServiceServicer_to_server(self._usage, self.cluster_server)
         # Every service registered above, for health checks and reflection (grpcurl).
         self._service_names = [
             service.full_name
             for module in SERVICE_MODULES
+            if trust is None or module not in (config_pb2, dp_usage_pb2)
             for service in module.DESCRIPTOR.services_by_name.values()
         ]
         self._health = add_health_and_reflection(self.server, self._service_names)
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(self.listen)
+        trust = self.trust
+        if trust is not None and trust.operator_tls:
+            credentials = trust.tls.server_credentials(require_client_auth=False)
+            self.port = self.server.add_secure_port(self.listen, credentials)
+        else:
+            self.port = self.server.add_insecure_port(self.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.listen}")
+        if trust is not None:
+            self.cluster_port = self.cluster_server.add_secure_port(
+                trust.cluster_listen, trust.tls.server_credentials(require_client_auth=True)
+            )
+            if self.cluster_port == 0:
+                raise OSError(f"cannot listen on {trust.cluster_listen} (cluster)")
+            await self.cluster_server.start()
+        else:
+            self.cluster_port = self.port
         await self.server.start()
         await mark_serving(self._health, self._service_names)
+        if self.metrics_listen:
+            self._metrics_server = self.metrics.serve(self.metrics_listen)
+            self.metrics_port = self._metrics_server.port
         if self.invoice_job_seconds:
             self._jobs.append(asyncio.create_task(self._invoice_job(self.invoice_job_seconds)))
+        if self.notification_job_seconds:
+            self._jobs.append(
+                asyncio.create_task(self._notification_job(self.notification_job_seconds))
+            )
         if self.stripe is not None and self.webhook_listen:
             self._webhook = webhook_server(self.stripe, self.webhook_listen)
             self._webhook_task = asyncio.create_task(self._webhook.serve())
@@ -175,6 +251,10 @@ class ControlPlane:
                         len(result.drafted),
                         len(result.issued),
                     )
+                transitions = self.metrics.invoice_transitions
+                transitions.labels("gathering").inc(len(result.created))
+                transitions.labels("draft").inc(len(result.drafted))
+                transitions.labels("issued").inc(len(result.issued))
                 if self.stripe is not None:
                     # Issued here or by a replica that died mid-sync: resume every pending one.
                     await asyncio.to_thread(self.stripe.sync_pending)
@@ -182,16 +262,54 @@ class ControlPlane:
                 log.exception("invoicing job failed; retrying in %.0f s", seconds)
             await asyncio.sleep(seconds)
 
+    async def run_notifications(self) -> tuple[int, int]:
+        """Evaluate alert rules and deliver due webhooks once: (events created, attempts)."""
+        async with self._notify_lock:
+            if self._webhook_client is None:
+                self._webhook_client = httpx.AsyncClient(
+                    timeout=self.notifications.timeout_seconds, follow_redirects=False
+                )
+            return await notifications_service.run_once(
+                self.db,
+                clock=self.clock,
+                settings=self.notifications,
+                client=self._webhook_client,
+            )
+
+    async def _notification_job(self, seconds: float) -> None:
+        """Alerts after usage arrives (the hub's change signal) and at least every ``seconds``;
+        safe beside other replicas (unique event keys, SKIP LOCKED deliveries)."""
+        while True:
+            try:
+                created, attempts = await self.run_notifications()
+                if created or attempts:
+                    log.info("notifications: %d events, %d delivery attempts", created, attempts)
+            except Exception:
+                log.exception("notification job failed; retrying in %.0f s", seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.hub.wait_for_change(), timeout=seconds)
+
     async def stop(self, grace: float = 2.0) -> None:
         await mark_not_serving(self._health, self._service_names)
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.stop)
+            self._metrics_server = None
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self._webhook_client is not None:
+            await self._webhook_client.aclose()
+            self._webhook_client = None
         if self._webhook is not None and self._webhook_task is not None:
             self._webhook.should_exit = True
             await asyncio.gather(self._webhook_task, return_exceptions=True)
         if self.stripe is not None:
             await self.stripe.drain()
+        # End the data planes' streams first (they reconnect, to another replica if they know
+        # one), then give calls in flight (a usage batch being stored) the grace period.
+        self._cluster_auth.drain()
+        if self.cluster_server is not self.server:
+            await self.cluster_server.stop(grace)
         await self.server.stop(grace)
         await self._config.drain()
         await self._usage.drain()
@@ -204,17 +322,45 @@ async def serve(
     run_migrations: bool = True,
     invoicing: InvoicingSettings | None = None,
     invoice_job_seconds: float | None = 60.0,
+    notification_job_seconds: float | None = 10.0,
     webhook_listen: str | None = None,
+    trust: Trust | None = None,
+    secrets: SecretBox | None = None,
+    metrics_listen: str | None = None,
 ) -> None:
-    """Run a control plane until SIGINT/SIGTERM.
+    """Run a control plane until SIGINT/SIGTERM (``trust`` None: development mode).
+
+    ``secrets`` encrypts provider keys at rest; at start every stored one is (re-)encrypted
+    under its first key (controlplane/gateway/secrets.py).
 
     Stripe sync is on when ``METERLINE_STRIPE_API_KEY`` is set (``StripeSettings.from_env``);
     webhooks are served on ``webhook_listen`` when given.
     """
     db = Database.connect(db_url, run_migrations=run_migrations)
+    gateway_storage.install_secrets(db.engine, secrets)
+    try:
+        with db.begin() as conn:
+            resealed = gateway_storage.reseal_plugin_secrets(conn)
+    except BaseException:
+        db.dispose()
+        raise
+    if secrets is None:
+        log.warning("no secrets key: provider keys are stored in plaintext (development only)")
+    elif resealed:
+        log.info("provider keys of %d plugins (re-)encrypted under the first secrets key", resealed)
     clock = SystemClock()
     settings = StripeSettings.from_env(os.environ)
-    stripe = StripeApp(db=db, settings=settings, clock=clock) if settings else None
+    metrics = ControlPlaneMetrics()
+    stripe = (
+        StripeApp(
+            db=db,
+            settings=settings,
+            clock=clock,
+            on_sync_failed=metrics.stripe_sync_failures.inc,
+        )
+        if settings
+        else None
+    )
     log.info("Stripe sync: %s", settings if settings else "off (METERLINE_STRIPE_API_KEY unset)")
     if webhook_listen and stripe is None:
         log.warning("--webhook-listen ignored: Stripe sync is off")
@@ -224,10 +370,16 @@ async def serve(
         clock=clock,
         invoicing=invoicing,
         invoice_job_seconds=invoice_job_seconds,
+        notification_job_seconds=notification_job_seconds,
         stripe=stripe,
         webhook_listen=webhook_listen,
+        trust=trust,
+        metrics=metrics,
+        metrics_listen=metrics_listen,
     )
     port = await cp.start()
+    if cp.metrics_port:
+        print(f"metrics on port {cp.metrics_port} at /metrics", flush=True)
     host = listen.rsplit(":", 1)[0]
     log.info(
         "control plane listening on %s:%d (database %s)",
@@ -236,6 +388,14 @@ async def serve(
         db.engine.url.render_as_string(hide_password=True),
     )
     print(f"control plane listening on {host}:{port}", flush=True)
+    if trust is None:
+        log.warning(
+            "--insecure-dev: plaintext, no operator tokens, data planes on the same port; "
+            "never expose this port beyond this machine"
+        )
+    else:
+        cluster_host = trust.cluster_listen.rsplit(":", 1)[0]
+        print(f"cluster (mTLS) listening on {cluster_host}:{cp.cluster_port}", flush=True)
     if cp.webhook_port:
         print(f"Stripe webhooks on port {cp.webhook_port} at /stripe/webhook", flush=True)
     stop = asyncio.Event()

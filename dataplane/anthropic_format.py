@@ -29,6 +29,7 @@ _ERROR_TYPES: Final = {
     "not_found_error": "not_found_error",
     "request_too_large": "request_too_large",
     "timeout_error": "timeout_error",
+    "rate_limit_error": "rate_limit_error",
 }
 
 

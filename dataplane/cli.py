@@ -23,13 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import grpc
-
 from dataplane import __version__
 from dataplane.cache import CacheError, ConfigCache, load_key, stable_node_id
+from dataplane.cluster import ClusterConfigError, ClusterTLS, open_channel
 from dataplane.configsync import ConfigClient
+from dataplane.enforcement import acked_events
 from dataplane.httpserver import serve_http, split_host_port
+from dataplane.logs import add_log_format_argument, configure_logging
+from dataplane.metrics import (
+    Observability,
+    new_metrics,
+    shared_worker_metrics,
+    worker_exited,
+)
 from dataplane.proxy import Gateway
+from dataplane.runtime import RuntimeConfig
 from dataplane.spool import (
     DEFAULT_FSYNC_INTERVAL_S,
     DEFAULT_MAX_BYTES,
@@ -45,6 +53,8 @@ from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2_grpc
 logger = logging.getLogger("dataplane")
 
 USAGE_FLUSH_DEADLINE_S = 2.0
+DEFAULT_SHUTDOWN_TIMEOUT_S = 20
+TRUE_WORDS = ("1", "true", "yes", "on")
 # A worker that dies sooner than this after its start is crash-looping: stop, do not restart.
 WORKER_MIN_LIFETIME_S = 5.0
 # Allocations between two gen-0 collections (CPython's default is 700); see _tune_gc.
@@ -59,7 +69,37 @@ def default_node_id() -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the data plane's flags to ``parser``."""
     parser.add_argument(
-        "--cp", required=True, metavar="HOST:PORT", help="control plane gRPC address"
+        "--cp",
+        required=True,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="control plane cluster address (its --cluster-listen); several replicas as a "
+        "comma-separated list of IP:PORT, tried in turn",
+    )
+    parser.add_argument(
+        "--cluster-cert",
+        type=Path,
+        metavar="FILE",
+        help="this data plane's certificate (meterline pki issue-dataplane)",
+    )
+    parser.add_argument("--cluster-key", type=Path, metavar="FILE", help="its private key")
+    parser.add_argument(
+        "--cluster-ca", type=Path, metavar="FILE", help="the CA that signed the control plane"
+    )
+    parser.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        # `python -m dataplane` has no env defaults of its own; `meterline dataplane` reads
+        # the same variable.
+        default=os.environ.get("METERLINE_DATAPLANE_INSECURE_DEV", "").lower() in TRUE_WORDS,
+        help="development only: talk to the control plane in plaintext, without certificates",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=int,
+        default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+        metavar="SECONDS",
+        help="on SIGTERM, how long requests in flight (streams included) may take to finish "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--listen",
@@ -148,6 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=200,
         help="longest wait before buffered usage is sent (default: %(default)s)",
     )
+    add_log_format_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,12 +198,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dataplane: --listen: {exc}", file=sys.stderr)
         return 2
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            stream=sys.stderr,
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+    configure_logging(
+        log_format=args.log_format,
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+    )
     if args.workers < 1:
         print("dataplane: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -175,14 +214,16 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"dataplane: {exc}", file=sys.stderr)
             return 2
-        return _supervise(worker_args, host=host, port=port)
+        # Any worker may answer a scrape: they share their metrics (dataplane/metrics.py).
+        with shared_worker_metrics():
+            return _supervise(worker_args, host=host, port=port)
     return _run_one(args, host=host, port=port, reuse_port=False)
 
 
 def _run_one(args: argparse.Namespace, *, host: str, port: int, reuse_port: bool) -> int:
     try:
         state = _state_from_args(args)
-    except (CacheError, OSError) as exc:
+    except (CacheError, OSError, ClusterConfigError) as exc:
         print(f"dataplane: {exc}", file=sys.stderr)
         return 2
     import uvloop
@@ -212,9 +253,19 @@ class _State:
     cache: ConfigCache | None
     spool: Spool | None
     full_policy: FullPolicy
+    tls: ClusterTLS | None = None
+    shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT_S
 
 
 def _state_from_args(args: argparse.Namespace) -> _State:
+    tls = ClusterTLS.from_files(
+        cert=args.cluster_cert,
+        key=args.cluster_key,
+        ca=args.cluster_ca,
+        insecure_dev=args.insecure_dev,
+    )
+    if args.shutdown_timeout < 0:
+        raise ClusterConfigError("--shutdown-timeout must not be negative")
     state_dir: Path | None = args.state_dir
     cache_dir: Path | None = args.cache_dir or (state_dir / "config" if state_dir else None)
     spool_dir: Path | None = args.spool_dir or (state_dir / "spool" if state_dir else None)
@@ -239,7 +290,12 @@ def _state_from_args(args: argparse.Namespace) -> _State:
             fsync_interval=args.spool_fsync_interval_ms / 1000,
         )
     return _State(
-        node_id=node_id, cache=cache, spool=spool, full_policy=FullPolicy(args.spool_full)
+        node_id=node_id,
+        cache=cache,
+        spool=spool,
+        full_policy=FullPolicy(args.spool_full),
+        tls=tls,
+        shutdown_timeout=args.shutdown_timeout,
     )
 
 
@@ -262,33 +318,65 @@ async def _serve(
             "the config is not cached"
         )
     # One channel (one HTTP/2 connection) carries both the config and the usage stream.
-    channel = grpc.aio.insecure_channel(cp)
+    channel = open_channel(cp, state.tls)
+    if state.tls is None:
+        logger.warning("--insecure-dev: plaintext link to the control plane, no certificates")
     reporter = UsageReporter(
         stub=usage_pb2_grpc.UsageServiceStub(channel),  # type: ignore[no-untyped-call, unused-ignore]
         flush_interval=flush_interval,
         spool=spool,
         full_policy=state.full_policy,
     )
-    gateway = Gateway(node_id=node_id, usage_sink=reporter.append)
+    metrics = new_metrics()
+
+    def usage_state() -> tuple[int, int]:
+        stats = reporter.stats
+        return stats.pending_events, stats.spool_bytes
+
+    metrics.usage_state = usage_state
+    gateway = Gateway(node_id=node_id, usage_sink=reporter.append, metrics=metrics)
+    gateway.enforcer.acked = acked_events(reporter)
+
+    def apply(config: RuntimeConfig) -> None:
+        gateway.apply(config)
+        metrics.config_applied(config)
+
     config_client = ConfigClient(
         stub=config_pb2_grpc.ConfigServiceStub(channel),  # type: ignore[no-untyped-call, unused-ignore]
         node=config_pb2.Node(id=node_id, hostname=socket.gethostname(), version=__version__),
-        apply=gateway.apply,
+        apply=apply,
+        on_answer=metrics.snapshot_answered,
         cache=state.cache,
     )
     config_client.load_cached()
     _tune_gc()
     reporter.start()
     sync = asyncio.create_task(config_client.run(), name="config-sync")
-    app = SpoolGuard(gateway, accepting=lambda: reporter.accepting) if spool else gateway
+    guarded = SpoolGuard(gateway, accepting=lambda: reporter.accepting) if spool else gateway
+    app = Observability(
+        guarded, metrics=metrics, ready=lambda: gateway.config is not None and reporter.accepting
+    )
+    # With workers, another worker may answer a scrape: keep this one's gauges fresh.
+    refresher = asyncio.create_task(metrics.refresh_forever()) if metrics.multiprocess else None
     try:
-        async with serve_http(app, host=host, port=port, reuse_port=reuse_port) as address:
+        async with serve_http(
+            app,
+            host=host,
+            port=port,
+            reuse_port=reuse_port,
+            graceful_shutdown_s=state.shutdown_timeout,
+        ) as address:
             logger.info(
                 "dataplane listening on %s (node %s, control plane %s)", address.url, node_id, cp
             )
             await stop.wait()
-            logger.info("dataplane stopping")
+            logger.info(
+                "dataplane stopping: no new connections; requests in flight have %d s",
+                state.shutdown_timeout,
+            )
     finally:
+        if refresher is not None:
+            refresher.cancel()
         sync.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sync
@@ -389,6 +477,7 @@ def _supervise(worker_args: list[argparse.Namespace], *, host: str, port: int) -
             index = sentinels[sentinel]  # type: ignore[index]
             process, started = running.pop(index)
             process.join()
+            worker_exited(process.pid)
             exitcode = process.exitcode or 0
             if stopping:
                 code = max(code, exitcode)

@@ -5,12 +5,29 @@ Compilation is pure (no I/O) so a bad snapshot is rejected before anything chang
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode, urlsplit
 
+import aiohttp
+
 from dataplane.anthropic_format import DEFAULT_ANTHROPIC_VERSION
+from dataplane.balancer import (
+    ALGORITHMS,
+    CONSISTENT_HASHING,
+    COST,
+    DEFAULT_FAIL_TIMEOUT_MS,
+    DEFAULT_FAILOVER_CRITERIA,
+    FAILOVER_CRITERIA,
+    LATENCY_STRATEGIES,
+    PRIORITY,
+    TOKENS_COUNT_STRATEGIES,
+    Balancer,
+    BalancerTarget,
+)
+from dataplane.enforcement import compile_enforcement
 from dataplane.keys import is_key_hash
 from dataplane.providers import (
     AZURE_PATHS,
@@ -23,8 +40,12 @@ from dataplane.providers import (
     PROVIDER_ROUTE_TYPES,
     ROUTE_TYPE_CHAT,
     ROUTE_TYPE_PRESERVE,
+    ROUTE_TYPE_RESPONSES,
     SUPPORTED_ROUTE_TYPES,
 )
+from dataplane.ratelimit import PLUGIN_NAMES as RATE_LIMIT_PLUGINS
+from dataplane.ratelimit import check_config as check_rate_limit_config
+from dataplane.ratelimit import compile_route_limits
 from dataplane.routing import RouteTable
 from dataplane.runtime import (
     AiProxyPolicy,
@@ -36,19 +57,26 @@ from dataplane.runtime import (
 )
 from dataplane.translators import (
     AnthropicNativeTranslator,
+    OpenAIResponsesTranslator,
     OpenAIToAnthropicTranslator,
     OpenAITranslator,
     PreserveTranslator,
     Translator,
 )
-
-if TYPE_CHECKING:
-    from meterline.dataplane.v1 import snapshot_pb2
+from meterline.dataplane.v1 import snapshot_pb2
 
 KEY_AUTH = "key-auth"
 AI_PROXY = "ai-proxy"
-_CONFIG_FIELD = {KEY_AUTH: "key_auth", AI_PROXY: "ai_proxy"}
+AI_PROXY_ADVANCED = "ai-proxy-advanced"
+_CONFIG_FIELD = {KEY_AUTH: "key_auth", AI_PROXY: "ai_proxy", AI_PROXY_ADVANCED: "ai_proxy"}
+# ai-proxy and ai-proxy-advanced fill the same slot of a route: one of them per scope.
+_KIND = {AI_PROXY_ADVANCED: AI_PROXY}
+# Upstream defaults where a config leaves a timeout at 0 (see dataplane.upstream).
+_DEFAULT_CONNECT_S = 10.0
+_DEFAULT_READ_S = 600.0
 _DEFAULT_KEY_NAMES = ("apikey",)
+# rate-limiting-advanced and ai-rate-limiting-advanced (dataplane.ratelimit).
+_CONFIG_FIELD.update(dict.fromkeys(RATE_LIMIT_PLUGINS, "rate_limiting"))
 
 # Never forwarded upstream: credentials of the client, and hop-by-hop or length headers that
 # the upstream HTTP client sets itself.
@@ -83,6 +111,7 @@ class CompileError(ValueError):
 class _Resolved:
     key_auth: snapshot_pb2.KeyAuthConfig | None
     ai_proxy: snapshot_pb2.AiProxyConfig | None
+    advanced: bool = False
 
 
 def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> RuntimeConfig:
@@ -97,11 +126,24 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runtim
     for route in snapshot.routes:
         resolved = _resolve_plugins(route, plugins)
         key_auth = _compile_key_auth(resolved.key_auth) if resolved.key_auth else None
-        ai_proxy = _compile_ai_proxy(resolved.ai_proxy) if resolved.ai_proxy else None
+        ai_proxy = None
+        if resolved.ai_proxy is not None:
+            ai_proxy = (
+                _compile_ai_proxy_advanced(resolved.ai_proxy)
+                if resolved.advanced
+                else _compile_ai_proxy(
+                    resolved.ai_proxy,
+                    timeout=_timeout(
+                        resolved.ai_proxy.connect_timeout, resolved.ai_proxy.read_timeout
+                    ),
+                )
+            )
         dropped = set(_ALWAYS_DROPPED)
         if key_auth is not None:
             dropped |= key_auth.header_names
         if ai_proxy is not None:
+            for target in ai_proxy.balancer.targets if ai_proxy.balancer else ():
+                dropped |= {name for name, _ in target.policy.target.auth_headers}
             dropped |= {name for name, _ in ai_proxy.target.auth_headers}
         compiled.append(
             (
@@ -113,6 +155,7 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runtim
                     key_auth=key_auth,
                     ai_proxy=ai_proxy,
                     dropped_headers=frozenset(dropped),
+                    rate_limits=compile_route_limits(route, plugins, ai_proxy=resolved.ai_proxy),
                 ),
                 list(route.paths),
             )
@@ -121,6 +164,7 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runtim
         version=version,
         routes=RouteTable(compiled),
         consumers_by_key_hash=MappingProxyType(consumers),
+        enforcement=compile_enforcement(snapshot),
     )
 
 
@@ -199,7 +243,8 @@ def _check_plugins(
         expected_field = _CONFIG_FIELD.get(plugin.name)
         if expected_field is None:
             raise CompileError(
-                f'{label}: unknown plugin name "{plugin.name}" (expected "key-auth" or "ai-proxy")'
+                f'{label}: unknown plugin name "{plugin.name}" '
+                '(expected "key-auth", "ai-proxy" or "ai-proxy-advanced")'
             )
         actual_field = plugin.WhichOneof("config")
         if actual_field != expected_field:
@@ -213,12 +258,20 @@ def _check_plugins(
             raise CompileError(f'{label}: unknown route_id "{plugin.route_id}"')
         if plugin.consumer_id and plugin.consumer_id not in consumer_ids:
             raise CompileError(f'{label}: unknown consumer_id "{plugin.consumer_id}"')
-        scope = (plugin.name, plugin.service_id, plugin.route_id, plugin.consumer_id)
+        kind = _KIND.get(plugin.name, plugin.name)
+        scope = (kind, plugin.service_id, plugin.route_id, plugin.consumer_id)
         if scope in scopes:
-            raise CompileError(f'{label}: a second "{plugin.name}" plugin on the same scope')
+            raise CompileError(f'{label}: a second "{kind}" plugin on the same scope')
         scopes.add(scope)
         if plugin.name == AI_PROXY:
             _check_ai_proxy(label, plugin.ai_proxy)
+            _check_model_policy(label, plugin.ai_proxy)
+        elif plugin.name == AI_PROXY_ADVANCED:
+            _check_ai_proxy_advanced(label, plugin.ai_proxy)
+        elif plugin.name in RATE_LIMIT_PLUGINS:
+            problem = check_rate_limit_config(plugin.rate_limiting, plugin=plugin.name)
+            if problem is not None:
+                raise CompileError(f"{label}: {problem}")
         if plugin.enabled:
             enabled.append(plugin)
     return enabled
@@ -282,6 +335,98 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
         raise CompileError(f"{label}: model.options.max_tokens is negative")
 
 
+def _check_model_policy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
+    for alias, model in config.model_aliases.items():
+        if not alias or not model:
+            raise CompileError(f"{label}: model_aliases needs non-empty names")
+    if any(not model for model in config.model_allow_list):
+        raise CompileError(f"{label}: model_allow_list has an empty model name")
+    for name in ("connect_timeout", "read_timeout", "write_timeout"):
+        if getattr(config, name) < 0:
+            raise CompileError(f"{label}: {name} is negative")
+
+
+def _target_config(
+    config: snapshot_pb2.AiProxyConfig, target: snapshot_pb2.AiProxyTarget
+) -> snapshot_pb2.AiProxyConfig:
+    """One ai-proxy-advanced target as the ai-proxy config it amounts to."""
+    return snapshot_pb2.AiProxyConfig(
+        route_type=target.route_type or config.route_type,
+        llm_format=config.llm_format,
+        auth=target.auth,
+        model=target.model,
+    )
+
+
+def _check_ai_proxy_advanced(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
+    if not config.targets:
+        raise CompileError(f"{label}: ai-proxy-advanced needs at least one target")
+    _check_model_policy(label, config)
+    route_types = {target.route_type or config.route_type for target in config.targets}
+    if len(route_types) > 1:
+        raise CompileError(
+            f"{label}: every target needs the same route_type, got {', '.join(sorted(route_types))}"
+        )
+    for index, target in enumerate(config.targets):
+        target_label = f"{label} targets[{index}]"
+        _check_ai_proxy(target_label, _target_config(config, target))
+        if target.weight < 1:
+            raise CompileError(f"{target_label}: weight must be at least 1, got {target.weight}")
+    balancer = config.balancer
+    algorithm = balancer.algorithm or "round-robin"
+    if algorithm not in ALGORITHMS:
+        raise CompileError(
+            f'{label}: unknown balancer.algorithm "{algorithm}" '
+            f"(supported: {', '.join(ALGORITHMS)})"
+        )
+    if algorithm == CONSISTENT_HASHING and not balancer.hash_on_header:
+        raise CompileError(f"{label}: algorithm consistent-hashing needs balancer.hash_on_header")
+    if algorithm == PRIORITY and len({t.priority for t in config.targets}) < 2:
+        raise CompileError(
+            f"{label}: algorithm priority needs targets with at least two different priorities"
+        )
+    if algorithm == COST:
+        for index, target in enumerate(config.targets):
+            if _target_cost(target) is None:
+                raise CompileError(
+                    f"{label} targets[{index}]: algorithm cost needs model.options.input_cost "
+                    "and output_cost (decimal strings)"
+                )
+    for criterion in balancer.failover_criteria:
+        if criterion not in FAILOVER_CRITERIA:
+            raise CompileError(
+                f'{label}: unknown failover criterion "{criterion}" '
+                f"(supported: {', '.join(sorted(FAILOVER_CRITERIA))})"
+            )
+    strategy = balancer.tokens_count_strategy
+    if strategy and strategy not in TOKENS_COUNT_STRATEGIES:
+        raise CompileError(f'{label}: unknown balancer.tokens_count_strategy "{strategy}"')
+    latency = balancer.latency_strategy
+    if latency and latency not in LATENCY_STRATEGIES:
+        raise CompileError(f'{label}: unknown balancer.latency_strategy "{latency}"')
+    for name in (
+        "retries",
+        "max_fails",
+        "fail_timeout",
+        "connect_timeout",
+        "read_timeout",
+        "write_timeout",
+    ):
+        if getattr(balancer, name) < 0:
+            raise CompileError(f"{label}: balancer.{name} is negative")
+
+
+def _target_cost(target: snapshot_pb2.AiProxyTarget) -> Decimal | None:
+    options = target.model.options
+    if not options.input_cost or not options.output_cost:
+        return None
+    try:
+        cost = Decimal(options.input_cost) + Decimal(options.output_cost)
+    except InvalidOperation:
+        return None
+    return cost if cost.is_finite() and cost >= 0 else None
+
+
 def _is_dns_label(value: str) -> bool:
     return value.replace("-", "").isalnum() and value.isascii() and len(value) <= 63
 
@@ -305,14 +450,16 @@ def _resolve_plugins(route: snapshot_pb2.Route, plugins: list[snapshot_pb2.Plugi
             rank = 1
         else:
             rank = 0
-        current = best.get(plugin.name)
+        kind = _KIND.get(plugin.name, plugin.name)
+        current = best.get(kind)
         if current is None or rank > current[0]:
-            best[plugin.name] = (rank, plugin)
+            best[kind] = (rank, plugin)
     key_auth = best.get(KEY_AUTH)
     ai_proxy = best.get(AI_PROXY)
     return _Resolved(
         key_auth=key_auth[1].key_auth if key_auth else None,
         ai_proxy=ai_proxy[1].ai_proxy if ai_proxy else None,
+        advanced=ai_proxy is not None and ai_proxy[1].name == AI_PROXY_ADVANCED,
     )
 
 
@@ -346,6 +493,7 @@ def _upstream_url(config: snapshot_pb2.AiProxyConfig) -> str:
 _OPENAI = OpenAITranslator()
 _ANTHROPIC_NATIVE = AnthropicNativeTranslator()
 _OPENAI_TO_ANTHROPIC = OpenAIToAnthropicTranslator()
+_OPENAI_RESPONSES = OpenAIResponsesTranslator()
 
 
 def _translator(config: snapshot_pb2.AiProxyConfig) -> Translator:
@@ -354,10 +502,62 @@ def _translator(config: snapshot_pb2.AiProxyConfig) -> Translator:
         return PreserveTranslator(anthropic_errors=anthropic_clients)
     if config.model.provider == "anthropic":
         return _ANTHROPIC_NATIVE if anthropic_clients else _OPENAI_TO_ANTHROPIC
+    if config.route_type == ROUTE_TYPE_RESPONSES:
+        return _OPENAI_RESPONSES
     return _OPENAI
 
 
-def _compile_ai_proxy(config: snapshot_pb2.AiProxyConfig) -> AiProxyPolicy:
+def _timeout(connect_ms: int, read_ms: int) -> aiohttp.ClientTimeout | None:
+    if not connect_ms and not read_ms:
+        return None
+    connect = connect_ms / 1000 if connect_ms else _DEFAULT_CONNECT_S
+    return aiohttp.ClientTimeout(
+        total=None,
+        # Waiting for a pooled connection counts as connecting.
+        connect=connect * 4,
+        sock_connect=connect,
+        sock_read=read_ms / 1000 if read_ms else _DEFAULT_READ_S,
+    )
+
+
+def _compile_ai_proxy_advanced(config: snapshot_pb2.AiProxyConfig) -> AiProxyPolicy:
+    balancer_config = config.balancer
+    timeout = _timeout(balancer_config.connect_timeout, balancer_config.read_timeout)
+    targets = [
+        BalancerTarget(
+            policy=_compile_ai_proxy(
+                _target_config(config, target), timeout=timeout, model_policy=config
+            ),
+            weight=target.weight,
+            priority=target.priority,
+            cost=_target_cost(target),
+            description=target.description,
+        )
+        for target in config.targets
+    ]
+    balancer = Balancer(
+        targets=targets,
+        algorithm=balancer_config.algorithm or "round-robin",
+        hash_on_header=balancer_config.hash_on_header,
+        # Kong's default is 5; each target is tried at most once anyway.
+        retries=balancer_config.retries if balancer_config.HasField("retries") else 5,
+        failover_criteria=tuple(balancer_config.failover_criteria) or DEFAULT_FAILOVER_CRITERIA,
+        tokens_count_strategy=balancer_config.tokens_count_strategy or "total-tokens",
+        latency_strategy=balancer_config.latency_strategy or "e2e",
+        max_fails=balancer_config.max_fails,
+        fail_timeout_ms=balancer_config.fail_timeout or DEFAULT_FAIL_TIMEOUT_MS,
+        # A digest, so the balancer does not hold another copy of the provider keys.
+        fingerprint=hashlib.sha256(config.SerializeToString(deterministic=True)).digest(),
+    )
+    return replace(targets[0].policy, balancer=balancer)
+
+
+def _compile_ai_proxy(
+    config: snapshot_pb2.AiProxyConfig,
+    *,
+    timeout: aiohttp.ClientTimeout | None = None,
+    model_policy: snapshot_pb2.AiProxyConfig | None = None,
+) -> AiProxyPolicy:
     provider = config.model.provider
     url = _upstream_url(config)
     auth = config.auth
@@ -390,4 +590,7 @@ def _compile_ai_proxy(config: snapshot_pb2.AiProxyConfig) -> AiProxyPolicy:
         max_tokens=config.model.options.max_tokens,
         llm_format=config.llm_format or LLM_FORMAT_OPENAI,
         translator=_translator(config),
+        model_aliases=MappingProxyType(dict((model_policy or config).model_aliases)),
+        model_allow_list=frozenset((model_policy or config).model_allow_list),
+        timeout=timeout,
     )

@@ -43,8 +43,11 @@ class ConfigClient:
         backoff: Backoff | None = None,
         initial_version: str = "",
         cache: ConfigCache | None = None,
+        on_answer: Callable[[bool], None] | None = None,
     ) -> None:
         self._stub = stub
+        # Told True for each ACK, False for each NACK (metrics).
+        self._on_answer = on_answer
         self._node = node
         self._apply = apply
         self._backoff = backoff or Backoff()
@@ -137,6 +140,8 @@ class ConfigClient:
         self.version = response.version_info
         self.applied_versions.append(response.version_info)
         self._first_applied.set()
+        if self._on_answer is not None:
+            self._on_answer(True)
         logger.info(
             "applied config version %s (%d routes, %d consumers)",
             response.version_info,
@@ -149,6 +154,8 @@ class ConfigClient:
 
     def _nack(self, response: config_pb2.ConfigResponse, message: str) -> config_pb2.ConfigRequest:
         self.rejected_versions.append(response.version_info)
+        if self._on_answer is not None:
+            self._on_answer(False)
         logger.error(
             "rejected config version %s (keeping %s): %s",
             response.version_info,

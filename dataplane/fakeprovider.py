@@ -21,10 +21,19 @@ Legacy ``/completions`` (``prompt`` -> ``choices[].text``) and ``/embeddings`` (
 ``data[].embedding``, usage ``prompt_tokens`` = words + 3 per input) are served too. Azure's
 ``api-key`` header is accepted as well as ``Authorization``.
 
+The Responses API (``/responses``: ``input`` as a string or a list of messages,
+``instructions`` as a system message) answers a ``response`` object with ``usage``
+(``input_tokens``, ``input_tokens_details.cached_tokens``, ``output_tokens``,
+``output_tokens_details.reasoning_tokens``), or with ``stream: true`` the typed SSE events
+``response.created`` ... ``response.output_text.delta`` ... ``response.completed`` (which
+carries the usage), as OpenAI sends them.
+
 Errors: a wrong or missing ``Authorization`` answers 401 (the expected key is configurable;
 by default any ``Bearer sk-...`` passes); model ``"fail-500"`` or header ``x-fake-status: N``
-answers status N with an OpenAI error. Every request is recorded; ``GET /_fake/requests``
-returns them and ``DELETE /_fake/requests`` clears them.
+answers status N with an OpenAI error. Knobs for failover tests: ``FakeProvider(status=N)``
+answers every request with status N (429 with ``retry-after``), ``delay_s`` waits that long
+before answering. Every request is recorded; ``GET /_fake/requests`` returns them and
+``DELETE /_fake/requests`` clears them.
 
 Run it with ``python -m dataplane.fakeprovider --listen 127.0.0.1:PORT``, or in-process:
 ``async with serve_http(FakeProvider()) as address: ...``.
@@ -108,8 +117,21 @@ def reply_words(messages: list[Any], max_words: int | None = None) -> tuple[list
 class FakeProvider:
     """The fake as a raw ASGI app; ``requests`` lists what it received."""
 
-    def __init__(self, *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        chunk_delay: float = 0.0,
+        status: int | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
         self.api_key = api_key
+        # Every request answered with this status (an OpenAI error body), when set.
+        self.status = status
+        # Seconds to wait before answering (a slow or hanging provider).
+        self.delay_s = delay_s
+        # Seconds between two SSE chunks: a slow stream, to test what happens mid-response.
+        self.chunk_delay = chunk_delay
         self.requests: list[RecordedRequest] = []
         self._seen_systems: set[str] = set()
 
@@ -134,7 +156,11 @@ class FakeProvider:
         self.requests.append(RecordedRequest(method=method, path=path, headers=headers, body=body))
 
         endpoint = next(
-            (e for e in ("/chat/completions", "/completions", "/embeddings") if path.endswith(e)),
+            (
+                e
+                for e in ("/chat/completions", "/completions", "/embeddings", "/responses")
+                if path.endswith(e)
+            ),
             None,
         )
         if method != "POST" or endpoint is None:
@@ -149,6 +175,18 @@ class FakeProvider:
             else authorization.startswith("Bearer sk-")
         ):
             await send_response(send, 401, orjson.dumps({"error": _BAD_KEY}), [JSON_CONTENT_TYPE])
+            return
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.status is not None:
+            await _status(send, self.status)
+            return
+        if isinstance(body, dict) and endpoint == "/responses":
+            if not isinstance(body.get("input"), (str, list)):
+                message = "Missing required parameter: 'input'."
+                await _error(send, 400, message, "invalid_request_error", None)
+                return
+            await self._respond(send, body)
             return
         if isinstance(body, dict) and endpoint != "/chat/completions":
             field = "prompt" if endpoint == "/completions" else "input"
@@ -306,7 +344,160 @@ class FakeProvider:
         pieces.append(b"data: [DONE]\n\n")
         for piece in pieces:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _response_messages(self, body: dict[str, Any]) -> list[Any]:
+        """The Responses API's input as chat messages, for the fake's token rule."""
+        source = body["input"]
+        items = [{"role": "user", "content": source}] if isinstance(source, str) else source
+        messages: list[Any] = []
+        if isinstance(body.get("instructions"), str):
+            messages.append({"role": "system", "content": body["instructions"]})
+        for item in items:
+            if isinstance(item, dict) and "role" in item:
+                role = "system" if item["role"] == "developer" else item["role"]
+                messages.append({"role": role, "content": item.get("content")})
+        return messages
+
+    async def _respond(self, send: Send, body: dict[str, Any]) -> None:
+        """POST /responses, whole or streamed, in the Responses API's wire format."""
+        messages = self._response_messages(body)
+        model = str(body.get("model", ""))
+        limit = body.get("max_output_tokens")
+        words, _ = reply_words(messages, limit if isinstance(limit, int) else None)
+        reasoning = (
+            REASONING_TOKENS_PER_WORD * len(words)
+            if len(model) > 1 and model[0] == "o" and model[1].isdigit()
+            else 0
+        )
+        prompt = prompt_tokens(messages)
+        cached = self._cached_tokens(messages)
+        usage = {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": len(words) + reasoning,
+            "output_tokens_details": {"reasoning_tokens": reasoning},
+            "total_tokens": prompt + len(words) + reasoning,
+        }
+        text = " ".join(words)
+        response_id = f"resp_{uuid.uuid4().hex}"
+        message_id = f"msg_{uuid.uuid4().hex}"
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        item = {
+            "id": message_id,
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [part],
+        }
+        document: dict[str, Any] = {
+            "id": response_id,
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": limit if isinstance(limit, int) else None,
+            "model": model,
+            "output": [item],
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "store": True,
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": usage,
+            "user": None,
+            "metadata": {},
+        }
+        if not body.get("stream"):
+            await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])
+            return
+        in_progress = {**document, "status": "in_progress", "output": [], "usage": None}
+        empty_item = {**item, "status": "in_progress", "content": []}
+        empty_part = {**part, "text": ""}
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": in_progress},
+            {"type": "response.in_progress", "response": in_progress},
+            {"type": "response.output_item.added", "output_index": 0, "item": empty_item},
+            {
+                "type": "response.content_part.added",
+                "item_id": message_id,
+                "output_index": 0,
+                "content_index": 0,
+                "part": empty_part,
+            },
+        ]
+        events.extend(
+            {
+                "type": "response.output_text.delta",
+                "item_id": message_id,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": word if i == 0 else " " + word,
+                "logprobs": [],
+            }
+            for i, word in enumerate(words)
+        )
+        events += [
+            {
+                "type": "response.output_text.done",
+                "item_id": message_id,
+                "output_index": 0,
+                "content_index": 0,
+                "text": text,
+                "logprobs": [],
+            },
+            {
+                "type": "response.content_part.done",
+                "item_id": message_id,
+                "output_index": 0,
+                "content_index": 0,
+                "part": part,
+            },
+            {"type": "response.output_item.done", "output_index": 0, "item": item},
+            {"type": "response.completed", "response": document},
+        ]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
+        for number, event in enumerate(events):
+            event["sequence_number"] = number
+            piece = b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event)
+            await send({"type": "http.response.body", "body": piece + b"\n\n", "more_body": True})
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _status(send: Send, status: int) -> None:
+    """Answer ``status`` with OpenAI's error body for it (429 with ``retry-after``)."""
+    if status == 429:
+        error = {
+            "message": "Rate limit reached for requests",
+            "type": "requests",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+        headers = [JSON_CONTENT_TYPE, (b"retry-after", b"1")]
+        await send_response(send, 429, orjson.dumps({"error": error}), headers)
+        return
+    if status >= 500:
+        payload = orjson.dumps({"error": _SERVER_ERROR})
+        await send_response(send, status, payload, [JSON_CONTENT_TYPE])
+        return
+    await _error(send, status, f"Forced status {status}", "invalid_request_error", None)
 
 
 def _usage(prompt: int, completion: int, *, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
@@ -331,8 +522,9 @@ async def _error(send: Send, status: int, message: str, type: str, code: str | N
     await send_response(send, status, payload, [JSON_CONTENT_TYPE])
 
 
-async def _serve(host: str, port: int, api_key: str | None) -> None:
-    async with serve_http(FakeProvider(api_key=api_key), host=host, port=port) as address:
+async def _serve(host: str, port: int, api_key: str | None, chunk_delay: float = 0.0) -> None:
+    app = FakeProvider(api_key=api_key, chunk_delay=chunk_delay)
+    async with serve_http(app, host=host, port=port) as address:
         print(f"fake provider listening on {address.url}", flush=True)
         await asyncio.Event().wait()
 
@@ -342,12 +534,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dataplane.fakeprovider", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:8900", help="HOST:PORT (port 0: any)")
     parser.add_argument("--api-key", default=None, help="the only key accepted (default: sk-*)")
+    parser.add_argument(
+        "--chunk-delay-ms", type=int, default=0, help="pause between SSE chunks (default: 0)"
+    )
     args = parser.parse_args(argv)
     host, port = split_host_port(args.listen)
     try:
         import uvloop
 
-        uvloop.run(_serve(host, port, args.api_key))
+        uvloop.run(_serve(host, port, args.api_key, args.chunk_delay_ms / 1000))
     except KeyboardInterrupt:
         pass
     return 0

@@ -51,6 +51,8 @@ class ChatRequest:
     hide_usage_chunk: bool
     # The parsed body, kept to estimate the prompt when the provider reports no usage.
     document: Any = None
+    # The client's model after aliasing (before a route's fixed model replaces it).
+    requested_model: str | None = None
 
 
 def error_body(message: str, *, type: str, code: str | None, param: str | None = None) -> bytes:
@@ -63,7 +65,9 @@ _REQUIRED_FIELD: dict[str, tuple[str, type | tuple[type, ...], str, bool]] = {
     "llm/v1/chat": ("messages", list, "an array", True),
     "llm/v1/completions": ("prompt", (str, list), "a string or an array", True),
     "llm/v1/embeddings": ("input", (str, list), "a string or an array", False),
+    "llm/v1/responses": ("input", (str, list), "a string or an array", True),
 }
+_RESPONSES = "llm/v1/responses"
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -89,16 +93,45 @@ def check_stream_flag(body: dict[str, Any]) -> bool:
     return stream
 
 
-def resolve_model(body: dict[str, Any], policy: AiProxyPolicy) -> tuple[str, bool]:
-    """Apply the route's model to ``body``; return the model and whether the body changed."""
-    if policy.model and body.get("model") != policy.model:
-        body["model"] = policy.model
-        return policy.model, True
+def requested_model(body: dict[str, Any], policy: AiProxyPolicy) -> str | None:
+    """The client's model after the route's aliases, checked against its allow list."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
+        model = None
+    elif policy.model_aliases:
+        model = policy.model_aliases.get(model, model)
+    if policy.model_allow_list and model not in policy.model_allow_list:
+        allowed = ", ".join(sorted(policy.model_allow_list))
+        if model is None:
+            raise InvalidRequest(
+                f"Missing required parameter: 'model' (this route serves: {allowed}).",
+                code="missing_required_parameter",
+                param="model",
+            )
+        raise InvalidRequest(
+            f"The model '{body.get('model')}' is not available on this route "
+            f"(it serves: {allowed}).",
+            code="model_not_found",
+            param="model",
+        )
+    return model
+
+
+def resolve_model(body: dict[str, Any], policy: AiProxyPolicy) -> tuple[str, bool]:
+    """Apply the route's model policy to ``body``; return the model and whether it changed.
+
+    Aliases first, then the allow list, then the route's fixed model (if any) replaces the
+    client's choice.
+    """
+    requested = requested_model(body, policy)
+    model = policy.model or requested
+    if not model:
         raise InvalidRequest(
             "Missing required parameter: 'model'.", code="missing_required_parameter", param="model"
         )
+    if body.get("model") != model:
+        body["model"] = model
+        return model, True
     return model, False
 
 
@@ -124,9 +157,16 @@ def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
             f"Invalid type for '{field}': expected {expected}.", code="invalid_type", param=field
         )
     stream = check_stream_flag(body) if may_stream else False
+    requested = requested_model(body, policy)
     model, changed = resolve_model(body, policy)
     hide_usage_chunk = False
-    if stream:
+    responses = policy.route_type == _RESPONSES
+    if responses:
+        # The Responses API always reports usage (in response.completed); nothing to ask for.
+        if policy.max_tokens and "max_output_tokens" not in body:
+            body["max_output_tokens"] = policy.max_tokens
+            changed = True
+    elif stream:
         options = body.get("stream_options")
         if not (isinstance(options, dict) and options.get("include_usage") is True):
             # Usage in a stream comes only on request; ask for it and keep it from the client.
@@ -134,6 +174,7 @@ def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
             hide_usage_chunk = changed = True
     if (
         may_stream
+        and not responses
         and policy.max_tokens
         and "max_tokens" not in body
         and "max_completion_tokens" not in body
@@ -149,6 +190,7 @@ def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
         stream=stream,
         hide_usage_chunk=hide_usage_chunk,
         document=body,
+        requested_model=requested,
     )
 
 

@@ -7,6 +7,8 @@ from typing import Final
 ROUTE_TYPE_CHAT: Final = "llm/v1/chat"
 ROUTE_TYPE_COMPLETIONS: Final = "llm/v1/completions"
 ROUTE_TYPE_EMBEDDINGS: Final = "llm/v1/embeddings"
+# OpenAI's Responses API (POST /v1/responses).
+ROUTE_TYPE_RESPONSES: Final = "llm/v1/responses"
 ROUTE_TYPE_PRESERVE: Final = "preserve"
 
 LLM_FORMAT_OPENAI: Final = "openai"
@@ -20,6 +22,7 @@ DEFAULT_URLS: Final[dict[str, dict[str, str]]] = {
         ROUTE_TYPE_CHAT: "https://api.openai.com/v1/chat/completions",
         ROUTE_TYPE_COMPLETIONS: "https://api.openai.com/v1/completions",
         ROUTE_TYPE_EMBEDDINGS: "https://api.openai.com/v1/embeddings",
+        ROUTE_TYPE_RESPONSES: "https://api.openai.com/v1/responses",
         ROUTE_TYPE_PRESERVE: "https://api.openai.com",
     },
     "anthropic": {
@@ -38,13 +41,25 @@ OPENAI_FORMAT_DEFAULT_URLS: Final = {
 # Route types each provider can serve.
 PROVIDER_ROUTE_TYPES: Final[dict[str, frozenset[str]]] = {
     "openai": frozenset(
-        {ROUTE_TYPE_CHAT, ROUTE_TYPE_COMPLETIONS, ROUTE_TYPE_EMBEDDINGS, ROUTE_TYPE_PRESERVE}
+        {
+            ROUTE_TYPE_CHAT,
+            ROUTE_TYPE_COMPLETIONS,
+            ROUTE_TYPE_EMBEDDINGS,
+            ROUTE_TYPE_RESPONSES,
+            ROUTE_TYPE_PRESERVE,
+        }
     ),
     "azure": frozenset(
         {ROUTE_TYPE_CHAT, ROUTE_TYPE_COMPLETIONS, ROUTE_TYPE_EMBEDDINGS, ROUTE_TYPE_PRESERVE}
     ),
     "openai_compatible": frozenset(
-        {ROUTE_TYPE_CHAT, ROUTE_TYPE_COMPLETIONS, ROUTE_TYPE_EMBEDDINGS, ROUTE_TYPE_PRESERVE}
+        {
+            ROUTE_TYPE_CHAT,
+            ROUTE_TYPE_COMPLETIONS,
+            ROUTE_TYPE_EMBEDDINGS,
+            ROUTE_TYPE_RESPONSES,
+            ROUTE_TYPE_PRESERVE,
+        }
     ),
     "anthropic": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_PRESERVE}),
 }
@@ -63,6 +78,12 @@ NOT_YET_SUPPORTED_PROVIDERS: Final = frozenset(
 )
 
 SUPPORTED_ROUTE_TYPES: Final = frozenset(
-    {ROUTE_TYPE_CHAT, ROUTE_TYPE_COMPLETIONS, ROUTE_TYPE_EMBEDDINGS, ROUTE_TYPE_PRESERVE}
+    {
+        ROUTE_TYPE_CHAT,
+        ROUTE_TYPE_COMPLETIONS,
+        ROUTE_TYPE_EMBEDDINGS,
+        ROUTE_TYPE_RESPONSES,
+        ROUTE_TYPE_PRESERVE,
+    }
 )
-NOT_YET_SUPPORTED_ROUTE_TYPES: Final = frozenset({"llm/v1/responses", "llm/v1/assistants"})
+NOT_YET_SUPPORTED_ROUTE_TYPES: Final = frozenset({"llm/v1/assistants"})

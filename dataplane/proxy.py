@@ -29,10 +29,22 @@ from dataplane.asgi import (
     read_body,
     send_response,
 )
+from dataplane.balancer import Balancer, NoTargetForModel, carry_state
+from dataplane.cost import (
+    ESTIMATE_SUFFIX,
+    RESERVED_ESTIMATE_PATH,
+    admit,
+    serve_estimate,
+    serve_reserved_estimate,
+)
+from dataplane.enforcement import Enforcer
 from dataplane.estimate import estimate_usage
 from dataplane.keys import hash_key
+from dataplane.logs import REQUEST_ID
+from dataplane.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
 from dataplane.openai_format import InvalidRequest, error_body
 from dataplane.providers import ROUTE_TYPE_PRESERVE
+from dataplane.ratelimit import RateLimiter
 from dataplane.runtime import AiProxyPolicy, CompiledRoute, Consumer, KeyAuthPolicy, RuntimeConfig
 from dataplane.sse import SseSplitter
 from dataplane.token_usage import TokenUsage
@@ -86,23 +98,36 @@ class Gateway:
         clients: UpstreamClients | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+        rate_limiter: RateLimiter | None = None,
+        metrics: DataPlaneMetrics | None = None,
+        enforcer: Enforcer | None = None,
     ) -> None:
         self.node_id = node_id
+        self.metrics = metrics or DataPlaneMetrics()
         # Latency of the latest requests (time to first token, total), newest last.
         self.timings: deque[RequestTiming] = deque(maxlen=TIMINGS_KEPT)
         self._drain_timeout_s = drain_timeout_s
         self.config: RuntimeConfig | None = None
         self._usage_sink = usage_sink
+        # Rate-limit counters (and Redis clients): they outlive snapshots.
+        self.rate_limiter = rate_limiter or RateLimiter()
+        # Entitlements, budgets, task budgets: local counters that outlive snapshots.
+        self.enforcer = enforcer or Enforcer()
         self._clients = clients or UpstreamClients()
         self._max_body_bytes = max_body_bytes
 
     def apply(self, config: RuntimeConfig) -> None:
         """Serve ``config`` from now on (one assignment: requests in flight keep theirs)."""
+        self.enforcer.apply(config.enforcement)
+        if self.config is not None:
+            # Unchanged ai-proxy-advanced routes keep their balancer state (circuit breaker...).
+            carry_state(self.config, config)
         self.config = config
 
     async def aclose(self) -> None:
         """Close the pooled upstream connections."""
         await self._clients.aclose()
+        await self.rate_limiter.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,6 +135,7 @@ class Gateway:
         start_ns = time.time_ns()
         # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID object.
         request_id = os.urandom(16).hex()
+        REQUEST_ID.set(request_id)  # for log lines (dataplane/logs.py); this task only
         id_header = (b"x-request-id", request_id.encode())
         config = self.config
         if config is None:
@@ -122,6 +148,18 @@ class Gateway:
             return
         matched = config.routes.match_prefix(scope["path"], scope["method"])
         if matched is None:
+            if scope["path"] == RESERVED_ESTIMATE_PATH and scope["method"] == "POST":
+                await serve_reserved_estimate(
+                    self.enforcer,
+                    config=config,
+                    scope=scope,
+                    receive=receive,
+                    send=send,
+                    find_key=lambda key_auth: _find_key(key_auth, scope),
+                    max_body_bytes=self._max_body_bytes,
+                    id_header=id_header,
+                )
+                return
             body = error_body(
                 "no Route matched with those values",
                 type="invalid_request_error",
@@ -130,6 +168,7 @@ class Gateway:
             await send_response(send, 404, body, [JSON_CONTENT_TYPE, id_header])
             return
         route, prefix = matched
+        scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (dataplane/metrics.py)
         policy = route.ai_proxy
         translator = (policy.translator if policy else None) or _OPENAI
 
@@ -188,6 +227,22 @@ class Gateway:
             )
             await send_response(send, 413, body, [JSON_CONTENT_TYPE, id_header])
             return
+        anthropic = policy.llm_format == "anthropic"
+        if scope["path"].endswith(ESTIMATE_SUFFIX) and scope["method"] == "POST":
+            await serve_estimate(
+                self.enforcer,
+                raw=raw,
+                consumer_id=consumer.id if consumer else None,
+                route_id=route.id,
+                provider=policy.target.provider,
+                route_model=policy.model,
+                default_max_tokens=policy.max_tokens,
+                headers=scope["headers"],
+                send=send,
+                anthropic=anthropic,
+                id_header=id_header,
+            )
+            return
         try:
             prepared = translator.prepare(
                 raw,
@@ -203,9 +258,44 @@ class Gateway:
             await send_response(send, 400, body, [JSON_CONTENT_TYPE, id_header])
             return
 
+        # Entitlements, budgets and task budgets (429 before the provider is called); the
+        # wrapped send adds the X-Meterline-* cost headers.
+        metered = await admit(
+            self.enforcer,
+            consumer_id=consumer.id if consumer else None,
+            route_id=route.id,
+            provider=policy.target.provider,
+            model=prepared.model,
+            headers=scope["headers"],
+            send=send,
+            usage_sink=self._usage_sink,
+            anthropic=anthropic,
+            id_header=id_header,
+            # The figures close the stream where the client asked for the usage chunk.
+            stream_figures=prepared.include_usage
+            or (policy.target.provider != "anthropic" and not prepared.hide_usage_chunk),
+        )
+        if metered is None:
+            return
+        send, usage_sink = metered
+        if route.rate_limits is not None:
+            admitted = await self.rate_limiter.admit(
+                route.rate_limits,
+                consumer=consumer,
+                scope=scope,
+                send=send,
+                usage_sink=usage_sink,
+                translator=translator,
+                anthropic=policy.llm_format == "anthropic",
+                id_header=id_header,
+            )
+            if admitted is None:
+                return
+            send, usage_sink = admitted
+
         exchange = _Exchange(
             source=self.node_id,
-            usage_sink=self._usage_sink,
+            usage_sink=usage_sink,
             request_id=request_id,
             start_ns=start_ns,
             route=route,
@@ -214,14 +304,17 @@ class Gateway:
             subject=consumer.username if consumer else "",
             prepared=prepared,
             timings=self.timings,
+            metrics=self.metrics,
             drain_timeout_s=self._drain_timeout_s,
+            raw=raw,
+            subpath=scope["path"][len(prefix) :],
         )
-        await exchange.run(scope, receive, send, self._clients.get(policy.target.origin))
+        await exchange.run(scope, receive, send, self._clients)
 
 
 @dataclass(frozen=True, slots=True)
 class RequestTiming:
-    """Latency of one proxied request, kept in memory (the usage contract has no field yet)."""
+    """Latency of one proxied request, kept in memory (usage events carry it too)."""
 
     request_id: str
     route: str
@@ -236,21 +329,33 @@ class RequestTiming:
 
 
 class _Exchange:
-    """One proxied LLM request: the upstream call, the relay, and its usage record."""
+    """One proxied LLM request: the upstream call(s), the relay, and its usage record.
+
+    On an ai-proxy-advanced route the balancer plans the targets to try; an attempt that fails
+    by the route's failover_criteria before anything reached the client is recorded (its
+    status, no tokens: never billed) and the next target is tried. Usage is attributed to the
+    target that answered.
+    """
 
     __slots__ = (
+        "attempt",
         "drain_timeout_s",
         "first_byte_ns",
+        "metrics",
         "policy",
         "prepared",
+        "raw",
         "request_id",
         "route",
         "source",
         "start_ns",
         "start_perf_ns",
         "subject",
+        "subpath",
+        "target_index",
         "timings",
         "translator",
+        "upstream_ns",
         "usage_sink",
     )
 
@@ -267,7 +372,10 @@ class _Exchange:
         subject: str,
         prepared: Prepared,
         timings: deque[RequestTiming],
+        metrics: DataPlaneMetrics,
         drain_timeout_s: float,
+        raw: bytes = b"",
+        subpath: str = "",
     ) -> None:
         self.source = source
         self.usage_sink = usage_sink
@@ -275,6 +383,9 @@ class _Exchange:
         self.start_ns = start_ns
         self.start_perf_ns = time.perf_counter_ns()
         self.first_byte_ns: int | None = None
+        # When the provider's response headers arrived (upstream latency).
+        self.upstream_ns: int | None = None
+        self.metrics = metrics
         self.route = route
         self.policy = policy
         self.translator = translator
@@ -282,6 +393,11 @@ class _Exchange:
         self.prepared = prepared
         self.timings = timings
         self.drain_timeout_s = drain_timeout_s
+        self.raw = raw
+        self.subpath = subpath
+        # 1-based upstream attempt, and the balancer's index of its target.
+        self.attempt = 1
+        self.target_index = 0
 
     def _record(
         self,
@@ -290,29 +406,43 @@ class _Exchange:
         usage: TokenUsage | None,
         model: str | None,
         estimated: bool,
+        failed_attempt: bool = False,
     ) -> None:
         now = time.perf_counter_ns()
         model = model or self.prepared.model
         ttft = (
             None if self.first_byte_ns is None else (self.first_byte_ns - self.start_perf_ns) / 1e6
         )
-        timing = RequestTiming(
-            request_id=self.request_id,
-            route=self.route.name,
-            provider=self.policy.target.provider,
-            model=model,
-            status_code=status,
-            stream=self.prepared.stream,
-            time_to_first_token_ms=ttft,
-            total_ms=(now - self.start_perf_ns) / 1e6,
-        )
-        self.timings.append(timing)
+        total_ms = (now - self.start_perf_ns) / 1e6
+        if not failed_attempt:
+            timing = RequestTiming(
+                request_id=self.request_id,
+                route=self.route.name,
+                provider=self.policy.target.provider,
+                model=model,
+                status_code=status,
+                stream=self.prepared.stream,
+                time_to_first_token_ms=ttft,
+                total_ms=total_ms,
+            )
+            self.timings.append(timing)
+            self.metrics.exchange(
+                route=self.route.name,
+                provider=self.policy.target.provider,
+                model=model,
+                usage=usage,
+                ttft_s=None if ttft is None else ttft / 1e3,
+                upstream_s=None
+                if self.upstream_ns is None
+                else (self.upstream_ns - self.start_perf_ns) / 1e9,
+            )
         logger.debug(
-            "request %s: status=%d ttft_ms=%s total_ms=%.1f",
+            "request %s attempt %d: status=%d ttft_ms=%s total_ms=%.1f",
             self.request_id,
+            self.attempt,
             status,
             "-" if ttft is None else f"{ttft:.1f}",
-            timing.total_ms,
+            total_ms,
         )
         if not self.prepared.metered or (
             usage is None and 200 <= status < 300 and self.policy.route_type == ROUTE_TYPE_PRESERVE
@@ -330,6 +460,10 @@ class _Exchange:
             route=self.route.name,
             usage=usage,
             estimated=estimated,
+            time_to_first_token_ms=None if ttft is None else round(ttft),
+            latency_ms=round(total_ms),
+            attempt=self.attempt,
+            failed_attempt=failed_attempt,
         ):
             self.usage_sink(event)
 
@@ -344,8 +478,83 @@ class _Exchange:
         return estimate_usage(document=self.prepared.document, produced=produced)
 
     async def run(
-        self, scope: Scope, receive: Receive, send: Send, session: aiohttp.ClientSession
+        self, scope: Scope, receive: Receive, send: Send, clients: UpstreamClients
     ) -> None:
+        balancer = self.policy.balancer
+        if balancer is None:
+            session = clients.get(self.policy.target.origin)
+            await self._attempt(scope, receive, send, session, None, final=True)
+            return
+        id_header = (b"x-request-id", self.request_id.encode())
+        try:
+            plan = balancer.plan(model=self.prepared.requested_model, headers=scope["headers"])
+        except NoTargetForModel as exc:
+            served = ", ".join(exc.served) or "none"
+            model = exc.model or ""
+            message = f"The model '{model}' is not served by this route (it serves: {served})."
+            body = self.translator.error_body(
+                message,
+                type="invalid_request_error",
+                code="model_not_found",
+                param="model",
+            )
+            await send_response(send, 400, body, [JSON_CONTENT_TYPE, id_header])
+            return
+        # The Gateway prepared the request for the first target; others re-prepare it.
+        prepared_for = self.policy.target
+        last = len(plan) - 1
+        for number, index in enumerate(plan):
+            if not balancer.acquire(index):
+                continue  # another request is probing this half-open target
+            target = balancer.targets[index].policy
+            translator = target.translator or _OPENAI
+            if target.target is not prepared_for:
+                try:
+                    self.prepared = translator.prepare(
+                        self.raw,
+                        target,
+                        subpath=self.subpath,
+                        query=scope["query_string"],
+                        method=scope["method"],
+                    )
+                except InvalidRequest as exc:
+                    balancer.settle(index)
+                    body = translator.error_body(
+                        exc.message, type="invalid_request_error", code=exc.code, param=exc.param
+                    )
+                    await send_response(send, 400, body, [JSON_CONTENT_TYPE, id_header])
+                    return
+                prepared_for = target.target
+            self.policy, self.translator = target, translator
+            self.target_index = index
+            session = clients.get(target.target.origin)
+            try:
+                final = number == last
+                if await self._attempt(scope, receive, send, session, balancer, final=final):
+                    return
+            finally:
+                # A probe that ended neither failed nor answered (an error outside the
+                # criteria, a cancelled request) must not hold the half-open target forever.
+                balancer.settle(index)
+            self.attempt += 1
+        body = self.translator.error_body(
+            "Every target of this route is unavailable (circuit breaker open); retry shortly.",
+            type="overloaded_error" if self.policy.llm_format == "anthropic" else "api_error",
+            code="no_healthy_upstream",
+        )
+        await send_response(send, 503, body, [JSON_CONTENT_TYPE, id_header])
+
+    async def _attempt(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        session: aiohttp.ClientSession,
+        balancer: Balancer | None,
+        *,
+        final: bool,
+    ) -> bool:
+        """Call the current target; False if it failed over (nothing sent to the client)."""
         target = self.policy.target
         prepared = self.prepared
         dropped = self.route.dropped_headers
@@ -362,18 +571,42 @@ class _Exchange:
         id_header = (b"x-request-id", self.request_id.encode())
         try:
             # Redirects are the client's business (httpx did not follow them either).
-            response = await session.request(
-                prepared.method,
-                upstream_url(prepared.url),
-                data=prepared.body or None,
-                headers=headers,
-                allow_redirects=False,
-            )
+            if self.policy.timeout is None:
+                response = await session.request(
+                    prepared.method,
+                    upstream_url(prepared.url),
+                    data=prepared.body or None,
+                    headers=headers,
+                    allow_redirects=False,
+                )
+            else:
+                response = await session.request(
+                    prepared.method,
+                    upstream_url(prepared.url),
+                    data=prepared.body or None,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=self.policy.timeout,
+                )
+            self.upstream_ns = time.perf_counter_ns()
         except UPSTREAM_ERRORS as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            if balancer is not None and balancer.fails_over_on_error(timed_out=timed_out):
+                balancer.failed(self.target_index)
+                if not final:
+                    self._failed_over(exc, 504 if timed_out else 502)
+                    return False
             await self._upstream_failed(send, exc, id_header)
-            return
+            return True
         try:
             status = response.status
+            if balancer is not None and balancer.fails_over_on_status(status):
+                balancer.failed(self.target_index)
+                if not final:
+                    self._failed_over(None, status)
+                    # Closed, not drained: a failed target's connection is not worth keeping.
+                    response.close()
+                    return False
             out_headers: Headers = []
             for name, value in response.raw_headers:
                 name = name.lower()
@@ -382,13 +615,13 @@ class _Exchange:
             out_headers.append(id_header)
             content_type = response.headers.get("content-type", "")
             if prepared.stream and 200 <= status < 300 and "text/event-stream" in content_type:
-                await self._relay_stream(receive, send, response, out_headers)
-                return
+                await self._relay_stream(receive, send, response, out_headers, balancer)
+                return True
             try:
                 body = await response.read()
             except UPSTREAM_ERRORS as exc:
                 await self._upstream_failed(send, exc, id_header)
-                return
+                return True
             out, usage, model = self.translator.whole(body, status, prepared)
             if out is not body:
                 out_headers = [
@@ -407,13 +640,35 @@ class _Exchange:
             # Usage is recorded (spooled) before the response completes: a response its
             # client received is never lost with a killed data plane.
             self._record(status=status, usage=usage, model=model, estimated=estimated)
+            if balancer is not None and not balancer.fails_over_on_status(status):
+                self._answered(balancer, usage)
             await send_response(send, status, out, out_headers)
+            return True
         finally:
             # Back to the pool if the body was read to its end; closed otherwise.
             response.release()
 
+    def _answered(self, balancer: Balancer, usage: TokenUsage | None) -> None:
+        latency_ms = (time.perf_counter_ns() - self.start_perf_ns) / 1e6
+        balancer.succeeded(self.target_index, latency_ms=latency_ms, usage=usage)
+
+    def _failed_over(self, exc: BaseException | None, status: int) -> None:
+        logger.warning(
+            "request %s attempt %d: upstream %s failed (%s); failing over",
+            self.request_id,
+            self.attempt,
+            self.policy.target.origin,
+            type(exc).__name__ if exc is not None else f"status {status}",
+        )
+        self._record(status=status, usage=None, model=None, estimated=False, failed_attempt=True)
+
     async def _relay_stream(
-        self, receive: Receive, send: Send, response: aiohttp.ClientResponse, headers: Headers
+        self,
+        receive: Receive,
+        send: Send,
+        response: aiohttp.ClientResponse,
+        headers: Headers,
+        balancer: Balancer | None = None,
     ) -> None:
         """Relay SSE events as they arrive, reading usage (and translating if needed).
 
@@ -486,6 +741,11 @@ class _Exchange:
             usage, estimated = self._estimate(relay.produced_text(), what), True
         # Recorded before the stream's end reaches the client (see the whole-response path).
         self._record(status=status, usage=usage, model=relay.model, estimated=estimated)
+        if balancer is not None:
+            if status < 300:
+                self._answered(balancer, usage)
+            elif balancer.fails_over_on_error(timed_out=False):
+                balancer.failed(self.target_index)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _upstream_failed(

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+import aiohttp
+
+from dataplane.enforcement import EMPTY_TABLE, EnforcementTable
 from dataplane.routing import RouteTable
 
 if TYPE_CHECKING:
+    from dataplane.balancer import Balancer
+    from dataplane.ratelimit import RouteRateLimits
     from dataplane.translators import Translator
+
+_NO_ALIASES: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,14 @@ class AiProxyPolicy:
     llm_format: str = "openai"
     # Chosen once per snapshot from (llm_format, provider, route_type); None means OpenAI.
     translator: Translator | None = field(default=None, compare=False)
+    # Client model names replaced first ("fast" -> "gpt-4o-mini").
+    model_aliases: Mapping[str, str] = field(default_factory=lambda: _NO_ALIASES, compare=False)
+    # When not empty, the client's model (after aliasing) must be one of these.
+    model_allow_list: frozenset[str] = frozenset()
+    # Upstream timeouts of this target; None means the pooled session's defaults.
+    timeout: aiohttp.ClientTimeout | None = None
+    # ai-proxy-advanced: every target (this policy is the first one's, with the balancer).
+    balancer: Balancer | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,8 @@ class CompiledRoute:
     ai_proxy: AiProxyPolicy | None
     # Client headers never forwarded upstream: credentials and hop-by-hop headers.
     dropped_headers: frozenset[bytes]
+    # rate-limiting-advanced / ai-rate-limiting-advanced of the route (None: no limits).
+    rate_limits: RouteRateLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +109,8 @@ class RuntimeConfig:
     version: str
     routes: RouteTable[CompiledRoute]
     consumers_by_key_hash: Mapping[str, Consumer]
+    # Entitlements, budgets and prices per consumer (dataplane.enforcement).
+    enforcement: EnforcementTable = field(default=EMPTY_TABLE, compare=False)
 
     def __repr__(self) -> str:
         return (

@@ -4,6 +4,8 @@ A translator prepares the upstream request from the client's body, reads usage f
 response or a stream, and rewrites the response when the formats differ:
 
 - ``OpenAITranslator``: OpenAI chat/completions/embeddings to openai, azure, openai_compatible;
+- ``OpenAIResponsesTranslator``: OpenAI's Responses API (``/v1/responses``), usage read from
+  the response's ``usage`` and, in streams, from ``response.completed``;
 - ``AnthropicNativeTranslator``: Anthropic Messages clients to Anthropic, relayed unchanged;
 - ``OpenAIToAnthropicTranslator``: OpenAI chat clients to Anthropic, translated both ways;
 - ``PreserveTranslator``: any path passed through, usage read where a body has one.
@@ -38,6 +40,7 @@ from dataplane.openai_format import (
     parse_json_object,
     prepare_chat_request,
     read_body_usage,
+    requested_model,
     resolve_model,
     usage_from_openai,
 )
@@ -65,6 +68,9 @@ class Prepared:
     include_usage: bool = False
     # False for calls that carry no tokens (count_tokens, preserve without usage).
     metered: bool = True
+    # The client's model after aliasing, before a target's fixed model replaced it (the
+    # ``cost`` balancer picks the cheapest target serving it).
+    requested_model: str | None = None
 
 
 class StreamRelay(Protocol):
@@ -151,6 +157,7 @@ class OpenAITranslator:
             url=policy.target.url,
             document=chat.document,
             hide_usage_chunk=chat.hide_usage_chunk,
+            requested_model=chat.requested_model,
         )
 
     def whole(
@@ -161,6 +168,55 @@ class OpenAITranslator:
 
     def stream(self, prepared: Prepared) -> StreamRelay:
         return _OpenAIRelay(hide_usage_chunk=prepared.hide_usage_chunk)
+
+
+class _ResponsesRelay:
+    """A Responses API stream: usage and model in ``response.completed`` (or incomplete)."""
+
+    __slots__ = ("_texts", "model", "usage")
+
+    def __init__(self) -> None:
+        self.usage: TokenUsage | None = None
+        self.model: str | None = None
+        self._texts: list[str] = []
+
+    def feed(self, event: bytes) -> bytes:
+        data = event_data(event)
+        if data is None:
+            return event
+        if b'"response.output_text.delta"' in data:
+            try:
+                document = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return event
+            delta = document.get("delta") if isinstance(document, dict) else None
+            if isinstance(delta, str) and self.usage is None:
+                self._texts.append(delta)
+        elif self.model is None or b'"usage"' in data:
+            try:
+                document = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return event
+            response = document.get("response") if isinstance(document, dict) else None
+            if isinstance(response, dict):
+                model = response.get("model")
+                if isinstance(model, str) and model:
+                    self.model = model
+                usage = usage_from_openai(response.get("usage"))
+                if usage is not None:
+                    self.usage = usage
+                    self._texts = []
+        return event
+
+    def produced_text(self) -> str:
+        return "".join(self._texts)
+
+
+class OpenAIResponsesTranslator(OpenAITranslator):
+    """OpenAI Responses API clients (``client.responses.create``) to openai-format providers."""
+
+    def stream(self, prepared: Prepared) -> StreamRelay:
+        return _ResponsesRelay()
 
 
 class _AnthropicRelay:
@@ -185,7 +241,9 @@ class _AnthropicRelay:
         return "".join(self.scanner.texts)
 
 
-def _messages_body(raw: bytes, policy: AiProxyPolicy) -> tuple[dict[str, Any], str, bool, bool]:
+def _messages_body(
+    raw: bytes, policy: AiProxyPolicy
+) -> tuple[dict[str, Any], str, bool, bool, str | None]:
     body = parse_json_object(raw)
     messages = body.get("messages")
     if messages is None:
@@ -197,11 +255,12 @@ def _messages_body(raw: bytes, policy: AiProxyPolicy) -> tuple[dict[str, Any], s
             "messages: Input should be a valid list", code="invalid_type", param="messages"
         )
     stream = check_stream_flag(body)
+    requested = requested_model(body, policy)
     model, changed = resolve_model(body, policy)
     if "max_tokens" not in body:
         body["max_tokens"] = policy.max_tokens or DEFAULT_MAX_TOKENS
         changed = True
-    return body, model, stream, changed
+    return body, model, stream, changed, requested
 
 
 class AnthropicNativeTranslator:
@@ -224,13 +283,14 @@ class AnthropicNativeTranslator:
                 url=policy.target.url + "/count_tokens",
                 metered=False,
             )
-        body, model, stream, changed = _messages_body(raw, policy)
+        body, model, stream, changed, requested = _messages_body(raw, policy)
         return Prepared(
             body=orjson.dumps(body) if changed else raw,
             model=model,
             stream=stream,
             url=policy.target.url,
             document=body,
+            requested_model=requested,
         )
 
     def whole(
@@ -288,6 +348,7 @@ class OpenAIToAnthropicTranslator:
             url=policy.target.url,
             document=request,
             include_usage=chat.stream and not chat.hide_usage_chunk and isinstance(options, dict),
+            requested_model=chat.requested_model,
         )
 
     def whole(

@@ -24,12 +24,19 @@ def llm_token_events(
     route: str,
     usage: TokenUsage | None,
     estimated: bool,
+    time_to_first_token_ms: int | None = None,
+    latency_ms: int = 0,
+    attempt: int = 1,
+    failed_attempt: bool = False,
 ) -> list[usage_pb2.UsageEvent]:
     """Return the events of a request, one per token kind (ids ``<request_id>:<kind>``).
 
     Input and output events are always there (a count the provider did not report is recorded
     as 0); cached_input, reasoning and cache_write events only when their count is above zero.
+    A failed attempt that was retried elsewhere gets ids ``<request_id>.<attempt>:<kind>``, so
+    it never collides with the answer's events.
     """
+    id_prefix = f"{request_id}.{attempt}" if failed_attempt else request_id
     # Fields set directly: Timestamp.FromNanoseconds is pure Python and shows in profiles.
     seconds, nanos = divmod(time_ns, 1_000_000_000)
     time = Timestamp(seconds=seconds, nanos=nanos)
@@ -47,7 +54,7 @@ def llm_token_events(
                 counts.append((suffix, token_type, tokens))
     return [
         usage_pb2.UsageEvent(
-            id=f"{request_id}:{suffix}",
+            id=f"{id_prefix}:{suffix}",
             source=source,
             type=LLM_TOKENS_EVENT_TYPE,
             subject=subject,
@@ -61,6 +68,9 @@ def llm_token_events(
                 route=route,
                 request_id=request_id,
                 estimated=estimated,
+                time_to_first_token_ms=time_to_first_token_ms,
+                latency_ms=latency_ms,
+                attempt=attempt,
             ),
         )
         for suffix, token_type, tokens in counts

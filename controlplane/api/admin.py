@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
@@ -11,9 +12,9 @@ from google.protobuf import empty_pb2
 from sqlalchemy import Connection
 
 from controlplane.api import convert
-from controlplane.api.paging import checked_page_size, decode_offset, encode_offset, page
+from controlplane.api.paging import page
 from controlplane.catalog import storage as catalog
-from controlplane.catalog.types import BUILTIN_METERS
+from controlplane.catalog.types import BUILTIN_METERS, Plan
 from controlplane.clock import Clock
 from controlplane.configsync.hub import ConfigHub
 from controlplane.customers import storage as customers
@@ -29,9 +30,10 @@ from controlplane.invoicing.lifecycle import InvoicingSettings
 from controlplane.invoicing.preview import preview_invoice
 from controlplane.invoicing.types import Invoice, InvoiceState
 from controlplane.storage.db import Database
+from controlplane.subscriptions import service as subscription_service
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.types import Subscription
-from controlplane.usage import storage as usage
+from controlplane.usage import meter_storage as usage_meters
 from meterline.admin.v1 import (
     billing_pb2,
     billing_pb2_grpc,
@@ -41,8 +43,6 @@ from meterline.admin.v1 import (
     customers_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
-    usage_pb2,
-    usage_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -210,12 +210,8 @@ class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
         feature = convert.feature_from_proto(request.feature)
         _require(feature.key, "feature.key")
         meter = BUILTIN_METERS.get(feature.meter)
-        if meter is None:
-            raise InvalidArgument(
-                f"feature.meter {feature.meter!r} is not a meter; known: {sorted(BUILTIN_METERS)}"
-            )
         for dimension in feature.filters:
-            if dimension not in meter.group_by:
+            if meter is not None and dimension not in meter.group_by:
                 raise InvalidArgument(
                     f"feature.filters: {dimension!r} is not a dimension of meter {meter.key}"
                     f" ({', '.join(meter.group_by)})"
@@ -223,6 +219,19 @@ class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
         now = self._clock.now()
 
         def create(conn: Connection) -> catalog_pb2.Feature:
+            if meter is None:  # an operator meter (controlplane/usage/meters.py)
+                operator = usage_meters.find_meter(conn, feature.meter)
+                if operator is None:
+                    known = [*BUILTIN_METERS, *(m.key for m in usage_meters.list_meters(conn))]
+                    raise InvalidArgument(
+                        f"feature.meter {feature.meter!r} is not a meter; known: {known}"
+                    )
+                for dimension in feature.filters:
+                    if dimension not in operator.group_by:
+                        raise InvalidArgument(
+                            f"feature.filters: {dimension!r} is not a dimension of meter "
+                            f"{operator.key} ({', '.join(sorted(operator.group_by))})"
+                        )
             catalog.create_feature(conn, feature, now=now)
             return convert.feature_to_proto(catalog.get_feature(conn, feature.key))
 
@@ -272,6 +281,106 @@ class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
         return convert.plan_to_proto(
             await self._tx(lambda c: catalog.publish_plan(c, key, version, now=now))
         )
+
+    async def UpdatePlan(
+        self, request: catalog_pb2.UpdatePlanRequest, context: Ctx
+    ) -> catalog_pb2.Plan:
+        key, version = convert.parse_plan_name(_require(request.plan.name, "plan.name"))
+        if version is None:
+            raise InvalidArgument("plan.name must name a version: plans/KEY/versions/N")
+        paths = set(request.update_mask.paths) or set(_PLAN_FIELDS)
+        unknown = sorted(paths - set(_PLAN_FIELDS))
+        if unknown:
+            raise InvalidArgument(
+                f"update_mask: cannot update {', '.join(unknown)}; updatable:"
+                f" {', '.join(_PLAN_FIELDS)}"
+            )
+        message = catalog_pb2.Plan()
+        message.CopyFrom(request.plan)
+        message.key = key
+        wanted = convert.plan_from_proto(message)
+        now = self._clock.now()
+
+        def update(conn: Connection) -> Plan:
+            current = catalog.get_plan(conn, key, version)
+            merged = replace(
+                current,
+                name=wanted.name if "display_name" in paths else current.name,
+                currency=wanted.currency if "currency" in paths else current.currency,
+                billing_cadence=(
+                    wanted.billing_cadence
+                    if "billing_cadence" in paths
+                    else current.billing_cadence
+                ),
+                rate_cards=wanted.rate_cards if "rate_cards" in paths else current.rate_cards,
+                billing_anchor=(
+                    wanted.billing_anchor
+                    if "billing_anchor_time" in paths
+                    else current.billing_anchor
+                ),
+            )
+            return catalog.update_draft(conn, merged, version=version, now=now)
+
+        return convert.plan_to_proto(await self._tx(update))
+
+    async def CreatePlanVersion(
+        self, request: catalog_pb2.CreatePlanVersionRequest, context: Ctx
+    ) -> catalog_pb2.Plan:
+        key, version = convert.parse_plan_name(_require(request.name, "name"))
+        now = self._clock.now()
+        return convert.plan_to_proto(
+            await self._tx(lambda c: catalog.new_version(c, key, source=version, now=now))
+        )
+
+    async def ArchivePlan(
+        self, request: catalog_pb2.ArchivePlanRequest, context: Ctx
+    ) -> catalog_pb2.Plan:
+        key, version = convert.parse_plan_name(_require(request.name, "name"))
+        if version is None:
+            raise InvalidArgument("name must name a version: plans/KEY/versions/N")
+        now = self._clock.now()
+        return convert.plan_to_proto(
+            await self._tx(lambda c: catalog.archive_plan(c, key, version, now=now))
+        )
+
+    async def CreatePriceList(
+        self, request: catalog_pb2.CreatePriceListRequest, context: Ctx
+    ) -> catalog_pb2.PriceList:
+        price_list = convert.price_list_from_proto(request.price_list)
+        _require(price_list.key, "price_list.key")
+        now = self._clock.now()
+        return convert.price_list_to_proto(
+            await self._tx(lambda c: catalog.create_price_list(c, price_list, now=now))
+        )
+
+    async def GetPriceList(
+        self, request: catalog_pb2.GetPriceListRequest, context: Ctx
+    ) -> catalog_pb2.PriceList:
+        key = convert.resource_id(_require(request.name, "name"), "priceLists")
+        return convert.price_list_to_proto(await self._tx(lambda c: catalog.get_price_list(c, key)))
+
+    async def ListPriceLists(
+        self, request: catalog_pb2.ListPriceListsRequest, context: Ctx
+    ) -> catalog_pb2.ListPriceListsResponse:
+        items, token = await self._page(
+            catalog.list_price_lists, request, convert.price_list_to_proto
+        )
+        return catalog_pb2.ListPriceListsResponse(price_lists=items, next_page_token=token)
+
+    async def AddModelPrices(
+        self, request: catalog_pb2.AddModelPricesRequest, context: Ctx
+    ) -> catalog_pb2.PriceList:
+        key = convert.resource_id(_require(request.name, "name"), "priceLists")
+        prices = convert.model_prices_from_proto(request.prices, where="prices")
+        if not prices:
+            raise InvalidArgument("prices must list at least one model price")
+        now = self._clock.now()
+        return convert.price_list_to_proto(
+            await self._tx(lambda c: catalog.add_model_prices(c, key, prices, now=now))
+        )
+
+
+_PLAN_FIELDS = ("display_name", "currency", "billing_cadence", "billing_anchor_time", "rate_cards")
 
 
 class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
@@ -346,6 +455,16 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         start = (
             convert.from_timestamp(message.start_time) if message.HasField("start_time") else now
         )
+        anchor = (
+            convert.from_timestamp(message.billing_anchor_time)
+            if message.HasField("billing_anchor_time")
+            else None
+        )
+        if anchor is not None and anchor > start:
+            raise InvalidArgument(
+                "subscription.billing_anchor_time must not be after start_time: periods repeat"
+                " from the anchor, so give one a period earlier"
+            )
 
         def create(conn: Connection) -> customers_pb2.Subscription:
             customers.get_customer(conn, customer_key)
@@ -365,6 +484,7 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
                 plan_version=plan.version,
                 start_time=start,
                 now=now,
+                billing_anchor=anchor or catalog.subscription_anchor(plan, start),
             )
             return convert.subscription_to_proto(sub)
 
@@ -433,23 +553,28 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
                 raise InvalidArgument(
                     f"{convert.plan_name(plan)} is {plan.state.value}, not active"
                 )
-            old = subscriptions.get_subscription(conn, id)
-            old_plan = catalog.get_plan(conn, old.plan_key, old.plan_version)
-            if (old_plan.currency, old_plan.billing_cadence) != (
-                plan.currency,
-                plan.billing_cadence,
-            ):
-                raise InvalidArgument(
-                    "a plan change keeps the currency and billing cadence"
-                    f" ({old_plan.currency}, {old_plan.billing_cadence}); cancel and subscribe"
-                    " anew instead"
-                )
-            lifecycle.check_change_time(conn, customer=old.customer, at=at)
-            return subscriptions.change_plan(
-                conn, id, plan_key=plan.key, plan_version=plan.version, at=at, now=now
-            )
+            return subscription_service.change_to(conn, id, plan=plan, at=at, now=now)
 
         return convert.subscription_to_proto(await self._tx(change))
+
+    async def MigrateSubscription(
+        self, request: customers_pb2.MigrateSubscriptionRequest, context: Ctx
+    ) -> customers_pb2.Subscription:
+        id = convert.resource_id(_require(request.name, "name"), "subscriptions")
+        if request.target_version < 0:
+            raise InvalidArgument(f"target_version must be positive, got {request.target_version}")
+        now = self._clock.now()
+        at = (
+            convert.from_timestamp(request.migrate_time)
+            if request.HasField("migrate_time")
+            else now
+        )
+        version = request.target_version or None
+        return convert.subscription_to_proto(
+            await self._tx(
+                lambda c: subscription_service.migrate(c, id, version=version, at=at, now=now)
+            )
+        )
 
 
 class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
@@ -563,45 +688,3 @@ class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
             raise FailedPrecondition(f"invoice {id!r} is {invoice.state.value}, not issued")
         await self._retry_sync(id)
         return convert.invoice_to_proto(await self._tx(lambda c: lifecycle.get_invoice(c, id)))
-
-
-class UsageQueryServicer(_Base, usage_pb2_grpc.UsageServiceServicer):
-    async def ListUsageEvents(
-        self, request: usage_pb2.ListUsageEventsRequest, context: Ctx
-    ) -> usage_pb2.ListUsageEventsResponse:
-        # Events are fetched one page (+1 row) at a time, never all at once.
-        size = checked_page_size(request.page_size)
-        offset = decode_offset(request.page_token)
-        rows = await self._tx(
-            lambda c: usage.list_events(
-                c, subject=request.subject or None, limit=size + 1, offset=offset
-            )
-        )
-        token = encode_offset(offset + size) if len(rows) > size else ""
-        return usage_pb2.ListUsageEventsResponse(
-            usage_events=[convert.usage_event_to_admin_proto(e) for e in rows[:size]],
-            next_page_token=token,
-        )
-
-    async def QueryMeter(
-        self, request: usage_pb2.QueryMeterRequest, context: Ctx
-    ) -> usage_pb2.QueryMeterResponse:
-        if request.meter not in BUILTIN_METERS:
-            raise InvalidArgument(f"unknown meter {request.meter!r}")
-        start = (
-            convert.from_timestamp(request.start_time) if request.HasField("start_time") else None
-        )
-        end = convert.from_timestamp(request.end_time) if request.HasField("end_time") else None
-        rows = await self._tx(
-            lambda c: usage.group_tokens(
-                c,
-                subjects=list(request.subjects),
-                start=start,
-                end=end,
-                filters=dict(request.filters),
-                group_by=list(request.group_by),
-            )
-        )
-        return usage_pb2.QueryMeterResponse(
-            rows=[usage_pb2.MeterRow(group=g, value=str(v)) for g, v in rows]
-        )

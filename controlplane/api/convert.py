@@ -18,10 +18,12 @@ from controlplane.catalog.types import (
     EntitlementType,
     Feature,
     Meter,
+    ModelPrice,
     PaymentTerm,
     Plan,
     PlanState,
     Price,
+    PriceList,
     PriceType,
     RateCard,
     Tier,
@@ -43,7 +45,7 @@ from meterline.admin.v1 import (
 from meterline.admin.v1 import usage_pb2 as admin_usage_pb2
 from meterline.dataplane.v1 import usage_pb2
 
-SECRET_KEYS = {"header_value", "param_value"}
+SECRET_KEYS = {"header_value", "param_value", "password"}
 
 
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -196,6 +198,7 @@ PRICE_TYPES = {
     PriceType.UNIT: catalog_pb2.PRICE_TYPE_UNIT,
     PriceType.TIERED: catalog_pb2.PRICE_TYPE_TIERED,
     PriceType.PACKAGE: catalog_pb2.PRICE_TYPE_PACKAGE,
+    PriceType.MODEL_LIST: catalog_pb2.PRICE_TYPE_MODEL_LIST,
 }
 PAYMENT_TERMS = {
     PaymentTerm.IN_ADVANCE: catalog_pb2.PAYMENT_TERM_IN_ADVANCE,
@@ -208,14 +211,17 @@ TIER_MODES = {
 
 
 def _text(value: Decimal | None) -> str:
-    return "" if value is None else str(value)
+    # Positional notation: per-token prices like 1.5E-7 read as 0.00000015.
+    return "" if value is None else format(value, "f")
 
 
 def price_to_proto(price: Price) -> catalog_pb2.Price:
     message = catalog_pb2.Price(
         type=PRICE_TYPES[price.type],
-        amount="" if price.type is PriceType.TIERED else str(price.amount),
+        amount="" if price.type in (PriceType.TIERED, PriceType.MODEL_LIST) else str(price.amount),
         quantity_per_package=_text(price.quantity_per_package),
+        price_list=price.price_list or "",
+        markup_percent=_text(price.markup_percent),
     )
     if price.payment_term is not None:
         message.payment_term = PAYMENT_TERMS[price.payment_term]
@@ -283,6 +289,7 @@ def plan_to_proto(plan: Plan) -> catalog_pb2.Plan:
         state=PLAN_STATES[plan.state],
         create_time=to_timestamp(plan.create_time),
         publish_time=to_timestamp(plan.publish_time),
+        billing_anchor_time=to_timestamp(plan.billing_anchor),
     )
     for card in plan.rate_cards:
         rc = message.rate_cards.add(key=card.key, feature=card.feature or "")
@@ -323,7 +330,10 @@ def price_from_proto(message: catalog_pb2.Price, *, where: str) -> Price:
         message.type,
         PRICE_TYPES,
         field=f"{where}.type",
-        names="PRICE_TYPE_FLAT, PRICE_TYPE_UNIT, PRICE_TYPE_TIERED, PRICE_TYPE_PACKAGE",
+        names=(
+            "PRICE_TYPE_FLAT, PRICE_TYPE_UNIT, PRICE_TYPE_TIERED, PRICE_TYPE_PACKAGE,"
+            " PRICE_TYPE_MODEL_LIST"
+        ),
     )
     term: PaymentTerm | None = None
     if message.payment_term:
@@ -354,7 +364,9 @@ def price_from_proto(message: catalog_pb2.Price, *, where: str) -> Price:
         for i, t in enumerate(message.tiers)
     )
     amount = _amount(
-        message.amount, field=f"{where}.amount", required=price_type is not PriceType.TIERED
+        message.amount,
+        field=f"{where}.amount",
+        required=price_type not in (PriceType.TIERED, PriceType.MODEL_LIST),
     )
     return Price(
         type=price_type,
@@ -365,6 +377,60 @@ def price_from_proto(message: catalog_pb2.Price, *, where: str) -> Price:
         quantity_per_package=_amount(
             message.quantity_per_package, field=f"{where}.quantity_per_package"
         ),
+        price_list=message.price_list or None,
+        markup_percent=_amount(message.markup_percent, field=f"{where}.markup_percent"),
+    )
+
+
+def price_list_to_proto(price_list: PriceList) -> catalog_pb2.PriceList:
+    return catalog_pb2.PriceList(
+        name=f"priceLists/{price_list.key}",
+        key=price_list.key,
+        display_name=price_list.name,
+        currency=price_list.currency,
+        prices=[
+            catalog_pb2.ModelPrice(
+                model=p.model,
+                effective_from_time=to_timestamp(p.effective_from),
+                input=_text(p.input),
+                output=_text(p.output),
+                cached_input=_text(p.cached_input),
+                reasoning=_text(p.reasoning),
+            )
+            for p in price_list.prices
+        ],
+        create_time=to_timestamp(price_list.create_time),
+        update_time=to_timestamp(price_list.update_time),
+    )
+
+
+def model_prices_from_proto(
+    messages: Iterable[catalog_pb2.ModelPrice], *, where: str
+) -> tuple[ModelPrice, ...]:
+    prices = []
+    for i, m in enumerate(messages):
+        at = f"{where}[{i}] ({m.model or 'no model'})"
+        if not m.HasField("effective_from_time"):
+            raise InvalidArgument(f"{at}.effective_from_time is required")
+        prices.append(
+            ModelPrice(
+                model=m.model,
+                effective_from=from_timestamp(m.effective_from_time),
+                input=_amount(m.input, field=f"{at}.input"),
+                output=_amount(m.output, field=f"{at}.output"),
+                cached_input=_amount(m.cached_input, field=f"{at}.cached_input"),
+                reasoning=_amount(m.reasoning, field=f"{at}.reasoning"),
+            )
+        )
+    return tuple(prices)
+
+
+def price_list_from_proto(message: catalog_pb2.PriceList) -> PriceList:
+    return PriceList(
+        key=message.key,
+        name=message.display_name,
+        currency=message.currency,
+        prices=model_prices_from_proto(message.prices, where="price_list.prices"),
     )
 
 
@@ -411,6 +477,11 @@ def plan_from_proto(message: catalog_pb2.Plan) -> Plan:
         currency=message.currency,
         billing_cadence=message.billing_cadence,
         rate_cards=tuple(cards),
+        billing_anchor=(
+            from_timestamp(message.billing_anchor_time)
+            if message.HasField("billing_anchor_time")
+            else None
+        ),
     )
 
 
@@ -499,6 +570,8 @@ def line_to_proto(line: InvoiceLine) -> billing_pb2.InvoiceLine:
         tiers=[tier_to_proto(t) for t in line.tiers],
         id=line.id,
         late_usage=line.late_usage,
+        model=line.model or "",
+        token_type=line.token_type or "",
     )
 
 
@@ -594,24 +667,35 @@ def usage_event_from_proto(message: usage_pb2.UsageEvent, *, index: int) -> Usag
         route=llm.route,
         request_id=llm.request_id,
         estimated=llm.estimated,
+        time_to_first_token_ms=(
+            llm.time_to_first_token_ms if llm.HasField("time_to_first_token_ms") else None
+        ),
+        # attempt is 0 only from data planes that do not measure latency yet.
+        latency_ms=llm.latency_ms if llm.attempt else None,
     )
 
 
 def usage_event_to_admin_proto(event: UsageEvent) -> admin_usage_pb2.UsageEvent:
+    data = {
+        "provider": event.provider,
+        "model": event.model,
+        "type": event.token_type.value,
+        "status_code": str(event.status_code),
+        "route": event.route,
+        "request_id": event.request_id,
+        "estimated": "true" if event.estimated else "false",
+    }
+    # Latency travels only where the data plane measured it.
+    if event.time_to_first_token_ms is not None:
+        data["time_to_first_token_ms"] = str(event.time_to_first_token_ms)
+    if event.latency_ms is not None:
+        data["latency_ms"] = str(event.latency_ms)
     return admin_usage_pb2.UsageEvent(
         id=event.id,
         source=event.source,
         type=event.type,
         subject=event.subject,
         time=to_timestamp(event.time),
-        data={
-            "provider": event.provider,
-            "model": event.model,
-            "type": event.token_type.value,
-            "status_code": str(event.status_code),
-            "route": event.route,
-            "request_id": event.request_id,
-            "estimated": "true" if event.estimated else "false",
-        },
+        data=data,
         value=event.tokens,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -15,6 +16,7 @@ from controlplane.clock import Clock
 from controlplane.configsync import registry
 from controlplane.configsync.hub import ConfigHub
 from controlplane.configsync.registry import SyncStatus
+from controlplane.metrics import ControlPlaneMetrics
 from controlplane.storage.db import Database
 from controlplane.usage import storage as usage
 from controlplane.usage.types import UsageEvent
@@ -31,11 +33,21 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     """Pushes a full snapshot at connect (unless the node holds it) and on every change."""
 
     def __init__(
-        self, *, db: Database, clock: Clock, hub: ConfigHub, version: str | None = None
+        self,
+        *,
+        db: Database,
+        clock: Clock,
+        hub: ConfigHub,
+        version: str | None = None,
+        metrics: ControlPlaneMetrics | None = None,
+        heartbeat_seconds: float = registry.HEARTBEAT_SECONDS,
     ) -> None:
         self._db = db
         self._clock = clock
         self._hub = hub
+        # How often an open stream refreshes its data plane's last_seen_time (registry.py).
+        self.heartbeat_seconds = heartbeat_seconds
+        self._metrics = metrics or ControlPlaneMetrics()
         self.version = version or registry.running_version()
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -53,6 +65,18 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         task.add_done_callback(self._writes.discard)
         await asyncio.shield(task)
 
+    async def _heartbeat(self, *, node_id: str, stream_id: str) -> None:
+        now = self._clock.now()
+
+        def run() -> None:
+            with self._db.begin() as conn:
+                registry.heartbeat(conn, node_id=node_id, stream_id=stream_id, now=now)
+
+        try:
+            await asyncio.to_thread(run)
+        except Exception:  # a missed heartbeat must not end the stream
+            log.exception("heartbeat of data plane %s not recorded", node_id)
+
     async def drain(self) -> None:
         """Wait for registry writes still in flight."""
         if self._writes:
@@ -69,6 +93,8 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the first ConfigRequest must name its node.id"
             )
         node = first.node
+        # Registry writes of this stream apply only while no newer stream of the node connected.
+        stream_id = uuid.uuid4().hex
         if not registry.compatible(control_plane=self.version, data_plane=node.version):
             message = (
                 f"data plane version {node.version} is incompatible with control plane version "
@@ -81,6 +107,8 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                 config_version=first.version_info,
                 status=SyncStatus.INCOMPATIBLE,
                 error=message,
+                stream_id=stream_id,
+                connect=True,
             )
             log.warning("data plane %s refused: %s", node.id, message)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
@@ -90,8 +118,12 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
             version=node.version,
             config_version=first.version_info,
             status=SyncStatus.CONNECTED,
+            stream_id=stream_id,
+            connect=True,
         )
         log.info("data plane %s connected (holds %r)", node.id, first.version_info)
+        metrics = self._metrics
+        metrics.dataplane_streams.inc()
         sent_nonce = ""
         node_version = first.version_info
 
@@ -100,7 +132,9 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
             async for request in request_iterator:
                 if request.response_nonce != sent_nonce:
                     continue  # stale: answers a response that was superseded
-                if request.HasField("error_detail") and request.error_detail.message:
+                nacked = request.HasField("error_detail") and bool(request.error_detail.message)
+                metrics.snapshot_answers.labels("nack" if nacked else "ack").inc()
+                if nacked:
                     log.warning(
                         "data plane %s NACKed %s: %s",
                         node.id,
@@ -112,33 +146,48 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                         config_version=request.version_info,
                         status=SyncStatus.NACKED,
                         error=request.error_detail.message,
+                        stream_id=stream_id,
                     )
                 else:
                     await self._record(
                         node_id=node.id,
                         config_version=request.version_info,
                         status=SyncStatus.IN_SYNC,
+                        stream_id=stream_id,
                     )
                 node_version = request.version_info
 
         reader = asyncio.create_task(read_answers())
         last_sent_version = first.version_info
+        last_beat = time.monotonic()
         try:
             while not reader.done():
                 built = await self._hub.current()
                 if built.version != last_sent_version:
                     sent_nonce = uuid.uuid4().hex
                     last_sent_version = built.version
+                    metrics.snapshot_pushes.inc()
                     yield config_pb2.ConfigResponse(
                         version_info=built.version, nonce=sent_nonce, snapshot=built.snapshot
                     )
                 waiter = asyncio.create_task(self._hub.wait_for_change())
-                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {waiter, reader},
+                    return_when=asyncio.FIRST_COMPLETED,
+                    timeout=self.heartbeat_seconds,
+                )
                 waiter.cancel()
+                if time.monotonic() - last_beat >= self.heartbeat_seconds:
+                    last_beat = time.monotonic()
+                    await self._heartbeat(node_id=node.id, stream_id=stream_id)
         finally:
+            metrics.dataplane_streams.dec()
             reader.cancel()
             await self._record(
-                node_id=node.id, config_version=node_version, status=SyncStatus.DISCONNECTED
+                node_id=node.id,
+                config_version=node_version,
+                status=SyncStatus.DISCONNECTED,
+                stream_id=stream_id,
             )
             log.info("data plane %s disconnected", node.id)
 
@@ -153,8 +202,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         clock: Clock,
         hub: ConfigHub | None = None,
         notify_seconds: float = 0.2,
+        metrics: ControlPlaneMetrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics or ControlPlaneMetrics()
         self._clock = clock
         self._hub = hub
         self._notify_seconds = notify_seconds
@@ -192,7 +243,11 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             events = [
                 convert.usage_event_from_proto(e, index=i) for i, e in enumerate(batch.events)
             ]
+            started = time.perf_counter()
             result = await asyncio.to_thread(self._store, events)
+            self._metrics.ingest_batch.observe(time.perf_counter() - started)
+            self._metrics.usage_events.inc(result.accepted)
+            self._metrics.usage_duplicates.inc(result.duplicates)
             if result.accepted:
                 self._balances_changed()
             yield usage_pb2.UsageAck(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
 from controlplane.api.convert import to_timestamp
 from controlplane.api.paging import page
+from controlplane.clock import Clock, SystemClock
 from controlplane.configsync import registry
 from controlplane.configsync.registry import DataPlaneRecord, SyncStatus
 from controlplane.errors import InvalidArgument, NotFound
@@ -28,6 +30,7 @@ _STATUS = {
     SyncStatus.NACKED: dataplanes_pb2.SYNC_STATUS_NACKED,
     SyncStatus.DISCONNECTED: dataplanes_pb2.SYNC_STATUS_DISCONNECTED,
     SyncStatus.INCOMPATIBLE: dataplanes_pb2.SYNC_STATUS_INCOMPATIBLE,
+    SyncStatus.STALE: dataplanes_pb2.SYNC_STATUS_STALE,
 }
 
 
@@ -52,16 +55,28 @@ def to_proto_dataplane(record: DataPlaneRecord) -> dataplanes_pb2.DataPlane:
 class DataPlaneServicer(dataplanes_pb2_grpc.DataPlaneServiceServicer):
     """Reads the registry the config streams keep up to date."""
 
-    def __init__(self, *, db: Database) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        clock: Clock | None = None,
+        stale_after: timedelta = registry.STALE_AFTER,
+    ) -> None:
         self._db = db
+        self._clock = clock or SystemClock()
+        self._stale_after = stale_after
+
+    def _shown(self, record: DataPlaneRecord) -> DataPlaneRecord:
+        return registry.effective(record, now=self._clock.now(), stale_after=self._stale_after)
 
     def _list(self) -> list[DataPlaneRecord]:
         with self._db.begin() as conn:
-            return registry.list_records(conn)
+            return [self._shown(r) for r in registry.list_records(conn)]
 
     def _get(self, node_id: str) -> DataPlaneRecord | None:
         with self._db.begin() as conn:
-            return registry.get_record(conn, node_id)
+            record = registry.get_record(conn, node_id)
+        return self._shown(record) if record is not None else None
 
     async def ListDataPlanes(
         self, request: dataplanes_pb2.ListDataPlanesRequest, context: Ctx

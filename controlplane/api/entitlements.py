@@ -1,4 +1,4 @@
-"""EntitlementService: entitlement values and grants over gRPC; translation only.
+"""EntitlementService: entitlement values, grants and budgets over gRPC; translation only.
 
 The to_proto/from_proto functions of this service live here, beside it, rather than in
 ``convert.py``: they concern only this service's messages.
@@ -17,6 +17,8 @@ from sqlalchemy import Connection
 
 from controlplane.api import convert
 from controlplane.api.paging import page
+from controlplane.budgets import service as budgets
+from controlplane.budgets.types import Budget, BudgetMode, BudgetStatus
 from controlplane.clock import Clock
 from controlplane.configsync.hub import ConfigHub
 from controlplane.entitlements import service
@@ -34,6 +36,7 @@ else:
 _SEGMENT = r"([^/]+)"
 _ENTITLEMENT_NAME = re.compile(rf"^customers/{_SEGMENT}/entitlements/{_SEGMENT}$")
 _GRANT_NAME = re.compile(rf"^customers/{_SEGMENT}/grants/{_SEGMENT}$")
+_BUDGET_NAME = re.compile(rf"^customers/{_SEGMENT}/budgets/{_SEGMENT}$")
 
 
 def _parse(pattern: re.Pattern[str], name: str, example: str) -> tuple[str, str]:
@@ -189,3 +192,85 @@ class EntitlementServicer(entitlements_pb2_grpc.EntitlementServiceServicer):
         voided = await self._tx(lambda c: service.void_grant(c, customer=customer, id=id, now=now))
         await self._hub.notify()
         return grant_to_proto(voided)
+
+    # Budgets ------------------------------------------------------------------------------
+
+    async def CreateBudget(
+        self, request: entitlements_pb2.CreateBudgetRequest, context: Ctx
+    ) -> entitlements_pb2.Budget:
+        customer = convert.resource_id(request.parent, "customers")
+        now = self._clock.now()
+        budget = budget_from_proto(request.budget, customer=customer)
+
+        def run(conn: Connection) -> tuple[Budget, BudgetStatus | None]:
+            created = budgets.create_budget(conn, budget, now=now)
+            return created, budgets.status(conn, created, at=now)
+
+        created, status = await self._tx(run)
+        await self._hub.notify()  # budgets travel in snapshots
+        return budget_to_proto(created, status)
+
+    async def ListBudgets(
+        self, request: entitlements_pb2.ListBudgetsRequest, context: Ctx
+    ) -> entitlements_pb2.ListBudgetsResponse:
+        customer = convert.resource_id(request.parent, "customers") if request.parent else None
+        now = self._clock.now()
+
+        def run(conn: Connection) -> list[tuple[Budget, BudgetStatus | None]]:
+            found = budgets.list_budgets(conn, customer=customer)
+            return [(b, budgets.status(conn, b, at=now)) for b in found]
+
+        items = await self._tx(run)
+        chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
+        return entitlements_pb2.ListBudgetsResponse(
+            budgets=[budget_to_proto(b, s) for b, s in chunk], next_page_token=token
+        )
+
+    async def DeleteBudget(
+        self, request: entitlements_pb2.DeleteBudgetRequest, context: Ctx
+    ) -> entitlements_pb2.Budget:
+        customer, id = _parse(_BUDGET_NAME, request.name, "customers/acme/budgets/ID")
+        deleted = await self._tx(lambda c: budgets.delete_budget(c, customer=customer, id=id))
+        await self._hub.notify()
+        return budget_to_proto(deleted, None)
+
+
+_BUDGET_MODES = {
+    BudgetMode.HARD: entitlements_pb2.BUDGET_MODE_HARD,
+    BudgetMode.SOFT: entitlements_pb2.BUDGET_MODE_SOFT,
+}
+
+
+def budget_to_proto(budget: Budget, status: BudgetStatus | None) -> entitlements_pb2.Budget:
+    message = entitlements_pb2.Budget(
+        name=f"customers/{budget.customer}/budgets/{budget.id}",
+        id=budget.id,
+        amount=str(budget.amount),
+        currency=budget.currency,
+        period=budget.period,
+        mode=_BUDGET_MODES[budget.mode],
+        create_time=convert.to_timestamp(budget.create_time),
+    )
+    if status is not None:
+        message.spent = str(status.spent)
+        message.remaining = str(status.remaining)
+        message.period_end_time.FromDatetime(status.period_end)
+    return message
+
+
+def budget_from_proto(message: entitlements_pb2.Budget, *, customer: str) -> Budget:
+    if not message.amount:
+        raise InvalidArgument("budget.amount is required (a decimal string)")
+    modes = {v: k for k, v in _BUDGET_MODES.items()}
+    mode = BudgetMode.HARD
+    if message.mode != entitlements_pb2.BUDGET_MODE_UNSPECIFIED:
+        if message.mode not in modes:
+            raise InvalidArgument(f"budget.mode {message.mode} is not a known BudgetMode")
+        mode = modes[message.mode]
+    return budgets.budget_from_parts(
+        customer=customer,
+        amount=message.amount,
+        currency=message.currency,
+        period=message.period,
+        mode=mode.value,
+    )

@@ -61,6 +61,8 @@ class PriceType(StrEnum):
     UNIT = "unit"
     TIERED = "tiered"
     PACKAGE = "package"
+    # Each token type of each model at a price list's price (plus a markup).
+    MODEL_LIST = "model_list"
 
 
 class PaymentTerm(StrEnum):
@@ -100,6 +102,9 @@ class Price:
     mode: TierMode | None = None
     tiers: tuple[Tier, ...] = ()
     quantity_per_package: Decimal | None = None
+    # model_list prices only: the price list's key and the percent added to its prices.
+    price_list: str | None = None
+    markup_percent: Decimal | None = None
 
     @property
     def usage_based(self) -> bool:
@@ -120,6 +125,55 @@ class Commitments:
 
     minimum_amount: Decimal | None = None
     maximum_amount: Decimal | None = None
+
+
+# The token types a model price list prices (the ``type`` dimension of ``llm_tokens``).
+MODEL_PRICE_TOKEN_TYPES = ("input", "output", "cached_input", "reasoning")
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """Per-token prices of one model from ``effective_from`` until the model's next entry.
+
+    A token type without a price (None) is billed as an unpriced, zero-amount line.
+    """
+
+    model: str
+    effective_from: datetime
+    input: Decimal | None = None
+    output: Decimal | None = None
+    cached_input: Decimal | None = None
+    reasoning: Decimal | None = None
+
+    def price_of(self, token_type: str) -> Decimal | None:
+        if token_type not in MODEL_PRICE_TOKEN_TYPES:
+            return None
+        value: Decimal | None = getattr(self, token_type)
+        return value
+
+
+@dataclass(frozen=True)
+class PriceList:
+    """A provider's per-model, per-token list prices in one currency, over time."""
+
+    key: str
+    currency: str
+    prices: tuple[ModelPrice, ...]
+    name: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+    def entries(self, model: str) -> list[ModelPrice]:
+        """The model's entries, oldest first."""
+        return sorted((p for p in self.prices if p.model == model), key=lambda p: p.effective_from)
+
+    def effective(self, model: str, at: datetime) -> ModelPrice | None:
+        """The model's entry in effect at ``at`` (None before its first one)."""
+        current = None
+        for entry in self.entries(model):
+            if entry.effective_from <= at:
+                current = entry
+        return current
 
 
 class EntitlementType(StrEnum):
@@ -182,3 +236,6 @@ class Plan:
     state: PlanState = PlanState.DRAFT
     create_time: datetime | None = None
     publish_time: datetime | None = None
+    # Default billing anchor of new subscriptions (e.g. the 1st of a month: every customer
+    # billed on the 1st); a subscription starting before it is anchored at its start.
+    billing_anchor: datetime | None = None

@@ -11,10 +11,12 @@ import json
 from decimal import Decimal
 
 from controlplane.catalog.types import (
+    MODEL_PRICE_TOKEN_TYPES,
     Entitlement,
     EntitlementType,
     Plan,
     Price,
+    PriceList,
     PriceType,
     RateCard,
 )
@@ -51,6 +53,17 @@ def price_problems(price: Price) -> list[str]:
             problems.append(
                 f"price.quantity_per_package must be positive, got {price.quantity_per_package}"
             )
+    if price.type is not PriceType.MODEL_LIST:
+        if price.price_list is not None:
+            problems.append(f'price.price_list is only for model_list prices, not "{kind}"')
+        if price.markup_percent is not None:
+            problems.append(f'price.markup_percent is only for model_list prices, not "{kind}"')
+    else:
+        if price.amount:
+            problems.append("price.amount is not used by model_list prices: the list prices")
+        if not price.price_list:
+            problems.append("price.price_list is required for a model_list price")
+        problems += _negative("price.markup_percent", price.markup_percent)
     if price.type is PriceType.TIERED:
         if price.amount:
             problems.append("price.amount is not used by tiered prices: price the tiers")
@@ -176,6 +189,10 @@ def rate_card_problems(card: RateCard, *, currency: str | None = None) -> list[s
             problems += _negative("discounts.usage", discounts.usage)
             if price is not None and not price.usage_based:
                 problems.append("discounts.usage needs a usage-based price, not a flat one")
+            if price is not None and price.type is PriceType.MODEL_LIST:
+                problems.append(
+                    "discounts.usage is not for model_list prices (free tokens of which model?)"
+                )
     if commitments is not None:
         if price is not None and not price.usage_based:
             problems.append("commitments need a usage-based price, not a flat one")
@@ -226,9 +243,47 @@ def check_plan(plan: Plan) -> None:
         raise InvalidArgument("; ".join(problems))
 
 
+def price_list_problems(price_list: PriceList) -> list[str]:
+    """What is wrong with a price list: currency, and each entry's model, time and prices."""
+    problems: list[str] = []
+    try:
+        minor_units(price_list.currency)
+    except InvalidArgument as exc:
+        problems.append(f"currency: {exc}")
+    seen: set[tuple[str, object]] = set()
+    for index, entry in enumerate(price_list.prices):
+        where = f"prices[{index}] ({entry.model or 'no model'})"
+        if not entry.model:
+            problems.append(f"{where}: model is required")
+        at = entry.effective_from
+        if at.tzinfo is None or at.utcoffset() is None:
+            problems.append(f"{where}: effective_from needs a timezone, like Z")
+        elif (entry.model, at) in seen:
+            problems.append(
+                f"{where}: a second price for {entry.model} from {at.isoformat()}; one entry"
+                " per model and effective_from"
+            )
+        seen.add((entry.model, at))
+        prices = [(t, entry.price_of(t)) for t in MODEL_PRICE_TOKEN_TYPES]
+        if all(value is None for _, value in prices):
+            problems.append(f"{where}: needs at least one of {', '.join(MODEL_PRICE_TOKEN_TYPES)}")
+        for token_type, value in prices:
+            problems += [f"{where}: {p}" for p in _negative(token_type, value)]
+    return problems
+
+
+def check_price_list(price_list: PriceList) -> None:
+    """Raise InvalidArgument naming every problem of ``price_list``."""
+    problems = price_list_problems(price_list)
+    if problems:
+        raise InvalidArgument(f"price list {price_list.key!r}: " + "; ".join(problems))
+
+
 __all__ = [
     "check_plan",
+    "check_price_list",
     "entitlement_problems",
+    "price_list_problems",
     "price_problems",
     "rate_card_problems",
     "tier_problems",

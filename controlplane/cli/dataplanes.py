@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.cli.client import default_cp
+from controlplane.cli.client import default_cp, operator_channel
 from meterline.admin.v1 import dataplanes_pb2, dataplanes_pb2_grpc
 
 _COLUMNS = ("NODE ID", "HOSTNAME", "VERSION", "CONFIG VERSION", "STATUS", "LAST SEEN", "ERROR")
@@ -34,7 +34,7 @@ def _status(value: int) -> str:
 
 
 def _fetch(address: str) -> list[dataplanes_pb2.DataPlane]:
-    with grpc.insecure_channel(address) as channel:
+    with operator_channel(address) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=10)
         except grpc.FutureTimeoutError:

@@ -1,4 +1,4 @@
-"""``meterline entitlements list`` and ``meterline grants create|list|void``."""
+"""``meterline entitlements list``, ``meterline grants create|list|void`` (and budgets)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from controlplane.cli.client import default_cp
+from controlplane.cli import budgets
+from controlplane.cli.client import default_cp, operator_channel
 from meterline.admin.v1 import catalog_pb2, entitlements_pb2, entitlements_pb2_grpc
 
 
@@ -67,10 +68,12 @@ def register(subparsers: Any) -> None:
     with_cp(void)
     void.set_defaults(func=_cmd_grants_void)
 
+    budgets.register(subparsers)
+
 
 @contextmanager
 def _stub(address: str) -> Iterator[entitlements_pb2_grpc.EntitlementServiceStub]:
-    with grpc.insecure_channel(address) as channel:
+    with operator_channel(address) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=10)
         except grpc.FutureTimeoutError:

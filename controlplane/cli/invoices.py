@@ -17,8 +17,11 @@ def _name(id: str) -> str:
     return id if id.startswith("invoices/") else f"invoices/{id}"
 
 
-def _show(invoice: billing_pb2.Invoice, args: argparse.Namespace) -> None:
-    print(invoice_json(invoice) if getattr(args, "json", False) else invoice_table(invoice))
+def _show(invoice: billing_pb2.Invoice, args: argparse.Namespace, *, preview: bool = False) -> None:
+    if getattr(args, "json", False):
+        print(invoice_json(invoice))
+    else:
+        print(invoice_table(invoice, preview=preview))
 
 
 def _preview(args: argparse.Namespace) -> int:
@@ -26,7 +29,7 @@ def _preview(args: argparse.Namespace) -> int:
         invoice = client.billing.PreviewInvoice(
             billing_pb2.PreviewInvoiceRequest(customer=f"customers/{args.customer}")
         )
-    _show(invoice, args)
+    _show(invoice, args, preview=True)
     return 0
 
 

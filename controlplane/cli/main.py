@@ -5,16 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import isodate
 
-from controlplane.cli.client import admin_client, default_cp
-from controlplane.cli.env import apply_env_defaults
+from controlplane.cli.client import admin_client, configure, default_cp
+from controlplane.cli.env import (
+    ConfigFileError,
+    apply_env_defaults,
+    load_config_file,
+    split_config_argument,
+)
+from controlplane.logs import add_log_format_argument, configure_logging
 from meterline.admin.v1 import gateway_pb2, usage_pb2
 
 
@@ -29,10 +37,46 @@ def _duration(text: str, flag: str) -> timedelta:
 
 
 def _cmd_controlplane(args: argparse.Namespace) -> int:
+    from controlplane.api.auth import Trust, trust_from_files
+    from controlplane.errors import FailedPrecondition, InvalidArgument
+    from controlplane.gateway.secrets import SecretBox
     from controlplane.invoicing.lifecycle import InvoicingSettings
     from controlplane.server import serve
     from controlplane.storage.db import SchemaError
 
+    trust: Trust | None = None
+    if not args.insecure_dev:
+        try:
+            trust = trust_from_files(
+                tokens_file=args.tokens_file,
+                cluster_listen=args.cluster_listen,
+                cert=args.cluster_cert,
+                key=args.cluster_key,
+                ca=args.cluster_ca,
+                operator_tls=args.operator_tls,
+            )
+        except InvalidArgument as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    elif args.tokens_file or args.cluster_cert or args.operator_tls:
+        print(
+            "warning: --insecure-dev: --tokens-file, --cluster-* and --operator-tls are ignored",
+            file=sys.stderr,
+        )
+    try:
+        secrets = SecretBox.from_sources(
+            key_file=args.secrets_key_file, env_value=os.environ.get("METERLINE_SECRETS_KEY")
+        )
+    except InvalidArgument as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if secrets is None and not args.insecure_dev:
+        print(
+            "error: no secrets key: provider keys would be stored in plaintext; pass "
+            "--secrets-key-file or set METERLINE_SECRETS_KEY (--insecure-dev allows none)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         asyncio.run(
             serve(
@@ -44,10 +88,17 @@ def _cmd_controlplane(args: argparse.Namespace) -> int:
                     auto_issue=args.auto_issue,
                 ),
                 invoice_job_seconds=args.invoice_job_interval or None,
+                notification_job_seconds=args.notification_job_interval or None,
                 webhook_listen=args.webhook_listen,
+                metrics_listen=args.metrics_listen,
+                trust=trust,
+                secrets=secrets,
             )
         )
-    except SchemaError as exc:
+    except FailedPrecondition as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (SchemaError, OSError) as exc:  # OSError: a listen address that cannot be bound
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -91,9 +142,14 @@ def _cmd_usage_list(args: argparse.Namespace) -> int:
         )
     for event in response.usage_events:
         d = event.data
+        latency = (
+            f"  ttft={d.get('time_to_first_token_ms', '-')}ms latency={d['latency_ms']}ms"
+            if "latency_ms" in d
+            else ""
+        )
         print(
             f"{event.time.ToJsonString()}  {event.subject or '-':<16} {d['provider']}/{d['model']}"
-            f"  {d['type']:<6} {event.value:>8}  status={d['status_code']}  {event.id}"
+            f"  {d['type']:<6} {event.value:>8}  status={d['status_code']}{latency}  {event.id}"
         )
     return 0
 
@@ -104,13 +160,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _with_config_flag(parser: argparse.ArgumentParser) -> None:
+    # Taken from argv by main() before parsing; declared so that --help documents it.
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML file of flag values by command (`dataplane: {listen: ...}`); the command "
+        "line wins over METERLINE_* variables, which win over the file [env METERLINE_CONFIG]",
+    )
+
+
+def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; ``config`` is a loaded --config file (raises ConfigFileError)."""
     from controlplane.storage.db import default_url
 
     parser = argparse.ArgumentParser(
         prog="meterline", description="Meterline: a token-billing AI gateway."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    _with_config_flag(parser)
+    parser.add_argument(
+        "--token", help="operator token for the control plane (default: $METERLINE_TOKEN)"
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        help="speak TLS to the control plane, trusting this CA (default: $METERLINE_CA_FILE)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_cp(p: argparse.ArgumentParser) -> None:
@@ -131,7 +207,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = commands.add_parser("controlplane", help="run the control plane (gRPC)")
     with_db(cp)
-    cp.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
+    cp.add_argument(
+        "--listen",
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="operator API (admin services, health, reflection; bearer tokens) "
+        "(default: %(default)s)",
+    )
+    cp.add_argument(
+        "--cluster-listen",
+        default="127.0.0.1:50052",
+        metavar="HOST:PORT",
+        help="data-plane services over mutual TLS (default: %(default)s)",
+    )
+    cp.add_argument("--cluster-cert", type=Path, metavar="FILE", help="control plane certificate")
+    cp.add_argument("--cluster-key", type=Path, metavar="FILE", help="its private key")
+    cp.add_argument(
+        "--cluster-ca", type=Path, metavar="FILE", help="CA that signs data-plane certificates"
+    )
+    cp.add_argument(
+        "--tokens-file", type=Path, metavar="FILE", help="operator tokens (meterline tokens create)"
+    )
+    cp.add_argument(
+        "--operator-tls",
+        action="store_true",
+        help="serve --listen over TLS with the cluster certificate (clients: --ca-file)",
+    )
+    cp.add_argument(
+        "--secrets-key-file",
+        type=Path,
+        metavar="FILE",
+        help="Fernet key(s), one per line, the first encrypting: provider keys are stored "
+        "encrypted with it (or $METERLINE_SECRETS_KEY, comma-separated)",
+    )
+    cp.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="development only: plaintext, no tokens, data-plane services on --listen too",
+    )
     cp.add_argument(
         "--migrations",
         choices=["auto", "check"],
@@ -155,11 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("--auto-issue", action="store_true", help="issue drafts automatically (job)")
     cp.add_argument(
+        "--notification-job-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="alerts are evaluated and due webhooks delivered after usage arrives and at least "
+        "this often; 0 = only on request (default: %(default)s)",
+    )
+    cp.add_argument(
         "--webhook-listen",
         metavar="HOST:PORT",
         help="serve Stripe webhooks (POST /stripe/webhook) here; needs METERLINE_STRIPE_API_KEY"
         " and METERLINE_STRIPE_WEBHOOK_SECRET",
     )
+    cp.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (GET /metrics) here (default: off)",
+    )
+    add_log_format_argument(cp)
     cp.set_defaults(func=_cmd_controlplane)
 
     dp = commands.add_parser("dataplane", help="run a data plane (the HTTP gateway)")
@@ -186,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     subscriptions.register(commands)
 
+    from controlplane.cli import plans
+
+    plans.register(commands)
+
     usage = commands.add_parser("usage", help="usage events")
     usage_commands = usage.add_subparsers(dest="usage_command", required=True)
     usage_list = usage_commands.add_parser("list", help="list stored usage events")
@@ -193,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     usage_list.add_argument("--limit", type=int, default=100)
     with_cp(usage_list)
     usage_list.set_defaults(func=_cmd_usage_list)
+    from controlplane.cli import usage as usage_cli
+
+    usage_cli.register(usage_commands, with_cp)
 
     from controlplane.cli import dataplanes
 
@@ -201,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     from controlplane.cli import entitlements
 
     entitlements.register(commands)
+
+    from controlplane.cli import notifications
+
+    notifications.register(commands)
 
     from controlplane.cli import pki
 
@@ -214,11 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the walkthrough: control plane, data plane, six requests, an invoice"
     )
     demo.set_defaults(func=_cmd_demo)
-    apply_env_defaults(parser)
+    apply_env_defaults(parser, config=config)
     return parser
 
 
-def dataplane_parser() -> argparse.ArgumentParser:
+def dataplane_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     """`meterline dataplane` alone: the data plane needs none of the control plane's modules,
     so its process stays ~45 MB smaller than with the whole CLI loaded."""
     from dataplane.cli import add_arguments
@@ -228,22 +366,30 @@ def dataplane_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     add_arguments(parser)
-    apply_env_defaults(parser, command=("dataplane",))
+    apply_env_defaults(parser, command=("dataplane",), config=config)
     parser.set_defaults(func=_cmd_dataplane)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["dataplane"]:
-        args = dataplane_parser().parse_args(argv[1:])
-    else:
-        args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        config_file, argv = split_config_argument(argv)
+        config = load_config_file(config_file) if config_file else None
+        if argv[:1] == ["dataplane"]:
+            args = dataplane_parser(config).parse_args(argv[1:])
+        else:
+            args = build_parser(config).parse_args(argv)
+    except ConfigFileError as exc:
+        print(f"meterline: error: --config: {exc}", file=sys.stderr)
+        return 2
+    if argv[:1] != ["dataplane"]:
+        configure(token=args.token, ca_file=args.ca_file)
+    if args.func is not _cmd_dataplane:  # the data plane sets up its own logging
+        configure_logging(
+            log_format=getattr(args, "log_format", "text"),
+            level=logging.DEBUG if args.verbose else logging.INFO,
+        )
     try:
         return int(args.func(args))
     except grpc.RpcError as exc:

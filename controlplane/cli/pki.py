@@ -12,6 +12,9 @@ from controlplane.errors import MeterlineError
 
 
 def _init(args: argparse.Namespace) -> int:
+    if args.exist_ok and (Path(args.dir) / pki.CA_KEY).exists():
+        print(f"a PKI exists in {args.dir}; kept")
+        return 0
     issued = pki.init(
         Path(args.dir),
         hosts=args.host or ["localhost", "127.0.0.1"],
@@ -57,6 +60,9 @@ def register(commands: Any) -> None:
         help="a DNS name or IP of the control plane (repeatable; default: localhost, 127.0.0.1)",
     )
     init.add_argument("--force", action="store_true", help="replace an existing PKI")
+    init.add_argument(
+        "--exist-ok", action="store_true", help="keep an existing PKI and succeed (init jobs)"
+    )
     init.set_defaults(func=_run(_init))
     issue = sub.add_parser("issue-dataplane", help="create a client certificate for a data plane")
     issue.add_argument("name", help="the data plane's name (its certificate's common name)")

@@ -47,6 +47,9 @@ def _line_json(line: billing_pb2.InvoiceLine) -> dict[str, Any]:
         data["packages"] = line.packages
     if line.tiers:
         data["tiers"] = [_tier_json(t) for t in line.tiers]
+    if line.model:
+        data["model"] = line.model
+        data["token_type"] = line.token_type
     if line.late_usage:
         data["late_usage"] = True
         data["period_start"] = line.period_start_time.ToJsonString()
@@ -107,6 +110,8 @@ Row = tuple[str, str, str, str, str]
 
 def _rows(line: billing_pb2.InvoiceLine) -> list[Row]:
     name = line.feature or line.rate_card
+    if line.model:
+        name = f"{name} {line.model} {line.token_type}"
     if line.late_usage:
         name = f"{name} (late, {line.period_start_time.ToJsonString()[:10]})"
     quantity = line.quantity
@@ -124,7 +129,7 @@ def _rows(line: billing_pb2.InvoiceLine) -> list[Row]:
     return rows
 
 
-def invoice_table(invoice: billing_pb2.Invoice) -> str:
+def invoice_table(invoice: billing_pb2.Invoice, *, preview: bool = False) -> str:
     """The invoice as a plain-text table; tiered lines list their tiers underneath."""
     header: Row = ("feature", "line", "quantity", "unit price", "amount")
     rows = [row for line in invoice.lines for row in _rows(line)]
@@ -143,7 +148,12 @@ def invoice_table(invoice: billing_pb2.Invoice) -> str:
     customer = invoice.customer.removeprefix("customers/")
     title = f"Invoice preview for {customer}"
     if invoice.id:
-        title = f"Invoice {invoice.number or invoice.id} [{invoice_state(invoice)}] for {customer}"
+        label = f"{invoice.number or invoice.id} [{invoice_state(invoice)}]"
+        title = (
+            f"Invoice preview for {customer}: invoice {label}"
+            if preview
+            else f"Invoice {label} for {customer}"
+        )
     lines = [
         f"{title} ({invoice.currency}), period {period}",
         fmt(header),

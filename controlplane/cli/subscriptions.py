@@ -1,4 +1,4 @@
-"""``meterline subscription list|cancel|change-plan``."""
+"""``meterline subscription list|cancel|change-plan|migrate``."""
 
 from __future__ import annotations
 
@@ -68,6 +68,17 @@ def _change(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    request = customers_pb2.MigrateSubscriptionRequest(
+        name=_name(args.id), target_version=args.version or 0
+    )
+    if args.at is not None:
+        request.migrate_time.FromDatetime(args.at)
+    with admin_client(args.cp) as client:
+        _print(client.customers.MigrateSubscription(request))
+    return 0
+
+
 def register(commands: Any) -> None:
     """Add the ``subscription`` command and its subcommands to the top-level subparsers."""
 
@@ -103,3 +114,12 @@ def register(commands: Any) -> None:
     p.add_argument("--at", type=_time, metavar="TIME", help="when (default: now)")
     with_cp(p)
     p.set_defaults(func=_change)
+
+    p = sub.add_parser(
+        "migrate", help="move to another published version of its plan (like a plan change)"
+    )
+    p.add_argument("id", help="subscription id")
+    p.add_argument("--version", type=int, help="target version (default: the published one)")
+    p.add_argument("--at", type=_time, metavar="TIME", help="when (default: now)")
+    with_cp(p)
+    p.set_defaults(func=_migrate)

@@ -4,12 +4,19 @@ Version compatibility: a data plane is compatible when its Meterline major versi
 control plane's (``1.4.2`` and ``1.0.0`` are; ``2.0.0`` is not). An incompatible data plane is
 recorded as INCOMPATIBLE and gets no config; it keeps serving what it has (its cache). A data
 plane that reports no version is accepted: there is nothing to compare.
+
+Liveness: each config stream has an id; its connect records it, and every later write of that
+stream (ACK, NACK, heartbeat, disconnect) applies only while the row still names it, so a data
+plane that reconnected to another replica is not marked disconnected by the replica it left.
+While a stream is open its control plane writes a heartbeat (``last_seen_time``) every
+``HEARTBEAT_SECONDS``; a data plane recorded as connected whose heartbeat is older than
+``STALE_AFTER`` is shown STALE (its control plane died without recording the disconnect).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from enum import StrEnum
 from importlib import metadata
 
@@ -24,6 +31,14 @@ class SyncStatus(StrEnum):
     NACKED = "nacked"
     DISCONNECTED = "disconnected"
     INCOMPATIBLE = "incompatible"
+    # Never stored: computed when read (see the module docstring).
+    STALE = "stale"
+
+
+HEARTBEAT_SECONDS = 15.0
+STALE_AFTER = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+# Statuses that claim an open stream, and so can go stale.
+LIVE = frozenset({SyncStatus.CONNECTED, SyncStatus.IN_SYNC, SyncStatus.NACKED})
 
 
 @dataclass(frozen=True)
@@ -69,9 +84,18 @@ def record(
     config_version: str | None = None,
     status: SyncStatus,
     error: str = "",
-) -> None:
+    stream_id: str = "",
+    connect: bool = False,
+) -> bool:
+    """Record what a config stream saw; return False if a newer stream owns the row.
+
+    ``connect``: this write opens ``stream_id`` (it becomes the row's owner). Otherwise the
+    write applies only while the row still names ``stream_id``.
+    """
     t = s.dataplanes
     values: dict[str, object] = {"sync_status": status.value, "error": error, "last_seen_time": now}
+    if connect:
+        values["stream_id"] = stream_id
     if hostname is not None:
         values["hostname"] = hostname
     if version is not None:
@@ -80,12 +104,31 @@ def record(
         values["config_version"] = config_version
     exists = conn.execute(select(t.c.node_id).where(t.c.node_id == node_id)).first()
     if exists:
-        conn.execute(update(t).where(t.c.node_id == node_id).values(**values))
-    else:
-        values.setdefault("hostname", "")
-        values.setdefault("version", "")
-        values.setdefault("config_version", "")
-        conn.execute(insert(t).values(node_id=node_id, **values))
+        where = t.c.node_id == node_id
+        if not connect:
+            where = where & (t.c.stream_id == stream_id)
+        return conn.execute(update(t).where(where).values(**values)).rowcount > 0
+    if not connect:
+        return False  # the row of a stream that never recorded its connect
+    values.setdefault("hostname", "")
+    values.setdefault("version", "")
+    values.setdefault("config_version", "")
+    conn.execute(insert(t).values(node_id=node_id, **values))
+    return True
+
+
+def heartbeat(conn: Connection, *, node_id: str, stream_id: str, now: datetime) -> bool:
+    """Refresh ``last_seen_time`` while ``stream_id`` is open; False if a newer one owns it."""
+    t = s.dataplanes
+    where = (t.c.node_id == node_id) & (t.c.stream_id == stream_id)
+    return conn.execute(update(t).where(where).values(last_seen_time=now)).rowcount > 0
+
+
+def effective(record: DataPlaneRecord, *, now: datetime, stale_after: timedelta) -> DataPlaneRecord:
+    """``record`` as shown to operators: STALE when its heartbeat stopped."""
+    if record.sync_status in LIVE and now - record.last_seen_time > stale_after:
+        return replace(record, sync_status=SyncStatus.STALE)
+    return record
 
 
 def list_dataplanes(conn: Connection) -> list[dict[str, object]]:

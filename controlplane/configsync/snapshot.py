@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.budgets.types import BudgetMode
 from controlplane.catalog.types import LLM_TOKENS
+from controlplane.declarative import rate_limits
 from controlplane.entitlements.types import ConsumerAccess, EntitlementValue
 from controlplane.errors import InvalidArgument
 from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
@@ -141,6 +143,19 @@ def _consumer_entitlements(
             limit=value.limit or 0,
         )
         item.period_end_time.FromDatetime(value.balance.period_end)
+    message.currency = access.currency
+    for price in access.prices:
+        message.prices.add(
+            feature=price.feature, filters=dict(price.filters), unit_price=str(price.unit_price)
+        )
+    for state in sorted(access.budgets, key=lambda b: b.budget.id):
+        budget = message.budgets.add(
+            budget_id=state.budget.id,
+            amount=str(state.budget.amount),
+            spent=str(state.spent),
+            hard=state.budget.mode is BudgetMode.HARD,
+        )
+        budget.period_end_time.FromDatetime(state.period_end)
     return message
 
 
@@ -168,6 +183,10 @@ def _plugin(
         message.key_auth.CopyFrom(key_auth_config(plugin.config))
     elif plugin.name is PluginName.AI_PROXY:
         message.ai_proxy.CopyFrom(ai_proxy_config(plugin.config))
+    elif plugin.name is PluginName.AI_PROXY_ADVANCED:
+        message.ai_proxy.CopyFrom(ai_proxy_advanced_config(plugin.config))
+    elif plugin.name in (PluginName.RATE_LIMITING_ADVANCED, PluginName.AI_RATE_LIMITING_ADVANCED):
+        message.rate_limiting.CopyFrom(rate_limits.snapshot_config(plugin.config))
     else:  # pragma: no cover - PluginName has no other members
         raise InvalidArgument(f'plugin "{plugin.name}" has no snapshot form')
     return message
@@ -194,14 +213,59 @@ def key_auth_config(config: Mapping[str, Any]) -> snapshot_pb2.KeyAuthConfig:
     )
 
 
+def _model_policy(config: Mapping[str, Any], message: snapshot_pb2.AiProxyConfig) -> None:
+    message.model_allow_list.extend(str(m) for m in config.get("model_allow_list") or ())
+    for alias, model in sorted((config.get("model_aliases") or {}).items()):
+        message.model_aliases[str(alias)] = str(model)
+
+
+def ai_proxy_advanced_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
+    """The typed ai-proxy-advanced config (targets and balancer) of a normalised config dict."""
+    targets = list(config.get("targets") or ())
+    balancer: Mapping[str, Any] = config.get("balancer") or {}
+    message = snapshot_pb2.AiProxyConfig(
+        route_type=_text(targets[0] if targets else {}, "route_type", "llm/v1/chat"),
+        llm_format=_text(config, "llm_format", "openai"),
+        balancer=snapshot_pb2.AiProxyBalancer(
+            algorithm=_text(balancer, "algorithm", "round-robin"),
+            hash_on_header=_text(balancer, "hash_on_header"),
+            failover_criteria=[str(c) for c in balancer.get("failover_criteria") or ()],
+            connect_timeout=int(balancer.get("connect_timeout") or 0),
+            read_timeout=int(balancer.get("read_timeout") or 0),
+            write_timeout=int(balancer.get("write_timeout") or 0),
+            tokens_count_strategy=_text(balancer, "tokens_count_strategy"),
+            latency_strategy=_text(balancer, "latency_strategy"),
+            max_fails=int(balancer.get("max_fails") or 0),
+            fail_timeout=int(balancer.get("fail_timeout") or 0),
+        ),
+    )
+    if balancer.get("retries") is not None:
+        message.balancer.retries = int(balancer["retries"])
+    for target in targets:
+        single = ai_proxy_config(target)
+        message.targets.add(
+            route_type=single.route_type,
+            auth=single.auth,
+            model=single.model,
+            weight=int(target.get("weight") or 100),
+            description=_text(target, "description"),
+            priority=int(target.get("priority") or 0),
+        )
+    _model_policy(config, message)
+    return message
+
+
 def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
     """The typed ai-proxy config of a normalised config dict (defaults for missing fields)."""
     auth: Mapping[str, Any] = config.get("auth") or {}
     model: Mapping[str, Any] = config.get("model") or {}
     options: Mapping[str, Any] = model.get("options") or {}
-    return snapshot_pb2.AiProxyConfig(
+    message = snapshot_pb2.AiProxyConfig(
         route_type=_text(config, "route_type", "llm/v1/chat"),
         llm_format=_text(config, "llm_format", "openai"),
+        connect_timeout=int(config.get("connect_timeout") or 0),
+        read_timeout=int(config.get("read_timeout") or 0),
+        write_timeout=int(config.get("write_timeout") or 0),
         auth=snapshot_pb2.AiProxyAuth(
             header_name=_text(auth, "header_name"),
             header_value=_text(auth, "header_value"),
@@ -224,3 +288,5 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
             ),
         ),
     )
+    _model_policy(config, message)
+    return message

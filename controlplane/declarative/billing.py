@@ -4,32 +4,40 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
+from controlplane.budgets.declarative import parse_budgets
 from controlplane.catalog.types import (
     BUILTIN_METERS,
+    MODEL_PRICE_TOKEN_TYPES,
     TOKEN_TYPE_ALIASES,
     Commitments,
     Discounts,
     Entitlement,
     EntitlementType,
     Feature,
+    ModelPrice,
     PaymentTerm,
     Plan,
     Price,
+    PriceList,
     PriceType,
     RateCard,
     Tier,
     TierMode,
 )
-from controlplane.catalog.validation import rate_card_problems
+from controlplane.catalog.validation import price_list_problems, rate_card_problems
 from controlplane.customers.types import Customer
 from controlplane.declarative.entry import Entry, describe, quoted
+from controlplane.declarative.meters import meter_dimensions, parse_meters
 from controlplane.declarative.types import BillingConfig, SubscriptionSpec
 from controlplane.errors import InvalidArgument
+from controlplane.notifications.declarative import parse_notifications
 from controlplane.rating.money import minor_units
 from controlplane.subscriptions.periods import parse_cadence
+from controlplane.usage.meters import OperatorMeter
 from controlplane.usage.types import TokenType
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
@@ -38,17 +46,36 @@ TOKEN_TYPES = tuple(t.value for t in TokenType)
 
 def parse_billing(billing: Entry) -> BillingConfig:
     """Read the billing section; problems go to ``billing.problems``."""
-    billing.check_keys(("features", "plans", "customers", "subscriptions"))
+    billing.check_keys(
+        (
+            "meters",
+            "features",
+            "price_lists",
+            "plans",
+            "customers",
+            "subscriptions",
+            "budgets",
+            "notifications",
+        )
+    )
+    meters = parse_meters(billing)
     features: dict[str, Feature] = {}
     feature_keys: dict[str, str] = {}
     for entry in billing.entries("features", label="key"):
-        feature = _feature(entry, feature_keys)
+        feature = _feature(entry, feature_keys, meters)
         if feature is not None:
             features[feature.key] = feature
+    price_lists: list[PriceList] = []
+    list_keys: dict[str, str] = {}
+    for entry in billing.entries("price_lists", label="key"):
+        price_list = _price_list(entry, list_keys)
+        if price_list is not None:
+            price_lists.append(price_list)
+    currencies = {p.key: p.currency for p in price_lists}
     plans: list[Plan] = []
     plan_keys: dict[str, str] = {}
     for entry in billing.entries("plans", label="key"):
-        plan = _plan(entry, plan_keys, feature_keys)
+        plan = _plan(entry, plan_keys, feature_keys, currencies)
         if plan is not None:
             plans.append(plan)
     customers: list[Customer] = []
@@ -66,9 +93,13 @@ def parse_billing(billing: Entry) -> BillingConfig:
             subscriptions.append(subscription)
     return BillingConfig(
         features=tuple(features.values()),
+        price_lists=tuple(price_lists),
         plans=tuple(plans),
         customers=tuple(customers),
         subscriptions=tuple(subscriptions),
+        budgets=parse_budgets(billing, customer_keys),
+        notifications=parse_notifications(billing),
+        meters=tuple(meters.values()),
     )
 
 
@@ -90,16 +121,20 @@ def _claim_key(entry: Entry, kind: str, seen: dict[str, str]) -> str | None:
     return key
 
 
-def _feature(entry: Entry, seen: dict[str, str]) -> Feature | None:
+def _feature(
+    entry: Entry, seen: dict[str, str], meters: Mapping[str, OperatorMeter]
+) -> Feature | None:
     before = len(entry.problems)
     entry.check_keys(("key", "name", "meter", "filters"))
     key = _claim_key(entry, "feature", seen)
     name = entry.string("name", default="")
-    meter_key = entry.choice("meter", tuple(BUILTIN_METERS))
+    meter_key = entry.choice("meter", (*BUILTIN_METERS, *meters))
     filters: dict[str, str] = {}
     raw_filters = entry.sub("filters")
     if raw_filters is not None and meter_key is not None:
-        group_by = BUILTIN_METERS[meter_key].group_by
+        group_by = meter_dimensions(meter_key, meters) or ()
+        if meter_key in BUILTIN_METERS:
+            group_by = BUILTIN_METERS[meter_key].group_by
         for dimension, value in raw_filters.data.items():
             if dimension not in group_by:
                 raw_filters.fail(
@@ -132,9 +167,64 @@ def _filter_value(filters: Entry, dimension: str, value: object) -> str | None:
     return value
 
 
-def _plan(entry: Entry, seen: dict[str, str], features: dict[str, str]) -> Plan | None:
+def _time(entry: Entry, key: str, *, required: bool = False) -> datetime | None:
+    """An ISO 8601 time with a zone (a string, or a timestamp YAML read already)."""
+    value = entry.data.get(key)
+    if value is None:
+        if required:
+            entry.fail_field(key, "is required")
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            entry.fail_field(
+                key, f'must be an ISO 8601 timestamp like 2026-01-01T00:00:00Z, got "{value}"'
+            )
+            return None
+    else:
+        entry.fail_field(key, f"must be an ISO 8601 timestamp, got {describe(value)}")
+        return None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        entry.fail_field(key, f'"{value}" needs a timezone, like Z or +02:00')
+        return None
+    return moment
+
+
+def _price_list(entry: Entry, seen: dict[str, str]) -> PriceList | None:
     before = len(entry.problems)
-    entry.check_keys(("key", "name", "currency", "billing_cadence", "rate_cards"))
+    entry.check_keys(("key", "name", "currency", "prices"))
+    key = _claim_key(entry, "price list", seen)
+    name = entry.string("name", default="")
+    currency = entry.string("currency", required=True)
+    prices: list[ModelPrice] = []
+    if entry.data.get("prices") is None:
+        entry.fail_field("prices", "is required")
+    for item in entry.entries("prices", label="model"):
+        item.check_keys(("model", "effective_from", *MODEL_PRICE_TOKEN_TYPES))
+        model = item.string("model", required=True)
+        since = _time(item, "effective_from", required=True)
+        amounts = {t: item.decimal(t) for t in MODEL_PRICE_TOKEN_TYPES}
+        if model is not None and since is not None:
+            prices.append(ModelPrice(model=model, effective_from=since, **amounts))
+    if len(entry.problems) > before or key is None or name is None or currency is None:
+        return None
+    price_list = PriceList(key=key, name=name, currency=currency, prices=tuple(prices))
+    for problem in price_list_problems(price_list):
+        entry.fail(problem)
+    return None if len(entry.problems) > before else price_list
+
+
+def _plan(
+    entry: Entry,
+    seen: dict[str, str],
+    features: dict[str, str],
+    price_lists: dict[str, str] | None = None,
+) -> Plan | None:
+    before = len(entry.problems)
+    entry.check_keys(("key", "name", "currency", "billing_cadence", "billing_anchor", "rate_cards"))
     key = _claim_key(entry, "plan", seen)
     name = entry.string("name", required=True)
     currency = entry.string("currency", required=True)
@@ -149,6 +239,7 @@ def _plan(entry: Entry, seen: dict[str, str], features: dict[str, str]) -> Plan 
             parse_cadence(cadence)
         except InvalidArgument as exc:
             entry.fail(str(exc))
+    anchor = _time(entry, "billing_anchor")
     rate_cards: list[RateCard] = []
     card_keys: dict[str, str] = {}
     priced_features: dict[str, str] = {}
@@ -158,6 +249,10 @@ def _plan(entry: Entry, seen: dict[str, str], features: dict[str, str]) -> Plan 
         card = _rate_card(card_entry, features, card_keys, priced_features, currency)
         if card is not None:
             rate_cards.append(card)
+            listed = card.price.price_list if card.price is not None else None
+            listed_in = (price_lists or {}).get(listed or "")
+            if listed_in is not None and currency is not None and listed_in != currency:
+                card_entry.fail(f'price list "{listed}" is in {listed_in}, the plan in {currency}')
     if (
         len(entry.problems) > before
         or key is None
@@ -172,6 +267,7 @@ def _plan(entry: Entry, seen: dict[str, str], features: dict[str, str]) -> Plan 
         currency=currency,
         billing_cadence=cadence,
         rate_cards=tuple(rate_cards),
+        billing_anchor=anchor,
     )
 
 
@@ -224,7 +320,18 @@ def _price(card: Entry) -> Price | None:
     if price is None:
         return None
     before = len(price.problems)
-    price.check_keys(("type", "amount", "payment_term", "mode", "tiers", "quantity_per_package"))
+    price.check_keys(
+        (
+            "type",
+            "amount",
+            "payment_term",
+            "mode",
+            "tiers",
+            "quantity_per_package",
+            "price_list",
+            "markup_percent",
+        )
+    )
     kind = price.choice("type", tuple(PriceType))
     price_type = PriceType(kind) if kind is not None else None
     needs_amount = price_type in (PriceType.FLAT, PriceType.UNIT, PriceType.PACKAGE)
@@ -233,6 +340,8 @@ def _price(card: Entry) -> Price | None:
     mode = price.choice("mode", tuple(TierMode)) if price.has("mode") else None
     tiers = tuple(_tiers(price))
     per_package = price.decimal("quantity_per_package")
+    price_list = price.string("price_list", default="") or None
+    markup = price.decimal("markup_percent")
     if price_type is None or len(price.problems) > before:
         return None
     if term is None and price_type is PriceType.FLAT:
@@ -244,6 +353,8 @@ def _price(card: Entry) -> Price | None:
         mode=TierMode(mode) if mode is not None else None,
         tiers=tiers,
         quantity_per_package=per_package,
+        price_list=price_list,
+        markup_percent=markup,
     )
 
 
@@ -373,7 +484,7 @@ def _subscription(
     seen: dict[tuple[str, str], str],
 ) -> SubscriptionSpec | None:
     before = len(entry.problems)
-    entry.check_keys(("customer", "plan", "start"))
+    entry.check_keys(("customer", "plan", "start", "billing_anchor", "changes", "end"))
     customer = entry.string("customer", required=True)
     if customer is not None and customer not in customers:
         entry.fail(f'unknown customer "{customer}"')
@@ -381,6 +492,34 @@ def _subscription(
     if plan is not None and plan not in plans:
         entry.fail(f'unknown plan "{plan}"')
     start = _start(entry)
+    anchor = _time(entry, "billing_anchor")
+    if anchor is not None and start is not None and anchor > start:
+        entry.fail_field(
+            "billing_anchor",
+            "must not be after start: periods repeat from the anchor, so give one a period earlier",
+        )
+    changes: list[tuple[datetime, str]] = []
+    for index, item in enumerate(entry.entries("changes", label="plan")):
+        item.check_keys(("at", "plan"))
+        at = _time(item, "at", required=True)
+        target = item.string("plan", required=True)
+        if target is not None and target not in plans:
+            item.fail(f'unknown plan "{target}"')
+        if at is not None and target is not None:
+            if changes and at <= changes[-1][0]:
+                item.fail_field("at", "must be later than the previous change")
+            elif index == 0 and start is not None and at <= start:
+                item.fail_field("at", "must be after the subscription's start")
+            changes.append((at, target))
+    end: datetime | str | None = None
+    if entry.data.get("end") == "period_end":
+        end = "period_end"
+    elif entry.has("end"):
+        end = _time(entry, "end")
+        if end is not None and changes and end <= changes[-1][0]:
+            entry.fail_field("end", "must be after the last plan change")
+        elif isinstance(end, datetime) and start is not None and end <= start:
+            entry.fail_field("end", "must be after start")
     if customer is not None and plan is not None:
         if (customer, plan) in seen:
             entry.fail(
@@ -391,7 +530,14 @@ def _subscription(
             seen[customer, plan] = entry.where
     if len(entry.problems) > before or customer is None or plan is None:
         return None
-    return SubscriptionSpec(customer=customer, plan=plan, start=start)
+    return SubscriptionSpec(
+        customer=customer,
+        plan=plan,
+        start=start,
+        billing_anchor=anchor,
+        changes=tuple(changes),
+        end=end,
+    )
 
 
 def _start(entry: Entry) -> datetime | None:

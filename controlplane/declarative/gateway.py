@@ -123,6 +123,11 @@ def _service_url(entry: Entry) -> str | None:
     return f"{protocol}://{host}:{port or _DEFAULT_PORTS[protocol]}{path}"
 
 
+# Answered by every data plane before route matching (dataplane/metrics.py RESERVED_PATHS; the
+# control plane does not import data-plane modules).
+RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 def _route(gateway: _Gateway, entry: Entry, *, service: str | None) -> None:
     """Read a route; ``service`` is the enclosing service's name for a nested route."""
     before = len(gateway.problems)
@@ -137,6 +142,11 @@ def _route(gateway: _Gateway, entry: Entry, *, service: str | None) -> None:
     for index, path in enumerate(paths or ()):
         if not path.startswith("/"):
             entry.fail_field(f"paths[{index}]", 'must start with "/"')
+        elif path in RESERVED_PATHS:
+            entry.fail_field(
+                f"paths[{index}]",
+                f'"{path}" is reserved: data planes answer it themselves (health and metrics)',
+            )
     methods = entry.string_list("methods")
     for index, method in enumerate(methods or ()):
         if method.upper() not in HTTP_METHODS:
@@ -255,13 +265,19 @@ def _shape(value: object) -> str:
     return describe(value)
 
 
+_PROXY_KINDS = {
+    PluginName.AI_PROXY: "ai-proxy",
+    PluginName.AI_PROXY_ADVANCED: "ai-proxy",
+}
+
+
 def _check_references(gateway: _Gateway) -> None:
     """Report references to undefined entities and plugins that share a scope."""
     problems = gateway.problems
     for where, route, nested in gateway.routes:
         if not nested and route.service not in gateway.names["service"]:
             problems.add(where, f'service "{route.service}" is not defined')
-    scopes: dict[tuple[str, str, str, str], str] = {}
+    scopes: dict[tuple[str, str, str, str], tuple[PluginName, str]] = {}
     for where, plugin in gateway.plugins:
         for kind, reference in (
             ("service", plugin.service),
@@ -273,15 +289,24 @@ def _check_references(gateway: _Gateway) -> None:
         if plugin.name is PluginName.KEY_AUTH and plugin.consumer:
             # Authentication is what identifies the consumer, so it cannot depend on one.
             problems.add(where, "key-auth cannot be scoped to a consumer")
-        if plugin.scope in scopes:
+        # ai-proxy and ai-proxy-advanced both pick the upstream: one of them per scope.
+        kind = _PROXY_KINDS.get(plugin.name, plugin.name.value)
+        scope = (kind, *plugin.scope[1:])
+        if scope in scopes:
             scope_text = _describe_scope(plugin)
+            other, other_where = scopes[scope]
+            what = (
+                f"duplicate {plugin.name.value} plugin"
+                if other is plugin.name
+                else f"{plugin.name.value} plugin beside the {other.value} plugin"
+            )
             problems.add(
                 where,
-                f"duplicate {plugin.name.value} plugin {scope_text}, already defined at "
-                f"{scopes[plugin.scope]} (one plugin of a kind per scope)",
+                f"{what} {scope_text}, already defined at {other_where} (one plugin of a kind "
+                "per scope; ai-proxy and ai-proxy-advanced are one kind)",
             )
         else:
-            scopes[plugin.scope] = where
+            scopes[scope] = (plugin.name, where)
 
 
 def _describe_scope(plugin: Plugin) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from controlplane.declarative import rate_limits
 from controlplane.declarative.entry import Entry
 from controlplane.gateway.types import PluginName
 
@@ -24,7 +25,13 @@ KEY_AUTH_DEFAULTS: Mapping[str, Any] = {
     "key_in_bearer": True,
 }
 
-ROUTE_TYPES = ("llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings", "preserve")
+ROUTE_TYPES = (
+    "llm/v1/chat",
+    "llm/v1/completions",
+    "llm/v1/embeddings",
+    "llm/v1/responses",
+    "preserve",
+)
 LLM_FORMATS = ("openai", "anthropic")
 PROVIDERS = (
     "openai",
@@ -66,6 +73,12 @@ def normalise_plugin_config(name: PluginName, config: Entry) -> dict[str, Any]:
     """The validated config of plugin ``name`` with defaults filled in."""
     if name is PluginName.KEY_AUTH:
         return _key_auth(config)
+    if name is PluginName.RATE_LIMITING_ADVANCED:
+        return rate_limits.rate_limiting(config)
+    if name is PluginName.AI_RATE_LIMITING_ADVANCED:
+        return rate_limits.ai_rate_limiting(config, providers=PROVIDERS)
+    if name is PluginName.AI_PROXY_ADVANCED:
+        return _ai_proxy_advanced(config)
     return _ai_proxy(config)
 
 
@@ -84,13 +97,191 @@ def _key_auth(config: Entry) -> dict[str, Any]:
     return result
 
 
+_MODEL_POLICY_FIELDS = ("model_allow_list", "model_aliases")
+_TIMEOUT_FIELDS = ("connect_timeout", "read_timeout", "write_timeout")
+# Kong's ai-proxy-advanced balancer (timeouts in milliseconds; Kong's defaults).
+BALANCER_ALGORITHMS = (
+    "round-robin",
+    "lowest-latency",
+    "lowest-usage",
+    "priority",
+    "consistent-hashing",
+    "cost",
+)
+FAILOVER_CRITERIA = (
+    "error",
+    "timeout",
+    "invalid_header",
+    "http_403",
+    "http_404",
+    "http_429",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+    "http_5xx",
+    "non_idempotent",
+)
+_BALANCER_FIELDS = (
+    "algorithm",
+    "hash_on_header",
+    "retries",
+    "failover_criteria",
+    *_TIMEOUT_FIELDS,
+    "tokens_count_strategy",
+    "latency_strategy",
+    "max_fails",
+    "fail_timeout",
+)
+_TARGET_FIELDS = ("route_type", "auth", "model", "weight", "description", "priority")
+
+
+def _model_policy(config: Entry, result: dict[str, Any]) -> None:
+    """``model_allow_list`` and ``model_aliases`` (Meterline's), shared by both plugins."""
+    allow = config.string_list("model_allow_list")
+    if allow:
+        result["model_allow_list"] = list(allow)
+    aliases = config.sub("model_aliases")
+    if aliases is not None:
+        mapping: dict[str, str] = {}
+        for alias in aliases.data:
+            target = aliases.string(str(alias), required=True)
+            if target is not None:
+                mapping[str(alias)] = target
+        if allow:
+            for alias, target in mapping.items():
+                if target not in allow:
+                    aliases.fail_field(alias, f'maps to "{target}", which model_allow_list lacks')
+        result["model_aliases"] = mapping
+
+
+def _timeouts(config: Entry, result: dict[str, Any]) -> None:
+    for key in _TIMEOUT_FIELDS:
+        if config.has(key):
+            result[key] = config.integer(key, minimum=1)
+
+
+def _ai_proxy_advanced(config: Entry) -> dict[str, Any]:
+    config.check_keys(("llm_format", "targets", "balancer", *_MODEL_POLICY_FIELDS))
+    result: dict[str, Any] = {
+        "llm_format": config.choice("llm_format", LLM_FORMATS, default="openai"),
+        "targets": [],
+        "balancer": {},
+    }
+    _model_policy(config, result)
+    targets = config.data.get("targets")
+    if not isinstance(targets, list) or not targets:
+        config.fail_field("targets", "must be a non-empty list of targets")
+        targets = []
+    for index, item in enumerate(targets):
+        if not isinstance(item, Mapping):
+            config.fail_field(f"targets[{index}]", "must be a mapping")
+            continue
+        target = Entry(
+            config.where, item, config.problems, prefix=f"{config.prefix}targets[{index}]."
+        )
+        result["targets"].append(_target(target, llm_format=result["llm_format"]))
+    route_types = {t.get("route_type") for t in result["targets"]}
+    if len(route_types) > 1:
+        config.fail_field("targets", "must all have the same route_type")
+    balancer = config.sub("balancer")
+    if balancer is not None:
+        result["balancer"] = _balancer(balancer, targets=result["targets"])
+    elif result["targets"]:
+        result["balancer"] = _balancer(
+            Entry(config.where, {}, config.problems, prefix="config.balancer."),
+            targets=result["targets"],
+        )
+    return result
+
+
+def _target(target: Entry, *, llm_format: str | None) -> dict[str, Any]:
+    target.check_keys(_TARGET_FIELDS)
+    result: dict[str, Any] = {
+        "route_type": target.choice("route_type", ROUTE_TYPES, default="llm/v1/chat"),
+        "auth": {},
+        "weight": 100,
+        "description": target.string("description", default=""),
+    }
+    if target.has("weight"):
+        result["weight"] = target.integer("weight", minimum=1)
+    if target.has("priority"):
+        result["priority"] = target.integer("priority", minimum=0)
+    auth = target.sub("auth")
+    if auth is not None:
+        result["auth"] = _auth(auth)
+    model = target.sub("model", required=True)
+    if model is not None:
+        result["model"] = _model(model, route_type=result["route_type"])
+        provider = result["model"]["provider"]
+        if llm_format == "anthropic" and provider not in (None, "anthropic"):
+            target.fail_field(
+                "model.provider",
+                f'must be "anthropic" with llm_format "anthropic", got "{provider}"',
+            )
+    return result
+
+
+def _balancer(balancer: Entry, *, targets: list[dict[str, Any]]) -> dict[str, Any]:
+    balancer.check_keys(_BALANCER_FIELDS)
+    algorithm = balancer.choice("algorithm", BALANCER_ALGORITHMS, default="round-robin")
+    result: dict[str, Any] = {"algorithm": algorithm}
+    if balancer.has("hash_on_header"):
+        header = balancer.string("hash_on_header", required=True)
+        if header is not None and not _HEADER_NAME.match(header):
+            balancer.fail_field("hash_on_header", f'"{header}" is not a valid header name')
+        result["hash_on_header"] = header
+    elif algorithm == "consistent-hashing":
+        balancer.fail_field("hash_on_header", "is required with algorithm consistent-hashing")
+    if balancer.has("retries"):
+        result["retries"] = balancer.integer("retries", minimum=0)
+    criteria = balancer.string_list("failover_criteria")
+    for index, criterion in enumerate(criteria or ()):
+        if criterion not in FAILOVER_CRITERIA:
+            balancer.fail_field(
+                f"failover_criteria[{index}]",
+                f'must be one of {", ".join(FAILOVER_CRITERIA)}, got "{criterion}"',
+            )
+    if criteria:
+        result["failover_criteria"] = list(criteria)
+    _timeouts(balancer, result)
+    if balancer.has("tokens_count_strategy"):
+        result["tokens_count_strategy"] = balancer.choice(
+            "tokens_count_strategy", ("total-tokens", "prompt-tokens", "completion-tokens")
+        )
+    if balancer.has("latency_strategy"):
+        result["latency_strategy"] = balancer.choice("latency_strategy", ("e2e", "tpot"))
+    if balancer.has("max_fails"):
+        result["max_fails"] = balancer.integer("max_fails", minimum=0)
+    if balancer.has("fail_timeout"):
+        result["fail_timeout"] = balancer.integer("fail_timeout", minimum=1)
+    if algorithm == "priority" and len({t.get("priority", 0) for t in targets}) < 2:
+        balancer.fail(
+            "algorithm priority needs targets with at least two different priority values "
+            "(targets[].priority; lower is tried first)"
+        )
+    if algorithm == "cost":
+        for index, target in enumerate(targets):
+            options = (target.get("model") or {}).get("options") or {}
+            if options.get("input_cost") is None or options.get("output_cost") is None:
+                balancer.fail(
+                    f"algorithm cost needs targets[{index}].model.options.input_cost and "
+                    "output_cost"
+                )
+    return result
+
+
 def _ai_proxy(config: Entry) -> dict[str, Any]:
-    config.check_keys(("route_type", "llm_format", "auth", "model"))
+    config.check_keys(
+        ("route_type", "llm_format", "auth", "model", *_MODEL_POLICY_FIELDS, *_TIMEOUT_FIELDS)
+    )
     result: dict[str, Any] = {
         "route_type": config.choice("route_type", ROUTE_TYPES, default="llm/v1/chat"),
         "llm_format": config.choice("llm_format", LLM_FORMATS, default="openai"),
         "auth": {},
     }
+    _model_policy(config, result)
+    _timeouts(config, result)
     auth = config.sub("auth")
     if auth is not None:
         result["auth"] = _auth(auth)

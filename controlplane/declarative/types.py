@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from controlplane.catalog.types import Feature, Plan
+from controlplane.catalog.types import Feature, Plan, PriceList
 from controlplane.customers.types import Customer
 from controlplane.gateway.types import GatewayConfig
+from controlplane.usage.meters import OperatorMeter
+
+if TYPE_CHECKING:
+    from controlplane.budgets.declarative import BudgetSpec
+    from controlplane.notifications.declarative import NotificationsSpec
 
 
 @dataclass(frozen=True)
@@ -18,6 +24,13 @@ class SubscriptionSpec:
     plan: str
     # None means "now", resolved by the caller's clock when the file is applied.
     start: datetime | None
+    # Periods count from here (not after start); None: the start.
+    billing_anchor: datetime | None = None
+    # Plan changes, oldest first: (time, plan key).
+    changes: tuple[tuple[datetime, str], ...] = ()
+    # When the subscription (its last plan) ends: a time, "period_end" (of the period
+    # running when the file is applied) or None (runs on).
+    end: datetime | str | None = None
 
 
 @dataclass(frozen=True)
@@ -25,9 +38,16 @@ class BillingConfig:
     """The ``billing:`` section: catalog, customers and subscriptions, in file order."""
 
     features: tuple[Feature, ...] = ()
+    price_lists: tuple[PriceList, ...] = ()
     plans: tuple[Plan, ...] = ()
     customers: tuple[Customer, ...] = ()
     subscriptions: tuple[SubscriptionSpec, ...] = ()
+    # billing.budgets (controlplane.budgets.declarative).
+    budgets: tuple[BudgetSpec, ...] = ()
+    # billing.notifications (controlplane.notifications.declarative); None: no section.
+    notifications: NotificationsSpec | None = None
+    # billing.meters (controlplane.declarative.meters).
+    meters: tuple[OperatorMeter, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import Connection, select
 
+from controlplane.budgets import service as budgets
 from controlplane.catalog import storage as catalog
 from controlplane.catalog.types import EntitlementType, Feature, Plan, RateCard
 from controlplane.customers import storage as customers
@@ -14,13 +16,14 @@ from controlplane.customers.types import Customer
 from controlplane.entitlements import engine
 from controlplane.entitlements import storage as grants_storage
 from controlplane.entitlements.types import ConsumerAccess, EntitlementValue, Grant
-from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from controlplane.errors import FailedPrecondition, InvalidArgument, MeterlineError, NotFound
 from controlplane.storage import schema as s
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.periods import parse_cadence
 from controlplane.subscriptions.types import Subscription
 
 MAX_GRANT_PRIORITY = 1000
+log = logging.getLogger(__name__)
 
 
 def _running(subscription: Subscription, at: datetime) -> bool:
@@ -239,9 +242,25 @@ def enforcement_state(conn: Connection, *, at: datetime) -> list[ConsumerAccess]
                 )
                 if value.type is EntitlementType.METERED
             )
+        try:
+            currency, prices = budgets.token_prices(
+                conn, customer=customer.key, subjects=list(customer.subjects), at=at
+            )
+            states = tuple(budgets.statuses(conn, customer=customer.key, at=at)) if running else ()
+        except MeterlineError:
+            # One customer's pricing must not hold up every balance: its data-plane prices
+            # and budgets are left out (not enforced) until it is fixed.
+            log.exception("pricing customer %r for the data planes failed", customer.key)
+            currency, prices, states = "", (), ()
         found += [
             ConsumerAccess(
-                subject=subject, customer=customer.key, has_access=running, metered=metered
+                subject=subject,
+                customer=customer.key,
+                has_access=running,
+                metered=metered,
+                currency=currency,
+                prices=prices,
+                budgets=states,
             )
             for subject in customer.subjects
         ]

@@ -6,12 +6,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, case, func, insert, literal, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from controlplane.entitlements.types import Grant
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.storage import schema as s
-from controlplane.usage.storage import filter_clause
+from controlplane.usage.storage import segment_sums
 
 g = s.grants
 u = s.usage_events
@@ -92,34 +92,10 @@ def segment_usage(
     segments: Sequence[tuple[datetime, datetime]],
     filters: Mapping[str, str],
 ) -> list[int]:
-    """SUM of tokens of each contiguous ``[start, end)`` segment, in one query.
+    """SUM of tokens of each contiguous ``[start, end)`` segment.
 
     Same selection as invoicing (``usage.storage.sum_tokens``): the subjects' events
     through the feature's filters, billable (2xx) only unless a filter names status_code.
     """
-    if not segments:
-        return []
-    if not subjects:
-        return [0] * len(segments)
-    first, last = segments[0][0], segments[-1][1]
-    index = (
-        case(
-            *((u.c.time < end, i) for i, (_, end) in enumerate(segments[:-1])),
-            else_=len(segments) - 1,
-        )
-        if len(segments) > 1
-        else literal(0)
-    )
-    rows = select(index.label("segment"), u.c.tokens.label("tokens")).where(
-        u.c.subject.in_(list(subjects)), u.c.time >= first, u.c.time < last
-    )
-    if "status_code" not in filters:
-        rows = rows.where(u.c.status_code >= 200, u.c.status_code < 300)
-    for dimension, value in filters.items():
-        rows = rows.where(filter_clause(dimension, value))
-    inner = rows.subquery()
-    query = select(inner.c.segment, func.sum(inner.c.tokens)).group_by(inner.c.segment)
-    sums = [0] * len(segments)
-    for position, total in conn.execute(query):
-        sums[int(position)] += int(total)
-    return sums
+    # Rollups for whole hours, raw events for hours a segment boundary cuts.
+    return segment_sums(conn, subjects=subjects, segments=segments, filters=filters)

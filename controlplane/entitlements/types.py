@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from controlplane.budgets.types import BudgetStatus, TokenPrice
 from controlplane.catalog.types import EntitlementType
 
 DEFAULT_GRANT_PRIORITY = 1
@@ -94,3 +95,7 @@ class ConsumerAccess:
     customer: str
     has_access: bool
     metered: tuple[EntitlementValue, ...] = ()
+    # The plan's currency, what tokens cost, and the customer's budgets (data-plane pricing).
+    currency: str = ""
+    prices: tuple[TokenPrice, ...] = ()
+    budgets: tuple[BudgetStatus, ...] = ()

@@ -8,13 +8,16 @@ from datetime import datetime
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from controlplane.budgets.declarative import apply_budgets
 from controlplane.catalog import storage as catalog
 from controlplane.customers import storage as customers
 from controlplane.declarative import DeclarativeConfig, parse_document
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.gateway import storage as gateway
+from controlplane.notifications.declarative import apply_notifications
 from controlplane.storage.db import Database
-from controlplane.subscriptions import storage as subscriptions
+from controlplane.subscriptions import service as subscription_service
+from controlplane.usage import meter_storage
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,12 @@ def _apply(conn: Connection, config: DeclarativeConfig, *, now: datetime) -> lis
         changes.append(gateway.upsert_plugin(conn, plugin, now=now))
 
     billing = config.billing
+    for meter in billing.meters:
+        changes.append(meter_storage.upsert_meter(conn, meter, now=now))
     for feature in billing.features:
         changes.append(catalog.upsert_feature(conn, feature, now=now))
+    for price_list in billing.price_lists:
+        changes.append(catalog.upsert_price_list(conn, price_list, now=now))
     for plan in billing.plans:
         try:
             current = catalog.get_plan(conn, plan.key)
@@ -76,23 +83,8 @@ def _apply(conn: Connection, config: DeclarativeConfig, *, now: datetime) -> lis
     for customer in billing.customers:
         changes.append(customers.upsert_customer(conn, customer, now=now))
     for spec in billing.subscriptions:
-        running = [
-            sub
-            for sub in subscriptions.list_subscriptions(conn, spec.customer)
-            if sub.plan_key == spec.plan and (sub.end_time is None or sub.end_time > now)
-        ]
-        if running:
-            continue
-        plan = catalog.active_plan(conn, spec.plan)
-        sub = subscriptions.create_subscription(
-            conn,
-            customer=spec.customer,
-            plan_key=plan.key,
-            plan_version=plan.version,
-            start_time=spec.start or now,
-            now=now,
-        )
-        changes.append(
-            f"created subscription {sub.id} ({spec.customer} on {plan.key} v{plan.version})"
-        )
+        changes.extend(subscription_service.apply_subscription(conn, spec, now=now))
+    changes.extend(apply_budgets(conn, billing.budgets, now=now))
+    if billing.notifications is not None:
+        changes.extend(apply_notifications(conn, billing.notifications, now=now))
     return [c for c in changes if c]

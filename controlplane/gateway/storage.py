@@ -1,4 +1,10 @@
-"""Storage of gateway entities (Core statements over one connection = one unit of work)."""
+"""Storage of gateway entities (Core statements over one connection = one unit of work).
+
+Provider keys in plugin configs are stored encrypted when the engine carries a SecretBox
+(``install_secrets``, called once by the composition root: the key travels with the engine
+as an execution option, so every connection sees it without a global); see
+controlplane/gateway/secrets.py.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,25 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from controlplane.errors import AlreadyExists, NotFound
+from controlplane.gateway.secrets import SecretBox, open_config, reseal_config, seal_config
 from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
 from controlplane.storage import schema as s
+
+SECRETS_OPTION = "meterline_secrets"
+
+
+def install_secrets(engine: Engine, box: SecretBox | None) -> None:
+    """Make ``box`` the secrets key of every connection of ``engine``."""
+    engine.update_execution_options(**{SECRETS_OPTION: box})
+
+
+def secrets_of(conn: Connection) -> SecretBox | None:
+    """The secrets key installed on ``conn``'s engine, if any."""
+    box = conn.get_execution_options().get(SECRETS_OPTION)
+    return box if isinstance(box, SecretBox) else None
 
 
 def load_config(conn: Connection) -> GatewayConfig:
@@ -70,7 +90,9 @@ def get_consumer(conn: Connection, username: str) -> Consumer:
 
 
 def list_plugins(conn: Connection) -> list[Plugin]:
+    """Every plugin, provider keys decrypted (the operator API redacts them: api/convert.py)."""
     p = s.plugins
+    box = secrets_of(conn)
     rows = conn.execute(select(p).order_by(p.c.name, p.c.service, p.c.route, p.c.consumer))
     return [
         Plugin(
@@ -79,10 +101,30 @@ def list_plugins(conn: Connection) -> list[Plugin]:
             route=r.route,
             consumer=r.consumer,
             enabled=r.enabled,
-            config=r.config,
+            config=open_config(r.config, box),
         )
         for r in rows
     ]
+
+
+def reseal_plugin_secrets(conn: Connection) -> int:
+    """Encrypt every stored provider key under the first secrets key; return rows changed.
+
+    Run at start: encrypts keys stored before a key was configured and finishes a rotation.
+    Without a key it only checks that nothing stored needs one.
+    """
+    p = s.plugins
+    box = secrets_of(conn)
+    changed = 0
+    for row in conn.execute(select(p.c.id, p.c.config)).all():
+        if box is None:
+            open_config(row.config, None)  # raises if a value is encrypted
+            continue
+        sealed = reseal_config(row.config, box)
+        if sealed != row.config:
+            conn.execute(update(p).where(p.c.id == row.id).values(config=sealed))
+            changed += 1
+    return changed
 
 
 def plugin_ids(conn: Connection) -> dict[tuple[str, str, str, str], str]:
@@ -195,7 +237,9 @@ def upsert_plugin(conn: Connection, plugin: Plugin, *, now: datetime) -> str | N
     )
     where = plugin.route or plugin.service or plugin.consumer or "global"
     row = conn.execute(select(t).where(scope)).first()
+    box = secrets_of(conn)
     config = dict(plugin.config)
+    stored = seal_config(config, box)
     if row is None:
         conn.execute(
             insert(t).values(
@@ -205,15 +249,16 @@ def upsert_plugin(conn: Connection, plugin: Plugin, *, now: datetime) -> str | N
                 route=plugin.route,
                 consumer=plugin.consumer,
                 enabled=plugin.enabled,
-                config=config,
+                config=stored,
                 create_time=now,
                 update_time=now,
             )
         )
         return f"created plugin {plugin.name.value} ({where})"
-    if row.enabled != plugin.enabled or row.config != config:
+    # Encryption is not deterministic: compare plaintexts.
+    if row.enabled != plugin.enabled or open_config(row.config, box) != config:
         conn.execute(
-            update(t).where(scope).values(enabled=plugin.enabled, config=config, update_time=now)
+            update(t).where(scope).values(enabled=plugin.enabled, config=stored, update_time=now)
         )
         return f"updated plugin {plugin.name.value} ({where})"
     return None

@@ -11,6 +11,9 @@ from typing import Any
 class PluginName(StrEnum):
     KEY_AUTH = "key-auth"
     AI_PROXY = "ai-proxy"
+    AI_PROXY_ADVANCED = "ai-proxy-advanced"
+    RATE_LIMITING_ADVANCED = "rate-limiting-advanced"
+    AI_RATE_LIMITING_ADVANCED = "ai-rate-limiting-advanced"
 
 
 @dataclass(frozen=True)

@@ -24,24 +24,36 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 
 from sqlalchemy import Connection, select
 
 from controlplane.catalog import storage as catalog
-from controlplane.catalog.types import Feature, Plan, PriceType, RateCard
+from controlplane.catalog.types import (
+    LLM_TOKENS,
+    Commitments,
+    Feature,
+    Plan,
+    PriceList,
+    PriceType,
+    RateCard,
+)
 from controlplane.customers import storage as customers
 from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.invoicing import storage
-from controlplane.invoicing.preview import describe_line
+from controlplane.invoicing.describe import describe_line
 from controlplane.invoicing.storage import Billed, InvoiceRow
 from controlplane.invoicing.types import Invoice, InvoiceLine, InvoiceState
+from controlplane.notifications.invoices import emit_invoice_event
 from controlplane.rating import LineType, RatedLine, rate_card_lines, round_money
-from controlplane.rating.proration import prorate
+from controlplane.rating.modellist import ModelUsage, model_list_lines
+from controlplane.rating.proration import prorate, prorate_minimum
 from controlplane.storage import schema as s
 from controlplane.storage.db import Database
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.periods import billing_period
 from controlplane.subscriptions.types import Subscription
+from controlplane.usage import query as usage_query
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +172,49 @@ def _lines_total(lines: Sequence[InvoiceLine | RatedLine]) -> Decimal:
     return sum((line.amount for line in lines), Decimal(0))
 
 
+def _served(segment: _Segment) -> tuple[datetime, datetime]:
+    """The part of the segment's whole billing period its subscription covers."""
+    assert segment.period_start is not None and segment.period_end is not None
+    sub = segment.sub
+    end = segment.period_end if sub.end_time is None else min(segment.period_end, sub.end_time)
+    return max(segment.period_start, sub.start_time), end
+
+
+def _model_usage(
+    conn: Connection,
+    *,
+    row: InvoiceRow,
+    segment: _Segment,
+    subjects: Sequence[str],
+    which: Billed,
+    feature: Feature,
+    price_list: PriceList,
+) -> list[ModelUsage]:
+    """The segment's tokens per model and type, in windows cut at every price change."""
+    start, end = segment.start, segment.end
+    cuts = sorted(
+        {
+            start,
+            end,
+            *(p.effective_from for p in price_list.prices if start < p.effective_from < end),
+        }
+    )
+    usage = []
+    for a, b in pairwise(cuts):
+        sums = storage.sum_billed_by_model(
+            conn,
+            subscription=segment.sub.id,
+            invoice_id=row.id,
+            which=which,
+            subjects=subjects,
+            start=a,
+            end=b,
+            filters=feature.filters,
+        )
+        usage += [ModelUsage(model, kind, a, Decimal(n)) for (model, kind), n in sums.items()]
+    return usage
+
+
 def _segment_lines(
     conn: Connection,
     *,
@@ -177,12 +232,35 @@ def _segment_lines(
         feature = features.get(card.feature) if card.feature else None
         if card.feature and feature is None:
             feature = features[card.feature] = catalog.get_feature(conn, card.feature)
+        # A part period (start, plan change, cancellation) owes a part of the minimum.
+        served_start, served_end = _served(segment)
+        assert segment.period_start is not None and segment.period_end is not None
+        commitments = prorate_minimum(
+            card.commitments,
+            part=served_end - served_start,
+            whole=segment.period_end - segment.period_start,
+            currency=plan.currency,
+        )
 
         def quantity(
             which: Billed, card: RateCard = card, feature: Feature | None = feature
         ) -> Decimal:
             if not (card.price is not None and card.price.usage_based and feature is not None):
                 return Decimal(0)
+            if feature.meter != LLM_TOKENS.key:
+                # Operator meters have no billing ledger: their period's quantity is read
+                # whole while the invoice is open and frozen at issue; late events after issue
+                # are not carried (only llm_tokens late usage is).
+                if segment.late or which is Billed.BY_OTHERS:
+                    return Decimal(0)
+                return usage_query.quantity(
+                    conn,
+                    meter=feature.meter,
+                    subjects=subjects,
+                    filters=feature.filters,
+                    start=segment.start,
+                    end=segment.end,
+                )
             return Decimal(
                 storage.sum_billed(
                     conn,
@@ -196,16 +274,32 @@ def _segment_lines(
                 )
             )
 
-        def rated(q: Decimal, card: RateCard = card) -> tuple[RatedLine, ...]:
+        def rated(
+            q: Decimal, card: RateCard = card, commitments: Commitments | None = commitments
+        ) -> tuple[RatedLine, ...]:
             assert card.price is not None
             return rate_card_lines(
                 price=card.price,
                 quantity=q,
                 currency=plan.currency,
                 discounts=card.discounts,
-                commitments=card.commitments,
+                commitments=commitments,
             )
 
+        if price.type is PriceType.MODEL_LIST:
+            if feature is None or price.price_list is None:
+                continue
+            yield from _model_list_lines(
+                conn,
+                row=row,
+                segment=segment,
+                subjects=subjects,
+                which=which,
+                card=card,
+                feature=feature,
+                commitments=commitments,
+            )
+            continue
         if segment.late:
             if not price.usage_based or feature is None:
                 continue  # flat fees were charged with the period
@@ -252,17 +346,17 @@ def _segment_lines(
             quantity=quantity(which),
             currency=plan.currency,
             discounts=card.discounts,
-            commitments=card.commitments,
+            commitments=commitments,
         ):
             is_price_line = line.type in (LineType.FLAT, LineType.USAGE)
             yield InvoiceLine(
                 subscription=segment.sub.id,
                 rate_card=card.key,
                 feature=card.feature,
-                description=describe_line(card, feature, line)
+                description=describe_line(replace(card, commitments=commitments), feature, line)
                 + (
                     f", prorated for {_when(segment.start)}..{_when(segment.end)}"
-                    if line.type is LineType.FLAT and partial
+                    if line.type in (LineType.FLAT, LineType.MINIMUM_COMMITMENT) and partial
                     else ""
                 ),
                 quantity=line.quantity,
@@ -277,6 +371,91 @@ def _segment_lines(
                 packages=line.packages,
                 tiers=line.tiers,
             )
+
+
+def _model_list_lines(
+    conn: Connection,
+    *,
+    row: InvoiceRow,
+    segment: _Segment,
+    subjects: Sequence[str],
+    which: Billed,
+    card: RateCard,
+    feature: Feature,
+    commitments: Commitments | None,
+) -> Iterator[InvoiceLine]:
+    """A model_list rate card: a line per model, token type and price period (or one late line)."""
+    price = card.price
+    assert price is not None and price.price_list is not None
+    plan = segment.plan
+    price_list = catalog.get_price_list(conn, price.price_list)
+
+    def usage(which: Billed) -> list[ModelUsage]:
+        return _model_usage(
+            conn,
+            row=row,
+            segment=segment,
+            subjects=subjects,
+            which=which,
+            feature=feature,
+            price_list=price_list,
+        )
+
+    def rated(items: Sequence[ModelUsage]) -> tuple[RatedLine, ...]:
+        return model_list_lines(
+            usage=items,
+            price_list=price_list,
+            markup_percent=price.markup_percent,
+            currency=plan.currency,
+            discounts=card.discounts,
+            commitments=commitments,
+        )
+
+    name = feature.name or feature.key
+    if segment.late:
+        late = usage(which)
+        quantity = sum((u.quantity for u in late), Decimal(0))
+        if not quantity:
+            return
+        before = usage(Billed.BY_OTHERS)
+        amount = _lines_total(rated(before + late)) - _lines_total(rated(before))
+        assert segment.period_start is not None and segment.period_end is not None
+        yield InvoiceLine(
+            subscription=segment.sub.id,
+            rate_card=card.key,
+            feature=card.feature,
+            description=(
+                f"{name}: late usage for {_when(segment.period_start)}.."
+                f"{_when(segment.period_end)}: {quantity} tokens at {price_list.key} prices"
+            ),
+            quantity=quantity,
+            unit_price=None,
+            amount=amount,
+            period_start=segment.start,
+            period_end=segment.end,
+            type=LineType.USAGE,
+            price_type=price.type,
+            late_usage=True,
+        )
+        return
+    card = replace(card, commitments=commitments)
+    for line in rated(usage(which)):
+        is_price_line = line.type is LineType.USAGE
+        yield InvoiceLine(
+            subscription=segment.sub.id,
+            rate_card=card.key,
+            feature=card.feature,
+            description=describe_line(card, feature, line),
+            quantity=line.quantity,
+            unit_price=line.unit_price,
+            amount=line.amount,
+            period_start=segment.start,
+            period_end=segment.end,
+            type=line.type,
+            price_type=price.type if is_price_line else None,
+            model=line.model,
+            token_type=line.token_type,
+        )
 
 
 def _segments(conn: Connection, row: InvoiceRow, subjects: Sequence[str]) -> list[_Segment]:
@@ -344,6 +523,58 @@ def list_invoices(
     return [load_invoice(conn, row) for row in rows]
 
 
+def preview_invoice(conn: Connection, *, customer: str, at: datetime) -> Invoice:
+    """The invoice of the customer's billing period containing ``at``, as it stands.
+
+    One code path with stored invoices: the stored open invoice of that period if the job
+    created it already, else the same computation on an unsaved row. Either way the lines are
+    exactly those issuing it now would freeze (per subscription, prorated, with late usage of
+    earlier periods), with commitments applied as if the period ended with the usage so far.
+    An issued period shows its frozen invoice.
+    """
+    customers.get_customer(conn, customer)  # NotFound first
+    periods: dict[tuple[str, datetime, datetime], None] = {}
+    for sub in subscriptions.list_subscriptions(conn, customer):
+        plan = _plan(conn, sub)
+        start, end = billing_period(anchor=sub.anchor, cadence=plan.billing_cadence, at=at)
+        served_end = end if sub.end_time is None else min(end, sub.end_time)
+        if start <= at < end and max(start, sub.start_time) < served_end:
+            periods[(plan.currency, start, end)] = None
+    if not periods:
+        raise FailedPrecondition(
+            f"customer {customer!r} has no running subscription at {at.isoformat()}"
+        )
+    if len(periods) > 1:
+        listed = ", ".join(f"{c} {a.isoformat()}..{b.isoformat()}" for c, a, b in periods)
+        raise FailedPrecondition(
+            f"customer {customer!r} has {len(periods)} invoices open at {at.isoformat()}"
+            f" ({listed}); list them with ListInvoices"
+        )
+    ((currency, start, end),) = periods
+    row = storage.find_invoice_row(
+        conn, customer=customer, currency=currency, period_start=start, period_end=end
+    )
+    if row is None:
+        row = InvoiceRow(
+            id="",
+            customer=customer,
+            currency=currency,
+            period_start=start,
+            period_end=end,
+            state=InvoiceState.GATHERING,
+            number=None,
+            total=None,
+            issue_time=None,
+            sync_state=None,
+            sync_record=None,
+            create_time=at,
+            update_time=at,
+        )
+        invoice = load_invoice(conn, row)
+        return replace(invoice, create_time=None, update_time=None)
+    return load_invoice(conn, row)
+
+
 # Transitions ----------------------------------------------------------------------------------
 
 
@@ -370,6 +601,7 @@ def _issue(conn: Connection, row: InvoiceRow, *, now: datetime) -> None:
     total = round_money(_lines_total(lines), row.currency)
     number = storage.next_number(conn, currency=row.currency, year=now.year)
     storage.freeze(conn, row.id, number=number, lines=lines, total=total, now=now)
+    emit_invoice_event(conn, get_invoice(conn, row.id), "invoice.issued", now=now)
 
 
 def issue_invoice(conn: Connection, *, id: str, now: datetime, force: bool = False) -> Invoice:
@@ -407,6 +639,7 @@ def void_invoice(conn: Connection, *, id: str, now: datetime) -> Invoice:
             f"invoice {id!r} is {row.state.value}: only issued invoices can be voided"
         )
     storage.set_state(conn, id, InvoiceState.VOID, now=now)
+    emit_invoice_event(conn, get_invoice(conn, id), "invoice.void", now=now)
     return get_invoice(conn, id)
 
 
@@ -430,6 +663,7 @@ def set_payment_state(
             f"invoice {id!r} ({row.number}) is {row.state.value}; it cannot become {state.value}"
         )
     storage.set_state(conn, id, state, now=now)
+    emit_invoice_event(conn, get_invoice(conn, id), f"invoice.{state.value}", now=now)
     return get_invoice(conn, id), True
 
 

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -25,6 +25,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,7 +36,10 @@ from controlplane.invoicing.types import InvoiceLine, InvoiceState
 from controlplane.rating.charge import LineType, TierCharge
 from controlplane.storage import schema as s
 from controlplane.stripe_sync.types import SyncRecord, SyncState
-from controlplane.usage.storage import filter_clause
+from controlplane.usage import rollups
+from controlplane.usage.aggregate import WindowSize, ceil_hour, floor_time
+from controlplane.usage.meters import LLM_TOKENS
+from controlplane.usage.storage import filter_clause, sum_tokens, tokens_by_model
 
 inv = s.invoices
 ev = s.usage_events
@@ -259,6 +263,25 @@ def _billed_clause(*, subscription: str, invoice_id: str, which: Billed) -> Colu
     return exists().where(match, billed.c.invoice_id != invoice_id)
 
 
+def nothing_billed_since(conn: Connection, *, subscription: str, start: datetime) -> bool:
+    """True when no event at or after ``start`` can be billed for the subscription yet.
+
+    An invoice bills events of its own and earlier periods only, so an event at time t can
+    only be billed by an invoice whose period ends after t: if no such invoice billed anything
+    for the subscription, no event from ``start`` on is billed. One index probe.
+    """
+    # Invoices first (few): with none, there is nothing to probe.
+    later = list(conn.execute(select(inv.c.id).where(inv.c.period_end > start)).scalars())
+    if not later:
+        return True
+    found = conn.execute(
+        select(billed.c.event_id)
+        .where(billed.c.invoice_id.in_(later), billed.c.subscription_id == subscription)
+        .limit(1)
+    ).first()
+    return found is None
+
+
 def sum_billed(
     conn: Connection,
     *,
@@ -273,6 +296,11 @@ def sum_billed(
     """Exact SUM of tokens in [start, end) matching the filters, among ``which`` events."""
     if not subjects or end <= start:
         return 0
+    if which is Billed.UNBILLED and nothing_billed_since(
+        conn, subscription=subscription, start=start
+    ):
+        # Every event of the window is unbilled: the hourly rollups answer (an open period).
+        return sum_tokens(conn, subjects=subjects, start=start, end=end, filters=filters)
     query = select(func.coalesce(func.sum(ev.c.tokens), 0)).where(
         *_window(subjects=subjects, start=start, end=end),
         _billed_clause(subscription=subscription, invoice_id=invoice_id, which=which),
@@ -285,12 +313,75 @@ def sum_billed(
     return int(conn.execute(query).scalar_one())
 
 
+def sum_billed_by_model(
+    conn: Connection,
+    *,
+    subscription: str,
+    invoice_id: str,
+    which: Billed,
+    subjects: Sequence[str],
+    start: datetime,
+    end: datetime,
+    filters: Mapping[str, str],
+) -> dict[tuple[str, str], int]:
+    """Like ``sum_billed``, per (model, token type): what model_list prices rate."""
+    if not subjects or end <= start:
+        return {}
+    if which is Billed.UNBILLED and nothing_billed_since(
+        conn, subscription=subscription, start=start
+    ):
+        return tokens_by_model(conn, subjects=subjects, start=start, end=end, filters=filters)
+    query = (
+        select(ev.c.model, ev.c.token_type, func.sum(ev.c.tokens))
+        .where(
+            *_window(subjects=subjects, start=start, end=end),
+            _billed_clause(subscription=subscription, invoice_id=invoice_id, which=which),
+        )
+        .group_by(ev.c.model, ev.c.token_type)
+    )
+    if "status_code" not in filters:
+        query = query.where(ev.c.status_code >= 200, ev.c.status_code < 300)
+    for dimension, value in filters.items():
+        query = query.where(filter_clause(dimension, value))
+    return {(model, kind): int(total) for model, kind, total in conn.execute(query) if total}
+
+
 def first_unbilled_time(
     conn: Connection, *, subscription: str, subjects: Sequence[str], start: datetime, end: datetime
 ) -> datetime | None:
-    """The time of the earliest event in [start, end) no invoice billed for the subscription."""
+    """The time of the earliest event in [start, end) no invoice billed for the subscription.
+
+    Raw events are read only where they can be unbilled: the partial hours at the edges, and
+    whole hours whose rollup event count exceeds the ledger's billed count (``mark_billed``).
+    """
     if not subjects or end <= start:
         return None
+    first_hour, last_hour = ceil_hour(start), floor_time(end, WindowSize.HOUR)
+    if first_hour >= last_hour:
+        return _first_unbilled_raw(conn, subscription, subjects, start, end)
+    ranges = [(start, first_hour), (last_hour, end)]
+    events = rollups.event_counts_by_hour(
+        conn, meter=LLM_TOKENS, subjects=subjects, start=first_hour, end=last_hour
+    )
+    billed_hours = rollups.billed_counts(
+        conn, subscription=subscription, start=first_hour, end=last_hour
+    )
+    ranges += [
+        (hour, hour + timedelta(hours=1))
+        for hour, count in events.items()
+        if count > billed_hours.get(hour, 0)
+    ]
+    for range_start, range_end in sorted(ranges):
+        if range_start < range_end:
+            found = _first_unbilled_raw(conn, subscription, subjects, range_start, range_end)
+            if found is not None:
+                return found
+    return None
+
+
+def _first_unbilled_raw(
+    conn: Connection, subscription: str, subjects: Sequence[str], start: datetime, end: datetime
+) -> datetime | None:
     query = select(func.min(ev.c.time)).where(
         *_window(subjects=subjects, start=start, end=end),
         _billed_clause(subscription=subscription, invoice_id="", which=Billed.UNBILLED),
@@ -320,13 +411,22 @@ def mark_billed(
     """
     if not subjects or end <= start:
         return 0
-    source = select(literal(subscription), ev.c.id, literal(invoice_id)).where(
+    unbilled = (
         *_window(subjects=subjects, start=start, end=end),
         _billed_clause(subscription=subscription, invoice_id=invoice_id, which=Billed.UNBILLED),
     )
+    # Counted before the insert: an event committed in between is billed but not counted, so a
+    # count never exceeds the ledger and an hour is never wrongly taken as fully billed.
+    hour = rollups.hour_of(ev.c.time, conn.dialect.name)
+    counts = {
+        rollups.as_hour(at): int(n)
+        for at, n in conn.execute(select(hour, func.count()).where(*unbilled).group_by(text("1")))
+    }
+    source = select(literal(subscription), ev.c.id, literal(invoice_id)).where(*unbilled)
     result = conn.execute(
         insert(billed).from_select(["subscription_id", "event_id", "invoice_id"], source)
     )
+    rollups.add_billed_hours(conn, subscription, counts)
     return int(result.rowcount or 0)
 
 
@@ -358,6 +458,8 @@ def line_to_json(line: InvoiceLine) -> dict[str, Any]:
         "free_quantity": str(line.free_quantity),
         "packages": _dec(line.packages),
         "late_usage": line.late_usage,
+        "model": line.model,
+        "token_type": line.token_type,
         "tiers": [
             {
                 "tier": t.tier,
@@ -390,6 +492,8 @@ def line_from_json(id: str, data: Mapping[str, Any]) -> InvoiceLine:
         free_quantity=Decimal(data["free_quantity"]),
         packages=_undec(data["packages"]),
         late_usage=bool(data["late_usage"]),
+        model=data.get("model"),
+        token_type=data.get("token_type"),
         tiers=tuple(
             TierCharge(
                 tier=t["tier"],

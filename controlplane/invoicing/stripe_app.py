@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import stripe
@@ -26,6 +26,7 @@ from controlplane.customers import storage as customers
 from controlplane.errors import FailedPrecondition
 from controlplane.invoicing import lifecycle, storage
 from controlplane.invoicing.types import InvoiceLine, InvoiceState
+from controlplane.notifications.invoices import emit_invoice_event
 from controlplane.storage import schema as s
 from controlplane.storage.db import Database
 from controlplane.stripe_sync import (
@@ -75,8 +76,11 @@ class StripeApp:
         clock: Clock,
         client: stripe.StripeClient | None = None,
         policy: RetryPolicy | None = None,
+        on_sync_failed: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
+        # Told about every sync that ends sync_failed (metrics).
+        self._on_sync_failed = on_sync_failed
         self.settings = settings
         self.clock = clock
         self.client = client or new_client(settings)
@@ -160,6 +164,9 @@ class StripeApp:
             )
             if record.stripe_customer_id:
                 storage.link_stripe_customer(conn, customer_key, record.stripe_customer_id, now=now)
+            if record.state is SyncState.SYNC_FAILED:
+                invoice = lifecycle.get_invoice(conn, record.invoice_id)
+                emit_invoice_event(conn, invoice, "invoice.sync_failed", now=now)
 
     def sync(self, invoice_id: str) -> SyncRecord | None:
         """Sync one issued invoice (blocking); None if another replica is syncing it now."""
@@ -180,7 +187,7 @@ class StripeApp:
                     stripe_invoice_id=record.stripe_invoice_id,
                     synced_line_ids=record.synced_line_ids,
                 )
-            return sync_invoice(
+            result = sync_invoice(
                 client=self.client,
                 settings=self.settings,
                 invoice=invoice,
@@ -188,6 +195,9 @@ class StripeApp:
                 save=lambda r: self._save(invoice.customer_key, r),
                 policy=self.policy,
             )
+            if result.state is SyncState.SYNC_FAILED and self._on_sync_failed is not None:
+                self._on_sync_failed()
+            return result
 
     def mark_pending(self, invoice_id: str) -> None:
         """Record that an issued invoice waits for its sync (visible before it starts)."""

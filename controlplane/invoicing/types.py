@@ -57,6 +57,9 @@ class InvoiceLine:
     id: str = ""
     # Usage of an already issued period that arrived after its invoice was issued.
     late_usage: bool = False
+    # model_list lines: which model and token type the line prices.
+    model: str | None = None
+    token_type: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import (
     ROUND_HALF_UP,
     Context,
@@ -49,6 +50,12 @@ class Charge:
     unit_price: Decimal | None = None
     packages: Decimal | None = None
     tiers: tuple[TierCharge, ...] = ()
+    # model_list lines: the model and token type, the list price before markup and when that
+    # price took effect (None: the list has no price for it, the line is unpriced at 0).
+    model: str | None = None
+    token_type: str | None = None
+    list_price: Decimal | None = None
+    price_from: datetime | None = None
 
 
 class LineType(StrEnum):
@@ -77,3 +84,9 @@ class RatedLine:
     free_quantity: Decimal = Decimal(0)
     packages: Decimal | None = None
     tiers: tuple[TierCharge, ...] = ()
+    # model_list lines: the model and token type, the list price before markup and when that
+    # price took effect (None: the list has no price for it, the line is unpriced at 0).
+    model: str | None = None
+    token_type: str | None = None
+    list_price: Decimal | None = None
+    price_from: datetime | None = None

@@ -48,6 +48,8 @@ def price_quantity(*, price: Price, quantity: Decimal, currency: str) -> Charge:
         return price_graduated(quantity=quantity, tiers=price.tiers, currency=currency)
     if price.mode is TierMode.VOLUME:
         return price_volume(quantity=quantity, tiers=price.tiers, currency=currency)
+    if price.type is PriceType.MODEL_LIST:
+        raise InvalidArgument("a model_list price is rated per model: use model_list_lines")
     raise InvalidArgument("a tiered price needs mode graduated or volume")
 
 
@@ -91,7 +93,25 @@ def rate_card_lines(
                 tiers=charge.tiers,
             )
         ]
-    total = charge.amount
+    return (
+        *lines,
+        *adjustment_lines(
+            total=charge.amount, currency=currency, discounts=discounts, commitments=commitments
+        ),
+    )
+
+
+def adjustment_lines(
+    *,
+    total: Decimal,
+    currency: str,
+    discounts: Discounts | None,
+    commitments: Commitments | None,
+) -> list[RatedLine]:
+    """Discount and commitment lines for a rate card whose price lines add up to ``total``."""
+    discounts = discounts or Discounts()
+    commitments = commitments or Commitments()
+    lines: list[RatedLine] = []
     if discounts.percentage is not None:
         percentage = non_negative("discounts.percentage", discounts.percentage)
         if percentage > HUNDRED:
@@ -109,4 +129,4 @@ def rate_card_lines(
         top_up = round_money(EXACT.subtract(minimum, total), currency)
         if top_up:
             lines.append(_adjustment(LineType.MINIMUM_COMMITMENT, top_up))
-    return tuple(lines)
+    return lines

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -143,6 +144,8 @@ plans = Table(
     Column("state", String(20), nullable=False),
     Column("create_time", UTCDateTime(), nullable=False),
     Column("publish_time", UTCDateTime(), nullable=True),
+    # Default billing anchor of the version's new subscriptions; NULL: their start.
+    Column("billing_anchor", UTCDateTime(), nullable=True),
 )
 
 rate_cards = Table(
@@ -166,6 +169,35 @@ rate_cards = Table(
     ForeignKeyConstraint(
         ["plan_key", "plan_version"], ["plans.key", "plans.version"], ondelete="CASCADE"
     ),
+)
+
+# Per-model list prices over time (model_list rate cards price tokens from them).
+price_lists = Table(
+    "price_lists",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    *_times(),
+)
+
+model_prices = Table(
+    "model_prices",
+    metadata,
+    Column(
+        "price_list",
+        String(200),
+        ForeignKey("price_lists.key", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("model", String(200), primary_key=True),
+    # From here until the model's next entry.
+    Column("effective_from", UTCDateTime(), primary_key=True),
+    # Decimal strings per token; NULL: the list has no price for that token type.
+    Column("input", String(50), nullable=True),
+    Column("output", String(50), nullable=True),
+    Column("cached_input", String(50), nullable=True),
+    Column("reasoning", String(50), nullable=True),
 )
 
 customers = Table(
@@ -219,6 +251,9 @@ usage_events = Table(
     Column("request_id", String(100), nullable=False),
     Column("estimated", Boolean, nullable=False),
     Column("ingest_time", UTCDateTime(), nullable=False),
+    # Latency of the request (data planes before 0.x do not send them: NULL).
+    Column("time_to_first_token_ms", BigInteger, nullable=True),
+    Column("latency_ms", BigInteger, nullable=True),
     Index("ix_usage_events_subject_time", "subject", "time"),
 )
 
@@ -232,6 +267,9 @@ dataplanes = Table(
     Column("sync_status", String(20), nullable=False),
     Column("error", Text, nullable=False),
     Column("last_seen_time", UTCDateTime(), nullable=False),
+    # The config stream that wrote CONNECTED last: a write of an older stream (a replica that
+    # lost the data plane after it reconnected elsewhere) must not overwrite a newer one.
+    Column("stream_id", String(32), nullable=False),
 )
 
 grants = Table(
@@ -250,6 +288,23 @@ grants = Table(
     Column("void_time", UTCDateTime(), nullable=True),
     Column("create_time", UTCDateTime(), nullable=False),
     Index("ix_grants_customer_feature", "customer", "feature"),
+)
+
+budgets = Table(
+    "budgets",
+    metadata,
+    # A spending cap of a customer per billing period, in the currency of its plan.
+    Column("id", String(36), primary_key=True),
+    Column("customer", String(200), ForeignKey("customers.key"), nullable=False),
+    # Decimal string.
+    Column("amount", Text, nullable=False),
+    Column("currency", String(3), nullable=False),
+    # ISO 8601 duration (the plan's billing cadence).
+    Column("period", String(50), nullable=False),
+    # hard | soft
+    Column("mode", String(10), nullable=False),
+    Column("create_time", UTCDateTime(), nullable=False),
+    Index("ix_budgets_customer", "customer"),
 )
 
 invoices = Table(
@@ -317,4 +372,135 @@ stripe_customers = Table(
     ),
     Column("stripe_customer_id", String(100), nullable=False),
     *_times(),
+)
+
+meters = Table(
+    "meters",
+    metadata,
+    # Operator-defined meters (the built-in llm_tokens is not stored). Immutable once created.
+    Column("key", String(200), primary_key=True),
+    Column("description", Text, nullable=False),
+    Column("event_type", String(200), nullable=False),
+    Column("aggregation", String(20), nullable=False),
+    # A JSONPath into the event's data; NULL for COUNT.
+    Column("value_property", String(500), nullable=True),
+    # {dimension: JSONPath}
+    Column("group_by", JSON, nullable=False),
+    Column("create_time", UTCDateTime(), nullable=False),
+)
+
+meter_events = Table(
+    "meter_events",
+    metadata,
+    # CloudEvents-shaped usage of operator meters, idempotent by (source, id).
+    Column("source", String(200), primary_key=True),
+    Column("id", String(200), primary_key=True),
+    Column("type", String(200), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("time", UTCDateTime(), nullable=False),
+    # The event's data as JSON text, as received.
+    Column("data", Text, nullable=False),
+    Column("ingest_time", UTCDateTime(), nullable=False),
+    Index("ix_meter_events_type_subject_time", "type", "subject", "time"),
+)
+
+usage_rollups = Table(
+    "usage_rollups",
+    metadata,
+    # Pre-aggregated usage per meter, subject, dimensions and UTC hour, kept in the transaction
+    # that inserts the events (only newly inserted events roll up). ``value`` is a decimal
+    # string: the SUM (SUM, llm_tokens) or the MAX (MAX); ``count`` the number of events.
+    Column("meter", String(200), primary_key=True),
+    Column("subject", String(200), primary_key=True),
+    # The hour's start; before dimensions in the key so a period's hours are one range scan.
+    Column("bucket", UTCDateTime(), primary_key=True),
+    # Canonical JSON of the event's dimensions (sorted keys, string values).
+    Column("dimensions", String(2000), primary_key=True),
+    # Concurrent PostgreSQL writers update different shards of a row (connection pid % 16),
+    # so ingest streams do not queue on each other's row locks; reads add the shards up.
+    Column("shard", SmallInteger, primary_key=True),
+    Column("value", String(100), nullable=False),
+    Column("count", BigInteger, nullable=False),
+)
+
+# -- notifications (alerts as signed webhooks) -----------------------------------------------
+
+notification_channels = Table(
+    "notification_channels",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("url", Text, nullable=False),
+    # The HMAC key of the webhook signature; never returned by the API.
+    Column("signing_secret", Text, nullable=False),
+    *_times(),
+)
+
+notification_rules = Table(
+    "notification_rules",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    # "entitlement_threshold" or "invoice".
+    Column("type", String(40), nullable=False),
+    Column("channel", String(200), ForeignKey("notification_channels.key"), nullable=False),
+    # Percentages as decimal strings (entitlement_threshold).
+    Column("thresholds", JSON, nullable=False),
+    # "" means every feature / customer.
+    Column("feature", String(200), nullable=False),
+    Column("customer", String(200), nullable=False),
+    # Invoice event types (invoice); empty means all.
+    Column("invoice_events", JSON, nullable=False),
+    *_times(),
+)
+
+notification_events = Table(
+    "notification_events",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("rule", String(200), nullable=False),
+    # What makes the event unique: a threshold fires once per customer, feature and usage
+    # period; an invoice event once per invoice. Replicas racing insert it once.
+    Column("dedupe_key", String(500), nullable=False, unique=True),
+    Column("type", String(60), nullable=False),
+    # The webhook body (JSON), as sent.
+    Column("payload", Text, nullable=False),
+    Column("create_time", UTCDateTime(), nullable=False),
+)
+
+notification_deliveries = Table(
+    "notification_deliveries",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("event_id", String(36), ForeignKey("notification_events.id"), nullable=False),
+    Column("channel", String(200), nullable=False),
+    # "pending", "delivered" or "failed".
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    # When the next attempt is due; a claimed delivery is pushed a lease ahead.
+    Column("next_attempt_time", UTCDateTime(), nullable=False),
+    *_times(),
+    Index("ix_notification_deliveries_state_next", "state", "next_attempt_time"),
+)
+
+notification_delivery_attempts = Table(
+    "notification_delivery_attempts",
+    metadata,
+    Column("delivery_id", String(36), ForeignKey("notification_deliveries.id"), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("time", UTCDateTime(), nullable=False),
+    # 0 when no HTTP status came back (refused, timed out).
+    Column("status_code", Integer, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("duration_ms", BigInteger, nullable=False),
+)
+
+billed_usage_hours = Table(
+    "billed_usage_hours",
+    metadata,
+    # How many llm_tokens events the billing ledger (invoice_usage_events) holds per subscription
+    # and UTC hour of the events' time, written with the ledger rows. Where it equals the
+    # rollups' event count of the hour, every event of that hour is billed: late usage is
+    # looked for in raw events only in the other hours.
+    Column("subscription_id", String(36), primary_key=True),
+    Column("bucket", UTCDateTime(), primary_key=True),
+    Column("count", BigInteger, nullable=False),
 )

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects import sqlite
 
 from controlplane.errors import InvalidArgument
 from controlplane.storage import schema as s
+from controlplane.usage import rollups
+from controlplane.usage.aggregate import WindowSize, ceil_hour, floor_time
+from controlplane.usage.meters import LLM_TOKENS, MeterAggregation
 from controlplane.usage.types import TokenType, UsageEvent
 
 t = s.usage_events
@@ -39,6 +55,7 @@ def insert_events(
     """Store events; an id seen before (in this batch or earlier) is a duplicate, not an error."""
     if not events:
         return InsertResult(0, 0)
+    forget_totals(conn)
     unique = list({e.id: e for e in events}.values())
     if conn.dialect.name == "postgresql":
         accepted = _insert_json(conn, unique, ingest_time=ingest_time)
@@ -59,12 +76,52 @@ def insert_events(
             "request_id": e.request_id,
             "estimated": e.estimated,
             "ingest_time": ingest_time,
+            "time_to_first_token_ms": e.time_to_first_token_ms,
+            "latency_ms": e.latency_ms,
         }
         for e in unique
     ]
     statement = sqlite.insert(t).on_conflict_do_nothing(index_elements=["id"]).returning(t.c.id)
-    accepted = len(conn.execute(statement, rows).all())
-    return InsertResult(accepted=accepted, duplicates=len(events) - accepted)
+    inserted = {row.id for row in conn.execute(statement, rows)}
+    _roll_up(conn, unique, inserted)
+    return InsertResult(accepted=len(inserted), duplicates=len(events) - len(inserted))
+
+
+def llm_dimensions(
+    *, model: str, provider: str, route: str, status_code: int, token_type: str
+) -> str:
+    """The canonical rollup dimensions of an llm_tokens event (see rollups.py)."""
+    return orjson.dumps(
+        {
+            "model": model,
+            "provider": provider,
+            "route": route,
+            "status_code": str(status_code),
+            "type": token_type,
+        }
+    ).decode()
+
+
+def _roll_up(conn: Connection, events: Sequence[UsageEvent], inserted: set[str]) -> None:
+    # Only events this insert stored roll up: a duplicate was counted when it first arrived.
+    deltas = rollups.Deltas()
+    for e in events:
+        if e.id in inserted:
+            deltas.add(
+                aggregation=MeterAggregation.SUM,
+                meter=LLM_TOKENS,
+                subject=e.subject,
+                time=e.time,
+                dimensions=llm_dimensions(
+                    model=e.model,
+                    provider=e.provider,
+                    route=e.route,
+                    status_code=e.status_code,
+                    token_type=e.token_type.value,
+                ),
+                value=Decimal(e.tokens),
+            )
+    rollups.apply(conn, deltas)
 
 
 # One statement per batch whatever its size: the rows travel as one JSON parameter that the
@@ -77,19 +134,48 @@ _JSON_INSERT = text(
     WITH inserted AS (
         INSERT INTO usage_events (
             id, source, type, subject, time, provider, model, token_type, tokens,
-            status_code, route, request_id, estimated, ingest_time
+            status_code, route, request_id, estimated, ingest_time,
+            time_to_first_token_ms, latency_ms
         )
         SELECT
             u.id, u.source, u.type, u.subject, u.time, u.provider, u.model, u.token_type,
             u.tokens, u.status_code, u.route, u.request_id, u.estimated,
-            CAST(:ingest_time AS timestamp)
+            CAST(:ingest_time AS timestamp), u.time_to_first_token_ms, u.latency_ms
         FROM json_to_recordset(CAST(:rows AS json)) AS u(
             id text, source text, type text, subject text, time timestamp, provider text,
             model text, token_type text, tokens bigint, status_code integer, route text,
-            request_id text, estimated boolean
+            request_id text, estimated boolean,
+            time_to_first_token_ms bigint, latency_ms bigint
         )
         ON CONFLICT (id) DO NOTHING
-        RETURNING 1
+        RETURNING subject, time, tokens, model, provider, route, status_code, token_type
+    ),
+    -- Only the rows this statement inserted roll up (controlplane/usage/rollups.py), in key
+    -- order, into this connection's shard. The dimension text is llm_dimensions' (to_json
+    -- escapes a string exactly as orjson does).
+    dimensioned AS (
+        SELECT
+            subject, date_trunc('hour', time) AS bucket, tokens,
+            '{"model":' || CAST(to_json(model) AS text)
+                || ',"provider":' || CAST(to_json(provider) AS text)
+                || ',"route":' || CAST(to_json(route) AS text)
+                || ',"status_code":"' || status_code
+                || '","type":' || CAST(to_json(token_type) AS text) || '}' AS dimensions
+        FROM inserted
+    ),
+    rolled AS (
+        INSERT INTO usage_rollups (meter, subject, bucket, dimensions, shard, value, count)
+        SELECT
+            'llm_tokens', subject, bucket, dimensions, pg_backend_pid() % 16,
+            CAST(sum(tokens) AS text), count(*)
+        FROM dimensioned
+        GROUP BY subject, bucket, dimensions
+        ORDER BY subject, bucket, dimensions
+        ON CONFLICT (meter, subject, bucket, dimensions, shard) DO UPDATE SET
+            value = CAST(
+                CAST(usage_rollups.value AS numeric) + CAST(excluded.value AS numeric) AS text
+            ),
+            count = usage_rollups.count + excluded.count
     )
     SELECT count(*) FROM inserted
     """
@@ -122,6 +208,8 @@ def _insert_json(conn: Connection, events: Sequence[UsageEvent], *, ingest_time:
                 "route": e.route,
                 "request_id": e.request_id,
                 "estimated": e.estimated,
+                "time_to_first_token_ms": e.time_to_first_token_ms,
+                "latency_ms": e.latency_ms,
             }
             for e in events
         ]
@@ -145,6 +233,8 @@ def _event(r: Any) -> UsageEvent:
         route=r.route,
         request_id=r.request_id,
         estimated=r.estimated,
+        time_to_first_token_ms=r.time_to_first_token_ms,
+        latency_ms=r.latency_ms,
     )
 
 
@@ -180,49 +270,223 @@ def sum_tokens(
     filters: Mapping[str, str],
     billable_only: bool = True,
 ) -> int:
-    """Exact SUM of tokens of llm.tokens events in [start, end) matching the filters."""
+    """Exact SUM of tokens of llm.tokens events in [start, end) matching the filters.
+
+    Whole UTC hours come from the hourly rollups; only the partial hours at the edges of the
+    span are summed from raw events, so the cost does not grow with the events in the span.
+    """
     subjects = list(subjects)
     if not subjects or end <= start:
         return 0
-    query = select(func.coalesce(func.sum(t.c.tokens), 0)).where(
-        t.c.subject.in_(subjects), t.c.time >= start, t.c.time < end
-    )
-    if billable_only and "status_code" not in filters:
-        # Failed upstream requests are recorded but not billed.
-        query = query.where(t.c.status_code >= 200, t.c.status_code < 300)
     for dimension, value in filters.items():
-        query = query.where(filter_clause(dimension, value))
-    return int(conn.execute(query).scalar_one())
+        filter_clause(dimension, value)  # unknown dimensions and bad values fail even on no data
+    return sum(
+        tokens
+        for dimensions, tokens in dimension_totals(conn, subjects=subjects, start=start, end=end)
+        if llm_dimensions_match(dimensions, filters, billable_only=billable_only)
+    )
 
 
-def group_tokens(
+def tokens_by_model(
     conn: Connection,
     *,
     subjects: Sequence[str],
-    start: datetime | None,
-    end: datetime | None,
+    start: datetime,
+    end: datetime,
     filters: Mapping[str, str],
-    group_by: Sequence[str],
-) -> list[tuple[dict[str, str], int]]:
-    """SUM of tokens grouped by dimensions (for usage queries)."""
-    columns = []
-    for dimension in group_by:
-        if dimension not in DIMENSION_COLUMNS:
-            raise InvalidArgument(f"unknown group_by dimension {dimension!r}")
-        columns.append(DIMENSION_COLUMNS[dimension])
-    query = select(*columns, func.coalesce(func.sum(t.c.tokens), 0))
-    if subjects:
-        query = query.where(t.c.subject.in_(subjects))
-    if start is not None:
-        query = query.where(t.c.time >= start)
-    if end is not None:
-        query = query.where(t.c.time < end)
+) -> dict[tuple[str, str], int]:
+    """``sum_tokens`` per (model, token type), non-zero sums only (what model prices rate)."""
+    if not subjects or end <= start:
+        return {}
     for dimension, value in filters.items():
-        query = query.where(filter_clause(dimension, value))
-    if columns:
-        query = query.group_by(*columns).order_by(*columns)
-    result = []
-    for row in conn.execute(query):
-        group = {d: str(v) for d, v in zip(group_by, row[:-1], strict=True)}
-        result.append((group, int(row[-1])))
+        filter_clause(dimension, value)
+    result: dict[tuple[str, str], int] = {}
+    for dimensions, tokens in dimension_totals(conn, subjects=subjects, start=start, end=end):
+        if llm_dimensions_match(dimensions, filters, billable_only=True):
+            key = (dimensions["model"], dimensions["type"])
+            result[key] = result.get(key, 0) + tokens
+    return {key: total for key, total in result.items() if total}
+
+
+_CACHE = "meterline.usage.dimension_totals"
+
+
+def dimension_totals(
+    conn: Connection, *, subjects: Sequence[str], start: datetime, end: datetime
+) -> list[tuple[Mapping[str, str], int]]:
+    """Tokens of the subjects' events in [start, end) per set of llm_tokens dimensions.
+
+    Rollups for whole hours, raw events for the partial hours at the edges. Remembered for the
+    rest of the transaction (an invoice asks once per rate card for the same window); inserting
+    events through ``insert_events`` forgets it.
+    """
+    # Remembered only inside an explicit transaction (None would match a later checkout of
+    # the same pooled connection).
+    transaction = conn.get_transaction()
+    key = (tuple(sorted(subjects)), start, end)
+    cached = conn.info.get(_CACHE)
+    if (
+        transaction is not None
+        and cached is not None
+        and cached[0] is transaction
+        and (key in cached[1])
+    ):
+        result: list[tuple[Mapping[str, str], int]] = cached[1][key]
+        return result
+    totals: dict[str, tuple[Mapping[str, str], int]] = {}
+
+    def add(dimensions: Mapping[str, str], tokens: int) -> None:
+        text = rollups.canonical(dimensions)
+        previous = totals.get(text)
+        totals[text] = (dimensions, tokens + (previous[1] if previous else 0))
+
+    first_hour = ceil_hour(start)
+    last_hour = floor_time(end, WindowSize.HOUR)
+    edges = [(start, end)] if first_hour >= last_hour else [(start, first_hour), (last_hour, end)]
+    for edge_start, edge_end in edges:
+        for dimensions, tokens in _raw_totals(conn, list(subjects), edge_start, edge_end):
+            add(dimensions, tokens)
+    if first_hour < last_hour:
+        for dimensions, value, _ in rollups.totals_by_dimensions(
+            conn,
+            meter=LLM_TOKENS,
+            subjects=subjects,
+            start=first_hour,
+            end=last_hour,
+            aggregation=MeterAggregation.SUM,
+        ):
+            add(dimensions, int(value))
+    result = list(totals.values())
+    if transaction is None:
+        return result
+    if cached is None or cached[0] is not transaction:
+        # The transaction object is held here, so a later transaction can never share its id.
+        remembered: dict[tuple[tuple[str, ...], datetime, datetime], Any] = {}
+        cached = (transaction, remembered)
+        conn.info[_CACHE] = cached
+    cached[1][key] = result
     return result
+
+
+def forget_totals(conn: Connection) -> None:
+    """Drop remembered ``dimension_totals`` (usage changed in this transaction)."""
+    conn.info.pop(_CACHE, None)
+
+
+def segment_sums(
+    conn: Connection,
+    *,
+    subjects: Sequence[str],
+    segments: Sequence[tuple[datetime, datetime]],
+    filters: Mapping[str, str],
+) -> list[int]:
+    """``sum_tokens`` of each contiguous ``[start, end)`` segment, in three queries at most.
+
+    Hours wholly inside one segment come from rollups (one query, grouped by segment and
+    dimensions); hours cut by a segment boundary come from raw events (one query).
+    """
+    if not segments:
+        return []
+    subjects = list(subjects)
+    if not subjects:
+        return [0] * len(segments)
+    for dimension, value in filters.items():
+        filter_clause(dimension, value)
+    bounds = [segments[0][0], *(end for _, end in segments)]
+    cut_hours = sorted(
+        {floor_time(b, WindowSize.HOUR) for b in bounds if b != floor_time(b, WindowSize.HOUR)}
+    )
+    sums = [0] * len(segments)
+
+    def segment_of(column: Any) -> Any:
+        if len(segments) == 1:
+            return literal(0)
+        return case(
+            *((column < end, i) for i, (_, end) in enumerate(segments[:-1])),
+            else_=len(segments) - 1,
+        )
+
+    # Raw events of the cut hours, clipped to the whole span.
+    if cut_hours:
+        windows = [
+            and_(t.c.time >= max(h, bounds[0]), t.c.time < min(h + timedelta(hours=1), bounds[-1]))
+            for h in cut_hours
+        ]
+        columns = (t.c.model, t.c.provider, t.c.route, t.c.status_code, t.c.token_type)
+        query = (
+            select(segment_of(t.c.time).label("segment"), *columns, func.sum(t.c.tokens))
+            .where(t.c.subject.in_(subjects), or_(*windows))
+            .group_by(text("1"), *columns)
+        )
+        for position, model, provider, route, status_code, token_type, total in conn.execute(query):
+            dimensions = {
+                "model": model,
+                "provider": provider,
+                "route": route,
+                "status_code": str(status_code),
+                "type": token_type,
+            }
+            if llm_dimensions_match(dimensions, filters, billable_only=True):
+                sums[int(position)] += int(total)
+    # Rollups of the whole hours in between.
+    r = s.usage_rollups
+    first_hour, last_hour = ceil_hour(bounds[0]), floor_time(bounds[-1], WindowSize.HOUR)
+    if first_hour < last_hour:
+        segment = segment_of(r.c.bucket).label("segment")
+        hours = (
+            select(segment, r.c.dimensions, func.sum(cast(r.c.value, BigInteger)))
+            .where(
+                r.c.meter == LLM_TOKENS,
+                r.c.subject.in_(subjects),
+                r.c.bucket >= first_hour,
+                r.c.bucket < last_hour,
+            )
+            .group_by(text("1"), r.c.dimensions)
+        )
+        if cut_hours:
+            hours = hours.where(r.c.bucket.not_in(cut_hours))
+        for position, text_key, value in conn.execute(hours):
+            if llm_dimensions_match(
+                rollups.parse_dimensions(text_key), filters, billable_only=True
+            ):
+                sums[int(position)] += int(value)
+    return sums
+
+
+def llm_dimensions_match(
+    dimensions: Mapping[str, str], filters: Mapping[str, str], *, billable_only: bool
+) -> bool:
+    """The rollup twin of ``filter_clause`` plus the billable (2xx) rule of ``sum_tokens``."""
+    for dimension, value in filters.items():
+        expected = str(int(value)) if dimension == "status_code" else value
+        if dimensions.get(dimension, "") != expected:
+            return False
+    if billable_only and "status_code" not in filters:
+        return 200 <= int(dimensions["status_code"]) < 300
+    return True
+
+
+def _raw_totals(
+    conn: Connection, subjects: list[str], start: datetime, end: datetime
+) -> list[tuple[Mapping[str, str], int]]:
+    if end <= start:
+        return []
+    columns = (t.c.model, t.c.provider, t.c.route, t.c.status_code, t.c.token_type)
+    query = (
+        select(*columns, func.sum(t.c.tokens))
+        .where(t.c.subject.in_(subjects), t.c.time >= start, t.c.time < end)
+        .group_by(*columns)
+    )
+    return [
+        (
+            {
+                "model": model,
+                "provider": provider,
+                "route": route,
+                "status_code": str(status_code),
+                "type": token_type,
+            },
+            int(total),
+        )
+        for model, provider, route, status_code, token_type, total in conn.execute(query)
+    ]

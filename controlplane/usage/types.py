@@ -34,6 +34,10 @@ class UsageEvent:
     route: str = ""
     request_id: str = ""
     estimated: bool = False
+    # Milliseconds from the request's arrival to its first byte to the client / to its end;
+    # None when unknown (a failed attempt has no first token).
+    time_to_first_token_ms: int | None = None
+    latency_ms: int | None = None
 
     @property
     def billable(self) -> bool:

@@ -45,12 +45,13 @@ def test_local_topology_comes_up_serves_through_each_data_plane_and_goes_down(
     pg_url: str, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    cp_port, fake_port = free_port(), free_port()
+    cp_port, cluster_port, fake_port = free_port(), free_port(), free_port()
     dp_ports = [free_port() for _ in range(3)]
     env = {
         **os.environ,
         "DATABASE_URL": pg_url,
         "CP_PORT": str(cp_port),
+        "CLUSTER_PORT": str(cluster_port),
         "DP_PORTS": " ".join(map(str, dp_ports)),
         "FAKE_PORT": str(fake_port),
         "PYTHON": sys.executable,
@@ -71,7 +72,10 @@ def test_local_topology_comes_up_serves_through_each_data_plane_and_goes_down(
         config = tmp_path / "config.yaml"
         config.write_text(CONFIG.format(fake=fake_port, key=KEY))
         cp = f"127.0.0.1:{cp_port}"
-        applied = meterline("apply", str(config), "--cp", cp)
+        # The data planes sync over mutual TLS; the operator API wants the admin token.
+        token = (run_dir / "admin.token").read_text().strip()
+        assert meterline("apply", str(config), "--cp", cp).returncode == 1
+        applied = meterline("apply", str(config), "--cp", cp, env={"METERLINE_TOKEN": token})
         assert applied.returncode == 0, applied.stderr
 
         # Each data plane gets the new config and serves a metered request.
@@ -99,7 +103,8 @@ def test_local_topology_comes_up_serves_through_each_data_plane_and_goes_down(
 
             def events() -> list[usage_pb2.UsageEvent]:
                 request = usage_pb2.ListUsageEventsRequest(subject="team-a")
-                return list(stub.ListUsageEvents(request).usage_events)
+                auth = (("authorization", f"Bearer {token}"),)
+                return list(stub.ListUsageEvents(request, metadata=auth).usage_events)
 
             wait_until(lambda: len(events()) >= 6, what="usage of 3 requests")
             stored = events()

@@ -32,7 +32,16 @@ def wait_until(check, *, timeout: float = 30.0, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def meterline(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+# Processes started by tests run in development mode (plaintext, no tokens) unless a test
+# says otherwise: trust is tested on its own (tests/e2e/test_trust.py), every other test
+# exercises the feature it names. The variables are the --insecure-dev flags' (controlplane/
+# cli/env.py).
+DEV_ENV = {"METERLINE_CONTROLPLANE_INSECURE_DEV": "1", "METERLINE_DATAPLANE_INSECURE_DEV": "1"}
+
+
+def meterline(
+    *args: str, input: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the meterline CLI as a user would."""
     return subprocess.run(
         [PYTHON, "-m", "controlplane", *args],
@@ -40,6 +49,7 @@ def meterline(*args: str, input: str | None = None) -> subprocess.CompletedProce
         text=True,
         input=input,
         timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -49,15 +59,21 @@ class Processes:
     started: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
 
     def start(
-        self, name: str, *cmd: str, env: dict[str, str] | None = None
+        self,
+        name: str,
+        *cmd: str,
+        env: dict[str, str] | None = None,
+        insecure_dev: bool = True,
     ) -> subprocess.Popen[bytes]:
+        """Start ``python *cmd``; in development mode (DEV_ENV) unless ``insecure_dev`` is off."""
         log = self.tmp / f"{name}.log"
+        dev = DEV_ENV if insecure_dev else {k: "0" for k in DEV_ENV}
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [PYTHON, *cmd],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, **dev, **(env or {})},
             )
         self.started.append((process, log))
         return process

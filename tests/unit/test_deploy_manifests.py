@@ -40,6 +40,37 @@ def listen_port(args: list[str]) -> int:
     return int(namespace.listen.rsplit(":", 1)[1])
 
 
+def served_ports(args: list[str]) -> set[int]:
+    """The ports a command line listens on: --listen, the cluster listener (unless
+    --insecure-dev) and, if set, --metrics-listen."""
+    namespace = parse_meterline(args)
+    ports = {int(namespace.listen.rsplit(":", 1)[1])}
+    if namespace.command == "controlplane":
+        ports.add(cluster_port(args))
+    if getattr(namespace, "metrics_listen", None):
+        ports.add(int(namespace.metrics_listen.rsplit(":", 1)[1]))
+    return ports
+
+
+def cluster_port(args: list[str]) -> int:
+    """Where a control plane serves data planes: --cluster-listen, or --listen in dev mode."""
+    namespace = parse_meterline(args)
+    if namespace.insecure_dev:
+        return listen_port(args)
+    return int(namespace.cluster_listen.rsplit(":", 1)[1])
+
+
+def assert_trust_flags(name: str, namespace: Any) -> None:
+    """Outside --insecure-dev every certificate flag is set (the process would refuse to start)."""
+    if namespace.insecure_dev:
+        return
+    flags = ["cluster_cert", "cluster_key", "cluster_ca"]
+    if namespace.command == "controlplane":
+        flags.append("tokens_file")
+    missing = [flag for flag in flags if not getattr(namespace, flag)]
+    assert not missing, f"{name}: missing {missing}"
+
+
 def fake_provider_flags() -> set[str]:
     out = subprocess.run(
         [sys.executable, "-m", "dataplane.fakeprovider", "--help"],
@@ -64,7 +95,8 @@ def test_dockerfile_entrypoint_and_default_command_exist() -> None:
     cmd = yaml.safe_load(re.search(r"^CMD (.+)$", text, re.M).group(1))
     assert listen_port(cmd) == 50051
     exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split()}
-    assert exposed == {50051, 8000}
+    # 9090: the control plane's --metrics-listen in the manifests.
+    assert exposed == {50051, 50052, 8000, 9090}
     for source in re.findall(r"^COPY (\S+)", text, re.M):
         assert (ROOT / source).exists(), source
     assert re.search(r"^USER 10001", text, re.M), "the image must not run as root"
@@ -96,12 +128,14 @@ def test_compose_commands_flags_ports_and_env_exist() -> None:
             assert variable in env_vars, f"{name}: {variable} is read by nothing"
         for mapping in service.get("ports", []):
             container_port = int(mapping.rsplit(":", 1)[1])
-            assert container_port == listen_port(command), name
+            assert container_port in served_ports(command), name
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
+        if namespace.command in ("controlplane", "dataplane"):
+            assert_trust_flags(name, namespace)
         if namespace.command == "dataplane":
             host, port = namespace.cp.split(":")
-            assert host in services and int(port) == listen_port(services[host]["command"])
+            assert host in services and int(port) == cluster_port(services[host]["command"])
 
 
 # Kubernetes ---------------------------------------------------------------------------------
@@ -160,12 +194,14 @@ def test_kubernetes_containers_use_real_flags_ports_env_and_secrets() -> None:
             args = container["args"]
             namespace = parse_meterline(args)
             for port in container.get("ports", []):
-                assert port["containerPort"] == listen_port(args), name
+                assert port["containerPort"] in served_ports(args), name
             for env in container.get("env", []):
                 assert env["name"] in env_vars, f"{name}: {env['name']} is read by nothing"
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     assert ref["key"] in secrets[ref["name"]], f"{name}: {ref}"
+            if namespace.command in ("controlplane", "dataplane"):
+                assert_trust_flags(name, namespace)
             if namespace.command == "dataplane":
                 host, port = namespace.cp.split(":")
                 assert host in services
@@ -193,3 +229,57 @@ def test_kubernetes_selectors_and_targets_resolve() -> None:
 @pytest.mark.parametrize("script", ["up.sh", "down.sh"])
 def test_local_scripts_are_valid_bash(script: str) -> None:
     subprocess.run(["bash", "-n", str(DEPLOY / "local" / script)], check=True)
+
+
+# Observability: probes, metrics ports, log format -----------------------------------------
+
+
+def test_compose_dataplane_healthcheck_asks_readyz_on_its_port() -> None:
+    services = compose()["services"]
+    for name in (n for n in services if n.startswith("dataplane-")):
+        service = services[name]
+        probe = " ".join(service["healthcheck"]["test"])
+        port = listen_port(service["command"])
+        assert f"http://127.0.0.1:{port}/readyz" in probe, name
+
+
+def test_every_meterline_process_logs_json() -> None:
+    commands = [
+        s["command"]
+        for s in compose()["services"].values()
+        if s.get("image") == "meterline:0.1.0" and "entrypoint" not in s
+    ]
+    commands += [c["args"] for _, spec, _ in pod_specs() for c in spec["containers"]]
+    for command in commands:
+        namespace = parse_meterline(command)
+        if namespace.command in ("controlplane", "dataplane"):
+            assert namespace.log_format == "json", command
+
+
+def test_kubernetes_probes_and_scrape_annotations_point_at_real_endpoints() -> None:
+    from dataplane.metrics import RESERVED_PATHS
+
+    for d in by_kind("Deployment"):
+        template = d["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        namespace = parse_meterline(container["args"])
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        if namespace.command == "dataplane":
+            # The data plane's HTTP probes: liveness /healthz, readiness /readyz.
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            for probe in ("livenessProbe", "readinessProbe"):
+                get = container[probe]["httpGet"]
+                assert get["path"] in RESERVED_PATHS
+                assert ports[get["port"]] == listen_port(container["args"])
+            metrics_port = listen_port(container["args"])
+        else:
+            metrics_port = int(namespace.metrics_listen.rsplit(":", 1)[1])
+            assert metrics_port in ports.values()
+            # Kubernetes' gRPC probe asks the health service on the operator listener.
+            assert container["readinessProbe"]["grpc"]["port"] == listen_port(container["args"])
+            assert not namespace.operator_tls  # the probe speaks plaintext
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert int(annotations["prometheus.io/port"]) == metrics_port
+        assert annotations["prometheus.io/path"] == "/metrics"

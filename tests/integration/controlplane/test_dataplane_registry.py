@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
 
-from controlplane.configsync.registry import compatible
+from controlplane.api.dataplane import ConfigServicer
+from controlplane.api.dataplanes import DataPlaneServicer
+from controlplane.api.errors import DomainErrorInterceptor
+from controlplane.clock import FrozenClock
+from controlplane.configsync import registry
+from controlplane.configsync.hub import ConfigHub
+from controlplane.configsync.registry import SyncStatus, compatible
+from controlplane.storage.db import Database
 from meterline.admin.v1 import dataplanes_pb2, dataplanes_pb2_grpc
-from meterline.dataplane.v1 import config_pb2
+from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
 
 from .conftest import T0
 
@@ -102,3 +110,106 @@ async def test_get_names_errors(harness) -> None:
 )
 def test_compatibility_is_by_major_version(control_plane, data_plane, expected) -> None:
     assert compatible(control_plane=control_plane, data_plane=data_plane) is expected
+
+
+async def test_a_late_disconnect_of_an_old_stream_does_not_hide_a_new_one(harness) -> None:
+    # Given a data plane whose stream on replica A was replaced by one on replica B...
+    db = harness.cp.db
+    with db.begin() as conn:
+        assert registry.record(
+            conn, node_id="dp-r", now=T0, status=SyncStatus.CONNECTED, stream_id="a", connect=True
+        )
+    later = T0 + timedelta(seconds=1)
+    with db.begin() as conn:
+        assert registry.record(
+            conn,
+            node_id="dp-r",
+            now=later,
+            status=SyncStatus.CONNECTED,
+            stream_id="b",
+            connect=True,
+        )
+    # ...when A's writes land late (its ACK, heartbeat and disconnect), they change nothing...
+    with db.begin() as conn:
+        assert not registry.record(
+            conn, node_id="dp-r", now=later, status=SyncStatus.IN_SYNC, stream_id="a"
+        )
+        assert not registry.heartbeat(conn, node_id="dp-r", stream_id="a", now=later)
+        assert not registry.record(
+            conn, node_id="dp-r", now=later, status=SyncStatus.DISCONNECTED, stream_id="a"
+        )
+    stub = registry_stub(harness)
+    plane = await stub.GetDataPlane(dataplanes_pb2.GetDataPlaneRequest(name="dataplanes/dp-r"))
+    assert plane.sync_status == dataplanes_pb2.SYNC_STATUS_CONNECTED
+    # ...while B's own writes apply.
+    with db.begin() as conn:
+        assert registry.record(
+            conn, node_id="dp-r", now=later, status=SyncStatus.DISCONNECTED, stream_id="b"
+        )
+    plane = await stub.GetDataPlane(dataplanes_pb2.GetDataPlaneRequest(name="dataplanes/dp-r"))
+    assert plane.sync_status == dataplanes_pb2.SYNC_STATUS_DISCONNECTED
+
+
+async def test_heartbeats_keep_a_data_plane_fresh_and_silence_makes_it_stale(db_url) -> None:
+    # Given a control plane whose streams beat every 50 ms, on a clock that moves when told
+    clock = FrozenClock(T0)
+    db = Database.connect(db_url)
+    hub = ConfigHub(db, poll_seconds=60, clock=clock)
+    server = grpc.aio.server(interceptors=[DomainErrorInterceptor()])
+    config = ConfigServicer(db=db, clock=clock, hub=hub, heartbeat_seconds=0.05)
+    config_pb2_grpc.add_ConfigServiceServicer_to_server(config, server)
+    dataplanes_pb2_grpc.add_DataPlaneServiceServicer_to_server(
+        DataPlaneServicer(db=db, clock=clock, stale_after=timedelta(seconds=45)), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = dataplanes_pb2_grpc.DataPlaneServiceStub(channel)
+            call = config_pb2_grpc.ConfigServiceStub(channel).StreamConfig()
+            await call.write(config_pb2.ConfigRequest(node=config_pb2.Node(id="dp-beat")))
+            await wait_for_status(stub, "dataplanes/dp-beat", dataplanes_pb2.SYNC_STATUS_CONNECTED)
+            # When a minute passes with the stream open, the heartbeat refreshes last_seen...
+            clock.set(T0 + timedelta(minutes=1))
+            plane = await wait_for_status(
+                stub, "dataplanes/dp-beat", dataplanes_pb2.SYNC_STATUS_CONNECTED
+            )
+            async with asyncio.timeout(5):
+                while plane.last_seen_time.ToDatetime(tzinfo=UTC) != clock.now():
+                    await asyncio.sleep(0.02)
+                    plane = await stub.GetDataPlane(
+                        dataplanes_pb2.GetDataPlaneRequest(name="dataplanes/dp-beat")
+                    )
+            call.cancel()
+            await wait_for_status(
+                stub, "dataplanes/dp-beat", dataplanes_pb2.SYNC_STATUS_DISCONNECTED
+            )
+        # When a control plane dies without recording the disconnect (kill -9: simulated by
+        # the row it leaves behind), the silence shows as stale after the threshold.
+        with db.begin() as conn:
+            registry.record(
+                conn,
+                node_id="dp-orphan",
+                now=clock.now(),
+                status=SyncStatus.IN_SYNC,
+                stream_id="gone",
+                connect=True,
+            )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = dataplanes_pb2_grpc.DataPlaneServiceStub(channel)
+            name = dataplanes_pb2.GetDataPlaneRequest(name="dataplanes/dp-orphan")
+            assert (await stub.GetDataPlane(name)).sync_status == dataplanes_pb2.SYNC_STATUS_IN_SYNC
+            clock.set(clock.now() + timedelta(seconds=46))
+            assert (await stub.GetDataPlane(name)).sync_status == dataplanes_pb2.SYNC_STATUS_STALE
+            listed = await stub.ListDataPlanes(dataplanes_pb2.ListDataPlanesRequest())
+            statuses = {p.node_id: p.sync_status for p in listed.data_planes}
+            # A disconnected data plane stays disconnected, however old.
+            assert statuses == {
+                "dp-beat": dataplanes_pb2.SYNC_STATUS_DISCONNECTED,
+                "dp-orphan": dataplanes_pb2.SYNC_STATUS_STALE,
+            }
+    finally:
+        await server.stop(0)
+        await config.drain()
+        await asyncio.get_running_loop().shutdown_default_executor()
+        db.dispose()

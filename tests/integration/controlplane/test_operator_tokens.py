@@ -107,9 +107,14 @@ def test_cli_creates_a_token_once(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.yaml"
     created = meterline("tokens", "create", "ci", "--scope", "admin", "--file", str(tokens))
     assert created.returncode == 0, created.stderr
-    token = created.stdout.splitlines()[0]
-    assert token.startswith("mlt_")
+    # Only the token on stdout (scripts capture it); the note for people goes to stderr.
+    token = created.stdout.strip()
+    assert created.stdout == token + "\n" and token.startswith("mlt_")
+    assert "shown once" in created.stderr
     (entry,) = load_tokens(tokens)
     assert (entry.name, entry.scope) == ("ci", Scope.ADMIN)
     again = meterline("tokens", "create", "ci", "--file", str(tokens))
-    assert again.returncode == 1 and "already exists" in again.stdout
+    assert again.returncode == 1 and "already exists" in again.stderr and not again.stdout
+    kept = meterline("tokens", "create", "ci", "--file", str(tokens), "--exist-ok")
+    assert kept.returncode == 0 and "not shown again" in kept.stderr and not kept.stdout
+    assert load_tokens(tokens) == [entry]

@@ -119,3 +119,8 @@ def test_cli(tmp_path: Path) -> None:
     assert dp.returncode == 0 and (directory / "dp-9.crt").exists()
     again = meterline("pki", "init", "--dir", str(directory))
     assert again.returncode == 1 and "--force" in again.stdout
+    # An init job run again (compose, Kubernetes) keeps the CA it made the first time.
+    ca = (directory / pki.CA_CERT).read_bytes()
+    kept = meterline("pki", "init", "--dir", str(directory), "--exist-ok")
+    assert kept.returncode == 0 and "kept" in kept.stdout
+    assert (directory / pki.CA_CERT).read_bytes() == ca

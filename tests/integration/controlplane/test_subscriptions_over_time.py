@@ -4,17 +4,27 @@ cancel at period end, and the bad inputs of both."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 
 from controlplane.api.convert import to_timestamp
 from controlplane.cli.main import main
-from meterline.admin.v1 import billing_pb2, catalog_pb2, customers_pb2
+from controlplane.usage import storage as usage_storage
+from controlplane.usage.types import TokenType, UsageEvent
+from meterline.admin.v1 import billing_pb2, catalog_pb2, customers_pb2, gateway_pb2
 
 from .conftest import T0, Harness
-from .test_invoice_lifecycle import NOV_END, close, invoices, record, setup_pro, summary
+from .test_invoice_lifecycle import (
+    DEC_END,
+    NOV_END,
+    close,
+    invoices,
+    record,
+    setup_pro,
+    summary,
+)
 
 CHANGE = T0 + timedelta(days=10)  # 11 Nov 12:00: 10 of November's 30 days on the old plan
 
@@ -219,3 +229,181 @@ async def test_cli_change_plan_and_cancel(
     assert code == 0 and "2026-12-01T12:00:00Z  canceled" in out
     code, _, err = await cli("cancel", new_id)
     assert code == 1 and "FAILED_PRECONDITION" in err and "already canceled" in err
+
+
+# Subscriptions over time in the declarative file ---------------------------------------------
+
+OVER_TIME = """\
+_format_version: "3.0"
+billing:
+  features:
+    - {key: tokens-in, meter: llm_tokens, filters: {type: input}}
+  plans:
+    - key: pro
+      name: Pro
+      currency: USD
+      billing_cadence: P1M
+      rate_cards:
+        - {key: platform, price: {type: flat, amount: "10"}}
+        - {feature: tokens-in, price: {type: unit, amount: "0.01"}}
+    - key: pro-plus
+      name: Pro Plus
+      currency: USD
+      billing_cadence: P1M
+      rate_cards:
+        - {key: platform, price: {type: flat, amount: "30"}}
+        - {feature: tokens-in, price: {type: unit, amount: "0.002"}}
+  customers:
+    - {key: acme, name: Acme, subjects: [acme-corp]}
+    - {key: beta, name: Beta, subjects: [beta-corp]}
+    - {key: gamma, name: Gamma, subjects: [gamma-corp]}
+  subscriptions:
+    - customer: acme
+      plan: pro
+      start: "2026-11-01T12:00:00Z"
+      changes: [{at: "2026-11-11T12:00:00Z", plan: pro-plus}]ACME_END
+    - {customer: beta, plan: pro, start: "2026-11-01T12:00:00Z", end: "2026-11-16T12:00:00Z"}
+    - {customer: gamma, plan: pro, start: "2026-12-01T12:00:00Z"}
+"""
+
+
+def over_time(acme_end: str = "") -> str:
+    return OVER_TIME.replace("ACME_END", f"\n      end: {acme_end}" if acme_end else "")
+
+
+def use(harness: Harness, subject: str, tokens: int, at: datetime) -> None:
+    event = UsageEvent(
+        id=f"{subject}-{at.isoformat()}",
+        source="test",
+        type="llm.tokens",
+        subject=subject,
+        time=at,
+        provider="openai",
+        model="gpt-4o",
+        token_type=TokenType.INPUT,
+        tokens=tokens,
+        status_code=200,
+    )
+    with harness.cp.db.begin() as conn:
+        usage_storage.insert_events(conn, [event], ingest_time=at)
+
+
+async def issued_totals(harness: Harness, customer: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    listed = await harness.billing.ListInvoices(
+        billing_pb2.ListInvoicesRequest(parent=f"customers/{customer}")
+    )
+    result = []
+    for invoice in listed.invoices:
+        if invoice.state == billing_pb2.INVOICE_STATE_GATHERING:
+            continue  # the period running now
+        if invoice.state == billing_pb2.INVOICE_STATE_DRAFT:
+            invoice = await harness.billing.IssueInvoice(
+                billing_pb2.IssueInvoiceRequest(name=invoice.name)
+            )
+        result.append((invoice.total, [(x.rate_card, x.amount) for x in invoice.lines]))
+    return result
+
+
+async def test_yaml_plan_change_cancel_and_future_start_invoiced_to_the_cent(
+    harness: Harness,
+) -> None:
+    async def apply(text: str) -> list[str]:
+        response = await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=text))
+        return list(response.changes)
+
+    # Given the file applied on 1 Nov: acme changes plan on 11 Nov, beta ends 16 Nov, gamma
+    # starts 1 Dec
+    changes = await apply(over_time())
+    assert any(
+        "changed subscription of acme to pro-plus v1 at 2026-11-11T12:00" in c for c in changes
+    )
+    assert any("of beta ends 2026-11-16T12:00:00+00:00" in c for c in changes)
+    assert await apply(over_time()) == []
+    use(harness, "acme-corp", 600, T0 + timedelta(days=3))
+    use(harness, "acme-corp", 1000, CHANGE + timedelta(days=1))
+    use(harness, "beta-corp", 300, T0 + timedelta(days=5))
+    use(harness, "beta-corp", 999, T0 + timedelta(days=16))  # after beta's end: never billed
+    use(harness, "gamma-corp", 50, T0 + timedelta(days=6))  # before gamma's start: never billed
+    use(harness, "gamma-corp", 100, NOV_END + timedelta(days=3))
+
+    # When acme's file later says to end at the period's end (applied on 20 Nov)
+    harness.clock.set(T0 + timedelta(days=19))
+    changes = await apply(over_time("period_end"))
+    assert len(changes) == 1 and "of acme ends 2026-12-01T12:00:00+00:00" in changes[0]
+    assert await apply(over_time("period_end")) == []
+    # ... and a file that rewrites the past is refused, changing nothing
+    rewritten = over_time().replace("2026-11-11T12:00:00Z", "2026-11-12T12:00:00Z")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await apply(rewritten)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot rewrite what already happened" in (info.value.details() or "")
+
+    await close(harness, NOV_END + timedelta(hours=1))
+    await close(harness, DEC_END + timedelta(hours=1))
+    # Then acme: pro 10 x 10/30 = 3.33 + 600 x 0.01, pro-plus 30 x 20/30 + 1000 x 0.002
+    assert await issued_totals(harness, "acme") == [
+        (
+            "31.33",
+            [
+                ("platform", "3.33"),
+                ("tokens-in", "6.00"),
+                ("platform", "20.00"),
+                ("tokens-in", "2.00"),
+            ],
+        )
+    ]
+    # beta: 15 of 30 days = 5.00 + 300 x 0.01
+    assert await issued_totals(harness, "beta") == [
+        ("8.00", [("platform", "5.00"), ("tokens-in", "3.00")])
+    ]
+    # gamma: nothing in November; December in full
+    assert await issued_totals(harness, "gamma") == [
+        ("11.00", [("platform", "10.00"), ("tokens-in", "1.00")])
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        pytest.param(
+            '{customer: acme, plan: pro, start: "2026-11-05T00:00:00Z",'
+            ' changes: [{at: "2026-11-04T00:00:00Z", plan: pro-plus}]}',
+            "changes[0] (pro-plus): at must be after the subscription's start",
+            id="change-before-start",
+        ),
+        pytest.param(
+            '{customer: acme, plan: pro, changes: [{at: "2026-11-04T00:00:00Z", plan: gold}]}',
+            'unknown plan "gold"',
+            id="change-to-unknown-plan",
+        ),
+        pytest.param(
+            '{customer: acme, plan: pro, start: "2026-11-05T00:00:00Z",'
+            ' billing_anchor: "2026-11-06T00:00:00Z"}',
+            "billing_anchor must not be after start",
+            id="anchor-after-start",
+        ),
+        pytest.param(
+            '{customer: acme, plan: pro, start: "2026-11-05T00:00:00Z",'
+            ' changes: [{at: "2026-11-10T00:00:00Z", plan: pro-plus}],'
+            ' end: "2026-11-08T00:00:00Z"}',
+            "end must be after the last plan change",
+            id="end-before-change",
+        ),
+        pytest.param(
+            '{customer: acme, plan: pro, start: "2026-11-05T00:00:00Z", end: "soon"}',
+            "end must be an ISO 8601 timestamp",
+            id="end-not-a-time",
+        ),
+    ],
+)
+async def test_bad_subscriptions_in_yaml_change_nothing(
+    harness: Harness, entry: str, needle: str
+) -> None:
+    head = OVER_TIME[: OVER_TIME.index("  subscriptions:")]
+    document = f"{head}  subscriptions:\n    - {entry}\n"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=document))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in (info.value.details() or ""), info.value.details()
+    listed = await harness.customers.ListSubscriptions(customers_pb2.ListSubscriptionsRequest())
+    assert list(listed.subscriptions) == []

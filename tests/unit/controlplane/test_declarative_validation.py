@@ -156,6 +156,7 @@ CASES = [
     # -- plugins -------------------------------------------------------------------------------
     pytest.param({"plugins[0].name": "rate-limiting"},
                  'plugins[0] (rate-limiting): name must be one of "key-auth", "ai-proxy", '
+                 '"ai-proxy-advanced", "rate-limiting-advanced", "ai-rate-limiting-advanced", '
                  'got "rate-limiting"', id="plugin-unknown"),
     pytest.param({"plugins[0].config": {"key_in_header": True}},
                  'plugins[0] (key-auth): unknown field "config.key_in_header"',
@@ -180,6 +181,13 @@ CASES = [
                  f'{AI_PROXY}: duplicate ai-proxy plugin for service "ai-service", already defined'
                  " at services[0] (ai-service).plugins[0] (ai-proxy)",
                  id="plugin-duplicate-across-forms"),
+    pytest.param({"services[0].plugins": [{"name": "ai-proxy-advanced", "config": {
+                      "targets": [{"model": {"provider": "openai", "name": "gpt-4o"}}]}}]},
+                 f"{AI_PROXY}: ai-proxy plugin beside the ai-proxy-advanced plugin for service "
+                 '"ai-service", already defined at services[0] (ai-service).plugins[0] '
+                 "(ai-proxy-advanced)", id="ai-proxy-beside-ai-proxy-advanced"),
+    pytest.param({"routes[0].paths": ["/metrics"]},
+                 'routes[0] (chat): paths[0] "/metrics" is reserved', id="route-on-reserved-path"),
     pytest.param({"plugins[1].route": "chatt"}, f'{AI_PROXY}: route "chatt" is not defined',
                  id="plugin-unknown-route"),
     pytest.param({"plugins[1].consumer": {"name": "bob"}},
@@ -204,7 +212,8 @@ CASES = [
                  f"{AI_PROXY}: config.model.provider is required", id="ai-proxy-no-provider"),
     pytest.param({"plugins[1].config.route_type": "llm/v2/chat"},
                  f'{AI_PROXY}: config.route_type must be one of "llm/v1/chat", '
-                 '"llm/v1/completions", "llm/v1/embeddings", "preserve", got "llm/v2/chat"',
+                 '"llm/v1/completions", "llm/v1/embeddings", "llm/v1/responses", "preserve", '
+                 'got "llm/v2/chat"',
                  id="ai-proxy-route-type"),
     pytest.param({"plugins[1].config.llm_format": "anthropic"},
                  f'{AI_PROXY}: config.llm_format "anthropic" needs model.provider "anthropic", '
@@ -321,7 +330,7 @@ CASES = [
                  f"{CARD}: price.amount is required", id="price-amount-missing"),
     pytest.param({"billing.plans[0].rate_cards[0].price.type": "stepped"},
                  f'{CARD}: price.type must be one of "flat", "unit", "tiered", "package", '
-                 'got "stepped"', id="price-type"),
+                 '"model_list", got "stepped"', id="price-type"),
     pytest.param({"billing.plans[0].rate_cards[0].entitlement.type": "quota"},
                  f'{CARD}: entitlement.type must be one of "boolean", "static", "metered", '
                  'got "quota"', id="entitlement-type"),

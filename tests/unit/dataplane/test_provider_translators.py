@@ -718,3 +718,92 @@ def test_native_anthropic_fills_in_model_and_max_tokens_only_when_needed(snapsho
 )
 def test_upstream_url_keeps_what_is_already_encoded(url: str, sent: str) -> None:
     assert upstream_url(url).raw_path_qs == sent
+
+
+def test_responses_route_prepares_without_stream_options_and_with_max_output_tokens(
+    snapshot_factory,
+) -> None:
+    policy, _ = _route_policy(
+        snapshot_factory,
+        route_type="llm/v1/responses",
+        **{"model.name": "", "model.options.max_tokens": 64},
+    )
+    assert policy.target.url == "https://api.openai.com/v1/responses"
+    assert type(policy.translator).__name__ == "OpenAIResponsesTranslator"
+    prepared = policy.translator.prepare(
+        b'{"model": "gpt-4o", "input": "hi", "stream": true}',
+        policy,
+        subpath="",
+        query=b"",
+        method="POST",
+    )
+    body = orjson.loads(prepared.body)
+    assert body == {"model": "gpt-4o", "input": "hi", "stream": True, "max_output_tokens": 64}
+    assert prepared.stream and not prepared.hide_usage_chunk
+    with pytest.raises(InvalidRequest) as caught:
+        policy.translator.prepare(
+            b'{"model": "gpt-4o"}', policy, subpath="", query=b"", method="POST"
+        )
+    assert caught.value.param == "input"
+
+
+def test_responses_stream_relay_reads_usage_from_response_completed(snapshot_factory) -> None:
+    policy, _ = _route_policy(snapshot_factory, route_type="llm/v1/responses")
+    relay = policy.translator.stream(None)
+    created = {"type": "response.created", "response": {"model": "o3-mini", "usage": None}}
+    delta = {"type": "response.output_text.delta", "delta": "hello"}
+    completed = {
+        "type": "response.completed",
+        "response": {
+            "model": "o3-mini",
+            "usage": {
+                "input_tokens": 50,
+                "input_tokens_details": {"cached_tokens": 20},
+                "output_tokens": 30,
+                "output_tokens_details": {"reasoning_tokens": 12},
+                "total_tokens": 80,
+            },
+        },
+    }
+    events = [
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n"
+        for e in (created, delta)
+    ]
+    for event in events:
+        assert relay.feed(event) == event
+    assert relay.usage is None and relay.produced_text() == "hello"
+    last = b"event: response.completed\ndata: " + orjson.dumps(completed) + b"\n\n"
+    assert relay.feed(last) == last
+    assert relay.usage == TokenUsage(30, 18, cached_input_tokens=20, reasoning_tokens=12)
+    assert relay.model == "o3-mini"
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        pytest.param("fast", "gpt-4o-mini", id="alias"),
+        pytest.param("gpt-4o", "gpt-4o", id="allowed"),
+    ],
+)
+def test_model_policy_maps_aliases_then_checks_the_allow_list(
+    snapshot_factory, model, expected
+) -> None:
+    snapshot = snapshot_factory()
+    config = next(p for p in snapshot.plugins if p.id == "ai").ai_proxy
+    config.model.name = ""
+    config.model_allow_list.extend(["gpt-4o", "gpt-4o-mini"])
+    config.model_aliases["fast"] = "gpt-4o-mini"
+    route = compile_snapshot(snapshot, version="v1").routes.match("/chat", "POST")
+    policy = route.ai_proxy
+    raw = orjson.dumps({"model": model, "messages": []})
+    prepared = policy.translator.prepare(raw, policy, subpath="", query=b"", method="POST")
+    assert orjson.loads(prepared.body)["model"] == expected
+    assert prepared.requested_model == expected
+    with pytest.raises(InvalidRequest) as caught:
+        policy.translator.prepare(
+            b'{"model": "o1", "messages": []}', policy, subpath="", query=b"", method="POST"
+        )
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(InvalidRequest) as caught:
+        policy.translator.prepare(b'{"messages": []}', policy, subpath="", query=b"", method="POST")
+    assert caught.value.code == "missing_required_parameter"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -150,9 +151,14 @@ def _shared_key(s: snapshot_pb2.Snapshot) -> None:
         ),
         pytest.param(_set_provider(""), 'unknown provider ""', id="provider-empty"),
         pytest.param(
-            _route_type("llm/v1/responses"),
-            'route_type "llm/v1/responses" is not supported yet',
-            id="route-type-responses",
+            _route_type("llm/v1/assistants"),
+            'route_type "llm/v1/assistants" is not supported yet',
+            id="route-type-assistants",
+        ),
+        pytest.param(
+            lambda s: (_set_provider("anthropic")(s), _route_type("llm/v1/responses")(s)),
+            'provider "anthropic" does not serve route_type "llm/v1/responses"',
+            id="anthropic-responses",
         ),
         pytest.param(_route_type(""), 'unknown route_type ""', id="route-type-empty"),
         pytest.param(
@@ -291,3 +297,169 @@ def test_auth_query_param_goes_into_the_url(valid_snapshot) -> None:
     assert route is not None and route.ai_proxy is not None
     assert route.ai_proxy.target.url.endswith("/v1/chat/completions?key=s3cret")
     assert route.ai_proxy.target.auth_headers == ()
+
+
+# -- ai-proxy-advanced ---------------------------------------------------------------------------
+
+
+def _advanced_snapshot(**balancer) -> snapshot_pb2.Snapshot:
+    snapshot = snapshot_pb2.Snapshot(
+        services=[snapshot_pb2.Service(id="s1", name="ai-service", url="http://ai.invalid")],
+        routes=[snapshot_pb2.Route(id="r1", name="lb", service_id="s1", paths=["/lb"])],
+    )
+    plugin = snapshot.plugins.add(id="adv", name="ai-proxy-advanced", route_id="r1", enabled=True)
+    config = plugin.ai_proxy
+    config.route_type = "llm/v1/chat"
+    for index, (provider, header, cost) in enumerate(
+        [("openai", "authorization", "0.5"), ("anthropic", "x-api-key", "0.25")]
+    ):
+        target = config.targets.add(route_type="llm/v1/chat", weight=1, priority=index)
+        target.auth.header_name, target.auth.header_value = header, f"secret-{index}"
+        target.model.provider = provider
+        target.model.name = f"model-{index}"
+        target.model.options.input_cost = cost
+        target.model.options.output_cost = cost
+    config.balancer.CopyFrom(snapshot_pb2.AiProxyBalancer(**balancer))
+    return snapshot
+
+
+def test_ai_proxy_advanced_compiles_to_a_balancer_over_complete_targets() -> None:
+    snapshot = _advanced_snapshot(algorithm="cost", read_timeout=1500, connect_timeout=200)
+    snapshot.plugins[0].ai_proxy.model_aliases["cheap"] = "model-1"
+    config = compile_snapshot(snapshot, version="v1")
+    route = config.routes.match("/lb", "POST")
+    assert route is not None and route.ai_proxy is not None
+    balancer = route.ai_proxy.balancer
+    assert balancer is not None and balancer.algorithm == "cost"
+    providers = [t.policy.target.provider for t in balancer.targets]
+    assert providers == ["openai", "anthropic"]
+    assert [str(t.cost) for t in balancer.targets] == ["1.0", "0.50"]
+    # Each target has its own translator, and the route's model policy and timeouts.
+    anthropic_target = balancer.targets[1].policy
+    assert type(anthropic_target.translator).__name__ == "OpenAIToAnthropicTranslator"
+    assert dict(anthropic_target.model_aliases) == {"cheap": "model-1"}
+    assert anthropic_target.timeout is not None
+    assert (anthropic_target.timeout.sock_connect, anthropic_target.timeout.sock_read) == (0.2, 1.5)
+    # Every target's credential header is dropped from client requests.
+    assert {b"authorization", b"x-api-key"} <= route.dropped_headers
+    assert "secret-0" not in repr(route)
+
+
+def _mutate_advanced(mutation: Callable[[snapshot_pb2.AiProxyConfig], object]) -> Mutation:
+    def mutate(snapshot: snapshot_pb2.Snapshot) -> None:
+        snapshot.CopyFrom(_advanced_snapshot())
+        mutation(snapshot.plugins[0].ai_proxy)
+
+    return mutate
+
+
+def _second_plugin_on_route(snapshot: snapshot_pb2.Snapshot) -> None:
+    snapshot.CopyFrom(_advanced_snapshot())
+    snapshot.plugins.add(id="ai", name="ai-proxy", route_id="r1", enabled=True)
+    snapshot.plugins[-1].ai_proxy.CopyFrom(
+        snapshot_pb2.AiProxyConfig(
+            route_type="llm/v1/chat", model=snapshot_pb2.AiProxyModel(provider="openai")
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        pytest.param(
+            _mutate_advanced(lambda c: c.ClearField("targets")),
+            "ai-proxy-advanced needs at least one target",
+            id="no-targets",
+        ),
+        pytest.param(
+            _mutate_advanced(lambda c: setattr(c.balancer, "algorithm", "random")),
+            'unknown balancer.algorithm "random"',
+            id="unknown-algorithm",
+        ),
+        pytest.param(
+            _mutate_advanced(lambda c: setattr(c.balancer, "algorithm", "consistent-hashing")),
+            "consistent-hashing needs balancer.hash_on_header",
+            id="hashing-without-header",
+        ),
+        pytest.param(
+            _mutate_advanced(
+                lambda c: (
+                    setattr(c.balancer, "algorithm", "priority"),
+                    setattr(c.targets[1], "priority", 0),
+                )
+            ),
+            "priority needs targets with at least two different priorities",
+            id="priority-without-priorities",
+        ),
+        pytest.param(
+            _mutate_advanced(
+                lambda c: (
+                    setattr(c.balancer, "algorithm", "cost"),
+                    setattr(c.targets[1].model.options, "output_cost", ""),
+                )
+            ),
+            "targets[1]: algorithm cost needs model.options.input_cost and output_cost",
+            id="cost-without-costs",
+        ),
+        pytest.param(
+            _mutate_advanced(lambda c: setattr(c.targets[0], "weight", 0)),
+            "targets[0]: weight must be at least 1, got 0",
+            id="weight-zero",
+        ),
+        pytest.param(
+            _mutate_advanced(lambda c: c.balancer.failover_criteria.append("http_5oo")),
+            'unknown failover criterion "http_5oo"',
+            id="unknown-criterion",
+        ),
+        pytest.param(
+            _mutate_advanced(lambda c: setattr(c.targets[1], "route_type", "llm/v1/completions")),
+            "every target needs the same route_type",
+            id="mixed-route-types",
+        ),
+        pytest.param(
+            _mutate_advanced(lambda c: setattr(c.targets[1].model, "provider", "acme")),
+            'targets[1]: unknown provider "acme"',
+            id="bad-target-provider",
+        ),
+        pytest.param(
+            _mutate_advanced(lambda c: c.model_aliases.update({"fast": ""})),
+            "model_aliases needs non-empty names",
+            id="empty-alias",
+        ),
+        pytest.param(
+            _mutate_advanced(lambda c: setattr(c.balancer, "max_fails", -1)),
+            "balancer.max_fails is negative",
+            id="negative-max-fails",
+        ),
+        pytest.param(
+            _second_plugin_on_route,
+            'a second "ai-proxy" plugin on the same scope',
+            id="ai-proxy-and-advanced-on-one-route",
+        ),
+    ],
+)
+def test_invalid_ai_proxy_advanced_is_rejected(valid_snapshot, mutate, message) -> None:
+    mutate(valid_snapshot)
+    with pytest.raises(CompileError, match=re.escape(message)):
+        compile_snapshot(valid_snapshot, version="v1")
+
+
+def test_an_unchanged_balancer_keeps_its_state_across_snapshots() -> None:
+    from dataplane.proxy import Gateway
+
+    gateway = Gateway(node_id="dp", usage_sink=lambda event: None)
+    snapshot = _advanced_snapshot(max_fails=1, fail_timeout=60_000)
+    gateway.apply(compile_snapshot(snapshot, version="v1"))
+    first = gateway.config.routes.match("/lb", "POST").ai_proxy.balancer
+    first.failed(0)
+    assert first.circuit_open(0)
+    # Given a new snapshot that changes something else (a consumer), the circuit stays open.
+    snapshot.consumers.add(id="c9", username="new-corp")
+    gateway.apply(compile_snapshot(snapshot, version="v2"))
+    second = gateway.config.routes.match("/lb", "POST").ai_proxy.balancer
+    assert second is not first and second.circuit_open(0)
+    # A changed balancer config starts afresh.
+    snapshot.plugins[0].ai_proxy.balancer.fail_timeout = 30_000
+    gateway.apply(compile_snapshot(snapshot, version="v3"))
+    third = gateway.config.routes.match("/lb", "POST").ai_proxy.balancer
+    assert not third.circuit_open(0)

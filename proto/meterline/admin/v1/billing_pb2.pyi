@@ -111,7 +111,7 @@ class InvoiceLineTier(_message.Message):
     def __init__(self, tier: _Optional[int] = ..., up_to: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., flat_price: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
 
 class InvoiceLine(_message.Message):
-    __slots__ = ("subscription", "rate_card", "feature", "description", "quantity", "unit_price", "amount", "period_start_time", "period_end_time", "type", "price_type", "payment_term", "free_quantity", "packages", "tiers", "id", "late_usage")
+    __slots__ = ("subscription", "rate_card", "feature", "description", "quantity", "unit_price", "amount", "period_start_time", "period_end_time", "type", "price_type", "payment_term", "free_quantity", "packages", "tiers", "id", "late_usage", "model", "token_type")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     RATE_CARD_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,8 @@ class InvoiceLine(_message.Message):
     TIERS_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     LATE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
     subscription: str
     rate_card: str
     feature: str
@@ -146,7 +148,9 @@ class InvoiceLine(_message.Message):
     tiers: _containers.RepeatedCompositeFieldContainer[InvoiceLineTier]
     id: str
     late_usage: bool
-    def __init__(self, subscription: _Optional[str] = ..., rate_card: _Optional[str] = ..., feature: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[InvoiceLineType, str]] = ..., price_type: _Optional[_Union[_catalog_pb2.PriceType, str]] = ..., payment_term: _Optional[_Union[_catalog_pb2.PaymentTerm, str]] = ..., free_quantity: _Optional[str] = ..., packages: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[InvoiceLineTier, _Mapping]]] = ..., id: _Optional[str] = ..., late_usage: _Optional[bool] = ...) -> None: ...
+    model: str
+    token_type: str
+    def __init__(self, subscription: _Optional[str] = ..., rate_card: _Optional[str] = ..., feature: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[InvoiceLineType, str]] = ..., price_type: _Optional[_Union[_catalog_pb2.PriceType, str]] = ..., payment_term: _Optional[_Union[_catalog_pb2.PaymentTerm, str]] = ..., free_quantity: _Optional[str] = ..., packages: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[InvoiceLineTier, _Mapping]]] = ..., id: _Optional[str] = ..., late_usage: _Optional[bool] = ..., model: _Optional[str] = ..., token_type: _Optional[str] = ...) -> None: ...
 
 class PreviewInvoiceRequest(_message.Message):
     __slots__ = ("customer", "as_of_time")

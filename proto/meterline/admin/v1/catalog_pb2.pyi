@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -32,6 +33,7 @@ class PriceType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRICE_TYPE_FLAT: _ClassVar[PriceType]
     PRICE_TYPE_TIERED: _ClassVar[PriceType]
     PRICE_TYPE_PACKAGE: _ClassVar[PriceType]
+    PRICE_TYPE_MODEL_LIST: _ClassVar[PriceType]
 
 class PaymentTerm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -65,6 +67,7 @@ PRICE_TYPE_UNIT: PriceType
 PRICE_TYPE_FLAT: PriceType
 PRICE_TYPE_TIERED: PriceType
 PRICE_TYPE_PACKAGE: PriceType
+PRICE_TYPE_MODEL_LIST: PriceType
 PAYMENT_TERM_UNSPECIFIED: PaymentTerm
 PAYMENT_TERM_IN_ADVANCE: PaymentTerm
 PAYMENT_TERM_IN_ARREARS: PaymentTerm
@@ -116,7 +119,7 @@ class Feature(_message.Message):
     def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., display_name: _Optional[str] = ..., meter: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("name", "key", "version", "display_name", "currency", "billing_cadence", "rate_cards", "state", "create_time", "publish_time")
+    __slots__ = ("name", "key", "version", "display_name", "currency", "billing_cadence", "rate_cards", "state", "create_time", "publish_time", "billing_anchor_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +130,7 @@ class Plan(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    BILLING_ANCHOR_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     key: str
     version: int
@@ -137,7 +141,8 @@ class Plan(_message.Message):
     state: PlanState
     create_time: _timestamp_pb2.Timestamp
     publish_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., version: _Optional[int] = ..., display_name: _Optional[str] = ..., currency: _Optional[str] = ..., billing_cadence: _Optional[str] = ..., rate_cards: _Optional[_Iterable[_Union[RateCard, _Mapping]]] = ..., state: _Optional[_Union[PlanState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., publish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    billing_anchor_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., version: _Optional[int] = ..., display_name: _Optional[str] = ..., currency: _Optional[str] = ..., billing_cadence: _Optional[str] = ..., rate_cards: _Optional[_Iterable[_Union[RateCard, _Mapping]]] = ..., state: _Optional[_Union[PlanState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., publish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RateCard(_message.Message):
     __slots__ = ("key", "feature", "price", "entitlement", "discounts", "commitments")
@@ -166,20 +171,58 @@ class PriceTier(_message.Message):
     def __init__(self, up_to: _Optional[str] = ..., unit_price: _Optional[str] = ..., flat_price: _Optional[str] = ...) -> None: ...
 
 class Price(_message.Message):
-    __slots__ = ("type", "amount", "payment_term", "tier_mode", "tiers", "quantity_per_package")
+    __slots__ = ("type", "amount", "payment_term", "tier_mode", "tiers", "quantity_per_package", "price_list", "markup_percent")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_TERM_FIELD_NUMBER: _ClassVar[int]
     TIER_MODE_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_PER_PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_LIST_FIELD_NUMBER: _ClassVar[int]
+    MARKUP_PERCENT_FIELD_NUMBER: _ClassVar[int]
     type: PriceType
     amount: str
     payment_term: PaymentTerm
     tier_mode: TierMode
     tiers: _containers.RepeatedCompositeFieldContainer[PriceTier]
     quantity_per_package: str
-    def __init__(self, type: _Optional[_Union[PriceType, str]] = ..., amount: _Optional[str] = ..., payment_term: _Optional[_Union[PaymentTerm, str]] = ..., tier_mode: _Optional[_Union[TierMode, str]] = ..., tiers: _Optional[_Iterable[_Union[PriceTier, _Mapping]]] = ..., quantity_per_package: _Optional[str] = ...) -> None: ...
+    price_list: str
+    markup_percent: str
+    def __init__(self, type: _Optional[_Union[PriceType, str]] = ..., amount: _Optional[str] = ..., payment_term: _Optional[_Union[PaymentTerm, str]] = ..., tier_mode: _Optional[_Union[TierMode, str]] = ..., tiers: _Optional[_Iterable[_Union[PriceTier, _Mapping]]] = ..., quantity_per_package: _Optional[str] = ..., price_list: _Optional[str] = ..., markup_percent: _Optional[str] = ...) -> None: ...
+
+class ModelPrice(_message.Message):
+    __slots__ = ("model", "effective_from_time", "input", "output", "cached_input", "reasoning")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_FROM_TIME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_FIELD_NUMBER: _ClassVar[int]
+    REASONING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    effective_from_time: _timestamp_pb2.Timestamp
+    input: str
+    output: str
+    cached_input: str
+    reasoning: str
+    def __init__(self, model: _Optional[str] = ..., effective_from_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input: _Optional[str] = ..., output: _Optional[str] = ..., cached_input: _Optional[str] = ..., reasoning: _Optional[str] = ...) -> None: ...
+
+class PriceList(_message.Message):
+    __slots__ = ("name", "key", "display_name", "currency", "prices", "create_time", "update_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    PRICES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    key: str
+    display_name: str
+    currency: str
+    prices: _containers.RepeatedCompositeFieldContainer[ModelPrice]
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., display_name: _Optional[str] = ..., currency: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[ModelPrice, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Discounts(_message.Message):
     __slots__ = ("percentage", "usage")
@@ -290,3 +333,59 @@ class PublishPlanRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UpdatePlanRequest(_message.Message):
+    __slots__ = ("plan", "update_mask")
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    plan: Plan
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class CreatePlanVersionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ArchivePlanRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CreatePriceListRequest(_message.Message):
+    __slots__ = ("price_list",)
+    PRICE_LIST_FIELD_NUMBER: _ClassVar[int]
+    price_list: PriceList
+    def __init__(self, price_list: _Optional[_Union[PriceList, _Mapping]] = ...) -> None: ...
+
+class GetPriceListRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListPriceListsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListPriceListsResponse(_message.Message):
+    __slots__ = ("price_lists", "next_page_token")
+    PRICE_LISTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    price_lists: _containers.RepeatedCompositeFieldContainer[PriceList]
+    next_page_token: str
+    def __init__(self, price_lists: _Optional[_Iterable[_Union[PriceList, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class AddModelPricesRequest(_message.Message):
+    __slots__ = ("name", "prices")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRICES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    prices: _containers.RepeatedCompositeFieldContainer[ModelPrice]
+    def __init__(self, name: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[ModelPrice, _Mapping]]] = ...) -> None: ...

@@ -75,6 +75,41 @@ class CatalogServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.PublishPlanRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.FromString,
                 _registered_method=True)
+        self.UpdatePlan = channel.unary_unary(
+                '/meterline.admin.v1.CatalogService/UpdatePlan',
+                request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.UpdatePlanRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.FromString,
+                _registered_method=True)
+        self.CreatePlanVersion = channel.unary_unary(
+                '/meterline.admin.v1.CatalogService/CreatePlanVersion',
+                request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePlanVersionRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.FromString,
+                _registered_method=True)
+        self.ArchivePlan = channel.unary_unary(
+                '/meterline.admin.v1.CatalogService/ArchivePlan',
+                request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.ArchivePlanRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.FromString,
+                _registered_method=True)
+        self.CreatePriceList = channel.unary_unary(
+                '/meterline.admin.v1.CatalogService/CreatePriceList',
+                request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePriceListRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.PriceList.FromString,
+                _registered_method=True)
+        self.GetPriceList = channel.unary_unary(
+                '/meterline.admin.v1.CatalogService/GetPriceList',
+                request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.GetPriceListRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.PriceList.FromString,
+                _registered_method=True)
+        self.ListPriceLists = channel.unary_unary(
+                '/meterline.admin.v1.CatalogService/ListPriceLists',
+                request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.ListPriceListsRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.ListPriceListsResponse.FromString,
+                _registered_method=True)
+        self.AddModelPrices = channel.unary_unary(
+                '/meterline.admin.v1.CatalogService/AddModelPrices',
+                request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.AddModelPricesRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.PriceList.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -126,7 +161,58 @@ class CatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PublishPlan(self, request, context):
-        """Moves a draft plan version to PLAN_STATE_ACTIVE; only active plans can be subscribed to.
+        """Moves a draft plan version to PLAN_STATE_ACTIVE (published); the previously published
+        version is archived. Only the published version can be subscribed to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePlan(self, request, context):
+        """Changes a draft version. A published or archived version never changes:
+        FAILED_PRECONDITION (create a new version instead).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePlanVersion(self, request, context):
+        """Creates a new draft version, a copy of an existing version to edit and publish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchivePlan(self, request, context):
+        """Moves the published version to PLAN_STATE_ARCHIVED: no new subscriptions; running ones
+        keep it until migrated (CustomerService.MigrateSubscription).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePriceList(self, request, context):
+        """Model price lists, priced by PRICE_TYPE_MODEL_LIST rate cards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPriceList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPriceLists(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddModelPrices(self, request, context):
+        """Adds prices that take effect later (effective_from after now); a price in effect never
+        changes, so usage already metered keeps its price.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +260,41 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.PublishPlan,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.PublishPlanRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.SerializeToString,
+            ),
+            'UpdatePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePlan,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.UpdatePlanRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.SerializeToString,
+            ),
+            'CreatePlanVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePlanVersion,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePlanVersionRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.SerializeToString,
+            ),
+            'ArchivePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchivePlan,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.ArchivePlanRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.SerializeToString,
+            ),
+            'CreatePriceList': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePriceList,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePriceListRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.PriceList.SerializeToString,
+            ),
+            'GetPriceList': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPriceList,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.GetPriceListRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.PriceList.SerializeToString,
+            ),
+            'ListPriceLists': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPriceLists,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.ListPriceListsRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.ListPriceListsResponse.SerializeToString,
+            ),
+            'AddModelPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddModelPrices,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.AddModelPricesRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.PriceList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +514,195 @@ class CatalogService:
             '/meterline.admin.v1.CatalogService/PublishPlan',
             meterline_dot_admin_dot_v1_dot_catalog__pb2.PublishPlanRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CatalogService/UpdatePlan',
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.UpdatePlanRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePlanVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CatalogService/CreatePlanVersion',
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePlanVersionRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchivePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CatalogService/ArchivePlan',
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.ArchivePlanRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePriceList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CatalogService/CreatePriceList',
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePriceListRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.PriceList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPriceList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CatalogService/GetPriceList',
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.GetPriceListRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.PriceList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPriceLists(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CatalogService/ListPriceLists',
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.ListPriceListsRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.ListPriceListsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddModelPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CatalogService/AddModelPrices',
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.AddModelPricesRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.PriceList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -153,3 +153,13 @@ class LinkStripeCustomerRequest(_message.Message):
     name: str
     stripe_customer_id: str
     def __init__(self, name: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ...) -> None: ...
+
+class MigrateSubscriptionRequest(_message.Message):
+    __slots__ = ("name", "target_version", "migrate_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    target_version: int
+    migrate_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., target_version: _Optional[int] = ..., migrate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

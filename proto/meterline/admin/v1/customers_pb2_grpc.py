@@ -75,6 +75,11 @@ class CustomerServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ChangeSubscriptionPlanRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.FromString,
                 _registered_method=True)
+        self.MigrateSubscription = channel.unary_unary(
+                '/meterline.admin.v1.CustomerService/MigrateSubscription',
+                request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.MigrateSubscriptionRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.FromString,
+                _registered_method=True)
         self.LinkStripeCustomer = channel.unary_unary(
                 '/meterline.admin.v1.CustomerService/LinkStripeCustomer',
                 request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.LinkStripeCustomerRequest.SerializeToString,
@@ -138,6 +143,15 @@ class CustomerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MigrateSubscription(self, request, context):
+        """Moves a subscription to another published version of its plan at migrate_time (default
+        now), like a plan change: the old version's lines end there, the new one's start.
+        New plan versions never touch running subscriptions until they are migrated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def LinkStripeCustomer(self, request, context):
         """Bills the customer through an existing Stripe customer (instead of one the sync creates).
         Invoices already synced keep their Stripe customer.
@@ -187,6 +201,11 @@ def add_CustomerServiceServicer_to_server(servicer, server):
             'ChangeSubscriptionPlan': grpc.unary_unary_rpc_method_handler(
                     servicer.ChangeSubscriptionPlan,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ChangeSubscriptionPlanRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.SerializeToString,
+            ),
+            'MigrateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateSubscription,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.MigrateSubscriptionRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.SerializeToString,
             ),
             'LinkStripeCustomer': grpc.unary_unary_rpc_method_handler(
@@ -411,6 +430,33 @@ class CustomerService:
             target,
             '/meterline.admin.v1.CustomerService/ChangeSubscriptionPlan',
             meterline_dot_admin_dot_v1_dot_customers__pb2.ChangeSubscriptionPlanRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CustomerService/MigrateSubscription',
+            meterline_dot_admin_dot_v1_dot_customers__pb2.MigrateSubscriptionRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_customers__pb2.Subscription.FromString,
             options,
             channel_credentials,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#meterline/admin/v1/dataplanes.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x01\n\tDataPlane\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x05 \x01(\t\x12\x32\n\x0elast_seen_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0bsync_status\x18\x07 \x01(\x0e\x32\x1e.meterline.admin.v1.SyncStatus\x12\r\n\x05\x65rror\x18\x08 \x01(\t\">\n\x15ListDataPlanesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"e\n\x16ListDataPlanesResponse\x12\x32\n\x0b\x64\x61ta_planes\x18\x01 \x03(\x0b\x32\x1d.meterline.admin.v1.DataPlane\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13GetDataPlaneRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xb1\x01\n\nSyncStatus\x12\x1b\n\x17SYNC_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SYNC_STATUS_CONNECTED\x10\x01\x12\x17\n\x13SYNC_STATUS_IN_SYNC\x10\x02\x12\x16\n\x12SYNC_STATUS_NACKED\x10\x03\x12\x1c\n\x18SYNC_STATUS_DISCONNECTED\x10\x04\x12\x1c\n\x18SYNC_STATUS_INCOMPATIBLE\x10\x05\x32\xd3\x01\n\x10\x44\x61taPlaneService\x12g\n\x0eListDataPlanes\x12).meterline.admin.v1.ListDataPlanesRequest\x1a*.meterline.admin.v1.ListDataPlanesResponse\x12V\n\x0cGetDataPlane\x12\'.meterline.admin.v1.GetDataPlaneRequest\x1a\x1d.meterline.admin.v1.DataPlaneb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#meterline/admin/v1/dataplanes.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x01\n\tDataPlane\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x05 \x01(\t\x12\x32\n\x0elast_seen_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0bsync_status\x18\x07 \x01(\x0e\x32\x1e.meterline.admin.v1.SyncStatus\x12\r\n\x05\x65rror\x18\x08 \x01(\t\">\n\x15ListDataPlanesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"e\n\x16ListDataPlanesResponse\x12\x32\n\x0b\x64\x61ta_planes\x18\x01 \x03(\x0b\x32\x1d.meterline.admin.v1.DataPlane\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13GetDataPlaneRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xc8\x01\n\nSyncStatus\x12\x1b\n\x17SYNC_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SYNC_STATUS_CONNECTED\x10\x01\x12\x17\n\x13SYNC_STATUS_IN_SYNC\x10\x02\x12\x16\n\x12SYNC_STATUS_NACKED\x10\x03\x12\x1c\n\x18SYNC_STATUS_DISCONNECTED\x10\x04\x12\x1c\n\x18SYNC_STATUS_INCOMPATIBLE\x10\x05\x12\x15\n\x11SYNC_STATUS_STALE\x10\x06\x32\xd3\x01\n\x10\x44\x61taPlaneService\x12g\n\x0eListDataPlanes\x12).meterline.admin.v1.ListDataPlanesRequest\x1a*.meterline.admin.v1.ListDataPlanesResponse\x12V\n\x0cGetDataPlane\x12\'.meterline.admin.v1.GetDataPlaneRequest\x1a\x1d.meterline.admin.v1.DataPlaneb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.admin.v1.dataplan
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SYNCSTATUS']._serialized_start=521
-  _globals['_SYNCSTATUS']._serialized_end=698
+  _globals['_SYNCSTATUS']._serialized_end=721
   _globals['_DATAPLANE']._serialized_start=93
   _globals['_DATAPLANE']._serialized_end=314
   _globals['_LISTDATAPLANESREQUEST']._serialized_start=316
@@ -42,6 +42,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDATAPLANESRESPONSE']._serialized_end=481
   _globals['_GETDATAPLANEREQUEST']._serialized_start=483
   _globals['_GETDATAPLANEREQUEST']._serialized_end=518
-  _globals['_DATAPLANESERVICE']._serialized_start=701
-  _globals['_DATAPLANESERVICE']._serialized_end=912
+  _globals['_DATAPLANESERVICE']._serialized_start=724
+  _globals['_DATAPLANESERVICE']._serialized_end=935
 # @@protoc_insertion_point(module_scope)

@@ -18,12 +18,14 @@ class SyncStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SYNC_STATUS_NACKED: _ClassVar[SyncStatus]
     SYNC_STATUS_DISCONNECTED: _ClassVar[SyncStatus]
     SYNC_STATUS_INCOMPATIBLE: _ClassVar[SyncStatus]
+    SYNC_STATUS_STALE: _ClassVar[SyncStatus]
 SYNC_STATUS_UNSPECIFIED: SyncStatus
 SYNC_STATUS_CONNECTED: SyncStatus
 SYNC_STATUS_IN_SYNC: SyncStatus
 SYNC_STATUS_NACKED: SyncStatus
 SYNC_STATUS_DISCONNECTED: SyncStatus
 SYNC_STATUS_INCOMPATIBLE: SyncStatus
+SYNC_STATUS_STALE: SyncStatus
 
 class DataPlane(_message.Message):
     __slots__ = ("name", "node_id", "hostname", "version", "config_version", "last_seen_time", "sync_status", "error")

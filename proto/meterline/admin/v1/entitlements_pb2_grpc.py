@@ -75,6 +75,21 @@ class EntitlementServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.VoidGrantRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.Grant.FromString,
                 _registered_method=True)
+        self.CreateBudget = channel.unary_unary(
+                '/meterline.admin.v1.EntitlementService/CreateBudget',
+                request_serializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.CreateBudgetRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.Budget.FromString,
+                _registered_method=True)
+        self.ListBudgets = channel.unary_unary(
+                '/meterline.admin.v1.EntitlementService/ListBudgets',
+                request_serializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.ListBudgetsRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.ListBudgetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteBudget = channel.unary_unary(
+                '/meterline.admin.v1.EntitlementService/DeleteBudget',
+                request_serializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.DeleteBudgetRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.Budget.FromString,
+                _registered_method=True)
 
 
 class EntitlementServiceServicer:
@@ -130,6 +145,26 @@ class EntitlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateBudget(self, request, context):
+        """Money budgets: a spending cap per customer and billing period. hard: data planes answer
+        429 (insufficient_quota, code budget_exceeded) once spent; soft: never blocks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBudgets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBudget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EntitlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +192,21 @@ def add_EntitlementServiceServicer_to_server(servicer, server):
                     servicer.VoidGrant,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.VoidGrantRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.Grant.SerializeToString,
+            ),
+            'CreateBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBudget,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.CreateBudgetRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.Budget.SerializeToString,
+            ),
+            'ListBudgets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBudgets,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.ListBudgetsRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.ListBudgetsResponse.SerializeToString,
+            ),
+            'DeleteBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBudget,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.DeleteBudgetRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_entitlements__pb2.Budget.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +360,87 @@ class EntitlementService:
             '/meterline.admin.v1.EntitlementService/VoidGrant',
             meterline_dot_admin_dot_v1_dot_entitlements__pb2.VoidGrantRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_entitlements__pb2.Grant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.EntitlementService/CreateBudget',
+            meterline_dot_admin_dot_v1_dot_entitlements__pb2.CreateBudgetRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_entitlements__pb2.Budget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBudgets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.EntitlementService/ListBudgets',
+            meterline_dot_admin_dot_v1_dot_entitlements__pb2.ListBudgetsRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_entitlements__pb2.ListBudgetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.EntitlementService/DeleteBudget',
+            meterline_dot_admin_dot_v1_dot_entitlements__pb2.DeleteBudgetRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_entitlements__pb2.Budget.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,40 +22,67 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emeterline/admin/v1/usage.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x02\n\nUsageEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x04\x64\x61ta\x18\x06 \x03(\x0b\x32(.meterline.admin.v1.UsageEvent.DataEntry\x12\r\n\x05value\x18\x07 \x01(\x03\x12/\n\x0bingest_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x16ListUsageEventsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x17ListUsageEventsResponse\x12\x34\n\x0cusage_events\x18\x01 \x03(\x0b\x32\x1e.meterline.admin.v1.UsageEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x99\x02\n\x11QueryMeterRequest\x12\r\n\x05meter\x18\x01 \x01(\t\x12\x10\n\x08subjects\x18\x02 \x03(\t\x12\x43\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x32.meterline.admin.v1.QueryMeterRequest.FiltersEntry\x12\x10\n\x08group_by\x18\x04 \x03(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x7f\n\x08MeterRow\x12\x36\n\x05group\x18\x01 \x03(\x0b\x32\'.meterline.admin.v1.MeterRow.GroupEntry\x12\r\n\x05value\x18\x02 \x01(\t\x1a,\n\nGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x12QueryMeterResponse\x12*\n\x04rows\x18\x01 \x03(\x0b\x32\x1c.meterline.admin.v1.MeterRow2\xd7\x01\n\x0cUsageService\x12j\n\x0fListUsageEvents\x12*.meterline.admin.v1.ListUsageEventsRequest\x1a+.meterline.admin.v1.ListUsageEventsResponse\x12[\n\nQueryMeter\x12%.meterline.admin.v1.QueryMeterRequest\x1a&.meterline.admin.v1.QueryMeterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emeterline/admin/v1/usage.proto\x12\x12meterline.admin.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x02\n\nUsageMeter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12>\n\x0b\x61ggregation\x18\x05 \x01(\x0e\x32).meterline.admin.v1.UsageMeterAggregation\x12\x16\n\x0evalue_property\x18\x06 \x01(\t\x12=\n\x08group_by\x18\x07 \x03(\x0b\x32+.meterline.admin.v1.UsageMeter.GroupByEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cGroupByEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x12\x43reateMeterRequest\x12-\n\x05meter\x18\x01 \x01(\x0b\x32\x1e.meterline.admin.v1.UsageMeter\"\x1f\n\x0fGetMeterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16ListUsageMetersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"b\n\x17ListUsageMetersResponse\x12.\n\x06meters\x18\x01 \x03(\x0b\x32\x1e.meterline.admin.v1.UsageMeter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteMeterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"*\n\x13IngestEventsRequest\x12\x13\n\x0b\x65vents_json\x18\x01 \x03(\t\"J\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"q\n\x14IngestEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x33\n\x08rejected\x18\x03 \x03(\x0b\x32!.meterline.admin.v1.RejectedEvent\"\x96\x02\n\nUsageEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x04\x64\x61ta\x18\x06 \x03(\x0b\x32(.meterline.admin.v1.UsageEvent.DataEntry\x12\r\n\x05value\x18\x07 \x01(\x03\x12/\n\x0bingest_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x16ListUsageEventsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x17ListUsageEventsResponse\x12\x34\n\x0cusage_events\x18\x01 \x03(\x0b\x32\x1e.meterline.admin.v1.UsageEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x02\n\x11QueryMeterRequest\x12\r\n\x05meter\x18\x01 \x01(\t\x12\x10\n\x08subjects\x18\x02 \x03(\t\x12\x43\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x32.meterline.admin.v1.QueryMeterRequest.FiltersEntry\x12\x10\n\x08group_by\x18\x04 \x03(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0bwindow_size\x18\x07 \x01(\x0e\x32\x1e.meterline.admin.v1.WindowSize\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe1\x01\n\x08MeterRow\x12\x36\n\x05group\x18\x01 \x03(\x0b\x32\'.meterline.admin.v1.MeterRow.GroupEntry\x12\r\n\x05value\x18\x02 \x01(\t\x12\x30\n\x0cwindow_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a,\n\nGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x12QueryMeterResponse\x12*\n\x04rows\x18\x01 \x03(\x0b\x32\x1c.meterline.admin.v1.MeterRow*\xf3\x01\n\x15UsageMeterAggregation\x12\'\n#USAGE_METER_AGGREGATION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUSAGE_METER_AGGREGATION_SUM\x10\x01\x12!\n\x1dUSAGE_METER_AGGREGATION_COUNT\x10\x02\x12\x1f\n\x1bUSAGE_METER_AGGREGATION_MAX\x10\x03\x12(\n$USAGE_METER_AGGREGATION_UNIQUE_COUNT\x10\x04\x12\"\n\x1eUSAGE_METER_AGGREGATION_LATEST\x10\x05*l\n\nWindowSize\x12\x1b\n\x17WINDOW_SIZE_UNSPECIFIED\x10\x00\x12\x16\n\x12WINDOW_SIZE_MINUTE\x10\x01\x12\x14\n\x10WINDOW_SIZE_HOUR\x10\x02\x12\x13\n\x0fWINDOW_SIZE_DAY\x10\x03\x32\x98\x05\n\x0cUsageService\x12j\n\x0fListUsageEvents\x12*.meterline.admin.v1.ListUsageEventsRequest\x1a+.meterline.admin.v1.ListUsageEventsResponse\x12[\n\nQueryMeter\x12%.meterline.admin.v1.QueryMeterRequest\x1a&.meterline.admin.v1.QueryMeterResponse\x12U\n\x0b\x43reateMeter\x12&.meterline.admin.v1.CreateMeterRequest\x1a\x1e.meterline.admin.v1.UsageMeter\x12O\n\x08GetMeter\x12#.meterline.admin.v1.GetMeterRequest\x1a\x1e.meterline.admin.v1.UsageMeter\x12\x65\n\nListMeters\x12*.meterline.admin.v1.ListUsageMetersRequest\x1a+.meterline.admin.v1.ListUsageMetersResponse\x12M\n\x0b\x44\x65leteMeter\x12&.meterline.admin.v1.DeleteMeterRequest\x1a\x16.google.protobuf.Empty\x12\x61\n\x0cIngestEvents\x12\'.meterline.admin.v1.IngestEventsRequest\x1a(.meterline.admin.v1.IngestEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.admin.v1.usage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_USAGEMETER_GROUPBYENTRY']._loaded_options = None
+  _globals['_USAGEMETER_GROUPBYENTRY']._serialized_options = b'8\001'
   _globals['_USAGEEVENT_DATAENTRY']._loaded_options = None
   _globals['_USAGEEVENT_DATAENTRY']._serialized_options = b'8\001'
   _globals['_QUERYMETERREQUEST_FILTERSENTRY']._loaded_options = None
   _globals['_QUERYMETERREQUEST_FILTERSENTRY']._serialized_options = b'8\001'
   _globals['_METERROW_GROUPENTRY']._loaded_options = None
   _globals['_METERROW_GROUPENTRY']._serialized_options = b'8\001'
-  _globals['_USAGEEVENT']._serialized_start=88
-  _globals['_USAGEEVENT']._serialized_end=366
-  _globals['_USAGEEVENT_DATAENTRY']._serialized_start=323
-  _globals['_USAGEEVENT_DATAENTRY']._serialized_end=366
-  _globals['_LISTUSAGEEVENTSREQUEST']._serialized_start=368
-  _globals['_LISTUSAGEEVENTSREQUEST']._serialized_end=448
-  _globals['_LISTUSAGEEVENTSRESPONSE']._serialized_start=450
-  _globals['_LISTUSAGEEVENTSRESPONSE']._serialized_end=554
-  _globals['_QUERYMETERREQUEST']._serialized_start=557
-  _globals['_QUERYMETERREQUEST']._serialized_end=838
-  _globals['_QUERYMETERREQUEST_FILTERSENTRY']._serialized_start=792
-  _globals['_QUERYMETERREQUEST_FILTERSENTRY']._serialized_end=838
-  _globals['_METERROW']._serialized_start=840
-  _globals['_METERROW']._serialized_end=967
-  _globals['_METERROW_GROUPENTRY']._serialized_start=923
-  _globals['_METERROW_GROUPENTRY']._serialized_end=967
-  _globals['_QUERYMETERRESPONSE']._serialized_start=969
-  _globals['_QUERYMETERRESPONSE']._serialized_end=1033
-  _globals['_USAGESERVICE']._serialized_start=1036
-  _globals['_USAGESERVICE']._serialized_end=1251
+  _globals['_USAGEMETERAGGREGATION']._serialized_start=2086
+  _globals['_USAGEMETERAGGREGATION']._serialized_end=2329
+  _globals['_WINDOWSIZE']._serialized_start=2331
+  _globals['_WINDOWSIZE']._serialized_end=2439
+  _globals['_USAGEMETER']._serialized_start=117
+  _globals['_USAGEMETER']._serialized_end=445
+  _globals['_USAGEMETER_GROUPBYENTRY']._serialized_start=399
+  _globals['_USAGEMETER_GROUPBYENTRY']._serialized_end=445
+  _globals['_CREATEMETERREQUEST']._serialized_start=447
+  _globals['_CREATEMETERREQUEST']._serialized_end=514
+  _globals['_GETMETERREQUEST']._serialized_start=516
+  _globals['_GETMETERREQUEST']._serialized_end=547
+  _globals['_LISTUSAGEMETERSREQUEST']._serialized_start=549
+  _globals['_LISTUSAGEMETERSREQUEST']._serialized_end=612
+  _globals['_LISTUSAGEMETERSRESPONSE']._serialized_start=614
+  _globals['_LISTUSAGEMETERSRESPONSE']._serialized_end=712
+  _globals['_DELETEMETERREQUEST']._serialized_start=714
+  _globals['_DELETEMETERREQUEST']._serialized_end=748
+  _globals['_INGESTEVENTSREQUEST']._serialized_start=750
+  _globals['_INGESTEVENTSREQUEST']._serialized_end=792
+  _globals['_REJECTEDEVENT']._serialized_start=794
+  _globals['_REJECTEDEVENT']._serialized_end=868
+  _globals['_INGESTEVENTSRESPONSE']._serialized_start=870
+  _globals['_INGESTEVENTSRESPONSE']._serialized_end=983
+  _globals['_USAGEEVENT']._serialized_start=986
+  _globals['_USAGEEVENT']._serialized_end=1264
+  _globals['_USAGEEVENT_DATAENTRY']._serialized_start=1221
+  _globals['_USAGEEVENT_DATAENTRY']._serialized_end=1264
+  _globals['_LISTUSAGEEVENTSREQUEST']._serialized_start=1266
+  _globals['_LISTUSAGEEVENTSREQUEST']._serialized_end=1346
+  _globals['_LISTUSAGEEVENTSRESPONSE']._serialized_start=1348
+  _globals['_LISTUSAGEEVENTSRESPONSE']._serialized_end=1452
+  _globals['_QUERYMETERREQUEST']._serialized_start=1455
+  _globals['_QUERYMETERREQUEST']._serialized_end=1789
+  _globals['_QUERYMETERREQUEST_FILTERSENTRY']._serialized_start=1743
+  _globals['_QUERYMETERREQUEST_FILTERSENTRY']._serialized_end=1789
+  _globals['_METERROW']._serialized_start=1792
+  _globals['_METERROW']._serialized_end=2017
+  _globals['_METERROW_GROUPENTRY']._serialized_start=1973
+  _globals['_METERROW_GROUPENTRY']._serialized_end=2017
+  _globals['_QUERYMETERRESPONSE']._serialized_start=2019
+  _globals['_QUERYMETERRESPONSE']._serialized_end=2083
+  _globals['_USAGESERVICE']._serialized_start=2442
+  _globals['_USAGESERVICE']._serialized_end=3106
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from meterline.admin.v1 import usage_pb2 as meterline_dot_admin_dot_v1_dot_usage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.0'
@@ -26,7 +27,7 @@ if _version_not_supported:
 
 
 class UsageServiceStub:
-    """Read access to stored usage events and meter aggregates.
+    """Usage: operator meters, CloudEvents ingestion, stored events and meter queries.
     """
 
     def __init__(self, channel):
@@ -45,10 +46,35 @@ class UsageServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.QueryMeterRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.QueryMeterResponse.FromString,
                 _registered_method=True)
+        self.CreateMeter = channel.unary_unary(
+                '/meterline.admin.v1.UsageService/CreateMeter',
+                request_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.CreateMeterRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.UsageMeter.FromString,
+                _registered_method=True)
+        self.GetMeter = channel.unary_unary(
+                '/meterline.admin.v1.UsageService/GetMeter',
+                request_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.GetMeterRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.UsageMeter.FromString,
+                _registered_method=True)
+        self.ListMeters = channel.unary_unary(
+                '/meterline.admin.v1.UsageService/ListMeters',
+                request_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.ListUsageMetersRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.ListUsageMetersResponse.FromString,
+                _registered_method=True)
+        self.DeleteMeter = channel.unary_unary(
+                '/meterline.admin.v1.UsageService/DeleteMeter',
+                request_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.DeleteMeterRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.IngestEvents = channel.unary_unary(
+                '/meterline.admin.v1.UsageService/IngestEvents',
+                request_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.IngestEventsRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.IngestEventsResponse.FromString,
+                _registered_method=True)
 
 
 class UsageServiceServicer:
-    """Read access to stored usage events and meter aggregates.
+    """Usage: operator meters, CloudEvents ingestion, stored events and meter queries.
     """
 
     def ListUsageEvents(self, request, context):
@@ -58,7 +84,42 @@ class UsageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryMeter(self, request, context):
+        """Windowed aggregates of a meter per group (built-in "llm_tokens" or an operator meter).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateMeter(self, request, context):
+        """Operator meters, OpenMeter-style. Meters are immutable; a meter used by a feature cannot
+        be deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMeter(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMeters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMeter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IngestEvents(self, request, context):
+        """Stores a batch of CloudEvents-shaped events, idempotent by (source, id). Events no meter
+        can read are rejected (not stored) and reported one by one in the response.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -76,6 +137,31 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     request_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.QueryMeterRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.QueryMeterResponse.SerializeToString,
             ),
+            'CreateMeter': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateMeter,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.CreateMeterRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.UsageMeter.SerializeToString,
+            ),
+            'GetMeter': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMeter,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.GetMeterRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.UsageMeter.SerializeToString,
+            ),
+            'ListMeters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMeters,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.ListUsageMetersRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.ListUsageMetersResponse.SerializeToString,
+            ),
+            'DeleteMeter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMeter,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.DeleteMeterRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'IngestEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.IngestEvents,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_usage__pb2.IngestEventsRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_usage__pb2.IngestEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'meterline.admin.v1.UsageService', rpc_method_handlers)
@@ -85,7 +171,7 @@ def add_UsageServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class UsageService:
-    """Read access to stored usage events and meter aggregates.
+    """Usage: operator meters, CloudEvents ingestion, stored events and meter queries.
     """
 
     @staticmethod
@@ -132,6 +218,141 @@ class UsageService:
             '/meterline.admin.v1.UsageService/QueryMeter',
             meterline_dot_admin_dot_v1_dot_usage__pb2.QueryMeterRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_usage__pb2.QueryMeterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateMeter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.UsageService/CreateMeter',
+            meterline_dot_admin_dot_v1_dot_usage__pb2.CreateMeterRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_usage__pb2.UsageMeter.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMeter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.UsageService/GetMeter',
+            meterline_dot_admin_dot_v1_dot_usage__pb2.GetMeterRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_usage__pb2.UsageMeter.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMeters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.UsageService/ListMeters',
+            meterline_dot_admin_dot_v1_dot_usage__pb2.ListUsageMetersRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_usage__pb2.ListUsageMetersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMeter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.UsageService/DeleteMeter',
+            meterline_dot_admin_dot_v1_dot_usage__pb2.DeleteMeterRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.UsageService/IngestEvents',
+            meterline_dot_admin_dot_v1_dot_usage__pb2.IngestEventsRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_usage__pb2.IngestEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%meterline/dataplane/v1/snapshot.proto\x12\x16meterline.dataplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x02\n\x08Snapshot\x12\x31\n\x08services\x18\x01 \x03(\x0b\x32\x1f.meterline.dataplane.v1.Service\x12-\n\x06routes\x18\x02 \x03(\x0b\x32\x1d.meterline.dataplane.v1.Route\x12\x33\n\tconsumers\x18\x03 \x03(\x0b\x32 .meterline.dataplane.v1.Consumer\x12/\n\x07plugins\x18\x04 \x03(\x0b\x32\x1e.meterline.dataplane.v1.Plugin\x12K\n\x15\x63onsumer_entitlements\x18\x05 \x03(\x0b\x32,.meterline.dataplane.v1.ConsumerEntitlements\"0\n\x07Service\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"i\n\x05Route\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0f\n\x07methods\x18\x05 \x03(\t\x12\x12\n\nstrip_path\x18\x06 \x01(\x08\"O\n\x08\x43onsumer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x11\n\tcustom_id\x18\x03 \x01(\t\x12\x12\n\nkey_hashes\x18\x04 \x03(\t\"\xee\x01\n\x06Plugin\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x10\n\x08route_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63onsumer_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\x12\x39\n\x08key_auth\x18\n \x01(\x0b\x32%.meterline.dataplane.v1.KeyAuthConfigH\x00\x12\x39\n\x08\x61i_proxy\x18\x0b \x01(\x0b\x32%.meterline.dataplane.v1.AiProxyConfigH\x00\x42\x08\n\x06\x63onfig\"i\n\rKeyAuthConfig\x12\x11\n\tkey_names\x18\x01 \x03(\t\x12\x18\n\x10hide_credentials\x18\x02 \x01(\x08\x12\x14\n\x0ckey_in_query\x18\x03 \x01(\x08\x12\x15\n\rkey_in_bearer\x18\x04 \x01(\x08\"\x9f\x01\n\rAiProxyConfig\x12\x12\n\nroute_type\x18\x01 \x01(\t\x12\x31\n\x04\x61uth\x18\x02 \x01(\x0b\x32#.meterline.dataplane.v1.AiProxyAuth\x12\x33\n\x05model\x18\x03 \x01(\x0b\x32$.meterline.dataplane.v1.AiProxyModel\x12\x12\n\nllm_format\x18\x04 \x01(\t\"y\n\x0b\x41iProxyAuth\x12\x13\n\x0bheader_name\x18\x01 \x01(\t\x12\x14\n\x0cheader_value\x18\x02 \x01(\t\x12\x12\n\nparam_name\x18\x03 \x01(\t\x12\x13\n\x0bparam_value\x18\x04 \x01(\t\x12\x16\n\x0eparam_location\x18\x05 \x01(\t\"l\n\x0c\x41iProxyModel\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12<\n\x07options\x18\x03 \x01(\x0b\x32+.meterline.dataplane.v1.AiProxyModelOptions\"\xd3\x01\n\x13\x41iProxyModelOptions\x12\x14\n\x0cupstream_url\x18\x01 \x01(\t\x12\x19\n\x11\x61nthropic_version\x18\x02 \x01(\t\x12\x12\n\nmax_tokens\x18\x03 \x01(\x03\x12\x12\n\ninput_cost\x18\x04 \x01(\t\x12\x13\n\x0boutput_cost\x18\x05 \x01(\t\x12\x16\n\x0e\x61zure_instance\x18\x06 \x01(\t\x12\x1b\n\x13\x61zure_deployment_id\x18\x07 \x01(\t\x12\x19\n\x11\x61zure_api_version\x18\x08 \x01(\t\"\xa0\x01\n\x14\x43onsumerEntitlements\x12\x13\n\x0b\x63onsumer_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x12\n\nhas_access\x18\x04 \x01(\x08\x12;\n\x07metered\x18\x05 \x03(\x0b\x32*.meterline.dataplane.v1.MeteredEntitlement\"\xb0\x02\n\x12MeteredEntitlement\x12\x12\n\nbalance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12H\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x37.meterline.dataplane.v1.MeteredEntitlement.FiltersEntry\x12\x12\n\nhas_access\x18\x04 \x01(\x08\x12\x0f\n\x07\x62\x61lance\x18\x05 \x01(\x03\x12\x12\n\nsoft_limit\x18\x06 \x01(\x08\x12\x33\n\x0fperiod_end_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x08 \x01(\x03\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%meterline/dataplane/v1/snapshot.proto\x12\x16meterline.dataplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x02\n\x08Snapshot\x12\x31\n\x08services\x18\x01 \x03(\x0b\x32\x1f.meterline.dataplane.v1.Service\x12-\n\x06routes\x18\x02 \x03(\x0b\x32\x1d.meterline.dataplane.v1.Route\x12\x33\n\tconsumers\x18\x03 \x03(\x0b\x32 .meterline.dataplane.v1.Consumer\x12/\n\x07plugins\x18\x04 \x03(\x0b\x32\x1e.meterline.dataplane.v1.Plugin\x12K\n\x15\x63onsumer_entitlements\x18\x05 \x03(\x0b\x32,.meterline.dataplane.v1.ConsumerEntitlements\"0\n\x07Service\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"i\n\x05Route\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0f\n\x07methods\x18\x05 \x03(\t\x12\x12\n\nstrip_path\x18\x06 \x01(\x08\"O\n\x08\x43onsumer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x11\n\tcustom_id\x18\x03 \x01(\t\x12\x12\n\nkey_hashes\x18\x04 \x03(\t\"\xb3\x02\n\x06Plugin\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x10\n\x08route_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63onsumer_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\x12\x39\n\x08key_auth\x18\n \x01(\x0b\x32%.meterline.dataplane.v1.KeyAuthConfigH\x00\x12\x39\n\x08\x61i_proxy\x18\x0b \x01(\x0b\x32%.meterline.dataplane.v1.AiProxyConfigH\x00\x12\x43\n\rrate_limiting\x18\x14 \x01(\x0b\x32*.meterline.dataplane.v1.RateLimitingConfigH\x00\x42\x08\n\x06\x63onfig\"\xbc\x02\n\x12RateLimitingConfig\x12\x38\n\x07windows\x18\x01 \x03(\x0b\x32\'.meterline.dataplane.v1.RateLimitWindow\x12\x13\n\x0bwindow_type\x18\x02 \x01(\t\x12\x12\n\nidentifier\x18\x03 \x01(\t\x12\x13\n\x0bheader_name\x18\x04 \x01(\t\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12\x35\n\x05redis\x18\x06 \x01(\x0b\x32&.meterline.dataplane.v1.RateLimitRedis\x12\x11\n\tnamespace\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ult_tolerant\x18\x08 \x01(\x08\x12\x1b\n\x13hide_client_headers\x18\t \x01(\x08\x12\x1d\n\x15tokens_count_strategy\x18\n \x01(\t\"G\n\x0fRateLimitWindow\x12\r\n\x05limit\x18\x01 \x01(\t\x12\x13\n\x0bwindow_size\x18\x02 \x01(\x03\x12\x10\n\x08provider\x18\x03 \x01(\t\"s\n\x0eRateLimitRedis\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x10\n\x08\x64\x61tabase\x18\x03 \x01(\x05\x12\x10\n\x08username\x18\x04 \x01(\t\x12\x10\n\x08password\x18\x05 \x01(\t\x12\x0f\n\x07timeout\x18\x06 \x01(\x05\"i\n\rKeyAuthConfig\x12\x11\n\tkey_names\x18\x01 \x03(\t\x12\x18\n\x10hide_credentials\x18\x02 \x01(\x08\x12\x14\n\x0ckey_in_query\x18\x03 \x01(\x08\x12\x15\n\rkey_in_bearer\x18\x04 \x01(\x08\"\xf7\x03\n\rAiProxyConfig\x12\x12\n\nroute_type\x18\x01 \x01(\t\x12\x31\n\x04\x61uth\x18\x02 \x01(\x0b\x32#.meterline.dataplane.v1.AiProxyAuth\x12\x33\n\x05model\x18\x03 \x01(\x0b\x32$.meterline.dataplane.v1.AiProxyModel\x12\x12\n\nllm_format\x18\x04 \x01(\t\x12\x36\n\x07targets\x18\x05 \x03(\x0b\x32%.meterline.dataplane.v1.AiProxyTarget\x12\x39\n\x08\x62\x61lancer\x18\x06 \x01(\x0b\x32\'.meterline.dataplane.v1.AiProxyBalancer\x12\x18\n\x10model_allow_list\x18\x07 \x03(\t\x12N\n\rmodel_aliases\x18\x08 \x03(\x0b\x32\x37.meterline.dataplane.v1.AiProxyConfig.ModelAliasesEntry\x12\x17\n\x0f\x63onnect_timeout\x18\t \x01(\x03\x12\x14\n\x0cread_timeout\x18\n \x01(\x03\x12\x15\n\rwrite_timeout\x18\x0b \x01(\x03\x1a\x33\n\x11ModelAliasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc2\x01\n\rAiProxyTarget\x12\x12\n\nroute_type\x18\x01 \x01(\t\x12\x31\n\x04\x61uth\x18\x02 \x01(\x0b\x32#.meterline.dataplane.v1.AiProxyAuth\x12\x33\n\x05model\x18\x03 \x01(\x0b\x32$.meterline.dataplane.v1.AiProxyModel\x12\x0e\n\x06weight\x18\x04 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\x05\"\xa1\x02\n\x0f\x41iProxyBalancer\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x16\n\x0ehash_on_header\x18\x02 \x01(\t\x12\x14\n\x07retries\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x11\x66\x61ilover_criteria\x18\x04 \x03(\t\x12\x17\n\x0f\x63onnect_timeout\x18\x05 \x01(\x03\x12\x14\n\x0cread_timeout\x18\x06 \x01(\x03\x12\x15\n\rwrite_timeout\x18\x07 \x01(\x03\x12\x1d\n\x15tokens_count_strategy\x18\x08 \x01(\t\x12\x18\n\x10latency_strategy\x18\t \x01(\t\x12\x11\n\tmax_fails\x18\n \x01(\x05\x12\x14\n\x0c\x66\x61il_timeout\x18\x0b \x01(\x03\x42\n\n\x08_retries\"y\n\x0b\x41iProxyAuth\x12\x13\n\x0bheader_name\x18\x01 \x01(\t\x12\x14\n\x0cheader_value\x18\x02 \x01(\t\x12\x12\n\nparam_name\x18\x03 \x01(\t\x12\x13\n\x0bparam_value\x18\x04 \x01(\t\x12\x16\n\x0eparam_location\x18\x05 \x01(\t\"l\n\x0c\x41iProxyModel\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12<\n\x07options\x18\x03 \x01(\x0b\x32+.meterline.dataplane.v1.AiProxyModelOptions\"\xd3\x01\n\x13\x41iProxyModelOptions\x12\x14\n\x0cupstream_url\x18\x01 \x01(\t\x12\x19\n\x11\x61nthropic_version\x18\x02 \x01(\t\x12\x12\n\nmax_tokens\x18\x03 \x01(\x03\x12\x12\n\ninput_cost\x18\x04 \x01(\t\x12\x13\n\x0boutput_cost\x18\x05 \x01(\t\x12\x16\n\x0e\x61zure_instance\x18\x06 \x01(\t\x12\x1b\n\x13\x61zure_deployment_id\x18\x07 \x01(\t\x12\x19\n\x11\x61zure_api_version\x18\x08 \x01(\t\"\x9c\x02\n\x14\x43onsumerEntitlements\x12\x13\n\x0b\x63onsumer_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x12\n\nhas_access\x18\x04 \x01(\x08\x12;\n\x07metered\x18\x05 \x03(\x0b\x32*.meterline.dataplane.v1.MeteredEntitlement\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x32\n\x06prices\x18\x07 \x03(\x0b\x32\".meterline.dataplane.v1.TokenPrice\x12\x34\n\x07\x62udgets\x18\x08 \x03(\x0b\x32#.meterline.dataplane.v1.BudgetState\"\xa3\x01\n\nTokenPrice\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12@\n\x07\x66ilters\x18\x02 \x03(\x0b\x32/.meterline.dataplane.v1.TokenPrice.FiltersEntry\x12\x12\n\nunit_price\x18\x03 \x01(\t\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x0b\x42udgetState\x12\x11\n\tbudget_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\r\n\x05spent\x18\x03 \x01(\t\x12\x0c\n\x04hard\x18\x04 \x01(\x08\x12\x33\n\x0fperiod_end_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb0\x02\n\x12MeteredEntitlement\x12\x12\n\nbalance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12H\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x37.meterline.dataplane.v1.MeteredEntitlement.FiltersEntry\x12\x12\n\nhas_access\x18\x04 \x01(\x08\x12\x0f\n\x07\x62\x61lance\x18\x05 \x01(\x03\x12\x12\n\nsoft_limit\x18\x06 \x01(\x08\x12\x33\n\x0fperiod_end_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x08 \x01(\x03\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.dataplane.v1.snapshot_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_AIPROXYCONFIG_MODELALIASESENTRY']._loaded_options = None
+  _globals['_AIPROXYCONFIG_MODELALIASESENTRY']._serialized_options = b'8\001'
+  _globals['_TOKENPRICE_FILTERSENTRY']._loaded_options = None
+  _globals['_TOKENPRICE_FILTERSENTRY']._serialized_options = b'8\001'
   _globals['_METEREDENTITLEMENT_FILTERSENTRY']._loaded_options = None
   _globals['_METEREDENTITLEMENT_FILTERSENTRY']._serialized_options = b'8\001'
   _globals['_SNAPSHOT']._serialized_start=99
@@ -43,21 +47,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONSUMER']._serialized_start=545
   _globals['_CONSUMER']._serialized_end=624
   _globals['_PLUGIN']._serialized_start=627
-  _globals['_PLUGIN']._serialized_end=865
-  _globals['_KEYAUTHCONFIG']._serialized_start=867
-  _globals['_KEYAUTHCONFIG']._serialized_end=972
-  _globals['_AIPROXYCONFIG']._serialized_start=975
-  _globals['_AIPROXYCONFIG']._serialized_end=1134
-  _globals['_AIPROXYAUTH']._serialized_start=1136
-  _globals['_AIPROXYAUTH']._serialized_end=1257
-  _globals['_AIPROXYMODEL']._serialized_start=1259
-  _globals['_AIPROXYMODEL']._serialized_end=1367
-  _globals['_AIPROXYMODELOPTIONS']._serialized_start=1370
-  _globals['_AIPROXYMODELOPTIONS']._serialized_end=1581
-  _globals['_CONSUMERENTITLEMENTS']._serialized_start=1584
-  _globals['_CONSUMERENTITLEMENTS']._serialized_end=1744
-  _globals['_METEREDENTITLEMENT']._serialized_start=1747
-  _globals['_METEREDENTITLEMENT']._serialized_end=2051
-  _globals['_METEREDENTITLEMENT_FILTERSENTRY']._serialized_start=2005
-  _globals['_METEREDENTITLEMENT_FILTERSENTRY']._serialized_end=2051
+  _globals['_PLUGIN']._serialized_end=934
+  _globals['_RATELIMITINGCONFIG']._serialized_start=937
+  _globals['_RATELIMITINGCONFIG']._serialized_end=1253
+  _globals['_RATELIMITWINDOW']._serialized_start=1255
+  _globals['_RATELIMITWINDOW']._serialized_end=1326
+  _globals['_RATELIMITREDIS']._serialized_start=1328
+  _globals['_RATELIMITREDIS']._serialized_end=1443
+  _globals['_KEYAUTHCONFIG']._serialized_start=1445
+  _globals['_KEYAUTHCONFIG']._serialized_end=1550
+  _globals['_AIPROXYCONFIG']._serialized_start=1553
+  _globals['_AIPROXYCONFIG']._serialized_end=2056
+  _globals['_AIPROXYCONFIG_MODELALIASESENTRY']._serialized_start=2005
+  _globals['_AIPROXYCONFIG_MODELALIASESENTRY']._serialized_end=2056
+  _globals['_AIPROXYTARGET']._serialized_start=2059
+  _globals['_AIPROXYTARGET']._serialized_end=2253
+  _globals['_AIPROXYBALANCER']._serialized_start=2256
+  _globals['_AIPROXYBALANCER']._serialized_end=2545
+  _globals['_AIPROXYAUTH']._serialized_start=2547
+  _globals['_AIPROXYAUTH']._serialized_end=2668
+  _globals['_AIPROXYMODEL']._serialized_start=2670
+  _globals['_AIPROXYMODEL']._serialized_end=2778
+  _globals['_AIPROXYMODELOPTIONS']._serialized_start=2781
+  _globals['_AIPROXYMODELOPTIONS']._serialized_end=2992
+  _globals['_CONSUMERENTITLEMENTS']._serialized_start=2995
+  _globals['_CONSUMERENTITLEMENTS']._serialized_end=3279
+  _globals['_TOKENPRICE']._serialized_start=3282
+  _globals['_TOKENPRICE']._serialized_end=3445
+  _globals['_TOKENPRICE_FILTERSENTRY']._serialized_start=3399
+  _globals['_TOKENPRICE_FILTERSENTRY']._serialized_end=3445
+  _globals['_BUDGETSTATE']._serialized_start=3448
+  _globals['_BUDGETSTATE']._serialized_end=3578
+  _globals['_METEREDENTITLEMENT']._serialized_start=3581
+  _globals['_METEREDENTITLEMENT']._serialized_end=3885
+  _globals['_METEREDENTITLEMENT_FILTERSENTRY']._serialized_start=3399
+  _globals['_METEREDENTITLEMENT_FILTERSENTRY']._serialized_end=3445
 # @@protoc_insertion_point(module_scope)

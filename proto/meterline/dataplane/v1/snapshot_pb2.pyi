@@ -62,7 +62,7 @@ class Consumer(_message.Message):
     def __init__(self, id: _Optional[str] = ..., username: _Optional[str] = ..., custom_id: _Optional[str] = ..., key_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Plugin(_message.Message):
-    __slots__ = ("id", "name", "service_id", "route_id", "consumer_id", "enabled", "key_auth", "ai_proxy")
+    __slots__ = ("id", "name", "service_id", "route_id", "consumer_id", "enabled", "key_auth", "ai_proxy", "rate_limiting")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class Plugin(_message.Message):
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     KEY_AUTH_FIELD_NUMBER: _ClassVar[int]
     AI_PROXY_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITING_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     service_id: str
@@ -79,7 +80,58 @@ class Plugin(_message.Message):
     enabled: bool
     key_auth: KeyAuthConfig
     ai_proxy: AiProxyConfig
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., service_id: _Optional[str] = ..., route_id: _Optional[str] = ..., consumer_id: _Optional[str] = ..., enabled: _Optional[bool] = ..., key_auth: _Optional[_Union[KeyAuthConfig, _Mapping]] = ..., ai_proxy: _Optional[_Union[AiProxyConfig, _Mapping]] = ...) -> None: ...
+    rate_limiting: RateLimitingConfig
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., service_id: _Optional[str] = ..., route_id: _Optional[str] = ..., consumer_id: _Optional[str] = ..., enabled: _Optional[bool] = ..., key_auth: _Optional[_Union[KeyAuthConfig, _Mapping]] = ..., ai_proxy: _Optional[_Union[AiProxyConfig, _Mapping]] = ..., rate_limiting: _Optional[_Union[RateLimitingConfig, _Mapping]] = ...) -> None: ...
+
+class RateLimitingConfig(_message.Message):
+    __slots__ = ("windows", "window_type", "identifier", "header_name", "strategy", "redis", "namespace", "fault_tolerant", "hide_client_headers", "tokens_count_strategy")
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    HEADER_NAME_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    REDIS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    FAULT_TOLERANT_FIELD_NUMBER: _ClassVar[int]
+    HIDE_CLIENT_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_COUNT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    windows: _containers.RepeatedCompositeFieldContainer[RateLimitWindow]
+    window_type: str
+    identifier: str
+    header_name: str
+    strategy: str
+    redis: RateLimitRedis
+    namespace: str
+    fault_tolerant: bool
+    hide_client_headers: bool
+    tokens_count_strategy: str
+    def __init__(self, windows: _Optional[_Iterable[_Union[RateLimitWindow, _Mapping]]] = ..., window_type: _Optional[str] = ..., identifier: _Optional[str] = ..., header_name: _Optional[str] = ..., strategy: _Optional[str] = ..., redis: _Optional[_Union[RateLimitRedis, _Mapping]] = ..., namespace: _Optional[str] = ..., fault_tolerant: _Optional[bool] = ..., hide_client_headers: _Optional[bool] = ..., tokens_count_strategy: _Optional[str] = ...) -> None: ...
+
+class RateLimitWindow(_message.Message):
+    __slots__ = ("limit", "window_size", "provider")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    limit: str
+    window_size: int
+    provider: str
+    def __init__(self, limit: _Optional[str] = ..., window_size: _Optional[int] = ..., provider: _Optional[str] = ...) -> None: ...
+
+class RateLimitRedis(_message.Message):
+    __slots__ = ("host", "port", "database", "username", "password", "timeout")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    port: int
+    database: int
+    username: str
+    password: str
+    timeout: int
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., database: _Optional[int] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., timeout: _Optional[int] = ...) -> None: ...
 
 class KeyAuthConfig(_message.Message):
     __slots__ = ("key_names", "hide_credentials", "key_in_query", "key_in_bearer")
@@ -94,16 +146,79 @@ class KeyAuthConfig(_message.Message):
     def __init__(self, key_names: _Optional[_Iterable[str]] = ..., hide_credentials: _Optional[bool] = ..., key_in_query: _Optional[bool] = ..., key_in_bearer: _Optional[bool] = ...) -> None: ...
 
 class AiProxyConfig(_message.Message):
-    __slots__ = ("route_type", "auth", "model", "llm_format")
+    __slots__ = ("route_type", "auth", "model", "llm_format", "targets", "balancer", "model_allow_list", "model_aliases", "connect_timeout", "read_timeout", "write_timeout")
+    class ModelAliasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ROUTE_TYPE_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LLM_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    BALANCER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ALLOW_LIST_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ALIASES_FIELD_NUMBER: _ClassVar[int]
+    CONNECT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    READ_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    WRITE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     route_type: str
     auth: AiProxyAuth
     model: AiProxyModel
     llm_format: str
-    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., llm_format: _Optional[str] = ...) -> None: ...
+    targets: _containers.RepeatedCompositeFieldContainer[AiProxyTarget]
+    balancer: AiProxyBalancer
+    model_allow_list: _containers.RepeatedScalarFieldContainer[str]
+    model_aliases: _containers.ScalarMap[str, str]
+    connect_timeout: int
+    read_timeout: int
+    write_timeout: int
+    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., llm_format: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[AiProxyTarget, _Mapping]]] = ..., balancer: _Optional[_Union[AiProxyBalancer, _Mapping]] = ..., model_allow_list: _Optional[_Iterable[str]] = ..., model_aliases: _Optional[_Mapping[str, str]] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., write_timeout: _Optional[int] = ...) -> None: ...
+
+class AiProxyTarget(_message.Message):
+    __slots__ = ("route_type", "auth", "model", "weight", "description", "priority")
+    ROUTE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    route_type: str
+    auth: AiProxyAuth
+    model: AiProxyModel
+    weight: int
+    description: str
+    priority: int
+    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., weight: _Optional[int] = ..., description: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class AiProxyBalancer(_message.Message):
+    __slots__ = ("algorithm", "hash_on_header", "retries", "failover_criteria", "connect_timeout", "read_timeout", "write_timeout", "tokens_count_strategy", "latency_strategy", "max_fails", "fail_timeout")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    HASH_ON_HEADER_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    FAILOVER_CRITERIA_FIELD_NUMBER: _ClassVar[int]
+    CONNECT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    READ_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    WRITE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_COUNT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILS_FIELD_NUMBER: _ClassVar[int]
+    FAIL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    algorithm: str
+    hash_on_header: str
+    retries: int
+    failover_criteria: _containers.RepeatedScalarFieldContainer[str]
+    connect_timeout: int
+    read_timeout: int
+    write_timeout: int
+    tokens_count_strategy: str
+    latency_strategy: str
+    max_fails: int
+    fail_timeout: int
+    def __init__(self, algorithm: _Optional[str] = ..., hash_on_header: _Optional[str] = ..., retries: _Optional[int] = ..., failover_criteria: _Optional[_Iterable[str]] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., write_timeout: _Optional[int] = ..., tokens_count_strategy: _Optional[str] = ..., latency_strategy: _Optional[str] = ..., max_fails: _Optional[int] = ..., fail_timeout: _Optional[int] = ...) -> None: ...
 
 class AiProxyAuth(_message.Message):
     __slots__ = ("header_name", "header_value", "param_name", "param_value", "param_location")
@@ -150,18 +265,55 @@ class AiProxyModelOptions(_message.Message):
     def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ...) -> None: ...
 
 class ConsumerEntitlements(_message.Message):
-    __slots__ = ("consumer_id", "username", "customer", "has_access", "metered")
+    __slots__ = ("consumer_id", "username", "customer", "has_access", "metered", "currency", "prices", "budgets")
     CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     HAS_ACCESS_FIELD_NUMBER: _ClassVar[int]
     METERED_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    PRICES_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
     consumer_id: str
     username: str
     customer: str
     has_access: bool
     metered: _containers.RepeatedCompositeFieldContainer[MeteredEntitlement]
-    def __init__(self, consumer_id: _Optional[str] = ..., username: _Optional[str] = ..., customer: _Optional[str] = ..., has_access: _Optional[bool] = ..., metered: _Optional[_Iterable[_Union[MeteredEntitlement, _Mapping]]] = ...) -> None: ...
+    currency: str
+    prices: _containers.RepeatedCompositeFieldContainer[TokenPrice]
+    budgets: _containers.RepeatedCompositeFieldContainer[BudgetState]
+    def __init__(self, consumer_id: _Optional[str] = ..., username: _Optional[str] = ..., customer: _Optional[str] = ..., has_access: _Optional[bool] = ..., metered: _Optional[_Iterable[_Union[MeteredEntitlement, _Mapping]]] = ..., currency: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[TokenPrice, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[BudgetState, _Mapping]]] = ...) -> None: ...
+
+class TokenPrice(_message.Message):
+    __slots__ = ("feature", "filters", "unit_price")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    filters: _containers.ScalarMap[str, str]
+    unit_price: str
+    def __init__(self, feature: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., unit_price: _Optional[str] = ...) -> None: ...
+
+class BudgetState(_message.Message):
+    __slots__ = ("budget_id", "amount", "spent", "hard", "period_end_time")
+    BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    HARD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    budget_id: str
+    amount: str
+    spent: str
+    hard: bool
+    period_end_time: _timestamp_pb2.Timestamp
+    def __init__(self, budget_id: _Optional[str] = ..., amount: _Optional[str] = ..., spent: _Optional[str] = ..., hard: _Optional[bool] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class MeteredEntitlement(_message.Message):
     __slots__ = ("balance_id", "feature", "filters", "has_access", "balance", "soft_limit", "period_end_time", "limit")

@@ -42,7 +42,7 @@ class UsageEvent(_message.Message):
     def __init__(self, id: _Optional[str] = ..., source: _Optional[str] = ..., type: _Optional[str] = ..., subject: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[_Union[LlmTokens, _Mapping]] = ...) -> None: ...
 
 class LlmTokens(_message.Message):
-    __slots__ = ("provider", "model", "token_type", "tokens", "status_code", "route", "request_id", "estimated")
+    __slots__ = ("provider", "model", "token_type", "tokens", "status_code", "route", "request_id", "estimated", "time_to_first_token_ms", "latency_ms", "attempt")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,9 @@ class LlmTokens(_message.Message):
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     provider: str
     model: str
     token_type: TokenType
@@ -59,7 +62,10 @@ class LlmTokens(_message.Message):
     route: str
     request_id: str
     estimated: bool
-    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., token_type: _Optional[_Union[TokenType, str]] = ..., tokens: _Optional[int] = ..., status_code: _Optional[int] = ..., route: _Optional[str] = ..., request_id: _Optional[str] = ..., estimated: _Optional[bool] = ...) -> None: ...
+    time_to_first_token_ms: int
+    latency_ms: int
+    attempt: int
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., token_type: _Optional[_Union[TokenType, str]] = ..., tokens: _Optional[int] = ..., status_code: _Optional[int] = ..., route: _Optional[str] = ..., request_id: _Optional[str] = ..., estimated: _Optional[bool] = ..., time_to_first_token_ms: _Optional[int] = ..., latency_ms: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class UsageBatch(_message.Message):
     __slots__ = ("batch_id", "events")

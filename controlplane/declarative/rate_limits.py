@@ -1,0 +1,213 @@
+"""Validation of Kong's rate-limiting-advanced and ai-rate-limiting-advanced plugin configs.
+
+Kong's field names: ``limit`` and ``window_size`` (lists of the same length: one window per
+pair; a window is a number of seconds, or ``second``/``minute``/``hour``/``day``),
+``window_type`` (``sliding`` default, ``fixed``), ``identifier`` (``consumer`` default, ``ip``,
+``service``, ``header`` + ``header_name``), ``strategy`` (``local`` default, ``redis``) with
+``redis.host``/``port``/``database``/``username``/``password``/``timeout`` (ms), ``namespace``,
+``fault_tolerant`` (default true), ``hide_client_headers``. ai-rate-limiting-advanced puts the
+windows per provider in ``llm_providers: [{name, limit, window_size}]`` and counts what
+``tokens_count_strategy`` says: ``total_tokens`` (default), ``prompt_tokens``,
+``completion_tokens`` or ``cost`` (then limits are decimal amounts of money).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from controlplane.declarative.entry import Entry, describe
+from meterline.dataplane.v1 import snapshot_pb2
+
+WINDOW_NAMES = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+WINDOW_TYPES = ("sliding", "fixed")
+IDENTIFIERS = ("consumer", "ip", "service", "header")
+STRATEGIES = ("local", "redis")
+TOKENS_COUNT_STRATEGIES = ("total_tokens", "prompt_tokens", "completion_tokens", "cost")
+_COMMON = (
+    "window_type",
+    "identifier",
+    "header_name",
+    "strategy",
+    "redis",
+    "namespace",
+    "fault_tolerant",
+    "hide_client_headers",
+)
+_REDIS_FIELDS = ("host", "port", "database", "username", "password", "timeout")
+
+
+def rate_limiting(config: Entry) -> dict[str, Any]:
+    """The normalised config of a rate-limiting-advanced plugin (counts requests)."""
+    config.check_keys(("limit", "window_size", *_COMMON))
+    result = _common(config)
+    limits, windows = _windows(config, cost=False)
+    result["limit"], result["window_size"] = limits, windows
+    return result
+
+
+def ai_rate_limiting(config: Entry, *, providers: tuple[str, ...]) -> dict[str, Any]:
+    """The normalised config of an ai-rate-limiting-advanced plugin (counts tokens or cost)."""
+    config.check_keys(("llm_providers", "tokens_count_strategy", *_COMMON))
+    result = _common(config)
+    strategy = config.choice(
+        "tokens_count_strategy", TOKENS_COUNT_STRATEGIES, default="total_tokens"
+    )
+    result["tokens_count_strategy"] = strategy
+    entries = list(config.entries("llm_providers", label="name"))
+    if not config.has("llm_providers"):
+        config.fail_field("llm_providers", "is required (a list of {name, limit, window_size})")
+    elif not entries:
+        config.fail_field("llm_providers", "must not be empty")
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for entry in entries:
+        entry.check_keys(("name", "limit", "window_size"))
+        name = entry.choice("name", providers)
+        if name is not None and name in seen:
+            entry.fail_field("name", f'repeats provider "{name}"')
+        if name is not None:
+            seen.add(name)
+        limits, windows = _windows(entry, cost=strategy == "cost")
+        items.append({"name": name, "limit": limits, "window_size": windows})
+    result["llm_providers"] = items
+    return result
+
+
+def _common(config: Entry) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "window_type": config.choice("window_type", WINDOW_TYPES, default="sliding"),
+        "identifier": config.choice("identifier", IDENTIFIERS, default="consumer"),
+        "header_name": config.string("header_name", default="") or "",
+        "namespace": config.string("namespace", default="") or "",
+        "fault_tolerant": config.boolean("fault_tolerant", default=True),
+        "hide_client_headers": config.boolean("hide_client_headers", default=False),
+    }
+    if result["identifier"] == "header" and not result["header_name"]:
+        config.fail_field("header_name", 'is required with identifier "header"')
+    strategy = config.data.get("strategy")
+    if strategy == "cluster":
+        # Kong's "cluster" keeps counters in its database; Meterline's data planes have none.
+        config.fail_field("strategy", 'must be "local" or "redis" ("cluster" needs a database)')
+        result["strategy"] = None
+    else:
+        result["strategy"] = config.choice("strategy", STRATEGIES, default="local")
+    redis = config.sub("redis")
+    result["redis"] = _redis(redis) if redis is not None else {}
+    if result["strategy"] == "redis" and not result["redis"].get("host"):
+        config.fail_field("redis.host", 'is required with strategy "redis"')
+    return result
+
+
+def _redis(redis: Entry) -> dict[str, Any]:
+    redis.check_keys(_REDIS_FIELDS)
+    result: dict[str, Any] = {}
+    for key in ("host", "username", "password"):
+        if redis.has(key):
+            result[key] = redis.string(key, required=True)
+    port = redis.integer("port", minimum=1)
+    if port is not None and port > 65535:
+        redis.fail_field("port", f"must be at most 65535, got {port}")
+    result["port"] = port or 6379
+    result["database"] = redis.integer("database", minimum=0) or 0
+    result["timeout"] = redis.integer("timeout", minimum=1) or 2000
+    return result
+
+
+def _windows(entry: Entry, *, cost: bool) -> tuple[list[Any], list[int]]:
+    """``limit`` and ``window_size``: lists of the same length (a scalar is a list of one)."""
+    limits = _as_list(entry, "limit")
+    sizes = _as_list(entry, "window_size")
+    if limits is None or sizes is None:
+        return [], []
+    if len(limits) != len(sizes):
+        entry.fail(
+            f"limit has {len(limits)} value(s) but window_size has {len(sizes)}: "
+            "one limit per window"
+        )
+    out_limits: list[Any] = []
+    for index, value in enumerate(limits):
+        key = f"limit[{index}]"
+        where = f"{entry.prefix}{key}"
+        if cost:
+            amount = Entry(entry.where, {key: value}, entry.problems, prefix=entry.prefix).decimal(
+                key, required=True
+            )
+            if amount is not None:
+                out_limits.append(str(amount))
+        elif isinstance(value, bool) or not isinstance(value, int):
+            entry.problems.add(entry.where, f"{where} must be an integer, got {describe(value)}")
+        elif value < 0:
+            entry.problems.add(entry.where, f"{where} must not be negative, got {value}")
+        else:
+            out_limits.append(value)
+    out_sizes: list[int] = []
+    for index, value in enumerate(sizes):
+        where = f"{entry.prefix}window_size[{index}]"
+        if isinstance(value, str) and value.lower() in WINDOW_NAMES:
+            size = WINDOW_NAMES[value.lower()]
+        elif isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            size = value
+        else:
+            if isinstance(value, str):
+                shown = f'"{value}"'
+            elif isinstance(value, int) and not isinstance(value, bool):
+                shown = str(value)
+            else:
+                shown = describe(value)
+            entry.problems.add(
+                entry.where,
+                f"{where} {shown} is not a window: a number of seconds > 0, or "
+                "second, minute, hour or day",
+            )
+            continue
+        if size in out_sizes:
+            entry.problems.add(entry.where, f"{where} repeats the window of {size} s")
+            continue
+        out_sizes.append(size)
+    return out_limits, out_sizes
+
+
+def _as_list(entry: Entry, key: str) -> list[Any] | None:
+    value = entry.data.get(key)
+    if value is None:
+        entry.fail_field(key, "is required")
+        return None
+    if not isinstance(value, list):
+        value = [value]
+    if not value:
+        entry.fail_field(key, "must not be empty")
+        return None
+    return list(value)
+
+
+def snapshot_config(config: Mapping[str, Any]) -> snapshot_pb2.RateLimitingConfig:
+    """The data-plane form of a normalised (ai-)rate-limiting-advanced config."""
+    redis: Mapping[str, Any] = config.get("redis") or {}
+    message = snapshot_pb2.RateLimitingConfig(
+        window_type=str(config.get("window_type") or "sliding"),
+        identifier=str(config.get("identifier") or "consumer"),
+        header_name=str(config.get("header_name") or ""),
+        strategy=str(config.get("strategy") or "local"),
+        redis=snapshot_pb2.RateLimitRedis(
+            host=str(redis.get("host") or ""),
+            port=int(redis.get("port") or 6379),
+            database=int(redis.get("database") or 0),
+            username=str(redis.get("username") or ""),
+            password=str(redis.get("password") or ""),
+            timeout=int(redis.get("timeout") or 2000),
+        ),
+        namespace=str(config.get("namespace") or ""),
+        fault_tolerant=bool(config.get("fault_tolerant", True)),
+        hide_client_headers=bool(config.get("hide_client_headers", False)),
+        tokens_count_strategy=str(config.get("tokens_count_strategy") or ""),
+    )
+    groups: list[tuple[str, Mapping[str, Any]]] = [("", config)]
+    if "llm_providers" in config:
+        groups = [(str(item.get("name") or ""), item) for item in config["llm_providers"]]
+    for provider, group in groups:
+        for limit, size in zip(
+            group.get("limit") or (), group.get("window_size") or (), strict=False
+        ):
+            message.windows.add(limit=str(limit), window_size=int(size), provider=provider)
+    return message

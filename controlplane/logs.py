@@ -1,0 +1,48 @@
+"""Log output of the control plane and the CLI: human text, or one JSON object per line
+(``time``, ``level``, ``logger``, ``message``; exceptions as ``exc_info``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Final
+
+from pythonjsonlogger.json import JsonFormatter
+
+LOG_FORMATS: Final = ("text", "json")
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def add_log_format_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--log-format text|json``."""
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text for people, json for log pipelines: one object per line with time, level, "
+        "logger, message (default: %(default)s)",
+    )
+
+
+def json_formatter() -> logging.Formatter:
+    """time (RFC 3339, UTC), level, logger, message."""
+    return JsonFormatter(
+        "%(levelname)s %(name)s %(message)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp="time",
+    )
+
+
+def configure_logging(*, log_format: str = "text", level: int = logging.INFO) -> None:
+    """Send every log line to stderr in ``log_format``, replacing earlier handlers."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {log_format!r} (one of {', '.join(LOG_FORMATS)})")
+    handler = logging.StreamHandler(sys.stderr)
+    text = logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(json_formatter() if log_format == "json" else text)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,255 @@
+"""Meter queries (windowed aggregates per group) and quantities for invoicing.
+
+Both read hourly rollups for the whole UTC hours of a span and raw events only for the
+partial hours at its edges — or raw events for the whole span when the aggregation has no
+rollup (LATEST, UNIQUE_COUNT) or the window is a minute. ``aggregate.py`` holds the semantics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import orjson
+from sqlalchemy import Connection, select
+
+from controlplane.errors import InvalidArgument
+from controlplane.storage import schema as s
+from controlplane.usage import meter_storage, rollups
+from controlplane.usage import storage as token_storage
+from controlplane.usage.aggregate import (
+    Grouper,
+    Point,
+    Row,
+    WindowSize,
+    ceil_hour,
+    floor_time,
+)
+from controlplane.usage.meters import (
+    LLM_TOKENS,
+    CompiledMeter,
+    MeterAggregation,
+    Unreadable,
+)
+
+# The built-in meter's dimensions (columns of usage_events).
+LLM_DIMENSIONS = tuple(token_storage.DIMENSION_COLUMNS)
+
+
+@dataclass(frozen=True)
+class MeterView:
+    """What a query needs to know of a meter, built-in or operator-defined."""
+
+    key: str
+    aggregation: MeterAggregation
+    dimensions: tuple[str, ...]
+    compiled: CompiledMeter | None  # None for llm_tokens
+
+
+def resolve_meter(conn: Connection, key: str) -> MeterView:
+    """The meter named ``key``; InvalidArgument naming the known meters if there is none."""
+    if key == LLM_TOKENS:
+        return MeterView(LLM_TOKENS, MeterAggregation.SUM, LLM_DIMENSIONS, None)
+    meter = meter_storage.find_meter(conn, key)
+    if meter is None:
+        known = [LLM_TOKENS, *(m.key for m in meter_storage.list_meters(conn))]
+        raise InvalidArgument(f"unknown meter {key!r}; known: {', '.join(known)}")
+    return MeterView(
+        meter.key, meter.aggregation, tuple(sorted(meter.group_by)), CompiledMeter.of(meter)
+    )
+
+
+def check_dimensions(meter: MeterView, names: Iterable[str], what: str) -> None:
+    for name in names:
+        if name not in meter.dimensions:
+            raise InvalidArgument(
+                f"{what}: {name!r} is not a dimension of meter {meter.key} "
+                f"({', '.join(meter.dimensions) or 'it has none'})"
+            )
+
+
+def _raw_points(
+    conn: Connection,
+    meter: MeterView,
+    *,
+    subjects: Sequence[str],
+    start: datetime | None,
+    end: datetime | None,
+    filters: Mapping[str, str],
+) -> Iterator[Point]:
+    if start is not None and end is not None and end <= start:
+        return
+    if meter.compiled is None:
+        t = s.usage_events
+        query = select(t.c.subject, t.c.time, t.c.tokens, *token_storage.DIMENSION_COLUMNS.values())
+        if subjects:
+            query = query.where(t.c.subject.in_(list(subjects)))
+        if start is not None:
+            query = query.where(t.c.time >= start)
+        if end is not None:
+            query = query.where(t.c.time < end)
+        for dimension, value in filters.items():
+            query = query.where(token_storage.filter_clause(dimension, value))
+        for row in conn.execute(query):
+            dimensions = {d: str(v) for d, v in zip(LLM_DIMENSIONS, row[3:], strict=True)}
+            yield Point(row.subject, row.time, dimensions, Decimal(row.tokens))
+        return
+    e = s.meter_events
+    query = select(e.c.subject, e.c.time, e.c.data).where(
+        e.c.type == meter.compiled.meter.event_type
+    )
+    if subjects:
+        query = query.where(e.c.subject.in_(list(subjects)))
+    if start is not None:
+        query = query.where(e.c.time >= start)
+    if end is not None:
+        query = query.where(e.c.time < end)
+    for subject, time, data in conn.execute(query):
+        try:
+            reading = meter.compiled.read(orjson.loads(data))
+        except Unreadable:
+            continue  # stored for another meter of the type, before this one existed
+        if rollups.matches(reading.dimensions, filters):
+            yield Point(subject, time, reading.dimensions, reading.value)
+
+
+def _fill(
+    conn: Connection,
+    grouper: Grouper,
+    meter: MeterView,
+    *,
+    subjects: Sequence[str],
+    start: datetime | None,
+    end: datetime | None,
+    filters: Mapping[str, str],
+    use_rollups: bool,
+) -> None:
+    """Feed the grouper every event of [start, end): rollups for whole hours if allowed."""
+    if not use_rollups:
+        for point in _raw_points(
+            conn, meter, subjects=subjects, start=start, end=end, filters=filters
+        ):
+            grouper.add(point)
+        return
+    first_hour = ceil_hour(start) if start is not None else None
+    last_hour = floor_time(end, WindowSize.HOUR) if end is not None else None
+    if first_hour is not None and last_hour is not None and first_hour >= last_hour:
+        _fill(
+            conn,
+            grouper,
+            meter,
+            subjects=subjects,
+            start=start,
+            end=end,
+            filters=filters,
+            use_rollups=False,
+        )
+        return
+    edges = []
+    if start is not None and first_hour is not None and start < first_hour:
+        edges.append((start, first_hour))
+    if end is not None and last_hour is not None and last_hour < end:
+        edges.append((last_hour, end))
+    for edge_start, edge_end in edges:
+        for point in _raw_points(
+            conn, meter, subjects=subjects, start=edge_start, end=edge_end, filters=filters
+        ):
+            grouper.add(point)
+    for subject, bucket, dimensions, value, count in rollups.hourly_rows(
+        conn, meter=meter.key, subjects=subjects, start=first_hour, end=last_hour
+    ):
+        if _rollup_matches(meter, dimensions, filters):
+            grouper.add_rollup(subject, bucket, dimensions, value, count)
+
+
+def _rollup_matches(
+    meter: MeterView, dimensions: Mapping[str, str], filters: Mapping[str, str]
+) -> bool:
+    if meter.compiled is None:
+        return token_storage.llm_dimensions_match(dimensions, filters, billable_only=False)
+    return rollups.matches(dimensions, filters)
+
+
+def query(
+    conn: Connection,
+    *,
+    meter: str,
+    subjects: Sequence[str] = (),
+    filters: Mapping[str, str] | None = None,
+    group_by: Sequence[str] = (),
+    window: WindowSize | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[Row]:
+    """Aggregates of a meter per window and group, like OpenMeter's meter query.
+
+    ``group_by`` names meter dimensions or ``subject``; no window means one row per group over
+    the whole span; windows are UTC-aligned and clipped to [start, end).
+    """
+    view = resolve_meter(conn, meter)
+    filters = dict(filters or {})
+    check_dimensions(view, filters, "filters")
+    check_dimensions(view, [g for g in group_by if g != "subject"], "group_by")
+    if view.compiled is None:
+        for dimension, value in filters.items():
+            token_storage.filter_clause(dimension, value)
+    if start is not None and end is not None and end < start:
+        raise InvalidArgument("the query's end is before its start")
+    grouper = Grouper(
+        aggregation=view.aggregation, group_by=group_by, window=window, start=start, end=end
+    )
+    use_rollups = view.aggregation.rolls_up and window is not WindowSize.MINUTE
+    _fill(
+        conn,
+        grouper,
+        view,
+        subjects=subjects,
+        start=start,
+        end=end,
+        filters=filters,
+        use_rollups=use_rollups,
+    )
+    return grouper.rows()
+
+
+def quantity(
+    conn: Connection,
+    *,
+    meter: str,
+    subjects: Sequence[str],
+    filters: Mapping[str, str],
+    start: datetime,
+    end: datetime,
+) -> Decimal:
+    """The quantity a feature bills: meter ``meter`` over the subjects' events in [start, end)
+    matching ``filters`` (dimension -> value), aggregated over the whole span.
+
+    For invoices and entitlements: ``llm_tokens`` counts billable (2xx) requests only unless a
+    filter names ``status_code`` (exact integer, same as ``usage.storage.sum_tokens``); an
+    operator meter gives its aggregation over the span (SUM/COUNT/MAX; UNIQUE_COUNT distinct
+    over the span; LATEST the last value) as an exact Decimal, 0 without events. Reads rollups
+    for whole hours and raw events for the partial edge hours only.
+    """
+    if not subjects or end <= start:
+        return Decimal(0)
+    if meter == LLM_TOKENS:
+        return Decimal(
+            token_storage.sum_tokens(conn, subjects=subjects, start=start, end=end, filters=filters)
+        )
+    view = resolve_meter(conn, meter)
+    check_dimensions(view, filters, "filters")
+    grouper = Grouper(aggregation=view.aggregation, group_by=(), window=None, start=start, end=end)
+    _fill(
+        conn,
+        grouper,
+        view,
+        subjects=subjects,
+        start=start,
+        end=end,
+        filters=filters,
+        use_rollups=view.aggregation.rolls_up,
+    )
+    rows = grouper.rows()
+    return rows[0].value if rows else Decimal(0)

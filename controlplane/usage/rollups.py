@@ -1,0 +1,344 @@
+"""Hourly usage rollups: per meter, subject, dimensions and UTC hour, kept with the events.
+
+Upkeep: the transaction that inserts events adds the *newly inserted* ones (duplicates are
+dropped by the insert first) to their hour's row: SUM and llm_tokens add values, COUNT adds
+events, MAX keeps the larger value. LATEST and UNIQUE_COUNT have no rollup: they read raw
+events (a distinct set or a latest event does not combine from hourly numbers without storing
+the values themselves).
+
+Reads: whole hours of a span come from rollups, the partial hours at either edge from raw
+events (``controlplane.usage.query``). PostgreSQL adds decimal strings as ``numeric`` in the
+upsert (exact), each connection in its own shard of a row; SQLite, with one writer, adds
+them in Python in shard 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Numeric,
+    String,
+    and_,
+    cast,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from controlplane.storage import schema as s
+from controlplane.usage.meters import LLM_TOKENS, MeterAggregation
+
+r = s.usage_rollups
+
+
+@dataclass
+class Delta:
+    """What a batch of new events adds to one rollup row."""
+
+    value: Decimal
+    count: int
+
+
+RollupKey = tuple[str, str, datetime, str]  # meter, subject, hour, canonical dimensions
+
+
+class Deltas:
+    """Rollup changes of one insert, combined in memory before they touch the database."""
+
+    def __init__(self) -> None:
+        self.additive: dict[RollupKey, Delta] = {}
+        self.maximum: dict[RollupKey, Delta] = {}
+
+    def add(
+        self,
+        *,
+        aggregation: MeterAggregation,
+        meter: str,
+        subject: str,
+        time: datetime,
+        dimensions: str,
+        value: Decimal | None,
+    ) -> None:
+        if not aggregation.rolls_up:
+            return
+        key = (meter, subject, time.replace(minute=0, second=0, microsecond=0), dimensions)
+        target = self.maximum if aggregation is MeterAggregation.MAX else self.additive
+        delta = target.get(key)
+        amount = value if value is not None else Decimal(0)
+        if delta is None:
+            target[key] = Delta(amount, 1)
+        elif aggregation is MeterAggregation.MAX:
+            delta.value = max(delta.value, amount)
+            delta.count += 1
+        else:
+            delta.value += amount
+            delta.count += 1
+
+    def __bool__(self) -> bool:
+        return bool(self.additive or self.maximum)
+
+
+def _naive(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+_PG_UPSERT = """
+    INSERT INTO usage_rollups (meter, subject, bucket, dimensions, shard, value, count)
+    SELECT u.meter, u.subject, u.bucket, u.dimensions, pg_backend_pid() % 16, u.value, u.count
+    FROM json_to_recordset(CAST(:rows AS json)) AS u(
+        meter text, subject text, bucket timestamp, dimensions text, value text, count bigint
+    )
+    ORDER BY u.meter, u.subject, u.bucket, u.dimensions
+    ON CONFLICT (meter, subject, bucket, dimensions, shard) DO UPDATE SET
+        value = CAST({combine} AS text),
+        count = usage_rollups.count + excluded.count
+"""
+# Rows are upserted in key order, so concurrent batches lock shared rows in the same order
+# and never deadlock.
+_PG_ADD = text(
+    _PG_UPSERT.format(
+        combine="CAST(usage_rollups.value AS numeric) + CAST(excluded.value AS numeric)"
+    )
+)
+_PG_MAX = text(
+    _PG_UPSERT.format(
+        combine="GREATEST(CAST(usage_rollups.value AS numeric), CAST(excluded.value AS numeric))"
+    )
+)
+
+
+def apply(conn: Connection, deltas: Deltas) -> None:
+    """Add a batch's deltas to the rollup rows, in the caller's transaction."""
+    for rows, is_max in ((deltas.additive, False), (deltas.maximum, True)):
+        if not rows:
+            continue
+        if conn.dialect.name == "postgresql":
+            payload = orjson.dumps(
+                [
+                    {
+                        "meter": meter,
+                        "subject": subject,
+                        "bucket": _naive(bucket),
+                        "dimensions": dimensions,
+                        "value": str(delta.value),
+                        "count": delta.count,
+                    }
+                    for (meter, subject, bucket, dimensions), delta in rows.items()
+                ]
+            ).decode()
+            conn.execute(_PG_MAX if is_max else _PG_ADD, {"rows": payload})
+        else:
+            _apply_sqlite(conn, rows, is_max=is_max)
+
+
+def _apply_sqlite(conn: Connection, rows: Mapping[RollupKey, Delta], *, is_max: bool) -> None:
+    if not is_max and all(key[0] == LLM_TOKENS for key in rows):
+        # Token sums are integers: SQLite adds them exactly (64-bit) in one upsert.
+        statement = sqlite.insert(r)
+        statement = statement.on_conflict_do_update(
+            index_elements=["meter", "subject", "bucket", "dimensions", "shard"],
+            set_={
+                "value": cast(
+                    cast(r.c.value, BigInteger) + cast(statement.excluded.value, BigInteger),
+                    String,
+                ),
+                "count": r.c.count + statement.excluded.count,
+            },
+        )
+        conn.execute(
+            statement,
+            [
+                {
+                    "meter": meter,
+                    "subject": subject,
+                    "bucket": bucket,
+                    "dimensions": dimensions,
+                    "shard": 0,
+                    "value": str(delta.value),
+                    "count": delta.count,
+                }
+                for (meter, subject, bucket, dimensions), delta in sorted(rows.items())
+            ],
+        )
+        return
+    # Decimal values: added in Python (SQLite would go through a float). One writer at a time.
+    for (meter, subject, bucket, dimensions), delta in sorted(rows.items()):
+        where = and_(
+            r.c.meter == meter,
+            r.c.subject == subject,
+            r.c.bucket == bucket,
+            r.c.dimensions == dimensions,
+            r.c.shard == 0,
+        )
+        found = conn.execute(select(r.c.value, r.c.count).where(where)).first()
+        if found is None:
+            conn.execute(
+                insert(r).values(
+                    meter=meter,
+                    subject=subject,
+                    bucket=bucket,
+                    dimensions=dimensions,
+                    shard=0,
+                    value=str(delta.value),
+                    count=delta.count,
+                )
+            )
+            continue
+        old, count = Decimal(found[0]), int(found[1])
+        value = max(old, delta.value) if is_max else old + delta.value
+        conn.execute(update(r).where(where).values(value=str(value), count=count + delta.count))
+
+
+@lru_cache(maxsize=4096)
+def parse_dimensions(text: str) -> Mapping[str, str]:
+    """Canonical dimension text -> mapping (cached: a meter has few distinct sets)."""
+    value: dict[str, str] = orjson.loads(text)
+    return value
+
+
+def canonical(dimensions: Mapping[str, str]) -> str:
+    """The rollup key text of a dimension set (sorted keys, as written on insert)."""
+    return orjson.dumps(dict(dimensions), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def matches(dimensions: Mapping[str, str], filters: Mapping[str, str]) -> bool:
+    return all(dimensions.get(d, "") == v for d, v in filters.items())
+
+
+def totals_by_dimensions(
+    conn: Connection,
+    *,
+    meter: str,
+    subjects: Sequence[str],
+    start: datetime,
+    end: datetime,
+    aggregation: MeterAggregation,
+) -> list[tuple[Mapping[str, str], Decimal, int]]:
+    """Per dimension set: the rollups of hours in [start, end) (both whole hours) combined."""
+    if not subjects or end <= start:
+        return []
+    where = (
+        r.c.meter == meter,
+        r.c.subject.in_(list(subjects)),
+        r.c.bucket >= start,
+        r.c.bucket < end,
+    )
+    combined: dict[str, tuple[Decimal, int]] = {}
+    if conn.dialect.name == "postgresql":
+        numeric = cast(r.c.value, Numeric)
+        value = func.max(numeric) if aggregation is MeterAggregation.MAX else func.sum(numeric)
+        query = select(r.c.dimensions, value, func.sum(r.c.count)).where(*where)
+        for dimensions, total, count in conn.execute(query.group_by(r.c.dimensions)):
+            combined[dimensions] = (Decimal(total), int(count))
+    else:
+        query = select(r.c.dimensions, r.c.value, r.c.count).where(*where)
+        for dimensions, raw, count in conn.execute(query):
+            amount = Decimal(raw)
+            previous = combined.get(dimensions)
+            if previous is None:
+                combined[dimensions] = (amount, int(count))
+            elif aggregation is MeterAggregation.MAX:
+                combined[dimensions] = (max(previous[0], amount), previous[1] + int(count))
+            else:
+                combined[dimensions] = (previous[0] + amount, previous[1] + int(count))
+    return [(parse_dimensions(d), v, c) for d, (v, c) in combined.items()]
+
+
+def hourly_rows(
+    conn: Connection,
+    *,
+    meter: str,
+    subjects: Sequence[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> Iterable[tuple[str, datetime, Mapping[str, str], Decimal, int]]:
+    """Rollup rows (subject, hour, dimensions, value, count) of whole hours in [start, end)."""
+    query = select(r.c.subject, r.c.bucket, r.c.dimensions, r.c.value, r.c.count).where(
+        r.c.meter == meter
+    )
+    if subjects:
+        query = query.where(r.c.subject.in_(list(subjects)))
+    if start is not None:
+        query = query.where(r.c.bucket >= start)
+    if end is not None:
+        query = query.where(r.c.bucket < end)
+    for subject, bucket, dimensions, value, count in conn.execute(query):
+        yield subject, bucket, parse_dimensions(dimensions), Decimal(value), int(count)
+
+
+def delete_meter(conn: Connection, meter: str) -> None:
+    conn.execute(r.delete().where(r.c.meter == meter))
+
+
+def event_counts_by_hour(
+    conn: Connection, *, meter: str, subjects: Sequence[str], start: datetime, end: datetime
+) -> dict[datetime, int]:
+    """Events per UTC hour (hours in [start, end)) of the subjects, from the rollups."""
+    query = (
+        select(r.c.bucket, func.sum(r.c.count))
+        .where(
+            r.c.meter == meter,
+            r.c.subject.in_(list(subjects)),
+            r.c.bucket >= start,
+            r.c.bucket < end,
+        )
+        .group_by(r.c.bucket)
+    )
+    return {bucket: int(count) for bucket, count in conn.execute(query)}
+
+
+def hour_of(column: Any, dialect: str) -> Any:
+    """SQL for the UTC hour of a naive-UTC timestamp column (read back with ``as_hour``)."""
+    if dialect == "postgresql":
+        return func.date_trunc("hour", column)
+    return func.strftime("%Y-%m-%d %H:00:00", column)
+
+
+def as_hour(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC)
+
+
+b = s.billed_usage_hours
+
+
+def add_billed_hours(conn: Connection, subscription: str, counts: Mapping[datetime, int]) -> None:
+    """Add events newly recorded in the billing ledger to their hours' billed counts."""
+    if not counts:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(b)
+    statement = statement.on_conflict_do_update(
+        index_elements=["subscription_id", "bucket"],
+        set_={"count": b.c.count + statement.excluded.count},
+    )
+    conn.execute(
+        statement,
+        [
+            {"subscription_id": subscription, "bucket": hour, "count": count}
+            for hour, count in sorted(counts.items())
+        ],
+    )
+
+
+def billed_counts(
+    conn: Connection, *, subscription: str, start: datetime, end: datetime
+) -> dict[datetime, int]:
+    query = select(b.c.bucket, b.c.count).where(
+        b.c.subscription_id == subscription, b.c.bucket >= start, b.c.bucket < end
+    )
+    return {bucket: int(count) for bucket, count in conn.execute(query)}

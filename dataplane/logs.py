@@ -1,0 +1,73 @@
+"""Log output of the data plane: human text, or one JSON object per line.
+
+JSON lines carry ``time``, ``level``, ``logger``, ``message`` and, for a line logged while
+serving a request, that request's ``request_id`` (the ``x-request-id`` response header and
+``LlmTokens.request_id`` of its usage events). The request id travels in a context variable
+that the gateway sets once per request; every request runs in its own asyncio task, so the
+value never leaks into another request's lines or into background tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from contextvars import ContextVar
+from typing import Any, Final
+
+from pythonjsonlogger.json import JsonFormatter
+
+LOG_FORMATS: Final = ("text", "json")
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("meterline_request_id", default=None)
+
+
+def add_log_format_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--log-format text|json``."""
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text for people, json for log pipelines: one object per line with time, level, "
+        "logger, message (and request_id on the data plane) (default: %(default)s)",
+    )
+
+
+class JsonLineFormatter(JsonFormatter):
+    """One JSON object per record: time (RFC 3339, UTC), level, logger, message, request_id."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            log_data["request_id"] = request_id
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter of ``log_format`` (``text`` or ``json``)."""
+    if log_format == "json":
+        return JsonLineFormatter()
+    if log_format == "text":
+        return logging.Formatter(TEXT_FORMAT)
+    raise ValueError(f"unknown log format {log_format!r} (one of {', '.join(LOG_FORMATS)})")
+
+
+def configure_logging(*, log_format: str = "text", level: int = logging.INFO) -> None:
+    """Send every log line to stderr in ``log_format``, replacing earlier handlers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
