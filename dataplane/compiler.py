@@ -362,6 +362,9 @@ def _check_ai_proxy_advanced(label: str, config: snapshot_pb2.AiProxyConfig) -> 
     if not config.targets:
         raise CompileError(f"{label}: ai-proxy-advanced needs at least one target")
     _check_model_policy(label, config)
+    for index, target in enumerate(config.targets):
+        if target.connect_timeout < 0 or target.read_timeout < 0:
+            raise CompileError(f"{label}: targets[{index}] has a negative timeout")
     route_types = {target.route_type or config.route_type for target in config.targets}
     if len(route_types) > 1:
         raise CompileError(
@@ -522,11 +525,16 @@ def _timeout(connect_ms: int, read_ms: int) -> aiohttp.ClientTimeout | None:
 
 def _compile_ai_proxy_advanced(config: snapshot_pb2.AiProxyConfig) -> AiProxyPolicy:
     balancer_config = config.balancer
-    timeout = _timeout(balancer_config.connect_timeout, balancer_config.read_timeout)
     targets = [
         BalancerTarget(
             policy=_compile_ai_proxy(
-                _target_config(config, target), timeout=timeout, model_policy=config
+                _target_config(config, target),
+                # A target's own timeouts win over the balancer's, field by field.
+                timeout=_timeout(
+                    target.connect_timeout or balancer_config.connect_timeout,
+                    target.read_timeout or balancer_config.read_timeout,
+                ),
+                model_policy=config,
             ),
             weight=target.weight,
             priority=target.priority,

@@ -250,6 +250,8 @@ def ai_proxy_advanced_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyC
             weight=int(target.get("weight") or 100),
             description=_text(target, "description"),
             priority=int(target.get("priority") or 0),
+            connect_timeout=int(target.get("connect_timeout") or 0),
+            read_timeout=int(target.get("read_timeout") or 0),
         )
     _model_policy(config, message)
     return message

@@ -133,7 +133,17 @@ _BALANCER_FIELDS = (
     "max_fails",
     "fail_timeout",
 )
-_TARGET_FIELDS = ("route_type", "auth", "model", "weight", "description", "priority")
+_TARGET_FIELDS = (
+    "route_type",
+    "auth",
+    "model",
+    "weight",
+    "description",
+    "priority",
+    # Per-target timeouts (Meterline's; override the balancer's for this target).
+    "connect_timeout",
+    "read_timeout",
+)
 
 
 def _model_policy(config: Entry, result: dict[str, Any]) -> None:
@@ -207,6 +217,9 @@ def _target(target: Entry, *, llm_format: str | None) -> dict[str, Any]:
         result["weight"] = target.integer("weight", minimum=1)
     if target.has("priority"):
         result["priority"] = target.integer("priority", minimum=0)
+    for key in ("connect_timeout", "read_timeout"):
+        if target.has(key):
+            result[key] = target.integer(key, minimum=1)
     auth = target.sub("auth")
     if auth is not None:
         result["auth"] = _auth(auth)

@@ -191,7 +191,8 @@ async def test_bad_target_weight_and_alias_are_refused(harness) -> None:
         DOCUMENT.replace("PRIMARY", "http://127.0.0.1:9")
         .replace("SECONDARY", "http://127.0.0.1:9")
         .replace(
-            "              priority: 1\n", "              priority: 1\n              weight: 0\n"
+            "              priority: 1\n",
+            "              priority: 1\n              weight: 0\n              read_timeout: -5\n",
         )
         .replace("{fast: gpt-4o-mini}", "{fast: gpt-4o}")
     )
@@ -199,4 +200,5 @@ async def test_bad_target_weight_and_alias_are_refused(harness) -> None:
         await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=document))
     details = caught.value.details()
     assert "targets[0].weight must be at least 1, got 0" in details
+    assert "targets[0].read_timeout must be at least 1, got -5" in details
     assert 'model_aliases.fast maps to "gpt-4o", which model_allow_list lacks' in details

@@ -228,6 +228,38 @@ async def test_failover_bills_the_secondary_and_records_the_failed_primary(
         assert 0 <= ttft <= event.llm_tokens.latency_ms
 
 
+async def test_a_target_timeout_overrides_the_balancer_timeout(start) -> None:
+    # Given a slow primary (0.8 s) under a balancer read_timeout of 10 s, but with its own
+    # read_timeout of 200 ms, and a slow secondary (0.5 s) that keeps the balancer's 10 s.
+    primary, secondary = FakeProvider(delay_s=0.8), FakeProvider(delay_s=0.5)
+
+    def plugins(urls: list[str]) -> dict:
+        slow = target(f"{urls[0]}/v1/chat/completions", model="gpt-4o", priority=1)
+        slow.read_timeout = 200
+        return {
+            "lb": advanced(
+                [slow, target(f"{urls[1]}/v1/chat/completions", model="gpt-4o-mini", priority=2)],
+                algorithm="priority",
+                failover_criteria=["timeout"],
+                read_timeout=10_000,
+            )
+        }
+
+    _, stack = await start(primary, secondary, plugins=plugins)
+
+    # When a client calls the route.
+    async with stack.client("lb") as client:
+        completion = await client.chat.completions.create(model="any", messages=MESSAGES)
+
+    # Then the primary timed out after its own 200 ms (504 recorded), and the secondary, slower
+    # than 200 ms, still answered under the balancer's timeout.
+    assert completion.model == "gpt-4o-mini"
+    attempts = by_attempt(stack.take())
+    assert {e.llm_tokens.status_code for e in attempts[1]} == {504}
+    assert all(e.llm_tokens.latency_ms < 700 for e in attempts[1])
+    assert {e.llm_tokens.status_code for e in attempts[2]} == {200}
+
+
 async def test_streams_fail_over_before_the_first_byte(start) -> None:
     primary, secondary = FakeProvider(status=503), FakeProvider()
 

@@ -179,20 +179,24 @@ class AiProxyConfig(_message.Message):
     def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., llm_format: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[AiProxyTarget, _Mapping]]] = ..., balancer: _Optional[_Union[AiProxyBalancer, _Mapping]] = ..., model_allow_list: _Optional[_Iterable[str]] = ..., model_aliases: _Optional[_Mapping[str, str]] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., write_timeout: _Optional[int] = ...) -> None: ...
 
 class AiProxyTarget(_message.Message):
-    __slots__ = ("route_type", "auth", "model", "weight", "description", "priority")
+    __slots__ = ("route_type", "auth", "model", "weight", "description", "priority", "connect_timeout", "read_timeout")
     ROUTE_TYPE_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CONNECT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    READ_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     route_type: str
     auth: AiProxyAuth
     model: AiProxyModel
     weight: int
     description: str
     priority: int
-    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., weight: _Optional[int] = ..., description: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+    connect_timeout: int
+    read_timeout: int
+    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., weight: _Optional[int] = ..., description: _Optional[str] = ..., priority: _Optional[int] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ...) -> None: ...
 
 class AiProxyBalancer(_message.Message):
     __slots__ = ("algorithm", "hash_on_header", "retries", "failover_criteria", "connect_timeout", "read_timeout", "write_timeout", "tokens_count_strategy", "latency_strategy", "max_fails", "fail_timeout")
