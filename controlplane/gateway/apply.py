@@ -55,8 +55,7 @@ def _apply(conn: Connection, config: DeclarativeConfig, *, now: datetime) -> lis
         changes.append(gateway.upsert_service(conn, service, now=now))
     for route in config.gateway.routes:
         changes.append(gateway.upsert_route(conn, route, now=now))
-    for consumer in config.gateway.consumers:
-        changes.extend(gateway.upsert_consumer(conn, consumer, now=now))
+    changes.extend(gateway.upsert_consumers(conn, config.gateway.consumers, now=now))
     for plugin in config.gateway.plugins:
         changes.append(gateway.upsert_plugin(conn, plugin, now=now))
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 
 from controlplane.errors import AlreadyExists, NotFound
 from controlplane.gateway.secrets import SecretBox, open_config, reseal_config, seal_config
@@ -193,6 +194,74 @@ def upsert_consumer(conn: Connection, consumer: Consumer, *, now: datetime) -> l
     for key_hash in consumer.key_hashes:
         if add_credential(conn, username=consumer.username, key_hash=key_hash, now=now):
             changes.append(f"added a key credential to consumer {consumer.username}")
+    return changes
+
+
+def upsert_consumers(
+    conn: Connection, consumers: Sequence[Consumer], *, now: datetime
+) -> list[str]:
+    """``upsert_consumer`` for many consumers at once: two reads and batched writes.
+
+    Same results and messages as calling ``upsert_consumer`` for each, in order; a declarative
+    file with 10,000 consumers applies in a fraction of a second instead of 20,000 round trips.
+    """
+    if not consumers:
+        return []
+    t, creds = s.consumers, s.keyauth_credentials
+    stored = {
+        row.username: row.custom_id for row in conn.execute(select(t.c.username, t.c.custom_id))
+    }
+    owners = {
+        row.key_hash: row.consumer
+        for row in conn.execute(select(creds.c.key_hash, creds.c.consumer))
+    }
+    changes: list[str] = []
+    new_consumers: list[dict[str, object]] = []
+    updated: list[dict[str, object]] = []
+    new_credentials: list[dict[str, object]] = []
+    for consumer in consumers:
+        if consumer.username not in stored:
+            new_consumers.append(
+                {
+                    "username": consumer.username,
+                    "custom_id": consumer.custom_id,
+                    "create_time": now,
+                    "update_time": now,
+                }
+            )
+            stored[consumer.username] = consumer.custom_id
+            changes.append(f"created consumer {consumer.username}")
+        elif stored[consumer.username] != consumer.custom_id:
+            updated.append({"b_username": consumer.username, "custom_id": consumer.custom_id})
+            stored[consumer.username] = consumer.custom_id
+            changes.append(f"updated consumer {consumer.username}")
+        for key_hash in consumer.key_hashes:
+            owner = owners.get(key_hash)
+            if owner == consumer.username:
+                continue
+            if owner is not None:
+                raise AlreadyExists(f"that key already belongs to another consumer ({owner})")
+            owners[key_hash] = consumer.username
+            new_credentials.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "consumer": consumer.username,
+                    "key_hash": key_hash,
+                    "create_time": now,
+                }
+            )
+            changes.append(f"added a key credential to consumer {consumer.username}")
+    if new_consumers:
+        conn.execute(insert(t), new_consumers)
+    if updated:
+        conn.execute(
+            update(t)
+            .where(t.c.username == bindparam("b_username"))
+            .values(custom_id=bindparam("custom_id"), update_time=now),
+            updated,
+        )
+    if new_credentials:
+        conn.execute(insert(creds), new_credentials)
     return changes
 
 
