@@ -34,6 +34,11 @@ _StrictLoader.yaml_implicit_resolvers = {
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    if all(key_node.tag != _MERGE_TAG for key_node, _ in node.value):
+        mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
+        if len(mapping) == len(node.value):
+            return mapping  # as many keys as key nodes: none repeated (the common case)
+    # Find the repeated key (before construct_mapping flattens "<<" merges into node.value).
     seen: set[object] = set()
     for key_node, _ in node.value:
         if key_node.tag == _MERGE_TAG:
@@ -51,8 +56,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
                 key_node.start_mark,
             )
         seen.add(key)
-    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
-    return mapping
+    merged: dict[Any, Any] = loader.construct_mapping(node, deep=True)
+    return merged
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
