@@ -302,6 +302,9 @@ class FakeProvider:
 
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if legacy:
+            await self._stream_legacy(send, model, words, finish_reason, usage, include_usage)
+            return
 
         def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
             document: dict[str, Any] = {
@@ -337,6 +340,59 @@ class FakeProvider:
                 "created": created,
                 "model": model,
                 "system_fingerprint": SYSTEM_FINGERPRINT,
+                "choices": [],
+                "usage": usage,
+            }
+            pieces.append(b"data: " + orjson.dumps(final) + b"\n\n")
+        pieces.append(b"data: [DONE]\n\n")
+        for piece in pieces:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stream_legacy(
+        self,
+        send: Send,
+        model: str,
+        words: list[str],
+        finish_reason: str,
+        usage: dict[str, Any],
+        include_usage: bool,
+    ) -> None:
+        """Legacy /completions streamed: text_completion chunks, then usage if asked, [DONE]."""
+        completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+
+        def chunk(text: str, finish: str | None) -> bytes:
+            document: dict[str, Any] = {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            if include_usage:
+                document["usage"] = None
+            return b"data: " + orjson.dumps(document) + b"\n\n"
+
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
+        pieces = [chunk(word if i == 0 else " " + word, None) for i, word in enumerate(words)]
+        pieces.append(chunk("", finish_reason))
+        if include_usage:
+            final = {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
                 "choices": [],
                 "usage": usage,
             }

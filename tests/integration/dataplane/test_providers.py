@@ -442,6 +442,32 @@ async def test_legacy_completions_and_embeddings(stack) -> None:
     assert stack.totals() == {INPUT: embedding.usage.prompt_tokens, OUTPUT: 0}
 
 
+async def test_legacy_completions_streamed(stack) -> None:
+    # The legacy completions stream: text_completion chunks. The gateway asks the provider for
+    # the usage chunk itself and hides it from a client that did not ask, so both are exact.
+    async def stream(**options) -> list:
+        async with oai(stack, "legacy") as client:
+            return [
+                chunk
+                async for chunk in await client.completions.create(
+                    model="gpt-3.5-turbo-instruct", prompt="a b c", stream=True, **options
+                )
+            ]
+
+    asked = await stream(stream_options={"include_usage": True})
+    assert "".join(c.choices[0].text for c in asked if c.choices) == "fake reply: a b c"
+    (final,) = [c for c in asked if c.usage is not None]
+    reported = {INPUT: final.usage.prompt_tokens, OUTPUT: final.usage.completion_tokens}
+    assert stack.take() == reported
+
+    not_asked = await stream()
+    assert "".join(c.choices[0].text for c in not_asked if c.choices) == "fake reply: a b c"
+    assert [c for c in not_asked if c.usage is not None] == []
+    assert not any(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == reported
+    assert stack.openai_fake.requests[-1].body["stream_options"] == {"include_usage": True}
+
+
 async def test_preserve_passes_paths_through_and_meters_usage_blocks(stack) -> None:
     # An OpenAI SDK whose base URL is the preserve route: the path goes to the provider as is.
     async with oai(stack, "keep/v1") as client:
