@@ -370,9 +370,7 @@ class FakeProvider:
                 "object": "text_completion",
                 "created": created,
                 "model": model,
-                "choices": [
-                    {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
-                ],
+                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
             }
             if include_usage:
                 document["usage"] = None
