@@ -95,6 +95,7 @@ class ControlPlane:
         metrics_listen: str | None = None,
         notifications: NotificationSettings | None = None,
         notification_job_seconds: float | None = None,
+        balance_slicing: bool = True,
     ) -> None:
         self.db = db
         self.notifications = notifications or NotificationSettings()
@@ -120,7 +121,10 @@ class ControlPlane:
         self.webhook_port = 0
         self._webhook: WebhookServer | None = None
         self._webhook_task: asyncio.Task[None] | None = None
-        self.hub = ConfigHub(db, poll_seconds=poll_seconds, clock=self.clock)
+        # balance_slicing: each data plane admits against its slice of shared balances.
+        self.hub = ConfigHub(
+            db, poll_seconds=poll_seconds, clock=self.clock, balance_slicing=balance_slicing
+        )
         self.listen = listen
         self.port = 0
         server_options = [
@@ -327,6 +331,7 @@ async def serve(
     trust: Trust | None = None,
     secrets: SecretBox | None = None,
     metrics_listen: str | None = None,
+    balance_slicing: bool = True,
 ) -> None:
     """Run a control plane until SIGINT/SIGTERM (``trust`` None: development mode).
 
@@ -376,6 +381,7 @@ async def serve(
         trust=trust,
         metrics=metrics,
         metrics_listen=metrics_listen,
+        balance_slicing=balance_slicing,
     )
     port = await cp.start()
     if cp.metrics_port:

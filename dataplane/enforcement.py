@@ -15,6 +15,13 @@ built just before a batch was stored but applied just after its ACK undercounts 
 until the next snapshot (the control plane's rebuild ~notify interval later) — inside the
 overshoot window documented in snapshot.proto.
 
+Balance slicing: when ``Snapshot.balance_slices`` is N > 1 (N data planes share the
+snapshot), each hard balance and budget admits against this data plane's slice of what is left
+(``token_slice``: ceil(balance / N); ``money_slice``: (amount - spent) / N rounded down), computed
+once per snapshot into ``BalanceRule.allowance`` / ``BudgetRule.allowance``; the local counters
+then spend the slice instead of the whole. The X-Meterline-Remaining figures stay the whole
+balance minus local usage (what the customer has left, as far as this data plane knows).
+
 Refusals are 429 with an OpenAI-shaped (or Anthropic-shaped) error of type
 ``insufficient_quota`` and a code: ``access_denied``, ``entitlement_exhausted``,
 ``budget_exceeded``, ``task_budget_exceeded``. Nothing here does I/O; the hot path is dict
@@ -27,7 +34,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Context, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
@@ -50,6 +57,8 @@ MAX_PENDING_REQUESTS: Final = 100_000
 TASK_HEADER: Final = b"x-meterline-task"
 TASK_BUDGET_HEADER: Final = b"x-meterline-task-budget"
 _MAX_TASK_ID: Final = 200
+# Slices of money round down, so that N slices never add up to more than what is left.
+_SLICE_CONTEXT: Final = Context(prec=28, rounding=ROUND_FLOOR)
 # Bound of each per-snapshot memo (distinct models x token kinds x statuses seen).
 _MEMO_ENTRIES: Final = 4096
 
@@ -89,6 +98,8 @@ class BalanceRule:
     filters: Filters
     balance: int
     soft: bool
+    # What this data plane may spend of ``balance`` before the next snapshot (its slice).
+    allowance: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +114,28 @@ class BudgetRule:
     amount: Decimal
     spent: Decimal
     hard: bool
+    # What this data plane may spend of amount - spent before the next snapshot (its slice).
+    allowance: Decimal
+
+
+def token_slice(balance: int, slices: int) -> int:
+    """This data plane's share of a token balance split ``slices`` ways: ceil(balance / slices).
+
+    A positive balance always gives a positive slice (so every token can still be spent by
+    some data plane); the slices add up to at most ``balance + slices - 1``.
+    """
+    if slices <= 1 or balance <= 0:
+        return balance
+    return -(-balance // slices)
+
+
+def money_slice(left: Decimal, slices: int) -> Decimal:
+    """This data plane's share of money left split ``slices`` ways, rounded down (exact
+    Decimal: the slices never add up to more than ``left``); nothing left stays as is."""
+    if slices <= 1 or left <= 0:
+        return left
+    # 28 significant digits, not places: a positive amount never gives a zero share.
+    return _SLICE_CONTEXT.divide(left, Decimal(slices))
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +271,23 @@ def _route_costs(snapshot: snapshot_pb2.Snapshot) -> dict[str, RouteCost]:
     return costs
 
 
+def _budget(
+    *, budget_id: str, amount: Decimal, spent: Decimal, hard: bool, slices: int
+) -> BudgetRule:
+    left = amount - spent
+    return BudgetRule(
+        budget_id=budget_id,
+        amount=amount,
+        spent=spent,
+        hard=hard,
+        allowance=money_slice(left, slices) if hard else left,
+    )
+
+
 def compile_enforcement(snapshot: snapshot_pb2.Snapshot) -> EnforcementTable:
     """The enforcement table of ``snapshot``; CompileError if a value is malformed."""
     consumers: dict[str, ConsumerPolicy] = {}
+    slices = snapshot.balance_slices
     for entry in snapshot.consumer_entitlements:
         what = f'consumer_entitlements of "{entry.username or entry.consumer_id}"'
         balances = tuple(
@@ -250,6 +297,9 @@ def compile_enforcement(snapshot: snapshot_pb2.Snapshot) -> EnforcementTable:
                 filters=_filters(item.filters, f"{what}, feature {item.feature}"),
                 balance=item.balance,
                 soft=item.soft_limit,
+                allowance=token_slice(item.balance, slices)
+                if not item.soft_limit
+                else item.balance,
             )
             for item in entry.metered
         )
@@ -261,11 +311,12 @@ def compile_enforcement(snapshot: snapshot_pb2.Snapshot) -> EnforcementTable:
             for price in entry.prices
         )
         budgets = tuple(
-            BudgetRule(
+            _budget(
                 budget_id=budget.budget_id,
                 amount=_decimal(budget.amount, f"{what}, budget amount"),
                 spent=_decimal(budget.spent, f"{what}, budget spent"),
                 hard=budget.hard,
+                slices=slices,
             )
             for budget in entry.budgets
         )
@@ -492,7 +543,7 @@ class Enforcer:
                     "refused.",
                 )
             for rule in policy.admitting(provider, model):
-                if not rule.soft and rule.balance - self._tokens.get(rule.balance_id, 0) <= 0:
+                if not rule.soft and rule.allowance - self._tokens.get(rule.balance_id, 0) <= 0:
                     return Refusal(
                         "entitlement_exhausted",
                         f'You exceeded your quota of feature "{rule.feature}" for this usage '
@@ -500,7 +551,7 @@ class Enforcer:
                     )
             for budget in policy.budgets:
                 if budget.hard and (
-                    budget.amount - budget.spent - self._money.get(budget.budget_id, _ZERO) <= 0
+                    budget.allowance - self._money.get(budget.budget_id, _ZERO) <= 0
                 ):
                     return Refusal(
                         "budget_exceeded",

@@ -34,6 +34,7 @@ from controlplane.subscriptions import service as subscription_service
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.types import Subscription
 from controlplane.usage import meter_storage as usage_meters
+from controlplane.usage.meters import MeterAggregation, OperatorMeter
 from meterline.admin.v1 import (
     billing_pb2,
     billing_pb2_grpc,
@@ -191,18 +192,41 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.ApplyConfigResponse(changes=result.changes, config_version=version)
 
 
+# catalog.proto's MeterAggregation has no LATEST yet: such meters list it as UNSPECIFIED.
+_CATALOG_AGGREGATIONS = {
+    MeterAggregation.SUM: catalog_pb2.METER_AGGREGATION_SUM,
+    MeterAggregation.COUNT: catalog_pb2.METER_AGGREGATION_COUNT,
+    MeterAggregation.MAX: catalog_pb2.METER_AGGREGATION_MAX,
+    MeterAggregation.UNIQUE_COUNT: catalog_pb2.METER_AGGREGATION_UNIQUE_COUNT,
+}
+
+
+def _operator_meter_to_proto(meter: OperatorMeter) -> catalog_pb2.Meter:
+    return catalog_pb2.Meter(
+        name=f"meters/{meter.key}",
+        key=meter.key,
+        event_type=meter.event_type,
+        aggregation=_CATALOG_AGGREGATIONS.get(
+            meter.aggregation, catalog_pb2.METER_AGGREGATION_UNSPECIFIED
+        ),
+        value_property=meter.value_property or "",
+        group_by=sorted(meter.group_by),
+    )
+
+
 class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
     async def ListMeters(
         self, request: catalog_pb2.ListMetersRequest, context: Ctx
     ) -> catalog_pb2.ListMetersResponse:
-        chunk, token = page(
-            list(BUILTIN_METERS.values()),
-            page_size=request.page_size,
-            page_token=request.page_token,
-        )
-        return catalog_pb2.ListMetersResponse(
-            meters=[convert.meter_to_proto(m) for m in chunk], next_page_token=token
-        )
+        """Every meter a feature can use: the built-in ones, then the operator's by key (the
+        full definitions, JSONPaths included, are ``UsageService.ListMeters``)."""
+        operator = await self._tx(usage_meters.list_meters)
+        meters = [
+            *(convert.meter_to_proto(m) for m in BUILTIN_METERS.values()),
+            *(_operator_meter_to_proto(m) for m in operator),
+        ]
+        chunk, token = page(meters, page_size=request.page_size, page_token=request.page_token)
+        return catalog_pb2.ListMetersResponse(meters=chunk, next_page_token=token)
 
     async def CreateFeature(
         self, request: catalog_pb2.CreateFeatureRequest, context: Ctx

@@ -91,6 +91,7 @@ def _cmd_controlplane(args: argparse.Namespace) -> int:
                 notification_job_seconds=args.notification_job_interval or None,
                 webhook_listen=args.webhook_listen,
                 metrics_listen=args.metrics_listen,
+                balance_slicing=args.balance_slicing == "on",
                 trust=trust,
                 secrets=secrets,
             )
@@ -274,6 +275,14 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
         metavar="SECONDS",
         help="alerts are evaluated and due webhooks delivered after usage arrives and at least "
         "this often; 0 = only on request (default: %(default)s)",
+    )
+    cp.add_argument(
+        "--balance-slicing",
+        choices=["on", "off"],
+        default="on",
+        help="on: each data plane admits against 1/N of every hard entitlement balance and "
+        "budget (N data planes connected), bounding the overshoot by the requests in flight; "
+        "off: each admits against the whole balance (default: %(default)s)",
     )
     cp.add_argument(
         "--webhook-listen",

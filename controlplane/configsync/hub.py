@@ -13,8 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
+
+from sqlalchemy import Connection
 
 from controlplane.clock import Clock, SystemClock
+from controlplane.configsync import registry
 from controlplane.configsync.snapshot import BuiltSnapshot, build_snapshot
 from controlplane.entitlements.service import enforcement_state
 from controlplane.entitlements.types import ConsumerAccess
@@ -24,6 +28,16 @@ from controlplane.storage.db import Database
 log = logging.getLogger(__name__)
 
 
+def live_dataplanes(conn: Connection, *, at: datetime) -> int:
+    """How many data planes hold a config stream now (connected and not stale)."""
+    return sum(
+        1
+        for record in registry.list_records(conn)
+        if registry.effective(record, now=at, stale_after=registry.STALE_AFTER).sync_status
+        in registry.LIVE
+    )
+
+
 class ConfigHub:
     """One snapshot per change, shared by every stream of this control plane.
 
@@ -31,12 +45,23 @@ class ConfigHub:
     once (in a worker thread) and they all await that build. The database is re-read at most
     once per ``poll_seconds`` for all streams together, and a poll that finds a different
     version wakes every stream.
+
+    ``balance_slicing``: each build counts the data planes sharing the snapshot (the registry's
+    connected, not stale ones) and puts the count in ``Snapshot.balance_slices``, so that each
+    data plane admits against its slice of every hard balance (snapshot.proto). A data plane
+    that joins or leaves is counted at the next build: the next change or poll.
     """
 
     def __init__(
-        self, db: Database, *, poll_seconds: float = 2.0, clock: Clock | None = None
+        self,
+        db: Database,
+        *,
+        poll_seconds: float = 2.0,
+        clock: Clock | None = None,
+        balance_slicing: bool = True,
     ) -> None:
         self._db = db
+        self.balance_slicing = balance_slicing
         self._clock = clock or SystemClock()
         self.poll_seconds = poll_seconds
         # Bumped when the stored state may differ from the cached snapshot.
@@ -48,6 +73,8 @@ class ConfigHub:
         self._building: tuple[int, asyncio.Future[BuiltSnapshot]] | None = None
         self._last_poll = time.monotonic()
         self._entitlements: list[ConsumerAccess] = []
+        # Data planes sharing the snapshot at the last build (0: slicing off).
+        self._slices = 0
 
     def _build(self) -> BuiltSnapshot:
         at = self._clock.now()
@@ -59,7 +86,15 @@ class ConfigHub:
         except Exception:
             # Config sync must not stop over a balance: keep the last good state.
             log.exception("computing entitlement state failed; keeping the last one")
-        return build_snapshot(config, self._entitlements)
+        if self.balance_slicing:
+            try:
+                with self._db.begin() as conn:
+                    self._slices = live_dataplanes(conn, at=at)
+            except Exception:
+                log.exception("counting the data planes failed; keeping the last count")
+        else:
+            self._slices = 0
+        return build_snapshot(config, self._entitlements, balance_slices=self._slices)
 
     async def current(self, *, refresh: bool = False) -> BuiltSnapshot:
         """The snapshot of the stored config (rebuilt after a change, or when asked to)."""

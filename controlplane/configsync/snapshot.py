@@ -44,13 +44,21 @@ def entity_id(kind: str, *parts: str) -> str:
 
 
 def build_snapshot(
-    config: GatewayConfig, entitlements: Sequence[ConsumerAccess] = ()
+    config: GatewayConfig,
+    entitlements: Sequence[ConsumerAccess] = (),
+    *,
+    balance_slices: int = 0,
 ) -> BuiltSnapshot:
     """The data-plane snapshot of ``config`` and the consumers' entitlement state.
 
     InvalidArgument if a reference is dangling. Entitlement state of subjects that are not
     consumers of ``config`` is left out: no data plane can authenticate them.
+    ``balance_slices``: how many data planes share the balances (0: slicing off). It is only
+    carried when it matters (more than one, and some entitlement state), so that data planes
+    joining or leaving do not change the version of a snapshot without balances.
     """
+    if balance_slices < 0:
+        raise InvalidArgument(f"balance_slices must be >= 0, got {balance_slices}")
     service_ids = {service.name: entity_id("service", service.name) for service in config.services}
     route_ids = {route.name: entity_id("route", route.name) for route in config.routes}
     consumer_ids = {
@@ -73,6 +81,8 @@ def build_snapshot(
             if access.subject in consumer_ids
         ],
     )
+    if balance_slices > 1 and snapshot.consumer_entitlements:
+        snapshot.balance_slices = balance_slices
     digest = hashlib.sha256(snapshot.SerializeToString(deterministic=True)).hexdigest()
     return BuiltSnapshot(snapshot=snapshot, version=VERSION_PREFIX + digest[:16])
 

@@ -63,7 +63,12 @@ def _value(
     anchor = subscription.start_time
     line = engine.timeline(entitlement=entitlement, anchor=anchor, grants=own, at=at)
     usage = grants_storage.segment_usage(
-        conn, subjects=customer.subjects, segments=line.segments(), filters=feature.filters
+        conn,
+        meter=feature.meter,
+        subjects=customer.subjects,
+        segments=line.segments(),
+        period_starts=line.period_starts,
+        filters=feature.filters,
     )
     balance = engine.evaluate(
         entitlement=entitlement, anchor=anchor, grants=own, at=at, line=line, usage=usage

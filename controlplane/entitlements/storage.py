@@ -1,16 +1,19 @@
-"""Storage of grants, and usage sums per segment of an entitlement's timeline."""
+"""Storage of grants, and usage per segment of an entitlement's timeline."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
+from decimal import ROUND_CEILING
 
 from sqlalchemy import Connection, insert, select, update
 
 from controlplane.entitlements.types import Grant
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.storage import schema as s
+from controlplane.usage.meters import LLM_TOKENS
+from controlplane.usage.query import quantity
 from controlplane.usage.storage import segment_sums
 
 g = s.grants
@@ -88,14 +91,39 @@ def void_grant(conn: Connection, id: str, *, now: datetime) -> Grant:
 def segment_usage(
     conn: Connection,
     *,
+    meter: str,
     subjects: Sequence[str],
     segments: Sequence[tuple[datetime, datetime]],
+    period_starts: Collection[datetime],
     filters: Mapping[str, str],
 ) -> list[int]:
-    """SUM of tokens of each contiguous ``[start, end)`` segment.
+    """The usage of each contiguous ``[start, end)`` segment, in whole units.
 
-    Same selection as invoicing (``usage.storage.sum_tokens``): the subjects' events
-    through the feature's filters, billable (2xx) only unless a filter names status_code.
+    ``llm_tokens``: the SUM of tokens, with the same selection as invoicing
+    (``usage.storage.sum_tokens``): the subjects' events through the feature's filters,
+    billable (2xx) only unless a filter names status_code.
+
+    An operator meter (``usage.query.quantity``, quantities possibly fractional): the usage up
+    to a segment's end is the meter's aggregate from the start of its usage period (the
+    segment's own start if it is one of ``period_starts``, else the previous segment's period),
+    rounded up to a whole unit (a started unit counts); a segment's usage is what that adds.
+    So SUM and COUNT burn their sum, MAX and UNIQUE_COUNT the period's peak or distinct count,
+    and LATEST its reading. Usage never decreases within a period: a lower later value (a
+    LATEST reading, negative SUM values) gives no units back.
     """
-    # Rollups for whole hours, raw events for hours a segment boundary cuts.
-    return segment_sums(conn, subjects=subjects, segments=segments, filters=filters)
+    if meter == LLM_TOKENS:
+        # Rollups for whole hours, raw events for hours a segment boundary cuts.
+        return segment_sums(conn, subjects=subjects, segments=segments, filters=filters)
+    usage: list[int] = []
+    period_start: datetime | None = None
+    counted = 0
+    for start, end in segments:
+        if period_start is None or start in period_starts:
+            period_start, counted = start, 0
+        so_far = quantity(
+            conn, meter=meter, subjects=subjects, filters=filters, start=period_start, end=end
+        )
+        whole = max(counted, int(so_far.to_integral_value(rounding=ROUND_CEILING)))
+        usage.append(whole - counted)
+        counted = whole
+    return usage

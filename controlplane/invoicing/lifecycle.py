@@ -2,19 +2,25 @@
 
 One invoice per customer, currency and billing period. While an invoice is open (gathering or
 draft) its lines are computed live from usage and the catalog; issuing computes them one last
-time, records which usage events they priced (``invoice_usage_events``), numbers the invoice
-and freezes lines and total. Nothing changes an issued invoice afterwards.
+time, records which usage events they priced (``invoice_usage_events``,
+``invoice_meter_events``), numbers the invoice and freezes lines and total. Nothing changes an
+issued invoice afterwards.
 
 Late usage, exactly once: an event is *billed* for a subscription when a row
-``(subscription, event id)`` exists in ``invoice_usage_events``; its primary key forbids a
-second one. Issuing an invoice bills, in the same transaction and under the customer's row
-lock, every unbilled event of (a) its own period and (b) the periods of the customer's
-already issued invoices. (b) are late events: they arrived after their period's invoice was
-issued (or after the snapshot its issue read), and become their own ``late_usage`` line per
-rate card and late period, priced as the difference the late quantity makes to that period:
-``lines(billed before + late) - lines(billed before)``, so tiers, free units and commitments
-of the original period still apply. The lines of an issued invoice are a function of the
-events it billed and the catalog, so they can be recomputed at any time.
+``(subscription, event id)`` exists in ``invoice_usage_events`` (llm_tokens events) or
+``(subscription, source, id)`` in ``invoice_meter_events`` (operator-meter events); their
+primary keys forbid a second one. Issuing an invoice bills, in the same transaction and under
+the customer's row lock, every unbilled event of (a) its own period and (b) the periods of the
+customer's already issued invoices. (b) are late events: they arrived after their period's
+invoice was issued (or after the snapshot its issue read), and become their own ``late_usage``
+line per rate card and late period, priced as the difference the late quantity makes to that
+period: ``lines(billed before + late) - lines(billed before)``, so tiers, free units and
+commitments of the original period still apply. For an operator meter, ``billed before +
+late`` is the meter's aggregate over both sets of events: the late events' own SUM or COUNT
+added, the period's MAX or UNIQUE_COUNT raised by what they add, the period's LATEST replaced
+by theirs if they are later (which may lower it: a negative late line, a credit). The lines of
+an issued invoice are a function of the events it billed and the catalog, so they can be
+recomputed at any time.
 """
 
 from __future__ import annotations
@@ -53,7 +59,6 @@ from controlplane.storage.db import Database
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.periods import billing_period
 from controlplane.subscriptions.types import Subscription
-from controlplane.usage import query as usage_query
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +172,14 @@ def _when(moment: datetime) -> str:
     return moment.isoformat(timespec="minutes").replace("+00:00", "Z")
 
 
+def _plain(value: Decimal) -> Decimal:
+    """A difference without the trailing zeros subtraction leaves (14.75 - 13.75 is 1, not
+    1.00), never in exponent notation."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
+
+
 def _lines_total(lines: Sequence[InvoiceLine | RatedLine]) -> Decimal:
     # Lines are rounded already, so the sum is exact in the minor unit.
     return sum((line.amount for line in lines), Decimal(0))
@@ -243,27 +256,17 @@ def _segment_lines(
         )
 
         def quantity(
-            which: Billed, card: RateCard = card, feature: Feature | None = feature
+            *which: Billed, card: RateCard = card, feature: Feature | None = feature
         ) -> Decimal:
+            """The feature's quantity over the segment's events that are any of ``which``."""
             if not (card.price is not None and card.price.usage_based and feature is not None):
                 return Decimal(0)
             if feature.meter != LLM_TOKENS.key:
-                # Operator meters have no billing ledger: their period's quantity is read
-                # whole while the invoice is open and frozen at issue; late events after issue
-                # are not carried (only llm_tokens late usage is).
-                if segment.late or which is Billed.BY_OTHERS:
-                    return Decimal(0)
-                return usage_query.quantity(
+                # Operator meters aggregate over the union (MAX, UNIQUE_COUNT and LATEST are
+                # not sums of per-set quantities).
+                return storage.meter_quantity(
                     conn,
                     meter=feature.meter,
-                    subjects=subjects,
-                    filters=feature.filters,
-                    start=segment.start,
-                    end=segment.end,
-                )
-            return Decimal(
-                storage.sum_billed(
-                    conn,
                     subscription=segment.sub.id,
                     invoice_id=row.id,
                     which=which,
@@ -272,6 +275,23 @@ def _segment_lines(
                     end=segment.end,
                     filters=feature.filters,
                 )
+            return sum(
+                (
+                    Decimal(
+                        storage.sum_billed(
+                            conn,
+                            subscription=segment.sub.id,
+                            invoice_id=row.id,
+                            which=w,
+                            subjects=subjects,
+                            start=segment.start,
+                            end=segment.end,
+                            filters=feature.filters,
+                        )
+                    )
+                    for w in which
+                ),
+                Decimal(0),
             )
 
         def rated(
@@ -303,10 +323,13 @@ def _segment_lines(
         if segment.late:
             if not price.usage_based or feature is None:
                 continue  # flat fees were charged with the period
-            late = quantity(which)
+            # The period's quantity with the late events, less what earlier invoices billed:
+            # for SUM/COUNT (and tokens) the late events' own sum; for MAX, UNIQUE_COUNT and
+            # LATEST the change they make to the period's re-aggregated quantity.
+            before = quantity(Billed.BY_OTHERS)
+            late = _plain(quantity(Billed.BY_OTHERS, which) - before)
             if not late:
                 continue
-            before = quantity(Billed.BY_OTHERS)
             amount = _lines_total(rated(before + late)) - _lines_total(rated(before))
             assert segment.period_start is not None and segment.period_end is not None
             name = feature.name or feature.key

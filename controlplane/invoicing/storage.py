@@ -1,8 +1,9 @@
 """Storage of invoices, their frozen lines, the usage events they billed, and numbering.
 
-``invoice_usage_events`` is the ledger of billed usage: one row per (subscription, event) an
-issued invoice priced. Its primary key makes "an event is billed at most once per
-subscription" a database constraint, whatever runs concurrently.
+Two ledgers of billed usage, one per event table: ``invoice_usage_events`` (llm_tokens events,
+by event id) and ``invoice_meter_events`` (operator-meter events, by source and id). Each holds
+one row per (subscription, event) an issued invoice priced; the primary keys make "an event is
+billed at most once per subscription" a database constraint, whatever runs concurrently.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Table,
     and_,
     exists,
     func,
     insert,
     literal,
+    or_,
     select,
     text,
     update,
@@ -36,6 +39,7 @@ from controlplane.invoicing.types import InvoiceLine, InvoiceState
 from controlplane.rating.charge import LineType, TierCharge
 from controlplane.storage import schema as s
 from controlplane.stripe_sync.types import SyncRecord, SyncState
+from controlplane.usage import query as usage_query
 from controlplane.usage import rollups
 from controlplane.usage.aggregate import WindowSize, ceil_hour, floor_time
 from controlplane.usage.meters import LLM_TOKENS
@@ -44,6 +48,8 @@ from controlplane.usage.storage import filter_clause, sum_tokens, tokens_by_mode
 inv = s.invoices
 ev = s.usage_events
 billed = s.invoice_usage_events
+mev = s.meter_events
+meter_billed = s.invoice_meter_events
 
 
 @dataclass(frozen=True)
@@ -263,20 +269,39 @@ def _billed_clause(*, subscription: str, invoice_id: str, which: Billed) -> Colu
     return exists().where(match, billed.c.invoice_id != invoice_id)
 
 
-def nothing_billed_since(conn: Connection, *, subscription: str, start: datetime) -> bool:
+def meter_billed_clause(
+    *, subscription: str, invoice_id: str, which: Billed
+) -> ColumnElement[bool]:
+    """``_billed_clause`` for operator-meter events (``meter_events``, keyed by source and id)."""
+    match = and_(
+        meter_billed.c.subscription_id == subscription,
+        meter_billed.c.source == mev.c.source,
+        meter_billed.c.event_id == mev.c.id,
+    )
+    if which is Billed.UNBILLED:
+        return ~exists().where(match)
+    if which is Billed.BY_INVOICE:
+        return exists().where(match, meter_billed.c.invoice_id == invoice_id)
+    return exists().where(match, meter_billed.c.invoice_id != invoice_id)
+
+
+def nothing_billed_since(
+    conn: Connection, *, subscription: str, start: datetime, ledger: Table = billed
+) -> bool:
     """True when no event at or after ``start`` can be billed for the subscription yet.
 
     An invoice bills events of its own and earlier periods only, so an event at time t can
     only be billed by an invoice whose period ends after t: if no such invoice billed anything
-    for the subscription, no event from ``start`` on is billed. One index probe.
+    for the subscription, no event from ``start`` on is billed. One index probe in ``ledger``
+    (``invoice_usage_events``, or ``invoice_meter_events`` for operator meters).
     """
     # Invoices first (few): with none, there is nothing to probe.
     later = list(conn.execute(select(inv.c.id).where(inv.c.period_end > start)).scalars())
     if not later:
         return True
     found = conn.execute(
-        select(billed.c.event_id)
-        .where(billed.c.invoice_id.in_(later), billed.c.subscription_id == subscription)
+        select(ledger.c.event_id)
+        .where(ledger.c.invoice_id.in_(later), ledger.c.subscription_id == subscription)
         .limit(1)
     ).first()
     return found is None
@@ -313,6 +338,111 @@ def sum_billed(
     return int(conn.execute(query).scalar_one())
 
 
+def meter_quantity(
+    conn: Connection,
+    *,
+    meter: str,
+    subscription: str,
+    invoice_id: str,
+    which: Sequence[Billed],
+    subjects: Sequence[str],
+    start: datetime,
+    end: datetime,
+    filters: Mapping[str, str],
+) -> Decimal:
+    """An operator meter's aggregate over the events of [start, end) that are any of ``which``.
+
+    The aggregation runs over the union of those events (MAX of both, distinct values of both,
+    the latest of both), so it is not a sum of per-set quantities except for SUM and COUNT.
+    """
+    if not subjects or end <= start or not which:
+        return Decimal(0)
+    if tuple(which) == (Billed.UNBILLED,) and nothing_billed_since(
+        conn, subscription=subscription, start=start, ledger=meter_billed
+    ):
+        # Every event of the window is unbilled: rollups answer for whole hours.
+        return usage_query.quantity(
+            conn, meter=meter, subjects=subjects, filters=filters, start=start, end=end
+        )
+    clauses = [
+        meter_billed_clause(subscription=subscription, invoice_id=invoice_id, which=w)
+        for w in which
+    ]
+    return usage_query.quantity(
+        conn,
+        meter=meter,
+        subjects=subjects,
+        filters=filters,
+        start=start,
+        end=end,
+        where=or_(*clauses),
+        whole_hours=_whole_hours(
+            conn,
+            subscription=subscription,
+            invoice_id=invoice_id,
+            which=frozenset(which),
+            subjects=subjects,
+            start=start,
+            end=end,
+        ),
+    )
+
+
+def _whole_hours(
+    conn: Connection,
+    *,
+    subscription: str,
+    invoice_id: str,
+    which: frozenset[Billed],
+    subjects: Sequence[str],
+    start: datetime,
+    end: datetime,
+) -> set[datetime]:
+    """Whole UTC hours of [start, end) in which every stored operator-meter event is one of
+    ``which``, told from hourly counts: stored events (rollups), billed ones and those billed
+    by the invoice (``billed_meter_hours``). Their quantity can come from rollups.
+
+    A billed count may fall short of the ledger (``mark_billed`` counts before it inserts), so
+    an hour is taken whole only where such a shortfall cannot hide an event outside ``which``:
+    with unbilled events excluded (a shortfall shows as unbilled events), or with only the
+    invoice's own events excluded and the invoice open (it has billed nothing: issuing bills and
+    computes in one transaction).
+    """
+    first_hour, last_hour = ceil_hour(start), floor_time(end, WindowSize.HOUR)
+    if first_hour >= last_hour:
+        return set()
+    if Billed.UNBILLED in which and Billed.BY_OTHERS not in which:
+        return set()
+    events = rollups.event_counts_by_hour(
+        conn, meter=rollups.EVENTS, subjects=subjects, start=first_hour, end=last_hour
+    )
+    table = s.billed_meter_hours
+    total = rollups.billed_counts(
+        conn, subscription=subscription, start=first_hour, end=last_hour, table=table
+    )
+    own = rollups.billed_counts(
+        conn,
+        subscription=subscription,
+        start=first_hour,
+        end=last_hour,
+        table=table,
+        invoice_id=invoice_id,
+    )
+    whole = set()
+    hour = first_hour
+    while hour < last_hour:
+        stored, billed, by_invoice = events.get(hour, 0), total.get(hour, 0), own.get(hour, 0)
+        missing = {
+            Billed.UNBILLED: stored - billed,
+            Billed.BY_INVOICE: by_invoice,
+            Billed.BY_OTHERS: billed - by_invoice,
+        }
+        if billed <= stored and not any(n for w, n in missing.items() if w not in which):
+            whole.add(hour)
+        hour += timedelta(hours=1)
+    return whole
+
+
 def sum_billed_by_model(
     conn: Connection,
     *,
@@ -346,25 +476,94 @@ def sum_billed_by_model(
     return {(model, kind): int(total) for model, kind, total in conn.execute(query) if total}
 
 
+@dataclass(frozen=True)
+class _Ledger:
+    """One event table with its billing ledger, and how they are read and written alike."""
+
+    events: Table
+    # The events' key columns, in the order of the ledger's event columns.
+    event_key: tuple[str, ...]
+    ledger: Table
+    ledger_key: tuple[str, ...]
+    # The rollup meter whose hourly ``count`` is every stored event of a subject.
+    counted: str
+    billed_hours: Table
+    # Whether ``billed_hours`` counts per invoice too.
+    per_invoice: bool = False
+
+    def window(
+        self, *, subjects: Sequence[str], start: datetime, end: datetime
+    ) -> list[ColumnElement[bool]]:
+        e = self.events
+        return [e.c.subject.in_(list(subjects)), e.c.time >= start, e.c.time < end]
+
+    def billed(self, *, subscription: str, invoice_id: str, which: Billed) -> ColumnElement[bool]:
+        if self.events is ev:
+            return _billed_clause(subscription=subscription, invoice_id=invoice_id, which=which)
+        return meter_billed_clause(subscription=subscription, invoice_id=invoice_id, which=which)
+
+
+_LEDGERS = (
+    _Ledger(
+        events=ev,
+        event_key=("id",),
+        ledger=billed,
+        ledger_key=("event_id",),
+        counted=LLM_TOKENS,
+        billed_hours=s.billed_usage_hours,
+    ),
+    _Ledger(
+        events=mev,
+        event_key=("source", "id"),
+        ledger=meter_billed,
+        ledger_key=("source", "event_id"),
+        counted=rollups.EVENTS,
+        billed_hours=s.billed_meter_hours,
+        per_invoice=True,
+    ),
+)
+
+
 def first_unbilled_time(
     conn: Connection, *, subscription: str, subjects: Sequence[str], start: datetime, end: datetime
 ) -> datetime | None:
-    """The time of the earliest event in [start, end) no invoice billed for the subscription.
+    """The time of the earliest event in [start, end) no invoice billed for the subscription:
+    a token event or an operator-meter event, whichever is earlier.
 
     Raw events are read only where they can be unbilled: the partial hours at the edges, and
     whole hours whose rollup event count exceeds the ledger's billed count (``mark_billed``).
     """
     if not subjects or end <= start:
         return None
+    times = [
+        found
+        for ledger in _LEDGERS
+        if (found := _first_unbilled(conn, ledger, subscription, subjects, start, end)) is not None
+    ]
+    return min(times, default=None)
+
+
+def _first_unbilled(
+    conn: Connection,
+    ledger: _Ledger,
+    subscription: str,
+    subjects: Sequence[str],
+    start: datetime,
+    end: datetime,
+) -> datetime | None:
     first_hour, last_hour = ceil_hour(start), floor_time(end, WindowSize.HOUR)
     if first_hour >= last_hour:
-        return _first_unbilled_raw(conn, subscription, subjects, start, end)
+        return _first_unbilled_raw(conn, ledger, subscription, subjects, start, end)
     ranges = [(start, first_hour), (last_hour, end)]
     events = rollups.event_counts_by_hour(
-        conn, meter=LLM_TOKENS, subjects=subjects, start=first_hour, end=last_hour
+        conn, meter=ledger.counted, subjects=subjects, start=first_hour, end=last_hour
     )
     billed_hours = rollups.billed_counts(
-        conn, subscription=subscription, start=first_hour, end=last_hour
+        conn,
+        subscription=subscription,
+        start=first_hour,
+        end=last_hour,
+        table=ledger.billed_hours,
     )
     ranges += [
         (hour, hour + timedelta(hours=1))
@@ -373,18 +572,25 @@ def first_unbilled_time(
     ]
     for range_start, range_end in sorted(ranges):
         if range_start < range_end:
-            found = _first_unbilled_raw(conn, subscription, subjects, range_start, range_end)
+            found = _first_unbilled_raw(
+                conn, ledger, subscription, subjects, range_start, range_end
+            )
             if found is not None:
                 return found
     return None
 
 
 def _first_unbilled_raw(
-    conn: Connection, subscription: str, subjects: Sequence[str], start: datetime, end: datetime
+    conn: Connection,
+    ledger: _Ledger,
+    subscription: str,
+    subjects: Sequence[str],
+    start: datetime,
+    end: datetime,
 ) -> datetime | None:
-    query = select(func.min(ev.c.time)).where(
-        *_window(subjects=subjects, start=start, end=end),
-        _billed_clause(subscription=subscription, invoice_id="", which=Billed.UNBILLED),
+    query = select(func.min(ledger.events.c.time)).where(
+        *ledger.window(subjects=subjects, start=start, end=end),
+        ledger.billed(subscription=subscription, invoice_id="", which=Billed.UNBILLED),
     )
     value = conn.execute(query).scalar_one()
     if value is None:
@@ -404,30 +610,48 @@ def mark_billed(
     start: datetime,
     end: datetime,
 ) -> int:
-    """Record every unbilled event of the window as billed by the invoice; returns the count.
+    """Record every unbilled event of the window (token and operator-meter events alike) as
+    billed by the invoice; returns the count.
 
-    One INSERT ... SELECT: events committed after its snapshot stay unbilled and are picked up
-    by a later invoice as late usage.
+    One INSERT ... SELECT per ledger: events committed after its snapshot stay unbilled and are
+    picked up by a later invoice as late usage.
     """
     if not subjects or end <= start:
         return 0
-    unbilled = (
-        *_window(subjects=subjects, start=start, end=end),
-        _billed_clause(subscription=subscription, invoice_id=invoice_id, which=Billed.UNBILLED),
-    )
-    # Counted before the insert: an event committed in between is billed but not counted, so a
-    # count never exceeds the ledger and an hour is never wrongly taken as fully billed.
-    hour = rollups.hour_of(ev.c.time, conn.dialect.name)
-    counts = {
-        rollups.as_hour(at): int(n)
-        for at, n in conn.execute(select(hour, func.count()).where(*unbilled).group_by(text("1")))
-    }
-    source = select(literal(subscription), ev.c.id, literal(invoice_id)).where(*unbilled)
-    result = conn.execute(
-        insert(billed).from_select(["subscription_id", "event_id", "invoice_id"], source)
-    )
-    rollups.add_billed_hours(conn, subscription, counts)
-    return int(result.rowcount or 0)
+    marked = 0
+    for ledger in _LEDGERS:
+        e = ledger.events
+        unbilled = (
+            *ledger.window(subjects=subjects, start=start, end=end),
+            ledger.billed(subscription=subscription, invoice_id=invoice_id, which=Billed.UNBILLED),
+        )
+        # Counted before the insert: an event committed in between is billed but not counted,
+        # so a count never exceeds the ledger and an hour is never wrongly taken as fully
+        # billed.
+        hour = rollups.hour_of(e.c.time, conn.dialect.name)
+        counts = {
+            rollups.as_hour(at): int(n)
+            for at, n in conn.execute(
+                select(hour, func.count()).where(*unbilled).group_by(text("1"))
+            )
+        }
+        source = select(
+            literal(subscription), *(e.c[k] for k in ledger.event_key), literal(invoice_id)
+        ).where(*unbilled)
+        result = conn.execute(
+            insert(ledger.ledger).from_select(
+                ["subscription_id", *ledger.ledger_key, "invoice_id"], source
+            )
+        )
+        rollups.add_billed_hours(
+            conn,
+            subscription,
+            counts,
+            table=ledger.billed_hours,
+            invoice_id=invoice_id if ledger.per_invoice else None,
+        )
+        marked += int(result.rowcount or 0)
+    return marked
 
 
 # Line (de)serialization -----------------------------------------------------------------------

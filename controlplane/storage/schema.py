@@ -404,6 +404,18 @@ meter_events = Table(
     Index("ix_meter_events_type_subject_time", "type", "subject", "time"),
 )
 
+invoice_meter_events = Table(
+    "invoice_meter_events",
+    metadata,
+    # The billing ledger of operator-meter events (meter_events, keyed by source and id): which
+    # events each issued invoice billed for each subscription, at most once (the primary key).
+    Column("subscription_id", String(36), primary_key=True),
+    Column("source", String(200), primary_key=True),
+    Column("event_id", String(200), primary_key=True),
+    Column("invoice_id", String(36), ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False),
+    Index("ix_invoice_meter_events_invoice_id", "invoice_id"),
+)
+
 usage_rollups = Table(
     "usage_rollups",
     metadata,
@@ -502,5 +514,22 @@ billed_usage_hours = Table(
     # looked for in raw events only in the other hours.
     Column("subscription_id", String(36), primary_key=True),
     Column("bucket", UTCDateTime(), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
+
+billed_meter_hours = Table(
+    "billed_meter_hours",
+    metadata,
+    # The same for operator-meter events (invoice_meter_events), per invoice too, against the
+    # rollups' count of stored meter events per subject and hour (meter ":events"): also where
+    # an invoice's quantity may read whole hours from rollups.
+    Column("subscription_id", String(36), primary_key=True),
+    Column("bucket", UTCDateTime(), primary_key=True),
+    Column(
+        "invoice_id",
+        String(36),
+        ForeignKey("invoices.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     Column("count", BigInteger, nullable=False),
 )

@@ -24,6 +24,7 @@ from controlplane.usage import rollups
 from controlplane.usage.meter_storage import meters_by_type
 from controlplane.usage.meters import (
     CloudEvent,
+    MeterAggregation,
     Reading,
     Unreadable,
     canonical_dimensions,
@@ -106,6 +107,15 @@ def ingest_events(conn: Connection, objects: Sequence[Any], *, now: datetime) ->
     deltas = rollups.Deltas()
     for key in inserted:
         event, readings = readable[key]
+        # Every stored event counts once per hour, for the billing ledger's late-usage check.
+        deltas.add(
+            aggregation=MeterAggregation.COUNT,
+            meter=rollups.EVENTS,
+            subject=event.subject,
+            time=event.time,
+            dimensions="{}",
+            value=None,
+        )
         for meter, reading in zip(meters[event.type], readings, strict=True):
             value = reading.value
             if isinstance(value, str):

@@ -7,13 +7,13 @@ rollup (LATEST, UNIQUE_COUNT) or the window is a minute. ``aggregate.py`` holds 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import ColumnElement, Connection, select
 
 from controlplane.errors import InvalidArgument
 from controlplane.storage import schema as s
@@ -33,6 +33,8 @@ from controlplane.usage.meters import (
     MeterAggregation,
     Unreadable,
 )
+
+HOUR = timedelta(hours=1)
 
 # The built-in meter's dimensions (columns of usage_events).
 LLM_DIMENSIONS = tuple(token_storage.DIMENSION_COLUMNS)
@@ -78,6 +80,7 @@ def _raw_points(
     start: datetime | None,
     end: datetime | None,
     filters: Mapping[str, str],
+    where: ColumnElement[bool] | None = None,
 ) -> Iterator[Point]:
     if start is not None and end is not None and end <= start:
         return
@@ -106,6 +109,8 @@ def _raw_points(
         query = query.where(e.c.time >= start)
     if end is not None:
         query = query.where(e.c.time < end)
+    if where is not None:
+        query = query.where(where)
     for subject, time, data in conn.execute(query):
         try:
             reading = meter.compiled.read(orjson.loads(data))
@@ -222,9 +227,16 @@ def quantity(
     filters: Mapping[str, str],
     start: datetime,
     end: datetime,
+    where: ColumnElement[bool] | None = None,
+    whole_hours: Collection[datetime] = (),
 ) -> Decimal:
     """The quantity a feature bills: meter ``meter`` over the subjects' events in [start, end)
     matching ``filters`` (dimension -> value), aggregated over the whole span.
+
+    ``where`` (operator meters only) is a condition on ``meter_events`` rows that an event must
+    also meet, like "not billed yet" (``invoicing.storage.meter_billed_clause``); the events are
+    then read raw, as rollups cannot tell them apart, except in ``whole_hours``: whole UTC hours
+    the caller knows every event of meets ``where``, read from rollups (SUM, COUNT, MAX).
 
     For invoices and entitlements: ``llm_tokens`` counts billable (2xx) requests only unless a
     filter names ``status_code`` (exact integer, same as ``usage.storage.sum_tokens``); an
@@ -235,12 +247,45 @@ def quantity(
     if not subjects or end <= start:
         return Decimal(0)
     if meter == LLM_TOKENS:
+        if where is not None:
+            raise InvalidArgument(f"a condition on meter_events cannot select {LLM_TOKENS} events")
         return Decimal(
             token_storage.sum_tokens(conn, subjects=subjects, start=start, end=end, filters=filters)
         )
     view = resolve_meter(conn, meter)
     check_dimensions(view, filters, "filters")
     grouper = Grouper(aggregation=view.aggregation, group_by=(), window=None, start=start, end=end)
+    if where is not None:
+        hours = sorted(h for h in whole_hours if start <= h and h + HOUR <= end)
+        if not view.aggregation.rolls_up:
+            hours = []
+        raw, at = [], start
+        for hour in hours:
+            if at < hour:
+                raw.append((at, hour))
+            at = hour + HOUR
+        if at < end:
+            raw.append((at, end))
+        for raw_start, raw_end in raw:
+            for point in _raw_points(
+                conn,
+                view,
+                subjects=subjects,
+                start=raw_start,
+                end=raw_end,
+                filters=filters,
+                where=where,
+            ):
+                grouper.add(point)
+        if hours:
+            wanted = set(hours)
+            for subject, bucket, dimensions, value, count in rollups.hourly_rows(
+                conn, meter=view.key, subjects=subjects, start=hours[0], end=hours[-1] + HOUR
+            ):
+                if bucket in wanted and _rollup_matches(view, dimensions, filters):
+                    grouper.add_rollup(subject, bucket, dimensions, value, count)
+        rows = grouper.rows()
+        return rows[0].value if rows else Decimal(0)
     _fill(
         conn,
         grouper,

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Connection,
     Numeric,
     String,
+    Table,
     and_,
     cast,
     func,
@@ -41,6 +42,11 @@ from controlplane.storage import schema as s
 from controlplane.usage.meters import LLM_TOKENS, MeterAggregation
 
 r = s.usage_rollups
+
+# The rollup rows counting every stored operator-meter event per subject and hour, whatever
+# meters read it (dimensions "{}"): what the billing ledger's hourly counts are compared with.
+# No meter can have this key (keys start with a letter or digit).
+EVENTS = ":events"
 
 
 @dataclass
@@ -316,29 +322,55 @@ def as_hour(value: Any) -> datetime:
 b = s.billed_usage_hours
 
 
-def add_billed_hours(conn: Connection, subscription: str, counts: Mapping[datetime, int]) -> None:
-    """Add events newly recorded in the billing ledger to their hours' billed counts."""
+def add_billed_hours(
+    conn: Connection,
+    subscription: str,
+    counts: Mapping[datetime, int],
+    *,
+    table: Table = b,
+    invoice_id: str | None = None,
+) -> None:
+    """Add events newly recorded in a billing ledger to their hours' billed counts: in
+    ``billed_usage_hours`` (llm_tokens) per subscription, or in ``billed_meter_hours``
+    (operator meters, ``table``) per subscription and ``invoice_id``."""
     if not counts:
         return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(b)
+    statement = dialect.insert(table)
+    keys = ["subscription_id", "bucket"] + (["invoice_id"] if invoice_id is not None else [])
     statement = statement.on_conflict_do_update(
-        index_elements=["subscription_id", "bucket"],
-        set_={"count": b.c.count + statement.excluded.count},
+        index_elements=keys, set_={"count": table.c.count + statement.excluded.count}
     )
+    extra = {"invoice_id": invoice_id} if invoice_id is not None else {}
     conn.execute(
         statement,
         [
-            {"subscription_id": subscription, "bucket": hour, "count": count}
+            {"subscription_id": subscription, "bucket": hour, "count": count, **extra}
             for hour, count in sorted(counts.items())
         ],
     )
 
 
 def billed_counts(
-    conn: Connection, *, subscription: str, start: datetime, end: datetime
+    conn: Connection,
+    *,
+    subscription: str,
+    start: datetime,
+    end: datetime,
+    table: Table = b,
+    invoice_id: str | None = None,
 ) -> dict[datetime, int]:
-    query = select(b.c.bucket, b.c.count).where(
-        b.c.subscription_id == subscription, b.c.bucket >= start, b.c.bucket < end
+    """Billed events per hour in [start, end) of the subscription (by ``invoice_id`` only, if
+    given; ``billed_meter_hours`` only)."""
+    query = (
+        select(table.c.bucket, func.sum(table.c.count))
+        .where(
+            table.c.subscription_id == subscription,
+            table.c.bucket >= start,
+            table.c.bucket < end,
+        )
+        .group_by(table.c.bucket)
     )
+    if invoice_id is not None:
+        query = query.where(table.c.invoice_id == invoice_id)
     return {bucket: int(count) for bucket, count in conn.execute(query)}

@@ -12,6 +12,7 @@ from controlplane.catalog.types import EntitlementType
 from controlplane.configsync.snapshot import balance_id, build_snapshot, entity_id
 from controlplane.declarative import parse_document
 from controlplane.entitlements.types import Balance, ConsumerAccess, EntitlementValue
+from controlplane.errors import InvalidArgument
 
 WALKTHROUGH = parse_document((Path(__file__).parent / "walkthrough.yaml").read_text()).gateway
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -122,3 +123,23 @@ def test_usage_figures_the_data_plane_does_not_need_do_not_change_the_version() 
         build_snapshot(WALKTHROUGH, [access(soft)]).version
         == build_snapshot(WALKTHROUGH, [access(more)]).version
     )
+
+
+def test_balance_slices_are_carried_only_with_entitlement_state_and_change_the_version() -> None:
+    state = [access(value())]
+    one, two, three = (build_snapshot(WALKTHROUGH, state, balance_slices=n) for n in (1, 2, 3))
+    assert build_snapshot(WALKTHROUGH, state).snapshot.balance_slices == 0  # slicing off
+    assert one.snapshot.balance_slices == 0  # one data plane: nothing to split
+    assert one.version == build_snapshot(WALKTHROUGH, state).version
+    assert (two.snapshot.balance_slices, three.snapshot.balance_slices) == (2, 3)
+    # A data plane joining or leaving changes the version: the snapshot is pushed again.
+    assert len({one.version, two.version, three.version}) == 3
+    # Without entitlement state the count is left out: no push when data planes come and go.
+    bare = build_snapshot(WALKTHROUGH, balance_slices=5)
+    assert bare.snapshot.balance_slices == 0
+    assert bare.version == build_snapshot(WALKTHROUGH).version
+
+
+def test_negative_balance_slices_are_refused() -> None:
+    with pytest.raises(InvalidArgument, match="balance_slices must be >= 0"):
+        build_snapshot(WALKTHROUGH, [access(value())], balance_slices=-1)

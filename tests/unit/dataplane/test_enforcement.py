@@ -13,7 +13,9 @@ from dataplane.enforcement import (
     TaskBudget,
     UsageItem,
     compile_enforcement,
+    money_slice,
     task_budget,
+    token_slice,
 )
 from meterline.dataplane.v1 import snapshot_pb2
 
@@ -26,6 +28,7 @@ def snapshot(
     has_access: bool = True,
     prices: list[tuple[dict[str, str], str]] = (),
     budget: tuple[str, str] | None = None,
+    slices: int = 0,
 ) -> snapshot_pb2.Snapshot:
     entries = []
     for consumer in ("c-1", "c-2"):  # two consumers of one customer: one balance
@@ -49,7 +52,7 @@ def snapshot(
         if budget is not None:
             entry.budgets.add(budget_id="bud-1", amount=budget[0], spent=budget[1], hard=True)
         entries.append(entry)
-    return snapshot_pb2.Snapshot(consumer_entitlements=entries)
+    return snapshot_pb2.Snapshot(consumer_entitlements=entries, balance_slices=slices)
 
 
 def items(input: int, output: int, *, status: int = 200, model: str = "gpt-4o-mini"):
@@ -247,3 +250,117 @@ def test_malformed_enforcement_state_is_rejected(change, needle) -> None:
     change(wire)
     with pytest.raises(CompileError, match=needle):
         compile_snapshot(wire, version="v1")
+
+
+# -- balance slicing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("balance", "slices", "expected"),
+    [
+        pytest.param(100, 0, 100, id="off"),
+        pytest.param(100, 1, 100, id="one-dataplane"),
+        pytest.param(100, 2, 50, id="two-even"),
+        pytest.param(101, 2, 51, id="two-odd-rounds-up"),
+        pytest.param(100, 3, 34, id="three"),
+        pytest.param(99, 3, 33, id="three-exact"),
+        pytest.param(1, 3, 1, id="one-token-left-still-spendable"),
+        pytest.param(2, 3, 1, id="fewer-tokens-than-dataplanes"),
+        pytest.param(0, 3, 0, id="zero"),
+        pytest.param(500_000, 7, 71_429, id="odd-large"),
+    ],
+)
+def test_token_slice(balance: int, slices: int, expected: int) -> None:
+    share = token_slice(balance, slices)
+    assert share == expected
+    n = max(slices, 1)
+    # The slices cover the balance, exceeding it by less than one token per data plane.
+    assert balance <= share * n <= balance + n - 1 or balance == 0 == share
+
+
+@pytest.mark.parametrize(
+    ("left", "slices", "expected"),
+    [
+        pytest.param("1.00", 0, "1.00", id="off"),
+        pytest.param("1.00", 1, "1.00", id="one-dataplane"),
+        pytest.param("1.00", 2, "0.5", id="two"),
+        pytest.param("0.000003", 2, "0.0000015", id="odd-cents"),
+        pytest.param("1", 3, "0.3333333333333333333333333333", id="three-rounds-down"),
+        pytest.param("2", 3, "0.6666666666666666666666666666", id="three-never-up"),
+        pytest.param("0", 3, "0", id="zero"),
+        pytest.param("-0.25", 3, "-0.25", id="overspent-stays-negative"),
+    ],
+)
+def test_money_slice(left: str, slices: int, expected: str) -> None:
+    share = money_slice(Decimal(left), slices)
+    assert share == Decimal(expected)
+    assert isinstance(share, Decimal)
+    if Decimal(left) > 0:
+        assert 0 < share * max(slices, 1) <= Decimal(left)
+
+
+def test_each_dataplane_admits_against_its_slice_until_a_snapshot_resplits() -> None:
+    # Given two data planes sharing a balance of 100 (slices of 50).
+    acks = Acks()
+    enforcer = Enforcer(acked=acks)
+    enforcer.apply(compile_enforcement(snapshot(balance=100, slices=2)))
+    record(enforcer, "c-1", items(30, 19))  # 49 of its 50
+    assert admit(enforcer) is None
+    record(enforcer, "c-2", items(1, 0))  # 50: the slice is spent, though 50 are left
+    refusal = admit(enforcer)
+    assert refusal is not None and refusal.code == "entitlement_exhausted"
+    # The figures still show the whole balance minus local usage.
+    assert enforcer.remaining("c-1", provider="openai", model="m", task=None)[0] == 50
+    # When the usage is ACKed and a snapshot re-splits the 50 left (the other data plane
+    # spent 10 meanwhile): 40 left, a slice of 20.
+    acks.count = 4
+    enforcer.apply(compile_enforcement(snapshot(balance=40, slices=2)))
+    assert admit(enforcer) is None
+    record(enforcer, "c-1", items(20, 0))
+    assert admit(enforcer) is not None
+    # A balance of 0 refuses everywhere; a lone data plane (N = 1) gets the whole balance.
+    acks.count = 6
+    enforcer.apply(compile_enforcement(snapshot(balance=0, slices=2)))
+    assert admit(enforcer) is not None
+    enforcer.apply(compile_enforcement(snapshot(balance=20, slices=1)))
+    record(enforcer, "c-1", items(19, 0))
+    assert admit(enforcer) is None
+
+
+def test_one_dataplane_behaves_as_without_slicing() -> None:
+    for slices in (0, 1):
+        enforcer = Enforcer()
+        enforcer.apply(compile_enforcement(snapshot(balance=100, slices=slices)))
+        record(enforcer, "c-1", items(60, 39))
+        assert admit(enforcer) is None  # 1 left
+        record(enforcer, "c-1", items(1, 0))
+        assert admit(enforcer) is not None
+
+
+def test_soft_limits_are_not_sliced() -> None:
+    enforcer = Enforcer()
+    enforcer.apply(compile_enforcement(snapshot(balance=100, soft=True, slices=4)))
+    record(enforcer, "c-1", items(500, 0))
+    assert admit(enforcer) is None
+    assert enforcer.remaining("c-1", provider="openai", model="m", task=None)[0] == 0
+
+
+def test_hard_budget_admits_against_its_money_slice() -> None:
+    # Given a budget of 1.00 with 0.40 spent, three data planes: a slice of 0.20 each.
+    enforcer = Enforcer()
+    enforcer.apply(
+        compile_enforcement(
+            snapshot(
+                balance=10**9,
+                prices=[({}, "0.01")],
+                budget=("1.00", "0.40"),
+                slices=3,
+            )
+        )
+    )
+    record(enforcer, "c-1", items(19, 0))  # 0.19
+    assert admit(enforcer) is None
+    record(enforcer, "c-1", items(1, 0))  # 0.20: the slice is spent
+    refusal = admit(enforcer)
+    assert refusal is not None and refusal.code == "budget_exceeded"
+    assert enforcer.remaining("c-1", provider="openai", model="m", task=None)[1] == Decimal("0.40")

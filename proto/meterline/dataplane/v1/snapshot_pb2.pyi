@@ -10,18 +10,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Snapshot(_message.Message):
-    __slots__ = ("services", "routes", "consumers", "plugins", "consumer_entitlements")
+    __slots__ = ("services", "routes", "consumers", "plugins", "consumer_entitlements", "balance_slices")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     CONSUMERS_FIELD_NUMBER: _ClassVar[int]
     PLUGINS_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_ENTITLEMENTS_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_SLICES_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[Service]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     consumers: _containers.RepeatedCompositeFieldContainer[Consumer]
     plugins: _containers.RepeatedCompositeFieldContainer[Plugin]
     consumer_entitlements: _containers.RepeatedCompositeFieldContainer[ConsumerEntitlements]
-    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., consumers: _Optional[_Iterable[_Union[Consumer, _Mapping]]] = ..., plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ..., consumer_entitlements: _Optional[_Iterable[_Union[ConsumerEntitlements, _Mapping]]] = ...) -> None: ...
+    balance_slices: int
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., consumers: _Optional[_Iterable[_Union[Consumer, _Mapping]]] = ..., plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ..., consumer_entitlements: _Optional[_Iterable[_Union[ConsumerEntitlements, _Mapping]]] = ..., balance_slices: _Optional[int] = ...) -> None: ...
 
 class Service(_message.Message):
     __slots__ = ("id", "name", "url")
