@@ -249,6 +249,9 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             self._metrics.usage_events.inc(result.accepted)
             self._metrics.usage_duplicates.inc(result.duplicates)
             if result.accepted:
+                if self._hub is not None:
+                    # Before the ACK leaves: a snapshot built before this store is not sent.
+                    self._hub.mark_stored()
                 self._balances_changed()
             yield usage_pb2.UsageAck(
                 batch_id=batch.batch_id,

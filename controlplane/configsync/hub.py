@@ -27,6 +27,11 @@ from controlplane.storage.db import Database
 
 log = logging.getLogger(__name__)
 
+# Builds of one current() call when usage keeps arriving during them; the last one is returned
+# even if usage arrived during it (then the data plane may count that usage twice, see
+# snapshot.proto).
+BUILD_ROUNDS = 3
+
 
 def live_dataplanes(conn: Connection, *, at: datetime) -> int:
     """How many data planes hold a config stream now (connected and not stale)."""
@@ -97,29 +102,45 @@ class ConfigHub:
         return build_snapshot(config, self._entitlements, balance_slices=self._slices)
 
     async def current(self, *, refresh: bool = False) -> BuiltSnapshot:
-        """The snapshot of the stored config (rebuilt after a change, or when asked to)."""
+        """The snapshot of the stored config (rebuilt after a change, or when asked to).
+
+        A build that usage was stored during (``mark_stored``) may lack that usage although
+        its ACK is on its way: it is built again (up to BUILD_ROUNDS times), so a data plane
+        that applies a snapshot after an ACK finds the ACKed usage in it, and drops it from its
+        local counters only then (dataplane/enforcement.py).
+        """
         if refresh:
             self._generation += 1
-        generation = self._generation
-        cached = self._cached
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        building = self._building
-        if building is None or building[0] != generation:
-            future = asyncio.ensure_future(asyncio.to_thread(self._build))
-            building = self._building = (generation, future)
-        built = await asyncio.shield(building[1])
-        if self._building is building:
-            self._building = None
-        cached = self._cached
-        if cached is None or cached[0] < generation:
-            self._cached = (generation, built)
-            if cached is not None and cached[1].version != built.version:
-                # A poll (or a change seen by one stream) found new content: tell the rest.
-                async with self._changed:
-                    self._wake += 1
-                    self._changed.notify_all()
+        for _ in range(BUILD_ROUNDS):
+            generation = self._generation
+            cached = self._cached
+            if cached is not None and cached[0] == generation:
+                return cached[1]
+            building = self._building
+            if building is None or building[0] != generation:
+                future = asyncio.ensure_future(asyncio.to_thread(self._build))
+                building = self._building = (generation, future)
+            built = await asyncio.shield(building[1])
+            if self._building is building:
+                self._building = None
+            cached = self._cached
+            if cached is None or cached[0] < generation:
+                self._cached = (generation, built)
+                if cached is not None and cached[1].version != built.version:
+                    # A poll (or a change seen by one stream) found new content: tell the rest.
+                    async with self._changed:
+                        self._wake += 1
+                        self._changed.notify_all()
+            if self._generation == generation:
+                break
         return built
+
+    def mark_stored(self) -> None:
+        """Usage was just committed and is about to be ACKed: builds begun before are stale.
+
+        Unlike notify(), wakes no stream (the usage servicer notifies, coalesced, later).
+        """
+        self._generation += 1
 
     async def current_version(self) -> str:
         return (await self.current()).version
