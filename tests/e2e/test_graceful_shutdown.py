@@ -18,36 +18,20 @@ from cryptography.fernet import Fernet
 from controlplane import pki
 from controlplane.api.auth import Scope, add_token
 from meterline.admin.v1 import dataplanes_pb2, dataplanes_pb2_grpc, usage_pb2, usage_pb2_grpc
+from support.documents import gateway_document
 from support.processes import Processes, free_port, http_ready, meterline, wait_until
 
-GATEWAY = """\
-_format_version: "3.0"
-services:
-  - name: ai
-    url: http://127.0.0.1:{fake}
-    routes: [{{name: chat, paths: [/chat]}}]
-    plugins:
-      - name: ai-proxy
-        config:
-          route_type: llm/v1/chat
-          auth: {{header_name: Authorization, header_value: Bearer sk-graceful}}
-          model:
-            provider: openai
-            name: gpt-4o-mini
-            options: {{upstream_url: "http://127.0.0.1:{fake}/v1/chat/completions"}}
-consumers:
-{consumers}
-plugins:
-  - name: key-auth
-"""
-CONSUMER = "  - {{username: {name}, keyauth_credentials: [{{key: {name}-key-0123}}]}}\n"
 # Ten words: the fake streams one chunk per reply word, 150 ms apart (about 2 s a stream).
 PROMPT = "one two three four five six seven eight nine ten"
 CHUNK_DELAY_MS = 150
 
 
 def _gateway(fake: int, *names: str) -> str:
-    return GATEWAY.format(fake=fake, consumers="".join(CONSUMER.format(name=n) for n in names))
+    return gateway_document(
+        f"http://127.0.0.1:{fake}",
+        {name: f"{name}-key-0123" for name in names},
+        provider_key="sk-graceful",
+    )
 
 
 def _stream(

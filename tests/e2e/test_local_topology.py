@@ -12,32 +12,11 @@ import openai
 import pytest
 
 from meterline.admin.v1 import usage_pb2, usage_pb2_grpc
+from support.documents import gateway_document
 from support.processes import free_port, meterline, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "local-topology-key"
-
-CONFIG = """\
-_format_version: "3.0"
-services:
-  - name: ai
-    url: http://127.0.0.1:{fake}
-    routes: [{{name: chat, paths: [/chat]}}]
-    plugins:
-      - name: ai-proxy
-        config:
-          route_type: llm/v1/chat
-          auth: {{header_name: Authorization, header_value: Bearer sk-local}}
-          model:
-            provider: openai
-            name: gpt-4o-mini
-            options: {{upstream_url: "http://127.0.0.1:{fake}/v1/chat/completions"}}
-consumers:
-  - username: team-a
-    keyauth_credentials: [{{key: {key}}}]
-plugins:
-  - name: key-auth
-"""
 
 
 @pytest.mark.postgres
@@ -70,7 +49,11 @@ def test_local_topology_comes_up_serves_through_each_data_plane_and_goes_down(
         assert set(pids) == {"fake", "controlplane", "dataplane-1", "dataplane-2", "dataplane-3"}
 
         config = tmp_path / "config.yaml"
-        config.write_text(CONFIG.format(fake=fake_port, key=KEY))
+        config.write_text(
+            gateway_document(
+                f"http://127.0.0.1:{fake_port}", {"team-a": KEY}, provider_key="sk-local"
+            )
+        )
         cp = f"127.0.0.1:{cp_port}"
         # The data planes sync over mutual TLS; the operator API wants the admin token.
         token = (run_dir / "admin.token").read_text().strip()

@@ -13,32 +13,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meterline.admin.v1 import usage_pb2, usage_pb2_grpc
+from support.documents import gateway_document
 from support.processes import free_port, grpc_ready, http_ready, meterline, wait_until
 
 KEY = "acme-observed-key"
-GATEWAY = """\
-_format_version: "3.0"
-services:
-  - name: ai-service
-    url: {upstream}
-    routes:
-      - name: chat
-        paths: [/chat]
-    plugins:
-      - name: ai-proxy
-        config:
-          route_type: llm/v1/chat
-          auth: {{header_name: Authorization, header_value: Bearer sk-upstream-secret}}
-          model:
-            provider: openai
-            name: gpt-4o-mini
-            options: {{upstream_url: "{upstream}/v1/chat/completions"}}
-consumers:
-  - username: acme-corp
-    keyauth_credentials: [{{key: {key}}}]
-plugins:
-  - name: key-auth
-"""
 MESSAGES = [{"role": "user", "content": "a private prompt about observability"}]
 
 
@@ -85,7 +63,7 @@ def start_controlplane(processes, tmp_path, upstream: str) -> tuple[str, str]:
     )
     wait_until(lambda: grpc_ready(cp), what="control plane")
     gateway_file = tmp_path / "gateway.yaml"
-    gateway_file.write_text(GATEWAY.format(upstream=upstream, key=KEY))
+    gateway_file.write_text(gateway_document(upstream, {"acme-corp": KEY}, service="ai-service"))
     applied = meterline("apply", str(gateway_file), "--cp", cp)
     assert applied.returncode == 0, applied.stderr + processes.logs()
     return cp, f"http://127.0.0.1:{metrics_port}"
@@ -125,7 +103,7 @@ def test_readiness_metrics_and_json_logs(processes, tmp_path, upstream) -> None:
     cp_metrics = f"http://127.0.0.1:{cp_metrics_port}"
     wait_until(lambda: grpc_ready(cp), what="control plane")
     gateway_file = tmp_path / "gateway.yaml"
-    gateway_file.write_text(GATEWAY.format(upstream=upstream, key=KEY))
+    gateway_file.write_text(gateway_document(upstream, {"acme-corp": KEY}, service="ai-service"))
     applied = meterline("apply", str(gateway_file), "--cp", cp)
     assert applied.returncode == 0, applied.stderr + processes.logs()
     wait_until(lambda: http_ready(f"{dp}/readyz", {200}), what="data plane ready")

@@ -10,23 +10,10 @@ import openai
 import pytest
 import redis
 
+from support.documents import gateway_document
 from support.processes import free_port, http_ready, meterline, wait_until
 
-GATEWAY = """\
-_format_version: "3.0"
-services:
-  - name: ai
-    url: http://127.0.0.1:{fake}
-    routes: [{{name: chat, paths: [/chat]}}]
-    plugins:
-      - name: ai-proxy
-        config:
-          route_type: llm/v1/chat
-          auth: {{header_name: Authorization, header_value: Bearer sk-rl}}
-          model:
-            provider: openai
-            name: gpt-4o-mini
-            options: {{upstream_url: "http://127.0.0.1:{fake}/v1/chat/completions"}}
+RATE_LIMIT = """\
       - name: rate-limiting-advanced
         config:
           limit: [3]
@@ -35,10 +22,6 @@ services:
           strategy: redis
           namespace: {namespace}
           redis: {{host: 127.0.0.1, port: 6379}}
-consumers:
-  - {{username: acme, keyauth_credentials: [{{key: acme-key-0123}}]}}
-plugins:
-  - name: key-auth
 """
 
 
@@ -64,7 +47,14 @@ def test_two_data_plane_processes_share_one_redis_window(
     db = f"sqlite:///{tmp_path / 'cp.db'}"
     processes.start("cp", "-m", "controlplane", "controlplane", "--db", db, "--listen", cp)
     config = tmp_path / "gateway.yaml"
-    config.write_text(GATEWAY.format(fake=fake, namespace=namespace))
+    config.write_text(
+        gateway_document(
+            f"http://127.0.0.1:{fake}",
+            {"acme": "acme-key-0123"},
+            provider_key="sk-rl",
+            service_plugins=RATE_LIMIT.format(namespace=namespace),
+        )
+    )
     wait_until(lambda: http_ready(f"http://127.0.0.1:{fake}/_fake/requests", {200}), what="fake")
     applied = meterline("apply", str(config), "--cp", cp)
     assert applied.returncode == 0, applied.stderr + processes.logs()

@@ -9,30 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support.documents import gateway_document
 from support.processes import free_port, http_ready, meterline, wait_until
-
-GATEWAY = """\
-_format_version: "3.0"
-services:
-  - name: ai
-    url: http://127.0.0.1:{fake}
-    routes: [{{name: chat, paths: [/chat]}}]
-    plugins:
-      - name: ai-proxy
-        config:
-          route_type: llm/v1/chat
-          auth: {{header_name: Authorization, header_value: Bearer sk-replicas}}
-          model:
-            provider: openai
-            name: gpt-4o-mini
-            options: {{upstream_url: "http://127.0.0.1:{fake}/v1/chat/completions"}}
-consumers:
-{consumers}
-plugins:
-  - name: key-auth
-"""
-
-CONSUMER = "  - {{username: {name}, keyauth_credentials: [{{key: {name}-key-0123}}]}}\n"
 
 # Each replica re-reads the gateway config every 2 s (ConfigHub's poll), then pushes.
 PROPAGATION_BOUND_S = 5.0
@@ -58,8 +36,13 @@ def test_a_change_through_one_replica_reaches_a_data_plane_of_the_other(
     config = tmp_path / "gateway.yaml"
 
     def write(*names: str) -> None:
-        consumers = "".join(CONSUMER.format(name=n) for n in names)
-        config.write_text(GATEWAY.format(fake=fake_port, consumers=consumers))
+        config.write_text(
+            gateway_document(
+                f"http://127.0.0.1:{fake_port}",
+                {name: f"{name}-key-0123" for name in names},
+                provider_key="sk-replicas",
+            )
+        )
 
     write("alice")
     applied = meterline("apply", str(config), "--cp", f"127.0.0.1:{cp_a}")

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from meterline.admin.v1 import dataplanes_pb2, dataplanes_pb2_grpc, usage_pb2, usage_pb2_grpc
+from support.documents import gateway_document
 from support.processes import (
     Processes,
     free_port,
@@ -36,30 +37,6 @@ from support.processes import (
 
 KEY = "acme-secret-key"
 WORKERS = 8
-
-GATEWAY = """\
-_format_version: "3.0"
-services:
-  - name: ai-service
-    url: {upstream}
-    routes:
-      - name: chat
-        paths: [/chat]
-    plugins:
-      - name: ai-proxy
-        config:
-          route_type: llm/v1/chat
-          auth: {{header_name: Authorization, header_value: Bearer sk-upstream-secret}}
-          model:
-            provider: openai
-            name: gpt-4o-mini
-            options: {{upstream_url: "{upstream}/v1/chat/completions"}}
-consumers:
-  - username: acme-corp
-    keyauth_credentials: [{{key: {key}}}]
-plugins:
-  - name: key-auth
-"""
 
 
 @dataclass
@@ -127,7 +104,7 @@ def stack(processes, db_url, tmp_path) -> Stack:
     stack.start_cp()
     wait_until(lambda: http_ready(f"{upstream}/_fake/requests", {200}), what="fake provider")
     gateway_file = tmp_path / "gateway.yaml"
-    gateway_file.write_text(GATEWAY.format(upstream=upstream, key=KEY))
+    gateway_file.write_text(gateway_document(upstream, {"acme-corp": KEY}, service="ai-service"))
     applied = meterline("apply", str(gateway_file), "--cp", stack.cp)
     assert applied.returncode == 0, applied.stderr + processes.logs()
     return stack

@@ -23,31 +23,11 @@ from controlplane.api.auth import Scope, add_token
 from controlplane.cli.main import main
 from meterline.admin.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2, usage_pb2_grpc
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
+from support.documents import gateway_document
 from support.processes import Processes, free_port, http_ready, meterline, wait_until
 
 NOW = datetime.now(UTC)
 KEY = "trust-consumer-key"
-GATEWAY = """\
-_format_version: "3.0"
-services:
-  - name: ai
-    url: http://127.0.0.1:{fake}
-    routes: [{{name: chat, paths: [/chat]}}]
-    plugins:
-      - name: ai-proxy
-        config:
-          route_type: llm/v1/chat
-          auth: {{header_name: Authorization, header_value: Bearer sk-trust}}
-          model:
-            provider: openai
-            name: gpt-4o-mini
-            options: {{upstream_url: "http://127.0.0.1:{fake}/v1/chat/completions"}}
-consumers:
-  - username: team-trust
-    keyauth_credentials: [{{key: {key}}}]
-plugins:
-  - name: key-auth
-"""
 
 
 @dataclass
@@ -206,7 +186,11 @@ def test_a_certified_data_plane_syncs_and_reports_and_nothing_else_gets_in(
         what="fake",
     )
     config = tmp_path / "gateway.yaml"
-    config.write_text(GATEWAY.format(fake=cluster.fake_port, key=KEY))
+    config.write_text(
+        gateway_document(
+            f"http://127.0.0.1:{cluster.fake_port}", {"team-trust": KEY}, provider_key="sk-trust"
+        )
+    )
 
     # An operator with a read-only token cannot change anything.
     code, out = cluster.cli("apply", str(config), "--cp", cluster.operator, token=cluster.reader)
