@@ -31,10 +31,22 @@ def list_customers(conn: Connection) -> list[Customer]:
 
 
 def get_customer(conn: Connection, key: str) -> Customer:
-    for customer in list_customers(conn):
-        if customer.key == key:
-            return customer
-    raise NotFound(f"customer {key!r} not found")
+    """One customer, read by key (not by listing every customer: invoicing calls this per
+    customer)."""
+    row = conn.execute(select(s.customers).where(s.customers.c.key == key)).first()
+    if row is None:
+        raise NotFound(f"customer {key!r} not found")
+    cs = s.customer_subjects
+    subjects = conn.execute(
+        select(cs.c.subject).where(cs.c.customer == key).order_by(cs.c.subject)
+    ).scalars()
+    return Customer(
+        key=row.key,
+        name=row.name,
+        subjects=tuple(subjects),
+        create_time=row.create_time,
+        update_time=row.update_time,
+    )
 
 
 def create_customer(conn: Connection, customer: Customer, *, now: datetime) -> Customer:
