@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Final
 
 from pythonjsonlogger.json import JsonFormatter
+
+from dataplane.logs import StderrHandler, install_handler
 
 LOG_FORMATS: Final = ("text", "json")
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -38,11 +39,7 @@ def configure_logging(*, log_format: str = "text", level: int = logging.INFO) ->
     """Send every log line to stderr in ``log_format``, replacing earlier handlers."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"unknown log format {log_format!r} (one of {', '.join(LOG_FORMATS)})")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     text = logging.Formatter(TEXT_FORMAT)
     handler.setFormatter(json_formatter() if log_format == "json" else text)
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
+    install_handler(handler, level)

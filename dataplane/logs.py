@@ -62,12 +62,35 @@ def formatter(log_format: str) -> logging.Formatter:
     raise ValueError(f"unknown log format {log_format!r} (one of {', '.join(LOG_FORMATS)})")
 
 
-def configure_logging(*, log_format: str = "text", level: int = logging.INFO) -> None:
-    """Send every log line to stderr in ``log_format``, replacing earlier handlers."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(log_format))
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to the ``sys.stderr`` of the moment it is emitted.
+
+    A handler holding the stderr of the moment it was made keeps writing to it after it is
+    replaced and closed (as a test harness does when it captures output), and every later log
+    line then fails with "I/O operation on closed file".
+    """
+
+    @property
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def install_handler(handler: logging.Handler, level: int) -> None:
+    """Make ``handler`` the one Meterline handler on the root logger (others are kept)."""
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if isinstance(old, StderrHandler):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def configure_logging(*, log_format: str = "text", level: int = logging.INFO) -> None:
+    """Send every log line to stderr in ``log_format``, replacing the handler set before."""
+    handler = StderrHandler()
+    handler.setFormatter(formatter(log_format))
+    install_handler(handler, level)
