@@ -119,6 +119,8 @@ async def plane(
             customers_pb2_grpc.CustomerServiceStub(channel),
         )
     await cp.stop(0)
+    # Syncs may still run in threads: end them before the pool goes away.
+    await asyncio.get_running_loop().shutdown_default_executor()
     db.dispose()
 
 

@@ -72,6 +72,9 @@ async def test_a_failed_sync_is_counted(
         assert sample(text, "meterline_controlplane_stripe_sync_failures_total") == 1
     finally:
         await cp.stop(0)
+        # Database work of the job or the sync may still run in threads: end it before the
+        # pool goes away, or its connection is garbage-collected open.
+        await asyncio.get_running_loop().shutdown_default_executor()
         db.dispose()
 
 
@@ -102,4 +105,7 @@ async def test_the_invoicing_job_counts_its_transitions(db_url: str) -> None:
         assert sample(text, name, state="issued") == 0  # --auto-issue is off
     finally:
         await cp.stop(0)
+        # Database work of the job or the sync may still run in threads: end it before the
+        # pool goes away, or its connection is garbage-collected open.
+        await asyncio.get_running_loop().shutdown_default_executor()
         db.dispose()
