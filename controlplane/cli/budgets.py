@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from controlplane.cli.client import default_cp
+from controlplane.cli.client import add_cp_argument
 from meterline.admin.v1 import entitlements_pb2
 
 _MODES = {"hard": entitlements_pb2.BUDGET_MODE_HARD, "soft": entitlements_pb2.BUDGET_MODE_SOFT}
@@ -15,14 +15,6 @@ _MODE_NAMES = {value: key for key, value in _MODES.items()}
 
 def register(subparsers: Any) -> None:
     """Add ``budgets`` to the ``meterline`` subcommands."""
-
-    def with_cp(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--cp",
-            default=default_cp(),
-            metavar="HOST:PORT",
-            help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
-        )
 
     budgets = subparsers.add_parser(
         "budgets", help="money budgets per customer and billing period (hard: block; soft: alert)"
@@ -35,19 +27,19 @@ def register(subparsers: Any) -> None:
     create.add_argument("--period", default="", help="ISO 8601 (default: the plan's cadence)")
     create.add_argument("--mode", choices=sorted(_MODES), default="hard")
     create.add_argument("--json", action="store_true", help="print JSON")
-    with_cp(create)
+    add_cp_argument(create)
     create.set_defaults(func=_cmd_create)
 
     listing = commands.add_parser("list", help="budgets with what is spent and left")
     listing.add_argument("customer", nargs="?", help="customer key (default: every customer)")
     listing.add_argument("--json", action="store_true", help="print JSON")
-    with_cp(listing)
+    add_cp_argument(listing)
     listing.set_defaults(func=_cmd_list)
 
     delete = commands.add_parser("delete", help="delete a budget")
     delete.add_argument("customer", help="customer key")
     delete.add_argument("budget", help="budget id")
-    with_cp(delete)
+    add_cp_argument(delete)
     delete.set_defaults(func=_cmd_delete)
 
 

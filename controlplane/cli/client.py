@@ -7,6 +7,7 @@ signed the control plane's certificate (``--ca-file`` or ``$METERLINE_CA_FILE``)
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -47,6 +48,16 @@ class OperatorCredentials:
 
 # Set once per command by ``configure`` (the CLI's flags); None: the environment's.
 _configured: OperatorCredentials | None = None
+
+
+def add_cp_argument(parser: argparse.ArgumentParser) -> None:
+    """``--cp HOST:PORT``, the control plane an operator command talks to."""
+    parser.add_argument(
+        "--cp",
+        default=default_cp(),
+        metavar="HOST:PORT",
+        help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
+    )
 
 
 def configure(*, token: str | None, ca_file: Path | None) -> None:

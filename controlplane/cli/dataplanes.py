@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.cli.client import default_cp, operator_channel
+from controlplane.cli.client import add_cp_argument, operator_channel
 from meterline.admin.v1 import dataplanes_pb2, dataplanes_pb2_grpc
 
 _COLUMNS = ("NODE ID", "HOSTNAME", "VERSION", "CONFIG VERSION", "STATUS", "LAST SEEN", "ERROR")
@@ -20,12 +20,7 @@ def register(subparsers: Any) -> None:
     commands = dataplanes.add_subparsers(dest="dataplanes_command", required=True)
     listing = commands.add_parser("list", help="list data planes and their sync status")
     listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.add_argument(
-        "--cp",
-        default=default_cp(),
-        metavar="HOST:PORT",
-        help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
-    )
+    add_cp_argument(listing)
     listing.set_defaults(func=_cmd_list)
 
 

@@ -13,20 +13,12 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from controlplane.cli import budgets
-from controlplane.cli.client import default_cp, operator_channel
+from controlplane.cli.client import add_cp_argument, operator_channel
 from meterline.admin.v1 import catalog_pb2, entitlements_pb2, entitlements_pb2_grpc
 
 
 def register(subparsers: Any) -> None:
     """Add ``entitlements`` and ``grants`` to the ``meterline`` subcommands."""
-
-    def with_cp(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--cp",
-            default=default_cp(),
-            metavar="HOST:PORT",
-            help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
-        )
 
     entitlements = subparsers.add_parser(
         "entitlements", help="customers' entitlements: usage, balance, overage, access"
@@ -35,7 +27,7 @@ def register(subparsers: Any) -> None:
     listing = commands.add_parser("list", help="a customer's entitlements, evaluated now")
     listing.add_argument("customer", help="customer key")
     listing.add_argument("--json", action="store_true", help="print JSON")
-    with_cp(listing)
+    add_cp_argument(listing)
     listing.set_defaults(func=_cmd_entitlements_list)
 
     grants = subparsers.add_parser("grants", help="token grants on metered entitlements")
@@ -51,7 +43,7 @@ def register(subparsers: Any) -> None:
         "--recurrence", metavar="DURATION", help="reset to amount every DURATION (e.g. P1M)"
     )
     create.add_argument("--json", action="store_true", help="print JSON")
-    with_cp(create)
+    add_cp_argument(create)
     create.set_defaults(func=_cmd_grants_create)
 
     glist = grant_commands.add_parser("list", help="a customer's grants")
@@ -59,13 +51,13 @@ def register(subparsers: Any) -> None:
     glist.add_argument("--feature", help="only this feature")
     glist.add_argument("--all", action="store_true", help="include voided grants")
     glist.add_argument("--json", action="store_true", help="print JSON")
-    with_cp(glist)
+    add_cp_argument(glist)
     glist.set_defaults(func=_cmd_grants_list)
 
     void = grant_commands.add_parser("void", help="void a grant from now on")
     void.add_argument("customer", help="customer key")
     void.add_argument("grant", help="grant id")
-    with_cp(void)
+    add_cp_argument(void)
     void.set_defaults(func=_cmd_grants_void)
 
     budgets.register(subparsers)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from controlplane.cli.client import admin_client, default_cp
+from controlplane.cli.client import add_cp_argument, admin_client
 from controlplane.cli.render import invoice_dict, invoice_json, invoice_state, invoice_table
 from meterline.admin.v1 import billing_pb2
 
@@ -119,14 +119,6 @@ def _retry_sync(args: argparse.Namespace) -> int:
 def register(commands: Any) -> None:
     """Add the ``invoice`` command and its subcommands to the top-level subparsers."""
 
-    def with_cp(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--cp",
-            default=default_cp(),
-            metavar="HOST:PORT",
-            help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
-        )
-
     def with_json(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -136,20 +128,20 @@ def register(commands: Any) -> None:
     p = sub.add_parser("preview", help="preview a customer's current invoice")
     p.add_argument("customer", help="customer key")
     with_json(p)
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_preview)
 
     p = sub.add_parser("list", help="stored invoices, oldest period first")
     p.add_argument("--customer", help="only this customer's")
     p.add_argument("--state", action="append", default=[], choices=STATES, help="repeatable")
     with_json(p)
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_list)
 
     p = sub.add_parser("show", help="one invoice with its lines")
     p.add_argument("id", help="invoice id")
     with_json(p)
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_get)
 
     p = sub.add_parser("issue", help="issue a draft: number it, freeze lines and total")
@@ -160,25 +152,25 @@ def register(commands: Any) -> None:
         help="issue a gathering invoice before its period ends (later usage becomes late usage)",
     )
     with_json(p)
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_issue)
 
     p = sub.add_parser("void", help="void an issued invoice (not a paid one)")
     p.add_argument("id", help="invoice id")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_void)
 
     p = sub.add_parser("pay", help="mark an issued invoice paid (payment outside Stripe)")
     p.add_argument("id", help="invoice id")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_pay)
 
     p = sub.add_parser("close", help="run the invoicing job once: create, draft, issue")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_close)
 
     p = sub.add_parser("retry-sync", help="run the Stripe sync of an issued invoice again")
     p.add_argument("id", help="invoice id")
     with_json(p)
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_retry_sync)

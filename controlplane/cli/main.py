@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import isodate
 
-from controlplane.cli.client import admin_client, configure, default_cp
+from controlplane.cli.client import add_cp_argument, admin_client, configure
 from controlplane.cli.env import (
     ConfigFileError,
     apply_env_defaults,
@@ -190,14 +190,6 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_cp(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--cp",
-            default=default_cp(),
-            metavar="HOST:PORT",
-            help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
-        )
-
     def with_db(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--db",
@@ -311,7 +303,7 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
     apply = commands.add_parser("apply", help="apply a declarative YAML file (all or nothing)")
     apply.add_argument("file", help="the YAML file, or - for standard input")
     apply.add_argument("--validate-only", action="store_true", help="check, change nothing")
-    with_cp(apply)
+    add_cp_argument(apply)
     apply.set_defaults(func=_cmd_apply)
 
     from controlplane.cli import invoices
@@ -331,11 +323,11 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
     usage_list = usage_commands.add_parser("list", help="list stored usage events")
     usage_list.add_argument("--subject", help="only this subject (consumer)")
     usage_list.add_argument("--limit", type=int, default=100)
-    with_cp(usage_list)
+    add_cp_argument(usage_list)
     usage_list.set_defaults(func=_cmd_usage_list)
     from controlplane.cli import usage as usage_cli
 
-    usage_cli.register(usage_commands, with_cp)
+    usage_cli.register(usage_commands)
 
     from controlplane.cli import dataplanes
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.cli.client import default_cp, operator_channel
+from controlplane.cli.client import add_cp_argument, operator_channel
 from meterline.admin.v1 import notifications_pb2 as pb
 from meterline.admin.v1 import notifications_pb2_grpc
 
@@ -26,12 +26,7 @@ def register(subparsers: Any) -> None:
     """Add ``notifications`` to the ``meterline`` subcommands."""
 
     def with_cp(p: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
-        p.add_argument(
-            "--cp",
-            default=default_cp(),
-            metavar="HOST:PORT",
-            help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
-        )
+        add_cp_argument(p)
         if json_flag:
             p.add_argument("--json", action="store_true", help="print JSON")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from controlplane.cli.client import admin_client, default_cp
+from controlplane.cli.client import add_cp_argument, admin_client
 from meterline.admin.v1 import catalog_pb2
 
 
@@ -118,20 +118,12 @@ def _list_show(args: argparse.Namespace) -> int:
 def register(commands: Any) -> None:
     """Add ``plans`` and ``price-lists`` to the top-level subparsers."""
 
-    def with_cp(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--cp",
-            default=default_cp(),
-            metavar="HOST:PORT",
-            help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
-        )
-
     plans = commands.add_parser("plans", help="plan versions: draft -> published -> archived")
     sub = plans.add_subparsers(dest="plans_command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="every version of every plan")
     p.add_argument("key", nargs="?", help="only this plan's versions")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_list)
 
     for name, func, help_text in (
@@ -142,21 +134,21 @@ def register(commands: Any) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("plan", help="plan key or plans/KEY/versions/N")
         p.add_argument("--version", type=int, help="version number")
-        with_cp(p)
+        add_cp_argument(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("new-version", help="a new draft version copied from an existing one")
     p.add_argument("plan", help="plan key")
     p.add_argument("--from", dest="source", type=int, help="version to copy (default: newest)")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_new_version)
 
     price_lists = commands.add_parser("price-lists", help="model price lists")
     sub = price_lists.add_subparsers(dest="price_lists_command", required=True, metavar="COMMAND")
     p = sub.add_parser("list", help="price lists")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_lists)
     p = sub.add_parser("show", help="a price list's prices per model, over time")
     p.add_argument("key", help="price list key")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_list_show)

@@ -6,7 +6,7 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from controlplane.cli.client import admin_client, default_cp
+from controlplane.cli.client import add_cp_argument, admin_client
 from meterline.admin.v1 import customers_pb2
 
 
@@ -82,20 +82,12 @@ def _migrate(args: argparse.Namespace) -> int:
 def register(commands: Any) -> None:
     """Add the ``subscription`` command and its subcommands to the top-level subparsers."""
 
-    def with_cp(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--cp",
-            default=default_cp(),
-            metavar="HOST:PORT",
-            help="control plane gRPC address (default: $METERLINE_CP or %(default)s)",
-        )
-
     subscription = commands.add_parser("subscription", help="subscriptions")
     sub = subscription.add_subparsers(dest="subscription_command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="subscriptions, oldest first")
     p.add_argument("--customer", help="only this customer's")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_list)
 
     p = sub.add_parser("cancel", help="end a subscription (now by default)")
@@ -103,7 +95,7 @@ def register(commands: Any) -> None:
     when = p.add_mutually_exclusive_group()
     when.add_argument("--at-period-end", action="store_true", help="when its period ends")
     when.add_argument("--at", type=_time, metavar="TIME", help="at this ISO 8601 time")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_cancel)
 
     p = sub.add_parser(
@@ -112,7 +104,7 @@ def register(commands: Any) -> None:
     p.add_argument("id", help="subscription id")
     p.add_argument("plan", help="plan key (its active version) or plans/KEY/versions/N")
     p.add_argument("--at", type=_time, metavar="TIME", help="when (default: now)")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_change)
 
     p = sub.add_parser(
@@ -121,5 +113,5 @@ def register(commands: Any) -> None:
     p.add_argument("id", help="subscription id")
     p.add_argument("--version", type=int, help="target version (default: the published one)")
     p.add_argument("--at", type=_time, metavar="TIME", help="when (default: now)")
-    with_cp(p)
+    add_cp_argument(p)
     p.set_defaults(func=_migrate)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from google.protobuf import timestamp_pb2
 
-from controlplane.cli.client import admin_client
+from controlplane.cli.client import add_cp_argument, admin_client
 from meterline.admin.v1 import usage_pb2
 
 # Events per IngestEvents call (the server takes up to 10,000), and a bound on its size under
@@ -26,13 +26,13 @@ _WINDOWS = {
 }
 
 
-def register(usage_commands: Any, with_cp: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(usage_commands: Any) -> None:
     """Add ``ingest``, ``query`` and ``meters`` under ``meterline usage``."""
     ingest = usage_commands.add_parser(
         "ingest", help="send CloudEvents (one JSON object a line) to operator meters"
     )
     ingest.add_argument("file", help="a .jsonl file, or - for standard input")
-    with_cp(ingest)
+    add_cp_argument(ingest)
     ingest.set_defaults(func=_cmd_ingest)
 
     query = usage_commands.add_parser(
@@ -60,12 +60,12 @@ def register(usage_commands: Any, with_cp: Callable[[argparse.ArgumentParser], N
     query.add_argument("--from", dest="start", metavar="TIME", help="RFC 3339 start (inclusive)")
     query.add_argument("--to", dest="end", metavar="TIME", help="RFC 3339 end (exclusive)")
     query.add_argument("--json", action="store_true", help="print JSON")
-    with_cp(query)
+    add_cp_argument(query)
     query.set_defaults(func=_cmd_query)
 
     meters = usage_commands.add_parser("meters", help="list meters (built in and operator)")
     meters.add_argument("--json", action="store_true", help="print JSON")
-    with_cp(meters)
+    add_cp_argument(meters)
     meters.set_defaults(func=_cmd_meters)
 
 
