@@ -1,6 +1,9 @@
 """Upstream HTTP clients compared on the data plane's job: POST a chat completion to a
 keep-alive upstream and read the whole JSON body, with 32 requests in flight.
 
+Contenders: httpx, aiohttp's ClientSession, and the data plane's own client
+(dataplane.upstream.UpstreamClients, httptools underneath).
+
     python bench/upstream_clients.py [--url URL] [--requests 5000] [--concurrency 32]
 
 Start an upstream first (e.g. ../shared/bench-peers/fake_upstream.py on 127.0.0.1:18080).
@@ -62,7 +65,27 @@ async def run_aiohttp(url: str, requests: int, concurrency: int) -> None:
         await _drive(one, requests, concurrency)
 
 
-CLIENTS = {"httpx": run_httpx, "aiohttp": run_aiohttp}
+async def run_meterline(url: str, requests: int, concurrency: int) -> None:
+    from dataplane.upstream import UpstreamClients, split_url
+
+    # As the proxy sends them: raw (name, value) pairs, Host/Content-Length added by the pool.
+    headers = [(name.encode(), value.encode()) for name, value in HEADERS.items()]
+    clients = UpstreamClients(limit=concurrency)
+    pool = clients.get(split_url(url).origin)
+    try:
+
+        async def one() -> int:
+            response = await pool.request("POST", url, body=BODY, headers=headers)
+            await response.read()
+            response.release()
+            return response.status
+
+        await _drive(one, requests, concurrency)
+    finally:
+        await clients.aclose()
+
+
+CLIENTS = {"httpx": run_httpx, "aiohttp": run_aiohttp, "meterline": run_meterline}
 
 
 def main() -> None:

@@ -11,8 +11,6 @@ from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from urllib.parse import quote, urlencode, urlsplit
 
-import aiohttp
-
 from dataplane.anthropic_format import DEFAULT_ANTHROPIC_VERSION
 from dataplane.balancer import (
     ALGORITHMS,
@@ -63,6 +61,7 @@ from dataplane.translators import (
     PreserveTranslator,
     Translator,
 )
+from dataplane.upstream import Timeouts
 from meterline.dataplane.v1 import snapshot_pb2
 
 KEY_AUTH = "key-auth"
@@ -91,6 +90,7 @@ _ALWAYS_DROPPED = frozenset(
         b"te",
         b"trailer",
         b"upgrade",
+        b"expect",
         b"accept-encoding",
         b"content-type",
         b"authorization",
@@ -510,12 +510,11 @@ def _translator(config: snapshot_pb2.AiProxyConfig) -> Translator:
     return _OPENAI
 
 
-def _timeout(connect_ms: int, read_ms: int) -> aiohttp.ClientTimeout | None:
+def _timeout(connect_ms: int, read_ms: int) -> Timeouts | None:
     if not connect_ms and not read_ms:
         return None
     connect = connect_ms / 1000 if connect_ms else _DEFAULT_CONNECT_S
-    return aiohttp.ClientTimeout(
-        total=None,
+    return Timeouts(
         # Waiting for a pooled connection counts as connecting.
         connect=connect * 4,
         sock_connect=connect,
@@ -563,7 +562,7 @@ def _compile_ai_proxy_advanced(config: snapshot_pb2.AiProxyConfig) -> AiProxyPol
 def _compile_ai_proxy(
     config: snapshot_pb2.AiProxyConfig,
     *,
-    timeout: aiohttp.ClientTimeout | None = None,
+    timeout: Timeouts | None = None,
     model_policy: snapshot_pb2.AiProxyConfig | None = None,
 ) -> AiProxyPolicy:
     provider = config.model.provider
@@ -580,6 +579,9 @@ def _compile_ai_proxy(
     port = parts.port or (443 if parts.scheme == "https" else 80)
     headers: list[tuple[bytes, bytes]] = []
     if auth.header_name:
+        if any(c in auth.header_name + auth.header_value for c in "\r\n\0"):
+            # Written into the upstream request as is: a line break would inject headers.
+            raise CompileError("ai-proxy: auth header name or value contains a line break")
         headers.append((auth.header_name.lower().encode("latin-1"), auth.header_value.encode()))
     if provider == "anthropic" and config.route_type == ROUTE_TYPE_CHAT:
         # The route's version replaces the client's, so one route speaks one API version.

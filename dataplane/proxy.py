@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
 
-import aiohttp
 import orjson
 
 from dataplane.asgi import (
@@ -49,7 +48,13 @@ from dataplane.runtime import AiProxyPolicy, CompiledRoute, Consumer, KeyAuthPol
 from dataplane.sse import SseSplitter
 from dataplane.token_usage import TokenUsage
 from dataplane.translators import OpenAITranslator, Prepared, Translator
-from dataplane.upstream import UPSTREAM_ERRORS, UpstreamClients, upstream_url
+from dataplane.upstream import (
+    UPSTREAM_ERRORS,
+    Pool,
+    UpstreamClients,
+    UpstreamError,
+    UpstreamResponse,
+)
 from dataplane.usage_events import llm_token_events
 from meterline.dataplane.v1 import usage_pb2
 
@@ -65,7 +70,6 @@ TIMINGS_KEPT: Final = 1024
 
 _OPENAI: Final = OpenAITranslator()
 _SSE_CONTENT_TYPE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
-_JSON_CONTENT_TYPE_STR: Final = ("Content-Type", "application/json")
 
 # Upstream response headers the gateway does not relay: hop-by-hop ones, lengths and encodings
 # that no longer hold for the (decoded) body it sends, and headers it sets itself.
@@ -549,7 +553,7 @@ class _Exchange:
         scope: Scope,
         receive: Receive,
         send: Send,
-        session: aiohttp.ClientSession,
+        session: Pool,
         balancer: Balancer | None,
         *,
         final: bool,
@@ -558,36 +562,21 @@ class _Exchange:
         target = self.policy.target
         prepared = self.prepared
         dropped = self.route.dropped_headers
-        # aiohttp takes str headers and sends them UTF-8 encoded: decoding as UTF-8 keeps
-        # every valid header byte for byte (invalid sequences become U+FFFD).
-        headers = [
-            (name.decode(errors="replace"), value.decode(errors="replace"))
-            for name, value in scope["headers"]
-            if name not in dropped
-        ]
+        # The client's headers go on byte for byte, but for credentials and hop-by-hop ones.
+        headers = [(name, value) for name, value in scope["headers"] if name not in dropped]
         if prepared.body:
-            headers.append(_JSON_CONTENT_TYPE_STR)
-        headers.extend(target.auth_header_strs)
+            headers.append(JSON_CONTENT_TYPE)
+        headers.extend(target.auth_headers)
         id_header = (b"x-request-id", self.request_id.encode())
         try:
-            # Redirects are the client's business (httpx did not follow them either).
-            if self.policy.timeout is None:
-                response = await session.request(
-                    prepared.method,
-                    upstream_url(prepared.url),
-                    data=prepared.body or None,
-                    headers=headers,
-                    allow_redirects=False,
-                )
-            else:
-                response = await session.request(
-                    prepared.method,
-                    upstream_url(prepared.url),
-                    data=prepared.body or None,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=self.policy.timeout,
-                )
+            # Redirects are the client's business: they are relayed, not followed.
+            response = await session.request(
+                prepared.method,
+                prepared.url,
+                body=prepared.body or b"",
+                headers=headers,
+                timeout=self.policy.timeout,
+            )
             self.upstream_ns = time.perf_counter_ns()
         except UPSTREAM_ERRORS as exc:
             timed_out = isinstance(exc, TimeoutError)
@@ -613,7 +602,7 @@ class _Exchange:
                 if name not in _DROPPED_RESPONSE_HEADERS:
                     out_headers.append((name, value))
             out_headers.append(id_header)
-            content_type = response.headers.get("content-type", "")
+            content_type = response.content_type
             if prepared.stream and 200 <= status < 300 and "text/event-stream" in content_type:
                 await self._relay_stream(receive, send, response, out_headers, balancer)
                 return True
@@ -666,7 +655,7 @@ class _Exchange:
         self,
         receive: Receive,
         send: Send,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         headers: Headers,
         balancer: Balancer | None = None,
     ) -> None:
@@ -693,7 +682,7 @@ class _Exchange:
 
                 disconnected.add_done_callback(_start_drain_clock)
                 try:
-                    async for chunk in response.content.iter_any():
+                    async for chunk in response.iter_chunks():
                         events = splitter.feed(chunk)
                         if not events:
                             continue
@@ -713,9 +702,9 @@ class _Exchange:
                             )
                 finally:
                     disconnected.remove_done_callback(_start_drain_clock)
-        except aiohttp.ClientError as exc:
-            # Caught before TimeoutError: a read timeout (aiohttp's ServerTimeoutError is both)
-            # is a broken upstream, not the drain deadline below.
+        except UpstreamError as exc:
+            # Caught before TimeoutError: a read timeout (UpstreamTimeout is both) is a broken
+            # upstream, not the drain deadline below.
             # The status line is gone already; end the stream and record the failure.
             logger.warning(
                 "request %s: stream from %s broke: %s",

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from dataplane.enforcement import EMPTY_TABLE, EnforcementTable
 from dataplane.routing import RouteTable
+from dataplane.upstream import Timeouts
 
 if TYPE_CHECKING:
     from dataplane.balancer import Balancer
@@ -49,13 +48,6 @@ class ProviderTarget:
     # Provider secrets: never logged, never sent to a client.
     auth_headers: tuple[tuple[bytes, bytes], ...]
     auth_body_params: tuple[tuple[str, str], ...]
-    # auth_headers as the upstream HTTP client takes them, decoded once per snapshot.
-    auth_header_strs: tuple[tuple[str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.auth_header_strs and self.auth_headers:
-            strs = tuple((name.decode(), value.decode()) for name, value in self.auth_headers)
-            object.__setattr__(self, "auth_header_strs", strs)
 
     def __repr__(self) -> str:
         # The default repr would print the provider key into any log or traceback.
@@ -81,7 +73,7 @@ class AiProxyPolicy:
     # When not empty, the client's model (after aliasing) must be one of these.
     model_allow_list: frozenset[str] = frozenset()
     # Upstream timeouts of this target; None means the pooled session's defaults.
-    timeout: aiohttp.ClientTimeout | None = None
+    timeout: Timeouts | None = None
     # ai-proxy-advanced: every target (this policy is the first one's, with the balancer).
     balancer: Balancer | None = field(default=None, compare=False)
 

@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
 import httpx
 import openai
 import pytest
@@ -17,7 +16,7 @@ from dataplane.compiler import compile_snapshot
 from dataplane.estimate import estimate_tokens
 from dataplane.httpserver import serve_http
 from dataplane.proxy import Gateway
-from dataplane.upstream import UpstreamClients
+from dataplane.upstream import Timeouts, UpstreamClients
 from meterline.dataplane.v1 import usage_pb2
 
 FIRST = (
@@ -134,7 +133,7 @@ async def test_abandoned_stream_that_never_ends_is_estimated_after_the_drain_lim
 
 async def test_upstream_timeout_is_a_504_in_openai_shape(snapshot_for) -> None:
     upstream = GatedUpstream(answer_first=False)
-    clients = UpstreamClients(timeout=aiohttp.ClientTimeout(sock_connect=0.2, sock_read=0.2))
+    clients = UpstreamClients(timeout=Timeouts(sock_connect=0.2, sock_read=0.2))
     async with gateway_in_front_of(upstream, snapshot_for, clients=clients) as (
         address,
         recorder,
