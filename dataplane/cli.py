@@ -47,8 +47,8 @@ from dataplane.spool import (
     SpoolLocked,
 )
 from dataplane.spool_guard import SpoolGuard
-from dataplane.usage import UsageReporter
-from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2_grpc
+from dataplane.usage import UsageReporter, UsageStreamStub
+from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
 
 logger = logging.getLogger("dataplane")
 
@@ -322,7 +322,7 @@ async def _serve(
     if state.tls is None:
         logger.warning("--insecure-dev: plaintext link to the control plane, no certificates")
     reporter = UsageReporter(
-        stub=usage_pb2_grpc.UsageServiceStub(channel),  # type: ignore[no-untyped-call, unused-ignore]
+        stub=UsageStreamStub(channel),
         flush_interval=flush_interval,
         spool=spool,
         full_policy=state.full_policy,

@@ -29,7 +29,7 @@ import grpc
 
 from dataplane.backoff import Backoff
 from dataplane.spool import FullPolicy, Spool
-from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
+from meterline.dataplane.v1 import usage_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +59,64 @@ class UsageStats:
         return self.buffered_events + self.unacked_events
 
 
+class UsageStreamStub:
+    """UsageService.StreamUsage whose requests are UsageBatch messages already encoded.
+
+    The same RPC and wire format as ``usage_pb2_grpc.UsageServiceStub``; the reporter holds
+    each event serialized once (as the spool does) and frames a batch around those bytes
+    (``encode_batch``), instead of parsing every event back into a message to have the batch
+    serialized again.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.StreamUsage: grpc.aio.StreamStreamMultiCallable[bytes, usage_pb2.UsageAck] = (
+            channel.stream_stream(
+                STREAM_USAGE_METHOD,
+                request_serializer=None,  # bytes as they are
+                response_deserializer=usage_pb2.UsageAck.FromString,
+            )
+        )
+
+
+STREAM_USAGE_METHOD = "/meterline.dataplane.v1.UsageService/StreamUsage"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_batch(batch_id: str, events: list[bytes]) -> bytes:
+    """The wire form of ``UsageBatch(batch_id=..., events=[...])`` from serialized events:
+    field 1 (batch_id) then field 2 once per event, each length-delimited."""
+    encoded_id = batch_id.encode()
+    # proto3 leaves a field at its default (the empty string) off the wire.
+    parts = [b"\x0a", _varint(len(encoded_id)), encoded_id] if encoded_id else []
+    for data in events:
+        parts += (b"\x12", _varint(len(data)), data)
+    return b"".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    batch_id: str
+    data: bytes
+    events: int
+    # How many of its events each spool segment holds (released on the ACK).
+    segments: Counter[int]
+
+
 class UsageReporter:
     """Streams usage events to UsageService.StreamUsage; ``append`` is the gateway's sink."""
 
     def __init__(
         self,
         *,
-        stub: usage_pb2_grpc.UsageServiceStub,
+        stub: UsageStreamStub,
         flush_interval: float = 0.2,
         batch_size: int = 500,
         max_buffered_events: int = 200_000,
@@ -83,9 +134,8 @@ class UsageReporter:
         # (spool segment or None, serialized event): bytes are what the spool holds anyway,
         # and far smaller in memory than message objects.
         self._buffer: deque[tuple[int | None, bytes]] = deque()
-        # Insertion-ordered: resends go out in the original order. Each batch remembers how
-        # many of its events each spool segment holds, to release them on the ACK.
-        self._unacked: dict[str, tuple[usage_pb2.UsageBatch, Counter[int]]] = {}
+        # Insertion-ordered: resends go out in the original order.
+        self._unacked: dict[str, _Batch] = {}
         self._spool = spool
         self._full_policy = full_policy
         self._last_full_alert = 0.0
@@ -193,7 +243,7 @@ class UsageReporter:
         stats = self._stats
         stats.buffered_events = len(self._buffer)
         stats.unacked_batches = len(self._unacked)
-        stats.unacked_events = sum(len(batch.events) for batch, _ in self._unacked.values())
+        stats.unacked_events = sum(batch.events for batch in self._unacked.values())
         stats.spool_bytes = self._spool.size_bytes if self._spool is not None else 0
         return UsageStats(**vars(stats))
 
@@ -220,14 +270,14 @@ class UsageReporter:
         self._stats.streams_opened += 1
         reader = asyncio.create_task(self._read_acks(call))
         try:
-            for batch, _ in list(self._unacked.values()):
-                await call.write(batch)
+            for batch in list(self._unacked.values()):
+                await call.write(batch.data)
                 self._stats.resent_batches += 1
             while not reader.done():
                 while self._buffer and len(self._unacked) < self._max_unacked:
-                    batch, segments = self._cut_batch()
-                    self._unacked[batch.batch_id] = (batch, segments)
-                    await call.write(batch)
+                    batch = self._cut_batch()
+                    self._unacked[batch.batch_id] = batch
+                    await call.write(batch.data)
                     self._stats.sent_batches += 1
                 self._check_drained()
                 self._wake.clear()
@@ -244,16 +294,18 @@ class UsageReporter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    def _cut_batch(self) -> tuple[usage_pb2.UsageBatch, Counter[int]]:
+    def _cut_batch(self) -> _Batch:
         count = min(len(self._buffer), self._batch_size)
-        batch = usage_pb2.UsageBatch(batch_id=uuid.uuid4().hex)
+        batch_id = uuid.uuid4().hex
         segments: Counter[int] = Counter()
+        events: list[bytes] = []
+        buffer = self._buffer
         for _ in range(count):
-            segment, data = self._buffer.popleft()
-            batch.events.add().MergeFromString(data)
+            segment, data = buffer.popleft()
+            events.append(data)
             if segment is not None:
                 segments[segment] += 1
-        return batch, segments
+        return _Batch(batch_id, encode_batch(batch_id, events), count, segments)
 
     async def _read_acks(self, call: Any) -> None:
         try:
@@ -262,13 +314,12 @@ class UsageReporter:
                 if entry is None:
                     logger.debug("usage ack for unknown batch %s", ack.batch_id)
                     continue
-                batch, segments = entry
-                if self._spool is not None and segments:
-                    self._spool.ack(segments)
+                if self._spool is not None and entry.segments:
+                    self._spool.ack(entry.segments)
                 # A stream that delivers acks is healthy: the next failure starts a new backoff.
                 self._backoff.reset()
                 self._stats.acked_batches += 1
-                self._stats.acked_events += len(batch.events)
+                self._stats.acked_events += entry.events
                 self._check_drained()
                 # Room for more in-flight batches.
                 self._wake.set()

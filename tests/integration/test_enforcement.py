@@ -32,7 +32,7 @@ from dataplane.fakeanthropic import FakeAnthropic
 from dataplane.fakeprovider import FakeProvider
 from dataplane.httpserver import ServerAddress, serve_http
 from dataplane.proxy import Gateway
-from dataplane.usage import UsageReporter
+from dataplane.usage import UsageReporter, UsageStreamStub
 from meterline.admin.v1 import (
     billing_pb2,
     billing_pb2_grpc,
@@ -41,7 +41,7 @@ from meterline.admin.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
 )
-from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2_grpc
+from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
 
 # Events carry the data plane's real time: the frozen clock stands a little after it.
 NOW = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
@@ -195,7 +195,7 @@ class Stack:
 async def _start_dataplane(address: str, node: str, stack: list[object]) -> DataPlane:
     channel = grpc.aio.insecure_channel(address)
     stack.append(channel)
-    reporter = UsageReporter(stub=usage_pb2_grpc.UsageServiceStub(channel), flush_interval=0.05)
+    reporter = UsageReporter(stub=UsageStreamStub(channel), flush_interval=0.05)
     gateway = Gateway(node_id=node, usage_sink=reporter.append)
     gateway.enforcer.acked = acked_events(reporter)
     config = ConfigClient(

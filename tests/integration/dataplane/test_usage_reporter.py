@@ -11,7 +11,7 @@ import pytest
 from dataplane.backoff import Backoff
 from dataplane.openai_format import TokenUsage
 from dataplane.spool import FullPolicy, Spool
-from dataplane.usage import UsageReporter
+from dataplane.usage import UsageReporter, UsageStreamStub
 from dataplane.usage_events import llm_token_events
 from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
 
@@ -81,7 +81,7 @@ async def usage_service() -> AsyncIterator[tuple[ScriptedUsageService, grpc.aio.
 
 def reporter_on(channel: grpc.aio.Channel, **kwargs) -> UsageReporter:
     return UsageReporter(
-        stub=usage_pb2_grpc.UsageServiceStub(channel),
+        stub=UsageStreamStub(channel),
         backoff=Backoff(initial=0.01, maximum=0.05),
         **kwargs,
     )
