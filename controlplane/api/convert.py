@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -56,8 +56,13 @@ def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+    # What Timestamp.ToDatetime(tzinfo=UTC) returns (microseconds, truncated), without its
+    # pure-Python detour: usage ingestion converts every event's time.
+    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 def parse_decimal(text: str, *, field: str) -> Decimal:
@@ -640,19 +645,21 @@ TOKEN_TYPES = {
 
 
 def usage_event_from_proto(message: usage_pb2.UsageEvent, *, index: int) -> UsageEvent:
-    where = f"events[{index}] ({message.id or 'no id'})"
+    def where() -> str:
+        return f"events[{index}] ({message.id or 'no id'})"
+
     if not message.id:
-        raise InvalidArgument(f"{where}: id is required")
+        raise InvalidArgument(f"{where()}: id is required")
     if not message.HasField("time"):
-        raise InvalidArgument(f"{where}: time is required")
+        raise InvalidArgument(f"{where()}: time is required")
     if not message.HasField("llm_tokens"):
-        raise InvalidArgument(f"{where}: llm_tokens data is required")
+        raise InvalidArgument(f"{where()}: llm_tokens data is required")
     llm = message.llm_tokens
     token_type = TOKEN_TYPES.get(llm.token_type)
     if token_type is None:
-        raise InvalidArgument(f"{where}: token_type {llm.token_type} is not a known TokenType")
+        raise InvalidArgument(f"{where()}: token_type {llm.token_type} is not a known TokenType")
     if llm.tokens < 0:
-        raise InvalidArgument(f"{where}: tokens must not be negative")
+        raise InvalidArgument(f"{where()}: tokens must not be negative")
     return UsageEvent(
         id=message.id,
         source=message.source,

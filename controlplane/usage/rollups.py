@@ -76,7 +76,9 @@ class Deltas:
         time: datetime,
         dimensions: str,
         value: Decimal | None,
+        count: int = 1,
     ) -> None:
+        """Add ``count`` events whose values total ``value`` (their maximum, for MAX)."""
         if not aggregation.rolls_up:
             return
         key = (meter, subject, time.replace(minute=0, second=0, microsecond=0), dimensions)
@@ -84,13 +86,13 @@ class Deltas:
         delta = target.get(key)
         amount = value if value is not None else Decimal(0)
         if delta is None:
-            target[key] = Delta(amount, 1)
+            target[key] = Delta(amount, count)
         elif aggregation is MeterAggregation.MAX:
             delta.value = max(delta.value, amount)
-            delta.count += 1
+            delta.count += count
         else:
             delta.value += amount
-            delta.count += 1
+            delta.count += count
 
     def __bool__(self) -> bool:
         return bool(self.additive or self.maximum)

@@ -22,7 +22,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects import sqlite
 
 from controlplane.errors import InvalidArgument
 from controlplane.storage import schema as s
@@ -60,31 +59,63 @@ def insert_events(
     if conn.dialect.name == "postgresql":
         accepted = _insert_json(conn, unique, ingest_time=ingest_time)
         return InsertResult(accepted=accepted, duplicates=len(events) - accepted)
-    rows = [
-        {
-            "id": e.id,
-            "source": e.source,
-            "type": e.type,
-            "subject": e.subject,
-            "time": e.time,
-            "provider": e.provider,
-            "model": e.model,
-            "token_type": e.token_type.value,
-            "tokens": e.tokens,
-            "status_code": e.status_code,
-            "route": e.route,
-            "request_id": e.request_id,
-            "estimated": e.estimated,
-            "ingest_time": ingest_time,
-            "time_to_first_token_ms": e.time_to_first_token_ms,
-            "latency_ms": e.latency_ms,
-        }
-        for e in unique
-    ]
-    statement = sqlite.insert(t).on_conflict_do_nothing(index_elements=["id"]).returning(t.c.id)
-    inserted = {row.id for row in conn.execute(statement, rows)}
+    rows = orjson.dumps(
+        [
+            (
+                e.id,
+                e.source,
+                e.type,
+                e.subject,
+                _sqlite_time(e.time),
+                e.provider,
+                e.model,
+                e.token_type.value,
+                e.tokens,
+                e.status_code,
+                e.route,
+                e.request_id,
+                e.estimated,
+                e.time_to_first_token_ms,
+                e.latency_ms,
+            )
+            for e in unique
+        ]
+    ).decode()
+    params = {"ingest_time": _sqlite_time(ingest_time), "rows": rows}
+    inserted = set(conn.execute(_SQLITE_JSON_INSERT, params).scalars())
     _roll_up(conn, unique, inserted)
     return InsertResult(accepted=len(inserted), duplicates=len(events) - len(inserted))
+
+
+# SQLite's counterpart of _JSON_INSERT below: the batch travels as one JSON array of rows that
+# SQLite takes apart in C (json_each), instead of SQLAlchemy binding every value of every row
+# in Python (most of the store's CPU: bench/README.md). "WHERE true" is SQLite's required
+# disambiguation of INSERT ... SELECT ... ON CONFLICT.
+_SQLITE_JSON_INSERT = text(
+    """
+    INSERT INTO usage_events (
+        id, source, type, subject, time, provider, model, token_type, tokens,
+        status_code, route, request_id, estimated, ingest_time,
+        time_to_first_token_ms, latency_ms
+    )
+    SELECT
+        json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+        json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+        json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'),
+        json_extract(value, '$[9]'), json_extract(value, '$[10]'),
+        json_extract(value, '$[11]'), json_extract(value, '$[12]'), :ingest_time,
+        json_extract(value, '$[13]'), json_extract(value, '$[14]')
+    FROM json_each(:rows) WHERE true
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+)
+
+
+def _sqlite_time(value: datetime) -> str:
+    """``value`` as SQLAlchemy's SQLite DATETIME stores it (naive UTC, always microseconds),
+    so raw inserts compare and read back exactly like values bound through the column type."""
+    return _naive_utc(value).isoformat(" ", "microseconds")
 
 
 def llm_dimensions(
@@ -104,23 +135,46 @@ def llm_dimensions(
 
 def _roll_up(conn: Connection, events: Sequence[UsageEvent], inserted: set[str]) -> None:
     # Only events this insert stored roll up: a duplicate was counted when it first arrived.
-    deltas = rollups.Deltas()
+    # Summed per (subject, hour, dimensions) in plain ints first: a batch holds many events
+    # of few rollup rows, and the dimension text is built once per row, not per event.
+    sums: dict[tuple[str, datetime, str, str, str, int, str], list[int]] = {}
     for e in events:
         if e.id in inserted:
-            deltas.add(
-                aggregation=MeterAggregation.SUM,
-                meter=LLM_TOKENS,
-                subject=e.subject,
-                time=e.time,
-                dimensions=llm_dimensions(
-                    model=e.model,
-                    provider=e.provider,
-                    route=e.route,
-                    status_code=e.status_code,
-                    token_type=e.token_type.value,
-                ),
-                value=Decimal(e.tokens),
+            key = (
+                e.subject,
+                e.time.replace(minute=0, second=0, microsecond=0),
+                e.model,
+                e.provider,
+                e.route,
+                e.status_code,
+                e.token_type.value,
             )
+            found = sums.get(key)
+            if found is None:
+                sums[key] = [e.tokens, 1]
+            else:
+                found[0] += e.tokens
+                found[1] += 1
+    deltas = rollups.Deltas()
+    for (subject, hour, model, provider, route, status_code, token_type), (
+        tokens,
+        count,
+    ) in sums.items():
+        deltas.add(
+            aggregation=MeterAggregation.SUM,
+            meter=LLM_TOKENS,
+            subject=subject,
+            time=hour,
+            dimensions=llm_dimensions(
+                model=model,
+                provider=provider,
+                route=route,
+                status_code=status_code,
+                token_type=token_type,
+            ),
+            value=Decimal(tokens),
+            count=count,
+        )
     rollups.apply(conn, deltas)
 
 
