@@ -1,0 +1,476 @@
+"""The data plane's own HTTP/1.1 server (dataplane/httpserver.py), over real sockets.
+
+Driven with httpx where a client's view is enough, and with raw sockets (responses read back
+through httptools' response parser) where the bytes on the wire matter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import httpx
+import pytest
+
+from dataplane import httpserver
+from dataplane.asgi import read_body, send_response
+from dataplane.httpserver import ServerAddress, serve_http
+
+Scope = dict[str, Any]
+App = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+async def echo(scope: Scope, receive: Any, send: Any) -> None:
+    """Answers ``METHOD PATH?QUERY body`` with a content-length."""
+    body = await read_body(receive, limit=10_000_000)
+    text = f"{scope['method']} {scope['path']}?{scope['query_string'].decode()} ".encode()
+    await send_response(send, 200, text + body, [(b"content-type", b"text/plain")])
+
+
+@dataclass
+class Response:
+    status: int = 0
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    body: bytes = b""
+    complete: bool = False
+
+
+class Wire:
+    """A raw client connection; responses parsed with httptools as bytes arrive."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.responses: list[Response] = []
+        self.chunks: list[bytes] = []  # body pieces as they arrive
+        self._parser = httptools.HttpResponseParser(self)
+
+    @classmethod
+    async def open(cls, address: ServerAddress) -> Wire:
+        return cls(*await asyncio.open_connection(address.host, address.port))
+
+    def on_message_begin(self) -> None:
+        self.responses.append(Response())
+
+    def on_status(self, status: bytes) -> None:
+        self.responses[-1].status = self._parser.get_status_code()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.responses[-1].headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self.responses[-1].body += body
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.responses[-1].complete = True
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_raw(self, n: int = 65536) -> bytes:
+        return await asyncio.wait_for(self.reader.read(n), 5)
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Read and parse until ``done()``; fails on EOF first."""
+        while not done():
+            data = await self.read_raw()
+            assert data, "connection closed early"
+            self._parser.feed_data(data)
+
+    async def response(self, index: int = 0) -> Response:
+        await self.until(lambda: len(self.responses) > index and self.responses[index].complete)
+        return self.responses[index]
+
+    async def closed(self) -> bool:
+        """True when the server closed the connection (EOF) within 5 s."""
+        while data := await self.read_raw():
+            self._parser.feed_data(data)
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+@pytest.fixture
+async def wire_to() -> AsyncIterator[Callable[[ServerAddress], Awaitable[Wire]]]:
+    wires: list[Wire] = []
+
+    async def connect(address: ServerAddress) -> Wire:
+        wire = await Wire.open(address)
+        wires.append(wire)
+        return wire
+
+    yield connect
+    for wire in wires:
+        wire.writer.close()
+        with contextlib.suppress(OSError):
+            await wire.writer.wait_closed()
+
+
+async def test_scope_carries_what_the_app_relies_on() -> None:
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await send_response(send, 200, b"ok", [])
+
+    async with serve_http(app) as address, httpx.AsyncClient() as client:
+        response = await client.get(f"{address.url}/v1/a%20b?x=1&y=%2F", headers={"X-Up": "A"})
+    assert response.status_code == 200
+    scope = seen[0]
+    assert scope["type"] == "http" and scope["scheme"] == "http"
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+    assert scope["http_version"] == "1.1" and scope["method"] == "GET"
+    assert scope["path"] == "/v1/a b" and scope["raw_path"] == b"/v1/a%20b"
+    assert scope["query_string"] == b"x=1&y=%2F" and scope["root_path"] == ""
+    assert scope["server"] == ("127.0.0.1", address.port)
+    assert scope["client"][0] == "127.0.0.1"
+    assert (b"x-up", b"A") in scope["headers"]
+    assert "date" in response.headers and "server" not in response.headers
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    clients: list[tuple[str, int]] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        clients.append(scope["client"])
+        await echo(scope, receive, send)
+
+    async with serve_http(app) as address, httpx.AsyncClient(base_url=address.url) as client:
+        first = await client.post("/a", content=b"one")
+        second = await client.post("/b", content=b"two")
+    assert (first.text, second.text) == ("POST /a? one", "POST /b? two")
+    assert clients[0] == clients[1]
+
+
+async def test_two_pipelined_requests_in_one_write_are_answered_in_order(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(
+            b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /second?q=2 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        first, second = await wire.response(0), await wire.response(1)
+    assert first.body == b"POST /first? abc"
+    assert second.body == b"GET /second?q=2 "
+
+
+async def test_chunked_request_body_is_decoded(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(
+            b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        await wire.send(b"6\r\n world\r\n0\r\n\r\n")
+        response = await wire.response()
+    assert response.body == b"POST /c? hello world"
+
+
+async def test_expect_100_continue_is_answered_when_the_app_reads(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(
+            b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = await wire.read_raw()
+        await wire.send(b"body")
+        response = await wire.response()
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert response.status == 200 and response.body == b"POST /e? body"
+
+
+async def test_http_1_0_is_answered_then_closed(wire_to) -> None:
+    async def streamed(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+
+    async with serve_http(streamed) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET / HTTP/1.0\r\n\r\n")
+        raw = b""
+        while data := await wire.read_raw():  # EOF ends the response
+            raw += data
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding" not in head and b"connection: close" in head
+    assert body == b"ab"
+
+
+async def test_http_1_0_keep_alive_is_honoured(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET /1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        first = await wire.response(0)
+        await wire.send(b"GET /2 HTTP/1.0\r\n\r\n")
+        second = await wire.response(1)
+        assert await wire.closed()
+    assert first.headers[b"connection"] == b"keep-alive" and first.body == b"GET /1? "
+    assert second.body == b"GET /2? "
+
+
+async def test_connection_close_from_the_client_closes_after_the_answer(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        response = await wire.response()
+        assert await wire.closed()
+    assert response.headers[b"connection"] == b"close" and response.body == b"GET /x? "
+
+
+async def test_head_answers_headers_only_and_keeps_the_connection(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await wire.read_raw()
+        await wire.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        wire._parser.feed_data(await wire.read_raw())
+        after = await wire.response(0)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    assert b"content-length: 9\r\n" in head  # "HEAD /h? ": counted, not sent
+    assert after.body == b"GET /after? "
+
+
+async def test_a_streamed_response_arrives_chunk_by_chunk(wire_to) -> None:
+    release = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        finished.set()
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wire.until(lambda: bool(wire.chunks))
+        # The first chunk is here while the app is still blocked.
+        assert wire.chunks == [b"data: 1\n\n"] and not finished.is_set()
+        release.set()
+        response = await wire.response()
+    assert response.headers[b"transfer-encoding"] == b"chunked"
+    assert wire.chunks == [b"data: 1\n\n", b"data: 2\n\n"]
+
+
+async def test_receive_blocks_after_the_body_then_reports_the_client_leaving(wire_to) -> None:
+    streaming = asyncio.Event()
+    messages: list[dict[str, Any]] = []
+    sent_after_leaving = asyncio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        messages.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        waiting = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)  # one loop turn: a body or a disconnect would have woken it
+        messages.append({"blocked": not waiting.done()})
+        streaming.set()
+        messages.append(await waiting)
+        # Sending after the client left is silently dropped, as uvicorn does.
+        await send({"type": "http.response.body", "body": b"late", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        sent_after_leaving.set()
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        await streaming.wait()
+        await wire.close()
+        await asyncio.wait_for(sent_after_leaving.wait(), 5)
+    assert messages == [
+        {"type": "http.request", "body": b"hi", "more_body": False},
+        {"blocked": True},
+        {"type": "http.disconnect"},
+    ]
+
+
+async def test_receive_after_the_response_returns_disconnect() -> None:
+    after: list[dict[str, Any]] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await read_body(receive, limit=100)
+        waiting = asyncio.ensure_future(receive())
+        await send_response(send, 200, b"ok", [])
+        after.append(await waiting)
+
+    async with serve_http(app) as address, httpx.AsyncClient() as client:
+        response = await client.post(address.url, content=b"x")
+    assert response.text == "ok"
+    assert after == [{"type": "http.disconnect"}]
+
+
+async def test_app_failing_before_answering_gives_500_and_a_log_line(caplog) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        raise ValueError("boom")
+
+    async with serve_http(app) as address, httpx.AsyncClient() as client:
+        response = await client.get(address.url)
+    assert response.status_code == 500 and response.text == "Internal Server Error"
+    assert response.headers["connection"] == "close"
+    record = next(r for r in caplog.records if r.name == "dataplane.httpserver")
+    assert record.levelno == logging.ERROR and "Exception in ASGI application" in record.message
+    assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
+
+
+async def test_app_returning_without_answer_gives_500() -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        return None
+
+    async with serve_http(app) as address, httpx.AsyncClient() as client:
+        response = await client.get(address.url)
+    assert response.status_code == 500
+
+
+async def test_app_failing_midstream_closes_the_connection(wire_to) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise ValueError("boom")
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await wire.closed()
+    assert wire.chunks == [b"part"] and not wire.responses[0].complete
+
+
+async def test_malformed_request_gets_400_and_close(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n")
+        response = await wire.response()
+        assert await wire.closed()
+    assert response.status == 400
+
+
+async def test_oversized_head_gets_431_and_close(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        response = await wire.response()
+        assert await wire.closed()
+    assert response.status == 431
+
+
+async def test_head_sent_piecemeal_is_cut_at_the_limit(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET / HTTP/1.1\r\nX-Big: ")
+        for _ in range(20):  # never ends its header line
+            await wire.send(b"a" * 4096)
+        response = await wire.response()
+    assert response.status == 431
+
+
+async def test_upgrade_request_is_answered_as_plain_http(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        response = await wire.response()
+        assert await wire.closed()
+    assert response.status == 200 and response.body == b"GET /ws? "
+
+
+async def test_an_idle_keep_alive_connection_is_closed(wire_to, monkeypatch) -> None:
+    monkeypatch.setattr(httpserver, "_KEEP_ALIVE_S", 0.2)
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wire.response()
+        loop = asyncio.get_running_loop()
+        idle_from = loop.time()
+        assert await wire.closed()
+        assert loop.time() - idle_from >= 0.2
+
+
+async def test_shutdown_waits_for_a_request_in_flight(wire_to) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        started.set()
+        await release.wait()
+        await send_response(send, 200, b"done", [])
+
+    server = serve_http(app, graceful_shutdown_s=5)
+    address = await server.__aenter__()
+    busy, idle = await wire_to(address), await wire_to(address)
+    await busy.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await started.wait()
+    stopping = asyncio.ensure_future(server.__aexit__(None, None, None))
+    # The idle connection is closed at once; the busy one is still waiting for its answer.
+    assert await idle.closed()
+    assert not stopping.done() and not busy.responses
+    release.set()
+    response = await busy.response()
+    assert await busy.closed()
+    await stopping
+    assert response.body == b"done" and response.headers[b"connection"] == b"close"
+    with pytest.raises(OSError):
+        await asyncio.open_connection(address.host, address.port)
+
+
+async def test_shutdown_cuts_a_request_past_the_grace_period(wire_to) -> None:
+    started = asyncio.Event()
+    outcome: list[str] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    server = serve_http(app, graceful_shutdown_s=1)
+    address = await server.__aenter__()
+    wire = await wire_to(address)
+    await wire.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await started.wait()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await server.__aexit__(None, None, None)
+    assert 1.0 <= loop.time() - began < 3.0
+    assert outcome == ["cancelled"]
+    with pytest.raises((ConnectionError, AssertionError)):
+        await wire.response()  # cut: no answer, connection closed
+    assert not wire.responses
+
+
+async def test_send_waits_while_the_client_does_not_read(wire_to) -> None:
+    progress: list[int] = []
+    blocked = asyncio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        chunk = b"z" * 65536
+        for i in range(2000):  # 128 MiB: far beyond any socket buffer
+            sending = asyncio.ensure_future(
+                send({"type": "http.response.body", "body": chunk, "more_body": True})
+            )
+            await asyncio.sleep(0)
+            if not sending.done():
+                progress.append(i)
+                blocked.set()
+            await sending
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(blocked.wait(), 5)
+        # The app is paused well before the whole body is written.
+        assert progress[0] < 1000
+        await wire.close()  # the paused send then returns and the app finishes
