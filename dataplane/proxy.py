@@ -137,8 +137,11 @@ class Gateway:
         if scope["type"] != "http":
             return
         start_ns = time.time_ns()
-        # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID object.
-        request_id = os.urandom(16).hex()
+        # 32 hex digits, time-ordered like a UUIDv7: 48 bits of Unix milliseconds, then 80
+        # random bits. Event ids start with it, so the control plane's primary-key index takes
+        # new events near its right edge instead of at random pages (SQLite wrote ~2x fewer
+        # WAL pages per batch; bench/README.md).
+        request_id = f"{start_ns // 1_000_000:012x}{os.urandom(10).hex()}"
         REQUEST_ID.set(request_id)  # for log lines (dataplane/logs.py); this task only
         id_header = (b"x-request-id", request_id.encode())
         config = self.config

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import time
 
 import httpx
 import openai
@@ -227,7 +229,10 @@ async def test_unknown_route_gets_404(running) -> None:
             "code": "route_not_found",
         }
     }
-    assert len(response.headers["x-request-id"]) == 32
+    # 32 hex digits, time-ordered: Unix milliseconds first (primary-key locality for events).
+    request_id = response.headers["x-request-id"]
+    assert re.fullmatch("[0-9a-f]{32}", request_id)
+    assert abs(int(request_id[:12], 16) - time.time_ns() // 1_000_000) < 60_000
 
 
 async def test_upstream_500_passes_through_and_is_recorded(running, fake) -> None:
