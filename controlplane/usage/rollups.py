@@ -151,22 +151,28 @@ def apply(conn: Connection, deltas: Deltas) -> None:
             _apply_sqlite(conn, rows, is_max=is_max)
 
 
+@lru_cache(maxsize=1)
+def _sqlite_integer_upsert() -> Any:
+    # Built once: constructing it (and its cache key) per batch was a fifth of the control
+    # plane's ingest CPU on SQLite.
+    statement = sqlite.insert(r)
+    return statement.on_conflict_do_update(
+        index_elements=["meter", "subject", "bucket", "dimensions", "shard"],
+        set_={
+            "value": cast(
+                cast(r.c.value, BigInteger) + cast(statement.excluded.value, BigInteger),
+                String,
+            ),
+            "count": r.c.count + statement.excluded.count,
+        },
+    )
+
+
 def _apply_sqlite(conn: Connection, rows: Mapping[RollupKey, Delta], *, is_max: bool) -> None:
     if not is_max and all(key[0] == LLM_TOKENS for key in rows):
         # Token sums are integers: SQLite adds them exactly (64-bit) in one upsert.
-        statement = sqlite.insert(r)
-        statement = statement.on_conflict_do_update(
-            index_elements=["meter", "subject", "bucket", "dimensions", "shard"],
-            set_={
-                "value": cast(
-                    cast(r.c.value, BigInteger) + cast(statement.excluded.value, BigInteger),
-                    String,
-                ),
-                "count": r.c.count + statement.excluded.count,
-            },
-        )
         conn.execute(
-            statement,
+            _sqlite_integer_upsert(),
             [
                 {
                     "meter": meter,
