@@ -13,7 +13,8 @@ chunked responses when the app gives no content-length, a cached ``date`` header
 control, 500 when the app fails before answering, 400 on a malformed request, 431 on a request
 head over 64 KiB, idle keep-alive connections closed after 5 s. Upgrade requests (WebSocket)
 are answered as plain HTTP, then the connection closes. One difference: the status line and
-headers go out with the first body chunk, in one write.
+headers of a response with a Content-Length go out with its first body chunk, in one write
+(a stream's head is written at once, as uvicorn does).
 """
 
 from __future__ import annotations
@@ -745,4 +746,9 @@ class _Cycle:
             raise RuntimeError("Invalid HTTP header name or value.")
         self.started = True
         self.expect_100 = False
-        self.head = head
+        if length < 0 and not self.no_body:
+            # A stream (chunked or close-delimited): its head goes out now, so the client has
+            # the status before the first event, which a slow model may take long to produce.
+            self.conn.transport.write(head)
+        else:
+            self.head = head

@@ -262,6 +262,28 @@ async def test_a_streamed_response_arrives_chunk_by_chunk(wire_to) -> None:
     assert wire.chunks == [b"data: 1\n\n", b"data: 2\n\n"]
 
 
+async def test_a_streamed_response_head_is_sent_before_its_first_chunk(wire_to) -> None:
+    # A slow model may take long to produce its first event: the client has the status now.
+    release = asyncio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wire.until(lambda: bool(wire.responses) and wire.responses[0].status == 200)
+        assert wire.responses[0].headers[b"content-type"] == b"text/event-stream"
+        assert wire.chunks == []
+        release.set()
+        response = await wire.response()
+    assert response.body == b"data: 1\n\n"
+
+
 async def test_receive_blocks_after_the_body_then_reports_the_client_leaving(wire_to) -> None:
     streaming = asyncio.Event()
     messages: list[dict[str, Any]] = []
