@@ -69,23 +69,33 @@ _USAGE_MARKERS: Final = (b'"usage":{', b'"usage": {')
 
 
 def _beside_usage(events: bytes, figures: dict[str, object]) -> tuple[bytes, bool]:
-    """``events`` with ``"meterline": figures`` added to the chunk that carries ``usage``."""
-    if not events:
-        return events, False
-    out: list[bytes] = []
-    placed = False
-    for line in events.split(b"\n"):
-        if not placed and line.startswith(b"data:") and any(m in line for m in _USAGE_MARKERS):
+    """``events`` with ``"meterline": figures`` added to the chunk that carries ``usage``.
+
+    Only the line holding a usage marker is parsed and rewritten; the bytes around it are
+    copied as they are (a whole stream may be held here: splitting it into lines cost ~10%
+    of a streamed request's CPU).
+    """
+    start = 0
+    while True:
+        found = [i for i in (events.find(m, start) for m in _USAGE_MARKERS) if i != -1]
+        if not found:
+            return events, False
+        at = min(found)
+        line_start = events.rfind(b"\n", 0, at) + 1
+        line_end = events.find(b"\n", at)
+        if line_end == -1:
+            line_end = len(events)
+        line = events[line_start:line_end]
+        if line.startswith(b"data:"):
             try:
                 chunk = orjson.loads(line[5:])
             except orjson.JSONDecodeError:
                 chunk = None
             if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
                 chunk["meterline"] = figures
-                line = b"data: " + orjson.dumps(chunk)
-                placed = True
-        out.append(line)
-    return b"\n".join(out), placed
+                rewritten = b"data: " + orjson.dumps(chunk)
+                return events[:line_start] + rewritten + events[line_end:], True
+        start = line_end
 
 
 UsageSink = Callable[[usage_pb2.UsageEvent], None]

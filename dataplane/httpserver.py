@@ -526,11 +526,13 @@ class _Cycle:
         "disconnected",
         "drained",
         "expect_100",
+        "flush_scheduled",
         "head",
         "http10",
         "keep_alive",
         "more_body",
         "no_body",
+        "pending",
         "remaining",
         "scope",
         "started",
@@ -563,6 +565,10 @@ class _Cycle:
         self.started = False
         self.complete = False
         self.head: bytes | None = None  # status line + headers, written with the first body
+        # A stream's bytes not yet written: everything one step of the app sends goes out in
+        # one write at the end of the loop's turn (see _flush).
+        self.pending: list[bytes] | None = None
+        self.flush_scheduled = False
         self.chunked = False
         self.no_body = False
         self.remaining = -1  # content-length still to send; -1: none given
@@ -580,6 +586,7 @@ class _Cycle:
             if not self.started:
                 await self._send_500()
             else:
+                self.flush()  # what the app sent before failing still reaches the client
                 self.conn.transport.close()
         else:
             if not self.started:
@@ -588,6 +595,7 @@ class _Cycle:
                     await self._send_500()
             elif not self.complete and not self.disconnected:
                 logger.error("ASGI callable returned without completing response.")
+                self.flush()
                 self.conn.transport.close()
         finally:
             state = self.conn.state
@@ -671,17 +679,32 @@ class _Cycle:
             )
         body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
+        pending = self.pending
+        if pending is not None:
+            # A stream: its head and chunks wait in ``pending`` for the flush at the end of
+            # this turn of the loop, or for the last chunk, whichever comes first.
+            if body:
+                if self.chunked:
+                    pending += (b"%x\r\n" % len(body), body, b"\r\n")
+                else:
+                    pending.append(body)
+            if more_body:
+                if not self.flush_scheduled:
+                    self.flush_scheduled = True
+                    conn.loop.call_soon(self.flush)
+                return
+            if self.chunked:
+                pending.append(_LAST_CHUNK)
+            self.pending = None
+            conn.transport.write(b"".join(pending))
+            self.complete = True
+            self.wake()
+            conn.response_done(self)
+            return
         head = self.head
         self.head = None
         if self.no_body:
             data = head or b""
-        elif self.chunked:
-            parts = [head] if head is not None else []
-            if body:
-                parts += (b"%x\r\n" % len(body), body, b"\r\n")
-            if not more_body:
-                parts.append(_LAST_CHUNK)
-            data = b"".join(parts)
         else:
             if self.remaining >= 0:
                 if len(body) > self.remaining:
@@ -746,9 +769,29 @@ class _Cycle:
             raise RuntimeError("Invalid HTTP header name or value.")
         self.started = True
         self.expect_100 = False
-        if length < 0 and not self.no_body:
-            # A stream (chunked or close-delimited): its head goes out now, so the client has
-            # the status before the first event, which a slow model may take long to produce.
-            self.conn.transport.write(head)
+        if not self.no_body and self.remaining < 0:
+            # A stream (chunked or close-delimited): its head goes out at the end of this turn
+            # of the loop, so the client has the status before the first event, which a slow
+            # model may take long to produce; events the app sends in the same turn join it.
+            self.pending = [head]
+            self.flush_scheduled = True
+            self.conn.loop.call_soon(self.flush)
         else:
             self.head = head
+
+    def flush(self) -> None:
+        """Write what a stream sent since the last flush (scheduled by ``send``).
+
+        One write(2) per turn of the loop instead of one per message: a model's stream that
+        arrives whole (head, every event and the last chunk in one read from the provider)
+        costs one write instead of three, and a slow one still goes out event by event.
+        """
+        self.flush_scheduled = False
+        pending = self.pending
+        if not pending:
+            return  # the last chunk took everything with it
+        if self.disconnected or self.conn.closed:
+            pending.clear()
+            return
+        self.conn.transport.write(b"".join(pending))
+        pending.clear()

@@ -284,6 +284,75 @@ async def test_a_streamed_response_head_is_sent_before_its_first_chunk(wire_to) 
     assert response.body == b"data: 1\n\n"
 
 
+class _CountingTransport:
+    """A server connection's transport whose writes are recorded."""
+
+    def __init__(self, transport: Any, writes: list[bytes]) -> None:
+        self._transport, self._writes = transport, writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+@pytest.fixture
+def server_writes(monkeypatch) -> list[bytes]:
+    """Every write(2) the server's connections make, in order."""
+    writes: list[bytes] = []
+    made = httpserver._HttpConnection.connection_made
+
+    def connection_made(self: Any, transport: Any) -> None:
+        made(self, _CountingTransport(transport, writes))
+
+    monkeypatch.setattr(httpserver._HttpConnection, "connection_made", connection_made)
+    return writes
+
+
+async def test_a_stream_sent_in_one_step_goes_out_in_one_write(wire_to, server_writes) -> None:
+    # A provider's stream that arrived whole: head, events and the last chunk in one write,
+    # not one write (and one TCP segment for the client to wake up for) per message.
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await wire.response()
+    assert response.body == b"data: 1\n\ndata: 2\n\n"
+    assert len(server_writes) == 1
+    assert server_writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert server_writes[0].endswith(b"0\r\n\r\n")
+
+
+async def test_a_stream_across_steps_goes_out_once_per_step(wire_to, server_writes) -> None:
+    release = asyncio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b"c", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wire.until(lambda: bool(wire.chunks))
+        assert len(server_writes) == 1 and server_writes[0].endswith(b"1\r\na\r\n")
+        release.set()
+        response = await wire.response()
+    assert response.body == b"abc"
+    assert server_writes[1:] == [b"1\r\nb\r\n", b"1\r\nc\r\n0\r\n\r\n"]
+
+
 async def test_receive_blocks_after_the_body_then_reports_the_client_leaving(wire_to) -> None:
     streaming = asyncio.Event()
     messages: list[dict[str, Any]] = []
