@@ -221,7 +221,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         async def notify_later() -> None:
             await asyncio.sleep(self._notify_seconds)
             self._notify = None
-            await hub.notify()
+            await hub.usage_stored()
 
         self._notify = asyncio.create_task(notify_later())
 

@@ -1,7 +1,8 @@
 """The current gateway snapshot and the signal that it may have changed.
 
-Writers call ``notify()`` after committing a change (gateway config, grants, and usage: the
-snapshot carries entitlement balances); every config stream waits on ``wait_for_change()``.
+Writers call ``notify()`` after committing a change (gateway config, grants, budgets) and the
+usage servicer calls ``usage_stored()`` (the snapshot carries entitlement balances); every
+config stream waits on ``wait_for_change()``.
 Streams also re-check the database every ``poll_seconds`` so that a change committed by
 another control-plane replica, new usage and the turn of a usage period reach this replica's
 data planes too. A rebuild that gives the same content gives the same version, and streams
@@ -23,6 +24,7 @@ from controlplane.configsync.snapshot import BuiltSnapshot, build_snapshot
 from controlplane.entitlements.service import enforcement_state
 from controlplane.entitlements.types import ConsumerAccess
 from controlplane.gateway import storage as gateway
+from controlplane.gateway.types import GatewayConfig
 from controlplane.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -80,11 +82,25 @@ class ConfigHub:
         self._entitlements: list[ConsumerAccess] = []
         # Data planes sharing the snapshot at the last build (0: slicing off).
         self._slices = 0
+        # Bumped when the gateway config itself may have changed (not by usage): a rebuild
+        # for new usage reuses the config loaded last and re-reads only the balances.
+        self._config_generation = 0
+        self._loaded: tuple[int, GatewayConfig] | None = None
+        # The inputs of the last build and its result: the same inputs give the same snapshot.
+        self._last_build: tuple[GatewayConfig, list[ConsumerAccess], int, BuiltSnapshot] | None = (
+            None
+        )
 
     def _build(self) -> BuiltSnapshot:
         at = self._clock.now()
-        with self._db.begin() as conn:
-            config = gateway.load_config(conn)
+        config_generation = self._config_generation
+        loaded = self._loaded
+        if loaded is not None and loaded[0] == config_generation:
+            config = loaded[1]
+        else:
+            with self._db.begin() as conn:
+                config = gateway.load_config(conn)
+            self._loaded = (config_generation, config)
         try:
             with self._db.begin() as conn:
                 self._entitlements = enforcement_state(conn, at=at)
@@ -99,7 +115,19 @@ class ConfigHub:
                 log.exception("counting the data planes failed; keeping the last count")
         else:
             self._slices = 0
-        return build_snapshot(config, self._entitlements, balance_slices=self._slices)
+        entitlements, slices = self._entitlements, self._slices
+        last = self._last_build
+        if (
+            last is not None
+            and last[0] is config
+            and last[2] == slices
+            and last[1] == entitlements
+        ):
+            # New usage that moved no balance (or no consumer has any): nothing to rebuild.
+            return last[3]
+        built = build_snapshot(config, entitlements, balance_slices=slices)
+        self._last_build = (config, entitlements, slices, built)
+        return built
 
     async def current(self, *, refresh: bool = False) -> BuiltSnapshot:
         """The snapshot of the stored config (rebuilt after a change, or when asked to).
@@ -111,6 +139,7 @@ class ConfigHub:
         """
         if refresh:
             self._generation += 1
+            self._config_generation += 1
         for _ in range(BUILD_ROUNDS):
             generation = self._generation
             cached = self._cached
@@ -147,6 +176,11 @@ class ConfigHub:
 
     async def notify(self) -> None:
         """Tell every stream the config (or a balance) may have changed."""
+        self._config_generation += 1
+        await self.usage_stored()
+
+    async def usage_stored(self) -> None:
+        """Tell every stream that balances may have moved (the gateway config has not)."""
         async with self._changed:
             self._generation += 1
             self._wake += 1
@@ -168,3 +202,4 @@ class ConfigHub:
                 if now - self._last_poll >= self.poll_seconds * 0.9:
                     self._last_poll = now
                     self._generation += 1
+                    self._config_generation += 1

@@ -1,0 +1,167 @@
+"""The config hub: what a rebuild re-reads after usage, after a config change, after a poll."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from controlplane.clock import FrozenClock
+from controlplane.configsync.hub import ConfigHub
+from controlplane.gateway import storage as gateway
+from controlplane.gateway.apply import apply_document
+from controlplane.storage.db import Database
+from controlplane.usage import storage as usage
+from controlplane.usage.types import TokenType, UsageEvent
+
+from .conftest import T0
+
+GATEWAY = """\
+_format_version: "3.0"
+services:
+  - name: ai-service
+    url: http://127.0.0.1:9/
+    routes: [{name: chat, paths: [/chat]}]
+    plugins:
+      - name: ai-proxy
+        config:
+          route_type: llm/v1/chat
+          auth: {header_name: Authorization, header_value: Bearer sk-test}
+          model:
+            provider: openai
+            name: gpt-4o-mini
+            options: {upstream_url: "http://127.0.0.1:9/v1/chat/completions"}
+consumers:
+  - username: acme-corp
+    keyauth_credentials: [{key: acme-secret-key}]
+  - username: free-rider
+    keyauth_credentials: [{key: free-secret-key}]
+plugins:
+  - name: key-auth
+"""
+
+BILLING = """\
+billing:
+  features:
+    - {key: ai-token, meter: llm_tokens, filters: {provider: openai, type: input}}
+  plans:
+    - key: starter
+      name: Starter
+      currency: USD
+      billing_cadence: P1M
+      rate_cards:
+        - feature: ai-token
+          price: {type: unit, amount: "0.000001"}
+          entitlement: {type: metered, limit: 1000, usage_period: P1M, soft_limit: false}
+  customers:
+    - {key: acme, name: Acme Corp, subjects: [acme-corp]}
+  subscriptions:
+    - {customer: acme, plan: starter, start: now}
+"""
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database.connect(db_url)
+    yield database
+    database.dispose()
+
+
+def _store(db: Database, clock: FrozenClock, *, subject: str, tokens: int, id: str) -> None:
+    event = UsageEvent(
+        id=id,
+        source="dp-test",
+        type="llm.tokens",
+        subject=subject,
+        time=clock.now(),
+        provider="openai",
+        model="gpt-4o-mini",
+        token_type=TokenType.INPUT,
+        tokens=tokens,
+        status_code=200,
+    )
+    with db.begin() as conn:
+        assert usage.insert_events(conn, [event], ingest_time=clock.now()).accepted == 1
+
+
+def _balance(snapshot: object) -> int:
+    (entry,) = snapshot.snapshot.consumer_entitlements  # type: ignore[attr-defined]
+    (metered,) = entry.metered
+    return int(metered.balance)
+
+
+def _consumers(snapshot: object) -> list[str]:
+    return sorted(c.username for c in snapshot.snapshot.consumers)  # type: ignore[attr-defined]
+
+
+async def test_usage_without_balances_reuses_the_snapshot(db, clock, monkeypatch) -> None:
+    # Given a gateway whose consumers have no subscription (nothing in the snapshot moves
+    # with usage) and a snapshot built once
+    apply_document(db, text=GATEWAY, now=clock.now())
+    hub = ConfigHub(db, poll_seconds=60, clock=clock, balance_slicing=False)
+    first = await hub.current()
+    loads: list[int] = []
+    load_config = gateway.load_config
+    monkeypatch.setattr(gateway, "load_config", lambda conn: loads.append(1) or load_config(conn))
+    # When usage is stored, again and again
+    for n in range(3):
+        _store(db, clock, subject="acme-corp", tokens=10, id=f"e{n}")
+        await hub.usage_stored()
+        again = await hub.current()
+        # Then the gateway config is not read again and the very same snapshot is served
+        assert again is first
+    assert loads == []
+
+
+async def test_usage_moves_balances_without_reloading_the_config(db, clock, monkeypatch) -> None:
+    # Given a consumer with a metered entitlement of 1,000 tokens
+    apply_document(db, text=GATEWAY + BILLING, now=clock.now())
+    hub = ConfigHub(db, poll_seconds=60, clock=clock, balance_slicing=False)
+    first = await hub.current()
+    assert _balance(first) == 1000
+    loads: list[int] = []
+    load_config = gateway.load_config
+    monkeypatch.setattr(gateway, "load_config", lambda conn: loads.append(1) or load_config(conn))
+    # When 300 tokens are stored, the next snapshot carries the new balance...
+    _store(db, clock, subject="acme-corp", tokens=300, id="e1")
+    await hub.usage_stored()
+    second = await hub.current()
+    assert _balance(second) == 700 and second.version != first.version
+    # ...from the config loaded before (usage does not change routes or consumers)
+    assert loads == []
+    # and a mark_stored (usage committed, ACK on its way) alone rebuilds balances the same way
+    _store(db, clock, subject="acme-corp", tokens=200, id="e2")
+    hub.mark_stored()
+    assert _balance(await hub.current()) == 500 and loads == []
+
+
+async def test_a_config_change_is_read_after_notify_and_after_a_poll(db, clock) -> None:
+    # Given a built snapshot
+    apply_document(db, text=GATEWAY, now=clock.now())
+    hub = ConfigHub(db, poll_seconds=0.05, clock=clock, balance_slicing=False)
+    assert _consumers(await hub.current()) == ["acme-corp", "free-rider"]
+
+    def with_consumer(name: str) -> str:
+        return GATEWAY.replace(
+            "plugins:\n  - name: key-auth",
+            f"  - username: {name}\n    keyauth_credentials: [{{key: {name}-key}}]\n"
+            "plugins:\n  - name: key-auth",
+        )
+
+    # When another replica adds a consumer (written to the database, no notify here),
+    # usage arriving does not make this replica re-read the gateway config...
+    apply_document(db, text=with_consumer("late-comer"), now=clock.now())
+    await hub.usage_stored()
+    assert "late-comer" not in _consumers(await hub.current())
+    # ...the next poll does.
+    await hub.wait_for_change()
+    assert "late-comer" in _consumers(await hub.current())
+    # And a change made through this replica (notify) is read at once.
+    apply_document(db, text=with_consumer("next-one"), now=clock.now())
+    await hub.notify()
+    assert "next-one" in _consumers(await hub.current())
