@@ -10,9 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
 
@@ -65,8 +63,6 @@ UsageSink = Callable[[usage_pb2.UsageEvent], None]
 DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 # How long a stream is still read after its client went away, to meter its real usage.
 DEFAULT_DRAIN_TIMEOUT_S: Final = 60.0
-# Latest request timings kept in memory (Gateway.timings).
-TIMINGS_KEPT: Final = 1024
 
 _OPENAI: Final = OpenAITranslator()
 _SSE_CONTENT_TYPE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
@@ -108,8 +104,6 @@ class Gateway:
     ) -> None:
         self.node_id = node_id
         self.metrics = metrics or DataPlaneMetrics()
-        # Latency of the latest requests (time to first token, total), newest last.
-        self.timings: deque[RequestTiming] = deque(maxlen=TIMINGS_KEPT)
         self._drain_timeout_s = drain_timeout_s
         self.config: RuntimeConfig | None = None
         self._usage_sink = usage_sink
@@ -310,29 +304,12 @@ class Gateway:
             translator=translator,
             subject=consumer.username if consumer else "",
             prepared=prepared,
-            timings=self.timings,
             metrics=self.metrics,
             drain_timeout_s=self._drain_timeout_s,
             raw=raw,
             subpath=scope["path"][len(prefix) :],
         )
         await exchange.run(scope, receive, send, self._clients)
-
-
-@dataclass(frozen=True, slots=True)
-class RequestTiming:
-    """Latency of one proxied request, kept in memory (usage events carry it too)."""
-
-    request_id: str
-    route: str
-    provider: str
-    model: str
-    status_code: int
-    stream: bool
-    # Time from the request's arrival to the first body bytes sent to the client; None when
-    # nothing was sent (errors before the body).
-    time_to_first_token_ms: float | None
-    total_ms: float
 
 
 class _Exchange:
@@ -360,7 +337,6 @@ class _Exchange:
         "subject",
         "subpath",
         "target_index",
-        "timings",
         "translator",
         "upstream_ns",
         "usage_sink",
@@ -378,7 +354,6 @@ class _Exchange:
         translator: Translator,
         subject: str,
         prepared: Prepared,
-        timings: deque[RequestTiming],
         metrics: DataPlaneMetrics,
         drain_timeout_s: float,
         raw: bytes = b"",
@@ -398,7 +373,6 @@ class _Exchange:
         self.translator = translator
         self.subject = subject
         self.prepared = prepared
-        self.timings = timings
         self.drain_timeout_s = drain_timeout_s
         self.raw = raw
         self.subpath = subpath
@@ -422,17 +396,6 @@ class _Exchange:
         )
         total_ms = (now - self.start_perf_ns) / 1e6
         if not failed_attempt:
-            timing = RequestTiming(
-                request_id=self.request_id,
-                route=self.route.name,
-                provider=self.policy.target.provider,
-                model=model,
-                status_code=status,
-                stream=self.prepared.stream,
-                time_to_first_token_ms=ttft,
-                total_ms=total_ms,
-            )
-            self.timings.append(timing)
             self.metrics.exchange(
                 route=self.route.name,
                 provider=self.policy.target.provider,
@@ -443,14 +406,15 @@ class _Exchange:
                 if self.upstream_ns is None
                 else (self.upstream_ns - self.start_perf_ns) / 1e9,
             )
-        logger.debug(
-            "request %s attempt %d: status=%d ttft_ms=%s total_ms=%.1f",
-            self.request_id,
-            self.attempt,
-            status,
-            "-" if ttft is None else f"{ttft:.1f}",
-            total_ms,
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "request %s attempt %d: status=%d ttft_ms=%s total_ms=%.1f",
+                self.request_id,
+                self.attempt,
+                status,
+                "-" if ttft is None else f"{ttft:.1f}",
+                total_ms,
+            )
         if not self.prepared.metered or (
             usage is None and 200 <= status < 300 and self.policy.route_type == ROUTE_TYPE_PRESERVE
         ):
