@@ -12,9 +12,10 @@ pipelined requests answered in order, ``Expect: 100-continue``, chunked request 
 chunked responses when the app gives no content-length, a cached ``date`` header, write flow
 control, 500 when the app fails before answering, 400 on a malformed request, 431 on a request
 head over 64 KiB, idle keep-alive connections closed after 5 s. Upgrade requests (WebSocket)
-are answered as plain HTTP, then the connection closes. One difference: the status line and
-headers of a response with a Content-Length go out with its first body chunk, in one write
-(a stream's head is written at once, as uvicorn does).
+are answered as plain HTTP, then the connection closes. Two differences: the status line and
+headers of a response with a Content-Length go out with its first body chunk, in one write;
+a stream (no Content-Length) is written once per turn of the event loop, its head, events and
+last chunk joined when the app sends them in one step (uvicorn writes each message at once).
 """
 
 from __future__ import annotations
