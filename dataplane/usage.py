@@ -273,18 +273,34 @@ class UsageReporter:
             for batch in list(self._unacked.values()):
                 await call.write(batch.data)
                 self._stats.resent_batches += 1
+            loop = asyncio.get_running_loop()
+            flush_at = loop.time()
             while not reader.done():
-                while self._buffer and len(self._unacked) < self._max_unacked:
+                # A partial batch goes out once per flush interval; full ones at once. An ACK
+                # wakes this loop too (room in the window), but cuts nothing on its own: cutting
+                # whatever arrived since made one small batch (one commit, one fsync on the
+                # control plane) per round trip, most of the control plane's CPU at low load.
+                due = self._closing or loop.time() >= flush_at
+                # What is buffered now; events appended during the writes below wait.
+                flushing = len(self._buffer) if due else 0
+                while (
+                    self._buffer
+                    and len(self._unacked) < self._max_unacked
+                    and (flushing > 0 or len(self._buffer) >= self._batch_size)
+                ):
                     batch = self._cut_batch()
+                    flushing -= batch.events
                     self._unacked[batch.batch_id] = batch
                     await call.write(batch.data)
                     self._stats.sent_batches += 1
+                if due:
+                    flush_at = loop.time() + self._flush_interval
                 self._check_drained()
                 self._wake.clear()
-                if self._closing and self._buffer:
+                if self._closing and self._buffer and len(self._unacked) < self._max_unacked:
                     continue
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._flush_interval):
+                    async with asyncio.timeout_at(flush_at):
                         await self._wake.wait()
             await reader  # re-raises the reader's failure, if any
             raise ConnectionError("the control plane ended the usage stream")

@@ -44,6 +44,8 @@ class ScriptedUsageService(usage_pb2_grpc.UsageServiceServicer):
         self.received: list[tuple[int, usage_pb2.UsageBatch]] = []
         self.stored: dict[str, usage_pb2.UsageEvent] = {}
         self.break_on_batches: set[int] = set()
+        # Seconds a batch takes to "store" before its ACK (a commit on a real control plane).
+        self.ack_delay = 0.0
 
     async def StreamUsage(self, request_iterator, context):
         self.streams += 1
@@ -52,6 +54,8 @@ class ScriptedUsageService(usage_pb2_grpc.UsageServiceServicer):
             self.received.append((stream, batch))
             if len(self.received) in self.break_on_batches:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane restarting")
+            if self.ack_delay:
+                await asyncio.sleep(self.ack_delay)
             accepted = duplicate = 0
             for event in batch.events:
                 if event.id in self.stored:
@@ -107,6 +111,31 @@ async def test_batches_are_sent_and_acked(usage_service) -> None:
     assert stats.acked_events == 1200
     assert stats.pending_events == 0
     assert stats.resent_batches == 0
+
+
+async def test_acks_do_not_cut_partial_batches(usage_service) -> None:
+    service, channel = usage_service
+    # Given a control plane that takes 5 ms to store a batch, and a reporter that flushes
+    # partial batches every 0.25 s
+    service.ack_delay = 0.005
+    reporter = reporter_on(channel, flush_interval=0.25, batch_size=500)
+    reporter.start()
+    loop = asyncio.get_running_loop()
+    # When one request's events arrive every 2 ms for ~1 s, while earlier batches are acked
+    started = loop.time()
+    events = events_of(400)
+    for i in range(0, len(events), 2):
+        reporter.append(events[i])
+        reporter.append(events[i + 1])
+        await asyncio.sleep(0.002)
+    elapsed = loop.time() - started
+    await asyncio.wait_for(reporter.wait_drained(), 5)
+    assert await reporter.close(timeout=1)
+    # Then they went out once per flush interval, not in one small batch per round trip
+    # (each batch is a commit, and an fsync, on the control plane)
+    sizes = [len(batch.events) for _, batch in service.received]
+    assert sum(sizes) == 800
+    assert len(sizes) <= elapsed / 0.25 + 2, sizes
 
 
 async def test_unacked_batch_is_resent_with_its_batch_id(usage_service) -> None:
