@@ -13,32 +13,12 @@ from controlplane.gateway.apply import apply_document
 from controlplane.storage.db import Database
 from controlplane.usage import storage as usage
 from controlplane.usage.types import TokenType, UsageEvent
+from support.documents import gateway_document
 
 from .conftest import T0
 
-GATEWAY = """\
-_format_version: "3.0"
-services:
-  - name: ai-service
-    url: http://127.0.0.1:9/
-    routes: [{name: chat, paths: [/chat]}]
-    plugins:
-      - name: ai-proxy
-        config:
-          route_type: llm/v1/chat
-          auth: {header_name: Authorization, header_value: Bearer sk-test}
-          model:
-            provider: openai
-            name: gpt-4o-mini
-            options: {upstream_url: "http://127.0.0.1:9/v1/chat/completions"}
-consumers:
-  - username: acme-corp
-    keyauth_credentials: [{key: acme-secret-key}]
-  - username: free-rider
-    keyauth_credentials: [{key: free-secret-key}]
-plugins:
-  - name: key-auth
-"""
+CONSUMERS = {"acme-corp": "acme-secret-key", "free-rider": "free-secret-key"}
+GATEWAY = gateway_document("http://127.0.0.1:9", CONSUMERS)
 
 BILLING = """\
 billing:
@@ -147,11 +127,7 @@ async def test_a_config_change_is_read_after_notify_and_after_a_poll(db, clock) 
     assert _consumers(await hub.current()) == ["acme-corp", "free-rider"]
 
     def with_consumer(name: str) -> str:
-        return GATEWAY.replace(
-            "plugins:\n  - name: key-auth",
-            f"  - username: {name}\n    keyauth_credentials: [{{key: {name}-key}}]\n"
-            "plugins:\n  - name: key-auth",
-        )
+        return gateway_document("http://127.0.0.1:9", {**CONSUMERS, name: f"{name}-key"})
 
     # When another replica adds a consumer (written to the database, no notify here),
     # usage arriving does not make this replica re-read the gateway config...
