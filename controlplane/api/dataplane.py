@@ -233,7 +233,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             self._notify = None
 
     def _store(self, events: list[UsageEvent]) -> usage.InsertResult:
-        with self._db.begin() as conn:
+        with self._db.begin_write() as conn:
             return usage.insert_events(conn, events, ingest_time=self._clock.now())
 
     async def StreamUsage(

@@ -117,12 +117,7 @@ class ConfigHub:
             self._slices = 0
         entitlements, slices = self._entitlements, self._slices
         last = self._last_build
-        if (
-            last is not None
-            and last[0] is config
-            and last[2] == slices
-            and last[1] == entitlements
-        ):
+        if last is not None and last[0] is config and last[2] == slices and last[1] == entitlements:
             # New usage that moved no balance (or no consumer has any): nothing to rebuild.
             return last[3]
         built = build_snapshot(config, entitlements, balance_slices=slices)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,6 +117,11 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # SQLite has one writer at a time; this process's writers queue here, in order, instead
+        # of in SQLite's busy handler, which polls with sleeps and lets one writer starve past
+        # busy_timeout while others keep winning the lock ("database is locked": four usage
+        # streams under load, bench/ingest.py). Other processes still meet busy_timeout.
+        self._writer = threading.Lock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     def connect(cls, url: str, *, run_migrations: bool = True) -> Database:
@@ -135,6 +141,20 @@ class Database:
     def begin(self) -> Iterator[Connection]:
         """One transaction: committed on success, rolled back on any error."""
         with self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def begin_write(self) -> Iterator[Connection]:
+        """``begin()`` for a transaction that writes: on SQLite, one writer at a time in this
+        process, and SQLite's write lock held from the transaction's start."""
+        if self._writer is None:
+            with self.begin() as connection:
+                yield connection
+            return
+        with self._writer, self.begin() as connection:
+            # The write lock from the start (a deferred transaction takes it at its first
+            # write): what the transaction reads before writing cannot change under it.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
             yield connection
 
     def dispose(self) -> None:

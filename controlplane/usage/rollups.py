@@ -23,10 +23,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
-    BigInteger,
     Connection,
     Numeric,
-    String,
     Table,
     and_,
     cast,
@@ -151,41 +149,41 @@ def apply(conn: Connection, deltas: Deltas) -> None:
             _apply_sqlite(conn, rows, is_max=is_max)
 
 
-@lru_cache(maxsize=1)
-def _sqlite_integer_upsert() -> Any:
-    # Built once: constructing it (and its cache key) per batch was a fifth of the control
-    # plane's ingest CPU on SQLite.
-    statement = sqlite.insert(r)
-    return statement.on_conflict_do_update(
-        index_elements=["meter", "subject", "bucket", "dimensions", "shard"],
-        set_={
-            "value": cast(
-                cast(r.c.value, BigInteger) + cast(statement.excluded.value, BigInteger),
-                String,
-            ),
-            "count": r.c.count + statement.excluded.count,
-        },
-    )
+# Token sums are integers: SQLite adds them exactly (64-bit). The rows travel as one JSON
+# parameter taken apart by json_each, so the upsert is one statement and one sqlite3_step: an
+# executemany steps once per row, and Python's sqlite3 releases and re-takes the GIL around
+# every step, which under a busy event loop costs up to a switch interval (5 ms) each.
+# "WHERE true" disambiguates INSERT ... SELECT ... ON CONFLICT for SQLite's parser.
+_SQLITE_INTEGER_UPSERT = text(
+    """
+    INSERT INTO usage_rollups (meter, subject, bucket, dimensions, shard, value, count)
+    SELECT
+        json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+        json_extract(value, '$[3]'), 0, CAST(json_extract(value, '$[4]') AS TEXT),
+        json_extract(value, '$[5]')
+    FROM json_each(:rows) WHERE true
+    ON CONFLICT (meter, subject, bucket, dimensions, shard) DO UPDATE SET
+        value = CAST(CAST(usage_rollups.value AS INTEGER) + CAST(excluded.value AS INTEGER)
+            AS TEXT),
+        count = usage_rollups.count + excluded.count
+    """
+)
+
+
+def _sqlite_bucket(value: datetime) -> str:
+    # How UTCDateTime stores a value on SQLite (naive UTC, always microseconds).
+    return _naive(value).isoformat(" ", "microseconds")
 
 
 def _apply_sqlite(conn: Connection, rows: Mapping[RollupKey, Delta], *, is_max: bool) -> None:
     if not is_max and all(key[0] == LLM_TOKENS for key in rows):
-        # Token sums are integers: SQLite adds them exactly (64-bit) in one upsert.
-        conn.execute(
-            _sqlite_integer_upsert(),
+        payload = orjson.dumps(
             [
-                {
-                    "meter": meter,
-                    "subject": subject,
-                    "bucket": bucket,
-                    "dimensions": dimensions,
-                    "shard": 0,
-                    "value": str(delta.value),
-                    "count": delta.count,
-                }
+                (meter, subject, _sqlite_bucket(bucket), dimensions, int(delta.value), delta.count)
                 for (meter, subject, bucket, dimensions), delta in sorted(rows.items())
-            ],
-        )
+            ]
+        ).decode()
+        conn.execute(_SQLITE_INTEGER_UPSERT, {"rows": payload})
         return
     # Decimal values: added in Python (SQLite would go through a float). One writer at a time.
     for (meter, subject, bucket, dimensions), delta in sorted(rows.items()):
