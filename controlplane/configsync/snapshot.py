@@ -10,6 +10,7 @@ must only ever be sent to data planes, never logged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
@@ -37,8 +38,13 @@ class BuiltSnapshot:
     version: str
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def entity_id(kind: str, *parts: str) -> str:
-    """The stable id of a gateway entity, from its kind and its identifying names."""
+    """The stable id of a gateway entity, from its kind and its identifying names.
+
+    Cached: every build names the same entities again (a uuid5 per consumer, route and
+    plugin was a third of building a 10,000-consumer snapshot).
+    """
     # "\x1f" cannot appear in names, so different part lists never collide.
     return str(uuid.uuid5(ID_NAMESPACE, "\x1f".join((kind, *parts))))
 
