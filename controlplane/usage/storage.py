@@ -92,7 +92,7 @@ def insert_events(
         ).decode()
         params = {"ingest_time": _sqlite_time(ingest_time), "rows": rows}
         conn.execute(_SQLITE_JSON_INSERT, params)
-    _roll_up(conn, fresh, {e.id for e in fresh})
+    _roll_up(conn, fresh)
     return InsertResult(accepted=len(fresh), duplicates=len(events) - len(fresh))
 
 
@@ -146,28 +146,27 @@ def llm_dimensions(
     ).decode()
 
 
-def _roll_up(conn: Connection, events: Sequence[UsageEvent], inserted: set[str]) -> None:
-    # Only events this insert stored roll up: a duplicate was counted when it first arrived.
+def _roll_up(conn: Connection, events: Sequence[UsageEvent]) -> None:
+    # Only events this insert stored are given: a duplicate was counted when it first arrived.
     # Summed per (subject, hour, dimensions) in plain ints first: a batch holds many events
     # of few rollup rows, and the dimension text is built once per row, not per event.
     sums: dict[tuple[str, datetime, str, str, str, int, str], list[int]] = {}
     for e in events:
-        if e.id in inserted:
-            key = (
-                e.subject,
-                e.time.replace(minute=0, second=0, microsecond=0),
-                e.model,
-                e.provider,
-                e.route,
-                e.status_code,
-                e.token_type.value,
-            )
-            found = sums.get(key)
-            if found is None:
-                sums[key] = [e.tokens, 1]
-            else:
-                found[0] += e.tokens
-                found[1] += 1
+        key = (
+            e.subject,
+            e.time.replace(minute=0, second=0, microsecond=0),
+            e.model,
+            e.provider,
+            e.route,
+            e.status_code,
+            e.token_type.value,
+        )
+        found = sums.get(key)
+        if found is None:
+            sums[key] = [e.tokens, 1]
+        else:
+            found[0] += e.tokens
+            found[1] += 1
     deltas = rollups.Deltas()
     for (subject, hour, model, provider, route, status_code, token_type), (
         tokens,
