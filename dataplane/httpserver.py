@@ -567,7 +567,7 @@ class _Cycle:
         self.complete = False
         self.head: bytes | None = None  # status line + headers, written with the first body
         # A stream's bytes not yet written: everything one step of the app sends goes out in
-        # one write at the end of the loop's turn (see _flush).
+        # one write at the end of the loop's turn (see flush).
         self.pending: list[bytes] | None = None
         self.flush_scheduled = False
         self.chunked = False
