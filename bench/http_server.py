@@ -4,7 +4,7 @@
 
 Starts the same ASGI app (reads the body, answers a ~600-byte JSON) in two subprocesses on
 uvloop: (a) uvicorn configured exactly as ``serve_http`` configured it before (httptools, no
-access log, no proxy headers, loop="none", a 1 s date tick) and (b) ``dataplane.httpserver``.
+access log, no proxy headers, loop="none", a 1 s date tick) and (b) ``dataplane.http.server``.
 Drives each with ``wrk -t1 -c32 -d8s`` and ../shared/bench-peers/post.lua, interleaved, and
 prints req/s, p99 and the server process's CPU per request (utime+stime from /proc), the
 medians and the ratio. Traffic stays on 127.0.0.1:18100-18199. The server is pinned to the
@@ -84,7 +84,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def serve_uvicorn(port: int) -> AsyncIterator[None]:
-    """uvicorn as ``dataplane.httpserver.serve_http`` ran it before it was replaced."""
+    """uvicorn as ``dataplane.http.server.serve_http`` ran it before it was replaced."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -129,7 +129,7 @@ async def serve_uvicorn(port: int) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def serve_meterline(port: int) -> AsyncIterator[None]:
-    from dataplane.httpserver import serve_http
+    from dataplane.http.server import serve_http
 
     async with serve_http(app, port=port):
         yield

@@ -13,9 +13,9 @@ import asyncio
 import time
 import uuid
 
-from dataplane.ratelimit import RateLimiter, compile_route_limits
-from dataplane.runtime import Consumer
-from dataplane.translators import OpenAITranslator
+from dataplane.admission.ratelimit import RateLimiter, compile_route_limits
+from dataplane.config.model import Consumer
+from dataplane.translate.base import OpenAITranslator
 from meterline.dataplane.v1 import snapshot_pb2
 
 ROUTE = snapshot_pb2.Route(id="r", name="chat", service_id="s", paths=["/chat"])

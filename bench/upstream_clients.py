@@ -2,7 +2,7 @@
 keep-alive upstream and read the whole JSON body, with 32 requests in flight.
 
 Contenders: httpx, aiohttp's ClientSession, and the data plane's own client
-(dataplane.upstream.UpstreamClients, httptools underneath).
+(dataplane.http.client.UpstreamClients, httptools underneath).
 
     python bench/upstream_clients.py [--url URL] [--requests 5000] [--concurrency 32]
 
@@ -66,7 +66,7 @@ async def run_aiohttp(url: str, requests: int, concurrency: int) -> None:
 
 
 async def run_meterline(url: str, requests: int, concurrency: int) -> None:
-    from dataplane.upstream import UpstreamClients, split_url
+    from dataplane.http.client import UpstreamClients, split_url
 
     # As the proxy sends them: raw (name, value) pairs, Host/Content-Length added by the pool.
     headers = [(name.encode(), value.encode()) for name, value in HEADERS.items()]

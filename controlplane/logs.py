@@ -9,7 +9,7 @@ from typing import Final
 
 from pythonjsonlogger.json import JsonFormatter
 
-from dataplane.logs import StderrHandler, install_handler
+from dataplane.observability.logs import StderrHandler, install_handler
 
 LOG_FORMATS: Final = ("text", "json")
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"

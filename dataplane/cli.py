@@ -24,21 +24,21 @@ from pathlib import Path
 from types import FrameType
 
 from dataplane import __version__
-from dataplane.cache import CacheError, ConfigCache, load_key, stable_node_id
-from dataplane.cluster import ClusterConfigError, ClusterTLS, open_channel
-from dataplane.configsync import ConfigClient
-from dataplane.enforcement import acked_events
-from dataplane.httpserver import serve_http, split_host_port
-from dataplane.logs import add_log_format_argument, configure_logging
-from dataplane.metrics import (
+from dataplane.config.cache import CacheError, ConfigCache, load_key, stable_node_id
+from dataplane.config.cluster import ClusterConfigError, ClusterTLS, open_channel
+from dataplane.config.sync import ConfigClient
+from dataplane.admission.entitlements import acked_events
+from dataplane.http.server import serve_http, split_host_port
+from dataplane.observability.logs import add_log_format_argument, configure_logging
+from dataplane.observability.metrics import (
     Observability,
     new_metrics,
     shared_worker_metrics,
     worker_exited,
 )
-from dataplane.proxy import Gateway
-from dataplane.runtime import RuntimeConfig
-from dataplane.spool import (
+from dataplane.proxy.gateway import Gateway
+from dataplane.config.model import RuntimeConfig
+from dataplane.usage.spool import (
     DEFAULT_FSYNC_INTERVAL_S,
     DEFAULT_MAX_BYTES,
     FsyncPolicy,
@@ -46,8 +46,8 @@ from dataplane.spool import (
     Spool,
     SpoolLocked,
 )
-from dataplane.spool_guard import SpoolGuard
-from dataplane.usage import UsageReporter, UsageStreamStub
+from dataplane.admission.spool_guard import SpoolGuard
+from dataplane.usage.reporter import UsageReporter, UsageStreamStub
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
 
 logger = logging.getLogger("dataplane")

@@ -63,7 +63,7 @@ if [ ! -f "$RUN_DIR/admin.token" ]; then
   (umask 077; "$PYTHON" -m controlplane tokens create local-admin --scope admin \
     --file "$RUN_DIR/tokens.yaml" >"$RUN_DIR/admin.token")
 fi
-start fake "$PYTHON" -m dataplane.fakeprovider --listen "127.0.0.1:$FAKE_PORT"
+start fake "$PYTHON" -m dataplane.testing.fake_openai --listen "127.0.0.1:$FAKE_PORT"
 start controlplane "$PYTHON" -m controlplane controlplane --db "$DATABASE_URL" \
   --listen "127.0.0.1:$CP_PORT" --cluster-listen "127.0.0.1:$CLUSTER_PORT" \
   --tokens-file "$RUN_DIR/tokens.yaml" --cluster-ca "$PKI/ca.crt" \

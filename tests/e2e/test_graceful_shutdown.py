@@ -90,7 +90,7 @@ def test_sigterm_on_a_data_plane_finishes_streams_flushes_usage_and_exits_0(
     cp = f"127.0.0.1:{cp_port}"
     for name, port, delay in (("fake", fake, CHUNK_DELAY_MS), ("slow", slow, 1000)):
         processes.start(
-            name, "-m", "dataplane.fakeprovider", "--listen", f"127.0.0.1:{port}",
+            name, "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{port}",
             "--chunk-delay-ms", str(delay),
         )  # fmt: skip
     processes.start(
@@ -167,7 +167,7 @@ def test_sigterm_on_a_control_plane_moves_its_data_planes_to_another_replica(
     key.write_bytes(Fernet.generate_key())
     env = {"METERLINE_TOKEN": admin}
     fake, dp_port = free_port(), free_port()
-    processes.start("fake", "-m", "dataplane.fakeprovider", "--listen", f"127.0.0.1:{fake}")
+    processes.start("fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{fake}")
     replicas = {}
     for name in ("a", "b"):
         operator, cluster = free_port(), free_port()

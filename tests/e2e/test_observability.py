@@ -38,7 +38,7 @@ def scrape(url: str) -> str:
 @pytest.fixture
 def upstream(processes) -> str:
     port = free_port()
-    processes.start("fake", "-m", "dataplane.fakeprovider", "--listen", f"127.0.0.1:{port}")
+    processes.start("fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{port}")
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: http_ready(f"{url}/_fake/requests", {200}), what="fake provider")
     return url

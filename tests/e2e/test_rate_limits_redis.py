@@ -42,7 +42,7 @@ def test_two_data_plane_processes_share_one_redis_window(
     processes, tmp_path: Path, namespace: str
 ) -> None:
     fake, cp_port, dp_ports = free_port(), free_port(), (free_port(), free_port())
-    processes.start("fake", "-m", "dataplane.fakeprovider", "--listen", f"127.0.0.1:{fake}")
+    processes.start("fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{fake}")
     cp = f"127.0.0.1:{cp_port}"
     db = f"sqlite:///{tmp_path / 'cp.db'}"
     processes.start("cp", "-m", "controlplane", "controlplane", "--db", db, "--listen", cp)

@@ -92,7 +92,7 @@ def stack(processes, db_url, tmp_path) -> Stack:
     upstream_port = free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     processes.start(
-        "fake", "-m", "dataplane.fakeprovider", "--listen", f"127.0.0.1:{upstream_port}"
+        "fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{upstream_port}"
     )
     stack = Stack(
         processes=processes,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from dataplane.openai_format import TokenUsage
-from dataplane.usage_events import llm_token_events
+from dataplane.translate.openai_format import TokenUsage
+from dataplane.usage.events import llm_token_events
 from meterline.admin.v1 import usage_pb2 as admin_usage_pb2
 from meterline.admin.v1 import usage_pb2_grpc as admin_usage_pb2_grpc
 from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from dataplane.fakeprovider import prompt_tokens
+from dataplane.testing.fake_openai import prompt_tokens
 from meterline.admin.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2, usage_pb2_grpc
 from support.processes import free_port, http_ready, meterline, wait_until
 
@@ -88,7 +88,7 @@ def stack(processes, db_url, tmp_path):
     upstream_port, cp_port, dp_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     processes.start(
-        "fake", "-m", "dataplane.fakeprovider", "--listen", f"127.0.0.1:{upstream_port}"
+        "fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{upstream_port}"
     )
     cp = f"127.0.0.1:{cp_port}"
     processes.start("cp", "-m", "controlplane", "controlplane", "--db", db_url, "--listen", cp)

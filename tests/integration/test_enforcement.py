@@ -25,14 +25,14 @@ from controlplane.clock import FrozenClock
 from controlplane.configsync.snapshot import entity_id
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
-from dataplane.configsync import ConfigClient
-from dataplane.enforcement import acked_events
-from dataplane.estimate import estimate_tokens
-from dataplane.fakeanthropic import FakeAnthropic
-from dataplane.fakeprovider import FakeProvider
-from dataplane.httpserver import ServerAddress, serve_http
-from dataplane.proxy import Gateway
-from dataplane.usage import UsageReporter, UsageStreamStub
+from dataplane.config.sync import ConfigClient
+from dataplane.admission.entitlements import acked_events
+from dataplane.usage.estimate import estimate_tokens
+from dataplane.testing.fake_anthropic import FakeAnthropic
+from dataplane.testing.fake_openai import FakeProvider
+from dataplane.http.server import ServerAddress, serve_http
+from dataplane.proxy.gateway import Gateway
+from dataplane.usage.reporter import UsageReporter, UsageStreamStub
 from meterline.admin.v1 import (
     billing_pb2,
     billing_pb2_grpc,

@@ -73,7 +73,7 @@ def assert_trust_flags(name: str, namespace: Any) -> None:
 
 def fake_provider_flags() -> set[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "dataplane.fakeprovider", "--help"],
+        [sys.executable, "-m", "dataplane.testing.fake_openai", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -119,7 +119,7 @@ def test_compose_commands_flags_ports_and_env_exist() -> None:
         if service.get("image") != "meterline:0.1.0":
             continue
         command = service["command"]
-        if service.get("entrypoint") == ["python", "-m", "dataplane.fakeprovider"]:
+        if service.get("entrypoint") == ["python", "-m", "dataplane.testing.fake_openai"]:
             assert {a for a in command if a.startswith("--")} <= fake_provider_flags()
             continue
         assert "entrypoint" not in service, name
@@ -257,7 +257,7 @@ def test_every_meterline_process_logs_json() -> None:
 
 
 def test_kubernetes_probes_and_scrape_annotations_point_at_real_endpoints() -> None:
-    from dataplane.metrics import RESERVED_PATHS
+    from dataplane.observability.metrics import RESERVED_PATHS
 
     for d in by_kind("Deployment"):
         template = d["spec"]["template"]

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from controlplane.logs import configure_logging
-from dataplane.logs import StderrHandler
+from dataplane.observability.logs import StderrHandler
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
 from controlplane.usage import storage as usage
 from controlplane.usage.types import TokenType, UsageEvent
-from dataplane.asgi import JSON_CONTENT_TYPE, read_body, send_response
-from dataplane.httpserver import serve_http
+from dataplane.http.asgi import JSON_CONTENT_TYPE, read_body, send_response
+from dataplane.http.server import serve_http
 from meterline.admin.v1 import (
     billing_pb2,
     billing_pb2_grpc,

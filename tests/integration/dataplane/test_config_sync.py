@@ -11,11 +11,11 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from dataplane.backoff import Backoff
-from dataplane.cache import ConfigCache
-from dataplane.configsync import ConfigClient
-from dataplane.httpserver import serve_http
-from dataplane.proxy import Gateway
+from dataplane.usage.backoff import Backoff
+from dataplane.config.cache import ConfigCache
+from dataplane.config.sync import ConfigClient
+from dataplane.http.server import serve_http
+from dataplane.proxy.gateway import Gateway
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, snapshot_pb2
 
 _END = None

@@ -12,10 +12,10 @@ import openai
 import orjson
 import pytest
 
-from dataplane.compiler import compile_snapshot
-from dataplane.fakeprovider import prompt_tokens, reply_words
-from dataplane.httpserver import serve_http
-from dataplane.proxy import Gateway
+from dataplane.proxy.compiler import compile_snapshot
+from dataplane.testing.fake_openai import prompt_tokens, reply_words
+from dataplane.http.server import serve_http
+from dataplane.proxy.gateway import Gateway
 from meterline.dataplane.v1 import usage_pb2
 
 MESSAGES = [

@@ -17,9 +17,9 @@ import httptools
 import httpx
 import pytest
 
-from dataplane import httpserver
-from dataplane.asgi import read_body, send_response
-from dataplane.httpserver import ServerAddress, serve_http
+from dataplane.http import server as httpserver
+from dataplane.http.asgi import read_body, send_response
+from dataplane.http.server import ServerAddress, serve_http
 
 Scope = dict[str, Any]
 App = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -408,7 +408,7 @@ async def test_app_failing_before_answering_gives_500_and_a_log_line(caplog) -> 
         response = await client.get(address.url)
     assert response.status_code == 500 and response.text == "Internal Server Error"
     assert response.headers["connection"] == "close"
-    record = next(r for r in caplog.records if r.name == "dataplane.httpserver")
+    record = next(r for r in caplog.records if r.name == "dataplane.http.server")
     assert record.levelno == logging.ERROR and "Exception in ASGI application" in record.message
     assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
 

@@ -15,12 +15,12 @@ import pytest
 from integration.dataplane.conftest import ACME_KEY, FakeUpstream, build_snapshot
 from prometheus_client.parser import text_string_to_metric_families
 
-from dataplane.compiler import compile_snapshot
-from dataplane.fakeprovider import prompt_tokens, reply_words
-from dataplane.httpserver import ServerAddress, serve_http
-from dataplane.logs import JsonLineFormatter
-from dataplane.metrics import DataPlaneMetrics, Observability
-from dataplane.proxy import Gateway
+from dataplane.proxy.compiler import compile_snapshot
+from dataplane.testing.fake_openai import prompt_tokens, reply_words
+from dataplane.http.server import ServerAddress, serve_http
+from dataplane.observability.logs import JsonLineFormatter
+from dataplane.observability.metrics import DataPlaneMetrics, Observability
+from dataplane.proxy.gateway import Gateway
 from meterline.dataplane.v1 import usage_pb2
 
 MESSAGES = [{"role": "user", "content": "how many tokens are these words"}]

@@ -15,13 +15,13 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from dataplane.compiler import compile_snapshot
-from dataplane.fakeanthropic import FakeAnthropic
-from dataplane.fakeprovider import prompt_tokens, reply_words
-from dataplane.httpserver import ServerAddress, serve_http
-from dataplane.keys import hash_key
-from dataplane.proxy import Gateway
-from dataplane.ratelimit import RateLimiter
+from dataplane.proxy.compiler import compile_snapshot
+from dataplane.testing.fake_anthropic import FakeAnthropic
+from dataplane.testing.fake_openai import prompt_tokens, reply_words
+from dataplane.http.server import ServerAddress, serve_http
+from dataplane.config.keys import hash_key
+from dataplane.proxy.gateway import Gateway
+from dataplane.admission.ratelimit import RateLimiter
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 from support.processes import free_port
 
@@ -368,7 +368,7 @@ async def test_two_data_planes_share_one_redis_window(with_plugins, fake, redis_
 
 
 async def test_redis_down_fails_open_with_a_warning(with_plugins, fake, caplog):
-    caplog.set_level(logging.WARNING, logger="dataplane.ratelimit")
+    caplog.set_level(logging.WARNING, logger="dataplane.admission.ratelimit")
     dead = free_port()
     snapshot = with_plugins(limit_plugin("p-rl", [(1, 60)], **redis_config(dead)))
     async with plane(snapshot, Clock(T0)) as dp:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dataplane.upstream import (
+from dataplane.http.client import (
     MAX_FIELD_SIZE,
     UPSTREAM_ERRORS,
     Pool,

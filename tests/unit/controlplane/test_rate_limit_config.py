@@ -10,7 +10,7 @@ import yaml
 
 from controlplane.configsync.snapshot import build_snapshot
 from controlplane.declarative import DeclarativeError, parse_document
-from dataplane.compiler import compile_snapshot
+from dataplane.proxy.compiler import compile_snapshot
 
 BASE = """
 _format_version: "3.0"

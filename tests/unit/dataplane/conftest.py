@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from dataplane.keys import hash_key
+from dataplane.config.keys import hash_key
 from meterline.dataplane.v1 import snapshot_pb2
 
 

@@ -11,9 +11,9 @@ from decimal import Decimal
 
 import pytest
 
-from dataplane.balancer import Balancer, BalancerTarget, NoTargetForModel
-from dataplane.runtime import AiProxyPolicy, ProviderTarget
-from dataplane.token_usage import TokenUsage
+from dataplane.proxy.balancer import Balancer, BalancerTarget, NoTargetForModel
+from dataplane.config.model import AiProxyPolicy, ProviderTarget
+from dataplane.usage.tokens import TokenUsage
 
 
 class Clock:

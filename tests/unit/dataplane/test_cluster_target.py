@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dataplane.cluster import ClusterConfigError, ClusterTLS, channel_target
+from dataplane.config.cluster import ClusterConfigError, ClusterTLS, channel_target
 
 
 @pytest.mark.parametrize(

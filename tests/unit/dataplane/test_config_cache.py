@@ -7,7 +7,7 @@ import stat
 import pytest
 from cryptography.fernet import Fernet
 
-from dataplane.cache import CacheError, ConfigCache, load_key, stable_node_id
+from dataplane.config.cache import CacheError, ConfigCache, load_key, stable_node_id
 from meterline.dataplane.v1 import config_pb2, snapshot_pb2
 
 SECRET = "Bearer sk-provider-secret-in-cache"

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from dataplane.compiler import CompileError, compile_snapshot
-from dataplane.enforcement import (
+from dataplane.proxy.compiler import CompileError, compile_snapshot
+from dataplane.admission.entitlements import (
     BadTaskHeaders,
     Enforcer,
     TaskBudget,

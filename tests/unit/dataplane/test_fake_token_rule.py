@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dataplane.fakeprovider import prompt_tokens, reply_words
+from dataplane.testing.fake_openai import prompt_tokens, reply_words
 
 
 @pytest.mark.parametrize(

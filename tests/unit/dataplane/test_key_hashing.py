@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from dataplane.keys import hash_key, is_key_hash
+from dataplane.config.keys import hash_key, is_key_hash
 
 
 def test_hash_is_sha256_hex_with_prefix() -> None:

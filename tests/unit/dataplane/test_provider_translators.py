@@ -5,30 +5,30 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from dataplane.anthropic_format import (
+from dataplane.translate.anthropic_format import (
     MessageStreamScanner,
     anthropic_error_body,
     read_message_usage,
     usage_from_anthropic,
 )
-from dataplane.anthropic_translation import (
+from dataplane.translate.openai_anthropic import (
     MessagesToChatStream,
     anthropic_error_to_openai,
     chat_to_messages_request,
     message_to_chat_completion,
     openai_usage,
 )
-from dataplane.compiler import compile_snapshot
-from dataplane.estimate import chars_estimate, estimate_tokens, estimate_usage
-from dataplane.openai_format import InvalidRequest, usage_from_openai
-from dataplane.token_usage import TokenUsage
-from dataplane.translators import (
+from dataplane.proxy.compiler import compile_snapshot
+from dataplane.usage.estimate import chars_estimate, estimate_tokens, estimate_usage
+from dataplane.translate.openai_format import InvalidRequest, usage_from_openai
+from dataplane.usage.tokens import TokenUsage
+from dataplane.translate.base import (
     AnthropicNativeTranslator,
     OpenAIToAnthropicTranslator,
     OpenAITranslator,
     PreserveTranslator,
 )
-from dataplane.upstream import split_url
+from dataplane.http.client import split_url
 
 
 @pytest.mark.parametrize(
@@ -555,7 +555,7 @@ def test_estimate_usage_reads_openai_and_anthropic_bodies() -> None:
 
 
 def test_estimate_uses_a_real_tokenizer_when_one_is_available_offline() -> None:
-    from dataplane.estimate import tokenizer
+    from dataplane.usage.estimate import tokenizer
 
     count = tokenizer()
     if count is None:

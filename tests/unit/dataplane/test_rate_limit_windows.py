@@ -1,10 +1,10 @@
-"""The window arithmetic of dataplane.ratelimit: fixed and sliding estimates, Retry-After."""
+"""The window arithmetic of dataplane.admission.ratelimit: fixed and sliding estimates, Retry-After."""
 
 from __future__ import annotations
 
 import pytest
 
-from dataplane.ratelimit import Limit, Window, decide
+from dataplane.admission.ratelimit import Limit, Window, decide
 
 MINUTE = 60_000
 
@@ -57,7 +57,7 @@ def test_decide(sliding, current, previous, elapsed, amount, expected) -> None:
 def test_cost_is_counted_in_exact_pico_units() -> None:
     from decimal import Decimal
 
-    from dataplane.ratelimit import PICO
+    from dataplane.admission.ratelimit import PICO
     from meterline.dataplane.v1 import usage_pb2
 
     priced = Limit(
@@ -81,7 +81,7 @@ def test_cost_is_counted_in_exact_pico_units() -> None:
 
 
 def test_llm_provider_windows_apply_to_their_provider_only() -> None:
-    from dataplane.ratelimit import compile_route_limits
+    from dataplane.admission.ratelimit import compile_route_limits
     from meterline.dataplane.v1 import snapshot_pb2
 
     route = snapshot_pb2.Route(id="r", service_id="s", paths=["/chat"])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dataplane.routing import RouteTable
+from dataplane.config.routing import RouteTable
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from dataplane.compiler import CompileError, compile_snapshot
-from dataplane.keys import hash_key
+from dataplane.proxy.compiler import CompileError, compile_snapshot
+from dataplane.config.keys import hash_key
 from meterline.dataplane.v1 import snapshot_pb2
 
 Mutation = Callable[[snapshot_pb2.Snapshot], None]
@@ -445,7 +445,7 @@ def test_invalid_ai_proxy_advanced_is_rejected(valid_snapshot, mutate, message) 
 
 
 def test_an_unchanged_balancer_keeps_its_state_across_snapshots() -> None:
-    from dataplane.proxy import Gateway
+    from dataplane.proxy.gateway import Gateway
 
     gateway = Gateway(node_id="dp", usage_sink=lambda event: None)
     snapshot = _advanced_snapshot(max_fails=1, fail_timeout=60_000)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dataplane.cost import _USAGE_MARKERS, _beside_usage
+from dataplane.admission.cost import _USAGE_MARKERS, _beside_usage
 
 FIGURES = {"cost": "0.01", "currency": "USD"}
 DELTA = b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dataplane.usage import encode_batch
+from dataplane.usage.reporter import encode_batch
 from meterline.dataplane.v1 import usage_pb2
 
 _EVENTS = st.lists(

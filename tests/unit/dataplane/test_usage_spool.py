@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from dataplane.spool import FsyncPolicy, Spool, SpoolLocked
+from dataplane.usage.spool import FsyncPolicy, Spool, SpoolLocked
 
 
 def crash(spool: Spool) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from dataplane.anthropic_format import (
+from dataplane.translate.anthropic_format import (
     DEFAULT_MAX_TOKENS,
     MessageStreamScanner,
     anthropic_error_body,
@@ -26,13 +26,13 @@ from dataplane.anthropic_format import (
     read_message_usage,
     usage_from_anthropic,
 )
-from dataplane.anthropic_translation import (
+from dataplane.translate.openai_anthropic import (
     MessagesToChatStream,
     anthropic_error_to_openai,
     chat_to_messages_request,
     message_to_chat_completion,
 )
-from dataplane.openai_format import (
+from dataplane.translate.openai_format import (
     ChatStreamScanner,
     InvalidRequest,
     check_stream_flag,
@@ -44,11 +44,11 @@ from dataplane.openai_format import (
     resolve_model,
     usage_from_openai,
 )
-from dataplane.sse import event_data
-from dataplane.token_usage import TokenUsage
+from dataplane.http.sse import event_data
+from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
-    from dataplane.runtime import AiProxyPolicy
+    from dataplane.config.model import AiProxyPolicy
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ answers every request with status N (429 with ``retry-after``), ``delay_s`` wait
 before answering. Every request is recorded; ``GET /_fake/requests`` returns them and
 ``DELETE /_fake/requests`` clears them.
 
-Run it with ``python -m dataplane.fakeprovider --listen 127.0.0.1:PORT``, or in-process:
+Run it with ``python -m dataplane.testing.fake_openai --listen 127.0.0.1:PORT``, or in-process:
 ``async with serve_http(FakeProvider()) as address: ...``.
 """
 
@@ -51,8 +51,8 @@ from typing import Any
 
 import orjson
 
-from dataplane.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, read_body, send_response
-from dataplane.httpserver import serve_http, split_host_port
+from dataplane.http.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, read_body, send_response
+from dataplane.http.server import serve_http, split_host_port
 
 MESSAGE_OVERHEAD_TOKENS = 3
 CACHE_MIN_WORDS = 32
@@ -584,8 +584,8 @@ async def _serve(host: str, port: int, api_key: str | None, chunk_delay: float =
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dataplane.fakeprovider --listen HOST:PORT [--api-key KEY]``."""
-    parser = argparse.ArgumentParser(prog="python -m dataplane.fakeprovider", description=__doc__)
+    """``python -m dataplane.testing.fake_openai --listen HOST:PORT [--api-key KEY]``."""
+    parser = argparse.ArgumentParser(prog="python -m dataplane.testing.fake_openai", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:8900", help="HOST:PORT (port 0: any)")
     parser.add_argument("--api-key", default=None, help="the only key accepted (default: sk-*)")
     parser.add_argument(

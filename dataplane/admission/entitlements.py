@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from dataplane.usage import UsageReporter
+    from dataplane.usage.reporter import UsageReporter
     from meterline.dataplane.v1 import snapshot_pb2
 
 # Token kinds, as named by the llm_tokens meter's "type" dimension.
@@ -205,7 +205,7 @@ EMPTY_TABLE: Final = EnforcementTable()
 
 
 def _decimal(text: str, what: str) -> Decimal:
-    from dataplane.compiler import CompileError  # the compiler imports this module
+    from dataplane.proxy.compiler import CompileError  # the compiler imports this module
 
     try:
         value = Decimal(text)
@@ -217,7 +217,7 @@ def _decimal(text: str, what: str) -> Decimal:
 
 
 def _filters(filters: Mapping[str, str], what: str) -> Filters:
-    from dataplane.compiler import CompileError
+    from dataplane.proxy.compiler import CompileError
 
     status: int | None = None
     if "status_code" in filters:

@@ -32,12 +32,12 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
-from dataplane.asgi import JSON_CONTENT_TYPE, Headers, Message, Scope, Send, send_response
+from dataplane.http.asgi import JSON_CONTENT_TYPE, Headers, Message, Scope, Send, send_response
 from meterline.dataplane.v1 import usage_pb2
 
 if TYPE_CHECKING:
-    from dataplane.runtime import Consumer
-    from dataplane.translators import Translator
+    from dataplane.config.model import Consumer
+    from dataplane.translate.base import Translator
     from meterline.dataplane.v1 import snapshot_pb2
 
 logger = logging.getLogger(__name__)

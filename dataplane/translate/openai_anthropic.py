@@ -14,9 +14,9 @@ from typing import Any, Final
 
 import orjson
 
-from dataplane.anthropic_format import MessageStreamScanner
-from dataplane.openai_format import InvalidRequest
-from dataplane.token_usage import TokenUsage
+from dataplane.translate.anthropic_format import MessageStreamScanner
+from dataplane.translate.openai_format import InvalidRequest
+from dataplane.usage.tokens import TokenUsage
 
 _STOP_REASONS: Final = {
     "end_turn": "stop",

@@ -39,8 +39,8 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from dataplane.runtime import AiProxyPolicy, RuntimeConfig
-    from dataplane.token_usage import TokenUsage
+    from dataplane.config.model import AiProxyPolicy, RuntimeConfig
+    from dataplane.usage.tokens import TokenUsage
 
 ROUND_ROBIN: Final = "round-robin"
 LOWEST_LATENCY: Final = "lowest-latency"

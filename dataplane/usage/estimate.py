@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-from dataplane.token_usage import TokenUsage
+from dataplane.usage.tokens import TokenUsage
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Final
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from dataplane.token_usage import TokenUsage
+from dataplane.usage.tokens import TokenUsage
 from meterline.dataplane.v1 import usage_pb2
 
 LLM_TOKENS_EVENT_TYPE: Final = "llm.tokens"

@@ -14,8 +14,8 @@ from typing import Any, Final
 
 import orjson
 
-from dataplane.sse import event_data
-from dataplane.token_usage import TokenUsage, count
+from dataplane.http.sse import event_data
+from dataplane.usage.tokens import TokenUsage, count
 
 DEFAULT_ANTHROPIC_VERSION: Final = "2023-06-01"
 # Anthropic requires max_tokens; used when neither the client nor the route sets one.

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dataplane.sse import event_data
-from dataplane.token_usage import TokenUsage, count, minus
+from dataplane.http.sse import event_data
+from dataplane.usage.tokens import TokenUsage, count, minus
 
 if TYPE_CHECKING:
-    from dataplane.runtime import AiProxyPolicy
+    from dataplane.config.model import AiProxyPolicy
 
 __all__ = [
     "ChatRequest",

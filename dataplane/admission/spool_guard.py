@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dataplane.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, send_response
-from dataplane.httpserver import AsgiApp
-from dataplane.openai_format import error_body
+from dataplane.http.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, send_response
+from dataplane.http.server import AsgiApp
+from dataplane.translate.openai_format import error_body
 
 _BODY = error_body(
     "The gateway cannot record more usage until its control plane acknowledges what it holds; "

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from dataplane.enforcement import EMPTY_TABLE, EnforcementTable
-from dataplane.routing import RouteTable
-from dataplane.upstream import Timeouts
+from dataplane.admission.entitlements import EMPTY_TABLE, EnforcementTable
+from dataplane.config.routing import RouteTable
+from dataplane.http.client import Timeouts
 
 if TYPE_CHECKING:
-    from dataplane.balancer import Balancer
-    from dataplane.ratelimit import RouteRateLimits
-    from dataplane.translators import Translator
+    from dataplane.proxy.balancer import Balancer
+    from dataplane.admission.ratelimit import RouteRateLimits
+    from dataplane.translate.base import Translator
 
 _NO_ALIASES: Mapping[str, str] = MappingProxyType({})
 
@@ -101,7 +101,7 @@ class RuntimeConfig:
     version: str
     routes: RouteTable[CompiledRoute]
     consumers_by_key_hash: Mapping[str, Consumer]
-    # Entitlements, budgets and prices per consumer (dataplane.enforcement).
+    # Entitlements, budgets and prices per consumer (dataplane.admission.entitlements).
     enforcement: EnforcementTable = field(default=EMPTY_TABLE, compare=False)
 
     def __repr__(self) -> str:

@@ -11,8 +11,8 @@ from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from urllib.parse import quote, urlencode, urlsplit
 
-from dataplane.anthropic_format import DEFAULT_ANTHROPIC_VERSION
-from dataplane.balancer import (
+from dataplane.translate.anthropic_format import DEFAULT_ANTHROPIC_VERSION
+from dataplane.proxy.balancer import (
     ALGORITHMS,
     CONSISTENT_HASHING,
     COST,
@@ -25,9 +25,9 @@ from dataplane.balancer import (
     Balancer,
     BalancerTarget,
 )
-from dataplane.enforcement import compile_enforcement
-from dataplane.keys import is_key_hash
-from dataplane.providers import (
+from dataplane.admission.entitlements import compile_enforcement
+from dataplane.config.keys import is_key_hash
+from dataplane.config.providers import (
     AZURE_PATHS,
     DEFAULT_AZURE_API_VERSION,
     DEFAULT_URLS,
@@ -41,11 +41,11 @@ from dataplane.providers import (
     ROUTE_TYPE_RESPONSES,
     SUPPORTED_ROUTE_TYPES,
 )
-from dataplane.ratelimit import PLUGIN_NAMES as RATE_LIMIT_PLUGINS
-from dataplane.ratelimit import check_config as check_rate_limit_config
-from dataplane.ratelimit import compile_route_limits
-from dataplane.routing import RouteTable
-from dataplane.runtime import (
+from dataplane.admission.ratelimit import PLUGIN_NAMES as RATE_LIMIT_PLUGINS
+from dataplane.admission.ratelimit import check_config as check_rate_limit_config
+from dataplane.admission.ratelimit import compile_route_limits
+from dataplane.config.routing import RouteTable
+from dataplane.config.model import (
     AiProxyPolicy,
     CompiledRoute,
     Consumer,
@@ -53,7 +53,7 @@ from dataplane.runtime import (
     ProviderTarget,
     RuntimeConfig,
 )
-from dataplane.translators import (
+from dataplane.translate.base import (
     AnthropicNativeTranslator,
     OpenAIResponsesTranslator,
     OpenAIToAnthropicTranslator,
@@ -61,7 +61,7 @@ from dataplane.translators import (
     PreserveTranslator,
     Translator,
 )
-from dataplane.upstream import Timeouts
+from dataplane.http.client import Timeouts
 from meterline.dataplane.v1 import snapshot_pb2
 
 KEY_AUTH = "key-auth"
@@ -70,11 +70,11 @@ AI_PROXY_ADVANCED = "ai-proxy-advanced"
 _CONFIG_FIELD = {KEY_AUTH: "key_auth", AI_PROXY: "ai_proxy", AI_PROXY_ADVANCED: "ai_proxy"}
 # ai-proxy and ai-proxy-advanced fill the same slot of a route: one of them per scope.
 _KIND = {AI_PROXY_ADVANCED: AI_PROXY}
-# Upstream defaults where a config leaves a timeout at 0 (see dataplane.upstream).
+# Upstream defaults where a config leaves a timeout at 0 (see dataplane.http.client).
 _DEFAULT_CONNECT_S = 10.0
 _DEFAULT_READ_S = 600.0
 _DEFAULT_KEY_NAMES = ("apikey",)
-# rate-limiting-advanced and ai-rate-limiting-advanced (dataplane.ratelimit).
+# rate-limiting-advanced and ai-rate-limiting-advanced (dataplane.admission.ratelimit).
 _CONFIG_FIELD.update(dict.fromkeys(RATE_LIMIT_PLUGINS, "rate_limiting"))
 
 # Never forwarded upstream: credentials of the client, and hop-by-hop or length headers that

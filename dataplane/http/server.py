@@ -35,7 +35,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from dataplane.asgi import Message, Receive, Scope, Send
+from dataplane.http.asgi import Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 

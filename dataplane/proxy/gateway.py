@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from dataplane.asgi import (
+from dataplane.http.asgi import (
     JSON_CONTENT_TYPE,
     BodyTooLarge,
     Headers,
@@ -26,34 +26,34 @@ from dataplane.asgi import (
     read_body,
     send_response,
 )
-from dataplane.balancer import Balancer, NoTargetForModel, carry_state
-from dataplane.cost import (
+from dataplane.proxy.balancer import Balancer, NoTargetForModel, carry_state
+from dataplane.admission.cost import (
     ESTIMATE_SUFFIX,
     RESERVED_ESTIMATE_PATH,
     admit,
     serve_estimate,
     serve_reserved_estimate,
 )
-from dataplane.enforcement import Enforcer
-from dataplane.estimate import estimate_usage
-from dataplane.keys import hash_key
-from dataplane.logs import REQUEST_ID
-from dataplane.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
-from dataplane.openai_format import InvalidRequest, error_body
-from dataplane.providers import ROUTE_TYPE_PRESERVE
-from dataplane.ratelimit import RateLimiter
-from dataplane.runtime import AiProxyPolicy, CompiledRoute, Consumer, KeyAuthPolicy, RuntimeConfig
-from dataplane.sse import SseSplitter
-from dataplane.token_usage import TokenUsage
-from dataplane.translators import OpenAITranslator, Prepared, Translator
-from dataplane.upstream import (
+from dataplane.admission.entitlements import Enforcer
+from dataplane.usage.estimate import estimate_usage
+from dataplane.config.keys import hash_key
+from dataplane.observability.logs import REQUEST_ID
+from dataplane.observability.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
+from dataplane.translate.openai_format import InvalidRequest, error_body
+from dataplane.config.providers import ROUTE_TYPE_PRESERVE
+from dataplane.admission.ratelimit import RateLimiter
+from dataplane.config.model import AiProxyPolicy, CompiledRoute, Consumer, KeyAuthPolicy, RuntimeConfig
+from dataplane.http.sse import SseSplitter
+from dataplane.usage.tokens import TokenUsage
+from dataplane.translate.base import OpenAITranslator, Prepared, Translator
+from dataplane.http.client import (
     UPSTREAM_ERRORS,
     Pool,
     UpstreamClients,
     UpstreamError,
     UpstreamResponse,
 )
-from dataplane.usage_events import llm_token_events
+from dataplane.usage.events import llm_token_events
 from meterline.dataplane.v1 import usage_pb2
 
 logger = logging.getLogger(__name__)

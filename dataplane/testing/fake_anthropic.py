@@ -21,7 +21,7 @@ Auth: ``x-api-key`` must equal the configured key (default: anything starting ``
 answers status N with an Anthropic error. ``POST /v1/messages/count_tokens`` answers
 ``{"input_tokens": N}``. Requests are recorded in ``requests`` and at ``GET /_fake/requests``.
 
-Run it with ``python -m dataplane.fakeanthropic --listen 127.0.0.1:PORT``.
+Run it with ``python -m dataplane.testing.fake_anthropic --listen 127.0.0.1:PORT``.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import Any
 
 import orjson
 
-from dataplane.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, read_body, send_response
-from dataplane.fakeprovider import MESSAGE_OVERHEAD_TOKENS, REPLY_PREFIX, RecordedRequest
-from dataplane.httpserver import serve_http, split_host_port
+from dataplane.http.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, read_body, send_response
+from dataplane.testing.fake_openai import MESSAGE_OVERHEAD_TOKENS, REPLY_PREFIX, RecordedRequest
+from dataplane.http.server import serve_http, split_host_port
 
 TOOL_USE_OVERHEAD_TOKENS = 5
 _ERROR_TYPES = {
@@ -299,8 +299,8 @@ async def _serve(host: str, port: int, api_key: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dataplane.fakeanthropic --listen HOST:PORT [--api-key KEY]``."""
-    parser = argparse.ArgumentParser(prog="python -m dataplane.fakeanthropic", description=__doc__)
+    """``python -m dataplane.testing.fake_anthropic --listen HOST:PORT [--api-key KEY]``."""
+    parser = argparse.ArgumentParser(prog="python -m dataplane.testing.fake_anthropic", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:8901", help="HOST:PORT (port 0: any)")
     parser.add_argument("--api-key", default=None, help="the only key accepted (default: sk-ant-*)")
     args = parser.parse_args(argv)

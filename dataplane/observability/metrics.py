@@ -37,14 +37,14 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from dataplane.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, send_response
-from dataplane.token_usage import TokenUsage
+from dataplane.http.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, send_response
+from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from dataplane.httpserver import AsgiApp
-    from dataplane.runtime import RuntimeConfig
+    from dataplane.http.server import AsgiApp
+    from dataplane.config.model import RuntimeConfig
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 # The scope key under which the gateway leaves the name of the route it matched.

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from dataplane.cache import ensure_private_dir
+from dataplane.config.cache import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 

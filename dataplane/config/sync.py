@@ -19,10 +19,10 @@ from typing import Any
 
 import grpc
 
-from dataplane.backoff import Backoff
-from dataplane.cache import CacheError, ConfigCache
-from dataplane.compiler import CompileError, compile_snapshot
-from dataplane.runtime import RuntimeConfig
+from dataplane.usage.backoff import Backoff
+from dataplane.config.cache import CacheError, ConfigCache
+from dataplane.proxy.compiler import CompileError, compile_snapshot
+from dataplane.config.model import RuntimeConfig
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
 
 logger = logging.getLogger(__name__)

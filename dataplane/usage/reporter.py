@@ -27,8 +27,8 @@ from typing import Any
 
 import grpc
 
-from dataplane.backoff import Backoff
-from dataplane.spool import FullPolicy, Spool
+from dataplane.usage.backoff import Backoff
+from dataplane.usage.spool import FullPolicy, Spool
 from meterline.dataplane.v1 import usage_pb2
 
 logger = logging.getLogger(__name__)

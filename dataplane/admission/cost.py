@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from dataplane.asgi import (
+from dataplane.http.asgi import (
     JSON_CONTENT_TYPE,
     BodyTooLarge,
     Message,
@@ -37,7 +37,7 @@ from dataplane.asgi import (
     read_body,
     send_response,
 )
-from dataplane.enforcement import (
+from dataplane.admission.entitlements import (
     BadTaskHeaders,
     Enforcer,
     Figures,
@@ -47,13 +47,13 @@ from dataplane.enforcement import (
     task_budget,
     unit_price,
 )
-from dataplane.estimate import estimate_tokens, prompt_text, tokenizer
-from dataplane.keys import hash_key
-from dataplane.openai_format import error_body
+from dataplane.usage.estimate import estimate_tokens, prompt_text, tokenizer
+from dataplane.config.keys import hash_key
+from dataplane.translate.openai_format import error_body
 from meterline.dataplane.v1 import usage_pb2
 
 if TYPE_CHECKING:
-    from dataplane.runtime import CompiledRoute, KeyAuthPolicy, RuntimeConfig
+    from dataplane.config.model import CompiledRoute, KeyAuthPolicy, RuntimeConfig
 
 ESTIMATE_SUFFIX: Final = "/cost/estimate"
 _KINDS: Final = {
