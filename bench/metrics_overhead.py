@@ -19,7 +19,12 @@ import contextlib
 import time
 from typing import Any
 
-from dataplane.observability.metrics import DataPlaneMetrics, Observability, new_metrics, shared_worker_metrics
+from dataplane.observability.metrics import (
+    DataPlaneMetrics,
+    Observability,
+    new_metrics,
+    shared_worker_metrics,
+)
 from dataplane.usage.tokens import TokenUsage
 
 BUDGET_US = 1e6 / 3000

@@ -15,7 +15,7 @@ import uuid
 
 from dataplane.admission.ratelimit import RateLimiter, compile_route_limits
 from dataplane.config.model import Consumer
-from dataplane.translate.base import OpenAITranslator
+from dataplane.translate.openai_openai import OpenAITranslator
 from meterline.dataplane.v1 import snapshot_pb2
 
 ROUTE = snapshot_pb2.Route(id="r", name="chat", service_id="s", paths=["/chat"])

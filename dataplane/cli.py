@@ -24,10 +24,11 @@ from pathlib import Path
 from types import FrameType
 
 from dataplane import __version__
+from dataplane.admission.entitlements import acked_events
+from dataplane.admission.spool_guard import SpoolGuard
 from dataplane.config.cache import CacheError, ConfigCache, load_key, stable_node_id
 from dataplane.config.cluster import ClusterConfigError, ClusterTLS, open_channel
 from dataplane.config.sync import ConfigClient
-from dataplane.admission.entitlements import acked_events
 from dataplane.http.server import serve_http, split_host_port
 from dataplane.observability.logs import add_log_format_argument, configure_logging
 from dataplane.observability.metrics import (
@@ -36,8 +37,10 @@ from dataplane.observability.metrics import (
     shared_worker_metrics,
     worker_exited,
 )
+from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
-from dataplane.config.model import RuntimeConfig
+from dataplane.proxy.runtime import RuntimeConfig
+from dataplane.usage.reporter import UsageReporter, UsageStreamStub
 from dataplane.usage.spool import (
     DEFAULT_FSYNC_INTERVAL_S,
     DEFAULT_MAX_BYTES,
@@ -46,8 +49,6 @@ from dataplane.usage.spool import (
     Spool,
     SpoolLocked,
 )
-from dataplane.admission.spool_guard import SpoolGuard
-from dataplane.usage.reporter import UsageReporter, UsageStreamStub
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
 
 logger = logging.getLogger("dataplane")
@@ -339,9 +340,10 @@ async def _serve(
 
     def apply(config: RuntimeConfig) -> None:
         gateway.apply(config)
-        metrics.config_applied(config)
+        metrics.config_applied(config.version)
 
     config_client = ConfigClient(
+        compile=compile_snapshot,
         stub=config_pb2_grpc.ConfigServiceStub(channel),  # type: ignore[no-untyped-call, unused-ignore]
         node=config_pb2.Node(id=node_id, hostname=socket.gethostname(), version=__version__),
         apply=apply,

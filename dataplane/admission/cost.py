@@ -27,16 +27,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from dataplane.http.asgi import (
-    JSON_CONTENT_TYPE,
-    BodyTooLarge,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    read_body,
-    send_response,
-)
 from dataplane.admission.entitlements import (
     BadTaskHeaders,
     Enforcer,
@@ -47,13 +37,24 @@ from dataplane.admission.entitlements import (
     task_budget,
     unit_price,
 )
-from dataplane.usage.estimate import estimate_tokens, prompt_text, tokenizer
 from dataplane.config.keys import hash_key
+from dataplane.http.asgi import (
+    JSON_CONTENT_TYPE,
+    BodyTooLarge,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_response,
+)
 from dataplane.translate.openai_format import error_body
+from dataplane.usage.estimate import estimate_tokens, prompt_text, tokenizer
 from meterline.dataplane.v1 import usage_pb2
 
 if TYPE_CHECKING:
-    from dataplane.config.model import CompiledRoute, KeyAuthPolicy, RuntimeConfig
+    from dataplane.config.model import KeyAuthPolicy
+    from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig
 
 ESTIMATE_SUFFIX: Final = "/cost/estimate"
 _KINDS: Final = {

@@ -38,6 +38,8 @@ from decimal import ROUND_FLOOR, Context, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
+from dataplane.errors import CompileError, DataPlaneError
+
 if TYPE_CHECKING:
     from dataplane.usage.reporter import UsageReporter
     from meterline.dataplane.v1 import snapshot_pb2
@@ -63,7 +65,7 @@ _SLICE_CONTEXT: Final = Context(prec=28, rounding=ROUND_FLOOR)
 _MEMO_ENTRIES: Final = 4096
 
 
-class BadTaskHeaders(ValueError):
+class BadTaskHeaders(DataPlaneError, ValueError):
     """X-Meterline-Task / X-Meterline-Task-Budget are malformed (HTTP 400)."""
 
 
@@ -205,7 +207,6 @@ EMPTY_TABLE: Final = EnforcementTable()
 
 
 def _decimal(text: str, what: str) -> Decimal:
-    from dataplane.proxy.compiler import CompileError  # the compiler imports this module
 
     try:
         value = Decimal(text)
@@ -217,7 +218,6 @@ def _decimal(text: str, what: str) -> Decimal:
 
 
 def _filters(filters: Mapping[str, str], what: str) -> Filters:
-    from dataplane.proxy.compiler import CompileError
 
     status: int | None = None
     if "status_code" in filters:

@@ -32,6 +32,7 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
+from dataplane.errors import DataPlaneError
 from dataplane.http.asgi import JSON_CONTENT_TYPE, Headers, Message, Scope, Send, send_response
 from meterline.dataplane.v1 import usage_pb2
 
@@ -482,7 +483,7 @@ return counts
 """
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(DataPlaneError):
     """The shared counter store cannot be reached."""
 
 

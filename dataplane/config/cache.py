@@ -17,6 +17,7 @@ import secrets
 import socket
 from pathlib import Path
 
+from dataplane.errors import ConfigError
 from meterline.dataplane.v1 import config_pb2
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ _PLAIN = b"MLC1P"
 _ENCRYPTED = b"MLC1E"
 
 
-class CacheError(Exception):
+class CacheError(ConfigError):
     """The cache exists but cannot be used (bad key, corrupt file)."""
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import grpc
 
+from dataplane.errors import ConfigError
 
-class ClusterConfigError(ValueError):
+
+class ClusterConfigError(ConfigError):
     """The cluster flags are missing or unusable."""
 
 

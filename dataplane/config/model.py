@@ -1,20 +1,16 @@
-"""The immutable runtime config a data plane serves from: what a Snapshot compiles into."""
+"""The data a compiled snapshot is made of: consumers, key-auth and ai-proxy policies, targets.
+
+Plain frozen values, no behaviour: the translators, balancers and limits built from them live in
+the layers above (``dataplane.proxy.runtime`` assembles them per route).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-from dataplane.admission.entitlements import EMPTY_TABLE, EnforcementTable
-from dataplane.config.routing import RouteTable
 from dataplane.http.client import Timeouts
-
-if TYPE_CHECKING:
-    from dataplane.proxy.balancer import Balancer
-    from dataplane.admission.ratelimit import RouteRateLimits
-    from dataplane.translate.base import Translator
 
 _NO_ALIASES: Mapping[str, str] = MappingProxyType({})
 
@@ -66,46 +62,9 @@ class AiProxyPolicy:
     max_tokens: int
     # "openai" or "anthropic": the format the route speaks to its clients.
     llm_format: str = "openai"
-    # Chosen once per snapshot from (llm_format, provider, route_type); None means OpenAI.
-    translator: Translator | None = field(default=None, compare=False)
     # Client model names replaced first ("fast" -> "gpt-4o-mini").
     model_aliases: Mapping[str, str] = field(default_factory=lambda: _NO_ALIASES, compare=False)
     # When not empty, the client's model (after aliasing) must be one of these.
     model_allow_list: frozenset[str] = frozenset()
     # Upstream timeouts of this target; None means the pooled session's defaults.
     timeout: Timeouts | None = None
-    # ai-proxy-advanced: every target (this policy is the first one's, with the balancer).
-    balancer: Balancer | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledRoute:
-    """A route with its plugins resolved (route > service > global)."""
-
-    id: str
-    name: str
-    service_id: str
-    methods: frozenset[str]
-    key_auth: KeyAuthPolicy | None
-    ai_proxy: AiProxyPolicy | None
-    # Client headers never forwarded upstream: credentials and hop-by-hop headers.
-    dropped_headers: frozenset[bytes]
-    # rate-limiting-advanced / ai-rate-limiting-advanced of the route (None: no limits).
-    rate_limits: RouteRateLimits | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeConfig:
-    """A compiled snapshot. Swapped in whole; never mutated."""
-
-    version: str
-    routes: RouteTable[CompiledRoute]
-    consumers_by_key_hash: Mapping[str, Consumer]
-    # Entitlements, budgets and prices per consumer (dataplane.admission.entitlements).
-    enforcement: EnforcementTable = field(default=EMPTY_TABLE, compare=False)
-
-    def __repr__(self) -> str:
-        return (
-            f"RuntimeConfig(version={self.version!r}, routes={len(self.routes)}, "
-            f"consumers={len(set(self.consumers_by_key_hash.values()))})"
-        )

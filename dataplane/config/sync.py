@@ -15,15 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from dataplane.usage.backoff import Backoff
 from dataplane.config.cache import CacheError, ConfigCache
-from dataplane.proxy.compiler import CompileError, compile_snapshot
-from dataplane.config.model import RuntimeConfig
-from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
+from dataplane.errors import CompileError
+from dataplane.usage.backoff import Backoff
+from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, snapshot_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +30,31 @@ logger = logging.getLogger(__name__)
 INVALID_ARGUMENT = 3
 
 
-class ConfigClient:
-    """Keeps a data plane's RuntimeConfig in sync with the control plane."""
+C = TypeVar("C")
+C_co = TypeVar("C_co", covariant=True)
+
+
+class SnapshotCompiler(Protocol[C_co]):
+    """Compiles a wire snapshot into what a data plane serves; CompileError if it cannot."""
+
+    def __call__(self, snapshot: snapshot_pb2.Snapshot, *, version: str) -> C_co: ...
+
+
+class ConfigClient(Generic[C]):
+    """Keeps a data plane's compiled config in sync with the control plane.
+
+    ``compile`` turns a wire snapshot into the runtime the data plane serves (it raises
+    CompileError for a snapshot it refuses); ``apply`` swaps it in. Both are given by the
+    composition root, so this layer knows the protocol, not what a snapshot compiles into.
+    """
 
     def __init__(
         self,
         *,
         stub: config_pb2_grpc.ConfigServiceStub,
         node: config_pb2.Node,
-        apply: Callable[[RuntimeConfig], None],
+        compile: SnapshotCompiler[C],
+        apply: Callable[[C], None],
         backoff: Backoff | None = None,
         initial_version: str = "",
         cache: ConfigCache | None = None,
@@ -49,6 +64,7 @@ class ConfigClient:
         # Told True for each ACK, False for each NACK (metrics).
         self._on_answer = on_answer
         self._node = node
+        self._compile = compile
         self._apply = apply
         self._backoff = backoff or Backoff()
         self.version = initial_version
@@ -73,7 +89,7 @@ class ConfigClient:
         if cached is None:
             return False
         try:
-            config = compile_snapshot(cached.snapshot, version=cached.version_info)
+            config = self._compile(cached.snapshot, version=cached.version_info)
         except Exception as exc:  # a cache from another version may not compile: sync instead
             logger.error("cached config version %s not used: %s", cached.version_info, exc)
             return False
@@ -130,7 +146,7 @@ class ConfigClient:
     def _handle(self, response: config_pb2.ConfigResponse) -> config_pb2.ConfigRequest:
         """Compile and apply one response; return its ACK or NACK."""
         try:
-            config = compile_snapshot(response.snapshot, version=response.version_info)
+            config = self._compile(response.snapshot, version=response.version_info)
         except CompileError as exc:
             return self._nack(response, str(exc))
         except Exception as exc:  # a compiler bug must not take the data plane down

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from dataplane.errors import DataPlaneError
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -14,7 +16,7 @@ Headers = list[tuple[bytes, bytes]]
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(DataPlaneError):
     """The request body exceeds the configured limit."""
 
 

@@ -35,8 +35,10 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
+from dataplane.errors import DataPlaneError
 
-class UpstreamError(Exception):
+
+class UpstreamError(DataPlaneError):
     """The provider could not be reached, or broke the exchange."""
 
 

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from dataplane.http.server import AsgiApp
-    from dataplane.config.model import RuntimeConfig
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 # The scope key under which the gateway leaves the name of the route it matched.
@@ -252,9 +251,9 @@ class DataPlaneMetrics:
 
     # -- config sync ----------------------------------------------------------------------------
 
-    def config_applied(self, config: RuntimeConfig) -> None:
-        """A config is served from now on."""
-        self._config_version = config.version
+    def config_applied(self, version: str) -> None:
+        """The config of ``version`` is served from now on."""
+        self._config_version = version
         self._config_applied = time.monotonic()
 
     def snapshot_answered(self, acked: bool) -> None:

@@ -34,12 +34,16 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
+from dataplane.errors import DataPlaneError
+from dataplane.translate.base import Translator
+from dataplane.translate.select import OPENAI
+
 if TYPE_CHECKING:
-    from dataplane.config.model import AiProxyPolicy, RuntimeConfig
+    from dataplane.config.model import AiProxyPolicy
     from dataplane.usage.tokens import TokenUsage
 
 ROUND_ROBIN: Final = "round-robin"
@@ -73,7 +77,7 @@ LATENCY_STRATEGIES: Final = ("e2e", "tpot")
 _LATENCY_ALPHA: Final = 0.3
 
 
-class NoTargetForModel(Exception):
+class NoTargetForModel(DataPlaneError):
     """The ``cost`` algorithm found no target that serves the requested model."""
 
     def __init__(self, model: str | None, served: Sequence[str]) -> None:
@@ -87,6 +91,8 @@ class BalancerTarget:
     """A target as the balancer sees it; ``policy`` is its complete upstream."""
 
     policy: AiProxyPolicy
+    # The translator between the route's clients and this target's provider.
+    translator: Translator = field(default=OPENAI, compare=False)
     weight: int = 1
     priority: int = 0
     # input_cost + output_cost (per million tokens), None when the target names no price.
@@ -352,25 +358,3 @@ class Balancer:
 
     def __repr__(self) -> str:
         return f"Balancer(algorithm={self.algorithm!r}, targets={len(self.targets)})"
-
-
-def carry_state(previous: RuntimeConfig, config: RuntimeConfig) -> int:
-    """Let ``config``'s balancers keep the counters of ``previous``'s unchanged ones.
-
-    Routes match by id; a balancer keeps its state only if its config is byte-identical.
-    Returns how many balancers kept their state. Call before ``config`` goes live.
-    """
-    old = {
-        route.id: route.ai_proxy.balancer
-        for route in previous.routes
-        if route.ai_proxy is not None and route.ai_proxy.balancer is not None
-    }
-    kept = 0
-    if not old:
-        return kept
-    for route in config.routes:
-        balancer = route.ai_proxy.balancer if route.ai_proxy is not None else None
-        before = old.get(route.id)
-        if balancer is not None and before is not None and balancer.adopt(before):
-            kept += 1
-    return kept

@@ -6,12 +6,33 @@ Compilation is pure (no I/O) so a bad snapshot is rejected before anything chang
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from urllib.parse import quote, urlencode, urlsplit
 
-from dataplane.translate.anthropic_format import DEFAULT_ANTHROPIC_VERSION
+from dataplane.admission.entitlements import compile_enforcement
+from dataplane.admission.ratelimit import PLUGIN_NAMES as RATE_LIMIT_PLUGINS
+from dataplane.admission.ratelimit import check_config as check_rate_limit_config
+from dataplane.admission.ratelimit import compile_route_limits
+from dataplane.config.keys import is_key_hash
+from dataplane.config.model import AiProxyPolicy, Consumer, KeyAuthPolicy, ProviderTarget
+from dataplane.config.providers import (
+    AZURE_PATHS,
+    DEFAULT_AZURE_API_VERSION,
+    DEFAULT_URLS,
+    LLM_FORMAT_ANTHROPIC,
+    LLM_FORMAT_OPENAI,
+    NOT_YET_SUPPORTED_PROVIDERS,
+    NOT_YET_SUPPORTED_ROUTE_TYPES,
+    PROVIDER_ROUTE_TYPES,
+    ROUTE_TYPE_CHAT,
+    ROUTE_TYPE_PRESERVE,
+    SUPPORTED_ROUTE_TYPES,
+)
+from dataplane.config.routing import RouteTable
+from dataplane.errors import CompileError
+from dataplane.http.client import Timeouts
 from dataplane.proxy.balancer import (
     ALGORITHMS,
     CONSISTENT_HASHING,
@@ -25,43 +46,10 @@ from dataplane.proxy.balancer import (
     Balancer,
     BalancerTarget,
 )
-from dataplane.admission.entitlements import compile_enforcement
-from dataplane.config.keys import is_key_hash
-from dataplane.config.providers import (
-    AZURE_PATHS,
-    DEFAULT_AZURE_API_VERSION,
-    DEFAULT_URLS,
-    LLM_FORMAT_ANTHROPIC,
-    LLM_FORMAT_OPENAI,
-    NOT_YET_SUPPORTED_PROVIDERS,
-    NOT_YET_SUPPORTED_ROUTE_TYPES,
-    PROVIDER_ROUTE_TYPES,
-    ROUTE_TYPE_CHAT,
-    ROUTE_TYPE_PRESERVE,
-    ROUTE_TYPE_RESPONSES,
-    SUPPORTED_ROUTE_TYPES,
-)
-from dataplane.admission.ratelimit import PLUGIN_NAMES as RATE_LIMIT_PLUGINS
-from dataplane.admission.ratelimit import check_config as check_rate_limit_config
-from dataplane.admission.ratelimit import compile_route_limits
-from dataplane.config.routing import RouteTable
-from dataplane.config.model import (
-    AiProxyPolicy,
-    CompiledRoute,
-    Consumer,
-    KeyAuthPolicy,
-    ProviderTarget,
-    RuntimeConfig,
-)
-from dataplane.translate.base import (
-    AnthropicNativeTranslator,
-    OpenAIResponsesTranslator,
-    OpenAIToAnthropicTranslator,
-    OpenAITranslator,
-    PreserveTranslator,
-    Translator,
-)
-from dataplane.http.client import Timeouts
+from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig
+from dataplane.translate.anthropic_format import DEFAULT_ANTHROPIC_VERSION
+from dataplane.translate.base import Translator
+from dataplane.translate.select import OPENAI, translator_for
 from meterline.dataplane.v1 import snapshot_pb2
 
 KEY_AUTH = "key-auth"
@@ -103,10 +91,6 @@ _ALWAYS_DROPPED = frozenset(
 )
 
 
-class CompileError(ValueError):
-    """A snapshot that cannot be applied; the message says which object is wrong and why."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Resolved:
     key_auth: snapshot_pb2.KeyAuthConfig | None
@@ -127,22 +111,25 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runtim
         resolved = _resolve_plugins(route, plugins)
         key_auth = _compile_key_auth(resolved.key_auth) if resolved.key_auth else None
         ai_proxy = None
+        balancer: Balancer | None = None
+        translator = OPENAI
         if resolved.ai_proxy is not None:
-            ai_proxy = (
-                _compile_ai_proxy_advanced(resolved.ai_proxy)
-                if resolved.advanced
-                else _compile_ai_proxy(
+            translator = _translator(resolved.ai_proxy)
+            if resolved.advanced:
+                ai_proxy, balancer = _compile_ai_proxy_advanced(resolved.ai_proxy)
+                translator = balancer.targets[0].translator
+            else:
+                ai_proxy = _compile_ai_proxy(
                     resolved.ai_proxy,
                     timeout=_timeout(
                         resolved.ai_proxy.connect_timeout, resolved.ai_proxy.read_timeout
                     ),
                 )
-            )
         dropped = set(_ALWAYS_DROPPED)
         if key_auth is not None:
             dropped |= key_auth.header_names
         if ai_proxy is not None:
-            for target in ai_proxy.balancer.targets if ai_proxy.balancer else ():
+            for target in balancer.targets if balancer else ():
                 dropped |= {name for name, _ in target.policy.target.auth_headers}
             dropped |= {name for name, _ in ai_proxy.target.auth_headers}
         compiled.append(
@@ -156,6 +143,8 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runtim
                     ai_proxy=ai_proxy,
                     dropped_headers=frozenset(dropped),
                     rate_limits=compile_route_limits(route, plugins, ai_proxy=resolved.ai_proxy),
+                    translator=translator,
+                    balancer=balancer,
                 ),
                 list(route.paths),
             )
@@ -493,21 +482,12 @@ def _upstream_url(config: snapshot_pb2.AiProxyConfig) -> str:
     return DEFAULT_URLS[provider][route_type]
 
 
-_OPENAI = OpenAITranslator()
-_ANTHROPIC_NATIVE = AnthropicNativeTranslator()
-_OPENAI_TO_ANTHROPIC = OpenAIToAnthropicTranslator()
-_OPENAI_RESPONSES = OpenAIResponsesTranslator()
-
-
 def _translator(config: snapshot_pb2.AiProxyConfig) -> Translator:
-    anthropic_clients = config.llm_format == LLM_FORMAT_ANTHROPIC
-    if config.route_type == ROUTE_TYPE_PRESERVE:
-        return PreserveTranslator(anthropic_errors=anthropic_clients)
-    if config.model.provider == "anthropic":
-        return _ANTHROPIC_NATIVE if anthropic_clients else _OPENAI_TO_ANTHROPIC
-    if config.route_type == ROUTE_TYPE_RESPONSES:
-        return _OPENAI_RESPONSES
-    return _OPENAI
+    return translator_for(
+        provider=config.model.provider,
+        route_type=config.route_type,
+        llm_format=config.llm_format or LLM_FORMAT_OPENAI,
+    )
 
 
 def _timeout(connect_ms: int, read_ms: int) -> Timeouts | None:
@@ -522,10 +502,13 @@ def _timeout(connect_ms: int, read_ms: int) -> Timeouts | None:
     )
 
 
-def _compile_ai_proxy_advanced(config: snapshot_pb2.AiProxyConfig) -> AiProxyPolicy:
+def _compile_ai_proxy_advanced(
+    config: snapshot_pb2.AiProxyConfig,
+) -> tuple[AiProxyPolicy, Balancer]:
     balancer_config = config.balancer
     targets = [
         BalancerTarget(
+            translator=_translator(_target_config(config, target)),
             policy=_compile_ai_proxy(
                 _target_config(config, target),
                 # A target's own timeouts win over the balancer's, field by field.
@@ -556,7 +539,7 @@ def _compile_ai_proxy_advanced(config: snapshot_pb2.AiProxyConfig) -> AiProxyPol
         # A digest, so the balancer does not hold another copy of the provider keys.
         fingerprint=hashlib.sha256(config.SerializeToString(deterministic=True)).digest(),
     )
-    return replace(targets[0].policy, balancer=balancer)
+    return targets[0].policy, balancer
 
 
 def _compile_ai_proxy(
@@ -599,7 +582,6 @@ def _compile_ai_proxy(
         model=config.model.name,
         max_tokens=config.model.options.max_tokens,
         llm_format=config.llm_format or LLM_FORMAT_OPENAI,
-        translator=_translator(config),
         model_aliases=MappingProxyType(dict((model_policy or config).model_aliases)),
         model_allow_list=frozenset((model_policy or config).model_allow_list),
         timeout=timeout,

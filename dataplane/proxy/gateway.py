@@ -16,6 +16,18 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from dataplane.admission.cost import (
+    ESTIMATE_SUFFIX,
+    RESERVED_ESTIMATE_PATH,
+    admit,
+    serve_estimate,
+    serve_reserved_estimate,
+)
+from dataplane.admission.entitlements import Enforcer
+from dataplane.admission.ratelimit import RateLimiter
+from dataplane.config.keys import hash_key
+from dataplane.config.model import AiProxyPolicy, Consumer, KeyAuthPolicy
+from dataplane.config.providers import ROUTE_TYPE_PRESERVE
 from dataplane.http.asgi import (
     JSON_CONTENT_TYPE,
     BodyTooLarge,
@@ -26,26 +38,6 @@ from dataplane.http.asgi import (
     read_body,
     send_response,
 )
-from dataplane.proxy.balancer import Balancer, NoTargetForModel, carry_state
-from dataplane.admission.cost import (
-    ESTIMATE_SUFFIX,
-    RESERVED_ESTIMATE_PATH,
-    admit,
-    serve_estimate,
-    serve_reserved_estimate,
-)
-from dataplane.admission.entitlements import Enforcer
-from dataplane.usage.estimate import estimate_usage
-from dataplane.config.keys import hash_key
-from dataplane.observability.logs import REQUEST_ID
-from dataplane.observability.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
-from dataplane.translate.openai_format import InvalidRequest, error_body
-from dataplane.config.providers import ROUTE_TYPE_PRESERVE
-from dataplane.admission.ratelimit import RateLimiter
-from dataplane.config.model import AiProxyPolicy, CompiledRoute, Consumer, KeyAuthPolicy, RuntimeConfig
-from dataplane.http.sse import SseSplitter
-from dataplane.usage.tokens import TokenUsage
-from dataplane.translate.base import OpenAITranslator, Prepared, Translator
 from dataplane.http.client import (
     UPSTREAM_ERRORS,
     Pool,
@@ -53,7 +45,16 @@ from dataplane.http.client import (
     UpstreamError,
     UpstreamResponse,
 )
+from dataplane.http.sse import SseSplitter
+from dataplane.observability.logs import REQUEST_ID
+from dataplane.observability.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
+from dataplane.proxy.balancer import Balancer, NoTargetForModel
+from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig, carry_state
+from dataplane.translate.base import Prepared, Translator
+from dataplane.translate.openai_format import InvalidRequest, error_body
+from dataplane.usage.estimate import estimate_usage
 from dataplane.usage.events import llm_token_events
+from dataplane.usage.tokens import TokenUsage
 from meterline.dataplane.v1 import usage_pb2
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 # How long a stream is still read after its client went away, to meter its real usage.
 DEFAULT_DRAIN_TIMEOUT_S: Final = 60.0
 
-_OPENAI: Final = OpenAITranslator()
 _SSE_CONTENT_TYPE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
 
 # Upstream response headers the gateway does not relay: hop-by-hop ones, lengths and encodings
@@ -171,7 +171,7 @@ class Gateway:
         route, prefix = matched
         scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (dataplane/metrics.py)
         policy = route.ai_proxy
-        translator = (policy.translator if policy else None) or _OPENAI
+        translator = route.translator
 
         consumer: Consumer | None = None
         if route.key_auth is not None:
@@ -451,7 +451,7 @@ class _Exchange:
     async def run(
         self, scope: Scope, receive: Receive, send: Send, clients: UpstreamClients
     ) -> None:
-        balancer = self.policy.balancer
+        balancer = self.route.balancer
         if balancer is None:
             session = clients.get(self.policy.target.origin)
             await self._attempt(scope, receive, send, session, None, final=True)
@@ -477,8 +477,7 @@ class _Exchange:
         for number, index in enumerate(plan):
             if not balancer.acquire(index):
                 continue  # another request is probing this half-open target
-            target = balancer.targets[index].policy
-            translator = target.translator or _OPENAI
+            target, translator = balancer.targets[index].policy, balancer.targets[index].translator
             if target.target is not prepared_for:
                 try:
                     self.prepared = translator.prepare(

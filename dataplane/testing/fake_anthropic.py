@@ -37,8 +37,8 @@ from typing import Any
 import orjson
 
 from dataplane.http.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, read_body, send_response
-from dataplane.testing.fake_openai import MESSAGE_OVERHEAD_TOKENS, REPLY_PREFIX, RecordedRequest
 from dataplane.http.server import serve_http, split_host_port
+from dataplane.testing.fake_openai import MESSAGE_OVERHEAD_TOKENS, REPLY_PREFIX, RecordedRequest
 
 TOOL_USE_OVERHEAD_TOKENS = 5
 _ERROR_TYPES = {
@@ -300,7 +300,9 @@ async def _serve(host: str, port: int, api_key: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dataplane.testing.fake_anthropic --listen HOST:PORT [--api-key KEY]``."""
-    parser = argparse.ArgumentParser(prog="python -m dataplane.testing.fake_anthropic", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m dataplane.testing.fake_anthropic", description=__doc__
+    )
     parser.add_argument("--listen", default="127.0.0.1:8901", help="HOST:PORT (port 0: any)")
     parser.add_argument("--api-key", default=None, help="the only key accepted (default: sk-ant-*)")
     args = parser.parse_args(argv)

@@ -585,7 +585,9 @@ async def _serve(host: str, port: int, api_key: str | None, chunk_delay: float =
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dataplane.testing.fake_openai --listen HOST:PORT [--api-key KEY]``."""
-    parser = argparse.ArgumentParser(prog="python -m dataplane.testing.fake_openai", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m dataplane.testing.fake_openai", description=__doc__
+    )
     parser.add_argument("--listen", default="127.0.0.1:8900", help="HOST:PORT (port 0: any)")
     parser.add_argument("--api-key", default=None, help="the only key accepted (default: sk-*)")
     parser.add_argument(

@@ -10,13 +10,26 @@ Anthropic side, where the cache counts are exact; the client sees it in OpenAI's
 from __future__ import annotations
 
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from dataplane.translate.anthropic_format import MessageStreamScanner
-from dataplane.translate.openai_format import InvalidRequest
+from dataplane.translate.anthropic_format import (
+    DEFAULT_MAX_TOKENS,
+    MessageStreamScanner,
+    usage_from_anthropic,
+)
+from dataplane.translate.base import Prepared, StreamRelay
+from dataplane.translate.openai_format import (
+    InvalidRequest,
+    error_body,
+    prepare_chat_request,
+)
 from dataplane.usage.tokens import TokenUsage
+
+if TYPE_CHECKING:
+    from dataplane.config.model import AiProxyPolicy
+
 
 _STOP_REASONS: Final = {
     "end_turn": "stop",
@@ -399,3 +412,74 @@ class MessagesToChatStream:
             "usage": openai_usage(self.scanner.usage),
         }
         return b"data: " + orjson.dumps(document) + b"\n\n"
+
+
+class _MessagesToChatRelay:
+    __slots__ = ("translator",)
+
+    def __init__(self, *, include_usage: bool) -> None:
+        self.translator = MessagesToChatStream(include_usage=include_usage)
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return self.translator.usage
+
+    @property
+    def model(self) -> str | None:
+        return self.translator.model
+
+    def feed(self, event: bytes) -> bytes:
+        return self.translator.feed(event)
+
+    def produced_text(self) -> str:
+        return "".join(self.translator.scanner.texts)
+
+
+class OpenAIToAnthropicTranslator:
+    """OpenAI chat clients to Anthropic: Messages upstream, chat completions back."""
+
+    def error_body(
+        self, message: str, *, type: str, code: str | None, param: str | None = None
+    ) -> bytes:
+        return error_body(message, type=type, code=code, param=param)
+
+    def prepare(
+        self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str
+    ) -> Prepared:
+        chat = prepare_chat_request(raw, policy)
+        body: dict[str, Any] = chat.document
+        options = body.get("stream_options")
+        request = chat_to_messages_request(
+            body, model=chat.model, default_max_tokens=policy.max_tokens or DEFAULT_MAX_TOKENS
+        )
+        return Prepared(
+            body=orjson.dumps(request),
+            model=chat.model,
+            stream=chat.stream,
+            url=policy.target.url,
+            document=request,
+            include_usage=chat.stream and not chat.hide_usage_chunk and isinstance(options, dict),
+            requested_model=chat.requested_model,
+        )
+
+    def whole(
+        self, body: bytes, status: int, prepared: Prepared
+    ) -> tuple[bytes, TokenUsage | None, str | None]:
+        if not 200 <= status < 300:
+            return anthropic_error_to_openai(body), None, None
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body, None, None
+        if not isinstance(message, dict):
+            return body, None, None
+        usage = usage_from_anthropic(message.get("usage"))
+        model = message.get("model")
+        return (
+            message_to_chat_completion(message, usage),
+            usage,
+            model if isinstance(model, str) else None,
+        )
+
+    def stream(self, prepared: Prepared) -> StreamRelay:
+        return _MessagesToChatRelay(include_usage=prepared.include_usage)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from dataplane.errors import DataPlaneError
 from dataplane.http.sse import event_data
 from dataplane.usage.tokens import TokenUsage, count, minus
 
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class InvalidRequest(Exception):
+class InvalidRequest(DataPlaneError):
     """A client request the gateway refuses with 400 before calling the provider."""
 
     def __init__(self, message: str, *, code: str, param: str | None = None) -> None:

@@ -37,6 +37,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from dataplane.config.cache import ensure_private_dir
+from dataplane.errors import DataPlaneError
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class FullPolicy(StrEnum):
     SERVE = "serve"
 
 
-class SpoolLocked(Exception):
+class SpoolLocked(DataPlaneError):
     """Another process uses the spool directory."""
 
 

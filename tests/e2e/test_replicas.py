@@ -21,7 +21,9 @@ def test_a_change_through_one_replica_reaches_a_data_plane_of_the_other(
     processes, pg_url: str, tmp_path: Path
 ) -> None:
     fake_port, cp_a, cp_b, dp_port = free_port(), free_port(), free_port(), free_port()
-    processes.start("fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{fake_port}")
+    processes.start(
+        "fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{fake_port}"
+    )
     for name, port in (("cp-a", cp_a), ("cp-b", cp_b)):
         processes.start(
             name,

@@ -91,7 +91,9 @@ def cluster(processes: Processes, tmp_path: Path) -> Iterator[Cluster]:
     secrets_key = tmp_path / "secrets.key"
     secrets_key.write_bytes(Fernet.generate_key())
     fake_port, op_port, cl_port, dp_port = (free_port() for _ in range(4))
-    processes.start("fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{fake_port}")
+    processes.start(
+        "fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{fake_port}"
+    )
     processes.start(
         "cp",
         "-m",

@@ -25,13 +25,14 @@ from controlplane.clock import FrozenClock
 from controlplane.configsync.snapshot import entity_id
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
-from dataplane.config.sync import ConfigClient
 from dataplane.admission.entitlements import acked_events
-from dataplane.usage.estimate import estimate_tokens
+from dataplane.config.sync import ConfigClient
+from dataplane.http.server import ServerAddress, serve_http
+from dataplane.proxy.compiler import compile_snapshot
+from dataplane.proxy.gateway import Gateway
 from dataplane.testing.fake_anthropic import FakeAnthropic
 from dataplane.testing.fake_openai import FakeProvider
-from dataplane.http.server import ServerAddress, serve_http
-from dataplane.proxy.gateway import Gateway
+from dataplane.usage.estimate import estimate_tokens
 from dataplane.usage.reporter import UsageReporter, UsageStreamStub
 from meterline.admin.v1 import (
     billing_pb2,
@@ -199,6 +200,7 @@ async def _start_dataplane(address: str, node: str, stack: list[object]) -> Data
     gateway = Gateway(node_id=node, usage_sink=reporter.append)
     gateway.enforcer.acked = acked_events(reporter)
     config = ConfigClient(
+        compile=compile_snapshot,
         stub=config_pb2_grpc.ConfigServiceStub(channel),
         node=config_pb2.Node(id=node, hostname="test", version="0.1.0"),
         apply=gateway.apply,

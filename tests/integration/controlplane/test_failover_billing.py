@@ -14,10 +14,10 @@ import grpc
 import openai
 import pytest
 
-from dataplane.proxy.compiler import compile_snapshot
-from dataplane.testing.fake_openai import FakeProvider
 from dataplane.http.server import serve_http
+from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
+from dataplane.testing.fake_openai import FakeProvider
 from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
 from meterline.dataplane.v1 import config_pb2
 from meterline.dataplane.v1 import usage_pb2 as dp_usage_pb2

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dataplane.proxy.compiler import compile_snapshot
-from dataplane.testing.fake_openai import FakeProvider
-from dataplane.http.server import ServerAddress, serve_http
 from dataplane.config.keys import hash_key
+from dataplane.http.server import ServerAddress, serve_http
+from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
+from dataplane.testing.fake_openai import FakeProvider
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 ACME_KEY = "sk-meterline-acme-0001"

@@ -11,11 +11,12 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from dataplane.usage.backoff import Backoff
 from dataplane.config.cache import ConfigCache
 from dataplane.config.sync import ConfigClient
 from dataplane.http.server import serve_http
+from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
+from dataplane.usage.backoff import Backoff
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, snapshot_pb2
 
 _END = None
@@ -70,6 +71,7 @@ async def test_ack_then_nack_keeps_serving_the_old_config(control_plane, fake, s
         httpx.AsyncClient(base_url=address.url) as http,
     ):
         client = ConfigClient(
+            compile=compile_snapshot,
             stub=config_pb2_grpc.ConfigServiceStub(channel),
             node=config_pb2.Node(id="dp-1", hostname="host-a", version="0.1.0"),
             apply=gateway.apply,
@@ -128,6 +130,7 @@ async def test_first_snapshot_rejected_nacks_with_empty_version(control_plane):
     )
     async with grpc.aio.insecure_channel(target) as channel:
         client = ConfigClient(
+            compile=compile_snapshot,
             stub=config_pb2_grpc.ConfigServiceStub(channel),
             node=config_pb2.Node(id="dp-2"),
             apply=applied.append,
@@ -159,6 +162,7 @@ async def test_a_restart_serves_the_cached_snapshot_and_reports_its_version(
     # Given a data plane that applied (and so cached) v1, then stopped
     async with grpc.aio.insecure_channel(target) as channel:
         first = ConfigClient(
+            compile=compile_snapshot,
             stub=config_pb2_grpc.ConfigServiceStub(channel),
             node=config_pb2.Node(id="dp-3"),
             apply=lambda config: None,
@@ -199,6 +203,7 @@ async def test_a_restart_serves_the_cached_snapshot_and_reports_its_version(
         httpx.AsyncClient(base_url=address.url) as http,
     ):
         client = ConfigClient(
+            compile=compile_snapshot,
             stub=config_pb2_grpc.ConfigServiceStub(dead),
             node=config_pb2.Node(id="dp-3"),
             apply=gateway.apply,
@@ -212,6 +217,7 @@ async def test_a_restart_serves_the_cached_snapshot_and_reports_its_version(
     # And its first request to a control plane names the cached version
     async with grpc.aio.insecure_channel(target) as channel:
         client = ConfigClient(
+            compile=compile_snapshot,
             stub=config_pb2_grpc.ConfigServiceStub(channel),
             node=config_pb2.Node(id="dp-3"),
             apply=lambda config: None,
@@ -234,7 +240,11 @@ def test_a_cache_that_does_not_compile_is_ignored(tmp_path) -> None:
     cache.save(config_pb2.ConfigResponse(version_info="v1", snapshot=bad))
     applied = []
     client = ConfigClient(
-        stub=None, node=config_pb2.Node(id="dp"), apply=applied.append, cache=cache
+        compile=compile_snapshot,
+        stub=None,
+        node=config_pb2.Node(id="dp"),
+        apply=applied.append,
+        cache=cache,
     )
     assert not client.load_cached()
     assert (applied, client.version) == ([], "")

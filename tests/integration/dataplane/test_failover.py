@@ -16,12 +16,12 @@ import anthropic
 import openai
 import pytest
 
+from dataplane.config.keys import hash_key
+from dataplane.http.server import serve_http
 from dataplane.proxy.compiler import compile_snapshot
+from dataplane.proxy.gateway import Gateway
 from dataplane.testing.fake_anthropic import FakeAnthropic
 from dataplane.testing.fake_openai import FakeProvider
-from dataplane.http.server import serve_http
-from dataplane.config.keys import hash_key
-from dataplane.proxy.gateway import Gateway
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 from support.processes import free_port
 

@@ -12,10 +12,10 @@ import openai
 import orjson
 import pytest
 
-from dataplane.proxy.compiler import compile_snapshot
-from dataplane.testing.fake_openai import prompt_tokens, reply_words
 from dataplane.http.server import serve_http
+from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
+from dataplane.testing.fake_openai import prompt_tokens, reply_words
 from meterline.dataplane.v1 import usage_pb2
 
 MESSAGES = [

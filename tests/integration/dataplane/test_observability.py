@@ -15,12 +15,12 @@ import pytest
 from integration.dataplane.conftest import ACME_KEY, FakeUpstream, build_snapshot
 from prometheus_client.parser import text_string_to_metric_families
 
-from dataplane.proxy.compiler import compile_snapshot
-from dataplane.testing.fake_openai import prompt_tokens, reply_words
 from dataplane.http.server import ServerAddress, serve_http
 from dataplane.observability.logs import JsonLineFormatter
 from dataplane.observability.metrics import DataPlaneMetrics, Observability
+from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
+from dataplane.testing.fake_openai import prompt_tokens, reply_words
 from meterline.dataplane.v1 import usage_pb2
 
 MESSAGES = [{"role": "user", "content": "how many tokens are these words"}]
@@ -147,7 +147,7 @@ async def test_config_and_usage_gauges(observed, fake) -> None:
     observed.metrics.usage_state = lambda: (pending[0], 4096)
     config = compile_snapshot(build_snapshot(fake.chat_url), version="v1")
     observed.gateway.apply(config)
-    observed.metrics.config_applied(config)
+    observed.metrics.config_applied(config.version)
     observed.metrics.snapshot_answered(True)
     observed.metrics.snapshot_answered(False)
     text = await observed.scrape()
@@ -160,7 +160,7 @@ async def test_config_and_usage_gauges(observed, fake) -> None:
 
     # A new version replaces the old one's info series.
     newer = compile_snapshot(build_snapshot(fake.chat_url), version="v2")
-    observed.metrics.config_applied(newer)
+    observed.metrics.config_applied(newer.version)
     text = await observed.scrape()
     assert sample(text, "meterline_dataplane_config_info", version="v2") == 1
     assert "v1" not in {

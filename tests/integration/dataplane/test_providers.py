@@ -15,13 +15,13 @@ import httpx
 import openai
 import pytest
 
-from dataplane.testing import fake_anthropic as fakeanthropic
+from dataplane.config.keys import hash_key
+from dataplane.http.server import serve_http
 from dataplane.proxy.compiler import compile_snapshot
+from dataplane.proxy.gateway import Gateway
+from dataplane.testing import fake_anthropic as fakeanthropic
 from dataplane.testing.fake_anthropic import FakeAnthropic
 from dataplane.testing.fake_openai import FakeProvider, prompt_tokens, reply_words
-from dataplane.http.server import serve_http
-from dataplane.config.keys import hash_key
-from dataplane.proxy.gateway import Gateway
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 KEY = "sk-meterline-acme-0001"

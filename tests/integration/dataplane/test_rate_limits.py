@@ -15,13 +15,13 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
+from dataplane.admission.ratelimit import RateLimiter
+from dataplane.config.keys import hash_key
+from dataplane.http.server import ServerAddress, serve_http
 from dataplane.proxy.compiler import compile_snapshot
+from dataplane.proxy.gateway import Gateway
 from dataplane.testing.fake_anthropic import FakeAnthropic
 from dataplane.testing.fake_openai import prompt_tokens, reply_words
-from dataplane.http.server import ServerAddress, serve_http
-from dataplane.config.keys import hash_key
-from dataplane.proxy.gateway import Gateway
-from dataplane.admission.ratelimit import RateLimiter
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 from support.processes import free_port
 

@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from dataplane.http.asgi import Receive, Scope, Send, read_body
-from dataplane.proxy.compiler import compile_snapshot
-from dataplane.usage.estimate import estimate_tokens
 from dataplane.http.server import serve_http
+from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
+from dataplane.usage.estimate import estimate_tokens
 from meterline.dataplane.v1 import usage_pb2
 
 FIRST = (

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from dataplane.usage.backoff import Backoff
 from dataplane.translate.openai_format import TokenUsage
-from dataplane.usage.spool import FullPolicy, Spool
-from dataplane.usage.reporter import UsageReporter, UsageStreamStub
+from dataplane.usage.backoff import Backoff
 from dataplane.usage.events import llm_token_events
+from dataplane.usage.reporter import UsageReporter, UsageStreamStub
+from dataplane.usage.spool import FullPolicy, Spool
 from meterline.dataplane.v1 import usage_pb2, usage_pb2_grpc
 
 

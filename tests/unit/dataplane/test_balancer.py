@@ -11,8 +11,8 @@ from decimal import Decimal
 
 import pytest
 
-from dataplane.proxy.balancer import Balancer, BalancerTarget, NoTargetForModel
 from dataplane.config.model import AiProxyPolicy, ProviderTarget
+from dataplane.proxy.balancer import Balancer, BalancerTarget, NoTargetForModel
 from dataplane.usage.tokens import TokenUsage
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from dataplane.translate.openai_format import InvalidRequest, prepare_chat_request
 from dataplane.config.model import AiProxyPolicy, ProviderTarget
+from dataplane.translate.openai_format import InvalidRequest, prepare_chat_request
 
 TARGET = ProviderTarget(
     provider="openai",

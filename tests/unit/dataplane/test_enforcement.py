@@ -6,7 +6,6 @@ from decimal import Decimal
 
 import pytest
 
-from dataplane.proxy.compiler import CompileError, compile_snapshot
 from dataplane.admission.entitlements import (
     BadTaskHeaders,
     Enforcer,
@@ -17,6 +16,7 @@ from dataplane.admission.entitlements import (
     task_budget,
     token_slice,
 )
+from dataplane.proxy.compiler import CompileError, compile_snapshot
 from meterline.dataplane.v1 import snapshot_pb2
 
 

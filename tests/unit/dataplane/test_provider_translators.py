@@ -5,6 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from dataplane.http.client import split_url
+from dataplane.proxy.compiler import compile_snapshot
+from dataplane.translate.anthropic_anthropic import AnthropicNativeTranslator
 from dataplane.translate.anthropic_format import (
     MessageStreamScanner,
     anthropic_error_body,
@@ -13,22 +16,17 @@ from dataplane.translate.anthropic_format import (
 )
 from dataplane.translate.openai_anthropic import (
     MessagesToChatStream,
+    OpenAIToAnthropicTranslator,
     anthropic_error_to_openai,
     chat_to_messages_request,
     message_to_chat_completion,
     openai_usage,
 )
-from dataplane.proxy.compiler import compile_snapshot
-from dataplane.usage.estimate import chars_estimate, estimate_tokens, estimate_usage
 from dataplane.translate.openai_format import InvalidRequest, usage_from_openai
+from dataplane.translate.openai_openai import OpenAITranslator
+from dataplane.translate.preserve import PreserveTranslator
+from dataplane.usage.estimate import chars_estimate, estimate_tokens, estimate_usage
 from dataplane.usage.tokens import TokenUsage
-from dataplane.translate.base import (
-    AnthropicNativeTranslator,
-    OpenAIToAnthropicTranslator,
-    OpenAITranslator,
-    PreserveTranslator,
-)
-from dataplane.http.client import split_url
 
 
 @pytest.mark.parametrize(
@@ -596,7 +594,7 @@ def test_azure_url_is_built_from_its_options(snapshot_factory) -> None:
     )
     assert policy.target.origin == "https://acme-eu.openai.azure.com:443"
     assert policy.target.auth_headers == ((b"api-key", b"az-secret"),)
-    assert isinstance(policy.translator, OpenAITranslator)
+    assert isinstance(route.translator, OpenAITranslator)
     assert b"api-key" in route.dropped_headers
 
 
@@ -612,7 +610,7 @@ def test_azure_url_is_built_from_its_options(snapshot_factory) -> None:
     ],
 )
 def test_azure_route_types(snapshot_factory, route_type, version, url) -> None:
-    policy, _ = _route_policy(
+    policy, _route = _route_policy(
         snapshot_factory,
         route_type=route_type,
         **{
@@ -643,7 +641,7 @@ def test_anthropic_routes(snapshot_factory, llm_format, translator, version_head
         },
     )
     assert policy.target.url == "https://api.anthropic.com/v1/messages"
-    assert isinstance(policy.translator, translator)
+    assert isinstance(route.translator, translator)
     assert dict(policy.target.auth_headers) == {
         b"x-api-key": b"sk-ant-x",
         b"anthropic-version": version_header,
@@ -653,7 +651,7 @@ def test_anthropic_routes(snapshot_factory, llm_format, translator, version_head
 
 
 def test_anthropic_version_option_is_used(snapshot_factory) -> None:
-    policy, _ = _route_policy(
+    policy, _route = _route_policy(
         snapshot_factory,
         **{"model.provider": "anthropic", "model.options.anthropic_version": "2024-01-01"},
     )
@@ -661,9 +659,9 @@ def test_anthropic_version_option_is_used(snapshot_factory) -> None:
 
 
 def test_preserve_route_appends_the_client_path(snapshot_factory) -> None:
-    policy, _ = _route_policy(snapshot_factory, route_type="preserve")
+    policy, route = _route_policy(snapshot_factory, route_type="preserve")
     assert policy.target.url == "https://api.openai.com"
-    prepared = policy.translator.prepare(
+    prepared = route.translator.prepare(
         b"", policy, subpath="/v1/models", query=b"limit=2", method="GET"
     )
     assert prepared.url == "https://api.openai.com/v1/models?limit=2"
@@ -679,26 +677,26 @@ def test_preserve_route_appends_the_client_path(snapshot_factory) -> None:
     ],
 )
 def test_native_anthropic_bad_bodies(snapshot_factory, raw, code) -> None:
-    policy, _ = _route_policy(
+    policy, route = _route_policy(
         snapshot_factory, llm_format="anthropic", **{"model.provider": "anthropic"}
     )
     with pytest.raises(InvalidRequest) as caught:
-        policy.translator.prepare(raw, policy, subpath="/v1/messages", query=b"", method="POST")
+        route.translator.prepare(raw, policy, subpath="/v1/messages", query=b"", method="POST")
     assert caught.value.code == code
 
 
 def test_native_anthropic_fills_in_model_and_max_tokens_only_when_needed(snapshot_factory) -> None:
-    policy, _ = _route_policy(
+    policy, route = _route_policy(
         snapshot_factory,
         llm_format="anthropic",
         **{"model.provider": "anthropic", "model.name": "", "model.options.max_tokens": 77},
     )
     untouched = b'{"model":"c","max_tokens":5,"messages":[]}'
-    prepared = policy.translator.prepare(
+    prepared = route.translator.prepare(
         untouched, policy, subpath="/v1/messages", query=b"", method="POST"
     )
     assert prepared.body is untouched
-    filled = policy.translator.prepare(
+    filled = route.translator.prepare(
         b'{"model":"c","messages":[]}', policy, subpath="/v1/messages", query=b"", method="POST"
     )
     assert orjson.loads(filled.body)["max_tokens"] == 77
@@ -723,14 +721,14 @@ def test_upstream_url_keeps_what_is_already_encoded(url: str, sent: str) -> None
 def test_responses_route_prepares_without_stream_options_and_with_max_output_tokens(
     snapshot_factory,
 ) -> None:
-    policy, _ = _route_policy(
+    policy, route = _route_policy(
         snapshot_factory,
         route_type="llm/v1/responses",
         **{"model.name": "", "model.options.max_tokens": 64},
     )
     assert policy.target.url == "https://api.openai.com/v1/responses"
-    assert type(policy.translator).__name__ == "OpenAIResponsesTranslator"
-    prepared = policy.translator.prepare(
+    assert type(route.translator).__name__ == "OpenAIResponsesTranslator"
+    prepared = route.translator.prepare(
         b'{"model": "gpt-4o", "input": "hi", "stream": true}',
         policy,
         subpath="",
@@ -741,15 +739,15 @@ def test_responses_route_prepares_without_stream_options_and_with_max_output_tok
     assert body == {"model": "gpt-4o", "input": "hi", "stream": True, "max_output_tokens": 64}
     assert prepared.stream and not prepared.hide_usage_chunk
     with pytest.raises(InvalidRequest) as caught:
-        policy.translator.prepare(
+        route.translator.prepare(
             b'{"model": "gpt-4o"}', policy, subpath="", query=b"", method="POST"
         )
     assert caught.value.param == "input"
 
 
 def test_responses_stream_relay_reads_usage_from_response_completed(snapshot_factory) -> None:
-    policy, _ = _route_policy(snapshot_factory, route_type="llm/v1/responses")
-    relay = policy.translator.stream(None)
+    _policy, route = _route_policy(snapshot_factory, route_type="llm/v1/responses")
+    relay = route.translator.stream(None)
     created = {"type": "response.created", "response": {"model": "o3-mini", "usage": None}}
     delta = {"type": "response.output_text.delta", "delta": "hello"}
     completed = {
@@ -796,14 +794,14 @@ def test_model_policy_maps_aliases_then_checks_the_allow_list(
     route = compile_snapshot(snapshot, version="v1").routes.match("/chat", "POST")
     policy = route.ai_proxy
     raw = orjson.dumps({"model": model, "messages": []})
-    prepared = policy.translator.prepare(raw, policy, subpath="", query=b"", method="POST")
+    prepared = route.translator.prepare(raw, policy, subpath="", query=b"", method="POST")
     assert orjson.loads(prepared.body)["model"] == expected
     assert prepared.requested_model == expected
     with pytest.raises(InvalidRequest) as caught:
-        policy.translator.prepare(
+        route.translator.prepare(
             b'{"model": "o1", "messages": []}', policy, subpath="", query=b"", method="POST"
         )
     assert caught.value.code == "model_not_found"
     with pytest.raises(InvalidRequest) as caught:
-        policy.translator.prepare(b'{"messages": []}', policy, subpath="", query=b"", method="POST")
+        route.translator.prepare(b'{"messages": []}', policy, subpath="", query=b"", method="POST")
     assert caught.value.code == "missing_required_parameter"

@@ -1,4 +1,4 @@
-"""The window arithmetic of dataplane.admission.ratelimit: fixed and sliding estimates, Retry-After."""
+"""The window arithmetic of dataplane.admission.ratelimit: fixed and sliding estimates."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from dataplane.proxy.compiler import CompileError, compile_snapshot
 from dataplane.config.keys import hash_key
+from dataplane.proxy.compiler import CompileError, compile_snapshot
 from meterline.dataplane.v1 import snapshot_pb2
 
 Mutation = Callable[[snapshot_pb2.Snapshot], None]
@@ -329,14 +329,14 @@ def test_ai_proxy_advanced_compiles_to_a_balancer_over_complete_targets() -> Non
     config = compile_snapshot(snapshot, version="v1")
     route = config.routes.match("/lb", "POST")
     assert route is not None and route.ai_proxy is not None
-    balancer = route.ai_proxy.balancer
+    balancer = route.balancer
     assert balancer is not None and balancer.algorithm == "cost"
     providers = [t.policy.target.provider for t in balancer.targets]
     assert providers == ["openai", "anthropic"]
     assert [str(t.cost) for t in balancer.targets] == ["1.0", "0.50"]
     # Each target has its own translator, and the route's model policy and timeouts.
     anthropic_target = balancer.targets[1].policy
-    assert type(anthropic_target.translator).__name__ == "OpenAIToAnthropicTranslator"
+    assert type(balancer.targets[1].translator).__name__ == "OpenAIToAnthropicTranslator"
     assert dict(anthropic_target.model_aliases) == {"cheap": "model-1"}
     assert anthropic_target.timeout is not None
     assert (anthropic_target.timeout.sock_connect, anthropic_target.timeout.sock_read) == (0.2, 1.5)
@@ -450,16 +450,16 @@ def test_an_unchanged_balancer_keeps_its_state_across_snapshots() -> None:
     gateway = Gateway(node_id="dp", usage_sink=lambda event: None)
     snapshot = _advanced_snapshot(max_fails=1, fail_timeout=60_000)
     gateway.apply(compile_snapshot(snapshot, version="v1"))
-    first = gateway.config.routes.match("/lb", "POST").ai_proxy.balancer
+    first = gateway.config.routes.match("/lb", "POST").balancer
     first.failed(0)
     assert first.circuit_open(0)
     # Given a new snapshot that changes something else (a consumer), the circuit stays open.
     snapshot.consumers.add(id="c9", username="new-corp")
     gateway.apply(compile_snapshot(snapshot, version="v2"))
-    second = gateway.config.routes.match("/lb", "POST").ai_proxy.balancer
+    second = gateway.config.routes.match("/lb", "POST").balancer
     assert second is not first and second.circuit_open(0)
     # A changed balancer config starts afresh.
     snapshot.plugins[0].ai_proxy.balancer.fail_timeout = 30_000
     gateway.apply(compile_snapshot(snapshot, version="v3"))
-    third = gateway.config.routes.match("/lb", "POST").ai_proxy.balancer
+    third = gateway.config.routes.match("/lb", "POST").balancer
     assert not third.circuit_open(0)

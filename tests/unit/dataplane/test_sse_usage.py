@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dataplane.translate.openai_format import ChatStreamScanner, TokenUsage, read_body_usage
 from dataplane.http.sse import SseSplitter, event_data
+from dataplane.translate.openai_format import ChatStreamScanner, TokenUsage, read_body_usage
 
 
 def chunk(document: dict) -> bytes:

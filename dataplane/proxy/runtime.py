@@ -1,0 +1,73 @@
+"""The runtime a data plane serves from: a compiled snapshot, swapped in whole, never mutated.
+
+Each route carries the data of its plugins (``dataplane.config.model``) and the objects built
+from them once per snapshot: its translator, its balancer, its rate limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dataplane.admission.entitlements import EMPTY_TABLE, EnforcementTable
+from dataplane.admission.ratelimit import RouteRateLimits
+from dataplane.config.model import AiProxyPolicy, Consumer, KeyAuthPolicy
+from dataplane.config.routing import RouteTable
+from dataplane.proxy.balancer import Balancer
+from dataplane.translate.base import Translator
+from dataplane.translate.select import OPENAI
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """A route with its plugins resolved (route > service > global)."""
+
+    id: str
+    name: str
+    service_id: str
+    methods: frozenset[str]
+    key_auth: KeyAuthPolicy | None
+    ai_proxy: AiProxyPolicy | None
+    # Client headers never forwarded upstream: credentials and hop-by-hop headers.
+    dropped_headers: frozenset[bytes]
+    # rate-limiting-advanced / ai-rate-limiting-advanced of the route (None: no limits).
+    rate_limits: RouteRateLimits | None = None
+    # Chosen once per snapshot from (llm_format, provider, route_type) of the route's ai-proxy.
+    translator: Translator = field(default=OPENAI, compare=False)
+    # ai-proxy-advanced: every target (``ai_proxy`` is the first one's policy).
+    balancer: Balancer | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """A compiled snapshot. Swapped in whole; never mutated."""
+
+    version: str
+    routes: RouteTable[CompiledRoute]
+    consumers_by_key_hash: Mapping[str, Consumer]
+    # Entitlements, budgets and prices per consumer (dataplane.admission.entitlements).
+    enforcement: EnforcementTable = field(default=EMPTY_TABLE, compare=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"RuntimeConfig(version={self.version!r}, routes={len(self.routes)}, "
+            f"consumers={len(set(self.consumers_by_key_hash.values()))})"
+        )
+
+
+def carry_state(previous: RuntimeConfig, config: RuntimeConfig) -> int:
+    """Let ``config``'s balancers keep the counters of ``previous``'s unchanged ones.
+
+    Routes match by id; a balancer keeps its state only if its config is byte-identical.
+    Returns how many balancers kept their state. Call before ``config`` goes live.
+    """
+    old = {route.id: route.balancer for route in previous.routes if route.balancer is not None}
+    kept = 0
+    if not old:
+        return kept
+    for route in config.routes:
+        balancer = route.balancer
+        before = old.get(route.id)
+        if balancer is not None and before is not None and balancer.adopt(before):
+            kept += 1
+    return kept

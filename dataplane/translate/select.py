@@ -1,0 +1,32 @@
+"""Which translator serves a route: chosen once per snapshot from provider, route type, format."""
+
+from __future__ import annotations
+
+from dataplane.config.providers import (
+    LLM_FORMAT_ANTHROPIC,
+    ROUTE_TYPE_PRESERVE,
+    ROUTE_TYPE_RESPONSES,
+)
+from dataplane.translate.anthropic_anthropic import AnthropicNativeTranslator
+from dataplane.translate.base import Translator
+from dataplane.translate.openai_anthropic import OpenAIToAnthropicTranslator
+from dataplane.translate.openai_openai import OpenAIResponsesTranslator, OpenAITranslator
+from dataplane.translate.preserve import PreserveTranslator
+
+# Stateless: one instance of each serves every route and request.
+OPENAI = OpenAITranslator()
+_ANTHROPIC_NATIVE = AnthropicNativeTranslator()
+_OPENAI_TO_ANTHROPIC = OpenAIToAnthropicTranslator()
+_OPENAI_RESPONSES = OpenAIResponsesTranslator()
+
+
+def translator_for(*, provider: str, route_type: str, llm_format: str) -> Translator:
+    """The translator between a route's client format and its provider's format."""
+    anthropic_clients = llm_format == LLM_FORMAT_ANTHROPIC
+    if route_type == ROUTE_TYPE_PRESERVE:
+        return PreserveTranslator(anthropic_errors=anthropic_clients)
+    if provider == "anthropic":
+        return _ANTHROPIC_NATIVE if anthropic_clients else _OPENAI_TO_ANTHROPIC
+    if route_type == ROUTE_TYPE_RESPONSES:
+        return _OPENAI_RESPONSES
+    return OPENAI
