@@ -7,6 +7,7 @@ import each other, directly or through others (grimp's graph counts TYPE_CHECKIN
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import grimp
 
@@ -22,10 +23,14 @@ def cycles(graph: grimp.ImportGraph) -> list[list[str]]:
     stack: list[str] = []
     found: list[list[str]] = []
     counter = 0
+
+    def children_of(module: str) -> Iterator[str]:
+        return iter(sorted(graph.find_modules_directly_imported_by(module)))
+
     for root in modules:
         if root in index:
             continue
-        work = [(root, iter(sorted(graph.find_modules_directly_imported_by(root))))]
+        work = [(root, children_of(root))]
         index[root] = low[root] = counter
         counter += 1
         stack.append(root)
@@ -41,7 +46,7 @@ def cycles(graph: grimp.ImportGraph) -> list[list[str]]:
                     counter += 1
                     stack.append(child)
                     on_stack.add(child)
-                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child)))))
+                    work.append((child, children_of(child)))
                     advanced = True
                     break
                 if child in on_stack:

@@ -176,7 +176,13 @@ def run_demo() -> int:
             fake_port = free_port()
             upstream_base, upstream_key = f"http://127.0.0.1:{fake_port}", "sk-fake-demo"
             fake = _start(
-                [python, "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{fake_port}"],
+                [
+                    python,
+                    "-m",
+                    "dataplane.testing.fake_openai",
+                    "--listen",
+                    f"127.0.0.1:{fake_port}",
+                ],
                 work / "fake.log",
             )
             stack.callback(_stop, fake)

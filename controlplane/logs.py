@@ -5,14 +5,43 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Final
 
 from pythonjsonlogger.json import JsonFormatter
 
-from dataplane.observability.logs import StderrHandler, install_handler
-
 LOG_FORMATS: Final = ("text", "json")
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to the ``sys.stderr`` of the moment it is emitted.
+
+    A handler holding the stderr of the moment it was made keeps writing to it after it is
+    replaced and closed (as a test harness does when it captures output).
+    """
+
+    # The data plane's handler carries the same mark (dataplane.observability.logs): in one
+    # process each plane replaces the other's handler instead of adding a second one.
+    meterline_handler = True
+
+    @property
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def install_handler(handler: logging.Handler, level: int) -> None:
+    """Make ``handler`` the one Meterline handler on the root logger (others are kept)."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "meterline_handler", False):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def add_log_format_argument(parser: argparse.ArgumentParser) -> None:

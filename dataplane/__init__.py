@@ -1,4 +1,9 @@
-"""Meterline data plane: the OpenAI-compatible proxy that meters every request."""
+"""Meterline data plane: the OpenAI-compatible proxy that meters every request.
+
+Layers, lower never importing upper (import-linter contracts in pyproject.toml):
+``cli`` (composition root) | ``testing`` > ``proxy`` > ``admission`` > ``translate`` >
+``config`` > ``observability`` > ``usage`` > ``http`` > ``errors`` | ``statedir``.
+"""
 
 from __future__ import annotations
 

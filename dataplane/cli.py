@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from dataplane import __version__
-from dataplane.admission.entitlements import acked_events
+from dataplane.admission.entitlements import Enforcer, acked_events
 from dataplane.admission.spool_guard import SpoolGuard
 from dataplane.config.cache import CacheError, ConfigCache, load_key, stable_node_id
 from dataplane.config.cluster import ClusterConfigError, ClusterTLS, open_channel
@@ -328,15 +328,18 @@ async def _serve(
         spool=spool,
         full_policy=state.full_policy,
     )
-    metrics = new_metrics()
 
     def usage_state() -> tuple[int, int]:
         stats = reporter.stats
         return stats.pending_events, stats.spool_bytes
 
-    metrics.usage_state = usage_state
-    gateway = Gateway(node_id=node_id, usage_sink=reporter.append, metrics=metrics)
-    gateway.enforcer.acked = acked_events(reporter)
+    metrics = new_metrics(usage_state=usage_state)
+    gateway = Gateway(
+        node_id=node_id,
+        usage_sink=reporter.append,
+        metrics=metrics,
+        enforcer=Enforcer(acked=acked_events(reporter)),
+    )
 
     def apply(config: RuntimeConfig) -> None:
         gateway.apply(config)

@@ -51,7 +51,9 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         self.version = version or registry.running_version()
         self._writes: set[asyncio.Task[None]] = set()
 
-    async def _record(self, **kwargs: object) -> None:
+    async def _record(
+        self, *, stream_writes: set[asyncio.Task[None]] | None = None, **kwargs: object
+    ) -> None:
         now = self._clock.now()
 
         def run() -> None:
@@ -60,9 +62,12 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
 
         # Shielded and tracked: a stream cancelled at shutdown still records its last state,
         # and drain() lets the server wait for it before the database goes away.
-        task = asyncio.ensure_future(asyncio.to_thread(run))
+        task: asyncio.Task[None] = asyncio.ensure_future(asyncio.to_thread(run))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+        if stream_writes is not None:
+            stream_writes.add(task)
+            task.add_done_callback(stream_writes.discard)
         await asyncio.shield(task)
 
     async def _heartbeat(self, *, node_id: str, stream_id: str) -> None:
@@ -126,6 +131,10 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         metrics.dataplane_streams.inc()
         sent_nonce = ""
         node_version = first.version_info
+        # The answers' registry writes still in flight: the disconnect is written after them,
+        # or a late IN_SYNC would overwrite it and the data plane would count as live (and hold
+        # a balance slice) until its heartbeat went stale.
+        answer_writes: set[asyncio.Task[None]] = set()
 
         async def read_answers() -> None:
             nonlocal node_version
@@ -142,6 +151,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                         request.error_detail.message,
                     )
                     await self._record(
+                        stream_writes=answer_writes,
                         node_id=node.id,
                         config_version=request.version_info,
                         status=SyncStatus.NACKED,
@@ -150,6 +160,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                     )
                 else:
                     await self._record(
+                        stream_writes=answer_writes,
                         node_id=node.id,
                         config_version=request.version_info,
                         status=SyncStatus.IN_SYNC,
@@ -183,6 +194,8 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         finally:
             metrics.dataplane_streams.dec()
             reader.cancel()
+            if answer_writes:
+                await asyncio.gather(*answer_writes, return_exceptions=True)
             await self._record(
                 node_id=node.id,
                 config_version=node_version,

@@ -12,28 +12,17 @@ changed amount updates the stored budget of that customer and mode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
 from controlplane.budgets import service, storage
-from controlplane.budgets.types import Budget, BudgetMode
+from controlplane.budgets.types import Budget, BudgetMode, BudgetSpec
 
 if TYPE_CHECKING:
     # Only a type here: the declarative package imports this module.
     from controlplane.declarative.entry import Entry
-
-
-@dataclass(frozen=True)
-class BudgetSpec:
-    customer: str
-    amount: Decimal
-    currency: str
-    period: str
-    mode: BudgetMode
 
 
 def parse_budgets(billing: Entry, customers: dict[str, str]) -> tuple[BudgetSpec, ...]:

@@ -49,3 +49,14 @@ class TokenPrice:
     feature: str
     filters: Mapping[str, str] = field(default_factory=dict)
     unit_price: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A budget as a declarative document states it (``billing.budgets``)."""
+
+    customer: str
+    amount: Decimal
+    currency: str
+    period: str
+    mode: BudgetMode

@@ -12,7 +12,6 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from controlplane.cli import budgets
 from controlplane.cli.client import add_cp_argument, operator_channel
 from meterline.admin.v1 import catalog_pb2, entitlements_pb2, entitlements_pb2_grpc
 
@@ -59,8 +58,6 @@ def register(subparsers: Any) -> None:
     void.add_argument("grant", help="grant id")
     add_cp_argument(void)
     void.set_defaults(func=_cmd_grants_void)
-
-    budgets.register(subparsers)
 
 
 @contextmanager

@@ -333,9 +333,10 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
 
     dataplanes.register(commands)
 
-    from controlplane.cli import entitlements
+    from controlplane.cli import budgets, entitlements
 
     entitlements.register(commands)
+    budgets.register(commands)
 
     from controlplane.cli import notifications
 

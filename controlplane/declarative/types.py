@@ -12,8 +12,8 @@ from controlplane.gateway.types import GatewayConfig
 from controlplane.usage.meters import OperatorMeter
 
 if TYPE_CHECKING:
-    from controlplane.budgets.declarative import BudgetSpec
-    from controlplane.notifications.declarative import NotificationsSpec
+    from controlplane.budgets.types import BudgetSpec
+    from controlplane.notifications.types import NotificationsSpec
 
 
 @dataclass(frozen=True)

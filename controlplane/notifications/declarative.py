@@ -17,7 +17,7 @@ Applying the same file again changes nothing; a changed channel or rule replaces
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -26,7 +26,13 @@ from sqlalchemy import Connection, update
 
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.notifications import service, storage
-from controlplane.notifications.types import INVOICE_EVENTS, Channel, Rule, RuleType
+from controlplane.notifications.types import (
+    INVOICE_EVENTS,
+    Channel,
+    NotificationsSpec,
+    Rule,
+    RuleType,
+)
 from controlplane.storage import schema as s
 
 if TYPE_CHECKING:
@@ -35,12 +41,6 @@ if TYPE_CHECKING:
 
 _CHANNEL_FIELDS = ("key", "url", "signing_secret")
 _RULE_FIELDS = ("key", "type", "channel", "thresholds", "feature", "customer", "events")
-
-
-@dataclass(frozen=True)
-class NotificationsSpec:
-    channels: tuple[Channel, ...] = ()
-    rules: tuple[Rule, ...] = ()
 
 
 def parse_notifications(billing: Entry) -> NotificationsSpec | None:

@@ -110,3 +110,11 @@ class NotificationSettings:
         return float(
             min(self.retry_base_seconds * 2 ** max(attempts - 1, 0), self.retry_max_seconds)
         )
+
+
+@dataclass(frozen=True)
+class NotificationsSpec:
+    """``billing.notifications`` of a declarative document: channels and rules."""
+
+    channels: tuple[Channel, ...] = ()
+    rules: tuple[Rule, ...] = ()

@@ -1,12 +1,12 @@
-"""The gateway's enforcement step, X-Meterline-* cost headers, and the cost estimate.
+"""Admission by money: entitlements, budgets, task budgets; X-Meterline-* cost headers; estimates.
 
-The estimate answers ``POST <route path>/cost/estimate`` and, where no route's path covers
-it, ``POST /v1/cost/estimate`` for the route that serves the body's model.
+``estimate`` answers ``POST <route path>/cost/estimate`` (and ``POST /v1/cost/estimate``, for
+the route that serves the body's model; dataplane.proxy.estimate routes and authenticates).
 
-``admit`` runs after key-auth and body parsing, before the provider call: it answers 400 for
-malformed task headers and 429 (``insufficient_quota``) for a refused request, and otherwise
-returns the ``send`` and usage sink to use, wrapped so that the request's usage events are
-counted locally and its response carries ``X-Meterline-Input-Tokens``,
+``admit`` runs after key-auth and body parsing, before the provider call: it raises Rejection,
+400 for malformed task headers and 429 (``insufficient_quota``) for a refused request, and
+otherwise returns the request's ``Metering``: it counts the request's usage events locally,
+and the response carries ``X-Meterline-Input-Tokens``,
 ``X-Meterline-Output-Tokens``, ``X-Meterline-Cost`` (+ ``X-Meterline-Currency``),
 ``X-Meterline-Remaining`` (tokens left of the tightest metered entitlement) and
 ``X-Meterline-Budget-Remaining`` (money left of the tightest budget or task budget).
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 
@@ -37,24 +37,9 @@ from dataplane.admission.entitlements import (
     task_budget,
     unit_price,
 )
-from dataplane.config.keys import hash_key
-from dataplane.http.asgi import (
-    JSON_CONTENT_TYPE,
-    BodyTooLarge,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    read_body,
-    send_response,
-)
-from dataplane.translate.openai_format import error_body
+from dataplane.errors import Rejection
 from dataplane.usage.estimate import estimate_tokens, prompt_text, tokenizer
 from meterline.dataplane.v1 import usage_pb2
-
-if TYPE_CHECKING:
-    from dataplane.config.model import KeyAuthPolicy
-    from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig
 
 ESTIMATE_SUFFIX: Final = "/cost/estimate"
 _KINDS: Final = {
@@ -102,16 +87,8 @@ def _beside_usage(events: bytes, figures: dict[str, object]) -> tuple[bytes, boo
 UsageSink = Callable[[usage_pb2.UsageEvent], None]
 
 
-def _error(message: str, *, type: str, code: str, anthropic: bool) -> bytes:
-    if anthropic:
-        return orjson.dumps(
-            {"type": "error", "error": {"type": type, "code": code, "message": message}}
-        )
-    return error_body(message, type=type, code=code)
-
-
-class _Metering:
-    """One admitted request: counts its usage events and adds the cost headers."""
+class Metering:
+    """One admitted request's metering: counts its usage events, gives its cost headers."""
 
     __slots__ = (
         "consumer_id",
@@ -122,7 +99,6 @@ class _Metering:
         "model",
         "provider",
         "route_id",
-        "sink",
         "stream",
         "stream_figures",
         "task",
@@ -137,7 +113,6 @@ class _Metering:
         provider: str,
         model: str,
         task: TaskBudget | None,
-        sink: UsageSink,
         stream_figures: bool,
     ) -> None:
         self.enforcer = enforcer
@@ -146,26 +121,11 @@ class _Metering:
         self.provider = provider
         self.model = model
         self.task = task
-        self.sink = sink
         self.items: list[UsageItem] = []
         self.stream = False
         self.stream_figures = stream_figures
         self.held: list[bytes] = []
         self.done = False
-
-    def usage_sink(self, event: usage_pb2.UsageEvent) -> None:
-        self.sink(event)
-        self.enforcer.appended += 1
-        tokens = event.llm_tokens
-        self.items.append(
-            UsageItem(
-                provider=tokens.provider,
-                model=tokens.model,
-                kind=_KINDS.get(tokens.token_type, "input"),
-                status=tokens.status_code,
-                tokens=tokens.tokens,
-            )
-        )
 
     def _figures(self) -> Figures:
         enforcer = self.enforcer
@@ -186,45 +146,55 @@ class _Metering:
         figures.remaining_money = money
         return figures
 
-    def wrap(self, send: Send) -> Send:
-        async def metered_send(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                headers = list(message.get("headers") or ())
-                self.stream = any(
-                    name == b"content-type" and _EVENT_STREAM in value for name, value in headers
-                )
-                if self.stream:
-                    # Usage is not known yet: only what was left when the request started.
-                    tokens, money = self.enforcer.remaining(
-                        self.consumer_id, provider=self.provider, model=self.model, task=self.task
-                    )
-                    figures = Figures(remaining_tokens=tokens, remaining_money=money)
-                    headers += figures.headers(usage=False)
-                else:
-                    headers += self._figures().headers()
-                message = {**message, "headers": headers}
-            elif kind == "http.response.body" and self.stream and self.stream_figures:
-                body: bytes = message.get("body", b"")
-                if message.get("more_body"):
-                    # The usage chunk is held back until the usage is counted, to carry the
-                    # figures beside it (it comes last, with [DONE]).
-                    if self.held or any(marker in body for marker in _USAGE_MARKERS):
-                        self.held.append(body)
-                        return
-                else:
-                    figures_json = self._figures().as_json()
-                    out, placed = _beside_usage(b"".join(self.held), figures_json)
-                    self.held.clear()
-                    if not placed:
-                        out += b": meterline " + orjson.dumps(figures_json) + b"\n\n"
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-            await send(message)
+    def record(self, event: usage_pb2.UsageEvent) -> None:
+        """Count one usage event of this request (after the reporter has it)."""
+        self.enforcer.appended += 1
+        tokens = event.llm_tokens
+        self.items.append(
+            UsageItem(
+                provider=tokens.provider,
+                model=tokens.model,
+                kind=_KINDS.get(tokens.token_type, "input"),
+                status=tokens.status_code,
+                tokens=tokens.tokens,
+            )
+        )
 
-        return metered_send
+    def head(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The cost headers to add to a response head with ``headers``."""
+        self.stream = any(
+            name == b"content-type" and _EVENT_STREAM in value for name, value in headers
+        )
+        if self.stream:
+            # Usage is not known yet: only what was left when the request started.
+            tokens, money = self.enforcer.remaining(
+                self.consumer_id, provider=self.provider, model=self.model, task=self.task
+            )
+            return Figures(remaining_tokens=tokens, remaining_money=money).headers(usage=False)
+        return self._figures().headers()
+
+    def body(self, body: bytes, *, more: bool) -> bytes | None:
+        """What to send of a response body chunk: None holds it back, bytes go out first.
+
+        A stream's usage chunk is held until the request's usage is counted, to carry the
+        figures beside it (it comes last, with [DONE]); the last chunk releases what was held.
+        """
+        if not (self.stream and self.stream_figures):
+            return b""
+        if more:
+            if self.held or any(marker in body for marker in _USAGE_MARKERS):
+                self.held.append(body)
+                return None
+            return b""
+        figures_json = self._figures().as_json()
+        out, placed = _beside_usage(b"".join(self.held), figures_json)
+        self.held.clear()
+        if not placed:
+            out += b": meterline " + orjson.dumps(figures_json) + b"\n\n"
+        return out
 
 
-async def admit(
+def admit(
     enforcer: Enforcer,
     *,
     consumer_id: str | None,
@@ -232,40 +202,31 @@ async def admit(
     provider: str,
     model: str,
     headers: list[tuple[bytes, bytes]],
-    send: Send,
-    usage_sink: UsageSink,
-    anthropic: bool,
-    id_header: tuple[bytes, bytes],
     stream_figures: bool = False,
-) -> tuple[Send, UsageSink] | None:
-    """The wrapped ``send`` and usage sink of an admitted request; None when refused (the
-    400 or 429 answer is sent)."""
+) -> Metering:
+    """Entitlements, budgets and task budgets of one request, before the provider is called.
+
+    Returns the request's ``Metering`` (it counts the request's usage locally and gives the
+    cost headers); raises Rejection: 400 for malformed task headers, 429 insufficient_quota.
+    """
     try:
         task = task_budget(headers)
     except BadTaskHeaders as exc:
-        body = _error(
-            str(exc), type="invalid_request_error", code="invalid_task_budget", anthropic=anthropic
-        )
-        await send_response(send, 400, body, [JSON_CONTENT_TYPE, id_header])
-        return None
+        raise Rejection(
+            400, str(exc), type="invalid_request_error", code="invalid_task_budget"
+        ) from None
     refusal: Refusal | None = enforcer.admit(consumer_id, provider=provider, model=model, task=task)
     if refusal is not None:
-        body = _error(
-            refusal.message, type="insufficient_quota", code=refusal.code, anthropic=anthropic
-        )
-        await send_response(send, 429, body, [JSON_CONTENT_TYPE, id_header])
-        return None
-    metering = _Metering(
+        raise Rejection(429, refusal.message, type="insufficient_quota", code=refusal.code)
+    return Metering(
         enforcer=enforcer,
         consumer_id=consumer_id,
         route_id=route_id,
         provider=provider,
         model=model,
         task=task,
-        sink=usage_sink,
         stream_figures=stream_figures,
     )
-    return metering.wrap(send), metering.usage_sink
 
 
 def _max_tokens(document: dict[str, Any], default: int) -> int | None:
@@ -285,7 +246,7 @@ def _text(value: Decimal | None) -> str | None:
     return "0" if text == "-0" else text
 
 
-async def serve_estimate(
+def estimate(
     enforcer: Enforcer,
     *,
     raw: bytes,
@@ -295,38 +256,34 @@ async def serve_estimate(
     route_model: str,
     default_max_tokens: int,
     headers: list[tuple[bytes, bytes]],
-    send: Send,
-    anthropic: bool,
-    id_header: tuple[bytes, bytes],
-) -> None:
-    """Answer POST <route>/cost/estimate: tokens and prices of a chat request, not sent."""
+) -> dict[str, object]:
+    """The answer of POST <route>/cost/estimate: tokens and prices of a chat request, not sent.
 
-    async def bad(message: str, code: str) -> None:
-        body = _error(message, type="invalid_request_error", code=code, anthropic=anthropic)
-        await send_response(send, 400, body, [JSON_CONTENT_TYPE, id_header])
+    Raises Rejection (400) for a body that is not a chat request.
+    """
+
+    def bad(message: str, code: str) -> Rejection:
+        return Rejection(400, message, type="invalid_request_error", code=code)
 
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        await bad(f"We could not parse the JSON body of your request: {exc}", "invalid_json")
-        return
+        raise bad(
+            f"We could not parse the JSON body of your request: {exc}", "invalid_json"
+        ) from None
     if not isinstance(document, dict):
-        await bad("The request body must be a JSON object.", "invalid_json")
-        return
+        raise bad("The request body must be a JSON object.", "invalid_json")
     messages = document.get("messages")
     if not isinstance(messages, list) or not messages:
-        await bad('"messages" must be a non-empty array, as in a chat completion.', "invalid_value")
-        return
+        raise bad('"messages" must be a non-empty array, as in a chat completion.', "invalid_value")
     model = route_model or document.get("model")
     if not isinstance(model, str) or not model:
-        await bad('"model" is required (a string).', "invalid_value")
-        return
+        raise bad('"model" is required (a string).', "invalid_value")
     try:
         max_tokens = _max_tokens(document, default_max_tokens)
         task = task_budget(headers)
     except (ValueError, BadTaskHeaders) as exc:
-        await bad(str(exc), "invalid_value")
-        return
+        raise bad(str(exc), "invalid_value") from None
     input_tokens = estimate_tokens(prompt_text(document))
     table = enforcer.table
     policy = table.consumers.get(consumer_id) if consumer_id else None
@@ -341,7 +298,7 @@ async def serve_estimate(
         consumer_id, provider=provider, model=model, task=task
     )
     refusal = enforcer.admit(consumer_id, provider=provider, model=model, task=task)
-    answer = {
+    return {
         "object": "cost.estimate",
         "model": model,
         "currency": (policy.currency if policy is not None else "") or None,
@@ -358,108 +315,3 @@ async def serve_estimate(
         "allowed": refusal is None,
         "refusal_code": refusal.code if refusal is not None else None,
     }
-    await send_response(send, 200, orjson.dumps(answer), [JSON_CONTENT_TYPE, id_header])
-
-
-RESERVED_ESTIMATE_PATH: Final = "/v1/cost/estimate"
-
-
-def _route_for_model(config: RuntimeConfig, model: str) -> CompiledRoute | None:
-    """The ai-proxy route that would serve ``model``: one whose model is ``model``, else one
-    that keeps the client's model (and allows it); the first by name."""
-    exact: list[CompiledRoute] = []
-    open_: list[CompiledRoute] = []
-    for route in config.routes:
-        policy = route.ai_proxy
-        if policy is None:
-            continue
-        if policy.model == model:
-            exact.append(route)
-        elif not policy.model and (not policy.model_allow_list or model in policy.model_allow_list):
-            open_.append(route)
-    found = exact or open_
-    return min(found, key=lambda route: route.name) if found else None
-
-
-async def serve_reserved_estimate(
-    enforcer: Enforcer,
-    *,
-    config: RuntimeConfig,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    find_key: Callable[[KeyAuthPolicy], str | None],
-    max_body_bytes: int,
-    id_header: tuple[bytes, bytes],
-) -> None:
-    """POST /v1/cost/estimate where no route's path covers it: the route is the one that
-    serves the body's ``model``; the caller authenticates as that route asks."""
-
-    async def fail(status: int, message: str, type: str, code: str) -> None:
-        body = error_body(message, type=type, code=code)
-        await send_response(send, status, body, [JSON_CONTENT_TYPE, id_header])
-
-    try:
-        raw = await read_body(receive, limit=max_body_bytes)
-    except BodyTooLarge:
-        await fail(
-            413,
-            f"The request body exceeds {max_body_bytes} bytes.",
-            "invalid_request_error",
-            "request_too_large",
-        )
-        return
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        await fail(
-            400,
-            f"We could not parse the JSON body of your request: {exc}",
-            "invalid_request_error",
-            "invalid_json",
-        )
-        return
-    model = document.get("model") if isinstance(document, dict) else None
-    if not isinstance(model, str) or not model:
-        await fail(
-            400,
-            '"model" is required (a string): it selects the route to estimate for.',
-            "invalid_request_error",
-            "invalid_value",
-        )
-        return
-    route = _route_for_model(config, model)
-    if route is None or route.ai_proxy is None:
-        await fail(
-            404, f'No route serves model "{model}".', "invalid_request_error", "model_not_found"
-        )
-        return
-    consumer_id: str | None = None
-    if route.key_auth is not None:
-        key = find_key(route.key_auth)
-        consumer = config.consumers_by_key_hash.get(hash_key(key)) if key else None
-        if consumer is None:
-            await fail(
-                401,
-                "No API key found in request"
-                if key is None
-                else "Invalid authentication credentials",
-                "invalid_request_error",
-                "missing_api_key" if key is None else "invalid_api_key",
-            )
-            return
-        consumer_id = consumer.id
-    policy = route.ai_proxy
-    await serve_estimate(
-        enforcer,
-        raw=raw,
-        consumer_id=consumer_id,
-        route_id=route.id,
-        provider=policy.target.provider,
-        route_model=policy.model,
-        default_max_tokens=policy.max_tokens,
-        headers=scope["headers"],
-        send=send,
-        anthropic=False,
-        id_header=id_header,
-    )

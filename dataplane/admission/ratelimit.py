@@ -32,13 +32,12 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
-from dataplane.errors import DataPlaneError
-from dataplane.http.asgi import JSON_CONTENT_TYPE, Headers, Message, Scope, Send, send_response
+from dataplane.errors import DataPlaneError, Rejection
+from dataplane.http.asgi import Headers, Scope
 from meterline.dataplane.v1 import usage_pb2
 
 if TYPE_CHECKING:
     from dataplane.config.model import Consumer
-    from dataplane.translate.base import Translator
     from meterline.dataplane.v1 import snapshot_pb2
 
 logger = logging.getLogger(__name__)
@@ -629,27 +628,37 @@ def _identity(limit: Limit, consumer: Consumer | None, scope: Scope) -> str:
     return f"ip:{client[0] if client else ''}"
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimitAdmission:
+    """What the rate limits decided for an admitted request."""
+
+    # RateLimit-* / X-RateLimit-* headers for the response (empty when hidden or unlimited).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    # Counts the request's tokens and cost against its token/cost limits, once recorded.
+    counter: Callable[[usage_pb2.UsageEvent], None] | None = None
+
+
+_NOTHING: Final = RateLimitAdmission()
+
+
 class _Counted:
     """The token/cost limits of one admitted request: counts its usage events once recorded."""
 
-    __slots__ = ("amounts", "limiter", "limits", "now_ms", "pending", "sink")
+    __slots__ = ("amounts", "limiter", "limits", "now_ms", "pending")
 
     def __init__(
         self,
         limiter: RateLimiter,
         limits: list[tuple[Limit, str]],
-        sink: Callable[[usage_pb2.UsageEvent], None],
         now_ms: int,
     ) -> None:
         self.limiter = limiter
         self.limits = limits
-        self.sink = sink
         self.now_ms = now_ms
         self.amounts = [0] * len(limits)
         self.pending = False
 
     def __call__(self, event: usage_pb2.UsageEvent) -> None:
-        self.sink(event)
         tokens = event.llm_tokens
         if not tokens.tokens or not 200 <= tokens.status_code < 300:
             return
@@ -720,21 +729,16 @@ class RateLimiter:
         *,
         consumer: Consumer | None,
         scope: Scope,
-        send: Send,
-        usage_sink: Callable[[usage_pb2.UsageEvent], None],
-        translator: Translator,
-        anthropic: bool,
-        id_header: tuple[bytes, bytes],
-    ) -> tuple[Send, Callable[[usage_pb2.UsageEvent], None]] | None:
+    ) -> RateLimitAdmission:
         """Check the request against its route's limits.
 
-        Refused: the 429 (or 503) is sent and None returned. Admitted: the ``send`` to use (it
-        adds the rate-limit headers to the response) and the usage sink to record with (it
-        counts tokens and cost).
+        Refused: raises Rejection (429, or 503 when the store is down and the limit is not
+        fault tolerant), with the rate-limit headers. Admitted: the headers to add to the
+        response and the counter of its tokens and cost.
         """
         applicable = limits.for_consumer(consumer.id if consumer is not None else None)
         if not applicable:
-            return send, usage_sink
+            return _NOTHING
         now_ms = self._clock_ms()
         headers: Headers = []
         tightest: WindowState | None = None
@@ -775,31 +779,30 @@ class RateLimiter:
             )
             headers.append((b"ratelimit-reset", str(tightest.reset_s).encode()))
         if unavailable:
-            body = translator.error_body(
+            raise Rejection(
+                503,
                 "The rate limit store is unavailable; retry shortly.",
                 type="api_error",
                 code="rate_limit_unavailable",
             )
-            await send_response(send, 503, body, [JSON_CONTENT_TYPE, id_header])
-            return None
         if refused_measure:
             what = (
                 "requests"
                 if refused_measure == REQUESTS
                 else ("cost" if refused_measure == "cost" else "tokens")
             )
-            body = translator.error_body(
-                f"API rate limit exceeded ({what}); retry in {retry_after} s.",
-                type="rate_limit_error" if anthropic else what,
-                code="rate_limit_exceeded",
-            )
             headers.append((b"retry-after", str(retry_after).encode()))
-            await send_response(send, 429, body, [JSON_CONTENT_TYPE, id_header, *headers])
-            return None
-        sink = _Counted(self, counted, usage_sink, now_ms) if counted else usage_sink
-        if not headers:
-            return send, sink
-        return _with_headers(send, headers), sink
+            raise Rejection(
+                429,
+                f"API rate limit exceeded ({what}); retry in {retry_after} s.",
+                type=what,
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
+        return RateLimitAdmission(
+            headers=tuple(headers),
+            counter=_Counted(self, counted, now_ms) if counted else None,
+        )
 
     async def flush(self) -> None:
         """Wait until the token/cost counts sent to Redis so far have landed."""
@@ -814,20 +817,12 @@ class RateLimiter:
         self._redis.clear()
 
 
-def _with_headers(send: Send, headers: Headers) -> Send:
-    async def send_with_headers(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message["headers"], *headers]
-        await send(message)
-
-    return send_with_headers
-
-
 __all__ = [
     "AI_RATE_LIMITING",
     "PLUGIN_NAMES",
     "RATE_LIMITING",
     "Limit",
+    "RateLimitAdmission",
     "RateLimiter",
     "RouteRateLimits",
     "check_config",

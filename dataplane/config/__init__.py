@@ -1,1 +1,10 @@
-"""TODO"""
+"""What a data plane serves from, and how it gets it: the policy model, routing, keys, sync.
+
+Modules: ``model`` (plain policies: consumers, key-auth, ai-proxy, provider targets),
+``routing`` (Kong's path-prefix matching), ``keys`` (key hashing, finding a request's key,
+authenticating it), ``providers`` (each provider's endpoints and route types), ``sync``
+(xDS-style config stream: ACK/NACK, the compiler given by the composition root), ``cache``
+(the last good snapshot on disk), ``cluster`` (the gRPC channel to the control plane, TLS).
+
+May import: ``dataplane.observability``, ``dataplane.usage``, ``dataplane.http`` and below.
+"""

@@ -158,12 +158,7 @@ class ConfigClient(Generic[C]):
         self._first_applied.set()
         if self._on_answer is not None:
             self._on_answer(True)
-        logger.info(
-            "applied config version %s (%d routes, %d consumers)",
-            response.version_info,
-            len(config.routes),
-            len(set(config.consumers_by_key_hash.values())),
-        )
+        logger.info("applied config version %s: %r", response.version_info, config)
         return config_pb2.ConfigRequest(
             version_info=response.version_info, response_nonce=response.nonce
         )

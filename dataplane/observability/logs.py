@@ -70,6 +70,10 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     line then fails with "I/O operation on closed file".
     """
 
+    # The control plane's handler carries the same mark: in one process (the CLI starting a
+    # data plane, tests) each plane replaces the other's handler instead of adding a second.
+    meterline_handler = True
+
     @property
     def stream(self):  # type: ignore[no-untyped-def]
         return sys.stderr
@@ -83,7 +87,7 @@ def install_handler(handler: logging.Handler, level: int) -> None:
     """Make ``handler`` the one Meterline handler on the root logger (others are kept)."""
     root = logging.getLogger()
     for old in list(root.handlers):
-        if isinstance(old, StderrHandler):
+        if getattr(old, "meterline_handler", False):
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

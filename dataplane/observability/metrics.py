@@ -191,15 +191,15 @@ class DataPlaneMetrics:
 
     multiprocess = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, usage_state: Callable[[], tuple[int, int]] | None = None) -> None:
         self._routes: dict[str, _Route] = {}
         self._errors: dict[int, int] = {}
         self._tokens: dict[tuple[str, str], list[int]] = {}
         self._snapshots = {"ack": 0, "nack": 0}
         self._config_version: str | None = None
         self._config_applied = 0.0
-        # Set by the data plane: (pending usage events, spool bytes), read at each scrape.
-        self.usage_state: Callable[[], tuple[int, int]] | None = None
+        # (pending usage events, spool bytes) of the usage reporter, read at each scrape.
+        self.usage_state = usage_state
         self._registry: CollectorRegistry | None = None
 
     # -- the hot path ---------------------------------------------------------------------------
@@ -338,8 +338,8 @@ class SharedDataPlaneMetrics(DataPlaneMetrics):
 
     multiprocess = True
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, usage_state: Callable[[], tuple[int, int]] | None = None) -> None:
+        super().__init__(usage_state=usage_state)
         import prometheus_client as prom
 
         def gauge(
@@ -448,9 +448,11 @@ class _Families:
         return iter(self._families)
 
 
-def new_metrics() -> DataPlaneMetrics:
+def new_metrics(*, usage_state: Callable[[], tuple[int, int]] | None = None) -> DataPlaneMetrics:
     """The metrics of this process: shared among workers when they share a port."""
-    return SharedDataPlaneMetrics() if multiprocess_dir() is not None else DataPlaneMetrics()
+    if multiprocess_dir() is not None:
+        return SharedDataPlaneMetrics(usage_state=usage_state)
+    return DataPlaneMetrics(usage_state=usage_state)
 
 
 class Observability:

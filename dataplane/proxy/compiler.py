@@ -112,7 +112,7 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runtim
         key_auth = _compile_key_auth(resolved.key_auth) if resolved.key_auth else None
         ai_proxy = None
         balancer: Balancer | None = None
-        translator = OPENAI
+        translator: Translator = OPENAI
         if resolved.ai_proxy is not None:
             translator = _translator(resolved.ai_proxy)
             if resolved.advanced:

@@ -12,26 +12,22 @@ import os
 import time
 from collections.abc import Callable
 from typing import Final
-from urllib.parse import parse_qsl
 
 import orjson
 
-from dataplane.admission.cost import (
-    ESTIMATE_SUFFIX,
-    RESERVED_ESTIMATE_PATH,
-    admit,
-    serve_estimate,
-    serve_reserved_estimate,
-)
+from dataplane.admission.cost import ESTIMATE_SUFFIX
 from dataplane.admission.entitlements import Enforcer
 from dataplane.admission.ratelimit import RateLimiter
-from dataplane.config.keys import hash_key
-from dataplane.config.model import AiProxyPolicy, Consumer, KeyAuthPolicy
+from dataplane.admission.stages import Admitted, admit_request
+from dataplane.config.keys import authenticate
+from dataplane.config.model import AiProxyPolicy
 from dataplane.config.providers import ROUTE_TYPE_PRESERVE
+from dataplane.errors import Rejection
 from dataplane.http.asgi import (
     JSON_CONTENT_TYPE,
     BodyTooLarge,
     Headers,
+    Message,
     Receive,
     Scope,
     Send,
@@ -49,9 +45,11 @@ from dataplane.http.sse import SseSplitter
 from dataplane.observability.logs import REQUEST_ID
 from dataplane.observability.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
 from dataplane.proxy.balancer import Balancer, NoTargetForModel
+from dataplane.proxy.estimate import RESERVED_ESTIMATE_PATH, estimate_for_model, estimate_on_route
 from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig, carry_state
 from dataplane.translate.base import Prepared, Translator
-from dataplane.translate.openai_format import InvalidRequest, error_body
+from dataplane.translate.openai_format import InvalidRequest
+from dataplane.translate.select import OPENAI as _OPENAI
 from dataplane.usage.estimate import estimate_usage
 from dataplane.usage.events import llm_token_events
 from dataplane.usage.tokens import TokenUsage
@@ -128,6 +126,9 @@ class Gateway:
         await self.rate_limiter.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request, top to bottom: route -> authenticate -> read -> prepare -> admit ->
+        call the provider (balancer, failover) -> respond -> record. Every refusal on the way
+        is a Rejection, rendered once below by the route's translator."""
         if scope["type"] != "http":
             return
         start_ns = time.time_ns()
@@ -136,180 +137,156 @@ class Gateway:
         # new events near its right edge instead of at random pages (SQLite wrote ~2x fewer
         # WAL pages per batch; bench/README.md).
         request_id = f"{start_ns // 1_000_000:012x}{os.urandom(10).hex()}"
-        REQUEST_ID.set(request_id)  # for log lines (dataplane/logs.py); this task only
+        REQUEST_ID.set(request_id)  # for log lines (observability.logs); this task only
         id_header = (b"x-request-id", request_id.encode())
+        translator: Translator = _OPENAI
+        respond = send
+        try:
+            config = self._config()
+            matched = config.routes.match_prefix(scope["path"], scope["method"])
+            if matched is None:
+                if scope["path"] == RESERVED_ESTIMATE_PATH and scope["method"] == "POST":
+                    answer = await estimate_for_model(
+                        self.enforcer, config, scope, receive, max_body_bytes=self._max_body_bytes
+                    )
+                    await _send_json(send, answer, id_header)
+                    return
+                raise Rejection(
+                    404,
+                    "no Route matched with those values",
+                    type="invalid_request_error",
+                    code="route_not_found",
+                )
+            route, prefix = matched
+            scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (observability.metrics)
+            translator = route.translator
+            consumer = authenticate(route.key_auth, config.consumers_by_key_hash, scope)
+            policy = _ai_proxy(route, scope["method"])
+            raw = await _read_body(receive, self._max_body_bytes)
+            if scope["path"].endswith(ESTIMATE_SUFFIX) and scope["method"] == "POST":
+                answer = estimate_on_route(self.enforcer, route, policy, consumer, raw, scope)
+                await _send_json(send, answer, id_header)
+                return
+            subpath = scope["path"][len(prefix) :]
+            prepared = _prepare(translator, policy, raw, subpath, scope)
+            admitted = await admit_request(
+                enforcer=self.enforcer,
+                rate_limiter=self.rate_limiter,
+                rate_limits=route.rate_limits,
+                consumer=consumer,
+                route_id=route.id,
+                provider=policy.target.provider,
+                model=prepared.model,
+                scope=scope,
+                # The figures close the stream where the client asked for the usage chunk.
+                stream_figures=prepared.include_usage
+                or (policy.target.provider != "anthropic" and not prepared.hide_usage_chunk),
+            )
+            respond = _admitted_send(send, admitted)
+            exchange = _Exchange(
+                source=self.node_id,
+                usage_sink=admitted.recorder(self._usage_sink),
+                request_id=request_id,
+                start_ns=start_ns,
+                route=route,
+                policy=policy,
+                translator=translator,
+                subject=consumer.username if consumer else "",
+                prepared=prepared,
+                metrics=self.metrics,
+                drain_timeout_s=self._drain_timeout_s,
+                raw=raw,
+                subpath=subpath,
+            )
+            await exchange.run(scope, receive, respond, self._clients)
+        except Rejection as rejection:
+            headers = [JSON_CONTENT_TYPE, id_header, *rejection.headers]
+            await send_response(respond, rejection.status, translator.reject(rejection), headers)
+
+    def _config(self) -> RuntimeConfig:
         config = self.config
         if config is None:
-            body = error_body(
+            raise Rejection(
+                503,
                 "The gateway has not received its configuration yet; retry shortly.",
                 type="api_error",
                 code="config_unavailable",
             )
-            await send_response(send, 503, body, [JSON_CONTENT_TYPE, id_header])
-            return
-        matched = config.routes.match_prefix(scope["path"], scope["method"])
-        if matched is None:
-            if scope["path"] == RESERVED_ESTIMATE_PATH and scope["method"] == "POST":
-                await serve_reserved_estimate(
-                    self.enforcer,
-                    config=config,
-                    scope=scope,
-                    receive=receive,
-                    send=send,
-                    find_key=lambda key_auth: _find_key(key_auth, scope),
-                    max_body_bytes=self._max_body_bytes,
-                    id_header=id_header,
-                )
-                return
-            body = error_body(
-                "no Route matched with those values",
-                type="invalid_request_error",
-                code="route_not_found",
-            )
-            await send_response(send, 404, body, [JSON_CONTENT_TYPE, id_header])
-            return
-        route, prefix = matched
-        scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (dataplane/metrics.py)
-        policy = route.ai_proxy
-        translator = route.translator
+        return config
 
-        consumer: Consumer | None = None
-        if route.key_auth is not None:
-            key = _find_key(route.key_auth, scope)
-            if key is None:
-                body = translator.error_body(
-                    "No API key found in request",
-                    type="authentication_error"
-                    if policy and policy.llm_format == "anthropic"
-                    else "invalid_request_error",
-                    code="missing_api_key",
-                )
-                await send_response(send, 401, body, [JSON_CONTENT_TYPE, id_header])
-                return
-            consumer = config.consumers_by_key_hash.get(hash_key(key))
-            if consumer is None:
-                body = translator.error_body(
-                    "Invalid authentication credentials",
-                    type="authentication_error"
-                    if policy and policy.llm_format == "anthropic"
-                    else "invalid_request_error",
-                    code="invalid_api_key",
-                )
-                await send_response(send, 401, body, [JSON_CONTENT_TYPE, id_header])
-                return
 
-        if policy is None:
-            body = error_body(
-                f'Route "{route.name}" has no ai-proxy plugin; this gateway only proxies LLM '
-                "requests.",
-                type="invalid_request_error",
-                code="not_implemented",
-            )
-            await send_response(send, 501, body, [JSON_CONTENT_TYPE, id_header])
-            return
-        preserve = policy.route_type == ROUTE_TYPE_PRESERVE
-        if scope["method"] != "POST" and not preserve:
-            body = translator.error_body(
-                f"Method {scope['method']} is not allowed here; LLM requests use POST.",
-                type="invalid_request_error",
-                code="method_not_allowed",
-            )
-            await send_response(send, 405, body, [JSON_CONTENT_TYPE, id_header])
-            return
-        try:
-            raw = await read_body(receive, limit=self._max_body_bytes)
-        except BodyTooLarge:
-            body = translator.error_body(
-                f"The request body exceeds {self._max_body_bytes} bytes.",
-                type="request_too_large"
-                if policy.llm_format == "anthropic"
-                else "invalid_request_error",
-                code="request_too_large",
-            )
-            await send_response(send, 413, body, [JSON_CONTENT_TYPE, id_header])
-            return
-        anthropic = policy.llm_format == "anthropic"
-        if scope["path"].endswith(ESTIMATE_SUFFIX) and scope["method"] == "POST":
-            await serve_estimate(
-                self.enforcer,
-                raw=raw,
-                consumer_id=consumer.id if consumer else None,
-                route_id=route.id,
-                provider=policy.target.provider,
-                route_model=policy.model,
-                default_max_tokens=policy.max_tokens,
-                headers=scope["headers"],
-                send=send,
-                anthropic=anthropic,
-                id_header=id_header,
-            )
-            return
-        try:
-            prepared = translator.prepare(
-                raw,
-                policy,
-                subpath=scope["path"][len(prefix) :],
-                query=scope["query_string"],
-                method=scope["method"],
-            )
-        except InvalidRequest as exc:
-            body = translator.error_body(
-                exc.message, type="invalid_request_error", code=exc.code, param=exc.param
-            )
-            await send_response(send, 400, body, [JSON_CONTENT_TYPE, id_header])
-            return
-
-        # Entitlements, budgets and task budgets (429 before the provider is called); the
-        # wrapped send adds the X-Meterline-* cost headers.
-        metered = await admit(
-            self.enforcer,
-            consumer_id=consumer.id if consumer else None,
-            route_id=route.id,
-            provider=policy.target.provider,
-            model=prepared.model,
-            headers=scope["headers"],
-            send=send,
-            usage_sink=self._usage_sink,
-            anthropic=anthropic,
-            id_header=id_header,
-            # The figures close the stream where the client asked for the usage chunk.
-            stream_figures=prepared.include_usage
-            or (policy.target.provider != "anthropic" and not prepared.hide_usage_chunk),
+def _ai_proxy(route: CompiledRoute, method: str) -> AiProxyPolicy:
+    """The route's ai-proxy policy, if it serves ``method``; Rejection 501 / 405 if not."""
+    policy = route.ai_proxy
+    if policy is None:
+        raise Rejection(
+            501,
+            f'Route "{route.name}" has no ai-proxy plugin; this gateway only proxies LLM requests.',
+            type="invalid_request_error",
+            code="not_implemented",
         )
-        if metered is None:
-            return
-        send, usage_sink = metered
-        if route.rate_limits is not None:
-            admitted = await self.rate_limiter.admit(
-                route.rate_limits,
-                consumer=consumer,
-                scope=scope,
-                send=send,
-                usage_sink=usage_sink,
-                translator=translator,
-                anthropic=policy.llm_format == "anthropic",
-                id_header=id_header,
-            )
-            if admitted is None:
-                return
-            send, usage_sink = admitted
-
-        exchange = _Exchange(
-            source=self.node_id,
-            usage_sink=usage_sink,
-            request_id=request_id,
-            start_ns=start_ns,
-            route=route,
-            policy=policy,
-            translator=translator,
-            subject=consumer.username if consumer else "",
-            prepared=prepared,
-            metrics=self.metrics,
-            drain_timeout_s=self._drain_timeout_s,
-            raw=raw,
-            subpath=scope["path"][len(prefix) :],
+    if method != "POST" and policy.route_type != ROUTE_TYPE_PRESERVE:
+        raise Rejection(
+            405,
+            f"Method {method} is not allowed here; LLM requests use POST.",
+            type="invalid_request_error",
+            code="method_not_allowed",
         )
-        await exchange.run(scope, receive, send, self._clients)
+    return policy
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    try:
+        return await read_body(receive, limit=limit)
+    except BodyTooLarge:
+        raise Rejection(
+            413,
+            f"The request body exceeds {limit} bytes.",
+            type="invalid_request_error",
+            code="request_too_large",
+        ) from None
+
+
+def _prepare(
+    translator: Translator, policy: AiProxyPolicy, raw: bytes, subpath: str, scope: Scope
+) -> Prepared:
+    """The upstream request of the client's body; Rejection 400 if the body is unusable."""
+    try:
+        return translator.prepare(
+            raw, policy, subpath=subpath, query=scope["query_string"], method=scope["method"]
+        )
+    except InvalidRequest as exc:
+        raise Rejection(
+            400, exc.message, type="invalid_request_error", code=exc.code, param=exc.param
+        ) from None
+
+
+def _admitted_send(send: Send, admitted: Admitted) -> Send:
+    """``send`` with what admission decided: its headers on the response head, and a stream's
+    cost figures placed beside its usage chunk (dataplane.admission.cost.Metering)."""
+    metering = admitted.metering
+    limit_headers = admitted.rate_limits.headers
+
+    async def admitted_send(message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            headers = list(message.get("headers") or ())
+            headers += limit_headers
+            headers += metering.head(headers)
+            message = {**message, "headers": headers}
+        elif kind == "http.response.body" and metering.stream and metering.stream_figures:
+            out = metering.body(message.get("body", b""), more=message.get("more_body", False))
+            if out is None:
+                return
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        await send(message)
+
+    return admitted_send
+
+
+async def _send_json(send: Send, answer: dict[str, object], id_header: tuple[bytes, bytes]) -> None:
+    await send_response(send, 200, orjson.dumps(answer), [JSON_CONTENT_TYPE, id_header])
 
 
 class _Exchange:
@@ -456,21 +433,18 @@ class _Exchange:
             session = clients.get(self.policy.target.origin)
             await self._attempt(scope, receive, send, session, None, final=True)
             return
-        id_header = (b"x-request-id", self.request_id.encode())
         try:
             plan = balancer.plan(model=self.prepared.requested_model, headers=scope["headers"])
         except NoTargetForModel as exc:
             served = ", ".join(exc.served) or "none"
             model = exc.model or ""
-            message = f"The model '{model}' is not served by this route (it serves: {served})."
-            body = self.translator.error_body(
-                message,
+            raise Rejection(
+                400,
+                f"The model '{model}' is not served by this route (it serves: {served}).",
                 type="invalid_request_error",
                 code="model_not_found",
                 param="model",
-            )
-            await send_response(send, 400, body, [JSON_CONTENT_TYPE, id_header])
-            return
+            ) from None
         # The Gateway prepared the request for the first target; others re-prepare it.
         prepared_for = self.policy.target
         last = len(plan) - 1
@@ -489,11 +463,13 @@ class _Exchange:
                     )
                 except InvalidRequest as exc:
                     balancer.settle(index)
-                    body = translator.error_body(
-                        exc.message, type="invalid_request_error", code=exc.code, param=exc.param
-                    )
-                    await send_response(send, 400, body, [JSON_CONTENT_TYPE, id_header])
-                    return
+                    raise Rejection(
+                        400,
+                        exc.message,
+                        type="invalid_request_error",
+                        code=exc.code,
+                        param=exc.param,
+                    ) from None
                 prepared_for = target.target
             self.policy, self.translator = target, translator
             self.target_index = index
@@ -507,12 +483,12 @@ class _Exchange:
                 # criteria, a cancelled request) must not hold the half-open target forever.
                 balancer.settle(index)
             self.attempt += 1
-        body = self.translator.error_body(
+        raise Rejection(
+            503,
             "Every target of this route is unavailable (circuit breaker open); retry shortly.",
-            type="overloaded_error" if self.policy.llm_format == "anthropic" else "api_error",
+            type="api_error",
             code="no_healthy_upstream",
         )
-        await send_response(send, 503, body, [JSON_CONTENT_TYPE, id_header])
 
     async def _attempt(
         self,
@@ -551,8 +527,7 @@ class _Exchange:
                 if not final:
                     self._failed_over(exc, 504 if timed_out else 502)
                     return False
-            await self._upstream_failed(send, exc, id_header)
-            return True
+            raise self._upstream_failed(exc) from None
         try:
             status = response.status
             if balancer is not None and balancer.fails_over_on_status(status):
@@ -575,8 +550,7 @@ class _Exchange:
             try:
                 body = await response.read()
             except UPSTREAM_ERRORS as exc:
-                await self._upstream_failed(send, exc, id_header)
-                return True
+                raise self._upstream_failed(exc) from None
             out, usage, model = self.translator.whole(body, status, prepared)
             if out is not body:
                 out_headers = [
@@ -703,9 +677,8 @@ class _Exchange:
                 balancer.failed(self.target_index)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _upstream_failed(
-        self, send: Send, exc: BaseException, id_header: tuple[bytes, bytes]
-    ) -> None:
+    def _upstream_failed(self, exc: BaseException) -> Rejection:
+        """Record a failed upstream call; the Rejection (502 or 504) to answer with."""
         # Only the origin and error type are logged: the URL may carry a provider key.
         logger.warning(
             "request %s: upstream %s failed: %s",
@@ -715,16 +688,15 @@ class _Exchange:
         )
         timed_out = isinstance(exc, TimeoutError)
         status = 504 if timed_out else 502
-        anthropic = self.policy.llm_format == "anthropic"
-        body = self.translator.error_body(
+        self._record(status=status, usage=None, model=None, estimated=False)
+        return Rejection(
+            status,
             "The upstream provider timed out."
             if timed_out
             else "The upstream provider is unreachable.",
-            type=("timeout_error" if timed_out else "api_error") if anthropic else "api_error",
+            type="api_error",
             code="upstream_timeout" if timed_out else "upstream_unavailable",
         )
-        self._record(status=status, usage=None, model=None, estimated=False)
-        await send_response(send, status, body, [JSON_CONTENT_TYPE, id_header])
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
@@ -752,23 +724,3 @@ def _completion_text(body: bytes) -> str:
         if isinstance(block, dict) and isinstance(block.get("text"), str):
             parts.append(block["text"])
     return "".join(parts)
-
-
-def _find_key(policy: KeyAuthPolicy, scope: Scope) -> str | None:
-    """Return the API key a request presents, per the route's key-auth policy."""
-    headers: list[tuple[bytes, bytes]] = scope["headers"]
-    for name, value in headers:
-        if name in policy.header_names and value:
-            return value.decode(errors="replace")
-    if policy.key_in_bearer:
-        for name, value in headers:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                key = value[7:].strip()
-                if key:
-                    return key.decode(errors="replace")
-    query: bytes = scope["query_string"]
-    if policy.key_in_query and query:
-        for param, param_value in parse_qsl(query.decode("latin-1")):
-            if param in policy.query_names and param_value:
-                return param_value
-    return None

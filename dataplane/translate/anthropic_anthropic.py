@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from dataplane.errors import Rejection
 from dataplane.translate.anthropic_format import (
     DEFAULT_MAX_TOKENS,
     MessageStreamScanner,
-    anthropic_error_body,
+    anthropic_rejection_body,
     read_message_usage,
 )
 from dataplane.translate.openai_format import (
@@ -75,10 +76,8 @@ def _messages_body(
 class AnthropicNativeTranslator:
     """Anthropic Messages clients (anthropic SDK, Claude Code) to Anthropic, unchanged."""
 
-    def error_body(
-        self, message: str, *, type: str, code: str | None, param: str | None = None
-    ) -> bytes:
-        return anthropic_error_body(message, type=type)
+    def reject(self, rejection: Rejection) -> bytes:
+        return anthropic_rejection_body(rejection)
 
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str

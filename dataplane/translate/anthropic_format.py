@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import orjson
 
+from dataplane.errors import Rejection
 from dataplane.http.sse import event_data
 from dataplane.usage.tokens import TokenUsage, count
 
@@ -40,6 +41,45 @@ def anthropic_error_body(message: str, *, type: str) -> bytes:
             "type": "error",
             "error": {"type": _ERROR_TYPES.get(type, "api_error"), "message": message},
         }
+    )
+
+
+# A refusal's status -> Anthropic's error type (docs.anthropic.com, "Errors").
+_TYPES_BY_STATUS: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+# Meterline's own billing refusals, which Anthropic's API does not have: their type and code
+# are kept, so a client can tell an exhausted entitlement from a budget.
+_BILLING_CODES: Final = frozenset({"invalid_task_budget"})
+
+
+def anthropic_rejection_body(rejection: Rejection) -> bytes:
+    """A refused request as Anthropic's error document (type from the status)."""
+    if rejection.type == "insufficient_quota" or rejection.code in _BILLING_CODES:
+        return orjson.dumps(
+            {
+                "type": "error",
+                "error": {
+                    "type": rejection.type,
+                    "code": rejection.code,
+                    "message": rejection.message,
+                },
+            }
+        )
+    error_type = _TYPES_BY_STATUS.get(rejection.status, "api_error")
+    return orjson.dumps(
+        {"type": "error", "error": {"type": error_type, "message": rejection.message}}
     )
 
 

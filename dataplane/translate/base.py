@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dataplane.errors import Rejection
 from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
@@ -65,10 +66,8 @@ class StreamRelay(Protocol):
 class Translator(Protocol):
     """The per-route strategy the proxy calls; stateless, shared by all requests."""
 
-    def error_body(
-        self, message: str, *, type: str, code: str | None, param: str | None = None
-    ) -> bytes:
-        """An error document in the client's format."""
+    def reject(self, rejection: Rejection) -> bytes:
+        """The error document of a refused request, in the client's format."""
         ...
 
     def prepare(

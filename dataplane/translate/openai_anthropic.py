@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from dataplane.errors import Rejection
 from dataplane.translate.anthropic_format import (
     DEFAULT_MAX_TOKENS,
     MessageStreamScanner,
@@ -438,10 +439,10 @@ class _MessagesToChatRelay:
 class OpenAIToAnthropicTranslator:
     """OpenAI chat clients to Anthropic: Messages upstream, chat completions back."""
 
-    def error_body(
-        self, message: str, *, type: str, code: str | None, param: str | None = None
-    ) -> bytes:
-        return error_body(message, type=type, code=code, param=param)
+    def reject(self, rejection: Rejection) -> bytes:
+        return error_body(
+            rejection.message, type=rejection.type, code=rejection.code, param=rejection.param
+        )
 
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str

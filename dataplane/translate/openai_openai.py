@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from dataplane.errors import Rejection
 from dataplane.http.sse import event_data
 from dataplane.translate.openai_format import (
     ChatStreamScanner,
@@ -51,10 +52,10 @@ class _OpenAIRelay:
 class OpenAITranslator:
     """OpenAI-format clients to OpenAI-format providers (openai, azure, openai_compatible)."""
 
-    def error_body(
-        self, message: str, *, type: str, code: str | None, param: str | None = None
-    ) -> bytes:
-        return error_body(message, type=type, code=code, param=param)
+    def reject(self, rejection: Rejection) -> bytes:
+        return error_body(
+            rejection.message, type=rejection.type, code=rejection.code, param=rejection.param
+        )
 
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from dataplane.errors import Rejection
 from dataplane.http.sse import event_data
 from dataplane.translate.anthropic_format import (
-    anthropic_error_body,
+    anthropic_rejection_body,
     merge_usage,
     usage_from_anthropic,
 )
@@ -94,12 +95,12 @@ class PreserveTranslator:
     def __init__(self, *, anthropic_errors: bool) -> None:
         self._anthropic_errors = anthropic_errors
 
-    def error_body(
-        self, message: str, *, type: str, code: str | None, param: str | None = None
-    ) -> bytes:
+    def reject(self, rejection: Rejection) -> bytes:
         if self._anthropic_errors:
-            return anthropic_error_body(message, type=type)
-        return error_body(message, type=type, code=code, param=param)
+            return anthropic_rejection_body(rejection)
+        return error_body(
+            rejection.message, type=rejection.type, code=rejection.code, param=rejection.param
+        )
 
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str

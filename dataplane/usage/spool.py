@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from dataplane.config.cache import ensure_private_dir
 from dataplane.errors import DataPlaneError
+from dataplane.statedir import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 

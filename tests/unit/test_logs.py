@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from controlplane.logs import configure_logging
-from dataplane.observability.logs import StderrHandler
+from dataplane.observability.logs import configure_logging as configure_dataplane_logging
 
 
 @pytest.fixture
@@ -43,9 +43,11 @@ def test_configuring_twice_leaves_one_meterline_handler_and_keeps_others(root_ha
     logging.getLogger().addHandler(other)
 
     configure_logging(log_format="json")
+    configure_dataplane_logging(log_format="json")
     configure_logging(log_format="text", level=logging.DEBUG)
 
     handlers = logging.getLogger().handlers
-    assert sum(isinstance(h, StderrHandler) for h in handlers) == 1
+    # One Meterline handler, whichever plane (both in one process: the CLI, tests) set it last.
+    assert sum(getattr(h, "meterline_handler", False) for h in handlers) == 1
     assert other in handlers
     assert logging.getLogger().level == logging.DEBUG

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, timedelta
 
 import grpc
@@ -213,3 +214,37 @@ async def test_heartbeats_keep_a_data_plane_fresh_and_silence_makes_it_stale(db_
         await config.drain()
         await asyncio.get_running_loop().shutdown_default_executor()
         db.dispose()
+
+
+async def test_a_disconnect_is_written_after_a_slow_ack_write(harness, monkeypatch) -> None:
+    # The cause of a flaky enforcement test: a data plane ACKs and leaves at once; the ACK's
+    # IN_SYNC write (a thread) committed after the DISCONNECTED one, so the data plane counted
+    # as live (and kept a balance slice) until its heartbeat went stale.
+    stub = registry_stub(harness)
+    real_record = registry.record
+    in_sync_started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_in_sync(conn, **kwargs):
+        if kwargs.get("status") == SyncStatus.IN_SYNC:
+            loop.call_soon_threadsafe(in_sync_started.set)
+            # Long enough for the disconnect to be written first, were it not waited for.
+            time.sleep(0.3)
+        return real_record(conn, **kwargs)
+
+    monkeypatch.setattr(registry, "record", slow_in_sync)
+    # Given a data plane that ACKs its snapshot
+    call = harness.config_stream.StreamConfig()
+    await call.write(config_pb2.ConfigRequest(node=config_pb2.Node(id="dp-s", version="0.1.0")))
+    snapshot = await asyncio.wait_for(call.read(), 5)
+    await call.write(
+        config_pb2.ConfigRequest(version_info=snapshot.version_info, response_nonce=snapshot.nonce)
+    )
+    # When it leaves while the ACK's write is still running
+    await asyncio.wait_for(in_sync_started.wait(), 5)
+    call.cancel()
+    # Then it ends disconnected, and stays so once every write has landed
+    await wait_for_status(stub, "dataplanes/dp-s", dataplanes_pb2.SYNC_STATUS_DISCONNECTED)
+    await asyncio.sleep(0.5)
+    plane = await stub.GetDataPlane(dataplanes_pb2.GetDataPlaneRequest(name="dataplanes/dp-s"))
+    assert plane.sync_status == dataplanes_pb2.SYNC_STATUS_DISCONNECTED
