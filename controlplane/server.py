@@ -31,12 +31,12 @@ from controlplane.configsync.hub import ConfigHub
 from controlplane.gateway import storage as gateway_storage
 from controlplane.gateway.secrets import SecretBox
 from controlplane.invoicing.lifecycle import InvoicingSettings, advance
-from controlplane.invoicing.stripe_app import StripeApp
 from controlplane.metrics import ControlPlaneMetrics, MetricsServer
 from controlplane.notifications import service as notifications_service
 from controlplane.notifications.types import NotificationSettings
 from controlplane.storage.db import Database
 from controlplane.stripe_sync import StripeSettings
+from controlplane.stripe_sync.app import StripeApp
 from meterline.admin.v1 import (
     billing_pb2,
     billing_pb2_grpc,

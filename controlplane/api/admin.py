@@ -25,11 +25,11 @@ from controlplane.gateway.apply import apply_document
 from controlplane.gateway.keys import generate_key, hash_key
 from controlplane.gateway.types import Consumer
 from controlplane.invoicing import lifecycle
-from controlplane.invoicing import storage as invoice_storage
 from controlplane.invoicing.lifecycle import InvoicingSettings
 from controlplane.invoicing.preview import preview_invoice
 from controlplane.invoicing.types import Invoice, InvoiceState
 from controlplane.storage.db import Database
+from controlplane.stripe_sync import storage as stripe_storage
 from controlplane.subscriptions import service as subscription_service
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.types import Subscription
@@ -423,7 +423,7 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         def create(conn: Connection) -> customers_pb2.Customer:
             created = customers.create_customer(conn, customer, now=now)
             if stripe_id:
-                invoice_storage.link_stripe_customer(conn, created.key, stripe_id, now=now)
+                stripe_storage.link_stripe_customer(conn, created.key, stripe_id, now=now)
             return convert.customer_to_proto(created, stripe_customer_id=stripe_id or None)
 
         return await self._tx(create)
@@ -435,7 +435,7 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
 
         def get(conn: Connection) -> customers_pb2.Customer:
             customer = customers.get_customer(conn, key)
-            stripe_id = invoice_storage.stripe_customer_ids(conn).get(key)
+            stripe_id = stripe_storage.stripe_customer_ids(conn).get(key)
             return convert.customer_to_proto(customer, stripe_customer_id=stripe_id)
 
         return await self._tx(get)
@@ -449,7 +449,7 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
 
         def link(conn: Connection) -> customers_pb2.Customer:
             customer = customers.get_customer(conn, key)
-            invoice_storage.link_stripe_customer(conn, key, stripe_id, now=now)
+            stripe_storage.link_stripe_customer(conn, key, stripe_id, now=now)
             return convert.customer_to_proto(customer, stripe_customer_id=stripe_id)
 
         return await self._tx(link)
@@ -458,7 +458,7 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         self, request: customers_pb2.ListCustomersRequest, context: Ctx
     ) -> customers_pb2.ListCustomersResponse:
         def load(conn: Connection) -> list[customers_pb2.Customer]:
-            stripe_ids = invoice_storage.stripe_customer_ids(conn)
+            stripe_ids = stripe_storage.stripe_customer_ids(conn)
             return [
                 convert.customer_to_proto(c, stripe_customer_id=stripe_ids.get(c.key))
                 for c in customers.list_customers(conn)

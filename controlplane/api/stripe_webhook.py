@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 
 from controlplane.errors import MeterlineError
-from controlplane.invoicing.stripe_app import StripeApp
+from controlplane.stripe_sync.app import StripeApp
 
 log = logging.getLogger(__name__)
 

@@ -503,7 +503,7 @@ def _compute(
 
 
 def _invoice(row: InvoiceRow, lines: Sequence[InvoiceLine], total: Decimal) -> Invoice:
-    record = storage.sync_record_of(row)
+    sync_error, stripe_invoice_id = storage.sync_summary(row)
     return Invoice(
         id=row.id,
         customer=row.customer,
@@ -518,8 +518,8 @@ def _invoice(row: InvoiceRow, lines: Sequence[InvoiceLine], total: Decimal) -> I
         create_time=row.create_time,
         update_time=row.update_time,
         sync_state=row.sync_state,
-        sync_error=record.error if record else None,
-        stripe_invoice_id=record.stripe_invoice_id if record else None,
+        sync_error=sync_error,
+        stripe_invoice_id=stripe_invoice_id,
     )
 
 

@@ -34,11 +34,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from controlplane.catalog.types import PaymentTerm, PriceType
-from controlplane.errors import InvalidArgument, NotFound
+from controlplane.errors import NotFound
 from controlplane.invoicing.types import InvoiceLine, InvoiceState
 from controlplane.rating.charge import LineType, TierCharge
 from controlplane.storage import schema as s
-from controlplane.stripe_sync.types import SyncRecord, SyncState
 from controlplane.usage import query as usage_query
 from controlplane.usage import rollups
 from controlplane.usage.aggregate import WindowSize, ceil_hour, floor_time
@@ -198,14 +197,6 @@ def stored_lines(conn: Connection, id: str) -> list[InvoiceLine]:
     t = s.invoice_lines
     rows = conn.execute(select(t).where(t.c.invoice_id == id).order_by(t.c.position))
     return [line_from_json(r.id, json.loads(r.line)) for r in rows]
-
-
-def set_sync(conn: Connection, id: str, *, sync_state: str, record: str, now: datetime) -> None:
-    conn.execute(
-        update(inv)
-        .where(inv.c.id == id)
-        .values(sync_state=sync_state, sync_record=record, update_time=now)
-    )
 
 
 # Locks ----------------------------------------------------------------------------------------
@@ -732,55 +723,16 @@ def line_from_json(id: str, data: Mapping[str, Any]) -> InvoiceLine:
     )
 
 
-# Stripe sync records --------------------------------------------------------------------------
+# Stripe sync summary ------------------------------------------------------------------------
 
 
-def sync_record_to_json(record: SyncRecord) -> str:
-    return json.dumps(
-        {
-            "invoice_id": record.invoice_id,
-            "state": record.state.value,
-            "stripe_customer_id": record.stripe_customer_id,
-            "stripe_invoice_id": record.stripe_invoice_id,
-            "synced_line_ids": list(record.synced_line_ids),
-            "error": record.error,
-        },
-        sort_keys=True,
-    )
+def sync_summary(row: InvoiceRow) -> tuple[str | None, str | None]:
+    """``(error, stripe_invoice_id)`` of the invoice's Stripe sync record, if any.
 
-
-def sync_record_of(row: InvoiceRow) -> SyncRecord | None:
+    The record is written by ``controlplane.stripe_sync.storage``; invoicing reads only these
+    two fields to show them, so it does not depend on the Stripe package.
+    """
     if row.sync_record is None:
-        return None
+        return None, None
     data = json.loads(row.sync_record)
-    return SyncRecord(
-        invoice_id=data["invoice_id"],
-        state=SyncState(data["state"]),
-        stripe_customer_id=data["stripe_customer_id"],
-        stripe_invoice_id=data["stripe_invoice_id"],
-        synced_line_ids=tuple(data["synced_line_ids"]),
-        error=data["error"],
-    )
-
-
-def stripe_customer_ids(conn: Connection) -> dict[str, str]:
-    """Meterline customer key -> linked Stripe customer id."""
-    t = s.stripe_customers
-    return {r.customer: r.stripe_customer_id for r in conn.execute(select(t))}
-
-
-def link_stripe_customer(conn: Connection, customer: str, stripe_id: str, *, now: datetime) -> None:
-    """Link (or re-link) a customer to a Stripe customer id."""
-    if not stripe_id.startswith("cus_"):
-        raise InvalidArgument(f"stripe_customer_id must look like cus_..., got {stripe_id!r}")
-    t = s.stripe_customers
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(t).values(
-        customer=customer, stripe_customer_id=stripe_id, create_time=now, update_time=now
-    )
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=["customer"],
-            set_={"stripe_customer_id": stripe_id, "update_time": now},
-        )
-    )
+    return data.get("error"), data.get("stripe_invoice_id")

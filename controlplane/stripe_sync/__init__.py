@@ -1,9 +1,17 @@
 """Stripe sync: issued invoices become Stripe invoices exactly once; payments come back.
 
-Free of storage and transport: the caller persists ``SyncRecord`` after every step (``save``)
-and applies ``WebhookOutcome`` states to its invoices. Wiring: build ``StripeSettings`` (from
-``METERLINE_STRIPE_*``, None = sync off) and one client with ``new_client`` in the composition
-root; decimal amounts become Stripe's integer minor units only in ``money``.
+The whole Stripe integration lives here, in two layers:
+
+- the engine (``types``, ``money``, ``retry``, ``sync``, ``webhooks``; exported below) is free
+  of storage and transport: the caller persists ``SyncRecord`` after every step (``save``) and
+  applies ``WebhookOutcome`` states to its invoices; decimal amounts become Stripe's integer
+  minor units only in ``money``;
+- the database glue: ``storage`` (sync records, customer links) and ``app.StripeApp`` (locks,
+  background syncs, the job's resumption, webhooks applied to invoices). Import them by module;
+  ``controlplane.invoicing`` never imports this package.
+
+Wiring: build ``StripeSettings`` (from ``METERLINE_STRIPE_*``, None = sync off) and one
+``StripeApp`` in the composition root. See docs/stripe.md.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import pytest
 from controlplane.clock import FrozenClock
 from controlplane.gateway.apply import apply_document
 from controlplane.invoicing import lifecycle
-from controlplane.invoicing.stripe_app import StripeApp
+from controlplane.stripe_sync.app import StripeApp
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
 from controlplane.stripe_sync import RetryPolicy, StripeSettings

@@ -13,7 +13,7 @@ from integration.stripe.test_invoice_sync_wiring import T0, setup_usage
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.clock import FrozenClock
-from controlplane.invoicing.stripe_app import StripeApp
+from controlplane.stripe_sync.app import StripeApp
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import stripe
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, text
 
 from controlplane.clock import Clock
 from controlplane.customers import storage as customers
@@ -27,7 +27,6 @@ from controlplane.errors import FailedPrecondition
 from controlplane.invoicing import lifecycle, storage
 from controlplane.invoicing.types import InvoiceLine, InvoiceState
 from controlplane.notifications.invoices import emit_invoice_event
-from controlplane.storage import schema as s
 from controlplane.storage.db import Database
 from controlplane.stripe_sync import (
     InvoiceToSync,
@@ -42,6 +41,7 @@ from controlplane.stripe_sync import (
     new_client,
     sync_invoice,
 )
+from controlplane.stripe_sync import storage as sync_storage
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,7 @@ class StripeApp:
             )
         assert row.number is not None and row.total is not None
         customer = customers.get_customer(conn, row.customer)
-        stripe_id = conn.execute(
-            select(s.stripe_customers.c.stripe_customer_id).where(
-                s.stripe_customers.c.customer == row.customer
-            )
-        ).scalar()
+        stripe_id = sync_storage.stripe_customer_id(conn, row.customer)
         lines = tuple(
             LineToSync(
                 id=line.id,
@@ -150,20 +146,21 @@ class StripeApp:
             lines=lines,
             total=row.total,
         )
-        return invoice, storage.sync_record_of(row) or SyncRecord(invoice_id=row.id)
+        record = (
+            sync_storage.sync_record_from_json(row.sync_record)
+            if row.sync_record is not None
+            else SyncRecord(invoice_id=row.id)
+        )
+        return invoice, record
 
     def _save(self, customer_key: str, record: SyncRecord) -> None:
         now = self.clock.now()
         with self.db.begin() as conn:
-            storage.set_sync(
-                conn,
-                record.invoice_id,
-                sync_state=record.state.value,
-                record=storage.sync_record_to_json(record),
-                now=now,
-            )
+            sync_storage.save_sync_record(conn, record, now=now)
             if record.stripe_customer_id:
-                storage.link_stripe_customer(conn, customer_key, record.stripe_customer_id, now=now)
+                sync_storage.link_stripe_customer(
+                    conn, customer_key, record.stripe_customer_id, now=now
+                )
             if record.state is SyncState.SYNC_FAILED:
                 invoice = lifecycle.get_invoice(conn, record.invoice_id)
                 emit_invoice_event(conn, invoice, "invoice.sync_failed", now=now)
@@ -205,13 +202,7 @@ class StripeApp:
         with self.db.begin() as conn:
             row = storage.get_invoice_row(conn, invoice_id)
             if row.sync_record is None:
-                storage.set_sync(
-                    conn,
-                    invoice_id,
-                    sync_state=SyncState.PENDING.value,
-                    record=storage.sync_record_to_json(SyncRecord(invoice_id=invoice_id)),
-                    now=now,
-                )
+                sync_storage.save_sync_record(conn, SyncRecord(invoice_id=invoice_id), now=now)
 
     def pending_ids(self) -> list[str]:
         """Issued invoices whose sync has not finished and not failed (e.g. after a crash)."""
