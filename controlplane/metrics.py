@@ -67,7 +67,7 @@ class ControlPlaneMetrics:
         )
         self.stripe_sync_failures = Counter(
             "meterline_controlplane_stripe_sync_failures_total",
-            "Invoice syncs to Stripe that failed (left sync_failed, retried later).",
+            "Invoice syncs to Stripe that failed (left failed until retried).",
             registry=registry,
         )
         self.grpc_requests = Counter(

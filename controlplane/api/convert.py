@@ -596,7 +596,7 @@ def _sync_state(state: str | None) -> billing_pb2.InvoiceSyncState:
         return billing_pb2.INVOICE_SYNC_STATE_NONE
     if state == "finalized":
         return billing_pb2.INVOICE_SYNC_STATE_SYNCED
-    if state == "sync_failed":
+    if state == "failed":
         return billing_pb2.INVOICE_SYNC_STATE_FAILED
     if state == "pending":
         return billing_pb2.INVOICE_SYNC_STATE_PENDING

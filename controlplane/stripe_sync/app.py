@@ -79,7 +79,7 @@ class StripeApp:
         on_sync_failed: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
-        # Told about every sync that ends sync_failed (metrics).
+        # Told about every sync that ends failed (metrics).
         self._on_sync_failed = on_sync_failed
         self.settings = settings
         self.clock = clock
@@ -161,7 +161,7 @@ class StripeApp:
                 sync_storage.link_stripe_customer(
                     conn, customer_key, record.stripe_customer_id, now=now
                 )
-            if record.state is SyncState.SYNC_FAILED:
+            if record.state is SyncState.FAILED:
                 invoice = lifecycle.get_invoice(conn, record.invoice_id)
                 emit_invoice_event(conn, invoice, "invoice.sync_failed", now=now)
 
@@ -176,7 +176,7 @@ class StripeApp:
                 invoice, record = self._to_sync(conn, invoice_id)
             if record.state is SyncState.FINALIZED:
                 return record
-            if record.state is SyncState.SYNC_FAILED:
+            if record.state is SyncState.FAILED:
                 record = SyncRecord(
                     invoice_id=record.invoice_id,
                     state=SyncState.PENDING,
@@ -192,7 +192,7 @@ class StripeApp:
                 save=lambda r: self._save(invoice.customer_key, r),
                 policy=self.policy,
             )
-            if result.state is SyncState.SYNC_FAILED and self._on_sync_failed is not None:
+            if result.state is SyncState.FAILED and self._on_sync_failed is not None:
                 self._on_sync_failed()
             return result
 
@@ -211,7 +211,7 @@ class StripeApp:
         return [
             r.id
             for r in rows
-            if r.sync_state not in (SyncState.FINALIZED.value, SyncState.SYNC_FAILED.value)
+            if r.sync_state not in (SyncState.FINALIZED.value, SyncState.FAILED.value)
         ]
 
     def sync_pending(self) -> list[SyncRecord | None]:
@@ -232,7 +232,7 @@ class StripeApp:
             return None
 
     async def retry(self, invoice_id: str) -> None:
-        """Run the sync now (after a sync_failed); waits for it."""
+        """Run the sync now (after it failed); waits for it."""
         await asyncio.to_thread(self.sync, invoice_id)
 
     async def drain(self) -> None:

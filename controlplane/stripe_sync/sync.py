@@ -101,7 +101,7 @@ def sync_invoice(
 ) -> SyncRecord:
     """Bring ``invoice`` to a finalized Stripe invoice, resuming from ``record``.
 
-    Returns the last record saved: ``finalized`` on success, ``sync_failed`` with Stripe's
+    Returns the last record saved: ``finalized`` on success, ``failed`` with Stripe's
     message when Stripe refused a call (4xx) or stayed unavailable through the retries; calling
     again later resumes. Invalid amounts raise InvalidArgument before any Stripe call.
     """
@@ -123,7 +123,7 @@ def sync_invoice(
     except (stripe.StripeError, _Mismatch) as exc:
         message = _message(exc)
         log.warning("Stripe sync of invoice %s failed: %s", invoice.id, message)
-        record = replace(record, state=SyncState.SYNC_FAILED, error=message)
+        record = replace(record, state=SyncState.FAILED, error=message)
         save(record)
         return record
     log.info("invoice %s synced to Stripe invoice %s", invoice.id, record.stripe_invoice_id)

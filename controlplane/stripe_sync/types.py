@@ -116,14 +116,18 @@ class InvoiceToSync:
 
 
 class SyncState(StrEnum):
-    """How far the sync of one invoice got; ``finalized`` means synced."""
+    """How far the sync of one invoice got; ``finalized`` means synced.
+
+    ``failed`` is the one word for a failed sync in the API (``INVOICE_SYNC_STATE_FAILED``),
+    the CLI, the docs and the database; the notification sent then is ``invoice.sync_failed``.
+    """
 
     PENDING = "pending"
     CUSTOMER_SYNCED = "customer_synced"
     INVOICE_CREATED = "invoice_created"
     ITEMS_SYNCED = "items_synced"
     FINALIZED = "finalized"
-    SYNC_FAILED = "sync_failed"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ import pytest
 from controlplane.clock import FrozenClock
 from controlplane.gateway.apply import apply_document
 from controlplane.invoicing import lifecycle
-from controlplane.stripe_sync.app import StripeApp
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
 from controlplane.stripe_sync import RetryPolicy, StripeSettings
+from controlplane.stripe_sync.app import StripeApp
 from controlplane.usage import storage as usage_storage
 from controlplane.usage.types import TokenType, UsageEvent
 from meterline.admin.v1 import (

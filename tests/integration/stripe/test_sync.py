@@ -212,7 +212,7 @@ def test_response_lost_after_stripe_did_the_work_is_replayed_not_repeated(
 
     # When the sync runs: the retry gets the same saved 500, then gives up for now
     first = run(client, settings, invoice, store, policy, sleeps)
-    assert first.state is SyncState.SYNC_FAILED
+    assert first.state is SyncState.FAILED
     assert "HTTP 500" in (first.error or "")
 
     # Then, once Stripe's saved answer is gone (keys expire after 24 hours), a retry finishes
@@ -261,7 +261,7 @@ def test_transient_stripe_errors_are_retried_with_backoff(
     assert sleeps == [0.5, 1.0]
 
 
-def test_stripe_down_for_longer_than_the_retries_is_sync_failed_then_resumed(
+def test_stripe_down_for_longer_than_the_retries_is_failed_then_resumed(
     emulator, client, settings, invoice_factory, store_factory, policy, sleeps
 ):
     # Given Stripe answers 503 to every invoice item for a while
@@ -272,7 +272,7 @@ def test_stripe_down_for_longer_than_the_retries_is_sync_failed_then_resumed(
     first = run(client, settings, invoice, store, policy, sleeps)
 
     # Then the sync stops after a bounded number of attempts, visibly failed, progress kept
-    assert first.state is SyncState.SYNC_FAILED
+    assert first.state is SyncState.FAILED
     assert first.error == "Stripe HTTP 503: Overloaded."
     assert first.stripe_invoice_id is not None
     assert sleeps == [0.5, 1.0, 2.0]  # 4 attempts, capped backoff
@@ -286,7 +286,7 @@ def test_stripe_down_for_longer_than_the_retries_is_sync_failed_then_resumed(
     assert_exactly_once(emulator, invoice)
 
 
-def test_stripe_400_is_sync_failed_with_its_message_and_retry_after_the_fix_succeeds(
+def test_stripe_400_is_failed_with_its_message_and_retry_after_the_fix_succeeds(
     emulator, client, settings, invoice_factory, store_factory, policy, sleeps
 ):
     # Given an invoice linked to a Stripe customer id that does not exist
@@ -296,7 +296,7 @@ def test_stripe_400_is_sync_failed_with_its_message_and_retry_after_the_fix_succ
     failed = run(client, settings, invoice, store, policy, sleeps)
 
     # Then the sync fails at once (no retries for a 4xx), with Stripe's message, nothing made
-    assert failed.state is SyncState.SYNC_FAILED
+    assert failed.state is SyncState.FAILED
     assert failed.error == "Stripe HTTP 404: No such customer: 'cus_deleted'"
     assert sleeps == []
     assert emulator.invoices == {}
@@ -310,7 +310,7 @@ def test_stripe_400_is_sync_failed_with_its_message_and_retry_after_the_fix_succ
     assert_exactly_once(emulator, fixed)
 
 
-def test_stripe_400_on_finalize_is_sync_failed_and_retryable(
+def test_stripe_400_on_finalize_is_failed_and_retryable(
     emulator, client, settings, invoice_factory, store_factory, policy, sleeps
 ):
     emulator.fail_next(
@@ -323,7 +323,7 @@ def test_stripe_400_on_finalize_is_sync_failed_and_retryable(
     store = store_factory(SyncRecord(invoice.id))
 
     failed = run(client, settings, invoice, store, policy, sleeps)
-    assert failed.state is SyncState.SYNC_FAILED
+    assert failed.state is SyncState.FAILED
     assert failed.error == "Stripe HTTP 400: Your account cannot currently make live charges."
     [draft] = emulator.invoices.values()
     assert draft["status"] == "draft"
@@ -354,12 +354,12 @@ def test_a_draft_changed_in_stripe_is_not_finalized(
     record = run(client, settings, invoice, store, policy, sleeps)
 
     # Then Meterline refuses to finalize an invoice that is not its own
-    assert record.state is SyncState.SYNC_FAILED
+    assert record.state is SyncState.FAILED
     assert "lines Meterline did not send" in (record.error or "")
     assert emulator.invoices[record.stripe_invoice_id]["status"] == "draft"
 
 
-def test_a_bad_api_key_is_sync_failed(
+def test_a_bad_api_key_is_failed(
     emulator, invoice_factory, store_factory, policy, sleeps, client
 ):
     settings = StripeSettings(api_key="sk_test_wrong_key_1234", api_base=emulator.url)
@@ -373,7 +373,7 @@ def test_a_bad_api_key_is_sync_failed(
         sleeps,
     )
 
-    assert record.state is SyncState.SYNC_FAILED
+    assert record.state is SyncState.FAILED
     assert record.error is not None and record.error.startswith("Stripe HTTP 401: Invalid API Key")
     assert "sk_test_wrong_key_1234" not in record.error
 

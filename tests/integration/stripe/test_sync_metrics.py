@@ -1,4 +1,4 @@
-"""meterline_controlplane_stripe_sync_failures_total counts syncs that end sync_failed, and
+"""meterline_controlplane_stripe_sync_failures_total counts syncs that end failed, and
 meterline_controlplane_invoice_transitions_total the invoicing job's transitions by the state
 they enter."""
 
@@ -13,11 +13,11 @@ from integration.stripe.test_invoice_sync_wiring import T0, setup_usage
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.clock import FrozenClock
-from controlplane.stripe_sync.app import StripeApp
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
 from controlplane.stripe_sync import RetryPolicy, StripeSettings
+from controlplane.stripe_sync.app import StripeApp
 from meterline.admin.v1 import billing_pb2, billing_pb2_grpc
 from support.stripe_emulator import StripeEmulator
 

@@ -100,4 +100,4 @@ def test_idempotency_keys_derive_from_meterline_ids():
 def test_a_new_record_is_pending():
     record = SyncRecord("inv_7")
     assert (record.state, record.synced, record.synced_line_ids) == (SyncState.PENDING, False, ())
-    assert SyncState.FINALIZED == "finalized" and SyncState.SYNC_FAILED == "sync_failed"
+    assert SyncState.FINALIZED == "finalized" and SyncState.FAILED == "failed"

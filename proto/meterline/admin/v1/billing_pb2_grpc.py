@@ -134,7 +134,7 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryInvoiceSync(self, request, context):
-        """Runs the Stripe sync of an issued invoice again (after a sync_failed).
+        """Runs the Stripe sync of an issued invoice again (after its sync_state is FAILED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
