@@ -173,6 +173,7 @@ class ControlPlane:
                 invoicing=self.invoicing,
                 on_issued=stripe.on_issued if stripe else None,
                 retry_sync=stripe.retry if stripe else None,
+                on_settled=stripe.on_settled if stripe else None,
             ),
             self.server,
         )

@@ -623,12 +623,14 @@ class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
         invoicing: InvoicingSettings | None = None,
         on_issued: Callable[[str], Awaitable[None]] | None = None,
         retry_sync: Callable[[str], Awaitable[None]] | None = None,
+        on_settled: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(db=db, clock=clock, hub=hub)
         self._invoicing = invoicing or InvoicingSettings()
-        # Hooks of the Stripe sync (None when it is off).
+        # Hooks of the Stripe sync (None when it is off); on_settled: voided or marked paid.
         self._on_issued = on_issued
         self._retry_sync = retry_sync
+        self._on_settled = on_settled
 
     async def ListInvoices(
         self, request: billing_pb2.ListInvoicesRequest, context: Ctx
@@ -665,9 +667,8 @@ class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
     ) -> billing_pb2.Invoice:
         id = convert.resource_id(_require(request.name, "name"), "invoices")
         now = self._clock.now()
-        return convert.invoice_to_proto(
-            await self._tx(lambda c: lifecycle.void_invoice(c, id=id, now=now))
-        )
+        invoice = await self._tx(lambda c: lifecycle.void_invoice(c, id=id, now=now))
+        return convert.invoice_to_proto(await self._settled(invoice))
 
     async def MarkInvoicePaid(
         self, request: billing_pb2.MarkInvoicePaidRequest, context: Ctx
@@ -683,7 +684,14 @@ class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
                 raise FailedPrecondition(f"invoice {id!r} is already paid")
             return invoice
 
-        return convert.invoice_to_proto(await self._tx(mark))
+        return convert.invoice_to_proto(await self._settled(await self._tx(mark)))
+
+    async def _settled(self, invoice: Invoice) -> Invoice:
+        """Start carrying a void or mark-paid to Stripe; the invoice as it now reads."""
+        if self._on_settled is None:
+            return invoice
+        await self._on_settled(invoice.id)
+        return await self._tx(lambda c: lifecycle.get_invoice(c, invoice.id))
 
     async def CloseInvoices(
         self, request: billing_pb2.CloseInvoicesRequest, context: Ctx

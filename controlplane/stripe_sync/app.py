@@ -1,30 +1,35 @@
-"""The Stripe app of a control plane: issued invoices synced, webhooks applied.
+"""The Stripe app of a control plane: issued, voided and paid invoices synced, webhooks applied.
 
-Glue between stored invoices and the storage-free ``stripe_sync`` engine. The sync of one
-invoice runs under a per-invoice lock held for its whole duration: a PostgreSQL advisory lock
-(so two replicas never sync the same invoice at once; the second skips it) or, on SQLite, a
-process-local lock. The engine's idempotency keys make even an overlapping sync harmless; the
-lock keeps it from happening. The ``SyncRecord`` is saved after every step, so a sync that
-died half-way resumes where it stopped (``sync_pending`` on the next job run, or
-``meterline invoice retry-sync``).
+Glue between stored invoices and the storage-free ``stripe_sync`` engine. Two locks
+(``locks``: PostgreSQL advisory locks across replicas, a process lock on SQLite):
+
+- per invoice, held for the whole sync: two replicas never sync one invoice at once. The job
+  and the issue hook skip an invoice being synced elsewhere; void, mark-paid and retry wait for
+  it, and a sync re-reads the invoice's state before letting go, so a void or mark-paid made
+  while the invoice was syncing is carried out by whichever sync holds the lock;
+- per customer, held while the sync looks up or creates the customer's Stripe customer: one
+  Stripe customer per Meterline customer, whichever replica syncs which invoice, and a stored
+  link is never replaced by a sync.
+
+The ``SyncRecord`` is saved after every step, so a sync that died half-way resumes where it
+stopped (``sync_pending`` on the next job run, or ``meterline invoice retry-sync``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import stripe
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from controlplane.clock import Clock
 from controlplane.customers import storage as customers
 from controlplane.errors import FailedPrecondition
 from controlplane.invoicing import lifecycle, storage
+from controlplane.invoicing.storage import InvoiceRow
 from controlplane.invoicing.types import InvoiceLine, InvoiceState
 from controlplane.notifications.invoices import emit_invoice_event
 from controlplane.storage.db import Database
@@ -42,17 +47,24 @@ from controlplane.stripe_sync import (
     sync_invoice,
 )
 from controlplane.stripe_sync import storage as sync_storage
+from controlplane.stripe_sync.locks import hold
+from controlplane.stripe_sync.types import SyncBlocked, SyncTarget
 
 log = logging.getLogger(__name__)
 
-SYNCED_STATES = (InvoiceState.ISSUED, InvoiceState.PAID, InvoiceState.PAYMENT_FAILED)
-_LOCAL_LOCKS: dict[str, threading.Lock] = {}
-_LOCAL_LOCKS_GUARD = threading.Lock()
-
-
-def _lock_key(invoice_id: str) -> int:
-    # A stable signed 64-bit key per invoice for pg_try_advisory_lock.
-    return int.from_bytes(hashlib.sha256(invoice_id.encode()).digest()[:8], "big", signed=True)
+# Meterline invoice state -> what its Stripe invoice must become.
+TARGETS = {
+    InvoiceState.ISSUED: SyncTarget.OPEN,
+    InvoiceState.PAYMENT_FAILED: SyncTarget.OPEN,
+    InvoiceState.PAID: SyncTarget.PAID,
+    InvoiceState.VOID: SyncTarget.VOID,
+}
+SYNCED_STATES = tuple(TARGETS)
+# How long void, mark-paid and retry wait for a sync running elsewhere, and a sync for the
+# customer's lock (held for a Stripe search and create, seconds at most).
+WAIT_SECONDS = 30.0
+# A void or mark-paid landing while a sync runs makes it go round again; bounded.
+MAX_ROUNDS = 3
 
 
 def line_description(line: InvoiceLine) -> str:
@@ -65,8 +77,55 @@ def line_description(line: InvoiceLine) -> str:
     return line.description
 
 
+class _DatabaseLinks:
+    """``CustomerLinks`` on the ``stripe_customers`` table, under a per-customer lock."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    @contextmanager
+    def lock(self, customer_key: str) -> Iterator[None]:
+        with hold(self._db, f"stripe-customer:{customer_key}", wait=WAIT_SECONDS) as got:
+            if not got:
+                raise SyncBlocked(
+                    f"customer {customer_key!r} is being linked to Stripe elsewhere for over "
+                    f"{WAIT_SECONDS:.0f}s"
+                )
+            yield
+
+    def get(self, customer_key: str) -> str | None:
+        with self._db.begin() as conn:
+            return sync_storage.stripe_customer_id(conn, customer_key)
+
+    def link(self, customer_key: str, stripe_customer_id: str) -> str:
+        with self._db.begin() as conn:
+            return sync_storage.link_stripe_customer_if_absent(
+                conn, customer_key, stripe_customer_id, now=self._clock.now()
+            )
+
+
+def _record_of(row: InvoiceRow) -> SyncRecord | None:
+    return sync_storage.sync_record_from_json(row.sync_record) if row.sync_record else None
+
+
+def needs_sync(row: InvoiceRow) -> bool:
+    """Whether Stripe does not yet hold what the invoice's state asks, and no one gave up.
+
+    A void invoice never sent to Stripe has nothing to undo; a failed sync waits for
+    ``retry-sync`` (or a void / mark-paid, which start it again).
+    """
+    target = TARGETS.get(row.state)
+    if target is None:
+        return False
+    record = _record_of(row)
+    if record is None:
+        return target is not SyncTarget.VOID
+    return record.state is not SyncState.FAILED and not record.done(target)
+
+
 class StripeApp:
-    """Syncs issued invoices to Stripe and applies webhook outcomes."""
+    """Syncs issued invoices to Stripe (and their void / paid) and applies webhook outcomes."""
 
     def __init__(
         self,
@@ -85,41 +144,14 @@ class StripeApp:
         self.clock = clock
         self.client = client or new_client(settings)
         self.policy = policy or RetryPolicy()
+        self._links = _DatabaseLinks(db, clock)
         self._tasks: set[asyncio.Task[SyncRecord | None]] = set()
-
-    # Locking ------------------------------------------------------------------------------
-
-    @contextmanager
-    def _invoice_lock(self, invoice_id: str) -> Iterator[bool]:
-        """True while this process holds the invoice's sync lock; False if someone else does."""
-        if self.db.engine.dialect.name == "postgresql":
-            with self.db.engine.connect() as conn:
-                key = _lock_key(invoice_id)
-                got = bool(
-                    conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-                )
-                conn.commit()
-                try:
-                    yield got
-                finally:
-                    if got:
-                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        conn.commit()
-            return
-        with _LOCAL_LOCKS_GUARD:
-            lock = _LOCAL_LOCKS.setdefault(invoice_id, threading.Lock())
-        got = lock.acquire(blocking=False)
-        try:
-            yield got
-        finally:
-            if got:
-                lock.release()
 
     # Sync ---------------------------------------------------------------------------------
 
     def _to_sync(self, conn: Connection, invoice_id: str) -> tuple[InvoiceToSync, SyncRecord]:
         row = storage.get_invoice_row(conn, invoice_id)
-        if row.state not in SYNCED_STATES:
+        if row.state not in TARGETS:
             raise FailedPrecondition(
                 f"invoice {invoice_id!r} is {row.state.value}; only issued invoices are synced"
             )
@@ -145,74 +177,96 @@ class StripeApp:
             currency=row.currency,
             lines=lines,
             total=row.total,
+            target=TARGETS[row.state],
         )
-        record = (
-            sync_storage.sync_record_from_json(row.sync_record)
-            if row.sync_record is not None
-            else SyncRecord(invoice_id=row.id)
-        )
-        return invoice, record
+        return invoice, _record_of(row) or SyncRecord(invoice_id=row.id)
 
-    def _save(self, customer_key: str, record: SyncRecord) -> None:
+    def _save(self, record: SyncRecord) -> None:
         now = self.clock.now()
         with self.db.begin() as conn:
             sync_storage.save_sync_record(conn, record, now=now)
-            if record.stripe_customer_id:
-                sync_storage.link_stripe_customer(
-                    conn, customer_key, record.stripe_customer_id, now=now
-                )
             if record.state is SyncState.FAILED:
                 invoice = lifecycle.get_invoice(conn, record.invoice_id)
                 emit_invoice_event(conn, invoice, "invoice.sync_failed", now=now)
 
-    def sync(self, invoice_id: str) -> SyncRecord | None:
-        """Sync one issued invoice (blocking); None if another replica is syncing it now."""
-        with self._invoice_lock(invoice_id) as got:
+    def sync(self, invoice_id: str, *, wait: bool = False) -> SyncRecord | None:
+        """Bring the invoice's Stripe invoice to what its state asks (blocking).
+
+        None if another replica is syncing it now (``wait``: after waiting for it a while), or
+        if the invoice is void and was never sent to Stripe.
+        """
+        with hold(
+            self.db, f"stripe-invoice:{invoice_id}", wait=WAIT_SECONDS if wait else None
+        ) as got:
             if not got:
                 log.info("invoice %s is being synced elsewhere; skipped", invoice_id)
                 return None
-            # Read under the lock: the record another replica saved is the one to resume.
-            with self.db.begin() as conn:
-                invoice, record = self._to_sync(conn, invoice_id)
-            if record.state is SyncState.FINALIZED:
-                return record
-            if record.state is SyncState.FAILED:
-                record = SyncRecord(
-                    invoice_id=record.invoice_id,
-                    state=SyncState.PENDING,
-                    stripe_customer_id=record.stripe_customer_id,
-                    stripe_invoice_id=record.stripe_invoice_id,
-                    synced_line_ids=record.synced_line_ids,
+            result: SyncRecord | None = None
+            for _ in range(MAX_ROUNDS):
+                # Read under the lock: the record another replica saved is the one to resume,
+                # and the state a void or mark-paid left is the one to reach.
+                with self.db.begin() as conn:
+                    row = storage.get_invoice_row(conn, invoice_id)
+                    if row.state is InvoiceState.VOID and row.sync_record is None:
+                        return result
+                    invoice, record = self._to_sync(conn, invoice_id)
+                if record.done(invoice.target):
+                    return record
+                if record.state is SyncState.FAILED:
+                    record = SyncRecord(
+                        invoice_id=record.invoice_id,
+                        state=SyncState.PENDING,
+                        stripe_customer_id=record.stripe_customer_id,
+                        stripe_invoice_id=record.stripe_invoice_id,
+                        synced_line_ids=record.synced_line_ids,
+                    )
+                result = sync_invoice(
+                    client=self.client,
+                    settings=self.settings,
+                    invoice=invoice,
+                    record=record,
+                    save=self._save,
+                    links=self._links,
+                    policy=self.policy,
                 )
-            result = sync_invoice(
-                client=self.client,
-                settings=self.settings,
-                invoice=invoice,
-                record=record,
-                save=lambda r: self._save(invoice.customer_key, r),
-                policy=self.policy,
-            )
-            if result.state is SyncState.FAILED and self._on_sync_failed is not None:
-                self._on_sync_failed()
+                if result.state is SyncState.FAILED:
+                    if self._on_sync_failed is not None:
+                        self._on_sync_failed()
+                    return result
             return result
 
     def mark_pending(self, invoice_id: str) -> None:
-        """Record that an issued invoice waits for its sync (visible before it starts)."""
+        """Record that an invoice waits for its sync (visible before it starts).
+
+        A new record after an issue; after a void or mark-paid, the record keeps its Stripe
+        ids and says ``pending`` until Stripe holds the new state.
+        """
         now = self.clock.now()
         with self.db.begin() as conn:
             row = storage.get_invoice_row(conn, invoice_id)
-            if row.sync_record is None:
-                sync_storage.save_sync_record(conn, SyncRecord(invoice_id=invoice_id), now=now)
+            record = _record_of(row)
+            target = TARGETS.get(row.state)
+            if record is None:
+                if target is not None and target is not SyncTarget.VOID:
+                    sync_storage.save_sync_record(conn, SyncRecord(invoice_id=invoice_id), now=now)
+            elif target is not None and not record.done(target):
+                sync_storage.save_sync_record(
+                    conn,
+                    SyncRecord(
+                        invoice_id=invoice_id,
+                        state=SyncState.PENDING,
+                        stripe_customer_id=record.stripe_customer_id,
+                        stripe_invoice_id=record.stripe_invoice_id,
+                        synced_line_ids=record.synced_line_ids,
+                    ),
+                    now=now,
+                )
 
     def pending_ids(self) -> list[str]:
-        """Issued invoices whose sync has not finished and not failed (e.g. after a crash)."""
+        """Invoices whose Stripe invoice is not yet what their state asks, and not failed."""
         with self.db.begin() as conn:
             rows = storage.list_invoice_rows(conn, states=SYNCED_STATES)
-        return [
-            r.id
-            for r in rows
-            if r.sync_state not in (SyncState.FINALIZED.value, SyncState.FAILED.value)
-        ]
+        return [r.id for r in rows if needs_sync(r)]
 
     def sync_pending(self) -> list[SyncRecord | None]:
         return [self.sync(id) for id in self.pending_ids()]
@@ -220,24 +274,36 @@ class StripeApp:
     async def on_issued(self, invoice_id: str) -> None:
         """Start the sync of a just-issued invoice in the background."""
         await asyncio.to_thread(self.mark_pending, invoice_id)
-        task = asyncio.create_task(asyncio.to_thread(self._sync_logged, invoice_id))
+        self._start(invoice_id, wait=False)
+
+    async def on_settled(self, invoice_id: str) -> None:
+        """Carry a void or mark-paid made in Meterline to Stripe, in the background.
+
+        Waits for a sync of the invoice running now (it may be the one creating the Stripe
+        invoice this must void); a failure is left ``failed`` with Stripe's message.
+        """
+        await asyncio.to_thread(self.mark_pending, invoice_id)
+        self._start(invoice_id, wait=True)
+
+    def _start(self, invoice_id: str, *, wait: bool) -> None:
+        task = asyncio.create_task(asyncio.to_thread(self._sync_logged, invoice_id, wait))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _sync_logged(self, invoice_id: str) -> SyncRecord | None:
+    def _sync_logged(self, invoice_id: str, wait: bool) -> SyncRecord | None:
         try:
-            return self.sync(invoice_id)
+            return self.sync(invoice_id, wait=wait)
         except Exception:
             log.exception("Stripe sync of invoice %s crashed; the job retries it", invoice_id)
             return None
 
     async def retry(self, invoice_id: str) -> None:
         """Run the sync now (after it failed); waits for it."""
-        await asyncio.to_thread(self.sync, invoice_id)
+        await asyncio.to_thread(self.sync, invoice_id, wait=True)
 
     async def drain(self) -> None:
         """Wait for the background syncs started so far."""
-        if self._tasks:
+        while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     # Webhooks -----------------------------------------------------------------------------

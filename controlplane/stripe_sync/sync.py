@@ -1,18 +1,24 @@
 """Issued invoice -> Stripe invoice, one resumable step at a time (OpenMeter's Stripe app flow).
 
-customer -> draft invoice (``auto_advance=false``) -> one invoice item per line -> finalize.
-``save`` persists the record after every step; a sync that crashed resumes from the saved
-record. Every call carries an idempotency key derived from Meterline ids, so a step repeated
-after a crash replays Stripe's first answer instead of creating a second object. Stripe forgets
-keys after 24 hours, so the draft and its items are also looked up by metadata before creating.
+customer -> draft invoice (``auto_advance=false``) -> one invoice item per line -> finalize,
+then what Meterline decided since: mark-paid -> ``pay`` with ``paid_out_of_band``; void ->
+``void`` (a draft is deleted, with its items). ``save`` persists the record after every step; a
+sync that crashed resumes from the saved record. Every write carries an idempotency key derived
+from Meterline ids (the customer's key from the customer, the rest from the invoice), so a step
+repeated after a crash replays Stripe's first answer instead of acting twice. Stripe forgets
+keys after 24 hours, so the customer, the draft and its items are also looked up before
+creating, and the invoice's status is re-read before paying or voiding it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,17 +29,21 @@ from controlplane.stripe_sync.money import stripe_currency, to_minor_units
 from controlplane.stripe_sync.retry import RetryPolicy, call_with_retry
 from controlplane.stripe_sync.types import (
     CollectionMethod,
+    CustomerLinks,
     InvoiceToSync,
     LineToSync,
     StripeSettings,
+    SyncBlocked,
     SyncRecord,
     SyncState,
+    SyncTarget,
 )
 
 if TYPE_CHECKING:
     from stripe.params import (
         InvoiceCreateParams,
         InvoiceItemCreateParams,
+        InvoiceItemListParams,
         InvoiceLineItemListParams,
         InvoiceListParams,
     )
@@ -63,6 +73,42 @@ def idempotency_key(invoice_id: str, step: str) -> str:
     return f"meterline-invoice-{invoice_id}-{step}"
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def customer_idempotency_key(customer_key: str, step: str) -> str:
+    """``meterline-customer-<key>-<step>``: one key per Meterline customer, whichever invoice.
+
+    Per customer, not per invoice: two invoices of a new customer synced at once must get one
+    Stripe customer. A key Stripe's 255 characters cannot hold plainly is hashed (":" never
+    occurs in a plain key, so the two forms cannot collide).
+    """
+    if _PLAIN_KEY.fullmatch(customer_key):
+        return f"meterline-customer-{customer_key}-{step}"
+    digest = hashlib.sha256(customer_key.encode()).hexdigest()
+    return f"meterline-customer-sha256:{digest}-{step}"
+
+
+class _Unlinked:
+    """No stored links (the engine used alone): the invoice's own link, no cross-sync lock.
+
+    The per-customer idempotency key still gives one Stripe customer within Stripe's 24 hours.
+    """
+
+    def __init__(self, invoice: InvoiceToSync) -> None:
+        self._stripe_id = invoice.customer_stripe_id
+
+    @contextmanager
+    def lock(self, customer_key: str) -> Iterator[None]:
+        yield
+
+    def get(self, customer_key: str) -> str | None:
+        return self._stripe_id
+
+    def link(self, customer_key: str, stripe_customer_id: str) -> str:
+        return stripe_customer_id
+
+
 @dataclass(frozen=True)
 class _Step:
     client: stripe.StripeClient
@@ -71,6 +117,7 @@ class _Step:
     save: Callable[[SyncRecord], None]
     policy: RetryPolicy
     sleep: Callable[[float], None]
+    links: CustomerLinks
 
     def call(self, what: str, call: Callable[[], Any]) -> Any:
         return call_with_retry(call, what=what, policy=self.policy, sleep=self.sleep)
@@ -78,6 +125,10 @@ class _Step:
     def options(self, step: str) -> stripe.RequestOptions:
         # Retries are ours (bounded, with backoff); an SDK retry inside each would multiply them.
         return {"idempotency_key": idempotency_key(self.invoice.id, step), "max_network_retries": 0}
+
+    def customer_options(self, step: str) -> stripe.RequestOptions:
+        key = customer_idempotency_key(self.invoice.customer_key, step)
+        return {"idempotency_key": key, "max_network_retries": 0}
 
     def advance(self, record: SyncRecord, **changes: Any) -> SyncRecord:
         record = replace(record, error=None, **changes)
@@ -89,6 +140,10 @@ class _Mismatch(Exception):
     """The Stripe draft does not hold exactly the Meterline lines; finalizing would be wrong."""
 
 
+class _Refused(Exception):
+    """Stripe's invoice is in a state that cannot become what Meterline decided."""
+
+
 def sync_invoice(
     *,
     client: stripe.StripeClient,
@@ -96,37 +151,52 @@ def sync_invoice(
     invoice: InvoiceToSync,
     record: SyncRecord,
     save: Callable[[SyncRecord], None],
+    links: CustomerLinks | None = None,
     policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, shared safely
     sleep: Callable[[float], None] = time.sleep,
 ) -> SyncRecord:
-    """Bring ``invoice`` to a finalized Stripe invoice, resuming from ``record``.
+    """Bring the Stripe invoice of ``invoice`` to its target, resuming from ``record``.
 
-    Returns the last record saved: ``finalized`` on success, ``failed`` with Stripe's
-    message when Stripe refused a call (4xx) or stayed unavailable through the retries; calling
-    again later resumes. Invalid amounts raise InvalidArgument before any Stripe call.
+    Target ``open``: a finalized Stripe invoice Stripe collects (``finalized``). ``paid``: the
+    same finalized without collection and paid out of band (``paid``). ``void``: voided, its
+    draft deleted, or nothing ever sent (``voided``). Returns the last record saved; ``failed``
+    with Stripe's message when Stripe refused a call (4xx), stayed unavailable through the
+    retries, or holds an invoice that cannot reach the target (a paid one cannot be voided);
+    calling again later resumes. ``links`` (the caller's storage) makes one Stripe customer per
+    Meterline customer across concurrent syncs. Invalid amounts raise InvalidArgument before
+    any Stripe call.
     """
     if record.invoice_id != invoice.id:
         raise InvalidArgument(f"sync record of {record.invoice_id} given for {invoice.id}")
     amounts = _amounts(invoice)
-    if record.state is SyncState.FINALIZED:
+    if record.done(invoice.target):
         return record
-    step = _Step(client, settings, invoice, save, policy, sleep)
+    step = _Step(client, settings, invoice, save, policy, sleep, links or _Unlinked(invoice))
     try:
-        record = _customer(step, record)
-        record, status, present = _draft(step, record)
-        if status == "draft":
-            record = _items(step, record, amounts, present)
-            record = _finalize(step, record)
+        if invoice.target is SyncTarget.VOID:
+            record = _void(step, record)
         else:
-            # Finalized before a crash lost the save: the lines were checked before finalizing.
+            record = _customer(step, record)
+            record, status, present = _draft(step, record)
+            if status == "draft":
+                record = _items(step, record, amounts, present)
+                status = _finalize(step, record)
+            # Else finalized before a crash lost the save: the lines were checked before that.
             record = step.advance(record, state=SyncState.FINALIZED)
-    except (stripe.StripeError, _Mismatch) as exc:
+            if invoice.target is SyncTarget.PAID:
+                record = _pay(step, record, status)
+    except (stripe.StripeError, _Mismatch, _Refused, SyncBlocked) as exc:
         message = _message(exc)
         log.warning("Stripe sync of invoice %s failed: %s", invoice.id, message)
         record = replace(record, state=SyncState.FAILED, error=message)
         save(record)
         return record
-    log.info("invoice %s synced to Stripe invoice %s", invoice.id, record.stripe_invoice_id)
+    log.info(
+        "invoice %s synced to Stripe invoice %s (%s)",
+        invoice.id,
+        record.stripe_invoice_id,
+        record.state.value,
+    )
     return record
 
 
@@ -147,28 +217,38 @@ def _amounts(invoice: InvoiceToSync) -> dict[str, int]:
 
 
 def _customer(step: _Step, record: SyncRecord) -> SyncRecord:
+    """The customer's Stripe customer: the linked one, else found or created, then linked.
+
+    All under the customer's lock, so a second invoice of the same customer waits and then
+    finds the link the first stored, instead of creating a second Stripe customer.
+    """
     if record.stripe_customer_id is not None:
         return record
     invoice = step.invoice
     metadata = {CUSTOMER_KEY: invoice.customer_key}
-    if invoice.customer_stripe_id is not None:
-        # Link an existing Stripe customer: name it as Meterline's, keep its own name.
-        stripe_id = invoice.customer_stripe_id
-        customer = step.call(
-            "update customer",
-            lambda: step.client.v1.customers.update(
-                stripe_id, params={"metadata": metadata}, options=step.options("customer")
-            ),
-        )
-    else:
-        customer = _find_customer(step) or step.call(
-            "create customer",
-            lambda: step.client.v1.customers.create(
-                params={"name": invoice.customer_name, "metadata": metadata},
-                options=step.options("customer"),
-            ),
-        )
-    return step.advance(record, state=SyncState.CUSTOMER_SYNCED, stripe_customer_id=customer.id)
+    with step.links.lock(invoice.customer_key):
+        linked = step.links.get(invoice.customer_key)
+        if linked is not None:
+            # Name a linked Stripe customer as Meterline's; keep its own name.
+            customer = step.call(
+                "update customer",
+                lambda: step.client.v1.customers.update(
+                    linked,
+                    params={"metadata": metadata},
+                    options=step.customer_options(f"link-{linked}"),
+                ),
+            )
+            stripe_id = str(customer.id)
+        else:
+            customer = _find_customer(step) or step.call(
+                "create customer",
+                lambda: step.client.v1.customers.create(
+                    params={"name": invoice.customer_name, "metadata": metadata},
+                    options=step.customer_options("create"),
+                ),
+            )
+            stripe_id = step.links.link(invoice.customer_key, str(customer.id))
+    return step.advance(record, state=SyncState.CUSTOMER_SYNCED, stripe_customer_id=stripe_id)
 
 
 def _find_customer(step: _Step) -> Any:
@@ -337,14 +417,21 @@ def _create_item(
     return int(item.amount)
 
 
-def _finalize(step: _Step, record: SyncRecord) -> SyncRecord:
-    """Finalize with ``auto_advance`` on, so Stripe charges or sends the invoice itself."""
+def _finalize(step: _Step, record: SyncRecord) -> str:
+    """Finalize; the Stripe status after it (``paid`` when nothing is due).
+
+    ``auto_advance`` on for an invoice Stripe collects; off for one Meterline marked paid, so
+    Stripe never charges it between the finalize and the out-of-band payment.
+    """
     assert record.stripe_invoice_id is not None
     invoice_id = record.stripe_invoice_id
+    collect = step.invoice.target is SyncTarget.OPEN
     finalized = step.call(
         "finalize invoice",
         lambda: step.client.v1.invoices.finalize_invoice(
-            invoice_id, params={"auto_advance": True}, options=step.options("finalize")
+            invoice_id,
+            params={"auto_advance": collect},
+            options=step.options("finalize" if collect else "finalize-paid"),
         ),
     )
     expected = to_minor_units(step.invoice.total, step.invoice.currency)
@@ -358,7 +445,106 @@ def _finalize(step: _Step, record: SyncRecord) -> SyncRecord:
             step.invoice.id,
             expected,
         )
-    return step.advance(record, state=SyncState.FINALIZED)
+    return str(finalized.status)
+
+
+def _pay(step: _Step, record: SyncRecord, status: str) -> SyncRecord:
+    """Mark-paid in Meterline -> ``pay`` with ``paid_out_of_band`` (no money moves in Stripe).
+
+    ``status`` was read (or returned) just before, so a pay whose answer was lost is not sent
+    again once Stripe says ``paid``; within a day the idempotency key replays it anyway.
+    """
+    assert record.stripe_invoice_id is not None
+    invoice_id = record.stripe_invoice_id
+    if status in ("open", "uncollectible"):
+        step.call(
+            "pay invoice out of band",
+            lambda: step.client.v1.invoices.pay(
+                invoice_id, params={"paid_out_of_band": True}, options=step.options("pay")
+            ),
+        )
+    elif status != "paid":
+        raise _Refused(
+            f"Meterline invoice {step.invoice.number} is paid but Stripe invoice {invoice_id} "
+            f"is {status}; Stripe cannot pay a {status} invoice: reconcile it in Stripe"
+        )
+    return step.advance(record, state=SyncState.PAID)
+
+
+def _void(step: _Step, record: SyncRecord) -> SyncRecord:
+    """Void in Meterline -> the Stripe invoice voided, or its draft deleted with its items.
+
+    No customer in the record means no Stripe invoice was ever created (the customer step is
+    saved before the invoice is created): nothing to undo. Stripe cannot void a paid invoice:
+    that is reported (``failed``), never papered over.
+    """
+    if record.stripe_customer_id is None:
+        return step.advance(record, state=SyncState.VOIDED)
+    current = _current_invoice(step, record)
+    if current is None:
+        return step.advance(record, state=SyncState.VOIDED)
+    invoice_id, status = str(current.id), str(current.status)
+    if record.stripe_invoice_id != invoice_id:
+        record = step.advance(record, stripe_invoice_id=invoice_id)
+    if status == "draft":
+        _delete_draft(step, invoice_id)
+    elif status in ("open", "uncollectible"):
+        step.call(
+            "void invoice",
+            lambda: step.client.v1.invoices.void_invoice(invoice_id, options=step.options("void")),
+        )
+    elif status == "paid":
+        raise _Refused(
+            f"Stripe invoice {invoice_id} is paid: Stripe cannot void a paid invoice. Refund "
+            f"it in Stripe (a credit note), or mark Meterline invoice {step.invoice.number} "
+            "paid instead of void"
+        )
+    elif status != "void":
+        raise _Refused(f"Stripe invoice {invoice_id} is {status}; it cannot be voided")
+    return step.advance(record, state=SyncState.VOIDED)
+
+
+def _current_invoice(step: _Step, record: SyncRecord) -> Any:
+    """The Stripe invoice as it is now (None if it never existed or its draft was deleted)."""
+    assert record.stripe_customer_id is not None
+    if record.stripe_invoice_id is None:
+        return _find_invoice(step, record.stripe_customer_id)
+    invoice_id = record.stripe_invoice_id
+    try:
+        return step.call("read invoice", lambda: step.client.v1.invoices.retrieve(invoice_id))
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            return None
+        raise
+
+
+def _delete_draft(step: _Step, invoice_id: str) -> None:
+    """Delete a draft's items, then the draft (DELETE takes no idempotency key: 404 = done).
+
+    The items first: whatever Stripe does with the items of a deleted draft, none of
+    Meterline's is left pending on the customer for a later invoice to sweep up.
+    """
+
+    def page(after: str | None) -> Any:
+        params: InvoiceItemListParams = {"invoice": invoice_id, "limit": 100}
+        if after is not None:
+            params["starting_after"] = after
+        return step.client.v1.invoice_items.list(params=params)
+
+    for item_id in [str(item.id) for item in _each(step, "list invoice items", page)]:
+        _delete(
+            step, f"delete invoice item {item_id}", step.client.v1.invoice_items.delete, item_id
+        )
+    _delete(step, "delete draft invoice", step.client.v1.invoices.delete, invoice_id)
+
+
+def _delete(step: _Step, what: str, delete: Callable[[str], Any], id: str) -> None:
+    try:
+        step.call(what, lambda: delete(id))
+    except stripe.InvalidRequestError as exc:
+        # Deleted by an earlier attempt whose answer was lost.
+        if exc.http_status != 404:
+            raise
 
 
 def _message(exc: Exception) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Protocol
 
 from controlplane.errors import InvalidArgument
 
@@ -101,9 +103,20 @@ class LineToSync:
     period_end: datetime
 
 
+class SyncTarget(StrEnum):
+    """Where the Stripe invoice must end up, from the Meterline invoice's state."""
+
+    # Issued (or payment_failed): finalized, Stripe collects it.
+    OPEN = "open"
+    # Marked paid in Meterline: finalized without collection, then paid out of band.
+    PAID = "paid"
+    # Void in Meterline: voided in Stripe (a draft is deleted; nothing sent, nothing to do).
+    VOID = "void"
+
+
 @dataclass(frozen=True)
 class InvoiceToSync:
-    """An issued Meterline invoice, whatever stores it."""
+    """An issued Meterline invoice, whatever stores it, and what Stripe must make of it."""
 
     id: str
     number: str
@@ -113,10 +126,36 @@ class InvoiceToSync:
     currency: str
     lines: tuple[LineToSync, ...]
     total: Decimal
+    target: SyncTarget = SyncTarget.OPEN
+
+
+class SyncBlocked(Exception):
+    """A lock the sync needs stayed held elsewhere; the sync fails for now and is retried."""
+
+
+class CustomerLinks(Protocol):
+    """Where the caller remembers each Meterline customer's Stripe customer.
+
+    The sync looks the link up and creates a Stripe customer only while holding ``lock`` for
+    that customer, so concurrent syncs of one customer's invoices (threads or replicas) create
+    one Stripe customer. ``link`` never replaces a stored link.
+    """
+
+    def lock(self, customer_key: str) -> AbstractContextManager[None]:
+        """Held by one sync at a time per customer; raises SyncBlocked if it waited too long."""
+        ...
+
+    def get(self, customer_key: str) -> str | None:
+        """The Stripe customer id linked to ``customer_key``, if any."""
+        ...
+
+    def link(self, customer_key: str, stripe_customer_id: str) -> str:
+        """Store the link unless one exists; returns the link now stored."""
+        ...
 
 
 class SyncState(StrEnum):
-    """How far the sync of one invoice got; ``finalized`` means synced.
+    """How far the sync of one invoice got; ``finalized``, ``paid`` and ``voided`` are synced.
 
     ``failed`` is the one word for a failed sync in the API (``INVOICE_SYNC_STATE_FAILED``),
     the CLI, the docs and the database; the notification sent then is ``invoice.sync_failed``.
@@ -127,6 +166,10 @@ class SyncState(StrEnum):
     INVOICE_CREATED = "invoice_created"
     ITEMS_SYNCED = "items_synced"
     FINALIZED = "finalized"
+    # Marked paid in Meterline and paid (out of band) in Stripe.
+    PAID = "paid"
+    # Void in Meterline and void (or deleted, or never created) in Stripe.
+    VOIDED = "voided"
     FAILED = "failed"
 
 
@@ -143,7 +186,19 @@ class SyncRecord:
 
     @property
     def synced(self) -> bool:
-        return self.state is SyncState.FINALIZED
+        return self.state in (SyncState.FINALIZED, SyncState.PAID, SyncState.VOIDED)
+
+    def done(self, target: SyncTarget) -> bool:
+        """Whether Stripe already holds what ``target`` asks for."""
+        return self.state is DONE[target]
+
+
+# The record state that ends the sync of each target.
+DONE = {
+    SyncTarget.OPEN: SyncState.FINALIZED,
+    SyncTarget.PAID: SyncState.PAID,
+    SyncTarget.VOID: SyncState.VOIDED,
+}
 
 
 class PaymentState(StrEnum):

@@ -8,13 +8,21 @@ signs webhooks exactly as Stripe does, so the official ``stripe`` SDK drives it 
         client = emulator.client()
         customer = client.v1.customers.create(params={"name": "Acme"})
         emulator.fail_next("POST", "/v1/invoices", status=500)   # fault injection
+        emulator.delay_next("GET", "/v1/customers/search", seconds=0.2)  # a slow answer
 
 Implemented (everything else is a 404 ``resource_missing``, as an unknown URL is at Stripe):
 
     POST/GET /v1/customers, GET /v1/customers/search, GET/POST /v1/customers/{id}
-    POST/GET /v1/invoices, GET /v1/invoices/search, GET /v1/invoices/{id},
-    GET /v1/invoices/{id}/lines, POST /v1/invoices/{id}/finalize|pay|void
-    POST/GET /v1/invoiceitems
+    POST/GET /v1/invoices, GET /v1/invoices/search, GET/DELETE /v1/invoices/{id},
+    GET /v1/invoices/{id}/lines, POST /v1/invoices/{id}/finalize|pay|void|mark_uncollectible
+    POST/GET /v1/invoiceitems, DELETE /v1/invoiceitems/{id}
+
+Invoice states follow Stripe's (docs.stripe.com/invoicing/overview#invoice-statuses): draft ->
+open (finalize) -> paid (pay; ``paid_out_of_band`` moves no money) | void | uncollectible
+(mark_uncollectible), and uncollectible -> paid | void. Only a draft can be deleted (then it is
+gone: 404) or get items; only open or uncollectible invoices can be paid or voided; paid and
+void are final. A refused transition is a 400 ``invalid_request_error``, not saved under its
+idempotency key. DELETE takes no idempotency key, as at Stripe (it is idempotent by nature).
 
 Idempotency (docs.stripe.com/api/idempotent_requests): a POST's result is saved under its
 ``Idempotency-Key`` once the endpoint starts executing, 5xx included; the same key with the same
@@ -28,6 +36,7 @@ Run it as a process for end-to-end tests: ``python tests/support/stripe_emulator
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -244,6 +253,7 @@ class StripeEmulator:
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
         self._faults: list[Fault] = []
+        self._delays: list[tuple[str, re.Pattern[str], float, list[int]]] = []
         self._saved: dict[tuple[str, str], Saved] = {}
         self._ids = itertools.count(1)
         self._numbers = itertools.count(1)
@@ -293,9 +303,31 @@ class StripeEmulator:
                 )
             )
 
+    def delay_next(self, method: str, path: str, *, seconds: float, times: int = 1) -> None:
+        """Answer the next ``times`` calls to ``method path`` ``seconds`` late (Stripe is slow).
+
+        The wait happens before the request is handled and outside the emulator's lock, so
+        concurrent requests overlap as they would at Stripe.
+        """
+        pattern = re.compile("^" + re.escape(path).replace(r"\*", "[^/]+") + "$")
+        with self._lock:
+            self._delays.append((method.upper(), pattern, seconds, [times]))
+
+    def _take_delay(self, method: str, path: str) -> float:
+        with self._lock:
+            for delay in self._delays:
+                delay_method, pattern, seconds, left = delay
+                if delay_method == method and pattern.match(path):
+                    left[0] -= 1
+                    if left[0] <= 0:
+                        self._delays.remove(delay)
+                    return seconds
+        return 0.0
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._delays.clear()
 
     def reset(self, *, webhook_url: str | None = None) -> None:
         """Forget everything, as a fresh emulator (lets tests share one server)."""
@@ -307,6 +339,7 @@ class StripeEmulator:
                 log.clear()
             self.declining_customers.clear()
             self._faults.clear()
+            self._delays.clear()
             self._saved.clear()
             self.webhook_url = webhook_url
 
@@ -409,6 +442,9 @@ class StripeEmulator:
         method = scope["method"]
         path = scope["path"]
         raw = body.decode() if method == "POST" else scope["query_string"].decode()
+        delay = self._take_delay(method, path)
+        if delay:
+            await asyncio.sleep(delay)
         status, payload, extra = self.handle(method, path, raw, headers)
         data = json.dumps(payload).encode()
         response_headers = [
@@ -538,12 +574,19 @@ class StripeEmulator:
             ("GET", r"/v1/invoices", self._list_invoices),
             ("GET", r"/v1/invoices/search", self._search_invoices),
             ("GET", r"/v1/invoices/(?P<id>[^/]+)", self._get_invoice),
+            ("DELETE", r"/v1/invoices/(?P<id>[^/]+)", self._delete_invoice),
             ("GET", r"/v1/invoices/(?P<id>[^/]+)/lines", self._list_lines),
             ("POST", r"/v1/invoices/(?P<id>[^/]+)/finalize", self._finalize),
             ("POST", r"/v1/invoices/(?P<id>[^/]+)/pay", self._pay),
             ("POST", r"/v1/invoices/(?P<id>[^/]+)/void", self._void),
+            (
+                "POST",
+                r"/v1/invoices/(?P<id>[^/]+)/mark_uncollectible",
+                self._mark_uncollectible,
+            ),
             ("POST", r"/v1/invoiceitems", self._create_item),
             ("GET", r"/v1/invoiceitems", self._list_items),
+            ("DELETE", r"/v1/invoiceitems/(?P<id>[^/]+)", self._delete_item),
         ]
         for route_method, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
@@ -683,6 +726,7 @@ class StripeEmulator:
             "livemode": False,
             "metadata": metadata_of(params),
             "number": None,
+            "paid_out_of_band": False,
             "status": "draft",
             "status_transitions": {
                 "finalized_at": None,
@@ -827,8 +871,12 @@ class StripeEmulator:
         invoice = self._invoice(id)
         if invoice["status"] == "paid":
             raise StripeApiError(400, "Invoice is already paid.", code="invoice_already_paid")
-        if invoice["status"] != "open":
-            raise StripeApiError(400, f"You cannot pay an invoice with status {invoice['status']}.")
+        if invoice["status"] not in ("open", "uncollectible"):
+            raise StripeApiError(
+                400,
+                f"You cannot pay an invoice with status {invoice['status']}.",
+                code="invoice_not_editable" if invoice["status"] == "void" else None,
+            )
         out_of_band = as_bool(params, "paid_out_of_band", False)
         if not out_of_band and invoice["customer"] in self.declining_customers:
             invoice.update(attempt_count=invoice["attempt_count"] + 1, attempted=True)
@@ -840,7 +888,11 @@ class StripeEmulator:
                 code="card_declined",
                 extra={"decline_code": "generic_decline"},
             )
-        invoice.update(attempt_count=invoice["attempt_count"] + 1, attempted=True)
+        if out_of_band:
+            # Marked paid outside Stripe: no attempt, no charge.
+            invoice["paid_out_of_band"] = True
+        else:
+            invoice.update(attempt_count=invoice["attempt_count"] + 1, attempted=True)
         self._mark_paid(invoice)
         return self._invoice_view(invoice)
 
@@ -859,7 +911,55 @@ class StripeEmulator:
         self._event("invoice.voided", invoice)
         return self._invoice_view(invoice)
 
+    def _mark_uncollectible(self, params: Json, id: str) -> Json:
+        only(params, set())
+        invoice = self._invoice(id)
+        if invoice["status"] != "open":
+            raise StripeApiError(
+                400,
+                f"You can only mark open invoices as uncollectible. This invoice is "
+                f"{invoice['status']}.",
+            )
+        invoice.update(status="uncollectible", auto_advance=False)
+        invoice["status_transitions"]["marked_uncollectible_at"] = self._now()
+        self._event("invoice.marked_uncollectible", invoice)
+        return self._invoice_view(invoice)
+
+    def _delete_invoice(self, params: Json, id: str) -> Json:
+        only(params, set())
+        invoice = self._invoice(id)
+        if invoice["status"] != "draft":
+            raise StripeApiError(
+                400,
+                "You can only delete draft invoices. Once an invoice has been finalized, it "
+                "must be voided.",
+                code="invoice_not_editable",
+            )
+        del self.invoices[id]
+        # Its invoice items go back to pending on the customer.
+        for item in self.invoice_items.values():
+            if item["invoice"] == id:
+                item["invoice"] = None
+        self._event("invoice.deleted", invoice)
+        return {"id": id, "object": "invoice", "deleted": True}
+
     # --- invoice items ------------------------------------------------------------------------
+
+    def _delete_item(self, params: Json, id: str) -> Json:
+        only(params, set())
+        if id not in self.invoice_items:
+            raise missing("invoiceitem", id)
+        item = self.invoice_items[id]
+        invoice = self.invoices.get(item["invoice"]) if item["invoice"] else None
+        if invoice is not None and invoice["status"] != "draft":
+            raise StripeApiError(
+                400,
+                f"Invoice item {id} is on invoice {invoice['id']}, which is no longer editable: "
+                f"its status is {invoice['status']}.",
+                code="invoice_not_editable",
+            )
+        del self.invoice_items[id]
+        return {"id": id, "object": "invoiceitem", "deleted": True}
 
     def _create_item(self, params: Json) -> Json:
         only(

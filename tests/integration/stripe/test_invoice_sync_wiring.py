@@ -330,10 +330,10 @@ def test_a_sync_that_died_half_way_is_resumed_by_the_job(
         saves = 0
 
         class Dying(StripeApp):
-            def _save(self, customer_key: str, record: object) -> None:
+            def _save(self, record: object) -> None:
                 nonlocal saves
                 saves += 1
-                super()._save(customer_key, record)  # type: ignore[arg-type]
+                super()._save(record)  # type: ignore[arg-type]
                 if saves == crash_at:
                     raise Crash
 

@@ -100,7 +100,7 @@ def test_issued_invoice_becomes_a_finalized_stripe_invoice_with_the_same_lines(
     assert store.saves[-1].synced_line_ids == ("inv_01-l1", "inv_01-l2", "inv_01-l3")
     writes = [r for r in emulator.requests if r.method == "POST"]
     assert [r.idempotency_key for r in writes] == [
-        "meterline-invoice-inv_01-customer",
+        "meterline-customer-acme-create",
         "meterline-invoice-inv_01-create",
         "meterline-invoice-inv_01-line-inv_01-l1",
         "meterline-invoice-inv_01-line-inv_01-l2",
