@@ -594,7 +594,8 @@ INVOICE_STATES_FROM_PROTO: dict[int, InvoiceState] = {v: k for k, v in INVOICE_S
 def _sync_state(state: str | None) -> billing_pb2.InvoiceSyncState:
     if state is None:
         return billing_pb2.INVOICE_SYNC_STATE_NONE
-    if state == "finalized":
+    # Stripe holds what the invoice's state asks: finalized (issued), paid, or voided.
+    if state in ("finalized", "paid", "voided"):
         return billing_pb2.INVOICE_SYNC_STATE_SYNCED
     if state == "failed":
         return billing_pb2.INVOICE_SYNC_STATE_FAILED

@@ -357,3 +357,131 @@ def test_a_sync_that_died_half_way_is_resumed_by_the_job(
             assert lifecycle.get_invoice(conn, invoice_id).sync_state == "finalized"
     finally:
         db.dispose()
+
+
+# Void and mark-paid in Meterline reach Stripe --------------------------------------------------
+
+
+async def get(plane: Plane, name: str) -> billing_pb2.Invoice:
+    return await plane.billing.GetInvoice(billing_pb2.GetInvoiceRequest(name=name))
+
+
+async def test_void_in_meterline_voids_the_stripe_invoice(
+    plane: Plane, emulator: StripeEmulator
+) -> None:
+    # Given an issued invoice open in Stripe, which Stripe would charge
+    invoice = await issue_november(plane)
+    stripe_invoice = emulator.invoices[invoice.stripe_invoice_id]
+    assert (stripe_invoice["status"], stripe_invoice["auto_advance"]) == ("open", True)
+
+    # When the operator voids it
+    voided = await plane.billing.VoidInvoice(billing_pb2.VoidInvoiceRequest(name=invoice.name))
+    assert voided.state == billing_pb2.INVOICE_STATE_VOID
+    await plane.app.drain()
+    await asyncio.to_thread(emulator.wait_for_deliveries)
+
+    # Then Stripe's invoice is void (nothing left to collect), and the sync says so
+    assert stripe_invoice["status"] == "void" and stripe_invoice["auto_advance"] is False
+    got = await get(plane, invoice.name)
+    assert got.state == billing_pb2.INVOICE_STATE_VOID
+    assert (got.sync_state, got.sync_error) == (billing_pb2.INVOICE_SYNC_STATE_SYNCED, "")
+    # Stripe's invoice.voided came back and changed nothing
+    assert [d.status for d in emulator.deliveries if d.event_type == "invoice.voided"] == [200]
+    assert len(emulator.calls("POST", "/v1/invoices/*/void")) == 1
+    with plane.cp.db.begin() as conn:
+        assert lifecycle.get_invoice(conn, invoice.id).sync_state == "voided"
+
+
+async def test_mark_paid_in_meterline_pays_the_stripe_invoice_out_of_band(
+    plane: Plane, emulator: StripeEmulator
+) -> None:
+    invoice = await issue_november(plane)
+
+    paid = await plane.billing.MarkInvoicePaid(
+        billing_pb2.MarkInvoicePaidRequest(name=invoice.name)
+    )
+    assert paid.state == billing_pb2.INVOICE_STATE_PAID
+    await plane.app.drain()
+    await asyncio.to_thread(emulator.wait_for_deliveries)
+
+    stripe_invoice = emulator.invoices[invoice.stripe_invoice_id]
+    assert stripe_invoice["status"] == "paid"
+    assert stripe_invoice["paid_out_of_band"] is True
+    assert stripe_invoice["attempt_count"] == 0  # no charge
+    got = await get(plane, invoice.name)
+    assert got.state == billing_pb2.INVOICE_STATE_PAID
+    assert got.sync_state == billing_pb2.INVOICE_SYNC_STATE_SYNCED
+    (pay,) = emulator.calls("POST", "/v1/invoices/*/pay")
+    assert pay.idempotency_key == f"meterline-invoice-{invoice.id}-pay"
+
+
+async def test_a_void_stripe_refuses_is_failed_visible_and_retried(
+    plane: Plane, emulator: StripeEmulator
+) -> None:
+    # Given Stripe unavailable for the void
+    invoice = await issue_november(plane)
+    emulator.fail_next("POST", "/v1/invoices/*/void", status=500, times=10)
+
+    await plane.billing.VoidInvoice(billing_pb2.VoidInvoiceRequest(name=invoice.name))
+    await plane.app.drain()
+
+    # Then the invoice is void in Meterline and its sync failed with Stripe's answer
+    got = await get(plane, invoice.name)
+    assert got.state == billing_pb2.INVOICE_STATE_VOID
+    assert got.sync_state == billing_pb2.INVOICE_SYNC_STATE_FAILED
+    assert "HTTP 500" in got.sync_error
+    assert emulator.invoices[invoice.stripe_invoice_id]["status"] == "open"
+    assert plane.app.pending_ids() == []  # failed: waits for the operator
+
+    # When the operator retries after Stripe recovered
+    emulator.clear_faults()
+    retried = await plane.billing.RetryInvoiceSync(
+        billing_pb2.RetryInvoiceSyncRequest(name=invoice.name)
+    )
+
+    # Then it is voided, once
+    assert retried.sync_state == billing_pb2.INVOICE_SYNC_STATE_SYNCED
+    assert retried.sync_error == ""
+    assert emulator.invoices[invoice.stripe_invoice_id]["status"] == "void"
+    assert [e["type"] for e in emulator.events].count("invoice.voided") == 1
+
+
+async def test_void_while_the_issue_sync_runs_leaves_nothing_to_collect(
+    plane: Plane, emulator: StripeEmulator
+) -> None:
+    # Given Stripe slow to create the invoice, so the issue's sync is mid-way
+    emulator.delay_next("POST", "/v1/invoices", seconds=0.3)
+    closed = await plane.billing.CloseInvoices(billing_pb2.CloseInvoicesRequest())
+    (name,) = closed.drafted_invoices
+    await plane.billing.IssueInvoice(billing_pb2.IssueInvoiceRequest(name=name))
+
+    # When the operator voids it before that sync finished
+    await plane.billing.VoidInvoice(billing_pb2.VoidInvoiceRequest(name=name))
+    await plane.app.drain()
+
+    # Then no Stripe invoice is left to collect: voided (or its draft deleted), and synced
+    got = await get(plane, name)
+    assert got.sync_state == billing_pb2.INVOICE_SYNC_STATE_SYNCED
+    left = emulator.invoices_with_metadata("meterline_invoice_id", got.id)
+    assert all(i["status"] == "void" for i in left)
+    assert not [i for i in emulator.invoice_items.values() if i["invoice"] is None]
+    assert plane.app.pending_ids() == []
+
+
+async def test_paid_in_stripe_is_recorded_by_the_job_without_paying_again(
+    plane: Plane, emulator: StripeEmulator
+) -> None:
+    # Given an invoice the customer paid in Stripe (its webhook moved it to paid)
+    invoice = await issue_november(plane)
+    await asyncio.to_thread(emulator.client().v1.invoices.pay, invoice.stripe_invoice_id)
+    await asyncio.to_thread(emulator.wait_for_deliveries)
+    assert (await get(plane, invoice.name)).state == billing_pb2.INVOICE_STATE_PAID
+
+    # When the job runs
+    assert plane.app.pending_ids() == [invoice.id]
+    await asyncio.to_thread(plane.app.sync_pending)
+
+    # Then the sync notes Stripe's paid state; nothing is paid twice
+    assert plane.app.pending_ids() == []
+    assert len(emulator.calls("POST", "/v1/invoices/*/pay")) == 1
+    assert emulator.invoices[invoice.stripe_invoice_id]["paid_out_of_band"] is False

@@ -359,9 +359,7 @@ def test_a_draft_changed_in_stripe_is_not_finalized(
     assert emulator.invoices[record.stripe_invoice_id]["status"] == "draft"
 
 
-def test_a_bad_api_key_is_failed(
-    emulator, invoice_factory, store_factory, policy, sleeps, client
-):
+def test_a_bad_api_key_is_failed(emulator, invoice_factory, store_factory, policy, sleeps, client):
     settings = StripeSettings(api_key="sk_test_wrong_key_1234", api_base=emulator.url)
     invoice = invoice_factory()
     record = run(
