@@ -125,3 +125,30 @@ def test_issue_sync_and_pay_through_processes(processes: Processes, tmp_path: Pa
         emulator.client().v1.invoices.pay(stripe_id, {"paid_out_of_band": True})
         wait_until(lambda: show()["state"] == "paid", what="paid", timeout=30)
         assert all(d.status == 200 for d in emulator.wait_for_deliveries())
+
+        # When the second is issued, and Stripe is down when the operator voids it
+        second = str(drafts()[0]["id"])
+
+        def show_second() -> str:
+            shown = meterline("invoice", "show", second, "--cp", cp)
+            assert shown.returncode == 0, shown.stderr
+            return shown.stdout
+
+        assert meterline("invoice", "issue", second, "--cp", cp).returncode == 0
+        wait_until(lambda: "Stripe sync: synced" in show_second(), what="sync", timeout=30)
+        (second_stripe,) = emulator.invoices_with_metadata("meterline_invoice_id", second)
+        emulator.fail_next("POST", "/v1/invoices/*/void", status=503, times=20)
+        voided = meterline("invoice", "void", second, "--cp", cp)
+        assert voided.returncode == 0, voided.stderr
+
+        # Then the CLI shows the failed sync in one word, with Stripe's message
+        wait_until(lambda: "Stripe sync: failed" in show_second(), what="failed", timeout=30)
+        assert "HTTP 503" in show_second()
+        assert second_stripe["status"] == "open"
+
+        # And once Stripe is back, retry-sync voids the Stripe invoice
+        emulator.clear_faults()
+        retried = meterline("invoice", "retry-sync", second, "--cp", cp)
+        assert retried.returncode == 0, retried.stderr
+        assert "Stripe sync: synced" in retried.stdout
+        assert second_stripe["status"] == "void"
