@@ -195,9 +195,8 @@ class StripeApp:
         None if another replica is syncing it now (``wait``: after waiting for it a while), or
         if the invoice is void and was never sent to Stripe.
         """
-        with hold(
-            self.db, f"stripe-invoice:{invoice_id}", wait=WAIT_SECONDS if wait else None
-        ) as got:
+        # Named by the bare id, as replicas before 0012 named it: a rolling upgrade still locks.
+        with hold(self.db, invoice_id, wait=WAIT_SECONDS if wait else None) as got:
             if not got:
                 log.info("invoice %s is being synced elsewhere; skipped", invoice_id)
                 return None
@@ -249,7 +248,12 @@ class StripeApp:
             if record is None:
                 if target is not None and target is not SyncTarget.VOID:
                     sync_storage.save_sync_record(conn, SyncRecord(invoice_id=invoice_id), now=now)
-            elif target is not None and not record.done(target):
+            elif (
+                target is not None
+                and not record.done(target)
+                # A record mid-way belongs to a sync running now; it goes round again itself.
+                and (record.synced or record.state is SyncState.FAILED)
+            ):
                 sync_storage.save_sync_record(
                     conn,
                     SyncRecord(

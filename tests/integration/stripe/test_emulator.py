@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -124,6 +126,153 @@ def test_state_rules(sdk, customer):
     assert sdk.v1.invoices.void_invoice(invoice.id).status == "void"
     with pytest.raises(stripe.InvalidRequestError):
         sdk.v1.invoices.pay(invoice.id)
+
+
+def _invoice_in(sdk, customer, status):
+    """A 5.00 invoice brought to ``status`` through Stripe's own transitions."""
+    invoice = draft(sdk, customer)
+    item(sdk, customer, invoice, 500)
+    if status == "draft":
+        return invoice
+    sdk.v1.invoices.finalize_invoice(invoice.id)
+    if status == "paid":
+        sdk.v1.invoices.pay(invoice.id, params={"paid_out_of_band": True})
+    elif status == "void":
+        sdk.v1.invoices.void_invoice(invoice.id)
+    elif status == "uncollectible":
+        sdk.v1.invoices.mark_uncollectible(invoice.id)
+    return sdk.v1.invoices.retrieve(invoice.id)
+
+
+def _act(sdk, invoice, action):
+    if action == "finalize":
+        return sdk.v1.invoices.finalize_invoice(invoice.id).status
+    if action == "pay":
+        return sdk.v1.invoices.pay(invoice.id, params={"paid_out_of_band": True}).status
+    if action == "void":
+        return sdk.v1.invoices.void_invoice(invoice.id).status
+    if action == "mark_uncollectible":
+        return sdk.v1.invoices.mark_uncollectible(invoice.id).status
+    assert sdk.v1.invoices.delete(invoice.id).deleted is True
+    return "deleted"
+
+
+# Stripe's invoice state machine: draft -> open -> paid | void | uncollectible;
+# uncollectible -> paid | void; paid and void are final; only a draft is deleted.
+# None: refused with a 400 invalid_request_error, nothing changes.
+TRANSITIONS = {
+    "draft": {
+        "finalize": "open",
+        "pay": None,
+        "void": None,
+        "mark_uncollectible": None,
+        "delete": "deleted",
+    },
+    "open": {
+        "finalize": None,
+        "pay": "paid",
+        "void": "void",
+        "mark_uncollectible": "uncollectible",
+        "delete": None,
+    },
+    "uncollectible": {
+        "finalize": None,
+        "pay": "paid",
+        "void": "void",
+        "mark_uncollectible": None,
+        "delete": None,
+    },
+    "paid": {a: None for a in ("finalize", "pay", "void", "mark_uncollectible", "delete")},
+    "void": {a: None for a in ("finalize", "pay", "void", "mark_uncollectible", "delete")},
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "action", "after"),
+    [
+        pytest.param(status, action, after, id=f"{status}-{action}")
+        for status, actions in TRANSITIONS.items()
+        for action, after in actions.items()
+    ],
+)
+def test_invoice_state_machine(emulator, sdk, customer, status, action, after):
+    invoice = _invoice_in(sdk, customer, status)
+    if after is None:
+        with pytest.raises(stripe.InvalidRequestError) as raised:
+            _act(sdk, invoice, action)
+        assert raised.value.http_status == 400
+        assert sdk.v1.invoices.retrieve(invoice.id).status == status
+        return
+    assert _act(sdk, invoice, action) == after
+    if after == "deleted":
+        with pytest.raises(stripe.InvalidRequestError) as raised:
+            sdk.v1.invoices.retrieve(invoice.id)
+        assert raised.value.http_status == 404 and raised.value.code == "resource_missing"
+    else:
+        assert sdk.v1.invoices.retrieve(invoice.id).status == after
+
+
+def test_paid_out_of_band_moves_no_money_and_voiding_a_paid_invoice_is_refused(sdk, customer):
+    emulator_declines = draft(sdk, customer)
+    item(sdk, customer, emulator_declines, 700)
+    sdk.v1.invoices.finalize_invoice(emulator_declines.id)
+
+    paid = sdk.v1.invoices.pay(emulator_declines.id, params={"paid_out_of_band": True})
+
+    assert (paid.status, paid.paid_out_of_band, paid.amount_paid) == ("paid", True, 700)
+    assert (paid.attempt_count, paid.amount_remaining) == (0, 0)
+    with pytest.raises(stripe.InvalidRequestError, match="open or uncollectible") as raised:
+        sdk.v1.invoices.void_invoice(paid.id)
+    assert raised.value.code == "invoice_not_editable"
+    with pytest.raises(stripe.InvalidRequestError, match="already paid"):
+        sdk.v1.invoices.pay(paid.id, params={"paid_out_of_band": True})
+
+
+def test_deleting_a_draft_and_its_items(emulator, sdk, customer):
+    invoice = draft(sdk, customer)
+    first = item(sdk, customer, invoice, 500)
+    second = item(sdk, customer, invoice, 300)
+
+    assert sdk.v1.invoice_items.delete(first.id).deleted is True
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.invoice_items.delete(first.id)
+    assert raised.value.http_status == 404
+    assert sdk.v1.invoices.retrieve(invoice.id).total == 300
+
+    # A deleted draft is gone; its remaining items are pending on the customer again
+    assert sdk.v1.invoices.delete(invoice.id).deleted is True
+    assert emulator.invoice_items[second.id]["invoice"] is None
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.invoices.delete(invoice.id)
+    assert raised.value.http_status == 404
+    # DELETE carries no idempotency key, as at Stripe
+    assert all(r.idempotency_key is None for r in emulator.requests if r.method == "DELETE")
+
+    # An item of a finalized invoice cannot be deleted
+    open_invoice = draft(sdk, customer)
+    kept = item(sdk, customer, open_invoice, 900)
+    sdk.v1.invoices.finalize_invoice(open_invoice.id)
+    with pytest.raises(stripe.InvalidRequestError, match="no longer editable"):
+        sdk.v1.invoice_items.delete(kept.id)
+
+
+def test_delay_next_answers_late_without_holding_others(emulator, sdk, customer):
+    # Given a slow answer to one request
+    emulator.delay_next("GET", "/v1/customers/*", seconds=1.5)
+    slow = threading.Thread(target=sdk.v1.customers.retrieve, args=(customer.id,))
+    start = time.monotonic()
+    slow.start()
+    wait_until(lambda: not emulator._delays, what="the slow request", timeout=5)
+
+    # When another request is made meanwhile, it is answered while the slow one still waits
+    sdk.v1.invoices.list()
+    assert slow.is_alive()
+    slow.join()
+    assert time.monotonic() - start >= 1.5
+    assert [r.path for r in emulator.requests][-2:] == [
+        "/v1/invoices",
+        f"/v1/customers/{customer.id}",
+    ]
 
 
 def test_zero_total_is_paid_on_finalize(sdk, customer):
