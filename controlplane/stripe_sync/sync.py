@@ -448,6 +448,10 @@ def _finalize(step: _Step, record: SyncRecord) -> str:
     return str(finalized.status)
 
 
+# Stripe statuses an invoice can be paid or voided from.
+_ACTIONABLE = ("open", "uncollectible")
+
+
 def _pay(step: _Step, record: SyncRecord, status: str) -> SyncRecord:
     """Mark-paid in Meterline -> ``pay`` with ``paid_out_of_band`` (no money moves in Stripe).
 
@@ -456,14 +460,17 @@ def _pay(step: _Step, record: SyncRecord, status: str) -> SyncRecord:
     """
     assert record.stripe_invoice_id is not None
     invoice_id = record.stripe_invoice_id
-    if status in ("open", "uncollectible"):
-        step.call(
+    if status in _ACTIONABLE:
+        status = _act(
+            step,
+            invoice_id,
             "pay invoice out of band",
             lambda: step.client.v1.invoices.pay(
                 invoice_id, params={"paid_out_of_band": True}, options=step.options("pay")
             ),
+            reached="paid",
         )
-    elif status != "paid":
+    if status != "paid":
         raise _Refused(
             f"Meterline invoice {step.invoice.number} is paid but Stripe invoice {invoice_id} "
             f"is {status}; Stripe cannot pay a {status} invoice: reconcile it in Stripe"
@@ -488,20 +495,40 @@ def _void(step: _Step, record: SyncRecord) -> SyncRecord:
         record = step.advance(record, stripe_invoice_id=invoice_id)
     if status == "draft":
         _delete_draft(step, invoice_id)
-    elif status in ("open", "uncollectible"):
-        step.call(
+        return step.advance(record, state=SyncState.VOIDED)
+    if status in _ACTIONABLE:
+        status = _act(
+            step,
+            invoice_id,
             "void invoice",
             lambda: step.client.v1.invoices.void_invoice(invoice_id, options=step.options("void")),
+            reached="void",
         )
-    elif status == "paid":
+    if status == "paid":
         raise _Refused(
             f"Stripe invoice {invoice_id} is paid: Stripe cannot void a paid invoice. Refund "
             f"it in Stripe (a credit note), or mark Meterline invoice {step.invoice.number} "
             "paid instead of void"
         )
-    elif status != "void":
+    if status != "void":
         raise _Refused(f"Stripe invoice {invoice_id} is {status}; it cannot be voided")
     return step.advance(record, state=SyncState.VOIDED)
+
+
+def _act(step: _Step, invoice_id: str, what: str, call: Callable[[], Any], *, reached: str) -> str:
+    """Pay or void; the Stripe status after it.
+
+    When Stripe refuses because the invoice moved since it was read (the customer paid it,
+    someone voided it in the Dashboard), the status it moved to is judged instead of failing.
+    """
+    try:
+        step.call(what, call)
+    except stripe.InvalidRequestError:
+        moved = step.call("read invoice", lambda: step.client.v1.invoices.retrieve(invoice_id))
+        if str(moved.status) in _ACTIONABLE:
+            raise
+        return str(moved.status)
+    return reached
 
 
 def _current_invoice(step: _Step, record: SyncRecord) -> Any:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import pytest
 
 from controlplane.stripe_sync import SyncRecord, SyncState, sync_invoice
 from controlplane.stripe_sync.types import SyncTarget
+from support.processes import wait_until
 
 
 def run(client, settings, invoice, store, policy, sleeps):
@@ -265,3 +267,85 @@ def test_a_stripe_outage_on_delete_is_failed_then_resumed(
 
     record = run(client, settings, voided, store, policy, sleeps)
     assert record.state is SyncState.VOIDED and emulator.invoices == {}
+
+
+def _meanwhile(emulator, path, sync, act):
+    """Run ``sync`` with its ``POST path`` held back, ``act`` in Stripe while it waits."""
+    emulator.delay_next("POST", path, seconds=0.5)
+    done = []
+    thread = threading.Thread(target=lambda: done.append(sync()))
+    thread.start()
+    wait_until(lambda: not emulator._delays, what="the held request", timeout=5)
+    act()
+    thread.join()
+    return done[0]
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "meanwhile", "state", "error"),
+    [
+        pytest.param(
+            SyncTarget.PAID, "/v1/invoices/*/pay", "pay", SyncState.PAID, None, id="pay-paid"
+        ),
+        pytest.param(
+            SyncTarget.VOID, "/v1/invoices/*/void", "void", SyncState.VOIDED, None, id="void-void"
+        ),
+        pytest.param(
+            SyncTarget.VOID,
+            "/v1/invoices/*/void",
+            "pay",
+            SyncState.FAILED,
+            "cannot void a paid invoice",
+            id="void-paid",
+        ),
+        pytest.param(
+            SyncTarget.PAID,
+            "/v1/invoices/*/pay",
+            "void",
+            SyncState.FAILED,
+            "Stripe cannot pay a void invoice",
+            id="pay-void",
+        ),
+    ],
+)
+def test_an_invoice_that_moved_in_stripe_meanwhile_is_judged_as_it_is_now(
+    emulator,
+    client,
+    settings,
+    invoice_factory,
+    store_factory,
+    policy,
+    sleeps,
+    target,
+    path,
+    meanwhile,
+    state,
+    error,
+):
+    # Given an open Stripe invoice, and Stripe slow to answer Meterline's pay / void
+    invoice, store = synced(client, settings, invoice_factory, store_factory, policy, sleeps)
+    stripe_id = store.record.stripe_invoice_id
+    sdk = emulator.client()
+
+    def act():
+        # Meanwhile the customer pays it in Stripe, or someone voids it in the Dashboard
+        if meanwhile == "pay":
+            sdk.v1.invoices.pay(stripe_id)
+        else:
+            sdk.v1.invoices.void_invoice(stripe_id)
+
+    record = _meanwhile(
+        emulator,
+        path,
+        lambda: run(client, settings, replace(invoice, target=target), store, policy, sleeps),
+        act,
+    )
+
+    # Then Stripe refused Meterline's call (the invoice had moved) and the sync judged the
+    # invoice as it is now: done when it is where Meterline wanted it, else a clear failure
+    assert [c.status for c in emulator.calls("POST", path)][-1] == 400
+    assert record.state is state
+    if error is None:
+        assert record.error is None
+    else:
+        assert error in (record.error or "")
