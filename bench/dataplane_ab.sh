@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# A/B of the data plane: the code of BASE (a git ref) against this tree, through the same
+# harness as bench/dataplane.sh, the two sides interleaved in one run (ABBA order per round).
+#
+#   BASE=ae3a415 ROUNDS=3 bash bench/dataplane_ab.sh     # needs wrk (apt-get install -y wrk)
+#
+# Each side is its own checkout: BASE in a temporary git worktree, imported first through
+# PYTHONPATH, so both sides run `python -m controlplane` and `python -m dataplane` of their
+# own code against the same fake upstream. Prints, per mode, the median req/s, p50 and p99 of
+# each side and the ratio head/base; these machines are noisy, so only ratios within one run
+# compare. DURATION (s per load run, default 10), MODES, CONNS pass through to run.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BASE="${BASE:-HEAD~1}"
+ROUNDS="${ROUNDS:-3}"
+PYTHON="${PYTHON:-python3}"
+TMP="$(mktemp -d -t meterline-ab-XXXXXX)"
+cleanup() {
+  git -C "$ROOT" worktree remove --force "$TMP/base" >/dev/null 2>&1 || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+git -C "$ROOT" worktree add --quiet --detach "$TMP/base" "$BASE"
+echo "base: $(git -C "$TMP/base" log --oneline -1)"
+echo "head: $(git -C "$ROOT" log --oneline -1)$(git -C "$ROOT" diff --quiet || echo ' (+ uncommitted changes)')"
+
+run_side() {  # run_side NAME TREE ROUND
+  local name="$1" tree="$2" round="$3"
+  (
+    cd "$tree"
+    PYTHONPATH="$tree:$tree/proto" BENCH_WORK="$TMP/work-$name-$round" TARGETS="" \
+      REPEATS=1 LAT_CONNS=0 WARMUP=2 DURATION="${DURATION:-10}" \
+      MODES="${MODES:-nonstream stream}" PYTHON="$PYTHON" \
+      bash "$ROOT/bench/dataplane.sh" >"$TMP/$name-$round.log" 2>&1
+  ) || { echo "$name round $round failed:"; tail -20 "$TMP/$name-$round.log"; exit 1; }
+  cat "$TMP"/work-"$name"-"$round"/results/*/runs.jsonl >>"$TMP/$name.jsonl"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  if (( round % 2 )); then order=(base head); else order=(head base); fi
+  for side in "${order[@]}"; do
+    if [ "$side" = base ]; then run_side base "$TMP/base" "$round"; else run_side head "$ROOT" "$round"; fi
+    echo "round $round: $side done"
+  done
+done
+
+"$PYTHON" - "$TMP/base.jsonl" "$TMP/head.jsonl" <<'PY'
+import json
+import statistics
+import sys
+
+def load(path):
+    runs = {}
+    for line in open(path):
+        run = json.loads(line)
+        runs.setdefault(f'{run["mode"]} c={run["conns"]}', []).append(run)
+    return runs
+
+base, head = load(sys.argv[1]), load(sys.argv[2])
+print(f"\n{'mode':14} {'side':5} {'req/s (median)':>15} {'runs':>24} {'p50 ms':>8} {'p99 ms':>8}")
+for mode in sorted(set(base) | set(head)):
+    medians = {}
+    for name, runs in (("base", base.get(mode, [])), ("head", head.get(mode, []))):
+        if not runs:
+            continue
+        rps = statistics.median(r["rps"] for r in runs)
+        medians[name] = rps
+        each = ", ".join(f"{r['rps']:.0f}" for r in runs)
+        p50 = statistics.median(r["lat_p50_ms"] for r in runs)
+        p99 = statistics.median(r["lat_p99_ms"] for r in runs)
+        print(f"{mode:14} {name:5} {rps:15.1f} {each:>24} {p50:8.2f} {p99:8.2f}")
+    if len(medians) == 2:
+        print(f"{mode:14} head/base req/s = {medians['head'] / medians['base']:.3f}")
+PY
