@@ -131,6 +131,9 @@ class ControlPlane:
             # Data planes hold streams open for days: let them probe dead links.
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # gRPC's default (SO_REUSEPORT on) lets a second control plane bind a port already
+            # in use and silently share its calls: refuse to start instead, as the data plane.
+            ("grpc.so_reuseport", 0),
         ]
         operator_interceptors: list[grpc.aio.ServerInterceptor] = [DomainErrorInterceptor()]
         if trust is not None:
@@ -204,20 +207,20 @@ class ControlPlane:
         self._health = add_health_and_reflection(self.server, self._service_names)
 
     async def start(self) -> int:
+        """Bind and start; OSError (one line) when a listen address is taken or unusable."""
         trust = self.trust
         if trust is not None and trust.operator_tls:
             credentials = trust.tls.server_credentials(require_client_auth=False)
-            self.port = self.server.add_secure_port(self.listen, credentials)
+            self.port = _bind(self.server, self.listen, credentials)
         else:
-            self.port = self.server.add_insecure_port(self.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.listen}")
+            self.port = _bind(self.server, self.listen, None)
         if trust is not None:
-            self.cluster_port = self.cluster_server.add_secure_port(
-                trust.cluster_listen, trust.tls.server_credentials(require_client_auth=True)
+            self.cluster_port = _bind(
+                self.cluster_server,
+                trust.cluster_listen,
+                trust.tls.server_credentials(require_client_auth=True),
+                what=" (cluster)",
             )
-            if self.cluster_port == 0:
-                raise OSError(f"cannot listen on {trust.cluster_listen} (cluster)")
             await self.cluster_server.start()
         else:
             self.cluster_port = self.port
@@ -318,6 +321,26 @@ class ControlPlane:
         await self.server.stop(grace)
         await self._config.drain()
         await self._usage.drain()
+
+
+def _bind(
+    server: grpc.aio.Server,
+    address: str,
+    credentials: grpc.ServerCredentials | None,
+    *,
+    what: str = "",
+) -> int:
+    """The port ``server`` listens on at ``address``; OSError if it cannot bind there."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpcio >= 1.50 raises where older versions returned 0
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address}{what}: the address is in use or not available")
+    return port
 
 
 async def serve(
