@@ -228,6 +228,11 @@ def check_plan(plan: Plan) -> None:
         minor_units(plan.currency)
     except InvalidArgument as exc:
         problems.append(f"plan.currency: {exc}")
+    try:
+        # The YAML parser checks the same way (controlplane/declarative/billing.py).
+        parse_cadence(plan.billing_cadence)
+    except InvalidArgument as exc:
+        problems.append(f"plan.billing_cadence: {exc}")
     keys: set[str] = set()
     for index, card in enumerate(plan.rate_cards):
         where = f"plan.rate_cards[{index}] ({card.key or card.feature or 'no key'})"

@@ -45,12 +45,12 @@ from controlplane.catalog.types import (
     RateCard,
 )
 from controlplane.customers import storage as customers
-from controlplane.errors import FailedPrecondition, InvalidArgument
+from controlplane.errors import FailedPrecondition, InvalidArgument, MeterlineError
 from controlplane.invoicing import storage
 from controlplane.invoicing.describe import describe_line
 from controlplane.invoicing.storage import Billed, InvoiceRow
 from controlplane.invoicing.types import Invoice, InvoiceLine, InvoiceState
-from controlplane.notifications.invoices import emit_invoice_event
+from controlplane.notifications.invoices import emit_invoice_event, emit_invoicing_failure
 from controlplane.rating import LineType, RatedLine, rate_card_lines, round_money
 from controlplane.rating.modellist import ModelUsage, model_list_lines
 from controlplane.rating.proration import prorate, prorate_minimum
@@ -706,16 +706,26 @@ def check_change_time(conn: Connection, *, customer: str, at: datetime) -> None:
 
 @dataclass
 class AdvanceResult:
-    """Invoice ids the job created, moved to draft, and issued."""
+    """Invoice ids the job created, moved to draft, and issued; customers it could not do."""
 
     created: list[str] = field(default_factory=list)
     drafted: list[str] = field(default_factory=list)
     issued: list[str] = field(default_factory=list)
+    failed: list[CustomerFailure] = field(default_factory=list)
 
     def extend(self, other: AdvanceResult) -> None:
         self.created += other.created
         self.drafted += other.drafted
         self.issued += other.issued
+        self.failed += other.failed
+
+
+@dataclass(frozen=True)
+class CustomerFailure:
+    """A customer the invoicing job could not advance (its transaction rolled back), and why."""
+
+    customer: str
+    reason: str
 
 
 def advance_customer(
@@ -826,11 +836,27 @@ def _carry_leftover_late_usage(
 
 
 def advance(db: Database, *, now: datetime, settings: InvoicingSettings) -> AdvanceResult:
-    """One run of the invoicing job over every customer, one transaction per customer."""
+    """One run of the invoicing job over every customer, one transaction per customer.
+
+    A customer that fails (a subscription the invoicer cannot handle, stored before that was
+    validated) is rolled back, recorded in ``failed``, logged and alerted on (an
+    ``invoice.job_failed`` event); the job goes on with the next customer, so one bad
+    subscription never holds up everybody else's invoices.
+    """
     with db.begin() as conn:
         keys = list(conn.execute(select(s.customers.c.key).order_by(s.customers.c.key)).scalars())
     result = AdvanceResult()
     for key in keys:
-        with db.begin() as conn:
-            result.extend(advance_customer(conn, customer=key, now=now, settings=settings))
+        try:
+            with db.begin() as conn:
+                result.extend(advance_customer(conn, customer=key, now=now, settings=settings))
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, MeterlineError) else f"{type(exc).__name__}: {exc}"
+            log.exception("invoicing job: customer %r failed, continuing: %s", key, reason)
+            result.failed.append(CustomerFailure(key, reason))
+            try:
+                with db.begin() as conn:
+                    emit_invoicing_failure(conn, customer=key, reason=reason, now=now)
+            except Exception:
+                log.exception("invoicing job: could not record the alert for customer %r", key)
     return result

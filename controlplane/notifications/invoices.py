@@ -6,6 +6,7 @@ without importing entitlements or delivery.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import datetime
@@ -14,7 +15,7 @@ from sqlalchemy import Connection
 
 from controlplane.invoicing.types import Invoice
 from controlplane.notifications import storage
-from controlplane.notifications.types import RuleType
+from controlplane.notifications.types import JOB_FAILED_EVENT, RuleType
 
 
 def event_payload(event_id: str, event_type: str, now: datetime, data: dict[str, object]) -> str:
@@ -64,6 +65,39 @@ def emit_invoice_event(conn: Connection, invoice: Invoice, event: str, *, now: d
             rule=rule,
             dedupe_key=f"invoice|{rule.key}|{invoice.id}|{event}",
             type=event,
+            payload=payload,
+            event_id=event_id,
+            now=now,
+        )
+    return created
+
+
+def emit_invoicing_failure(conn: Connection, *, customer: str, reason: str, now: datetime) -> int:
+    """Record that the invoicing job could not advance ``customer`` (``invoice.job_failed``)
+    for every invoice rule that watches it; how many.
+
+    Once per rule, customer and reason: the job retries every run, the alert fires once until
+    the reason changes.
+    """
+    created = 0
+    digest = hashlib.sha256(reason.encode()).hexdigest()[:16]
+    for rule in storage.list_rules(conn, type=RuleType.INVOICE):
+        if rule.customer not in ("", customer):
+            continue
+        if rule.invoice_events and JOB_FAILED_EVENT not in rule.invoice_events:
+            continue
+        event_id = str(uuid.uuid4())
+        payload = event_payload(
+            event_id,
+            JOB_FAILED_EVENT,
+            now,
+            {"rule": rule.key, "customer": customer, "reason": reason},
+        )
+        created += storage.insert_event(
+            conn,
+            rule=rule,
+            dedupe_key=f"invoice-job|{rule.key}|{customer}|{digest}",
+            type=JOB_FAILED_EVENT,
             payload=payload,
             event_id=event_id,
             now=now,

@@ -20,14 +20,17 @@ class DeliveryState(StrEnum):
     FAILED = "failed"
 
 
-# Invoice events a rule may watch (Stripe's sync failure included).
+# Invoice events a rule may watch (Stripe's sync failure and the invoicing job's failure to
+# advance a customer included).
 INVOICE_EVENTS = (
     "invoice.issued",
     "invoice.paid",
     "invoice.payment_failed",
     "invoice.void",
     "invoice.sync_failed",
+    "invoice.job_failed",
 )
+JOB_FAILED_EVENT = "invoice.job_failed"
 THRESHOLD_EVENT = "entitlement.threshold"
 BUDGET_EVENT = "budget.threshold"
 MIN_SECRET_LENGTH = 16

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import isodate
@@ -21,6 +21,17 @@ from controlplane.errors import InvalidArgument
 
 # The average Gregorian month in seconds (365.2425 * 86400 / 12); only used to guess k.
 _AVERAGE_MONTH = timedelta(seconds=2_629_746)
+
+# Bounds of every cadence (billing cadences, usage periods, grant recurrences), shared by the
+# API and YAML because both parse here: shorter ones would make the invoicing job create an
+# invoice per minute of history, longer ones overflow the calendar (docs/limits.md).
+MIN_CADENCE = timedelta(minutes=1)
+MAX_CADENCE_MONTHS = 120
+MAX_CADENCE_DELTA = timedelta(days=3653)
+# Instants billing periods are computed for: periods of the longest cadence still end before
+# datetime's year 9999 (docs/limits.md).
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -37,13 +48,16 @@ class Cadence:
 def parse_cadence(text: str) -> Cadence:
     """Parse a positive ISO 8601 duration such as ``P1M``, ``P1D`` or ``PT1H``.
 
-    Raises InvalidArgument for malformed, zero, negative or fractional-month durations.
+    Raises InvalidArgument for malformed, zero, negative or fractional-month durations, and
+    for ones shorter than MIN_CADENCE or longer than ten years (P10Y or P3653D).
     """
     if not isinstance(text, str):
         raise InvalidArgument(f"billing cadence must be an ISO 8601 duration string, got {text!r}")
+    if len(text) > 40:
+        raise InvalidArgument(f"billing cadence {text[:40]!r}... is longer than 40 characters")
     try:
         parsed = isodate.parse_duration(text)
-    except (isodate.ISO8601Error, ValueError) as exc:
+    except (isodate.ISO8601Error, ValueError, OverflowError, ArithmeticError) as exc:
         raise InvalidArgument(
             f"billing cadence {text!r} is not an ISO 8601 duration (like P1M, P1D, PT1H)"
         ) from exc
@@ -58,6 +72,14 @@ def parse_cadence(text: str) -> Cadence:
         months, delta = int(total_months), parsed.tdelta
     if months < 0 or delta < timedelta(0) or (months == 0 and delta == timedelta(0)):
         raise InvalidArgument(f"billing cadence {text!r} must be positive")
+    if (
+        months > MAX_CADENCE_MONTHS
+        or delta > MAX_CADENCE_DELTA
+        or (months and months * _AVERAGE_MONTH + delta > MAX_CADENCE_DELTA)
+    ):
+        raise InvalidArgument(f"billing cadence {text!r} is longer than the maximum of ten years")
+    if months == 0 and delta < MIN_CADENCE:
+        raise InvalidArgument(f"billing cadence {text!r} is shorter than the minimum of PT1M")
     return Cadence(months=months, delta=delta)
 
 
@@ -88,6 +110,12 @@ def billing_period(*, anchor: datetime, cadence: str, at: datetime) -> tuple[dat
     """
     _require_aware("anchor", anchor)
     _require_aware("at", at)
+    for name, value in (("anchor", anchor), ("at", at)):
+        if not EARLIEST_TIME <= value < LATEST_TIME:
+            raise InvalidArgument(
+                f"{name} {value.isoformat()} is outside the supported range "
+                f"[{EARLIEST_TIME.date()}, {LATEST_TIME.date()})"
+            )
     step = parse_cadence(cadence)
     if at <= anchor:
         return anchor, add_cadence(anchor, step)
