@@ -65,6 +65,11 @@ class ControlPlaneMetrics:
             ["state"],
             registry=registry,
         )
+        self.invoice_job_failures = Counter(
+            "meterline_controlplane_invoice_job_failures_total",
+            "Customers the invoicing job could not advance (rolled back, alerted, retried).",
+            registry=registry,
+        )
         self.stripe_sync_failures = Counter(
             "meterline_controlplane_stripe_sync_failures_total",
             "Invoice syncs to Stripe that failed (left failed until retried).",

@@ -263,6 +263,7 @@ class ControlPlane:
                 transitions.labels("gathering").inc(len(result.created))
                 transitions.labels("draft").inc(len(result.drafted))
                 transitions.labels("issued").inc(len(result.issued))
+                self.metrics.invoice_job_failures.inc(len(result.failed))
                 if self.stripe is not None:
                     # Issued here or by a replica that died mid-sync: resume every pending one.
                     await asyncio.to_thread(self.stripe.sync_pending)
