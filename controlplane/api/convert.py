@@ -35,6 +35,7 @@ from controlplane.gateway.types import Consumer, Plugin, Route, Service
 from controlplane.invoicing.types import Invoice, InvoiceLine, InvoiceState
 from controlplane.rating.charge import LineType, TierCharge
 from controlplane.subscriptions.types import Subscription
+from controlplane.usage.quantities import MAX_EVENT_TOKENS
 from controlplane.usage.types import TokenType, UsageEvent
 from meterline.admin.v1 import (
     billing_pb2,
@@ -661,6 +662,11 @@ def usage_event_from_proto(message: usage_pb2.UsageEvent, *, index: int) -> Usag
         raise InvalidArgument(f"{where()}: token_type {llm.token_type} is not a known TokenType")
     if llm.tokens < 0:
         raise InvalidArgument(f"{where()}: tokens must not be negative")
+    if llm.tokens > MAX_EVENT_TOKENS:
+        # The data plane never reports more (it marks such counts invalid and estimates).
+        raise InvalidArgument(
+            f"{where()}: tokens must be at most 10^12 per event, got {llm.tokens}"
+        )
     return UsageEvent(
         id=message.id,
         source=message.source,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from google.protobuf import empty_pb2
 from sqlalchemy import Connection
 
@@ -16,7 +15,7 @@ from controlplane.usage import meter_storage, query
 from controlplane.usage import storage as usage
 from controlplane.usage.aggregate import WindowSize
 from controlplane.usage.ingest import MAX_BATCH, NotJson, ingest_events
-from controlplane.usage.meters import LLM_TOKENS, MeterAggregation, OperatorMeter
+from controlplane.usage.meters import LLM_TOKENS, MeterAggregation, OperatorMeter, loads_exact
 from meterline.admin.v1 import usage_pb2, usage_pb2_grpc
 
 _AGGREGATIONS = {
@@ -169,8 +168,8 @@ class UsageQueryServicer(_Base, usage_pb2_grpc.UsageServiceServicer):
         objects: list[Any] = []
         for text in request.events_json:
             try:
-                objects.append(orjson.loads(text))
-            except orjson.JSONDecodeError as error:
+                objects.append(loads_exact(text))
+            except ValueError as error:  # orjson.JSONDecodeError and json's are ValueErrors
                 # Kept in place so positions stay aligned; parse_cloudevent rejects it.
                 objects.append(NotJson(str(error)))
         now = self._clock.now()

@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from controlplane.errors import InvalidArgument
 from controlplane.usage.meters import MeterAggregation
+from controlplane.usage.quantities import EXACT
 
 
 class WindowSize(StrEnum):
@@ -71,7 +72,7 @@ class Accumulator:
         aggregation = self.aggregation
         if aggregation is MeterAggregation.SUM:
             assert isinstance(value, Decimal)
-            self.total += value
+            self.total = EXACT.add(self.total, value)
         elif aggregation is MeterAggregation.MAX:
             assert isinstance(value, Decimal)
             if self.maximum is None or value > self.maximum:
@@ -89,7 +90,7 @@ class Accumulator:
         assert self.aggregation.rolls_up
         self.count += count
         if self.aggregation is MeterAggregation.SUM:
-            self.total += value
+            self.total = EXACT.add(self.total, value)
         elif self.aggregation is MeterAggregation.MAX and (
             self.maximum is None or value > self.maximum
         ):

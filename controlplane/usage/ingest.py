@@ -28,6 +28,7 @@ from controlplane.usage.meters import (
     Reading,
     Unreadable,
     canonical_dimensions,
+    dumps_exact,
     parse_cloudevent,
 )
 
@@ -160,7 +161,7 @@ def _insert(
             "type": e.type,
             "subject": e.subject,
             "time": e.time,
-            "data": orjson.dumps(e.data).decode(),
+            "data": dumps_exact(e.data),
         }
         for e in events
     ]

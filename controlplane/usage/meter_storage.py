@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-import orjson
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -20,6 +19,7 @@ from controlplane.usage.meters import (
     Unreadable,
     canonical_dimensions,
     check_meter,
+    loads_exact,
 )
 
 m = s.meters
@@ -76,7 +76,7 @@ def _backfill(conn: Connection, compiled: CompiledMeter) -> None:
     query = select(ev.c.subject, ev.c.time, ev.c.data).where(ev.c.type == meter.event_type)
     for subject, time, data in conn.execute(query):
         try:
-            reading = compiled.read(orjson.loads(data))
+            reading = compiled.read(loads_exact(data))
         except Unreadable:
             continue
         assert not isinstance(reading.value, str)

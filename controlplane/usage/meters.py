@@ -10,6 +10,7 @@ Pure code: no database, no clock.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from jsonpath_ng.jsonpath import Child, Fields, Index, Root
 from jsonpath_ng.parser import parse
 
 from controlplane.errors import InvalidArgument
+from controlplane.usage.quantities import meter_value_problem
 
 LLM_TOKENS = "llm_tokens"
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,199}$")
@@ -213,16 +215,47 @@ class CompiledMeter:
 
 
 def _number(raw: Any, where: str) -> Decimal:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str, Decimal)):
         raise Unreadable(f"{where} must be a number, got {orjson.dumps(raw).decode()}")
+    if isinstance(raw, str) and len(raw) > 100:
+        raise Unreadable(f"{where} must be a number of at most 100 characters")
     try:
         # Floats go through their shortest repr, so 0.1 reads as 0.1, not 0.1000000000000000055.
+        # (JSON numbers a float cannot hold exactly arrive as Decimal: api/usage.py.)
         value = Decimal(raw) if not isinstance(raw, float) else Decimal(repr(raw))
     except InvalidOperation:
         raise Unreadable(f"{where} must be a number, got {raw!r}") from None
     if not value.is_finite():
         raise Unreadable(f"{where} must be a finite number, got {raw!r}")
+    problem = meter_value_problem(value)
+    if problem is not None:
+        raise Unreadable(f"{where} {problem}")
     return value
+
+
+# A run of 16 or more digits (dots between them allowed): a number orjson may have read as a
+# float that cannot hold it exactly (integers past 2^64, decimals past 15 digits).
+_LONG_NUMBER = re.compile(r"\d(?:\.?\d){15}")
+
+
+def loads_exact(text: str | bytes) -> Any:
+    """JSON with every number exact: orjson, or where a number is too long for what orjson
+    reads (a float), the standard library with Decimal for non-integers. ValueError if it is
+    not JSON."""
+    if _LONG_NUMBER.search(text if isinstance(text, str) else text.decode()) is None:
+        return orjson.loads(text)
+    return json.loads(text, parse_float=Decimal)
+
+
+def _exact_number(value: Any) -> orjson.Fragment:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def dumps_exact(data: Any) -> str:
+    """JSON text of what ``loads_exact`` read: Decimal numbers written as they are."""
+    return orjson.dumps(data, default=_exact_number).decode()
 
 
 # CloudEvents ----------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-import orjson
 from sqlalchemy import ColumnElement, Connection, select
 
 from controlplane.errors import InvalidArgument
@@ -32,6 +31,7 @@ from controlplane.usage.meters import (
     CompiledMeter,
     MeterAggregation,
     Unreadable,
+    loads_exact,
 )
 
 HOUR = timedelta(hours=1)
@@ -113,7 +113,7 @@ def _raw_points(
         query = query.where(where)
     for subject, time, data in conn.execute(query):
         try:
-            reading = meter.compiled.read(orjson.loads(data))
+            reading = meter.compiled.read(loads_exact(data))
         except Unreadable:
             continue  # stored for another meter of the type, before this one existed
         if rollups.matches(reading.dimensions, filters):

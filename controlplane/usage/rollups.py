@@ -38,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from controlplane.storage import schema as s
 from controlplane.usage.meters import LLM_TOKENS, MeterAggregation
+from controlplane.usage.quantities import EXACT
 
 r = s.usage_rollups
 
@@ -89,7 +90,7 @@ class Deltas:
             delta.value = max(delta.value, amount)
             delta.count += count
         else:
-            delta.value += amount
+            delta.value = EXACT.add(delta.value, amount)
             delta.count += count
 
     def __bool__(self) -> bool:
@@ -149,7 +150,11 @@ def apply(conn: Connection, deltas: Deltas) -> None:
             _apply_sqlite(conn, rows, is_max=is_max)
 
 
-# Token sums are integers: SQLite adds them exactly (64-bit). The rows travel as one JSON
+# Token sums are integers: SQLite adds them exactly (64-bit) while both sides are below 10^18,
+# so their sum stays below 2^63. Past that SQLite's "+" turns into a float
+# (1.84467440737096e+19): rows already at 10^18 or more (_SQLITE_BIG_ROWS, one statement that
+# normally finds nothing) and deltas that large are added exactly in Python (_apply_exact)
+# instead. The rows travel as one JSON
 # parameter taken apart by json_each, so the upsert is one statement and one sqlite3_step: an
 # executemany steps once per row, and Python's sqlite3 releases and re-takes the GIL around
 # every step, which under a busy event loop costs up to a switch interval (5 ms) each.
@@ -168,6 +173,17 @@ _SQLITE_INTEGER_UPSERT = text(
         count = usage_rollups.count + excluded.count
     """
 )
+_SQLITE_BIG_ROWS = text(
+    """
+    SELECT r.meter, r.subject, r.bucket, r.dimensions
+    FROM json_each(:rows) AS j JOIN usage_rollups AS r
+        ON r.meter = json_extract(j.value, '$[0]') AND r.subject = json_extract(j.value, '$[1]')
+        AND r.bucket = json_extract(j.value, '$[2]')
+        AND r.dimensions = json_extract(j.value, '$[3]') AND r.shard = 0
+    WHERE length(r.value) > 18
+    """
+)
+_SMALL = 10**18
 
 
 def _sqlite_bucket(value: datetime) -> str:
@@ -179,12 +195,31 @@ def _apply_sqlite(conn: Connection, rows: Mapping[RollupKey, Delta], *, is_max: 
     if not is_max and all(key[0] == LLM_TOKENS for key in rows):
         payload = orjson.dumps(
             [
-                (meter, subject, _sqlite_bucket(bucket), dimensions, int(delta.value), delta.count)
-                for (meter, subject, bucket, dimensions), delta in sorted(rows.items())
+                (meter, subject, _sqlite_bucket(bucket), dimensions, str(int(d.value)), d.count)
+                for (meter, subject, bucket, dimensions), d in sorted(rows.items())
             ]
         ).decode()
-        conn.execute(_SQLITE_INTEGER_UPSERT, {"rows": payload})
+        big = {tuple(row) for row in conn.execute(_SQLITE_BIG_ROWS, {"rows": payload})}
+        small = {
+            key: d
+            for key, d in rows.items()
+            if d.value < _SMALL and (key[0], key[1], _sqlite_bucket(key[2]), key[3]) not in big
+        }
+        if len(small) < len(rows):
+            _apply_exact(conn, {k: d for k, d in rows.items() if k not in small}, is_max=False)
+            payload = orjson.dumps(
+                [
+                    (m, subject, _sqlite_bucket(bucket), dims, str(int(d.value)), d.count)
+                    for (m, subject, bucket, dims), d in sorted(small.items())
+                ]
+            ).decode()
+        if small:
+            conn.execute(_SQLITE_INTEGER_UPSERT, {"rows": payload})
         return
+    _apply_exact(conn, rows, is_max=is_max)
+
+
+def _apply_exact(conn: Connection, rows: Mapping[RollupKey, Delta], *, is_max: bool) -> None:
     # Decimal values: added in Python (SQLite would go through a float). One writer at a time.
     for (meter, subject, bucket, dimensions), delta in sorted(rows.items()):
         where = and_(
@@ -209,7 +244,7 @@ def _apply_sqlite(conn: Connection, rows: Mapping[RollupKey, Delta], *, is_max: 
             )
             continue
         old, count = Decimal(found[0]), int(found[1])
-        value = max(old, delta.value) if is_max else old + delta.value
+        value = max(old, delta.value) if is_max else EXACT.add(old, delta.value)
         conn.execute(update(r).where(where).values(value=str(value), count=count + delta.count))
 
 

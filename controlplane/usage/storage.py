@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
+    Numeric,
     and_,
     case,
     cast,
@@ -499,19 +500,33 @@ def segment_sums(
     first_hour, last_hour = ceil_hour(bounds[0]), floor_time(bounds[-1], WindowSize.HOUR)
     if first_hour < last_hour:
         segment = segment_of(r.c.bucket).label("segment")
+        # PostgreSQL sums numeric (exact at any size). SQLite sums 64-bit integers, exact while
+        # every rollup is below 10^18 (rollups.py keeps bigger ones as exact text, which a
+        # CAST would clamp): when one is, that query's rows are added up here instead.
+        wide = conn.dialect.name == "postgresql"
+        where = (
+            r.c.meter == LLM_TOKENS,
+            r.c.subject.in_(subjects),
+            r.c.bucket >= first_hour,
+            r.c.bucket < last_hour,
+            *((r.c.bucket.not_in(cut_hours),) if cut_hours else ()),
+        )
         hours = (
-            select(segment, r.c.dimensions, func.sum(cast(r.c.value, BigInteger)))
-            .where(
-                r.c.meter == LLM_TOKENS,
-                r.c.subject.in_(subjects),
-                r.c.bucket >= first_hour,
-                r.c.bucket < last_hour,
+            select(
+                segment,
+                r.c.dimensions,
+                func.sum(cast(r.c.value, Numeric if wide else BigInteger)),
+                func.max(func.length(r.c.value)),
             )
+            .where(*where)
             .group_by(text("1"), r.c.dimensions)
         )
-        if cut_hours:
-            hours = hours.where(r.c.bucket.not_in(cut_hours))
-        for position, text_key, value in conn.execute(hours):
+        rows: Iterable[Any] = list(conn.execute(hours))
+        if not wide and any(width > 18 for *_, width in rows):
+            rows = conn.execute(
+                select(segment, r.c.dimensions, r.c.value, literal(0)).where(*where)
+            )
+        for position, text_key, value, _ in rows:
             if llm_dimensions_match(
                 rollups.parse_dimensions(text_key), filters, billable_only=True
             ):
