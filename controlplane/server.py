@@ -160,7 +160,13 @@ class ControlPlane:
                 options=server_options,
             )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(db=db, clock=self.clock, hub=self.hub), self.server
+            GatewayServicer(
+                db=db,
+                clock=self.clock,
+                hub=self.hub,
+                allow_private_webhooks=self.notifications.allow_private_urls,
+            ),
+            self.server,
         )
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
             CatalogServicer(db=db, clock=self.clock, hub=self.hub), self.server
@@ -190,7 +196,12 @@ class ControlPlane:
             EntitlementServicer(db=db, clock=self.clock, hub=self.hub), self.server
         )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
-            NotificationServicer(db=db, clock=self.clock, run_once=self.run_notifications),
+            NotificationServicer(
+                db=db,
+                clock=self.clock,
+                run_once=self.run_notifications,
+                allow_private_urls=self.notifications.allow_private_urls,
+            ),
             self.server,
         )
         self._config = ConfigServicer(db=db, clock=self.clock, hub=self.hub, metrics=self.metrics)
@@ -357,6 +368,7 @@ async def serve(
     secrets: SecretBox | None = None,
     metrics_listen: str | None = None,
     balance_slicing: bool = True,
+    allow_private_webhook_urls: bool = False,
 ) -> None:
     """Run a control plane until SIGINT/SIGTERM (``trust`` None: development mode).
 
@@ -407,6 +419,7 @@ async def serve(
         metrics=metrics,
         metrics_listen=metrics_listen,
         balance_slicing=balance_slicing,
+        notifications=NotificationSettings(allow_private_urls=allow_private_webhook_urls),
     )
     port = await cp.start()
     if cp.metrics_port:

@@ -90,6 +90,13 @@ def _require(value: str, field: str) -> str:
 
 
 class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(
+        self, *, db: Database, clock: Clock, hub: ConfigHub, allow_private_webhooks: bool = False
+    ) -> None:
+        super().__init__(db=db, clock=clock, hub=hub)
+        # Notification channels of applied documents may name loopback/link-local hosts.
+        self._allow_private_webhooks = allow_private_webhooks
+
     async def ListServices(
         self, request: gateway_pb2.ListServicesRequest, context: Ctx
     ) -> gateway_pb2.ListServicesResponse:
@@ -185,6 +192,7 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
             text=request.document,
             now=now,
             validate_only=request.validate_only,
+            allow_private_webhooks=self._allow_private_webhooks,
         )
         if result.changes and not request.validate_only:
             await self._changed_gateway()
@@ -477,10 +485,14 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         plan_key, version = convert.parse_plan_name(_require(message.plan, "subscription.plan"))
         now = self._clock.now()
         start = (
-            convert.from_timestamp(message.start_time) if message.HasField("start_time") else now
+            convert.from_timestamp(message.start_time, field="subscription.start_time")
+            if message.HasField("start_time")
+            else now
         )
         anchor = (
-            convert.from_timestamp(message.billing_anchor_time)
+            convert.from_timestamp(
+                message.billing_anchor_time, field="subscription.billing_anchor_time"
+            )
             if message.HasField("billing_anchor_time")
             else None
         )
@@ -554,7 +566,11 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
             "end_time"
         ):
             raise InvalidArgument("end_time and timing IMMEDIATELY exclude each other")
-        end = convert.from_timestamp(request.end_time) if request.HasField("end_time") else now
+        end = (
+            convert.from_timestamp(request.end_time, field="end_time")
+            if request.HasField("end_time")
+            else now
+        )
         return convert.subscription_to_proto(
             await self._tx(lambda c: subscriptions.cancel_subscription(c, id, end_time=end))
         )
@@ -565,7 +581,11 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         id = convert.resource_id(_require(request.name, "name"), "subscriptions")
         plan_key, version = convert.parse_plan_name(_require(request.plan, "plan"))
         now = self._clock.now()
-        at = convert.from_timestamp(request.change_time) if request.HasField("change_time") else now
+        at = (
+            convert.from_timestamp(request.change_time, field="change_time")
+            if request.HasField("change_time")
+            else now
+        )
 
         def change(conn: Connection) -> Subscription:
             plan = (
@@ -589,7 +609,7 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
             raise InvalidArgument(f"target_version must be positive, got {request.target_version}")
         now = self._clock.now()
         at = (
-            convert.from_timestamp(request.migrate_time)
+            convert.from_timestamp(request.migrate_time, field="migrate_time")
             if request.HasField("migrate_time")
             else now
         )
@@ -607,7 +627,7 @@ class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
     ) -> billing_pb2.Invoice:
         key = convert.resource_id(_require(request.customer, "customer"), "customers")
         at = (
-            convert.from_timestamp(request.as_of_time)
+            convert.from_timestamp(request.as_of_time, field="as_of_time")
             if request.HasField("as_of_time")
             else self._clock.now()
         )

@@ -34,6 +34,7 @@ from controlplane.errors import InvalidArgument
 from controlplane.gateway.types import Consumer, Plugin, Route, Service
 from controlplane.invoicing.types import Invoice, InvoiceLine, InvoiceState
 from controlplane.rating.charge import LineType, TierCharge
+from controlplane.subscriptions.periods import EARLIEST_TIME, LATEST_TIME
 from controlplane.subscriptions.types import Subscription
 from controlplane.usage.quantities import MAX_EVENT_TOKENS
 from controlplane.usage.types import TokenType, UsageEvent
@@ -60,13 +61,32 @@ def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
+# Times the API takes: billing periods of the longest cadence starting before LATEST_TIME still
+# end inside what datetime holds (docs/limits.md).
+_MIN_SECONDS = int((EARLIEST_TIME - _EPOCH).total_seconds())
+_MAX_SECONDS = int((LATEST_TIME - _EPOCH).total_seconds())
+
+
+def from_timestamp(ts: timestamp_pb2.Timestamp, *, field: str = "time") -> datetime:
+    """A timestamp of the API as an aware UTC datetime; InvalidArgument outside
+    [1970-01-01, 9000-01-01)."""
+    if not _MIN_SECONDS <= ts.seconds < _MAX_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(
+            f"{field} (seconds={ts.seconds}) is outside the supported range "
+            f"[{EARLIEST_TIME.date()}, {LATEST_TIME.date()})"
+        )
     # What Timestamp.ToDatetime(tzinfo=UTC) returns (microseconds, truncated), without its
     # pure-Python detour: usage ingestion converts every event's time.
     return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 def parse_decimal(text: str, *, field: str) -> Decimal:
+    if len(text) > 100:
+        # The catalog's bounds (10^12, 18 places) fit in far fewer; never parse 5,000 digits.
+        raise InvalidArgument(
+            f"{field} is a decimal of {len(text)} characters; at most 100 (and at most 10^12"
+            " in magnitude with 18 decimal places)"
+        )
     try:
         value = Decimal(text)
     except InvalidOperation:
@@ -80,8 +100,13 @@ def resource_id(name: str, collection: str) -> str:
     """The id of "collection/id"; the bare id is accepted too."""
     prefix = collection + "/"
     value = name[len(prefix) :] if name.startswith(prefix) else name
-    if not value or "/" in value:
-        raise InvalidArgument(f"expected a resource name like {collection}/ID, got {name!r}")
+    # No stored id is longer than 200 characters or holds a control character (PostgreSQL
+    # text cannot even hold NUL): such a name is malformed, not missing.
+    if not value or "/" in value or len(value) > 200 or any(c < " " or c == "\x7f" for c in value):
+        raise InvalidArgument(
+            f"expected a resource name like {collection}/ID, got {name[:60]!r}"
+            + ("..." if len(name) > 60 else "")
+        )
     return value
 
 

@@ -132,10 +132,12 @@ class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
         db: Database,
         clock: Clock,
         run_once: Callable[[], Awaitable[tuple[int, int]]],
+        allow_private_urls: bool = False,
     ) -> None:
         self._db = db
         self._clock = clock
         self._run_once = run_once
+        self._allow_private_urls = allow_private_urls
 
     async def _tx(self, fn: Callable[[Connection], T]) -> T:
         def run() -> T:
@@ -150,7 +152,10 @@ class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
         wire = request.channel
         channel = Channel(key=wire.key, url=wire.url, signing_secret=wire.signing_secret)
         now = self._clock.now()
-        created = await self._tx(lambda conn: service.create_channel(conn, channel, now=now))
+        allow = self._allow_private_urls
+        created = await self._tx(
+            lambda conn: service.create_channel(conn, channel, now=now, allow_private=allow)
+        )
         return channel_to_proto(created)
 
     async def GetChannel(

@@ -1,4 +1,11 @@
-"""List pagination (AIP-158): page_size with a cap, an opaque page_token."""
+"""List pagination (AIP-158): page_size with a cap, an opaque page_token.
+
+A page token is the offset of the next page, encoded. Tokens are checked strictly: only the
+exact text ``encode_offset`` writes for an offset in ``[0, MAX_PAGE_OFFSET]`` is accepted, so a
+forged one (a negative offset, which would page backwards forever, another encoding of the
+same offset, a huge number) is refused with INVALID_ARGUMENT. A forged offset in range can
+only ask for a page the caller could have reached anyway.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,9 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_PAGE_OFFSET = 10**9
+# The longest token encode_offset writes (offset 10^9): anything longer is not one.
+_MAX_TOKEN_LENGTH = 16
 
 
 def checked_page_size(requested: int) -> int:
@@ -27,13 +37,20 @@ def encode_offset(offset: int) -> str:
 def decode_offset(token: str) -> int:
     if not token:
         return 0
+    refused = InvalidArgument("page_token is not one this API returned")
+    if len(token) > _MAX_TOKEN_LENGTH:
+        raise refused
     try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-        if not text.startswith("o:"):
-            raise ValueError(text)
-        return int(text[2:])
-    except ValueError:
-        raise InvalidArgument("page_token is not one this API returned") from None
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
+    except (ValueError, UnicodeError):
+        raise refused from None
+    digits = text[2:]
+    if not text.startswith("o:") or not digits.isascii() or not digits.isdigit():
+        raise refused
+    offset = int(digits)
+    if offset > MAX_PAGE_OFFSET or encode_offset(offset) != token:
+        raise refused
+    return offset
 
 
 def page(items: Sequence[T], *, page_size: int, page_token: str) -> tuple[list[T], str]:

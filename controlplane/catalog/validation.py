@@ -8,7 +8,7 @@ which entry is wrong.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from controlplane.catalog.types import (
     MODEL_PRICE_TOKEN_TYPES,
@@ -25,9 +25,42 @@ from controlplane.rating.money import minor_units
 from controlplane.subscriptions.periods import parse_cadence
 
 HUNDRED = Decimal(100)
+# Every decimal of the catalog (prices, tiers, commitments, discounts, model prices): at most
+# 10^12 in magnitude and 18 decimal places, so at most 31 digits (docs/limits.md).
+MAX_DECIMAL = Decimal(10) ** 12
+MAX_DECIMAL_PLACES = 18
+
+
+def _shown(value: Decimal) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"{value:.6E} ({len(value.as_tuple().digits)} digits)"
+
+
+def decimal_problems(field: str, value: Decimal | None) -> list[str]:
+    """Why ``value`` is out of the catalog's decimal bounds (empty if it is not)."""
+    if value is None:
+        return []
+    if not value.is_finite():
+        return [f"{field} must be a finite number, got {value}"]
+    if abs(value) > MAX_DECIMAL:
+        return [f"{field} must be at most 10^12 in magnitude, got {_shown(value)}"]
+    # Trailing zeros do not count: 1.50000 has one decimal place.
+    exponent = value.normalize(_WIDE).as_tuple().exponent
+    assert isinstance(exponent, int)
+    if -exponent > MAX_DECIMAL_PLACES:
+        return [
+            f"{field} must have at most {MAX_DECIMAL_PLACES} decimal places, got {_shown(value)}"
+        ]
+    return []
+
+
+_WIDE = Context(prec=200)
 
 
 def _negative(field: str, value: Decimal | None) -> list[str]:
+    problems = decimal_problems(field, value)
+    if problems:
+        return problems
     if value is not None and value < 0:
         return [f"{field} must not be negative, got {value}"]
     return []
@@ -47,6 +80,7 @@ def price_problems(price: Price) -> list[str]:
     if price.type is not PriceType.PACKAGE and price.quantity_per_package is not None:
         problems.append(f'price.quantity_per_package is only for package prices, not "{kind}"')
     if price.type is PriceType.PACKAGE:
+        problems += decimal_problems("price.quantity_per_package", price.quantity_per_package)
         if price.quantity_per_package is None:
             problems.append("price.quantity_per_package is required for a package price")
         elif price.quantity_per_package <= 0:
@@ -91,6 +125,7 @@ def tier_problems(price: Price) -> list[str]:
                     f"(it has up_to {tier.up_to})"
                 )
             continue
+        problems += decimal_problems(f"{where}.up_to", tier.up_to)
         if tier.up_to is None:
             problems.append(f"{where}.up_to is required on every tier but the last")
         elif tier.up_to <= 0:
@@ -183,6 +218,7 @@ def rate_card_problems(card: RateCard, *, currency: str | None = None) -> list[s
         if price is None:
             problems.append("discounts need a price")
         pct = discounts.percentage
+        problems += decimal_problems("discounts.percentage", pct)
         if pct is not None and not 0 < pct <= HUNDRED:
             problems.append(f"discounts.percentage must be above 0 and at most 100, got {pct}")
         if discounts.usage is not None:

@@ -92,6 +92,7 @@ def _cmd_controlplane(args: argparse.Namespace) -> int:
                 webhook_listen=args.webhook_listen,
                 metrics_listen=args.metrics_listen,
                 balance_slicing=args.balance_slicing == "on",
+                allow_private_webhook_urls=args.allow_private_webhook_urls,
                 trust=trust,
                 secrets=secrets,
             )
@@ -286,6 +287,12 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
         "--metrics-listen",
         metavar="HOST:PORT",
         help="serve Prometheus metrics (GET /metrics) here (default: off)",
+    )
+    cp.add_argument(
+        "--allow-private-webhook-urls",
+        action="store_true",
+        help="let notification channels name loopback, link-local (169.254.0.0/16, fe80::/10)"
+        " or unspecified addresses (default: refused)",
     )
     add_log_format_argument(cp)
     cp.set_defaults(func=_cmd_controlplane)

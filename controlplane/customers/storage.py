@@ -9,6 +9,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from controlplane.customers.types import Customer
 from controlplane.errors import AlreadyExists, InvalidArgument, NotFound
+from controlplane.identifiers import check_key, check_name
 from controlplane.storage import schema as s
 
 
@@ -50,6 +51,7 @@ def get_customer(conn: Connection, key: str) -> Customer:
 
 
 def create_customer(conn: Connection, customer: Customer, *, now: datetime) -> Customer:
+    check_key(customer.key, field="customer.key")  # before any query names it
     if conn.execute(select(s.customers.c.key).where(s.customers.c.key == customer.key)).first():
         raise AlreadyExists(f"customer {customer.key!r} already exists")
     upsert_customer(conn, customer, now=now)
@@ -58,6 +60,10 @@ def create_customer(conn: Connection, customer: Customer, *, now: datetime) -> C
 
 def upsert_customer(conn: Connection, customer: Customer, *, now: datetime) -> str | None:
     """Create or update a customer and set its subjects."""
+    check_key(customer.key, field="customer.key")
+    check_name(customer.name, field="customer.display_name")
+    for subject in customer.subjects:
+        check_name(subject, field="customer.subjects")
     t, cs = s.customers, s.customer_subjects
     owners = {
         r.subject: r.customer

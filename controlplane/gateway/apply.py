@@ -28,14 +28,22 @@ class ApplyResult:
 
 
 def apply_document(
-    db: Database, *, text: str, now: datetime, validate_only: bool = False
+    db: Database,
+    *,
+    text: str,
+    now: datetime,
+    validate_only: bool = False,
+    allow_private_webhooks: bool = False,
 ) -> ApplyResult:
-    """Parse, validate and store a declarative document; nothing is stored if any entry fails."""
+    """Parse, validate and store a declarative document; nothing is stored if any entry fails.
+
+    ``allow_private_webhooks``: notification channels may name loopback or link-local hosts.
+    """
     config = parse_document(text)
     with db.engine.connect() as conn:
         transaction = conn.begin()
         try:
-            changes = _apply(conn, config, now=now)
+            changes = _apply(conn, config, now=now, allow_private=allow_private_webhooks)
         except IntegrityError as exc:
             transaction.rollback()
             raise InvalidArgument(f"the file conflicts with stored data: {exc.orig}") from exc
@@ -49,7 +57,9 @@ def apply_document(
     return ApplyResult(changes=tuple(changes))
 
 
-def _apply(conn: Connection, config: DeclarativeConfig, *, now: datetime) -> list[str]:
+def _apply(
+    conn: Connection, config: DeclarativeConfig, *, now: datetime, allow_private: bool
+) -> list[str]:
     changes: list[str | None] = []
     for service in config.gateway.services:
         changes.append(gateway.upsert_service(conn, service, now=now))
@@ -85,5 +95,7 @@ def _apply(conn: Connection, config: DeclarativeConfig, *, now: datetime) -> lis
         changes.extend(subscription_service.apply_subscription(conn, spec, now=now))
     changes.extend(apply_budgets(conn, billing.budgets, now=now))
     if billing.notifications is not None:
-        changes.extend(apply_notifications(conn, billing.notifications, now=now))
+        changes.extend(
+            apply_notifications(conn, billing.notifications, now=now, allow_private=allow_private)
+        )
     return [c for c in changes if c]

@@ -16,9 +16,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 
-from controlplane.errors import AlreadyExists, NotFound
+from controlplane.errors import AlreadyExists, InvalidArgument, NotFound
 from controlplane.gateway.secrets import SecretBox, open_config, reseal_config, seal_config
 from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
+from controlplane.identifiers import check_name
 from controlplane.storage import schema as s
 
 SECRETS_OPTION = "meterline_secrets"
@@ -175,8 +176,17 @@ def upsert_route(conn: Connection, route: Route, *, now: datetime) -> str | None
     return None
 
 
+def _check_consumer(consumer: Consumer) -> None:
+    # The username is the subject of its usage and part of "consumers/<username>".
+    check_name(consumer.username, field="consumer.username")
+    if "/" in consumer.username:
+        raise InvalidArgument(f"consumer.username {consumer.username[:40]!r} must not hold '/'")
+    check_name(consumer.custom_id, field="consumer.custom_id", required=False)
+
+
 def upsert_consumer(conn: Connection, consumer: Consumer, *, now: datetime) -> list[str]:
     """Create or update a consumer and add the key credentials it lacks."""
+    _check_consumer(consumer)
     t = s.consumers
     changes: list[str] = []
     row = conn.execute(select(t).where(t.c.username == consumer.username)).first()
@@ -213,6 +223,8 @@ def upsert_consumers(
     """
     if not consumers:
         return []
+    for consumer in consumers:
+        _check_consumer(consumer)
     t, creds = s.consumers, s.keyauth_credentials
     stored = {
         row.username: row.custom_id for row in conn.execute(select(t.c.username, t.c.custom_id))
@@ -288,6 +300,7 @@ def add_credential(conn: Connection, *, username: str, key_hash: str, now: datet
 
 
 def create_consumer(conn: Connection, consumer: Consumer, *, now: datetime) -> None:
+    _check_consumer(consumer)  # before any query names it
     t = s.consumers
     if conn.execute(select(t.c.username).where(t.c.username == consumer.username)).first():
         raise AlreadyExists(f"consumer {consumer.username!r} already exists")

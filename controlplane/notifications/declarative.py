@@ -131,14 +131,23 @@ def _thresholds(entry: Entry) -> tuple[Decimal, ...] | None:
         return None
 
 
-def apply_notifications(conn: Connection, spec: NotificationsSpec, *, now: datetime) -> list[str]:
-    """Create or replace the file's channels, then its rules; what changed."""
+def apply_notifications(
+    conn: Connection, spec: NotificationsSpec, *, now: datetime, allow_private: bool = False
+) -> list[str]:
+    """Create or replace the file's channels, then its rules; what changed. Channel URLs must
+    not name this machine or its link unless ``allow_private``."""
     changes: list[str] = []
     for channel in spec.channels:
         try:
+            service.check_url(channel.url, allow_private=allow_private)
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"billing.notifications.channels ({channel.key}): {exc}"
+            ) from None
+        try:
             current = storage.get_channel(conn, channel.key)
         except NotFound:
-            service.create_channel(conn, channel, now=now)
+            service.create_channel(conn, channel, now=now, allow_private=allow_private)
             changes.append(f"created notification channel {channel.key}")
             continue
         if (current.url, current.signing_secret) != (channel.url, channel.signing_secret):

@@ -11,8 +11,10 @@ next one with exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -55,19 +57,60 @@ def _check_key(key: str, what: str) -> None:
         raise InvalidArgument(f'{what} key "{key}" may contain only letters, digits and "._~-"')
 
 
-def check_url(url: str) -> None:
+MAX_URL_LENGTH = 2048
+
+
+def check_url(url: str, *, allow_private: bool = True) -> None:
+    """InvalidArgument unless ``url`` is an absolute http(s) URL; with ``allow_private`` off,
+    also unless its host is a public one (``private_host_problem``)."""
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidArgument(f"url is {len(url)} characters long; at most {MAX_URL_LENGTH}")
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError):
         raise InvalidArgument(f'url "{url}" is not a valid URL') from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise InvalidArgument(f'url "{url}" must be an absolute http(s) URL')
+    if not allow_private:
+        problem = private_host_problem(parsed.host)
+        if problem is not None:
+            raise InvalidArgument(
+                f'url "{url}": {problem}; webhooks to this machine or its link are refused'
+                " unless the control plane runs with --allow-private-webhook-urls"
+            )
 
 
-def check_channel(channel: Channel) -> None:
+def private_host_problem(host: str) -> str | None:
+    """Why a webhook must not go to ``host`` (loopback, link-local such as the cloud metadata
+    address 169.254.169.254, unspecified), or None. Literal addresses in any form the resolver
+    takes (``127.1``, ``2130706433``, ``0x7f000001``, ``[::ffff:127.0.0.1]``) count as theirs."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return f"{host} is this machine (loopback)"
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    try:
+        address = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        try:
+            # What getaddrinfo would make of a legacy IPv4 literal (127.1, 0x7f.1, 2130706433).
+            address = ipaddress.IPv4Address(socket.inet_aton(name))
+        except OSError:
+            return None  # a DNS name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return f"{host} is a loopback address"
+    if address.is_link_local:
+        return f"{host} is a link-local address"
+    if address.is_unspecified:
+        return f"{host} is the unspecified address"
+    return None
+
+
+def check_channel(channel: Channel, *, allow_private: bool = True) -> None:
     """InvalidArgument unless the key, URL and secret are acceptable."""
     _check_key(channel.key, "channel")
-    check_url(channel.url)
+    check_url(channel.url, allow_private=allow_private)
     if len(channel.signing_secret) < MIN_SECRET_LENGTH:
         raise InvalidArgument(
             f"signing_secret must be at least {MIN_SECRET_LENGTH} characters "
@@ -75,8 +118,12 @@ def check_channel(channel: Channel) -> None:
         )
 
 
-def create_channel(conn: Connection, channel: Channel, *, now: datetime) -> Channel:
-    check_channel(channel)
+def create_channel(
+    conn: Connection, channel: Channel, *, now: datetime, allow_private: bool = False
+) -> Channel:
+    """Store a new channel; its URL must not name this machine or its link unless
+    ``allow_private`` (NotificationSettings.allow_private_urls)."""
+    check_channel(channel, allow_private=allow_private)
     return storage.insert_channel(conn, channel, now=now)
 
 

@@ -108,6 +108,10 @@ class NotificationSettings:
     lease_seconds: float = 120.0
     # Deliveries claimed per round.
     batch: int = 50
+    # Channels may name loopback, link-local or unspecified addresses (--allow-private-webhook-
+    # urls): off, a channel cannot make the control plane call itself or the cloud metadata
+    # service.
+    allow_private_urls: bool = False
 
     def backoff_seconds(self, attempts: int) -> float:
         return float(

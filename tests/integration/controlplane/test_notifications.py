@@ -129,7 +129,7 @@ async def _stack(db_url: str, *, job_seconds: float | None = None) -> AsyncItera
         clock=clock,
         poll_seconds=0.5,
         notifications=NotificationSettings(
-            max_attempts=3, retry_base_seconds=10, timeout_seconds=5
+            max_attempts=3, retry_base_seconds=10, timeout_seconds=5, allow_private_urls=True
         ),
         notification_job_seconds=job_seconds,
     )
