@@ -333,7 +333,12 @@ def test_gateway_only_document() -> None:
 
 
 @given(
-    amount=st.decimals(min_value=0, max_value=10**12, allow_nan=False, allow_infinity=False),
+    # Within the catalog's bounds (docs/limits.md): at most 10^12, at most 18 decimal places.
+    amount=st.integers(0, 18).flatmap(
+        lambda places: st.decimals(
+            min_value=0, max_value=10**12, places=places, allow_nan=False, allow_infinity=False
+        )
+    ),
 )
 def test_any_quoted_decimal_amount_is_kept_exactly(amount: Decimal) -> None:
     data = yaml.safe_load(WALKTHROUGH)
