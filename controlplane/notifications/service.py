@@ -328,7 +328,14 @@ class _Outcome:
     duration_ms: int
 
 
-async def _post(client: httpx.AsyncClient, claimed: storage.Claimed, *, timestamp: int) -> _Outcome:
+async def _post(
+    client: httpx.AsyncClient, claimed: storage.Claimed, *, timestamp: int, allow_private: bool
+) -> _Outcome:
+    if not allow_private:
+        # A channel stored before private hosts were refused (or by a replica with the flag).
+        problem = private_host_problem(httpx.URL(claimed.url).host)
+        if problem is not None:
+            return _Outcome(0, f"not sent: {problem} (--allow-private-webhook-urls)", 0)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "Meterline-Webhooks/1",
@@ -370,7 +377,10 @@ async def deliver_due(
     if not claimed:
         return 0
     timestamp = int(clock.now().timestamp())
-    outcomes = await asyncio.gather(*(_post(client, item, timestamp=timestamp) for item in claimed))
+    allow = settings.allow_private_urls
+    outcomes = await asyncio.gather(
+        *(_post(client, item, timestamp=timestamp, allow_private=allow) for item in claimed)
+    )
 
     def record() -> None:
         now = clock.now()

@@ -10,7 +10,7 @@ import hmac
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import grpc
@@ -590,3 +590,20 @@ async def test_yaml_notifications_bad_input_changes_nothing(stack: Stack) -> Non
         channels = (await stack.notifications.ListChannels(pb.ListChannelsRequest())).channels
         assert list(channels) == []
         assert list((await stack.notifications.ListRules(pb.ListRulesRequest())).rules) == []
+
+
+async def test_a_stored_loopback_channel_is_not_called_without_the_flag(stack: Stack) -> None:
+    # Given: a channel on this machine, stored while the control plane allowed it
+    await channel(stack)
+    await threshold_rule(stack, "50")
+    # When: the control plane runs without --allow-private-webhook-urls and the rule fires
+    stack.cp.notifications = replace(stack.cp.notifications, allow_private_urls=False)
+    stack.clock.set(T0 + timedelta(days=2))
+    stack.use(600)
+    assert (await stack.evaluate()).events_created == 1
+    # Then: nothing reached the receiver; the attempt says why
+    assert stack.receiver.received == []
+    (delivery,) = (await stack.notifications.ListDeliveries(pb.ListDeliveriesRequest())).deliveries
+    (attempt,) = delivery.attempts
+    assert attempt.status_code == 0
+    assert "loopback" in attempt.error and "--allow-private-webhook-urls" in attempt.error
