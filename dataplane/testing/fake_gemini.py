@@ -65,6 +65,7 @@ TOOL_CALL_OVERHEAD_TOKENS = 5
 TOOL_USE_PROMPT_TOKENS = 9
 THOUGHT_TOKENS = 12
 THOUGHT_TEXT = "thinking about the question"
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 _BUILT_IN_TOOLS = ("googleSearch", "googleSearchRetrieval", "codeExecution", "urlContext")
 _GEMINI_PATH = re.compile(r"^/v1(?:beta|alpha)?/models/([^/:]+):([A-Za-z]+)$")
 _VERTEX_PATH = re.compile(
@@ -90,6 +91,15 @@ _BAD_TOKEN = (
     "cookie or other valid authentication credential. See "
     "https://developers.google.com/identity/sign-in/web/devconsole-project."
 )
+
+
+def field_of(document: Any, name: str) -> Any:
+    """``document[name]`` by its lowerCamel JSON name or its proto name (Google accepts both)."""
+    if not isinstance(document, dict):
+        return None
+    if name in document:
+        return document[name]
+    return document.get(re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name))
 
 
 def error_document(status: int, message: str, *, reason: str | None = None) -> dict[str, Any]:
@@ -119,10 +129,11 @@ def parts_text(parts: Any) -> str:
             continue
         if isinstance(part.get("text"), str):
             texts.append(part["text"])
-        elif isinstance(part.get("functionResponse"), dict):
-            texts.append(orjson.dumps(part["functionResponse"].get("response", {})).decode())
-        elif isinstance(part.get("functionCall"), dict):
-            texts.append(orjson.dumps(part["functionCall"].get("args", {})).decode())
+        elif isinstance(field_of(part, "functionResponse"), dict):
+            response = field_of(part, "functionResponse").get("response", {})
+            texts.append(orjson.dumps(response).decode())
+        elif isinstance(field_of(part, "functionCall"), dict):
+            texts.append(orjson.dumps(field_of(part, "functionCall").get("args", {})).decode())
     return " ".join(texts)
 
 
@@ -131,7 +142,7 @@ def _tokens(text: str) -> int:
 
 
 def _system_text(body: dict[str, Any]) -> str | None:
-    system = body.get("systemInstruction")
+    system = field_of(body, "systemInstruction")
     if isinstance(system, dict):
         return parts_text(system.get("parts"))
     return None
@@ -157,20 +168,19 @@ def last_text(body: dict[str, Any]) -> str:
 
 
 def _config(body: dict[str, Any]) -> dict[str, Any]:
-    config = body.get("generationConfig")
+    config = field_of(body, "generationConfig")
     return config if isinstance(config, dict) else {}
 
 
 def _chosen_function(body: dict[str, Any]) -> str | None:
-    tool_config = body.get("toolConfig")
-    calling = tool_config.get("functionCallingConfig") if isinstance(tool_config, dict) else None
+    calling = field_of(field_of(body, "toolConfig"), "functionCallingConfig")
     if not isinstance(calling, dict) or calling.get("mode") != "ANY":
         return None
-    allowed = calling.get("allowedFunctionNames")
+    allowed = field_of(calling, "allowedFunctionNames")
     if isinstance(allowed, list) and allowed:
         return str(allowed[0])
     for tool in body.get("tools") or ():
-        declarations = tool.get("functionDeclarations") if isinstance(tool, dict) else None
+        declarations = field_of(tool, "functionDeclarations")
         if isinstance(declarations, list) and declarations:
             return str(declarations[0].get("name", ""))
     return None
@@ -192,7 +202,7 @@ def _reply(body: dict[str, Any]) -> _Reply:
         return _Reply([call], [call], "STOP", len(text.split()) + TOOL_CALL_OVERHEAD_TOKENS)
     words = [*REPLY_PREFIX.split(), *text.split()]
     finish = "STOP"
-    limit = _config(body).get("maxOutputTokens")
+    limit = field_of(_config(body), "maxOutputTokens")
     if isinstance(limit, int) and len(words) > limit:
         words, finish = words[:limit], "MAX_TOKENS"
     pieces = [{"text": word if i == 0 else " " + word} for i, word in enumerate(words)]
@@ -249,7 +259,7 @@ class FakeGoogleOAuth:
         """Make every token issued so far invalid (as an expired or revoked token is)."""
         self.revoked.update(self.issued)
 
-    def answer(self, form: dict[str, list[str]], url: str) -> tuple[int, dict[str, Any]]:
+    def answer(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         """The token endpoint's answer to a form-encoded request body."""
         from google.auth import jwt
 
@@ -259,7 +269,8 @@ class FakeGoogleOAuth:
         try:
             claims = jwt.decode(assertion, verify=False)
             public_key = self._public_keys[str(claims.get("iss"))]
-            claims = jwt.decode(assertion, certs=public_key, audience=url)
+            # google-auth signs for Google's token endpoint whatever token_uri it posts to.
+            claims = jwt.decode(assertion, certs=public_key, audience=GOOGLE_TOKEN_AUDIENCE)
         except (ValueError, KeyError):
             return 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
         if "https://www.googleapis.com/auth/cloud-platform" not in str(claims.get("scope")):
@@ -298,8 +309,7 @@ class FakeGemini:
         headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
         query = parse_qs(scope["query_string"].decode())
         if path == "/token" and method == "POST":
-            host = headers.get("host", "")
-            status, document = self.oauth.answer(parse_qs(raw.decode()), f"http://{host}/token")
+            status, document = self.oauth.answer(parse_qs(raw.decode()))
             await send_response(send, status, orjson.dumps(document), [JSON_CONTENT_TYPE])
             return
         try:
@@ -334,7 +344,7 @@ class FakeGemini:
             await _error(send, 400, "Invalid JSON payload received.")
             return
         if operation == "countTokens":
-            request = body.get("generateContentRequest", body)
+            request = field_of(body, "generateContentRequest") or body
             total = prompt_tokens(request if isinstance(request, dict) else {})
             await send_response(
                 send, 200, orjson.dumps({"totalTokens": total}), [JSON_CONTENT_TYPE]
@@ -379,18 +389,17 @@ class FakeGemini:
         if system is not None and system in self._seen_systems:
             cached = _tokens(system)
         config = _config(body)
-        thinking = config.get("thinkingConfig")
-        budget = thinking.get("thinkingBudget") if isinstance(thinking, dict) else None
+        budget = field_of(field_of(config, "thinkingConfig"), "thinkingBudget")
         thoughts = min(budget, THOUGHT_TOKENS) if isinstance(budget, int) and budget > 0 else 0
         tool_prompt = (
             TOOL_USE_PROMPT_TOKENS
             if any(
-                isinstance(tool, dict) and any(name in tool for name in _BUILT_IN_TOOLS)
+                any(field_of(tool, name) is not None for name in _BUILT_IN_TOOLS)
                 for tool in body.get("tools") or ()
             )
             else 0
         )
-        n = config.get("candidateCount")
+        n = field_of(config, "candidateCount")
         n = n if isinstance(n, int) and n > 0 else 1
         one = reply.candidate_tokens
         if upto is not None and upto < len(reply.pieces):
@@ -411,7 +420,7 @@ class FakeGemini:
     def _candidates(
         self, body: dict[str, Any], parts: list[dict[str, Any]], finish: str | None
     ) -> list[dict[str, Any]]:
-        n = _config(body).get("candidateCount")
+        n = field_of(_config(body), "candidateCount")
         n = n if isinstance(n, int) and n > 0 else 1
         candidates = []
         for index in range(n):
@@ -425,8 +434,8 @@ class FakeGemini:
         return candidates
 
     def _thought(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        thinking = _config(body).get("thinkingConfig")
-        if isinstance(thinking, dict) and thinking.get("includeThoughts"):
+        thinking = field_of(_config(body), "thinkingConfig")
+        if field_of(thinking, "includeThoughts"):
             return [{"text": THOUGHT_TEXT, "thought": True}]
         return []
 

@@ -86,11 +86,12 @@ def _apply_max_tokens(body: dict[str, Any], default: int) -> bool:
     """Set the route's default maxOutputTokens where the client set none; True if changed."""
     if not default:
         return False
-    config = body.get("generationConfig")
+    # Google's JSON accepts lowerCamel and proto field names alike (the SDK sends both kinds).
+    config = body.get("generationConfig", body.get("generation_config"))
     if config is None:
         body["generationConfig"] = {"maxOutputTokens": default}
         return True
-    if isinstance(config, dict) and "maxOutputTokens" not in config:
+    if isinstance(config, dict) and not {"maxOutputTokens", "max_output_tokens"} & set(config):
         config["maxOutputTokens"] = default
         return True
     return False
