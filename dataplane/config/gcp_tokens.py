@@ -169,6 +169,7 @@ class ServiceAccountTokens:
         from google.auth.transport.requests import Request
 
         self.fetches += 1
+        started = time.time()  # google-auth dates the expiry by the real clock
         try:
             if self._credentials is None:
                 self._credentials = _ambient_credentials(self._token_url)
@@ -187,11 +188,10 @@ class ServiceAccountTokens:
         expiry = self._credentials.expiry
         if not isinstance(token, str) or not token:
             raise UpstreamCredentialsError("the token endpoint returned no access token")
-        # google-auth's expiry is a naive UTC datetime; no expiry means a one-hour token.
-        expires_at = (
-            expiry.replace(tzinfo=UTC).timestamp() if expiry is not None else self._clock() + 3600
-        )
-        return token.encode(), expires_at
+        # google-auth's expiry is a naive UTC datetime; no expiry means a one-hour token. The
+        # lifetime is counted from before the call, so the cache never outlives the token.
+        lifetime = expiry.replace(tzinfo=UTC).timestamp() - started if expiry is not None else 3600
+        return token.encode(), self._clock() + lifetime
 
 
 def _bearer(token: bytes) -> tuple[bytes, bytes]:

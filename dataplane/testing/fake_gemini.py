@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import re
 import sys
 import time
@@ -209,6 +210,24 @@ def _reply(body: dict[str, Any]) -> _Reply:
     return _Reply([{"text": " ".join(words)}], pieces, finish, len(words))
 
 
+@functools.cache
+def _key_pair() -> tuple[str, bytes]:
+    """One RSA key pair per process (making one takes a while): private PEM, public PEM."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public
+
+
 @dataclass
 class FakeGoogleOAuth:
     """Google's OAuth2 token endpoint for service accounts (the JWT bearer grant).
@@ -228,18 +247,8 @@ class FakeGoogleOAuth:
 
     def service_account(self, token_uri: str, email: str = "gateway@proj.iam.gserviceaccount.com"):
         """A service account JSON key (dict) whose token_uri is ``token_uri``."""
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        private = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-        self._public_keys[email] = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        private, public = _key_pair()
+        self._public_keys[email] = public
         return {
             "type": "service_account",
             "project_id": "proj",
