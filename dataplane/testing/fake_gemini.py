@@ -245,7 +245,9 @@ class FakeGoogleOAuth:
     revoked: set[str] = field(default_factory=set)
     _public_keys: dict[str, bytes] = field(default_factory=dict)
 
-    def service_account(self, token_uri: str, email: str = "gateway@proj.iam.gserviceaccount.com"):
+    def service_account(
+        self, token_uri: str, email: str = "gateway@proj.iam.gserviceaccount.com"
+    ) -> dict[str, str]:
         """A service account JSON key (dict) whose token_uri is ``token_uri``."""
         private, public = _key_pair()
         self._public_keys[email] = public
