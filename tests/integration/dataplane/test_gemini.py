@@ -30,6 +30,7 @@ from dataplane.testing.fake_gemini import (
     FakeGemini,
     FakeGoogleOAuth,
 )
+from dataplane.testing.fake_openai import FakeProvider
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 KEY = "sk-meterline-acme-0001"
@@ -507,3 +508,69 @@ async def test_built_in_tool_prompt_tokens_count_as_input(stack) -> None:
     usage = _usage_dict(response.usage_metadata)
     assert usage["toolUsePromptTokenCount"] == TOOL_USE_PROMPT_TOKENS
     assert stack.take()[INPUT] == usage["promptTokenCount"] + TOOL_USE_PROMPT_TOKENS
+
+
+async def test_openai_client_fails_over_from_openai_to_gemini() -> None:
+    # Given an ai-proxy-advanced route: OpenAI first (answering 500), Gemini second.
+    failing = FakeProvider(status=500)
+    fake = FakeGemini(api_key=GEMINI_KEY)
+    events: list[usage_pb2.UsageEvent] = []
+    gateway = Gateway(node_id="dp-test", usage_sink=events.append)
+    async with serve_http(failing) as primary, serve_http(fake) as secondary:
+        snapshot = build_snapshot(secondary.url, FakeGoogleOAuth().service_account("http://x"))
+        config = snapshot_pb2.AiProxyConfig(
+            route_type="llm/v1/chat",
+            balancer=snapshot_pb2.AiProxyBalancer(
+                algorithm="priority", failover_criteria=["error", "http_500"]
+            ),
+        )
+        config.targets.add(
+            priority=1,
+            weight=1,
+            auth=snapshot_pb2.AiProxyAuth(header_name="Authorization", header_value="Bearer sk-x"),
+            model=snapshot_pb2.AiProxyModel(
+                provider="openai",
+                name="gpt-4o-mini",
+                options=snapshot_pb2.AiProxyModelOptions(
+                    upstream_url=f"{primary.url}/v1/chat/completions"
+                ),
+            ),
+        )
+        config.targets.add(
+            priority=2,
+            weight=1,
+            auth=snapshot_pb2.AiProxyAuth(
+                param_name="key", param_value=GEMINI_KEY, param_location="query"
+            ),
+            model=snapshot_pb2.AiProxyModel(
+                provider="gemini",
+                name=MODEL,
+                options=snapshot_pb2.AiProxyModelOptions(upstream_url=secondary.url),
+            ),
+        )
+        snapshot.routes.add(id="r-mixed", name="mixed", service_id="svc", paths=["/mixed"])
+        snapshot.plugins.add(
+            id="p-mixed", name="ai-proxy-advanced", route_id="r-mixed", enabled=True
+        )
+        snapshot.plugins[-1].ai_proxy.CopyFrom(config)
+        gateway.apply(compile_snapshot(snapshot, version="v1"))
+        try:
+            async with (
+                serve_http(gateway) as address,
+                openai.AsyncOpenAI(
+                    base_url=f"{address.url}/mixed", api_key=KEY, max_retries=0
+                ) as client,
+            ):
+                completion = await client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "fail over"}]
+                )
+        finally:
+            await gateway.aclose()
+    # Then the client got Gemini's answer in OpenAI's shape, billed to the target that answered.
+    assert completion.choices[0].message.content == "fake reply: fail over"
+    answered = [e for e in events if e.llm_tokens.status_code == 200]
+    assert {e.llm_tokens.provider for e in answered} == {"gemini"}
+    assert sum(e.llm_tokens.tokens for e in answered) == completion.usage.total_tokens
+    failed = [e for e in events if e.llm_tokens.status_code == 500]
+    assert {e.llm_tokens.provider for e in failed} == {"openai"}
+    assert sum(e.llm_tokens.tokens for e in failed) == 0
