@@ -150,7 +150,7 @@ class ServiceAccountTokens:
     async def _refresh_quietly(self, stale: bytes) -> None:
         try:
             await self._refresh(stale=stale)
-        except UpstreamCredentialsError as exc:
+        except Exception as exc:  # a background task: nobody else would see it
             # The current token still works for a while; the next request tries again.
             logger.warning("early refresh of a Google Cloud access token failed: %s", exc)
 

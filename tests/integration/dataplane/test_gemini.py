@@ -21,6 +21,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from dataplane.config.keys import hash_key
+from dataplane.http.asgi import read_body, send_response
 from dataplane.http.server import serve_http
 from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
@@ -31,6 +32,7 @@ from dataplane.testing.fake_gemini import (
     FakeGoogleOAuth,
 )
 from dataplane.testing.fake_openai import FakeProvider
+from dataplane.usage.estimate import estimate_tokens
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 KEY = "sk-meterline-acme-0001"
@@ -137,7 +139,7 @@ class Stack:
             kind = event.llm_tokens.token_type
             totals[kind] = totals.get(kind, 0) + event.llm_tokens.tokens
         self.events.clear()
-        return {kind: tokens for kind, tokens in totals.items() if tokens or kind in (0,)}
+        return {kind: tokens for kind, tokens in totals.items() if tokens}
 
     def statuses(self) -> set[int]:
         return {event.llm_tokens.status_code for event in self.events}
@@ -574,3 +576,34 @@ async def test_openai_client_fails_over_from_openai_to_gemini() -> None:
     failed = [e for e in events if e.llm_tokens.status_code == 500]
     assert {e.llm_tokens.provider for e in failed} == {"openai"}
     assert sum(e.llm_tokens.tokens for e in failed) == 0
+
+
+async def test_an_answer_without_usage_metadata_is_estimated() -> None:
+    async def no_usage(scope, receive, send) -> None:
+        await read_body(receive, limit=1 << 20)
+        body = orjson.dumps(
+            {"candidates": [{"content": {"parts": [{"text": "four words right here"}]}}]}
+        )
+        await send_response(send, 200, body, [(b"content-type", b"application/json")])
+
+    events: list[usage_pb2.UsageEvent] = []
+    gateway = Gateway(node_id="dp-test", usage_sink=events.append)
+    async with serve_http(no_usage) as upstream:
+        snapshot = build_snapshot(upstream.url, FakeGoogleOAuth().service_account("http://x"))
+        gateway.apply(compile_snapshot(snapshot, version="v1"))
+        try:
+            async with serve_http(gateway) as address, httpx.AsyncClient() as http:
+                response = await http.post(
+                    f"{address.url}/gem/v1beta/models/{MODEL}:generateContent",
+                    headers={"x-goog-api-key": KEY},
+                    json={"contents": [{"parts": [{"text": "count these words"}]}]},
+                )
+        finally:
+            await gateway.aclose()
+    assert response.status_code == 200
+    assert [(e.llm_tokens.token_type, e.llm_tokens.estimated) for e in events] == [
+        (INPUT, True),
+        (OUTPUT, True),
+    ]
+    assert events[0].llm_tokens.tokens == estimate_tokens("count these words")
+    assert events[1].llm_tokens.tokens == estimate_tokens("four words right here")
