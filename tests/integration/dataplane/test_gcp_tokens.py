@@ -11,6 +11,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import orjson
 import pytest
 
 from dataplane.config.gcp_tokens import ServiceAccountTokens, UpstreamCredentialsError
@@ -130,3 +131,17 @@ async def test_the_early_refresh_failing_keeps_the_current_token(endpoint, caplo
     await source._background
     assert "early refresh of a Google Cloud access token failed" in caplog.text
     assert await source.header() == (b"authorization", b"Bearer ya29.fake-1")
+
+
+async def test_without_a_key_in_the_config_kongs_variable_is_used(endpoint, monkeypatch) -> None:
+    # Kong reads GCP_SERVICE_ACCOUNT when the plugin carries no JSON key; so does the data plane,
+    # at the first fetch (not at compile time).
+    source = ServiceAccountTokens(info=None, clock=endpoint.clock)
+    monkeypatch.setenv("GCP_SERVICE_ACCOUNT", orjson.dumps(endpoint.account).decode())
+    assert await source.header() == (b"authorization", b"Bearer ya29.fake-1")
+
+
+async def test_a_bad_ambient_key_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setenv("GCP_SERVICE_ACCOUNT", "{not json")
+    with pytest.raises(UpstreamCredentialsError, match="GCP_SERVICE_ACCOUNT"):
+        await ServiceAccountTokens(info=None).header()
