@@ -21,7 +21,7 @@ from dataplane.admission.ratelimit import RateLimiter
 from dataplane.admission.stages import Admitted, admit_request
 from dataplane.config.gcp_tokens import UpstreamCredentialsError
 from dataplane.config.keys import authenticate
-from dataplane.config.model import AiProxyPolicy
+from dataplane.config.model import AccessTokens, AiProxyPolicy
 from dataplane.config.providers import ROUTE_TYPE_PRESERVE
 from dataplane.errors import Rejection
 from dataplane.http.asgi import (
@@ -519,7 +519,17 @@ class _Exchange:
         headers.extend(target.auth_headers)
         id_header = (b"x-request-id", self.request_id.encode())
         try:
-            response = await self._send(session, headers)
+            if target.credentials is None:
+                # Redirects are the client's business: they are relayed, not followed.
+                response = await session.request(
+                    prepared.method,
+                    prepared.url,
+                    body=prepared.body or b"",
+                    headers=headers,
+                    timeout=self.policy.timeout,
+                )
+            else:
+                response = await self._send_with_token(session, headers, target.credentials)
             self.upstream_ns = time.perf_counter_ns()
         except UPSTREAM_ERRORS as exc:
             timed_out = isinstance(exc, TimeoutError)
@@ -578,24 +588,22 @@ class _Exchange:
             # Back to the pool if the body was read to its end; closed otherwise.
             response.release()
 
-    async def _send(self, session: Pool, headers: list[tuple[bytes, bytes]]) -> UpstreamResponse:
-        """The upstream call; with run-time credentials, retried once on a 401 with a fresh
-        token (UpstreamCredentialsError if none can be had or the provider refuses it again)."""
+    async def _send_with_token(
+        self, session: Pool, headers: list[tuple[bytes, bytes]], credentials: AccessTokens
+    ) -> UpstreamResponse:
+        """The upstream call with a run-time access token, retried once on a 401 with a fresh
+        one (UpstreamCredentialsError if none can be had or the provider refuses it again)."""
         prepared = self.prepared
-        credentials = self.policy.target.credentials
-        auth: tuple[bytes, bytes] | None = None
-        if credentials is not None:
-            auth = await credentials.header()
+        auth = await credentials.header()
         for retry in (False, True):
-            # Redirects are the client's business: they are relayed, not followed.
             response = await session.request(
                 prepared.method,
                 prepared.url,
                 body=prepared.body or b"",
-                headers=headers if auth is None else [*headers, auth],
+                headers=[*headers, auth],
                 timeout=self.policy.timeout,
             )
-            if auth is None or credentials is None or response.status != 401:
+            if response.status != 401:
                 return response
             response.close()
             if retry:
