@@ -137,8 +137,21 @@ def _function_calls(tool_calls: Any, names: dict[str, str]) -> list[dict[str, An
         function_call: dict[str, Any] = {"name": name, "args": arguments}
         if call_id:
             function_call["id"] = call_id
-        parts.append({"functionCall": function_call})
+        part: dict[str, Any] = {"functionCall": function_call}
+        signature = _thought_signature(call)
+        if signature is not None:
+            part["thoughtSignature"] = signature
+        parts.append(part)
     return parts
+
+
+def _thought_signature(call: dict[str, Any]) -> str | None:
+    """The signature a tool call carried back (Google's OpenAI-compatible convention:
+    ``extra_content.google.thought_signature``); Gemini 3 needs it with the call."""
+    extra = call.get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) and signature else None
 
 
 def _function_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
@@ -320,7 +333,7 @@ def _candidate_parts(candidate: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _tool_call(part: dict[str, Any], position: int) -> dict[str, Any]:
     call = part["functionCall"]
-    return {
+    tool_call: dict[str, Any] = {
         "id": str(call.get("id") or f"call_{position}"),
         "type": "function",
         "function": {
@@ -328,6 +341,11 @@ def _tool_call(part: dict[str, Any], position: int) -> dict[str, Any]:
             "arguments": orjson.dumps(call.get("args") or {}).decode(),
         },
     }
+    signature = part.get("thoughtSignature")
+    if isinstance(signature, str) and signature:
+        # Returned with the call by clients that send the assistant message back as it came.
+        tool_call["extra_content"] = {"google": {"thought_signature": signature}}
+    return tool_call
 
 
 def _split(parts: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

@@ -158,6 +158,23 @@ def test_recorded_function_call_becomes_tool_calls() -> None:
     [call] = choice["message"]["tool_calls"]
     assert call["function"] == {"name": "getWeather", "arguments": '{"location":"Tokyo"}'}
     assert completion["usage"]["total_tokens"] == 201
+    # The thought signature goes out with the call and comes back with it.
+    assert call["extra_content"] == {"google": {"thought_signature": "CikBcsjafFK1"}}
+    request = chat_to_generate_request(
+        {
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": call["id"], "content": "sunny"},
+            ]
+        }
+    )
+    assert request["contents"][1]["parts"] == [
+        {
+            "functionCall": {"name": "getWeather", "args": {"location": "Tokyo"}, "id": "call_0"},
+            "thoughtSignature": "CikBcsjafFK1",
+        }
+    ]
 
 
 def test_a_blocked_prompt_is_a_content_filter_choice() -> None:
