@@ -2,7 +2,7 @@
 
 Everything the data plane raises on purpose derives from ``DataPlaneError``; a request is
 refused by raising ``Rejection``, which the route's translator renders in its client's format
-(OpenAI or Anthropic error JSON), so no caller picks an error vocabulary::
+(OpenAI, Anthropic or Google error JSON), so no caller picks an error vocabulary::
 
     DataPlaneError
     ├── Rejection                 a request refused: status, type, code, message, headers
@@ -20,7 +20,8 @@ refused by raising ``Rejection``, which the route's translator renders in its cl
         ├── UpstreamConnectError
         ├── UpstreamDisconnected
         ├── UpstreamProtocolError
-        └── UpstreamTimeout       (also a TimeoutError)
+        ├── UpstreamTimeout       (also a TimeoutError)
+        └── UpstreamCredentialsError  no access token for the provider (config.gcp_tokens)
 
 This module imports nothing of the data plane: every layer may raise these.
 """

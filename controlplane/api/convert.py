@@ -47,7 +47,7 @@ from meterline.admin.v1 import (
 from meterline.admin.v1 import usage_pb2 as admin_usage_pb2
 from meterline.dataplane.v1 import usage_pb2
 
-SECRET_KEYS = {"header_value", "param_value", "password"}
+SECRET_KEYS = {"header_value", "param_value", "password", "gcp_service_account_json"}
 
 
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -273,6 +273,18 @@ def ai_proxy_advanced_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyC
     return message
 
 
+def _gemini_options(gemini: Mapping[str, Any] | None) -> snapshot_pb2.GeminiOptions | None:
+    """Kong's model.options.gemini (None when absent, so the field stays unset)."""
+    if not gemini:
+        return None
+    return snapshot_pb2.GeminiOptions(
+        api_endpoint=_text(gemini, "api_endpoint"),
+        project_id=_text(gemini, "project_id"),
+        location_id=_text(gemini, "location_id"),
+        endpoint_id=_text(gemini, "endpoint_id"),
+    )
+
+
 def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
     """The typed ai-proxy config of a normalised config dict (defaults for missing fields)."""
     auth: Mapping[str, Any] = config.get("auth") or {}
@@ -290,6 +302,9 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
             param_name=_text(auth, "param_name"),
             param_value=_text(auth, "param_value"),
             param_location=_text(auth, "param_location"),
+            gcp_use_service_account=bool(auth.get("gcp_use_service_account")),
+            gcp_service_account_json=_text(auth, "gcp_service_account_json"),
+            gcp_oauth_token_url=_text(auth, "gcp_oauth_token_url"),
         ),
         model=snapshot_pb2.AiProxyModel(
             provider=_text(model, "provider"),
@@ -303,6 +318,7 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
                 azure_instance=_text(options, "azure_instance"),
                 azure_deployment_id=_text(options, "azure_deployment_id"),
                 azure_api_version=_text(options, "azure_api_version"),
+                gemini=_gemini_options(options.get("gemini")),
             ),
         ),
     )

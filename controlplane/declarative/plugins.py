@@ -6,6 +6,7 @@ decimal costs stay decimal strings.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +33,7 @@ ROUTE_TYPES = (
     "llm/v1/responses",
     "preserve",
 )
-LLM_FORMATS = ("openai", "anthropic")
+LLM_FORMATS = ("openai", "anthropic", "gemini")
 PROVIDERS = (
     "openai",
     "anthropic",
@@ -51,6 +52,10 @@ PROVIDERS_NEEDING_URL = frozenset({"openai_compatible", "llama2", "azure"})
 PARAM_LOCATIONS = ("query", "body")
 
 _AUTH_FIELDS = ("header_name", "header_value", "param_name", "param_value", "param_location")
+# Google Cloud service-account auth (provider gemini on Vertex AI).
+_GCP_AUTH_FIELDS = ("gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url")
+# Kong's model.options.gemini (Vertex AI when project_id and location_id are set).
+_GEMINI_OPTIONS = ("api_endpoint", "project_id", "location_id", "endpoint_id")
 _MODEL_FIELDS = ("provider", "name", "options")
 _OPTION_FIELDS = (
     "upstream_url",
@@ -61,6 +66,7 @@ _OPTION_FIELDS = (
     "azure_instance",
     "azure_deployment_id",
     "azure_api_version",
+    "gemini",
 )
 _AZURE_OPTIONS = ("azure_instance", "azure_deployment_id", "azure_api_version")
 # An Azure resource name is a DNS label: it becomes {instance}.openai.azure.com.
@@ -227,11 +233,13 @@ def _target(target: Entry, *, llm_format: str | None) -> dict[str, Any]:
     if model is not None:
         result["model"] = _model(model, route_type=result["route_type"])
         provider = result["model"]["provider"]
-        if llm_format == "anthropic" and provider not in (None, "anthropic"):
-            target.fail_field(
-                "model.provider",
-                f'must be "anthropic" with llm_format "anthropic", got "{provider}"',
-            )
+        for native in ("anthropic", "gemini"):
+            if llm_format == native and provider not in (None, native):
+                target.fail_field(
+                    "model.provider",
+                    f'must be "{native}" with llm_format "{native}", got "{provider}"',
+                )
+        _check_gemini(target, result)
     return result
 
 
@@ -302,16 +310,75 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
     if model is not None:
         result["model"] = _model(model, route_type=result["route_type"])
         provider = result["model"]["provider"]
-        if result["llm_format"] == "anthropic" and provider not in (None, "anthropic"):
-            config.fail_field(
-                "llm_format", f'"anthropic" needs model.provider "anthropic", got "{provider}"'
-            )
+        for native in ("anthropic", "gemini"):
+            if result["llm_format"] == native and provider not in (None, native):
+                config.fail_field(
+                    "llm_format", f'"{native}" needs model.provider "{native}", got "{provider}"'
+                )
+        _check_gemini(config, result)
     return result
 
 
+def _check_gemini(entry: Entry, result: Mapping[str, Any]) -> None:
+    """Gemini's options and Google Cloud auth: only on provider gemini, and consistent (the
+    data plane's compiler checks the same, so nothing applied here is NACKed there)."""
+    model = result.get("model") or {}
+    auth = result.get("auth") or {}
+    gemini = (model.get("options") or {}).get("gemini")
+    gcp = [key for key in _GCP_AUTH_FIELDS if key in auth]
+    if model.get("provider") != "gemini":
+        if gemini is not None:
+            entry.fail_field("model.options.gemini", 'is only for provider "gemini"')
+        if gcp:
+            entry.fail_field(f"auth.{gcp[0]}", 'is only for provider "gemini"')
+        return
+    gemini = gemini or {}
+    if bool(gemini.get("project_id")) != bool(gemini.get("location_id")):
+        entry.fail_field(
+            "model.options.gemini", "needs both project_id and location_id (Vertex AI)"
+        )
+    elif (gemini.get("api_endpoint") or gemini.get("endpoint_id")) and not gemini.get("project_id"):
+        entry.fail_field(
+            "model.options.gemini", "api_endpoint and endpoint_id need project_id and location_id"
+        )
+    if auth.get("param_name") and auth.get("param_location") != "query":
+        entry.fail_field(
+            "auth.param_location",
+            'must be "query" for provider "gemini" (or use header_name: x-goog-api-key)',
+        )
+    if auth.get("gcp_service_account_json") and not auth.get("gcp_use_service_account"):
+        entry.fail_field("auth.gcp_service_account_json", "needs gcp_use_service_account: true")
+    if auth.get("gcp_use_service_account") and (auth.get("header_name") or auth.get("param_name")):
+        entry.fail_field(
+            "auth.gcp_use_service_account", "replaces header_name/param_name auth; set one"
+        )
+    account = auth.get("gcp_service_account_json")
+    if auth.get("gcp_use_service_account") and isinstance(account, str):
+        try:
+            info = json.loads(account)
+        except ValueError:
+            info = None
+        if not isinstance(info, dict) or not all(
+            isinstance(info.get(key), str) and info[key] for key in ("client_email", "private_key")
+        ):
+            # The message never quotes the value: it holds a private key.
+            entry.fail_field(
+                "auth.gcp_service_account_json",
+                "must be a service account's JSON key (with client_email and private_key)",
+            )
+
+
 def _auth(auth: Entry) -> dict[str, Any]:
-    auth.check_keys(_AUTH_FIELDS)
+    auth.check_keys((*_AUTH_FIELDS, *_GCP_AUTH_FIELDS))
     result: dict[str, Any] = {}
+    if auth.has("gcp_use_service_account"):
+        result["gcp_use_service_account"] = auth.boolean("gcp_use_service_account", default=False)
+    for key in ("gcp_service_account_json", "gcp_oauth_token_url"):
+        if auth.has(key):
+            result[key] = auth.string(key, required=True)
+    token_url = result.get("gcp_oauth_token_url")
+    if isinstance(token_url, str) and not is_http_url(token_url):
+        auth.fail_field("gcp_oauth_token_url", "must be an http(s) URL")
     for key in _AUTH_FIELDS:
         if auth.has(key):
             result[key] = (
@@ -382,6 +449,12 @@ def _options(options: Entry) -> dict[str, Any]:
             if key == "azure_instance" and value is not None and not _DNS_LABEL.match(value):
                 options.fail_field(key, f'"{value}" is not an Azure resource name')
             result[key] = value
+    gemini = options.sub("gemini")
+    if gemini is not None:
+        gemini.check_keys(_GEMINI_OPTIONS)
+        result["gemini"] = {
+            key: gemini.string(key, required=True) for key in _GEMINI_OPTIONS if gemini.has(key)
+        }
     if options.has("max_tokens"):
         result["max_tokens"] = options.integer("max_tokens", minimum=1)
     for cost in ("input_cost", "output_cost"):

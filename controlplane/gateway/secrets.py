@@ -19,7 +19,9 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from controlplane.errors import FailedPrecondition, InvalidArgument
 
 SEALED_PREFIX = "enc:fernet:"
-SECRET_FIELDS = frozenset({"header_value", "param_value", "password"})  # + redis.password
+SECRET_FIELDS = frozenset(
+    {"header_value", "param_value", "password", "gcp_service_account_json"}
+)  # + redis.password
 
 
 class SecretBox:

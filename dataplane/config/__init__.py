@@ -2,7 +2,8 @@
 
 Modules: ``model`` (plain policies: consumers, key-auth, ai-proxy, provider targets),
 ``routing`` (Kong's path-prefix matching), ``keys`` (key hashing, finding a request's key,
-authenticating it), ``providers`` (each provider's endpoints and route types), ``sync``
+authenticating it), ``providers`` (each provider's endpoints and route types), ``gcp_tokens``
+(Google Cloud access tokens of a service account, for Vertex AI targets), ``sync``
 (xDS-style config stream: ACK/NACK, the compiler given by the composition root), ``cache``
 (the last good snapshot on disk), ``cluster`` (the gRPC channel to the control plane, TLS).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 from dataplane.http.client import Timeouts
 
@@ -33,6 +34,20 @@ class KeyAuthPolicy:
     key_in_bearer: bool
 
 
+class AccessTokens(Protocol):
+    """Short-lived upstream credentials (``dataplane.config.gcp_tokens``): a header to send,
+    fetched and refreshed off the request path where possible."""
+
+    async def header(self) -> tuple[bytes, bytes]:
+        """The auth header of a request; fetches a token first only if none is usable."""
+        ...
+
+    async def rejected(self, header: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+        """The provider refused ``header`` (401): a fresh header (one refresh for all the
+        requests that saw the same token refused)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderTarget:
     """One upstream endpoint of a provider, with its secret auth already resolved."""
@@ -44,6 +59,11 @@ class ProviderTarget:
     # Provider secrets: never logged, never sent to a client.
     auth_headers: tuple[tuple[bytes, bytes], ...]
     auth_body_params: tuple[tuple[str, str], ...]
+    # Query parameters a translator adds to a URL it builds per request (Gemini's ``key``);
+    # providers with one fixed URL have them in ``url`` already.
+    auth_query: tuple[tuple[str, str], ...] = ()
+    # Short-lived credentials fetched at run time (Google Cloud access tokens), or None.
+    credentials: AccessTokens | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         # The default repr would print the provider key into any log or traceback.
@@ -60,7 +80,7 @@ class AiProxyPolicy:
     model: str
     # Default max_tokens when the client sets none; 0 means none.
     max_tokens: int
-    # "openai" or "anthropic": the format the route speaks to its clients.
+    # "openai", "anthropic" or "gemini": the format the route speaks to its clients.
     llm_format: str = "openai"
     # Client model names replaced first ("fast" -> "gpt-4o-mini").
     model_aliases: Mapping[str, str] = field(default_factory=lambda: _NO_ALIASES, compare=False)

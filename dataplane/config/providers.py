@@ -13,6 +13,7 @@ ROUTE_TYPE_PRESERVE: Final = "preserve"
 
 LLM_FORMAT_OPENAI: Final = "openai"
 LLM_FORMAT_ANTHROPIC: Final = "anthropic"
+LLM_FORMAT_GEMINI: Final = "gemini"
 
 # Default endpoints per provider and route type. For "preserve" the value is a base URL the
 # client's path (after the route prefix) is appended to. openai_compatible has no default: its
@@ -31,6 +32,8 @@ DEFAULT_URLS: Final[dict[str, dict[str, str]]] = {
     },
     "azure": {},
     "openai_compatible": {},
+    # The model and the operation are in the path: see GEMINI_PATH / VERTEX_PATH.
+    "gemini": {ROUTE_TYPE_CHAT: "https://generativelanguage.googleapis.com"},
 }
 # Kept for callers of the first version: the providers that speak OpenAI's wire format.
 OPENAI_FORMAT_PROVIDERS: Final = frozenset({"openai", "azure", "openai_compatible"})
@@ -62,7 +65,24 @@ PROVIDER_ROUTE_TYPES: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "anthropic": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_PRESERVE}),
+    "gemini": frozenset({ROUTE_TYPE_CHAT}),
 }
+
+# Gemini: the path after a base URL (the default, or an upstream_url without a path), with the
+# model and operation filled in per request ({operation}: generateContent,
+# streamGenerateContent, countTokens).
+GEMINI_PATH: Final = "/v1beta/models/{model}:{operation}"
+# Vertex AI (model.options.gemini.project_id and location_id set).
+VERTEX_PATH: Final = "/v1/projects/{project}/locations/{location}/publishers/google/models/"
+VERTEX_ENDPOINT_PATH: Final = "/v1/projects/{project}/locations/{location}/endpoints/{endpoint}"
+
+
+def vertex_host(location: str) -> str:
+    """The default Vertex AI API host of a location."""
+    if location == "global":
+        return "aiplatform.googleapis.com"
+    return f"{location}-aiplatform.googleapis.com"
+
 
 # Azure OpenAI: https://{instance}.openai.azure.com/openai/deployments/{deployment}/{path}.
 AZURE_PATHS: Final = {
@@ -74,7 +94,7 @@ DEFAULT_AZURE_API_VERSION: Final = "2024-10-21"
 
 # Known providers this version cannot call yet: rejected with a clear "unsupported" message.
 NOT_YET_SUPPORTED_PROVIDERS: Final = frozenset(
-    {"bedrock", "gemini", "mistral", "llama2", "cohere", "huggingface"}
+    {"bedrock", "mistral", "llama2", "cohere", "huggingface"}
 )
 
 SUPPORTED_ROUTE_TYPES: Final = frozenset(

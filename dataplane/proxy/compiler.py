@@ -15,13 +15,16 @@ from dataplane.admission.entitlements import compile_enforcement
 from dataplane.admission.ratelimit import PLUGIN_NAMES as RATE_LIMIT_PLUGINS
 from dataplane.admission.ratelimit import check_config as check_rate_limit_config
 from dataplane.admission.ratelimit import compile_route_limits
+from dataplane.config.gcp_tokens import ServiceAccountTokens, parse_service_account
 from dataplane.config.keys import is_key_hash
 from dataplane.config.model import AiProxyPolicy, Consumer, KeyAuthPolicy, ProviderTarget
 from dataplane.config.providers import (
     AZURE_PATHS,
     DEFAULT_AZURE_API_VERSION,
     DEFAULT_URLS,
+    GEMINI_PATH,
     LLM_FORMAT_ANTHROPIC,
+    LLM_FORMAT_GEMINI,
     LLM_FORMAT_OPENAI,
     NOT_YET_SUPPORTED_PROVIDERS,
     NOT_YET_SUPPORTED_ROUTE_TYPES,
@@ -29,9 +32,12 @@ from dataplane.config.providers import (
     ROUTE_TYPE_CHAT,
     ROUTE_TYPE_PRESERVE,
     SUPPORTED_ROUTE_TYPES,
+    VERTEX_ENDPOINT_PATH,
+    VERTEX_PATH,
+    vertex_host,
 )
 from dataplane.config.routing import RouteTable
-from dataplane.errors import CompileError
+from dataplane.errors import CompileError, ConfigError
 from dataplane.http.client import Timeouts
 from dataplane.proxy.balancer import (
     ALGORITHMS,
@@ -49,6 +55,7 @@ from dataplane.proxy.balancer import (
 from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig
 from dataplane.translate.anthropic_format import DEFAULT_ANTHROPIC_VERSION
 from dataplane.translate.base import Translator
+from dataplane.translate.gemini_format import MODEL_PLACEHOLDER, OPERATION_PLACEHOLDER
 from dataplane.translate.select import OPENAI, translator_for
 from meterline.dataplane.v1 import snapshot_pb2
 
@@ -87,6 +94,8 @@ _ALWAYS_DROPPED = frozenset(
         b"apikey",
         b"api-key",
         b"x-api-key",
+        # Gemini's key header: a Gemini client's gateway key, never the provider's.
+        b"x-goog-api-key",
     }
 )
 
@@ -284,14 +293,16 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
             f'{label}: provider "{provider}" does not serve route_type "{route_type}"'
         )
     llm_format = config.llm_format or LLM_FORMAT_OPENAI
-    if llm_format not in (LLM_FORMAT_OPENAI, LLM_FORMAT_ANTHROPIC):
+    if llm_format not in (LLM_FORMAT_OPENAI, LLM_FORMAT_ANTHROPIC, LLM_FORMAT_GEMINI):
         raise CompileError(
-            f'{label}: unknown llm_format "{llm_format}" (supported: anthropic, openai)'
+            f'{label}: unknown llm_format "{llm_format}" (supported: anthropic, gemini, openai)'
         )
-    if llm_format == LLM_FORMAT_ANTHROPIC and provider != "anthropic":
-        raise CompileError(
-            f'{label}: llm_format "anthropic" needs provider "anthropic", got "{provider}"'
-        )
+    for native in (LLM_FORMAT_ANTHROPIC, LLM_FORMAT_GEMINI):
+        if llm_format == native and provider != native:
+            raise CompileError(
+                f'{label}: llm_format "{native}" needs provider "{native}", got "{provider}"'
+            )
+    _check_gemini(label, config)
     options = config.model.options
     upstream_url = options.upstream_url
     if upstream_url:
@@ -322,6 +333,70 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
         raise CompileError(f'{label}: auth.param_location must be "query" or "body"')
     if options.max_tokens < 0:
         raise CompileError(f"{label}: model.options.max_tokens is negative")
+
+
+def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
+    """Gemini's options and Google Cloud auth: only on provider gemini, and consistent."""
+    auth, options = config.auth, config.model.options
+    gemini = options.gemini
+    if config.model.provider != "gemini":
+        if config.model.options.HasField("gemini"):
+            raise CompileError(f'{label}: model.options.gemini is only for provider "gemini"')
+        if auth.gcp_use_service_account or auth.gcp_service_account_json:
+            raise CompileError(f'{label}: auth.gcp_* is only for provider "gemini"')
+        return
+    if bool(gemini.project_id) != bool(gemini.location_id):
+        raise CompileError(
+            f"{label}: model.options.gemini needs both project_id and location_id (Vertex AI)"
+        )
+    if (gemini.api_endpoint or gemini.endpoint_id) and not gemini.project_id:
+        raise CompileError(
+            f"{label}: model.options.gemini.api_endpoint and endpoint_id need project_id and "
+            "location_id (Vertex AI)"
+        )
+    for name in ("project_id", "location_id", "endpoint_id"):
+        value = getattr(gemini, name)
+        if value and not _is_path_segment(value):
+            raise CompileError(f'{label}: model.options.gemini.{name} "{value}" is not a name')
+    if gemini.api_endpoint:
+        endpoint = gemini.api_endpoint
+        parts = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
+        try:
+            parts.port  # noqa: B018 (raises ValueError on a malformed port)
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+            raise CompileError(
+                f'{label}: model.options.gemini.api_endpoint "{endpoint}" is not a host name'
+            )
+    if auth.param_name and auth.param_location != "query":
+        raise CompileError(
+            f'{label}: provider "gemini" takes its key in a header (x-goog-api-key) or the '
+            'query (param_location: "query"), not the body'
+        )
+    if auth.gcp_service_account_json and not auth.gcp_use_service_account:
+        raise CompileError(
+            f"{label}: auth.gcp_service_account_json needs auth.gcp_use_service_account: true"
+        )
+    if auth.gcp_use_service_account:
+        if auth.header_name or auth.param_name:
+            raise CompileError(
+                f"{label}: auth.gcp_use_service_account replaces header_name/param_name auth; "
+                "set one of them"
+            )
+        if auth.gcp_service_account_json:
+            try:
+                parse_service_account(auth.gcp_service_account_json, label=label)
+            except ConfigError as exc:
+                raise CompileError(str(exc)) from None
+        if auth.gcp_oauth_token_url:
+            token_url = urlsplit(auth.gcp_oauth_token_url)
+            if token_url.scheme not in ("http", "https") or not token_url.hostname:
+                raise CompileError(f"{label}: auth.gcp_oauth_token_url is not an http(s) URL")
+
+
+def _is_path_segment(value: str) -> bool:
+    return value.isascii() and all(c.isalnum() or c in "-_." for c in value)
 
 
 def _check_model_policy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
@@ -465,11 +540,38 @@ def _compile_key_auth(config: snapshot_pb2.KeyAuthConfig) -> KeyAuthPolicy:
     )
 
 
+def _gemini_url(config: snapshot_pb2.AiProxyConfig) -> str:
+    """A Gemini target's URL template ({model} and {operation} filled per request).
+
+    An upstream_url with a path is Kong's full URL, used as is; one without a path is a base
+    URL the provider's own path is appended to, as is the Vertex AI endpoint's.
+    """
+    options = config.model.options
+    gemini = options.gemini
+    base = options.upstream_url.rstrip("/")
+    if options.upstream_url and urlsplit(options.upstream_url).path.strip("/"):
+        return options.upstream_url
+    if not gemini.project_id:
+        return (base or DEFAULT_URLS["gemini"][ROUTE_TYPE_CHAT]) + GEMINI_PATH
+    if not base:
+        endpoint = gemini.api_endpoint or vertex_host(gemini.location_id)
+        base = (endpoint if "://" in endpoint else "https://" + endpoint).rstrip("/")
+    if gemini.endpoint_id:
+        path = VERTEX_ENDPOINT_PATH.format(
+            project=gemini.project_id, location=gemini.location_id, endpoint=gemini.endpoint_id
+        )
+        return f"{base}{path}:{OPERATION_PLACEHOLDER}"
+    path = VERTEX_PATH.format(project=gemini.project_id, location=gemini.location_id)
+    return f"{base}{path}{MODEL_PLACEHOLDER}:{OPERATION_PLACEHOLDER}"
+
+
 def _upstream_url(config: snapshot_pb2.AiProxyConfig) -> str:
     options = config.model.options
+    provider, route_type = config.model.provider, config.route_type
+    if provider == "gemini":
+        return _gemini_url(config)
     if options.upstream_url:
         return options.upstream_url
-    provider, route_type = config.model.provider, config.route_type
     if provider == "azure":
         base = f"https://{options.azure_instance}.openai.azure.com"
         if route_type == ROUTE_TYPE_PRESERVE:
@@ -552,7 +654,21 @@ def _compile_ai_proxy(
     url = _upstream_url(config)
     auth = config.auth
     body_params: tuple[tuple[str, str], ...] = ()
-    if auth.param_name and auth.param_location == "query":
+    query: tuple[tuple[str, str], ...] = ()
+    credentials: ServiceAccountTokens | None = None
+    if provider == "gemini":
+        # The URL is completed per request (model, operation, alt=sse): the key joins then.
+        if auth.param_name:
+            query = ((auth.param_name, auth.param_value),)
+        if auth.gcp_use_service_account:
+            try:
+                info = None
+                if auth.gcp_service_account_json:
+                    info = parse_service_account(auth.gcp_service_account_json, label="ai-proxy")
+                credentials = ServiceAccountTokens(info=info, token_url=auth.gcp_oauth_token_url)
+            except ConfigError as exc:
+                raise CompileError(f"ai-proxy: {exc}") from None
+    elif auth.param_name and auth.param_location == "query":
         url += ("&" if urlsplit(url).query else "?") + urlencode(
             {auth.param_name: auth.param_value}
         )
@@ -578,6 +694,8 @@ def _compile_ai_proxy(
             origin=f"{parts.scheme}://{parts.hostname}:{port}",
             auth_headers=tuple(headers),
             auth_body_params=body_params,
+            auth_query=query,
+            credentials=credentials,
         ),
         model=config.model.name,
         max_tokens=config.model.options.max_tokens,

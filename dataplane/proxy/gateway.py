@@ -19,8 +19,9 @@ from dataplane.admission.cost import ESTIMATE_SUFFIX
 from dataplane.admission.entitlements import Enforcer
 from dataplane.admission.ratelimit import RateLimiter
 from dataplane.admission.stages import Admitted, admit_request
+from dataplane.config.gcp_tokens import UpstreamCredentialsError
 from dataplane.config.keys import authenticate
-from dataplane.config.model import AiProxyPolicy
+from dataplane.config.model import AccessTokens, AiProxyPolicy
 from dataplane.config.providers import ROUTE_TYPE_PRESERVE
 from dataplane.errors import Rejection
 from dataplane.http.asgi import (
@@ -48,6 +49,7 @@ from dataplane.proxy.balancer import Balancer, NoTargetForModel
 from dataplane.proxy.estimate import RESERVED_ESTIMATE_PATH, estimate_for_model, estimate_on_route
 from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig, carry_state
 from dataplane.translate.base import Prepared, Translator
+from dataplane.translate.gemini_format import candidate_texts
 from dataplane.translate.openai_format import InvalidRequest
 from dataplane.translate.select import OPENAI as _OPENAI
 from dataplane.usage.estimate import estimate_usage
@@ -64,6 +66,9 @@ DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_DRAIN_TIMEOUT_S: Final = 60.0
 
 _SSE_CONTENT_TYPE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
+# Providers whose streams reach OpenAI clients translated (figures only on the usage chunk the
+# client asked for) or native clients unchanged (no figures: their SDKs read every line).
+_OWN_STREAM_FORMATS: Final = frozenset({"anthropic", "gemini"})
 
 # Upstream response headers the gateway does not relay: hop-by-hop ones, lengths and encodings
 # that no longer hold for the (decoded) body it sends, and headers it sets itself.
@@ -180,7 +185,10 @@ class Gateway:
                 scope=scope,
                 # The figures close the stream where the client asked for the usage chunk.
                 stream_figures=prepared.include_usage
-                or (policy.target.provider != "anthropic" and not prepared.hide_usage_chunk),
+                or (
+                    policy.target.provider not in _OWN_STREAM_FORMATS
+                    and not prepared.hide_usage_chunk
+                ),
             )
             respond = _admitted_send(send, admitted)
             exchange = _Exchange(
@@ -511,14 +519,17 @@ class _Exchange:
         headers.extend(target.auth_headers)
         id_header = (b"x-request-id", self.request_id.encode())
         try:
-            # Redirects are the client's business: they are relayed, not followed.
-            response = await session.request(
-                prepared.method,
-                prepared.url,
-                body=prepared.body or b"",
-                headers=headers,
-                timeout=self.policy.timeout,
-            )
+            if target.credentials is None:
+                # Redirects are the client's business: they are relayed, not followed.
+                response = await session.request(
+                    prepared.method,
+                    prepared.url,
+                    body=prepared.body or b"",
+                    headers=headers,
+                    timeout=self.policy.timeout,
+                )
+            else:
+                response = await self._send_with_token(session, headers, target.credentials)
             self.upstream_ns = time.perf_counter_ns()
         except UPSTREAM_ERRORS as exc:
             timed_out = isinstance(exc, TimeoutError)
@@ -576,6 +587,32 @@ class _Exchange:
         finally:
             # Back to the pool if the body was read to its end; closed otherwise.
             response.release()
+
+    async def _send_with_token(
+        self, session: Pool, headers: list[tuple[bytes, bytes]], credentials: AccessTokens
+    ) -> UpstreamResponse:
+        """The upstream call with a run-time access token, retried once on a 401 with a fresh
+        one (UpstreamCredentialsError if none can be had or the provider refuses it again)."""
+        prepared = self.prepared
+        auth = await credentials.header()
+        for retry in (False, True):
+            response = await session.request(
+                prepared.method,
+                prepared.url,
+                body=prepared.body or b"",
+                headers=[*headers, auth],
+                timeout=self.policy.timeout,
+            )
+            if response.status != 401:
+                return response
+            response.close()
+            if retry:
+                break
+            logger.info("request %s: access token refused; refreshing it", self.request_id)
+            auth = await credentials.rejected(auth)
+        raise UpstreamCredentialsError(
+            "the provider refused the gateway's access token (HTTP 401), also after a refresh"
+        )
 
     def _answered(self, balancer: Balancer, usage: TokenUsage | None) -> None:
         latency_ms = (time.perf_counter_ns() - self.start_perf_ns) / 1e6
@@ -689,6 +726,13 @@ class _Exchange:
         timed_out = isinstance(exc, TimeoutError)
         status = 504 if timed_out else 502
         self._record(status=status, usage=None, model=None, estimated=False)
+        if isinstance(exc, UpstreamCredentialsError):
+            return Rejection(
+                502,
+                f"The gateway could not authenticate to the upstream provider: {exc}",
+                type="api_error",
+                code="upstream_auth_failed",
+            )
         return Rejection(
             status,
             "The upstream provider timed out."
@@ -705,7 +749,8 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 
 def _completion_text(body: bytes) -> str:
-    """The text of a whole response (OpenAI choices or Anthropic content), for an estimate."""
+    """The text of a whole response (OpenAI choices, Anthropic content or Gemini candidates),
+    for an estimate."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -723,4 +768,5 @@ def _completion_text(body: bytes) -> str:
     for block in document.get("content") or ():
         if isinstance(block, dict) and isinstance(block.get("text"), str):
             parts.append(block["text"])
+    parts.extend(candidate_texts(document))  # Gemini
     return "".join(parts)

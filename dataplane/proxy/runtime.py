@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from dataplane.admission.entitlements import EMPTY_TABLE, EnforcementTable
 from dataplane.admission.ratelimit import RouteRateLimits
+from dataplane.config.gcp_tokens import ServiceAccountTokens
 from dataplane.config.model import AiProxyPolicy, Consumer, KeyAuthPolicy
 from dataplane.config.routing import RouteTable
 from dataplane.proxy.balancer import Balancer
@@ -56,11 +57,13 @@ class RuntimeConfig:
 
 
 def carry_state(previous: RuntimeConfig, config: RuntimeConfig) -> int:
-    """Let ``config``'s balancers keep the counters of ``previous``'s unchanged ones.
+    """Let ``config``'s balancers keep the counters of ``previous``'s unchanged ones (and its
+    access-token sources their cached tokens).
 
     Routes match by id; a balancer keeps its state only if its config is byte-identical.
     Returns how many balancers kept their state. Call before ``config`` goes live.
     """
+    _carry_tokens(previous, config)
     old = {route.id: route.balancer for route in previous.routes if route.balancer is not None}
     kept = 0
     if not old:
@@ -71,3 +74,28 @@ def carry_state(previous: RuntimeConfig, config: RuntimeConfig) -> int:
         if balancer is not None and before is not None and balancer.adopt(before):
             kept += 1
     return kept
+
+
+def _token_sources(config: RuntimeConfig) -> list[ServiceAccountTokens]:
+    sources: list[ServiceAccountTokens] = []
+    for route in config.routes:
+        policies = [target.policy for target in route.balancer.targets] if route.balancer else []
+        if route.ai_proxy is not None:
+            policies.append(route.ai_proxy)
+        for policy in policies:
+            credentials = policy.target.credentials
+            if isinstance(credentials, ServiceAccountTokens):
+                sources.append(credentials)
+    return sources
+
+
+def _carry_tokens(previous: RuntimeConfig, config: RuntimeConfig) -> None:
+    """Let ``config``'s access-token sources keep ``previous``'s cached tokens (same service
+    account, same token endpoint): a new snapshot does not cost a token fetch."""
+    old = {source.fingerprint: source for source in _token_sources(previous)}
+    if not old:
+        return
+    for source in _token_sources(config):
+        before = old.get(source.fingerprint)
+        if before is not None and before is not source:
+            source.adopt(before)

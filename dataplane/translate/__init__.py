@@ -4,9 +4,11 @@ Each pair module owns how a client's request becomes the provider's, how usage i
 whole response and from a stream, and how a refusal is rendered in its client's format:
 ``openai_openai`` (OpenAI clients to OpenAI-format providers; the Responses API),
 ``anthropic_anthropic`` (Anthropic Messages clients to Anthropic), ``openai_anthropic`` (OpenAI
-chat clients to Anthropic, translated both ways), ``preserve`` (any path passed through).
-``base`` is the protocol, ``select`` picks the pair of a route, ``openai_format`` and
-``anthropic_format`` hold each wire format's parsing.
+chat clients to Anthropic, translated both ways), ``gemini_gemini`` (Gemini clients to Gemini
+or Vertex AI), ``openai_gemini`` (OpenAI chat clients to Gemini, translated both ways),
+``preserve`` (any path passed through). ``base`` is the protocol, ``select`` picks the pair of
+a route, ``openai_format``, ``anthropic_format`` and ``gemini_format`` hold each wire format's
+parsing.
 
 May import: ``dataplane.config`` and below.
 """

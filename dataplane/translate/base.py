@@ -8,6 +8,8 @@ response or a stream, and rewrites the response when the formats differ:
   the response's ``usage`` and, in streams, from ``response.completed``;
 - ``AnthropicNativeTranslator``: Anthropic Messages clients to Anthropic, relayed unchanged;
 - ``OpenAIToAnthropicTranslator``: OpenAI chat clients to Anthropic, translated both ways;
+- ``GeminiNativeTranslator``: Gemini API clients to Gemini / Vertex AI, relayed unchanged;
+- ``OpenAIToGeminiTranslator``: OpenAI chat clients to Gemini / Vertex AI, translated both ways;
 - ``PreserveTranslator``: any path passed through, usage read where a body has one.
 """
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataplane.config.providers import (
     LLM_FORMAT_ANTHROPIC,
+    LLM_FORMAT_GEMINI,
     ROUTE_TYPE_PRESERVE,
     ROUTE_TYPE_RESPONSES,
 )
 from dataplane.translate.anthropic_anthropic import AnthropicNativeTranslator
 from dataplane.translate.base import Translator
+from dataplane.translate.gemini_gemini import GeminiNativeTranslator
 from dataplane.translate.openai_anthropic import OpenAIToAnthropicTranslator
+from dataplane.translate.openai_gemini import OpenAIToGeminiTranslator
 from dataplane.translate.openai_openai import OpenAIResponsesTranslator, OpenAITranslator
 from dataplane.translate.preserve import PreserveTranslator
 
@@ -18,6 +21,8 @@ OPENAI = OpenAITranslator()
 _ANTHROPIC_NATIVE = AnthropicNativeTranslator()
 _OPENAI_TO_ANTHROPIC = OpenAIToAnthropicTranslator()
 _OPENAI_RESPONSES = OpenAIResponsesTranslator()
+_GEMINI_NATIVE = GeminiNativeTranslator()
+_OPENAI_TO_GEMINI = OpenAIToGeminiTranslator()
 
 
 def translator_for(*, provider: str, route_type: str, llm_format: str) -> Translator:
@@ -27,6 +32,8 @@ def translator_for(*, provider: str, route_type: str, llm_format: str) -> Transl
         return PreserveTranslator(anthropic_errors=anthropic_clients)
     if provider == "anthropic":
         return _ANTHROPIC_NATIVE if anthropic_clients else _OPENAI_TO_ANTHROPIC
+    if provider == "gemini":
+        return _GEMINI_NATIVE if llm_format == LLM_FORMAT_GEMINI else _OPENAI_TO_GEMINI
     if route_type == ROUTE_TYPE_RESPONSES:
         return _OPENAI_RESPONSES
     return OPENAI

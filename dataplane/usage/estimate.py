@@ -59,13 +59,25 @@ def _texts(value: Any, out: list[str]) -> None:
         for item in value:
             _texts(item, out)
     elif isinstance(value, dict):
-        for key in ("content", "text", "system", "prompt", "input", "messages"):
+        # OpenAI and Anthropic bodies; Gemini's contents[].parts[].text and systemInstruction.
+        for key in (
+            "content",
+            "text",
+            "system",
+            "prompt",
+            "input",
+            "messages",
+            "contents",
+            "parts",
+            "systemInstruction",
+        ):
             if key in value:
                 _texts(value[key], out)
 
 
 def prompt_text(document: Any) -> str:
-    """The text of a request body: messages, system, prompt or input (OpenAI or Anthropic)."""
+    """The text of a request body: messages, system, prompt or input (OpenAI or Anthropic), or
+    contents and systemInstruction (Gemini)."""
     parts: list[str] = []
     if isinstance(document, dict):
         _texts(document, parts)

@@ -115,9 +115,9 @@ def _shared_key(s: snapshot_pb2.Snapshot) -> None:
             id="config-missing",
         ),
         pytest.param(
-            _set_provider("gemini"),
-            'provider "gemini" is not supported yet',
-            id="provider-gemini-unsupported",
+            _set_provider("huggingface"),
+            'provider "huggingface" is not supported yet',
+            id="provider-not-yet-supported",
         ),
         pytest.param(
             _set_provider("azure"),
@@ -205,8 +205,8 @@ def _shared_key(s: snapshot_pb2.Snapshot) -> None:
             id="llm-format-anthropic-on-openai",
         ),
         pytest.param(
-            lambda s: setattr(_plugin(s, "ai").ai_proxy, "llm_format", "gemini"),
-            'unknown llm_format "gemini"',
+            lambda s: setattr(_plugin(s, "ai").ai_proxy, "llm_format", "klingon"),
+            'unknown llm_format "klingon"',
             id="llm-format-unknown",
         ),
         pytest.param(
@@ -225,7 +225,7 @@ def test_invalid_snapshots_are_rejected(valid_snapshot, mutate: Mutation, messag
 
 def test_disabled_invalid_plugin_is_still_rejected(valid_snapshot) -> None:
     _plugin(valid_snapshot, "ai").enabled = False
-    _plugin(valid_snapshot, "ai").ai_proxy.model.provider = "gemini"
+    _plugin(valid_snapshot, "ai").ai_proxy.model.provider = "no-such-provider"
     with pytest.raises(CompileError):
         compile_snapshot(valid_snapshot, version="v2")
 

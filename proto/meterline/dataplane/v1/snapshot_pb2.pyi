@@ -227,18 +227,24 @@ class AiProxyBalancer(_message.Message):
     def __init__(self, algorithm: _Optional[str] = ..., hash_on_header: _Optional[str] = ..., retries: _Optional[int] = ..., failover_criteria: _Optional[_Iterable[str]] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., write_timeout: _Optional[int] = ..., tokens_count_strategy: _Optional[str] = ..., latency_strategy: _Optional[str] = ..., max_fails: _Optional[int] = ..., fail_timeout: _Optional[int] = ...) -> None: ...
 
 class AiProxyAuth(_message.Message):
-    __slots__ = ("header_name", "header_value", "param_name", "param_value", "param_location")
+    __slots__ = ("header_name", "header_value", "param_name", "param_value", "param_location", "gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url")
     HEADER_NAME_FIELD_NUMBER: _ClassVar[int]
     HEADER_VALUE_FIELD_NUMBER: _ClassVar[int]
     PARAM_NAME_FIELD_NUMBER: _ClassVar[int]
     PARAM_VALUE_FIELD_NUMBER: _ClassVar[int]
     PARAM_LOCATION_FIELD_NUMBER: _ClassVar[int]
+    GCP_USE_SERVICE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    GCP_SERVICE_ACCOUNT_JSON_FIELD_NUMBER: _ClassVar[int]
+    GCP_OAUTH_TOKEN_URL_FIELD_NUMBER: _ClassVar[int]
     header_name: str
     header_value: str
     param_name: str
     param_value: str
     param_location: str
-    def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., param_name: _Optional[str] = ..., param_value: _Optional[str] = ..., param_location: _Optional[str] = ...) -> None: ...
+    gcp_use_service_account: bool
+    gcp_service_account_json: str
+    gcp_oauth_token_url: str
+    def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., param_name: _Optional[str] = ..., param_value: _Optional[str] = ..., param_location: _Optional[str] = ..., gcp_use_service_account: _Optional[bool] = ..., gcp_service_account_json: _Optional[str] = ..., gcp_oauth_token_url: _Optional[str] = ...) -> None: ...
 
 class AiProxyModel(_message.Message):
     __slots__ = ("provider", "name", "options")
@@ -251,7 +257,7 @@ class AiProxyModel(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., name: _Optional[str] = ..., options: _Optional[_Union[AiProxyModelOptions, _Mapping]] = ...) -> None: ...
 
 class AiProxyModelOptions(_message.Message):
-    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost", "azure_instance", "azure_deployment_id", "azure_api_version")
+    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost", "azure_instance", "azure_deployment_id", "azure_api_version", "gemini")
     UPSTREAM_URL_FIELD_NUMBER: _ClassVar[int]
     ANTHROPIC_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +266,7 @@ class AiProxyModelOptions(_message.Message):
     AZURE_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     AZURE_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     AZURE_API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GEMINI_FIELD_NUMBER: _ClassVar[int]
     upstream_url: str
     anthropic_version: str
     max_tokens: int
@@ -268,7 +275,20 @@ class AiProxyModelOptions(_message.Message):
     azure_instance: str
     azure_deployment_id: str
     azure_api_version: str
-    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ...) -> None: ...
+    gemini: GeminiOptions
+    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ..., gemini: _Optional[_Union[GeminiOptions, _Mapping]] = ...) -> None: ...
+
+class GeminiOptions(_message.Message):
+    __slots__ = ("api_endpoint", "project_id", "location_id", "endpoint_id")
+    API_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    api_endpoint: str
+    project_id: str
+    location_id: str
+    endpoint_id: str
+    def __init__(self, api_endpoint: _Optional[str] = ..., project_id: _Optional[str] = ..., location_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ...) -> None: ...
 
 class ConsumerEntitlements(_message.Message):
     __slots__ = ("consumer_id", "username", "customer", "has_access", "metered", "currency", "prices", "budgets")
