@@ -47,6 +47,12 @@ from dataplane.observability.logs import REQUEST_ID
 from dataplane.observability.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
 from dataplane.proxy.balancer import Balancer, NoTargetForModel
 from dataplane.proxy.estimate import RESERVED_ESTIMATE_PATH, estimate_for_model, estimate_on_route
+from dataplane.proxy.models import (
+    RESERVED_MODELS_PATH,
+    answer_for_key,
+    answer_on_route,
+    models_request,
+)
 from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig, carry_state
 from dataplane.translate.base import Prepared, Translator
 from dataplane.translate.gemini_format import candidate_texts
@@ -150,6 +156,9 @@ class Gateway:
             config = self._config()
             matched = config.routes.match_prefix(scope["path"], scope["method"])
             if matched is None:
+                if scope["path"] == RESERVED_MODELS_PATH and scope["method"] == "GET":
+                    await _send_body(send, answer_for_key(config, scope), id_header)
+                    return
                 if scope["path"] == RESERVED_ESTIMATE_PATH and scope["method"] == "POST":
                     answer = await estimate_for_model(
                         self.enforcer, config, scope, receive, max_body_bytes=self._max_body_bytes
@@ -166,13 +175,18 @@ class Gateway:
             scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (observability.metrics)
             translator = route.translator
             consumer = authenticate(route.key_auth, config.consumers_by_key_hash, scope)
+            subpath = scope["path"][len(prefix) :]
+            if scope["method"] == "GET" and route.ai_proxy is not None and not _preserve(route):
+                wants_models, model = models_request(subpath)
+                if wants_models:
+                    await _send_body(send, answer_on_route(route, model), id_header)
+                    return
             policy = _ai_proxy(route, scope["method"])
             raw = await _read_body(receive, self._max_body_bytes)
             if scope["path"].endswith(ESTIMATE_SUFFIX) and scope["method"] == "POST":
                 answer = estimate_on_route(self.enforcer, route, policy, consumer, raw, scope)
                 await _send_json(send, answer, id_header)
                 return
-            subpath = scope["path"][len(prefix) :]
             prepared = _prepare(translator, policy, raw, subpath, scope)
             admitted = await admit_request(
                 enforcer=self.enforcer,
@@ -294,7 +308,15 @@ def _admitted_send(send: Send, admitted: Admitted) -> Send:
 
 
 async def _send_json(send: Send, answer: dict[str, object], id_header: tuple[bytes, bytes]) -> None:
-    await send_response(send, 200, orjson.dumps(answer), [JSON_CONTENT_TYPE, id_header])
+    await _send_body(send, orjson.dumps(answer), id_header)
+
+
+async def _send_body(send: Send, body: bytes, id_header: tuple[bytes, bytes]) -> None:
+    await send_response(send, 200, body, [JSON_CONTENT_TYPE, id_header])
+
+
+def _preserve(route: CompiledRoute) -> bool:
+    return route.ai_proxy is not None and route.ai_proxy.route_type == ROUTE_TYPE_PRESERVE
 
 
 class _Exchange:

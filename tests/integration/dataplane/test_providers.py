@@ -129,6 +129,8 @@ class Stack:
     anthropic_fake: FakeAnthropic
     gateway: Gateway
     events: list[usage_pb2.UsageEvent] = field(default_factory=list)
+    openai_fake_url: str = ""
+    anthropic_fake_url: str = ""
 
     def totals(self) -> dict[int, int]:
         totals: dict[int, int] = {}
@@ -153,7 +155,9 @@ async def stack() -> AsyncIterator[Stack]:
         gateway.apply(compile_snapshot(build_snapshot(oa.url, an.url), version="v1"))
         try:
             async with serve_http(gateway) as address:
-                yield Stack(address.url, openai_fake, anthropic_fake, gateway, events)
+                yield Stack(
+                    address.url, openai_fake, anthropic_fake, gateway, events, oa.url, an.url
+                )
         finally:
             await gateway.aclose()
 
