@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -15,7 +14,8 @@ from controlplane.api import convert
 from controlplane.clock import Clock
 from controlplane.configsync import registry
 from controlplane.configsync.hub import ConfigHub
-from controlplane.configsync.registry import SyncStatus
+from controlplane.configsync.session import ConfigSessions
+from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.storage.db import Database
 from controlplane.usage import storage as usage
@@ -30,7 +30,7 @@ else:
 
 
 class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
-    """Pushes a full snapshot at connect (unless the node holds it) and on every change."""
+    """ConfigService.StreamConfig: each stream is a session of controlplane.configsync.session."""
 
     def __init__(
         self,
@@ -42,50 +42,18 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         metrics: ControlPlaneMetrics | None = None,
         heartbeat_seconds: float = registry.HEARTBEAT_SECONDS,
     ) -> None:
-        self._db = db
-        self._clock = clock
-        self._hub = hub
-        # How often an open stream refreshes its data plane's last_seen_time (registry.py).
-        self.heartbeat_seconds = heartbeat_seconds
-        self._metrics = metrics or ControlPlaneMetrics()
-        self.version = version or registry.running_version()
-        self._writes: set[asyncio.Task[None]] = set()
-
-    async def _record(
-        self, *, stream_writes: set[asyncio.Task[None]] | None = None, **kwargs: object
-    ) -> None:
-        now = self._clock.now()
-
-        def run() -> None:
-            with self._db.begin() as conn:
-                registry.record(conn, now=now, **kwargs)  # type: ignore[arg-type]
-
-        # Shielded and tracked: a stream cancelled at shutdown still records its last state,
-        # and drain() lets the server wait for it before the database goes away.
-        task: asyncio.Task[None] = asyncio.ensure_future(asyncio.to_thread(run))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        if stream_writes is not None:
-            stream_writes.add(task)
-            task.add_done_callback(stream_writes.discard)
-        await asyncio.shield(task)
-
-    async def _heartbeat(self, *, node_id: str, stream_id: str) -> None:
-        now = self._clock.now()
-
-        def run() -> None:
-            with self._db.begin() as conn:
-                registry.heartbeat(conn, node_id=node_id, stream_id=stream_id, now=now)
-
-        try:
-            await asyncio.to_thread(run)
-        except Exception:  # a missed heartbeat must not end the stream
-            log.exception("heartbeat of data plane %s not recorded", node_id)
+        self._sessions = ConfigSessions(
+            db=db,
+            clock=clock,
+            hub=hub,
+            version=version,
+            metrics=metrics,
+            heartbeat_seconds=heartbeat_seconds,
+        )
 
     async def drain(self) -> None:
         """Wait for registry writes still in flight."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self._sessions.drain()
 
     async def StreamConfig(
         self, request_iterator: AsyncIterator[config_pb2.ConfigRequest], context: Ctx
@@ -93,116 +61,13 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
-        if not first.node.id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first ConfigRequest must name its node.id"
-            )
-        node = first.node
-        # Registry writes of this stream apply only while no newer stream of the node connected.
-        stream_id = uuid.uuid4().hex
-        if not registry.compatible(control_plane=self.version, data_plane=node.version):
-            message = (
-                f"data plane version {node.version} is incompatible with control plane version "
-                f"{self.version} (major versions differ)"
-            )
-            await self._record(
-                node_id=node.id,
-                hostname=node.hostname,
-                version=node.version,
-                config_version=first.version_info,
-                status=SyncStatus.INCOMPATIBLE,
-                error=message,
-                stream_id=stream_id,
-                connect=True,
-            )
-            log.warning("data plane %s refused: %s", node.id, message)
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
-        await self._record(
-            node_id=node.id,
-            hostname=node.hostname,
-            version=node.version,
-            config_version=first.version_info,
-            status=SyncStatus.CONNECTED,
-            stream_id=stream_id,
-            connect=True,
-        )
-        log.info("data plane %s connected (holds %r)", node.id, first.version_info)
-        metrics = self._metrics
-        metrics.dataplane_streams.inc()
-        sent_nonce = ""
-        node_version = first.version_info
-        # The answers' registry writes still in flight: the disconnect is written after them,
-        # or a late IN_SYNC would overwrite it and the data plane would count as live (and hold
-        # a balance slice) until its heartbeat went stale.
-        answer_writes: set[asyncio.Task[None]] = set()
-
-        async def read_answers() -> None:
-            nonlocal node_version
-            async for request in request_iterator:
-                if request.response_nonce != sent_nonce:
-                    continue  # stale: answers a response that was superseded
-                nacked = request.HasField("error_detail") and bool(request.error_detail.message)
-                metrics.snapshot_answers.labels("nack" if nacked else "ack").inc()
-                if nacked:
-                    log.warning(
-                        "data plane %s NACKed %s: %s",
-                        node.id,
-                        request.response_nonce,
-                        request.error_detail.message,
-                    )
-                    await self._record(
-                        stream_writes=answer_writes,
-                        node_id=node.id,
-                        config_version=request.version_info,
-                        status=SyncStatus.NACKED,
-                        error=request.error_detail.message,
-                        stream_id=stream_id,
-                    )
-                else:
-                    await self._record(
-                        stream_writes=answer_writes,
-                        node_id=node.id,
-                        config_version=request.version_info,
-                        status=SyncStatus.IN_SYNC,
-                        stream_id=stream_id,
-                    )
-                node_version = request.version_info
-
-        reader = asyncio.create_task(read_answers())
-        last_sent_version = first.version_info
-        last_beat = time.monotonic()
         try:
-            while not reader.done():
-                built = await self._hub.current()
-                if built.version != last_sent_version:
-                    sent_nonce = uuid.uuid4().hex
-                    last_sent_version = built.version
-                    metrics.snapshot_pushes.inc()
-                    yield config_pb2.ConfigResponse(
-                        version_info=built.version, nonce=sent_nonce, snapshot=built.snapshot
-                    )
-                waiter = asyncio.create_task(self._hub.wait_for_change())
-                await asyncio.wait(
-                    {waiter, reader},
-                    return_when=asyncio.FIRST_COMPLETED,
-                    timeout=self.heartbeat_seconds,
-                )
-                waiter.cancel()
-                if time.monotonic() - last_beat >= self.heartbeat_seconds:
-                    last_beat = time.monotonic()
-                    await self._heartbeat(node_id=node.id, stream_id=stream_id)
-        finally:
-            metrics.dataplane_streams.dec()
-            reader.cancel()
-            if answer_writes:
-                await asyncio.gather(*answer_writes, return_exceptions=True)
-            await self._record(
-                node_id=node.id,
-                config_version=node_version,
-                status=SyncStatus.DISCONNECTED,
-                stream_id=stream_id,
-            )
-            log.info("data plane %s disconnected", node.id)
+            async for response in self._sessions.serve(first, request_iterator):
+                yield response
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except FailedPrecondition as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
