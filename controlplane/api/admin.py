@@ -496,31 +496,16 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
             if message.HasField("billing_anchor_time")
             else None
         )
-        if anchor is not None and anchor > start:
-            raise InvalidArgument(
-                "subscription.billing_anchor_time must not be after start_time: periods repeat"
-                " from the anchor, so give one a period earlier"
-            )
 
         def create(conn: Connection) -> customers_pb2.Subscription:
-            customers.get_customer(conn, customer_key)
-            plan = (
-                catalog.active_plan(conn, plan_key)
-                if version is None
-                else catalog.get_plan(conn, plan_key, version)
-            )
-            if plan.state.value != "active":
-                raise InvalidArgument(
-                    f"{convert.plan_name(plan)} is {plan.state.value}, not active"
-                )
-            sub = subscriptions.create_subscription(
+            sub = subscription_service.subscribe(
                 conn,
                 customer=customer_key,
-                plan_key=plan.key,
-                plan_version=plan.version,
-                start_time=start,
+                plan_key=plan_key,
+                version=version,
+                start=start,
+                anchor=anchor,
                 now=now,
-                billing_anchor=anchor or catalog.subscription_anchor(plan, start),
             )
             return convert.subscription_to_proto(sub)
 
@@ -588,15 +573,7 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         )
 
         def change(conn: Connection) -> Subscription:
-            plan = (
-                catalog.active_plan(conn, plan_key)
-                if version is None
-                else catalog.get_plan(conn, plan_key, version)
-            )
-            if plan.state.value != "active":
-                raise InvalidArgument(
-                    f"{convert.plan_name(plan)} is {plan.state.value}, not active"
-                )
+            plan = subscription_service.subscribable_plan(conn, plan_key, version)
             return subscription_service.change_to(conn, id, plan=plan, at=at, now=now)
 
         return convert.subscription_to_proto(await self._tx(change))

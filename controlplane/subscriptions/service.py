@@ -11,6 +11,7 @@ from sqlalchemy import Connection
 
 from controlplane.catalog import storage as catalog
 from controlplane.catalog.types import Plan, PlanState
+from controlplane.customers import storage as customers
 from controlplane.declarative.types import SubscriptionSpec
 from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.invoicing import lifecycle
@@ -20,6 +21,49 @@ from controlplane.subscriptions.types import Subscription
 
 def _name(plan: Plan) -> str:
     return f"plans/{plan.key}/versions/{plan.version}"
+
+
+def subscribable_plan(conn: Connection, plan_key: str, version: int | None) -> Plan:
+    """The plan a subscription may start on or change to: the active version, or the one named,
+    which must be active (published, not archived or a draft)."""
+    plan = (
+        catalog.active_plan(conn, plan_key)
+        if version is None
+        else catalog.get_plan(conn, plan_key, version)
+    )
+    if plan.state is not PlanState.ACTIVE:
+        raise InvalidArgument(f"{_name(plan)} is {plan.state.value}, not active")
+    return plan
+
+
+def subscribe(
+    conn: Connection,
+    *,
+    customer: str,
+    plan_key: str,
+    version: int | None,
+    start: datetime,
+    anchor: datetime | None,
+    now: datetime,
+) -> Subscription:
+    """Start ``customer`` on a plan at ``start``; periods repeat from ``anchor`` (default: the
+    plan's anchor for ``start``), which must not be after ``start``."""
+    if anchor is not None and anchor > start:
+        raise InvalidArgument(
+            "subscription.billing_anchor_time must not be after start_time: periods repeat"
+            " from the anchor, so give one a period earlier"
+        )
+    customers.get_customer(conn, customer)
+    plan = subscribable_plan(conn, plan_key, version)
+    return subscriptions.create_subscription(
+        conn,
+        customer=customer,
+        plan_key=plan.key,
+        plan_version=plan.version,
+        start_time=start,
+        now=now,
+        billing_anchor=anchor or catalog.subscription_anchor(plan, start),
+    )
 
 
 def change_to(
