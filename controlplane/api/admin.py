@@ -34,7 +34,6 @@ from controlplane.subscriptions import service as subscription_service
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.types import Subscription
 from controlplane.usage import meter_storage as usage_meters
-from controlplane.usage.meters import MeterAggregation, OperatorMeter
 from meterline.admin.v1 import (
     billing_pb2,
     billing_pb2_grpc,
@@ -201,25 +200,6 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
 
 
 # catalog.proto's MeterAggregation has no LATEST yet: such meters list it as UNSPECIFIED.
-_CATALOG_AGGREGATIONS = {
-    MeterAggregation.SUM: catalog_pb2.METER_AGGREGATION_SUM,
-    MeterAggregation.COUNT: catalog_pb2.METER_AGGREGATION_COUNT,
-    MeterAggregation.MAX: catalog_pb2.METER_AGGREGATION_MAX,
-    MeterAggregation.UNIQUE_COUNT: catalog_pb2.METER_AGGREGATION_UNIQUE_COUNT,
-}
-
-
-def _operator_meter_to_proto(meter: OperatorMeter) -> catalog_pb2.Meter:
-    return catalog_pb2.Meter(
-        name=f"meters/{meter.key}",
-        key=meter.key,
-        event_type=meter.event_type,
-        aggregation=_CATALOG_AGGREGATIONS.get(
-            meter.aggregation, catalog_pb2.METER_AGGREGATION_UNSPECIFIED
-        ),
-        value_property=meter.value_property or "",
-        group_by=sorted(meter.group_by),
-    )
 
 
 class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
@@ -231,7 +211,7 @@ class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
         operator = await self._tx(usage_meters.list_meters)
         meters = [
             *(convert.meter_to_proto(m) for m in BUILTIN_METERS.values()),
-            *(_operator_meter_to_proto(m) for m in operator),
+            *(convert.operator_meter_to_proto(m) for m in operator),
         ]
         chunk, token = page(meters, page_size=request.page_size, page_token=request.page_token)
         return catalog_pb2.ListMetersResponse(meters=chunk, next_page_token=token)

@@ -36,6 +36,7 @@ from controlplane.invoicing.types import Invoice, InvoiceLine, InvoiceState
 from controlplane.rating.charge import LineType, TierCharge
 from controlplane.subscriptions.periods import EARLIEST_TIME, LATEST_TIME
 from controlplane.subscriptions.types import Subscription
+from controlplane.usage.meters import MeterAggregation, OperatorMeter
 from controlplane.usage.quantities import MAX_EVENT_TOKENS
 from controlplane.usage.types import TokenType, UsageEvent
 from meterline.admin.v1 import (
@@ -737,4 +738,25 @@ def usage_event_to_admin_proto(event: UsageEvent) -> admin_usage_pb2.UsageEvent:
         time=to_timestamp(event.time),
         data=data,
         value=event.tokens,
+    )
+
+
+CATALOG_AGGREGATIONS = {
+    MeterAggregation.SUM: catalog_pb2.METER_AGGREGATION_SUM,
+    MeterAggregation.COUNT: catalog_pb2.METER_AGGREGATION_COUNT,
+    MeterAggregation.MAX: catalog_pb2.METER_AGGREGATION_MAX,
+    MeterAggregation.UNIQUE_COUNT: catalog_pb2.METER_AGGREGATION_UNIQUE_COUNT,
+}
+
+
+def operator_meter_to_proto(meter: OperatorMeter) -> catalog_pb2.Meter:
+    return catalog_pb2.Meter(
+        name=f"meters/{meter.key}",
+        key=meter.key,
+        event_type=meter.event_type,
+        aggregation=CATALOG_AGGREGATIONS.get(
+            meter.aggregation, catalog_pb2.METER_AGGREGATION_UNSPECIFIED
+        ),
+        value_property=meter.value_property or "",
+        group_by=sorted(meter.group_by),
     )

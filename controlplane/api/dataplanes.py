@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from controlplane.api.convert import to_timestamp
+from controlplane.api.convert_dataplanes import NAME_PREFIX, to_proto_dataplane
 from controlplane.api.paging import page
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync import registry
-from controlplane.configsync.registry import DataPlaneRecord, SyncStatus
+from controlplane.configsync.registry import DataPlaneRecord
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.storage.db import Database
 from meterline.admin.v1 import dataplanes_pb2, dataplanes_pb2_grpc
@@ -21,35 +21,6 @@ if TYPE_CHECKING:
     Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 else:
     Ctx = grpc.aio.ServicerContext
-
-NAME_PREFIX = "dataplanes/"
-
-_STATUS = {
-    SyncStatus.CONNECTED: dataplanes_pb2.SYNC_STATUS_CONNECTED,
-    SyncStatus.IN_SYNC: dataplanes_pb2.SYNC_STATUS_IN_SYNC,
-    SyncStatus.NACKED: dataplanes_pb2.SYNC_STATUS_NACKED,
-    SyncStatus.DISCONNECTED: dataplanes_pb2.SYNC_STATUS_DISCONNECTED,
-    SyncStatus.INCOMPATIBLE: dataplanes_pb2.SYNC_STATUS_INCOMPATIBLE,
-    SyncStatus.STALE: dataplanes_pb2.SYNC_STATUS_STALE,
-}
-
-
-def to_proto_dataplane(record: DataPlaneRecord) -> dataplanes_pb2.DataPlane:
-    """The wire form of a registry record."""
-    return dataplanes_pb2.DataPlane(
-        name=NAME_PREFIX + record.node_id,
-        node_id=record.node_id,
-        hostname=record.hostname,
-        version=record.version,
-        config_version=record.config_version,
-        last_seen_time=to_timestamp(record.last_seen_time),
-        sync_status=(
-            _STATUS[record.sync_status]
-            if record.sync_status is not None
-            else dataplanes_pb2.SYNC_STATUS_UNSPECIFIED
-        ),
-        error=record.error,
-    )
 
 
 class DataPlaneServicer(dataplanes_pb2_grpc.DataPlaneServiceServicer):

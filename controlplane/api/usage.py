@@ -9,23 +9,19 @@ from sqlalchemy import Connection
 
 from controlplane.api import convert
 from controlplane.api.admin import Ctx, _Base
+from controlplane.api.convert_usage import (
+    meter_from_proto,
+    meter_to_proto,
+)
 from controlplane.api.paging import checked_page_size, decode_offset, encode_offset, page
 from controlplane.errors import InvalidArgument
 from controlplane.usage import meter_storage, query
 from controlplane.usage import storage as usage
 from controlplane.usage.aggregate import WindowSize
 from controlplane.usage.ingest import MAX_BATCH, NotJson, ingest_events
-from controlplane.usage.meters import LLM_TOKENS, MeterAggregation, OperatorMeter, loads_exact
+from controlplane.usage.meters import LLM_TOKENS, loads_exact
 from meterline.admin.v1 import usage_pb2, usage_pb2_grpc
 
-_AGGREGATIONS = {
-    MeterAggregation.SUM: usage_pb2.USAGE_METER_AGGREGATION_SUM,
-    MeterAggregation.COUNT: usage_pb2.USAGE_METER_AGGREGATION_COUNT,
-    MeterAggregation.MAX: usage_pb2.USAGE_METER_AGGREGATION_MAX,
-    MeterAggregation.UNIQUE_COUNT: usage_pb2.USAGE_METER_AGGREGATION_UNIQUE_COUNT,
-    MeterAggregation.LATEST: usage_pb2.USAGE_METER_AGGREGATION_LATEST,
-}
-_FROM_AGGREGATION = {v: k for k, v in _AGGREGATIONS.items()}
 _WINDOWS = {
     usage_pb2.WINDOW_SIZE_UNSPECIFIED: None,
     usage_pb2.WINDOW_SIZE_MINUTE: WindowSize.MINUTE,
@@ -43,36 +39,6 @@ LLM_TOKENS_METER = usage_pb2.UsageMeter(
     value_property="$.tokens",
     group_by={d: f"$.{d}" for d in query.LLM_DIMENSIONS},
 )
-
-
-def meter_to_proto(meter: OperatorMeter) -> usage_pb2.UsageMeter:
-    return usage_pb2.UsageMeter(
-        name=f"meters/{meter.key}",
-        key=meter.key,
-        description=meter.description,
-        event_type=meter.event_type,
-        aggregation=_AGGREGATIONS[meter.aggregation],
-        value_property=meter.value_property or "",
-        group_by=dict(meter.group_by),
-        create_time=convert.to_timestamp(meter.create_time),
-    )
-
-
-def meter_from_proto(message: usage_pb2.UsageMeter) -> OperatorMeter:
-    aggregation = _FROM_AGGREGATION.get(message.aggregation)
-    if aggregation is None:
-        known = ", ".join(a.value for a in MeterAggregation)
-        raise InvalidArgument(f"meter.aggregation is required: one of {known}")
-    if not message.key:
-        raise InvalidArgument("meter.key is required")
-    return OperatorMeter(
-        key=message.key,
-        description=message.description,
-        event_type=message.event_type,
-        aggregation=aggregation,
-        value_property=message.value_property or None,
-        group_by=dict(message.group_by),
-    )
 
 
 class UsageQueryServicer(_Base, usage_pb2_grpc.UsageServiceServicer):
