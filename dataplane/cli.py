@@ -347,7 +347,7 @@ async def _serve(
 
     config_client = ConfigClient(
         compile=compile_snapshot,
-        stub=config_pb2_grpc.ConfigServiceStub(channel),  # type: ignore[no-untyped-call, unused-ignore]
+        stub=config_pb2_grpc.ConfigServiceStub(channel),
         node=config_pb2.Node(id=node_id, hostname=socket.gethostname(), version=__version__),
         apply=apply,
         on_answer=metrics.snapshot_answered,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, Row, delete, insert, select
 
 from controlplane.budgets.types import Budget, BudgetMode
 from controlplane.errors import NotFound
@@ -15,15 +16,15 @@ from controlplane.storage import schema as s
 b = s.budgets
 
 
-def _budget(r: object) -> Budget:
+def _budget(r: Row[Any]) -> Budget:
     return Budget(
-        id=r.id,  # type: ignore[attr-defined]
-        customer=r.customer,  # type: ignore[attr-defined]
-        amount=Decimal(r.amount),  # type: ignore[attr-defined]
-        currency=r.currency,  # type: ignore[attr-defined]
-        period=r.period,  # type: ignore[attr-defined]
-        mode=BudgetMode(r.mode),  # type: ignore[attr-defined]
-        create_time=r.create_time,  # type: ignore[attr-defined]
+        id=r.id,
+        customer=r.customer,
+        amount=Decimal(r.amount),
+        currency=r.currency,
+        period=r.period,
+        mode=BudgetMode(r.mode),
+        create_time=r.create_time,
     )
 
 

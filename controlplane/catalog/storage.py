@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
 from controlplane.catalog.types import (
     LLM_TOKENS,
@@ -33,12 +33,12 @@ from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgume
 from controlplane.storage import schema as s
 
 
-def _feature(row: object) -> Feature:
+def _feature(row: Row[Any]) -> Feature:
     return Feature(
-        key=row.key,  # type: ignore[attr-defined]
-        name=row.name,  # type: ignore[attr-defined]
-        meter=row.meter,  # type: ignore[attr-defined]
-        filters=dict(row.filters),  # type: ignore[attr-defined]
+        key=row.key,
+        name=row.name,
+        meter=row.meter,
+        filters=dict(row.filters),
     )
 
 

@@ -34,7 +34,7 @@ def _fetch(address: str) -> list[dataplanes_pb2.DataPlane]:
             grpc.channel_ready_future(channel).result(timeout=10)
         except grpc.FutureTimeoutError:
             raise SystemExit(f"error: no control plane answers at {address}") from None
-        stub = dataplanes_pb2_grpc.DataPlaneServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+        stub = dataplanes_pb2_grpc.DataPlaneServiceStub(channel)
         found: list[dataplanes_pb2.DataPlane] = []
         token = ""
         while True:

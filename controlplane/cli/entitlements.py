@@ -67,7 +67,7 @@ def _stub(address: str) -> Iterator[entitlements_pb2_grpc.EntitlementServiceStub
             grpc.channel_ready_future(channel).result(timeout=10)
         except grpc.FutureTimeoutError:
             raise SystemExit(f"error: no control plane answers at {address}") from None
-        yield entitlements_pb2_grpc.EntitlementServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+        yield entitlements_pb2_grpc.EntitlementServiceStub(channel)
 
 
 def _time(ts: timestamp_pb2.Timestamp, present: bool) -> str:

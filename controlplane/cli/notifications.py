@@ -109,7 +109,7 @@ def _stub(address: str) -> Iterator[notifications_pb2_grpc.NotificationServiceSt
             grpc.channel_ready_future(channel).result(timeout=10)
         except grpc.FutureTimeoutError:
             raise SystemExit(f"error: no control plane answers at {address}") from None
-        yield notifications_pb2_grpc.NotificationServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+        yield notifications_pb2_grpc.NotificationServiceStub(channel)
 
 
 def _split(text: str) -> list[str]:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from importlib import metadata
+from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 
 from controlplane.storage import schema as s
 
@@ -136,8 +137,8 @@ def list_dataplanes(conn: Connection) -> list[dict[str, object]]:
     return [dict(r._mapping) for r in conn.execute(select(t).order_by(t.c.node_id))]
 
 
-def _to_record(row: object) -> DataPlaneRecord:
-    m = row._mapping  # type: ignore[attr-defined]
+def _to_record(row: Row[Any]) -> DataPlaneRecord:
+    m = row._mapping
     try:
         status: SyncStatus | None = SyncStatus(m["sync_status"])
     except ValueError:  # written by a newer replica: shown as unspecified, not an error

@@ -6,8 +6,9 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from decimal import ROUND_CEILING
+from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 
 from controlplane.entitlements.types import Grant
 from controlplane.errors import FailedPrecondition, NotFound
@@ -20,18 +21,18 @@ g = s.grants
 u = s.usage_events
 
 
-def _grant(r: object) -> Grant:
+def _grant(r: Row[Any]) -> Grant:
     return Grant(
-        id=r.id,  # type: ignore[attr-defined]
-        customer=r.customer,  # type: ignore[attr-defined]
-        feature=r.feature,  # type: ignore[attr-defined]
-        amount=r.amount,  # type: ignore[attr-defined]
-        priority=r.priority,  # type: ignore[attr-defined]
-        effective_time=r.effective_time,  # type: ignore[attr-defined]
-        expiration_time=r.expiration_time,  # type: ignore[attr-defined]
-        recurrence_interval=r.recurrence_interval,  # type: ignore[attr-defined]
-        void_time=r.void_time,  # type: ignore[attr-defined]
-        create_time=r.create_time,  # type: ignore[attr-defined]
+        id=r.id,
+        customer=r.customer,
+        feature=r.feature,
+        amount=r.amount,
+        priority=r.priority,
+        effective_time=r.effective_time,
+        expiration_time=r.expiration_time,
+        recurrence_interval=r.recurrence_interval,
+        void_time=r.void_time,
+        create_time=r.create_time,
     )
 
 

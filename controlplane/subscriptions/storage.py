@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.storage import schema as s
@@ -13,16 +14,16 @@ from controlplane.subscriptions.periods import billing_period
 from controlplane.subscriptions.types import Subscription
 
 
-def _subscription(r: object) -> Subscription:
+def _subscription(r: Row[Any]) -> Subscription:
     return Subscription(
-        id=r.id,  # type: ignore[attr-defined]
-        customer=r.customer,  # type: ignore[attr-defined]
-        plan_key=r.plan_key,  # type: ignore[attr-defined]
-        plan_version=r.plan_version,  # type: ignore[attr-defined]
-        start_time=r.start_time,  # type: ignore[attr-defined]
-        end_time=r.end_time,  # type: ignore[attr-defined]
-        create_time=r.create_time,  # type: ignore[attr-defined]
-        billing_anchor=r.billing_anchor,  # type: ignore[attr-defined]
+        id=r.id,
+        customer=r.customer,
+        plan_key=r.plan_key,
+        plan_version=r.plan_version,
+        start_time=r.start_time,
+        end_time=r.end_time,
+        create_time=r.create_time,
+        billing_anchor=r.billing_anchor,
     )
 
 

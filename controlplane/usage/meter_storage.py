@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, Row, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -26,15 +27,15 @@ m = s.meters
 ev = s.meter_events
 
 
-def _meter(row: object) -> OperatorMeter:
+def _meter(row: Row[Any]) -> OperatorMeter:
     return OperatorMeter(
-        key=row.key,  # type: ignore[attr-defined]
-        description=row.description,  # type: ignore[attr-defined]
-        event_type=row.event_type,  # type: ignore[attr-defined]
-        aggregation=MeterAggregation(row.aggregation),  # type: ignore[attr-defined]
-        value_property=row.value_property,  # type: ignore[attr-defined]
-        group_by=dict(row.group_by),  # type: ignore[attr-defined]
-        create_time=row.create_time,  # type: ignore[attr-defined]
+        key=row.key,
+        description=row.description,
+        event_type=row.event_type,
+        aggregation=MeterAggregation(row.aggregation),
+        value_property=row.value_property,
+        group_by=dict(row.group_by),
+        create_time=row.create_time,
     )
 
 
