@@ -29,6 +29,7 @@ ENV = {
     "DECK_LOCAL_KEY": "local-test",
     "DECK_ALICE_KEY": "alice-key",
     "DECK_REDIS_PASSWORD": "redis-pass",
+    "DECK_GEMINI_API_KEY": "gemini-test",
 }
 # Files that can live in one gateway together (no two global plugins of a kind, one _info).
 TOGETHER = [
@@ -43,6 +44,7 @@ TOGETHER = [
     "ai-proxy-embeddings-preserve.yaml",
     "ai-proxy-advanced-round-robin.yaml",
     "ai-proxy-advanced-hashing.yaml",
+    "ai-proxy-gemini.yaml",
     "enabled-false-and-nulls.yaml",
 ]
 
@@ -178,7 +180,7 @@ async def test_dump_with_select_tags_gives_only_tagged_entities(harness) -> None
     assert list((await apply(harness, dumped.document, sync=True)).changes) == []
 
 
-@pytest.mark.parametrize("provider", ["gemini", "bedrock", "mistral"])
+@pytest.mark.parametrize("provider", ["bedrock", "mistral", "cohere"])
 async def test_a_provider_data_planes_lack_is_refused_at_apply_and_nothing_is_stored(
     harness, provider: str
 ) -> None:
@@ -189,7 +191,8 @@ async def test_a_provider_data_planes_lack_is_refused_at_apply_and_nothing_is_st
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == (
         f'plugins[0] (ai-proxy): config.model.provider "{provider}" is not supported yet by '
-        "data planes of this version (supported: anthropic, azure, openai, openai_compatible)"
+        "data planes of this version (supported: anthropic, azure, gemini, openai, "
+        "openai_compatible)"
     )
     with pytest.raises(grpc.aio.AioRpcError):
         await apply(harness, data)

@@ -24,6 +24,7 @@ ENV = {
     "DECK_LOCAL_KEY": "local-test",
     "DECK_ALICE_KEY": "alice-key",
     "DECK_REDIS_PASSWORD": "redis-pass",
+    "DECK_GEMINI_API_KEY": "gemini-test",
 }
 
 
@@ -59,7 +60,7 @@ def test_the_corpus_covers_each_plugin_and_route_field() -> None:
         "ai-rate-limiting-advanced",
     ):
         assert f"name: {plugin}\n" in text
-    for provider in ("openai", "anthropic", "azure"):
+    for provider in ("openai", "anthropic", "azure", "gemini"):
         assert f"provider: {provider}" in text
     for field in ("methods", "hosts", "headers", "protocols", "strip_path", "preserve_host"):
         assert f"{field}:" in text

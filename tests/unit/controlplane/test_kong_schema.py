@@ -140,9 +140,10 @@ def test_apply_refuses_exactly_the_providers_and_route_types_data_planes_refuse(
 def test_a_provider_data_planes_cannot_serve_is_refused_naming_the_entry(provider: str) -> None:
     config = {"model": {"provider": provider, "name": "m"}}
     problems = problems_of(document("ai-proxy", config))
+    served = ", ".join(sorted(dataplane_providers.DEFAULT_URLS))
     assert problems == (
         f'plugins[0] (ai-proxy): config.model.provider "{provider}" is not supported yet by '
-        "data planes of this version (supported: anthropic, azure, openai, openai_compatible)",
+        f"data planes of this version (supported: {served})",
     )
 
 

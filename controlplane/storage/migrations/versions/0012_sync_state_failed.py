@@ -21,8 +21,8 @@ def _rename(old: str, new: str) -> None:
     op.execute(f"UPDATE invoices SET sync_state = '{new}' WHERE sync_state = '{old}'")
     op.execute(
         "UPDATE invoices SET sync_record = "
-        f'REPLACE(sync_record, \'"state": "{old}"\', \'"state": "{new}"\') '
-        f'WHERE sync_record LIKE \'%"state": "{old}"%\''
+        f"REPLACE(sync_record, '\"state\": \"{old}\"', '\"state\": \"{new}\"') "
+        f"WHERE sync_record LIKE '%\"state\": \"{old}\"%'"
     )
 
 
