@@ -159,8 +159,8 @@ def _service_url(entry: Entry) -> str | None:
     return f"{protocol}://{host}:{port or _DEFAULT_PORTS[protocol]}{path}"
 
 
-# Answered by every data plane before route matching (dataplane/observability/metrics.py RESERVED_PATHS; the
-# control plane does not import data-plane modules).
+# Answered by every data plane before route matching (RESERVED_PATHS of
+# dataplane/observability/metrics.py; the control plane does not import data-plane modules).
 RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
