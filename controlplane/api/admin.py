@@ -22,6 +22,7 @@ from controlplane.customers.types import Customer
 from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.gateway import storage as gateway
 from controlplane.gateway.apply import apply_document
+from controlplane.gateway.dump import DeckExport, export_document
 from controlplane.gateway.keys import generate_key, hash_key
 from controlplane.gateway.types import Consumer
 from controlplane.invoicing import lifecycle
@@ -192,11 +193,29 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
             now=now,
             validate_only=request.validate_only,
             allow_private_webhooks=self._allow_private_webhooks,
+            sync=request.sync,
         )
         if result.changes and not request.validate_only:
             await self._changed_gateway()
         version = await self._hub.current_version()
-        return gateway_pb2.ApplyConfigResponse(changes=result.changes, config_version=version)
+        return gateway_pb2.ApplyConfigResponse(
+            changes=result.changes, config_version=version, notes=result.notes
+        )
+
+    async def ExportConfig(
+        self, request: gateway_pb2.ExportConfigRequest, context: Ctx
+    ) -> gateway_pb2.ExportConfigResponse:
+        def export(conn: Connection) -> DeckExport:
+            return export_document(
+                gateway.load_config(conn),
+                include_secrets=request.include_secrets,
+                select_tags=tuple(request.select_tags),
+            )
+
+        exported = await self._tx(export)
+        return gateway_pb2.ExportConfigResponse(
+            document=exported.document, secret_variables=exported.secret_variables
+        )
 
 
 # catalog.proto's MeterAggregation has no LATEST yet: such meters list it as UNSPECIFIED.

@@ -31,6 +31,7 @@ from controlplane.catalog.types import (
 )
 from controlplane.customers.types import Customer
 from controlplane.errors import InvalidArgument
+from controlplane.gateway.secrets import SECRET_FIELDS
 from controlplane.gateway.types import Consumer, Plugin, Route, Service
 from controlplane.invoicing.types import Invoice, InvoiceLine, InvoiceState
 from controlplane.rating.charge import LineType, TierCharge
@@ -48,7 +49,8 @@ from meterline.admin.v1 import (
 from meterline.admin.v1 import usage_pb2 as admin_usage_pb2
 from meterline.dataplane.v1 import usage_pb2
 
-SECRET_KEYS = {"header_value", "param_value", "password", "gcp_service_account_json"}
+# Every secret field sealed at rest (provider keys, Redis passwords, Kong's cloud credentials).
+SECRET_KEYS = SECRET_FIELDS
 
 
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -116,7 +118,10 @@ def resource_id(name: str, collection: str) -> str:
 
 def service_to_proto(service: Service) -> gateway_pb2.Service:
     return gateway_pb2.Service(
-        name=f"services/{service.name}", service_name=service.name, url=service.url
+        name=f"services/{service.name}",
+        service_name=service.name,
+        url=service.url,
+        attributes=_struct(service.attributes),
     )
 
 
@@ -128,6 +133,7 @@ def route_to_proto(route: Route) -> gateway_pb2.Route:
         paths=route.paths,
         methods=route.methods,
         strip_path=route.strip_path,
+        attributes=_struct(route.attributes),
     )
 
 
@@ -137,7 +143,14 @@ def consumer_to_proto(consumer: Consumer) -> gateway_pb2.Consumer:
         username=consumer.username,
         custom_id=consumer.custom_id,
         key_count=len(consumer.key_hashes),
+        attributes=_struct(consumer.attributes),
     )
+
+
+def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(dict(values))
+    return message
 
 
 def _redact(value: Any) -> Any:
@@ -162,6 +175,7 @@ def plugin_to_proto(plugin: Plugin, plugin_id: str) -> gateway_pb2.Plugin:
         consumer=f"consumers/{plugin.consumer}" if plugin.consumer else "",
         enabled=plugin.enabled,
         config=config,
+        attributes=_struct(plugin.attributes),
     )
 
 

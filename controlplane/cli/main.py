@@ -23,7 +23,7 @@ from controlplane.cli.env import (
     split_config_argument,
 )
 from controlplane.logs import add_log_format_argument, configure_logging
-from meterline.admin.v1 import gateway_pb2, usage_pb2
+from meterline.admin.v1 import usage_pb2
 
 
 def _duration(text: str, flag: str) -> timedelta:
@@ -118,22 +118,6 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     Database.connect(args.db).dispose()
     print("database schema is up to date")
-    return 0
-
-
-def _cmd_apply(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    with admin_client(args.cp) as client:
-        response = client.gateway.ApplyConfig(
-            gateway_pb2.ApplyConfigRequest(document=text, validate_only=args.validate_only)
-        )
-    verb = "would change" if args.validate_only else "changed"
-    if response.changes:
-        for change in response.changes:
-            print(f"  {change}")
-        print(f"{verb} {len(response.changes)} entities; config version {response.config_version}")
-    else:
-        print(f"nothing to change; config version {response.config_version}")
     return 0
 
 
@@ -307,11 +291,9 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
     with_db(migrate)
     migrate.set_defaults(func=_cmd_migrate)
 
-    apply = commands.add_parser("apply", help="apply a declarative YAML file (all or nothing)")
-    apply.add_argument("file", help="the YAML file, or - for standard input")
-    apply.add_argument("--validate-only", action="store_true", help="check, change nothing")
-    add_cp_argument(apply)
-    apply.set_defaults(func=_cmd_apply)
+    from controlplane.cli import deck
+
+    deck.register(commands)  # apply, diff, sync, dump
 
     from controlplane.cli import invoices
 

@@ -80,6 +80,7 @@ def build_snapshot(
         plugins=[
             _plugin(p, service_ids=service_ids, route_ids=route_ids, consumer_ids=consumer_ids)
             for p in sorted(config.plugins, key=lambda plugin: plugin.scope)
+            if _limits_something(p)
         ],
         consumer_entitlements=[
             _consumer_entitlements(access, consumer_ids[access.subject])
@@ -91,6 +92,14 @@ def build_snapshot(
         snapshot.balance_slices = balance_slices
     digest = hashlib.sha256(snapshot.SerializeToString(deterministic=True)).hexdigest()
     return BuiltSnapshot(snapshot=snapshot, version=VERSION_PREFIX + digest[:16])
+
+
+def _limits_something(plugin: Plugin) -> bool:
+    """False for an ai-rate-limiting-advanced with only Kong 3.14 ``policies`` (accepted, not
+    enforced): it has no window, and data planes refuse a rate limit without one."""
+    if plugin.name is not PluginName.AI_RATE_LIMITING_ADVANCED:
+        return True
+    return any(item.get("limit") for item in plugin.config.get("llm_providers") or ())
 
 
 def _by_name(entity: Service | Route) -> str:
@@ -111,7 +120,7 @@ def _service(service: Service, ids: Mapping[str, str]) -> snapshot_pb2.Service:
 def _route(
     route: Route, ids: Mapping[str, str], service_ids: Mapping[str, str]
 ) -> snapshot_pb2.Route:
-    return snapshot_pb2.Route(
+    message = snapshot_pb2.Route(
         id=ids[route.name],
         name=route.name,
         service_id=_resolve(service_ids, "service", route.service, f'route "{route.name}"'),
@@ -119,6 +128,25 @@ def _route(
         methods=list(route.methods),
         strip_path=route.strip_path,
     )
+    _route_attributes(message, route.attributes)
+    return message
+
+
+def _route_attributes(message: snapshot_pb2.Route, attributes: Mapping[str, Any]) -> None:
+    """Kong's further route fields, as stored (the data plane decides what it honours)."""
+    message.hosts.extend(str(host) for host in attributes.get("hosts") or ())
+    for name, values in sorted((attributes.get("headers") or {}).items()):
+        listed = values if isinstance(values, list) else [values]
+        message.headers.add(name=str(name), values=[str(value) for value in listed])
+    message.protocols.extend(str(p) for p in attributes.get("protocols") or ())
+    message.preserve_host = bool(attributes.get("preserve_host") or False)
+    message.regex_priority = int(attributes.get("regex_priority") or 0)
+    message.path_handling = str(attributes.get("path_handling") or "")
+    message.https_redirect_status_code = int(attributes.get("https_redirect_status_code") or 0)
+    for key in ("request_buffering", "response_buffering"):
+        if attributes.get(key) is not None:
+            setattr(message, key, bool(attributes[key]))
+    message.snis.extend(str(sni) for sni in attributes.get("snis") or ())
 
 
 def _consumer(consumer: Consumer, ids: Mapping[str, str]) -> snapshot_pb2.Consumer:
@@ -203,6 +231,11 @@ def _plugin(
         message.ai_proxy.CopyFrom(ai_proxy_advanced_config(plugin.config))
     elif plugin.name in (PluginName.RATE_LIMITING_ADVANCED, PluginName.AI_RATE_LIMITING_ADVANCED):
         message.rate_limiting.CopyFrom(rate_limits.snapshot_config(plugin.config))
+    elif plugin.name is PluginName.RATE_LIMITING:
+        # Data planes serve Kong's open-source plugin as a fixed-window
+        # rate-limiting-advanced (its id stays the rate-limiting plugin's).
+        message.name = PluginName.RATE_LIMITING_ADVANCED.value
+        message.rate_limiting.CopyFrom(rate_limits.oss_snapshot_config(plugin.config))
     else:  # pragma: no cover - PluginName has no other members
         raise InvalidArgument(f'plugin "{plugin.name}" has no snapshot form')
     return message

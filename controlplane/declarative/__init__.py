@@ -1,9 +1,14 @@
 """Declarative configuration: one YAML/JSON document describing the gateway and billing.
 
 The gateway half is Kong decK's ``_format_version: "3.0"`` format (services, routes, consumers
-with ``keyauth_credentials``, plugins ``key-auth`` and ``ai-proxy``), top-level or nested; the
-``billing:`` section holds features, plans, customers and subscriptions. Parsing is pure and
-validates everything; every problem is reported, each naming the entry it is about.
+with ``keyauth_credentials``, consumer groups and upstreams, plugins ``key-auth``,
+``rate-limiting``, ``rate-limiting-advanced``, ``ai-proxy``, ``ai-proxy-advanced`` and
+``ai-rate-limiting-advanced``), top-level or nested; the ``billing:`` section holds features,
+plans, customers and subscriptions. Parsing is pure and validates everything; every problem is
+reported, each naming the entry it is about. Every field of Kong's published schema
+(``kong_fields.tsv``, see kong_schema.py) is accepted, and either honoured or reported as a
+note (accepted, not enforced); docs/declarative.md has the tables. ``${{ env "DECK_..." }}``
+references are resolved by the CLI (envsubst.py), several files merged as decK does (merge.py).
 
 Differences from Kong: the ``key-auth`` plugin also accepts ``Authorization: Bearer <key>``
 (``key_in_bearer``, default true) because that is how the openai and anthropic SDKs send an

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 
 from controlplane.declarative.billing import parse_billing
 from controlplane.declarative.entry import Entry, describe, quoted
+from controlplane.declarative.envsubst import unresolved_references
 from controlplane.declarative.errors import DeclarativeError, Problems
 from controlplane.declarative.gateway import parse_gateway
 from controlplane.declarative.load import load_text
 from controlplane.declarative.types import BillingConfig, DeclarativeConfig
 
 FORMAT_VERSION = "3.0"
-_ENTITY_KEYS = ("services", "routes", "consumers", "plugins")
-# decK metadata with no meaning here: ``_info`` (select tags, defaults) and ``_workspace``.
-_IGNORED_KEYS = ("_info", "_workspace")
-_TOP_LEVEL_KEYS = ("_format_version", *_IGNORED_KEYS, *_ENTITY_KEYS, "billing")
+_ENTITY_KEYS = ("services", "routes", "consumers", "plugins", "consumer_groups", "upstreams")
+# decK metadata: ``_info`` (select_tags honoured; defaults reported) and ``_workspace``
+# (Meterline has one workspace), ``_transform`` (decK's; names are names here).
+_META_KEYS = ("_info", "_workspace", "_transform", "_konnect")
+# Kong entities Meterline has no use for: accepted (a whole Kong file applies) and noted.
+_UNUSED_ENTITIES = {
+    "vaults": 'vault references are not supported: use ${{ env "DECK_..." }}',
+    "partials": "partials are not supported: set each plugin's own config",
+    "certificates": "TLS is terminated in front of the data planes",
+    "ca_certificates": "the system trust store is used",
+    "snis": "TLS is terminated in front of the data planes",
+    "key_sets": "key sets are not used",
+    "keys": "key sets are not used",
+    "filter_chains": "Wasm filter chains are not supported",
+}
+_TOP_LEVEL_KEYS = ("_format_version", *_META_KEYS, *_ENTITY_KEYS, *_UNUSED_ENTITIES, "billing")
 
 
 def parse_document(text: str) -> DeclarativeConfig:
@@ -34,17 +48,53 @@ def parse_document(text: str) -> DeclarativeConfig:
     _check_format_version(document)
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
-            document.fail(
-                f'unknown top-level key "{key}" (expected one of: {quoted(_TOP_LEVEL_KEYS)})'
+            close = difflib.get_close_matches(str(key), _TOP_LEVEL_KEYS, n=1, cutoff=0.6)
+            hint = (
+                f'did you mean "{close[0]}"?'
+                if close
+                else f"expected one of: {quoted(_TOP_LEVEL_KEYS)}"
             )
-    gateway = parse_gateway(document)
+            document.fail(f'unknown top-level key "{key}" ({hint})')
+    if "${{" in text or "{vault://" in text:  # (JSON escapes neither)
+        for where in unresolved_references(data):
+            problems.add("", where)
+    for key, reason in _UNUSED_ENTITIES.items():
+        value = data.get(key)
+        if value is not None and not isinstance(value, list):
+            document.fail_field(key, f"must be a list, got {describe(value)}")
+        elif value:
+            document.note(key, reason)
+    workspace = data.get("_workspace")
+    if workspace not in (None, "default"):
+        document.note("_workspace", "Meterline has one workspace")
+    if data.get("_konnect") is not None:
+        document.note("_konnect", "Konnect control plane settings have no meaning here")
+    select_tags = _select_tags(document)
+    gateway = parse_gateway(document, select_tags=select_tags)
     billing = BillingConfig()
     if data.get("billing") is not None:
         section = document.sub("billing")
         if section is not None:
             billing = parse_billing(Entry("billing", section.data, problems))
     problems.raise_if_any()
-    return DeclarativeConfig(gateway=gateway, billing=billing)
+    return DeclarativeConfig(
+        gateway=gateway,
+        billing=billing,
+        notes=tuple(problems.notes),
+        select_tags=select_tags,
+    )
+
+
+def _select_tags(document: Entry) -> tuple[str, ...]:
+    info = document.sub("_info")
+    if info is None:
+        return ()
+    info.check_keys(("select_tags", "defaults", "default_lookup_tags"))
+    if info.has("defaults"):
+        info.note("defaults", "entity defaults are not applied: write the fields on each entity")
+    if info.has("default_lookup_tags"):
+        info.note("default_lookup_tags", "entities are looked up by name")
+    return info.string_list("select_tags") or ()
 
 
 def _check_format_version(document: Entry) -> None:

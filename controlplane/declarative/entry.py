@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -32,6 +33,15 @@ def describe(value: object) -> str:
     return type(value).__name__
 
 
+def _short_float(value: float) -> bool:
+    """Whether ``repr(value)`` is what was written: finite, at most 15 significant digits
+    (every such decimal survives the round trip through a binary float)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return False
+    digits = Decimal(repr(value)).as_tuple().digits
+    return len(digits) <= 15
+
+
 def quoted(values: Collection[str]) -> str:
     return ", ".join(f'"{value}"' for value in values)
 
@@ -57,14 +67,22 @@ class Entry:
     def fail_field(self, key: str, message: str) -> None:
         self.problems.add(self.where, f"{self.prefix}{key} {message}")
 
+    def note(self, key: str, reason: str) -> None:
+        """Report ``key`` as accepted and not enforced, saying why."""
+        self.problems.note(self.where, f"{self.prefix}{key}", reason)
+
     def check_keys(self, allowed: Collection[str]) -> None:
         """Report every key that is neither allowed nor one of the ignored decK fields."""
         for key in self.data:
             if key in allowed or (not self.prefix and key in IGNORED_FIELDS):
                 continue
-            self.fail(
-                f'unknown field "{self.prefix}{key}" (expected one of: {quoted(sorted(allowed))})'
+            close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
+            hint = (
+                f'did you mean "{close[0]}"?'
+                if close
+                else f"expected one of: {quoted(sorted(allowed))}"
             )
+            self.fail(f'unknown field "{self.prefix}{key}" ({hint})')
 
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
@@ -118,13 +136,22 @@ class Entry:
             return None
         return value
 
-    def decimal(self, key: str, *, required: bool = False) -> Decimal | None:
-        """A non-negative exact amount, given as a string or an integer, never as a float."""
+    def decimal(
+        self, key: str, *, required: bool = False, kong_number: bool = False
+    ) -> Decimal | None:
+        """A non-negative exact amount, given as a string or an integer, never as a float.
+
+        ``kong_number``: a field Kong types as a number (ai-proxy costs, cost limits), where
+        Kong's own files write YAML floats: a float whose shortest text has at most 15
+        significant digits is taken as that text (``0.15`` is 0.15 exactly, as written).
+        """
         value = self.data.get(key)
         if value is None:
             if required:
                 self.fail_field(key, "is required")
             return None
+        if kong_number and isinstance(value, float) and _short_float(value):
+            value = repr(value)
         if isinstance(value, float):
             # YAML reads 0.1 as a binary float, which cannot hold most decimal prices exactly.
             self.fail_field(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from controlplane.errors import InvalidArgument
+
+# The " (name)" an entry's location carries after its index.
+_LABEL = re.compile(r" \([^()]*\)")
 
 
 class DeclarativeError(InvalidArgument):
@@ -23,10 +28,19 @@ class DeclarativeError(InvalidArgument):
 
 
 class Problems:
-    """An append-only list of problems found while parsing one document."""
+    """An append-only list of problems found while parsing one document, and of notes: fields
+    accepted that Meterline does not enforce (``plugins[3].config.vectordb: accepted, not
+    enforced: <reason>``), reported by apply beside its changes."""
 
     def __init__(self) -> None:
         self._messages: list[str] = []
+        self.notes: list[str] = []
+
+    def note(self, where: str, path: str, reason: str) -> None:
+        # Entries are named by position only ("plugins[3]"), as decK reports paths.
+        location = _LABEL.sub("", where)
+        where_path = f"{location}.{path}" if location else path
+        self.notes.append(f"{where_path}: accepted, not enforced: {reason}")
 
     def __len__(self) -> int:
         return len(self._messages)

@@ -1,8 +1,12 @@
 """Reading YAML or JSON text into plain data, strictly.
 
-Stricter than ``yaml.safe_load`` in two ways that matter for config: a key repeated in one
-mapping is an error (YAML would silently keep the last one), and timestamps stay strings (the
-parser decides what a timestamp means, and never gets a naive datetime by accident).
+Stricter than ``yaml.safe_load`` in three ways that matter for config: a key repeated in one
+mapping is an error (YAML would silently keep the last one), timestamps stay strings (the
+parser decides what a timestamp means, and never gets a naive datetime by accident), and
+aliases (``*name``, ``<<: *name`` merges) are bounded before anything is built: at most
+MAX_ALIASES of them, adding at most MAX_ALIAS_EXPANSION characters to the document once
+expanded, and never recursive. A "billion laughs" document (nine aliases of nine aliases...)
+is refused in milliseconds instead of expanding to gigabytes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import yaml
 from controlplane.errors import InvalidArgument
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# Alias references in one document, and what expanding them may add (in characters of
+# scalars, plus one per node): far above what a config's shared defaults need.
+MAX_ALIASES = 10_000
+MAX_ALIAS_EXPANSION = 4_000_000
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 
@@ -72,6 +80,68 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _weight(node: yaml.Node) -> int:
+    return 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse recursive aliases, more than MAX_ALIASES, or an expansion over the bound.
+
+    The composed graph shares one node per anchor; its expanded weight is computed bottom-up
+    once per distinct node (iteratively: deep nesting needs no recursion), and the walk stops
+    as soon as a bound is passed.
+    """
+    done: dict[int, int] = {}  # id(node) -> expanded weight
+    visiting: set[int] = set()
+    referenced: set[int] = {id(root)}
+    aliases = 0
+    own = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        key = id(node)
+        if leaving:
+            visiting.discard(key)
+            expanded = _weight(node) + sum(done[id(child)] for child in _children(node))
+            done[key] = expanded
+            if expanded - own > MAX_ALIAS_EXPANSION and aliases:
+                raise InvalidArgument(
+                    f"invalid YAML at line {node.start_mark.line + 1}: aliases expand the "
+                    f"document by more than {MAX_ALIAS_EXPANSION:,} characters (a "
+                    '"billion laughs" document?)'
+                )
+            continue
+        if key in done:
+            continue
+        if key in visiting:
+            raise InvalidArgument(
+                f"invalid YAML at line {node.start_mark.line + 1}: a recursive alias "
+                "(an anchor used inside itself)"
+            )
+        visiting.add(key)
+        own += _weight(node)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in referenced:
+                aliases += 1
+                if aliases > MAX_ALIASES:
+                    raise InvalidArgument(
+                        f"invalid YAML at line {child.start_mark.line + 1}: more than "
+                        f"{MAX_ALIASES:,} aliases"
+                    )
+            else:
+                referenced.add(id(child))
+            stack.append((child, False))
+
+
 def load_text(text: str) -> Any:
     """The data in ``text`` (YAML, or JSON); InvalidArgument with line and column if malformed."""
     if text.lstrip().startswith("{"):
@@ -83,7 +153,16 @@ def load_text(text: str) -> Any:
                 f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
             ) from None
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe
+        loader = _StrictLoader(text)  # a SafeLoader subclass: safe
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            if "&" in text:  # no anchor, no alias: nothing to bound (the common, fast case)
+                _check_aliases(node)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

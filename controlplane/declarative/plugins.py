@@ -6,14 +6,15 @@ decimal costs stay decimal strings.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from controlplane.declarative import rate_limits
-from controlplane.declarative.entry import Entry
+from controlplane.declarative import kong_schema, rate_limits
+from controlplane.declarative.entry import Entry, quoted
 from controlplane.gateway.types import PluginName
 
 # Kong's key-auth defaults, plus ``key_in_bearer``: Kong's key-auth does not read
@@ -26,14 +27,40 @@ KEY_AUTH_DEFAULTS: Mapping[str, Any] = {
     "key_in_bearer": True,
 }
 
-ROUTE_TYPES = (
-    "llm/v1/chat",
-    "llm/v1/completions",
-    "llm/v1/embeddings",
-    "llm/v1/responses",
-    "preserve",
-)
+# What data planes of this version serve, mirrored from dataplane/config/providers.py (the control
+# plane does not import the data plane; tests/unit/controlplane/test_kong_schema.py checks the
+# two agree). A provider or route type outside these is refused at apply, naming the entry,
+# rather than stored and then NACKed by every data plane.
+SERVED_ROUTE_TYPES: Mapping[str, frozenset[str]] = {
+    "openai": frozenset(
+        {
+            "llm/v1/chat",
+            "llm/v1/completions",
+            "llm/v1/embeddings",
+            "llm/v1/responses",
+            "preserve",
+        }
+    ),
+    "azure": frozenset({"llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings", "preserve"}),
+    "openai_compatible": frozenset(
+        {
+            "llm/v1/chat",
+            "llm/v1/completions",
+            "llm/v1/embeddings",
+            "llm/v1/responses",
+            "preserve",
+        }
+    ),
+    "anthropic": frozenset({"llm/v1/chat", "preserve"}),
+    "gemini": frozenset({"llm/v1/chat"}),
+}
+# Kong providers data planes of this version refuse as "not supported yet"
+# (dataplane/config/providers.py NOT_YET_SUPPORTED_PROVIDERS).
+NOT_YET_SUPPORTED_PROVIDERS = frozenset({"bedrock", "mistral", "llama2", "cohere", "huggingface"})
+ROUTE_TYPES = tuple(sorted(set().union(*SERVED_ROUTE_TYPES.values())))
 LLM_FORMATS = ("openai", "anthropic", "gemini")
+# Every provider name a file may write (Kong's enum plus Meterline's openai_compatible); only
+# SERVED_ROUTE_TYPES' are accepted by apply. ai-rate-limiting-advanced may name any of them.
 PROVIDERS = (
     "openai",
     "anthropic",
@@ -48,7 +75,7 @@ PROVIDERS = (
 )
 # Providers without one public endpoint: the operator must say where they are. Azure may
 # instead name its instance and deployment (azure_instance, azure_deployment_id).
-PROVIDERS_NEEDING_URL = frozenset({"openai_compatible", "llama2", "azure"})
+PROVIDERS_NEEDING_URL = frozenset({"openai_compatible", "azure"})
 PARAM_LOCATIONS = ("query", "body")
 
 _AUTH_FIELDS = ("header_name", "header_value", "param_name", "param_value", "param_location")
@@ -75,17 +102,70 @@ _DNS_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-def normalise_plugin_config(name: PluginName, config: Entry) -> dict[str, Any]:
-    """The validated config of plugin ``name`` with defaults filled in."""
+def normalise_plugin_config(
+    name: PluginName, config: Entry, *, has_policies: bool = False
+) -> dict[str, Any]:
+    """The validated config of plugin ``name`` with defaults filled in.
+
+    ``has_policies``: an ai-rate-limiting-advanced sets Kong 3.14's ``policies`` (then
+    ``llm_providers`` is optional).
+    """
     if name is PluginName.KEY_AUTH:
         return _key_auth(config)
     if name is PluginName.RATE_LIMITING_ADVANCED:
         return rate_limits.rate_limiting(config)
+    if name is PluginName.RATE_LIMITING:
+        return rate_limits.oss_rate_limiting(config)
     if name is PluginName.AI_RATE_LIMITING_ADVANCED:
-        return rate_limits.ai_rate_limiting(config, providers=PROVIDERS)
+        return rate_limits.ai_rate_limiting(
+            config, providers=PROVIDERS, require_providers=not has_policies
+        )
     if name is PluginName.AI_PROXY_ADVANCED:
         return _ai_proxy_advanced(config)
     return _ai_proxy(config)
+
+
+def kong_enum(path: str, plugin: str = "ai-proxy") -> tuple[str, ...]:
+    """The values Kong documents for ``path`` of ``plugin`` (and Meterline adds)."""
+    node = kong_schema.schema(plugin)
+    for part in path.split("."):
+        node = node.children[part]
+    return node.spec.enum if node.spec is not None else ()
+
+
+def _served_choice(
+    config: Entry,
+    key: str,
+    served: tuple[str, ...],
+    default: str,
+    *,
+    kong_path: str | None = None,
+    plugin: str = "ai-proxy",
+) -> str | None:
+    """A value Kong documents for ``key`` that data planes of this version also serve."""
+    value = config.string(key, default=default)
+    if value is None or value in served:
+        return value
+    known = kong_enum(kong_path or key, plugin)
+    if value in known:
+        config.fail_field(
+            key,
+            f'"{value}" is not supported yet by data planes of this version '
+            f"(supported: {', '.join(served)})",
+        )
+        return None
+    close = difflib.get_close_matches(value, (*served, *known), n=1, cutoff=0.6)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    config.fail_field(key, f'must be one of {quoted(served)}, got "{value}"{hint}')
+    return None
+
+
+def _route_type(config: Entry) -> str | None:
+    return _served_choice(config, "route_type", ROUTE_TYPES, "llm/v1/chat")
+
+
+def _llm_format(config: Entry) -> str | None:
+    return _served_choice(config, "llm_format", LLM_FORMATS, "openai")
 
 
 def _key_auth(config: Entry) -> dict[str, Any]:
@@ -180,7 +260,7 @@ def _timeouts(config: Entry, result: dict[str, Any]) -> None:
 def _ai_proxy_advanced(config: Entry) -> dict[str, Any]:
     config.check_keys(("llm_format", "targets", "balancer", *_MODEL_POLICY_FIELDS))
     result: dict[str, Any] = {
-        "llm_format": config.choice("llm_format", LLM_FORMATS, default="openai"),
+        "llm_format": _llm_format(config),
         "targets": [],
         "balancer": {},
     }
@@ -214,7 +294,7 @@ def _ai_proxy_advanced(config: Entry) -> dict[str, Any]:
 def _target(target: Entry, *, llm_format: str | None) -> dict[str, Any]:
     target.check_keys(_TARGET_FIELDS)
     result: dict[str, Any] = {
-        "route_type": target.choice("route_type", ROUTE_TYPES, default="llm/v1/chat"),
+        "route_type": _route_type(target),
         "auth": {},
         "weight": 100,
         "description": target.string("description", default=""),
@@ -245,7 +325,14 @@ def _target(target: Entry, *, llm_format: str | None) -> dict[str, Any]:
 
 def _balancer(balancer: Entry, *, targets: list[dict[str, Any]]) -> dict[str, Any]:
     balancer.check_keys(_BALANCER_FIELDS)
-    algorithm = balancer.choice("algorithm", BALANCER_ALGORITHMS, default="round-robin")
+    algorithm = _served_choice(
+        balancer,
+        "algorithm",
+        BALANCER_ALGORITHMS,
+        "round-robin",
+        kong_path="balancer.algorithm",
+        plugin="ai-proxy-advanced",
+    )
     result: dict[str, Any] = {"algorithm": algorithm}
     if balancer.has("hash_on_header"):
         header = balancer.string("hash_on_header", required=True)
@@ -267,8 +354,13 @@ def _balancer(balancer: Entry, *, targets: list[dict[str, Any]]) -> dict[str, An
         result["failover_criteria"] = list(criteria)
     _timeouts(balancer, result)
     if balancer.has("tokens_count_strategy"):
-        result["tokens_count_strategy"] = balancer.choice(
-            "tokens_count_strategy", ("total-tokens", "prompt-tokens", "completion-tokens")
+        result["tokens_count_strategy"] = _served_choice(
+            balancer,
+            "tokens_count_strategy",
+            ("total-tokens", "prompt-tokens", "completion-tokens"),
+            "total-tokens",
+            kong_path="balancer.tokens_count_strategy",
+            plugin="ai-proxy-advanced",
         )
     if balancer.has("latency_strategy"):
         result["latency_strategy"] = balancer.choice("latency_strategy", ("e2e", "tpot"))
@@ -297,8 +389,8 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
         ("route_type", "llm_format", "auth", "model", *_MODEL_POLICY_FIELDS, *_TIMEOUT_FIELDS)
     )
     result: dict[str, Any] = {
-        "route_type": config.choice("route_type", ROUTE_TYPES, default="llm/v1/chat"),
-        "llm_format": config.choice("llm_format", LLM_FORMATS, default="openai"),
+        "route_type": _route_type(config),
+        "llm_format": _llm_format(config),
         "auth": {},
     }
     _model_policy(config, result)
@@ -404,7 +496,32 @@ def quoted_choices() -> str:
 
 def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
     model.check_keys(_MODEL_FIELDS)
-    provider = model.choice("provider", PROVIDERS)
+    provider = model.string("provider", required=True)
+    if provider is not None and provider not in SERVED_ROUTE_TYPES:
+        known = kong_enum("model.provider")
+        close = difflib.get_close_matches(provider, known, n=1, cutoff=0.6)
+        if provider in known:
+            why = "is not supported yet by data planes of this version"
+        elif close:
+            why = f'is not a provider (did you mean "{close[0]}"?)'
+        else:
+            why = "is not a provider"
+        model.fail_field(
+            "provider",
+            f'"{provider}" {why} (supported: {", ".join(sorted(SERVED_ROUTE_TYPES))})',
+        )
+        provider = None
+    elif (
+        provider is not None
+        and route_type is not None
+        and route_type not in SERVED_ROUTE_TYPES[provider]
+    ):
+        model.fail_field(
+            "provider",
+            f'"{provider}" does not serve route_type "{route_type}" (it serves: '
+            f"{', '.join(sorted(SERVED_ROUTE_TYPES[provider]))})",
+        )
+        provider = None
     result: dict[str, Any] = {
         "provider": provider,
         "name": model.string("name", default=""),
@@ -415,7 +532,7 @@ def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
         result["options"] = _options(options)
     options_set = result["options"]
     azure_set = [key for key in _AZURE_OPTIONS if key in options_set]
-    if azure_set and provider != "azure":
+    if azure_set and provider is not None and provider != "azure":
         model.fail_field(f"options.{azure_set[0]}", 'is only for provider "azure"')
     if provider == "azure" and "upstream_url" not in options_set:
         if "azure_instance" not in options_set:
@@ -459,7 +576,7 @@ def _options(options: Entry) -> dict[str, Any]:
         result["max_tokens"] = options.integer("max_tokens", minimum=1)
     for cost in ("input_cost", "output_cost"):
         if options.has(cost):
-            amount = options.decimal(cost)
+            amount = options.decimal(cost, kong_number=True)
             result[cost] = None if amount is None else str(amount)
     return result
 

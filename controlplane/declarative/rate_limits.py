@@ -35,6 +35,17 @@ _COMMON = (
     "hide_client_headers",
 )
 _REDIS_FIELDS = ("host", "port", "database", "username", "password", "timeout")
+# The open-source rate-limiting plugin's windows (fixed, clock-aligned; a month is 30 days).
+OSS_WINDOWS = (
+    ("second", 1),
+    ("minute", 60),
+    ("hour", 3600),
+    ("day", 86400),
+    ("month", 2592000),
+    ("year", 31536000),
+)
+# limit_by values served (as rate-limiting-advanced's identifier of the same name).
+OSS_LIMIT_BY = ("consumer", "ip", "service", "header")
 
 
 def rate_limiting(config: Entry) -> dict[str, Any]:
@@ -46,7 +57,87 @@ def rate_limiting(config: Entry) -> dict[str, Any]:
     return result
 
 
-def ai_rate_limiting(config: Entry, *, providers: tuple[str, ...]) -> dict[str, Any]:
+def oss_rate_limiting(config: Entry) -> dict[str, Any]:
+    """The normalised config of Kong's open-source rate-limiting plugin, kept in Kong's shape.
+
+    Served as a fixed-window rate-limiting-advanced (see :func:`oss_snapshot_config`).
+    """
+    config.check_keys(
+        (
+            *(name for name, _ in OSS_WINDOWS),
+            "limit_by",
+            "header_name",
+            "policy",
+            "fault_tolerant",
+            "hide_client_headers",
+            "redis",
+        )
+    )
+    result: dict[str, Any] = {}
+    bad = False
+    for name, _ in OSS_WINDOWS:
+        value = config.data.get(name)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or value < 0
+            or value != int(value)
+        ):
+            config.fail_field(name, f"must be a whole number of requests, got {value!r}")
+            bad = True
+            continue
+        result[name] = int(value)
+    if not result and not bad:
+        config.fail("set at least one of second, minute, hour, day, month or year")
+    limit_by = config.string("limit_by", default="consumer")
+    if limit_by is not None and limit_by not in OSS_LIMIT_BY:
+        config.fail_field(
+            "limit_by",
+            f'"{limit_by}" is not supported yet (supported: {", ".join(OSS_LIMIT_BY)})',
+        )
+    result["limit_by"] = limit_by
+    result["header_name"] = config.string("header_name", default="") or ""
+    if limit_by == "header" and not result["header_name"]:
+        config.fail_field("header_name", 'is required with limit_by "header"')
+    policy = config.data.get("policy")
+    if policy == "cluster":
+        config.fail_field("policy", 'must be "local" or "redis" ("cluster" needs a database)')
+        result["policy"] = None
+    else:
+        result["policy"] = config.choice("policy", STRATEGIES, default="local")
+    result["fault_tolerant"] = config.boolean("fault_tolerant", default=True)
+    result["hide_client_headers"] = config.boolean("hide_client_headers", default=False)
+    redis = config.sub("redis")
+    result["redis"] = _redis(redis) if redis is not None else {}
+    if result["policy"] == "redis" and not result["redis"].get("host"):
+        config.fail_field("redis.host", 'is required with policy "redis"')
+    return result
+
+
+def oss_snapshot_config(config: Mapping[str, Any]) -> snapshot_pb2.RateLimitingConfig:
+    """The data-plane form of a normalised open-source rate-limiting config: a fixed-window
+    rate-limiting-advanced with one window per period set."""
+    message = snapshot_config(
+        {
+            "window_type": "fixed",
+            "identifier": config.get("limit_by") or "consumer",
+            "header_name": config.get("header_name") or "",
+            "strategy": config.get("policy") or "local",
+            "redis": config.get("redis") or {},
+            "fault_tolerant": config.get("fault_tolerant", True),
+            "hide_client_headers": config.get("hide_client_headers", False),
+            "limit": [config[name] for name, _ in OSS_WINDOWS if config.get(name) is not None],
+            "window_size": [size for name, size in OSS_WINDOWS if config.get(name) is not None],
+        }
+    )
+    return message
+
+
+def ai_rate_limiting(
+    config: Entry, *, providers: tuple[str, ...], require_providers: bool = True
+) -> dict[str, Any]:
     """The normalised config of an ai-rate-limiting-advanced plugin (counts tokens or cost)."""
     config.check_keys(("llm_providers", "tokens_count_strategy", *_COMMON))
     result = _common(config)
@@ -56,7 +147,8 @@ def ai_rate_limiting(config: Entry, *, providers: tuple[str, ...]) -> dict[str, 
     result["tokens_count_strategy"] = strategy
     entries = list(config.entries("llm_providers", label="name"))
     if not config.has("llm_providers"):
-        config.fail_field("llm_providers", "is required (a list of {name, limit, window_size})")
+        if require_providers:
+            config.fail_field("llm_providers", "is required (a list of {name, limit, window_size})")
     elif not entries:
         config.fail_field("llm_providers", "must not be empty")
     items: list[dict[str, Any]] = []
@@ -131,10 +223,16 @@ def _windows(entry: Entry, *, cost: bool) -> tuple[list[Any], list[int]]:
         where = f"{entry.prefix}{key}"
         if cost:
             amount = Entry(entry.where, {key: value}, entry.problems, prefix=entry.prefix).decimal(
-                key, required=True
+                key, required=True, kong_number=True
             )
             if amount is not None:
                 out_limits.append(str(amount))
+        elif isinstance(value, float) and value.is_integer():
+            # Kong types limits as numbers: 5.0 is 5 requests.
+            if value < 0:
+                entry.problems.add(entry.where, f"{where} must not be negative, got {value}")
+            else:
+                out_limits.append(int(value))
         elif isinstance(value, bool) or not isinstance(value, int):
             entry.problems.add(entry.where, f"{where} must be an integer, got {describe(value)}")
         elif value < 0:

@@ -56,3 +56,9 @@ class DeclarativeConfig:
 
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
+    # Fields accepted and not enforced, one line per path ("plugins[3].config.vectordb:
+    # accepted, not enforced: <reason>").
+    notes: tuple[str, ...] = ()
+    # decK's _info.select_tags: every entity of the file carries them, and sync only touches
+    # stored entities that carry them all.
+    select_tags: tuple[str, ...] = ()

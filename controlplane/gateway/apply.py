@@ -22,9 +22,11 @@ from controlplane.usage import meter_storage
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """What the apply changed (empty when the stored state already matched the file)."""
+    """What the apply changed (empty when the stored state already matched the file), and the
+    fields it accepted without enforcing them (one line per path)."""
 
     changes: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
 
 def apply_document(
@@ -33,10 +35,13 @@ def apply_document(
     text: str,
     now: datetime,
     validate_only: bool = False,
+    sync: bool = False,
     allow_private_webhooks: bool = False,
 ) -> ApplyResult:
     """Parse, validate and store a declarative document; nothing is stored if any entry fails.
 
+    ``sync``: also delete the gateway entities the document does not list (decK's sync; with
+    its select_tags, only stored entities carrying them). Billing entities are never deleted.
     ``allow_private_webhooks``: notification channels may name loopback or link-local hosts.
     """
     config = parse_document(text)
@@ -44,6 +49,10 @@ def apply_document(
         transaction = conn.begin()
         try:
             changes = _apply(conn, config, now=now, allow_private=allow_private_webhooks)
+            if sync:
+                changes.extend(
+                    gateway.delete_missing(conn, config.gateway, select_tags=config.select_tags)
+                )
         except IntegrityError as exc:
             transaction.rollback()
             raise InvalidArgument(f"the file conflicts with stored data: {exc.orig}") from exc
@@ -54,7 +63,7 @@ def apply_document(
             transaction.rollback()
         else:
             transaction.commit()
-    return ApplyResult(changes=tuple(changes))
+    return ApplyResult(changes=tuple(changes), notes=config.notes)
 
 
 def _apply(

@@ -19,9 +19,19 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from controlplane.errors import FailedPrecondition, InvalidArgument
 
 SEALED_PREFIX = "enc:fernet:"
+# Provider keys, Redis passwords, Google service accounts and Kong's other cloud
+# credentials (accepted, not enforced).
 SECRET_FIELDS = frozenset(
-    {"header_value", "param_value", "password", "gcp_service_account_json"}
-)  # + redis.password
+    {
+        "header_value",
+        "param_value",
+        "password",
+        "sentinel_password",
+        "aws_secret_access_key",
+        "azure_client_secret",
+        "gcp_service_account_json",
+    }
+)
 
 
 class SecretBox:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +18,15 @@ from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, up
 
 from controlplane.errors import AlreadyExists, InvalidArgument, NotFound
 from controlplane.gateway.secrets import SecretBox, open_config, reseal_config, seal_config
-from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
+from controlplane.gateway.types import (
+    Consumer,
+    GatewayConfig,
+    Plugin,
+    PluginName,
+    Route,
+    Service,
+    tags_of,
+)
 from controlplane.identifiers import check_name
 from controlplane.storage import schema as s
 
@@ -48,14 +56,14 @@ def load_config(conn: Connection) -> GatewayConfig:
 
 def list_services(conn: Connection) -> list[Service]:
     rows = conn.execute(select(s.services).order_by(s.services.c.name))
-    return [Service(name=r.name, url=r.url) for r in rows]
+    return [Service(name=r.name, url=r.url, attributes=r.attributes or {}) for r in rows]
 
 
 def get_service(conn: Connection, name: str) -> Service:
     row = conn.execute(select(s.services).where(s.services.c.name == name)).first()
     if row is None:
         raise NotFound(f"service {name!r} not found")
-    return Service(name=row.name, url=row.url)
+    return Service(name=row.name, url=row.url, attributes=row.attributes or {})
 
 
 def list_routes(conn: Connection) -> list[Route]:
@@ -67,6 +75,7 @@ def list_routes(conn: Connection) -> list[Route]:
             paths=tuple(r.paths),
             methods=tuple(r.methods),
             strip_path=r.strip_path,
+            attributes=r.attributes or {},
         )
         for r in rows
     ]
@@ -83,10 +92,17 @@ def list_consumers(conn: Connection) -> list[Consumer]:
     for consumer, key_hash in credentials:
         hashes[consumer].append(key_hash)
     c = s.consumers
-    rows = conn.execute(select(c.c.username, c.c.custom_id).order_by(c.c.username)).all()
+    rows = conn.execute(
+        select(c.c.username, c.c.custom_id, c.c.attributes).order_by(c.c.username)
+    ).all()
     return [
-        Consumer(username=username, custom_id=custom_id, key_hashes=tuple(hashes[username]))
-        for username, custom_id in rows
+        Consumer(
+            username=username,
+            custom_id=custom_id,
+            key_hashes=tuple(hashes[username]),
+            attributes=attributes or {},
+        )
+        for username, custom_id, attributes in rows
     ]
 
 
@@ -110,6 +126,7 @@ def list_plugins(conn: Connection) -> list[Plugin]:
             consumer=r.consumer,
             enabled=r.enabled,
             config=open_config(r.config, box),
+            attributes=r.attributes or {},
         )
         for r in rows
     ]
@@ -145,14 +162,23 @@ def upsert_service(conn: Connection, service: Service, *, now: datetime) -> str 
     """Create or update a service; returns a description of the change, or None."""
     t = s.services
     row = conn.execute(select(t).where(t.c.name == service.name)).first()
+    attributes = dict(service.attributes)
     if row is None:
         conn.execute(
-            insert(t).values(name=service.name, url=service.url, create_time=now, update_time=now)
+            insert(t).values(
+                name=service.name,
+                url=service.url,
+                attributes=attributes,
+                create_time=now,
+                update_time=now,
+            )
         )
         return f"created service {service.name}"
-    if row.url != service.url:
+    if row.url != service.url or (row.attributes or {}) != attributes:
         conn.execute(
-            update(t).where(t.c.name == service.name).values(url=service.url, update_time=now)
+            update(t)
+            .where(t.c.name == service.name)
+            .values(url=service.url, attributes=attributes, update_time=now)
         )
         return f"updated service {service.name}"
     return None
@@ -165,12 +191,15 @@ def upsert_route(conn: Connection, route: Route, *, now: datetime) -> str | None
         "paths": list(route.paths),
         "methods": list(route.methods),
         "strip_path": route.strip_path,
+        "attributes": dict(route.attributes),
     }
     row = conn.execute(select(t).where(t.c.name == route.name)).first()
     if row is None:
         conn.execute(insert(t).values(name=route.name, create_time=now, update_time=now, **values))
         return f"created route {route.name}"
-    if {k: getattr(row, k) for k in values} != values:
+    stored = {k: getattr(row, k) for k in values}
+    stored["attributes"] = stored["attributes"] or {}
+    if stored != values:
         conn.execute(update(t).where(t.c.name == route.name).values(update_time=now, **values))
         return f"updated route {route.name}"
     return None
@@ -195,16 +224,21 @@ def upsert_consumer(conn: Connection, consumer: Consumer, *, now: datetime) -> l
             insert(t).values(
                 username=consumer.username,
                 custom_id=consumer.custom_id,
+                attributes=dict(consumer.attributes),
                 create_time=now,
                 update_time=now,
             )
         )
         changes.append(f"created consumer {consumer.username}")
-    elif row.custom_id != consumer.custom_id:
+    elif row.custom_id != consumer.custom_id or (row.attributes or {}) != consumer.attributes:
         conn.execute(
             update(t)
             .where(t.c.username == consumer.username)
-            .values(custom_id=consumer.custom_id, update_time=now)
+            .values(
+                custom_id=consumer.custom_id,
+                attributes=dict(consumer.attributes),
+                update_time=now,
+            )
         )
         changes.append(f"updated consumer {consumer.username}")
     for key_hash in consumer.key_hashes:
@@ -227,7 +261,8 @@ def upsert_consumers(
         _check_consumer(consumer)
     t, creds = s.consumers, s.keyauth_credentials
     stored = {
-        row.username: row.custom_id for row in conn.execute(select(t.c.username, t.c.custom_id))
+        row.username: (row.custom_id, row.attributes or {})
+        for row in conn.execute(select(t.c.username, t.c.custom_id, t.c.attributes))
     }
     owners = {
         row.key_hash: row.consumer
@@ -238,20 +273,28 @@ def upsert_consumers(
     updated: list[dict[str, object]] = []
     new_credentials: list[dict[str, object]] = []
     for consumer in consumers:
+        content = (consumer.custom_id, dict(consumer.attributes))
         if consumer.username not in stored:
             new_consumers.append(
                 {
                     "username": consumer.username,
                     "custom_id": consumer.custom_id,
+                    "attributes": content[1],
                     "create_time": now,
                     "update_time": now,
                 }
             )
-            stored[consumer.username] = consumer.custom_id
+            stored[consumer.username] = content
             changes.append(f"created consumer {consumer.username}")
-        elif stored[consumer.username] != consumer.custom_id:
-            updated.append({"b_username": consumer.username, "custom_id": consumer.custom_id})
-            stored[consumer.username] = consumer.custom_id
+        elif stored[consumer.username] != content:
+            updated.append(
+                {
+                    "b_username": consumer.username,
+                    "custom_id": consumer.custom_id,
+                    "attributes": content[1],
+                }
+            )
+            stored[consumer.username] = content
             changes.append(f"updated consumer {consumer.username}")
         for key_hash in consumer.key_hashes:
             owner = owners.get(key_hash)
@@ -275,7 +318,11 @@ def upsert_consumers(
         conn.execute(
             update(t)
             .where(t.c.username == bindparam("b_username"))
-            .values(custom_id=bindparam("custom_id"), update_time=now),
+            .values(
+                custom_id=bindparam("custom_id"),
+                attributes=bindparam("attributes"),
+                update_time=now,
+            ),
             updated,
         )
     if new_credentials:
@@ -338,15 +385,106 @@ def upsert_plugin(conn: Connection, plugin: Plugin, *, now: datetime) -> str | N
                 consumer=plugin.consumer,
                 enabled=plugin.enabled,
                 config=stored,
+                attributes=dict(plugin.attributes),
                 create_time=now,
                 update_time=now,
             )
         )
         return f"created plugin {plugin.name.value} ({where})"
     # Encryption is not deterministic: compare plaintexts.
-    if row.enabled != plugin.enabled or open_config(row.config, box) != config:
+    if (
+        row.enabled != plugin.enabled
+        or open_config(row.config, box) != config
+        or (row.attributes or {}) != plugin.attributes
+    ):
         conn.execute(
-            update(t).where(scope).values(enabled=plugin.enabled, config=stored, update_time=now)
+            update(t)
+            .where(scope)
+            .values(
+                enabled=plugin.enabled,
+                config=stored,
+                attributes=dict(plugin.attributes),
+                update_time=now,
+            )
         )
         return f"updated plugin {plugin.name.value} ({where})"
     return None
+
+
+def delete_missing(
+    conn: Connection,
+    config: GatewayConfig,
+    *,
+    select_tags: Sequence[str] = (),
+) -> list[str]:
+    """Delete stored gateway entities ``config`` does not list (decK's sync); return changes.
+
+    With ``select_tags`` only stored entities carrying all of them are candidates. Key
+    credentials of a listed consumer that the config does not list are removed too. Billing
+    entities are never touched.
+    """
+    stored = load_config(conn)
+    wanted = set(select_tags)
+
+    def selected(attributes: Mapping[str, Any]) -> bool:
+        return wanted <= set(tags_of(attributes))
+
+    keep_routes = {route.name for route in config.routes}
+    keep_services = {service.name for service in config.services}
+    keep_consumers = {consumer.username for consumer in config.consumers}
+    gone_routes = {
+        r.name for r in stored.routes if r.name not in keep_routes and selected(r.attributes)
+    }
+    gone_services = {
+        s_.name
+        for s_ in stored.services
+        if s_.name not in keep_services and selected(s_.attributes)
+    }
+    gone_consumers = {
+        c.username
+        for c in stored.consumers
+        if c.username not in keep_consumers and selected(c.attributes)
+    }
+    for route in stored.routes:
+        if route.service in gone_services and route.name not in gone_routes:
+            raise InvalidArgument(
+                f'sync would delete service "{route.service}", which route "{route.name}" '
+                "(kept: listed, or without the select_tags) still uses"
+            )
+
+    changes: list[str] = []
+    keep_plugins = {plugin.scope for plugin in config.plugins}
+    ids = plugin_ids(conn)
+    for plugin in stored.plugins:
+        # A plugin goes with the route, service or consumer it is scoped to (as in Kong).
+        orphaned = (
+            plugin.route in gone_routes
+            or plugin.service in gone_services
+            or plugin.consumer in gone_consumers
+        )
+        if plugin.scope not in keep_plugins and (selected(plugin.attributes) or orphaned):
+            conn.execute(delete(s.plugins).where(s.plugins.c.id == ids[plugin.scope]))
+            where = plugin.route or plugin.service or plugin.consumer or "global"
+            changes.append(f"deleted plugin {plugin.name.value} ({where})")
+    for route in stored.routes:
+        if route.name in gone_routes:
+            conn.execute(delete(s.routes).where(s.routes.c.name == route.name))
+            changes.append(f"deleted route {route.name}")
+    for service in stored.services:
+        if service.name in gone_services:
+            conn.execute(delete(s.services).where(s.services.c.name == service.name))
+            changes.append(f"deleted service {service.name}")
+    listed = {consumer.username: consumer for consumer in config.consumers}
+    creds = s.keyauth_credentials
+    for consumer in stored.consumers:
+        if consumer.username not in listed:
+            if selected(consumer.attributes):
+                delete_consumer(conn, consumer.username)
+                changes.append(f"deleted consumer {consumer.username}")
+            continue
+        keep_keys = set(listed[consumer.username].key_hashes)
+        for key_hash in consumer.key_hashes:
+            if key_hash not in keep_keys:
+                conn.execute(delete(creds).where(creds.c.key_hash == key_hash))
+                changes.append(f"removed a key credential from consumer {consumer.username}")
+    return changes

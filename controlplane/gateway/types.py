@@ -13,13 +13,25 @@ class PluginName(StrEnum):
     AI_PROXY = "ai-proxy"
     AI_PROXY_ADVANCED = "ai-proxy-advanced"
     RATE_LIMITING_ADVANCED = "rate-limiting-advanced"
+    # Kong's open-source rate-limiting (served as a fixed-window rate-limiting-advanced).
+    RATE_LIMITING = "rate-limiting"
     AI_RATE_LIMITING_ADVANCED = "ai-rate-limiting-advanced"
+
+
+# ``attributes`` of an entity: the Kong fields a file set that Meterline stores as written
+# (``tags``, a route's ``hosts``/``headers``/``protocols``..., a service's timeouts), so that
+# dump gives them back and select_tags can find the entity. JSON-shaped.
+
+
+def tags_of(attributes: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(tag) for tag in attributes.get("tags") or ())
 
 
 @dataclass(frozen=True)
 class Service:
     name: str
     url: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,7 @@ class Route:
     paths: tuple[str, ...]
     methods: tuple[str, ...] = ()
     strip_path: bool = True
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,7 @@ class Consumer:
     custom_id: str = ""
     # Hashes ("sha256:<hex>") of the consumer's keys; plain keys are never stored.
     key_hashes: tuple[str, ...] = ()
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,8 @@ class Plugin:
     consumer: str = ""
     enabled: bool = True
     config: Mapping[str, Any] = field(default_factory=dict)
+    # tags, instance_name, protocols, ordering as written.
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def scope(self) -> tuple[str, str, str, str]:

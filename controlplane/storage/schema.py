@@ -72,6 +72,8 @@ services = Table(
     metadata,
     Column("name", String(200), primary_key=True),
     Column("url", Text, nullable=False),
+    # Kong fields stored as written (tags, timeouts...); NULL for rows older than 0012.
+    Column("attributes", JSON, nullable=True),
     *_times(),
 )
 
@@ -83,6 +85,7 @@ routes = Table(
     Column("paths", JSON, nullable=False),
     Column("methods", JSON, nullable=False),
     Column("strip_path", Boolean, nullable=False),
+    Column("attributes", JSON, nullable=True),
     *_times(),
 )
 
@@ -91,6 +94,7 @@ consumers = Table(
     metadata,
     Column("username", String(200), primary_key=True),
     Column("custom_id", String(200), nullable=False, default=""),
+    Column("attributes", JSON, nullable=True),
     *_times(),
 )
 
@@ -119,6 +123,7 @@ plugins = Table(
     Column("consumer", String(200), nullable=False),
     Column("enabled", Boolean, nullable=False),
     Column("config", JSON, nullable=False),
+    Column("attributes", JSON, nullable=True),
     *_times(),
     UniqueConstraint("name", "service", "route", "consumer", name="uq_plugins_scope"),
 )

@@ -169,10 +169,13 @@ BAD = [
     pytest.param(
         tokens_plugin(
             tokens_count_strategy="cost",
-            llm_providers=[{"name": "openai", "limit": [0.5], "window_size": [60]}],
+            # Kong's YAML floats are taken as written (0.5 is "0.5") unless digits were lost.
+            llm_providers=[
+                {"name": "openai", "limit": [0.1234567890123456789], "window_size": [60]}
+            ],
         ),
         "must be a quoted decimal string",
-        id="float-cost",
+        id="float-cost-too-precise",
     ),
 ]
 

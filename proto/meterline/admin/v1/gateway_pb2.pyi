@@ -12,23 +12,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Service(_message.Message):
-    __slots__ = ("name", "id", "service_name", "url", "create_time", "update_time")
+    __slots__ = ("name", "id", "service_name", "url", "create_time", "update_time", "attributes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     service_name: str
     url: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., service_name: _Optional[str] = ..., url: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    attributes: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., service_name: _Optional[str] = ..., url: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("name", "id", "route_name", "service", "paths", "methods", "strip_path", "create_time", "update_time")
+    __slots__ = ("name", "id", "route_name", "service", "paths", "methods", "strip_path", "create_time", "update_time", "attributes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     ROUTE_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +40,7 @@ class Route(_message.Message):
     STRIP_PATH_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     route_name: str
@@ -47,10 +50,11 @@ class Route(_message.Message):
     strip_path: bool
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., route_name: _Optional[str] = ..., service: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., strip_path: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    attributes: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., route_name: _Optional[str] = ..., service: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., strip_path: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Consumer(_message.Message):
-    __slots__ = ("name", "id", "username", "custom_id", "key_count", "create_time", "update_time")
+    __slots__ = ("name", "id", "username", "custom_id", "key_count", "create_time", "update_time", "attributes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +62,7 @@ class Consumer(_message.Message):
     KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     username: str
@@ -65,7 +70,8 @@ class Consumer(_message.Message):
     key_count: int
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., username: _Optional[str] = ..., custom_id: _Optional[str] = ..., key_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    attributes: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., username: _Optional[str] = ..., custom_id: _Optional[str] = ..., key_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class KeyAuthCredential(_message.Message):
     __slots__ = ("id", "consumer", "key", "create_time")
@@ -80,7 +86,7 @@ class KeyAuthCredential(_message.Message):
     def __init__(self, id: _Optional[str] = ..., consumer: _Optional[str] = ..., key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Plugin(_message.Message):
-    __slots__ = ("name", "id", "plugin_name", "service", "route", "consumer", "enabled", "config")
+    __slots__ = ("name", "id", "plugin_name", "service", "route", "consumer", "enabled", "config", "attributes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +95,7 @@ class Plugin(_message.Message):
     CONSUMER_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     plugin_name: str
@@ -97,7 +104,8 @@ class Plugin(_message.Message):
     consumer: str
     enabled: bool
     config: _struct_pb2.Struct
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., plugin_name: _Optional[str] = ..., service: _Optional[str] = ..., route: _Optional[str] = ..., consumer: _Optional[str] = ..., enabled: _Optional[bool] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    attributes: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., plugin_name: _Optional[str] = ..., service: _Optional[str] = ..., route: _Optional[str] = ..., consumer: _Optional[str] = ..., enabled: _Optional[bool] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ListServicesRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -196,17 +204,37 @@ class ListPluginsResponse(_message.Message):
     def __init__(self, plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ApplyConfigRequest(_message.Message):
-    __slots__ = ("document", "validate_only")
+    __slots__ = ("document", "validate_only", "sync")
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
     document: str
     validate_only: bool
-    def __init__(self, document: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    sync: bool
+    def __init__(self, document: _Optional[str] = ..., validate_only: _Optional[bool] = ..., sync: _Optional[bool] = ...) -> None: ...
 
 class ApplyConfigResponse(_message.Message):
-    __slots__ = ("changes", "config_version")
+    __slots__ = ("changes", "config_version", "notes")
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     changes: _containers.RepeatedScalarFieldContainer[str]
     config_version: str
-    def __init__(self, changes: _Optional[_Iterable[str]] = ..., config_version: _Optional[str] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, changes: _Optional[_Iterable[str]] = ..., config_version: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExportConfigRequest(_message.Message):
+    __slots__ = ("include_secrets", "select_tags")
+    INCLUDE_SECRETS_FIELD_NUMBER: _ClassVar[int]
+    SELECT_TAGS_FIELD_NUMBER: _ClassVar[int]
+    include_secrets: bool
+    select_tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, include_secrets: _Optional[bool] = ..., select_tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExportConfigResponse(_message.Message):
+    __slots__ = ("document", "secret_variables")
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    SECRET_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    document: str
+    secret_variables: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, document: _Optional[str] = ..., secret_variables: _Optional[_Iterable[str]] = ...) -> None: ...

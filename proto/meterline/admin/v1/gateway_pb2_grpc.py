@@ -87,6 +87,11 @@ class GatewayServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ApplyConfigRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ApplyConfigResponse.FromString,
                 _registered_method=True)
+        self.ExportConfig = channel.unary_unary(
+                '/meterline.admin.v1.GatewayService/ExportConfig',
+                request_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ExportConfigRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ExportConfigResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -158,6 +163,14 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportConfig(self, request, context):
+        """The stored gateway (services, routes, consumers, plugins) as a decK file that
+        ApplyConfig takes back unchanged (`meterline dump`). Billing entities are not included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +223,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ApplyConfig,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ApplyConfigRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ApplyConfigResponse.SerializeToString,
+            ),
+            'ExportConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportConfig,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ExportConfigRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ExportConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -484,6 +502,33 @@ class GatewayService:
             '/meterline.admin.v1.GatewayService/ApplyConfig',
             meterline_dot_admin_dot_v1_dot_gateway__pb2.ApplyConfigRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_gateway__pb2.ApplyConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.GatewayService/ExportConfig',
+            meterline_dot_admin_dot_v1_dot_gateway__pb2.ExportConfigRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_gateway__pb2.ExportConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

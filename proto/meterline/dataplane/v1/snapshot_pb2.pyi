@@ -36,20 +36,48 @@ class Service(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("id", "name", "service_id", "paths", "methods", "strip_path")
+    __slots__ = ("id", "name", "service_id", "paths", "methods", "strip_path", "hosts", "headers", "protocols", "preserve_host", "regex_priority", "path_handling", "https_redirect_status_code", "request_buffering", "response_buffering", "snis")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     STRIP_PATH_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOLS_FIELD_NUMBER: _ClassVar[int]
+    PRESERVE_HOST_FIELD_NUMBER: _ClassVar[int]
+    REGEX_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PATH_HANDLING_FIELD_NUMBER: _ClassVar[int]
+    HTTPS_REDIRECT_STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BUFFERING_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BUFFERING_FIELD_NUMBER: _ClassVar[int]
+    SNIS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     service_id: str
     paths: _containers.RepeatedScalarFieldContainer[str]
     methods: _containers.RepeatedScalarFieldContainer[str]
     strip_path: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., service_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., strip_path: _Optional[bool] = ...) -> None: ...
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    headers: _containers.RepeatedCompositeFieldContainer[RouteHeader]
+    protocols: _containers.RepeatedScalarFieldContainer[str]
+    preserve_host: bool
+    regex_priority: int
+    path_handling: str
+    https_redirect_status_code: int
+    request_buffering: bool
+    response_buffering: bool
+    snis: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., service_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., strip_path: _Optional[bool] = ..., hosts: _Optional[_Iterable[str]] = ..., headers: _Optional[_Iterable[_Union[RouteHeader, _Mapping]]] = ..., protocols: _Optional[_Iterable[str]] = ..., preserve_host: _Optional[bool] = ..., regex_priority: _Optional[int] = ..., path_handling: _Optional[str] = ..., https_redirect_status_code: _Optional[int] = ..., request_buffering: _Optional[bool] = ..., response_buffering: _Optional[bool] = ..., snis: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RouteHeader(_message.Message):
+    __slots__ = ("name", "values")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Consumer(_message.Message):
     __slots__ = ("id", "username", "custom_id", "key_hashes")
