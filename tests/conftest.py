@@ -7,7 +7,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine, text
+
+# Property tests run beside processes of their own on 2 cores: a per-example deadline measures
+# the machine's load, not the code (examples that took >200 ms under load failed at random).
+settings.register_profile("meterline", deadline=None)
+settings.load_profile("meterline")
 
 PG_URL = os.environ.get(
     "METERLINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -69,7 +69,22 @@ def _negative(field: str, value: Decimal | None) -> list[str]:
 def price_problems(price: Price) -> list[str]:
     """What is wrong with a price on its own."""
     problems = _negative("price.amount", price.amount)
+    problems += _fields_of_other_types(price)
+    if price.type is PriceType.PACKAGE:
+        problems += _package_problems(price)
+    if price.type is PriceType.MODEL_LIST:
+        problems += _model_list_problems(price)
+    else:
+        problems += _model_list_fields(price)
+    if price.type is PriceType.TIERED:
+        problems += _tiered_problems(price)
+    return problems
+
+
+def _fields_of_other_types(price: Price) -> list[str]:
+    """Flat, tiered and package fields on a price of another type."""
     kind = price.type.value
+    problems: list[str] = []
     if price.payment_term is not None and price.type is not PriceType.FLAT:
         problems.append(f'price.payment_term is only for flat prices, not "{kind}"')
     if price.type is not PriceType.TIERED:
@@ -79,32 +94,47 @@ def price_problems(price: Price) -> list[str]:
             problems.append(f'price.tiers are only for tiered prices, not "{kind}"')
     if price.type is not PriceType.PACKAGE and price.quantity_per_package is not None:
         problems.append(f'price.quantity_per_package is only for package prices, not "{kind}"')
-    if price.type is PriceType.PACKAGE:
-        problems += decimal_problems("price.quantity_per_package", price.quantity_per_package)
-        if price.quantity_per_package is None:
-            problems.append("price.quantity_per_package is required for a package price")
-        elif price.quantity_per_package <= 0:
-            problems.append(
-                f"price.quantity_per_package must be positive, got {price.quantity_per_package}"
-            )
-    if price.type is not PriceType.MODEL_LIST:
-        if price.price_list is not None:
-            problems.append(f'price.price_list is only for model_list prices, not "{kind}"')
-        if price.markup_percent is not None:
-            problems.append(f'price.markup_percent is only for model_list prices, not "{kind}"')
-    else:
-        if price.amount:
-            problems.append("price.amount is not used by model_list prices: the list prices")
-        if not price.price_list:
-            problems.append("price.price_list is required for a model_list price")
-        problems += _negative("price.markup_percent", price.markup_percent)
-    if price.type is PriceType.TIERED:
-        if price.amount:
-            problems.append("price.amount is not used by tiered prices: price the tiers")
-        if price.mode is None:
-            problems.append('price.mode is required for a tiered price: "graduated" or "volume"')
-        problems.extend(tier_problems(price))
     return problems
+
+
+def _package_problems(price: Price) -> list[str]:
+    problems = decimal_problems("price.quantity_per_package", price.quantity_per_package)
+    if price.quantity_per_package is None:
+        problems.append("price.quantity_per_package is required for a package price")
+    elif price.quantity_per_package <= 0:
+        problems.append(
+            f"price.quantity_per_package must be positive, got {price.quantity_per_package}"
+        )
+    return problems
+
+
+def _model_list_fields(price: Price) -> list[str]:
+    """Model-list fields on a price of another type."""
+    kind = price.type.value
+    problems: list[str] = []
+    if price.price_list is not None:
+        problems.append(f'price.price_list is only for model_list prices, not "{kind}"')
+    if price.markup_percent is not None:
+        problems.append(f'price.markup_percent is only for model_list prices, not "{kind}"')
+    return problems
+
+
+def _model_list_problems(price: Price) -> list[str]:
+    problems: list[str] = []
+    if price.amount:
+        problems.append("price.amount is not used by model_list prices: the list prices")
+    if not price.price_list:
+        problems.append("price.price_list is required for a model_list price")
+    return problems + _negative("price.markup_percent", price.markup_percent)
+
+
+def _tiered_problems(price: Price) -> list[str]:
+    problems: list[str] = []
+    if price.amount:
+        problems.append("price.amount is not used by tiered prices: price the tiers")
+    if price.mode is None:
+        problems.append('price.mode is required for a tiered price: "graduated" or "volume"')
+    return problems + tier_problems(price)
 
 
 def tier_problems(price: Price) -> list[str]:
@@ -213,37 +243,50 @@ def rate_card_problems(card: RateCard, *, currency: str | None = None) -> list[s
                 "a rate card without a feature can only have a flat price"
             )
         problems += entitlement_problems(card.entitlement)
-    discounts, commitments = card.discounts, card.commitments
-    if discounts is not None:
-        if price is None:
-            problems.append("discounts need a price")
-        pct = discounts.percentage
-        problems += decimal_problems("discounts.percentage", pct)
-        if pct is not None and not 0 < pct <= HUNDRED:
-            problems.append(f"discounts.percentage must be above 0 and at most 100, got {pct}")
-        if discounts.usage is not None:
-            problems += _negative("discounts.usage", discounts.usage)
-            if price is not None and not price.usage_based:
-                problems.append("discounts.usage needs a usage-based price, not a flat one")
-            if price is not None and price.type is PriceType.MODEL_LIST:
-                problems.append(
-                    "discounts.usage is not for model_list prices (free tokens of which model?)"
-                )
-    if commitments is not None:
+    problems += _discount_problems(card)
+    problems += _commitment_problems(card, currency)
+    return problems
+
+
+def _discount_problems(card: RateCard) -> list[str]:
+    discounts, price = card.discounts, card.price
+    if discounts is None:
+        return []
+    problems: list[str] = []
+    if price is None:
+        problems.append("discounts need a price")
+    pct = discounts.percentage
+    problems += decimal_problems("discounts.percentage", pct)
+    if pct is not None and not 0 < pct <= HUNDRED:
+        problems.append(f"discounts.percentage must be above 0 and at most 100, got {pct}")
+    if discounts.usage is not None:
+        problems += _negative("discounts.usage", discounts.usage)
         if price is not None and not price.usage_based:
-            problems.append("commitments need a usage-based price, not a flat one")
-        elif price is None:
-            problems.append("commitments need a price")
-        low, high = commitments.minimum_amount, commitments.maximum_amount
-        problems += _negative("commitments.minimum_amount", low)
-        problems += _negative("commitments.maximum_amount", high)
-        if low is not None and high is not None and low > high:
+            problems.append("discounts.usage needs a usage-based price, not a flat one")
+        if price is not None and price.type is PriceType.MODEL_LIST:
             problems.append(
-                f"commitments.minimum_amount {low} must not exceed maximum_amount {high}"
+                "discounts.usage is not for model_list prices (free tokens of which model?)"
             )
-        if currency is not None:
-            problems += _precision_problems(commitments.minimum_amount, "minimum", currency)
-            problems += _precision_problems(commitments.maximum_amount, "maximum", currency)
+    return problems
+
+
+def _commitment_problems(card: RateCard, currency: str | None) -> list[str]:
+    commitments, price = card.commitments, card.price
+    if commitments is None:
+        return []
+    problems: list[str] = []
+    if price is not None and not price.usage_based:
+        problems.append("commitments need a usage-based price, not a flat one")
+    elif price is None:
+        problems.append("commitments need a price")
+    low, high = commitments.minimum_amount, commitments.maximum_amount
+    problems += _negative("commitments.minimum_amount", low)
+    problems += _negative("commitments.maximum_amount", high)
+    if low is not None and high is not None and low > high:
+        problems.append(f"commitments.minimum_amount {low} must not exceed maximum_amount {high}")
+    if currency is not None:
+        problems += _precision_problems(commitments.minimum_amount, "minimum", currency)
+        problems += _precision_problems(commitments.maximum_amount, "maximum", currency)
     return problems
 
 
