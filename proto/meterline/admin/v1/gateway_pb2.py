@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/gateway.proto\x12\x12meterline.admin.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x01\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nroute_name\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\r\n\x05paths\x18\x05 \x03(\t\x12\x0f\n\x07methods\x18\x06 \x03(\t\x12\x12\n\nstrip_path\x18\x07 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbe\x01\n\x08\x43onsumer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x11\n\tcustom_id\x18\x04 \x01(\t\x12\x11\n\tkey_count\x18\x05 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x11KeyAuthCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa3\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x13\n\x0bplugin_name\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x06 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12\'\n\x06\x63onfig\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"<\n\x13ListServicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x14ListServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.meterline.admin.v1.Service\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11GetServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11ListRoutesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x12ListRoutesResponse\x12)\n\x06routes\x18\x01 \x03(\x0b\x32\x19.meterline.admin.v1.Route\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x14ListConsumersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x15ListConsumersResponse\x12/\n\tconsumers\x18\x01 \x03(\x0b\x32\x1c.meterline.admin.v1.Consumer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12GetConsumerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x15\x43reateConsumerRequest\x12.\n\x08\x63onsumer\x18\x01 \x01(\x0b\x32\x1c.meterline.admin.v1.Consumer\"%\n\x15\x44\x65leteConsumerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x1e\x43reateKeyAuthCredentialRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\";\n\x12ListPluginsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x13ListPluginsResponse\x12+\n\x07plugins\x18\x01 \x03(\x0b\x32\x1a.meterline.admin.v1.Plugin\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x12\x41pplyConfigRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\">\n\x13\x41pplyConfigResponse\x12\x0f\n\x07\x63hanges\x18\x01 \x03(\t\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\t2\xc3\x07\n\x0eGatewayService\x12\x61\n\x0cListServices\x12\'.meterline.admin.v1.ListServicesRequest\x1a(.meterline.admin.v1.ListServicesResponse\x12P\n\nGetService\x12%.meterline.admin.v1.GetServiceRequest\x1a\x1b.meterline.admin.v1.Service\x12[\n\nListRoutes\x12%.meterline.admin.v1.ListRoutesRequest\x1a&.meterline.admin.v1.ListRoutesResponse\x12\x64\n\rListConsumers\x12(.meterline.admin.v1.ListConsumersRequest\x1a).meterline.admin.v1.ListConsumersResponse\x12S\n\x0bGetConsumer\x12&.meterline.admin.v1.GetConsumerRequest\x1a\x1c.meterline.admin.v1.Consumer\x12Y\n\x0e\x43reateConsumer\x12).meterline.admin.v1.CreateConsumerRequest\x1a\x1c.meterline.admin.v1.Consumer\x12S\n\x0e\x44\x65leteConsumer\x12).meterline.admin.v1.DeleteConsumerRequest\x1a\x16.google.protobuf.Empty\x12t\n\x17\x43reateKeyAuthCredential\x12\x32.meterline.admin.v1.CreateKeyAuthCredentialRequest\x1a%.meterline.admin.v1.KeyAuthCredential\x12^\n\x0bListPlugins\x12&.meterline.admin.v1.ListPluginsRequest\x1a\'.meterline.admin.v1.ListPluginsResponse\x12^\n\x0b\x41pplyConfig\x12&.meterline.admin.v1.ApplyConfigRequest\x1a\'.meterline.admin.v1.ApplyConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/gateway.proto\x12\x12meterline.admin.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x01\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nroute_name\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\r\n\x05paths\x18\x05 \x03(\t\x12\x0f\n\x07methods\x18\x06 \x03(\t\x12\x12\n\nstrip_path\x18\x07 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbe\x01\n\x08\x43onsumer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x11\n\tcustom_id\x18\x04 \x01(\t\x12\x11\n\tkey_count\x18\x05 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x11KeyAuthCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x02\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x13\n\x0bplugin_name\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x06 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12\'\n\x06\x63onfig\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x13ListServicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\"^\n\x14ListServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.meterline.admin.v1.Service\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11GetServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"L\n\x11ListRoutesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\"X\n\x12ListRoutesResponse\x12)\n\x06routes\x18\x01 \x03(\x0b\x32\x19.meterline.admin.v1.Route\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x14ListConsumersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\"a\n\x15ListConsumersResponse\x12/\n\tconsumers\x18\x01 \x03(\x0b\x32\x1c.meterline.admin.v1.Consumer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12GetConsumerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x15\x43reateConsumerRequest\x12.\n\x08\x63onsumer\x18\x01 \x01(\x0b\x32\x1c.meterline.admin.v1.Consumer\"%\n\x15\x44\x65leteConsumerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x1e\x43reateKeyAuthCredentialRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"M\n\x12ListPluginsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\"[\n\x13ListPluginsResponse\x12+\n\x07plugins\x18\x01 \x03(\x0b\x32\x1a.meterline.admin.v1.Plugin\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fGetRouteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10GetPluginRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14\x44\x65leteServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x44\x65leteRouteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13\x44\x65letePluginRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x12\x41pplyConfigRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\">\n\x13\x41pplyConfigResponse\x12\x0f\n\x07\x63hanges\x18\x01 \x03(\t\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\t2\xd1\n\n\x0eGatewayService\x12\x61\n\x0cListServices\x12\'.meterline.admin.v1.ListServicesRequest\x1a(.meterline.admin.v1.ListServicesResponse\x12P\n\nGetService\x12%.meterline.admin.v1.GetServiceRequest\x1a\x1b.meterline.admin.v1.Service\x12[\n\nListRoutes\x12%.meterline.admin.v1.ListRoutesRequest\x1a&.meterline.admin.v1.ListRoutesResponse\x12J\n\x08GetRoute\x12#.meterline.admin.v1.GetRouteRequest\x1a\x19.meterline.admin.v1.Route\x12\x64\n\rListConsumers\x12(.meterline.admin.v1.ListConsumersRequest\x1a).meterline.admin.v1.ListConsumersResponse\x12S\n\x0bGetConsumer\x12&.meterline.admin.v1.GetConsumerRequest\x1a\x1c.meterline.admin.v1.Consumer\x12Y\n\x0e\x43reateConsumer\x12).meterline.admin.v1.CreateConsumerRequest\x1a\x1c.meterline.admin.v1.Consumer\x12S\n\x0e\x44\x65leteConsumer\x12).meterline.admin.v1.DeleteConsumerRequest\x1a\x16.google.protobuf.Empty\x12t\n\x17\x43reateKeyAuthCredential\x12\x32.meterline.admin.v1.CreateKeyAuthCredentialRequest\x1a%.meterline.admin.v1.KeyAuthCredential\x12^\n\x0bListPlugins\x12&.meterline.admin.v1.ListPluginsRequest\x1a\'.meterline.admin.v1.ListPluginsResponse\x12M\n\tGetPlugin\x12$.meterline.admin.v1.GetPluginRequest\x1a\x1a.meterline.admin.v1.Plugin\x12Q\n\rDeleteService\x12(.meterline.admin.v1.DeleteServiceRequest\x1a\x16.google.protobuf.Empty\x12M\n\x0b\x44\x65leteRoute\x12&.meterline.admin.v1.DeleteRouteRequest\x1a\x16.google.protobuf.Empty\x12O\n\x0c\x44\x65letePlugin\x12\'.meterline.admin.v1.DeletePluginRequest\x1a\x16.google.protobuf.Empty\x12^\n\x0b\x41pplyConfig\x12&.meterline.admin.v1.ApplyConfigRequest\x1a\'.meterline.admin.v1.ApplyConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,37 +43,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYAUTHCREDENTIAL']._serialized_start=735
   _globals['_KEYAUTHCREDENTIAL']._serialized_end=846
   _globals['_PLUGIN']._serialized_start=849
-  _globals['_PLUGIN']._serialized_end=1012
-  _globals['_LISTSERVICESREQUEST']._serialized_start=1014
-  _globals['_LISTSERVICESREQUEST']._serialized_end=1074
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1076
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1170
-  _globals['_GETSERVICEREQUEST']._serialized_start=1172
-  _globals['_GETSERVICEREQUEST']._serialized_end=1205
-  _globals['_LISTROUTESREQUEST']._serialized_start=1207
-  _globals['_LISTROUTESREQUEST']._serialized_end=1265
-  _globals['_LISTROUTESRESPONSE']._serialized_start=1267
-  _globals['_LISTROUTESRESPONSE']._serialized_end=1355
-  _globals['_LISTCONSUMERSREQUEST']._serialized_start=1357
-  _globals['_LISTCONSUMERSREQUEST']._serialized_end=1418
-  _globals['_LISTCONSUMERSRESPONSE']._serialized_start=1420
-  _globals['_LISTCONSUMERSRESPONSE']._serialized_end=1517
-  _globals['_GETCONSUMERREQUEST']._serialized_start=1519
-  _globals['_GETCONSUMERREQUEST']._serialized_end=1553
-  _globals['_CREATECONSUMERREQUEST']._serialized_start=1555
-  _globals['_CREATECONSUMERREQUEST']._serialized_end=1626
-  _globals['_DELETECONSUMERREQUEST']._serialized_start=1628
-  _globals['_DELETECONSUMERREQUEST']._serialized_end=1665
-  _globals['_CREATEKEYAUTHCREDENTIALREQUEST']._serialized_start=1667
-  _globals['_CREATEKEYAUTHCREDENTIALREQUEST']._serialized_end=1728
-  _globals['_LISTPLUGINSREQUEST']._serialized_start=1730
-  _globals['_LISTPLUGINSREQUEST']._serialized_end=1789
-  _globals['_LISTPLUGINSRESPONSE']._serialized_start=1791
-  _globals['_LISTPLUGINSRESPONSE']._serialized_end=1882
-  _globals['_APPLYCONFIGREQUEST']._serialized_start=1884
-  _globals['_APPLYCONFIGREQUEST']._serialized_end=1945
-  _globals['_APPLYCONFIGRESPONSE']._serialized_start=1947
-  _globals['_APPLYCONFIGRESPONSE']._serialized_end=2009
-  _globals['_GATEWAYSERVICE']._serialized_start=2012
-  _globals['_GATEWAYSERVICE']._serialized_end=2975
+  _globals['_PLUGIN']._serialized_end=1110
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1112
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1190
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1192
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1286
+  _globals['_GETSERVICEREQUEST']._serialized_start=1288
+  _globals['_GETSERVICEREQUEST']._serialized_end=1321
+  _globals['_LISTROUTESREQUEST']._serialized_start=1323
+  _globals['_LISTROUTESREQUEST']._serialized_end=1399
+  _globals['_LISTROUTESRESPONSE']._serialized_start=1401
+  _globals['_LISTROUTESRESPONSE']._serialized_end=1489
+  _globals['_LISTCONSUMERSREQUEST']._serialized_start=1491
+  _globals['_LISTCONSUMERSREQUEST']._serialized_end=1570
+  _globals['_LISTCONSUMERSRESPONSE']._serialized_start=1572
+  _globals['_LISTCONSUMERSRESPONSE']._serialized_end=1669
+  _globals['_GETCONSUMERREQUEST']._serialized_start=1671
+  _globals['_GETCONSUMERREQUEST']._serialized_end=1705
+  _globals['_CREATECONSUMERREQUEST']._serialized_start=1707
+  _globals['_CREATECONSUMERREQUEST']._serialized_end=1778
+  _globals['_DELETECONSUMERREQUEST']._serialized_start=1780
+  _globals['_DELETECONSUMERREQUEST']._serialized_end=1817
+  _globals['_CREATEKEYAUTHCREDENTIALREQUEST']._serialized_start=1819
+  _globals['_CREATEKEYAUTHCREDENTIALREQUEST']._serialized_end=1880
+  _globals['_LISTPLUGINSREQUEST']._serialized_start=1882
+  _globals['_LISTPLUGINSREQUEST']._serialized_end=1959
+  _globals['_LISTPLUGINSRESPONSE']._serialized_start=1961
+  _globals['_LISTPLUGINSRESPONSE']._serialized_end=2052
+  _globals['_GETROUTEREQUEST']._serialized_start=2054
+  _globals['_GETROUTEREQUEST']._serialized_end=2085
+  _globals['_GETPLUGINREQUEST']._serialized_start=2087
+  _globals['_GETPLUGINREQUEST']._serialized_end=2119
+  _globals['_DELETESERVICEREQUEST']._serialized_start=2121
+  _globals['_DELETESERVICEREQUEST']._serialized_end=2157
+  _globals['_DELETEROUTEREQUEST']._serialized_start=2159
+  _globals['_DELETEROUTEREQUEST']._serialized_end=2193
+  _globals['_DELETEPLUGINREQUEST']._serialized_start=2195
+  _globals['_DELETEPLUGINREQUEST']._serialized_end=2230
+  _globals['_APPLYCONFIGREQUEST']._serialized_start=2232
+  _globals['_APPLYCONFIGREQUEST']._serialized_end=2293
+  _globals['_APPLYCONFIGRESPONSE']._serialized_start=2295
+  _globals['_APPLYCONFIGRESPONSE']._serialized_end=2357
+  _globals['_GATEWAYSERVICE']._serialized_start=2360
+  _globals['_GATEWAYSERVICE']._serialized_end=3721
 # @@protoc_insertion_point(module_scope)
