@@ -6,9 +6,7 @@ import argparse
 import json
 from typing import Any
 
-import grpc
-
-from controlplane.cli.client import add_cp_argument, operator_channel
+from controlplane.cli.client import add_cp_argument, ready_channel
 from meterline.admin.v1 import dataplanes_pb2, dataplanes_pb2_grpc
 
 _COLUMNS = ("NODE ID", "HOSTNAME", "VERSION", "CONFIG VERSION", "STATUS", "LAST SEEN", "ERROR")
@@ -29,11 +27,7 @@ def _status(value: int) -> str:
 
 
 def _fetch(address: str) -> list[dataplanes_pb2.DataPlane]:
-    with operator_channel(address) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=10)
-        except grpc.FutureTimeoutError:
-            raise SystemExit(f"error: no control plane answers at {address}") from None
+    with ready_channel(address) as channel:
         stub = dataplanes_pb2_grpc.DataPlaneServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
         found: list[dataplanes_pb2.DataPlane] = []
         token = ""

@@ -9,10 +9,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-import grpc
 from google.protobuf import timestamp_pb2
 
-from controlplane.cli.client import add_cp_argument, operator_channel
+from controlplane.cli.client import add_cp_argument, ready_channel
 from meterline.admin.v1 import catalog_pb2, entitlements_pb2, entitlements_pb2_grpc
 
 
@@ -62,11 +61,7 @@ def register(subparsers: Any) -> None:
 
 @contextmanager
 def _stub(address: str) -> Iterator[entitlements_pb2_grpc.EntitlementServiceStub]:
-    with operator_channel(address) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=10)
-        except grpc.FutureTimeoutError:
-            raise SystemExit(f"error: no control plane answers at {address}") from None
+    with ready_channel(address) as channel:
         yield entitlements_pb2_grpc.EntitlementServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
 
 

@@ -9,9 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import grpc
-
-from controlplane.cli.client import add_cp_argument, operator_channel
+from controlplane.cli.client import add_cp_argument, ready_channel
 from meterline.admin.v1 import notifications_pb2 as pb
 from meterline.admin.v1 import notifications_pb2_grpc
 
@@ -104,11 +102,7 @@ def register(subparsers: Any) -> None:
 
 @contextmanager
 def _stub(address: str) -> Iterator[notifications_pb2_grpc.NotificationServiceStub]:
-    with operator_channel(address) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=10)
-        except grpc.FutureTimeoutError:
-            raise SystemExit(f"error: no control plane answers at {address}") from None
+    with ready_channel(address) as channel:
         yield notifications_pb2_grpc.NotificationServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
 
 

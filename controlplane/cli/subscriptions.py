@@ -33,18 +33,6 @@ def _print(sub: customers_pb2.Subscription) -> None:
     )
 
 
-def _list(args: argparse.Namespace) -> int:
-    with admin_client(args.cp) as client:
-        response = client.customers.ListSubscriptions(
-            customers_pb2.ListSubscriptionsRequest(
-                parent=f"customers/{args.customer}" if args.customer else "", page_size=1000
-            )
-        )
-    for sub in response.subscriptions:
-        _print(sub)
-    return 0
-
-
 def _cancel(args: argparse.Namespace) -> int:
     request = customers_pb2.CancelSubscriptionRequest(name=_name(args.id))
     if args.at_period_end:
@@ -79,16 +67,14 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: Any) -> None:
-    """Add the ``subscription`` command and its subcommands to the top-level subparsers."""
+def register(commands: Any) -> Any:
+    """Add ``subscriptions`` (alias ``subscription``) to the top-level subparsers; return its
+    subparsers (``list`` and ``get`` come from controlplane/cli/resources.py)."""
 
-    subscription = commands.add_parser("subscription", help="subscriptions")
+    subscription = commands.add_parser(
+        "subscriptions", aliases=["subscription"], help="subscriptions"
+    )
     sub = subscription.add_subparsers(dest="subscription_command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("list", help="subscriptions, oldest first")
-    p.add_argument("--customer", help="only this customer's")
-    add_cp_argument(p)
-    p.set_defaults(func=_list)
 
     p = sub.add_parser("cancel", help="end a subscription (now by default)")
     p.add_argument("id", help="subscription id")
@@ -115,3 +101,4 @@ def register(commands: Any) -> None:
     p.add_argument("--at", type=_time, metavar="TIME", help="when (default: now)")
     add_cp_argument(p)
     p.set_defaults(func=_migrate)
+    return sub
