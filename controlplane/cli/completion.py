@@ -107,9 +107,9 @@ def zsh(parser: argparse.ArgumentParser) -> str:
             '    (( ${+_meterline_words[$cmdpath $w]} )) && cmdpath="$cmdpath $w"',
             "  done",
             "  if (( ${+_meterline_choices[$cmdpath $prev]} )); then",
-            '    compadd -- ${=_meterline_choices[$cmdpath $prev]}',
+            "    compadd -- ${=_meterline_choices[$cmdpath $prev]}",
             "  else",
-            '    compadd -- ${=_meterline_words[$cmdpath]}',
+            "    compadd -- ${=_meterline_words[$cmdpath]}",
             "  fi",
             "}",
             'if [[ "$funcstack[1]" == _meterline ]]; then _meterline "$@"; '

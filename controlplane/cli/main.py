@@ -16,6 +16,12 @@ import grpc
 import isodate
 
 from controlplane.cli.client import add_cp_argument, admin_client, configure
+from controlplane.cli.env import (
+    ConfigFileError,
+    apply_env_defaults,
+    load_config_file,
+    split_config_argument,
+)
 from controlplane.cli.output import (
     Column,
     add_output_arguments,
@@ -25,12 +31,6 @@ from controlplane.cli.output import (
     rfc3339,
 )
 from controlplane.cli.progress import elapsed
-from controlplane.cli.env import (
-    ConfigFileError,
-    apply_env_defaults,
-    load_config_file,
-    split_config_argument,
-)
 from controlplane.logs import add_log_format_argument, configure_logging
 from meterline.admin.v1 import gateway_pb2, usage_pb2
 
@@ -474,9 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meterline: error: --config: {exc}", file=sys.stderr)
         return 2
     if argv[:1] != ["dataplane"]:
-        configure(
-            token=args.token, ca_file=args.ca_file, connect_timeout=args.connect_timeout
-        )
+        configure(token=args.token, ca_file=args.ca_file, connect_timeout=args.connect_timeout)
     if args.func is not _cmd_dataplane:  # the data plane sets up its own logging
         configure_logging(
             log_format=getattr(args, "log_format", "text"),

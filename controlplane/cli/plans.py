@@ -28,7 +28,8 @@ def _state(plan: catalog_pb2.Plan) -> str:
 def _line(plan: catalog_pb2.Plan) -> str:
     return (
         f"{plan.key:20}  v{plan.version:<4}  {_state(plan):10}  {plan.currency}"
-        f"  {plan.billing_cadence:5}  {plural(len(plan.rate_cards), 'rate card')}  {plan.display_name}"
+        f"  {plan.billing_cadence:5}  {plural(len(plan.rate_cards), 'rate card')}"
+        f"  {plan.display_name}"
     )
 
 
@@ -112,9 +113,7 @@ def register(commands: Any) -> Any:
     ``plans`` (``list``, ``get`` and ``delete`` come from controlplane/cli/resources.py)."""
 
     plans = commands.add_parser("plans", help="plan versions: draft -> published -> archived")
-    sub = plans_sub = plans.add_subparsers(
-        dest="plans_command", required=True, metavar="COMMAND"
-    )
+    sub = plans_sub = plans.add_subparsers(dest="plans_command", required=True, metavar="COMMAND")
 
     for name, func, help_text in (
         ("show", _show, "one version with its rate cards (default: the newest)"),

@@ -47,7 +47,7 @@ class Resource:
     get: Callable[[AdminClient, argparse.Namespace], Any] | None = None
     delete: Callable[[AdminClient, argparse.Namespace], str] | None = None
     aliases: tuple[str, ...] = ()
-    list_filters: Callable[[argparse.ArgumentParser], None] | None = None
+    list_filters: Callable[[argparse.ArgumentParser], object] | None = None
     name_help: str = "name"
     name_arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
@@ -62,6 +62,44 @@ def _bare(name: str, collection: str) -> str:
 
 def _paging(args: argparse.Namespace) -> dict[str, Any]:
     return {"page_size": args.limit, "page_token": args.page_token, "order_by": NEWEST_FIRST}
+
+
+def _method(client: AdminClient, call: str) -> Callable[[Any], Any]:
+    """``"gateway.ListRoutes"``: that method of that stub."""
+    stub, method = call.split(".")
+    return getattr(getattr(client, stub), method)  # type: ignore[no-any-return]
+
+
+def _lister(
+    call: str, request: Any, field: str
+) -> Callable[[AdminClient, argparse.Namespace], Page]:
+    """A List method as a resource's ``list_page``: newest first, one page."""
+
+    def list_page(client: AdminClient, args: argparse.Namespace) -> Page:
+        response = _method(client, call)(request(**_paging(args)))
+        return getattr(response, field), response.next_page_token
+
+    return list_page
+
+
+def _getter(
+    call: str, request: Any, collection: str
+) -> Callable[[AdminClient, argparse.Namespace], Any]:
+    def get(client: AdminClient, args: argparse.Namespace) -> Any:
+        return _method(client, call)(request(name=f"{collection}/{_bare(args.name, collection)}"))
+
+    return get
+
+
+def _deleter(
+    call: str, request: Any, collection: str
+) -> Callable[[AdminClient, argparse.Namespace], str]:
+    def delete(client: AdminClient, args: argparse.Namespace) -> str:
+        name = _bare(args.name, collection)
+        _method(client, call)(request(name=f"{collection}/{name}"))
+        return f"deleted {collection.removesuffix('s')} {name}"
+
+    return delete
 
 
 # Gateway ----------------------------------------------------------------------------------
@@ -115,24 +153,14 @@ def _plugin_row(m: gateway_pb2.Plugin) -> dict[str, Any]:
     }
 
 
-def _deleted(kind: str, name: str) -> str:
-    return f"deleted {kind} {name}"
-
-
 SERVICES = Resource(
     noun="services",
     singular="service",
     columns=(Column("name"), Column("url"), Column("created", time=True)),
     row=_service_row,
-    list_page=lambda c, a: (
-        (r := c.gateway.ListServices(gateway_pb2.ListServicesRequest(**_paging(a)))).services,
-        r.next_page_token,
-    ),
-    get=lambda c, a: c.gateway.GetService(gateway_pb2.GetServiceRequest(name=f"services/{a.name}")),
-    delete=lambda c, a: (
-        c.gateway.DeleteService(gateway_pb2.DeleteServiceRequest(name=f"services/{a.name}")),
-        _deleted("service", a.name),
-    )[1],
+    list_page=_lister("gateway.ListServices", gateway_pb2.ListServicesRequest, "services"),
+    get=_getter("gateway.GetService", gateway_pb2.GetServiceRequest, "services"),
+    delete=_deleter("gateway.DeleteService", gateway_pb2.DeleteServiceRequest, "services"),
 )
 
 ROUTES = Resource(
@@ -146,15 +174,9 @@ ROUTES = Resource(
         Column("created", time=True),
     ),
     row=_route_row,
-    list_page=lambda c, a: (
-        (r := c.gateway.ListRoutes(gateway_pb2.ListRoutesRequest(**_paging(a)))).routes,
-        r.next_page_token,
-    ),
-    get=lambda c, a: c.gateway.GetRoute(gateway_pb2.GetRouteRequest(name=f"routes/{a.name}")),
-    delete=lambda c, a: (
-        c.gateway.DeleteRoute(gateway_pb2.DeleteRouteRequest(name=f"routes/{a.name}")),
-        _deleted("route", a.name),
-    )[1],
+    list_page=_lister("gateway.ListRoutes", gateway_pb2.ListRoutesRequest, "routes"),
+    get=_getter("gateway.GetRoute", gateway_pb2.GetRouteRequest, "routes"),
+    delete=_deleter("gateway.DeleteRoute", gateway_pb2.DeleteRouteRequest, "routes"),
 )
 
 CONSUMERS = Resource(
@@ -167,17 +189,9 @@ CONSUMERS = Resource(
         Column("created", time=True),
     ),
     row=_consumer_row,
-    list_page=lambda c, a: (
-        (r := c.gateway.ListConsumers(gateway_pb2.ListConsumersRequest(**_paging(a)))).consumers,
-        r.next_page_token,
-    ),
-    get=lambda c, a: c.gateway.GetConsumer(
-        gateway_pb2.GetConsumerRequest(name=f"consumers/{a.name}")
-    ),
-    delete=lambda c, a: (
-        c.gateway.DeleteConsumer(gateway_pb2.DeleteConsumerRequest(name=f"consumers/{a.name}")),
-        _deleted("consumer", a.name),
-    )[1],
+    list_page=_lister("gateway.ListConsumers", gateway_pb2.ListConsumersRequest, "consumers"),
+    get=_getter("gateway.GetConsumer", gateway_pb2.GetConsumerRequest, "consumers"),
+    delete=_deleter("gateway.DeleteConsumer", gateway_pb2.DeleteConsumerRequest, "consumers"),
     name_help="username",
 )
 
@@ -192,15 +206,9 @@ PLUGINS = Resource(
         Column("created", time=True),
     ),
     row=_plugin_row,
-    list_page=lambda c, a: (
-        (r := c.gateway.ListPlugins(gateway_pb2.ListPluginsRequest(**_paging(a)))).plugins,
-        r.next_page_token,
-    ),
-    get=lambda c, a: c.gateway.GetPlugin(gateway_pb2.GetPluginRequest(name=f"plugins/{a.name}")),
-    delete=lambda c, a: (
-        c.gateway.DeletePlugin(gateway_pb2.DeletePluginRequest(name=f"plugins/{a.name}")),
-        _deleted("plugin", a.name),
-    )[1],
+    list_page=_lister("gateway.ListPlugins", gateway_pb2.ListPluginsRequest, "plugins"),
+    get=_getter("gateway.GetPlugin", gateway_pb2.GetPluginRequest, "plugins"),
+    delete=_deleter("gateway.DeletePlugin", gateway_pb2.DeletePluginRequest, "plugins"),
     name_help="plugin id (see `meterline plugins list`)",
 )
 
@@ -308,17 +316,9 @@ CUSTOMERS = Resource(
         Column("created", time=True),
     ),
     row=_customer_row,
-    list_page=lambda c, a: (
-        (r := c.customers.ListCustomers(customers_pb2.ListCustomersRequest(**_paging(a)))).customers,
-        r.next_page_token,
-    ),
-    get=lambda c, a: c.customers.GetCustomer(
-        customers_pb2.GetCustomerRequest(name=f"customers/{a.name}")
-    ),
-    delete=lambda c, a: (
-        c.customers.DeleteCustomer(customers_pb2.DeleteCustomerRequest(name=f"customers/{a.name}")),
-        _deleted("customer", a.name),
-    )[1],
+    list_page=_lister("customers.ListCustomers", customers_pb2.ListCustomersRequest, "customers"),
+    get=_getter("customers.GetCustomer", customers_pb2.GetCustomerRequest, "customers"),
+    delete=_deleter("customers.DeleteCustomer", customers_pb2.DeleteCustomerRequest, "customers"),
     name_help="customer key",
 )
 
@@ -336,9 +336,7 @@ SUBSCRIPTIONS = Resource(
     ),
     row=_subscription_row,
     list_page=_list_subscriptions,
-    get=lambda c, a: c.customers.GetSubscription(
-        customers_pb2.GetSubscriptionRequest(name=f"subscriptions/{_bare(a.name, 'subscriptions')}")
-    ),
+    get=_getter("customers.GetSubscription", customers_pb2.GetSubscriptionRequest, "subscriptions"),
     list_filters=lambda p: p.add_argument("--customer", help="only this customer's"),
     name_help="subscription id",
 )
@@ -354,15 +352,9 @@ FEATURES = Resource(
         Column("created", time=True),
     ),
     row=_feature_row,
-    list_page=lambda c, a: (
-        (r := c.catalog.ListFeatures(catalog_pb2.ListFeaturesRequest(**_paging(a)))).features,
-        r.next_page_token,
-    ),
-    get=lambda c, a: c.catalog.GetFeature(catalog_pb2.GetFeatureRequest(name=f"features/{a.name}")),
-    delete=lambda c, a: (
-        c.catalog.DeleteFeature(catalog_pb2.DeleteFeatureRequest(name=f"features/{a.name}")),
-        _deleted("feature", a.name),
-    )[1],
+    list_page=_lister("catalog.ListFeatures", catalog_pb2.ListFeaturesRequest, "features"),
+    get=_getter("catalog.GetFeature", catalog_pb2.GetFeatureRequest, "features"),
+    delete=_deleter("catalog.DeleteFeature", catalog_pb2.DeleteFeatureRequest, "features"),
     name_help="feature key",
 )
 
