@@ -30,6 +30,8 @@ def walk(
             for name, child in action.choices.items():
                 words.append(name)
                 children.append((name, child))
+        elif not action.option_strings and action.choices:  # a positional with choices
+            words.extend(str(c) for c in action.choices)
         elif action.option_strings and action.help != argparse.SUPPRESS:
             long = [o for o in action.option_strings if o.startswith("--")]
             words.extend(long or action.option_strings)
@@ -72,7 +74,10 @@ def bash(parser: argparse.ArgumentParser) -> str:
             '  if [[ -n "${_meterline_choices["$cmdpath $prev"]+x}" ]]; then',
             '    COMPREPLY=($(compgen -W "${_meterline_choices["$cmdpath $prev"]}" -- "$cur"))',
             "  else",
-            '    COMPREPLY=($(compgen -W "${_meterline_words[$cmdpath]}" -- "$cur"))',
+            '    local words="${_meterline_words[$cmdpath]}"',
+            "    # flags only once a dash is typed",
+            '    [[ $cur == -* ]] || words="$(printf "%s\\n" $words | grep -v -- "^-")"',
+            '    COMPREPLY=($(compgen -W "$words" -- "$cur"))',
             "  fi",
             "}",
             "complete -o default -F _meterline meterline",
@@ -109,7 +114,9 @@ def zsh(parser: argparse.ArgumentParser) -> str:
             "  if (( ${+_meterline_choices[$cmdpath $prev]} )); then",
             "    compadd -- ${=_meterline_choices[$cmdpath $prev]}",
             "  else",
-            "    compadd -- ${=_meterline_words[$cmdpath]}",
+            "    local -a all=(${=_meterline_words[$cmdpath]})",
+            "    [[ $PREFIX == -* ]] || all=(${all:#-*})",
+            '    compadd -- "${all[@]}"',
             "  fi",
             "}",
             'if [[ "$funcstack[1]" == _meterline ]]; then _meterline "$@"; '

@@ -489,6 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        # A command's "error: ..." (an unreachable control plane, a bad flag value): one line.
+        print(exc.code, file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return _closed_pipe()
 

@@ -7,7 +7,10 @@ paging, humane local times (--utc), one-line errors with a non-zero exit.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -133,11 +136,11 @@ async def test_gateway_nouns_list_get_delete(harness, walkthrough, cli: Cli, tmp
 async def test_times_are_local_unless_utc(harness, walkthrough, cli: Cli, paris) -> None:
     await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=walkthrough))
     code, out, _ = await cli("customers", "list")
-    assert _columns(out)[1][-3:] == ["2026-11-01", "13:00:00", "CET"]
-    code, out, _ = await cli("customers", "list", "--utc")
+    assert code == 0 and _columns(out)[1][-3:] == ["2026-11-01", "13:00:00", "CET"]
+    _, out, _ = await cli("customers", "list", "--utc")
     assert _columns(out)[1][-3:] == ["2026-11-01", "12:00:00", "UTC"]
     # machine formats keep UTC whatever the zone
-    code, out, _ = await cli("customers", "get", "acme", "-o", "json")
+    _, out, _ = await cli("customers", "get", "acme", "-o", "json")
     assert json.loads(out)["create_time"] == "2026-11-01T12:00:00Z"
 
 
@@ -220,22 +223,75 @@ async def test_usage_list_is_newest_first_and_pages(harness, cli: Cli) -> None:
     await call.done_writing()
 
     code, out, err = await cli("usage", "list", "--utc")
+    assert code == 0
     rows = _columns(out)
     assert rows[0][:5] == ["TIME", "SUBJECT", "MODEL", "TYPE", "TOKENS"]
     assert [r[-1] for r in rows[1:]] == ["r2:input", "r1:input", "r0:input"]
-    assert rows[1][:7] == ["2026-11-01", "12:02:00", "UTC", "acme-corp", "openai/gpt-4o-mini"] + [
-        "input",
-        "12",
+    assert rows[1][:7] == [
+        *("2026-11-01", "12:02:00", "UTC"),
+        *("acme-corp", "openai/gpt-4o-mini", "input", "12"),
     ]
     assert err == "3 usage events\n"
-    code, out, err = await cli("usage", "list", "--limit", "2", "-o", "json")
+    _, out, err = await cli("usage", "list", "--limit", "2", "-o", "json")
     assert [e["id"] for e in json.loads(out)] == ["r2:input", "r1:input"]
     token = err.split("--page-token ")[1].strip()
-    code, out, _ = await cli("usage", "list", "--limit", "2", "--page-token", token, "--json")
+    _, out, _ = await cli("usage", "list", "--limit", "2", "--page-token", token, "--json")
     assert [e["id"] for e in json.loads(out)] == ["r0:input"]
     # the API keeps its default order (oldest first) for existing clients
     listed = await harness.usage.ListUsageEvents(usage_pb2.ListUsageEventsRequest())
     assert [e.id for e in listed.usage_events] == ["r0:input", "r1:input", "r2:input"]
+
+
+async def test_a_closed_pipe_ends_quietly(harness) -> None:
+    # Given 300 usage events: `meterline usage list | head -1` fills a small pipe
+    t0 = harness.clock.now()
+    events = []
+    for n in range(300):
+        event = dp_usage_pb2.UsageEvent(
+            id=f"r{n}:output",
+            source="dp-test",
+            type="llm.tokens",
+            subject="acme-corp",
+            llm_tokens=dp_usage_pb2.LlmTokens(
+                provider="openai",
+                model="gpt-4o-mini",
+                token_type=dp_usage_pb2.TOKEN_TYPE_OUTPUT,
+                tokens=n + 1,
+                status_code=200,
+                route="chat",
+                request_id=f"r{n}",
+            ),
+        )
+        event.time.FromDatetime(t0 + timedelta(seconds=n))
+        events.append(event)
+    call = harness.usage_stream.StreamUsage()
+    await call.write(dp_usage_pb2.UsageBatch(batch_id="many", events=events))
+    assert (await call.read()).accepted_count == 300
+    await call.done_writing()
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "controlplane",
+        "usage",
+        "list",
+        "--limit",
+        "300",
+        "--cp",
+        harness.address,
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        header = await asyncio.to_thread(reader.readline)
+    # When the reader is gone, the CLI stops without a traceback
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert header.split()[:2] == ["TIME", "SUBJECT"]
+    assert err.decode() == ""
+    assert process.returncode == 141
 
 
 async def test_bad_order_by_is_refused(harness) -> None:
