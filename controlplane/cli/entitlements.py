@@ -9,10 +9,18 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from controlplane.cli.client import add_cp_argument, ready_channel
-from meterline.admin.v1 import catalog_pb2, entitlements_pb2, entitlements_pb2_grpc
+from controlplane.cli.output import Column, add_output_arguments, emit_list
+from meterline.admin.v1 import (
+    catalog_pb2,
+    customers_pb2,
+    customers_pb2_grpc,
+    entitlements_pb2,
+    entitlements_pb2_grpc,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -22,9 +30,16 @@ def register(subparsers: Any) -> None:
         "entitlements", help="customers' entitlements: usage, balance, overage, access"
     )
     commands = entitlements.add_subparsers(dest="entitlements_command", required=True)
-    listing = commands.add_parser("list", help="a customer's entitlements, evaluated now")
-    listing.add_argument("customer", help="customer key")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing = commands.add_parser(
+        "list", help="entitlements evaluated now: every customer's, or one customer's"
+    )
+    listing.add_argument("customer", nargs="?", help="only this customer's (default: all)")
+    listing.add_argument("--customer", dest="customer_flag", metavar="KEY", help="the same")
+    listing.add_argument("--feature", help="only this feature's")
+    listing.add_argument(
+        "--no-access", action="store_true", help="only entitlements without access now"
+    )
+    add_output_arguments(listing)
     add_cp_argument(listing)
     listing.set_defaults(func=_cmd_entitlements_list)
 
@@ -131,32 +146,66 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     )
 
 
-def _cmd_entitlements_list(args: argparse.Namespace) -> int:
-    with _stub(args.cp) as stub:
-        response = stub.ListEntitlements(
-            entitlements_pb2.ListEntitlementsRequest(customer=f"customers/{args.customer}")
+_ENTITLEMENT_COLUMNS = (
+    Column("customer"),
+    Column("feature"),
+    Column("kind", "type"),
+    Column("limit", right=True),
+    Column("usage", right=True),
+    Column("balance", right=True),
+    Column("overage", right=True),
+    Column("access"),
+    Column("period_end", "resets", time=True),
+)
+
+
+def _customer_keys(channel: grpc.Channel) -> list[str]:
+    stub = customers_pb2_grpc.CustomerServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+    keys: list[str] = []
+    token = ""
+    while True:
+        response = stub.ListCustomers(
+            customers_pb2.ListCustomersRequest(page_size=1000, page_token=token)
         )
-    values = [entitlement_json(v) for v in response.entitlements]
-    if args.json:
-        print(json.dumps(values, indent=2))
-        return 0
+        keys.extend(c.key for c in response.customers)
+        token = response.next_page_token
+        if not token:
+            return keys
+
+
+def _cmd_entitlements_list(args: argparse.Namespace) -> int:
+    customer = args.customer_flag or args.customer
+    values: list[dict[str, Any]] = []
+    with ready_channel(args.cp) as channel:
+        stub = entitlements_pb2_grpc.EntitlementServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+        for key in [customer] if customer else _customer_keys(channel):
+            response = stub.ListEntitlements(
+                entitlements_pb2.ListEntitlementsRequest(customer=f"customers/{key}")
+            )
+            values += [{"customer": key, **entitlement_json(v)} for v in response.entitlements]
+    values = [
+        v
+        for v in values
+        if (not args.feature or v["feature"] == args.feature)
+        and not (args.no_access and v["has_access"])
+    ]
     rows = []
     for v in values:
         metered = v["type"] == "metered"
         rows.append(
-            (
-                v["feature"],
-                v["type"] + (" (soft)" if v.get("soft_limit") else ""),
-                str(v["limit"]) if metered else "-",
-                str(v["usage"]) if metered else "-",
-                str(v["balance"]) if metered else "-",
-                str(v["overage"]) if metered else "-",
-                "yes" if v["has_access"] else "NO",
-                f"{v['period_start']} .. {v['period_end']}" if metered else "-",
-            )
+            {
+                "customer": v["customer"],
+                "feature": v["feature"],
+                "kind": v["type"] + (" (soft)" if v.get("soft_limit") else ""),
+                "limit": v["limit"] if metered else "",
+                "usage": v["usage"] if metered else "",
+                "balance": v["balance"] if metered else "",
+                "overage": v["overage"] if metered else "",
+                "access": "yes" if v["has_access"] else "NO",
+                "period_end": v["period_end"] if metered else "",
+            }
         )
-    header = ("FEATURE", "TYPE", "LIMIT", "USAGE", "BALANCE", "OVERAGE", "ACCESS", "PERIOD")
-    print(_table(header, rows) if rows else f"customer {args.customer} has no entitlements now")
+    emit_list(args, rows, _ENTITLEMENT_COLUMNS, noun=("entitlement", "entitlements"), data=values)
     return 0
 
 

@@ -301,3 +301,39 @@ async def test_bad_order_by_is_refused(harness) -> None:
         await harness.gateway.ListRoutes(gateway_pb2.ListRoutesRequest(order_by="name"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "create_time desc" in err.value.details()
+
+
+async def test_entitlements_list_needs_no_customer_key(harness, walkthrough, cli: Cli) -> None:
+    # Given acme (walkthrough) and beta, both on the starter plan
+    await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=walkthrough))
+    await harness.customers.CreateCustomer(
+        customers_pb2.CreateCustomerRequest(customer=customers_pb2.Customer(key="beta"))
+    )
+    await harness.customers.CreateSubscription(
+        customers_pb2.CreateSubscriptionRequest(
+            subscription=customers_pb2.Subscription(customer="customers/beta", plan="plans/starter")
+        )
+    )
+    code, out, err = await cli("entitlements", "list")
+    assert code == 0
+    rows = _columns(out)
+    assert rows[0] == [
+        "CUSTOMER",
+        "FEATURE",
+        "TYPE",
+        "LIMIT",
+        "USAGE",
+        "BALANCE",
+        "OVERAGE",
+        "ACCESS",
+        "RESETS",
+    ]
+    assert sorted((r[0], r[1], r[2], r[-2]) for r in rows[1:]) == [
+        ("acme", "ai-token", "boolean", "yes"),
+        ("beta", "ai-token", "boolean", "yes"),
+    ]
+    assert err == "2 entitlements\n"
+    code, out, _ = await cli("entitlements", "list", "--customer", "beta", "-o", "json")
+    assert [(v["customer"], v["feature"]) for v in json.loads(out)] == [("beta", "ai-token")]
+    code, out, err = await cli("entitlements", "list", "--feature", "nothing-like-it")
+    assert (code, out, err) == (0, "", "no entitlements\n")
