@@ -228,6 +228,8 @@ def run_demo() -> int:
                     cp_addr,
                     "--listen",
                     f"127.0.0.1:{dp_port}",
+                    "--state-dir",
+                    str(work / "dataplane-state"),
                 ],
                 work / "dataplane.log",
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from controlplane.cli.output import humane_time, plural
 from controlplane.cli.progress import Progress, elapsed
 
 METERLINE = [sys.executable, "-m", "controlplane"]
+CP = ["--cp", "127.0.0.1:1"]
 
 
 def _closed_port() -> int:
@@ -226,3 +228,94 @@ def test_fake_provider_command_serves_the_wire_format(
     finally:
         process.terminate()
         process.communicate(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("environ", "root", "expected"),
+    [
+        pytest.param({"HOME": "/home/ann"}, False, "/home/ann/.local/state/meterline", id="user"),
+        pytest.param(
+            {"HOME": "/home/ann", "XDG_STATE_HOME": "/xdg"}, False, "/xdg/meterline", id="xdg"
+        ),
+        pytest.param({"HOME": "/root"}, True, "/var/lib/meterline", id="root"),
+        pytest.param({"METERLINE_STATE_DIR": "/srv/dp"}, False, "/srv/dp", id="variable"),
+        pytest.param({"METERLINE_STATE_DIR": ""}, True, None, id="empty-variable: nothing"),
+    ],
+)
+def test_default_state_dir(
+    environ: dict[str, str], root: bool, expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataplane.cli import default_state_dir
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0 if root else 1000)
+    monkeypatch.setenv("HOME", environ.get("HOME", "/nowhere"))
+    found = default_state_dir(environ)
+    assert (str(found) if found else None) == expected
+
+
+def test_dataplane_state_dir_flag_defaults_and_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    from controlplane.cli.main import dataplane_parser
+
+    monkeypatch.delenv("METERLINE_STATE_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", "/xdg")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert dataplane_parser().parse_args(CP).state_dir == Path("/xdg/meterline")
+    assert dataplane_parser().parse_args([*CP, "--state-dir", ""]).state_dir is None
+    assert dataplane_parser().parse_args([*CP, "--state-dir", "/s"]).state_dir == Path("/s")
+
+
+def test_dockerfile_sets_the_state_dir() -> None:
+    text = (Path(__file__).parents[2] / "deploy" / "Dockerfile").read_text()
+    assert "ENV METERLINE_STATE_DIR=/var/lib/meterline" in text
+    assert "install -d -o 10001 -g 10001 -m 0700 /var/lib/meterline" in text
+
+
+def test_control_plane_start_is_one_info_line(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [
+            *METERLINE,
+            "controlplane",
+            "--insecure-dev",
+            "--db",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        lines = []
+        while not any("listening on" in line for line in lines):
+            line = process.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+    finally:
+        process.terminate()
+        out, rest = process.communicate(timeout=20)
+    info = [line for line in lines if " INFO " in line]
+    assert len(info) == 1, lines
+    assert "control plane listening on 127.0.0.1:" in info[0]
+    assert "schema at revision 00" in info[0]
+    assert not any("alembic" in line for line in lines + rest.splitlines())
+    assert out == ""
+
+
+def test_migration_detail_is_debug(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*METERLINE, "-v", "migrate", "--db", f"sqlite:///{tmp_path / 'm.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "Running upgrade  -> 0001" in done.stderr
+    quiet = subprocess.run(
+        [*METERLINE, "migrate", "--db", f"sqlite:///{tmp_path / 'n.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout == "database schema is up to date\n"
