@@ -56,13 +56,13 @@ async def _apply_twice(cli, name: str) -> str:
 async def test_walkthrough(harness, cli) -> None:
     out = await _apply_twice(cli, "walkthrough.yaml")
     assert "created route chat" in out and "created subscription" in out
-    code, out, _ = await cli("routes", "get", "chat", "-o", "json")
+    _, out, _ = await cli("routes", "get", "chat", "-o", "json")
     assert json.loads(out)["paths"] == ["/chat"]
-    code, out, _ = await cli("plugins", "list", "-o", "yaml")
+    _, out, _ = await cli("plugins", "list", "-o", "yaml")
     proxy = next(p for p in yaml.safe_load(out) if p["plugin_name"] == "ai-proxy")
     upstream = proxy["config"]["model"]["options"]["upstream_url"]
     assert upstream == "http://127.0.0.1:8900/v1/chat/completions"  # meterline fake-provider
-    code, out, _ = await cli("entitlements", "list", "acme", "-o", "json")
+    _code, out, _ = await cli("entitlements", "list", "acme", "-o", "json")
     (metered,) = json.loads(out)
     assert (metered["feature"], metered["limit"], metered["has_access"]) == (
         "input-tokens",
@@ -73,7 +73,7 @@ async def test_walkthrough(harness, cli) -> None:
 
 async def test_tiered_pricing(harness, cli) -> None:
     await _apply_twice(cli, "tiered-pricing.yaml")
-    code, out, _ = await cli("plans", "get", "growth", "-o", "json")
+    _code, out, _ = await cli("plans", "get", "growth", "-o", "json")
     cards = {c.get("feature") or c["key"]: c for c in json.loads(out)["rate_cards"]}
     assert set(cards) == {"platform", "input-tokens", "output-tokens"}
     # The flat fee is invoiced in advance: the preview of a fresh subscription shows it.
