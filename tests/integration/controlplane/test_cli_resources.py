@@ -337,3 +337,22 @@ async def test_entitlements_list_needs_no_customer_key(harness, walkthrough, cli
     assert [(v["customer"], v["feature"]) for v in json.loads(out)] == [("beta", "ai-token")]
     code, out, err = await cli("entitlements", "list", "--feature", "nothing-like-it")
     assert (code, out, err) == (0, "", "no entitlements\n")
+
+
+async def test_dataplanes_list_in_the_table_style(harness, cli: Cli) -> None:
+    from meterline.dataplane.v1 import config_pb2
+
+    call = harness.config_stream.StreamConfig()
+    await call.write(
+        config_pb2.ConfigRequest(node=config_pb2.Node(id="edge-1", hostname="h1", version="0.1"))
+    )
+    await asyncio.wait_for(call.read(), 5)
+    code, out, err = await cli("dataplanes", "list", "--utc")
+    call.cancel()
+    assert code == 0
+    rows = _columns(out)
+    assert rows[0][:4] == ["NODE", "ID", "HOSTNAME", "VERSION"]
+    assert rows[1][:3] == ["edge-1", "h1", "0.1"]
+    assert "UTC" in rows[1] and "." not in rows[1][rows[1].index("UTC") - 1]  # no microseconds
+    # (the in-process control plane logs to the same stderr)
+    assert err.endswith("1 data plane\n")
