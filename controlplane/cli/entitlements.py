@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
     glist.add_argument("customer", help="customer key")
     glist.add_argument("--feature", help="only this feature")
     glist.add_argument("--all", action="store_true", help="include voided grants")
-    glist.add_argument("--json", action="store_true", help="print JSON")
+    add_output_arguments(glist)
     add_cp_argument(glist)
     glist.set_defaults(func=_cmd_grants_list)
 
@@ -135,15 +135,6 @@ def grant_json(grant: entitlements_pb2.Grant) -> dict[str, Any]:
         "recurrence": grant.recurrence_interval,
         "voided": _time(grant.void_time, grant.HasField("void_time")),
     }
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    table = [header, *rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in table
-    )
 
 
 _ENTITLEMENT_COLUMNS = (
@@ -249,13 +240,20 @@ def _cmd_grants_list(args: argparse.Namespace) -> int:
             if not token:
                 break
     grants = [grant_json(g) for g in found]
-    if args.json:
-        print(json.dumps(grants, indent=2))
-        return 0
-    header = ("ID", "FEATURE", "AMOUNT", "PRIORITY", "EFFECTIVE", "EXPIRES", "RECURRENCE", "VOIDED")
-    rows = [tuple(str(v) or "-" for v in g.values()) for g in grants]
-    print(_table(header, rows) if rows else f"customer {args.customer} has no grants")
+    emit_list(args, grants, _GRANT_COLUMNS, noun=("grant", "grants"))
     return 0
+
+
+_GRANT_COLUMNS = (
+    Column("id"),
+    Column("feature"),
+    Column("amount", right=True),
+    Column("priority", right=True),
+    Column("effective", time=True),
+    Column("expires", time=True),
+    Column("recurrence"),
+    Column("voided", time=True),
+)
 
 
 def _cmd_grants_void(args: argparse.Namespace) -> int:
