@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from google.protobuf import timestamp_pb2
 
 from controlplane.cli.client import add_cp_argument, admin_client
-from controlplane.cli.output import plural
+from controlplane.cli.output import Column, add_output_arguments, emit_list, plural
 from controlplane.cli.progress import Progress
 from meterline.admin.v1 import usage_pb2
 
@@ -66,7 +66,7 @@ def register(usage_commands: Any) -> None:
     query.set_defaults(func=_cmd_query)
 
     meters = usage_commands.add_parser("meters", help="list meters (built in and operator)")
-    meters.add_argument("--json", action="store_true", help="print JSON")
+    add_output_arguments(meters)
     add_cp_argument(meters)
     meters.set_defaults(func=_cmd_meters)
 
@@ -199,13 +199,16 @@ def _cmd_meters(args: argparse.Namespace) -> int:
         }
         for m in response.meters
     ]
-    if args.json:
-        print(json.dumps(meters, indent=2))
-        return 0
-    for m in meters:
-        dims = ", ".join(f"{d}={p}" for d, p in sorted(m["group_by"].items()))
-        print(
-            f"{m['key']:<20} {m['event_type']:<20} {m['aggregation']:<12} "
-            f"{m['value_property'] or '-':<16} {dims}"
-        )
+    emit_list(
+        args,
+        meters,
+        (
+            Column("key"),
+            Column("event_type"),
+            Column("aggregation"),
+            Column("value_property"),
+            Column("group_by", "dimensions"),
+        ),
+        noun=("meter", "meters"),
+    )
     return 0
