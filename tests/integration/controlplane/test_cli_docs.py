@@ -72,5 +72,6 @@ async def test_the_tour_runs_in_order(
     assert "created subscription" in by_line["meterline apply examples/walkthrough.yaml"]
     assert json.loads(by_line["meterline plans get starter -o json"])["key"] == "starter"
     assert by_line["meterline consumers delete acme-corp"] == "deleted consumer acme-corp\n"
+    assert by_line["meterline invoices close"].endswith("issued\n")  # no progress off a terminal
     consumers = await harness.gateway.ListConsumers(gateway_pb2.ListConsumersRequest())
     assert list(consumers.consumers) == []
