@@ -634,6 +634,14 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         )
         return customers_pb2.ListSubscriptionsResponse(subscriptions=items, next_page_token=token)
 
+    async def DeleteSubscription(
+        self, request: customers_pb2.DeleteSubscriptionRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        id = convert.resource_id(request.name, "subscriptions")
+        now = self._clock.now()
+        await self._tx(lambda c: subscriptions.delete_unstarted_subscription(c, id, now=now))
+        return empty_pb2.Empty()
+
     async def CancelSubscription(
         self, request: customers_pb2.CancelSubscriptionRequest, context: Ctx
     ) -> customers_pb2.Subscription:

@@ -337,6 +337,9 @@ SUBSCRIPTIONS = Resource(
     row=_subscription_row,
     list_page=_list_subscriptions,
     get=_getter("customers.GetSubscription", customers_pb2.GetSubscriptionRequest, "subscriptions"),
+    delete=_deleter(
+        "customers.DeleteSubscription", customers_pb2.DeleteSubscriptionRequest, "subscriptions"
+    ),
     list_filters=lambda p: p.add_argument("--customer", help="only this customer's"),
     name_help="subscription id",
 )

@@ -193,6 +193,21 @@ async def test_billing_nouns_list_get_delete(harness, walkthrough, cli: Cli) -> 
     code, out, _ = await cli("subscription", "get", sub["id"])
     assert _columns(out)[0] == ["ID", "CUSTOMER", "PLAN", "STATE", "START", "END"]
     assert _columns(out)[1][:4] == [sub["id"], "acme", "plans/starter/versions/1", "active"]
+    # a running subscription is cancelled, never deleted; one not started yet may be deleted
+    code, _, err = await cli("subscriptions", "delete", sub["id"])
+    assert code == 1 and "FAILED_PRECONDITION" in err and "cancel it instead" in err
+    await harness.customers.CreateCustomer(
+        customers_pb2.CreateCustomerRequest(customer=customers_pb2.Customer(key="later"))
+    )
+    future = customers_pb2.Subscription(customer="customers/later", plan="plans/starter")
+    future.start_time.FromDatetime(harness.clock.now() + timedelta(days=30))
+    later = await harness.customers.CreateSubscription(
+        customers_pb2.CreateSubscriptionRequest(subscription=future)
+    )
+    code, out, _ = await cli("subscriptions", "delete", later.id)
+    assert (code, out) == (0, f"deleted subscription {later.id}\n")
+    listed = await harness.customers.ListSubscriptions(customers_pb2.ListSubscriptionsRequest())
+    assert [s.id for s in listed.subscriptions] == [sub["id"]]
 
 
 async def test_usage_list_is_newest_first_and_pages(harness, cli: Cli) -> None:

@@ -137,6 +137,12 @@ class ListSubscriptionsResponse(_message.Message):
     next_page_token: str
     def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class DeleteSubscriptionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
 class CancelSubscriptionRequest(_message.Message):
     __slots__ = ("name", "end_time", "timing")
     NAME_FIELD_NUMBER: _ClassVar[int]
