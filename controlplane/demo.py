@@ -23,6 +23,7 @@ import grpc
 import httpx
 
 from controlplane.cli.client import OperatorCredentials, admin_client
+from controlplane.cli.output import plural
 from controlplane.cli.render import invoice_table
 from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
 
@@ -214,7 +215,7 @@ def run_demo() -> int:
                     )
                 )
             )
-            print(f"applied the walkthrough: {len(applied.changes)} changes")
+            print(f"applied the walkthrough: {plural(len(applied.changes), 'change')}")
             for change in applied.changes:
                 print(f"  {change}")
             dp = _start(
@@ -228,6 +229,8 @@ def run_demo() -> int:
                     cp_addr,
                     "--listen",
                     f"127.0.0.1:{dp_port}",
+                    "--state-dir",
+                    str(work / "dataplane-state"),
                 ],
                 work / "dataplane.log",
             )

@@ -72,3 +72,6 @@ def configure_logging(*, log_format: str = "text", level: int = logging.INFO) ->
     text = logging.Formatter(TEXT_FORMAT)
     handler.setFormatter(json_formatter() if log_format == "json" else text)
     install_handler(handler, level)
+    # Alembic narrates every migration step at INFO (~20 lines at each start): detail for -v.
+    alembic_level = logging.DEBUG if level <= logging.DEBUG else logging.WARNING
+    logging.getLogger("alembic").setLevel(alembic_level)

@@ -34,7 +34,7 @@ from controlplane.invoicing.lifecycle import InvoicingSettings, advance
 from controlplane.metrics import ControlPlaneMetrics, MetricsServer
 from controlplane.notifications import service as notifications_service
 from controlplane.notifications.types import NotificationSettings
-from controlplane.storage.db import Database
+from controlplane.storage.db import Database, current_revision
 from controlplane.stripe_sync import StripeSettings
 from controlplane.stripe_sync.app import StripeApp
 from meterline.admin.v1 import (
@@ -403,7 +403,10 @@ async def serve(
         if settings
         else None
     )
-    log.info("Stripe sync: %s", settings if settings else "off (METERLINE_STRIPE_API_KEY unset)")
+    if settings:
+        log.info("Stripe sync: %s", settings)
+    else:
+        log.debug("Stripe sync: off (METERLINE_STRIPE_API_KEY unset)")
     if webhook_listen and stripe is None:
         log.warning("--webhook-listen ignored: Stripe sync is off")
     cp = ControlPlane(
@@ -425,21 +428,27 @@ async def serve(
     if cp.metrics_port:
         print(f"metrics on port {cp.metrics_port} at /metrics", flush=True)
     host = listen.rsplit(":", 1)[0]
+    with db.engine.connect() as conn:
+        revision = current_revision(conn)
+    cluster = (
+        f", data planes (mTLS) on {trust.cluster_listen.rsplit(':', 1)[0]}:{cp.cluster_port}"
+        if trust is not None
+        else ""
+    )
+    # The one start-up line (migration detail is at DEBUG: -v).
     log.info(
-        "control plane listening on %s:%d (database %s)",
+        "control plane listening on %s:%d%s; database %s, schema at revision %s",
         host,
         port,
+        cluster,
         db.engine.url.render_as_string(hide_password=True),
+        revision,
     )
-    print(f"control plane listening on {host}:{port}", flush=True)
     if trust is None:
         log.warning(
             "--insecure-dev: plaintext, no operator tokens, data planes on the same port; "
             "never expose this port beyond this machine"
         )
-    else:
-        cluster_host = trust.cluster_listen.rsplit(":", 1)[0]
-        print(f"cluster (mTLS) listening on {cluster_host}:{cp.cluster_port}", flush=True)
     if cp.webhook_port:
         print(f"Stripe webhooks on port {cp.webhook_port} at /stripe/webhook", flush=True)
     stop = asyncio.Event()

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -65,6 +66,22 @@ GC_GEN0_THRESHOLD = 20_000
 def default_node_id() -> str:
     """Hostname plus a random suffix, so restarted or co-located proxies stay distinct."""
     return f"{socket.gethostname()}-{secrets.token_hex(3)}"
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where a data plane keeps its state unless told: $METERLINE_STATE_DIR (empty: nowhere),
+    /var/lib/meterline for root, else the user's state directory (XDG Base Directory)."""
+    env = os.environ if environ is None else environ
+    if "METERLINE_STATE_DIR" in env:
+        return Path(env["METERLINE_STATE_DIR"]) if env["METERLINE_STATE_DIR"] else None
+    if os.geteuid() == 0:
+        return Path("/var/lib/meterline")
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "meterline"
+
+
+def _state_dir(text: str) -> Path | None:
+    return Path(text) if text else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,12 +133,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--state-dir",
-        type=Path,
-        default=os.environ.get("METERLINE_STATE_DIR") or None,
+        type=_state_dir,
+        default=default_state_dir(),
         metavar="DIR",
         help="directory (0700) for the node id, the config cache (DIR/config) and the usage "
-        "spool (DIR/spool) (default: $METERLINE_STATE_DIR; unset: nothing on disk, usage in "
-        "memory only)",
+        "spool (DIR/spool), one data plane per directory (default: $METERLINE_STATE_DIR, else "
+        "/var/lib/meterline as root, else $XDG_STATE_HOME/meterline or "
+        "~/.local/state/meterline); '' keeps nothing on disk (usage in memory only)",
     )
     parser.add_argument(
         "--cache-dir",

@@ -50,3 +50,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('db') / 'meterline.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(autouse=True)
+def _no_default_state_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data planes a test starts keep nothing on disk unless it gives --state-dir: by default
+    they would share the user's state directory (one data plane per directory)."""
+    monkeypatch.setenv("METERLINE_STATE_DIR", "")

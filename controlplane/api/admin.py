@@ -12,7 +12,7 @@ from google.protobuf import empty_pb2
 from sqlalchemy import Connection
 
 from controlplane.api import convert
-from controlplane.api.paging import page
+from controlplane.api.paging import M, ordered, page
 from controlplane.catalog import storage as catalog
 from controlplane.catalog.types import BUILTIN_METERS, Plan
 from controlplane.clock import Clock
@@ -79,6 +79,13 @@ class _Base:
         chunk, token = page(items, page_size=request.page_size, page_token=request.page_token)
         return ([to_proto(i) for i in chunk] if to_proto else list(chunk)), token
 
+    async def _ordered_page(
+        self, load: Callable[[Connection], Sequence[M]], request: Any
+    ) -> tuple[list[M], str]:
+        """Like ``_page`` for messages, in the request's ``order_by`` (AIP-132) order."""
+        items = ordered(await self._tx(load), request.order_by)
+        return page(items, page_size=request.page_size, page_token=request.page_token)
+
     async def _changed_gateway(self) -> None:
         await self._hub.notify()
 
@@ -100,34 +107,87 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
     async def ListServices(
         self, request: gateway_pb2.ListServicesRequest, context: Ctx
     ) -> gateway_pb2.ListServicesResponse:
-        items, token = await self._page(gateway.list_services, request, convert.service_to_proto)
+        def load(conn: Connection) -> list[gateway_pb2.Service]:
+            times = gateway.entity_times(conn, "services")
+            return [
+                convert.service_to_proto(x, times.get(x.name)) for x in gateway.list_services(conn)
+            ]
+
+        items, token = await self._ordered_page(load, request)
         return gateway_pb2.ListServicesResponse(services=items, next_page_token=token)
 
     async def GetService(
         self, request: gateway_pb2.GetServiceRequest, context: Ctx
     ) -> gateway_pb2.Service:
         name = convert.resource_id(request.name, "services")
-        return convert.service_to_proto(await self._tx(lambda c: gateway.get_service(c, name)))
+
+        def get(conn: Connection) -> gateway_pb2.Service:
+            service = gateway.get_service(conn, name)
+            return convert.service_to_proto(service, gateway.entity_times(conn, "services")[name])
+
+        return await self._tx(get)
+
+    async def DeleteService(
+        self, request: gateway_pb2.DeleteServiceRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        name = convert.resource_id(request.name, "services")
+        await self._tx(lambda c: gateway.delete_service(c, name))
+        await self._changed_gateway()
+        return empty_pb2.Empty()
 
     async def ListRoutes(
         self, request: gateway_pb2.ListRoutesRequest, context: Ctx
     ) -> gateway_pb2.ListRoutesResponse:
-        items, token = await self._page(gateway.list_routes, request, convert.route_to_proto)
+        def load(conn: Connection) -> list[gateway_pb2.Route]:
+            times = gateway.entity_times(conn, "routes")
+            return [convert.route_to_proto(x, times.get(x.name)) for x in gateway.list_routes(conn)]
+
+        items, token = await self._ordered_page(load, request)
         return gateway_pb2.ListRoutesResponse(routes=items, next_page_token=token)
+
+    async def GetRoute(
+        self, request: gateway_pb2.GetRouteRequest, context: Ctx
+    ) -> gateway_pb2.Route:
+        name = convert.resource_id(request.name, "routes")
+
+        def get(conn: Connection) -> gateway_pb2.Route:
+            route = gateway.get_route(conn, name)
+            return convert.route_to_proto(route, gateway.entity_times(conn, "routes")[name])
+
+        return await self._tx(get)
+
+    async def DeleteRoute(
+        self, request: gateway_pb2.DeleteRouteRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        name = convert.resource_id(request.name, "routes")
+        await self._tx(lambda c: gateway.delete_route(c, name))
+        await self._changed_gateway()
+        return empty_pb2.Empty()
 
     async def ListConsumers(
         self, request: gateway_pb2.ListConsumersRequest, context: Ctx
     ) -> gateway_pb2.ListConsumersResponse:
-        items, token = await self._page(gateway.list_consumers, request, convert.consumer_to_proto)
+        def load(conn: Connection) -> list[gateway_pb2.Consumer]:
+            times = gateway.entity_times(conn, "consumers")
+            return [
+                convert.consumer_to_proto(x, times.get(x.username))
+                for x in gateway.list_consumers(conn)
+            ]
+
+        items, token = await self._ordered_page(load, request)
         return gateway_pb2.ListConsumersResponse(consumers=items, next_page_token=token)
 
     async def GetConsumer(
         self, request: gateway_pb2.GetConsumerRequest, context: Ctx
     ) -> gateway_pb2.Consumer:
         username = convert.resource_id(request.name, "consumers")
-        return convert.consumer_to_proto(
-            await self._tx(lambda c: gateway.get_consumer(c, username))
-        )
+
+        def get(conn: Connection) -> gateway_pb2.Consumer:
+            consumer = gateway.get_consumer(conn, username)
+            times = gateway.entity_times(conn, "consumers")[username]
+            return convert.consumer_to_proto(consumer, times)
+
+        return await self._tx(get)
 
     async def CreateConsumer(
         self, request: gateway_pb2.CreateConsumerRequest, context: Ctx
@@ -177,10 +237,34 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ListPluginsResponse:
         def load(conn: Connection) -> list[gateway_pb2.Plugin]:
             ids = gateway.plugin_ids(conn)
-            return [convert.plugin_to_proto(p, ids[p.scope]) for p in gateway.list_plugins(conn)]
+            times = gateway.entity_times(conn, "plugins")
+            return [
+                convert.plugin_to_proto(p, ids[p.scope], times.get(ids[p.scope]))
+                for p in gateway.list_plugins(conn)
+            ]
 
-        items, token = await self._page(load, request)
+        items, token = await self._ordered_page(load, request)
         return gateway_pb2.ListPluginsResponse(plugins=items, next_page_token=token)
+
+    async def GetPlugin(
+        self, request: gateway_pb2.GetPluginRequest, context: Ctx
+    ) -> gateway_pb2.Plugin:
+        plugin_id = convert.resource_id(request.name, "plugins")
+
+        def get(conn: Connection) -> gateway_pb2.Plugin:
+            plugin = gateway.get_plugin(conn, plugin_id)
+            times = gateway.entity_times(conn, "plugins")[plugin_id]
+            return convert.plugin_to_proto(plugin, plugin_id, times)
+
+        return await self._tx(get)
+
+    async def DeletePlugin(
+        self, request: gateway_pb2.DeletePluginRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        plugin_id = convert.resource_id(request.name, "plugins")
+        await self._tx(lambda c: gateway.delete_plugin(c, plugin_id))
+        await self._changed_gateway()
+        return empty_pb2.Empty()
 
     async def ApplyConfig(
         self, request: gateway_pb2.ApplyConfigRequest, context: Ctx
@@ -272,13 +356,42 @@ class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.GetFeatureRequest, context: Ctx
     ) -> catalog_pb2.Feature:
         key = convert.resource_id(request.name, "features")
-        return convert.feature_to_proto(await self._tx(lambda c: catalog.get_feature(c, key)))
+
+        def get(conn: Connection) -> catalog_pb2.Feature:
+            feature = catalog.get_feature(conn, key)
+            return convert.feature_to_proto(feature, catalog.feature_times(conn).get(key))
+
+        return await self._tx(get)
 
     async def ListFeatures(
         self, request: catalog_pb2.ListFeaturesRequest, context: Ctx
     ) -> catalog_pb2.ListFeaturesResponse:
-        items, token = await self._page(catalog.list_features, request, convert.feature_to_proto)
+        def load(conn: Connection) -> list[catalog_pb2.Feature]:
+            times = catalog.feature_times(conn)
+            return [
+                convert.feature_to_proto(f, times.get(f.key)) for f in catalog.list_features(conn)
+            ]
+
+        items, token = await self._ordered_page(load, request)
         return catalog_pb2.ListFeaturesResponse(features=items, next_page_token=token)
+
+    async def DeleteFeature(
+        self, request: catalog_pb2.DeleteFeatureRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        key = convert.resource_id(request.name, "features")
+        await self._tx(lambda c: catalog.delete_feature(c, key))
+        return empty_pb2.Empty()
+
+    async def DeletePlan(
+        self, request: catalog_pb2.DeletePlanRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        key, version = convert.parse_plan_name(request.name)
+        if version is None:
+            raise InvalidArgument(
+                f"name must name one version (plans/{key}/versions/N), got {request.name!r}"
+            )
+        await self._tx(lambda c: catalog.delete_draft_plan(c, key, version))
+        return empty_pb2.Empty()
 
     async def CreatePlan(
         self, request: catalog_pb2.CreatePlanRequest, context: Ctx
@@ -299,7 +412,9 @@ class CatalogServicer(_Base, catalog_pb2_grpc.CatalogServiceServicer):
     async def ListPlans(
         self, request: catalog_pb2.ListPlansRequest, context: Ctx
     ) -> catalog_pb2.ListPlansResponse:
-        items, token = await self._page(catalog.list_plans, request, convert.plan_to_proto)
+        items, token = await self._ordered_page(
+            lambda c: [convert.plan_to_proto(p) for p in catalog.list_plans(c)], request
+        )
         return catalog_pb2.ListPlansResponse(plans=items, next_page_token=token)
 
     async def PublishPlan(
@@ -471,8 +586,15 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
                 for c in customers.list_customers(conn)
             ]
 
-        items, token = await self._page(load, request)
+        items, token = await self._ordered_page(load, request)
         return customers_pb2.ListCustomersResponse(customers=items, next_page_token=token)
+
+    async def DeleteCustomer(
+        self, request: customers_pb2.DeleteCustomerRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        key = convert.resource_id(request.name, "customers")
+        await self._tx(lambda c: customers.delete_customer(c, key))
+        return empty_pb2.Empty()
 
     async def CreateSubscription(
         self, request: customers_pb2.CreateSubscriptionRequest, context: Ctx
@@ -522,12 +644,22 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
         self, request: customers_pb2.ListSubscriptionsRequest, context: Ctx
     ) -> customers_pb2.ListSubscriptionsResponse:
         customer = convert.resource_id(request.parent, "customers") if request.parent else None
-        items, token = await self._page(
-            lambda c: subscriptions.list_subscriptions(c, customer),
+        items, token = await self._ordered_page(
+            lambda c: [
+                convert.subscription_to_proto(s)
+                for s in subscriptions.list_subscriptions(c, customer)
+            ],
             request,
-            convert.subscription_to_proto,
         )
         return customers_pb2.ListSubscriptionsResponse(subscriptions=items, next_page_token=token)
+
+    async def DeleteSubscription(
+        self, request: customers_pb2.DeleteSubscriptionRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        id = convert.resource_id(request.name, "subscriptions")
+        now = self._clock.now()
+        await self._tx(lambda c: subscriptions.delete_unstarted_subscription(c, id, now=now))
+        return empty_pb2.Empty()
 
     async def CancelSubscription(
         self, request: customers_pb2.CancelSubscriptionRequest, context: Ctx

@@ -116,17 +116,29 @@ def resource_id(name: str, collection: str) -> str:
 # Gateway ------------------------------------------------------------------------------------
 
 
-def service_to_proto(service: Service) -> gateway_pb2.Service:
+Times = tuple[datetime, datetime]
+
+
+def _times(times: Times | None) -> dict[str, Any]:
+    """create_time/update_time fields of a gateway entity (its domain type has none)."""
+    if times is None:
+        return {}
+    return {"create_time": to_timestamp(times[0]), "update_time": to_timestamp(times[1])}
+
+
+def service_to_proto(service: Service, times: Times | None = None) -> gateway_pb2.Service:
     return gateway_pb2.Service(
         name=f"services/{service.name}",
         service_name=service.name,
         url=service.url,
         attributes=_struct(service.attributes),
+        **_times(times),
     )
 
 
-def route_to_proto(route: Route) -> gateway_pb2.Route:
+def route_to_proto(route: Route, times: Times | None = None) -> gateway_pb2.Route:
     return gateway_pb2.Route(
+        **_times(times),
         name=f"routes/{route.name}",
         route_name=route.name,
         service=f"services/{route.service}",
@@ -137,8 +149,9 @@ def route_to_proto(route: Route) -> gateway_pb2.Route:
     )
 
 
-def consumer_to_proto(consumer: Consumer) -> gateway_pb2.Consumer:
+def consumer_to_proto(consumer: Consumer, times: Times | None = None) -> gateway_pb2.Consumer:
     return gateway_pb2.Consumer(
+        **_times(times),
         name=f"consumers/{consumer.username}",
         username=consumer.username,
         custom_id=consumer.custom_id,
@@ -163,10 +176,13 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def plugin_to_proto(plugin: Plugin, plugin_id: str) -> gateway_pb2.Plugin:
+def plugin_to_proto(
+    plugin: Plugin, plugin_id: str, times: Times | None = None
+) -> gateway_pb2.Plugin:
     config = struct_pb2.Struct()
     config.update(_redact(plugin.config))
     return gateway_pb2.Plugin(
+        **_times(times),
         name=f"plugins/{plugin_id}",
         id=plugin_id,
         plugin_name=plugin.name.value,
@@ -207,8 +223,9 @@ def meter_to_proto(meter: Meter) -> catalog_pb2.Meter:
     )
 
 
-def feature_to_proto(feature: Feature) -> catalog_pb2.Feature:
+def feature_to_proto(feature: Feature, create_time: datetime | None = None) -> catalog_pb2.Feature:
     return catalog_pb2.Feature(
+        create_time=to_timestamp(create_time) if create_time else None,
         name=f"features/{feature.key}",
         key=feature.key,
         display_name=feature.name,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.errors import InvalidArgument
 
@@ -59,3 +61,28 @@ def page(items: Sequence[T], *, page_size: int, page_token: str) -> tuple[list[T
     offset = decode_offset(page_token)
     end = offset + size
     return list(items[offset:end]), encode_offset(end) if end < len(items) else ""
+
+
+class _Timed(Protocol):
+    @property
+    def create_time(self) -> Timestamp: ...
+
+
+M = TypeVar("M", bound=_Timed)
+
+ORDERS = ("create_time", "create_time desc")
+
+
+def ordered(messages: Sequence[M], order_by: str) -> list[M]:
+    """Messages in the AIP-132 ``order_by`` order: "" keeps the stored order (by name)."""
+    text = " ".join(order_by.split()).lower()
+    if not text:
+        return list(messages)
+    if text not in ORDERS:
+        raise InvalidArgument(f"order_by must be one of {', '.join(ORDERS)}, got {order_by!r}")
+    # sorted() is stable: messages created in the same instant keep their name order.
+    return sorted(
+        messages,
+        key=lambda m: (m.create_time.seconds, m.create_time.nanos),
+        reverse=text.endswith(" desc"),
+    )

@@ -48,9 +48,16 @@ class UsageQueryServicer(_Base, usage_pb2_grpc.UsageServiceServicer):
         # Events are fetched one page (+1 row) at a time, never all at once.
         size = checked_page_size(request.page_size)
         offset = decode_offset(request.page_token)
+        order = " ".join(request.order_by.split()).lower()
+        if order not in ("", "time", "time desc"):
+            raise InvalidArgument(f"order_by must be time or time desc, got {request.order_by!r}")
         rows = await self._tx(
             lambda c: usage.list_events(
-                c, subject=request.subject or None, limit=size + 1, offset=offset
+                c,
+                subject=request.subject or None,
+                limit=size + 1,
+                offset=offset,
+                newest_first=order == "time desc",
             )
         )
         token = encode_offset(offset + size) if len(rows) > size else ""

@@ -546,3 +546,44 @@ def upsert_price_list(conn: Connection, price_list: PriceList, *, now: datetime)
         .values(name=price_list.name, update_time=now)
     )
     return f"updated price list {price_list.key}"
+
+
+def feature_times(conn: Connection) -> dict[str, datetime]:
+    """Each feature's create_time, by key (the operator API lists features newest first)."""
+    f = s.features
+    return {r.key: r.create_time for r in conn.execute(select(f.c.key, f.c.create_time))}
+
+
+def delete_feature(conn: Connection, key: str) -> None:
+    """Delete a feature no rate card or grant uses; refused otherwise."""
+    get_feature(conn, key)
+    rc = s.rate_cards
+    plans = sorted(
+        {
+            f"{r.plan_key} v{r.plan_version}"
+            for r in conn.execute(
+                select(rc.c.plan_key, rc.c.plan_version).where(rc.c.feature == key)
+            )
+        }
+    )
+    if plans:
+        raise FailedPrecondition(
+            f"feature {key!r} is priced by plan(s) {', '.join(plans)}: features priced by a plan"
+            " are kept"
+        )
+    if conn.execute(select(s.grants.c.id).where(s.grants.c.feature == key).limit(1)).first():
+        raise FailedPrecondition(f"feature {key!r} has grants and is kept")
+    conn.execute(delete(s.features).where(s.features.c.key == key))
+
+
+def delete_draft_plan(conn: Connection, key: str, version: int) -> None:
+    """Delete a draft version; published and archived ones are history and stay."""
+    plan = get_plan(conn, key, version)
+    if plan.state is not PlanState.DRAFT:
+        raise FailedPrecondition(
+            f"plan {key!r} version {version} is {plan.state.value}; only a draft version can be"
+            " deleted (archive a published one)"
+        )
+    where = (s.rate_cards.c.plan_key == key) & (s.rate_cards.c.plan_version == version)
+    conn.execute(delete(s.rate_cards).where(where))
+    conn.execute(delete(s.plans).where((s.plans.c.key == key) & (s.plans.c.version == version)))

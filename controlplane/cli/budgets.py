@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from controlplane.cli.client import add_cp_argument
+from controlplane.cli.output import Column, add_output_arguments, emit_list
 from meterline.admin.v1 import entitlements_pb2
 
 _MODES = {"hard": entitlements_pb2.BUDGET_MODE_HARD, "soft": entitlements_pb2.BUDGET_MODE_SOFT}
@@ -32,7 +33,7 @@ def register(subparsers: Any) -> None:
 
     listing = commands.add_parser("list", help="budgets with what is spent and left")
     listing.add_argument("customer", nargs="?", help="customer key (default: every customer)")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_output_arguments(listing)
     add_cp_argument(listing)
     listing.set_defaults(func=_cmd_list)
 
@@ -80,7 +81,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from controlplane.cli.entitlements import _stub, _table
+    from controlplane.cli.entitlements import _stub
 
     found: list[entitlements_pb2.Budget] = []
     with _stub(args.cp) as stub:
@@ -98,28 +99,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
             if not token:
                 break
     rows = [budget_json(b) for b in found]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    header = ("ID", "CUSTOMER", "AMOUNT", "CURRENCY", "PERIOD", "MODE", "SPENT", "REMAINING")
-    table = [
-        tuple(
-            str(row[k] or "-")
-            for k in (
-                "id",
-                "customer",
-                "amount",
-                "currency",
-                "period",
-                "mode",
-                "spent",
-                "remaining",
-            )
-        )
-        for row in rows
-    ]
-    print(_table(header, table) if table else "no budgets")
+    emit_list(args, rows, _COLUMNS, noun=("budget", "budgets"))
     return 0
+
+
+_COLUMNS = (
+    Column("id"),
+    Column("customer"),
+    Column("amount", right=True),
+    Column("currency"),
+    Column("period"),
+    Column("mode"),
+    Column("spent", right=True),
+    Column("remaining", right=True),
+    Column("period_end", "resets", time=True),
+)
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:

@@ -26,6 +26,9 @@ from meterline.admin.v1 import (
 )
 
 DEFAULT_CP = "127.0.0.1:50051"
+# Seconds to wait for the control plane to answer before saying it does not: long enough for a
+# remote one over TLS, short enough that a stopped one is reported before the user wonders.
+DEFAULT_CONNECT_TIMEOUT = 2.0
 
 
 def default_cp() -> str:
@@ -48,6 +51,7 @@ class OperatorCredentials:
 
 # Set once per command by ``configure`` (the CLI's flags); None: the environment's.
 _configured: OperatorCredentials | None = None
+_connect_timeout: float | None = None
 
 
 def add_cp_argument(parser: argparse.ArgumentParser) -> None:
@@ -60,11 +64,35 @@ def add_cp_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def configure(*, token: str | None, ca_file: Path | None) -> None:
+def configure(
+    *, token: str | None, ca_file: Path | None, connect_timeout: float | None = None
+) -> None:
     """The credentials of this CLI invocation: flags first, then the environment."""
-    global _configured
+    global _configured, _connect_timeout
     env = OperatorCredentials.from_env()
     _configured = OperatorCredentials(token=token or env.token, ca_file=ca_file or env.ca_file)
+    _connect_timeout = connect_timeout
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for the control plane: --connect-timeout, $METERLINE_CONNECT_TIMEOUT, 2."""
+    if _connect_timeout is not None:
+        return _connect_timeout
+    text = os.environ.get("METERLINE_CONNECT_TIMEOUT")
+    try:
+        return float(text) if text else DEFAULT_CONNECT_TIMEOUT
+    except ValueError:
+        raise SystemExit(f"error: METERLINE_CONNECT_TIMEOUT={text!r} is not a number") from None
+
+
+class Unreachable(SystemExit):
+    """No control plane answered in time: one line on stderr, exit status 1."""
+
+    def __init__(self, address: str, seconds: float) -> None:
+        super().__init__(
+            f"error: no control plane answers at {address} (waited {seconds:g}s); start one with"
+            " `meterline controlplane`, or point --cp / $METERLINE_CP at it"
+        )
 
 
 class _BearerToken(
@@ -129,18 +157,32 @@ class AdminClient:
 
 
 @contextmanager
+def ready_channel(
+    address: str,
+    *,
+    wait_seconds: float | None = None,
+    credentials: OperatorCredentials | None = None,
+) -> Iterator[grpc.Channel]:
+    """A channel to the control plane once it answers; ``Unreachable`` if it does not in time
+    (``wait_seconds``, default ``connect_timeout()``)."""
+    seconds = connect_timeout() if wait_seconds is None else wait_seconds
+    with operator_channel(address, credentials) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=seconds)
+        except grpc.FutureTimeoutError:
+            raise Unreachable(address, seconds) from None
+        yield channel
+
+
+@contextmanager
 def admin_client(
     address: str,
     *,
-    wait_seconds: float = 10.0,
+    wait_seconds: float | None = None,
     credentials: OperatorCredentials | None = None,
 ) -> Iterator[AdminClient]:
     """Stubs of every operator service on one channel to the control plane."""
-    with operator_channel(address, credentials) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=wait_seconds)
-        except grpc.FutureTimeoutError:
-            raise SystemExit(f"error: no control plane answers at {address}") from None
+    with ready_channel(address, wait_seconds=wait_seconds, credentials=credentials) as channel:
         yield AdminClient(
             gateway=gateway_pb2_grpc.GatewayServiceStub(channel),
             catalog=catalog_pb2_grpc.CatalogServiceStub(channel),

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
+from datetime import UTC
 from typing import Any
 
-import grpc
-
-from controlplane.cli.client import add_cp_argument, operator_channel
+from controlplane.cli.client import add_cp_argument, ready_channel
+from controlplane.cli.output import Column, add_output_arguments, emit_list, rfc3339
 from meterline.admin.v1 import dataplanes_pb2, dataplanes_pb2_grpc
 
-_COLUMNS = ("NODE ID", "HOSTNAME", "VERSION", "CONFIG VERSION", "STATUS", "LAST SEEN", "ERROR")
+_COLUMNS = (
+    Column("node_id"),
+    Column("hostname"),
+    Column("version"),
+    Column("config_version"),
+    Column("status"),
+    Column("last_seen", time=True),
+    Column("error"),
+)
 
 
 def register(subparsers: Any) -> None:
@@ -19,7 +26,7 @@ def register(subparsers: Any) -> None:
     dataplanes = subparsers.add_parser("dataplanes", help="data planes known to the control plane")
     commands = dataplanes.add_subparsers(dest="dataplanes_command", required=True)
     listing = commands.add_parser("list", help="list data planes and their sync status")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_output_arguments(listing)
     add_cp_argument(listing)
     listing.set_defaults(func=_cmd_list)
 
@@ -29,11 +36,7 @@ def _status(value: int) -> str:
 
 
 def _fetch(address: str) -> list[dataplanes_pb2.DataPlane]:
-    with operator_channel(address) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=10)
-        except grpc.FutureTimeoutError:
-            raise SystemExit(f"error: no control plane answers at {address}") from None
+    with ready_channel(address) as channel:
         stub = dataplanes_pb2_grpc.DataPlaneServiceStub(channel)
         found: list[dataplanes_pb2.DataPlane] = []
         token = ""
@@ -56,18 +59,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
             "version": p.version,
             "config_version": p.config_version,
             "status": _status(p.sync_status),
-            "last_seen": p.last_seen_time.ToJsonString() if p.HasField("last_seen_time") else "",
+            "last_seen": rfc3339(p.last_seen_time.ToDatetime(tzinfo=UTC))
+            if p.HasField("last_seen_time")
+            else "",
             "error": p.error,
         }
         for p in planes
     ]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    table = [_COLUMNS, *([str(v) or "-" for v in row.values()] for row in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
-    for line in table:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        )
+    emit_list(args, rows, _COLUMNS, noun=("data plane", "data planes"))
     return 0

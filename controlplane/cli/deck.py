@@ -18,6 +18,8 @@ from typing import Any
 import grpc
 
 from controlplane.cli.client import add_cp_argument, admin_client
+from controlplane.cli.output import plural
+from controlplane.cli.progress import elapsed
 from controlplane.declarative.envsubst import redact, referenced, resolve
 from controlplane.declarative.merge import read_files
 from controlplane.errors import InvalidArgument
@@ -50,7 +52,7 @@ def _send(args: argparse.Namespace, *, validate_only: bool, sync: bool) -> int:
         return 2
     document, resolved = prepared
     try:
-        with admin_client(args.cp) as client:
+        with admin_client(args.cp) as client, elapsed("applying " + " ".join(args.files)):
             response = client.gateway.ApplyConfig(
                 gateway_pb2.ApplyConfigRequest(
                     document=document, validate_only=validate_only, sync=sync
@@ -67,7 +69,8 @@ def _send(args: argparse.Namespace, *, validate_only: bool, sync: bool) -> int:
     if response.changes:
         for change in response.changes:
             print(f"  {change}")
-        print(f"{verb} {len(response.changes)} entities; config version {response.config_version}")
+        changed = plural(len(response.changes), "entity", "entities")
+        print(f"{verb} {changed}; config version {response.config_version}")
     else:
         print(f"nothing to change; config version {response.config_version}")
     return 0

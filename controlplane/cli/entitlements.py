@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -12,8 +12,15 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from controlplane.cli.client import add_cp_argument, operator_channel
-from meterline.admin.v1 import catalog_pb2, entitlements_pb2, entitlements_pb2_grpc
+from controlplane.cli.client import add_cp_argument, ready_channel
+from controlplane.cli.output import Column, add_output_arguments, emit_list
+from meterline.admin.v1 import (
+    catalog_pb2,
+    customers_pb2,
+    customers_pb2_grpc,
+    entitlements_pb2,
+    entitlements_pb2_grpc,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -23,9 +30,16 @@ def register(subparsers: Any) -> None:
         "entitlements", help="customers' entitlements: usage, balance, overage, access"
     )
     commands = entitlements.add_subparsers(dest="entitlements_command", required=True)
-    listing = commands.add_parser("list", help="a customer's entitlements, evaluated now")
-    listing.add_argument("customer", help="customer key")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing = commands.add_parser(
+        "list", help="entitlements evaluated now: every customer's, or one customer's"
+    )
+    listing.add_argument("customer", nargs="?", help="only this customer's (default: all)")
+    listing.add_argument("--customer", dest="customer_flag", metavar="KEY", help="the same")
+    listing.add_argument("--feature", help="only this feature's")
+    listing.add_argument(
+        "--no-access", action="store_true", help="only entitlements without access now"
+    )
+    add_output_arguments(listing)
     add_cp_argument(listing)
     listing.set_defaults(func=_cmd_entitlements_list)
 
@@ -49,7 +63,7 @@ def register(subparsers: Any) -> None:
     glist.add_argument("customer", help="customer key")
     glist.add_argument("--feature", help="only this feature")
     glist.add_argument("--all", action="store_true", help="include voided grants")
-    glist.add_argument("--json", action="store_true", help="print JSON")
+    add_output_arguments(glist)
     add_cp_argument(glist)
     glist.set_defaults(func=_cmd_grants_list)
 
@@ -62,11 +76,7 @@ def register(subparsers: Any) -> None:
 
 @contextmanager
 def _stub(address: str) -> Iterator[entitlements_pb2_grpc.EntitlementServiceStub]:
-    with operator_channel(address) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=10)
-        except grpc.FutureTimeoutError:
-            raise SystemExit(f"error: no control plane answers at {address}") from None
+    with ready_channel(address) as channel:
         yield entitlements_pb2_grpc.EntitlementServiceStub(channel)
 
 
@@ -127,41 +137,66 @@ def grant_json(grant: entitlements_pb2.Grant) -> dict[str, Any]:
     }
 
 
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    table = [header, *rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in table
-    )
+_ENTITLEMENT_COLUMNS = (
+    Column("customer"),
+    Column("feature"),
+    Column("kind", "type"),
+    Column("limit", right=True),
+    Column("usage", right=True),
+    Column("balance", right=True),
+    Column("overage", right=True),
+    Column("access"),
+    Column("period_end", "resets", time=True),
+)
+
+
+def _customer_keys(channel: grpc.Channel) -> list[str]:
+    stub = customers_pb2_grpc.CustomerServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+    keys: list[str] = []
+    token = ""
+    while True:
+        response = stub.ListCustomers(
+            customers_pb2.ListCustomersRequest(page_size=1000, page_token=token)
+        )
+        keys.extend(c.key for c in response.customers)
+        token = response.next_page_token
+        if not token:
+            return keys
 
 
 def _cmd_entitlements_list(args: argparse.Namespace) -> int:
-    with _stub(args.cp) as stub:
-        response = stub.ListEntitlements(
-            entitlements_pb2.ListEntitlementsRequest(customer=f"customers/{args.customer}")
-        )
-    values = [entitlement_json(v) for v in response.entitlements]
-    if args.json:
-        print(json.dumps(values, indent=2))
-        return 0
+    customer = args.customer_flag or args.customer
+    values: list[dict[str, Any]] = []
+    with ready_channel(args.cp) as channel:
+        stub = entitlements_pb2_grpc.EntitlementServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+        for key in [customer] if customer else _customer_keys(channel):
+            response = stub.ListEntitlements(
+                entitlements_pb2.ListEntitlementsRequest(customer=f"customers/{key}")
+            )
+            values += [{"customer": key, **entitlement_json(v)} for v in response.entitlements]
+    values = [
+        v
+        for v in values
+        if (not args.feature or v["feature"] == args.feature)
+        and not (args.no_access and v["has_access"])
+    ]
     rows = []
     for v in values:
         metered = v["type"] == "metered"
         rows.append(
-            (
-                v["feature"],
-                v["type"] + (" (soft)" if v.get("soft_limit") else ""),
-                str(v["limit"]) if metered else "-",
-                str(v["usage"]) if metered else "-",
-                str(v["balance"]) if metered else "-",
-                str(v["overage"]) if metered else "-",
-                "yes" if v["has_access"] else "NO",
-                f"{v['period_start']} .. {v['period_end']}" if metered else "-",
-            )
+            {
+                "customer": v["customer"],
+                "feature": v["feature"],
+                "kind": v["type"] + (" (soft)" if v.get("soft_limit") else ""),
+                "limit": v["limit"] if metered else "",
+                "usage": v["usage"] if metered else "",
+                "balance": v["balance"] if metered else "",
+                "overage": v["overage"] if metered else "",
+                "access": "yes" if v["has_access"] else "NO",
+                "period_end": v["period_end"] if metered else "",
+            }
         )
-    header = ("FEATURE", "TYPE", "LIMIT", "USAGE", "BALANCE", "OVERAGE", "ACCESS", "PERIOD")
-    print(_table(header, rows) if rows else f"customer {args.customer} has no entitlements now")
+    emit_list(args, rows, _ENTITLEMENT_COLUMNS, noun=("entitlement", "entitlements"), data=values)
     return 0
 
 
@@ -205,13 +240,20 @@ def _cmd_grants_list(args: argparse.Namespace) -> int:
             if not token:
                 break
     grants = [grant_json(g) for g in found]
-    if args.json:
-        print(json.dumps(grants, indent=2))
-        return 0
-    header = ("ID", "FEATURE", "AMOUNT", "PRIORITY", "EFFECTIVE", "EXPIRES", "RECURRENCE", "VOIDED")
-    rows = [tuple(str(v) or "-" for v in g.values()) for g in grants]
-    print(_table(header, rows) if rows else f"customer {args.customer} has no grants")
+    emit_list(args, grants, _GRANT_COLUMNS, noun=("grant", "grants"))
     return 0
+
+
+_GRANT_COLUMNS = (
+    Column("id"),
+    Column("feature"),
+    Column("amount", right=True),
+    Column("priority", right=True),
+    Column("effective", time=True),
+    Column("expires", time=True),
+    Column("recurrence"),
+    Column("voided", time=True),
+)
 
 
 def _cmd_grants_void(args: argparse.Namespace) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
+from datetime import UTC
 from typing import Any
 
 from controlplane.cli.client import add_cp_argument, admin_client
+from controlplane.cli.output import Column, add_output_arguments, emit_list, rfc3339
+from controlplane.cli.progress import elapsed
 from controlplane.cli.render import invoice_dict, invoice_json, invoice_state, invoice_table
 from meterline.admin.v1 import billing_pb2
 
@@ -47,22 +49,38 @@ def _list(args: argparse.Namespace) -> int:
             if not response.next_page_token:
                 break
             request.page_token = response.next_page_token
-    if args.json:
-        data: list[dict[str, Any]] = [invoice_dict(i) for i in invoices]
-        print(json.dumps(data, indent=2))
-        return 0
-    print(f"{'ID':36}  {'NUMBER':18}  {'STATE':14}  {'CUSTOMER':16}  {'PERIOD':23}  TOTAL")
-    for invoice in invoices:
-        period = (
-            f"{invoice.period_start_time.ToJsonString()[:10]}.."
-            f"{invoice.period_end_time.ToJsonString()[:10]}"
-        )
-        print(
-            f"{invoice.id:36}  {invoice.number or '-':18}  {invoice_state(invoice):14}"
-            f"  {invoice.customer.removeprefix('customers/'):16}  {period:23}"
-            f"  {invoice.total} {invoice.currency}"
-        )
+    invoices.reverse()  # newest period first, as every list
+    rows = [
+        {
+            "id": i.id,
+            "number": i.number,
+            "state": invoice_state(i),
+            "customer": i.customer.removeprefix("customers/"),
+            "period_start": rfc3339(i.period_start_time.ToDatetime(tzinfo=UTC)),
+            "period_end": rfc3339(i.period_end_time.ToDatetime(tzinfo=UTC)),
+            "total": f"{i.total} {i.currency}",
+        }
+        for i in invoices
+    ]
+    emit_list(
+        args,
+        rows,
+        _COLUMNS,
+        noun=("invoice", "invoices"),
+        data=[invoice_dict(i) for i in invoices],
+    )
     return 0
+
+
+_COLUMNS = (
+    Column("id"),
+    Column("number"),
+    Column("state"),
+    Column("customer"),
+    Column("period_start", "from", time=True),
+    Column("period_end", "to", time=True),
+    Column("total", right=True),
+)
 
 
 def _get(args: argparse.Namespace) -> int:
@@ -98,7 +116,7 @@ def _pay(args: argparse.Namespace) -> int:
 
 
 def _close(args: argparse.Namespace) -> int:
-    with admin_client(args.cp) as client:
+    with admin_client(args.cp) as client, elapsed("closing invoices"):
         response = client.billing.CloseInvoices(billing_pb2.CloseInvoicesRequest())
     print(
         f"{len(response.created_invoices)} created, {len(response.drafted_invoices)} drafted,"
@@ -122,7 +140,7 @@ def register(commands: Any) -> None:
     def with_json(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print JSON")
 
-    invoice = commands.add_parser("invoice", help="invoices")
+    invoice = commands.add_parser("invoices", aliases=["invoice"], help="invoices")
     sub = invoice.add_subparsers(dest="invoice_command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("preview", help="preview a customer's current invoice")
@@ -131,10 +149,10 @@ def register(commands: Any) -> None:
     add_cp_argument(p)
     p.set_defaults(func=_preview)
 
-    p = sub.add_parser("list", help="stored invoices, oldest period first")
+    p = sub.add_parser("list", help="stored invoices, newest period first")
     p.add_argument("--customer", help="only this customer's")
     p.add_argument("--state", action="append", default=[], choices=STATES, help="repeatable")
-    with_json(p)
+    add_output_arguments(p)
     add_cp_argument(p)
     p.set_defaults(func=_list)
 

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,13 @@ from controlplane.cli.env import (
     apply_env_defaults,
     load_config_file,
     split_config_argument,
+)
+from controlplane.cli.output import (
+    Column,
+    add_output_arguments,
+    add_paging_arguments,
+    emit_list,
+    rfc3339,
 )
 from controlplane.logs import add_log_format_argument, configure_logging
 from meterline.admin.v1 import usage_pb2
@@ -121,23 +128,66 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+_USAGE_COLUMNS = (
+    Column("time", time=True),
+    Column("subject"),
+    Column("model"),
+    Column("type"),
+    Column("tokens", right=True),
+    Column("status", right=True),
+    Column("latency_ms", "latency ms", right=True),
+    Column("id"),
+)
+
+
+def _usage_row(event: usage_pb2.UsageEvent) -> dict[str, Any]:
+    d = event.data
+    return {
+        "id": event.id,
+        "time": rfc3339(event.time.ToDatetime(tzinfo=UTC)),
+        "subject": event.subject,
+        "model": f"{d.get('provider', '')}/{d.get('model', '')}",
+        "type": d.get("type", ""),
+        "tokens": event.value,
+        "status": d.get("status_code", ""),
+        "latency_ms": d.get("latency_ms", ""),
+        "time_to_first_token_ms": d.get("time_to_first_token_ms", ""),
+        "data": dict(sorted(d.items())),
+    }
+
+
 def _cmd_usage_list(args: argparse.Namespace) -> int:
     with admin_client(args.cp) as client:
         response = client.usage.ListUsageEvents(
-            usage_pb2.ListUsageEventsRequest(subject=args.subject or "", page_size=args.limit)
+            usage_pb2.ListUsageEventsRequest(
+                subject=args.subject or "",
+                page_size=args.limit,
+                page_token=args.page_token,
+                order_by="time desc",
+            )
         )
-    for event in response.usage_events:
-        d = event.data
-        latency = (
-            f"  ttft={d.get('time_to_first_token_ms', '-')}ms latency={d['latency_ms']}ms"
-            if "latency_ms" in d
-            else ""
-        )
-        print(
-            f"{event.time.ToJsonString()}  {event.subject or '-':<16} {d['provider']}/{d['model']}"
-            f"  {d['type']:<6} {event.value:>8}  status={d['status_code']}{latency}  {event.id}"
-        )
+    rows = [_usage_row(e) for e in response.usage_events]
+    emit_list(
+        args,
+        rows,
+        _USAGE_COLUMNS,
+        noun=("usage event", "usage events"),
+        next_page_token=response.next_page_token,
+    )
     return 0
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from controlplane.cli.completion import script
+
+    print(script(args.shell, build_parser()), end="")
+    return 0
+
+
+def _cmd_fake_provider(args: argparse.Namespace) -> int:
+    from controlplane.cli.fake_provider import run
+
+    return run(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -172,6 +222,13 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
         "--ca-file",
         type=Path,
         help="speak TLS to the control plane, trusting this CA (default: $METERLINE_CA_FILE)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait for the control plane to answer before giving up "
+        "(default: $METERLINE_CONNECT_TIMEOUT or 2)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -299,19 +356,22 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
 
     invoices.register(commands)
 
-    from controlplane.cli import subscriptions
+    from controlplane.cli import plans, resources, subscriptions
 
-    subscriptions.register(commands)
-
-    from controlplane.cli import plans
-
-    plans.register(commands)
+    resources.register(
+        commands,
+        existing={
+            "subscriptions": subscriptions.register(commands),
+            "plans": plans.register(commands),
+        },
+    )
 
     usage = commands.add_parser("usage", help="usage events")
     usage_commands = usage.add_subparsers(dest="usage_command", required=True)
-    usage_list = usage_commands.add_parser("list", help="list stored usage events")
+    usage_list = usage_commands.add_parser("list", help="stored usage events, newest first")
     usage_list.add_argument("--subject", help="only this subject (consumer)")
-    usage_list.add_argument("--limit", type=int, default=100)
+    add_paging_arguments(usage_list)
+    add_output_arguments(usage_list)
     add_cp_argument(usage_list)
     usage_list.set_defaults(func=_cmd_usage_list)
     from controlplane.cli import usage as usage_cli
@@ -343,6 +403,24 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
         "demo", help="run the walkthrough: control plane, data plane, six requests, an invoice"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    fake = commands.add_parser(
+        "fake-provider",
+        help="run a fake model provider (OpenAI or Anthropic wire format) to try things offline",
+    )
+    from controlplane.cli.fake_provider import add_arguments as add_fake_arguments
+
+    add_fake_arguments(fake)
+    fake.set_defaults(func=_cmd_fake_provider)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash: source <(meterline completion bash))",
+    )
+    from controlplane.cli.completion import SHELLS
+
+    completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(func=_cmd_completion)
     apply_env_defaults(parser, config=config)
     return parser
 
@@ -375,19 +453,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meterline: error: --config: {exc}", file=sys.stderr)
         return 2
     if argv[:1] != ["dataplane"]:
-        configure(token=args.token, ca_file=args.ca_file)
+        configure(token=args.token, ca_file=args.ca_file, connect_timeout=args.connect_timeout)
     if args.func is not _cmd_dataplane:  # the data plane sets up its own logging
         configure_logging(
             log_format=getattr(args, "log_format", "text"),
             level=logging.DEBUG if args.verbose else logging.INFO,
         )
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        # A command's "error: ..." (an unreachable control plane, a bad flag value): one line.
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``meterline ... | head``): stop quietly, as cat does.
+
+    Python would report the broken pipe again when it flushes stdout at exit, so stdout is
+    pointed at /dev/null first (the recipe of the signal module's documentation).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (an in-process caller's stdout)
+        pass
+    return 141  # 128 + SIGPIPE, what a shell reports for a command a closed pipe ended
 
 
 if __name__ == "__main__":

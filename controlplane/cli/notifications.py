@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import grpc
-
-from controlplane.cli.client import add_cp_argument, operator_channel
+from controlplane.cli.client import add_cp_argument, ready_channel
+from controlplane.cli.output import Column, add_output_arguments, emit_list
 from meterline.admin.v1 import notifications_pb2 as pb
 from meterline.admin.v1 import notifications_pb2_grpc
 
@@ -28,7 +27,7 @@ def register(subparsers: Any) -> None:
     def with_cp(p: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
         add_cp_argument(p)
         if json_flag:
-            p.add_argument("--json", action="store_true", help="print JSON")
+            add_output_arguments(p)
 
     top = subparsers.add_parser(
         "notifications", help="alerts: webhook channels, rules, events and deliveries"
@@ -104,11 +103,7 @@ def register(subparsers: Any) -> None:
 
 @contextmanager
 def _stub(address: str) -> Iterator[notifications_pb2_grpc.NotificationServiceStub]:
-    with operator_channel(address) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=10)
-        except grpc.FutureTimeoutError:
-            raise SystemExit(f"error: no control plane answers at {address}") from None
+    with ready_channel(address) as channel:
         yield notifications_pb2_grpc.NotificationServiceStub(channel)
 
 
@@ -158,16 +153,10 @@ def delivery_json(delivery: pb.NotificationDelivery) -> dict[str, Any]:
     }
 
 
-def _print(items: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
-    if as_json:
-        print(json.dumps(items, indent=2))
-        return
-    if not items:
-        print("(none)")
-        return
-    print("  ".join(columns))
-    for item in items:
-        print("  ".join(str(item.get(column, "")) for column in columns))
+def _print(items: list[dict[str, Any]], args: argparse.Namespace, columns: list[str]) -> None:
+    """A table of ``columns`` (times: the ``*_time`` ones), or every field as JSON/YAML."""
+    table = [Column(c, time=c.endswith("_time")) for c in columns]
+    emit_list(args, items, table, noun=("item", "items"))
 
 
 def _channels_create(args: argparse.Namespace) -> int:
@@ -181,14 +170,14 @@ def _channels_create(args: argparse.Namespace) -> int:
                 )
             )
         )
-    _print([channel_json(channel)], args.json, ["key", "url"])
+    _print([channel_json(channel)], args, ["key", "url"])
     return 0
 
 
 def _channels_list(args: argparse.Namespace) -> int:
     with _stub(args.cp) as stub:
         channels = stub.ListChannels(pb.ListChannelsRequest(page_size=1000)).channels
-    _print([channel_json(c) for c in channels], args.json, ["key", "url"])
+    _print([channel_json(c) for c in channels], args, ["key", "url"])
     return 0
 
 
@@ -214,7 +203,7 @@ def _rules_create(args: argparse.Namespace) -> int:
                 )
             )
         )
-    _print([rule_json(rule)], args.json, ["key", "type", "channel", "thresholds"])
+    _print([rule_json(rule)], args, ["key", "type", "channel", "thresholds"])
     return 0
 
 
@@ -222,7 +211,7 @@ def _rules_list(args: argparse.Namespace) -> int:
     with _stub(args.cp) as stub:
         rules = stub.ListRules(pb.ListRulesRequest(page_size=1000)).rules
     columns = ["key", "type", "channel", "thresholds", "feature", "customer", "invoice_events"]
-    _print([rule_json(r) for r in rules], args.json, columns)
+    _print([rule_json(r) for r in rules], args, columns)
     return 0
 
 
@@ -246,7 +235,7 @@ def _events(args: argparse.Namespace) -> int:
         }
         for e in events
     ]
-    _print(items, args.json, ["id", "rule", "type", "create_time"])
+    _print(items, args, ["id", "rule", "type", "create_time"])
     return 0
 
 
@@ -256,8 +245,8 @@ def _deliveries(args: argparse.Namespace) -> int:
             pb.ListDeliveriesRequest(event=args.event, channel=args.channel, page_size=1000)
         ).deliveries
     items = [delivery_json(d) for d in deliveries]
-    if args.json:
-        _print(items, True, [])
+    if args.output != "table":
+        _print(items, args, [])
         return 0
     rows = [
         {
@@ -271,7 +260,7 @@ def _deliveries(args: argparse.Namespace) -> int:
         }
         for item in items
     ]
-    _print(rows, False, ["id", "event", "channel", "state", "attempts", "last"])
+    _print(rows, args, ["id", "event", "channel", "state", "attempts", "last"])
     return 0
 
 

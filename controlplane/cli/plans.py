@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from controlplane.cli.client import add_cp_argument, admin_client
+from controlplane.cli.output import plural
 from meterline.admin.v1 import catalog_pb2
 
 
@@ -27,22 +28,14 @@ def _state(plan: catalog_pb2.Plan) -> str:
 def _line(plan: catalog_pb2.Plan) -> str:
     return (
         f"{plan.key:20}  v{plan.version:<4}  {_state(plan):10}  {plan.currency}"
-        f"  {plan.billing_cadence:5}  {len(plan.rate_cards)} rate cards  {plan.display_name}"
+        f"  {plan.billing_cadence:5}  {plural(len(plan.rate_cards), 'rate card')}"
+        f"  {plan.display_name}"
     )
 
 
 def _dump(message: Any) -> str:
     data = json_format.MessageToDict(message, preserving_proto_field_name=True)
     return json.dumps(data, indent=2, sort_keys=True)
-
-
-def _list(args: argparse.Namespace) -> int:
-    with admin_client(args.cp) as client:
-        plans = client.catalog.ListPlans(catalog_pb2.ListPlansRequest(page_size=1000)).plans
-    for plan in plans:
-        if args.key is None or plan.key == args.key:
-            print(_line(plan))
-    return 0
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -93,7 +86,7 @@ def _price_line(price: catalog_pb2.ModelPrice) -> str:
 
 
 def _print_list(price_list: catalog_pb2.PriceList) -> None:
-    print(f"{price_list.key}  {price_list.currency}  {len(price_list.prices)} prices")
+    print(f"{price_list.key}  {price_list.currency}  {plural(len(price_list.prices), 'price')}")
 
 
 def _lists(args: argparse.Namespace) -> int:
@@ -115,16 +108,12 @@ def _list_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: Any) -> None:
-    """Add ``plans`` and ``price-lists`` to the top-level subparsers."""
+def register(commands: Any) -> Any:
+    """Add ``plans`` and ``price-lists`` to the top-level subparsers; return the subparsers of
+    ``plans`` (``list``, ``get`` and ``delete`` come from controlplane/cli/resources.py)."""
 
     plans = commands.add_parser("plans", help="plan versions: draft -> published -> archived")
-    sub = plans.add_subparsers(dest="plans_command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("list", help="every version of every plan")
-    p.add_argument("key", nargs="?", help="only this plan's versions")
-    add_cp_argument(p)
-    p.set_defaults(func=_list)
+    sub = plans_sub = plans.add_subparsers(dest="plans_command", required=True, metavar="COMMAND")
 
     for name, func, help_text in (
         ("show", _show, "one version with its rate cards (default: the newest)"),
@@ -152,3 +141,4 @@ def register(commands: Any) -> None:
     p.add_argument("key", help="price list key")
     add_cp_argument(p)
     p.set_defaults(func=_list_show)
+    return plans_sub

@@ -6,7 +6,10 @@ import argparse
 from datetime import datetime
 from typing import Any
 
+from google.protobuf import json_format
+
 from controlplane.cli.client import add_cp_argument, admin_client
+from controlplane.cli.output import add_output_arguments, emit_one
 from meterline.admin.v1 import customers_pb2
 
 
@@ -24,25 +27,15 @@ def _name(id: str) -> str:
     return id if id.startswith("subscriptions/") else f"subscriptions/{id}"
 
 
-def _print(sub: customers_pb2.Subscription) -> None:
-    state = customers_pb2.SubscriptionState.Name(sub.state).removeprefix("SUBSCRIPTION_STATE_")
-    end = sub.end_time.ToJsonString() if sub.HasField("end_time") else "-"
-    print(
-        f"{sub.id}  {sub.customer.removeprefix('customers/'):16}  {sub.plan:28}"
-        f"  {sub.start_time.ToJsonString()} .. {end}  {state.lower()}"
+def _print(sub: customers_pb2.Subscription, args: argparse.Namespace) -> None:
+    from controlplane.cli.resources import SUBSCRIPTIONS
+
+    emit_one(
+        args,
+        SUBSCRIPTIONS.row(sub),
+        SUBSCRIPTIONS.columns,
+        data=json_format.MessageToDict(sub, preserving_proto_field_name=True),
     )
-
-
-def _list(args: argparse.Namespace) -> int:
-    with admin_client(args.cp) as client:
-        response = client.customers.ListSubscriptions(
-            customers_pb2.ListSubscriptionsRequest(
-                parent=f"customers/{args.customer}" if args.customer else "", page_size=1000
-            )
-        )
-    for sub in response.subscriptions:
-        _print(sub)
-    return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -54,7 +47,7 @@ def _cancel(args: argparse.Namespace) -> int:
     else:
         request.timing = customers_pb2.CANCEL_TIMING_IMMEDIATELY
     with admin_client(args.cp) as client:
-        _print(client.customers.CancelSubscription(request))
+        _print(client.customers.CancelSubscription(request), args)
     return 0
 
 
@@ -64,7 +57,7 @@ def _change(args: argparse.Namespace) -> int:
     if args.at is not None:
         request.change_time.FromDatetime(args.at)
     with admin_client(args.cp) as client:
-        _print(client.customers.ChangeSubscriptionPlan(request))
+        _print(client.customers.ChangeSubscriptionPlan(request), args)
     return 0
 
 
@@ -75,26 +68,25 @@ def _migrate(args: argparse.Namespace) -> int:
     if args.at is not None:
         request.migrate_time.FromDatetime(args.at)
     with admin_client(args.cp) as client:
-        _print(client.customers.MigrateSubscription(request))
+        _print(client.customers.MigrateSubscription(request), args)
     return 0
 
 
-def register(commands: Any) -> None:
-    """Add the ``subscription`` command and its subcommands to the top-level subparsers."""
+def register(commands: Any) -> Any:
+    """Add ``subscriptions`` (alias ``subscription``) to the top-level subparsers; return its
+    subparsers (``list`` and ``get`` come from controlplane/cli/resources.py)."""
 
-    subscription = commands.add_parser("subscription", help="subscriptions")
+    subscription = commands.add_parser(
+        "subscriptions", aliases=["subscription"], help="subscriptions"
+    )
     sub = subscription.add_subparsers(dest="subscription_command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("list", help="subscriptions, oldest first")
-    p.add_argument("--customer", help="only this customer's")
-    add_cp_argument(p)
-    p.set_defaults(func=_list)
 
     p = sub.add_parser("cancel", help="end a subscription (now by default)")
     p.add_argument("id", help="subscription id")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--at-period-end", action="store_true", help="when its period ends")
     when.add_argument("--at", type=_time, metavar="TIME", help="at this ISO 8601 time")
+    add_output_arguments(p)
     add_cp_argument(p)
     p.set_defaults(func=_cancel)
 
@@ -104,6 +96,7 @@ def register(commands: Any) -> None:
     p.add_argument("id", help="subscription id")
     p.add_argument("plan", help="plan key (its active version) or plans/KEY/versions/N")
     p.add_argument("--at", type=_time, metavar="TIME", help="when (default: now)")
+    add_output_arguments(p)
     add_cp_argument(p)
     p.set_defaults(func=_change)
 
@@ -113,5 +106,7 @@ def register(commands: Any) -> None:
     p.add_argument("id", help="subscription id")
     p.add_argument("--version", type=int, help="target version (default: the published one)")
     p.add_argument("--at", type=_time, metavar="TIME", help="when (default: now)")
+    add_output_arguments(p)
     add_cp_argument(p)
     p.set_defaults(func=_migrate)
+    return sub

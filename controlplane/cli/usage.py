@@ -13,6 +13,8 @@ from typing import Any, TextIO
 from google.protobuf import timestamp_pb2
 
 from controlplane.cli.client import add_cp_argument, admin_client
+from controlplane.cli.output import Column, add_output_arguments, emit_list, plural
+from controlplane.cli.progress import Progress
 from meterline.admin.v1 import usage_pb2
 
 # Events per IngestEvents call (the server takes up to 10,000), and a bound on its size under
@@ -64,7 +66,7 @@ def register(usage_commands: Any) -> None:
     query.set_defaults(func=_cmd_query)
 
     meters = usage_commands.add_parser("meters", help="list meters (built in and operator)")
-    meters.add_argument("--json", action="store_true", help="print JSON")
+    add_output_arguments(meters)
     add_cp_argument(meters)
     meters.set_defaults(func=_cmd_meters)
 
@@ -99,6 +101,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    progress = Progress("usage ingest")
     with stream, admin_client(args.cp) as client:
         for chunk in _chunks(_lines(stream)):
             response = client.usage.IngestEvents(
@@ -110,7 +113,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 rejected += 1
                 line = chunk[event.index][0]
                 ident = f" (id {event.id!r})" if event.id else ""
+                progress.done()
                 print(f"line {line}{ident}: rejected: {event.reason}", file=sys.stderr)
+            progress.update(
+                f"{plural(accepted + duplicates + rejected, 'event')} sent, up to line"
+                f" {chunk[-1][0]}"
+            )
+    progress.done()
     print(f"accepted {accepted}, duplicates {duplicates}, rejected {rejected}")
     return 1 if rejected else 0
 
@@ -190,13 +199,16 @@ def _cmd_meters(args: argparse.Namespace) -> int:
         }
         for m in response.meters
     ]
-    if args.json:
-        print(json.dumps(meters, indent=2))
-        return 0
-    for m in meters:
-        dims = ", ".join(f"{d}={p}" for d, p in sorted(m["group_by"].items()))
-        print(
-            f"{m['key']:<20} {m['event_type']:<20} {m['aggregation']:<12} "
-            f"{m['value_property'] or '-':<16} {dims}"
-        )
+    emit_list(
+        args,
+        meters,
+        (
+            Column("key"),
+            Column("event_type"),
+            Column("aggregation"),
+            Column("value_property"),
+            Column("group_by", "dimensions"),
+        ),
+        noun=("meter", "meters"),
+    )
     return 0

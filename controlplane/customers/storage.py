@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import Connection, delete, insert, select, update
 
 from controlplane.customers.types import Customer
-from controlplane.errors import AlreadyExists, InvalidArgument, NotFound
+from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.identifiers import check_key, check_name
 from controlplane.storage import schema as s
 
@@ -93,3 +93,26 @@ def upsert_customer(conn: Connection, customer: Customer, *, now: datetime) -> s
     for subject in sorted(set(customer.subjects)):
         conn.execute(insert(cs).values(subject=subject, customer=customer.key))
     return change
+
+
+def delete_customer(conn: Connection, key: str) -> None:
+    """Delete a customer nothing refers to yet (a mistyped one, say); refused otherwise."""
+    get_customer(conn, key)
+    held = [
+        what
+        for what, table in (
+            ("subscriptions", s.subscriptions),
+            ("invoices", s.invoices),
+            ("grants", s.grants),
+            ("budgets", s.budgets),
+        )
+        if conn.execute(select(table.c.id).where(table.c.customer == key).limit(1)).first()
+    ]
+    if held:
+        raise FailedPrecondition(
+            f"customer {key!r} has {' and '.join(held)} and is kept for the books;"
+            " cancel its subscriptions instead"
+        )
+    conn.execute(delete(s.customer_subjects).where(s.customer_subjects.c.customer == key))
+    conn.execute(delete(s.stripe_customers).where(s.stripe_customers.c.customer == key))
+    conn.execute(delete(s.customers).where(s.customers.c.key == key))

@@ -283,7 +283,8 @@ def _rate_card(
     feature: str | None = entry.string("feature", default="") or None
     if feature is not None:
         if feature not in features:
-            entry.fail(f'unknown feature "{feature}"')
+            known = f"the features are {quoted(features)}" if features else "there are none"
+            entry.fail(f'unknown feature "{feature}": declare it under billing.features ({known})')
         elif feature in priced:
             entry.fail(f'feature "{feature}" is already in {priced[feature]}')
         else:

@@ -22,6 +22,16 @@ from controlplane.usage.meters import (
 # The built-in meter's dimensions, for features that filter it.
 LLM_TOKENS_DIMENSIONS = ("model", "provider", "type", "status_code", "route")
 
+# Konnect users declare a token meter of their own; Meterline meters gateway tokens already.
+LLM_TOKENS_HINT = (
+    "is required: an operator meter counts events you send yourself (meterline usage ingest)."
+    " To bill the tokens the gateway proxies, declare no meter: use the built-in meter"
+    ' "llm_tokens" in your features (meter: llm_tokens) and filter it on its dimensions '
+    + ", ".join(LLM_TOKENS_DIMENSIONS)
+    + ' (type: "input" or "output"), e.g. {key: tokens-in, meter: llm_tokens,'
+    " filters: {type: input}}"
+)
+
 
 def parse_meters(billing: Entry) -> dict[str, OperatorMeter]:
     """Meters of the section by key, in file order; problems go to ``billing.problems``."""
@@ -47,7 +57,10 @@ def _meter(entry: Entry, seen: dict[str, str]) -> OperatorMeter | None:
         else:
             seen[key] = entry.where
     description = entry.string("description", default="")
-    event_type = entry.string("event_type", required=True)
+    event_type = entry.string("event_type")
+    if "event_type" not in entry.data:
+        entry.fail_field("event_type", LLM_TOKENS_HINT)
+        event_type = None
     value_property = entry.string("value_property", default="") or None
     aggregation: MeterAggregation | None = None
     text = entry.string("aggregation", required=True)

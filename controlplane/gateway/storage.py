@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 
-from controlplane.errors import AlreadyExists, InvalidArgument, NotFound
+from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.gateway.secrets import SecretBox, open_config, reseal_config, seal_config
 from controlplane.gateway.types import (
     Consumer,
@@ -488,3 +488,57 @@ def delete_missing(
                 conn.execute(delete(creds).where(creds.c.key_hash == key_hash))
                 changes.append(f"removed a key credential from consumer {consumer.username}")
     return changes
+
+
+def entity_times(conn: Connection, kind: str) -> dict[str, tuple[datetime, datetime]]:
+    """(create_time, update_time) of every service, route, consumer or plugin (by id), by key.
+
+    The domain types leave times out (a snapshot needs none); the operator API shows them.
+    """
+    table, key = {
+        "services": (s.services, s.services.c.name),
+        "routes": (s.routes, s.routes.c.name),
+        "consumers": (s.consumers, s.consumers.c.username),
+        "plugins": (s.plugins, s.plugins.c.id),
+    }[kind]
+    rows = conn.execute(select(key, table.c.create_time, table.c.update_time)).all()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def get_route(conn: Connection, name: str) -> Route:
+    for route in list_routes(conn):
+        if route.name == name:
+            return route
+    raise NotFound(f"route {name!r} not found")
+
+
+def delete_service(conn: Connection, name: str) -> None:
+    """Delete a service and its plugins; refused while routes use it (as Kong refuses)."""
+    get_service(conn, name)
+    users = [r.name for r in list_routes(conn) if r.service == name]
+    if users:
+        raise FailedPrecondition(
+            f"service {name!r} is used by route(s) {', '.join(users)}: delete them first"
+        )
+    conn.execute(delete(s.plugins).where(s.plugins.c.service == name))
+    conn.execute(delete(s.services).where(s.services.c.name == name))
+
+
+def delete_route(conn: Connection, name: str) -> None:
+    """Delete a route and the plugins scoped to it."""
+    conn.execute(delete(s.plugins).where(s.plugins.c.route == name))
+    if conn.execute(delete(s.routes).where(s.routes.c.name == name)).rowcount == 0:
+        raise NotFound(f"route {name!r} not found")
+
+
+def get_plugin(conn: Connection, plugin_id: str) -> Plugin:
+    ids = plugin_ids(conn)
+    for plugin in list_plugins(conn):
+        if ids[plugin.scope] == plugin_id:
+            return plugin
+    raise NotFound(f"plugin {plugin_id!r} not found")
+
+
+def delete_plugin(conn: Connection, plugin_id: str) -> None:
+    if conn.execute(delete(s.plugins).where(s.plugins.c.id == plugin_id)).rowcount == 0:
+        raise NotFound(f"plugin {plugin_id!r} not found")

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.storage import schema as s
@@ -40,6 +40,18 @@ def get_subscription(conn: Connection, id: str) -> Subscription:
     if row is None:
         raise NotFound(f"subscription {id!r} not found")
     return _subscription(row)
+
+
+def delete_unstarted_subscription(conn: Connection, id: str, *, now: datetime) -> None:
+    """Delete a subscription that starts after ``now``; one that has started may have been
+    billed and is only ever cancelled."""
+    sub = get_subscription(conn, id)
+    if sub.start_time <= now:
+        raise FailedPrecondition(
+            f"subscription {id!r} started at {sub.start_time.isoformat()}: only one that has not"
+            " started can be deleted; cancel it instead (meterline subscriptions cancel)"
+        )
+    conn.execute(delete(s.subscriptions).where(s.subscriptions.c.id == id))
 
 
 def create_subscription(

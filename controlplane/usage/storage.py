@@ -306,9 +306,15 @@ def _event(r: Any) -> UsageEvent:
 
 
 def list_events(
-    conn: Connection, *, subject: str | None = None, limit: int = 100, offset: int = 0
+    conn: Connection,
+    *,
+    subject: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    newest_first: bool = False,
 ) -> list[UsageEvent]:
-    query = select(t).order_by(t.c.time, t.c.id).limit(limit).offset(offset)
+    order = (t.c.time.desc(), t.c.id.desc()) if newest_first else (t.c.time, t.c.id)
+    query = select(t).order_by(*order).limit(limit).offset(offset)
     if subject:
         query = query.where(t.c.subject == subject)
     return [_event(r) for r in conn.execute(query)]

@@ -15,3 +15,10 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     procs = Processes(tmp=tmp_path)
     yield procs
     procs.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _patient_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI gives up on a silent control plane after 2 s; processes started here take longer
+    to start on a busy machine, and the tests run the CLI right after starting them."""
+    monkeypatch.setenv("METERLINE_CONNECT_TIMEOUT", "30")

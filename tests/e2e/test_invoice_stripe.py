@@ -102,7 +102,7 @@ def test_issue_sync_and_pay_through_processes(processes: Processes, tmp_path: Pa
             return list(json.loads(listed.stdout))
 
         wait_until(lambda: len(drafts()) == 2, what="two drafts", timeout=30)
-        first = drafts()[0]
+        first = min(drafts(), key=lambda d: str(d["period_start"]))  # the list is newest first
         assert first["total"] == "2.73"  # 1.50 + 1234 x 0.001 = 1.234 -> 1.23
 
         # And the operator issues the first

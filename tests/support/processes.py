@@ -40,7 +40,10 @@ DEV_ENV = {"METERLINE_CONTROLPLANE_INSECURE_DEV": "1", "METERLINE_DATAPLANE_INSE
 
 
 def meterline(
-    *args: str, input: str | None = None, env: dict[str, str] | None = None
+    *args: str,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the meterline CLI as a user would."""
     return subprocess.run(
@@ -50,6 +53,7 @@ def meterline(
         input=input,
         timeout=60,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 
@@ -64,6 +68,7 @@ class Processes:
         *cmd: str,
         env: dict[str, str] | None = None,
         insecure_dev: bool = True,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``python *cmd``; in development mode (DEV_ENV) unless ``insecure_dev`` is off."""
         log = self.tmp / f"{name}.log"
@@ -74,6 +79,7 @@ class Processes:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **dev, **(env or {})},
+                cwd=cwd,
             )
         self.started.append((process, log))
         return process

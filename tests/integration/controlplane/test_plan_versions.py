@@ -240,7 +240,9 @@ async def test_yaml_changes_make_new_versions_and_leave_subscriptions_alone(
 
     code, out, _ = await cli("plans", "list")
     assert code == 0
+    # newest first; both versions were made in the same (frozen) instant: by version then
     assert [line.split()[:3] for line in out.splitlines()] == [
+        ["KEY", "VERSION", "STATE"],
         ["pro", "v1", "archived"],
         ["pro", "v2", "published"],
     ]

@@ -4,6 +4,7 @@ cancel at period end, and the bad inputs of both."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -222,11 +223,22 @@ async def test_cli_change_plan_and_cancel(
 
     code, out, _ = await cli("change-plan", sub, "pro-plus", "--at", "2026-11-11T12:00:00Z")
     assert code == 0 and "plans/pro-plus/versions/1" in out and "active" in out
-    new_id = out.split()[0]
+    new_id = out.splitlines()[1].split()[0]
     code, out, _ = await cli("list", "--customer", "acme")
-    assert [line.split()[-1] for line in out.splitlines()] == ["canceled", "active"]
-    code, out, _ = await cli("cancel", new_id, "--at-period-end")
-    assert code == 0 and "2026-12-01T12:00:00Z  canceled" in out
+    # newest first: the new subscription, then the one the change ended
+    assert [line.split()[3] for line in out.splitlines()] == ["STATE", "active", "canceled"]
+    code, out, _ = await cli("cancel", new_id, "--at-period-end", "--utc")
+    assert code == 0 and out.splitlines()[1].split()[3:] == [
+        "canceled",
+        "2026-11-11",
+        "12:00:00",
+        "UTC",
+        "2026-12-01",
+        "12:00:00",
+        "UTC",
+    ]
+    code, out, _ = await cli("get", new_id, "-o", "json")
+    assert json.loads(out)["end_time"] == "2026-12-01T12:00:00Z"
     code, _, err = await cli("cancel", new_id)
     assert code == 1 and "FAILED_PRECONDITION" in err and "already canceled" in err
 

@@ -82,3 +82,40 @@ def test_a_feature_filters_only_on_its_meters_dimensions() -> None:
     assert any(
         'filters.model is not a dimension of meter "api_calls"' in p for p in raised.value.problems
     ), raised.value.problems
+
+
+def test_a_token_meter_without_event_type_points_at_llm_tokens() -> None:
+    # As a Konnect user declares one: a meter of their own for the gateway's tokens
+    text = DOC.replace(
+        "METERS", "    - {key: ai_tokens, aggregation: SUM, value_property: $.tokens}"
+    )
+    with pytest.raises(DeclarativeError) as raised:
+        parse_document(text)
+    (problem,) = raised.value.problems
+    assert problem.startswith("billing.meters[1] (ai_tokens): event_type is required: ")
+    assert 'built-in meter "llm_tokens"' in problem and "meter: llm_tokens" in problem
+    for dimension in ("model", "provider", "type", "status_code", "route"):
+        assert dimension in problem
+    # and the fix it gives parses
+    fixed = DOC.replace("METERS\n", "").replace(
+        "    - {key: calls, meter: api_calls, filters: {region: eu}}",
+        "    - {key: tokens-in, meter: llm_tokens, filters: {type: input}}",
+    )
+    assert parse_document(fixed).billing.features[0].meter == "llm_tokens"
+
+
+def test_an_unknown_feature_lists_the_declared_ones() -> None:
+    text = DOC.replace("METERS\n", "") + (
+        "  plans:\n"
+        "    - key: p\n"
+        "      name: P\n"
+        "      currency: USD\n"
+        "      billing_cadence: P1M\n"
+        "      rate_cards: [{feature: cals, price: {type: unit, amount: '1'}}]\n"
+    )
+    with pytest.raises(DeclarativeError) as raised:
+        parse_document(text)
+    assert raised.value.problems == (
+        'billing.plans[0] (p).rate_cards[0]: unknown feature "cals": declare it under'
+        ' billing.features (the features are "calls")',
+    )

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from meterline.admin.v1 import catalog_pb2 as meterline_dot_admin_dot_v1_dot_catalog__pb2
 
 GRPC_GENERATED_VERSION = '1.85.0'
@@ -55,6 +56,11 @@ class CatalogServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.ListFeaturesRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.ListFeaturesResponse.FromString,
                 _registered_method=True)
+        self.DeleteFeature = channel.unary_unary(
+                '/meterline.admin.v1.CatalogService/DeleteFeature',
+                request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.DeleteFeatureRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.CreatePlan = channel.unary_unary(
                 '/meterline.admin.v1.CatalogService/CreatePlan',
                 request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePlanRequest.SerializeToString,
@@ -84,6 +90,11 @@ class CatalogServiceStub:
                 '/meterline.admin.v1.CatalogService/CreatePlanVersion',
                 request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePlanVersionRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.FromString,
+                _registered_method=True)
+        self.DeletePlan = channel.unary_unary(
+                '/meterline.admin.v1.CatalogService/DeletePlan',
+                request_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.DeletePlanRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.ArchivePlan = channel.unary_unary(
                 '/meterline.admin.v1.CatalogService/ArchivePlan',
@@ -140,6 +151,13 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteFeature(self, request, context):
+        """Deletes a feature no plan version's rate card uses (FAILED_PRECONDITION otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreatePlan(self, request, context):
         """Creates a plan as a new draft version.
         """
@@ -178,6 +196,14 @@ class CatalogServiceServicer:
 
     def CreatePlanVersion(self, request, context):
         """Creates a new draft version, a copy of an existing version to edit and publish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePlan(self, request, context):
+        """Deletes a draft version ("plans/{key}/versions/{n}"). Published and archived versions are
+        kept (subscriptions and invoices refer to them): FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,6 +267,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.ListFeaturesRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.ListFeaturesResponse.SerializeToString,
             ),
+            'DeleteFeature': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFeature,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.DeleteFeatureRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
             'CreatePlan': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePlan,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePlanRequest.FromString,
@@ -270,6 +301,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.CreatePlanVersion,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePlanVersionRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.SerializeToString,
+            ),
+            'DeletePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePlan,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_catalog__pb2.DeletePlanRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ArchivePlan': grpc.unary_unary_rpc_method_handler(
                     servicer.ArchivePlan,
@@ -406,6 +442,33 @@ class CatalogService:
             '/meterline.admin.v1.CatalogService/ListFeatures',
             meterline_dot_admin_dot_v1_dot_catalog__pb2.ListFeaturesRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_catalog__pb2.ListFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFeature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CatalogService/DeleteFeature',
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.DeleteFeatureRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
@@ -568,6 +631,33 @@ class CatalogService:
             '/meterline.admin.v1.CatalogService/CreatePlanVersion',
             meterline_dot_admin_dot_v1_dot_catalog__pb2.CreatePlanVersionRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_catalog__pb2.Plan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CatalogService/DeletePlan',
+            meterline_dot_admin_dot_v1_dot_catalog__pb2.DeletePlanRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

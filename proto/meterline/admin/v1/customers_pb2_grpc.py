@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from meterline.admin.v1 import customers_pb2 as meterline_dot_admin_dot_v1_dot_customers__pb2
 
 GRPC_GENERATED_VERSION = '1.85.0'
@@ -50,6 +51,11 @@ class CustomerServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListCustomersRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListCustomersResponse.FromString,
                 _registered_method=True)
+        self.DeleteCustomer = channel.unary_unary(
+                '/meterline.admin.v1.CustomerService/DeleteCustomer',
+                request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.DeleteCustomerRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.CreateSubscription = channel.unary_unary(
                 '/meterline.admin.v1.CustomerService/CreateSubscription',
                 request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.CreateSubscriptionRequest.SerializeToString,
@@ -64,6 +70,11 @@ class CustomerServiceStub:
                 '/meterline.admin.v1.CustomerService/ListSubscriptions',
                 request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListSubscriptionsRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSubscription = channel.unary_unary(
+                '/meterline.admin.v1.CustomerService/DeleteSubscription',
+                request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.DeleteSubscriptionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.CancelSubscription = channel.unary_unary(
                 '/meterline.admin.v1.CustomerService/CancelSubscription',
@@ -109,6 +120,14 @@ class CustomerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteCustomer(self, request, context):
+        """Deletes a customer that has no subscriptions and no invoices (FAILED_PRECONDITION
+        otherwise: cancel its subscriptions instead; invoices are kept for the books).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSubscription(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -123,6 +142,14 @@ class CustomerServiceServicer:
 
     def ListSubscriptions(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSubscription(self, request, context):
+        """Deletes a subscription that has not started yet (a mistaken one); one that has started
+        may have been billed: FAILED_PRECONDITION (cancel it instead).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -178,6 +205,11 @@ def add_CustomerServiceServicer_to_server(servicer, server):
                     request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListCustomersRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListCustomersResponse.SerializeToString,
             ),
+            'DeleteCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCustomer,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.DeleteCustomerRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
             'CreateSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSubscription,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.CreateSubscriptionRequest.FromString,
@@ -192,6 +224,11 @@ def add_CustomerServiceServicer_to_server(servicer, server):
                     servicer.ListSubscriptions,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListSubscriptionsRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'DeleteSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSubscription,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.DeleteSubscriptionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'CancelSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelSubscription,
@@ -307,6 +344,33 @@ class CustomerService:
             _registered_method=True)
 
     @staticmethod
+    def DeleteCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CustomerService/DeleteCustomer',
+            meterline_dot_admin_dot_v1_dot_customers__pb2.DeleteCustomerRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateSubscription(request,
             target,
             options=(),
@@ -377,6 +441,33 @@ class CustomerService:
             '/meterline.admin.v1.CustomerService/ListSubscriptions',
             meterline_dot_admin_dot_v1_dot_customers__pb2.ListSubscriptionsRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_customers__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CustomerService/DeleteSubscription',
+            meterline_dot_admin_dot_v1_dot_customers__pb2.DeleteSubscriptionRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

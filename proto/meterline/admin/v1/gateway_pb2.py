@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/gateway.proto\x12\x12meterline.admin.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x01\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x89\x02\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nroute_name\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\r\n\x05paths\x18\x05 \x03(\t\x12\x0f\n\x07methods\x18\x06 \x03(\t\x12\x12\n\nstrip_path\x18\x07 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\"\xeb\x01\n\x08\x43onsumer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x11\n\tcustom_id\x18\x04 \x01(\t\x12\x11\n\tkey_count\x18\x05 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"o\n\x11KeyAuthCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd0\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x13\n\x0bplugin_name\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x06 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12\'\n\x06\x63onfig\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\nattributes\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"<\n\x13ListServicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x14ListServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.meterline.admin.v1.Service\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11GetServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11ListRoutesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x12ListRoutesResponse\x12)\n\x06routes\x18\x01 \x03(\x0b\x32\x19.meterline.admin.v1.Route\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x14ListConsumersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x15ListConsumersResponse\x12/\n\tconsumers\x18\x01 \x03(\x0b\x32\x1c.meterline.admin.v1.Consumer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12GetConsumerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x15\x43reateConsumerRequest\x12.\n\x08\x63onsumer\x18\x01 \x01(\x0b\x32\x1c.meterline.admin.v1.Consumer\"%\n\x15\x44\x65leteConsumerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x1e\x43reateKeyAuthCredentialRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\";\n\x12ListPluginsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x13ListPluginsResponse\x12+\n\x07plugins\x18\x01 \x03(\x0b\x32\x1a.meterline.admin.v1.Plugin\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"K\n\x12\x41pplyConfigRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x0c\n\x04sync\x18\x03 \x01(\x08\"M\n\x13\x41pplyConfigResponse\x12\x0f\n\x07\x63hanges\x18\x01 \x03(\t\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\t\x12\r\n\x05notes\x18\x03 \x03(\t\"C\n\x13\x45xportConfigRequest\x12\x17\n\x0finclude_secrets\x18\x01 \x01(\x08\x12\x13\n\x0bselect_tags\x18\x02 \x03(\t\"B\n\x14\x45xportConfigResponse\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x18\n\x10secret_variables\x18\x02 \x03(\t2\xa6\x08\n\x0eGatewayService\x12\x61\n\x0cListServices\x12\'.meterline.admin.v1.ListServicesRequest\x1a(.meterline.admin.v1.ListServicesResponse\x12P\n\nGetService\x12%.meterline.admin.v1.GetServiceRequest\x1a\x1b.meterline.admin.v1.Service\x12[\n\nListRoutes\x12%.meterline.admin.v1.ListRoutesRequest\x1a&.meterline.admin.v1.ListRoutesResponse\x12\x64\n\rListConsumers\x12(.meterline.admin.v1.ListConsumersRequest\x1a).meterline.admin.v1.ListConsumersResponse\x12S\n\x0bGetConsumer\x12&.meterline.admin.v1.GetConsumerRequest\x1a\x1c.meterline.admin.v1.Consumer\x12Y\n\x0e\x43reateConsumer\x12).meterline.admin.v1.CreateConsumerRequest\x1a\x1c.meterline.admin.v1.Consumer\x12S\n\x0e\x44\x65leteConsumer\x12).meterline.admin.v1.DeleteConsumerRequest\x1a\x16.google.protobuf.Empty\x12t\n\x17\x43reateKeyAuthCredential\x12\x32.meterline.admin.v1.CreateKeyAuthCredentialRequest\x1a%.meterline.admin.v1.KeyAuthCredential\x12^\n\x0bListPlugins\x12&.meterline.admin.v1.ListPluginsRequest\x1a\'.meterline.admin.v1.ListPluginsResponse\x12^\n\x0b\x41pplyConfig\x12&.meterline.admin.v1.ApplyConfigRequest\x1a\'.meterline.admin.v1.ApplyConfigResponse\x12\x61\n\x0c\x45xportConfig\x12\'.meterline.admin.v1.ExportConfigRequest\x1a(.meterline.admin.v1.ExportConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/gateway.proto\x12\x12meterline.admin.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x01\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x89\x02\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nroute_name\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\r\n\x05paths\x18\x05 \x03(\t\x12\x0f\n\x07methods\x18\x06 \x03(\t\x12\x12\n\nstrip_path\x18\x07 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\"\xeb\x01\n\x08\x43onsumer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x11\n\tcustom_id\x18\x04 \x01(\t\x12\x11\n\tkey_count\x18\x05 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"o\n\x11KeyAuthCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x02\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x13\n\x0bplugin_name\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x06 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12\'\n\x06\x63onfig\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\nattributes\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x13ListServicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\"^\n\x14ListServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.meterline.admin.v1.Service\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11GetServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"L\n\x11ListRoutesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\"X\n\x12ListRoutesResponse\x12)\n\x06routes\x18\x01 \x03(\x0b\x32\x19.meterline.admin.v1.Route\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x14ListConsumersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\"a\n\x15ListConsumersResponse\x12/\n\tconsumers\x18\x01 \x03(\x0b\x32\x1c.meterline.admin.v1.Consumer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12GetConsumerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x15\x43reateConsumerRequest\x12.\n\x08\x63onsumer\x18\x01 \x01(\x0b\x32\x1c.meterline.admin.v1.Consumer\"%\n\x15\x44\x65leteConsumerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x1e\x43reateKeyAuthCredentialRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"M\n\x12ListPluginsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\"[\n\x13ListPluginsResponse\x12+\n\x07plugins\x18\x01 \x03(\x0b\x32\x1a.meterline.admin.v1.Plugin\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fGetRouteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10GetPluginRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14\x44\x65leteServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x44\x65leteRouteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13\x44\x65letePluginRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12\x41pplyConfigRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x0c\n\x04sync\x18\x03 \x01(\x08\"M\n\x13\x41pplyConfigResponse\x12\x0f\n\x07\x63hanges\x18\x01 \x03(\t\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\t\x12\r\n\x05notes\x18\x03 \x03(\t\"C\n\x13\x45xportConfigRequest\x12\x17\n\x0finclude_secrets\x18\x01 \x01(\x08\x12\x13\n\x0bselect_tags\x18\x02 \x03(\t\"B\n\x14\x45xportConfigResponse\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x18\n\x10secret_variables\x18\x02 \x03(\t2\xb4\x0b\n\x0eGatewayService\x12\x61\n\x0cListServices\x12\'.meterline.admin.v1.ListServicesRequest\x1a(.meterline.admin.v1.ListServicesResponse\x12P\n\nGetService\x12%.meterline.admin.v1.GetServiceRequest\x1a\x1b.meterline.admin.v1.Service\x12[\n\nListRoutes\x12%.meterline.admin.v1.ListRoutesRequest\x1a&.meterline.admin.v1.ListRoutesResponse\x12J\n\x08GetRoute\x12#.meterline.admin.v1.GetRouteRequest\x1a\x19.meterline.admin.v1.Route\x12\x64\n\rListConsumers\x12(.meterline.admin.v1.ListConsumersRequest\x1a).meterline.admin.v1.ListConsumersResponse\x12S\n\x0bGetConsumer\x12&.meterline.admin.v1.GetConsumerRequest\x1a\x1c.meterline.admin.v1.Consumer\x12Y\n\x0e\x43reateConsumer\x12).meterline.admin.v1.CreateConsumerRequest\x1a\x1c.meterline.admin.v1.Consumer\x12S\n\x0e\x44\x65leteConsumer\x12).meterline.admin.v1.DeleteConsumerRequest\x1a\x16.google.protobuf.Empty\x12t\n\x17\x43reateKeyAuthCredential\x12\x32.meterline.admin.v1.CreateKeyAuthCredentialRequest\x1a%.meterline.admin.v1.KeyAuthCredential\x12^\n\x0bListPlugins\x12&.meterline.admin.v1.ListPluginsRequest\x1a\'.meterline.admin.v1.ListPluginsResponse\x12M\n\tGetPlugin\x12$.meterline.admin.v1.GetPluginRequest\x1a\x1a.meterline.admin.v1.Plugin\x12Q\n\rDeleteService\x12(.meterline.admin.v1.DeleteServiceRequest\x1a\x16.google.protobuf.Empty\x12M\n\x0b\x44\x65leteRoute\x12&.meterline.admin.v1.DeleteRouteRequest\x1a\x16.google.protobuf.Empty\x12O\n\x0c\x44\x65letePlugin\x12\'.meterline.admin.v1.DeletePluginRequest\x1a\x16.google.protobuf.Empty\x12^\n\x0b\x41pplyConfig\x12&.meterline.admin.v1.ApplyConfigRequest\x1a\'.meterline.admin.v1.ApplyConfigResponse\x12\x61\n\x0c\x45xportConfig\x12\'.meterline.admin.v1.ExportConfigRequest\x1a(.meterline.admin.v1.ExportConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,41 +43,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYAUTHCREDENTIAL']._serialized_start=870
   _globals['_KEYAUTHCREDENTIAL']._serialized_end=981
   _globals['_PLUGIN']._serialized_start=984
-  _globals['_PLUGIN']._serialized_end=1192
-  _globals['_LISTSERVICESREQUEST']._serialized_start=1194
-  _globals['_LISTSERVICESREQUEST']._serialized_end=1254
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1256
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1350
-  _globals['_GETSERVICEREQUEST']._serialized_start=1352
-  _globals['_GETSERVICEREQUEST']._serialized_end=1385
-  _globals['_LISTROUTESREQUEST']._serialized_start=1387
-  _globals['_LISTROUTESREQUEST']._serialized_end=1445
-  _globals['_LISTROUTESRESPONSE']._serialized_start=1447
-  _globals['_LISTROUTESRESPONSE']._serialized_end=1535
-  _globals['_LISTCONSUMERSREQUEST']._serialized_start=1537
-  _globals['_LISTCONSUMERSREQUEST']._serialized_end=1598
-  _globals['_LISTCONSUMERSRESPONSE']._serialized_start=1600
-  _globals['_LISTCONSUMERSRESPONSE']._serialized_end=1697
-  _globals['_GETCONSUMERREQUEST']._serialized_start=1699
-  _globals['_GETCONSUMERREQUEST']._serialized_end=1733
-  _globals['_CREATECONSUMERREQUEST']._serialized_start=1735
-  _globals['_CREATECONSUMERREQUEST']._serialized_end=1806
-  _globals['_DELETECONSUMERREQUEST']._serialized_start=1808
-  _globals['_DELETECONSUMERREQUEST']._serialized_end=1845
-  _globals['_CREATEKEYAUTHCREDENTIALREQUEST']._serialized_start=1847
-  _globals['_CREATEKEYAUTHCREDENTIALREQUEST']._serialized_end=1908
-  _globals['_LISTPLUGINSREQUEST']._serialized_start=1910
-  _globals['_LISTPLUGINSREQUEST']._serialized_end=1969
-  _globals['_LISTPLUGINSRESPONSE']._serialized_start=1971
-  _globals['_LISTPLUGINSRESPONSE']._serialized_end=2062
-  _globals['_APPLYCONFIGREQUEST']._serialized_start=2064
-  _globals['_APPLYCONFIGREQUEST']._serialized_end=2139
-  _globals['_APPLYCONFIGRESPONSE']._serialized_start=2141
-  _globals['_APPLYCONFIGRESPONSE']._serialized_end=2218
-  _globals['_EXPORTCONFIGREQUEST']._serialized_start=2220
-  _globals['_EXPORTCONFIGREQUEST']._serialized_end=2287
-  _globals['_EXPORTCONFIGRESPONSE']._serialized_start=2289
-  _globals['_EXPORTCONFIGRESPONSE']._serialized_end=2355
-  _globals['_GATEWAYSERVICE']._serialized_start=2358
-  _globals['_GATEWAYSERVICE']._serialized_end=3420
+  _globals['_PLUGIN']._serialized_end=1290
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1292
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1370
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1372
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1466
+  _globals['_GETSERVICEREQUEST']._serialized_start=1468
+  _globals['_GETSERVICEREQUEST']._serialized_end=1501
+  _globals['_LISTROUTESREQUEST']._serialized_start=1503
+  _globals['_LISTROUTESREQUEST']._serialized_end=1579
+  _globals['_LISTROUTESRESPONSE']._serialized_start=1581
+  _globals['_LISTROUTESRESPONSE']._serialized_end=1669
+  _globals['_LISTCONSUMERSREQUEST']._serialized_start=1671
+  _globals['_LISTCONSUMERSREQUEST']._serialized_end=1750
+  _globals['_LISTCONSUMERSRESPONSE']._serialized_start=1752
+  _globals['_LISTCONSUMERSRESPONSE']._serialized_end=1849
+  _globals['_GETCONSUMERREQUEST']._serialized_start=1851
+  _globals['_GETCONSUMERREQUEST']._serialized_end=1885
+  _globals['_CREATECONSUMERREQUEST']._serialized_start=1887
+  _globals['_CREATECONSUMERREQUEST']._serialized_end=1958
+  _globals['_DELETECONSUMERREQUEST']._serialized_start=1960
+  _globals['_DELETECONSUMERREQUEST']._serialized_end=1997
+  _globals['_CREATEKEYAUTHCREDENTIALREQUEST']._serialized_start=1999
+  _globals['_CREATEKEYAUTHCREDENTIALREQUEST']._serialized_end=2060
+  _globals['_LISTPLUGINSREQUEST']._serialized_start=2062
+  _globals['_LISTPLUGINSREQUEST']._serialized_end=2139
+  _globals['_LISTPLUGINSRESPONSE']._serialized_start=2141
+  _globals['_LISTPLUGINSRESPONSE']._serialized_end=2232
+  _globals['_GETROUTEREQUEST']._serialized_start=2234
+  _globals['_GETROUTEREQUEST']._serialized_end=2265
+  _globals['_GETPLUGINREQUEST']._serialized_start=2267
+  _globals['_GETPLUGINREQUEST']._serialized_end=2299
+  _globals['_DELETESERVICEREQUEST']._serialized_start=2301
+  _globals['_DELETESERVICEREQUEST']._serialized_end=2337
+  _globals['_DELETEROUTEREQUEST']._serialized_start=2339
+  _globals['_DELETEROUTEREQUEST']._serialized_end=2373
+  _globals['_DELETEPLUGINREQUEST']._serialized_start=2375
+  _globals['_DELETEPLUGINREQUEST']._serialized_end=2410
+  _globals['_APPLYCONFIGREQUEST']._serialized_start=2412
+  _globals['_APPLYCONFIGREQUEST']._serialized_end=2487
+  _globals['_APPLYCONFIGRESPONSE']._serialized_start=2489
+  _globals['_APPLYCONFIGRESPONSE']._serialized_end=2566
+  _globals['_EXPORTCONFIGREQUEST']._serialized_start=2568
+  _globals['_EXPORTCONFIGREQUEST']._serialized_end=2635
+  _globals['_EXPORTCONFIGRESPONSE']._serialized_start=2637
+  _globals['_EXPORTCONFIGRESPONSE']._serialized_end=2703
+  _globals['_GATEWAYSERVICE']._serialized_start=2706
+  _globals['_GATEWAYSERVICE']._serialized_end=4166
 # @@protoc_insertion_point(module_scope)

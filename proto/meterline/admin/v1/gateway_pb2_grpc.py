@@ -52,6 +52,11 @@ class GatewayServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ListRoutesRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ListRoutesResponse.FromString,
                 _registered_method=True)
+        self.GetRoute = channel.unary_unary(
+                '/meterline.admin.v1.GatewayService/GetRoute',
+                request_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.GetRouteRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.Route.FromString,
+                _registered_method=True)
         self.ListConsumers = channel.unary_unary(
                 '/meterline.admin.v1.GatewayService/ListConsumers',
                 request_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ListConsumersRequest.SerializeToString,
@@ -81,6 +86,26 @@ class GatewayServiceStub:
                 '/meterline.admin.v1.GatewayService/ListPlugins',
                 request_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ListPluginsRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ListPluginsResponse.FromString,
+                _registered_method=True)
+        self.GetPlugin = channel.unary_unary(
+                '/meterline.admin.v1.GatewayService/GetPlugin',
+                request_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.GetPluginRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.Plugin.FromString,
+                _registered_method=True)
+        self.DeleteService = channel.unary_unary(
+                '/meterline.admin.v1.GatewayService/DeleteService',
+                request_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.DeleteServiceRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.DeleteRoute = channel.unary_unary(
+                '/meterline.admin.v1.GatewayService/DeleteRoute',
+                request_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.DeleteRouteRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.DeletePlugin = channel.unary_unary(
+                '/meterline.admin.v1.GatewayService/DeletePlugin',
+                request_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.DeletePluginRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.ApplyConfig = channel.unary_unary(
                 '/meterline.admin.v1.GatewayService/ApplyConfig',
@@ -112,6 +137,12 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRoutes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRoute(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +185,32 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPlugin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteService(self, request, context):
+        """Deletes a service with the plugins scoped to it; FAILED_PRECONDITION while routes use it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRoute(self, request, context):
+        """Deletes a route with the plugins scoped to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePlugin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ApplyConfig(self, request, context):
         """Applies a whole declarative configuration (decK "_format_version: 3.0" plus a `billing:`
         section) in one transaction: all of it or nothing. Entities in the file are created or
@@ -189,6 +246,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     request_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ListRoutesRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ListRoutesResponse.SerializeToString,
             ),
+            'GetRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoute,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.GetRouteRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.Route.SerializeToString,
+            ),
             'ListConsumers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConsumers,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ListConsumersRequest.FromString,
@@ -218,6 +280,26 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListPlugins,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ListPluginsRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.ListPluginsResponse.SerializeToString,
+            ),
+            'GetPlugin': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlugin,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.GetPluginRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.Plugin.SerializeToString,
+            ),
+            'DeleteService': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteService,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.DeleteServiceRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'DeleteRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRoute,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.DeleteRouteRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'DeletePlugin': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePlugin,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_gateway__pb2.DeletePluginRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ApplyConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyConfig,
@@ -313,6 +395,33 @@ class GatewayService:
             '/meterline.admin.v1.GatewayService/ListRoutes',
             meterline_dot_admin_dot_v1_dot_gateway__pb2.ListRoutesRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_gateway__pb2.ListRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.GatewayService/GetRoute',
+            meterline_dot_admin_dot_v1_dot_gateway__pb2.GetRouteRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_gateway__pb2.Route.FromString,
             options,
             channel_credentials,
             insecure,
@@ -475,6 +584,114 @@ class GatewayService:
             '/meterline.admin.v1.GatewayService/ListPlugins',
             meterline_dot_admin_dot_v1_dot_gateway__pb2.ListPluginsRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_gateway__pb2.ListPluginsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPlugin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.GatewayService/GetPlugin',
+            meterline_dot_admin_dot_v1_dot_gateway__pb2.GetPluginRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_gateway__pb2.Plugin.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.GatewayService/DeleteService',
+            meterline_dot_admin_dot_v1_dot_gateway__pb2.DeleteServiceRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.GatewayService/DeleteRoute',
+            meterline_dot_admin_dot_v1_dot_gateway__pb2.DeleteRouteRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePlugin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.GatewayService/DeletePlugin',
+            meterline_dot_admin_dot_v1_dot_gateway__pb2.DeletePluginRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
