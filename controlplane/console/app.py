@@ -106,9 +106,11 @@ def _templates() -> jinja2.Environment:
 
 
 def _when(value: str | None) -> str:
+    """An RFC 3339 / ISO time as "2026-12-07 14:20:05 UTC" (the API's times are all UTC)."""
     if not value:
         return ""
-    return value.replace("T", " ").split(".")[0].removesuffix("Z") + " UTC"
+    text = value.replace("T", " ").removesuffix("Z").removesuffix("+00:00")
+    return text.split(".")[0] + " UTC"
 
 
 def _money(value: str | None, currency: str = "") -> str:
@@ -626,7 +628,11 @@ class Console:
         method, message = methods[action]
 
         async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
-            await api.call("billing", method, message(name=f"invoices/{id}"))
+            request_message = message(name=f"invoices/{id}")
+            if action == "issue" and form.get("force") == "1":
+                # An open period's invoice is issued before its end only when asked to.
+                request_message.force = True
+            await api.call("billing", method, request_message)
             return f"/invoices/{quote(id)}?done={quote(action)}"
 
         return await self._change(request, run)

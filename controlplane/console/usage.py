@@ -180,12 +180,16 @@ async def span_usage(
         }
         for m in sorted(models.values(), key=lambda m: -sum(m["tokens"].values()))
     ]
-    chart = await _chart(api, common=common, window=window)
+    chart = await _chart(api, common=common, window=window, start=start, end=end)
     return Usage(dict(by_type), requests, errors, model_rows, cost_total, chart)
 
 
-async def _chart(api: ConsoleApi, *, common: dict[str, Any], window: str) -> dict[str, Any]:
-    """Tokens per window by model, as uPlot wants them: x in epoch seconds, one array each."""
+async def _chart(
+    api: ConsoleApi, *, common: dict[str, Any], window: str, start: datetime, end: datetime
+) -> dict[str, Any]:
+    """Tokens per window by model, as uPlot wants them: x in epoch seconds (every window of
+    the span, so a quiet hour shows as 0, not as a line drawn across it), one array each."""
+    step = 3600 if window == "hour" else 86400
     rows = (
         await api.unchecked(
             "usage",
@@ -195,13 +199,24 @@ async def _chart(api: ConsoleApi, *, common: dict[str, Any], window: str) -> dic
             ),
         )
     ).rows
-    times = sorted({row.window_start.seconds for row in rows})
+    first = int(start.timestamp()) // step * step
+    times = list(range(first, int(end.timestamp()) + 1, step)) or [first]
     index = {t: i for i, t in enumerate(times)}
     series: dict[str, list[int]] = {}
     for row in rows:
+        # Windows are UTC-aligned; the first one is clipped to the span's start.
+        slot = row.window_start.seconds // step * step
         values = series.setdefault(row.group.get("model", "") or "(none)", [0] * len(times))
-        values[index[row.window_start.seconds]] += int(Decimal(row.value))
-    return {"times": times, "series": dict(sorted(series.items())), "window": window}
+        values[index[slot]] += int(Decimal(row.value))
+    if not series:
+        times = []
+    return {
+        "times": times,
+        "series": dict(sorted(series.items())),
+        "window": window,
+        "start": int(start.timestamp()),
+        "end": int(end.timestamp()),
+    }
 
 
 def month_start(now: datetime) -> datetime:

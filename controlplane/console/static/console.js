@@ -13,13 +13,12 @@
     if (!chart.times || chart.times.length === 0) { box.setAttribute("data-points", "0"); return; }
     var names = Object.keys(chart.series);
     var data = [chart.times].concat(names.map(function (n) { return chart.series[n]; }));
-    var single = chart.times.length === 1;
     var series = [{}].concat(names.map(function (name, i) {
       return {
         label: name,
         stroke: palette[i % palette.length],
         width: 2,
-        points: { show: true, size: single ? 10 : 6 },
+        points: chart.times.length < 50 ? { show: true, size: 8 } : {},
       };
     }));
     var width = Math.max(280, box.clientWidth || 600);
@@ -27,7 +26,10 @@
       width: width,
       height: 260,
       series: series,
-      scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } } },
+      scales: {
+        x: { time: true, range: function () { return [chart.start, chart.end]; } },
+        y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } },
+      },
       axes: [{}, { size: 70 }],
       hooks: {
         draw: [function (u) {
