@@ -190,7 +190,7 @@ def _cmd_usage_list(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from controlplane.demo import run_demo
 
-    return run_demo()
+    return run_demo(serve=args.serve, console_port=args.console_port)
 
 
 def _with_config_flag(parser: argparse.ArgumentParser) -> None:
@@ -420,6 +420,18 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
 
     demo = commands.add_parser(
         "demo", help="run the walkthrough: control plane, data plane, six requests, an invoice"
+    )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the demo running with the console: print its URL and a sign-in token",
+    )
+    demo.add_argument(
+        "--console-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="the console's port on 127.0.0.1 with --serve (default: a free one)",
     )
     demo.set_defaults(func=_cmd_demo)
     apply_env_defaults(parser, config=config)
