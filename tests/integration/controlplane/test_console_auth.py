@@ -163,3 +163,51 @@ async def test_revoking_a_portal_token(console, harness):
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     bearer = {"Authorization": f"Bearer {created.token}"}
     assert (await client.get("/portal/customers/acme.json", headers=bearer)).status_code == 401
+
+
+async def test_meter_rows_count_their_events_from_rollups_and_raw_edges(harness):
+    # The console counts requests with event_count: it must hold for rollup hours and for
+    # the raw events of a span's partial edge hours alike.
+    import json
+
+    from meterline.admin.v1 import usage_pb2
+
+    from .conftest import T0
+
+    await harness.usage.CreateMeter(
+        usage_pb2.CreateMeterRequest(
+            meter=usage_pb2.UsageMeter(
+                key="calls",
+                event_type="api.request",
+                aggregation=usage_pb2.USAGE_METER_AGGREGATION_SUM,
+                value_property="$.units",
+            )
+        )
+    )
+    minutes = [5, 20, 70, 130, 135]  # two in hour 0, one in hour 1, two in hour 2
+    events = [
+        json.dumps(
+            {
+                "specversion": "1.0",
+                "id": f"e{m}",
+                "source": "app",
+                "type": "api.request",
+                "subject": "acme",
+                "time": (T0 + timedelta(minutes=m)).isoformat().replace("+00:00", "Z"),
+                "data": {"units": 10},
+            }
+        )
+        for m in minutes
+    ]
+    ingested = await harness.usage.IngestEvents(usage_pb2.IngestEventsRequest(events_json=events))
+    assert ingested.accepted == 5
+    request = usage_pb2.QueryMeterRequest(meter="calls", window_size=usage_pb2.WINDOW_SIZE_HOUR)
+    # From 00:10 (a raw edge: only the 00:20 event) to 02:32 (rollup hour 1, raw edge 2:00..).
+    request.start_time.FromDatetime(T0 + timedelta(minutes=10))
+    request.end_time.FromDatetime(T0 + timedelta(minutes=132))
+    rows = (await harness.usage.QueryMeter(request)).rows
+    assert [(r.value, r.event_count) for r in rows] == [("10", 1), ("10", 1), ("10", 1)]
+    whole = usage_pb2.QueryMeterRequest(meter="calls")
+    assert [(r.value, r.event_count) for r in (await harness.usage.QueryMeter(whole)).rows] == [
+        ("50", 5)
+    ]
