@@ -599,7 +599,6 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
             )
         )
 
-
     async def CreatePortalToken(
         self, request: customers_pb2.CreatePortalTokenRequest, context: Ctx
     ) -> customers_pb2.PortalToken:
@@ -608,9 +607,7 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
             raise InvalidArgument(f"ttl_seconds must be positive, got {request.ttl_seconds}")
         ttl = timedelta(seconds=min(request.ttl_seconds, 10**9))
         now = self._clock.now()
-        created = await self._tx(
-            lambda c: portal_service.create(c, customer=key, ttl=ttl, now=now)
-        )
+        created = await self._tx(lambda c: portal_service.create(c, customer=key, ttl=ttl, now=now))
         return convert.portal_token_to_proto(created)
 
     async def ListPortalTokens(

@@ -550,17 +550,15 @@ def customer_to_proto(
 
 
 def portal_token_to_proto(token: PortalToken) -> customers_pb2.PortalToken:
-    message = customers_pb2.PortalToken(
+    return customers_pb2.PortalToken(
         name=f"customers/{token.customer}/portalTokens/{token.id}",
         id=token.id,
         customer=f"customers/{token.customer}",
         create_time=to_timestamp(token.create_time),
         expire_time=to_timestamp(token.expire_time),
         token=token.token or "",
+        revoke_time=to_timestamp(token.revoke_time),
     )
-    if token.revoke_time is not None:
-        message.revoke_time.CopyFrom(to_timestamp(token.revoke_time))
-    return message
 
 
 def subscription_to_proto(sub: Subscription) -> customers_pb2.Subscription:

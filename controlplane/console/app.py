@@ -584,7 +584,7 @@ class Console:
         state = request.query_params.get("state", "")
         if state and state not in INVOICE_STATES:
             raise InvalidArgument(f"state must be one of {', '.join(INVOICE_STATES)}")
-        states = [_STATE_ENUM[state]] if state else []
+        states: list[Any] = [_STATE_ENUM[state]] if state else []
         answer = await api.call(
             "billing",
             "ListInvoices",

@@ -134,7 +134,7 @@ async def span_usage(
     """Usage in [start, end) of ``subjects`` (None: everyone's; empty: nobody's)."""
     if subjects is not None and not subjects:
         return Usage({}, 0, 0, [], Decimal(0), {"times": [], "series": {}})
-    common = {
+    common: dict[str, Any] = {
         "meter": "llm_tokens",
         "subjects": list(subjects or ()),
         "start_time": _ts(start),
