@@ -158,6 +158,8 @@ class Console:
                 *self._page("/invoices", self.invoices),
                 Route("/invoices/{id}/{action}", self.invoice_action, methods=["POST"]),
                 *self._page("/invoices/{id}", self.invoice),
+                Route("/gateway/apply", self.apply_form, methods=["GET"]),
+                Route("/gateway/apply", self.apply, methods=["POST"]),
                 *self._page("/gateway", self.gateway),
                 Route("/portal/signin", self.portal_signin_form, methods=["GET"]),
                 Route("/portal/signin", self.portal_signin, methods=["POST"]),
@@ -692,6 +694,53 @@ class Console:
             "title": "Gateway",
         }
 
+    async def apply_form(self, request: Request) -> Response:
+        return await self._render(request, self._apply_page, as_json=False, portal=False)
+
+    async def _apply_page(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        return "apply.html", _apply_context()
+
+    async def apply(self, request: Request) -> Response:
+        """A declarative document, as ``meterline apply`` takes it: preview (validate only,
+        the changes it would make), then apply. Bad documents come back with their error."""
+
+        async def run(
+            api: ConsoleApi, form: dict[str, str], session: Session | None
+        ) -> str | Response:
+            document = form.get("document", "")
+            preview = form.get("mode") != "apply"
+            context = _apply_context(document=document)
+            try:
+                answer = await api.call(
+                    "gateway",
+                    "ApplyConfig",
+                    gateway_pb2.ApplyConfigRequest(document=document, validate_only=preview),
+                )
+            except InvalidArgument as exc:
+                context["error"] = str(exc)
+                status = 400
+            else:
+                context.update(
+                    changes=list(answer.changes),
+                    previewed=preview,
+                    applied=not preview,
+                    config_version=answer.config_version,
+                )
+                status = 200
+            if "application/json" in request.headers.get("accept", ""):
+                body = {k: v for k, v in context.items() if k not in ("title", "no_twin")}
+                return JSONResponse(body, status, headers=self._headers(portal=False))
+            html = self.templates.get_template("apply.html").render(
+                **context,
+                principal=api.principal,
+                csrf=session.csrf if session else "",
+                flash="",
+                path="/gateway/apply",
+            )
+            return HTMLResponse(html, status, headers=self._headers(portal=False))
+
+        return await self._change(request, run)
+
     # -- the portal -------------------------------------------------------------------------
 
     async def portal(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
@@ -746,6 +795,19 @@ class Console:
             ],
             "title": customer.display_name or customer.key,
         }
+
+
+def _apply_context(document: str = "") -> dict[str, Any]:
+    return {
+        "document": document,
+        "changes": [],
+        "previewed": False,
+        "applied": False,
+        "config_version": "",
+        "error": "",
+        "title": "Apply a configuration",
+        "no_twin": True,
+    }
 
 
 def _portal_invoice(invoice: dict[str, Any]) -> dict[str, Any]:

@@ -125,15 +125,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         )
         wait_until(lambda: http_ready(f"{upstream}/_fake/requests", {200}), what="fake provider")
         wait_until(lambda: http_ready(f"{console}/signin", {200}), what="console")
-        gateway_file = tmp / "gateway.yaml"
-        gateway_file.write_text(GATEWAY.format(upstream=upstream, key=KEY))
-        applied = meterline("apply", str(gateway_file), "--cp", cp)
-        assert applied.returncode == 0, applied.stderr + processes.logs()
+        # An empty database: the walkthrough is applied in the browser (see `walkthrough`).
         processes.start(
             "dp", "-m", "controlplane", "dataplane", "--cp", cp, "--listen", f"127.0.0.1:{dp_port}"
         )
         dp = f"http://127.0.0.1:{dp_port}"
-        wait_until(lambda: http_ready(f"{dp}/nothing-here", {404}), what="data plane config")
         yield {
             "cp": cp,
             "dp": dp,
@@ -213,7 +209,54 @@ def _send_six_requests(stack: dict[str, Any]) -> int:
 
 
 @pytest.fixture(scope="module")
-def reported_input(stack: dict[str, Any]) -> int:
+def reported_input(stack: dict[str, Any], browser: Browser) -> int:
+    """The walkthrough, from an empty database, in the browser; then six requests."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    try:
+        _sign_in(page, stack, stack["admin"])
+        page.click("nav >> text=Gateway")
+        page.click("#apply-link")
+        page.fill("#document", GATEWAY.format(upstream=stack["upstream"], key=KEY))
+        # Preview first: the changes are listed, nothing is stored yet...
+        page.click("#preview-changes")
+        changes = page.locator("#changes li").all_inner_texts()
+        for expected in (
+            "created service ai-service",
+            "created route chat",
+            "created consumer acme-corp",
+            "added a key credential to consumer acme-corp",
+            "created plugin key-auth",
+            "created plugin ai-proxy (ai-service)",
+            "created feature ai-token",
+            "created and published plan starter version 1",
+            "created customer acme",
+        ):
+            assert any(c.startswith(expected) for c in changes), (expected, changes)
+        assert any(c.startswith("created subscription") for c in changes)
+        listed = page.request.get(f"{stack['console']}/gateway.json").json()
+        assert listed["services"] == []
+        _shot(page, stack, "apply-preview")
+        # ...then applied, and the data plane picks the new config up.
+        page.click("#apply-changes")
+        version = page.inner_text("#config-version")
+        assert version.startswith("sha256:")
+
+        def data_plane_in_sync() -> bool:
+            planes = page.request.get(f"{stack['console']}/gateway.json").json()["data_planes"]
+            return any(
+                p["config_version"] == version and p["sync_status"] == "SYNC_STATUS_IN_SYNC"
+                for p in planes
+            )
+
+        wait_until(data_plane_in_sync, what="the data plane on the applied config")
+        # A bad document is refused with its error and changes nothing.
+        page.goto(f"{stack['console']}/gateway/apply")
+        page.fill("#document", "services: [ {name: broken")
+        page.click("#preview-changes")
+        assert page.locator("#apply-error").is_visible()
+    finally:
+        context.close()
     return _send_six_requests(stack)
 
 
