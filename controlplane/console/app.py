@@ -16,11 +16,13 @@ Who may do what is decided here, per request, on the server:
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -46,10 +48,12 @@ from controlplane.portal.types import PORTAL_TOKEN_PREFIX
 from controlplane.storage.db import Database
 from meterline.admin.v1 import (
     billing_pb2,
+    catalog_pb2,
     customers_pb2,
     dataplanes_pb2,
     entitlements_pb2,
     gateway_pb2,
+    usage_pb2,
 )
 
 log = logging.getLogger(__name__)
@@ -161,6 +165,14 @@ class Console:
                 Route("/gateway/apply", self.apply_form, methods=["GET"]),
                 Route("/gateway/apply", self.apply, methods=["POST"]),
                 *self._page("/gateway", self.gateway),
+                *self._page("/catalog", self.catalog),
+                Route(
+                    "/plans/{key}/versions/{version:int}/{action}",
+                    self.plan_action,
+                    methods=["POST"],
+                ),
+                Route("/usage.csv", self.usage_csv),
+                *self._page("/usage", self.usage_explorer),
                 Route("/portal/signin", self.portal_signin_form, methods=["GET"]),
                 Route("/portal/signin", self.portal_signin, methods=["POST"]),
                 *self._page("/portal/customers/{key}", self.portal, portal=True),
@@ -741,6 +753,140 @@ class Console:
 
         return await self._change(request, run)
 
+    async def catalog(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        def listing(service: str, method: str, message: Any) -> Awaitable[Any]:
+            return api.call(service, method, message(page_size=1000))
+
+        meters, features, plans, price_lists = await asyncio.gather(
+            listing("usage", "ListMeters", usage_pb2.ListUsageMetersRequest),
+            listing("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest),
+            listing("catalog", "ListPlans", catalog_pb2.ListPlansRequest),
+            listing("catalog", "ListPriceLists", catalog_pb2.ListPriceListsRequest),
+        )
+        return "catalog.html", {
+            "meters": [to_json(m) for m in meters.meters],
+            "features": [to_json(f) for f in features.features],
+            "plans": [to_json(p) for p in plans.plans],
+            "price_lists": [to_json(p) for p in price_lists.price_lists],
+            "title": "Catalog",
+        }
+
+    async def plan_action(self, request: Request) -> Response:
+        """Plan versions' lifecycle: draft -> published (active) -> archived; a new draft
+        version copied from any version."""
+        key = request.path_params["key"]
+        version = request.path_params["version"]
+        action = request.path_params["action"]
+        methods = {
+            "publish": ("PublishPlan", catalog_pb2.PublishPlanRequest),
+            "archive": ("ArchivePlan", catalog_pb2.ArchivePlanRequest),
+            "new-version": ("CreatePlanVersion", catalog_pb2.CreatePlanVersionRequest),
+        }
+        if action not in methods:
+            return self._error(404, "not found", as_json=False, headers=self._headers(portal=False))
+        method, message = methods[action]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            await api.call("catalog", method, message(name=f"plans/{key}/versions/{version}"))
+            return f"/catalog?done={quote(action)}"
+
+        return await self._change(request, run)
+
+    async def _usage_query(self, request: Request, api: ConsoleApi) -> tuple[dict[str, Any], Any]:
+        """The explorer's query from its URL: meter, group_by (repeated), filter k=v
+        (repeated), window, from/to (ISO dates or times; default this month so far)."""
+        params = request.query_params
+        meter = params.get("meter", "llm_tokens")
+        group_by = [g for g in params.getlist("group_by") if g]
+        filters: dict[str, str] = {}
+        for item in params.getlist("filter"):
+            if not item:
+                continue
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise InvalidArgument(f"filter must be DIMENSION=VALUE, got {item!r}")
+            filters[name.strip()] = value.strip()
+        window = params.get("window", "day")
+        if window not in ("", "minute", "hour", "day"):
+            raise InvalidArgument(f"window must be minute, hour, day or empty, got {window!r}")
+        now = self.clock.now()
+        start = _parse_time(params.get("from", ""), "from") or usage.month_start(now)
+        end = _parse_time(params.get("to", ""), "to") or now
+        message = usage_pb2.QueryMeterRequest(
+            meter=meter,
+            group_by=group_by,
+            filters=filters,
+            window_size={
+                "": usage_pb2.WINDOW_SIZE_UNSPECIFIED,
+                "minute": usage_pb2.WINDOW_SIZE_MINUTE,
+                "hour": usage_pb2.WINDOW_SIZE_HOUR,
+                "day": usage_pb2.WINDOW_SIZE_DAY,
+            }[window],
+        )
+        message.start_time.FromDatetime(start)
+        message.end_time.FromDatetime(end)
+        answer = await api.call("usage", "QueryMeter", message)
+        query = {
+            "meter": meter,
+            "group_by": group_by,
+            "filters": filters,
+            "window": window,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+        }
+        return query, answer
+
+    async def usage_explorer(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        query, answer = await self._usage_query(request, api)
+        meters = await api.call(
+            "usage", "ListMeters", usage_pb2.ListUsageMetersRequest(page_size=1000)
+        )
+        rows = [to_json(r) for r in answer.rows]
+        return "usage.html", {
+            "query": query,
+            "rows": rows,
+            "chart": _explorer_chart(answer.rows, query),
+            "meters": [{"key": m.key, "dimensions": sorted(m.group_by)} for m in meters.meters],
+            "csv_query": str(request.query_params),
+            "title": "Usage explorer",
+        }
+
+    async def usage_csv(self, request: Request) -> Response:
+        """The explorer's rows as CSV (same query string as /usage)."""
+        headers = self._headers(portal=False)
+        try:
+            principal, _ = self._principal(request)
+            if principal is None:
+                raise HttpError(401, "sign in first")
+            if not principal.is_operator:
+                raise HttpError(403, "a portal token opens no operator page")
+            query, answer = await self._usage_query(request, ConsoleApi(self.servicers, principal))
+        except HttpError as exc:
+            return self._error(exc.status, exc.message, as_json=True, headers=headers)
+        except tuple(_STATUS) as exc:
+            return self._error(_STATUS[type(exc)], str(exc), as_json=True, headers=headers)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["window_start", "window_end", *query["group_by"], "value", "events"])
+        for row in answer.rows:
+            writer.writerow(
+                [
+                    row.window_start.ToJsonString() if row.HasField("window_start") else "",
+                    row.window_end.ToJsonString() if row.HasField("window_end") else "",
+                    *(row.group.get(g, "") for g in query["group_by"]),
+                    row.value,
+                    row.event_count,
+                ]
+            )
+        return Response(
+            out.getvalue(),
+            media_type="text/csv",
+            headers={
+                **headers,
+                "Content-Disposition": f'attachment; filename="{query["meter"]}.csv"',
+            },
+        )
+
     # -- the portal -------------------------------------------------------------------------
 
     async def portal(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
@@ -795,6 +941,39 @@ class Console:
             ],
             "title": customer.display_name or customer.key,
         }
+
+
+def _parse_time(text: str, what: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(f"{what} must be an ISO date or time, got {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _explorer_chart(rows: Any, query: dict[str, Any]) -> dict[str, Any]:
+    """Windowed rows as uPlot series, one per group (the group's values joined)."""
+    if not query["window"]:
+        return {"times": [], "series": {}, "window": ""}
+    times = sorted({r.window_start.seconds for r in rows})
+    index = {t: i for i, t in enumerate(times)}
+    series: dict[str, list[float | None]] = {}
+    for row in rows:
+        label = ", ".join(row.group.get(g, "") for g in query["group_by"]) or query["meter"]
+        values = series.setdefault(label, [None] * len(times))
+        # Chart coordinates only: the table and the JSON keep the exact decimal strings.
+        values[index[row.window_start.seconds]] = float(Decimal(row.value))
+    start = int(datetime.fromisoformat(query["from"]).timestamp())
+    end = int(datetime.fromisoformat(query["to"]).timestamp())
+    return {
+        "times": times,
+        "series": dict(sorted(series.items())),
+        "window": query["window"],
+        "start": start,
+        "end": end,
+    }
 
 
 def _apply_context(document: str = "") -> dict[str, Any]:

@@ -493,3 +493,57 @@ def test_operator_pages_are_never_framed(stack: dict[str, Any]) -> None:
     assert response.status_code == 200
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_usage_explorer_chart_and_csv(
+    stack: dict[str, Any], context: BrowserContext, reported_input: int
+) -> None:
+    console = stack["console"]
+    page = context.new_page()
+    _sign_in(page, stack, stack["read"])
+    query = "meter=llm_tokens&group_by=type&window=hour"
+    page.goto(f"{console}/usage?{query}")
+    page.wait_for_selector("#chart-explorer[data-points]")
+    drawn = page.evaluate(
+        """() => {
+            const u = window.meterlineCharts["chart-explorer"];
+            return {labels: u.series.slice(1).map(s => s.label), values: u.data.slice(1)};
+        }"""
+    )
+    assert drawn["labels"] == ["input", "output"]
+    assert sum(v or 0 for v in drawn["values"][0]) == reported_input
+    _shot(page, stack, "usage-explorer")
+    twin = page.request.get(f"{console}/usage.json?{query}").json()
+    inputs = [r for r in twin["rows"] if r["group"]["type"] == "input"]
+    assert sum(Decimal(r["value"]) for r in inputs) == reported_input
+    assert sum(int(r["event_count"]) for r in inputs) == 6
+    # The same query as CSV: a header, then one line per window and group.
+    csv_text = page.request.get(f"{console}/usage.csv?{query}").text()
+    header, *lines = csv_text.strip().splitlines()
+    assert header == "window_start,window_end,type,value,events"
+    input_lines = [line.split(",") for line in lines if line.split(",")[2] == "input"]
+    assert sum(Decimal(cells[3]) for cells in input_lines) == reported_input
+    # A bad query is a clear 400, not an empty chart.
+    bad = page.request.get(f"{console}/usage.json?meter=llm_tokens&group_by=colour")
+    assert bad.status == 400 and "colour" in bad.json()["error"]
+
+
+def test_catalog_plan_versions_draft_publish(
+    stack: dict[str, Any], context: BrowserContext, reported_input: int
+) -> None:
+    # Runs last: it adds a version of the walkthrough's plan (running subscriptions stay on 1).
+    console = stack["console"]
+    page = context.new_page()
+    _sign_in(page, stack, stack["admin"])
+    page.goto(f"{console}/catalog")
+    assert "ai-token" in page.inner_text("main") and "provider=openai" in page.inner_text("main")
+    page.click("tr[data-plan=starter-1] >> text=New version from this")
+    page.wait_for_url(re.compile(r"done=new-version"))
+    assert page.inner_text("tr[data-plan=starter-2] .state") == "draft"
+    page.click("tr[data-plan=starter-2] >> text=Publish")
+    page.wait_for_url(re.compile(r"done=publish"))
+    assert page.inner_text("tr[data-plan=starter-2] .state") == "active"
+    _shot(page, stack, "catalog")
+    # The subscription stays on version 1, so the preview still bills the same tokens.
+    preview = page.request.get(f"{console}/customers/acme/preview.json").json()
+    assert Decimal(preview["invoice"]["lines"][0]["quantity"]) == reported_input
