@@ -9,6 +9,7 @@ Screenshots land in the test run's artifacts directory (pytest's tmp dir).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from decimal import Decimal
@@ -138,7 +139,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "admin": created["admin"],
             "read": created["read"],
             "processes": processes,
-            "artifacts": tmp / "screenshots",
+            # CI may collect them from $METERLINE_TEST_ARTIFACTS; pytest's tmp dir otherwise.
+            "artifacts": Path(os.environ.get("METERLINE_TEST_ARTIFACTS") or tmp)
+            / "console-screenshots",
         }
     finally:
         processes.stop_all()
@@ -164,7 +167,7 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 def _shot(page: Page, stack: dict[str, Any], name: str) -> None:
     folder: Path = stack["artifacts"]
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
     assert (folder / f"{name}.png").stat().st_size > 1000
 
