@@ -140,25 +140,36 @@ async def span_usage(
         "start_time": _ts(start),
         "end_time": _ts(end),
     }
-    totals = await api.unchecked(
+    # One query for totals and chart: the rollup rows it reads dominate its cost.
+    step = 3600 if window == "hour" else 86400
+    answer = await api.unchecked(
         "usage",
         "QueryMeter",
-        usage_pb2.QueryMeterRequest(group_by=["model", "type", "status_code", "route"], **common),
+        usage_pb2.QueryMeterRequest(
+            group_by=["model", "type", "status_code", "route"],
+            window_size=WINDOWS.get(window, WINDOWS["day"]),
+            **common,
+        ),
     )
+    first = int(start.timestamp()) // step * step
+    times = list(range(first, int(end.timestamp()) + 1, step)) or [first]
+    index = {t: i for i, t in enumerate(times)}
+    series: dict[str, list[int]] = {}
     by_type: dict[str, int] = defaultdict(int)
     models: dict[str, dict[str, Any]] = {}
     requests = errors = 0
     cost_total = Decimal(0)
-    for row in totals.rows:
+    for row in answer.rows:
         group = row.group
         tokens = int(Decimal(row.value))
         token_type = group.get("type", "")
         by_type[token_type] += tokens
-        model = models.setdefault(
-            group.get("model", ""),
-            {"model": group.get("model", ""), "tokens": defaultdict(int), "requests": 0},
-        )
+        name = group.get("model", "")
+        model = models.setdefault(name, {"model": name, "tokens": defaultdict(int), "requests": 0})
         model["tokens"][token_type] += tokens
+        # Windows are UTC-aligned; the first one is clipped to the span's start.
+        slot = row.window_start.seconds // step * step
+        series.setdefault(name or "(none)", [0] * len(times))[index[slot]] += tokens
         if token_type == "input":
             requests += row.event_count
             model["requests"] += row.event_count
@@ -180,43 +191,16 @@ async def span_usage(
         }
         for m in sorted(models.values(), key=lambda m: -sum(m["tokens"].values()))
     ]
-    chart = await _chart(api, common=common, window=window, start=start, end=end)
-    return Usage(dict(by_type), requests, errors, model_rows, cost_total, chart)
-
-
-async def _chart(
-    api: ConsoleApi, *, common: dict[str, Any], window: str, start: datetime, end: datetime
-) -> dict[str, Any]:
-    """Tokens per window by model, as uPlot wants them: x in epoch seconds (every window of
-    the span, so a quiet hour shows as 0, not as a line drawn across it), one array each."""
-    step = 3600 if window == "hour" else 86400
-    rows = (
-        await api.unchecked(
-            "usage",
-            "QueryMeter",
-            usage_pb2.QueryMeterRequest(
-                group_by=["model"], window_size=WINDOWS.get(window, WINDOWS["day"]), **common
-            ),
-        )
-    ).rows
-    first = int(start.timestamp()) // step * step
-    times = list(range(first, int(end.timestamp()) + 1, step)) or [first]
-    index = {t: i for i, t in enumerate(times)}
-    series: dict[str, list[int]] = {}
-    for row in rows:
-        # Windows are UTC-aligned; the first one is clipped to the span's start.
-        slot = row.window_start.seconds // step * step
-        values = series.setdefault(row.group.get("model", "") or "(none)", [0] * len(times))
-        values[index[slot]] += int(Decimal(row.value))
-    if not series:
-        times = []
-    return {
-        "times": times,
+    # The chart: tokens per window by model, as uPlot wants them (x in epoch seconds, every
+    # window of the span, so a quiet hour shows as 0, not as a line drawn across it).
+    chart = {
+        "times": times if series else [],
         "series": dict(sorted(series.items())),
         "window": window,
         "start": int(start.timestamp()),
         "end": int(end.timestamp()),
     }
+    return Usage(dict(by_type), requests, errors, model_rows, cost_total, chart)
 
 
 def month_start(now: datetime) -> datetime:
