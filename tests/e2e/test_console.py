@@ -22,7 +22,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from dataplane.fakeprovider import prompt_tokens
+from dataplane.testing.fake_openai import prompt_tokens
 from meterline.admin.v1 import (
     billing_pb2,
     billing_pb2_grpc,
@@ -104,7 +104,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     console = f"http://127.0.0.1:{console_port}"
     try:
         processes.start(
-            "fake", "-m", "dataplane.fakeprovider", "--listen", f"127.0.0.1:{upstream_port}"
+            "fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{upstream_port}"
         )
         processes.start(
             "cp",
