@@ -13,7 +13,7 @@ from google.protobuf import empty_pb2
 from sqlalchemy import Connection
 
 from controlplane.api import convert
-from controlplane.api.paging import page
+from controlplane.api.paging import checked_page_size, decode_offset, encode_offset, page
 from controlplane.catalog import storage as catalog
 from controlplane.catalog.types import BUILTIN_METERS, Plan
 from controlplane.clock import Clock
@@ -445,7 +445,7 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
 
         def get(conn: Connection) -> customers_pb2.Customer:
             customer = customers.get_customer(conn, key)
-            stripe_id = stripe_storage.stripe_customer_ids(conn).get(key)
+            stripe_id = stripe_storage.stripe_customer_id(conn, key)
             return convert.customer_to_proto(customer, stripe_customer_id=stripe_id)
 
         return await self._tx(get)
@@ -467,15 +467,23 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
     async def ListCustomers(
         self, request: customers_pb2.ListCustomersRequest, context: Ctx
     ) -> customers_pb2.ListCustomersResponse:
+        # One page (+1 row to know whether another follows) read at a time, never all.
+        size = checked_page_size(request.page_size)
+        offset = decode_offset(request.page_token)
+
         def load(conn: Connection) -> list[customers_pb2.Customer]:
-            stripe_ids = stripe_storage.stripe_customer_ids(conn)
+            found = customers.page_customers(
+                conn, search=request.search.strip(), limit=size + 1, offset=offset
+            )
+            stripe_ids = stripe_storage.stripe_customer_ids(conn, [c.key for c in found])
             return [
                 convert.customer_to_proto(c, stripe_customer_id=stripe_ids.get(c.key))
-                for c in customers.list_customers(conn)
+                for c in found
             ]
 
-        items, token = await self._page(load, request)
-        return customers_pb2.ListCustomersResponse(customers=items, next_page_token=token)
+        items = await self._tx(load)
+        token = encode_offset(offset + size) if len(items) > size else ""
+        return customers_pb2.ListCustomersResponse(customers=items[:size], next_page_token=token)
 
     async def CreateSubscription(
         self, request: customers_pb2.CreateSubscriptionRequest, context: Ctx

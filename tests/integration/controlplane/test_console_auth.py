@@ -211,3 +211,39 @@ async def test_meter_rows_count_their_events_from_rollups_and_raw_edges(harness)
     assert [(r.value, r.event_count) for r in (await harness.usage.QueryMeter(whole)).rows] == [
         ("50", 5)
     ]
+
+
+async def test_customers_page_and_search_in_the_database(console, harness):
+    _, client = console
+    for key, name, subject in (
+        ("beta", "Beta Labs", "beta_app"),
+        ("gamma", "Gamma 100%", "gamma-app"),
+        ("delta", "Delta", "shared-BETA-tool"),
+    ):
+        await harness.customers.CreateCustomer(
+            customers_pb2.CreateCustomerRequest(
+                customer=customers_pb2.Customer(key=key, display_name=name, subjects=[subject])
+            )
+        )
+    # Paging reads one page at a time, in key order, and ends with an empty token.
+    keys, token = [], ""
+    while True:
+        answer = await harness.customers.ListCustomers(
+            customers_pb2.ListCustomersRequest(page_size=2, page_token=token)
+        )
+        keys.extend(c.key for c in answer.customers)
+        token = answer.next_page_token
+        if not token:
+            break
+    assert keys == ["acme", "beta", "delta", "gamma"]
+    # Search matches key, name or a subject, case-insensitively; % and _ are literal.
+    cases = {"BETA": ["beta", "delta"], "100%": ["gamma"], "a_a": ["beta"], "_": ["beta"], "zz": []}
+    for search, expected in cases.items():
+        answer = await harness.customers.ListCustomers(
+            customers_pb2.ListCustomersRequest(search=search)
+        )
+        assert [c.key for c in answer.customers] == expected, search
+        assert answer.customers[0].subjects if expected else True
+    await _sign_in(client, READ)
+    page = (await client.get("/customers.json", params={"q": "beta"})).json()
+    assert [c["key"] for c in page["customers"]] == ["beta", "delta"]

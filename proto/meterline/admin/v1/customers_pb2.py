@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meterline/admin/v1/customers.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x01\n\x08\x43ustomer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x10\n\x08subjects\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12stripe_customer_id\x18\x07 \x01(\t\"\xc6\x02\n\x0cSubscription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05state\x18\x07 \x01(\x0e\x32%.meterline.admin.v1.SubscriptionState\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13\x62illing_anchor_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x15\x43reateCustomerRequest\x12.\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1c.meterline.admin.v1.Customer\"\"\n\x12GetCustomerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14ListCustomersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x15ListCustomersResponse\x12/\n\tcustomers\x18\x01 \x03(\x0b\x32\x1c.meterline.admin.v1.Customer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x19\x43reateSubscriptionRequest\x12\x36\n\x0csubscription\x18\x01 \x01(\x0b\x32 .meterline.admin.v1.Subscription\"&\n\x16GetSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x18ListSubscriptionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"m\n\x19ListSubscriptionsResponse\x12\x37\n\rsubscriptions\x18\x01 \x03(\x0b\x32 .meterline.admin.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x89\x01\n\x19\x43\x61ncelSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06timing\x18\x03 \x01(\x0e\x32 .meterline.admin.v1.CancelTiming\"l\n\x1d\x43hangeSubscriptionPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12/\n\x0b\x63hange_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x19LinkStripeCustomerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12stripe_customer_id\x18\x02 \x01(\t\"t\n\x1aMigrateSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0etarget_version\x18\x02 \x01(\x05\x12\x30\n\x0cmigrate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdb\x01\n\x0bPortalToken\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05token\x18\x07 \x01(\t\"?\n\x18\x43reatePortalTokenRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"P\n\x17ListPortalTokensRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListPortalTokensResponse\x12\x36\n\rportal_tokens\x18\x01 \x03(\x0b\x32\x1f.meterline.admin.v1.PortalToken\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x18RevokePortalTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*w\n\x11SubscriptionState\x12\"\n\x1eSUBSCRIPTION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SUBSCRIPTION_STATE_ACTIVE\x10\x01\x12\x1f\n\x1bSUBSCRIPTION_STATE_CANCELED\x10\x02*j\n\x0c\x43\x61ncelTiming\x12\x1d\n\x19\x43\x41NCEL_TIMING_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x41NCEL_TIMING_IMMEDIATELY\x10\x01\x12\x1c\n\x18\x43\x41NCEL_TIMING_PERIOD_END\x10\x02\x32\xba\n\n\x0f\x43ustomerService\x12Y\n\x0e\x43reateCustomer\x12).meterline.admin.v1.CreateCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12S\n\x0bGetCustomer\x12&.meterline.admin.v1.GetCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12\x64\n\rListCustomers\x12(.meterline.admin.v1.ListCustomersRequest\x1a).meterline.admin.v1.ListCustomersResponse\x12\x65\n\x12\x43reateSubscription\x12-.meterline.admin.v1.CreateSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12_\n\x0fGetSubscription\x12*.meterline.admin.v1.GetSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12p\n\x11ListSubscriptions\x12,.meterline.admin.v1.ListSubscriptionsRequest\x1a-.meterline.admin.v1.ListSubscriptionsResponse\x12\x65\n\x12\x43\x61ncelSubscription\x12-.meterline.admin.v1.CancelSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12m\n\x16\x43hangeSubscriptionPlan\x12\x31.meterline.admin.v1.ChangeSubscriptionPlanRequest\x1a .meterline.admin.v1.Subscription\x12g\n\x13MigrateSubscription\x12..meterline.admin.v1.MigrateSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12\x61\n\x12LinkStripeCustomer\x12-.meterline.admin.v1.LinkStripeCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12\x62\n\x11\x43reatePortalToken\x12,.meterline.admin.v1.CreatePortalTokenRequest\x1a\x1f.meterline.admin.v1.PortalToken\x12m\n\x10ListPortalTokens\x12+.meterline.admin.v1.ListPortalTokensRequest\x1a,.meterline.admin.v1.ListPortalTokensResponse\x12\x62\n\x11RevokePortalToken\x12,.meterline.admin.v1.RevokePortalTokenRequest\x1a\x1f.meterline.admin.v1.PortalTokenb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meterline/admin/v1/customers.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x01\n\x08\x43ustomer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x10\n\x08subjects\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12stripe_customer_id\x18\x07 \x01(\t\"\xc6\x02\n\x0cSubscription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05state\x18\x07 \x01(\x0e\x32%.meterline.admin.v1.SubscriptionState\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13\x62illing_anchor_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x15\x43reateCustomerRequest\x12.\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1c.meterline.admin.v1.Customer\"\"\n\x12GetCustomerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x14ListCustomersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06search\x18\x03 \x01(\t\"a\n\x15ListCustomersResponse\x12/\n\tcustomers\x18\x01 \x03(\x0b\x32\x1c.meterline.admin.v1.Customer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x19\x43reateSubscriptionRequest\x12\x36\n\x0csubscription\x18\x01 \x01(\x0b\x32 .meterline.admin.v1.Subscription\"&\n\x16GetSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x18ListSubscriptionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"m\n\x19ListSubscriptionsResponse\x12\x37\n\rsubscriptions\x18\x01 \x03(\x0b\x32 .meterline.admin.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x89\x01\n\x19\x43\x61ncelSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06timing\x18\x03 \x01(\x0e\x32 .meterline.admin.v1.CancelTiming\"l\n\x1d\x43hangeSubscriptionPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12/\n\x0b\x63hange_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x19LinkStripeCustomerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12stripe_customer_id\x18\x02 \x01(\t\"t\n\x1aMigrateSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0etarget_version\x18\x02 \x01(\x05\x12\x30\n\x0cmigrate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdb\x01\n\x0bPortalToken\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05token\x18\x07 \x01(\t\"?\n\x18\x43reatePortalTokenRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"P\n\x17ListPortalTokensRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListPortalTokensResponse\x12\x36\n\rportal_tokens\x18\x01 \x03(\x0b\x32\x1f.meterline.admin.v1.PortalToken\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x18RevokePortalTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*w\n\x11SubscriptionState\x12\"\n\x1eSUBSCRIPTION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SUBSCRIPTION_STATE_ACTIVE\x10\x01\x12\x1f\n\x1bSUBSCRIPTION_STATE_CANCELED\x10\x02*j\n\x0c\x43\x61ncelTiming\x12\x1d\n\x19\x43\x41NCEL_TIMING_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x41NCEL_TIMING_IMMEDIATELY\x10\x01\x12\x1c\n\x18\x43\x41NCEL_TIMING_PERIOD_END\x10\x02\x32\xba\n\n\x0f\x43ustomerService\x12Y\n\x0e\x43reateCustomer\x12).meterline.admin.v1.CreateCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12S\n\x0bGetCustomer\x12&.meterline.admin.v1.GetCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12\x64\n\rListCustomers\x12(.meterline.admin.v1.ListCustomersRequest\x1a).meterline.admin.v1.ListCustomersResponse\x12\x65\n\x12\x43reateSubscription\x12-.meterline.admin.v1.CreateSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12_\n\x0fGetSubscription\x12*.meterline.admin.v1.GetSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12p\n\x11ListSubscriptions\x12,.meterline.admin.v1.ListSubscriptionsRequest\x1a-.meterline.admin.v1.ListSubscriptionsResponse\x12\x65\n\x12\x43\x61ncelSubscription\x12-.meterline.admin.v1.CancelSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12m\n\x16\x43hangeSubscriptionPlan\x12\x31.meterline.admin.v1.ChangeSubscriptionPlanRequest\x1a .meterline.admin.v1.Subscription\x12g\n\x13MigrateSubscription\x12..meterline.admin.v1.MigrateSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12\x61\n\x12LinkStripeCustomer\x12-.meterline.admin.v1.LinkStripeCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12\x62\n\x11\x43reatePortalToken\x12,.meterline.admin.v1.CreatePortalTokenRequest\x1a\x1f.meterline.admin.v1.PortalToken\x12m\n\x10ListPortalTokens\x12+.meterline.admin.v1.ListPortalTokensRequest\x1a,.meterline.admin.v1.ListPortalTokensResponse\x12\x62\n\x11RevokePortalToken\x12,.meterline.admin.v1.RevokePortalTokenRequest\x1a\x1f.meterline.admin.v1.PortalTokenb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.admin.v1.customers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBSCRIPTIONSTATE']._serialized_start=2175
-  _globals['_SUBSCRIPTIONSTATE']._serialized_end=2294
-  _globals['_CANCELTIMING']._serialized_start=2296
-  _globals['_CANCELTIMING']._serialized_end=2402
+  _globals['_SUBSCRIPTIONSTATE']._serialized_start=2191
+  _globals['_SUBSCRIPTIONSTATE']._serialized_end=2310
+  _globals['_CANCELTIMING']._serialized_start=2312
+  _globals['_CANCELTIMING']._serialized_end=2418
   _globals['_CUSTOMER']._serialized_start=92
   _globals['_CUSTOMER']._serialized_end=295
   _globals['_SUBSCRIPTION']._serialized_start=298
@@ -45,35 +45,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCUSTOMERREQUEST']._serialized_start=699
   _globals['_GETCUSTOMERREQUEST']._serialized_end=733
   _globals['_LISTCUSTOMERSREQUEST']._serialized_start=735
-  _globals['_LISTCUSTOMERSREQUEST']._serialized_end=796
-  _globals['_LISTCUSTOMERSRESPONSE']._serialized_start=798
-  _globals['_LISTCUSTOMERSRESPONSE']._serialized_end=895
-  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=897
-  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=980
-  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=982
-  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=1020
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1022
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1103
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1105
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1214
-  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_start=1217
-  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_end=1354
-  _globals['_CHANGESUBSCRIPTIONPLANREQUEST']._serialized_start=1356
-  _globals['_CHANGESUBSCRIPTIONPLANREQUEST']._serialized_end=1464
-  _globals['_LINKSTRIPECUSTOMERREQUEST']._serialized_start=1466
-  _globals['_LINKSTRIPECUSTOMERREQUEST']._serialized_end=1535
-  _globals['_MIGRATESUBSCRIPTIONREQUEST']._serialized_start=1537
-  _globals['_MIGRATESUBSCRIPTIONREQUEST']._serialized_end=1653
-  _globals['_PORTALTOKEN']._serialized_start=1656
-  _globals['_PORTALTOKEN']._serialized_end=1875
-  _globals['_CREATEPORTALTOKENREQUEST']._serialized_start=1877
-  _globals['_CREATEPORTALTOKENREQUEST']._serialized_end=1940
-  _globals['_LISTPORTALTOKENSREQUEST']._serialized_start=1942
-  _globals['_LISTPORTALTOKENSREQUEST']._serialized_end=2022
-  _globals['_LISTPORTALTOKENSRESPONSE']._serialized_start=2024
-  _globals['_LISTPORTALTOKENSRESPONSE']._serialized_end=2131
-  _globals['_REVOKEPORTALTOKENREQUEST']._serialized_start=2133
-  _globals['_REVOKEPORTALTOKENREQUEST']._serialized_end=2173
-  _globals['_CUSTOMERSERVICE']._serialized_start=2405
-  _globals['_CUSTOMERSERVICE']._serialized_end=3743
+  _globals['_LISTCUSTOMERSREQUEST']._serialized_end=812
+  _globals['_LISTCUSTOMERSRESPONSE']._serialized_start=814
+  _globals['_LISTCUSTOMERSRESPONSE']._serialized_end=911
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=913
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=996
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=998
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=1036
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1038
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1119
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1121
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1230
+  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_start=1233
+  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_end=1370
+  _globals['_CHANGESUBSCRIPTIONPLANREQUEST']._serialized_start=1372
+  _globals['_CHANGESUBSCRIPTIONPLANREQUEST']._serialized_end=1480
+  _globals['_LINKSTRIPECUSTOMERREQUEST']._serialized_start=1482
+  _globals['_LINKSTRIPECUSTOMERREQUEST']._serialized_end=1551
+  _globals['_MIGRATESUBSCRIPTIONREQUEST']._serialized_start=1553
+  _globals['_MIGRATESUBSCRIPTIONREQUEST']._serialized_end=1669
+  _globals['_PORTALTOKEN']._serialized_start=1672
+  _globals['_PORTALTOKEN']._serialized_end=1891
+  _globals['_CREATEPORTALTOKENREQUEST']._serialized_start=1893
+  _globals['_CREATEPORTALTOKENREQUEST']._serialized_end=1956
+  _globals['_LISTPORTALTOKENSREQUEST']._serialized_start=1958
+  _globals['_LISTPORTALTOKENSREQUEST']._serialized_end=2038
+  _globals['_LISTPORTALTOKENSRESPONSE']._serialized_start=2040
+  _globals['_LISTPORTALTOKENSRESPONSE']._serialized_end=2147
+  _globals['_REVOKEPORTALTOKENREQUEST']._serialized_start=2149
+  _globals['_REVOKEPORTALTOKENREQUEST']._serialized_end=2189
+  _globals['_CUSTOMERSERVICE']._serialized_start=2421
+  _globals['_CUSTOMERSERVICE']._serialized_end=3759
 # @@protoc_insertion_point(module_scope)
