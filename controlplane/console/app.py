@@ -537,6 +537,11 @@ class Console:
             "ListInvoices",
             billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
         )
+        budgets = await api.call(
+            "entitlements",
+            "ListBudgets",
+            entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
+        )
         portal_tokens = await api.call(
             "customers",
             "ListPortalTokens",
@@ -547,6 +552,7 @@ class Console:
             "subscriptions": [to_json(s) for s in subs.subscriptions],
             "entitlements": [to_json(e) for e in entitlements.entitlements],
             "invoices": [to_json(i) for i in invoices.invoices],
+            "budgets": [to_json(b) for b in budgets.budgets],
             "portal_tokens": [to_json(t) for t in portal_tokens.portal_tokens],
             "new_portal_token": "",
             "title": f"Customer {key}",
@@ -892,6 +898,11 @@ class Console:
             "ListInvoices",
             billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
         )
+        budgets = await api.unchecked(
+            "entitlements",
+            "ListBudgets",
+            entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
+        )
         usage_json = used.to_json()
         # A customer sees its tokens, never its provider's cost.
         usage_json.pop("provider_cost")
@@ -906,6 +917,7 @@ class Console:
             ),
             "preview": preview,
             "entitlements": [to_json(e) for e in entitlements.entitlements],
+            "budgets": [to_json(b) for b in budgets.budgets],
             "invoices": [
                 _portal_invoice(to_json(i))
                 for i in invoices.invoices

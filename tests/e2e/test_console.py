@@ -460,6 +460,10 @@ def test_portal_token_sees_its_customer_only(
     created = meterline("portal-tokens", "create", "acme", "--ttl", "1h", "--cp", stack["cp"])
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
+    budget = meterline(
+        "budgets", "create", "acme", "--amount", "1000", "--mode", "soft", "--cp", stack["cp"]
+    )
+    assert budget.returncode == 0, budget.stderr
     # The portal page in the browser: this period's usage, cost so far, the chart.
     page = context.new_page()
     page.goto(f"{console}/portal/signin")
@@ -475,6 +479,10 @@ def test_portal_token_sees_its_customer_only(
     twin = page.request.get(f"{console}/portal/customers/acme.json").json()
     assert twin["usage"]["tokens_by_type"]["input"] == reported_input
     assert "provider_cost" not in twin["usage"]
+    (shown_budget,) = twin["budgets"]
+    assert Decimal(shown_budget["amount"]) == 1000
+    assert Decimal(shown_budget["spent"]) == reported_input  # 1 USD per input token
+    assert page.locator("#budgets tbody tr").count() == 1
     # Another customer's page and JSON are 404; every operator page and change is refused.
     for path in ("/portal/customers/beta", "/portal/customers/beta.json"):
         assert page.request.get(f"{console}{path}").status == 404
