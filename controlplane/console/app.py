@@ -306,6 +306,7 @@ class Console:
             "csrf": session.csrf if session else "",
             "flash": request.query_params.get("done", ""),
             "path": request.url.path,
+            "query_string": request.url.query,
         }
         return HTMLResponse(
             self.templates.get_template(template).render(**context), headers=headers
