@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
 
@@ -13,7 +14,7 @@ from controlplane.storage import schema as s
 t = s.portal_tokens
 
 
-def _token(row: Row[tuple[object, ...]]) -> PortalToken:
+def _token(row: Row[Any]) -> PortalToken:
     return PortalToken(
         id=row.id,
         customer=row.customer,
