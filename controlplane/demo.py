@@ -3,6 +3,8 @@
 Starts a control plane on a temporary SQLite file, a data plane and (only when
 OPENAI_API_KEY is not set) a local fake OpenAI upstream; applies the walkthrough config;
 sends six chat requests through the gateway (three streamed); prints the invoice preview.
+With ``serve``, the control plane also serves the console; the demo prints its URL, an admin
+sign-in token and a portal token for acme, and keeps every process running until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,10 +26,11 @@ from pathlib import Path
 import grpc
 import httpx
 
+from controlplane.api.auth import Scope, add_token
 from controlplane.cli.client import OperatorCredentials, admin_client
 from controlplane.cli.output import plural
 from controlplane.cli.render import invoice_table
-from meterline.admin.v1 import billing_pb2, gateway_pb2, usage_pb2
+from meterline.admin.v1 import billing_pb2, customers_pb2, gateway_pb2, usage_pb2
 
 CONSUMER_KEY = "acme-secret-key"
 
@@ -160,7 +165,21 @@ def _chat(base: str, prompt: str, *, stream: bool) -> ChatResult:
     return ChatResult("".join(parts), usage["prompt_tokens"], usage["completion_tokens"])
 
 
-def run_demo() -> int:
+def _wait_for_ctrl_c() -> None:
+    """Block until SIGINT or SIGTERM; the caller's ExitStack then stops every process."""
+    stop = threading.Event()
+    previous = {
+        s: signal.signal(s, lambda signum, frame: stop.set())
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        stop.wait()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_demo(*, serve: bool = False, console_port: int = 0) -> int:
     # Request lines of the demo's own HTTP client would drown the walkthrough's output.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     real_key = os.environ.get("OPENAI_API_KEY")
@@ -191,6 +210,20 @@ def run_demo() -> int:
         db_url = f"sqlite:///{work / 'meterline.db'}"
         # One machine, one command: development mode (plaintext, no tokens, one port). The
         # README's "Trust model" shows the production setup (mTLS, operator tokens).
+        console_args: list[str] = []
+        sign_in_token = ""
+        console_url = ""
+        if serve:
+            # The console signs people in even in development mode: one admin token for it.
+            tokens_file = work / "tokens.yaml"
+            sign_in_token = add_token(tokens_file, name="demo", scope=Scope.ADMIN)
+            console_url = f"http://127.0.0.1:{console_port or free_port()}"
+            console_args = [
+                "--console-listen",
+                console_url.removeprefix("http://"),
+                "--tokens-file",
+                str(tokens_file),
+            ]
         cp = _start(
             [
                 python,
@@ -202,6 +235,7 @@ def run_demo() -> int:
                 db_url,
                 "--listen",
                 cp_addr,
+                *console_args,
             ],
             work / "controlplane.log",
         )
@@ -265,6 +299,24 @@ def run_demo() -> int:
             except grpc.RpcError as exc:
                 print(f"error: {exc.details()}", file=sys.stderr)
                 return 1
+            portal_token = ""
+            if serve:
+                portal_token = client.customers.CreatePortalToken(
+                    customers_pb2.CreatePortalTokenRequest(
+                        parent="customers/acme", ttl_seconds=24 * 3600
+                    )
+                ).token
         print()
         print(invoice_table(invoice))
+        if serve:
+            _wait_http(f"{console_url}/signin", until=time.monotonic() + 30, ok={200})
+            print()
+            print(f"console: {console_url}/")
+            print(f"  sign in with this admin token: {sign_in_token}")
+            print(f"  acme's invoice preview: {console_url}/customers/acme/preview")
+            print(f"portal: {console_url}/portal/signin")
+            print(f"  acme's portal token (24 h): {portal_token}")
+            print(f"OpenAI base_url: {base} (header apikey: {CONSUMER_KEY})")
+            print("Ctrl-C stops the demo and deletes its database.", flush=True)
+            _wait_for_ctrl_c()
     return 0

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+from pathlib import Path
 
 import grpc
 import httpx
@@ -17,7 +18,12 @@ from controlplane.api.admin import (
     CustomerServicer,
     GatewayServicer,
 )
-from controlplane.api.auth import ClusterAuthInterceptor, TokenAuthInterceptor, Trust
+from controlplane.api.auth import (
+    ClusterAuthInterceptor,
+    TokenAuthInterceptor,
+    TokenEntry,
+    Trust,
+)
 from controlplane.api.dataplane import ConfigServicer, UsageServicer
 from controlplane.api.dataplanes import DataPlaneServicer
 from controlplane.api.entitlements import EntitlementServicer
@@ -28,6 +34,9 @@ from controlplane.api.stripe_webhook import WebhookServer, webhook_server
 from controlplane.api.usage import UsageQueryServicer
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync.hub import ConfigHub
+from controlplane.console.api import Servicers
+from controlplane.console.app import Console, ConsoleSettings
+from controlplane.console.server import ConsoleServer
 from controlplane.gateway import storage as gateway_storage
 from controlplane.gateway.secrets import SecretBox
 from controlplane.invoicing.lifecycle import InvoicingSettings, advance
@@ -96,6 +105,10 @@ class ControlPlane:
         notifications: NotificationSettings | None = None,
         notification_job_seconds: float | None = None,
         balance_slicing: bool = True,
+        console_listen: str | None = None,
+        console_settings: ConsoleSettings | None = None,
+        console_tokens: list[TokenEntry] | None = None,
+        console_tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.db = db
         self.notifications = notifications or NotificationSettings()
@@ -159,23 +172,17 @@ class ControlPlane:
                 ],
                 options=server_options,
             )
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(
+        # The console calls these same objects in process (controlplane/console/api.py).
+        self.servicers = Servicers(
+            gateway=GatewayServicer(
                 db=db,
                 clock=self.clock,
                 hub=self.hub,
                 allow_private_webhooks=self.notifications.allow_private_urls,
             ),
-            self.server,
-        )
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(db=db, clock=self.clock, hub=self.hub), self.server
-        )
-        customers_pb2_grpc.add_CustomerServiceServicer_to_server(
-            CustomerServicer(db=db, clock=self.clock, hub=self.hub), self.server
-        )
-        billing_pb2_grpc.add_BillingServiceServicer_to_server(
-            BillingServicer(
+            catalog=CatalogServicer(db=db, clock=self.clock, hub=self.hub),
+            customers=CustomerServicer(db=db, clock=self.clock, hub=self.hub),
+            billing=BillingServicer(
                 db=db,
                 clock=self.clock,
                 hub=self.hub,
@@ -184,16 +191,22 @@ class ControlPlane:
                 retry_sync=stripe.retry if stripe else None,
                 on_settled=stripe.on_settled if stripe else None,
             ),
-            self.server,
+            usage=UsageQueryServicer(db=db, clock=self.clock, hub=self.hub),
+            dataplanes=DataPlaneServicer(db=db, clock=self.clock),
+            entitlements=EntitlementServicer(db=db, clock=self.clock, hub=self.hub),
         )
-        usage_pb2_grpc.add_UsageServiceServicer_to_server(
-            UsageQueryServicer(db=db, clock=self.clock, hub=self.hub), self.server
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self.servicers.gateway, self.server)
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(self.servicers.catalog, self.server)
+        customers_pb2_grpc.add_CustomerServiceServicer_to_server(
+            self.servicers.customers, self.server
         )
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(self.servicers.billing, self.server)
+        usage_pb2_grpc.add_UsageServiceServicer_to_server(self.servicers.usage, self.server)
         dataplanes_pb2_grpc.add_DataPlaneServiceServicer_to_server(
-            DataPlaneServicer(db=db, clock=self.clock), self.server
+            self.servicers.dataplanes, self.server
         )
         entitlements_pb2_grpc.add_EntitlementServiceServicer_to_server(
-            EntitlementServicer(db=db, clock=self.clock, hub=self.hub), self.server
+            self.servicers.entitlements, self.server
         )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
             NotificationServicer(
@@ -204,6 +217,30 @@ class ControlPlane:
             ),
             self.server,
         )
+        # None: no console. Its operator tokens are the gRPC API's (or, in development mode,
+        # a tokens file given for the console alone).
+        self.console_listen = console_listen
+        self.console_port = 0
+        self.console_scheme = "http"
+        self._console_server: ConsoleServer | None = None
+        if console_listen:
+            tokens = (
+                console_tokens if console_tokens is not None else (trust.tokens if trust else [])
+            )
+            console = Console(
+                servicers=self.servicers,
+                db=db,
+                clock=self.clock,
+                tokens=tokens,
+                settings=console_settings,
+            )
+            self.console = console
+            self._console_server = ConsoleServer(
+                console,
+                console_listen,
+                tls_cert=console_tls[0] if console_tls else None,
+                tls_key=console_tls[1] if console_tls else None,
+            )
         self._config = ConfigServicer(db=db, clock=self.clock, hub=self.hub, metrics=self.metrics)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(self._config, self.cluster_server)
         self._usage = UsageServicer(db=db, clock=self.clock, hub=self.hub, metrics=self.metrics)
@@ -240,6 +277,9 @@ class ControlPlane:
         if self.metrics_listen:
             self._metrics_server = self.metrics.serve(self.metrics_listen)
             self.metrics_port = self._metrics_server.port
+        if self._console_server is not None:
+            self.console_port = await self._console_server.start()
+            self.console_scheme = self._console_server.scheme
         if self.invoice_job_seconds:
             self._jobs.append(asyncio.create_task(self._invoice_job(self.invoice_job_seconds)))
         if self.notification_job_seconds:
@@ -314,6 +354,8 @@ class ControlPlane:
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.stop)
             self._metrics_server = None
+        if self._console_server is not None:
+            await self._console_server.stop()
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
@@ -369,6 +411,10 @@ async def serve(
     metrics_listen: str | None = None,
     balance_slicing: bool = True,
     allow_private_webhook_urls: bool = False,
+    console_listen: str | None = None,
+    console_settings: ConsoleSettings | None = None,
+    console_tokens: list[TokenEntry] | None = None,
+    console_tls: tuple[Path, Path] | None = None,
 ) -> None:
     """Run a control plane until SIGINT/SIGTERM (``trust`` None: development mode).
 
@@ -423,6 +469,10 @@ async def serve(
         metrics_listen=metrics_listen,
         balance_slicing=balance_slicing,
         notifications=NotificationSettings(allow_private_urls=allow_private_webhook_urls),
+        console_listen=console_listen,
+        console_settings=console_settings,
+        console_tokens=console_tokens,
+        console_tls=console_tls,
     )
     port = await cp.start()
     if cp.metrics_port:
@@ -449,6 +499,9 @@ async def serve(
             "--insecure-dev: plaintext, no operator tokens, data planes on the same port; "
             "never expose this port beyond this machine"
         )
+    if cp.console_port:
+        console_host = (console_listen or "").rsplit(":", 1)[0]
+        print(f"console on {cp.console_scheme}://{console_host}:{cp.console_port}/", flush=True)
     if cp.webhook_port:
         print(f"Stripe webhooks on port {cp.webhook_port} at /stripe/webhook", flush=True)
     stop = asyncio.Event()

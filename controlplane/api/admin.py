@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
@@ -12,14 +13,22 @@ from google.protobuf import empty_pb2
 from sqlalchemy import Connection
 
 from controlplane.api import convert
-from controlplane.api.paging import M, ordered, page
+from controlplane.api.paging import (
+    M,
+    checked_page_size,
+    decode_offset,
+    encode_offset,
+    newest_first,
+    ordered,
+    page,
+)
 from controlplane.catalog import storage as catalog
 from controlplane.catalog.types import BUILTIN_METERS, Plan
 from controlplane.clock import Clock
 from controlplane.configsync.hub import ConfigHub
 from controlplane.customers import storage as customers
 from controlplane.customers.types import Customer
-from controlplane.errors import FailedPrecondition, InvalidArgument
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.gateway import storage as gateway
 from controlplane.gateway.apply import apply_document
 from controlplane.gateway.dump import DeckExport, export_document
@@ -29,6 +38,8 @@ from controlplane.invoicing import lifecycle
 from controlplane.invoicing.lifecycle import InvoicingSettings
 from controlplane.invoicing.preview import preview_invoice
 from controlplane.invoicing.types import Invoice, InvoiceState
+from controlplane.portal import service as portal_service
+from controlplane.portal import storage as portal_storage
 from controlplane.storage.db import Database
 from controlplane.stripe_sync import storage as stripe_storage
 from controlplane.subscriptions import service as subscription_service
@@ -557,7 +568,7 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
 
         def get(conn: Connection) -> customers_pb2.Customer:
             customer = customers.get_customer(conn, key)
-            stripe_id = stripe_storage.stripe_customer_ids(conn).get(key)
+            stripe_id = stripe_storage.stripe_customer_id(conn, key)
             return convert.customer_to_proto(customer, stripe_customer_id=stripe_id)
 
         return await self._tx(get)
@@ -579,15 +590,28 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
     async def ListCustomers(
         self, request: customers_pb2.ListCustomersRequest, context: Ctx
     ) -> customers_pb2.ListCustomersResponse:
+        # One page (+1 row to know whether another follows) read at a time, never all.
+        size = checked_page_size(request.page_size)
+        offset = decode_offset(request.page_token)
+        order = newest_first(request.order_by)
+
         def load(conn: Connection) -> list[customers_pb2.Customer]:
-            stripe_ids = stripe_storage.stripe_customer_ids(conn)
+            found = customers.page_customers(
+                conn,
+                search=request.search.strip(),
+                limit=size + 1,
+                offset=offset,
+                newest_first=order,
+            )
+            stripe_ids = stripe_storage.stripe_customer_ids(conn, [c.key for c in found])
             return [
                 convert.customer_to_proto(c, stripe_customer_id=stripe_ids.get(c.key))
-                for c in customers.list_customers(conn)
+                for c in found
             ]
 
-        items, token = await self._ordered_page(load, request)
-        return customers_pb2.ListCustomersResponse(customers=items, next_page_token=token)
+        items = await self._tx(load)
+        token = encode_offset(offset + size) if len(items) > size else ""
+        return customers_pb2.ListCustomersResponse(customers=items[:size], next_page_token=token)
 
     async def DeleteCustomer(
         self, request: customers_pb2.DeleteCustomerRequest, context: Ctx
@@ -727,6 +751,46 @@ class CustomerServicer(_Base, customers_pb2_grpc.CustomerServiceServicer):
                 lambda c: subscription_service.migrate(c, id, version=version, at=at, now=now)
             )
         )
+
+    async def CreatePortalToken(
+        self, request: customers_pb2.CreatePortalTokenRequest, context: Ctx
+    ) -> customers_pb2.PortalToken:
+        key = convert.resource_id(_require(request.parent, "parent"), "customers")
+        if request.ttl_seconds <= 0:
+            raise InvalidArgument(f"ttl_seconds must be positive, got {request.ttl_seconds}")
+        ttl = timedelta(seconds=min(request.ttl_seconds, 10**9))
+        now = self._clock.now()
+        created = await self._tx(lambda c: portal_service.create(c, customer=key, ttl=ttl, now=now))
+        return convert.portal_token_to_proto(created)
+
+    async def ListPortalTokens(
+        self, request: customers_pb2.ListPortalTokensRequest, context: Ctx
+    ) -> customers_pb2.ListPortalTokensResponse:
+        customer = convert.resource_id(request.parent, "customers") if request.parent else None
+        items, token = await self._page(
+            lambda c: portal_storage.list_tokens(c, customer),
+            request,
+            convert.portal_token_to_proto,
+        )
+        return customers_pb2.ListPortalTokensResponse(portal_tokens=items, next_page_token=token)
+
+    async def RevokePortalToken(
+        self, request: customers_pb2.RevokePortalTokenRequest, context: Ctx
+    ) -> customers_pb2.PortalToken:
+        name = _require(request.name, "name")
+        customer, _, id = name.removeprefix("customers/").partition("/portalTokens/")
+        if not customer or not id or "/" in id:
+            raise InvalidArgument(
+                f"expected a name like customers/KEY/portalTokens/ID, got {name!r}"
+            )
+        now = self._clock.now()
+
+        def revoke(conn: Connection) -> customers_pb2.PortalToken:
+            if portal_storage.get_token(conn, id).customer != customer:
+                raise NotFound(f"portal token {name!r} not found")
+            return convert.portal_token_to_proto(portal_service.revoke(conn, id, now=now))
+
+        return await self._tx(revoke)
 
 
 class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):

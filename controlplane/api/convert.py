@@ -34,6 +34,7 @@ from controlplane.errors import InvalidArgument
 from controlplane.gateway.secrets import SECRET_FIELDS
 from controlplane.gateway.types import Consumer, Plugin, Route, Service
 from controlplane.invoicing.types import Invoice, InvoiceLine, InvoiceState
+from controlplane.portal.types import PortalToken
 from controlplane.rating.charge import LineType, TierCharge
 from controlplane.subscriptions.periods import EARLIEST_TIME, LATEST_TIME
 from controlplane.subscriptions.types import Subscription
@@ -562,6 +563,18 @@ def customer_to_proto(
         subjects=customer.subjects,
         create_time=to_timestamp(customer.create_time),
         update_time=to_timestamp(customer.update_time),
+    )
+
+
+def portal_token_to_proto(token: PortalToken) -> customers_pb2.PortalToken:
+    return customers_pb2.PortalToken(
+        name=f"customers/{token.customer}/portalTokens/{token.id}",
+        id=token.id,
+        customer=f"customers/{token.customer}",
+        create_time=to_timestamp(token.create_time),
+        expire_time=to_timestamp(token.expire_time),
+        token=token.token or "",
+        revoke_time=to_timestamp(token.revoke_time),
     )
 
 

@@ -73,6 +73,16 @@ M = TypeVar("M", bound=_Timed)
 ORDERS = ("create_time", "create_time desc")
 
 
+def newest_first(order_by: str) -> bool | None:
+    """An AIP-132 ``order_by`` as a storage order: None (by name), True or False (by time)."""
+    text = " ".join(order_by.split()).lower()
+    if not text:
+        return None
+    if text not in ORDERS:
+        raise InvalidArgument(f"order_by must be one of {', '.join(ORDERS)}, got {order_by!r}")
+    return text.endswith(" desc")
+
+
 def ordered(messages: Sequence[M], order_by: str) -> list[M]:
     """Messages in the AIP-132 ``order_by`` order: "" keeps the stored order (by name)."""
     text = " ".join(order_by.split()).lower()

@@ -96,6 +96,7 @@ class UsageQueryServicer(_Base, usage_pb2_grpc.UsageServiceServicer):
                     value=str(row.value),
                     window_start=convert.to_timestamp(row.window_start),
                     window_end=convert.to_timestamp(row.window_end),
+                    event_count=row.event_count,
                 )
                 for row in rows
             ]

@@ -65,11 +65,15 @@ def _cmd_controlplane(args: argparse.Namespace) -> int:
         except InvalidArgument as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    elif args.tokens_file or args.cluster_cert or args.operator_tls:
+    elif (args.tokens_file and not args.console_listen) or args.cluster_cert or args.operator_tls:
         print(
-            "warning: --insecure-dev: --tokens-file, --cluster-* and --operator-tls are ignored",
+            "warning: --insecure-dev: --tokens-file (except for the console), --cluster-* and "
+            "--operator-tls are ignored",
             file=sys.stderr,
         )
+    console = _console_options(args, trust)
+    if isinstance(console, int):
+        return console
     try:
         secrets = SecretBox.from_sources(
             key_file=args.secrets_key_file, env_value=os.environ.get("METERLINE_SECRETS_KEY")
@@ -102,6 +106,7 @@ def _cmd_controlplane(args: argparse.Namespace) -> int:
                 allow_private_webhook_urls=args.allow_private_webhook_urls,
                 trust=trust,
                 secrets=secrets,
+                **console,
             )
         )
     except FailedPrecondition as exc:
@@ -111,6 +116,48 @@ def _cmd_controlplane(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _console_options(args: argparse.Namespace, trust: Any) -> dict[str, Any] | int:
+    """serve()'s console arguments from the flags, or an exit code after an error."""
+    from controlplane.api.auth import load_tokens
+    from controlplane.console.app import ConsoleSettings
+    from controlplane.errors import InvalidArgument
+
+    if not args.console_listen:
+        return {}
+    tokens = trust.tokens if trust is not None else None
+    if tokens is None:
+        # Development mode: the gRPC API takes no tokens, the console still signs people in.
+        if not args.tokens_file or not args.tokens_file.exists():
+            print(
+                "error: --console-listen needs operator tokens to sign in with: pass "
+                "--tokens-file (meterline tokens create NAME --scope admin)",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            tokens = load_tokens(args.tokens_file)
+        except InvalidArgument as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    tls = None
+    if args.console_tls:
+        if not (args.cluster_cert and args.cluster_key):
+            print("error: --console-tls serves --cluster-cert/--cluster-key", file=sys.stderr)
+            return 2
+        tls = (args.cluster_cert, args.cluster_key)
+    settings = ConsoleSettings(
+        secure_cookies=bool(tls) or args.console_secure_cookies,
+        session_ttl=_duration(args.console_session_ttl, "--console-session-ttl"),
+        portal_frame_ancestors=tuple(args.portal_frame_ancestor or ()),
+    )
+    return {
+        "console_listen": args.console_listen,
+        "console_settings": settings,
+        "console_tokens": tokens,
+        "console_tls": tls,
+    }
 
 
 def _cmd_dataplane(args: argparse.Namespace) -> int:
@@ -193,7 +240,7 @@ def _cmd_fake_provider(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from controlplane.demo import run_demo
 
-    return run_demo()
+    return run_demo(serve=args.serve, console_port=args.console_port)
 
 
 def _with_config_flag(parser: argparse.ArgumentParser) -> None:
@@ -335,6 +382,34 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
         help="let notification channels name loopback, link-local (169.254.0.0/16, fe80::/10)"
         " or unspecified addresses (default: refused)",
     )
+    cp.add_argument(
+        "--console-listen",
+        metavar="HOST:PORT",
+        help="serve the operator console and the customer portal (HTTP) here (default: off)",
+    )
+    cp.add_argument(
+        "--console-tls",
+        action="store_true",
+        help="serve the console over TLS with --cluster-cert/--cluster-key (Secure cookies)",
+    )
+    cp.add_argument(
+        "--console-secure-cookies",
+        action="store_true",
+        help="mark console cookies Secure (the console is behind a TLS-terminating proxy)",
+    )
+    cp.add_argument(
+        "--console-session-ttl",
+        default="PT8H",
+        metavar="DURATION",
+        help="console sign-ins expire after this ISO 8601 duration (default: %(default)s)",
+    )
+    cp.add_argument(
+        "--portal-frame-ancestor",
+        action="append",
+        metavar="ORIGIN",
+        help="an origin allowed to embed portal pages in a frame (CSP frame-ancestors); "
+        "repeat for several; operator pages are never frame-able",
+    )
     add_log_format_argument(cp)
     cp.set_defaults(func=_cmd_controlplane)
 
@@ -399,8 +474,24 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
 
     tokens.register(commands)
 
+    from controlplane.cli import portal_tokens
+
+    portal_tokens.register(commands)
+
     demo = commands.add_parser(
         "demo", help="run the walkthrough: control plane, data plane, six requests, an invoice"
+    )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the demo running with the console: print its URL and a sign-in token",
+    )
+    demo.add_argument(
+        "--console-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="the console's port on 127.0.0.1 with --serve (default: a free one)",
     )
     demo.set_defaults(func=_cmd_demo)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from controlplane.customers.types import Customer
 from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -19,6 +19,55 @@ def list_customers(conn: Connection) -> list[Customer]:
     for row in conn.execute(select(cs).order_by(cs.c.subject)):
         subjects[row.customer].append(row.subject)
     rows = conn.execute(select(s.customers).order_by(s.customers.c.key))
+    return [
+        Customer(
+            key=r.key,
+            name=r.name,
+            subjects=tuple(subjects[r.key]),
+            create_time=r.create_time,
+            update_time=r.update_time,
+        )
+        for r in rows
+    ]
+
+
+def page_customers(
+    conn: Connection,
+    *,
+    search: str = "",
+    limit: int,
+    offset: int = 0,
+    newest_first: bool | None = None,
+) -> list[Customer]:
+    """One page of customers, read with LIMIT/OFFSET (10,000 customers stay fast): by key, or
+    by creation time (``newest_first`` True or False); ``search`` keeps those whose key, name
+    or a subject contains it, case-insensitively."""
+    c, cs = s.customers, s.customer_subjects
+    query = select(c)
+    if newest_first is not None:
+        query = query.order_by(c.c.create_time.desc() if newest_first else c.c.create_time)
+    query = query.order_by(c.c.key).limit(limit).offset(offset)
+    if search:
+        pattern = (
+            "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        )
+        by_subject = select(cs.c.customer).where(
+            func.lower(cs.c.subject).like(pattern, escape="\\")
+        )
+        query = query.where(
+            or_(
+                func.lower(c.c.key).like(pattern, escape="\\"),
+                func.lower(c.c.name).like(pattern, escape="\\"),
+                c.c.key.in_(by_subject),
+            )
+        )
+    rows = list(conn.execute(query))
+    subjects: dict[str, list[str]] = defaultdict(list)
+    if rows:
+        keys = [r.key for r in rows]
+        found = select(cs).where(cs.c.customer.in_(keys)).order_by(cs.c.subject)
+        for row in conn.execute(found):
+            subjects[row.customer].append(row.subject)
     return [
         Customer(
             key=r.key,

@@ -223,6 +223,21 @@ customer_subjects = Table(
     ),
 )
 
+portal_tokens = Table(
+    "portal_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "customer", String(200), ForeignKey("customers.key", ondelete="CASCADE"), nullable=False
+    ),
+    # sha256 of the token; the token itself is shown once and never stored.
+    Column("hash", String(80), nullable=False, unique=True),
+    Column("create_time", UTCDateTime(), nullable=False),
+    Column("expire_time", UTCDateTime(), nullable=False),
+    Column("revoke_time", UTCDateTime(), nullable=True),
+    Index("ix_portal_tokens_customer", "customer"),
+)
+
 subscriptions = Table(
     "subscriptions",
     metadata,

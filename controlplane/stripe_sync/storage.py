@@ -69,9 +69,10 @@ def _check_stripe_id(stripe_id: str) -> None:
         raise InvalidArgument(f"stripe_customer_id must look like cus_..., got {stripe_id!r}")
 
 
-def stripe_customer_ids(conn: Connection) -> dict[str, str]:
-    """Meterline customer key -> linked Stripe customer id."""
-    return {r.customer: r.stripe_customer_id for r in conn.execute(select(links))}
+def stripe_customer_ids(conn: Connection, keys: list[str] | None = None) -> dict[str, str]:
+    """Meterline customer key -> linked Stripe customer id (of ``keys`` only, when given)."""
+    query = select(links) if keys is None else select(links).where(links.c.customer.in_(keys))
+    return {r.customer: r.stripe_customer_id for r in conn.execute(query)}
 
 
 def stripe_customer_id(conn: Connection, customer: str) -> str | None:

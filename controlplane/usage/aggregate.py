@@ -127,6 +127,8 @@ class Row:
     window_end: datetime | None
     group: Mapping[str, str]
     value: Decimal
+    # Events aggregated (rollups keep it): requests, where one event per request is counted.
+    event_count: int = 0
 
 
 GroupKey = tuple[datetime | None, tuple[str, ...]]
@@ -195,6 +197,7 @@ class Grouper:
                     window_end=window_end,
                     group=dict(zip(self.group_by, group, strict=True)),
                     value=accumulator.result(),
+                    event_count=accumulator.count,
                 )
             )
         return rows

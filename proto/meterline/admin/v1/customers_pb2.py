@@ -26,17 +26,17 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meterline/admin/v1/customers.proto\x12\x12meterline.admin.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x01\n\x08\x43ustomer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x10\n\x08subjects\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12stripe_customer_id\x18\x07 \x01(\t\"\xc6\x02\n\x0cSubscription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05state\x18\x07 \x01(\x0e\x32%.meterline.admin.v1.SubscriptionState\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13\x62illing_anchor_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x15\x43reateCustomerRequest\x12.\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1c.meterline.admin.v1.Customer\"\"\n\x12GetCustomerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x14ListCustomersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\"a\n\x15ListCustomersResponse\x12/\n\tcustomers\x18\x01 \x03(\x0b\x32\x1c.meterline.admin.v1.Customer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteCustomerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"S\n\x19\x43reateSubscriptionRequest\x12\x36\n\x0csubscription\x18\x01 \x01(\x0b\x32 .meterline.admin.v1.Subscription\"&\n\x16GetSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"c\n\x18ListSubscriptionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"m\n\x19ListSubscriptionsResponse\x12\x37\n\rsubscriptions\x18\x01 \x03(\x0b\x32 .meterline.admin.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x19\x44\x65leteSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x89\x01\n\x19\x43\x61ncelSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06timing\x18\x03 \x01(\x0e\x32 .meterline.admin.v1.CancelTiming\"l\n\x1d\x43hangeSubscriptionPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12/\n\x0b\x63hange_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x19LinkStripeCustomerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12stripe_customer_id\x18\x02 \x01(\t\"t\n\x1aMigrateSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0etarget_version\x18\x02 \x01(\x05\x12\x30\n\x0cmigrate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*w\n\x11SubscriptionState\x12\"\n\x1eSUBSCRIPTION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SUBSCRIPTION_STATE_ACTIVE\x10\x01\x12\x1f\n\x1bSUBSCRIPTION_STATE_CANCELED\x10\x02*j\n\x0c\x43\x61ncelTiming\x12\x1d\n\x19\x43\x41NCEL_TIMING_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x41NCEL_TIMING_IMMEDIATELY\x10\x01\x12\x1c\n\x18\x43\x41NCEL_TIMING_PERIOD_END\x10\x02\x32\xb5\t\n\x0f\x43ustomerService\x12Y\n\x0e\x43reateCustomer\x12).meterline.admin.v1.CreateCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12S\n\x0bGetCustomer\x12&.meterline.admin.v1.GetCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12\x64\n\rListCustomers\x12(.meterline.admin.v1.ListCustomersRequest\x1a).meterline.admin.v1.ListCustomersResponse\x12S\n\x0e\x44\x65leteCustomer\x12).meterline.admin.v1.DeleteCustomerRequest\x1a\x16.google.protobuf.Empty\x12\x65\n\x12\x43reateSubscription\x12-.meterline.admin.v1.CreateSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12_\n\x0fGetSubscription\x12*.meterline.admin.v1.GetSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12p\n\x11ListSubscriptions\x12,.meterline.admin.v1.ListSubscriptionsRequest\x1a-.meterline.admin.v1.ListSubscriptionsResponse\x12[\n\x12\x44\x65leteSubscription\x12-.meterline.admin.v1.DeleteSubscriptionRequest\x1a\x16.google.protobuf.Empty\x12\x65\n\x12\x43\x61ncelSubscription\x12-.meterline.admin.v1.CancelSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12m\n\x16\x43hangeSubscriptionPlan\x12\x31.meterline.admin.v1.ChangeSubscriptionPlanRequest\x1a .meterline.admin.v1.Subscription\x12g\n\x13MigrateSubscription\x12..meterline.admin.v1.MigrateSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12\x61\n\x12LinkStripeCustomer\x12-.meterline.admin.v1.LinkStripeCustomerRequest\x1a\x1c.meterline.admin.v1.Customerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meterline/admin/v1/customers.proto\x12\x12meterline.admin.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x01\n\x08\x43ustomer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x10\n\x08subjects\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12stripe_customer_id\x18\x07 \x01(\t\"\xc6\x02\n\x0cSubscription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05state\x18\x07 \x01(\x0e\x32%.meterline.admin.v1.SubscriptionState\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13\x62illing_anchor_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x15\x43reateCustomerRequest\x12.\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1c.meterline.admin.v1.Customer\"\"\n\x12GetCustomerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"_\n\x14ListCustomersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\x12\x0e\n\x06search\x18\x04 \x01(\t\"a\n\x15ListCustomersResponse\x12/\n\tcustomers\x18\x01 \x03(\x0b\x32\x1c.meterline.admin.v1.Customer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteCustomerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"S\n\x19\x43reateSubscriptionRequest\x12\x36\n\x0csubscription\x18\x01 \x01(\x0b\x32 .meterline.admin.v1.Subscription\"&\n\x16GetSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"c\n\x18ListSubscriptionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"m\n\x19ListSubscriptionsResponse\x12\x37\n\rsubscriptions\x18\x01 \x03(\x0b\x32 .meterline.admin.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x19\x44\x65leteSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x89\x01\n\x19\x43\x61ncelSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06timing\x18\x03 \x01(\x0e\x32 .meterline.admin.v1.CancelTiming\"l\n\x1d\x43hangeSubscriptionPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12/\n\x0b\x63hange_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x19LinkStripeCustomerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12stripe_customer_id\x18\x02 \x01(\t\"t\n\x1aMigrateSubscriptionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0etarget_version\x18\x02 \x01(\x05\x12\x30\n\x0cmigrate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdb\x01\n\x0bPortalToken\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05token\x18\x07 \x01(\t\"?\n\x18\x43reatePortalTokenRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"P\n\x17ListPortalTokensRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListPortalTokensResponse\x12\x36\n\rportal_tokens\x18\x01 \x03(\x0b\x32\x1f.meterline.admin.v1.PortalToken\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x18RevokePortalTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*w\n\x11SubscriptionState\x12\"\n\x1eSUBSCRIPTION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SUBSCRIPTION_STATE_ACTIVE\x10\x01\x12\x1f\n\x1bSUBSCRIPTION_STATE_CANCELED\x10\x02*j\n\x0c\x43\x61ncelTiming\x12\x1d\n\x19\x43\x41NCEL_TIMING_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x41NCEL_TIMING_IMMEDIATELY\x10\x01\x12\x1c\n\x18\x43\x41NCEL_TIMING_PERIOD_END\x10\x02\x32\xec\x0b\n\x0f\x43ustomerService\x12Y\n\x0e\x43reateCustomer\x12).meterline.admin.v1.CreateCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12S\n\x0bGetCustomer\x12&.meterline.admin.v1.GetCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12\x64\n\rListCustomers\x12(.meterline.admin.v1.ListCustomersRequest\x1a).meterline.admin.v1.ListCustomersResponse\x12S\n\x0e\x44\x65leteCustomer\x12).meterline.admin.v1.DeleteCustomerRequest\x1a\x16.google.protobuf.Empty\x12\x65\n\x12\x43reateSubscription\x12-.meterline.admin.v1.CreateSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12_\n\x0fGetSubscription\x12*.meterline.admin.v1.GetSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12p\n\x11ListSubscriptions\x12,.meterline.admin.v1.ListSubscriptionsRequest\x1a-.meterline.admin.v1.ListSubscriptionsResponse\x12[\n\x12\x44\x65leteSubscription\x12-.meterline.admin.v1.DeleteSubscriptionRequest\x1a\x16.google.protobuf.Empty\x12\x65\n\x12\x43\x61ncelSubscription\x12-.meterline.admin.v1.CancelSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12m\n\x16\x43hangeSubscriptionPlan\x12\x31.meterline.admin.v1.ChangeSubscriptionPlanRequest\x1a .meterline.admin.v1.Subscription\x12g\n\x13MigrateSubscription\x12..meterline.admin.v1.MigrateSubscriptionRequest\x1a .meterline.admin.v1.Subscription\x12\x61\n\x12LinkStripeCustomer\x12-.meterline.admin.v1.LinkStripeCustomerRequest\x1a\x1c.meterline.admin.v1.Customer\x12\x62\n\x11\x43reatePortalToken\x12,.meterline.admin.v1.CreatePortalTokenRequest\x1a\x1f.meterline.admin.v1.PortalToken\x12m\n\x10ListPortalTokens\x12+.meterline.admin.v1.ListPortalTokensRequest\x1a,.meterline.admin.v1.ListPortalTokensResponse\x12\x62\n\x11RevokePortalToken\x12,.meterline.admin.v1.RevokePortalTokenRequest\x1a\x1f.meterline.admin.v1.PortalTokenb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.admin.v1.customers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBSCRIPTIONSTATE']._serialized_start=1802
-  _globals['_SUBSCRIPTIONSTATE']._serialized_end=1921
-  _globals['_CANCELTIMING']._serialized_start=1923
-  _globals['_CANCELTIMING']._serialized_end=2029
+  _globals['_SUBSCRIPTIONSTATE']._serialized_start=2338
+  _globals['_SUBSCRIPTIONSTATE']._serialized_end=2457
+  _globals['_CANCELTIMING']._serialized_start=2459
+  _globals['_CANCELTIMING']._serialized_end=2565
   _globals['_CUSTOMER']._serialized_start=121
   _globals['_CUSTOMER']._serialized_end=324
   _globals['_SUBSCRIPTION']._serialized_start=327
@@ -46,29 +46,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCUSTOMERREQUEST']._serialized_start=728
   _globals['_GETCUSTOMERREQUEST']._serialized_end=762
   _globals['_LISTCUSTOMERSREQUEST']._serialized_start=764
-  _globals['_LISTCUSTOMERSREQUEST']._serialized_end=843
-  _globals['_LISTCUSTOMERSRESPONSE']._serialized_start=845
-  _globals['_LISTCUSTOMERSRESPONSE']._serialized_end=942
-  _globals['_DELETECUSTOMERREQUEST']._serialized_start=944
-  _globals['_DELETECUSTOMERREQUEST']._serialized_end=981
-  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=983
-  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=1066
-  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=1068
-  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=1106
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1108
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1207
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1209
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1318
-  _globals['_DELETESUBSCRIPTIONREQUEST']._serialized_start=1320
-  _globals['_DELETESUBSCRIPTIONREQUEST']._serialized_end=1361
-  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_start=1364
-  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_end=1501
-  _globals['_CHANGESUBSCRIPTIONPLANREQUEST']._serialized_start=1503
-  _globals['_CHANGESUBSCRIPTIONPLANREQUEST']._serialized_end=1611
-  _globals['_LINKSTRIPECUSTOMERREQUEST']._serialized_start=1613
-  _globals['_LINKSTRIPECUSTOMERREQUEST']._serialized_end=1682
-  _globals['_MIGRATESUBSCRIPTIONREQUEST']._serialized_start=1684
-  _globals['_MIGRATESUBSCRIPTIONREQUEST']._serialized_end=1800
-  _globals['_CUSTOMERSERVICE']._serialized_start=2032
-  _globals['_CUSTOMERSERVICE']._serialized_end=3237
+  _globals['_LISTCUSTOMERSREQUEST']._serialized_end=859
+  _globals['_LISTCUSTOMERSRESPONSE']._serialized_start=861
+  _globals['_LISTCUSTOMERSRESPONSE']._serialized_end=958
+  _globals['_DELETECUSTOMERREQUEST']._serialized_start=960
+  _globals['_DELETECUSTOMERREQUEST']._serialized_end=997
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=999
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=1082
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=1084
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=1122
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1124
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1223
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1225
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1334
+  _globals['_DELETESUBSCRIPTIONREQUEST']._serialized_start=1336
+  _globals['_DELETESUBSCRIPTIONREQUEST']._serialized_end=1377
+  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_start=1380
+  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_end=1517
+  _globals['_CHANGESUBSCRIPTIONPLANREQUEST']._serialized_start=1519
+  _globals['_CHANGESUBSCRIPTIONPLANREQUEST']._serialized_end=1627
+  _globals['_LINKSTRIPECUSTOMERREQUEST']._serialized_start=1629
+  _globals['_LINKSTRIPECUSTOMERREQUEST']._serialized_end=1698
+  _globals['_MIGRATESUBSCRIPTIONREQUEST']._serialized_start=1700
+  _globals['_MIGRATESUBSCRIPTIONREQUEST']._serialized_end=1816
+  _globals['_PORTALTOKEN']._serialized_start=1819
+  _globals['_PORTALTOKEN']._serialized_end=2038
+  _globals['_CREATEPORTALTOKENREQUEST']._serialized_start=2040
+  _globals['_CREATEPORTALTOKENREQUEST']._serialized_end=2103
+  _globals['_LISTPORTALTOKENSREQUEST']._serialized_start=2105
+  _globals['_LISTPORTALTOKENSREQUEST']._serialized_end=2185
+  _globals['_LISTPORTALTOKENSRESPONSE']._serialized_start=2187
+  _globals['_LISTPORTALTOKENSRESPONSE']._serialized_end=2294
+  _globals['_REVOKEPORTALTOKENREQUEST']._serialized_start=2296
+  _globals['_REVOKEPORTALTOKENREQUEST']._serialized_end=2336
+  _globals['_CUSTOMERSERVICE']._serialized_start=2568
+  _globals['_CUSTOMERSERVICE']._serialized_end=4084
 # @@protoc_insertion_point(module_scope)

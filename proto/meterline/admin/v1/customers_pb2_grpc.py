@@ -96,6 +96,21 @@ class CustomerServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.LinkStripeCustomerRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Customer.FromString,
                 _registered_method=True)
+        self.CreatePortalToken = channel.unary_unary(
+                '/meterline.admin.v1.CustomerService/CreatePortalToken',
+                request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.CreatePortalTokenRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.PortalToken.FromString,
+                _registered_method=True)
+        self.ListPortalTokens = channel.unary_unary(
+                '/meterline.admin.v1.CustomerService/ListPortalTokens',
+                request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListPortalTokensRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListPortalTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokePortalToken = channel.unary_unary(
+                '/meterline.admin.v1.CustomerService/RevokePortalToken',
+                request_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.RevokePortalTokenRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.PortalToken.FromString,
+                _registered_method=True)
 
 
 class CustomerServiceServicer:
@@ -187,6 +202,28 @@ class CustomerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePortalToken(self, request, context):
+        """Portal tokens: bearer tokens scoped to one customer with an expiry, for the usage portal
+        a product shows its own customers (the console's /portal pages and their JSON). The
+        token is returned once, by CreatePortalToken; only its hash is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPortalTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokePortalToken(self, request, context):
+        """Ends a token at once; FAILED_PRECONDITION if it is already revoked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustomerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +286,21 @@ def add_CustomerServiceServicer_to_server(servicer, server):
                     servicer.LinkStripeCustomer,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.LinkStripeCustomerRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.Customer.SerializeToString,
+            ),
+            'CreatePortalToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePortalToken,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.CreatePortalTokenRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.PortalToken.SerializeToString,
+            ),
+            'ListPortalTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPortalTokens,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListPortalTokensRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.ListPortalTokensResponse.SerializeToString,
+            ),
+            'RevokePortalToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokePortalToken,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_customers__pb2.RevokePortalTokenRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_customers__pb2.PortalToken.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -576,6 +628,87 @@ class CustomerService:
             '/meterline.admin.v1.CustomerService/LinkStripeCustomer',
             meterline_dot_admin_dot_v1_dot_customers__pb2.LinkStripeCustomerRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_customers__pb2.Customer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePortalToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CustomerService/CreatePortalToken',
+            meterline_dot_admin_dot_v1_dot_customers__pb2.CreatePortalTokenRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_customers__pb2.PortalToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPortalTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CustomerService/ListPortalTokens',
+            meterline_dot_admin_dot_v1_dot_customers__pb2.ListPortalTokensRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_customers__pb2.ListPortalTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokePortalToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CustomerService/RevokePortalToken',
+            meterline_dot_admin_dot_v1_dot_customers__pb2.RevokePortalTokenRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_customers__pb2.PortalToken.FromString,
             options,
             channel_credentials,
             insecure,

@@ -199,7 +199,7 @@ class QueryMeterRequest(_message.Message):
     def __init__(self, meter: _Optional[str] = ..., subjects: _Optional[_Iterable[str]] = ..., filters: _Optional[_Mapping[str, str]] = ..., group_by: _Optional[_Iterable[str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_size: _Optional[_Union[WindowSize, str]] = ...) -> None: ...
 
 class MeterRow(_message.Message):
-    __slots__ = ("group", "value", "window_start", "window_end")
+    __slots__ = ("group", "value", "window_start", "window_end", "event_count")
     class GroupEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,11 +211,13 @@ class MeterRow(_message.Message):
     VALUE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     group: _containers.ScalarMap[str, str]
     value: str
     window_start: _timestamp_pb2.Timestamp
     window_end: _timestamp_pb2.Timestamp
-    def __init__(self, group: _Optional[_Mapping[str, str]] = ..., value: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    event_count: int
+    def __init__(self, group: _Optional[_Mapping[str, str]] = ..., value: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_count: _Optional[int] = ...) -> None: ...
 
 class QueryMeterResponse(_message.Message):
     __slots__ = ("rows",)

@@ -1,0 +1,105 @@
+"""Console pages at scale: server-side time of every page with N customers and M usage events.
+
+    python bench/console.py [--customers 10000] [--events 10000000] [--runs 5]
+
+PostgreSQL only (the machine's, a fresh schema dropped afterwards). The catalog, customers and
+subscriptions are applied as ``bench/rating.py`` does; the big customer's events and their
+hourly rollups are generated inside PostgreSQL (``rating.load``). The other customers have no
+usage. Then a control plane with its console starts on a frozen clock 20 days into the period,
+and each page is fetched over HTTP with an admin token (median of ``--runs``, after one warm-up).
+The issue's bound is 150 ms per page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+
+import httpx
+from rating import AT, CATALOG, PG, SUB_START, load, yaml_lists
+from sqlalchemy import create_engine, text
+
+from controlplane.api.auth import Scope, TokenEntry, hash_token
+from controlplane.clock import FrozenClock
+from controlplane.gateway.apply import apply_document
+from controlplane.server import ControlPlane
+from controlplane.storage.db import Database
+
+TOKEN = "mlt_bench-console-admin"
+PAGES = [
+    "/overview",
+    "/overview.json",
+    "/customers",
+    "/customers?q=c09999",
+    "/customers/big",
+    "/customers/big/preview",
+    "/invoices",
+    "/gateway",
+    "/catalog",
+    "/usage?meter=llm_tokens&group_by=model&window=day",
+    "/portal/customers/big",
+]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    schema_name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema_name}"'))
+    db = Database.connect(f"{PG}?options=-csearch_path%3D{schema_name}")
+    try:
+        others = [f"c{i:05d}" for i in range(args.customers - 1)]
+        customers, subscriptions = yaml_lists(["big", *others])
+        document = CATALOG.replace("CUSTOMERS", customers).replace("SUBSCRIPTIONS", subscriptions)
+        started = time.perf_counter()
+        apply_document(db, text=document, now=SUB_START)
+        load(db, "big-app", args.events)
+        with db.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(text("VACUUM (ANALYZE)"))
+        print(
+            f"loaded {args.customers:,} customers and {args.events:,} events in "
+            f"{time.perf_counter() - started:.0f} s"
+        )
+        cp = ControlPlane(
+            db=db,
+            listen="127.0.0.1:0",
+            clock=FrozenClock(AT),
+            console_listen="127.0.0.1:0",
+            console_tokens=[TokenEntry(name="bench", scope=Scope.ADMIN, hash=hash_token(TOKEN))],
+        )
+        await cp.start()
+        base = f"http://127.0.0.1:{cp.console_port}"
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        try:
+            async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as client:
+                print(f"{'page':<52} {'median':>10} {'status':>6}")
+                for page in PAGES:
+                    response = await client.get(page)  # warm-up
+                    samples = []
+                    for _ in range(args.runs):
+                        t = time.perf_counter()
+                        response = await client.get(page)
+                        samples.append(time.perf_counter() - t)
+                    median = statistics.median(samples) * 1000
+                    flag = "" if median <= 150 else "  > 150 ms"
+                    print(f"{page:<52} {median:>7.1f} ms {response.status_code:>6}{flag}")
+        finally:
+            await cp.stop(0)
+    finally:
+        db.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema_name}" CASCADE'))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,989 @@
+"""The console's routes: pages with JSON twins, sign-in, changes behind CSRF and scope checks.
+
+Every page is ``GET /x`` (HTML) and ``GET /x.json`` (the same data as JSON, Datasette style).
+Who may do what is decided here, per request, on the server:
+
+- no session (or an expired one): pages redirect to ``/signin``, JSON and POSTs get 401;
+- a portal session opens ``/portal/customers/{its customer}`` only: other customers are 404,
+  operator pages 403;
+- a read operator sees every operator page; every POST is refused with 403 by
+  ``ConsoleApi.call`` (the gRPC interceptor's rule), whatever the form looked like;
+- every POST from a cookie session carries the session's CSRF token or gets 403. A request
+  with ``Authorization: Bearer`` instead of a cookie (scripts, a product's backend) needs none:
+  browsers never attach that header on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import jinja2
+from sqlalchemy import Connection
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from controlplane.api.auth import TokenEntry
+from controlplane.clock import Clock
+from controlplane.console import usage
+from controlplane.console.api import ConsoleApi, Forbidden, Servicers, to_json
+from controlplane.console.auth import Kind, Principal, operator_principal
+from controlplane.console.sessions import Session, SessionStore, csrf_ok
+from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from controlplane.portal import service as portal_service
+from controlplane.portal import storage as portal_storage
+from controlplane.portal.types import PORTAL_TOKEN_PREFIX
+from controlplane.storage.db import Database
+from meterline.admin.v1 import (
+    billing_pb2,
+    catalog_pb2,
+    customers_pb2,
+    dataplanes_pb2,
+    entitlements_pb2,
+    gateway_pb2,
+    usage_pb2,
+)
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "ml_session"
+SIGNIN_COOKIE = "ml_signin"
+PAGE_SIZE = 50
+MAX_FORM_BYTES = 64 * 1024
+_STATUS = {
+    NotFound: 404,
+    InvalidArgument: 400,
+    AlreadyExists: 409,
+    FailedPrecondition: 409,
+}
+INVOICE_STATES = ["gathering", "draft", "issued", "paid", "payment_failed", "void"]
+_STATE_ENUM = {s: getattr(billing_pb2, f"INVOICE_STATE_{s.upper()}", None) for s in INVOICE_STATES}
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """How the console is exposed (set by ``meterline controlplane --console-*``)."""
+
+    # Cookies get Secure: the console is served over TLS (directly or behind a TLS proxy).
+    secure_cookies: bool = False
+    session_ttl: timedelta = timedelta(hours=8)
+    # Origins allowed to frame portal pages (CSP frame-ancestors); operator pages: none.
+    portal_frame_ancestors: tuple[str, ...] = field(default_factory=tuple)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class NeedSignIn(Exception):
+    pass
+
+
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("controlplane.console", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["when"] = _when
+    env.filters["money"] = _money
+    env.filters["num"] = lambda v: f"{int(v):,}" if v not in (None, "") else ""
+    env.filters["state"] = lambda v: str(v).removeprefix("INVOICE_STATE_").lower()
+    env.filters["shortenum"] = lambda v, prefix: str(v).removeprefix(prefix).lower()
+    env.filters["idof"] = lambda v: str(v).rsplit("/", 1)[-1]
+    return env
+
+
+def _when(value: str | None) -> str:
+    """An RFC 3339 / ISO time as "2026-12-07 14:20:05 UTC" (the API's times are all UTC)."""
+    if not value:
+        return ""
+    text = value.replace("T", " ").removesuffix("Z").removesuffix("+00:00")
+    return text.split(".")[0] + " UTC"
+
+
+def _money(value: str | None, currency: str = "") -> str:
+    if value in (None, ""):
+        return ""
+    amount = Decimal(str(value))
+    return (
+        f"{amount:,.2f} {currency}".strip()
+        if amount == amount.quantize(Decimal("0.01"))
+        else f"{amount:,} {currency}".strip()
+    )
+
+
+class Console:
+    """The console ASGI app over the control plane's servicers."""
+
+    def __init__(
+        self,
+        *,
+        servicers: Servicers,
+        db: Database,
+        clock: Clock,
+        tokens: list[TokenEntry],
+        settings: ConsoleSettings | None = None,
+    ) -> None:
+        self.servicers = servicers
+        self.db = db
+        self.clock = clock
+        self.tokens = tokens
+        self.settings = settings or ConsoleSettings()
+        self.sessions = SessionStore(clock=clock, ttl=self.settings.session_ttl)
+        self.templates = _templates()
+        static = StaticFiles(packages=[("controlplane.console", "static")])
+        self.app = Starlette(
+            routes=[
+                Route("/", self.home),
+                Route("/signin", self.signin_form, methods=["GET"]),
+                Route("/signin", self.signin, methods=["POST"]),
+                Route("/signout", self.signout, methods=["POST"]),
+                *self._page("/overview", self.overview),
+                *self._page("/customers", self.customers),
+                *self._page("/customers/{key}/preview", self.preview),
+                Route("/customers/{key}/portal-tokens", self.create_portal_token, methods=["POST"]),
+                *self._page("/customers/{key}", self.customer),
+                *self._page("/invoices", self.invoices),
+                Route("/invoices/{id}/{action}", self.invoice_action, methods=["POST"]),
+                *self._page("/invoices/{id}", self.invoice),
+                Route("/gateway/apply", self.apply_form, methods=["GET"]),
+                Route("/gateway/apply", self.apply, methods=["POST"]),
+                *self._page("/gateway", self.gateway),
+                *self._page("/catalog", self.catalog),
+                Route(
+                    "/plans/{key}/versions/{version:int}/{action}",
+                    self.plan_action,
+                    methods=["POST"],
+                ),
+                Route("/usage.csv", self.usage_csv),
+                *self._page("/usage", self.usage_explorer),
+                Route("/portal/signin", self.portal_signin_form, methods=["GET"]),
+                Route("/portal/signin", self.portal_signin, methods=["POST"]),
+                *self._page("/portal/customers/{key}", self.portal, portal=True),
+                Mount("/static", app=static, name="static"),
+            ],
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _page(
+        self,
+        path: str,
+        build: Callable[[Request, ConsoleApi], Awaitable[tuple[str, dict[str, Any]]]],
+        *,
+        portal: bool = False,
+    ) -> list[Route]:
+        """``path`` and ``path.json``: one builder, two renderings."""
+
+        async def html(request: Request) -> Response:
+            return await self._render(request, build, as_json=False, portal=portal)
+
+        async def as_json(request: Request) -> Response:
+            return await self._render(request, build, as_json=True, portal=portal)
+
+        return [Route(path + ".json", as_json), Route(path, html)]
+
+    def _headers(self, *, portal: bool) -> dict[str, str]:
+        ancestors = (
+            " ".join(["'self'", *self.settings.portal_frame_ancestors]) if portal else "'none'"
+        )
+        headers = {
+            "Content-Security-Policy": (
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                f"object-src 'none'; base-uri 'none'; form-action 'self'; "
+                f"frame-ancestors {ancestors}"
+            ),
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        }
+        if not portal:
+            headers["X-Frame-Options"] = "DENY"
+        return headers
+
+    def _principal(self, request: Request) -> tuple[Principal | None, Session | None]:
+        """From a bearer header (no session) or the session cookie."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            principal = self._authenticate(token.strip())
+            if principal is None:
+                raise HttpError(401, "unknown, expired or revoked token")
+            return principal, None
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            return None, None
+        if session.principal.kind is Kind.PORTAL and not self._portal_valid(session.principal):
+            self.sessions.delete(session.id)
+            return None, None
+        return session.principal, session
+
+    def _authenticate(self, token: str) -> Principal | None:
+        if token.startswith(PORTAL_TOKEN_PREFIX):
+            now = self.clock.now()
+            with self.db.begin() as conn:
+                found = portal_service.authenticate(conn, token, now=now)
+            if found is None:
+                return None
+            return Principal(
+                kind=Kind.PORTAL,
+                name=found.id,
+                customer=found.customer,
+                expire_time=found.expire_time,
+            )
+        return operator_principal(self.tokens, token)
+
+    def _portal_valid(self, principal: Principal) -> bool:
+        """Revocation reaches open sessions: each request re-reads the token's row."""
+
+        def check(conn: Connection) -> bool:
+            try:
+                return portal_storage.get_token(conn, principal.name).valid_at(self.clock.now())
+            except NotFound:
+                return False
+
+        with self.db.begin() as conn:
+            return check(conn)
+
+    async def _render(
+        self,
+        request: Request,
+        build: Callable[[Request, ConsoleApi], Awaitable[tuple[str, dict[str, Any]]]],
+        *,
+        as_json: bool,
+        portal: bool,
+    ) -> Response:
+        headers = self._headers(portal=portal)
+        try:
+            principal, session = self._principal(request)
+            if principal is None:
+                raise NeedSignIn
+            if portal:
+                if principal.kind is Kind.PORTAL and principal.customer != request.path_params.get(
+                    "key"
+                ):
+                    raise HttpError(404, "not found")
+            elif not principal.is_operator:
+                raise HttpError(403, "a portal token opens no operator page")
+            api = ConsoleApi(self.servicers, principal)
+            template, data = await build(request, api)
+        except NeedSignIn:
+            if as_json:
+                return JSONResponse({"error": "sign in first"}, 401, headers=headers)
+            target = "/portal/signin" if portal else "/signin"
+            return RedirectResponse(target, 303, headers=headers)
+        except HttpError as exc:
+            return self._error(exc.status, exc.message, as_json=as_json, headers=headers)
+        except Forbidden as exc:
+            return self._error(403, str(exc), as_json=as_json, headers=headers)
+        except tuple(_STATUS) as exc:
+            status = _STATUS[type(exc)]
+            return self._error(status, str(exc), as_json=as_json, headers=headers)
+        if as_json:
+            return JSONResponse({k: v for k, v in data.items() if k != "title"}, headers=headers)
+        context = {
+            **data,
+            "principal": principal,
+            "csrf": session.csrf if session else "",
+            "flash": request.query_params.get("done", ""),
+            "path": request.url.path,
+            "query_string": request.url.query,
+        }
+        return HTMLResponse(
+            self.templates.get_template(template).render(**context), headers=headers
+        )
+
+    def _error(
+        self, status: int, message: str, *, as_json: bool, headers: dict[str, str]
+    ) -> Response:
+        if as_json:
+            return JSONResponse({"error": message}, status, headers=headers)
+        body = self.templates.get_template("error.html").render(
+            status=status, message=message, principal=None, csrf="", flash="", path=""
+        )
+        return HTMLResponse(body, status, headers=headers)
+
+    async def _form(self, request: Request) -> dict[str, str]:
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            raise HttpError(413, "form too large")
+        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        return {k: v[0] for k, v in parsed.items()}
+
+    async def _change(
+        self,
+        request: Request,
+        run: Callable[[ConsoleApi, dict[str, str], Session | None], Awaitable[str | Response]],
+    ) -> Response:
+        """A POST: principal, CSRF (cookie sessions), then ``run``; redirect to its answer
+        (a path) or send it (a response)."""
+        headers = self._headers(portal=False)
+        wants_json = "application/json" in request.headers.get("accept", "")
+        try:
+            principal, session = self._principal(request)
+            if principal is None:
+                raise HttpError(401, "sign in first")
+            form = await self._form(request)
+            if session is not None and not csrf_ok(session, form.get("csrf")):
+                raise HttpError(403, "missing or wrong CSRF token; reload the page")
+            if not principal.is_operator:
+                raise HttpError(403, "a portal token changes nothing")
+            target = await run(ConsoleApi(self.servicers, principal), form, session)
+        except HttpError as exc:
+            return self._error(exc.status, exc.message, as_json=wants_json, headers=headers)
+        except Forbidden as exc:
+            return self._error(403, str(exc), as_json=wants_json, headers=headers)
+        except tuple(_STATUS) as exc:
+            status = _STATUS[type(exc)]
+            return self._error(status, str(exc), as_json=wants_json, headers=headers)
+        if isinstance(target, Response):
+            return target
+        if wants_json:
+            return JSONResponse({"ok": True, "location": target}, headers=headers)
+        return RedirectResponse(target, 303, headers=headers)
+
+    def _set_session(self, response: Response, session: Session) -> None:
+        response.set_cookie(
+            SESSION_COOKIE,
+            session.id,
+            max_age=int((session.expire_time - self.clock.now()).total_seconds()),
+            httponly=True,
+            samesite="strict",
+            secure=self.settings.secure_cookies,
+            path="/",
+        )
+
+    # -- sign-in ----------------------------------------------------------------------------
+
+    async def home(self, request: Request) -> Response:
+        principal, _ = self._principal(request)
+        if principal is not None and principal.kind is Kind.PORTAL:
+            return RedirectResponse(f"/portal/customers/{quote(principal.customer or '')}", 303)
+        return RedirectResponse("/overview" if principal else "/signin", 303)
+
+    def _signin_page(self, template: str, *, error: str = "", status: int = 200) -> Response:
+        # Login CSRF: the form's token must match a cookie only this site could have set.
+        nonce = secrets.token_urlsafe(24)
+        body = self.templates.get_template(template).render(
+            nonce=nonce, error=error, principal=None, csrf="", flash="", path=""
+        )
+        portal = template.startswith("portal")
+        response = HTMLResponse(body, status, headers=self._headers(portal=portal))
+        response.set_cookie(
+            SIGNIN_COOKIE,
+            nonce,
+            max_age=600,
+            httponly=True,
+            samesite="strict",
+            secure=self.settings.secure_cookies,
+            path="/",
+        )
+        return response
+
+    async def signin_form(self, request: Request) -> Response:
+        return self._signin_page("signin.html")
+
+    async def portal_signin_form(self, request: Request) -> Response:
+        return self._signin_page("portal_signin.html")
+
+    async def _signin(self, request: Request, *, portal: bool) -> Response:
+        template = "portal_signin.html" if portal else "signin.html"
+        form = await self._form(request)
+        nonce = request.cookies.get(SIGNIN_COOKIE, "")
+        if not nonce or not secrets.compare_digest(nonce, form.get("nonce", "")):
+            return self._signin_page(template, error="The form expired; try again.", status=403)
+        token = form.get("token", "").strip()
+        principal = self._authenticate(token) if token else None
+        if principal is None or (portal != (principal.kind is Kind.PORTAL)):
+            # Never echo or log the token; say only that it did not work.
+            log.info(
+                "console sign-in refused from %s", request.client.host if request.client else "?"
+            )
+            return self._signin_page(template, error="That token is not valid here.", status=401)
+        session = self.sessions.create(principal)
+        target = f"/portal/customers/{quote(principal.customer or '')}" if portal else "/overview"
+        response = RedirectResponse(target, 303, headers=self._headers(portal=portal))
+        self._set_session(response, session)
+        response.delete_cookie(SIGNIN_COOKIE, path="/")
+        log.info("console sign-in: %s %s", principal.kind.value, principal.name)
+        return response
+
+    async def signin(self, request: Request) -> Response:
+        return await self._signin(request, portal=False)
+
+    async def portal_signin(self, request: Request) -> Response:
+        return await self._signin(request, portal=True)
+
+    async def signout(self, request: Request) -> Response:
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        form = await self._form(request)
+        if session is None or not csrf_ok(session, form.get("csrf")):
+            return self._error(403, "missing or wrong CSRF token", as_json=False, headers={})
+        self.sessions.delete(session.id)
+        response = RedirectResponse("/signin", 303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # -- pages ------------------------------------------------------------------------------
+
+    async def overview(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        now = self.clock.now()
+        start = usage.month_start(now)
+        window = request.query_params.get("window", "day")
+        if window not in usage.WINDOWS:
+            raise InvalidArgument(f"window must be hour or day, got {window!r}")
+        costs = await usage.route_costs(api)
+        period = await usage.span_usage(api, start=start, end=now, window=window, costs=costs)
+        billed = await self._billed(api)
+        margin = {
+            currency: str(Decimal(amount) - (period.provider_cost if currency == "USD" else 0))
+            for currency, amount in billed.items()
+        }
+        return "overview.html", {
+            "period": {"start": start.isoformat(), "end": now.isoformat()},
+            **period.to_json(),
+            "billed": billed,
+            "margin": margin,
+            "title": "Overview",
+        }
+
+    async def _billed(self, api: ConsoleApi) -> dict[str, str]:
+        """The open periods' previews of every customer with a running subscription."""
+        subs = (
+            await api.call(
+                "customers",
+                "ListSubscriptions",
+                customers_pb2.ListSubscriptionsRequest(page_size=1000),
+            )
+        ).subscriptions
+        now = self.clock.now().timestamp()
+        keys = sorted(
+            {s.customer for s in subs if not s.HasField("end_time") or s.end_time.seconds > now}
+        )
+        totals: dict[str, Decimal] = {}
+        limit = asyncio.Semaphore(8)
+
+        async def one(customer: str) -> None:
+            async with limit:
+                try:
+                    invoice = await api.call(
+                        "billing",
+                        "PreviewInvoice",
+                        billing_pb2.PreviewInvoiceRequest(customer=customer),
+                    )
+                except (NotFound, FailedPrecondition):
+                    return
+            totals[invoice.currency] = totals.get(invoice.currency, Decimal(0)) + Decimal(
+                invoice.total or "0"
+            )
+
+        await asyncio.gather(*(one(k) for k in keys))
+        return {c: str(v) for c, v in sorted(totals.items())}
+
+    async def customers(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        q = request.query_params.get("q", "").strip()
+        answer = await api.call(
+            "customers",
+            "ListCustomers",
+            customers_pb2.ListCustomersRequest(
+                page_size=PAGE_SIZE,
+                page_token=request.query_params.get("page_token", ""),
+                search=q,
+            ),
+        )
+        return "customers.html", {
+            "customers": [to_json(c) for c in answer.customers],
+            "next_page_token": answer.next_page_token,
+            "q": q,
+            "title": "Customers",
+        }
+
+    async def customer(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        key = request.path_params["key"]
+        name = f"customers/{key}"
+        customer = await api.call(
+            "customers", "GetCustomer", customers_pb2.GetCustomerRequest(name=name)
+        )
+        subs = await api.call(
+            "customers",
+            "ListSubscriptions",
+            customers_pb2.ListSubscriptionsRequest(parent=name, page_size=1000),
+        )
+        entitlements = await api.call(
+            "entitlements",
+            "ListEntitlements",
+            entitlements_pb2.ListEntitlementsRequest(customer=name),
+        )
+        invoices = await api.call(
+            "billing",
+            "ListInvoices",
+            billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
+        )
+        budgets = await api.call(
+            "entitlements",
+            "ListBudgets",
+            entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
+        )
+        portal_tokens = await api.call(
+            "customers",
+            "ListPortalTokens",
+            customers_pb2.ListPortalTokensRequest(parent=name, page_size=1000),
+        )
+        return "customer.html", {
+            "customer": to_json(customer),
+            "subscriptions": [to_json(s) for s in subs.subscriptions],
+            "entitlements": [to_json(e) for e in entitlements.entitlements],
+            "invoices": [to_json(i) for i in invoices.invoices],
+            "budgets": [to_json(b) for b in budgets.budgets],
+            "portal_tokens": [to_json(t) for t in portal_tokens.portal_tokens],
+            "new_portal_token": "",
+            "title": f"Customer {key}",
+        }
+
+    async def preview(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        key = request.path_params["key"]
+        invoice = await api.call(
+            "billing",
+            "PreviewInvoice",
+            billing_pb2.PreviewInvoiceRequest(customer=f"customers/{key}"),
+        )
+        return "invoice.html", {
+            "invoice": to_json(invoice),
+            "preview": True,
+            "customer_key": key,
+            "title": f"Invoice preview: {key}",
+        }
+
+    async def invoices(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        state = request.query_params.get("state", "")
+        if state and state not in INVOICE_STATES:
+            raise InvalidArgument(f"state must be one of {', '.join(INVOICE_STATES)}")
+        states: list[Any] = [_STATE_ENUM[state]] if state else []
+        answer = await api.call(
+            "billing",
+            "ListInvoices",
+            billing_pb2.ListInvoicesRequest(
+                states=states,
+                page_size=PAGE_SIZE,
+                page_token=request.query_params.get("page_token", ""),
+            ),
+        )
+        return "invoices.html", {
+            "invoices": [to_json(i) for i in answer.invoices],
+            "next_page_token": answer.next_page_token,
+            "state": state,
+            "states": INVOICE_STATES,
+            "title": "Invoices",
+        }
+
+    async def invoice(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        id = request.path_params["id"]
+        invoice = await api.call(
+            "billing", "GetInvoice", billing_pb2.GetInvoiceRequest(name=f"invoices/{id}")
+        )
+        return "invoice.html", {
+            "invoice": to_json(invoice),
+            "preview": False,
+            "customer_key": invoice.customer.removeprefix("customers/"),
+            "title": f"Invoice {invoice.number or id}",
+        }
+
+    async def invoice_action(self, request: Request) -> Response:
+        id = request.path_params["id"]
+        action = request.path_params["action"]
+        methods = {
+            "issue": ("IssueInvoice", billing_pb2.IssueInvoiceRequest),
+            "void": ("VoidInvoice", billing_pb2.VoidInvoiceRequest),
+            "mark-paid": ("MarkInvoicePaid", billing_pb2.MarkInvoicePaidRequest),
+            "retry-sync": ("RetryInvoiceSync", billing_pb2.RetryInvoiceSyncRequest),
+        }
+        if action not in methods:
+            return self._error(404, "not found", as_json=False, headers=self._headers(portal=False))
+        method, message = methods[action]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            request_message = message(name=f"invoices/{id}")
+            if action == "issue" and form.get("force") == "1":
+                # An open period's invoice is issued before its end only when asked to.
+                request_message.force = True
+            await api.call("billing", method, request_message)
+            return f"/invoices/{quote(id)}?done={quote(action)}"
+
+        return await self._change(request, run)
+
+    async def create_portal_token(self, request: Request) -> Response:
+        key = request.path_params["key"]
+
+        async def run(
+            api: ConsoleApi, form: dict[str, str], session: Session | None
+        ) -> str | Response:
+            hours = form.get("ttl_hours", "24")
+            try:
+                ttl = int(float(hours) * 3600)
+            except ValueError:
+                raise InvalidArgument(f"ttl_hours must be a number, got {hours!r}") from None
+            created = await api.call(
+                "customers",
+                "CreatePortalToken",
+                customers_pb2.CreatePortalTokenRequest(parent=f"customers/{key}", ttl_seconds=ttl),
+            )
+            if "application/json" in request.headers.get("accept", ""):
+                return JSONResponse(to_json(created), headers=self._headers(portal=False))
+            # Shown once, in this answer's body, never in a URL.
+            _, data = await self.customer(request, api)
+            body = self.templates.get_template("customer.html").render(
+                **{**data, "new_portal_token": created.token},
+                principal=api.principal,
+                csrf=session.csrf if session else "",
+                flash="",
+                path=f"/customers/{key}",
+            )
+            return HTMLResponse(body, headers=self._headers(portal=False))
+
+        return await self._change(request, run)
+
+    async def gateway(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        def listing(method: str, message: Any) -> Awaitable[Any]:
+            return api.call("gateway", method, message(page_size=1000))
+
+        services, routes, consumers, plugins = await asyncio.gather(
+            listing("ListServices", gateway_pb2.ListServicesRequest),
+            listing("ListRoutes", gateway_pb2.ListRoutesRequest),
+            listing("ListConsumers", gateway_pb2.ListConsumersRequest),
+            listing("ListPlugins", gateway_pb2.ListPluginsRequest),
+        )
+        planes = await api.call(
+            "dataplanes",
+            "ListDataPlanes",
+            dataplanes_pb2.ListDataPlanesRequest(page_size=1000),
+        )
+        return "gateway.html", {
+            "services": [to_json(s) for s in services.services],
+            "routes": [to_json(r) for r in routes.routes],
+            "consumers": [to_json(c) for c in consumers.consumers],
+            "plugins": [to_json(p) for p in plugins.plugins],
+            "data_planes": [to_json(d) for d in planes.data_planes],
+            "title": "Gateway",
+        }
+
+    async def apply_form(self, request: Request) -> Response:
+        return await self._render(request, self._apply_page, as_json=False, portal=False)
+
+    async def _apply_page(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        return "apply.html", _apply_context()
+
+    async def apply(self, request: Request) -> Response:
+        """A declarative document, as ``meterline apply`` takes it: preview (validate only,
+        the changes it would make), then apply. Bad documents come back with their error."""
+
+        async def run(
+            api: ConsoleApi, form: dict[str, str], session: Session | None
+        ) -> str | Response:
+            document = form.get("document", "")
+            preview = form.get("mode") != "apply"
+            context = _apply_context(document=document)
+            try:
+                answer = await api.call(
+                    "gateway",
+                    "ApplyConfig",
+                    gateway_pb2.ApplyConfigRequest(document=document, validate_only=preview),
+                )
+            except InvalidArgument as exc:
+                context["error"] = str(exc)
+                status = 400
+            else:
+                context.update(
+                    changes=list(answer.changes),
+                    previewed=preview,
+                    applied=not preview,
+                    config_version=answer.config_version,
+                )
+                status = 200
+            if "application/json" in request.headers.get("accept", ""):
+                body = {k: v for k, v in context.items() if k not in ("title", "no_twin")}
+                return JSONResponse(body, status, headers=self._headers(portal=False))
+            html = self.templates.get_template("apply.html").render(
+                **context,
+                principal=api.principal,
+                csrf=session.csrf if session else "",
+                flash="",
+                path="/gateway/apply",
+            )
+            return HTMLResponse(html, status, headers=self._headers(portal=False))
+
+        return await self._change(request, run)
+
+    async def catalog(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        def listing(service: str, method: str, message: Any) -> Awaitable[Any]:
+            return api.call(service, method, message(page_size=1000))
+
+        meters, features, plans, price_lists = await asyncio.gather(
+            listing("usage", "ListMeters", usage_pb2.ListUsageMetersRequest),
+            listing("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest),
+            listing("catalog", "ListPlans", catalog_pb2.ListPlansRequest),
+            listing("catalog", "ListPriceLists", catalog_pb2.ListPriceListsRequest),
+        )
+        return "catalog.html", {
+            "meters": [to_json(m) for m in meters.meters],
+            "features": [to_json(f) for f in features.features],
+            "plans": [to_json(p) for p in plans.plans],
+            "price_lists": [to_json(p) for p in price_lists.price_lists],
+            "title": "Catalog",
+        }
+
+    async def plan_action(self, request: Request) -> Response:
+        """Plan versions' lifecycle: draft -> published (active) -> archived; a new draft
+        version copied from any version."""
+        key = request.path_params["key"]
+        version = request.path_params["version"]
+        action = request.path_params["action"]
+        methods = {
+            "publish": ("PublishPlan", catalog_pb2.PublishPlanRequest),
+            "archive": ("ArchivePlan", catalog_pb2.ArchivePlanRequest),
+            "new-version": ("CreatePlanVersion", catalog_pb2.CreatePlanVersionRequest),
+        }
+        if action not in methods:
+            return self._error(404, "not found", as_json=False, headers=self._headers(portal=False))
+        method, message = methods[action]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            await api.call("catalog", method, message(name=f"plans/{key}/versions/{version}"))
+            return f"/catalog?done={quote(action)}"
+
+        return await self._change(request, run)
+
+    async def _usage_query(self, request: Request, api: ConsoleApi) -> tuple[dict[str, Any], Any]:
+        """The explorer's query from its URL: meter, group_by (repeated), filter k=v
+        (repeated), window, from/to (ISO dates or times; default this month so far)."""
+        params = request.query_params
+        meter = params.get("meter", "llm_tokens")
+        group_by = [g for g in params.getlist("group_by") if g]
+        filters: dict[str, str] = {}
+        for item in params.getlist("filter"):
+            if not item:
+                continue
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise InvalidArgument(f"filter must be DIMENSION=VALUE, got {item!r}")
+            filters[name.strip()] = value.strip()
+        window = params.get("window", "day")
+        if window not in ("", "minute", "hour", "day"):
+            raise InvalidArgument(f"window must be minute, hour, day or empty, got {window!r}")
+        now = self.clock.now()
+        start = _parse_time(params.get("from", ""), "from") or usage.month_start(now)
+        end = _parse_time(params.get("to", ""), "to") or now
+        message = usage_pb2.QueryMeterRequest(
+            meter=meter,
+            group_by=group_by,
+            filters=filters,
+            window_size={
+                "": usage_pb2.WINDOW_SIZE_UNSPECIFIED,
+                "minute": usage_pb2.WINDOW_SIZE_MINUTE,
+                "hour": usage_pb2.WINDOW_SIZE_HOUR,
+                "day": usage_pb2.WINDOW_SIZE_DAY,
+            }[window],
+        )
+        message.start_time.FromDatetime(start)
+        message.end_time.FromDatetime(end)
+        answer = await api.call("usage", "QueryMeter", message)
+        query = {
+            "meter": meter,
+            "group_by": group_by,
+            "filters": filters,
+            "window": window,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+        }
+        return query, answer
+
+    async def usage_explorer(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        query, answer = await self._usage_query(request, api)
+        meters = await api.call(
+            "usage", "ListMeters", usage_pb2.ListUsageMetersRequest(page_size=1000)
+        )
+        rows = [to_json(r) for r in answer.rows]
+        return "usage.html", {
+            "query": query,
+            "rows": rows,
+            "chart": _explorer_chart(answer.rows, query),
+            "meters": [{"key": m.key, "dimensions": sorted(m.group_by)} for m in meters.meters],
+            "csv_query": str(request.query_params),
+            "title": "Usage explorer",
+        }
+
+    async def usage_csv(self, request: Request) -> Response:
+        """The explorer's rows as CSV (same query string as /usage)."""
+        headers = self._headers(portal=False)
+        try:
+            principal, _ = self._principal(request)
+            if principal is None:
+                raise HttpError(401, "sign in first")
+            if not principal.is_operator:
+                raise HttpError(403, "a portal token opens no operator page")
+            query, answer = await self._usage_query(request, ConsoleApi(self.servicers, principal))
+        except HttpError as exc:
+            return self._error(exc.status, exc.message, as_json=True, headers=headers)
+        except tuple(_STATUS) as exc:
+            return self._error(_STATUS[type(exc)], str(exc), as_json=True, headers=headers)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["window_start", "window_end", *query["group_by"], "value", "events"])
+        for row in answer.rows:
+            writer.writerow(
+                [
+                    row.window_start.ToJsonString() if row.HasField("window_start") else "",
+                    row.window_end.ToJsonString() if row.HasField("window_end") else "",
+                    *(row.group.get(g, "") for g in query["group_by"]),
+                    row.value,
+                    row.event_count,
+                ]
+            )
+        return Response(
+            out.getvalue(),
+            media_type="text/csv",
+            headers={
+                **headers,
+                "Content-Disposition": f'attachment; filename="{query["meter"]}.csv"',
+            },
+        )
+
+    # -- the portal -------------------------------------------------------------------------
+
+    async def portal(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        """One customer's usage portal: an operator may open any, a portal token its own."""
+        key = request.path_params["key"]
+        name = f"customers/{key}"
+        customer = await api.unchecked(
+            "customers", "GetCustomer", customers_pb2.GetCustomerRequest(name=name)
+        )
+        now = self.clock.now()
+        start = usage.month_start(now)
+        costs: dict[str, usage.RouteCost] = {}
+        used = await usage.span_usage(
+            api, start=start, end=now, subjects=list(customer.subjects), costs=costs
+        )
+        try:
+            preview = to_json(
+                await api.unchecked(
+                    "billing", "PreviewInvoice", billing_pb2.PreviewInvoiceRequest(customer=name)
+                )
+            )
+        except (NotFound, FailedPrecondition):
+            preview = None
+        entitlements = await api.unchecked(
+            "entitlements",
+            "ListEntitlements",
+            entitlements_pb2.ListEntitlementsRequest(customer=name),
+        )
+        invoices = await api.unchecked(
+            "billing",
+            "ListInvoices",
+            billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
+        )
+        budgets = await api.unchecked(
+            "entitlements",
+            "ListBudgets",
+            entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
+        )
+        usage_json = used.to_json()
+        # A customer sees its tokens, never its provider's cost.
+        usage_json.pop("provider_cost")
+        for model in usage_json["models"]:
+            model.pop("provider_cost", None)
+        return "portal.html", {
+            "customer": {"key": customer.key, "display_name": customer.display_name},
+            "period": {"start": start.isoformat(), "end": now.isoformat()},
+            "usage": usage_json,
+            "cost_so_far": (
+                {"amount": preview["total"], "currency": preview["currency"]} if preview else None
+            ),
+            "preview": preview,
+            "entitlements": [to_json(e) for e in entitlements.entitlements],
+            "budgets": [to_json(b) for b in budgets.budgets],
+            "invoices": [
+                _portal_invoice(to_json(i))
+                for i in invoices.invoices
+                if i.state != billing_pb2.INVOICE_STATE_GATHERING
+            ],
+            "title": customer.display_name or customer.key,
+        }
+
+
+def _parse_time(text: str, what: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(f"{what} must be an ISO date or time, got {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _explorer_chart(rows: Any, query: dict[str, Any]) -> dict[str, Any]:
+    """Windowed rows as uPlot series, one per group (the group's values joined)."""
+    if not query["window"]:
+        return {"times": [], "series": {}, "window": ""}
+    times = sorted({r.window_start.seconds for r in rows})
+    index = {t: i for i, t in enumerate(times)}
+    series: dict[str, list[float | None]] = {}
+    for row in rows:
+        label = ", ".join(row.group.get(g, "") for g in query["group_by"]) or query["meter"]
+        values = series.setdefault(label, [None] * len(times))
+        # Chart coordinates only: the table and the JSON keep the exact decimal strings.
+        values[index[row.window_start.seconds]] = float(Decimal(row.value))
+    start = int(datetime.fromisoformat(query["from"]).timestamp())
+    end = int(datetime.fromisoformat(query["to"]).timestamp())
+    return {
+        "times": times,
+        "series": dict(sorted(series.items())),
+        "window": query["window"],
+        "start": start,
+        "end": end,
+    }
+
+
+def _apply_context(document: str = "") -> dict[str, Any]:
+    return {
+        "document": document,
+        "changes": [],
+        "previewed": False,
+        "applied": False,
+        "config_version": "",
+        "error": "",
+        "title": "Apply a configuration",
+        "no_twin": True,
+    }
+
+
+def _portal_invoice(invoice: dict[str, Any]) -> dict[str, Any]:
+    keep = (
+        "id",
+        "number",
+        "currency",
+        "period_start_time",
+        "period_end_time",
+        "total",
+        "state",
+        "issue_time",
+        "lines",
+    )
+    return {k: invoice[k] for k in keep if k in invoice}
