@@ -621,7 +621,9 @@ class _Exchange:
                 usage is None
                 and 200 <= status < 300
                 and prepared.metered
-                and self.policy.route_type != ROUTE_TYPE_PRESERVE
+                # A preserve route meters only bodies that carry usage; one whose usage block
+                # is there but unusable (malformed counts) is estimated, never left unbilled.
+                and (self.policy.route_type != ROUTE_TYPE_PRESERVE or b'"usage"' in body)
             ):
                 usage, estimated = self._estimate(_completion_text(body), "response"), True
             self.first_byte_ns = time.perf_counter_ns()

@@ -308,6 +308,18 @@ async def test_malformed_usage_is_estimated_and_marked_never_a_500(
     assert kinds["input"].status_code == 200
 
 
+async def test_malformed_usage_on_a_preserve_route_is_still_recorded_estimated(
+    edge: Edge,
+) -> None:
+    edge.answer(
+        lambda head, body: json_response(chat({"prompt_tokens": "x", "completion_tokens": 1}))
+    )
+    answer = await post(edge, "/raw/chat/completions", CHAT_BODY)
+    assert answer.status_code == 200
+    kinds = by_kind(edge.events)
+    assert kinds["input"].estimated and kinds["output"].tokens > 0
+
+
 async def test_malformed_usage_in_a_stream_never_cuts_it(edge: Edge) -> None:
     events = [
         {"model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "hello"}}]},
