@@ -30,7 +30,8 @@ from dataplane.admission.spool_guard import SpoolGuard
 from dataplane.config.cache import CacheError, ConfigCache, load_key, stable_node_id
 from dataplane.config.cluster import ClusterConfigError, ClusterTLS, open_channel
 from dataplane.config.sync import ConfigClient
-from dataplane.http.server import serve_http, split_host_port
+from dataplane.http.client import DEFAULT_MAX_RESPONSE_BYTES, UpstreamClients
+from dataplane.http.server import DEFAULT_LIMITS, ServerLimits, serve_http, split_host_port
 from dataplane.observability.logs import add_log_format_argument, configure_logging
 from dataplane.observability.metrics import (
     Observability,
@@ -39,7 +40,7 @@ from dataplane.observability.metrics import (
     worker_exited,
 )
 from dataplane.proxy.compiler import compile_snapshot
-from dataplane.proxy.gateway import Gateway
+from dataplane.proxy.gateway import DEFAULT_MAX_BODY_BYTES, Gateway
 from dataplane.proxy.runtime import RuntimeConfig
 from dataplane.usage.reporter import UsageReporter, UsageStreamStub
 from dataplane.usage.spool import (
@@ -201,6 +202,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "loop, config and usage stream, node id NODE-wI and state in STATE_DIR/wI; a worker "
         "that dies is restarted (default: %(default)s)",
     )
+    edge = parser.add_argument_group(
+        "edge limits", "what one client may hold of the HTTP server (docs/limits.md)"
+    )
+    edge.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_LIMITS.header_timeout_s,
+        metavar="SECONDS",
+        help="a request head must be whole this long after its first byte, else 408 and close "
+        "(default: %(default)s)",
+    )
+    edge.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_LIMITS.body_timeout_s,
+        metavar="SECONDS",
+        help="a request body must be whole this long after its head, else 408 and close "
+        "(default: %(default)s)",
+    )
+    edge.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=DEFAULT_LIMITS.keep_alive_s,
+        metavar="SECONDS",
+        help="idle keep-alive connections are closed after this long (default: %(default)s)",
+    )
+    edge.add_argument(
+        "--max-requests-per-connection",
+        type=int,
+        default=DEFAULT_LIMITS.max_requests_per_connection,
+        metavar="N",
+        help="requests answered on one connection before it closes (default: %(default)s)",
+    )
+    edge.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_LIMITS.max_connections,
+        metavar="N",
+        help="open client connections per worker; beyond it the oldest idle one is closed "
+        "(default: %(default)s)",
+    )
+    edge.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=DEFAULT_LIMITS.max_connections_per_client,
+        metavar="N",
+        help="open connections per client IP address per worker; beyond it that client's "
+        "oldest idle one is closed (default: %(default)s)",
+    )
+    edge.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="BYTES",
+        help="largest request body (413 beyond) (default: %(default)s)",
+    )
+    edge.add_argument(
+        "--max-upstream-response-bytes",
+        type=int,
+        default=DEFAULT_MAX_RESPONSE_BYTES,
+        metavar="BYTES",
+        help="largest non-streamed provider response, decoded (502 beyond) (default: %(default)s)",
+    )
     parser.add_argument(
         "--usage-flush-ms",
         type=int,
@@ -274,6 +338,9 @@ class _State:
     full_policy: FullPolicy
     tls: ClusterTLS | None = None
     shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT_S
+    limits: ServerLimits = DEFAULT_LIMITS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 def _state_from_args(args: argparse.Namespace) -> _State:
@@ -285,6 +352,7 @@ def _state_from_args(args: argparse.Namespace) -> _State:
     )
     if args.shutdown_timeout < 0:
         raise ClusterConfigError("--shutdown-timeout must not be negative")
+    limits = _limits_from_args(args)
     state_dir: Path | None = args.state_dir
     cache_dir: Path | None = args.cache_dir or (state_dir / "config" if state_dir else None)
     spool_dir: Path | None = args.spool_dir or (state_dir / "spool" if state_dir else None)
@@ -315,7 +383,30 @@ def _state_from_args(args: argparse.Namespace) -> _State:
         full_policy=FullPolicy(args.spool_full),
         tls=tls,
         shutdown_timeout=args.shutdown_timeout,
+        limits=limits,
+        max_body_bytes=args.max_body_bytes,
+        max_response_bytes=args.max_upstream_response_bytes,
     )
+
+
+def _limits_from_args(args: argparse.Namespace) -> ServerLimits:
+    for flag, value in (
+        ("--max-body-bytes", args.max_body_bytes),
+        ("--max-upstream-response-bytes", args.max_upstream_response_bytes),
+    ):
+        if value < 1:
+            raise ClusterConfigError(f"{flag} must be at least 1")
+    try:
+        return ServerLimits(
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            keep_alive_s=args.keep_alive_timeout,
+            max_requests_per_connection=args.max_requests_per_connection,
+            max_connections=args.max_connections,
+            max_connections_per_client=args.max_connections_per_client,
+        )
+    except ValueError as exc:
+        raise ClusterConfigError(f"edge limits: {exc}") from None
 
 
 async def _serve(
@@ -355,6 +446,8 @@ async def _serve(
     gateway = Gateway(
         node_id=node_id,
         usage_sink=reporter.append,
+        clients=UpstreamClients(max_response_bytes=state.max_response_bytes),
+        max_body_bytes=state.max_body_bytes,
         metrics=metrics,
         enforcer=Enforcer(acked=acked_events(reporter)),
     )
@@ -388,6 +481,7 @@ async def _serve(
             port=port,
             reuse_port=reuse_port,
             graceful_shutdown_s=state.shutdown_timeout,
+            limits=state.limits,
         ) as address:
             logger.info(
                 "dataplane listening on %s (node %s, control plane %s)", address.url, node_id, cp

@@ -16,6 +16,7 @@ refused by raising ``Rejection``, which the route's translator renders in its cl
     ├── StoreUnavailable          the shared rate-limit store (Redis) is down (admission.ratelimit)
     ├── SpoolLocked               another process holds the usage spool (usage.spool)
     ├── BodyTooLarge              a request body over the limit (http.asgi)
+    ├── ClientDisconnected        the client left before its body was whole (http.asgi)
     └── UpstreamError             the provider could not be reached or read (http.client)
         ├── UpstreamConnectError
         ├── UpstreamDisconnected

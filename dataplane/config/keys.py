@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from dataplane.config.model import Consumer, KeyAuthPolicy
 from dataplane.errors import Rejection
@@ -47,6 +47,24 @@ def find_key(policy: KeyAuthPolicy, scope: Scope) -> str | None:
             if param in policy.query_names and param_value:
                 return param_value
     return None
+
+
+def upstream_query(policy: KeyAuthPolicy | None, query: bytes) -> bytes:
+    """``query`` without the consumer's credentials, as it may go to a provider.
+
+    A key-name parameter is removed when keys are read from the query (the provider must never
+    see a Meterline consumer key), and under ``hide_credentials`` even when they are not. The
+    other parameters go on byte for byte, in order.
+    """
+    if policy is None or not query or not (policy.key_in_query or policy.hide_credentials):
+        return query
+    names = policy.query_names
+    kept = [
+        part
+        for part in query.split(b"&")
+        if unquote_plus(part.partition(b"=")[0].decode("latin-1")) not in names
+    ]
+    return b"&".join(kept)
 
 
 def authenticate(

@@ -32,6 +32,10 @@ class KeyAuthPolicy:
     query_names: frozenset[str]
     key_in_query: bool
     key_in_bearer: bool
+    # Kong's hide_credentials: key-name query parameters are removed before the request goes
+    # upstream even where they are not read as credentials (key_in_query false). Key-name
+    # headers and Authorization never go upstream, and neither does a key that authenticated.
+    hide_credentials: bool = False
 
 
 class AccessTokens(Protocol):

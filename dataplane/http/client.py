@@ -10,10 +10,13 @@ request object, multidicts, a payload, a writer and trace hooks per call; here a
 What it does: HTTP and HTTPS (TLS by the event loop), one request at a time per connection,
 requests written whole (head and body in one write), responses delimited by Content-Length,
 chunked encoding or the connection's end; 1xx heads skipped; gzip and deflate (zlib-wrapped or
-raw) bodies decoded (the client asks for nothing else); timeouts to connect, to wait for a
-pooled connection and between two reads; at most ``limit`` connections per origin; idle
-connections closed after ``keepalive_s``; a connection that sees bytes nobody asked for is
-closed, not reused.
+raw) bodies decoded (the client asks for nothing else) by the reader, 256 KiB at a time with a
+yield to the loop between steps, so a small body that inflates to gigabytes neither blocks the
+loop nor fills memory; a whole body read beyond ``max_response_bytes`` (decoded) fails with
+``UpstreamTooLarge``; a connection goes back to the pool reading (never paused); timeouts to
+connect, to wait for a pooled connection and between two reads; at most ``limit`` connections
+per origin; idle connections closed after ``keepalive_s``; a connection that sees bytes nobody
+asked for is closed, not reused.
 What it does not: redirects (the client's business), proxies, cookies, HTTP/2, retries.
 
 Errors a caller must handle: ``UPSTREAM_ERRORS``. A timeout is an ``UpstreamTimeout``, which is
@@ -54,6 +57,10 @@ class UpstreamProtocolError(UpstreamError):
     """The provider's response is not valid HTTP/1.1 (or exceeds a limit)."""
 
 
+class UpstreamTooLarge(UpstreamProtocolError):
+    """The provider's (decoded) response body exceeds the client's limit."""
+
+
 class UpstreamTimeout(UpstreamError, TimeoutError):
     """A connect, pool or read timeout."""
 
@@ -83,8 +90,12 @@ DEFAULT_KEEPALIVE_S: Final = 30.0
 # Longest response header line accepted, and all header lines together.
 MAX_FIELD_SIZE: Final = 65536
 MAX_HEADERS_SIZE: Final = 1024 * 1024
+# A whole response body (decoded) read beyond this fails with UpstreamTooLarge.
+DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 # A streamed response stops reading from the socket while this much is buffered unread.
 _HIGH_WATER: Final = 256 * 1024
+# At most this much decoded output per decompression step (zlib's max_length).
+_INFLATE_STEP: Final = 256 * 1024
 _ACCEPT_ENCODING: Final = b"accept-encoding: gzip, deflate\r\n"
 # wbits per encoding; deflate is zlib-wrapped (RFC 9110), or raw from some servers: 0 marks it
 # as "decide on the first bytes".
@@ -169,7 +180,7 @@ class UpstreamResponse:
         return self._connection.content_type
 
     async def read(self) -> bytes:
-        """The whole (decoded) body."""
+        """The whole (decoded) body; UpstreamTooLarge past the pool's ``max_response_bytes``."""
         return await self._connection.read_all()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
@@ -197,6 +208,8 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_body_size",
         "_close_delimited",
+        "_compressed",
+        "_compressed_size",
         "_decoder",
         "_deflate_probe",
         "_error",
@@ -206,6 +219,7 @@ class _Connection(asyncio.Protocol):
         "_headers",
         "_headers_size",
         "_in_use",
+        "_inflate_more",
         "_informational",
         "_last_read",
         "_loop",
@@ -240,6 +254,11 @@ class _Connection(asyncio.Protocol):
         self._informational = False
         self._body: collections.deque[bytes] = collections.deque()
         self._body_size = 0
+        # Compressed input not decoded yet: the reader decodes it step by step (_inflate).
+        self._compressed: collections.deque[bytes] = collections.deque()
+        self._compressed_size = 0
+        # The last step stopped at its output limit: zlib may hold more output.
+        self._inflate_more = False
         self._decoder: zlib._Decompress | None = None
         # A deflate body's first bytes, until they tell zlib-wrapped from raw.
         self._deflate_probe: bytes | None = None
@@ -299,7 +318,6 @@ class _Connection(asyncio.Protocol):
             return
         if self._close_delimited and self._head is None and self._error is None:
             # Headers were read and the body runs to the connection's end: this is its end.
-            self._flush_decoder()
             self.complete = True
             self._cancel_timer()
             self._wake()
@@ -375,18 +393,24 @@ class _Connection(asyncio.Protocol):
             self._deflate_probe = None
             self._decoder = zlib.decompressobj(_deflate_wbits(body))
         if self._decoder is not None:
-            try:
-                body = self._decoder.decompress(body)
-            except zlib.error as exc:
-                raise UpstreamProtocolError(f"undecodable response body: {exc}") from exc
-            if not body:
-                return
+            # Decoded by the reader (_inflate), never here: one read of a hostile body could
+            # inflate to gigabytes inside this callback.
+            self._compressed.append(body)
+            self._compressed_size += len(body)
+            if self._compressed_size > _HIGH_WATER:
+                self._pause()
+            self._wake()
+            return
         self._body.append(body)
         self._body_size += len(body)
-        if self._body_size > _HIGH_WATER and not self._paused and self.transport is not None:
+        if self._body_size > _HIGH_WATER:
+            self._pause()
+        self._wake()
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -395,7 +419,6 @@ class _Connection(asyncio.Protocol):
             return
         if self.complete:
             return
-        self._flush_decoder()
         self.complete = True
         self._cancel_timer()
         self._wake()
@@ -406,6 +429,7 @@ class _Connection(asyncio.Protocol):
         self, data: bytes, *, sock_read: float | None, head_request: bool
     ) -> asyncio.Future[UpstreamResponse]:
         """Write one whole request; the future resolves with the response's head."""
+        self._resume()  # a connection is never reused paused (it would hang to sock_read)
         self._reset()
         self._in_use = True
         self._head_request = head_request
@@ -438,6 +462,44 @@ class _Connection(asyncio.Protocol):
             self._read_timer.cancel()
             self._read_timer = None
 
+    def _decoding(self) -> bool:
+        """Compressed input (or zlib's own output) is left to decode."""
+        return self._decoder is not None and (bool(self._compressed) or self._inflate_more)
+
+    def _inflate(self) -> None:
+        """Decode at most _INFLATE_STEP bytes of the compressed input into ``_body``."""
+        decoder = self._decoder
+        assert decoder is not None
+        pending = self._compressed
+        budget = _INFLATE_STEP
+        self._inflate_more = False
+        while budget > 0 and (pending or self._inflate_more):
+            data = pending[0] if pending else b""
+            try:
+                piece = decoder.decompress(data, budget)
+            except zlib.error as exc:
+                raise UpstreamProtocolError(f"undecodable response body: {exc}") from None
+            tail = decoder.unconsumed_tail
+            if pending:
+                if tail:
+                    pending[0] = tail
+                else:
+                    pending.popleft()
+                self._compressed_size -= len(data) - len(tail)
+            budget -= len(piece)
+            self._inflate_more = budget == 0
+            if piece:
+                self._body.append(piece)
+                self._body_size += len(piece)
+            elif not tail and decoder.eof:
+                pending.clear()  # bytes after the end of the stream are ignored
+                self._compressed_size = 0
+                break
+            if not piece and not pending:
+                break
+        if self._compressed_size <= _HIGH_WATER and self._body_size <= _HIGH_WATER:
+            self._resume()
+
     def _flush_decoder(self) -> None:
         # An empty deflate body decodes to nothing (and a one-byte one is no stream at all).
         self._deflate_probe = None
@@ -469,11 +531,23 @@ class _Connection(asyncio.Protocol):
         await self._waiter
 
     async def read_all(self) -> bytes:
-        while not self.complete:
+        limit = self._pool.max_response_bytes
+        while True:
             if self._error is not None:
                 raise self._error
-            self._resume()
-            await self._wait()
+            if self._decoding():
+                self._inflate_checked()
+                await asyncio.sleep(0)  # a long inflate shares the loop
+            elif self.complete:
+                break
+            else:
+                self._resume()
+                await self._wait()
+            if self._body_size > limit:
+                raise self._too_large(limit)
+        self._flush_decoder()
+        if self._body_size > limit:
+            raise self._too_large(limit)
         body = self._body
         self._body = collections.deque()
         self._body_size = 0
@@ -481,12 +555,34 @@ class _Connection(asyncio.Protocol):
             return body[0]
         return b"".join(body)
 
+    def _inflate_checked(self) -> None:
+        try:
+            self._inflate()
+        except UpstreamError as exc:
+            self._fail(exc)
+            self.abort()
+            raise
+
+    def _too_large(self, limit: int) -> UpstreamTooLarge:
+        error = UpstreamTooLarge(f"the provider's response body exceeds {limit} bytes")
+        self._fail(error)
+        self.abort()
+        return error
+
     async def read_some(self) -> bytes:
         while not self._body:
-            if self.complete:
-                return b""
             if self._error is not None:
                 raise self._error
+            if self._decoding():
+                self._inflate_checked()
+                if not self._body:
+                    await asyncio.sleep(0)
+                continue
+            if self.complete:
+                self._flush_decoder()
+                if not self._body:
+                    return b""
+                break
             self._resume()
             await self._wait()
         body = self._body
@@ -505,8 +601,15 @@ class _Connection(asyncio.Protocol):
         if not self._in_use:  # released twice, or closed: never pool a connection twice
             return
         self._in_use = False
-        if self.complete and self.keep_alive and self._error is None and not self.closed:
+        if (
+            self.complete
+            and self.keep_alive
+            and self._error is None
+            and not self.closed
+            and not self._decoding()
+        ):
             self._body.clear()
+            self._resume()  # finished while paused (a body over _HIGH_WATER): read again
             self._pool.put(self)
         else:
             self.abort()
@@ -535,9 +638,11 @@ class Pool:
         keepalive_s: float,
         ssl_context: ssl.SSLContext | None,
         timeout: Timeouts = DEFAULT_TIMEOUT,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.origin = origin
         self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
         self.loop = asyncio.get_running_loop()
         self._limit = limit
         self._keepalive_s = keepalive_s
@@ -728,8 +833,10 @@ class UpstreamClients:
         limit: int = DEFAULT_LIMIT,
         keepalive_s: float = DEFAULT_KEEPALIVE_S,
         ssl_context: ssl.SSLContext | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
         self._limit = limit
         self._keepalive_s = keepalive_s
         self._ssl = ssl_context
@@ -747,6 +854,7 @@ class UpstreamClients:
                 keepalive_s=self._keepalive_s,
                 ssl_context=self._ssl,
                 timeout=self.timeout,
+                max_response_bytes=self.max_response_bytes,
             )
         return pool
 

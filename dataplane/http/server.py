@@ -11,7 +11,18 @@ What it does, as uvicorn does: keep-alive (HTTP/1.1 by default, HTTP/1.0 on requ
 pipelined requests answered in order, ``Expect: 100-continue``, chunked request bodies,
 chunked responses when the app gives no content-length, a cached ``date`` header, write flow
 control, 500 when the app fails before answering, 400 on a malformed request, 431 on a request
-head over 64 KiB, idle keep-alive connections closed after 5 s. Upgrade requests (WebSocket)
+head over 64 KiB, idle keep-alive connections closed after 5 s.
+Hardened against hostile peers (``ServerLimits``, each a CLI flag; docs/limits.md): a request
+head must arrive whole within ``header_timeout_s`` of its first byte and a body within
+``body_timeout_s`` of its head (408, then close: trickling bytes never extend either clock),
+at most ``max_requests_per_connection`` per connection, at most ``max_connections`` open
+connections and ``max_connections_per_client`` per client address (the oldest idle one is
+closed to make room; with none idle the new one is closed), an HTTP/1.1 request needs exactly
+one Host (RFC 9112 section 3.2: 400 otherwise), trailers of a chunked body are dropped (never
+headers of the next request) and a chunked body's framing (sizes, extensions, trailers) is
+bounded by its payload. Paths are normalised (dataplane.http.paths: RFC 3986 dot segments,
+unreserved escapes decoded; ``raw_path`` is the normalised form) and a path an upstream could
+read as climbing out of its base is refused with 400. Upgrade requests (WebSocket)
 are answered as plain HTTP, then the connection closes. Two differences: the status line and
 headers of a response with a Content-Length go out with its first body chunk, in one write;
 a stream (no Content-Length) is written once per turn of the event loop, its head, events and
@@ -35,13 +46,16 @@ from typing import Protocol, cast
 
 import httptools
 
-from dataplane.http.asgi import Message, Receive, Scope, Send
+from dataplane.http.asgi import ON_DISCONNECT, Message, Receive, Scope, Send
+from dataplane.http.paths import UnsafePath, normalize_path
 
 logger = logging.getLogger(__name__)
 
-# uvicorn's timeout_keep_alive default; checked once a second, so idle for 5 to 6 s.
-_KEEP_ALIVE_S = 5.0
 _MAX_HEAD_BYTES = 64 * 1024
+# A chunked body's framing (size lines, extensions, CRLFs, trailers) beyond its payload: at most
+# this much plus _FRAMING_PER_BYTE bytes per payload byte ("1\r\nx\r\n" is 5 per byte).
+_FRAMING_SLACK = 2 * _MAX_HEAD_BYTES
+_FRAMING_PER_BYTE = 8
 # Request body buffered beyond this pauses reading until the app receives it (uvicorn's
 # HIGH_WATER_LIMIT).
 _BODY_HIGH_WATER = 64 * 1024
@@ -83,6 +97,7 @@ def _error_response(status: int) -> bytes:
 
 
 _BAD_REQUEST = _error_response(400)
+_REQUEST_TIMEOUT = _error_response(408)
 _HEAD_TOO_LARGE = _error_response(431)
 _SERVER_ERROR_HEADERS = [
     (b"content-type", b"text/plain; charset=utf-8"),
@@ -95,6 +110,42 @@ class AsgiApp(Protocol):
     """A raw ASGI 3 application."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """How long and how much a client may hold of the server (checked once a second).
+
+    Every field is a data-plane CLI flag (dataplane/cli.py); docs/limits.md lists them.
+    """
+
+    # A request head must be complete this long after its first byte.
+    header_timeout_s: float = 10.0
+    # A request body must be complete this long after its head.
+    body_timeout_s: float = 60.0
+    # An idle keep-alive connection (nothing in flight, no byte of a next request) is closed.
+    keep_alive_s: float = 5.0
+    # Requests answered on one connection before it is closed (Connection: close on the last).
+    max_requests_per_connection: int = 10_000
+    # Open connections in all, and per client IP address; beyond either the oldest idle one
+    # (of that client, for the second) is closed, or the new one when none is idle.
+    max_connections: int = 10_000
+    max_connections_per_client: int = 1_000
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        for name in (
+            "max_requests_per_connection",
+            "max_connections",
+            "max_connections_per_client",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+DEFAULT_LIMITS = ServerLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +177,7 @@ async def serve_http(
     port: int = 0,
     graceful_shutdown_s: int = 5,
     reuse_port: bool = False,
+    limits: ServerLimits = DEFAULT_LIMITS,
 ) -> AsyncIterator[ServerAddress]:
     """Serve ``app`` over HTTP/1.1 (httptools parser, no access log) until the block exits.
 
@@ -148,7 +200,7 @@ async def serve_http(
         sock.close()
         raise
     try:
-        state = _ServerState(app, asyncio.get_running_loop())
+        state = _ServerState(app, asyncio.get_running_loop(), limits)
         try:
             listener = await state.loop.create_server(
                 lambda: _HttpConnection(state), sock=sock, backlog=2048
@@ -174,14 +226,25 @@ class _ServerState:
         "closing",
         "connections",
         "date_line",
+        "idle",
+        "limits",
         "loop",
+        "per_client",
         "tasks",
     )
 
-    def __init__(self, app: AsgiApp, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, app: AsgiApp, loop: asyncio.AbstractEventLoop, limits: ServerLimits = DEFAULT_LIMITS
+    ) -> None:
         self.app = app
         self.loop = loop
+        self.limits = limits
         self.connections: set[_HttpConnection] = set()
+        # Connections with no request in flight, oldest idle first (dicts keep insertion
+        # order): the first to go when a cap is reached.
+        self.idle: dict[_HttpConnection, None] = {}
+        # Per client address: its open connections and, among them, the idle ones in order.
+        self.per_client: dict[str, tuple[list[int], dict[_HttpConnection, None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self.date_line = b""
@@ -190,14 +253,56 @@ class _ServerState:
         self.tick()
 
     def tick(self) -> None:
-        """Refresh the date header and close idle keep-alive connections, once a second."""
+        """Refresh the date header and enforce the timeouts, once a second."""
         now = time.time()
         self.date_line = b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
-        deadline = self.loop.time() - _KEEP_ALIVE_S
-        for connection in [c for c in self.connections if 0 < c.idle_since <= deadline]:
-            connection.transport.close()
+        limits = self.limits
+        loop_now = self.loop.time()
+        idle_cut = loop_now - limits.keep_alive_s
+        head_cut = loop_now - limits.header_timeout_s
+        body_cut = loop_now - limits.body_timeout_s
+        for connection in [
+            c
+            for c in self.connections
+            if 0 < c.head_since <= head_cut
+            or (0 < c.body_since <= body_cut and not c.reading_paused)
+            or (0 < c.idle_since <= idle_cut and not c.head_since)
+        ]:
+            connection.timed_out(head_cut, body_cut)
         # Just past the next wall-clock second, so the date header never lags by more.
         self._timer = self.loop.call_later(1.001 - now % 1.0, self.tick)
+
+    def admit(self, connection: _HttpConnection) -> bool:
+        """Count a new connection in; close the oldest idle one(s) over a cap, or refuse it."""
+        limits = self.limits
+        key = connection.client[0] if connection.client else ""
+        entry = self.per_client.get(key)
+        if entry is None:
+            entry = self.per_client[key] = ([0], {})
+        count, client_idle = entry
+        if count[0] >= limits.max_connections_per_client:
+            if not client_idle:
+                return False
+            next(iter(client_idle)).evict()
+        if len(self.connections) >= limits.max_connections:
+            if not self.idle:
+                return False
+            next(iter(self.idle)).evict()
+        count[0] += 1
+        self.connections.add(connection)
+        return True
+
+    def release(self, connection: _HttpConnection) -> None:
+        """A connection admitted by ``admit`` is gone."""
+        self.connections.discard(connection)
+        self.idle.pop(connection, None)
+        key = connection.client[0] if connection.client else ""
+        entry = self.per_client.get(key)
+        if entry is not None:
+            entry[1].pop(connection, None)
+            entry[0][0] -= 1
+            if entry[0][0] <= 0:
+                del self.per_client[key]
 
     def stop_ticking(self) -> None:
         if self._timer is not None:
@@ -248,17 +353,24 @@ class _HttpConnection(asyncio.Protocol):
     """One client connection: parses requests, runs one ``_Cycle`` at a time, in order."""
 
     __slots__ = (
+        "admitted",
+        "body_since",
         "client",
+        "client_idle",
         "closed",
         "drain_waiters",
         "error",
         "expect_100",
+        "framing",
         "head_bytes",
         "head_received",
+        "head_since",
         "headers",
         "heads_seen",
+        "hosts",
         "idle_since",
         "loop",
+        "max_requests",
         "parser",
         "parsing",
         "pipeline",
@@ -296,6 +408,16 @@ class _HttpConnection(asyncio.Protocol):
         self.error: bytes | None = None  # what to write before closing, once in-flight ends
         self.closed = False
         self.idle_since = 0.0  # loop time since when nothing is in flight; 0: busy
+        # Loop time of the first byte of a request head not yet complete (0: none), and of
+        # the head of a request whose body is still arriving (0: none). Bytes arriving later
+        # never move either: a client trickling one byte at a time is cut all the same.
+        self.head_since = 0.0
+        self.body_since = 0.0
+        self.framing = 0  # bytes of the body being parsed that were not payload
+        self.hosts = 0  # Host headers of the head being parsed
+        self.admitted = False
+        self.client_idle: dict[_HttpConnection, None] | None = None
+        self.max_requests = state.limits.max_requests_per_connection
 
     # asyncio.Protocol
 
@@ -306,29 +428,84 @@ class _HttpConnection(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         self.sockname = (sockname[0], sockname[1]) if sockname else None
         self.client = (peername[0], peername[1]) if peername else None
-        self.idle_since = self.loop.time()
-        self.state.connections.add(self)
-        if self.state.closing:
+        state = self.state
+        if not state.admit(self):
+            # Over a cap with nobody idle to make room: this one goes at once.
+            self.closed = True
+            transport.abort()
+            return
+        self.admitted = True
+        entry = state.per_client.get(self.client[0] if self.client else "")
+        self.client_idle = entry[1] if entry is not None else None
+        self._set_idle()
+        if state.closing:
             transport.close()
+
+    def _set_idle(self) -> None:
+        self.idle_since = self.loop.time()
+        self.state.idle[self] = None
+        if self.client_idle is not None:
+            self.client_idle[self] = None
+
+    def _set_busy(self) -> None:
+        if self.idle_since:
+            self.idle_since = 0.0
+            self.state.idle.pop(self, None)
+            if self.client_idle is not None:
+                self.client_idle.pop(self, None)
+
+    def evict(self) -> None:
+        """Closed to make room for a newer connection (a cap was reached)."""
+        self._set_busy()
+        if self.admitted:  # uncounted at once: the cap holds before connection_lost runs
+            self.admitted = False
+            self.state.release(self)
+        self.transport.abort()
+
+    def timed_out(self, head_cut: float, body_cut: float) -> None:
+        """A timeout of ``ServerLimits`` ran out (see _ServerState.tick)."""
+        if self.closed:
+            return
+        if 0 < self.body_since <= body_cut:
+            # The body did not arrive in time: the request is not served (its app sees the
+            # client leave), 408 if nothing was answered yet.
+            self.body_since = 0.0
+            running = self.running
+            if running is not None and not running.started:
+                self.transport.write(_REQUEST_TIMEOUT)
+            for cycle in (running, self.parsing):
+                if cycle is not None:
+                    cycle.disconnect()  # the app sees the client leave; what it sends is dropped
+            self.transport.close()
+        elif 0 < self.head_since <= head_cut:
+            self.head_since = 0.0
+            self._fail(_REQUEST_TIMEOUT)
+        else:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.idle_since = 0.0
+        self._set_busy()
+        self.head_since = self.body_since = 0.0
         for cycle in (self.running, self.parsing, *self.pipeline):
             if cycle is not None:
                 cycle.disconnect()
         self.pipeline.clear()
         self.running = self.parsing = None
         self._wake_drain()
-        self.state.connections.discard(self)
+        if self.admitted:
+            self.admitted = False
+            self.state.release(self)
         self.state.maybe_drained()
 
     def data_received(self, data: bytes) -> None:
-        self.idle_since = 0.0
         if self.error is not None:
             return  # the request stream is broken or upgraded: nothing more is parsed
         try:
-            if self.parsing is None:
+            parsing = self.parsing
+            if parsing is None:
+                if not self.head_since:
+                    self.head_since = self.loop.time()
                 seen = self.heads_seen
                 self.parser.feed_data(data)
                 if self.parsing is None and seen == self.heads_seen:
@@ -336,7 +513,13 @@ class _HttpConnection(asyncio.Protocol):
                     if self.head_received > _MAX_HEAD_BYTES:
                         self._fail(_HEAD_TOO_LARGE)
             else:
+                before = parsing.received
                 self.parser.feed_data(data)
+                # Bytes that were not payload: chunk sizes, extensions, trailers (and perhaps
+                # the start of the next request). llhttp skips extensions without a limit.
+                self.framing += len(data) - (parsing.received - before)
+                if self.framing > _FRAMING_SLACK + _FRAMING_PER_BYTE * parsing.received:
+                    self._fail(_BAD_REQUEST)
         except httptools.HttpParserUpgrade:
             # Answered as plain HTTP (the app 404s it); what follows is not HTTP: close after.
             if self.parsing is not None:
@@ -362,18 +545,30 @@ class _HttpConnection(asyncio.Protocol):
             raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.parsing is not None:
+            # A trailer of the chunked body being parsed: dropped. Appended to ``headers`` it
+            # would become a header of the NEXT request (an apikey, an Authorization).
+            return
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > _MAX_HEAD_BYTES:
             raise _HeadTooLarge
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
+        if name == b"host":
+            self.hosts += 1
+        elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100 = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        version = parser.get_http_version()
+        hosts, self.hosts = self.hosts, 0
+        # RFC 9112 section 3.2: 400 to an HTTP/1.1 request without a Host, and to any with two.
+        if hosts > 1 or (hosts == 0 and version != "1.0"):
+            raise _BadHead
         self.heads_seen += 1
         self.head_received = self.head_bytes = 0
+        self.head_since = 0.0
         url = self.url
         self.url = b""
         if url[:1] == b"/" and b"#" not in url:
@@ -381,11 +576,15 @@ class _HttpConnection(asyncio.Protocol):
         else:  # absolute-form, or a fragment to drop
             parsed = httptools.parse_url(url)
             raw_path, query = parsed.path or b"/", parsed.query or b""
-        path = raw_path.decode("ascii")
+        if b"%" in raw_path or b"/." in raw_path or b"\\" in raw_path or b"\x00" in raw_path:
+            try:
+                raw_path = normalize_path(raw_path)
+            except UnsafePath:
+                raise _BadHead from None
+        path = raw_path.decode("latin-1")
         if "%" in path:
             path = urllib.parse.unquote(path)
         method = parser.get_method()
-        version = parser.get_http_version()
         scope = {
             "type": "http",
             "asgi": _ASGI,
@@ -402,9 +601,13 @@ class _HttpConnection(asyncio.Protocol):
         }
         self.headers = []
         keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
+        if self.heads_seen >= self.max_requests:
+            keep_alive = False  # the last one: answered with Connection: close
         cycle = _Cycle(self, scope, keep_alive, version == "1.0", self.expect_100)
         self.expect_100 = False
         self.parsing = cycle
+        self.framing = 0
+        self.body_since = self.loop.time()
         if self.running is None:
             self._start(cycle)
         else:
@@ -417,11 +620,13 @@ class _HttpConnection(asyncio.Protocol):
             return  # answered already: the rest of the body is skipped
         cycle.chunks.append(body)
         cycle.buffered += len(body)
+        cycle.received += len(body)
         if cycle.buffered > _BODY_HIGH_WATER:
             self._pause_reading()
         cycle.wake()
 
     def on_message_complete(self) -> None:
+        self.body_since = 0.0
         cycle = self.parsing
         if cycle is not None:
             self.parsing = None
@@ -431,6 +636,7 @@ class _HttpConnection(asyncio.Protocol):
     # the connection's own steps
 
     def _start(self, cycle: _Cycle) -> None:
+        self._set_busy()
         self.running = cycle
         cycle.task = task = self.loop.create_task(cycle.run())
         self.state.tasks.add(task)
@@ -454,7 +660,7 @@ class _HttpConnection(asyncio.Protocol):
         else:
             self.maybe_resume_reading()
             if self.parsing is None:
-                self.idle_since = self.loop.time()
+                self._set_idle()
 
     def _fail(self, response: bytes) -> None:
         """The request stream is unusable: answer ``response`` and close, after in-flight."""
@@ -492,6 +698,9 @@ class _HttpConnection(asyncio.Protocol):
             if parsing is None or parsing.buffered <= _BODY_HIGH_WATER:
                 self.reading_paused = False
                 self.transport.resume_reading()
+                if self.body_since:
+                    # The body clock runs only while the server reads: restart it.
+                    self.body_since = self.loop.time()
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer drains (or the client leaves)."""
@@ -515,6 +724,10 @@ class _HeadTooLarge(Exception):
     """The request line and headers exceed _MAX_HEAD_BYTES (raised inside the parser)."""
 
 
+class _BadHead(Exception):
+    """A request head the server refuses with 400 (raised inside the parser)."""
+
+
 class _Cycle:
     """One request and its response; ``receive`` and ``send`` are the app's ASGI callables."""
 
@@ -534,6 +747,7 @@ class _Cycle:
         "more_body",
         "no_body",
         "pending",
+        "received",
         "remaining",
         "scope",
         "started",
@@ -558,6 +772,7 @@ class _Cycle:
         # request
         self.chunks: list[bytes] = []
         self.buffered = 0
+        self.received = 0  # body bytes parsed in all
         self.more_body = True
         self.drained = False  # the last http.request message went out
         self.waiters: list[asyncio.Future[None]] | None = None
@@ -622,6 +837,10 @@ class _Cycle:
     def disconnect(self) -> None:
         if not self.complete:
             self.disconnected = True
+            hook = self.scope.get(ON_DISCONNECT)
+            if hook is not None:
+                self.scope[ON_DISCONNECT] = None
+                hook()
         self.wake()
 
     async def receive(self) -> Message:

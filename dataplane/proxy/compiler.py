@@ -537,6 +537,7 @@ def _compile_key_auth(config: snapshot_pb2.KeyAuthConfig) -> KeyAuthPolicy:
         query_names=frozenset(names),
         key_in_query=config.key_in_query,
         key_in_bearer=config.key_in_bearer,
+        hide_credentials=config.hide_credentials,
     )
 
 

@@ -10,8 +10,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
+from urllib.parse import unquote
 
 import orjson
 
@@ -20,13 +21,15 @@ from dataplane.admission.entitlements import Enforcer
 from dataplane.admission.ratelimit import RateLimiter
 from dataplane.admission.stages import Admitted, admit_request
 from dataplane.config.gcp_tokens import UpstreamCredentialsError
-from dataplane.config.keys import authenticate
+from dataplane.config.keys import authenticate, upstream_query
 from dataplane.config.model import AccessTokens, AiProxyPolicy
 from dataplane.config.providers import ROUTE_TYPE_PRESERVE
 from dataplane.errors import Rejection
 from dataplane.http.asgi import (
     JSON_CONTENT_TYPE,
+    ON_DISCONNECT,
     BodyTooLarge,
+    ClientDisconnected,
     Headers,
     Message,
     Receive,
@@ -41,6 +44,7 @@ from dataplane.http.client import (
     UpstreamClients,
     UpstreamError,
     UpstreamResponse,
+    UpstreamTooLarge,
 )
 from dataplane.http.sse import SseSplitter
 from dataplane.observability.logs import REQUEST_ID
@@ -66,6 +70,7 @@ from meterline.dataplane.v1 import usage_pb2
 logger = logging.getLogger(__name__)
 
 UsageSink = Callable[[usage_pb2.UsageEvent], None]
+_T = TypeVar("_T")
 
 DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 # How long a stream is still read after its client went away, to meter its real usage.
@@ -154,12 +159,15 @@ class Gateway:
         respond = send
         try:
             config = self._config()
-            matched = config.routes.match_prefix(scope["path"], scope["method"])
+            # The normalised path as sent (the server removed dot segments and decoded only
+            # unreserved escapes): matched, and its rest forwarded, with %2F still %2F.
+            path = scope["raw_path"].decode("latin-1")
+            matched = config.routes.match_prefix(path, scope["method"])
             if matched is None:
-                if scope["path"] == RESERVED_MODELS_PATH and scope["method"] == "GET":
+                if path == RESERVED_MODELS_PATH and scope["method"] == "GET":
                     await _send_body(send, answer_for_key(config, scope), id_header)
                     return
-                if scope["path"] == RESERVED_ESTIMATE_PATH and scope["method"] == "POST":
+                if path == RESERVED_ESTIMATE_PATH and scope["method"] == "POST":
                     answer = await estimate_for_model(
                         self.enforcer, config, scope, receive, max_body_bytes=self._max_body_bytes
                     )
@@ -175,15 +183,20 @@ class Gateway:
             scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (observability.metrics)
             translator = route.translator
             consumer = authenticate(route.key_auth, config.consumers_by_key_hash, scope)
-            subpath = scope["path"][len(prefix) :]
+            if route.key_auth is not None and scope["query_string"]:
+                # From here on (translators, balancer re-prepares) the query is what may go
+                # upstream: never the consumer's key.
+                scope["query_string"] = upstream_query(route.key_auth, scope["query_string"])
+            subpath = path[len(prefix) :]
             if scope["method"] == "GET" and route.ai_proxy is not None and not _preserve(route):
-                wants_models, model = models_request(subpath)
+                # Answered here, not forwarded: the model id is read decoded.
+                wants_models, model = models_request(unquote(subpath))
                 if wants_models:
                     await _send_body(send, answer_on_route(route, model), id_header)
                     return
             policy = _ai_proxy(route, scope["method"])
             raw = await _read_body(receive, self._max_body_bytes)
-            if scope["path"].endswith(ESTIMATE_SUFFIX) and scope["method"] == "POST":
+            if path.endswith(ESTIMATE_SUFFIX) and scope["method"] == "POST":
                 answer = estimate_on_route(self.enforcer, route, policy, consumer, raw, scope)
                 await _send_json(send, answer, id_header)
                 return
@@ -224,6 +237,12 @@ class Gateway:
         except Rejection as rejection:
             headers = [JSON_CONTENT_TYPE, id_header, *rejection.headers]
             await send_response(respond, rejection.status, translator.reject(rejection), headers)
+        except _Gone:
+            return  # the client left before its answer (recorded by the exchange)
+        except ClientDisconnected:
+            # The body never arrived whole: nothing went upstream, nothing is billed, and
+            # there is nobody to answer.
+            return
 
     def _config(self) -> RuntimeConfig:
         config = self.config
@@ -543,7 +562,7 @@ class _Exchange:
         try:
             if target.credentials is None:
                 # Redirects are the client's business: they are relayed, not followed.
-                response = await session.request(
+                call = session.request(
                     prepared.method,
                     prepared.url,
                     body=prepared.body or b"",
@@ -551,8 +570,12 @@ class _Exchange:
                     timeout=self.policy.timeout,
                 )
             else:
-                response = await self._send_with_token(session, headers, target.credentials)
+                call = self._send_with_token(session, headers, target.credentials)
+            response = await _unless_abandoned(call, scope)
             self.upstream_ns = time.perf_counter_ns()
+        except Abandoned:
+            self._abandoned()
+            return True
         except UPSTREAM_ERRORS as exc:
             timed_out = isinstance(exc, TimeoutError)
             if balancer is not None and balancer.fails_over_on_error(timed_out=timed_out):
@@ -577,11 +600,14 @@ class _Exchange:
                     out_headers.append((name, value))
             out_headers.append(id_header)
             content_type = response.content_type
-            if prepared.stream and 200 <= status < 300 and "text/event-stream" in content_type:
+            if 200 <= status < 300 and "text/event-stream" in content_type:
+                # A stream, asked for or not (a provider may stream a non-streamed request):
+                # relayed as one, its usage read from its events; never a whole body whose
+                # length the stream's metering would change.
                 await self._relay_stream(receive, send, response, out_headers, balancer)
                 return True
             try:
-                body = await response.read()
+                body = await self._read_whole(response, scope)
             except UPSTREAM_ERRORS as exc:
                 raise self._upstream_failed(exc) from None
             out, usage, model = self.translator.whole(body, status, prepared)
@@ -595,7 +621,9 @@ class _Exchange:
                 usage is None
                 and 200 <= status < 300
                 and prepared.metered
-                and self.policy.route_type != ROUTE_TYPE_PRESERVE
+                # A preserve route meters only bodies that carry usage; one whose usage block
+                # is there but unusable (malformed counts) is estimated, never left unbilled.
+                and (self.policy.route_type != ROUTE_TYPE_PRESERVE or b'"usage"' in body)
             ):
                 usage, estimated = self._estimate(_completion_text(body), "response"), True
             self.first_byte_ns = time.perf_counter_ns()
@@ -635,6 +663,24 @@ class _Exchange:
         raise UpstreamCredentialsError(
             "the provider refused the gateway's access token (HTTP 401), also after a refresh"
         )
+
+    async def _read_whole(self, response: UpstreamResponse, scope: Scope) -> bytes:
+        try:
+            return await _unless_abandoned(response.read(), scope)
+        except Abandoned:
+            response.close()  # the provider stops generating for nobody
+            self._abandoned()
+            raise _Gone from None
+
+    def _abandoned(self) -> None:
+        """The client left before its (non-streamed) answer: the upstream call was cut."""
+        logger.info(
+            "request %s: client left before the answer; upstream call to %s cancelled",
+            self.request_id,
+            self.policy.target.origin,
+        )
+        # Recorded (499, nginx's "client closed request") and never billed: no usage is known.
+        self._record(status=499, usage=None, model=None, estimated=False)
 
     def _answered(self, balancer: Balancer, usage: TokenUsage | None) -> None:
         latency_ms = (time.perf_counter_ns() - self.start_perf_ns) / 1e6
@@ -755,6 +801,13 @@ class _Exchange:
                 type="api_error",
                 code="upstream_auth_failed",
             )
+        if isinstance(exc, UpstreamTooLarge):
+            return Rejection(
+                502,
+                f"The upstream provider's response is too large ({exc}).",
+                type="api_error",
+                code="upstream_response_too_large",
+            )
         return Rejection(
             status,
             "The upstream provider timed out."
@@ -763,6 +816,42 @@ class _Exchange:
             type="api_error",
             code="upstream_timeout" if timed_out else "upstream_unavailable",
         )
+
+
+class Abandoned(Exception):
+    """The client left while the gateway waited for the provider (internal signal)."""
+
+
+class _Gone(Exception):
+    """The exchange ended without an answer: its client is gone (internal signal)."""
+
+
+async def _unless_abandoned(awaitable: Awaitable[_T], scope: Scope) -> _T:
+    """Await ``awaitable``, cancelled (Abandoned) if the client disconnects first.
+
+    The server calls the scope's ON_DISCONNECT hook when the client leaves (no task waits on
+    ``receive`` for it: this is on every non-streamed request). Cancelling closes the upstream
+    connection: the provider stops generating an answer nobody will read.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
+
+    def on_disconnect() -> None:
+        nonlocal left
+        left = True
+        task.cancel()
+
+    scope[ON_DISCONNECT] = on_disconnect
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if left:
+            task.uncancel()
+            raise Abandoned from None
+        raise
+    finally:
+        scope[ON_DISCONNECT] = None
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

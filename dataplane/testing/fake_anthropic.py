@@ -36,7 +36,15 @@ from typing import Any
 
 import orjson
 
-from dataplane.http.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, read_body, send_response
+from dataplane.http.asgi import (
+    JSON_CONTENT_TYPE,
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_response,
+)
 from dataplane.http.server import serve_http, split_host_port
 from dataplane.testing.fake_openai import MESSAGE_OVERHEAD_TOKENS, REPLY_PREFIX, RecordedRequest
 
@@ -123,7 +131,10 @@ class FakeAnthropic:
             payload = orjson.dumps([asdict(request) for request in self.requests])
             await send_response(send, 200, payload, [JSON_CONTENT_TYPE])
             return
-        raw = await read_body(receive, limit=64 * 1024 * 1024)
+        try:
+            raw = await read_body(receive, limit=64 * 1024 * 1024)
+        except ClientDisconnected:
+            return  # a truncated request: a provider answers nobody
         headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
         try:
             body: Any = orjson.loads(raw) if raw else None

@@ -51,7 +51,15 @@ from typing import Any
 
 import orjson
 
-from dataplane.http.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, read_body, send_response
+from dataplane.http.asgi import (
+    JSON_CONTENT_TYPE,
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_response,
+)
 from dataplane.http.server import serve_http, split_host_port
 
 MESSAGE_OVERHEAD_TOKENS = 3
@@ -147,7 +155,10 @@ class FakeProvider:
             await send_response(send, 200, payload, [JSON_CONTENT_TYPE])
             return
 
-        raw = await read_body(receive, limit=64 * 1024 * 1024)
+        try:
+            raw = await read_body(receive, limit=64 * 1024 * 1024)
+        except ClientDisconnected:
+            return  # a truncated request: a provider answers nobody
         headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
         try:
             body: Any = orjson.loads(raw) if raw else None

@@ -16,7 +16,7 @@ import orjson
 
 from dataplane.errors import Rejection
 from dataplane.http.sse import event_data
-from dataplane.usage.tokens import TokenUsage, count
+from dataplane.usage.tokens import TokenUsage, count, malformed
 
 DEFAULT_ANTHROPIC_VERSION: Final = "2023-06-01"
 # Anthropic requires max_tokens; used when neither the client nor the route sets one.
@@ -83,9 +83,19 @@ def anthropic_rejection_body(rejection: Rejection) -> bytes:
     )
 
 
+_ANTHROPIC_COUNT_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
 def usage_from_anthropic(usage: Any) -> TokenUsage | None:
     """The disjoint token kinds of an Anthropic ``usage`` object."""
-    if not isinstance(usage, dict):
+    if not isinstance(usage, dict) or malformed(usage, _ANTHROPIC_COUNT_KEYS):
+        return None  # not trusted: estimated and marked instead (usage.tokens.malformed)
+    if all(usage.get(key) is None for key in _ANTHROPIC_COUNT_KEYS):
         return None
     return TokenUsage(
         input_tokens=count(usage.get("input_tokens")),

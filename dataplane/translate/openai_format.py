@@ -6,14 +6,15 @@ the same as one that reports 0 tokens.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from dataplane.errors import DataPlaneError
 from dataplane.http.sse import event_data
-from dataplane.usage.tokens import TokenUsage, count, minus
+from dataplane.usage.tokens import TokenUsage, count, malformed, minus
 
 if TYPE_CHECKING:
     from dataplane.config.model import AiProxyPolicy
@@ -71,6 +72,52 @@ _REQUIRED_FIELD: dict[str, tuple[str, type | tuple[type, ...], str, bool]] = {
 _RESPONSES = "llm/v1/responses"
 
 
+# Top-level fields the gateway reads and checks: one of them twice and the gateway (orjson keeps
+# the last) and a provider (some keep the first) could read different values.
+_CHECKED_KEYS: Final = (
+    b'"model"',
+    b'"stream',  # "stream", "stream_options"
+    b'"max_',  # "max_tokens", "max_completion_tokens", "max_output_tokens"
+)
+
+
+def _top_level_duplicate(raw: bytes) -> str | None:
+    """The first top-level key ``raw`` holds twice, if any (``raw`` parses as an object)."""
+    found: list[str | None] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        duplicate = None
+        for key, _ in items:
+            if key in seen and duplicate is None:
+                duplicate = key
+            seen.add(key)
+        found.append(duplicate)  # the top-level object is the last one closed
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs)
+    return found[-1] if found else None
+
+
+def refuse_duplicate_keys(raw: bytes) -> None:
+    """InvalidRequest if a checked top-level field appears twice in the body.
+
+    Refused rather than re-serialised: the check costs a few memchr scans on the hot path (the
+    slow parse runs only when a checked name occurs twice anywhere, e.g. a tool's schema with
+    a "model" property), the client's bytes go on untouched, and a client sending one field
+    twice learns it instead of having one of its values silently dropped.
+    """
+    model, stream, maxima = _CHECKED_KEYS
+    if raw.count(model) > 1 or raw.count(stream) > 1 or raw.count(maxima) > 1:
+        duplicate = _top_level_duplicate(raw)
+        if duplicate is not None:
+            raise InvalidRequest(
+                f"The request body has the field '{duplicate}' more than once.",
+                code="duplicate_field",
+                param=duplicate,
+            )
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or InvalidRequest."""
     try:
@@ -81,6 +128,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    refuse_duplicate_keys(raw)
     return body
 
 
@@ -169,6 +217,12 @@ def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
             changed = True
     elif stream:
         options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise InvalidRequest(
+                "Invalid type for 'stream_options': expected an object.",
+                code="invalid_type",
+                param="stream_options",
+            )
         if not (isinstance(options, dict) and options.get("include_usage") is True):
             # Usage in a stream comes only on request; ask for it and keep it from the client.
             body["stream_options"] = {**(options or {}), "include_usage": True}
@@ -200,6 +254,16 @@ def _detail(usage: dict[str, Any], details_key: str, key: str) -> int | None:
     return count(details.get(key)) if isinstance(details, dict) else None
 
 
+_COUNT_KEYS = ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
+_DETAILS = (
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "input_tokens_details",
+    "output_tokens_details",
+)
+_DETAIL_KEYS = ("cached_tokens", "reasoning_tokens")
+
+
 def usage_from_openai(usage: Any) -> TokenUsage | None:
     """The disjoint token kinds of an OpenAI ``usage`` object.
 
@@ -211,6 +275,10 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
     """
     if not isinstance(usage, dict):
         return None
+    if malformed(usage, _COUNT_KEYS) or any(
+        isinstance(usage.get(key), dict) and malformed(usage[key], _DETAIL_KEYS) for key in _DETAILS
+    ):
+        return None  # not trusted: estimated and marked instead (usage.tokens.malformed)
     if "prompt_tokens" in usage or "completion_tokens" in usage:
         prompt = count(usage.get("prompt_tokens"))
         completion = count(usage.get("completion_tokens"))
@@ -222,6 +290,8 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
         cached = _detail(usage, "input_tokens_details", "cached_tokens")
         reasoning = _detail(usage, "output_tokens_details", "reasoning_tokens")
     else:
+        return None
+    if prompt is None and completion is None:
         return None
     # A detail larger than its total is malformed; capping keeps the sum equal to the totals.
     cached = min(cached, prompt) if cached is not None and prompt is not None else cached
@@ -324,7 +394,9 @@ class ChatStreamScanner:
             self.model = self.model or _model_of(chunk)
             if has_usage:
                 self.usage = _usage_of(chunk)
-                self._pending = []
+                if self.usage is not None:
+                    self._pending = []
+                # else: malformed usage, treated as absent: the text stays for an estimate
                 if self._hide_usage_chunk and chunk.get("choices") == []:
                     return False
         return True

@@ -15,6 +15,7 @@ from dataplane.translate.anthropic_format import (
 )
 from dataplane.translate.openai_format import (
     error_body,
+    refuse_duplicate_keys,
     usage_from_openai,
 )
 from dataplane.usage.tokens import TokenUsage
@@ -115,6 +116,9 @@ class PreserveTranslator:
                 document = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 document = None
+            if isinstance(document, dict):
+                # The model billed must be the model the provider reads.
+                refuse_duplicate_keys(raw)
         stream = isinstance(document, dict) and document.get("stream") is True
         model = _model_in_document(document) or policy.model
         return Prepared(

@@ -41,11 +41,30 @@ class TokenUsage:
         )
 
 
+# The most tokens one count of one request may hold: far above any model's context, far below
+# int64 (a sum of every kind of a request, and of many requests, stays exact).
+MAX_COUNT = 10**12
+
+
 def count(value: Any) -> int | None:
-    """``value`` if it is a token count (a non-negative int, not a bool), else None."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    """``value`` if it is a token count (an int in [0, MAX_COUNT], not a bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
         return value
     return None
+
+
+def malformed(usage: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    """True if one of ``keys`` holds something other than null or a valid count.
+
+    A provider's usage with such a field (a string, a negative, a fraction, ``1e30``, 2^63) is
+    not trusted at all: the caller treats the whole usage as absent, so the request is
+    estimated and marked estimated instead of billed as 0 or as a wrong figure.
+    """
+    for key in keys:
+        value = usage.get(key)
+        if value is not None and count(value) is None:
+            return True
+    return False
 
 
 def minus(whole: int | None, part: int | None) -> int | None:

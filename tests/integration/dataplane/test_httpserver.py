@@ -475,9 +475,8 @@ async def test_upgrade_request_is_answered_as_plain_http(wire_to) -> None:
     assert response.status == 200 and response.body == b"GET /ws? "
 
 
-async def test_an_idle_keep_alive_connection_is_closed(wire_to, monkeypatch) -> None:
-    monkeypatch.setattr(httpserver, "_KEEP_ALIVE_S", 0.2)
-    async with serve_http(echo) as address:
+async def test_an_idle_keep_alive_connection_is_closed(wire_to) -> None:
+    async with serve_http(echo, limits=httpserver.ServerLimits(keep_alive_s=0.2)) as address:
         wire = await wire_to(address)
         await wire.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await wire.response()
@@ -565,3 +564,241 @@ async def test_send_waits_while_the_client_does_not_read(wire_to) -> None:
         # The app is paused well before the whole body is written.
         assert progress[0] < 1000
         await wire.close()  # the paused send then returns and the app finishes
+
+
+# -- hostile clients (issue 18) -----------------------------------------------------------------
+
+FAST = httpserver.ServerLimits(header_timeout_s=0.5, body_timeout_s=0.5, keep_alive_s=30.0)
+
+
+async def test_a_head_trickled_byte_by_byte_is_cut_by_the_header_timeout(wire_to) -> None:
+    # Given a client that sends one byte of its head every 0.1 s (each byte used to reset the
+    # idle clock, so such a connection was held forever)
+    async with serve_http(echo, limits=FAST) as address:
+        wire = await wire_to(address)
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000:
+                    await wire.send(bytes([byte]))
+                    await asyncio.sleep(0.1)
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        trickler = asyncio.create_task(trickle())
+        try:
+            # Then the server answers 408 and closes, within the timeout plus its 1 s tick
+            response = await wire.response()
+            assert response.status == 408
+            assert await wire.closed()
+        finally:
+            trickler.cancel()
+        assert loop.time() - start < 2.5
+
+
+async def test_a_body_that_never_arrives_is_cut_and_never_served(wire_to) -> None:
+    outcomes: list[str] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        try:
+            await read_body(receive, limit=1000)
+        except Exception as exc:  # ClientDisconnected
+            outcomes.append(type(exc).__name__)
+            raise
+        outcomes.append("served")
+        await send_response(send, 200, b"ok", [])
+
+    async with serve_http(app, limits=FAST) as address:
+        wire = await wire_to(address)
+        await wire.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        response = await wire.response()
+        assert response.status == 408
+        assert await wire.closed()
+    assert outcomes == ["ClientDisconnected"]
+
+
+async def test_a_truncated_body_is_never_taken_for_a_whole_one(wire_to) -> None:
+    # Given a client that half-closes after 2 of its 10 body bytes
+    outcomes: list[str] = []
+    done = asyncio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        try:
+            await read_body(receive, limit=1000)
+            outcomes.append("served")
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+        finally:
+            done.set()
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        wire.writer.write_eof()
+        await asyncio.wait_for(done.wait(), 5)
+    # Then the app learns the client left: the partial body is not a request
+    assert outcomes == ["ClientDisconnected"]
+
+
+async def test_an_idle_connection_after_a_partial_head_never_waits_forever(wire_to) -> None:
+    async with serve_http(echo, limits=FAST) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET / HT")
+        response = await wire.response()
+        assert response.status == 408
+        assert await wire.closed()
+
+
+async def test_the_last_request_allowed_on_a_connection_closes_it(wire_to) -> None:
+    limits = httpserver.ServerLimits(max_requests_per_connection=2)
+    async with serve_http(echo, limits=limits) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await wire.response(0)
+        await wire.send(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = await wire.response(1)
+        assert await wire.closed()
+    assert b"connection" not in first.headers
+    assert second.headers[b"connection"] == b"close" and second.body == b"GET /2? "
+
+
+async def test_over_the_connection_cap_the_oldest_idle_connection_is_closed(wire_to) -> None:
+    limits = httpserver.ServerLimits(max_connections=2)
+    async with serve_http(echo, limits=limits) as address:
+        oldest = await wire_to(address)
+        await oldest.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        await oldest.response()
+        newer = await wire_to(address)
+        await newer.send(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        await newer.response()
+        # When a third connects, the oldest idle one makes room
+        third = await wire_to(address)
+        await third.send(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await third.response()).body == b"GET /c? "
+        assert await oldest.closed()
+        await newer.send(b"GET /d HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await newer.response(1)).body == b"GET /d? "
+
+
+async def test_over_the_per_client_cap_with_nobody_idle_the_new_connection_is_closed(
+    wire_to,
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(scope: Scope, receive: Any, send: Any) -> None:
+        await release.wait()
+        await send_response(send, 200, b"done", [])
+
+    limits = httpserver.ServerLimits(max_connections_per_client=2)
+    async with serve_http(slow, limits=limits) as address:
+        busy = [await wire_to(address) for _ in range(2)]
+        for wire in busy:
+            await wire.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.05)
+        refused = await wire_to(address)
+        assert await refused.closed()
+        assert refused.responses == []
+        release.set()
+        for wire in busy:
+            assert (await wire.response()).body == b"done"
+
+
+async def test_trailers_never_become_headers_of_the_next_request(wire_to) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await read_body(receive, limit=1000)
+        seen.append(list(scope["headers"]))
+        await send_response(send, 200, b"ok", [])
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nhi\r\n0\r\napikey: other-consumer\r\nauthorization: Bearer k\r\n"
+            b"x-injected: 1\r\nexpect: 100-continue\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        await wire.response(1)
+    assert seen[1] == [(b"host", b"x")]
+    assert all(name not in (b"apikey", b"x-injected") for name, _ in seen[0])
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"GET / HTTP/1.1\r\n\r\n", id="no-host"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", id="two-hosts"),
+        pytest.param(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", id="two-hosts-1.0"),
+    ],
+)
+async def test_a_request_without_exactly_one_host_is_refused(wire_to, head: bytes) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(head)
+        response = await wire.response()
+        assert await wire.closed()
+    assert response.status == 400
+
+
+async def test_an_http_1_0_request_may_omit_host(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET /old HTTP/1.0\r\n\r\n")
+        response = await wire.response()
+    assert response.status == 200 and response.body == b"GET /old? "
+
+
+async def test_unbounded_chunk_extensions_are_refused(wire_to) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(40):
+                await wire.send(b"1;" + b"e" * 8000 + b"\r\nx\r\n")
+        response = await wire.response()
+        assert await wire.closed()
+    assert response.status == 400
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "raw_path"),
+    [
+        pytest.param(b"/raw/../../admin", "/admin", b"/admin", id="dot-dot"),
+        pytest.param(b"/raw/%2e%2E/v1/x", "/v1/x", b"/v1/x", id="encoded-dot-dot"),
+        pytest.param(b"/raw/./v1/%7Euser/", "/raw/v1/~user/", b"/raw/v1/~user/", id="unreserved"),
+        pytest.param(b"/raw/a%2fb", "/raw/a/b", b"/raw/a%2Fb", id="encoded-slash-kept"),
+        pytest.param(b"/raw/a%20b", "/raw/a b", b"/raw/a%20b", id="space-kept-encoded"),
+    ],
+)
+async def test_paths_are_normalised_before_the_app_sees_them(
+    wire_to, target: bytes, path: str, raw_path: bytes
+) -> None:
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await send_response(send, 200, b"ok", [])
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await wire.response()).status == 200
+    assert (seen[0]["path"], seen[0]["raw_path"]) == (path, raw_path)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param(b"/raw/..%2F..%2Fadmin", id="encoded-slash-climb"),
+        pytest.param(b"/raw/%2e%2e%2fadmin", id="all-encoded-climb"),
+        pytest.param(b"/raw/..%5Cadmin", id="encoded-backslash"),
+        pytest.param(b"/raw/%00", id="nul"),
+    ],
+)
+async def test_a_path_that_could_climb_out_upstream_is_refused(wire_to, target: bytes) -> None:
+    async with serve_http(echo) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await wire.response()
+    assert response.status == 400

@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import gzip
 import ssl
+import struct
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,7 @@ from dataplane.http.client import (
     UpstreamDisconnected,
     UpstreamProtocolError,
     UpstreamTimeout,
+    UpstreamTooLarge,
     split_url,
 )
 
@@ -950,3 +952,99 @@ async def test_aclose_closes_idle_and_busy_connections(
     assert len(pool._open) == 0
     with pytest.raises(UpstreamConnectError):
         await pool.request("GET", upstream.url(), body=b"", headers=[])
+
+
+# -- hostile or large responses (issue 18) ---------------------------------------------------
+
+
+async def test_a_large_response_never_leaves_its_pooled_connection_paused(
+    servers: Servers, clients: UpstreamClients
+) -> None:
+    # Given a provider whose first answer (1 MiB, over the 256 KiB high-water mark) arrives in
+    # one write, so the response completes while reading is paused
+    big = b"x" * (1024 * 1024)
+    upstream = await servers.start(
+        answering(lambda request: response(big if request.line.startswith(b"POST") else b"ok"))
+    )
+    pool = pool_for(clients, upstream)
+    assert await get(pool, upstream.url(), method="POST", body=b"{}") == big
+    # When a second request goes out on the same pooled connection
+    started = time.monotonic()
+    assert await get(pool, upstream.url()) == b"ok"
+    # Then it is answered at once (it used to hang until sock_read), on that connection
+    assert time.monotonic() - started < 1.0
+    assert upstream.accepted == 1
+
+
+def _gzip_bomb(size: int) -> bytes:
+    """A valid gzip body of ``size`` zero bytes, built in milliseconds.
+
+    One MiB of zeros deflated after a full flush is a byte-aligned, self-contained piece of a
+    deflate stream: repeated, it decodes to one more MiB each time.
+    """
+    block = b"\0" * (1024 * 1024)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    piece = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    count = size // len(block)
+    crc = 0
+    for _ in range(count):
+        crc = zlib.crc32(block, crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
+    return header + piece * count + compressor.flush() + trailer
+
+
+async def test_a_gzip_bomb_is_refused_with_memory_bounded_and_the_loop_free(
+    servers: Servers,
+) -> None:
+    # Given a provider answering ~1 MB of gzip that inflates to 1 GiB
+    bomb = _gzip_bomb(1024 * 1024 * 1024)
+    assert len(bomb) < 1_100_000
+    upstream = await servers.start(
+        answering(lambda request: response(bomb, b"content-encoding: gzip"))
+    )
+    clients = UpstreamClients(
+        timeout=Timeouts(connect=GUARD_S, sock_connect=GUARD_S, sock_read=GUARD_S),
+        max_response_bytes=8 * 1024 * 1024,
+    )
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def heartbeat() -> None:
+        last = loop.time()
+        while not stop.is_set():
+            await asyncio.sleep(0.005)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    beat = asyncio.create_task(heartbeat())
+    try:
+        # When the whole body is read, Then it fails with a clear error past the cap
+        with pytest.raises(UpstreamTooLarge, match="exceeds 8388608 bytes"):
+            await get(clients.get(f"http://127.0.0.1:{upstream.port}"), upstream.url())
+    finally:
+        stop.set()
+        await beat
+        await clients.aclose()
+    # And the event loop kept turning (decoded 256 KiB per step, not 1 GiB in one callback)
+    assert max(gaps) < 0.25
+
+
+async def test_a_compressed_stream_is_decoded_in_bounded_steps(
+    servers: Servers, clients: UpstreamClients
+) -> None:
+    bomb = _gzip_bomb(64 * 1024 * 1024)
+    upstream = await servers.start(
+        answering(lambda request: response(bomb, b"content-encoding: gzip"))
+    )
+    pool = pool_for(clients, upstream)
+    async with asyncio.timeout(GUARD_S):
+        answer = await pool.request("GET", upstream.url(), body=b"", headers=[])
+        largest = total = 0
+        async for chunk in answer.iter_chunks():
+            largest, total = max(largest, len(chunk)), total + len(chunk)
+        answer.release()
+    assert total == 64 * 1024 * 1024
+    assert largest <= 256 * 1024
