@@ -157,7 +157,7 @@ def test_readiness_metrics_and_json_logs(processes, tmp_path, upstream) -> None:
         for line in (tmp_path / "cp.log").read_text().splitlines()
         if line.startswith("{")
     ]
-    assert any(line["logger"] == "controlplane.api.dataplane" for line in cp_lines)
+    assert any(line["logger"] == "controlplane.configsync.session" for line in cp_lines)
 
 
 def test_workers_share_one_metrics_endpoint(processes, tmp_path, upstream) -> None:
