@@ -21,6 +21,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Final
 
+from dataplane.errors import DataPlaneError
 from dataplane.http.client import split_url
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ CLIENT_SIGNATURE_HEADERS: Final = frozenset(
 )
 
 
-class AwsCredentialsError(Exception):
+class AwsCredentialsError(DataPlaneError):
     """No usable AWS credentials (the chain found none, or STS refused the role)."""
 
 

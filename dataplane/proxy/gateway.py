@@ -25,7 +25,7 @@ from dataplane.config.gcp_tokens import UpstreamCredentialsError
 from dataplane.config.keys import authenticate, upstream_query
 from dataplane.config.model import AccessTokens, AiProxyPolicy
 from dataplane.config.providers import ROUTE_TYPE_PRESERVE
-from dataplane.errors import Rejection
+from dataplane.errors import DataPlaneError, Rejection
 from dataplane.http import eventstream
 from dataplane.http.asgi import (
     JSON_CONTENT_TYPE,
@@ -958,7 +958,7 @@ async def _unless_abandoned(awaitable: Awaitable[_T], scope: Scope) -> _T:
         scope[ON_DISCONNECT] = None
 
 
-class _SignatureRefused(Exception):
+class _SignatureRefused(DataPlaneError):
     """AWS refused the gateway's signature twice, or (``unavailable``) no credentials could be
     resolved to sign with."""
 
