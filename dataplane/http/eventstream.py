@@ -2,10 +2,10 @@
 
 A frame is a 12-byte prelude (total length, headers length, CRC32 of those 8 bytes), the
 headers, the payload and a CRC32 of everything before it. ``EventStreamSplitter`` cuts a byte
-stream into whole frames, unchanged, so a native client receives exactly what the provider
-sent; ``decode_frame`` checks both CRCs and parses the headers with botocore's own decoder (the
-parser every AWS SDK for Python uses), and ``encode_frame`` builds frames (the fakes, and
-translated streams a Bedrock client reads).
+stream into whole frames, unchanged (both CRCs checked), so a native client receives exactly
+what the provider sent; ``decode_frame`` parses a frame's headers with botocore's own decoder
+(the parser every AWS SDK for Python uses, checking the CRCs again), and ``encode_frame``
+builds frames (the fakes, and translated streams a Bedrock client reads).
 """
 
 from __future__ import annotations
@@ -53,15 +53,22 @@ class Frame:
 
 
 class EventStreamSplitter:
-    """Cuts a byte stream into whole frames (raw bytes), checking only their lengths."""
+    """Cuts a byte stream into whole frames (raw bytes), checking their lengths and CRCs.
 
-    __slots__ = ("_buffer",)
+    A bad frame ends the stream: ``feed`` returns the good frames before it, and the next
+    ``feed`` or ``flush`` raises EventStreamCorrupt, so a relay sends what was good first.
+    """
+
+    __slots__ = ("_buffer", "_error")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._error: EventStreamCorrupt | None = None
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        """The frames completed by ``chunk``; raises EventStreamCorrupt on a bad length."""
+        """The frames completed by ``chunk`` (see the class for a corrupt one)."""
+        if self._error is not None:
+            raise self._error
         buffer = self._buffer
         buffer += chunk
         frames: list[bytes] = []
@@ -69,20 +76,35 @@ class EventStreamSplitter:
         while len(buffer) - start >= _PRELUDE_LENGTH:
             total = int.from_bytes(buffer[start : start + 4], "big")
             if total < _MIN_FRAME or total > _MAX_FRAME:
-                raise EventStreamCorrupt(f"event-stream frame of impossible length {total}")
+                self._error = EventStreamCorrupt(f"event-stream frame of impossible length {total}")
+                break
             if len(buffer) - start < total:
                 break
-            frames.append(bytes(buffer[start : start + total]))
+            frame = bytes(buffer[start : start + total])
+            if not _crcs_match(frame):
+                self._error = EventStreamCorrupt("event-stream frame with a bad CRC")
+                break
+            frames.append(frame)
             start += total
         if start:
             del buffer[:start]
+        if self._error is not None and not frames:
+            raise self._error
         return frames
 
     def flush(self) -> bytes:
-        """After the stream's end: nothing (an incomplete frame cannot be relayed), and the
-        held-back bytes are dropped."""
+        """After the stream's end: nothing (an incomplete frame cannot be relayed); raises the
+        pending EventStreamCorrupt if the last chunk held a bad frame."""
         self._buffer.clear()
+        if self._error is not None:
+            raise self._error
         return b""
+
+
+def _crcs_match(frame: bytes) -> bool:
+    prelude_crc = int.from_bytes(frame[8:12], "big")
+    message_crc = int.from_bytes(frame[-4:], "big")
+    return crc32(frame[:8]) == prelude_crc and crc32(frame[:-4]) == message_crc
 
 
 def decode_frame(frame: bytes) -> Frame:

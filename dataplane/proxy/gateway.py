@@ -825,23 +825,13 @@ class _Exchange:
                         events = splitter.feed(chunk)
                         if not events:
                             continue
-                        parts: list[bytes] = []
-                        corrupt: eventstream.EventStreamCorrupt | None = None
-                        try:
-                            for event in events:
-                                parts.append(relay.feed(event))
-                        except eventstream.EventStreamCorrupt as exc:
-                            # The frames before the corrupt one still reach the client.
-                            corrupt = exc
-                        out = b"".join(parts)
+                        out = b"".join([relay.feed(event) for event in events])
                         if out:
                             if self.first_byte_ns is None:
                                 self.first_byte_ns = time.perf_counter_ns()
                             await send(
                                 {"type": "http.response.body", "body": out, "more_body": True}
                             )
-                        if corrupt is not None:
-                            raise corrupt
                     rest = splitter.flush()
                     if rest:
                         out = relay.feed(rest)

@@ -187,3 +187,11 @@ def test_encoded_frames_round_trip_and_split_anywhere() -> None:
     )
     with pytest.raises(eventstream.EventStreamCorrupt):
         eventstream.decode_frame(frames[0][:-1] + b"\x00")
+    # A bad CRC ends the stream after the good frames before it.
+    splitter = eventstream.EventStreamSplitter()
+    corrupt = frames[2][:-1] + bytes([frames[2][-1] ^ 1])
+    assert splitter.feed(frames[0] + frames[1] + corrupt + frames[3]) == frames[:2]
+    with pytest.raises(eventstream.EventStreamCorrupt, match="bad CRC"):
+        splitter.flush()
+    with pytest.raises(eventstream.EventStreamCorrupt, match="impossible length"):
+        eventstream.EventStreamSplitter().feed(b"\x00\x00\x00\x05" + b"\x00" * 20)
