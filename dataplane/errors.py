@@ -17,6 +17,8 @@ refused by raising ``Rejection``, which the route's translator renders in its cl
     ├── SpoolLocked               another process holds the usage spool (usage.spool)
     ├── BodyTooLarge              a request body over the limit (http.asgi)
     ├── ClientDisconnected        the client left before its body was whole (http.asgi)
+    ├── EventStreamCorrupt        an AWS event-stream frame of bad length or CRC (http.eventstream)
+    ├── AwsCredentialsError       no AWS credentials to sign with, or STS refused (config.aws)
     └── UpstreamError             the provider could not be reached or read (http.client)
         ├── UpstreamConnectError
         ├── UpstreamDisconnected

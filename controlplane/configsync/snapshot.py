@@ -318,6 +318,15 @@ def _gemini_options(gemini: Mapping[str, Any] | None) -> snapshot_pb2.GeminiOpti
     )
 
 
+def _bedrock_options(bedrock: Mapping[str, Any]) -> snapshot_pb2.AiProxyBedrockOptions:
+    return snapshot_pb2.AiProxyBedrockOptions(
+        aws_region=_text(bedrock, "aws_region"),
+        aws_assume_role_arn=_text(bedrock, "aws_assume_role_arn"),
+        aws_role_session_name=_text(bedrock, "aws_role_session_name"),
+        aws_sts_endpoint_url=_text(bedrock, "aws_sts_endpoint_url"),
+    )
+
+
 def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
     """The typed ai-proxy config of a normalised config dict (defaults for missing fields)."""
     auth: Mapping[str, Any] = config.get("auth") or {}
@@ -338,6 +347,8 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
             gcp_use_service_account=bool(auth.get("gcp_use_service_account")),
             gcp_service_account_json=_text(auth, "gcp_service_account_json"),
             gcp_oauth_token_url=_text(auth, "gcp_oauth_token_url"),
+            aws_access_key_id=_text(auth, "aws_access_key_id"),
+            aws_secret_access_key=_text(auth, "aws_secret_access_key"),
         ),
         model=snapshot_pb2.AiProxyModel(
             provider=_text(model, "provider"),
@@ -352,6 +363,7 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
                 azure_deployment_id=_text(options, "azure_deployment_id"),
                 azure_api_version=_text(options, "azure_api_version"),
                 gemini=_gemini_options(options.get("gemini")),
+                bedrock=_bedrock_options(options.get("bedrock") or {}),
             ),
         ),
     )

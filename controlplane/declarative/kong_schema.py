@@ -130,14 +130,19 @@ _OPTIONS = (
     "azure_api_version",
 )
 _GEMINI = ("api_endpoint", "project_id", "location_id", "endpoint_id")
+# Kong's model.options.bedrock that Meterline honours (provider bedrock: region, STS role).
+_BEDROCK = ("aws_region", "aws_assume_role_arn", "aws_role_session_name", "aws_sts_endpoint_url")
 _MODEL = (
     "provider",
     "name",
     *(f"options.{o}" for o in _OPTIONS),
     *(f"options.gemini.{g}" for g in _GEMINI),
+    *(f"options.bedrock.{b}" for b in _BEDROCK),
 )
 # Google Cloud service-account auth (provider gemini on Vertex AI).
 _GCP = ("gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url")
+# AWS keys SigV4-signing Bedrock requests (provider bedrock).
+_AWS = ("aws_access_key_id", "aws_secret_access_key")
 _REDIS = ("host", "port", "database", "username", "password")
 _RATE_COMMON = (
     "window_type",
@@ -152,7 +157,7 @@ _RATE_COMMON = (
 
 def _target(prefix: str) -> tuple[str, ...]:
     return (
-        *(f"{prefix}auth.{a}" for a in (*_AUTH, *_GCP)),
+        *(f"{prefix}auth.{a}" for a in (*_AUTH, *_GCP, *_AWS)),
         *(f"{prefix}model.{m}" for m in _MODEL),
     )
 
@@ -274,7 +279,11 @@ _REASONS: tuple[tuple[str, str], ...] = (
     ("logging.log_statistics", "Meterline meters every request for billing"),
     *(
         (f"model.options.{provider}", "options of providers data planes do not serve yet")
-        for provider in ("bedrock", "cohere", "huggingface", "dashscope", "databricks")
+        for provider in ("cohere", "huggingface", "dashscope", "databricks")
+    ),
+    (
+        "model.options.bedrock.",
+        "Bedrock options Meterline does not use (batch jobs, embeddings, latency tier, video)",
     ),
     ("model.options.mistral_format", "options of providers data planes do not serve yet"),
     ("model.options.llama2_format", "options of providers data planes do not serve yet"),

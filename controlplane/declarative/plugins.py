@@ -53,12 +53,13 @@ SERVED_ROUTE_TYPES: Mapping[str, frozenset[str]] = {
     ),
     "anthropic": frozenset({"llm/v1/chat", "preserve"}),
     "gemini": frozenset({"llm/v1/chat"}),
+    "bedrock": frozenset({"llm/v1/chat"}),
 }
 # Kong providers data planes of this version refuse as "not supported yet"
 # (dataplane/config/providers.py NOT_YET_SUPPORTED_PROVIDERS).
-NOT_YET_SUPPORTED_PROVIDERS = frozenset({"bedrock", "mistral", "llama2", "cohere", "huggingface"})
+NOT_YET_SUPPORTED_PROVIDERS = frozenset({"mistral", "llama2", "cohere", "huggingface"})
 ROUTE_TYPES = tuple(sorted(set().union(*SERVED_ROUTE_TYPES.values())))
-LLM_FORMATS = ("openai", "anthropic", "gemini")
+LLM_FORMATS = ("openai", "anthropic", "gemini", "bedrock")
 # Every provider name a file may write (Kong's enum plus Meterline's openai_compatible); only
 # SERVED_ROUTE_TYPES' are accepted by apply. ai-rate-limiting-advanced may name any of them.
 PROVIDERS = (
@@ -78,7 +79,15 @@ PROVIDERS = (
 PROVIDERS_NEEDING_URL = frozenset({"openai_compatible", "azure"})
 PARAM_LOCATIONS = ("query", "body")
 
-_AUTH_FIELDS = ("header_name", "header_value", "param_name", "param_value", "param_location")
+_AUTH_FIELDS = (
+    "header_name",
+    "header_value",
+    "param_name",
+    "param_value",
+    "param_location",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+)
 # Google Cloud service-account auth (provider gemini on Vertex AI).
 _GCP_AUTH_FIELDS = ("gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url")
 # Kong's model.options.gemini (Vertex AI when project_id and location_id are set).
@@ -94,6 +103,15 @@ _OPTION_FIELDS = (
     "azure_deployment_id",
     "azure_api_version",
     "gemini",
+    "bedrock",
+)
+# model.options.bedrock (Kong's names): the region signs every request; the role is assumed
+# through STS.
+_BEDROCK_OPTIONS = (
+    "aws_region",
+    "aws_assume_role_arn",
+    "aws_role_session_name",
+    "aws_sts_endpoint_url",
 )
 _AZURE_OPTIONS = ("azure_instance", "azure_deployment_id", "azure_api_version")
 # An Azure resource name is a DNS label: it becomes {instance}.openai.azure.com.
@@ -313,12 +331,12 @@ def _target(target: Entry, *, llm_format: str | None) -> dict[str, Any]:
     if model is not None:
         result["model"] = _model(model, route_type=result["route_type"])
         provider = result["model"]["provider"]
-        for native in ("anthropic", "gemini"):
-            if llm_format == native and provider not in (None, native):
-                target.fail_field(
-                    "model.provider",
-                    f'must be "{native}" with llm_format "{native}", got "{provider}"',
-                )
+        wanted = _allowed_providers(llm_format, provider)
+        if wanted is not None:
+            target.fail_field(
+                "model.provider",
+                f'must be {wanted} with llm_format "{llm_format}", got "{provider}"',
+            )
         _check_gemini(target, result)
     return result
 
@@ -402,13 +420,31 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
     if model is not None:
         result["model"] = _model(model, route_type=result["route_type"])
         provider = result["model"]["provider"]
-        for native in ("anthropic", "gemini"):
-            if result["llm_format"] == native and provider not in (None, native):
-                config.fail_field(
-                    "llm_format", f'"{native}" needs model.provider "{native}", got "{provider}"'
-                )
+        llm_format = result["llm_format"]
+        wanted = _allowed_providers(llm_format, provider)
+        if wanted is not None:
+            config.fail_field(
+                "llm_format", f'"{llm_format}" needs model.provider {wanted}, got "{provider}"'
+            )
         _check_gemini(config, result)
     return result
+
+
+# The providers a client format can reach: Anthropic's Messages API also serves Claude on
+# Bedrock (InvokeModel), as Kong's "Claude Code with AWS Bedrock" example does.
+_FORMAT_PROVIDERS = {
+    "anthropic": ("anthropic", "bedrock"),
+    "gemini": ("gemini",),
+    "bedrock": ("bedrock",),
+}
+
+
+def _allowed_providers(llm_format: str | None, provider: str | None) -> str | None:
+    """The providers ``llm_format`` can reach, quoted, if ``provider`` is not one of them."""
+    allowed = _FORMAT_PROVIDERS.get(llm_format or "")
+    if allowed is None or provider is None or provider in allowed:
+        return None
+    return " or ".join(f'"{name}"' for name in allowed)
 
 
 def _check_gemini(entry: Entry, result: Mapping[str, Any]) -> None:
@@ -487,6 +523,11 @@ def _auth(auth: Entry) -> dict[str, Any]:
         auth.fail_field("header_name", f'"{header}" is not a valid header name')
     if auth.has("param_name") and not auth.has("param_location"):
         auth.fail_field("param_location", f"is required with param_name ({quoted_choices()})")
+    if auth.has("aws_access_key_id") != auth.has("aws_secret_access_key"):
+        missing = "aws_secret_access_key" if auth.has("aws_access_key_id") else "aws_access_key_id"
+        auth.fail_field(
+            missing, "is required together with aws_access_key_id/aws_secret_access_key"
+        )
     return result
 
 
@@ -547,6 +588,11 @@ def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
             )
     elif provider in PROVIDERS_NEEDING_URL and "upstream_url" not in options_set:
         model.fail_field("options.upstream_url", f'is required for provider "{provider}"')
+    bedrock = options_set.get("bedrock")
+    if bedrock is not None and provider != "bedrock":
+        model.fail_field("options.bedrock", 'is only for provider "bedrock"')
+    if provider == "bedrock" and not (bedrock or {}).get("aws_region"):
+        model.fail_field("options.bedrock.aws_region", 'is required for provider "bedrock"')
     return result
 
 
@@ -572,6 +618,15 @@ def _options(options: Entry) -> dict[str, Any]:
         result["gemini"] = {
             key: gemini.string(key, required=True) for key in _GEMINI_OPTIONS if gemini.has(key)
         }
+    bedrock = options.sub("bedrock")
+    if bedrock is not None:
+        bedrock.check_keys(_BEDROCK_OPTIONS)
+        result["bedrock"] = {
+            key: bedrock.string(key, required=True) for key in _BEDROCK_OPTIONS if bedrock.has(key)
+        }
+        sts = result["bedrock"].get("aws_sts_endpoint_url")
+        if isinstance(sts, str) and not is_http_url(sts):
+            bedrock.fail_field("aws_sts_endpoint_url", f'must be an http(s) URL, got "{sts}"')
     if options.has("max_tokens"):
         result["max_tokens"] = options.integer("max_tokens", minimum=1)
     for cost in ("input_cost", "output_cost"):

@@ -3,7 +3,9 @@
 Modules: ``model`` (plain policies: consumers, key-auth, ai-proxy, provider targets),
 ``routing`` (Kong's path-prefix matching), ``keys`` (key hashing, finding a request's key,
 authenticating it), ``providers`` (each provider's endpoints and route types), ``gcp_tokens``
-(Google Cloud access tokens of a service account, for Vertex AI targets), ``sync``
+(Google Cloud access tokens of a service account, for Vertex AI targets), ``aws`` (SigV4
+signing and AWS credentials for Bedrock targets: static keys, the credential chain, STS
+AssumeRole, refreshed off the event loop), ``sync``
 (xDS-style config stream: ACK/NACK, the compiler given by the composition root), ``cache``
 (the last good snapshot on disk), ``cluster`` (the gRPC channel to the control plane, TLS).
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
+from dataplane.config.aws import AwsSigner
 from dataplane.http.client import Timeouts
 
 _NO_ALIASES: Mapping[str, str] = MappingProxyType({})
@@ -68,6 +69,10 @@ class ProviderTarget:
     auth_query: tuple[tuple[str, str], ...] = ()
     # Short-lived credentials fetched at run time (Google Cloud access tokens), or None.
     credentials: AccessTokens | None = field(default=None, compare=False)
+    # Bedrock: requests are SigV4-signed per request (their body and time are signed).
+    signer: AwsSigner | None = field(default=None, compare=False)
+    # Bedrock: the base URL the model and operation are appended to (url is then unused).
+    base_url: str = ""
 
     def __repr__(self) -> str:
         # The default repr would print the provider key into any log or traceback.
@@ -84,7 +89,7 @@ class AiProxyPolicy:
     model: str
     # Default max_tokens when the client sets none; 0 means none.
     max_tokens: int
-    # "openai", "anthropic" or "gemini": the format the route speaks to its clients.
+    # "openai", "anthropic", "gemini" or "bedrock": the format the route speaks to its clients.
     llm_format: str = "openai"
     # Client model names replaced first ("fast" -> "gpt-4o-mini").
     model_aliases: Mapping[str, str] = field(default_factory=lambda: _NO_ALIASES, compare=False)
@@ -92,3 +97,5 @@ class AiProxyPolicy:
     model_allow_list: frozenset[str] = frozenset()
     # Upstream timeouts of this target; None means the pooled session's defaults.
     timeout: Timeouts | None = None
+    # Claude on Bedrock: the body's anthropic_version (model.options.anthropic_version).
+    anthropic_version: str = ""

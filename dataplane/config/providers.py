@@ -14,6 +14,7 @@ ROUTE_TYPE_PRESERVE: Final = "preserve"
 LLM_FORMAT_OPENAI: Final = "openai"
 LLM_FORMAT_ANTHROPIC: Final = "anthropic"
 LLM_FORMAT_GEMINI: Final = "gemini"
+LLM_FORMAT_BEDROCK: Final = "bedrock"
 
 # Default endpoints per provider and route type. For "preserve" the value is a base URL the
 # client's path (after the route prefix) is appended to. openai_compatible has no default: its
@@ -34,6 +35,11 @@ DEFAULT_URLS: Final[dict[str, dict[str, str]]] = {
     "openai_compatible": {},
     # The model and the operation are in the path: see GEMINI_PATH / VERTEX_PATH.
     "gemini": {ROUTE_TYPE_CHAT: "https://generativelanguage.googleapis.com"},
+    # Bedrock's URL carries the region, the model and the operation: see bedrock_base_url and
+    # BEDROCK_OPERATIONS; the value here marks the route types it serves.
+    "bedrock": {
+        ROUTE_TYPE_CHAT: "https://bedrock-runtime.{region}.amazonaws.com",
+    },
 }
 # Kept for callers of the first version: the providers that speak OpenAI's wire format.
 OPENAI_FORMAT_PROVIDERS: Final = frozenset({"openai", "azure", "openai_compatible"})
@@ -66,6 +72,7 @@ PROVIDER_ROUTE_TYPES: Final[dict[str, frozenset[str]]] = {
     ),
     "anthropic": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_PRESERVE}),
     "gemini": frozenset({ROUTE_TYPE_CHAT}),
+    "bedrock": frozenset({ROUTE_TYPE_CHAT}),
 }
 
 # Gemini: the path after a base URL (the default, or an upstream_url without a path), with the
@@ -84,6 +91,31 @@ def vertex_host(location: str) -> str:
     return f"{location}-aiplatform.googleapis.com"
 
 
+# Amazon Bedrock Runtime: {base}/model/{modelId}/{operation}, base
+# https://bedrock-runtime.{region}.amazonaws.com unless upstream_url names another.
+BEDROCK_CONVERSE: Final = "converse"
+BEDROCK_CONVERSE_STREAM: Final = "converse-stream"
+BEDROCK_INVOKE: Final = "invoke"
+BEDROCK_INVOKE_STREAM: Final = "invoke-with-response-stream"
+# CountTokens: free, carries no usage (never metered).
+BEDROCK_COUNT_TOKENS: Final = "count-tokens"
+BEDROCK_OPERATIONS: Final = frozenset(
+    {
+        BEDROCK_CONVERSE,
+        BEDROCK_CONVERSE_STREAM,
+        BEDROCK_INVOKE,
+        BEDROCK_INVOKE_STREAM,
+        BEDROCK_COUNT_TOKENS,
+    }
+)
+BEDROCK_STREAM_OPERATIONS: Final = frozenset({BEDROCK_CONVERSE_STREAM, BEDROCK_INVOKE_STREAM})
+
+
+def bedrock_base_url(region: str) -> str:
+    """The public Bedrock Runtime endpoint of ``region``."""
+    return f"https://bedrock-runtime.{region}.amazonaws.com"
+
+
 # Azure OpenAI: https://{instance}.openai.azure.com/openai/deployments/{deployment}/{path}.
 AZURE_PATHS: Final = {
     ROUTE_TYPE_CHAT: "chat/completions",
@@ -93,9 +125,7 @@ AZURE_PATHS: Final = {
 DEFAULT_AZURE_API_VERSION: Final = "2024-10-21"
 
 # Known providers this version cannot call yet: rejected with a clear "unsupported" message.
-NOT_YET_SUPPORTED_PROVIDERS: Final = frozenset(
-    {"bedrock", "mistral", "llama2", "cohere", "huggingface"}
-)
+NOT_YET_SUPPORTED_PROVIDERS: Final = frozenset({"mistral", "llama2", "cohere", "huggingface"})
 
 SUPPORTED_ROUTE_TYPES: Final = frozenset(
     {

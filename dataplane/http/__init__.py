@@ -1,8 +1,9 @@
 """HTTP/1.1 plumbing with no LLM knowledge: the server, the pooled upstream client, SSE, ASGI types.
 
 Modules: ``server`` (asyncio protocol + httptools serving a raw ASGI app), ``client`` (pooled
-keep-alive connections per origin, timeouts), ``sse`` (splitting an event stream), ``asgi``
-(scope/receive/send types, reading a body, sending a response).
+keep-alive connections per origin, timeouts), ``sse`` (splitting an event stream),
+``eventstream`` (AWS's binary event-stream framing, split and CRC-checked with botocore's
+decoder), ``asgi`` (scope/receive/send types, reading a body, sending a response).
 
-May import: ``dataplane.errors`` only.
+May import: ``dataplane.errors`` only (and botocore, for the event-stream decoder).
 """

@@ -15,6 +15,7 @@ from dataplane.admission.entitlements import compile_enforcement
 from dataplane.admission.ratelimit import PLUGIN_NAMES as RATE_LIMIT_PLUGINS
 from dataplane.admission.ratelimit import check_config as check_rate_limit_config
 from dataplane.admission.ratelimit import compile_route_limits
+from dataplane.config.aws import CLIENT_SIGNATURE_HEADERS, shared_signer
 from dataplane.config.gcp_tokens import ServiceAccountTokens, parse_service_account
 from dataplane.config.keys import is_key_hash
 from dataplane.config.model import AiProxyPolicy, Consumer, KeyAuthPolicy, ProviderTarget
@@ -24,6 +25,7 @@ from dataplane.config.providers import (
     DEFAULT_URLS,
     GEMINI_PATH,
     LLM_FORMAT_ANTHROPIC,
+    LLM_FORMAT_BEDROCK,
     LLM_FORMAT_GEMINI,
     LLM_FORMAT_OPENAI,
     NOT_YET_SUPPORTED_PROVIDERS,
@@ -34,6 +36,7 @@ from dataplane.config.providers import (
     SUPPORTED_ROUTE_TYPES,
     VERTEX_ENDPOINT_PATH,
     VERTEX_PATH,
+    bedrock_base_url,
     vertex_host,
 )
 from dataplane.config.routing import RouteTable
@@ -138,9 +141,12 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runtim
         if key_auth is not None:
             dropped |= key_auth.header_names
         if ai_proxy is not None:
-            for target in balancer.targets if balancer else ():
-                dropped |= {name for name, _ in target.policy.target.auth_headers}
-            dropped |= {name for name, _ in ai_proxy.target.auth_headers}
+            targets = [t.policy.target for t in balancer.targets] if balancer else []
+            for target in [*targets, ai_proxy.target]:
+                dropped |= {name for name, _ in target.auth_headers}
+                if target.signer is not None:
+                    # The client's own SigV4 headers: the gateway signs again.
+                    dropped |= CLIENT_SIGNATURE_HEADERS
         compiled.append(
             (
                 CompiledRoute(
@@ -293,16 +299,29 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
             f'{label}: provider "{provider}" does not serve route_type "{route_type}"'
         )
     llm_format = config.llm_format or LLM_FORMAT_OPENAI
-    if llm_format not in (LLM_FORMAT_OPENAI, LLM_FORMAT_ANTHROPIC, LLM_FORMAT_GEMINI):
+    if llm_format not in (
+        LLM_FORMAT_OPENAI,
+        LLM_FORMAT_ANTHROPIC,
+        LLM_FORMAT_GEMINI,
+        LLM_FORMAT_BEDROCK,
+    ):
         raise CompileError(
-            f'{label}: unknown llm_format "{llm_format}" (supported: anthropic, gemini, openai)'
+            f'{label}: unknown llm_format "{llm_format}" '
+            "(supported: anthropic, bedrock, gemini, openai)"
         )
-    for native in (LLM_FORMAT_ANTHROPIC, LLM_FORMAT_GEMINI):
+    if llm_format == LLM_FORMAT_ANTHROPIC and provider not in ("anthropic", "bedrock"):
+        raise CompileError(
+            f'{label}: llm_format "anthropic" needs provider "anthropic" (or "bedrock"), '
+            f'got "{provider}"'
+        )
+    for native in (LLM_FORMAT_GEMINI, LLM_FORMAT_BEDROCK):
         if llm_format == native and provider != native:
             raise CompileError(
                 f'{label}: llm_format "{native}" needs provider "{native}", got "{provider}"'
             )
     _check_gemini(label, config)
+    if provider == "bedrock":
+        _check_bedrock(label, config)
     options = config.model.options
     upstream_url = options.upstream_url
     if upstream_url:
@@ -397,6 +416,25 @@ def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
 
 def _is_path_segment(value: str) -> bool:
     return value.isascii() and all(c.isalnum() or c in "-_." for c in value)
+
+
+def _check_bedrock(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
+    auth, bedrock = config.auth, config.model.options.bedrock
+    if not bedrock.aws_region:
+        # The region is part of every signature, even with an upstream_url.
+        raise CompileError(f'{label}: provider "bedrock" needs model.options.bedrock.aws_region')
+    if not _is_dns_label(bedrock.aws_region):
+        raise CompileError(f'{label}: aws_region "{bedrock.aws_region}" is not a region name')
+    if bool(auth.aws_access_key_id) != bool(auth.aws_secret_access_key):
+        raise CompileError(
+            f"{label}: auth needs both aws_access_key_id and aws_secret_access_key "
+            "(or neither: the data plane's AWS credential chain)"
+        )
+    if bedrock.aws_role_session_name and not bedrock.aws_assume_role_arn:
+        raise CompileError(f"{label}: aws_role_session_name needs aws_assume_role_arn")
+    sts = bedrock.aws_sts_endpoint_url
+    if sts and (urlsplit(sts).scheme not in ("http", "https") or not urlsplit(sts).hostname):
+        raise CompileError(f'{label}: aws_sts_endpoint_url "{sts}" is not an http(s) URL')
 
 
 def _check_model_policy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
@@ -566,6 +604,10 @@ def _gemini_url(config: snapshot_pb2.AiProxyConfig) -> str:
     return f"{base}{path}{MODEL_PLACEHOLDER}:{OPERATION_PLACEHOLDER}"
 
 
+def _has_path(url: str) -> bool:
+    return urlsplit(url).path not in ("", "/")
+
+
 def _upstream_url(config: snapshot_pb2.AiProxyConfig) -> str:
     options = config.model.options
     provider, route_type = config.model.provider, config.route_type
@@ -573,6 +615,8 @@ def _upstream_url(config: snapshot_pb2.AiProxyConfig) -> str:
         return _gemini_url(config)
     if options.upstream_url:
         return options.upstream_url
+    if provider == "bedrock":
+        return bedrock_base_url(options.bedrock.aws_region)
     if provider == "azure":
         base = f"https://{options.azure_instance}.openai.azure.com"
         if route_type == ROUTE_TYPE_PRESERVE:
@@ -683,6 +727,21 @@ def _compile_ai_proxy(
             # Written into the upstream request as is: a line break would inject headers.
             raise CompileError("ai-proxy: auth header name or value contains a line break")
         headers.append((auth.header_name.lower().encode("latin-1"), auth.header_value.encode()))
+    signer = None
+    base_url = ""
+    if provider == "bedrock":
+        bedrock = config.model.options.bedrock
+        signer = shared_signer(
+            region=bedrock.aws_region,
+            access_key_id=auth.aws_access_key_id,
+            secret_access_key=auth.aws_secret_access_key,
+            assume_role_arn=bedrock.aws_assume_role_arn,
+            role_session_name=bedrock.aws_role_session_name,
+            sts_endpoint_url=bedrock.aws_sts_endpoint_url,
+        )
+        # A URL without a path is a base: the model and operation are appended per request.
+        if not _has_path(url):
+            base_url = url.rstrip("/")
     if provider == "anthropic" and config.route_type == ROUTE_TYPE_CHAT:
         # The route's version replaces the client's, so one route speaks one API version.
         version = config.model.options.anthropic_version or DEFAULT_ANTHROPIC_VERSION
@@ -697,6 +756,8 @@ def _compile_ai_proxy(
             auth_body_params=body_params,
             auth_query=query,
             credentials=credentials,
+            signer=signer,
+            base_url=base_url,
         ),
         model=config.model.name,
         max_tokens=config.model.options.max_tokens,
@@ -704,4 +765,5 @@ def _compile_ai_proxy(
         model_aliases=MappingProxyType(dict((model_policy or config).model_aliases)),
         model_allow_list=frozenset((model_policy or config).model_allow_list),
         timeout=timeout,
+        anthropic_version=config.model.options.anthropic_version if provider == "bedrock" else "",
     )

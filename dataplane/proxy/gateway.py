@@ -20,11 +20,13 @@ from dataplane.admission.cost import ESTIMATE_SUFFIX
 from dataplane.admission.entitlements import Enforcer
 from dataplane.admission.ratelimit import RateLimiter
 from dataplane.admission.stages import Admitted, admit_request
+from dataplane.config.aws import AwsCredentialsError, AwsSigner
 from dataplane.config.gcp_tokens import UpstreamCredentialsError
 from dataplane.config.keys import authenticate, upstream_query
 from dataplane.config.model import AccessTokens, AiProxyPolicy
 from dataplane.config.providers import ROUTE_TYPE_PRESERVE
-from dataplane.errors import Rejection
+from dataplane.errors import DataPlaneError, Rejection
+from dataplane.http import eventstream
 from dataplane.http.asgi import (
     JSON_CONTENT_TYPE,
     ON_DISCONNECT,
@@ -78,8 +80,21 @@ DEFAULT_DRAIN_TIMEOUT_S: Final = 60.0
 
 _SSE_CONTENT_TYPE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
 # Providers whose streams reach OpenAI clients translated (figures only on the usage chunk the
-# client asked for) or native clients unchanged (no figures: their SDKs read every line).
-_OWN_STREAM_FORMATS: Final = frozenset({"anthropic", "gemini"})
+# client asked for) or native clients unchanged (no figures: their SDKs read every line, and
+# Bedrock's binary frames have no place for them).
+_OWN_STREAM_FORMATS: Final = frozenset({"anthropic", "gemini", "bedrock"})
+# AWS's answers to a signature or credentials it does not accept (x-amzn-ErrorType): the
+# gateway resolves its credentials again and retries once.
+_SIGNATURE_REFUSALS: Final = frozenset(
+    {
+        b"InvalidSignatureException",
+        b"SignatureDoesNotMatch",
+        b"UnrecognizedClientException",
+        b"ExpiredTokenException",
+        b"IncompleteSignatureException",
+        b"MissingAuthenticationTokenException",
+    }
+)
 
 # Upstream response headers the gateway does not relay: hop-by-hop ones, lengths and encodings
 # that no longer hold for the (decoded) body it sends, and headers it sets itself.
@@ -560,7 +575,11 @@ class _Exchange:
         headers.extend(target.auth_headers)
         id_header = (b"x-request-id", self.request_id.encode())
         try:
-            if target.credentials is None:
+            if target.credentials is not None:
+                call = self._send_with_token(session, headers, target.credentials)
+            elif target.signer is not None:
+                call = self._send_signed(session, headers, target.signer)
+            else:
                 # Redirects are the client's business: they are relayed, not followed.
                 call = session.request(
                     prepared.method,
@@ -569,13 +588,24 @@ class _Exchange:
                     headers=headers,
                     timeout=self.policy.timeout,
                 )
-            else:
-                call = self._send_with_token(session, headers, target.credentials)
             response = await _unless_abandoned(call, scope)
             self.upstream_ns = time.perf_counter_ns()
         except Abandoned:
             self._abandoned()
             return True
+        except _SignatureRefused as refused:
+            # A refused signature is the provider's 403 (criterion http_403); no credentials to
+            # sign with is an error before the request (criterion error).
+            if balancer is not None and (
+                balancer.fails_over_on_error(timed_out=False)
+                if refused.unavailable
+                else balancer.fails_over_on_status(403)
+            ):
+                balancer.failed(self.target_index)
+                if not final:
+                    self._failed_over(refused, 502)
+                    return False
+            raise self._credentials_failed(refused) from None
         except UPSTREAM_ERRORS as exc:
             timed_out = isinstance(exc, TimeoutError)
             if balancer is not None and balancer.fails_over_on_error(timed_out=timed_out):
@@ -600,7 +630,7 @@ class _Exchange:
                     out_headers.append((name, value))
             out_headers.append(id_header)
             content_type = response.content_type
-            if 200 <= status < 300 and "text/event-stream" in content_type:
+            if 200 <= status < 300 and _is_stream(content_type):
                 # A stream, asked for or not (a provider may stream a non-streamed request):
                 # relayed as one, its usage read from its events; never a whole body whose
                 # length the stream's metering would change.
@@ -664,6 +694,63 @@ class _Exchange:
             "the provider refused the gateway's access token (HTTP 401), also after a refresh"
         )
 
+    async def _send_signed(
+        self, session: Pool, headers: list[tuple[bytes, bytes]], signer: AwsSigner
+    ) -> UpstreamResponse:
+        """The upstream call SigV4-signed for an AWS target; when AWS refuses the signature or
+        the credentials, resolved again and retried once (_SignatureRefused if refused again,
+        or if no credentials can be had)."""
+        prepared = self.prepared
+        for retry in (False, True):
+            response = await session.request(
+                prepared.method,
+                prepared.url,
+                body=prepared.body or b"",
+                headers=[*headers, *await self._sign(signer)],
+                timeout=self.policy.timeout,
+            )
+            reason = _signature_refusal(response)
+            if reason is None:
+                return response
+            # Rotated keys or an expired session: resolve the credentials again, retry once.
+            response.close()
+            if retry:
+                raise _SignatureRefused(reason)
+            logger.warning(
+                "request %s: %s refused the signature (%s); resolving credentials again",
+                self.request_id,
+                self.policy.target.origin,
+                reason,
+            )
+            signer.invalidate()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _sign(self, signer: AwsSigner) -> list[tuple[bytes, bytes]]:
+        prepared = self.prepared
+        try:
+            return await signer.sign(prepared.method, prepared.url, prepared.body or b"")
+        except AwsCredentialsError as exc:
+            raise _SignatureRefused(str(exc), unavailable=True) from None
+
+    def _credentials_failed(self, refused: _SignatureRefused) -> Rejection:
+        """Record a request that could not be signed, or whose signature the provider refused
+        twice; the 502 Rejection to answer with."""
+        logger.warning(
+            "request %s: no accepted credentials for upstream %s: %s",
+            self.request_id,
+            self.policy.target.origin,
+            refused.reason,
+        )
+        self._record(status=502, usage=None, model=None, estimated=False)
+        if refused.unavailable:
+            message = f"The gateway could not sign the upstream request: {refused.reason}."
+        else:
+            message = (
+                f"The upstream provider refused the gateway's AWS credentials ({refused.reason}), "
+                "also after they were resolved again; the route's AWS auth needs fixing."
+            )
+        return Rejection(502, message, type="api_error", code="upstream_auth_failed")
+
     async def _read_whole(self, response: UpstreamResponse, scope: Scope) -> bytes:
         try:
             return await _unless_abandoned(response.read(), scope)
@@ -710,9 +797,16 @@ class _Exchange:
         ``drain_timeout_s`` more) so the tokens it produced are metered from its own usage.
         """
         headers = [(name, value) for name, value in headers if name != b"content-type"]
-        headers.append(_SSE_CONTENT_TYPE)
+        client_type = self.prepared.stream_content_type
+        headers.append(
+            (b"content-type", client_type.encode()) if client_type else _SSE_CONTENT_TYPE
+        )
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        splitter = SseSplitter()
+        splitter: SseSplitter | eventstream.EventStreamSplitter
+        if eventstream.CONTENT_TYPE in response.content_type:
+            splitter = eventstream.EventStreamSplitter()
+        else:
+            splitter = SseSplitter()
         relay = self.translator.stream(self.prepared)
         status = response.status
         disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
@@ -747,7 +841,7 @@ class _Exchange:
                             )
                 finally:
                     disconnected.remove_done_callback(_start_drain_clock)
-        except UpstreamError as exc:
+        except (UpstreamError, eventstream.EventStreamCorrupt) as exc:
             # Caught before TimeoutError: a read timeout (UpstreamTimeout is both) is a broken
             # upstream, not the drain deadline below.
             # The status line is gone already; end the stream and record the failure.
@@ -852,6 +946,31 @@ async def _unless_abandoned(awaitable: Awaitable[_T], scope: Scope) -> _T:
         raise
     finally:
         scope[ON_DISCONNECT] = None
+
+
+class _SignatureRefused(DataPlaneError):
+    """AWS refused the gateway's signature twice, or (``unavailable``) no credentials could be
+    resolved to sign with."""
+
+    def __init__(self, reason: str, *, unavailable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.unavailable = unavailable
+
+
+def _signature_refusal(response: UpstreamResponse) -> str | None:
+    """The AWS error name of a 403 that refuses the signature or credentials, else None."""
+    if response.status != 403:
+        return None
+    for name, value in response.raw_headers:
+        if name.lower() == b"x-amzn-errortype":
+            error = value.split(b":", 1)[0]
+            return error.decode("latin-1") if error in _SIGNATURE_REFUSALS else None
+    return None
+
+
+def _is_stream(content_type: str) -> bool:
+    return "text/event-stream" in content_type or eventstream.CONTENT_TYPE in content_type
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

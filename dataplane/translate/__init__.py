@@ -6,9 +6,11 @@ whole response and from a stream, and how a refusal is rendered in its client's 
 ``anthropic_anthropic`` (Anthropic Messages clients to Anthropic), ``openai_anthropic`` (OpenAI
 chat clients to Anthropic, translated both ways), ``gemini_gemini`` (Gemini clients to Gemini
 or Vertex AI), ``openai_gemini`` (OpenAI chat clients to Gemini, translated both ways),
-``preserve`` (any path passed through). ``base`` is the protocol, ``select`` picks the pair of
-a route, ``openai_format``, ``anthropic_format`` and ``gemini_format`` hold each wire format's
-parsing.
+``bedrock_bedrock`` (boto3 bedrock-runtime clients to Bedrock, frames relayed),
+``openai_bedrock`` (OpenAI chat clients to Converse), ``anthropic_bedrock`` (Anthropic Messages
+clients to Claude on Bedrock), ``preserve`` (any path passed through). ``base`` is the
+protocol, ``select`` picks the pair of a route, ``openai_format``, ``anthropic_format``,
+``gemini_format`` and ``bedrock_format`` hold each wire format's parsing.
 
 May import: ``dataplane.config`` and below.
 """

@@ -51,9 +51,11 @@ class _AnthropicRelay:
         return "".join(self.scanner.texts)
 
 
-def _messages_body(
+def messages_body(
     raw: bytes, policy: AiProxyPolicy
 ) -> tuple[dict[str, Any], str, bool, bool, str | None]:
+    """A client's Messages body checked, with the route's model policy and max_tokens applied:
+    (body, model, stream, whether it changed, the client's model after aliasing)."""
     body = parse_json_object(raw)
     messages = body.get("messages")
     if messages is None:
@@ -91,7 +93,7 @@ class AnthropicNativeTranslator:
                 url=policy.target.url + "/count_tokens",
                 metered=False,
             )
-        body, model, stream, changed, requested = _messages_body(raw, policy)
+        body, model, stream, changed, requested = messages_body(raw, policy)
         return Prepared(
             body=orjson.dumps(body) if changed else raw,
             model=model,

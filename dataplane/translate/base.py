@@ -10,6 +10,9 @@ response or a stream, and rewrites the response when the formats differ:
 - ``OpenAIToAnthropicTranslator``: OpenAI chat clients to Anthropic, translated both ways;
 - ``GeminiNativeTranslator``: Gemini API clients to Gemini / Vertex AI, relayed unchanged;
 - ``OpenAIToGeminiTranslator``: OpenAI chat clients to Gemini / Vertex AI, translated both ways;
+- ``BedrockNativeTranslator``: Bedrock Runtime clients (boto3) to Bedrock, frames relayed;
+- ``OpenAIToBedrockTranslator``: OpenAI chat clients to Bedrock Converse, translated both ways;
+- ``AnthropicToBedrockTranslator``: Anthropic Messages clients to Claude on Bedrock (InvokeModel);
 - ``PreserveTranslator``: any path passed through, usage read where a body has one.
 """
 
@@ -45,10 +48,13 @@ class Prepared:
     # The client's model after aliasing, before a target's fixed model replaced it (the
     # ``cost`` balancer picks the cheapest target serving it).
     requested_model: str | None = None
+    # The content type of the stream the client gets; empty: SSE (text/event-stream).
+    stream_content_type: str = ""
 
 
 class StreamRelay(Protocol):
-    """Reads (and maybe rewrites) a provider's SSE stream event by event."""
+    """Reads (and maybe rewrites) a provider's stream event by event: whole SSE events, or
+    whole frames of AWS's binary event stream (Bedrock)."""
 
     @property
     def usage(self) -> TokenUsage | None: ...

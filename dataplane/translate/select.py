@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from dataplane.config.providers import (
     LLM_FORMAT_ANTHROPIC,
+    LLM_FORMAT_BEDROCK,
     LLM_FORMAT_GEMINI,
     ROUTE_TYPE_PRESERVE,
     ROUTE_TYPE_RESPONSES,
 )
 from dataplane.translate.anthropic_anthropic import AnthropicNativeTranslator
+from dataplane.translate.anthropic_bedrock import AnthropicToBedrockTranslator
 from dataplane.translate.base import Translator
+from dataplane.translate.bedrock_bedrock import BedrockNativeTranslator
 from dataplane.translate.gemini_gemini import GeminiNativeTranslator
 from dataplane.translate.openai_anthropic import OpenAIToAnthropicTranslator
+from dataplane.translate.openai_bedrock import OpenAIToBedrockTranslator
 from dataplane.translate.openai_gemini import OpenAIToGeminiTranslator
 from dataplane.translate.openai_openai import OpenAIResponsesTranslator, OpenAITranslator
 from dataplane.translate.preserve import PreserveTranslator
@@ -23,6 +27,9 @@ _OPENAI_TO_ANTHROPIC = OpenAIToAnthropicTranslator()
 _OPENAI_RESPONSES = OpenAIResponsesTranslator()
 _GEMINI_NATIVE = GeminiNativeTranslator()
 _OPENAI_TO_GEMINI = OpenAIToGeminiTranslator()
+_BEDROCK_NATIVE = BedrockNativeTranslator()
+_ANTHROPIC_TO_BEDROCK = AnthropicToBedrockTranslator()
+_OPENAI_TO_BEDROCK = OpenAIToBedrockTranslator()
 
 
 def translator_for(*, provider: str, route_type: str, llm_format: str) -> Translator:
@@ -34,6 +41,10 @@ def translator_for(*, provider: str, route_type: str, llm_format: str) -> Transl
         return _ANTHROPIC_NATIVE if anthropic_clients else _OPENAI_TO_ANTHROPIC
     if provider == "gemini":
         return _GEMINI_NATIVE if llm_format == LLM_FORMAT_GEMINI else _OPENAI_TO_GEMINI
+    if provider == "bedrock":
+        if anthropic_clients:
+            return _ANTHROPIC_TO_BEDROCK
+        return _BEDROCK_NATIVE if llm_format == LLM_FORMAT_BEDROCK else _OPENAI_TO_BEDROCK
     if route_type == ROUTE_TYPE_RESPONSES:
         return _OPENAI_RESPONSES
     return OPENAI

@@ -224,8 +224,8 @@ CASES = [
                  'got "llm/v2/chat" (did you mean "llm/v1/chat"?)',
                  id="ai-proxy-route-type"),
     pytest.param({"plugins[1].config.llm_format": "anthropic"},
-                 f'{AI_PROXY}: config.llm_format "anthropic" needs model.provider "anthropic", '
-                 'got "openai"', id="ai-proxy-llm-format-anthropic-on-openai"),
+                 f'{AI_PROXY}: config.llm_format "anthropic" needs model.provider "anthropic" '
+                 'or "bedrock", got "openai"', id="ai-proxy-llm-format-anthropic-on-openai"),
     pytest.param({"plugins[1].config.model.provider": "azure",
                   "plugins[1].config.model.options": DELETE},
                  f'{AI_PROXY}: config.model.options.azure_instance is required for provider '

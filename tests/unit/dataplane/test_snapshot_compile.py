@@ -201,7 +201,7 @@ def _shared_key(s: snapshot_pb2.Snapshot) -> None:
         ),
         pytest.param(
             lambda s: setattr(_plugin(s, "ai").ai_proxy, "llm_format", "anthropic"),
-            'llm_format "anthropic" needs provider "anthropic", got "openai"',
+            'llm_format "anthropic" needs provider "anthropic" (or "bedrock"), got "openai"',
             id="llm-format-anthropic-on-openai",
         ),
         pytest.param(

@@ -255,7 +255,7 @@ class AiProxyBalancer(_message.Message):
     def __init__(self, algorithm: _Optional[str] = ..., hash_on_header: _Optional[str] = ..., retries: _Optional[int] = ..., failover_criteria: _Optional[_Iterable[str]] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., write_timeout: _Optional[int] = ..., tokens_count_strategy: _Optional[str] = ..., latency_strategy: _Optional[str] = ..., max_fails: _Optional[int] = ..., fail_timeout: _Optional[int] = ...) -> None: ...
 
 class AiProxyAuth(_message.Message):
-    __slots__ = ("header_name", "header_value", "param_name", "param_value", "param_location", "gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url")
+    __slots__ = ("header_name", "header_value", "param_name", "param_value", "param_location", "gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url", "aws_access_key_id", "aws_secret_access_key")
     HEADER_NAME_FIELD_NUMBER: _ClassVar[int]
     HEADER_VALUE_FIELD_NUMBER: _ClassVar[int]
     PARAM_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +264,8 @@ class AiProxyAuth(_message.Message):
     GCP_USE_SERVICE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     GCP_SERVICE_ACCOUNT_JSON_FIELD_NUMBER: _ClassVar[int]
     GCP_OAUTH_TOKEN_URL_FIELD_NUMBER: _ClassVar[int]
+    AWS_ACCESS_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    AWS_SECRET_ACCESS_KEY_FIELD_NUMBER: _ClassVar[int]
     header_name: str
     header_value: str
     param_name: str
@@ -272,7 +274,9 @@ class AiProxyAuth(_message.Message):
     gcp_use_service_account: bool
     gcp_service_account_json: str
     gcp_oauth_token_url: str
-    def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., param_name: _Optional[str] = ..., param_value: _Optional[str] = ..., param_location: _Optional[str] = ..., gcp_use_service_account: _Optional[bool] = ..., gcp_service_account_json: _Optional[str] = ..., gcp_oauth_token_url: _Optional[str] = ...) -> None: ...
+    aws_access_key_id: str
+    aws_secret_access_key: str
+    def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., param_name: _Optional[str] = ..., param_value: _Optional[str] = ..., param_location: _Optional[str] = ..., gcp_use_service_account: _Optional[bool] = ..., gcp_service_account_json: _Optional[str] = ..., gcp_oauth_token_url: _Optional[str] = ..., aws_access_key_id: _Optional[str] = ..., aws_secret_access_key: _Optional[str] = ...) -> None: ...
 
 class AiProxyModel(_message.Message):
     __slots__ = ("provider", "name", "options")
@@ -285,7 +289,7 @@ class AiProxyModel(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., name: _Optional[str] = ..., options: _Optional[_Union[AiProxyModelOptions, _Mapping]] = ...) -> None: ...
 
 class AiProxyModelOptions(_message.Message):
-    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost", "azure_instance", "azure_deployment_id", "azure_api_version", "gemini")
+    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost", "azure_instance", "azure_deployment_id", "azure_api_version", "gemini", "bedrock")
     UPSTREAM_URL_FIELD_NUMBER: _ClassVar[int]
     ANTHROPIC_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +299,7 @@ class AiProxyModelOptions(_message.Message):
     AZURE_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     AZURE_API_VERSION_FIELD_NUMBER: _ClassVar[int]
     GEMINI_FIELD_NUMBER: _ClassVar[int]
+    BEDROCK_FIELD_NUMBER: _ClassVar[int]
     upstream_url: str
     anthropic_version: str
     max_tokens: int
@@ -304,7 +309,8 @@ class AiProxyModelOptions(_message.Message):
     azure_deployment_id: str
     azure_api_version: str
     gemini: GeminiOptions
-    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ..., gemini: _Optional[_Union[GeminiOptions, _Mapping]] = ...) -> None: ...
+    bedrock: AiProxyBedrockOptions
+    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ..., gemini: _Optional[_Union[GeminiOptions, _Mapping]] = ..., bedrock: _Optional[_Union[AiProxyBedrockOptions, _Mapping]] = ...) -> None: ...
 
 class GeminiOptions(_message.Message):
     __slots__ = ("api_endpoint", "project_id", "location_id", "endpoint_id")
@@ -317,6 +323,18 @@ class GeminiOptions(_message.Message):
     location_id: str
     endpoint_id: str
     def __init__(self, api_endpoint: _Optional[str] = ..., project_id: _Optional[str] = ..., location_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ...) -> None: ...
+
+class AiProxyBedrockOptions(_message.Message):
+    __slots__ = ("aws_region", "aws_assume_role_arn", "aws_role_session_name", "aws_sts_endpoint_url")
+    AWS_REGION_FIELD_NUMBER: _ClassVar[int]
+    AWS_ASSUME_ROLE_ARN_FIELD_NUMBER: _ClassVar[int]
+    AWS_ROLE_SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
+    AWS_STS_ENDPOINT_URL_FIELD_NUMBER: _ClassVar[int]
+    aws_region: str
+    aws_assume_role_arn: str
+    aws_role_session_name: str
+    aws_sts_endpoint_url: str
+    def __init__(self, aws_region: _Optional[str] = ..., aws_assume_role_arn: _Optional[str] = ..., aws_role_session_name: _Optional[str] = ..., aws_sts_endpoint_url: _Optional[str] = ...) -> None: ...
 
 class ConsumerEntitlements(_message.Message):
     __slots__ = ("consumer_id", "username", "customer", "has_access", "metered", "currency", "prices", "budgets")
