@@ -11,7 +11,10 @@ neither competes with the gateway for this interpreter. Four gateways share that
 records the gen_ai.* metrics for every request. Each round runs every mode once, in a rotated
 order, timed until its traces and metrics are built and exported (force_flush); the medians
 of req/s over rounds and their ratios to ``off`` are printed. Requests are
-non-streamed chat completions on a route with a fixed model.
+non-streamed chat completions on a route with a fixed model. Besides req/s it prints the CPU
+time per request of this process (the request path plus the drain thread: what tracing costs
+the data plane itself) and of the exporter process (span building, metrics, OTLP encoding:
+on a machine with a spare core it runs beside the data plane; on a saturated one it competes).
 """
 
 from __future__ import annotations
@@ -107,6 +110,14 @@ def snapshot(upstream: str) -> snapshot_pb2.Snapshot:
     )
 
 
+def _child_cpu(tracing: Tracing | None) -> float:
+    """CPU seconds the exporter process of ``tracing`` used so far (Linux /proc)."""
+    if tracing is None:
+        return 0.0
+    fields = Path(f"/proc/{tracing._child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def traced(otlp: str, sampler: str, ratio: str = "") -> Tracing:
     for name in [n for n in os.environ if n.startswith("OTEL_")]:
         del os.environ[name]
@@ -199,23 +210,36 @@ async def main() -> None:
         for gateway in gateways.values():  # warm-up: connections, caches
             await load(gateway, args.requests // 4, args.concurrency)
         rates: dict[str, list[float]] = {mode: [] for mode in gateways}
+        cpu: dict[str, list[float]] = {mode: [] for mode in gateways}
+        exporter_cpu: dict[str, list[float]] = {mode: [] for mode in gateways}
         modes = list(gateways)
         for round_ in range(args.rounds):
             order = modes[round_ % len(modes) :] + modes[: round_ % len(modes)]
             for mode in order:
+                tracing = tracings[mode]
+                child_cpu = _child_cpu(tracing)
+                cpu_start = time.process_time()
                 start = time.perf_counter()
                 await load(gateways[mode], args.requests, args.concurrency)
-                tracing = tracings[mode]
                 if tracing is not None:
                     # Timed too: what is still pending is built and exported in this turn.
                     await asyncio.to_thread(tracing.force_flush)
                 rates[mode].append(args.requests / (time.perf_counter() - start))
+                # CPU of this process (event loop and drain thread), and of the exporter.
+                cpu[mode].append((time.process_time() - cpu_start) / args.requests * 1e6)
+                exporter_cpu[mode].append((_child_cpu(tracing) - child_cpu) / args.requests * 1e6)
             print(f"round {round_ + 1}: " + "  ".join(f"{m} {rates[m][-1]:.0f}" for m in modes))
         base = statistics.median(rates["off"])
-        print(f"\nmedian req/s over {args.rounds} rounds x {args.requests} requests, ratio to off")
+        print(f"\nmedians over {args.rounds} rounds x {args.requests} requests")
+        print("  mode     req/s  ratio  data-plane CPU us/req  exporter-process CPU us/req")
+        base_cpu = statistics.median(cpu["off"])
         for mode in modes:
             median = statistics.median(rates[mode])
-            print(f"  {mode:6} {median:8.0f} req/s   {median / base:6.3f}")
+            mode_cpu = statistics.median(cpu[mode])
+            print(
+                f"  {mode:6} {median:7.0f} {median / base:6.3f}  {mode_cpu:8.1f} "
+                f"({mode_cpu / base_cpu:5.3f})      {statistics.median(exporter_cpu[mode]):8.1f}"
+            )
     finally:
         for gateway in gateways.values():
             await gateway.aclose()
