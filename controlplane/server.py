@@ -31,6 +31,7 @@ from controlplane.api.errors import DomainErrorInterceptor
 from controlplane.api.health import add_health_and_reflection, mark_not_serving, mark_serving
 from controlplane.api.notifications import NotificationServicer
 from controlplane.api.stripe_webhook import WebhookServer, webhook_server
+from controlplane.api.tracing import TracingInterceptor
 from controlplane.api.usage import UsageQueryServicer
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync.hub import ConfigHub
@@ -46,6 +47,8 @@ from controlplane.notifications.types import NotificationSettings
 from controlplane.storage.db import Database, current_revision
 from controlplane.stripe_sync import StripeSettings
 from controlplane.stripe_sync.app import StripeApp
+from controlplane.tracing import configure_from_environment
+from controlplane.tracing import shutdown as shutdown_tracing
 from meterline.admin.v1 import (
     billing_pb2,
     billing_pb2_grpc,
@@ -159,13 +162,16 @@ class ControlPlane:
         self._cluster_auth = ClusterAuthInterceptor(check_certificates=trust is not None)
         if trust is None:
             operator_interceptors.insert(0, self._cluster_auth)
-        # Outermost: counts every call, refused ones included.
+        # Outermost: counts (and, with OTEL_* set, traces) every call, refused ones included.
         operator_interceptors.insert(0, self.metrics.interceptor)
+        tracing_interceptor = TracingInterceptor()
+        operator_interceptors.insert(0, tracing_interceptor)
         self.server = grpc.aio.server(interceptors=operator_interceptors, options=server_options)
         self.cluster_server = self.server
         if trust is not None:
             self.cluster_server = grpc.aio.server(
                 interceptors=[
+                    tracing_interceptor,
                     self.metrics.interceptor,
                     self._cluster_auth,
                     DomainErrorInterceptor(),
@@ -437,6 +443,8 @@ async def serve(
     elif resealed:
         log.info("provider keys of %d plugins (re-)encrypted under the first secrets key", resealed)
     clock = SystemClock()
+    # OpenTelemetry spans, only when OTEL_* variables ask for them (docs/observability.md).
+    configure_from_environment()
     settings = StripeSettings.from_env(os.environ)
     metrics = ControlPlaneMetrics()
     stripe = (
@@ -510,4 +518,5 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await cp.stop()
+    shutdown_tracing()
     db.dispose()

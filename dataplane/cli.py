@@ -39,6 +39,7 @@ from dataplane.observability.metrics import (
     shared_worker_metrics,
     worker_exited,
 )
+from dataplane.observability.tracing import Tracing
 from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import DEFAULT_MAX_BODY_BYTES, Gateway
 from dataplane.proxy.runtime import RuntimeConfig
@@ -443,6 +444,8 @@ async def _serve(
         return stats.pending_events, stats.spool_bytes
 
     metrics = new_metrics(usage_state=usage_state)
+    # OpenTelemetry traces/metrics: only when OTEL_* variables ask for them (docs/observability.md).
+    tracing = Tracing.from_environment()
     gateway = Gateway(
         node_id=node_id,
         usage_sink=reporter.append,
@@ -450,6 +453,7 @@ async def _serve(
         max_body_bytes=state.max_body_bytes,
         metrics=metrics,
         enforcer=Enforcer(acked=acked_events(reporter)),
+        tracing=tracing,
     )
 
     def apply(config: RuntimeConfig) -> None:
@@ -501,6 +505,9 @@ async def _serve(
         if spool is not None:
             await spool.close()
         await gateway.aclose()
+        if tracing is not None:
+            # Builds and exports what is left (blocking calls: off the event loop).
+            await asyncio.to_thread(tracing.shutdown)
         await channel.close()
     logger.info("dataplane stopped")
     return 0

@@ -18,6 +18,7 @@ from controlplane.configsync.session import ConfigSessions
 from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.storage.db import Database
+from controlplane.tracing import span
 from controlplane.usage import storage as usage
 from controlplane.usage.types import UsageEvent
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, usage_pb2, usage_pb2_grpc
@@ -111,8 +112,16 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             self._notify = None
 
     def _store(self, events: list[UsageEvent]) -> usage.InsertResult:
-        with self._db.begin_write() as conn:
-            return usage.insert_events(conn, events, ingest_time=self._clock.now())
+        with (
+            span(
+                "usage.ingest_batch", attributes={"meterline.usage.events": len(events)}
+            ) as current,
+            self._db.begin_write() as conn,
+        ):
+            result = usage.insert_events(conn, events, ingest_time=self._clock.now())
+            current.set_attribute("meterline.usage.accepted", result.accepted)
+            current.set_attribute("meterline.usage.duplicates", result.duplicates)
+            return result
 
     async def StreamUsage(
         self, request_iterator: AsyncIterator[usage_pb2.UsageBatch], context: Ctx

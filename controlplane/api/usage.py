@@ -15,6 +15,7 @@ from controlplane.api.convert_usage import (
 )
 from controlplane.api.paging import checked_page_size, decode_offset, encode_offset, page
 from controlplane.errors import InvalidArgument
+from controlplane.tracing import span
 from controlplane.usage import meter_storage, query
 from controlplane.usage import storage as usage
 from controlplane.usage.aggregate import WindowSize
@@ -149,7 +150,12 @@ class UsageQueryServicer(_Base, usage_pb2_grpc.UsageServiceServicer):
         now = self._clock.now()
 
         def ingest(conn: Connection) -> usage_pb2.IngestEventsResponse:
-            result = ingest_events(conn, objects, now=now)
+            with span("usage.ingest_batch") as current:
+                result = ingest_events(conn, objects, now=now)
+                current.set_attribute("meterline.usage.events", len(objects))
+                current.set_attribute("meterline.usage.accepted", result.accepted)
+                current.set_attribute("meterline.usage.duplicates", result.duplicates)
+                current.set_attribute("meterline.usage.rejected", len(result.rejected))
             return usage_pb2.IngestEventsResponse(
                 accepted=result.accepted,
                 duplicates=result.duplicates,

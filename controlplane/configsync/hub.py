@@ -26,6 +26,7 @@ from controlplane.entitlements.types import ConsumerAccess
 from controlplane.gateway import storage as gateway
 from controlplane.gateway.types import GatewayConfig
 from controlplane.storage.db import Database
+from controlplane.tracing import span
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,9 @@ class ConfigHub:
         if last is not None and last[0] is config and last[2] == slices and last[1] == entitlements:
             # New usage that moved no balance (or no consumer has any): nothing to rebuild.
             return last[3]
-        built = build_snapshot(config, entitlements, balance_slices=slices)
+        with span("config.snapshot_build") as current:
+            built = build_snapshot(config, entitlements, balance_slices=slices)
+            current.set_attribute("meterline.config.version", built.version)
         self._last_build = (config, entitlements, slices, built)
         return built
 

@@ -20,6 +20,7 @@ from controlplane.configsync.registry import SyncStatus
 from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.storage.db import Database
+from controlplane.tracing import span
 from meterline.dataplane.v1 import config_pb2
 
 log = logging.getLogger(__name__)
@@ -181,9 +182,18 @@ class ConfigSessions:
                     sent_nonce = uuid.uuid4().hex
                     last_sent_version = built.version
                     metrics.snapshot_pushes.inc()
-                    yield config_pb2.ConfigResponse(
-                        version_info=built.version, nonce=sent_nonce, snapshot=built.snapshot
-                    )
+                    # A span per push (the message is handed to gRPC, not awaited inside it).
+                    with span(
+                        "config.snapshot_push",
+                        attributes={
+                            "meterline.config.version": built.version,
+                            "meterline.node.id": first.node.id,
+                        },
+                    ):
+                        response = config_pb2.ConfigResponse(
+                            version_info=built.version, nonce=sent_nonce, snapshot=built.snapshot
+                        )
+                    yield response
                 waiter = asyncio.create_task(self._hub.wait_for_change())
                 await asyncio.wait(
                     {waiter, reader},

@@ -59,6 +59,7 @@ from controlplane.storage.db import Database
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.periods import billing_period
 from controlplane.subscriptions.types import Subscription
+from controlplane.tracing import span
 
 log = logging.getLogger(__name__)
 
@@ -843,12 +844,22 @@ def advance(db: Database, *, now: datetime, settings: InvoicingSettings) -> Adva
     ``invoice.job_failed`` event); the job goes on with the next customer, so one bad
     subscription never holds up everybody else's invoices.
     """
+    with span("invoicing.advance") as current:
+        result = _advance(db, now=now, settings=settings)
+        current.set_attribute("meterline.invoicing.failed_customers", len(result.failed))
+        return result
+
+
+def _advance(db: Database, *, now: datetime, settings: InvoicingSettings) -> AdvanceResult:
     with db.begin() as conn:
         keys = list(conn.execute(select(s.customers.c.key).order_by(s.customers.c.key)).scalars())
     result = AdvanceResult()
     for key in keys:
         try:
-            with db.begin() as conn:
+            with (
+                span("invoicing.customer", attributes={"meterline.customer": key}),
+                db.begin() as conn,
+            ):
                 result.extend(advance_customer(conn, customer=key, now=now, settings=settings))
         except Exception as exc:
             reason = str(exc) if isinstance(exc, MeterlineError) else f"{type(exc).__name__}: {exc}"

@@ -38,6 +38,7 @@ from controlplane.stripe_sync.types import (
     SyncState,
     SyncTarget,
 )
+from controlplane.tracing import traced_stripe_http_client
 
 if TYPE_CHECKING:
     from stripe.params import (
@@ -59,7 +60,11 @@ CUSTOMER_KEY = "meterline_customer"
 def new_client(settings: StripeSettings) -> stripe.StripeClient:
     """The Stripe client for ``settings`` (SDK retries off: ``call_with_retry`` retries)."""
     return stripe.StripeClient(
-        settings.api_key, base_addresses={"api": settings.api_base}, max_network_retries=0
+        settings.api_key,
+        base_addresses={"api": settings.api_base},
+        max_network_retries=0,
+        # A CLIENT span per Stripe call when tracing is on (controlplane.tracing).
+        http_client=traced_stripe_http_client(),
     )
 
 

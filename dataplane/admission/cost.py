@@ -160,6 +160,28 @@ class Metering:
             )
         )
 
+    def cost(self) -> Decimal | None:
+        """What the request's usage so far costs by the snapshot's prices (None if unpriced);
+        read-only, for traces (observability.tracing prices a request off the request path)."""
+        table = self.enforcer.table
+        policy = table.consumers.get(self.consumer_id) if self.consumer_id else None
+        route_cost = table.route_costs.get(self.route_id)
+        if not ((policy is not None and policy.prices) or route_cost is not None):
+            return None
+        total = Decimal(0)
+        for item in tuple(self.items):
+            price = unit_price(
+                policy,
+                route_cost,
+                provider=item.provider,
+                model=item.model,
+                kind=item.kind,
+                status=item.status,
+            )
+            if price is not None and item.tokens:
+                total += price * item.tokens
+        return total
+
     def head(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The cost headers to add to a response head with ``headers``."""
         self.stream = any(

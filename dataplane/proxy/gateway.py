@@ -51,6 +51,11 @@ from dataplane.http.client import (
 from dataplane.http.sse import SseSplitter
 from dataplane.observability.logs import REQUEST_ID
 from dataplane.observability.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
+from dataplane.observability.tracing import (
+    RequestTrace,
+    Tracing,
+    operation_name,
+)
 from dataplane.proxy.balancer import Balancer, NoTargetForModel
 from dataplane.proxy.estimate import RESERVED_ESTIMATE_PATH, estimate_for_model, estimate_on_route
 from dataplane.proxy.models import (
@@ -130,8 +135,11 @@ class Gateway:
         rate_limiter: RateLimiter | None = None,
         metrics: DataPlaneMetrics | None = None,
         enforcer: Enforcer | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.node_id = node_id
+        # OpenTelemetry spans and metrics (observability.tracing); None when not configured.
+        self.tracing = tracing
         self.metrics = metrics or DataPlaneMetrics()
         self._drain_timeout_s = drain_timeout_s
         self.config: RuntimeConfig | None = None
@@ -233,6 +241,18 @@ class Gateway:
                 ),
             )
             respond = _admitted_send(send, admitted)
+            trace = None
+            if self.tracing is not None:
+                trace = self.tracing.begin(
+                    scope["headers"],
+                    request_id=request_id,
+                    route=route.name,
+                    consumer=consumer.username if consumer else "",
+                    name=operation_name(policy.route_type),
+                    start_ns=start_ns,
+                    start_perf_ns=time.perf_counter_ns() - (time.time_ns() - start_ns),
+                )
+                trace.cost = admitted.metering.cost
             exchange = _Exchange(
                 source=self.node_id,
                 usage_sink=admitted.recorder(self._usage_sink),
@@ -247,6 +267,7 @@ class Gateway:
                 drain_timeout_s=self._drain_timeout_s,
                 raw=raw,
                 subpath=subpath,
+                trace=trace,
             )
             await exchange.run(scope, receive, respond, self._clients)
         except Rejection as rejection:
@@ -378,6 +399,7 @@ class _Exchange:
         "subject",
         "subpath",
         "target_index",
+        "trace",
         "translator",
         "upstream_ns",
         "usage_sink",
@@ -399,8 +421,10 @@ class _Exchange:
         drain_timeout_s: float,
         raw: bytes = b"",
         subpath: str = "",
+        trace: RequestTrace | None = None,
     ) -> None:
         self.source = source
+        self.trace = trace
         self.usage_sink = usage_sink
         self.request_id = request_id
         self.start_ns = start_ns
@@ -436,6 +460,26 @@ class _Exchange:
             None if self.first_byte_ns is None else (self.first_byte_ns - self.start_perf_ns) / 1e6
         )
         total_ms = (now - self.start_perf_ns) / 1e6
+        if self.trace is not None:
+            # Notes only: spans are built off the request path (observability.tracing).
+            self.trace.ended(
+                attempt=self.attempt,
+                provider=self.policy.target.provider,
+                model=self.prepared.model,
+                origin=self.policy.target.origin,
+                status=status,
+                failed_over=failed_attempt,
+                now_perf_ns=now,
+                upstream_perf_ns=self.upstream_ns,
+                first_byte_perf_ns=self.first_byte_ns,
+                response_model=model,
+                usage=usage,
+                estimated=estimated,
+                stream=self.prepared.stream,
+                operation=operation_name(self.policy.route_type),
+                request_model=self.prepared.requested_model or self.prepared.model,
+                document=self.prepared.document,
+            )
         if not failed_attempt:
             self.metrics.exchange(
                 route=self.route.name,
@@ -573,6 +617,8 @@ class _Exchange:
         if prepared.body:
             headers.append(JSON_CONTENT_TYPE)
         headers.extend(target.auth_headers)
+        if self.trace is not None:
+            self.trace.upstream_headers(headers)  # traceparent: this attempt's span
         id_header = (b"x-request-id", self.request_id.encode())
         try:
             if target.credentials is not None:

@@ -1,0 +1,564 @@
+"""OpenTelemetry GenAI spans and metrics of proxied LLM requests, kept off the request path.
+
+The request path only notes what it already measures (perf-counter instants, the status, the
+usage the provider reported) on a ``RequestTrace``; when the exchange records its last attempt
+the trace becomes one immutable ``TracedRequest`` (a tuple) appended to a deque. A background
+thread drains that deque every ``_DRAIN_INTERVAL_S``, prices the sampled requests and writes
+them, pickled in batches, to a child process (``dataplane.observability.otel_export``) that
+builds the spans with explicit start/end times (the SDK's BatchSpanProcessor), records the
+GenAI metrics and exports both over OTLP. Building and encoding spans costs more CPU than the
+request they describe: in the child it does not hold the data plane's interpreter.
+
+Spans (OpenTelemetry GenAI semantic conventions, Development status, semconv 1.37+):
+
+- ``{gen_ai.operation.name} {gen_ai.request.model}``, kind CLIENT, the request: its parent is
+  the client's ``traceparent`` when it sent a valid one (same trace id), else a new trace.
+- one child per upstream attempt, kind CLIENT, named for the target's model: failover and
+  retries show as siblings. The provider receives a ``traceparent`` naming the attempt span
+  (its ids are drawn before the call, the span is built later).
+- time to first token is an event (``gen_ai.first_token``) on the request and answering attempt.
+
+Off unless configured (``Tracing.from_environment``): with no OTEL_* variable set nothing of
+the OpenTelemetry SDK is imported and no thread or process starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
+
+import orjson
+
+from dataplane.usage.tokens import TokenUsage
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.sampling import Sampler
+
+logger = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+
+# Records waiting for the drain thread; beyond this (the exporter far behind a traffic burst)
+# the oldest are dropped rather than the data plane's memory growing.
+MAX_PENDING_RECORDS: Final = 65_536
+_DRAIN_INTERVAL_S: Final = 0.2
+# The opt-in for prompt content on spans (OpenTelemetry's own variable for GenAI content).
+CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+DEFAULT_SERVICE_NAME: Final = "meterline-dataplane"
+SCOPE_NAME: Final = "meterline.dataplane"
+_EXPORT_MODULE: Final = "dataplane.observability.otel_export"
+
+# Meterline route types -> gen_ai.operation.name.
+_OPERATIONS: Final = {
+    "llm/v1/chat": "chat",
+    "llm/v1/completions": "text_completion",
+    "llm/v1/embeddings": "embeddings",
+    "llm/v1/responses": "chat",
+    "preserve": "chat",
+}
+# Meterline provider names -> gen_ai.provider.name's well-known values (others as they are).
+_PROVIDERS: Final = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+    "vertex": "gcp.vertex_ai",
+    "bedrock": "aws.bedrock",
+    "mistral": "mistral_ai",
+    "cohere": "cohere",
+    "openai_compatible": "openai",
+}
+# Request body fields -> gen_ai.request.* attributes.
+_PARAMS: Final = (
+    ("max_tokens", "gen_ai.request.max_tokens"),
+    ("max_completion_tokens", "gen_ai.request.max_tokens"),
+    ("max_output_tokens", "gen_ai.request.max_tokens"),
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+)
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def operation_name(route_type: str) -> str:
+    return _OPERATIONS.get(route_type, "chat")
+
+
+def provider_name(provider: str) -> str:
+    return _PROVIDERS.get(provider, provider)
+
+
+def parse_traceparent(value: str) -> tuple[int, int, int] | None:
+    """(trace id, parent span id, flags) of a W3C ``traceparent``; None if it is not valid."""
+    parts = value.strip().split("-")
+    if len(parts) < 4 or parts[0] == "ff" or len(parts[0]) != 2:
+        return None
+    version, trace_hex, span_hex, flags_hex = parts[:4]
+    if version == "00" and len(parts) != 4:
+        return None
+    if len(trace_hex) != 32 or len(span_hex) != 16 or len(flags_hex) != 2:
+        return None
+    if not _HEX.issuperset(trace_hex + span_hex + flags_hex + version):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, int(flags_hex, 16)
+
+
+class TracedAttempt(NamedTuple):
+    """One upstream call, as the request path measured it (perf-counter nanoseconds).
+
+    The request path builds plain tuples in this field order (a NamedTuple's ``__new__`` and
+    pickling cost Python calls); the exporter process reads them through this class."""
+
+    number: int
+    span_id: int
+    provider: str
+    model: str
+    origin: str
+    start_perf_ns: int
+    end_perf_ns: int
+    status: int
+    failed_over: bool
+    upstream_perf_ns: int | None
+    first_byte_perf_ns: int | None
+
+
+class TracedRequest(NamedTuple):
+    """One proxied request, after its last attempt: plain values only (it is pickled to the
+    exporter process; a plain tuple in this field order until there). ``cost`` is a thunk on
+    the request path, a decimal string (or None) once the drain thread priced it."""
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int | None
+    tracestate: str
+    sampled: bool
+    request_id: str
+    route: str
+    consumer: str
+    operation: str
+    request_model: str
+    response_model: str
+    provider: str
+    start_ns: int
+    start_perf_ns: int
+    end_perf_ns: int
+    status: int
+    # (input, output, cached input, reasoning, cache write) as TokenUsage keeps them.
+    usage: tuple[int | None, int | None, int | None, int | None, int | None] | None
+    estimated: bool
+    stream: bool
+    first_byte_perf_ns: int | None
+    attempts: tuple[TracedAttempt, ...]
+    params: tuple[tuple[str, int | float], ...]
+    messages: str | None
+    cost: Any
+
+
+class RequestTrace:
+    """The trace context of one request on the request path: ids drawn up front, attempts noted
+    as they end. ``Tracing.begin`` makes one; the exchange calls ``upstream_headers`` before each
+    upstream call and ``ended`` from its record step."""
+
+    __slots__ = (
+        "_attempt_span_id",
+        "_attempt_start",
+        "_attempts",
+        "_flags",
+        "_tracing",
+        "consumer",
+        "cost",
+        "parent_span_id",
+        "request_id",
+        "route",
+        "sampled",
+        "span_id",
+        "start_ns",
+        "start_perf_ns",
+        "trace_id",
+        "tracestate",
+    )
+
+    def __init__(
+        self,
+        tracing: Tracing,
+        *,
+        trace_id: int,
+        parent_span_id: int | None,
+        tracestate: str,
+        sampled: bool,
+        request_id: str,
+        route: str,
+        consumer: str,
+        start_ns: int,
+        start_perf_ns: int,
+    ) -> None:
+        self._tracing = tracing
+        self.trace_id = trace_id
+        self.span_id = _span_id()
+        self.parent_span_id = parent_span_id
+        self.tracestate = tracestate
+        self.sampled = sampled
+        self._flags = "01" if sampled else "00"
+        self.request_id = request_id
+        self.route = route
+        self.consumer = consumer
+        self.start_ns = start_ns
+        self.start_perf_ns = start_perf_ns
+        self.cost: Callable[[], Decimal | None] | None = None
+        self._attempts: list[tuple[Any, ...]] = []
+        self._attempt_span_id = 0
+        self._attempt_start = start_perf_ns
+
+    def upstream_headers(self, headers: Headers) -> None:
+        """Replace the client's trace headers in ``headers`` (the upstream request's) with ones
+        naming the next attempt span as parent; that attempt's clock starts now."""
+        headers[:] = [h for h in headers if h[0] not in (b"traceparent", b"tracestate")]
+        self._attempt_span_id = span_id = _span_id()
+        self._attempt_start = time.perf_counter_ns()
+        headers.append(
+            (b"traceparent", f"00-{self.trace_id:032x}-{span_id:016x}-{self._flags}".encode())
+        )
+        if self.tracestate:
+            headers.append((b"tracestate", self.tracestate.encode()))
+
+    def ended(
+        self,
+        *,
+        attempt: int,
+        provider: str,
+        model: str,
+        origin: str,
+        status: int,
+        failed_over: bool,
+        now_perf_ns: int,
+        upstream_perf_ns: int | None,
+        first_byte_perf_ns: int | None,
+        response_model: str,
+        usage: TokenUsage | None,
+        estimated: bool,
+        stream: bool,
+        operation: str,
+        request_model: str,
+        document: Any,
+    ) -> None:
+        """One attempt ended (the exchange's record step); the last one ends the request."""
+        self._attempts.append(
+            (  # TracedAttempt's fields
+                attempt,
+                self._attempt_span_id or _span_id(),
+                provider,
+                model,
+                origin,
+                self._attempt_start,
+                now_perf_ns,
+                status,
+                failed_over,
+                upstream_perf_ns,
+                None if failed_over else first_byte_perf_ns,
+            )
+        )
+        self._attempt_span_id = 0
+        self._attempt_start = now_perf_ns
+        if failed_over:
+            return
+        params: tuple[tuple[str, int | float], ...] = ()
+        messages = None
+        if self.sampled and isinstance(document, dict):
+            found_params = []
+            for key, name in _PARAMS:
+                value = document.get(key)
+                if value is not None and type(value) in (int, float):
+                    found_params.append((name, value))
+            params = tuple(found_params)
+            if self._tracing.capture_content:
+                # Opt-in only (CAPTURE_CONTENT_ENV); the route's log_payloads condition is
+                # pending (the snapshot has no such field yet).
+                found = document.get("messages", document.get("input"))
+                if found is not None:
+                    messages = orjson.dumps(found).decode()
+        self._tracing.submit(
+            (  # TracedRequest's fields
+                self.trace_id,
+                self.span_id,
+                self.parent_span_id,
+                self.tracestate,
+                self.sampled,
+                self.request_id,
+                self.route,
+                self.consumer,
+                operation,
+                request_model,
+                response_model,
+                provider,
+                self.start_ns,
+                self.start_perf_ns,
+                now_perf_ns,
+                status,
+                None
+                if usage is None
+                else (
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    usage.cached_input_tokens,
+                    usage.reasoning_tokens,
+                    usage.cache_write_tokens,
+                ),
+                estimated,
+                stream,
+                first_byte_perf_ns,
+                tuple(self._attempts),
+                params,
+                messages,
+                self.cost if self.sampled else None,
+            )
+        )
+
+
+def _span_id() -> int:
+    return random.getrandbits(64) or 1
+
+
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def signals_configured(environ: Mapping[str, str] | None = None) -> tuple[bool, bool]:
+    """(traces, metrics): whether the OTEL_* variables ask for each to be exported.
+
+    An OTLP endpoint turns both on; OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER set to
+    ``otlp`` or ``console`` turn one on and ``none`` turns it off; OTEL_SDK_DISABLED wins."""
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False, False
+    endpoint = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
+
+    def wanted(signal: str) -> bool:
+        exporter = env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower()
+        if exporter:
+            return exporter != "none"
+        return endpoint or bool(env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "").strip())
+
+    return wanted("TRACES"), wanted("METRICS")
+
+
+def _fast_decision(sampler: Any) -> Callable[[int, int | None], bool] | None:
+    """``decide(trace_id, parent sampled flag or None)`` for the SDK's built-in samplers
+    (always_on/off, traceidratio, parentbased_* of those); None for any other (then the
+    sampler itself is asked). Same decisions as their ``should_sample`` for a remote parent."""
+    from opentelemetry.sdk.trace import sampling
+
+    if isinstance(sampler, sampling.StaticSampler):
+        on = sampler._decision == sampling.Decision.RECORD_AND_SAMPLE
+        return lambda trace_id, parent: on
+    if isinstance(sampler, sampling.TraceIdRatioBased):
+        bound, limit = sampler.bound, sampler.TRACE_ID_LIMIT
+        return lambda trace_id, parent: trace_id & limit < bound
+    if isinstance(sampler, sampling.ParentBased):
+        root = _fast_decision(sampler._root)
+        sampled = _fast_decision(sampler._remote_parent_sampled)
+        not_sampled = _fast_decision(sampler._remote_parent_not_sampled)
+        if root is None or sampled is None or not_sampled is None:
+            return None
+
+        def parent_based(trace_id: int, parent: int | None) -> bool:
+            if parent is None:
+                return root(trace_id, None)
+            return (sampled if parent else not_sampled)(trace_id, parent)
+
+        return parent_based
+    return None
+
+
+class ExporterGone(RuntimeError):
+    """The exporter process ended; tracing stops, requests go on."""
+
+
+class Tracing:
+    """The OpenTelemetry side of a data plane: ``begin`` per request; spans and metrics are
+    built and exported by a child process. Make one with ``from_environment`` (None when not
+    configured); ``shutdown`` flushes and stops it."""
+
+    def __init__(self, *, sampler: Sampler | None, capture_content: bool = False) -> None:
+        from opentelemetry import trace as api
+        from opentelemetry.context import Context
+        from opentelemetry.sdk.trace.sampling import Decision
+
+        self._api = api
+        # An empty context for requests without a parent: the sampler would look up the
+        # current one (contextvars) otherwise, and the request path has none.
+        self._root = Context()
+        self._sampled = Decision.RECORD_AND_SAMPLE
+        self._sampler = sampler
+        # The SDK's standard samplers decided without their per-call objects (a Context, a
+        # SamplingResult): a quarter of tracing's cost on the request path otherwise.
+        self._decide = None if sampler is None else _fast_decision(sampler)
+        self.capture_content = capture_content
+        self._pending: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
+        self._pipe_lock = threading.Lock()
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", _EXPORT_MODULE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self._gone = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="meterline-otel", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_environment(cls) -> Tracing | None:
+        """Tracing and metrics as the OTEL_* variables configure them; None if they ask for
+        neither (then nothing of the SDK is imported)."""
+        traces, metrics = signals_configured()
+        if not (traces or metrics):
+            return None
+        sampler = None
+        if traces:
+            from opentelemetry.sdk.trace import TracerProvider
+
+            # Only read for its sampler (OTEL_TRACES_SAMPLER / _ARG): spans are built elsewhere.
+            sampler = TracerProvider(shutdown_on_exit=False).sampler
+        return cls(sampler=sampler, capture_content=_env_on(CAPTURE_CONTENT_ENV))
+
+    # -- the request path --------------------------------------------------------------
+
+    def begin(
+        self,
+        headers: Headers,
+        *,
+        request_id: str,
+        route: str,
+        consumer: str,
+        name: str,
+        start_ns: int,
+        start_perf_ns: int,
+    ) -> RequestTrace:
+        """A request's trace context: the client's ``traceparent``/``tracestate`` continued
+        if valid, and the sampling decision made now (the provider is told it)."""
+        parent: tuple[int, int, int] | None = None
+        tracestate = ""
+        for key, value in headers:
+            if key == b"traceparent":
+                parent = parse_traceparent(value.decode("latin-1"))
+            elif key == b"tracestate":
+                tracestate = value.decode("latin-1")[:512]
+        if parent is None:
+            trace_id, parent_span_id, tracestate = random.getrandbits(128) or 1, None, ""
+        else:
+            trace_id, parent_span_id = parent[0], parent[1]
+        return RequestTrace(
+            self,
+            trace_id=trace_id,
+            parent_span_id=parent_span_id,
+            tracestate=tracestate,
+            sampled=self._sample(trace_id, parent, tracestate, name),
+            request_id=request_id,
+            route=route,
+            consumer=consumer,
+            start_ns=start_ns,
+            start_perf_ns=start_perf_ns,
+        )
+
+    def _sample(
+        self, trace_id: int, parent: tuple[int, int, int] | None, tracestate: str, name: str
+    ) -> bool:
+        sampler = self._sampler
+        if sampler is None or self._gone:
+            return False
+        if self._decide is not None:
+            return self._decide(trace_id, None if parent is None else parent[2] & 1)
+        api = self._api
+        context = self._root
+        if parent is not None:
+            remote = api.SpanContext(
+                parent[0],
+                parent[1],
+                is_remote=True,
+                trace_flags=api.TraceFlags(parent[2] & 1),
+                trace_state=api.TraceState.from_header([tracestate]) if tracestate else None,
+            )
+            context = api.set_span_in_context(api.NonRecordingSpan(remote))
+        result = sampler.should_sample(context, trace_id, name, api.SpanKind.CLIENT)
+        return bool(result.decision == self._sampled)
+
+    def submit(self, request: tuple[Any, ...]) -> None:
+        """Queue a finished request for the drain thread (one deque append)."""
+        self._pending.append(request)
+
+    # -- the drain thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(_DRAIN_INTERVAL_S):
+            self._drain()
+
+    def _drain(self) -> None:
+        pending = self._pending
+        batch: list[tuple[Any, ...]] = []
+        while pending:
+            request = pending.popleft()
+            price = request[-1]
+            if price is not None:
+                try:
+                    cost = price()
+                except Exception:
+                    logger.exception("request %s: could not price it", request[5])
+                    cost = None
+                request = (*request[:-1], None if cost is None else f"{cost:f}")
+            batch.append(request)
+        if batch:
+            self._send(b"B", pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _send(self, kind: bytes, payload: bytes = b"", *, answer: bool = False) -> None:
+        if self._gone:
+            return
+        stdin: IO[bytes] | None = self._child.stdin
+        stdout: IO[bytes] | None = self._child.stdout
+        assert stdin is not None and stdout is not None
+        with self._pipe_lock:
+            try:
+                stdin.write(kind + len(payload).to_bytes(4, "big") + payload)
+                stdin.flush()
+                if answer and stdout.read(1) != b"K":
+                    raise ExporterGone("no answer")
+            except (OSError, ExporterGone) as exc:
+                self._gone = True
+                logger.error(
+                    "the OpenTelemetry exporter process (pid %d) ended (%s); tracing stops",
+                    self._child.pid,
+                    exc,
+                )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def force_flush(self) -> None:
+        """Build and export everything recorded so far (tests, benchmarks, shutdown)."""
+        self._drain()
+        self._send(b"F", answer=True)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._drain()
+        self._send(b"Q", answer=True)
+        child = self._child
+        if child.stdin is not None:
+            child.stdin.close()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()

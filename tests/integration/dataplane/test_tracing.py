@@ -1,0 +1,396 @@
+"""OpenTelemetry GenAI spans and metrics of the data plane, exported to a real OTLP receiver
+(the collector's gRPC TraceService/MetricsService, or OTLP/HTTP) on 127.0.0.1.
+
+Each test runs the gateway in-process in front of the fake provider, with the OTEL_* variables
+an operator would set, and compares what arrives with what the provider reported and what the
+usage events record.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, ExitStack
+from decimal import Decimal
+
+import openai
+import pytest
+
+from dataplane.config.keys import hash_key
+from dataplane.http.server import serve_http
+from dataplane.observability.tracing import Tracing, parse_traceparent
+from dataplane.proxy.compiler import compile_snapshot
+from dataplane.proxy.gateway import Gateway
+from dataplane.testing.fake_openai import FakeProvider
+from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
+from support.otlp_receiver import Received, attributes, grpc_receiver, http_receiver
+
+MESSAGES = [{"role": "user", "content": "tell me about tracing please"}]
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+OTEL_THREADS = ("meterline-otel", "OtelBatchSpanProcessor", "OtelPeriodicExportingMetricReader")
+
+
+def _clear_otel(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Received, Tracing]]:
+    """A gRPC OTLP receiver, and the data plane's Tracing configured for it by OTEL_* only."""
+    _clear_otel(monkeypatch)
+    with grpc_receiver() as (url, received):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "dp-under-test")
+        monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+        monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")
+        tracing = Tracing.from_environment()
+        assert tracing is not None
+        try:
+            yield received, tracing
+        finally:
+            tracing.shutdown()
+
+
+def _snapshot(targets: list[str], *, advanced: bool = False) -> snapshot_pb2.Snapshot:
+    """Route /chat with key-auth and ai-proxy (one target) or ai-proxy-advanced (priority)."""
+
+    def target(url: str, priority: int) -> snapshot_pb2.AiProxyTarget:
+        return snapshot_pb2.AiProxyTarget(
+            route_type="llm/v1/chat",
+            auth=snapshot_pb2.AiProxyAuth(header_name="Authorization", header_value="Bearer sk-p"),
+            model=snapshot_pb2.AiProxyModel(
+                provider="openai",
+                name=f"gpt-4o-{priority}",
+                options=snapshot_pb2.AiProxyModelOptions(
+                    upstream_url=url, input_cost="2", output_cost="8"
+                ),
+            ),
+            priority=priority,
+            weight=1,
+        )
+
+    config = snapshot_pb2.AiProxyConfig(route_type="llm/v1/chat")
+    if advanced:
+        config.targets.extend(target(url, n + 1) for n, url in enumerate(targets))
+        config.balancer.algorithm = "priority"
+        config.balancer.failover_criteria.append("http_5xx")
+        config.balancer.retries = 5
+    else:
+        only = target(targets[0], 1)
+        config.auth.CopyFrom(only.auth)
+        config.model.CopyFrom(only.model)
+    return snapshot_pb2.Snapshot(
+        services=[snapshot_pb2.Service(id="svc", name="ai", url="http://ai.invalid")],
+        routes=[snapshot_pb2.Route(id="r-chat", name="chat", service_id="svc", paths=["/chat"])],
+        consumers=[
+            snapshot_pb2.Consumer(id="c1", username="acme-corp", key_hashes=[hash_key("sk-k")])
+        ],
+        plugins=[
+            snapshot_pb2.Plugin(
+                id="ka",
+                name="key-auth",
+                route_id="r-chat",
+                enabled=True,
+                key_auth=snapshot_pb2.KeyAuthConfig(key_names=["apikey"], key_in_bearer=True),
+            ),
+            snapshot_pb2.Plugin(
+                id="ai",
+                name="ai-proxy-advanced" if advanced else "ai-proxy",
+                route_id="r-chat",
+                enabled=True,
+                ai_proxy=config,
+            ),
+        ],
+    )
+
+
+async def _gateway(
+    stack: AsyncExitStack,
+    tracing: Tracing | None,
+    providers: list[FakeProvider | None],
+    *,
+    advanced: bool = False,
+) -> tuple[str, list[usage_pb2.UsageEvent]]:
+    urls = []
+    for provider in providers:
+        address = await stack.enter_async_context(serve_http(provider))
+        urls.append(f"{address.url}/v1/chat/completions")
+    events: list[usage_pb2.UsageEvent] = []
+    gateway = Gateway(node_id="dp-test", usage_sink=events.append, tracing=tracing)
+    stack.push_async_callback(gateway.aclose)
+    gateway.apply(compile_snapshot(_snapshot(urls, advanced=advanced), version="v1"))
+    address = await stack.enter_async_context(serve_http(gateway))
+    return f"{address.url}/chat", events
+
+
+def _client(url: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=url, api_key="sk-k", max_retries=0)
+
+
+def _by_name(received: Received) -> dict[str, list[dict]]:
+    spans: dict[str, list[dict]] = {}
+    for span in received.spans():
+        spans.setdefault(span.name, []).append(
+            {"span": span, "attributes": attributes(span.attributes)}
+        )
+    return spans
+
+
+def _tokens(events: list[usage_pb2.UsageEvent]) -> dict[int, int]:
+    return {e.llm_tokens.token_type: e.llm_tokens.tokens for e in events}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_request_arrives_as_genai_spans_with_the_reported_tokens(
+    collector: tuple[Received, Tracing], stream: bool
+) -> None:
+    received, tracing = collector
+    provider = FakeProvider()
+    async with AsyncExitStack() as stack:
+        url, events = await _gateway(stack, tracing, [provider])
+        async with _client(url) as client:
+            if stream:
+                chunks = await client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=MESSAGES,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    temperature=0.5,
+                    max_tokens=50,
+                )
+                usage = [chunk.usage async for chunk in chunks if chunk.usage][-1]
+            else:
+                completion = await client.chat.completions.create(
+                    model="gpt-4o-mini", messages=MESSAGES, temperature=0.5, max_tokens=50
+                )
+                usage = completion.usage
+    tracing.force_flush()
+
+    spans = _by_name(received)
+    # The request span, named {operation} {request model}, and one attempt span (the target).
+    (request,) = spans["chat gpt-4o-mini"]
+    (attempt,) = spans["chat gpt-4o-1"]
+    attrs = request["attributes"]
+    assert request["span"].kind == request["span"].SPAN_KIND_CLIENT
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.provider.name"] == "openai"
+    assert attrs["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attrs["gen_ai.request.temperature"] == 0.5
+    assert attrs["gen_ai.request.max_tokens"] == 50
+    assert attrs["gen_ai.request.stream"] is stream
+    assert attrs["gen_ai.response.model"] == "gpt-4o-1"
+    # Token attributes equal what the provider reported, and what the usage events record.
+    assert attrs["gen_ai.usage.input_tokens"] == usage.prompt_tokens
+    assert attrs["gen_ai.usage.output_tokens"] == usage.completion_tokens
+    recorded = _tokens(events)
+    assert recorded[usage_pb2.TOKEN_TYPE_INPUT] == usage.prompt_tokens
+    assert recorded[usage_pb2.TOKEN_TYPE_OUTPUT] == usage.completion_tokens
+    assert attrs["meterline.route"] == "chat"
+    assert attrs["meterline.consumer"] == "acme-corp"
+    assert attrs["meterline.request_id"] == events[0].llm_tokens.request_id
+    assert attrs["meterline.usage.estimated"] is False
+    # Priced by the route's costs (per million tokens): a decimal string, never a float.
+    expected = Decimal(2 * usage.prompt_tokens + 8 * usage.completion_tokens) / 1_000_000
+    assert attrs["meterline.cost"] == f"{expected:f}"
+    # Time to first token is an event inside the span; the attempt is its child.
+    (first_token,) = [e for e in request["span"].events if e.name == "gen_ai.first_token"]
+    span = request["span"]
+    assert span.start_time_unix_nano < first_token.time_unix_nano <= span.end_time_unix_nano
+    assert attempt["span"].parent_span_id == span.span_id
+    assert attempt["span"].trace_id == span.trace_id
+    assert attempt["attributes"]["http.response.status_code"] == 200
+    # The upstream request carried a traceparent naming the attempt span.
+    parent = parse_traceparent(provider.requests[-1].headers["traceparent"])
+    assert parent == (
+        int.from_bytes(span.trace_id, "big"),
+        int.from_bytes(attempt["span"].span_id, "big"),
+        1,
+    )
+    # Exported with the resource and headers of the OTEL_* variables.
+    assert {"service.name": "dp-under-test", "deployment.environment": "test"}.items() <= (
+        received.resources()[0].items()
+    )
+    assert received.headers[0]["x-tenant"] == "acme"
+
+    # The GenAI metrics arrive too, with the same token counts.
+    points = received.metric_points("gen_ai.client.token.usage")
+    by_type = {attributes(p.attributes)["gen_ai.token.type"]: p.sum for p in points}
+    assert by_type == {"input": usage.prompt_tokens, "output": usage.completion_tokens}
+    (duration,) = received.metric_points("gen_ai.client.operation.duration")
+    assert duration.count == 1
+    assert duration.sum == pytest.approx(
+        (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9, rel=1e-3
+    )
+    (ttft,) = received.metric_points("gen_ai.server.time_to_first_token")
+    assert ttft.count == 1
+    tpot = received.metric_points("gen_ai.server.time_per_output_token")
+    assert len(tpot) == (1 if stream else 0)
+
+
+async def test_a_failover_shows_two_attempt_spans(
+    collector: tuple[Received, Tracing],
+) -> None:
+    received, tracing = collector
+    primary, secondary = FakeProvider(status=500), FakeProvider()
+    async with AsyncExitStack() as stack:
+        url, events = await _gateway(stack, tracing, [primary, secondary], advanced=True)
+        async with _client(url) as client:
+            completion = await client.chat.completions.create(model="any", messages=MESSAGES)
+    tracing.force_flush()
+
+    spans = _by_name(received)
+    (request,) = spans["chat any"]
+    (failed,) = spans["chat gpt-4o-1"]
+    (answered,) = spans["chat gpt-4o-2"]
+    span_id = request["span"].span_id
+    assert failed["span"].parent_span_id == span_id == answered["span"].parent_span_id
+    assert failed["attributes"]["http.response.status_code"] == 500
+    assert failed["attributes"]["error.type"] == "500"
+    assert failed["attributes"]["meterline.attempt"] == 1
+    assert failed["span"].status.code == failed["span"].status.STATUS_CODE_ERROR
+    assert answered["attributes"]["meterline.attempt"] == 2
+    assert answered["attributes"]["http.response.status_code"] == 200
+    # The attempts follow each other inside the request span.
+    assert failed["span"].end_time_unix_nano <= answered["span"].start_time_unix_nano
+    assert request["attributes"]["meterline.attempts"] == 2
+    assert request["attributes"]["gen_ai.usage.output_tokens"] == (
+        completion.usage.completion_tokens
+    )
+    # Each provider saw its own attempt span as parent.
+    for provider, attempt in ((primary, failed), (secondary, answered)):
+        parent = parse_traceparent(provider.requests[-1].headers["traceparent"])
+        assert parent is not None
+        assert parent[1] == int.from_bytes(attempt["span"].span_id, "big")
+    assert {e.llm_tokens.attempt for e in events} == {1, 2}
+
+
+async def test_the_clients_traceparent_is_continued_up_to_the_provider(
+    collector: tuple[Received, Tracing],
+) -> None:
+    received, tracing = collector
+    provider = FakeProvider()
+    async with AsyncExitStack() as stack:
+        url, _ = await _gateway(stack, tracing, [provider])
+        async with _client(url) as client:
+            await client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                extra_headers={
+                    "traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01",
+                    "tracestate": "vendor=abc",
+                },
+            )
+    tracing.force_flush()
+
+    (request,) = _by_name(received)["chat gpt-4o-mini"]
+    span = request["span"]
+    assert span.trace_id.hex() == CLIENT_TRACE
+    assert span.parent_span_id.hex() == CLIENT_SPAN
+    assert span.trace_state == "vendor=abc"
+    headers = provider.requests[-1].headers
+    trace_id, parent_id, flags = parse_traceparent(headers["traceparent"])
+    assert f"{trace_id:032x}" == CLIENT_TRACE
+    assert f"{parent_id:016x}" != CLIENT_SPAN  # the gateway's attempt span, not the client's
+    assert flags == 1
+    assert headers["tracestate"] == "vendor=abc"
+
+
+async def test_an_unsampled_client_trace_exports_no_spans_but_metrics(
+    collector: tuple[Received, Tracing],
+) -> None:
+    received, tracing = collector
+    provider = FakeProvider()
+    async with AsyncExitStack() as stack:
+        url, _ = await _gateway(stack, tracing, [provider])
+        async with _client(url) as client:
+            await client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"},
+            )
+    tracing.force_flush()
+
+    # parentbased_always_on follows the client's decision; the provider is told it too.
+    assert received.spans() == []
+    assert provider.requests[-1].headers["traceparent"].endswith("-00")
+    assert len(received.metric_points("gen_ai.client.operation.duration")) == 1
+
+
+async def test_traceidratio_sampling_and_otlp_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_otel(monkeypatch)
+    with ExitStack() as sync_stack:
+        url, received = sync_stack.enter_context(http_receiver())
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+        tracing = Tracing.from_environment()
+        assert tracing is not None
+        sync_stack.callback(tracing.shutdown)
+        provider = FakeProvider()
+        async with AsyncExitStack() as stack:
+            gateway_url, _ = await _gateway(stack, tracing, [provider])
+            async with _client(gateway_url) as client:
+                for _ in range(40):
+                    await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        tracing.force_flush()
+        # The ratio sampler keeps the traces whose id falls under the ratio: exactly those
+        # arrive (two spans each), over OTLP/HTTP.
+        sent = [parse_traceparent(r.headers["traceparent"]) for r in provider.requests]
+        sampled = {trace_id for trace_id, _, flags in sent if flags == 1}
+        assert 0 < len(sampled) < 40
+        assert {int.from_bytes(s.trace_id, "big") for s in received.spans()} == sampled
+        assert len(received.spans()) == 2 * len(sampled)
+        assert received.metrics == []
+
+
+async def test_without_otel_variables_nothing_is_exported_and_no_thread_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_otel(monkeypatch)
+    with grpc_receiver() as (_url, received):
+        tracing = Tracing.from_environment()
+        assert tracing is None
+        provider = FakeProvider()
+        async with AsyncExitStack() as stack:
+            url, events = await _gateway(stack, tracing, [provider])
+            async with _client(url) as client:
+                await client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=MESSAGES,
+                    extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"},
+                )
+            names = [thread.name for thread in threading.enumerate()]
+        assert not [n for n in names if n.startswith(OTEL_THREADS)]
+        assert received.spans() == [] and received.metrics == []
+        assert len(events) == 2
+        # Untraced, the client's own header goes to the provider unchanged.
+        assert provider.requests[-1].headers["traceparent"] == f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+
+
+def test_the_data_plane_imports_no_sdk_without_otel_variables() -> None:
+    # A fresh interpreter: the data plane's CLI and gateway, tracing looked up from a clean
+    # environment: no OpenTelemetry SDK module loaded, one thread.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    code = (
+        "import sys, threading\n"
+        "import dataplane.cli, dataplane.proxy.gateway\n"
+        "from dataplane.observability.tracing import Tracing\n"
+        "assert Tracing.from_environment() is None\n"
+        "loaded = [m for m in sys.modules if m.startswith('opentelemetry')]\n"
+        "assert loaded == [], loaded\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
