@@ -25,6 +25,7 @@ from controlplane.catalog.types import (
     PriceList,
     PriceType,
     RateCard,
+    SettlementMode,
     Tier,
     TierMode,
 )
@@ -279,7 +280,15 @@ def _rate_card(
     currency: str | None,
 ) -> RateCard | None:
     before = len(entry.problems)
-    entry.check_keys(("key", "feature", "price", "entitlement", "discounts", "commitments"))
+    entry.check_keys(
+        ("key", "feature", "price", "entitlement", "discounts", "commitments", "settlement_mode")
+    )
+    mode = entry.choice(
+        "settlement_mode",
+        tuple(m.value for m in SettlementMode),
+        default=SettlementMode.CREDIT_THEN_INVOICE.value,
+    )
+    settlement_mode = SettlementMode(mode or SettlementMode.CREDIT_THEN_INVOICE.value)
     feature: str | None = entry.string("feature", default="") or None
     if feature is not None:
         if feature not in features:
@@ -310,6 +319,7 @@ def _rate_card(
         entitlement=entitlement,
         discounts=discounts,
         commitments=commitments,
+        settlement_mode=settlement_mode,
     )
     for problem in rate_card_problems(card, currency=currency):
         entry.fail(problem)

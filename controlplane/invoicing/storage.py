@@ -675,6 +675,7 @@ def line_to_json(line: InvoiceLine) -> dict[str, Any]:
         "late_usage": line.late_usage,
         "model": line.model,
         "token_type": line.token_type,
+        "credit_grant": line.credit_grant,
         "tiers": [
             {
                 "tier": t.tier,
@@ -709,6 +710,7 @@ def line_from_json(id: str, data: Mapping[str, Any]) -> InvoiceLine:
         late_usage=bool(data["late_usage"]),
         model=data.get("model"),
         token_type=data.get("token_type"),
+        credit_grant=data.get("credit_grant"),
         tiers=tuple(
             TierCharge(
                 tier=t["tier"],

@@ -171,6 +171,8 @@ rate_cards = Table(
     Column("entitlement", Text, nullable=True),
     Column("discounts", Text, nullable=True),
     Column("commitments", Text, nullable=True),
+    # credit_only; NULL is credit_then_invoice (controlplane.catalog.types.SettlementMode).
+    Column("settlement_mode", String(30), nullable=True),
     ForeignKeyConstraint(
         ["plan_key", "plan_version"], ["plans.key", "plans.version"], ondelete="CASCADE"
     ),
@@ -325,6 +327,52 @@ budgets = Table(
     Column("mode", String(10), nullable=False),
     Column("create_time", UTCDateTime(), nullable=False),
     Index("ix_budgets_customer", "customer"),
+)
+
+credit_grants = Table(
+    "credit_grants",
+    metadata,
+    # Prepaid money a customer may spend (controlplane.credits); what remains of it is the sum
+    # of its credit_transactions.
+    Column("id", String(36), primary_key=True),
+    Column("customer", String(200), ForeignKey("customers.key"), nullable=False),
+    # The idempotency key; NULL when none was given (NULLs never collide).
+    Column("key", String(200), nullable=True),
+    # Decimal string.
+    Column("amount", Text, nullable=False),
+    Column("currency", String(3), nullable=False),
+    # invoice | promotional | external
+    Column("funding", String(20), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("effective_time", UTCDateTime(), nullable=False),
+    Column("expire_time", UTCDateTime(), nullable=True),
+    # JSON list of feature keys; [] pays every feature and flat fees.
+    Column("features", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("void_time", UTCDateTime(), nullable=True),
+    Column("create_time", UTCDateTime(), nullable=False),
+    UniqueConstraint("customer", "key", name="uq_credit_grants_customer_key"),
+    Index("ix_credit_grants_customer", "customer"),
+)
+
+credit_transactions = Table(
+    "credit_transactions",
+    metadata,
+    # The credit ledger: funded | consumed | expired | voided | adjusted, amounts signed.
+    Column("id", String(36), primary_key=True),
+    Column("customer", String(200), ForeignKey("customers.key"), nullable=False),
+    Column("grant_id", String(36), ForeignKey("credit_grants.id"), nullable=False),
+    Column("type", String(20), nullable=False),
+    # Signed decimal string: funded and positive adjustments add, the rest subtract.
+    Column("amount", Text, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("time", UTCDateTime(), nullable=False),
+    # consumed: the issued invoice whose credit line it is.
+    Column("invoice_id", String(36), ForeignKey("invoices.id"), nullable=True),
+    Column("description", Text, nullable=False),
+    Column("create_time", UTCDateTime(), nullable=False),
+    Index("ix_credit_transactions_customer", "customer"),
+    Index("ix_credit_transactions_grant_id", "grant_id"),
 )
 
 invoices = Table(
