@@ -30,7 +30,7 @@ from controlplane.invoicing import lifecycle
 from controlplane.invoicing import storage as invoices
 from controlplane.invoicing.types import InvoiceState
 from controlplane.rating.charge import LineType
-from controlplane.rating.money import minor_units
+from controlplane.rating.money import rounding_places
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.periods import LATEST_TIME, add_cadence, parse_cadence
 
@@ -104,7 +104,8 @@ def _check(conn: Connection, grant: CreditGrant, currency: str) -> None:
             f"credit grant currency {grant.currency!r} is not the currency of customer "
             f"{grant.customer!r}'s plan ({currency})"
         )
-    places = minor_units(currency)
+    # Invoice lines are rounded to this; a grant on the same grid pays them to the cent.
+    places = rounding_places(currency)
     if grant.amount != grant.amount.quantize(Decimal(1).scaleb(-places)):
         raise InvalidArgument(
             f"credit grant amount {grant.amount} has more decimals than {currency} has"
@@ -207,7 +208,7 @@ def list_grants(conn: Connection, *, customer: str) -> list[CreditGrant]:
 
 
 def ledger(conn: Connection, *, customer: str, grant_id: str = "") -> list[CreditTransaction]:
-    """The customer's ledger, oldest first (optionally one grant's)."""
+    """The customer's ledger in the order it was written (optionally one grant's)."""
     customers.get_customer(conn, customer)
     if grant_id:
         _owned(conn, customer, grant_id)
@@ -238,15 +239,29 @@ def balance(conn: Connection, *, customer: str, at: datetime) -> CreditBalance:
         currency = _plan_currency(conn, customer, at)
     except FailedPrecondition:
         currency = grants[0].currency if grants else ""
-    pending = Decimal(0)
-    for row in invoices.list_invoice_rows(
-        conn, customer=customer, states=(InvoiceState.GATHERING, InvoiceState.DRAFT)
-    ):
-        invoice = lifecycle.load_invoice(conn, row)
-        pending += sum(
-            (-line.amount for line in invoice.lines if line.type is LineType.CREDIT),
-            Decimal(0),
+    open_invoices = [
+        lifecycle.load_invoice(conn, row)
+        for row in invoices.list_invoice_rows(
+            conn, customer=customer, states=(InvoiceState.GATHERING, InvoiceState.DRAFT)
         )
+    ]
+    try:
+        # The current period, even before the invoicing job created its invoice.
+        current = lifecycle.preview_invoice(conn, customer=customer, at=at)
+    except FailedPrecondition:
+        current = None
+    if current is not None and current.state.open:
+        if all(found.period_start != current.period_start for found in open_invoices):
+            open_invoices.append(current)
+    pending = sum(
+        (
+            -line.amount
+            for invoice in open_invoices
+            for line in invoice.lines
+            if line.type is LineType.CREDIT
+        ),
+        Decimal(0),
+    )
     return CreditBalance(
         customer=customer,
         currency=currency,

@@ -22,6 +22,7 @@ from controlplane.credits.types import CreditGrant, TransactionType
 from controlplane.invoicing import storage as invoices
 from controlplane.invoicing.types import InvoiceLine, InvoiceState
 from controlplane.rating.charge import LineType
+from controlplane.rating.money import round_money
 
 ONE = Decimal(1)
 
@@ -86,8 +87,11 @@ def credit_lines(
     """One negative line per grant used, then one per uncovered ``credit_only`` charge."""
     by_id = {grant.id: grant for grant, _ in grants}
     lines: list[InvoiceLine] = []
-    for grant_id, used in settlement.used_by_grant().items():
+    # Charges are sums of rounded lines and grants sit on the same grid (service._check), so
+    # rounding here only fixes the exponent ("5" -> "5.00"): it never changes an amount.
+    for grant_id, exact in settlement.used_by_grant().items():
         grant = by_id[grant_id]
+        used = round_money(exact, scope.currency)
         scope_words = ", ".join(grant.features) if grant.features else "all usage"
         lines.append(
             InvoiceLine(
@@ -106,7 +110,8 @@ def credit_lines(
                 credit_grant=grant.id,
             )
         )
-    for charge, left in settlement.uncovered():
+    for charge, exact_left in settlement.uncovered():
+        left = round_money(exact_left, scope.currency)
         lines.append(
             InvoiceLine(
                 subscription=charge.subscription,

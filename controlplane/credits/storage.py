@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controlplane.credits.types import CreditGrant, CreditTransaction, Funding, TransactionType
@@ -127,10 +127,14 @@ def add_transaction(
     description: str = "",
 ) -> CreditTransaction:
     id = str(uuid.uuid4())
+    # The caller holds the customer's row lock, so no other writer takes the same number (and
+    # the unique constraint would refuse it if one did).
+    last = conn.execute(select(func.max(t.c.seq)).where(t.c.customer == grant.customer)).scalar()
     conn.execute(
         insert(t).values(
             id=id,
             customer=grant.customer,
+            seq=(last or 0) + 1,
             grant_id=grant.id,
             type=type.value,
             amount=str(amount),
@@ -153,7 +157,7 @@ def list_transactions(
         query = query.where(t.c.grant_id == grant_id)
     if invoice_id:
         query = query.where(t.c.invoice_id == invoice_id)
-    query = query.order_by(t.c.time, t.c.create_time, t.c.id)
+    query = query.order_by(t.c.seq)
     return [_transaction(row) for row in conn.execute(query)]
 
 

@@ -361,6 +361,8 @@ credit_transactions = Table(
     # The credit ledger: funded | consumed | expired | voided | adjusted, amounts signed.
     Column("id", String(36), primary_key=True),
     Column("customer", String(200), ForeignKey("customers.key"), nullable=False),
+    # 1, 2, 3... per customer, written under the customer's row lock: the ledger's order.
+    Column("seq", Integer, nullable=False),
     Column("grant_id", String(36), ForeignKey("credit_grants.id"), nullable=False),
     Column("type", String(20), nullable=False),
     # Signed decimal string: funded and positive adjustments add, the rest subtract.
@@ -371,7 +373,7 @@ credit_transactions = Table(
     Column("invoice_id", String(36), ForeignKey("invoices.id"), nullable=True),
     Column("description", Text, nullable=False),
     Column("create_time", UTCDateTime(), nullable=False),
-    Index("ix_credit_transactions_customer", "customer"),
+    UniqueConstraint("customer", "seq", name="uq_credit_transactions_customer_seq"),
     Index("ix_credit_transactions_grant_id", "grant_id"),
 )
 

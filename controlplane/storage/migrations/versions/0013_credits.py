@@ -44,6 +44,7 @@ def upgrade() -> None:
         "credit_transactions",
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("customer", sa.String(length=200), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("grant_id", sa.String(length=36), nullable=False),
         sa.Column("type", sa.String(length=20), nullable=False),
         sa.Column("amount", sa.Text(), nullable=False),
@@ -68,14 +69,13 @@ def upgrade() -> None:
             name=op.f("fk_credit_transactions_invoice_id_invoices"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_credit_transactions")),
+        sa.UniqueConstraint("customer", "seq", name="uq_credit_transactions_customer_seq"),
     )
-    op.create_index("ix_credit_transactions_customer", "credit_transactions", ["customer"])
     op.create_index("ix_credit_transactions_grant_id", "credit_transactions", ["grant_id"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_credit_transactions_grant_id", table_name="credit_transactions")
-    op.drop_index("ix_credit_transactions_customer", table_name="credit_transactions")
     op.drop_table("credit_transactions")
     op.drop_index("ix_credit_grants_customer", table_name="credit_grants")
     op.drop_table("credit_grants")
