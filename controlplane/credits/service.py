@@ -250,9 +250,12 @@ def balance(conn: Connection, *, customer: str, at: datetime) -> CreditBalance:
         current = lifecycle.preview_invoice(conn, customer=customer, at=at)
     except FailedPrecondition:
         current = None
-    if current is not None and current.state.open:
-        if all(found.period_start != current.period_start for found in open_invoices):
-            open_invoices.append(current)
+    if (
+        current is not None
+        and current.state.open
+        and all(found.period_start != current.period_start for found in open_invoices)
+    ):
+        open_invoices.append(current)
     pending = sum(
         (
             -line.amount
