@@ -30,6 +30,7 @@ from controlplane.catalog.types import (
     TierMode,
 )
 from controlplane.catalog.validation import price_list_problems, rate_card_problems
+from controlplane.credits.declarative import parse_credits
 from controlplane.customers.types import Customer
 from controlplane.declarative.entry import Entry, describe, quoted
 from controlplane.declarative.meters import meter_dimensions, parse_meters
@@ -57,6 +58,7 @@ def parse_billing(billing: Entry) -> BillingConfig:
             "subscriptions",
             "budgets",
             "notifications",
+            "credits",
         )
     )
     meters = parse_meters(billing)
@@ -99,6 +101,7 @@ def parse_billing(billing: Entry) -> BillingConfig:
         customers=tuple(customers),
         subscriptions=tuple(subscriptions),
         budgets=parse_budgets(billing, customer_keys),
+        credits=parse_credits(billing, customer_keys, feature_keys),
         notifications=parse_notifications(billing),
         meters=tuple(meters.values()),
     )

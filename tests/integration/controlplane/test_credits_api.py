@@ -376,3 +376,32 @@ async def test_credit_only_usage_beyond_credits_is_uncovered_not_invoiced(
     assert [line.credit_grant for line in issued.lines if line.type == CREDIT] == [small.id]
     entries = await ledger(credits)
     assert [(kind(e), e.amount) for e in entries] == [("FUNDED", "2.50"), ("CONSUMED", "-2.50")]
+
+
+async def test_declarative_credits_are_granted_once_by_key(
+    harness: Harness, credits: credits_pb2_grpc.CreditServiceStub, walkthrough: str
+) -> None:
+    from meterline.admin.v1 import gateway_pb2
+
+    document = walkthrough.replace(
+        "  subscriptions:\n",
+        "  credits:\n"
+        '    - {customer: acme, amount: "20", funding: promotional, key: welcome-credit,'
+        " expires: P90D}\n"
+        "  subscriptions:\n",
+    ).replace("entitlement: {type: boolean}}", "entitlement: {type: boolean},"
+              " settlement_mode: credit_only}")  # fmt: skip
+    first = await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=document))
+    assert any("granted 20 USD of promotional credits to acme" in c for c in first.changes)
+    harness.clock.set(T0 + timedelta(days=1))
+    again = await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=document))
+    assert not any("credit" in c for c in again.changes)
+    listed = await credits.ListCreditGrants(
+        credits_pb2.ListCreditGrantsRequest(parent="customers/acme")
+    )
+    (only,) = listed.credit_grants
+    assert (only.key, only.amount, only.currency) == ("welcome-credit", "20", "USD")
+    assert only.expire_time.ToDatetime(tzinfo=UTC) == T0 + timedelta(days=90)
+    assert [kind(e) for e in await ledger(credits)] == ["FUNDED"]
+    plan = await harness.catalog.GetPlan(catalog_pb2.GetPlanRequest(name="plans/starter"))
+    assert plan.rate_cards[0].settlement_mode == catalog_pb2.SETTLEMENT_MODE_CREDIT_ONLY
