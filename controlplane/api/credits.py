@@ -104,6 +104,10 @@ def grant_from_proto(
         if message.HasField("expire_time")
         else None
     )
+    if message.expires_after:
+        if expire is not None:
+            raise InvalidArgument("give credit_grant.expire_time or expires_after, not both")
+        expire = service.expiry_after(effective, message.expires_after)
     return CreditGrant(
         id="",
         customer=customer,

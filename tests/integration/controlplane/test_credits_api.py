@@ -405,3 +405,55 @@ async def test_declarative_credits_are_granted_once_by_key(
     assert [kind(e) for e in await ledger(credits)] == ["FUNDED"]
     plan = await harness.catalog.GetPlan(catalog_pb2.GetPlanRequest(name="plans/starter"))
     assert plan.rate_cards[0].settlement_mode == catalog_pb2.SETTLEMENT_MODE_CREDIT_ONLY
+
+
+async def test_cli_grants_shows_voids_and_lists_the_ledger(
+    harness: Harness, credits: credits_pb2_grpc.CreditServiceStub, capsys: pytest.CaptureFixture
+) -> None:
+    import asyncio
+    import json
+
+    from controlplane.cli.main import main as cli
+
+    await setup(harness)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli([*args, "--cp", harness.address])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    grant_args = ("credits", "grant", "acme", "--amount", "20", "--key", "welcome-credit")
+    code, out, _ = await asyncio.to_thread(
+        run, *grant_args, "--expires", "P90D", "--feature", "tokens-in", "-o", "json"
+    )
+    assert code == 0
+    created = json.loads(out)
+    assert (created["amount"], created["currency"], created["features"]) == (
+        "20",
+        "USD",
+        ["tokens-in"],
+    )
+    assert created["expire_time"] == "2027-01-30T12:00:00Z"  # T0 + 90 days
+    # The same key again: the same grant.
+    code, out, _ = await asyncio.to_thread(run, *grant_args, "-o", "json")
+    assert code == 0 and json.loads(out)["id"] == created["id"]
+    code, out, _ = await asyncio.to_thread(run, "credits", "show", "acme")
+    assert code == 0
+    assert "settled   20 USD" in out and "welcome-credit" in out
+    # Bad input: one line on stderr, non-zero, nothing granted.
+    code, out, err = await asyncio.to_thread(run, "credits", "grant", "acme", "--amount", "-3")
+    assert code == 1 and out == ""
+    assert err.startswith("error: INVALID_ARGUMENT: credit grant amount must be above zero")
+    code, out, _ = await asyncio.to_thread(
+        run, "credits", "void", "acme", created["id"], "-o", "json"
+    )
+    voided = json.loads(out)
+    assert code == 0 and D(voided["remaining"]) == 0 and voided["void_time"]
+    code, out, _ = await asyncio.to_thread(run, "credits", "ledger", "acme", "-o", "json")
+    assert code == 0
+    assert [(e["type"], e["amount"]) for e in json.loads(out)] == [
+        ("funded", "20"),
+        ("voided", "-20"),
+    ]
+    code, out, _ = await asyncio.to_thread(run, "credits", "show", "acme", "-o", "yaml")
+    assert code == 0 and "settled: '0'" in out

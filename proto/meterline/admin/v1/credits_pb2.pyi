@@ -37,7 +37,7 @@ CREDIT_TRANSACTION_TYPE_VOIDED: CreditTransactionType
 CREDIT_TRANSACTION_TYPE_ADJUSTED: CreditTransactionType
 
 class CreditGrant(_message.Message):
-    __slots__ = ("name", "id", "customer", "amount", "currency", "funding", "priority", "effective_time", "expire_time", "features", "key", "description", "remaining", "void_time", "create_time")
+    __slots__ = ("name", "id", "customer", "amount", "currency", "funding", "priority", "effective_time", "expire_time", "features", "key", "description", "remaining", "void_time", "create_time", "expires_after")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class CreditGrant(_message.Message):
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     VOID_TIME_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AFTER_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     customer: str
@@ -68,7 +69,8 @@ class CreditGrant(_message.Message):
     remaining: str
     void_time: _timestamp_pb2.Timestamp
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., customer: _Optional[str] = ..., amount: _Optional[str] = ..., currency: _Optional[str] = ..., funding: _Optional[_Union[CreditFunding, str]] = ..., priority: _Optional[int] = ..., effective_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ..., key: _Optional[str] = ..., description: _Optional[str] = ..., remaining: _Optional[str] = ..., void_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    expires_after: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., customer: _Optional[str] = ..., amount: _Optional[str] = ..., currency: _Optional[str] = ..., funding: _Optional[_Union[CreditFunding, str]] = ..., priority: _Optional[int] = ..., effective_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ..., key: _Optional[str] = ..., description: _Optional[str] = ..., remaining: _Optional[str] = ..., void_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_after: _Optional[str] = ...) -> None: ...
 
 class CreateCreditGrantRequest(_message.Message):
     __slots__ = ("parent", "credit_grant", "request_id")
