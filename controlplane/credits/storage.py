@@ -7,8 +7,9 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controlplane.credits.types import CreditGrant, CreditTransaction, Funding, TransactionType
@@ -19,35 +20,35 @@ g = s.credit_grants
 t = s.credit_transactions
 
 
-def _grant(r: object) -> CreditGrant:
+def _grant(r: Row[Any]) -> CreditGrant:
     return CreditGrant(
-        id=r.id,  # type: ignore[attr-defined]
-        customer=r.customer,  # type: ignore[attr-defined]
-        amount=Decimal(r.amount),  # type: ignore[attr-defined]
-        currency=r.currency,  # type: ignore[attr-defined]
-        funding=Funding(r.funding),  # type: ignore[attr-defined]
-        priority=r.priority,  # type: ignore[attr-defined]
-        effective_time=r.effective_time,  # type: ignore[attr-defined]
-        expire_time=r.expire_time,  # type: ignore[attr-defined]
-        features=tuple(json.loads(r.features)),  # type: ignore[attr-defined]
-        key=r.key or "",  # type: ignore[attr-defined]
-        description=r.description,  # type: ignore[attr-defined]
-        void_time=r.void_time,  # type: ignore[attr-defined]
-        create_time=r.create_time,  # type: ignore[attr-defined]
+        id=r.id,
+        customer=r.customer,
+        amount=Decimal(r.amount),
+        currency=r.currency,
+        funding=Funding(r.funding),
+        priority=r.priority,
+        effective_time=r.effective_time,
+        expire_time=r.expire_time,
+        features=tuple(json.loads(r.features)),
+        key=r.key or "",
+        description=r.description,
+        void_time=r.void_time,
+        create_time=r.create_time,
     )
 
 
-def _transaction(r: object) -> CreditTransaction:
+def _transaction(r: Row[Any]) -> CreditTransaction:
     return CreditTransaction(
-        id=r.id,  # type: ignore[attr-defined]
-        customer=r.customer,  # type: ignore[attr-defined]
-        grant_id=r.grant_id,  # type: ignore[attr-defined]
-        type=TransactionType(r.type),  # type: ignore[attr-defined]
-        amount=Decimal(r.amount),  # type: ignore[attr-defined]
-        currency=r.currency,  # type: ignore[attr-defined]
-        time=r.time,  # type: ignore[attr-defined]
-        invoice_id=r.invoice_id or "",  # type: ignore[attr-defined]
-        description=r.description,  # type: ignore[attr-defined]
+        id=r.id,
+        customer=r.customer,
+        grant_id=r.grant_id,
+        type=TransactionType(r.type),
+        amount=Decimal(r.amount),
+        currency=r.currency,
+        time=r.time,
+        invoice_id=r.invoice_id or "",
+        description=r.description,
     )
 
 

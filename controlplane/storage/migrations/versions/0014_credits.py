@@ -1,7 +1,7 @@
 """prepaid credits: credit grants, their ledger, and the settlement mode of rate cards
 
-Revision ID: 0013_credits
-Revises: 0012
+Revision ID: 0014_credits
+Revises: 0013
 Create Date: 2026-12-07 15:20:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_credits"
-down_revision = "0012"
+revision = "0014_credits"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
