@@ -460,3 +460,31 @@ async def test_cli_grants_shows_voids_and_lists_the_ledger(
     ]
     code, out, _ = await asyncio.to_thread(run, "credits", "show", "acme", "-o", "yaml")
     assert code == 0 and "settled: '0'" in out
+
+
+async def test_a_budget_counts_what_credits_pay(
+    harness: Harness, credits: credits_pb2_grpc.CreditServiceStub
+) -> None:
+    from meterline.admin.v1 import entitlements_pb2, entitlements_pb2_grpc
+
+    # Given a 100.00 budget, 15.00 of usage plus the 10.00 fee, and 12.00 of credits
+    await setup(harness)
+    record(harness, tokens=1000, kind=TokenType.INPUT, at=T0 + timedelta(days=2))
+    record(harness, tokens=250, kind=TokenType.OUTPUT, at=T0 + timedelta(days=2))
+    await grant(credits, "12", key="some-credit")
+    harness.clock.set(T0 + timedelta(days=5))
+    async with grpc.aio.insecure_channel(harness.address) as channel:
+        ent = entitlements_pb2_grpc.EntitlementServiceStub(channel)
+        await ent.CreateBudget(
+            entitlements_pb2.CreateBudgetRequest(
+                parent="customers/acme", budget=entitlements_pb2.Budget(amount="100")
+            )
+        )
+        listed = await ent.ListBudgets(entitlements_pb2.ListBudgetsRequest(parent="customers/acme"))
+    # Then the invoice total is net of credits, but the budget counts the whole consumption
+    preview = await harness.billing.PreviewInvoice(
+        billing_pb2.PreviewInvoiceRequest(customer="customers/acme")
+    )
+    assert preview.total == "13.00"  # 25.00 - 12.00
+    (budget,) = listed.budgets
+    assert D(budget.spent) == D("25.00")
