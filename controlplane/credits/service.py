@@ -223,7 +223,8 @@ def balance(conn: Connection, *, customer: str, at: datetime) -> CreditBalance:
     """
     customers.get_customer(conn, customer)
     grants = storage.list_grants(conn, customer)
-    remaining = storage.remaining_by_grant(conn, [grant.id for grant in grants])
+    # The ledger as it stood at ``at``: a balance in the past ignores what happened since.
+    remaining = storage.remaining_by_grant(conn, [grant.id for grant in grants], at=at)
     active = tuple(
         sorted(
             (

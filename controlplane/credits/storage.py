@@ -162,12 +162,20 @@ def list_transactions(
     return [_transaction(row) for row in conn.execute(query)]
 
 
-def remaining_by_grant(conn: Connection, grant_ids: Sequence[str]) -> dict[str, Decimal]:
-    """Each grant's ledger sum: what remains of it (summed in Python: amounts are text)."""
+def remaining_by_grant(
+    conn: Connection, grant_ids: Sequence[str], *, at: datetime | None = None
+) -> dict[str, Decimal]:
+    """Each grant's ledger sum (of entries up to ``at``): what remains of it.
+
+    Summed in Python: amounts are decimal text.
+    """
     totals = {id: Decimal(0) for id in grant_ids}
     if not grant_ids:
         return totals
-    rows = conn.execute(select(t.c.grant_id, t.c.amount).where(t.c.grant_id.in_(grant_ids)))
+    query = select(t.c.grant_id, t.c.amount).where(t.c.grant_id.in_(grant_ids))
+    if at is not None:
+        query = query.where(t.c.time <= at)
+    rows = conn.execute(query)
     for grant_id, amount in rows:
         totals[grant_id] += Decimal(amount)
     return totals

@@ -488,3 +488,54 @@ async def test_a_budget_counts_what_credits_pay(
     assert preview.total == "13.00"  # 25.00 - 12.00
     (budget,) = listed.budgets
     assert D(budget.spent) == D("25.00")
+
+
+async def test_the_same_key_sent_concurrently_grants_once(
+    harness: Harness, credits: credits_pb2_grpc.CreditServiceStub
+) -> None:
+    import asyncio
+
+    await setup(harness)
+    results = await asyncio.gather(*(grant(credits, "10", key="race") for _ in range(6)))
+    assert len({r.id for r in results}) == 1
+    entries = await ledger(credits)
+    assert [(kind(e), e.amount) for e in entries] == [("FUNDED", "10")]
+    assert (await balance(credits)).settled == "10"
+
+
+async def test_void_after_spending_voids_only_the_remainder(
+    harness: Harness, credits: credits_pb2_grpc.CreditServiceStub
+) -> None:
+    # Given 30.00 of credits, of which November's invoice (10.00 fee + 10.00 tokens) takes 20.00
+    await setup(harness)
+    record(harness, tokens=1000, kind=TokenType.INPUT, at=T0 + timedelta(days=3))
+    big = await grant(credits, "30", key="big")
+    harness.clock.set(NOV_END + timedelta(hours=2))
+    closed = await harness.billing.CloseInvoices(billing_pb2.CloseInvoicesRequest())
+    issued = await harness.billing.IssueInvoice(
+        billing_pb2.IssueInvoiceRequest(name=closed.drafted_invoices[0])
+    )
+    assert issued.total == "0.00"
+    # When the grant is voided
+    voided = await credits.VoidCreditGrant(credits_pb2.VoidCreditGrantRequest(name=big.name))
+    # Then only the unspent 10.00 leaves; the invoice keeps its credit line
+    entries = await ledger(credits)
+    assert [(kind(e), D(e.amount)) for e in entries] == [
+        ("FUNDED", D("30")),
+        ("CONSUMED", D("-20")),
+        ("VOIDED", D("-10")),
+    ]
+    assert D(voided.remaining) == 0
+    # The settled balance in the past (before the invoice) is still readable: 30.00 then
+    past = await credits.GetCreditBalance(
+        credits_pb2.GetCreditBalanceRequest(
+            customer="customers/acme", time=to_timestamp(T0 + timedelta(days=1))
+        )
+    )
+    assert past.grants[0].key == "big"
+    assert (D(past.settled), D(past.grants[0].remaining)) == (30, 30)
+    stored = await harness.billing.GetInvoice(billing_pb2.GetInvoiceRequest(name=issued.name))
+    assert [line.amount for line in stored.lines if line.type == CREDIT] == ["-20.00"]
+    # December's open invoice has no credits left to use
+    after = await balance(credits)
+    assert (D(after.settled), D(after.live)) == (0, 0)
