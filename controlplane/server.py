@@ -213,7 +213,8 @@ class ControlPlane:
             self.servicers.entitlements, self.server
         )
         credits_pb2_grpc.add_CreditServiceServicer_to_server(
-            CreditServicer(db=db, clock=self.clock), self.server
+            CreditServicer(db=db, clock=self.clock, on_issued=stripe.on_issued if stripe else None),
+            self.server,
         )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
             NotificationServicer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
@@ -21,9 +21,10 @@ from controlplane.api.paging import page
 from controlplane.clock import Clock
 from controlplane.credits import service
 from controlplane.errors import InvalidArgument
+from controlplane.invoicing import lifecycle
 from controlplane.storage.db import Database
+from meterline.admin.v1 import billing_pb2, credits_pb2_grpc
 from meterline.admin.v1 import credits_pb2 as pb
-from meterline.admin.v1 import credits_pb2_grpc
 
 T = TypeVar("T")
 if TYPE_CHECKING:
@@ -33,9 +34,18 @@ else:
 
 
 class CreditServicer(credits_pb2_grpc.CreditServiceServicer):
-    def __init__(self, *, db: Database, clock: Clock) -> None:
+    """``on_issued``: told about each top-up invoice issued (the Stripe sync)."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        clock: Clock,
+        on_issued: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._on_issued = on_issued
 
     async def _tx(self, fn: Callable[[Connection], T]) -> T:
         def run() -> T:
@@ -127,3 +137,17 @@ class CreditServicer(credits_pb2_grpc.CreditServiceServicer):
         return pb.ListCreditTransactionsResponse(
             credit_transactions=[transaction_to_proto(e) for e in chosen], next_page_token=token
         )
+
+    async def CreateCreditTopUp(
+        self, request: pb.CreateCreditTopUpRequest, context: Ctx
+    ) -> billing_pb2.Invoice:
+        customer = convert.resource_id(request.parent, "customers")
+        amount = service.parse_amount(request.amount)
+        now = self._clock.now()
+        invoice_id = await self._tx(
+            lambda conn: service.create_top_up(conn, customer=customer, amount=amount, now=now)
+        )
+        if self._on_issued is not None:
+            await self._on_issued(invoice_id)
+        invoice = await self._tx(lambda conn: lifecycle.get_invoice(conn, invoice_id))
+        return convert.invoice_to_proto(invoice)

@@ -65,6 +65,14 @@ def register(subparsers: Any) -> None:
     _output(void)
     void.set_defaults(func=_cmd_void)
 
+    top_up = commands.add_parser(
+        "top-up", help="invoice a customer for credits (granted when the invoice is paid)"
+    )
+    top_up.add_argument("customer", help="customer key")
+    top_up.add_argument("--amount", required=True, help='decimal amount, e.g. "50"')
+    _output(top_up)
+    top_up.set_defaults(func=_cmd_top_up)
+
     ledger = commands.add_parser("ledger", help="the credit ledger of a customer")
     ledger.add_argument("customer", help="customer key")
     ledger.add_argument("--grant", default="", help="only this grant's entries (grant id)")
@@ -273,4 +281,26 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
         ],
     )
     _emit(rows, args.output, table if rows else "no credit transactions")
+    return 0
+
+
+def _cmd_top_up(args: argparse.Namespace) -> int:
+    with _stub(args.cp) as stub:
+        invoice = stub.CreateCreditTopUp(
+            credits_pb2.CreateCreditTopUpRequest(
+                parent=f"customers/{args.customer}", amount=args.amount
+            )
+        )
+    data = {
+        "invoice": invoice.id,
+        "number": invoice.number,
+        "total": invoice.total,
+        "currency": invoice.currency,
+        "stripe_invoice_id": invoice.stripe_invoice_id or None,
+    }
+    table = (
+        f"issued top-up invoice {invoice.number} ({invoice.id}): {invoice.total}"
+        f" {invoice.currency}; the credits are granted when it is paid"
+    )
+    _emit(data, args.output, table)
     return 0

@@ -28,9 +28,10 @@ from controlplane.customers import storage as customers
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.invoicing import lifecycle
 from controlplane.invoicing import storage as invoices
-from controlplane.invoicing.types import InvoiceState
+from controlplane.invoicing.types import InvoiceLine, InvoiceState
+from controlplane.notifications.invoices import emit_invoice_event
 from controlplane.rating.charge import LineType
-from controlplane.rating.money import rounding_places
+from controlplane.rating.money import round_money, rounding_places
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.periods import LATEST_TIME, add_cadence, parse_cadence
 
@@ -94,23 +95,26 @@ def _plan_currency(conn: Connection, customer: str, at: datetime) -> str:
     return catalog.get_plan(conn, sub.plan_key, sub.plan_version).currency
 
 
+def _check_money(amount: Decimal, currency: str, *, what: str) -> None:
+    if not amount.is_finite() or amount <= 0:
+        raise InvalidArgument(f"{what} must be above zero, got {amount}")
+    if amount > MAX_AMOUNT:
+        raise InvalidArgument(f"{what} must be at most {MAX_AMOUNT}")
+    # Invoice lines are rounded to this; a grant on the same grid pays them to the cent.
+    places = rounding_places(currency)
+    if amount != amount.quantize(Decimal(1).scaleb(-places)):
+        raise InvalidArgument(
+            f"{what} {amount} has more decimals than {currency} has ({places}): credits are money"
+        )
+
+
 def _check(conn: Connection, grant: CreditGrant, currency: str) -> None:
-    if grant.amount <= 0:
-        raise InvalidArgument(f"credit grant amount must be above zero, got {grant.amount}")
-    if grant.amount > MAX_AMOUNT:
-        raise InvalidArgument(f"credit grant amount must be at most {MAX_AMOUNT}")
     if grant.currency and grant.currency != currency:
         raise InvalidArgument(
             f"credit grant currency {grant.currency!r} is not the currency of customer "
             f"{grant.customer!r}'s plan ({currency})"
         )
-    # Invoice lines are rounded to this; a grant on the same grid pays them to the cent.
-    places = rounding_places(currency)
-    if grant.amount != grant.amount.quantize(Decimal(1).scaleb(-places)):
-        raise InvalidArgument(
-            f"credit grant amount {grant.amount} has more decimals than {currency} has"
-            f" ({places}): credits are money"
-        )
+    _check_money(grant.amount, currency, what="credit grant amount")
     if not 0 <= grant.priority <= MAX_PRIORITY:
         raise InvalidArgument(
             f"credit grant priority must be between 0 and {MAX_PRIORITY}, got {grant.priority}"
@@ -293,3 +297,56 @@ def expire(conn: Connection, *, customer: str, now: datetime) -> list[str]:
     customers.get_customer(conn, customer)
     invoices.lock_customer(conn, customer)
     return settlement.expire_due(conn, customer=customer, now=now)
+
+
+def create_top_up(conn: Connection, *, customer: str, amount: Decimal, now: datetime) -> str:
+    """Issue a one-off invoice of ``amount`` buying credits; the invoice id.
+
+    The credits are granted when the invoice is paid (``topups.grant_paid_top_up``). At most
+    one top-up per customer awaits payment at a time.
+    """
+    customers.get_customer(conn, customer)
+    invoices.lock_customer(conn, customer)
+    currency = _plan_currency(conn, customer, now)
+    _check_money(amount, currency, what="top-up amount")
+    amount = round_money(amount, currency)  # on the grid already: only "50" -> "50.00"
+    waiting = [
+        row
+        for row in invoices.list_invoice_rows(
+            conn, customer=customer, states=(InvoiceState.ISSUED,), top_ups=True
+        )
+        if row.kind == invoices.TOP_UP_KIND
+    ]
+    if waiting:
+        raise FailedPrecondition(
+            f"top-up invoice {waiting[0].number} of customer {customer!r} awaits payment;"
+            " one top-up at a time (void it to start another)"
+        )
+    if invoices.find_top_up_at(conn, customer=customer, currency=currency, at=now):
+        raise FailedPrecondition(f"customer {customer!r} has a top-up at {now.isoformat()}")
+    row = invoices.insert_invoice_row(
+        conn,
+        customer=customer,
+        currency=currency,
+        period_start=now,
+        period_end=now,
+        state=InvoiceState.DRAFT,
+        now=now,
+        kind=invoices.TOP_UP_KIND,
+    )
+    line = InvoiceLine(
+        subscription="",
+        rate_card="",
+        feature=None,
+        description=f"prepaid credits: {amount} {currency}",
+        quantity=Decimal(1),
+        unit_price=amount,
+        amount=amount,
+        period_start=now,
+        period_end=now,
+        type=LineType.FLAT,
+    )
+    number = invoices.next_number(conn, currency=currency, year=now.year)
+    invoices.freeze(conn, row.id, number=number, lines=[line], total=amount, now=now)
+    emit_invoice_event(conn, lifecycle.get_invoice(conn, row.id), "invoice.issued", now=now)
+    return row.id

@@ -46,6 +46,7 @@ from controlplane.catalog.types import (
     SettlementMode,
 )
 from controlplane.credits import settlement as credits
+from controlplane.credits import topups
 from controlplane.customers import storage as customers
 from controlplane.errors import FailedPrecondition, InvalidArgument, MeterlineError
 from controlplane.invoicing import storage
@@ -569,7 +570,7 @@ def list_invoices(
 ) -> list[Invoice]:
     if customer is not None:
         customers.get_customer(conn, customer)
-    rows = storage.list_invoice_rows(conn, customer=customer, states=states)
+    rows = storage.list_invoice_rows(conn, customer=customer, states=states, top_ups=True)
     return [load_invoice(conn, row) for row in rows]
 
 
@@ -718,6 +719,9 @@ def set_payment_state(
             f"invoice {id!r} ({row.number}) is {row.state.value}; it cannot become {state.value}"
         )
     storage.set_state(conn, id, state, now=now)
+    if row.kind == storage.TOP_UP_KIND and state is InvoiceState.PAID:
+        # The credits a top-up buys exist once it is paid, not before (and only once).
+        topups.grant_paid_top_up(conn, row, now=now)
     emit_invoice_event(conn, get_invoice(conn, id), f"invoice.{state.value}", now=now)
     return get_invoice(conn, id), True
 

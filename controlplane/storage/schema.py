@@ -395,6 +395,9 @@ invoices = Table(
     # Stripe sync: the stripe_sync SyncRecord as JSON; NULL when sync is off or not started.
     Column("sync_state", String(20), nullable=True),
     Column("sync_record", Text, nullable=True),
+    # NULL: a billing period's invoice; "credit_top_up": a one-off invoice buying credits
+    # (controlplane.credits.topups), period [issue, issue), outside all period logic.
+    Column("kind", String(30), nullable=True),
     *_times(),
     # One invoice per customer, currency and billing period, however many replicas run the job.
     UniqueConstraint(

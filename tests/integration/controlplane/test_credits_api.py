@@ -539,3 +539,44 @@ async def test_void_after_spending_voids_only_the_remainder(
     # December's open invoice has no credits left to use
     after = await balance(credits)
     assert (D(after.settled), D(after.live)) == (0, 0)
+
+
+async def test_top_up_without_stripe_grants_when_marked_paid(
+    harness: Harness, credits: credits_pb2_grpc.CreditServiceStub, capsys: pytest.CaptureFixture
+) -> None:
+    import asyncio
+    import json
+
+    from controlplane.cli.main import main as cli
+
+    await setup(harness)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli([*args, "--cp", harness.address])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, err = await asyncio.to_thread(run, "credits", "top-up", "acme", "--amount", "-5")
+    assert code == 1 and "above zero" in err
+    code, out, _ = await asyncio.to_thread(
+        run, "credits", "top-up", "acme", "--amount", "25.5", "-o", "json"
+    )
+    assert code == 0
+    issued = json.loads(out)
+    assert (issued["total"], issued["currency"]) == ("25.50", "USD")
+    assert (await balance(credits)).settled == "0"  # not paid yet: nothing granted
+    # Marked paid in Meterline (no Stripe): the credits arrive; again: nothing more
+    name = f"invoices/{issued['invoice']}"
+    await harness.billing.MarkInvoicePaid(billing_pb2.MarkInvoicePaidRequest(name=name))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await harness.billing.MarkInvoicePaid(billing_pb2.MarkInvoicePaidRequest(name=name))
+    assert [(kind(e), e.amount) for e in await ledger(credits)] == [("FUNDED", "25.50")]
+    (bought,) = (
+        await credits.ListCreditGrants(credits_pb2.ListCreditGrantsRequest(parent="customers/acme"))
+    ).credit_grants
+    assert bought.funding == credits_pb2.CREDIT_FUNDING_INVOICE
+    # The top-up invoice stays out of period invoicing: November is still one gathering invoice
+    preview = await harness.billing.PreviewInvoice(
+        billing_pb2.PreviewInvoiceRequest(customer="customers/acme")
+    )
+    assert preview.total == "0.00"  # the 10.00 fee, paid by the bought credits

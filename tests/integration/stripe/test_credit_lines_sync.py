@@ -1,4 +1,6 @@
-"""Credit lines reach Stripe as their own negative items, to the cent, and match the ledger.
+"""Credits and Stripe: credit lines as negative items; top-ups granted on the paid webhook.
+
+Credit lines reach Stripe as their own negative items, to the cent, and match the ledger.
 
 A real control plane (grpc.aio; SQLite and PostgreSQL), the Stripe stand-in over HTTP and the
 official SDK. acme on "pro" (10.00 flat + 1333 input tokens graduated = 21.67) holds a 15.00
@@ -155,3 +157,96 @@ async def test_credit_lines_are_negative_stripe_items_equal_to_the_ledger(
         credits_pb2.GetCreditBalanceRequest(customer="customers/acme")
     )
     assert Decimal(balance.settled) == 0
+
+
+async def grants_and_ledger(plane: Plane) -> tuple[list[credits_pb2.CreditGrant], list[str]]:
+    grants = await plane.credits.ListCreditGrants(
+        credits_pb2.ListCreditGrantsRequest(parent="customers/acme")
+    )
+    ledger = await plane.credits.ListCreditTransactions(
+        credits_pb2.ListCreditTransactionsRequest(parent="customers/acme")
+    )
+    entries = [
+        f"{credits_pb2.CreditTransactionType.Name(e.type)} {e.amount}"
+        for e in ledger.credit_transactions
+    ]
+    return list(grants.credit_grants), entries
+
+
+async def top_up(plane: Plane, amount: str) -> billing_pb2.Invoice:
+    issued = await plane.credits.CreateCreditTopUp(
+        credits_pb2.CreateCreditTopUpRequest(parent="customers/acme", amount=amount)
+    )
+    await plane.app.drain()
+    return await plane.billing.GetInvoice(billing_pb2.GetInvoiceRequest(name=issued.name))
+
+
+async def test_a_top_up_grants_credits_on_the_paid_webhook_once(
+    plane: Plane, emulator: StripeEmulator
+) -> None:
+    before, before_ledger = await grants_and_ledger(plane)
+    # When acme tops up 50.00: a one-off invoice, synced to Stripe, nothing granted yet
+    invoice = await top_up(plane, "50")
+    assert (invoice.total, invoice.state) == ("50.00", billing_pb2.INVOICE_STATE_ISSUED)
+    assert [(line.type, line.amount) for line in invoice.lines] == [
+        (billing_pb2.INVOICE_LINE_TYPE_FLAT, "50.00")
+    ]
+    assert invoice.sync_state == billing_pb2.INVOICE_SYNC_STATE_SYNCED
+    (stripe_invoice,) = emulator.invoices_with_metadata("meterline_invoice_id", invoice.id)
+    assert stripe_invoice["total"] == 5000
+    assert await grants_and_ledger(plane) == (before, before_ledger)
+    # A second top-up while this one awaits payment is refused
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await plane.credits.CreateCreditTopUp(
+            credits_pb2.CreateCreditTopUpRequest(parent="customers/acme", amount="10")
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    # When Stripe says it is paid (webhook over HTTP), and says it again
+    client = emulator.client()
+    await asyncio.to_thread(client.v1.invoices.pay, invoice.stripe_invoice_id)
+    await asyncio.to_thread(emulator.wait_for_deliveries)
+    emulator.deliver(emulator.last_event("invoice.paid"))
+    deliveries = await asyncio.to_thread(emulator.wait_for_deliveries)
+    assert all(d.status == 200 for d in deliveries[-2:])
+
+    # Then one invoice-funded grant of 50.00 exists, ledgered once
+    grants, entries = await grants_and_ledger(plane)
+    (bought,) = [g for g in grants if g.funding == credits_pb2.CREDIT_FUNDING_INVOICE]
+    assert Decimal(bought.amount) == 50 and bought.key == f"top-up-{invoice.id}"
+    assert entries == [*before_ledger, "CREDIT_TRANSACTION_TYPE_FUNDED 50.00"]
+    paid = await plane.billing.GetInvoice(billing_pb2.GetInvoiceRequest(name=invoice.name))
+    assert paid.state == billing_pb2.INVOICE_STATE_PAID
+    balance = await plane.credits.GetCreditBalance(
+        credits_pb2.GetCreditBalanceRequest(customer="customers/acme")
+    )
+    assert Decimal(balance.settled) == 15 + 5 + 50
+
+    # And period invoicing is undisturbed: November (ended before the top-up) is drafted and
+    # issued as before, paid by the grants active in November only
+    closed = await plane.billing.CloseInvoices(billing_pb2.CloseInvoicesRequest())
+    (draft,) = closed.drafted_invoices
+    november = await plane.billing.IssueInvoice(billing_pb2.IssueInvoiceRequest(name=draft))
+    assert november.total == "1.67"
+    listed = await plane.billing.ListInvoices(
+        billing_pb2.ListInvoicesRequest(parent="customers/acme")
+    )
+    assert {i.id for i in listed.invoices} >= {invoice.id, november.id}
+    after = await plane.credits.GetCreditBalance(
+        credits_pb2.GetCreditBalanceRequest(customer="customers/acme")
+    )
+    assert Decimal(after.settled) == 50
+
+
+async def test_a_failed_top_up_payment_grants_nothing(
+    plane: Plane, emulator: StripeEmulator
+) -> None:
+    before = await grants_and_ledger(plane)
+    invoice = await top_up(plane, "20")
+    emulator.decline_payments(emulator.invoices[invoice.stripe_invoice_id]["customer"])
+    with pytest.raises(Exception):  # noqa: B017 - the SDK's CardError
+        await asyncio.to_thread(emulator.client().v1.invoices.pay, invoice.stripe_invoice_id)
+    await asyncio.to_thread(emulator.wait_for_deliveries)
+    failed = await plane.billing.GetInvoice(billing_pb2.GetInvoiceRequest(name=invoice.name))
+    assert failed.state == billing_pb2.INVOICE_STATE_PAYMENT_FAILED
+    assert await grants_and_ledger(plane) == before

@@ -1,4 +1,4 @@
-"""prepaid credits: credit grants, their ledger, and the settlement mode of rate cards
+"""prepaid credits: credit grants, their ledger, rate cards' settlement mode, invoice kinds
 
 Revision ID: 0014_credits
 Revises: 0013
@@ -18,6 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("rate_cards", sa.Column("settlement_mode", sa.String(length=30), nullable=True))
+    op.add_column("invoices", sa.Column("kind", sa.String(length=30), nullable=True))
     op.create_table(
         "credit_grants",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -79,4 +80,5 @@ def downgrade() -> None:
     op.drop_table("credit_transactions")
     op.drop_index("ix_credit_grants_customer", table_name="credit_grants")
     op.drop_table("credit_grants")
+    op.drop_column("invoices", "kind")
     op.drop_column("rate_cards", "settlement_mode")

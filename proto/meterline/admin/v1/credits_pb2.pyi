@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from meterline.admin.v1 import billing_pb2 as _billing_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -189,3 +190,11 @@ class ListCreditTransactionsResponse(_message.Message):
     credit_transactions: _containers.RepeatedCompositeFieldContainer[CreditTransaction]
     next_page_token: str
     def __init__(self, credit_transactions: _Optional[_Iterable[_Union[CreditTransaction, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CreateCreditTopUpRequest(_message.Message):
+    __slots__ = ("parent", "amount")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    amount: str
+    def __init__(self, parent: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...

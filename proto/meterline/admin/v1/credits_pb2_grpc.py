@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from meterline.admin.v1 import billing_pb2 as meterline_dot_admin_dot_v1_dot_billing__pb2
 from meterline.admin.v1 import credits_pb2 as meterline_dot_admin_dot_v1_dot_credits__pb2
 
 GRPC_GENERATED_VERSION = '1.85.0'
@@ -70,6 +71,11 @@ class CreditServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditTransactionsRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditTransactionsResponse.FromString,
                 _registered_method=True)
+        self.CreateCreditTopUp = channel.unary_unary(
+                '/meterline.admin.v1.CreditService/CreateCreditTopUp',
+                request_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreateCreditTopUpRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+                _registered_method=True)
 
 
 class CreditServiceServicer:
@@ -120,6 +126,15 @@ class CreditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCreditTopUp(self, request, context):
+        """Issue a one-off invoice buying credits (synced to Stripe like any invoice); the credits
+        (funding INVOICE) are granted when it is paid, once. FAILED_PRECONDITION while another
+        top-up of the customer awaits payment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +167,11 @@ def add_CreditServiceServicer_to_server(servicer, server):
                     servicer.ListCreditTransactions,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditTransactionsRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditTransactionsResponse.SerializeToString,
+            ),
+            'CreateCreditTopUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCreditTopUp,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreateCreditTopUpRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -322,6 +342,33 @@ class CreditService:
             '/meterline.admin.v1.CreditService/ListCreditTransactions',
             meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditTransactionsRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCreditTopUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CreditService/CreateCreditTopUp',
+            meterline_dot_admin_dot_v1_dot_credits__pb2.CreateCreditTopUpRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
             options,
             channel_credentials,
             insecure,
