@@ -1,7 +1,7 @@
 """prepaid credits: credit grants, their ledger, rate cards' settlement mode, invoice kinds
 
-Revision ID: 0014_credits
-Revises: 0013
+Revision ID: 0015_credits
+Revises: 0014
 Create Date: 2026-12-07 15:20:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014_credits"
-down_revision = "0013"
+revision = "0015_credits"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
