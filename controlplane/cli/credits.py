@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -280,7 +281,11 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
             for row in rows
         ],
     )
-    _emit(rows, args.output, table if rows else "no credit transactions")
+    if not rows and args.output == "table":
+        # Only data on stdout (controlplane/cli/output.py): the note goes to stderr.
+        print("no credit transactions", file=sys.stderr)
+        return 0
+    _emit(rows, args.output, table)
     return 0
 
 
