@@ -24,6 +24,7 @@ from controlplane.api.auth import (
     TokenEntry,
     Trust,
 )
+from controlplane.api.credits import CreditServicer
 from controlplane.api.dataplane import ConfigServicer, UsageServicer
 from controlplane.api.dataplanes import DataPlaneServicer
 from controlplane.api.entitlements import EntitlementServicer
@@ -54,6 +55,8 @@ from meterline.admin.v1 import (
     billing_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
+    credits_pb2,
+    credits_pb2_grpc,
     customers_pb2,
     customers_pb2_grpc,
     dataplanes_pb2,
@@ -80,6 +83,7 @@ SERVICE_MODULES = (
     usage_pb2,
     dataplanes_pb2,
     entitlements_pb2,
+    credits_pb2,
     notifications_pb2,
     config_pb2,
     dp_usage_pb2,
@@ -213,6 +217,10 @@ class ControlPlane:
         )
         entitlements_pb2_grpc.add_EntitlementServiceServicer_to_server(
             self.servicers.entitlements, self.server
+        )
+        credits_pb2_grpc.add_CreditServiceServicer_to_server(
+            CreditServicer(db=db, clock=self.clock, on_issued=stripe.on_issued if stripe else None),
+            self.server,
         )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
             NotificationServicer(

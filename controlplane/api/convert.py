@@ -26,6 +26,7 @@ from controlplane.catalog.types import (
     PriceList,
     PriceType,
     RateCard,
+    SettlementMode,
     Tier,
     TierMode,
 )
@@ -342,6 +343,24 @@ def entitlement_from_proto(message: catalog_pb2.Entitlement, *, where: str) -> E
     )
 
 
+SETTLEMENT_MODES = {
+    SettlementMode.CREDIT_THEN_INVOICE: catalog_pb2.SETTLEMENT_MODE_CREDIT_THEN_INVOICE,
+    SettlementMode.CREDIT_ONLY: catalog_pb2.SETTLEMENT_MODE_CREDIT_ONLY,
+}
+
+
+def _settlement_mode(value: int, *, where: str) -> SettlementMode:
+    if value == catalog_pb2.SETTLEMENT_MODE_UNSPECIFIED:
+        return SettlementMode.CREDIT_THEN_INVOICE
+    mode: SettlementMode = _enum(
+        value,
+        SETTLEMENT_MODES,
+        field=f"{where}: settlement_mode",
+        names="SETTLEMENT_MODE_CREDIT_THEN_INVOICE, SETTLEMENT_MODE_CREDIT_ONLY",
+    )
+    return mode
+
+
 def plan_to_proto(plan: Plan) -> catalog_pb2.Plan:
     message = catalog_pb2.Plan(
         name=plan_name(plan),
@@ -367,6 +386,7 @@ def plan_to_proto(plan: Plan) -> catalog_pb2.Plan:
         if card.commitments is not None:
             rc.commitments.minimum_amount = _text(card.commitments.minimum_amount)
             rc.commitments.maximum_amount = _text(card.commitments.maximum_amount)
+        rc.settlement_mode = SETTLEMENT_MODES[card.settlement_mode]
     return message
 
 
@@ -533,6 +553,7 @@ def plan_from_proto(message: catalog_pb2.Plan) -> Plan:
                 entitlement=entitlement,
                 discounts=discounts,
                 commitments=commitments,
+                settlement_mode=_settlement_mode(rc.settlement_mode, where=where),
             )
         )
     return Plan(
@@ -605,6 +626,8 @@ LINE_TYPES = {
     LineType.DISCOUNT: billing_pb2.INVOICE_LINE_TYPE_DISCOUNT,
     LineType.MAXIMUM_COMMITMENT: billing_pb2.INVOICE_LINE_TYPE_MAXIMUM_COMMITMENT,
     LineType.MINIMUM_COMMITMENT: billing_pb2.INVOICE_LINE_TYPE_MINIMUM_COMMITMENT,
+    LineType.CREDIT: billing_pb2.INVOICE_LINE_TYPE_CREDIT,
+    LineType.UNCOVERED: billing_pb2.INVOICE_LINE_TYPE_UNCOVERED,
 }
 
 
@@ -623,7 +646,7 @@ def tier_to_proto(tier: TierCharge) -> billing_pb2.InvoiceLineTier:
 
 def line_to_proto(line: InvoiceLine) -> billing_pb2.InvoiceLine:
     return billing_pb2.InvoiceLine(
-        subscription=f"subscriptions/{line.subscription}",
+        subscription=f"subscriptions/{line.subscription}" if line.subscription else "",
         rate_card=line.rate_card,
         feature=line.feature or "",
         description=line.description,
@@ -648,6 +671,7 @@ def line_to_proto(line: InvoiceLine) -> billing_pb2.InvoiceLine:
         late_usage=line.late_usage,
         model=line.model or "",
         token_type=line.token_type or "",
+        credit_grant=line.credit_grant or "",
     )
 
 

@@ -27,6 +27,7 @@ from controlplane.catalog.types import (
 from controlplane.customers import storage as customers
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.invoicing.preview import preview_invoice
+from controlplane.rating.charge import LineType
 from controlplane.rating.modellist import marked_up
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.periods import billing_period
@@ -112,8 +113,19 @@ def statuses(conn: Connection, *, customer: str, at: datetime) -> list[BudgetSta
         invoice = preview_invoice(conn, customer_key=customer, at=at)
     except FailedPrecondition:
         return []
+    # A budget caps consumption, whatever pays for it: credit lines (and the uncovered usage of
+    # credit_only rate cards) are added back, so credits never raise the cap.
+    paid_otherwise = sum(
+        (
+            line.amount
+            for line in invoice.lines
+            if line.type in (LineType.CREDIT, LineType.UNCOVERED)
+        ),
+        Decimal(0),
+    )
+    spent = invoice.total - paid_otherwise
     return [
-        BudgetStatus(budget=budget, spent=invoice.total, period_end=invoice.period_end)
+        BudgetStatus(budget=budget, spent=spent, period_end=invoice.period_end)
         for budget in budgets
     ]
 

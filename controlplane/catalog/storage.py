@@ -25,6 +25,7 @@ from controlplane.catalog.types import (
     PriceList,
     PriceType,
     RateCard,
+    SettlementMode,
     Tier,
     TierMode,
 )
@@ -186,6 +187,9 @@ def _rate_cards(conn: Connection) -> dict[tuple[str, int], list[RateCard]]:
                 entitlement=entitlement,
                 discounts=_discounts_from_json(r.discounts),
                 commitments=_commitments_from_json(r.commitments),
+                settlement_mode=SettlementMode(
+                    r.settlement_mode or SettlementMode.CREDIT_THEN_INVOICE.value
+                ),
             )
         )
     return cards
@@ -267,6 +271,10 @@ def _write_rate_cards(conn: Connection, plan: Plan, version: int) -> None:
                 key=card.key,
                 position=position,
                 feature=card.feature,
+                # NULL is the default, so rows written before credits read the same.
+                settlement_mode=None
+                if card.settlement_mode is SettlementMode.CREDIT_THEN_INVOICE
+                else card.settlement_mode.value,
                 price=price_to_json(card.price) if card.price else None,
                 entitlement_type=card.entitlement.type.value if card.entitlement else None,
                 entitlement=entitlement_to_json(card.entitlement) if card.entitlement else None,

@@ -205,6 +205,15 @@ class Entitlement:
     preserve_overage_at_reset: bool = False
 
 
+class SettlementMode(StrEnum):
+    """OpenMeter's name: what happens to a rate card's charge that credits do not pay."""
+
+    # Credits pay first, the rest is invoiced.
+    CREDIT_THEN_INVOICE = "credit_then_invoice"
+    # Never invoiced beyond credits; what credits leave is uncovered usage (docs/credits.md).
+    CREDIT_ONLY = "credit_only"
+
+
 @dataclass(frozen=True)
 class RateCard:
     """What a plan sells: a feature (optional for flat prices), its price and entitlement."""
@@ -215,6 +224,7 @@ class RateCard:
     entitlement: Entitlement | None = None
     discounts: Discounts | None = None
     commitments: Commitments | None = None
+    settlement_mode: SettlementMode = SettlementMode.CREDIT_THEN_INVOICE
 
 
 class PlanState(StrEnum):

@@ -466,6 +466,10 @@ def build_parser(config: dict[str, Any] | None = None) -> argparse.ArgumentParse
 
     notifications.register(commands)
 
+    from controlplane.cli import credits as credits_cli
+
+    credits_cli.register(commands)
+
     from controlplane.cli import pki
 
     pki.register(commands)

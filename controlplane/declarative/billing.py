@@ -25,10 +25,12 @@ from controlplane.catalog.types import (
     PriceList,
     PriceType,
     RateCard,
+    SettlementMode,
     Tier,
     TierMode,
 )
 from controlplane.catalog.validation import price_list_problems, rate_card_problems
+from controlplane.credits.declarative import parse_credits
 from controlplane.customers.types import Customer
 from controlplane.declarative.entry import Entry, describe, quoted
 from controlplane.declarative.meters import meter_dimensions, parse_meters
@@ -56,6 +58,7 @@ def parse_billing(billing: Entry) -> BillingConfig:
             "subscriptions",
             "budgets",
             "notifications",
+            "credits",
         )
     )
     meters = parse_meters(billing)
@@ -98,6 +101,7 @@ def parse_billing(billing: Entry) -> BillingConfig:
         customers=tuple(customers),
         subscriptions=tuple(subscriptions),
         budgets=parse_budgets(billing, customer_keys),
+        credits=parse_credits(billing, customer_keys, feature_keys),
         notifications=parse_notifications(billing),
         meters=tuple(meters.values()),
     )
@@ -279,7 +283,15 @@ def _rate_card(
     currency: str | None,
 ) -> RateCard | None:
     before = len(entry.problems)
-    entry.check_keys(("key", "feature", "price", "entitlement", "discounts", "commitments"))
+    entry.check_keys(
+        ("key", "feature", "price", "entitlement", "discounts", "commitments", "settlement_mode")
+    )
+    mode = entry.choice(
+        "settlement_mode",
+        tuple(m.value for m in SettlementMode),
+        default=SettlementMode.CREDIT_THEN_INVOICE.value,
+    )
+    settlement_mode = SettlementMode(mode or SettlementMode.CREDIT_THEN_INVOICE.value)
     feature: str | None = entry.string("feature", default="") or None
     if feature is not None:
         if feature not in features:
@@ -310,6 +322,7 @@ def _rate_card(
         entitlement=entitlement,
         discounts=discounts,
         commitments=commitments,
+        settlement_mode=settlement_mode,
     )
     for problem in rate_card_problems(card, currency=currency):
         entry.fail(problem)

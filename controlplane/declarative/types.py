@@ -13,6 +13,7 @@ from controlplane.usage.meters import OperatorMeter
 
 if TYPE_CHECKING:
     from controlplane.budgets.types import BudgetSpec
+    from controlplane.credits.types import CreditGrantSpec
     from controlplane.notifications.types import NotificationsSpec
 
 
@@ -44,6 +45,8 @@ class BillingConfig:
     subscriptions: tuple[SubscriptionSpec, ...] = ()
     # billing.budgets (controlplane.budgets.declarative).
     budgets: tuple[BudgetSpec, ...] = ()
+    # billing.credits (controlplane.credits.declarative).
+    credits: tuple[CreditGrantSpec, ...] = ()
     # billing.notifications (controlplane.notifications.declarative); None: no section.
     notifications: NotificationsSpec | None = None
     # billing.meters (controlplane.declarative.meters).

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from controlplane.budgets.declarative import apply_budgets
 from controlplane.catalog import storage as catalog
+from controlplane.credits.declarative import apply_credits
 from controlplane.customers import storage as customers
 from controlplane.declarative import DeclarativeConfig, parse_document
 from controlplane.errors import InvalidArgument, NotFound
@@ -103,6 +104,7 @@ def _apply(
     for spec in billing.subscriptions:
         changes.extend(subscription_service.apply_subscription(conn, spec, now=now))
     changes.extend(apply_budgets(conn, billing.budgets, now=now))
+    changes.extend(apply_credits(conn, billing.credits, now=now))
     if billing.notifications is not None:
         changes.extend(
             apply_notifications(conn, billing.notifications, now=now, allow_private=allow_private)

@@ -43,7 +43,10 @@ from controlplane.catalog.types import (
     PriceList,
     PriceType,
     RateCard,
+    SettlementMode,
 )
+from controlplane.credits import settlement as credits
+from controlplane.credits import topups
 from controlplane.customers import storage as customers
 from controlplane.errors import FailedPrecondition, InvalidArgument, MeterlineError
 from controlplane.invoicing import storage
@@ -503,6 +506,28 @@ def _compute(
     ]
 
 
+def _scope(row: InvoiceRow) -> credits.InvoiceScope:
+    return credits.InvoiceScope(
+        id=row.id,
+        customer=row.customer,
+        currency=row.currency,
+        period_start=row.period_start,
+        period_end=row.period_end,
+    )
+
+
+def _with_credits(
+    conn: Connection, row: InvoiceRow, segments: Sequence[_Segment], lines: list[InvoiceLine]
+) -> list[InvoiceLine]:
+    """``lines`` plus the credit (and credit_only uncovered) lines credits add now."""
+    modes: dict[tuple[str, str], SettlementMode] = {
+        (segment.sub.id, card.key): card.settlement_mode
+        for segment in segments
+        for card in segment.plan.rate_cards
+    }
+    return lines + credits.apply_to_invoice(conn, scope=_scope(row), lines=lines, modes=modes)
+
+
 def _invoice(row: InvoiceRow, lines: Sequence[InvoiceLine], total: Decimal) -> Invoice:
     sync_error, stripe_invoice_id = storage.sync_summary(row)
     return Invoice(
@@ -530,7 +555,10 @@ def load_invoice(conn: Connection, row: InvoiceRow) -> Invoice:
         assert row.total is not None
         return _invoice(row, storage.stored_lines(conn, row.id), row.total)
     subjects = customers.get_customer(conn, row.customer).subjects
-    lines = _compute(conn, row, _segments(conn, row, subjects), subjects, Billed.UNBILLED)
+    segments = _segments(conn, row, subjects)
+    lines = _with_credits(
+        conn, row, segments, _compute(conn, row, segments, subjects, Billed.UNBILLED)
+    )
     return _invoice(row, lines, round_money(_lines_total(lines), row.currency))
 
 
@@ -543,7 +571,7 @@ def list_invoices(
 ) -> list[Invoice]:
     if customer is not None:
         customers.get_customer(conn, customer)
-    rows = storage.list_invoice_rows(conn, customer=customer, states=states)
+    rows = storage.list_invoice_rows(conn, customer=customer, states=states, top_ups=True)
     return [load_invoice(conn, row) for row in rows]
 
 
@@ -621,10 +649,15 @@ def _issue(conn: Connection, row: InvoiceRow, *, now: datetime) -> None:
             start=segment.start,
             end=segment.end,
         )
-    lines = _compute(conn, row, segments, subjects, Billed.BY_INVOICE)
+    lines = _with_credits(
+        conn, row, segments, _compute(conn, row, segments, subjects, Billed.BY_INVOICE)
+    )
     total = round_money(_lines_total(lines), row.currency)
     number = storage.next_number(conn, currency=row.currency, year=now.year)
     storage.freeze(conn, row.id, number=number, lines=lines, total=total, now=now)
+    # The ledger's consumed entries are the credit lines just frozen, in the same transaction.
+    credits.ledger_consumption(conn, scope=_scope(row), lines=lines, now=now)
+    credits.expire_due(conn, customer=row.customer, now=now)
     emit_invoice_event(conn, get_invoice(conn, row.id), "invoice.issued", now=now)
 
 
@@ -687,6 +720,9 @@ def set_payment_state(
             f"invoice {id!r} ({row.number}) is {row.state.value}; it cannot become {state.value}"
         )
     storage.set_state(conn, id, state, now=now)
+    if row.kind == storage.TOP_UP_KIND and state is InvoiceState.PAID:
+        # The credits a top-up buys exist once it is paid, not before (and only once).
+        topups.grant_paid_top_up(conn, row, now=now)
     emit_invoice_event(conn, get_invoice(conn, id), f"invoice.{state.value}", now=now)
     return get_invoice(conn, id), True
 
@@ -776,6 +812,7 @@ def advance_customer(
         for row in storage.list_invoice_rows(conn, customer=customer, states=(InvoiceState.DRAFT,)):
             _issue(conn, storage.get_invoice_row(conn, row.id, lock=True), now=now)
             result.issued.append(row.id)
+    credits.expire_due(conn, customer=customer, now=now)
     return result
 
 

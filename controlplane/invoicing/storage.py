@@ -68,6 +68,13 @@ class InvoiceRow:
     sync_record: str | None
     create_time: datetime
     update_time: datetime
+    # None: a billing period's invoice; TOP_UP_KIND: a one-off invoice buying credits.
+    kind: str | None = None
+
+
+# Top-up invoices have a zero-length period and bill no usage; every period computation
+# leaves them out (list_invoice_rows without top_ups, find_invoice_row).
+TOP_UP_KIND = "credit_top_up"
 
 
 def _row(r: Any) -> InvoiceRow:
@@ -85,6 +92,7 @@ def _row(r: Any) -> InvoiceRow:
         sync_record=r.sync_record,
         create_time=r.create_time,
         update_time=r.update_time,
+        kind=r.kind,
     )
 
 
@@ -104,8 +112,12 @@ def list_invoice_rows(
     customer: str | None = None,
     states: Iterable[InvoiceState] | None = None,
     currency: str | None = None,
+    top_ups: bool = False,
 ) -> list[InvoiceRow]:
+    """Invoices in period order; credit top-up invoices only with ``top_ups``."""
     query = select(inv).order_by(inv.c.period_start, inv.c.customer, inv.c.id)
+    if not top_ups:
+        query = query.where(inv.c.kind.is_(None))
     if customer is not None:
         query = query.where(inv.c.customer == customer)
     if states is not None:
@@ -124,9 +136,23 @@ def find_invoice_row(
             inv.c.currency == currency,
             inv.c.period_start == period_start,
             inv.c.period_end == period_end,
+            inv.c.kind.is_(None),
         )
     ).first()
     return _row(row) if row is not None else None
+
+
+def find_top_up_at(conn: Connection, *, customer: str, currency: str, at: datetime) -> bool:
+    """Whether a top-up invoice of that instant exists (the period key would collide)."""
+    row = conn.execute(
+        select(inv.c.id).where(
+            inv.c.customer == customer,
+            inv.c.currency == currency,
+            inv.c.period_start == at,
+            inv.c.period_end == at,
+        )
+    ).first()
+    return row is not None
 
 
 def insert_invoice_row(
@@ -138,6 +164,7 @@ def insert_invoice_row(
     period_end: datetime,
     state: InvoiceState,
     now: datetime,
+    kind: str | None = None,
 ) -> InvoiceRow:
     id = str(uuid.uuid4())
     conn.execute(
@@ -148,6 +175,7 @@ def insert_invoice_row(
             period_start=period_start,
             period_end=period_end,
             state=state.value,
+            kind=kind,
             create_time=now,
             update_time=now,
         )
@@ -675,6 +703,7 @@ def line_to_json(line: InvoiceLine) -> dict[str, Any]:
         "late_usage": line.late_usage,
         "model": line.model,
         "token_type": line.token_type,
+        "credit_grant": line.credit_grant,
         "tiers": [
             {
                 "tier": t.tier,
@@ -709,6 +738,7 @@ def line_from_json(id: str, data: Mapping[str, Any]) -> InvoiceLine:
         late_usage=bool(data["late_usage"]),
         model=data.get("model"),
         token_type=data.get("token_type"),
+        credit_grant=data.get("credit_grant"),
         tiers=tuple(
             TierCharge(
                 tier=t["tier"],

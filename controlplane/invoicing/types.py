@@ -60,6 +60,8 @@ class InvoiceLine:
     # model_list lines: which model and token type the line prices.
     model: str | None = None
     token_type: str | None = None
+    # Credit lines: the grant that paid (controlplane.credits).
+    credit_grant: str | None = None
 
 
 @dataclass(frozen=True)

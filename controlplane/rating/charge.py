@@ -66,6 +66,11 @@ class LineType(StrEnum):
     DISCOUNT = "discount"
     MAXIMUM_COMMITMENT = "maximum_commitment"
     MINIMUM_COMMITMENT = "minimum_commitment"
+    # Not rating's: invoicing adds these after rating (controlplane.credits.settlement).
+    # A credit grant paying part of the invoice (negative).
+    CREDIT = "credit"
+    # What credits left of a credit_only rate card's charge: taken off, never invoiced.
+    UNCOVERED = "uncovered"
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,8 @@ rate_cards = Table(
     Column("entitlement", Text, nullable=True),
     Column("discounts", Text, nullable=True),
     Column("commitments", Text, nullable=True),
+    # credit_only; NULL is credit_then_invoice (controlplane.catalog.types.SettlementMode).
+    Column("settlement_mode", String(30), nullable=True),
     ForeignKeyConstraint(
         ["plan_key", "plan_version"], ["plans.key", "plans.version"], ondelete="CASCADE"
     ),
@@ -327,6 +329,54 @@ budgets = Table(
     Index("ix_budgets_customer", "customer"),
 )
 
+credit_grants = Table(
+    "credit_grants",
+    metadata,
+    # Prepaid money a customer may spend (controlplane.credits); what remains of it is the sum
+    # of its credit_transactions.
+    Column("id", String(36), primary_key=True),
+    Column("customer", String(200), ForeignKey("customers.key"), nullable=False),
+    # The idempotency key; NULL when none was given (NULLs never collide).
+    Column("key", String(200), nullable=True),
+    # Decimal string.
+    Column("amount", Text, nullable=False),
+    Column("currency", String(3), nullable=False),
+    # invoice | promotional | external
+    Column("funding", String(20), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("effective_time", UTCDateTime(), nullable=False),
+    Column("expire_time", UTCDateTime(), nullable=True),
+    # JSON list of feature keys; [] pays every feature and flat fees.
+    Column("features", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("void_time", UTCDateTime(), nullable=True),
+    Column("create_time", UTCDateTime(), nullable=False),
+    UniqueConstraint("customer", "key", name="uq_credit_grants_customer_key"),
+    Index("ix_credit_grants_customer", "customer"),
+)
+
+credit_transactions = Table(
+    "credit_transactions",
+    metadata,
+    # The credit ledger: funded | consumed | expired | voided | adjusted, amounts signed.
+    Column("id", String(36), primary_key=True),
+    Column("customer", String(200), ForeignKey("customers.key"), nullable=False),
+    # 1, 2, 3... per customer, written under the customer's row lock: the ledger's order.
+    Column("seq", Integer, nullable=False),
+    Column("grant_id", String(36), ForeignKey("credit_grants.id"), nullable=False),
+    Column("type", String(20), nullable=False),
+    # Signed decimal string: funded and positive adjustments add, the rest subtract.
+    Column("amount", Text, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("time", UTCDateTime(), nullable=False),
+    # consumed: the issued invoice whose credit line it is.
+    Column("invoice_id", String(36), ForeignKey("invoices.id"), nullable=True),
+    Column("description", Text, nullable=False),
+    Column("create_time", UTCDateTime(), nullable=False),
+    UniqueConstraint("customer", "seq", name="uq_credit_transactions_customer_seq"),
+    Index("ix_credit_transactions_grant_id", "grant_id"),
+)
+
 invoices = Table(
     "invoices",
     metadata,
@@ -345,6 +395,9 @@ invoices = Table(
     # Stripe sync: the stripe_sync SyncRecord as JSON; NULL when sync is off or not started.
     Column("sync_state", String(20), nullable=True),
     Column("sync_record", Text, nullable=True),
+    # NULL: a billing period's invoice; "credit_top_up": a one-off invoice buying credits
+    # (controlplane.credits.topups), period [issue, issue), outside all period logic.
+    Column("kind", String(30), nullable=True),
     *_times(),
     # One invoice per customer, currency and billing period, however many replicas run the job.
     UniqueConstraint(

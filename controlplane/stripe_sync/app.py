@@ -269,7 +269,7 @@ class StripeApp:
     def pending_ids(self) -> list[str]:
         """Invoices whose Stripe invoice is not yet what their state asks, and not failed."""
         with self.db.begin() as conn:
-            rows = storage.list_invoice_rows(conn, states=SYNCED_STATES)
+            rows = storage.list_invoice_rows(conn, states=SYNCED_STATES, top_ups=True)
         return [r.id for r in rows if needs_sync(r)]
 
     def sync_pending(self) -> list[SyncRecord | None]:

@@ -26,45 +26,45 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from meterline.admin.v1 import catalog_pb2 as meterline_dot_admin_dot_v1_dot_catalog__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/billing.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a meterline/admin/v1/catalog.proto\"\xae\x04\n\x07Invoice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x35\n\x11period_start_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x05lines\x18\x06 \x03(\x0b\x32\x1f.meterline.admin.v1.InvoiceLine\x12\r\n\x05total\x18\x07 \x01(\t\x12/\n\x05state\x18\x08 \x01(\x0e\x32 .meterline.admin.v1.InvoiceState\x12\n\n\x02id\x18\t \x01(\t\x12\x0e\n\x06number\x18\n \x01(\t\x12.\n\nissue_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\nsync_state\x18\x0e \x01(\x0e\x32$.meterline.admin.v1.InvoiceSyncState\x12\x12\n\nsync_error\x18\x0f \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x10 \x01(\t\"\x87\x01\n\x0fInvoiceLineTier\x12\x0c\n\x04tier\x18\x01 \x01(\x05\x12\x12\n\x05up_to\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x12\n\nunit_price\x18\x04 \x01(\t\x12\x12\n\nflat_price\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\tB\x08\n\x06_up_to\"\xbb\x04\n\x0bInvoiceLine\x12\x14\n\x0csubscription\x18\x01 \x01(\t\x12\x11\n\trate_card\x18\x02 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\t\x12\x12\n\nunit_price\x18\x06 \x01(\t\x12\x0e\n\x06\x61mount\x18\x07 \x01(\t\x12\x35\n\x11period_start_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x04type\x18\n \x01(\x0e\x32#.meterline.admin.v1.InvoiceLineType\x12\x31\n\nprice_type\x18\x0b \x01(\x0e\x32\x1d.meterline.admin.v1.PriceType\x12\x35\n\x0cpayment_term\x18\x0c \x01(\x0e\x32\x1f.meterline.admin.v1.PaymentTerm\x12\x15\n\rfree_quantity\x18\r \x01(\t\x12\x10\n\x08packages\x18\x0e \x01(\t\x12\x32\n\x05tiers\x18\x0f \x03(\x0b\x32#.meterline.admin.v1.InvoiceLineTier\x12\n\n\x02id\x18\x10 \x01(\t\x12\x12\n\nlate_usage\x18\x11 \x01(\x08\x12\r\n\x05model\x18\x12 \x01(\t\x12\x12\n\ntoken_type\x18\x13 \x01(\t\"Y\n\x15PreviewInvoiceRequest\x12\x10\n\x08\x63ustomer\x18\x01 \x01(\t\x12.\n\nas_of_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x13ListInvoicesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x30\n\x06states\x18\x04 \x03(\x0e\x32 .meterline.admin.v1.InvoiceState\"^\n\x14ListInvoicesResponse\x12-\n\x08invoices\x18\x01 \x03(\x0b\x32\x1b.meterline.admin.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11GetInvoiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x13IssueInvoiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\"\n\x12VoidInvoiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x16MarkInvoicePaidRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x43loseInvoicesRequest\"d\n\x15\x43loseInvoicesResponse\x12\x18\n\x10\x63reated_invoices\x18\x01 \x03(\t\x12\x18\n\x10\x64rafted_invoices\x18\x02 \x03(\t\x12\x17\n\x0fissued_invoices\x18\x03 \x03(\t\"\'\n\x17RetryInvoiceSyncRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xcf\x01\n\x0cInvoiceState\x12\x1d\n\x19INVOICE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17INVOICE_STATE_GATHERING\x10\x01\x12\x17\n\x13INVOICE_STATE_DRAFT\x10\x02\x12\x18\n\x14INVOICE_STATE_ISSUED\x10\x03\x12\x16\n\x12INVOICE_STATE_PAID\x10\x04\x12 \n\x1cINVOICE_STATE_PAYMENT_FAILED\x10\x05\x12\x16\n\x12INVOICE_STATE_VOID\x10\x06*\xd5\x01\n\x10InvoiceSyncState\x12\"\n\x1eINVOICE_SYNC_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17INVOICE_SYNC_STATE_NONE\x10\x01\x12\x1e\n\x1aINVOICE_SYNC_STATE_PENDING\x10\x02\x12\"\n\x1eINVOICE_SYNC_STATE_IN_PROGRESS\x10\x03\x12\x1d\n\x19INVOICE_SYNC_STATE_SYNCED\x10\x04\x12\x1d\n\x19INVOICE_SYNC_STATE_FAILED\x10\x05*\xe1\x01\n\x0fInvoiceLineType\x12!\n\x1dINVOICE_LINE_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16INVOICE_LINE_TYPE_FLAT\x10\x01\x12\x1b\n\x17INVOICE_LINE_TYPE_USAGE\x10\x02\x12\x1e\n\x1aINVOICE_LINE_TYPE_DISCOUNT\x10\x03\x12(\n$INVOICE_LINE_TYPE_MAXIMUM_COMMITMENT\x10\x04\x12(\n$INVOICE_LINE_TYPE_MINIMUM_COMMITMENT\x10\x05\x32\xe9\x05\n\x0e\x42illingService\x12X\n\x0ePreviewInvoice\x12).meterline.admin.v1.PreviewInvoiceRequest\x1a\x1b.meterline.admin.v1.Invoice\x12\x61\n\x0cListInvoices\x12\'.meterline.admin.v1.ListInvoicesRequest\x1a(.meterline.admin.v1.ListInvoicesResponse\x12P\n\nGetInvoice\x12%.meterline.admin.v1.GetInvoiceRequest\x1a\x1b.meterline.admin.v1.Invoice\x12T\n\x0cIssueInvoice\x12\'.meterline.admin.v1.IssueInvoiceRequest\x1a\x1b.meterline.admin.v1.Invoice\x12R\n\x0bVoidInvoice\x12&.meterline.admin.v1.VoidInvoiceRequest\x1a\x1b.meterline.admin.v1.Invoice\x12Z\n\x0fMarkInvoicePaid\x12*.meterline.admin.v1.MarkInvoicePaidRequest\x1a\x1b.meterline.admin.v1.Invoice\x12\x64\n\rCloseInvoices\x12(.meterline.admin.v1.CloseInvoicesRequest\x1a).meterline.admin.v1.CloseInvoicesResponse\x12\\\n\x10RetryInvoiceSync\x12+.meterline.admin.v1.RetryInvoiceSyncRequest\x1a\x1b.meterline.admin.v1.Invoiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/billing.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a meterline/admin/v1/catalog.proto\"\xae\x04\n\x07Invoice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x35\n\x11period_start_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x05lines\x18\x06 \x03(\x0b\x32\x1f.meterline.admin.v1.InvoiceLine\x12\r\n\x05total\x18\x07 \x01(\t\x12/\n\x05state\x18\x08 \x01(\x0e\x32 .meterline.admin.v1.InvoiceState\x12\n\n\x02id\x18\t \x01(\t\x12\x0e\n\x06number\x18\n \x01(\t\x12.\n\nissue_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\nsync_state\x18\x0e \x01(\x0e\x32$.meterline.admin.v1.InvoiceSyncState\x12\x12\n\nsync_error\x18\x0f \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x10 \x01(\t\"\x87\x01\n\x0fInvoiceLineTier\x12\x0c\n\x04tier\x18\x01 \x01(\x05\x12\x12\n\x05up_to\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x12\n\nunit_price\x18\x04 \x01(\t\x12\x12\n\nflat_price\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\tB\x08\n\x06_up_to\"\xd2\x04\n\x0bInvoiceLine\x12\x14\n\x0csubscription\x18\x01 \x01(\t\x12\x11\n\trate_card\x18\x02 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\t\x12\x12\n\nunit_price\x18\x06 \x01(\t\x12\x0e\n\x06\x61mount\x18\x07 \x01(\t\x12\x35\n\x11period_start_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x04type\x18\n \x01(\x0e\x32#.meterline.admin.v1.InvoiceLineType\x12\x31\n\nprice_type\x18\x0b \x01(\x0e\x32\x1d.meterline.admin.v1.PriceType\x12\x35\n\x0cpayment_term\x18\x0c \x01(\x0e\x32\x1f.meterline.admin.v1.PaymentTerm\x12\x15\n\rfree_quantity\x18\r \x01(\t\x12\x10\n\x08packages\x18\x0e \x01(\t\x12\x32\n\x05tiers\x18\x0f \x03(\x0b\x32#.meterline.admin.v1.InvoiceLineTier\x12\n\n\x02id\x18\x10 \x01(\t\x12\x12\n\nlate_usage\x18\x11 \x01(\x08\x12\r\n\x05model\x18\x12 \x01(\t\x12\x12\n\ntoken_type\x18\x13 \x01(\t\x12\x15\n\x0c\x63redit_grant\x18\xc2\x03 \x01(\t\"Y\n\x15PreviewInvoiceRequest\x12\x10\n\x08\x63ustomer\x18\x01 \x01(\t\x12.\n\nas_of_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x13ListInvoicesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x30\n\x06states\x18\x04 \x03(\x0e\x32 .meterline.admin.v1.InvoiceState\"^\n\x14ListInvoicesResponse\x12-\n\x08invoices\x18\x01 \x03(\x0b\x32\x1b.meterline.admin.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11GetInvoiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x13IssueInvoiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\"\n\x12VoidInvoiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x16MarkInvoicePaidRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x43loseInvoicesRequest\"d\n\x15\x43loseInvoicesResponse\x12\x18\n\x10\x63reated_invoices\x18\x01 \x03(\t\x12\x18\n\x10\x64rafted_invoices\x18\x02 \x03(\t\x12\x17\n\x0fissued_invoices\x18\x03 \x03(\t\"\'\n\x17RetryInvoiceSyncRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xcf\x01\n\x0cInvoiceState\x12\x1d\n\x19INVOICE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17INVOICE_STATE_GATHERING\x10\x01\x12\x17\n\x13INVOICE_STATE_DRAFT\x10\x02\x12\x18\n\x14INVOICE_STATE_ISSUED\x10\x03\x12\x16\n\x12INVOICE_STATE_PAID\x10\x04\x12 \n\x1cINVOICE_STATE_PAYMENT_FAILED\x10\x05\x12\x16\n\x12INVOICE_STATE_VOID\x10\x06*\xd5\x01\n\x10InvoiceSyncState\x12\"\n\x1eINVOICE_SYNC_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17INVOICE_SYNC_STATE_NONE\x10\x01\x12\x1e\n\x1aINVOICE_SYNC_STATE_PENDING\x10\x02\x12\"\n\x1eINVOICE_SYNC_STATE_IN_PROGRESS\x10\x03\x12\x1d\n\x19INVOICE_SYNC_STATE_SYNCED\x10\x04\x12\x1d\n\x19INVOICE_SYNC_STATE_FAILED\x10\x05*\xa2\x02\n\x0fInvoiceLineType\x12!\n\x1dINVOICE_LINE_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16INVOICE_LINE_TYPE_FLAT\x10\x01\x12\x1b\n\x17INVOICE_LINE_TYPE_USAGE\x10\x02\x12\x1e\n\x1aINVOICE_LINE_TYPE_DISCOUNT\x10\x03\x12(\n$INVOICE_LINE_TYPE_MAXIMUM_COMMITMENT\x10\x04\x12(\n$INVOICE_LINE_TYPE_MINIMUM_COMMITMENT\x10\x05\x12\x1d\n\x18INVOICE_LINE_TYPE_CREDIT\x10\xc2\x03\x12 \n\x1bINVOICE_LINE_TYPE_UNCOVERED\x10\xc3\x03\x32\xe9\x05\n\x0e\x42illingService\x12X\n\x0ePreviewInvoice\x12).meterline.admin.v1.PreviewInvoiceRequest\x1a\x1b.meterline.admin.v1.Invoice\x12\x61\n\x0cListInvoices\x12\'.meterline.admin.v1.ListInvoicesRequest\x1a(.meterline.admin.v1.ListInvoicesResponse\x12P\n\nGetInvoice\x12%.meterline.admin.v1.GetInvoiceRequest\x1a\x1b.meterline.admin.v1.Invoice\x12T\n\x0cIssueInvoice\x12\'.meterline.admin.v1.IssueInvoiceRequest\x1a\x1b.meterline.admin.v1.Invoice\x12R\n\x0bVoidInvoice\x12&.meterline.admin.v1.VoidInvoiceRequest\x1a\x1b.meterline.admin.v1.Invoice\x12Z\n\x0fMarkInvoicePaid\x12*.meterline.admin.v1.MarkInvoicePaidRequest\x1a\x1b.meterline.admin.v1.Invoice\x12\x64\n\rCloseInvoices\x12(.meterline.admin.v1.CloseInvoicesRequest\x1a).meterline.admin.v1.CloseInvoicesResponse\x12\\\n\x10RetryInvoiceSync\x12+.meterline.admin.v1.RetryInvoiceSyncRequest\x1a\x1b.meterline.admin.v1.Invoiceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.admin.v1.billing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INVOICESTATE']._serialized_start=2042
-  _globals['_INVOICESTATE']._serialized_end=2249
-  _globals['_INVOICESYNCSTATE']._serialized_start=2252
-  _globals['_INVOICESYNCSTATE']._serialized_end=2465
-  _globals['_INVOICELINETYPE']._serialized_start=2468
-  _globals['_INVOICELINETYPE']._serialized_end=2693
+  _globals['_INVOICESTATE']._serialized_start=2065
+  _globals['_INVOICESTATE']._serialized_end=2272
+  _globals['_INVOICESYNCSTATE']._serialized_start=2275
+  _globals['_INVOICESYNCSTATE']._serialized_end=2488
+  _globals['_INVOICELINETYPE']._serialized_start=2491
+  _globals['_INVOICELINETYPE']._serialized_end=2781
   _globals['_INVOICE']._serialized_start=124
   _globals['_INVOICE']._serialized_end=682
   _globals['_INVOICELINETIER']._serialized_start=685
   _globals['_INVOICELINETIER']._serialized_end=820
   _globals['_INVOICELINE']._serialized_start=823
-  _globals['_INVOICELINE']._serialized_end=1394
-  _globals['_PREVIEWINVOICEREQUEST']._serialized_start=1396
-  _globals['_PREVIEWINVOICEREQUEST']._serialized_end=1485
-  _globals['_LISTINVOICESREQUEST']._serialized_start=1487
-  _globals['_LISTINVOICESREQUEST']._serialized_end=1613
-  _globals['_LISTINVOICESRESPONSE']._serialized_start=1615
-  _globals['_LISTINVOICESRESPONSE']._serialized_end=1709
-  _globals['_GETINVOICEREQUEST']._serialized_start=1711
-  _globals['_GETINVOICEREQUEST']._serialized_end=1744
-  _globals['_ISSUEINVOICEREQUEST']._serialized_start=1746
-  _globals['_ISSUEINVOICEREQUEST']._serialized_end=1796
-  _globals['_VOIDINVOICEREQUEST']._serialized_start=1798
-  _globals['_VOIDINVOICEREQUEST']._serialized_end=1832
-  _globals['_MARKINVOICEPAIDREQUEST']._serialized_start=1834
-  _globals['_MARKINVOICEPAIDREQUEST']._serialized_end=1872
-  _globals['_CLOSEINVOICESREQUEST']._serialized_start=1874
-  _globals['_CLOSEINVOICESREQUEST']._serialized_end=1896
-  _globals['_CLOSEINVOICESRESPONSE']._serialized_start=1898
-  _globals['_CLOSEINVOICESRESPONSE']._serialized_end=1998
-  _globals['_RETRYINVOICESYNCREQUEST']._serialized_start=2000
-  _globals['_RETRYINVOICESYNCREQUEST']._serialized_end=2039
-  _globals['_BILLINGSERVICE']._serialized_start=2696
-  _globals['_BILLINGSERVICE']._serialized_end=3441
+  _globals['_INVOICELINE']._serialized_end=1417
+  _globals['_PREVIEWINVOICEREQUEST']._serialized_start=1419
+  _globals['_PREVIEWINVOICEREQUEST']._serialized_end=1508
+  _globals['_LISTINVOICESREQUEST']._serialized_start=1510
+  _globals['_LISTINVOICESREQUEST']._serialized_end=1636
+  _globals['_LISTINVOICESRESPONSE']._serialized_start=1638
+  _globals['_LISTINVOICESRESPONSE']._serialized_end=1732
+  _globals['_GETINVOICEREQUEST']._serialized_start=1734
+  _globals['_GETINVOICEREQUEST']._serialized_end=1767
+  _globals['_ISSUEINVOICEREQUEST']._serialized_start=1769
+  _globals['_ISSUEINVOICEREQUEST']._serialized_end=1819
+  _globals['_VOIDINVOICEREQUEST']._serialized_start=1821
+  _globals['_VOIDINVOICEREQUEST']._serialized_end=1855
+  _globals['_MARKINVOICEPAIDREQUEST']._serialized_start=1857
+  _globals['_MARKINVOICEPAIDREQUEST']._serialized_end=1895
+  _globals['_CLOSEINVOICESREQUEST']._serialized_start=1897
+  _globals['_CLOSEINVOICESREQUEST']._serialized_end=1919
+  _globals['_CLOSEINVOICESRESPONSE']._serialized_start=1921
+  _globals['_CLOSEINVOICESRESPONSE']._serialized_end=2021
+  _globals['_RETRYINVOICESYNCREQUEST']._serialized_start=2023
+  _globals['_RETRYINVOICESYNCREQUEST']._serialized_end=2062
+  _globals['_BILLINGSERVICE']._serialized_start=2784
+  _globals['_BILLINGSERVICE']._serialized_end=3529
 # @@protoc_insertion_point(module_scope)

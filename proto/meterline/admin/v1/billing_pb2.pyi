@@ -38,6 +38,8 @@ class InvoiceLineType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVOICE_LINE_TYPE_DISCOUNT: _ClassVar[InvoiceLineType]
     INVOICE_LINE_TYPE_MAXIMUM_COMMITMENT: _ClassVar[InvoiceLineType]
     INVOICE_LINE_TYPE_MINIMUM_COMMITMENT: _ClassVar[InvoiceLineType]
+    INVOICE_LINE_TYPE_CREDIT: _ClassVar[InvoiceLineType]
+    INVOICE_LINE_TYPE_UNCOVERED: _ClassVar[InvoiceLineType]
 INVOICE_STATE_UNSPECIFIED: InvoiceState
 INVOICE_STATE_GATHERING: InvoiceState
 INVOICE_STATE_DRAFT: InvoiceState
@@ -57,6 +59,8 @@ INVOICE_LINE_TYPE_USAGE: InvoiceLineType
 INVOICE_LINE_TYPE_DISCOUNT: InvoiceLineType
 INVOICE_LINE_TYPE_MAXIMUM_COMMITMENT: InvoiceLineType
 INVOICE_LINE_TYPE_MINIMUM_COMMITMENT: InvoiceLineType
+INVOICE_LINE_TYPE_CREDIT: InvoiceLineType
+INVOICE_LINE_TYPE_UNCOVERED: InvoiceLineType
 
 class Invoice(_message.Message):
     __slots__ = ("name", "customer", "currency", "period_start_time", "period_end_time", "lines", "total", "state", "id", "number", "issue_time", "create_time", "update_time", "sync_state", "sync_error", "stripe_invoice_id")
@@ -111,7 +115,7 @@ class InvoiceLineTier(_message.Message):
     def __init__(self, tier: _Optional[int] = ..., up_to: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., flat_price: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
 
 class InvoiceLine(_message.Message):
-    __slots__ = ("subscription", "rate_card", "feature", "description", "quantity", "unit_price", "amount", "period_start_time", "period_end_time", "type", "price_type", "payment_term", "free_quantity", "packages", "tiers", "id", "late_usage", "model", "token_type")
+    __slots__ = ("subscription", "rate_card", "feature", "description", "quantity", "unit_price", "amount", "period_start_time", "period_end_time", "type", "price_type", "payment_term", "free_quantity", "packages", "tiers", "id", "late_usage", "model", "token_type", "credit_grant")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     RATE_CARD_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +135,7 @@ class InvoiceLine(_message.Message):
     LATE_USAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_GRANT_FIELD_NUMBER: _ClassVar[int]
     subscription: str
     rate_card: str
     feature: str
@@ -150,7 +155,8 @@ class InvoiceLine(_message.Message):
     late_usage: bool
     model: str
     token_type: str
-    def __init__(self, subscription: _Optional[str] = ..., rate_card: _Optional[str] = ..., feature: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[InvoiceLineType, str]] = ..., price_type: _Optional[_Union[_catalog_pb2.PriceType, str]] = ..., payment_term: _Optional[_Union[_catalog_pb2.PaymentTerm, str]] = ..., free_quantity: _Optional[str] = ..., packages: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[InvoiceLineTier, _Mapping]]] = ..., id: _Optional[str] = ..., late_usage: _Optional[bool] = ..., model: _Optional[str] = ..., token_type: _Optional[str] = ...) -> None: ...
+    credit_grant: str
+    def __init__(self, subscription: _Optional[str] = ..., rate_card: _Optional[str] = ..., feature: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[InvoiceLineType, str]] = ..., price_type: _Optional[_Union[_catalog_pb2.PriceType, str]] = ..., payment_term: _Optional[_Union[_catalog_pb2.PaymentTerm, str]] = ..., free_quantity: _Optional[str] = ..., packages: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[InvoiceLineTier, _Mapping]]] = ..., id: _Optional[str] = ..., late_usage: _Optional[bool] = ..., model: _Optional[str] = ..., token_type: _Optional[str] = ..., credit_grant: _Optional[str] = ...) -> None: ...
 
 class PreviewInvoiceRequest(_message.Message):
     __slots__ = ("customer", "as_of_time")

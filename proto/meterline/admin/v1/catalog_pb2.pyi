@@ -27,6 +27,12 @@ class PlanState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PLAN_STATE_ACTIVE: _ClassVar[PlanState]
     PLAN_STATE_ARCHIVED: _ClassVar[PlanState]
 
+class SettlementMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SETTLEMENT_MODE_UNSPECIFIED: _ClassVar[SettlementMode]
+    SETTLEMENT_MODE_CREDIT_THEN_INVOICE: _ClassVar[SettlementMode]
+    SETTLEMENT_MODE_CREDIT_ONLY: _ClassVar[SettlementMode]
+
 class PriceType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PRICE_TYPE_UNSPECIFIED: _ClassVar[PriceType]
@@ -63,6 +69,9 @@ PLAN_STATE_UNSPECIFIED: PlanState
 PLAN_STATE_DRAFT: PlanState
 PLAN_STATE_ACTIVE: PlanState
 PLAN_STATE_ARCHIVED: PlanState
+SETTLEMENT_MODE_UNSPECIFIED: SettlementMode
+SETTLEMENT_MODE_CREDIT_THEN_INVOICE: SettlementMode
+SETTLEMENT_MODE_CREDIT_ONLY: SettlementMode
 PRICE_TYPE_UNSPECIFIED: PriceType
 PRICE_TYPE_UNIT: PriceType
 PRICE_TYPE_FLAT: PriceType
@@ -146,20 +155,22 @@ class Plan(_message.Message):
     def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., version: _Optional[int] = ..., display_name: _Optional[str] = ..., currency: _Optional[str] = ..., billing_cadence: _Optional[str] = ..., rate_cards: _Optional[_Iterable[_Union[RateCard, _Mapping]]] = ..., state: _Optional[_Union[PlanState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., publish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RateCard(_message.Message):
-    __slots__ = ("key", "feature", "price", "entitlement", "discounts", "commitments")
+    __slots__ = ("key", "feature", "price", "entitlement", "discounts", "commitments", "settlement_mode")
     KEY_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
     ENTITLEMENT_FIELD_NUMBER: _ClassVar[int]
     DISCOUNTS_FIELD_NUMBER: _ClassVar[int]
     COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
+    SETTLEMENT_MODE_FIELD_NUMBER: _ClassVar[int]
     key: str
     feature: str
     price: Price
     entitlement: Entitlement
     discounts: Discounts
     commitments: Commitments
-    def __init__(self, key: _Optional[str] = ..., feature: _Optional[str] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., entitlement: _Optional[_Union[Entitlement, _Mapping]] = ..., discounts: _Optional[_Union[Discounts, _Mapping]] = ..., commitments: _Optional[_Union[Commitments, _Mapping]] = ...) -> None: ...
+    settlement_mode: SettlementMode
+    def __init__(self, key: _Optional[str] = ..., feature: _Optional[str] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., entitlement: _Optional[_Union[Entitlement, _Mapping]] = ..., discounts: _Optional[_Union[Discounts, _Mapping]] = ..., commitments: _Optional[_Union[Commitments, _Mapping]] = ..., settlement_mode: _Optional[_Union[SettlementMode, str]] = ...) -> None: ...
 
 class PriceTier(_message.Message):
     __slots__ = ("up_to", "unit_price", "flat_price")

@@ -1,0 +1,139 @@
+"""Credit grants, balances and ledger entries to messages and back."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from controlplane.api import convert
+from controlplane.credits import service
+from controlplane.credits.types import (
+    CreditBalance,
+    CreditGrant,
+    CreditTransaction,
+    Funding,
+    TransactionType,
+)
+from controlplane.errors import InvalidArgument
+from meterline.admin.v1 import credits_pb2 as pb
+
+FUNDINGS = {
+    Funding.INVOICE: pb.CREDIT_FUNDING_INVOICE,
+    Funding.PROMOTIONAL: pb.CREDIT_FUNDING_PROMOTIONAL,
+    Funding.EXTERNAL: pb.CREDIT_FUNDING_EXTERNAL,
+}
+_FUNDINGS_BACK = {value: key for key, value in FUNDINGS.items()}
+TRANSACTION_TYPES = {
+    TransactionType.FUNDED: pb.CREDIT_TRANSACTION_TYPE_FUNDED,
+    TransactionType.CONSUMED: pb.CREDIT_TRANSACTION_TYPE_CONSUMED,
+    TransactionType.EXPIRED: pb.CREDIT_TRANSACTION_TYPE_EXPIRED,
+    TransactionType.VOIDED: pb.CREDIT_TRANSACTION_TYPE_VOIDED,
+    TransactionType.ADJUSTED: pb.CREDIT_TRANSACTION_TYPE_ADJUSTED,
+}
+_SEGMENT = r"[^/]{1,200}"
+_GRANT_NAME = re.compile(rf"^customers/({_SEGMENT})/creditGrants/({_SEGMENT})$")
+
+
+def grant_name(customer: str, id: str) -> str:
+    return f"customers/{customer}/creditGrants/{id}"
+
+
+def parse_grant_name(name: str) -> tuple[str, str]:
+    match = _GRANT_NAME.match(name)
+    if match is None:
+        raise InvalidArgument(
+            f"expected a credit grant name like customers/acme/creditGrants/ID, got {name[:80]!r}"
+        )
+    return match.group(1), match.group(2)
+
+
+def grant_to_proto(grant: CreditGrant, remaining: str = "") -> pb.CreditGrant:
+    return pb.CreditGrant(
+        name=grant_name(grant.customer, grant.id),
+        id=grant.id,
+        customer=grant.customer,
+        amount=str(grant.amount),
+        currency=grant.currency,
+        funding=FUNDINGS[grant.funding],
+        priority=grant.priority,
+        effective_time=convert.to_timestamp(grant.effective_time),
+        expire_time=convert.to_timestamp(grant.expire_time),
+        features=list(grant.features),
+        key=grant.key,
+        description=grant.description,
+        remaining=remaining,
+        void_time=convert.to_timestamp(grant.void_time),
+        create_time=convert.to_timestamp(grant.create_time),
+    )
+
+
+def grant_from_proto(
+    message: pb.CreditGrant, *, customer: str, key: str, now: datetime
+) -> CreditGrant:
+    if message.funding == pb.CREDIT_FUNDING_UNSPECIFIED:
+        funding = Funding.PROMOTIONAL
+    elif message.funding in _FUNDINGS_BACK:
+        funding = _FUNDINGS_BACK[message.funding]
+    else:
+        raise InvalidArgument(
+            f"credit_grant.funding {message.funding} is not INVOICE, PROMOTIONAL or EXTERNAL"
+        )
+    effective = (
+        convert.from_timestamp(message.effective_time, field="credit_grant.effective_time")
+        if message.HasField("effective_time")
+        else now
+    )
+    expire = (
+        convert.from_timestamp(message.expire_time, field="credit_grant.expire_time")
+        if message.HasField("expire_time")
+        else None
+    )
+    if message.expires_after:
+        if expire is not None:
+            raise InvalidArgument("give credit_grant.expire_time or expires_after, not both")
+        expire = service.expiry_after(effective, message.expires_after)
+    return CreditGrant(
+        id="",
+        customer=customer,
+        amount=service.parse_amount(message.amount),
+        currency=message.currency,
+        funding=funding,
+        priority=message.priority,
+        effective_time=effective,
+        expire_time=expire,
+        features=tuple(message.features),
+        key=key,
+        description=message.description,
+    )
+
+
+def transaction_to_proto(entry: CreditTransaction) -> pb.CreditTransaction:
+    return pb.CreditTransaction(
+        id=entry.id,
+        grant=grant_name(entry.customer, entry.grant_id),
+        type=TRANSACTION_TYPES[entry.type],
+        amount=str(entry.amount),
+        currency=entry.currency,
+        time=convert.to_timestamp(entry.time),
+        invoice=f"invoices/{entry.invoice_id}" if entry.invoice_id else "",
+        description=entry.description,
+    )
+
+
+def balance_to_proto(found: CreditBalance) -> pb.CreditBalance:
+    message = pb.CreditBalance(
+        customer=found.customer,
+        currency=found.currency,
+        settled=str(found.settled),
+        live=str(found.live),
+        time=convert.to_timestamp(found.at),
+    )
+    for entry in found.grants:
+        message.grants.add(
+            grant=grant_name(entry.grant.customer, entry.grant.id),
+            key=entry.grant.key,
+            remaining=str(entry.remaining),
+            priority=entry.grant.priority,
+            expire_time=convert.to_timestamp(entry.grant.expire_time),
+        )
+    return message
