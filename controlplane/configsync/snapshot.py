@@ -327,6 +327,25 @@ def _bedrock_options(bedrock: Mapping[str, Any]) -> snapshot_pb2.AiProxyBedrockO
     )
 
 
+def _provider_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Kong's mistral_format, llama2_format, dashscope and databricks options (set ones only)."""
+    fields: dict[str, Any] = {
+        key: _text(options, key) for key in ("mistral_format", "llama2_format") if options.get(key)
+    }
+    dashscope = options.get("dashscope")
+    if isinstance(dashscope, Mapping):
+        international = dashscope.get("international")
+        fields["dashscope"] = snapshot_pb2.DashscopeOptions(
+            international=international if isinstance(international, bool) else None
+        )
+    databricks = options.get("databricks")
+    if isinstance(databricks, Mapping):
+        fields["databricks"] = snapshot_pb2.DatabricksOptions(
+            workspace_instance_id=_text(databricks, "workspace_instance_id")
+        )
+    return fields
+
+
 def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
     """The typed ai-proxy config of a normalised config dict (defaults for missing fields)."""
     auth: Mapping[str, Any] = config.get("auth") or {}
@@ -364,6 +383,7 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
                 azure_api_version=_text(options, "azure_api_version"),
                 gemini=_gemini_options(options.get("gemini")),
                 bedrock=_bedrock_options(options.get("bedrock") or {}),
+                **_provider_options(options),
             ),
         ),
     )

@@ -132,12 +132,20 @@ _OPTIONS = (
 _GEMINI = ("api_endpoint", "project_id", "location_id", "endpoint_id")
 # Kong's model.options.bedrock that Meterline honours (provider bedrock: region, STS role).
 _BEDROCK = ("aws_region", "aws_assume_role_arn", "aws_role_session_name", "aws_sts_endpoint_url")
+# Options of the OpenAI-compatible and Ollama-served providers (dataplane/proxy/compatible.py).
+_PROVIDER_OPTIONS = (
+    "mistral_format",
+    "llama2_format",
+    "dashscope.international",
+    "databricks.workspace_instance_id",
+)
 _MODEL = (
     "provider",
     "name",
     *(f"options.{o}" for o in _OPTIONS),
     *(f"options.gemini.{g}" for g in _GEMINI),
     *(f"options.bedrock.{b}" for b in _BEDROCK),
+    *(f"options.{o}" for o in _PROVIDER_OPTIONS),
 )
 # Google Cloud service-account auth (provider gemini on Vertex AI).
 _GCP = ("gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url")
@@ -249,6 +257,8 @@ EXTRAS: Mapping[str, tuple[FieldSpec, ...]] = {
 # Values Meterline adds to Kong's enums.
 _ENUM_EXTRAS: Mapping[str, tuple[str, ...]] = {
     "model.provider": ("openai_compatible",),
+    # Native Ollama clients (/api/chat), Meterline's addition to Kong's formats.
+    "llm_format": ("ollama",),
     "targets.[].model.provider": ("openai_compatible",),
     "balancer.algorithm": ("cost",),
     "balancer.failover_criteria": ("http_5xx",),
@@ -277,16 +287,12 @@ HONOURED_VALUES: Mapping[str, Mapping[str, tuple[Any, ...]]] = {
 
 _REASONS: tuple[tuple[str, str], ...] = (
     ("logging.log_statistics", "Meterline meters every request for billing"),
-    *(
-        (f"model.options.{provider}", "options of providers data planes do not serve yet")
-        for provider in ("cohere", "huggingface", "dashscope", "databricks")
-    ),
+    ("model.options.cohere", "Cohere's embedding options (Cohere embeddings are not served)"),
+    ("model.options.huggingface", "Hugging Face's serverless options (the router needs none)"),
     (
         "model.options.bedrock.",
         "Bedrock options Meterline does not use (batch jobs, embeddings, latency tier, video)",
     ),
-    ("model.options.mistral_format", "options of providers data planes do not serve yet"),
-    ("model.options.llama2_format", "options of providers data planes do not serve yet"),
     ("model.model_alias", "the model sent upstream is model.name (or the client's)"),
     ("metadata", "target metadata is not used"),
     ("logging.log_payloads", "request and response bodies are not logged"),

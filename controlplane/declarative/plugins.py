@@ -54,12 +54,23 @@ SERVED_ROUTE_TYPES: Mapping[str, frozenset[str]] = {
     "anthropic": frozenset({"llm/v1/chat", "preserve"}),
     "gemini": frozenset({"llm/v1/chat"}),
     "bedrock": frozenset({"llm/v1/chat"}),
+    "mistral": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
+    "deepseek": frozenset({"llm/v1/chat"}),
+    "xai": frozenset({"llm/v1/chat"}),
+    "cerebras": frozenset({"llm/v1/chat"}),
+    "huggingface": frozenset({"llm/v1/chat"}),
+    "dashscope": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
+    "databricks": frozenset({"llm/v1/chat"}),
+    "vllm": frozenset({"llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"}),
+    "llama2": frozenset({"llm/v1/chat", "llm/v1/completions"}),
+    "ollama": frozenset({"llm/v1/chat"}),
+    "cohere": frozenset({"llm/v1/chat"}),
 }
 # Kong providers data planes of this version refuse as "not supported yet"
 # (dataplane/config/providers.py NOT_YET_SUPPORTED_PROVIDERS).
-NOT_YET_SUPPORTED_PROVIDERS = frozenset({"mistral", "llama2", "cohere", "huggingface"})
+NOT_YET_SUPPORTED_PROVIDERS: frozenset[str] = frozenset()
 ROUTE_TYPES = tuple(sorted(set().union(*SERVED_ROUTE_TYPES.values())))
-LLM_FORMATS = ("openai", "anthropic", "gemini", "bedrock")
+LLM_FORMATS = ("openai", "anthropic", "gemini", "bedrock", "ollama", "cohere")
 # Every provider name a file may write (Kong's enum plus Meterline's openai_compatible); only
 # SERVED_ROUTE_TYPES' are accepted by apply. ai-rate-limiting-advanced may name any of them.
 PROVIDERS = (
@@ -73,10 +84,24 @@ PROVIDERS = (
     "gemini",
     "bedrock",
     "huggingface",
+    "dashscope",
+    "databricks",
+    "deepseek",
+    "xai",
+    "cerebras",
+    "vllm",
+    "ollama",
 )
 # Providers without one public endpoint: the operator must say where they are. Azure may
 # instead name its instance and deployment (azure_instance, azure_deployment_id).
-PROVIDERS_NEEDING_URL = frozenset({"openai_compatible", "azure"})
+PROVIDERS_NEEDING_URL = frozenset({"openai_compatible", "llama2", "azure", "vllm", "ollama"})
+# Kong's per-provider model options: the wire format of mistral and llama2 upstreams, dashscope's
+# region, the databricks workspace ({workspace_instance_id}.cloud.databricks.com).
+_FORMAT_OPTIONS = {
+    "mistral_format": ("mistral", ("openai", "ollama")),
+    "llama2_format": ("llama2", ("openai", "raw", "ollama")),
+}
+_PROVIDER_OPTIONS = {"dashscope": ("international",), "databricks": ("workspace_instance_id",)}
 PARAM_LOCATIONS = ("query", "body")
 
 _AUTH_FIELDS = (
@@ -104,6 +129,8 @@ _OPTION_FIELDS = (
     "azure_api_version",
     "gemini",
     "bedrock",
+    *_FORMAT_OPTIONS,
+    *_PROVIDER_OPTIONS,
 )
 # model.options.bedrock (Kong's names): the region signs every request; the role is assumed
 # through STS.
@@ -338,6 +365,7 @@ def _target(target: Entry, *, llm_format: str | None) -> dict[str, Any]:
                 f'must be {wanted} with llm_format "{llm_format}", got "{provider}"',
             )
         _check_gemini(target, result)
+        _check_ollama_format(target, llm_format, result["model"])
     return result
 
 
@@ -427,7 +455,20 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
                 "llm_format", f'"{llm_format}" needs model.provider {wanted}, got "{provider}"'
             )
         _check_gemini(config, result)
+        _check_ollama_format(config, llm_format, result["model"])
     return result
+
+
+def _check_ollama_format(entry: Entry, llm_format: str | None, model: Mapping[str, Any]) -> None:
+    """llm_format "ollama" on provider mistral or llama2 needs their ollama wire format."""
+    provider, options = model.get("provider"), model.get("options") or {}
+    if llm_format != "ollama" or provider not in ("mistral", "llama2"):
+        return
+    if options.get(f"{provider}_format") != "ollama":
+        entry.fail_field(
+            f"model.options.{provider}_format",
+            f'must be "ollama" with llm_format "ollama" on provider "{provider}"',
+        )
 
 
 # The providers a client format can reach: Anthropic's Messages API also serves Claude on
@@ -436,6 +477,9 @@ _FORMAT_PROVIDERS = {
     "anthropic": ("anthropic", "bedrock"),
     "gemini": ("gemini",),
     "bedrock": ("bedrock",),
+    "cohere": ("cohere",),
+    # Native /api/chat clients: provider ollama, or mistral / llama2 with an ollama format.
+    "ollama": ("ollama", "mistral", "llama2"),
 }
 
 
@@ -593,7 +637,27 @@ def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
         model.fail_field("options.bedrock", 'is only for provider "bedrock"')
     if provider == "bedrock" and not (bedrock or {}).get("aws_region"):
         model.fail_field("options.bedrock.aws_region", 'is required for provider "bedrock"')
+    _check_provider_options(model, provider, options_set)
     return result
+
+
+def _check_provider_options(model: Entry, provider: str | None, options: dict[str, Any]) -> None:
+    """Provider-specific options only on their provider; a databricks route names a workspace."""
+    for key, (owner, _) in _FORMAT_OPTIONS.items():
+        if key in options and provider != owner:
+            model.fail_field(f"options.{key}", f'is only for provider "{owner}"')
+    for owner in _PROVIDER_OPTIONS:
+        if owner in options and provider != owner:
+            model.fail_field(f"options.{owner}", f'is only for provider "{owner}"')
+    if (
+        provider == "databricks"
+        and "upstream_url" not in options
+        and not (options.get("databricks") or {}).get("workspace_instance_id")
+    ):
+        model.fail_field(
+            "options.databricks.workspace_instance_id",
+            'is required for provider "databricks" (or options.upstream_url)',
+        )
 
 
 def _options(options: Entry) -> dict[str, Any]:
@@ -627,6 +691,23 @@ def _options(options: Entry) -> dict[str, Any]:
         sts = result["bedrock"].get("aws_sts_endpoint_url")
         if isinstance(sts, str) and not is_http_url(sts):
             bedrock.fail_field("aws_sts_endpoint_url", f'must be an http(s) URL, got "{sts}"')
+    for key, (_, formats) in _FORMAT_OPTIONS.items():
+        if options.has(key):
+            result[key] = options.choice(key, formats)
+            if result[key] == "raw":
+                # Kong's raw llama2 format: refused here, not NACKed by every data plane.
+                options.fail_field(key, '"raw" is not supported yet by data planes of this version')
+    dashscope = options.sub("dashscope")
+    if dashscope is not None:
+        dashscope.check_keys(_PROVIDER_OPTIONS["dashscope"])
+        result["dashscope"] = {"international": dashscope.boolean("international", default=True)}
+    databricks = options.sub("databricks")
+    if databricks is not None:
+        databricks.check_keys(_PROVIDER_OPTIONS["databricks"])
+        instance = databricks.string("workspace_instance_id", required=True)
+        if instance is not None and not _DNS_LABEL.match(instance):
+            databricks.fail_field("workspace_instance_id", f'"{instance}" is not a host name label')
+        result["databricks"] = {"workspace_instance_id": instance}
     if options.has("max_tokens"):
         result["max_tokens"] = options.integer("max_tokens", minimum=1)
     for cost in ("input_cost", "output_cost"):

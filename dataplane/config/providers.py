@@ -15,6 +15,8 @@ LLM_FORMAT_OPENAI: Final = "openai"
 LLM_FORMAT_ANTHROPIC: Final = "anthropic"
 LLM_FORMAT_GEMINI: Final = "gemini"
 LLM_FORMAT_BEDROCK: Final = "bedrock"
+LLM_FORMAT_OLLAMA: Final = "ollama"
+LLM_FORMAT_COHERE: Final = "cohere"
 
 # Default endpoints per provider and route type. For "preserve" the value is a base URL the
 # client's path (after the route prefix) is appended to. openai_compatible has no default: its
@@ -40,7 +42,56 @@ DEFAULT_URLS: Final[dict[str, dict[str, str]]] = {
     "bedrock": {
         ROUTE_TYPE_CHAT: "https://bedrock-runtime.{region}.amazonaws.com",
     },
+    # OpenAI-compatible providers with one public endpoint (Kong's defaults), spoken to by the
+    # OpenAI translator. dashscope's and databricks' URLs depend on their options (below).
+    "mistral": {
+        ROUTE_TYPE_CHAT: "https://api.mistral.ai/v1/chat/completions",
+        ROUTE_TYPE_EMBEDDINGS: "https://api.mistral.ai/v1/embeddings",
+    },
+    "deepseek": {ROUTE_TYPE_CHAT: "https://api.deepseek.com/chat/completions"},
+    "xai": {ROUTE_TYPE_CHAT: "https://api.x.ai/v1/chat/completions"},
+    "cerebras": {ROUTE_TYPE_CHAT: "https://api.cerebras.ai/v1/chat/completions"},
+    "huggingface": {ROUTE_TYPE_CHAT: "https://router.huggingface.co/v1/chat/completions"},
+    "dashscope": {},
+    "databricks": {},
+    # Self-hosted: upstream_url is required.
+    "vllm": {},
+    "llama2": {},
+    # Self-hosted; an upstream_url without a path gets OLLAMA_CHAT_PATH (its native API).
+    "ollama": {},
+    # Cohere's v2 chat (Kong's default host); an upstream_url without a path gets /v2/chat.
+    "cohere": {ROUTE_TYPE_CHAT: "https://api.cohere.com/v2/chat"},
 }
+# Providers that speak OpenAI's chat completions format (with their own usage quirks, read by
+# translate/openai_format.usage_from_openai): served by the OpenAI translator.
+OPENAI_COMPATIBLE_PROVIDERS: Final = frozenset(
+    {
+        "mistral",
+        "deepseek",
+        "xai",
+        "cerebras",
+        "huggingface",
+        "dashscope",
+        "databricks",
+        "vllm",
+        "llama2",
+    }
+)
+# Alibaba Cloud Model Studio's OpenAI-compatible mode: international (Singapore) by default,
+# as in Kong (model.options.dashscope.international defaults to true), else mainland China.
+DASHSCOPE_INTERNATIONAL_URL: Final = "https://dashscope-intl.aliyuncs.com"
+DASHSCOPE_CHINA_URL: Final = "https://dashscope.aliyuncs.com"
+DASHSCOPE_PATHS: Final = {
+    ROUTE_TYPE_CHAT: "/compatible-mode/v1/chat/completions",
+    ROUTE_TYPE_EMBEDDINGS: "/compatible-mode/v1/embeddings",
+}
+# Databricks Model Serving's OpenAI-compatible endpoint of a workspace
+# (model.options.databricks.workspace_instance_id); the model names the serving endpoint.
+DATABRICKS_URL: Final = "https://{instance}.cloud.databricks.com/serving-endpoints/chat/completions"
+# The wire formats mistral_format / llama2_format may name, and those this version speaks.
+MISTRAL_FORMATS: Final = frozenset({"openai", "ollama"})
+LLAMA2_FORMATS: Final = frozenset({"openai", "raw", "ollama"})
+SPOKEN_MODEL_FORMATS: Final = frozenset({"openai", "ollama"})
 # Kept for callers of the first version: the providers that speak OpenAI's wire format.
 OPENAI_FORMAT_PROVIDERS: Final = frozenset({"openai", "azure", "openai_compatible"})
 OPENAI_FORMAT_DEFAULT_URLS: Final = {
@@ -73,7 +124,20 @@ PROVIDER_ROUTE_TYPES: Final[dict[str, frozenset[str]]] = {
     "anthropic": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_PRESERVE}),
     "gemini": frozenset({ROUTE_TYPE_CHAT}),
     "bedrock": frozenset({ROUTE_TYPE_CHAT}),
+    "mistral": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_EMBEDDINGS}),
+    "deepseek": frozenset({ROUTE_TYPE_CHAT}),
+    "xai": frozenset({ROUTE_TYPE_CHAT}),
+    "cerebras": frozenset({ROUTE_TYPE_CHAT}),
+    "huggingface": frozenset({ROUTE_TYPE_CHAT}),
+    "dashscope": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_EMBEDDINGS}),
+    "databricks": frozenset({ROUTE_TYPE_CHAT}),
+    "vllm": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_COMPLETIONS, ROUTE_TYPE_EMBEDDINGS}),
+    "llama2": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_COMPLETIONS}),
+    "ollama": frozenset({ROUTE_TYPE_CHAT}),
+    "cohere": frozenset({ROUTE_TYPE_CHAT}),
 }
+# Ollama's native chat endpoint, appended to an upstream_url that has no path.
+OLLAMA_CHAT_PATH: Final = "/api/chat"
 
 # Gemini: the path after a base URL (the default, or an upstream_url without a path), with the
 # model and operation filled in per request ({operation}: generateContent,
@@ -125,7 +189,7 @@ AZURE_PATHS: Final = {
 DEFAULT_AZURE_API_VERSION: Final = "2024-10-21"
 
 # Known providers this version cannot call yet: rejected with a clear "unsupported" message.
-NOT_YET_SUPPORTED_PROVIDERS: Final = frozenset({"mistral", "llama2", "cohere", "huggingface"})
+NOT_YET_SUPPORTED_PROVIDERS: Final[frozenset[str]] = frozenset()
 
 SUPPORTED_ROUTE_TYPES: Final = frozenset(
     {

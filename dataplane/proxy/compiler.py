@@ -26,10 +26,13 @@ from dataplane.config.providers import (
     GEMINI_PATH,
     LLM_FORMAT_ANTHROPIC,
     LLM_FORMAT_BEDROCK,
+    LLM_FORMAT_COHERE,
     LLM_FORMAT_GEMINI,
+    LLM_FORMAT_OLLAMA,
     LLM_FORMAT_OPENAI,
     NOT_YET_SUPPORTED_PROVIDERS,
     NOT_YET_SUPPORTED_ROUTE_TYPES,
+    OPENAI_COMPATIBLE_PROVIDERS,
     PROVIDER_ROUTE_TYPES,
     ROUTE_TYPE_CHAT,
     ROUTE_TYPE_PRESERVE,
@@ -54,6 +57,13 @@ from dataplane.proxy.balancer import (
     TOKENS_COUNT_STRATEGIES,
     Balancer,
     BalancerTarget,
+)
+from dataplane.proxy.compatible import (
+    check_compatible,
+    cohere_url,
+    compatible_url,
+    ollama_url,
+    wire_provider,
 )
 from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig
 from dataplane.translate.anthropic_format import DEFAULT_ANTHROPIC_VERSION
@@ -304,24 +314,27 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
         LLM_FORMAT_ANTHROPIC,
         LLM_FORMAT_GEMINI,
         LLM_FORMAT_BEDROCK,
+        LLM_FORMAT_OLLAMA,
+        LLM_FORMAT_COHERE,
     ):
         raise CompileError(
             f'{label}: unknown llm_format "{llm_format}" '
-            "(supported: anthropic, bedrock, gemini, openai)"
+            "(supported: anthropic, bedrock, cohere, gemini, ollama, openai)"
         )
     if llm_format == LLM_FORMAT_ANTHROPIC and provider not in ("anthropic", "bedrock"):
         raise CompileError(
             f'{label}: llm_format "anthropic" needs provider "anthropic" (or "bedrock"), '
             f'got "{provider}"'
         )
-    for native in (LLM_FORMAT_GEMINI, LLM_FORMAT_BEDROCK):
-        if llm_format == native and provider != native:
+    for native in (LLM_FORMAT_GEMINI, LLM_FORMAT_BEDROCK, LLM_FORMAT_OLLAMA, LLM_FORMAT_COHERE):
+        if llm_format == native and wire_provider(config) != native:
             raise CompileError(
                 f'{label}: llm_format "{native}" needs provider "{native}", got "{provider}"'
             )
     _check_gemini(label, config)
     if provider == "bedrock":
         _check_bedrock(label, config)
+    check_compatible(label, config)
     options = config.model.options
     upstream_url = options.upstream_url
     if upstream_url:
@@ -343,7 +356,7 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
             raise CompileError(
                 f'{label}: azure_instance "{options.azure_instance}" is not a host name label'
             )
-    elif route_type not in DEFAULT_URLS[provider]:
+    elif provider not in OPENAI_COMPATIBLE_PROVIDERS and route_type not in DEFAULT_URLS[provider]:
         raise CompileError(f'{label}: provider "{provider}" needs model.options.upstream_url')
     auth = config.auth
     if bool(auth.header_name) != bool(auth.header_value):
@@ -613,10 +626,18 @@ def _upstream_url(config: snapshot_pb2.AiProxyConfig) -> str:
     provider, route_type = config.model.provider, config.route_type
     if provider == "gemini":
         return _gemini_url(config)
+    if wire_provider(config) == "ollama":
+        return ollama_url(options.upstream_url)
+    if provider == "cohere" and options.upstream_url:
+        return cohere_url(options.upstream_url)
     if options.upstream_url:
         return options.upstream_url
     if provider == "bedrock":
         return bedrock_base_url(options.bedrock.aws_region)
+    if provider in OPENAI_COMPATIBLE_PROVIDERS:
+        url = compatible_url(config)
+        assert url is not None  # check_compatible refused the route otherwise
+        return url
     if provider == "azure":
         base = f"https://{options.azure_instance}.openai.azure.com"
         if route_type == ROUTE_TYPE_PRESERVE:
@@ -631,7 +652,7 @@ def _upstream_url(config: snapshot_pb2.AiProxyConfig) -> str:
 
 def _translator(config: snapshot_pb2.AiProxyConfig) -> Translator:
     return translator_for(
-        provider=config.model.provider,
+        provider=wire_provider(config),
         route_type=config.route_type,
         llm_format=config.llm_format or LLM_FORMAT_OPENAI,
     )

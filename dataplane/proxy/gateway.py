@@ -48,6 +48,7 @@ from dataplane.http.client import (
     UpstreamResponse,
     UpstreamTooLarge,
 )
+from dataplane.http.ndjson import NdjsonSplitter
 from dataplane.http.sse import SseSplitter
 from dataplane.observability.logs import REQUEST_ID
 from dataplane.observability.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
@@ -79,11 +80,11 @@ logger = logging.getLogger(__name__)
 UsageSink = Callable[[usage_pb2.UsageEvent], None]
 _T = TypeVar("_T")
 
+_SSE_CONTENT_TYPE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
 DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 # How long a stream is still read after its client went away, to meter its real usage.
 DEFAULT_DRAIN_TIMEOUT_S: Final = 60.0
 
-_SSE_CONTENT_TYPE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
 # Providers whose streams reach OpenAI clients translated (figures only on the usage chunk the
 # client asked for) or native clients unchanged (no figures: their SDKs read every line, and
 # Bedrock's binary frames have no place for them).
@@ -676,7 +677,7 @@ class _Exchange:
                     out_headers.append((name, value))
             out_headers.append(id_header)
             content_type = response.content_type
-            if 200 <= status < 300 and _is_stream(content_type):
+            if 200 <= status < 300 and _is_stream(content_type, prepared):
                 # A stream, asked for or not (a provider may stream a non-streamed request):
                 # relayed as one, its usage read from its events; never a whole body whose
                 # length the stream's metering would change.
@@ -848,9 +849,11 @@ class _Exchange:
             (b"content-type", client_type.encode()) if client_type else _SSE_CONTENT_TYPE
         )
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        splitter: SseSplitter | eventstream.EventStreamSplitter
+        splitter: SseSplitter | eventstream.EventStreamSplitter | NdjsonSplitter
         if eventstream.CONTENT_TYPE in response.content_type:
             splitter = eventstream.EventStreamSplitter()
+        elif self.prepared.upstream_framing == "ndjson":
+            splitter = NdjsonSplitter()
         else:
             splitter = SseSplitter()
         relay = self.translator.stream(self.prepared)
@@ -1015,7 +1018,10 @@ def _signature_refusal(response: UpstreamResponse) -> str | None:
     return None
 
 
-def _is_stream(content_type: str) -> bool:
+def _is_stream(content_type: str, prepared: Prepared) -> bool:
+    if prepared.upstream_framing == "ndjson":
+        # Ollama's native API streams newline-delimited JSON.
+        return "ndjson" in content_type
     return "text/event-stream" in content_type or eventstream.CONTENT_TYPE in content_type
 
 

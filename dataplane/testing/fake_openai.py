@@ -32,8 +32,10 @@ Errors: a wrong or missing ``Authorization`` answers 401 (the expected key is co
 by default any ``Bearer sk-...`` passes); model ``"fail-500"`` or header ``x-fake-status: N``
 answers status N with an OpenAI error. Knobs for failover tests: ``FakeProvider(status=N)``
 answers every request with status N (429 with ``retry-after``), ``delay_s`` waits that long
-before answering. Every request is recorded; ``GET /_fake/requests`` returns them and
-``DELETE /_fake/requests`` clears them.
+before answering, ``cut_after=K`` ends a chat stream's connection after K chunks. Providers'
+usage quirks: ``usage_style="deepseek"`` or ``"mistral"`` (see ``FakeProvider``). Every
+request is recorded; ``GET /_fake/requests`` returns them and ``DELETE /_fake/requests`` clears
+them.
 
 Run it with ``python -m dataplane.testing.fake_openai --listen 127.0.0.1:PORT``, or in-process:
 ``async with serve_http(FakeProvider()) as address: ...``.
@@ -132,8 +134,16 @@ class FakeProvider:
         chunk_delay: float = 0.0,
         status: int | None = None,
         delay_s: float = 0.0,
+        usage_style: str = "openai",
+        cut_after: int | None = None,
     ) -> None:
         self.api_key = api_key
+        # How usage is reported: "openai"; "deepseek" (prompt_cache_hit_tokens /
+        # prompt_cache_miss_tokens, reasoning for "*reasoner*" models); "mistral" (no details,
+        # and a stream's last chunk always carries the usage, whatever stream_options say).
+        self.usage_style = usage_style
+        # A chat stream's connection ends after this many chunks, without its end: a cut.
+        self.cut_after = cut_after
         # Every request answered with this status (an OpenAI error body), when set.
         self.status = status
         # Seconds to wait before answering (a slow or hanging provider).
@@ -256,16 +266,18 @@ class FakeProvider:
         model = str(body.get("model", ""))
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         words, finish_reason = reply_words(messages, limit if isinstance(limit, int) else None)
-        reasoning = (
-            REASONING_TOKENS_PER_WORD * len(words)
-            if len(model) > 1 and model[0] == "o" and model[1].isdigit()
-            else 0
+        reasoning_model = (
+            "reasoner" in model
+            if self.usage_style == "deepseek"
+            else len(model) > 1 and model[0] == "o" and model[1].isdigit()
         )
+        reasoning = REASONING_TOKENS_PER_WORD * len(words) if reasoning_model else 0
         usage = _usage(
             prompt_tokens(messages),
             len(words) + reasoning,
             cached=self._cached_tokens(messages),
             reasoning=reasoning,
+            style=self.usage_style,
         )
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
@@ -313,6 +325,9 @@ class FakeProvider:
 
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        usage_on_last = self.usage_style == "mistral"
+        if usage_on_last:
+            include_usage = False
         if legacy:
             await self._stream_legacy(send, model, words, finish_reason, usage, include_usage)
             return
@@ -344,6 +359,9 @@ class FakeProvider:
             chunk({"content": word if i == 0 else " " + word}, None) for i, word in enumerate(words)
         )
         pieces.append(chunk({}, finish_reason))
+        if usage_on_last:
+            last = orjson.loads(pieces[-1][len(b"data: ") :])
+            pieces[-1] = b"data: " + orjson.dumps({**last, "usage": usage}) + b"\n\n"
         if include_usage:
             final = {
                 "id": completion_id,
@@ -356,7 +374,9 @@ class FakeProvider:
             }
             pieces.append(b"data: " + orjson.dumps(final) + b"\n\n")
         pieces.append(b"data: [DONE]\n\n")
-        for piece in pieces:
+        for i, piece in enumerate(pieces):
+            if self.cut_after is not None and i >= self.cut_after:
+                return  # the connection ends without the stream's end: a cut
             await send({"type": "http.response.body", "body": piece, "more_body": True})
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
@@ -565,7 +585,24 @@ async def _status(send: Send, status: int) -> None:
     await _error(send, status, f"Forced status {status}", "invalid_request_error", None)
 
 
-def _usage(prompt: int, completion: int, *, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
+def _usage(
+    prompt: int, completion: int, *, cached: int = 0, reasoning: int = 0, style: str = "openai"
+) -> dict[str, Any]:
+    if style == "mistral":
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+    if style == "deepseek":
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_cache_hit_tokens": cached,
+            "prompt_cache_miss_tokens": prompt - cached,
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+        }
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,

@@ -50,6 +50,9 @@ class Prepared:
     requested_model: str | None = None
     # The content type of the stream the client gets; empty: SSE (text/event-stream).
     stream_content_type: str = ""
+    # How the upstream frames a stream: "sse" (text/event-stream) or "ndjson" (one JSON object
+    # per line, application/x-ndjson: Ollama's native API); relays are fed whole events/lines.
+    upstream_framing: str = "sse"
 
 
 class StreamRelay(Protocol):

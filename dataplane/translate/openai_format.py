@@ -184,6 +184,11 @@ def resolve_model(body: dict[str, Any], policy: AiProxyPolicy) -> tuple[str, boo
     return model, False
 
 
+# Providers whose streams always end with the usage (on the last chunk, with its choices): the
+# gateway adds no stream_options, which their APIs do not define.
+_USAGE_ALWAYS_STREAMED = frozenset({"mistral"})
+
+
 def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
     """Validate a client's OpenAI-format body and apply the route's model, stream usage and auth.
 
@@ -215,7 +220,7 @@ def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
         if policy.max_tokens and "max_output_tokens" not in body:
             body["max_output_tokens"] = policy.max_tokens
             changed = True
-    elif stream:
+    elif stream and policy.target.provider not in _USAGE_ALWAYS_STREAMED:
         options = body.get("stream_options")
         if options is not None and not isinstance(options, dict):
             raise InvalidRequest(
@@ -272,6 +277,8 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
     ``completion_tokens_details.reasoning_tokens``, both included in the totals); the Responses
     API reports ``input_tokens``/``output_tokens`` with ``input_tokens_details`` and
     ``output_tokens_details``. The details are subtracted so each token is counted once.
+    DeepSeek reports its cache reads as ``prompt_cache_hit_tokens`` (inside ``prompt_tokens``,
+    beside ``prompt_cache_miss_tokens``) instead of ``prompt_tokens_details``.
     """
     if not isinstance(usage, dict):
         return None
@@ -283,6 +290,9 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
         prompt = count(usage.get("prompt_tokens"))
         completion = count(usage.get("completion_tokens"))
         cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
+        if cached is None:
+            # DeepSeek: prompt_tokens = prompt_cache_hit_tokens + prompt_cache_miss_tokens.
+            cached = count(usage.get("prompt_cache_hit_tokens"))
         reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
     elif "input_tokens" in usage or "output_tokens" in usage:
         prompt = count(usage.get("input_tokens"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataplane.config.providers import (
     LLM_FORMAT_ANTHROPIC,
     LLM_FORMAT_BEDROCK,
+    LLM_FORMAT_COHERE,
     LLM_FORMAT_GEMINI,
+    LLM_FORMAT_OLLAMA,
     ROUTE_TYPE_PRESERVE,
     ROUTE_TYPE_RESPONSES,
 )
@@ -13,10 +15,14 @@ from dataplane.translate.anthropic_anthropic import AnthropicNativeTranslator
 from dataplane.translate.anthropic_bedrock import AnthropicToBedrockTranslator
 from dataplane.translate.base import Translator
 from dataplane.translate.bedrock_bedrock import BedrockNativeTranslator
+from dataplane.translate.cohere_cohere import CohereNativeTranslator
 from dataplane.translate.gemini_gemini import GeminiNativeTranslator
+from dataplane.translate.ollama_ollama import OllamaNativeTranslator
 from dataplane.translate.openai_anthropic import OpenAIToAnthropicTranslator
 from dataplane.translate.openai_bedrock import OpenAIToBedrockTranslator
+from dataplane.translate.openai_cohere import OpenAIToCohereTranslator
 from dataplane.translate.openai_gemini import OpenAIToGeminiTranslator
+from dataplane.translate.openai_ollama import OpenAIToOllamaTranslator
 from dataplane.translate.openai_openai import OpenAIResponsesTranslator, OpenAITranslator
 from dataplane.translate.preserve import PreserveTranslator
 
@@ -30,6 +36,10 @@ _OPENAI_TO_GEMINI = OpenAIToGeminiTranslator()
 _BEDROCK_NATIVE = BedrockNativeTranslator()
 _ANTHROPIC_TO_BEDROCK = AnthropicToBedrockTranslator()
 _OPENAI_TO_BEDROCK = OpenAIToBedrockTranslator()
+_OLLAMA_NATIVE = OllamaNativeTranslator()
+_OPENAI_TO_OLLAMA = OpenAIToOllamaTranslator()
+_COHERE_NATIVE = CohereNativeTranslator()
+_OPENAI_TO_COHERE = OpenAIToCohereTranslator()
 
 
 def translator_for(*, provider: str, route_type: str, llm_format: str) -> Translator:
@@ -45,6 +55,12 @@ def translator_for(*, provider: str, route_type: str, llm_format: str) -> Transl
         if anthropic_clients:
             return _ANTHROPIC_TO_BEDROCK
         return _BEDROCK_NATIVE if llm_format == LLM_FORMAT_BEDROCK else _OPENAI_TO_BEDROCK
+    if provider == "ollama":
+        # Ollama's native /api/chat; OpenAI clients on an upstream_url naming its OpenAI
+        # endpoint are relayed as OpenAI (OpenAIToOllamaTranslator decides per URL).
+        return _OLLAMA_NATIVE if llm_format == LLM_FORMAT_OLLAMA else _OPENAI_TO_OLLAMA
+    if provider == "cohere":
+        return _COHERE_NATIVE if llm_format == LLM_FORMAT_COHERE else _OPENAI_TO_COHERE
     if route_type == ROUTE_TYPE_RESPONSES:
         return _OPENAI_RESPONSES
     return OPENAI

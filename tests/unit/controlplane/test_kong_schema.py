@@ -134,17 +134,11 @@ def test_apply_refuses_exactly_the_providers_and_route_types_data_planes_refuse(
     assert set(plugin_rules.SERVED_ROUTE_TYPES) == set(dataplane_providers.DEFAULT_URLS)
 
 
-@pytest.mark.parametrize(
-    "provider", sorted(dataplane_providers.NOT_YET_SUPPORTED_PROVIDERS | {"xai", "ollama"})
-)
-def test_a_provider_data_planes_cannot_serve_is_refused_naming_the_entry(provider: str) -> None:
-    config = {"model": {"provider": provider, "name": "m"}}
-    problems = problems_of(document("ai-proxy", config))
-    served = ", ".join(sorted(dataplane_providers.DEFAULT_URLS))
-    assert problems == (
-        f'plugins[0] (ai-proxy): config.model.provider "{provider}" is not supported yet by '
-        f"data planes of this version (supported: {served})",
-    )
+def test_every_provider_kong_names_is_served() -> None:
+    kong = set(plugin_rules.kong_enum("model.provider"))
+    assert kong == set(plugin_rules.PROVIDERS)
+    assert kong == set(plugin_rules.SERVED_ROUTE_TYPES)
+    assert not plugin_rules.NOT_YET_SUPPORTED_PROVIDERS
 
 
 def test_a_provider_route_type_pair_data_planes_refuse_is_refused() -> None:

@@ -115,11 +115,6 @@ def _shared_key(s: snapshot_pb2.Snapshot) -> None:
             id="config-missing",
         ),
         pytest.param(
-            _set_provider("huggingface"),
-            'provider "huggingface" is not supported yet',
-            id="provider-not-yet-supported",
-        ),
-        pytest.param(
             _set_provider("azure"),
             'provider "azure" needs model.options.azure_instance',
             id="azure-without-instance",

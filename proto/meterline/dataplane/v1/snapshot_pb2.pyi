@@ -289,7 +289,7 @@ class AiProxyModel(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., name: _Optional[str] = ..., options: _Optional[_Union[AiProxyModelOptions, _Mapping]] = ...) -> None: ...
 
 class AiProxyModelOptions(_message.Message):
-    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost", "azure_instance", "azure_deployment_id", "azure_api_version", "gemini", "bedrock")
+    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost", "azure_instance", "azure_deployment_id", "azure_api_version", "gemini", "bedrock", "mistral_format", "llama2_format", "dashscope", "databricks")
     UPSTREAM_URL_FIELD_NUMBER: _ClassVar[int]
     ANTHROPIC_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +300,10 @@ class AiProxyModelOptions(_message.Message):
     AZURE_API_VERSION_FIELD_NUMBER: _ClassVar[int]
     GEMINI_FIELD_NUMBER: _ClassVar[int]
     BEDROCK_FIELD_NUMBER: _ClassVar[int]
+    MISTRAL_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    LLAMA2_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DASHSCOPE_FIELD_NUMBER: _ClassVar[int]
+    DATABRICKS_FIELD_NUMBER: _ClassVar[int]
     upstream_url: str
     anthropic_version: str
     max_tokens: int
@@ -310,7 +314,23 @@ class AiProxyModelOptions(_message.Message):
     azure_api_version: str
     gemini: GeminiOptions
     bedrock: AiProxyBedrockOptions
-    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ..., gemini: _Optional[_Union[GeminiOptions, _Mapping]] = ..., bedrock: _Optional[_Union[AiProxyBedrockOptions, _Mapping]] = ...) -> None: ...
+    mistral_format: str
+    llama2_format: str
+    dashscope: DashscopeOptions
+    databricks: DatabricksOptions
+    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ..., gemini: _Optional[_Union[GeminiOptions, _Mapping]] = ..., bedrock: _Optional[_Union[AiProxyBedrockOptions, _Mapping]] = ..., mistral_format: _Optional[str] = ..., llama2_format: _Optional[str] = ..., dashscope: _Optional[_Union[DashscopeOptions, _Mapping]] = ..., databricks: _Optional[_Union[DatabricksOptions, _Mapping]] = ...) -> None: ...
+
+class DashscopeOptions(_message.Message):
+    __slots__ = ("international",)
+    INTERNATIONAL_FIELD_NUMBER: _ClassVar[int]
+    international: bool
+    def __init__(self, international: _Optional[bool] = ...) -> None: ...
+
+class DatabricksOptions(_message.Message):
+    __slots__ = ("workspace_instance_id",)
+    WORKSPACE_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    workspace_instance_id: str
+    def __init__(self, workspace_instance_id: _Optional[str] = ...) -> None: ...
 
 class GeminiOptions(_message.Message):
     __slots__ = ("api_endpoint", "project_id", "location_id", "endpoint_id")
