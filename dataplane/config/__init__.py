@@ -7,7 +7,8 @@ authenticating it), ``providers`` (each provider's endpoints and route types), `
 signing and AWS credentials for Bedrock targets: static keys, the credential chain, STS
 AssumeRole, refreshed off the event loop), ``sync``
 (xDS-style config stream: ACK/NACK, the compiler given by the composition root), ``cache``
-(the last good snapshot on disk), ``cluster`` (the gRPC channel to the control plane, TLS).
+(the last good snapshot on disk), ``cluster`` (the gRPC channel to the control plane, TLS),
+``aws`` (SigV4 signers and AWS credentials) and ``gcp_tokens`` (Google OAuth2 tokens).
 
 May import: ``dataplane.observability``, ``dataplane.usage``, ``dataplane.http`` and below.
 """

@@ -4,7 +4,8 @@ Modules: ``gateway`` (the ASGI app: route -> authenticate -> admit -> translate 
 provider -> respond -> record; refusals rendered once), ``balancer`` (ai-proxy-advanced: which
 target, failover, circuit breaking), ``compiler`` (a wire snapshot into the runtime the path
 serves), ``runtime`` (that runtime: routes with their translator, balancer and limits),
-``estimate`` (the cost-estimate endpoints, on the same route and auth steps).
+``estimate`` (the cost-estimate endpoints, on the same route and auth steps), ``models``
+(``GET /models``), ``compatible`` (the OpenAI-compatible providers' endpoints and quirks).
 
 May import: ``dataplane.admission`` and below.
 """

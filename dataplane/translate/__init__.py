@@ -8,9 +8,10 @@ chat clients to Anthropic, translated both ways), ``gemini_gemini`` (Gemini clie
 or Vertex AI), ``openai_gemini`` (OpenAI chat clients to Gemini, translated both ways),
 ``bedrock_bedrock`` (boto3 bedrock-runtime clients to Bedrock, frames relayed),
 ``openai_bedrock`` (OpenAI chat clients to Converse), ``anthropic_bedrock`` (Anthropic Messages
-clients to Claude on Bedrock), ``preserve`` (any path passed through). ``base`` is the
-protocol, ``select`` picks the pair of a route, ``openai_format``, ``anthropic_format``,
-``gemini_format`` and ``bedrock_format`` hold each wire format's parsing.
+clients to Claude on Bedrock), ``cohere_cohere`` / ``openai_cohere`` (Cohere v2 chat),
+``ollama_ollama`` / ``openai_ollama`` (Ollama's /api/chat), ``preserve`` (any path passed
+through). ``base`` is the protocol, ``select`` picks the pair of a route, ``models`` renders
+the model lists, and the ``*_format`` modules hold each wire format's parsing.
 
 May import: ``dataplane.config`` and below.
 """
