@@ -48,7 +48,8 @@ consumers:
 plugins:
   - name: key-auth
 YAML
-"$PYTHON" -m controlplane apply "$WORK/bench.yaml" --cp "127.0.0.1:$CP_PORT"
+# The control plane may still be starting: wait for it up to 30 s (the CLI waits 2 s).
+METERLINE_CONNECT_TIMEOUT=30 "$PYTHON" -m controlplane apply "$WORK/bench.yaml" --cp "127.0.0.1:$CP_PORT"
 
 THIRD_NAME=meterline \
 THIRD_CMD="exec $PYTHON -m dataplane --insecure-dev --cp 127.0.0.1:$CP_PORT --listen 127.0.0.1:$DP_PORT --workers ${DP_WORKERS:-1} ${DP_ARGS:-}" \

@@ -3,6 +3,7 @@
 # harness as bench/dataplane.sh, the two sides interleaved in one run (ABBA order per round).
 #
 #   BASE=ae3a415 ROUNDS=3 bash bench/dataplane_ab.sh     # needs wrk (apt-get install -y wrk)
+#   BASE=ae3a415 HEAD_REF=09206c8 bash bench/dataplane_ab.sh   # two refs, neither the tree
 #
 # Each side is its own checkout: BASE in a temporary git worktree, imported first through
 # PYTHONPATH, so both sides run `python -m controlplane` and `python -m dataplane` of their
@@ -14,24 +15,33 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BASE="${BASE:-HEAD~1}"
 ROUNDS="${ROUNDS:-3}"
 PYTHON="${PYTHON:-python3}"
+# The harness beside this checkout, whichever tree a side runs from.
+export BENCH_PEERS="${BENCH_PEERS:-$ROOT/../shared/bench-peers}"
 TMP="$(mktemp -d -t meterline-ab-XXXXXX)"
 cleanup() {
   git -C "$ROOT" worktree remove --force "$TMP/base" >/dev/null 2>&1 || true
+  git -C "$ROOT" worktree remove --force "$TMP/head" >/dev/null 2>&1 || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
 git -C "$ROOT" worktree add --quiet --detach "$TMP/base" "$BASE"
+HEAD_TREE="$ROOT"
+if [ -n "${HEAD_REF:-}" ]; then
+  git -C "$ROOT" worktree add --quiet --detach "$TMP/head" "$HEAD_REF"
+  HEAD_TREE="$TMP/head"
+fi
 echo "base: $(git -C "$TMP/base" log --oneline -1)"
-echo "head: $(git -C "$ROOT" log --oneline -1)$(git -C "$ROOT" diff --quiet || echo ' (+ uncommitted changes)')"
+echo "head: $(git -C "$HEAD_TREE" log --oneline -1)$(git -C "$HEAD_TREE" diff --quiet || echo ' (+ uncommitted changes)')"
 
 run_side() {  # run_side NAME TREE ROUND
   local name="$1" tree="$2" round="$3"
   (
     cd "$tree"
-    PYTHONPATH="$tree:$tree/proto" BENCH_WORK="$TMP/work-$name-$round" TARGETS="" \
+    # TARGETS=" ": no peer targets, only the data plane (run.sh's default is all of them).
+    PYTHONPATH="$tree:$tree/proto" BENCH_WORK="$TMP/work-$name-$round" TARGETS=" " \
       REPEATS=1 LAT_CONNS=0 WARMUP=2 DURATION="${DURATION:-10}" \
       MODES="${MODES:-nonstream stream}" PYTHON="$PYTHON" \
-      bash "$ROOT/bench/dataplane.sh" >"$TMP/$name-$round.log" 2>&1
+      bash "$tree/bench/dataplane.sh" >"$TMP/$name-$round.log" 2>&1
   ) || { echo "$name round $round failed:"; tail -20 "$TMP/$name-$round.log"; exit 1; }
   cat "$TMP"/work-"$name"-"$round"/results/*/runs.jsonl >>"$TMP/$name.jsonl"
 }
@@ -39,7 +49,7 @@ run_side() {  # run_side NAME TREE ROUND
 for round in $(seq 1 "$ROUNDS"); do
   if (( round % 2 )); then order=(base head); else order=(head base); fi
   for side in "${order[@]}"; do
-    if [ "$side" = base ]; then run_side base "$TMP/base" "$round"; else run_side head "$ROOT" "$round"; fi
+    if [ "$side" = base ]; then run_side base "$TMP/base" "$round"; else run_side head "$HEAD_TREE" "$round"; fi
     echo "round $round: $side done"
   done
 done
@@ -53,6 +63,8 @@ def load(path):
     runs = {}
     for line in open(path):
         run = json.loads(line)
+        if run["target"] != "meterline":
+            continue
         runs.setdefault(f'{run["mode"]} c={run["conns"]}', []).append(run)
     return runs
 

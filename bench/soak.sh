@@ -62,7 +62,7 @@ consumers:
 plugins:
   - name: key-auth
 YAML
-"$PYTHON" -m controlplane apply "$WORK/soak.yaml" --cp "127.0.0.1:$CP_PORT" >/dev/null
+METERLINE_CONNECT_TIMEOUT=30 "$PYTHON" -m controlplane apply "$WORK/soak.yaml" --cp "127.0.0.1:$CP_PORT" >/dev/null
 "$PYTHON" -m dataplane --insecure-dev --cp "127.0.0.1:$CP_PORT" --listen "127.0.0.1:$DP_PORT" \
   >"$WORK/dataplane.log" 2>&1 &
 DP_PID=$!
