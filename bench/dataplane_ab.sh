@@ -41,7 +41,7 @@ run_side() {  # run_side NAME TREE ROUND
     PYTHONPATH="$tree:$tree/proto" BENCH_WORK="$TMP/work-$name-$round" TARGETS=" " \
       REPEATS=1 LAT_CONNS=0 WARMUP=2 DURATION="${DURATION:-10}" \
       MODES="${MODES:-nonstream stream}" PYTHON="$PYTHON" \
-      bash "$tree/bench/dataplane.sh" >"$TMP/$name-$round.log" 2>&1
+      bash "$ROOT/bench/dataplane.sh" >"$TMP/$name-$round.log" 2>&1
   ) || { echo "$name round $round failed:"; tail -20 "$TMP/$name-$round.log"; exit 1; }
   cat "$TMP"/work-"$name"-"$round"/results/*/runs.jsonl >>"$TMP/$name.jsonl"
 }
