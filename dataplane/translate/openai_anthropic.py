@@ -23,8 +23,9 @@ from dataplane.translate.anthropic_format import (
 from dataplane.translate.base import Prepared, StreamRelay
 from dataplane.translate.openai_format import (
     InvalidRequest,
-    error_body,
+    function_calls,
     prepare_chat_request,
+    rejection_body,
 )
 from dataplane.usage.tokens import TokenUsage
 
@@ -96,27 +97,10 @@ def _content_blocks(content: Any) -> list[dict[str, Any]] | str:
 
 
 def _tool_use_blocks(tool_calls: Any) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    for call in tool_calls if isinstance(tool_calls, list) else ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict):
-            continue
-        arguments = function.get("arguments") or "{}"
-        try:
-            tool_input = orjson.loads(arguments) if isinstance(arguments, str) else arguments
-        except orjson.JSONDecodeError:
-            raise InvalidRequest(
-                "Tool call arguments must be a JSON object.", code="invalid_type", param="messages"
-            ) from None
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": call.get("id", ""),
-                "name": function.get("name", ""),
-                "input": tool_input,
-            }
-        )
-    return blocks
+    return [
+        {"type": "tool_use", "id": call_id, "name": name, "input": tool_input}
+        for call_id, name, tool_input in function_calls(tool_calls)
+    ]
 
 
 def _as_blocks(content: list[dict[str, Any]] | str) -> list[dict[str, Any]]:
@@ -440,9 +424,7 @@ class OpenAIToAnthropicTranslator:
     """OpenAI chat clients to Anthropic: Messages upstream, chat completions back."""
 
     def reject(self, rejection: Rejection) -> bytes:
-        return error_body(
-            rejection.message, type=rejection.type, code=rejection.code, param=rejection.param
-        )
+        return rejection_body(rejection)
 
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str

@@ -25,7 +25,12 @@ from dataplane.translate.bedrock_format import (
     read_whole_usage,
 )
 from dataplane.translate.openai_anthropic import openai_usage
-from dataplane.translate.openai_format import InvalidRequest, error_body, prepare_chat_request
+from dataplane.translate.openai_format import (
+    InvalidRequest,
+    function_calls,
+    prepare_chat_request,
+    rejection_body,
+)
 from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
@@ -104,28 +109,10 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _tool_use_blocks(tool_calls: Any) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    for call in tool_calls if isinstance(tool_calls, list) else ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict):
-            continue
-        arguments = function.get("arguments") or "{}"
-        try:
-            tool_input = orjson.loads(arguments) if isinstance(arguments, str) else arguments
-        except orjson.JSONDecodeError:
-            raise InvalidRequest(
-                "Tool call arguments must be a JSON object.", code="invalid_type", param="messages"
-            ) from None
-        blocks.append(
-            {
-                "toolUse": {
-                    "toolUseId": call.get("id", ""),
-                    "name": function.get("name", ""),
-                    "input": tool_input,
-                }
-            }
-        )
-    return blocks
+    return [
+        {"toolUse": {"toolUseId": call_id, "name": name, "input": tool_input}}
+        for call_id, name, tool_input in function_calls(tool_calls)
+    ]
 
 
 def _append(out: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
@@ -402,9 +389,7 @@ class OpenAIToBedrockTranslator:
     """OpenAI chat clients to Bedrock: Converse upstream, chat completions back."""
 
     def reject(self, rejection: Rejection) -> bytes:
-        return error_body(
-            rejection.message, type=rejection.type, code=rejection.code, param=rejection.param
-        )
+        return rejection_body(rejection)
 
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str

@@ -26,7 +26,7 @@ from dataplane.translate.cohere_format import (
     error_message,
     usage_from_cohere,
 )
-from dataplane.translate.openai_format import error_body, prepare_chat_request
+from dataplane.translate.openai_format import error_body, prepare_chat_request, rejection_body
 from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
@@ -224,9 +224,7 @@ class OpenAIToCohereTranslator:
     """OpenAI chat clients to Cohere's v2 chat, translated both ways."""
 
     def reject(self, rejection: Rejection) -> bytes:
-        return error_body(
-            rejection.message, type=rejection.type, code=rejection.code, param=rejection.param
-        )
+        return rejection_body(rejection)
 
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from dataplane.errors import DataPlaneError
+from dataplane.errors import DataPlaneError, Rejection
 from dataplane.http.sse import event_data
 from dataplane.usage.tokens import TokenUsage, count, malformed, minus
 
@@ -60,6 +60,32 @@ class ChatRequest:
 def error_body(message: str, *, type: str, code: str | None, param: str | None = None) -> bytes:
     """Return an OpenAI-shaped error document."""
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def rejection_body(rejection: Rejection) -> bytes:
+    """A refused request as OpenAI's error document (every OpenAI-client translator's reject)."""
+    return error_body(
+        rejection.message, type=rejection.type, code=rejection.code, param=rejection.param
+    )
+
+
+def function_calls(tool_calls: Any) -> list[tuple[str, str, Any]]:
+    """(id, name, parsed arguments) of an assistant message's ``tool_calls``, for providers
+    that want the arguments as JSON values; InvalidRequest when arguments are not JSON."""
+    calls: list[tuple[str, str, Any]] = []
+    for call in tool_calls if isinstance(tool_calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        arguments = function.get("arguments") or "{}"
+        try:
+            parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(
+                "Tool call arguments must be a JSON object.", code="invalid_type", param="messages"
+            ) from None
+        calls.append((call.get("id", ""), function.get("name", ""), parsed))
+    return calls
 
 
 # The field each OpenAI-format route type requires, and whether it may stream.

@@ -27,7 +27,11 @@ from dataplane.translate.gemini_format import (
     operation_url,
     read_response,
 )
-from dataplane.translate.openai_format import InvalidRequest, error_body, prepare_chat_request
+from dataplane.translate.openai_format import (
+    InvalidRequest,
+    prepare_chat_request,
+    rejection_body,
+)
 from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
@@ -565,9 +569,7 @@ class OpenAIToGeminiTranslator:
     """OpenAI chat clients to Gemini or Vertex AI: generateContent upstream, chat back."""
 
     def reject(self, rejection: Rejection) -> bytes:
-        return error_body(
-            rejection.message, type=rejection.type, code=rejection.code, param=rejection.param
-        )
+        return rejection_body(rejection)
 
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str

@@ -14,9 +14,9 @@ from dataplane.errors import Rejection
 from dataplane.http.sse import event_data
 from dataplane.translate.openai_format import (
     ChatStreamScanner,
-    error_body,
     prepare_chat_request,
     read_body_usage,
+    rejection_body,
     usage_from_openai,
 )
 from dataplane.usage.tokens import TokenUsage
@@ -53,9 +53,7 @@ class OpenAITranslator:
     """OpenAI-format clients to OpenAI-format providers (openai, azure, openai_compatible)."""
 
     def reject(self, rejection: Rejection) -> bytes:
-        return error_body(
-            rejection.message, type=rejection.type, code=rejection.code, param=rejection.param
-        )
+        return rejection_body(rejection)
 
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str

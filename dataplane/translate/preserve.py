@@ -14,8 +14,8 @@ from dataplane.translate.anthropic_format import (
     usage_from_anthropic,
 )
 from dataplane.translate.openai_format import (
-    error_body,
     refuse_duplicate_keys,
+    rejection_body,
     usage_from_openai,
 )
 from dataplane.usage.tokens import TokenUsage
@@ -99,9 +99,7 @@ class PreserveTranslator:
     def reject(self, rejection: Rejection) -> bytes:
         if self._anthropic_errors:
             return anthropic_rejection_body(rejection)
-        return error_body(
-            rejection.message, type=rejection.type, code=rejection.code, param=rejection.param
-        )
+        return rejection_body(rejection)
 
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str
