@@ -95,11 +95,14 @@ def build_snapshot(
 
 
 def _limits_something(plugin: Plugin) -> bool:
-    """False for an ai-rate-limiting-advanced with only Kong 3.14 ``policies`` (accepted, not
-    enforced): it has no window, and data planes refuse a rate limit without one."""
+    """False for an ai-rate-limiting-advanced without any window (no llm_providers limit and no
+    policy limit, e.g. every policy matched consumer groups): data planes refuse a rate limit
+    without one."""
     if plugin.name is not PluginName.AI_RATE_LIMITING_ADVANCED:
         return True
-    return any(item.get("limit") for item in plugin.config.get("llm_providers") or ())
+    return any(item.get("limit") for item in plugin.config.get("llm_providers") or ()) or any(
+        policy.get("limits") for policy in plugin.config.get("policies") or ()
+    )
 
 
 def _by_name(entity: Service | Route) -> str:
@@ -225,6 +228,15 @@ def _plugin(
     )
     if plugin.name is PluginName.KEY_AUTH:
         message.key_auth.CopyFrom(key_auth_config(plugin.config))
+        anonymous = plugin.config.get("anonymous")
+        if anonymous:
+            # Kong names the anonymous consumer by id or username; the wire carries the id.
+            ids = set(consumer_ids.values())
+            message.key_auth.anonymous_consumer_id = (
+                str(anonymous)
+                if str(anonymous) in ids
+                else _resolve(consumer_ids, "consumer", str(anonymous), f"{owner} (anonymous)")
+            )
     elif plugin.name is PluginName.AI_PROXY:
         message.ai_proxy.CopyFrom(ai_proxy_config(plugin.config))
     elif plugin.name is PluginName.AI_PROXY_ADVANCED:
@@ -259,7 +271,20 @@ def key_auth_config(config: Mapping[str, Any]) -> snapshot_pb2.KeyAuthConfig:
         hide_credentials=_flag(config, "hide_credentials", False),
         key_in_query=_flag(config, "key_in_query", True),
         key_in_bearer=_flag(config, "key_in_bearer", True),
+        key_in_body=_flag(config, "key_in_body", False),
+        # Unset (Kong's default, true) unless the config turns it off.
+        run_on_preflight=False if config.get("run_on_preflight") is False else None,
+        realm=_text(config, "realm"),
     )
+
+
+def _proxy_fields(config: Mapping[str, Any], message: snapshot_pb2.AiProxyConfig) -> None:
+    """Kong's response_streaming, max_request_body_size and model_name_header."""
+    streaming = _text(config, "response_streaming")
+    message.response_streaming = "" if streaming == "allow" else streaming
+    message.max_request_body_size = int(config.get("max_request_body_size") or 0)
+    if isinstance(config.get("model_name_header"), bool):
+        message.model_name_header = config["model_name_header"]
 
 
 def _model_policy(config: Mapping[str, Any], message: snapshot_pb2.AiProxyConfig) -> None:
@@ -303,6 +328,7 @@ def ai_proxy_advanced_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyC
             read_timeout=int(target.get("read_timeout") or 0),
         )
     _model_policy(config, message)
+    _proxy_fields(config, message)
     return message
 
 
@@ -368,10 +394,12 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
             gcp_oauth_token_url=_text(auth, "gcp_oauth_token_url"),
             aws_access_key_id=_text(auth, "aws_access_key_id"),
             aws_secret_access_key=_text(auth, "aws_secret_access_key"),
+            allow_override=bool(auth.get("allow_override")),
         ),
         model=snapshot_pb2.AiProxyModel(
             provider=_text(model, "provider"),
             name=_text(model, "name"),
+            model_alias=_text(model, "model_alias"),
             options=snapshot_pb2.AiProxyModelOptions(
                 upstream_url=_text(options, "upstream_url"),
                 anthropic_version=_text(options, "anthropic_version"),
@@ -384,8 +412,22 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
                 gemini=_gemini_options(options.get("gemini")),
                 bedrock=_bedrock_options(options.get("bedrock") or {}),
                 **_provider_options(options),
+                **_sampling_options(options),
             ),
         ),
     )
     _model_policy(config, message)
+    _proxy_fields(config, message)
     return message
+
+
+def _sampling_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Kong's temperature, top_p, top_k (set ones only) and upstream_path."""
+    fields: dict[str, Any] = {
+        key: float(options[key]) for key in ("temperature", "top_p") if options.get(key) is not None
+    }
+    if options.get("top_k") is not None:
+        fields["top_k"] = int(options["top_k"])
+    if options.get("upstream_path"):
+        fields["upstream_path"] = str(options["upstream_path"])
+    return fields

@@ -449,6 +449,9 @@ def _check_references(gateway: _Gateway) -> None:
         if plugin.name is PluginName.KEY_AUTH and plugin.consumer:
             # Authentication is what identifies the consumer, so it cannot depend on one.
             problems.add(where, "key-auth cannot be scoped to a consumer")
+        anonymous = plugin.config.get("anonymous") if plugin.name is PluginName.KEY_AUTH else None
+        if anonymous and anonymous not in gateway.names["consumer"]:
+            problems.add(where, f'config.anonymous: consumer "{anonymous}" is not defined')
         # ai-proxy and ai-proxy-advanced both pick the upstream: one of them per scope.
         kind = _PROXY_KINDS.get(plugin.name, plugin.name.value)
         scope = (kind, *plugin.scope[1:])
