@@ -337,9 +337,7 @@ def _timeouts(config: Entry, result: dict[str, Any]) -> None:
 
 
 def _ai_proxy_advanced(config: Entry) -> dict[str, Any]:
-    config.check_keys(
-        ("llm_format", "targets", "balancer", *_MODEL_POLICY_FIELDS, *_PROXY_FIELDS)
-    )
+    config.check_keys(("llm_format", "targets", "balancer", *_MODEL_POLICY_FIELDS, *_PROXY_FIELDS))
     result: dict[str, Any] = {
         "llm_format": _llm_format(config),
         "targets": [],

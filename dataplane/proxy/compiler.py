@@ -45,6 +45,7 @@ from dataplane.config.providers import (
 from dataplane.config.routing import RouteTable
 from dataplane.errors import CompileError, ConfigError
 from dataplane.http.client import Timeouts
+from dataplane.proxy import kong_options
 from dataplane.proxy.balancer import (
     ALGORITHMS,
     CONSISTENT_HASHING,
@@ -126,12 +127,13 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runtim
     route_ids = _check_routes(snapshot, service_ids)
     consumers = _consumers_by_key_hash(snapshot)
     consumer_ids = {consumer.id for consumer in snapshot.consumers}
+    by_id = {c.id: Consumer(id=c.id, username=c.username) for c in snapshot.consumers}
     plugins = _check_plugins(snapshot, service_ids, route_ids, consumer_ids)
 
     compiled: list[tuple[CompiledRoute, list[str]]] = []
     for route in snapshot.routes:
         resolved = _resolve_plugins(route, plugins)
-        key_auth = _compile_key_auth(resolved.key_auth) if resolved.key_auth else None
+        key_auth = _compile_key_auth(resolved.key_auth, by_id) if resolved.key_auth else None
         ai_proxy = None
         balancer: Balancer | None = None
         translator: Translator = OPENAI
@@ -280,8 +282,12 @@ def _check_plugins(
         if plugin.name == AI_PROXY:
             _check_ai_proxy(label, plugin.ai_proxy)
             _check_model_policy(label, plugin.ai_proxy)
+            kong_options.check(label, plugin.ai_proxy)
         elif plugin.name == AI_PROXY_ADVANCED:
             _check_ai_proxy_advanced(label, plugin.ai_proxy)
+            kong_options.check(label, plugin.ai_proxy)
+        elif plugin.name == KEY_AUTH:
+            _check_key_auth(label, plugin.key_auth, consumer_ids)
         elif plugin.name in RATE_LIMIT_PLUGINS:
             problem = check_rate_limit_config(plugin.rate_limiting, plugin=plugin.name)
             if problem is not None:
@@ -289,6 +295,14 @@ def _check_plugins(
         if plugin.enabled:
             enabled.append(plugin)
     return enabled
+
+
+def _check_key_auth(label: str, config: snapshot_pb2.KeyAuthConfig, consumer_ids: set[str]) -> None:
+    anonymous = config.anonymous_consumer_id
+    if anonymous and anonymous not in consumer_ids:
+        raise CompileError(f'{label}: anonymous consumer "{anonymous}" is not in the snapshot')
+    if any(c in config.realm for c in '"\\\r\n\0'):
+        raise CompileError(f"{label}: realm contains a quote, backslash or line break")
 
 
 def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
@@ -365,6 +379,7 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
         raise CompileError(f'{label}: auth.param_location must be "query" or "body"')
     if options.max_tokens < 0:
         raise CompileError(f"{label}: model.options.max_tokens is negative")
+    kong_options.check_target(label, options, provider)
 
 
 def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
@@ -465,12 +480,17 @@ def _target_config(
     config: snapshot_pb2.AiProxyConfig, target: snapshot_pb2.AiProxyTarget
 ) -> snapshot_pb2.AiProxyConfig:
     """One ai-proxy-advanced target as the ai-proxy config it amounts to."""
-    return snapshot_pb2.AiProxyConfig(
+    single = snapshot_pb2.AiProxyConfig(
         route_type=target.route_type or config.route_type,
         llm_format=config.llm_format,
         auth=target.auth,
         model=target.model,
+        response_streaming=config.response_streaming,
+        max_request_body_size=config.max_request_body_size,
     )
+    if config.HasField("model_name_header"):
+        single.model_name_header = config.model_name_header
+    return single
 
 
 def _check_ai_proxy_advanced(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
@@ -581,14 +601,23 @@ def _resolve_plugins(route: snapshot_pb2.Route, plugins: list[snapshot_pb2.Plugi
     )
 
 
-def _compile_key_auth(config: snapshot_pb2.KeyAuthConfig) -> KeyAuthPolicy:
+def _compile_key_auth(
+    config: snapshot_pb2.KeyAuthConfig, consumers: dict[str, Consumer]
+) -> KeyAuthPolicy:
     names = tuple(config.key_names) or _DEFAULT_KEY_NAMES
+    realm = config.realm
     return KeyAuthPolicy(
         header_names=frozenset(name.lower().encode("latin-1") for name in names),
         query_names=frozenset(names),
         key_in_query=config.key_in_query,
         key_in_bearer=config.key_in_bearer,
         hide_credentials=config.hide_credentials,
+        key_in_body=config.key_in_body,
+        anonymous=consumers.get(config.anonymous_consumer_id)
+        if config.anonymous_consumer_id
+        else None,
+        run_on_preflight=config.run_on_preflight if config.HasField("run_on_preflight") else True,
+        www_authenticate=((b"www-authenticate", f'Key realm="{realm}"'.encode()),) if realm else (),
     )
 
 
@@ -717,7 +746,7 @@ def _compile_ai_proxy(
     model_policy: snapshot_pb2.AiProxyConfig | None = None,
 ) -> AiProxyPolicy:
     provider = config.model.provider
-    url = _upstream_url(config)
+    url = kong_options.with_upstream_path(_upstream_url(config), config.model.options.upstream_path)
     auth = config.auth
     body_params: tuple[tuple[str, str], ...] = ()
     query: tuple[tuple[str, str], ...] = ()
@@ -779,6 +808,7 @@ def _compile_ai_proxy(
             credentials=credentials,
             signer=signer,
             base_url=base_url,
+            allow_override=auth.allow_override,
         ),
         model=config.model.name,
         max_tokens=config.model.options.max_tokens,
@@ -787,4 +817,14 @@ def _compile_ai_proxy(
         model_allow_list=frozenset((model_policy or config).model_allow_list),
         timeout=timeout,
         anthropic_version=config.model.options.anthropic_version if provider == "bedrock" else "",
+        deny_streaming=config.response_streaming == kong_options.STREAMING_DENY,
+        max_body_bytes=config.max_request_body_size,
+        # Kong's default is true: unset means on.
+        model_name_header=config.model_name_header
+        if config.HasField("model_name_header")
+        else True,
+        defaults=kong_options.request_defaults(
+            config, provider=wire_provider(config), route_type=config.route_type
+        ),
+        model_alias=config.model.model_alias,
     )

@@ -22,7 +22,7 @@ from dataplane.admission.ratelimit import RateLimiter
 from dataplane.admission.stages import Admitted, admit_request
 from dataplane.config.aws import AwsCredentialsError, AwsSigner
 from dataplane.config.gcp_tokens import UpstreamCredentialsError
-from dataplane.config.keys import authenticate, upstream_query
+from dataplane.config.keys import authenticate, key_in_body, upstream_query
 from dataplane.config.model import AccessTokens, AiProxyPolicy
 from dataplane.config.providers import ROUTE_TYPE_PRESERVE
 from dataplane.errors import DataPlaneError, Rejection
@@ -57,6 +57,7 @@ from dataplane.observability.tracing import (
     Tracing,
     operation_name,
 )
+from dataplane.proxy import kong_options
 from dataplane.proxy.balancer import Balancer, NoTargetForModel
 from dataplane.proxy.estimate import RESERVED_ESTIMATE_PATH, estimate_for_model, estimate_on_route
 from dataplane.proxy.models import (
@@ -206,7 +207,15 @@ class Gateway:
             route, prefix = matched
             scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (observability.metrics)
             translator = route.translator
-            consumer = authenticate(route.key_auth, config.consumers_by_key_hash, scope)
+            raw: bytes | None = None
+            body_key = None
+            if route.key_auth is not None and route.key_auth.key_in_body:
+                # Kong's key_in_body: the body is read before authenticating.
+                raw = await _read_body(receive, self._body_limit(route))
+                body_key, raw = key_in_body(route.key_auth, scope, raw)
+            consumer = authenticate(
+                route.key_auth, config.consumers_by_key_hash, scope, body_key=body_key
+            )
             if route.key_auth is not None and scope["query_string"]:
                 # From here on (translators, balancer re-prepares) the query is what may go
                 # upstream: never the consumer's key.
@@ -219,7 +228,8 @@ class Gateway:
                     await _send_body(send, answer_on_route(route, model), id_header)
                     return
             policy = _ai_proxy(route, scope["method"])
-            raw = await _read_body(receive, self._max_body_bytes)
+            if raw is None:
+                raw = await _read_body(receive, self._body_limit(route))
             if path.endswith(ESTIMATE_SUFFIX) and scope["method"] == "POST":
                 answer = estimate_on_route(self.enforcer, route, policy, consumer, raw, scope)
                 await _send_json(send, answer, id_header)
@@ -281,6 +291,13 @@ class Gateway:
             # there is nobody to answer.
             return
 
+    def _body_limit(self, route: CompiledRoute) -> int:
+        """The data plane's body limit, or the route's (Kong's max_request_body_size) below it."""
+        policy = route.ai_proxy
+        if policy is not None and 0 < policy.max_body_bytes < self._max_body_bytes:
+            return policy.max_body_bytes
+        return self._max_body_bytes
+
     def _config(self) -> RuntimeConfig:
         config = self.config
         if config is None:
@@ -330,8 +347,13 @@ def _prepare(
 ) -> Prepared:
     """The upstream request of the client's body; Rejection 400 if the body is unusable."""
     try:
-        return translator.prepare(
-            raw, policy, subpath=subpath, query=scope["query_string"], method=scope["method"]
+        return kong_options.prepare(
+            translator,
+            policy,
+            raw,
+            subpath=subpath,
+            query=scope["query_string"],
+            method=scope["method"],
         )
     except InvalidRequest as exc:
         raise Rejection(
@@ -563,9 +585,10 @@ class _Exchange:
             target, translator = balancer.targets[index].policy, balancer.targets[index].translator
             if target.target is not prepared_for:
                 try:
-                    self.prepared = translator.prepare(
-                        self.raw,
+                    self.prepared = kong_options.prepare(
+                        translator,
                         target,
+                        self.raw,
                         subpath=self.subpath,
                         query=scope["query_string"],
                         method=scope["method"],
@@ -617,7 +640,8 @@ class _Exchange:
         headers = [(name, value) for name, value in scope["headers"] if name not in dropped]
         if prepared.body:
             headers.append(JSON_CONTENT_TYPE)
-        headers.extend(target.auth_headers)
+        auth = kong_options.auth_headers(self.policy, scope["headers"], self.route.key_auth)
+        headers.extend(auth)
         if self.trace is not None:
             self.trace.upstream_headers(headers)  # traceparent: this attempt's span
         id_header = (b"x-request-id", self.request_id.encode())
@@ -676,6 +700,9 @@ class _Exchange:
                 if name not in _DROPPED_RESPONSE_HEADERS:
                     out_headers.append((name, value))
             out_headers.append(id_header)
+            model_header = kong_options.model_header(self.policy, prepared.model)
+            if model_header is not None:
+                out_headers.append(model_header)
             content_type = response.content_type
             if 200 <= status < 300 and _is_stream(content_type, prepared):
                 # A stream, asked for or not (a provider may stream a non-streamed request):
