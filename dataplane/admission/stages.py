@@ -84,6 +84,8 @@ async def admit_request(
     limits = (
         _UNLIMITED
         if rate_limits is None
-        else await rate_limiter.admit(rate_limits, consumer=consumer, scope=scope)
+        else await rate_limiter.admit(
+            rate_limits, consumer=consumer, scope=scope, model=model, provider=provider
+        )
     )
     return Admitted(metering=metering, rate_limits=limits)
