@@ -323,6 +323,16 @@ def _proxy_fields(config: Entry, result: dict[str, Any]) -> None:
     """``response_streaming``, ``max_request_body_size``, ``model_name_header`` (set ones)."""
     if config.has("response_streaming"):
         result["response_streaming"] = config.choice("response_streaming", RESPONSE_STREAMING)
+        if result["response_streaming"] == "always" and result.get("llm_format") in (
+            "gemini",
+            "bedrock",
+        ):
+            # Their clients choose streaming by the URL (dataplane/proxy/kong_options.py).
+            config.fail_field(
+                "response_streaming",
+                f'"always" cannot apply to llm_format "{result["llm_format"]}" '
+                "(its clients choose streaming by the URL)",
+            )
     if config.has("max_request_body_size"):
         # 0: Kong's "no limit of its own" (the data plane's limit still applies).
         result["max_request_body_size"] = config.integer("max_request_body_size", minimum=0)

@@ -304,7 +304,7 @@ def _check_policy(policy: snapshot_pb2.RateLimitPolicy) -> str | None:
     for limit in policy.limits:
         if limit.window_size <= 0:
             return f"window_size must be positive, got {limit.window_size}"
-        if limit.tokens_count_strategy not in TOKEN_STRATEGIES:
+        if limit.tokens_count_strategy and limit.tokens_count_strategy not in TOKEN_STRATEGIES:
             return f'unknown tokens_count_strategy "{limit.tokens_count_strategy}"'
         try:
             amount = Decimal(limit.limit)
