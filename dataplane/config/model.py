@@ -82,9 +82,11 @@ class ProviderTarget:
     signer: AwsSigner | None = field(default=None, compare=False)
     # Bedrock: the base URL the model and operation are appended to (url is then unused).
     base_url: str = ""
-    # Kong's auth.allow_override: a client's own header (or body parameter) of the same name
-    # as the configured one is kept instead of it.
+    # Kong's auth.allow_override: a client's own header (or body or query parameter) of the
+    # same name as the configured one is kept instead of it.
     allow_override: bool = False
+    # The query parameter carrying the provider key (auth.param_location "query"), if any.
+    query_auth_name: str = ""
 
     def __repr__(self) -> str:
         # The default repr would print the provider key into any log or traceback.

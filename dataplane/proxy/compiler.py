@@ -809,6 +809,9 @@ def _compile_ai_proxy(
             signer=signer,
             base_url=base_url,
             allow_override=auth.allow_override,
+            query_auth_name=auth.param_name
+            if auth.param_name and (provider == "gemini" or auth.param_location == "query")
+            else "",
         ),
         model=config.model.name,
         max_tokens=config.model.options.max_tokens,

@@ -11,8 +11,8 @@
 - ``max_request_body_size``: a body over it is refused with 413 (below the data plane's own
   limit).
 - ``model_name_header``: ``X-Kong-LLM-Model: <provider>/<model>`` on every relayed response.
-- ``auth.allow_override``: a client's own header of the configured auth header's name wins
-  (unless it carries the consumer's gateway key).
+- ``auth.allow_override``: a client's own header (or body / query parameter) of the configured
+  auth name wins (unless it carries the consumer's gateway key).
 - ``model.options.upstream_path``: the path of the upstream URL.
 
 The body is parsed only on routes where the compiler found something to put into it.
@@ -20,9 +20,10 @@ The body is parsed only on routes where the compiler found something to put into
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -183,7 +184,25 @@ def prepare(
         raise Rejection(
             400, _DENIED, type="invalid_request_error", code="stream_not_allowed", param="stream"
         )
+    target = policy.target
+    if target.allow_override and target.query_auth_name and query:
+        # The client's own query credential (never a gateway key: key-auth removed those).
+        own = next(
+            (v for n, v in parse_qsl(query.decode("latin-1")) if n == target.query_auth_name and v),
+            None,
+        )
+        if own is not None:
+            url = _with_query_param(prepared.url, target.query_auth_name, own)
+            prepared = dataclasses.replace(prepared, url=url)
     return prepared
+
+
+def _with_query_param(url: str, name: str, value: str) -> str:
+    parts = urlsplit(url)
+    pairs = [
+        (n, value if n == name else v) for n, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit((*parts[:3], urlencode(pairs), parts.fragment))
 
 
 def model_header(policy: AiProxyPolicy, model: str) -> tuple[bytes, bytes] | None:

@@ -324,3 +324,27 @@ def test_rate_limit_policies_and_error_codes_are_checked() -> None:
     assert "not an HTTP error status" in (
         check_config(coded, plugin="rate-limiting-advanced") or ""
     )
+
+
+def test_allow_override_keeps_the_clients_own_query_credential() -> None:
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    for allow, expected in ((True, "key=client-own"), (False, "key=configured")):
+        config = chat()
+        config.auth.CopyFrom(
+            snapshot_pb2.AiProxyAuth(
+                param_name="key",
+                param_value="configured",
+                param_location="query",
+                allow_override=allow,
+            )
+        )
+        compiled = route(snapshot(proxy=config))
+        prepared = kong_options.prepare(
+            compiled.translator,
+            compiled.ai_proxy,
+            body,
+            subpath="/v1/chat/completions",
+            query=b"key=client-own",
+            method="POST",
+        )
+        assert prepared.url.endswith("?" + expected)
