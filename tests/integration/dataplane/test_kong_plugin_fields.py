@@ -385,8 +385,10 @@ services:
                 model="smart", messages=MESSAGES
             )
         await client.chat.completions.create(model="fast", messages=MESSAGES)
+        listed = [model.id async for model in client.models.list()]
     assert [r.body["model"] for r in provider.requests] == ["gpt-4o"] * 3 + ["gpt-4o-mini"]
     assert raw.headers["x-kong-llm-model"] == "openai/gpt-4o"
+    assert {"fast", "smart", "gpt-4o", "gpt-4o-mini"} <= set(listed)
 
 
 # -- rate limits ---------------------------------------------------------------------------------
