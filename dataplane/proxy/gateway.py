@@ -186,7 +186,7 @@ class Gateway:
             # The normalised path as sent (the server removed dot segments and decoded only
             # unreserved escapes): matched, and its rest forwarded, with %2F still %2F.
             path = scope["raw_path"].decode("latin-1")
-            matched = config.routes.match_prefix(path, scope["method"])
+            matched = config.routes.find(path, scope["method"], scope["headers"], scope["scheme"])
             if matched is None:
                 if path == RESERVED_MODELS_PATH and scope["method"] == "GET":
                     await _send_body(send, answer_for_key(config, scope), id_header)
@@ -203,21 +203,25 @@ class Gateway:
                     type="invalid_request_error",
                     code="route_not_found",
                 )
-            route, prefix = matched
+            route, end = matched
             scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (observability.metrics)
             translator = route.translator
+            if route.refused or route.https_redirect:
+                _check_served(route, scope)
             consumer = authenticate(route.key_auth, config.consumers_by_key_hash, scope)
             if route.key_auth is not None and scope["query_string"]:
                 # From here on (translators, balancer re-prepares) the query is what may go
                 # upstream: never the consumer's key.
                 scope["query_string"] = upstream_query(route.key_auth, scope["query_string"])
-            subpath = path[len(prefix) :]
+            subpath = path[end:]
             if scope["method"] == "GET" and route.ai_proxy is not None and not _preserve(route):
                 # Answered here, not forwarded: the model id is read decoded.
                 wants_models, model = models_request(unquote(subpath))
                 if wants_models:
                     await _send_body(send, answer_on_route(route, model), id_header)
                     return
+            if not route.strip_path and _preserve(route):
+                subpath = path  # Kong's strip_path false: the whole path goes upstream
             policy = _ai_proxy(route, scope["method"])
             raw = await _read_body(receive, self._max_body_bytes)
             if path.endswith(ESTIMATE_SUFFIX) and scope["method"] == "POST":
@@ -291,6 +295,35 @@ class Gateway:
                 code="config_unavailable",
             )
         return config
+
+
+def _check_served(route: CompiledRoute, scope: Scope) -> None:
+    """Rejection if ``route`` is not served here (503), or needs https the request lacks
+    (Kong's 426, or the route's redirect to the https URL)."""
+    if route.refused:
+        raise Rejection(503, route.refused, type="api_error", code="route_not_served")
+    if scope["scheme"] == "https":
+        return
+    status = route.https_redirect
+    if status == 426:
+        raise Rejection(
+            426,
+            "Please use HTTPS protocol",
+            type="invalid_request_error",
+            code="https_required",
+            headers=[(b"upgrade", b"TLS/1.2, HTTP/1.1")],
+        )
+    host = next((value for name, value in scope["headers"] if name.lower() == b"host"), b"")
+    location = b"https://" + host + scope["raw_path"]
+    if scope["query_string"]:
+        location += b"?" + scope["query_string"]
+    raise Rejection(
+        status,
+        "Please use HTTPS protocol",
+        type="invalid_request_error",
+        code="https_required",
+        headers=[(b"location", location)],
+    )
 
 
 def _ai_proxy(route: CompiledRoute, method: str) -> AiProxyPolicy:
@@ -369,6 +402,14 @@ async def _send_json(send: Send, answer: dict[str, object], id_header: tuple[byt
 
 async def _send_body(send: Send, body: bytes, id_header: tuple[bytes, bytes]) -> None:
     await send_response(send, 200, body, [JSON_CONTENT_TYPE, id_header])
+
+
+def _preserved_host(route: CompiledRoute, scope: Scope) -> bytes:
+    """The client's Host header on a preserve_host route (b"": the target's host). AWS
+    targets always get their own: SigV4 signs the host."""
+    if not route.preserve_host:
+        return b""
+    return next((value for name, value in scope["headers"] if name.lower() == b"host"), b"")
 
 
 def _preserve(route: CompiledRoute) -> bool:
@@ -623,7 +664,9 @@ class _Exchange:
         id_header = (b"x-request-id", self.request_id.encode())
         try:
             if target.credentials is not None:
-                call = self._send_with_token(session, headers, target.credentials)
+                call = self._send_with_token(
+                    session, headers, target.credentials, _preserved_host(self.route, scope)
+                )
             elif target.signer is not None:
                 call = self._send_signed(session, headers, target.signer)
             else:
@@ -634,6 +677,7 @@ class _Exchange:
                     body=prepared.body or b"",
                     headers=headers,
                     timeout=self.policy.timeout,
+                    host=_preserved_host(self.route, scope),
                 )
             response = await _unless_abandoned(call, scope)
             self.upstream_ns = time.perf_counter_ns()
@@ -716,7 +760,11 @@ class _Exchange:
             response.release()
 
     async def _send_with_token(
-        self, session: Pool, headers: list[tuple[bytes, bytes]], credentials: AccessTokens
+        self,
+        session: Pool,
+        headers: list[tuple[bytes, bytes]],
+        credentials: AccessTokens,
+        host: bytes,
     ) -> UpstreamResponse:
         """The upstream call with a run-time access token, retried once on a 401 with a fresh
         one (UpstreamCredentialsError if none can be had or the provider refuses it again)."""
@@ -729,6 +777,7 @@ class _Exchange:
                 body=prepared.body or b"",
                 headers=[*headers, auth],
                 timeout=self.policy.timeout,
+                host=host,
             )
             if response.status != 401:
                 return response

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dataplane.config.routing import RouteTable
+from dataplane.config.routing import RouteCriteria, RouteTable
 
 
 @dataclass(frozen=True)
@@ -21,14 +21,20 @@ CHAT_V2 = FakeRoute("chat-v2")
 CHAT_V2_GET = FakeRoute("chat-v2-get", frozenset({"GET"}))
 EMBED = FakeRoute("embed", frozenset({"POST"}))
 
-TABLE = RouteTable(
-    [
-        (ROOT, ["/"]),
-        (CHAT, ["/chat"]),
-        (CHAT_V2, ["/chat/v2"]),
-        (CHAT_V2_GET, ["/chat/v2/models"]),
-        (EMBED, ["/embed", "/embeddings"]),
-    ]
+def table(*routes: tuple[FakeRoute, list[str]]) -> RouteTable[FakeRoute]:
+    """A table of prefix routes (their methods from the route)."""
+    return RouteTable(
+        (route, RouteCriteria(paths=tuple(paths), methods=route.methods))
+        for route, paths in routes
+    )
+
+
+TABLE = table(
+    (ROOT, ["/"]),
+    (CHAT, ["/chat"]),
+    (CHAT_V2, ["/chat/v2"]),
+    (CHAT_V2_GET, ["/chat/v2/models"]),
+    (EMBED, ["/embed", "/embeddings"]),
 )
 
 
@@ -51,13 +57,12 @@ def test_match(path: str, method: str, expected: FakeRoute) -> None:
 
 
 def test_no_match_without_root() -> None:
-    table = RouteTable([(CHAT, ["/chat"])])
-    assert table.match("/nope", "POST") is None
+    assert table((CHAT, ["/chat"])).match("/nope", "POST") is None
 
 
 def test_equal_prefixes_first_listed_wins() -> None:
     first, second = FakeRoute("first"), FakeRoute("second")
-    table = RouteTable([(first, ["/x"]), (second, ["/x"])])
-    assert table.match("/x/y", "GET") is first
-    assert len(table) == 2
-    assert list(table) == [first, second]
+    both = table((first, ["/x"]), (second, ["/x"]))
+    assert both.match("/x/y", "GET") is first
+    assert len(both) == 2
+    assert list(both) == [first, second]
