@@ -21,11 +21,11 @@ CHAT_V2 = FakeRoute("chat-v2")
 CHAT_V2_GET = FakeRoute("chat-v2-get", frozenset({"GET"}))
 EMBED = FakeRoute("embed", frozenset({"POST"}))
 
+
 def table(*routes: tuple[FakeRoute, list[str]]) -> RouteTable[FakeRoute]:
     """A table of prefix routes (their methods from the route)."""
     return RouteTable(
-        (route, RouteCriteria(paths=tuple(paths), methods=route.methods))
-        for route, paths in routes
+        (route, RouteCriteria(paths=tuple(paths), methods=route.methods)) for route, paths in routes
     )
 
 
