@@ -185,7 +185,9 @@ def compile_snapshot(
         compiled.append((_refused_route(route, plugins, message), criteria))
     for index, (plugin, why) in enumerate(refused_plugins):
         if index not in tainted_plugins:
-            refused.append(f'plugin "{plugin.id or plugin.name}" is not applied: {why}')
+            label = f'plugin "{plugin.id or plugin.name}"'
+            why = why.removeprefix(f"{label}: ")
+            refused.append(f"{label} is not applied by this data plane: {why}")
     return RuntimeConfig(
         version=version,
         routes=RouteTable(compiled),
