@@ -126,8 +126,11 @@ def _check_header(entry: Entry, name: str, values: object) -> None:
         entry.fail_field(key, "cannot be matched as a header: use hosts")
         return
     listed = [values] if isinstance(values, str) else values
-    if not isinstance(listed, list) or not listed:
+    if not isinstance(listed, list):
         entry.fail_field(key, f"must be a list of header values, got {describe(values)}")
+        return
+    if not listed:
+        entry.fail_field(key, "must list at least one value")
         return
     for index, value in enumerate(listed):
         if not isinstance(value, str):
