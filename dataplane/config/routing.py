@@ -269,6 +269,13 @@ class RouteTable(Generic[R]):
         found = self.find(path, method, headers, scheme)
         return None if found is None else found[0]
 
+    def match_prefix(
+        self, path: str, method: str, headers: Headers = (), scheme: str = "http"
+    ) -> tuple[R, str] | None:
+        """Return the route for the request with the part of ``path`` its path matched."""
+        found = self.find(path, method, headers, scheme)
+        return None if found is None else (found[0], path[: found[1]])
+
     def __len__(self) -> int:
         return len(self._routes)
 
