@@ -173,6 +173,8 @@ class _Entry(Generic[R]):
     methods: frozenset[str]
     hosts: tuple[_Host, ...]
     headers: tuple[_Header, ...]
+    # len(prefix), computed once.
+    length: int = 0
 
 
 def _request_host(headers: Headers, scheme: str) -> tuple[str, int]:
@@ -215,8 +217,8 @@ class RouteTable(Generic[R]):
         self._routes = tuple(routes_seen)
         self._entries = entries
         if all(e.regex is None and not e.hosts and not e.headers for e in entries):
-            self._fast: tuple[tuple[str, frozenset[str], R], ...] | None = tuple(
-                (e.prefix, e.methods, e.route) for e in entries
+            self._fast: tuple[tuple[str, _Entry[R]], ...] | None = tuple(
+                (e.prefix, e) for e in entries
             )
         else:
             self._fast = None
@@ -233,17 +235,23 @@ class RouteTable(Generic[R]):
         (the part strip_path removes); None if no route matches."""
         fast = self._fast
         if fast is not None:
-            for prefix, methods, route in fast:
-                if path.startswith(prefix) and (not methods or method in methods):
-                    return route, len(prefix)
+            for prefix, entry in fast:
+                if path.startswith(prefix) and (not entry.methods or method in entry.methods):
+                    return entry.route, entry.length
             return None
+        return self._find_any(path, method, headers, scheme)
+
+    def _find_any(
+        self, path: str, method: str, headers: Headers, scheme: str
+    ) -> tuple[R, int] | None:
+        """``find`` over every criterion (the table sets more than prefixes and methods)."""
         host: tuple[str, int] | None = None
         for entry in self._entries:
             regex = entry.regex
             if regex is None:
                 if not path.startswith(entry.prefix):
                     continue
-                end = len(entry.prefix)
+                end = entry.length
             else:
                 found = regex.match(path)
                 if found is None:
@@ -314,6 +322,6 @@ def _entries(route: R, criteria: RouteCriteria) -> list[tuple[tuple[int, ...], _
                 raise CompileError(f'path "{path}" does not start with "/"')
             key = (*common, 1, 0, -len(path))
             prefix = path
-        entry = _Entry(route, prefix, regex, criteria.methods, hosts, tuple(headers))
+        entry = _Entry(route, prefix, regex, criteria.methods, hosts, tuple(headers), len(prefix))
         found.append((key, entry))
     return found

@@ -313,8 +313,7 @@ def _check_served(route: CompiledRoute, scope: Scope) -> None:
             code="https_required",
             headers=[(b"upgrade", b"TLS/1.2, HTTP/1.1")],
         )
-    host = next((value for name, value in scope["headers"] if name.lower() == b"host"), b"")
-    location = b"https://" + host + scope["raw_path"]
+    location = b"https://" + _client_host(scope) + scope["raw_path"]
     if scope["query_string"]:
         location += b"?" + scope["query_string"]
     raise Rejection(
@@ -404,11 +403,9 @@ async def _send_body(send: Send, body: bytes, id_header: tuple[bytes, bytes]) ->
     await send_response(send, 200, body, [JSON_CONTENT_TYPE, id_header])
 
 
-def _preserved_host(route: CompiledRoute, scope: Scope) -> bytes:
-    """The client's Host header on a preserve_host route (b"": the target's host). AWS
-    targets always get their own: SigV4 signs the host."""
-    if not route.preserve_host:
-        return b""
+def _client_host(scope: Scope) -> bytes:
+    """The client's Host header, sent upstream by a preserve_host route (b"" if none: the
+    target's host). AWS targets always get their own: SigV4 signs the host."""
     return next((value for name, value in scope["headers"] if name.lower() == b"host"), b"")
 
 
@@ -664,9 +661,8 @@ class _Exchange:
         id_header = (b"x-request-id", self.request_id.encode())
         try:
             if target.credentials is not None:
-                call = self._send_with_token(
-                    session, headers, target.credentials, _preserved_host(self.route, scope)
-                )
+                host = _client_host(scope) if self.route.preserve_host else b""
+                call = self._send_with_token(session, headers, target.credentials, host)
             elif target.signer is not None:
                 call = self._send_signed(session, headers, target.signer)
             else:
@@ -677,7 +673,7 @@ class _Exchange:
                     body=prepared.body or b"",
                     headers=headers,
                     timeout=self.policy.timeout,
-                    host=_preserved_host(self.route, scope),
+                    host=_client_host(scope) if self.route.preserve_host else b"",
                 )
             response = await _unless_abandoned(call, scope)
             self.upstream_ns = time.perf_counter_ns()
