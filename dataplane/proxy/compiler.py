@@ -7,7 +7,6 @@ older data plane lacks, a newer plugin) is refused alone, the rest is served.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -143,7 +142,7 @@ def compile_snapshot(
     consumers = _consumers_by_key_hash(snapshot)
     consumer_ids = {consumer.id for consumer in snapshot.consumers}
     plugins: list[snapshot_pb2.Plugin] = []
-    # Plugins refused (isolate): their id -> why; the routes in their scope are not served.
+    # Plugins refused (isolate), with why: the routes in their scope are not served.
     refused_plugins: list[tuple[snapshot_pb2.Plugin, str]] = []
     scopes: set[tuple[str, str, str, str]] = set()
     for plugin in snapshot.plugins:
@@ -258,11 +257,9 @@ def _refused_route(
     route: snapshot_pb2.Route, plugins: list[snapshot_pb2.Plugin], message: str
 ) -> CompiledRoute:
     """A route this data plane matches but does not serve: it answers 503 ``message``."""
-    translator: Translator = OPENAI
-    with contextlib.suppress(Exception):  # the error shape of its ai-proxy, if it has one
-        ai_proxy = _resolve_plugins(route, plugins).ai_proxy
-        if ai_proxy is not None:
-            translator = _translator(ai_proxy)
+    # The error shape of its ai-proxy, if one of the plugins that compiled gives it one.
+    ai_proxy = _resolve_plugins(route, plugins).ai_proxy
+    translator = _translator(ai_proxy) if ai_proxy is not None else OPENAI
     return CompiledRoute(
         id=route.id,
         name=route.name or route.id,
