@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ import grpc
 import openai
 import pytest
 
+from controlplane.cli.main import main
 from dataplane.config.sync import ConfigClient
 from dataplane.http.server import ServerAddress, serve_http
 from dataplane.proxy.compiler import compile_isolating
@@ -142,7 +144,7 @@ def _older_data_plane(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runti
 
 
 async def test_an_older_data_plane_serves_what_it_can_and_is_listed_with_what_it_refused(
-    harness,
+    harness, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake = FakeProvider()
     async with serve_http(fake) as upstream:
@@ -178,6 +180,14 @@ async def test_an_older_data_plane_serves_what_it_can_and_is_listed_with_what_it
                         if plane.sync_status == dataplanes_pb2.SYNC_STATUS_NACKED:
                             break
                         await asyncio.sleep(0.02)
+            capsys.readouterr()
+            code = await asyncio.to_thread(
+                main, ["dataplanes", "list", "--json", "--cp", harness.address]
+            )
+            (listed,) = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (listed["node_id"], listed["status"]) == ("dp-old", "nacked")
+    assert 'route "gold" is not served by this data plane' in listed["error"]
     assert plane.config_version == client.version
     assert plane.error.startswith(f"serving config version {client.version} except 1 refused: ")
     assert 'route "gold" is not served by this data plane: plugin ' in plane.error
