@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from dataplane.config.sync import MAX_ERROR_CHARS, partial_message
 from dataplane.proxy.compiler import CompileError, compile_isolating, compile_snapshot
 from meterline.dataplane.v1 import snapshot_pb2
 
@@ -121,3 +122,15 @@ def test_an_unknown_redirect_code_refuses_the_route(valid_snapshot) -> None:
     valid_snapshot.routes[0].https_redirect_status_code = 418
     with pytest.raises(CompileError, match="https_redirect_status_code 418 is not one of"):
         compile_snapshot(valid_snapshot, version="v1")
+
+
+def test_the_nack_text_of_many_refusals_is_capped() -> None:
+    refused = [f'route "r{i}" is not served by this data plane: {"x" * 90}' for i in range(100)]
+    text = partial_message("v7", refused)
+    assert len(text) <= MAX_ERROR_CHARS
+    assert text.startswith('serving config version v7 except 100 refused: route "r0" is not')
+    shown = text.count("is not served")
+    assert text.endswith(f"; and {100 - shown} more (see its log)") and 30 < shown < 100
+    assert partial_message("v7", refused[:2]) == (
+        "serving config version v7 except 2 refused: " + "; ".join(refused[:2])
+    )
