@@ -40,7 +40,7 @@ from dataplane.observability.metrics import (
     worker_exited,
 )
 from dataplane.observability.tracing import Tracing
-from dataplane.proxy.compiler import compile_snapshot
+from dataplane.proxy.compiler import compile_isolating
 from dataplane.proxy.gateway import DEFAULT_MAX_BODY_BYTES, Gateway
 from dataplane.proxy.runtime import RuntimeConfig
 from dataplane.usage.reporter import UsageReporter, UsageStreamStub
@@ -461,7 +461,7 @@ async def _serve(
         metrics.config_applied(config.version)
 
     config_client = ConfigClient(
-        compile=compile_snapshot,
+        compile=compile_isolating,
         stub=config_pb2_grpc.ConfigServiceStub(channel),
         node=config_pb2.Node(id=node_id, hostname=socket.gethostname(), version=__version__),
         apply=apply,

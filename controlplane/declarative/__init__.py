@@ -9,6 +9,8 @@ reported, each naming the entry it is about. Every field of Kong's published sch
 (``kong_fields.tsv``, see kong_schema.py) is accepted, and either honoured or reported as a
 note (accepted, not enforced); docs/declarative.md has the tables. ``${{ env "DECK_..." }}``
 references are resolved by the CLI (envsubst.py), several files merged as decK does (merge.py).
+Route matching fields (regex paths, hosts, headers, protocols) are checked as data planes
+compile them (route_match.py).
 
 Differences from Kong: the ``key-auth`` plugin also accepts ``Authorization: Bearer <key>``
 (``key_in_bearer``, default true) because that is how the openai and anthropic SDKs send an

@@ -187,7 +187,7 @@ class Gateway:
             # The normalised path as sent (the server removed dot segments and decoded only
             # unreserved escapes): matched, and its rest forwarded, with %2F still %2F.
             path = scope["raw_path"].decode("latin-1")
-            matched = config.routes.match_prefix(path, scope["method"])
+            matched = config.routes.find(path, scope["method"], scope["headers"], scope["scheme"])
             if matched is None:
                 if path == RESERVED_MODELS_PATH and scope["method"] == "GET":
                     await _send_body(send, answer_for_key(config, scope), id_header)
@@ -204,9 +204,11 @@ class Gateway:
                     type="invalid_request_error",
                     code="route_not_found",
                 )
-            route, prefix = matched
+            route, end = matched
             scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (observability.metrics)
             translator = route.translator
+            if route.refused or route.https_redirect:
+                _check_served(route, scope)
             raw: bytes | None = None
             body_key = None
             if route.key_auth is not None and route.key_auth.key_in_body:
@@ -220,13 +222,15 @@ class Gateway:
                 # From here on (translators, balancer re-prepares) the query is what may go
                 # upstream: never the consumer's key.
                 scope["query_string"] = upstream_query(route.key_auth, scope["query_string"])
-            subpath = path[len(prefix) :]
+            subpath = path[end:]
             if scope["method"] == "GET" and route.ai_proxy is not None and not _preserve(route):
                 # Answered here, not forwarded: the model id is read decoded.
                 wants_models, model = models_request(unquote(subpath))
                 if wants_models:
                     await _send_body(send, answer_on_route(route, model), id_header)
                     return
+            if not route.strip_path and _preserve(route):
+                subpath = path  # Kong's strip_path false: the whole path goes upstream
             policy = _ai_proxy(route, scope["method"])
             if raw is None:
                 raw = await _read_body(receive, self._body_limit(route))
@@ -310,6 +314,34 @@ class Gateway:
         return config
 
 
+def _check_served(route: CompiledRoute, scope: Scope) -> None:
+    """Rejection if ``route`` is not served here (503), or needs https the request lacks
+    (Kong's 426, or the route's redirect to the https URL)."""
+    if route.refused:
+        raise Rejection(503, route.refused, type="api_error", code="route_not_served")
+    if scope["scheme"] == "https":
+        return
+    status = route.https_redirect
+    if status == 426:
+        raise Rejection(
+            426,
+            "Please use HTTPS protocol",
+            type="invalid_request_error",
+            code="https_required",
+            headers=[(b"upgrade", b"TLS/1.2, HTTP/1.1")],
+        )
+    location = b"https://" + _client_host(scope) + scope["raw_path"]
+    if scope["query_string"]:
+        location += b"?" + scope["query_string"]
+    raise Rejection(
+        status,
+        "Please use HTTPS protocol",
+        type="invalid_request_error",
+        code="https_required",
+        headers=[(b"location", location)],
+    )
+
+
 def _ai_proxy(route: CompiledRoute, method: str) -> AiProxyPolicy:
     """The route's ai-proxy policy, if it serves ``method``; Rejection 501 / 405 if not."""
     policy = route.ai_proxy
@@ -391,6 +423,12 @@ async def _send_json(send: Send, answer: dict[str, object], id_header: tuple[byt
 
 async def _send_body(send: Send, body: bytes, id_header: tuple[bytes, bytes]) -> None:
     await send_response(send, 200, body, [JSON_CONTENT_TYPE, id_header])
+
+
+def _client_host(scope: Scope) -> bytes:
+    """The client's Host header, sent upstream by a preserve_host route (b"" if none: the
+    target's host). AWS targets always get their own: SigV4 signs the host."""
+    return next((value for name, value in scope["headers"] if name.lower() == b"host"), b"")
 
 
 def _preserve(route: CompiledRoute) -> bool:
@@ -647,7 +685,8 @@ class _Exchange:
         id_header = (b"x-request-id", self.request_id.encode())
         try:
             if target.credentials is not None:
-                call = self._send_with_token(session, headers, target.credentials)
+                host = _client_host(scope) if self.route.preserve_host else b""
+                call = self._send_with_token(session, headers, target.credentials, host)
             elif target.signer is not None:
                 call = self._send_signed(session, headers, target.signer)
             else:
@@ -658,6 +697,7 @@ class _Exchange:
                     body=prepared.body or b"",
                     headers=headers,
                     timeout=self.policy.timeout,
+                    host=_client_host(scope) if self.route.preserve_host else b"",
                 )
             response = await _unless_abandoned(call, scope)
             self.upstream_ns = time.perf_counter_ns()
@@ -743,7 +783,11 @@ class _Exchange:
             response.release()
 
     async def _send_with_token(
-        self, session: Pool, headers: list[tuple[bytes, bytes]], credentials: AccessTokens
+        self,
+        session: Pool,
+        headers: list[tuple[bytes, bytes]],
+        credentials: AccessTokens,
+        host: bytes,
     ) -> UpstreamResponse:
         """The upstream call with a run-time access token, retried once on a 401 with a fresh
         one (UpstreamCredentialsError if none can be had or the provider refuses it again)."""
@@ -756,6 +800,7 @@ class _Exchange:
                 body=prepared.body or b"",
                 headers=[*headers, auth],
                 timeout=self.policy.timeout,
+                host=host,
             )
             if response.status != 401:
                 return response
