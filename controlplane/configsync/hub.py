@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync import registry
 from controlplane.configsync.snapshot import BuiltSnapshot, build_snapshot
+from controlplane.credits.live import GatewayCredits, gateway_credits
 from controlplane.entitlements.service import enforcement_state
 from controlplane.entitlements.types import ConsumerAccess
 from controlplane.gateway import storage as gateway
@@ -81,6 +82,8 @@ class ConfigHub:
         self._building: tuple[int, asyncio.Future[BuiltSnapshot]] | None = None
         self._last_poll = time.monotonic()
         self._entitlements: list[ConsumerAccess] = []
+        # Customer -> live credits (controlplane.credits.live), read with the entitlements.
+        self._credits: dict[str, GatewayCredits] = {}
         # Data planes sharing the snapshot at the last build (0: slicing off).
         self._slices = 0
         # Bumped when the gateway config itself may have changed (not by usage): a rebuild
@@ -88,9 +91,12 @@ class ConfigHub:
         self._config_generation = 0
         self._loaded: tuple[int, GatewayConfig] | None = None
         # The inputs of the last build and its result: the same inputs give the same snapshot.
-        self._last_build: tuple[GatewayConfig, list[ConsumerAccess], int, BuiltSnapshot] | None = (
-            None
-        )
+        self._last_build: (
+            tuple[
+                GatewayConfig, list[ConsumerAccess], dict[str, GatewayCredits], int, BuiltSnapshot
+            ]
+            | None
+        ) = None
 
     def _build(self) -> BuiltSnapshot:
         at = self._clock.now()
@@ -108,6 +114,11 @@ class ConfigHub:
         except Exception:
             # Config sync must not stop over a balance: keep the last good state.
             log.exception("computing entitlement state failed; keeping the last one")
+        try:
+            with self._db.begin() as conn:
+                self._credits = gateway_credits(conn, at=at)
+        except Exception:
+            log.exception("computing live credit balances failed; keeping the last ones")
         if self.balance_slicing:
             try:
                 with self._db.begin() as conn:
@@ -116,15 +127,21 @@ class ConfigHub:
                 log.exception("counting the data planes failed; keeping the last count")
         else:
             self._slices = 0
-        entitlements, slices = self._entitlements, self._slices
+        entitlements, credits, slices = self._entitlements, self._credits, self._slices
         last = self._last_build
-        if last is not None and last[0] is config and last[2] == slices and last[1] == entitlements:
+        if (
+            last is not None
+            and last[0] is config
+            and last[3] == slices
+            and last[1] == entitlements
+            and last[2] == credits
+        ):
             # New usage that moved no balance (or no consumer has any): nothing to rebuild.
-            return last[3]
+            return last[4]
         with span("config.snapshot_build") as current:
-            built = build_snapshot(config, entitlements, balance_slices=slices)
+            built = build_snapshot(config, entitlements, balance_slices=slices, credits=credits)
             current.set_attribute("meterline.config.version", built.version)
-        self._last_build = (config, entitlements, slices, built)
+        self._last_build = (config, entitlements, credits, slices, built)
         return built
 
     async def current(self, *, refresh: bool = False) -> BuiltSnapshot:

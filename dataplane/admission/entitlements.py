@@ -22,9 +22,18 @@ once per snapshot into ``BalanceRule.allowance`` / ``BudgetRule.allowance``; the
 then spend the slice instead of the whole. The X-Meterline-Remaining figures stay the whole
 balance minus local usage (what the customer has left, as far as this data plane knows).
 
+Prepaid credits (``ConsumerEntitlements.credits``, docs/credits.md "At the gateway") burn
+down like budgets: one local money counter per credit_id, fed with the cost of every priced
+token of the customer, forgotten with the ACKed usage as above. A request that can produce
+tokens of a ``credit_only`` feature is refused while that feature's credit balance (sliced as
+a hard budget: ``money_slice``) minus the counter is <= 0 (``Enforcer.admit_credits``); the
+X-Meterline-Credits-Remaining figure is the whole live balance minus the counter. A customer
+without credits costs the credits stage one dict lookup.
+
 Refusals are 429 with an OpenAI-shaped (or Anthropic-shaped) error of type
 ``insufficient_quota`` and a code: ``access_denied``, ``entitlement_exhausted``,
-``budget_exceeded``, ``task_budget_exceeded``. Nothing here does I/O; the hot path is dict
+``budget_exceeded``, ``task_budget_exceeded``; credits refuse with 402 and
+``insufficient_credits`` (admission.cost). Nothing here does I/O; the hot path is dict
 lookups and a few comparisons.
 """
 
@@ -108,6 +117,33 @@ class BalanceRule:
 class PriceRule:
     filters: Filters
     unit_price: Decimal
+    feature: str = ""
+    credit_only: bool = False
+
+
+SETTLEMENT_MODES: Final = frozenset({"", "credit_then_invoice", "credit_only"})
+
+
+@dataclass(frozen=True, slots=True)
+class CreditOnlyRule:
+    """A credit_only price: requests it admits need credits that may pay its feature."""
+
+    feature: str
+    filters: Filters
+    # The live balance of the grants that may pay the feature (whole, as shipped).
+    balance: Decimal
+    # What this data plane may spend of it before the next snapshot (its slice).
+    allowance: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CreditRule:
+    """A customer's prepaid credits in one snapshot."""
+
+    credit_id: str
+    # The live balance of every grant active now (X-Meterline-Credits-Remaining).
+    balance: Decimal
+    only: tuple[CreditOnlyRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +186,7 @@ class ConsumerPolicy:
     balances: tuple[BalanceRule, ...]
     prices: tuple[PriceRule, ...]
     budgets: tuple[BudgetRule, ...]
+    credits: CreditRule | None = None
     # Memos filled on first use and dropped with the snapshot (the hot path then does one
     # dict lookup per usage event): (provider, model, kind, status) -> (unit price, matching
     # balance ids); (provider, model) -> the balance rules such a request can spend.
@@ -159,6 +196,15 @@ class ConsumerPolicy:
     _admitting: dict[tuple[str, str], tuple[BalanceRule, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _credit_only: dict[tuple[str, str], tuple[CreditOnlyRule, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @property
+    def money_ids(self) -> tuple[str, ...]:
+        """The money counters a priced request feeds: every budget, and the credits."""
+        ids = tuple(budget.budget_id for budget in self.budgets)
+        return (*ids, self.credits.credit_id) if self.credits is not None else ids
 
     def item(
         self, provider: str, model: str, kind: str, status: int
@@ -183,6 +229,19 @@ class ConsumerPolicy:
                 self._admitting.clear()
             found = self._admitting[key] = tuple(
                 rule for rule in self.balances if rule.filters.admits(provider, model)
+            )
+        return found
+
+    def credit_only(self, provider: str, model: str) -> tuple[CreditOnlyRule, ...]:
+        """The credit_only rules a request to ``provider``/``model`` needs credits for."""
+        key = (provider, model)
+        found = self._credit_only.get(key)
+        if found is None:
+            if len(self._credit_only) >= _MEMO_ENTRIES:
+                self._credit_only.clear()
+            only = self.credits.only if self.credits is not None else ()
+            found = self._credit_only[key] = tuple(
+                rule for rule in only if rule.filters.admits(provider, model)
             )
         return found
 
@@ -284,6 +343,55 @@ def _budget(
     )
 
 
+def _settlement_mode(text: str, what: str) -> bool:
+    """Whether a price's settlement_mode is credit_only (CompileError if unknown)."""
+    if text not in SETTLEMENT_MODES:
+        raise CompileError(
+            f'{what}: settlement_mode must be "credit_only" or "credit_then_invoice", got {text!r}'
+        )
+    return text == "credit_only"
+
+
+def _credits(
+    entry: snapshot_pb2.ConsumerEntitlements,
+    prices: tuple[PriceRule, ...],
+    *,
+    what: str,
+    slices: int,
+) -> CreditRule | None:
+    """The customer's credits; None when the snapshot has none and no price is credit_only.
+
+    A credit_only price without credit state has nothing to pay it: balance 0 (refused).
+    """
+    has_state = entry.HasField("credits")
+    if not has_state and not any(price.credit_only for price in prices):
+        return None
+    state = entry.credits
+    balance = _decimal(state.balance or "0", f"{what}, credit balance")
+    features = {
+        feature: _decimal(text, f"{what}, credit balance of {feature}")
+        for feature, text in state.feature_balances.items()
+    }
+    only = []
+    for price in prices:
+        if not price.credit_only:
+            continue
+        left = features.get(price.feature, balance)
+        only.append(
+            CreditOnlyRule(
+                feature=price.feature,
+                filters=price.filters,
+                balance=left,
+                allowance=money_slice(left, slices),
+            )
+        )
+    return CreditRule(
+        credit_id=state.credit_id or f"credits:{entry.customer}",
+        balance=balance,
+        only=tuple(only),
+    )
+
+
 def compile_enforcement(snapshot: snapshot_pb2.Snapshot) -> EnforcementTable:
     """The enforcement table of ``snapshot``; CompileError if a value is malformed."""
     consumers: dict[str, ConsumerPolicy] = {}
@@ -307,6 +415,10 @@ def compile_enforcement(snapshot: snapshot_pb2.Snapshot) -> EnforcementTable:
             PriceRule(
                 filters=_filters(price.filters, f"{what}, price of {price.feature}"),
                 unit_price=_decimal(price.unit_price, f"{what}, price of {price.feature}"),
+                feature=price.feature,
+                credit_only=_settlement_mode(
+                    price.settlement_mode, f"{what}, price of {price.feature}"
+                ),
             )
             for price in entry.prices
         )
@@ -327,6 +439,7 @@ def compile_enforcement(snapshot: snapshot_pb2.Snapshot) -> EnforcementTable:
             balances=balances,
             prices=prices,
             budgets=budgets,
+            credits=_credits(entry, prices, what=what, slices=slices),
         )
     return EnforcementTable(
         consumers=MappingProxyType(consumers),
@@ -354,7 +467,7 @@ def unit_price(
 
 
 # A request counted locally: (events appended when it was recorded, (balance_id, tokens)...,
-# budget ids, its cost).
+# money counter ids (budgets, credits), its cost).
 _Pending = tuple[int, tuple[tuple[str, int], ...], tuple[str, ...], Decimal]
 
 
@@ -434,6 +547,7 @@ class Figures:
     currency: str = ""
     remaining_tokens: int | None = None
     remaining_money: Decimal | None = None
+    remaining_credits: Decimal | None = None
 
     def headers(self, *, usage: bool = True) -> list[tuple[bytes, bytes]]:
         """The X-Meterline-* headers; without ``usage`` only the remaining figures."""
@@ -453,6 +567,10 @@ class Figures:
             out.append(
                 (b"x-meterline-budget-remaining", _money_text(self.remaining_money).encode())
             )
+        if self.remaining_credits is not None:
+            out.append(
+                (b"x-meterline-credits-remaining", _money_text(self.remaining_credits).encode())
+            )
         return out
 
     def as_json(self) -> dict[str, object]:
@@ -465,6 +583,9 @@ class Figures:
             "remaining_budget": None
             if self.remaining_money is None
             else _money_text(self.remaining_money),
+            "remaining_credits": None
+            if self.remaining_credits is None
+            else _money_text(self.remaining_credits),
         }
 
 
@@ -569,6 +690,34 @@ class Enforcer:
                 )
         return None
 
+    def admit_credits(
+        self, consumer_id: str | None, *, provider: str, model: str
+    ) -> Refusal | None:
+        """None unless the request needs credit_only credits that this data plane's slice no
+        longer has (one dict lookup for a consumer whose customer has no credits)."""
+        policy = self.table.consumers.get(consumer_id) if consumer_id else None
+        if policy is None or policy.credits is None or not policy.credits.only:
+            return None
+        spent = self._money.get(policy.credits.credit_id, _ZERO)
+        for rule in policy.credit_only(provider, model):
+            if rule.allowance - spent <= 0:
+                return Refusal(
+                    "insufficient_credits",
+                    f'Customer "{policy.customer}" has no credits left for feature '
+                    f'"{rule.feature}", which is paid by credits only; buy credits (a top-up) '
+                    "to continue.",
+                )
+        return None
+
+    def credits_left(self, consumer_id: str | None) -> Decimal | None:
+        """The customer's live credit balance minus this data plane's local usage (never
+        below 0); None when the customer has no credits."""
+        policy = self.table.consumers.get(consumer_id) if consumer_id else None
+        if policy is None or policy.credits is None:
+            return None
+        credits = policy.credits
+        return max(credits.balance - self._money.get(credits.credit_id, _ZERO), _ZERO)
+
     def record(
         self,
         *,
@@ -608,13 +757,14 @@ class Enforcer:
         if policy is not None:
             for balance_id, tokens in spent.items():
                 self._tokens[balance_id] = self._tokens.get(balance_id, 0) + tokens
-            budget_ids: tuple[str, ...] = ()
+            # Budgets and credits: money counters, each fed with the request's whole cost.
+            money_ids: tuple[str, ...] = ()
             if cost:
-                budget_ids = tuple(budget.budget_id for budget in policy.budgets)
-                for budget_id in budget_ids:
-                    self._money[budget_id] = self._money.get(budget_id, _ZERO) + cost
-            if spent or budget_ids:
-                self._pending.append((self.appended, tuple(spent.items()), budget_ids, cost))
+                money_ids = policy.money_ids
+                for money_id in money_ids:
+                    self._money[money_id] = self._money.get(money_id, _ZERO) + cost
+            if spent or money_ids:
+                self._pending.append((self.appended, tuple(spent.items()), money_ids, cost))
                 if len(self._pending) > MAX_PENDING_REQUESTS:
                     self._forget(self._pending.popleft())
         if task is not None and consumer_id is not None:
