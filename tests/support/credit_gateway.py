@@ -49,7 +49,8 @@ PRICE = Decimal("0.00001")
 # 996 words + 3 per message = 999 prompt tokens, + 1 completion token (max_tokens=1).
 REQUEST_WORDS = 996
 REQUEST_TOKENS = 1_000
-REQUEST_COST = PRICE * REQUEST_TOKENS  # 0.01 USD
+REQUEST_COST = Decimal("0.01")
+assert PRICE * REQUEST_TOKENS == REQUEST_COST
 
 
 def document(upstream: str, claude: str, *, race_grant: str = "1.00", start: datetime) -> str:
