@@ -574,7 +574,7 @@ class Figures:
         return out
 
     def as_json(self) -> dict[str, object]:
-        return {
+        figures: dict[str, object] = {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost": None if self.cost is None else _money_text(self.cost),
@@ -583,10 +583,11 @@ class Figures:
             "remaining_budget": None
             if self.remaining_money is None
             else _money_text(self.remaining_money),
-            "remaining_credits": None
-            if self.remaining_credits is None
-            else _money_text(self.remaining_credits),
         }
+        # Only for a customer with credits: the figures of everyone else keep their shape.
+        if self.remaining_credits is not None:
+            figures["remaining_credits"] = _money_text(self.remaining_credits)
+        return figures
 
 
 def _money_text(value: Decimal) -> str:

@@ -246,3 +246,27 @@ async def test_two_dataplanes_burning_one_balance_concurrently_overshoot_within_
         ("FUNDED", Decimal("1.00")),
         ("CONSUMED", Decimal("-1.00")),
     ]
+
+
+async def test_a_stream_reports_the_credits_left_at_start_and_after_its_usage(stack) -> None:
+    # The head leaves before the usage is known: the credits left when the request started;
+    # the usage chunk the client asked for carries them after the request (0.03 - its cost).
+    async with stack.dps[0].client("postpaid-key") as client:
+        response = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "one two three"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        assert Decimal(response.http_response.headers["x-meterline-credits-remaining"]) == Decimal(
+            "0.03"
+        )
+        final = None
+        async for chunk in response.parse():
+            if chunk.usage is not None:
+                final = chunk
+    assert final is not None and final.model_extra is not None
+    figures = final.model_extra["meterline"]
+    cost = Decimal(figures["cost"])
+    assert cost == (final.usage.prompt_tokens + final.usage.completion_tokens) * Decimal("0.00001")
+    assert Decimal(figures["remaining_credits"]) == Decimal("0.03") - cost
