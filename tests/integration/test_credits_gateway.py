@@ -12,6 +12,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -149,6 +150,17 @@ async def test_a_customer_without_credits_on_credit_only_is_refused_on_both_form
         await chat(stack, "broke-key")
     assert refused.value.status_code == 402
     assert refused.value.response.json()["error"]["code"] == "insufficient_credits"
+    # The cost estimate says so too, and names no credits left.
+    async with httpx.AsyncClient() as http:
+        estimate = await http.post(
+            f"{stack.dps[0].url}/chat/cost/estimate",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"apikey": "broke-key"},
+        )
+    assert estimate.status_code == 200, estimate.text
+    assert estimate.json()["allowed"] is False
+    assert estimate.json()["refusal_code"] == "insufficient_credits"
+    assert estimate.json()["remaining_credits"] == "0"
     # The Anthropic-format route renders it in Anthropic's error shape (billing_error, 402).
     async with anthropic.AsyncAnthropic(
         base_url=f"{stack.dps[1].url}/claude", api_key="broke-key", max_retries=0

@@ -291,6 +291,8 @@ async def credit_stack(
                 await _close(resources)
     finally:
         await cp.stop(0)
+        # Let the cancelled streams finish their last registry writes (worker threads).
+        await asyncio.sleep(0.2)
         await asyncio.get_running_loop().shutdown_default_executor()
         db.dispose()
 
