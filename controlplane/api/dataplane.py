@@ -138,7 +138,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             if result.accepted:
                 if self._hub is not None:
                     # Before the ACK leaves: a snapshot built before this store is not sent.
-                    self._hub.mark_stored()
+                    self._hub.mark_stored({event.subject for event in events})
                 self._balances_changed()
             yield usage_pb2.UsageAck(
                 batch_id=batch.batch_id,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -82,8 +84,15 @@ class ConfigHub:
         self._building: tuple[int, asyncio.Future[BuiltSnapshot]] | None = None
         self._last_poll = time.monotonic()
         self._entitlements: list[ConsumerAccess] = []
-        # Customer -> live credits (controlplane.credits.live), read with the entitlements.
+        # Customer -> live credits (controlplane.credits.live), read with the entitlements:
+        # all of them when the config generation moved (a change, a poll), else only those of
+        # customers whose subjects' usage was stored since the last build (each is an invoice
+        # preview). Guarded by _dirty_lock: stores mark subjects from the event loop while a
+        # build reads them in a worker thread.
         self._credits: dict[str, GatewayCredits] = {}
+        self._dirty_lock = threading.Lock()
+        self._dirty_subjects: set[str] = set()
+        self._credits_generation: int | None = None
         # Data planes sharing the snapshot at the last build (0: slicing off).
         self._slices = 0
         # Bumped when the gateway config itself may have changed (not by usage): a rebuild
@@ -114,11 +123,7 @@ class ConfigHub:
         except Exception:
             # Config sync must not stop over a balance: keep the last good state.
             log.exception("computing entitlement state failed; keeping the last one")
-        try:
-            with self._db.begin() as conn:
-                self._credits = gateway_credits(conn, at=at)
-        except Exception:
-            log.exception("computing live credit balances failed; keeping the last ones")
+        self._read_credits(at, config_generation)
         if self.balance_slicing:
             try:
                 with self._db.begin() as conn:
@@ -143,6 +148,26 @@ class ConfigHub:
             current.set_attribute("meterline.config.version", built.version)
         self._last_build = (config, entitlements, credits, slices, built)
         return built
+
+    def _read_credits(self, at: datetime, config_generation: int) -> None:
+        with self._dirty_lock:
+            dirty, self._dirty_subjects = self._dirty_subjects, set()
+            everything = self._credits_generation != config_generation
+        try:
+            with self._db.begin() as conn:
+                if everything:
+                    self._credits = gateway_credits(conn, at=at)
+                    self._credits_generation = config_generation
+                elif dirty:
+                    customers = {a.customer for a in self._entitlements if a.subject in dirty}
+                    fresh = gateway_credits(conn, at=at, customers=customers)
+                    credits = {k: v for k, v in self._credits.items() if k not in customers}
+                    self._credits = credits | fresh
+        except Exception:
+            # Config sync must not stop over a balance: keep the last good state, and read
+            # everything at the next build.
+            log.exception("computing live credit balances failed; keeping the last ones")
+            self._credits_generation = None
 
     async def current(self, *, refresh: bool = False) -> BuiltSnapshot:
         """The snapshot of the stored config (rebuilt after a change, or when asked to).
@@ -179,11 +204,18 @@ class ConfigHub:
                 break
         return built
 
-    def mark_stored(self) -> None:
+    def mark_stored(self, subjects: Iterable[str] | None = None) -> None:
         """Usage was just committed and is about to be ACKed: builds begun before are stale.
 
-        Unlike notify(), wakes no stream (the usage servicer notifies, coalesced, later).
+        ``subjects``: whose usage it was (their customers' credits are read again at the next
+        build); None: anyone's (every customer's credits are). Unlike notify(), wakes no stream
+        (the usage servicer notifies, coalesced, later).
         """
+        with self._dirty_lock:
+            if subjects is None:
+                self._credits_generation = None
+            else:
+                self._dirty_subjects.update(subjects)
         self._generation += 1
 
     async def current_version(self) -> str:

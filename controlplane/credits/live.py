@@ -15,7 +15,7 @@ invoice), never below zero: the same computation as ``service.balance``, per gra
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -134,12 +134,18 @@ def customer_credits(
     )
 
 
-def gateway_credits(conn: Connection, *, at: datetime) -> dict[str, GatewayCredits]:
+def gateway_credits(
+    conn: Connection, *, at: datetime, customers: Collection[str] | None = None
+) -> dict[str, GatewayCredits]:
     """Customer -> its credits as the data planes enforce them, for every customer that has a
-    credit grant or a running credit_only rate card (two queries when none has)."""
+    credit grant or a running credit_only rate card (two queries when none has); with
+    ``customers``, only those of them (each costs an invoice preview)."""
     credit_only = _credit_only_features(conn, at)
     found: dict[str, GatewayCredits] = {}
-    for customer in sorted(_customers_with_grants(conn) | set(credit_only)):
+    listed = _customers_with_grants(conn) | set(credit_only)
+    if customers is not None:
+        listed &= set(customers)
+    for customer in sorted(listed):
         try:
             found[customer] = customer_credits(
                 conn, customer=customer, at=at, credit_only=credit_only.get(customer, set())

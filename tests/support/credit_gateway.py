@@ -203,7 +203,8 @@ async def wait_for(check, *, timeout: float = 10.0, what: str) -> float:  # type
 async def _start_dataplane(address: str, node: str, resources: list[object]) -> DataPlane:
     channel = grpc.aio.insecure_channel(address)
     resources.append(channel)
-    reporter = UsageReporter(stub=UsageStreamStub(channel), flush_interval=0.05)
+    # The usage reporter's default flush interval (0.2 s), as a deployed data plane has it.
+    reporter = UsageReporter(stub=UsageStreamStub(channel))
     gateway = Gateway(node_id=node, usage_sink=reporter.append)
     gateway.enforcer.acked = acked_events(reporter)
     config = ConfigClient(
