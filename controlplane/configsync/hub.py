@@ -15,7 +15,9 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -93,6 +95,11 @@ class ConfigHub:
         self._dirty_lock = threading.Lock()
         self._dirty_subjects: set[str] = set()
         self._credits_generation: int | None = None
+        # Usage stores of this process, counted (mark_stored): a build records the count
+        # before it reads anything, so the data planes know which ACKed batches a snapshot
+        # reflects (ConfigResponse.usage_sequence); the epoch tells processes apart.
+        self.usage_epoch = uuid.uuid4().hex
+        self.usage_sequence = 0
         # Data planes sharing the snapshot at the last build (0: slicing off).
         self._slices = 0
         # Bumped when the gateway config itself may have changed (not by usage): a rebuild
@@ -108,6 +115,8 @@ class ConfigHub:
         ) = None
 
     def _build(self) -> BuiltSnapshot:
+        # Before any read: every store counted up to here is committed and visible to them.
+        sequence = self.usage_sequence
         at = self._clock.now()
         config_generation = self._config_generation
         loaded = self._loaded
@@ -142,9 +151,10 @@ class ConfigHub:
             and last[2] == credits
         ):
             # New usage that moved no balance (or no consumer has any): nothing to rebuild.
-            return last[4]
+            return replace(last[4], usage_sequence=sequence)
         with span("config.snapshot_build") as current:
             built = build_snapshot(config, entitlements, balance_slices=slices, credits=credits)
+            built = replace(built, usage_sequence=sequence)
             current.set_attribute("meterline.config.version", built.version)
         self._last_build = (config, entitlements, credits, slices, built)
         return built
@@ -204,12 +214,13 @@ class ConfigHub:
                 break
         return built
 
-    def mark_stored(self, subjects: Iterable[str] | None = None) -> None:
+    def mark_stored(self, subjects: Iterable[str] | None = None) -> int:
         """Usage was just committed and is about to be ACKed: builds begun before are stale.
 
         ``subjects``: whose usage it was (their customers' credits are read again at the next
         build); None: anyone's (every customer's credits are). Unlike notify(), wakes no stream
-        (the usage servicer notifies, coalesced, later).
+        (the usage servicer notifies, coalesced, later). Returns the store's usage_sequence
+        (for its ACK): a snapshot whose build began with at least this count reflects it.
         """
         with self._dirty_lock:
             if subjects is None:
@@ -217,6 +228,8 @@ class ConfigHub:
             else:
                 self._dirty_subjects.update(subjects)
         self._generation += 1
+        self.usage_sequence += 1
+        return self.usage_sequence
 
     async def current_version(self) -> str:
         return (await self.current()).version

@@ -40,6 +40,9 @@ class BuiltSnapshot:
 
     snapshot: snapshot_pb2.Snapshot
     version: str
+    # The control plane's count of usage stores when the build began (not content: the
+    # version ignores it); see ConfigResponse.usage_sequence.
+    usage_sequence: int = 0
 
 
 @functools.lru_cache(maxsize=1 << 17)

@@ -819,8 +819,14 @@ class Enforcer:
         return tokens, money
 
 
-def acked_events(reporter: UsageReporter) -> Callable[[], int]:
-    """How many events appended since start the control plane has ACKed (for ``Enforcer``).
+def acked_events(
+    reporter: UsageReporter, marker: Callable[[], tuple[str, int] | None] | None = None
+) -> Callable[[], int]:
+    """How many events appended since start the snapshot being applied reflects (for
+    ``Enforcer``): with ``marker`` (the config client's usage_marker, ConfigResponse
+    .usage_sequence), those of the batches the control plane had stored when the snapshot's
+    build began; without one (or from another control-plane process), every event ACKed so
+    far, which a snapshot built before a store but applied after its ACK does not hold.
 
     ACKs arrive in append order (one stream, batches cut in order, resent in order); events
     recovered from the spool at start go first and were not appended by this process, and
@@ -829,6 +835,12 @@ def acked_events(reporter: UsageReporter) -> Callable[[], int]:
 
     def acked() -> int:
         stats = reporter.stats
-        return stats.acked_events + stats.dropped_events - stats.recovered_events
+        done = stats.acked_events
+        found = marker() if marker is not None else None
+        if found is not None and found[0]:
+            through = reporter.acked_through(*found)
+            if through is not None:
+                done = through
+        return done + stats.dropped_events - stats.recovered_events
 
     return acked

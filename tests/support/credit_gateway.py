@@ -206,13 +206,13 @@ async def _start_dataplane(address: str, node: str, resources: list[object]) -> 
     # The usage reporter's default flush interval (0.2 s), as a deployed data plane has it.
     reporter = UsageReporter(stub=UsageStreamStub(channel))
     gateway = Gateway(node_id=node, usage_sink=reporter.append)
-    gateway.enforcer.acked = acked_events(reporter)
     config = ConfigClient(
         compile=compile_snapshot,
         stub=config_pb2_grpc.ConfigServiceStub(channel),
         node=config_pb2.Node(id=node, hostname="test", version="0.1.0"),
         apply=gateway.apply,
     )
+    gateway.enforcer.acked = acked_events(reporter, marker=lambda: config.usage_marker)
     reporter.start()
     task = asyncio.create_task(config.run())
     resources.append(task)
