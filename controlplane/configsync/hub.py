@@ -151,7 +151,10 @@ class ConfigHub:
             and last[2] == credits
         ):
             # New usage that moved no balance (or no consumer has any): nothing to rebuild.
-            return replace(last[4], usage_sequence=sequence)
+            same = last[4]
+            return (
+                same if same.usage_sequence == sequence else replace(same, usage_sequence=sequence)
+            )
         with span("config.snapshot_build") as current:
             built = build_snapshot(config, entitlements, balance_slices=slices, credits=credits)
             built = replace(built, usage_sequence=sequence)

@@ -241,6 +241,15 @@ async def test_two_dataplanes_burning_one_balance_concurrently_overshoot_within_
     assert result.spent >= result.grant
     assert result.overshoot <= result.bound == Decimal("0.08")
     assert len(stack.fake.requests) == result.admitted
+    # Every ACK and snapshot carried the control plane's usage sequence: the data planes know
+    # which stored usage their snapshot reflects (a build racing a store cannot drop usage).
+    hub = stack.cp.hub
+    for dp in stack.dps:
+        assert dp.config.usage_marker is not None
+        assert dp.config.usage_marker[0] == hub.usage_epoch
+        assert dp.reporter.acked_through(hub.usage_epoch, hub.usage_sequence) == (
+            dp.reporter.stats.acked_events
+        )
     # And the ledger is exact once the usage is stored: every admitted token was metered, the
     # live balance is zero, and the invoice takes the whole grant, the rest uncovered.
     assert await stack.live("race-co") == 0
