@@ -36,8 +36,8 @@ from controlplane.tracing import span
 log = logging.getLogger(__name__)
 
 # Builds of one current() call when usage keeps arriving during them; the last one is returned
-# even if usage arrived during it (then the data plane may count that usage twice, see
-# snapshot.proto).
+# even if usage arrived during it: its usage_sequence (counted before it read anything) tells
+# the data planes to keep counting that usage locally (ConfigResponse.usage_sequence).
 BUILD_ROUNDS = 3
 
 
@@ -188,7 +188,9 @@ class ConfigHub:
         A build that usage was stored during (``mark_stored``) may lack that usage although
         its ACK is on its way: it is built again (up to BUILD_ROUNDS times), so a data plane
         that applies a snapshot after an ACK finds the ACKed usage in it, and drops it from its
-        local counters only then (dataplane/enforcement.py).
+        local counters only then (dataplane/admission/entitlements.py). Whatever is returned,
+        its ``usage_sequence`` says which stores it reflects, so no usage is ever dropped
+        from a data plane's counters before a snapshot holds it.
         """
         if refresh:
             self._generation += 1

@@ -7,13 +7,14 @@ gateway, mutable) keeps ONE local counter per balance_id and per budget_id: what
 plane metered (tokens) or priced (money) that the control plane cannot have counted yet.
 
 Which local usage a snapshot already reflects: the gateway numbers the usage events it hands
-to the usage reporter; ``acked()`` says how many of them the control plane has ACKed (stored).
-When a snapshot is applied, every request whose events were all ACKed before that moment is
-dropped from the local counters (the control plane rebuilds the snapshot from stored usage
-after each usage batch, so a snapshot applied after the ACK normally includes it). A snapshot
-built just before a batch was stored but applied just after its ACK undercounts that batch
-until the next snapshot (the control plane's rebuild ~notify interval later) — inside the
-overshoot window documented in snapshot.proto.
+to the usage reporter; ``acked()`` (``acked_events``) says how many of them the snapshot being
+applied holds: those of the batches the control plane had stored when the snapshot's build
+began (each ACK and each config response carries the control plane's count of stores,
+ConfigResponse.usage_sequence). When a snapshot is applied, every request whose events it
+holds is dropped from the local counters; a batch stored while the snapshot was being built
+stays counted locally until a later snapshot holds it (never counted nowhere). Without those
+sequences (an older control plane, another control-plane process, a cached snapshot) every
+event ACKed before the snapshot is applied is taken as held, as before.
 
 Balance slicing: when ``Snapshot.balance_slices`` is N > 1 (N data planes share the
 snapshot), each hard balance and budget admits against this data plane's slice of what is left
