@@ -452,7 +452,7 @@ async def _serve(
         clients=UpstreamClients(max_response_bytes=state.max_response_bytes),
         max_body_bytes=state.max_body_bytes,
         metrics=metrics,
-        enforcer=Enforcer(acked=acked_events(reporter)),
+        enforcer=Enforcer(acked=acked_events(reporter, marker=lambda: config_client.usage_marker)),
         tracing=tracing,
     )
 

@@ -191,7 +191,11 @@ class ConfigSessions:
                         },
                     ):
                         response = config_pb2.ConfigResponse(
-                            version_info=built.version, nonce=sent_nonce, snapshot=built.snapshot
+                            version_info=built.version,
+                            nonce=sent_nonce,
+                            snapshot=built.snapshot,
+                            usage_epoch=self._hub.usage_epoch,
+                            usage_sequence=built.usage_sequence,
                         )
                     yield response
                 waiter = asyncio.create_task(self._hub.wait_for_change())

@@ -85,6 +85,9 @@ class ConfigClient(Generic[C]):
         self._apply = apply
         self._backoff = backoff or Backoff()
         self.version = initial_version
+        # (usage_epoch, usage_sequence) of the response being or last applied; None for a
+        # cached snapshot (ConfigResponse.usage_sequence).
+        self.usage_marker: tuple[str, int] | None = None
         self.applied_versions: list[str] = []
         self.rejected_versions: list[str] = []
         self._first_applied = asyncio.Event()
@@ -112,6 +115,7 @@ class ConfigClient(Generic[C]):
             return False
         self._apply(config)
         self.version = cached.version_info
+        self.usage_marker = None
         self.loaded_from_cache = True
         self._first_applied.set()
         logger.info(
@@ -169,6 +173,8 @@ class ConfigClient(Generic[C]):
         except Exception as exc:  # a compiler bug must not take the data plane down
             logger.exception("compiling config version %s crashed", response.version_info)
             return self._nack(response, f"internal error while compiling: {type(exc).__name__}")
+        # Before applying: the enforcer asks which stored usage the snapshot reflects.
+        self.usage_marker = (response.usage_epoch, response.usage_sequence)
         self._apply(config)
         self.version = response.version_info
         self.applied_versions.append(response.version_info)
