@@ -26,8 +26,8 @@ import grpc
 from sqlalchemy import create_engine, text
 
 from controlplane.configsync.snapshot import build_snapshot
+from controlplane.declarative.apply import apply_document
 from controlplane.gateway import storage as gateway_storage
-from controlplane.gateway.apply import apply_document
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
 from meterline.admin.v1 import gateway_pb2, gateway_pb2_grpc

@@ -28,9 +28,9 @@ from controlplane.clock import Clock
 from controlplane.configsync.hub import ConfigHub
 from controlplane.customers import storage as customers
 from controlplane.customers.types import Customer
+from controlplane.declarative.apply import apply_document
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.gateway import storage as gateway
-from controlplane.gateway.apply import apply_document
 from controlplane.gateway.dump import DeckExport, export_document
 from controlplane.gateway.keys import generate_key, hash_key
 from controlplane.gateway.types import Consumer

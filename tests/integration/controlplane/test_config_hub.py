@@ -8,8 +8,8 @@ import pytest
 
 from controlplane.clock import FrozenClock
 from controlplane.configsync.hub import ConfigHub
+from controlplane.declarative.apply import apply_document
 from controlplane.gateway import storage as gateway
-from controlplane.gateway.apply import apply_document
 from controlplane.storage.db import Database
 from controlplane.usage import storage as usage
 from controlplane.usage.types import TokenType, UsageEvent
