@@ -12,28 +12,32 @@ from pathlib import Path
 import grpc
 import httpx
 
-from controlplane.api.admin import (
-    BillingServicer,
-    CatalogServicer,
-    CustomerServicer,
-    GatewayServicer,
-)
 from controlplane.api.auth import (
     ClusterAuthInterceptor,
     TokenAuthInterceptor,
     TokenEntry,
     Trust,
 )
-from controlplane.api.credits import CreditServicer
-from controlplane.api.dataplane import ConfigServicer, UsageServicer
-from controlplane.api.dataplanes import DataPlaneServicer
-from controlplane.api.entitlements import EntitlementServicer
+from controlplane.api.cluster.dataplane import ConfigServicer, UsageServicer
+from controlplane.api.cluster.health import (
+    add_health_and_reflection,
+    mark_not_serving,
+    mark_serving,
+)
 from controlplane.api.errors import DomainErrorInterceptor
-from controlplane.api.health import add_health_and_reflection, mark_not_serving, mark_serving
-from controlplane.api.notifications import NotificationServicer
+from controlplane.api.operator.admin import (
+    BillingServicer,
+    CatalogServicer,
+    CustomerServicer,
+    GatewayServicer,
+)
+from controlplane.api.operator.credits import CreditServicer
+from controlplane.api.operator.dataplanes import DataPlaneServicer
+from controlplane.api.operator.entitlements import EntitlementServicer
+from controlplane.api.operator.notifications import NotificationServicer
+from controlplane.api.operator.usage import UsageQueryServicer
 from controlplane.api.stripe_webhook import WebhookServer, webhook_server
 from controlplane.api.tracing import TracingInterceptor
-from controlplane.api.usage import UsageQueryServicer
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync.hub import ConfigHub
 from controlplane.console.api import Servicers

@@ -13,7 +13,7 @@ from google.protobuf import empty_pb2
 from sqlalchemy import Connection
 
 from controlplane.api import convert
-from controlplane.api.paging import (
+from controlplane.api.operator.paging import (
     M,
     checked_page_size,
     decode_offset,
