@@ -118,7 +118,7 @@ async def main() -> None:
         for _ in range(args.builds):
             t0 = time.perf_counter()
             with db.begin() as conn:
-                config = gateway_storage.load_config(conn)
+                config = gateway_storage.load_config(conn, secrets=None)
             t1 = time.perf_counter()
             built = build_snapshot(config)
             t2 = time.perf_counter()
