@@ -291,9 +291,9 @@ def _card_usage(
     if not price.usage_based:
         return CardUsage(card, feature)
 
-    def quantity(*which: Billed) -> Decimal:
+    def quantity(*sets: Billed) -> Decimal:
         return _feature_quantity(
-            conn, row=row, segment=segment, subjects=subjects, feature=feature, which=which
+            conn, row=row, segment=segment, subjects=subjects, feature=feature, which=sets
         )
 
     if segment.late:
@@ -317,12 +317,10 @@ def _compute(
     subjects: Sequence[str],
     which: Billed,
 ) -> list[InvoiceLine]:
-    """The lines of ``segments``: their quantities read first, then rated (pure: lines.py)."""
+    """The lines of ``segments``: every quantity read first, then rated (pure: lines.py)."""
     read = _Catalog()
-    return [
-        line
-        for segment in segments
-        for line in segment_lines(
+    snapshot = [
+        (
             segment,
             [
                 _card_usage(
@@ -338,7 +336,9 @@ def _compute(
                 if card.price is not None
             ],
         )
+        for segment in segments
     ]
+    return [line for segment, cards in snapshot for line in segment_lines(segment, cards)]
 
 
 def _scope(row: InvoiceRow) -> credits.InvoiceScope:
