@@ -29,6 +29,7 @@ from controlplane.credits.live import GatewayCredits, gateway_credits
 from controlplane.entitlements.service import enforcement_state
 from controlplane.entitlements.types import ConsumerAccess
 from controlplane.gateway import storage as gateway
+from controlplane.gateway.secrets import SecretBox
 from controlplane.gateway.types import GatewayConfig
 from controlplane.storage.db import Database
 from controlplane.tracing import span
@@ -72,8 +73,11 @@ class ConfigHub:
         poll_seconds: float = 2.0,
         clock: Clock | None = None,
         balance_slicing: bool = True,
+        secrets: SecretBox | None = None,
     ) -> None:
         self._db = db
+        # Opens the stored provider keys: the snapshot carries them in plaintext.
+        self._secrets = secrets
         self.balance_slicing = balance_slicing
         self._clock = clock or SystemClock()
         self.poll_seconds = poll_seconds
@@ -124,7 +128,7 @@ class ConfigHub:
             config = loaded[1]
         else:
             with self._db.begin() as conn:
-                config = gateway.load_config(conn)
+                config = gateway.load_config(conn, secrets=self._secrets)
             self._loaded = (config_generation, config)
         try:
             with self._db.begin() as conn:

@@ -16,6 +16,9 @@ Differences from Kong: the ``key-auth`` plugin also accepts ``Authorization: Bea
 (``key_in_bearer``, default true) because that is how the openai and anthropic SDKs send an
 API key; entities are referred to by name only (ids are derived from names); prices and costs
 must be quoted decimal strings or integers, never YAML floats, so money stays exact.
+
+``apply.py`` stores a parsed document, gateway and billing, in one transaction, all or nothing
+(``meterline apply``, ``ApplyConfig``); each domain's storage does the writes.
 """
 
 from __future__ import annotations
