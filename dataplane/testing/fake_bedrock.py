@@ -29,7 +29,9 @@ Every request must carry a valid SigV4 signature (recomputed with botocore from 
 pairs; ``x-amz-date`` within 15 minutes). A bad one is refused as Bedrock does: 403,
 ``x-amzn-ErrorType`` and ``{"message": ...}``. Test knobs, as request headers:
 ``x-fake-status: N`` (an error of status N), ``x-fake-cut: N`` (a stream's connection dies
-after N deltas), ``x-fake-corrupt: N`` (the frame after N deltas has a bad CRC).
+after N deltas), ``x-fake-corrupt: N`` (the frame after N deltas has a bad CRC),
+``x-fake-stream-error: N:throttlingException`` (after N deltas an exception frame of that
+type, e.g. ``modelStreamErrorException``, ends the stream, as AWS ends it).
 
 Run it with ``python -m dataplane.testing.fake_bedrock --listen 127.0.0.1:PORT``.
 """
@@ -458,14 +460,21 @@ def _request_id() -> Headers:
 async def _stream(
     send: Send, frames: list[bytes], headers: dict[str, str], *, deltas_from: int = 1
 ) -> None:
-    """Send ``frames``, honouring the cut and corrupt knobs (counted in deltas)."""
+    """Send ``frames``, honouring the cut, corrupt and stream-error knobs (counted in deltas)."""
     cut = headers.get("x-fake-cut", "")
     corrupt = headers.get("x-fake-corrupt", "")
+    after, _, exception_type = headers.get("x-fake-stream-error", "").partition(":")
     start = {"type": "http.response.start", "status": 200}
     await send({**start, "headers": [_EVENT_STREAM, *_request_id()]})
     for index, frame in enumerate(frames):
         if cut.isdigit() and index == deltas_from + int(cut):
             raise ConnectionAbortedError("fake bedrock cut the stream (asked by the test)")
+        if after.isdigit() and exception_type and index == deltas_from + int(after):
+            # As AWS does: an exception frame, then the end of the stream.
+            message = f"fake bedrock: {exception_type} (asked by the test)"
+            frame = eventstream.exception(exception_type, orjson.dumps({"message": message}))
+            await send({"type": "http.response.body", "body": frame, "more_body": False})
+            return
         if corrupt.isdigit() and index == deltas_from + int(corrupt):
             frame = frame[:-1] + bytes([frame[-1] ^ 0xFF])
         await send({"type": "http.response.body", "body": frame, "more_body": True})

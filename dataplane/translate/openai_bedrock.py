@@ -380,6 +380,14 @@ class _ConverseToChatRelay:
     def produced_text(self) -> str:
         return "".join(self.translator.scanner.texts)
 
+    @property
+    def error_status(self) -> int | None:
+        return self.translator.scanner.error_status
+
+    @property
+    def usage_settled(self) -> bool:
+        return self.translator.scanner.settled
+
 
 # No maxTokens unless the client or the route sets one: Converse applies the model's default.
 _DEFAULT_MAX_TOKENS: Final = 0
