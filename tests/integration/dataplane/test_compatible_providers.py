@@ -21,6 +21,7 @@ from dataplane.http.server import serve_http
 from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
 from dataplane.testing.fake_openai import FakeProvider, prompt_tokens, reply_words
+from dataplane.usage.estimate import estimate_tokens, prompt_text
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 KEY = "sk-meterline-acme-0001"
@@ -304,16 +305,18 @@ async def _cut_stream(stack: Stack, provider: str) -> str:
 
 
 @pytest.mark.parametrize("provider", ["dashscope", "deepseek"])
-async def test_a_stream_cut_before_its_usage_is_recorded_failed_without_tokens(
-    stack, provider
-) -> None:
+async def test_a_stream_cut_before_its_usage_is_metered_as_far_as_it_went(stack, provider) -> None:
     fake = stack.deepseek if provider == "deepseek" else stack.plain
     fake.cut_after = 3  # role chunk + two words, then the connection ends
     assert await _cut_stream(stack, provider) == "fake reply:"
-    # OpenAI-format providers report usage only at a stream's end: none came, so the failure
-    # (502, never billed) carries no tokens rather than a guess.
+    # OpenAI-format providers report usage only at a stream's end: none came, so the prompt
+    # and the text streamed are estimated (marked), recorded with the failure's status.
     assert stack.statuses() == {502}
-    assert stack.take() == {}
+    assert all(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == {
+        INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
+        OUTPUT: estimate_tokens("fake reply:"),
+    }
 
 
 async def test_a_mistral_stream_cut_after_its_usage_is_metered_as_far_as_it_went(stack) -> None:
