@@ -15,6 +15,7 @@ from typing import Any
 
 import anthropic
 import boto3
+import httpx
 import openai
 import pytest
 from botocore.config import Config
@@ -423,16 +424,17 @@ async def test_in_stream_exception_native_is_relayed_and_recorded_with_its_statu
 async def test_in_stream_exception_translated_for_openai_and_anthropic_clients(stack) -> None:
     text = ""
     async with stack.oai() as client:
-        with pytest.raises(openai.APIError) as raised:
-            stream = await client.chat.completions.create(
-                model="x",
-                messages=[{"role": "user", "content": "what is the weather like"}],
-                stream=True,
-                extra_headers={"x-fake-stream-error": "2:throttlingException"},
-            )
-            async for chunk in stream:
-                if chunk.choices:
-                    text += chunk.choices[0].delta.content or ""
+        stream = await client.chat.completions.create(
+            model="x",
+            messages=[{"role": "user", "content": "what is the weather like"}],
+            stream=True,
+            extra_headers={"x-fake-stream-error": "2:throttlingException"},
+        )
+        async with stream:
+            with pytest.raises(openai.APIError) as raised:
+                async for chunk in stream:
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
     # The exception reaches the OpenAI client as an error event in its stream.
     assert "throttlingException" in str(raised.value)
     assert text == "fake reply: what"
@@ -630,3 +632,25 @@ async def test_an_expired_session_is_refreshed_once_and_the_request_succeeds(sta
     assert stack.fake.refused_signatures == 1
     assert len(stack.fake.assumed_roles) == 2
     assert stack.take() == billed(answer["usage"])
+
+
+async def test_openai_sdk_translated_stream_cut_is_estimated(stack) -> None:
+    text = ""
+    async with stack.oai() as client:
+        try:
+            stream = await client.chat.completions.create(
+                model="x",
+                messages=[{"role": "user", "content": "what is the weather like"}],
+                stream=True,
+                extra_headers={"x-fake-cut": "2"},
+            )
+            async for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+        except (openai.APIError, httpx.HTTPError):
+            pass  # the client may see the cut as an error: it keeps what it got
+    assert text == "fake reply: what"
+    assert stack.take() == [
+        (502, INPUT, estimate_tokens("what is the weather like"), True),
+        (502, OUTPUT, estimate_tokens(text), True),
+    ]

@@ -245,3 +245,24 @@ async def test_a_stream_cut_midway_is_recorded_failed(stack) -> None:
         INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
         OUTPUT: estimate_tokens("fake reply:"),
     }
+
+
+async def test_a_native_stream_cut_midway_is_estimated(stack) -> None:
+    stack.fake.cut_after = 4  # message-start, content-start, two deltas
+    text = ""
+    async with httpx.AsyncClient() as http:
+        try:
+            async for event in native(stack, http).chat_stream(
+                model="command-a-03-2025", messages=MESSAGES
+            ):
+                if event.type == "content-delta":
+                    text += event.delta.message.content.text
+        except (cohere.core.api_error.ApiError, httpx.HTTPError):
+            pass  # the client may see the cut as an error: it keeps what it got
+    assert text == "fake reply:"
+    assert stack.statuses() == {502}
+    assert all(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == {
+        INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
+        OUTPUT: estimate_tokens(text),
+    }

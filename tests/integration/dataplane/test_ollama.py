@@ -295,3 +295,25 @@ async def test_ollamas_openai_endpoint_is_relayed_as_openai(stack, stream) -> No
             await client.chat.completions.create(model="llama3.2", messages=MESSAGES)
     assert stack.openai_fake.requests[-1].path == "/v1/chat/completions"
     assert stack.take()[INPUT] == openai_prompt_tokens(MESSAGES)
+
+
+async def test_a_translated_stream_cut_midway_is_estimated(stack) -> None:
+    stack.fake.cut_after = 3
+    text = ""
+    async with oai(stack, "oa") as client:
+        try:
+            stream = await client.chat.completions.create(
+                model="llama3.2", messages=MESSAGES, stream=True
+            )
+            async for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+        except (openai.APIError, httpx.HTTPError):
+            pass  # the client may see the cut as an error: it keeps what it got
+    assert text == "fake reply: why"
+    assert stack.statuses() == {502}
+    assert all(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == {
+        INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
+        OUTPUT: estimate_tokens(text),
+    }
