@@ -372,6 +372,7 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
         model=snapshot_pb2.AiProxyModel(
             provider=_text(model, "provider"),
             name=_text(model, "name"),
+            model_alias=_text(model, "model_alias"),
             options=snapshot_pb2.AiProxyModelOptions(
                 upstream_url=_text(options, "upstream_url"),
                 anthropic_version=_text(options, "anthropic_version"),

@@ -117,7 +117,8 @@ _AUTH_FIELDS = (
 _GCP_AUTH_FIELDS = ("gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url")
 # Kong's model.options.gemini (Vertex AI when project_id and location_id are set).
 _GEMINI_OPTIONS = ("api_endpoint", "project_id", "location_id", "endpoint_id")
-_MODEL_FIELDS = ("provider", "name", "options")
+# model_alias reaches here on ai-proxy-advanced targets only (noted, not enforced, on ai-proxy).
+_MODEL_FIELDS = ("provider", "name", "model_alias", "options")
 _OPTION_FIELDS = (
     "upstream_url",
     "anthropic_version",
@@ -612,6 +613,9 @@ def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
         "name": model.string("name", default=""),
         "options": {},
     }
+    alias = model.string("model_alias", default="")
+    if alias:
+        result["model_alias"] = alias
     options = model.sub("options")
     if options is not None:
         result["options"] = _options(options)

@@ -688,6 +688,7 @@ def _compile_ai_proxy_advanced(
             ),
             weight=target.weight,
             priority=target.priority,
+            alias=target.model.model_alias,
             cost=_target_cost(target),
             description=target.description,
         )

@@ -279,14 +279,16 @@ class AiProxyAuth(_message.Message):
     def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., param_name: _Optional[str] = ..., param_value: _Optional[str] = ..., param_location: _Optional[str] = ..., gcp_use_service_account: _Optional[bool] = ..., gcp_service_account_json: _Optional[str] = ..., gcp_oauth_token_url: _Optional[str] = ..., aws_access_key_id: _Optional[str] = ..., aws_secret_access_key: _Optional[str] = ...) -> None: ...
 
 class AiProxyModel(_message.Message):
-    __slots__ = ("provider", "name", "options")
+    __slots__ = ("provider", "name", "options", "model_alias")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ALIAS_FIELD_NUMBER: _ClassVar[int]
     provider: str
     name: str
     options: AiProxyModelOptions
-    def __init__(self, provider: _Optional[str] = ..., name: _Optional[str] = ..., options: _Optional[_Union[AiProxyModelOptions, _Mapping]] = ...) -> None: ...
+    model_alias: str
+    def __init__(self, provider: _Optional[str] = ..., name: _Optional[str] = ..., options: _Optional[_Union[AiProxyModelOptions, _Mapping]] = ..., model_alias: _Optional[str] = ...) -> None: ...
 
 class AiProxyModelOptions(_message.Message):
     __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost", "azure_instance", "azure_deployment_id", "azure_api_version", "gemini", "bedrock", "mistral_format", "llama2_format", "dashscope", "databricks")
