@@ -698,9 +698,6 @@ def _options(options: Entry) -> dict[str, Any]:
     for key, (_, formats) in _FORMAT_OPTIONS.items():
         if options.has(key):
             result[key] = options.choice(key, formats)
-            if result[key] == "raw":
-                # Kong's raw llama2 format: refused here, not NACKed by every data plane.
-                options.fail_field(key, '"raw" is not supported yet by data planes of this version')
     dashscope = options.sub("dashscope")
     if dashscope is not None:
         dashscope.check_keys(_PROVIDER_OPTIONS["dashscope"])

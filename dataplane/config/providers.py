@@ -91,7 +91,9 @@ DATABRICKS_URL: Final = "https://{instance}.cloud.databricks.com/serving-endpoin
 # The wire formats mistral_format / llama2_format may name, and those this version speaks.
 MISTRAL_FORMATS: Final = frozenset({"openai", "ollama"})
 LLAMA2_FORMATS: Final = frozenset({"openai", "raw", "ollama"})
-SPOKEN_MODEL_FORMATS: Final = frozenset({"openai", "ollama"})
+SPOKEN_MODEL_FORMATS: Final = frozenset({"openai", "ollama", "raw"})
+# The wire provider of llama2_format raw (Kong's text-generation ``inputs`` / ``generated_text``).
+LLAMA2_RAW: Final = "llama2_raw"
 # Kept for callers of the first version: the providers that speak OpenAI's wire format.
 OPENAI_FORMAT_PROVIDERS: Final = frozenset({"openai", "azure", "openai_compatible"})
 OPENAI_FORMAT_DEFAULT_URLS: Final = {

@@ -708,7 +708,7 @@ class _Exchange:
                 # is there but unusable (malformed counts) is estimated, never left unbilled.
                 and (self.policy.route_type != ROUTE_TYPE_PRESERVE or b'"usage"' in body)
             ):
-                usage, estimated = self._estimate(_completion_text(body), "response"), True
+                usage, estimated = self._estimate(_completion_text(out), "response"), True
             self.first_byte_ns = time.perf_counter_ns()
             # Usage is recorded (spooled) before the response completes: a response its
             # client received is never lost with a killed data plane.
@@ -1048,8 +1048,8 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 
 def _completion_text(body: bytes) -> str:
-    """The text of a whole response (OpenAI choices, Anthropic content or Gemini candidates),
-    for an estimate."""
+    """The text of a whole response as the client gets it (OpenAI choices, Anthropic content
+    or Gemini candidates), for an estimate."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataplane.config.providers import (
+    LLAMA2_RAW,
     LLM_FORMAT_ANTHROPIC,
     LLM_FORMAT_BEDROCK,
     LLM_FORMAT_COHERE,
     LLM_FORMAT_GEMINI,
     LLM_FORMAT_OLLAMA,
+    ROUTE_TYPE_COMPLETIONS,
     ROUTE_TYPE_PRESERVE,
     ROUTE_TYPE_RESPONSES,
 )
@@ -22,6 +24,7 @@ from dataplane.translate.openai_anthropic import OpenAIToAnthropicTranslator
 from dataplane.translate.openai_bedrock import OpenAIToBedrockTranslator
 from dataplane.translate.openai_cohere import OpenAIToCohereTranslator
 from dataplane.translate.openai_gemini import OpenAIToGeminiTranslator
+from dataplane.translate.openai_llama2 import OpenAIToLlama2RawTranslator
 from dataplane.translate.openai_ollama import OpenAIToOllamaTranslator
 from dataplane.translate.openai_openai import OpenAIResponsesTranslator, OpenAITranslator
 from dataplane.translate.preserve import PreserveTranslator
@@ -40,6 +43,8 @@ _OLLAMA_NATIVE = OllamaNativeTranslator()
 _OPENAI_TO_OLLAMA = OpenAIToOllamaTranslator()
 _COHERE_NATIVE = CohereNativeTranslator()
 _OPENAI_TO_COHERE = OpenAIToCohereTranslator()
+_OPENAI_TO_LLAMA2_RAW_CHAT = OpenAIToLlama2RawTranslator()
+_OPENAI_TO_LLAMA2_RAW_COMPLETIONS = OpenAIToLlama2RawTranslator(completions=True)
 
 
 def translator_for(*, provider: str, route_type: str, llm_format: str) -> Translator:
@@ -61,6 +66,10 @@ def translator_for(*, provider: str, route_type: str, llm_format: str) -> Transl
         return _OLLAMA_NATIVE if llm_format == LLM_FORMAT_OLLAMA else _OPENAI_TO_OLLAMA
     if provider == "cohere":
         return _COHERE_NATIVE if llm_format == LLM_FORMAT_COHERE else _OPENAI_TO_COHERE
+    if provider == LLAMA2_RAW:
+        if route_type == ROUTE_TYPE_COMPLETIONS:
+            return _OPENAI_TO_LLAMA2_RAW_COMPLETIONS
+        return _OPENAI_TO_LLAMA2_RAW_CHAT
     if route_type == ROUTE_TYPE_RESPONSES:
         return _OPENAI_RESPONSES
     return OPENAI
