@@ -52,8 +52,8 @@ SERVED_ROUTE_TYPES: Mapping[str, frozenset[str]] = {
         }
     ),
     "anthropic": frozenset({"llm/v1/chat", "preserve"}),
-    "gemini": frozenset({"llm/v1/chat"}),
-    "bedrock": frozenset({"llm/v1/chat"}),
+    "gemini": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
+    "bedrock": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
     "mistral": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
     "deepseek": frozenset({"llm/v1/chat"}),
     "xai": frozenset({"llm/v1/chat"}),

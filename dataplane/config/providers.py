@@ -36,11 +36,15 @@ DEFAULT_URLS: Final[dict[str, dict[str, str]]] = {
     "azure": {},
     "openai_compatible": {},
     # The model and the operation are in the path: see GEMINI_PATH / VERTEX_PATH.
-    "gemini": {ROUTE_TYPE_CHAT: "https://generativelanguage.googleapis.com"},
+    "gemini": {
+        ROUTE_TYPE_CHAT: "https://generativelanguage.googleapis.com",
+        ROUTE_TYPE_EMBEDDINGS: "https://generativelanguage.googleapis.com",
+    },
     # Bedrock's URL carries the region, the model and the operation: see bedrock_base_url and
     # BEDROCK_OPERATIONS; the value here marks the route types it serves.
     "bedrock": {
         ROUTE_TYPE_CHAT: "https://bedrock-runtime.{region}.amazonaws.com",
+        ROUTE_TYPE_EMBEDDINGS: "https://bedrock-runtime.{region}.amazonaws.com",
     },
     # OpenAI-compatible providers with one public endpoint (Kong's defaults), spoken to by the
     # OpenAI translator. dashscope's and databricks' URLs depend on their options (below).
@@ -124,8 +128,8 @@ PROVIDER_ROUTE_TYPES: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "anthropic": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_PRESERVE}),
-    "gemini": frozenset({ROUTE_TYPE_CHAT}),
-    "bedrock": frozenset({ROUTE_TYPE_CHAT}),
+    "gemini": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_EMBEDDINGS}),
+    "bedrock": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_EMBEDDINGS}),
     "mistral": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_EMBEDDINGS}),
     "deepseek": frozenset({ROUTE_TYPE_CHAT}),
     "xai": frozenset({ROUTE_TYPE_CHAT}),

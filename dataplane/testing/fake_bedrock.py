@@ -151,6 +151,8 @@ class FakeBedrock:
                 await self._count_tokens(send, body)
             elif operation.startswith("converse"):
                 await self._converse(send, model, body, headers, stream=operation.endswith("m"))
+            elif "embed" in model and operation == "invoke":
+                await _embed(send, model, body)
             else:
                 await self._invoke(send, model, body, headers, stream=operation.endswith("m"))
         except _Refused as refused:
@@ -479,6 +481,41 @@ async def _stream(
             frame = frame[:-1] + bytes([frame[-1] ^ 0xFF])
         await send({"type": "http.response.body", "body": frame, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _vector(text: str, size: int = 8) -> list[float]:
+    return [round((len(text.split()) + i) / (size + len(text) + 1), 6) for i in range(size)]
+
+
+async def _embed(send: Send, model: str, body: dict[str, Any]) -> None:
+    """InvokeModel of an embedding model: Titan Text Embeddings (``inputText`` ->
+    ``embedding`` + ``inputTextTokenCount``) or Cohere Embed (``texts`` -> ``embeddings``, no
+    count in the body). Both answers carry ``x-amzn-bedrock-input-token-count``. Tokens = words."""
+    if ".cohere." in f".{model}" or model.startswith("cohere."):
+        texts = body.get("texts")
+        if not isinstance(texts, list) or not texts or not isinstance(body.get("input_type"), str):
+            raise _Refused(400, "ValidationException", "Malformed input request: texts, input_type")
+        tokens = sum(len(str(t).split()) for t in texts)
+        document: dict[str, Any] = {
+            "embeddings": [_vector(str(t)) for t in texts],
+            "id": str(uuid.uuid4()),
+            "response_type": "embeddings_floats",
+            "texts": texts,
+        }
+    else:
+        text = body.get("inputText")
+        if not isinstance(text, str) or not text:
+            raise _Refused(400, "ValidationException", "Malformed input request: inputText")
+        tokens = len(text.split())
+        dimensions = body.get("dimensions")
+        size = dimensions if isinstance(dimensions, int) else 8
+        document = {"embedding": _vector(text, size), "inputTextTokenCount": tokens}
+    headers = [
+        _JSON,
+        (b"x-amzn-bedrock-input-token-count", str(tokens).encode()),
+        *_request_id(),
+    ]
+    await send_response(send, 200, orjson.dumps(document), headers)
 
 
 async def _error(send: Send, refused: _Refused) -> None:

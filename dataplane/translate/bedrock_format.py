@@ -148,7 +148,21 @@ def read_whole_usage(body: bytes) -> tuple[TokenUsage | None, dict[str, Any] | N
     usage = document.get("usage")
     if isinstance(usage, dict) and "inputTokens" in usage:
         return usage_from_converse(usage), document
+    if usage is None:
+        # An embedding model's InvokeModel answer (Titan's inputTextTokenCount).
+        return read_embedding_usage(document), document
     return usage_from_anthropic(usage), document
+
+
+def read_embedding_usage(document: dict[str, Any]) -> TokenUsage | None:
+    """The input tokens of a Bedrock embedding answer: Titan's ``inputTextTokenCount``, or a
+    Cohere ``meta.billed_units.input_tokens``; None when the body has neither."""
+    tokens = count(document.get("inputTextTokenCount"))
+    if tokens is None:
+        meta = document.get("meta")
+        billed = meta.get("billed_units") if isinstance(meta, dict) else None
+        tokens = count(billed.get("input_tokens")) if isinstance(billed, dict) else None
+    return None if tokens is None else TokenUsage(input_tokens=tokens, output_tokens=0)
 
 
 class EventStreamScanner:

@@ -10,6 +10,7 @@ from dataplane.config.providers import (
     LLM_FORMAT_GEMINI,
     LLM_FORMAT_OLLAMA,
     ROUTE_TYPE_COMPLETIONS,
+    ROUTE_TYPE_EMBEDDINGS,
     ROUTE_TYPE_PRESERVE,
     ROUTE_TYPE_RESPONSES,
 )
@@ -23,6 +24,10 @@ from dataplane.translate.ollama_ollama import OllamaNativeTranslator
 from dataplane.translate.openai_anthropic import OpenAIToAnthropicTranslator
 from dataplane.translate.openai_bedrock import OpenAIToBedrockTranslator
 from dataplane.translate.openai_cohere import OpenAIToCohereTranslator
+from dataplane.translate.openai_embeddings import (
+    OpenAIToBedrockEmbeddingsTranslator,
+    OpenAIToGeminiEmbeddingsTranslator,
+)
 from dataplane.translate.openai_gemini import OpenAIToGeminiTranslator
 from dataplane.translate.openai_llama2 import OpenAIToLlama2RawTranslator
 from dataplane.translate.openai_ollama import OpenAIToOllamaTranslator
@@ -43,6 +48,8 @@ _OLLAMA_NATIVE = OllamaNativeTranslator()
 _OPENAI_TO_OLLAMA = OpenAIToOllamaTranslator()
 _COHERE_NATIVE = CohereNativeTranslator()
 _OPENAI_TO_COHERE = OpenAIToCohereTranslator()
+_OPENAI_TO_GEMINI_EMBEDDINGS = OpenAIToGeminiEmbeddingsTranslator()
+_OPENAI_TO_BEDROCK_EMBEDDINGS = OpenAIToBedrockEmbeddingsTranslator()
 _OPENAI_TO_LLAMA2_RAW_CHAT = OpenAIToLlama2RawTranslator()
 _OPENAI_TO_LLAMA2_RAW_COMPLETIONS = OpenAIToLlama2RawTranslator(completions=True)
 
@@ -55,8 +62,14 @@ def translator_for(*, provider: str, route_type: str, llm_format: str) -> Transl
     if provider == "anthropic":
         return _ANTHROPIC_NATIVE if anthropic_clients else _OPENAI_TO_ANTHROPIC
     if provider == "gemini":
-        return _GEMINI_NATIVE if llm_format == LLM_FORMAT_GEMINI else _OPENAI_TO_GEMINI
+        if llm_format == LLM_FORMAT_GEMINI:
+            return _GEMINI_NATIVE
+        if route_type == ROUTE_TYPE_EMBEDDINGS:
+            return _OPENAI_TO_GEMINI_EMBEDDINGS
+        return _OPENAI_TO_GEMINI
     if provider == "bedrock":
+        if route_type == ROUTE_TYPE_EMBEDDINGS and llm_format != LLM_FORMAT_BEDROCK:
+            return _OPENAI_TO_BEDROCK_EMBEDDINGS
         if anthropic_clients:
             return _ANTHROPIC_TO_BEDROCK
         return _BEDROCK_NATIVE if llm_format == LLM_FORMAT_BEDROCK else _OPENAI_TO_BEDROCK

@@ -68,6 +68,7 @@ def _texts(value: Any, out: list[str]) -> None:
             "prompt",
             "input",
             "inputs",
+            "requests",
             "messages",
             "contents",
             "parts",
