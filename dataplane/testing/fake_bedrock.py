@@ -16,6 +16,10 @@ It speaks Bedrock's wire format, framing included:
   ``chunk`` events carry ``{"bytes": base64(<Anthropic SSE event JSON>)}``; ``message_stop``
   carries ``amazon-bedrock-invocationMetrics``. Whole answers have the
   ``x-amzn-bedrock-input-token-count``/``-output-token-count`` headers.
+- ``POST /model/{modelId}/invoke`` of an embedding model (an id containing ``embed``): Titan
+  Text Embeddings (``{"inputText", "dimensions"}`` -> ``{"embedding", "inputTextTokenCount"}``)
+  or Cohere Embed (``{"texts", "input_type"}`` -> ``{"embeddings", "id", "response_type",
+  "texts"}``, no count in the body); both with ``x-amzn-bedrock-input-token-count``.
 - ``POST /model/{modelId}/count-tokens``: CountTokens of an ``invokeModel`` body (base64) or a
   ``converse`` input, answering ``{"inputTokens": N}``.
 - ``POST /`` with ``Action=AssumeRole``: STS, answering fresh temporary credentials (which the

@@ -38,6 +38,10 @@ wrong one 400 ``INVALID_ARGUMENT`` with reason ``API_KEY_INVALID``, as Google do
 status N; header ``x-fake-status: N`` one request; ``cut_after=K`` ends a stream's connection
 after K frames (no finishReason, no last chunk). Requests are recorded in ``requests``.
 
+``:embedContent`` / ``:batchEmbedContents`` answer ``{"embedding": {"values"}}`` /
+``{"embeddings": [{"values"}]}`` (``embedding(text, outputDimensionality)``, 8 values by
+default) and, like the Gemini API, no usage.
+
 Run it with ``python -m dataplane.testing.fake_gemini --listen 127.0.0.1:PORT``.
 """
 
