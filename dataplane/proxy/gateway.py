@@ -923,13 +923,12 @@ class _Exchange:
             # An error inside the stream (Bedrock's exception frame, Anthropic's error event).
             status = stream_error_status(relay) or status
         if self.policy.route_type != ROUTE_TYPE_PRESERVE:
-            if status < 300:
-                if usage is None:
-                    what = "stream cut short" if cut_short else "stream ended"
-                    usage, estimated = self._estimate(relay.produced_text(), what), True
-            elif not usage_settled(relay):
-                # Broken or failed mid-way: metered as far as it went, the part the provider
-                # did not count estimated (translate.base.cut_stream_usage).
+            if status < 300 and usage is None:
+                what = "stream cut short" if cut_short else "stream ended"
+                usage, estimated = self._estimate(relay.produced_text(), what), True
+            elif (status >= 300 or cut_short) and not usage_settled(relay):
+                # Broken, failed or abandoned mid-way: metered as far as it went, the part the
+                # provider did not count estimated (translate.base.cut_stream_usage).
                 produced = relay.produced_text()
                 usage = cut_stream_usage(usage, document=self.prepared.document, produced=produced)
                 estimated = True
