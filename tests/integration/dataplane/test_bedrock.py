@@ -405,8 +405,11 @@ async def test_in_stream_exception_native_is_relayed_and_recorded_with_its_statu
         answer = stack.runtime("native", x_fake_stream_error=f"2:{exception}").converse_stream(
             modelId=MODEL, messages=MESSAGES
         )
-        for event in answer["stream"]:
-            seen.append(event["contentBlockDelta"]["delta"]["text"] if len(seen) else "start")
+        try:
+            for event in answer["stream"]:
+                seen.append(event["contentBlockDelta"]["delta"]["text"] if len(seen) else "start")
+        finally:
+            answer["stream"].close()  # the raised exception leaves the connection to boto3
 
     with pytest.raises(EventStreamError) as raised:
         await asyncio.to_thread(run)
