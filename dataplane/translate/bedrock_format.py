@@ -84,6 +84,11 @@ _EXCEPTION_STATUSES: Final = {
 }
 
 
+def openai_error_type(status: int) -> str:
+    """OpenAI's error ``type`` for a status (``api_error`` by default)."""
+    return _OPENAI_TYPES.get(status, "api_error")
+
+
 def exception_status(exception_type: str) -> int:
     """The HTTP status of an in-stream exception (``throttlingException`` -> 429); 500 for
     one Bedrock does not document."""

@@ -440,6 +440,8 @@ async def test_in_stream_exception_translated_for_openai_and_anthropic_clients(s
                         text += chunk.choices[0].delta.content or ""
     # The exception reaches the OpenAI client as an error event in its stream.
     assert "throttlingException" in str(raised.value)
+    assert raised.value.body["type"] == "rate_limit_error"
+    assert raised.value.body["code"] == "throttlingException"
     assert text == "fake reply: what"
     # The Converse request the gateway sent: one message (3 + 5 words), estimated from text.
     assert stack.take() == [
