@@ -93,8 +93,12 @@ billing:
   features:
     - {key: openai-tokens, meter: llm_tokens, filters: {provider: openai}}
     - {key: gemini-tokens, meter: llm_tokens, filters: {provider: gemini}}
-    - {key: bedrock-in, meter: llm_tokens, filters: {provider: bedrock, type: input}}
-    - {key: bedrock-out, meter: llm_tokens, filters: {provider: bedrock, type: output}}
+    - key: bedrock-in
+      meter: llm_tokens
+      filters: {provider: bedrock, model: "BEDROCK_MODEL", type: input}
+    - key: bedrock-out
+      meter: llm_tokens
+      filters: {provider: bedrock, model: "BEDROCK_MODEL", type: output}
   plans:
     - key: starter
       name: Starter
@@ -279,7 +283,7 @@ async def test_failover_openai_to_gemini_to_bedrock_bills_bedrock_only(harness, 
         "gemini": {("503", GEMINI_MODEL)},
         "bedrock": {("200", BEDROCK_MODEL)},
     }
-    # The invoice bills what Bedrock reported, on Bedrock's lines only.
+    # The invoice bills what Bedrock reported, on the lines of Bedrock's model only.
     quantities = await invoice_quantities(harness)
     assert quantities["bedrock-in"] == prompt
     assert quantities["bedrock-out"] == completion
