@@ -39,6 +39,7 @@ from dataplane.config.providers import (
     OPENAI_COMPATIBLE_PROVIDERS,
     PROVIDER_ROUTE_TYPES,
     ROUTE_TYPE_CHAT,
+    ROUTE_TYPE_EMBEDDINGS,
     ROUTE_TYPE_PRESERVE,
     SUPPORTED_ROUTE_TYPES,
     VERTEX_ENDPOINT_PATH,
@@ -510,6 +511,11 @@ def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
     if bool(gemini.project_id) != bool(gemini.location_id):
         raise CompileError(
             f"{label}: model.options.gemini needs both project_id and location_id (Vertex AI)"
+        )
+    if gemini.project_id and config.route_type == ROUTE_TYPE_EMBEDDINGS:
+        raise CompileError(
+            f'{label}: route_type "llm/v1/embeddings" on Vertex AI is not supported yet '
+            "(the Gemini API's embedContent is)"
         )
     if (gemini.api_endpoint or gemini.endpoint_id) and not gemini.project_id:
         raise CompileError(

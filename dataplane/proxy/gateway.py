@@ -67,7 +67,13 @@ from dataplane.proxy.models import (
     models_request,
 )
 from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig, carry_state
-from dataplane.translate.base import Prepared, Translator
+from dataplane.translate.base import (
+    Prepared,
+    Translator,
+    cut_stream_usage,
+    stream_error_status,
+    usage_settled,
+)
 from dataplane.translate.gemini_format import candidate_texts
 from dataplane.translate.openai_format import InvalidRequest
 from dataplane.translate.select import OPENAI as _OPENAI
@@ -769,7 +775,7 @@ class _Exchange:
                 # is there but unusable (malformed counts) is estimated, never left unbilled.
                 and (self.policy.route_type != ROUTE_TYPE_PRESERVE or b'"usage"' in body)
             ):
-                usage, estimated = self._estimate(_completion_text(body), "response"), True
+                usage, estimated = self._estimate(_completion_text(out), "response"), True
             self.first_byte_ns = time.perf_counter_ns()
             # Usage is recorded (spooled) before the response completes: a response its
             # client received is never lost with a killed data plane.
@@ -985,9 +991,19 @@ class _Exchange:
             disconnected.cancel()
         usage = relay.usage
         estimated = False
-        if usage is None and status < 300 and self.policy.route_type != ROUTE_TYPE_PRESERVE:
-            what = "stream cut short" if cut_short else "stream ended"
-            usage, estimated = self._estimate(relay.produced_text(), what), True
+        if status < 300:
+            # An error inside the stream (Bedrock's exception frame, Anthropic's error event).
+            status = stream_error_status(relay) or status
+        if self.policy.route_type != ROUTE_TYPE_PRESERVE:
+            if status < 300 and usage is None:
+                what = "stream cut short" if cut_short else "stream ended"
+                usage, estimated = self._estimate(relay.produced_text(), what), True
+            elif (status >= 300 or cut_short) and not usage_settled(relay):
+                # Broken, failed or abandoned mid-way: metered as far as it went, the part the
+                # provider did not count estimated (translate.base.cut_stream_usage).
+                produced = relay.produced_text()
+                usage = cut_stream_usage(usage, document=self.prepared.document, produced=produced)
+                estimated = True
         # Recorded before the stream's end reaches the client (see the whole-response path).
         self._record(status=status, usage=usage, model=relay.model, estimated=estimated)
         if balancer is not None:
@@ -1103,8 +1119,8 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 
 def _completion_text(body: bytes) -> str:
-    """The text of a whole response (OpenAI choices, Anthropic content or Gemini candidates),
-    for an estimate."""
+    """The text of a whole response as the client gets it (OpenAI choices, Anthropic content
+    or Gemini candidates), for an estimate."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
