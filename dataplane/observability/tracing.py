@@ -2,12 +2,11 @@
 
 The request path only notes what it already measures (perf-counter instants, the status, the
 usage the provider reported) on a ``RequestTrace``; when the exchange records its last attempt
-the trace becomes one immutable ``TracedRequest`` (a tuple) appended to a deque. A background
-thread drains that deque every ``_DRAIN_INTERVAL_S``, prices the sampled requests and writes
-them, pickled in batches, to a child process (``dataplane.observability.otel_export``) that
-builds the spans with explicit start/end times (the SDK's BatchSpanProcessor), records the
-GenAI metrics and exports both over OTLP. Building and encoding spans costs more CPU than the
-request they describe: in the child it does not hold the data plane's interpreter.
+(or the gateway refuses the request itself) the trace becomes one plain tuple (the fields of
+``otel_export.TracedRequest``) appended to a bounded deque. A background thread drains that
+deque every ``_DRAIN_INTERVAL_S`` and hands the batch to ``otel_export.Exporter``, which
+prices the sampled requests, aggregates the GenAI metrics, encodes the spans straight to OTLP
+protobuf and exports both through the SDK's OTLP exporters.
 
 Spans (OpenTelemetry GenAI semantic conventions, Development status, semconv 1.37+):
 
@@ -26,16 +25,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -43,6 +39,8 @@ from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.sampling import Sampler
+
+    from dataplane.observability.otel_export import Exporter
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +51,11 @@ Headers = list[tuple[bytes, bytes]]
 MAX_PENDING_RECORDS: Final = 65_536
 _DRAIN_INTERVAL_S: Final = 0.2
 # The opt-in for prompt content on spans (OpenTelemetry's own variable for GenAI content).
+# Either one opts in; the route's log_payloads must be on as well.
 CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+METERLINE_CAPTURE_ENV: Final = "METERLINE_OTEL_CAPTURE_CONTENT"
 DEFAULT_SERVICE_NAME: Final = "meterline-dataplane"
 SCOPE_NAME: Final = "meterline.dataplane"
-_EXPORT_MODULE: Final = "dataplane.observability.otel_export"
 
 # Meterline route types -> gen_ai.operation.name.
 _OPERATIONS: Final = {
@@ -115,57 +114,6 @@ def parse_traceparent(value: str) -> tuple[int, int, int] | None:
     return trace_id, span_id, int(flags_hex, 16)
 
 
-class TracedAttempt(NamedTuple):
-    """One upstream call, as the request path measured it (perf-counter nanoseconds).
-
-    The request path builds plain tuples in this field order (a NamedTuple's ``__new__`` and
-    pickling cost Python calls); the exporter process reads them through this class."""
-
-    number: int
-    span_id: int
-    provider: str
-    model: str
-    origin: str
-    start_perf_ns: int
-    end_perf_ns: int
-    status: int
-    failed_over: bool
-    upstream_perf_ns: int | None
-    first_byte_perf_ns: int | None
-
-
-class TracedRequest(NamedTuple):
-    """One proxied request, after its last attempt: plain values only (it is pickled to the
-    exporter process; a plain tuple in this field order until there). ``cost`` is a thunk on
-    the request path, a decimal string (or None) once the drain thread priced it."""
-
-    trace_id: int
-    span_id: int
-    parent_span_id: int | None
-    tracestate: str
-    sampled: bool
-    request_id: str
-    route: str
-    consumer: str
-    operation: str
-    request_model: str
-    response_model: str
-    provider: str
-    start_ns: int
-    start_perf_ns: int
-    end_perf_ns: int
-    status: int
-    # (input, output, cached input, reasoning, cache write) as TokenUsage keeps them.
-    usage: tuple[int | None, int | None, int | None, int | None, int | None] | None
-    estimated: bool
-    stream: bool
-    first_byte_perf_ns: int | None
-    attempts: tuple[TracedAttempt, ...]
-    params: tuple[tuple[str, int | float], ...]
-    messages: str | None
-    cost: Any
-
-
 class RequestTrace:
     """The trace context of one request on the request path: ids drawn up front, attempts noted
     as they end. ``Tracing.begin`` makes one; the exchange calls ``upstream_headers`` before each
@@ -177,6 +125,7 @@ class RequestTrace:
         "_attempts",
         "_flags",
         "_tracing",
+        "capture",
         "consumer",
         "cost",
         "parent_span_id",
@@ -220,6 +169,9 @@ class RequestTrace:
         self._attempts: list[tuple[Any, ...]] = []
         self._attempt_span_id = 0
         self._attempt_start = start_perf_ns
+        # The route logs payloads and the content opt-in is set: prompts and completions
+        # become span attributes (gen_ai.input.messages / gen_ai.output.messages).
+        self.capture = False
 
     def upstream_headers(self, headers: Headers) -> None:
         """Replace the client's trace headers in ``headers`` (the upstream request's) with ones
@@ -252,8 +204,12 @@ class RequestTrace:
         operation: str,
         request_model: str,
         document: Any,
+        response_id: str = "",
+        finish_reasons: tuple[str, ...] = (),
+        output_text: str | None = None,
     ) -> None:
-        """One attempt ended (the exchange's record step); the last one ends the request."""
+        """One attempt ended (the exchange's record step); the last one ends the request.
+        ``output_text`` is only read when the trace captures content."""
         self._attempts.append(
             (  # TracedAttempt's fields
                 attempt,
@@ -274,7 +230,7 @@ class RequestTrace:
         if failed_over:
             return
         params: tuple[tuple[str, int | float], ...] = ()
-        messages = None
+        content = None
         if self.sampled and isinstance(document, dict):
             found_params = []
             for key, name in _PARAMS:
@@ -282,12 +238,9 @@ class RequestTrace:
                 if value is not None and type(value) in (int, float):
                     found_params.append((name, value))
             params = tuple(found_params)
-            if self._tracing.capture_content:
-                # Opt-in only (CAPTURE_CONTENT_ENV); the route's log_payloads condition is
-                # pending (the snapshot has no such field yet).
+            if self.capture:
                 found = document.get("messages", document.get("input"))
-                if found is not None:
-                    messages = orjson.dumps(found).decode()
+                content = (None if found is None else orjson.dumps(found).decode(), output_text)
         self._tracing.submit(
             (  # TracedRequest's fields
                 self.trace_id,
@@ -320,7 +273,10 @@ class RequestTrace:
                 first_byte_perf_ns,
                 tuple(self._attempts),
                 params,
-                messages,
+                response_id,
+                finish_reasons,
+                "",
+                content,
                 self.cost if self.sampled else None,
             )
         )
@@ -381,19 +337,24 @@ def _fast_decision(sampler: Any) -> Callable[[int, int | None], bool] | None:
     return None
 
 
-class ExporterGone(RuntimeError):
-    """The exporter process ended; tracing stops, requests go on."""
-
-
 class Tracing:
-    """The OpenTelemetry side of a data plane: ``begin`` per request; spans and metrics are
-    built and exported by a child process. Make one with ``from_environment`` (None when not
-    configured); ``shutdown`` flushes and stops it."""
+    """The OpenTelemetry side of a data plane: ``begin`` per request, ``refused`` for a request
+    the gateway answered itself; spans and metrics are built and exported by a background
+    thread. Make one with ``from_environment`` (None when not configured); ``shutdown``
+    flushes and stops it."""
 
-    def __init__(self, *, sampler: Sampler | None, capture_content: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        sampler: Sampler | None,
+        capture_content: bool = False,
+        exporter: Exporter | None = None,
+    ) -> None:
         from opentelemetry import trace as api
         from opentelemetry.context import Context
         from opentelemetry.sdk.trace.sampling import Decision
+
+        from dataplane.observability.otel_export import Exporter
 
         self._api = api
         # An empty context for requests without a parent: the sampler would look up the
@@ -404,15 +365,11 @@ class Tracing:
         # The SDK's standard samplers decided without their per-call objects (a Context, a
         # SamplingResult): a quarter of tracing's cost on the request path otherwise.
         self._decide = None if sampler is None else _fast_decision(sampler)
+        # Prompts and completions on spans: this opt-in, and the route's log_payloads.
         self.capture_content = capture_content
         self._pending: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
-        self._pipe_lock = threading.Lock()
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", _EXPORT_MODULE],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self._gone = False
+        self._exporter = exporter or Exporter.from_environment()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meterline-otel", daemon=True)
         self._thread.start()
@@ -430,9 +387,22 @@ class Tracing:
 
             # Only read for its sampler (OTEL_TRACES_SAMPLER / _ARG): spans are built elsewhere.
             sampler = TracerProvider(shutdown_on_exit=False).sampler
-        return cls(sampler=sampler, capture_content=_env_on(CAPTURE_CONTENT_ENV))
+        return cls(
+            sampler=sampler,
+            capture_content=_env_on(CAPTURE_CONTENT_ENV) or _env_on(METERLINE_CAPTURE_ENV),
+        )
 
     # -- the request path --------------------------------------------------------------
+
+    def _parent(self, headers: Headers) -> tuple[tuple[int, int, int] | None, str]:
+        parent: tuple[int, int, int] | None = None
+        tracestate = ""
+        for key, value in headers:
+            if key == b"traceparent":
+                parent = parse_traceparent(value.decode("latin-1"))
+            elif key == b"tracestate":
+                tracestate = value.decode("latin-1")[:512]
+        return parent, tracestate
 
     def begin(
         self,
@@ -444,21 +414,17 @@ class Tracing:
         name: str,
         start_ns: int,
         start_perf_ns: int,
+        capture: bool = False,
     ) -> RequestTrace:
         """A request's trace context: the client's ``traceparent``/``tracestate`` continued
-        if valid, and the sampling decision made now (the provider is told it)."""
-        parent: tuple[int, int, int] | None = None
-        tracestate = ""
-        for key, value in headers:
-            if key == b"traceparent":
-                parent = parse_traceparent(value.decode("latin-1"))
-            elif key == b"tracestate":
-                tracestate = value.decode("latin-1")[:512]
+        if valid, and the sampling decision made now (the provider is told it). ``capture``:
+        the route logs payloads (its prompts may go on the span when the opt-in is set)."""
+        parent, tracestate = self._parent(headers)
         if parent is None:
             trace_id, parent_span_id, tracestate = random.getrandbits(128) or 1, None, ""
         else:
             trace_id, parent_span_id = parent[0], parent[1]
-        return RequestTrace(
+        trace = RequestTrace(
             self,
             trace_id=trace_id,
             parent_span_id=parent_span_id,
@@ -470,12 +436,69 @@ class Tracing:
             start_ns=start_ns,
             start_perf_ns=start_perf_ns,
         )
+        trace.capture = capture and self.capture_content
+        return trace
+
+    def refused(
+        self,
+        headers: Headers,
+        *,
+        request_id: str,
+        route: str,
+        consumer: str,
+        operation: str,
+        model: str,
+        provider: str,
+        status: int,
+        error_type: str,
+        start_ns: int,
+    ) -> None:
+        """A request the gateway answered itself with an error (401, 402, 429...): one span
+        with the error status and ``error.type``, no attempt child."""
+        now_ns = time.time_ns()
+        parent, tracestate = self._parent(headers)
+        if parent is None:
+            trace_id, parent_span_id, tracestate = random.getrandbits(128) or 1, None, ""
+        else:
+            trace_id, parent_span_id = parent[0], parent[1]
+        name = f"{operation} {model}" if model else operation
+        self._pending.append(
+            (  # TracedRequest's fields
+                trace_id,
+                _span_id(),
+                parent_span_id,
+                tracestate,
+                self._sample(trace_id, parent, tracestate, name),
+                request_id,
+                route,
+                consumer,
+                operation,
+                model,
+                "",
+                provider,
+                start_ns,
+                start_ns,  # perf instants as Unix nanoseconds: no perf clock was read
+                now_ns,
+                status,
+                None,
+                False,
+                False,
+                None,
+                (),
+                (),
+                "",
+                (),
+                error_type,
+                None,
+                None,
+            )
+        )
 
     def _sample(
         self, trace_id: int, parent: tuple[int, int, int] | None, tracestate: str, name: str
     ) -> bool:
         sampler = self._sampler
-        if sampler is None or self._gone:
+        if sampler is None:
             return False
         if self._decide is not None:
             return self._decide(trace_id, None if parent is None else parent[2] & 1)
@@ -494,14 +517,19 @@ class Tracing:
         return bool(result.decision == self._sampled)
 
     def submit(self, request: tuple[Any, ...]) -> None:
-        """Queue a finished request for the drain thread (one deque append)."""
+        """Queue a finished request for the background thread (one deque append)."""
         self._pending.append(request)
 
-    # -- the drain thread ----------------------------------------------------------------
+    # -- the background thread -----------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stop.wait(_DRAIN_INTERVAL_S):
-            self._drain()
+            try:
+                with self._lock:
+                    self._drain()
+                    self._exporter.tick()
+            except Exception:
+                logger.exception("tracing: could not export")
 
     def _drain(self) -> None:
         pending = self._pending
@@ -518,47 +546,19 @@ class Tracing:
                 request = (*request[:-1], None if cost is None else f"{cost:f}")
             batch.append(request)
         if batch:
-            self._send(b"B", pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-
-    def _send(self, kind: bytes, payload: bytes = b"", *, answer: bool = False) -> None:
-        if self._gone:
-            return
-        stdin: IO[bytes] | None = self._child.stdin
-        stdout: IO[bytes] | None = self._child.stdout
-        assert stdin is not None and stdout is not None
-        with self._pipe_lock:
-            try:
-                stdin.write(kind + len(payload).to_bytes(4, "big") + payload)
-                stdin.flush()
-                if answer and stdout.read(1) != b"K":
-                    raise ExporterGone("no answer")
-            except (OSError, ExporterGone) as exc:
-                self._gone = True
-                logger.error(
-                    "the OpenTelemetry exporter process (pid %d) ended (%s); tracing stops",
-                    self._child.pid,
-                    exc,
-                )
+            self._exporter.add(batch)
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def force_flush(self) -> None:
         """Build and export everything recorded so far (tests, benchmarks, shutdown)."""
-        self._drain()
-        self._send(b"F", answer=True)
+        with self._lock:
+            self._drain()
+            self._exporter.flush()
 
     def shutdown(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._drain()
-        self._send(b"Q", answer=True)
-        child = self._child
-        if child.stdin is not None:
-            child.stdin.close()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+        with self._lock:
+            self._drain()
+            self._exporter.shutdown()
