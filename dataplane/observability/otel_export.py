@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import struct
 import sys
 import time
@@ -40,6 +41,8 @@ from dataplane.observability.tracing import (
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
+
+    from dataplane.usage.tokens import TokenUsage
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +99,7 @@ class TracedRequest(NamedTuple):
     start_perf_ns: int
     end_perf_ns: int
     status: int
-    # (input, output, cached input, reasoning, cache write) as TokenUsage keeps them.
-    usage: tuple[int | None, int | None, int | None, int | None, int | None] | None
+    usage: TokenUsage | None
     estimated: bool
     stream: bool
     first_byte_perf_ns: int | None
@@ -110,17 +112,17 @@ class TracedRequest(NamedTuple):
     cost: Any
 
 
-def gen_ai_tokens(usage: tuple[int | None, ...] | None) -> tuple[int | None, int | None]:
-    """(input, output) as the conventions count them, from a record's usage tuple (input,
-    output, cached input, reasoning, cache write as Meterline's events keep them apart): input
-    includes the tokens read from and written to a cache, output includes reasoning."""
+def gen_ai_tokens(usage: TokenUsage | None) -> tuple[int | None, int | None]:
+    """(input, output) as the conventions count them, from the usage Meterline's events keep
+    apart: input includes the tokens read from and written to a cache, output includes
+    reasoning."""
     if usage is None:
         return None, None
-    input_tokens, output_tokens, cached, reasoning, cache_write = usage
+    input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
     if input_tokens is not None:
-        input_tokens += (cached or 0) + (cache_write or 0)
+        input_tokens += (usage.cached_input_tokens or 0) + (usage.cache_write_tokens or 0)
     if output_tokens is not None:
-        output_tokens += reasoning or 0
+        output_tokens += usage.reasoning_tokens or 0
     return input_tokens, output_tokens
 
 
@@ -179,29 +181,27 @@ class _Prefix:
     """Encodes attributes of one key fast: the key's bytes are encoded once, and the usual
     lengths (a KeyValue under 128 bytes) take no varint call."""
 
-    __slots__ = ("_head", "_int_base", "_str_base")
+    __slots__ = ("_head", "_int_heads", "_str_base")
 
     def __init__(self, key: str) -> None:
         self._head = _field(b"\x0a", key.encode())
-        # KeyValue length = head + 2 (value tag, AnyValue length) + AnyValue.
-        self._int_base = len(self._head) + 2 + 1  # + varint bytes
+        # KeyValue length = head + 2 (value tag, AnyValue length) + AnyValue; for ints of one
+        # and two varint bytes all but the value's bytes are fixed.
+        self._int_heads = [
+            _field(b"\x4a", self._head + b"\x12" + _SMALL[size + 1] + b"\x18" + b"\x00" * size)[
+                :-size
+            ]
+            for size in (0, 1, 2)
+        ]
         self._str_base = len(self._head) + 2 + 2  # + string bytes (under 128)
 
     def int(self, value: int) -> bytes:
-        encoded = _SMALL[value] if 0 <= value < 128 else _varint(value)
-        size = len(encoded)
-        kv_size = self._int_base + size
-        if kv_size < 128:
-            return (
-                b"\x4a"
-                + _SMALL[kv_size]
-                + self._head
-                + b"\x12"
-                + _SMALL[size + 1]
-                + b"\x18"
-                + encoded
-            )
-        kv = self._head + b"\x12" + _varint(size + 1) + b"\x18" + encoded
+        if 0 <= value < 16384:
+            if value < 128:
+                return self._int_heads[1] + _SMALL[value]
+            return self._int_heads[2] + bytes(((value & 0x7F) | 0x80, value >> 7))
+        encoded = _varint(value)
+        kv = self._head + b"\x12" + _varint(len(encoded) + 1) + b"\x18" + encoded
         return b"\x4a" + _varint(len(kv)) + kv
 
     def str(self, value: str) -> bytes:
@@ -229,13 +229,11 @@ _COST = _Prefix("meterline.cost")
 _RESPONSE_ID = _Prefix("gen_ai.response.id")
 _INPUT_MESSAGES = _Prefix("gen_ai.input.messages")
 _OUTPUT_MESSAGES = _Prefix("gen_ai.output.messages")
-_USAGE = (
-    _Prefix("gen_ai.usage.input_tokens"),
-    _Prefix("gen_ai.usage.output_tokens"),
-    _Prefix("gen_ai.usage.cache_read.input_tokens"),
-    _Prefix("gen_ai.usage.cache_creation.input_tokens"),
-    _Prefix("gen_ai.usage.reasoning.output_tokens"),
-)
+_INPUT_TOKENS = _Prefix("gen_ai.usage.input_tokens")
+_OUTPUT_TOKENS = _Prefix("gen_ai.usage.output_tokens")
+_CACHE_READ_TOKENS = _Prefix("gen_ai.usage.cache_read.input_tokens")
+_CACHE_WRITE_TOKENS = _Prefix("gen_ai.usage.cache_creation.input_tokens")
+_REASONING_TOKENS = _Prefix("gen_ai.usage.reasoning.output_tokens")
 _TTFT_KEY: Final = _key_value("gen_ai.server.time_to_first_token", 0.0)[:-8]  # + 8 bytes double
 _KIND_CLIENT: Final = b"\x30\x03"
 _TRACE_ID_TAG: Final = b"\x0a\x10"
@@ -361,8 +359,9 @@ class SpanEncoder:
             parts.append(_status_error(status, error_type))
         return b"".join(parts)
 
-    def request(self, record: Sequence[Any]) -> list[bytes]:
-        """The spans (attempts first, then the request) of one sampled request."""
+    def request(self, record: Sequence[Any]) -> bytes:
+        """The spans (attempts first, then the request) of one sampled request, each as a
+        ScopeSpans ``spans`` field: ``export_request`` puts such chunks together."""
         (
             trace_id,
             span_id,
@@ -395,32 +394,40 @@ class SpanEncoder:
         blocks = self._blocks
         offset = start_ns - start_perf_ns  # perf-counter instant -> Unix nanoseconds
         head = _TRACE_ID_TAG + trace_id.to_bytes(16, "big")
-        request_span_id = span_id.to_bytes(8, "big")
+        # The request span's id is drawn here: only its attempts' ids went upstream.
+        request_span_id = (span_id or random.getrandbits(64) or 1).to_bytes(8, "big")
         if tracestate:
             head += _field(b"\x1a", tracestate.encode())
-        spans = []
+        # Every span goes out as ScopeSpans field 2: its tag and length, then its parts; the
+        # request's spans become one bytes object, joined once.
+        out: list[bytes] = []
         for attempt in attempts:
             key = (operation, *attempt[2:5], attempt[7], attempt[0], attempt[8])
             block = blocks.get(key)
             if block is None:
                 block = self._block(key, lambda key=key: self._attempt_block(*key))
             attempt_first_byte = attempt[10]
-            spans.append(
-                head
-                + _SPAN_ID_TAG
-                + attempt[1].to_bytes(8, "big")
-                + _PARENT_ID_TAG
-                + request_span_id
-                + _TIMES(0x39, attempt[5] + offset, 0x41, attempt[6] + offset)
-                + block
-                + (
-                    b""
-                    if attempt_first_byte is None
-                    else _ttft_event(
-                        attempt_first_byte + offset, (attempt_first_byte - attempt[5]) / 1e9
-                    )
+            event = (
+                b""
+                if attempt_first_byte is None
+                else _ttft_event(
+                    attempt_first_byte + offset, (attempt_first_byte - attempt[5]) / 1e9
                 )
-                + _FLAGS_LOCAL_PARENT
+            )
+            times = _TIMES(0x39, attempt[5] + offset, 0x41, attempt[6] + offset)
+            size = len(head) + 20 + len(times) + len(block) + len(event) + len(_FLAGS_LOCAL_PARENT)
+            out += (
+                b"\x12",
+                _varint(size),
+                head,
+                _SPAN_ID_TAG,
+                attempt[1].to_bytes(8, "big"),
+                _PARENT_ID_TAG,
+                request_span_id,
+                times,
+                block,
+                event,
+                _FLAGS_LOCAL_PARENT,
             )
         key = (
             operation,
@@ -454,12 +461,22 @@ class SpanEncoder:
         if response_id:
             parts.append(_RESPONSE_ID.str(response_id))
         if usage is not None:
-            input_tokens, output_tokens = gen_ai_tokens(usage)
-            for value, prefix in zip(
-                (input_tokens, output_tokens, usage[2], usage[4], usage[3]), _USAGE, strict=True
-            ):
-                if value is not None:
-                    parts.append(prefix.int(value))
+            # As the conventions count them: input with the cache reads and writes, output
+            # with reasoning (gen_ai_tokens), then the parts.
+            value = usage.input_tokens
+            cached, written = usage.cached_input_tokens, usage.cache_write_tokens
+            reasoning = usage.reasoning_tokens
+            if value is not None:
+                parts.append(_INPUT_TOKENS.int(value + (cached or 0) + (written or 0)))
+            value = usage.output_tokens
+            if value is not None:
+                parts.append(_OUTPUT_TOKENS.int(value + (reasoning or 0)))
+            if cached is not None:
+                parts.append(_CACHE_READ_TOKENS.int(cached))
+            if written is not None:
+                parts.append(_CACHE_WRITE_TOKENS.int(written))
+            if reasoning is not None:
+                parts.append(_REASONING_TOKENS.int(reasoning))
         if cost is not None:
             # A decimal string (priced by the data plane): money is never a float here either.
             parts.append(_COST.str(cost))
@@ -472,14 +489,18 @@ class SpanEncoder:
             parts.append(
                 _ttft_event(first_byte_perf_ns + offset, (first_byte_perf_ns - start_perf_ns) / 1e9)
             )
-        spans.append(b"".join(parts))
-        return spans
+        out += (b"\x12", _varint(sum(map(len, parts))))
+        out += parts
+        return b"".join(out)
 
-    def export_request(self, spans: Iterable[bytes]) -> bytes:
-        """An ExportTraceServiceRequest holding ``spans`` (encoded Span messages)."""
-        scope_spans = self._scope + b"".join(b"\x12" + _varint(len(span)) + span for span in spans)
-        resource_spans = self._resource + _field(b"\x12", scope_spans)
-        return _field(b"\x0a", resource_spans)
+    def export_request(self, chunks: Sequence[bytes]) -> bytes:
+        """An ExportTraceServiceRequest holding the spans of ``chunks`` (``request``'s)."""
+        scope_size = len(self._scope) + sum(map(len, chunks))
+        scope_head = b"\x12" + _varint(scope_size)
+        resource_size = len(self._resource) + len(scope_head) + scope_size
+        return b"".join(
+            [b"\x0a", _varint(resource_size), self._resource, scope_head, self._scope, *chunks]
+        )
 
 
 # -- GenAI metrics, aggregated here ---------------------------------------------------------
@@ -521,46 +542,54 @@ _METRICS: Final = (
 )  # fmt: skip
 
 
+class _Series:
+    """The histograms of one attribute set: token usage (input, output), duration, time to
+    first token, time per output token."""
+
+    __slots__ = ("duration", "input", "output", "tpot", "ttft")
+
+    def __init__(self) -> None:
+        self.input = _Histogram(_TOKEN_BUCKETS)
+        self.output = _Histogram(_TOKEN_BUCKETS)
+        self.duration = _Histogram(_DURATION_BUCKETS)
+        self.ttft = _Histogram(_TTFT_BUCKETS)
+        self.tpot = _Histogram(_TPOT_BUCKETS)
+
+
 class MetricAggregator:
     """The four gen_ai.* histograms, cumulative since the data plane started, keyed by their
-    attribute sets (tuples: no dict per measurement)."""
+    attribute sets (one tuple and one dict lookup per request; no dict per measurement)."""
 
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
-        # metric index -> attribute tuple -> histogram
-        self._series: tuple[dict[tuple[Any, ...], _Histogram], ...] = ({}, {}, {}, {})
-
-    def _histogram(self, metric: int, key: tuple[Any, ...]) -> _Histogram:
-        series = self._series[metric]
-        found = series.get(key)
-        if found is None:
-            found = series[key] = _Histogram(_METRICS[metric][3])
-        return found
+        # (operation, provider, request model, response model, route, error type) -> series
+        self._series: dict[tuple[str, ...], _Series] = {}
 
     def add(self, record: Sequence[Any]) -> None:
         status = record[15]
         ok = 200 <= status < 400
-        # gen_ai.operation.name, gen_ai.provider.name, request model, response model, route,
-        # error.type ("" when none).
         key = (
             record[8],
-            provider_name(record[11]),
+            record[11],
             record[9],
             record[10],
             record[6],
             "" if ok else (record[24] or str(status)),
         )
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
         start, end, first_byte = record[13], record[14], record[19]
-        self._histogram(1, key).record((end - start) / 1e9)
+        series.duration.record((end - start) / 1e9)
         input_tokens, output = gen_ai_tokens(record[16])
         if input_tokens is not None:
-            self._histogram(0, (*key, "input")).record(input_tokens)
+            series.input.record(input_tokens)
         if output is not None:
-            self._histogram(0, (*key, "output")).record(output)
+            series.output.record(output)
         if ok and first_byte is not None:
-            self._histogram(2, key).record((first_byte - start) / 1e9)
+            series.ttft.record((first_byte - start) / 1e9)
             if record[18] and output is not None and output > 1:
-                self._histogram(3, key).record((end - first_byte) / 1e9 / (output - 1))
+                series.tpot.record((end - first_byte) / 1e9 / (output - 1))
 
     def metrics_data(self, resource: Resource, version: str) -> Any:
         """Everything so far as the SDK's ``MetricsData`` (what its metric exporters take)."""
@@ -577,14 +606,13 @@ class MetricAggregator:
 
         now = time.time_ns()
         metrics = []
-        for (name, unit, description, bounds), series in zip(_METRICS, self._series, strict=True):
-            if not series:
-                continue
+        series_items = list(self._series.items())
+        for name, unit, description, bounds in _METRICS:
             points = []
-            for key, histogram in list(series.items()):
+            for key, series in series_items:
                 attributes: dict[str, str] = {
                     "gen_ai.operation.name": key[0],
-                    "gen_ai.provider.name": key[1],
+                    "gen_ai.provider.name": provider_name(key[1]),
                     "gen_ai.request.model": key[2],
                     "meterline.route": key[4],
                 }
@@ -592,21 +620,35 @@ class MetricAggregator:
                     attributes["gen_ai.response.model"] = key[3]
                 if key[5]:
                     attributes["error.type"] = key[5]
-                if len(key) > 6:
-                    attributes["gen_ai.token.type"] = key[6]
-                points.append(
-                    HistogramDataPoint(
-                        attributes=attributes,
-                        start_time_unix_nano=self.start_ns,
-                        time_unix_nano=now,
-                        count=histogram.count,
-                        sum=histogram.sum,
-                        bucket_counts=list(histogram.counts),
-                        explicit_bounds=list(bounds),
-                        min=histogram.min,
-                        max=histogram.max,
+                if name == "gen_ai.client.token.usage":
+                    histograms = [
+                        ({**attributes, "gen_ai.token.type": "input"}, series.input),
+                        ({**attributes, "gen_ai.token.type": "output"}, series.output),
+                    ]
+                elif name == "gen_ai.client.operation.duration":
+                    histograms = [(attributes, series.duration)]
+                elif name == "gen_ai.server.time_to_first_token":
+                    histograms = [(attributes, series.ttft)]
+                else:
+                    histograms = [(attributes, series.tpot)]
+                for point_attributes, histogram in histograms:
+                    if not histogram.count:
+                        continue
+                    points.append(
+                        HistogramDataPoint(
+                            attributes=point_attributes,
+                            start_time_unix_nano=self.start_ns,
+                            time_unix_nano=now,
+                            count=histogram.count,
+                            sum=histogram.sum,
+                            bucket_counts=list(histogram.counts),
+                            explicit_bounds=list(bounds),
+                            min=histogram.min,
+                            max=histogram.max,
+                        )
                     )
-                )
+            if not points:
+                continue
             metrics.append(
                 Metric(
                     name=name,
@@ -791,7 +833,10 @@ class Exporter:
         self._batch_size = int(_env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
         self._span_delay_s = _env_number("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
         self._metric_interval_s = _env_number("OTEL_METRIC_EXPORT_INTERVAL", 60_000) / 1000
+        # Encoded requests (each its spans) waiting for export, and how many spans each holds.
         self._spans: list[bytes] = []
+        self._span_counts: list[int] = []
+        self._pending_spans = 0
         self._spans_since = time.monotonic()
         self._metrics_since = time.monotonic()
 
@@ -802,17 +847,21 @@ class Exporter:
 
     def add(self, records: Iterable[Sequence[Any]]) -> None:
         """Aggregate each record's metrics and encode its spans if it was sampled."""
-        aggregator, encoder, spans = self._aggregator, self._encoder, self._spans
+        aggregator, encoder = self._aggregator, self._encoder
+        spans, counts = self._spans, self._span_counts
         for record in records:
             try:
                 if aggregator is not None:
                     aggregator.add(record)
                 if encoder is not None and record[4]:
-                    spans.extend(encoder.request(record))
+                    spans.append(encoder.request(record))
+                    counts.append(1 + len(record[20]))
+                    self._pending_spans += counts[-1]
             except Exception:
                 logger.exception("request %s: could not build its spans", record[5])
-        if len(spans) >= self._batch_size:
-            self.export_spans()
+            if self._pending_spans >= self._batch_size:
+                self.export_spans()
+                spans, counts = self._spans, self._span_counts
 
     def tick(self) -> None:
         """Export what is due: spans older than the schedule delay, metrics each interval."""
@@ -823,16 +872,24 @@ class Exporter:
             self.export_metrics()
 
     def export_spans(self) -> None:
-        spans, self._spans = self._spans, []
+        """Send the spans waiting, at most OTEL_BSP_MAX_EXPORT_BATCH_SIZE per request (a
+        request's spans stay together)."""
+        spans, counts = self._spans, self._span_counts
+        self._spans, self._span_counts, self._pending_spans = [], [], 0
         self._spans_since = time.monotonic()
         if self._encoder is None or self._send_spans is None:
             return
-        for start in range(0, len(spans), self._batch_size):
-            batch = spans[start : start + self._batch_size]
+        start = 0
+        while start < len(spans):
+            end, total = start, 0
+            while end < len(spans) and (end == start or total + counts[end] <= self._batch_size):
+                total += counts[end]
+                end += 1
             try:
-                self._send_spans(self._encoder.export_request(batch), len(batch))
+                self._send_spans(self._encoder.export_request(spans[start:end]), total)
             except Exception:
-                logger.exception("could not export %d spans", len(batch))
+                logger.exception("could not export %d spans", total)
+            start = end
 
     def export_metrics(self) -> None:
         self._metrics_since = time.monotonic()

@@ -123,7 +123,7 @@ class RequestTrace:
         "_attempt_span_id",
         "_attempt_start",
         "_attempts",
-        "_flags",
+        "_client_headers",
         "_tracing",
         "capture",
         "consumer",
@@ -132,7 +132,6 @@ class RequestTrace:
         "request_id",
         "route",
         "sampled",
-        "span_id",
         "start_ns",
         "start_perf_ns",
         "trace_id",
@@ -142,7 +141,6 @@ class RequestTrace:
     def __init__(
         self,
         tracing: Tracing,
-        *,
         trace_id: int,
         parent_span_id: int | None,
         tracestate: str,
@@ -152,14 +150,13 @@ class RequestTrace:
         consumer: str,
         start_ns: int,
         start_perf_ns: int,
+        client_headers: bool,
     ) -> None:
         self._tracing = tracing
         self.trace_id = trace_id
-        self.span_id = _span_id()
         self.parent_span_id = parent_span_id
         self.tracestate = tracestate
         self.sampled = sampled
-        self._flags = "01" if sampled else "00"
         self.request_id = request_id
         self.route = route
         self.consumer = consumer
@@ -169,6 +166,8 @@ class RequestTrace:
         self._attempts: list[tuple[Any, ...]] = []
         self._attempt_span_id = 0
         self._attempt_start = start_perf_ns
+        # Whether the client sent trace headers (they are replaced, never forwarded).
+        self._client_headers = client_headers
         # The route logs payloads and the content opt-in is set: prompts and completions
         # become span attributes (gen_ai.input.messages / gen_ai.output.messages).
         self.capture = False
@@ -176,11 +175,15 @@ class RequestTrace:
     def upstream_headers(self, headers: Headers) -> None:
         """Replace the client's trace headers in ``headers`` (the upstream request's) with ones
         naming the next attempt span as parent; that attempt's clock starts now."""
-        headers[:] = [h for h in headers if h[0] not in (b"traceparent", b"tracestate")]
-        self._attempt_span_id = span_id = _span_id()
+        if self._client_headers:
+            headers[:] = [h for h in headers if h[0] not in (b"traceparent", b"tracestate")]
+        self._attempt_span_id = span_id = random.getrandbits(64) or 1
         self._attempt_start = time.perf_counter_ns()
         headers.append(
-            (b"traceparent", f"00-{self.trace_id:032x}-{span_id:016x}-{self._flags}".encode())
+            (
+                b"traceparent",
+                b"00-%032x-%016x-%s" % (self.trace_id, span_id, b"01" if self.sampled else b"00"),
+            )
         )
         if self.tracestate:
             headers.append((b"tracestate", self.tracestate.encode()))
@@ -229,25 +232,27 @@ class RequestTrace:
         self._attempt_start = now_perf_ns
         if failed_over:
             return
+        sampled = self.sampled
         params: tuple[tuple[str, int | float], ...] = ()
         content = None
-        if self.sampled and isinstance(document, dict):
+        if sampled and type(document) is dict:
             found_params = []
             for key, name in _PARAMS:
                 value = document.get(key)
                 if value is not None and type(value) in (int, float):
                     found_params.append((name, value))
-            params = tuple(found_params)
+            if found_params:
+                params = tuple(found_params)
             if self.capture:
                 found = document.get("messages", document.get("input"))
                 content = (None if found is None else orjson.dumps(found).decode(), output_text)
-        self._tracing.submit(
+        self._tracing._pending.append(
             (  # TracedRequest's fields
                 self.trace_id,
-                self.span_id,
+                0,  # the request span's id: drawn by the exporter
                 self.parent_span_id,
                 self.tracestate,
-                self.sampled,
+                sampled,
                 self.request_id,
                 self.route,
                 self.consumer,
@@ -259,25 +264,17 @@ class RequestTrace:
                 self.start_perf_ns,
                 now_perf_ns,
                 status,
-                None
-                if usage is None
-                else (
-                    usage.input_tokens,
-                    usage.output_tokens,
-                    usage.cached_input_tokens,
-                    usage.reasoning_tokens,
-                    usage.cache_write_tokens,
-                ),
+                usage,
                 estimated,
                 stream,
                 first_byte_perf_ns,
-                tuple(self._attempts),
+                self._attempts,
                 params,
                 response_id,
                 finish_reasons,
                 "",
                 content,
-                self.cost if self.sampled else None,
+                self.cost if sampled else None,
             )
         )
 
@@ -419,24 +416,42 @@ class Tracing:
         """A request's trace context: the client's ``traceparent``/``tracestate`` continued
         if valid, and the sampling decision made now (the provider is told it). ``capture``:
         the route logs payloads (its prompts may go on the span when the opt-in is set)."""
-        parent, tracestate = self._parent(headers)
+        parent: tuple[int, int, int] | None = None
+        tracestate = ""
+        client_headers = False
+        for key, value in headers:
+            if key == b"traceparent":
+                parent = parse_traceparent(value.decode("latin-1"))
+                client_headers = True
+            elif key == b"tracestate":
+                tracestate = value.decode("latin-1")[:512]
+                client_headers = True
         if parent is None:
             trace_id, parent_span_id, tracestate = random.getrandbits(128) or 1, None, ""
+            decide = self._decide
+            sampled = (
+                decide(trace_id, None)
+                if decide is not None
+                else self._sample(trace_id, None, "", name)
+            )
         else:
             trace_id, parent_span_id = parent[0], parent[1]
+            sampled = self._sample(trace_id, parent, tracestate, name)
         trace = RequestTrace(
             self,
-            trace_id=trace_id,
-            parent_span_id=parent_span_id,
-            tracestate=tracestate,
-            sampled=self._sample(trace_id, parent, tracestate, name),
-            request_id=request_id,
-            route=route,
-            consumer=consumer,
-            start_ns=start_ns,
-            start_perf_ns=start_perf_ns,
+            trace_id,
+            parent_span_id,
+            tracestate,
+            sampled,
+            request_id,
+            route,
+            consumer,
+            start_ns,
+            start_perf_ns,
+            client_headers,
         )
-        trace.capture = capture and self.capture_content
+        if capture:
+            trace.capture = self.capture_content
         return trace
 
     def refused(
