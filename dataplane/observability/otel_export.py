@@ -30,6 +30,7 @@ import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from dataplane.observability.tracing import (
@@ -124,6 +125,79 @@ def gen_ai_tokens(usage: TokenUsage | None) -> tuple[int | None, int | None]:
     if output_tokens is not None:
         output_tokens += usage.reasoning_tokens or 0
     return input_tokens, output_tokens
+
+
+# -- gen_ai.response.id and finish_reasons, from what the client got ---------------------------
+
+
+def _meta_of(document: Any, found: dict[str, Any]) -> None:
+    """Note the id and finish reasons one response document (or stream event) carries, in any
+    of the client formats: OpenAI chat/completions/Responses, Anthropic Messages (and its
+    stream's message_start / message_delta), Gemini, Bedrock Converse, Cohere v2, Ollama."""
+    if not isinstance(document, dict):
+        return
+    for key in ("message", "response", "delta"):
+        inner = document.get(key)
+        if isinstance(inner, dict):
+            _meta_of(inner, found)
+    ident = document.get("id", document.get("responseId"))
+    if isinstance(ident, str) and ident and "id" not in found:
+        found["id"] = ident
+    reasons = found.setdefault("reasons", [])
+    for key in ("choices", "candidates"):
+        items = document.get(key)
+        if isinstance(items, list):
+            for item in items:
+                if isinstance(item, dict):
+                    reason = item.get("finish_reason", item.get("finishReason"))
+                    if isinstance(reason, str) and reason:
+                        reasons.append(reason)
+    for key in ("stop_reason", "stopReason", "finish_reason", "done_reason"):
+        reason = document.get(key)
+        if isinstance(reason, str) and reason:
+            reasons.append(reason)
+
+
+def _documents(data: bytes) -> Iterable[Any]:
+    """The JSON documents of a body: one whole document, or SSE ``data:`` lines, or NDJSON."""
+    import orjson
+
+    data = data.strip()
+    if data.startswith(b"{"):
+        try:
+            yield orjson.loads(data)
+            return
+        except orjson.JSONDecodeError:
+            pass  # NDJSON: one object per line
+    for line in data.splitlines():
+        line = line.strip()
+        if line.startswith(b"data:"):
+            line = line[5:].strip()
+        if line.startswith(b"{"):
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+
+
+def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
+    """(gen_ai.response.id, gen_ai.response.finish_reasons) of what the client got: a whole
+    body (bytes) or a stream's ``ResponseTail``; ("", ()) when it has neither."""
+    if isinstance(response, (bytes, bytearray, memoryview)):
+        chunks: list[bytes] = [bytes(response)]
+    else:
+        first = getattr(response, "first", b"")
+        if not first:
+            return "", ()
+        chunks = [first, *getattr(response, "last", ())]
+    found: dict[str, Any] = {}
+    for chunk in chunks:
+        if len(chunk) > 4 * 1024 * 1024:
+            continue  # not parsed again for a span
+        for document in _documents(chunk):
+            _meta_of(document, found)
+    reasons = tuple(dict.fromkeys(found.get("reasons", ())))
+    return found.get("id", ""), reasons
 
 
 # -- OTLP protobuf, by hand -------------------------------------------------------------------
@@ -405,7 +479,7 @@ class SpanEncoder:
             key = (operation, *attempt[2:5], attempt[7], attempt[0], attempt[8])
             block = blocks.get(key)
             if block is None:
-                block = self._block(key, lambda key=key: self._attempt_block(*key))
+                block = self._block(key, partial(self._attempt_block, *key))
             attempt_first_byte = attempt[10]
             event = (
                 b""
@@ -446,7 +520,7 @@ class SpanEncoder:
         )
         block = blocks.get(key)
         if block is None:
-            block = self._block(key, lambda: self._request_block(*key))
+            block = self._block(key, partial(self._request_block, *key))
         parts = [
             head,
             _SPAN_ID_TAG,
@@ -854,6 +928,14 @@ class Exporter:
                 if aggregator is not None:
                     aggregator.add(record)
                 if encoder is not None and record[4]:
+                    if not isinstance(record[22], str):
+                        response_id, reasons = response_meta(record[22])
+                        record = (
+                            *record[:22],
+                            response_id,
+                            record[23] or reasons,
+                            *record[24:],
+                        )
                     spans.append(encoder.request(record))
                     counts.append(1 + len(record[20]))
                     self._pending_spans += counts[-1]

@@ -129,7 +129,9 @@ class RequestTrace:
         "consumer",
         "cost",
         "parent_span_id",
+        "recorded",
         "request_id",
+        "response",
         "route",
         "sampled",
         "start_ns",
@@ -171,6 +173,58 @@ class RequestTrace:
         # The route logs payloads and the content opt-in is set: prompts and completions
         # become span attributes (gen_ai.input.messages / gen_ai.output.messages).
         self.capture = False
+        # What the client got (a whole body, or a ResponseTail of a stream): read by the
+        # exporter for gen_ai.response.id and finish_reasons, for sampled requests only.
+        self.response: Any = None
+        self.recorded = False
+
+    def tail(self, relay: Any) -> Any:
+        """``relay`` (a stream relay) as it is, or wrapped to keep the stream's first and last
+        events when this request is sampled (its response id and finish reasons)."""
+        if not self.sampled:
+            return relay
+        self.response = tail = ResponseTail(relay)
+        return tail
+
+    def failed(
+        self, *, status: int, error_type: str, operation: str, model: str, provider: str
+    ) -> None:
+        """The request ended with an error the gateway answered (no usage recorded): its span,
+        with the attempts so far, error status and ``error.type``."""
+        if self.recorded:
+            return
+        self.recorded = True
+        self._tracing._pending.append(
+            (  # TracedRequest's fields
+                self.trace_id,
+                0,
+                self.parent_span_id,
+                self.tracestate,
+                self.sampled,
+                self.request_id,
+                self.route,
+                self.consumer,
+                operation,
+                model,
+                "",
+                provider,
+                self.start_ns,
+                self.start_perf_ns,
+                time.perf_counter_ns(),
+                status,
+                None,
+                False,
+                False,
+                None,
+                self._attempts,
+                (),
+                "",
+                (),
+                error_type,
+                None,
+                None,
+            )
+        )
 
     def upstream_headers(self, headers: Headers) -> None:
         """Replace the client's trace headers in ``headers`` (the upstream request's) with ones
@@ -232,6 +286,7 @@ class RequestTrace:
         self._attempt_start = now_perf_ns
         if failed_over:
             return
+        self.recorded = True
         sampled = self.sampled
         params: tuple[tuple[str, int | float], ...] = ()
         content = None
@@ -270,13 +325,51 @@ class RequestTrace:
                 first_byte_perf_ns,
                 self._attempts,
                 params,
-                response_id,
+                # Read by the exporter (otel_export.response_meta) when it is not a str yet.
+                response_id or (self.response if sampled else ""),
                 finish_reasons,
                 "",
                 content,
                 self.cost if sampled else None,
             )
         )
+
+
+class ResponseTail:
+    """A stream relay that keeps the first and the last three non-empty outputs it gave the
+    client (a sampled request's response id is in the first, its finish reasons near the
+    end); everything else is the wrapped relay's."""
+
+    __slots__ = ("_relay", "first", "last")
+
+    def __init__(self, relay: Any) -> None:
+        self._relay = relay
+        self.first = b""
+        self.last: deque[bytes] = deque(maxlen=3)
+
+    @property
+    def usage(self) -> Any:
+        return self._relay.usage
+
+    @property
+    def model(self) -> Any:
+        return self._relay.model
+
+    def feed(self, event: bytes) -> bytes:
+        out: bytes = self._relay.feed(event)
+        if out:
+            if not self.first:
+                self.first = out
+            else:
+                self.last.append(out)
+        return out
+
+    def produced_text(self) -> str:
+        text: str = self._relay.produced_text()
+        return text
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._relay, name)
 
 
 def _span_id() -> int:

@@ -23,7 +23,7 @@ from dataplane.admission.stages import Admitted, admit_request
 from dataplane.config.aws import AwsCredentialsError, AwsSigner
 from dataplane.config.gcp_tokens import UpstreamCredentialsError
 from dataplane.config.keys import authenticate, upstream_query
-from dataplane.config.model import AccessTokens, AiProxyPolicy
+from dataplane.config.model import AccessTokens, AiProxyPolicy, Consumer
 from dataplane.config.providers import ROUTE_TYPE_PRESERVE
 from dataplane.errors import DataPlaneError, Rejection
 from dataplane.http import eventstream
@@ -181,6 +181,9 @@ class Gateway:
         id_header = (b"x-request-id", request_id.encode())
         translator: Translator = _OPENAI
         respond = send
+        # For the span of a refused request (tracing only).
+        trace: RequestTrace | None = None
+        consumer = policy = None
         try:
             config = self._config()
             # The normalised path as sent (the server removed dot segments and decoded only
@@ -272,6 +275,8 @@ class Gateway:
             )
             await exchange.run(scope, receive, respond, self._clients)
         except Rejection as rejection:
+            if self.tracing is not None:
+                self._trace_refusal(scope, rejection, request_id, start_ns, trace, consumer, policy)
             headers = [JSON_CONTENT_TYPE, id_header, *rejection.headers]
             await send_response(respond, rejection.status, translator.reject(rejection), headers)
         except _Gone:
@@ -280,6 +285,44 @@ class Gateway:
             # The body never arrived whole: nothing went upstream, nothing is billed, and
             # there is nobody to answer.
             return
+
+    def _trace_refusal(
+        self,
+        scope: Scope,
+        rejection: Rejection,
+        request_id: str,
+        start_ns: int,
+        trace: RequestTrace | None,
+        consumer: Consumer | None,
+        policy: AiProxyPolicy | None,
+    ) -> None:
+        """The span of a request the gateway answered with an error itself (no usage)."""
+        assert self.tracing is not None
+        operation = operation_name(policy.route_type) if policy is not None else "chat"
+        model = policy.model if policy is not None else ""
+        provider = policy.target.provider if policy is not None else ""
+        error_type = rejection.code or rejection.type
+        if trace is not None:
+            trace.failed(
+                status=rejection.status,
+                error_type=error_type,
+                operation=operation,
+                model=model,
+                provider=provider,
+            )
+            return
+        self.tracing.refused(
+            scope["headers"],
+            request_id=request_id,
+            route=scope.get(ROUTE_SCOPE_KEY, ""),
+            consumer=consumer.username if consumer is not None else "",
+            operation=operation,
+            model=model,
+            provider=provider,
+            status=rejection.status,
+            error_type=error_type,
+            start_ns=start_ns,
+        )
 
     def _config(self) -> RuntimeConfig:
         config = self.config
@@ -704,6 +747,8 @@ class _Exchange:
             ):
                 usage, estimated = self._estimate(_completion_text(body), "response"), True
             self.first_byte_ns = time.perf_counter_ns()
+            if self.trace is not None:
+                self.trace.response = out  # its id and finish reasons, read off the path
             # Usage is recorded (spooled) before the response completes: a response its
             # client received is never lost with a killed data plane.
             self._record(status=status, usage=usage, model=model, estimated=estimated)
@@ -857,6 +902,8 @@ class _Exchange:
         else:
             splitter = SseSplitter()
         relay = self.translator.stream(self.prepared)
+        if self.trace is not None:
+            relay = self.trace.tail(relay)  # sampled: keeps the ends for the span
         status = response.status
         disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
         cut_short = False

@@ -166,12 +166,18 @@ async def test_a_request_arrives_as_genai_spans_with_the_reported_tokens(
                     temperature=0.5,
                     max_tokens=50,
                 )
-                usage = [chunk.usage async for chunk in chunks if chunk.usage][-1]
+                received_chunks = [chunk async for chunk in chunks]
+                usage = [chunk.usage for chunk in received_chunks if chunk.usage][-1]
+                response_id = received_chunks[0].id
+                finish = [c.finish_reason for k in received_chunks for c in k.choices]
+                finish_reason = [f for f in finish if f][-1]
             else:
                 completion = await client.chat.completions.create(
                     model="gpt-4o-mini", messages=MESSAGES, temperature=0.5, max_tokens=50
                 )
                 usage = completion.usage
+                response_id = completion.id
+                finish_reason = completion.choices[0].finish_reason
     tracing.force_flush()
 
     spans = _by_name(received)
@@ -187,6 +193,11 @@ async def test_a_request_arrives_as_genai_spans_with_the_reported_tokens(
     assert attrs["gen_ai.request.max_tokens"] == 50
     assert attrs["gen_ai.request.stream"] is stream
     assert attrs["gen_ai.response.model"] == "gpt-4o-1"
+    # The response's id and finish reasons, as the client got them.
+    assert attrs["gen_ai.response.id"] == response_id
+    assert attrs["gen_ai.response.finish_reasons"] == [finish_reason]
+    # Prompts and completions are never attributes unless the route logs payloads.
+    assert "gen_ai.input.messages" not in attrs and "gen_ai.output.messages" not in attrs
     # Token attributes equal what the provider reported, and what the usage events record.
     assert attrs["gen_ai.usage.input_tokens"] == usage.prompt_tokens
     assert attrs["gen_ai.usage.output_tokens"] == usage.completion_tokens
@@ -233,6 +244,38 @@ async def test_a_request_arrives_as_genai_spans_with_the_reported_tokens(
     assert ttft.count == 1
     tpot = received.metric_points("gen_ai.server.time_per_output_token")
     assert len(tpot) == (1 if stream else 0)
+
+
+async def test_a_refused_request_is_one_error_span_without_attempts(
+    collector: tuple[Received, Tracing],
+) -> None:
+    received, tracing = collector
+    provider = FakeProvider()
+    async with AsyncExitStack() as stack:
+        url, events = await _gateway(stack, tracing, [provider])
+        async with openai.AsyncOpenAI(base_url=url, api_key="sk-wrong", max_retries=0) as client:
+            with pytest.raises(openai.AuthenticationError):
+                await client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=MESSAGES,
+                    extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"},
+                )
+    tracing.force_flush()
+
+    assert provider.requests == [] and events == []
+    (span,) = received.spans()
+    attrs = attributes(span.attributes)
+    assert span.status.code == span.status.STATUS_CODE_ERROR
+    assert attrs["http.response.status_code"] == 401
+    assert attrs["error.type"] == "invalid_api_key"
+    assert attrs["meterline.route"] == "chat"
+    assert attrs["meterline.attempts"] == 0
+    # The client's trace goes on through the refusal.
+    assert span.trace_id.hex() == CLIENT_TRACE
+    assert span.parent_span_id.hex() == CLIENT_SPAN
+    assert span.start_time_unix_nano <= span.end_time_unix_nano
+    (duration,) = received.metric_points("gen_ai.client.operation.duration")
+    assert attributes(duration.attributes)["error.type"] == "invalid_api_key"
 
 
 async def test_a_failover_shows_two_attempt_spans(
