@@ -172,13 +172,14 @@ def _target(prefix: str) -> tuple[str, ...]:
 
 HONOURED: Mapping[str, frozenset[str]] = {
     "key-auth": frozenset({"key_names", "hide_credentials", "key_in_query"}),
-    "ai-proxy": frozenset({"route_type", "llm_format", *_target("")}),
+    "ai-proxy": frozenset({"route_type", "llm_format", "logging.log_payloads", *_target("")}),
     "ai-proxy-advanced": frozenset(
         {
             "llm_format",
             "targets.[].route_type",
             "targets.[].weight",
             "targets.[].description",
+            "targets.[].logging.log_payloads",
             *_target("targets.[]."),
             *(
                 f"balancer.{b}"
@@ -265,7 +266,7 @@ _ENUM_EXTRAS: Mapping[str, tuple[str, ...]] = {
 }
 
 # Fields honoured for some values only (Meterline's behaviour is Kong's for those values).
-_LOGGING = {"logging.log_statistics": (True,), "logging.log_payloads": (False,)}
+_LOGGING = {"logging.log_statistics": (True,)}
 # Kong's defaults Meterline does not share: noted whenever set (no value is honoured), or
 # honoured only for the value that matches Meterline's behaviour.
 _PROXY_ONLY = {
@@ -295,7 +296,6 @@ _REASONS: tuple[tuple[str, str], ...] = (
     ),
     ("model.model_alias", "the model sent upstream is model.name (or the client's)"),
     ("metadata", "target metadata is not used"),
-    ("logging.log_payloads", "request and response bodies are not logged"),
     ("vectordb", "semantic routing and caching are not supported"),
     ("embeddings", "semantic routing and caching are not supported"),
     ("balancer.slots", "the balancer needs no hash ring slots"),

@@ -274,6 +274,7 @@ _TARGET_FIELDS = (
     # Per-target timeouts (Meterline's; override the balancer's for this target).
     "connect_timeout",
     "read_timeout",
+    "logging",
 )
 
 
@@ -294,6 +295,17 @@ def _model_policy(config: Entry, result: dict[str, Any]) -> None:
                 if target not in allow:
                     aliases.fail_field(alias, f'maps to "{target}", which model_allow_list lacks')
         result["model_aliases"] = mapping
+
+
+def _logging(config: Entry, result: dict[str, Any]) -> None:
+    """Kong's ``logging.log_payloads`` (the other logging field is checked by the schema)."""
+    logging = config.sub("logging")
+    if logging is not None and logging.has("log_payloads"):
+        value = logging.data.get("log_payloads")
+        if not isinstance(value, bool):
+            logging.fail_field("log_payloads", "must be true or false")
+        elif value:
+            result["logging"] = {"log_payloads": True}
 
 
 def _timeouts(config: Entry, result: dict[str, Any]) -> None:
@@ -351,6 +363,7 @@ def _target(target: Entry, *, llm_format: str | None) -> dict[str, Any]:
     for key in ("connect_timeout", "read_timeout"):
         if target.has(key):
             result[key] = target.integer(key, minimum=1)
+    _logging(target, result)
     auth = target.sub("auth")
     if auth is not None:
         result["auth"] = _auth(auth)
@@ -432,7 +445,15 @@ def _balancer(balancer: Entry, *, targets: list[dict[str, Any]]) -> dict[str, An
 
 def _ai_proxy(config: Entry) -> dict[str, Any]:
     config.check_keys(
-        ("route_type", "llm_format", "auth", "model", *_MODEL_POLICY_FIELDS, *_TIMEOUT_FIELDS)
+        (
+            "route_type",
+            "llm_format",
+            "auth",
+            "model",
+            "logging",
+            *_MODEL_POLICY_FIELDS,
+            *_TIMEOUT_FIELDS,
+        )
     )
     result: dict[str, Any] = {
         "route_type": _route_type(config),
@@ -441,6 +462,7 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
     }
     _model_policy(config, result)
     _timeouts(config, result)
+    _logging(config, result)
     auth = config.sub("auth")
     if auth is not None:
         result["auth"] = _auth(auth)

@@ -99,3 +99,6 @@ class AiProxyPolicy:
     timeout: Timeouts | None = None
     # Claude on Bedrock: the body's anthropic_version (model.options.anthropic_version).
     anthropic_version: str = ""
+    # Kong's logging.log_payloads: request and response bodies go to the JSON log (redacted,
+    # capped; observability.payloads); decided here once, never per request.
+    log_payloads: bool = False

@@ -125,7 +125,6 @@ class RequestTrace:
         "_attempts",
         "_client_headers",
         "_tracing",
-        "capture",
         "consumer",
         "cost",
         "parent_span_id",
@@ -170,13 +169,16 @@ class RequestTrace:
         self._attempt_start = start_perf_ns
         # Whether the client sent trace headers (they are replaced, never forwarded).
         self._client_headers = client_headers
-        # The route logs payloads and the content opt-in is set: prompts and completions
-        # become span attributes (gen_ai.input.messages / gen_ai.output.messages).
-        self.capture = False
         # What the client got (a whole body, or a ResponseTail of a stream): read by the
         # exporter for gen_ai.response.id and finish_reasons, for sampled requests only.
         self.response: Any = None
         self.recorded = False
+
+    @property
+    def wants_content(self) -> bool:
+        """Whether this request's span takes prompts and completions (when its route logs
+        payloads): sampled, and the content opt-in set."""
+        return self.sampled and self._tracing.capture_content
 
     def tail(self, relay: Any) -> Any:
         """``relay`` (a stream relay) as it is, or wrapped to keep the stream's first and last
@@ -263,10 +265,12 @@ class RequestTrace:
         document: Any,
         response_id: str = "",
         finish_reasons: tuple[str, ...] = (),
+        capture: bool = False,
         output_text: str | None = None,
     ) -> None:
         """One attempt ended (the exchange's record step); the last one ends the request.
-        ``output_text`` is only read when the trace captures content."""
+        ``capture``: the answering target logs payloads; then, with the content opt-in, the
+        prompt and ``output_text`` go on the span."""
         self._attempts.append(
             (  # TracedAttempt's fields
                 attempt,
@@ -298,7 +302,7 @@ class RequestTrace:
                     found_params.append((name, value))
             if found_params:
                 params = tuple(found_params)
-            if self.capture:
+            if capture and self._tracing.capture_content:
                 found = document.get("messages", document.get("input"))
                 content = (None if found is None else orjson.dumps(found).decode(), output_text)
         self._tracing._pending.append(
@@ -504,11 +508,9 @@ class Tracing:
         name: str,
         start_ns: int,
         start_perf_ns: int,
-        capture: bool = False,
     ) -> RequestTrace:
         """A request's trace context: the client's ``traceparent``/``tracestate`` continued
-        if valid, and the sampling decision made now (the provider is told it). ``capture``:
-        the route logs payloads (its prompts may go on the span when the opt-in is set)."""
+        if valid, and the sampling decision made now (the provider is told it)."""
         parent: tuple[int, int, int] | None = None
         tracestate = ""
         client_headers = False
@@ -530,7 +532,7 @@ class Tracing:
         else:
             trace_id, parent_span_id = parent[0], parent[1]
             sampled = self._sample(trace_id, parent, tracestate, name)
-        trace = RequestTrace(
+        return RequestTrace(
             self,
             trace_id,
             parent_span_id,
@@ -543,9 +545,6 @@ class Tracing:
             start_perf_ns,
             client_headers,
         )
-        if capture:
-            trace.capture = self.capture_content
-        return trace
 
     def refused(
         self,

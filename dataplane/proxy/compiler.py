@@ -170,6 +170,14 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runtim
                     rate_limits=compile_route_limits(route, plugins, ai_proxy=resolved.ai_proxy),
                     translator=translator,
                     balancer=balancer,
+                    logs_payloads=ai_proxy is not None
+                    and (
+                        ai_proxy.log_payloads
+                        or (
+                            balancer is not None
+                            and any(t.policy.log_payloads for t in balancer.targets)
+                        )
+                    ),
                 ),
                 list(route.paths),
             )
@@ -470,6 +478,7 @@ def _target_config(
         llm_format=config.llm_format,
         auth=target.auth,
         model=target.model,
+        log_payloads=target.log_payloads,
     )
 
 
@@ -787,4 +796,5 @@ def _compile_ai_proxy(
         model_allow_list=frozenset((model_policy or config).model_allow_list),
         timeout=timeout,
         anthropic_version=config.model.options.anthropic_version if provider == "bedrock" else "",
+        log_payloads=config.log_payloads,
     )

@@ -52,6 +52,7 @@ from dataplane.http.ndjson import NdjsonSplitter
 from dataplane.http.sse import SseSplitter
 from dataplane.observability.logs import REQUEST_ID
 from dataplane.observability.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
+from dataplane.observability.payloads import log_payloads
 from dataplane.observability.tracing import (
     RequestTrace,
     Tracing,
@@ -432,11 +433,13 @@ class _Exchange:
         "drain_timeout_s",
         "first_byte_ns",
         "metrics",
+        "output_text",
         "policy",
         "prepared",
         "raw",
         "request_id",
         "route",
+        "scope",
         "source",
         "start_ns",
         "start_perf_ns",
@@ -488,6 +491,29 @@ class _Exchange:
         # 1-based upstream attempt, and the balancer's index of its target.
         self.attempt = 1
         self.target_index = 0
+        # log_payloads routes only: the request's scope, and the text answered (for spans).
+        self.scope: Scope | None = None
+        self.output_text: str | None = None
+
+    def _log_payloads(self, status: int, response: bytes | str, *, stream: bool) -> None:
+        """The request's and the answer's bodies to the JSON log (log_payloads routes)."""
+        scope = self.scope
+        if scope is None:
+            return
+        key_auth = self.route.key_auth
+        log_payloads(
+            route=self.route.name,
+            status=status,
+            request=self.raw,
+            headers=scope["headers"],
+            query=scope["query_string"],
+            response=response,
+            stream=stream,
+            secret_headers=key_auth.header_names if key_auth is not None else (),
+            secret_query=key_auth.query_names if key_auth is not None else (),
+        )
+        if self.trace is not None and self.trace.wants_content:
+            self.output_text = response if isinstance(response, str) else _completion_text(response)
 
     def _record(
         self,
@@ -523,6 +549,8 @@ class _Exchange:
                 operation=operation_name(self.policy.route_type),
                 request_model=self.prepared.requested_model or self.prepared.model,
                 document=self.prepared.document,
+                capture=self.policy.log_payloads,
+                output_text=self.output_text,
             )
         if not failed_attempt:
             self.metrics.exchange(
@@ -580,6 +608,8 @@ class _Exchange:
     async def run(
         self, scope: Scope, receive: Receive, send: Send, clients: UpstreamClients
     ) -> None:
+        if self.route.logs_payloads:
+            self.scope = scope
         balancer = self.route.balancer
         if balancer is None:
             session = clients.get(self.policy.target.origin)
@@ -749,6 +779,8 @@ class _Exchange:
             self.first_byte_ns = time.perf_counter_ns()
             if self.trace is not None:
                 self.trace.response = out  # its id and finish reasons, read off the path
+            if self.policy.log_payloads:
+                self._log_payloads(status, out, stream=False)
             # Usage is recorded (spooled) before the response completes: a response its
             # client received is never lost with a killed data plane.
             self._record(status=status, usage=usage, model=model, estimated=estimated)
@@ -963,6 +995,8 @@ class _Exchange:
         if usage is None and status < 300 and self.policy.route_type != ROUTE_TYPE_PRESERVE:
             what = "stream cut short" if cut_short else "stream ended"
             usage, estimated = self._estimate(relay.produced_text(), what), True
+        if self.policy.log_payloads:
+            self._log_payloads(status, relay.produced_text(), stream=True)
         # Recorded before the stream's end reaches the client (see the whole-response path).
         self._record(status=status, usage=usage, model=relay.model, estimated=estimated)
         if balancer is not None:

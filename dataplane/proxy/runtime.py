@@ -37,6 +37,8 @@ class CompiledRoute:
     translator: Translator = field(default=OPENAI, compare=False)
     # ai-proxy-advanced: every target (``ai_proxy`` is the first one's policy).
     balancer: Balancer | None = field(default=None, compare=False)
+    # Some target of the route has logging.log_payloads (observability.payloads).
+    logs_payloads: bool = False
 
 
 @dataclass(frozen=True, slots=True)
