@@ -6,8 +6,10 @@ INFO line per answered request goes to the ``meterline.payloads`` logger, with t
 
 - ``payload.request``: the client's body as it arrived, with secrets redacted;
 - ``payload.request_headers``: its headers, credentials redacted; ``payload.query`` likewise;
-- ``payload.response``: the body the client got, or for a stream the text it assembled
-  (``payload.response_kind`` says ``body`` or ``stream_text``);
+- ``payload.response``: the body the client got, or for a stream its events as sent
+  (``payload.response_kind`` says ``body`` or ``stream``), and for a stream
+  ``payload.response_text``, the text its events assembled (OpenAI, Anthropic, Gemini,
+  Cohere, Ollama and Responses API events);
 - ``payload.*_truncated``: true when a body was cut at ``MAX_PAYLOAD_BYTES``.
 
 Redacted (the value becomes ``"[REDACTED]"``): the headers ``Authorization``,
@@ -117,6 +119,91 @@ def redact_query(query: bytes, secret_names: Iterable[str] = ()) -> str:
     return urlencode([(k, REDACTED if k.lower() in secret else v) for k, v in pairs])
 
 
+class PayloadTap:
+    """A stream relay that keeps what it gives the client, up to MAX_PAYLOAD_BYTES (and counts
+    the rest); everything else is the wrapped relay's."""
+
+    __slots__ = ("_relay", "dropped", "kept")
+
+    def __init__(self, relay: Any) -> None:
+        self._relay = relay
+        self.kept = bytearray()
+        self.dropped = 0
+
+    @property
+    def usage(self) -> Any:
+        return self._relay.usage
+
+    @property
+    def model(self) -> Any:
+        return self._relay.model
+
+    def feed(self, event: bytes) -> bytes:
+        out: bytes = self._relay.feed(event)
+        room = MAX_PAYLOAD_BYTES - len(self.kept)
+        if len(out) <= room:
+            self.kept += out
+        else:
+            self.kept += out[: max(room, 0)]
+            self.dropped += len(out) - max(room, 0)
+        return out
+
+    def produced_text(self) -> str:
+        text: str = self._relay.produced_text()
+        return text
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._relay, name)
+
+
+def _event_text(document: Any, parts: list[str]) -> None:
+    """The generated text one stream event carries, in any of the client formats."""
+    if not isinstance(document, dict):
+        return
+    for choice in document.get("choices") or ():  # OpenAI chat / completions
+        if isinstance(choice, dict):
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                parts.append(delta["content"])
+            elif isinstance(choice.get("text"), str):
+                parts.append(choice["text"])
+    delta = document.get("delta")
+    if isinstance(delta, str) and document.get("type") == "response.output_text.delta":
+        parts.append(delta)  # OpenAI Responses
+    elif isinstance(delta, dict):
+        if isinstance(delta.get("text"), str):  # Anthropic
+            parts.append(delta["text"])
+        message = delta.get("message")  # Cohere v2
+        if isinstance(message, dict):
+            content = message.get("content")
+            if isinstance(content, dict) and isinstance(content.get("text"), str):
+                parts.append(content["text"])
+    for candidate in document.get("candidates") or ():  # Gemini
+        if isinstance(candidate, dict):
+            content = candidate.get("content")
+            for part in (content or {}).get("parts") or () if isinstance(content, dict) else ():
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    parts.append(part["text"])
+    message = document.get("message")  # Ollama
+    if isinstance(message, dict) and isinstance(message.get("content"), str):
+        parts.append(message["content"])
+
+
+def stream_text(events: bytes) -> str:
+    """The text a stream's events (SSE ``data:`` lines or NDJSON) assembled."""
+    parts: list[str] = []
+    for line in events.splitlines():
+        line = line.strip()
+        if line.startswith(b"data:"):
+            line = line[5:].strip()
+        if line.startswith(b"{"):
+            try:
+                _event_text(orjson.loads(line), parts)
+            except orjson.JSONDecodeError:
+                continue
+    return "".join(parts)
+
+
 def log_payloads(
     *,
     route: str,
@@ -124,29 +211,32 @@ def log_payloads(
     request: bytes,
     headers: Iterable[tuple[bytes, bytes]],
     query: bytes,
-    response: bytes | str,
-    stream: bool,
+    response: bytes,
+    response_text: str | None = None,
+    response_dropped: int = 0,
     secret_headers: Iterable[bytes] = (),
     secret_query: Iterable[str] = (),
 ) -> None:
-    """One log line with a request's and its response's payloads (redacted, capped)."""
+    """One log line with a request's and its response's payloads (redacted, capped).
+    ``response_text``: a stream's assembled text (None for a whole body)."""
     request_text, request_cut = _capped(redact_body(request))
-    if isinstance(response, bytes):
-        response_text, response_cut = _capped(redact_body(response))
-    else:
-        response_text, response_cut = _capped(response)
-    logger.info(
-        "payloads of a request on route %s",
-        route,
-        extra={
-            "route": route,
-            "status": status,
-            "payload.request": request_text,
-            "payload.request_truncated": request_cut,
-            "payload.request_headers": redact_headers(headers, secret_headers),
-            "payload.query": redact_query(query, secret_query),
-            "payload.response": response_text,
-            "payload.response_truncated": response_cut,
-            "payload.response_kind": "stream_text" if stream else "body",
-        },
-    )
+    response_body, response_cut = _capped(redact_body(response))
+    if response_dropped and not response_cut:
+        response_body += f"...[truncated {response_dropped} bytes]"
+        response_cut = True
+    extra: dict[str, Any] = {
+        "route": route,
+        "status": status,
+        "payload.request": request_text,
+        "payload.request_truncated": request_cut,
+        "payload.request_headers": redact_headers(headers, secret_headers),
+        "payload.query": redact_query(query, secret_query),
+        "payload.response": response_body,
+        "payload.response_truncated": response_cut,
+        "payload.response_kind": "body" if response_text is None else "stream",
+    }
+    if response_text is not None:
+        extra["payload.response_text"], extra["payload.response_text_truncated"] = _capped(
+            response_text
+        )
+    logger.info("payloads of a request on route %s", route, extra=extra)

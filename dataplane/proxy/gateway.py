@@ -52,7 +52,7 @@ from dataplane.http.ndjson import NdjsonSplitter
 from dataplane.http.sse import SseSplitter
 from dataplane.observability.logs import REQUEST_ID
 from dataplane.observability.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
-from dataplane.observability.payloads import log_payloads
+from dataplane.observability.payloads import PayloadTap, log_payloads, stream_text
 from dataplane.observability.tracing import (
     RequestTrace,
     Tracing,
@@ -495,25 +495,31 @@ class _Exchange:
         self.scope: Scope | None = None
         self.output_text: str | None = None
 
-    def _log_payloads(self, status: int, response: bytes | str, *, stream: bool) -> None:
+    def _log_payloads(self, status: int, response: bytes | PayloadTap) -> None:
         """The request's and the answer's bodies to the JSON log (log_payloads routes)."""
         scope = self.scope
         if scope is None:
             return
         key_auth = self.route.key_auth
+        if isinstance(response, PayloadTap):
+            body, dropped = bytes(response.kept), response.dropped
+            text: str | None = stream_text(body) or response.produced_text()
+        else:
+            body, dropped, text = response, 0, None
         log_payloads(
             route=self.route.name,
             status=status,
             request=self.raw,
             headers=scope["headers"],
             query=scope["query_string"],
-            response=response,
-            stream=stream,
+            response=body,
+            response_text=text,
+            response_dropped=dropped,
             secret_headers=key_auth.header_names if key_auth is not None else (),
             secret_query=key_auth.query_names if key_auth is not None else (),
         )
         if self.trace is not None and self.trace.wants_content:
-            self.output_text = response if isinstance(response, str) else _completion_text(response)
+            self.output_text = text if text is not None else _completion_text(body)
 
     def _record(
         self,
@@ -780,7 +786,7 @@ class _Exchange:
             if self.trace is not None:
                 self.trace.response = out  # its id and finish reasons, read off the path
             if self.policy.log_payloads:
-                self._log_payloads(status, out, stream=False)
+                self._log_payloads(status, out)
             # Usage is recorded (spooled) before the response completes: a response its
             # client received is never lost with a killed data plane.
             self._record(status=status, usage=usage, model=model, estimated=estimated)
@@ -936,6 +942,8 @@ class _Exchange:
         relay = self.translator.stream(self.prepared)
         if self.trace is not None:
             relay = self.trace.tail(relay)  # sampled: keeps the ends for the span
+        if self.policy.log_payloads:
+            relay = PayloadTap(relay)  # what the client gets, capped, for the log
         status = response.status
         disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
         cut_short = False
@@ -995,8 +1003,8 @@ class _Exchange:
         if usage is None and status < 300 and self.policy.route_type != ROUTE_TYPE_PRESERVE:
             what = "stream cut short" if cut_short else "stream ended"
             usage, estimated = self._estimate(relay.produced_text(), what), True
-        if self.policy.log_payloads:
-            self._log_payloads(status, relay.produced_text(), stream=True)
+        if isinstance(relay, PayloadTap):
+            self._log_payloads(status, relay)
         # Recorded before the stream's end reaches the client (see the whole-response path).
         self._record(status=status, usage=usage, model=relay.model, estimated=estimated)
         if balancer is not None:
