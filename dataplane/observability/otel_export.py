@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+import orjson
+
 from dataplane.observability.tracing import (
     DEFAULT_SERVICE_NAME,
     SCOPE_NAME,
@@ -130,74 +132,75 @@ def gen_ai_tokens(usage: TokenUsage | None) -> tuple[int | None, int | None]:
 # -- gen_ai.response.id and finish_reasons, from what the client got ---------------------------
 
 
-def _meta_of(document: Any, found: dict[str, Any]) -> None:
-    """Note the id and finish reasons one response document (or stream event) carries, in any
-    of the client formats: OpenAI chat/completions/Responses, Anthropic Messages (and its
-    stream's message_start / message_delta), Gemini, Bedrock Converse, Cohere v2, Ollama."""
-    if not isinstance(document, dict):
+_REASON_KEYS: Final = ("stop_reason", "stopReason", "finish_reason", "done_reason")
+
+
+def _meta_of(document: Any, found: list[Any]) -> None:
+    """Note the id (``found[0]``) and finish reasons (``found[1:]``) one response document
+    (or stream event) carries, in any of the client formats: OpenAI chat/completions/Responses,
+    Anthropic Messages (and its stream's message_start / message_delta), Gemini, Bedrock
+    Converse, Cohere v2 (and its message-end delta), Ollama."""
+    if type(document) is not dict:
         return
+    get = document.get
+    if not found[0]:
+        ident = get("id") or get("responseId")
+        if type(ident) is str:
+            found[0] = ident
+    items = get("choices") or get("candidates")
+    if type(items) is list:
+        for item in items:
+            if type(item) is dict:
+                reason = item.get("finish_reason") or item.get("finishReason")
+                if type(reason) is str and reason:
+                    found.append(reason)
+    for key in _REASON_KEYS:
+        reason = get(key)
+        if type(reason) is str and reason:
+            found.append(reason)
     for key in ("message", "response", "delta"):
-        inner = document.get(key)
-        if isinstance(inner, dict):
+        inner = get(key)
+        if type(inner) is dict:
             _meta_of(inner, found)
-    ident = document.get("id", document.get("responseId"))
-    if isinstance(ident, str) and ident and "id" not in found:
-        found["id"] = ident
-    reasons = found.setdefault("reasons", [])
-    for key in ("choices", "candidates"):
-        items = document.get(key)
-        if isinstance(items, list):
-            for item in items:
-                if isinstance(item, dict):
-                    reason = item.get("finish_reason", item.get("finishReason"))
-                    if isinstance(reason, str) and reason:
-                        reasons.append(reason)
-    for key in ("stop_reason", "stopReason", "finish_reason", "done_reason"):
-        reason = document.get(key)
-        if isinstance(reason, str) and reason:
-            reasons.append(reason)
 
 
-def _documents(data: bytes) -> Iterable[Any]:
+def _documents(data: bytes) -> list[Any]:
     """The JSON documents of a body: one whole document, or SSE ``data:`` lines, or NDJSON."""
-    import orjson
-
-    data = data.strip()
-    if data.startswith(b"{"):
+    if data[:1] == b"{":
         try:
-            yield orjson.loads(data)
-            return
+            return [orjson.loads(data)]
         except orjson.JSONDecodeError:
             pass  # NDJSON: one object per line
+    documents = []
     for line in data.splitlines():
         line = line.strip()
         if line.startswith(b"data:"):
             line = line[5:].strip()
-        if line.startswith(b"{"):
+        if line[:1] == b"{":
             try:
-                yield orjson.loads(line)
+                documents.append(orjson.loads(line))
             except orjson.JSONDecodeError:
                 continue
+    return documents
 
 
 def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
     """(gen_ai.response.id, gen_ai.response.finish_reasons) of what the client got: a whole
     body (bytes) or a stream's ``ResponseTail``; ("", ()) when it has neither."""
     if isinstance(response, (bytes, bytearray, memoryview)):
-        chunks: list[bytes] = [bytes(response)]
+        chunks: list[bytes] = [bytes(response).strip()]
     else:
         first = getattr(response, "first", b"")
         if not first:
             return "", ()
         chunks = [first, *getattr(response, "last", ())]
-    found: dict[str, Any] = {}
+    found: list[Any] = [""]
     for chunk in chunks:
         if len(chunk) > 4 * 1024 * 1024:
             continue  # not parsed again for a span
         for document in _documents(chunk):
             _meta_of(document, found)
-    reasons = tuple(dict.fromkeys(found.get("reasons", ())))
-    return found.get("id", ""), reasons
+    return found[0], tuple(dict.fromkeys(found[1:]))
 
 
 # -- OTLP protobuf, by hand -------------------------------------------------------------------
@@ -465,6 +468,10 @@ class SpanEncoder:
             content,
             cost,
         ) = record
+        if type(response_id) is not str:
+            # What the client got (a body, a stream's ends): read now, off the request path.
+            response_id, reasons = response_meta(response_id)
+            finish_reasons = finish_reasons or reasons
         blocks = self._blocks
         offset = start_ns - start_perf_ns  # perf-counter instant -> Unix nanoseconds
         head = _TRACE_ID_TAG + trace_id.to_bytes(16, "big")
@@ -551,6 +558,13 @@ class SpanEncoder:
                 parts.append(_CACHE_WRITE_TOKENS.int(written))
             if reasoning is not None:
                 parts.append(_REASONING_TOKENS.int(reasoning))
+        if cost is not None and not isinstance(cost, str):
+            try:
+                priced = cost()  # the request's Metering.cost, read now
+            except Exception:
+                logger.exception("request %s: could not price it", request_id)
+                priced = None
+            cost = None if priced is None else f"{priced:f}"
         if cost is not None:
             # A decimal string (priced by the data plane): money is never a float here either.
             parts.append(_COST.str(cost))
@@ -928,14 +942,6 @@ class Exporter:
                 if aggregator is not None:
                     aggregator.add(record)
                 if encoder is not None and record[4]:
-                    if not isinstance(record[22], str):
-                        response_id, reasons = response_meta(record[22])
-                        record = (
-                            *record[:22],
-                            response_id,
-                            record[23] or reasons,
-                            *record[24:],
-                        )
                     spans.append(encoder.request(record))
                     counts.append(1 + len(record[20]))
                     self._pending_spans += counts[-1]

@@ -641,18 +641,11 @@ class Tracing:
     def _drain(self) -> None:
         pending = self._pending
         batch: list[tuple[Any, ...]] = []
+        popleft = pending.popleft
         while pending:
-            request = pending.popleft()
-            price = request[-1]
-            if price is not None:
-                try:
-                    cost = price()
-                except Exception:
-                    logger.exception("request %s: could not price it", request[5])
-                    cost = None
-                request = (*request[:-1], None if cost is None else f"{cost:f}")
-            batch.append(request)
+            batch.append(popleft())
         if batch:
+            # Sampled requests are priced there too (their ``cost`` thunk).
             self._exporter.add(batch)
 
     # -- lifecycle -----------------------------------------------------------------------
