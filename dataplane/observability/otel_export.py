@@ -45,8 +45,6 @@ from dataplane.observability.tracing import (
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
 
-    from dataplane.usage.tokens import TokenUsage
-
 logger = logging.getLogger(__name__)
 
 # The conventions' advised histogram boundaries.
@@ -102,7 +100,8 @@ class TracedRequest(NamedTuple):
     start_perf_ns: int
     end_perf_ns: int
     status: int
-    usage: TokenUsage | None
+    # (input, output, cached input, reasoning, cache write) as TokenUsage keeps them.
+    usage: tuple[int | None, int | None, int | None, int | None, int | None] | None
     estimated: bool
     stream: bool
     first_byte_perf_ns: int | None
@@ -115,17 +114,17 @@ class TracedRequest(NamedTuple):
     cost: Any
 
 
-def gen_ai_tokens(usage: TokenUsage | None) -> tuple[int | None, int | None]:
-    """(input, output) as the conventions count them, from the usage Meterline's events keep
-    apart: input includes the tokens read from and written to a cache, output includes
-    reasoning."""
+def gen_ai_tokens(usage: tuple[int | None, ...] | None) -> tuple[int | None, int | None]:
+    """(input, output) as the conventions count them, from a record's usage tuple (input,
+    output, cached input, reasoning, cache write as Meterline's events keep them apart): input
+    includes the tokens read from and written to a cache, output includes reasoning."""
     if usage is None:
         return None, None
-    input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+    input_tokens, output_tokens, cached, reasoning, cache_write = usage
     if input_tokens is not None:
-        input_tokens += (usage.cached_input_tokens or 0) + (usage.cache_write_tokens or 0)
+        input_tokens += (cached or 0) + (cache_write or 0)
     if output_tokens is not None:
-        output_tokens += usage.reasoning_tokens or 0
+        output_tokens += reasoning or 0
     return input_tokens, output_tokens
 
 
@@ -544,14 +543,11 @@ class SpanEncoder:
         if usage is not None:
             # As the conventions count them: input with the cache reads and writes, output
             # with reasoning (gen_ai_tokens), then the parts.
-            value = usage.input_tokens
-            cached, written = usage.cached_input_tokens, usage.cache_write_tokens
-            reasoning = usage.reasoning_tokens
+            value, output, cached, reasoning, written = usage
             if value is not None:
                 parts.append(_INPUT_TOKENS.int(value + (cached or 0) + (written or 0)))
-            value = usage.output_tokens
-            if value is not None:
-                parts.append(_OUTPUT_TOKENS.int(value + (reasoning or 0)))
+            if output is not None:
+                parts.append(_OUTPUT_TOKENS.int(output + (reasoning or 0)))
             if cached is not None:
                 parts.append(_CACHE_READ_TOKENS.int(cached))
             if written is not None:

@@ -218,7 +218,7 @@ class RequestTrace:
                 False,
                 False,
                 None,
-                self._attempts,
+                tuple(self._attempts),
                 (),
                 "",
                 (),
@@ -323,11 +323,21 @@ class RequestTrace:
                 self.start_perf_ns,
                 now_perf_ns,
                 status,
-                usage,
+                # Plain tuples all through: a record holding only atoms is not tracked by the
+                # garbage collector while it waits for the tracing thread.
+                None
+                if usage is None
+                else (
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    usage.cached_input_tokens,
+                    usage.reasoning_tokens,
+                    usage.cache_write_tokens,
+                ),
                 estimated,
                 stream,
                 first_byte_perf_ns,
-                self._attempts,
+                tuple(self._attempts),
                 params,
                 # Read by the exporter (otel_export.response_meta) when it is not a str yet.
                 response_id or (self.response if sampled else ""),
