@@ -29,23 +29,55 @@ import struct
 import sys
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
 
-from dataplane.observability.tracing import (
-    DEFAULT_SERVICE_NAME,
-    SCOPE_NAME,
-    provider_name,
-    signals_configured,
-)
-
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_SERVICE_NAME: Final = "meterline-dataplane"
+SCOPE_NAME: Final = "meterline.dataplane"
+# Meterline provider names -> gen_ai.provider.name's well-known values (others as they are).
+_PROVIDERS: Final = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+    "vertex": "gcp.vertex_ai",
+    "bedrock": "aws.bedrock",
+    "mistral": "mistral_ai",
+    "cohere": "cohere",
+    "openai_compatible": "openai",
+}
+
+
+def provider_name(provider: str) -> str:
+    return _PROVIDERS.get(provider, provider)
+
+
+def signals_configured(environ: Mapping[str, str] | None = None) -> tuple[bool, bool]:
+    """(traces, metrics): whether the OTEL_* variables ask for each to be exported.
+
+    An OTLP endpoint turns both on; OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER set to
+    ``otlp`` or ``console`` turn one on and ``none`` turns it off; OTEL_SDK_DISABLED wins."""
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False, False
+    endpoint = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
+
+    def wanted(signal: str) -> bool:
+        exporter = env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower()
+        if exporter:
+            return exporter != "none"
+        return endpoint or bool(env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "").strip())
+
+    return wanted("TRACES"), wanted("METRICS")
+
 
 # The conventions' advised histogram boundaries.
 _TOKEN_BUCKETS: Final = tuple(float(4**n) for n in range(14))

@@ -29,18 +29,20 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from dataplane.observability.otel_export import (
+    Exporter,
+    signals_configured,
+)
 from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.sampling import Sampler
-
-    from dataplane.observability.otel_export import Exporter
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +56,7 @@ _DRAIN_INTERVAL_S: Final = 0.2
 # Either one opts in; the route's log_payloads must be on as well.
 CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 METERLINE_CAPTURE_ENV: Final = "METERLINE_OTEL_CAPTURE_CONTENT"
-DEFAULT_SERVICE_NAME: Final = "meterline-dataplane"
-SCOPE_NAME: Final = "meterline.dataplane"
+
 
 # Meterline route types -> gen_ai.operation.name.
 _OPERATIONS: Final = {
@@ -64,18 +65,6 @@ _OPERATIONS: Final = {
     "llm/v1/embeddings": "embeddings",
     "llm/v1/responses": "chat",
     "preserve": "chat",
-}
-# Meterline provider names -> gen_ai.provider.name's well-known values (others as they are).
-_PROVIDERS: Final = {
-    "openai": "openai",
-    "azure": "azure.ai.openai",
-    "anthropic": "anthropic",
-    "gemini": "gcp.gemini",
-    "vertex": "gcp.vertex_ai",
-    "bedrock": "aws.bedrock",
-    "mistral": "mistral_ai",
-    "cohere": "cohere",
-    "openai_compatible": "openai",
 }
 # Request body fields -> gen_ai.request.* attributes.
 _PARAMS: Final = (
@@ -90,10 +79,6 @@ _HEX: Final = frozenset("0123456789abcdef")
 
 def operation_name(route_type: str) -> str:
     return _OPERATIONS.get(route_type, "chat")
-
-
-def provider_name(provider: str) -> str:
-    return _PROVIDERS.get(provider, provider)
 
 
 def parse_traceparent(value: str) -> tuple[int, int, int] | None:
@@ -394,25 +379,6 @@ def _env_on(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def signals_configured(environ: Mapping[str, str] | None = None) -> tuple[bool, bool]:
-    """(traces, metrics): whether the OTEL_* variables ask for each to be exported.
-
-    An OTLP endpoint turns both on; OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER set to
-    ``otlp`` or ``console`` turn one on and ``none`` turns it off; OTEL_SDK_DISABLED wins."""
-    env = os.environ if environ is None else environ
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False, False
-    endpoint = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
-
-    def wanted(signal: str) -> bool:
-        exporter = env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower()
-        if exporter:
-            return exporter != "none"
-        return endpoint or bool(env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "").strip())
-
-    return wanted("TRACES"), wanted("METRICS")
-
-
 def _fast_decision(sampler: Any) -> Callable[[int, int | None], bool] | None:
     """``decide(trace_id, parent sampled flag or None)`` for the SDK's built-in samplers
     (always_on/off, traceidratio, parentbased_* of those); None for any other (then the
@@ -457,8 +423,6 @@ class Tracing:
         from opentelemetry import trace as api
         from opentelemetry.context import Context
         from opentelemetry.sdk.trace.sampling import Decision
-
-        from dataplane.observability.otel_export import Exporter
 
         self._api = api
         # An empty context for requests without a parent: the sampler would look up the
