@@ -212,7 +212,9 @@ HONOURED: Mapping[str, frozenset[str]] = {
             "realm",
         }
     ),
-    "ai-proxy": frozenset({"route_type", "llm_format", *_PROXY, *_target("")}),
+    "ai-proxy": frozenset(
+        {"route_type", "llm_format", "logging.log_payloads", *_PROXY, *_target("")}
+    ),
     "ai-proxy-advanced": frozenset(
         {
             "llm_format",
@@ -222,6 +224,7 @@ HONOURED: Mapping[str, frozenset[str]] = {
             "targets.[].description",
             # The name the cost algorithm matches the requested model against.
             "targets.[].model.model_alias",
+            "targets.[].logging.log_payloads",
             *_target("targets.[]."),
             *(
                 f"balancer.{b}"
@@ -311,7 +314,7 @@ _ENUM_EXTRAS: Mapping[str, tuple[str, ...]] = {
 }
 
 # Fields honoured for some values only (Meterline's behaviour is Kong's for those values).
-_LOGGING = {"logging.log_statistics": (True,), "logging.log_payloads": (False,)}
+_LOGGING = {"logging.log_statistics": (True,)}
 # Kong's genai_category: Meterline serves text generation and embeddings (the category
 # follows route_type); the audio, image, realtime and video categories are noted.
 _CATEGORY = {"genai_category": ("text/generation", "text/embeddings")}
@@ -336,7 +339,6 @@ _REASONS: tuple[tuple[str, str], ...] = (
         "Bedrock options Meterline does not use (batch jobs, embeddings, latency tier, video)",
     ),
     ("metadata", "target metadata is not used"),
-    ("logging.log_payloads", "request and response bodies are not logged"),
     ("vectordb", "semantic routing and caching are not supported"),
     ("embeddings", "semantic routing and caching are not supported"),
     ("balancer.slots", "the balancer needs no hash ring slots"),

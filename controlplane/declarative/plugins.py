@@ -297,6 +297,7 @@ _TARGET_FIELDS = (
     # Per-target timeouts (Meterline's; override the balancer's for this target).
     "connect_timeout",
     "read_timeout",
+    "logging",
 )
 
 
@@ -338,6 +339,17 @@ def _proxy_fields(config: Entry, result: dict[str, Any]) -> None:
         result["max_request_body_size"] = config.integer("max_request_body_size", minimum=0)
     if config.has("model_name_header"):
         result["model_name_header"] = config.boolean("model_name_header", default=True)
+
+
+def _logging(config: Entry, result: dict[str, Any]) -> None:
+    """Kong's ``logging.log_payloads`` (the other logging field is checked by the schema)."""
+    logging = config.sub("logging")
+    if logging is not None and logging.has("log_payloads"):
+        value = logging.data.get("log_payloads")
+        if not isinstance(value, bool):
+            logging.fail_field("log_payloads", "must be true or false")
+        elif value:
+            result["logging"] = {"log_payloads": True}
 
 
 def _timeouts(config: Entry, result: dict[str, Any]) -> None:
@@ -396,6 +408,7 @@ def _target(target: Entry, *, llm_format: str | None) -> dict[str, Any]:
     for key in ("connect_timeout", "read_timeout"):
         if target.has(key):
             result[key] = target.integer(key, minimum=1)
+    _logging(target, result)
     auth = target.sub("auth")
     if auth is not None:
         result["auth"] = _auth(auth)
@@ -482,6 +495,7 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
             "llm_format",
             "auth",
             "model",
+            "logging",
             *_MODEL_POLICY_FIELDS,
             *_TIMEOUT_FIELDS,
             *_PROXY_FIELDS,
@@ -495,6 +509,7 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
     _model_policy(config, result)
     _proxy_fields(config, result)
     _timeouts(config, result)
+    _logging(config, result)
     auth = config.sub("auth")
     if auth is not None:
         result["auth"] = _auth(auth)

@@ -243,6 +243,11 @@ def _compile_route(
         rate_limits=compile_route_limits(route, plugins, ai_proxy=resolved.ai_proxy),
         translator=translator,
         balancer=balancer,
+        logs_payloads=ai_proxy is not None
+        and (
+            ai_proxy.log_payloads
+            or (balancer is not None and any(t.policy.log_payloads for t in balancer.targets))
+        ),
         **_route_behaviour(route),
     )
 
@@ -608,6 +613,7 @@ def _target_config(
         model=target.model,
         response_streaming=config.response_streaming,
         max_request_body_size=config.max_request_body_size,
+        log_payloads=target.log_payloads,
     )
     if config.HasField("model_name_header"):
         single.model_name_header = config.model_name_header
@@ -951,4 +957,5 @@ def _compile_ai_proxy(
             config, provider=wire_provider(config), route_type=config.route_type
         ),
         model_alias=config.model.model_alias,
+        log_payloads=config.log_payloads,
     )
