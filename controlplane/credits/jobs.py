@@ -13,9 +13,8 @@ from datetime import datetime
 
 from sqlalchemy import distinct, select
 
-from controlplane.credits import alerts, outlook, recharge
+from controlplane.credits import alerts, outlook, recharge, service
 from controlplane.credits import recharge_storage as store
-from controlplane.credits import service
 from controlplane.credits.types import RechargeOutcome
 from controlplane.errors import MeterlineError
 from controlplane.invoicing import storage as invoices
