@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import distinct, select
+from sqlalchemy import select
 
 from controlplane.credits import alerts, outlook, recharge, service
 from controlplane.credits import recharge_storage as store
@@ -30,14 +30,14 @@ def watched_customers(db: Database, *, subjects: Iterable[str] | None = None) ->
     with db.begin() as conn:
         keys = set(store.list_rule_customers(conn)) | set(store.list_alert_customers(conn))
         if subjects is None:
-            keys |= set(conn.execute(select(distinct(s.credit_grants.c.customer))).scalars())
+            keys |= set(conn.execute(select(s.credit_grants.c.customer).distinct()).scalars())
             return sorted(keys)
         wanted = set(subjects)
         if not keys or not wanted:
             return []
         cs = s.customer_subjects
         owners = conn.execute(
-            select(distinct(cs.c.customer)).where(cs.c.subject.in_(sorted(wanted)))
+            select(cs.c.customer).distinct().where(cs.c.subject.in_(sorted(wanted)))
         ).scalars()
         return sorted(keys & set(owners))
 
