@@ -1,0 +1,226 @@
+"""Issue #20's "done when", as processes: a customer on a credit_only plan buys 20.00 of credits
+through a Stripe invoice, spends them through the gateway with the openai SDK, is recharged
+automatically by a threshold rule (the top-up invoice paid in the Stripe stand-in, its webhook,
+the grant), and the ledger, the invoice lines and Stripe agree to the cent.
+
+Control plane (Stripe from the environment, webhooks), data plane, fake OpenAI provider, the
+Stripe stand-in over HTTP, the official openai SDK and the meterline CLI; SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import grpc
+import openai
+
+from meterline.admin.v1 import usage_pb2, usage_pb2_grpc
+from support.processes import Processes, free_port, http_ready, meterline, wait_until
+from support.stripe_emulator import running_stripe_emulator
+
+API_KEY = "sk_test_e2e_credits"
+WEBHOOK_SECRET = "whsec_e2e_credits"
+KEY = "acme-secret-key"
+PRICE = Decimal("0.05")  # per token, input and output alike
+D = Decimal
+
+DOCUMENT = """\
+_format_version: "3.0"
+services:
+  - name: ai-service
+    url: {upstream}
+    routes:
+      - name: chat
+        paths: [/chat]
+    plugins:
+      - name: ai-proxy
+        config:
+          route_type: llm/v1/chat
+          auth: {{header_name: Authorization, header_value: Bearer sk-upstream-secret}}
+          model:
+            provider: openai
+            name: gpt-4o-mini
+            options: {{upstream_url: "{upstream}/v1/chat/completions"}}
+consumers:
+  - username: acme-corp
+    keyauth_credentials: [{{key: {key}}}]
+plugins:
+  - name: key-auth
+billing:
+  features:
+    - {{key: tokens-in, meter: llm_tokens, filters: {{type: input}}}}
+    - {{key: tokens-out, meter: llm_tokens, filters: {{type: output}}}}
+  plans:
+    - key: prepaid
+      name: Prepaid
+      currency: USD
+      billing_cadence: P1M
+      rate_cards:
+        - feature: tokens-in
+          price: {{type: unit, amount: "{price}"}}
+          settlement_mode: credit_only
+        - feature: tokens-out
+          price: {{type: unit, amount: "{price}"}}
+          settlement_mode: credit_only
+  customers:
+    - {{key: acme, name: Acme Corp, subjects: [acme-corp]}}
+  subscriptions:
+    - {{customer: acme, plan: prepaid, start: now}}
+"""
+
+
+def cli(*args: str, cp: str) -> Any:
+    done = meterline(*args, "--cp", cp)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def usage_events(cp: str) -> list[usage_pb2.UsageEvent]:
+    with grpc.insecure_channel(cp) as channel:
+        stub = usage_pb2_grpc.UsageServiceStub(channel)
+        events = stub.ListUsageEvents(usage_pb2.ListUsageEventsRequest(page_size=1000))
+        return list(events.usage_events)
+
+
+def test_credit_only_customer_buys_spends_and_is_recharged(
+    processes: Processes, db_url: str
+) -> None:
+    upstream_port, cp_port, dp_port, webhook_port = (free_port() for _ in range(4))
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    cp = f"127.0.0.1:{cp_port}"
+    with running_stripe_emulator(
+        api_key=API_KEY,
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_url=f"http://127.0.0.1:{webhook_port}/stripe/webhook",
+    ) as emulator:
+        # Given a fake provider, a control plane with Stripe, the file, and a data plane
+        processes.start(
+            "fake", "-m", "dataplane.testing.fake_openai", "--listen", f"127.0.0.1:{upstream_port}"
+        )
+        processes.start(
+            "cp",
+            "-m",
+            "controlplane",
+            "controlplane",
+            "--db",
+            db_url,
+            "--listen",
+            cp,
+            "--webhook-listen",
+            f"127.0.0.1:{webhook_port}",
+            "--invoice-job-interval",
+            "0.5",
+            env={
+                "METERLINE_STRIPE_API_KEY": API_KEY,
+                "METERLINE_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "METERLINE_STRIPE_API_BASE": emulator.url,
+            },
+        )
+        wait_until(lambda: http_ready(f"{upstream}/_fake/requests", {200}), what="fake provider")
+        document = DOCUMENT.format(upstream=upstream, key=KEY, price=PRICE)
+        applied = meterline("apply", "-", "--cp", cp, input=document)
+        assert applied.returncode == 0, applied.stderr + processes.logs()
+        processes.start(
+            "dp", "-m", "controlplane", "dataplane", "--cp", cp, "--listen", f"127.0.0.1:{dp_port}"
+        )
+        dp = f"http://127.0.0.1:{dp_port}"
+        wait_until(lambda: http_ready(f"{dp}/nothing-here", {404}), what="data plane config")
+
+        def show() -> dict[str, Any]:
+            return dict(cli("credits", "show", "acme", "-o", "json", cp=cp))
+
+        def invoice(id: str) -> dict[str, Any]:
+            return dict(cli("invoice", "show", id, "--json", cp=cp))
+
+        def pay_in_stripe(id: str) -> str:
+            wait_until(lambda: invoice(id).get("sync_state") == "synced", what="synced")
+            stripe_id = str(invoice(id)["stripe_invoice_id"])
+            emulator.client().v1.invoices.pay(stripe_id, {"paid_out_of_band": True})
+            wait_until(lambda: invoice(id)["state"] == "paid", what="paid by webhook")
+            return stripe_id
+
+        # When the customer buys 20.00 of credits: a top-up invoice, paid at Stripe
+        bought = cli("credits", "top-up", "acme", "--amount", "20", "-o", "json", cp=cp)
+        assert show()["settled"] == "0"  # nothing before Stripe says paid
+        first_stripe = pay_in_stripe(bought["invoice"])
+        wait_until(lambda: show()["settled"] == "20.00", what="the first grant")
+
+        # And a threshold rule: below 5.00, buy 20.00 (one top-up per period at most)
+        rule = cli(
+            "credits", "recharge", "set", "acme", "--threshold", "5", "--amount", "20",
+            "--max-count", "1", "-o", "json", cp=cp,
+        )  # fmt: skip
+        assert (rule["mode"], rule["threshold"], rule["amount"]) == ("threshold", "5", "20")
+
+        # And spends through the gateway until the live balance falls below 5.00
+        client = openai.OpenAI(base_url=f"{dp}/chat", api_key=KEY, max_retries=0)
+        sent = 0
+        while D(show()["live"]) >= 5:
+            assert sent < 40, "the balance never fell below the threshold"
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"tell me about credits, part {sent}"}],
+            )
+            sent += 1
+            # Each request's usage (input and output) is stored before the balance is judged.
+            expected = 2 * sent
+            wait_until(lambda: len(usage_events(cp)) == expected, what="usage stored")  # noqa: B023
+
+        # Then auto-recharge issues one 20.00 top-up invoice, synced to Stripe, not yet granted
+        def top_ups() -> list[dict[str, Any]]:
+            listed = cli("invoice", "list", "--customer", "acme", "-o", "json", cp=cp)
+            return [row for row in listed if row["period_start"] == row["period_end"]]
+
+        wait_until(lambda: len(top_ups()) == 2, what="the automatic top-up")
+        [recharge] = [row for row in top_ups() if row["id"] != bought["invoice"]]
+        assert recharge["total"] == "20.00 USD"
+        assert show()["settled"] == "20.00"
+
+        # When Stripe collects it, the webhook grants it
+        second_stripe = pay_in_stripe(recharge["id"])
+        wait_until(lambda: show()["settled"] == "40.00", what="the recharge grant")
+        assert len(top_ups()) == 2  # the rule fired once
+
+        # And the period's invoice is issued (forced: the month is not over)
+        usage_cost = PRICE * sum(event.llm_tokens.tokens for event in usage_events(cp))
+        [period] = [
+            row
+            for row in cli("invoice", "list", "--customer", "acme", "-o", "json", cp=cp)
+            if row["period_start"] != row["period_end"]
+        ]
+        issued = cli("invoice", "issue", period["id"], "--force", "--json", cp=cp)
+        wait_until(lambda: invoice(period["id"]).get("sync_state") == "synced", what="synced")
+
+        # Then the ledger, the invoice lines and Stripe agree to the cent
+        lines = issued["lines"]
+        usage_lines = [line for line in lines if line["type"] == "usage"]
+        credit_lines = [line for line in lines if line["type"] == "credit"]
+        assert sum(D(line["amount"]) for line in usage_lines) == usage_cost
+        assert sum(D(line["amount"]) for line in credit_lines) == -usage_cost
+        assert D(issued["total"]) == 0  # credit_only: never invoiced beyond credits
+
+        ledger = cli("credits", "ledger", "acme", "-o", "json", cp=cp)
+        funded = [entry for entry in ledger if entry["type"] == "funded"]
+        consumed = [entry for entry in ledger if entry["type"] == "consumed"]
+        assert [D(entry["amount"]) for entry in funded] == [D("20.00"), D("20.00")]
+        assert sorted(D(e["amount"]) for e in consumed) == sorted(
+            D(line["amount"]) for line in credit_lines
+        )
+        assert all(entry["invoice"] == period["id"] for entry in consumed)
+
+        grants = {grant["key"]: grant for grant in show()["grants"]}
+        assert set(grants) == {f"top-up-{bought['invoice']}", f"top-up-{recharge['id']}"}
+        balance = show()
+        assert D(balance["settled"]) == D(40) - usage_cost
+        assert D(balance["live"]) == D(balance["settled"])
+
+        stripe_top_ups = [emulator.invoices[first_stripe], emulator.invoices[second_stripe]]
+        assert [(i["status"], i["total"]) for i in stripe_top_ups] == [("paid", 2000)] * 2
+        stripe_period = emulator.invoices[str(invoice(period["id"])["stripe_invoice_id"])]
+        assert stripe_period["total"] == 0
+        items = emulator.items_of(stripe_period["id"])
+        cents = sorted(int(item["amount"]) for item in items)
+        expected = sorted(int(D(line["amount"]) * 100) for line in lines if D(line["amount"]) != 0)
+        assert cents == expected
