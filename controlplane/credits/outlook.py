@@ -5,7 +5,8 @@ the open invoices would take from credits if issued now (``CreditBalance.pending
 invoice moves an amount from the second to the first, so spent only grows with usage. The
 credit job records a sample at most every ``SAMPLE_SECONDS`` per customer; the burn rate over the
 last N days is ``(spent now - spent at the newest sample at or before now - N days) / days``
-(the oldest sample in the window when none is older: a shorter window, never a guess).
+(the oldest sample in the window when none is older: a shorter window, never a guess), shown
+to 6 decimals; the run-out time is ``now + live x elapsed / spent``, to the second (floor).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SAMPLE_SECONDS = 300
 DEFAULT_WINDOW_DAYS = 7
 MAX_WINDOW_DAYS = 366
 _DAY = Decimal(86400)
+BURN_PLACES = Decimal("0.000001")
 
 
 def spent(conn: Connection, customer: str, balance: CreditBalance) -> Decimal:
@@ -76,7 +78,8 @@ def outlook(
     window_start = max(start_time, since)
     used = now_spent - start_spent
     seconds = Decimal(int((at - start_time).total_seconds()))
-    burn = used * _DAY / seconds if seconds > 0 else Decimal(0)
+    # Shown to 6 decimals (a rate, not an amount owed); the run-out uses the exact ratio.
+    burn = (used * _DAY / seconds).quantize(BURN_PLACES) if seconds > 0 else Decimal(0)
     run_out: datetime | None = None
     if found.live <= 0:
         run_out = at

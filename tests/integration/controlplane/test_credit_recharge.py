@@ -303,7 +303,7 @@ async def test_burn_rate_and_run_out(harness: Harness) -> None:
         found = outlook.outlook(conn, customer="acme", at=harness.clock.now(), days=7)
     assert found.balance.live == D("24.00")
     assert found.spent_in_window == D("6.00")
-    assert found.burn_per_day == D("3")
+    assert str(found.burn_per_day) == "3.000000"
     assert found.run_out_time == harness.clock.now() + timedelta(days=8)
     with harness.cp.db.begin() as conn, pytest.raises(InvalidArgument):
         outlook.outlook(conn, customer="acme", at=harness.clock.now(), days=0)
