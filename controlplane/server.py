@@ -381,12 +381,17 @@ class ControlPlane:
                 self._webhook_client = httpx.AsyncClient(
                     timeout=self.notifications.timeout_seconds, follow_redirects=False
                 )
-            return await notifications_service.run_once(
+            # Credit alerts are evaluated here too (and with auto-recharge after usage).
+            credit_events = await asyncio.to_thread(
+                credit_jobs.run_alerts, self.db, now=self.clock.now()
+            )
+            created, attempts = await notifications_service.run_once(
                 self.db,
                 clock=self.clock,
                 settings=self.notifications,
                 client=self._webhook_client,
             )
+            return created + credit_events, attempts
 
     async def _notification_job(self, seconds: float) -> None:
         """Alerts after usage arrives (the hub's change signal) and at least every ``seconds``;

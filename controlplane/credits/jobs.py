@@ -74,3 +74,18 @@ def run(
             )
             issued.append(outcome)
     return issued
+
+
+def run_alerts(db: Database, *, now: datetime) -> int:
+    """Credit alerts only, for every customer with alerts (the notification job's share); how
+    many events."""
+    created = 0
+    with db.begin() as conn:
+        keys = store.list_alert_customers(conn)
+    for customer in keys:
+        try:
+            with db.begin_write() as conn:
+                created += alerts.evaluate(conn, customer=customer, now=now)
+        except MeterlineError as exc:
+            log.warning("credit alerts: customer %s: %s", customer, exc)
+    return created
