@@ -381,17 +381,14 @@ class ControlPlane:
                 self._webhook_client = httpx.AsyncClient(
                     timeout=self.notifications.timeout_seconds, follow_redirects=False
                 )
-            # Credit alerts are evaluated here too (and with auto-recharge after usage).
-            credit_events = await asyncio.to_thread(
-                credit_jobs.run_alerts, self.db, now=self.clock.now()
-            )
-            created, attempts = await notifications_service.run_once(
+            return await notifications_service.run_once(
                 self.db,
                 clock=self.clock,
                 settings=self.notifications,
                 client=self._webhook_client,
+                # Credit alerts too (they are also evaluated with auto-recharge after usage).
+                also=lambda now: credit_jobs.run_alerts(self.db, now=now),
             )
-            return created + credit_events, attempts
 
     async def _notification_job(self, seconds: float) -> None:
         """Alerts after usage arrives (the hub's change signal) and at least every ``seconds``;
