@@ -88,7 +88,7 @@ async def test_credit_alert_webhook_signed_once_per_crossing(
         "--target", "50", "--min", "30", "--max", "20",
     )  # fmt: skip
     assert code != 0
-    [line] = err.strip().splitlines()
+    [line] = [line for line in err.splitlines() if " INFO " not in line]
     assert "recharge rule minimum 30 is above its maximum 20" in line
     code, _, err = await asyncio.to_thread(run, "credits", "recharge", "show", "acme")
     assert code != 0 and "has no recharge rule" in err
