@@ -15,15 +15,19 @@ import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from controlplane.budgets.types import BudgetMode
-from controlplane.catalog.types import LLM_TOKENS
+from controlplane.catalog.types import LLM_TOKENS, SettlementMode
 from controlplane.declarative import rate_limits
 from controlplane.entitlements.types import ConsumerAccess, EntitlementValue
 from controlplane.errors import InvalidArgument
 from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
 from meterline.dataplane.v1 import snapshot_pb2
+
+if TYPE_CHECKING:
+    from controlplane.credits.live import GatewayCredits
 
 # Fixed forever: changing it changes every id and so every data plane's config.
 ID_NAMESPACE = uuid.UUID("6f1d7f0e-3c59-5d8a-9a51-0b6c2e4d7a10")
@@ -36,6 +40,9 @@ class BuiltSnapshot:
 
     snapshot: snapshot_pb2.Snapshot
     version: str
+    # The control plane's count of usage stores when the build began (not content: the
+    # version ignores it); see ConfigResponse.usage_sequence.
+    usage_sequence: int = 0
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -54,6 +61,7 @@ def build_snapshot(
     entitlements: Sequence[ConsumerAccess] = (),
     *,
     balance_slices: int = 0,
+    credits: Mapping[str, GatewayCredits] | None = None,
 ) -> BuiltSnapshot:
     """The data-plane snapshot of ``config`` and the consumers' entitlement state.
 
@@ -62,6 +70,8 @@ def build_snapshot(
     ``balance_slices``: how many data planes share the balances (0: slicing off). It is only
     carried when it matters (more than one, and some entitlement state), so that data planes
     joining or leaving do not change the version of a snapshot without balances.
+    ``credits``: customer -> its live credits (``controlplane.credits.live``); the consumers of
+    a customer listed get ``ConsumerEntitlements.credits`` and its credit_only prices say so.
     """
     if balance_slices < 0:
         raise InvalidArgument(f"balance_slices must be >= 0, got {balance_slices}")
@@ -83,7 +93,9 @@ def build_snapshot(
             if _limits_something(p)
         ],
         consumer_entitlements=[
-            _consumer_entitlements(access, consumer_ids[access.subject])
+            _consumer_entitlements(
+                access, consumer_ids[access.subject], (credits or {}).get(access.customer)
+            )
             for access in sorted(entitlements, key=lambda a: a.subject)
             if access.subject in consumer_ids
         ],
@@ -95,11 +107,14 @@ def build_snapshot(
 
 
 def _limits_something(plugin: Plugin) -> bool:
-    """False for an ai-rate-limiting-advanced with only Kong 3.14 ``policies`` (accepted, not
-    enforced): it has no window, and data planes refuse a rate limit without one."""
+    """False for an ai-rate-limiting-advanced without any window (no llm_providers limit and no
+    policy limit, e.g. every policy matched consumer groups): data planes refuse a rate limit
+    without one."""
     if plugin.name is not PluginName.AI_RATE_LIMITING_ADVANCED:
         return True
-    return any(item.get("limit") for item in plugin.config.get("llm_providers") or ())
+    return any(item.get("limit") for item in plugin.config.get("llm_providers") or ()) or any(
+        policy.get("limits") for policy in plugin.config.get("policies") or ()
+    )
 
 
 def _by_name(entity: Service | Route) -> str:
@@ -164,8 +179,18 @@ def balance_id(value: EntitlementValue) -> str:
     return entity_id("balance", value.customer, value.subscription, value.feature)
 
 
+def credit_id(customer: str) -> str:
+    """One id per customer's credits: every consumer of the customer spends the same ones."""
+    return entity_id("credits", customer)
+
+
+def _money_text(value: Decimal) -> str:
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
 def _consumer_entitlements(
-    access: ConsumerAccess, consumer_id: str
+    access: ConsumerAccess, consumer_id: str, credits: GatewayCredits | None = None
 ) -> snapshot_pb2.ConsumerEntitlements:
     message = snapshot_pb2.ConsumerEntitlements(
         consumer_id=consumer_id,
@@ -188,10 +213,21 @@ def _consumer_entitlements(
         )
         item.period_end_time.FromDatetime(value.balance.period_end)
     message.currency = access.currency
+    credit_only = credits.credit_only if credits is not None else frozenset()
     for price in access.prices:
         message.prices.add(
-            feature=price.feature, filters=dict(price.filters), unit_price=str(price.unit_price)
+            feature=price.feature,
+            filters=dict(price.filters),
+            unit_price=str(price.unit_price),
+            settlement_mode=SettlementMode.CREDIT_ONLY.value
+            if price.feature in credit_only
+            else "",
         )
+    if credits is not None:
+        message.credits.credit_id = credit_id(access.customer)
+        message.credits.balance = _money_text(credits.balance)
+        for feature, left in sorted(credits.feature_balances.items()):
+            message.credits.feature_balances[feature] = _money_text(left)
     for state in sorted(access.budgets, key=lambda b: b.budget.id):
         budget = message.budgets.add(
             budget_id=state.budget.id,
@@ -225,6 +261,15 @@ def _plugin(
     )
     if plugin.name is PluginName.KEY_AUTH:
         message.key_auth.CopyFrom(key_auth_config(plugin.config))
+        anonymous = plugin.config.get("anonymous")
+        if anonymous:
+            # Kong names the anonymous consumer by id or username; the wire carries the id.
+            ids = set(consumer_ids.values())
+            message.key_auth.anonymous_consumer_id = (
+                str(anonymous)
+                if str(anonymous) in ids
+                else _resolve(consumer_ids, "consumer", str(anonymous), f"{owner} (anonymous)")
+            )
     elif plugin.name is PluginName.AI_PROXY:
         message.ai_proxy.CopyFrom(ai_proxy_config(plugin.config))
     elif plugin.name is PluginName.AI_PROXY_ADVANCED:
@@ -259,7 +304,20 @@ def key_auth_config(config: Mapping[str, Any]) -> snapshot_pb2.KeyAuthConfig:
         hide_credentials=_flag(config, "hide_credentials", False),
         key_in_query=_flag(config, "key_in_query", True),
         key_in_bearer=_flag(config, "key_in_bearer", True),
+        key_in_body=_flag(config, "key_in_body", False),
+        # Unset (Kong's default, true) unless the config turns it off.
+        run_on_preflight=False if config.get("run_on_preflight") is False else None,
+        realm=_text(config, "realm"),
     )
+
+
+def _proxy_fields(config: Mapping[str, Any], message: snapshot_pb2.AiProxyConfig) -> None:
+    """Kong's response_streaming, max_request_body_size and model_name_header."""
+    streaming = _text(config, "response_streaming")
+    message.response_streaming = "" if streaming == "allow" else streaming
+    message.max_request_body_size = int(config.get("max_request_body_size") or 0)
+    if isinstance(config.get("model_name_header"), bool):
+        message.model_name_header = config["model_name_header"]
 
 
 def _model_policy(config: Mapping[str, Any], message: snapshot_pb2.AiProxyConfig) -> None:
@@ -303,6 +361,7 @@ def ai_proxy_advanced_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyC
             read_timeout=int(target.get("read_timeout") or 0),
         )
     _model_policy(config, message)
+    _proxy_fields(config, message)
     return message
 
 
@@ -368,10 +427,12 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
             gcp_oauth_token_url=_text(auth, "gcp_oauth_token_url"),
             aws_access_key_id=_text(auth, "aws_access_key_id"),
             aws_secret_access_key=_text(auth, "aws_secret_access_key"),
+            allow_override=bool(auth.get("allow_override")),
         ),
         model=snapshot_pb2.AiProxyModel(
             provider=_text(model, "provider"),
             name=_text(model, "name"),
+            model_alias=_text(model, "model_alias"),
             options=snapshot_pb2.AiProxyModelOptions(
                 upstream_url=_text(options, "upstream_url"),
                 anthropic_version=_text(options, "anthropic_version"),
@@ -384,8 +445,22 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
                 gemini=_gemini_options(options.get("gemini")),
                 bedrock=_bedrock_options(options.get("bedrock") or {}),
                 **_provider_options(options),
+                **_sampling_options(options),
             ),
         ),
     )
     _model_policy(config, message)
+    _proxy_fields(config, message)
     return message
+
+
+def _sampling_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Kong's temperature, top_p, top_k (set ones only) and upstream_path."""
+    fields: dict[str, Any] = {
+        key: float(options[key]) for key in ("temperature", "top_p") if options.get(key) is not None
+    }
+    if options.get("top_k") is not None:
+        fields["top_k"] = int(options["top_k"])
+    if options.get("upstream_path"):
+        fields["upstream_path"] = str(options["upstream_path"])
+    return fields

@@ -118,7 +118,14 @@ def kong_fields() -> Mapping[str, tuple[FieldSpec, ...]]:
 
 # -- what Meterline does with each plugin's fields ---------------------------------------------
 
-_AUTH = ("header_name", "header_value", "param_name", "param_value", "param_location")
+_AUTH = (
+    "header_name",
+    "header_value",
+    "param_name",
+    "param_value",
+    "param_location",
+    "allow_override",
+)
 _OPTIONS = (
     "upstream_url",
     "anthropic_version",
@@ -128,6 +135,10 @@ _OPTIONS = (
     "azure_instance",
     "azure_deployment_id",
     "azure_api_version",
+    "temperature",
+    "top_p",
+    "top_k",
+    "upstream_path",
 )
 _GEMINI = ("api_endpoint", "project_id", "location_id", "endpoint_id")
 # Kong's model.options.bedrock that Meterline honours (provider bedrock: region, STS role).
@@ -142,6 +153,7 @@ _PROVIDER_OPTIONS = (
 _MODEL = (
     "provider",
     "name",
+    "model_alias",
     *(f"options.{o}" for o in _OPTIONS),
     *(f"options.gemini.{g}" for g in _GEMINI),
     *(f"options.bedrock.{b}" for b in _BEDROCK),
@@ -163,6 +175,24 @@ _RATE_COMMON = (
 )
 
 
+# Kong's request and response handling fields of both ai-proxy plugins.
+_PROXY = ("response_streaming", "max_request_body_size", "model_name_header")
+# A refusal's status and message (every rate-limiting plugin).
+_ERROR = ("error_code", "error_message")
+# Kong 3.14's ai-rate-limiting-advanced policies[] (controlplane/declarative/rate_limits.py).
+_POLICY = (
+    "id",
+    "window_type",
+    "match.[].type",
+    "match.[].key",
+    "match.[].values",
+    "match.[].partition_by",
+    "limits.[].limit",
+    "limits.[].window_size",
+    "limits.[].tokens_count_strategy",
+)
+
+
 def _target(prefix: str) -> tuple[str, ...]:
     return (
         *(f"{prefix}auth.{a}" for a in (*_AUTH, *_GCP, *_AWS)),
@@ -171,11 +201,22 @@ def _target(prefix: str) -> tuple[str, ...]:
 
 
 HONOURED: Mapping[str, frozenset[str]] = {
-    "key-auth": frozenset({"key_names", "hide_credentials", "key_in_query"}),
-    "ai-proxy": frozenset({"route_type", "llm_format", *_target("")}),
+    "key-auth": frozenset(
+        {
+            "key_names",
+            "hide_credentials",
+            "key_in_query",
+            "key_in_body",
+            "anonymous",
+            "run_on_preflight",
+            "realm",
+        }
+    ),
+    "ai-proxy": frozenset({"route_type", "llm_format", *_PROXY, *_target("")}),
     "ai-proxy-advanced": frozenset(
         {
             "llm_format",
+            *_PROXY,
             "targets.[].route_type",
             "targets.[].weight",
             "targets.[].description",
@@ -198,7 +239,7 @@ HONOURED: Mapping[str, frozenset[str]] = {
             ),
         }
     ),
-    "rate-limiting-advanced": frozenset({"limit", "window_size", *_RATE_COMMON}),
+    "rate-limiting-advanced": frozenset({"limit", "window_size", *_RATE_COMMON, *_ERROR}),
     "ai-rate-limiting-advanced": frozenset(
         {
             "llm_providers.[].name",
@@ -206,6 +247,8 @@ HONOURED: Mapping[str, frozenset[str]] = {
             "llm_providers.[].window_size",
             "tokens_count_strategy",
             *_RATE_COMMON,
+            *_ERROR,
+            *(f"policies.[].{p}" for p in _POLICY),
         }
     ),
     "rate-limiting": frozenset(
@@ -223,6 +266,7 @@ HONOURED: Mapping[str, frozenset[str]] = {
             "hide_client_headers",
             "redis.timeout",
             *(f"redis.{r}" for r in _REDIS),
+            *_ERROR,
         }
     ),
 }
@@ -266,19 +310,15 @@ _ENUM_EXTRAS: Mapping[str, tuple[str, ...]] = {
 
 # Fields honoured for some values only (Meterline's behaviour is Kong's for those values).
 _LOGGING = {"logging.log_statistics": (True,), "logging.log_payloads": (False,)}
-# Kong's defaults Meterline does not share: noted whenever set (no value is honoured), or
-# honoured only for the value that matches Meterline's behaviour.
-_PROXY_ONLY = {
-    "response_streaming": ("allow",),
-    "model_name_header": (False,),
-    "max_request_body_size": (),
-}
+# Kong's genai_category: Meterline serves text generation and embeddings (the category
+# follows route_type); the audio, image, realtime and video categories are noted.
+_CATEGORY = {"genai_category": ("text/generation", "text/embeddings")}
 HONOURED_VALUES: Mapping[str, Mapping[str, tuple[Any, ...]]] = {
-    "key-auth": {"key_in_header": (True,), "key_in_body": (False,)},
-    "ai-proxy": {**_LOGGING, **_PROXY_ONLY},
+    "key-auth": {"key_in_header": (True,)},
+    "ai-proxy": {**_LOGGING, **_CATEGORY},
     "ai-proxy-advanced": {
         **{f"targets.[].{key}": values for key, values in _LOGGING.items()},
-        **_PROXY_ONLY,
+        **_CATEGORY,
     },
     "rate-limiting-advanced": {"sync_rate": (0,), "disable_penalty": (True,)},
     "ai-rate-limiting-advanced": {"sync_rate": (0,), "disable_penalty": (True,)},
@@ -293,34 +333,22 @@ _REASONS: tuple[tuple[str, str], ...] = (
         "model.options.bedrock.",
         "Bedrock options Meterline does not use (batch jobs, embeddings, latency tier, video)",
     ),
-    ("model.model_alias", "the model sent upstream is model.name (or the client's)"),
     ("metadata", "target metadata is not used"),
     ("logging.log_payloads", "request and response bodies are not logged"),
     ("vectordb", "semantic routing and caching are not supported"),
     ("embeddings", "semantic routing and caching are not supported"),
     ("balancer.slots", "the balancer needs no hash ring slots"),
-    ("model.options.temperature", "Kong's per-request sampling defaults are not applied"),
-    ("model.options.top_p", "Kong's per-request sampling defaults are not applied"),
-    ("model.options.top_k", "Kong's per-request sampling defaults are not applied"),
-    ("model.options.upstream_path", "the upstream path comes from the provider or upstream_url"),
     ("auth.aws_", "cloud identity auth is not supported: use auth.header_name/header_value"),
     ("auth.azure_", "cloud identity auth is not supported: use auth.header_name/header_value"),
     ("auth.gcp_", "cloud identity auth is not supported: use auth.header_name/header_value"),
-    ("auth.allow_override", "clients cannot override the provider credential"),
-    ("response_streaming", "streaming is always allowed as the client asks"),
-    ("max_request_body_size", "the data plane's own body size limit applies"),
-    ("model_name_header", "no model name response header is added"),
-    ("genai_category", "the category follows route_type"),
+    (
+        "genai_category",
+        "only text generation and embeddings are served (audio, image, realtime and video "
+        "categories are not); the category follows route_type",
+    ),
     ("redis.", "only host, port, database, username, password and timeout are used"),
     ("sync_rate", "counters are synchronised on every request"),
-    ("policies", "match policies (Kong 3.14) are not supported: use llm_providers"),
-    ("error_code", "refusals are answered with 429 and Meterline's error body"),
-    ("error_message", "refusals are answered with 429 and Meterline's error body"),
     ("key_in_header", "the key is always read from the key_names headers"),
-    ("key_in_body", "keys are not read from request bodies"),
-    ("anonymous", "requests without a valid key are refused (no anonymous consumer)"),
-    ("run_on_preflight", "preflight requests are authenticated like any other"),
-    ("realm", "no WWW-Authenticate realm is sent"),
     ("identity_realms", "Konnect identity realms are not supported"),
     ("compound_identifier", "use identifier (one key per counter)"),
     ("consumer_groups", "consumer groups are not supported"),

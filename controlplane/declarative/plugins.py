@@ -25,7 +25,11 @@ KEY_AUTH_DEFAULTS: Mapping[str, Any] = {
     "hide_credentials": False,
     "key_in_query": True,
     "key_in_bearer": True,
+    "key_in_body": False,
+    "run_on_preflight": True,
 }
+# Optional key-auth fields (absent unless set): the anonymous consumer, the 401's realm.
+_KEY_AUTH_OPTIONAL = ("anonymous", "realm")
 
 # What data planes of this version serve, mirrored from dataplane/config/providers.py (the control
 # plane does not import the data plane; tests/unit/controlplane/test_kong_schema.py checks the
@@ -103,6 +107,9 @@ _FORMAT_OPTIONS = {
 }
 _PROVIDER_OPTIONS = {"dashscope": ("international",), "databricks": ("workspace_instance_id",)}
 PARAM_LOCATIONS = ("query", "body")
+# Providers whose upstream URL is built per request (model and operation in the path): Kong's
+# upstream_path cannot replace it (dataplane/proxy/compiler.py refuses the same).
+_URL_TEMPLATE_PROVIDERS = frozenset({"gemini", "bedrock"})
 
 _AUTH_FIELDS = (
     "header_name",
@@ -117,7 +124,7 @@ _AUTH_FIELDS = (
 _GCP_AUTH_FIELDS = ("gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url")
 # Kong's model.options.gemini (Vertex AI when project_id and location_id are set).
 _GEMINI_OPTIONS = ("api_endpoint", "project_id", "location_id", "endpoint_id")
-_MODEL_FIELDS = ("provider", "name", "options")
+_MODEL_FIELDS = ("provider", "name", "options", "model_alias")
 _OPTION_FIELDS = (
     "upstream_url",
     "anthropic_version",
@@ -131,6 +138,10 @@ _OPTION_FIELDS = (
     "bedrock",
     *_FORMAT_OPTIONS,
     *_PROVIDER_OPTIONS,
+    "temperature",
+    "top_p",
+    "top_k",
+    "upstream_path",
 )
 # model.options.bedrock (Kong's names): the region signs every request; the role is assumed
 # through STS.
@@ -214,7 +225,7 @@ def _llm_format(config: Entry) -> str | None:
 
 
 def _key_auth(config: Entry) -> dict[str, Any]:
-    config.check_keys(KEY_AUTH_DEFAULTS.keys())
+    config.check_keys((*KEY_AUTH_DEFAULTS.keys(), *_KEY_AUTH_OPTIONAL))
     # A fresh list each time: callers may mutate the config they get.
     result = {**KEY_AUTH_DEFAULTS, "key_names": list(KEY_AUTH_DEFAULTS["key_names"])}
     if config.has("key_names"):
@@ -223,12 +234,24 @@ def _key_auth(config: Entry) -> dict[str, Any]:
             if not _HEADER_NAME.match(key_name):
                 config.fail_field(f"key_names[{index}]", f'"{key_name}" is not a valid header name')
         result["key_names"] = list(names or ())
-    for flag in ("hide_credentials", "key_in_query", "key_in_bearer"):
+    for flag in ("hide_credentials", "key_in_query", "key_in_bearer", "key_in_body"):
         result[flag] = config.boolean(flag, default=bool(KEY_AUTH_DEFAULTS[flag]))
+    result["run_on_preflight"] = config.boolean("run_on_preflight", default=True)
+    # anonymous names a consumer (username or id): checked against the file's consumers when
+    # the snapshot is built, so a dangling one is refused at apply.
+    for key in _KEY_AUTH_OPTIONAL:
+        if config.has(key):
+            result[key] = config.string(key, required=True)
+    realm = result.get("realm")
+    if isinstance(realm, str) and any(c in realm for c in '"\\\r\n\0'):
+        config.fail_field("realm", "must not contain quotes, backslashes or line breaks")
     return result
 
 
 _MODEL_POLICY_FIELDS = ("model_allow_list", "model_aliases")
+# Kong's request and response handling fields of both ai-proxy plugins.
+_PROXY_FIELDS = ("response_streaming", "max_request_body_size", "model_name_header")
+RESPONSE_STREAMING = ("allow", "deny", "always")
 _TIMEOUT_FIELDS = ("connect_timeout", "read_timeout", "write_timeout")
 # Kong's ai-proxy-advanced balancer (timeouts in milliseconds; Kong's defaults).
 BALANCER_ALGORITHMS = (
@@ -296,6 +319,27 @@ def _model_policy(config: Entry, result: dict[str, Any]) -> None:
         result["model_aliases"] = mapping
 
 
+def _proxy_fields(config: Entry, result: dict[str, Any]) -> None:
+    """``response_streaming``, ``max_request_body_size``, ``model_name_header`` (set ones)."""
+    if config.has("response_streaming"):
+        result["response_streaming"] = config.choice("response_streaming", RESPONSE_STREAMING)
+        if result["response_streaming"] == "always" and result.get("llm_format") in (
+            "gemini",
+            "bedrock",
+        ):
+            # Their clients choose streaming by the URL (dataplane/proxy/kong_options.py).
+            config.fail_field(
+                "response_streaming",
+                f'"always" cannot apply to llm_format "{result["llm_format"]}" '
+                "(its clients choose streaming by the URL)",
+            )
+    if config.has("max_request_body_size"):
+        # 0: Kong's "no limit of its own" (the data plane's limit still applies).
+        result["max_request_body_size"] = config.integer("max_request_body_size", minimum=0)
+    if config.has("model_name_header"):
+        result["model_name_header"] = config.boolean("model_name_header", default=True)
+
+
 def _timeouts(config: Entry, result: dict[str, Any]) -> None:
     for key in _TIMEOUT_FIELDS:
         if config.has(key):
@@ -303,13 +347,14 @@ def _timeouts(config: Entry, result: dict[str, Any]) -> None:
 
 
 def _ai_proxy_advanced(config: Entry) -> dict[str, Any]:
-    config.check_keys(("llm_format", "targets", "balancer", *_MODEL_POLICY_FIELDS))
+    config.check_keys(("llm_format", "targets", "balancer", *_MODEL_POLICY_FIELDS, *_PROXY_FIELDS))
     result: dict[str, Any] = {
         "llm_format": _llm_format(config),
         "targets": [],
         "balancer": {},
     }
     _model_policy(config, result)
+    _proxy_fields(config, result)
     targets = config.data.get("targets")
     if not isinstance(targets, list) or not targets:
         config.fail_field("targets", "must be a non-empty list of targets")
@@ -432,7 +477,15 @@ def _balancer(balancer: Entry, *, targets: list[dict[str, Any]]) -> dict[str, An
 
 def _ai_proxy(config: Entry) -> dict[str, Any]:
     config.check_keys(
-        ("route_type", "llm_format", "auth", "model", *_MODEL_POLICY_FIELDS, *_TIMEOUT_FIELDS)
+        (
+            "route_type",
+            "llm_format",
+            "auth",
+            "model",
+            *_MODEL_POLICY_FIELDS,
+            *_TIMEOUT_FIELDS,
+            *_PROXY_FIELDS,
+        )
     )
     result: dict[str, Any] = {
         "route_type": _route_type(config),
@@ -440,6 +493,7 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
         "auth": {},
     }
     _model_policy(config, result)
+    _proxy_fields(config, result)
     _timeouts(config, result)
     auth = config.sub("auth")
     if auth is not None:
@@ -541,8 +595,10 @@ def _check_gemini(entry: Entry, result: Mapping[str, Any]) -> None:
 
 
 def _auth(auth: Entry) -> dict[str, Any]:
-    auth.check_keys((*_AUTH_FIELDS, *_GCP_AUTH_FIELDS))
+    auth.check_keys((*_AUTH_FIELDS, *_GCP_AUTH_FIELDS, "allow_override"))
     result: dict[str, Any] = {}
+    if auth.has("allow_override"):
+        result["allow_override"] = auth.boolean("allow_override", default=False)
     if auth.has("gcp_use_service_account"):
         result["gcp_use_service_account"] = auth.boolean("gcp_use_service_account", default=False)
     for key in ("gcp_service_account_json", "gcp_oauth_token_url"):
@@ -612,6 +668,8 @@ def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
         "name": model.string("name", default=""),
         "options": {},
     }
+    if model.has("model_alias"):
+        result["model_alias"] = model.string("model_alias", required=True)
     options = model.sub("options")
     if options is not None:
         result["options"] = _options(options)
@@ -632,6 +690,9 @@ def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
             )
     elif provider in PROVIDERS_NEEDING_URL and "upstream_url" not in options_set:
         model.fail_field("options.upstream_url", f'is required for provider "{provider}"')
+    if "upstream_path" in options_set and provider in _URL_TEMPLATE_PROVIDERS:
+        # Their URL names the model and operation per request; the path is not one value.
+        model.fail_field("options.upstream_path", f'is not supported for provider "{provider}"')
     bedrock = options_set.get("bedrock")
     if bedrock is not None and provider != "bedrock":
         model.fail_field("options.bedrock", 'is only for provider "bedrock"')
@@ -710,6 +771,22 @@ def _options(options: Entry) -> dict[str, Any]:
         result["databricks"] = {"workspace_instance_id": instance}
     if options.has("max_tokens"):
         result["max_tokens"] = options.integer("max_tokens", minimum=1)
+    # Kong's sampling defaults (the client's own values win): numbers, kept as JSON numbers.
+    for key, top in (("temperature", 5), ("top_p", 1)):
+        value = options.data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= top:
+            options.fail_field(key, f"must be a number from 0 to {top}, got {value!r}")
+        else:
+            result[key] = value
+    if options.has("top_k"):
+        result["top_k"] = options.integer("top_k", minimum=0)
+    if options.has("upstream_path"):
+        path = options.string("upstream_path", required=True)
+        if path is not None and (not path.startswith("/") or any(c in path for c in "?# \r\n")):
+            options.fail_field("upstream_path", f'must be a path starting with "/", got "{path}"')
+        result["upstream_path"] = path
     for cost in ("input_cost", "output_cost"):
         if options.has(cost):
             amount = options.decimal(cost, kong_number=True)

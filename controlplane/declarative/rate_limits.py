@@ -33,6 +33,8 @@ _COMMON = (
     "namespace",
     "fault_tolerant",
     "hide_client_headers",
+    "error_code",
+    "error_message",
 )
 _REDIS_FIELDS = ("host", "port", "database", "username", "password", "timeout")
 # The open-source rate-limiting plugin's windows (fixed, clock-aligned; a month is 30 days).
@@ -71,9 +73,12 @@ def oss_rate_limiting(config: Entry) -> dict[str, Any]:
             "fault_tolerant",
             "hide_client_headers",
             "redis",
+            "error_code",
+            "error_message",
         )
     )
     result: dict[str, Any] = {}
+    _error(config, result)
     bad = False
     for name, _ in OSS_WINDOWS:
         value = config.data.get(name)
@@ -128,6 +133,8 @@ def oss_snapshot_config(config: Mapping[str, Any]) -> snapshot_pb2.RateLimitingC
             "redis": config.get("redis") or {},
             "fault_tolerant": config.get("fault_tolerant", True),
             "hide_client_headers": config.get("hide_client_headers", False),
+            "error_code": config.get("error_code"),
+            "error_message": config.get("error_message"),
             "limit": [config[name] for name, _ in OSS_WINDOWS if config.get(name) is not None],
             "window_size": [size for name, size in OSS_WINDOWS if config.get(name) is not None],
         }
@@ -139,7 +146,7 @@ def ai_rate_limiting(
     config: Entry, *, providers: tuple[str, ...], require_providers: bool = True
 ) -> dict[str, Any]:
     """The normalised config of an ai-rate-limiting-advanced plugin (counts tokens or cost)."""
-    config.check_keys(("llm_providers", "tokens_count_strategy", *_COMMON))
+    config.check_keys(("llm_providers", "tokens_count_strategy", "policies", *_COMMON))
     result = _common(config)
     strategy = config.choice(
         "tokens_count_strategy", TOKENS_COUNT_STRATEGIES, default="total_tokens"
@@ -163,7 +170,75 @@ def ai_rate_limiting(
         limits, windows = _windows(entry, cost=strategy == "cost")
         items.append({"name": name, "limit": limits, "window_size": windows})
     result["llm_providers"] = items
+    if config.has("policies"):
+        result["policies"] = _policies(config, providers=providers)
     return result
+
+
+# Kong 3.14's policies[].match[].type values Meterline matches on (consumer_group: none).
+MATCH_TYPES = ("consumer", "ip", "header", "model", "provider", "path")
+
+
+def _policies(config: Entry, *, providers: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Kong 3.14's ``policies``: each ``{id, match: [...], limits: [...], window_type}``."""
+    policies: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for entry in config.entries("policies", label="id"):
+        entry.check_keys(("id", "match", "limits", "window_type"))
+        policy_id = entry.string("id", required=True)
+        if policy_id is not None and policy_id in seen:
+            entry.fail_field("id", f'repeats policy "{policy_id}"')
+        seen.add(policy_id or "")
+        policy: dict[str, Any] = {
+            "id": policy_id,
+            "window_type": entry.choice("window_type", WINDOW_TYPES, default="sliding"),
+            "match": [],
+            "limits": [],
+        }
+        never = False
+        for index, match in enumerate(entry.entries("match", label="type")):
+            match.check_keys(("type", "key", "values", "partition_by"))
+            kind = match.data.get("type")
+            if kind == "consumer_group":
+                # Meterline has no consumer groups: a policy matching on one never applies.
+                entry.note(f"match[{index}].type", "consumer groups are not supported")
+                never = True
+                continue
+            kind = match.choice("type", MATCH_TYPES)
+            key = match.string("key", default="") or ""
+            if kind == "header" and not key:
+                match.fail_field("key", 'is required with type "header" (the header name)')
+            values = match.string_list("values") or ()
+            if kind == "provider":
+                for position, value in enumerate(values):
+                    if value not in providers:
+                        match.fail_field(f"values[{position}]", f'"{value}" is not a provider')
+            policy["match"].append(
+                {
+                    "type": kind,
+                    "key": key,
+                    "values": list(values),
+                    "partition_by": match.boolean("partition_by", default=False),
+                }
+            )
+        if not entry.has("limits"):
+            entry.fail_field("limits", "is required (a list of {limit, window_size})")
+        for limit in entry.entries("limits", label="window_size"):
+            limit.check_keys(("limit", "window_size", "tokens_count_strategy"))
+            strategy = limit.choice(
+                "tokens_count_strategy", TOKENS_COUNT_STRATEGIES, default="total_tokens"
+            )
+            amounts, sizes = _windows(limit, cost=strategy == "cost")
+            if len(amounts) != 1 or len(sizes) != 1:
+                if amounts and sizes:
+                    limit.fail("needs one limit and one window_size")
+                continue
+            policy["limits"].append(
+                {"limit": amounts[0], "window_size": sizes[0], "tokens_count_strategy": strategy}
+            )
+        if not never:
+            policies.append(policy)
+    return policies
 
 
 def _common(config: Entry) -> dict[str, Any]:
@@ -177,6 +252,7 @@ def _common(config: Entry) -> dict[str, Any]:
     }
     if result["identifier"] == "header" and not result["header_name"]:
         config.fail_field("header_name", 'is required with identifier "header"')
+    _error(config, result)
     strategy = config.data.get("strategy")
     if strategy == "cluster":
         # Kong's "cluster" keeps counters in its database; Meterline's data planes have none.
@@ -189,6 +265,24 @@ def _common(config: Entry) -> dict[str, Any]:
     if result["strategy"] == "redis" and not result["redis"].get("host"):
         config.fail_field("redis.host", 'is required with strategy "redis"')
     return result
+
+
+def _error(config: Entry, result: dict[str, Any]) -> None:
+    """Kong's ``error_code`` and ``error_message`` of a refusal (set ones only)."""
+    code = config.data.get("error_code")
+    if code is not None:
+        # Kong types it as a number: 429.0 is 429.
+        if isinstance(code, float) and code.is_integer():
+            code = int(code)
+        if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
+            config.fail_field("error_code", f"must be an HTTP error status (400-599), got {code!r}")
+        else:
+            result["error_code"] = code
+    if config.has("error_message"):
+        message = config.string("error_message", required=True)
+        if message is not None and any(c in message for c in "\r\n\0"):
+            config.fail_field("error_message", "must be one line")
+        result["error_message"] = message
 
 
 def _redis(redis: Entry) -> dict[str, Any]:
@@ -299,7 +393,26 @@ def snapshot_config(config: Mapping[str, Any]) -> snapshot_pb2.RateLimitingConfi
         fault_tolerant=bool(config.get("fault_tolerant", True)),
         hide_client_headers=bool(config.get("hide_client_headers", False)),
         tokens_count_strategy=str(config.get("tokens_count_strategy") or ""),
+        error_code=int(config.get("error_code") or 0),
+        error_message=str(config.get("error_message") or ""),
     )
+    for policy in config.get("policies") or ():
+        wire = message.policies.add(
+            id=str(policy.get("id") or ""), window_type=str(policy.get("window_type") or "")
+        )
+        for match in policy.get("match") or ():
+            wire.matches.add(
+                type=str(match.get("type") or ""),
+                key=str(match.get("key") or ""),
+                values=[str(value) for value in match.get("values") or ()],
+                partition_by=bool(match.get("partition_by")),
+            )
+        for limit in policy.get("limits") or ():
+            wire.limits.add(
+                limit=str(limit["limit"]),
+                window_size=int(limit["window_size"]),
+                tokens_count_strategy=str(limit.get("tokens_count_strategy") or "total_tokens"),
+            )
     groups: list[tuple[str, Mapping[str, Any]]] = [("", config)]
     if "llm_providers" in config:
         groups = [(str(item.get("name") or ""), item) for item in config["llm_providers"]]

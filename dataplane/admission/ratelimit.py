@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -105,6 +106,83 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class Match:
+    """One match entry of a policy (Kong 3.14): its type, header name and values."""
+
+    type: str
+    key: bytes  # header name (type "header"), lower-case
+    values: frozenset[str]
+    # type "ip": values as networks (an address is a /32 or /128).
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    partition_by: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The match entries of an ai-rate-limiting-advanced policy: all must admit a request."""
+
+    id: str
+    matches: tuple[Match, ...]
+
+    def key(
+        self,
+        consumer: Consumer | None,
+        scope: Scope,
+        *,
+        model: str,
+        provider: str,
+    ) -> str | None:
+        """The counter key of a request this policy applies to; None if it does not."""
+        parts = [self.id]
+        for match in self.matches:
+            value = _match_value(match, consumer, scope, model=model, provider=provider)
+            if value is None:
+                return None
+            if match.partition_by:
+                parts.append(f"{match.type}={value}")
+        return "p:" + "|".join(parts)
+
+
+def _match_value(
+    match: Match, consumer: Consumer | None, scope: Scope, *, model: str, provider: str
+) -> str | None:
+    """The request's value for ``match`` if the match admits it, else None."""
+    kind = match.type
+    if kind == "consumer":
+        if consumer is None:
+            return None
+        if match.values and not match.values & {consumer.username, consumer.id}:
+            return None
+        return consumer.id
+    if kind == "ip":
+        client = scope.get("client")
+        address = client[0] if client else ""
+        if not match.networks:
+            return address or None
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        return next((str(net) for net in match.networks if ip in net), None)
+    if kind == "header":
+        headers: Headers = scope["headers"]
+        found = next((v for n, v in headers if n == match.key), None)
+        if found is None:
+            return None
+        text = found.decode("latin-1")
+        return text if not match.values or text in match.values else None
+    if kind == "path":
+        path: str = scope.get("raw_path", b"").decode("latin-1")
+        if not match.values:
+            return path
+        return next((v for v in sorted(match.values) if path.startswith(v)), None)
+    value = model if kind == "model" else provider
+    if not value:
+        return None
+    return value if not match.values or value in match.values else None
+
+
+@dataclass(frozen=True, slots=True)
 class Limit:
     """One rate-limiting plugin as it applies to one route."""
 
@@ -123,6 +201,12 @@ class Limit:
     # Cost: pico-units per token of input (prompt) and output (completion).
     input_pico: Decimal = Decimal(0)
     output_pico: Decimal = Decimal(0)
+    # Kong's error_code / error_message of a refusal (0 / empty: 429, Meterline's message).
+    error_status: int = 0
+    error_message: str = ""
+    # Kong 3.14's policies[]: which requests count in this limit, and their counter key
+    # (None: every request, keyed by ``identifier``).
+    policy: Policy | None = None
 
     def amount(self, token_type: int, tokens: int) -> int:
         """What ``tokens`` of ``token_type`` count in this limit's windows."""
@@ -157,8 +241,18 @@ def _window_label(size: int) -> str:
 
 def check_config(config: snapshot_pb2.RateLimitingConfig, *, plugin: str) -> str | None:
     """What is wrong with a wire rate-limiting config, or None."""
-    if not config.windows:
+    if not config.windows and not any(policy.limits for policy in config.policies):
         return "has no windows (limit and window_size)"
+    if config.error_code and not 400 <= config.error_code <= 599:
+        return f"error_code {config.error_code} is not an HTTP error status"
+    if any(c in config.error_message for c in "\r\n\0"):
+        return "error_message must be one line"
+    if config.policies and plugin != AI_RATE_LIMITING:
+        return f"policies are for {AI_RATE_LIMITING} only"
+    for index, policy in enumerate(config.policies):
+        problem = _check_policy(policy)
+        if problem is not None:
+            return f"policies[{index}]: {problem}"
     for index, window in enumerate(config.windows):
         if window.window_size <= 0:
             return f"windows[{index}].window_size must be positive, got {window.window_size}"
@@ -190,6 +284,67 @@ def check_config(config: snapshot_pb2.RateLimitingConfig, *, plugin: str) -> str
     return None
 
 
+MATCH_TYPES: Final = ("consumer", "ip", "header", "model", "provider", "path")
+
+
+def _check_policy(policy: snapshot_pb2.RateLimitPolicy) -> str | None:
+    if policy.window_type and policy.window_type not in WINDOW_TYPES:
+        return f'unknown window_type "{policy.window_type}"'
+    for match in policy.matches:
+        if match.type not in MATCH_TYPES:
+            return f'unknown match type "{match.type}"'
+        if match.type == "header" and not match.key:
+            return 'a "header" match needs key (the header name)'
+        if match.type == "ip":
+            for value in match.values:
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError:
+                    return f'"{value}" is not an IP address or network'
+    for limit in policy.limits:
+        if limit.window_size <= 0:
+            return f"window_size must be positive, got {limit.window_size}"
+        if limit.tokens_count_strategy and limit.tokens_count_strategy not in TOKEN_STRATEGIES:
+            return f'unknown tokens_count_strategy "{limit.tokens_count_strategy}"'
+        try:
+            amount = Decimal(limit.limit)
+        except InvalidOperation:
+            return f'limit is not a number: "{limit.limit}"'
+        if not amount.is_finite() or amount < 0:
+            return f'limit must be a non-negative number, got "{limit.limit}"'
+        if limit.tokens_count_strategy != "cost" and amount != amount.to_integral_value():
+            return f'limit must be an integer, got "{limit.limit}"'
+    return None
+
+
+def _compile_policy(policy: snapshot_pb2.RateLimitPolicy) -> Policy:
+    matches = tuple(
+        Match(
+            type=match.type,
+            key=match.key.lower().encode("latin-1"),
+            values=frozenset(match.values),
+            networks=tuple(ipaddress.ip_network(v, strict=False) for v in match.values)
+            if match.type == "ip"
+            else (),
+            partition_by=match.partition_by,
+        )
+        for match in policy.matches
+    )
+    return Policy(id=policy.id, matches=matches)
+
+
+def _window(limit: Decimal, size: int, measure: str) -> Window:
+    kind = {REQUESTS: "", "cost": "Cost-"}.get(measure, "Tokens-")
+    label = _window_label(size)
+    return Window(
+        limit=int(limit * PICO) if measure == "cost" else int(limit),
+        size=size,
+        limit_text=str(limit).encode(),
+        limit_header=f"x-ratelimit-limit-{kind}{label}".lower().encode(),
+        remaining_header=f"x-ratelimit-remaining-{kind}{label}".lower().encode(),
+    )
+
+
 def _decimal(text: str) -> Decimal:
     try:
         value = Decimal(text) if text else Decimal(0)
@@ -203,31 +358,51 @@ def _compile_limit(
     *,
     provider: str | None,
     ai_proxy: snapshot_pb2.AiProxyConfig | None,
-) -> Limit | None:
+) -> list[Limit]:
+    """The plugin's limit (its windows for the route's provider), then one per policy and
+    tokens_count_strategy of its Kong 3.14 policies."""
     config = plugin.rate_limiting
     measure = config.tokens_count_strategy or REQUESTS
-    kind = {
-        REQUESTS: "",
-        "cost": "Cost-",
-    }.get(measure, "Tokens-")
     windows: list[Window] = []
     for wire in config.windows:
         if wire.provider and provider is not None and wire.provider != provider:
             continue
-        limit = Decimal(wire.limit)
-        units = int(limit * PICO) if measure == "cost" else int(limit)
-        label = _window_label(int(wire.window_size))
-        windows.append(
-            Window(
-                limit=units,
-                size=int(wire.window_size),
-                limit_text=str(limit).encode(),
-                limit_header=f"x-ratelimit-limit-{kind}{label}".lower().encode(),
-                remaining_header=f"x-ratelimit-remaining-{kind}{label}".lower().encode(),
+        windows.append(_window(Decimal(wire.limit), int(wire.window_size), measure))
+    limits: list[Limit] = []
+    if windows:
+        limits.append(_limit(plugin, ai_proxy, measure=measure, windows=windows))
+    for policy in config.policies:
+        by_measure: dict[str, list[Window]] = {}
+        for wire_limit in policy.limits:
+            strategy = wire_limit.tokens_count_strategy or "total_tokens"
+            by_measure.setdefault(strategy, []).append(
+                _window(Decimal(wire_limit.limit), int(wire_limit.window_size), strategy)
             )
-        )
-    if not windows:
-        return None
+        compiled = _compile_policy(policy)
+        for strategy, policy_windows in by_measure.items():
+            limits.append(
+                _limit(
+                    plugin,
+                    ai_proxy,
+                    measure=strategy,
+                    windows=policy_windows,
+                    policy=compiled,
+                    window_type=policy.window_type,
+                )
+            )
+    return limits
+
+
+def _limit(
+    plugin: snapshot_pb2.Plugin,
+    ai_proxy: snapshot_pb2.AiProxyConfig | None,
+    *,
+    measure: str,
+    windows: list[Window],
+    policy: Policy | None = None,
+    window_type: str = "",
+) -> Limit:
+    config = plugin.rate_limiting
     redis: RedisSettings | None = None
     if config.strategy == "redis":
         wire_redis = config.redis
@@ -243,12 +418,16 @@ def _compile_limit(
     if measure == "cost" and ai_proxy is not None:
         input_pico = _decimal(ai_proxy.model.options.input_cost) * _PER_MILLION_TO_PICO
         output_pico = _decimal(ai_proxy.model.options.output_cost) * _PER_MILLION_TO_PICO
+    namespace = config.namespace or plugin.id
+    if policy is not None:
+        # Each policy (and counted measure) has counters of its own.
+        namespace = f"{namespace}:policy:{policy.id}:{measure}"
     return Limit(
         plugin_id=plugin.id,
-        namespace=config.namespace or plugin.id,
+        namespace=namespace,
         measure=measure,
         windows=tuple(windows),
-        sliding=config.window_type != "fixed",
+        sliding=(window_type or config.window_type) != "fixed",
         identifier=config.identifier or "consumer",
         header_name=config.header_name.lower().encode("latin-1"),
         redis=redis,
@@ -256,6 +435,9 @@ def _compile_limit(
         hide_client_headers=config.hide_client_headers,
         input_pico=input_pico,
         output_pico=output_pico,
+        error_status=config.error_code,
+        error_message=config.error_message,
+        policy=policy,
     )
 
 
@@ -317,12 +499,12 @@ def compile_route_limits(
 
     def limits(chosen: Mapping[str, tuple[int, snapshot_pb2.Plugin]]) -> tuple[Limit, ...]:
         # Token/cost limits first: they only read, so a refusal there consumes no request.
-        compiled = (
-            _compile_limit(chosen[name][1], provider=provider, ai_proxy=ai_proxy)
+        return tuple(
+            limit
             for name in (AI_RATE_LIMITING, RATE_LIMITING)
             if name in chosen
+            for limit in _compile_limit(chosen[name][1], provider=provider, ai_proxy=ai_proxy)
         )
-        return tuple(limit for limit in compiled if limit is not None)
 
     default = limits(general)
     by_consumer: dict[str, tuple[Limit, ...]] = {}
@@ -729,8 +911,11 @@ class RateLimiter:
         *,
         consumer: Consumer | None,
         scope: Scope,
+        model: str = "",
+        provider: str = "",
     ) -> RateLimitAdmission:
-        """Check the request against its route's limits.
+        """Check the request against its route's limits (a policy's limit only when its match
+        entries admit the request: ``model`` and ``provider`` are the request's).
 
         Refused: raises Rejection (429, or 503 when the store is down and the limit is not
         fault tolerant), with the rate-limit headers. Admitted: the headers to add to the
@@ -744,11 +929,18 @@ class RateLimiter:
         tightest: WindowState | None = None
         retry_after = 0
         refused_measure = ""
+        refused: Limit | None = None
         unavailable = False
         counted: list[tuple[Limit, str]] = []
         # Compiled token/cost limits first (see compile_route_limits).
         for limit in applicable:
-            identity = _identity(limit, consumer, scope)
+            if limit.policy is None:
+                identity = _identity(limit, consumer, scope)
+            else:
+                key = limit.policy.key(consumer, scope, model=model, provider=provider)
+                if key is None:
+                    continue  # the policy does not apply to this request
+                identity = key
             amount = 1 if limit.measure == REQUESTS else 0
             decision = await self._check(limit, identity, amount, now_ms)
             if decision is None:
@@ -770,6 +962,7 @@ class RateLimiter:
             if not allowed:
                 retry_after = max(retry_after, *(state.retry_after_s for state in states))
                 refused_measure = limit.measure
+                refused = limit
                 break
         if tightest is not None:
             limit_of = next(lim for lim in applicable if tightest.window in lim.windows)
@@ -792,9 +985,11 @@ class RateLimiter:
                 else ("cost" if refused_measure == "cost" else "tokens")
             )
             headers.append((b"retry-after", str(retry_after).encode()))
+            assert refused is not None
             raise Rejection(
-                429,
-                f"API rate limit exceeded ({what}); retry in {retry_after} s.",
+                refused.error_status or 429,
+                refused.error_message
+                or f"API rate limit exceeded ({what}); retry in {retry_after} s.",
                 type=what,
                 code="rate_limit_exceeded",
                 headers=headers,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import parse_qsl, unquote_plus, urlencode
+
+import orjson
 
 from dataplane.config.model import Consumer, KeyAuthPolicy
 from dataplane.errors import Rejection
@@ -67,26 +69,102 @@ def upstream_query(policy: KeyAuthPolicy | None, query: bytes) -> bytes:
     return b"&".join(kept)
 
 
-def authenticate(
-    policy: KeyAuthPolicy | None, consumers: Mapping[str, Consumer], scope: Scope
-) -> Consumer | None:
-    """The consumer a request authenticates as (None on a route without key-auth).
+def _content_type(scope: Scope) -> bytes:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower()
+    return b""
 
-    Raises Rejection 401 when the route asks for a key and none, or an unknown one, is given.
+
+_FORM = b"application/x-www-form-urlencoded"
+
+
+def key_in_body(policy: KeyAuthPolicy, scope: Scope, body: bytes) -> tuple[str | None, bytes]:
+    """Kong's key_in_body: the key a JSON or form body carries in a key_names field, and the
+    body to forward without it.
+
+    The key field is removed when it authenticated the request (a provider never sees a
+    consumer key) and, under ``hide_credentials``, whenever it is there. A body that has no key
+    field is returned as it came (the same bytes).
+    """
+    if not body:
+        return None, body
+    kind = _content_type(scope)
+    names = policy.query_names
+    if kind == _FORM:
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+        key = next((value for name, value in pairs if name in names and value), None)
+        if key is None and not policy.hide_credentials:
+            return None, body
+        if not any(name in names for name, _ in pairs):
+            return key, body
+        kept = [(name, value) for name, value in pairs if name not in names]
+        return key, urlencode(kept).encode("latin-1")
+    if kind and not kind.endswith(b"json"):
+        return None, body  # multipart and other bodies are not read for keys
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, body  # the translator answers an unusable body
+    if not isinstance(document, dict) or not names.intersection(document):
+        return None, body
+    key = next(
+        (v for name in names if isinstance(v := document.get(name), str) and v),
+        None,
+    )
+    if key is None and not policy.hide_credentials:
+        return None, body
+    for name in names:
+        document.pop(name, None)
+    return key, orjson.dumps(document)
+
+
+def _is_preflight(scope: Scope) -> bool:
+    """Kong's test for run_on_preflight: any OPTIONS request."""
+    return bool(scope["method"] == "OPTIONS")
+
+
+def authenticate(
+    policy: KeyAuthPolicy | None,
+    consumers: Mapping[str, Consumer],
+    scope: Scope,
+    *,
+    body_key: str | None = None,
+) -> Consumer | None:
+    """The consumer a request authenticates as (None on a route without key-auth, and for an
+    OPTIONS request under ``run_on_preflight: false``).
+
+    ``body_key``: the key found in the body (key_in_body; see :func:`key_in_body`), used when
+    no header or query parameter carries one, as Kong searches them in that order. Without a
+    valid key the request proceeds as the anonymous consumer when the route names one (Kong's
+    anonymous: "if authentication fails"); otherwise raises Rejection 401 (with the realm's
+    WWW-Authenticate header when one is set).
     """
     if policy is None:
         return None
-    key = find_key(policy, scope)
+    if not policy.run_on_preflight and _is_preflight(scope):
+        return None
+    key = find_key(policy, scope) or body_key
     if key is None:
+        if policy.anonymous is not None:
+            return policy.anonymous
         raise Rejection(
-            401, "No API key found in request", type="invalid_request_error", code="missing_api_key"
+            401,
+            "No API key found in request",
+            type="invalid_request_error",
+            code="missing_api_key",
+            headers=policy.www_authenticate,
         )
     consumer = consumers.get(hash_key(key))
     if consumer is None:
+        if policy.anonymous is not None:
+            return policy.anonymous
         raise Rejection(
             401,
             "Invalid authentication credentials",
             type="invalid_request_error",
             code="invalid_api_key",
+            headers=policy.www_authenticate,
         )
     return consumer

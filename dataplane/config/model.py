@@ -37,6 +37,15 @@ class KeyAuthPolicy:
     # upstream even where they are not read as credentials (key_in_query false). Key-name
     # headers and Authorization never go upstream, and neither does a key that authenticated.
     hide_credentials: bool = False
+    # Kong's key_in_body: a field of a JSON or form body named by key_names carries the key
+    # (the gateway reads the body before authenticating). The field never goes upstream.
+    key_in_body: bool = False
+    # Kong's anonymous: the consumer a request proceeds as when it presents no valid key.
+    anonymous: Consumer | None = None
+    # Kong's run_on_preflight: False lets OPTIONS requests through without a key.
+    run_on_preflight: bool = True
+    # Kong's realm, rendered once: the WWW-Authenticate header of a 401 (empty: none).
+    www_authenticate: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class AccessTokens(Protocol):
@@ -73,10 +82,30 @@ class ProviderTarget:
     signer: AwsSigner | None = field(default=None, compare=False)
     # Bedrock: the base URL the model and operation are appended to (url is then unused).
     base_url: str = ""
+    # Kong's auth.allow_override: a client's own header (or body or query parameter) of the
+    # same name as the configured one is kept instead of it.
+    allow_override: bool = False
+    # The query parameter carrying the provider key (auth.param_location "query"), if any.
+    query_auth_name: str = ""
 
     def __repr__(self) -> str:
         # The default repr would print the provider key into any log or traceback.
         return f"ProviderTarget(provider={self.provider!r}, url={self.url!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDefaults:
+    """What a route puts into the client's body before it is translated (Kong's sampling
+    defaults and response_streaming "always"), compiled once per route for its client format.
+
+    Only routes with something to put have one: the others never parse a body for it.
+    """
+
+    # (path inside the body, value): set where the client set nothing. A path of one key is a
+    # top-level field; of two, a field of a nested object ("generationConfig", "topP").
+    fill: tuple[tuple[tuple[str, ...], object], ...] = ()
+    # response_streaming "always": the body's "stream" is set to true.
+    force_stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +128,13 @@ class AiProxyPolicy:
     timeout: Timeouts | None = None
     # Claude on Bedrock: the body's anthropic_version (model.options.anthropic_version).
     anthropic_version: str = ""
+    # Kong's response_streaming "deny": a request asking for a stream is refused (400).
+    deny_streaming: bool = False
+    # Kong's max_request_body_size in bytes; 0: the data plane's own limit only.
+    max_body_bytes: int = 0
+    # Kong's model_name_header: responses carry X-Kong-LLM-Model: <provider>/<model>.
+    model_name_header: bool = False
+    # Fields put into the client's body before translation; None: the body is not touched.
+    defaults: RequestDefaults | None = None
+    # Kong's model_alias of an ai-proxy-advanced target (the balancer routes by it).
+    model_alias: str = ""

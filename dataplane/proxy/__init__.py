@@ -5,7 +5,9 @@ provider -> respond -> record; refusals rendered once), ``balancer`` (ai-proxy-a
 target, failover, circuit breaking), ``compiler`` (a wire snapshot into the runtime the path
 serves), ``runtime`` (that runtime: routes with their translator, balancer and limits),
 ``estimate`` (the cost-estimate endpoints, on the same route and auth steps), ``models``
-(``GET /models``), ``compatible`` (the OpenAI-compatible providers' endpoints and quirks).
+(``GET /models``), ``compatible`` (the OpenAI-compatible providers' endpoints and quirks),
+``kong_options`` (Kong's ai-proxy request and response options: sampling defaults,
+response_streaming, body limit, X-Kong-LLM-Model, allow_override, upstream_path).
 
 May import: ``dataplane.admission`` and below.
 """

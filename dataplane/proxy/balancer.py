@@ -116,6 +116,7 @@ class Balancer:
     """The targets of one ai-proxy-advanced route and the state that picks among them."""
 
     __slots__ = (
+        "_by_alias",
         "_by_model",
         "_clock",
         "_fail_timeout_s",
@@ -192,6 +193,13 @@ class Balancer:
             for model, indices in by_model.items()
         }
         self._served_models = tuple(sorted(by_model))
+        # Kong's model_alias: a request whose model is a target's alias goes to the targets
+        # with that alias only (balanced among them); other models to any target.
+        by_alias: dict[str, list[int]] = {}
+        for index, target in enumerate(self.targets):
+            if target.policy.model_alias:
+                by_alias.setdefault(target.policy.model_alias, []).append(index)
+        self._by_alias = {alias: frozenset(indices) for alias, indices in by_alias.items()}
 
     def _cheapest_first(self, indices: Sequence[int]) -> tuple[int, ...]:
         def key(index: int) -> tuple[Decimal, int]:
@@ -210,10 +218,17 @@ class Balancer:
         ejected. NoTargetForModel if ``cost`` finds no target for ``model``.
         """
         now = self._clock()
-        available = [i for i in range(len(self.targets)) if self._available(i, now)]
+        aliased = self._by_alias.get(model or "") if self._by_alias else None
+        available = [
+            i
+            for i in range(len(self.targets))
+            if (aliased is None or i in aliased) and self._available(i, now)
+        ]
         if not available:
             return []
         algorithm = self.algorithm
+        if aliased is not None and algorithm == COST:
+            return list(self._cheapest_first(available))[: self.max_attempts]
         if algorithm == ROUND_ROBIN:
             order = self._rotate(available)
         elif algorithm == PRIORITY:

@@ -22,7 +22,7 @@ from dataplane.admission.ratelimit import RateLimiter
 from dataplane.admission.stages import Admitted, admit_request
 from dataplane.config.aws import AwsCredentialsError, AwsSigner
 from dataplane.config.gcp_tokens import UpstreamCredentialsError
-from dataplane.config.keys import authenticate, upstream_query
+from dataplane.config.keys import authenticate, key_in_body, upstream_query
 from dataplane.config.model import AccessTokens, AiProxyPolicy
 from dataplane.config.providers import ROUTE_TYPE_PRESERVE
 from dataplane.errors import DataPlaneError, Rejection
@@ -57,6 +57,7 @@ from dataplane.observability.tracing import (
     Tracing,
     operation_name,
 )
+from dataplane.proxy import kong_options
 from dataplane.proxy.balancer import Balancer, NoTargetForModel
 from dataplane.proxy.estimate import RESERVED_ESTIMATE_PATH, estimate_for_model, estimate_on_route
 from dataplane.proxy.models import (
@@ -186,7 +187,7 @@ class Gateway:
             # The normalised path as sent (the server removed dot segments and decoded only
             # unreserved escapes): matched, and its rest forwarded, with %2F still %2F.
             path = scope["raw_path"].decode("latin-1")
-            matched = config.routes.match_prefix(path, scope["method"])
+            matched = config.routes.find(path, scope["method"], scope["headers"], scope["scheme"])
             if matched is None:
                 if path == RESERVED_MODELS_PATH and scope["method"] == "GET":
                     await _send_body(send, answer_for_key(config, scope), id_header)
@@ -203,23 +204,36 @@ class Gateway:
                     type="invalid_request_error",
                     code="route_not_found",
                 )
-            route, prefix = matched
+            route, end = matched
             scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (observability.metrics)
             translator = route.translator
-            consumer = authenticate(route.key_auth, config.consumers_by_key_hash, scope)
+            if route.refused or route.https_redirect:
+                _check_served(route, scope)
+            raw: bytes | None = None
+            body_key = None
+            if route.key_auth is not None and route.key_auth.key_in_body:
+                # Kong's key_in_body: the body is read before authenticating.
+                raw = await _read_body(receive, self._body_limit(route))
+                body_key, raw = key_in_body(route.key_auth, scope, raw)
+            consumer = authenticate(
+                route.key_auth, config.consumers_by_key_hash, scope, body_key=body_key
+            )
             if route.key_auth is not None and scope["query_string"]:
                 # From here on (translators, balancer re-prepares) the query is what may go
                 # upstream: never the consumer's key.
                 scope["query_string"] = upstream_query(route.key_auth, scope["query_string"])
-            subpath = path[len(prefix) :]
+            subpath = path[end:]
             if scope["method"] == "GET" and route.ai_proxy is not None and not _preserve(route):
                 # Answered here, not forwarded: the model id is read decoded.
                 wants_models, model = models_request(unquote(subpath))
                 if wants_models:
                     await _send_body(send, answer_on_route(route, model), id_header)
                     return
+            if not route.strip_path and _preserve(route):
+                subpath = path  # Kong's strip_path false: the whole path goes upstream
             policy = _ai_proxy(route, scope["method"])
-            raw = await _read_body(receive, self._max_body_bytes)
+            if raw is None:
+                raw = await _read_body(receive, self._body_limit(route))
             if path.endswith(ESTIMATE_SUFFIX) and scope["method"] == "POST":
                 answer = estimate_on_route(self.enforcer, route, policy, consumer, raw, scope)
                 await _send_json(send, answer, id_header)
@@ -281,6 +295,13 @@ class Gateway:
             # there is nobody to answer.
             return
 
+    def _body_limit(self, route: CompiledRoute) -> int:
+        """The data plane's body limit, or the route's (Kong's max_request_body_size) below it."""
+        policy = route.ai_proxy
+        if policy is not None and 0 < policy.max_body_bytes < self._max_body_bytes:
+            return policy.max_body_bytes
+        return self._max_body_bytes
+
     def _config(self) -> RuntimeConfig:
         config = self.config
         if config is None:
@@ -291,6 +312,34 @@ class Gateway:
                 code="config_unavailable",
             )
         return config
+
+
+def _check_served(route: CompiledRoute, scope: Scope) -> None:
+    """Rejection if ``route`` is not served here (503), or needs https the request lacks
+    (Kong's 426, or the route's redirect to the https URL)."""
+    if route.refused:
+        raise Rejection(503, route.refused, type="api_error", code="route_not_served")
+    if scope["scheme"] == "https":
+        return
+    status = route.https_redirect
+    if status == 426:
+        raise Rejection(
+            426,
+            "Please use HTTPS protocol",
+            type="invalid_request_error",
+            code="https_required",
+            headers=[(b"upgrade", b"TLS/1.2, HTTP/1.1")],
+        )
+    location = b"https://" + _client_host(scope) + scope["raw_path"]
+    if scope["query_string"]:
+        location += b"?" + scope["query_string"]
+    raise Rejection(
+        status,
+        "Please use HTTPS protocol",
+        type="invalid_request_error",
+        code="https_required",
+        headers=[(b"location", location)],
+    )
 
 
 def _ai_proxy(route: CompiledRoute, method: str) -> AiProxyPolicy:
@@ -330,8 +379,13 @@ def _prepare(
 ) -> Prepared:
     """The upstream request of the client's body; Rejection 400 if the body is unusable."""
     try:
-        return translator.prepare(
-            raw, policy, subpath=subpath, query=scope["query_string"], method=scope["method"]
+        return kong_options.prepare(
+            translator,
+            policy,
+            raw,
+            subpath=subpath,
+            query=scope["query_string"],
+            method=scope["method"],
         )
     except InvalidRequest as exc:
         raise Rejection(
@@ -369,6 +423,12 @@ async def _send_json(send: Send, answer: dict[str, object], id_header: tuple[byt
 
 async def _send_body(send: Send, body: bytes, id_header: tuple[bytes, bytes]) -> None:
     await send_response(send, 200, body, [JSON_CONTENT_TYPE, id_header])
+
+
+def _client_host(scope: Scope) -> bytes:
+    """The client's Host header, sent upstream by a preserve_host route (b"" if none: the
+    target's host). AWS targets always get their own: SigV4 signs the host."""
+    return next((value for name, value in scope["headers"] if name.lower() == b"host"), b"")
 
 
 def _preserve(route: CompiledRoute) -> bool:
@@ -563,9 +623,10 @@ class _Exchange:
             target, translator = balancer.targets[index].policy, balancer.targets[index].translator
             if target.target is not prepared_for:
                 try:
-                    self.prepared = translator.prepare(
-                        self.raw,
+                    self.prepared = kong_options.prepare(
+                        translator,
                         target,
+                        self.raw,
                         subpath=self.subpath,
                         query=scope["query_string"],
                         method=scope["method"],
@@ -617,13 +678,15 @@ class _Exchange:
         headers = [(name, value) for name, value in scope["headers"] if name not in dropped]
         if prepared.body:
             headers.append(JSON_CONTENT_TYPE)
-        headers.extend(target.auth_headers)
+        auth = kong_options.auth_headers(self.policy, scope["headers"], self.route.key_auth)
+        headers.extend(auth)
         if self.trace is not None:
             self.trace.upstream_headers(headers)  # traceparent: this attempt's span
         id_header = (b"x-request-id", self.request_id.encode())
         try:
             if target.credentials is not None:
-                call = self._send_with_token(session, headers, target.credentials)
+                host = _client_host(scope) if self.route.preserve_host else b""
+                call = self._send_with_token(session, headers, target.credentials, host)
             elif target.signer is not None:
                 call = self._send_signed(session, headers, target.signer)
             else:
@@ -634,6 +697,7 @@ class _Exchange:
                     body=prepared.body or b"",
                     headers=headers,
                     timeout=self.policy.timeout,
+                    host=_client_host(scope) if self.route.preserve_host else b"",
                 )
             response = await _unless_abandoned(call, scope)
             self.upstream_ns = time.perf_counter_ns()
@@ -676,6 +740,9 @@ class _Exchange:
                 if name not in _DROPPED_RESPONSE_HEADERS:
                     out_headers.append((name, value))
             out_headers.append(id_header)
+            model_header = kong_options.model_header(self.policy, prepared.model)
+            if model_header is not None:
+                out_headers.append(model_header)
             content_type = response.content_type
             if 200 <= status < 300 and _is_stream(content_type, prepared):
                 # A stream, asked for or not (a provider may stream a non-streamed request):
@@ -716,7 +783,11 @@ class _Exchange:
             response.release()
 
     async def _send_with_token(
-        self, session: Pool, headers: list[tuple[bytes, bytes]], credentials: AccessTokens
+        self,
+        session: Pool,
+        headers: list[tuple[bytes, bytes]],
+        credentials: AccessTokens,
+        host: bytes,
     ) -> UpstreamResponse:
         """The upstream call with a run-time access token, retried once on a 401 with a fresh
         one (UpstreamCredentialsError if none can be had or the provider refuses it again)."""
@@ -729,6 +800,7 @@ class _Exchange:
                 body=prepared.body or b"",
                 headers=[*headers, auth],
                 timeout=self.policy.timeout,
+                host=host,
             )
             if response.status != 401:
                 return response

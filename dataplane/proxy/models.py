@@ -41,6 +41,9 @@ def route_models(route: CompiledRoute) -> list[tuple[str, str]]:
         for target in route.balancer.targets:
             if target.policy.model:
                 found.setdefault(target.policy.model, target.policy.target.provider)
+            if target.policy.model_alias:
+                # Kong's model_alias: a name clients may ask for (it picks the target).
+                found.setdefault(target.policy.model_alias, target.policy.target.provider)
     elif policy.model:
         found[policy.model] = owner
     for model in sorted(policy.model_allow_list):

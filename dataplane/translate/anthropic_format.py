@@ -48,6 +48,7 @@ def anthropic_error_body(message: str, *, type: str) -> bytes:
 _TYPES_BY_STATUS: Final = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
@@ -71,7 +72,8 @@ def anthropic_rejection_body(rejection: Rejection) -> bytes:
             {
                 "type": "error",
                 "error": {
-                    "type": rejection.type,
+                    # 402 (credits spent) is Anthropic's own billing_error; the code stays.
+                    "type": "billing_error" if rejection.status == 402 else rejection.type,
                     "code": rejection.code,
                     "message": rejection.message,
                 },

@@ -268,6 +268,8 @@ def prepare_chat_request(raw: bytes, policy: AiProxyPolicy) -> ChatRequest:
         body["max_tokens"] = policy.max_tokens
         changed = True
     for name, param_value in policy.target.auth_body_params:
+        if policy.target.allow_override and body.get(name) is not None:
+            continue  # Kong's allow_override: the client's own value is kept
         body[name] = param_value
         changed = True
     return ChatRequest(

@@ -116,7 +116,9 @@ def build_snapshot(openai_url: str, anthropic_url: str) -> snapshot_pb2.Snapshot
         ],
     )
     for name, config in routes.items():
-        snapshot.routes.add(id=f"r-{name}", name=name, service_id="svc", paths=[f"/{name}"])
+        snapshot.routes.add(
+            id=f"r-{name}", name=name, service_id="svc", paths=[f"/{name}"], strip_path=True
+        )
         snapshot.plugins.add(id=f"p-{name}", name="ai-proxy", route_id=f"r-{name}", enabled=True)
         snapshot.plugins[-1].ai_proxy.CopyFrom(config)
     return snapshot

@@ -41,6 +41,8 @@ KEY_AUTH_DEFAULT_CONFIG = {
     "hide_credentials": False,
     "key_in_query": True,
     "key_in_bearer": True,
+    "key_in_body": False,
+    "run_on_preflight": True,
 }
 AI_PROXY_CONFIG = {
     "route_type": "llm/v1/chat",
@@ -215,6 +217,8 @@ def test_flat_and_nested_forms_give_equal_gateway_configs() -> None:
         "hide_credentials": True,
         "key_in_query": True,
         "key_in_bearer": True,
+        "key_in_body": False,
+        "run_on_preflight": True,
     }
     assert flat.plugins[1].enabled is False
 

@@ -45,6 +45,8 @@ def value_for(spec: FieldSpec) -> Any:
     """A valid value of the field's type (a URL where the field is one)."""
     if spec.type == "string" and spec.path.endswith("_url") and spec.default is None:
         return "http://127.0.0.1:9/v1"
+    if spec.path.endswith("upstream_path"):
+        return "/v1/custom"
     return example_value(spec)
 
 
@@ -154,6 +156,7 @@ def test_notes_name_each_path_once_and_say_why() -> None:
         "targets": [
             {
                 "model": {"provider": "openai", "options": {"temperature": 0.2}},
+                "metadata": {"team": "a"},
                 "logging": {"log_statistics": False},
             }
         ],
@@ -162,8 +165,8 @@ def test_notes_name_each_path_once_and_say_why() -> None:
     }
     parsed = parse_document(document("ai-proxy-advanced", config))
     assert parsed.notes == (
-        "plugins[0].config.targets[0].model.options.temperature: accepted, not enforced: "
-        "Kong's per-request sampling defaults are not applied",
+        "plugins[0].config.targets[0].metadata: accepted, not enforced: "
+        "target metadata is not used",
         "plugins[0].config.targets[0].logging.log_statistics: accepted, not enforced: "
         "Meterline meters every request for billing",
         "plugins[0].config.vectordb: accepted, not enforced: semantic routing and caching are "

@@ -114,7 +114,7 @@ class Plugin(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., service_id: _Optional[str] = ..., route_id: _Optional[str] = ..., consumer_id: _Optional[str] = ..., enabled: _Optional[bool] = ..., key_auth: _Optional[_Union[KeyAuthConfig, _Mapping]] = ..., ai_proxy: _Optional[_Union[AiProxyConfig, _Mapping]] = ..., rate_limiting: _Optional[_Union[RateLimitingConfig, _Mapping]] = ...) -> None: ...
 
 class RateLimitingConfig(_message.Message):
-    __slots__ = ("windows", "window_type", "identifier", "header_name", "strategy", "redis", "namespace", "fault_tolerant", "hide_client_headers", "tokens_count_strategy")
+    __slots__ = ("windows", "window_type", "identifier", "header_name", "strategy", "redis", "namespace", "fault_tolerant", "hide_client_headers", "tokens_count_strategy", "error_code", "error_message", "policies")
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_TYPE_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,9 @@ class RateLimitingConfig(_message.Message):
     FAULT_TOLERANT_FIELD_NUMBER: _ClassVar[int]
     HIDE_CLIENT_HEADERS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_COUNT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
     windows: _containers.RepeatedCompositeFieldContainer[RateLimitWindow]
     window_type: str
     identifier: str
@@ -135,7 +138,10 @@ class RateLimitingConfig(_message.Message):
     fault_tolerant: bool
     hide_client_headers: bool
     tokens_count_strategy: str
-    def __init__(self, windows: _Optional[_Iterable[_Union[RateLimitWindow, _Mapping]]] = ..., window_type: _Optional[str] = ..., identifier: _Optional[str] = ..., header_name: _Optional[str] = ..., strategy: _Optional[str] = ..., redis: _Optional[_Union[RateLimitRedis, _Mapping]] = ..., namespace: _Optional[str] = ..., fault_tolerant: _Optional[bool] = ..., hide_client_headers: _Optional[bool] = ..., tokens_count_strategy: _Optional[str] = ...) -> None: ...
+    error_code: int
+    error_message: str
+    policies: _containers.RepeatedCompositeFieldContainer[RateLimitPolicy]
+    def __init__(self, windows: _Optional[_Iterable[_Union[RateLimitWindow, _Mapping]]] = ..., window_type: _Optional[str] = ..., identifier: _Optional[str] = ..., header_name: _Optional[str] = ..., strategy: _Optional[str] = ..., redis: _Optional[_Union[RateLimitRedis, _Mapping]] = ..., namespace: _Optional[str] = ..., fault_tolerant: _Optional[bool] = ..., hide_client_headers: _Optional[bool] = ..., tokens_count_strategy: _Optional[str] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., policies: _Optional[_Iterable[_Union[RateLimitPolicy, _Mapping]]] = ...) -> None: ...
 
 class RateLimitWindow(_message.Message):
     __slots__ = ("limit", "window_size", "provider")
@@ -146,6 +152,40 @@ class RateLimitWindow(_message.Message):
     window_size: int
     provider: str
     def __init__(self, limit: _Optional[str] = ..., window_size: _Optional[int] = ..., provider: _Optional[str] = ...) -> None: ...
+
+class RateLimitPolicy(_message.Message):
+    __slots__ = ("id", "matches", "limits", "window_type")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    matches: _containers.RepeatedCompositeFieldContainer[RateLimitMatch]
+    limits: _containers.RepeatedCompositeFieldContainer[RateLimitPolicyLimit]
+    window_type: str
+    def __init__(self, id: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[RateLimitMatch, _Mapping]]] = ..., limits: _Optional[_Iterable[_Union[RateLimitPolicyLimit, _Mapping]]] = ..., window_type: _Optional[str] = ...) -> None: ...
+
+class RateLimitMatch(_message.Message):
+    __slots__ = ("type", "key", "values", "partition_by")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_BY_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    key: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    partition_by: bool
+    def __init__(self, type: _Optional[str] = ..., key: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., partition_by: _Optional[bool] = ...) -> None: ...
+
+class RateLimitPolicyLimit(_message.Message):
+    __slots__ = ("limit", "window_size", "tokens_count_strategy")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_COUNT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    limit: str
+    window_size: int
+    tokens_count_strategy: str
+    def __init__(self, limit: _Optional[str] = ..., window_size: _Optional[int] = ..., tokens_count_strategy: _Optional[str] = ...) -> None: ...
 
 class RateLimitRedis(_message.Message):
     __slots__ = ("host", "port", "database", "username", "password", "timeout")
@@ -164,19 +204,27 @@ class RateLimitRedis(_message.Message):
     def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., database: _Optional[int] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., timeout: _Optional[int] = ...) -> None: ...
 
 class KeyAuthConfig(_message.Message):
-    __slots__ = ("key_names", "hide_credentials", "key_in_query", "key_in_bearer")
+    __slots__ = ("key_names", "hide_credentials", "key_in_query", "key_in_bearer", "key_in_body", "anonymous_consumer_id", "run_on_preflight", "realm")
     KEY_NAMES_FIELD_NUMBER: _ClassVar[int]
     HIDE_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     KEY_IN_QUERY_FIELD_NUMBER: _ClassVar[int]
     KEY_IN_BEARER_FIELD_NUMBER: _ClassVar[int]
+    KEY_IN_BODY_FIELD_NUMBER: _ClassVar[int]
+    ANONYMOUS_CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ON_PREFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    REALM_FIELD_NUMBER: _ClassVar[int]
     key_names: _containers.RepeatedScalarFieldContainer[str]
     hide_credentials: bool
     key_in_query: bool
     key_in_bearer: bool
-    def __init__(self, key_names: _Optional[_Iterable[str]] = ..., hide_credentials: _Optional[bool] = ..., key_in_query: _Optional[bool] = ..., key_in_bearer: _Optional[bool] = ...) -> None: ...
+    key_in_body: bool
+    anonymous_consumer_id: str
+    run_on_preflight: bool
+    realm: str
+    def __init__(self, key_names: _Optional[_Iterable[str]] = ..., hide_credentials: _Optional[bool] = ..., key_in_query: _Optional[bool] = ..., key_in_bearer: _Optional[bool] = ..., key_in_body: _Optional[bool] = ..., anonymous_consumer_id: _Optional[str] = ..., run_on_preflight: _Optional[bool] = ..., realm: _Optional[str] = ...) -> None: ...
 
 class AiProxyConfig(_message.Message):
-    __slots__ = ("route_type", "auth", "model", "llm_format", "targets", "balancer", "model_allow_list", "model_aliases", "connect_timeout", "read_timeout", "write_timeout")
+    __slots__ = ("route_type", "auth", "model", "llm_format", "targets", "balancer", "model_allow_list", "model_aliases", "connect_timeout", "read_timeout", "write_timeout", "response_streaming", "max_request_body_size", "model_name_header")
     class ModelAliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +243,9 @@ class AiProxyConfig(_message.Message):
     CONNECT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     READ_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     WRITE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_STREAMING_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_BODY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_HEADER_FIELD_NUMBER: _ClassVar[int]
     route_type: str
     auth: AiProxyAuth
     model: AiProxyModel
@@ -206,7 +257,10 @@ class AiProxyConfig(_message.Message):
     connect_timeout: int
     read_timeout: int
     write_timeout: int
-    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., llm_format: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[AiProxyTarget, _Mapping]]] = ..., balancer: _Optional[_Union[AiProxyBalancer, _Mapping]] = ..., model_allow_list: _Optional[_Iterable[str]] = ..., model_aliases: _Optional[_Mapping[str, str]] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., write_timeout: _Optional[int] = ...) -> None: ...
+    response_streaming: str
+    max_request_body_size: int
+    model_name_header: bool
+    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., llm_format: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[AiProxyTarget, _Mapping]]] = ..., balancer: _Optional[_Union[AiProxyBalancer, _Mapping]] = ..., model_allow_list: _Optional[_Iterable[str]] = ..., model_aliases: _Optional[_Mapping[str, str]] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., write_timeout: _Optional[int] = ..., response_streaming: _Optional[str] = ..., max_request_body_size: _Optional[int] = ..., model_name_header: _Optional[bool] = ...) -> None: ...
 
 class AiProxyTarget(_message.Message):
     __slots__ = ("route_type", "auth", "model", "weight", "description", "priority", "connect_timeout", "read_timeout")
@@ -255,7 +309,7 @@ class AiProxyBalancer(_message.Message):
     def __init__(self, algorithm: _Optional[str] = ..., hash_on_header: _Optional[str] = ..., retries: _Optional[int] = ..., failover_criteria: _Optional[_Iterable[str]] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., write_timeout: _Optional[int] = ..., tokens_count_strategy: _Optional[str] = ..., latency_strategy: _Optional[str] = ..., max_fails: _Optional[int] = ..., fail_timeout: _Optional[int] = ...) -> None: ...
 
 class AiProxyAuth(_message.Message):
-    __slots__ = ("header_name", "header_value", "param_name", "param_value", "param_location", "gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url", "aws_access_key_id", "aws_secret_access_key")
+    __slots__ = ("header_name", "header_value", "param_name", "param_value", "param_location", "gcp_use_service_account", "gcp_service_account_json", "gcp_oauth_token_url", "aws_access_key_id", "aws_secret_access_key", "allow_override")
     HEADER_NAME_FIELD_NUMBER: _ClassVar[int]
     HEADER_VALUE_FIELD_NUMBER: _ClassVar[int]
     PARAM_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +320,7 @@ class AiProxyAuth(_message.Message):
     GCP_OAUTH_TOKEN_URL_FIELD_NUMBER: _ClassVar[int]
     AWS_ACCESS_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     AWS_SECRET_ACCESS_KEY_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
     header_name: str
     header_value: str
     param_name: str
@@ -276,20 +331,23 @@ class AiProxyAuth(_message.Message):
     gcp_oauth_token_url: str
     aws_access_key_id: str
     aws_secret_access_key: str
-    def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., param_name: _Optional[str] = ..., param_value: _Optional[str] = ..., param_location: _Optional[str] = ..., gcp_use_service_account: _Optional[bool] = ..., gcp_service_account_json: _Optional[str] = ..., gcp_oauth_token_url: _Optional[str] = ..., aws_access_key_id: _Optional[str] = ..., aws_secret_access_key: _Optional[str] = ...) -> None: ...
+    allow_override: bool
+    def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., param_name: _Optional[str] = ..., param_value: _Optional[str] = ..., param_location: _Optional[str] = ..., gcp_use_service_account: _Optional[bool] = ..., gcp_service_account_json: _Optional[str] = ..., gcp_oauth_token_url: _Optional[str] = ..., aws_access_key_id: _Optional[str] = ..., aws_secret_access_key: _Optional[str] = ..., allow_override: _Optional[bool] = ...) -> None: ...
 
 class AiProxyModel(_message.Message):
-    __slots__ = ("provider", "name", "options")
+    __slots__ = ("provider", "name", "options", "model_alias")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ALIAS_FIELD_NUMBER: _ClassVar[int]
     provider: str
     name: str
     options: AiProxyModelOptions
-    def __init__(self, provider: _Optional[str] = ..., name: _Optional[str] = ..., options: _Optional[_Union[AiProxyModelOptions, _Mapping]] = ...) -> None: ...
+    model_alias: str
+    def __init__(self, provider: _Optional[str] = ..., name: _Optional[str] = ..., options: _Optional[_Union[AiProxyModelOptions, _Mapping]] = ..., model_alias: _Optional[str] = ...) -> None: ...
 
 class AiProxyModelOptions(_message.Message):
-    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost", "azure_instance", "azure_deployment_id", "azure_api_version", "gemini", "bedrock", "mistral_format", "llama2_format", "dashscope", "databricks")
+    __slots__ = ("upstream_url", "anthropic_version", "max_tokens", "input_cost", "output_cost", "azure_instance", "azure_deployment_id", "azure_api_version", "gemini", "bedrock", "mistral_format", "llama2_format", "dashscope", "databricks", "temperature", "top_p", "top_k", "upstream_path")
     UPSTREAM_URL_FIELD_NUMBER: _ClassVar[int]
     ANTHROPIC_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +362,10 @@ class AiProxyModelOptions(_message.Message):
     LLAMA2_FORMAT_FIELD_NUMBER: _ClassVar[int]
     DASHSCOPE_FIELD_NUMBER: _ClassVar[int]
     DATABRICKS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_PATH_FIELD_NUMBER: _ClassVar[int]
     upstream_url: str
     anthropic_version: str
     max_tokens: int
@@ -318,7 +380,11 @@ class AiProxyModelOptions(_message.Message):
     llama2_format: str
     dashscope: DashscopeOptions
     databricks: DatabricksOptions
-    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ..., gemini: _Optional[_Union[GeminiOptions, _Mapping]] = ..., bedrock: _Optional[_Union[AiProxyBedrockOptions, _Mapping]] = ..., mistral_format: _Optional[str] = ..., llama2_format: _Optional[str] = ..., dashscope: _Optional[_Union[DashscopeOptions, _Mapping]] = ..., databricks: _Optional[_Union[DatabricksOptions, _Mapping]] = ...) -> None: ...
+    temperature: float
+    top_p: float
+    top_k: int
+    upstream_path: str
+    def __init__(self, upstream_url: _Optional[str] = ..., anthropic_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., input_cost: _Optional[str] = ..., output_cost: _Optional[str] = ..., azure_instance: _Optional[str] = ..., azure_deployment_id: _Optional[str] = ..., azure_api_version: _Optional[str] = ..., gemini: _Optional[_Union[GeminiOptions, _Mapping]] = ..., bedrock: _Optional[_Union[AiProxyBedrockOptions, _Mapping]] = ..., mistral_format: _Optional[str] = ..., llama2_format: _Optional[str] = ..., dashscope: _Optional[_Union[DashscopeOptions, _Mapping]] = ..., databricks: _Optional[_Union[DatabricksOptions, _Mapping]] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., upstream_path: _Optional[str] = ...) -> None: ...
 
 class DashscopeOptions(_message.Message):
     __slots__ = ("international",)
@@ -357,7 +423,7 @@ class AiProxyBedrockOptions(_message.Message):
     def __init__(self, aws_region: _Optional[str] = ..., aws_assume_role_arn: _Optional[str] = ..., aws_role_session_name: _Optional[str] = ..., aws_sts_endpoint_url: _Optional[str] = ...) -> None: ...
 
 class ConsumerEntitlements(_message.Message):
-    __slots__ = ("consumer_id", "username", "customer", "has_access", "metered", "currency", "prices", "budgets")
+    __slots__ = ("consumer_id", "username", "customer", "has_access", "metered", "currency", "prices", "budgets", "credits")
     CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +432,7 @@ class ConsumerEntitlements(_message.Message):
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     PRICES_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
     consumer_id: str
     username: str
     customer: str
@@ -374,10 +441,28 @@ class ConsumerEntitlements(_message.Message):
     currency: str
     prices: _containers.RepeatedCompositeFieldContainer[TokenPrice]
     budgets: _containers.RepeatedCompositeFieldContainer[BudgetState]
-    def __init__(self, consumer_id: _Optional[str] = ..., username: _Optional[str] = ..., customer: _Optional[str] = ..., has_access: _Optional[bool] = ..., metered: _Optional[_Iterable[_Union[MeteredEntitlement, _Mapping]]] = ..., currency: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[TokenPrice, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[BudgetState, _Mapping]]] = ...) -> None: ...
+    credits: CreditState
+    def __init__(self, consumer_id: _Optional[str] = ..., username: _Optional[str] = ..., customer: _Optional[str] = ..., has_access: _Optional[bool] = ..., metered: _Optional[_Iterable[_Union[MeteredEntitlement, _Mapping]]] = ..., currency: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[TokenPrice, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[BudgetState, _Mapping]]] = ..., credits: _Optional[_Union[CreditState, _Mapping]] = ...) -> None: ...
+
+class CreditState(_message.Message):
+    __slots__ = ("credit_id", "balance", "feature_balances")
+    class FeatureBalancesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CREDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_BALANCES_FIELD_NUMBER: _ClassVar[int]
+    credit_id: str
+    balance: str
+    feature_balances: _containers.ScalarMap[str, str]
+    def __init__(self, credit_id: _Optional[str] = ..., balance: _Optional[str] = ..., feature_balances: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TokenPrice(_message.Message):
-    __slots__ = ("feature", "filters", "unit_price")
+    __slots__ = ("feature", "filters", "unit_price", "settlement_mode")
     class FiltersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -388,10 +473,12 @@ class TokenPrice(_message.Message):
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    SETTLEMENT_MODE_FIELD_NUMBER: _ClassVar[int]
     feature: str
     filters: _containers.ScalarMap[str, str]
     unit_price: str
-    def __init__(self, feature: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., unit_price: _Optional[str] = ...) -> None: ...
+    settlement_mode: str
+    def __init__(self, feature: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., unit_price: _Optional[str] = ..., settlement_mode: _Optional[str] = ...) -> None: ...
 
 class BudgetState(_message.Message):
     __slots__ = ("budget_id", "amount", "spent", "hard", "period_end_time")

@@ -25,7 +25,7 @@ from controlplane.api.convert_credits import (
     rule_to_proto,
     transaction_to_proto,
 )
-from controlplane.api.paging import page
+from controlplane.api.operator.paging import page
 from controlplane.clock import Clock
 from controlplane.credits import alerts, outlook, recharge, service
 from controlplane.credits import recharge_storage as recharge_store
