@@ -1,7 +1,8 @@
 """Issue #20's "done when", as processes: a customer on a credit_only plan buys 20.00 of credits
 through a Stripe invoice, spends them through the gateway with the openai SDK, is recharged
 automatically by a threshold rule (the top-up invoice paid in the Stripe stand-in, its webhook,
-the grant), and the ledger, the invoice lines and Stripe agree to the cent.
+the grant), and the ledger, the invoice lines and Stripe agree to the cent; and, without a rule,
+is refused at zero (402 insufficient_credits, before the provider) until it buys more.
 
 Control plane (Stripe from the environment, webhooks), data plane, fake OpenAI provider, the
 Stripe stand-in over HTTP, the official openai SDK and the meterline CLI; SQLite and PostgreSQL.
@@ -17,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import grpc
+import httpx
 import openai
 import pytest
 
@@ -205,8 +207,17 @@ def stack(processes: Processes, db_url: str) -> Iterator[Stack]:
         yield Stack(cp=cp, dp=dp, upstream=upstream, emulator=emulator)
 
 
-def test_credit_only_customer_buys_spends_and_is_recharged(stack: Stack) -> None:
-    cp, dp, emulator, show, invoice = stack.cp, stack.dp, stack.emulator, stack.show, stack.invoice
+@pytest.fixture
+def client(stack: Stack) -> Iterator[openai.OpenAI]:
+    """The openai SDK pointed at the data plane's route, as an application uses it."""
+    with openai.OpenAI(base_url=f"{stack.dp}/chat", api_key=KEY, max_retries=0) as found:
+        yield found
+
+
+def test_credit_only_customer_buys_spends_and_is_recharged(
+    stack: Stack, client: openai.OpenAI
+) -> None:
+    cp, emulator, show, invoice = stack.cp, stack.emulator, stack.show, stack.invoice
     # When the customer buys 20.00 of credits: a top-up invoice, paid at Stripe
     bought, first_stripe = stack.buy("20")
     assert show()["settled"] == "20.00"
@@ -219,7 +230,6 @@ def test_credit_only_customer_buys_spends_and_is_recharged(stack: Stack) -> None
     assert (rule["mode"], rule["threshold"], rule["amount"]) == ("threshold", "5", "20")
 
     # And spends through the gateway until the live balance falls below 5.00
-    client = openai.OpenAI(base_url=f"{dp}/chat", api_key=KEY, max_retries=0)
     sent = 0
     while live_balance(cp) >= 5:
         assert sent < 40, "the balance never fell below the threshold"
@@ -303,3 +313,61 @@ def test_credit_only_customer_buys_spends_and_is_recharged(stack: Stack) -> None
         rf"burn      ~?\d+\.\d{{4}} USD/day over the last 7 days \(since {since}\)", table.stdout
     ), table.stdout
     assert re.search(r"run-out   \d{4}-\d\d-\d\dT", table.stdout), table.stdout
+
+
+def test_credit_only_refused_at_zero_before_the_provider(
+    stack: Stack, client: openai.OpenAI
+) -> None:
+    """The data plane refuses a credit_only customer once its credits are spent (402
+    insufficient_credits, the provider never called), and serves it again after a top-up."""
+    cp = stack.cp
+    # Given 5.00 of credits bought through Stripe, and no recharge rule
+    stack.buy("5")
+
+    def provider_calls() -> int:
+        return len(httpx.get(f"{stack.upstream}/_fake/requests").json())
+
+    # When the customer spends until the gateway refuses
+    sent, last_cost = 0, D(0)
+    refused: openai.APIStatusError | None = None
+    while refused is None:
+        assert sent < 40, "the gateway never refused"
+        calls = provider_calls()
+        try:
+            answer = client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"spend it all, part {sent}"}],
+            )
+        except openai.APIStatusError as exc:
+            refused = exc
+            # Then the refusal came before the provider was called
+            assert provider_calls() == calls
+            break
+        assert answer.usage is not None
+        last_cost = PRICE * answer.usage.total_tokens
+        sent += 1
+        expected = 2 * sent
+        wait_until(lambda: len(usage_events(cp)) >= expected, what="usage stored")  # noqa: B023
+
+    # Then it is a provider-shaped 402 insufficient_credits
+    assert refused.status_code == 402
+    assert refused.code == "insufficient_credits", refused.body
+    # And the overshoot is at most the one request admitted last (1 data plane, 1 client)
+    spent = PRICE * sum(event.value for event in usage_events(cp))
+    assert D(5) <= spent <= D(5) + last_cost
+    assert live_balance(cp) == 0
+
+    # When 20.00 more is bought, the gateway serves the customer again
+    stack.buy("20")
+    wait_until(lambda: _served(client), what="served after the top-up")
+
+
+def _served(client: openai.OpenAI) -> bool:
+    try:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "back in business"}]
+        )
+    except openai.APIStatusError as exc:
+        assert exc.status_code == 402
+        return False
+    return True
