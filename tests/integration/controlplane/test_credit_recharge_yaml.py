@@ -14,8 +14,8 @@ from controlplane.credits import recharge_storage as store
 from controlplane.credits import storage as grants
 from controlplane.credits.types import RechargeMode, RechargeRule
 from controlplane.declarative import DeclarativeError
+from controlplane.declarative.apply import apply_document
 from controlplane.errors import InvalidArgument
-from controlplane.gateway.apply import apply_document
 from controlplane.storage.db import Database
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
