@@ -459,10 +459,17 @@ def _balancer(balancer: Entry, *, targets: list[dict[str, Any]]) -> dict[str, An
         result["max_fails"] = balancer.integer("max_fails", minimum=0)
     if balancer.has("fail_timeout"):
         result["fail_timeout"] = balancer.integer("fail_timeout", minimum=1)
+    if algorithm == "priority" and not any("priority" in t for t in targets):
+        # Kong's own form: priority groups are the targets' weights, the highest tried first
+        # (Kong's "Load balancing: Priority" example); Meterline's targets[].priority overrides.
+        weights = sorted({t["weight"] for t in targets}, reverse=True)
+        for target in targets:
+            target["priority"] = weights.index(target["weight"])
     if algorithm == "priority" and len({t.get("priority", 0) for t in targets}) < 2:
         balancer.fail(
-            "algorithm priority needs targets with at least two different priority values "
-            "(targets[].priority; lower is tried first)"
+            "algorithm priority needs targets in at least two priority groups "
+            "(Kong's: different weights, the highest tried first; or Meterline's "
+            "targets[].priority, lower tried first)"
         )
     if algorithm == "cost":
         for index, target in enumerate(targets):
