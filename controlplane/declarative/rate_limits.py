@@ -264,14 +264,13 @@ def _common(config: Entry) -> dict[str, Any]:
     redis = config.sub("redis")
     result["redis"] = _redis(redis) if redis is not None else {}
     if result["strategy"] == "redis" and not result["redis"].get("host"):
-        _no_redis_host(config, redis)
+        _no_redis_host(config)
     return result
 
 
-def _no_redis_host(config: Entry, redis: Entry | None) -> None:
+def _no_redis_host(config: Entry) -> None:
     """Strategy redis without redis.host (Kong's documented ElastiCache/Memorystore examples
     give cluster_nodes instead): say which Kong topologies are not served."""
-    del redis
     config.fail_field(
         "redis.host",
         'is required with strategy "redis" (Redis Cluster, redis.cluster_nodes, and Redis '
