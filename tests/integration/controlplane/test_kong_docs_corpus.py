@@ -1,0 +1,255 @@
+"""Kong's own documented decK files (tests/fixtures/deck/kong-docs, rendered from
+developer.konghq.com's plugin examples and AI Gateway how-to guides, never edited): each one
+applies to a real control plane with only "accepted, not enforced" notes, or is refused with
+an error naming by value the feature data planes of this version do not serve; what applies
+compiles with the data plane's own compiler, and a subset per provider is served through the
+provider's SDK against its fake, billing exactly the tokens the fake reported."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from controlplane.configsync.snapshot import build_snapshot
+from controlplane.declarative import parse_document
+from controlplane.declarative.envsubst import resolve
+from controlplane.declarative.load import load_text
+from dataplane.proxy.compiler import compile_snapshot
+from meterline.admin.v1 import gateway_pb2
+
+KONG_DOCS = Path(__file__).resolve().parents[2] / "fixtures" / "deck" / "kong-docs"
+FILES = sorted(KONG_DOCS.glob("*.yaml"))
+
+
+def _service_account() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    account = {
+        "type": "service_account",
+        "client_email": "kong@my-project.iam.gserviceaccount.com",
+        "private_key": pem,
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    return json.dumps(account)
+
+
+# The values a user exports before `deck gateway sync` (names as Kong's docs spell them);
+# any other DECK_ variable gets "test-<name>".
+SPECIAL_ENV = {
+    "DECK_AZURE_INSTANCE": "my-openai-instance",
+    "DECK_AZURE_INSTANCE_NAME": "my-openai-instance",
+    "DECK_AZURE_DEPLOYMENT": "gpt-4o",
+    "DECK_AZURE_DEPLOYMENT_ID": "gpt-4o",
+    "DECK_DATABRICKS_WORKSPACE_INSTANCE_ID": "dbc-a1b2c3d4-e5f6",
+    "DECK_OLLAMA_UPSTREAM_URL": "http://127.0.0.1:11434/api/chat",
+    "DECK_VLLM_UPSTREAM_URL": "http://127.0.0.1:8000/v1/chat/completions",
+    "DECK_AWS_REGION": "us-east-1",
+    "DECK_REGION": "us-east-1",
+    "DECK_GCP_PROJECT_ID": "my-project",
+    "DECK_GCP_LOCATION_ID": "us-central1",
+    "DECK_GCP_API_ENDPOINT": "us-central1-aiplatform.googleapis.com",
+    "DECK_VERTEX_API_ENDPOINT": "us-central1-aiplatform.googleapis.com",
+    "DECK_GEMINI_API_ENDPOINT": "generativelanguage.googleapis.com",
+    "DECK_CLUSTER_ADDRESS": "10.0.0.1",
+    "DECK_INSTANCE_ADDRESS": "redis.example.com",
+    "DECK_REDIS_HOST": "127.0.0.1",
+}
+
+
+def env_for(text: str, **overrides: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name in re.findall(r'env "(DECK_\w+)"', text):
+        if name == "DECK_GCP_SERVICE_ACCOUNT_JSON":
+            env[name] = _service_account()
+        else:
+            env[name] = SPECIAL_ENV.get(name, f"test-{name.lower()}")
+    env.update(overrides)
+    return env
+
+
+# What data planes of this version do not serve, named by value in the refusal.
+ROUTE_TYPE = 'route_type "{}" is not supported yet by data planes of this version'
+ANTHROPIC_FORMAT = 'llm_format "anthropic"'
+REFUSED = {
+    "howto--authenticate-openai-sdk-clients-with-key-auth": (
+        'name "pre-function" is not a plugin Meterline serves'
+    ),
+    "howto--strip-model-from-open-ai-sdk-requests": (
+        'name "pre-function" is not a plugin Meterline serves'
+    ),
+    "howto--meter-llm-traffic": 'name "metering-and-billing" is not a plugin Meterline serves',
+    "howto--use-semantic-load-balancing": (
+        'config.balancer.algorithm "semantic" is not supported yet by data planes'
+    ),
+    "plugin-ai-proxy--assistants-route-type": ROUTE_TYPE.format("llm/v1/assistants"),
+    "plugin-ai-proxy--audio-speech-openai": ROUTE_TYPE.format("audio/v1/audio/speech"),
+    "plugin-ai-proxy--audio-transcription-openai": ROUTE_TYPE.format(
+        "audio/v1/audio/transcriptions"
+    ),
+    "plugin-ai-proxy--audio-translation-openai": ROUTE_TYPE.format("audio/v1/audio/translations"),
+    "plugin-ai-proxy--azure-batches-route": ROUTE_TYPE.format("llm/v1/files"),
+    "plugin-ai-proxy--azure-files-route": ROUTE_TYPE.format("llm/v1/batches"),
+    "plugin-ai-proxy--batches-route-type": ROUTE_TYPE.format("llm/v1/batches"),
+    "plugin-ai-proxy--files-route-type": ROUTE_TYPE.format("llm/v1/files"),
+    "plugin-ai-proxy--image-edits-openai": ROUTE_TYPE.format("image/v1/images/edits"),
+    "plugin-ai-proxy--image-generation-openai": ROUTE_TYPE.format("image/v1/images/generations"),
+    "plugin-ai-proxy--xai-image-generation": ROUTE_TYPE.format("image/v1/images/generations"),
+    "plugin-ai-proxy--video-generation-openai": (
+        'field "config.model.options.seconds" (video generation) is not supported yet'
+    ),
+    "plugin-ai-proxy--claude-code-azure": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy--claude-code-dashscope": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy--claude-code-gemini": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy--claude-code-huggingface": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy--claude-code-openai": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy--claude-code-vertex": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy--hugging-face-native-routes": (
+        'config.llm_format "huggingface" is not supported yet by data planes'
+    ),
+    # Kong's own schema refuses these three too: a typo (model.model) and pages that list
+    # several plugin configs (one per route) under a single `config`.
+    "plugin-ai-proxy--sdk-azure-deployment": 'unknown field "config.model.model"',
+    "plugin-ai-proxy--sdk-multiple-azure-deployments": "config must be a mapping, got a list",
+    "plugin-ai-proxy--sdk-two-routes": "config must be a mapping, got a list",
+    "plugin-ai-proxy-advanced--sdk-multiple-azure-deployments": (
+        "config must be a mapping, got a list"
+    ),
+    "plugin-ai-proxy-advanced--sdk-two-routes": 'unknown field "config.targets[0].targets"',
+    "plugin-ai-proxy-advanced--assistants-route-type": ROUTE_TYPE.format("llm/v1/assistants"),
+    "plugin-ai-proxy-advanced--audio-speech-openai": ROUTE_TYPE.format("audio/v1/audio/speech"),
+    "plugin-ai-proxy-advanced--audio-transcription-openai": ROUTE_TYPE.format(
+        "audio/v1/audio/transcriptions"
+    ),
+    "plugin-ai-proxy-advanced--audio-translation-openai": ROUTE_TYPE.format(
+        "audio/v1/audio/translations"
+    ),
+    "plugin-ai-proxy-advanced--azure-batches-route": ROUTE_TYPE.format("llm/v1/batches"),
+    "plugin-ai-proxy-advanced--azure-files-route": ROUTE_TYPE.format("llm/v1/files"),
+    "plugin-ai-proxy-advanced--batches-route-type": ROUTE_TYPE.format("llm/v1/batches"),
+    "plugin-ai-proxy-advanced--files-route-type": ROUTE_TYPE.format("llm/v1/files"),
+    "plugin-ai-proxy-advanced--image-edits-openai": ROUTE_TYPE.format("image/v1/images/edits"),
+    "plugin-ai-proxy-advanced--image-generation-openai": ROUTE_TYPE.format(
+        "image/v1/images/generations"
+    ),
+    "plugin-ai-proxy-advanced--realtime-route-openai": ROUTE_TYPE.format("realtime/v1/realtime"),
+    "plugin-ai-proxy-advanced--video-generation-openai": (
+        'field "config.targets[0].model.options.seconds" (video generation) is not supported yet'
+    ),
+    "plugin-ai-proxy-advanced--xai-image-generation": (
+        'field "config.targets[0].genai_category" (Kong\'s generative-AI categories'
+    ),
+    "plugin-ai-proxy-advanced--claude-code-azure": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy-advanced--claude-code-dashscope": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy-advanced--claude-code-gemini": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy-advanced--claude-code-huggingface": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy-advanced--claude-code-openai": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy-advanced--claude-code-vertex": ANTHROPIC_FORMAT,
+    "plugin-ai-proxy-advanced--hugging-face-native-routes": (
+        'config.llm_format "huggingface" is not supported yet by data planes'
+    ),
+    "plugin-ai-proxy-advanced--least-connections": (
+        'config.balancer.algorithm "least-connections" is not supported yet by data planes'
+    ),
+    "plugin-ai-proxy-advanced--semantic": 'config.balancer.algorithm "semantic" is not supported',
+    "plugin-ai-proxy-advanced--semantic-valkey": (
+        'config.balancer.algorithm "semantic" is not supported'
+    ),
+    "plugin-ai-proxy-advanced--semantic-with-fallback": (
+        'config.balancer.algorithm "semantic" is not supported'
+    ),
+    "plugin-ai-rate-limiting-advanced--request-prompt-count-aws-cluster": (
+        "Redis Cluster, redis.cluster_nodes, and Redis Sentinel, redis.sentinel_nodes, are not "
+        "supported yet"
+    ),
+    "plugin-ai-rate-limiting-advanced--request-prompt-count-azure-cluster": (
+        "Redis Cluster, redis.cluster_nodes, and Redis Sentinel, redis.sentinel_nodes, are not "
+        "supported yet"
+    ),
+    "plugin-ai-rate-limiting-advanced--request-prompt-count-gcp-cluster": (
+        "Redis Cluster, redis.cluster_nodes, and Redis Sentinel, redis.sentinel_nodes, are not "
+        "supported yet"
+    ),
+    "plugin-key-auth--principals": (
+        "field \"config.principals\" (keys of a Konnect directory's principals) is not supported"
+    ),
+    "plugin-rate-limiting-advanced--rate-limit-counter-key": (
+        'field "config.counter_key" (Kong 3.14\'s counter key) is not supported yet'
+    ),
+}
+
+
+def _document(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    return resolve(load_text(text), env_for(text))
+
+
+def test_the_files_are_kongs_with_their_source_named() -> None:
+    assert len(FILES) >= 150
+    for path in FILES:
+        head = path.read_text().splitlines()[1]
+        assert head.startswith("# Source: https://developer.konghq.com/"), path.name
+    assert set(REFUSED) <= {p.stem for p in FILES}
+    text = "\n".join(p.read_text() for p in FILES)
+    for provider in (
+        "openai", "azure", "anthropic", "cohere", "mistral", "llama2", "gemini", "bedrock",
+        "huggingface", "dashscope", "databricks", "xai", "cerebras", "vllm", "ollama",
+    ):  # fmt: skip
+        assert f"provider: {provider}\n" in text, provider
+    for algorithm in ("round-robin", "lowest-latency", "lowest-usage", "priority",
+                      "consistent-hashing", "semantic", "least-connections"):  # fmt: skip
+        assert f"algorithm: {algorithm}\n" in text, algorithm
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_each_kong_file_compiles_with_only_unenforced_notes_or_is_refused_by_name(
+    path: Path,
+) -> None:
+    document = json.dumps(_document(path))
+    refusal = REFUSED.get(path.stem)
+    if refusal is not None:
+        with pytest.raises(Exception) as caught:
+            parse_document(document)
+        assert refusal in str(caught.value)
+        return
+    config = parse_document(document)
+    assert all(": accepted, not enforced: " in note for note in config.notes), config.notes
+    built = build_snapshot(config.gateway)
+    assert compile_snapshot(built.snapshot, version=built.version) is not None
+
+
+async def test_each_kong_file_applies_to_a_control_plane_or_is_refused_and_changes_nothing(
+    harness,
+) -> None:
+    applied = refused = 0
+    for path in FILES:
+        text = json.dumps(_document(path))
+        request = gateway_pb2.ApplyConfigRequest(document=text, sync=True)
+        refusal = REFUSED.get(path.stem)
+        if refusal is not None:
+            before = await harness.gateway.ListRoutes(gateway_pb2.ListRoutesRequest())
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await harness.gateway.ApplyConfig(request)
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, path.name
+            assert refusal in (caught.value.details() or ""), path.name
+            after = await harness.gateway.ListRoutes(gateway_pb2.ListRoutesRequest())
+            assert after == before, path.name
+            refused += 1
+            continue
+        first = await harness.gateway.ApplyConfig(request)
+        assert first.changes, path.name
+        assert all(": accepted, not enforced: " in n for n in first.notes), path.name
+        again = await harness.gateway.ApplyConfig(request)
+        assert list(again.changes) == [], path.name
+        applied += 1
+    assert (applied, refused) == (len(FILES) - len(REFUSED), len(REFUSED))
