@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import openai
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -21,7 +22,10 @@ from controlplane.configsync.snapshot import build_snapshot
 from controlplane.declarative import parse_document
 from controlplane.declarative.envsubst import resolve
 from controlplane.declarative.load import load_text
+from dataplane.http.server import serve_http
 from dataplane.proxy.compiler import compile_snapshot
+from dataplane.proxy.gateway import Gateway
+from dataplane.testing.fake_openai import FakeProvider
 from meterline.admin.v1 import gateway_pb2
 
 KONG_DOCS = Path(__file__).resolve().parents[2] / "fixtures" / "deck" / "kong-docs"
@@ -253,3 +257,112 @@ async def test_each_kong_file_applies_to_a_control_plane_or_is_refused_and_chang
         assert list(again.changes) == [], path.name
         applied += 1
     assert (applied, refused) == (len(FILES) - len(REFUSED), len(REFUSED))
+
+
+# --- Served through the provider's SDK -------------------------------------------------------
+# Each case: a Kong file as documented, the DECK_ values a user exports, and only the upstream
+# host replaced by the fake's (model.options.upstream_url, which Kong documents for this);
+# a plugin example (a global plugin) gets the how-to guides' example-service/example-route.
+
+MESSAGES = [{"role": "user", "content": "What is the theory of relativity?"}]
+OPENAI_KEY = "sk-client-key"  # what the client sends; the files' own credential replaces it
+PROVIDER_KEY = "sk-kong-docs-provider"  # every DECK_..._KEY / _TOKEN a served file names
+
+
+def _targets(plugin: dict[str, Any]) -> list[dict[str, Any]]:
+    config = plugin["config"]
+    return config["targets"] if plugin["name"] == "ai-proxy-advanced" else [config]
+
+
+def served_document(stem: str, upstream: str, **env: str) -> dict[str, Any]:
+    text = (KONG_DOCS / f"{stem}.yaml").read_text()
+    keys = {n: PROVIDER_KEY for n in env_for(text) if n.endswith(("_KEY", "_TOKEN"))}
+    document = resolve(load_text(text), env_for(text, **{**keys, **env}))
+    for plugin in document["plugins"]:
+        for target in _targets(plugin):
+            options = target["model"].setdefault("options", {})
+            options["upstream_url"] = upstream
+    if "routes" not in document and "services" not in document:
+        document["services"] = [
+            {"name": "example-service", "url": "http://httpbin.konghq.com/anything"}
+        ]
+        document["routes"] = [
+            {"name": "example-route", "paths": ["/anything"], "service": {"name": "example-service"}}
+        ]
+    return document
+
+
+class Served:
+    """A data plane in process, serving one Kong file's snapshot, recording usage."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        config = parse_document(json.dumps(document))
+        assert all(": accepted, not enforced: " in note for note in config.notes)
+        built = build_snapshot(config.gateway)
+        self.events: list[Any] = []
+        self.gateway = Gateway(node_id="dp-kong-docs", usage_sink=self.events.append)
+        self.gateway.apply(compile_snapshot(built.snapshot, version=built.version))
+
+    def billed(self) -> int:
+        tokens = [e.llm_tokens for e in self.events if e.HasField("llm_tokens")]
+        assert tokens and all(t.status_code == 200 and not t.estimated for t in tokens)
+        return sum(t.tokens for t in tokens)
+
+
+OPENAI_COMPATIBLE = [
+    ("howto--set-up-ai-proxy-with-openai", "/v1/chat/completions", {}),
+    ("howto--set-up-ai-proxy-advanced-with-openai", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy--openai-chat-route", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy--mistral-chat-route", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy--deepseek-chat-route", "/chat/completions", {}),
+    ("howto--set-up-ai-proxy-with-dashscope", "/compatible-mode/v1/chat/completions", {}),
+    ("howto--set-up-ai-proxy-with-cerebras", "/v1/chat/completions", {}),
+    ("howto--set-up-ai-proxy-with-databricks", "/serving-endpoints/chat/completions", {}),
+    ("howto--set-up-ai-proxy-with-huggingface", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy--xai-chat-route", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy--vllm-chat-route", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy--llama2-chat-route", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy--azure-chat-route", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy-advanced--round-robin", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy-advanced--priority", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy-advanced--lowest-usage", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy-advanced--lowest-latency", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy-advanced--consistent-hashing", "/v1/chat/completions", {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("stem", "path", "headers"), OPENAI_COMPATIBLE, ids=[c[0] for c in OPENAI_COMPATIBLE]
+)
+async def test_openai_format_kong_files_serve_the_openai_sdk_and_bill_what_was_reported(
+    stem: str, path: str, headers: dict[str, str]
+) -> None:
+    fake = FakeProvider(api_key=PROVIDER_KEY)  # refuses any other key: the file's went up
+    async with serve_http(fake) as upstream:
+        served = Served(served_document(stem, f"{upstream.url}{path}"))
+        try:
+            async with (
+                serve_http(served.gateway) as address,
+                openai.AsyncOpenAI(
+                    base_url=f"{address.url}/anything",
+                    api_key=OPENAI_KEY,
+                    max_retries=0,
+                    default_headers=headers,
+                ) as client,
+            ):
+                reply = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+                chunks = [
+                    c
+                    async for c in await client.chat.completions.create(
+                        model="gpt-4o",
+                        messages=MESSAGES,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                    )
+                ]
+        finally:
+            await served.gateway.aclose()
+    assert reply.choices[0].message.content
+    reported = reply.usage.total_tokens + chunks[-1].usage.total_tokens
+    assert served.billed() == reported
+    assert len(fake.requests) == 2
