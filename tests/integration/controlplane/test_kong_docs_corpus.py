@@ -25,6 +25,15 @@ from controlplane.declarative.load import load_text
 from dataplane.http.server import serve_http
 from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
+from dataplane.testing.fake_anthropic import FakeAnthropic
+from dataplane.testing.fake_bedrock import (
+    TEST_ACCESS_KEY_ID,
+    TEST_SECRET_ACCESS_KEY,
+    FakeBedrock,
+)
+from dataplane.testing.fake_cohere import FakeCohere
+from dataplane.testing.fake_gemini import FakeGemini
+from dataplane.testing.fake_ollama import FakeOllama
 from dataplane.testing.fake_openai import FakeProvider
 from meterline.admin.v1 import gateway_pb2
 
@@ -276,7 +285,9 @@ def _targets(plugin: dict[str, Any]) -> list[dict[str, Any]]:
 
 def served_document(stem: str, upstream: str, **env: str) -> dict[str, Any]:
     text = (KONG_DOCS / f"{stem}.yaml").read_text()
-    keys = {n: PROVIDER_KEY for n in env_for(text) if n.endswith(("_KEY", "_TOKEN"))}
+    names = env_for(text)
+    keys = {n: PROVIDER_KEY for n in names if n.endswith(("_KEY", "_TOKEN"))}
+    env = {n: v for n, v in env.items() if n in names}
     document = resolve(load_text(text), env_for(text, **{**keys, **env}))
     for plugin in document["plugins"]:
         for target in _targets(plugin):
@@ -320,26 +331,56 @@ OPENAI_COMPATIBLE = [
     ("howto--set-up-ai-proxy-with-databricks", "/serving-endpoints/chat/completions", {}),
     ("howto--set-up-ai-proxy-with-huggingface", "/v1/chat/completions", {}),
     ("plugin-ai-proxy--xai-chat-route", "/v1/chat/completions", {}),
-    ("plugin-ai-proxy--vllm-chat-route", "/v1/chat/completions", {}),
-    ("plugin-ai-proxy--llama2-chat-route", "/v1/chat/completions", {}),
+    # No auth in the file: the client's own key goes to the self-hosted server.
+    ("plugin-ai-proxy--vllm-chat-route", "/v1/chat/completions", {"key": OPENAI_KEY}),
+    # llama2_format ollama: the upstream speaks Ollama's /api/chat.
+    ("plugin-ai-proxy--llama2-chat-route", "/api/chat", {"fake": "ollama"}),
     ("plugin-ai-proxy--azure-chat-route", "/v1/chat/completions", {}),
     ("plugin-ai-proxy-advanced--round-robin", "/v1/chat/completions", {}),
     ("plugin-ai-proxy-advanced--priority", "/v1/chat/completions", {}),
     ("plugin-ai-proxy-advanced--lowest-usage", "/v1/chat/completions", {}),
     ("plugin-ai-proxy-advanced--lowest-latency", "/v1/chat/completions", {}),
     ("plugin-ai-proxy-advanced--consistent-hashing", "/v1/chat/completions", {}),
+    # OpenAI clients, providers with their own wire formats (the gateway translates).
+    ("howto--set-up-ai-proxy-with-anthropic", "/v1/messages", {"fake": "anthropic"}),
+    ("howto--set-up-ai-proxy-advanced-with-anthropic", "/v1/messages", {"fake": "anthropic"}),
+    ("howto--set-up-ai-proxy-with-gemini", "", {"fake": "gemini"}),
+    ("howto--set-up-ai-proxy-with-cohere", "", {"fake": "cohere"}),
+    ("howto--set-up-ai-proxy-with-aws-bedrock", "", {"fake": "bedrock"}),
+    ("howto--set-up-ai-proxy-advanced-with-aws-bedrock", "", {"fake": "bedrock"}),
+    ("howto--set-up-ai-proxy-with-ollama", "/api/chat", {"fake": "ollama"}),
 ]
+BEDROCK_ENV = {
+    "DECK_AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY_ID,
+    "DECK_AWS_SECRET_ACCESS_KEY": TEST_SECRET_ACCESS_KEY,
+}
+
+
+def make_fake(kind: str, key: str = PROVIDER_KEY) -> Any:
+    """The provider's fake, refusing any credential other than the file's own."""
+    if kind == "anthropic":
+        return FakeAnthropic(api_key=key)
+    if kind == "gemini":
+        return FakeGemini(api_key=key)
+    if kind == "cohere":
+        return FakeCohere(api_key=key)
+    if kind == "bedrock":
+        return FakeBedrock()
+    if kind == "ollama":
+        return FakeOllama()
+    return FakeProvider(api_key=key)
 
 
 @pytest.mark.parametrize(
-    ("stem", "path", "headers"), OPENAI_COMPATIBLE, ids=[c[0] for c in OPENAI_COMPATIBLE]
+    ("stem", "path", "how"), OPENAI_COMPATIBLE, ids=[c[0] for c in OPENAI_COMPATIBLE]
 )
 async def test_openai_format_kong_files_serve_the_openai_sdk_and_bill_what_was_reported(
-    stem: str, path: str, headers: dict[str, str]
+    stem: str, path: str, how: dict[str, str]
 ) -> None:
-    fake = FakeProvider(api_key=PROVIDER_KEY)  # refuses any other key: the file's went up
+    # The fake refuses any other key than the file's own (resolved from DECK_).
+    fake = make_fake(how.get("fake", "openai"), how.get("key", PROVIDER_KEY))
     async with serve_http(fake) as upstream:
-        served = Served(served_document(stem, f"{upstream.url}{path}"))
+        served = Served(served_document(stem, f"{upstream.url}{path}", **BEDROCK_ENV))
         try:
             async with (
                 serve_http(served.gateway) as address,
@@ -347,7 +388,6 @@ async def test_openai_format_kong_files_serve_the_openai_sdk_and_bill_what_was_r
                     base_url=f"{address.url}/anything",
                     api_key=OPENAI_KEY,
                     max_retries=0,
-                    default_headers=headers,
                 ) as client,
             ):
                 reply = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
