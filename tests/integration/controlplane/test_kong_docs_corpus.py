@@ -7,16 +7,24 @@ provider's SDK against its fake, billing exactly the tokens the fake reported.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import boto3
+import cohere
 import grpc
+import httpx
 import openai
 import pytest
+from botocore.config import Config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google import genai
+from google.genai import types as genai_types
 
 from controlplane.configsync.snapshot import build_snapshot
 from controlplane.declarative import parse_document
@@ -194,7 +202,7 @@ REFUSED = {
         "supported yet"
     ),
     "plugin-key-auth--principals": (
-        "field \"config.principals\" (keys of a Konnect directory's principals) is not supported"
+        'field "config.principals" (keys of a Konnect directory\'s principals) is not supported'
     ),
     "plugin-rate-limiting-advanced--rate-limit-counter-key": (
         'field "config.counter_key" (Kong 3.14\'s counter key) is not supported yet'
@@ -298,7 +306,11 @@ def served_document(stem: str, upstream: str, **env: str) -> dict[str, Any]:
             {"name": "example-service", "url": "http://httpbin.konghq.com/anything"}
         ]
         document["routes"] = [
-            {"name": "example-route", "paths": ["/anything"], "service": {"name": "example-service"}}
+            {
+                "name": "example-route",
+                "paths": ["/anything"],
+                "service": {"name": "example-service"},
+            }
         ]
     return document
 
@@ -406,3 +418,146 @@ async def test_openai_format_kong_files_serve_the_openai_sdk_and_bill_what_was_r
     reported = reply.usage.total_tokens + chunks[-1].usage.total_tokens
     assert served.billed() == reported
     assert len(fake.requests) == 2
+
+
+async def test_without_key_auth_only_the_clients_own_provider_key_is_forwarded() -> None:
+    """Regression: an ai-proxy without auth (Kong's vLLM example) forwards the client's
+    Authorization; with key-auth on the route that header is the gateway key, never sent."""
+    for with_key_auth in (False, True):
+        fake = FakeProvider(api_key=OPENAI_KEY)
+        async with serve_http(fake) as upstream:
+            document = served_document(
+                "plugin-ai-proxy--vllm-chat-route", f"{upstream.url}/v1/chat/completions"
+            )
+            if with_key_auth:
+                document["plugins"].append({"name": "key-auth"})
+                document["consumers"] = [
+                    {"username": "acme", "keyauth_credentials": [{"key": OPENAI_KEY}]}
+                ]
+            served = Served(document)
+            try:
+                async with (
+                    serve_http(served.gateway) as address,
+                    openai.AsyncOpenAI(
+                        base_url=f"{address.url}/anything", api_key=OPENAI_KEY, max_retries=0
+                    ) as client,
+                ):
+                    if with_key_auth:
+                        with pytest.raises(openai.AuthenticationError):
+                            await client.chat.completions.create(model="m", messages=MESSAGES)
+                    else:
+                        await client.chat.completions.create(model="m", messages=MESSAGES)
+            finally:
+                await served.gateway.aclose()
+        (request,) = fake.requests
+        sent = request.headers.get("authorization")
+        assert sent == (None if with_key_auth else f"Bearer {OPENAI_KEY}")
+
+
+async def test_kongs_claude_code_file_serves_the_anthropic_sdk() -> None:
+    fake = FakeAnthropic(api_key=PROVIDER_KEY)
+    async with serve_http(fake) as upstream:
+        served = Served(
+            served_document("plugin-ai-proxy--claude-code-anthropic", f"{upstream.url}/v1/messages")
+        )
+        try:
+            async with (
+                serve_http(served.gateway) as address,
+                anthropic.AsyncAnthropic(
+                    base_url=f"{address.url}/anything", api_key="client-key", max_retries=0
+                ) as client,
+            ):
+                reply = await client.messages.create(
+                    model="claude-sonnet-4-5-20250929", max_tokens=64, messages=MESSAGES
+                )
+                async with client.messages.stream(
+                    model="claude-sonnet-4-5-20250929", max_tokens=64, messages=MESSAGES
+                ) as stream:
+                    final = await stream.get_final_message()
+        finally:
+            await served.gateway.aclose()
+    reported = sum(
+        m.usage.input_tokens + m.usage.output_tokens + (m.usage.cache_read_input_tokens or 0)
+        + (m.usage.cache_creation_input_tokens or 0)
+        for m in (reply, final)
+    )  # fmt: skip
+    assert served.billed() == reported
+
+
+async def test_kongs_gemini_native_file_serves_the_google_genai_sdk() -> None:
+    fake = FakeGemini(api_key=PROVIDER_KEY)
+    async with serve_http(fake) as upstream, httpx.AsyncClient() as http:
+        served = Served(served_document("plugin-ai-proxy--gemini-native-routes", upstream.url))
+        try:
+            async with serve_http(served.gateway) as address:
+                client = genai.Client(
+                    api_key="client-key",
+                    http_options=genai_types.HttpOptions(
+                        base_url=f"{address.url}/anything", httpx_async_client=http
+                    ),
+                )
+                reply = await client.aio.models.generate_content(
+                    model="gemini-1.5-flash", contents="What is the theory of relativity?"
+                )
+                parts = [
+                    p
+                    async for p in await client.aio.models.generate_content_stream(
+                        model="gemini-1.5-flash", contents="What is the theory of relativity?"
+                    )
+                ]
+        finally:
+            await served.gateway.aclose()
+    assert reply.usage_metadata is not None and parts[-1].usage_metadata is not None
+    reported = reply.usage_metadata.total_token_count + parts[-1].usage_metadata.total_token_count
+    assert served.billed() == reported
+
+
+async def test_kongs_cohere_native_file_serves_the_cohere_sdk() -> None:
+    fake = FakeCohere(api_key=PROVIDER_KEY)
+    async with serve_http(fake) as upstream, httpx.AsyncClient() as http:
+        served = Served(served_document("plugin-ai-proxy--cohere-native-routes", upstream.url))
+        try:
+            async with serve_http(served.gateway) as address:
+                client = cohere.AsyncClientV2(
+                    api_key="client-key",
+                    base_url=f"{address.url}/anything",
+                    httpx_client=http,
+                    max_retries=0,
+                )
+                reply = await client.chat(model="command-a-03-2025", messages=MESSAGES)
+                events = [
+                    e
+                    async for e in client.chat_stream(model="command-a-03-2025", messages=MESSAGES)
+                ]
+        finally:
+            await served.gateway.aclose()
+    whole = reply.usage.billed_units
+    last = events[-1].delta.usage.billed_units
+    reported = whole.input_tokens + whole.output_tokens + last.input_tokens + last.output_tokens
+    assert served.billed() == reported
+
+
+async def test_kongs_bedrock_native_file_serves_boto3_bedrock_runtime() -> None:
+    fake = FakeBedrock()
+    async with serve_http(fake) as upstream:
+        served = Served(
+            served_document("plugin-ai-proxy--bedrock-native-routes", upstream.url, **BEDROCK_ENV)
+        )
+        try:
+            async with serve_http(served.gateway) as address:
+                runtime = boto3.session.Session().client(
+                    "bedrock-runtime",
+                    endpoint_url=f"{address.url}/anything",
+                    region_name="us-east-1",
+                    aws_access_key_id="AKIACLIENTJUNK000000",
+                    aws_secret_access_key="client-junk",
+                    config=Config(retries={"total_max_attempts": 1}),
+                )
+                reply = await asyncio.to_thread(
+                    runtime.converse,
+                    modelId="meta.llama3-70b-instruct-v1:0",
+                    messages=[{"role": "user", "content": [{"text": MESSAGES[0]["content"]}]}],
+                )
+        finally:
+            await served.gateway.aclose()
+    assert served.billed() == reply["usage"]["totalTokens"]
