@@ -361,6 +361,23 @@ OPENAI_COMPATIBLE = [
     ("howto--set-up-ai-proxy-with-aws-bedrock", "", {"fake": "bedrock"}),
     ("howto--set-up-ai-proxy-advanced-with-aws-bedrock", "", {"fake": "bedrock"}),
     ("howto--set-up-ai-proxy-with-ollama", "/api/chat", {"fake": "ollama"}),
+    ("howto--set-up-ai-proxy-advanced-with-ollama", "/api/chat", {"fake": "ollama"}),
+    ("howto--set-up-ai-proxy-advanced-with-gemini", "", {"fake": "gemini"}),
+    ("howto--set-up-ai-proxy-advanced-with-cohere", "", {"fake": "cohere"}),
+    ("howto--set-up-ai-proxy-advanced-with-dashscope", "/v1/chat/completions", {}),
+    ("howto--set-up-ai-proxy-advanced-with-deepseek", "/chat/completions", {}),
+    ("howto--set-up-ai-proxy-advanced-with-cerebras", "/v1/chat/completions", {}),
+    ("howto--set-up-ai-proxy-advanced-with-databricks", "/v1/chat/completions", {}),
+    ("howto--set-up-ai-proxy-advanced-with-huggingface", "/v1/chat/completions", {}),
+    ("howto--set-up-ai-proxy-with-deepseek", "/chat/completions", {}),
+    ("plugin-ai-proxy-advanced--model-alias-routing", "/v1/chat/completions", {}),
+    ("plugin-ai-proxy-advanced--sdk-azure-one-route", "/v1/chat/completions", {}),
+    # Kong's "get started" guide: no auth in the file, the client sends its OpenAI key.
+    (
+        "howto--get-started-with-ai-gateway",
+        "/v1/chat/completions",
+        {"key": OPENAI_KEY, "prefix": "/chat"},
+    ),
 ]
 BEDROCK_ENV = {
     "DECK_AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY_ID,
@@ -397,7 +414,7 @@ async def test_openai_format_kong_files_serve_the_openai_sdk_and_bill_what_was_r
             async with (
                 serve_http(served.gateway) as address,
                 openai.AsyncOpenAI(
-                    base_url=f"{address.url}/anything",
+                    base_url=f"{address.url}{how.get('prefix', '/anything')}",
                     api_key=OPENAI_KEY,
                     max_retries=0,
                 ) as client,
@@ -561,3 +578,39 @@ async def test_kongs_bedrock_native_file_serves_boto3_bedrock_runtime() -> None:
         finally:
             await served.gateway.aclose()
     assert served.billed() == reply["usage"]["totalTokens"]
+
+
+async def test_kongs_embeddings_and_responses_files_serve_the_openai_sdk() -> None:
+    fake = FakeProvider(api_key=PROVIDER_KEY)
+    async with serve_http(fake) as upstream:
+        embeddings = Served(
+            served_document(
+                "plugin-ai-proxy--embeddings-route-type", f"{upstream.url}/v1/embeddings"
+            )
+        )
+        responses = Served(
+            served_document("plugin-ai-proxy--responses-route-type", f"{upstream.url}/v1/responses")
+        )
+        try:
+            async with (
+                serve_http(embeddings.gateway) as first,
+                serve_http(responses.gateway) as second,
+                openai.AsyncOpenAI(
+                    base_url=f"{first.url}/anything", api_key=OPENAI_KEY, max_retries=0
+                ) as one,
+                openai.AsyncOpenAI(
+                    base_url=f"{second.url}/anything", api_key=OPENAI_KEY, max_retries=0
+                ) as two,
+            ):
+                vectors = await one.embeddings.create(
+                    model="text-embedding-3-large", input="What is the theory of relativity?"
+                )
+                answer = await two.responses.create(
+                    model="gpt-4", input="What is the theory of relativity?"
+                )
+        finally:
+            await embeddings.gateway.aclose()
+            await responses.gateway.aclose()
+    assert vectors.data and answer.usage is not None
+    assert embeddings.billed() == vectors.usage.total_tokens
+    assert responses.billed() == answer.usage.total_tokens
