@@ -40,7 +40,7 @@ from dataplane.testing.fake_bedrock import (
     FakeBedrock,
 )
 from dataplane.testing.fake_cohere import FakeCohere
-from dataplane.testing.fake_gemini import FakeGemini
+from dataplane.testing.fake_gemini import FakeGemini, FakeGoogleOAuth
 from dataplane.testing.fake_ollama import FakeOllama
 from dataplane.testing.fake_openai import FakeProvider
 from meterline.admin.v1 import gateway_pb2
@@ -614,3 +614,27 @@ async def test_kongs_embeddings_and_responses_files_serve_the_openai_sdk() -> No
     assert vectors.data and answer.usage is not None
     assert embeddings.billed() == vectors.usage.total_tokens
     assert responses.billed() == answer.usage.total_tokens
+
+
+@pytest.mark.parametrize(
+    "stem",
+    ["howto--set-up-ai-proxy-with-vertex-ai", "howto--set-up-ai-proxy-advanced-with-vertex-ai"],
+)
+async def test_kongs_vertex_guides_serve_the_openai_sdk_with_a_service_account(stem: str) -> None:
+    oauth = FakeGoogleOAuth()
+    fake = FakeGemini(oauth=oauth)
+    async with serve_http(fake) as upstream:
+        account = json.dumps(oauth.service_account(f"{upstream.url}/token"))
+        served = Served(served_document(stem, upstream.url, DECK_GCP_SERVICE_ACCOUNT_JSON=account))
+        try:
+            async with (
+                serve_http(served.gateway) as address,
+                openai.AsyncOpenAI(
+                    base_url=f"{address.url}/anything", api_key=OPENAI_KEY, max_retries=0
+                ) as client,
+            ):
+                reply = await client.chat.completions.create(model="gemini", messages=MESSAGES)
+        finally:
+            await served.gateway.aclose()
+    assert reply.usage is not None and len(oauth.issued) == 1
+    assert served.billed() == reply.usage.total_tokens
