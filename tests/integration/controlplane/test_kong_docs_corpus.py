@@ -638,3 +638,91 @@ async def test_kongs_vertex_guides_serve_the_openai_sdk_with_a_service_account(s
             await served.gateway.aclose()
     assert reply.usage is not None and len(oauth.issued) == 1
     assert served.billed() == reply.usage.total_tokens
+
+
+# Applies, but Kong's page names an undefined variable (`${openai_api_key}`, its variable is
+# `key`), so the literal text is the provider key: the provider refuses it, as it would Kong's.
+NOT_SERVED = {"plugin-ai-proxy--meter-openai-requests"}
+
+
+def _openai_format_files() -> list[str]:
+    """Every applying ai-proxy / ai-proxy-advanced file whose clients speak OpenAI's format
+    to one provider (templated model names, $(...), need Kong's regex routes: not here)."""
+    stems = []
+    for path in FILES:
+        if path.stem in REFUSED or path.stem in NOT_SERVED or "$(" in path.read_text():
+            continue
+        plugins = [
+            p
+            for p in load_text(path.read_text()).get("plugins", [])
+            if p["name"] in ("ai-proxy", "ai-proxy-advanced")
+        ]
+        if len(plugins) != 1 or plugins[0]["config"].get("llm_format", "openai") != "openai":
+            continue
+        providers = {t["model"]["provider"] for t in _targets(plugins[0])}
+        if len(providers) == 1:
+            stems.append(path.stem)
+    return stems
+
+
+OPENAI_FORMAT_FILES = _openai_format_files()
+FAKE_PATHS = {"anthropic": "/v1/messages", "ollama": "/api/chat"}
+
+
+def _fake_kind(target: dict[str, Any]) -> str:
+    provider = target["model"]["provider"]
+    if provider == "llama2" and target["model"].get("options", {}).get("llama2_format") == "ollama":
+        return "ollama"
+    if provider in ("anthropic", "gemini", "cohere", "bedrock", "ollama"):
+        return provider
+    return "openai"
+
+
+@pytest.mark.parametrize("stem", OPENAI_FORMAT_FILES)
+async def test_every_openai_format_kong_file_serves_and_bills_what_was_reported(stem: str) -> None:
+    text = (KONG_DOCS / f"{stem}.yaml").read_text()
+    plugin = next(p for p in load_text(text)["plugins"] if p["name"].startswith("ai-proxy"))
+    target = _targets(plugin)[0]
+    kind = _fake_kind(target)
+    credentialed = "auth" in target and "azure_use_managed_identity" not in str(target["auth"])
+    oauth = FakeGoogleOAuth()
+    fake = (
+        FakeGemini(api_key=PROVIDER_KEY, oauth=oauth)
+        if kind == "gemini"
+        else make_fake(kind, PROVIDER_KEY if credentialed else OPENAI_KEY)
+    )
+    route_type = target["route_type"]
+    async with serve_http(fake) as upstream:
+        path = FAKE_PATHS.get(kind, "")
+        if kind == "openai":
+            path = {
+                "llm/v1/embeddings": "/v1/embeddings",
+                "llm/v1/responses": "/v1/responses",
+            }.get(route_type, "/v1/chat/completions")
+        account = json.dumps(oauth.service_account(f"{upstream.url}/token"))
+        document = served_document(
+            stem, f"{upstream.url}{path}", DECK_GCP_SERVICE_ACCOUNT_JSON=account, **BEDROCK_ENV
+        )
+        prefix = document["routes"][0]["paths"][0] if document.get("routes") else "/anything"
+        served = Served(document)
+        try:
+            async with (
+                serve_http(served.gateway) as address,
+                openai.AsyncOpenAI(
+                    base_url=f"{address.url}{prefix}", api_key=OPENAI_KEY, max_retries=0
+                ) as client,
+            ):
+                if route_type == "llm/v1/embeddings":
+                    vectors = await client.embeddings.create(model="m", input="relativity")
+                    reported = vectors.usage.total_tokens
+                elif route_type == "llm/v1/responses":
+                    answer = await client.responses.create(model="gpt-4", input="relativity")
+                    assert answer.usage is not None
+                    reported = answer.usage.total_tokens
+                else:
+                    reply = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+                    assert reply.usage is not None
+                    reported = reply.usage.total_tokens
+        finally:
+            await served.gateway.aclose()
+    assert served.billed() == reported
