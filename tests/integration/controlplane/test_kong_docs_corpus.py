@@ -471,11 +471,14 @@ async def test_without_key_auth_only_the_clients_own_provider_key_is_forwarded()
         assert sent == (None if with_key_auth else f"Bearer {OPENAI_KEY}")
 
 
-async def test_kongs_claude_code_file_serves_the_anthropic_sdk() -> None:
+@pytest.mark.parametrize("plugin", ["ai-proxy", "ai-proxy-advanced"])
+async def test_kongs_claude_code_file_serves_the_anthropic_sdk(plugin: str) -> None:
     fake = FakeAnthropic(api_key=PROVIDER_KEY)
     async with serve_http(fake) as upstream:
         served = Served(
-            served_document("plugin-ai-proxy--claude-code-anthropic", f"{upstream.url}/v1/messages")
+            served_document(
+                f"plugin-{plugin}--claude-code-anthropic", f"{upstream.url}/v1/messages"
+            )
         )
         try:
             async with (
@@ -501,10 +504,11 @@ async def test_kongs_claude_code_file_serves_the_anthropic_sdk() -> None:
     assert served.billed() == reported
 
 
-async def test_kongs_gemini_native_file_serves_the_google_genai_sdk() -> None:
+@pytest.mark.parametrize("plugin", ["ai-proxy", "ai-proxy-advanced"])
+async def test_kongs_gemini_native_file_serves_the_google_genai_sdk(plugin: str) -> None:
     fake = FakeGemini(api_key=PROVIDER_KEY)
     async with serve_http(fake) as upstream, httpx.AsyncClient() as http:
-        served = Served(served_document("plugin-ai-proxy--gemini-native-routes", upstream.url))
+        served = Served(served_document(f"plugin-{plugin}--gemini-native-routes", upstream.url))
         try:
             async with serve_http(served.gateway) as address:
                 client = genai.Client(
@@ -529,10 +533,11 @@ async def test_kongs_gemini_native_file_serves_the_google_genai_sdk() -> None:
     assert served.billed() == reported
 
 
-async def test_kongs_cohere_native_file_serves_the_cohere_sdk() -> None:
+@pytest.mark.parametrize("plugin", ["ai-proxy", "ai-proxy-advanced"])
+async def test_kongs_cohere_native_file_serves_the_cohere_sdk(plugin: str) -> None:
     fake = FakeCohere(api_key=PROVIDER_KEY)
     async with serve_http(fake) as upstream, httpx.AsyncClient() as http:
-        served = Served(served_document("plugin-ai-proxy--cohere-native-routes", upstream.url))
+        served = Served(served_document(f"plugin-{plugin}--cohere-native-routes", upstream.url))
         try:
             async with serve_http(served.gateway) as address:
                 client = cohere.AsyncClientV2(
@@ -554,11 +559,12 @@ async def test_kongs_cohere_native_file_serves_the_cohere_sdk() -> None:
     assert served.billed() == reported
 
 
-async def test_kongs_bedrock_native_file_serves_boto3_bedrock_runtime() -> None:
+@pytest.mark.parametrize("plugin", ["ai-proxy", "ai-proxy-advanced"])
+async def test_kongs_bedrock_native_file_serves_boto3_bedrock_runtime(plugin: str) -> None:
     fake = FakeBedrock()
     async with serve_http(fake) as upstream:
         served = Served(
-            served_document("plugin-ai-proxy--bedrock-native-routes", upstream.url, **BEDROCK_ENV)
+            served_document(f"plugin-{plugin}--bedrock-native-routes", upstream.url, **BEDROCK_ENV)
         )
         try:
             async with serve_http(served.gateway) as address:
@@ -725,4 +731,33 @@ async def test_every_openai_format_kong_file_serves_and_bills_what_was_reported(
                     reported = reply.usage.total_tokens
         finally:
             await served.gateway.aclose()
+    assert served.billed() == reported
+
+
+@pytest.mark.parametrize("plugin", ["ai-proxy", "ai-proxy-advanced"])
+async def test_kongs_claude_code_bedrock_file_serves_the_anthropic_sdk(plugin: str) -> None:
+    fake = FakeBedrock()
+    async with serve_http(fake) as upstream:
+        served = Served(
+            served_document(f"plugin-{plugin}--claude-code-bedrock", upstream.url, **BEDROCK_ENV)
+        )
+        try:
+            async with (
+                serve_http(served.gateway) as address,
+                anthropic.AsyncAnthropic(
+                    base_url=f"{address.url}/anything", api_key="client-key", max_retries=0
+                ) as client,
+            ):
+                reply = await client.messages.create(
+                    model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES
+                )
+        finally:
+            await served.gateway.aclose()
+    usage = reply.usage
+    reported = (
+        usage.input_tokens
+        + usage.output_tokens
+        + (usage.cache_read_input_tokens or 0)
+        + (usage.cache_creation_input_tokens or 0)
+    )
     assert served.billed() == reported
