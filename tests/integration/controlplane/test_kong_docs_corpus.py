@@ -504,17 +504,26 @@ async def test_kongs_claude_code_file_serves_the_anthropic_sdk(plugin: str) -> N
     assert served.billed() == reported
 
 
-@pytest.mark.parametrize("plugin", ["ai-proxy", "ai-proxy-advanced"])
-async def test_kongs_gemini_native_file_serves_the_google_genai_sdk(plugin: str) -> None:
+@pytest.mark.parametrize(
+    "stem",
+    [
+        "plugin-ai-proxy--gemini-native-routes",
+        "plugin-ai-proxy-advanced--gemini-native-routes",
+        "howto--use-gemini-sdk-chat",
+    ],
+)
+async def test_kongs_gemini_native_files_serve_the_google_genai_sdk(stem: str) -> None:
     fake = FakeGemini(api_key=PROVIDER_KEY)
     async with serve_http(fake) as upstream, httpx.AsyncClient() as http:
-        served = Served(served_document(f"plugin-{plugin}--gemini-native-routes", upstream.url))
+        document = served_document(stem, upstream.url)
+        prefix = document["routes"][0]["paths"][0] if document.get("routes") else "/anything"
+        served = Served(document)
         try:
             async with serve_http(served.gateway) as address:
                 client = genai.Client(
                     api_key="client-key",
                     http_options=genai_types.HttpOptions(
-                        base_url=f"{address.url}/anything", httpx_async_client=http
+                        base_url=f"{address.url}{prefix}", httpx_async_client=http
                     ),
                 )
                 reply = await client.aio.models.generate_content(
