@@ -642,8 +642,28 @@ def quoted_choices() -> str:
     return " or ".join(f'"{location}"' for location in PARAM_LOCATIONS)
 
 
+def _templates(model: Entry) -> None:
+    """Kong's template values (``$(uri_captures.model)``, ``$(headers.x-model)``...): filled
+    per request by Kong from the route's regex captures, headers or query; refused by name."""
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, str) and "$(" in value:
+            model.fail_field(
+                path,
+                f'"{value}": Kong\'s template values ($(uri_captures...), $(headers...), '
+                "$(query_params...)) are not supported yet by data planes of this version",
+            )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}")
+
+    for key in ("name", "options"):
+        walk(model.data.get(key), key)
+
+
 def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
     model.check_keys(_MODEL_FIELDS)
+    _templates(model)
     provider = model.string("provider", required=True)
     if provider is not None and provider not in SERVED_ROUTE_TYPES:
         known = kong_enum("model.provider")

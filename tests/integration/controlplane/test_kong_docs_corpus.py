@@ -102,6 +102,10 @@ def env_for(text: str, **overrides: str) -> dict[str, str]:
 # What data planes of this version do not serve, named by value in the refusal.
 ROUTE_TYPE = 'route_type "{}" is not supported yet by data planes of this version'
 ANTHROPIC_FORMAT = 'llm_format "anthropic"'
+TEMPLATES = (
+    'model.name "{}": Kong\'s template values ($(uri_captures...), $(headers...), '
+    "$(query_params...)) are not supported yet by data planes of this version"
+)
 REFUSED = {
     "howto--authenticate-openai-sdk-clients-with-key-auth": (
         'name "pre-function" is not a plugin Meterline serves'
@@ -188,6 +192,15 @@ REFUSED = {
     ),
     "plugin-ai-proxy-advanced--semantic-with-fallback": (
         'config.balancer.algorithm "semantic" is not supported'
+    ),
+    # Kong fills $(uri_captures.model), $(headers.x-...) per request from regex routes.
+    "plugin-ai-proxy--sdk-dynamic-model-selection": TEMPLATES.format("$(uri_captures.model)"),
+    "plugin-ai-proxy-advanced--sdk-dynamic-model-selection": TEMPLATES.format(
+        "$(uri_captures.model)"
+    ),
+    "plugin-ai-proxy--sdk-multiple-providers": TEMPLATES.format("$(uri_captures.azure_instance)"),
+    "plugin-ai-proxy-advanced--sdk-azure-one-route": TEMPLATES.format(
+        "$(uri_captures.azure_instance)"
     ),
     "plugin-ai-rate-limiting-advanced--request-prompt-count-aws-cluster": (
         "Redis Cluster, redis.cluster_nodes, and Redis Sentinel, redis.sentinel_nodes, are not "
@@ -371,7 +384,6 @@ OPENAI_COMPATIBLE = [
     ("howto--set-up-ai-proxy-advanced-with-huggingface", "/v1/chat/completions", {}),
     ("howto--set-up-ai-proxy-with-deepseek", "/chat/completions", {}),
     ("plugin-ai-proxy-advanced--model-alias-routing", "/v1/chat/completions", {}),
-    ("plugin-ai-proxy-advanced--sdk-azure-one-route", "/v1/chat/completions", {}),
     # Kong's "get started" guide: no auth in the file, the client sends its OpenAI key.
     (
         "howto--get-started-with-ai-gateway",
@@ -662,10 +674,10 @@ NOT_SERVED = {"plugin-ai-proxy--meter-openai-requests"}
 
 def _openai_format_files() -> list[str]:
     """Every applying ai-proxy / ai-proxy-advanced file whose clients speak OpenAI's format
-    to one provider (templated model names, $(...), need Kong's regex routes: not here)."""
+    to one provider."""
     stems = []
     for path in FILES:
-        if path.stem in REFUSED or path.stem in NOT_SERVED or "$(" in path.read_text():
+        if path.stem in REFUSED or path.stem in NOT_SERVED:
             continue
         plugins = [
             p

@@ -79,6 +79,36 @@ def test_ai_rate_limiting_policies_without_id_are_named_by_position() -> None:
             id="redis-cluster",
         ),
         pytest.param(
+            "ai-proxy",
+            {
+                "route_type": "llm/v1/chat",
+                "model": {"provider": "openai", "name": "$(uri_captures.model)"},
+            },
+            'config.model.name "$(uri_captures.model)": Kong\'s template values',
+            id="template-model",
+        ),
+        pytest.param(
+            "ai-proxy-advanced",
+            {
+                "targets": [
+                    {
+                        "route_type": "llm/v1/chat",
+                        "model": {
+                            "provider": "azure",
+                            "name": "gpt-4o",
+                            "options": {
+                                "azure_instance": "i",
+                                "azure_deployment_id": "$(headers.x-deployment)",
+                            },
+                        },
+                    }
+                ]
+            },
+            'config.targets[0].model.options.azure_deployment_id "$(headers.x-deployment)": '
+            "Kong's template values",
+            id="template-option",
+        ),
+        pytest.param(
             "rate-limiting-advanced",
             {"limit": [10], "window_size": [60], "counter_key": "consumer.username"},
             'field "config.counter_key" (Kong 3.14\'s counter key) is not supported yet',
