@@ -26,8 +26,8 @@ import grpc
 from sqlalchemy import create_engine, text
 
 from controlplane.configsync.snapshot import build_snapshot
+from controlplane.declarative.apply import apply_document
 from controlplane.gateway import storage as gateway_storage
-from controlplane.gateway.apply import apply_document
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
 from meterline.admin.v1 import gateway_pb2, gateway_pb2_grpc
@@ -118,7 +118,7 @@ async def main() -> None:
         for _ in range(args.builds):
             t0 = time.perf_counter()
             with db.begin() as conn:
-                config = gateway_storage.load_config(conn)
+                config = gateway_storage.load_config(conn, secrets=None)
             t1 = time.perf_counter()
             built = build_snapshot(config)
             t2 = time.perf_counter()

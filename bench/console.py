@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 
 from controlplane.api.auth import Scope, TokenEntry, hash_token
 from controlplane.clock import FrozenClock
-from controlplane.gateway.apply import apply_document
+from controlplane.declarative.apply import apply_document
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
 

@@ -30,7 +30,7 @@ import grpc
 from sqlalchemy import create_engine, func, select, text
 
 from controlplane.clock import FrozenClock
-from controlplane.gateway.apply import apply_document
+from controlplane.declarative.apply import apply_document
 from controlplane.invoicing.lifecycle import InvoicingSettings, advance
 from controlplane.invoicing.preview import preview_invoice
 from controlplane.server import ControlPlane

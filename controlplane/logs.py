@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Final
+from typing import Final, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -14,7 +14,7 @@ LOG_FORMATS: Final = ("text", "json")
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler[TextIO]):
     """Writes each record to the ``sys.stderr`` of the moment it is emitted.
 
     A handler holding the stderr of the moment it was made keeps writing to it after it is
@@ -26,7 +26,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     meterline_handler = True
 
     @property
-    def stream(self):  # type: ignore[no-untyped-def]
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter

@@ -12,28 +12,32 @@ from pathlib import Path
 import grpc
 import httpx
 
-from controlplane.api.admin import (
-    BillingServicer,
-    CatalogServicer,
-    CustomerServicer,
-    GatewayServicer,
-)
 from controlplane.api.auth import (
     ClusterAuthInterceptor,
     TokenAuthInterceptor,
     TokenEntry,
     Trust,
 )
-from controlplane.api.credits import CreditServicer
-from controlplane.api.dataplane import ConfigServicer, UsageServicer
-from controlplane.api.dataplanes import DataPlaneServicer
-from controlplane.api.entitlements import EntitlementServicer
+from controlplane.api.cluster.dataplane import ConfigServicer, UsageServicer
+from controlplane.api.cluster.health import (
+    add_health_and_reflection,
+    mark_not_serving,
+    mark_serving,
+)
 from controlplane.api.errors import DomainErrorInterceptor
-from controlplane.api.health import add_health_and_reflection, mark_not_serving, mark_serving
-from controlplane.api.notifications import NotificationServicer
+from controlplane.api.operator.admin import (
+    BillingServicer,
+    CatalogServicer,
+    CustomerServicer,
+    GatewayServicer,
+)
+from controlplane.api.operator.credits import CreditServicer
+from controlplane.api.operator.dataplanes import DataPlaneServicer
+from controlplane.api.operator.entitlements import EntitlementServicer
+from controlplane.api.operator.notifications import NotificationServicer
+from controlplane.api.operator.usage import UsageQueryServicer
 from controlplane.api.stripe_webhook import WebhookServer, webhook_server
 from controlplane.api.tracing import TracingInterceptor
-from controlplane.api.usage import UsageQueryServicer
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync.hub import ConfigHub
 from controlplane.console.api import Servicers
@@ -116,8 +120,11 @@ class ControlPlane:
         console_settings: ConsoleSettings | None = None,
         console_tokens: list[TokenEntry] | None = None,
         console_tls: tuple[Path, Path] | None = None,
+        secrets: SecretBox | None = None,
     ) -> None:
         self.db = db
+        # Provider keys at rest are sealed under it (None: plaintext, development only).
+        self.secrets = secrets
         self.notifications = notifications or NotificationSettings()
         # None: alerts are evaluated and delivered only when EvaluateNotifications is called.
         self.notification_job_seconds = notification_job_seconds
@@ -143,7 +150,11 @@ class ControlPlane:
         self._webhook_task: asyncio.Task[None] | None = None
         # balance_slicing: each data plane admits against its slice of shared balances.
         self.hub = ConfigHub(
-            db, poll_seconds=poll_seconds, clock=self.clock, balance_slicing=balance_slicing
+            db,
+            poll_seconds=poll_seconds,
+            clock=self.clock,
+            balance_slicing=balance_slicing,
+            secrets=secrets,
         )
         self.listen = listen
         self.port = 0
@@ -189,6 +200,7 @@ class ControlPlane:
                 clock=self.clock,
                 hub=self.hub,
                 allow_private_webhooks=self.notifications.allow_private_urls,
+                secrets=secrets,
             ),
             catalog=CatalogServicer(db=db, clock=self.clock, hub=self.hub),
             customers=CustomerServicer(db=db, clock=self.clock, hub=self.hub),
@@ -439,10 +451,9 @@ async def serve(
     webhooks are served on ``webhook_listen`` when given.
     """
     db = Database.connect(db_url, run_migrations=run_migrations)
-    gateway_storage.install_secrets(db.engine, secrets)
     try:
         with db.begin() as conn:
-            resealed = gateway_storage.reseal_plugin_secrets(conn)
+            resealed = gateway_storage.reseal_plugin_secrets(conn, secrets=secrets)
     except BaseException:
         db.dispose()
         raise
@@ -489,6 +500,7 @@ async def serve(
         console_settings=console_settings,
         console_tokens=console_tokens,
         console_tls=console_tls,
+        secrets=secrets,
     )
     port = await cp.start()
     if cp.metrics_port:

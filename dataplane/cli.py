@@ -40,7 +40,7 @@ from dataplane.observability.metrics import (
     worker_exited,
 )
 from dataplane.observability.tracing import Tracing
-from dataplane.proxy.compiler import compile_snapshot
+from dataplane.proxy.compiler import compile_isolating
 from dataplane.proxy.gateway import DEFAULT_MAX_BODY_BYTES, Gateway
 from dataplane.proxy.runtime import RuntimeConfig
 from dataplane.usage.reporter import UsageReporter, UsageStreamStub
@@ -452,7 +452,7 @@ async def _serve(
         clients=UpstreamClients(max_response_bytes=state.max_response_bytes),
         max_body_bytes=state.max_body_bytes,
         metrics=metrics,
-        enforcer=Enforcer(acked=acked_events(reporter)),
+        enforcer=Enforcer(acked=acked_events(reporter, marker=lambda: config_client.usage_marker)),
         tracing=tracing,
     )
 
@@ -461,7 +461,7 @@ async def _serve(
         metrics.config_applied(config.version)
 
     config_client = ConfigClient(
-        compile=compile_snapshot,
+        compile=compile_isolating,
         stub=config_pb2_grpc.ConfigServiceStub(channel),
         node=config_pb2.Node(id=node_id, hostname=socket.gethostname(), version=__version__),
         apply=apply,

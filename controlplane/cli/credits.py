@@ -95,7 +95,7 @@ def _stub(address: str) -> Iterator[credits_pb2_grpc.CreditServiceStub]:
             grpc.channel_ready_future(channel).result(timeout=10)
         except grpc.FutureTimeoutError:
             raise SystemExit(f"error: no control plane answers at {address}") from None
-        yield credits_pb2_grpc.CreditServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+        yield credits_pb2_grpc.CreditServiceStub(channel)
 
 
 def _timestamp(text: str, flag: str) -> timestamp_pb2.Timestamp:

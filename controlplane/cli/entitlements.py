@@ -151,7 +151,7 @@ _ENTITLEMENT_COLUMNS = (
 
 
 def _customer_keys(channel: grpc.Channel) -> list[str]:
-    stub = customers_pb2_grpc.CustomerServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+    stub = customers_pb2_grpc.CustomerServiceStub(channel)
     keys: list[str] = []
     token = ""
     while True:
@@ -168,7 +168,7 @@ def _cmd_entitlements_list(args: argparse.Namespace) -> int:
     customer = args.customer_flag or args.customer
     values: list[dict[str, Any]] = []
     with ready_channel(args.cp) as channel:
-        stub = entitlements_pb2_grpc.EntitlementServiceStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+        stub = entitlements_pb2_grpc.EntitlementServiceStub(channel)
         for key in [customer] if customer else _customer_keys(channel):
             response = stub.ListEntitlements(
                 entitlements_pb2.ListEntitlementsRequest(customer=f"customers/{key}")

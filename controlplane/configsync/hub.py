@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -21,9 +25,11 @@ from sqlalchemy import Connection
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync import registry
 from controlplane.configsync.snapshot import BuiltSnapshot, build_snapshot
+from controlplane.credits.live import GatewayCredits, gateway_credits
 from controlplane.entitlements.service import enforcement_state
 from controlplane.entitlements.types import ConsumerAccess
 from controlplane.gateway import storage as gateway
+from controlplane.gateway.secrets import SecretBox
 from controlplane.gateway.types import GatewayConfig
 from controlplane.storage.db import Database
 from controlplane.tracing import span
@@ -31,8 +37,8 @@ from controlplane.tracing import span
 log = logging.getLogger(__name__)
 
 # Builds of one current() call when usage keeps arriving during them; the last one is returned
-# even if usage arrived during it (then the data plane may count that usage twice, see
-# snapshot.proto).
+# even if usage arrived during it: its usage_sequence (counted before it read anything) tells
+# the data planes to keep counting that usage locally (ConfigResponse.usage_sequence).
 BUILD_ROUNDS = 3
 
 
@@ -67,8 +73,11 @@ class ConfigHub:
         poll_seconds: float = 2.0,
         clock: Clock | None = None,
         balance_slicing: bool = True,
+        secrets: SecretBox | None = None,
     ) -> None:
         self._db = db
+        # Opens the stored provider keys: the snapshot carries them in plaintext.
+        self._secrets = secrets
         self.balance_slicing = balance_slicing
         self._clock = clock or SystemClock()
         self.poll_seconds = poll_seconds
@@ -81,6 +90,20 @@ class ConfigHub:
         self._building: tuple[int, asyncio.Future[BuiltSnapshot]] | None = None
         self._last_poll = time.monotonic()
         self._entitlements: list[ConsumerAccess] = []
+        # Customer -> live credits (controlplane.credits.live), read with the entitlements:
+        # all of them when the config generation moved (a change, a poll), else only those of
+        # customers whose subjects' usage was stored since the last build (each is an invoice
+        # preview). Guarded by _dirty_lock: stores mark subjects from the event loop while a
+        # build reads them in a worker thread.
+        self._credits: dict[str, GatewayCredits] = {}
+        self._dirty_lock = threading.Lock()
+        self._dirty_subjects: set[str] = set()
+        self._credits_generation: int | None = None
+        # Usage stores of this process, counted (mark_stored): a build records the count
+        # before it reads anything, so the data planes know which ACKed batches a snapshot
+        # reflects (ConfigResponse.usage_sequence); the epoch tells processes apart.
+        self.usage_epoch = uuid.uuid4().hex
+        self.usage_sequence = 0
         # Data planes sharing the snapshot at the last build (0: slicing off).
         self._slices = 0
         # Bumped when the gateway config itself may have changed (not by usage): a rebuild
@@ -88,11 +111,16 @@ class ConfigHub:
         self._config_generation = 0
         self._loaded: tuple[int, GatewayConfig] | None = None
         # The inputs of the last build and its result: the same inputs give the same snapshot.
-        self._last_build: tuple[GatewayConfig, list[ConsumerAccess], int, BuiltSnapshot] | None = (
-            None
-        )
+        self._last_build: (
+            tuple[
+                GatewayConfig, list[ConsumerAccess], dict[str, GatewayCredits], int, BuiltSnapshot
+            ]
+            | None
+        ) = None
 
     def _build(self) -> BuiltSnapshot:
+        # Before any read: every store counted up to here is committed and visible to them.
+        sequence = self.usage_sequence
         at = self._clock.now()
         config_generation = self._config_generation
         loaded = self._loaded
@@ -100,7 +128,7 @@ class ConfigHub:
             config = loaded[1]
         else:
             with self._db.begin() as conn:
-                config = gateway.load_config(conn)
+                config = gateway.load_config(conn, secrets=self._secrets)
             self._loaded = (config_generation, config)
         try:
             with self._db.begin() as conn:
@@ -108,6 +136,7 @@ class ConfigHub:
         except Exception:
             # Config sync must not stop over a balance: keep the last good state.
             log.exception("computing entitlement state failed; keeping the last one")
+        self._read_credits(at, config_generation)
         if self.balance_slicing:
             try:
                 with self._db.begin() as conn:
@@ -116,16 +145,46 @@ class ConfigHub:
                 log.exception("counting the data planes failed; keeping the last count")
         else:
             self._slices = 0
-        entitlements, slices = self._entitlements, self._slices
+        entitlements, credits, slices = self._entitlements, self._credits, self._slices
         last = self._last_build
-        if last is not None and last[0] is config and last[2] == slices and last[1] == entitlements:
+        if (
+            last is not None
+            and last[0] is config
+            and last[3] == slices
+            and last[1] == entitlements
+            and last[2] == credits
+        ):
             # New usage that moved no balance (or no consumer has any): nothing to rebuild.
-            return last[3]
+            same = last[4]
+            return (
+                same if same.usage_sequence == sequence else replace(same, usage_sequence=sequence)
+            )
         with span("config.snapshot_build") as current:
-            built = build_snapshot(config, entitlements, balance_slices=slices)
+            built = build_snapshot(config, entitlements, balance_slices=slices, credits=credits)
+            built = replace(built, usage_sequence=sequence)
             current.set_attribute("meterline.config.version", built.version)
-        self._last_build = (config, entitlements, slices, built)
+        self._last_build = (config, entitlements, credits, slices, built)
         return built
+
+    def _read_credits(self, at: datetime, config_generation: int) -> None:
+        with self._dirty_lock:
+            dirty, self._dirty_subjects = self._dirty_subjects, set()
+            everything = self._credits_generation != config_generation
+        try:
+            with self._db.begin() as conn:
+                if everything:
+                    self._credits = gateway_credits(conn, at=at)
+                    self._credits_generation = config_generation
+                elif dirty:
+                    customers = {a.customer for a in self._entitlements if a.subject in dirty}
+                    fresh = gateway_credits(conn, at=at, customers=customers)
+                    credits = {k: v for k, v in self._credits.items() if k not in customers}
+                    self._credits = credits | fresh
+        except Exception:
+            # Config sync must not stop over a balance: keep the last good state, and read
+            # everything at the next build.
+            log.exception("computing live credit balances failed; keeping the last ones")
+            self._credits_generation = None
 
     async def current(self, *, refresh: bool = False) -> BuiltSnapshot:
         """The snapshot of the stored config (rebuilt after a change, or when asked to).
@@ -133,7 +192,9 @@ class ConfigHub:
         A build that usage was stored during (``mark_stored``) may lack that usage although
         its ACK is on its way: it is built again (up to BUILD_ROUNDS times), so a data plane
         that applies a snapshot after an ACK finds the ACKed usage in it, and drops it from its
-        local counters only then (dataplane/enforcement.py).
+        local counters only then (dataplane/admission/entitlements.py). Whatever is returned,
+        its ``usage_sequence`` says which stores it reflects, so no usage is ever dropped
+        from a data plane's counters before a snapshot holds it.
         """
         if refresh:
             self._generation += 1
@@ -162,12 +223,22 @@ class ConfigHub:
                 break
         return built
 
-    def mark_stored(self) -> None:
+    def mark_stored(self, subjects: Iterable[str] | None = None) -> int:
         """Usage was just committed and is about to be ACKed: builds begun before are stale.
 
-        Unlike notify(), wakes no stream (the usage servicer notifies, coalesced, later).
+        ``subjects``: whose usage it was (their customers' credits are read again at the next
+        build); None: anyone's (every customer's credits are). Unlike notify(), wakes no stream
+        (the usage servicer notifies, coalesced, later). Returns the store's usage_sequence
+        (for its ACK): a snapshot whose build began with at least this count reflects it.
         """
+        with self._dirty_lock:
+            if subjects is None:
+                self._credits_generation = None
+            else:
+                self._dirty_subjects.update(subjects)
         self._generation += 1
+        self.usage_sequence += 1
+        return self.usage_sequence
 
     async def current_version(self) -> str:
         return (await self.current()).version

@@ -1,6 +1,6 @@
 """The xDS session of each config stream, after Envoy's state-of-the-world protocol.
 
-The gRPC servicer (controlplane.api.dataplane) only hands a stream's requests here and maps
+The gRPC servicer (controlplane.api.cluster.dataplane) only hands a stream's requests here and maps
 the errors raised to status codes: the protocol (snapshot pushes, nonces, ACK/NACK) and the
 registry of data planes live in this package.
 """
@@ -191,7 +191,11 @@ class ConfigSessions:
                         },
                     ):
                         response = config_pb2.ConfigResponse(
-                            version_info=built.version, nonce=sent_nonce, snapshot=built.snapshot
+                            version_info=built.version,
+                            nonce=sent_nonce,
+                            snapshot=built.snapshot,
+                            usage_epoch=self._hub.usage_epoch,
+                            usage_sequence=built.usage_sequence,
                         )
                     yield response
                 waiter = asyncio.create_task(self._hub.wait_for_change())

@@ -15,15 +15,19 @@ import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from controlplane.budgets.types import BudgetMode
-from controlplane.catalog.types import LLM_TOKENS
+from controlplane.catalog.types import LLM_TOKENS, SettlementMode
 from controlplane.declarative import rate_limits
 from controlplane.entitlements.types import ConsumerAccess, EntitlementValue
 from controlplane.errors import InvalidArgument
 from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
 from meterline.dataplane.v1 import snapshot_pb2
+
+if TYPE_CHECKING:
+    from controlplane.credits.live import GatewayCredits
 
 # Fixed forever: changing it changes every id and so every data plane's config.
 ID_NAMESPACE = uuid.UUID("6f1d7f0e-3c59-5d8a-9a51-0b6c2e4d7a10")
@@ -36,6 +40,9 @@ class BuiltSnapshot:
 
     snapshot: snapshot_pb2.Snapshot
     version: str
+    # The control plane's count of usage stores when the build began (not content: the
+    # version ignores it); see ConfigResponse.usage_sequence.
+    usage_sequence: int = 0
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -54,6 +61,7 @@ def build_snapshot(
     entitlements: Sequence[ConsumerAccess] = (),
     *,
     balance_slices: int = 0,
+    credits: Mapping[str, GatewayCredits] | None = None,
 ) -> BuiltSnapshot:
     """The data-plane snapshot of ``config`` and the consumers' entitlement state.
 
@@ -62,6 +70,8 @@ def build_snapshot(
     ``balance_slices``: how many data planes share the balances (0: slicing off). It is only
     carried when it matters (more than one, and some entitlement state), so that data planes
     joining or leaving do not change the version of a snapshot without balances.
+    ``credits``: customer -> its live credits (``controlplane.credits.live``); the consumers of
+    a customer listed get ``ConsumerEntitlements.credits`` and its credit_only prices say so.
     """
     if balance_slices < 0:
         raise InvalidArgument(f"balance_slices must be >= 0, got {balance_slices}")
@@ -83,7 +93,9 @@ def build_snapshot(
             if _limits_something(p)
         ],
         consumer_entitlements=[
-            _consumer_entitlements(access, consumer_ids[access.subject])
+            _consumer_entitlements(
+                access, consumer_ids[access.subject], (credits or {}).get(access.customer)
+            )
             for access in sorted(entitlements, key=lambda a: a.subject)
             if access.subject in consumer_ids
         ],
@@ -167,8 +179,18 @@ def balance_id(value: EntitlementValue) -> str:
     return entity_id("balance", value.customer, value.subscription, value.feature)
 
 
+def credit_id(customer: str) -> str:
+    """One id per customer's credits: every consumer of the customer spends the same ones."""
+    return entity_id("credits", customer)
+
+
+def _money_text(value: Decimal) -> str:
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
 def _consumer_entitlements(
-    access: ConsumerAccess, consumer_id: str
+    access: ConsumerAccess, consumer_id: str, credits: GatewayCredits | None = None
 ) -> snapshot_pb2.ConsumerEntitlements:
     message = snapshot_pb2.ConsumerEntitlements(
         consumer_id=consumer_id,
@@ -191,10 +213,21 @@ def _consumer_entitlements(
         )
         item.period_end_time.FromDatetime(value.balance.period_end)
     message.currency = access.currency
+    credit_only = credits.credit_only if credits is not None else frozenset()
     for price in access.prices:
         message.prices.add(
-            feature=price.feature, filters=dict(price.filters), unit_price=str(price.unit_price)
+            feature=price.feature,
+            filters=dict(price.filters),
+            unit_price=str(price.unit_price),
+            settlement_mode=SettlementMode.CREDIT_ONLY.value
+            if price.feature in credit_only
+            else "",
         )
+    if credits is not None:
+        message.credits.credit_id = credit_id(access.customer)
+        message.credits.balance = _money_text(credits.balance)
+        for feature, left in sorted(credits.feature_balances.items()):
+            message.credits.feature_balances[feature] = _money_text(left)
     for state in sorted(access.budgets, key=lambda b: b.budget.id):
         budget = message.budgets.add(
             budget_id=state.budget.id,

@@ -9,11 +9,16 @@ reported, each naming the entry it is about. Every field of Kong's published sch
 (``kong_fields.tsv``, see kong_schema.py) is accepted, and either honoured or reported as a
 note (accepted, not enforced); docs/declarative.md has the tables. ``${{ env "DECK_..." }}``
 references are resolved by the CLI (envsubst.py), several files merged as decK does (merge.py).
+Route matching fields (regex paths, hosts, headers, protocols) are checked as data planes
+compile them (route_match.py).
 
 Differences from Kong: the ``key-auth`` plugin also accepts ``Authorization: Bearer <key>``
 (``key_in_bearer``, default true) because that is how the openai and anthropic SDKs send an
 API key; entities are referred to by name only (ids are derived from names); prices and costs
 must be quoted decimal strings or integers, never YAML floats, so money stays exact.
+
+``apply.py`` stores a parsed document, gateway and billing, in one transaction, all or nothing
+(``meterline apply``, ``ApplyConfig``); each domain's storage does the writes.
 """
 
 from __future__ import annotations

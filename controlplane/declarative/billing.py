@@ -512,28 +512,8 @@ def _subscription(
             "billing_anchor",
             "must not be after start: periods repeat from the anchor, so give one a period earlier",
         )
-    changes: list[tuple[datetime, str]] = []
-    for index, item in enumerate(entry.entries("changes", label="plan")):
-        item.check_keys(("at", "plan"))
-        at = _time(item, "at", required=True)
-        target = item.string("plan", required=True)
-        if target is not None and target not in plans:
-            item.fail(f'unknown plan "{target}"')
-        if at is not None and target is not None:
-            if changes and at <= changes[-1][0]:
-                item.fail_field("at", "must be later than the previous change")
-            elif index == 0 and start is not None and at <= start:
-                item.fail_field("at", "must be after the subscription's start")
-            changes.append((at, target))
-    end: datetime | str | None = None
-    if entry.data.get("end") == "period_end":
-        end = "period_end"
-    elif entry.has("end"):
-        end = _time(entry, "end")
-        if end is not None and changes and end <= changes[-1][0]:
-            entry.fail_field("end", "must be after the last plan change")
-        elif isinstance(end, datetime) and start is not None and end <= start:
-            entry.fail_field("end", "must be after start")
+    changes = _plan_changes(entry, plans, start)
+    end = _end(entry, start, changes)
     if customer is not None and plan is not None:
         if (customer, plan) in seen:
             entry.fail(
@@ -552,6 +532,42 @@ def _subscription(
         changes=tuple(changes),
         end=end,
     )
+
+
+def _plan_changes(
+    entry: Entry, plans: dict[str, str], start: datetime | None
+) -> list[tuple[datetime, str]]:
+    """``changes``: plan changes, each later than the previous one and after ``start``."""
+    changes: list[tuple[datetime, str]] = []
+    for index, item in enumerate(entry.entries("changes", label="plan")):
+        item.check_keys(("at", "plan"))
+        at = _time(item, "at", required=True)
+        target = item.string("plan", required=True)
+        if target is not None and target not in plans:
+            item.fail(f'unknown plan "{target}"')
+        if at is not None and target is not None:
+            if changes and at <= changes[-1][0]:
+                item.fail_field("at", "must be later than the previous change")
+            elif index == 0 and start is not None and at <= start:
+                item.fail_field("at", "must be after the subscription's start")
+            changes.append((at, target))
+    return changes
+
+
+def _end(
+    entry: Entry, start: datetime | None, changes: list[tuple[datetime, str]]
+) -> datetime | str | None:
+    """``end``: "period_end", or a time after ``start`` and the last plan change."""
+    if entry.data.get("end") == "period_end":
+        return "period_end"
+    if not entry.has("end"):
+        return None
+    end = _time(entry, "end")
+    if end is not None and changes and end <= changes[-1][0]:
+        entry.fail_field("end", "must be after the last plan change")
+    elif isinstance(end, datetime) and start is not None and end <= start:
+        entry.fail_field("end", "must be after start")
+    return end
 
 
 def _start(entry: Entry) -> datetime | None:

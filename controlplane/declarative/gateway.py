@@ -29,6 +29,7 @@ from controlplane.declarative.kong_entities import (
 )
 from controlplane.declarative.kong_schema import check_plugin_config, set_path, split_path
 from controlplane.declarative.plugins import is_http_url, normalise_plugin_config
+from controlplane.declarative.route_match import REGEX_MARK, check_matching, check_paths
 from controlplane.gateway.keys import hash_key, is_key_hash
 from controlplane.gateway.types import Consumer, GatewayConfig, Plugin, PluginName, Route, Service
 
@@ -179,18 +180,17 @@ def _route(gateway: _Gateway, entry: Entry, *, service: str | None) -> None:
     attributes = gateway.attributes(entry, ROUTE_FIELDS)
     paths = entry.string_list("paths", required=True)
     for index, path in enumerate(paths or ()):
-        if path.startswith("~"):
-            entry.fail_field(
-                f"paths[{index}]",
-                f'"{path}": regex paths are not supported yet by data planes of this version',
-            )
-        elif not path.startswith("/"):
+        if path.startswith(REGEX_MARK):
+            continue  # a regex path (Kong's ~/...), checked below
+        if not path.startswith("/"):
             entry.fail_field(f"paths[{index}]", 'must start with "/"')
         elif path in RESERVED_PATHS:
             entry.fail_field(
                 f"paths[{index}]",
                 f'"{path}" is reserved: data planes answer it themselves (health and metrics)',
             )
+    check_paths(entry, paths or ())
+    check_matching(entry)
     methods = entry.string_list("methods")
     for index, method in enumerate(methods or ()):
         if method.upper() not in HTTP_METHODS:

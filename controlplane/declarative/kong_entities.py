@@ -17,7 +17,19 @@ from controlplane.declarative.entry import Entry, describe
 
 # Route fields data planes of this version honour; the others are stored, shipped in the
 # snapshot and reported as not enforced yet (route matching is the data plane's).
-ROUTE_FIELDS_HONOURED = frozenset({"paths", "methods", "strip_path"})
+ROUTE_FIELDS_HONOURED = frozenset(
+    {
+        "paths",
+        "methods",
+        "strip_path",
+        "hosts",
+        "headers",
+        "protocols",
+        "preserve_host",
+        "regex_priority",
+        "https_redirect_status_code",
+    }
+)
 _NOT_YET = "data planes of this version do not match on it yet"
 
 
@@ -52,13 +64,14 @@ SERVICE_FIELDS: Mapping[str, EntityField] = {
 
 ROUTE_FIELDS: Mapping[str, EntityField] = {
     **_META,
-    "hosts": EntityField("array", None, _NOT_YET),
-    "headers": EntityField("object", None, _NOT_YET),
-    "protocols": EntityField("array", ["http", "https"], _NOT_YET),
-    "preserve_host": EntityField("boolean", False, _NOT_YET),
-    "regex_priority": EntityField("integer", 0, _NOT_YET),
+    # Matched on by data planes (controlplane.declarative.route_match checks the values).
+    "hosts": EntityField("array"),
+    "headers": EntityField("object"),
+    "protocols": EntityField("array"),
+    "preserve_host": EntityField("boolean"),
+    "regex_priority": EntityField("integer"),
     "path_handling": EntityField("string", "v0", _NOT_YET),
-    "https_redirect_status_code": EntityField("integer", 426, _NOT_YET),
+    "https_redirect_status_code": EntityField("integer"),
     "request_buffering": EntityField("boolean", True, _NOT_YET),
     "response_buffering": EntityField("boolean", True, _NOT_YET),
     "snis": EntityField("array", None, _NOT_YET),

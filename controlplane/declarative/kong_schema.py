@@ -220,6 +220,8 @@ HONOURED: Mapping[str, frozenset[str]] = {
             "targets.[].route_type",
             "targets.[].weight",
             "targets.[].description",
+            # The name the cost algorithm matches the requested model against.
+            "targets.[].model.model_alias",
             *_target("targets.[]."),
             *(
                 f"balancer.{b}"

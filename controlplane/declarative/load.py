@@ -12,7 +12,7 @@ is refused in milliseconds instead of expanding to gigabytes.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -28,10 +28,14 @@ _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 # libyaml's parser when PyYAML was built with it (the wheels are): ~10x faster on a file of
 # 10,000 consumers than the pure-Python one, with the same safe constructor.
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# (Type-checked as SafeLoader: CSafeLoader has its API, and may be missing at run time.)
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _StrictLoader(_SafeLoader):  # type: ignore[misc,valid-type]
+class _StrictLoader(_SafeLoader):
     """SafeLoader without implicit timestamps and with duplicate-key detection."""
 
 

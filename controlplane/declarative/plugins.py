@@ -56,8 +56,8 @@ SERVED_ROUTE_TYPES: Mapping[str, frozenset[str]] = {
         }
     ),
     "anthropic": frozenset({"llm/v1/chat", "preserve"}),
-    "gemini": frozenset({"llm/v1/chat"}),
-    "bedrock": frozenset({"llm/v1/chat"}),
+    "gemini": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
+    "bedrock": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
     "mistral": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
     "deepseek": frozenset({"llm/v1/chat"}),
     "xai": frozenset({"llm/v1/chat"}),
@@ -782,9 +782,6 @@ def _options(options: Entry) -> dict[str, Any]:
     for key, (_, formats) in _FORMAT_OPTIONS.items():
         if options.has(key):
             result[key] = options.choice(key, formats)
-            if result[key] == "raw":
-                # Kong's raw llama2 format: refused here, not NACKed by every data plane.
-                options.fail_field(key, '"raw" is not supported yet by data planes of this version')
     dashscope = options.sub("dashscope")
     if dashscope is not None:
         dashscope.check_keys(_PROVIDER_OPTIONS["dashscope"])

@@ -22,7 +22,7 @@ slightly ahead of ``at`` (a data plane's clock) is counted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from controlplane.catalog.types import Entitlement, EntitlementType
@@ -158,68 +158,84 @@ def evaluate(
         raise InvalidArgument("usage must not be negative")
     relevant = sorted(_relevant(grants, at), key=_order)
     first = line.boundaries[0]
-    buckets: dict[str, int] = {}
-    debt = 0
-    period_usage = granted = expired = carried = 0
-
-    def credit(key: str, amount: int) -> None:
-        nonlocal debt, granted
-        granted += amount
-        paid = min(debt, amount)
-        debt -= paid
-        buckets[key] = buckets.get(key, 0) + amount - paid
-
-    def burn(amount: int) -> None:
-        nonlocal debt
-        for key in [_LIMIT, *(g.id for g in relevant)]:
-            if amount == 0:
-                return
-            have = buckets.get(key, 0)
-            take = min(have, amount)
-            if take:
-                buckets[key] = have - take
-                amount -= take
-        debt += amount
-
-    def lose(key: str) -> None:
-        nonlocal expired
-        expired += buckets.pop(key, 0)
-
+    state = _Buckets(burn_order=[_LIMIT, *(g.id for g in relevant)])
     for (seg_start, _seg_end), used in zip(segments, usage, strict=True):
         for grant in relevant:
             if grant.end_time == seg_start:
-                lose(grant.id)
+                state.lose(grant.id)
         if seg_start in line.period_starts:
-            owed = debt if entitlement.preserve_overage_at_reset and seg_start != first else 0
-            buckets.pop(_LIMIT, None)
-            debt = 0
-            period_usage = expired = carried = 0
-            granted = sum(buckets.values())  # grants' balances brought into the period
-            credit(_LIMIT, limit)
-            carried = owed
-            burn(owed)
+            preserve = entitlement.preserve_overage_at_reset and seg_start != first
+            state.reset(limit, owed=state.debt if preserve else 0)
         for grant in relevant:
             if grant.effective_time == seg_start or (
                 seg_start == first and grant.effective_time < first and grant.active_at(first)
             ):
-                credit(grant.id, grant.amount)
+                state.credit(grant.id, grant.amount)
             elif grant.recurrence_interval is not None and seg_start in _recurrences(
                 grant, grant.effective_time, seg_start
             ):
-                lose(grant.id)
-                credit(grant.id, grant.amount)
-        period_usage += used
-        burn(used)
+                state.lose(grant.id)
+                state.credit(grant.id, grant.amount)
+        state.usage += used
+        state.burn(used)
     return Balance(
         period_start=line.period_start,
         period_end=line.period_end,
-        usage=period_usage,
-        balance=sum(buckets.values()),
-        overage=debt,
-        granted=granted,
-        expired=expired,
-        carried_overage=carried,
+        usage=state.usage,
+        balance=sum(state.buckets.values()),
+        overage=state.debt,
+        granted=state.granted,
+        expired=state.expired,
+        carried_overage=state.carried,
     )
+
+
+@dataclass
+class _Buckets:
+    """What one replay moves: a balance per grant (and the period's limit), the debt usage
+    beyond every balance runs up, and the period's counters."""
+
+    # The limit first, then grants in burn order (_order).
+    burn_order: list[str]
+    buckets: dict[str, int] = field(default_factory=dict)
+    debt: int = 0
+    usage: int = 0
+    granted: int = 0
+    expired: int = 0
+    carried: int = 0
+
+    def credit(self, key: str, amount: int) -> None:
+        """``amount`` into ``key``'s bucket, paying the debt first."""
+        self.granted += amount
+        paid = min(self.debt, amount)
+        self.debt -= paid
+        self.buckets[key] = self.buckets.get(key, 0) + amount - paid
+
+    def burn(self, amount: int) -> None:
+        """``amount`` out of the buckets in burn order; what none holds becomes debt."""
+        for key in self.burn_order:
+            if amount == 0:
+                return
+            have = self.buckets.get(key, 0)
+            take = min(have, amount)
+            if take:
+                self.buckets[key] = have - take
+                amount -= take
+        self.debt += amount
+
+    def lose(self, key: str) -> None:
+        """``key``'s bucket expires."""
+        self.expired += self.buckets.pop(key, 0)
+
+    def reset(self, limit: int, *, owed: int) -> None:
+        """A new usage period: counters from zero, the limit afresh, ``owed`` carried over."""
+        self.buckets.pop(_LIMIT, None)
+        self.debt = 0
+        self.usage = self.expired = self.carried = 0
+        self.granted = sum(self.buckets.values())  # grants' balances brought into the period
+        self.credit(_LIMIT, limit)
+        self.carried = owed
+        self.burn(owed)
 
 
 def metered_access(entitlement: Entitlement, balance: Balance) -> bool:

@@ -1,9 +1,9 @@
 """Storage of gateway entities (Core statements over one connection = one unit of work).
 
-Provider keys in plugin configs are stored encrypted when the engine carries a SecretBox
-(``install_secrets``, called once by the composition root: the key travels with the engine
-as an execution option, so every connection sees it without a global); see
-controlplane/gateway/secrets.py.
+Provider keys in plugin configs are stored encrypted under a SecretBox: every function that
+reads or writes plugin configs takes it as ``secrets`` (None: plaintext, development only).
+The composition root (controlplane/server.py) builds it once and hands it to the services
+that call these; see controlplane/gateway/secrets.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.gateway.secrets import SecretBox, open_config, reseal_config, seal_config
@@ -30,27 +30,14 @@ from controlplane.gateway.types import (
 from controlplane.identifiers import check_name
 from controlplane.storage import schema as s
 
-SECRETS_OPTION = "meterline_secrets"
 
-
-def install_secrets(engine: Engine, box: SecretBox | None) -> None:
-    """Make ``box`` the secrets key of every connection of ``engine``."""
-    engine.update_execution_options(**{SECRETS_OPTION: box})
-
-
-def secrets_of(conn: Connection) -> SecretBox | None:
-    """The secrets key installed on ``conn``'s engine, if any."""
-    box = conn.get_execution_options().get(SECRETS_OPTION)
-    return box if isinstance(box, SecretBox) else None
-
-
-def load_config(conn: Connection) -> GatewayConfig:
-    """The whole stored gateway configuration."""
+def load_config(conn: Connection, *, secrets: SecretBox | None) -> GatewayConfig:
+    """The whole stored gateway configuration (provider keys opened with ``secrets``)."""
     return GatewayConfig(
         services=tuple(list_services(conn)),
         routes=tuple(list_routes(conn)),
         consumers=tuple(list_consumers(conn)),
-        plugins=tuple(list_plugins(conn)),
+        plugins=tuple(list_plugins(conn, secrets=secrets)),
     )
 
 
@@ -113,10 +100,9 @@ def get_consumer(conn: Connection, username: str) -> Consumer:
     raise NotFound(f"consumer {username!r} not found")
 
 
-def list_plugins(conn: Connection) -> list[Plugin]:
+def list_plugins(conn: Connection, *, secrets: SecretBox | None) -> list[Plugin]:
     """Every plugin, provider keys decrypted (the operator API redacts them: api/convert.py)."""
     p = s.plugins
-    box = secrets_of(conn)
     rows = conn.execute(select(p).order_by(p.c.name, p.c.service, p.c.route, p.c.consumer))
     return [
         Plugin(
@@ -125,27 +111,26 @@ def list_plugins(conn: Connection) -> list[Plugin]:
             route=r.route,
             consumer=r.consumer,
             enabled=r.enabled,
-            config=open_config(r.config, box),
+            config=open_config(r.config, secrets),
             attributes=r.attributes or {},
         )
         for r in rows
     ]
 
 
-def reseal_plugin_secrets(conn: Connection) -> int:
+def reseal_plugin_secrets(conn: Connection, *, secrets: SecretBox | None) -> int:
     """Encrypt every stored provider key under the first secrets key; return rows changed.
 
     Run at start: encrypts keys stored before a key was configured and finishes a rotation.
     Without a key it only checks that nothing stored needs one.
     """
     p = s.plugins
-    box = secrets_of(conn)
     changed = 0
     for row in conn.execute(select(p.c.id, p.c.config)).all():
-        if box is None:
+        if secrets is None:
             open_config(row.config, None)  # raises if a value is encrypted
             continue
-        sealed = reseal_config(row.config, box)
+        sealed = reseal_config(row.config, secrets)
         if sealed != row.config:
             conn.execute(update(p).where(p.c.id == row.id).values(config=sealed))
             changed += 1
@@ -362,7 +347,9 @@ def delete_consumer(conn: Connection, username: str) -> None:
         raise NotFound(f"consumer {username!r} not found")
 
 
-def upsert_plugin(conn: Connection, plugin: Plugin, *, now: datetime) -> str | None:
+def upsert_plugin(
+    conn: Connection, plugin: Plugin, *, now: datetime, secrets: SecretBox | None
+) -> str | None:
     t = s.plugins
     scope = (
         (t.c.name == plugin.name.value)
@@ -372,9 +359,8 @@ def upsert_plugin(conn: Connection, plugin: Plugin, *, now: datetime) -> str | N
     )
     where = plugin.route or plugin.service or plugin.consumer or "global"
     row = conn.execute(select(t).where(scope)).first()
-    box = secrets_of(conn)
     config = dict(plugin.config)
-    stored = seal_config(config, box)
+    stored = seal_config(config, secrets)
     if row is None:
         conn.execute(
             insert(t).values(
@@ -394,7 +380,7 @@ def upsert_plugin(conn: Connection, plugin: Plugin, *, now: datetime) -> str | N
     # Encryption is not deterministic: compare plaintexts.
     if (
         row.enabled != plugin.enabled
-        or open_config(row.config, box) != config
+        or open_config(row.config, secrets) != config
         or (row.attributes or {}) != plugin.attributes
     ):
         conn.execute(
@@ -415,6 +401,7 @@ def delete_missing(
     conn: Connection,
     config: GatewayConfig,
     *,
+    secrets: SecretBox | None,
     select_tags: Sequence[str] = (),
 ) -> list[str]:
     """Delete stored gateway entities ``config`` does not list (decK's sync); return changes.
@@ -423,7 +410,7 @@ def delete_missing(
     credentials of a listed consumer that the config does not list are removed too. Billing
     entities are never touched.
     """
-    stored = load_config(conn)
+    stored = load_config(conn, secrets=secrets)
     wanted = set(select_tags)
 
     def selected(attributes: Mapping[str, Any]) -> bool:
@@ -531,9 +518,9 @@ def delete_route(conn: Connection, name: str) -> None:
         raise NotFound(f"route {name!r} not found")
 
 
-def get_plugin(conn: Connection, plugin_id: str) -> Plugin:
+def get_plugin(conn: Connection, plugin_id: str, *, secrets: SecretBox | None) -> Plugin:
     ids = plugin_ids(conn)
-    for plugin in list_plugins(conn):
+    for plugin in list_plugins(conn, secrets=secrets):
         if ids[plugin.scope] == plugin_id:
             return plugin
     raise NotFound(f"plugin {plugin_id!r} not found")

@@ -26,7 +26,7 @@ recomputed at any time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -37,7 +37,6 @@ from sqlalchemy import Connection, select
 from controlplane.catalog import storage as catalog
 from controlplane.catalog.types import (
     LLM_TOKENS,
-    Commitments,
     Feature,
     Plan,
     PriceList,
@@ -50,13 +49,12 @@ from controlplane.credits import topups
 from controlplane.customers import storage as customers
 from controlplane.errors import FailedPrecondition, InvalidArgument, MeterlineError
 from controlplane.invoicing import storage
-from controlplane.invoicing.describe import describe_line
+from controlplane.invoicing.lines import CardUsage, Segment, lines_total, segment_lines
 from controlplane.invoicing.storage import Billed, InvoiceRow
 from controlplane.invoicing.types import Invoice, InvoiceLine, InvoiceState
 from controlplane.notifications.invoices import emit_invoice_event, emit_invoicing_failure
-from controlplane.rating import LineType, RatedLine, rate_card_lines, round_money
-from controlplane.rating.modellist import ModelUsage, model_list_lines
-from controlplane.rating.proration import prorate, prorate_minimum
+from controlplane.rating import round_money
+from controlplane.rating.modellist import ModelUsage
 from controlplane.storage import schema as s
 from controlplane.storage.db import Database
 from controlplane.subscriptions import storage as subscriptions
@@ -83,25 +81,11 @@ class InvoicingSettings:
     auto_issue: bool = False
 
 
-@dataclass(frozen=True)
-class _Segment:
-    """The part of an invoice's usage one subscription contributes: [start, end)."""
-
-    sub: Subscription
-    plan: Plan
-    start: datetime
-    end: datetime
-    late: bool = False
-    # The full billing period the usage belongs to (differs from start/end when clipped).
-    period_start: datetime | None = None
-    period_end: datetime | None = None
-
-
 def _plan(conn: Connection, sub: Subscription) -> Plan:
     return catalog.get_plan(conn, sub.plan_key, sub.plan_version)
 
 
-def _own_segments(conn: Connection, row: InvoiceRow) -> list[_Segment]:
+def _own_segments(conn: Connection, row: InvoiceRow) -> list[Segment]:
     segments = []
     for sub in subscriptions.list_subscriptions(conn, row.customer):
         plan = _plan(conn, sub)
@@ -116,7 +100,7 @@ def _own_segments(conn: Connection, row: InvoiceRow) -> list[_Segment]:
         end = row.period_end if sub.end_time is None else min(row.period_end, sub.end_time)
         if end > start:
             segments.append(
-                _Segment(
+                Segment(
                     sub=sub,
                     plan=plan,
                     start=start,
@@ -128,7 +112,7 @@ def _own_segments(conn: Connection, row: InvoiceRow) -> list[_Segment]:
     return segments
 
 
-def _late_segments(conn: Connection, row: InvoiceRow, subjects: Sequence[str]) -> list[_Segment]:
+def _late_segments(conn: Connection, row: InvoiceRow, subjects: Sequence[str]) -> list[Segment]:
     """Windows of issued periods (before this invoice's) holding unbilled events."""
     open_periods = {
         (r.period_start, r.period_end)
@@ -156,7 +140,7 @@ def _late_segments(conn: Connection, row: InvoiceRow, subjects: Sequence[str]) -
             start, end = billing_period(anchor=sub.anchor, cadence=plan.billing_cadence, at=at)
             if (start, end) not in open_periods:
                 segments.append(
-                    _Segment(
+                    Segment(
                         sub=sub,
                         plan=plan,
                         start=max(start, sub.start_time),
@@ -170,43 +154,60 @@ def _late_segments(conn: Connection, row: InvoiceRow, subjects: Sequence[str]) -
     return segments
 
 
-def _when(moment: datetime) -> str:
-    if (moment.hour, moment.minute, moment.second, moment.microsecond) == (0, 0, 0, 0):
-        return moment.strftime("%Y-%m-%d")
-    return moment.isoformat(timespec="minutes").replace("+00:00", "Z")
-
-
-def _plain(value: Decimal) -> Decimal:
-    """A difference without the trailing zeros subtraction leaves (14.75 - 13.75 is 1, not
-    1.00), never in exponent notation."""
-    if value == value.to_integral_value():
-        return value.quantize(Decimal(1))
-    return value.normalize()
-
-
-def _lines_total(lines: Sequence[InvoiceLine | RatedLine]) -> Decimal:
-    # Lines are rounded already, so the sum is exact in the minor unit.
-    return sum((line.amount for line in lines), Decimal(0))
-
-
-def _served(segment: _Segment) -> tuple[datetime, datetime]:
-    """The part of the segment's whole billing period its subscription covers."""
-    assert segment.period_start is not None and segment.period_end is not None
-    sub = segment.sub
-    end = segment.period_end if sub.end_time is None else min(segment.period_end, sub.end_time)
-    return max(segment.period_start, sub.start_time), end
+def _feature_quantity(
+    conn: Connection,
+    *,
+    row: InvoiceRow,
+    segment: Segment,
+    subjects: Sequence[str],
+    feature: Feature,
+    which: Sequence[Billed],
+) -> Decimal:
+    """The feature's quantity over the segment's events that are any of ``which``."""
+    if feature.meter != LLM_TOKENS.key:
+        # Operator meters aggregate over the union (MAX, UNIQUE_COUNT and LATEST are not
+        # sums of per-set quantities).
+        return storage.meter_quantity(
+            conn,
+            meter=feature.meter,
+            subscription=segment.sub.id,
+            invoice_id=row.id,
+            which=tuple(which),
+            subjects=subjects,
+            start=segment.start,
+            end=segment.end,
+            filters=feature.filters,
+        )
+    return sum(
+        (
+            Decimal(
+                storage.sum_billed(
+                    conn,
+                    subscription=segment.sub.id,
+                    invoice_id=row.id,
+                    which=w,
+                    subjects=subjects,
+                    start=segment.start,
+                    end=segment.end,
+                    filters=feature.filters,
+                )
+            )
+            for w in which
+        ),
+        Decimal(0),
+    )
 
 
 def _model_usage(
     conn: Connection,
     *,
     row: InvoiceRow,
-    segment: _Segment,
+    segment: Segment,
     subjects: Sequence[str],
     which: Billed,
     feature: Feature,
     price_list: PriceList,
-) -> list[ModelUsage]:
+) -> tuple[ModelUsage, ...]:
     """The segment's tokens per model and type, in windows cut at every price change."""
     start, end = segment.start, segment.end
     cuts = sorted(
@@ -216,7 +217,7 @@ def _model_usage(
             *(p.effective_from for p in price_list.prices if start < p.effective_from < end),
         }
     )
-    usage = []
+    usage: list[ModelUsage] = []
     for a, b in pairwise(cuts):
         sums = storage.sum_billed_by_model(
             conn,
@@ -229,281 +230,115 @@ def _model_usage(
             filters=feature.filters,
         )
         usage += [ModelUsage(model, kind, a, Decimal(n)) for (model, kind), n in sums.items()]
-    return usage
+    return tuple(usage)
 
 
-def _segment_lines(
+@dataclass
+class _Catalog:
+    """Features and price lists read once per computation."""
+
+    features: dict[str, Feature] = field(default_factory=dict)
+    price_lists: dict[str, PriceList] = field(default_factory=dict)
+
+    def feature(self, conn: Connection, key: str) -> Feature:
+        if key not in self.features:
+            self.features[key] = catalog.get_feature(conn, key)
+        return self.features[key]
+
+    def price_list(self, conn: Connection, key: str) -> PriceList:
+        if key not in self.price_lists:
+            self.price_lists[key] = catalog.get_price_list(conn, key)
+        return self.price_lists[key]
+
+
+def _card_usage(
     conn: Connection,
     *,
     row: InvoiceRow,
-    segment: _Segment,
+    segment: Segment,
     subjects: Sequence[str],
     which: Billed,
-    features: dict[str, Feature],
-) -> Iterator[InvoiceLine]:
-    plan = segment.plan
-    for card in plan.rate_cards:
-        price = card.price
-        if price is None:
-            continue
-        feature = features.get(card.feature) if card.feature else None
-        if card.feature and feature is None:
-            feature = features[card.feature] = catalog.get_feature(conn, card.feature)
-        # A part period (start, plan change, cancellation) owes a part of the minimum.
-        served_start, served_end = _served(segment)
-        assert segment.period_start is not None and segment.period_end is not None
-        commitments = prorate_minimum(
-            card.commitments,
-            part=served_end - served_start,
-            whole=segment.period_end - segment.period_start,
-            currency=plan.currency,
-        )
+    card: RateCard,
+    read: _Catalog,
+) -> CardUsage:
+    """What ``card`` is rated on in ``segment`` (the snapshot step: every query is here)."""
+    price = card.price
+    assert price is not None
+    feature = read.feature(conn, card.feature) if card.feature else None
+    if feature is None:
+        return CardUsage(card)
+    if price.type is PriceType.MODEL_LIST:
+        if price.price_list is None:
+            return CardUsage(card, feature)
+        price_list = read.price_list(conn, price.price_list)
 
-        def quantity(
-            *which: Billed, card: RateCard = card, feature: Feature | None = feature
-        ) -> Decimal:
-            """The feature's quantity over the segment's events that are any of ``which``."""
-            if not (card.price is not None and card.price.usage_based and feature is not None):
-                return Decimal(0)
-            if feature.meter != LLM_TOKENS.key:
-                # Operator meters aggregate over the union (MAX, UNIQUE_COUNT and LATEST are
-                # not sums of per-set quantities).
-                return storage.meter_quantity(
-                    conn,
-                    meter=feature.meter,
-                    subscription=segment.sub.id,
-                    invoice_id=row.id,
-                    which=which,
-                    subjects=subjects,
-                    start=segment.start,
-                    end=segment.end,
-                    filters=feature.filters,
-                )
-            return sum(
-                (
-                    Decimal(
-                        storage.sum_billed(
-                            conn,
-                            subscription=segment.sub.id,
-                            invoice_id=row.id,
-                            which=w,
-                            subjects=subjects,
-                            start=segment.start,
-                            end=segment.end,
-                            filters=feature.filters,
-                        )
-                    )
-                    for w in which
-                ),
-                Decimal(0),
-            )
-
-        def rated(
-            q: Decimal, card: RateCard = card, commitments: Commitments | None = commitments
-        ) -> tuple[RatedLine, ...]:
-            assert card.price is not None
-            return rate_card_lines(
-                price=card.price,
-                quantity=q,
-                currency=plan.currency,
-                discounts=card.discounts,
-                commitments=commitments,
-            )
-
-        if price.type is PriceType.MODEL_LIST:
-            if feature is None or price.price_list is None:
-                continue
-            yield from _model_list_lines(
+        def models(which: Billed) -> tuple[ModelUsage, ...]:
+            return _model_usage(
                 conn,
                 row=row,
                 segment=segment,
                 subjects=subjects,
                 which=which,
-                card=card,
                 feature=feature,
-                commitments=commitments,
-            )
-            continue
-        if segment.late:
-            if not price.usage_based or feature is None:
-                continue  # flat fees were charged with the period
-            # The period's quantity with the late events, less what earlier invoices billed:
-            # for SUM/COUNT (and tokens) the late events' own sum; for MAX, UNIQUE_COUNT and
-            # LATEST the change they make to the period's re-aggregated quantity.
-            before = quantity(Billed.BY_OTHERS)
-            late = _plain(quantity(Billed.BY_OTHERS, which) - before)
-            if not late:
-                continue
-            amount = _lines_total(rated(before + late)) - _lines_total(rated(before))
-            assert segment.period_start is not None and segment.period_end is not None
-            name = feature.name or feature.key
-            yield InvoiceLine(
-                subscription=segment.sub.id,
-                rate_card=card.key,
-                feature=card.feature,
-                description=(
-                    f"{name}: late usage for {_when(segment.period_start)}.."
-                    f"{_when(segment.period_end)}: {late} (billed before: {before})"
-                ),
-                quantity=late,
-                unit_price=None,
-                amount=amount,
-                period_start=segment.start,
-                period_end=segment.end,
-                type=LineType.USAGE,
-                price_type=price.type,
-                late_usage=True,
-            )
-            continue
-        assert segment.period_start is not None and segment.period_end is not None
-        partial = (segment.start, segment.end) != (segment.period_start, segment.period_end)
-        if price.type is PriceType.FLAT and partial:
-            # Part of a period (plan change, cancellation): the fee for the time served.
-            price = replace(
-                price,
-                amount=prorate(
-                    amount=price.amount,
-                    part=segment.end - segment.start,
-                    whole=segment.period_end - segment.period_start,
-                    currency=plan.currency,
-                ),
-            )
-        for line in rate_card_lines(
-            price=price,
-            quantity=quantity(which),
-            currency=plan.currency,
-            discounts=card.discounts,
-            commitments=commitments,
-        ):
-            is_price_line = line.type in (LineType.FLAT, LineType.USAGE)
-            yield InvoiceLine(
-                subscription=segment.sub.id,
-                rate_card=card.key,
-                feature=card.feature,
-                description=describe_line(replace(card, commitments=commitments), feature, line)
-                + (
-                    f", prorated for {_when(segment.start)}..{_when(segment.end)}"
-                    if line.type in (LineType.FLAT, LineType.MINIMUM_COMMITMENT) and partial
-                    else ""
-                ),
-                quantity=line.quantity,
-                unit_price=line.unit_price,
-                amount=line.amount,
-                period_start=segment.start,
-                period_end=segment.end,
-                type=line.type,
-                price_type=price.type if is_price_line else None,
-                payment_term=price.payment_term if line.type is LineType.FLAT else None,
-                free_quantity=line.free_quantity,
-                packages=line.packages,
-                tiers=line.tiers,
+                price_list=price_list,
             )
 
+        billed = models(which)
+        before: tuple[ModelUsage, ...] = ()
+        if segment.late and sum((u.quantity for u in billed), Decimal(0)):
+            before = models(Billed.BY_OTHERS)
+        return CardUsage(card, feature, price_list=price_list, models=billed, models_before=before)
+    if not price.usage_based:
+        return CardUsage(card, feature)
 
-def _model_list_lines(
-    conn: Connection,
-    *,
-    row: InvoiceRow,
-    segment: _Segment,
-    subjects: Sequence[str],
-    which: Billed,
-    card: RateCard,
-    feature: Feature,
-    commitments: Commitments | None,
-) -> Iterator[InvoiceLine]:
-    """A model_list rate card: a line per model, token type and price period (or one late line)."""
-    price = card.price
-    assert price is not None and price.price_list is not None
-    plan = segment.plan
-    price_list = catalog.get_price_list(conn, price.price_list)
-
-    def usage(which: Billed) -> list[ModelUsage]:
-        return _model_usage(
-            conn,
-            row=row,
-            segment=segment,
-            subjects=subjects,
-            which=which,
-            feature=feature,
-            price_list=price_list,
+    def quantity(*sets: Billed) -> Decimal:
+        return _feature_quantity(
+            conn, row=row, segment=segment, subjects=subjects, feature=feature, which=sets
         )
 
-    def rated(items: Sequence[ModelUsage]) -> tuple[RatedLine, ...]:
-        return model_list_lines(
-            usage=items,
-            price_list=price_list,
-            markup_percent=price.markup_percent,
-            currency=plan.currency,
-            discounts=card.discounts,
-            commitments=commitments,
-        )
-
-    name = feature.name or feature.key
     if segment.late:
-        late = usage(which)
-        quantity = sum((u.quantity for u in late), Decimal(0))
-        if not quantity:
-            return
-        before = usage(Billed.BY_OTHERS)
-        amount = _lines_total(rated(before + late)) - _lines_total(rated(before))
-        assert segment.period_start is not None and segment.period_end is not None
-        yield InvoiceLine(
-            subscription=segment.sub.id,
-            rate_card=card.key,
-            feature=card.feature,
-            description=(
-                f"{name}: late usage for {_when(segment.period_start)}.."
-                f"{_when(segment.period_end)}: {quantity} tokens at {price_list.key} prices"
-            ),
-            quantity=quantity,
-            unit_price=None,
-            amount=amount,
-            period_start=segment.start,
-            period_end=segment.end,
-            type=LineType.USAGE,
-            price_type=price.type,
-            late_usage=True,
+        return CardUsage(
+            card,
+            feature,
+            quantity=quantity(Billed.BY_OTHERS, which),
+            billed_before=quantity(Billed.BY_OTHERS),
         )
-        return
-    card = replace(card, commitments=commitments)
-    for line in rated(usage(which)):
-        is_price_line = line.type is LineType.USAGE
-        yield InvoiceLine(
-            subscription=segment.sub.id,
-            rate_card=card.key,
-            feature=card.feature,
-            description=describe_line(card, feature, line),
-            quantity=line.quantity,
-            unit_price=line.unit_price,
-            amount=line.amount,
-            period_start=segment.start,
-            period_end=segment.end,
-            type=line.type,
-            price_type=price.type if is_price_line else None,
-            model=line.model,
-            token_type=line.token_type,
-        )
+    return CardUsage(card, feature, quantity=quantity(which))
 
 
-def _segments(conn: Connection, row: InvoiceRow, subjects: Sequence[str]) -> list[_Segment]:
+def _segments(conn: Connection, row: InvoiceRow, subjects: Sequence[str]) -> list[Segment]:
     return [*_own_segments(conn, row), *_late_segments(conn, row, subjects)]
 
 
 def _compute(
     conn: Connection,
     row: InvoiceRow,
-    segments: Sequence[_Segment],
+    segments: Sequence[Segment],
     subjects: Sequence[str],
     which: Billed,
 ) -> list[InvoiceLine]:
-    features: dict[str, Feature] = {}
-    return [
-        line
-        for segment in segments
-        for line in _segment_lines(
-            conn, row=row, segment=segment, subjects=subjects, which=which, features=features
+    """The lines of ``segments``: every quantity read first, then rated (pure: lines.py)."""
+    read = _Catalog()
+    snapshot = [
+        (
+            segment,
+            [
+                _card_usage(
+                    conn,
+                    row=row,
+                    segment=segment,
+                    subjects=subjects,
+                    which=which,
+                    card=card,
+                    read=read,
+                )
+                for card in segment.plan.rate_cards
+                if card.price is not None
+            ],
         )
+        for segment in segments
     ]
+    return [line for segment, cards in snapshot for line in segment_lines(segment, cards)]
 
 
 def _scope(row: InvoiceRow) -> credits.InvoiceScope:
@@ -517,7 +352,7 @@ def _scope(row: InvoiceRow) -> credits.InvoiceScope:
 
 
 def _with_credits(
-    conn: Connection, row: InvoiceRow, segments: Sequence[_Segment], lines: list[InvoiceLine]
+    conn: Connection, row: InvoiceRow, segments: Sequence[Segment], lines: list[InvoiceLine]
 ) -> list[InvoiceLine]:
     """``lines`` plus the credit (and credit_only uncovered) lines credits add now."""
     modes: dict[tuple[str, str], SettlementMode] = {
@@ -559,7 +394,7 @@ def load_invoice(conn: Connection, row: InvoiceRow) -> Invoice:
     lines = _with_credits(
         conn, row, segments, _compute(conn, row, segments, subjects, Billed.UNBILLED)
     )
-    return _invoice(row, lines, round_money(_lines_total(lines), row.currency))
+    return _invoice(row, lines, round_money(lines_total(lines), row.currency))
 
 
 def get_invoice(conn: Connection, id: str) -> Invoice:
@@ -652,7 +487,7 @@ def _issue(conn: Connection, row: InvoiceRow, *, now: datetime) -> None:
     lines = _with_credits(
         conn, row, segments, _compute(conn, row, segments, subjects, Billed.BY_INVOICE)
     )
-    total = round_money(_lines_total(lines), row.currency)
+    total = round_money(lines_total(lines), row.currency)
     number = storage.next_number(conn, currency=row.currency, year=now.year)
     storage.freeze(conn, row.id, number=number, lines=lines, total=total, now=now)
     # The ledger's consumed entries are the credit lines just frozen, in the same transaction.

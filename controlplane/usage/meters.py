@@ -221,7 +221,7 @@ def _number(raw: Any, where: str) -> Decimal:
         raise Unreadable(f"{where} must be a number of at most 100 characters")
     try:
         # Floats go through their shortest repr, so 0.1 reads as 0.1, not 0.1000000000000000055.
-        # (JSON numbers a float cannot hold exactly arrive as Decimal: api/usage.py.)
+        # (JSON numbers a float cannot hold exactly arrive as Decimal: api/operator/usage.py.)
         value = Decimal(raw) if not isinstance(raw, float) else Decimal(repr(raw))
     except InvalidOperation:
         raise Unreadable(f"{where} must be a number, got {raw!r}") from None

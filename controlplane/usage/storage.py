@@ -34,7 +34,7 @@ from controlplane.usage.types import TokenType, UsageEvent
 t = s.usage_events
 
 # Meter dimensions -> columns. "type" is the token type.
-DIMENSION_COLUMNS: Mapping[str, Any] = {
+DIMENSION_COLUMNS: Mapping[str, ColumnElement[Any]] = {
     "model": t.c.model,
     "provider": t.c.provider,
     "type": t.c.token_type,
@@ -328,10 +328,10 @@ def filter_clause(dimension: str, value: str) -> ColumnElement[bool]:
         raise InvalidArgument(f"unknown dimension {dimension!r}")
     if dimension == "status_code":
         try:
-            return column == int(value)  # type: ignore[no-any-return]
+            return column == int(value)
         except ValueError:
             raise InvalidArgument(f"status_code filter must be an integer, got {value!r}") from None
-    return column == value  # type: ignore[no-any-return]
+    return column == value
 
 
 def sum_tokens(

@@ -9,7 +9,13 @@ otherwise returns the request's ``Metering``: it counts the request's usage even
 and the response carries ``X-Meterline-Input-Tokens``,
 ``X-Meterline-Output-Tokens``, ``X-Meterline-Cost`` (+ ``X-Meterline-Currency``),
 ``X-Meterline-Remaining`` (tokens left of the tightest metered entitlement) and
-``X-Meterline-Budget-Remaining`` (money left of the tightest budget or task budget).
+``X-Meterline-Budget-Remaining`` (money left of the tightest budget or task budget) and, for a
+customer with prepaid credits, ``X-Meterline-Credits-Remaining`` (its live credit balance
+minus this data plane's local usage).
+
+``admit_credits`` is the credits stage: 402 (``insufficient_quota``, code
+``insufficient_credits``) when the request needs ``credit_only`` credits and this data plane's
+slice of them is spent.
 A stream's headers leave before its usage is known: they carry the remaining figures as of
 the request's start; when the client asked for the usage chunk (OpenAI format,
 ``stream_options.include_usage``), that final chunk gets a ``meterline`` object beside
@@ -144,6 +150,7 @@ class Metering:
         )
         figures.remaining_tokens = tokens
         figures.remaining_money = money
+        figures.remaining_credits = enforcer.credits_left(self.consumer_id)
         return figures
 
     def record(self, event: usage_pb2.UsageEvent) -> None:
@@ -192,7 +199,11 @@ class Metering:
             tokens, money = self.enforcer.remaining(
                 self.consumer_id, provider=self.provider, model=self.model, task=self.task
             )
-            return Figures(remaining_tokens=tokens, remaining_money=money).headers(usage=False)
+            return Figures(
+                remaining_tokens=tokens,
+                remaining_money=money,
+                remaining_credits=self.enforcer.credits_left(self.consumer_id),
+            ).headers(usage=False)
         return self._figures().headers()
 
     def body(self, body: bytes, *, more: bool) -> bytes | None:
@@ -249,6 +260,17 @@ def admit(
         task=task,
         stream_figures=stream_figures,
     )
+
+
+def admit_credits(
+    enforcer: Enforcer, *, consumer_id: str | None, provider: str, model: str
+) -> None:
+    """Prepaid credits of one request, before the provider is called: raises Rejection (402,
+    ``insufficient_quota``, code ``insufficient_credits``) when the request needs credit_only
+    credits and this data plane's slice of them is spent."""
+    refusal = enforcer.admit_credits(consumer_id, provider=provider, model=model)
+    if refusal is not None:
+        raise Rejection(402, refusal.message, type="insufficient_quota", code=refusal.code)
 
 
 def _max_tokens(document: dict[str, Any], default: int) -> int | None:
@@ -319,7 +341,10 @@ def estimate(
     tokens_left, money_left = enforcer.remaining(
         consumer_id, provider=provider, model=model, task=task
     )
-    refusal = enforcer.admit(consumer_id, provider=provider, model=model, task=task)
+    refusal = enforcer.admit(
+        consumer_id, provider=provider, model=model, task=task
+    ) or enforcer.admit_credits(consumer_id, provider=provider, model=model)
+    credits_left = enforcer.credits_left(consumer_id)
     return {
         "object": "cost.estimate",
         "model": model,
@@ -334,6 +359,7 @@ def estimate(
         else None,
         "remaining_tokens": tokens_left,
         "remaining_budget": _text(money_left),
+        "remaining_credits": _text(credits_left),
         "allowed": refusal is None,
         "refusal_code": refusal.code if refusal is not None else None,
     }

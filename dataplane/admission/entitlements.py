@@ -7,13 +7,14 @@ gateway, mutable) keeps ONE local counter per balance_id and per budget_id: what
 plane metered (tokens) or priced (money) that the control plane cannot have counted yet.
 
 Which local usage a snapshot already reflects: the gateway numbers the usage events it hands
-to the usage reporter; ``acked()`` says how many of them the control plane has ACKed (stored).
-When a snapshot is applied, every request whose events were all ACKed before that moment is
-dropped from the local counters (the control plane rebuilds the snapshot from stored usage
-after each usage batch, so a snapshot applied after the ACK normally includes it). A snapshot
-built just before a batch was stored but applied just after its ACK undercounts that batch
-until the next snapshot (the control plane's rebuild ~notify interval later) — inside the
-overshoot window documented in snapshot.proto.
+to the usage reporter; ``acked()`` (``acked_events``) says how many of them the snapshot being
+applied holds: those of the batches the control plane had stored when the snapshot's build
+began (each ACK and each config response carries the control plane's count of stores,
+ConfigResponse.usage_sequence). When a snapshot is applied, every request whose events it
+holds is dropped from the local counters; a batch stored while the snapshot was being built
+stays counted locally until a later snapshot holds it (never counted nowhere). Without those
+sequences (an older control plane, another control-plane process, a cached snapshot) every
+event ACKed before the snapshot is applied is taken as held, as before.
 
 Balance slicing: when ``Snapshot.balance_slices`` is N > 1 (N data planes share the
 snapshot), each hard balance and budget admits against this data plane's slice of what is left
@@ -22,9 +23,18 @@ once per snapshot into ``BalanceRule.allowance`` / ``BudgetRule.allowance``; the
 then spend the slice instead of the whole. The X-Meterline-Remaining figures stay the whole
 balance minus local usage (what the customer has left, as far as this data plane knows).
 
+Prepaid credits (``ConsumerEntitlements.credits``, docs/credits.md "At the gateway") burn
+down like budgets: one local money counter per credit_id, fed with the cost of every priced
+token of the customer, forgotten with the ACKed usage as above. A request that can produce
+tokens of a ``credit_only`` feature is refused while that feature's credit balance (sliced as
+a hard budget: ``money_slice``) minus the counter is <= 0 (``Enforcer.admit_credits``); the
+X-Meterline-Credits-Remaining figure is the whole live balance minus the counter. A customer
+without credits costs the credits stage one dict lookup.
+
 Refusals are 429 with an OpenAI-shaped (or Anthropic-shaped) error of type
 ``insufficient_quota`` and a code: ``access_denied``, ``entitlement_exhausted``,
-``budget_exceeded``, ``task_budget_exceeded``. Nothing here does I/O; the hot path is dict
+``budget_exceeded``, ``task_budget_exceeded``; credits refuse with 402 and
+``insufficient_credits`` (admission.cost). Nothing here does I/O; the hot path is dict
 lookups and a few comparisons.
 """
 
@@ -108,6 +118,33 @@ class BalanceRule:
 class PriceRule:
     filters: Filters
     unit_price: Decimal
+    feature: str = ""
+    credit_only: bool = False
+
+
+SETTLEMENT_MODES: Final = frozenset({"", "credit_then_invoice", "credit_only"})
+
+
+@dataclass(frozen=True, slots=True)
+class CreditOnlyRule:
+    """A credit_only price: requests it admits need credits that may pay its feature."""
+
+    feature: str
+    filters: Filters
+    # The live balance of the grants that may pay the feature (whole, as shipped).
+    balance: Decimal
+    # What this data plane may spend of it before the next snapshot (its slice).
+    allowance: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CreditRule:
+    """A customer's prepaid credits in one snapshot."""
+
+    credit_id: str
+    # The live balance of every grant active now (X-Meterline-Credits-Remaining).
+    balance: Decimal
+    only: tuple[CreditOnlyRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +187,7 @@ class ConsumerPolicy:
     balances: tuple[BalanceRule, ...]
     prices: tuple[PriceRule, ...]
     budgets: tuple[BudgetRule, ...]
+    credits: CreditRule | None = None
     # Memos filled on first use and dropped with the snapshot (the hot path then does one
     # dict lookup per usage event): (provider, model, kind, status) -> (unit price, matching
     # balance ids); (provider, model) -> the balance rules such a request can spend.
@@ -159,6 +197,15 @@ class ConsumerPolicy:
     _admitting: dict[tuple[str, str], tuple[BalanceRule, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _credit_only: dict[tuple[str, str], tuple[CreditOnlyRule, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @property
+    def money_ids(self) -> tuple[str, ...]:
+        """The money counters a priced request feeds: every budget, and the credits."""
+        ids = tuple(budget.budget_id for budget in self.budgets)
+        return (*ids, self.credits.credit_id) if self.credits is not None else ids
 
     def item(
         self, provider: str, model: str, kind: str, status: int
@@ -183,6 +230,19 @@ class ConsumerPolicy:
                 self._admitting.clear()
             found = self._admitting[key] = tuple(
                 rule for rule in self.balances if rule.filters.admits(provider, model)
+            )
+        return found
+
+    def credit_only(self, provider: str, model: str) -> tuple[CreditOnlyRule, ...]:
+        """The credit_only rules a request to ``provider``/``model`` needs credits for."""
+        key = (provider, model)
+        found = self._credit_only.get(key)
+        if found is None:
+            if len(self._credit_only) >= _MEMO_ENTRIES:
+                self._credit_only.clear()
+            only = self.credits.only if self.credits is not None else ()
+            found = self._credit_only[key] = tuple(
+                rule for rule in only if rule.filters.admits(provider, model)
             )
         return found
 
@@ -284,6 +344,55 @@ def _budget(
     )
 
 
+def _settlement_mode(text: str, what: str) -> bool:
+    """Whether a price's settlement_mode is credit_only (CompileError if unknown)."""
+    if text not in SETTLEMENT_MODES:
+        raise CompileError(
+            f'{what}: settlement_mode must be "credit_only" or "credit_then_invoice", got {text!r}'
+        )
+    return text == "credit_only"
+
+
+def _credits(
+    entry: snapshot_pb2.ConsumerEntitlements,
+    prices: tuple[PriceRule, ...],
+    *,
+    what: str,
+    slices: int,
+) -> CreditRule | None:
+    """The customer's credits; None when the snapshot has none and no price is credit_only.
+
+    A credit_only price without credit state has nothing to pay it: balance 0 (refused).
+    """
+    has_state = entry.HasField("credits")
+    if not has_state and not any(price.credit_only for price in prices):
+        return None
+    state = entry.credits
+    balance = _decimal(state.balance or "0", f"{what}, credit balance")
+    features = {
+        feature: _decimal(text, f"{what}, credit balance of {feature}")
+        for feature, text in state.feature_balances.items()
+    }
+    only = []
+    for price in prices:
+        if not price.credit_only:
+            continue
+        left = features.get(price.feature, balance)
+        only.append(
+            CreditOnlyRule(
+                feature=price.feature,
+                filters=price.filters,
+                balance=left,
+                allowance=money_slice(left, slices),
+            )
+        )
+    return CreditRule(
+        credit_id=state.credit_id or f"credits:{entry.customer}",
+        balance=balance,
+        only=tuple(only),
+    )
+
+
 def compile_enforcement(snapshot: snapshot_pb2.Snapshot) -> EnforcementTable:
     """The enforcement table of ``snapshot``; CompileError if a value is malformed."""
     consumers: dict[str, ConsumerPolicy] = {}
@@ -307,6 +416,10 @@ def compile_enforcement(snapshot: snapshot_pb2.Snapshot) -> EnforcementTable:
             PriceRule(
                 filters=_filters(price.filters, f"{what}, price of {price.feature}"),
                 unit_price=_decimal(price.unit_price, f"{what}, price of {price.feature}"),
+                feature=price.feature,
+                credit_only=_settlement_mode(
+                    price.settlement_mode, f"{what}, price of {price.feature}"
+                ),
             )
             for price in entry.prices
         )
@@ -327,6 +440,7 @@ def compile_enforcement(snapshot: snapshot_pb2.Snapshot) -> EnforcementTable:
             balances=balances,
             prices=prices,
             budgets=budgets,
+            credits=_credits(entry, prices, what=what, slices=slices),
         )
     return EnforcementTable(
         consumers=MappingProxyType(consumers),
@@ -354,7 +468,7 @@ def unit_price(
 
 
 # A request counted locally: (events appended when it was recorded, (balance_id, tokens)...,
-# budget ids, its cost).
+# money counter ids (budgets, credits), its cost).
 _Pending = tuple[int, tuple[tuple[str, int], ...], tuple[str, ...], Decimal]
 
 
@@ -434,6 +548,7 @@ class Figures:
     currency: str = ""
     remaining_tokens: int | None = None
     remaining_money: Decimal | None = None
+    remaining_credits: Decimal | None = None
 
     def headers(self, *, usage: bool = True) -> list[tuple[bytes, bytes]]:
         """The X-Meterline-* headers; without ``usage`` only the remaining figures."""
@@ -453,10 +568,14 @@ class Figures:
             out.append(
                 (b"x-meterline-budget-remaining", _money_text(self.remaining_money).encode())
             )
+        if self.remaining_credits is not None:
+            out.append(
+                (b"x-meterline-credits-remaining", _money_text(self.remaining_credits).encode())
+            )
         return out
 
     def as_json(self) -> dict[str, object]:
-        return {
+        figures: dict[str, object] = {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost": None if self.cost is None else _money_text(self.cost),
@@ -466,6 +585,10 @@ class Figures:
             if self.remaining_money is None
             else _money_text(self.remaining_money),
         }
+        # Only for a customer with credits: the figures of everyone else keep their shape.
+        if self.remaining_credits is not None:
+            figures["remaining_credits"] = _money_text(self.remaining_credits)
+        return figures
 
 
 def _money_text(value: Decimal) -> str:
@@ -569,6 +692,34 @@ class Enforcer:
                 )
         return None
 
+    def admit_credits(
+        self, consumer_id: str | None, *, provider: str, model: str
+    ) -> Refusal | None:
+        """None unless the request needs credit_only credits that this data plane's slice no
+        longer has (one dict lookup for a consumer whose customer has no credits)."""
+        policy = self.table.consumers.get(consumer_id) if consumer_id else None
+        if policy is None or policy.credits is None or not policy.credits.only:
+            return None
+        spent = self._money.get(policy.credits.credit_id, _ZERO)
+        for rule in policy.credit_only(provider, model):
+            if rule.allowance - spent <= 0:
+                return Refusal(
+                    "insufficient_credits",
+                    f'Customer "{policy.customer}" has no credits left for feature '
+                    f'"{rule.feature}", which is paid by credits only; buy credits (a top-up) '
+                    "to continue.",
+                )
+        return None
+
+    def credits_left(self, consumer_id: str | None) -> Decimal | None:
+        """The customer's live credit balance minus this data plane's local usage (never
+        below 0); None when the customer has no credits."""
+        policy = self.table.consumers.get(consumer_id) if consumer_id else None
+        if policy is None or policy.credits is None:
+            return None
+        credits = policy.credits
+        return max(credits.balance - self._money.get(credits.credit_id, _ZERO), _ZERO)
+
     def record(
         self,
         *,
@@ -608,13 +759,14 @@ class Enforcer:
         if policy is not None:
             for balance_id, tokens in spent.items():
                 self._tokens[balance_id] = self._tokens.get(balance_id, 0) + tokens
-            budget_ids: tuple[str, ...] = ()
+            # Budgets and credits: money counters, each fed with the request's whole cost.
+            money_ids: tuple[str, ...] = ()
             if cost:
-                budget_ids = tuple(budget.budget_id for budget in policy.budgets)
-                for budget_id in budget_ids:
-                    self._money[budget_id] = self._money.get(budget_id, _ZERO) + cost
-            if spent or budget_ids:
-                self._pending.append((self.appended, tuple(spent.items()), budget_ids, cost))
+                money_ids = policy.money_ids
+                for money_id in money_ids:
+                    self._money[money_id] = self._money.get(money_id, _ZERO) + cost
+            if spent or money_ids:
+                self._pending.append((self.appended, tuple(spent.items()), money_ids, cost))
                 if len(self._pending) > MAX_PENDING_REQUESTS:
                     self._forget(self._pending.popleft())
         if task is not None and consumer_id is not None:
@@ -668,8 +820,14 @@ class Enforcer:
         return tokens, money
 
 
-def acked_events(reporter: UsageReporter) -> Callable[[], int]:
-    """How many events appended since start the control plane has ACKed (for ``Enforcer``).
+def acked_events(
+    reporter: UsageReporter, marker: Callable[[], tuple[str, int] | None] | None = None
+) -> Callable[[], int]:
+    """How many events appended since start the snapshot being applied reflects (for
+    ``Enforcer``): with ``marker`` (the config client's usage_marker, ConfigResponse
+    .usage_sequence), those of the batches the control plane had stored when the snapshot's
+    build began; without one (or from another control-plane process), every event ACKed so
+    far, which a snapshot built before a store but applied after its ACK does not hold.
 
     ACKs arrive in append order (one stream, batches cut in order, resent in order); events
     recovered from the spool at start go first and were not appended by this process, and
@@ -678,6 +836,12 @@ def acked_events(reporter: UsageReporter) -> Callable[[], int]:
 
     def acked() -> int:
         stats = reporter.stats
-        return stats.acked_events + stats.dropped_events - stats.recovered_events
+        done = stats.acked_events
+        found = marker() if marker is not None else None
+        if found is not None and found[0]:
+            through = reporter.acked_through(*found)
+            if through is not None:
+                done = through
+        return done + stats.dropped_events - stats.recovered_events
 
     return acked

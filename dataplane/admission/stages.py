@@ -6,7 +6,11 @@ route's translator renders it). The stages, in order:
 1. ``budgets``: entitlements, money budgets and task budgets (admission.cost, from the
    snapshot plus local counters): 400 for malformed task headers, 429 insufficient_quota;
    admitted, the request's ``Metering`` counts its usage and gives the X-Meterline-* headers.
-2. ``rate limits``: rate-limiting-advanced / ai-rate-limiting-advanced of the route
+2. ``credits``: prepaid credits (admission.cost.admit_credits, from the snapshot plus the
+   same local money counters): 402 insufficient_credits when the request needs
+   ``credit_only`` credits and this data plane's slice of them is spent. One dict lookup for
+   a customer without credits.
+3. ``rate limits``: rate-limiting-advanced / ai-rate-limiting-advanced of the route
    (admission.ratelimit): 429 (or 503 with the store down); admitted, the RateLimit-*
    headers and the counter of the request's tokens and cost.
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dataplane.admission.cost import Metering, admit
+from dataplane.admission.cost import Metering, admit, admit_credits
 from dataplane.admission.entitlements import Enforcer
 from dataplane.admission.ratelimit import RateLimitAdmission, RateLimiter, RouteRateLimits
 from dataplane.config.model import Consumer
@@ -72,15 +76,17 @@ async def admit_request(
     stream_figures: bool,
 ) -> Admitted:
     """Run the admission stages of one request; raise Rejection at the first refusal."""
+    consumer_id = consumer.id if consumer is not None else None
     metering = admit(
         enforcer,
-        consumer_id=consumer.id if consumer is not None else None,
+        consumer_id=consumer_id,
         route_id=route_id,
         provider=provider,
         model=model,
         headers=scope["headers"],
         stream_figures=stream_figures,
     )
+    admit_credits(enforcer, consumer_id=consumer_id, provider=provider, model=model)
     limits = (
         _UNLIMITED
         if rate_limits is None

@@ -1,7 +1,8 @@
 """What a data plane serves from, and how it gets it: the policy model, routing, keys, sync.
 
 Modules: ``model`` (plain policies: consumers, key-auth, ai-proxy, provider targets),
-``routing`` (Kong's path-prefix matching), ``keys`` (key hashing, finding a request's key,
+``routing`` (Kong's route matching: prefix and regex paths, methods, hosts, headers, and
+Kong's priorities), ``keys`` (key hashing, finding a request's key,
 authenticating it), ``providers`` (each provider's endpoints and route types), ``gcp_tokens``
 (Google Cloud access tokens of a service account, for Vertex AI targets), ``aws`` (SigV4
 signing and AWS credentials for Bedrock targets: static keys, the credential chain, STS

@@ -5,6 +5,11 @@ version); if it does not compile, keep the old config and NACK (version_info = t
 kept, error_detail = why). A broken stream is reopened with backoff while the gateway keeps
 serving its last config.
 
+A snapshot the compiler takes only in part (it refuses some routes or plugins and serves the
+rest, see ``dataplane.proxy.compiler``) is applied and answered with its new version AND an
+error_detail naming what was refused: the control plane records the data plane as NACKed
+with that text (``meterline dataplanes list``) and does not push the version again.
+
 With a ConfigCache, every applied snapshot is also written to disk, and ``load_cached`` starts
 a data plane from the last one before the control plane answers; the first ConfigRequest then
 names the cached version, so an unchanged control plane sends nothing.
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
@@ -40,12 +45,22 @@ class SnapshotCompiler(Protocol[C_co]):
     def __call__(self, snapshot: snapshot_pb2.Snapshot, *, version: str) -> C_co: ...
 
 
+# Longest refusal text sent in a NACK (the registry keeps it; a log line shows it whole).
+MAX_ERROR_CHARS = 4000
+
+
+def _refused_attribute(config: object) -> Sequence[str]:
+    refused = getattr(config, "refused", ())
+    return refused if isinstance(refused, tuple) else ()
+
+
 class ConfigClient(Generic[C]):
     """Keeps a data plane's compiled config in sync with the control plane.
 
     ``compile`` turns a wire snapshot into the runtime the data plane serves (it raises
     CompileError for a snapshot it refuses); ``apply`` swaps it in. Both are given by the
     composition root, so this layer knows the protocol, not what a snapshot compiles into.
+    ``refused`` says what of a compiled config was refused (default: its ``refused`` tuple).
     """
 
     def __init__(
@@ -59,8 +74,10 @@ class ConfigClient(Generic[C]):
         initial_version: str = "",
         cache: ConfigCache | None = None,
         on_answer: Callable[[bool], None] | None = None,
+        refused: Callable[[C], Sequence[str]] = _refused_attribute,
     ) -> None:
         self._stub = stub
+        self._refused = refused
         # Told True for each ACK, False for each NACK (metrics).
         self._on_answer = on_answer
         self._node = node
@@ -68,6 +85,9 @@ class ConfigClient(Generic[C]):
         self._apply = apply
         self._backoff = backoff or Backoff()
         self.version = initial_version
+        # (usage_epoch, usage_sequence) of the response being or last applied; None for a
+        # cached snapshot (ConfigResponse.usage_sequence).
+        self.usage_marker: tuple[str, int] | None = None
         self.applied_versions: list[str] = []
         self.rejected_versions: list[str] = []
         self._first_applied = asyncio.Event()
@@ -95,6 +115,7 @@ class ConfigClient(Generic[C]):
             return False
         self._apply(config)
         self.version = cached.version_info
+        self.usage_marker = None
         self.loaded_from_cache = True
         self._first_applied.set()
         logger.info(
@@ -130,7 +151,7 @@ class ConfigClient(Generic[C]):
             async for response in call:
                 self._backoff.reset()
                 answer = self._handle(response)
-                if self._cache is not None and not answer.HasField("error_detail"):
+                if self._cache is not None and answer.version_info == response.version_info:
                     await self._save(response)
                 await call.write(answer)
         finally:
@@ -152,15 +173,32 @@ class ConfigClient(Generic[C]):
         except Exception as exc:  # a compiler bug must not take the data plane down
             logger.exception("compiling config version %s crashed", response.version_info)
             return self._nack(response, f"internal error while compiling: {type(exc).__name__}")
+        # Before applying: the enforcer asks which stored usage the snapshot reflects.
+        self.usage_marker = (response.usage_epoch, response.usage_sequence)
         self._apply(config)
         self.version = response.version_info
         self.applied_versions.append(response.version_info)
         self._first_applied.set()
+        refused = self._refused(config)
         if self._on_answer is not None:
-            self._on_answer(True)
-        logger.info("applied config version %s: %r", response.version_info, config)
+            self._on_answer(not refused)
+        if not refused:
+            logger.info("applied config version %s: %r", response.version_info, config)
+            return config_pb2.ConfigRequest(
+                version_info=response.version_info, response_nonce=response.nonce
+            )
+        logger.error(
+            "applied config version %s in part: %r; refused: %s",
+            response.version_info,
+            config,
+            "; ".join(refused),
+        )
         return config_pb2.ConfigRequest(
-            version_info=response.version_info, response_nonce=response.nonce
+            version_info=response.version_info,
+            response_nonce=response.nonce,
+            error_detail=config_pb2.ErrorDetail(
+                code=INVALID_ARGUMENT, message=partial_message(response.version_info, refused)
+            ),
         )
 
     def _nack(self, response: config_pb2.ConfigResponse, message: str) -> config_pb2.ConfigRequest:
@@ -178,3 +216,19 @@ class ConfigClient(Generic[C]):
             response_nonce=response.nonce,
             error_detail=config_pb2.ErrorDetail(code=INVALID_ARGUMENT, message=message),
         )
+
+
+def partial_message(version: str, refused: Sequence[str]) -> str:
+    """The NACK text of a snapshot served in part: what was refused, capped in length."""
+    head = f"serving config version {version} except {len(refused)} refused: "
+    text = head + "; ".join(refused)
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    shown: list[str] = []
+    size = len(head)
+    for item in refused:
+        if size + len(item) + 30 > MAX_ERROR_CHARS:
+            break
+        shown.append(item)
+        size += len(item) + 2
+    return head + "; ".join(shown) + f"; and {len(refused) - len(shown)} more (see its log)"

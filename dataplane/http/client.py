@@ -663,17 +663,19 @@ class Pool:
         body: bytes,
         headers: list[tuple[bytes, bytes]],
         timeout: Timeouts | None = None,
+        host: bytes = b"",
     ) -> UpstreamResponse:
         """Send one request and return once the response's head has arrived.
 
         ``headers`` must not hold Host, Content-Length, Transfer-Encoding, Connection or
-        Accept-Encoding: those are set here. ``timeout`` defaults to the pool's.
+        Accept-Encoding: those are set here. ``timeout`` defaults to the pool's. ``host``, if
+        given, is sent as the Host header instead of the URL's (a route's preserve_host).
         """
         if timeout is None:
             timeout = self.timeout
         target = split_url(url)
         lines = [method.encode("ascii"), b" ", target.path, b" HTTP/1.1\r\nhost: "]
-        lines.append(target.host_header)
+        lines.append(host or target.host_header)
         lines.append(b"\r\n")
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")

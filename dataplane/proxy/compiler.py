@@ -1,14 +1,18 @@
 """Validate a wire Snapshot and compile it into a RuntimeConfig, or explain why not.
 
-Compilation is pure (no I/O) so a bad snapshot is rejected before anything changes.
+Compilation is pure (no I/O) so a bad snapshot is rejected before anything changes. A data
+plane compiles with ``compile_isolating``: a route or plugin it cannot serve (a provider an
+older data plane lacks, a newer plugin) is refused alone, the rest is served.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from dataplane.admission.entitlements import compile_enforcement
@@ -35,6 +39,7 @@ from dataplane.config.providers import (
     OPENAI_COMPATIBLE_PROVIDERS,
     PROVIDER_ROUTE_TYPES,
     ROUTE_TYPE_CHAT,
+    ROUTE_TYPE_EMBEDDINGS,
     ROUTE_TYPE_PRESERVE,
     SUPPORTED_ROUTE_TYPES,
     VERTEX_ENDPOINT_PATH,
@@ -42,7 +47,7 @@ from dataplane.config.providers import (
     bedrock_base_url,
     vertex_host,
 )
-from dataplane.config.routing import RouteTable
+from dataplane.config.routing import RouteCriteria, RouteTable
 from dataplane.errors import CompileError, ConfigError
 from dataplane.http.client import Timeouts
 from dataplane.proxy import kong_options
@@ -83,6 +88,8 @@ _KIND = {AI_PROXY_ADVANCED: AI_PROXY}
 _DEFAULT_CONNECT_S = 10.0
 _DEFAULT_READ_S = 600.0
 _DEFAULT_KEY_NAMES = ("apikey",)
+# Kong's https_redirect_status_code values (0 in the snapshot: Kong's default, 426).
+_REDIRECT_CODES = frozenset({301, 302, 307, 308, 426})
 # rate-limiting-advanced and ai-rate-limiting-advanced (dataplane.admission.ratelimit).
 _CONFIG_FIELD.update(dict.fromkeys(RATE_LIMIT_PLUGINS, "rate_limiting"))
 
@@ -137,71 +144,187 @@ class _Resolved:
     advanced: bool = False
 
 
-def compile_snapshot(snapshot: snapshot_pb2.Snapshot, *, version: str) -> RuntimeConfig:
-    """Return the runtime form of ``snapshot``; raise CompileError if it is invalid."""
+def compile_snapshot(
+    snapshot: snapshot_pb2.Snapshot, *, version: str, isolate: bool = False
+) -> RuntimeConfig:
+    """Return the runtime form of ``snapshot``; raise CompileError if it is invalid.
+
+    With ``isolate``, a route or plugin this data plane cannot serve does not fail the whole
+    snapshot: a route whose plugins do not compile answers 503 naming the route and why, a
+    route whose matching criteria do not compile is left out, and ``refused`` of the result
+    says what was refused (the NACK's text). Snapshot-wide faults (ids, references,
+    consumers) still raise.
+    """
     service_ids = _service_ids(snapshot)
     route_ids = _check_routes(snapshot, service_ids)
     consumers = _consumers_by_key_hash(snapshot)
     consumer_ids = {consumer.id for consumer in snapshot.consumers}
     by_id = {c.id: Consumer(id=c.id, username=c.username) for c in snapshot.consumers}
-    plugins = _check_plugins(snapshot, service_ids, route_ids, consumer_ids)
+    plugins: list[snapshot_pb2.Plugin] = []
+    # Plugins refused (isolate), with why: the routes in their scope are not served.
+    refused_plugins: list[tuple[snapshot_pb2.Plugin, str]] = []
+    scopes: set[tuple[str, str, str, str]] = set()
+    for plugin in snapshot.plugins:
+        try:
+            plugins += _check_plugins([plugin], service_ids, route_ids, consumer_ids, scopes)
+        except CompileError as exc:
+            if not isolate:
+                raise
+            refused_plugins.append((plugin, str(exc)))
 
-    compiled: list[tuple[CompiledRoute, list[str]]] = []
+    refused: list[str] = []
+    tainted_plugins: set[int] = set()
+    compiled: list[tuple[CompiledRoute, RouteCriteria]] = []
     for route in snapshot.routes:
-        resolved = _resolve_plugins(route, plugins)
-        key_auth = _compile_key_auth(resolved.key_auth, by_id) if resolved.key_auth else None
-        ai_proxy = None
-        balancer: Balancer | None = None
-        translator: Translator = OPENAI
-        if resolved.ai_proxy is not None:
-            translator = _translator(resolved.ai_proxy)
-            if resolved.advanced:
-                ai_proxy, balancer = _compile_ai_proxy_advanced(resolved.ai_proxy)
-                translator = balancer.targets[0].translator
-            else:
-                ai_proxy = _compile_ai_proxy(
-                    resolved.ai_proxy,
-                    timeout=_timeout(
-                        resolved.ai_proxy.connect_timeout, resolved.ai_proxy.read_timeout
-                    ),
-                )
-        dropped = set(_ALWAYS_DROPPED)
-        if key_auth is not None:
-            dropped |= key_auth.header_names
-        if ai_proxy is not None:
-            targets = [t.policy.target for t in balancer.targets] if balancer else []
-            for target in [*targets, ai_proxy.target]:
-                dropped |= {name for name, _ in target.auth_headers}
-                if target.signer is not None:
-                    # The client's own SigV4 headers: the gateway signs again.
-                    dropped |= CLIENT_SIGNATURE_HEADERS
-            if key_auth is None and not any(map(_has_credentials, [*targets, ai_proxy.target])):
-                # Kong's ai-proxy without auth (its "get started" guide, self-hosted vLLM and
-                # Ollama): the client sends the provider credential itself. Without key-auth
-                # it is no gateway key, so it is forwarded as sent.
-                dropped -= _CLIENT_PROVIDER_CREDENTIALS
-        compiled.append(
-            (
-                CompiledRoute(
-                    id=route.id,
-                    name=route.name or route.id,
-                    service_id=route.service_id,
-                    methods=frozenset(route.methods),
-                    key_auth=key_auth,
-                    ai_proxy=ai_proxy,
-                    dropped_headers=frozenset(dropped),
-                    rate_limits=compile_route_limits(route, plugins, ai_proxy=resolved.ai_proxy),
-                    translator=translator,
-                    balancer=balancer,
-                ),
-                list(route.paths),
-            )
-        )
+        name = route.name or route.id
+        try:
+            criteria = _route_criteria(route)
+            RouteTable.check(criteria)
+        except CompileError as exc:
+            if not isolate:
+                raise CompileError(f'route "{name}": {exc}') from None
+            refused.append(f'route "{name}" is not served by this data plane: {exc}')
+            continue
+        problem = None
+        for index, (plugin, why) in enumerate(refused_plugins):
+            if _in_scope(plugin, route):
+                tainted_plugins.add(index)
+                problem = problem or why
+        if problem is None:
+            try:
+                compiled.append((_compile_route(route, plugins, by_id), criteria))
+                continue
+            except CompileError as exc:
+                if not isolate:
+                    raise
+                problem = str(exc)
+        message = f'route "{name}" is not served by this data plane: {problem}'
+        refused.append(message)
+        compiled.append((_refused_route(route, plugins, message), criteria))
+    for index, (plugin, why) in enumerate(refused_plugins):
+        if index not in tainted_plugins:
+            label = f'plugin "{plugin.id or plugin.name}"'
+            why = why.removeprefix(f"{label}: ")
+            refused.append(f"{label} is not applied by this data plane: {why}")
     return RuntimeConfig(
         version=version,
         routes=RouteTable(compiled),
         consumers_by_key_hash=MappingProxyType(consumers),
         enforcement=compile_enforcement(snapshot),
+        refused=tuple(refused),
+    )
+
+
+def compile_isolating(snapshot: snapshot_pb2.Snapshot, *, version: str) -> RuntimeConfig:
+    """``compile_snapshot`` as a data plane serves: what it cannot compile is refused alone."""
+    return compile_snapshot(snapshot, version=version, isolate=True)
+
+
+def _compile_route(
+    route: snapshot_pb2.Route, plugins: list[snapshot_pb2.Plugin], consumers: dict[str, Consumer]
+) -> CompiledRoute:
+    resolved = _resolve_plugins(route, plugins)
+    key_auth = _compile_key_auth(resolved.key_auth, consumers) if resolved.key_auth else None
+    ai_proxy = None
+    balancer: Balancer | None = None
+    translator: Translator = OPENAI
+    if resolved.ai_proxy is not None:
+        translator = _translator(resolved.ai_proxy)
+        if resolved.advanced:
+            ai_proxy, balancer = _compile_ai_proxy_advanced(resolved.ai_proxy)
+            translator = balancer.targets[0].translator
+        else:
+            ai_proxy = _compile_ai_proxy(
+                resolved.ai_proxy,
+                timeout=_timeout(resolved.ai_proxy.connect_timeout, resolved.ai_proxy.read_timeout),
+            )
+    dropped = set(_ALWAYS_DROPPED)
+    if key_auth is not None:
+        dropped |= key_auth.header_names
+    if ai_proxy is not None:
+        targets = [t.policy.target for t in balancer.targets] if balancer else []
+        for target in [*targets, ai_proxy.target]:
+            dropped |= {name for name, _ in target.auth_headers}
+            if target.signer is not None:
+                # The client's own SigV4 headers: the gateway signs again.
+                dropped |= CLIENT_SIGNATURE_HEADERS
+        if key_auth is None and not any(map(_has_credentials, [*targets, ai_proxy.target])):
+            # Kong's ai-proxy without auth (its "get started" guide, self-hosted vLLM and
+            # Ollama): the client sends the provider credential itself. Without key-auth it
+            # is no gateway key, so it is forwarded as sent.
+            dropped -= _CLIENT_PROVIDER_CREDENTIALS
+    return CompiledRoute(
+        id=route.id,
+        name=route.name or route.id,
+        service_id=route.service_id,
+        methods=frozenset(route.methods),
+        key_auth=key_auth,
+        ai_proxy=ai_proxy,
+        dropped_headers=frozenset(dropped),
+        rate_limits=compile_route_limits(route, plugins, ai_proxy=resolved.ai_proxy),
+        translator=translator,
+        balancer=balancer,
+        **_route_behaviour(route),
+    )
+
+
+def _route_behaviour(route: snapshot_pb2.Route) -> dict[str, Any]:
+    """The CompiledRoute fields of Kong's route settings (strip_path, preserve_host...)."""
+    protocols = set(route.protocols) or {"http", "https"}
+    https_only = "https" in protocols and "http" not in protocols
+    return {
+        "strip_path": route.strip_path,
+        "preserve_host": route.preserve_host,
+        "https_redirect": (route.https_redirect_status_code or 426) if https_only else 0,
+    }
+
+
+def _refused_route(
+    route: snapshot_pb2.Route, plugins: list[snapshot_pb2.Plugin], message: str
+) -> CompiledRoute:
+    """A route this data plane matches but does not serve: it answers 503 ``message``."""
+    # The error shape of its ai-proxy, if one of the plugins that compiled gives it one.
+    ai_proxy = _resolve_plugins(route, plugins).ai_proxy
+    translator = _translator(ai_proxy) if ai_proxy is not None else OPENAI
+    return CompiledRoute(
+        id=route.id,
+        name=route.name or route.id,
+        service_id=route.service_id,
+        methods=frozenset(route.methods),
+        key_auth=None,
+        ai_proxy=None,
+        dropped_headers=_ALWAYS_DROPPED,
+        translator=translator,
+        refused=message,
+        **_route_behaviour(route),
+    )
+
+
+def _in_scope(plugin: snapshot_pb2.Plugin, route: snapshot_pb2.Route) -> bool:
+    """Whether ``plugin`` could apply to requests of ``route`` (a consumer-scoped one may)."""
+    return (not plugin.route_id or plugin.route_id == route.id) and (
+        not plugin.service_id or plugin.service_id == route.service_id
+    )
+
+
+def _route_criteria(route: snapshot_pb2.Route) -> RouteCriteria:
+    """What ``route`` matches on; CompileError if this data plane cannot match it."""
+    protocols = set(route.protocols)
+    if protocols and not protocols & {"http", "https"}:
+        raise CompileError(
+            f"protocols {', '.join(sorted(protocols))}: data planes serve only http and https"
+        )
+    code = route.https_redirect_status_code
+    if code and code not in _REDIRECT_CODES:
+        raise CompileError(
+            f"https_redirect_status_code {code} is not one of 301, 302, 307, 308, 426"
+        )
+    return RouteCriteria(
+        paths=tuple(route.paths),
+        methods=frozenset(route.methods),
+        hosts=tuple(route.hosts),
+        headers=tuple((header.name, tuple(header.values)) for header in route.headers),
+        regex_priority=route.regex_priority,
     )
 
 
@@ -227,14 +350,6 @@ def _check_routes(snapshot: snapshot_pb2.Snapshot, service_ids: set[str]) -> set
         ids.add(route.id)
         if route.service_id not in service_ids:
             raise CompileError(f'{label}: unknown service_id "{route.service_id}"')
-        if not route.paths:
-            raise CompileError(f"{label} has no paths")
-        for path in route.paths:
-            if not path.startswith("/"):
-                raise CompileError(f'{label}: path "{path}" does not start with "/"')
-        for method in route.methods:
-            if not method.isalpha() or method != method.upper():
-                raise CompileError(f'{label}: method "{method}" is not an upper-case HTTP method')
     return ids
 
 
@@ -267,15 +382,16 @@ def _consumers_by_key_hash(snapshot: snapshot_pb2.Snapshot) -> dict[str, Consume
 
 
 def _check_plugins(
-    snapshot: snapshot_pb2.Snapshot,
+    plugins: Iterable[snapshot_pb2.Plugin],
     service_ids: set[str],
     route_ids: set[str],
     consumer_ids: set[str],
+    scopes: set[tuple[str, str, str, str]],
 ) -> list[snapshot_pb2.Plugin]:
-    """Validate every plugin (enabled or not) and return the enabled ones."""
-    scopes: set[tuple[str, str, str, str]] = set()
+    """Validate ``plugins`` (enabled or not) and return the enabled ones; ``scopes`` holds
+    the (kind, service, route, consumer) scopes taken so far."""
     enabled: list[snapshot_pb2.Plugin] = []
-    for plugin in snapshot.plugins:
+    for plugin in plugins:
         label = f'plugin "{plugin.id or plugin.name}"'
         expected_field = _CONFIG_FIELD.get(plugin.name)
         if expected_field is None:
@@ -416,6 +532,11 @@ def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
     if bool(gemini.project_id) != bool(gemini.location_id):
         raise CompileError(
             f"{label}: model.options.gemini needs both project_id and location_id (Vertex AI)"
+        )
+    if gemini.project_id and config.route_type == ROUTE_TYPE_EMBEDDINGS:
+        raise CompileError(
+            f'{label}: route_type "llm/v1/embeddings" on Vertex AI is not supported yet '
+            "(the Gemini API's embedContent is)"
         )
     if (gemini.api_endpoint or gemini.endpoint_id) and not gemini.project_id:
         raise CompileError(

@@ -67,7 +67,13 @@ from dataplane.proxy.models import (
     models_request,
 )
 from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig, carry_state
-from dataplane.translate.base import Prepared, Translator
+from dataplane.translate.base import (
+    Prepared,
+    Translator,
+    cut_stream_usage,
+    stream_error_status,
+    usage_settled,
+)
 from dataplane.translate.gemini_format import candidate_texts
 from dataplane.translate.openai_format import InvalidRequest
 from dataplane.translate.select import OPENAI as _OPENAI
@@ -187,7 +193,7 @@ class Gateway:
             # The normalised path as sent (the server removed dot segments and decoded only
             # unreserved escapes): matched, and its rest forwarded, with %2F still %2F.
             path = scope["raw_path"].decode("latin-1")
-            matched = config.routes.match_prefix(path, scope["method"])
+            matched = config.routes.find(path, scope["method"], scope["headers"], scope["scheme"])
             if matched is None:
                 if path == RESERVED_MODELS_PATH and scope["method"] == "GET":
                     await _send_body(send, answer_for_key(config, scope), id_header)
@@ -204,9 +210,11 @@ class Gateway:
                     type="invalid_request_error",
                     code="route_not_found",
                 )
-            route, prefix = matched
+            route, end = matched
             scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (observability.metrics)
             translator = route.translator
+            if route.refused or route.https_redirect:
+                _check_served(route, scope)
             raw: bytes | None = None
             body_key = None
             if route.key_auth is not None and route.key_auth.key_in_body:
@@ -220,13 +228,15 @@ class Gateway:
                 # From here on (translators, balancer re-prepares) the query is what may go
                 # upstream: never the consumer's key.
                 scope["query_string"] = upstream_query(route.key_auth, scope["query_string"])
-            subpath = path[len(prefix) :]
+            subpath = path[end:]
             if scope["method"] == "GET" and route.ai_proxy is not None and not _preserve(route):
                 # Answered here, not forwarded: the model id is read decoded.
                 wants_models, model = models_request(unquote(subpath))
                 if wants_models:
                     await _send_body(send, answer_on_route(route, model), id_header)
                     return
+            if not route.strip_path and _preserve(route):
+                subpath = path  # Kong's strip_path false: the whole path goes upstream
             policy = _ai_proxy(route, scope["method"])
             if raw is None:
                 raw = await _read_body(receive, self._body_limit(route))
@@ -310,6 +320,34 @@ class Gateway:
         return config
 
 
+def _check_served(route: CompiledRoute, scope: Scope) -> None:
+    """Rejection if ``route`` is not served here (503), or needs https the request lacks
+    (Kong's 426, or the route's redirect to the https URL)."""
+    if route.refused:
+        raise Rejection(503, route.refused, type="api_error", code="route_not_served")
+    if scope["scheme"] == "https":
+        return
+    status = route.https_redirect
+    if status == 426:
+        raise Rejection(
+            426,
+            "Please use HTTPS protocol",
+            type="invalid_request_error",
+            code="https_required",
+            headers=[(b"upgrade", b"TLS/1.2, HTTP/1.1")],
+        )
+    location = b"https://" + _client_host(scope) + scope["raw_path"]
+    if scope["query_string"]:
+        location += b"?" + scope["query_string"]
+    raise Rejection(
+        status,
+        "Please use HTTPS protocol",
+        type="invalid_request_error",
+        code="https_required",
+        headers=[(b"location", location)],
+    )
+
+
 def _ai_proxy(route: CompiledRoute, method: str) -> AiProxyPolicy:
     """The route's ai-proxy policy, if it serves ``method``; Rejection 501 / 405 if not."""
     policy = route.ai_proxy
@@ -391,6 +429,12 @@ async def _send_json(send: Send, answer: dict[str, object], id_header: tuple[byt
 
 async def _send_body(send: Send, body: bytes, id_header: tuple[bytes, bytes]) -> None:
     await send_response(send, 200, body, [JSON_CONTENT_TYPE, id_header])
+
+
+def _client_host(scope: Scope) -> bytes:
+    """The client's Host header, sent upstream by a preserve_host route (b"" if none: the
+    target's host). AWS targets always get their own: SigV4 signs the host."""
+    return next((value for name, value in scope["headers"] if name.lower() == b"host"), b"")
 
 
 def _preserve(route: CompiledRoute) -> bool:
@@ -647,7 +691,8 @@ class _Exchange:
         id_header = (b"x-request-id", self.request_id.encode())
         try:
             if target.credentials is not None:
-                call = self._send_with_token(session, headers, target.credentials)
+                host = _client_host(scope) if self.route.preserve_host else b""
+                call = self._send_with_token(session, headers, target.credentials, host)
             elif target.signer is not None:
                 call = self._send_signed(session, headers, target.signer)
             else:
@@ -658,6 +703,7 @@ class _Exchange:
                     body=prepared.body or b"",
                     headers=headers,
                     timeout=self.policy.timeout,
+                    host=_client_host(scope) if self.route.preserve_host else b"",
                 )
             response = await _unless_abandoned(call, scope)
             self.upstream_ns = time.perf_counter_ns()
@@ -729,7 +775,7 @@ class _Exchange:
                 # is there but unusable (malformed counts) is estimated, never left unbilled.
                 and (self.policy.route_type != ROUTE_TYPE_PRESERVE or b'"usage"' in body)
             ):
-                usage, estimated = self._estimate(_completion_text(body), "response"), True
+                usage, estimated = self._estimate(_completion_text(out), "response"), True
             self.first_byte_ns = time.perf_counter_ns()
             # Usage is recorded (spooled) before the response completes: a response its
             # client received is never lost with a killed data plane.
@@ -743,7 +789,11 @@ class _Exchange:
             response.release()
 
     async def _send_with_token(
-        self, session: Pool, headers: list[tuple[bytes, bytes]], credentials: AccessTokens
+        self,
+        session: Pool,
+        headers: list[tuple[bytes, bytes]],
+        credentials: AccessTokens,
+        host: bytes,
     ) -> UpstreamResponse:
         """The upstream call with a run-time access token, retried once on a 401 with a fresh
         one (UpstreamCredentialsError if none can be had or the provider refuses it again)."""
@@ -756,6 +806,7 @@ class _Exchange:
                 body=prepared.body or b"",
                 headers=[*headers, auth],
                 timeout=self.policy.timeout,
+                host=host,
             )
             if response.status != 401:
                 return response
@@ -940,9 +991,19 @@ class _Exchange:
             disconnected.cancel()
         usage = relay.usage
         estimated = False
-        if usage is None and status < 300 and self.policy.route_type != ROUTE_TYPE_PRESERVE:
-            what = "stream cut short" if cut_short else "stream ended"
-            usage, estimated = self._estimate(relay.produced_text(), what), True
+        if status < 300:
+            # An error inside the stream (Bedrock's exception frame, Anthropic's error event).
+            status = stream_error_status(relay) or status
+        if self.policy.route_type != ROUTE_TYPE_PRESERVE:
+            if status < 300 and usage is None:
+                what = "stream cut short" if cut_short else "stream ended"
+                usage, estimated = self._estimate(relay.produced_text(), what), True
+            elif (status >= 300 or cut_short) and not usage_settled(relay):
+                # Broken, failed or abandoned mid-way: metered as far as it went, the part the
+                # provider did not count estimated (translate.base.cut_stream_usage).
+                produced = relay.produced_text()
+                usage = cut_stream_usage(usage, document=self.prepared.document, produced=produced)
+                estimated = True
         # Recorded before the stream's end reaches the client (see the whole-response path).
         self._record(status=status, usage=usage, model=relay.model, estimated=estimated)
         if balancer is not None:
@@ -1058,8 +1119,8 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 
 def _completion_text(body: bytes) -> str:
-    """The text of a whole response (OpenAI choices, Anthropic content or Gemini candidates),
-    for an estimate."""
+    """The text of a whole response as the client gets it (OpenAI choices, Anthropic content
+    or Gemini candidates), for an estimate."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:

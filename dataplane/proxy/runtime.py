@@ -37,6 +37,16 @@ class CompiledRoute:
     translator: Translator = field(default=OPENAI, compare=False)
     # ai-proxy-advanced: every target (``ai_proxy`` is the first one's policy).
     balancer: Balancer | None = field(default=None, compare=False)
+    # Kong's strip_path: the matched part of the path is not forwarded (preserve routes).
+    strip_path: bool = True
+    # Kong's preserve_host: the client's Host header goes upstream instead of the target's.
+    preserve_host: bool = False
+    # A route for https only: the status a plain http request is answered with (426, or a
+    # redirect 301/302/307/308); 0 serves http.
+    https_redirect: int = 0
+    # Not empty: this data plane does not serve the route (its plugins did not compile); it
+    # answers 503 with this message.
+    refused: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +58,8 @@ class RuntimeConfig:
     consumers_by_key_hash: Mapping[str, Consumer]
     # Entitlements, budgets and prices per consumer (dataplane.admission.entitlements).
     enforcement: EnforcementTable = field(default=EMPTY_TABLE, compare=False)
+    # What this data plane refused of the snapshot (routes not served, plugins not applied).
+    refused: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return (

@@ -31,6 +31,9 @@ from dataplane.usage.backoff import Backoff
 from dataplane.usage.spool import FullPolicy, Spool
 from meterline.dataplane.v1 import usage_pb2
 
+# ACKs remembered for acked_through (snapshots follow stores within seconds).
+_ACK_MARKS = 4096
+
 logger = logging.getLogger(__name__)
 
 
@@ -136,6 +139,9 @@ class UsageReporter:
         self._buffer: deque[tuple[int | None, bytes]] = deque()
         # Insertion-ordered: resends go out in the original order.
         self._unacked: dict[str, _Batch] = {}
+        # Recent ACKs in order: (usage_epoch, usage_sequence, events ACKed before, after); see
+        # acked_through.
+        self._ack_marks: deque[tuple[str, int, int, int]] = deque(maxlen=_ACK_MARKS)
         self._spool = spool
         self._full_policy = full_policy
         self._last_full_alert = 0.0
@@ -335,12 +341,31 @@ class UsageReporter:
                 # A stream that delivers acks is healthy: the next failure starts a new backoff.
                 self._backoff.reset()
                 self._stats.acked_batches += 1
+                before = self._stats.acked_events
                 self._stats.acked_events += entry.events
+                if ack.usage_epoch:
+                    self._ack_marks.append(
+                        (ack.usage_epoch, ack.usage_sequence, before, self._stats.acked_events)
+                    )
                 self._check_drained()
                 # Room for more in-flight batches.
                 self._wake.set()
         finally:
             self._wake.set()
+
+    def acked_through(self, epoch: str, sequence: int) -> int | None:
+        """How many events (``stats.acked_events``-wise) the control plane process ``epoch``
+        had stored when its count of stores was ``sequence``: those of the ACKs it numbered at
+        most ``sequence``, and every event ACKed before its first recent ACK. None when no
+        recent ACK is of ``epoch`` (another process, or none yet)."""
+        floor: int | None = None
+        for mark_epoch, mark_sequence, before, after in reversed(self._ack_marks):
+            if mark_epoch != epoch:
+                break
+            if mark_sequence <= sequence:
+                return after
+            floor = before
+        return floor
 
     def _check_drained(self) -> None:
         if not self._buffer and not self._unacked:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ import grpc
 import pytest
 
 from controlplane.clock import FrozenClock
+from controlplane.gateway.secrets import SecretBox
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
 from meterline.admin.v1 import (
@@ -86,9 +88,18 @@ class Harness:
 
 @pytest.fixture
 async def harness(db_url: str) -> AsyncIterator[Harness]:
+    async with running_harness(db_url) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_harness(
+    db_url: str, *, secrets: SecretBox | None = None
+) -> AsyncIterator[Harness]:
+    """A started control plane on ``db_url`` (``secrets``: its provider-key box) and its stubs."""
     clock = FrozenClock(T0)
     db = Database.connect(db_url)
-    cp = ControlPlane(db=db, listen="127.0.0.1:0", clock=clock, poll_seconds=0.5)
+    cp = ControlPlane(db=db, listen="127.0.0.1:0", clock=clock, poll_seconds=0.5, secrets=secrets)
     port = await cp.start()
     address = f"127.0.0.1:{port}"
     async with grpc.aio.insecure_channel(address) as channel:

@@ -8,8 +8,8 @@ import pytest
 
 from controlplane.clock import FrozenClock
 from controlplane.configsync.hub import ConfigHub
+from controlplane.declarative.apply import apply_document
 from controlplane.gateway import storage as gateway
-from controlplane.gateway.apply import apply_document
 from controlplane.storage.db import Database
 from controlplane.usage import storage as usage
 from controlplane.usage.types import TokenType, UsageEvent
@@ -87,7 +87,9 @@ async def test_usage_without_balances_reuses_the_snapshot(db, clock, monkeypatch
     first = await hub.current()
     loads: list[int] = []
     load_config = gateway.load_config
-    monkeypatch.setattr(gateway, "load_config", lambda conn: loads.append(1) or load_config(conn))
+    monkeypatch.setattr(
+        gateway, "load_config", lambda conn, **kw: loads.append(1) or load_config(conn, **kw)
+    )
     # When usage is stored, again and again
     for n in range(3):
         _store(db, clock, subject="acme-corp", tokens=10, id=f"e{n}")
@@ -106,7 +108,9 @@ async def test_usage_moves_balances_without_reloading_the_config(db, clock, monk
     assert _balance(first) == 1000
     loads: list[int] = []
     load_config = gateway.load_config
-    monkeypatch.setattr(gateway, "load_config", lambda conn: loads.append(1) or load_config(conn))
+    monkeypatch.setattr(
+        gateway, "load_config", lambda conn, **kw: loads.append(1) or load_config(conn, **kw)
+    )
     # When 300 tokens are stored, the next snapshot carries the new balance...
     _store(db, clock, subject="acme-corp", tokens=300, id="e1")
     await hub.usage_stored()

@@ -9,9 +9,9 @@ from datetime import UTC, timedelta
 import grpc
 import pytest
 
-from controlplane.api.dataplane import ConfigServicer
-from controlplane.api.dataplanes import DataPlaneServicer
+from controlplane.api.cluster.dataplane import ConfigServicer
 from controlplane.api.errors import DomainErrorInterceptor
+from controlplane.api.operator.dataplanes import DataPlaneServicer
 from controlplane.clock import FrozenClock
 from controlplane.configsync import registry
 from controlplane.configsync.hub import ConfigHub

@@ -11,8 +11,8 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import func, select
 
+from controlplane.declarative.apply import apply_document
 from controlplane.errors import FailedPrecondition
-from controlplane.gateway.apply import apply_document
 from controlplane.invoicing import lifecycle
 from controlplane.invoicing.lifecycle import InvoicingSettings
 from controlplane.invoicing.types import InvoiceState

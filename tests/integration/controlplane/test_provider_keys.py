@@ -4,6 +4,7 @@ plaintext only in the snapshot a data plane receives; rotation and missing keys.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 from cryptography.fernet import Fernet
@@ -15,6 +16,8 @@ from controlplane.gateway.secrets import SEALED_PREFIX, SecretBox
 from controlplane.storage import schema as s
 from meterline.admin.v1 import gateway_pb2
 from meterline.dataplane.v1 import config_pb2
+
+from .conftest import Harness, running_harness
 
 PROVIDER_KEY = "Bearer sk-test"
 
@@ -34,10 +37,16 @@ async def _snapshot(harness) -> config_pb2.ConfigResponse:
     return response
 
 
-async def test_provider_keys_are_encrypted_redacted_and_synced(harness, walkthrough) -> None:
+@pytest.fixture
+async def keyed_harness(db_url: str) -> AsyncIterator[Harness]:
+    """A control plane built with a secrets key."""
+    async with running_harness(db_url, secrets=SecretBox([Fernet.generate_key()])) as harness:
+        yield harness
+
+
+async def test_provider_keys_are_encrypted_redacted_and_synced(keyed_harness, walkthrough) -> None:
     # Given a control plane with a secrets key
-    box = SecretBox([Fernet.generate_key()])
-    gateway.install_secrets(harness.cp.db.engine, box)
+    harness = keyed_harness
     await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=walkthrough))
 
     # The database holds the provider key encrypted only...
@@ -63,7 +72,8 @@ async def test_provider_keys_are_encrypted_redacted_and_synced(harness, walkthro
     assert any("ai-proxy" in c for c in applied.changes)
     assert "sk-rotated" not in json.dumps(_stored_ai_proxy_config(harness))
     with harness.cp.db.begin() as conn:
-        (plugin,) = [p for p in gateway.list_plugins(conn) if p.name.value == "ai-proxy"]
+        plugins = gateway.list_plugins(conn, secrets=harness.cp.secrets)
+        (plugin,) = [p for p in plugins if p.name.value == "ai-proxy"]
     assert plugin.config["auth"]["header_value"] == "Bearer sk-rotated"
 
 
@@ -71,33 +81,28 @@ async def test_rotation_and_rows_stored_before_a_key(harness, walkthrough) -> No
     # Given provider keys stored in plaintext (no key configured yet: rows older than 0008)
     await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=walkthrough))
     assert _stored_ai_proxy_config(harness)["auth"]["header_value"] == PROVIDER_KEY
-    engine = harness.cp.db.engine
 
     # When a key is configured, the start-up pass encrypts them...
     old_key, new_key = Fernet.generate_key(), Fernet.generate_key()
-    gateway.install_secrets(engine, SecretBox([old_key]))
+    old_box = SecretBox([old_key])
     with harness.cp.db.begin() as conn:
-        assert gateway.reseal_plugin_secrets(conn) == 1
-        assert gateway.reseal_plugin_secrets(conn) == 0  # idempotent
+        assert gateway.reseal_plugin_secrets(conn, secrets=old_box) == 1
+        assert gateway.reseal_plugin_secrets(conn, secrets=old_box) == 0  # idempotent
     under_old = _stored_ai_proxy_config(harness)["auth"]["header_value"]
     assert under_old.startswith(SEALED_PREFIX)
 
     # ...and a new first key re-encrypts them; the old key alone then opens nothing.
-    gateway.install_secrets(engine, SecretBox([new_key, old_key]))
     with harness.cp.db.begin() as conn:
-        assert gateway.reseal_plugin_secrets(conn) == 1
-    gateway.install_secrets(engine, SecretBox([new_key]))
+        assert gateway.reseal_plugin_secrets(conn, secrets=SecretBox([new_key, old_key])) == 1
     with harness.cp.db.begin() as conn:
-        (plugin,) = [p for p in gateway.list_plugins(conn) if p.name.value == "ai-proxy"]
+        plugins = gateway.list_plugins(conn, secrets=SecretBox([new_key]))
+        (plugin,) = [p for p in plugins if p.name.value == "ai-proxy"]
         assert plugin.config["auth"]["header_value"] == PROVIDER_KEY
-    gateway.install_secrets(engine, SecretBox([old_key]))
     with harness.cp.db.begin() as conn, pytest.raises(FailedPrecondition, match="does not have"):
-        gateway.reseal_plugin_secrets(conn)
+        gateway.reseal_plugin_secrets(conn, secrets=old_box)
     # Without any key, encrypted rows are a clear error, not garbage sent to data planes.
-    gateway.install_secrets(engine, None)
     with harness.cp.db.begin() as conn, pytest.raises(FailedPrecondition, match="no secrets key"):
-        gateway.reseal_plugin_secrets(conn)
-    gateway.install_secrets(engine, SecretBox([new_key]))
+        gateway.reseal_plugin_secrets(conn, secrets=None)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from cryptography.fernet import Fernet
 from dataplane.config.cache import ConfigCache
 from dataplane.config.sync import ConfigClient
 from dataplane.http.server import serve_http
-from dataplane.proxy.compiler import compile_snapshot
+from dataplane.proxy.compiler import compile_isolating, compile_snapshot
 from dataplane.proxy.gateway import Gateway
 from dataplane.usage.backoff import Backoff
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc, snapshot_pb2
@@ -253,3 +253,61 @@ def test_a_cache_that_does_not_compile_is_ignored(tmp_path) -> None:
         config_pb2.ConfigResponse(version_info="v2", snapshot=snapshot_pb2.Snapshot())
     )
     assert not client.load_cached()
+
+
+async def test_a_route_it_cannot_compile_is_refused_alone_and_named_in_the_nack(
+    control_plane, fake, snapshot_for, tmp_path
+):
+    service, target = control_plane
+    gateway = Gateway(node_id="dp-4", usage_sink=lambda event: None)
+    snapshot = snapshot_for(fake.chat_url)
+    # The /open route gets its own ai-proxy with a provider this data plane lacks.
+    own = snapshot.plugins.add()
+    own.CopyFrom(snapshot.plugins[1])
+    own.id, own.route_id, own.service_id = "p-future", "r-open", ""
+    own.ai_proxy.model.provider = "provider-of-the-future"
+    cache = ConfigCache(tmp_path / "config")
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        grpc.aio.insecure_channel(target) as channel,
+        serve_http(gateway) as address,
+        httpx.AsyncClient(base_url=address.url) as http,
+    ):
+        client = ConfigClient(
+            compile=compile_isolating,
+            stub=config_pb2_grpc.ConfigServiceStub(channel),
+            node=config_pb2.Node(id="dp-4"),
+            apply=gateway.apply,
+            cache=cache,
+        )
+        sync = asyncio.create_task(client.run())
+        try:
+            await service.inbox.get()
+            await service.outbox.put(
+                config_pb2.ConfigResponse(version_info="v1", nonce="n1", snapshot=snapshot)
+            )
+            answer = await service.inbox.get()
+            # Then the snapshot is served in part: the answer holds the new version and says
+            # what was refused (the control plane records it, `meterline dataplanes list`).
+            assert (answer.version_info, answer.response_nonce) == ("v1", "n1")
+            assert answer.error_detail.code == 3
+            assert answer.error_detail.message.startswith(
+                "serving config version v1 except 1 refused: "
+                'route "open" is not served by this data plane: plugin "p-future": unknown '
+                'provider "provider-of-the-future"'
+            )
+            chat = await http.post(
+                "/chat/chat/completions", json=body, headers={"apikey": "sk-meterline-acme-0001"}
+            )
+            assert chat.status_code == 200
+            refused = await http.post("/open/chat/completions", json=body)
+            assert refused.status_code == 503
+            assert refused.json()["error"]["message"].startswith('route "open" is not served')
+            assert client.applied_versions == ["v1"] and client.rejected_versions == []
+        finally:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+            await gateway.aclose()
+    # What it serves is cached, for a restart without the control plane.
+    assert cache.load().version_info == "v1"

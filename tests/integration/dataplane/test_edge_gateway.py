@@ -135,7 +135,9 @@ def snapshot(port: int, *, hide_credentials: bool = False, key_in_query: bool = 
         ],
         routes=[
             snapshot_pb2.Route(id="r-chat", name="chat", service_id="s-chat", paths=["/chat"]),
-            snapshot_pb2.Route(id="r-raw", name="raw", service_id="s-raw", paths=["/raw"]),
+            snapshot_pb2.Route(
+                id="r-raw", name="raw", service_id="s-raw", paths=["/raw"], strip_path=True
+            ),
         ],
         consumers=[snapshot_pb2.Consumer(id="c", username="acme", key_hashes=[hash_key(KEY)])],
         plugins=[

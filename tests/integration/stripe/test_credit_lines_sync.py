@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from controlplane.clock import FrozenClock
-from controlplane.gateway.apply import apply_document
+from controlplane.declarative.apply import apply_document
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
 from controlplane.stripe_sync import RetryPolicy, StripeSettings

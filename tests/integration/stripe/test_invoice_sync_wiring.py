@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from controlplane.clock import FrozenClock
-from controlplane.gateway.apply import apply_document
+from controlplane.declarative.apply import apply_document
 from controlplane.invoicing import lifecycle
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database

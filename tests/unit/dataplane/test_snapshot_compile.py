@@ -92,7 +92,9 @@ def _shared_key(s: snapshot_pb2.Snapshot) -> None:
             id="route-path-without-slash",
         ),
         pytest.param(
-            lambda s: s.routes[0].ClearField("paths"), 'route "chat" has no paths', id="no-paths"
+            lambda s: s.routes[0].ClearField("paths"),
+            'route "chat": has no paths, methods, hosts or headers to match on',
+            id="nothing-to-match-on",
         ),
         pytest.param(
             lambda s: s.routes[0].methods.append("post"),

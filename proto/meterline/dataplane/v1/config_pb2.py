@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from meterline.dataplane.v1 import snapshot_pb2 as meterline_dot_dataplane_dot_v1_dot_snapshot__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#meterline/dataplane/v1/config.proto\x12\x16meterline.dataplane.v1\x1a%meterline/dataplane/v1/snapshot.proto\"5\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"\xa4\x01\n\rConfigRequest\x12*\n\x04node\x18\x01 \x01(\x0b\x32\x1c.meterline.dataplane.v1.Node\x12\x14\n\x0cversion_info\x18\x02 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x03 \x01(\t\x12\x39\n\x0c\x65rror_detail\x18\x04 \x01(\x0b\x32#.meterline.dataplane.v1.ErrorDetail\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"i\n\x0e\x43onfigResponse\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x32\n\x08snapshot\x18\x03 \x01(\x0b\x32 .meterline.dataplane.v1.Snapshot2r\n\rConfigService\x12\x61\n\x0cStreamConfig\x12%.meterline.dataplane.v1.ConfigRequest\x1a&.meterline.dataplane.v1.ConfigResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#meterline/dataplane/v1/config.proto\x12\x16meterline.dataplane.v1\x1a%meterline/dataplane/v1/snapshot.proto\"5\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"\xa4\x01\n\rConfigRequest\x12*\n\x04node\x18\x01 \x01(\x0b\x32\x1c.meterline.dataplane.v1.Node\x12\x14\n\x0cversion_info\x18\x02 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x03 \x01(\t\x12\x39\n\x0c\x65rror_detail\x18\x04 \x01(\x0b\x32#.meterline.dataplane.v1.ErrorDetail\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x98\x01\n\x0e\x43onfigResponse\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x32\n\x08snapshot\x18\x03 \x01(\x0b\x32 .meterline.dataplane.v1.Snapshot\x12\x14\n\x0busage_epoch\x18\xc2\x03 \x01(\t\x12\x17\n\x0eusage_sequence\x18\xc3\x03 \x01(\x04\x32r\n\rConfigService\x12\x61\n\x0cStreamConfig\x12%.meterline.dataplane.v1.ConfigRequest\x1a&.meterline.dataplane.v1.ConfigResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONFIGREQUEST']._serialized_end=322
   _globals['_ERRORDETAIL']._serialized_start=324
   _globals['_ERRORDETAIL']._serialized_end=368
-  _globals['_CONFIGRESPONSE']._serialized_start=370
-  _globals['_CONFIGRESPONSE']._serialized_end=475
-  _globals['_CONFIGSERVICE']._serialized_start=477
-  _globals['_CONFIGSERVICE']._serialized_end=591
+  _globals['_CONFIGRESPONSE']._serialized_start=371
+  _globals['_CONFIGRESPONSE']._serialized_end=523
+  _globals['_CONFIGSERVICE']._serialized_start=525
+  _globals['_CONFIGSERVICE']._serialized_end=639
 # @@protoc_insertion_point(module_scope)

@@ -37,11 +37,15 @@ class ErrorDetail(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ConfigResponse(_message.Message):
-    __slots__ = ("version_info", "nonce", "snapshot")
+    __slots__ = ("version_info", "nonce", "snapshot", "usage_epoch", "usage_sequence")
     VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    USAGE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     version_info: str
     nonce: str
     snapshot: _snapshot_pb2.Snapshot
-    def __init__(self, version_info: _Optional[str] = ..., nonce: _Optional[str] = ..., snapshot: _Optional[_Union[_snapshot_pb2.Snapshot, _Mapping]] = ...) -> None: ...
+    usage_epoch: str
+    usage_sequence: int
+    def __init__(self, version_info: _Optional[str] = ..., nonce: _Optional[str] = ..., snapshot: _Optional[_Union[_snapshot_pb2.Snapshot, _Mapping]] = ..., usage_epoch: _Optional[str] = ..., usage_sequence: _Optional[int] = ...) -> None: ...

@@ -423,7 +423,7 @@ class AiProxyBedrockOptions(_message.Message):
     def __init__(self, aws_region: _Optional[str] = ..., aws_assume_role_arn: _Optional[str] = ..., aws_role_session_name: _Optional[str] = ..., aws_sts_endpoint_url: _Optional[str] = ...) -> None: ...
 
 class ConsumerEntitlements(_message.Message):
-    __slots__ = ("consumer_id", "username", "customer", "has_access", "metered", "currency", "prices", "budgets")
+    __slots__ = ("consumer_id", "username", "customer", "has_access", "metered", "currency", "prices", "budgets", "credits")
     CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
@@ -432,6 +432,7 @@ class ConsumerEntitlements(_message.Message):
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     PRICES_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
     consumer_id: str
     username: str
     customer: str
@@ -440,10 +441,28 @@ class ConsumerEntitlements(_message.Message):
     currency: str
     prices: _containers.RepeatedCompositeFieldContainer[TokenPrice]
     budgets: _containers.RepeatedCompositeFieldContainer[BudgetState]
-    def __init__(self, consumer_id: _Optional[str] = ..., username: _Optional[str] = ..., customer: _Optional[str] = ..., has_access: _Optional[bool] = ..., metered: _Optional[_Iterable[_Union[MeteredEntitlement, _Mapping]]] = ..., currency: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[TokenPrice, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[BudgetState, _Mapping]]] = ...) -> None: ...
+    credits: CreditState
+    def __init__(self, consumer_id: _Optional[str] = ..., username: _Optional[str] = ..., customer: _Optional[str] = ..., has_access: _Optional[bool] = ..., metered: _Optional[_Iterable[_Union[MeteredEntitlement, _Mapping]]] = ..., currency: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[TokenPrice, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[BudgetState, _Mapping]]] = ..., credits: _Optional[_Union[CreditState, _Mapping]] = ...) -> None: ...
+
+class CreditState(_message.Message):
+    __slots__ = ("credit_id", "balance", "feature_balances")
+    class FeatureBalancesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CREDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_BALANCES_FIELD_NUMBER: _ClassVar[int]
+    credit_id: str
+    balance: str
+    feature_balances: _containers.ScalarMap[str, str]
+    def __init__(self, credit_id: _Optional[str] = ..., balance: _Optional[str] = ..., feature_balances: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TokenPrice(_message.Message):
-    __slots__ = ("feature", "filters", "unit_price")
+    __slots__ = ("feature", "filters", "unit_price", "settlement_mode")
     class FiltersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -454,10 +473,12 @@ class TokenPrice(_message.Message):
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    SETTLEMENT_MODE_FIELD_NUMBER: _ClassVar[int]
     feature: str
     filters: _containers.ScalarMap[str, str]
     unit_price: str
-    def __init__(self, feature: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., unit_price: _Optional[str] = ...) -> None: ...
+    settlement_mode: str
+    def __init__(self, feature: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., unit_price: _Optional[str] = ..., settlement_mode: _Optional[str] = ...) -> None: ...
 
 class BudgetState(_message.Message):
     __slots__ = ("budget_id", "amount", "spent", "hard", "period_end_time")

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meterline/dataplane/v1/usage.proto\x12\x16meterline.dataplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x01\n\nUsageEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\nllm_tokens\x18\n \x01(\x0b\x32!.meterline.dataplane.v1.LlmTokensH\x00\x42\x06\n\x04\x64\x61ta\"\xa3\x02\n\tLlmTokens\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x35\n\ntoken_type\x18\x03 \x01(\x0e\x32!.meterline.dataplane.v1.TokenType\x12\x0e\n\x06tokens\x18\x04 \x01(\x03\x12\x13\n\x0bstatus_code\x18\x05 \x01(\x05\x12\r\n\x05route\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x11\n\testimated\x18\x08 \x01(\x08\x12#\n\x16time_to_first_token_ms\x18\t \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nlatency_ms\x18\n \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x42\x19\n\x17_time_to_first_token_ms\"R\n\nUsageBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x32\n\x06\x65vents\x18\x02 \x03(\x0b\x32\".meterline.dataplane.v1.UsageEvent\"M\n\x08UsageAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x02 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x03 \x01(\x05*\xa7\x01\n\tTokenType\x12\x1a\n\x16TOKEN_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TOKEN_TYPE_INPUT\x10\x01\x12\x15\n\x11TOKEN_TYPE_OUTPUT\x10\x02\x12\x1b\n\x17TOKEN_TYPE_CACHED_INPUT\x10\x03\x12\x18\n\x14TOKEN_TYPE_REASONING\x10\x04\x12\x1a\n\x16TOKEN_TYPE_CACHE_WRITE\x10\x05\x32g\n\x0cUsageService\x12W\n\x0bStreamUsage\x12\".meterline.dataplane.v1.UsageBatch\x1a .meterline.dataplane.v1.UsageAck(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meterline/dataplane/v1/usage.proto\x12\x16meterline.dataplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x01\n\nUsageEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\nllm_tokens\x18\n \x01(\x0b\x32!.meterline.dataplane.v1.LlmTokensH\x00\x42\x06\n\x04\x64\x61ta\"\xa3\x02\n\tLlmTokens\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x35\n\ntoken_type\x18\x03 \x01(\x0e\x32!.meterline.dataplane.v1.TokenType\x12\x0e\n\x06tokens\x18\x04 \x01(\x03\x12\x13\n\x0bstatus_code\x18\x05 \x01(\x05\x12\r\n\x05route\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x11\n\testimated\x18\x08 \x01(\x08\x12#\n\x16time_to_first_token_ms\x18\t \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nlatency_ms\x18\n \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x42\x19\n\x17_time_to_first_token_ms\"R\n\nUsageBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x32\n\x06\x65vents\x18\x02 \x03(\x0b\x32\".meterline.dataplane.v1.UsageEvent\"|\n\x08UsageAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x02 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x03 \x01(\x05\x12\x14\n\x0busage_epoch\x18\xc2\x03 \x01(\t\x12\x17\n\x0eusage_sequence\x18\xc3\x03 \x01(\x04*\xa7\x01\n\tTokenType\x12\x1a\n\x16TOKEN_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TOKEN_TYPE_INPUT\x10\x01\x12\x15\n\x11TOKEN_TYPE_OUTPUT\x10\x02\x12\x1b\n\x17TOKEN_TYPE_CACHED_INPUT\x10\x03\x12\x18\n\x14TOKEN_TYPE_REASONING\x10\x04\x12\x1a\n\x16TOKEN_TYPE_CACHE_WRITE\x10\x05\x32g\n\x0cUsageService\x12W\n\x0bStreamUsage\x12\".meterline.dataplane.v1.UsageBatch\x1a .meterline.dataplane.v1.UsageAck(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.dataplane.v1.usage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOKENTYPE']._serialized_start=734
-  _globals['_TOKENTYPE']._serialized_end=901
+  _globals['_TOKENTYPE']._serialized_start=781
+  _globals['_TOKENTYPE']._serialized_end=948
   _globals['_USAGEEVENT']._serialized_start=96
   _globals['_USAGEEVENT']._serialized_end=274
   _globals['_LLMTOKENS']._serialized_start=277
@@ -41,7 +41,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGEBATCH']._serialized_start=570
   _globals['_USAGEBATCH']._serialized_end=652
   _globals['_USAGEACK']._serialized_start=654
-  _globals['_USAGEACK']._serialized_end=731
-  _globals['_USAGESERVICE']._serialized_start=903
-  _globals['_USAGESERVICE']._serialized_end=1006
+  _globals['_USAGEACK']._serialized_end=778
+  _globals['_USAGESERVICE']._serialized_start=950
+  _globals['_USAGESERVICE']._serialized_end=1053
 # @@protoc_insertion_point(module_scope)

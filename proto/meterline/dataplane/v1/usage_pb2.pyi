@@ -76,11 +76,15 @@ class UsageBatch(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[UsageEvent, _Mapping]]] = ...) -> None: ...
 
 class UsageAck(_message.Message):
-    __slots__ = ("batch_id", "accepted_count", "duplicate_count")
+    __slots__ = ("batch_id", "accepted_count", "duplicate_count", "usage_epoch", "usage_sequence")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    USAGE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     accepted_count: int
     duplicate_count: int
-    def __init__(self, batch_id: _Optional[str] = ..., accepted_count: _Optional[int] = ..., duplicate_count: _Optional[int] = ...) -> None: ...
+    usage_epoch: str
+    usage_sequence: int
+    def __init__(self, batch_id: _Optional[str] = ..., accepted_count: _Optional[int] = ..., duplicate_count: _Optional[int] = ..., usage_epoch: _Optional[str] = ..., usage_sequence: _Optional[int] = ...) -> None: ...

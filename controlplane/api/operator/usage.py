@@ -8,12 +8,12 @@ from google.protobuf import empty_pb2
 from sqlalchemy import Connection
 
 from controlplane.api import convert
-from controlplane.api.admin import Ctx, _Base
 from controlplane.api.convert_usage import (
     meter_from_proto,
     meter_to_proto,
 )
-from controlplane.api.paging import checked_page_size, decode_offset, encode_offset, page
+from controlplane.api.operator.admin import Ctx, _Base
+from controlplane.api.operator.paging import checked_page_size, decode_offset, encode_offset, page
 from controlplane.errors import InvalidArgument
 from controlplane.tracing import span
 from controlplane.usage import meter_storage, query

@@ -17,7 +17,7 @@ from controlplane.api.convert_credits import (
     parse_grant_name,
     transaction_to_proto,
 )
-from controlplane.api.paging import page
+from controlplane.api.operator.paging import page
 from controlplane.clock import Clock
 from controlplane.credits import service
 from controlplane.errors import InvalidArgument

@@ -18,7 +18,7 @@ from controlplane.api.convert_notifications import (
     rule_from_proto,
     rule_to_proto,
 )
-from controlplane.api.paging import page
+from controlplane.api.operator.paging import page
 from controlplane.clock import Clock
 from controlplane.notifications import service, storage
 from controlplane.notifications.types import (

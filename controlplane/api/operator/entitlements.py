@@ -23,7 +23,7 @@ from controlplane.api.convert_entitlements import (
     grant_to_proto,
     value_to_proto,
 )
-from controlplane.api.paging import page
+from controlplane.api.operator.paging import page
 from controlplane.budgets import service as budgets
 from controlplane.budgets.types import Budget, BudgetStatus
 from controlplane.clock import Clock

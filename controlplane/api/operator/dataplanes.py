@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 
 from controlplane.api.convert_dataplanes import NAME_PREFIX, to_proto_dataplane
-from controlplane.api.paging import page
+from controlplane.api.operator.paging import page
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync import registry
 from controlplane.configsync.registry import DataPlaneRecord

@@ -135,13 +135,19 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             self._metrics.ingest_batch.observe(time.perf_counter() - started)
             self._metrics.usage_events.inc(result.accepted)
             self._metrics.usage_duplicates.inc(result.duplicates)
-            if result.accepted:
-                if self._hub is not None:
-                    # Before the ACK leaves: a snapshot built before this store is not sent.
-                    self._hub.mark_stored()
-                self._balances_changed()
-            yield usage_pb2.UsageAck(
+            ack = usage_pb2.UsageAck(
                 batch_id=batch.batch_id,
                 accepted_count=result.accepted,
                 duplicate_count=result.duplicates,
             )
+            if self._hub is not None:
+                ack.usage_epoch = self._hub.usage_epoch
+                # Only duplicates: stored before, by the count so far.
+                ack.usage_sequence = self._hub.usage_sequence
+            if result.accepted:
+                if self._hub is not None:
+                    # Before the ACK leaves: a snapshot built before this store is not sent,
+                    # and the ACK says which snapshots reflect it.
+                    ack.usage_sequence = self._hub.mark_stored({event.subject for event in events})
+                self._balances_changed()
+            yield ack

@@ -15,6 +15,7 @@ from controlplane.customers import storage as customers
 from controlplane.declarative import DeclarativeConfig, parse_document
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.gateway import storage as gateway
+from controlplane.gateway.secrets import SecretBox
 from controlplane.notifications.declarative import apply_notifications
 from controlplane.storage.db import Database
 from controlplane.subscriptions import service as subscription_service
@@ -38,21 +39,27 @@ def apply_document(
     validate_only: bool = False,
     sync: bool = False,
     allow_private_webhooks: bool = False,
+    secrets: SecretBox | None = None,
 ) -> ApplyResult:
     """Parse, validate and store a declarative document; nothing is stored if any entry fails.
 
     ``sync``: also delete the gateway entities the document does not list (decK's sync; with
     its select_tags, only stored entities carrying them). Billing entities are never deleted.
     ``allow_private_webhooks``: notification channels may name loopback or link-local hosts.
+    ``secrets``: the key provider keys are stored under (None: plaintext, development only).
     """
     config = parse_document(text)
     with db.engine.connect() as conn:
         transaction = conn.begin()
         try:
-            changes = _apply(conn, config, now=now, allow_private=allow_private_webhooks)
+            changes = _apply(
+                conn, config, now=now, allow_private=allow_private_webhooks, secrets=secrets
+            )
             if sync:
                 changes.extend(
-                    gateway.delete_missing(conn, config.gateway, select_tags=config.select_tags)
+                    gateway.delete_missing(
+                        conn, config.gateway, secrets=secrets, select_tags=config.select_tags
+                    )
                 )
         except IntegrityError as exc:
             transaction.rollback()
@@ -68,7 +75,12 @@ def apply_document(
 
 
 def _apply(
-    conn: Connection, config: DeclarativeConfig, *, now: datetime, allow_private: bool
+    conn: Connection,
+    config: DeclarativeConfig,
+    *,
+    now: datetime,
+    allow_private: bool,
+    secrets: SecretBox | None,
 ) -> list[str]:
     changes: list[str | None] = []
     for service in config.gateway.services:
@@ -77,7 +89,7 @@ def _apply(
         changes.append(gateway.upsert_route(conn, route, now=now))
     changes.extend(gateway.upsert_consumers(conn, config.gateway.consumers, now=now))
     for plugin in config.gateway.plugins:
-        changes.append(gateway.upsert_plugin(conn, plugin, now=now))
+        changes.append(gateway.upsert_plugin(conn, plugin, now=now, secrets=secrets))
 
     billing = config.billing
     for meter in billing.meters:

@@ -13,7 +13,7 @@ from google.protobuf import empty_pb2
 from sqlalchemy import Connection
 
 from controlplane.api import convert
-from controlplane.api.paging import (
+from controlplane.api.operator.paging import (
     M,
     checked_page_size,
     decode_offset,
@@ -28,11 +28,12 @@ from controlplane.clock import Clock
 from controlplane.configsync.hub import ConfigHub
 from controlplane.customers import storage as customers
 from controlplane.customers.types import Customer
+from controlplane.declarative.apply import apply_document
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.gateway import storage as gateway
-from controlplane.gateway.apply import apply_document
 from controlplane.gateway.dump import DeckExport, export_document
 from controlplane.gateway.keys import generate_key, hash_key
+from controlplane.gateway.secrets import SecretBox
 from controlplane.gateway.types import Consumer
 from controlplane.invoicing import lifecycle
 from controlplane.invoicing.lifecycle import InvoicingSettings
@@ -109,11 +110,19 @@ def _require(value: str, field: str) -> str:
 
 class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
-        self, *, db: Database, clock: Clock, hub: ConfigHub, allow_private_webhooks: bool = False
+        self,
+        *,
+        db: Database,
+        clock: Clock,
+        hub: ConfigHub,
+        allow_private_webhooks: bool = False,
+        secrets: SecretBox | None = None,
     ) -> None:
         super().__init__(db=db, clock=clock, hub=hub)
         # Notification channels of applied documents may name loopback/link-local hosts.
         self._allow_private_webhooks = allow_private_webhooks
+        # The key provider keys are stored under (None: plaintext, development only).
+        self._secrets = secrets
 
     async def ListServices(
         self, request: gateway_pb2.ListServicesRequest, context: Ctx
@@ -251,7 +260,7 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
             times = gateway.entity_times(conn, "plugins")
             return [
                 convert.plugin_to_proto(p, ids[p.scope], times.get(ids[p.scope]))
-                for p in gateway.list_plugins(conn)
+                for p in gateway.list_plugins(conn, secrets=self._secrets)
             ]
 
         items, token = await self._ordered_page(load, request)
@@ -263,7 +272,7 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
         plugin_id = convert.resource_id(request.name, "plugins")
 
         def get(conn: Connection) -> gateway_pb2.Plugin:
-            plugin = gateway.get_plugin(conn, plugin_id)
+            plugin = gateway.get_plugin(conn, plugin_id, secrets=self._secrets)
             times = gateway.entity_times(conn, "plugins")[plugin_id]
             return convert.plugin_to_proto(plugin, plugin_id, times)
 
@@ -289,6 +298,7 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
             validate_only=request.validate_only,
             allow_private_webhooks=self._allow_private_webhooks,
             sync=request.sync,
+            secrets=self._secrets,
         )
         if result.changes and not request.validate_only:
             await self._changed_gateway()
@@ -302,7 +312,7 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ExportConfigResponse:
         def export(conn: Connection) -> DeckExport:
             return export_document(
-                gateway.load_config(conn),
+                gateway.load_config(conn, secrets=self._secrets),
                 include_secrets=request.include_secrets,
                 select_tags=tuple(request.select_tags),
             )

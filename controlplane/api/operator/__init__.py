@@ -1,0 +1,1 @@
+"""Operator-facing gRPC servicers (``meterline.admin.v1``); translation only."""
