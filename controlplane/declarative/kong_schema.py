@@ -462,14 +462,7 @@ def _walk_mapping(
         child = node.children.get(key_text)
         here, here_schema = _join(path, key_text), _join(schema_path, key_text)
         if child is None:
-            newer = NEWER_KONG_FIELDS.get(plugin, {}).get(here_schema)
-            if newer is not None:
-                config.fail(
-                    f'field "{config.prefix}{here}" ({newer}) is not supported yet by data '
-                    "planes of this version"
-                )
-                continue
-            config.fail(f'unknown field "{config.prefix}{here}" ({_unknown(key_text, node)})')
+            _fail_unknown(plugin, node, config=config, key=key_text, path=here, schema=here_schema)
             continue
         if value is None:
             continue  # null: unset, Kong's default applies
@@ -563,6 +556,20 @@ NEWER_KONG_FIELDS: dict[str, dict[str, str]] = {
         "targets.[].genai_category": "Kong's generative-AI categories (image, audio, video)",
     },
 }
+
+
+def _fail_unknown(
+    plugin: str, node: Node, *, config: Entry, key: str, path: str, schema: str
+) -> None:
+    """A field the schema lacks: a newer Kong feature by name, else a typo with a hint."""
+    newer = NEWER_KONG_FIELDS.get(plugin, {}).get(schema)
+    if newer is not None:
+        config.fail(
+            f'field "{config.prefix}{path}" ({newer}) is not supported yet by data planes of '
+            "this version"
+        )
+    else:
+        config.fail(f'unknown field "{config.prefix}{path}" ({_unknown(key, node)})')
 
 
 def _unknown(key: str, node: Node) -> str:
