@@ -464,7 +464,7 @@ def _walk_mapping(
         child = node.children.get(key_text)
         here, here_schema = _join(path, key_text), _join(schema_path, key_text)
         if child is None:
-            config.fail(f'unknown field "{config.prefix}{here}" ({_unknown(key_text, node)})')
+            _fail_unknown(plugin, node, config=config, key=key_text, path=here, schema=here_schema)
             continue
         if value is None:
             continue  # null: unset, Kong's default applies
@@ -541,6 +541,37 @@ def _validate(node: Node, value: Any, *, config: Entry, path: str) -> None:
                 config.fail_field(where, f"must be a mapping, got {describe(item)}")
             else:
                 _validate(node.element, item, config=config, path=where)
+
+
+# Fields of Kong releases newer than kong_fields.tsv that Kong's documented examples use:
+# refused by name (as unsupported), never reported as typos.
+NEWER_KONG_FIELDS: dict[str, dict[str, str]] = {
+    "key-auth": {"principals": "keys of a Konnect directory's principals"},
+    "rate-limiting-advanced": {"counter_key": "Kong 3.14's counter key"},
+    "ai-proxy": {
+        "model.options.seconds": "video generation",
+        "model.options.size": "image and video generation",
+    },
+    "ai-proxy-advanced": {
+        "targets.[].model.options.seconds": "video generation",
+        "targets.[].model.options.size": "image and video generation",
+        "targets.[].genai_category": "Kong's generative-AI categories (image, audio, video)",
+    },
+}
+
+
+def _fail_unknown(
+    plugin: str, node: Node, *, config: Entry, key: str, path: str, schema: str
+) -> None:
+    """A field the schema lacks: a newer Kong feature by name, else a typo with a hint."""
+    newer = NEWER_KONG_FIELDS.get(plugin, {}).get(schema)
+    if newer is not None:
+        config.fail(
+            f'field "{config.prefix}{path}" ({newer}) is not supported yet by data planes of '
+            "this version"
+        )
+    else:
+        config.fail(f'unknown field "{config.prefix}{path}" ({_unknown(key, node)})')
 
 
 def _unknown(key: str, node: Node) -> str:

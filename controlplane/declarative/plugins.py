@@ -472,10 +472,17 @@ def _balancer(balancer: Entry, *, targets: list[dict[str, Any]]) -> dict[str, An
         result["max_fails"] = balancer.integer("max_fails", minimum=0)
     if balancer.has("fail_timeout"):
         result["fail_timeout"] = balancer.integer("fail_timeout", minimum=1)
+    if algorithm == "priority" and not any("priority" in t for t in targets):
+        # Kong's own form: priority groups are the targets' weights, the highest tried first
+        # (Kong's "Load balancing: Priority" example); Meterline's targets[].priority overrides.
+        weights = sorted({t["weight"] for t in targets}, reverse=True)
+        for target in targets:
+            target["priority"] = weights.index(target["weight"])
     if algorithm == "priority" and len({t.get("priority", 0) for t in targets}) < 2:
         balancer.fail(
-            "algorithm priority needs targets with at least two different priority values "
-            "(targets[].priority; lower is tried first)"
+            "algorithm priority needs targets in at least two priority groups "
+            "(Kong's: different weights, the highest tried first; or Meterline's "
+            "targets[].priority, lower tried first)"
         )
     if algorithm == "cost":
         for index, target in enumerate(targets):
@@ -650,8 +657,28 @@ def quoted_choices() -> str:
     return " or ".join(f'"{location}"' for location in PARAM_LOCATIONS)
 
 
+def _templates(model: Entry) -> None:
+    """Kong's template values (``$(uri_captures.model)``, ``$(headers.x-model)``...): filled
+    per request by Kong from the route's regex captures, headers or query; refused by name."""
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, str) and "$(" in value:
+            model.fail_field(
+                path,
+                f'"{value}": Kong\'s template values ($(uri_captures...), $(headers...), '
+                "$(query_params...)) are not supported yet by data planes of this version",
+            )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}")
+
+    for key in ("name", "options"):
+        walk(model.data.get(key), key)
+
+
 def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
     model.check_keys(_MODEL_FIELDS)
+    _templates(model)
     provider = model.string("provider", required=True)
     if provider is not None and provider not in SERVED_ROUTE_TYPES:
         known = kong_enum("model.provider")

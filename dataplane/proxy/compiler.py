@@ -121,6 +121,22 @@ _ALWAYS_DROPPED = frozenset(
 )
 
 
+# The provider credential headers a client may send itself to an ai-proxy without auth.
+_CLIENT_PROVIDER_CREDENTIALS = frozenset(
+    {b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key"}
+)
+
+
+def _has_credentials(target: ProviderTarget) -> bool:
+    return bool(
+        target.auth_headers
+        or target.auth_body_params
+        or target.auth_query
+        or target.credentials is not None
+        or target.signer is not None
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Resolved:
     key_auth: snapshot_pb2.KeyAuthConfig | None
@@ -232,6 +248,11 @@ def _compile_route(
             if target.signer is not None:
                 # The client's own SigV4 headers: the gateway signs again.
                 dropped |= CLIENT_SIGNATURE_HEADERS
+        if key_auth is None and not any(map(_has_credentials, [*targets, ai_proxy.target])):
+            # Kong's ai-proxy without auth (its "get started" guide, self-hosted vLLM and
+            # Ollama): the client sends the provider credential itself. Without key-auth it
+            # is no gateway key, so it is forwarded as sent.
+            dropped -= _CLIENT_PROVIDER_CREDENTIALS
     return CompiledRoute(
         id=route.id,
         name=route.name or route.id,
