@@ -42,6 +42,7 @@ from controlplane.console.api import ConsoleApi, Forbidden, Servicers, to_json
 from controlplane.console.auth import Kind, Principal, operator_principal
 from controlplane.console.sessions import Session, SessionStore, csrf_ok
 from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from controlplane.invoicing import totals
 from controlplane.portal import service as portal_service
 from controlplane.portal import storage as portal_storage
 from controlplane.portal.types import PORTAL_TOKEN_PREFIX
@@ -467,37 +468,19 @@ class Console:
         }
 
     async def _billed(self, api: ConsoleApi) -> dict[str, str]:
-        """The open periods' previews of every customer with a running subscription."""
-        subs = (
-            await api.call(
-                "customers",
-                "ListSubscriptions",
-                customers_pb2.ListSubscriptionsRequest(page_size=1000),
-            )
-        ).subscriptions
-        now = self.clock.now().timestamp()
-        keys = sorted(
-            {s.customer for s in subs if not s.HasField("end_time") or s.end_time.seconds > now}
-        )
-        totals: dict[str, Decimal] = {}
-        limit = asyncio.Semaphore(8)
+        """Every customer's open invoice now, summed per currency: exactly the sum of their
+        previews, previewing only customers with usage or credits one by one
+        (``invoicing.totals``)."""
+        if not api.principal.may_call("PreviewInvoice"):
+            raise Forbidden(f"{api.principal.name!r} may not call PreviewInvoice")
+        at = self.clock.now()
 
-        async def one(customer: str) -> None:
-            async with limit:
-                try:
-                    invoice = await api.call(
-                        "billing",
-                        "PreviewInvoice",
-                        billing_pb2.PreviewInvoiceRequest(customer=customer),
-                    )
-                except (NotFound, FailedPrecondition):
-                    return
-            totals[invoice.currency] = totals.get(invoice.currency, Decimal(0)) + Decimal(
-                invoice.total or "0"
-            )
+        def compute() -> dict[str, str]:
+            with self.db.begin() as conn:
+                found = totals.open_totals(conn, at=at)
+            return {c: str(v) for c, v in sorted(found.by_currency.items())}
 
-        await asyncio.gather(*(one(k) for k in keys))
-        return {c: str(v) for c, v in sorted(totals.items())}
+        return await asyncio.to_thread(compute)
 
     async def customers(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
         q = request.query_params.get("q", "").strip()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import ColumnElement, Connection, select
@@ -35,6 +35,7 @@ from controlplane.usage.meters import (
 )
 
 HOUR = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The built-in meter's dimensions (columns of usage_events).
 LLM_DIMENSIONS = tuple(token_storage.DIMENSION_COLUMNS)
@@ -162,11 +163,20 @@ def _fill(
             conn, meter, subjects=subjects, start=edge_start, end=edge_end, filters=filters
         ):
             grouper.add(point)
-    for subject, bucket, dimensions, value, count in rollups.hourly_rows(
-        conn, meter=meter.key, subjects=subjects, start=first_hour, end=last_hour
+    # Combined in SQL per window, dimension set (and subject if grouped by it): the rows the
+    # database returns are few whatever the events; filters apply to the dimension sets.
+    for subject, bucket, dimensions, value, count in rollups.grouped_rows(
+        conn,
+        meter=meter.key,
+        subjects=subjects,
+        start=first_hour,
+        end=last_hour,
+        aggregation=meter.aggregation,
+        by_subject="subject" in grouper.group_by,
+        window=grouper.window.value if grouper.window is not None else None,
     ):
         if _rollup_matches(meter, dimensions, filters):
-            grouper.add_rollup(subject, bucket, dimensions, value, count)
+            grouper.add_rollup(subject, bucket or first_hour or _EPOCH, dimensions, value, count)
 
 
 def _rollup_matches(

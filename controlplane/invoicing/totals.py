@@ -1,0 +1,164 @@
+"""Every customer's open invoice at a moment, summed: what the console's overview shows as billed.
+
+The answer is, exactly, the sum of ``preview_invoice(customer, at).total`` over every customer
+(per currency; customers whose preview fails - no running subscription, two periods open -
+count nothing), without previewing ten thousand customers one by one:
+
+- A customer is *touched* when its invoice can depend on more than its subscriptions: a
+  subject of it has any stored event (usage or operator-meter events: its lines, late usage),
+  it has credit grants (credit lines), or the invoice of the period holding ``at`` is stored
+  and no longer open (its frozen total). Touched customers are previewed one by one.
+- Every other customer's invoice is a function of its subscriptions alone (no usage, no late
+  usage, no credits). Two such customers whose subscriptions agree on plan version and billing
+  period at ``at``, and on the part of that period they serve, get the same total: the preview
+  reads a subscription's start and end only as clipped to its period (proration, minimums) and
+  for late usage (none without events). Each such *signature* is previewed once, for one of
+  its customers, and counted as many times as it has customers.
+
+So the cost grows with the customers that have usage, not with the customers, and every
+number is still the preview's own computation (tests compare it with per-customer previews).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import Connection, select, text
+
+from controlplane.catalog import storage as catalog
+from controlplane.catalog.types import Plan
+from controlplane.errors import FailedPrecondition, NotFound
+from controlplane.invoicing import lifecycle
+from controlplane.invoicing.types import InvoiceState
+from controlplane.storage import schema as s
+from controlplane.subscriptions import storage as subscriptions
+from controlplane.subscriptions.periods import billing_period
+from controlplane.subscriptions.types import Subscription
+from controlplane.usage import rollups
+from controlplane.usage.meters import LLM_TOKENS
+
+OPEN_STATES = (InvoiceState.GATHERING.value, InvoiceState.DRAFT.value)
+
+# The distinct subjects of one meter's rollups, one index probe per subject (a loose index
+# scan: the rollup key starts with meter, subject), not one row per stored hour.
+_SUBJECTS = text(
+    """
+    WITH RECURSIVE found(subject) AS (
+        SELECT min(subject) FROM usage_rollups WHERE meter = :meter
+        UNION ALL
+        SELECT (
+            SELECT min(subject) FROM usage_rollups
+            WHERE meter = :meter AND subject > found.subject
+        )
+        FROM found WHERE found.subject IS NOT NULL
+    )
+    SELECT subject FROM found WHERE subject IS NOT NULL
+    """
+)
+
+
+@dataclass
+class OpenTotals:
+    """Open invoices at ``at``: per currency; per touched customer; how many were previewed."""
+
+    by_currency: dict[str, Decimal] = field(default_factory=dict)
+    # customer -> (currency, total) for the customers previewed one by one.
+    by_customer: dict[str, tuple[str, Decimal]] = field(default_factory=dict)
+    customers: int = 0  # customers with an invoice counted
+    previews: int = 0  # previews computed
+
+    def add(self, currency: str, total: Decimal, times: int = 1) -> None:
+        self.by_currency[currency] = self.by_currency.get(currency, Decimal(0)) + total * times
+        self.customers += times
+
+
+def subjects_with_events(conn: Connection) -> set[str]:
+    """Subjects with any stored usage or operator-meter event (from the rollups' keys)."""
+    found: set[str] = set()
+    for meter in (LLM_TOKENS, rollups.EVENTS):
+        found.update(row[0] for row in conn.execute(_SUBJECTS, {"meter": meter}))
+    return found
+
+
+def touched_customers(conn: Connection, *, at: datetime) -> set[str]:
+    """Customers whose invoice at ``at`` may depend on more than their subscriptions."""
+    subjects = subjects_with_events(conn)
+    touched: set[str] = set()
+    if subjects:
+        cs = s.customer_subjects
+        for chunk in _chunks(sorted(subjects), 1000):
+            touched.update(
+                row[0] for row in conn.execute(select(cs.c.customer).where(cs.c.subject.in_(chunk)))
+            )
+    touched.update(row[0] for row in conn.execute(select(s.credit_grants.c.customer).distinct()))
+    i = s.invoices
+    touched.update(
+        row[0]
+        for row in conn.execute(
+            select(i.c.customer)
+            .where(i.c.period_start <= at, i.c.period_end > at, i.c.state.not_in(OPEN_STATES))
+            .distinct()
+        )
+    )
+    return touched
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _signature(
+    subs: list[Subscription], plans: Mapping[tuple[str, int], Plan], at: datetime
+) -> tuple[tuple[object, ...], ...]:
+    """What an untouched customer's preview at ``at`` depends on: per subscription that serves
+    some of its period at ``at``, the plan version, that period and the part of it served."""
+    parts = []
+    for sub in subs:
+        plan = plans[(sub.plan_key, sub.plan_version)]
+        start, end = billing_period(anchor=sub.anchor, cadence=plan.billing_cadence, at=at)
+        served_start = max(start, sub.start_time)
+        served_end = end if sub.end_time is None else min(end, sub.end_time)
+        if served_start >= served_end:
+            # Serves nothing of its period at ``at``: the preview skips it (and, without
+            # events, it has no late usage either). Kept apart only by what it is.
+            parts.append(("idle", sub.plan_key, sub.plan_version, served_start >= end))
+            continue
+        parts.append((sub.plan_key, sub.plan_version, start, end, served_start, served_end))
+    return tuple(sorted(parts, key=repr))
+
+
+def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
+    """The sum of every customer's invoice preview at ``at`` (see the module docstring)."""
+    subs_by_customer: dict[str, list[Subscription]] = defaultdict(list)
+    for sub in subscriptions.list_subscriptions(conn):
+        subs_by_customer[sub.customer].append(sub)
+    plans = {(p.key, p.version): p for p in catalog.list_plans(conn)}
+    touched = touched_customers(conn, at=at)
+    totals = OpenTotals()
+
+    def preview(customer: str) -> tuple[str, Decimal] | None:
+        totals.previews += 1
+        try:
+            invoice = lifecycle.preview_invoice(conn, customer=customer, at=at)
+        except (NotFound, FailedPrecondition):
+            return None
+        return invoice.currency, invoice.total
+
+    groups: dict[tuple[tuple[object, ...], ...], list[str]] = defaultdict(list)
+    for customer, subs in sorted(subs_by_customer.items()):
+        if customer in touched:
+            found = preview(customer)
+            if found is not None:
+                totals.by_customer[customer] = found
+                totals.add(*found)
+        else:
+            groups[_signature(subs, plans, at)].append(customer)
+    for members in groups.values():
+        found = preview(members[0])
+        if found is not None:
+            totals.add(found[0], found[1], len(members))
+    return totals
