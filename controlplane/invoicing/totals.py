@@ -26,8 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, func, select, text
 
 from controlplane.catalog import storage as catalog
 from controlplane.catalog.types import Plan
@@ -132,10 +133,13 @@ def _signature(
 
 
 def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
-    """The sum of every customer's invoice preview at ``at`` (see the module docstring)."""
-    subs_by_customer: dict[str, list[Subscription]] = defaultdict(list)
-    for sub in subscriptions.list_subscriptions(conn):
-        subs_by_customer[sub.customer].append(sub)
+    """The sum of every customer's invoice preview at ``at`` (see the module docstring).
+
+    Customers with one subscription (most) are grouped in SQL by that subscription's plan
+    version and times, so Python sees one row per distinct subscription, not per customer;
+    customers with several are read whole and grouped here.
+    """
+    t = s.subscriptions
     plans = {(p.key, p.version): p for p in catalog.list_plans(conn)}
     touched = touched_customers(conn, at=at)
     totals = OpenTotals()
@@ -148,17 +152,76 @@ def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
             return None
         return invoice.currency, invoice.total
 
-    groups: dict[tuple[tuple[object, ...], ...], list[str]] = defaultdict(list)
-    for customer, subs in sorted(subs_by_customer.items()):
-        if customer in touched:
-            found = preview(customer)
-            if found is not None:
-                totals.by_customer[customer] = found
-                totals.add(*found)
-        else:
-            groups[_signature(subs, plans, at)].append(customer)
-    for members in groups.values():
-        found = preview(members[0])
+    subscribed: set[str] = set()
+    for chunk in _chunks(sorted(touched), 1000):
+        query = select(t.c.customer).where(t.c.customer.in_(chunk)).distinct()
+        subscribed.update(conn.execute(query).scalars())
+    for customer in sorted(subscribed):
+        found = preview(customer)
         if found is not None:
-            totals.add(found[0], found[1], len(members))
+            totals.by_customer[customer] = found
+            totals.add(*found)
+
+    # signature -> [customers it counts, one of them]
+    groups: dict[tuple[tuple[object, ...], ...], list[Any]] = {}
+
+    def count(signature: tuple[tuple[object, ...], ...], n: int, member: str) -> None:
+        group = groups.setdefault(signature, [0, member])
+        group[0] += n
+        group[1] = min(group[1], member)
+
+    single = select(t.c.customer).group_by(t.c.customer).having(func.count() == 1)
+    several = select(t.c.customer).group_by(t.c.customer).having(func.count() > 1)
+    by_customer: dict[str, list[Subscription]] = defaultdict(list)
+    for sub in subscriptions.list_subscriptions_where(conn, t.c.customer.in_(several)):
+        if sub.customer not in touched:
+            by_customer[sub.customer].append(sub)
+    for customer, subs in by_customer.items():
+        count(_signature(subs, plans, at), 1, customer)
+
+    shape = (t.c.plan_key, t.c.plan_version, t.c.billing_anchor, t.c.start_time, t.c.end_time)
+    rows = conn.execute(
+        select(*shape, func.count(), func.min(t.c.customer))
+        .where(t.c.customer.in_(single))
+        .group_by(*shape)
+    ).all()
+    # Touched customers are in those counts: take them out again.
+    touched_shapes: dict[tuple[Any, ...], set[str]] = defaultdict(set)
+    for chunk in _chunks(sorted(touched), 1000):
+        query = select(*shape, t.c.customer).where(
+            t.c.customer.in_(chunk), t.c.customer.in_(single)
+        )
+        for row in conn.execute(query):
+            touched_shapes[tuple(row[:5])].add(row[5])
+    for key, plan_version, anchor, start_time, end_time, n, first in rows:
+        shape_key = (key, plan_version, anchor, start_time, end_time)
+        out = touched_shapes.get(shape_key, set())
+        n -= len(out)
+        if not n:
+            continue
+        if first in out:
+            first = conn.execute(
+                select(func.min(t.c.customer)).where(
+                    *(
+                        c == v if v is not None else c.is_(None)
+                        for c, v in zip(shape, shape_key, strict=True)
+                    ),
+                    t.c.customer.in_(single),
+                    t.c.customer.not_in(sorted(out)),
+                )
+            ).scalar_one()
+        sub = Subscription(
+            id="",
+            customer=first,
+            plan_key=key,
+            plan_version=plan_version,
+            start_time=start_time,
+            end_time=end_time,
+            billing_anchor=anchor,
+        )
+        count(_signature([sub], plans, at), n, first)
+    for n, member in groups.values():
+        found = preview(member)
+        if found is not None:
+            totals.add(found[0], found[1], n)
     return totals
