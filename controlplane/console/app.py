@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import difflib
 import io
 import logging
 import secrets
@@ -28,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import jinja2
+import yaml
 from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -41,6 +43,7 @@ from controlplane.console import usage
 from controlplane.console.api import ConsoleApi, Forbidden, Servicers, to_json
 from controlplane.console.auth import Kind, Principal, operator_principal
 from controlplane.console.sessions import Session, SessionStore, csrf_ok
+from controlplane.declarative.load import load_text
 from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.invoicing import totals
 from controlplane.portal import service as portal_service
@@ -54,6 +57,7 @@ from meterline.admin.v1 import (
     dataplanes_pb2,
     entitlements_pb2,
     gateway_pb2,
+    notifications_pb2,
     usage_pb2,
 )
 
@@ -163,6 +167,17 @@ class Console:
                 *self._page("/invoices", self.invoices),
                 Route("/invoices/{id}/{action}", self.invoice_action, methods=["POST"]),
                 *self._page("/invoices/{id}", self.invoice),
+                Route("/gateway/consumers", self.create_consumer, methods=["POST"]),
+                Route("/gateway/plugins/{id}/edit", self.plugin_form, methods=["GET"]),
+                Route("/gateway/plugins/{id}/edit", self.edit_plugin, methods=["POST"]),
+                Route("/customers", self.create_customer, methods=["POST"]),
+                Route("/customers/{key}/subscriptions", self.create_subscription, methods=["POST"]),
+                Route("/subscriptions/{id}/{action}", self.subscription_action, methods=["POST"]),
+                Route("/alerts/channels", self.create_channel, methods=["POST"]),
+                Route("/alerts/rules", self.create_rule, methods=["POST"]),
+                Route("/alerts/evaluate", self.evaluate_alerts, methods=["POST"]),
+                Route("/alerts/{kind}/{key}/delete", self.delete_alert, methods=["POST"]),
+                *self._page("/alerts", self.alerts),
                 Route("/gateway/apply", self.apply_form, methods=["GET"]),
                 Route("/gateway/apply", self.apply, methods=["POST"]),
                 *self._page("/gateway", self.gateway),
@@ -531,7 +546,14 @@ class Console:
             "ListPortalTokens",
             customers_pb2.ListPortalTokensRequest(parent=name, page_size=1000),
         )
+        plans = await api.call(
+            "catalog", "ListPlans", catalog_pb2.ListPlansRequest(page_size=1000)
+        )
+        active = sorted(
+            {p.key for p in plans.plans if p.state == catalog_pb2.PLAN_STATE_ACTIVE}
+        )
         return "customer.html", {
+            "plans": active,
             "customer": to_json(customer),
             "subscriptions": [to_json(s) for s in subs.subscriptions],
             "entitlements": [to_json(e) for e in entitlements.entitlements],
@@ -849,6 +871,301 @@ class Console:
             },
         )
 
+    # -- per-resource forms (admin; CSRF and scope checked by ``_change``) -------------------
+
+    def _page_response(
+        self,
+        template: str,
+        data: dict[str, Any],
+        api: ConsoleApi,
+        session: Session | None,
+        *,
+        path: str,
+        status: int = 200,
+    ) -> Response:
+        """A page rendered as the answer of a POST (for what is shown once, or an error)."""
+        body = self.templates.get_template(template).render(
+            **data,
+            principal=api.principal,
+            csrf=session.csrf if session else "",
+            flash="",
+            path=path,
+            query_string="",
+        )
+        return HTMLResponse(body, status, headers=self._headers(portal=False))
+
+    async def create_consumer(self, request: Request) -> Response:
+        """A consumer and its first key credential; the key is shown once, in this answer."""
+
+        async def run(
+            api: ConsoleApi, form: dict[str, str], session: Session | None
+        ) -> str | Response:
+            username = form.get("username", "").strip()
+            if not username:
+                raise InvalidArgument("username is required")
+            consumer = gateway_pb2.Consumer(
+                username=username, custom_id=form.get("custom_id", "").strip()
+            )
+            await api.call(
+                "gateway", "CreateConsumer", gateway_pb2.CreateConsumerRequest(consumer=consumer)
+            )
+            credential = await api.call(
+                "gateway",
+                "CreateKeyAuthCredential",
+                gateway_pb2.CreateKeyAuthCredentialRequest(parent=f"consumers/{username}"),
+            )
+            if "application/json" in request.headers.get("accept", ""):
+                return JSONResponse(
+                    {"consumer": username, "key": credential.key},
+                    headers=self._headers(portal=False),
+                )
+            _, data = await self.gateway(request, api)
+            data.update(new_key=credential.key, new_key_consumer=username)
+            return self._page_response("gateway.html", data, api, session, path="/gateway")
+
+        return await self._change(request, run)
+
+    async def _plugin_yaml(self, api: ConsoleApi, id: str) -> tuple[Any, str]:
+        plugin = await api.call(
+            "gateway", "GetPlugin", gateway_pb2.GetPluginRequest(name=f"plugins/{id}")
+        )
+        return plugin, plugin_document(to_json(plugin))
+
+    async def plugin_form(self, request: Request) -> Response:
+        return await self._render(request, self._plugin_page, as_json=False, portal=False)
+
+    async def _plugin_page(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        plugin, document = await self._plugin_yaml(api, request.path_params["id"])
+        return "plugin.html", _plugin_context(to_json(plugin), document=document)
+
+    async def edit_plugin(self, request: Request) -> Response:
+        """One plugin as YAML: preview (the same validation as ``meterline apply`` and a diff
+        against the stored plugin), then apply. The document must stay this one plugin."""
+        id = request.path_params["id"]
+
+        async def run(
+            api: ConsoleApi, form: dict[str, str], session: Session | None
+        ) -> str | Response:
+            plugin, original = await self._plugin_yaml(api, id)
+            document = form.get("document", "").replace("\r\n", "\n")
+            preview = form.get("mode") != "apply"
+            context = _plugin_context(to_json(plugin), document=document)
+            context["diff"] = "".join(
+                difflib.unified_diff(
+                    original.splitlines(keepends=True),
+                    document.splitlines(keepends=True)
+                    if document.endswith("\n")
+                    else (document + "\n").splitlines(keepends=True),
+                    "stored",
+                    "edited",
+                )
+            )
+            status = 200
+            try:
+                check_plugin_document(document, to_json(plugin))
+                answer = await api.call(
+                    "gateway",
+                    "ApplyConfig",
+                    gateway_pb2.ApplyConfigRequest(document=document, validate_only=preview),
+                )
+            except InvalidArgument as exc:
+                context["error"] = str(exc)
+                status = 400
+            else:
+                context.update(
+                    changes=list(answer.changes),
+                    notes=list(answer.notes),
+                    previewed=preview,
+                    applied=not preview,
+                    config_version=answer.config_version,
+                )
+            if "application/json" in request.headers.get("accept", ""):
+                body = {k: v for k, v in context.items() if k not in ("title", "no_twin")}
+                return JSONResponse(body, status, headers=self._headers(portal=False))
+            return self._page_response(
+                "plugin.html",
+                context,
+                api,
+                session,
+                path=f"/gateway/plugins/{id}/edit",
+                status=status,
+            )
+
+        return await self._change(request, run)
+
+    async def create_customer(self, request: Request) -> Response:
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            key = form.get("key", "").strip()
+            subjects = [x.strip() for x in form.get("subjects", "").split(",") if x.strip()]
+            customer = customers_pb2.Customer(
+                key=key, display_name=form.get("display_name", "").strip(), subjects=subjects
+            )
+            await api.call(
+                "customers",
+                "CreateCustomer",
+                customers_pb2.CreateCustomerRequest(customer=customer),
+            )
+            return f"/customers/{quote(key)}?done=created"
+
+        return await self._change(request, run)
+
+    async def create_subscription(self, request: Request) -> Response:
+        key = request.path_params["key"]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            plan = form.get("plan", "").strip()
+            if not plan:
+                raise InvalidArgument("choose a plan")
+            sub = customers_pb2.Subscription(customer=f"customers/{key}", plan=f"plans/{plan}")
+            start = _parse_time(form.get("start", "").strip(), "start")
+            sub.start_time.FromDatetime(start or self.clock.now())
+            await api.call(
+                "customers",
+                "CreateSubscription",
+                customers_pb2.CreateSubscriptionRequest(subscription=sub),
+            )
+            return f"/customers/{quote(key)}?done=subscribed"
+
+        return await self._change(request, run)
+
+    async def subscription_action(self, request: Request) -> Response:
+        """Cancel (now or at the period's end) or change the plan of a running subscription."""
+        id = request.path_params["id"]
+        action = request.path_params["action"]
+        if action not in ("cancel", "change-plan"):
+            return self._error(404, "not found", as_json=False, headers=self._headers(portal=False))
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            name = f"subscriptions/{id}"
+            if action == "cancel":
+                timing = {
+                    "now": customers_pb2.CANCEL_TIMING_IMMEDIATELY,
+                    "period_end": customers_pb2.CANCEL_TIMING_PERIOD_END,
+                }.get(form.get("timing", "now"))
+                if timing is None:
+                    raise InvalidArgument("timing must be now or period_end")
+                sub = await api.call(
+                    "customers",
+                    "CancelSubscription",
+                    customers_pb2.CancelSubscriptionRequest(name=name, timing=timing),
+                )
+            else:
+                plan = form.get("plan", "").strip()
+                if not plan:
+                    raise InvalidArgument("choose a plan")
+                sub = await api.call(
+                    "customers",
+                    "ChangeSubscriptionPlan",
+                    customers_pb2.ChangeSubscriptionPlanRequest(name=name, plan=f"plans/{plan}"),
+                )
+            customer = sub.customer.removeprefix("customers/")
+            return f"/customers/{quote(customer)}?done={quote(action)}"
+
+        return await self._change(request, run)
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    async def alerts(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        """Channels, rules, the newest events and deliveries (the notification service's)."""
+        channels, rules, events, deliveries = await asyncio.gather(
+            api.call(
+                "notifications",
+                "ListChannels",
+                notifications_pb2.ListChannelsRequest(page_size=1000),
+            ),
+            api.call(
+                "notifications", "ListRules", notifications_pb2.ListRulesRequest(page_size=1000)
+            ),
+            api.call(
+                "notifications",
+                "ListEvents",
+                notifications_pb2.ListEventsRequest(page_size=ALERT_ROWS),
+            ),
+            api.call(
+                "notifications",
+                "ListDeliveries",
+                notifications_pb2.ListDeliveriesRequest(page_size=ALERT_ROWS),
+            ),
+        )
+        return "alerts.html", {
+            "channels": [to_json(c) for c in channels.channels],
+            "rules": [to_json(r) for r in rules.rules],
+            "events": [to_json(e) for e in events.events],
+            "deliveries": [to_json(d) for d in deliveries.deliveries],
+            "rule_types": list(RULE_TYPES),
+            "title": "Alerts",
+        }
+
+    async def create_channel(self, request: Request) -> Response:
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            channel = notifications_pb2.NotificationChannel(
+                key=form.get("key", "").strip(),
+                url=form.get("url", "").strip(),
+                signing_secret=form.get("signing_secret", ""),
+            )
+            await api.call(
+                "notifications",
+                "CreateChannel",
+                notifications_pb2.CreateChannelRequest(channel=channel),
+            )
+            return "/alerts?done=channel+created"
+
+        return await self._change(request, run)
+
+    async def create_rule(self, request: Request) -> Response:
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            kind = RULE_TYPES.get(form.get("type", ""))
+            if kind is None:
+                raise InvalidArgument(f"type must be one of {', '.join(RULE_TYPES)}")
+            listed = [x.strip() for x in form.get("thresholds", "").split(",") if x.strip()]
+            events = [x.strip() for x in form.get("invoice_events", "").split(",") if x.strip()]
+            customer = form.get("customer", "").strip()
+            rule = notifications_pb2.NotificationRule(
+                key=form.get("key", "").strip(),
+                type=kind,
+                channel=form.get("channel", "").strip(),
+                thresholds=listed,
+                feature=form.get("feature", "").strip(),
+                customer=f"customers/{customer}" if customer else "",
+                invoice_events=events,
+            )
+            await api.call(
+                "notifications", "CreateRule", notifications_pb2.CreateRuleRequest(rule=rule)
+            )
+            return "/alerts?done=rule+created"
+
+        return await self._change(request, run)
+
+    async def delete_alert(self, request: Request) -> Response:
+        kind = request.path_params["kind"]
+        key = request.path_params["key"]
+        methods = {
+            "channels": ("DeleteChannel", notifications_pb2.DeleteChannelRequest),
+            "rules": ("DeleteRule", notifications_pb2.DeleteRuleRequest),
+        }
+        if kind not in methods:
+            return self._error(404, "not found", as_json=False, headers=self._headers(portal=False))
+        method, message = methods[kind]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            await api.call("notifications", method, message(name=f"{kind}/{key}"))
+            return f"/alerts?done={quote(kind.rstrip('s'))}+deleted"
+
+        return await self._change(request, run)
+
+    async def evaluate_alerts(self, request: Request) -> Response:
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            answer = await api.call(
+                "notifications",
+                "EvaluateNotifications",
+                notifications_pb2.EvaluateNotificationsRequest(),
+            )
+            return (
+                f"/alerts?done={answer.events_created}+events,+{answer.attempts}+delivery+attempts"
+            )
+
+        return await self._change(request, run)
+
     # -- the portal -------------------------------------------------------------------------
 
     async def portal(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
@@ -970,3 +1287,72 @@ def _portal_invoice(invoice: dict[str, Any]) -> dict[str, Any]:
         "lines",
     )
     return {k: invoice[k] for k in keep if k in invoice}
+
+
+ALERT_ROWS = 50
+RULE_TYPES = {
+    "entitlement_threshold": notifications_pb2.NOTIFICATION_RULE_TYPE_ENTITLEMENT_THRESHOLD,
+    "budget_threshold": notifications_pb2.NOTIFICATION_RULE_TYPE_BUDGET_THRESHOLD,
+    "invoice": notifications_pb2.NOTIFICATION_RULE_TYPE_INVOICE,
+}
+REDACTED = "<redacted>"
+
+
+def plugin_document(plugin: dict[str, Any]) -> str:
+    """One plugin as a declarative document ``meterline apply`` takes (secrets redacted)."""
+    entry: dict[str, Any] = {"name": plugin["plugin_name"]}
+    for scope in ("service", "route", "consumer"):
+        if plugin.get(scope):
+            entry[scope] = str(plugin[scope]).rsplit("/", 1)[-1]
+    entry["enabled"] = bool(plugin.get("enabled"))
+    entry.update(plugin.get("attributes") or {})
+    entry["config"] = plugin.get("config") or {}
+    return yaml.safe_dump(
+        {"_format_version": "3.0", "plugins": [entry]}, sort_keys=False, allow_unicode=True
+    )
+
+
+def check_plugin_document(document: str, plugin: dict[str, Any]) -> None:
+    """InvalidArgument unless ``document`` is still this one plugin, with no redacted secret."""
+    if REDACTED in document:
+        raise InvalidArgument(
+            f"the document still holds {REDACTED} values: secrets are never shown, so type each "
+            "one again (or apply the whole configuration from a file that has them)"
+        )
+    data = load_text(document)
+    plugins = data.get("plugins") if isinstance(data, dict) else None
+    if (
+        not isinstance(data, dict)
+        or set(data) - {"_format_version", "plugins"}
+        or not isinstance(plugins, list)
+        or len(plugins) != 1
+        or not isinstance(plugins[0], dict)
+    ):
+        raise InvalidArgument(
+            "this form edits one plugin: keep _format_version and one plugins entry"
+        )
+    entry = plugins[0]
+    for name in ("name", "service", "route", "consumer"):
+        stored = plugin["plugin_name"] if name == "name" else plugin.get(name, "")
+        stored = str(stored).rsplit("/", 1)[-1]
+        if str(entry.get(name) or "") != stored:
+            raise InvalidArgument(
+                f"this form edits plugin {plugin['plugin_name']} where it is: {name} must stay "
+                f"{stored!r} (apply a new plugin from Gateway > Apply)"
+            )
+
+
+def _plugin_context(plugin: dict[str, Any], *, document: str) -> dict[str, Any]:
+    return {
+        "plugin": plugin,
+        "document": document,
+        "diff": "",
+        "changes": [],
+        "notes": [],
+        "previewed": False,
+        "applied": False,
+        "config_version": "",
+        "error": "",
+        "title": f"Plugin {plugin.get('plugin_name', '')}",
+        "no_twin": True,
+    }
