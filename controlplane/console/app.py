@@ -546,12 +546,8 @@ class Console:
             "ListPortalTokens",
             customers_pb2.ListPortalTokensRequest(parent=name, page_size=1000),
         )
-        plans = await api.call(
-            "catalog", "ListPlans", catalog_pb2.ListPlansRequest(page_size=1000)
-        )
-        active = sorted(
-            {p.key for p in plans.plans if p.state == catalog_pb2.PLAN_STATE_ACTIVE}
-        )
+        plans = await api.call("catalog", "ListPlans", catalog_pb2.ListPlansRequest(page_size=1000))
+        active = sorted({p.key for p in plans.plans if p.state == catalog_pb2.PLAN_STATE_ACTIVE})
         return "customer.html", {
             "plans": active,
             "customer": to_json(customer),
@@ -925,18 +921,26 @@ class Console:
 
         return await self._change(request, run)
 
-    async def _plugin_yaml(self, api: ConsoleApi, id: str) -> tuple[Any, str]:
-        plugin = await api.call(
-            "gateway", "GetPlugin", gateway_pb2.GetPluginRequest(name=f"plugins/{id}")
+    async def _plugin_yaml(self, api: ConsoleApi, id: str) -> tuple[dict[str, Any], str]:
+        """The plugin and its document: for an admin, the plugin with the entities it names
+        as ``meterline dump`` writes them (so apply validates it alone and changes only what
+        was edited); for a read token, the plugin alone (secrets redacted)."""
+        plugin = to_json(
+            await api.call(
+                "gateway", "GetPlugin", gateway_pb2.GetPluginRequest(name=f"plugins/{id}")
+            )
         )
-        return plugin, plugin_document(to_json(plugin))
+        if not api.principal.can_change:
+            return plugin, plugin_document(plugin)
+        exported = await api.call("gateway", "ExportConfig", gateway_pb2.ExportConfigRequest())
+        return plugin, plugin_edit_document(exported.document, plugin)
 
     async def plugin_form(self, request: Request) -> Response:
         return await self._render(request, self._plugin_page, as_json=False, portal=False)
 
     async def _plugin_page(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
         plugin, document = await self._plugin_yaml(api, request.path_params["id"])
-        return "plugin.html", _plugin_context(to_json(plugin), document=document)
+        return "plugin.html", _plugin_context(plugin, document=document)
 
     async def edit_plugin(self, request: Request) -> Response:
         """One plugin as YAML: preview (the same validation as ``meterline apply`` and a diff
@@ -949,7 +953,7 @@ class Console:
             plugin, original = await self._plugin_yaml(api, id)
             document = form.get("document", "").replace("\r\n", "\n")
             preview = form.get("mode") != "apply"
-            context = _plugin_context(to_json(plugin), document=document)
+            context = _plugin_context(plugin, document=document)
             context["diff"] = "".join(
                 difflib.unified_diff(
                     original.splitlines(keepends=True),
@@ -962,7 +966,7 @@ class Console:
             )
             status = 200
             try:
-                check_plugin_document(document, to_json(plugin))
+                check_plugin_document(document, original, plugin)
                 answer = await api.call(
                     "gateway",
                     "ApplyConfig",
@@ -1306,40 +1310,97 @@ def plugin_document(plugin: dict[str, Any]) -> str:
             entry[scope] = str(plugin[scope]).rsplit("/", 1)[-1]
     entry["enabled"] = bool(plugin.get("enabled"))
     entry.update(plugin.get("attributes") or {})
-    entry["config"] = plugin.get("config") or {}
+    # Sorted keys: the same plugin always reads the same, so the diff shows only edits.
+    entry["config"] = _sorted(_whole_numbers(plugin.get("config") or {}))
     return yaml.safe_dump(
         {"_format_version": "3.0", "plugins": [entry]}, sort_keys=False, allow_unicode=True
     )
 
 
-def check_plugin_document(document: str, plugin: dict[str, Any]) -> None:
-    """InvalidArgument unless ``document`` is still this one plugin, with no redacted secret."""
-    if REDACTED in document:
+def _whole_numbers(value: Any) -> Any:
+    """A Struct's numbers are doubles: 600.0 is written back as the 600 the file had."""
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _scope(entry: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(
+        str(entry.get(k) or "").rsplit("/", 1)[-1] for k in ("service", "route", "consumer")
+    )
+
+
+def plugin_edit_document(exported: str, plugin: dict[str, Any]) -> str:
+    """From ``meterline dump``'s document: the plugin and the entities it names, as they are."""
+    data = yaml.safe_load(exported) or {}
+    scope = _scope(plugin)
+    service, route, consumer = scope
+    routes = [r for r in data.get("routes") or [] if route and r.get("name") == route]
+    services_named = {service} | {str(r.get("service") or "") for r in routes}
+    document: dict[str, Any] = {"_format_version": data.get("_format_version", "3.0")}
+    for kind, keep in (
+        ("services", [s for s in data.get("services") or [] if s.get("name") in services_named]),
+        ("routes", routes),
+        (
+            "consumers",
+            [c for c in data.get("consumers") or [] if consumer and c.get("username") == consumer],
+        ),
+        (
+            "plugins",
+            [
+                p
+                for p in data.get("plugins") or []
+                if p.get("name") == plugin["plugin_name"] and _scope(p) == scope
+            ],
+        ),
+    ):
+        if keep:
+            document[kind] = keep
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+
+
+def check_plugin_document(document: str, original: str, plugin: dict[str, Any]) -> None:
+    """InvalidArgument unless ``document`` edits this one plugin only, secrets typed in."""
+    if "${{" in document or REDACTED in document:
         raise InvalidArgument(
-            f"the document still holds {REDACTED} values: secrets are never shown, so type each "
-            "one again (or apply the whole configuration from a file that has them)"
+            'secrets are never shown: replace each ${{ env "DECK_..." }} reference (or '
+            f"{REDACTED}) with the value itself, or apply the whole configuration from a file"
         )
     data = load_text(document)
+    before = yaml.safe_load(original) or {}
     plugins = data.get("plugins") if isinstance(data, dict) else None
     if (
         not isinstance(data, dict)
-        or set(data) - {"_format_version", "plugins"}
+        or set(data) != set(before)
         or not isinstance(plugins, list)
         or len(plugins) != 1
         or not isinstance(plugins[0], dict)
     ):
-        raise InvalidArgument(
-            "this form edits one plugin: keep _format_version and one plugins entry"
-        )
-    entry = plugins[0]
-    for name in ("name", "service", "route", "consumer"):
-        stored = plugin["plugin_name"] if name == "name" else plugin.get(name, "")
-        stored = str(stored).rsplit("/", 1)[-1]
-        if str(entry.get(name) or "") != stored:
+        raise InvalidArgument("this form edits one plugin: keep the document's sections as shown")
+    for kind in ("services", "routes", "consumers"):
+        if data.get(kind) != before.get(kind):
             raise InvalidArgument(
-                f"this form edits plugin {plugin['plugin_name']} where it is: {name} must stay "
-                f"{stored!r} (apply a new plugin from Gateway > Apply)"
+                f"this form edits the plugin only: {kind} must stay as shown "
+                "(change them from Gateway > Apply)"
             )
+    entry = plugins[0]
+    if entry.get("name") != plugin["plugin_name"] or _scope(entry) != _scope(plugin):
+        raise InvalidArgument(
+            f"this form edits plugin {plugin['plugin_name']} where it is: its name, service, "
+            "route and consumer must stay (apply a new plugin from Gateway > Apply)"
+        )
 
 
 def _plugin_context(plugin: dict[str, Any], *, document: str) -> dict[str, Any]:

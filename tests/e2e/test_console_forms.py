@@ -31,6 +31,7 @@ from meterline.admin.v1 import (
 )
 from support.processes import Processes, free_port, http_ready, meterline, wait_until
 
+SECRET = re.compile(r'\$\{\{ env "DECK_[A-Z0-9_]+" \}\}')
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -260,44 +261,47 @@ def test_plugin_yaml_edit_shows_a_diff_then_applies(
     page.click("a[data-edit=ai-proxy]")
     page.wait_for_url(re.compile(r"/gateway/plugins/[^/]+/edit$"))
     document = page.input_value("#document")
-    assert "<redacted>" in document and "sk-upstream-secret" not in page.content()
+    # The provider key is an env reference, as `meterline dump` writes it; never the key.
+    assert SECRET.search(document) and "sk-upstream-secret" not in page.content()
     # Redacted secrets are refused: they are never shown, so they must be typed again.
-    edited = document.replace("output_cost: 600", "output_cost: 700")
+    # Prices are exact decimal strings, as apply stored them.
+    assert re.search(r"^ +output_cost: '600'$", document, re.M), document
+    edited = document.replace("output_cost: '600'", "output_cost: '700.5'")
     page.fill("#document", edited)
     page.click("#preview-changes")
     assert "redacted" in page.inner_text("#apply-error")
     # Moving the plugin elsewhere is refused: the form edits this one plugin.
     page.fill(
         "#document",
-        edited.replace("<redacted>", "Bearer sk-new").replace(
-            "service: ai-service", "service: other"
-        ),
+        SECRET.sub("Bearer sk-new", edited).replace("service: ai-service", "service: other"),
     )
     page.click("#preview-changes")
     assert "must stay" in page.inner_text("#apply-error")
     # A bad value gets apply's own validation error, and nothing changes.
     page.fill(
         "#document",
-        edited.replace("<redacted>", "Bearer sk-new").replace(
+        SECRET.sub("Bearer sk-new", edited).replace(
             "route_type: llm/v1/chat", "route_type: llm/v9/nothing"
         ),
     )
     page.click("#preview-changes")
     assert page.locator("#apply-error").is_visible()
     # The preview shows the diff and the change; nothing is stored until applied.
-    page.fill("#document", edited.replace("<redacted>", "Bearer sk-new"))
+    page.fill("#document", SECRET.sub("Bearer sk-new", edited))
     page.click("#preview-changes")
     diff = page.inner_text("#diff")
-    assert "-          output_cost: 600" in diff and "+          output_cost: 700" in diff
-    assert any("plugin ai-proxy" in c for c in page.locator("#changes li").all_inner_texts())
+    assert re.search(r"^- +output_cost: '600'$", diff, re.M), diff
+    assert re.search(r"^\+ +output_cost: '700.5'$", diff, re.M), diff
+    changes = page.locator("#changes li").all_inner_texts()
+    assert any("plugin ai-proxy" in c for c in changes), changes
     plugins = _gateway(stack).ListPlugins(gateway_pb2.ListPluginsRequest()).plugins
     (proxy,) = [p for p in plugins if p.plugin_name == "ai-proxy"]
-    assert proxy.config["model"]["options"]["output_cost"] == 600
+    assert proxy.config["model"]["options"]["output_cost"] == "600"
     page.click("#apply-changes")
     assert page.inner_text("#config-version").startswith("sha256:")
     plugins = _gateway(stack).ListPlugins(gateway_pb2.ListPluginsRequest()).plugins
     (proxy,) = [p for p in plugins if p.plugin_name == "ai-proxy"]
-    assert proxy.config["model"]["options"]["output_cost"] == 700
+    assert proxy.config["model"]["options"]["output_cost"] == "700.5"
     # Back to the original key for the other tests.
     page.fill(
         "#document",
@@ -346,13 +350,17 @@ def test_subscription_change_plan_and_cancel(
     page.wait_for_url(re.compile(r"\?done=change-plan$"))
     now_running = [s for s in _subscriptions(stack) if not s.HasField("end_time")]
     assert [s.plan for s in now_running] == ["plans/scale/versions/1"]
-    # Cancel at the period's end: an end time is set, at the period's end.
+    # Cancel at the period's end: the end is a whole period after the billing anchor.
     row = page.locator(f"tr[data-subscription='{now_running[0].id}']")
     row.locator("select[name=timing]").select_option("period_end")
     row.locator("button:text('Cancel')").click()
     page.wait_for_url(re.compile(r"\?done=cancel$"))
     (ended,) = [s for s in _subscriptions(stack) if s.id == now_running[0].id]
-    assert ended.HasField("end_time") and ended.end_time.ToDatetime().day == 1
+    anchor = ended.billing_anchor_time.ToDatetime()
+    end = ended.end_time.ToDatetime()
+    assert ended.HasField("end_time") and end > anchor
+    assert (end.day, end.time()) == (anchor.day, anchor.time())
+    assert (end.year * 12 + end.month) - (anchor.year * 12 + anchor.month) == 1
     admin.close()
 
 
