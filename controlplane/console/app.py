@@ -43,6 +43,7 @@ from controlplane.console import usage
 from controlplane.console.api import ConsoleApi, Forbidden, Servicers, to_json
 from controlplane.console.auth import Kind, Principal, operator_principal
 from controlplane.console.sessions import Session, SessionStore, csrf_ok
+from controlplane.customers import storage as customer_storage
 from controlplane.declarative.load import load_text
 from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.invoicing import totals
@@ -50,6 +51,7 @@ from controlplane.portal import service as portal_service
 from controlplane.portal import storage as portal_storage
 from controlplane.portal.types import PORTAL_TOKEN_PREFIX
 from controlplane.storage.db import Database
+from controlplane.usage.storage import llm_dimensions_match
 from meterline.admin.v1 import (
     billing_pb2,
     catalog_pb2,
@@ -469,31 +471,46 @@ class Console:
             raise InvalidArgument(f"window must be hour or day, got {window!r}")
         costs = await usage.route_costs(api)
         period = await usage.span_usage(api, start=start, end=now, window=window, costs=costs)
-        billed = await self._billed(api)
+        top, by_subject_chart = await usage.top_subjects(
+            api, start=start, end=now, window=window, costs=costs, top=TOP_CUSTOMERS
+        )
+        open_totals = await self._open_totals(api)
+        billed = {c: str(v) for c, v in sorted(open_totals.by_currency.items())}
         margin = {
             currency: str(Decimal(amount) - (period.provider_cost if currency == "USD" else 0))
             for currency, amount in billed.items()
         }
+        features = await api.call(
+            "catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)
+        )
+        owners = await asyncio.to_thread(self._owners, [e["subject"] for e in top])
+        customers, by_customer_chart = _by_customer(top, by_subject_chart, owners, open_totals)
         return "overview.html", {
             "period": {"start": start.isoformat(), "end": now.isoformat()},
             **period.to_json(),
             "billed": billed,
             "margin": margin,
+            "chart_by_customer": by_customer_chart,
+            "margin_by_customer": customers,
+            "margin_by_model": _margin_by_model(period, open_totals),
+            "margin_by_feature": _margin_by_feature(period, open_totals, features.features),
             "title": "Overview",
         }
 
-    async def _billed(self, api: ConsoleApi) -> dict[str, str]:
-        """Every customer's open invoice now, summed per currency: exactly the sum of their
-        previews, previewing only customers with usage or credits one by one
-        (``invoicing.totals``)."""
+    def _owners(self, subjects: list[str]) -> dict[str, str]:
+        with self.db.begin() as conn:
+            return customer_storage.customers_of_subjects(conn, subjects)
+
+    async def _open_totals(self, api: ConsoleApi) -> totals.OpenTotals:
+        """Every customer's open invoice now: exactly the sum of their previews, previewing
+        only customers with usage or credits one by one (``invoicing.totals``)."""
         if not api.principal.may_call("PreviewInvoice"):
             raise Forbidden(f"{api.principal.name!r} may not call PreviewInvoice")
         at = self.clock.now()
 
-        def compute() -> dict[str, str]:
+        def compute() -> totals.OpenTotals:
             with self.db.begin() as conn:
-                found = totals.open_totals(conn, at=at)
-            return {c: str(v) for c, v in sorted(found.by_currency.items())}
+                return totals.open_totals(conn, at=at)
 
         return await asyncio.to_thread(compute)
 
@@ -1417,3 +1434,98 @@ def _plugin_context(plugin: dict[str, Any], *, document: str) -> dict[str, Any]:
         "title": f"Plugin {plugin.get('plugin_name', '')}",
         "no_twin": True,
     }
+
+
+TOP_CUSTOMERS = 5
+
+
+def _by_customer(
+    top: list[dict[str, Any]],
+    chart: dict[str, Any],
+    owners: dict[str, str],
+    found: totals.OpenTotals,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The top subjects as their customers: tokens, provider cost, billed (the customer's open
+    invoice), margin (USD: billed - provider cost); the chart's series per customer."""
+    rows: dict[str, dict[str, Any]] = {}
+    for entry in top:
+        customer = owners.get(entry["subject"], "")
+        label = customer or f"({entry['subject']})"
+        row = rows.setdefault(
+            label, {"customer": customer, "tokens": 0, "provider_cost": Decimal(0)}
+        )
+        row["tokens"] += entry["tokens"]
+        row["provider_cost"] += entry["provider_cost"]
+    result = []
+    for label, row in sorted(rows.items(), key=lambda item: -item[1]["tokens"]):
+        currency, amount = found.by_customer.get(row["customer"], ("", None))
+        result.append(
+            {
+                "customer": label,
+                "tokens": row["tokens"],
+                "provider_cost": str(row["provider_cost"]),
+                "billed": str(amount) if amount is not None else "",
+                "currency": currency,
+                "margin": (
+                    str(amount - row["provider_cost"])
+                    if amount is not None and currency == "USD"
+                    else ""
+                ),
+            }
+        )
+    series: dict[str, list[int]] = {}
+    for subject, values in chart["series"].items():
+        label = owners.get(subject) or f"({subject})"
+        if label in series:
+            series[label] = [a + b for a, b in zip(series[label], values, strict=True)]
+        else:
+            series[label] = list(values)
+    return result, {**chart, "series": dict(sorted(series.items()))}
+
+
+def _margin_by_model(period: usage.Usage, found: totals.OpenTotals) -> list[dict[str, Any]]:
+    """Per model: provider cost, and billed where lines price models (model_list prices)."""
+    rows = []
+    for model in period.models:
+        billed = found.by_model.get(("USD", model["model"]))
+        cost = Decimal(model["provider_cost"])
+        rows.append(
+            {
+                "model": model["model"],
+                "provider_cost": str(cost),
+                "billed": str(billed) if billed is not None else "",
+                "margin": str(billed - cost) if billed is not None else "",
+            }
+        )
+    return rows
+
+
+def _margin_by_feature(
+    period: usage.Usage, found: totals.OpenTotals, features: Any
+) -> list[dict[str, Any]]:
+    """Per feature (or rate card) on the open invoices: billed, and the provider cost of the
+    tokens it bills (llm_tokens features: billable requests matching its filters)."""
+    filters = {f.key: (f.meter.rsplit("/", 1)[-1], dict(f.filters)) for f in features}
+    rows = []
+    for (currency, key), billed in sorted(found.by_feature.items()):
+        meter, wanted = filters.get(key, ("", {}))
+        cost: Decimal | None = None
+        if currency == "USD" and meter == "llm_tokens":
+            cost = sum(
+                (
+                    g.cost
+                    for g in period.groups
+                    if llm_dimensions_match(g.dimensions, wanted, billable_only=True)
+                ),
+                Decimal(0),
+            )
+        rows.append(
+            {
+                "feature": key,
+                "currency": currency,
+                "billed": str(billed),
+                "provider_cost": str(cost) if cost is not None else "",
+                "margin": str(billed - cost) if cost is not None else "",
+            }
+        )
+    return rows

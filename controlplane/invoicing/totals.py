@@ -34,7 +34,7 @@ from controlplane.catalog import storage as catalog
 from controlplane.catalog.types import Plan
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.invoicing import lifecycle
-from controlplane.invoicing.types import InvoiceState
+from controlplane.invoicing.types import Invoice, InvoiceState
 from controlplane.storage import schema as s
 from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.periods import billing_period
@@ -69,12 +69,25 @@ class OpenTotals:
     by_currency: dict[str, Decimal] = field(default_factory=dict)
     # customer -> (currency, total) for the customers previewed one by one.
     by_customer: dict[str, tuple[str, Decimal]] = field(default_factory=dict)
+    # (currency, feature key or rate card key) and (currency, model): their lines' amounts.
+    by_feature: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    by_model: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     customers: int = 0  # customers with an invoice counted
     previews: int = 0  # previews computed
 
-    def add(self, currency: str, total: Decimal, times: int = 1) -> None:
-        self.by_currency[currency] = self.by_currency.get(currency, Decimal(0)) + total * times
+    def add(self, invoice: Invoice, times: int = 1) -> None:
+        currency = invoice.currency
+        self.by_currency[currency] = (
+            self.by_currency.get(currency, Decimal(0)) + invoice.total * times
+        )
         self.customers += times
+        for line in invoice.lines:
+            amount = line.amount * times
+            key = (currency, line.feature or line.rate_card)
+            self.by_feature[key] = self.by_feature.get(key, Decimal(0)) + amount
+            if line.model:
+                key = (currency, line.model)
+                self.by_model[key] = self.by_model.get(key, Decimal(0)) + amount
 
 
 def subjects_with_events(conn: Connection) -> set[str]:
@@ -144,13 +157,12 @@ def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
     touched = touched_customers(conn, at=at)
     totals = OpenTotals()
 
-    def preview(customer: str) -> tuple[str, Decimal] | None:
+    def preview(customer: str) -> Invoice | None:
         totals.previews += 1
         try:
-            invoice = lifecycle.preview_invoice(conn, customer=customer, at=at)
+            return lifecycle.preview_invoice(conn, customer=customer, at=at)
         except (NotFound, FailedPrecondition):
             return None
-        return invoice.currency, invoice.total
 
     subscribed: set[str] = set()
     for chunk in _chunks(sorted(touched), 1000):
@@ -159,8 +171,8 @@ def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
     for customer in sorted(subscribed):
         found = preview(customer)
         if found is not None:
-            totals.by_customer[customer] = found
-            totals.add(*found)
+            totals.by_customer[customer] = (found.currency, found.total)
+            totals.add(found)
 
     # signature -> [customers it counts, one of them]
     groups: dict[tuple[tuple[object, ...], ...], list[Any]] = {}
@@ -223,5 +235,5 @@ def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
     for n, member in groups.values():
         found = preview(member)
         if found is not None:
-            totals.add(found[0], found[1], n)
+            totals.add(found, n)
     return totals
