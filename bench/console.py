@@ -40,6 +40,7 @@ PAGES = [
     "/gateway",
     "/catalog",
     "/usage?meter=llm_tokens&group_by=model&window=day",
+    "/alerts",
     "/portal/customers/big",
 ]
 

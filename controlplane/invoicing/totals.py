@@ -130,7 +130,7 @@ def _signature(
 ) -> tuple[tuple[object, ...], ...]:
     """What an untouched customer's preview at ``at`` depends on: per subscription that serves
     some of its period at ``at``, the plan version, that period and the part of it served."""
-    parts = []
+    parts: list[tuple[object, ...]] = []
     for sub in subs:
         plan = plans[(sub.plan_key, sub.plan_version)]
         start, end = billing_period(anchor=sub.anchor, cadence=plan.billing_cadence, at=at)

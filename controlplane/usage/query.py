@@ -85,11 +85,17 @@ def _raw_points(
 ) -> Iterator[Point]:
     if start is not None and end is not None and end <= start:
         return
+    # Every subject's events of a part of one hour (a span's edge): only the subjects that hour's
+    # rollups name, so the (subject, time) index is probed, not scanned whole.
+    hour = floor_time(start, WindowSize.HOUR) if start is not None else None
+    one_hour = hour is not None and end is not None and end <= hour + HOUR
     if meter.compiled is None:
         t = s.usage_events
         query = select(t.c.subject, t.c.time, t.c.tokens, *token_storage.DIMENSION_COLUMNS.values())
         if subjects:
             query = query.where(t.c.subject.in_(list(subjects)))
+        elif one_hour and hour is not None:
+            query = query.where(t.c.subject.in_(rollups.subjects_in_hour(LLM_TOKENS, hour)))
         if start is not None:
             query = query.where(t.c.time >= start)
         if end is not None:
@@ -106,6 +112,8 @@ def _raw_points(
     )
     if subjects:
         query = query.where(e.c.subject.in_(list(subjects)))
+    elif one_hour and hour is not None:
+        query = query.where(e.c.subject.in_(rollups.subjects_in_hour(rollups.EVENTS, hour)))
     if start is not None:
         query = query.where(e.c.time >= start)
     if end is not None:

@@ -411,6 +411,20 @@ def grouped_rows(
     return found
 
 
+def subjects_in_hour(meter: str, hour: datetime) -> Any:
+    """SQL: the subjects with rollups of ``meter`` in the UTC hour starting at ``hour``.
+
+    Raw events are indexed by subject first (then time): a read of one partial hour for every
+    subject names these, so it probes the index per subject instead of scanning all of it.
+    """
+    return (
+        select(r.c.subject)
+        .where(r.c.meter == meter, r.c.bucket == hour)
+        .distinct()
+        .scalar_subquery()
+    )
+
+
 def delete_meter(conn: Connection, meter: str) -> None:
     conn.execute(r.delete().where(r.c.meter == meter))
 
