@@ -470,19 +470,20 @@ class Console:
         if window not in usage.WINDOWS:
             raise InvalidArgument(f"window must be hour or day, got {window!r}")
         costs = await usage.route_costs(api)
-        period = await usage.span_usage(api, start=start, end=now, window=window, costs=costs)
-        top, by_subject_chart = await usage.top_subjects(
-            api, start=start, end=now, window=window, costs=costs, top=TOP_CUSTOMERS
+        # Independent reads, each in its own transaction (threads): their database time overlaps.
+        period, (top, by_subject_chart), open_totals, features = await asyncio.gather(
+            usage.span_usage(api, start=start, end=now, window=window, costs=costs),
+            usage.top_subjects(
+                api, start=start, end=now, window=window, costs=costs, top=TOP_CUSTOMERS
+            ),
+            self._open_totals(api),
+            api.call("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)),
         )
-        open_totals = await self._open_totals(api)
         billed = {c: str(v) for c, v in sorted(open_totals.by_currency.items())}
         margin = {
             currency: str(Decimal(amount) - (period.provider_cost if currency == "USD" else 0))
             for currency, amount in billed.items()
         }
-        features = await api.call(
-            "catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)
-        )
         owners = await asyncio.to_thread(self._owners, [e["subject"] for e in top])
         customers, by_customer_chart = _by_customer(top, by_subject_chart, owners, open_totals)
         return "overview.html", {
@@ -1199,31 +1200,40 @@ class Console:
         now = self.clock.now()
         start = usage.month_start(now)
         costs: dict[str, usage.RouteCost] = {}
-        used = await usage.span_usage(
-            api, start=start, end=now, subjects=list(customer.subjects), costs=costs
-        )
-        try:
-            preview = to_json(
-                await api.unchecked(
-                    "billing", "PreviewInvoice", billing_pb2.PreviewInvoiceRequest(customer=name)
+
+        async def preview() -> dict[str, Any] | None:
+            try:
+                return to_json(
+                    await api.unchecked(
+                        "billing",
+                        "PreviewInvoice",
+                        billing_pb2.PreviewInvoiceRequest(customer=name),
+                    )
                 )
-            )
-        except (NotFound, FailedPrecondition):
-            preview = None
-        entitlements = await api.unchecked(
-            "entitlements",
-            "ListEntitlements",
-            entitlements_pb2.ListEntitlementsRequest(customer=name),
-        )
-        invoices = await api.unchecked(
-            "billing",
-            "ListInvoices",
-            billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
-        )
-        budgets = await api.unchecked(
-            "entitlements",
-            "ListBudgets",
-            entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
+            except (NotFound, FailedPrecondition):
+                return None
+
+        # Independent reads, each in its own transaction (threads): their database time overlaps.
+        used, preview_json, entitlements, invoices, budgets = await asyncio.gather(
+            usage.span_usage(
+                api, start=start, end=now, subjects=list(customer.subjects), costs=costs
+            ),
+            preview(),
+            api.unchecked(
+                "entitlements",
+                "ListEntitlements",
+                entitlements_pb2.ListEntitlementsRequest(customer=name),
+            ),
+            api.unchecked(
+                "billing",
+                "ListInvoices",
+                billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
+            ),
+            api.unchecked(
+                "entitlements",
+                "ListBudgets",
+                entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
+            ),
         )
         usage_json = used.to_json()
         # A customer sees its tokens, never its provider's cost.
@@ -1235,9 +1245,11 @@ class Console:
             "period": {"start": start.isoformat(), "end": now.isoformat()},
             "usage": usage_json,
             "cost_so_far": (
-                {"amount": preview["total"], "currency": preview["currency"]} if preview else None
+                {"amount": preview_json["total"], "currency": preview_json["currency"]}
+                if preview_json
+                else None
             ),
-            "preview": preview,
+            "preview": preview_json,
             "entitlements": [to_json(e) for e in entitlements.entitlements],
             "budgets": [to_json(b) for b in budgets.budgets],
             "invoices": [
