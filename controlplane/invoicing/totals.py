@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, case, func, select, text
 
 from controlplane.catalog import storage as catalog
 from controlplane.catalog.types import Plan
@@ -36,7 +36,6 @@ from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.invoicing import lifecycle
 from controlplane.invoicing.types import Invoice, InvoiceState
 from controlplane.storage import schema as s
-from controlplane.subscriptions import storage as subscriptions
 from controlplane.subscriptions.periods import billing_period
 from controlplane.subscriptions.types import Subscription
 from controlplane.usage import rollups
@@ -145,6 +144,22 @@ def _signature(
     return tuple(sorted(parts, key=repr))
 
 
+def _untouched_member(
+    conn: Connection, shape: tuple[Any, ...], values: tuple[Any, ...], out: set[str]
+) -> str:
+    """A customer with this one subscription shape, not among ``out`` (touched ones)."""
+    t = s.subscriptions
+    alone = select(t.c.customer).group_by(t.c.customer).having(func.count() == 1)
+    found: str = conn.execute(
+        select(func.min(t.c.customer)).where(
+            *(c == v if v is not None else c.is_(None) for c, v in zip(shape, values, strict=True)),
+            t.c.customer.in_(alone),
+            t.c.customer.not_in(sorted(out)),
+        )
+    ).scalar_one()
+    return found
+
+
 def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
     """The sum of every customer's invoice preview at ``at`` (see the module docstring).
 
@@ -164,15 +179,22 @@ def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
         except (NotFound, FailedPrecondition):
             return None
 
-    subscribed: set[str] = set()
+    # Touched customers' subscriptions (index lookups): they are previewed one by one, and the
+    # ones with a single subscription are taken out of the SQL groups below again.
+    shape = (t.c.plan_key, t.c.plan_version, t.c.billing_anchor, t.c.start_time, t.c.end_time)
+    touched_subs: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for chunk in _chunks(sorted(touched), 1000):
-        query = select(t.c.customer).where(t.c.customer.in_(chunk)).distinct()
-        subscribed.update(conn.execute(query).scalars())
-    for customer in sorted(subscribed):
+        for row in conn.execute(select(t.c.customer, *shape).where(t.c.customer.in_(chunk))):
+            touched_subs[row[0]].append(tuple(row[1:]))
+    for customer in sorted(touched_subs):
         found = preview(customer)
         if found is not None:
             totals.by_customer[customer] = (found.currency, found.total)
             totals.add(found)
+    touched_shapes: dict[tuple[Any, ...], set[str]] = defaultdict(set)
+    for customer, shapes in touched_subs.items():
+        if len(shapes) == 1:
+            touched_shapes[shapes[0]].add(customer)
 
     # signature -> [customers it counts, one of them]
     groups: dict[tuple[tuple[object, ...], ...], list[Any]] = {}
@@ -182,48 +204,22 @@ def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
         group[0] += n
         group[1] = min(group[1], member)
 
-    single = select(t.c.customer).group_by(t.c.customer).having(func.count() == 1)
-    several = select(t.c.customer).group_by(t.c.customer).having(func.count() > 1)
-    by_customer: dict[str, list[Subscription]] = defaultdict(list)
-    for sub in subscriptions.list_subscriptions_where(conn, t.c.customer.in_(several)):
-        if sub.customer not in touched:
-            by_customer[sub.customer].append(sub)
-    for customer, subs in by_customer.items():
-        count(_signature(subs, plans, at), 1, customer)
-
-    shape = (t.c.plan_key, t.c.plan_version, t.c.billing_anchor, t.c.start_time, t.c.end_time)
-    rows = conn.execute(
-        select(*shape, func.count(), func.min(t.c.customer))
-        .where(t.c.customer.in_(single))
-        .group_by(*shape)
-    ).all()
-    # Touched customers are in those counts: take them out again.
-    touched_shapes: dict[tuple[Any, ...], set[str]] = defaultdict(set)
-    for chunk in _chunks(sorted(touched), 1000):
-        query = select(*shape, t.c.customer).where(
-            t.c.customer.in_(chunk), t.c.customer.in_(single)
+    # One pass: customers with one subscription grouped by its shape (id NULL), the
+    # subscriptions of customers with several one row each (with their id).
+    per_customer = func.count().over(partition_by=t.c.customer).label("n")
+    inner = select(t.c.id, t.c.customer, *shape, per_customer).subquery()
+    alone = inner.c.n == 1
+    one_id = case((alone, None), else_=inner.c.id)
+    inner_shape = [inner.c[c.name] for c in shape]
+    rows: list[Any] = conn.execute(
+        select(one_id, *inner_shape, func.count(), func.min(inner.c.customer)).group_by(
+            one_id, *inner_shape
         )
-        for row in conn.execute(query):
-            touched_shapes[tuple(row[:5])].add(row[5])
-    for key, plan_version, anchor, start_time, end_time, n, first in rows:
-        shape_key = (key, plan_version, anchor, start_time, end_time)
-        out = touched_shapes.get(shape_key, set())
-        n -= len(out)
-        if not n:
-            continue
-        if first in out:
-            first = conn.execute(
-                select(func.min(t.c.customer)).where(
-                    *(
-                        c == v if v is not None else c.is_(None)
-                        for c, v in zip(shape, shape_key, strict=True)
-                    ),
-                    t.c.customer.in_(single),
-                    t.c.customer.not_in(sorted(out)),
-                )
-            ).scalar_one()
+    ).all()  # type: ignore[assignment]
+    several: dict[str, list[Subscription]] = defaultdict(list)
+    for sub_id, key, plan_version, anchor, start_time, end_time, n, first in rows:
         sub = Subscription(
-            id="",
+            id=sub_id or "",
             customer=first,
             plan_key=key,
             plan_version=plan_version,
@@ -231,7 +227,21 @@ def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
             end_time=end_time,
             billing_anchor=anchor,
         )
+        if sub_id is not None:
+            if first not in touched:
+                several[first].append(sub)
+            continue
+        shape_key = (key, plan_version, anchor, start_time, end_time)
+        out = touched_shapes.get(shape_key, set())
+        n -= len(out)
+        if not n:
+            continue
+        if first in out:
+            first = _untouched_member(conn, shape, shape_key, out)
+            sub = replace(sub, customer=first)
         count(_signature([sub], plans, at), n, first)
+    for customer, subs in several.items():
+        count(_signature(subs, plans, at), 1, customer)
     for n, member in groups.values():
         found = preview(member)
         if found is not None:

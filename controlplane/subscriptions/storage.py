@@ -35,13 +35,6 @@ def list_subscriptions(conn: Connection, customer: str | None = None) -> list[Su
     return [_subscription(r) for r in conn.execute(query)]
 
 
-def list_subscriptions_where(conn: Connection, *where: Any) -> list[Subscription]:
-    """Subscriptions matching SQL conditions on ``subscriptions`` (by start time)."""
-    t = s.subscriptions
-    query = select(t).where(*where).order_by(t.c.start_time, t.c.id)
-    return [_subscription(r) for r in conn.execute(query)]
-
-
 def get_subscription(conn: Connection, id: str) -> Subscription:
     row = conn.execute(select(s.subscriptions).where(s.subscriptions.c.id == id)).first()
     if row is None:

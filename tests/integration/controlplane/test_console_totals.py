@@ -23,6 +23,7 @@ from controlplane.invoicing.preview import preview_invoice
 from controlplane.invoicing.totals import open_totals
 from controlplane.storage import schema as s
 from controlplane.storage.db import Database
+from controlplane.subscriptions.storage import list_subscriptions
 from controlplane.usage import rollups
 from controlplane.usage.aggregate import Grouper, WindowSize
 from controlplane.usage.meters import MeterAggregation
@@ -54,6 +55,13 @@ billing:
               - {up_to: "1000", unit_price: "0.004"}
               - {unit_price: "0.002"}
           commitments: {minimum_amount: "10"}
+    - key: plus
+      name: Plus
+      currency: USD
+      billing_cadence: P1M
+      rate_cards:
+        - {key: platform, price: {type: flat, amount: "99"}}
+        - {feature: input, price: {type: unit, amount: "0.000002"}}
     - key: team
       name: Team
       currency: EUR
@@ -69,6 +77,9 @@ SUBSCRIPTIONS
     - {customer: credited, amount: "7.25", key: welcome}
 """
 
+SWITCHED = (
+    "{plan: pro, start: 2026-10-01T00:00:00Z, changes: [{at: 2026-11-05T00:00:00Z, plan: plus}]}"
+)
 # customer -> subscriptions (start, end) on a plan; None: no subscription at all.
 SUBSCRIPTIONS: dict[str, list[str]] = {
     "busy": ["{plan: pro, start: 2026-11-01T00:00:00Z}"],
@@ -85,6 +96,9 @@ SUBSCRIPTIONS: dict[str, list[str]] = {
     "weekly": ["{plan: team, start: 2026-11-02T09:00:00Z}"],
     "weekly-2": ["{plan: team, start: 2026-11-09T09:00:00Z}"],
     "weekly-busy": ["{plan: team, start: 2026-11-02T09:00:00Z}"],
+    # Plan changes: two subscriptions each, the same shapes (one preview for both).
+    "switched-1": [SWITCHED],
+    "switched-2": [SWITCHED],
     "nothing": [],
 }
 
@@ -145,14 +159,17 @@ def test_billed_total_equals_the_sum_of_every_preview(db: Database) -> None:
     usage(db, "weekly-busy-app", {"input": 99_999})
     with db.begin() as conn:
         fast = open_totals(conn, at=AT)
+        # The plan changes made two subscriptions each (grouped apart from single ones).
+        assert len(list_subscriptions(conn, "switched-1")) == 2
     slow = previews_summed(db)
     assert fast.by_currency == slow
     assert set(slow) == {"USD", "EUR"} and all(v > 0 for v in slow.values())
     # Usage and credits are previewed one by one; the quiet customers once per signature:
-    # (quiet-1, quiet-2, older), (mid, mid-too), cancelled, ended, future, and (weekly,
-    # weekly-2): anchored a week apart, both in the week from 2026-11-16T09:00 at AT.
+    # (quiet-1, quiet-2, older), (mid, mid-too), cancelled, ended, future, (weekly,
+    # weekly-2): anchored a week apart, both in the week from 2026-11-16T09:00 at AT, and
+    # (switched-1, switched-2).
     assert set(fast.by_customer) == {"busy", "weekly-busy", "credited"}
-    assert fast.previews == 3 + 6
+    assert fast.previews == 3 + 7
     assert fast.customers == len(SUBSCRIPTIONS) - 3  # nothing, ended and future owe nothing
 
 
