@@ -12,7 +12,9 @@ count nothing), without previewing ten thousand customers one by one:
   usage, no credits). Two such customers whose subscriptions agree on plan version and billing
   period at ``at``, and on the part of that period they serve, get the same total: the preview
   reads a subscription's start and end only as clipped to its period (proration, minimums) and
-  for late usage (none without events). Each such *signature* is previewed once, for one of
+  for late usage (none without events); a customer with one subscription depends on those
+  times only through durations (part served, whole period: proration), so customers anchored
+  on different days share a signature. Each such *signature* is previewed once, for one of
   its customers, and counted as many times as it has customers.
 
 So the cost grows with the customers that have usage, not with the customers, and every
@@ -140,7 +142,14 @@ def _signature(
             # events, it has no late usage either). Kept apart only by what it is.
             parts.append(("idle", sub.plan_key, sub.plan_version, served_start >= end))
             continue
-        parts.append((sub.plan_key, sub.plan_version, start, end, served_start, served_end))
+        if len(subs) == 1:
+            # Alone, a subscription's invoice without usage depends on its period only through
+            # durations: the part served and the whole (proration of fees and minimums), so
+            # customers anchored on different days share a signature.
+            parts.append((sub.plan_key, sub.plan_version, served_end - served_start, end - start))
+        else:
+            # Several must share one period (else the preview refuses): keep the times.
+            parts.append((sub.plan_key, sub.plan_version, start, end, served_start, served_end))
     return tuple(sorted(parts, key=repr))
 
 

@@ -87,6 +87,8 @@ SUBSCRIPTIONS: dict[str, list[str]] = {
     "quiet-2": ["{plan: pro, start: 2026-11-01T00:00:00Z}"],
     # Started before the period: the same invoice as the quiet ones.
     "older": ["{plan: pro, start: 2026-10-01T00:00:00Z}"],
+    # Anchored on the 15th: its period (Nov 15 - Dec 15) is another, as long and as whole.
+    "anchored-15": ["{plan: pro, start: 2026-09-15T00:00:00Z}"],
     "mid": ["{plan: pro, start: 2026-11-10T06:00:00Z}"],
     "mid-too": ["{plan: pro, start: 2026-11-10T06:00:00Z}"],
     "cancelled": ["{plan: pro, start: 2026-11-01T00:00:00Z, end: 2026-11-15T00:00:00Z}"],
@@ -165,11 +167,11 @@ def test_billed_total_equals_the_sum_of_every_preview(db: Database) -> None:
     assert fast.by_currency == slow
     assert set(slow) == {"USD", "EUR"} and all(v > 0 for v in slow.values())
     # Usage and credits are previewed one by one; the quiet customers once per signature:
-    # (quiet-1, quiet-2, older), (mid, mid-too), cancelled, ended, future, (weekly,
-    # weekly-2): anchored a week apart, both in the week from 2026-11-16T09:00 at AT, and
-    # (switched-1, switched-2).
+    # (quiet-1, quiet-2, older, anchored-15: whole 30-day periods), (mid, mid-too), cancelled,
+    # (ended, future: neither serves any of its period at AT), (weekly, weekly-2: anchored a
+    # week apart, both in the week from 2026-11-16T09:00 at AT), (switched-1, switched-2).
     assert set(fast.by_customer) == {"busy", "weekly-busy", "credited"}
-    assert fast.previews == 3 + 7
+    assert fast.previews == 3 + 6
     assert fast.customers == len(SUBSCRIPTIONS) - 3  # nothing, ended and future owe nothing
 
 
