@@ -509,11 +509,7 @@ class Console:
             raise Forbidden(f"{api.principal.name!r} may not call PreviewInvoice")
         at = self.clock.now()
 
-        def compute() -> totals.OpenTotals:
-            with self.db.begin() as conn:
-                return totals.open_totals(conn, at=at)
-
-        return await asyncio.to_thread(compute)
+        return await asyncio.to_thread(totals.open_totals_concurrently, self.db, at=at)
 
     async def customers(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
         q = request.query_params.get("q", "").strip()

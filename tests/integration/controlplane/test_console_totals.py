@@ -20,7 +20,7 @@ from sqlalchemy import insert
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.gateway.apply import apply_document
 from controlplane.invoicing.preview import preview_invoice
-from controlplane.invoicing.totals import open_totals
+from controlplane.invoicing.totals import open_totals, open_totals_concurrently
 from controlplane.storage import schema as s
 from controlplane.storage.db import Database
 from controlplane.subscriptions.storage import list_subscriptions
@@ -165,6 +165,14 @@ def test_billed_total_equals_the_sum_of_every_preview(db: Database) -> None:
         assert len(list_subscriptions(conn, "switched-1")) == 2
     slow = previews_summed(db)
     assert fast.by_currency == slow
+    # The console's way: the two halves in two transactions at once, the same figures.
+    concurrent = open_totals_concurrently(db, at=AT)
+    assert (concurrent.by_currency, concurrent.by_customer, concurrent.previews) == (
+        fast.by_currency,
+        fast.by_customer,
+        fast.previews,
+    )
+    assert (concurrent.by_feature, concurrent.by_model) == (fast.by_feature, fast.by_model)
     assert set(slow) == {"USD", "EUR"} and all(v > 0 for v in slow.values())
     # Usage and credits are previewed one by one; the quiet customers once per signature:
     # (quiet-1, quiet-2, older, anchored-15: whole 30-day periods), (mid, mid-too), cancelled,
