@@ -218,6 +218,12 @@ class ControlPlane:
             usage=UsageQueryServicer(db=db, clock=self.clock, hub=self.hub),
             dataplanes=DataPlaneServicer(db=db, clock=self.clock),
             entitlements=EntitlementServicer(db=db, clock=self.clock, hub=self.hub),
+            notifications=NotificationServicer(
+                db=db,
+                clock=self.clock,
+                run_once=self.run_notifications,
+                allow_private_urls=self.notifications.allow_private_urls,
+            ),
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self.servicers.gateway, self.server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(self.servicers.catalog, self.server)
@@ -237,13 +243,7 @@ class ControlPlane:
             self.server,
         )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
-            NotificationServicer(
-                db=db,
-                clock=self.clock,
-                run_once=self.run_notifications,
-                allow_private_urls=self.notifications.allow_private_urls,
-            ),
-            self.server,
+            self.servicers.notifications, self.server
         )
         # None: no console. Its operator tokens are the gRPC API's (or, in development mode,
         # a tokens file given for the console alone).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import ColumnElement, Connection, select
@@ -35,6 +35,7 @@ from controlplane.usage.meters import (
 )
 
 HOUR = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The built-in meter's dimensions (columns of usage_events).
 LLM_DIMENSIONS = tuple(token_storage.DIMENSION_COLUMNS)
@@ -84,11 +85,17 @@ def _raw_points(
 ) -> Iterator[Point]:
     if start is not None and end is not None and end <= start:
         return
+    # Every subject's events of a part of one hour (a span's edge): only the subjects that hour's
+    # rollups name, so the (subject, time) index is probed, not scanned whole.
+    hour = floor_time(start, WindowSize.HOUR) if start is not None else None
+    one_hour = hour is not None and end is not None and end <= hour + HOUR
     if meter.compiled is None:
         t = s.usage_events
         query = select(t.c.subject, t.c.time, t.c.tokens, *token_storage.DIMENSION_COLUMNS.values())
         if subjects:
             query = query.where(t.c.subject.in_(list(subjects)))
+        elif one_hour and hour is not None:
+            query = query.where(t.c.subject.in_(rollups.subjects_in_hour(LLM_TOKENS, hour)))
         if start is not None:
             query = query.where(t.c.time >= start)
         if end is not None:
@@ -105,6 +112,8 @@ def _raw_points(
     )
     if subjects:
         query = query.where(e.c.subject.in_(list(subjects)))
+    elif one_hour and hour is not None:
+        query = query.where(e.c.subject.in_(rollups.subjects_in_hour(rollups.EVENTS, hour)))
     if start is not None:
         query = query.where(e.c.time >= start)
     if end is not None:
@@ -162,11 +171,20 @@ def _fill(
             conn, meter, subjects=subjects, start=edge_start, end=edge_end, filters=filters
         ):
             grouper.add(point)
-    for subject, bucket, dimensions, value, count in rollups.hourly_rows(
-        conn, meter=meter.key, subjects=subjects, start=first_hour, end=last_hour
+    # Combined in SQL per window, dimension set (and subject if grouped by it): the rows the
+    # database returns are few whatever the events; filters apply to the dimension sets.
+    for subject, bucket, dimensions, value, count in rollups.grouped_rows(
+        conn,
+        meter=meter.key,
+        subjects=subjects,
+        start=first_hour,
+        end=last_hour,
+        aggregation=meter.aggregation,
+        by_subject="subject" in grouper.group_by,
+        window=grouper.window.value if grouper.window is not None else None,
     ):
         if _rollup_matches(meter, dimensions, filters):
-            grouper.add_rollup(subject, bucket, dimensions, value, count)
+            grouper.add_rollup(subject, bucket or first_hour or _EPOCH, dimensions, value, count)
 
 
 def _rollup_matches(
