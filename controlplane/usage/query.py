@@ -7,10 +7,11 @@ rollup (LATEST, UNIQUE_COUNT) or the window is a minute. ``aggregate.py`` holds 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, select
 
@@ -73,6 +74,28 @@ def check_dimensions(meter: MeterView, names: Iterable[str], what: str) -> None:
             )
 
 
+def _span_clause(
+    subject: Any,
+    time: Any,
+    *,
+    subjects: Sequence[str],
+    edge_subjects: Callable[[], Sequence[str]] | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> list[ColumnElement[bool]]:
+    """The WHERE terms of a span of raw events: its subjects (or the edge hour's), its times."""
+    terms: list[ColumnElement[bool]] = []
+    if subjects:
+        terms.append(subject.in_(list(subjects)))
+    elif edge_subjects is not None:
+        terms.append(subject.in_(edge_subjects()))
+    if start is not None:
+        terms.append(time >= start)
+    if end is not None:
+        terms.append(time < end)
+    return terms
+
+
 def _raw_points(
     conn: Connection,
     meter: MeterView,
@@ -89,17 +112,26 @@ def _raw_points(
     # rollups name, so the (subject, time) index is probed, not scanned whole.
     hour = floor_time(start, WindowSize.HOUR) if start is not None else None
     one_hour = hour is not None and end is not None and end <= hour + HOUR
+    source = LLM_TOKENS if meter.compiled is None else rollups.EVENTS
+
+    def edge_subjects() -> Sequence[str]:
+        assert hour is not None
+        return list(rollups.subjects_in_hour(source, hour))
+
+    def span(subject: Any, time: Any) -> list[ColumnElement[bool]]:
+        return _span_clause(
+            subject,
+            time,
+            subjects=subjects,
+            edge_subjects=edge_subjects if one_hour else None,
+            start=start,
+            end=end,
+        )
+
     if meter.compiled is None:
         t = s.usage_events
         query = select(t.c.subject, t.c.time, t.c.tokens, *token_storage.DIMENSION_COLUMNS.values())
-        if subjects:
-            query = query.where(t.c.subject.in_(list(subjects)))
-        elif one_hour and hour is not None:
-            query = query.where(t.c.subject.in_(rollups.subjects_in_hour(LLM_TOKENS, hour)))
-        if start is not None:
-            query = query.where(t.c.time >= start)
-        if end is not None:
-            query = query.where(t.c.time < end)
+        query = query.where(*span(t.c.subject, t.c.time))
         for dimension, value in filters.items():
             query = query.where(token_storage.filter_clause(dimension, value))
         for row in conn.execute(query):
@@ -108,16 +140,8 @@ def _raw_points(
         return
     e = s.meter_events
     query = select(e.c.subject, e.c.time, e.c.data).where(
-        e.c.type == meter.compiled.meter.event_type
+        e.c.type == meter.compiled.meter.event_type, *span(e.c.subject, e.c.time)
     )
-    if subjects:
-        query = query.where(e.c.subject.in_(list(subjects)))
-    elif one_hour and hour is not None:
-        query = query.where(e.c.subject.in_(rollups.subjects_in_hour(rollups.EVENTS, hour)))
-    if start is not None:
-        query = query.where(e.c.time >= start)
-    if end is not None:
-        query = query.where(e.c.time < end)
     if where is not None:
         query = query.where(where)
     for subject, time, data in conn.execute(query):

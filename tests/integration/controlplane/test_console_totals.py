@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import insert
 
 from controlplane.errors import FailedPrecondition, NotFound
-from controlplane.gateway.apply import apply_document
+from controlplane.declarative.apply import apply_document
 from controlplane.invoicing.preview import preview_invoice
 from controlplane.invoicing.totals import open_totals, open_totals_concurrently
 from controlplane.storage import schema as s
