@@ -210,7 +210,9 @@ bench() {  # a figure's command: its script loads and takes every flag the page 
   local help
   help="$("$PYTHON" "$@" --help)"
   for word in "${@:2}"; do
-    case "$word" in --*) grep -q -- "${word%%=*}" <<<"$help" || { echo "$1: no flag $word"; exit 1; } ;; esac
+    case "$word" in
+      --*) grep -q -- "${word%%=*}" <<<"$help" || { echo "$1: no flag $word"; exit 1; } ;;
+    esac
   done
 }
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true' EXIT

@@ -17,8 +17,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import insert
 
-from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.declarative.apply import apply_document
+from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.invoicing.preview import preview_invoice
 from controlplane.invoicing.totals import open_totals, open_totals_concurrently
 from controlplane.storage import schema as s
