@@ -174,16 +174,21 @@ def _shot(page: Page, stack: dict[str, Any], name: str) -> None:
     assert (folder / f"{name}.png").stat().st_size > 1000
 
 
-# The README's pictures: the browser's 1280x800 viewport, committed under docs/images.
+# The README's pictures: the browser's 1280x800 viewport, committed under docs/images. A test
+# run writes them beside the other screenshots; METERLINE_UPDATE_README_IMAGES=1 rewrites the
+# committed ones (so an ordinary run leaves the tree as it was).
 README_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
-def _readme_shot(page: Page, name: str) -> None:
+def _readme_shot(page: Page, stack: dict[str, Any], name: str) -> None:
     page.set_viewport_size({"width": 1280, "height": 800})
-    README_IMAGES.mkdir(parents=True, exist_ok=True)
-    path = README_IMAGES / f"{name}.png"
+    update = os.environ.get("METERLINE_UPDATE_README_IMAGES")
+    folder = README_IMAGES if update else stack["artifacts"] / "readme"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     page.screenshot(path=str(path))
     assert path.stat().st_size > 10_000
+    assert (README_IMAGES / f"{name}.png").is_file()  # the README's picture exists
 
 
 def _sign_in(page: Page, stack: dict[str, Any], token: str) -> None:
@@ -382,7 +387,7 @@ def test_overview_chart_draws_its_points(
     )
     assert page.locator("#margin-customers tbody tr").count() == 1
     _shot(page, stack, "overview")
-    _readme_shot(page, "console-overview")
+    _readme_shot(page, stack, "console-overview")
     # A phone-width screen still shows the figures.
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
@@ -515,7 +520,7 @@ def test_portal_token_sees_its_customer_only(
     headers = page.request.get(f"{console}/portal/customers/acme").headers
     assert "frame-ancestors 'self' https://app.example.com" in headers["content-security-policy"]
     _shot(page, stack, "portal")
-    _readme_shot(page, "portal")
+    _readme_shot(page, stack, "portal")
     twin = page.request.get(f"{console}/portal/customers/acme.json").json()
     assert twin["usage"]["tokens_by_type"]["input"] == reported_input
     assert "provider_cost" not in twin["usage"]
