@@ -48,7 +48,7 @@ class Block:
 
 def _is_command(line: str) -> bool:
     words = line.split()
-    return bool(words) and (words[0] in PROGRAMS or words[0].startswith("(command"))
+    return bool(words) and (words[0] in PROGRAMS or words[0].lstrip("(") == "command")
 
 
 def blocks(page: Path) -> list[Block]:
