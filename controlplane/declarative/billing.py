@@ -36,7 +36,7 @@ from controlplane.credits.declarative import (
     parse_credits,
 )
 from controlplane.customers.types import Customer
-from controlplane.declarative.entry import Entry, describe, quoted
+from controlplane.declarative.entry import Entry, describe, known, quoted, suggestion
 from controlplane.declarative.meters import meter_dimensions, parse_meters
 from controlplane.declarative.types import BillingConfig, SubscriptionSpec
 from controlplane.errors import InvalidArgument
@@ -138,7 +138,17 @@ def _feature(
     entry.check_keys(("key", "name", "meter", "filters"))
     key = _claim_key(entry, "feature", seen)
     name = entry.string("name", default="")
-    meter_key = entry.choice("meter", (*BUILTIN_METERS, *meters))
+    meter_key = entry.string("meter", required=True)
+    if meter_key is not None and meter_key not in (*BUILTIN_METERS, *meters):
+        choices = (*BUILTIN_METERS, *meters)
+        entry.fail_field(
+            "meter",
+            f'must be one of {quoted(choices)}, got "{meter_key}"'
+            f"{suggestion(meter_key, choices)}: the built-in {quoted(BUILTIN_METERS)} counts "
+            "every token the gateway proxies; a meter of your own is declared under "
+            "billing.meters",
+        )
+        meter_key = None
     filters: dict[str, str] = {}
     raw_filters = entry.sub("filters")
     if raw_filters is not None and meter_key is not None:
@@ -507,10 +517,12 @@ def _subscription(
     entry.check_keys(("customer", "plan", "start", "billing_anchor", "changes", "end"))
     customer = entry.string("customer", required=True)
     if customer is not None and customer not in customers:
-        entry.fail(f'unknown customer "{customer}"')
+        hint = suggestion(customer, customers) or known("customers", customers, "billing.customers")
+        entry.fail(f'unknown customer "{customer}"{hint}')
     plan = entry.string("plan", required=True)
     if plan is not None and plan not in plans:
-        entry.fail(f'unknown plan "{plan}"')
+        hint = suggestion(plan, plans) or known("plans", plans, "billing.plans")
+        entry.fail(f'unknown plan "{plan}"{hint}')
     start = _start(entry)
     anchor = _time(entry, "billing_anchor")
     if anchor is not None and start is not None and anchor > start:

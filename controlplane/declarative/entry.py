@@ -46,6 +46,23 @@ def quoted(values: Collection[str]) -> str:
     return ", ".join(f'"{value}"' for value in values)
 
 
+def suggestion(value: str, choices: Collection[str]) -> str:
+    """`` (did you mean "x"?)`` for the closest choice (or one ending in ``/value``), else ""."""
+    names = [str(choice) for choice in choices]
+    close = difflib.get_close_matches(value, names, n=1, cutoff=0.6)
+    close = close or [name for name in names if name.endswith(f"/{value}")][:1]
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def known(kind: str, names: Collection[str], section: str) -> str:
+    """What a reference to an undefined ``kind`` may name instead, for an error's hint."""
+    if not names:
+        return f": declare it under {section} (the file defines no {kind})"
+    listed = sorted(names)
+    more = f" and {len(listed) - 5} more" if len(listed) > 5 else ""
+    return f" (defined: {quoted(listed[:5])}{more})"
+
+
 @dataclass(frozen=True)
 class Entry:
     """A mapping read from the document, with where it is for error messages.
@@ -111,7 +128,8 @@ class Entry:
         """A string at ``key`` that must be one of ``choices``."""
         value = self.string(key, required=default is None, default=default or "")
         if value is not None and value not in choices:
-            self.fail_field(key, f'must be one of {quoted(choices)}, got "{value}"')
+            hint = suggestion(value, choices)
+            self.fail_field(key, f'must be one of {quoted(choices)}, got "{value}"{hint}')
             return None
         return value
 

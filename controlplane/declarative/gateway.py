@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.declarative.entry import Entry, describe, quoted
+from controlplane.declarative.entry import Entry, describe, known, quoted, suggestion
 from controlplane.declarative.errors import Problems
 from controlplane.declarative.kong_entities import (
     CONSUMER_FIELDS,
@@ -436,7 +436,9 @@ def _check_references(gateway: _Gateway) -> None:
     problems = gateway.problems
     for where, route, nested in gateway.routes:
         if not nested and route.service not in gateway.names["service"]:
-            problems.add(where, f'service "{route.service}" is not defined')
+            names = gateway.names["service"]
+            hint = suggestion(route.service, names) or known("services", names, "services")
+            problems.add(where, f'service "{route.service}" is not defined{hint}')
     scopes: dict[tuple[str, str, str, str], tuple[PluginName, str]] = {}
     for where, plugin in gateway.plugins:
         for kind, reference in (
@@ -445,7 +447,9 @@ def _check_references(gateway: _Gateway) -> None:
             ("consumer", plugin.consumer),
         ):
             if reference and reference not in gateway.names[kind]:
-                problems.add(where, f'{kind} "{reference}" is not defined')
+                names = gateway.names[kind]
+                hint = suggestion(reference, names) or known(f"{kind}s", names, f"{kind}s")
+                problems.add(where, f'{kind} "{reference}" is not defined{hint}')
         if plugin.name is PluginName.KEY_AUTH and plugin.consumer:
             # Authentication is what identifies the consumer, so it cannot depend on one.
             problems.add(where, "key-auth cannot be scoped to a consumer")

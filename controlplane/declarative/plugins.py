@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from controlplane.declarative import kong_schema, rate_limits
-from controlplane.declarative.entry import Entry, quoted
+from controlplane.declarative.entry import Entry, quoted, suggestion
 from controlplane.gateway.types import PluginName
 
 # Kong's key-auth defaults, plus ``key_in_bearer``: Kong's key-auth does not read
@@ -210,8 +210,7 @@ def _served_choice(
             f"(supported: {', '.join(served)})",
         )
         return None
-    close = difflib.get_close_matches(value, (*served, *known), n=1, cutoff=0.6)
-    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    hint = suggestion(value, (*served, *known))
     config.fail_field(key, f'must be one of {quoted(served)}, got "{value}"{hint}')
     return None
 

@@ -112,6 +112,9 @@ CASES = [
                  id="route-strip-path-string"),
     pytest.param({"routes[0].service": "ai-svc"},
                  'routes[0] (chat): service "ai-svc" is not defined', id="route-unknown-service"),
+    pytest.param({"routes[0].service": "ai-servic"},
+                 'routes[0] (chat): service "ai-servic" is not defined (did you mean '
+                 '"ai-service"?)', id="route-unknown-service-suggested"),
     pytest.param({"routes[0].service": {"name": "ai-svc"}},
                  'routes[0] (chat): service "ai-svc" is not defined',
                  id="route-unknown-service-by-mapping"),
@@ -297,6 +300,10 @@ CASES = [
     pytest.param({"billing.features[0].meter": "tokens"},
                  'billing.features[0] (ai-token): meter must be one of "llm_tokens", '
                  'got "tokens"', id="feature-unknown-meter"),
+    pytest.param({"billing.features[0].meter": "llm_token"},
+                 'got "llm_token" (did you mean "llm_tokens"?): the built-in "llm_tokens" counts '
+                 "every token the gateway proxies; a meter of your own is declared under "
+                 "billing.meters", id="feature-meter-misspelt"),
     pytest.param({"billing.features[0].filters.region": "eu"},
                  'billing.features[0] (ai-token): filters.region is not a dimension of meter '
                  '"llm_tokens"', id="feature-unknown-dimension"),
