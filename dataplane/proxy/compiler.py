@@ -203,6 +203,18 @@ def compile_isolating(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runti
     return compile_snapshot(snapshot, version=version, isolate=True)
 
 
+def check_snapshot(snapshot: snapshot_pb2.Snapshot) -> None:
+    """Raise CompileError if a data plane of this version would refuse any of ``snapshot``
+    (NACK it), naming every route and plugin it would not serve, one line each.
+
+    What a control plane runs before it stores a config (``meterline controlplane`` injects
+    it), so that a config that passes ``meterline apply`` never makes a data plane NACK.
+    """
+    refused = compile_isolating(snapshot, version="").refused
+    if refused:
+        raise CompileError("\n".join(refused))
+
+
 def _compile_route(
     route: snapshot_pb2.Route, plugins: list[snapshot_pb2.Plugin], consumers: dict[str, Consumer]
 ) -> CompiledRoute:
