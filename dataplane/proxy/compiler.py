@@ -212,7 +212,15 @@ def check_snapshot(snapshot: snapshot_pb2.Snapshot) -> None:
     """
     refused = compile_isolating(snapshot, version="").refused
     if refused:
-        raise CompileError("\n".join(refused))
+        # Said of a config not stored yet: what is refused, and why.
+        lines = (
+            line.replace(_NOT_SERVED, ":", 1).replace(_NOT_APPLIED, ":", 1) for line in refused
+        )
+        raise CompileError("\n".join(lines))
+
+
+_NOT_SERVED = " is not served by this data plane:"
+_NOT_APPLIED = " is not applied by this data plane:"
 
 
 def _compile_route(
