@@ -229,3 +229,16 @@ async def test_every_corpus_file_passes_the_compiler_at_apply(checked) -> None:
         data = resolve(load_text(path.read_text()), ENV)
         response = await apply(checked, data, sync=True)
         assert response.changes, path.name
+
+
+async def test_every_example_passes_the_compiler_at_apply(checked) -> None:
+    """The examples/ files, as the README applies them, through the compiler-checked apply."""
+    examples = Path(__file__).parents[3] / "examples"
+    names = sorted(path.name for path in examples.glob("*.yaml"))
+    assert names
+    for name in names:
+        text = resolve(load_text((examples / name).read_text()), ENV)
+        response = await apply(checked, text, sync=True)
+        assert response.changes, name
+    pushed = await _pushed(checked)
+    assert compile_isolating(pushed.snapshot, version=pushed.version_info).refused == ()
