@@ -16,10 +16,12 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography.fernet import Fernet
 
 from controlplane.configsync.snapshot import entity_id
 from controlplane.declarative.envsubst import resolve
 from controlplane.declarative.load import load_text
+from controlplane.gateway.secrets import SEALED_PREFIX, SecretBox
 from dataplane.errors import CompileError
 from dataplane.proxy.compiler import check_snapshot, compile_isolating, compile_snapshot
 from meterline.admin.v1 import gateway_pb2
@@ -242,3 +244,23 @@ async def test_every_example_passes_the_compiler_at_apply(checked) -> None:
         assert response.changes, name
     pushed = await _pushed(checked)
     assert compile_isolating(pushed.snapshot, version=pushed.version_info).refused == ()
+
+
+async def test_the_compiler_sees_provider_keys_opened_as_data_planes_receive_them(
+    db_url: str,
+) -> None:
+    seen: list[snapshot_pb2.Snapshot] = []
+
+    def recording(snapshot: snapshot_pb2.Snapshot) -> None:
+        seen.append(snapshot)
+        check_snapshot(snapshot)
+
+    box = SecretBox([Fernet.generate_key()])
+    async with running_harness(db_url, secrets=box, validate_snapshot=recording) as harness:
+        await apply(harness, PROXY)
+        plugins = await harness.gateway.ListPlugins(gateway_pb2.ListPluginsRequest())
+    # Stored sealed (the API shows no plaintext), checked as the plaintext data planes get.
+    assert all("sk-one" not in str(plugin.config) for plugin in plugins.plugins)
+    (proxy,) = [p for p in seen[0].plugins if p.name == "ai-proxy"]
+    assert proxy.ai_proxy.auth.header_value == "Bearer sk-one"
+    assert not proxy.ai_proxy.auth.header_value.startswith(SEALED_PREFIX)
