@@ -39,6 +39,7 @@ from dataplane.config.providers import (
     OPENAI_COMPATIBLE_PROVIDERS,
     PROVIDER_ROUTE_TYPES,
     ROUTE_TYPE_CHAT,
+    ROUTE_TYPE_EMBEDDINGS,
     ROUTE_TYPE_PRESERVE,
     SUPPORTED_ROUTE_TYPES,
     VERTEX_ENDPOINT_PATH,
@@ -118,6 +119,22 @@ _ALWAYS_DROPPED = frozenset(
         b"x-goog-api-key",
     }
 )
+
+
+# The provider credential headers a client may send itself to an ai-proxy without auth.
+_CLIENT_PROVIDER_CREDENTIALS = frozenset(
+    {b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key"}
+)
+
+
+def _has_credentials(target: ProviderTarget) -> bool:
+    return bool(
+        target.auth_headers
+        or target.auth_body_params
+        or target.auth_query
+        or target.credentials is not None
+        or target.signer is not None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +268,11 @@ def _compile_route(
             if target.signer is not None:
                 # The client's own SigV4 headers: the gateway signs again.
                 dropped |= CLIENT_SIGNATURE_HEADERS
+        if key_auth is None and not any(map(_has_credentials, [*targets, ai_proxy.target])):
+            # Kong's ai-proxy without auth (its "get started" guide, self-hosted vLLM and
+            # Ollama): the client sends the provider credential itself. Without key-auth it
+            # is no gateway key, so it is forwarded as sent.
+            dropped -= _CLIENT_PROVIDER_CREDENTIALS
     return CompiledRoute(
         id=route.id,
         name=route.name or route.id,
@@ -262,6 +284,11 @@ def _compile_route(
         rate_limits=compile_route_limits(route, plugins, ai_proxy=resolved.ai_proxy),
         translator=translator,
         balancer=balancer,
+        logs_payloads=ai_proxy is not None
+        and (
+            ai_proxy.log_payloads
+            or (balancer is not None and any(t.policy.log_payloads for t in balancer.targets))
+        ),
         **_route_behaviour(route),
     )
 
@@ -531,6 +558,11 @@ def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
         raise CompileError(
             f"{label}: model.options.gemini needs both project_id and location_id (Vertex AI)"
         )
+    if gemini.project_id and config.route_type == ROUTE_TYPE_EMBEDDINGS:
+        raise CompileError(
+            f'{label}: route_type "llm/v1/embeddings" on Vertex AI is not supported yet '
+            "(the Gemini API's embedContent is)"
+        )
     if (gemini.api_endpoint or gemini.endpoint_id) and not gemini.project_id:
         raise CompileError(
             f"{label}: model.options.gemini.api_endpoint and endpoint_id need project_id and "
@@ -622,6 +654,7 @@ def _target_config(
         model=target.model,
         response_streaming=config.response_streaming,
         max_request_body_size=config.max_request_body_size,
+        log_payloads=target.log_payloads,
     )
     if config.HasField("model_name_header"):
         single.model_name_header = config.model_name_header
@@ -965,4 +998,5 @@ def _compile_ai_proxy(
             config, provider=wire_provider(config), route_type=config.route_type
         ),
         model_alias=config.model.model_alias,
+        log_payloads=config.log_payloads,
     )
