@@ -11,6 +11,7 @@ data plane refuses.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from meterline.dataplane.v1 import config_pb2, snapshot_pb2
 
 from .conftest import running_harness
 from .test_deck_workflow import CORPUS, ENV, apply
+from .test_kong_docs_corpus import FILES as KONG_FILES
+from .test_kong_docs_corpus import REFUSED as KONG_REFUSED
+from .test_kong_docs_corpus import _document as kong_document
 
 PROXY = """\
 _format_version: "3.0"
@@ -264,3 +268,15 @@ async def test_the_compiler_sees_provider_keys_opened_as_data_planes_receive_the
     (proxy,) = [p for p in seen[0].plugins if p.name == "ai-proxy"]
     assert proxy.ai_proxy.auth.header_value == "Bearer sk-one"
     assert not proxy.ai_proxy.auth.header_value.startswith(SEALED_PREFIX)
+
+
+async def test_every_kong_docs_file_that_applies_passes_the_compiler_at_apply(checked) -> None:
+    """Kong's documented decK files: what the declarative checks accept, the compiler does."""
+    applied = 0
+    for path in KONG_FILES:
+        if path.stem in KONG_REFUSED:
+            continue
+        response = await apply(checked, json.dumps(kong_document(path)), sync=True)
+        assert response.changes, path.name
+        applied += 1
+    assert applied == len(KONG_FILES) - len(KONG_REFUSED) > 0
