@@ -40,6 +40,7 @@ from controlplane.api.stripe_webhook import WebhookServer, webhook_server
 from controlplane.api.tracing import TracingInterceptor
 from controlplane.clock import Clock, SystemClock
 from controlplane.configsync.hub import ConfigHub
+from controlplane.configsync.validate import SnapshotValidator
 from controlplane.console.api import Servicers
 from controlplane.console.app import Console, ConsoleSettings
 from controlplane.console.server import ConsoleServer
@@ -123,6 +124,7 @@ class ControlPlane:
         console_tokens: list[TokenEntry] | None = None,
         console_tls: tuple[Path, Path] | None = None,
         secrets: SecretBox | None = None,
+        validate_snapshot: SnapshotValidator | None = None,
     ) -> None:
         self.db = db
         # Provider keys at rest are sealed under it (None: plaintext, development only).
@@ -203,6 +205,9 @@ class ControlPlane:
                 hub=self.hub,
                 allow_private_webhooks=self.notifications.allow_private_urls,
                 secrets=secrets,
+                # The data plane's compiler (the CLI injects it): apply refuses what data
+                # planes of this version would NACK. None: declarative checks only.
+                validate_snapshot=validate_snapshot,
             ),
             catalog=CatalogServicer(db=db, clock=self.clock, hub=self.hub),
             customers=CustomerServicer(db=db, clock=self.clock, hub=self.hub),
@@ -484,8 +489,13 @@ async def serve(
     console_settings: ConsoleSettings | None = None,
     console_tokens: list[TokenEntry] | None = None,
     console_tls: tuple[Path, Path] | None = None,
+    validate_snapshot: SnapshotValidator | None = None,
 ) -> None:
     """Run a control plane until SIGINT/SIGTERM (``trust`` None: development mode).
+
+    ``validate_snapshot``: the data plane's compiler (``dataplane.proxy.compiler.check_snapshot``,
+    injected by ``meterline controlplane``; the planes never import each other): apply checks
+    the gateway config a file leaves with it and refuses what data planes would NACK.
 
     ``secrets`` encrypts provider keys at rest; at start every stored one is (re-)encrypted
     under its first key (controlplane/gateway/secrets.py).
@@ -544,6 +554,7 @@ async def serve(
         console_tokens=console_tokens,
         console_tls=console_tls,
         secrets=secrets,
+        validate_snapshot=validate_snapshot,
     )
     port = await cp.start()
     if cp.metrics_port:

@@ -51,6 +51,10 @@ def _cmd_controlplane(args: argparse.Namespace) -> int:
     from controlplane.server import serve
     from controlplane.storage.db import SchemaError
 
+    # The data plane's own compiler checks what apply stores (the one place the control plane
+    # runs data-plane code: the planes otherwise meet only in the meterline.* contract).
+    from dataplane.proxy.compiler import check_snapshot
+
     trust: Trust | None = None
     if not args.insecure_dev:
         try:
@@ -106,6 +110,7 @@ def _cmd_controlplane(args: argparse.Namespace) -> int:
                 allow_private_webhook_urls=args.allow_private_webhook_urls,
                 trust=trust,
                 secrets=secrets,
+                validate_snapshot=check_snapshot,
                 **console,
             )
         )

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from controlplane.budgets.declarative import apply_budgets
 from controlplane.catalog import storage as catalog
+from controlplane.configsync.validate import SnapshotValidator, check_gateway
 from controlplane.credits.declarative import apply_credit_rules, apply_credits
 from controlplane.customers import storage as customers
 from controlplane.declarative import DeclarativeConfig, parse_document
@@ -40,6 +41,7 @@ def apply_document(
     sync: bool = False,
     allow_private_webhooks: bool = False,
     secrets: SecretBox | None = None,
+    validate_snapshot: SnapshotValidator | None = None,
 ) -> ApplyResult:
     """Parse, validate and store a declarative document; nothing is stored if any entry fails.
 
@@ -47,6 +49,10 @@ def apply_document(
     its select_tags, only stored entities carrying them). Billing entities are never deleted.
     ``allow_private_webhooks``: notification channels may name loopback or link-local hosts.
     ``secrets``: the key provider keys are stored under (None: plaintext, development only).
+    ``validate_snapshot``: the data plane's compiler (controlplane/configsync/validate.py):
+    the gateway config the file leaves is checked with it before the commit, so what data
+    planes of this version would refuse is refused here (InvalidArgument, nothing stored).
+    None: the declarative checks alone.
     """
     config = parse_document(text)
     with db.engine.connect() as conn:
@@ -61,6 +67,8 @@ def apply_document(
                         conn, config.gateway, secrets=secrets, select_tags=config.select_tags
                     )
                 )
+            if validate_snapshot is not None:
+                check_gateway(conn, validate_snapshot, secrets=secrets, listed=config.gateway)
         except IntegrityError as exc:
             transaction.rollback()
             raise InvalidArgument(f"the file conflicts with stored data: {exc.orig}") from exc

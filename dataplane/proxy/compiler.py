@@ -220,6 +220,26 @@ def compile_isolating(snapshot: snapshot_pb2.Snapshot, *, version: str) -> Runti
     return compile_snapshot(snapshot, version=version, isolate=True)
 
 
+def check_snapshot(snapshot: snapshot_pb2.Snapshot) -> None:
+    """Raise CompileError if a data plane of this version would refuse any of ``snapshot``
+    (NACK it), naming every route and plugin it would not serve, one line each.
+
+    What a control plane runs before it stores a config (``meterline controlplane`` injects
+    it), so that a config that passes ``meterline apply`` never makes a data plane NACK.
+    """
+    refused = compile_isolating(snapshot, version="").refused
+    if refused:
+        # Said of a config not stored yet: what is refused, and why.
+        lines = (
+            line.replace(_NOT_SERVED, ":", 1).replace(_NOT_APPLIED, ":", 1) for line in refused
+        )
+        raise CompileError("\n".join(lines))
+
+
+_NOT_SERVED = " is not served by this data plane:"
+_NOT_APPLIED = " is not applied by this data plane:"
+
+
 def _compile_route(
     route: snapshot_pb2.Route, plugins: list[snapshot_pb2.Plugin], consumers: dict[str, Consumer]
 ) -> CompiledRoute:

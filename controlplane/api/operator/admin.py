@@ -26,6 +26,7 @@ from controlplane.catalog import storage as catalog
 from controlplane.catalog.types import BUILTIN_METERS, Plan
 from controlplane.clock import Clock
 from controlplane.configsync.hub import ConfigHub
+from controlplane.configsync.validate import SnapshotValidator
 from controlplane.customers import storage as customers
 from controlplane.customers.types import Customer
 from controlplane.declarative.apply import apply_document
@@ -117,12 +118,15 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
         hub: ConfigHub,
         allow_private_webhooks: bool = False,
         secrets: SecretBox | None = None,
+        validate_snapshot: SnapshotValidator | None = None,
     ) -> None:
         super().__init__(db=db, clock=clock, hub=hub)
         # Notification channels of applied documents may name loopback/link-local hosts.
         self._allow_private_webhooks = allow_private_webhooks
         # The key provider keys are stored under (None: plaintext, development only).
         self._secrets = secrets
+        # The data plane's compiler, injected by the CLI (None: declarative checks only).
+        self._validate_snapshot = validate_snapshot
 
     async def ListServices(
         self, request: gateway_pb2.ListServicesRequest, context: Ctx
@@ -299,6 +303,7 @@ class GatewayServicer(_Base, gateway_pb2_grpc.GatewayServiceServicer):
             allow_private_webhooks=self._allow_private_webhooks,
             sync=request.sync,
             secrets=self._secrets,
+            validate_snapshot=self._validate_snapshot,
         )
         if result.changes and not request.validate_only:
             await self._changed_gateway()

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from controlplane.clock import FrozenClock
+from controlplane.configsync.validate import SnapshotValidator
 from controlplane.gateway.secrets import SecretBox
 from controlplane.server import ControlPlane
 from controlplane.storage.db import Database
@@ -94,12 +95,24 @@ async def harness(db_url: str) -> AsyncIterator[Harness]:
 
 @contextlib.asynccontextmanager
 async def running_harness(
-    db_url: str, *, secrets: SecretBox | None = None
+    db_url: str,
+    *,
+    secrets: SecretBox | None = None,
+    validate_snapshot: SnapshotValidator | None = None,
 ) -> AsyncIterator[Harness]:
-    """A started control plane on ``db_url`` (``secrets``: its provider-key box) and its stubs."""
+    """A started control plane on ``db_url`` (``secrets``: its provider-key box;
+    ``validate_snapshot``: the compiler apply checks with, as ``meterline controlplane``
+    injects it) and its stubs."""
     clock = FrozenClock(T0)
     db = Database.connect(db_url)
-    cp = ControlPlane(db=db, listen="127.0.0.1:0", clock=clock, poll_seconds=0.5, secrets=secrets)
+    cp = ControlPlane(
+        db=db,
+        listen="127.0.0.1:0",
+        clock=clock,
+        poll_seconds=0.5,
+        secrets=secrets,
+        validate_snapshot=validate_snapshot,
+    )
     port = await cp.start()
     address = f"127.0.0.1:{port}"
     async with grpc.aio.insecure_channel(address) as channel:
