@@ -180,6 +180,7 @@ def test_grant_void_top_up_and_recharge_rule_from_the_forms(
     assert _money(page.inner_text("#credit-live")) == Decimal(api.live)
     assert _money(page.inner_text("#credit-settled")) == Decimal(api.settled)
     assert page.inner_text("#credit-live") == "25.50 USD"
+    assert _money(page.inner_text("#credit-pending")) == Decimal(api.pending) == 0
     grants = {g.key: g for g in _grants(stack)}
     welcome = grants["welcome"]
     assert welcome.funding == credits_pb2.CREDIT_FUNDING_PROMOTIONAL
@@ -335,7 +336,9 @@ def test_portal_shows_own_credits_only(stack: dict[str, Any], context: BrowserCo
     assert page.locator("#portal-credit-grants tbody tr").count() == 2
     twin = page.request.get(f"{console}/portal/customers/beta.json").json()
     assert Decimal(twin["credits"]["balance"]["live"]) == Decimal(api.live)
-    assert "run_out_time" in twin["credits"]["balance"] or api.live != "0"
+    # No spending yet: no burn rate and no run-out date, on the page as in the API.
+    assert not api.burn_per_day and not api.HasField("run_out_time")
+    assert page.inner_text("#credit-burn") == page.inner_text("#credit-run-out") == "\u2013"
     assert sorted(Decimal(g["remaining"]) for g in twin["credits"]["grants"]) == [3, 7]
     assert all("key" not in g for g in twin["credits"]["grants"])
     # Another customer's portal, page or JSON, and the operator credits pages: refused.
