@@ -260,6 +260,21 @@ def test_grant_void_top_up_and_recharge_rule_from_the_forms(
     page.wait_for_url(re.compile(r"\?done=recharge-rule-deleted$"))
     assert page.locator("#no-recharge-rule").count() == 1
 
+    # The ledger pages by 50: 2 funded + 1 voided + 50 funded = 53 transactions.
+    for i in range(50):
+        _credits(stack).CreateCreditGrant(
+            credits_pb2.CreateCreditGrantRequest(
+                parent="customers/acme",
+                credit_grant=credits_pb2.CreditGrant(amount="1", key=f"bulk-{i}"),
+            )
+        )
+    page.goto(f"{console}/customers/acme/credits")
+    assert page.locator("#credit-ledger tbody tr").count() == 50
+    assert page.inner_text("#credit-live") == "70.00 USD"
+    page.click("#ledger-next")
+    assert page.locator("#credit-ledger tbody tr").count() == 3
+    assert page.locator("#ledger-next").count() == 0
+
 
 def test_read_token_sees_credits_and_changes_nothing(
     stack: dict[str, Any], context: BrowserContext
