@@ -229,6 +229,9 @@ class ControlPlane:
                 run_once=self.run_notifications,
                 allow_private_urls=self.notifications.allow_private_urls,
             ),
+            credits=CreditServicer(
+                db=db, clock=self.clock, on_issued=stripe.on_issued if stripe else None
+            ),
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self.servicers.gateway, self.server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(self.servicers.catalog, self.server)
@@ -243,10 +246,7 @@ class ControlPlane:
         entitlements_pb2_grpc.add_EntitlementServiceServicer_to_server(
             self.servicers.entitlements, self.server
         )
-        credits_pb2_grpc.add_CreditServiceServicer_to_server(
-            CreditServicer(db=db, clock=self.clock, on_issued=stripe.on_issued if stripe else None),
-            self.server,
-        )
+        credits_pb2_grpc.add_CreditServiceServicer_to_server(self.servicers.credits, self.server)
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
             self.servicers.notifications, self.server
         )

@@ -32,6 +32,7 @@ class Servicers:
     dataplanes: Any
     entitlements: Any
     notifications: Any
+    credits: Any = None
 
 
 class ConsoleApi:

@@ -42,6 +42,7 @@ from controlplane.clock import Clock
 from controlplane.console import usage
 from controlplane.console.api import ConsoleApi, Forbidden, Servicers, to_json
 from controlplane.console.auth import Kind, Principal, operator_principal
+from controlplane.console.credits import CreditPages, portal_credits
 from controlplane.console.sessions import Session, SessionStore, csrf_ok
 from controlplane.customers import storage as customer_storage
 from controlplane.declarative.load import load_text
@@ -155,6 +156,7 @@ class Console:
         self.sessions = SessionStore(clock=clock, ttl=self.settings.session_ttl)
         self.templates = _templates()
         static = StaticFiles(packages=[("controlplane.console", "static")])
+        credit_pages = CreditPages(change=self._change)
         self.app = Starlette(
             routes=[
                 Route("/", self.home),
@@ -164,6 +166,8 @@ class Console:
                 *self._page("/overview", self.overview),
                 *self._page("/customers", self.customers),
                 *self._page("/customers/{key}/preview", self.preview),
+                *self._page("/customers/{key}/credits", credit_pages.page),
+                *credit_pages.routes(),
                 Route("/customers/{key}/portal-tokens", self.create_portal_token, methods=["POST"]),
                 *self._page("/customers/{key}", self.customer),
                 *self._page("/invoices", self.invoices),
@@ -1231,6 +1235,7 @@ class Console:
                 entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
             ),
         )
+        credits = await portal_credits(api, name)
         usage_json = used.to_json()
         # A customer sees its tokens, never its provider's cost.
         usage_json.pop("provider_cost")
@@ -1246,6 +1251,7 @@ class Console:
                 else None
             ),
             "preview": preview_json,
+            "credits": credits,
             "entitlements": [to_json(e) for e in entitlements.entitlements],
             "budgets": [to_json(b) for b in budgets.budgets],
             "invoices": [
