@@ -1,6 +1,8 @@
 """Console pages at scale: server-side time of every page with N customers and M usage events.
 
     python bench/console.py [--customers 10000] [--events 10000000] [--runs 5]
+    python bench/console.py --keep ...          # keep the loaded schema (its name is printed)
+    python bench/console.py --schema bench_1a2b3c4d [--runs 5]   # measure it again, no load
 
 PostgreSQL only (the machine's, a fresh schema dropped afterwards). The catalog, customers and
 subscriptions are applied as ``bench/rating.py`` does; the big customer's events and their
@@ -40,6 +42,7 @@ PAGES = [
     "/gateway",
     "/catalog",
     "/usage?meter=llm_tokens&group_by=model&window=day",
+    "/alerts",
     "/portal/customers/big",
 ]
 
@@ -49,56 +52,71 @@ async def main() -> None:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="keep the schema for --schema")
+    parser.add_argument("--schema", default="", help="a schema --keep left: no load")
     args = parser.parse_args()
 
-    schema_name = f"bench_{uuid.uuid4().hex[:8]}"
+    schema_name = args.schema or f"bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema_name}"'))
+    if not args.schema:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema_name}"'))
     db = Database.connect(f"{PG}?options=-csearch_path%3D{schema_name}")
     try:
-        others = [f"c{i:05d}" for i in range(args.customers - 1)]
-        customers, subscriptions = yaml_lists(["big", *others])
-        document = CATALOG.replace("CUSTOMERS", customers).replace("SUBSCRIPTIONS", subscriptions)
-        started = time.perf_counter()
-        apply_document(db, text=document, now=SUB_START)
-        load(db, "big-app", args.events)
-        with db.engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.execute(text("VACUUM (ANALYZE)"))
-        print(
-            f"loaded {args.customers:,} customers and {args.events:,} events in "
-            f"{time.perf_counter() - started:.0f} s"
-        )
-        cp = ControlPlane(
-            db=db,
-            listen="127.0.0.1:0",
-            clock=FrozenClock(AT),
-            console_listen="127.0.0.1:0",
-            console_tokens=[TokenEntry(name="bench", scope=Scope.ADMIN, hash=hash_token(TOKEN))],
-        )
-        await cp.start()
-        base = f"http://127.0.0.1:{cp.console_port}"
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        try:
-            async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as client:
-                print(f"{'page':<52} {'median':>10} {'status':>6}")
-                for page in PAGES:
-                    response = await client.get(page)  # warm-up
-                    samples = []
-                    for _ in range(args.runs):
-                        t = time.perf_counter()
-                        response = await client.get(page)
-                        samples.append(time.perf_counter() - t)
-                    median = statistics.median(samples) * 1000
-                    flag = "" if median <= 150 else "  > 150 ms"
-                    print(f"{page:<52} {median:>7.1f} ms {response.status_code:>6}{flag}")
-        finally:
-            await cp.stop(0)
+        if not args.schema:
+            load_all(db, args)
+        await measure(db, args)
     finally:
         db.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema_name}" CASCADE'))
+        if args.keep or args.schema:
+            print(f"schema kept: {schema_name} (drop it with DROP SCHEMA ... CASCADE)")
+        else:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema_name}" CASCADE'))
+
+
+def load_all(db: Database, args: argparse.Namespace) -> None:
+    others = [f"c{i:05d}" for i in range(args.customers - 1)]
+    customers, subscriptions = yaml_lists(["big", *others])
+    document = CATALOG.replace("CUSTOMERS", customers).replace("SUBSCRIPTIONS", subscriptions)
+    started = time.perf_counter()
+    apply_document(db, text=document, now=SUB_START)
+    load(db, "big-app", args.events)
+    with db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(text("VACUUM (ANALYZE)"))
+    print(
+        f"loaded {args.customers:,} customers and {args.events:,} events in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+
+
+async def measure(db: Database, args: argparse.Namespace) -> None:
+    cp = ControlPlane(
+        db=db,
+        listen="127.0.0.1:0",
+        clock=FrozenClock(AT),
+        console_listen="127.0.0.1:0",
+        console_tokens=[TokenEntry(name="bench", scope=Scope.ADMIN, hash=hash_token(TOKEN))],
+    )
+    await cp.start()
+    base = f"http://127.0.0.1:{cp.console_port}"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as client:
+            print(f"{'page':<52} {'median':>10} {'status':>6}")
+            for page in PAGES:
+                response = await client.get(page)  # warm-up
+                samples = []
+                for _ in range(args.runs):
+                    t = time.perf_counter()
+                    response = await client.get(page)
+                    samples.append(time.perf_counter() - t)
+                median = statistics.median(samples) * 1000
+                flag = "" if median <= 150 else "  > 150 ms"
+                print(f"{page:<52} {median:>7.1f} ms {response.status_code:>6}{flag}")
+    finally:
+        await cp.stop(0)
 
 
 if __name__ == "__main__":

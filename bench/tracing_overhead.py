@@ -1,20 +1,21 @@
-"""What OpenTelemetry tracing costs the data plane's throughput: off vs on (100% and 10%).
+"""What OpenTelemetry tracing costs the data plane: off vs on (100% and 10% sampling), one run.
 
-    python bench/tracing_overhead.py [--rounds 5] [--requests 2000] [--concurrency 16]
+    python bench/tracing_overhead.py [--rounds 7] [--requests 1500] [--concurrency 16]
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=builtin_eval \
+        python bench/tracing_overhead.py --only on100 --requests 1000     # instruction counts
 
-One run, A/B interleaved: the gateway runs in this process, called as an ASGI app by
-``--concurrency`` tasks (no client sockets, so the gateway's own cost is most of what is
-measured); the fake OpenAI provider and an OTLP/gRPC receiver run in a child process, so
-neither competes with the gateway for this interpreter. Four gateways share that upstream:
-``off`` and ``off2`` (tracing None: the two give the noise floor), ``on100``
-(OTEL_TRACES_SAMPLER=always_on) and ``on10`` (traceidratio 0.1); each traced gateway also
-records the gen_ai.* metrics for every request. Each round runs every mode once, in a rotated
-order, timed until its traces and metrics are built and exported (force_flush); the medians
-of req/s over rounds and their ratios to ``off`` are printed. Requests are
-non-streamed chat completions on a route with a fixed model. Besides req/s it prints the CPU
-time per request of this process (the request path plus the drain thread: what tracing costs
-the data plane itself) and of the exporter process (span building, metrics, OTLP encoding:
-on a machine with a spare core it runs beside the data plane; on a saturated one it competes).
+A/B interleaved: the gateway runs in this process, called as an ASGI app by ``--concurrency``
+tasks (no client sockets, so the gateway's own cost is most of what is measured); the fake
+OpenAI provider and a discarding OTLP/gRPC receiver run in a child process. Four gateways
+share that upstream: ``off`` and ``off2`` (tracing None: the two give the noise floor),
+``on100`` (OTEL_TRACES_SAMPLER=always_on) and ``on10`` (traceidratio 0.1); each traced gateway
+also records the gen_ai.* metrics for every request. Each round runs every mode once, in a
+rotated order, timed until its spans are encoded and exported (force_flush). Printed: the
+medians over rounds of req/s and of this process's CPU time per request (all its threads: the
+request path, the tracing thread, gRPC's), each with its ratio to ``off``. On a busy shared
+machine CPU per request is the steadier figure; ``--only MODE`` runs one mode with its timed
+part inside ``eval`` (the tracing thread's work done in that call too) for callgrind's
+instruction counts, which are repeatable whatever else runs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
+import dataplane.observability.tracing as tracing_module  # noqa: E402
 from dataplane.config.keys import hash_key  # noqa: E402
 from dataplane.observability.tracing import Tracing  # noqa: E402
 from dataplane.proxy.compiler import compile_snapshot  # noqa: E402
@@ -110,14 +112,6 @@ def snapshot(upstream: str) -> snapshot_pb2.Snapshot:
     )
 
 
-def _child_cpu(tracing: Tracing | None) -> float:
-    """CPU seconds the exporter process of ``tracing`` used so far (Linux /proc)."""
-    if tracing is None:
-        return 0.0
-    fields = Path(f"/proc/{tracing._child.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def traced(otlp: str, sampler: str, ratio: str = "") -> Tracing:
     for name in [n for n in os.environ if n.startswith("OTEL_")]:
         del os.environ[name]
@@ -139,6 +133,7 @@ async def one(gateway: Gateway) -> int:
         "type": "http",
         "method": "POST",
         "path": "/chat/chat/completions",
+        "raw_path": b"/chat/chat/completions",
         "query_string": b"",
         "headers": [
             (b"host", b"bench"),
@@ -182,11 +177,48 @@ async def load(gateway: Gateway, requests: int, concurrency: int) -> float:
     return requests / (time.perf_counter() - start)
 
 
-async def main() -> None:
+def _median_ratio(values: list[float], base: list[float]) -> tuple[float, float]:
+    median = statistics.median(values)
+    return median, median / statistics.median(base)
+
+
+def only(mode: str, upstream: str, otlp: str, requests: int, concurrency: int) -> None:
+    """One mode, its timed part inside ``eval`` (callgrind --toggle-collect=builtin_eval):
+    the load and the flush that encodes and exports its spans and metrics."""
+    # The tracing work happens in the eval'd flush, not in the tracing thread meanwhile.
+    tracing_module._DRAIN_INTERVAL_S = 1e6  # type: ignore[misc]
+    tracing = None
+    if mode == "on100":
+        tracing = traced(otlp, "always_on")
+    elif mode == "on10":
+        tracing = traced(otlp, "traceidratio", "0.1")
+    gateway = Gateway(node_id="bench", usage_sink=lambda event: None, tracing=tracing)
+    gateway.apply(compile_snapshot(snapshot(upstream), version="v1"))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(load(gateway, max(requests // 4, 100), concurrency))
+    if tracing is not None:
+        tracing.force_flush()
+
+    def timed() -> None:
+        loop.run_until_complete(load(gateway, requests, concurrency))
+        if tracing is not None:
+            tracing.force_flush()
+
+    cpu_start = time.process_time()
+    eval("timed()", {"timed": timed})  # the callgrind toggle
+    print(f"{mode}: {(time.process_time() - cpu_start) / requests * 1e6:.1f} us CPU/request")
+    loop.run_until_complete(gateway.aclose())
+    loop.close()
+    if tracing is not None:
+        tracing.shutdown()
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--only", choices=("off", "on100", "on10"))
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'proto'}"}
     child = subprocess.Popen(
@@ -195,6 +227,17 @@ async def main() -> None:
     assert child.stdout is not None and child.stdin is not None
     upstream, otlp_port = child.stdout.readline().decode().split()
     otlp = f"http://127.0.0.1:{otlp_port}"
+    try:
+        if args.only:
+            only(args.only, upstream, otlp, args.requests, args.concurrency)
+        else:
+            asyncio.run(interleaved(args, upstream, otlp))
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)
+
+
+async def interleaved(args: argparse.Namespace, upstream: str, otlp: str) -> None:
     tracings = {
         "off": None,
         "off2": None,
@@ -211,44 +254,38 @@ async def main() -> None:
             await load(gateway, args.requests // 4, args.concurrency)
         rates: dict[str, list[float]] = {mode: [] for mode in gateways}
         cpu: dict[str, list[float]] = {mode: [] for mode in gateways}
-        exporter_cpu: dict[str, list[float]] = {mode: [] for mode in gateways}
         modes = list(gateways)
         for round_ in range(args.rounds):
             order = modes[round_ % len(modes) :] + modes[: round_ % len(modes)]
             for mode in order:
                 tracing = tracings[mode]
-                child_cpu = _child_cpu(tracing)
                 cpu_start = time.process_time()
                 start = time.perf_counter()
                 await load(gateways[mode], args.requests, args.concurrency)
                 if tracing is not None:
-                    # Timed too: what is still pending is built and exported in this turn.
+                    # Timed too: what is still pending is encoded and exported in this turn.
                     await asyncio.to_thread(tracing.force_flush)
                 rates[mode].append(args.requests / (time.perf_counter() - start))
-                # CPU of this process (event loop and drain thread), and of the exporter.
+                # CPU of this process: event loop, tracing thread, gRPC's threads.
                 cpu[mode].append((time.process_time() - cpu_start) / args.requests * 1e6)
-                exporter_cpu[mode].append((_child_cpu(tracing) - child_cpu) / args.requests * 1e6)
-            print(f"round {round_ + 1}: " + "  ".join(f"{m} {rates[m][-1]:.0f}" for m in modes))
-        base = statistics.median(rates["off"])
-        print(f"\nmedians over {args.rounds} rounds x {args.requests} requests")
-        print("  mode     req/s  ratio  data-plane CPU us/req  exporter-process CPU us/req")
-        base_cpu = statistics.median(cpu["off"])
-        for mode in modes:
-            median = statistics.median(rates[mode])
-            mode_cpu = statistics.median(cpu[mode])
             print(
-                f"  {mode:6} {median:7.0f} {median / base:6.3f}  {mode_cpu:8.1f} "
-                f"({mode_cpu / base_cpu:5.3f})      {statistics.median(exporter_cpu[mode]):8.1f}"
+                f"round {round_ + 1}: "
+                + "  ".join(f"{m} {rates[m][-1]:.0f} req/s {cpu[m][-1]:.0f} us" for m in modes),
+                flush=True,
             )
+        print(f"\nmedians over {args.rounds} rounds x {args.requests} requests")
+        print("  mode      req/s  ratio   CPU us/req  ratio")
+        for mode in modes:
+            rate, rate_ratio = _median_ratio(rates[mode], rates["off"])
+            mode_cpu, cpu_ratio = _median_ratio(cpu[mode], cpu["off"])
+            print(f"  {mode:6} {rate:8.0f} {rate_ratio:6.3f} {mode_cpu:10.1f} {cpu_ratio:6.3f}")
     finally:
         for gateway in gateways.values():
             await gateway.aclose()
         for tracing in tracings.values():
             if tracing is not None:
                 tracing.shutdown()
-        child.stdin.close()
-        child.wait(timeout=10)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -43,6 +43,8 @@ from controlplane.configsync.hub import ConfigHub
 from controlplane.console.api import Servicers
 from controlplane.console.app import Console, ConsoleSettings
 from controlplane.console.server import ConsoleServer
+from controlplane.credits import jobs as credit_jobs
+from controlplane.credits.types import RechargeOutcome
 from controlplane.gateway import storage as gateway_storage
 from controlplane.gateway.secrets import SecretBox
 from controlplane.invoicing.lifecycle import InvoicingSettings, advance
@@ -216,6 +218,12 @@ class ControlPlane:
             usage=UsageQueryServicer(db=db, clock=self.clock, hub=self.hub),
             dataplanes=DataPlaneServicer(db=db, clock=self.clock),
             entitlements=EntitlementServicer(db=db, clock=self.clock, hub=self.hub),
+            notifications=NotificationServicer(
+                db=db,
+                clock=self.clock,
+                run_once=self.run_notifications,
+                allow_private_urls=self.notifications.allow_private_urls,
+            ),
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self.servicers.gateway, self.server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(self.servicers.catalog, self.server)
@@ -235,13 +243,7 @@ class ControlPlane:
             self.server,
         )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
-            NotificationServicer(
-                db=db,
-                clock=self.clock,
-                run_once=self.run_notifications,
-                allow_private_urls=self.notifications.allow_private_urls,
-            ),
-            self.server,
+            self.servicers.notifications, self.server
         )
         # None: no console. Its operator tokens are the gRPC API's (or, in development mode,
         # a tokens file given for the console alone).
@@ -269,7 +271,15 @@ class ControlPlane:
             )
         self._config = ConfigServicer(db=db, clock=self.clock, hub=self.hub, metrics=self.metrics)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(self._config, self.cluster_server)
-        self._usage = UsageServicer(db=db, clock=self.clock, hub=self.hub, metrics=self.metrics)
+        self._credit_subjects: set[str] = set()
+        self._credit_task: asyncio.Task[None] | None = None
+        self._usage = UsageServicer(
+            db=db,
+            clock=self.clock,
+            hub=self.hub,
+            metrics=self.metrics,
+            on_stored=self._usage_stored,
+        )
         dp_usage_pb2_grpc.add_UsageServiceServicer_to_server(self._usage, self.cluster_server)
         # Every service registered above, for health checks and reflection (grpcurl).
         self._service_names = [
@@ -341,12 +351,40 @@ class ControlPlane:
                 transitions.labels("draft").inc(len(result.drafted))
                 transitions.labels("issued").inc(len(result.issued))
                 self.metrics.invoice_job_failures.inc(len(result.failed))
+                # Auto-recharge and credit alerts of every watched customer (idle ones too).
+                await self.run_credits()
                 if self.stripe is not None:
                     # Issued here or by a replica that died mid-sync: resume every pending one.
                     await asyncio.to_thread(self.stripe.sync_pending)
             except Exception:
                 log.exception("invoicing job failed; retrying in %.0f s", seconds)
             await asyncio.sleep(seconds)
+
+    async def run_credits(self, *, subjects: set[str] | None = None) -> list[RechargeOutcome]:
+        """Auto-recharge, credit alerts and spending samples once (for the customers of
+        ``subjects``, or every watched customer); the top-ups issued, sent to Stripe."""
+        issued = await asyncio.to_thread(
+            credit_jobs.run, self.db, now=self.clock.now(), subjects=subjects
+        )
+        if self.stripe is not None:
+            for outcome in issued:
+                await self.stripe.on_issued(outcome.invoice_id)
+        return issued
+
+    def _usage_stored(self, subjects: set[str]) -> None:
+        """A usage batch was stored: run the credit job for its subjects, one run at a time
+        (batches arriving meanwhile are gathered into the next run)."""
+        self._credit_subjects |= subjects
+        if self._credit_task is None or self._credit_task.done():
+            self._credit_task = asyncio.create_task(self._credits_after_usage())
+
+    async def _credits_after_usage(self) -> None:
+        while self._credit_subjects:
+            subjects, self._credit_subjects = self._credit_subjects, set()
+            try:
+                await self.run_credits(subjects=subjects)
+            except Exception:
+                log.exception("credit job after usage failed")
 
     async def run_notifications(self) -> tuple[int, int]:
         """Evaluate alert rules and deliver due webhooks once: (events created, attempts)."""
@@ -360,6 +398,8 @@ class ControlPlane:
                 clock=self.clock,
                 settings=self.notifications,
                 client=self._webhook_client,
+                # Credit alerts too (they are also evaluated with auto-recharge after usage).
+                also=lambda now: credit_jobs.run_alerts(self.db, now=now),
             )
 
     async def _notification_job(self, seconds: float) -> None:
@@ -385,6 +425,9 @@ class ControlPlane:
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self._credit_task is not None:
+            self._credit_task.cancel()
+            await asyncio.gather(self._credit_task, return_exceptions=True)
         if self._webhook_client is not None:
             await self._webhook_client.aclose()
             self._webhook_client = None

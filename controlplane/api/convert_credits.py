@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 
 from controlplane.api import convert
-from controlplane.credits import service
+from controlplane.credits import recharge, service
 from controlplane.credits.types import (
+    CreditAlert,
     CreditBalance,
     CreditGrant,
+    CreditOutlook,
     CreditTransaction,
     Funding,
+    RechargeMode,
+    RechargeRule,
     TransactionType,
 )
 from controlplane.errors import InvalidArgument
@@ -137,3 +142,117 @@ def balance_to_proto(found: CreditBalance) -> pb.CreditBalance:
             expire_time=convert.to_timestamp(entry.grant.expire_time),
         )
     return message
+
+
+RECHARGE_MODES = {
+    RechargeMode.THRESHOLD: pb.CREDIT_RECHARGE_MODE_THRESHOLD,
+    RechargeMode.TARGET: pb.CREDIT_RECHARGE_MODE_TARGET,
+}
+_RECHARGE_MODES_BACK = {value: key for key, value in RECHARGE_MODES.items()}
+_RULE_NAME = re.compile(rf"^customers/({_SEGMENT})/creditRechargeRule$")
+_ALERT_NAME = re.compile(rf"^customers/({_SEGMENT})/creditAlerts/({_SEGMENT})$")
+
+
+def parse_rule_name(name: str) -> str:
+    """The customer of "customers/{key}/creditRechargeRule"."""
+    found = _RULE_NAME.match(name)
+    if found is None:
+        raise InvalidArgument(
+            f"recharge rule name must be customers/{{customer}}/creditRechargeRule, got {name!r}"
+        )
+    return found.group(1)
+
+
+def parse_alert_name(name: str) -> tuple[str, str]:
+    found = _ALERT_NAME.match(name)
+    if found is None:
+        raise InvalidArgument(
+            f"credit alert name must be customers/{{customer}}/creditAlerts/{{key}}, got {name!r}"
+        )
+    return found.group(1), found.group(2)
+
+
+def outlook_to_proto(found: CreditOutlook) -> pb.CreditBalance:
+    message = balance_to_proto(found.balance)
+    message.pending = str(found.balance.pending)
+    message.burn_window_days = found.window_days
+    if found.burn_per_day is not None:
+        message.burn_per_day = str(found.burn_per_day)
+    if found.spent_in_window is not None:
+        message.spent_in_window = str(found.spent_in_window)
+    if found.window_start is not None:
+        message.burn_window_start.FromDatetime(found.window_start)
+    if found.run_out_time is not None:
+        message.run_out_time.FromDatetime(found.run_out_time)
+    return message
+
+
+def rule_to_proto(rule: RechargeRule) -> pb.CreditRechargeRule:
+    return pb.CreditRechargeRule(
+        name=f"customers/{rule.customer}/creditRechargeRule",
+        customer=rule.customer,
+        mode=RECHARGE_MODES[rule.mode],
+        threshold=str(rule.threshold),
+        amount=str(rule.amount),
+        target=str(rule.target),
+        minimum=str(rule.minimum),
+        maximum=str(rule.maximum),
+        max_count_per_period=rule.max_count,
+        max_amount_per_period=str(rule.max_amount),
+        currency=rule.currency,
+        create_time=convert.to_timestamp(rule.create_time),
+        update_time=convert.to_timestamp(rule.update_time),
+    )
+
+
+def rule_from_proto(message: pb.CreditRechargeRule) -> RechargeRule:
+    customer = parse_rule_name(message.name)
+    mode = _RECHARGE_MODES_BACK.get(message.mode)
+    if mode is None:
+        raise InvalidArgument("recharge rule mode must be THRESHOLD or TARGET")
+
+    def money(text: str, what: str) -> Decimal:
+        return recharge.parse_money(text, what=f"recharge rule {what}")
+
+    return RechargeRule(
+        customer=customer,
+        mode=mode,
+        threshold=money(message.threshold, "threshold"),
+        amount=money(message.amount, "amount"),
+        target=money(message.target, "target"),
+        minimum=money(message.minimum, "minimum"),
+        maximum=money(message.maximum, "maximum"),
+        max_count=message.max_count_per_period,
+        max_amount=money(message.max_amount_per_period, "max_amount_per_period"),
+        currency=message.currency,
+    )
+
+
+def alert_to_proto(alert: CreditAlert) -> pb.CreditAlert:
+    return pb.CreditAlert(
+        name=f"customers/{alert.customer}/creditAlerts/{alert.key}",
+        customer=alert.customer,
+        key=alert.key,
+        channel=alert.channel,
+        percents=[str(p) for p in alert.percents],
+        amounts=[str(a) for a in alert.amounts],
+        create_time=convert.to_timestamp(alert.create_time),
+    )
+
+
+def alert_from_proto(message: pb.CreditAlert, *, customer: str) -> CreditAlert:
+    def values(texts: list[str], what: str) -> tuple[Decimal, ...]:
+        found = []
+        for text in texts:
+            if not text.strip():
+                raise InvalidArgument(f"credit alert {what} must not be empty")
+            found.append(recharge.parse_money(text, what=f"credit alert {what}"))
+        return tuple(found)
+
+    return CreditAlert(
+        customer=customer,
+        key=message.key,
+        channel=message.channel,
+        percents=values(list(message.percents), "percent"),
+        amounts=values(list(message.amounts), "amount"),
+    )

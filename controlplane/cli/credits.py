@@ -1,4 +1,4 @@
-"""``meterline credits show|grant|void|ledger``: prepaid credits of a customer.
+"""``meterline credits show|grant|void|ledger|top-up|recharge|alert``: prepaid credits.
 
 Self-contained (its own stub and rendering) so it registers with one line in ``main.py``.
 Reads take ``--output table|json|yaml``; errors go to stderr in one line (``main``).
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -27,6 +28,11 @@ FUNDINGS = {
     "external": credits_pb2.CREDIT_FUNDING_EXTERNAL,
 }
 _FUNDING_NAMES = {value: key for key, value in FUNDINGS.items()}
+RECHARGE_MODES = {
+    "threshold": credits_pb2.CREDIT_RECHARGE_MODE_THRESHOLD,
+    "target": credits_pb2.CREDIT_RECHARGE_MODE_TARGET,
+}
+_RECHARGE_MODE_NAMES = {value: key for key, value in RECHARGE_MODES.items()}
 
 
 def register(subparsers: Any) -> None:
@@ -39,6 +45,9 @@ def register(subparsers: Any) -> None:
     show = commands.add_parser("show", help="a customer's credit balance and grants")
     show.add_argument("customer", help="customer key")
     show.add_argument("--at", default="", help="balance at this ISO 8601 time (default: now)")
+    show.add_argument(
+        "--window", type=int, default=0, help="days of spending the burn rate covers (default 7)"
+    )
     _output(show)
     show.set_defaults(func=_cmd_show)
 
@@ -74,11 +83,68 @@ def register(subparsers: Any) -> None:
     _output(top_up)
     top_up.set_defaults(func=_cmd_top_up)
 
+    _register_recharge(commands)
+    _register_alerts(commands)
+
     ledger = commands.add_parser("ledger", help="the credit ledger of a customer")
     ledger.add_argument("customer", help="customer key")
     ledger.add_argument("--grant", default="", help="only this grant's entries (grant id)")
     _output(ledger)
     ledger.set_defaults(func=_cmd_ledger)
+
+
+def _register_recharge(commands: Any) -> None:
+    recharge = commands.add_parser(
+        "recharge", help="auto-recharge: a top-up invoice when the balance runs low"
+    )
+    verbs = recharge.add_subparsers(dest="recharge_command", required=True)
+    set_ = verbs.add_parser("set", help="create or replace a customer's recharge rule")
+    set_.add_argument("customer", help="customer key")
+    set_.add_argument("--mode", choices=sorted(RECHARGE_MODES), default="threshold")
+    set_.add_argument("--threshold", required=True, help="fires when the live balance is below")
+    set_.add_argument("--amount", default="", help="threshold mode: the amount bought")
+    set_.add_argument("--target", default="", help="target mode: the balance to bring back")
+    set_.add_argument("--min", dest="minimum", default="", help="smallest top-up")
+    set_.add_argument("--max", dest="maximum", default="", help="largest top-up")
+    set_.add_argument("--max-count", type=int, default=0, help="top-ups per billing period")
+    set_.add_argument("--max-amount", default="", help="top-up total per billing period")
+    set_.add_argument("--currency", default="", help="ISO 4217 (default: the plan's)")
+    _output(set_)
+    set_.set_defaults(func=_cmd_recharge_set)
+    show = verbs.add_parser("show", help="a customer's recharge rule")
+    show.add_argument("customer", help="customer key")
+    _output(show)
+    show.set_defaults(func=_cmd_recharge_show)
+    delete = verbs.add_parser("delete", help="delete a customer's recharge rule")
+    delete.add_argument("customer", help="customer key")
+    add_cp_argument(delete)
+    delete.set_defaults(func=_cmd_recharge_delete)
+
+
+def _register_alerts(commands: Any) -> None:
+    alert = commands.add_parser("alert", help="credit-balance alerts through a channel")
+    verbs = alert.add_subparsers(dest="alert_command", required=True)
+    create = verbs.add_parser("create", help="alert when the balance falls to thresholds")
+    create.add_argument("customer", help="customer key")
+    create.add_argument("key", help="alert key")
+    create.add_argument("--channel", required=True, help="notification channel key")
+    create.add_argument(
+        "--percent", action="append", default=[], help="of the last funded grant (repeatable)"
+    )
+    create.add_argument(
+        "--amount", action="append", default=[], help="absolute balance (repeatable)"
+    )
+    _output(create)
+    create.set_defaults(func=_cmd_alert_create)
+    list_ = verbs.add_parser("list", help="a customer's credit alerts")
+    list_.add_argument("customer", help="customer key")
+    _output(list_)
+    list_.set_defaults(func=_cmd_alert_list)
+    delete = verbs.add_parser("delete", help="delete a credit alert")
+    delete.add_argument("customer", help="customer key")
+    delete.add_argument("key", help="alert key")
+    add_cp_argument(delete)
+    delete.set_defaults(func=_cmd_alert_delete)
 
 
 def _output(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +237,9 @@ def _grant_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    request = credits_pb2.GetCreditBalanceRequest(customer=f"customers/{args.customer}")
+    request = credits_pb2.GetCreditBalanceRequest(
+        customer=f"customers/{args.customer}", burn_window_days=args.window
+    )
     if args.at:
         request.time.CopyFrom(_timestamp(args.at, "--at"))
     with _stub(args.cp) as stub:
@@ -185,12 +253,26 @@ def _cmd_show(args: argparse.Namespace) -> int:
         "time": found.time.ToJsonString(),
         "settled": found.settled,
         "live": found.live,
+        "pending": found.pending,
+        "burn_window_days": found.burn_window_days,
+        "burn_window_start": _time(found.burn_window_start, found.HasField("burn_window_start")),
+        "spent_in_window": found.spent_in_window or None,
+        "burn_per_day": found.burn_per_day or None,
+        "run_out_time": _time(found.run_out_time, found.HasField("run_out_time")),
         "grants": [grant_json(g) for g in grants.credit_grants],
     }
+    burn = (
+        f"{_money(found.burn_per_day)} {found.currency}/day over the last"
+        f" {found.burn_window_days} days (since {data['burn_window_start']})"
+        if found.burn_per_day
+        else f"unknown (no spending samples in the last {found.burn_window_days} days yet)"
+    )
     table = (
         f"customer  {found.customer}\n"
         f"settled   {found.settled} {found.currency}\n"
-        f"live      {found.live} {found.currency}  (less usage not invoiced yet)\n\n"
+        f"live      {found.live} {found.currency}  (less usage not invoiced yet)\n"
+        f"burn      {burn}\n"
+        f"run-out   {data['run_out_time'] or 'not projected (nothing burns)'}\n\n"
         + (_grant_table(data["grants"]) if data["grants"] else "no credit grants")
     )
     _emit(data, args.output, table)
@@ -308,4 +390,159 @@ def _cmd_top_up(args: argparse.Namespace) -> int:
         f" {invoice.currency}; the credits are granted when it is paid"
     )
     _emit(data, args.output, table)
+    return 0
+
+
+def _money(text: str) -> str:
+    """A decimal string for reading (the JSON keeps every digit): at most 4 decimals."""
+    value = Decimal(text)
+    rounded = value.quantize(Decimal("0.0001"))
+    return str(rounded) if rounded == value else f"~{rounded}"
+
+
+def rule_json(rule: credits_pb2.CreditRechargeRule) -> dict[str, Any]:
+    return {
+        "customer": rule.customer,
+        "mode": _RECHARGE_MODE_NAMES.get(rule.mode, "unspecified"),
+        "threshold": rule.threshold,
+        "amount": rule.amount,
+        "target": rule.target,
+        "minimum": rule.minimum,
+        "maximum": rule.maximum,
+        "max_count_per_period": rule.max_count_per_period,
+        "max_amount_per_period": rule.max_amount_per_period,
+        "currency": rule.currency,
+    }
+
+
+def _rule_table(row: dict[str, Any]) -> str:
+    buys = (
+        f"buy {row['amount']}"
+        if row["mode"] == "threshold"
+        else f"bring it back to {row['target']}"
+    )
+    none = ("", "0")
+    bounds = (
+        f"  min {row['minimum'] if row['minimum'] not in none else '-'}"
+        f"  max {row['maximum'] if row['maximum'] not in none else '-'}"
+    )
+    count = row["max_count_per_period"] or "-"
+    total = row["max_amount_per_period"] if row["max_amount_per_period"] not in none else "-"
+    return (
+        f"customer  {row['customer']}\n"
+        f"rule      {row['mode']}: live balance below {row['threshold']} {row['currency']}:"
+        f" {buys}\n"
+        f"bounds   {bounds}\n"
+        f"caps      per billing period: {count} top-ups, {total} {row['currency']}"
+    )
+
+
+def _cmd_recharge_set(args: argparse.Namespace) -> int:
+    message = credits_pb2.CreditRechargeRule(
+        name=f"customers/{args.customer}/creditRechargeRule",
+        mode=RECHARGE_MODES[args.mode],
+        threshold=args.threshold,
+        amount=args.amount,
+        target=args.target,
+        minimum=args.minimum,
+        maximum=args.maximum,
+        max_count_per_period=args.max_count,
+        max_amount_per_period=args.max_amount,
+        currency=args.currency,
+    )
+    with _stub(args.cp) as stub:
+        rule = stub.UpdateCreditRechargeRule(
+            credits_pb2.UpdateCreditRechargeRuleRequest(
+                credit_recharge_rule=message, allow_missing=True
+            )
+        )
+    row = rule_json(rule)
+    _emit(row, args.output, _rule_table(row))
+    return 0
+
+
+def _cmd_recharge_show(args: argparse.Namespace) -> int:
+    with _stub(args.cp) as stub:
+        rule = stub.GetCreditRechargeRule(
+            credits_pb2.GetCreditRechargeRuleRequest(
+                name=f"customers/{args.customer}/creditRechargeRule"
+            )
+        )
+    row = rule_json(rule)
+    _emit(row, args.output, _rule_table(row))
+    return 0
+
+
+def _cmd_recharge_delete(args: argparse.Namespace) -> int:
+    with _stub(args.cp) as stub:
+        stub.DeleteCreditRechargeRule(
+            credits_pb2.DeleteCreditRechargeRuleRequest(
+                name=f"customers/{args.customer}/creditRechargeRule"
+            )
+        )
+    print(f"deleted the recharge rule of {args.customer}", file=sys.stderr)
+    return 0
+
+
+def alert_json(alert: credits_pb2.CreditAlert) -> dict[str, Any]:
+    return {
+        "customer": alert.customer,
+        "key": alert.key,
+        "channel": alert.channel,
+        "percents": list(alert.percents),
+        "amounts": list(alert.amounts),
+    }
+
+
+def _alert_table(rows: Sequence[dict[str, Any]]) -> str:
+    return _table(
+        ("KEY", "CHANNEL", "PERCENTS", "AMOUNTS"),
+        [
+            (
+                row["key"],
+                row["channel"],
+                ",".join(row["percents"]) or "-",
+                ",".join(row["amounts"]) or "-",
+            )
+            for row in rows
+        ],
+    )
+
+
+def _cmd_alert_create(args: argparse.Namespace) -> int:
+    with _stub(args.cp) as stub:
+        alert = stub.CreateCreditAlert(
+            credits_pb2.CreateCreditAlertRequest(
+                parent=f"customers/{args.customer}",
+                credit_alert=credits_pb2.CreditAlert(
+                    key=args.key, channel=args.channel, percents=args.percent, amounts=args.amount
+                ),
+            )
+        )
+    row = alert_json(alert)
+    _emit(row, args.output, _alert_table([row]))
+    return 0
+
+
+def _cmd_alert_list(args: argparse.Namespace) -> int:
+    with _stub(args.cp) as stub:
+        found = stub.ListCreditAlerts(
+            credits_pb2.ListCreditAlertsRequest(parent=f"customers/{args.customer}", page_size=1000)
+        )
+    rows = [alert_json(alert) for alert in found.credit_alerts]
+    if not rows and args.output == "table":
+        print("no credit alerts", file=sys.stderr)
+        return 0
+    _emit(rows, args.output, _alert_table(rows))
+    return 0
+
+
+def _cmd_alert_delete(args: argparse.Namespace) -> int:
+    with _stub(args.cp) as stub:
+        stub.DeleteCreditAlert(
+            credits_pb2.DeleteCreditAlertRequest(
+                name=f"customers/{args.customer}/creditAlerts/{args.key}"
+            )
+        )
+    print(f"deleted credit alert {args.key} of {args.customer}", file=sys.stderr)
     return 0

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 
 from controlplane.cli.client import add_cp_argument, admin_client
+from controlplane.cli.deck_diff import updated_fields
 from controlplane.cli.output import plural
 from controlplane.cli.progress import elapsed
 from controlplane.declarative.envsubst import redact, referenced, resolve
@@ -46,7 +48,9 @@ def _print_error(exc: InvalidArgument) -> None:
         print(f"error: {problem}", file=sys.stderr)
 
 
-def _send(args: argparse.Namespace, *, validate_only: bool, sync: bool) -> int:
+def _send(
+    args: argparse.Namespace, *, validate_only: bool, sync: bool, fields: bool = False
+) -> int:
     prepared = _document(args)
     if prepared is None:
         return 2
@@ -67,8 +71,12 @@ def _send(args: argparse.Namespace, *, validate_only: bool, sync: bool) -> int:
         print(f"note: {note}", file=sys.stderr)
     verb = "would change" if validate_only else "changed"
     if response.changes:
+        detail = _field_detail(args, document, list(response.changes)) if fields else {}
         for change in response.changes:
             print(f"  {change}")
+            for line in detail.get(change, ()):
+                # The control plane's values are compared, never printed: nor the shell's.
+                print(f"      {redact(line, resolved)}")
         changed = plural(len(response.changes), "entity", "entities")
         print(f"{verb} {changed}; config version {response.config_version}")
     else:
@@ -76,12 +84,28 @@ def _send(args: argparse.Namespace, *, validate_only: bool, sync: bool) -> int:
     return 0
 
 
+def _field_detail(args: argparse.Namespace, document: str, changes: list[str]) -> dict[str, Any]:
+    """The changed fields of each updated entity: the gateway as it is (exported with its
+    secrets, which are compared and never printed) against the files."""
+    if not any(change.startswith("updated ") for change in changes):
+        return {}
+    with admin_client(args.cp) as client:
+        exported = client.gateway.ExportConfig(
+            gateway_pb2.ExportConfigRequest(include_secrets=True)
+        )
+    current = json.dumps(yaml.safe_load(exported.document), default=str)
+    try:
+        return updated_fields(current, document, changes)
+    except InvalidArgument:
+        return {}
+
+
 def _apply(args: argparse.Namespace) -> int:
     return _send(args, validate_only=args.validate_only, sync=False)
 
 
 def _diff(args: argparse.Namespace) -> int:
-    return _send(args, validate_only=True, sync=True)
+    return _send(args, validate_only=True, sync=True, fields=True)
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -128,7 +152,11 @@ def register(commands: Any) -> None:
     add_cp_argument(apply)
     apply.set_defaults(func=_apply)
 
-    diff = commands.add_parser("diff", help="show what sync would change, change nothing")
+    diff = commands.add_parser(
+        "diff",
+        help="show what sync would change (per updated entity, each changed field: "
+        "path: old -> new, secrets not shown), change nothing",
+    )
     _files_argument(diff)
     add_cp_argument(diff)
     diff.set_defaults(func=_diff)

@@ -297,6 +297,12 @@ def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
     return default if value is None else bool(value)
 
 
+def _log_payloads(config: Mapping[str, Any]) -> bool:
+    """Kong's ``logging.log_payloads`` (default false)."""
+    logging = config.get("logging")
+    return isinstance(logging, Mapping) and logging.get("log_payloads") is True
+
+
 def key_auth_config(config: Mapping[str, Any]) -> snapshot_pb2.KeyAuthConfig:
     """The typed key-auth config of a normalised config dict (defaults for missing fields)."""
     return snapshot_pb2.KeyAuthConfig(
@@ -359,6 +365,7 @@ def ai_proxy_advanced_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyC
             priority=int(target.get("priority") or 0),
             connect_timeout=int(target.get("connect_timeout") or 0),
             read_timeout=int(target.get("read_timeout") or 0),
+            log_payloads=single.log_payloads,
         )
     _model_policy(config, message)
     _proxy_fields(config, message)
@@ -416,6 +423,7 @@ def ai_proxy_config(config: Mapping[str, Any]) -> snapshot_pb2.AiProxyConfig:
         connect_timeout=int(config.get("connect_timeout") or 0),
         read_timeout=int(config.get("read_timeout") or 0),
         write_timeout=int(config.get("write_timeout") or 0),
+        log_payloads=_log_payloads(config),
         auth=snapshot_pb2.AiProxyAuth(
             header_name=_text(auth, "header_name"),
             header_value=_text(auth, "header_value"),

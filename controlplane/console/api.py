@@ -31,6 +31,7 @@ class Servicers:
     usage: Any
     dataplanes: Any
     entitlements: Any
+    notifications: Any
 
 
 class ConsoleApi:

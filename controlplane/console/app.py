@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import difflib
 import io
 import logging
 import secrets
@@ -28,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import jinja2
+import yaml
 from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -41,11 +43,15 @@ from controlplane.console import usage
 from controlplane.console.api import ConsoleApi, Forbidden, Servicers, to_json
 from controlplane.console.auth import Kind, Principal, operator_principal
 from controlplane.console.sessions import Session, SessionStore, csrf_ok
+from controlplane.customers import storage as customer_storage
+from controlplane.declarative.load import load_text
 from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from controlplane.invoicing import totals
 from controlplane.portal import service as portal_service
 from controlplane.portal import storage as portal_storage
 from controlplane.portal.types import PORTAL_TOKEN_PREFIX
 from controlplane.storage.db import Database
+from controlplane.usage.storage import llm_dimensions_match
 from meterline.admin.v1 import (
     billing_pb2,
     catalog_pb2,
@@ -53,6 +59,7 @@ from meterline.admin.v1 import (
     dataplanes_pb2,
     entitlements_pb2,
     gateway_pb2,
+    notifications_pb2,
     usage_pb2,
 )
 
@@ -162,6 +169,17 @@ class Console:
                 *self._page("/invoices", self.invoices),
                 Route("/invoices/{id}/{action}", self.invoice_action, methods=["POST"]),
                 *self._page("/invoices/{id}", self.invoice),
+                Route("/gateway/consumers", self.create_consumer, methods=["POST"]),
+                Route("/gateway/plugins/{id}/edit", self.plugin_form, methods=["GET"]),
+                Route("/gateway/plugins/{id}/edit", self.edit_plugin, methods=["POST"]),
+                Route("/customers", self.create_customer, methods=["POST"]),
+                Route("/customers/{key}/subscriptions", self.create_subscription, methods=["POST"]),
+                Route("/subscriptions/{id}/{action}", self.subscription_action, methods=["POST"]),
+                Route("/alerts/channels", self.create_channel, methods=["POST"]),
+                Route("/alerts/rules", self.create_rule, methods=["POST"]),
+                Route("/alerts/evaluate", self.evaluate_alerts, methods=["POST"]),
+                Route("/alerts/{kind}/{key}/delete", self.delete_alert, methods=["POST"]),
+                *self._page("/alerts", self.alerts),
                 Route("/gateway/apply", self.apply_form, methods=["GET"]),
                 Route("/gateway/apply", self.apply, methods=["POST"]),
                 *self._page("/gateway", self.gateway),
@@ -452,52 +470,46 @@ class Console:
         if window not in usage.WINDOWS:
             raise InvalidArgument(f"window must be hour or day, got {window!r}")
         costs = await usage.route_costs(api)
-        period = await usage.span_usage(api, start=start, end=now, window=window, costs=costs)
-        billed = await self._billed(api)
+        # Independent reads, each in its own transaction (threads): their database time overlaps.
+        period, (top, by_subject_chart), open_totals, features = await asyncio.gather(
+            usage.span_usage(api, start=start, end=now, window=window, costs=costs),
+            usage.top_subjects(
+                api, start=start, end=now, window=window, costs=costs, top=TOP_CUSTOMERS
+            ),
+            self._open_totals(api),
+            api.call("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)),
+        )
+        billed = {c: str(v) for c, v in sorted(open_totals.by_currency.items())}
         margin = {
             currency: str(Decimal(amount) - (period.provider_cost if currency == "USD" else 0))
             for currency, amount in billed.items()
         }
+        owners = await asyncio.to_thread(self._owners, [e["subject"] for e in top])
+        customers, by_customer_chart = _by_customer(top, by_subject_chart, owners, open_totals)
         return "overview.html", {
             "period": {"start": start.isoformat(), "end": now.isoformat()},
             **period.to_json(),
             "billed": billed,
             "margin": margin,
+            "chart_by_customer": by_customer_chart,
+            "margin_by_customer": customers,
+            "margin_by_model": _margin_by_model(period, open_totals),
+            "margin_by_feature": _margin_by_feature(period, open_totals, features.features),
             "title": "Overview",
         }
 
-    async def _billed(self, api: ConsoleApi) -> dict[str, str]:
-        """The open periods' previews of every customer with a running subscription."""
-        subs = (
-            await api.call(
-                "customers",
-                "ListSubscriptions",
-                customers_pb2.ListSubscriptionsRequest(page_size=1000),
-            )
-        ).subscriptions
-        now = self.clock.now().timestamp()
-        keys = sorted(
-            {s.customer for s in subs if not s.HasField("end_time") or s.end_time.seconds > now}
-        )
-        totals: dict[str, Decimal] = {}
-        limit = asyncio.Semaphore(8)
+    def _owners(self, subjects: list[str]) -> dict[str, str]:
+        with self.db.begin() as conn:
+            return customer_storage.customers_of_subjects(conn, subjects)
 
-        async def one(customer: str) -> None:
-            async with limit:
-                try:
-                    invoice = await api.call(
-                        "billing",
-                        "PreviewInvoice",
-                        billing_pb2.PreviewInvoiceRequest(customer=customer),
-                    )
-                except (NotFound, FailedPrecondition):
-                    return
-            totals[invoice.currency] = totals.get(invoice.currency, Decimal(0)) + Decimal(
-                invoice.total or "0"
-            )
+    async def _open_totals(self, api: ConsoleApi) -> totals.OpenTotals:
+        """Every customer's open invoice now: exactly the sum of their previews, previewing
+        only customers with usage or credits one by one (``invoicing.totals``)."""
+        if not api.principal.may_call("PreviewInvoice"):
+            raise Forbidden(f"{api.principal.name!r} may not call PreviewInvoice")
+        at = self.clock.now()
 
-        await asyncio.gather(*(one(k) for k in keys))
-        return {c: str(v) for c, v in sorted(totals.items())}
+        return await asyncio.to_thread(totals.open_totals_concurrently, self.db, at=at)
 
     async def customers(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
         q = request.query_params.get("q", "").strip()
@@ -548,7 +560,10 @@ class Console:
             "ListPortalTokens",
             customers_pb2.ListPortalTokensRequest(parent=name, page_size=1000),
         )
+        plans = await api.call("catalog", "ListPlans", catalog_pb2.ListPlansRequest(page_size=1000))
+        active = sorted({p.key for p in plans.plans if p.state == catalog_pb2.PLAN_STATE_ACTIVE})
         return "customer.html", {
+            "plans": active,
             "customer": to_json(customer),
             "subscriptions": [to_json(s) for s in subs.subscriptions],
             "entitlements": [to_json(e) for e in entitlements.entitlements],
@@ -866,6 +881,309 @@ class Console:
             },
         )
 
+    # -- per-resource forms (admin; CSRF and scope checked by ``_change``) -------------------
+
+    def _page_response(
+        self,
+        template: str,
+        data: dict[str, Any],
+        api: ConsoleApi,
+        session: Session | None,
+        *,
+        path: str,
+        status: int = 200,
+    ) -> Response:
+        """A page rendered as the answer of a POST (for what is shown once, or an error)."""
+        body = self.templates.get_template(template).render(
+            **data,
+            principal=api.principal,
+            csrf=session.csrf if session else "",
+            flash="",
+            path=path,
+            query_string="",
+        )
+        return HTMLResponse(body, status, headers=self._headers(portal=False))
+
+    async def create_consumer(self, request: Request) -> Response:
+        """A consumer and its first key credential; the key is shown once, in this answer."""
+
+        async def run(
+            api: ConsoleApi, form: dict[str, str], session: Session | None
+        ) -> str | Response:
+            username = form.get("username", "").strip()
+            if not username:
+                raise InvalidArgument("username is required")
+            consumer = gateway_pb2.Consumer(
+                username=username, custom_id=form.get("custom_id", "").strip()
+            )
+            await api.call(
+                "gateway", "CreateConsumer", gateway_pb2.CreateConsumerRequest(consumer=consumer)
+            )
+            credential = await api.call(
+                "gateway",
+                "CreateKeyAuthCredential",
+                gateway_pb2.CreateKeyAuthCredentialRequest(parent=f"consumers/{username}"),
+            )
+            if "application/json" in request.headers.get("accept", ""):
+                return JSONResponse(
+                    {"consumer": username, "key": credential.key},
+                    headers=self._headers(portal=False),
+                )
+            _, data = await self.gateway(request, api)
+            data.update(new_key=credential.key, new_key_consumer=username)
+            return self._page_response("gateway.html", data, api, session, path="/gateway")
+
+        return await self._change(request, run)
+
+    async def _plugin_yaml(self, api: ConsoleApi, id: str) -> tuple[dict[str, Any], str]:
+        """The plugin and its document: for an admin, the plugin with the entities it names
+        as ``meterline dump`` writes them (so apply validates it alone and changes only what
+        was edited); for a read token, the plugin alone (secrets redacted)."""
+        plugin = to_json(
+            await api.call(
+                "gateway", "GetPlugin", gateway_pb2.GetPluginRequest(name=f"plugins/{id}")
+            )
+        )
+        if not api.principal.can_change:
+            return plugin, plugin_document(plugin)
+        exported = await api.call("gateway", "ExportConfig", gateway_pb2.ExportConfigRequest())
+        return plugin, plugin_edit_document(exported.document, plugin)
+
+    async def plugin_form(self, request: Request) -> Response:
+        return await self._render(request, self._plugin_page, as_json=False, portal=False)
+
+    async def _plugin_page(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        plugin, document = await self._plugin_yaml(api, request.path_params["id"])
+        return "plugin.html", _plugin_context(plugin, document=document)
+
+    async def edit_plugin(self, request: Request) -> Response:
+        """One plugin as YAML: preview (the same validation as ``meterline apply`` and a diff
+        against the stored plugin), then apply. The document must stay this one plugin."""
+        id = request.path_params["id"]
+
+        async def run(
+            api: ConsoleApi, form: dict[str, str], session: Session | None
+        ) -> str | Response:
+            plugin, original = await self._plugin_yaml(api, id)
+            document = form.get("document", "").replace("\r\n", "\n")
+            preview = form.get("mode") != "apply"
+            context = _plugin_context(plugin, document=document)
+            context["diff"] = "".join(
+                difflib.unified_diff(
+                    original.splitlines(keepends=True),
+                    document.splitlines(keepends=True)
+                    if document.endswith("\n")
+                    else (document + "\n").splitlines(keepends=True),
+                    "stored",
+                    "edited",
+                )
+            )
+            status = 200
+            try:
+                check_plugin_document(document, original, plugin)
+                answer = await api.call(
+                    "gateway",
+                    "ApplyConfig",
+                    gateway_pb2.ApplyConfigRequest(document=document, validate_only=preview),
+                )
+            except InvalidArgument as exc:
+                context["error"] = str(exc)
+                status = 400
+            else:
+                context.update(
+                    changes=list(answer.changes),
+                    notes=list(answer.notes),
+                    previewed=preview,
+                    applied=not preview,
+                    config_version=answer.config_version,
+                )
+            if "application/json" in request.headers.get("accept", ""):
+                body = {k: v for k, v in context.items() if k not in ("title", "no_twin")}
+                return JSONResponse(body, status, headers=self._headers(portal=False))
+            return self._page_response(
+                "plugin.html",
+                context,
+                api,
+                session,
+                path=f"/gateway/plugins/{id}/edit",
+                status=status,
+            )
+
+        return await self._change(request, run)
+
+    async def create_customer(self, request: Request) -> Response:
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            key = form.get("key", "").strip()
+            subjects = [x.strip() for x in form.get("subjects", "").split(",") if x.strip()]
+            customer = customers_pb2.Customer(
+                key=key, display_name=form.get("display_name", "").strip(), subjects=subjects
+            )
+            await api.call(
+                "customers",
+                "CreateCustomer",
+                customers_pb2.CreateCustomerRequest(customer=customer),
+            )
+            return f"/customers/{quote(key)}?done=created"
+
+        return await self._change(request, run)
+
+    async def create_subscription(self, request: Request) -> Response:
+        key = request.path_params["key"]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            plan = form.get("plan", "").strip()
+            if not plan:
+                raise InvalidArgument("choose a plan")
+            sub = customers_pb2.Subscription(customer=f"customers/{key}", plan=f"plans/{plan}")
+            start = _parse_time(form.get("start", "").strip(), "start")
+            sub.start_time.FromDatetime(start or self.clock.now())
+            await api.call(
+                "customers",
+                "CreateSubscription",
+                customers_pb2.CreateSubscriptionRequest(subscription=sub),
+            )
+            return f"/customers/{quote(key)}?done=subscribed"
+
+        return await self._change(request, run)
+
+    async def subscription_action(self, request: Request) -> Response:
+        """Cancel (now or at the period's end) or change the plan of a running subscription."""
+        id = request.path_params["id"]
+        action = request.path_params["action"]
+        if action not in ("cancel", "change-plan"):
+            return self._error(404, "not found", as_json=False, headers=self._headers(portal=False))
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            name = f"subscriptions/{id}"
+            if action == "cancel":
+                timing = {
+                    "now": customers_pb2.CANCEL_TIMING_IMMEDIATELY,
+                    "period_end": customers_pb2.CANCEL_TIMING_PERIOD_END,
+                }.get(form.get("timing", "now"))
+                if timing is None:
+                    raise InvalidArgument("timing must be now or period_end")
+                sub = await api.call(
+                    "customers",
+                    "CancelSubscription",
+                    customers_pb2.CancelSubscriptionRequest(name=name, timing=timing),
+                )
+            else:
+                plan = form.get("plan", "").strip()
+                if not plan:
+                    raise InvalidArgument("choose a plan")
+                sub = await api.call(
+                    "customers",
+                    "ChangeSubscriptionPlan",
+                    customers_pb2.ChangeSubscriptionPlanRequest(name=name, plan=f"plans/{plan}"),
+                )
+            customer = sub.customer.removeprefix("customers/")
+            return f"/customers/{quote(customer)}?done={quote(action)}"
+
+        return await self._change(request, run)
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    async def alerts(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        """Channels, rules, the newest events and deliveries (the notification service's)."""
+        channels, rules, events, deliveries = await asyncio.gather(
+            api.call(
+                "notifications",
+                "ListChannels",
+                notifications_pb2.ListChannelsRequest(page_size=1000),
+            ),
+            api.call(
+                "notifications", "ListRules", notifications_pb2.ListRulesRequest(page_size=1000)
+            ),
+            api.call(
+                "notifications",
+                "ListEvents",
+                notifications_pb2.ListEventsRequest(page_size=ALERT_ROWS),
+            ),
+            api.call(
+                "notifications",
+                "ListDeliveries",
+                notifications_pb2.ListDeliveriesRequest(page_size=ALERT_ROWS),
+            ),
+        )
+        return "alerts.html", {
+            "channels": [to_json(c) for c in channels.channels],
+            "rules": [to_json(r) for r in rules.rules],
+            "events": [to_json(e) for e in events.events],
+            "deliveries": [to_json(d) for d in deliveries.deliveries],
+            "rule_types": list(RULE_TYPES),
+            "title": "Alerts",
+        }
+
+    async def create_channel(self, request: Request) -> Response:
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            channel = notifications_pb2.NotificationChannel(
+                key=form.get("key", "").strip(),
+                url=form.get("url", "").strip(),
+                signing_secret=form.get("signing_secret", ""),
+            )
+            await api.call(
+                "notifications",
+                "CreateChannel",
+                notifications_pb2.CreateChannelRequest(channel=channel),
+            )
+            return "/alerts?done=channel+created"
+
+        return await self._change(request, run)
+
+    async def create_rule(self, request: Request) -> Response:
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            kind = RULE_TYPES.get(form.get("type", ""))
+            if kind is None:
+                raise InvalidArgument(f"type must be one of {', '.join(RULE_TYPES)}")
+            listed = [x.strip() for x in form.get("thresholds", "").split(",") if x.strip()]
+            events = [x.strip() for x in form.get("invoice_events", "").split(",") if x.strip()]
+            customer = form.get("customer", "").strip()
+            rule = notifications_pb2.NotificationRule(
+                key=form.get("key", "").strip(),
+                type=kind,
+                channel=form.get("channel", "").strip(),
+                thresholds=listed,
+                feature=form.get("feature", "").strip(),
+                customer=f"customers/{customer}" if customer else "",
+                invoice_events=events,
+            )
+            await api.call(
+                "notifications", "CreateRule", notifications_pb2.CreateRuleRequest(rule=rule)
+            )
+            return "/alerts?done=rule+created"
+
+        return await self._change(request, run)
+
+    async def delete_alert(self, request: Request) -> Response:
+        kind = request.path_params["kind"]
+        key = request.path_params["key"]
+        methods = {
+            "channels": ("DeleteChannel", notifications_pb2.DeleteChannelRequest),
+            "rules": ("DeleteRule", notifications_pb2.DeleteRuleRequest),
+        }
+        if kind not in methods:
+            return self._error(404, "not found", as_json=False, headers=self._headers(portal=False))
+        method, message = methods[kind]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            await api.call("notifications", method, message(name=f"{kind}/{key}"))
+            return f"/alerts?done={quote(kind.rstrip('s'))}+deleted"
+
+        return await self._change(request, run)
+
+    async def evaluate_alerts(self, request: Request) -> Response:
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            answer = await api.call(
+                "notifications",
+                "EvaluateNotifications",
+                notifications_pb2.EvaluateNotificationsRequest(),
+            )
+            return (
+                f"/alerts?done={answer.events_created}+events,+{answer.attempts}+delivery+attempts"
+            )
+
+        return await self._change(request, run)
+
     # -- the portal -------------------------------------------------------------------------
 
     async def portal(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
@@ -878,31 +1196,40 @@ class Console:
         now = self.clock.now()
         start = usage.month_start(now)
         costs: dict[str, usage.RouteCost] = {}
-        used = await usage.span_usage(
-            api, start=start, end=now, subjects=list(customer.subjects), costs=costs
-        )
-        try:
-            preview = to_json(
-                await api.unchecked(
-                    "billing", "PreviewInvoice", billing_pb2.PreviewInvoiceRequest(customer=name)
+
+        async def preview() -> dict[str, Any] | None:
+            try:
+                return to_json(
+                    await api.unchecked(
+                        "billing",
+                        "PreviewInvoice",
+                        billing_pb2.PreviewInvoiceRequest(customer=name),
+                    )
                 )
-            )
-        except (NotFound, FailedPrecondition):
-            preview = None
-        entitlements = await api.unchecked(
-            "entitlements",
-            "ListEntitlements",
-            entitlements_pb2.ListEntitlementsRequest(customer=name),
-        )
-        invoices = await api.unchecked(
-            "billing",
-            "ListInvoices",
-            billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
-        )
-        budgets = await api.unchecked(
-            "entitlements",
-            "ListBudgets",
-            entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
+            except (NotFound, FailedPrecondition):
+                return None
+
+        # Independent reads, each in its own transaction (threads): their database time overlaps.
+        used, preview_json, entitlements, invoices, budgets = await asyncio.gather(
+            usage.span_usage(
+                api, start=start, end=now, subjects=list(customer.subjects), costs=costs
+            ),
+            preview(),
+            api.unchecked(
+                "entitlements",
+                "ListEntitlements",
+                entitlements_pb2.ListEntitlementsRequest(customer=name),
+            ),
+            api.unchecked(
+                "billing",
+                "ListInvoices",
+                billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
+            ),
+            api.unchecked(
+                "entitlements",
+                "ListBudgets",
+                entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
+            ),
         )
         usage_json = used.to_json()
         # A customer sees its tokens, never its provider's cost.
@@ -914,9 +1241,11 @@ class Console:
             "period": {"start": start.isoformat(), "end": now.isoformat()},
             "usage": usage_json,
             "cost_so_far": (
-                {"amount": preview["total"], "currency": preview["currency"]} if preview else None
+                {"amount": preview_json["total"], "currency": preview_json["currency"]}
+                if preview_json
+                else None
             ),
-            "preview": preview,
+            "preview": preview_json,
             "entitlements": [to_json(e) for e in entitlements.entitlements],
             "budgets": [to_json(b) for b in budgets.budgets],
             "invoices": [
@@ -987,3 +1316,224 @@ def _portal_invoice(invoice: dict[str, Any]) -> dict[str, Any]:
         "lines",
     )
     return {k: invoice[k] for k in keep if k in invoice}
+
+
+ALERT_ROWS = 50
+RULE_TYPES = {
+    "entitlement_threshold": notifications_pb2.NOTIFICATION_RULE_TYPE_ENTITLEMENT_THRESHOLD,
+    "budget_threshold": notifications_pb2.NOTIFICATION_RULE_TYPE_BUDGET_THRESHOLD,
+    "invoice": notifications_pb2.NOTIFICATION_RULE_TYPE_INVOICE,
+}
+REDACTED = "<redacted>"
+
+
+def plugin_document(plugin: dict[str, Any]) -> str:
+    """One plugin as a declarative document ``meterline apply`` takes (secrets redacted)."""
+    entry: dict[str, Any] = {"name": plugin["plugin_name"]}
+    for scope in ("service", "route", "consumer"):
+        if plugin.get(scope):
+            entry[scope] = str(plugin[scope]).rsplit("/", 1)[-1]
+    entry["enabled"] = bool(plugin.get("enabled"))
+    entry.update(plugin.get("attributes") or {})
+    # Sorted keys: the same plugin always reads the same, so the diff shows only edits.
+    entry["config"] = _sorted(_whole_numbers(plugin.get("config") or {}))
+    return yaml.safe_dump(
+        {"_format_version": "3.0", "plugins": [entry]}, sort_keys=False, allow_unicode=True
+    )
+
+
+def _whole_numbers(value: Any) -> Any:
+    """A Struct's numbers are doubles: 600.0 is written back as the 600 the file had."""
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _scope(entry: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(
+        str(entry.get(k) or "").rsplit("/", 1)[-1] for k in ("service", "route", "consumer")
+    )
+
+
+def plugin_edit_document(exported: str, plugin: dict[str, Any]) -> str:
+    """From ``meterline dump``'s document: the plugin and the entities it names, as they are."""
+    data = yaml.safe_load(exported) or {}
+    scope = _scope(plugin)
+    service, route, consumer = scope
+    routes = [r for r in data.get("routes") or [] if route and r.get("name") == route]
+    services_named = {service} | {str(r.get("service") or "") for r in routes}
+    document: dict[str, Any] = {"_format_version": data.get("_format_version", "3.0")}
+    for kind, keep in (
+        ("services", [s for s in data.get("services") or [] if s.get("name") in services_named]),
+        ("routes", routes),
+        (
+            "consumers",
+            [c for c in data.get("consumers") or [] if consumer and c.get("username") == consumer],
+        ),
+        (
+            "plugins",
+            [
+                p
+                for p in data.get("plugins") or []
+                if p.get("name") == plugin["plugin_name"] and _scope(p) == scope
+            ],
+        ),
+    ):
+        if keep:
+            document[kind] = keep
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+
+
+def check_plugin_document(document: str, original: str, plugin: dict[str, Any]) -> None:
+    """InvalidArgument unless ``document`` edits this one plugin only, secrets typed in."""
+    if "${{" in document or REDACTED in document:
+        raise InvalidArgument(
+            'secrets are never shown: replace each ${{ env "DECK_..." }} reference (or '
+            f"{REDACTED}) with the value itself, or apply the whole configuration from a file"
+        )
+    data = load_text(document)
+    before = yaml.safe_load(original) or {}
+    plugins = data.get("plugins") if isinstance(data, dict) else None
+    if (
+        not isinstance(data, dict)
+        or set(data) != set(before)
+        or not isinstance(plugins, list)
+        or len(plugins) != 1
+        or not isinstance(plugins[0], dict)
+    ):
+        raise InvalidArgument("this form edits one plugin: keep the document's sections as shown")
+    for kind in ("services", "routes", "consumers"):
+        if data.get(kind) != before.get(kind):
+            raise InvalidArgument(
+                f"this form edits the plugin only: {kind} must stay as shown "
+                "(change them from Gateway > Apply)"
+            )
+    entry = plugins[0]
+    if entry.get("name") != plugin["plugin_name"] or _scope(entry) != _scope(plugin):
+        raise InvalidArgument(
+            f"this form edits plugin {plugin['plugin_name']} where it is: its name, service, "
+            "route and consumer must stay (apply a new plugin from Gateway > Apply)"
+        )
+
+
+def _plugin_context(plugin: dict[str, Any], *, document: str) -> dict[str, Any]:
+    return {
+        "plugin": plugin,
+        "document": document,
+        "diff": "",
+        "changes": [],
+        "notes": [],
+        "previewed": False,
+        "applied": False,
+        "config_version": "",
+        "error": "",
+        "title": f"Plugin {plugin.get('plugin_name', '')}",
+        "no_twin": True,
+    }
+
+
+TOP_CUSTOMERS = 5
+
+
+def _by_customer(
+    top: list[dict[str, Any]],
+    chart: dict[str, Any],
+    owners: dict[str, str],
+    found: totals.OpenTotals,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The top subjects as their customers: tokens, provider cost, billed (the customer's open
+    invoice), margin (USD: billed - provider cost); the chart's series per customer."""
+    rows: dict[str, dict[str, Any]] = {}
+    for entry in top:
+        customer = owners.get(entry["subject"], "")
+        label = customer or f"({entry['subject']})"
+        row = rows.setdefault(
+            label, {"customer": customer, "tokens": 0, "provider_cost": Decimal(0)}
+        )
+        row["tokens"] += entry["tokens"]
+        row["provider_cost"] += entry["provider_cost"]
+    result = []
+    for label, row in sorted(rows.items(), key=lambda item: -item[1]["tokens"]):
+        currency, amount = found.by_customer.get(row["customer"], ("", None))
+        result.append(
+            {
+                "customer": label,
+                "tokens": row["tokens"],
+                "provider_cost": str(row["provider_cost"]),
+                "billed": str(amount) if amount is not None else "",
+                "currency": currency,
+                "margin": (
+                    str(amount - row["provider_cost"])
+                    if amount is not None and currency == "USD"
+                    else ""
+                ),
+            }
+        )
+    series: dict[str, list[int]] = {}
+    for subject, values in chart["series"].items():
+        label = owners.get(subject) or f"({subject})"
+        if label in series:
+            series[label] = [a + b for a, b in zip(series[label], values, strict=True)]
+        else:
+            series[label] = list(values)
+    return result, {**chart, "series": dict(sorted(series.items()))}
+
+
+def _margin_by_model(period: usage.Usage, found: totals.OpenTotals) -> list[dict[str, Any]]:
+    """Per model: provider cost, and billed where lines price models (model_list prices)."""
+    rows = []
+    for model in period.models:
+        billed = found.by_model.get(("USD", model["model"]))
+        cost = Decimal(model["provider_cost"])
+        rows.append(
+            {
+                "model": model["model"],
+                "provider_cost": str(cost),
+                "billed": str(billed) if billed is not None else "",
+                "margin": str(billed - cost) if billed is not None else "",
+            }
+        )
+    return rows
+
+
+def _margin_by_feature(
+    period: usage.Usage, found: totals.OpenTotals, features: Any
+) -> list[dict[str, Any]]:
+    """Per feature (or rate card) on the open invoices: billed, and the provider cost of the
+    tokens it bills (llm_tokens features: billable requests matching its filters)."""
+    filters = {f.key: (f.meter.rsplit("/", 1)[-1], dict(f.filters)) for f in features}
+    rows = []
+    for (currency, key), billed in sorted(found.by_feature.items()):
+        meter, wanted = filters.get(key, ("", {}))
+        cost: Decimal | None = None
+        if currency == "USD" and meter == "llm_tokens":
+            cost = sum(
+                (
+                    g.cost
+                    for g in period.groups
+                    if llm_dimensions_match(g.dimensions, wanted, billable_only=True)
+                ),
+                Decimal(0),
+            )
+        rows.append(
+            {
+                "feature": key,
+                "currency": currency,
+                "billed": str(billed),
+                "provider_cost": str(cost) if cost is not None else "",
+                "margin": str(billed - cost) if cost is not None else "",
+            }
+        )
+    return rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -20,6 +20,7 @@ from controlplane.console.api import ConsoleApi
 from meterline.admin.v1 import gateway_pb2, usage_pb2
 
 PER_MILLION = Decimal(1_000_000)
+GROUPS = ("model", "provider", "type", "status_code", "route")
 WINDOWS = {"hour": usage_pb2.WINDOW_SIZE_HOUR, "day": usage_pb2.WINDOW_SIZE_DAY}
 
 
@@ -38,6 +39,15 @@ class RouteCost:
 
 
 @dataclass(frozen=True)
+class Group:
+    """Tokens of one set of llm_tokens dimensions over a span, with their provider cost."""
+
+    dimensions: Mapping[str, str]
+    tokens: int
+    cost: Decimal
+
+
+@dataclass(frozen=True)
 class Usage:
     tokens_by_type: Mapping[str, int]
     requests: int
@@ -46,6 +56,10 @@ class Usage:
     models: Sequence[Mapping[str, Any]]
     provider_cost: Decimal
     chart: Mapping[str, Any]
+    # The same tokens per window by token type.
+    chart_by_type: Mapping[str, Any] = field(default_factory=dict)
+    # Per (model, provider, route, status_code, type) over the span: tokens and provider cost.
+    groups: Sequence[Group] = ()
 
     @property
     def tokens(self) -> int:
@@ -67,6 +81,7 @@ class Usage:
             "provider_cost": str(self.provider_cost),
             "models": list(self.models),
             "chart": self.chart,
+            "chart_by_type": self.chart_by_type,
         }
 
 
@@ -133,7 +148,9 @@ async def span_usage(
 ) -> Usage:
     """Usage in [start, end) of ``subjects`` (None: everyone's; empty: nobody's)."""
     if subjects is not None and not subjects:
-        return Usage({}, 0, 0, [], Decimal(0), {"times": [], "series": {}})
+        return Usage(
+            {}, 0, 0, [], Decimal(0), {"times": [], "series": {}}, {"times": [], "series": {}}
+        )
     common: dict[str, Any] = {
         "meter": "llm_tokens",
         "subjects": list(subjects or ()),
@@ -146,7 +163,7 @@ async def span_usage(
         "usage",
         "QueryMeter",
         usage_pb2.QueryMeterRequest(
-            group_by=["model", "type", "status_code", "route"],
+            group_by=list(GROUPS),
             window_size=WINDOWS.get(window, WINDOWS["day"]),
             **common,
         ),
@@ -155,6 +172,8 @@ async def span_usage(
     times = list(range(first, int(end.timestamp()) + 1, step)) or [first]
     index = {t: i for i, t in enumerate(times)}
     series: dict[str, list[int]] = {}
+    type_series: dict[str, list[int]] = {}
+    totals: dict[tuple[str, ...], list[Any]] = {}
     by_type: dict[str, int] = defaultdict(int)
     models: dict[str, dict[str, Any]] = {}
     requests = errors = 0
@@ -170,6 +189,10 @@ async def span_usage(
         # Windows are UTC-aligned; the first one is clipped to the span's start.
         slot = row.window_start.seconds // step * step
         series.setdefault(name or "(none)", [0] * len(times))[index[slot]] += tokens
+        type_series.setdefault(token_type or "(none)", [0] * len(times))[index[slot]] += tokens
+        key = tuple(group.get(g, "") for g in GROUPS)
+        total = totals.setdefault(key, [0, Decimal(0)])
+        total[0] += tokens
         if token_type == "input":
             requests += row.event_count
             model["requests"] += row.event_count
@@ -180,6 +203,7 @@ async def span_usage(
             price = route_cost.input if token_type == "input" else route_cost.output
             cost = price * tokens / PER_MILLION
             cost_total += cost
+            total[1] += cost
             model["provider_cost"] = model.get("provider_cost", Decimal(0)) + cost
     model_rows = [
         {
@@ -200,7 +224,76 @@ async def span_usage(
         "start": int(start.timestamp()),
         "end": int(end.timestamp()),
     }
-    return Usage(dict(by_type), requests, errors, model_rows, cost_total, chart)
+    chart_by_type = {**chart, "series": dict(sorted(type_series.items()))}
+    chart_by_type["times"] = times if type_series else []
+    groups = [
+        Group(dict(zip(GROUPS, key, strict=True)), tokens, cost)
+        for key, (tokens, cost) in sorted(totals.items())
+    ]
+    return Usage(
+        dict(by_type), requests, errors, model_rows, cost_total, chart, chart_by_type, groups
+    )
+
+
+async def top_subjects(
+    api: ConsoleApi,
+    *,
+    start: datetime,
+    end: datetime,
+    window: str,
+    costs: Mapping[str, RouteCost],
+    top: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The ``top`` subjects by tokens in [start, end) (tokens, provider cost) and their tokens
+    per window, as a chart (one series per subject)."""
+    common: dict[str, Any] = {"meter": "llm_tokens", "start_time": _ts(start), "end_time": _ts(end)}
+    answer = await api.unchecked(
+        "usage",
+        "QueryMeter",
+        usage_pb2.QueryMeterRequest(group_by=["subject", "type", "route"], **common),
+    )
+    by_subject: dict[str, dict[str, Any]] = {}
+    for row in answer.rows:
+        subject = row.group.get("subject", "")
+        tokens = int(Decimal(row.value))
+        entry = by_subject.setdefault(
+            subject, {"subject": subject, "tokens": 0, "provider_cost": Decimal(0)}
+        )
+        entry["tokens"] += tokens
+        route_cost = costs.get(row.group.get("route", ""))
+        kind = row.group.get("type", "")
+        if route_cost is not None and kind in ("input", "output"):
+            price = route_cost.input if kind == "input" else route_cost.output
+            entry["provider_cost"] += price * tokens / PER_MILLION
+    chosen = sorted(by_subject.values(), key=lambda e: (-e["tokens"], e["subject"]))[:top]
+    step = 3600 if window == "hour" else 86400
+    first = int(start.timestamp()) // step * step
+    times = list(range(first, int(end.timestamp()) + 1, step)) or [first]
+    index = {t: i for i, t in enumerate(times)}
+    series: dict[str, list[int]] = {}
+    if chosen:
+        windowed = await api.unchecked(
+            "usage",
+            "QueryMeter",
+            usage_pb2.QueryMeterRequest(
+                group_by=["subject"],
+                subjects=[e["subject"] for e in chosen],
+                window_size=WINDOWS.get(window, WINDOWS["day"]),
+                **common,
+            ),
+        )
+        for row in windowed.rows:
+            slot = row.window_start.seconds // step * step
+            label = row.group.get("subject", "")
+            series.setdefault(label, [0] * len(times))[index[slot]] += int(Decimal(row.value))
+    chart = {
+        "times": times if series else [],
+        "series": dict(sorted(series.items())),
+        "window": window,
+        "start": int(start.timestamp()),
+        "end": int(end.timestamp()),
+    }
+    return chosen, chart
 
 
 def month_start(now: datetime) -> datetime:

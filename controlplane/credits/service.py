@@ -95,9 +95,19 @@ def _plan_currency(conn: Connection, customer: str, at: datetime) -> str:
     return catalog.get_plan(conn, sub.plan_key, sub.plan_version).currency
 
 
+def plan_currency(conn: Connection, customer: str, at: datetime) -> str:
+    """The currency of the customer's plan at ``at`` (FailedPrecondition without one)."""
+    return _plan_currency(conn, customer, at)
+
+
 def _check_money(amount: Decimal, currency: str, *, what: str) -> None:
     if not amount.is_finite() or amount <= 0:
         raise InvalidArgument(f"{what} must be above zero, got {amount}")
+    check_grid(amount, currency, what=what)
+
+
+def check_grid(amount: Decimal, currency: str, *, what: str) -> None:
+    """InvalidArgument if ``amount`` is above the bound or finer than the currency's unit."""
     if amount > MAX_AMOUNT:
         raise InvalidArgument(f"{what} must be at most {MAX_AMOUNT}")
     # Invoice lines are rounded to this; a grant on the same grid pays them to the cent.
@@ -277,6 +287,7 @@ def balance(conn: Connection, *, customer: str, at: datetime) -> CreditBalance:
         settled=settled,
         live=max(settled - pending, Decimal(0)),
         grants=active,
+        pending=pending,
     )
 
 

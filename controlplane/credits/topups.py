@@ -9,13 +9,18 @@ invoice is ``controlplane.credits.service.create_top_up``.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from sqlalchemy import Connection
 
-from controlplane.credits import storage
+from controlplane.credits import recharge_storage, storage
 from controlplane.credits.types import CreditGrant, Funding
 from controlplane.invoicing.storage import InvoiceRow
+from controlplane.notifications import storage as notifications
+from controlplane.notifications.invoices import event_payload
+
+TOP_UP_FAILED_EVENT = "credit.top_up_failed"
 
 # Top-up credits are spent after promotional ones of the default priority (0): a customer's
 # bought money lasts longest.
@@ -52,3 +57,36 @@ def grant_paid_top_up(conn: Connection, row: InvoiceRow, *, now: datetime) -> Cr
     )
     assert made is not None
     return made
+
+
+def top_up_failed(conn: Connection, row: InvoiceRow, *, now: datetime) -> int:
+    """Tell the customer's credit alerts that a top-up's payment failed (nothing is granted);
+    how many events. Once per alert and invoice."""
+    created = 0
+    for alert in recharge_storage.list_alerts(conn, row.customer):
+        event_id = str(uuid.uuid4())
+        payload = event_payload(
+            event_id,
+            TOP_UP_FAILED_EVENT,
+            now,
+            {
+                "alert": alert.key,
+                "customer": row.customer,
+                "invoice": row.id,
+                "number": row.number,
+                "currency": row.currency,
+                "amount": str(row.total),
+                "auto_recharge": recharge_storage.is_recharge(conn, row.id),
+            },
+        )
+        created += notifications.insert_channel_event(
+            conn,
+            rule_key=f"credits/{row.customer}/{alert.key}"[:200],
+            channel=alert.channel,
+            dedupe_key=f"credit-top-up-failed|{row.customer}|{alert.key}|{row.id}"[:500],
+            type=TOP_UP_FAILED_EVENT,
+            payload=payload,
+            event_id=event_id,
+            now=now,
+        )
+    return created

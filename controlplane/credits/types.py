@@ -102,6 +102,8 @@ class CreditBalance:
     settled: Decimal
     live: Decimal
     grants: tuple[GrantBalance, ...]
+    # What the open invoices would take from credits if issued now (settled - live, unclamped).
+    pending: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -117,3 +119,82 @@ class CreditGrantSpec:
     expires: str = ""
     features: tuple[str, ...] = ()
     description: str = ""
+
+
+class RechargeMode(StrEnum):
+    """How an auto-recharge rule sizes its top-up."""
+
+    # Live balance below ``threshold``: buy ``amount``.
+    THRESHOLD = "threshold"
+    # Live balance below ``threshold``: buy what brings it back to ``target``.
+    TARGET = "target"
+
+
+@dataclass(frozen=True)
+class RechargeRule:
+    """A customer's auto-recharge rule; zero bounds and caps mean none."""
+
+    customer: str
+    mode: RechargeMode
+    threshold: Decimal
+    amount: Decimal = Decimal(0)
+    target: Decimal = Decimal(0)
+    minimum: Decimal = Decimal(0)
+    maximum: Decimal = Decimal(0)
+    # Per billing period: how many top-ups, and their total; 0 is no cap.
+    max_count: int = 0
+    max_amount: Decimal = Decimal(0)
+    # Empty: the plan's. Only checked (a rule in another currency is refused).
+    currency: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RechargeOutcome:
+    """What one evaluation of a customer's rule did: the invoice it issued, or why not."""
+
+    customer: str
+    invoice_id: str = ""
+    amount: Decimal = Decimal(0)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CreditAlert:
+    """Credit-balance thresholds of a customer, each fired once per crossing on ``channel``.
+
+    ``percents``: of the amount of the last funded grant; ``amounts``: absolute balances.
+    """
+
+    customer: str
+    key: str
+    channel: str
+    percents: tuple[Decimal, ...] = ()
+    amounts: tuple[Decimal, ...] = ()
+    create_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CreditOutlook:
+    """The live balance, the burn rate over ``window_days`` and when the balance runs out.
+
+    ``burn_per_day`` is None without two spending samples in the window; ``run_out_time`` is
+    None when nothing burns (or nothing is left to run out of: then it is ``at``).
+    """
+
+    balance: CreditBalance
+    window_days: int
+    spent_in_window: Decimal | None
+    window_start: datetime | None
+    burn_per_day: Decimal | None
+    run_out_time: datetime | None
+
+
+@dataclass(frozen=True)
+class CreditsSpec:
+    """``billing.credits`` of a declarative document: grants, recharge rules and alerts."""
+
+    grants: tuple[CreditGrantSpec, ...] = ()
+    recharge: tuple[RechargeRule, ...] = ()
+    alerts: tuple[CreditAlert, ...] = ()

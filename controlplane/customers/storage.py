@@ -80,6 +80,17 @@ def page_customers(
     ]
 
 
+def customers_of_subjects(conn: Connection, subjects: list[str]) -> dict[str, str]:
+    """subject -> the key of the customer it belongs to (subjects of nobody are left out)."""
+    t = s.customer_subjects
+    found: dict[str, str] = {}
+    for i in range(0, len(subjects), 1000):
+        chunk = subjects[i : i + 1000]
+        query = select(t.c.subject, t.c.customer).where(t.c.subject.in_(chunk))
+        found.update({row.subject: row.customer for row in conn.execute(query)})
+    return found
+
+
 def get_customer(conn: Connection, key: str) -> Customer:
     """One customer, read by key (not by listing every customer: invoicing calls this per
     customer)."""

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from controlplane.budgets.declarative import apply_budgets
 from controlplane.catalog import storage as catalog
-from controlplane.credits.declarative import apply_credits
+from controlplane.credits.declarative import apply_credit_rules, apply_credits
 from controlplane.customers import storage as customers
 from controlplane.declarative import DeclarativeConfig, parse_document
 from controlplane.errors import InvalidArgument, NotFound
@@ -121,4 +121,8 @@ def _apply(
         changes.extend(
             apply_notifications(conn, billing.notifications, now=now, allow_private=allow_private)
         )
+    # After the notifications: a credit alert may name a channel the same file creates.
+    changes.extend(
+        apply_credit_rules(conn, billing.credit_recharge, billing.credit_alerts, now=now)
+    )
     return [c for c in changes if c]

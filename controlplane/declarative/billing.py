@@ -30,7 +30,11 @@ from controlplane.catalog.types import (
     TierMode,
 )
 from controlplane.catalog.validation import price_list_problems, rate_card_problems
-from controlplane.credits.declarative import parse_credits
+from controlplane.credits.declarative import (
+    parse_credit_alerts,
+    parse_credit_recharge,
+    parse_credits,
+)
 from controlplane.customers.types import Customer
 from controlplane.declarative.entry import Entry, describe, quoted
 from controlplane.declarative.meters import meter_dimensions, parse_meters
@@ -102,6 +106,8 @@ def parse_billing(billing: Entry) -> BillingConfig:
         subscriptions=tuple(subscriptions),
         budgets=parse_budgets(billing, customer_keys),
         credits=parse_credits(billing, customer_keys, feature_keys),
+        credit_recharge=parse_credit_recharge(billing, customer_keys),
+        credit_alerts=parse_credit_alerts(billing, customer_keys),
         notifications=parse_notifications(billing),
         meters=tuple(meters.values()),
     )

@@ -212,7 +212,9 @@ HONOURED: Mapping[str, frozenset[str]] = {
             "realm",
         }
     ),
-    "ai-proxy": frozenset({"route_type", "llm_format", *_PROXY, *_target("")}),
+    "ai-proxy": frozenset(
+        {"route_type", "llm_format", "logging.log_payloads", *_PROXY, *_target("")}
+    ),
     "ai-proxy-advanced": frozenset(
         {
             "llm_format",
@@ -220,6 +222,9 @@ HONOURED: Mapping[str, frozenset[str]] = {
             "targets.[].route_type",
             "targets.[].weight",
             "targets.[].description",
+            # The name the cost algorithm matches the requested model against.
+            "targets.[].model.model_alias",
+            "targets.[].logging.log_payloads",
             *_target("targets.[]."),
             *(
                 f"balancer.{b}"
@@ -309,7 +314,7 @@ _ENUM_EXTRAS: Mapping[str, tuple[str, ...]] = {
 }
 
 # Fields honoured for some values only (Meterline's behaviour is Kong's for those values).
-_LOGGING = {"logging.log_statistics": (True,), "logging.log_payloads": (False,)}
+_LOGGING = {"logging.log_statistics": (True,)}
 # Kong's genai_category: Meterline serves text generation and embeddings (the category
 # follows route_type); the audio, image, realtime and video categories are noted.
 _CATEGORY = {"genai_category": ("text/generation", "text/embeddings")}
@@ -334,7 +339,6 @@ _REASONS: tuple[tuple[str, str], ...] = (
         "Bedrock options Meterline does not use (batch jobs, embeddings, latency tier, video)",
     ),
     ("metadata", "target metadata is not used"),
-    ("logging.log_payloads", "request and response bodies are not logged"),
     ("vectordb", "semantic routing and caching are not supported"),
     ("embeddings", "semantic routing and caching are not supported"),
     ("balancer.slots", "the balancer needs no hash ring slots"),
@@ -460,7 +464,7 @@ def _walk_mapping(
         child = node.children.get(key_text)
         here, here_schema = _join(path, key_text), _join(schema_path, key_text)
         if child is None:
-            config.fail(f'unknown field "{config.prefix}{here}" ({_unknown(key_text, node)})')
+            _fail_unknown(plugin, node, config=config, key=key_text, path=here, schema=here_schema)
             continue
         if value is None:
             continue  # null: unset, Kong's default applies
@@ -537,6 +541,37 @@ def _validate(node: Node, value: Any, *, config: Entry, path: str) -> None:
                 config.fail_field(where, f"must be a mapping, got {describe(item)}")
             else:
                 _validate(node.element, item, config=config, path=where)
+
+
+# Fields of Kong releases newer than kong_fields.tsv that Kong's documented examples use:
+# refused by name (as unsupported), never reported as typos.
+NEWER_KONG_FIELDS: dict[str, dict[str, str]] = {
+    "key-auth": {"principals": "keys of a Konnect directory's principals"},
+    "rate-limiting-advanced": {"counter_key": "Kong 3.14's counter key"},
+    "ai-proxy": {
+        "model.options.seconds": "video generation",
+        "model.options.size": "image and video generation",
+    },
+    "ai-proxy-advanced": {
+        "targets.[].model.options.seconds": "video generation",
+        "targets.[].model.options.size": "image and video generation",
+        "targets.[].genai_category": "Kong's generative-AI categories (image, audio, video)",
+    },
+}
+
+
+def _fail_unknown(
+    plugin: str, node: Node, *, config: Entry, key: str, path: str, schema: str
+) -> None:
+    """A field the schema lacks: a newer Kong feature by name, else a typo with a hint."""
+    newer = NEWER_KONG_FIELDS.get(plugin, {}).get(schema)
+    if newer is not None:
+        config.fail(
+            f'field "{config.prefix}{path}" ({newer}) is not supported yet by data planes of '
+            "this version"
+        )
+    else:
+        config.fail(f'unknown field "{config.prefix}{path}" ({_unknown(key, node)})')
 
 
 def _unknown(key: str, node: Node) -> str:

@@ -56,8 +56,8 @@ SERVED_ROUTE_TYPES: Mapping[str, frozenset[str]] = {
         }
     ),
     "anthropic": frozenset({"llm/v1/chat", "preserve"}),
-    "gemini": frozenset({"llm/v1/chat"}),
-    "bedrock": frozenset({"llm/v1/chat"}),
+    "gemini": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
+    "bedrock": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
     "mistral": frozenset({"llm/v1/chat", "llm/v1/embeddings"}),
     "deepseek": frozenset({"llm/v1/chat"}),
     "xai": frozenset({"llm/v1/chat"}),
@@ -297,6 +297,7 @@ _TARGET_FIELDS = (
     # Per-target timeouts (Meterline's; override the balancer's for this target).
     "connect_timeout",
     "read_timeout",
+    "logging",
 )
 
 
@@ -338,6 +339,17 @@ def _proxy_fields(config: Entry, result: dict[str, Any]) -> None:
         result["max_request_body_size"] = config.integer("max_request_body_size", minimum=0)
     if config.has("model_name_header"):
         result["model_name_header"] = config.boolean("model_name_header", default=True)
+
+
+def _logging(config: Entry, result: dict[str, Any]) -> None:
+    """Kong's ``logging.log_payloads`` (the other logging field is checked by the schema)."""
+    logging = config.sub("logging")
+    if logging is not None and logging.has("log_payloads"):
+        value = logging.data.get("log_payloads")
+        if not isinstance(value, bool):
+            logging.fail_field("log_payloads", "must be true or false")
+        elif value:
+            result["logging"] = {"log_payloads": True}
 
 
 def _timeouts(config: Entry, result: dict[str, Any]) -> None:
@@ -396,6 +408,7 @@ def _target(target: Entry, *, llm_format: str | None) -> dict[str, Any]:
     for key in ("connect_timeout", "read_timeout"):
         if target.has(key):
             result[key] = target.integer(key, minimum=1)
+    _logging(target, result)
     auth = target.sub("auth")
     if auth is not None:
         result["auth"] = _auth(auth)
@@ -459,18 +472,26 @@ def _balancer(balancer: Entry, *, targets: list[dict[str, Any]]) -> dict[str, An
         result["max_fails"] = balancer.integer("max_fails", minimum=0)
     if balancer.has("fail_timeout"):
         result["fail_timeout"] = balancer.integer("fail_timeout", minimum=1)
-    _check_algorithm_targets(balancer, algorithm, targets)
+    _algorithm_targets(balancer, algorithm, targets)
     return result
 
 
-def _check_algorithm_targets(
+def _algorithm_targets(
     balancer: Entry, algorithm: str | None, targets: list[dict[str, Any]]
 ) -> None:
-    """What the priority and cost algorithms need of the targets."""
+    """What the priority and cost algorithms need of the targets (Kong's priority groups
+    become the targets' priority)."""
+    if algorithm == "priority" and not any("priority" in t for t in targets):
+        # Kong's own form: priority groups are the targets' weights, the highest tried first
+        # (Kong's "Load balancing: Priority" example); Meterline's targets[].priority overrides.
+        weights = sorted({t["weight"] for t in targets}, reverse=True)
+        for target in targets:
+            target["priority"] = weights.index(target["weight"])
     if algorithm == "priority" and len({t.get("priority", 0) for t in targets}) < 2:
         balancer.fail(
-            "algorithm priority needs targets with at least two different priority values "
-            "(targets[].priority; lower is tried first)"
+            "algorithm priority needs targets in at least two priority groups "
+            "(Kong's: different weights, the highest tried first; or Meterline's "
+            "targets[].priority, lower tried first)"
         )
     if algorithm == "cost":
         for index, target in enumerate(targets):
@@ -489,6 +510,7 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
             "llm_format",
             "auth",
             "model",
+            "logging",
             *_MODEL_POLICY_FIELDS,
             *_TIMEOUT_FIELDS,
             *_PROXY_FIELDS,
@@ -502,6 +524,7 @@ def _ai_proxy(config: Entry) -> dict[str, Any]:
     _model_policy(config, result)
     _proxy_fields(config, result)
     _timeouts(config, result)
+    _logging(config, result)
     auth = config.sub("auth")
     if auth is not None:
         result["auth"] = _auth(auth)
@@ -642,8 +665,28 @@ def quoted_choices() -> str:
     return " or ".join(f'"{location}"' for location in PARAM_LOCATIONS)
 
 
+def _templates(model: Entry) -> None:
+    """Kong's template values (``$(uri_captures.model)``, ``$(headers.x-model)``...): filled
+    per request by Kong from the route's regex captures, headers or query; refused by name."""
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, str) and "$(" in value:
+            model.fail_field(
+                path,
+                f'"{value}": Kong\'s template values ($(uri_captures...), $(headers...), '
+                "$(query_params...)) are not supported yet by data planes of this version",
+            )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}")
+
+    for key in ("name", "options"):
+        walk(model.data.get(key), key)
+
+
 def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
     model.check_keys(_MODEL_FIELDS)
+    _templates(model)
     provider = model.string("provider", required=True)
     if provider is not None and provider not in SERVED_ROUTE_TYPES:
         known = kong_enum("model.provider")
@@ -783,9 +826,6 @@ def _provider_sections(options: Entry, result: dict[str, Any]) -> None:
     for key, (_, formats) in _FORMAT_OPTIONS.items():
         if options.has(key):
             result[key] = options.choice(key, formats)
-            if result[key] == "raw":
-                # Kong's raw llama2 format: refused here, not NACKed by every data plane.
-                options.fail_field(key, '"raw" is not supported yet by data planes of this version')
     dashscope = options.sub("dashscope")
     if dashscope is not None:
         dashscope.check_keys(_PROVIDER_OPTIONS["dashscope"])

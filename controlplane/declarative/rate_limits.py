@@ -183,9 +183,10 @@ def _policies(config: Entry, *, providers: tuple[str, ...]) -> list[dict[str, An
     """Kong 3.14's ``policies``: each ``{id, match: [...], limits: [...], window_type}``."""
     policies: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for entry in config.entries("policies", label="id"):
+    for number, entry in enumerate(config.entries("policies", label="id")):
         entry.check_keys(("id", "match", "limits", "window_type"))
-        policy_id = entry.string("id", required=True)
+        # Kong's documented examples leave id out: the policy is then named by its position.
+        policy_id = entry.string("id", default=f"policy-{number + 1}")
         if policy_id is not None and policy_id in seen:
             entry.fail_field("id", f'repeats policy "{policy_id}"')
         seen.add(policy_id or "")
@@ -263,8 +264,18 @@ def _common(config: Entry) -> dict[str, Any]:
     redis = config.sub("redis")
     result["redis"] = _redis(redis) if redis is not None else {}
     if result["strategy"] == "redis" and not result["redis"].get("host"):
-        config.fail_field("redis.host", 'is required with strategy "redis"')
+        _no_redis_host(config)
     return result
+
+
+def _no_redis_host(config: Entry) -> None:
+    """Strategy redis without redis.host (Kong's documented ElastiCache/Memorystore examples
+    give cluster_nodes instead): say which Kong topologies are not served."""
+    config.fail_field(
+        "redis.host",
+        'is required with strategy "redis" (Redis Cluster, redis.cluster_nodes, and Redis '
+        "Sentinel, redis.sentinel_nodes, are not supported yet by data planes of this version)",
+    )
 
 
 def _error(config: Entry, result: dict[str, Any]) -> None:

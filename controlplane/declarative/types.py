@@ -13,7 +13,7 @@ from controlplane.usage.meters import OperatorMeter
 
 if TYPE_CHECKING:
     from controlplane.budgets.types import BudgetSpec
-    from controlplane.credits.types import CreditGrantSpec
+    from controlplane.credits.types import CreditAlert, CreditGrantSpec, RechargeRule
     from controlplane.notifications.types import NotificationsSpec
 
 
@@ -47,6 +47,9 @@ class BillingConfig:
     budgets: tuple[BudgetSpec, ...] = ()
     # billing.credits (controlplane.credits.declarative).
     credits: tuple[CreditGrantSpec, ...] = ()
+    # billing.credits.recharge and billing.credits.alerts (the mapping form of billing.credits).
+    credit_recharge: tuple[RechargeRule, ...] = ()
+    credit_alerts: tuple[CreditAlert, ...] = ()
     # billing.notifications (controlplane.notifications.declarative); None: no section.
     notifications: NotificationsSpec | None = None
     # billing.meters (controlplane.declarative.meters).

@@ -558,6 +558,9 @@ def set_payment_state(
     if row.kind == storage.TOP_UP_KIND and state is InvoiceState.PAID:
         # The credits a top-up buys exist once it is paid, not before (and only once).
         topups.grant_paid_top_up(conn, row, now=now)
+    if row.kind == storage.TOP_UP_KIND and state is InvoiceState.PAYMENT_FAILED:
+        # Nothing is granted; the customer's credit alerts hear about it.
+        topups.top_up_failed(conn, row, now=now)
     emit_invoice_event(conn, get_invoice(conn, id), f"invoice.{state.value}", now=now)
     return get_invoice(conn, id), True
 

@@ -17,6 +17,7 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -420,12 +421,16 @@ async def run_once(
     clock: Clock,
     settings: NotificationSettings,
     client: httpx.AsyncClient,
+    also: Callable[[datetime], int] | None = None,
 ) -> tuple[int, int]:
-    """Evaluate the threshold rules, then deliver what is due: (events created, attempts)."""
+    """Evaluate the threshold rules (and ``also``, other alerts such as credit alerts, in the
+    same thread), then deliver what is due: (events created, attempts)."""
 
     def evaluate() -> int:
+        now = clock.now()
         with db.begin() as conn:
-            return evaluate_thresholds(conn, now=clock.now())
+            created = evaluate_thresholds(conn, now=now)
+        return created + (also(now) if also is not None else 0)
 
     created = await asyncio.to_thread(evaluate)
     attempts = await deliver_due(db, clock=clock, settings=settings, client=client)

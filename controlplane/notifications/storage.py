@@ -70,6 +70,12 @@ def delete_channel(conn: Connection, key: str) -> None:
         select(s.notification_rules.c.key).where(s.notification_rules.c.channel == key)
     ).scalars()
     names = sorted(users)
+    alerts = conn.execute(
+        select(s.credit_alerts.c.customer, s.credit_alerts.c.key).where(
+            s.credit_alerts.c.channel == key
+        )
+    )
+    names += sorted(f"credit alert {row.key} of {row.customer}" for row in alerts)
     if names:
         raise FailedPrecondition(
             f'channel "{key}" is used by rule(s) {", ".join(names)}: delete them first'
@@ -151,12 +157,37 @@ def insert_event(
 
     ON CONFLICT DO NOTHING: replicas evaluating at once store it once, and neither fails.
     """
+    return insert_channel_event(
+        conn,
+        rule_key=rule.key,
+        channel=rule.channel,
+        dedupe_key=dedupe_key,
+        type=type,
+        payload=payload,
+        event_id=event_id,
+        now=now,
+    )
+
+
+def insert_channel_event(
+    conn: Connection,
+    *,
+    rule_key: str,
+    channel: str,
+    dedupe_key: str,
+    type: str,
+    payload: str,
+    event_id: str,
+    now: datetime,
+) -> bool:
+    """``insert_event`` for alerts that are not notification rules (credit alerts): the
+    event names ``rule_key`` and is delivered on ``channel``."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     result = conn.execute(
         dialect.insert(s.notification_events)
         .values(
             id=event_id,
-            rule=rule.key,
+            rule=rule_key,
             dedupe_key=dedupe_key,
             type=type,
             payload=payload,
@@ -171,7 +202,7 @@ def insert_event(
         insert(s.notification_deliveries).values(
             id=str(uuid.uuid4()),
             event_id=event_id,
-            channel=rule.channel,
+            channel=channel,
             state=DeliveryState.PENDING.value,
             attempts=0,
             next_attempt_time=now,

@@ -377,6 +377,62 @@ credit_transactions = Table(
     Index("ix_credit_transactions_grant_id", "grant_id"),
 )
 
+credit_recharge_rules = Table(
+    "credit_recharge_rules",
+    metadata,
+    # One auto-recharge rule per customer (controlplane.credits.recharge); decimal strings.
+    Column("customer", String(200), ForeignKey("customers.key"), primary_key=True),
+    # threshold | target
+    Column("mode", String(20), nullable=False),
+    # Fires when the live balance is below this.
+    Column("threshold", Text, nullable=False),
+    # threshold: the amount bought; target: the balance a top-up brings back ("0" otherwise).
+    Column("amount", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    # Bounds of one top-up; "0" is no bound.
+    Column("minimum", Text, nullable=False),
+    Column("maximum", Text, nullable=False),
+    # Caps per billing period: top-ups and their amount; 0 / "0" is no cap.
+    Column("max_count", Integer, nullable=False),
+    Column("max_amount", Text, nullable=False),
+    *_times(),
+)
+
+credit_recharges = Table(
+    "credit_recharges",
+    metadata,
+    # The top-up invoices auto-recharge issued, with the billing period they count against.
+    Column("invoice_id", String(36), ForeignKey("invoices.id"), primary_key=True),
+    Column("customer", String(200), ForeignKey("customers.key"), nullable=False),
+    Column("amount", Text, nullable=False),
+    Column("period_start", UTCDateTime(), nullable=False),
+    Column("create_time", UTCDateTime(), nullable=False),
+    Index("ix_credit_recharges_customer", "customer"),
+)
+
+credit_alerts = Table(
+    "credit_alerts",
+    metadata,
+    # Credit-balance thresholds of a customer, fired through a notification channel.
+    Column("customer", String(200), ForeignKey("customers.key"), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("channel", String(200), ForeignKey("notification_channels.key"), nullable=False),
+    # Percentages of the last funded grant's amount, and absolute amounts (decimal strings).
+    Column("percents", JSON, nullable=False),
+    Column("amounts", JSON, nullable=False),
+    *_times(),
+)
+
+credit_usage_samples = Table(
+    "credit_usage_samples",
+    metadata,
+    # What a customer had spent of its credits (ledger consumption plus what open invoices
+    # would take) at a time: the burn rate is the difference of two samples.
+    Column("customer", String(200), ForeignKey("customers.key"), primary_key=True),
+    Column("time", UTCDateTime(), primary_key=True),
+    Column("spent", Text, nullable=False),
+)
+
 invoices = Table(
     "invoices",
     metadata,

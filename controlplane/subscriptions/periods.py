@@ -11,6 +11,7 @@ between aware instants. Anchors are normally UTC.
 from __future__ import annotations
 
 import calendar
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -45,6 +46,7 @@ class Cadence:
         return Cadence(months=self.months * k, delta=self.delta * k)
 
 
+@functools.lru_cache(maxsize=256)
 def parse_cadence(text: str) -> Cadence:
     """Parse a positive ISO 8601 duration such as ``P1M``, ``P1D`` or ``PT1H``.
 

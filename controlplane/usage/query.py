@@ -7,10 +7,11 @@ rollup (LATEST, UNIQUE_COUNT) or the window is a minute. ``aggregate.py`` holds 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, select
 
@@ -35,6 +36,7 @@ from controlplane.usage.meters import (
 )
 
 HOUR = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The built-in meter's dimensions (columns of usage_events).
 LLM_DIMENSIONS = tuple(token_storage.DIMENSION_COLUMNS)
@@ -72,6 +74,28 @@ def check_dimensions(meter: MeterView, names: Iterable[str], what: str) -> None:
             )
 
 
+def _span_clause(
+    subject: Any,
+    time: Any,
+    *,
+    subjects: Sequence[str],
+    edge_subjects: Callable[[], Sequence[str]] | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> list[ColumnElement[bool]]:
+    """The WHERE terms of a span of raw events: its subjects (or the edge hour's), its times."""
+    terms: list[ColumnElement[bool]] = []
+    if subjects:
+        terms.append(subject.in_(list(subjects)))
+    elif edge_subjects is not None:
+        terms.append(subject.in_(edge_subjects()))
+    if start is not None:
+        terms.append(time >= start)
+    if end is not None:
+        terms.append(time < end)
+    return terms
+
+
 def _raw_points(
     conn: Connection,
     meter: MeterView,
@@ -84,15 +108,30 @@ def _raw_points(
 ) -> Iterator[Point]:
     if start is not None and end is not None and end <= start:
         return
+    # Every subject's events of a part of one hour (a span's edge): only the subjects that hour's
+    # rollups name, so the (subject, time) index is probed, not scanned whole.
+    hour = floor_time(start, WindowSize.HOUR) if start is not None else None
+    one_hour = hour is not None and end is not None and end <= hour + HOUR
+    source = LLM_TOKENS if meter.compiled is None else rollups.EVENTS
+
+    def edge_subjects() -> Sequence[str]:
+        assert hour is not None
+        return list(rollups.subjects_in_hour(source, hour))
+
+    def span(subject: Any, time: Any) -> list[ColumnElement[bool]]:
+        return _span_clause(
+            subject,
+            time,
+            subjects=subjects,
+            edge_subjects=edge_subjects if one_hour else None,
+            start=start,
+            end=end,
+        )
+
     if meter.compiled is None:
         t = s.usage_events
         query = select(t.c.subject, t.c.time, t.c.tokens, *token_storage.DIMENSION_COLUMNS.values())
-        if subjects:
-            query = query.where(t.c.subject.in_(list(subjects)))
-        if start is not None:
-            query = query.where(t.c.time >= start)
-        if end is not None:
-            query = query.where(t.c.time < end)
+        query = query.where(*span(t.c.subject, t.c.time))
         for dimension, value in filters.items():
             query = query.where(token_storage.filter_clause(dimension, value))
         for row in conn.execute(query):
@@ -101,14 +140,8 @@ def _raw_points(
         return
     e = s.meter_events
     query = select(e.c.subject, e.c.time, e.c.data).where(
-        e.c.type == meter.compiled.meter.event_type
+        e.c.type == meter.compiled.meter.event_type, *span(e.c.subject, e.c.time)
     )
-    if subjects:
-        query = query.where(e.c.subject.in_(list(subjects)))
-    if start is not None:
-        query = query.where(e.c.time >= start)
-    if end is not None:
-        query = query.where(e.c.time < end)
     if where is not None:
         query = query.where(where)
     for subject, time, data in conn.execute(query):
@@ -162,11 +195,20 @@ def _fill(
             conn, meter, subjects=subjects, start=edge_start, end=edge_end, filters=filters
         ):
             grouper.add(point)
-    for subject, bucket, dimensions, value, count in rollups.hourly_rows(
-        conn, meter=meter.key, subjects=subjects, start=first_hour, end=last_hour
+    # Combined in SQL per window, dimension set (and subject if grouped by it): the rows the
+    # database returns are few whatever the events; filters apply to the dimension sets.
+    for subject, bucket, dimensions, value, count in rollups.grouped_rows(
+        conn,
+        meter=meter.key,
+        subjects=subjects,
+        start=first_hour,
+        end=last_hour,
+        aggregation=meter.aggregation,
+        by_subject="subject" in grouper.group_by,
+        window=grouper.window.value if grouper.window is not None else None,
     ):
         if _rollup_matches(meter, dimensions, filters):
-            grouper.add_rollup(subject, bucket, dimensions, value, count)
+            grouper.add_rollup(subject, bucket or first_hour or _EPOCH, dimensions, value, count)
 
 
 def _rollup_matches(

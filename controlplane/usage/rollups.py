@@ -24,10 +24,12 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     Connection,
+    Integer,
     Numeric,
     Table,
     and_,
     cast,
+    exc,
     func,
     insert,
     select,
@@ -323,6 +325,104 @@ def hourly_rows(
         query = query.where(r.c.bucket < end)
     for subject, bucket, dimensions, value, count in conn.execute(query):
         yield subject, bucket, parse_dimensions(dimensions), Decimal(value), int(count)
+
+
+# SQLite adds integer text exactly in SQL while it stays below 2^63 (sum() raises "integer
+# overflow" rather than going through a float): rows of at most 18 digits are summed there,
+# the rest (decimals, negatives, longer numbers) in Python with Decimal.
+_SQLITE_INTEGER_TEXT = "value NOT GLOB '*[^0-9]*' AND length(value) BETWEEN 1 AND 18"
+
+
+GroupedRow = tuple[str, datetime | None, Mapping[str, str], Decimal, int]
+
+
+def grouped_rows(
+    conn: Connection,
+    *,
+    meter: str,
+    subjects: Sequence[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+    aggregation: MeterAggregation,
+    by_subject: bool,
+    window: str | None,
+) -> list[GroupedRow]:
+    """``hourly_rows`` combined in SQL: one row per (subject if ``by_subject``, window,
+    dimensions) instead of one per hour. ``window`` is "hour", "day" or None (the whole span).
+
+    The rows a caller combines further (a grouper adding them up) give exactly the totals of
+    the hourly rows: SUM adds exactly (PostgreSQL ``numeric``; SQLite 64-bit integers, or
+    Decimal in Python for values SQLite cannot add exactly), COUNT adds counts, MAX keeps the
+    largest. A window's bucket is its UTC start (an hour or a midnight).
+    """
+    dialect = conn.dialect.name
+    if window == "day":
+        bucket: Any = (
+            func.date_trunc("day", r.c.bucket)
+            if dialect == "postgresql"
+            else func.substr(r.c.bucket, 1, 10)
+        )
+    elif window == "hour":
+        bucket = r.c.bucket
+    elif window is None:
+        bucket = None
+    else:
+        raise ValueError(f"unknown window {window!r}")
+    keys: list[Any] = [r.c.dimensions]
+    if by_subject:
+        keys.append(r.c.subject)
+    if bucket is not None:
+        keys.append(bucket)
+    where: list[Any] = [r.c.meter == meter]
+    if subjects:
+        where.append(r.c.subject.in_(list(subjects)))
+    if start is not None:
+        where.append(r.c.bucket >= start)
+    if end is not None:
+        where.append(r.c.bucket < end)
+    is_max = aggregation is MeterAggregation.MAX
+
+    def unpack(row: Any, value: Decimal) -> GroupedRow:
+        subject = row[1] if by_subject else ""
+        hour = as_hour(row[len(keys) - 1]) if bucket is not None else None
+        return subject, hour, parse_dimensions(row[0]), value, int(row[-1])
+
+    if dialect == "postgresql":
+        numeric = cast(r.c.value, Numeric)
+        value = func.max(numeric) if is_max else func.sum(numeric)
+        query = select(*keys, value, func.sum(r.c.count)).where(*where).group_by(*keys)
+        return [unpack(row, Decimal(row[-2])) for row in conn.execute(query)]
+    integer = text(_SQLITE_INTEGER_TEXT)
+    as_int = cast(r.c.value, Integer)
+    value = func.max(as_int) if is_max else func.sum(as_int)
+    query = select(*keys, value, func.sum(r.c.count)).where(*where, integer).group_by(*keys)
+    try:
+        found = [unpack(row, Decimal(row[-2])) for row in conn.execute(query)]
+    except exc.OperationalError as error:
+        if "overflow" not in str(error):
+            raise
+        found = []
+        where_rest: list[Any] = list(where)
+    else:
+        where_rest = [*where, text(f"NOT ({_SQLITE_INTEGER_TEXT})")]
+    # The rest one hourly row at a time (a grouper adds them to the SQL-summed rows).
+    rest = select(*keys, r.c.value, r.c.count).where(*where_rest)
+    found += [unpack(row, Decimal(row[-2])) for row in conn.execute(rest)]
+    return found
+
+
+def subjects_in_hour(meter: str, hour: datetime) -> Any:
+    """SQL: the subjects with rollups of ``meter`` in the UTC hour starting at ``hour``.
+
+    Raw events are indexed by subject first (then time): a read of one partial hour for every
+    subject names these, so it probes the index per subject instead of scanning all of it.
+    """
+    return (
+        select(r.c.subject)
+        .where(r.c.meter == meter, r.c.bucket == hour)
+        .distinct()
+        .scalar_subquery()
+    )
 
 
 def delete_meter(conn: Connection, meter: str) -> None:

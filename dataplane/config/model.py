@@ -138,3 +138,6 @@ class AiProxyPolicy:
     defaults: RequestDefaults | None = None
     # Kong's model_alias of an ai-proxy-advanced target (the balancer routes by it).
     model_alias: str = ""
+    # Kong's logging.log_payloads: request and response bodies go to the JSON log (redacted,
+    # capped; observability.payloads); decided here once, never per request.
+    log_payloads: bool = False

@@ -36,11 +36,15 @@ DEFAULT_URLS: Final[dict[str, dict[str, str]]] = {
     "azure": {},
     "openai_compatible": {},
     # The model and the operation are in the path: see GEMINI_PATH / VERTEX_PATH.
-    "gemini": {ROUTE_TYPE_CHAT: "https://generativelanguage.googleapis.com"},
+    "gemini": {
+        ROUTE_TYPE_CHAT: "https://generativelanguage.googleapis.com",
+        ROUTE_TYPE_EMBEDDINGS: "https://generativelanguage.googleapis.com",
+    },
     # Bedrock's URL carries the region, the model and the operation: see bedrock_base_url and
     # BEDROCK_OPERATIONS; the value here marks the route types it serves.
     "bedrock": {
         ROUTE_TYPE_CHAT: "https://bedrock-runtime.{region}.amazonaws.com",
+        ROUTE_TYPE_EMBEDDINGS: "https://bedrock-runtime.{region}.amazonaws.com",
     },
     # OpenAI-compatible providers with one public endpoint (Kong's defaults), spoken to by the
     # OpenAI translator. dashscope's and databricks' URLs depend on their options (below).
@@ -91,7 +95,9 @@ DATABRICKS_URL: Final = "https://{instance}.cloud.databricks.com/serving-endpoin
 # The wire formats mistral_format / llama2_format may name, and those this version speaks.
 MISTRAL_FORMATS: Final = frozenset({"openai", "ollama"})
 LLAMA2_FORMATS: Final = frozenset({"openai", "raw", "ollama"})
-SPOKEN_MODEL_FORMATS: Final = frozenset({"openai", "ollama"})
+SPOKEN_MODEL_FORMATS: Final = frozenset({"openai", "ollama", "raw"})
+# The wire provider of llama2_format raw (Kong's text-generation ``inputs`` / ``generated_text``).
+LLAMA2_RAW: Final = "llama2_raw"
 # Kept for callers of the first version: the providers that speak OpenAI's wire format.
 OPENAI_FORMAT_PROVIDERS: Final = frozenset({"openai", "azure", "openai_compatible"})
 OPENAI_FORMAT_DEFAULT_URLS: Final = {
@@ -122,8 +128,8 @@ PROVIDER_ROUTE_TYPES: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "anthropic": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_PRESERVE}),
-    "gemini": frozenset({ROUTE_TYPE_CHAT}),
-    "bedrock": frozenset({ROUTE_TYPE_CHAT}),
+    "gemini": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_EMBEDDINGS}),
+    "bedrock": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_EMBEDDINGS}),
     "mistral": frozenset({ROUTE_TYPE_CHAT, ROUTE_TYPE_EMBEDDINGS}),
     "deepseek": frozenset({ROUTE_TYPE_CHAT}),
     "xai": frozenset({ROUTE_TYPE_CHAT}),

@@ -2,8 +2,9 @@
 
 Modules: ``metrics`` (the collector and the app wrapper serving the reserved paths),
 ``logs`` (text or JSON lines, the request id of each line), ``tracing`` (OpenTelemetry GenAI
-spans and metrics, built from records after the response, off unless OTEL_* ask) and
-``otel_export`` (the exporter process that turns those records into OTLP).
+spans and metrics, built from records after the response, off unless OTEL_* ask),
+``otel_export`` (the tracing thread's side: records to OTLP spans and GenAI metrics) and
+``payloads`` (request and response bodies in the JSON log for log_payloads routes).
 
 May import: ``dataplane.usage``, ``dataplane.http`` and below.
 """

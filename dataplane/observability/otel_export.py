@@ -1,47 +1,83 @@
-"""The OpenTelemetry SDK side of data-plane tracing, in a child process of its own.
+"""The OpenTelemetry side of data-plane tracing: OTLP spans and GenAI metrics built in batches.
 
-``dataplane.observability.tracing`` (the request path) hands finished requests, as plain
-tuples, to a ``python -m dataplane.observability.otel_export`` child through its stdin; this
-process turns them into GenAI spans with explicit start/end times (fed to the SDK's
-BatchSpanProcessor) and records the gen_ai.* metrics, then exports both with the SDK's OTLP
-exporters (gRPC or HTTP) as the inherited OTEL_* variables configure them. Building and
-encoding spans costs more CPU than the request it describes; here it runs beside the data
-plane (on another core when there is one) instead of holding its interpreter.
+``dataplane.observability.tracing`` (the request path) appends one plain tuple per finished
+request to a bounded deque; its background thread hands the drained batch to an ``Exporter``
+here, which
 
-Frames on stdin: one kind byte, a 4-byte big-endian length, the payload. ``B`` a pickled list
-of ``TracedRequest``; ``F`` flush (answered with one ``K`` byte on stdout once exported);
-``Q`` flush, shut down, answer ``K`` and exit. End of input also shuts down.
+- encodes the sampled requests' spans straight into OTLP protobuf bytes (an
+  ``ExportTraceServiceRequest``): the per-route attributes (operation, provider, models,
+  route, consumer) are encoded once and reused, the rest is a handful of varints and fixed64s
+  per span. The SDK's span objects (``ReadableSpan``, attribute validation, the batch span
+  processor's queue and locks) cost more CPU than the request they described; none is made;
+- aggregates the four gen_ai.* histograms itself (a bisect and four additions per
+  measurement), and every OTEL_METRIC_EXPORT_INTERVAL hands them to the SDK's metric exporter
+  as one ``MetricsData`` (cumulative temporality, the SDK's default);
+- sends the span bytes through the SDK's own OTLP exporters (gRPC or HTTP/protobuf), so the
+  endpoint, headers, TLS, compression, timeout and retries are the OTEL_* variables' as the SDK
+  reads them.
+
+The SDK still configures everything (sampler, resource, exporter selection); only the
+per-span and per-measurement objects are gone.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
+import random
+import struct
 import sys
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from dataplane.observability.tracing import (
-    DEFAULT_SERVICE_NAME,
-    SCOPE_NAME,
-    TracedAttempt,
-    TracedRequest,
-    provider_name,
-    signals_configured,
-)
+import orjson
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Histogram
-    from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import SpanProcessor
 
 logger = logging.getLogger(__name__)
 
-FRAME_BATCH: Final = b"B"
-FRAME_FLUSH: Final = b"F"
-FRAME_QUIT: Final = b"Q"
-ACK: Final = b"K"
+DEFAULT_SERVICE_NAME: Final = "meterline-dataplane"
+SCOPE_NAME: Final = "meterline.dataplane"
+# Meterline provider names -> gen_ai.provider.name's well-known values (others as they are).
+_PROVIDERS: Final = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+    "vertex": "gcp.vertex_ai",
+    "bedrock": "aws.bedrock",
+    "mistral": "mistral_ai",
+    "cohere": "cohere",
+    "openai_compatible": "openai",
+}
+
+
+def provider_name(provider: str) -> str:
+    return _PROVIDERS.get(provider, provider)
+
+
+def signals_configured(environ: Mapping[str, str] | None = None) -> tuple[bool, bool]:
+    """(traces, metrics): whether the OTEL_* variables ask for each to be exported.
+
+    An OTLP endpoint turns both on; OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER set to
+    ``otlp`` or ``console`` turn one on and ``none`` turns it off; OTEL_SDK_DISABLED wins."""
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False, False
+    endpoint = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
+
+    def wanted(signal: str) -> bool:
+        exporter = env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower()
+        if exporter:
+            return exporter != "none"
+        return endpoint or bool(env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "").strip())
+
+    return wanted("TRACES"), wanted("METRICS")
+
 
 # The conventions' advised histogram boundaries.
 _TOKEN_BUCKETS: Final = tuple(float(4**n) for n in range(14))
@@ -52,13 +88,62 @@ _TTFT_BUCKETS: Final = (
 _TPOT_BUCKETS: Final = (
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
 )  # fmt: skip
-_USAGE_NAMES: Final = (
-    "gen_ai.usage.input_tokens",
-    "gen_ai.usage.output_tokens",
-    "gen_ai.usage.cache_read.input_tokens",
-    "gen_ai.usage.cache_creation.input_tokens",
-    "gen_ai.usage.reasoning.output_tokens",
-)
+
+
+class TracedAttempt(NamedTuple):
+    """One upstream call, as the request path measured it (perf-counter nanoseconds).
+
+    The request path builds plain tuples in this field order (a NamedTuple's ``__new__`` costs
+    a Python call); this class names the fields for readers and tests."""
+
+    number: int
+    span_id: int
+    provider: str
+    model: str
+    origin: str
+    start_perf_ns: int
+    end_perf_ns: int
+    status: int
+    failed_over: bool
+    upstream_perf_ns: int | None
+    first_byte_perf_ns: int | None
+
+
+class TracedRequest(NamedTuple):
+    """One request, after its last attempt (or refused before any): plain values only, a plain
+    tuple in this field order on the request path. ``cost`` is a thunk there, a decimal string
+    (or None) once the background thread priced it. ``error_type`` is set for requests the
+    gateway refused itself (no attempt), ``content`` only when the route logs payloads and the
+    content opt-in is set: (input messages JSON, output text)."""
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int | None
+    tracestate: str
+    sampled: bool
+    request_id: str
+    route: str
+    consumer: str
+    operation: str
+    request_model: str
+    response_model: str
+    provider: str
+    start_ns: int
+    start_perf_ns: int
+    end_perf_ns: int
+    status: int
+    # (input, output, cached input, reasoning, cache write) as TokenUsage keeps them.
+    usage: tuple[int | None, int | None, int | None, int | None, int | None] | None
+    estimated: bool
+    stream: bool
+    first_byte_perf_ns: int | None
+    attempts: tuple[TracedAttempt, ...]
+    params: tuple[tuple[str, int | float], ...]
+    response_id: str
+    finish_reasons: tuple[str, ...]
+    error_type: str
+    content: tuple[str | None, str | None] | None
+    cost: Any
 
 
 def gen_ai_tokens(usage: tuple[int | None, ...] | None) -> tuple[int | None, int | None]:
@@ -73,6 +158,639 @@ def gen_ai_tokens(usage: tuple[int | None, ...] | None) -> tuple[int | None, int
     if output_tokens is not None:
         output_tokens += reasoning or 0
     return input_tokens, output_tokens
+
+
+# -- gen_ai.response.id and finish_reasons, from what the client got ---------------------------
+
+
+_REASON_KEYS: Final = ("stop_reason", "stopReason", "finish_reason", "done_reason")
+
+
+def _meta_of(document: Any, found: list[Any]) -> None:
+    """Note the id (``found[0]``) and finish reasons (``found[1:]``) one response document
+    (or stream event) carries, in any of the client formats: OpenAI chat/completions/Responses,
+    Anthropic Messages (and its stream's message_start / message_delta), Gemini, Bedrock
+    Converse, Cohere v2 (and its message-end delta), Ollama."""
+    if type(document) is not dict:
+        return
+    get = document.get
+    if not found[0]:
+        ident = get("id") or get("responseId")
+        if type(ident) is str:
+            found[0] = ident
+    items = get("choices") or get("candidates")
+    if type(items) is list:
+        for item in items:
+            if type(item) is dict:
+                reason = item.get("finish_reason") or item.get("finishReason")
+                if type(reason) is str and reason:
+                    found.append(reason)
+    for key in _REASON_KEYS:
+        reason = get(key)
+        if type(reason) is str and reason:
+            found.append(reason)
+    for key in ("message", "response", "delta"):
+        inner = get(key)
+        if type(inner) is dict:
+            _meta_of(inner, found)
+
+
+def _documents(data: bytes) -> list[Any]:
+    """The JSON documents of a body: one whole document, or SSE ``data:`` lines, or NDJSON."""
+    if data[:1] == b"{":
+        try:
+            return [orjson.loads(data)]
+        except orjson.JSONDecodeError:
+            pass  # NDJSON: one object per line
+    documents = []
+    for line in data.splitlines():
+        line = line.strip()
+        if line.startswith(b"data:"):
+            line = line[5:].strip()
+        if line[:1] == b"{":
+            try:
+                documents.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+    return documents
+
+
+def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
+    """(gen_ai.response.id, gen_ai.response.finish_reasons) of what the client got: a whole
+    body (bytes) or a stream's ``ResponseTail``; ("", ()) when it has neither."""
+    if isinstance(response, (bytes, bytearray, memoryview)):
+        chunks: list[bytes] = [bytes(response).strip()]
+    else:
+        first = getattr(response, "first", b"")
+        if not first:
+            return "", ()
+        chunks = [first, *getattr(response, "last", ())]
+    found: list[Any] = [""]
+    for chunk in chunks:
+        if len(chunk) > 4 * 1024 * 1024:
+            continue  # not parsed again for a span
+        for document in _documents(chunk):
+            _meta_of(document, found)
+    return found[0], tuple(dict.fromkeys(found[1:]))
+
+
+# -- OTLP protobuf, by hand -------------------------------------------------------------------
+# opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto: field numbers and wire
+# types below. Tests parse the bytes with opentelemetry-proto's own classes.
+
+_SMALL: Final = [bytes((n,)) for n in range(128)]
+_Q: Final = struct.Struct("<Q").pack
+_I: Final = struct.Struct("<I").pack
+_D: Final = struct.Struct("<d").pack
+_MASK64: Final = (1 << 64) - 1
+
+
+def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL[n]
+    n &= _MASK64  # int64 negatives: ten bytes, two's complement
+    out = bytearray()
+    while n > 127:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: its tag byte(s), the length, the bytes."""
+    return tag + _varint(len(payload)) + payload
+
+
+def _any_value(value: object) -> bytes:
+    """An AnyValue message's bytes."""
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, int):
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + _D(value)
+    if isinstance(value, (list, tuple)):
+        return _field(b"\x2a", b"".join(_field(b"\x0a", _any_value(v)) for v in value))
+    return _field(b"\x0a", str(value).encode())
+
+
+def _key_value(key: str, value: object) -> bytes:
+    """A KeyValue message's bytes (key, AnyValue)."""
+    return _field(b"\x0a", key.encode()) + _field(b"\x12", _any_value(value))
+
+
+def _attribute(key: str, value: object) -> bytes:
+    """A span's attribute: field 9 (``repeated KeyValue attributes``)."""
+    return _field(b"\x4a", _key_value(key, value))
+
+
+class _Prefix:
+    """Encodes attributes of one key fast: the key's bytes are encoded once, and the usual
+    lengths (a KeyValue under 128 bytes) take no varint call."""
+
+    __slots__ = ("_head", "_int_heads", "_str_base")
+
+    def __init__(self, key: str) -> None:
+        self._head = _field(b"\x0a", key.encode())
+        # KeyValue length = head + 2 (value tag, AnyValue length) + AnyValue; for ints of one
+        # and two varint bytes all but the value's bytes are fixed.
+        self._int_heads = [
+            _field(b"\x4a", self._head + b"\x12" + _SMALL[size + 1] + b"\x18" + b"\x00" * size)[
+                :-size
+            ]
+            for size in (0, 1, 2)
+        ]
+        self._str_base = len(self._head) + 2 + 2  # + string bytes (under 128)
+
+    def int(self, value: int) -> bytes:
+        if 0 <= value < 16384:
+            if value < 128:
+                return self._int_heads[1] + _SMALL[value]
+            return self._int_heads[2] + bytes(((value & 0x7F) | 0x80, value >> 7))
+        encoded = _varint(value)
+        kv = self._head + b"\x12" + _varint(len(encoded) + 1) + b"\x18" + encoded
+        return b"\x4a" + _varint(len(kv)) + kv
+
+    def str(self, value: str) -> bytes:
+        data = value.encode()
+        size = len(data)
+        kv_size = self._str_base + size
+        if kv_size < 128:
+            return (
+                b"\x4a"
+                + _SMALL[kv_size]
+                + self._head
+                + b"\x12"
+                + _SMALL[size + 2]
+                + b"\x0a"
+                + _SMALL[size]
+                + data
+            )
+        any_value = b"\x0a" + _varint(size) + data
+        kv = self._head + b"\x12" + _varint(len(any_value)) + any_value
+        return b"\x4a" + _varint(len(kv)) + kv
+
+
+_REQUEST_ID = _Prefix("meterline.request_id")
+_COST = _Prefix("meterline.cost")
+_RESPONSE_ID = _Prefix("gen_ai.response.id")
+_INPUT_MESSAGES = _Prefix("gen_ai.input.messages")
+_OUTPUT_MESSAGES = _Prefix("gen_ai.output.messages")
+_INPUT_TOKENS = _Prefix("gen_ai.usage.input_tokens")
+_OUTPUT_TOKENS = _Prefix("gen_ai.usage.output_tokens")
+_CACHE_READ_TOKENS = _Prefix("gen_ai.usage.cache_read.input_tokens")
+_CACHE_WRITE_TOKENS = _Prefix("gen_ai.usage.cache_creation.input_tokens")
+_REASONING_TOKENS = _Prefix("gen_ai.usage.reasoning.output_tokens")
+_TTFT_KEY: Final = _key_value("gen_ai.server.time_to_first_token", 0.0)[:-8]  # + 8 bytes double
+_KIND_CLIENT: Final = b"\x30\x03"
+_TRACE_ID_TAG: Final = b"\x0a\x10"
+_SPAN_ID_TAG: Final = b"\x12\x08"
+_PARENT_ID_TAG: Final = b"\x22\x08"
+# Span fields 7 and 8 (start and end, fixed64) in one call.
+_TIMES: Final = struct.Struct("<BQBQ").pack
+_STATUS_ERROR_TAG: Final = b"\x7a"
+# Span.flags (field 16, fixed32): sampled, and whether the parent is remote (bits 8 and 9).
+_FLAGS_LOCAL_PARENT: Final = b"\x85\x01" + _I(0x101)
+_FLAGS_REMOTE_PARENT: Final = b"\x85\x01" + _I(0x301)
+
+
+_EVENT_NAME: Final = b"\x12\x12gen_ai.first_token"
+_EVENT_ATTRIBUTE: Final = b"\x1a" + _varint(len(_TTFT_KEY) + 8) + _TTFT_KEY
+# Span field 11, Event{time (fixed64), name, the time-to-first-token attribute (a double)}:
+# all of fixed size, so one pack.
+_EVENT_SIZE: Final = 1 + 8 + len(_EVENT_NAME) + len(_EVENT_ATTRIBUTE) + 8
+_EVENT: Final = struct.Struct(
+    f"<{1 + len(_varint(_EVENT_SIZE))}sBQ{len(_EVENT_NAME) + len(_EVENT_ATTRIBUTE)}sd"
+).pack
+_EVENT_HEAD: Final = b"\x5a" + _varint(_EVENT_SIZE)
+_EVENT_MIDDLE: Final = _EVENT_NAME + _EVENT_ATTRIBUTE
+
+
+def _ttft_event(time_unix_nano: int, ttft_s: float) -> bytes:
+    """The gen_ai.first_token event (span field 11) at ``time_unix_nano``."""
+    return _EVENT(_EVENT_HEAD, 0x09, time_unix_nano, _EVENT_MIDDLE, ttft_s)
+
+
+def _status_error(status: int, error_type: str = "") -> bytes:
+    message = (f"HTTP {status} {error_type}" if error_type else f"HTTP {status}").encode()
+    body = _field(b"\x12", message) + b"\x18\x02"  # STATUS_CODE_ERROR
+    return _field(_STATUS_ERROR_TAG, body)
+
+
+class SpanEncoder:
+    """Requests -> OTLP Span messages (bytes), and batches of them -> ExportTraceServiceRequest.
+
+    Attributes that repeat across requests (operation, provider, models, route, consumer,
+    the request's sampling parameters) are encoded once and looked up."""
+
+    def __init__(self, resource: Resource, version: str) -> None:
+        resource_message = b"".join(
+            _field(b"\x0a", _key_value(str(k), v)) for k, v in resource.attributes.items()
+        )
+        scope = _field(b"\x0a", SCOPE_NAME.encode()) + _field(b"\x12", version.encode())
+        self._resource = _field(b"\x0a", resource_message)
+        self._scope = _field(b"\x0a", scope)
+        # The parts of spans that repeat across requests, by what they are made of.
+        self._blocks: dict[tuple[Any, ...], bytes] = {}
+
+    def _block(self, key: tuple[Any, ...], build: Callable[[], bytes]) -> bytes:
+        found = self._blocks.get(key)
+        if found is None:
+            if len(self._blocks) > 50_000:
+                self._blocks.clear()  # unbounded cardinality (models, consumers): start over
+            found = self._blocks[key] = build()
+        return found
+
+    def _attempt_block(
+        self, operation: str, provider: str, model: str, origin: str, status: int, number: int,
+        failed_over: bool,
+    ) -> bytes:  # fmt: skip
+        """An attempt span's name, kind and attributes (and error status): all per-route."""
+        parts = [
+            _field(b"\x2a", f"{operation} {model}".encode()),
+            _KIND_CLIENT,
+            _attribute("gen_ai.operation.name", operation),
+            _attribute("gen_ai.provider.name", provider_name(provider)),
+            _attribute("gen_ai.request.model", model),
+            _attribute("server.address", origin),
+            _attribute("http.response.status_code", status),
+            _attribute("meterline.attempt", number),
+            _attribute("meterline.failed_over", failed_over),
+        ]
+        if not 200 <= status < 400:
+            parts.append(_attribute("error.type", str(status)))
+            parts.append(_status_error(status))
+        return b"".join(parts)
+
+    def _request_block(
+        self,
+        operation: str,
+        request_model: str,
+        response_model: str,
+        provider: str,
+        route: str,
+        consumer: str,
+        stream: bool,
+        estimated: bool,
+        status: int,
+        error_type: str,
+        attempts: int,
+        finish_reasons: tuple[str, ...],
+        params: tuple[tuple[str, int | float], ...],
+    ) -> bytes:
+        """A request span's name, kind and the attributes that repeat across requests."""
+        parts = [
+            _field(
+                b"\x2a", (f"{operation} {request_model}" if request_model else operation).encode()
+            ),
+            _KIND_CLIENT,
+            _attribute("gen_ai.operation.name", operation),
+            _attribute("gen_ai.provider.name", provider_name(provider)),
+            _attribute("gen_ai.request.stream", stream),
+            _attribute("http.response.status_code", status),
+            _attribute("meterline.route", route),
+            _attribute("meterline.usage.estimated", estimated),
+            _attribute("meterline.attempts", attempts),
+        ]
+        if request_model:
+            parts.append(_attribute("gen_ai.request.model", request_model))
+        if consumer:
+            parts.append(_attribute("meterline.consumer", consumer))
+        if response_model:
+            parts.append(_attribute("gen_ai.response.model", response_model))
+        if finish_reasons:
+            parts.append(_attribute("gen_ai.response.finish_reasons", finish_reasons))
+        parts.extend(_attribute(name, value) for name, value in params)
+        if not 200 <= status < 400:
+            parts.append(_attribute("error.type", error_type or str(status)))
+            parts.append(_status_error(status, error_type))
+        return b"".join(parts)
+
+    def request(self, record: Sequence[Any]) -> bytes:
+        """The spans (attempts first, then the request) of one sampled request, each as a
+        ScopeSpans ``spans`` field: ``export_request`` puts such chunks together."""
+        (
+            trace_id,
+            span_id,
+            parent_span_id,
+            tracestate,
+            _sampled,
+            request_id,
+            route,
+            consumer,
+            operation,
+            request_model,
+            response_model,
+            provider,
+            start_ns,
+            start_perf_ns,
+            end_perf_ns,
+            status,
+            usage,
+            estimated,
+            stream,
+            first_byte_perf_ns,
+            attempts,
+            params,
+            response_id,
+            finish_reasons,
+            error_type,
+            content,
+            cost,
+        ) = record
+        if type(response_id) is not str:
+            # What the client got (a body, a stream's ends): read now, off the request path.
+            response_id, reasons = response_meta(response_id)
+            finish_reasons = finish_reasons or reasons
+        blocks = self._blocks
+        offset = start_ns - start_perf_ns  # perf-counter instant -> Unix nanoseconds
+        head = _TRACE_ID_TAG + trace_id.to_bytes(16, "big")
+        # The request span's id is drawn here: only its attempts' ids went upstream.
+        request_span_id = (span_id or random.getrandbits(64) or 1).to_bytes(8, "big")
+        if tracestate:
+            head += _field(b"\x1a", tracestate.encode())
+        # Every span goes out as ScopeSpans field 2: its tag and length, then its parts; the
+        # request's spans become one bytes object, joined once.
+        out: list[bytes] = []
+        for attempt in attempts:
+            key = (operation, *attempt[2:5], attempt[7], attempt[0], attempt[8])
+            block = blocks.get(key)
+            if block is None:
+                block = self._block(key, partial(self._attempt_block, *key))
+            attempt_first_byte = attempt[10]
+            event = (
+                b""
+                if attempt_first_byte is None
+                else _ttft_event(
+                    attempt_first_byte + offset, (attempt_first_byte - attempt[5]) / 1e9
+                )
+            )
+            times = _TIMES(0x39, attempt[5] + offset, 0x41, attempt[6] + offset)
+            size = len(head) + 20 + len(times) + len(block) + len(event) + len(_FLAGS_LOCAL_PARENT)
+            out += (
+                b"\x12",
+                _varint(size),
+                head,
+                _SPAN_ID_TAG,
+                attempt[1].to_bytes(8, "big"),
+                _PARENT_ID_TAG,
+                request_span_id,
+                times,
+                block,
+                event,
+                _FLAGS_LOCAL_PARENT,
+            )
+        key = (
+            operation,
+            request_model,
+            response_model,
+            provider,
+            route,
+            consumer,
+            stream,
+            estimated,
+            status,
+            error_type,
+            len(attempts),
+            finish_reasons,
+            params,
+        )
+        block = blocks.get(key)
+        if block is None:
+            block = self._block(key, partial(self._request_block, *key))
+        parts = [
+            head,
+            _SPAN_ID_TAG,
+            request_span_id,
+            _FLAGS_LOCAL_PARENT
+            if parent_span_id is None
+            else _PARENT_ID_TAG + parent_span_id.to_bytes(8, "big") + _FLAGS_REMOTE_PARENT,
+            _TIMES(0x39, start_ns, 0x41, end_perf_ns + offset),
+            block,
+            _REQUEST_ID.str(request_id),
+        ]
+        if response_id:
+            parts.append(_RESPONSE_ID.str(response_id))
+        if usage is not None:
+            # As the conventions count them: input with the cache reads and writes, output
+            # with reasoning (gen_ai_tokens), then the parts.
+            value, output, cached, reasoning, written = usage
+            if value is not None:
+                parts.append(_INPUT_TOKENS.int(value + (cached or 0) + (written or 0)))
+            if output is not None:
+                parts.append(_OUTPUT_TOKENS.int(output + (reasoning or 0)))
+            if cached is not None:
+                parts.append(_CACHE_READ_TOKENS.int(cached))
+            if written is not None:
+                parts.append(_CACHE_WRITE_TOKENS.int(written))
+            if reasoning is not None:
+                parts.append(_REASONING_TOKENS.int(reasoning))
+        if cost is not None and not isinstance(cost, str):
+            try:
+                priced = cost()  # the request's Metering.cost, read now
+            except Exception:
+                logger.exception("request %s: could not price it", request_id)
+                priced = None
+            cost = None if priced is None else f"{priced:f}"
+        if cost is not None:
+            # A decimal string (priced by the data plane): money is never a float here either.
+            parts.append(_COST.str(cost))
+        if content is not None:
+            if content[0] is not None:
+                parts.append(_INPUT_MESSAGES.str(content[0]))
+            if content[1] is not None:
+                parts.append(_OUTPUT_MESSAGES.str(content[1]))
+        if first_byte_perf_ns is not None:
+            parts.append(
+                _ttft_event(first_byte_perf_ns + offset, (first_byte_perf_ns - start_perf_ns) / 1e9)
+            )
+        out += (b"\x12", _varint(sum(map(len, parts))))
+        out += parts
+        return b"".join(out)
+
+    def export_request(self, chunks: Sequence[bytes]) -> bytes:
+        """An ExportTraceServiceRequest holding the spans of ``chunks`` (``request``'s)."""
+        scope_size = len(self._scope) + sum(map(len, chunks))
+        scope_head = b"\x12" + _varint(scope_size)
+        resource_size = len(self._resource) + len(scope_head) + scope_size
+        return b"".join(
+            [b"\x0a", _varint(resource_size), self._resource, scope_head, self._scope, *chunks]
+        )
+
+
+# -- GenAI metrics, aggregated here ---------------------------------------------------------
+
+
+class _Histogram:
+    """An explicit-bucket histogram (the SDK's semantics: bucket i holds (b[i-1], b[i]])."""
+
+    __slots__ = ("bounds", "count", "counts", "max", "min", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+        self.min = float("inf")
+        self.max = float("-inf")
+
+    def record(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+
+
+_METRICS: Final = (
+    # name, unit, description, bounds
+    ("gen_ai.client.token.usage", "{token}", "Number of input and output tokens used.",
+     _TOKEN_BUCKETS),
+    ("gen_ai.client.operation.duration", "s", "GenAI operation duration.", _DURATION_BUCKETS),
+    ("gen_ai.server.time_to_first_token", "s",
+     "Time to generate first token for successful responses.", _TTFT_BUCKETS),
+    ("gen_ai.server.time_per_output_token", "s",
+     "Time per output token generated after the first token for successful responses.",
+     _TPOT_BUCKETS),
+)  # fmt: skip
+
+
+class _Series:
+    """The histograms of one attribute set: token usage (input, output), duration, time to
+    first token, time per output token."""
+
+    __slots__ = ("duration", "input", "output", "tpot", "ttft")
+
+    def __init__(self) -> None:
+        self.input = _Histogram(_TOKEN_BUCKETS)
+        self.output = _Histogram(_TOKEN_BUCKETS)
+        self.duration = _Histogram(_DURATION_BUCKETS)
+        self.ttft = _Histogram(_TTFT_BUCKETS)
+        self.tpot = _Histogram(_TPOT_BUCKETS)
+
+
+class MetricAggregator:
+    """The four gen_ai.* histograms, cumulative since the data plane started, keyed by their
+    attribute sets (one tuple and one dict lookup per request; no dict per measurement)."""
+
+    def __init__(self) -> None:
+        self.start_ns = time.time_ns()
+        # (operation, provider, request model, response model, route, error type) -> series
+        self._series: dict[tuple[str, ...], _Series] = {}
+
+    def add(self, record: Sequence[Any]) -> None:
+        status = record[15]
+        ok = 200 <= status < 400
+        key = (
+            record[8],
+            record[11],
+            record[9],
+            record[10],
+            record[6],
+            "" if ok else (record[24] or str(status)),
+        )
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        start, end, first_byte = record[13], record[14], record[19]
+        series.duration.record((end - start) / 1e9)
+        input_tokens, output = gen_ai_tokens(record[16])
+        if input_tokens is not None:
+            series.input.record(input_tokens)
+        if output is not None:
+            series.output.record(output)
+        if ok and first_byte is not None:
+            series.ttft.record((first_byte - start) / 1e9)
+            if record[18] and output is not None and output > 1:
+                series.tpot.record((end - first_byte) / 1e9 / (output - 1))
+
+    def metrics_data(self, resource: Resource, version: str) -> Any:
+        """Everything so far as the SDK's ``MetricsData`` (what its metric exporters take)."""
+        from opentelemetry.sdk.metrics.export import (
+            AggregationTemporality,
+            Histogram,
+            HistogramDataPoint,
+            Metric,
+            MetricsData,
+            ResourceMetrics,
+            ScopeMetrics,
+        )
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        now = time.time_ns()
+        metrics = []
+        series_items = list(self._series.items())
+        for name, unit, description, bounds in _METRICS:
+            points = []
+            for key, series in series_items:
+                attributes: dict[str, str] = {
+                    "gen_ai.operation.name": key[0],
+                    "gen_ai.provider.name": provider_name(key[1]),
+                    "gen_ai.request.model": key[2],
+                    "meterline.route": key[4],
+                }
+                if key[3]:
+                    attributes["gen_ai.response.model"] = key[3]
+                if key[5]:
+                    attributes["error.type"] = key[5]
+                if name == "gen_ai.client.token.usage":
+                    histograms = [
+                        ({**attributes, "gen_ai.token.type": "input"}, series.input),
+                        ({**attributes, "gen_ai.token.type": "output"}, series.output),
+                    ]
+                elif name == "gen_ai.client.operation.duration":
+                    histograms = [(attributes, series.duration)]
+                elif name == "gen_ai.server.time_to_first_token":
+                    histograms = [(attributes, series.ttft)]
+                else:
+                    histograms = [(attributes, series.tpot)]
+                for point_attributes, histogram in histograms:
+                    if not histogram.count:
+                        continue
+                    points.append(
+                        HistogramDataPoint(
+                            attributes=point_attributes,
+                            start_time_unix_nano=self.start_ns,
+                            time_unix_nano=now,
+                            count=histogram.count,
+                            sum=histogram.sum,
+                            bucket_counts=list(histogram.counts),
+                            explicit_bounds=list(bounds),
+                            min=histogram.min,
+                            max=histogram.max,
+                        )
+                    )
+            if not points:
+                continue
+            metrics.append(
+                Metric(
+                    name=name,
+                    description=description,
+                    unit=unit,
+                    data=Histogram(
+                        data_points=points,
+                        aggregation_temporality=AggregationTemporality.CUMULATIVE,
+                    ),
+                )
+            )
+        if not metrics:
+            return None
+        scope = InstrumentationScope(SCOPE_NAME, version)
+        return MetricsData(
+            resource_metrics=[
+                ResourceMetrics(
+                    resource=resource,
+                    scope_metrics=[ScopeMetrics(scope=scope, metrics=metrics, schema_url="")],
+                    schema_url="",
+                )
+            ]
+        )
+
+
+# -- configuration and transports ------------------------------------------------------------
 
 
 def _protocol(signal: str) -> str:
@@ -109,22 +827,80 @@ def _exporter_kind(signal: str) -> str:
     return kind
 
 
-def span_exporter() -> Any:
-    """The span exporter the OTEL_* variables name (the SDK reads endpoint, headers, TLS,
-    compression and timeout from them itself)."""
-    if _exporter_kind("TRACES") == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+SpanSender = Callable[[bytes, int], bool]
+_TRACE_EXPORT_METHOD: Final = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
-        return ConsoleSpanExporter()
+
+class _RawTraceStub:
+    """TraceService's Export taking the request's bytes (no parse and re-serialise)."""
+
+    def __init__(self, channel: Any) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceResponse,
+        )
+
+        self.Export = channel.unary_unary(
+            _TRACE_EXPORT_METHOD,
+            request_serializer=None,
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+
+
+def span_sender() -> tuple[SpanSender, Callable[[], None]]:
+    """(send(ExportTraceServiceRequest bytes, span count) -> ok, close) through the SDK's OTLP
+    span exporter the OTEL_* variables name (it reads endpoint, headers, TLS, compression,
+    timeout itself and retries as it does for its own spans)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    if _exporter_kind("TRACES") == "console":
+        from google.protobuf.json_format import MessageToJson
+
+        def console(payload: bytes, count: int) -> bool:
+            sys.stdout.write(MessageToJson(ExportTraceServiceRequest.FromString(payload)) + "\n")
+            sys.stdout.flush()
+            return True
+
+        return console, lambda: None
     if _protocol("TRACES") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import SpanExportResult
 
-        return OTLPSpanExporter()
+        class _Encoded(OTLPSpanExporter):
+            """The SDK's gRPC span exporter (channel, headers, TLS, retries, reconnects) sending
+            requests that are already encoded: its stub passes bytes through."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self._stub = _RawTraceStub  # used again when it reconnects
+                if self._channel is not None:
+                    self._client = _RawTraceStub(self._channel)
+
+            def _translate_data(self, data: Any) -> Any:
+                return data[0]
+
+            def _count_data(self, data: Any) -> int:
+                return int(data[1])
+
+        grpc_exporter = _Encoded()
+
+        def send_grpc(payload: bytes, count: int) -> bool:
+            result = grpc_exporter._export((payload, count))  # type: ignore[arg-type]
+            return bool(result == SpanExportResult.SUCCESS)
+
+        return send_grpc, grpc_exporter.shutdown
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,
     )
 
-    return HttpSpanExporter()
+    http_exporter = HttpSpanExporter()
+
+    def send_http(payload: bytes, count: int) -> bool:
+        # The exporter's own HTTP client: compression, headers, retries with backoff.
+        return bool(http_exporter._client.export(payload).success)
+
+    return send_http, http_exporter.shutdown
 
 
 def metric_exporter() -> Any:
@@ -143,312 +919,111 @@ def metric_exporter() -> Any:
     return HttpMetricExporter()
 
 
-class _Instruments:
-    """The GenAI metric instruments (recorded by the builder thread, never the request path)."""
-
-    def __init__(self, provider: MeterProvider) -> None:
-        meter = provider.get_meter(SCOPE_NAME)
-        self.tokens: Histogram = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
-        )
-        self.duration: Histogram = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration.",
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-        )
-        self.ttft: Histogram = meter.create_histogram(
-            "gen_ai.server.time_to_first_token",
-            unit="s",
-            description="Time to generate first token for successful responses.",
-            explicit_bucket_boundaries_advisory=_TTFT_BUCKETS,
-        )
-        self.tpot: Histogram = meter.create_histogram(
-            "gen_ai.server.time_per_output_token",
-            unit="s",
-            description="Time per output token generated after the first token for successful "
-            "responses.",
-            explicit_bucket_boundaries_advisory=_TPOT_BUCKETS,
-        )
-
-    def record(self, request: TracedRequest) -> None:
-        attributes: dict[str, str | int] = {
-            "gen_ai.operation.name": request.operation,
-            "gen_ai.provider.name": provider_name(request.provider),
-            "gen_ai.request.model": request.request_model,
-            "gen_ai.response.model": request.response_model,
-            "meterline.route": request.route,
-        }
-        ok = 200 <= request.status < 400
-        duration_s = (request.end_perf_ns - request.start_perf_ns) / 1e9
-        if ok:
-            self.duration.record(duration_s, attributes)
-        else:
-            self.duration.record(duration_s, {**attributes, "error.type": str(request.status)})
-        input_tokens, output = gen_ai_tokens(request.usage)
-        for kind, tokens in (("input", input_tokens), ("output", output)):
-            if tokens is not None:
-                self.tokens.record(tokens, {**attributes, "gen_ai.token.type": kind})
-        if ok and request.first_byte_perf_ns is not None:
-            ttft_s = (request.first_byte_perf_ns - request.start_perf_ns) / 1e9
-            self.ttft.record(ttft_s, attributes)
-            if request.stream and output is not None and output > 1:
-                generating_s = (request.end_perf_ns - request.first_byte_perf_ns) / 1e9
-                self.tpot.record(generating_s / (output - 1), attributes)
+def _env_number(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        logger.warning("%s is not a number; %s is used", name, default)
+        return default
+    return value if value > 0 else default
 
 
-class Builder:
-    """Spans and metrics of finished requests (the child's one object)."""
+class Exporter:
+    """Batches of finished requests -> OTLP spans and GenAI metrics (the background thread's
+    one object; never called from the request path)."""
 
-    def __init__(
-        self,
-        *,
-        span_processor: SpanProcessor | None,
-        resource: Resource,
-        meter_provider: MeterProvider | None,
-    ) -> None:
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
+    def __init__(self, *, traces: bool, metrics: bool) -> None:
         from dataplane import __version__
 
-        self._processor = span_processor
-        self._resource = resource
-        self._scope = InstrumentationScope(SCOPE_NAME, __version__)
-        self._meter_provider = meter_provider
-        self._instruments = None if meter_provider is None else _Instruments(meter_provider)
+        self._version = __version__
+        self._resource = otel_resource(DEFAULT_SERVICE_NAME)
+        self._encoder = SpanEncoder(self._resource, __version__) if traces else None
+        self._send_spans: SpanSender | None = None
+        self._close_spans: Callable[[], None] = lambda: None
+        if traces:
+            self._send_spans, self._close_spans = span_sender()
+        self._aggregator = MetricAggregator() if metrics else None
+        self._metric_exporter = metric_exporter() if metrics else None
+        # The batch span processor's variables, with their meaning: spans per export, and
+        # the longest a span waits; the metric reader's export interval.
+        self._batch_size = int(_env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
+        self._span_delay_s = _env_number("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
+        self._metric_interval_s = _env_number("OTEL_METRIC_EXPORT_INTERVAL", 60_000) / 1000
+        # Encoded requests (each its spans) waiting for export, and how many spans each holds.
+        self._spans: list[bytes] = []
+        self._span_counts: list[int] = []
+        self._pending_spans = 0
+        self._spans_since = time.monotonic()
+        self._metrics_since = time.monotonic()
 
     @classmethod
-    def from_environment(cls) -> Builder:
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
+    def from_environment(cls) -> Exporter:
         traces, metrics = signals_configured()
-        resource = otel_resource(DEFAULT_SERVICE_NAME)
-        processor = BatchSpanProcessor(span_exporter()) if traces else None
-        meter_provider = None
-        if metrics:
-            from opentelemetry.sdk.metrics import MeterProvider
-            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        return cls(traces=traces, metrics=metrics)
 
-            reader = PeriodicExportingMetricReader(metric_exporter())
-            meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
-        return cls(span_processor=processor, resource=resource, meter_provider=meter_provider)
+    def add(self, records: Iterable[Sequence[Any]]) -> None:
+        """Aggregate each record's metrics and encode its spans if it was sampled."""
+        aggregator, encoder = self._aggregator, self._encoder
+        spans, counts = self._spans, self._span_counts
+        for record in records:
+            try:
+                if aggregator is not None:
+                    aggregator.add(record)
+                if encoder is not None and record[4]:
+                    spans.append(encoder.request(record))
+                    counts.append(1 + len(record[20]))
+                    self._pending_spans += counts[-1]
+            except Exception:
+                logger.exception("request %s: could not build its spans", record[5])
+            if self._pending_spans >= self._batch_size:
+                self.export_spans()
+                spans, counts = self._spans, self._span_counts
 
-    def add(self, request: TracedRequest) -> None:
-        if self._instruments is not None:
-            self._instruments.record(request)
-        if request.sampled and self._processor is not None:
-            for span in self._spans(request):
-                self._processor.on_end(span)
+    def tick(self) -> None:
+        """Export what is due: spans older than the schedule delay, metrics each interval."""
+        now = time.monotonic()
+        if self._spans and now - self._spans_since >= self._span_delay_s:
+            self.export_spans()
+        if self._aggregator is not None and now - self._metrics_since >= self._metric_interval_s:
+            self.export_metrics()
 
-    def _spans(self, request: TracedRequest) -> list[Any]:
-        from opentelemetry import trace as api
-        from opentelemetry.sdk.trace import Event, ReadableSpan
+    def export_spans(self) -> None:
+        """Send the spans waiting, at most OTEL_BSP_MAX_EXPORT_BATCH_SIZE per request (a
+        request's spans stay together)."""
+        spans, counts = self._spans, self._span_counts
+        self._spans, self._span_counts, self._pending_spans = [], [], 0
+        self._spans_since = time.monotonic()
+        if self._encoder is None or self._send_spans is None:
+            return
+        start = 0
+        while start < len(spans):
+            end, total = start, 0
+            while end < len(spans) and (end == start or total + counts[end] <= self._batch_size):
+                total += counts[end]
+                end += 1
+            try:
+                self._send_spans(self._encoder.export_request(spans[start:end]), total)
+            except Exception:
+                logger.exception("could not export %d spans", total)
+            start = end
 
-        def wall(perf_ns: int) -> int:
-            return request.start_ns + (perf_ns - request.start_perf_ns)
+    def export_metrics(self) -> None:
+        self._metrics_since = time.monotonic()
+        if self._aggregator is None or self._metric_exporter is None:
+            return
+        data = self._aggregator.metrics_data(self._resource, self._version)
+        if data is not None:
+            try:
+                self._metric_exporter.export(data)
+            except Exception:
+                logger.exception("could not export the GenAI metrics")
 
-        state = api.TraceState.from_header([request.tracestate]) if request.tracestate else None
-        flags = api.TraceFlags(api.TraceFlags.SAMPLED)
-
-        def context(span_id: int) -> api.SpanContext:
-            return api.SpanContext(
-                request.trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state
-            )
-
-        parent = (
-            None
-            if request.parent_span_id is None
-            else api.SpanContext(
-                request.trace_id,
-                request.parent_span_id,
-                is_remote=True,
-                trace_flags=flags,
-                trace_state=state,
-            )
-        )
-        request_context = context(request.span_id)
-        attributes = self._request_attributes(request)
-        events = []
-        if request.first_byte_perf_ns is not None:
-            ttft_s = (request.first_byte_perf_ns - request.start_perf_ns) / 1e9
-            events.append(
-                Event(
-                    "gen_ai.first_token",
-                    {"gen_ai.server.time_to_first_token": ttft_s},
-                    wall(request.first_byte_perf_ns),
-                )
-            )
-        spans = []
-        for attempt in request.attempts:
-            attempt_attributes: dict[str, Any] = {
-                "gen_ai.operation.name": request.operation,
-                "gen_ai.provider.name": provider_name(attempt.provider),
-                "gen_ai.request.model": attempt.model,
-                "server.address": attempt.origin,
-                "http.response.status_code": attempt.status,
-                "meterline.attempt": attempt.number,
-                "meterline.failed_over": attempt.failed_over,
-            }
-            if not 200 <= attempt.status < 400:
-                attempt_attributes["error.type"] = str(attempt.status)
-            attempt_events = []
-            if attempt.first_byte_perf_ns is not None:
-                attempt_events.append(
-                    Event(
-                        "gen_ai.first_token",
-                        {
-                            "gen_ai.server.time_to_first_token": (
-                                attempt.first_byte_perf_ns - attempt.start_perf_ns
-                            )
-                            / 1e9
-                        },
-                        wall(attempt.first_byte_perf_ns),
-                    )
-                )
-            spans.append(
-                ReadableSpan(
-                    f"{request.operation} {attempt.model}",
-                    context=context(attempt.span_id),
-                    parent=request_context,
-                    resource=self._resource,
-                    attributes=attempt_attributes,
-                    events=attempt_events,
-                    kind=api.SpanKind.CLIENT,
-                    status=_status(attempt.status),
-                    start_time=wall(attempt.start_perf_ns),
-                    end_time=wall(attempt.end_perf_ns),
-                    instrumentation_scope=self._scope,
-                )
-            )
-        spans.append(
-            ReadableSpan(
-                f"{request.operation} {request.request_model}",
-                context=request_context,
-                parent=parent,
-                resource=self._resource,
-                attributes=attributes,
-                events=events,
-                kind=api.SpanKind.CLIENT,
-                status=_status(request.status),
-                start_time=request.start_ns,
-                end_time=wall(request.end_perf_ns),
-                instrumentation_scope=self._scope,
-            )
-        )
-        return spans
-
-    def _request_attributes(self, request: TracedRequest) -> dict[str, Any]:
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": request.operation,
-            "gen_ai.provider.name": provider_name(request.provider),
-            "gen_ai.request.model": request.request_model,
-            "gen_ai.request.stream": request.stream,
-            "http.response.status_code": request.status,
-            "meterline.route": request.route,
-            "meterline.request_id": request.request_id,
-            "meterline.usage.estimated": request.estimated,
-            "meterline.attempts": len(request.attempts),
-        }
-        if request.consumer:
-            attributes["meterline.consumer"] = request.consumer
-        if request.response_model:
-            attributes["gen_ai.response.model"] = request.response_model
-        if not 200 <= request.status < 400:
-            attributes["error.type"] = str(request.status)
-        # The request's sampling parameters and (opted in) prompt, taken on the request path.
-        attributes.update(request.params)
-        if request.messages is not None:
-            attributes["gen_ai.input.messages"] = request.messages
-        usage = request.usage
-        if usage is not None:
-            input_tokens, output_tokens = gen_ai_tokens(usage)
-            for value, name in zip(
-                (input_tokens, output_tokens, usage[2], usage[4], usage[3]),
-                _USAGE_NAMES,
-                strict=True,
-            ):
-                if value is not None:
-                    attributes[name] = value
-        if request.cost is not None:
-            # A decimal string (priced by the data plane): money is never a float here either.
-            attributes["meterline.cost"] = request.cost
-        return attributes
-
-    def force_flush(self, timeout_millis: int = 10_000) -> None:
-        if self._processor is not None:
-            self._processor.force_flush(timeout_millis)
-        if self._meter_provider is not None:
-            self._meter_provider.force_flush(timeout_millis)
+    def flush(self) -> None:
+        self.export_spans()
+        self.export_metrics()
 
     def shutdown(self) -> None:
-        if self._processor is not None:
-            self._processor.shutdown()
-        if self._meter_provider is not None:
-            self._meter_provider.shutdown()
-
-
-def _status(status: int) -> Any:
-    from opentelemetry.trace import Status, StatusCode
-
-    if 200 <= status < 400:
-        return Status(StatusCode.UNSET)
-    return Status(StatusCode.ERROR, f"HTTP {status}")
-
-
-def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-def main() -> int:
-    # Acks go to the real stdout; anything else written to stdout (the console exporters)
-    # goes to stderr, so it cannot corrupt the frames.
-    acks = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    builder = Builder.from_environment()
-    frames = sys.stdin.buffer
-    try:
-        while True:
-            head = _read_exactly(frames, 5)
-            if head is None:
-                return 0
-            kind, size = head[:1], int.from_bytes(head[1:], "big")
-            payload = _read_exactly(frames, size) if size else b""
-            if payload is None:
-                return 0
-            if kind == FRAME_BATCH:
-                for raw in pickle.loads(payload):
-                    request = TracedRequest(*raw)
-                    request = request._replace(
-                        attempts=tuple(TracedAttempt(*a) for a in request.attempts)
-                    )
-                    try:
-                        builder.add(request)
-                    except Exception:
-                        logger.exception(
-                            "request %s: could not build its spans", request.request_id
-                        )
-            elif kind == FRAME_FLUSH:
-                builder.force_flush()
-                acks.write(ACK)
-            elif kind == FRAME_QUIT:
-                builder.shutdown()
-                builder = None  # type: ignore[assignment]
-                acks.write(ACK)
-                return 0
-    finally:
-        if builder is not None:
-            builder.shutdown()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        self.flush()
+        self._close_spans()
+        if self._metric_exporter is not None:
+            self._metric_exporter.shutdown()

@@ -2,12 +2,11 @@
 
 The request path only notes what it already measures (perf-counter instants, the status, the
 usage the provider reported) on a ``RequestTrace``; when the exchange records its last attempt
-the trace becomes one immutable ``TracedRequest`` (a tuple) appended to a deque. A background
-thread drains that deque every ``_DRAIN_INTERVAL_S``, prices the sampled requests and writes
-them, pickled in batches, to a child process (``dataplane.observability.otel_export``) that
-builds the spans with explicit start/end times (the SDK's BatchSpanProcessor), records the
-GenAI metrics and exports both over OTLP. Building and encoding spans costs more CPU than the
-request they describe: in the child it does not hold the data plane's interpreter.
+(or the gateway refuses the request itself) the trace becomes one plain tuple (the fields of
+``otel_export.TracedRequest``) appended to a bounded deque. A background thread drains that
+deque every ``_DRAIN_INTERVAL_S`` and hands the batch to ``otel_export.Exporter``, which
+prices the sampled requests, aggregates the GenAI metrics, encodes the spans straight to OTLP
+protobuf and exports both through the SDK's OTLP exporters.
 
 Spans (OpenTelemetry GenAI semantic conventions, Development status, semconv 1.37+):
 
@@ -26,19 +25,20 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from decimal import Decimal
-from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from dataplane.observability.otel_export import (
+    Exporter,
+    signals_configured,
+)
 from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
@@ -53,10 +53,10 @@ Headers = list[tuple[bytes, bytes]]
 MAX_PENDING_RECORDS: Final = 65_536
 _DRAIN_INTERVAL_S: Final = 0.2
 # The opt-in for prompt content on spans (OpenTelemetry's own variable for GenAI content).
+# Either one opts in; the route's log_payloads must be on as well.
 CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-DEFAULT_SERVICE_NAME: Final = "meterline-dataplane"
-SCOPE_NAME: Final = "meterline.dataplane"
-_EXPORT_MODULE: Final = "dataplane.observability.otel_export"
+METERLINE_CAPTURE_ENV: Final = "METERLINE_OTEL_CAPTURE_CONTENT"
+
 
 # Meterline route types -> gen_ai.operation.name.
 _OPERATIONS: Final = {
@@ -65,18 +65,6 @@ _OPERATIONS: Final = {
     "llm/v1/embeddings": "embeddings",
     "llm/v1/responses": "chat",
     "preserve": "chat",
-}
-# Meterline provider names -> gen_ai.provider.name's well-known values (others as they are).
-_PROVIDERS: Final = {
-    "openai": "openai",
-    "azure": "azure.ai.openai",
-    "anthropic": "anthropic",
-    "gemini": "gcp.gemini",
-    "vertex": "gcp.vertex_ai",
-    "bedrock": "aws.bedrock",
-    "mistral": "mistral_ai",
-    "cohere": "cohere",
-    "openai_compatible": "openai",
 }
 # Request body fields -> gen_ai.request.* attributes.
 _PARAMS: Final = (
@@ -91,10 +79,6 @@ _HEX: Final = frozenset("0123456789abcdef")
 
 def operation_name(route_type: str) -> str:
     return _OPERATIONS.get(route_type, "chat")
-
-
-def provider_name(provider: str) -> str:
-    return _PROVIDERS.get(provider, provider)
 
 
 def parse_traceparent(value: str) -> tuple[int, int, int] | None:
@@ -115,57 +99,6 @@ def parse_traceparent(value: str) -> tuple[int, int, int] | None:
     return trace_id, span_id, int(flags_hex, 16)
 
 
-class TracedAttempt(NamedTuple):
-    """One upstream call, as the request path measured it (perf-counter nanoseconds).
-
-    The request path builds plain tuples in this field order (a NamedTuple's ``__new__`` and
-    pickling cost Python calls); the exporter process reads them through this class."""
-
-    number: int
-    span_id: int
-    provider: str
-    model: str
-    origin: str
-    start_perf_ns: int
-    end_perf_ns: int
-    status: int
-    failed_over: bool
-    upstream_perf_ns: int | None
-    first_byte_perf_ns: int | None
-
-
-class TracedRequest(NamedTuple):
-    """One proxied request, after its last attempt: plain values only (it is pickled to the
-    exporter process; a plain tuple in this field order until there). ``cost`` is a thunk on
-    the request path, a decimal string (or None) once the drain thread priced it."""
-
-    trace_id: int
-    span_id: int
-    parent_span_id: int | None
-    tracestate: str
-    sampled: bool
-    request_id: str
-    route: str
-    consumer: str
-    operation: str
-    request_model: str
-    response_model: str
-    provider: str
-    start_ns: int
-    start_perf_ns: int
-    end_perf_ns: int
-    status: int
-    # (input, output, cached input, reasoning, cache write) as TokenUsage keeps them.
-    usage: tuple[int | None, int | None, int | None, int | None, int | None] | None
-    estimated: bool
-    stream: bool
-    first_byte_perf_ns: int | None
-    attempts: tuple[TracedAttempt, ...]
-    params: tuple[tuple[str, int | float], ...]
-    messages: str | None
-    cost: Any
-
-
 class RequestTrace:
     """The trace context of one request on the request path: ids drawn up front, attempts noted
     as they end. ``Tracing.begin`` makes one; the exchange calls ``upstream_headers`` before each
@@ -175,15 +108,16 @@ class RequestTrace:
         "_attempt_span_id",
         "_attempt_start",
         "_attempts",
-        "_flags",
+        "_client_headers",
         "_tracing",
         "consumer",
         "cost",
         "parent_span_id",
+        "recorded",
         "request_id",
+        "response",
         "route",
         "sampled",
-        "span_id",
         "start_ns",
         "start_perf_ns",
         "trace_id",
@@ -193,7 +127,6 @@ class RequestTrace:
     def __init__(
         self,
         tracing: Tracing,
-        *,
         trace_id: int,
         parent_span_id: int | None,
         tracestate: str,
@@ -203,14 +136,13 @@ class RequestTrace:
         consumer: str,
         start_ns: int,
         start_perf_ns: int,
+        client_headers: bool,
     ) -> None:
         self._tracing = tracing
         self.trace_id = trace_id
-        self.span_id = _span_id()
         self.parent_span_id = parent_span_id
         self.tracestate = tracestate
         self.sampled = sampled
-        self._flags = "01" if sampled else "00"
         self.request_id = request_id
         self.route = route
         self.consumer = consumer
@@ -220,15 +152,79 @@ class RequestTrace:
         self._attempts: list[tuple[Any, ...]] = []
         self._attempt_span_id = 0
         self._attempt_start = start_perf_ns
+        # Whether the client sent trace headers (they are replaced, never forwarded).
+        self._client_headers = client_headers
+        # What the client got (a whole body, or a ResponseTail of a stream): read by the
+        # exporter for gen_ai.response.id and finish_reasons, for sampled requests only.
+        self.response: Any = None
+        self.recorded = False
+
+    @property
+    def wants_content(self) -> bool:
+        """Whether this request's span takes prompts and completions (when its route logs
+        payloads): sampled, and the content opt-in set."""
+        return self.sampled and self._tracing.capture_content
+
+    def tail(self, relay: Any) -> Any:
+        """``relay`` (a stream relay) as it is, or wrapped to keep the stream's first and last
+        events when this request is sampled (its response id and finish reasons)."""
+        if not self.sampled:
+            return relay
+        self.response = tail = ResponseTail(relay)
+        return tail
+
+    def failed(
+        self, *, status: int, error_type: str, operation: str, model: str, provider: str
+    ) -> None:
+        """The request ended with an error the gateway answered (no usage recorded): its span,
+        with the attempts so far, error status and ``error.type``."""
+        if self.recorded:
+            return
+        self.recorded = True
+        self._tracing._pending.append(
+            (  # TracedRequest's fields
+                self.trace_id,
+                0,
+                self.parent_span_id,
+                self.tracestate,
+                self.sampled,
+                self.request_id,
+                self.route,
+                self.consumer,
+                operation,
+                model,
+                "",
+                provider,
+                self.start_ns,
+                self.start_perf_ns,
+                time.perf_counter_ns(),
+                status,
+                None,
+                False,
+                False,
+                None,
+                tuple(self._attempts),
+                (),
+                "",
+                (),
+                error_type,
+                None,
+                None,
+            )
+        )
 
     def upstream_headers(self, headers: Headers) -> None:
         """Replace the client's trace headers in ``headers`` (the upstream request's) with ones
         naming the next attempt span as parent; that attempt's clock starts now."""
-        headers[:] = [h for h in headers if h[0] not in (b"traceparent", b"tracestate")]
-        self._attempt_span_id = span_id = _span_id()
+        if self._client_headers:
+            headers[:] = [h for h in headers if h[0] not in (b"traceparent", b"tracestate")]
+        self._attempt_span_id = span_id = random.getrandbits(64) or 1
         self._attempt_start = time.perf_counter_ns()
         headers.append(
-            (b"traceparent", f"00-{self.trace_id:032x}-{span_id:016x}-{self._flags}".encode())
+            (
+                b"traceparent",
+                b"00-%032x-%016x-%s" % (self.trace_id, span_id, b"01" if self.sampled else b"00"),
+            )
         )
         if self.tracestate:
             headers.append((b"tracestate", self.tracestate.encode()))
@@ -252,8 +248,14 @@ class RequestTrace:
         operation: str,
         request_model: str,
         document: Any,
+        response_id: str = "",
+        finish_reasons: tuple[str, ...] = (),
+        capture: bool = False,
+        output_text: str | None = None,
     ) -> None:
-        """One attempt ended (the exchange's record step); the last one ends the request."""
+        """One attempt ended (the exchange's record step); the last one ends the request.
+        ``capture``: the answering target logs payloads; then, with the content opt-in, the
+        prompt and ``output_text`` go on the span."""
         self._attempts.append(
             (  # TracedAttempt's fields
                 attempt,
@@ -273,28 +275,28 @@ class RequestTrace:
         self._attempt_start = now_perf_ns
         if failed_over:
             return
+        self.recorded = True
+        sampled = self.sampled
         params: tuple[tuple[str, int | float], ...] = ()
-        messages = None
-        if self.sampled and isinstance(document, dict):
+        content = None
+        if sampled and type(document) is dict:
             found_params = []
             for key, name in _PARAMS:
                 value = document.get(key)
                 if value is not None and type(value) in (int, float):
                     found_params.append((name, value))
-            params = tuple(found_params)
-            if self._tracing.capture_content:
-                # Opt-in only (CAPTURE_CONTENT_ENV); the route's log_payloads condition is
-                # pending (the snapshot has no such field yet).
+            if found_params:
+                params = tuple(found_params)
+            if capture and self._tracing.capture_content:
                 found = document.get("messages", document.get("input"))
-                if found is not None:
-                    messages = orjson.dumps(found).decode()
-        self._tracing.submit(
+                content = (None if found is None else orjson.dumps(found).decode(), output_text)
+        self._tracing._pending.append(
             (  # TracedRequest's fields
                 self.trace_id,
-                self.span_id,
+                0,  # the request span's id: drawn by the exporter
                 self.parent_span_id,
                 self.tracestate,
-                self.sampled,
+                sampled,
                 self.request_id,
                 self.route,
                 self.consumer,
@@ -306,6 +308,8 @@ class RequestTrace:
                 self.start_perf_ns,
                 now_perf_ns,
                 status,
+                # Plain tuples all through: a record holding only atoms is not tracked by the
+                # garbage collector while it waits for the tracing thread.
                 None
                 if usage is None
                 else (
@@ -320,10 +324,51 @@ class RequestTrace:
                 first_byte_perf_ns,
                 tuple(self._attempts),
                 params,
-                messages,
-                self.cost if self.sampled else None,
+                # Read by the exporter (otel_export.response_meta) when it is not a str yet.
+                response_id or (self.response if sampled else ""),
+                finish_reasons,
+                "",
+                content,
+                self.cost if sampled else None,
             )
         )
+
+
+class ResponseTail:
+    """A stream relay that keeps the first and the last three non-empty outputs it gave the
+    client (a sampled request's response id is in the first, its finish reasons near the
+    end); everything else is the wrapped relay's."""
+
+    __slots__ = ("_relay", "first", "last")
+
+    def __init__(self, relay: Any) -> None:
+        self._relay = relay
+        self.first = b""
+        self.last: deque[bytes] = deque(maxlen=3)
+
+    @property
+    def usage(self) -> Any:
+        return self._relay.usage
+
+    @property
+    def model(self) -> Any:
+        return self._relay.model
+
+    def feed(self, event: bytes) -> bytes:
+        out: bytes = self._relay.feed(event)
+        if out:
+            if not self.first:
+                self.first = out
+            else:
+                self.last.append(out)
+        return out
+
+    def produced_text(self) -> str:
+        text: str = self._relay.produced_text()
+        return text
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._relay, name)
 
 
 def _span_id() -> int:
@@ -332,25 +377,6 @@ def _span_id() -> int:
 
 def _env_on(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def signals_configured(environ: Mapping[str, str] | None = None) -> tuple[bool, bool]:
-    """(traces, metrics): whether the OTEL_* variables ask for each to be exported.
-
-    An OTLP endpoint turns both on; OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER set to
-    ``otlp`` or ``console`` turn one on and ``none`` turns it off; OTEL_SDK_DISABLED wins."""
-    env = os.environ if environ is None else environ
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False, False
-    endpoint = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
-
-    def wanted(signal: str) -> bool:
-        exporter = env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower()
-        if exporter:
-            return exporter != "none"
-        return endpoint or bool(env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "").strip())
-
-    return wanted("TRACES"), wanted("METRICS")
 
 
 def _fast_decision(sampler: Any) -> Callable[[int, int | None], bool] | None:
@@ -381,16 +407,19 @@ def _fast_decision(sampler: Any) -> Callable[[int, int | None], bool] | None:
     return None
 
 
-class ExporterGone(RuntimeError):
-    """The exporter process ended; tracing stops, requests go on."""
-
-
 class Tracing:
-    """The OpenTelemetry side of a data plane: ``begin`` per request; spans and metrics are
-    built and exported by a child process. Make one with ``from_environment`` (None when not
-    configured); ``shutdown`` flushes and stops it."""
+    """The OpenTelemetry side of a data plane: ``begin`` per request, ``refused`` for a request
+    the gateway answered itself; spans and metrics are built and exported by a background
+    thread. Make one with ``from_environment`` (None when not configured); ``shutdown``
+    flushes and stops it."""
 
-    def __init__(self, *, sampler: Sampler | None, capture_content: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        sampler: Sampler | None,
+        capture_content: bool = False,
+        exporter: Exporter | None = None,
+    ) -> None:
         from opentelemetry import trace as api
         from opentelemetry.context import Context
         from opentelemetry.sdk.trace.sampling import Decision
@@ -404,15 +433,11 @@ class Tracing:
         # The SDK's standard samplers decided without their per-call objects (a Context, a
         # SamplingResult): a quarter of tracing's cost on the request path otherwise.
         self._decide = None if sampler is None else _fast_decision(sampler)
+        # Prompts and completions on spans: this opt-in, and the route's log_payloads.
         self.capture_content = capture_content
         self._pending: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
-        self._pipe_lock = threading.Lock()
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", _EXPORT_MODULE],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self._gone = False
+        self._exporter = exporter or Exporter.from_environment()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meterline-otel", daemon=True)
         self._thread.start()
@@ -430,9 +455,22 @@ class Tracing:
 
             # Only read for its sampler (OTEL_TRACES_SAMPLER / _ARG): spans are built elsewhere.
             sampler = TracerProvider(shutdown_on_exit=False).sampler
-        return cls(sampler=sampler, capture_content=_env_on(CAPTURE_CONTENT_ENV))
+        return cls(
+            sampler=sampler,
+            capture_content=_env_on(CAPTURE_CONTENT_ENV) or _env_on(METERLINE_CAPTURE_ENV),
+        )
 
     # -- the request path --------------------------------------------------------------
+
+    def _parent(self, headers: Headers) -> tuple[tuple[int, int, int] | None, str]:
+        parent: tuple[int, int, int] | None = None
+        tracestate = ""
+        for key, value in headers:
+            if key == b"traceparent":
+                parent = parse_traceparent(value.decode("latin-1"))
+            elif key == b"tracestate":
+                tracestate = value.decode("latin-1")[:512]
+        return parent, tracestate
 
     def begin(
         self,
@@ -449,33 +487,99 @@ class Tracing:
         if valid, and the sampling decision made now (the provider is told it)."""
         parent: tuple[int, int, int] | None = None
         tracestate = ""
+        client_headers = False
         for key, value in headers:
             if key == b"traceparent":
                 parent = parse_traceparent(value.decode("latin-1"))
+                client_headers = True
             elif key == b"tracestate":
                 tracestate = value.decode("latin-1")[:512]
+                client_headers = True
+        if parent is None:
+            trace_id, parent_span_id, tracestate = random.getrandbits(128) or 1, None, ""
+            decide = self._decide
+            sampled = (
+                decide(trace_id, None)
+                if decide is not None
+                else self._sample(trace_id, None, "", name)
+            )
+        else:
+            trace_id, parent_span_id = parent[0], parent[1]
+            sampled = self._sample(trace_id, parent, tracestate, name)
+        return RequestTrace(
+            self,
+            trace_id,
+            parent_span_id,
+            tracestate,
+            sampled,
+            request_id,
+            route,
+            consumer,
+            start_ns,
+            start_perf_ns,
+            client_headers,
+        )
+
+    def refused(
+        self,
+        headers: Headers,
+        *,
+        request_id: str,
+        route: str,
+        consumer: str,
+        operation: str,
+        model: str,
+        provider: str,
+        status: int,
+        error_type: str,
+        start_ns: int,
+    ) -> None:
+        """A request the gateway answered itself with an error (401, 402, 429...): one span
+        with the error status and ``error.type``, no attempt child."""
+        now_ns = time.time_ns()
+        parent, tracestate = self._parent(headers)
         if parent is None:
             trace_id, parent_span_id, tracestate = random.getrandbits(128) or 1, None, ""
         else:
             trace_id, parent_span_id = parent[0], parent[1]
-        return RequestTrace(
-            self,
-            trace_id=trace_id,
-            parent_span_id=parent_span_id,
-            tracestate=tracestate,
-            sampled=self._sample(trace_id, parent, tracestate, name),
-            request_id=request_id,
-            route=route,
-            consumer=consumer,
-            start_ns=start_ns,
-            start_perf_ns=start_perf_ns,
+        name = f"{operation} {model}" if model else operation
+        self._pending.append(
+            (  # TracedRequest's fields
+                trace_id,
+                _span_id(),
+                parent_span_id,
+                tracestate,
+                self._sample(trace_id, parent, tracestate, name),
+                request_id,
+                route,
+                consumer,
+                operation,
+                model,
+                "",
+                provider,
+                start_ns,
+                start_ns,  # perf instants as Unix nanoseconds: no perf clock was read
+                now_ns,
+                status,
+                None,
+                False,
+                False,
+                None,
+                (),
+                (),
+                "",
+                (),
+                error_type,
+                None,
+                None,
+            )
         )
 
     def _sample(
         self, trace_id: int, parent: tuple[int, int, int] | None, tracestate: str, name: str
     ) -> bool:
         sampler = self._sampler
-        if sampler is None or self._gone:
+        if sampler is None:
             return False
         if self._decide is not None:
             return self._decide(trace_id, None if parent is None else parent[2] & 1)
@@ -494,71 +598,41 @@ class Tracing:
         return bool(result.decision == self._sampled)
 
     def submit(self, request: tuple[Any, ...]) -> None:
-        """Queue a finished request for the drain thread (one deque append)."""
+        """Queue a finished request for the background thread (one deque append)."""
         self._pending.append(request)
 
-    # -- the drain thread ----------------------------------------------------------------
+    # -- the background thread -----------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stop.wait(_DRAIN_INTERVAL_S):
-            self._drain()
+            try:
+                with self._lock:
+                    self._drain()
+                    self._exporter.tick()
+            except Exception:
+                logger.exception("tracing: could not export")
 
     def _drain(self) -> None:
         pending = self._pending
         batch: list[tuple[Any, ...]] = []
+        popleft = pending.popleft
         while pending:
-            request = pending.popleft()
-            price = request[-1]
-            if price is not None:
-                try:
-                    cost = price()
-                except Exception:
-                    logger.exception("request %s: could not price it", request[5])
-                    cost = None
-                request = (*request[:-1], None if cost is None else f"{cost:f}")
-            batch.append(request)
+            batch.append(popleft())
         if batch:
-            self._send(b"B", pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-
-    def _send(self, kind: bytes, payload: bytes = b"", *, answer: bool = False) -> None:
-        if self._gone:
-            return
-        stdin: IO[bytes] | None = self._child.stdin
-        stdout: IO[bytes] | None = self._child.stdout
-        assert stdin is not None and stdout is not None
-        with self._pipe_lock:
-            try:
-                stdin.write(kind + len(payload).to_bytes(4, "big") + payload)
-                stdin.flush()
-                if answer and stdout.read(1) != b"K":
-                    raise ExporterGone("no answer")
-            except (OSError, ExporterGone) as exc:
-                self._gone = True
-                logger.error(
-                    "the OpenTelemetry exporter process (pid %d) ended (%s); tracing stops",
-                    self._child.pid,
-                    exc,
-                )
+            # Sampled requests are priced there too (their ``cost`` thunk).
+            self._exporter.add(batch)
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def force_flush(self) -> None:
         """Build and export everything recorded so far (tests, benchmarks, shutdown)."""
-        self._drain()
-        self._send(b"F", answer=True)
+        with self._lock:
+            self._drain()
+            self._exporter.flush()
 
     def shutdown(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._drain()
-        self._send(b"Q", answer=True)
-        child = self._child
-        if child.stdin is not None:
-            child.stdin.close()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+        with self._lock:
+            self._drain()
+            self._exporter.shutdown()

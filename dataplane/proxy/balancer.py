@@ -21,7 +21,8 @@ Algorithms:
 - ``consistent-hashing``: weighted rendezvous hashing of a request header: a value always goes
   to the same target while it is healthy; requests without the header are spread round-robin.
 - ``cost``: the cheapest target (``input_cost + output_cost``) that serves the requested model
-  (its ``model.name`` equals it, or it has none and keeps the client's).
+  (its ``model.model_alias``, else its ``model.name``, equals it, or it has neither and keeps
+  the client's): with aliases, one name served by targets of different providers and models.
 
 Circuit breaker (Kong's ``max_fails``/``fail_timeout``): ``max_fails`` consecutive failures
 (attempts matching ``failover_criteria``) eject a target for ``fail_timeout``; then it is
@@ -178,13 +179,14 @@ class Balancer:
         self._fail_timeout_s = fail_timeout_ms / 1000
         self._clock = clock
         self._states = [_State() for _ in self.targets]
-        # cost: per fixed model name, its targets cheapest first; targets without a model
-        # name serve any model.
+        # cost: per served model name (the alias, else the fixed name), its targets cheapest
+        # first; targets with neither serve any model.
         by_model: dict[str, list[int]] = {}
         wildcards: list[int] = []
         for index, target in enumerate(self.targets):
-            if target.policy.model:
-                by_model.setdefault(target.policy.model, []).append(index)
+            served = target.policy.model_alias or target.policy.model
+            if served:
+                by_model.setdefault(served, []).append(index)
             else:
                 wildcards.append(index)
         self._wildcards = tuple(wildcards)

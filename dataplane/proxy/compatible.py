@@ -18,6 +18,7 @@ from dataplane.config.providers import (
     DATABRICKS_URL,
     DEFAULT_URLS,
     LLAMA2_FORMATS,
+    LLAMA2_RAW,
     MISTRAL_FORMATS,
     OLLAMA_CHAT_PATH,
     OPENAI_COMPATIBLE_PROVIDERS,
@@ -101,12 +102,15 @@ def compatible_url(config: snapshot_pb2.AiProxyConfig) -> str | None:
 
 def wire_provider(config: snapshot_pb2.AiProxyConfig) -> str:
     """The provider whose wire format the upstream speaks: "ollama" for mistral or llama2
-    models served by Ollama (``mistral_format`` / ``llama2_format: ollama``), else the route's."""
+    models served by Ollama (``mistral_format`` / ``llama2_format: ollama``), "llama2_raw" for
+    ``llama2_format: raw`` (Kong's ``inputs`` / ``generated_text``), else the route's."""
     provider, options = config.model.provider, config.model.options
     if (provider == "mistral" and options.mistral_format == "ollama") or (
         provider == "llama2" and options.llama2_format == "ollama"
     ):
         return "ollama"
+    if provider == "llama2" and options.llama2_format == "raw":
+        return LLAMA2_RAW
     return provider
 
 

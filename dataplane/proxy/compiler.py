@@ -39,6 +39,7 @@ from dataplane.config.providers import (
     OPENAI_COMPATIBLE_PROVIDERS,
     PROVIDER_ROUTE_TYPES,
     ROUTE_TYPE_CHAT,
+    ROUTE_TYPE_EMBEDDINGS,
     ROUTE_TYPE_PRESERVE,
     SUPPORTED_ROUTE_TYPES,
     VERTEX_ENDPOINT_PATH,
@@ -118,6 +119,22 @@ _ALWAYS_DROPPED = frozenset(
         b"x-goog-api-key",
     }
 )
+
+
+# The provider credential headers a client may send itself to an ai-proxy without auth.
+_CLIENT_PROVIDER_CREDENTIALS = frozenset(
+    {b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key"}
+)
+
+
+def _has_credentials(target: ProviderTarget) -> bool:
+    return bool(
+        target.auth_headers
+        or target.auth_body_params
+        or target.auth_query
+        or target.credentials is not None
+        or target.signer is not None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +248,11 @@ def _compile_route(
             if target.signer is not None:
                 # The client's own SigV4 headers: the gateway signs again.
                 dropped |= CLIENT_SIGNATURE_HEADERS
+        if key_auth is None and not any(map(_has_credentials, [*targets, ai_proxy.target])):
+            # Kong's ai-proxy without auth (its "get started" guide, self-hosted vLLM and
+            # Ollama): the client sends the provider credential itself. Without key-auth it
+            # is no gateway key, so it is forwarded as sent.
+            dropped -= _CLIENT_PROVIDER_CREDENTIALS
     return CompiledRoute(
         id=route.id,
         name=route.name or route.id,
@@ -242,6 +264,11 @@ def _compile_route(
         rate_limits=compile_route_limits(route, plugins, ai_proxy=resolved.ai_proxy),
         translator=translator,
         balancer=balancer,
+        logs_payloads=ai_proxy is not None
+        and (
+            ai_proxy.log_payloads
+            or (balancer is not None and any(t.policy.log_payloads for t in balancer.targets))
+        ),
         **_route_behaviour(route),
     )
 
@@ -524,7 +551,7 @@ def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
         if auth.gcp_use_service_account or auth.gcp_service_account_json:
             raise CompileError(f'{label}: auth.gcp_* is only for provider "gemini"')
         return
-    _check_vertex(label, config.model.options.gemini)
+    _check_vertex(label, config.model.options.gemini, route_type=config.route_type)
     if auth.param_name and auth.param_location != "query":
         raise CompileError(
             f'{label}: provider "gemini" takes its key in a header (x-goog-api-key) or the '
@@ -533,11 +560,16 @@ def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
     _check_gcp_auth(label, auth)
 
 
-def _check_vertex(label: str, gemini: snapshot_pb2.GeminiOptions) -> None:
+def _check_vertex(label: str, gemini: snapshot_pb2.GeminiOptions, *, route_type: str) -> None:
     """Vertex AI's project, location and endpoint: all or none, each a name."""
     if bool(gemini.project_id) != bool(gemini.location_id):
         raise CompileError(
             f"{label}: model.options.gemini needs both project_id and location_id (Vertex AI)"
+        )
+    if gemini.project_id and route_type == ROUTE_TYPE_EMBEDDINGS:
+        raise CompileError(
+            f'{label}: route_type "llm/v1/embeddings" on Vertex AI is not supported yet '
+            "(the Gemini API's embedContent is)"
         )
     if (gemini.api_endpoint or gemini.endpoint_id) and not gemini.project_id:
         raise CompileError(
@@ -630,6 +662,7 @@ def _target_config(
         model=target.model,
         response_streaming=config.response_streaming,
         max_request_body_size=config.max_request_body_size,
+        log_payloads=target.log_payloads,
     )
     if config.HasField("model_name_header"):
         single.model_name_header = config.model_name_header
@@ -983,4 +1016,5 @@ def _compile_ai_proxy(
             config, provider=wire_provider(config), route_type=config.route_type
         ),
         model_alias=config.model.model_alias,
+        log_payloads=config.log_payloads,
     )

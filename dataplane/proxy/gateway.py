@@ -23,7 +23,7 @@ from dataplane.admission.stages import Admitted, admit_request
 from dataplane.config.aws import AwsCredentialsError, AwsSigner
 from dataplane.config.gcp_tokens import UpstreamCredentialsError
 from dataplane.config.keys import authenticate, key_in_body, upstream_query
-from dataplane.config.model import AccessTokens, AiProxyPolicy
+from dataplane.config.model import AccessTokens, AiProxyPolicy, Consumer
 from dataplane.config.providers import ROUTE_TYPE_PRESERVE
 from dataplane.errors import DataPlaneError, Rejection
 from dataplane.http import eventstream
@@ -52,6 +52,7 @@ from dataplane.http.ndjson import NdjsonSplitter
 from dataplane.http.sse import SseSplitter
 from dataplane.observability.logs import REQUEST_ID
 from dataplane.observability.metrics import ROUTE_SCOPE_KEY, DataPlaneMetrics
+from dataplane.observability.payloads import PayloadTap, log_payloads, stream_text
 from dataplane.observability.tracing import (
     RequestTrace,
     Tracing,
@@ -67,7 +68,13 @@ from dataplane.proxy.models import (
     models_request,
 )
 from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig, carry_state
-from dataplane.translate.base import Prepared, Translator
+from dataplane.translate.base import (
+    Prepared,
+    Translator,
+    cut_stream_usage,
+    stream_error_status,
+    usage_settled,
+)
 from dataplane.translate.gemini_format import candidate_texts
 from dataplane.translate.openai_format import InvalidRequest
 from dataplane.translate.select import OPENAI as _OPENAI
@@ -182,6 +189,9 @@ class Gateway:
         id_header = (b"x-request-id", request_id.encode())
         translator: Translator = _OPENAI
         respond = send
+        # For the span of a refused request (tracing only).
+        trace: RequestTrace | None = None
+        consumer = policy = None
         try:
             config = self._config()
             # The normalised path as sent (the server removed dot segments and decoded only
@@ -286,6 +296,8 @@ class Gateway:
             )
             await exchange.run(scope, receive, respond, self._clients)
         except Rejection as rejection:
+            if self.tracing is not None:
+                self._trace_refusal(scope, rejection, request_id, start_ns, trace, consumer, policy)
             headers = [JSON_CONTENT_TYPE, id_header, *rejection.headers]
             await send_response(respond, rejection.status, translator.reject(rejection), headers)
         except _Gone:
@@ -301,6 +313,44 @@ class Gateway:
         if policy is not None and 0 < policy.max_body_bytes < self._max_body_bytes:
             return policy.max_body_bytes
         return self._max_body_bytes
+
+    def _trace_refusal(
+        self,
+        scope: Scope,
+        rejection: Rejection,
+        request_id: str,
+        start_ns: int,
+        trace: RequestTrace | None,
+        consumer: Consumer | None,
+        policy: AiProxyPolicy | None,
+    ) -> None:
+        """The span of a request the gateway answered with an error itself (no usage)."""
+        assert self.tracing is not None
+        operation = operation_name(policy.route_type) if policy is not None else "chat"
+        model = policy.model if policy is not None else ""
+        provider = policy.target.provider if policy is not None else ""
+        error_type = rejection.code or rejection.type
+        if trace is not None:
+            trace.failed(
+                status=rejection.status,
+                error_type=error_type,
+                operation=operation,
+                model=model,
+                provider=provider,
+            )
+            return
+        self.tracing.refused(
+            scope["headers"],
+            request_id=request_id,
+            route=scope.get(ROUTE_SCOPE_KEY, ""),
+            consumer=consumer.username if consumer is not None else "",
+            operation=operation,
+            model=model,
+            provider=provider,
+            status=rejection.status,
+            error_type=error_type,
+            start_ns=start_ns,
+        )
 
     def _config(self) -> RuntimeConfig:
         config = self.config
@@ -449,11 +499,13 @@ class _Exchange:
         "drain_timeout_s",
         "first_byte_ns",
         "metrics",
+        "output_text",
         "policy",
         "prepared",
         "raw",
         "request_id",
         "route",
+        "scope",
         "source",
         "start_ns",
         "start_perf_ns",
@@ -505,6 +557,35 @@ class _Exchange:
         # 1-based upstream attempt, and the balancer's index of its target.
         self.attempt = 1
         self.target_index = 0
+        # log_payloads routes only: the request's scope, and the text answered (for spans).
+        self.scope: Scope | None = None
+        self.output_text: str | None = None
+
+    def _log_payloads(self, status: int, response: bytes | PayloadTap) -> None:
+        """The request's and the answer's bodies to the JSON log (log_payloads routes)."""
+        scope = self.scope
+        if scope is None:
+            return
+        key_auth = self.route.key_auth
+        if isinstance(response, PayloadTap):
+            body, dropped = bytes(response.kept), response.dropped
+            text: str | None = stream_text(body) or response.produced_text()
+        else:
+            body, dropped, text = response, 0, None
+        log_payloads(
+            route=self.route.name,
+            status=status,
+            request=self.raw,
+            headers=scope["headers"],
+            query=scope["query_string"],
+            response=body,
+            response_text=text,
+            response_dropped=dropped,
+            secret_headers=key_auth.header_names if key_auth is not None else (),
+            secret_query=key_auth.query_names if key_auth is not None else (),
+        )
+        if self.trace is not None and self.trace.wants_content:
+            self.output_text = text if text is not None else _completion_text(body)
 
     def _record(
         self,
@@ -540,6 +621,8 @@ class _Exchange:
                 operation=operation_name(self.policy.route_type),
                 request_model=self.prepared.requested_model or self.prepared.model,
                 document=self.prepared.document,
+                capture=self.policy.log_payloads,
+                output_text=self.output_text,
             )
         if not failed_attempt:
             self.metrics.exchange(
@@ -597,6 +680,8 @@ class _Exchange:
     async def run(
         self, scope: Scope, receive: Receive, send: Send, clients: UpstreamClients
     ) -> None:
+        if self.route.logs_payloads:
+            self.scope = scope
         balancer = self.route.balancer
         if balancer is None:
             session = clients.get(self.policy.target.origin)
@@ -769,8 +854,12 @@ class _Exchange:
                 # is there but unusable (malformed counts) is estimated, never left unbilled.
                 and (self.policy.route_type != ROUTE_TYPE_PRESERVE or b'"usage"' in body)
             ):
-                usage, estimated = self._estimate(_completion_text(body), "response"), True
+                usage, estimated = self._estimate(_completion_text(out), "response"), True
             self.first_byte_ns = time.perf_counter_ns()
+            if self.trace is not None:
+                self.trace.response = out  # its id and finish reasons, read off the path
+            if self.policy.log_payloads:
+                self._log_payloads(status, out)
             # Usage is recorded (spooled) before the response completes: a response its
             # client received is never lost with a killed data plane.
             self._record(status=status, usage=usage, model=model, estimated=estimated)
@@ -929,6 +1018,10 @@ class _Exchange:
         else:
             splitter = SseSplitter()
         relay = self.translator.stream(self.prepared)
+        if self.trace is not None:
+            relay = self.trace.tail(relay)  # sampled: keeps the ends for the span
+        if self.policy.log_payloads:
+            relay = PayloadTap(relay)  # what the client gets, capped, for the log
         status = response.status
         disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
         cut_short = False
@@ -985,9 +1078,21 @@ class _Exchange:
             disconnected.cancel()
         usage = relay.usage
         estimated = False
-        if usage is None and status < 300 and self.policy.route_type != ROUTE_TYPE_PRESERVE:
-            what = "stream cut short" if cut_short else "stream ended"
-            usage, estimated = self._estimate(relay.produced_text(), what), True
+        if status < 300:
+            # An error inside the stream (Bedrock's exception frame, Anthropic's error event).
+            status = stream_error_status(relay) or status
+        if self.policy.route_type != ROUTE_TYPE_PRESERVE:
+            if status < 300 and usage is None:
+                what = "stream cut short" if cut_short else "stream ended"
+                usage, estimated = self._estimate(relay.produced_text(), what), True
+            elif (status >= 300 or cut_short) and not usage_settled(relay):
+                # Broken, failed or abandoned mid-way: metered as far as it went, the part the
+                # provider did not count estimated (translate.base.cut_stream_usage).
+                produced = relay.produced_text()
+                usage = cut_stream_usage(usage, document=self.prepared.document, produced=produced)
+                estimated = True
+        if isinstance(relay, PayloadTap):
+            self._log_payloads(status, relay)
         # Recorded before the stream's end reaches the client (see the whole-response path).
         self._record(status=status, usage=usage, model=relay.model, estimated=estimated)
         if balancer is not None:
@@ -1103,8 +1208,8 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 
 def _completion_text(body: bytes) -> str:
-    """The text of a whole response (OpenAI choices, Anthropic content or Gemini candidates),
-    for an estimate."""
+    """The text of a whole response as the client gets it (OpenAI choices, Anthropic content
+    or Gemini candidates), for an estimate."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -47,6 +47,8 @@ class CompiledRoute:
     # Not empty: this data plane does not serve the route (its plugins did not compile); it
     # answers 503 with this message.
     refused: str = ""
+    # Some target of the route has logging.log_payloads (observability.payloads).
+    logs_payloads: bool = False
 
 
 @dataclass(frozen=True, slots=True)

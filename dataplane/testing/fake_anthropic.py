@@ -18,7 +18,9 @@ It speaks the Messages wire format (a whole ``message`` object, or the SSE strea
 
 Auth: ``x-api-key`` must equal the configured key (default: anything starting ``sk-ant-``);
 ``anthropic-version`` is required. Model ``"fail-500"`` or header ``x-fake-status: N``
-answers status N with an Anthropic error. ``POST /v1/messages/count_tokens`` answers
+answers status N with an Anthropic error; ``x-fake-stream-error: N:overloaded_error`` sends that
+``error`` event after N stream events and ends the stream; ``FakeAnthropic(cut_after=K)`` ends
+a stream's connection after K events. ``POST /v1/messages/count_tokens`` answers
 ``{"input_tokens": N}``. Requests are recorded in ``requests`` and at ``GET /_fake/requests``.
 
 Run it with ``python -m dataplane.testing.fake_anthropic --listen 127.0.0.1:PORT``.
@@ -115,8 +117,10 @@ def reply_words(body: dict[str, Any]) -> tuple[list[str], str]:
 class FakeAnthropic:
     """The fake as a raw ASGI app; ``requests`` lists what it received."""
 
-    def __init__(self, *, api_key: str | None = None) -> None:
+    def __init__(self, *, api_key: str | None = None, cut_after: int | None = None) -> None:
         self.api_key = api_key
+        # A stream's connection ends after this many SSE events, without its end: a cut.
+        self.cut_after = cut_after
         self.requests: list[RecordedRequest] = []
         self._cached_systems: set[str] = set()
 
@@ -168,7 +172,7 @@ class FakeAnthropic:
         if forced.isdigit():
             await _error(send, int(forced), f"Forced status {forced}")
             return
-        await self._message(send, body)
+        await self._message(send, body, headers.get("x-fake-stream-error", ""))
 
     def _usage(self, body: dict[str, Any]) -> dict[str, Any]:
         total = prompt_tokens(body)
@@ -186,7 +190,7 @@ class FakeAnthropic:
             "cache_read_input_tokens": read,
         }
 
-    async def _message(self, send: Send, body: dict[str, Any]) -> None:
+    async def _message(self, send: Send, body: dict[str, Any], stream_error: str = "") -> None:
         usage = self._usage(body)
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
         model = str(body.get("model", ""))
@@ -280,7 +284,16 @@ class FakeAnthropic:
                 "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
             }
         )
-        for piece in events:
+        after, _, error_type = stream_error.partition(":")
+        for i, piece in enumerate(events):
+            if after.isdigit() and error_type and i == int(after):
+                # Anthropic's in-stream error (e.g. overloaded_error), then the end.
+                error = {"type": "error", "error": {"type": error_type, "message": "Overloaded"}}
+                piece = event("error", error)
+                await send({"type": "http.response.body", "body": piece, "more_body": False})
+                return
+            if self.cut_after is not None and i >= self.cut_after:
+                return  # the connection ends without the stream's end: a cut
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

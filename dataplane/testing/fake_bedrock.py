@@ -16,6 +16,10 @@ It speaks Bedrock's wire format, framing included:
   ``chunk`` events carry ``{"bytes": base64(<Anthropic SSE event JSON>)}``; ``message_stop``
   carries ``amazon-bedrock-invocationMetrics``. Whole answers have the
   ``x-amzn-bedrock-input-token-count``/``-output-token-count`` headers.
+- ``POST /model/{modelId}/invoke`` of an embedding model (an id containing ``embed``): Titan
+  Text Embeddings (``{"inputText", "dimensions"}`` -> ``{"embedding", "inputTextTokenCount"}``)
+  or Cohere Embed (``{"texts", "input_type"}`` -> ``{"embeddings", "id", "response_type",
+  "texts"}``, no count in the body); both with ``x-amzn-bedrock-input-token-count``.
 - ``POST /model/{modelId}/count-tokens``: CountTokens of an ``invokeModel`` body (base64) or a
   ``converse`` input, answering ``{"inputTokens": N}``.
 - ``POST /`` with ``Action=AssumeRole``: STS, answering fresh temporary credentials (which the
@@ -29,7 +33,9 @@ Every request must carry a valid SigV4 signature (recomputed with botocore from 
 pairs; ``x-amz-date`` within 15 minutes). A bad one is refused as Bedrock does: 403,
 ``x-amzn-ErrorType`` and ``{"message": ...}``. Test knobs, as request headers:
 ``x-fake-status: N`` (an error of status N), ``x-fake-cut: N`` (a stream's connection dies
-after N deltas), ``x-fake-corrupt: N`` (the frame after N deltas has a bad CRC).
+after N deltas), ``x-fake-corrupt: N`` (the frame after N deltas has a bad CRC),
+``x-fake-stream-error: N:throttlingException`` (after N deltas an exception frame of that
+type, e.g. ``modelStreamErrorException``, ends the stream, as AWS ends it).
 
 Run it with ``python -m dataplane.testing.fake_bedrock --listen 127.0.0.1:PORT``.
 """
@@ -149,6 +155,8 @@ class FakeBedrock:
                 await self._count_tokens(send, body)
             elif operation.startswith("converse"):
                 await self._converse(send, model, body, headers, stream=operation.endswith("m"))
+            elif "embed" in model and operation == "invoke":
+                await _embed(send, model, body)
             else:
                 await self._invoke(send, model, body, headers, stream=operation.endswith("m"))
         except _Refused as refused:
@@ -458,18 +466,60 @@ def _request_id() -> Headers:
 async def _stream(
     send: Send, frames: list[bytes], headers: dict[str, str], *, deltas_from: int = 1
 ) -> None:
-    """Send ``frames``, honouring the cut and corrupt knobs (counted in deltas)."""
+    """Send ``frames``, honouring the cut, corrupt and stream-error knobs (counted in deltas)."""
     cut = headers.get("x-fake-cut", "")
     corrupt = headers.get("x-fake-corrupt", "")
+    after, _, exception_type = headers.get("x-fake-stream-error", "").partition(":")
     start = {"type": "http.response.start", "status": 200}
     await send({**start, "headers": [_EVENT_STREAM, *_request_id()]})
     for index, frame in enumerate(frames):
         if cut.isdigit() and index == deltas_from + int(cut):
             raise ConnectionAbortedError("fake bedrock cut the stream (asked by the test)")
+        if after.isdigit() and exception_type and index == deltas_from + int(after):
+            # As AWS does: an exception frame, then the end of the stream.
+            message = f"fake bedrock: {exception_type} (asked by the test)"
+            frame = eventstream.exception(exception_type, orjson.dumps({"message": message}))
+            await send({"type": "http.response.body", "body": frame, "more_body": False})
+            return
         if corrupt.isdigit() and index == deltas_from + int(corrupt):
             frame = frame[:-1] + bytes([frame[-1] ^ 0xFF])
         await send({"type": "http.response.body", "body": frame, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _vector(text: str, size: int = 8) -> list[float]:
+    return [round((len(text.split()) + i) / (size + len(text) + 1), 6) for i in range(size)]
+
+
+async def _embed(send: Send, model: str, body: dict[str, Any]) -> None:
+    """InvokeModel of an embedding model: Titan Text Embeddings (``inputText`` ->
+    ``embedding`` + ``inputTextTokenCount``) or Cohere Embed (``texts`` -> ``embeddings``, no
+    count in the body). Both answers carry ``x-amzn-bedrock-input-token-count``. Tokens = words."""
+    if ".cohere." in f".{model}" or model.startswith("cohere."):
+        texts = body.get("texts")
+        if not isinstance(texts, list) or not texts or not isinstance(body.get("input_type"), str):
+            raise _Refused(400, "ValidationException", "Malformed input request: texts, input_type")
+        tokens = sum(len(str(t).split()) for t in texts)
+        document: dict[str, Any] = {
+            "embeddings": [_vector(str(t)) for t in texts],
+            "id": str(uuid.uuid4()),
+            "response_type": "embeddings_floats",
+            "texts": texts,
+        }
+    else:
+        text = body.get("inputText")
+        if not isinstance(text, str) or not text:
+            raise _Refused(400, "ValidationException", "Malformed input request: inputText")
+        tokens = len(text.split())
+        dimensions = body.get("dimensions")
+        size = dimensions if isinstance(dimensions, int) else 8
+        document = {"embedding": _vector(text, size), "inputTextTokenCount": tokens}
+    headers = [
+        _JSON,
+        (b"x-amzn-bedrock-input-token-count", str(tokens).encode()),
+        *_request_id(),
+    ]
+    await send_response(send, 200, orjson.dumps(document), headers)
 
 
 async def _error(send: Send, refused: _Refused) -> None:

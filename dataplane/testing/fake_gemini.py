@@ -38,6 +38,10 @@ wrong one 400 ``INVALID_ARGUMENT`` with reason ``API_KEY_INVALID``, as Google do
 status N; header ``x-fake-status: N`` one request; ``cut_after=K`` ends a stream's connection
 after K frames (no finishReason, no last chunk). Requests are recorded in ``requests``.
 
+``:embedContent`` / ``:batchEmbedContents`` answer ``{"embedding": {"values"}}`` /
+``{"embeddings": [{"values"}]}`` (``embedding(text, outputDimensionality)``, 8 values by
+default) and, like the Gemini API, no usage.
+
 Run it with ``python -m dataplane.testing.fake_gemini --listen 127.0.0.1:PORT``.
 """
 
@@ -67,6 +71,8 @@ TOOL_USE_PROMPT_TOKENS = 9
 THOUGHT_TOKENS = 12
 THOUGHT_TEXT = "thinking about the question"
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+# The length of the fake's embeddings unless a request names outputDimensionality.
+EMBEDDING_DIMENSIONS = 8
 _BUILT_IN_TOOLS = ("googleSearch", "googleSearchRetrieval", "codeExecution", "urlContext")
 _GEMINI_PATH = re.compile(r"^/v1(?:beta|alpha)?/models/([^/:]+):([A-Za-z]+)$")
 _VERTEX_PATH = re.compile(
@@ -348,11 +354,20 @@ class FakeGemini:
             code = self.status if self.status is not None else int(forced)
             await _error(send, code, f"Forced status {code}")
             return
-        if operation not in ("generateContent", "streamGenerateContent", "countTokens"):
+        if operation not in (
+            "generateContent",
+            "streamGenerateContent",
+            "countTokens",
+            "embedContent",
+            "batchEmbedContents",
+        ):
             await _error(send, 404, f"Method {operation} not found.")
             return
         if not isinstance(body, dict):
             await _error(send, 400, "Invalid JSON payload received.")
+            return
+        if operation in ("embedContent", "batchEmbedContents"):
+            await _embed(send, body, model, batch=operation == "batchEmbedContents")
             return
         if operation == "countTokens":
             request = field_of(body, "generateContentRequest") or body
@@ -549,3 +564,34 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The fake's deterministic embedding of ``text``: ``dimensions`` values from its words."""
+    words = text.split()
+    return [round((len(words) + i) / (dimensions + len(text) + 1), 6) for i in range(dimensions)]
+
+
+async def _embed(send: Send, body: dict[str, Any], model: str, *, batch: bool) -> None:
+    """embedContent / batchEmbedContents: one embedding per content; like Gemini's answers,
+    no usage (the API reports none for embeddings)."""
+    requests = body.get("requests") if batch else [body]
+    if not isinstance(requests, list) or not requests:
+        await _error(send, 400, "* BatchEmbedContentsRequest.requests: requests is not specified")
+        return
+    embeddings = []
+    for request in requests:
+        content = request.get("content") if isinstance(request, dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list) or not parts:
+            await _error(send, 400, "* EmbedContentRequest.content: contents is not specified")
+            return
+        named = request.get("model")
+        if batch and named != f"models/{model}":
+            await _error(send, 400, f"Model {named} in the request does not match models/{model}.")
+            return
+        text = " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
+        size = request.get("outputDimensionality") or EMBEDDING_DIMENSIONS
+        embeddings.append({"values": embedding(text, int(size))})
+    document = {"embeddings": embeddings} if batch else {"embedding": embeddings[0]}
+    await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])

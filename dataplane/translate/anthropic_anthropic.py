@@ -50,6 +50,14 @@ class _AnthropicRelay:
     def produced_text(self) -> str:
         return "".join(self.scanner.texts)
 
+    @property
+    def error_status(self) -> int | None:
+        return self.scanner.error_status
+
+    @property
+    def usage_settled(self) -> bool:
+        return self.scanner.settled
+
 
 def messages_body(
     raw: bytes, policy: AiProxyPolicy

@@ -28,10 +28,12 @@ from dataplane.translate.anthropic_anthropic import messages_body
 from dataplane.translate.anthropic_format import (
     MessageStreamScanner,
     anthropic_rejection_body,
+    error_type_of_status,
     read_message_usage,
 )
 from dataplane.translate.base import Prepared, StreamRelay
 from dataplane.translate.bedrock_bedrock import upstream_url
+from dataplane.translate.bedrock_format import exception_status
 from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
@@ -65,10 +67,20 @@ def _count_tokens_answer(body: bytes) -> bytes:
 class _ChunksToMessagesRelay:
     """Unwraps each ``chunk`` frame into the Messages SSE event it carries."""
 
-    __slots__ = ("scanner",)
+    __slots__ = ("exception_status", "scanner")
 
     def __init__(self) -> None:
         self.scanner = MessageStreamScanner()
+        # The status of an exception frame (throttlingException: 429), if one came.
+        self.exception_status: int | None = None
+
+    @property
+    def error_status(self) -> int | None:
+        return self.exception_status or self.scanner.error_status
+
+    @property
+    def usage_settled(self) -> bool:
+        return self.scanner.settled
 
     @property
     def usage(self) -> TokenUsage | None:
@@ -86,7 +98,11 @@ class _ChunksToMessagesRelay:
             except orjson.JSONDecodeError:
                 document = {}
             message = document.get("message", "") if isinstance(document, dict) else ""
-            error = {"type": "error", "error": {"type": "api_error", "message": message}}
+            self.exception_status = exception_status(frame.event_type)
+            error = {
+                "type": "error",
+                "error": {"type": error_type_of_status(self.exception_status), "message": message},
+            }
             return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
         if frame.event_type != "chunk":
             return b""

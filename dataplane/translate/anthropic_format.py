@@ -60,6 +60,30 @@ _TYPES_BY_STATUS: Final = {
     504: "timeout_error",
     529: "overloaded_error",
 }
+# Anthropic's error types -> their HTTP statuses (an ``error`` event inside a stream).
+_STATUS_BY_TYPE: Final = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def error_type_of_status(status: int) -> str:
+    """Anthropic's error type of an HTTP status (``api_error`` for one it does not name)."""
+    return _TYPES_BY_STATUS.get(status, "api_error")
+
+
+def error_status(error_type: object) -> int:
+    """The HTTP status of an Anthropic error type (500 for one it does not document)."""
+    return _STATUS_BY_TYPE.get(error_type, 500) if isinstance(error_type, str) else 500
+
+
 # Meterline's own billing refusals, which Anthropic's API does not have: their type and code
 # are kept, so a client can tell an exhausted entitlement from a budget.
 _BILLING_CODES: Final = frozenset({"invalid_task_budget"})
@@ -141,13 +165,17 @@ def read_message_usage(body: bytes) -> tuple[TokenUsage | None, str | None]:
 class MessageStreamScanner:
     """Reads usage and model from a Messages SSE stream, relaying every event unchanged."""
 
-    __slots__ = ("model", "texts", "usage")
+    __slots__ = ("error_status", "model", "settled", "texts", "usage")
 
     def __init__(self) -> None:
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         # Text produced so far, kept only to estimate a stream that ends without usage.
         self.texts: list[str] = []
+        # True once message_delta's usage came: message_start's counts the prompt only.
+        self.settled = False
+        # The status of an ``error`` event inside the stream (e.g. 529 overloaded_error).
+        self.error_status: int | None = None
 
     def accept(self, event: bytes) -> dict[str, Any] | None:
         """Inspect one whole event; return its parsed data (None if it has no JSON data)."""
@@ -176,4 +204,8 @@ class MessageStreamScanner:
                 self.usage = merge_usage(self.usage, usage_from_anthropic(message.get("usage")))
         elif kind == "message_delta":
             self.usage = merge_usage(self.usage, usage_from_anthropic(document.get("usage")))
+            self.settled = self.usage is not None
+        elif kind == "error":
+            error = document.get("error")
+            self.error_status = error_status(error.get("type") if isinstance(error, dict) else None)
         return document

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dataplane.errors import Rejection
+from dataplane.usage.estimate import estimate_usage
 from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
@@ -57,7 +58,19 @@ class Prepared:
 
 class StreamRelay(Protocol):
     """Reads (and maybe rewrites) a provider's stream event by event: whole SSE events, or
-    whole frames of AWS's binary event stream (Bedrock)."""
+    whole frames of AWS's binary event stream (Bedrock).
+
+    Two optional members, read with ``stream_error_status`` and ``usage_settled`` below (only
+    the relays that need them define them):
+
+    - ``error_status: int | None``: the HTTP status of an error the provider reported inside
+      a stream that had started with 200 (Bedrock's exception frames, Anthropic's ``error``
+      event), so the request is recorded with it;
+    - ``usage_settled: bool``: whether ``usage`` covers everything streamed so far. Without
+      it, any usage does (OpenAI, Ollama, Cohere and Converse report usage once, at the end;
+      Gemini's is cumulative in every frame). Anthropic's ``message_start`` reports the prompt
+      but not the output: not settled until ``message_delta``.
+    """
 
     @property
     def usage(self) -> TokenUsage | None: ...
@@ -96,3 +109,39 @@ class Translator(Protocol):
     def stream(self, prepared: Prepared) -> StreamRelay:
         """A relay for one upstream stream."""
         ...
+
+
+def stream_error_status(relay: StreamRelay) -> int | None:
+    """The status of an error the provider reported inside its stream, or None."""
+    status: int | None = getattr(relay, "error_status", None)
+    return status
+
+
+def usage_settled(relay: StreamRelay) -> bool:
+    """Whether the relay's usage counts every token streamed so far (see StreamRelay)."""
+    settled: bool | None = getattr(relay, "usage_settled", None)
+    return relay.usage is not None if settled is None else settled
+
+
+def cut_stream_usage(usage: TokenUsage | None, *, document: Any, produced: str) -> TokenUsage:
+    """The (estimated) usage of a stream that ended early, broken or by an error event,
+    before its usage counted everything streamed: the prompt-side counts the provider
+    reported (exact), the prompt estimated if it reported none, and the output estimated from
+    the text streamed (never below an output count it reported)."""
+    guess = estimate_usage(document=document, produced=produced)
+    if usage is None:
+        return guess
+    prompt_known = (
+        usage.input_tokens is not None
+        or usage.cached_input_tokens is not None
+        or usage.cache_write_tokens is not None
+    )
+    reported_output = (usage.output_tokens or 0) + (usage.reasoning_tokens or 0)
+    return TokenUsage(
+        input_tokens=usage.input_tokens if prompt_known else guess.input_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        output_tokens=max(guess.output_tokens or 0, reported_output)
+        - (usage.reasoning_tokens or 0),
+        reasoning_tokens=usage.reasoning_tokens,
+    )

@@ -55,6 +55,14 @@ class _FrameRelay:
     def produced_text(self) -> str:
         return "".join(self.scanner.texts)
 
+    @property
+    def error_status(self) -> int | None:
+        return self.scanner.error_status
+
+    @property
+    def usage_settled(self) -> bool:
+        return self.scanner.settled
+
 
 def upstream_url(policy: AiProxyPolicy, model: str, operation: str) -> str:
     """Where one operation on ``model`` goes: the base URL's path for it, or a full

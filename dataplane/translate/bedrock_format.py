@@ -72,6 +72,29 @@ def split_model_path(subpath: str) -> tuple[str, str]:
     )
 
 
+# The exceptions a Bedrock stream may carry (ConverseStream's and
+# InvokeModelWithResponseStream's ResponseStream members) -> their HTTP statuses.
+_EXCEPTION_STATUSES: Final = {
+    "internalserverexception": 500,
+    "modelstreamerrorexception": 424,
+    "validationexception": 400,
+    "throttlingexception": 429,
+    "serviceunavailableexception": 503,
+    "modeltimeoutexception": 408,
+}
+
+
+def openai_error_type(status: int) -> str:
+    """OpenAI's error ``type`` for a status (``api_error`` by default)."""
+    return _OPENAI_TYPES.get(status, "api_error")
+
+
+def exception_status(exception_type: str) -> int:
+    """The HTTP status of an in-stream exception (``throttlingException`` -> 429); 500 for
+    one Bedrock does not document."""
+    return _EXCEPTION_STATUSES.get(exception_type.lower(), 500)
+
+
 def error_type(status: int) -> str:
     """The Bedrock error name of an HTTP status."""
     if status in _ERROR_TYPES:
@@ -130,14 +153,28 @@ def read_whole_usage(body: bytes) -> tuple[TokenUsage | None, dict[str, Any] | N
     usage = document.get("usage")
     if isinstance(usage, dict) and "inputTokens" in usage:
         return usage_from_converse(usage), document
+    if usage is None:
+        # An embedding model's InvokeModel answer (Titan's inputTextTokenCount).
+        return read_embedding_usage(document), document
     return usage_from_anthropic(usage), document
+
+
+def read_embedding_usage(document: dict[str, Any]) -> TokenUsage | None:
+    """The input tokens of a Bedrock embedding answer: Titan's ``inputTextTokenCount``, or a
+    Cohere ``meta.billed_units.input_tokens``; None when the body has neither."""
+    tokens = count(document.get("inputTextTokenCount"))
+    if tokens is None:
+        meta = document.get("meta")
+        billed = meta.get("billed_units") if isinstance(meta, dict) else None
+        tokens = count(billed.get("input_tokens")) if isinstance(billed, dict) else None
+    return None if tokens is None else TokenUsage(input_tokens=tokens, output_tokens=0)
 
 
 class EventStreamScanner:
     """Reads usage and text from Bedrock's event-stream frames (ConverseStream events, or
     InvokeModelWithResponseStream ``chunk`` events wrapping Anthropic's)."""
 
-    __slots__ = ("exception", "texts", "usage")
+    __slots__ = ("exception", "settled", "texts", "usage")
 
     def __init__(self) -> None:
         self.usage: TokenUsage | None = None
@@ -145,6 +182,14 @@ class EventStreamScanner:
         self.texts: list[str] = []
         # An in-stream exception frame: (its type, its message).
         self.exception: tuple[str, str] | None = None
+        # True once the usage counts the whole stream (metadata, or an invoke stream's
+        # message_delta); an invoke stream's message_start counts the prompt only.
+        self.settled = False
+
+    @property
+    def error_status(self) -> int | None:
+        """The HTTP status of the stream's exception frame, if one came."""
+        return None if self.exception is None else exception_status(self.exception[0])
 
     def accept(self, frame: bytes) -> tuple[str, dict[str, Any]] | None:
         """Decode one whole frame (EventStreamCorrupt on a bad CRC); return its event type and
@@ -174,6 +219,7 @@ class EventStreamScanner:
                     self.texts.append(tool["input"])
         elif kind == "metadata":
             self.usage = usage_from_converse(document.get("usage")) or self.usage
+            self.settled = self.usage is not None
         return kind, document
 
     def _chunk(self, document: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -191,6 +237,7 @@ class EventStreamScanner:
                 self.usage = merge_usage(self.usage, usage_from_anthropic(message.get("usage")))
         elif kind == "message_delta":
             self.usage = merge_usage(self.usage, usage_from_anthropic(event.get("usage")))
+            self.settled = self.usage is not None
         elif kind == "content_block_delta":
             delta = event.get("delta")
             if isinstance(delta, dict):

@@ -40,6 +40,10 @@ GENERATE: Final = "generateContent"
 STREAM_GENERATE: Final = "streamGenerateContent"
 COUNT_TOKENS: Final = "countTokens"
 OPERATIONS: Final = frozenset({GENERATE, STREAM_GENERATE, COUNT_TOKENS})
+# The operations of an llm/v1/embeddings route (and countTokens).
+EMBED: Final = "embedContent"
+BATCH_EMBED: Final = "batchEmbedContents"
+EMBED_OPERATIONS: Final = frozenset({EMBED, BATCH_EMBED, COUNT_TOKENS})
 
 # Placeholders of a provider target's URL template (filled per request).
 MODEL_PLACEHOLDER: Final = "{model}"

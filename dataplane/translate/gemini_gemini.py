@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from dataplane.config.providers import ROUTE_TYPE_EMBEDDINGS
 from dataplane.errors import Rejection
 from dataplane.translate.base import Prepared, StreamRelay
 from dataplane.translate.gemini_format import (
     COUNT_TOKENS,
+    EMBED_OPERATIONS,
     GENERATE,
     OPERATIONS,
     STREAM_GENERATE,
@@ -60,22 +62,23 @@ class _GeminiRelay:
         return "".join(self.scanner.texts)
 
 
-def _model_and_operation(subpath: str) -> tuple[str, str]:
+def _model_and_operation(subpath: str, route_type: str) -> tuple[str, str]:
+    served = EMBED_OPERATIONS if route_type == ROUTE_TYPE_EMBEDDINGS else OPERATIONS
+    names = ", ".join(sorted(served))
     found = parse_model_operation(subpath)
     if found is None:
         raise Rejection(
             404,
-            "This route serves Gemini's models/{model}:generateContent, "
-            ":streamGenerateContent and :countTokens; the path names none of them.",
+            f"This route serves Gemini's models/{{model}}:{{operation}} for {names}; the path "
+            "names none of them.",
             type="invalid_request_error",
             code="not_found",
         )
     model, operation = found
-    if operation not in OPERATIONS:
+    if operation not in served:
         raise Rejection(
             404,
-            f"The operation '{operation}' is not served by this route (it serves "
-            "generateContent, streamGenerateContent and countTokens).",
+            f"The operation '{operation}' is not served by this route (it serves {names}).",
             type="invalid_request_error",
             code="not_found",
         )
@@ -106,7 +109,7 @@ class GeminiNativeTranslator:
     def prepare(
         self, raw: bytes, policy: AiProxyPolicy, *, subpath: str, query: bytes, method: str
     ) -> Prepared:
-        path_model, operation = _model_and_operation(subpath)
+        path_model, operation = _model_and_operation(subpath, policy.route_type)
         stream = operation == STREAM_GENERATE
         if stream and b"alt=sse" not in query:
             # Without alt=sse Gemini streams one JSON array, which the gateway does not relay.
@@ -128,6 +131,17 @@ class GeminiNativeTranslator:
                 stream=False,
                 url=operation_url(policy.target, model=model, operation=operation, stream=False),
                 metered=False,
+                requested_model=requested,
+            )
+        if operation != GENERATE and operation != STREAM_GENERATE:
+            # embedContent / batchEmbedContents: forwarded as sent, metered by the input
+            # (usageMetadata if the answer has one, else estimated).
+            return Prepared(
+                body=raw,
+                model=model,
+                stream=False,
+                url=operation_url(policy.target, model=model, operation=operation, stream=False),
+                document=body,
                 requested_model=requested,
             )
         contents = body.get("contents")

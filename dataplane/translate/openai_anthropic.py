@@ -419,6 +419,14 @@ class _MessagesToChatRelay:
     def produced_text(self) -> str:
         return "".join(self.translator.scanner.texts)
 
+    @property
+    def error_status(self) -> int | None:
+        return self.translator.scanner.error_status
+
+    @property
+    def usage_settled(self) -> bool:
+        return self.translator.scanner.settled
+
 
 class OpenAIToAnthropicTranslator:
     """OpenAI chat clients to Anthropic: Messages upstream, chat completions back."""

@@ -22,6 +22,8 @@ from dataplane.translate.bedrock_bedrock import upstream_url
 from dataplane.translate.bedrock_format import (
     EventStreamScanner,
     bedrock_error_to_openai,
+    exception_status,
+    openai_error_type,
     read_whole_usage,
 )
 from dataplane.translate.openai_anthropic import openai_usage
@@ -305,7 +307,7 @@ class ConverseToChatStream:
             error = {
                 "error": {
                     "message": self.scanner.exception[1],
-                    "type": "api_error",
+                    "type": openai_error_type(exception_status(kind)),
                     "param": None,
                     "code": kind,
                 }
@@ -379,6 +381,14 @@ class _ConverseToChatRelay:
 
     def produced_text(self) -> str:
         return "".join(self.translator.scanner.texts)
+
+    @property
+    def error_status(self) -> int | None:
+        return self.translator.scanner.error_status
+
+    @property
+    def usage_settled(self) -> bool:
+        return self.translator.scanner.settled
 
 
 # No maxTokens unless the client or the route sets one: Converse applies the model's default.

@@ -59,13 +59,16 @@ def _texts(value: Any, out: list[str]) -> None:
         for item in value:
             _texts(item, out)
     elif isinstance(value, dict):
-        # OpenAI and Anthropic bodies; Gemini's contents[].parts[].text and systemInstruction.
+        # OpenAI and Anthropic bodies; Gemini's contents[].parts[].text and systemInstruction;
+        # the raw text-generation ``inputs`` (llama2_format raw).
         for key in (
             "content",
             "text",
             "system",
             "prompt",
             "input",
+            "inputs",
+            "requests",
             "messages",
             "contents",
             "parts",

@@ -174,6 +174,23 @@ def _shot(page: Page, stack: dict[str, Any], name: str) -> None:
     assert (folder / f"{name}.png").stat().st_size > 1000
 
 
+# The README's pictures: the browser's 1280x800 viewport, committed under docs/images. A test
+# run writes them beside the other screenshots; METERLINE_UPDATE_README_IMAGES=1 rewrites the
+# committed ones (so an ordinary run leaves the tree as it was).
+README_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+
+
+def _readme_shot(page: Page, stack: dict[str, Any], name: str) -> None:
+    page.set_viewport_size({"width": 1280, "height": 800})
+    update = os.environ.get("METERLINE_UPDATE_README_IMAGES")
+    folder = README_IMAGES if update else stack["artifacts"] / "readme"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 10_000
+    assert (README_IMAGES / f"{name}.png").is_file()  # the README's picture exists
+
+
 def _sign_in(page: Page, stack: dict[str, Any], token: str) -> None:
     page.goto(f"{stack['console']}/overview")
     assert page.url.endswith("/signin")  # no session: sent to sign in
@@ -343,7 +360,34 @@ def test_overview_chart_draws_its_points(
     assert sum(drawn["values"][0]) == reported_input + output
     assert int(drawn["points"]) == len(chart["times"]) >= 1
     assert drawn["inked"] > 500  # axes, grid and the series' points are on the canvas
+    # Beside the model chart: by token type and by customer (top N), same windows.
+    assert twin["chart_by_type"]["times"] == chart["times"]
+    assert set(twin["chart_by_type"]["series"]) == {"input", "output"}
+    assert sum(twin["chart_by_type"]["series"]["input"]) == reported_input
+    by_customer = twin["chart_by_customer"]
+    assert list(by_customer["series"]) == ["acme"]
+    assert sum(by_customer["series"]["acme"]) == reported_input + output
+    for chart_id in ("chart-types", "chart-customers"):
+        page.wait_for_selector(f"#{chart_id}[data-points]")
+        assert int(page.get_attribute(f"#{chart_id}", "data-points")) >= 1
+    # Margin: acme's billed is its preview; provider cost its tokens at the route's prices.
+    preview = page.request.get(f"{stack['console']}/customers/acme/preview.json").json()
+    (acme,) = [c for c in twin["margin_by_customer"] if c["customer"] == "acme"]
+    assert Decimal(acme["billed"]) == Decimal(preview["invoice"]["total"])
+    assert Decimal(acme["provider_cost"]) == Decimal(twin["provider_cost"])
+    assert Decimal(acme["margin"]) == Decimal(acme["billed"]) - Decimal(acme["provider_cost"])
+    (feature,) = [f for f in twin["margin_by_feature"] if f["feature"] == "ai-token"]
+    # Every customer's ai-token line (beta has no usage: 0).
+    assert Decimal(feature["billed"]) == reported_input
+    assert Decimal(feature["provider_cost"]) == Decimal(150) * reported_input / 1_000_000
+    (model,) = twin["margin_by_model"]
+    assert (model["model"], Decimal(model["provider_cost"])) == (
+        "gpt-4o-mini",
+        Decimal(twin["provider_cost"]),
+    )
+    assert page.locator("#margin-customers tbody tr").count() == 1
     _shot(page, stack, "overview")
+    _readme_shot(page, stack, "console-overview")
     # A phone-width screen still shows the figures.
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
@@ -476,6 +520,7 @@ def test_portal_token_sees_its_customer_only(
     headers = page.request.get(f"{console}/portal/customers/acme").headers
     assert "frame-ancestors 'self' https://app.example.com" in headers["content-security-policy"]
     _shot(page, stack, "portal")
+    _readme_shot(page, stack, "portal")
     twin = page.request.get(f"{console}/portal/customers/acme.json").json()
     assert twin["usage"]["tokens_by_type"]["input"] == reported_input
     assert "provider_cost" not in twin["usage"]

@@ -1,4 +1,5 @@
-"""`meterline demo --serve`: the walkthrough keeps running, with the console to look at it."""
+"""`meterline demo --serve` (docs/console.md, "Try it"): the walkthrough keeps running, with the
+console to look at it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`meterline demo`, the README's first command, runs the walkthrough and bills exactly."""
+"""`meterline demo`, the README's first command ("The two commands"), runs the walkthrough and bills
+exactly."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""README "Running it yourself", run as written: every command of its block, in order, as
-whole processes, from a copy of the repository's examples/.
+"""README "Quick start: 2. Running it yourself", run as written: every command of its block, in
+order, as whole processes, from a copy of the repository's examples/.
 
 Only the addresses change (free ports instead of 8900, 50051 and 8000, given through the
 METERLINE_* variables every flag reads, or replaced where the block names them), and the
@@ -55,7 +55,7 @@ def _usage_events(address: str) -> int:
 
 
 def test_running_it_yourself(processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    block = readme_block("## Running it yourself")
+    block = readme_block("### 2. Running it yourself")
     assert [shlex.split(line, comments=True)[:2] for line in block] == [
         ["meterline", "fake-provider"],
         ["meterline", "controlplane"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -82,7 +82,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         hub: ConfigHub | None = None,
         notify_seconds: float = 0.2,
         metrics: ControlPlaneMetrics | None = None,
+        on_stored: Callable[[set[str]], None] | None = None,
     ) -> None:
+        # Told the subjects of each stored batch (the credit job: auto-recharge, alerts).
+        self._on_stored = on_stored
         self._db = db
         self._metrics = metrics or ControlPlaneMetrics()
         self._clock = clock
@@ -150,4 +153,6 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                     # and the ACK says which snapshots reflect it.
                     ack.usage_sequence = self._hub.mark_stored({event.subject for event in events})
                 self._balances_changed()
+                if self._on_stored is not None:
+                    self._on_stored({event.subject for event in events})
             yield ack

@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf import empty_pb2
 from sqlalchemy import Connection
 
 from controlplane.api import convert
 from controlplane.api.convert_credits import (
-    balance_to_proto,
+    alert_from_proto,
+    alert_to_proto,
     grant_from_proto,
     grant_to_proto,
+    outlook_to_proto,
+    parse_alert_name,
     parse_grant_name,
+    parse_rule_name,
+    rule_from_proto,
+    rule_to_proto,
     transaction_to_proto,
 )
 from controlplane.api.operator.paging import page
 from controlplane.clock import Clock
-from controlplane.credits import service
-from controlplane.errors import InvalidArgument
+from controlplane.credits import alerts, outlook, recharge, service
+from controlplane.credits import recharge_storage as recharge_store
+from controlplane.errors import AlreadyExists, InvalidArgument
 from controlplane.invoicing import lifecycle
 from controlplane.storage.db import Database
 from meterline.admin.v1 import billing_pb2, credits_pb2_grpc
@@ -116,8 +125,11 @@ class CreditServicer(credits_pb2_grpc.CreditServiceServicer):
             if request.HasField("time")
             else self._clock.now()
         )
-        found = await self._tx(lambda conn: service.balance(conn, customer=customer, at=at))
-        return balance_to_proto(found)
+        days = request.burn_window_days or outlook.DEFAULT_WINDOW_DAYS
+        found = await self._tx(
+            lambda conn: outlook.outlook(conn, customer=customer, at=at, days=days)
+        )
+        return outlook_to_proto(found)
 
     async def ListCreditTransactions(
         self, request: pb.ListCreditTransactionsRequest, context: Ctx
@@ -151,3 +163,71 @@ class CreditServicer(credits_pb2_grpc.CreditServiceServicer):
             await self._on_issued(invoice_id)
         invoice = await self._tx(lambda conn: lifecycle.get_invoice(conn, invoice_id))
         return convert.invoice_to_proto(invoice)
+
+    async def GetCreditRechargeRule(
+        self, request: pb.GetCreditRechargeRuleRequest, context: Ctx
+    ) -> pb.CreditRechargeRule:
+        customer = parse_rule_name(request.name)
+
+        def get(conn: Connection) -> pb.CreditRechargeRule:
+            rule = recharge.get_rule(conn, customer=customer)
+            currency = service.plan_currency(conn, customer, self._clock.now())
+            return rule_to_proto(replace(rule, currency=currency))
+
+        return await self._tx(get)
+
+    async def UpdateCreditRechargeRule(
+        self, request: pb.UpdateCreditRechargeRuleRequest, context: Ctx
+    ) -> pb.CreditRechargeRule:
+        rule = rule_from_proto(request.credit_recharge_rule)
+        now = self._clock.now()
+
+        def update(conn: Connection) -> pb.CreditRechargeRule:
+            if not request.allow_missing:
+                recharge.get_rule(conn, customer=rule.customer)  # NOT_FOUND without one
+            return rule_to_proto(recharge.set_rule(conn, rule, now=now))
+
+        return await self._tx(update)
+
+    async def DeleteCreditRechargeRule(
+        self, request: pb.DeleteCreditRechargeRuleRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        customer = parse_rule_name(request.name)
+        await self._tx(lambda conn: recharge.delete_rule(conn, customer=customer))
+        return empty_pb2.Empty()
+
+    async def CreateCreditAlert(
+        self, request: pb.CreateCreditAlertRequest, context: Ctx
+    ) -> pb.CreditAlert:
+        customer = convert.resource_id(request.parent, "customers")
+        alert = alert_from_proto(request.credit_alert, customer=customer)
+        now = self._clock.now()
+
+        def create(conn: Connection) -> pb.CreditAlert:
+            checked = alerts.check_alert(conn, alert, now=now)
+            if recharge_store.get_alert(conn, customer, checked.key) is not None:
+                raise AlreadyExists(
+                    f"customer {customer!r} has a credit alert {checked.key!r} (delete it first)"
+                )
+            return alert_to_proto(alerts.set_alert(conn, checked, now=now))
+
+        return await self._tx(create)
+
+    async def ListCreditAlerts(
+        self, request: pb.ListCreditAlertsRequest, context: Ctx
+    ) -> pb.ListCreditAlertsResponse:
+        customer = convert.resource_id(request.parent, "customers")
+        items = await self._tx(lambda conn: alerts.list_alerts(conn, customer=customer))
+        chosen, token = page(
+            [alert_to_proto(a) for a in items],
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListCreditAlertsResponse(credit_alerts=chosen, next_page_token=token)
+
+    async def DeleteCreditAlert(
+        self, request: pb.DeleteCreditAlertRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        customer, key = parse_alert_name(request.name)
+        await self._tx(lambda conn: alerts.delete_alert(conn, customer=customer, key=key))
+        return empty_pb2.Empty()

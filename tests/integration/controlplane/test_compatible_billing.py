@@ -300,10 +300,10 @@ async def test_compatible_providers_are_billed_as_reported(harness) -> None:
         pytest.param(
             (
                 '{upstream_url: "DEEPSEEK/chat/completions"}',
-                '{upstream_url: "DEEPSEEK/chat/completions", llama2_format: raw}',
+                '{upstream_url: "DEEPSEEK/chat/completions", llama2_format: tgi}',
             ),
-            'llama2_format "raw" is not supported yet',
-            id="llama2-raw",
+            'llama2_format is only for provider "llama2"',
+            id="llama2-format-on-deepseek",
         ),
         pytest.param(
             ('{upstream_url: "OLLAMA"}', "{}"),

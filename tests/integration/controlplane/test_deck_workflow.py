@@ -217,10 +217,7 @@ async def test_the_cli_resolves_deck_variables_and_runs_apply_diff_sync_dump(
     assert await asyncio.to_thread(main, ["apply", walkthrough, *cp]) == 0
     out, err = capsys.readouterr()
     assert "created plugin ai-proxy (global)" in out
-    assert err == (
-        "note: plugins[0].config.logging.log_payloads: accepted, not enforced: request and "
-        "response bodies are not logged\n"
-    )
+    assert err == ""  # logging.log_payloads is honoured: nothing to note
     assert "sk-from-the-shell" not in out + err
     plugins = await harness.gateway.ListPlugins(gateway_pb2.ListPluginsRequest())
     assert plugins.plugins[0].config["auth"]["header_value"] != "Bearer sk-from-the-shell"

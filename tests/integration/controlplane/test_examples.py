@@ -37,9 +37,13 @@ def cli(harness, capsys: pytest.CaptureFixture[str]):
 
 
 def test_every_example_is_tested() -> None:
+    # openai.yaml (README, "Your own gateway") and meters.yaml (docs/billing.md) are applied by
+    # the commands of those pages, run in tests/e2e/test_doc_commands.py.
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
         "budgets-alerts.yaml",
         "failover.yaml",
+        "meters.yaml",
+        "openai.yaml",
         "tiered-pricing.yaml",
         "walkthrough.yaml",
     ]

@@ -152,7 +152,7 @@ async def test_failover_usage_is_billed_for_the_secondary_only(harness) -> None:
         pytest.param(
             "{algorithm: consistent-hashing}", "hash_on_header is required", id="no-hash-header"
         ),
-        pytest.param("{algorithm: priority}", "two different priority values", id="no-priorities"),
+        pytest.param("{algorithm: priority}", "at least two priority groups", id="no-priorities"),
         pytest.param("{algorithm: cost}", "needs targets[0].model.options.input_cost", id="cost"),
         pytest.param("{failover_criteria: [http_418]}", '"http_418"', id="criterion"),
         pytest.param("{max_fails: -1}", "max_fails must be at least 0", id="max-fails"),

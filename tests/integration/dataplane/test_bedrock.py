@@ -15,10 +15,11 @@ from typing import Any
 
 import anthropic
 import boto3
+import httpx
 import openai
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EventStreamError
 
 from dataplane.config.keys import hash_key
 from dataplane.http.server import serve_http
@@ -29,6 +30,7 @@ from dataplane.testing.fake_bedrock import (
     TEST_SECRET_ACCESS_KEY,
     FakeBedrock,
 )
+from dataplane.usage.estimate import estimate_tokens
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 KEY = "sk-meterline-acme-0001"
@@ -338,7 +340,7 @@ async def test_bedrock_error_passed_through_native_and_translated(stack) -> None
 
 
 @pytest.mark.parametrize("knob", ["x_fake_cut", "x_fake_corrupt"])
-async def test_stream_cut_or_corrupt_ends_with_what_was_metered(stack, knob) -> None:
+async def test_stream_cut_or_corrupt_is_metered_as_far_as_it_went(stack, knob) -> None:
     def run() -> list[dict[str, Any]]:
         answer = stack.runtime("native", **{knob: "2"}).converse_stream(
             modelId=MODEL, messages=MESSAGES
@@ -352,11 +354,16 @@ async def test_stream_cut_or_corrupt_ends_with_what_was_metered(stack, knob) -> 
         "contentBlockDelta",
         "contentBlockDelta",
     ]
-    # No metadata event came: nothing reported, recorded as the failure it is (not billed).
-    assert stack.take() == [(502, INPUT, 0, False), (502, OUTPUT, 0, False)]
+    streamed = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events[1:])
+    # No metadata event came: the prompt and the streamed text are estimated (marked), and
+    # recorded with the failure's status (not billed by default).
+    assert stack.take() == [
+        (502, INPUT, estimate_tokens("what is the weather like"), True),
+        (502, OUTPUT, estimate_tokens(streamed), True),
+    ]
 
 
-async def test_invoke_stream_cut_keeps_the_counts_it_had(stack) -> None:
+async def test_invoke_stream_cut_keeps_the_prompt_count_and_estimates_the_rest(stack) -> None:
     body = json.dumps(
         {
             "anthropic_version": "bedrock-2023-05-31",
@@ -365,14 +372,100 @@ async def test_invoke_stream_cut_keeps_the_counts_it_had(stack) -> None:
         }
     )
 
-    def run() -> int:
+    def run() -> list[dict[str, Any]]:
         runtime = stack.runtime("native", x_fake_cut="1")
         answer = runtime.invoke_model_with_response_stream(modelId=MODEL, body=body)
-        return len(list(answer["body"]))
+        return [json.loads(e["chunk"]["bytes"]) for e in answer["body"]]
 
-    assert await asyncio.to_thread(run) == 3
-    # message_start said 5 input tokens (and 1 output so far): metered as far as it went.
-    assert stack.take() == [(502, INPUT, 5, False), (502, OUTPUT, 1, False)]
+    events = await asyncio.to_thread(run)
+    assert [e["type"] for e in events] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+    ]
+    streamed = events[2]["delta"]["text"]
+    # message_start said 5 input tokens (exact); its output count (1) did not cover the
+    # streamed text, which is estimated: the whole record is marked estimated.
+    assert stack.take() == [
+        (502, INPUT, 5, True),
+        (502, OUTPUT, max(1, estimate_tokens(streamed)), True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("exception", "status"),
+    [("throttlingException", 429), ("modelStreamErrorException", 424)],
+)
+async def test_in_stream_exception_native_is_relayed_and_recorded_with_its_status(
+    stack, exception, status
+) -> None:
+    seen: list[str] = []
+
+    def run() -> None:
+        answer = stack.runtime("native", x_fake_stream_error=f"2:{exception}").converse_stream(
+            modelId=MODEL, messages=MESSAGES
+        )
+        try:
+            for event in answer["stream"]:
+                seen.append(event["contentBlockDelta"]["delta"]["text"] if len(seen) else "start")
+        finally:
+            answer["stream"].close()  # the raised exception leaves the connection to boto3
+
+    with pytest.raises(EventStreamError) as raised:
+        await asyncio.to_thread(run)
+    # boto3 raises the modelled exception from the relayed frame.
+    assert raised.value.response["Error"]["Code"] == exception
+    streamed = "".join(seen[1:])
+    assert len(seen) == 3
+    # Recorded with the exception's status (never 200), as far as it streamed (estimated).
+    assert stack.take() == [
+        (status, INPUT, estimate_tokens("what is the weather like"), True),
+        (status, OUTPUT, estimate_tokens(streamed), True),
+    ]
+
+
+async def test_in_stream_exception_translated_for_openai_and_anthropic_clients(stack) -> None:
+    text = ""
+    async with stack.oai() as client:
+        stream = await client.chat.completions.create(
+            model="x",
+            messages=[{"role": "user", "content": "what is the weather like"}],
+            stream=True,
+            extra_headers={"x-fake-stream-error": "2:throttlingException"},
+        )
+        async with stream:
+            with pytest.raises(openai.APIError) as raised:
+                async for chunk in stream:
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
+    # The exception reaches the OpenAI client as an error event in its stream.
+    assert "throttlingException" in str(raised.value)
+    assert raised.value.body["type"] == "rate_limit_error"
+    assert raised.value.body["code"] == "throttlingException"
+    assert text == "fake reply: what"
+    # The Converse request the gateway sent: one message (3 + 5 words), estimated from text.
+    assert stack.take() == [
+        (429, INPUT, estimate_tokens("what is the weather like"), True),
+        (429, OUTPUT, estimate_tokens(text), True),
+    ]
+    async with claude(stack) as anthropic_client:
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            async with anthropic_client.messages.stream(
+                model="claude-haiku-4-5",
+                max_tokens=50,
+                messages=[{"role": "user", "content": "hello there"}],
+                extra_headers={"x-fake-stream-error": "1:throttlingException"},
+            ) as answer:
+                async for _ in answer:
+                    pass
+    assert refused.value.body["error"]["type"] == "rate_limit_error"
+    events = stack.take()
+    # message_start's prompt count (5) is exact; the output is estimated; status 429.
+    assert [(s, kind, estimated) for s, kind, _, estimated in events] == [
+        (429, INPUT, True),
+        (429, OUTPUT, True),
+    ]
+    assert events[0][2] == 5
 
 
 async def test_wrong_secret_is_a_clear_502_after_one_retry(stack) -> None:
@@ -544,3 +637,25 @@ async def test_an_expired_session_is_refreshed_once_and_the_request_succeeds(sta
     assert stack.fake.refused_signatures == 1
     assert len(stack.fake.assumed_roles) == 2
     assert stack.take() == billed(answer["usage"])
+
+
+async def test_openai_sdk_translated_stream_cut_is_estimated(stack) -> None:
+    text = ""
+    async with stack.oai() as client:
+        try:
+            stream = await client.chat.completions.create(
+                model="x",
+                messages=[{"role": "user", "content": "what is the weather like"}],
+                stream=True,
+                extra_headers={"x-fake-cut": "2"},
+            )
+            async for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+        except (openai.APIError, httpx.HTTPError):
+            pass  # the client may see the cut as an error: it keeps what it got
+    assert text == "fake reply: what"
+    assert stack.take() == [
+        (502, INPUT, estimate_tokens("what is the weather like"), True),
+        (502, OUTPUT, estimate_tokens(text), True),
+    ]

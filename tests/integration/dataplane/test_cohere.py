@@ -17,6 +17,7 @@ from dataplane.http.server import serve_http
 from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
 from dataplane.testing.fake_cohere import FakeCohere, billed_input, reply_words
+from dataplane.usage.estimate import estimate_tokens, prompt_text
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 KEY = "sk-meterline-acme-0001"
@@ -236,5 +237,32 @@ async def test_a_stream_cut_midway_is_recorded_failed(stack) -> None:
         except (openai.APIError, httpx.HTTPError):
             pass
     assert text == "fake reply:"
-    # message-end (the usage) never came: recorded with 502, no tokens, not billed.
-    assert stack.statuses() == {502} and stack.take() == {}
+    # message-end (the usage) never came: the prompt and the text streamed are estimated
+    # (marked), recorded with the failure's status (not billed by default).
+    assert stack.statuses() == {502}
+    assert all(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == {
+        INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
+        OUTPUT: estimate_tokens("fake reply:"),
+    }
+
+
+async def test_a_native_stream_cut_midway_is_estimated(stack) -> None:
+    stack.fake.cut_after = 4  # message-start, content-start, two deltas
+    text = ""
+    async with httpx.AsyncClient() as http:
+        try:
+            async for event in native(stack, http).chat_stream(
+                model="command-a-03-2025", messages=MESSAGES
+            ):
+                if event.type == "content-delta":
+                    text += event.delta.message.content.text
+        except (cohere.core.api_error.ApiError, httpx.HTTPError):
+            pass  # the client may see the cut as an error: it keeps what it got
+    assert text == "fake reply:"
+    assert stack.statuses() == {502}
+    assert all(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == {
+        INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
+        OUTPUT: estimate_tokens(text),
+    }

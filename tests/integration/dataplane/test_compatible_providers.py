@@ -21,6 +21,7 @@ from dataplane.http.server import serve_http
 from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
 from dataplane.testing.fake_openai import FakeProvider, prompt_tokens, reply_words
+from dataplane.usage.estimate import estimate_tokens, prompt_text
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 KEY = "sk-meterline-acme-0001"
@@ -266,7 +267,7 @@ async def test_openai_sdk_on_mistral_stream(stack) -> None:
     assert stack.take() == kinds(chunks[-1].usage)
 
 
-@pytest.mark.parametrize("provider", ["xai", "deepseek", "mistral"])
+@pytest.mark.parametrize("provider", [*PLAIN, "deepseek", "mistral"])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 async def test_upstream_error_is_passed_through_recorded_not_billed(
     stack, provider, stream
@@ -277,7 +278,8 @@ async def test_upstream_error_is_passed_through_recorded_not_billed(
     assert raised.value.status_code == 500
     assert raised.value.body["type"] == "server_error"  # the provider's own OpenAI error
     assert stack.statuses() == {500}
-    assert all(e.llm_tokens.status_code != 200 for e in stack.events)
+    assert {e.llm_tokens.provider for e in stack.events} == {provider}
+    assert stack.take() == {}  # recorded without tokens: nothing billed
 
 
 async def test_bad_key_upstream_is_a_401_in_openai_shape(stack) -> None:
@@ -304,16 +306,18 @@ async def _cut_stream(stack: Stack, provider: str) -> str:
 
 
 @pytest.mark.parametrize("provider", ["dashscope", "deepseek"])
-async def test_a_stream_cut_before_its_usage_is_recorded_failed_without_tokens(
-    stack, provider
-) -> None:
+async def test_a_stream_cut_before_its_usage_is_metered_as_far_as_it_went(stack, provider) -> None:
     fake = stack.deepseek if provider == "deepseek" else stack.plain
     fake.cut_after = 3  # role chunk + two words, then the connection ends
     assert await _cut_stream(stack, provider) == "fake reply:"
-    # OpenAI-format providers report usage only at a stream's end: none came, so the failure
-    # (502, never billed) carries no tokens rather than a guess.
+    # OpenAI-format providers report usage only at a stream's end: none came, so the prompt
+    # and the text streamed are estimated (marked), recorded with the failure's status.
     assert stack.statuses() == {502}
-    assert stack.take() == {}
+    assert all(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == {
+        INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
+        OUTPUT: estimate_tokens("fake reply:"),
+    }
 
 
 async def test_a_mistral_stream_cut_after_its_usage_is_metered_as_far_as_it_went(stack) -> None:

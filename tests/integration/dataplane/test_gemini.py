@@ -607,3 +607,27 @@ async def test_an_answer_without_usage_metadata_is_estimated() -> None:
     ]
     assert events[0].llm_tokens.tokens == estimate_tokens("count these words")
     assert events[1].llm_tokens.tokens == estimate_tokens("four words right here")
+
+
+async def test_a_translated_stream_cut_midway_keeps_geminis_own_counts(stack) -> None:
+    stack.fake.cut_after = 2
+    text = ""
+    async with oai(stack) as client:
+        try:
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "one two three four five"}],
+                stream=True,
+            )
+            async for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+        except (openai.APIError, httpx.HTTPError):
+            pass  # the client may see the cut as an error: it keeps what it got
+    assert text
+    # Gemini's usageMetadata is cumulative in every frame: the last one that came counts the
+    # stream as far as it went, exactly (not estimated), with the failure's status.
+    assert stack.statuses() == {502}
+    assert not any(e.llm_tokens.estimated for e in stack.events)
+    totals = stack.take()
+    assert totals[OUTPUT] == 2 and totals[INPUT] > 0

@@ -22,6 +22,7 @@ from dataplane.proxy.gateway import Gateway
 from dataplane.testing.fake_ollama import FakeOllama, prompt_eval_count, reply_words
 from dataplane.testing.fake_openai import FakeProvider
 from dataplane.testing.fake_openai import prompt_tokens as openai_prompt_tokens
+from dataplane.usage.estimate import estimate_tokens, prompt_text
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 KEY = "sk-meterline-acme-0001"
@@ -192,8 +193,14 @@ async def test_a_native_stream_cut_midway(stack) -> None:
             pass  # the client may see the cut as an error: it keeps what it got
     assert not any(p.done for p in parts)
     assert "".join(p.message.content for p in parts) == "fake reply: why"
-    # No final object came, so no usage was reported: recorded failed (502), no tokens.
-    assert stack.statuses() == {502} and stack.take() == {}
+    # No final object came, so no usage was reported: the prompt and the text streamed are
+    # estimated (marked), recorded with the failure's status (not billed by default).
+    assert stack.statuses() == {502}
+    assert all(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == {
+        INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
+        OUTPUT: estimate_tokens("fake reply: why"),
+    }
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
@@ -288,3 +295,25 @@ async def test_ollamas_openai_endpoint_is_relayed_as_openai(stack, stream) -> No
             await client.chat.completions.create(model="llama3.2", messages=MESSAGES)
     assert stack.openai_fake.requests[-1].path == "/v1/chat/completions"
     assert stack.take()[INPUT] == openai_prompt_tokens(MESSAGES)
+
+
+async def test_a_translated_stream_cut_midway_is_estimated(stack) -> None:
+    stack.fake.cut_after = 3
+    text = ""
+    async with oai(stack, "oa") as client:
+        try:
+            stream = await client.chat.completions.create(
+                model="llama3.2", messages=MESSAGES, stream=True
+            )
+            async for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+        except (openai.APIError, httpx.HTTPError):
+            pass  # the client may see the cut as an error: it keeps what it got
+    assert text == "fake reply: why"
+    assert stack.statuses() == {502}
+    assert all(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == {
+        INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
+        OUTPUT: estimate_tokens(text),
+    }

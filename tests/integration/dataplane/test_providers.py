@@ -22,6 +22,7 @@ from dataplane.proxy.gateway import Gateway
 from dataplane.testing import fake_anthropic as fakeanthropic
 from dataplane.testing.fake_anthropic import FakeAnthropic
 from dataplane.testing.fake_openai import FakeProvider, prompt_tokens, reply_words
+from dataplane.usage.estimate import estimate_tokens
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 KEY = "sk-meterline-acme-0001"
@@ -500,3 +501,79 @@ async def test_preserve_passes_paths_through_and_meters_usage_blocks(stack) -> N
         response = await http.get("/keep/v1/models", headers={"apikey": KEY})
     assert response.status_code == 404
     assert {e.llm_tokens.status_code for e in stack.events} == {404}
+
+
+def _recorded(stack: Stack) -> list[tuple[int, int, int, bool]]:
+    """(status, token type, tokens, estimated) of the non-zero events so far, then forget them."""
+    taken = sorted(
+        (t.status_code, t.token_type, t.tokens, t.estimated)
+        for t in (event.llm_tokens for event in stack.events)
+        if t.tokens
+    )
+    stack.events.clear()
+    return taken
+
+
+async def test_anthropic_stream_cut_keeps_the_prompt_count_and_estimates_the_output(stack) -> None:
+    stack.anthropic_fake.cut_after = 5  # message_start, content_block_start, ping, 2 deltas
+    text = ""
+    async with claude(stack) as client:
+        try:
+            async with client.messages.stream(
+                model="claude-fake-small", max_tokens=100, messages=CLAUDE_MESSAGES
+            ) as stream:
+                async for piece in stream.text_stream:
+                    text += piece
+        except (anthropic.APIError, httpx.HTTPError):
+            pass  # the client may see the cut as an error: it keeps what it got
+    assert text == "fake reply:"  # two deltas: "fake", " reply:"
+    prompt = fakeanthropic.prompt_tokens(stack.anthropic_fake.requests[-1].body)
+    # message_start's input count is exact; message_delta never came: the output is the
+    # streamed text estimated (above message_start's 1), the record marked estimated.
+    assert _recorded(stack) == [
+        (502, INPUT, prompt, True),
+        (502, OUTPUT, max(1, estimate_tokens(text)), True),
+    ]
+
+
+async def test_openai_sdk_to_anthropic_stream_cut_is_metered_as_far_as_it_went(stack) -> None:
+    stack.anthropic_fake.cut_after = 5
+    text = ""
+    async with oai(stack, "oa-claude") as client:
+        try:
+            stream = await client.chat.completions.create(
+                model="gpt-4o", messages=OA_MESSAGES, stream=True
+            )
+            async for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+        except (openai.APIError, httpx.HTTPError):
+            pass  # the client may see the cut as an error: it keeps what it got
+    assert text == "fake reply:"
+    prompt = fakeanthropic.prompt_tokens(stack.anthropic_fake.requests[-1].body)
+    assert _recorded(stack) == [
+        (502, INPUT, prompt, True),
+        (502, OUTPUT, max(1, estimate_tokens(text)), True),
+    ]
+
+
+async def test_anthropic_in_stream_error_is_relayed_and_recorded_with_its_status(stack) -> None:
+    text = ""
+    async with claude(stack) as client:
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            async with client.messages.stream(
+                model="claude-fake-small",
+                max_tokens=100,
+                messages=CLAUDE_MESSAGES,
+                extra_headers={"x-fake-stream-error": "4:overloaded_error"},
+            ) as stream:
+                async for piece in stream.text_stream:
+                    text += piece
+    assert text == "fake"
+    assert raised.value.body["error"]["type"] == "overloaded_error"
+    prompt = fakeanthropic.prompt_tokens(stack.anthropic_fake.requests[-1].body)
+    # Anthropic's status for overloaded_error (529), never 200: not billed by default.
+    assert _recorded(stack) == [
+        (529, INPUT, prompt, True),
+        (529, OUTPUT, max(1, estimate_tokens(text)), True),
+    ]

@@ -92,7 +92,20 @@ async def test_a_stream_broken_midway_is_recorded_as_502(snapshot_for, caplog) -
             upstream.gate.set()
             assert b"".join([chunk async for chunk in chunks]) == b""
         assert response.status_code == 200
-        assert {(e.llm_tokens.status_code, e.llm_tokens.tokens) for e in events} == {(502, 0)}
+        # No usage chunk came: the prompt ("hi") and the streamed text ("hi") are estimated
+        # and marked so, recorded with the failure's status (not billed by default).
+        assert sorted(
+            (
+                e.llm_tokens.status_code,
+                e.llm_tokens.token_type,
+                e.llm_tokens.tokens,
+                e.llm_tokens.estimated,
+            )
+            for e in events
+        ) == [
+            (502, usage_pb2.TOKEN_TYPE_INPUT, estimate_tokens("hi"), True),
+            (502, usage_pb2.TOKEN_TYPE_OUTPUT, estimate_tokens("hi"), True),
+        ]
         assert {e.llm_tokens.model for e in events} == {"up-model"}
 
 

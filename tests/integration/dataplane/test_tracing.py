@@ -8,6 +8,7 @@ usage events record.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,7 +60,9 @@ def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Received, Traci
             tracing.shutdown()
 
 
-def _snapshot(targets: list[str], *, advanced: bool = False) -> snapshot_pb2.Snapshot:
+def _snapshot(
+    targets: list[str], *, advanced: bool = False, log_payloads: bool = False
+) -> snapshot_pb2.Snapshot:
     """Route /chat with key-auth and ai-proxy (one target) or ai-proxy-advanced (priority)."""
 
     def target(url: str, priority: int) -> snapshot_pb2.AiProxyTarget:
@@ -77,7 +80,7 @@ def _snapshot(targets: list[str], *, advanced: bool = False) -> snapshot_pb2.Sna
             weight=1,
         )
 
-    config = snapshot_pb2.AiProxyConfig(route_type="llm/v1/chat")
+    config = snapshot_pb2.AiProxyConfig(route_type="llm/v1/chat", log_payloads=log_payloads)
     if advanced:
         config.targets.extend(target(url, n + 1) for n, url in enumerate(targets))
         config.balancer.algorithm = "priority"
@@ -118,6 +121,7 @@ async def _gateway(
     providers: list[FakeProvider | None],
     *,
     advanced: bool = False,
+    log_payloads: bool = False,
 ) -> tuple[str, list[usage_pb2.UsageEvent]]:
     urls = []
     for provider in providers:
@@ -126,7 +130,8 @@ async def _gateway(
     events: list[usage_pb2.UsageEvent] = []
     gateway = Gateway(node_id="dp-test", usage_sink=events.append, tracing=tracing)
     stack.push_async_callback(gateway.aclose)
-    gateway.apply(compile_snapshot(_snapshot(urls, advanced=advanced), version="v1"))
+    snapshot = _snapshot(urls, advanced=advanced, log_payloads=log_payloads)
+    gateway.apply(compile_snapshot(snapshot, version="v1"))
     address = await stack.enter_async_context(serve_http(gateway))
     return f"{address.url}/chat", events
 
@@ -166,12 +171,18 @@ async def test_a_request_arrives_as_genai_spans_with_the_reported_tokens(
                     temperature=0.5,
                     max_tokens=50,
                 )
-                usage = [chunk.usage async for chunk in chunks if chunk.usage][-1]
+                received_chunks = [chunk async for chunk in chunks]
+                usage = [chunk.usage for chunk in received_chunks if chunk.usage][-1]
+                response_id = received_chunks[0].id
+                finish = [c.finish_reason for k in received_chunks for c in k.choices]
+                finish_reason = [f for f in finish if f][-1]
             else:
                 completion = await client.chat.completions.create(
                     model="gpt-4o-mini", messages=MESSAGES, temperature=0.5, max_tokens=50
                 )
                 usage = completion.usage
+                response_id = completion.id
+                finish_reason = completion.choices[0].finish_reason
     tracing.force_flush()
 
     spans = _by_name(received)
@@ -187,6 +198,11 @@ async def test_a_request_arrives_as_genai_spans_with_the_reported_tokens(
     assert attrs["gen_ai.request.max_tokens"] == 50
     assert attrs["gen_ai.request.stream"] is stream
     assert attrs["gen_ai.response.model"] == "gpt-4o-1"
+    # The response's id and finish reasons, as the client got them.
+    assert attrs["gen_ai.response.id"] == response_id
+    assert attrs["gen_ai.response.finish_reasons"] == [finish_reason]
+    # Prompts and completions are never attributes unless the route logs payloads.
+    assert "gen_ai.input.messages" not in attrs and "gen_ai.output.messages" not in attrs
     # Token attributes equal what the provider reported, and what the usage events record.
     assert attrs["gen_ai.usage.input_tokens"] == usage.prompt_tokens
     assert attrs["gen_ai.usage.output_tokens"] == usage.completion_tokens
@@ -233,6 +249,91 @@ async def test_a_request_arrives_as_genai_spans_with_the_reported_tokens(
     assert ttft.count == 1
     tpot = received.metric_points("gen_ai.server.time_per_output_token")
     assert len(tpot) == (1 if stream else 0)
+
+
+@pytest.mark.parametrize(
+    ("log_payloads", "opt_in", "captured"),
+    [(True, "METERLINE_OTEL_CAPTURE_CONTENT", True),
+     (True, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", True),
+     (True, "", False),
+     (False, "METERLINE_OTEL_CAPTURE_CONTENT", False)],
+    ids=["log-payloads-and-opt-in", "log-payloads-and-otel-opt-in", "no-opt-in", "no-log-payloads"],
+)  # fmt: skip
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_prompts_and_completions_on_spans_need_log_payloads_and_the_opt_in(
+    monkeypatch: pytest.MonkeyPatch, log_payloads: bool, opt_in: str, captured: bool, stream: bool
+) -> None:
+    _clear_otel(monkeypatch)
+    monkeypatch.delenv("METERLINE_OTEL_CAPTURE_CONTENT", raising=False)
+    with grpc_receiver() as (url, received):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        if opt_in:
+            monkeypatch.setenv(opt_in, "true")
+        tracing = Tracing.from_environment()
+        assert tracing is not None
+        try:
+            async with AsyncExitStack() as stack:
+                gateway_url, _ = await _gateway(
+                    stack, tracing, [FakeProvider()], log_payloads=log_payloads
+                )
+                async with _client(gateway_url) as client:
+                    if stream:
+                        chunks = await client.chat.completions.create(
+                            model="gpt-4o-mini", messages=MESSAGES, stream=True
+                        )
+                        text = "".join(
+                            [c.choices[0].delta.content or "" async for c in chunks if c.choices]
+                        )
+                    else:
+                        completion = await client.chat.completions.create(
+                            model="gpt-4o-mini", messages=MESSAGES
+                        )
+                        text = completion.choices[0].message.content or ""
+            tracing.force_flush()
+        finally:
+            tracing.shutdown()
+    (request,) = _by_name(received)["chat gpt-4o-mini"]
+    attrs = request["attributes"]
+    if captured:
+        assert json.loads(attrs["gen_ai.input.messages"]) == MESSAGES
+        assert attrs["gen_ai.output.messages"] == text
+        assert text
+    else:
+        assert "gen_ai.input.messages" not in attrs
+        assert "gen_ai.output.messages" not in attrs
+
+
+async def test_a_refused_request_is_one_error_span_without_attempts(
+    collector: tuple[Received, Tracing],
+) -> None:
+    received, tracing = collector
+    provider = FakeProvider()
+    async with AsyncExitStack() as stack:
+        url, events = await _gateway(stack, tracing, [provider])
+        async with openai.AsyncOpenAI(base_url=url, api_key="sk-wrong", max_retries=0) as client:
+            with pytest.raises(openai.AuthenticationError):
+                await client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=MESSAGES,
+                    extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"},
+                )
+    tracing.force_flush()
+
+    assert provider.requests == [] and events == []
+    (span,) = received.spans()
+    attrs = attributes(span.attributes)
+    assert span.status.code == span.status.STATUS_CODE_ERROR
+    assert attrs["http.response.status_code"] == 401
+    assert attrs["error.type"] == "invalid_api_key"
+    assert attrs["meterline.route"] == "chat"
+    assert attrs["meterline.attempts"] == 0
+    # The client's trace goes on through the refusal.
+    assert span.trace_id.hex() == CLIENT_TRACE
+    assert span.parent_span_id.hex() == CLIENT_SPAN
+    assert span.start_time_unix_nano <= span.end_time_unix_nano
+    (duration,) = received.metric_points("gen_ai.client.operation.duration")
+    assert attributes(duration.attributes)["error.type"] == "invalid_api_key"
 
 
 async def test_a_failover_shows_two_attempt_spans(

@@ -271,3 +271,34 @@ def test_kong_costs_written_as_yaml_floats_are_kept_as_written(written: Any, sto
     }
     (plugin,) = parse_document(document("ai-proxy", config)).gateway.plugins
     assert plugin.config["model"]["options"]["input_cost"] == stored
+
+
+def test_log_payloads_is_honoured_and_reaches_the_snapshot_per_route_and_per_target() -> None:
+    from controlplane.configsync.snapshot import ai_proxy_advanced_config, ai_proxy_config
+
+    config = {
+        "route_type": "llm/v1/chat",
+        "model": {"provider": "openai", "name": "gpt-4o"},
+        "logging": {"log_payloads": True, "log_statistics": True},
+    }
+    parsed = parse_document(document("ai-proxy", config))
+    assert parsed.notes == ()
+    (plugin,) = parsed.gateway.plugins
+    assert ai_proxy_config(plugin.config).log_payloads is True
+    assert ai_proxy_config({**plugin.config, "logging": {}}).log_payloads is False
+
+    target = {"route_type": "llm/v1/chat", "model": {"provider": "openai", "name": "a"}}
+    advanced = {
+        "targets": [
+            {**target, "logging": {"log_payloads": True}},
+            {**target, "model": {"provider": "openai", "name": "b"}},
+        ]
+    }
+    parsed = parse_document(document("ai-proxy-advanced", advanced))
+    assert parsed.notes == ()
+    (plugin,) = parsed.gateway.plugins
+    message = ai_proxy_advanced_config(plugin.config)
+    assert [t.log_payloads for t in message.targets] == [True, False]
+    # Not a boolean: refused, naming the field.
+    bad = {**config, "logging": {"log_payloads": "yes"}}
+    assert any("log_payloads" in problem for problem in problems_of(document("ai-proxy", bad)))

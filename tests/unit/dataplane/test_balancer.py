@@ -6,6 +6,7 @@ The balancer is deterministic (smooth weighted round-robin, rendezvous hashing),
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from decimal import Decimal
 
@@ -213,6 +214,25 @@ def test_cost_picks_the_cheapest_target_serving_the_model() -> None:
     assert balancer.plan(model="gpt-4o", headers=[]) == [3, 1]
     # A model only the wildcard target serves.
     assert balancer.plan(model="o3-mini", headers=[]) == [3]
+
+
+def test_cost_matches_the_model_alias_across_models_and_providers() -> None:
+    # Kong's model.model_alias: three targets with their own models answer to "chat".
+    targets = [
+        _target("openai", model="gpt-4o-mini", cost="0.75"),
+        _target("gemini", model="gemini-2.5-flash", cost="0.40"),
+        _target("bedrock", model="amazon.nova-micro-v1:0", cost="0.175"),
+    ]
+    aliased = [
+        dataclasses.replace(t, policy=dataclasses.replace(t.policy, model_alias="chat"))
+        for t in targets
+    ]
+    balancer = Balancer(targets=aliased, algorithm="cost")
+    assert balancer.plan(model="chat", headers=[]) == [2, 1, 0]
+    # A target with an alias answers to it only, not to its model's own name.
+    with pytest.raises(NoTargetForModel) as caught:
+        balancer.plan(model="gpt-4o-mini", headers=[])
+    assert caught.value.served == ("chat",)
 
 
 def test_cost_refuses_a_model_no_target_serves() -> None:

@@ -109,8 +109,8 @@ def test_kong_default_urls_and_overrides(valid_snapshot, provider, options, url)
         ("ollama", {}, 'provider "ollama" needs model.options.upstream_url'),
         (
             "llama2",
-            {"upstream_url": "http://l.local/x", "llama2_format": "raw"},
-            '"raw" is not supported yet',
+            {"upstream_url": "http://l.local/x", "llama2_format": "tgi"},
+            'unknown model.options.llama2_format "tgi"',
         ),
         ("openai", {"mistral_format": "openai"}, 'is only for provider "mistral"'),
         (

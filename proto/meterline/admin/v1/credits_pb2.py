@@ -22,47 +22,68 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from meterline.admin.v1 import billing_pb2 as meterline_dot_admin_dot_v1_dot_billing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/credits.proto\x12\x12meterline.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a meterline/admin/v1/billing.proto\"\xc4\x03\n\x0b\x43reditGrant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x32\n\x07\x66unding\x18\x06 \x01(\x0e\x32!.meterline.admin.v1.CreditFunding\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x66\x65\x61tures\x18\n \x03(\t\x12\x0b\n\x03key\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x11\n\tremaining\x18\r \x01(\t\x12-\n\tvoid_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rexpires_after\x18\x10 \x01(\t\"u\n\x18\x43reateCreditGrantRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x0c\x63redit_grant\x18\x02 \x01(\x0b\x32\x1f.meterline.admin.v1.CreditGrant\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"%\n\x15GetCreditGrantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x17ListCreditGrantsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListCreditGrantsResponse\x12\x36\n\rcredit_grants\x18\x01 \x03(\x0b\x32\x1f.meterline.admin.v1.CreditGrant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x16VoidCreditGrantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x17GetCreditBalanceRequest\x12\x10\n\x08\x63ustomer\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\x12\x43reditGrantBalance\x12\r\n\x05grant\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x11\n\tremaining\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\rCreditBalance\x12\x10\n\x08\x63ustomer\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0f\n\x07settled\x18\x03 \x01(\t\x12\x0c\n\x04live\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06grants\x18\x06 \x03(\x0b\x32&.meterline.admin.v1.CreditGrantBalance\"\xd9\x01\n\x11\x43reditTransaction\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\x12\x37\n\x04type\x18\x03 \x01(\x0e\x32).meterline.admin.v1.CreditTransactionType\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07invoice\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\"e\n\x1dListCreditTransactionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"}\n\x1eListCreditTransactionsResponse\x12\x42\n\x13\x63redit_transactions\x18\x01 \x03(\x0b\x32%.meterline.admin.v1.CreditTransaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x18\x43reateCreditTopUpRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t*\x88\x01\n\rCreditFunding\x12\x1e\n\x1a\x43REDIT_FUNDING_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43REDIT_FUNDING_INVOICE\x10\x01\x12\x1e\n\x1a\x43REDIT_FUNDING_PROMOTIONAL\x10\x02\x12\x1b\n\x17\x43REDIT_FUNDING_EXTERNAL\x10\x03*\xf9\x01\n\x15\x43reditTransactionType\x12\'\n#CREDIT_TRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x43REDIT_TRANSACTION_TYPE_FUNDED\x10\x01\x12$\n CREDIT_TRANSACTION_TYPE_CONSUMED\x10\x02\x12#\n\x1f\x43REDIT_TRANSACTION_TYPE_EXPIRED\x10\x03\x12\"\n\x1e\x43REDIT_TRANSACTION_TYPE_VOIDED\x10\x04\x12$\n CREDIT_TRANSACTION_TYPE_ADJUSTED\x10\x05\x32\xe5\x05\n\rCreditService\x12\x62\n\x11\x43reateCreditGrant\x12,.meterline.admin.v1.CreateCreditGrantRequest\x1a\x1f.meterline.admin.v1.CreditGrant\x12\\\n\x0eGetCreditGrant\x12).meterline.admin.v1.GetCreditGrantRequest\x1a\x1f.meterline.admin.v1.CreditGrant\x12m\n\x10ListCreditGrants\x12+.meterline.admin.v1.ListCreditGrantsRequest\x1a,.meterline.admin.v1.ListCreditGrantsResponse\x12^\n\x0fVoidCreditGrant\x12*.meterline.admin.v1.VoidCreditGrantRequest\x1a\x1f.meterline.admin.v1.CreditGrant\x12\x62\n\x10GetCreditBalance\x12+.meterline.admin.v1.GetCreditBalanceRequest\x1a!.meterline.admin.v1.CreditBalance\x12\x7f\n\x16ListCreditTransactions\x12\x31.meterline.admin.v1.ListCreditTransactionsRequest\x1a\x32.meterline.admin.v1.ListCreditTransactionsResponse\x12^\n\x11\x43reateCreditTopUp\x12,.meterline.admin.v1.CreateCreditTopUpRequest\x1a\x1b.meterline.admin.v1.Invoiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/admin/v1/credits.proto\x12\x12meterline.admin.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a meterline/admin/v1/billing.proto\"\xc4\x03\n\x0b\x43reditGrant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x32\n\x07\x66unding\x18\x06 \x01(\x0e\x32!.meterline.admin.v1.CreditFunding\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x66\x65\x61tures\x18\n \x03(\t\x12\x0b\n\x03key\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x11\n\tremaining\x18\r \x01(\t\x12-\n\tvoid_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rexpires_after\x18\x10 \x01(\t\"u\n\x18\x43reateCreditGrantRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x0c\x63redit_grant\x18\x02 \x01(\x0b\x32\x1f.meterline.admin.v1.CreditGrant\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"%\n\x15GetCreditGrantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x17ListCreditGrantsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListCreditGrantsResponse\x12\x36\n\rcredit_grants\x18\x01 \x03(\x0b\x32\x1f.meterline.admin.v1.CreditGrant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x16VoidCreditGrantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"p\n\x17GetCreditBalanceRequest\x12\x10\n\x08\x63ustomer\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x10\x62urn_window_days\x18\xd8\x04 \x01(\x05\"\x86\x01\n\x12\x43reditGrantBalance\x12\r\n\x05grant\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x11\n\tremaining\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfd\x02\n\rCreditBalance\x12\x10\n\x08\x63ustomer\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0f\n\x07settled\x18\x03 \x01(\t\x12\x0c\n\x04live\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06grants\x18\x06 \x03(\x0b\x32&.meterline.admin.v1.CreditGrantBalance\x12\x10\n\x07pending\x18\xd8\x04 \x01(\t\x12\x15\n\x0c\x62urn_per_day\x18\xd9\x04 \x01(\t\x12\x19\n\x10\x62urn_window_days\x18\xda\x04 \x01(\x05\x12\x18\n\x0fspent_in_window\x18\xdb\x04 \x01(\t\x12\x36\n\x11\x62urn_window_start\x18\xdc\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x0crun_out_time\x18\xdd\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd9\x01\n\x11\x43reditTransaction\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\x12\x37\n\x04type\x18\x03 \x01(\x0e\x32).meterline.admin.v1.CreditTransactionType\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07invoice\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\"e\n\x1dListCreditTransactionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"}\n\x1eListCreditTransactionsResponse\x12\x42\n\x13\x63redit_transactions\x18\x01 \x03(\x0b\x32%.meterline.admin.v1.CreditTransaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x18\x43reateCreditTopUpRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\"\xf0\x02\n\x12\x43reditRechargeRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x02 \x01(\t\x12\x34\n\x04mode\x18\x03 \x01(\x0e\x32&.meterline.admin.v1.CreditRechargeMode\x12\x11\n\tthreshold\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\x12\x0f\n\x07minimum\x18\x07 \x01(\t\x12\x0f\n\x07maximum\x18\x08 \x01(\t\x12\x1c\n\x14max_count_per_period\x18\t \x01(\x05\x12\x1d\n\x15max_amount_per_period\x18\n \x01(\t\x12\x10\n\x08\x63urrency\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x1cGetCreditRechargeRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"~\n\x1fUpdateCreditRechargeRuleRequest\x12\x44\n\x14\x63redit_recharge_rule\x18\x01 \x01(\x0b\x32&.meterline.admin.v1.CreditRechargeRule\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"/\n\x1f\x44\x65leteCreditRechargeRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x9f\x01\n\x0b\x43reditAlert\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x10\n\x08percents\x18\x05 \x03(\t\x12\x0f\n\x07\x61mounts\x18\x06 \x03(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x18\x43reateCreditAlertRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x0c\x63redit_alert\x18\x02 \x01(\x0b\x32\x1f.meterline.admin.v1.CreditAlert\"P\n\x17ListCreditAlertsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListCreditAlertsResponse\x12\x36\n\rcredit_alerts\x18\x01 \x03(\x0b\x32\x1f.meterline.admin.v1.CreditAlert\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x18\x44\x65leteCreditAlertRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\x88\x01\n\rCreditFunding\x12\x1e\n\x1a\x43REDIT_FUNDING_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43REDIT_FUNDING_INVOICE\x10\x01\x12\x1e\n\x1a\x43REDIT_FUNDING_PROMOTIONAL\x10\x02\x12\x1b\n\x17\x43REDIT_FUNDING_EXTERNAL\x10\x03*\xf9\x01\n\x15\x43reditTransactionType\x12\'\n#CREDIT_TRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x43REDIT_TRANSACTION_TYPE_FUNDED\x10\x01\x12$\n CREDIT_TRANSACTION_TYPE_CONSUMED\x10\x02\x12#\n\x1f\x43REDIT_TRANSACTION_TYPE_EXPIRED\x10\x03\x12\"\n\x1e\x43REDIT_TRANSACTION_TYPE_VOIDED\x10\x04\x12$\n CREDIT_TRANSACTION_TYPE_ADJUSTED\x10\x05*\x7f\n\x12\x43reditRechargeMode\x12$\n CREDIT_RECHARGE_MODE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x43REDIT_RECHARGE_MODE_THRESHOLD\x10\x01\x12\x1f\n\x1b\x43REDIT_RECHARGE_MODE_TARGET\x10\x02\x32\xe8\n\n\rCreditService\x12\x62\n\x11\x43reateCreditGrant\x12,.meterline.admin.v1.CreateCreditGrantRequest\x1a\x1f.meterline.admin.v1.CreditGrant\x12\\\n\x0eGetCreditGrant\x12).meterline.admin.v1.GetCreditGrantRequest\x1a\x1f.meterline.admin.v1.CreditGrant\x12m\n\x10ListCreditGrants\x12+.meterline.admin.v1.ListCreditGrantsRequest\x1a,.meterline.admin.v1.ListCreditGrantsResponse\x12^\n\x0fVoidCreditGrant\x12*.meterline.admin.v1.VoidCreditGrantRequest\x1a\x1f.meterline.admin.v1.CreditGrant\x12\x62\n\x10GetCreditBalance\x12+.meterline.admin.v1.GetCreditBalanceRequest\x1a!.meterline.admin.v1.CreditBalance\x12\x7f\n\x16ListCreditTransactions\x12\x31.meterline.admin.v1.ListCreditTransactionsRequest\x1a\x32.meterline.admin.v1.ListCreditTransactionsResponse\x12^\n\x11\x43reateCreditTopUp\x12,.meterline.admin.v1.CreateCreditTopUpRequest\x1a\x1b.meterline.admin.v1.Invoice\x12q\n\x15GetCreditRechargeRule\x12\x30.meterline.admin.v1.GetCreditRechargeRuleRequest\x1a&.meterline.admin.v1.CreditRechargeRule\x12w\n\x18UpdateCreditRechargeRule\x12\x33.meterline.admin.v1.UpdateCreditRechargeRuleRequest\x1a&.meterline.admin.v1.CreditRechargeRule\x12g\n\x18\x44\x65leteCreditRechargeRule\x12\x33.meterline.admin.v1.DeleteCreditRechargeRuleRequest\x1a\x16.google.protobuf.Empty\x12\x62\n\x11\x43reateCreditAlert\x12,.meterline.admin.v1.CreateCreditAlertRequest\x1a\x1f.meterline.admin.v1.CreditAlert\x12m\n\x10ListCreditAlerts\x12+.meterline.admin.v1.ListCreditAlertsRequest\x1a,.meterline.admin.v1.ListCreditAlertsResponse\x12Y\n\x11\x44\x65leteCreditAlert\x12,.meterline.admin.v1.DeleteCreditAlertRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.admin.v1.credits_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREDITFUNDING']._serialized_start=1885
-  _globals['_CREDITFUNDING']._serialized_end=2021
-  _globals['_CREDITTRANSACTIONTYPE']._serialized_start=2024
-  _globals['_CREDITTRANSACTIONTYPE']._serialized_end=2273
-  _globals['_CREDITGRANT']._serialized_start=124
-  _globals['_CREDITGRANT']._serialized_end=576
-  _globals['_CREATECREDITGRANTREQUEST']._serialized_start=578
-  _globals['_CREATECREDITGRANTREQUEST']._serialized_end=695
-  _globals['_GETCREDITGRANTREQUEST']._serialized_start=697
-  _globals['_GETCREDITGRANTREQUEST']._serialized_end=734
-  _globals['_LISTCREDITGRANTSREQUEST']._serialized_start=736
-  _globals['_LISTCREDITGRANTSREQUEST']._serialized_end=816
-  _globals['_LISTCREDITGRANTSRESPONSE']._serialized_start=818
-  _globals['_LISTCREDITGRANTSRESPONSE']._serialized_end=925
-  _globals['_VOIDCREDITGRANTREQUEST']._serialized_start=927
-  _globals['_VOIDCREDITGRANTREQUEST']._serialized_end=965
-  _globals['_GETCREDITBALANCEREQUEST']._serialized_start=967
-  _globals['_GETCREDITBALANCEREQUEST']._serialized_end=1052
-  _globals['_CREDITGRANTBALANCE']._serialized_start=1055
-  _globals['_CREDITGRANTBALANCE']._serialized_end=1189
-  _globals['_CREDITBALANCE']._serialized_start=1192
-  _globals['_CREDITBALANCE']._serialized_end=1372
-  _globals['_CREDITTRANSACTION']._serialized_start=1375
-  _globals['_CREDITTRANSACTION']._serialized_end=1592
-  _globals['_LISTCREDITTRANSACTIONSREQUEST']._serialized_start=1594
-  _globals['_LISTCREDITTRANSACTIONSREQUEST']._serialized_end=1695
-  _globals['_LISTCREDITTRANSACTIONSRESPONSE']._serialized_start=1697
-  _globals['_LISTCREDITTRANSACTIONSRESPONSE']._serialized_end=1822
-  _globals['_CREATECREDITTOPUPREQUEST']._serialized_start=1824
-  _globals['_CREATECREDITTOPUPREQUEST']._serialized_end=1882
-  _globals['_CREDITSERVICE']._serialized_start=2276
-  _globals['_CREDITSERVICE']._serialized_end=3017
+  _globals['_CREDITFUNDING']._serialized_start=3230
+  _globals['_CREDITFUNDING']._serialized_end=3366
+  _globals['_CREDITTRANSACTIONTYPE']._serialized_start=3369
+  _globals['_CREDITTRANSACTIONTYPE']._serialized_end=3618
+  _globals['_CREDITRECHARGEMODE']._serialized_start=3620
+  _globals['_CREDITRECHARGEMODE']._serialized_end=3747
+  _globals['_CREDITGRANT']._serialized_start=153
+  _globals['_CREDITGRANT']._serialized_end=605
+  _globals['_CREATECREDITGRANTREQUEST']._serialized_start=607
+  _globals['_CREATECREDITGRANTREQUEST']._serialized_end=724
+  _globals['_GETCREDITGRANTREQUEST']._serialized_start=726
+  _globals['_GETCREDITGRANTREQUEST']._serialized_end=763
+  _globals['_LISTCREDITGRANTSREQUEST']._serialized_start=765
+  _globals['_LISTCREDITGRANTSREQUEST']._serialized_end=845
+  _globals['_LISTCREDITGRANTSRESPONSE']._serialized_start=847
+  _globals['_LISTCREDITGRANTSRESPONSE']._serialized_end=954
+  _globals['_VOIDCREDITGRANTREQUEST']._serialized_start=956
+  _globals['_VOIDCREDITGRANTREQUEST']._serialized_end=994
+  _globals['_GETCREDITBALANCEREQUEST']._serialized_start=996
+  _globals['_GETCREDITBALANCEREQUEST']._serialized_end=1108
+  _globals['_CREDITGRANTBALANCE']._serialized_start=1111
+  _globals['_CREDITGRANTBALANCE']._serialized_end=1245
+  _globals['_CREDITBALANCE']._serialized_start=1248
+  _globals['_CREDITBALANCE']._serialized_end=1629
+  _globals['_CREDITTRANSACTION']._serialized_start=1632
+  _globals['_CREDITTRANSACTION']._serialized_end=1849
+  _globals['_LISTCREDITTRANSACTIONSREQUEST']._serialized_start=1851
+  _globals['_LISTCREDITTRANSACTIONSREQUEST']._serialized_end=1952
+  _globals['_LISTCREDITTRANSACTIONSRESPONSE']._serialized_start=1954
+  _globals['_LISTCREDITTRANSACTIONSRESPONSE']._serialized_end=2079
+  _globals['_CREATECREDITTOPUPREQUEST']._serialized_start=2081
+  _globals['_CREATECREDITTOPUPREQUEST']._serialized_end=2139
+  _globals['_CREDITRECHARGERULE']._serialized_start=2142
+  _globals['_CREDITRECHARGERULE']._serialized_end=2510
+  _globals['_GETCREDITRECHARGERULEREQUEST']._serialized_start=2512
+  _globals['_GETCREDITRECHARGERULEREQUEST']._serialized_end=2556
+  _globals['_UPDATECREDITRECHARGERULEREQUEST']._serialized_start=2558
+  _globals['_UPDATECREDITRECHARGERULEREQUEST']._serialized_end=2684
+  _globals['_DELETECREDITRECHARGERULEREQUEST']._serialized_start=2686
+  _globals['_DELETECREDITRECHARGERULEREQUEST']._serialized_end=2733
+  _globals['_CREDITALERT']._serialized_start=2736
+  _globals['_CREDITALERT']._serialized_end=2895
+  _globals['_CREATECREDITALERTREQUEST']._serialized_start=2897
+  _globals['_CREATECREDITALERTREQUEST']._serialized_end=2994
+  _globals['_LISTCREDITALERTSREQUEST']._serialized_start=2996
+  _globals['_LISTCREDITALERTSREQUEST']._serialized_end=3076
+  _globals['_LISTCREDITALERTSRESPONSE']._serialized_start=3078
+  _globals['_LISTCREDITALERTSRESPONSE']._serialized_end=3185
+  _globals['_DELETECREDITALERTREQUEST']._serialized_start=3187
+  _globals['_DELETECREDITALERTREQUEST']._serialized_end=3227
+  _globals['_CREDITSERVICE']._serialized_start=3750
+  _globals['_CREDITSERVICE']._serialized_end=5134
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from meterline.admin.v1 import billing_pb2 as _billing_pb2
 from google.protobuf.internal import containers as _containers
@@ -26,6 +27,12 @@ class CreditTransactionType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREDIT_TRANSACTION_TYPE_EXPIRED: _ClassVar[CreditTransactionType]
     CREDIT_TRANSACTION_TYPE_VOIDED: _ClassVar[CreditTransactionType]
     CREDIT_TRANSACTION_TYPE_ADJUSTED: _ClassVar[CreditTransactionType]
+
+class CreditRechargeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CREDIT_RECHARGE_MODE_UNSPECIFIED: _ClassVar[CreditRechargeMode]
+    CREDIT_RECHARGE_MODE_THRESHOLD: _ClassVar[CreditRechargeMode]
+    CREDIT_RECHARGE_MODE_TARGET: _ClassVar[CreditRechargeMode]
 CREDIT_FUNDING_UNSPECIFIED: CreditFunding
 CREDIT_FUNDING_INVOICE: CreditFunding
 CREDIT_FUNDING_PROMOTIONAL: CreditFunding
@@ -36,6 +43,9 @@ CREDIT_TRANSACTION_TYPE_CONSUMED: CreditTransactionType
 CREDIT_TRANSACTION_TYPE_EXPIRED: CreditTransactionType
 CREDIT_TRANSACTION_TYPE_VOIDED: CreditTransactionType
 CREDIT_TRANSACTION_TYPE_ADJUSTED: CreditTransactionType
+CREDIT_RECHARGE_MODE_UNSPECIFIED: CreditRechargeMode
+CREDIT_RECHARGE_MODE_THRESHOLD: CreditRechargeMode
+CREDIT_RECHARGE_MODE_TARGET: CreditRechargeMode
 
 class CreditGrant(_message.Message):
     __slots__ = ("name", "id", "customer", "amount", "currency", "funding", "priority", "effective_time", "expire_time", "features", "key", "description", "remaining", "void_time", "create_time", "expires_after")
@@ -114,12 +124,14 @@ class VoidCreditGrantRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class GetCreditBalanceRequest(_message.Message):
-    __slots__ = ("customer", "time")
+    __slots__ = ("customer", "time", "burn_window_days")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    BURN_WINDOW_DAYS_FIELD_NUMBER: _ClassVar[int]
     customer: str
     time: _timestamp_pb2.Timestamp
-    def __init__(self, customer: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    burn_window_days: int
+    def __init__(self, customer: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., burn_window_days: _Optional[int] = ...) -> None: ...
 
 class CreditGrantBalance(_message.Message):
     __slots__ = ("grant", "key", "remaining", "priority", "expire_time")
@@ -136,20 +148,32 @@ class CreditGrantBalance(_message.Message):
     def __init__(self, grant: _Optional[str] = ..., key: _Optional[str] = ..., remaining: _Optional[str] = ..., priority: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreditBalance(_message.Message):
-    __slots__ = ("customer", "currency", "settled", "live", "time", "grants")
+    __slots__ = ("customer", "currency", "settled", "live", "time", "grants", "pending", "burn_per_day", "burn_window_days", "spent_in_window", "burn_window_start", "run_out_time")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     SETTLED_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    BURN_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    BURN_WINDOW_DAYS_FIELD_NUMBER: _ClassVar[int]
+    SPENT_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    BURN_WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    RUN_OUT_TIME_FIELD_NUMBER: _ClassVar[int]
     customer: str
     currency: str
     settled: str
     live: str
     time: _timestamp_pb2.Timestamp
     grants: _containers.RepeatedCompositeFieldContainer[CreditGrantBalance]
-    def __init__(self, customer: _Optional[str] = ..., currency: _Optional[str] = ..., settled: _Optional[str] = ..., live: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grants: _Optional[_Iterable[_Union[CreditGrantBalance, _Mapping]]] = ...) -> None: ...
+    pending: str
+    burn_per_day: str
+    burn_window_days: int
+    spent_in_window: str
+    burn_window_start: _timestamp_pb2.Timestamp
+    run_out_time: _timestamp_pb2.Timestamp
+    def __init__(self, customer: _Optional[str] = ..., currency: _Optional[str] = ..., settled: _Optional[str] = ..., live: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grants: _Optional[_Iterable[_Union[CreditGrantBalance, _Mapping]]] = ..., pending: _Optional[str] = ..., burn_per_day: _Optional[str] = ..., burn_window_days: _Optional[int] = ..., spent_in_window: _Optional[str] = ..., burn_window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_out_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreditTransaction(_message.Message):
     __slots__ = ("id", "grant", "type", "amount", "currency", "time", "invoice", "description")
@@ -198,3 +222,103 @@ class CreateCreditTopUpRequest(_message.Message):
     parent: str
     amount: str
     def __init__(self, parent: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
+
+class CreditRechargeRule(_message.Message):
+    __slots__ = ("name", "customer", "mode", "threshold", "amount", "target", "minimum", "maximum", "max_count_per_period", "max_amount_per_period", "currency", "create_time", "update_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_FIELD_NUMBER: _ClassVar[int]
+    MAXIMUM_FIELD_NUMBER: _ClassVar[int]
+    MAX_COUNT_PER_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    MAX_AMOUNT_PER_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    customer: str
+    mode: CreditRechargeMode
+    threshold: str
+    amount: str
+    target: str
+    minimum: str
+    maximum: str
+    max_count_per_period: int
+    max_amount_per_period: str
+    currency: str
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., customer: _Optional[str] = ..., mode: _Optional[_Union[CreditRechargeMode, str]] = ..., threshold: _Optional[str] = ..., amount: _Optional[str] = ..., target: _Optional[str] = ..., minimum: _Optional[str] = ..., maximum: _Optional[str] = ..., max_count_per_period: _Optional[int] = ..., max_amount_per_period: _Optional[str] = ..., currency: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetCreditRechargeRuleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UpdateCreditRechargeRuleRequest(_message.Message):
+    __slots__ = ("credit_recharge_rule", "allow_missing")
+    CREDIT_RECHARGE_RULE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
+    credit_recharge_rule: CreditRechargeRule
+    allow_missing: bool
+    def __init__(self, credit_recharge_rule: _Optional[_Union[CreditRechargeRule, _Mapping]] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
+
+class DeleteCreditRechargeRuleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CreditAlert(_message.Message):
+    __slots__ = ("name", "customer", "key", "channel", "percents", "amounts", "create_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PERCENTS_FIELD_NUMBER: _ClassVar[int]
+    AMOUNTS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    customer: str
+    key: str
+    channel: str
+    percents: _containers.RepeatedScalarFieldContainer[str]
+    amounts: _containers.RepeatedScalarFieldContainer[str]
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., customer: _Optional[str] = ..., key: _Optional[str] = ..., channel: _Optional[str] = ..., percents: _Optional[_Iterable[str]] = ..., amounts: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateCreditAlertRequest(_message.Message):
+    __slots__ = ("parent", "credit_alert")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_ALERT_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    credit_alert: CreditAlert
+    def __init__(self, parent: _Optional[str] = ..., credit_alert: _Optional[_Union[CreditAlert, _Mapping]] = ...) -> None: ...
+
+class ListCreditAlertsRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListCreditAlertsResponse(_message.Message):
+    __slots__ = ("credit_alerts", "next_page_token")
+    CREDIT_ALERTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    credit_alerts: _containers.RepeatedCompositeFieldContainer[CreditAlert]
+    next_page_token: str
+    def __init__(self, credit_alerts: _Optional[_Iterable[_Union[CreditAlert, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteCreditAlertRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from meterline.admin.v1 import billing_pb2 as meterline_dot_admin_dot_v1_dot_billing__pb2
 from meterline.admin.v1 import credits_pb2 as meterline_dot_admin_dot_v1_dot_credits__pb2
 
@@ -76,6 +77,36 @@ class CreditServiceStub:
                 request_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreateCreditTopUpRequest.SerializeToString,
                 response_deserializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
                 _registered_method=True)
+        self.GetCreditRechargeRule = channel.unary_unary(
+                '/meterline.admin.v1.CreditService/GetCreditRechargeRule',
+                request_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.GetCreditRechargeRuleRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreditRechargeRule.FromString,
+                _registered_method=True)
+        self.UpdateCreditRechargeRule = channel.unary_unary(
+                '/meterline.admin.v1.CreditService/UpdateCreditRechargeRule',
+                request_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.UpdateCreditRechargeRuleRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreditRechargeRule.FromString,
+                _registered_method=True)
+        self.DeleteCreditRechargeRule = channel.unary_unary(
+                '/meterline.admin.v1.CreditService/DeleteCreditRechargeRule',
+                request_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.DeleteCreditRechargeRuleRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.CreateCreditAlert = channel.unary_unary(
+                '/meterline.admin.v1.CreditService/CreateCreditAlert',
+                request_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreateCreditAlertRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreditAlert.FromString,
+                _registered_method=True)
+        self.ListCreditAlerts = channel.unary_unary(
+                '/meterline.admin.v1.CreditService/ListCreditAlerts',
+                request_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditAlertsRequest.SerializeToString,
+                response_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditAlertsResponse.FromString,
+                _registered_method=True)
+        self.DeleteCreditAlert = channel.unary_unary(
+                '/meterline.admin.v1.CreditService/DeleteCreditAlert',
+                request_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.DeleteCreditAlertRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class CreditServiceServicer:
@@ -135,6 +166,48 @@ class CreditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCreditRechargeRule(self, request, context):
+        """The customer's auto-recharge rule ("customers/{key}/creditRechargeRule"); NOT_FOUND if none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCreditRechargeRule(self, request, context):
+        """Replace the customer's rule (all fields); with allow_missing, create it if absent.
+        INVALID_ARGUMENT (nothing changed) for a negative amount, minimum above maximum, another
+        currency than the plan's, amounts finer than the currency's unit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCreditRechargeRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCreditAlert(self, request, context):
+        """Credit-balance alerts ("customers/{key}/creditAlerts/{key}"), fired through a notification
+        channel once per crossing. ALREADY_EXISTS for a known key (delete it first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCreditAlerts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCreditAlert(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +245,36 @@ def add_CreditServiceServicer_to_server(servicer, server):
                     servicer.CreateCreditTopUp,
                     request_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreateCreditTopUpRequest.FromString,
                     response_serializer=meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.SerializeToString,
+            ),
+            'GetCreditRechargeRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCreditRechargeRule,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.GetCreditRechargeRuleRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreditRechargeRule.SerializeToString,
+            ),
+            'UpdateCreditRechargeRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCreditRechargeRule,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.UpdateCreditRechargeRuleRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreditRechargeRule.SerializeToString,
+            ),
+            'DeleteCreditRechargeRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCreditRechargeRule,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.DeleteCreditRechargeRuleRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CreateCreditAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCreditAlert,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreateCreditAlertRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.CreditAlert.SerializeToString,
+            ),
+            'ListCreditAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCreditAlerts,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditAlertsRequest.FromString,
+                    response_serializer=meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditAlertsResponse.SerializeToString,
+            ),
+            'DeleteCreditAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCreditAlert,
+                    request_deserializer=meterline_dot_admin_dot_v1_dot_credits__pb2.DeleteCreditAlertRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -369,6 +472,168 @@ class CreditService:
             '/meterline.admin.v1.CreditService/CreateCreditTopUp',
             meterline_dot_admin_dot_v1_dot_credits__pb2.CreateCreditTopUpRequest.SerializeToString,
             meterline_dot_admin_dot_v1_dot_billing__pb2.Invoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCreditRechargeRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CreditService/GetCreditRechargeRule',
+            meterline_dot_admin_dot_v1_dot_credits__pb2.GetCreditRechargeRuleRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_credits__pb2.CreditRechargeRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCreditRechargeRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CreditService/UpdateCreditRechargeRule',
+            meterline_dot_admin_dot_v1_dot_credits__pb2.UpdateCreditRechargeRuleRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_credits__pb2.CreditRechargeRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCreditRechargeRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CreditService/DeleteCreditRechargeRule',
+            meterline_dot_admin_dot_v1_dot_credits__pb2.DeleteCreditRechargeRuleRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCreditAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CreditService/CreateCreditAlert',
+            meterline_dot_admin_dot_v1_dot_credits__pb2.CreateCreditAlertRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_credits__pb2.CreditAlert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCreditAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CreditService/ListCreditAlerts',
+            meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditAlertsRequest.SerializeToString,
+            meterline_dot_admin_dot_v1_dot_credits__pb2.ListCreditAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCreditAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.admin.v1.CreditService/DeleteCreditAlert',
+            meterline_dot_admin_dot_v1_dot_credits__pb2.DeleteCreditAlertRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

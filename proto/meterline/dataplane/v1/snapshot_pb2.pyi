@@ -224,7 +224,7 @@ class KeyAuthConfig(_message.Message):
     def __init__(self, key_names: _Optional[_Iterable[str]] = ..., hide_credentials: _Optional[bool] = ..., key_in_query: _Optional[bool] = ..., key_in_bearer: _Optional[bool] = ..., key_in_body: _Optional[bool] = ..., anonymous_consumer_id: _Optional[str] = ..., run_on_preflight: _Optional[bool] = ..., realm: _Optional[str] = ...) -> None: ...
 
 class AiProxyConfig(_message.Message):
-    __slots__ = ("route_type", "auth", "model", "llm_format", "targets", "balancer", "model_allow_list", "model_aliases", "connect_timeout", "read_timeout", "write_timeout", "response_streaming", "max_request_body_size", "model_name_header")
+    __slots__ = ("route_type", "auth", "model", "llm_format", "targets", "balancer", "model_allow_list", "model_aliases", "connect_timeout", "read_timeout", "write_timeout", "response_streaming", "max_request_body_size", "model_name_header", "log_payloads")
     class ModelAliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +246,7 @@ class AiProxyConfig(_message.Message):
     RESPONSE_STREAMING_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_BODY_SIZE_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_HEADER_FIELD_NUMBER: _ClassVar[int]
+    LOG_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     route_type: str
     auth: AiProxyAuth
     model: AiProxyModel
@@ -260,10 +261,11 @@ class AiProxyConfig(_message.Message):
     response_streaming: str
     max_request_body_size: int
     model_name_header: bool
-    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., llm_format: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[AiProxyTarget, _Mapping]]] = ..., balancer: _Optional[_Union[AiProxyBalancer, _Mapping]] = ..., model_allow_list: _Optional[_Iterable[str]] = ..., model_aliases: _Optional[_Mapping[str, str]] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., write_timeout: _Optional[int] = ..., response_streaming: _Optional[str] = ..., max_request_body_size: _Optional[int] = ..., model_name_header: _Optional[bool] = ...) -> None: ...
+    log_payloads: bool
+    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., llm_format: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[AiProxyTarget, _Mapping]]] = ..., balancer: _Optional[_Union[AiProxyBalancer, _Mapping]] = ..., model_allow_list: _Optional[_Iterable[str]] = ..., model_aliases: _Optional[_Mapping[str, str]] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., write_timeout: _Optional[int] = ..., response_streaming: _Optional[str] = ..., max_request_body_size: _Optional[int] = ..., model_name_header: _Optional[bool] = ..., log_payloads: _Optional[bool] = ...) -> None: ...
 
 class AiProxyTarget(_message.Message):
-    __slots__ = ("route_type", "auth", "model", "weight", "description", "priority", "connect_timeout", "read_timeout")
+    __slots__ = ("route_type", "auth", "model", "weight", "description", "priority", "connect_timeout", "read_timeout", "log_payloads")
     ROUTE_TYPE_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +274,7 @@ class AiProxyTarget(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CONNECT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     READ_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    LOG_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     route_type: str
     auth: AiProxyAuth
     model: AiProxyModel
@@ -280,7 +283,8 @@ class AiProxyTarget(_message.Message):
     priority: int
     connect_timeout: int
     read_timeout: int
-    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., weight: _Optional[int] = ..., description: _Optional[str] = ..., priority: _Optional[int] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ...) -> None: ...
+    log_payloads: bool
+    def __init__(self, route_type: _Optional[str] = ..., auth: _Optional[_Union[AiProxyAuth, _Mapping]] = ..., model: _Optional[_Union[AiProxyModel, _Mapping]] = ..., weight: _Optional[int] = ..., description: _Optional[str] = ..., priority: _Optional[int] = ..., connect_timeout: _Optional[int] = ..., read_timeout: _Optional[int] = ..., log_payloads: _Optional[bool] = ...) -> None: ...
 
 class AiProxyBalancer(_message.Message):
     __slots__ = ("algorithm", "hash_on_header", "retries", "failover_criteria", "connect_timeout", "read_timeout", "write_timeout", "tokens_count_strategy", "latency_strategy", "max_fails", "fail_timeout")

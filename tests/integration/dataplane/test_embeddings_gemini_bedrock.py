@@ -1,0 +1,271 @@
+"""Embeddings (route_type llm/v1/embeddings) on Gemini and Bedrock through the real proxy, with
+the openai SDK (translated), google-genai (native batchEmbedContents) and boto3 (native
+InvokeModel) as clients: billed by input tokens, exactly where the provider reports them
+(Titan's inputTextTokenCount), estimated and marked where it does not (the Gemini API, Cohere
+Embed's body); errors translated, recorded with their status and not billed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import httpx
+import openai
+import pytest
+from botocore.config import Config
+from google import genai
+from google.genai import types as genai_types
+
+from dataplane.config.keys import hash_key
+from dataplane.errors import CompileError
+from dataplane.http.server import serve_http
+from dataplane.proxy.compiler import compile_snapshot
+from dataplane.proxy.gateway import Gateway
+from dataplane.testing.fake_bedrock import (
+    TEST_ACCESS_KEY_ID,
+    TEST_SECRET_ACCESS_KEY,
+    FakeBedrock,
+)
+from dataplane.testing.fake_gemini import FakeGemini, embedding
+from dataplane.usage.estimate import estimate_tokens
+from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
+
+KEY = "sk-meterline-acme-0001"
+GEMINI_KEY = "gemini-provider-key"
+INPUT = usage_pb2.TOKEN_TYPE_INPUT
+OUTPUT = usage_pb2.TOKEN_TYPE_OUTPUT
+EMBEDDINGS = "llm/v1/embeddings"
+GEMINI_MODEL = "gemini-embedding-001"
+TITAN = "amazon.titan-embed-text-v2:0"
+COHERE = "cohere.embed-english-v3"
+
+
+def _gemini(url: str, llm_format: str, *, project: str = "") -> snapshot_pb2.AiProxyConfig:
+    return snapshot_pb2.AiProxyConfig(
+        route_type=EMBEDDINGS,
+        llm_format=llm_format,
+        auth=snapshot_pb2.AiProxyAuth(header_name="x-goog-api-key", header_value=GEMINI_KEY),
+        model=snapshot_pb2.AiProxyModel(
+            provider="gemini",
+            options=snapshot_pb2.AiProxyModelOptions(
+                upstream_url=url,
+                gemini=snapshot_pb2.GeminiOptions(
+                    project_id=project, location_id="us-central1" if project else ""
+                ),
+            ),
+        ),
+    )
+
+
+def _bedrock(url: str, llm_format: str, model: str = "") -> snapshot_pb2.AiProxyConfig:
+    return snapshot_pb2.AiProxyConfig(
+        route_type=EMBEDDINGS,
+        llm_format=llm_format,
+        auth=snapshot_pb2.AiProxyAuth(
+            aws_access_key_id=TEST_ACCESS_KEY_ID, aws_secret_access_key=TEST_SECRET_ACCESS_KEY
+        ),
+        model=snapshot_pb2.AiProxyModel(
+            provider="bedrock",
+            name=model,
+            options=snapshot_pb2.AiProxyModelOptions(
+                upstream_url=url,
+                bedrock=snapshot_pb2.AiProxyBedrockOptions(aws_region="us-east-1"),
+            ),
+        ),
+    )
+
+
+def build_snapshot(routes: dict[str, snapshot_pb2.AiProxyConfig]) -> snapshot_pb2.Snapshot:
+    snapshot = snapshot_pb2.Snapshot(
+        services=[snapshot_pb2.Service(id="svc", name="ai", url="http://ai.invalid")],
+        consumers=[
+            snapshot_pb2.Consumer(id="c1", username="acme-corp", key_hashes=[hash_key(KEY)])
+        ],
+        plugins=[
+            snapshot_pb2.Plugin(
+                id="ka",
+                name="key-auth",
+                enabled=True,
+                key_auth=snapshot_pb2.KeyAuthConfig(
+                    key_names=["apikey", "x-goog-api-key"], key_in_bearer=True
+                ),
+            )
+        ],
+    )
+    for name, config in routes.items():
+        snapshot.routes.add(id=f"r-{name}", name=name, service_id="svc", paths=[f"/{name}"])
+        snapshot.plugins.add(id=f"p-{name}", name="ai-proxy", route_id=f"r-{name}", enabled=True)
+        snapshot.plugins[-1].ai_proxy.CopyFrom(config)
+    return snapshot
+
+
+@dataclass
+class Stack:
+    url: str
+    gemini: FakeGemini
+    bedrock: FakeBedrock
+    http: httpx.AsyncClient
+    events: list[usage_pb2.UsageEvent] = field(default_factory=list)
+
+    def take(self) -> list[tuple[str, int, int, int, bool]]:
+        """(provider, status, token type, tokens, estimated) of the events, then forget them."""
+        taken = sorted(
+            (t.provider, t.status_code, t.token_type, t.tokens, t.estimated)
+            for t in (event.llm_tokens for event in self.events)
+        )
+        self.events.clear()
+        return taken
+
+    def oai(self, route: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.url}/{route}", api_key=KEY, max_retries=0)
+
+    def runtime(self, route: str) -> Any:
+        client = boto3.session.Session().client(
+            "bedrock-runtime",
+            endpoint_url=f"{self.url}/{route}",
+            region_name="us-east-1",
+            aws_access_key_id="AKIACLIENTJUNK000000",
+            aws_secret_access_key="client-junk",
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+        client.meta.events.register(
+            "before-sign.bedrock-runtime.*",
+            lambda request, **_: request.headers.__setitem__("apikey", KEY),
+        )
+        return client
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Stack]:
+    gemini, bedrock = FakeGemini(api_key=GEMINI_KEY), FakeBedrock()
+    events: list[usage_pb2.UsageEvent] = []
+    gateway = Gateway(node_id="dp-test", usage_sink=events.append)
+    async with serve_http(gemini) as gm, serve_http(bedrock) as br, httpx.AsyncClient() as http:
+        routes = {
+            "gem-oa": _gemini(gm.url, "openai"),
+            "gem": _gemini(gm.url, "gemini"),
+            "titan-oa": _bedrock(br.url, "openai", TITAN),
+            "cohere-oa": _bedrock(br.url, "openai", COHERE),
+            "br": _bedrock(br.url, "bedrock"),
+        }
+        gateway.apply(compile_snapshot(build_snapshot(routes), version="v1"))
+        try:
+            async with serve_http(gateway) as address:
+                yield Stack(address.url, gemini, bedrock, http, events)
+        finally:
+            await gateway.aclose()
+
+
+TEXTS = ["the quick brown fox", "jumps over the lazy dog"]
+
+
+async def test_openai_sdk_embeddings_on_gemini_are_translated_and_estimated(stack) -> None:
+    async with stack.oai("gem-oa") as client:
+        answer = await client.embeddings.create(model=GEMINI_MODEL, input=TEXTS, dimensions=4)
+    assert [d.embedding for d in answer.data] == [embedding(t, 4) for t in TEXTS]
+    assert [d.index for d in answer.data] == [0, 1]
+    sent = stack.gemini.requests[-1]
+    assert sent.path == f"/v1beta/models/{GEMINI_MODEL}:batchEmbedContents"
+    assert sent.body == {
+        "requests": [
+            {
+                "model": f"models/{GEMINI_MODEL}",
+                "content": {"parts": [{"text": text}]},
+                "outputDimensionality": 4,
+            }
+            for text in TEXTS
+        ]
+    }
+    # The Gemini API reports no usage for embeddings: the inputs are estimated, marked.
+    assert stack.take() == [
+        ("gemini", 200, INPUT, estimate_tokens("".join(TEXTS)), True),
+        ("gemini", 200, OUTPUT, 0, True),
+    ]
+
+
+async def test_google_genai_embed_content_native(stack) -> None:
+    client = genai.Client(
+        api_key=KEY,
+        http_options=genai_types.HttpOptions(
+            base_url=f"{stack.url}/gem", httpx_async_client=stack.http
+        ),
+    )
+    answer = await client.aio.models.embed_content(model=GEMINI_MODEL, contents=TEXTS)
+    assert [e.values for e in answer.embeddings] == [embedding(t) for t in TEXTS]
+    assert stack.gemini.requests[-1].path.endswith(f"{GEMINI_MODEL}:batchEmbedContents")
+    events = stack.take()
+    assert [(p, s, kind, estimated) for p, s, kind, _, estimated in events] == [
+        ("gemini", 200, INPUT, True),
+        ("gemini", 200, OUTPUT, True),
+    ]
+    assert events[0][3] == estimate_tokens("".join(TEXTS))
+
+
+async def test_openai_sdk_on_titan_is_billed_exactly(stack) -> None:
+    async with stack.oai("titan-oa") as client:
+        answer = await client.embeddings.create(model="any", input="one two three", dimensions=4)
+    assert len(answer.data[0].embedding) == 4
+    assert answer.usage.prompt_tokens == 3
+    sent = stack.bedrock.requests[-1]
+    assert sent.path == f"/model/{TITAN}/invoke"
+    assert sent.body == {"inputText": "one two three", "dimensions": 4}
+    # Titan's inputTextTokenCount: exact.
+    assert stack.take() == [("bedrock", 200, INPUT, 3, False), ("bedrock", 200, OUTPUT, 0, False)]
+    # Titan embeds one text per call: a list is refused before Bedrock is called.
+    before = len(stack.bedrock.requests)
+    async with stack.oai("titan-oa") as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.embeddings.create(model="any", input=TEXTS)
+    assert refused.value.body["param"] == "input"
+    assert len(stack.bedrock.requests) == before and stack.events == []
+
+
+async def test_openai_sdk_on_cohere_embed_is_estimated(stack) -> None:
+    async with stack.oai("cohere-oa") as client:
+        answer = await client.embeddings.create(model="any", input=TEXTS)
+    assert len(answer.data) == 2
+    sent = stack.bedrock.requests[-1]
+    assert sent.path == f"/model/{COHERE}/invoke"
+    assert sent.body == {"texts": TEXTS, "input_type": "search_document"}
+    assert stack.take() == [
+        ("bedrock", 200, INPUT, estimate_tokens("".join(TEXTS)), True),
+        ("bedrock", 200, OUTPUT, 0, True),
+    ]
+
+
+async def test_boto3_invoke_model_titan_native_is_billed_exactly(stack) -> None:
+    def run() -> dict[str, Any]:
+        answer = stack.runtime("br").invoke_model(
+            modelId=TITAN, body=json.dumps({"inputText": "a b c d e"})
+        )
+        return json.loads(answer["body"].read())
+
+    document = await asyncio.to_thread(run)
+    assert document["inputTextTokenCount"] == 5
+    assert stack.take() == [("bedrock", 200, INPUT, 5, False), ("bedrock", 200, OUTPUT, 0, False)]
+
+
+async def test_errors_are_openai_shaped_recorded_and_not_billed(stack) -> None:
+    async with stack.oai("gem-oa") as client:
+        with pytest.raises(openai.RateLimitError):
+            await client.embeddings.create(
+                model=GEMINI_MODEL, input="x", extra_headers={"x-fake-status": "429"}
+            )
+    assert stack.take() == [("gemini", 429, INPUT, 0, False), ("gemini", 429, OUTPUT, 0, False)]
+    async with stack.oai("titan-oa") as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.embeddings.create(
+                model="any", input="x", extra_headers={"x-fake-status": "400"}
+            )
+    assert refused.value.body["code"] == "ValidationException"
+    assert stack.take() == [("bedrock", 400, INPUT, 0, False), ("bedrock", 400, OUTPUT, 0, False)]
+
+
+def test_vertex_embeddings_are_refused_at_compile_time() -> None:
+    snapshot = build_snapshot({"vx": _gemini("http://127.0.0.1:9", "openai", project="p")})
+    with pytest.raises(CompileError, match="not supported yet"):
+        compile_snapshot(snapshot, version="v1")

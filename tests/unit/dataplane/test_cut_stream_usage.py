@@ -1,0 +1,98 @@
+"""What a stream that ended early is metered as (translate.base): the provider's counts where
+they cover what was streamed, else its prompt-side counts and the streamed text estimated; and
+the statuses of in-stream errors."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from dataplane.http import eventstream
+from dataplane.translate.anthropic_anthropic import AnthropicNativeTranslator
+from dataplane.translate.base import (
+    Prepared,
+    cut_stream_usage,
+    stream_error_status,
+    usage_settled,
+)
+from dataplane.translate.bedrock_bedrock import BedrockNativeTranslator
+from dataplane.translate.bedrock_format import exception_status
+from dataplane.translate.openai_openai import OpenAITranslator
+from dataplane.usage.estimate import estimate_tokens
+from dataplane.usage.tokens import TokenUsage
+
+DOCUMENT = {"messages": [{"role": "user", "content": "what is the weather like"}]}
+PREPARED = Prepared(body=b"", model="m", stream=True, url="http://x.invalid", document=DOCUMENT)
+
+
+def _sse(kind: str, data: dict) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def test_nothing_reported_estimates_prompt_and_streamed_text() -> None:
+    usage = cut_stream_usage(None, document=DOCUMENT, produced="it is sunny")
+    assert usage == TokenUsage(
+        input_tokens=estimate_tokens("what is the weather like"),
+        output_tokens=estimate_tokens("it is sunny"),
+    )
+
+
+def test_reported_prompt_counts_are_kept_exactly_and_output_never_below_the_report() -> None:
+    reported = TokenUsage(
+        input_tokens=5, output_tokens=1, cached_input_tokens=40, cache_write_tokens=7
+    )
+    usage = cut_stream_usage(reported, document=DOCUMENT, produced="a b c d e f g h i j k l")
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens) == (5, 40, 7)
+    assert usage.output_tokens == estimate_tokens("a b c d e f g h i j k l")
+    # A reported output above the estimate of the text stands.
+    usage = cut_stream_usage(
+        TokenUsage(input_tokens=5, output_tokens=50), document=DOCUMENT, produced="hi"
+    )
+    assert usage.output_tokens == 50
+
+
+def test_reasoning_reported_is_kept_apart_from_output() -> None:
+    reported = TokenUsage(input_tokens=3, output_tokens=0, reasoning_tokens=30)
+    usage = cut_stream_usage(reported, document=DOCUMENT, produced="short")
+    assert (usage.output_tokens, usage.reasoning_tokens) == (0, 30)
+
+
+def test_anthropic_usage_is_settled_only_by_message_delta() -> None:
+    relay = AnthropicNativeTranslator().stream(PREPARED)
+    start = {"type": "message_start", "message": {"model": "c", "usage": {"input_tokens": 5}}}
+    relay.feed(_sse("message_start", start))
+    assert relay.usage is not None and not usage_settled(relay)
+    relay.feed(_sse("message_delta", {"type": "message_delta", "usage": {"output_tokens": 9}}))
+    assert usage_settled(relay) and relay.usage.output_tokens == 9
+    assert stream_error_status(relay) is None
+
+
+def test_anthropic_error_event_gives_its_status() -> None:
+    relay = AnthropicNativeTranslator().stream(PREPARED)
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    relay.feed(_sse("error", error))
+    assert stream_error_status(relay) == 529
+
+
+def test_openai_usage_is_settled_once_it_comes_and_has_no_error_status() -> None:
+    relay = OpenAITranslator().stream(PREPARED)
+    assert not usage_settled(relay) and stream_error_status(relay) is None
+
+
+@pytest.mark.parametrize(
+    ("exception", "status"),
+    [
+        ("throttlingException", 429),
+        ("modelStreamErrorException", 424),
+        ("validationException", 400),
+        ("internalServerException", 500),
+        ("serviceUnavailableException", 503),
+        ("modelTimeoutException", 408),
+        ("somethingNewException", 500),
+    ],
+)
+def test_bedrock_exception_frames_give_their_status(exception, status) -> None:
+    assert exception_status(exception) == status
+    relay = BedrockNativeTranslator().stream(PREPARED)
+    relay.feed(eventstream.exception(exception, orjson.dumps({"message": "no"})))
+    assert stream_error_status(relay) == status
