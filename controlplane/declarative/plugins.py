@@ -471,6 +471,15 @@ def _balancer(balancer: Entry, *, targets: list[dict[str, Any]]) -> dict[str, An
         result["max_fails"] = balancer.integer("max_fails", minimum=0)
     if balancer.has("fail_timeout"):
         result["fail_timeout"] = balancer.integer("fail_timeout", minimum=1)
+    _algorithm_targets(balancer, algorithm, targets)
+    return result
+
+
+def _algorithm_targets(
+    balancer: Entry, algorithm: str | None, targets: list[dict[str, Any]]
+) -> None:
+    """What the priority and cost algorithms need of the targets (Kong's priority groups
+    become the targets' priority)."""
     if algorithm == "priority" and not any("priority" in t for t in targets):
         # Kong's own form: priority groups are the targets' weights, the highest tried first
         # (Kong's "Load balancing: Priority" example); Meterline's targets[].priority overrides.
@@ -491,7 +500,6 @@ def _balancer(balancer: Entry, *, targets: list[dict[str, Any]]) -> dict[str, An
                     f"algorithm cost needs targets[{index}].model.options.input_cost and "
                     "output_cost"
                 )
-    return result
 
 
 def _ai_proxy(config: Entry) -> dict[str, Any]:
@@ -778,6 +786,27 @@ def _options(options: Entry) -> dict[str, Any]:
             if key == "azure_instance" and value is not None and not _DNS_LABEL.match(value):
                 options.fail_field(key, f'"{value}" is not an Azure resource name')
             result[key] = value
+    _provider_sections(options, result)
+    if options.has("max_tokens"):
+        result["max_tokens"] = options.integer("max_tokens", minimum=1)
+    _sampling_defaults(options, result)
+    if options.has("top_k"):
+        result["top_k"] = options.integer("top_k", minimum=0)
+    if options.has("upstream_path"):
+        path = options.string("upstream_path", required=True)
+        if path is not None and (not path.startswith("/") or any(c in path for c in "?# \r\n")):
+            options.fail_field("upstream_path", f'must be a path starting with "/", got "{path}"')
+        result["upstream_path"] = path
+    for cost in ("input_cost", "output_cost"):
+        if options.has(cost):
+            amount = options.decimal(cost, kong_number=True)
+            result[cost] = None if amount is None else str(amount)
+    return result
+
+
+def _provider_sections(options: Entry, result: dict[str, Any]) -> None:
+    """The options of one provider each (gemini, bedrock, the *_format choices, dashscope,
+    databricks) into ``result``; _check_provider_options checks they match the provider."""
     gemini = options.sub("gemini")
     if gemini is not None:
         gemini.check_keys(_GEMINI_OPTIONS)
@@ -807,9 +836,10 @@ def _options(options: Entry) -> dict[str, Any]:
         if instance is not None and not _DNS_LABEL.match(instance):
             databricks.fail_field("workspace_instance_id", f'"{instance}" is not a host name label')
         result["databricks"] = {"workspace_instance_id": instance}
-    if options.has("max_tokens"):
-        result["max_tokens"] = options.integer("max_tokens", minimum=1)
-    # Kong's sampling defaults (the client's own values win): numbers, kept as JSON numbers.
+
+
+def _sampling_defaults(options: Entry, result: dict[str, Any]) -> None:
+    """Kong's sampling defaults (the client's own values win): numbers, kept as JSON numbers."""
     for key, top in (("temperature", 5), ("top_p", 1)):
         value = options.data.get(key)
         if value is None:
@@ -818,18 +848,6 @@ def _options(options: Entry) -> dict[str, Any]:
             options.fail_field(key, f"must be a number from 0 to {top}, got {value!r}")
         else:
             result[key] = value
-    if options.has("top_k"):
-        result["top_k"] = options.integer("top_k", minimum=0)
-    if options.has("upstream_path"):
-        path = options.string("upstream_path", required=True)
-        if path is not None and (not path.startswith("/") or any(c in path for c in "?# \r\n")):
-            options.fail_field("upstream_path", f'must be a path starting with "/", got "{path}"')
-        result["upstream_path"] = path
-    for cost in ("input_cost", "output_cost"):
-        if options.has(cost):
-            amount = options.decimal(cost, kong_number=True)
-            result[cost] = None if amount is None else str(amount)
-    return result
 
 
 def is_http_url(url: str) -> bool:

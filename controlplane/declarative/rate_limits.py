@@ -322,6 +322,11 @@ def _windows(entry: Entry, *, cost: bool) -> tuple[list[Any], list[int]]:
             f"limit has {len(limits)} value(s) but window_size has {len(sizes)}: "
             "one limit per window"
         )
+    return _window_limits(entry, limits, cost=cost), _window_sizes(entry, sizes)
+
+
+def _window_limits(entry: Entry, limits: list[Any], *, cost: bool) -> list[Any]:
+    """Each ``limit``: a decimal string for cost, else a non-negative integer (5.0 is 5)."""
     out_limits: list[Any] = []
     for index, value in enumerate(limits):
         key = f"limit[{index}]"
@@ -344,6 +349,11 @@ def _windows(entry: Entry, *, cost: bool) -> tuple[list[Any], list[int]]:
             entry.problems.add(entry.where, f"{where} must not be negative, got {value}")
         else:
             out_limits.append(value)
+    return out_limits
+
+
+def _window_sizes(entry: Entry, sizes: list[Any]) -> list[int]:
+    """Each ``window_size``: seconds > 0 or a window's name, each window once."""
     out_sizes: list[int] = []
     for index, value in enumerate(sizes):
         where = f"{entry.prefix}window_size[{index}]"
@@ -368,7 +378,7 @@ def _windows(entry: Entry, *, cost: bool) -> tuple[list[Any], list[int]]:
             entry.problems.add(entry.where, f"{where} repeats the window of {size} s")
             continue
         out_sizes.append(size)
-    return out_limits, out_sizes
+    return out_sizes
 
 
 def _as_list(entry: Entry, key: str) -> list[Any] | None:

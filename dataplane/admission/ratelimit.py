@@ -240,7 +240,18 @@ def _window_label(size: int) -> str:
 
 
 def check_config(config: snapshot_pb2.RateLimitingConfig, *, plugin: str) -> str | None:
-    """What is wrong with a wire rate-limiting config, or None."""
+    """What is wrong with a wire rate-limiting config, or None (the first problem found)."""
+    return (
+        _check_plugin_fields(config, plugin=plugin)
+        or _check_policies(config)
+        or _check_windows(config)
+        or _check_counting(config)
+        or _check_tokens_strategy(config, plugin=plugin)
+    )
+
+
+def _check_plugin_fields(config: snapshot_pb2.RateLimitingConfig, *, plugin: str) -> str | None:
+    """Something to limit, a well-formed refusal, and policies only where they apply."""
     if not config.windows and not any(policy.limits for policy in config.policies):
         return "has no windows (limit and window_size)"
     if config.error_code and not 400 <= config.error_code <= 599:
@@ -249,21 +260,42 @@ def check_config(config: snapshot_pb2.RateLimitingConfig, *, plugin: str) -> str
         return "error_message must be one line"
     if config.policies and plugin != AI_RATE_LIMITING:
         return f"policies are for {AI_RATE_LIMITING} only"
+    return None
+
+
+def _check_policies(config: snapshot_pb2.RateLimitingConfig) -> str | None:
     for index, policy in enumerate(config.policies):
         problem = _check_policy(policy)
         if problem is not None:
             return f"policies[{index}]: {problem}"
+    return None
+
+
+def _check_windows(config: snapshot_pb2.RateLimitingConfig) -> str | None:
     for index, window in enumerate(config.windows):
         if window.window_size <= 0:
             return f"windows[{index}].window_size must be positive, got {window.window_size}"
-        try:
-            limit = Decimal(window.limit)
-        except InvalidOperation:
-            return f'windows[{index}].limit is not a number: "{window.limit}"'
-        if not limit.is_finite() or limit < 0:
-            return f'windows[{index}].limit must be a non-negative number, got "{window.limit}"'
-        if config.tokens_count_strategy != "cost" and limit != limit.to_integral_value():
-            return f'windows[{index}].limit must be an integer, got "{window.limit}"'
+        problem = _check_limit(window.limit, config.tokens_count_strategy)
+        if problem is not None:
+            return f"windows[{index}].{problem}"
+    return None
+
+
+def _check_limit(text: str, tokens_count_strategy: str) -> str | None:
+    """A limit is a non-negative number, and an integer unless it counts cost."""
+    try:
+        limit = Decimal(text)
+    except InvalidOperation:
+        return f'limit is not a number: "{text}"'
+    if not limit.is_finite() or limit < 0:
+        return f'limit must be a non-negative number, got "{text}"'
+    if tokens_count_strategy != "cost" and limit != limit.to_integral_value():
+        return f'limit must be an integer, got "{text}"'
+    return None
+
+
+def _check_counting(config: snapshot_pb2.RateLimitingConfig) -> str | None:
+    """Window type, identifier and the counters' store."""
     if config.window_type and config.window_type not in WINDOW_TYPES:
         return f'unknown window_type "{config.window_type}" (expected sliding or fixed)'
     if config.identifier and config.identifier not in IDENTIFIERS:
@@ -276,6 +308,10 @@ def check_config(config: snapshot_pb2.RateLimitingConfig, *, plugin: str) -> str
         return 'strategy "redis" needs redis.host'
     if not 0 <= config.redis.port <= 65535:
         return f"redis.port {config.redis.port} is out of range"
+    return None
+
+
+def _check_tokens_strategy(config: snapshot_pb2.RateLimitingConfig, *, plugin: str) -> str | None:
     if plugin == AI_RATE_LIMITING:
         if config.tokens_count_strategy not in TOKEN_STRATEGIES:
             return f'unknown tokens_count_strategy "{config.tokens_count_strategy}"'
@@ -306,14 +342,9 @@ def _check_policy(policy: snapshot_pb2.RateLimitPolicy) -> str | None:
             return f"window_size must be positive, got {limit.window_size}"
         if limit.tokens_count_strategy and limit.tokens_count_strategy not in TOKEN_STRATEGIES:
             return f'unknown tokens_count_strategy "{limit.tokens_count_strategy}"'
-        try:
-            amount = Decimal(limit.limit)
-        except InvalidOperation:
-            return f'limit is not a number: "{limit.limit}"'
-        if not amount.is_finite() or amount < 0:
-            return f'limit must be a non-negative number, got "{limit.limit}"'
-        if limit.tokens_count_strategy != "cost" and amount != amount.to_integral_value():
-            return f'limit must be an integer, got "{limit.limit}"'
+        problem = _check_limit(limit.limit, limit.tokens_count_strategy)
+        if problem is not None:
+            return problem
     return None
 
 

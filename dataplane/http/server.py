@@ -900,27 +900,33 @@ class _Cycle:
         body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
         pending = self.pending
-        if pending is not None:
-            # A stream: its head and chunks wait in ``pending`` for the flush at the end of
-            # this turn of the loop, or for the last chunk, whichever comes first.
-            if body:
-                if self.chunked:
-                    pending += (b"%x\r\n" % len(body), body, b"\r\n")
-                else:
-                    pending.append(body)
-            if more_body:
-                if not self.flush_scheduled:
-                    self.flush_scheduled = True
-                    conn.loop.call_soon(self.flush)
-                return
-            if self.chunked:
-                pending.append(_LAST_CHUNK)
-            self.pending = None
-            conn.transport.write(b"".join(pending))
-            self.complete = True
-            self.wake()
-            conn.response_done(self)
+        if pending is None:
+            self._write_body(body, more_body)
             return
+        # A stream: its head and chunks wait in ``pending`` for the flush at the end of this
+        # turn of the loop, or for the last chunk, whichever comes first.
+        if body:
+            if self.chunked:
+                pending += (b"%x\r\n" % len(body), body, b"\r\n")
+            else:
+                pending.append(body)
+        if more_body:
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                conn.loop.call_soon(self.flush)
+            return
+        if self.chunked:
+            pending.append(_LAST_CHUNK)
+        self.pending = None
+        conn.transport.write(b"".join(pending))
+        self.complete = True
+        self.wake()
+        conn.response_done(self)
+
+    def _write_body(self, body: bytes, more_body: bool) -> None:
+        """A body message of a response that is not a stream: written now, the first one
+        with the head (in one write when small), within the Content-Length if one was given."""
+        conn = self.conn
         head = self.head
         self.head = None
         if self.no_body:

@@ -378,6 +378,22 @@ def _status_error(status: int, error_type: str = "") -> bytes:
     return _field(_STATUS_ERROR_TAG, body)
 
 
+def _append_usage(parts: list[bytes], usage: Sequence[int | None]) -> None:
+    """A request's token counts as the conventions count them: input with the cache reads and
+    writes, output with reasoning (gen_ai_tokens), then the parts; absent counts left out."""
+    value, output, cached, reasoning, written = usage
+    if value is not None:
+        parts.append(_INPUT_TOKENS.int(value + (cached or 0) + (written or 0)))
+    if output is not None:
+        parts.append(_OUTPUT_TOKENS.int(output + (reasoning or 0)))
+    if cached is not None:
+        parts.append(_CACHE_READ_TOKENS.int(cached))
+    if written is not None:
+        parts.append(_CACHE_WRITE_TOKENS.int(written))
+    if reasoning is not None:
+        parts.append(_REASONING_TOKENS.int(reasoning))
+
+
 class SpanEncoder:
     """Requests -> OTLP Span messages (bytes), and batches of them -> ExportTraceServiceRequest.
 
@@ -573,19 +589,7 @@ class SpanEncoder:
         if response_id:
             parts.append(_RESPONSE_ID.str(response_id))
         if usage is not None:
-            # As the conventions count them: input with the cache reads and writes, output
-            # with reasoning (gen_ai_tokens), then the parts.
-            value, output, cached, reasoning, written = usage
-            if value is not None:
-                parts.append(_INPUT_TOKENS.int(value + (cached or 0) + (written or 0)))
-            if output is not None:
-                parts.append(_OUTPUT_TOKENS.int(output + (reasoning or 0)))
-            if cached is not None:
-                parts.append(_CACHE_READ_TOKENS.int(cached))
-            if written is not None:
-                parts.append(_CACHE_WRITE_TOKENS.int(written))
-            if reasoning is not None:
-                parts.append(_REASONING_TOKENS.int(reasoning))
+            _append_usage(parts, usage)
         if cost is not None and not isinstance(cost, str):
             try:
                 priced = cost()  # the request's Metering.cost, read now

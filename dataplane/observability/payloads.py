@@ -178,15 +178,20 @@ def _event_text(document: Any, parts: list[str]) -> None:
             content = message.get("content")
             if isinstance(content, dict) and isinstance(content.get("text"), str):
                 parts.append(content["text"])
-    for candidate in document.get("candidates") or ():  # Gemini
+    _candidates_text(document.get("candidates") or (), parts)  # Gemini
+    message = document.get("message")  # Ollama
+    if isinstance(message, dict) and isinstance(message.get("content"), str):
+        parts.append(message["content"])
+
+
+def _candidates_text(candidates: Any, parts: list[str]) -> None:
+    """The text parts of a Gemini event's candidates."""
+    for candidate in candidates:
         if isinstance(candidate, dict):
             content = candidate.get("content")
             for part in (content or {}).get("parts") or () if isinstance(content, dict) else ():
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     parts.append(part["text"])
-    message = document.get("message")  # Ollama
-    if isinstance(message, dict) and isinstance(message.get("content"), str):
-        parts.append(message["content"])
 
 
 def stream_text(events: bytes) -> str:

@@ -469,12 +469,32 @@ def _check_key_auth(label: str, config: snapshot_pb2.KeyAuthConfig, consumer_ids
 
 def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
     provider = config.model.provider
+    route_type = config.route_type
+    _check_provider(label, provider, route_type)
+    _check_llm_format(label, config)
+    _check_gemini(label, config)
+    if provider == "bedrock":
+        _check_bedrock(label, config)
+    check_compatible(label, config)
+    options = config.model.options
+    _check_upstream(label, options, provider, route_type)
+    auth = config.auth
+    if bool(auth.header_name) != bool(auth.header_value):
+        raise CompileError(f"{label}: auth needs both header_name and header_value")
+    if auth.param_name and auth.param_location not in ("query", "body"):
+        raise CompileError(f'{label}: auth.param_location must be "query" or "body"')
+    if options.max_tokens < 0:
+        raise CompileError(f"{label}: model.options.max_tokens is negative")
+    kong_options.check_target(label, options, provider)
+
+
+def _check_provider(label: str, provider: str, route_type: str) -> None:
+    """A provider this data plane serves, and a route_type it serves for that provider."""
     if provider in NOT_YET_SUPPORTED_PROVIDERS:
         raise CompileError(f'{label}: provider "{provider}" is not supported yet')
     if provider not in DEFAULT_URLS:
         supported = ", ".join(sorted(DEFAULT_URLS))
         raise CompileError(f'{label}: unknown provider "{provider}" (supported: {supported})')
-    route_type = config.route_type
     if route_type in NOT_YET_SUPPORTED_ROUTE_TYPES:
         raise CompileError(f'{label}: route_type "{route_type}" is not supported yet')
     if route_type not in SUPPORTED_ROUTE_TYPES:
@@ -484,6 +504,11 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
         raise CompileError(
             f'{label}: provider "{provider}" does not serve route_type "{route_type}"'
         )
+
+
+def _check_llm_format(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
+    """A known client format, on a provider that speaks it."""
+    provider = config.model.provider
     llm_format = config.llm_format or LLM_FORMAT_OPENAI
     if llm_format not in (
         LLM_FORMAT_OPENAI,
@@ -507,11 +532,12 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
             raise CompileError(
                 f'{label}: llm_format "{native}" needs provider "{native}", got "{provider}"'
             )
-    _check_gemini(label, config)
-    if provider == "bedrock":
-        _check_bedrock(label, config)
-    check_compatible(label, config)
-    options = config.model.options
+
+
+def _check_upstream(
+    label: str, options: snapshot_pb2.AiProxyModelOptions, provider: str, route_type: str
+) -> None:
+    """Where requests go: an http(s) upstream_url, an Azure deployment, or a known URL."""
     upstream_url = options.upstream_url
     if upstream_url:
         parts = urlsplit(upstream_url)
@@ -534,31 +560,33 @@ def _check_ai_proxy(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
             )
     elif provider not in OPENAI_COMPATIBLE_PROVIDERS and route_type not in DEFAULT_URLS[provider]:
         raise CompileError(f'{label}: provider "{provider}" needs model.options.upstream_url')
-    auth = config.auth
-    if bool(auth.header_name) != bool(auth.header_value):
-        raise CompileError(f"{label}: auth needs both header_name and header_value")
-    if auth.param_name and auth.param_location not in ("query", "body"):
-        raise CompileError(f'{label}: auth.param_location must be "query" or "body"')
-    if options.max_tokens < 0:
-        raise CompileError(f"{label}: model.options.max_tokens is negative")
-    kong_options.check_target(label, options, provider)
 
 
 def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
     """Gemini's options and Google Cloud auth: only on provider gemini, and consistent."""
-    auth, options = config.auth, config.model.options
-    gemini = options.gemini
+    auth = config.auth
     if config.model.provider != "gemini":
         if config.model.options.HasField("gemini"):
             raise CompileError(f'{label}: model.options.gemini is only for provider "gemini"')
         if auth.gcp_use_service_account or auth.gcp_service_account_json:
             raise CompileError(f'{label}: auth.gcp_* is only for provider "gemini"')
         return
+    _check_vertex(label, config.model.options.gemini, route_type=config.route_type)
+    if auth.param_name and auth.param_location != "query":
+        raise CompileError(
+            f'{label}: provider "gemini" takes its key in a header (x-goog-api-key) or the '
+            'query (param_location: "query"), not the body'
+        )
+    _check_gcp_auth(label, auth)
+
+
+def _check_vertex(label: str, gemini: snapshot_pb2.GeminiOptions, *, route_type: str) -> None:
+    """Vertex AI's project, location and endpoint: all or none, each a name."""
     if bool(gemini.project_id) != bool(gemini.location_id):
         raise CompileError(
             f"{label}: model.options.gemini needs both project_id and location_id (Vertex AI)"
         )
-    if gemini.project_id and config.route_type == ROUTE_TYPE_EMBEDDINGS:
+    if gemini.project_id and route_type == ROUTE_TYPE_EMBEDDINGS:
         raise CompileError(
             f'{label}: route_type "llm/v1/embeddings" on Vertex AI is not supported yet '
             "(the Gemini API's embedContent is)"
@@ -583,30 +611,30 @@ def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
             raise CompileError(
                 f'{label}: model.options.gemini.api_endpoint "{endpoint}" is not a host name'
             )
-    if auth.param_name and auth.param_location != "query":
-        raise CompileError(
-            f'{label}: provider "gemini" takes its key in a header (x-goog-api-key) or the '
-            'query (param_location: "query"), not the body'
-        )
+
+
+def _check_gcp_auth(label: str, auth: snapshot_pb2.AiProxyAuth) -> None:
+    """A Google Cloud service account replaces key auth; its JSON and token URL parse."""
     if auth.gcp_service_account_json and not auth.gcp_use_service_account:
         raise CompileError(
             f"{label}: auth.gcp_service_account_json needs auth.gcp_use_service_account: true"
         )
-    if auth.gcp_use_service_account:
-        if auth.header_name or auth.param_name:
-            raise CompileError(
-                f"{label}: auth.gcp_use_service_account replaces header_name/param_name auth; "
-                "set one of them"
-            )
-        if auth.gcp_service_account_json:
-            try:
-                parse_service_account(auth.gcp_service_account_json, label=label)
-            except ConfigError as exc:
-                raise CompileError(str(exc)) from None
-        if auth.gcp_oauth_token_url:
-            token_url = urlsplit(auth.gcp_oauth_token_url)
-            if token_url.scheme not in ("http", "https") or not token_url.hostname:
-                raise CompileError(f"{label}: auth.gcp_oauth_token_url is not an http(s) URL")
+    if not auth.gcp_use_service_account:
+        return
+    if auth.header_name or auth.param_name:
+        raise CompileError(
+            f"{label}: auth.gcp_use_service_account replaces header_name/param_name auth; "
+            "set one of them"
+        )
+    if auth.gcp_service_account_json:
+        try:
+            parse_service_account(auth.gcp_service_account_json, label=label)
+        except ConfigError as exc:
+            raise CompileError(str(exc)) from None
+    if auth.gcp_oauth_token_url:
+        token_url = urlsplit(auth.gcp_oauth_token_url)
+        if token_url.scheme not in ("http", "https") or not token_url.hostname:
+            raise CompileError(f"{label}: auth.gcp_oauth_token_url is not an http(s) URL")
 
 
 def _is_path_segment(value: str) -> bool:
@@ -678,6 +706,12 @@ def _check_ai_proxy_advanced(label: str, config: snapshot_pb2.AiProxyConfig) -> 
         _check_ai_proxy(target_label, _target_config(config, target))
         if target.weight < 1:
             raise CompileError(f"{target_label}: weight must be at least 1, got {target.weight}")
+    _check_algorithm(label, config)
+    _check_balancer_options(label, config.balancer)
+
+
+def _check_algorithm(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
+    """A known balancer algorithm, with what it needs of the balancer and the targets."""
     balancer = config.balancer
     algorithm = balancer.algorithm or "round-robin"
     if algorithm not in ALGORITHMS:
@@ -698,6 +732,10 @@ def _check_ai_proxy_advanced(label: str, config: snapshot_pb2.AiProxyConfig) -> 
                     f"{label} targets[{index}]: algorithm cost needs model.options.input_cost "
                     "and output_cost (decimal strings)"
                 )
+
+
+def _check_balancer_options(label: str, balancer: snapshot_pb2.AiProxyBalancer) -> None:
+    """Failover criteria, strategies and counts the balancer knows."""
     for criterion in balancer.failover_criteria:
         if criterion not in FAILOVER_CRITERIA:
             raise CompileError(

@@ -159,10 +159,7 @@ class FakeProvider:
         method: str = scope["method"]
         path: str = scope["path"]
         if path == "/_fake/requests":
-            if method == "DELETE":
-                self.requests.clear()
-            payload = orjson.dumps([asdict(request) for request in self.requests])
-            await send_response(send, 200, payload, [JSON_CONTENT_TYPE])
+            await self._recorded(send, method)
             return
 
         try:
@@ -187,14 +184,7 @@ class FakeProvider:
         if method != "POST" or endpoint is None:
             await _error(send, 404, f"Invalid URL ({method} {path})", "invalid_request_error", None)
             return
-        authorization = headers.get("authorization", "")
-        if "api-key" in headers:
-            authorization = f"Bearer {headers['api-key']}"
-        if not (
-            authorization == f"Bearer {self.api_key}"
-            if self.api_key is not None
-            else authorization.startswith("Bearer sk-")
-        ):
+        if not self._authorized(headers):
             await send_response(send, 401, orjson.dumps({"error": _BAD_KEY}), [JSON_CONTENT_TYPE])
             return
         if self.delay_s:
@@ -202,6 +192,26 @@ class FakeProvider:
         if self.status is not None:
             await _status(send, self.status)
             return
+        await self._answer(send, endpoint, body, headers)
+
+    async def _recorded(self, send: Send, method: str) -> None:
+        """``/_fake/requests``: what the fake received (``DELETE`` forgets it first)."""
+        if method == "DELETE":
+            self.requests.clear()
+        payload = orjson.dumps([asdict(request) for request in self.requests])
+        await send_response(send, 200, payload, [JSON_CONTENT_TYPE])
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        """The configured key (``Bearer`` or Azure's ``api-key``), or any ``sk-`` key."""
+        authorization = headers.get("authorization", "")
+        if "api-key" in headers:
+            authorization = f"Bearer {headers['api-key']}"
+        if self.api_key is not None:
+            return authorization == f"Bearer {self.api_key}"
+        return authorization.startswith("Bearer sk-")
+
+    async def _answer(self, send: Send, endpoint: str, body: Any, headers: dict[str, str]) -> None:
+        """An authorized POST to ``endpoint``: its answer, or the error a test forced."""
         if isinstance(body, dict) and endpoint == "/responses":
             if not isinstance(body.get("input"), (str, list)):
                 message = "Missing required parameter: 'input'."

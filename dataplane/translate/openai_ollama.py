@@ -123,15 +123,24 @@ def chat_to_ollama(body: dict[str, Any], *, model: str, stream: bool) -> dict[st
         request["options"] = options
     response_format = body.get("response_format")
     if isinstance(response_format, dict):
-        if response_format.get("type") == "json_object":
-            request["format"] = "json"
-        elif response_format.get("type") == "json_schema":
-            schema = response_format.get("json_schema")
-            if isinstance(schema, dict) and isinstance(schema.get("schema"), dict):
-                request["format"] = schema["schema"]
+        output_format = _ollama_format(response_format)
+        if output_format is not None:
+            request["format"] = output_format
     if body.get("tools"):
         request["tools"] = body["tools"]
     return request
+
+
+def _ollama_format(response_format: dict[str, Any]) -> str | dict[str, Any] | None:
+    """OpenAI's ``response_format`` as Ollama's ``format``: ``"json"`` or a JSON schema."""
+    if response_format.get("type") == "json_object":
+        return "json"
+    if response_format.get("type") == "json_schema":
+        schema = response_format.get("json_schema")
+        inner = schema.get("schema") if isinstance(schema, dict) else None
+        if isinstance(inner, dict):
+            return inner
+    return None
 
 
 def _openai_tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
