@@ -29,6 +29,7 @@ import struct
 import sys
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -623,9 +624,13 @@ class SpanEncoder:
 
 
 class _Histogram:
-    """An explicit-bucket histogram (the SDK's semantics: bucket i holds (b[i-1], b[i]])."""
+    """An explicit-bucket histogram (the SDK's semantics: bucket i holds (b[i-1], b[i]]).
 
-    __slots__ = ("bounds", "count", "counts", "max", "min", "sum")
+    Measurements are appended to ``pending`` (one list append each, by the tracing thread) and
+    folded into the buckets once per batch by ``fold``, whose loops all run in C (``map`` of a
+    bisect, ``Counter``, ``sum``, ``min``, ``max``)."""
+
+    __slots__ = ("bounds", "count", "counts", "max", "min", "pending", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -634,15 +639,23 @@ class _Histogram:
         self.sum = 0.0
         self.min = float("inf")
         self.max = float("-inf")
+        self.pending: list[float] = []
 
-    def record(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.count += 1
-        self.sum += value
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
+    def fold(self) -> None:
+        values = self.pending
+        if not values:
+            return
+        counts = self.counts
+        for index, number in Counter(map(partial(bisect_left, self.bounds), values)).items():
+            counts[index] += number
+        self.count += len(values)
+        self.sum += sum(values)
+        low, high = min(values), max(values)
+        if low < self.min:
+            self.min = low
+        if high > self.max:
+            self.max = high
+        values.clear()  # the same list: its bound append stays valid
 
 
 _METRICS: Final = (
@@ -660,9 +673,10 @@ _METRICS: Final = (
 
 class _Series:
     """The histograms of one attribute set: token usage (input, output), duration, time to
-    first token, time per output token."""
+    first token, time per output token; ``appends`` are their pending lists' ``append``s
+    in that order (what the tracing thread calls per measurement)."""
 
-    __slots__ = ("duration", "input", "output", "tpot", "ttft")
+    __slots__ = ("appends", "duration", "input", "output", "tpot", "ttft")
 
     def __init__(self) -> None:
         self.input = _Histogram(_TOKEN_BUCKETS)
@@ -670,16 +684,33 @@ class _Series:
         self.duration = _Histogram(_DURATION_BUCKETS)
         self.ttft = _Histogram(_TTFT_BUCKETS)
         self.tpot = _Histogram(_TPOT_BUCKETS)
+        self.appends = tuple(
+            h.pending.append for h in (self.input, self.output, self.duration, self.ttft, self.tpot)
+        )
+
+    def fold(self) -> None:
+        for histogram in (self.input, self.output, self.duration, self.ttft, self.tpot):
+            histogram.fold()
 
 
 class MetricAggregator:
     """The four gen_ai.* histograms, cumulative since the data plane started, keyed by their
-    attribute sets (one tuple and one dict lookup per request; no dict per measurement)."""
+    attribute sets (one tuple and one dict lookup per request; no dict per measurement).
+
+    ``add`` appends a request's measurements to its series' pending lists; ``fold`` (after
+    each batch) turns them into bucket counts."""
 
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
         # (operation, provider, request model, response model, route, error type) -> series
         self._series: dict[tuple[str, ...], _Series] = {}
+
+    def series(self, key: tuple[str, ...]) -> tuple[Callable[[float], None], ...]:
+        """The pending lists' appends of the series of ``key`` (made on first use)."""
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = _Series()
+        return found.appends
 
     def add(self, record: Sequence[Any]) -> None:
         status = record[15]
@@ -692,20 +723,23 @@ class MetricAggregator:
             record[6],
             "" if ok else (record[24] or str(status)),
         )
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series()
+        found = self._series.get(key)
+        appends = self.series(key) if found is None else found.appends
         start, end, first_byte = record[13], record[14], record[19]
-        series.duration.record((end - start) / 1e9)
+        appends[2]((end - start) / 1e9)
         input_tokens, output = gen_ai_tokens(record[16])
         if input_tokens is not None:
-            series.input.record(input_tokens)
+            appends[0](input_tokens)
         if output is not None:
-            series.output.record(output)
+            appends[1](output)
         if ok and first_byte is not None:
-            series.ttft.record((first_byte - start) / 1e9)
+            appends[3]((first_byte - start) / 1e9)
             if record[18] and output is not None and output > 1:
-                series.tpot.record((end - first_byte) / 1e9 / (output - 1))
+                appends[4]((end - first_byte) / 1e9 / (output - 1))
+
+    def fold(self) -> None:
+        for series in self._series.values():
+            series.fold()
 
     def metrics_data(self, resource: Resource, version: str) -> Any:
         """Everything so far as the SDK's ``MetricsData`` (what its metric exporters take)."""
@@ -720,6 +754,7 @@ class MetricAggregator:
         )
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+        self.fold()
         now = time.time_ns()
         metrics = []
         series_items = list(self._series.items())
@@ -962,22 +997,55 @@ class Exporter:
         return cls(traces=traces, metrics=metrics)
 
     def add(self, records: Iterable[Sequence[Any]]) -> None:
-        """Aggregate each record's metrics and encode its spans if it was sampled."""
+        """Aggregate each record's metrics and encode its spans if it was sampled: one loop,
+        the metrics' arithmetic inline (a list append per measurement, folded into buckets
+        once per batch)."""
         aggregator, encoder = self._aggregator, self._encoder
+        series = None if aggregator is None else aggregator._series
+        new_series = None if aggregator is None else aggregator.series
         spans, counts = self._spans, self._span_counts
         for record in records:
             try:
-                if aggregator is not None:
-                    aggregator.add(record)
+                if series is not None:
+                    status = record[15]
+                    ok = 200 <= status < 400
+                    key = (
+                        record[8],
+                        record[11],
+                        record[9],
+                        record[10],
+                        record[6],
+                        "" if ok else (record[24] or str(status)),
+                    )
+                    found = series.get(key)
+                    appends = new_series(key) if found is None else found.appends  # type: ignore[misc]
+                    start, end, first_byte, usage = record[13], record[14], record[19], record[16]
+                    appends[2]((end - start) / 1e9)
+                    output = None
+                    if usage is not None:
+                        # As the conventions count them (gen_ai_tokens).
+                        value, output, cached, reasoning, written = usage
+                        if value is not None:
+                            appends[0](value + (cached or 0) + (written or 0))
+                        if output is not None:
+                            output += reasoning or 0
+                            appends[1](output)
+                    if ok and first_byte is not None:
+                        appends[3]((first_byte - start) / 1e9)
+                        if record[18] and output is not None and output > 1:
+                            appends[4]((end - first_byte) / 1e9 / (output - 1))
                 if encoder is not None and record[4]:
                     spans.append(encoder.request(record))
-                    counts.append(1 + len(record[20]))
-                    self._pending_spans += counts[-1]
+                    count = 1 + len(record[20])
+                    counts.append(count)
+                    self._pending_spans += count
+                    if self._pending_spans >= self._batch_size:
+                        self.export_spans()
+                        spans, counts = self._spans, self._span_counts
             except Exception:
                 logger.exception("request %s: could not build its spans", record[5])
-            if self._pending_spans >= self._batch_size:
-                self.export_spans()
-                spans, counts = self._spans, self._span_counts
+        if aggregator is not None:
+            aggregator.fold()
 
     def tick(self) -> None:
         """Export what is due: spans older than the schedule delay, metrics each interval."""
