@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import struct
 import sys
 import time
@@ -32,6 +31,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
@@ -287,47 +287,40 @@ def _attribute(key: str, value: object) -> bytes:
 
 
 class _Prefix:
-    """Encodes attributes of one key fast: the key's bytes are encoded once, and the usual
-    lengths (a KeyValue under 128 bytes) take no varint call."""
+    """Encodes attributes of one key fast: everything but the value's own bytes is encoded
+    once, for the usual sizes (a KeyValue under 128 bytes): one concatenation per attribute."""
 
-    __slots__ = ("_head", "_int_heads", "_str_base")
+    __slots__ = ("_head", "_int2_head", "_int_head", "_str_heads")
 
     def __init__(self, key: str) -> None:
-        self._head = _field(b"\x0a", key.encode())
+        self._head = head = _field(b"\x0a", key.encode())
         # KeyValue length = head + 2 (value tag, AnyValue length) + AnyValue; for ints of one
         # and two varint bytes all but the value's bytes are fixed.
-        self._int_heads = [
-            _field(b"\x4a", self._head + b"\x12" + _SMALL[size + 1] + b"\x18" + b"\x00" * size)[
-                :-size
-            ]
-            for size in (0, 1, 2)
-        ]
-        self._str_base = len(self._head) + 2 + 2  # + string bytes (under 128)
+        self._int_head = _field(b"\x4a", head + b"\x12\x02\x18\x00")[:-1]
+        self._int2_head = _field(b"\x4a", head + b"\x12\x03\x18\x00\x00")[:-2]
+        # Strings of each size whose attribute stays under 128 bytes: (size) -> the bytes
+        # before the string's.
+        self._str_heads = [
+            b"\x4a" + _SMALL[len(head) + 4 + size] + head + b"\x12" + _SMALL[size + 2] + b"\x0a"
+            + _SMALL[size]
+            for size in range(128 - 4 - len(head))
+        ]  # fmt: skip
 
     def int(self, value: int) -> bytes:
         if 0 <= value < 16384:
             if value < 128:
-                return self._int_heads[1] + _SMALL[value]
-            return self._int_heads[2] + bytes(((value & 0x7F) | 0x80, value >> 7))
+                return self._int_head + _SMALL[value]
+            return self._int2_head + bytes(((value & 0x7F) | 0x80, value >> 7))
         encoded = _varint(value)
         kv = self._head + b"\x12" + _varint(len(encoded) + 1) + b"\x18" + encoded
         return b"\x4a" + _varint(len(kv)) + kv
 
     def str(self, value: str) -> bytes:
         data = value.encode()
+        heads = self._str_heads
         size = len(data)
-        kv_size = self._str_base + size
-        if kv_size < 128:
-            return (
-                b"\x4a"
-                + _SMALL[kv_size]
-                + self._head
-                + b"\x12"
-                + _SMALL[size + 2]
-                + b"\x0a"
-                + _SMALL[size]
-                + data
-            )
+        if size < len(heads):
+            return heads[size] + data
         any_value = b"\x0a" + _varint(size) + data
         kv = self._head + b"\x12" + _varint(len(any_value)) + any_value
         return b"\x4a" + _varint(len(kv)) + kv
@@ -366,11 +359,6 @@ _EVENT: Final = struct.Struct(
 ).pack
 _EVENT_HEAD: Final = b"\x5a" + _varint(_EVENT_SIZE)
 _EVENT_MIDDLE: Final = _EVENT_NAME + _EVENT_ATTRIBUTE
-
-
-def _ttft_event(time_unix_nano: int, ttft_s: float) -> bytes:
-    """The gen_ai.first_token event (span field 11) at ``time_unix_nano``."""
-    return _EVENT(_EVENT_HEAD, 0x09, time_unix_nano, _EVENT_MIDDLE, ttft_s)
 
 
 def _status_error(status: int, error_type: str = "") -> bytes:
@@ -508,40 +496,49 @@ class SpanEncoder:
         offset = start_ns - start_perf_ns  # perf-counter instant -> Unix nanoseconds
         head = _TRACE_ID_TAG + trace_id.to_bytes(16, "big")
         # The request span's id is drawn here: only its attempts' ids went upstream.
-        request_span_id = (span_id or random.getrandbits(64) or 1).to_bytes(8, "big")
+        request_span_id = _SPAN_ID_TAG + (span_id or getrandbits(64) or 1).to_bytes(8, "big")
         if tracestate:
             head += _field(b"\x1a", tracestate.encode())
         # Every span goes out as ScopeSpans field 2: its tag and length, then its parts; the
         # request's spans become one bytes object, joined once.
         out: list[bytes] = []
-        for attempt in attempts:
-            key = (operation, *attempt[2:5], attempt[7], attempt[0], attempt[8])
-            block = blocks.get(key)
-            if block is None:
-                block = self._block(key, partial(self._attempt_block, *key))
-            attempt_first_byte = attempt[10]
-            event = (
-                b""
-                if attempt_first_byte is None
-                else _ttft_event(
-                    attempt_first_byte + offset, (attempt_first_byte - attempt[5]) / 1e9
+        if attempts:
+            # The attempts' parent: the request span (its id, Span field 4).
+            parent = _PARENT_ID_TAG + request_span_id[2:]
+            for attempt in attempts:
+                attempt_key = (
+                    operation,
+                    attempt[2],
+                    attempt[3],
+                    attempt[4],
+                    attempt[7],
+                    attempt[0],
+                    attempt[8],
                 )
-            )
-            times = _TIMES(0x39, attempt[5] + offset, 0x41, attempt[6] + offset)
-            size = len(head) + 20 + len(times) + len(block) + len(event) + len(_FLAGS_LOCAL_PARENT)
-            out += (
-                b"\x12",
-                _varint(size),
-                head,
-                _SPAN_ID_TAG,
-                attempt[1].to_bytes(8, "big"),
-                _PARENT_ID_TAG,
-                request_span_id,
-                times,
-                block,
-                event,
-                _FLAGS_LOCAL_PARENT,
-            )
+                block = blocks.get(attempt_key)
+                if block is None:
+                    block = self._block(attempt_key, partial(self._attempt_block, *attempt_key))
+                attempt_first_byte = attempt[10]
+                spans = (
+                    head,
+                    _SPAN_ID_TAG,
+                    attempt[1].to_bytes(8, "big"),
+                    parent,
+                    _TIMES(0x39, attempt[5] + offset, 0x41, attempt[6] + offset),
+                    block,
+                    b""
+                    if attempt_first_byte is None
+                    else _EVENT(
+                        _EVENT_HEAD,
+                        0x09,
+                        attempt_first_byte + offset,
+                        _EVENT_MIDDLE,
+                        (attempt_first_byte - attempt[5]) / 1e9,
+                    ),
+                    _FLAGS_LOCAL_PARENT,
+                )
+                size = sum(map(len, spans))
+                out += (b"\x12", _SMALL[size] if size < 128 else _varint(size), *spans)
         key = (
             operation,
             request_model,
@@ -562,7 +559,6 @@ class SpanEncoder:
             block = self._block(key, partial(self._request_block, *key))
         parts = [
             head,
-            _SPAN_ID_TAG,
             request_span_id,
             _FLAGS_LOCAL_PARENT
             if parent_span_id is None
@@ -587,7 +583,7 @@ class SpanEncoder:
                 parts.append(_CACHE_WRITE_TOKENS.int(written))
             if reasoning is not None:
                 parts.append(_REASONING_TOKENS.int(reasoning))
-        if cost is not None and not isinstance(cost, str):
+        if cost is not None and type(cost) is not str:
             try:
                 priced = cost()  # the request's Metering.cost, read now
             except Exception:
@@ -604,7 +600,13 @@ class SpanEncoder:
                 parts.append(_OUTPUT_MESSAGES.str(content[1]))
         if first_byte_perf_ns is not None:
             parts.append(
-                _ttft_event(first_byte_perf_ns + offset, (first_byte_perf_ns - start_perf_ns) / 1e9)
+                _EVENT(
+                    _EVENT_HEAD,
+                    0x09,
+                    first_byte_perf_ns + offset,
+                    _EVENT_MIDDLE,
+                    (first_byte_perf_ns - start_perf_ns) / 1e9,
+                )
             )
         out += (b"\x12", _varint(sum(map(len, parts))))
         out += parts
