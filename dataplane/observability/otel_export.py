@@ -216,9 +216,23 @@ def _documents(data: bytes) -> list[Any]:
     return documents
 
 
+# Bodies and events larger than this are not parsed again for a span.
+_MAX_PARSED: Final = 4 * 1024 * 1024
+
+
 def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
     """(gen_ai.response.id, gen_ai.response.finish_reasons) of what the client got: a whole
     body (bytes) or a stream's ``ResponseTail``; ("", ()) when it has neither."""
+    if type(response) is bytes and response[:1] == b"{" and len(response) <= _MAX_PARSED:
+        # The usual whole body: one JSON object, parsed once.
+        try:
+            document = orjson.loads(response)
+        except orjson.JSONDecodeError:
+            document = None  # NDJSON, or not JSON: the general way below
+        if type(document) is dict:
+            found: list[Any] = [""]
+            _meta_of(document, found)
+            return found[0], (tuple(dict.fromkeys(found[1:])) if len(found) > 1 else ())
     if isinstance(response, (bytes, bytearray, memoryview)):
         chunks: list[bytes] = [bytes(response).strip()]
     else:
@@ -226,9 +240,9 @@ def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
         if not first:
             return "", ()
         chunks = [first, *getattr(response, "last", ())]
-    found: list[Any] = [""]
+    found = [""]
     for chunk in chunks:
-        if len(chunk) > 4 * 1024 * 1024:
+        if len(chunk) > _MAX_PARSED:
             continue  # not parsed again for a span
         for document in _documents(chunk):
             _meta_of(document, found)
