@@ -82,6 +82,9 @@ def signals_configured(environ: Mapping[str, str] | None = None) -> tuple[bool, 
 
 # The conventions' advised histogram boundaries.
 _TOKEN_BUCKETS: Final = tuple(float(4**n) for n in range(14))
+# The same bounds as ints, searched for token counts (ints): an int compared with an int is
+# cheaper than with a float, and these bounds are exact either way.
+_TOKEN_SEARCH: Final = tuple(4**n for n in range(14))
 _DURATION_BUCKETS: Final = tuple(0.01 * 2**n for n in range(14))
 _TTFT_BUCKETS: Final = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -646,10 +649,12 @@ class _Histogram:
     folded into the buckets once per batch by ``fold``, whose loops all run in C (``map`` of a
     bisect, ``Counter``, ``sum``, ``min``, ``max``)."""
 
-    __slots__ = ("bounds", "count", "counts", "max", "min", "pending", "sum")
+    __slots__ = ("bounds", "count", "counts", "max", "min", "pending", "search", "sum")
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
+    def __init__(self, bounds: tuple[float, ...], search: tuple[float, ...] = ()) -> None:
         self.bounds = bounds
+        # What measurements are bisected against: ``bounds``, or equal values of their type.
+        self.search = search or bounds
         self.counts = [0] * (len(bounds) + 1)
         self.count = 0
         self.sum = 0.0
@@ -662,7 +667,7 @@ class _Histogram:
         if not values:
             return
         counts = self.counts
-        for index, number in Counter(map(partial(bisect_left, self.bounds), values)).items():
+        for index, number in Counter(map(partial(bisect_left, self.search), values)).items():
             counts[index] += number
         self.count += len(values)
         self.sum += sum(values)
@@ -695,8 +700,8 @@ class _Series:
     __slots__ = ("appends", "duration", "input", "output", "tpot", "ttft")
 
     def __init__(self) -> None:
-        self.input = _Histogram(_TOKEN_BUCKETS)
-        self.output = _Histogram(_TOKEN_BUCKETS)
+        self.input = _Histogram(_TOKEN_BUCKETS, _TOKEN_SEARCH)
+        self.output = _Histogram(_TOKEN_BUCKETS, _TOKEN_SEARCH)
         self.duration = _Histogram(_DURATION_BUCKETS)
         self.ttft = _Histogram(_TTFT_BUCKETS)
         self.tpot = _Histogram(_TPOT_BUCKETS)

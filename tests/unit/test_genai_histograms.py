@@ -9,15 +9,18 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
-from dataplane.observability.otel_export import _DURATION_BUCKETS, _Histogram
+from dataplane.observability.otel_export import (
+    _DURATION_BUCKETS,
+    _TOKEN_BUCKETS,
+    _TOKEN_SEARCH,
+    _Histogram,
+)
 
 
-def _sdk_point(values: list[float]) -> Any:
+def _sdk_point(values: list[float], bounds: tuple[float, ...] = _DURATION_BUCKETS) -> Any:
     """The SDK's own histogram data point for ``values``."""
     reader = InMemoryMetricReader()
-    view = View(
-        instrument_name="d", aggregation=ExplicitBucketHistogramAggregation(_DURATION_BUCKETS)
-    )
+    view = View(instrument_name="d", aggregation=ExplicitBucketHistogramAggregation(bounds))
     provider = MeterProvider(metric_readers=[reader], views=[view])
     histogram = provider.get_meter("t").create_histogram("d")
     for value in values:
@@ -47,3 +50,13 @@ def test_folded_batches_equal_the_sdks_histogram() -> None:
     assert histogram.sum == sum(first + second)
     assert (histogram.min, histogram.max) == (0.005, 1000.0)
     assert histogram.pending == []
+
+
+def test_token_counts_fall_in_the_sdks_buckets() -> None:
+    tokens = [0, 1, 2, 4, 5, 16, 17, 4096, 4097, 4**13, 4**13 + 1]  # bounds, and just above
+    histogram = _Histogram(_TOKEN_BUCKETS, _TOKEN_SEARCH)
+    histogram.pending.extend(tokens)
+    histogram.fold()
+    point = _sdk_point([float(n) for n in tokens], _TOKEN_BUCKETS)
+    assert histogram.counts == list(point.bucket_counts)
+    assert histogram.sum == point.sum == sum(tokens)
