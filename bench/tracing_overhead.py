@@ -131,6 +131,7 @@ def traced(otlp: str, sampler: str, ratio: str = "") -> Tracing:
 async def one(gateway: Gateway) -> int:
     scope = {
         "type": "http",
+        "scheme": "http",
         "method": "POST",
         "path": "/chat/chat/completions",
         "raw_path": b"/chat/chat/completions",

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import struct
 import sys
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
@@ -81,6 +82,9 @@ def signals_configured(environ: Mapping[str, str] | None = None) -> tuple[bool, 
 
 # The conventions' advised histogram boundaries.
 _TOKEN_BUCKETS: Final = tuple(float(4**n) for n in range(14))
+# The same bounds as ints, searched for token counts (ints): an int compared with an int is
+# cheaper than with a float, and these bounds are exact either way.
+_TOKEN_SEARCH: Final = tuple(4**n for n in range(14))
 _DURATION_BUCKETS: Final = tuple(0.01 * 2**n for n in range(14))
 _TTFT_BUCKETS: Final = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -215,9 +219,23 @@ def _documents(data: bytes) -> list[Any]:
     return documents
 
 
+# Bodies and events larger than this are not parsed again for a span.
+_MAX_PARSED: Final = 4 * 1024 * 1024
+
+
 def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
     """(gen_ai.response.id, gen_ai.response.finish_reasons) of what the client got: a whole
     body (bytes) or a stream's ``ResponseTail``; ("", ()) when it has neither."""
+    if type(response) is bytes and response[:1] == b"{" and len(response) <= _MAX_PARSED:
+        # The usual whole body: one JSON object, parsed once.
+        try:
+            document = orjson.loads(response)
+        except orjson.JSONDecodeError:
+            document = None  # NDJSON, or not JSON: the general way below
+        if type(document) is dict:
+            found: list[Any] = [""]
+            _meta_of(document, found)
+            return found[0], (tuple(dict.fromkeys(found[1:])) if len(found) > 1 else ())
     if isinstance(response, (bytes, bytearray, memoryview)):
         chunks: list[bytes] = [bytes(response).strip()]
     else:
@@ -225,9 +243,9 @@ def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
         if not first:
             return "", ()
         chunks = [first, *getattr(response, "last", ())]
-    found: list[Any] = [""]
+    found = [""]
     for chunk in chunks:
-        if len(chunk) > 4 * 1024 * 1024:
+        if len(chunk) > _MAX_PARSED:
             continue  # not parsed again for a span
         for document in _documents(chunk):
             _meta_of(document, found)
@@ -286,47 +304,40 @@ def _attribute(key: str, value: object) -> bytes:
 
 
 class _Prefix:
-    """Encodes attributes of one key fast: the key's bytes are encoded once, and the usual
-    lengths (a KeyValue under 128 bytes) take no varint call."""
+    """Encodes attributes of one key fast: everything but the value's own bytes is encoded
+    once, for the usual sizes (a KeyValue under 128 bytes): one concatenation per attribute."""
 
-    __slots__ = ("_head", "_int_heads", "_str_base")
+    __slots__ = ("_head", "_int2_head", "_int_head", "_str_heads")
 
     def __init__(self, key: str) -> None:
-        self._head = _field(b"\x0a", key.encode())
+        self._head = head = _field(b"\x0a", key.encode())
         # KeyValue length = head + 2 (value tag, AnyValue length) + AnyValue; for ints of one
         # and two varint bytes all but the value's bytes are fixed.
-        self._int_heads = [
-            _field(b"\x4a", self._head + b"\x12" + _SMALL[size + 1] + b"\x18" + b"\x00" * size)[
-                :-size
-            ]
-            for size in (0, 1, 2)
-        ]
-        self._str_base = len(self._head) + 2 + 2  # + string bytes (under 128)
+        self._int_head = _field(b"\x4a", head + b"\x12\x02\x18\x00")[:-1]
+        self._int2_head = _field(b"\x4a", head + b"\x12\x03\x18\x00\x00")[:-2]
+        # Strings of each size whose attribute stays under 128 bytes: (size) -> the bytes
+        # before the string's.
+        self._str_heads = [
+            b"\x4a" + _SMALL[len(head) + 4 + size] + head + b"\x12" + _SMALL[size + 2] + b"\x0a"
+            + _SMALL[size]
+            for size in range(128 - 4 - len(head))
+        ]  # fmt: skip
 
     def int(self, value: int) -> bytes:
         if 0 <= value < 16384:
             if value < 128:
-                return self._int_heads[1] + _SMALL[value]
-            return self._int_heads[2] + bytes(((value & 0x7F) | 0x80, value >> 7))
+                return self._int_head + _SMALL[value]
+            return self._int2_head + bytes(((value & 0x7F) | 0x80, value >> 7))
         encoded = _varint(value)
         kv = self._head + b"\x12" + _varint(len(encoded) + 1) + b"\x18" + encoded
         return b"\x4a" + _varint(len(kv)) + kv
 
     def str(self, value: str) -> bytes:
         data = value.encode()
+        heads = self._str_heads
         size = len(data)
-        kv_size = self._str_base + size
-        if kv_size < 128:
-            return (
-                b"\x4a"
-                + _SMALL[kv_size]
-                + self._head
-                + b"\x12"
-                + _SMALL[size + 2]
-                + b"\x0a"
-                + _SMALL[size]
-                + data
-            )
+        if size < len(heads):
+            return heads[size] + data
         any_value = b"\x0a" + _varint(size) + data
         kv = self._head + b"\x12" + _varint(len(any_value)) + any_value
         return b"\x4a" + _varint(len(kv)) + kv
@@ -367,11 +378,6 @@ _EVENT_HEAD: Final = b"\x5a" + _varint(_EVENT_SIZE)
 _EVENT_MIDDLE: Final = _EVENT_NAME + _EVENT_ATTRIBUTE
 
 
-def _ttft_event(time_unix_nano: int, ttft_s: float) -> bytes:
-    """The gen_ai.first_token event (span field 11) at ``time_unix_nano``."""
-    return _EVENT(_EVENT_HEAD, 0x09, time_unix_nano, _EVENT_MIDDLE, ttft_s)
-
-
 def _status_error(status: int, error_type: str = "") -> bytes:
     message = (f"HTTP {status} {error_type}" if error_type else f"HTTP {status}").encode()
     body = _field(b"\x12", message) + b"\x18\x02"  # STATUS_CODE_ERROR
@@ -392,6 +398,21 @@ def _append_usage(parts: list[bytes], usage: Sequence[int | None]) -> None:
         parts.append(_CACHE_WRITE_TOKENS.int(written))
     if reasoning is not None:
         parts.append(_REASONING_TOKENS.int(reasoning))
+
+
+def _append_cost(parts: list[bytes], cost: Any, request_id: str) -> None:
+    """The request's cost: a decimal string, or the request's Metering.cost read now."""
+    if type(cost) is not str:
+        try:
+            priced = cost()
+        except Exception:
+            logger.exception("request %s: could not price it", request_id)
+            return
+        if priced is None:
+            return
+        cost = f"{priced:f}"
+    # A decimal string (priced by the data plane): money is never a float here either.
+    parts.append(_COST.str(cost))
 
 
 class SpanEncoder:
@@ -523,40 +544,49 @@ class SpanEncoder:
         offset = start_ns - start_perf_ns  # perf-counter instant -> Unix nanoseconds
         head = _TRACE_ID_TAG + trace_id.to_bytes(16, "big")
         # The request span's id is drawn here: only its attempts' ids went upstream.
-        request_span_id = (span_id or random.getrandbits(64) or 1).to_bytes(8, "big")
+        request_span_id = _SPAN_ID_TAG + (span_id or getrandbits(64) or 1).to_bytes(8, "big")
         if tracestate:
             head += _field(b"\x1a", tracestate.encode())
         # Every span goes out as ScopeSpans field 2: its tag and length, then its parts; the
         # request's spans become one bytes object, joined once.
         out: list[bytes] = []
-        for attempt in attempts:
-            key = (operation, *attempt[2:5], attempt[7], attempt[0], attempt[8])
-            block = blocks.get(key)
-            if block is None:
-                block = self._block(key, partial(self._attempt_block, *key))
-            attempt_first_byte = attempt[10]
-            event = (
-                b""
-                if attempt_first_byte is None
-                else _ttft_event(
-                    attempt_first_byte + offset, (attempt_first_byte - attempt[5]) / 1e9
+        if attempts:
+            # The attempts' parent: the request span (its id, Span field 4).
+            parent = _PARENT_ID_TAG + request_span_id[2:]
+            for attempt in attempts:
+                attempt_key = (
+                    operation,
+                    attempt[2],
+                    attempt[3],
+                    attempt[4],
+                    attempt[7],
+                    attempt[0],
+                    attempt[8],
                 )
-            )
-            times = _TIMES(0x39, attempt[5] + offset, 0x41, attempt[6] + offset)
-            size = len(head) + 20 + len(times) + len(block) + len(event) + len(_FLAGS_LOCAL_PARENT)
-            out += (
-                b"\x12",
-                _varint(size),
-                head,
-                _SPAN_ID_TAG,
-                attempt[1].to_bytes(8, "big"),
-                _PARENT_ID_TAG,
-                request_span_id,
-                times,
-                block,
-                event,
-                _FLAGS_LOCAL_PARENT,
-            )
+                block = blocks.get(attempt_key)
+                if block is None:
+                    block = self._block(attempt_key, partial(self._attempt_block, *attempt_key))
+                attempt_first_byte = attempt[10]
+                spans = (
+                    head,
+                    _SPAN_ID_TAG,
+                    attempt[1].to_bytes(8, "big"),
+                    parent,
+                    _TIMES(0x39, attempt[5] + offset, 0x41, attempt[6] + offset),
+                    block,
+                    b""
+                    if attempt_first_byte is None
+                    else _EVENT(
+                        _EVENT_HEAD,
+                        0x09,
+                        attempt_first_byte + offset,
+                        _EVENT_MIDDLE,
+                        (attempt_first_byte - attempt[5]) / 1e9,
+                    ),
+                    _FLAGS_LOCAL_PARENT,
+                )
+                size = sum(map(len, spans))
+                out += (b"\x12", _SMALL[size] if size < 128 else _varint(size), *spans)
         key = (
             operation,
             request_model,
@@ -577,7 +607,6 @@ class SpanEncoder:
             block = self._block(key, partial(self._request_block, *key))
         parts = [
             head,
-            _SPAN_ID_TAG,
             request_span_id,
             _FLAGS_LOCAL_PARENT
             if parent_span_id is None
@@ -590,16 +619,8 @@ class SpanEncoder:
             parts.append(_RESPONSE_ID.str(response_id))
         if usage is not None:
             _append_usage(parts, usage)
-        if cost is not None and not isinstance(cost, str):
-            try:
-                priced = cost()  # the request's Metering.cost, read now
-            except Exception:
-                logger.exception("request %s: could not price it", request_id)
-                priced = None
-            cost = None if priced is None else f"{priced:f}"
         if cost is not None:
-            # A decimal string (priced by the data plane): money is never a float here either.
-            parts.append(_COST.str(cost))
+            _append_cost(parts, cost, request_id)
         if content is not None:
             if content[0] is not None:
                 parts.append(_INPUT_MESSAGES.str(content[0]))
@@ -607,7 +628,13 @@ class SpanEncoder:
                 parts.append(_OUTPUT_MESSAGES.str(content[1]))
         if first_byte_perf_ns is not None:
             parts.append(
-                _ttft_event(first_byte_perf_ns + offset, (first_byte_perf_ns - start_perf_ns) / 1e9)
+                _EVENT(
+                    _EVENT_HEAD,
+                    0x09,
+                    first_byte_perf_ns + offset,
+                    _EVENT_MIDDLE,
+                    (first_byte_perf_ns - start_perf_ns) / 1e9,
+                )
             )
         out += (b"\x12", _varint(sum(map(len, parts))))
         out += parts
@@ -627,26 +654,40 @@ class SpanEncoder:
 
 
 class _Histogram:
-    """An explicit-bucket histogram (the SDK's semantics: bucket i holds (b[i-1], b[i]])."""
+    """An explicit-bucket histogram (the SDK's semantics: bucket i holds (b[i-1], b[i]]).
 
-    __slots__ = ("bounds", "count", "counts", "max", "min", "sum")
+    Measurements are appended to ``pending`` (one list append each, by the tracing thread) and
+    folded into the buckets once per batch by ``fold``, whose loops all run in C (``map`` of a
+    bisect, ``Counter``, ``sum``, ``min``, ``max``)."""
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
+    __slots__ = ("bounds", "count", "counts", "max", "min", "pending", "search", "sum")
+
+    def __init__(self, bounds: tuple[float, ...], search: tuple[float, ...] = ()) -> None:
         self.bounds = bounds
+        # What measurements are bisected against: ``bounds``, or equal values of their type.
+        self.search = search or bounds
         self.counts = [0] * (len(bounds) + 1)
         self.count = 0
         self.sum = 0.0
         self.min = float("inf")
         self.max = float("-inf")
+        self.pending: list[float] = []
 
-    def record(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.count += 1
-        self.sum += value
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
+    def fold(self) -> None:
+        values = self.pending
+        if not values:
+            return
+        counts = self.counts
+        for index, number in Counter(map(partial(bisect_left, self.search), values)).items():
+            counts[index] += number
+        self.count += len(values)
+        self.sum += sum(values)
+        low, high = min(values), max(values)
+        if low < self.min:
+            self.min = low
+        if high > self.max:
+            self.max = high
+        values.clear()  # the same list: its bound append stays valid
 
 
 _METRICS: Final = (
@@ -664,26 +705,44 @@ _METRICS: Final = (
 
 class _Series:
     """The histograms of one attribute set: token usage (input, output), duration, time to
-    first token, time per output token."""
+    first token, time per output token; ``appends`` are their pending lists' ``append``s
+    in that order (what the tracing thread calls per measurement)."""
 
-    __slots__ = ("duration", "input", "output", "tpot", "ttft")
+    __slots__ = ("appends", "duration", "input", "output", "tpot", "ttft")
 
     def __init__(self) -> None:
-        self.input = _Histogram(_TOKEN_BUCKETS)
-        self.output = _Histogram(_TOKEN_BUCKETS)
+        self.input = _Histogram(_TOKEN_BUCKETS, _TOKEN_SEARCH)
+        self.output = _Histogram(_TOKEN_BUCKETS, _TOKEN_SEARCH)
         self.duration = _Histogram(_DURATION_BUCKETS)
         self.ttft = _Histogram(_TTFT_BUCKETS)
         self.tpot = _Histogram(_TPOT_BUCKETS)
+        self.appends = tuple(
+            h.pending.append for h in (self.input, self.output, self.duration, self.ttft, self.tpot)
+        )
+
+    def fold(self) -> None:
+        for histogram in (self.input, self.output, self.duration, self.ttft, self.tpot):
+            histogram.fold()
 
 
 class MetricAggregator:
     """The four gen_ai.* histograms, cumulative since the data plane started, keyed by their
-    attribute sets (one tuple and one dict lookup per request; no dict per measurement)."""
+    attribute sets (one tuple and one dict lookup per request; no dict per measurement).
+
+    ``add`` appends a request's measurements to its series' pending lists; ``fold`` (after
+    each batch) turns them into bucket counts."""
 
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
         # (operation, provider, request model, response model, route, error type) -> series
         self._series: dict[tuple[str, ...], _Series] = {}
+
+    def series(self, key: tuple[str, ...]) -> tuple[Callable[[float], None], ...]:
+        """The pending lists' appends of the series of ``key`` (made on first use)."""
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = _Series()
+        return found.appends
 
     def add(self, record: Sequence[Any]) -> None:
         status = record[15]
@@ -696,20 +755,23 @@ class MetricAggregator:
             record[6],
             "" if ok else (record[24] or str(status)),
         )
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series()
+        found = self._series.get(key)
+        appends = self.series(key) if found is None else found.appends
         start, end, first_byte = record[13], record[14], record[19]
-        series.duration.record((end - start) / 1e9)
+        appends[2]((end - start) / 1e9)
         input_tokens, output = gen_ai_tokens(record[16])
         if input_tokens is not None:
-            series.input.record(input_tokens)
+            appends[0](input_tokens)
         if output is not None:
-            series.output.record(output)
+            appends[1](output)
         if ok and first_byte is not None:
-            series.ttft.record((first_byte - start) / 1e9)
+            appends[3]((first_byte - start) / 1e9)
             if record[18] and output is not None and output > 1:
-                series.tpot.record((end - first_byte) / 1e9 / (output - 1))
+                appends[4]((end - first_byte) / 1e9 / (output - 1))
+
+    def fold(self) -> None:
+        for series in self._series.values():
+            series.fold()
 
     def metrics_data(self, resource: Resource, version: str) -> Any:
         """Everything so far as the SDK's ``MetricsData`` (what its metric exporters take)."""
@@ -724,6 +786,7 @@ class MetricAggregator:
         )
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+        self.fold()
         now = time.time_ns()
         metrics = []
         series_items = list(self._series.items())
@@ -966,22 +1029,55 @@ class Exporter:
         return cls(traces=traces, metrics=metrics)
 
     def add(self, records: Iterable[Sequence[Any]]) -> None:
-        """Aggregate each record's metrics and encode its spans if it was sampled."""
+        """Aggregate each record's metrics and encode its spans if it was sampled: one loop,
+        the metrics' arithmetic inline (a list append per measurement, folded into buckets
+        once per batch)."""
         aggregator, encoder = self._aggregator, self._encoder
+        series = None if aggregator is None else aggregator._series
+        new_series = None if aggregator is None else aggregator.series
         spans, counts = self._spans, self._span_counts
         for record in records:
             try:
-                if aggregator is not None:
-                    aggregator.add(record)
+                if series is not None:
+                    status = record[15]
+                    ok = 200 <= status < 400
+                    key = (
+                        record[8],
+                        record[11],
+                        record[9],
+                        record[10],
+                        record[6],
+                        "" if ok else (record[24] or str(status)),
+                    )
+                    found = series.get(key)
+                    appends = new_series(key) if found is None else found.appends  # type: ignore[misc]
+                    start, end, first_byte, usage = record[13], record[14], record[19], record[16]
+                    appends[2]((end - start) / 1e9)
+                    output = None
+                    if usage is not None:
+                        # As the conventions count them (gen_ai_tokens).
+                        value, output, cached, reasoning, written = usage
+                        if value is not None:
+                            appends[0](value + (cached or 0) + (written or 0))
+                        if output is not None:
+                            output += reasoning or 0
+                            appends[1](output)
+                    if ok and first_byte is not None:
+                        appends[3]((first_byte - start) / 1e9)
+                        if record[18] and output is not None and output > 1:
+                            appends[4]((end - first_byte) / 1e9 / (output - 1))
                 if encoder is not None and record[4]:
                     spans.append(encoder.request(record))
-                    counts.append(1 + len(record[20]))
-                    self._pending_spans += counts[-1]
+                    count = 1 + len(record[20])
+                    counts.append(count)
+                    self._pending_spans += count
+                    if self._pending_spans >= self._batch_size:
+                        self.export_spans()
+                        spans, counts = self._spans, self._span_counts
             except Exception:
                 logger.exception("request %s: could not build its spans", record[5])
-            if self._pending_spans >= self._batch_size:
-                self.export_spans()
-                spans, counts = self._spans, self._span_counts
+        if aggregator is not None:
+            aggregator.fold()
 
     def tick(self) -> None:
         """Export what is due: spans older than the schedule delay, metrics each interval."""

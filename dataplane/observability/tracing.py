@@ -31,6 +31,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
+from random import getrandbits
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -218,8 +220,8 @@ class RequestTrace:
         naming the next attempt span as parent; that attempt's clock starts now."""
         if self._client_headers:
             headers[:] = [h for h in headers if h[0] not in (b"traceparent", b"tracestate")]
-        self._attempt_span_id = span_id = random.getrandbits(64) or 1
-        self._attempt_start = time.perf_counter_ns()
+        self._attempt_span_id = span_id = getrandbits(64) or 1
+        self._attempt_start = perf_counter_ns()
         headers.append(
             (
                 b"traceparent",

@@ -1,0 +1,166 @@
+"""What each piece of data-plane tracing costs, one piece at a time (no gateway, no sockets).
+
+    python bench/tracing_parts.py PIECE [--calls 2000]               # CPU time per call
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=builtin_eval \\
+        python bench/tracing_parts.py PIECE --calls 2000               # instructions: total / calls
+
+PIECE is one of
+- ``path``: what the request path does for a sampled request (``Tracing.begin``, the
+  ``traceparent`` of one attempt, ``RequestTrace.ended`` with a non-streamed answer);
+- ``metrics``: the tracing thread's GenAI metrics of one request (``Exporter.add`` of records
+  whose spans are not encoded), the per-batch fold included;
+- ``encode``: one sampled request's two spans to OTLP bytes (its response id already read);
+- ``meta``: reading the response id and finish reasons of a whole chat completion body.
+
+The records are the ones ``bench/tracing_overhead.py`` produces (a non-streamed OpenAI chat
+completion with one attempt). Only the timed calls run inside ``eval`` (callgrind's toggle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
+
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON  # noqa: E402
+
+from dataplane.observability import otel_export, tracing  # noqa: E402
+from dataplane.usage.tokens import TokenUsage  # noqa: E402
+
+BODY = (
+    b'{"id":"chatcmpl-8605ae683b25484cacf0af4c","object":"chat.completion","created":1796667467,'
+    b'"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":'
+    b'"fake reply: hello bench","refusal":null},"logprobs":null,"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":5,"completion_tokens":4,"total_tokens":9,"prompt_tokens_details":'
+    b'{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,'
+    b'"audio_tokens":0}},"service_tier":"default","system_fingerprint":"fp_fake"}'
+)
+HEADERS = [
+    (b"host", b"bench"),
+    (b"authorization", b"Bearer sk-bench-0001"),
+    (b"content-type", b"application/json"),
+]
+DOCUMENT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello bench"}]}
+
+
+class _Discard:
+    """An exporter that keeps nothing (the ``path`` piece measures the request path only)."""
+
+    def add(self, batch: Any) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _record(tracer: tracing.Tracing) -> tuple[Any, ...]:
+    """One finished request's record, as the request path makes it."""
+    trace = _request(tracer)
+    (record,) = tracer._pending
+    tracer._pending.clear()
+    assert trace.recorded
+    return record
+
+
+def _request(tracer: tracing.Tracing) -> tracing.RequestTrace:
+    now = time.perf_counter_ns()
+    trace = tracer.begin(
+        HEADERS,
+        request_id="01a251b9e7929fb48954fb1a1d75744b",
+        route="chat",
+        consumer="acme",
+        name="chat",
+        start_ns=time.time_ns(),
+        start_perf_ns=now,
+    )
+    trace.upstream_headers(list(HEADERS))
+    trace.response = BODY
+    trace.ended(
+        attempt=1,
+        provider="openai",
+        model="gpt-4o-mini",
+        origin="http://127.0.0.1:8080",
+        status=200,
+        failed_over=False,
+        now_perf_ns=now + 2_000_000,
+        upstream_perf_ns=now + 100_000,
+        first_byte_perf_ns=now + 1_900_000,
+        response_model="gpt-4o-mini",
+        usage=TokenUsage(
+            input_tokens=5, output_tokens=4, cached_input_tokens=0, reasoning_tokens=0
+        ),
+        estimated=False,
+        stream=False,
+        operation=tracing.operation_name("llm/v1/chat"),
+        request_model="gpt-4o-mini",
+        document=DOCUMENT,
+        capture=False,
+        output_text=None,
+    )
+    return trace
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("piece", choices=("path", "metrics", "encode", "meta"))
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args()
+    tracer = tracing.Tracing(sampler=ALWAYS_ON, exporter=_Discard())  # type: ignore[arg-type]
+    record = _record(tracer)
+    calls = args.calls
+    if args.piece == "path":
+
+        def piece() -> None:
+            _request(tracer)
+            tracer._pending.clear()
+
+    elif args.piece == "metrics":
+        exporter = otel_export.Exporter(traces=False, metrics=True)
+        batch = [record] * 100  # a drained batch
+        calls = max(calls // 100, 1) * 100
+
+        def piece() -> None:
+            exporter.add(batch)
+
+    elif args.piece == "encode":
+        encoder = otel_export.SpanEncoder(otel_export.otel_resource("bench"), "0")
+        read = list(record)
+        read[22], read[23] = otel_export.response_meta(BODY)
+        read[26] = None  # not priced here (the metering's own cost)
+        encoded = tuple(read)
+
+        def piece() -> None:
+            encoder.request(encoded)
+
+    else:
+
+        def piece() -> None:
+            otel_export.response_meta(BODY)
+
+    rounds = calls // 100 if args.piece == "metrics" else calls
+    for _ in range(min(rounds, 50)):
+        piece()  # warm: caches, specialised bytecode
+
+    def timed() -> None:
+        for _ in range(rounds):
+            piece()
+
+    start = time.process_time()
+    eval("timed()", {"timed": timed})  # the callgrind toggle
+    print(f"{args.piece}: {(time.process_time() - start) / calls * 1e6:.2f} us CPU per request")
+    tracer.shutdown()
+
+
+if __name__ == "__main__":
+    main()
