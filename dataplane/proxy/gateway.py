@@ -819,11 +819,11 @@ class _Exchange:
                     # Closed, not drained: a failed target's connection is not worth keeping.
                     response.close()
                     return False
-            out_headers: Headers = []
-            for name, value in response.raw_headers:
-                name = name.lower()
-                if name not in _DROPPED_RESPONSE_HEADERS:
-                    out_headers.append((name, value))
+            out_headers: Headers = [
+                (lowered, value)
+                for name, value in response.raw_headers
+                if (lowered := name.lower()) not in _DROPPED_RESPONSE_HEADERS
+            ]
             out_headers.append(id_header)
             model_header = kong_options.model_header(self.policy, prepared.model)
             if model_header is not None:
