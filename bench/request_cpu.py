@@ -227,6 +227,11 @@ def worker(args: argparse.Namespace) -> None:
     gateway = m["Gateway"](node_id="bench", usage_sink=events.append, metrics=metrics)
     gateway.apply(m["compile_snapshot"](_snapshot(m, upstream), version="v1"))
     app = m["Observability"](gateway, metrics=metrics, ready=lambda: True)
+    # The data plane's own GC tuning (freeze what start-up made, higher thresholds), as
+    # `python -m dataplane` does before serving: without it collections dominate the figures.
+    tune_gc = getattr(importlib.import_module("dataplane.cli"), "_tune_gc", None)
+    if tune_gc is not None:
+        tune_gc()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     results: dict[str, float] = {}
