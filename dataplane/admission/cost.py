@@ -191,9 +191,12 @@ class Metering:
 
     def head(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The cost headers to add to a response head with ``headers``."""
-        self.stream = any(
-            name == b"content-type" and _EVENT_STREAM in value for name, value in headers
-        )
+        stream = False
+        for name, value in headers:  # a loop, not any(<generator>): on every response head
+            if name == b"content-type" and _EVENT_STREAM in value:
+                stream = True
+                break
+        self.stream = stream
         if self.stream:
             # Usage is not known yet: only what was left when the request started.
             tokens, money = self.enforcer.remaining(

@@ -40,12 +40,14 @@ class SseSplitter:
 
 def event_data(event: bytes) -> bytes | None:
     """Return the joined ``data:`` lines of one event, or None if it has none."""
-    if event[:5] == b"data:" and b"\r" not in event:
-        # The common shape, one data line ("data: {...}\n\n"), without splitting lines.
+    if event.startswith(b"data:") and b"\r" not in event:
+        # The common shape, one data line ("data: {...}\n\n"), without splitting lines, and
+        # sliced once: this runs on every event of every stream.
         newline = event.find(b"\n")
-        if newline == -1 or event[newline:] in (b"\n", b"\n\n"):
-            value = event[5:newline] if newline != -1 else event[5:]
-            return value[1:] if value[:1] == b" " else value
+        tail = len(event) - newline
+        if newline == -1 or tail == 1 or (tail == 2 and event.endswith(b"\n")):
+            start = 6 if event.startswith(b" ", 5) else 5
+            return event[start:newline] if newline != -1 else event[start:]
     parts: list[bytes] = []
     for line in event.splitlines():
         if line.startswith(b"data:"):

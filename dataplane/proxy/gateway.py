@@ -819,11 +819,11 @@ class _Exchange:
                     # Closed, not drained: a failed target's connection is not worth keeping.
                     response.close()
                     return False
-            out_headers: Headers = []
-            for name, value in response.raw_headers:
-                name = name.lower()
-                if name not in _DROPPED_RESPONSE_HEADERS:
-                    out_headers.append((name, value))
+            out_headers: Headers = [
+                (lowered, value)
+                for name, value in response.raw_headers
+                if (lowered := name.lower()) not in _DROPPED_RESPONSE_HEADERS
+            ]
             out_headers.append(id_header)
             model_header = kong_options.model_header(self.policy, prepared.model)
             if model_header is not None:
@@ -1022,6 +1022,7 @@ class _Exchange:
             relay = self.trace.tail(relay)  # sampled: keeps the ends for the span
         if self.policy.log_payloads:
             relay = PayloadTap(relay)  # what the client gets, capped, for the log
+        feed = relay.feed
         status = response.status
         disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
         cut_short = False
@@ -1039,7 +1040,12 @@ class _Exchange:
                         events = splitter.feed(chunk)
                         if not events:
                             continue
-                        out = b"".join([relay.feed(event) for event in events])
+                        # One event per network chunk is the common case: no list, no join.
+                        out = (
+                            feed(events[0])
+                            if len(events) == 1
+                            else b"".join([feed(event) for event in events])
+                        )
                         if out:
                             if self.first_byte_ns is None:
                                 self.first_byte_ns = time.perf_counter_ns()

@@ -310,10 +310,12 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
     """
     if not isinstance(usage, dict):
         return None
-    if malformed(usage, _COUNT_KEYS) or any(
-        isinstance(usage.get(key), dict) and malformed(usage[key], _DETAIL_KEYS) for key in _DETAILS
-    ):
+    if malformed(usage, _COUNT_KEYS):
         return None  # not trusted: estimated and marked instead (usage.tokens.malformed)
+    for key in _DETAILS:  # a loop, not any(<generator>): this runs on every response
+        details = usage.get(key)
+        if isinstance(details, dict) and malformed(details, _DETAIL_KEYS):
+            return None
     if "prompt_tokens" in usage or "completion_tokens" in usage:
         prompt = count(usage.get("prompt_tokens"))
         completion = count(usage.get("completion_tokens"))
