@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -13,6 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 from sqlalchemy import create_engine, make_url, text
+
+from support.databases import copy_sqlite_at_head
 
 # Property tests run beside processes of their own on 2 cores: a per-example deadline measures
 # the machine's load, not the code (examples that took >200 ms under load failed at random).
@@ -58,24 +59,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 # Migrating from an empty database costs ~0.6 s on SQLite and ~1.2 s on PostgreSQL (Alembic runs
 # every revision); hundreds of tests start from a database at head. Each test worker migrates one
-# template per backend, once, and `migrated_db_url` copies it: the SQLite file, or PostgreSQL's
-# schema as pg_dump writes it (DDL only, plus alembic_version's row). The copy is the same schema
-# the migrations make; tests of the migrations themselves keep using the empty `db_url`.
+# template per backend, once, and `migrated_db_url` copies it: the SQLite file
+# (support/databases.py), or PostgreSQL's schema as pg_dump writes it (DDL, plus the
+# alembic_version row). The copy is the schema the migrations make (test_migrations.py checks
+# it); tests of the migrations themselves keep using the empty `db_url`.
 
 
 def _schema_of(url: str) -> str:
     """The private schema a `pg_url` URL points at."""
     return url.split("search_path%3D", 1)[1].split("&", 1)[0]
-
-
-@pytest.fixture(scope="session")
-def _sqlite_at_head(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite file migrated to head, to copy."""
-    from controlplane.storage.db import Database
-
-    path = tmp_path_factory.mktemp("template") / "head.db"
-    Database.connect(f"sqlite:///{path}").dispose()
-    return path
 
 
 def _pg_dump_ddl(schema: str) -> str | None:
@@ -123,13 +115,7 @@ def _postgres_at_head() -> Iterator[tuple[str, str] | None]:
 def migrated_db_url(db_url: str, request: pytest.FixtureRequest) -> str:
     """``db_url`` with the schema already at head (what ``Database.connect`` would migrate to)."""
     if db_url.startswith("sqlite"):
-        target = sqlite3.connect(db_url.removeprefix("sqlite:///"))
-        source = sqlite3.connect(request.getfixturevalue("_sqlite_at_head"))
-        try:
-            source.backup(target)
-        finally:
-            source.close()
-            target.close()
+        copy_sqlite_at_head(Path(db_url.removeprefix("sqlite:///")))
         return db_url
     template = request.getfixturevalue("_postgres_at_head")
     if template is None:
