@@ -43,6 +43,7 @@ from meterline.admin.v1 import (
     gateway_pb2_grpc,
 )
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
+from support.databases import sqlite_at_head
 
 # Events carry the data plane's real time: the frozen clock stands a little after it.
 NOW = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
@@ -198,13 +199,18 @@ async def _start_dataplane(address: str, node: str, stack: list[object]) -> Data
     stack.append(channel)
     reporter = UsageReporter(stub=UsageStreamStub(channel), flush_interval=0.05)
     gateway = Gateway(node_id=node, usage_sink=reporter.append)
-    gateway.enforcer.acked = acked_events(reporter)
     config = ConfigClient(
         compile=compile_snapshot,
         stub=config_pb2_grpc.ConfigServiceStub(channel),
         node=config_pb2.Node(id=node, hostname="test", version="0.1.0"),
         apply=gateway.apply,
     )
+    # Wired as the data plane's composition root wires it (dataplane/cli.py): a snapshot
+    # holds the usage of the batches stored when its build began (the config response's usage
+    # watermark), not every batch ACKed before it is applied. Without the marker, a snapshot
+    # built before a store but applied after its ACK drops that usage from the local counters
+    # and the data plane admits it again (overshoot beyond the in-flight bound, under load).
+    gateway.enforcer.acked = acked_events(reporter, marker=lambda: config.usage_marker)
     reporter.start()
     config_task = asyncio.create_task(config.run())
     stack.append(config_task)
@@ -239,7 +245,7 @@ async def _close(resources: list[object]) -> None:
 @pytest.fixture
 async def stack(tmp_path, request) -> AsyncIterator[Stack]:
     clock = FrozenClock(NOW)
-    db = Database.connect(f"sqlite:///{tmp_path / 'meterline.db'}")
+    db = Database.connect(sqlite_at_head(tmp_path / "meterline.db"))
     # Balance slicing is on by default; `@pytest.mark.parametrize("stack", ["off"],
     # indirect=True)` runs a test with it off.
     slicing = getattr(request, "param", "on") == "on"

@@ -44,6 +44,7 @@ from meterline.admin.v1 import (
     gateway_pb2_grpc,
 )
 from meterline.dataplane.v1 import config_pb2, config_pb2_grpc
+from support.databases import sqlite_at_head
 
 PRICE = Decimal("0.00001")
 # 996 words + 3 per message = 999 prompt tokens, + 1 completion token (max_tokens=1).
@@ -247,7 +248,7 @@ async def credit_stack(
     now = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
     start = now - timedelta(days=1)
     clock = FrozenClock(now)
-    db = Database.connect(f"sqlite:///{directory / 'meterline.db'}")
+    db = Database.connect(sqlite_at_head(directory / "meterline.db"))
     cp = ControlPlane(db=db, listen="127.0.0.1:0", clock=clock, poll_seconds=0.5)
     port = await cp.start()
     address = f"127.0.0.1:{port}"

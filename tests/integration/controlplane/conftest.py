@@ -88,8 +88,8 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(db_url: str) -> AsyncIterator[Harness]:
-    async with running_harness(db_url) as running:
+async def harness(migrated_db_url: str) -> AsyncIterator[Harness]:
+    async with running_harness(migrated_db_url) as running:
         yield running
 
 

@@ -46,8 +46,8 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database.connect(db_url)
+def db(migrated_db_url: str) -> Iterator[Database]:
+    database = Database.connect(migrated_db_url)
     yield database
     database.dispose()
 

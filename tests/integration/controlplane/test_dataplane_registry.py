@@ -151,10 +151,12 @@ async def test_a_late_disconnect_of_an_old_stream_does_not_hide_a_new_one(harnes
     assert plane.sync_status == dataplanes_pb2.SYNC_STATUS_DISCONNECTED
 
 
-async def test_heartbeats_keep_a_data_plane_fresh_and_silence_makes_it_stale(db_url) -> None:
+async def test_heartbeats_keep_a_data_plane_fresh_and_silence_makes_it_stale(
+    migrated_db_url,
+) -> None:
     # Given a control plane whose streams beat every 50 ms, on a clock that moves when told
     clock = FrozenClock(T0)
-    db = Database.connect(db_url)
+    db = Database.connect(migrated_db_url)
     hub = ConfigHub(db, poll_seconds=60, clock=clock)
     server = grpc.aio.server(interceptors=[DomainErrorInterceptor()])
     config = ConfigServicer(db=db, clock=clock, hub=hub, heartbeat_seconds=0.05)

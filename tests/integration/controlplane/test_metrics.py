@@ -51,8 +51,8 @@ class Scraper:
 
 
 @pytest.fixture
-async def cp(db_url: str) -> AsyncIterator[ControlPlane]:
-    db = Database.connect(db_url)
+async def cp(migrated_db_url: str) -> AsyncIterator[ControlPlane]:
+    db = Database.connect(migrated_db_url)
     control_plane = ControlPlane(
         db=db,
         listen="127.0.0.1:0",
@@ -158,8 +158,8 @@ async def test_metrics_follow_config_sync_usage_and_rpcs(cp: ControlPlane) -> No
         await scraper.wait_for("meterline_controlplane_dataplane_streams", 0)
 
 
-async def test_metrics_listen_that_cannot_bind_is_a_clear_error(db_url: str) -> None:
-    db = Database.connect(db_url)
+async def test_metrics_listen_that_cannot_bind_is_a_clear_error(migrated_db_url: str) -> None:
+    db = Database.connect(migrated_db_url)
     try:
         cp = ControlPlane(db=db, listen="127.0.0.1:0", metrics_listen="127.0.0.1:http")
         with pytest.raises(OSError, match="expected HOST:PORT"):

@@ -21,6 +21,20 @@ def test_migrations_match_the_declared_schema(db_url: str) -> None:
         db.dispose()
 
 
+def test_the_tests_copy_of_a_migrated_schema_is_the_declared_schema_at_head(
+    migrated_db_url: str,
+) -> None:
+    """The template the fixtures copy (tests/conftest.py) is what migrating gives: at head,
+    checked without migrating, and the declared tables with their indexes and constraints."""
+    db = Database.connect(migrated_db_url, run_migrations=False)
+    try:
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert diff == []
+    finally:
+        db.dispose()
+
+
 def test_an_unmigrated_or_newer_schema_is_refused_with_a_clear_message(db_url: str) -> None:
     import pytest
     from sqlalchemy import text

@@ -157,8 +157,8 @@ async def _stack(db_url: str, *, job_seconds: float | None = None) -> AsyncItera
 
 
 @pytest.fixture
-async def stack(db_url: str) -> AsyncIterator[Stack]:
-    async with _stack(db_url) as item:
+async def stack(migrated_db_url: str) -> AsyncIterator[Stack]:
+    async with _stack(migrated_db_url) as item:
         yield item
 
 
@@ -456,9 +456,9 @@ async def test_bad_channels_and_references(stack: Stack) -> None:
     assert list((await stack.notifications.ListChannels(pb.ListChannelsRequest())).channels) == []
 
 
-async def test_the_background_job_alerts_after_usage(db_url: str) -> None:
+async def test_the_background_job_alerts_after_usage(migrated_db_url: str) -> None:
     # Given a control plane whose notification job runs on its own
-    async with _stack(db_url, job_seconds=0.2) as stack:
+    async with _stack(migrated_db_url, job_seconds=0.2) as stack:
         await channel(stack)
         await threshold_rule(stack, "50")
         # When usage crosses the threshold, the webhook arrives without anyone asking

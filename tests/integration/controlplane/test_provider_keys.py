@@ -38,9 +38,11 @@ async def _snapshot(harness) -> config_pb2.ConfigResponse:
 
 
 @pytest.fixture
-async def keyed_harness(db_url: str) -> AsyncIterator[Harness]:
+async def keyed_harness(migrated_db_url: str) -> AsyncIterator[Harness]:
     """A control plane built with a secrets key."""
-    async with running_harness(db_url, secrets=SecretBox([Fernet.generate_key()])) as harness:
+    async with running_harness(
+        migrated_db_url, secrets=SecretBox([Fernet.generate_key()])
+    ) as harness:
         yield harness
 
 

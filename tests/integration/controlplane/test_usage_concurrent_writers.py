@@ -18,8 +18,8 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database.connect(db_url)
+def db(migrated_db_url: str) -> Iterator[Database]:
+    database = Database.connect(migrated_db_url)
     yield database
     database.dispose()
 

@@ -29,8 +29,8 @@ SUM, COUNT, MAX = MeterAggregation.SUM, MeterAggregation.COUNT, MeterAggregation
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database.connect(db_url)
+def db(migrated_db_url: str) -> Iterator[Database]:
+    database = Database.connect(migrated_db_url)
     yield database
     database.dispose()
 

@@ -67,10 +67,10 @@ class Plane:
 
 @pytest.fixture
 async def plane(
-    db_url: str, emulator: StripeEmulator, settings: StripeSettings
+    migrated_db_url: str, emulator: StripeEmulator, settings: StripeSettings
 ) -> AsyncIterator[Plane]:
     clock = FrozenClock(T0 + timedelta(days=33))
-    db = Database.connect(db_url)
+    db = Database.connect(migrated_db_url)
     apply_document(db, text=DOC, now=T0)
     with db.begin() as conn:
         usage_storage.insert_events(

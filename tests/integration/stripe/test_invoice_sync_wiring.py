@@ -96,10 +96,10 @@ def setup_usage(db: Database) -> None:
 
 @pytest.fixture
 async def plane(
-    db_url: str, emulator: StripeEmulator, settings: StripeSettings
+    migrated_db_url: str, emulator: StripeEmulator, settings: StripeSettings
 ) -> AsyncIterator[Plane]:
     clock = FrozenClock(T0 + timedelta(days=33))
-    db = Database.connect(db_url)
+    db = Database.connect(migrated_db_url)
     setup_usage(db)
     app = StripeApp(
         db=db, settings=settings, clock=clock, policy=RetryPolicy(attempts=2, base_delay=0.01)
@@ -315,10 +315,10 @@ class Crash(Exception):
 
 @pytest.mark.parametrize("crash_at", [1, 2, 3, 5])
 def test_a_sync_that_died_half_way_is_resumed_by_the_job(
-    db_url: str, emulator: StripeEmulator, settings: StripeSettings, crash_at: int
+    migrated_db_url: str, emulator: StripeEmulator, settings: StripeSettings, crash_at: int
 ) -> None:
     # Given an issued invoice whose sync dies at the crash_at-th saved step
-    db = Database.connect(db_url)
+    db = Database.connect(migrated_db_url)
     try:
         setup_usage(db)
         now = T0 + timedelta(days=33)

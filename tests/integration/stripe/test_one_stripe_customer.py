@@ -27,8 +27,8 @@ NOW = T0 + timedelta(days=64)
 
 
 @pytest.fixture
-def replicas(db_url: str) -> Iterator[list[Database]]:
-    dbs = [Database.connect(db_url) for _ in range(2)]
+def replicas(migrated_db_url: str) -> Iterator[list[Database]]:
+    dbs = [Database.connect(migrated_db_url) for _ in range(2)]
     try:
         yield dbs
     finally:

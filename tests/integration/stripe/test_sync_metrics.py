@@ -31,10 +31,10 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 
 async def test_a_failed_sync_is_counted(
-    db_url: str, emulator: StripeEmulator, settings: StripeSettings
+    migrated_db_url: str, emulator: StripeEmulator, settings: StripeSettings
 ) -> None:
     clock = FrozenClock(T0 + timedelta(days=33))
-    db = Database.connect(db_url)
+    db = Database.connect(migrated_db_url)
     setup_usage(db)
     metrics = ControlPlaneMetrics()
     app = StripeApp(
@@ -78,9 +78,9 @@ async def test_a_failed_sync_is_counted(
         db.dispose()
 
 
-async def test_the_invoicing_job_counts_its_transitions(db_url: str) -> None:
+async def test_the_invoicing_job_counts_its_transitions(migrated_db_url: str) -> None:
     clock = FrozenClock(T0 + timedelta(days=33))
-    db = Database.connect(db_url)
+    db = Database.connect(migrated_db_url)
     setup_usage(db)
     cp = ControlPlane(
         db=db,
