@@ -79,7 +79,7 @@ def _span_clause(
     time: Any,
     *,
     subjects: Sequence[str],
-    edge_subjects: Callable[[], Sequence[str]] | None,
+    edge_subjects: Callable[[], Any] | None,
     start: datetime | None,
     end: datetime | None,
 ) -> list[ColumnElement[bool]]:
@@ -114,9 +114,10 @@ def _raw_points(
     one_hour = hour is not None and end is not None and end <= hour + HOUR
     source = LLM_TOKENS if meter.compiled is None else rollups.EVENTS
 
-    def edge_subjects() -> Sequence[str]:
+    def edge_subjects() -> Any:
+        # A subquery (``subjects_in_hour`` is SQL), not a list: one statement, no round trip.
         assert hour is not None
-        return list(rollups.subjects_in_hour(source, hour))
+        return rollups.subjects_in_hour(source, hour)
 
     def span(subject: Any, time: Any) -> list[ColumnElement[bool]]:
         return _span_clause(
