@@ -19,8 +19,8 @@ from sqlalchemy import insert
 
 from controlplane.declarative.apply import apply_document
 from controlplane.errors import FailedPrecondition, NotFound
-from controlplane.invoicing.preview import preview_invoice
 from controlplane.invoicing import totals
+from controlplane.invoicing.preview import preview_invoice
 from controlplane.invoicing.totals import open_totals, open_totals_concurrently
 from controlplane.storage import schema as s
 from controlplane.storage.db import Database
