@@ -321,17 +321,32 @@ def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
     return _merged(_touched_totals(conn, at, touched), _quiet_totals(conn, at, touched))
 
 
+# Threads (one connection each) previewing touched customers beside the untouched half.
+TOUCHED_WORKERS = 3
+
+
 def open_totals_concurrently(db: Database, *, at: datetime) -> OpenTotals:
-    """``open_totals`` with its two halves (touched customers; the rest) in two transactions
-    at once: their database round trips overlap. Each half reads committed data as a single
-    transaction on PostgreSQL's default isolation does: per statement."""
+    """``open_totals`` with its halves in transactions at once, their database round trips
+    overlapping: the untouched customers (grouped) in one, the touched customers split into
+    up to ``TOUCHED_WORKERS`` interleaved shares (previewed one by one) in as many more. Each
+    reads committed data as a single transaction on PostgreSQL's default isolation does: per
+    statement."""
     with db.begin() as conn:
         touched = _touched(conn, at)
+    keys = sorted(touched.shapes)
+    shares = [
+        _Touched(touched.customers, {c: touched.shapes[c] for c in keys[i::TOUCHED_WORKERS]})
+        for i in range(min(TOUCHED_WORKERS, len(keys)))
+    ]
 
-    def run(half: Callable[[Connection, datetime, _Touched], OpenTotals]) -> OpenTotals:
+    def run(
+        job: tuple[Callable[[Connection, datetime, _Touched], OpenTotals], _Touched],
+    ) -> OpenTotals:
+        half, share = job
         with db.begin() as conn:
-            return half(conn, at, touched)
+            return half(conn, at, share)
 
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="open-totals") as pool:
-        parts = list(pool.map(run, (_touched_totals, _quiet_totals)))
+    jobs = [(_quiet_totals, touched), *((_touched_totals, share) for share in shares)]
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="open-totals") as pool:
+        parts = list(pool.map(run, jobs))
     return _merged(*parts)
