@@ -114,8 +114,7 @@ def _raw_points(
     one_hour = hour is not None and end is not None and end <= hour + HOUR
     source = LLM_TOKENS if meter.compiled is None else rollups.EVENTS
 
-    def edge_subjects() -> Any:
-        # A subquery (``subjects_in_hour`` is SQL), not a list: one statement, no round trip.
+    def edge_subjects() -> Any:  # a subquery: the subjects the hour's rollups name
         assert hour is not None
         return rollups.subjects_in_hour(source, hour)
 
