@@ -153,7 +153,7 @@ class Console:
         self.clock = clock
         self.tokens = tokens
         self.settings = settings or ConsoleSettings()
-        self.sessions = SessionStore(clock=clock, ttl=self.settings.session_ttl)
+        self.sessions = SessionStore(db=db, clock=clock, ttl=self.settings.session_ttl)
         self.templates = _templates()
         static = StaticFiles(packages=[("controlplane.console", "static")])
         credit_pages = CreditPages(change=self._change)
@@ -254,7 +254,7 @@ class Console:
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is None:
             return None, None
-        if session.principal.kind is Kind.PORTAL and not self._portal_valid(session.principal):
+        if not self._still_valid(session.principal):
             self.sessions.delete(session.id)
             return None, None
         return session.principal, session
@@ -273,6 +273,13 @@ class Console:
                 expire_time=found.expire_time,
             )
         return operator_principal(self.tokens, token)
+
+    def _still_valid(self, principal: Principal) -> bool:
+        """A stored session acts only while its token does: a portal token not revoked or
+        expired; an operator token still in this replica's tokens file with the same scope."""
+        if principal.kind is Kind.PORTAL:
+            return self._portal_valid(principal)
+        return any(e.name == principal.name and e.scope is principal.scope for e in self.tokens)
 
     def _portal_valid(self, principal: Principal) -> bool:
         """Revocation reaches open sessions: each request re-reads the token's row."""

@@ -47,6 +47,9 @@ from controlplane.usage.meters import LLM_TOKENS
 
 OPEN_STATES = (InvoiceState.GATHERING.value, InvoiceState.DRAFT.value)
 
+# Up to this many touched customers are excluded from the untouched groups in SQL (NOT IN).
+EXCLUDE_IN_SQL = 500
+
 # The distinct subjects of one meter's rollups, one index probe per subject (a loose index
 # scan: the rollup key starts with meter, subject), not one row per stored hour.
 _SUBJECTS = text(
@@ -158,15 +161,22 @@ def _signature(
 def _untouched_member(
     conn: Connection, shape: tuple[Any, ...], values: tuple[Any, ...], out: set[str]
 ) -> str:
-    """A customer with this one subscription shape, not among ``out`` (touched ones)."""
+    """The first customer (by key) with this one subscription shape, not among ``out``
+    (touched ones): the customer index read in order up to the first match, each candidate
+    checked for a second subscription by an index probe (not a count over every customer)."""
     t = s.subscriptions
-    alone = select(t.c.customer).group_by(t.c.customer).having(func.count() == 1)
+    other = s.subscriptions.alias("other")
     found: str = conn.execute(
-        select(func.min(t.c.customer)).where(
+        select(t.c.customer)
+        .where(
             *(c == v if v is not None else c.is_(None) for c, v in zip(shape, values, strict=True)),
-            t.c.customer.in_(alone),
             t.c.customer.not_in(sorted(out)),
+            ~select(other.c.id)
+            .where(other.c.customer == t.c.customer, other.c.id != t.c.id)
+            .exists(),
         )
+        .order_by(t.c.customer)
+        .limit(1)
     ).scalar_one()
     return found
 
@@ -221,11 +231,15 @@ def _quiet_totals(conn: Connection, at: datetime, touched: _Touched) -> OpenTota
     t = s.subscriptions
     plans = {(p.key, p.version): p for p in catalog.list_plans(conn)}
     totals = OpenTotals()
-    # Touched customers with a single subscription are in the SQL groups: taken out again.
+    # Touched customers are not counted here. Few (the usual case) are left out in SQL; with
+    # many (an IN list too long for one statement), those with a single subscription are in
+    # the SQL groups and taken out again here, each group's first member found again.
+    exclude_in_sql = len(touched.customers) <= EXCLUDE_IN_SQL
     touched_shapes: dict[tuple[Any, ...], set[str]] = defaultdict(set)
-    for customer, shapes in touched.shapes.items():
-        if len(shapes) == 1:
-            touched_shapes[shapes[0]].add(customer)
+    if not exclude_in_sql:
+        for customer, shapes in touched.shapes.items():
+            if len(shapes) == 1:
+                touched_shapes[shapes[0]].add(customer)
 
     # signature -> [customers it counts, one of them]
     groups: dict[tuple[tuple[object, ...], ...], list[Any]] = {}
@@ -238,7 +252,10 @@ def _quiet_totals(conn: Connection, at: datetime, touched: _Touched) -> OpenTota
     # One pass: customers with one subscription grouped by its shape (id NULL), the
     # subscriptions of customers with several one row each (with their id).
     per_customer = func.count().over(partition_by=t.c.customer).label("n")
-    inner = select(t.c.id, t.c.customer, *_SHAPE, per_customer).subquery()
+    inner_rows = select(t.c.id, t.c.customer, *_SHAPE, per_customer)
+    if exclude_in_sql and touched.customers:
+        inner_rows = inner_rows.where(t.c.customer.not_in(sorted(touched.customers)))
+    inner = inner_rows.subquery()
     alone = inner.c.n == 1
     one_id = case((alone, None), else_=inner.c.id)
     inner_shape = [inner.c[c.name] for c in _SHAPE]
@@ -304,17 +321,32 @@ def open_totals(conn: Connection, *, at: datetime) -> OpenTotals:
     return _merged(_touched_totals(conn, at, touched), _quiet_totals(conn, at, touched))
 
 
+# Threads (one connection each) previewing touched customers beside the untouched half.
+TOUCHED_WORKERS = 3
+
+
 def open_totals_concurrently(db: Database, *, at: datetime) -> OpenTotals:
-    """``open_totals`` with its two halves (touched customers; the rest) in two transactions
-    at once: their database round trips overlap. Each half reads committed data as a single
-    transaction on PostgreSQL's default isolation does: per statement."""
+    """``open_totals`` with its halves in transactions at once, their database round trips
+    overlapping: the untouched customers (grouped) in one, the touched customers split into
+    up to ``TOUCHED_WORKERS`` interleaved shares (previewed one by one) in as many more. Each
+    reads committed data as a single transaction on PostgreSQL's default isolation does: per
+    statement."""
     with db.begin() as conn:
         touched = _touched(conn, at)
+    keys = sorted(touched.shapes)
+    shares = [
+        _Touched(touched.customers, {c: touched.shapes[c] for c in keys[i::TOUCHED_WORKERS]})
+        for i in range(min(TOUCHED_WORKERS, len(keys)))
+    ]
 
-    def run(half: Callable[[Connection, datetime, _Touched], OpenTotals]) -> OpenTotals:
+    def run(
+        job: tuple[Callable[[Connection, datetime, _Touched], OpenTotals], _Touched],
+    ) -> OpenTotals:
+        half, share = job
         with db.begin() as conn:
-            return half(conn, at, touched)
+            return half(conn, at, share)
 
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="open-totals") as pool:
-        parts = list(pool.map(run, (_touched_totals, _quiet_totals)))
+    jobs = [(_quiet_totals, touched), *((_touched_totals, share) for share in shares)]
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="open-totals") as pool:
+        parts = list(pool.map(run, jobs))
     return _merged(*parts)

@@ -240,6 +240,24 @@ portal_tokens = Table(
     Index("ix_portal_tokens_customer", "customer"),
 )
 
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    # sha256 of the session id; the id itself lives only in the browser's cookie.
+    Column("id_hash", String(80), primary_key=True),
+    # The form token of this session (sent to the browser in every form; not a credential alone).
+    Column("csrf", String(100), nullable=False),
+    Column("kind", String(20), nullable=False),
+    # The operator token's name, or the portal token's id.
+    Column("name", String(200), nullable=False),
+    Column("scope", String(20), nullable=True),
+    Column("customer", String(200), nullable=True),
+    Column("principal_expire_time", UTCDateTime(), nullable=True),
+    Column("create_time", UTCDateTime(), nullable=False),
+    Column("expire_time", UTCDateTime(), nullable=False),
+    Index("ix_console_sessions_expire_time", "expire_time"),
+)
+
 subscriptions = Table(
     "subscriptions",
     metadata,

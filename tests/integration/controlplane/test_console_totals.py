@@ -19,6 +19,7 @@ from sqlalchemy import insert
 
 from controlplane.declarative.apply import apply_document
 from controlplane.errors import FailedPrecondition, NotFound
+from controlplane.invoicing import totals
 from controlplane.invoicing.preview import preview_invoice
 from controlplane.invoicing.totals import open_totals, open_totals_concurrently
 from controlplane.storage import schema as s
@@ -105,8 +106,13 @@ SUBSCRIPTIONS: dict[str, list[str]] = {
 }
 
 
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
+@pytest.fixture(params=["excluded-in-sql", "taken-out-after"])
+def db(
+    db_url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Database]:
+    # Both ways of keeping touched customers out of the untouched groups give the same sums.
+    if request.param == "taken-out-after":
+        monkeypatch.setattr(totals, "EXCLUDE_IN_SQL", 0)
     database = Database.connect(db_url)
     customers = "\n".join(
         f"    - {{key: {k}, name: {k}, subjects: [{k}-app]}}" for k in SUBSCRIPTIONS
@@ -194,6 +200,24 @@ def test_billed_total_follows_new_usage_and_issued_invoices(db: Database) -> Non
     assert after.by_currency == previews_summed(db)
     assert after.by_currency["USD"] > before.by_currency["USD"]
     assert "quiet-2" in after.by_customer
+
+
+def test_billed_total_when_a_groups_first_customer_has_usage(db: Database) -> None:
+    # quiet-1 is the first key of its group (same plan, anchor and times as quiet-2):
+    # touched, it leaves the group, which is previewed for another of its customers.
+    with db.begin() as conn:
+        before = open_totals(conn, at=AT)
+    usage(db, "quiet-1-app", {"input": 7_000})
+    with db.begin() as conn:
+        after = open_totals(conn, at=AT)
+    assert after.by_currency == previews_summed(db)
+    assert "quiet-1" in after.by_customer and "quiet-2" not in after.by_customer
+    assert after.customers == before.customers
+    # quiet-1 one by one; its old group still previewed once (for quiet-2).
+    assert after.previews == before.previews + 1
+    assert after.by_currency["USD"] > before.by_currency["USD"]
+    concurrent = open_totals_concurrently(db, at=AT)
+    assert (concurrent.by_currency, concurrent.previews) == (after.by_currency, after.previews)
 
 
 def hourly_reference(
