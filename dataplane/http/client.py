@@ -226,6 +226,7 @@ class _Connection(asyncio.Protocol):
         "_parser",
         "_paused",
         "_pool",
+        "_read_due",
         "_read_timer",
         "_sock_read",
         "_waiter",
@@ -245,6 +246,11 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._in_use = False
         self._parser = httptools.HttpResponseParser(self)
+        # The sock_read timer outlives its exchange: armed at most once per sock_read period
+        # on a busy connection (not once per request); when it fires early, _check_read arms
+        # it again for what is left, and a fired timer of a finished exchange does nothing.
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._read_due = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -268,7 +274,6 @@ class _Connection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._head_request = False
         self._paused = False
-        self._read_timer: asyncio.TimerHandle | None = None
         self._sock_read: float | None = None
         self._last_read = 0.0
         self.complete = False
@@ -313,6 +318,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._cancel_timer()
         self._pool.lost(self)
         if not self._in_use or self.complete:
             return
@@ -419,8 +425,7 @@ class _Connection(asyncio.Protocol):
             return
         if self.complete:
             return
-        self.complete = True
-        self._cancel_timer()
+        self.complete = True  # the read timer stays armed for the next exchange (see __init__)
         self._wake()
 
     # -- the exchange -------------------------------------------------------------------------
@@ -436,8 +441,14 @@ class _Connection(asyncio.Protocol):
         self._head = head = self._loop.create_future()
         if sock_read is not None:
             self._sock_read = sock_read
-            self._last_read = self._loop.time()
-            self._read_timer = self._loop.call_at(self._last_read + sock_read, self._check_read)
+            self._last_read = now = self._loop.time()
+            due = now + sock_read
+            timer = self._read_timer
+            if timer is None or self._read_due > due:
+                if timer is not None:
+                    timer.cancel()
+                self._read_due = due
+                self._read_timer = self._loop.call_at(due, self._check_read)
         assert self.transport is not None
         self.transport.write(data)
         return head
@@ -452,6 +463,7 @@ class _Connection(asyncio.Protocol):
             if self._paused:
                 self._last_read = now
                 due = now + self._sock_read
+            self._read_due = due
             self._read_timer = self._loop.call_at(due, self._check_read)
             return
         self._fail(UpstreamTimeout(f"no data from the provider for {self._sock_read:g} s"))

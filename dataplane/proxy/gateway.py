@@ -10,8 +10,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from collections.abc import Callable
+from typing import Final
 from urllib.parse import unquote
 
 import orjson
@@ -86,7 +86,6 @@ from meterline.dataplane.v1 import usage_pb2
 logger = logging.getLogger(__name__)
 
 UsageSink = Callable[[usage_pb2.UsageEvent], None]
-_T = TypeVar("_T")
 
 _SSE_CONTENT_TYPE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
 DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
@@ -784,7 +783,14 @@ class _Exchange:
                     timeout=self.policy.timeout,
                     host=_client_host(scope) if self.route.preserve_host else b"",
                 )
-            response = await _unless_abandoned(call, scope)
+            scope[ON_DISCONNECT] = watch = _Watch()
+            try:
+                response = await call
+            except asyncio.CancelledError:
+                watch.abandoned()
+                raise
+            finally:
+                scope[ON_DISCONNECT] = None
             self.upstream_ns = time.perf_counter_ns()
         except Abandoned:
             self._abandoned()
@@ -960,8 +966,15 @@ class _Exchange:
         return Rejection(502, message, type="api_error", code="upstream_auth_failed")
 
     async def _read_whole(self, response: UpstreamResponse, scope: Scope) -> bytes:
+        scope[ON_DISCONNECT] = watch = _Watch()
         try:
-            return await _unless_abandoned(response.read(), scope)
+            try:
+                return await response.read()
+            except asyncio.CancelledError:
+                watch.abandoned()
+                raise
+            finally:
+                scope[ON_DISCONNECT] = None
         except Abandoned:
             response.close()  # the provider stops generating for nobody
             self._abandoned()
@@ -1152,32 +1165,43 @@ class _Gone(Exception):
     """The exchange ended without an answer: its client is gone (internal signal)."""
 
 
-async def _unless_abandoned(awaitable: Awaitable[_T], scope: Scope) -> _T:
-    """Await ``awaitable``, cancelled (Abandoned) if the client disconnects first.
+class _Watch:
+    """The scope's ON_DISCONNECT hook while the gateway awaits the provider: the client
+    leaving cancels the request's task (``left`` tells that cancellation from any other).
 
-    The server calls the scope's ON_DISCONNECT hook when the client leaves (no task waits on
-    ``receive`` for it: this is on every non-streamed request). Cancelling closes the upstream
-    connection: the provider stops generating an answer nobody will read.
+    The server calls the hook when the client leaves (no task waits on ``receive`` for it:
+    this is on every non-streamed request). Cancelling closes the upstream connection: the
+    provider stops generating an answer nobody will read. Armed around one await, inline
+    (no wrapping coroutine per await on the request path)::
+
+        scope[ON_DISCONNECT] = watch = _Watch()
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            watch.abandoned()  # raises Abandoned if the client left, else returns
+            raise
+        finally:
+            scope[ON_DISCONNECT] = None
     """
-    task = asyncio.current_task()
-    assert task is not None
-    left = False
 
-    def on_disconnect() -> None:
-        nonlocal left
-        left = True
-        task.cancel()
+    __slots__ = ("left", "task")
 
-    scope[ON_DISCONNECT] = on_disconnect
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if left:
-            task.uncancel()
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.left = False
+
+    def __call__(self) -> None:
+        self.left = True
+        self.task.cancel()
+
+    def abandoned(self) -> None:
+        """In an ``except CancelledError``: Abandoned if the client left (the cancellation
+        withdrawn), else nothing (the caller re-raises)."""
+        if self.left:
+            self.task.uncancel()
             raise Abandoned from None
-        raise
-    finally:
-        scope[ON_DISCONNECT] = None
 
 
 class _SignatureRefused(DataPlaneError):
