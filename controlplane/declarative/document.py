@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 
 from controlplane.declarative.billing import parse_billing
-from controlplane.declarative.entry import Entry, describe, quoted
+from controlplane.declarative.entry import Entry, closest, describe, quoted
 from controlplane.declarative.envsubst import unresolved_references
 from controlplane.declarative.errors import DeclarativeError, Problems
 from controlplane.declarative.gateway import parse_gateway
@@ -48,9 +47,9 @@ def parse_document(text: str) -> DeclarativeConfig:
     _check_format_version(document)
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
-            close = difflib.get_close_matches(str(key), _TOP_LEVEL_KEYS, n=1, cutoff=0.6)
+            close = closest(str(key), _TOP_LEVEL_KEYS)
             hint = (
-                f'did you mean "{close[0]}"?'
+                f'did you mean "{close}"?'
                 if close
                 else f"expected one of: {quoted(_TOP_LEVEL_KEYS)}"
             )

@@ -46,12 +46,17 @@ def quoted(values: Collection[str]) -> str:
     return ", ".join(f'"{value}"' for value in values)
 
 
+def closest(value: str, choices: Collection[str]) -> str | None:
+    """The documented name a misspelt ``value`` most likely meant, if any is close."""
+    close = difflib.get_close_matches(value, [str(choice) for choice in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def suggestion(value: str, choices: Collection[str]) -> str:
     """`` (did you mean "x"?)`` for the closest choice (or one ending in ``/value``), else ""."""
-    names = [str(choice) for choice in choices]
-    close = difflib.get_close_matches(value, names, n=1, cutoff=0.6)
-    close = close or [name for name in names if name.endswith(f"/{value}")][:1]
-    return f' (did you mean "{close[0]}"?)' if close else ""
+    close = closest(value, choices)
+    close = close or next((str(c) for c in choices if str(c).endswith(f"/{value}")), None)
+    return f' (did you mean "{close}"?)' if close else ""
 
 
 def known(kind: str, names: Collection[str], section: str) -> str:
@@ -93,9 +98,9 @@ class Entry:
         for key in self.data:
             if key in allowed or (not self.prefix and key in IGNORED_FIELDS):
                 continue
-            close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
+            close = closest(str(key), allowed)
             hint = (
-                f'did you mean "{close[0]}"?'
+                f'did you mean "{close}"?'
                 if close
                 else f"expected one of: {quoted(sorted(allowed))}"
             )

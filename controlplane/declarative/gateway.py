@@ -9,13 +9,12 @@ sorted by name so that equal configs compare equal whatever their layout.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.declarative.entry import Entry, describe, known, quoted, suggestion
+from controlplane.declarative.entry import Entry, closest, describe, known, quoted, suggestion
 from controlplane.declarative.errors import Problems
 from controlplane.declarative.kong_entities import (
     CONSUMER_FIELDS,
@@ -391,8 +390,8 @@ def _plugin_name(entry: Entry) -> str | None:
     name = entry.string("name", required=True)
     if name is None or name in _PLUGIN_NAMES:
         return name
-    close = difflib.get_close_matches(name, _PLUGIN_NAMES, n=1, cutoff=0.6)
-    hint = f'did you mean "{close[0]}"?' if close else f"Meterline serves {quoted(_PLUGIN_NAMES)}"
+    close = closest(name, _PLUGIN_NAMES)
+    hint = f'did you mean "{close}"?' if close else f"Meterline serves {quoted(_PLUGIN_NAMES)}"
     entry.fail_field("name", f'"{name}" is not a plugin Meterline serves ({hint})')
     return None
 

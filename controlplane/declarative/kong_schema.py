@@ -13,7 +13,6 @@ Paths here are relative to ``config`` and use ``[]`` for "every element of a lis
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from controlplane.declarative.entry import Entry, describe, quoted
+from controlplane.declarative.entry import Entry, closest, describe, quoted
 
 ELEMENT = "[]"
 # TSV section name -> plugin name. meteringandbilling is Kong's, not one Meterline reads.
@@ -576,9 +575,9 @@ def _fail_unknown(
 
 def _unknown(key: str, node: Node) -> str:
     names = sorted(node.children)
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    close = closest(key, names)
     if close:
-        return f'did you mean "{close[0]}"?'
+        return f'did you mean "{close}"?'
     if len(names) <= 12:
         return f"expected one of: {quoted(names)}"
     return "not a documented field: see docs/declarative.md"

@@ -6,7 +6,6 @@ decimal costs stay decimal strings.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Mapping
@@ -14,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from controlplane.declarative import kong_schema, rate_limits
-from controlplane.declarative.entry import Entry, quoted, suggestion
+from controlplane.declarative.entry import Entry, closest, quoted, suggestion
 from controlplane.gateway.types import PluginName
 
 # Kong's key-auth defaults, plus ``key_in_bearer``: Kong's key-auth does not read
@@ -689,11 +688,11 @@ def _model(model: Entry, *, route_type: str | None) -> dict[str, Any]:
     provider = model.string("provider", required=True)
     if provider is not None and provider not in SERVED_ROUTE_TYPES:
         known = kong_enum("model.provider")
-        close = difflib.get_close_matches(provider, known, n=1, cutoff=0.6)
+        close = closest(provider, known)
         if provider in known:
             why = "is not supported yet by data planes of this version"
         elif close:
-            why = f'is not a provider (did you mean "{close[0]}"?)'
+            why = f'is not a provider (did you mean "{close}"?)'
         else:
             why = "is not a provider"
         model.fail_field(
