@@ -104,6 +104,10 @@ class ConfigHub:
         # reflects (ConfigResponse.usage_sequence); the epoch tells processes apart.
         self.usage_epoch = uuid.uuid4().hex
         self.usage_sequence = 0
+        # Stores begun (store_begun) and ended (mark_stored / store_ended), under _dirty_lock:
+        # a build during which none was in flight holds exactly the stores it counts.
+        self._stores_begun = 0
+        self._stores_ended = 0
         # Data planes sharing the snapshot at the last build (0: slicing off).
         self._slices = 0
         # Bumped when the gateway config itself may have changed (not by usage): a rebuild
@@ -120,7 +124,18 @@ class ConfigHub:
 
     def _build(self) -> BuiltSnapshot:
         # Before any read: every store counted up to here is committed and visible to them.
-        sequence = self.usage_sequence
+        with self._dirty_lock:
+            sequence = self.usage_sequence
+            ended = self._stores_ended
+        built = self._build_reading(sequence)
+        with self._dirty_lock:
+            # Exact when every store begun by now had ended before the reads began.
+            exact = self._stores_begun == ended
+        if built.exact != exact:
+            built = replace(built, exact=exact)
+        return built
+
+    def _build_reading(self, sequence: int) -> BuiltSnapshot:
         at = self._clock.now()
         config_generation = self._config_generation
         loaded = self._loaded
@@ -236,9 +251,19 @@ class ConfigHub:
                 self._credits_generation = None
             else:
                 self._dirty_subjects.update(subjects)
-        self._generation += 1
-        self.usage_sequence += 1
-        return self.usage_sequence
+            self._generation += 1
+            self.usage_sequence += 1
+            return self.usage_sequence
+
+    def store_begun(self) -> None:
+        """A usage store is about to write; store_ended follows it (after its mark_stored, if
+        it stored anything), whatever happened. A build that a store overlaps is not exact."""
+        with self._dirty_lock:
+            self._stores_begun += 1
+
+    def store_ended(self) -> None:
+        with self._dirty_lock:
+            self._stores_ended += 1
 
     async def current_version(self) -> str:
         return (await self.current()).version

@@ -174,13 +174,21 @@ class ConfigSessions:
 
         reader = asyncio.create_task(read_answers())
         last_sent_version = first.version_info
+        last_sent_exact, last_sent_sequence = True, 0
         last_beat = time.monotonic()
         try:
             while not reader.done():
                 built = await self._hub.current()
-                if built.version != last_sent_version:
+                # The same version again when the last one sent was not exact (a store
+                # overlapped its build) and this one counts more stores: the data plane then
+                # stops counting twice the usage that one already held.
+                if built.version != last_sent_version or (
+                    not last_sent_exact and built.usage_sequence > last_sent_sequence
+                ):
                     sent_nonce = uuid.uuid4().hex
                     last_sent_version = built.version
+                    last_sent_exact = built.exact
+                    last_sent_sequence = built.usage_sequence
                     metrics.snapshot_pushes.inc()
                     # A span per push (the message is handed to gRPC, not awaited inside it).
                     with span(

@@ -43,6 +43,10 @@ class BuiltSnapshot:
     # The control plane's count of usage stores when the build began (not content: the
     # version ignores it); see ConfigResponse.usage_sequence.
     usage_sequence: int = 0
+    # False when a usage store overlapped the build: the snapshot may hold usage stored after
+    # ``usage_sequence`` (counted twice by a data plane until a later snapshot says it holds
+    # it). A config stream sends the next build even of the same version (session.py).
+    exact: bool = True
 
 
 @functools.lru_cache(maxsize=1 << 17)

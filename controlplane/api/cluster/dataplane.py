@@ -126,6 +126,32 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             current.set_attribute("meterline.usage.duplicates", result.duplicates)
             return result
 
+    async def _store_and_ack(self, batch_id: str, events: list[UsageEvent]) -> usage_pb2.UsageAck:
+        """Store one batch and say so (mark_stored before the ACK leaves)."""
+        started = time.perf_counter()
+        result = await asyncio.to_thread(self._store, events)
+        self._metrics.ingest_batch.observe(time.perf_counter() - started)
+        self._metrics.usage_events.inc(result.accepted)
+        self._metrics.usage_duplicates.inc(result.duplicates)
+        ack = usage_pb2.UsageAck(
+            batch_id=batch_id,
+            accepted_count=result.accepted,
+            duplicate_count=result.duplicates,
+        )
+        if self._hub is not None:
+            ack.usage_epoch = self._hub.usage_epoch
+            # Only duplicates: stored before, by the count so far.
+            ack.usage_sequence = self._hub.usage_sequence
+        if result.accepted:
+            if self._hub is not None:
+                # Before the ACK leaves: a snapshot built before this store is not sent,
+                # and the ACK says which snapshots reflect it.
+                ack.usage_sequence = self._hub.mark_stored({event.subject for event in events})
+            self._balances_changed()
+            if self._on_stored is not None:
+                self._on_stored({event.subject for event in events})
+        return ack
+
     async def StreamUsage(
         self, request_iterator: AsyncIterator[usage_pb2.UsageBatch], context: Ctx
     ) -> AsyncIterator[usage_pb2.UsageAck]:
@@ -133,26 +159,12 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             events = [
                 convert.usage_event_from_proto(e, index=i) for i, e in enumerate(batch.events)
             ]
-            started = time.perf_counter()
-            result = await asyncio.to_thread(self._store, events)
-            self._metrics.ingest_batch.observe(time.perf_counter() - started)
-            self._metrics.usage_events.inc(result.accepted)
-            self._metrics.usage_duplicates.inc(result.duplicates)
-            ack = usage_pb2.UsageAck(
-                batch_id=batch.batch_id,
-                accepted_count=result.accepted,
-                duplicate_count=result.duplicates,
-            )
-            if self._hub is not None:
-                ack.usage_epoch = self._hub.usage_epoch
-                # Only duplicates: stored before, by the count so far.
-                ack.usage_sequence = self._hub.usage_sequence
-            if result.accepted:
-                if self._hub is not None:
-                    # Before the ACK leaves: a snapshot built before this store is not sent,
-                    # and the ACK says which snapshots reflect it.
-                    ack.usage_sequence = self._hub.mark_stored({event.subject for event in events})
-                self._balances_changed()
-                if self._on_stored is not None:
-                    self._on_stored({event.subject for event in events})
+            hub = self._hub
+            if hub is not None:
+                hub.store_begun()
+            try:
+                ack = await self._store_and_ack(batch.batch_id, events)
+            finally:
+                if hub is not None:
+                    hub.store_ended()
             yield ack

@@ -145,3 +145,45 @@ async def test_a_config_change_is_read_after_notify_and_after_a_poll(db, clock) 
     apply_document(db, text=with_consumer("next-one"), now=clock.now())
     await hub.notify()
     assert "next-one" in _consumers(await hub.current())
+
+
+async def test_a_store_during_a_build_makes_it_inexact_until_a_build_after_it(
+    db, clock, monkeypatch
+) -> None:
+    # Given a consumer with a 1,000-token balance, and a usage store that commits while a
+    # build reads the balances (begun before the read, ACKed after the build took its count)
+    apply_document(db, text=GATEWAY + BILLING, now=clock.now())
+    hub = ConfigHub(db, poll_seconds=60, clock=clock, balance_slicing=False)
+    first = await hub.current()
+    assert first.exact and _balance(first) == 1000
+    import controlplane.configsync.hub as hub_module
+
+    read = hub_module.enforcement_state
+    overlapped: list[int] = []
+
+    def store_while_reading(conn, **kw):
+        if not overlapped:
+            hub.store_begun()
+            _store(db, clock, subject="acme-corp", tokens=300, id="e1")
+            overlapped.append(1)
+        return read(conn, **kw)
+
+    monkeypatch.setattr(hub_module, "enforcement_state", store_while_reading)
+    await hub.usage_stored()
+    loose = await hub.current()
+    # Then the snapshot holds the 300 tokens although its sequence does not count that store:
+    # it says it is not exact (a config stream sends the next build even if it is the same)
+    assert _balance(loose) == 700 and loose.usage_sequence == 0 and not loose.exact
+    sequence = hub.mark_stored({"acme-corp"})
+    hub.store_ended()
+    after = await hub.current()
+    # and the next build, with no store in flight, is exact and counts the store
+    assert after.version == loose.version and after.usage_sequence == sequence == 1
+    assert after.exact
+    # A store in flight (begun, not ended) at the start of a build also makes it inexact.
+    hub.store_begun()
+    await hub.usage_stored()
+    assert not (await hub.current()).exact
+    hub.store_ended()
+    await hub.usage_stored()
+    assert (await hub.current()).exact

@@ -158,6 +158,37 @@ async def test_a_node_that_holds_the_current_version_gets_no_push(harness, walkt
     call.cancel()
 
 
+async def test_a_snapshot_built_during_a_store_is_sent_again_once_a_build_counts_it(
+    harness, walkthrough
+) -> None:
+    hub = harness.cp.hub
+    call = harness.config_stream.StreamConfig()
+    await call.write(config_pb2.ConfigRequest(node=config_pb2.Node(id="dp-1")))
+    empty = await asyncio.wait_for(call.read(), 5)
+    # Given a usage store in flight (begun, not ACKed) while a new config is built and pushed
+    hub.store_begun()
+    await harness.gateway.ApplyConfig(gateway_pb2.ApplyConfigRequest(document=walkthrough))
+    loose = await asyncio.wait_for(call.read(), 5)
+    assert loose.version_info != empty.version_info
+    # When the store is ACKed and the balances are rebuilt (the same content: it moved none)
+    sequence = hub.mark_stored()
+    hub.store_ended()
+    await hub.usage_stored()
+    # Then the same version is sent again, saying it holds that store (the data plane stops
+    # counting its usage locally, which the first one may already have held)
+    again = await asyncio.wait_for(call.read(), 5)
+    assert again.version_info == loose.version_info
+    assert (loose.usage_sequence, again.usage_sequence) == (sequence - 1, sequence)
+    # and not again once the last one sent was exact.
+    hub.store_begun()
+    hub.mark_stored()
+    hub.store_ended()
+    await hub.usage_stored()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(call.read(), 1)
+    call.cancel()
+
+
 async def test_first_request_without_node_is_rejected(harness) -> None:
     call = harness.config_stream.StreamConfig()
     await call.write(config_pb2.ConfigRequest(version_info=""))
