@@ -82,7 +82,7 @@ async def test_credit_only_is_refused_at_zero_before_the_provider_is_called(stac
     # When its app spends them through one data plane with the openai SDK
     for _ in range(200):
         # The snapshot the request is admitted against (or refused by).
-        version = stack.dps[0].config.version
+        held = _held(stack)
         try:
             response = await chat(stack, "prepaid-key")
         except openai.APIStatusError as exc:
@@ -97,7 +97,7 @@ async def test_credit_only_is_refused_at_zero_before_the_provider_is_called(stac
             # ... while the other data plane holds an unused slice: the next snapshot
             # re-splits what is left.
             await wait_for(
-                lambda version=version: _version_moved(stack, version),
+                lambda held=held: _snapshot_moved(stack, held),
                 what="a re-split snapshot",
             )
             continue
@@ -138,8 +138,15 @@ async def test_credit_only_is_refused_at_zero_before_the_provider_is_called(stac
     ]
 
 
-async def _version_moved(stack: Stack, version: str) -> bool:
-    return stack.dps[0].config.version != version or await stack.live("prepaid-co") <= 0
+def _held(stack: Stack) -> tuple[str, object]:
+    """The snapshot data plane 0 holds: its version and which stored usage it counts (the
+    same version comes again with a later count after a build a usage store overlapped)."""
+    config = stack.dps[0].config
+    return config.version, config.usage_marker
+
+
+async def _snapshot_moved(stack: Stack, held: tuple[str, object]) -> bool:
+    return _held(stack) != held or await stack.live("prepaid-co") <= 0
 
 
 async def test_a_customer_without_credits_on_credit_only_is_refused_on_both_formats(
