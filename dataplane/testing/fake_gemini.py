@@ -36,7 +36,10 @@ configured key (default: any key starting ``AIza``); none answers 403 ``PERMISSI
 wrong one 400 ``INVALID_ARGUMENT`` with reason ``API_KEY_INVALID``, as Google does. Errors are
 ``{"error": {"code", "message", "status"}}``. Knobs: ``status=N`` answers every request with
 status N; header ``x-fake-status: N`` one request; ``cut_after=K`` ends a stream's connection
-after K frames (no finishReason, no last chunk). Requests are recorded in ``requests``.
+after K frames (no finishReason, no last chunk); header ``x-fake-stream-error: K:CODE`` ends
+an SSE stream after K frames with Google's error frame, ``data: {"error": {"code": CODE,
+"message", "status"}}`` (500: Google's "An internal error has occurred" message). Requests are
+recorded in ``requests``.
 
 ``:embedContent`` / ``:batchEmbedContents`` answer ``{"embedding": {"values"}}`` /
 ``{"embeddings": [{"values"}]}`` (``embedding(text, outputDimensionality)``, 8 values by
@@ -89,6 +92,11 @@ _STATUS_NAMES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+# Google's message of an INTERNAL error, as a stream that fails mid-way ends with it.
+_INTERNAL = (
+    "An internal error has occurred. Please retry or report in "
+    "https://developers.generativeai.google/guide/troubleshooting"
+)
 _NO_KEY = (
     "Method doesn't allow unregistered callers (callers without established identity). "
     "Please use API Key or other form of API consumer identity to call this API."
@@ -384,7 +392,13 @@ class FakeGemini:
             document = self._response(body, model, self._usage(body, _reply(body)), _reply(body))
             await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])
             return
-        await self._stream(send, body, model, sse=query.get("alt") == ["sse"])
+        await self._stream(
+            send,
+            body,
+            model,
+            sse=query.get("alt") == ["sse"],
+            stream_error=headers.get("x-fake-stream-error", ""),
+        )
 
     def _check_key(
         self, headers: dict[str, str], query: dict[str, list[str]]
@@ -483,7 +497,9 @@ class FakeGemini:
             "responseId": uuid.uuid4().hex[:22],
         }
 
-    async def _stream(self, send: Send, body: dict[str, Any], model: str, *, sse: bool) -> None:
+    async def _stream(
+        self, send: Send, body: dict[str, Any], model: str, *, sse: bool, stream_error: str = ""
+    ) -> None:
         reply = _reply(body)
         response_id = uuid.uuid4().hex[:22]
         frames: list[dict[str, Any]] = []
@@ -511,6 +527,11 @@ class FakeGemini:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
+        after, _, code = stream_error.partition(":")
+        if after.isdigit() and code.isdigit():
+            status = int(code)
+            message = _INTERNAL if status == 500 else f"Forced stream error {status}"
+            frames[int(after) :] = [error_document(status, message)]
         for i, frame in enumerate(frames):
             if self.cut_after is not None and i >= self.cut_after:
                 return  # the connection ends without the stream's end: a cut

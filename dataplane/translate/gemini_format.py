@@ -72,6 +72,39 @@ _STATUS_NAMES: Final = {
 }
 
 
+# google.rpc.Code name -> HTTP status (the reverse of the table above, for errors that carry a
+# name but no code).
+_NAME_STATUSES: Final = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ABORTED": 409,
+    "ALREADY_EXISTS": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "INTERNAL": 500,
+    "UNKNOWN": 500,
+    "DATA_LOSS": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+
+
+def error_status(error: Any) -> int:
+    """The HTTP status of a Google error object: its ``code``, else its ``status`` name's,
+    else 500."""
+    if not isinstance(error, dict):
+        return 500
+    code = error.get("code")
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code
+    return _NAME_STATUSES.get(str(error.get("status") or ""), 500)
+
+
 def status_name(status: int) -> str:
     """The google.rpc.Code name of an HTTP status."""
     if status in _STATUS_NAMES:
@@ -169,15 +202,22 @@ def read_response(body: bytes) -> tuple[dict[str, Any] | None, TokenUsage | None
 
 
 class GeminiStreamScanner:
-    """Reads usage and model from a Gemini SSE stream, frame by frame (the last usage wins)."""
+    """Reads usage and model from a Gemini SSE stream, frame by frame (the last usage wins).
 
-    __slots__ = ("model", "texts", "usage")
+    A stream that fails after its 200 ends with a frame that is a Google error document,
+    ``data: {"error": {"code": 500, "message": ..., "status": "INTERNAL"}}`` (google-genai
+    raises ``APIError`` with that code on it); its status is kept in ``error_status``.
+    """
+
+    __slots__ = ("error_status", "model", "texts", "usage")
 
     def __init__(self) -> None:
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         # Text produced while no usage was reported, to estimate a stream that has none.
         self.texts: list[str] = []
+        # The status of an error frame, if one came (the first one).
+        self.error_status: int | None = None
 
     def accept(self, event: bytes) -> dict[str, Any] | None:
         """Inspect one whole event; return its parsed frame (None if it has no JSON object)."""
@@ -190,6 +230,10 @@ class GeminiStreamScanner:
             return None
         if not isinstance(document, dict):
             return None
+        if "error" in document:
+            if self.error_status is None:
+                self.error_status = error_status(document["error"])
+            return document
         usage = usage_from_gemini(document.get("usageMetadata"))
         if usage is not None:
             self.usage = usage

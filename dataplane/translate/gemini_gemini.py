@@ -61,6 +61,10 @@ class _GeminiRelay:
     def produced_text(self) -> str:
         return "".join(self.scanner.texts)
 
+    @property
+    def error_status(self) -> int | None:
+        return self.scanner.error_status
+
 
 def _model_and_operation(subpath: str, route_type: str) -> tuple[str, str]:
     served = EMBED_OPERATIONS if route_type == ROUTE_TYPE_EMBEDDINGS else OPERATIONS

@@ -377,20 +377,72 @@ def _has_usage_object(data: bytes) -> bool:
     return rest.startswith(b":") and rest[1:].lstrip().startswith(b"{")
 
 
+# OpenAI error types (and the ``code`` of a quota error) -> their HTTP statuses, for an error
+# a provider reports inside a stream that began with 200.
+_ERROR_TYPE_STATUSES: Final = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "rate_limit_error": 429,
+    "insufficient_quota": 429,
+    "rate_limit_exceeded": 429,
+    "tokens": 429,
+    "requests": 429,
+    "server_error": 500,
+    "api_error": 500,
+    "overloaded_error": 529,
+    "service_unavailable": 503,
+}
+
+
+def stream_error_of(data: bytes) -> int | None:
+    """The HTTP status of an SSE ``data`` that is an error object (None if it is not one).
+
+    OpenAI ends a stream that fails after its 200 with ``data: {"error": {"message", "type",
+    "param", "code"}}`` (the openai SDK raises ``APIError`` on it); OpenAI-compatible servers
+    send the same, some with a numeric ``code`` (vLLM, Gemini's OpenAI endpoint) or a bare
+    string error (``{"error": "..."}``). The status is the numeric code if it is one, else
+    the type's (or code's) status, else 500.
+    """
+    if b'"error"' not in data:
+        return None
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    if not error or not isinstance(error, (dict, str)):
+        return None
+    if isinstance(error, str):
+        return 500
+    code = error.get("code")
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code
+    for key in (error.get("type"), code):
+        if isinstance(key, str) and key in _ERROR_TYPE_STATUSES:
+            return _ERROR_TYPE_STATUSES[key]
+    return 500
+
+
 class ChatStreamScanner:
     """Reads usage and model from a chat-completions SSE stream, event by event.
 
     Data of events is kept (by reference, not copied) until usage shows up, so a stream that
-    ends without usage can still be estimated from its text; see ``produced_text``.
+    ends without usage can still be estimated from its text; see ``produced_text``. An error
+    event inside the stream (``data: {"error": {...}}``) is relayed as it came and its status
+    kept in ``error_status``.
     """
 
-    __slots__ = ("_hide_usage_chunk", "_pending", "model", "usage")
+    __slots__ = ("_hide_usage_chunk", "_pending", "error_status", "model", "usage")
 
     def __init__(self, *, hide_usage_chunk: bool) -> None:
         self._hide_usage_chunk = hide_usage_chunk
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         self._pending: list[bytes] = []
+        # The status of an error the provider reported inside the stream (the first one).
+        self.error_status: int | None = None
 
     def produced_text(self) -> str:
         """The text of the deltas seen (content, tool arguments, legacy ``text``)."""
@@ -423,6 +475,8 @@ class ChatStreamScanner:
         data = event_data(event)
         if data is None or data == b"[DONE]":
             return True
+        if self.error_status is None:
+            self.error_status = stream_error_of(data)
         if self.usage is None:
             self._pending.append(data)
         has_usage = _has_usage_object(data)

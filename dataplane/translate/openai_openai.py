@@ -48,6 +48,10 @@ class _OpenAIRelay:
     def produced_text(self) -> str:
         return self.scanner.produced_text()
 
+    @property
+    def error_status(self) -> int | None:
+        return self.scanner.error_status
+
 
 class OpenAITranslator:
     """OpenAI-format clients to OpenAI-format providers (openai, azure, openai_compatible)."""
