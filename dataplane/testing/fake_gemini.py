@@ -43,7 +43,13 @@ recorded in ``requests``.
 
 ``:embedContent`` / ``:batchEmbedContents`` answer ``{"embedding": {"values"}}`` /
 ``{"embeddings": [{"values"}]}`` (``embedding(text, outputDimensionality)``, 8 values by
-default) and, like the Gemini API, no usage.
+default) and, like the Gemini API, no usage; Vertex AI's ``:embedContent`` adds its
+``usageMetadata`` (``promptTokenCount`` = 3 + the words of the text) and ``truncated``. Vertex AI's
+``:predict`` (text-embedding models) takes ``{"instances": [{"content"}], "parameters":
+{"outputDimensionality"}}`` and answers ``{"predictions": [{"embeddings": {"statistics":
+{"truncated", "token_count"}, "values"}}], "metadata": {"billableCharacterCount"}}``,
+``token_count`` = 3 + the words of the content (a gemini-embedding model takes one instance per
+call, as Vertex AI's do: more answer 400).
 
 Run it with ``python -m dataplane.testing.fake_gemini --listen 127.0.0.1:PORT``.
 """
@@ -368,14 +374,23 @@ class FakeGemini:
             "countTokens",
             "embedContent",
             "batchEmbedContents",
-        ):
+        ) and (operation != "predict" or vertex is None):
             await _error(send, 404, f"Method {operation} not found.")
             return
         if not isinstance(body, dict):
             await _error(send, 400, "Invalid JSON payload received.")
             return
+        if operation == "predict":
+            await _predict(send, body, model)
+            return
         if operation in ("embedContent", "batchEmbedContents"):
-            await _embed(send, body, model, batch=operation == "batchEmbedContents")
+            await _embed(
+                send,
+                body,
+                model,
+                batch=operation == "batchEmbedContents",
+                vertex=vertex is not None,
+            )
             return
         if operation == "countTokens":
             request = field_of(body, "generateContentRequest") or body
@@ -593,9 +608,12 @@ def embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
     return [round((len(words) + i) / (dimensions + len(text) + 1), 6) for i in range(dimensions)]
 
 
-async def _embed(send: Send, body: dict[str, Any], model: str, *, batch: bool) -> None:
+async def _embed(
+    send: Send, body: dict[str, Any], model: str, *, batch: bool, vertex: bool = False
+) -> None:
     """embedContent / batchEmbedContents: one embedding per content; like Gemini's answers,
-    no usage (the API reports none for embeddings)."""
+    no usage (the API reports none for embeddings), but Vertex AI's embedContent reports the
+    prompt's tokens."""
     requests = body.get("requests") if batch else [body]
     if not isinstance(requests, list) or not requests:
         await _error(send, 400, "* BatchEmbedContentsRequest.requests: requests is not specified")
@@ -614,5 +632,39 @@ async def _embed(send: Send, body: dict[str, Any], model: str, *, batch: bool) -
         text = " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
         size = request.get("outputDimensionality") or EMBEDDING_DIMENSIONS
         embeddings.append({"values": embedding(text, int(size))})
-    document = {"embeddings": embeddings} if batch else {"embedding": embeddings[0]}
+    document: dict[str, Any] = (
+        {"embeddings": embeddings} if batch else {"embedding": embeddings[0]}
+    )
+    if vertex and not batch:
+        tokens = _tokens(text)
+        document["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+        document["truncated"] = False
+    await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])
+
+
+async def _predict(send: Send, body: dict[str, Any], model: str) -> None:
+    """Vertex AI's predict on a text-embedding model: one prediction per instance, each with
+    its token count."""
+    instances = body.get("instances")
+    if not isinstance(instances, list) or not instances:
+        await _error(send, 400, "Invalid JSON payload: instances is required.")
+        return
+    if "gemini" in model and len(instances) > 1:
+        await _error(send, 400, "Only one instance per request is supported for this model.")
+        return
+    parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+    assert isinstance(parameters, dict)
+    size = parameters.get("outputDimensionality") or EMBEDDING_DIMENSIONS
+    predictions = []
+    characters = 0
+    for instance in instances:
+        content = instance.get("content") if isinstance(instance, dict) else None
+        if not isinstance(content, str):
+            await _error(send, 400, "Invalid instance: content must be a string.")
+            return
+        characters += len(content.replace(" ", ""))
+        statistics = {"truncated": False, "token_count": _tokens(content)}
+        values = embedding(content, int(size))
+        predictions.append({"embeddings": {"statistics": statistics, "values": values}})
+    document = {"predictions": predictions, "metadata": {"billableCharacterCount": characters}}
     await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])

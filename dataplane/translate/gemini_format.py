@@ -40,10 +40,15 @@ GENERATE: Final = "generateContent"
 STREAM_GENERATE: Final = "streamGenerateContent"
 COUNT_TOKENS: Final = "countTokens"
 OPERATIONS: Final = frozenset({GENERATE, STREAM_GENERATE, COUNT_TOKENS})
-# The operations of an llm/v1/embeddings route (and countTokens).
+# The operations of an llm/v1/embeddings route (and countTokens); ``predict`` is Vertex AI's
+# for its text-embedding models (instances in, predictions with token counts out).
 EMBED: Final = "embedContent"
 BATCH_EMBED: Final = "batchEmbedContents"
-EMBED_OPERATIONS: Final = frozenset({EMBED, BATCH_EMBED, COUNT_TOKENS})
+PREDICT: Final = "predict"
+EMBED_OPERATIONS: Final = frozenset({EMBED, BATCH_EMBED, PREDICT, COUNT_TOKENS})
+
+# A Vertex AI URL (its path names a project and a location), as opposed to the Gemini API's.
+_VERTEX_URL: Final = re.compile(r"/projects/[^/]+/locations/[^/]+/")
 
 # Placeholders of a provider target's URL template (filled per request).
 MODEL_PLACEHOLDER: Final = "{model}"
@@ -168,6 +173,60 @@ def usage_from_gemini(metadata: Any) -> TokenUsage | None:
         cached_input_tokens=cached,
         reasoning_tokens=count(metadata.get("thoughtsTokenCount")),
     )
+
+
+def is_vertex(url: str) -> bool:
+    """Whether a target URL (template) is Vertex AI's."""
+    return _VERTEX_URL.search(urlsplit(url).path) is not None
+
+
+def predict_texts(document: Any) -> list[str] | None:
+    """The texts of a Vertex AI embeddings ``:predict`` body (``instances[].content``), for
+    an estimate; None if it is not one."""
+    instances = document.get("instances") if isinstance(document, dict) else None
+    if not isinstance(instances, list):
+        return None
+    texts = []
+    for instance in instances:
+        content = instance.get("content") if isinstance(instance, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+    return texts
+
+
+def usage_from_predict(document: Any) -> TokenUsage | None:
+    """The input tokens of a Vertex AI embeddings ``:predict`` answer: the sum of its
+    ``predictions[].embeddings.statistics.token_count`` (the tokens Vertex AI bills), or None
+    unless every prediction reports one."""
+    predictions = document.get("predictions") if isinstance(document, dict) else None
+    if not isinstance(predictions, list) or not predictions:
+        return None
+    total = 0
+    for prediction in predictions:
+        embeddings = prediction.get("embeddings") if isinstance(prediction, dict) else None
+        statistics = embeddings.get("statistics") if isinstance(embeddings, dict) else None
+        value = statistics.get("token_count") if isinstance(statistics, dict) else None
+        # predictions are google.protobuf.Value: numbers are doubles, so 6.0 may come for 6.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        tokens = count(value)
+        if tokens is None:
+            return None
+        total += tokens
+    return TokenUsage(input_tokens=total, output_tokens=0)
+
+
+def predict_vectors(document: Any) -> list[Any] | None:
+    """The vectors of a ``:predict`` answer (``predictions[].embeddings.values``), or None."""
+    predictions = document.get("predictions") if isinstance(document, dict) else None
+    if not isinstance(predictions, list):
+        return None
+    vectors = []
+    for prediction in predictions:
+        embeddings = prediction.get("embeddings") if isinstance(prediction, dict) else None
+        values = embeddings.get("values") if isinstance(embeddings, dict) else None
+        vectors.append(values if isinstance(values, list) else [])
+    return vectors
 
 
 def model_of(document: dict[str, Any]) -> str | None:
