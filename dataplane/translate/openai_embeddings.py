@@ -13,7 +13,8 @@ Gemini and Bedrock, translated both ways and billed by input tokens.
 - **Bedrock** (InvokeModel): Titan Text Embeddings (``amazon.titan-embed-*``: ``{"inputText",
   "dimensions"}``, one input per call) billed exactly from ``inputTextTokenCount``; Cohere
   Embed (``cohere.embed-*``: ``{"texts", "input_type": "search_document"}``), whose body
-  carries no count (``meta.billed_units.input_tokens`` is read if present), estimated.
+  carries no count (``meta.billed_units.input_tokens`` is read if present), billed exactly from
+  InvokeModel's ``X-Amzn-Bedrock-Input-Token-Count`` header (estimated only without it).
 
 Only text inputs: token-id arrays (OpenAI's pre-tokenized input) are refused with 400, as
 neither provider takes them.
@@ -29,7 +30,11 @@ from dataplane.config.providers import BEDROCK_INVOKE
 from dataplane.errors import Rejection
 from dataplane.translate.base import Prepared, StreamRelay
 from dataplane.translate.bedrock_bedrock import upstream_url as bedrock_url
-from dataplane.translate.bedrock_format import bedrock_error_to_openai, read_embedding_usage
+from dataplane.translate.bedrock_format import (
+    bedrock_error_to_openai,
+    read_embedding_usage,
+    usage_from_headers,
+)
 from dataplane.translate.gemini_format import (
     BATCH_EMBED,
     PREDICT,
@@ -200,6 +205,16 @@ class OpenAIToBedrockEmbeddingsTranslator:
     def whole(
         self, body: bytes, status: int, prepared: Prepared
     ) -> tuple[bytes, TokenUsage | None, str | None]:
+        return self.whole_with_headers(body, status, prepared, [])
+
+    def whole_with_headers(
+        self,
+        body: bytes,
+        status: int,
+        prepared: Prepared,
+        headers: list[tuple[bytes, bytes]],
+    ) -> tuple[bytes, TokenUsage | None, str | None]:
+        """The OpenAI list, billed from the body's count, else InvokeModel's count header."""
         if not 200 <= status < 300:
             return bedrock_error_to_openai(body, status), None, None
         try:
@@ -208,7 +223,7 @@ class OpenAIToBedrockEmbeddingsTranslator:
             return body, None, None
         if not isinstance(document, dict):
             return body, None, None
-        usage = read_embedding_usage(document)
+        usage = read_embedding_usage(document) or usage_from_headers(headers)
         if "embedding" in document:
             vectors = [document["embedding"]]
         else:

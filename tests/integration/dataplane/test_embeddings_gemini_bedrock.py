@@ -1,8 +1,10 @@
-"""Embeddings (route_type llm/v1/embeddings) on Gemini and Bedrock through the real proxy, with
-the openai SDK (translated), google-genai (native batchEmbedContents) and boto3 (native
-InvokeModel) as clients: billed by input tokens, exactly where the provider reports them
-(Titan's inputTextTokenCount), estimated and marked where it does not (the Gemini API, Cohere
-Embed's body); errors translated, recorded with their status and not billed."""
+"""Embeddings (route_type llm/v1/embeddings) on Gemini, Vertex AI and Bedrock through the real
+proxy, with the openai SDK (translated), google-genai (native batchEmbedContents; Vertex AI's
+predict and embedContent) and boto3 (native InvokeModel) as clients: billed by input tokens,
+exactly where the provider reports them (Titan's inputTextTokenCount, Bedrock's
+X-Amzn-Bedrock-Input-Token-Count for Cohere Embed, Vertex AI's statistics.token_count and
+usageMetadata), estimated and marked where it does not (the Gemini API); errors translated,
+recorded with their status and not billed."""
 
 from __future__ import annotations
 
@@ -237,16 +239,20 @@ async def test_openai_sdk_on_titan_is_billed_exactly(stack) -> None:
     assert len(stack.bedrock.requests) == before and stack.events == []
 
 
-async def test_openai_sdk_on_cohere_embed_is_estimated(stack) -> None:
+async def test_openai_sdk_on_cohere_embed_is_billed_from_bedrocks_header(stack) -> None:
     async with stack.oai("cohere-oa") as client:
         answer = await client.embeddings.create(model="any", input=TEXTS)
     assert len(answer.data) == 2
     sent = stack.bedrock.requests[-1]
     assert sent.path == f"/model/{COHERE}/invoke"
     assert sent.body == {"texts": TEXTS, "input_type": "search_document"}
+    # Cohere Embed's body has no count: X-Amzn-Bedrock-Input-Token-Count's is billed, exactly,
+    # and shown to the OpenAI client as its usage.
+    words = sum(len(text.split()) for text in TEXTS)
+    assert answer.usage.prompt_tokens == words
     assert stack.take() == [
-        ("bedrock", 200, INPUT, estimate_tokens("".join(TEXTS)), True),
-        ("bedrock", 200, OUTPUT, 0, True),
+        ("bedrock", 200, INPUT, words, False),
+        ("bedrock", 200, OUTPUT, 0, False),
     ]
 
 
