@@ -632,9 +632,7 @@ async def _embed(
         text = " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
         size = request.get("outputDimensionality") or EMBEDDING_DIMENSIONS
         embeddings.append({"values": embedding(text, int(size))})
-    document: dict[str, Any] = (
-        {"embeddings": embeddings} if batch else {"embedding": embeddings[0]}
-    )
+    document: dict[str, Any] = {"embeddings": embeddings} if batch else {"embedding": embeddings[0]}
     if vertex and not batch:
         tokens = _tokens(text)
         document["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}

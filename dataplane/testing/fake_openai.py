@@ -26,7 +26,8 @@ The Responses API (``/responses``: ``input`` as a string or a list of messages,
 (``input_tokens``, ``input_tokens_details.cached_tokens``, ``output_tokens``,
 ``output_tokens_details.reasoning_tokens``), or with ``stream: true`` the typed SSE events
 ``response.created`` ... ``response.output_text.delta`` ... ``response.completed`` (which
-carries the usage), as OpenAI sends them.
+carries the usage), as OpenAI sends them; header ``x-fake-stream-error: K:CODE`` ends that
+stream after K events with ``response.failed`` (its ``response.error.code`` CODE).
 
 Errors: a wrong or missing ``Authorization`` answers 401 (the expected key is configurable;
 by default any ``Bearer sk-...`` passes); model ``"fail-500"`` or header ``x-fake-status: N``
@@ -220,7 +221,7 @@ class FakeProvider:
                 message = "Missing required parameter: 'input'."
                 await _error(send, 400, message, "invalid_request_error", None)
                 return
-            await self._respond(send, body)
+            await self._respond(send, body, headers.get("x-fake-stream-error", ""))
             return
         if isinstance(body, dict) and endpoint != "/chat/completions":
             field = "prompt" if endpoint == "/completions" else "input"
@@ -469,7 +470,7 @@ class FakeProvider:
                 messages.append({"role": role, "content": item.get("content")})
         return messages
 
-    async def _respond(self, send: Send, body: dict[str, Any]) -> None:
+    async def _respond(self, send: Send, body: dict[str, Any], stream_error: str = "") -> None:
         """POST /responses, whole or streamed, in the Responses API's wire format."""
         messages = self._response_messages(body)
         model = str(body.get("model", ""))
@@ -573,6 +574,12 @@ class FakeProvider:
             {"type": "response.output_item.done", "output_index": 0, "item": item},
             {"type": "response.completed", "response": document},
         ]
+        after, _, code = stream_error.partition(":")
+        if after.isdigit() and code:
+            # The Responses API's end of a failed response: response.failed, its error set.
+            error = {"code": code, "message": _SERVER_ERROR["message"]}
+            failed = {**in_progress, "status": "failed", "error": error}
+            events[int(after) :] = [{"type": "response.failed", "response": failed}]
         await send(
             {
                 "type": "http.response.start",

@@ -393,7 +393,34 @@ _ERROR_TYPE_STATUSES: Final = {
     "api_error": 500,
     "overloaded_error": 529,
     "service_unavailable": 503,
+    "invalid_prompt": 400,
 }
+
+
+def error_code_status(code: Any) -> int:
+    """The HTTP status of an OpenAI error ``type`` or ``code`` (500 for others)."""
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code
+    return _ERROR_TYPE_STATUSES.get(code, 500) if isinstance(code, str) else 500
+
+
+def responses_error_status(data: bytes) -> int | None:
+    """The HTTP status of a Responses API stream event that reports a failure (None for any
+    other): ``error`` (its ``code``) or ``response.failed`` (its ``response.error.code``)."""
+    if b'"error"' not in data and b'"response.failed"' not in data:
+        return None
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    kind = document.get("type") if isinstance(document, dict) else None
+    if kind == "error":
+        return error_code_status(document.get("code"))
+    if kind == "response.failed":
+        response = document.get("response")
+        error = response.get("error") if isinstance(response, dict) else None
+        return error_code_status(error.get("code") if isinstance(error, dict) else None)
+    return None
 
 
 def stream_error_of(data: bytes) -> int | None:

@@ -21,7 +21,7 @@ from dataplane.translate.gemini_gemini import GeminiNativeTranslator
 from dataplane.translate.ollama_ollama import OllamaNativeTranslator
 from dataplane.translate.openai_gemini import OpenAIToGeminiTranslator
 from dataplane.translate.openai_ollama import _OllamaToChatRelay
-from dataplane.translate.openai_openai import OpenAITranslator
+from dataplane.translate.openai_openai import OpenAIResponsesTranslator, OpenAITranslator
 from dataplane.usage.estimate import estimate_tokens
 from dataplane.usage.tokens import TokenUsage
 
@@ -178,3 +178,32 @@ def test_ollama_error_line_is_a_500_native_and_translated() -> None:
     translated = _OllamaToChatRelay(include_usage=False, model="m")
     assert b"an error was encountered" in translated.feed(line)
     assert stream_error_status(translated) == 500
+
+
+@pytest.mark.parametrize(
+    ("event", "status"),
+    [
+        pytest.param(
+            b'event: error\ndata: {"type":"error","code":"rate_limit_exceeded",'
+            b'"message":"slow down","param":null,"sequence_number":3}\n\n',
+            429,
+            id="error-event",
+        ),
+        pytest.param(
+            b'event: response.failed\ndata: {"type":"response.failed","response":{"status":'
+            b'"failed","error":{"code":"server_error","message":"x"},"usage":null}}\n\n',
+            500,
+            id="response-failed",
+        ),
+        pytest.param(
+            b'event: response.created\ndata: {"type":"response.created","response":'
+            b'{"status":"in_progress","error":null}}\n\n',
+            None,
+            id="created-with-null-error",
+        ),
+    ],
+)
+def test_responses_failures_give_their_status(event, status) -> None:
+    relay = OpenAIResponsesTranslator().stream(PREPARED)
+    assert relay.feed(event) == event
+    assert stream_error_status(relay) == status
