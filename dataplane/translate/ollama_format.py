@@ -86,7 +86,7 @@ class OllamaStreamScanner:
         document = parse_line(line)
         if not isinstance(document, dict):
             return document
-        if error_message(document) is not None:
+        if "error" in document and error_message(document) is not None:
             self.error_status = STREAM_ERROR_STATUS
             return document
         model = document.get("model")

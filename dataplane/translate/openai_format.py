@@ -429,8 +429,7 @@ def stream_error_of(data: bytes) -> int | None:
     OpenAI ends a stream that fails after its 200 with ``data: {"error": {"message", "type",
     "param", "code"}}`` (the openai SDK raises ``APIError`` on it); OpenAI-compatible servers
     send the same, some with a numeric ``code`` (vLLM, Gemini's OpenAI endpoint) or a bare
-    string error (``{"error": "..."}``). The status is the numeric code if it is one, else
-    the type's (or code's) status, else 500.
+    string error (``{"error": "..."}``).
     """
     if b'"error"' not in data:
         return None
@@ -438,6 +437,12 @@ def stream_error_of(data: bytes) -> int | None:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+    return error_document_status(document)
+
+
+def error_document_status(document: Any) -> int | None:
+    """The HTTP status of a parsed stream event that is an error object, else None: its
+    numeric ``code`` if it is one, else its type's (or code's) status, else 500."""
     error = document.get("error") if isinstance(document, dict) else None
     if not error or not isinstance(error, (dict, str)):
         return None
@@ -457,19 +462,24 @@ class ChatStreamScanner:
 
     Data of events is kept (by reference, not copied) until usage shows up, so a stream that
     ends without usage can still be estimated from its text; see ``produced_text``. An error
-    event inside the stream (``data: {"error": {...}}``) is relayed as it came and its status
-    kept in ``error_status``.
+    event inside the stream (``data: {"error": {...}}``) is relayed as it came; it is the last
+    event a failed stream has before ``[DONE]``, so ``error_status`` reads it from the events
+    kept, once, when the stream is over (no cost on the deltas of a stream that succeeds).
     """
 
-    __slots__ = ("_hide_usage_chunk", "_pending", "error_status", "model", "usage")
+    __slots__ = ("_hide_usage_chunk", "_pending", "model", "usage")
 
     def __init__(self, *, hide_usage_chunk: bool) -> None:
         self._hide_usage_chunk = hide_usage_chunk
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         self._pending: list[bytes] = []
-        # The status of an error the provider reported inside the stream (the first one).
-        self.error_status: int | None = None
+
+    @property
+    def error_status(self) -> int | None:
+        """The status of the error event the stream ended with (None if it did not): only a
+        stream without usage has one (usage comes last, after the content)."""
+        return stream_error_of(self._pending[-1]) if self._pending else None
 
     def produced_text(self) -> str:
         """The text of the deltas seen (content, tool arguments, legacy ``text``)."""
@@ -502,8 +512,6 @@ class ChatStreamScanner:
         data = event_data(event)
         if data is None or data == b"[DONE]":
             return True
-        if self.error_status is None:
-            self.error_status = stream_error_of(data)
         if self.usage is None:
             self._pending.append(data)
         has_usage = _has_usage_object(data)

@@ -101,10 +101,10 @@ class _ResponsesRelay:
         data = event_data(event)
         if data is None:
             return event
-        delta = b'"response.output_text.delta"' in data
-        if self.error_status is None and not delta:
+        is_delta = b'"response.output_text.delta"' in data
+        if self.error_status is None and not is_delta:
             self.error_status = responses_error_status(data)
-        if delta:
+        if is_delta:
             try:
                 document = orjson.loads(data)
             except orjson.JSONDecodeError:
