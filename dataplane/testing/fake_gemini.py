@@ -598,10 +598,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
     """The fake's deterministic embedding of ``text``: ``dimensions`` values from its words."""
     words = text.split()
@@ -666,3 +662,7 @@ async def _predict(send: Send, body: dict[str, Any], model: str) -> None:
         predictions.append({"embeddings": {"statistics": statistics, "values": values}})
     document = {"predictions": predictions, "metadata": {"billableCharacterCount": characters}}
     await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
