@@ -39,7 +39,6 @@ from dataplane.config.providers import (
     OPENAI_COMPATIBLE_PROVIDERS,
     PROVIDER_ROUTE_TYPES,
     ROUTE_TYPE_CHAT,
-    ROUTE_TYPE_EMBEDDINGS,
     ROUTE_TYPE_PRESERVE,
     SUPPORTED_ROUTE_TYPES,
     VERTEX_ENDPOINT_PATH,
@@ -571,7 +570,7 @@ def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
         if auth.gcp_use_service_account or auth.gcp_service_account_json:
             raise CompileError(f'{label}: auth.gcp_* is only for provider "gemini"')
         return
-    _check_vertex(label, config.model.options.gemini, route_type=config.route_type)
+    _check_vertex(label, config.model.options.gemini)
     if auth.param_name and auth.param_location != "query":
         raise CompileError(
             f'{label}: provider "gemini" takes its key in a header (x-goog-api-key) or the '
@@ -580,16 +579,11 @@ def _check_gemini(label: str, config: snapshot_pb2.AiProxyConfig) -> None:
     _check_gcp_auth(label, auth)
 
 
-def _check_vertex(label: str, gemini: snapshot_pb2.GeminiOptions, *, route_type: str) -> None:
+def _check_vertex(label: str, gemini: snapshot_pb2.GeminiOptions) -> None:
     """Vertex AI's project, location and endpoint: all or none, each a name."""
     if bool(gemini.project_id) != bool(gemini.location_id):
         raise CompileError(
             f"{label}: model.options.gemini needs both project_id and location_id (Vertex AI)"
-        )
-    if gemini.project_id and route_type == ROUTE_TYPE_EMBEDDINGS:
-        raise CompileError(
-            f'{label}: route_type "llm/v1/embeddings" on Vertex AI is not supported yet '
-            "(the Gemini API's embedContent is)"
         )
     if (gemini.api_endpoint or gemini.endpoint_id) and not gemini.project_id:
         raise CompileError(

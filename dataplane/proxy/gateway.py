@@ -72,6 +72,7 @@ from dataplane.translate.base import (
     Prepared,
     Translator,
     cut_stream_usage,
+    read_whole,
     stream_error_status,
     usage_settled,
 )
@@ -845,7 +846,9 @@ class _Exchange:
                 body = await self._read_whole(response, scope)
             except UPSTREAM_ERRORS as exc:
                 raise self._upstream_failed(exc) from None
-            out, usage, model = self.translator.whole(body, status, prepared)
+            out, usage, model = read_whole(
+                self.translator, body, status, prepared, response.raw_headers
+            )
             if out is not body:
                 out_headers = [
                     (name, value) for name, value in out_headers if name != b"content-type"

@@ -16,6 +16,13 @@ It speaks Bedrock's wire format, framing included:
   ``chunk`` events carry ``{"bytes": base64(<Anthropic SSE event JSON>)}``; ``message_stop``
   carries ``amazon-bedrock-invocationMetrics``. Whole answers have the
   ``x-amzn-bedrock-input-token-count``/``-output-token-count`` headers.
+- ``POST /model/{modelId}/invoke`` and ``/invoke-with-response-stream`` of a Mistral model (an
+  id starting ``mistral.``, after any cross-region prefix): ``{"prompt", "max_tokens"}`` ->
+  ``{"outputs": [{"text", "stop_reason"}]}``, no usage in the body: the counts are only in the
+  ``x-amzn-bedrock-*-token-count`` headers (whole) or the last chunk's
+  ``amazon-bedrock-invocationMetrics`` (stream, chunks ``{"outputs": [{"text",
+  "stop_reason"}]}``), as Bedrock answers. Prompt tokens = 3 + the words of the prompt without
+  its ``<s>``/``[INST]``/``[/INST]`` tags.
 - ``POST /model/{modelId}/invoke`` of an embedding model (an id containing ``embed``): Titan
   Text Embeddings (``{"inputText", "dimensions"}`` -> ``{"embedding", "inputTextTokenCount"}``)
   or Cohere Embed (``{"texts", "input_type"}`` -> ``{"embeddings", "id", "response_type",
@@ -326,6 +333,9 @@ class FakeBedrock:
     async def _invoke(
         self, send: Send, model: str, body: dict[str, Any], headers: dict[str, str], *, stream: bool
     ) -> None:
+        if model.startswith("mistral.") or ".mistral." in model:
+            await _invoke_mistral(send, body, headers, stream=stream)
+            return
         if body.get("anthropic_version") != ANTHROPIC_BEDROCK_VERSION:
             raise _Refused(
                 400, "ValidationException", "invalid anthropic_version: bedrock-2023-05-31 expected"
@@ -411,6 +421,49 @@ class FakeBedrock:
             for e in events
         ]
         await _stream(send, frames, headers, deltas_from=2)
+
+
+_MISTRAL_TAGS = ("<s>", "</s>", "[INST]", "[/INST]")
+
+
+async def _invoke_mistral(
+    send: Send, body: dict[str, Any], headers: dict[str, str], *, stream: bool
+) -> None:
+    """InvokeModel of a Mistral model: text completion of ``prompt``, usage only in the
+    headers (whole) or the last chunk's invocationMetrics (stream)."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise _Refused(400, "ValidationException", "Malformed input request: prompt")
+    text = prompt
+    for tag in _MISTRAL_TAGS:
+        text = text.replace(tag, " ")
+    prompt_tokens = MESSAGE_OVERHEAD_TOKENS + len(text.split())
+    words, stop = _reply(text, body.get("max_tokens"))
+    reason = "length" if stop == "max_tokens" else "stop"
+    if not stream:
+        document = {"outputs": [{"text": " ".join(words), "stop_reason": reason}]}
+        counts = [
+            (b"X-Amzn-Bedrock-Input-Token-Count", str(prompt_tokens).encode()),
+            (b"X-Amzn-Bedrock-Output-Token-Count", str(len(words)).encode()),
+        ]
+        await send_response(send, 200, orjson.dumps(document), [_JSON, *counts, *_request_id()])
+        return
+    chunks: list[dict[str, Any]] = [
+        {"outputs": [{"text": word if i == 0 else f" {word}", "stop_reason": None}]}
+        for i, word in enumerate(words)
+    ]
+    chunks[-1]["outputs"][0]["stop_reason"] = reason
+    chunks[-1]["amazon-bedrock-invocationMetrics"] = {
+        "inputTokenCount": prompt_tokens,
+        "outputTokenCount": len(words),
+        "invocationLatency": 42,
+        "firstByteLatency": 7,
+    }
+    frames = [
+        eventstream.event("chunk", _padded({"bytes": base64.b64encode(orjson.dumps(c)).decode()}))
+        for c in chunks
+    ]
+    await _stream(send, frames, headers, deltas_from=0)
 
 
 def _anthropic_prompt_tokens(body: Any) -> int:

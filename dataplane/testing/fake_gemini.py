@@ -36,11 +36,20 @@ configured key (default: any key starting ``AIza``); none answers 403 ``PERMISSI
 wrong one 400 ``INVALID_ARGUMENT`` with reason ``API_KEY_INVALID``, as Google does. Errors are
 ``{"error": {"code", "message", "status"}}``. Knobs: ``status=N`` answers every request with
 status N; header ``x-fake-status: N`` one request; ``cut_after=K`` ends a stream's connection
-after K frames (no finishReason, no last chunk). Requests are recorded in ``requests``.
+after K frames (no finishReason, no last chunk); header ``x-fake-stream-error: K:CODE`` ends
+an SSE stream after K frames with Google's error frame, ``data: {"error": {"code": CODE,
+"message", "status"}}`` (500: Google's "An internal error has occurred" message). Requests are
+recorded in ``requests``.
 
 ``:embedContent`` / ``:batchEmbedContents`` answer ``{"embedding": {"values"}}`` /
 ``{"embeddings": [{"values"}]}`` (``embedding(text, outputDimensionality)``, 8 values by
-default) and, like the Gemini API, no usage.
+default) and, like the Gemini API, no usage; Vertex AI's ``:embedContent`` adds its
+``usageMetadata`` (``promptTokenCount`` = 3 + the words of the text) and ``truncated``. Vertex AI's
+``:predict`` (text-embedding models) takes ``{"instances": [{"content"}], "parameters":
+{"outputDimensionality"}}`` and answers ``{"predictions": [{"embeddings": {"statistics":
+{"truncated", "token_count"}, "values"}}], "metadata": {"billableCharacterCount"}}``,
+``token_count`` = 3 + the words of the content (a gemini-embedding model takes one instance per
+call, as Vertex AI's do: more answer 400).
 
 Run it with ``python -m dataplane.testing.fake_gemini --listen 127.0.0.1:PORT``.
 """
@@ -89,6 +98,11 @@ _STATUS_NAMES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+# Google's message of an INTERNAL error, as a stream that fails mid-way ends with it.
+_INTERNAL = (
+    "An internal error has occurred. Please retry or report in "
+    "https://developers.generativeai.google/guide/troubleshooting"
+)
 _NO_KEY = (
     "Method doesn't allow unregistered callers (callers without established identity). "
     "Please use API Key or other form of API consumer identity to call this API."
@@ -360,14 +374,23 @@ class FakeGemini:
             "countTokens",
             "embedContent",
             "batchEmbedContents",
-        ):
+        ) and (operation != "predict" or vertex is None):
             await _error(send, 404, f"Method {operation} not found.")
             return
         if not isinstance(body, dict):
             await _error(send, 400, "Invalid JSON payload received.")
             return
+        if operation == "predict":
+            await _predict(send, body, model)
+            return
         if operation in ("embedContent", "batchEmbedContents"):
-            await _embed(send, body, model, batch=operation == "batchEmbedContents")
+            await _embed(
+                send,
+                body,
+                model,
+                batch=operation == "batchEmbedContents",
+                vertex=vertex is not None,
+            )
             return
         if operation == "countTokens":
             request = field_of(body, "generateContentRequest") or body
@@ -384,7 +407,13 @@ class FakeGemini:
             document = self._response(body, model, self._usage(body, _reply(body)), _reply(body))
             await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])
             return
-        await self._stream(send, body, model, sse=query.get("alt") == ["sse"])
+        await self._stream(
+            send,
+            body,
+            model,
+            sse=query.get("alt") == ["sse"],
+            stream_error=headers.get("x-fake-stream-error", ""),
+        )
 
     def _check_key(
         self, headers: dict[str, str], query: dict[str, list[str]]
@@ -483,7 +512,9 @@ class FakeGemini:
             "responseId": uuid.uuid4().hex[:22],
         }
 
-    async def _stream(self, send: Send, body: dict[str, Any], model: str, *, sse: bool) -> None:
+    async def _stream(
+        self, send: Send, body: dict[str, Any], model: str, *, sse: bool, stream_error: str = ""
+    ) -> None:
         reply = _reply(body)
         response_id = uuid.uuid4().hex[:22]
         frames: list[dict[str, Any]] = []
@@ -511,6 +542,11 @@ class FakeGemini:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
+        after, _, code = stream_error.partition(":")
+        if after.isdigit() and code.isdigit():
+            status = int(code)
+            message = _INTERNAL if status == 500 else f"Forced stream error {status}"
+            frames[int(after) :] = [error_document(status, message)]
         for i, frame in enumerate(frames):
             if self.cut_after is not None and i >= self.cut_after:
                 return  # the connection ends without the stream's end: a cut
@@ -562,19 +598,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
     """The fake's deterministic embedding of ``text``: ``dimensions`` values from its words."""
     words = text.split()
     return [round((len(words) + i) / (dimensions + len(text) + 1), 6) for i in range(dimensions)]
 
 
-async def _embed(send: Send, body: dict[str, Any], model: str, *, batch: bool) -> None:
+async def _embed(
+    send: Send, body: dict[str, Any], model: str, *, batch: bool, vertex: bool = False
+) -> None:
     """embedContent / batchEmbedContents: one embedding per content; like Gemini's answers,
-    no usage (the API reports none for embeddings)."""
+    no usage (the API reports none for embeddings), but Vertex AI's embedContent reports the
+    prompt's tokens."""
     requests = body.get("requests") if batch else [body]
     if not isinstance(requests, list) or not requests:
         await _error(send, 400, "* BatchEmbedContentsRequest.requests: requests is not specified")
@@ -593,5 +628,41 @@ async def _embed(send: Send, body: dict[str, Any], model: str, *, batch: bool) -
         text = " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
         size = request.get("outputDimensionality") or EMBEDDING_DIMENSIONS
         embeddings.append({"values": embedding(text, int(size))})
-    document = {"embeddings": embeddings} if batch else {"embedding": embeddings[0]}
+    document: dict[str, Any] = {"embeddings": embeddings} if batch else {"embedding": embeddings[0]}
+    if vertex and not batch:
+        tokens = _tokens(text)
+        document["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+        document["truncated"] = False
     await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])
+
+
+async def _predict(send: Send, body: dict[str, Any], model: str) -> None:
+    """Vertex AI's predict on a text-embedding model: one prediction per instance, each with
+    its token count."""
+    instances = body.get("instances")
+    if not isinstance(instances, list) or not instances:
+        await _error(send, 400, "Invalid JSON payload: instances is required.")
+        return
+    if "gemini" in model and len(instances) > 1:
+        await _error(send, 400, "Only one instance per request is supported for this model.")
+        return
+    parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+    assert isinstance(parameters, dict)
+    size = parameters.get("outputDimensionality") or EMBEDDING_DIMENSIONS
+    predictions = []
+    characters = 0
+    for instance in instances:
+        content = instance.get("content") if isinstance(instance, dict) else None
+        if not isinstance(content, str):
+            await _error(send, 400, "Invalid instance: content must be a string.")
+            return
+        characters += len(content.replace(" ", ""))
+        statistics = {"truncated": False, "token_count": _tokens(content)}
+        values = embedding(content, int(size))
+        predictions.append({"embeddings": {"statistics": statistics, "values": values}})
+    document = {"predictions": predictions, "metadata": {"billableCharacterCount": characters}}
+    await send_response(send, 200, orjson.dumps(document), [JSON_CONTENT_TYPE])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

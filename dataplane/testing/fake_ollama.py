@@ -14,7 +14,10 @@
 Errors, as Ollama sends them (``{"error": "..."}``): an unknown model (``"missing"``) answers
 404 ``model "missing" not found, try pulling it first``; a wrong ``Authorization`` (when
 ``api_key`` is set) 401 ``unauthorized``; header ``x-fake-status: N`` status N; a bad body 400.
-``cut_after=K`` ends a stream's connection after K lines. Every request is recorded.
+``cut_after=K`` ends a stream's connection after K lines; header ``x-fake-stream-error: K``
+ends a stream after K lines with Ollama's error line, ``{"error": "an error was encountered
+while running the model"}`` (the status stays 200, as Ollama's docs/api/errors describe).
+Every request is recorded.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from dataplane.http.asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, read_bo
 MESSAGE_OVERHEAD_TOKENS = 3
 REPLY_PREFIX = "fake reply:"
 MISSING_MODEL = "missing"
+# Ollama's message when the model runner fails mid-generation (docs/api/errors).
+STREAM_ERROR = "an error was encountered while running the model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +110,11 @@ class FakeOllama:
         if model == MISSING_MODEL:
             await _error(send, 404, f'model "{model}" not found, try pulling it first')
             return
-        await self._chat(send, body, model)
+        await self._chat(send, body, model, headers.get("x-fake-stream-error", ""))
 
-    async def _chat(self, send: Send, body: dict[str, Any], model: str) -> None:
+    async def _chat(
+        self, send: Send, body: dict[str, Any], model: str, stream_error: str = ""
+    ) -> None:
         messages: list[Any] = body["messages"]
         options = body.get("options") if isinstance(body.get("options"), dict) else {}
         assert isinstance(options, dict)
@@ -156,6 +163,8 @@ class FakeOllama:
                 }
             ]
         lines.append(final)
+        if stream_error.isdigit():
+            lines[int(stream_error) :] = [{"error": STREAM_ERROR}]
         await send(
             {
                 "type": "http.response.start",

@@ -26,13 +26,17 @@ The Responses API (``/responses``: ``input`` as a string or a list of messages,
 (``input_tokens``, ``input_tokens_details.cached_tokens``, ``output_tokens``,
 ``output_tokens_details.reasoning_tokens``), or with ``stream: true`` the typed SSE events
 ``response.created`` ... ``response.output_text.delta`` ... ``response.completed`` (which
-carries the usage), as OpenAI sends them.
+carries the usage), as OpenAI sends them; header ``x-fake-stream-error: K:CODE`` ends that
+stream after K events with ``response.failed`` (its ``response.error.code`` CODE).
 
 Errors: a wrong or missing ``Authorization`` answers 401 (the expected key is configurable;
 by default any ``Bearer sk-...`` passes); model ``"fail-500"`` or header ``x-fake-status: N``
 answers status N with an OpenAI error. Knobs for failover tests: ``FakeProvider(status=N)``
 answers every request with status N (429 with ``retry-after``), ``delay_s`` waits that long
-before answering, ``cut_after=K`` ends a chat stream's connection after K chunks. Providers'
+before answering, ``cut_after=K`` ends a chat stream's connection after K chunks; header
+``x-fake-stream-error: K:TYPE`` ends a chat stream after K chunks with OpenAI's in-stream
+error event, ``data: {"error": {"message", "type": TYPE, "param": null, "code": null}}`` then
+``data: [DONE]`` (``server_error`` carries OpenAI's own message). Providers'
 usage quirks: ``usage_style="deepseek"`` or ``"mistral"`` (see ``FakeProvider``). Every
 request is recorded; ``GET /_fake/requests`` returns them and ``DELETE /_fake/requests`` clears
 them.
@@ -217,7 +221,7 @@ class FakeProvider:
                 message = "Missing required parameter: 'input'."
                 await _error(send, 400, message, "invalid_request_error", None)
                 return
-            await self._respond(send, body)
+            await self._respond(send, body, headers.get("x-fake-stream-error", ""))
             return
         if isinstance(body, dict) and endpoint != "/chat/completions":
             field = "prompt" if endpoint == "/completions" else "input"
@@ -246,7 +250,12 @@ class FakeProvider:
         if endpoint == "/embeddings":
             await self._embed(send, body)
             return
-        await self._complete(send, body, legacy=endpoint == "/completions")
+        await self._complete(
+            send,
+            body,
+            legacy=endpoint == "/completions",
+            stream_error=headers.get("x-fake-stream-error", ""),
+        )
 
     async def _embed(self, send: Send, body: dict[str, Any]) -> None:
         tokens = prompt_tokens(body["messages"])
@@ -271,7 +280,9 @@ class FakeProvider:
         self._seen_systems.add(text)
         return 0
 
-    async def _complete(self, send: Send, body: dict[str, Any], *, legacy: bool = False) -> None:
+    async def _complete(
+        self, send: Send, body: dict[str, Any], *, legacy: bool = False, stream_error: str = ""
+    ) -> None:
         messages: list[Any] = body["messages"]
         model = str(body.get("model", ""))
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -384,6 +395,9 @@ class FakeProvider:
             }
             pieces.append(b"data: " + orjson.dumps(final) + b"\n\n")
         pieces.append(b"data: [DONE]\n\n")
+        after, _, error_type = stream_error.partition(":")
+        if after.isdigit() and error_type:
+            pieces[int(after) :] = [_stream_error(error_type), b"data: [DONE]\n\n"]
         for i, piece in enumerate(pieces):
             if self.cut_after is not None and i >= self.cut_after:
                 return  # the connection ends without the stream's end: a cut
@@ -456,7 +470,7 @@ class FakeProvider:
                 messages.append({"role": role, "content": item.get("content")})
         return messages
 
-    async def _respond(self, send: Send, body: dict[str, Any]) -> None:
+    async def _respond(self, send: Send, body: dict[str, Any], stream_error: str = "") -> None:
         """POST /responses, whole or streamed, in the Responses API's wire format."""
         messages = self._response_messages(body)
         model = str(body.get("model", ""))
@@ -560,6 +574,12 @@ class FakeProvider:
             {"type": "response.output_item.done", "output_index": 0, "item": item},
             {"type": "response.completed", "response": document},
         ]
+        after, _, code = stream_error.partition(":")
+        if after.isdigit() and code:
+            # The Responses API's end of a failed response: response.failed, its error set.
+            error = {"code": code, "message": _SERVER_ERROR["message"]}
+            failed = {**in_progress, "status": "failed", "error": error}
+            events[int(after) :] = [{"type": "response.failed", "response": failed}]
         await send(
             {
                 "type": "http.response.start",
@@ -625,6 +645,16 @@ def _usage(
             "rejected_prediction_tokens": 0,
         },
     }
+
+
+def _stream_error(error_type: str) -> bytes:
+    """OpenAI's error event inside a stream that had begun with 200."""
+    error = (
+        _SERVER_ERROR
+        if error_type == "server_error"
+        else {"message": "Forced stream error", "type": error_type, "param": None, "code": None}
+    )
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
 async def _error(send: Send, status: int, message: str, type: str, code: str | None) -> None:

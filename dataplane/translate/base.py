@@ -111,6 +111,25 @@ class Translator(Protocol):
         ...
 
 
+def read_whole(
+    translator: Translator,
+    body: bytes,
+    status: int,
+    prepared: Prepared,
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[bytes, TokenUsage | None, str | None]:
+    """``translator.whole``, or its optional ``whole_with_headers`` when it has one: the
+    translators of providers that report usage in response headers (Bedrock's InvokeModel:
+    ``X-Amzn-Bedrock-Input-Token-Count``) define it, taking the raw response headers too."""
+    with_headers = getattr(translator, "whole_with_headers", None)
+    if with_headers is None:
+        return translator.whole(body, status, prepared)
+    result: tuple[bytes, TokenUsage | None, str | None] = with_headers(
+        body, status, prepared, headers
+    )
+    return result
+
+
 def stream_error_status(relay: StreamRelay) -> int | None:
     """The status of an error the provider reported inside its stream, or None."""
     status: int | None = getattr(relay, "error_status", None)

@@ -4,8 +4,9 @@ The client calls ``{route}/model/{modelId}/{operation}`` (Converse, ConverseStre
 InvokeModelWithResponseStream; CountTokens, never metered) as it would call AWS. The gateway
 drops the client's signature, applies the route's model policy to the model id of the path, and
 the proxy signs the request again with the route's AWS credentials. Answers and event-stream
-frames go back unchanged; usage is read from the answer's ``usage`` or the stream's
-``metadata`` (or Anthropic) events.
+frames go back unchanged; usage is read from the answer's ``usage`` (else InvokeModel's
+``X-Amzn-Bedrock-*-Token-Count`` headers) or the stream's ``metadata`` (or Anthropic) events
+(else the last chunk's ``amazon-bedrock-invocationMetrics``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataplane.translate.bedrock_format import (
     model_url,
     read_whole_usage,
     split_model_path,
+    usage_from_headers,
 )
 from dataplane.translate.openai_format import InvalidRequest, requested_model
 from dataplane.usage.tokens import TokenUsage
@@ -107,6 +109,19 @@ class BedrockNativeTranslator:
             return body, None, None
         usage, _ = read_whole_usage(body)
         return body, usage, None
+
+    def whole_with_headers(
+        self,
+        body: bytes,
+        status: int,
+        prepared: Prepared,
+        headers: list[tuple[bytes, bytes]],
+    ) -> tuple[bytes, TokenUsage | None, str | None]:
+        """``whole``, with InvokeModel's token-count headers where the body has no usage."""
+        out, usage, model = self.whole(body, status, prepared)
+        if usage is None and prepared.metered and 200 <= status < 300:
+            usage = usage_from_headers(headers)
+        return out, usage, model
 
     def stream(self, prepared: Prepared) -> StreamRelay:
         return _FrameRelay()

@@ -5,7 +5,13 @@ Converse's ``usage.inputTokens`` (the prompt tokens not read from or written to 
 ``input``, ``cacheReadInputTokens`` is ``cached_input``, ``cacheWriteInputTokens`` is
 ``cache_write``, ``outputTokens`` is ``output`` (``totalTokens`` is their sum). Anthropic
 models called through InvokeModel report Anthropic's ``usage`` inside the body (or the stream's
-``message_start``/``message_delta`` events), read as the Anthropic translators do.
+``message_start``/``message_delta`` events), read as the Anthropic translators do. Where an
+InvokeModel body has no usage (Mistral, Cohere Embed, ...), the counts Bedrock puts in every
+InvokeModel answer's headers are read: ``X-Amzn-Bedrock-Input-Token-Count`` and
+``X-Amzn-Bedrock-Output-Token-Count``; in an InvokeModelWithResponseStream, the last chunk's
+``amazon-bedrock-invocationMetrics`` (``inputTokenCount``, ``outputTokenCount``, and
+``cacheReadInputTokenCount``/``cacheWriteInputTokenCount``) when the chunks reported no usage
+of their own (Anthropic's message_delta settles first and is kept).
 """
 
 from __future__ import annotations
@@ -159,6 +165,55 @@ def read_whole_usage(body: bytes) -> tuple[TokenUsage | None, dict[str, Any] | N
     return usage_from_anthropic(usage), document
 
 
+_INPUT_HEADER: Final = b"x-amzn-bedrock-input-token-count"
+_OUTPUT_HEADER: Final = b"x-amzn-bedrock-output-token-count"
+
+
+def usage_from_headers(headers: list[tuple[bytes, bytes]]) -> TokenUsage | None:
+    """The usage an InvokeModel answer's headers report (names in any case), or None when
+    there is no valid input count; an absent output count (embeddings) is 0."""
+    found: dict[bytes, int | None] = {}
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in (_INPUT_HEADER, _OUTPUT_HEADER):
+            text = value.strip()
+            found[lowered] = count(int(text)) if text.isdigit() else None
+    tokens = found.get(_INPUT_HEADER)
+    if tokens is None or (_OUTPUT_HEADER in found and found[_OUTPUT_HEADER] is None):
+        return None
+    return TokenUsage(input_tokens=tokens, output_tokens=found.get(_OUTPUT_HEADER) or 0)
+
+
+def usage_from_invocation_metrics(metrics: Any) -> TokenUsage | None:
+    """The usage of a stream's ``amazon-bedrock-invocationMetrics`` (None without counts)."""
+    if not isinstance(metrics, dict):
+        return None
+    tokens = count(metrics.get("inputTokenCount"))
+    output = count(metrics.get("outputTokenCount"))
+    if tokens is None or output is None:
+        return None
+    return TokenUsage(
+        input_tokens=tokens,
+        output_tokens=output,
+        cached_input_tokens=count(metrics.get("cacheReadInputTokenCount")),
+        cache_write_tokens=count(metrics.get("cacheWriteInputTokenCount")),
+    )
+
+
+def invoke_texts(document: dict[str, Any]) -> list[str]:
+    """The generated text of a non-Anthropic InvokeModel answer or stream chunk (Mistral's
+    ``outputs[].text``, Llama's ``generation``, Titan's ``outputText``), for an estimate."""
+    texts: list[str] = []
+    for key in ("generation", "outputText", "completion"):
+        if isinstance(document.get(key), str):
+            texts.append(document[key])
+    outputs = document.get("outputs")
+    for output in outputs if isinstance(outputs, list) else ():
+        if isinstance(output, dict) and isinstance(output.get("text"), str):
+            texts.append(output["text"])
+    return texts
+
+
 def read_embedding_usage(document: dict[str, Any]) -> TokenUsage | None:
     """The input tokens of a Bedrock embedding answer: Titan's ``inputTextTokenCount``, or a
     Cohere ``meta.billed_units.input_tokens``; None when the body has neither."""
@@ -230,8 +285,16 @@ class EventStreamScanner:
             return None
         if not isinstance(event, dict):
             return None
+        metrics = event.get("amazon-bedrock-invocationMetrics")
+        if metrics is not None and not self.settled:
+            # The last chunk of a model that streams no usage of its own (Mistral, Llama...).
+            usage = usage_from_invocation_metrics(metrics)
+            if usage is not None:
+                self.usage, self.settled = usage, True
         kind = event.get("type")
-        if kind == "message_start":
+        if kind is None:
+            self.texts.extend(invoke_texts(event))
+        elif kind == "message_start":
             message = event.get("message")
             if isinstance(message, dict):
                 self.usage = merge_usage(self.usage, usage_from_anthropic(message.get("usage")))

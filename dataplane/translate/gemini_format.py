@@ -40,10 +40,15 @@ GENERATE: Final = "generateContent"
 STREAM_GENERATE: Final = "streamGenerateContent"
 COUNT_TOKENS: Final = "countTokens"
 OPERATIONS: Final = frozenset({GENERATE, STREAM_GENERATE, COUNT_TOKENS})
-# The operations of an llm/v1/embeddings route (and countTokens).
+# The operations of an llm/v1/embeddings route (and countTokens); ``predict`` is Vertex AI's
+# for its text-embedding models (instances in, predictions with token counts out).
 EMBED: Final = "embedContent"
 BATCH_EMBED: Final = "batchEmbedContents"
-EMBED_OPERATIONS: Final = frozenset({EMBED, BATCH_EMBED, COUNT_TOKENS})
+PREDICT: Final = "predict"
+EMBED_OPERATIONS: Final = frozenset({EMBED, BATCH_EMBED, PREDICT, COUNT_TOKENS})
+
+# A Vertex AI URL (its path names a project and a location), as opposed to the Gemini API's.
+_VERTEX_URL: Final = re.compile(r"/projects/[^/]+/locations/[^/]+/")
 
 # Placeholders of a provider target's URL template (filled per request).
 MODEL_PLACEHOLDER: Final = "{model}"
@@ -70,6 +75,39 @@ _STATUS_NAMES: Final = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+
+
+# google.rpc.Code name -> HTTP status (the reverse of the table above, for errors that carry a
+# name but no code).
+_NAME_STATUSES: Final = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ABORTED": 409,
+    "ALREADY_EXISTS": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "INTERNAL": 500,
+    "UNKNOWN": 500,
+    "DATA_LOSS": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+
+
+def error_status(error: Any) -> int:
+    """The HTTP status of a Google error object: its ``code``, else its ``status`` name's,
+    else 500."""
+    if not isinstance(error, dict):
+        return 500
+    code = error.get("code")
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code
+    return _NAME_STATUSES.get(str(error.get("status") or ""), 500)
 
 
 def status_name(status: int) -> str:
@@ -137,6 +175,60 @@ def usage_from_gemini(metadata: Any) -> TokenUsage | None:
     )
 
 
+def is_vertex(url: str) -> bool:
+    """Whether a target URL (template) is Vertex AI's."""
+    return _VERTEX_URL.search(urlsplit(url).path) is not None
+
+
+def predict_texts(document: Any) -> list[str] | None:
+    """The texts of a Vertex AI embeddings ``:predict`` body (``instances[].content``), for
+    an estimate; None if it is not one."""
+    instances = document.get("instances") if isinstance(document, dict) else None
+    if not isinstance(instances, list):
+        return None
+    texts = []
+    for instance in instances:
+        content = instance.get("content") if isinstance(instance, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+    return texts
+
+
+def usage_from_predict(document: Any) -> TokenUsage | None:
+    """The input tokens of a Vertex AI embeddings ``:predict`` answer: the sum of its
+    ``predictions[].embeddings.statistics.token_count`` (the tokens Vertex AI bills), or None
+    unless every prediction reports one."""
+    predictions = document.get("predictions") if isinstance(document, dict) else None
+    if not isinstance(predictions, list) or not predictions:
+        return None
+    total = 0
+    for prediction in predictions:
+        embeddings = prediction.get("embeddings") if isinstance(prediction, dict) else None
+        statistics = embeddings.get("statistics") if isinstance(embeddings, dict) else None
+        value = statistics.get("token_count") if isinstance(statistics, dict) else None
+        # predictions are google.protobuf.Value: numbers are doubles, so 6.0 may come for 6.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        tokens = count(value)
+        if tokens is None:
+            return None
+        total += tokens
+    return TokenUsage(input_tokens=total, output_tokens=0)
+
+
+def predict_vectors(document: Any) -> list[Any] | None:
+    """The vectors of a ``:predict`` answer (``predictions[].embeddings.values``), or None."""
+    predictions = document.get("predictions") if isinstance(document, dict) else None
+    if not isinstance(predictions, list):
+        return None
+    vectors = []
+    for prediction in predictions:
+        embeddings = prediction.get("embeddings") if isinstance(prediction, dict) else None
+        values = embeddings.get("values") if isinstance(embeddings, dict) else None
+        vectors.append(values if isinstance(values, list) else [])
+    return vectors
+
+
 def model_of(document: dict[str, Any]) -> str | None:
     """The model a response names (``modelVersion``, without a ``models/`` prefix)."""
     version = document.get("modelVersion")
@@ -169,15 +261,22 @@ def read_response(body: bytes) -> tuple[dict[str, Any] | None, TokenUsage | None
 
 
 class GeminiStreamScanner:
-    """Reads usage and model from a Gemini SSE stream, frame by frame (the last usage wins)."""
+    """Reads usage and model from a Gemini SSE stream, frame by frame (the last usage wins).
 
-    __slots__ = ("model", "texts", "usage")
+    A stream that fails after its 200 ends with a frame that is a Google error document,
+    ``data: {"error": {"code": 500, "message": ..., "status": "INTERNAL"}}`` (google-genai
+    raises ``APIError`` with that code on it); its status is kept in ``error_status``.
+    """
+
+    __slots__ = ("error_status", "model", "texts", "usage")
 
     def __init__(self) -> None:
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         # Text produced while no usage was reported, to estimate a stream that has none.
         self.texts: list[str] = []
+        # The status of an error frame, if one came (the first one).
+        self.error_status: int | None = None
 
     def accept(self, event: bytes) -> dict[str, Any] | None:
         """Inspect one whole event; return its parsed frame (None if it has no JSON object)."""
@@ -190,6 +289,10 @@ class GeminiStreamScanner:
             return None
         if not isinstance(document, dict):
             return None
+        if "error" in document:
+            if self.error_status is None:
+                self.error_status = error_status(document["error"])
+            return document
         usage = usage_from_gemini(document.get("usageMetadata"))
         if usage is not None:
             self.usage = usage

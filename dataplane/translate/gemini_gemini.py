@@ -2,9 +2,11 @@
 
 A Gemini client (the google-genai SDK with ``http_options.base_url`` at the route) names the
 model and the operation in its path: ``.../models/{model}:generateContent``,
-``:streamGenerateContent?alt=sse`` or ``:countTokens`` (free, not metered). The route's model
-policy applies to that model; the upstream URL is the target's (Gemini API or Vertex AI) with
-the resolved model and operation. Refusals are Google-shaped errors.
+``:streamGenerateContent?alt=sse`` or ``:countTokens`` (free, not metered); on embeddings
+routes ``:embedContent``, ``:batchEmbedContents`` and Vertex AI's ``:predict`` (its
+text-embedding models, billed by ``predictions[].embeddings.statistics.token_count``). The
+route's model policy applies to that model; the upstream URL is the target's (Gemini API or
+Vertex AI) with the resolved model and operation. Refusals are Google-shaped errors.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from dataplane.translate.gemini_format import (
     EMBED_OPERATIONS,
     GENERATE,
     OPERATIONS,
+    PREDICT,
     STREAM_GENERATE,
     GeminiStreamScanner,
     google_rejection_body,
     operation_url,
     parse_model_operation,
+    predict_texts,
     read_response,
+    usage_from_predict,
 )
 from dataplane.translate.openai_format import (
     InvalidRequest,
@@ -60,6 +65,10 @@ class _GeminiRelay:
 
     def produced_text(self) -> str:
         return "".join(self.scanner.texts)
+
+    @property
+    def error_status(self) -> int | None:
+        return self.scanner.error_status
 
 
 def _model_and_operation(subpath: str, route_type: str) -> tuple[str, str]:
@@ -134,14 +143,16 @@ class GeminiNativeTranslator:
                 requested_model=requested,
             )
         if operation != GENERATE and operation != STREAM_GENERATE:
-            # embedContent / batchEmbedContents: forwarded as sent, metered by the input
-            # (usageMetadata if the answer has one, else estimated).
+            # embedContent / batchEmbedContents / Vertex AI's predict: forwarded as sent,
+            # metered by the input (usageMetadata or predict's token counts if the answer has
+            # them, else estimated from the texts).
+            texts = predict_texts(body) if operation == PREDICT else None
             return Prepared(
                 body=raw,
                 model=model,
                 stream=False,
                 url=operation_url(policy.target, model=model, operation=operation, stream=False),
-                document=body,
+                document=body if texts is None else {"input": texts},
                 requested_model=requested,
             )
         contents = body.get("contents")
@@ -171,7 +182,9 @@ class GeminiNativeTranslator:
     ) -> tuple[bytes, TokenUsage | None, str | None]:
         if not 200 <= status < 300:
             return body, None, None
-        _, usage, model = read_response(body)
+        document, usage, model = read_response(body)
+        if usage is None and document is not None and "predictions" in document:
+            usage = usage_from_predict(document)
         return body, usage, model
 
     def stream(self, prepared: Prepared) -> StreamRelay:

@@ -3,7 +3,10 @@
 A whole answer is one JSON object; a stream (Ollama's default: ``stream`` absent means true) is
 one JSON object per line, the last with ``"done": true`` and the counts: ``prompt_eval_count``
 (prompt tokens evaluated) and ``eval_count`` (tokens generated, thinking included). Errors are
-``{"error": "message"}`` with the HTTP status, or such a line inside a stream.
+``{"error": "message"}`` with the HTTP status, or such a line inside a stream that began with
+200 (Ollama's docs/api/errors: "the status code of the response will not be changed"); the
+ollama client raises ``ResponseError`` on that line. Such a failure is the model runner's, so
+it is recorded as 500 (``STREAM_ERROR_STATUS``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,16 @@ import orjson
 from dataplane.config.providers import OLLAMA_CHAT_PATH
 from dataplane.usage.tokens import TokenUsage, count
 
-__all__ = ["OLLAMA_CHAT_PATH", "OllamaStreamScanner", "ollama_error", "usage_from_ollama"]
+__all__ = [
+    "OLLAMA_CHAT_PATH",
+    "STREAM_ERROR_STATUS",
+    "OllamaStreamScanner",
+    "ollama_error",
+    "usage_from_ollama",
+]
+
+# The status an error line inside a stream is recorded with (Ollama sends none with it).
+STREAM_ERROR_STATUS = 500
 
 
 def usage_from_ollama(document: Any) -> TokenUsage | None:
@@ -58,19 +70,24 @@ def parse_line(line: bytes) -> Any:
 
 
 class OllamaStreamScanner:
-    """Reads usage, model and text from the lines of an Ollama chat stream."""
+    """Reads usage, model and text from the lines of an Ollama chat stream, and whether an
+    error line came (``error_status``)."""
 
-    __slots__ = ("model", "texts", "usage")
+    __slots__ = ("error_status", "model", "texts", "usage")
 
     def __init__(self) -> None:
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         self.texts: list[str] = []
+        self.error_status: int | None = None
 
     def accept(self, line: bytes) -> Any:
         """Read one line; return its JSON document (None if it is not one)."""
         document = parse_line(line)
         if not isinstance(document, dict):
+            return document
+        if "error" in document and error_message(document) is not None:
+            self.error_status = STREAM_ERROR_STATUS
             return document
         model = document.get("model")
         if isinstance(model, str) and model:

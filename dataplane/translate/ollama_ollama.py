@@ -58,6 +58,10 @@ class OllamaRelay:
     def produced_text(self) -> str:
         return "".join(self.scanner.texts)
 
+    @property
+    def error_status(self) -> int | None:
+        return self.scanner.error_status
+
 
 def check_ollama_body(body: dict[str, Any]) -> bool:
     """Validate an ``/api/chat`` body; return its stream flag (Ollama's default: true)."""

@@ -5,10 +5,16 @@ Gemini and Bedrock, translated both ways and billed by input tokens.
   (``outputDimensionality`` from ``dimensions``); ``embeddings[].values`` come back as OpenAI's
   ``data[].embedding``. The Gemini API reports no usage for embeddings (a ``usageMetadata``,
   when present, is read): the inputs are estimated, marked ``estimated``.
+- **Vertex AI** (a target with ``project_id``/``location_id``): one ``:predict`` call with one
+  instance per input (``{"instances": [{"content"}], "parameters": {"outputDimensionality"}}``),
+  ``predictions[].embeddings.values`` back as ``data[].embedding``, billed exactly by the sum of
+  ``predictions[].embeddings.statistics.token_count``. (Vertex AI's gemini-embedding models
+  take one instance per call: a longer list is refused by Vertex AI, its error passed on.)
 - **Bedrock** (InvokeModel): Titan Text Embeddings (``amazon.titan-embed-*``: ``{"inputText",
   "dimensions"}``, one input per call) billed exactly from ``inputTextTokenCount``; Cohere
   Embed (``cohere.embed-*``: ``{"texts", "input_type": "search_document"}``), whose body
-  carries no count (``meta.billed_units.input_tokens`` is read if present), estimated.
+  carries no count (``meta.billed_units.input_tokens`` is read if present), billed exactly from
+  InvokeModel's ``X-Amzn-Bedrock-Input-Token-Count`` header (estimated only without it).
 
 Only text inputs: token-id arrays (OpenAI's pre-tokenized input) are refused with 400, as
 neither provider takes them.
@@ -24,8 +30,20 @@ from dataplane.config.providers import BEDROCK_INVOKE
 from dataplane.errors import Rejection
 from dataplane.translate.base import Prepared, StreamRelay
 from dataplane.translate.bedrock_bedrock import upstream_url as bedrock_url
-from dataplane.translate.bedrock_format import bedrock_error_to_openai, read_embedding_usage
-from dataplane.translate.gemini_format import BATCH_EMBED, operation_url, usage_from_gemini
+from dataplane.translate.bedrock_format import (
+    bedrock_error_to_openai,
+    read_embedding_usage,
+    usage_from_headers,
+)
+from dataplane.translate.gemini_format import (
+    BATCH_EMBED,
+    PREDICT,
+    is_vertex,
+    operation_url,
+    predict_vectors,
+    usage_from_gemini,
+    usage_from_predict,
+)
 from dataplane.translate.openai_format import (
     InvalidRequest,
     prepare_chat_request,
@@ -95,7 +113,8 @@ def _prepared(
 
 
 class OpenAIToGeminiEmbeddingsTranslator:
-    """OpenAI embeddings clients to the Gemini API's batchEmbedContents."""
+    """OpenAI embeddings clients to the Gemini API's batchEmbedContents, or Vertex AI's
+    predict."""
 
     def reject(self, rejection: Rejection) -> bytes:
         return rejection_body(rejection)
@@ -106,6 +125,13 @@ class OpenAIToGeminiEmbeddingsTranslator:
         request = prepare_chat_request(raw, policy)
         texts = _texts(request.document)
         dimensions = _dimensions(request.document)
+        if is_vertex(policy.target.url):
+            predict: dict[str, Any] = {"instances": [{"content": text} for text in texts]}
+            if dimensions is not None:
+                predict["parameters"] = {"outputDimensionality": dimensions}
+            url = operation_url(policy.target, model=request.model, operation=PREDICT, stream=False)
+            body = orjson.dumps(predict)
+            return _prepared(body, request.model, url, texts, request.requested_model)
         requests: list[dict[str, Any]] = []
         for text in texts:
             one: dict[str, Any] = {
@@ -128,6 +154,10 @@ class OpenAIToGeminiEmbeddingsTranslator:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
             return body, None, None
+        predicted = predict_vectors(document)
+        if predicted is not None:
+            usage = usage_from_predict(document)
+            return _openai_list(predicted, prepared.model, usage), usage, None
         embeddings = document.get("embeddings") if isinstance(document, dict) else None
         if not isinstance(embeddings, list):
             return body, None, None
@@ -175,6 +205,16 @@ class OpenAIToBedrockEmbeddingsTranslator:
     def whole(
         self, body: bytes, status: int, prepared: Prepared
     ) -> tuple[bytes, TokenUsage | None, str | None]:
+        return self.whole_with_headers(body, status, prepared, [])
+
+    def whole_with_headers(
+        self,
+        body: bytes,
+        status: int,
+        prepared: Prepared,
+        headers: list[tuple[bytes, bytes]],
+    ) -> tuple[bytes, TokenUsage | None, str | None]:
+        """The OpenAI list, billed from the body's count, else InvokeModel's count header."""
         if not 200 <= status < 300:
             return bedrock_error_to_openai(body, status), None, None
         try:
@@ -183,7 +223,7 @@ class OpenAIToBedrockEmbeddingsTranslator:
             return body, None, None
         if not isinstance(document, dict):
             return body, None, None
-        usage = read_embedding_usage(document)
+        usage = read_embedding_usage(document) or usage_from_headers(headers)
         if "embedding" in document:
             vectors = [document["embedding"]]
         else:

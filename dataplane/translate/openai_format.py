@@ -377,11 +377,94 @@ def _has_usage_object(data: bytes) -> bool:
     return rest.startswith(b":") and rest[1:].lstrip().startswith(b"{")
 
 
+# OpenAI error types (and the ``code`` of a quota error) -> their HTTP statuses, for an error
+# a provider reports inside a stream that began with 200.
+_ERROR_TYPE_STATUSES: Final = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "rate_limit_error": 429,
+    "insufficient_quota": 429,
+    "rate_limit_exceeded": 429,
+    "tokens": 429,
+    "requests": 429,
+    "server_error": 500,
+    "api_error": 500,
+    "overloaded_error": 529,
+    "service_unavailable": 503,
+    "invalid_prompt": 400,
+}
+
+
+def error_code_status(code: Any) -> int:
+    """The HTTP status of an OpenAI error ``type`` or ``code`` (500 for others)."""
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code
+    return _ERROR_TYPE_STATUSES.get(code, 500) if isinstance(code, str) else 500
+
+
+def responses_error_status(data: bytes) -> int | None:
+    """The HTTP status of a Responses API stream event that reports a failure (None for any
+    other): ``error`` (its ``code``) or ``response.failed`` (its ``response.error.code``)."""
+    if b'"error"' not in data and b'"response.failed"' not in data:
+        return None
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    kind = document.get("type") if isinstance(document, dict) else None
+    if kind == "error":
+        return error_code_status(document.get("code"))
+    if kind == "response.failed":
+        response = document.get("response")
+        error = response.get("error") if isinstance(response, dict) else None
+        return error_code_status(error.get("code") if isinstance(error, dict) else None)
+    return None
+
+
+def stream_error_of(data: bytes) -> int | None:
+    """The HTTP status of an SSE ``data`` that is an error object (None if it is not one).
+
+    OpenAI ends a stream that fails after its 200 with ``data: {"error": {"message", "type",
+    "param", "code"}}`` (the openai SDK raises ``APIError`` on it); OpenAI-compatible servers
+    send the same, some with a numeric ``code`` (vLLM, Gemini's OpenAI endpoint) or a bare
+    string error (``{"error": "..."}``).
+    """
+    if b'"error"' not in data:
+        return None
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return error_document_status(document)
+
+
+def error_document_status(document: Any) -> int | None:
+    """The HTTP status of a parsed stream event that is an error object, else None: its
+    numeric ``code`` if it is one, else its type's (or code's) status, else 500."""
+    error = document.get("error") if isinstance(document, dict) else None
+    if not error or not isinstance(error, (dict, str)):
+        return None
+    if isinstance(error, str):
+        return 500
+    code = error.get("code")
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code
+    for key in (error.get("type"), code):
+        if isinstance(key, str) and key in _ERROR_TYPE_STATUSES:
+            return _ERROR_TYPE_STATUSES[key]
+    return 500
+
+
 class ChatStreamScanner:
     """Reads usage and model from a chat-completions SSE stream, event by event.
 
     Data of events is kept (by reference, not copied) until usage shows up, so a stream that
-    ends without usage can still be estimated from its text; see ``produced_text``.
+    ends without usage can still be estimated from its text; see ``produced_text``. An error
+    event inside the stream (``data: {"error": {...}}``) is relayed as it came; it is the last
+    event a failed stream has before ``[DONE]``, so ``error_status`` reads it from the events
+    kept, once, when the stream is over (no cost on the deltas of a stream that succeeds).
     """
 
     __slots__ = ("_hide_usage_chunk", "_pending", "model", "usage")
@@ -391,6 +474,12 @@ class ChatStreamScanner:
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         self._pending: list[bytes] = []
+
+    @property
+    def error_status(self) -> int | None:
+        """The status of the error event the stream ended with (None if it did not): only a
+        stream without usage has one (usage comes last, after the content)."""
+        return stream_error_of(self._pending[-1]) if self._pending else None
 
     def produced_text(self) -> str:
         """The text of the deltas seen (content, tool arguments, legacy ``text``)."""

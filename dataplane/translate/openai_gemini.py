@@ -564,6 +564,10 @@ class _GenerateToChatRelay:
     def produced_text(self) -> str:
         return "".join(self.translator.scanner.texts)
 
+    @property
+    def error_status(self) -> int | None:
+        return self.translator.scanner.error_status
+
 
 class OpenAIToGeminiTranslator:
     """OpenAI chat clients to Gemini or Vertex AI: generateContent upstream, chat back."""

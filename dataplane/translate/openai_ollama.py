@@ -256,6 +256,10 @@ class _OllamaToChatRelay:
     def produced_text(self) -> str:
         return "".join(self.scanner.texts)
 
+    @property
+    def error_status(self) -> int | None:
+        return self.scanner.error_status
+
     def _event(self, choices: list[dict[str, Any]], usage: Any = ...) -> bytes:
         chunk: dict[str, Any] = {
             "id": self._id,

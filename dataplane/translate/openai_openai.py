@@ -17,6 +17,7 @@ from dataplane.translate.openai_format import (
     prepare_chat_request,
     read_body_usage,
     rejection_body,
+    responses_error_status,
     usage_from_openai,
 )
 from dataplane.usage.tokens import TokenUsage
@@ -47,6 +48,10 @@ class _OpenAIRelay:
 
     def produced_text(self) -> str:
         return self.scanner.produced_text()
+
+    @property
+    def error_status(self) -> int | None:
+        return self.scanner.error_status
 
 
 class OpenAITranslator:
@@ -80,20 +85,26 @@ class OpenAITranslator:
 
 
 class _ResponsesRelay:
-    """A Responses API stream: usage and model in ``response.completed`` (or incomplete)."""
+    """A Responses API stream: usage and model in ``response.completed`` (or incomplete); a
+    failure (an ``error`` event, or ``response.failed``) keeps its status in ``error_status``
+    (the openai SDK yields both as events, relayed as they came)."""
 
-    __slots__ = ("_texts", "model", "usage")
+    __slots__ = ("_texts", "error_status", "model", "usage")
 
     def __init__(self) -> None:
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         self._texts: list[str] = []
+        self.error_status: int | None = None
 
     def feed(self, event: bytes) -> bytes:
         data = event_data(event)
         if data is None:
             return event
-        if b'"response.output_text.delta"' in data:
+        is_delta = b'"response.output_text.delta"' in data
+        if self.error_status is None and not is_delta:
+            self.error_status = responses_error_status(data)
+        if is_delta:
             try:
                 document = orjson.loads(data)
             except orjson.JSONDecodeError:

@@ -272,6 +272,72 @@ async def test_boto3_invoke_model_anthropic_whole_and_stream(stack) -> None:
     )
 
 
+MISTRAL = "mistral.mistral-large-2407-v1:0"
+MISTRAL_BODY = json.dumps(
+    {"prompt": "<s>[INST] what is the weather like [/INST]", "max_tokens": 50}
+)
+
+
+async def test_boto3_invoke_model_without_body_usage_is_billed_from_bedrocks_headers(
+    stack,
+) -> None:
+    # Given a model whose InvokeModel body carries no usage (Mistral on Bedrock).
+    def run() -> tuple[dict[str, Any], dict[str, str]]:
+        answer = stack.runtime("native").invoke_model(modelId=MISTRAL, body=MISTRAL_BODY)
+        return json.loads(answer["body"].read()), answer["ResponseMetadata"]["HTTPHeaders"]
+
+    document, headers = await asyncio.to_thread(run)
+    assert "usage" not in document
+    assert document["outputs"][0]["text"] == "fake reply: what is the weather like"
+    # Then the counts Bedrock put in the headers are billed exactly (not estimated).
+    prompt = int(headers["x-amzn-bedrock-input-token-count"])
+    output = int(headers["x-amzn-bedrock-output-token-count"])
+    assert (prompt, output) == (3 + 5, 6)
+    assert stack.take() == [(200, INPUT, prompt, False), (200, OUTPUT, output, False)]
+
+
+async def test_boto3_invoke_stream_without_usage_events_is_billed_from_invocation_metrics(
+    stack,
+) -> None:
+    def run() -> list[dict[str, Any]]:
+        answer = stack.runtime("native").invoke_model_with_response_stream(
+            modelId=MISTRAL, body=MISTRAL_BODY
+        )
+        return [json.loads(event["chunk"]["bytes"]) for event in answer["body"]]
+
+    chunks = await asyncio.to_thread(run)
+    text = "".join(chunk["outputs"][0]["text"] for chunk in chunks)
+    assert text == "fake reply: what is the weather like"
+    metrics = chunks[-1]["amazon-bedrock-invocationMetrics"]
+    assert stack.take() == [
+        (200, INPUT, metrics["inputTokenCount"], False),
+        (200, OUTPUT, metrics["outputTokenCount"], False),
+    ]
+
+
+async def test_invoke_stream_cut_before_its_metrics_is_estimated_from_its_text(stack) -> None:
+    def run() -> list[dict[str, Any]]:
+        chunks: list[dict[str, Any]] = []
+        answer = stack.runtime("native", x_fake_cut="3").invoke_model_with_response_stream(
+            modelId=MISTRAL, body=MISTRAL_BODY
+        )
+        try:
+            for event in answer["body"]:
+                chunks.append(json.loads(event["chunk"]["bytes"]))
+        except Exception:  # botocore's error for the connection cut mid-stream
+            pass
+        return chunks
+
+    chunks = await asyncio.to_thread(run)
+    text = "".join(chunk["outputs"][0]["text"] for chunk in chunks)
+    assert text == "fake reply: what is"
+    # No invocationMetrics came: the prompt and the text streamed are estimated.
+    assert stack.take() == [
+        (502, INPUT, estimate_tokens(json.loads(MISTRAL_BODY)["prompt"]), True),
+        (502, OUTPUT, estimate_tokens(text), True),
+    ]
+
+
 @pytest.mark.parametrize("include_usage", [False, True], ids=["plain", "include_usage"])
 async def test_openai_sdk_translated_stream(stack, include_usage) -> None:
     async with stack.oai() as client:

@@ -1,8 +1,10 @@
-"""Embeddings (route_type llm/v1/embeddings) on Gemini and Bedrock through the real proxy, with
-the openai SDK (translated), google-genai (native batchEmbedContents) and boto3 (native
-InvokeModel) as clients: billed by input tokens, exactly where the provider reports them
-(Titan's inputTextTokenCount), estimated and marked where it does not (the Gemini API, Cohere
-Embed's body); errors translated, recorded with their status and not billed."""
+"""Embeddings (route_type llm/v1/embeddings) on Gemini, Vertex AI and Bedrock through the real
+proxy, with the openai SDK (translated), google-genai (native batchEmbedContents; Vertex AI's
+predict and embedContent) and boto3 (native InvokeModel) as clients: billed by input tokens,
+exactly where the provider reports them (Titan's inputTextTokenCount, Bedrock's
+X-Amzn-Bedrock-Input-Token-Count for Cohere Embed, Vertex AI's statistics.token_count and
+usageMetadata), estimated and marked where it does not (the Gemini API); errors translated,
+recorded with their status and not billed."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
+import google.oauth2.credentials
 import httpx
 import openai
 import pytest
@@ -21,7 +24,6 @@ from google import genai
 from google.genai import types as genai_types
 
 from dataplane.config.keys import hash_key
-from dataplane.errors import CompileError
 from dataplane.http.server import serve_http
 from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
@@ -42,13 +44,23 @@ EMBEDDINGS = "llm/v1/embeddings"
 GEMINI_MODEL = "gemini-embedding-001"
 TITAN = "amazon.titan-embed-text-v2:0"
 COHERE = "cohere.embed-english-v3"
+VERTEX_MODEL = "text-embedding-005"
+PROJECT = "proj"
+VERTEX_PATH = f"/v1/projects/{PROJECT}/locations/us-central1/publishers/google/models"
 
 
-def _gemini(url: str, llm_format: str, *, project: str = "") -> snapshot_pb2.AiProxyConfig:
+def _gemini(
+    url: str, llm_format: str, *, project: str = "", account: dict[str, str] | None = None
+) -> snapshot_pb2.AiProxyConfig:
+    auth = snapshot_pb2.AiProxyAuth(header_name="x-goog-api-key", header_value=GEMINI_KEY)
+    if account is not None:
+        auth = snapshot_pb2.AiProxyAuth(
+            gcp_use_service_account=True, gcp_service_account_json=json.dumps(account)
+        )
     return snapshot_pb2.AiProxyConfig(
         route_type=EMBEDDINGS,
         llm_format=llm_format,
-        auth=snapshot_pb2.AiProxyAuth(header_name="x-goog-api-key", header_value=GEMINI_KEY),
+        auth=auth,
         model=snapshot_pb2.AiProxyModel(
             provider="gemini",
             options=snapshot_pb2.AiProxyModelOptions(
@@ -145,9 +157,12 @@ async def stack() -> AsyncIterator[Stack]:
     events: list[usage_pb2.UsageEvent] = []
     gateway = Gateway(node_id="dp-test", usage_sink=events.append)
     async with serve_http(gemini) as gm, serve_http(bedrock) as br, httpx.AsyncClient() as http:
+        account = gemini.oauth.service_account(f"{gm.url}/token")
         routes = {
             "gem-oa": _gemini(gm.url, "openai"),
             "gem": _gemini(gm.url, "gemini"),
+            "vx-oa": _gemini(gm.url, "openai", project=PROJECT, account=account),
+            "vx": _gemini(gm.url, "gemini", project=PROJECT, account=account),
             "titan-oa": _bedrock(br.url, "openai", TITAN),
             "cohere-oa": _bedrock(br.url, "openai", COHERE),
             "br": _bedrock(br.url, "bedrock"),
@@ -224,16 +239,20 @@ async def test_openai_sdk_on_titan_is_billed_exactly(stack) -> None:
     assert len(stack.bedrock.requests) == before and stack.events == []
 
 
-async def test_openai_sdk_on_cohere_embed_is_estimated(stack) -> None:
+async def test_openai_sdk_on_cohere_embed_is_billed_from_bedrocks_header(stack) -> None:
     async with stack.oai("cohere-oa") as client:
         answer = await client.embeddings.create(model="any", input=TEXTS)
     assert len(answer.data) == 2
     sent = stack.bedrock.requests[-1]
     assert sent.path == f"/model/{COHERE}/invoke"
     assert sent.body == {"texts": TEXTS, "input_type": "search_document"}
+    # Cohere Embed's body has no count: X-Amzn-Bedrock-Input-Token-Count's is billed, exactly,
+    # and shown to the OpenAI client as its usage.
+    words = sum(len(text.split()) for text in TEXTS)
+    assert answer.usage.prompt_tokens == words
     assert stack.take() == [
-        ("bedrock", 200, INPUT, estimate_tokens("".join(TEXTS)), True),
-        ("bedrock", 200, OUTPUT, 0, True),
+        ("bedrock", 200, INPUT, words, False),
+        ("bedrock", 200, OUTPUT, 0, False),
     ]
 
 
@@ -265,7 +284,84 @@ async def test_errors_are_openai_shaped_recorded_and_not_billed(stack) -> None:
     assert stack.take() == [("bedrock", 400, INPUT, 0, False), ("bedrock", 400, OUTPUT, 0, False)]
 
 
-def test_vertex_embeddings_are_refused_at_compile_time() -> None:
-    snapshot = build_snapshot({"vx": _gemini("http://127.0.0.1:9", "openai", project="p")})
-    with pytest.raises(CompileError, match="not supported yet"):
-        compile_snapshot(snapshot, version="v1")
+def _vertex_tokens(text: str) -> int:
+    """Vertex AI's token_count of a text, as the fake reports it (3 + its words)."""
+    return 3 + len(text.split())
+
+
+async def test_openai_sdk_embeddings_on_vertex_predict_are_billed_exactly(stack) -> None:
+    # Given an OpenAI client on an embeddings route whose target is Vertex AI.
+    async with stack.oai("vx-oa") as client:
+        answer = await client.embeddings.create(model=VERTEX_MODEL, input=TEXTS, dimensions=4)
+    # Then the gateway called Vertex AI's predict with one instance per input.
+    sent = stack.gemini.requests[-1]
+    assert sent.path == f"{VERTEX_PATH}/{VERTEX_MODEL}:predict"
+    assert sent.body == {
+        "instances": [{"content": text} for text in TEXTS],
+        "parameters": {"outputDimensionality": 4},
+    }
+    assert sent.headers["authorization"].startswith("Bearer ya29.fake-")
+    # And the vectors came back in OpenAI's shape, billed exactly by Vertex AI's token counts.
+    assert [d.embedding for d in answer.data] == [embedding(t, 4) for t in TEXTS]
+    reported = sum(_vertex_tokens(t) for t in TEXTS)
+    assert answer.usage.prompt_tokens == reported
+    assert stack.take() == [
+        ("gemini", 200, INPUT, reported, False),
+        ("gemini", 200, OUTPUT, 0, False),
+    ]
+
+
+def vertex_client(stack: Stack) -> genai.Client:
+    """google-genai in Vertex AI mode pointed at the native route, the gateway's key as its
+    bearer token (the gateway puts its own service account's token upstream)."""
+    return genai.Client(
+        vertexai=True,
+        project=PROJECT,
+        location="us-central1",
+        credentials=google.oauth2.credentials.Credentials(token=KEY),
+        http_options=genai_types.HttpOptions(
+            base_url=f"{stack.url}/vx", api_version="v1", httpx_async_client=stack.http
+        ),
+    )
+
+
+async def test_google_genai_vertex_predict_native_is_billed_exactly(stack) -> None:
+    client = vertex_client(stack)
+    answer = await client.aio.models.embed_content(
+        model=VERTEX_MODEL,
+        contents=TEXTS,
+        config=genai_types.EmbedContentConfig(output_dimensionality=4),
+    )
+    # google-genai called :predict (a text-embedding model on Vertex AI) through the gateway.
+    sent = stack.gemini.requests[-1]
+    assert sent.path == f"{VERTEX_PATH}/{VERTEX_MODEL}:predict"
+    assert [e.values for e in answer.embeddings] == [embedding(t, 4) for t in TEXTS]
+    # Billed exactly: the sum of the statistics.token_count the SDK also shows.
+    counts = [int(e.statistics.token_count) for e in answer.embeddings]
+    assert counts == [_vertex_tokens(t) for t in TEXTS]
+    assert stack.take() == [
+        ("gemini", 200, INPUT, sum(counts), False),
+        ("gemini", 200, OUTPUT, 0, False),
+    ]
+
+
+async def test_google_genai_vertex_embed_content_native_reads_usage_metadata(stack) -> None:
+    client = vertex_client(stack)
+    answer = await client.aio.models.embed_content(
+        model="gemini-embedding-001", contents="the quick brown fox"
+    )
+    assert stack.gemini.requests[-1].path.endswith("gemini-embedding-001:embedContent")
+    assert answer.embeddings[0].statistics.token_count == _vertex_tokens("the quick brown fox")
+    assert stack.take() == [
+        ("gemini", 200, INPUT, _vertex_tokens("the quick brown fox"), False),
+        ("gemini", 200, OUTPUT, 0, False),
+    ]
+
+
+async def test_vertex_predict_error_is_passed_through_recorded_and_not_billed(stack) -> None:
+    # A gemini-embedding model takes one instance per predict: Vertex AI's 400, OpenAI-shaped.
+    async with stack.oai("vx-oa") as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.embeddings.create(model="gemini-embedding-001", input=TEXTS)
+    assert refused.value.body["code"] == "INVALID_ARGUMENT"
+    assert stack.take() == [("gemini", 400, INPUT, 0, False), ("gemini", 400, OUTPUT, 0, False)]

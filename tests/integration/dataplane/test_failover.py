@@ -22,6 +22,7 @@ from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
 from dataplane.testing.fake_anthropic import FakeAnthropic
 from dataplane.testing.fake_openai import FakeProvider
+from dataplane.usage.estimate import estimate_tokens
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 from support.processes import free_port
 
@@ -680,6 +681,30 @@ async def test_responses_api_streamed(start) -> None:
     assert tokens(recorded) == _response_kinds(completed.response.usage)
     assert {e.llm_tokens.model for e in recorded} == {"gpt-4o-mini"}
     assert all(e.llm_tokens.HasField("time_to_first_token_ms") for e in recorded)
+
+
+async def test_responses_api_failed_mid_stream_is_recorded_with_its_status(start) -> None:
+    fake = FakeProvider()
+    _, stack = await start(fake, plugins=lambda urls: {"resp": _responses(urls[0])})
+    async with stack.client("resp") as client:
+        stream = await client.responses.create(
+            model="gpt-4o-mini",
+            input=[{"role": "user", "content": "stream me a few words please"}],
+            stream=True,
+            extra_headers={"x-fake-stream-error": "7:server_error"},
+        )
+        events = [event async for event in stream]
+    # The openai SDK yields the failure as Responses' own event, relayed as it came.
+    assert events[-1].type == "response.failed"
+    assert events[-1].response.error.code == "server_error"
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed == "fake reply: stream"
+    # Recorded with the failure's status (never 200), as far as it went: no usage came, so
+    # estimated.
+    recorded = stack.take()
+    assert {e.llm_tokens.status_code for e in recorded} == {500}
+    assert {e.llm_tokens.estimated for e in recorded} == {True}
+    assert tokens(recorded)[usage_pb2.TOKEN_TYPE_OUTPUT] == estimate_tokens(streamed)
 
 
 async def test_responses_api_bad_input_is_a_400_without_an_upstream_call(start) -> None:

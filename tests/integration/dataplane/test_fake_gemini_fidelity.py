@@ -170,3 +170,32 @@ async def test_token_endpoint_checks_the_signed_grant(fake) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_grant"
+
+
+# Reported from the real API (googleapis/js-genai#650): a stream that fails after its 200 ends
+# with this frame, a whole Google error document.
+RECORDED_STREAM_ERROR = {
+    "error": {
+        "code": 500,
+        "message": "An internal error has occurred. Please retry or report in "
+        "https://developers.generativeai.google/guide/troubleshooting",
+        "status": "INTERNAL",
+    }
+}
+
+
+async def test_a_stream_that_fails_ends_with_the_recorded_error_frame(fake) -> None:
+    client, _ = fake
+    response = await client.post(
+        f"{URL}:streamGenerateContent",
+        params={"alt": "sse", "key": "AIza-test"},
+        json={"contents": [{"parts": [{"text": "a b c"}]}]},
+        headers={"x-fake-stream-error": "2:500"},
+    )
+    assert response.status_code == 200  # the status line went before the failure
+    events = SseSplitter().feed(response.content)
+    frames = [orjson.loads(event_data(event)) for event in events]
+    assert len(frames) == 3 and "candidates" in frames[1]
+    assert frames[-1] == RECORDED_STREAM_ERROR
+    # google-genai recognises an error frame by its JSON beginning with the "error" key.
+    assert event_data(events[-1]).startswith(b'{"error":')

@@ -631,3 +631,61 @@ async def test_a_translated_stream_cut_midway_keeps_geminis_own_counts(stack) ->
     assert not any(e.llm_tokens.estimated for e in stack.events)
     totals = stack.take()
     assert totals[OUTPUT] == 2 and totals[INPUT] > 0
+
+
+@pytest.mark.parametrize(
+    ("code", "raised"),
+    [(500, genai_errors.ServerError), (429, genai_errors.ClientError)],
+    ids=["internal", "exhausted"],
+)
+async def test_an_error_frame_mid_stream_native_raises_in_genai_and_is_recorded(
+    stack, code, raised
+) -> None:
+    # Given a native stream that fails after two frames with Google's error frame.
+    client = gemini_client(stack)
+    chunks: list[genai_types.GenerateContentResponse] = []
+    with pytest.raises(raised) as caught:
+        stream = await client.aio.models.generate_content_stream(
+            model=MODEL,
+            contents="one two three four five",
+            config=genai_types.GenerateContentConfig(
+                http_options={"headers": {"x-fake-stream-error": f"2:{code}"}}
+            ),
+        )
+        async for chunk in stream:
+            chunks.append(chunk)
+    # Then google-genai sees the frame as Gemini's own (the relay left it as it came) and
+    # raises with its code, after the two frames before it.
+    assert caught.value.code == code
+    assert len(chunks) == 2
+    # And the request is recorded with that status, never 200, with the tokens of the frames
+    # that came: Gemini's cumulative usageMetadata counts them exactly.
+    got = _usage_dict(chunks[-1].usage_metadata)
+    assert got["candidatesTokenCount"] == 2
+    assert stack.statuses() == {code}
+    assert not any(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == kinds(got)
+
+
+async def test_an_error_frame_mid_stream_translated_for_an_openai_client(stack) -> None:
+    text = ""
+    async with oai(stack) as client:
+        stream = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "one two three four five"}],
+            stream=True,
+            extra_headers={"x-fake-stream-error": "2:500"},
+        )
+        async with stream:
+            with pytest.raises(openai.APIError) as caught:
+                async for chunk in stream:
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
+    # The openai SDK raises on the translated error event, as on OpenAI's own.
+    assert caught.value.body["code"] == "INTERNAL"
+    assert caught.value.body["type"] == "api_error"
+    assert caught.value.message.startswith("An internal error has occurred")
+    assert text == "fake reply:"
+    assert stack.statuses() == {500}
+    assert not any(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take()[OUTPUT] == 2

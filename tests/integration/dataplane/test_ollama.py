@@ -19,7 +19,7 @@ from dataplane.config.keys import hash_key
 from dataplane.http.server import serve_http
 from dataplane.proxy.compiler import compile_snapshot
 from dataplane.proxy.gateway import Gateway
-from dataplane.testing.fake_ollama import FakeOllama, prompt_eval_count, reply_words
+from dataplane.testing.fake_ollama import STREAM_ERROR, FakeOllama, prompt_eval_count, reply_words
 from dataplane.testing.fake_openai import FakeProvider
 from dataplane.testing.fake_openai import prompt_tokens as openai_prompt_tokens
 from dataplane.usage.estimate import estimate_tokens, prompt_text
@@ -116,9 +116,9 @@ async def stack() -> AsyncIterator[Stack]:
             await gateway.aclose()
 
 
-def native(stack: Stack, route: str = "native") -> ollama.AsyncClient:
+def native(stack: Stack, route: str = "native", **headers: str) -> ollama.AsyncClient:
     return ollama.AsyncClient(
-        host=f"{stack.url}/{route}", headers={"Authorization": f"Bearer {KEY}"}
+        host=f"{stack.url}/{route}", headers={"Authorization": f"Bearer {KEY}", **headers}
     )
 
 
@@ -317,3 +317,65 @@ async def test_a_translated_stream_cut_midway_is_estimated(stack) -> None:
         INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
         OUTPUT: estimate_tokens(text),
     }
+
+
+async def test_an_error_line_mid_stream_native_raises_in_the_ollama_client(stack) -> None:
+    # Given a native stream that fails after two lines with Ollama's error line (the status
+    # stays 200, as Ollama sends it).
+    parts = []
+    async with native(stack, **{"x-fake-stream-error": "2"}) as client:
+        with pytest.raises(ollama.ResponseError) as raised:
+            async for part in await client.chat(model="llama3.2", messages=MESSAGES, stream=True):
+                parts.append(part)
+    # Then the ollama client raises on the relayed line, as it would on Ollama's own.
+    assert raised.value.error == STREAM_ERROR
+    text = "".join(p.message.content for p in parts)
+    assert text == "fake reply:"
+    # And it is recorded as a failure (500), never 200, metered as far as it went: Ollama
+    # counts only in its final line, so the prompt and the text are estimated.
+    assert stack.statuses() == {500}
+    assert all(e.llm_tokens.estimated for e in stack.events)
+    assert stack.take() == {
+        INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
+        OUTPUT: estimate_tokens(text),
+    }
+
+
+async def test_an_error_line_mid_stream_translated_for_an_openai_client(stack) -> None:
+    text = ""
+    async with oai(stack, "oa") as client:
+        stream = await client.chat.completions.create(
+            model="llama3.2",
+            messages=MESSAGES,
+            stream=True,
+            extra_headers={"x-fake-stream-error": "2"},
+        )
+        async with stream:
+            with pytest.raises(openai.APIError) as raised:
+                async for chunk in stream:
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
+    assert raised.value.message == STREAM_ERROR
+    assert raised.value.body["type"] == "api_error"
+    assert text == "fake reply:"
+    assert stack.statuses() == {500}
+    assert stack.take() == {
+        INPUT: estimate_tokens(prompt_text({"messages": MESSAGES})),
+        OUTPUT: estimate_tokens(text),
+    }
+
+
+async def test_an_error_event_from_ollamas_openai_endpoint_is_recorded(stack) -> None:
+    async with oai(stack, "oa-compat") as client:
+        stream = await client.chat.completions.create(
+            model="llama3.2",
+            messages=MESSAGES,
+            stream=True,
+            extra_headers={"x-fake-stream-error": "2:server_error"},
+        )
+        async with stream:
+            with pytest.raises(openai.APIError):
+                async for _ in stream:
+                    pass
+    assert stack.statuses() == {500}
+    assert all(e.llm_tokens.estimated for e in stack.events)

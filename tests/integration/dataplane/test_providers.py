@@ -22,7 +22,7 @@ from dataplane.proxy.gateway import Gateway
 from dataplane.testing import fake_anthropic as fakeanthropic
 from dataplane.testing.fake_anthropic import FakeAnthropic
 from dataplane.testing.fake_openai import FakeProvider, prompt_tokens, reply_words
-from dataplane.usage.estimate import estimate_tokens
+from dataplane.usage.estimate import estimate_tokens, prompt_text
 from meterline.dataplane.v1 import snapshot_pb2, usage_pb2
 
 KEY = "sk-meterline-acme-0001"
@@ -576,4 +576,38 @@ async def test_anthropic_in_stream_error_is_relayed_and_recorded_with_its_status
     assert _recorded(stack) == [
         (529, INPUT, prompt, True),
         (529, OUTPUT, max(1, estimate_tokens(text)), True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error_type", "status"), [("server_error", 500), ("rate_limit_error", 429)]
+)
+async def test_openai_in_stream_error_event_is_relayed_and_recorded_with_its_status(
+    stack, error_type, status
+) -> None:
+    # Given an OpenAI stream that fails after its role chunk and two words with OpenAI's error
+    # event (data: {"error": {...}}).
+    text = ""
+    async with oai(stack, "compat") as client:
+        stream = await client.chat.completions.create(
+            model="gpt-4o",
+            messages=OA_MESSAGES,
+            stream=True,
+            extra_headers={"x-fake-stream-error": f"3:{error_type}"},
+        )
+        async with stream:
+            with pytest.raises(openai.APIError) as raised:
+                async for chunk in stream:
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
+    # Then the openai SDK raises on the relayed event, as it would on OpenAI's own.
+    assert raised.value.body["type"] == error_type
+    if error_type == "server_error":
+        assert raised.value.message == "The server had an error while processing your request."
+    assert text == "fake reply:"
+    # And the request is recorded with the error's status (never 200; not billed by default),
+    # metered as far as it went: no usage came, so the prompt and the text are estimated.
+    assert _recorded(stack) == [
+        (status, INPUT, estimate_tokens(prompt_text({"messages": OA_MESSAGES})), True),
+        (status, OUTPUT, estimate_tokens(text), True),
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 
@@ -12,6 +14,7 @@ from dataplane.translate.bedrock_format import (
     model_url,
     split_model_path,
     usage_from_converse,
+    usage_from_headers,
 )
 from dataplane.translate.openai_bedrock import (
     ConverseToChatStream,
@@ -331,3 +334,64 @@ def test_bedrock_errors_in_openai_shape() -> None:
     assert orjson.loads(bedrock_error_to_openai(b"<html>", 503))["error"]["message"] == (
         "Amazon Bedrock answered status 503."
     )
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param(
+            [
+                (b"X-Amzn-Bedrock-Input-Token-Count", b"12"),
+                (b"X-Amzn-Bedrock-Output-Token-Count", b"7"),
+            ],
+            TokenUsage(input_tokens=12, output_tokens=7),
+            id="both",
+        ),
+        pytest.param(
+            [(b"x-amzn-bedrock-input-token-count", b"5")],
+            TokenUsage(input_tokens=5, output_tokens=0),
+            id="embeddings-input-only",
+        ),
+        pytest.param([(b"content-type", b"application/json")], None, id="none"),
+        pytest.param([(b"x-amzn-bedrock-input-token-count", b"-3")], None, id="negative"),
+        pytest.param(
+            [
+                (b"x-amzn-bedrock-input-token-count", b"4"),
+                (b"x-amzn-bedrock-output-token-count", b"x"),
+            ],
+            None,
+            id="malformed-output",
+        ),
+    ],
+)
+def test_invoke_model_token_count_headers(headers, expected) -> None:
+    assert usage_from_headers(headers) == expected
+
+
+def test_invocation_metrics_settle_a_stream_without_usage_events_but_not_an_anthropic_one() -> None:
+    metrics = {"inputTokenCount": 9, "outputTokenCount": 4, "cacheReadInputTokenCount": 2}
+    scanner = EventStreamScanner()
+    scanner.accept(_chunk_frame({"outputs": [{"text": "hi", "stop_reason": None}]}))
+    assert scanner.usage is None and scanner.texts == ["hi"]
+    scanner.accept(
+        _chunk_frame(
+            {
+                "outputs": [{"text": "!", "stop_reason": "stop"}],
+                "amazon-bedrock-invocationMetrics": metrics,
+            }
+        )
+    )
+    assert scanner.settled
+    assert scanner.usage == TokenUsage(input_tokens=9, output_tokens=4, cached_input_tokens=2)
+    # Claude's message_delta settles first: the metrics of message_stop do not replace it.
+    claude = EventStreamScanner()
+    claude.accept(_chunk_frame({"type": "message_delta", "usage": {"output_tokens": 3}}))
+    claude.accept(
+        _chunk_frame({"type": "message_stop", "amazon-bedrock-invocationMetrics": metrics})
+    )
+    assert claude.usage is not None and claude.usage.output_tokens == 3
+
+
+def _chunk_frame(document: dict) -> bytes:
+    payload = orjson.dumps({"bytes": base64.b64encode(orjson.dumps(document)).decode()})
+    return event("chunk", payload)
