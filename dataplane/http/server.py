@@ -46,7 +46,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from dataplane.http.asgi import ON_DISCONNECT, Message, Receive, Scope, Send
+from dataplane.http.asgi import DISCONNECTED, ON_DISCONNECT, Message, Receive, Scope, Send
 from dataplane.http.paths import UnsafePath, normalize_path
 
 logger = logging.getLogger(__name__)
@@ -837,6 +837,7 @@ class _Cycle:
     def disconnect(self) -> None:
         if not self.complete:
             self.disconnected = True
+            self.scope[DISCONNECTED] = True
             hook = self.scope.get(ON_DISCONNECT)
             if hook is not None:
                 self.scope[ON_DISCONNECT] = None
