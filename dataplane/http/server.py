@@ -68,6 +68,7 @@ _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
 _KEEP_ALIVE = b"connection: keep-alive\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 def _status_line(code: int) -> bytes:
@@ -955,20 +956,20 @@ class _Cycle:
 
     def _start_response(self, message: Message) -> None:
         status: int = message["status"]
+        headers = message.get("headers", ())
         lines = [_STATUS_LINES[status], self.conn.state.date_line]
+        lines += [b"%s: %s\r\n" % (name, value) for name, value in headers]
         length = -1
         chunked = close = False
-        count = 0
-        for name, value in message.get("headers", ()):
+        # The headers that frame the body, looked at apart (content-length, mostly).
+        for name, value in [pair for pair in headers if pair[0].lower() in _FRAMING_HEADERS]:
             lower = name.lower()
             if lower == b"content-length":
                 length = int(value)
             elif lower == b"transfer-encoding":
                 chunked = value.lower() == b"chunked"
-            elif lower == b"connection":
+            else:
                 close = b"close" in value.lower()
-            lines += (name, b": ", value, b"\r\n")
-            count += 1
         if close:
             self.keep_alive = False
         if self.scope["method"] == "HEAD" or status in (204, 304) or status < 200:
@@ -990,8 +991,8 @@ class _Cycle:
         lines.append(b"\r\n")
         head = b"".join(lines)
         # One pass instead of a regex per header: a CR or LF inside a name or value would
-        # split the response.
-        line_count = len(lines) - 3 * count
+        # split the response. Every line has one CRLF, the status and date lines too.
+        line_count = len(lines)
         if head.count(b"\n") != line_count or head.count(b"\r") != line_count:
             raise RuntimeError("Invalid HTTP header name or value.")
         self.started = True
