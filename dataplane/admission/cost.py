@@ -216,6 +216,14 @@ class Metering:
                 break
         self.stream = stream
         if not stream:
+            if self.plain and not self.done and self.enforcer.table is self.table:
+                # Figures.headers of _plain_figures, without the Figures.
+                self.done = True
+                input_tokens, output_tokens = _plain_tokens(self.events)
+                return [
+                    (b"x-meterline-input-tokens", str(input_tokens).encode()),
+                    (b"x-meterline-output-tokens", str(output_tokens).encode()),
+                ]
             return self._figures().headers()
         if self.plain and self.enforcer.table is self.table:
             return []  # nothing is left of anything: no remaining figures to tell
@@ -252,14 +260,20 @@ class Metering:
 
 def _plain_figures(events: list[usage_pb2.UsageEvent]) -> Figures:
     """What ``Enforcer.record`` counts of a plain request: its input and output tokens."""
-    figures = Figures()
+    input_tokens, output_tokens = _plain_tokens(events)
+    return Figures(input_tokens=input_tokens, output_tokens=output_tokens)
+
+
+def _plain_tokens(events: list[usage_pb2.UsageEvent]) -> tuple[int, int]:
+    """The input and output tokens of ``events`` (Figures.input_tokens, output_tokens)."""
+    input_tokens = output_tokens = 0
     for event in events:
         tokens = event.llm_tokens
         if _KINDS.get(tokens.token_type, "input") in INPUT_KINDS:
-            figures.input_tokens += tokens.tokens
+            input_tokens += tokens.tokens
         else:
-            figures.output_tokens += tokens.tokens
-    return figures
+            output_tokens += tokens.tokens
+    return input_tokens, output_tokens
 
 
 def admit(

@@ -956,14 +956,43 @@ class _Cycle:
 
     def _start_response(self, message: Message) -> None:
         status: int = message["status"]
-        headers = message.get("headers", ())
         lines = [_STATUS_LINES[status], self.conn.state.date_line]
-        lines += [b"%s: %s\r\n" % (name, value) for name, value in headers]
+        headers = message.get("headers", ())
+        if type(headers) is not list:
+            headers = list(headers)  # any iterable of pairs (ASGI); counted below
+        framing: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+            # One set lookup per header; the framing ones (content-length, mostly) apart.
+            if name.lower() in _FRAMING_HEADERS:
+                framing.append((name.lower(), value))
+        self._frame(status, framing, lines)
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        # One pass instead of a regex per header: a CR or LF inside a name or value would
+        # split the response.
+        line_count = len(lines) - 3 * len(headers)
+        if head.count(b"\n") != line_count or head.count(b"\r") != line_count:
+            raise RuntimeError("Invalid HTTP header name or value.")
+        self.started = True
+        self.expect_100 = False
+        if not self.no_body and self.remaining < 0:
+            # A stream (chunked or close-delimited): its head goes out at the end of this turn
+            # of the loop, so the client has the status before the first event, which a slow
+            # model may take long to produce; events the app sends in the same turn join it.
+            self.pending = [head]
+            self.flush_scheduled = True
+            self.conn.loop.call_soon(self.flush)
+        else:
+            self.head = head
+
+    def _frame(self, status: int, framing: list[tuple[bytes, bytes]], lines: list[bytes]) -> None:
+        """How the response's body is delimited (no body, a length, chunks, the connection's
+        end) and whether the connection stays open, by its status and framing headers; the
+        header lines that says so appended to ``lines``."""
         length = -1
         chunked = close = False
-        # The headers that frame the body, looked at apart (content-length, mostly).
-        for name, value in [pair for pair in headers if pair[0].lower() in _FRAMING_HEADERS]:
-            lower = name.lower()
+        for lower, value in framing:
             if lower == b"content-length":
                 length = int(value)
             elif lower == b"transfer-encoding":
@@ -988,24 +1017,6 @@ class _Cycle:
                 lines.append(_CLOSE)
         elif self.http10:
             lines.append(_KEEP_ALIVE)
-        lines.append(b"\r\n")
-        head = b"".join(lines)
-        # One pass instead of a regex per header: a CR or LF inside a name or value would
-        # split the response. Every line has one CRLF, the status and date lines too.
-        line_count = len(lines)
-        if head.count(b"\n") != line_count or head.count(b"\r") != line_count:
-            raise RuntimeError("Invalid HTTP header name or value.")
-        self.started = True
-        self.expect_100 = False
-        if not self.no_body and self.remaining < 0:
-            # A stream (chunked or close-delimited): its head goes out at the end of this turn
-            # of the loop, so the client has the status before the first event, which a slow
-            # model may take long to produce; events the app sends in the same turn join it.
-            self.pending = [head]
-            self.flush_scheduled = True
-            self.conn.loop.call_soon(self.flush)
-        else:
-            self.head = head
 
     def flush(self) -> None:
         """Write what a stream sent since the last flush (scheduled by ``send``).

@@ -10,8 +10,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 from urllib.parse import unquote
 
 import orjson
@@ -207,7 +207,9 @@ class Gateway:
             translator = route.translator
             if route.refused or route.https_redirect:
                 _check_served(route, scope)
-            consumer, raw = await self._authenticate(route, config, scope, receive)
+            # Kong's key_in_body: the body is read before authenticating.
+            raw = await _read_body(receive, self._body_limit(route)) if route.key_in_body else None
+            consumer, raw = _authenticate(route, config, scope, raw)
             subpath = path[end:]
             if route.answers_models and scope["method"] == "GET":
                 # Answered here, not forwarded: the model id is read decoded.
@@ -285,37 +287,17 @@ class Gateway:
             code="route_not_found",
         )
 
-    async def _authenticate(
-        self, route: CompiledRoute, config: RuntimeConfig, scope: Scope, receive: Receive
-    ) -> tuple[Consumer | None, bytes | None]:
-        """The route's key-auth: the consumer (None on a route without key-auth) and, when
-        the key may be in the body (Kong's key_in_body), the body read for it; Rejection 401.
-        From here on the query is what may go upstream: never the consumer's key."""
-        key_auth = route.key_auth
-        if key_auth is None:
-            return None, None
-        raw: bytes | None = None
-        body_key = None
-        if key_auth.key_in_body:
-            raw = await _read_body(receive, self._body_limit(route))
-            body_key, raw = key_in_body(key_auth, scope, raw)
-        consumer = authenticate(key_auth, config.consumers_by_key_hash, scope, body_key=body_key)
-        if scope["query_string"]:
-            # Translators and balancer re-prepares read the query: never with the key.
-            scope["query_string"] = upstream_query(key_auth, scope["query_string"])
-        return consumer, raw
-
-    async def _admit(
+    def _admit(
         self,
         route: CompiledRoute,
         policy: AiProxyPolicy,
         consumer: Consumer | None,
         prepared: Prepared,
         scope: Scope,
-    ) -> Admitted:
-        """The admission stages (dataplane.admission.stages); Rejection if refused."""
+    ) -> Coroutine[Any, Any, Admitted]:
+        """The admission stages (dataplane.admission.stages), to await; Rejection if refused."""
         provider = policy.target.provider
-        return await admit_request(
+        return admit_request(
             enforcer=self.enforcer,
             rate_limiter=self.rate_limiter,
             rate_limits=route.rate_limits,
@@ -404,6 +386,25 @@ class Gateway:
                 code="config_unavailable",
             )
         return config
+
+
+def _authenticate(
+    route: CompiledRoute, config: RuntimeConfig, scope: Scope, raw: bytes | None
+) -> tuple[Consumer | None, bytes | None]:
+    """The route's key-auth: the consumer (None on a route without key-auth) and the body,
+    if read already (``raw``: Kong's key_in_body, the key removed); Rejection 401.
+    From here on the query is what may go upstream: never the consumer's key."""
+    key_auth = route.key_auth
+    if key_auth is None:
+        return None, raw
+    body_key = None
+    if raw is not None:
+        body_key, raw = key_in_body(key_auth, scope, raw)
+    consumer = authenticate(key_auth, config.consumers_by_key_hash, scope, body_key=body_key)
+    if scope["query_string"]:
+        # Translators and balancer re-prepares read the query: never with the key.
+        scope["query_string"] = upstream_query(key_auth, scope["query_string"])
+    return consumer, raw
 
 
 def _check_served(route: CompiledRoute, scope: Scope) -> None:

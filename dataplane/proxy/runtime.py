@@ -55,11 +55,15 @@ class CompiledRoute:
     # (Kong's strip_path false on a preserve route).
     answers_models: bool = field(init=False, compare=False, default=False)
     forwards_whole_path: bool = field(init=False, compare=False, default=False)
+    # Kong's key_in_body: the body is read before authenticating.
+    key_in_body: bool = field(init=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         preserve = self.ai_proxy is not None and self.ai_proxy.route_type == ROUTE_TYPE_PRESERVE
         object.__setattr__(self, "answers_models", self.ai_proxy is not None and not preserve)
         object.__setattr__(self, "forwards_whole_path", preserve and not self.strip_path)
+        key_in_body = self.key_auth is not None and self.key_auth.key_in_body
+        object.__setattr__(self, "key_in_body", key_in_body)
 
 
 @dataclass(frozen=True, slots=True)
