@@ -3,6 +3,8 @@
     python bench/request_cpu.py                          # CPU µs/request of this tree
     python bench/request_cpu.py --tree /tmp/base --tree .   # A/B: the same script, two trees
     python bench/request_cpu.py --callgrind --tree /tmp/base --tree .   # instructions/request
+    python bench/request_cpu.py --callgrind --keep /tmp/cg ...   # and keep callgrind's files
+                                                   # (callgrind_annotate --inclusive=yes FILE)
 
 What runs in the measured process is what a data-plane worker runs for a request: the HTTP
 server (``serve_http``), the Observability middleware, the Gateway (route matching, key-auth,
@@ -306,6 +308,9 @@ def measure(tree: Path, args: argparse.Namespace) -> dict[str, float]:
     for mode in args.modes:  # one valgrind run per mode: one toggle count each
         with tempfile.TemporaryDirectory() as work:
             out_file = f"{work}/callgrind.out"
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                out_file = str(args.keep / f"callgrind.{tree.name}.{mode}")
             subprocess.run(
                 [
                     "valgrind",
@@ -334,6 +339,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--modes", nargs="+", default=["nonstream", "stream"], choices=BODIES)
     parser.add_argument("--callgrind", action="store_true", help="instructions, not CPU µs")
+    parser.add_argument("--keep", type=Path, help="with --callgrind: keep its files in this dir")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.requests:

@@ -34,10 +34,10 @@ from typing import Any, Final
 import orjson
 
 from dataplane.admission.entitlements import (
+    INPUT_KINDS,
     BadTaskHeaders,
     Enforcer,
     Figures,
-    Refusal,
     TaskBudget,
     UsageItem,
     task_budget,
@@ -93,20 +93,35 @@ def _beside_usage(events: bytes, figures: dict[str, object]) -> tuple[bytes, boo
 UsageSink = Callable[[usage_pb2.UsageEvent], None]
 
 
+def _has_usage(body: bytes) -> bool:
+    """Whether ``body`` holds an OpenAI usage chunk (``find``: a bytes ``in`` first tries its
+    operand as an int, ~1k instructions, and this runs on every chunk of a stream)."""
+    compact, spaced = _USAGE_MARKERS
+    return body.find(compact) != -1 or body.find(spaced) != -1
+
+
 class Metering:
-    """One admitted request's metering: counts its usage events, gives its cost headers."""
+    """One admitted request's metering: counts its usage events, gives its cost headers.
+
+    ``plain`` (decided at admission): the consumer has no enforcement policy, the route no
+    cost, the request no task budget. Counting it changes no counter and its headers are
+    only its token counts, so they are built without the enforcer, as long as the snapshot
+    it was admitted under is still the one served (a new one may price it).
+    """
 
     __slots__ = (
         "consumer_id",
         "done",
         "enforcer",
+        "events",
         "held",
-        "items",
         "model",
+        "plain",
         "provider",
         "route_id",
         "stream",
         "stream_figures",
+        "table",
         "task",
     )
 
@@ -120,29 +135,48 @@ class Metering:
         model: str,
         task: TaskBudget | None,
         stream_figures: bool,
+        plain: bool = False,
     ) -> None:
         self.enforcer = enforcer
+        self.table = enforcer.table
         self.consumer_id = consumer_id
         self.route_id = route_id
         self.provider = provider
         self.model = model
         self.task = task
-        self.items: list[UsageItem] = []
+        self.plain = plain
+        # The request's usage events, counted (as UsageItems) when its figures are asked for.
+        self.events: list[usage_pb2.UsageEvent] = []
         self.stream = False
         self.stream_figures = stream_figures
         self.held: list[bytes] = []
         self.done = False
 
+    def _items(self) -> list[UsageItem]:
+        return [
+            UsageItem(
+                provider=tokens.provider,
+                model=tokens.model,
+                kind=_KINDS.get(tokens.token_type, "input"),
+                status=tokens.status_code,
+                tokens=tokens.tokens,
+            )
+            for tokens in [event.llm_tokens for event in self.events]
+        ]
+
     def _figures(self) -> Figures:
         enforcer = self.enforcer
         if self.done:
             figures = Figures()
+        elif self.plain and enforcer.table is self.table:
+            self.done = True
+            return _plain_figures(self.events)
         else:
             self.done = True
             figures = enforcer.record(
                 consumer_id=self.consumer_id,
                 route_id=self.route_id,
-                items=self.items,
+                items=self._items(),
                 task=self.task,
             )
         tokens, money = enforcer.remaining(
@@ -156,16 +190,7 @@ class Metering:
     def record(self, event: usage_pb2.UsageEvent) -> None:
         """Count one usage event of this request (after the reporter has it)."""
         self.enforcer.appended += 1
-        tokens = event.llm_tokens
-        self.items.append(
-            UsageItem(
-                provider=tokens.provider,
-                model=tokens.model,
-                kind=_KINDS.get(tokens.token_type, "input"),
-                status=tokens.status_code,
-                tokens=tokens.tokens,
-            )
-        )
+        self.events.append(event)
 
     def cost(self) -> Decimal | None:
         """What the request's usage so far costs by the snapshot's prices (None if unpriced);
@@ -176,7 +201,7 @@ class Metering:
         if not ((policy is not None and policy.prices) or route_cost is not None):
             return None
         total = Decimal(0)
-        for item in tuple(self.items):
+        for item in self._items():
             price = unit_price(
                 policy,
                 route_cost,
@@ -193,21 +218,32 @@ class Metering:
         """The cost headers to add to a response head with ``headers``."""
         stream = False
         for name, value in headers:  # a loop, not any(<generator>): on every response head
-            if name == b"content-type" and _EVENT_STREAM in value:
+            # find, not bytes ``in`` (which first tries its operand as an int: ~1k instructions)
+            if name == b"content-type" and value.find(_EVENT_STREAM) != -1:
                 stream = True
                 break
         self.stream = stream
-        if self.stream:
-            # Usage is not known yet: only what was left when the request started.
-            tokens, money = self.enforcer.remaining(
-                self.consumer_id, provider=self.provider, model=self.model, task=self.task
-            )
-            return Figures(
-                remaining_tokens=tokens,
-                remaining_money=money,
-                remaining_credits=self.enforcer.credits_left(self.consumer_id),
-            ).headers(usage=False)
-        return self._figures().headers()
+        if not stream:
+            if self.plain and not self.done and self.enforcer.table is self.table:
+                # Figures.headers of _plain_figures, without the Figures.
+                self.done = True
+                input_tokens, output_tokens = _plain_tokens(self.events)
+                return [
+                    (b"x-meterline-input-tokens", str(input_tokens).encode()),
+                    (b"x-meterline-output-tokens", str(output_tokens).encode()),
+                ]
+            return self._figures().headers()
+        if self.plain and self.enforcer.table is self.table:
+            return []  # nothing is left of anything: no remaining figures to tell
+        # Usage is not known yet: only what was left when the request started.
+        tokens, money = self.enforcer.remaining(
+            self.consumer_id, provider=self.provider, model=self.model, task=self.task
+        )
+        return Figures(
+            remaining_tokens=tokens,
+            remaining_money=money,
+            remaining_credits=self.enforcer.credits_left(self.consumer_id),
+        ).headers(usage=False)
 
     def body(self, body: bytes, *, more: bool) -> bytes | None:
         """What to send of a response body chunk: None holds it back, bytes go out first.
@@ -218,7 +254,7 @@ class Metering:
         if not (self.stream and self.stream_figures):
             return b""
         if more:
-            if self.held or any(marker in body for marker in _USAGE_MARKERS):
+            if self.held or _has_usage(body):
                 self.held.append(body)
                 return None
             return b""
@@ -228,6 +264,24 @@ class Metering:
         if not placed:
             out += b": meterline " + orjson.dumps(figures_json) + b"\n\n"
         return out
+
+
+def _plain_figures(events: list[usage_pb2.UsageEvent]) -> Figures:
+    """What ``Enforcer.record`` counts of a plain request: its input and output tokens."""
+    input_tokens, output_tokens = _plain_tokens(events)
+    return Figures(input_tokens=input_tokens, output_tokens=output_tokens)
+
+
+def _plain_tokens(events: list[usage_pb2.UsageEvent]) -> tuple[int, int]:
+    """The input and output tokens of ``events`` (Figures.input_tokens, output_tokens)."""
+    input_tokens = output_tokens = 0
+    for event in events:
+        tokens = event.llm_tokens
+        if _KINDS.get(tokens.token_type, "input") in INPUT_KINDS:
+            input_tokens += tokens.tokens
+        else:
+            output_tokens += tokens.tokens
+    return input_tokens, output_tokens
 
 
 def admit(
@@ -244,6 +298,8 @@ def admit(
 
     Returns the request's ``Metering`` (it counts the request's usage locally and gives the
     cost headers); raises Rejection: 400 for malformed task headers, 429 insufficient_quota.
+    A consumer without a policy and a request without a task are not looked at further
+    (the Metering is ``plain`` if the route has no cost either).
     """
     try:
         task = task_budget(headers)
@@ -251,9 +307,15 @@ def admit(
         raise Rejection(
             400, str(exc), type="invalid_request_error", code="invalid_task_budget"
         ) from None
-    refusal: Refusal | None = enforcer.admit(consumer_id, provider=provider, model=model, task=task)
-    if refusal is not None:
-        raise Rejection(429, refusal.message, type="insufficient_quota", code=refusal.code)
+    table = enforcer.table
+    if task is None and (consumer_id is None or consumer_id not in table.consumers):
+        # No policy and no task: nothing Enforcer.admit would refuse.
+        plain = route_id not in table.route_costs
+    else:
+        plain = False
+        refusal = enforcer.admit(consumer_id, provider=provider, model=model, task=task)
+        if refusal is not None:
+            raise Rejection(429, refusal.message, type="insufficient_quota", code=refusal.code)
     return Metering(
         enforcer=enforcer,
         consumer_id=consumer_id,
@@ -262,6 +324,7 @@ def admit(
         model=model,
         task=task,
         stream_figures=stream_figures,
+        plain=plain,
     )
 
 

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 # Token kinds, as named by the llm_tokens meter's "type" dimension.
 _TYPE_ALIASES: Final = {"request": "input", "response": "output"}
-_INPUT_KINDS: Final = ("input", "cached_input", "cache_write")
+INPUT_KINDS: Final = ("input", "cached_input", "cache_write")
 _OUTPUT_KINDS: Final = ("output", "reasoning")
 _PER_MILLION: Final = Decimal(1_000_000)
 _ZERO: Final = Decimal(0)
@@ -463,7 +463,7 @@ def unit_price(
     if route_cost is not None:
         if not 200 <= status < 300:
             return _ZERO
-        return route_cost.input if kind in _INPUT_KINDS else route_cost.output
+        return route_cost.input if kind in INPUT_KINDS else route_cost.output
     return None
 
 
@@ -738,7 +738,7 @@ class Enforcer:
         spent: dict[str, int] = {}
         for item in items:
             tokens = item.tokens
-            if item.kind in _INPUT_KINDS:
+            if item.kind in INPUT_KINDS:
                 figures.input_tokens += tokens
             else:
                 figures.output_tokens += tokens
@@ -753,7 +753,7 @@ class Enforcer:
                     continue
             if route_cost is not None and 200 <= item.status < 300:
                 cost += tokens * (
-                    route_cost.input if item.kind in _INPUT_KINDS else route_cost.output
+                    route_cost.input if item.kind in INPUT_KINDS else route_cost.output
                 )
         figures.cost = cost if priced else None
         if policy is not None:

@@ -15,52 +15,46 @@ route's translator renders it). The stages, in order:
    headers and the counter of the request's tokens and cost.
 
 What was decided travels as one ``Admitted``; the proxy adds its headers to the response and
-gives it every usage event of the request to count.
+gives it every usage event of the request to count (``Admitted.head``, ``Admitted.count``;
+a stream's cost figures go beside its usage chunk through ``Admitted.metering.body``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from dataplane.admission.cost import Metering, admit, admit_credits
 from dataplane.admission.entitlements import Enforcer
 from dataplane.admission.ratelimit import RateLimitAdmission, RateLimiter, RouteRateLimits
 from dataplane.config.model import Consumer
-from dataplane.http.asgi import Scope
+from dataplane.http.asgi import Headers, Scope
 from meterline.dataplane.v1 import usage_pb2
-
-UsageSink = Callable[[usage_pb2.UsageEvent], None]
 
 _UNLIMITED = RateLimitAdmission()
 
 
-@dataclass(frozen=True, slots=True)
 class Admitted:
-    """What admission decided for one request."""
+    """What admission decided for one request: the headers its response gets, and the
+    counters its usage events go to (the proxy calls these; nothing wraps ``send``)."""
 
-    metering: Metering
-    rate_limits: RateLimitAdmission
+    __slots__ = ("_count_limits", "metering", "rate_limits")
 
-    def recorder(self, sink: UsageSink) -> UsageSink:
-        """The usage sink of this request: ``sink`` (the reporter) first, then the counters."""
-        count_cost = self.metering.record
-        count_limits = self.rate_limits.counter
+    def __init__(self, metering: Metering, rate_limits: RateLimitAdmission) -> None:
+        self.metering = metering
+        self.rate_limits = rate_limits
+        self._count_limits = rate_limits.counter
 
-        if count_limits is None:
+    def head(self, headers: Headers) -> Headers:
+        """The headers admission adds to a response head with ``headers``: the rate limits',
+        then the cost headers (admission.cost.Metering.head)."""
+        limit_headers = self.rate_limits.headers
+        if not limit_headers:
+            return self.metering.head(headers)
+        return [*limit_headers, *self.metering.head(headers)]
 
-            def record(event: usage_pb2.UsageEvent) -> None:
-                sink(event)
-                count_cost(event)
-
-            return record
-
-        def record_limited(event: usage_pb2.UsageEvent) -> None:
-            sink(event)
-            count_cost(event)
-            count_limits(event)
-
-        return record_limited
+    def count(self, event: usage_pb2.UsageEvent) -> None:
+        """Count one usage event of the request (after the usage reporter has it)."""
+        self.metering.record(event)
+        if self._count_limits is not None:
+            self._count_limits(event)
 
 
 async def admit_request(
@@ -86,7 +80,8 @@ async def admit_request(
         headers=scope["headers"],
         stream_figures=stream_figures,
     )
-    admit_credits(enforcer, consumer_id=consumer_id, provider=provider, model=model)
+    if not metering.plain:  # plain: no policy, so no credits either
+        admit_credits(enforcer, consumer_id=consumer_id, provider=provider, model=model)
     limits = (
         _UNLIMITED
         if rate_limits is None
@@ -94,4 +89,4 @@ async def admit_request(
             rate_limits, consumer=consumer, scope=scope, model=model, provider=provider
         )
     )
-    return Admitted(metering=metering, rate_limits=limits)
+    return Admitted(metering, limits)

@@ -18,6 +18,9 @@ JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 # client disconnects before the response completed (dataplane.http.server). Cheaper than a
 # task waiting on ``receive`` for every request that wants to stop work nobody will read.
 ON_DISCONNECT = "meterline.on_disconnect"
+# A scope key the server sets to True when the client disconnected before the response
+# completed: an app that sets ON_DISCONNECT late tells by it that the client already left.
+DISCONNECTED = "meterline.disconnected"
 
 
 class BodyTooLarge(DataPlaneError):

@@ -352,7 +352,7 @@ class _Connection(asyncio.Protocol):
         if lowered == b"content-type":
             self.content_type = value.decode("latin-1")
         elif lowered == b"content-length" or (
-            lowered == b"transfer-encoding" and b"chunked" in value.lower()
+            lowered == b"transfer-encoding" and value.lower().find(b"chunked") != -1
         ):
             self._close_delimited = False
         elif lowered == b"content-encoding":

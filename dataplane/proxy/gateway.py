@@ -10,8 +10,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 from urllib.parse import unquote
 
 import orjson
@@ -28,12 +28,12 @@ from dataplane.config.providers import ROUTE_TYPE_PRESERVE
 from dataplane.errors import DataPlaneError, Rejection
 from dataplane.http import eventstream
 from dataplane.http.asgi import (
+    DISCONNECTED,
     JSON_CONTENT_TYPE,
     ON_DISCONNECT,
     BodyTooLarge,
     ClientDisconnected,
     Headers,
-    Message,
     Receive,
     Scope,
     Send,
@@ -70,6 +70,7 @@ from dataplane.proxy.models import (
 from dataplane.proxy.runtime import CompiledRoute, RuntimeConfig, carry_state
 from dataplane.translate.base import (
     Prepared,
+    StreamRelay,
     Translator,
     cut_stream_usage,
     read_whole,
@@ -188,7 +189,8 @@ class Gateway:
         REQUEST_ID.set(request_id)  # for log lines (observability.logs); this task only
         id_header = (b"x-request-id", request_id.encode())
         translator: Translator = _OPENAI
-        respond = send
+        # What admission decided: its headers go on every answer after it, refusals included.
+        admitted: Admitted | None = None
         # For the span of a refused request (tracing only).
         trace: RequestTrace | None = None
         consumer = policy = None
@@ -199,88 +201,41 @@ class Gateway:
             path = scope["raw_path"].decode("latin-1")
             matched = config.routes.find(path, scope["method"], scope["headers"], scope["scheme"])
             if matched is None:
-                if path == RESERVED_MODELS_PATH and scope["method"] == "GET":
-                    await _send_body(send, answer_for_key(config, scope), id_header)
-                    return
-                if path == RESERVED_ESTIMATE_PATH and scope["method"] == "POST":
-                    answer = await estimate_for_model(
-                        self.enforcer, config, scope, receive, max_body_bytes=self._max_body_bytes
-                    )
-                    await _send_json(send, answer, id_header)
-                    return
-                raise Rejection(
-                    404,
-                    "no Route matched with those values",
-                    type="invalid_request_error",
-                    code="route_not_found",
-                )
+                await self._unrouted(config, path, scope, receive, send, id_header)
+                return
             route, end = matched
             scope[ROUTE_SCOPE_KEY] = route.name  # for the metrics (observability.metrics)
             translator = route.translator
             if route.refused or route.https_redirect:
                 _check_served(route, scope)
-            raw: bytes | None = None
-            body_key = None
-            if route.key_auth is not None and route.key_auth.key_in_body:
-                # Kong's key_in_body: the body is read before authenticating.
-                raw = await _read_body(receive, self._body_limit(route))
-                body_key, raw = key_in_body(route.key_auth, scope, raw)
-            consumer = authenticate(
-                route.key_auth, config.consumers_by_key_hash, scope, body_key=body_key
-            )
-            if route.key_auth is not None and scope["query_string"]:
-                # From here on (translators, balancer re-prepares) the query is what may go
-                # upstream: never the consumer's key.
-                scope["query_string"] = upstream_query(route.key_auth, scope["query_string"])
+            # Kong's key_in_body: the body is read before authenticating.
+            raw = await _read_body(receive, self._body_limit(route)) if route.key_in_body else None
+            consumer, raw = _authenticate(route, config, scope, raw)
             subpath = path[end:]
-            if scope["method"] == "GET" and route.ai_proxy is not None and not _preserve(route):
+            if route.answers_models and scope["method"] == "GET":
                 # Answered here, not forwarded: the model id is read decoded.
                 wants_models, model = models_request(unquote(subpath))
                 if wants_models:
                     await _send_body(send, answer_on_route(route, model), id_header)
                     return
-            if not route.strip_path and _preserve(route):
+            if route.forwards_whole_path:
                 subpath = path  # Kong's strip_path false: the whole path goes upstream
             policy = _ai_proxy(route, scope["method"])
             if raw is None:
                 raw = await _read_body(receive, self._body_limit(route))
-            if path.endswith(ESTIMATE_SUFFIX) and scope["method"] == "POST":
+            if scope["method"] == "POST" and path.endswith(ESTIMATE_SUFFIX):
                 answer = estimate_on_route(self.enforcer, route, policy, consumer, raw, scope)
                 await _send_json(send, answer, id_header)
                 return
             prepared = _prepare(translator, policy, raw, subpath, scope)
-            admitted = await admit_request(
-                enforcer=self.enforcer,
-                rate_limiter=self.rate_limiter,
-                rate_limits=route.rate_limits,
-                consumer=consumer,
-                route_id=route.id,
-                provider=policy.target.provider,
-                model=prepared.model,
-                scope=scope,
-                # The figures close the stream where the client asked for the usage chunk.
-                stream_figures=prepared.include_usage
-                or (
-                    policy.target.provider not in _OWN_STREAM_FORMATS
-                    and not prepared.hide_usage_chunk
-                ),
-            )
-            respond = _admitted_send(send, admitted)
-            trace = None
+            admitted = await self._admit(route, policy, consumer, prepared, scope)
             if self.tracing is not None:
-                trace = self.tracing.begin(
-                    scope["headers"],
-                    request_id=request_id,
-                    route=route.name,
-                    consumer=consumer.username if consumer else "",
-                    name=operation_name(policy.route_type),
-                    start_ns=start_ns,
-                    start_perf_ns=time.perf_counter_ns() - (time.time_ns() - start_ns),
-                )
+                trace = self._trace(scope, request_id, route, consumer, policy, start_ns)
                 trace.cost = admitted.metering.cost
             exchange = _Exchange(
                 source=self.node_id,
-                usage_sink=admitted.recorder(self._usage_sink),
+                usage_sink=self._usage_sink,
+                admitted=admitted,
                 request_id=request_id,
                 start_ns=start_ns,
                 route=route,
@@ -294,18 +249,88 @@ class Gateway:
                 subpath=subpath,
                 trace=trace,
             )
-            await exchange.run(scope, receive, respond, self._clients)
+            await exchange.run(scope, receive, send, self._clients)
         except Rejection as rejection:
             if self.tracing is not None:
                 self._trace_refusal(scope, rejection, request_id, start_ns, trace, consumer, policy)
             headers = [JSON_CONTENT_TYPE, id_header, *rejection.headers]
-            await send_response(respond, rejection.status, translator.reject(rejection), headers)
-        except _Gone:
-            return  # the client left before its answer (recorded by the exchange)
-        except ClientDisconnected:
-            # The body never arrived whole: nothing went upstream, nothing is billed, and
-            # there is nobody to answer.
+            await _respond(send, rejection.status, translator.reject(rejection), headers, admitted)
+        except (_Gone, ClientDisconnected):
+            # _Gone: the client left before its answer (recorded by the exchange).
+            # ClientDisconnected: the body never arrived whole: nothing went upstream, nothing
+            # is billed, and there is nobody to answer.
             return
+
+    async def _unrouted(
+        self,
+        config: RuntimeConfig,
+        path: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        id_header: tuple[bytes, bytes],
+    ) -> None:
+        """A request no route matched: the gateway's own /v1/models and /v1/cost/estimate,
+        else Rejection 404."""
+        if path == RESERVED_MODELS_PATH and scope["method"] == "GET":
+            await _send_body(send, answer_for_key(config, scope), id_header)
+            return
+        if path == RESERVED_ESTIMATE_PATH and scope["method"] == "POST":
+            answer = await estimate_for_model(
+                self.enforcer, config, scope, receive, max_body_bytes=self._max_body_bytes
+            )
+            await _send_json(send, answer, id_header)
+            return
+        raise Rejection(
+            404,
+            "no Route matched with those values",
+            type="invalid_request_error",
+            code="route_not_found",
+        )
+
+    def _admit(
+        self,
+        route: CompiledRoute,
+        policy: AiProxyPolicy,
+        consumer: Consumer | None,
+        prepared: Prepared,
+        scope: Scope,
+    ) -> Coroutine[Any, Any, Admitted]:
+        """The admission stages (dataplane.admission.stages), to await; Rejection if refused."""
+        provider = policy.target.provider
+        return admit_request(
+            enforcer=self.enforcer,
+            rate_limiter=self.rate_limiter,
+            rate_limits=route.rate_limits,
+            consumer=consumer,
+            route_id=route.id,
+            provider=provider,
+            model=prepared.model,
+            scope=scope,
+            # The figures close the stream where the client asked for the usage chunk.
+            stream_figures=prepared.include_usage
+            or (provider not in _OWN_STREAM_FORMATS and not prepared.hide_usage_chunk),
+        )
+
+    def _trace(
+        self,
+        scope: Scope,
+        request_id: str,
+        route: CompiledRoute,
+        consumer: Consumer | None,
+        policy: AiProxyPolicy,
+        start_ns: int,
+    ) -> RequestTrace:
+        assert self.tracing is not None
+        return self.tracing.begin(
+            scope["headers"],
+            request_id=request_id,
+            route=route.name,
+            consumer=consumer.username if consumer else "",
+            name=operation_name(policy.route_type),
+            start_ns=start_ns,
+            start_perf_ns=time.perf_counter_ns() - (time.time_ns() - start_ns),
+        )
 
     def _body_limit(self, route: CompiledRoute) -> int:
         """The data plane's body limit, or the route's (Kong's max_request_body_size) below it."""
@@ -362,6 +387,25 @@ class Gateway:
                 code="config_unavailable",
             )
         return config
+
+
+def _authenticate(
+    route: CompiledRoute, config: RuntimeConfig, scope: Scope, raw: bytes | None
+) -> tuple[Consumer | None, bytes | None]:
+    """The route's key-auth: the consumer (None on a route without key-auth) and the body,
+    if read already (``raw``: Kong's key_in_body, the key removed); Rejection 401.
+    From here on the query is what may go upstream: never the consumer's key."""
+    key_auth = route.key_auth
+    if key_auth is None:
+        return None, raw
+    body_key = None
+    if raw is not None:
+        body_key, raw = key_in_body(key_auth, scope, raw)
+    consumer = authenticate(key_auth, config.consumers_by_key_hash, scope, body_key=body_key)
+    if scope["query_string"]:
+        # Translators and balancer re-prepares read the query: never with the key.
+        scope["query_string"] = upstream_query(key_auth, scope["query_string"])
+    return consumer, raw
 
 
 def _check_served(route: CompiledRoute, scope: Scope) -> None:
@@ -443,28 +487,16 @@ def _prepare(
         ) from None
 
 
-def _admitted_send(send: Send, admitted: Admitted) -> Send:
-    """``send`` with what admission decided: its headers on the response head, and a stream's
-    cost figures placed beside its usage chunk (dataplane.admission.cost.Metering)."""
-    metering = admitted.metering
-    limit_headers = admitted.rate_limits.headers
-
-    async def admitted_send(message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            headers = list(message.get("headers") or ())
-            headers += limit_headers
-            headers += metering.head(headers)
-            message = {**message, "headers": headers}
-        elif kind == "http.response.body" and metering.stream and metering.stream_figures:
-            out = metering.body(message.get("body", b""), more=message.get("more_body", False))
-            if out is None:
-                return
-            if out:
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-        await send(message)
-
-    return admitted_send
+async def _respond(
+    send: Send, status: int, body: bytes, headers: Headers, admitted: Admitted | None
+) -> None:
+    """Send a whole response: ``headers``, its length, then what admission adds (rate-limit
+    and cost headers, dataplane.admission.stages.Admitted.head)."""
+    headers.append((b"content-length", str(len(body)).encode()))
+    if admitted is not None:
+        headers += admitted.head(headers)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _send_json(send: Send, answer: dict[str, object], id_header: tuple[bytes, bytes]) -> None:
@@ -481,10 +513,6 @@ def _client_host(scope: Scope) -> bytes:
     return next((value for name, value in scope["headers"] if name.lower() == b"host"), b"")
 
 
-def _preserve(route: CompiledRoute) -> bool:
-    return route.ai_proxy is not None and route.ai_proxy.route_type == ROUTE_TYPE_PRESERVE
-
-
 class _Exchange:
     """One proxied LLM request: the upstream call(s), the relay, and its usage record.
 
@@ -495,9 +523,15 @@ class _Exchange:
     """
 
     __slots__ = (
+        "admitted",
         "attempt",
+        "cancelling",
+        "cut",
+        "drain",
         "drain_timeout_s",
+        "draining",
         "first_byte_ns",
+        "left",
         "metrics",
         "output_text",
         "policy",
@@ -512,10 +546,12 @@ class _Exchange:
         "subject",
         "subpath",
         "target_index",
+        "task",
         "trace",
         "translator",
         "upstream_ns",
         "usage_sink",
+        "waiting",
     )
 
     def __init__(
@@ -523,6 +559,7 @@ class _Exchange:
         *,
         source: str,
         usage_sink: UsageSink,
+        admitted: Admitted,
         request_id: str,
         start_ns: int,
         route: CompiledRoute,
@@ -539,6 +576,7 @@ class _Exchange:
         self.source = source
         self.trace = trace
         self.usage_sink = usage_sink
+        self.admitted = admitted
         self.request_id = request_id
         self.start_ns = start_ns
         self.start_perf_ns = time.perf_counter_ns()
@@ -560,6 +598,15 @@ class _Exchange:
         # log_payloads routes only: the request's scope, and the text answered (for spans).
         self.scope: Scope | None = None
         self.output_text: str | None = None
+        # The client leaving (the server's ON_DISCONNECT hook, _client_left): ``left`` once
+        # it did; ``waiting`` while the upstream call or body is awaited (the hook cancels
+        # the request's ``task``, and ``cut`` tells that cancellation from any other);
+        # ``draining`` while a stream is relayed (the hook starts the ``drain`` clock: at its
+        # end the task is cancelled, ``cancelling`` being its count of cancellations before).
+        self.task: asyncio.Task[None] | None = None
+        self.left = self.waiting = self.cut = self.draining = False
+        self.drain: asyncio.TimerHandle | None = None
+        self.cancelling = -1
 
     def _log_payloads(self, status: int, response: bytes | PayloadTap) -> None:
         """The request's and the answer's bodies to the JSON log (log_payloads routes)."""
@@ -666,6 +713,7 @@ class _Exchange:
             failed_attempt=failed_attempt,
         ):
             self.usage_sink(event)
+            self.admitted.count(event)
 
     def _estimate(self, produced: str, what: str) -> TokenUsage:
         logger.warning(
@@ -682,10 +730,14 @@ class _Exchange:
     ) -> None:
         if self.route.logs_payloads:
             self.scope = scope
+        self.task = asyncio.current_task()
+        scope[ON_DISCONNECT] = self._client_left
+        if DISCONNECTED in scope:
+            self.left = True  # before the hook was set
         balancer = self.route.balancer
         if balancer is None:
             session = clients.get(self.policy.target.origin)
-            await self._attempt(scope, receive, send, session, None, final=True)
+            await self._attempt(scope, send, session, None, final=True)
             return
         try:
             plan = balancer.plan(model=self.prepared.requested_model, headers=scope["headers"])
@@ -731,7 +783,7 @@ class _Exchange:
             session = clients.get(target.target.origin)
             try:
                 final = number == last
-                if await self._attempt(scope, receive, send, session, balancer, final=final):
+                if await self._attempt(scope, send, session, balancer, final=final):
                     return
             finally:
                 # A probe that ended neither failed nor answered (an error outside the
@@ -745,10 +797,44 @@ class _Exchange:
             code="no_healthy_upstream",
         )
 
+    def _client_left(self) -> None:
+        """The server's ON_DISCONNECT hook (called once): the client left before its answer.
+
+        Awaiting the provider, the request's task is cancelled (closing the upstream
+        connection: the provider stops generating an answer nobody will read); relaying a
+        stream, the drain clock starts (_relay_stream)."""
+        self.left = True
+        if self.waiting:
+            self.cut = True
+            assert self.task is not None
+            self.task.cancel()
+        elif self.draining:
+            self._start_drain()
+
+    def _start_drain(self) -> None:
+        """The stream is read on for its usage, ``drain_timeout_s`` at most."""
+        loop = asyncio.get_running_loop()
+        self.drain = loop.call_later(self.drain_timeout_s, self._drain_over)
+
+    def _drain_over(self) -> None:
+        task = self.task
+        assert task is not None
+        self.cancelling = task.cancelling()
+        task.cancel()
+
+    def _abandoned(self, task: asyncio.Task[None] | None) -> bool:
+        """In an ``except CancelledError`` around an upstream await: True if the client
+        leaving cancelled it (the cancellation withdrawn), else False (the caller re-raises)."""
+        if not self.cut:
+            return False
+        self.cut = False
+        assert task is not None
+        task.uncancel()
+        return True
+
     async def _attempt(
         self,
         scope: Scope,
-        receive: Receive,
         send: Send,
         session: Pool,
         balancer: Balancer | None,
@@ -756,67 +842,13 @@ class _Exchange:
         final: bool,
     ) -> bool:
         """Call the current target; False if it failed over (nothing sent to the client)."""
-        target = self.policy.target
-        prepared = self.prepared
-        dropped = self.route.dropped_headers
-        # The client's headers go on byte for byte, but for credentials and hop-by-hop ones.
-        headers = [(name, value) for name, value in scope["headers"] if name not in dropped]
-        if prepared.body:
-            headers.append(JSON_CONTENT_TYPE)
-        auth = kong_options.auth_headers(self.policy, scope["headers"], self.route.key_auth)
-        headers.extend(auth)
-        if self.trace is not None:
-            self.trace.upstream_headers(headers)  # traceparent: this attempt's span
-        id_header = (b"x-request-id", self.request_id.encode())
         try:
-            if target.credentials is not None:
-                host = _client_host(scope) if self.route.preserve_host else b""
-                call = self._send_with_token(session, headers, target.credentials, host)
-            elif target.signer is not None:
-                call = self._send_signed(session, headers, target.signer)
-            else:
-                # Redirects are the client's business: they are relayed, not followed.
-                call = session.request(
-                    prepared.method,
-                    prepared.url,
-                    body=prepared.body or b"",
-                    headers=headers,
-                    timeout=self.policy.timeout,
-                    host=_client_host(scope) if self.route.preserve_host else b"",
-                )
-            scope[ON_DISCONNECT] = watch = _Watch()
-            try:
-                response = await call
-            except asyncio.CancelledError:
-                watch.abandoned()
-                raise
-            finally:
-                scope[ON_DISCONNECT] = None
-            self.upstream_ns = time.perf_counter_ns()
+            response = await self._call(scope, session, balancer, final=final)
         except Abandoned:
-            self._abandoned()
+            self._record_abandoned()
             return True
-        except _SignatureRefused as refused:
-            # A refused signature is the provider's 403 (criterion http_403); no credentials to
-            # sign with is an error before the request (criterion error).
-            if balancer is not None and (
-                balancer.fails_over_on_error(timed_out=False)
-                if refused.unavailable
-                else balancer.fails_over_on_status(403)
-            ):
-                balancer.failed(self.target_index)
-                if not final:
-                    self._failed_over(refused, 502)
-                    return False
-            raise self._credentials_failed(refused) from None
-        except UPSTREAM_ERRORS as exc:
-            timed_out = isinstance(exc, TimeoutError)
-            if balancer is not None and balancer.fails_over_on_error(timed_out=timed_out):
-                balancer.failed(self.target_index)
-                if not final:
-                    self._failed_over(exc, 504 if timed_out else 502)
-                    return False
-            raise self._upstream_failed(exc) from None
+        if response is None:
+            return False
         try:
             status = response.status
             if balancer is not None and balancer.fails_over_on_status(status):
@@ -826,59 +858,168 @@ class _Exchange:
                     # Closed, not drained: a failed target's connection is not worth keeping.
                     response.close()
                     return False
-            out_headers: Headers = [
-                (lowered, value)
-                for name, value in response.raw_headers
-                if (lowered := name.lower()) not in _DROPPED_RESPONSE_HEADERS
-            ]
-            out_headers.append(id_header)
-            model_header = kong_options.model_header(self.policy, prepared.model)
-            if model_header is not None:
-                out_headers.append(model_header)
-            content_type = response.content_type
-            if 200 <= status < 300 and _is_stream(content_type, prepared):
+            headers = self._response_headers(response)
+            if 200 <= status < 300 and _is_stream(response.content_type, self.prepared):
                 # A stream, asked for or not (a provider may stream a non-streamed request):
                 # relayed as one, its usage read from its events; never a whole body whose
                 # length the stream's metering would change.
-                await self._relay_stream(receive, send, response, out_headers, balancer)
-                return True
-            try:
-                body = await self._read_whole(response, scope)
-            except UPSTREAM_ERRORS as exc:
-                raise self._upstream_failed(exc) from None
-            out, usage, model = read_whole(
-                self.translator, body, status, prepared, response.raw_headers
-            )
-            if out is not body:
-                out_headers = [
-                    (name, value) for name, value in out_headers if name != b"content-type"
-                ]
-                out_headers.append(JSON_CONTENT_TYPE)
-            estimated = False
-            if (
-                usage is None
-                and 200 <= status < 300
-                and prepared.metered
-                # A preserve route meters only bodies that carry usage; one whose usage block
-                # is there but unusable (malformed counts) is estimated, never left unbilled.
-                and (self.policy.route_type != ROUTE_TYPE_PRESERVE or b'"usage"' in body)
-            ):
-                usage, estimated = self._estimate(_completion_text(out), "response"), True
-            self.first_byte_ns = time.perf_counter_ns()
-            if self.trace is not None:
-                self.trace.response = out  # its id and finish reasons, read off the path
-            if self.policy.log_payloads:
-                self._log_payloads(status, out)
-            # Usage is recorded (spooled) before the response completes: a response its
-            # client received is never lost with a killed data plane.
-            self._record(status=status, usage=usage, model=model, estimated=estimated)
-            if balancer is not None and not balancer.fails_over_on_status(status):
-                self._answered(balancer, usage)
-            await send_response(send, status, out, out_headers)
+                await self._relay_stream(send, response, headers, balancer)
+            else:
+                await self._answer_whole(send, response, headers, balancer)
             return True
         finally:
             # Back to the pool if the body was read to its end; closed otherwise.
             response.release()
+
+    async def _call(
+        self, scope: Scope, session: Pool, balancer: Balancer | None, *, final: bool
+    ) -> UpstreamResponse | None:
+        """The current target's response (its head); None if it failed before answering and
+        the balancer fails over; Abandoned if the client left meanwhile; else Rejection."""
+        target = self.policy.target
+        headers = self._upstream_headers(scope)
+        try:
+            if target.credentials is not None:
+                host = _client_host(scope) if self.route.preserve_host else b""
+                call = self._send_with_token(session, headers, target.credentials, host)
+            elif target.signer is not None:
+                call = self._send_signed(session, headers, target.signer)
+            else:
+                prepared = self.prepared
+                # Redirects are the client's business: they are relayed, not followed.
+                call = session.request(
+                    prepared.method,
+                    prepared.url,
+                    body=prepared.body or b"",
+                    headers=headers,
+                    timeout=self.policy.timeout,
+                    host=_client_host(scope) if self.route.preserve_host else b"",
+                )
+            self.waiting = True
+            try:
+                response = await call
+            except asyncio.CancelledError:
+                if self._abandoned(self.task):
+                    raise Abandoned from None
+                raise
+            finally:
+                self.waiting = False
+            self.upstream_ns = time.perf_counter_ns()
+            return response
+        except _SignatureRefused as refused:
+            # A refused signature is the provider's 403 (criterion http_403); no credentials to
+            # sign with is an error before the request (criterion error).
+            if self._fails_over(
+                balancer,
+                final,
+                balancer is not None
+                and (
+                    balancer.fails_over_on_error(timed_out=False)
+                    if refused.unavailable
+                    else balancer.fails_over_on_status(403)
+                ),
+                refused,
+                502,
+            ):
+                return None
+            raise self._credentials_failed(refused) from None
+        except UPSTREAM_ERRORS as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            if self._fails_over(
+                balancer,
+                final,
+                balancer is not None and balancer.fails_over_on_error(timed_out=timed_out),
+                exc,
+                504 if timed_out else 502,
+            ):
+                return None
+            raise self._upstream_failed(exc) from None
+
+    def _fails_over(
+        self,
+        balancer: Balancer | None,
+        final: bool,
+        criterion: bool,
+        exc: BaseException,
+        status: int,
+    ) -> bool:
+        """A call that failed by the route's failover ``criterion``: the target marked failed;
+        True (recorded as a failed attempt) if another target is left to try."""
+        if balancer is None or not criterion:
+            return False
+        balancer.failed(self.target_index)
+        if final:
+            return False
+        self._failed_over(exc, status)
+        return True
+
+    def _upstream_headers(self, scope: Scope) -> Headers:
+        """The client's headers go on byte for byte, but for credentials and hop-by-hop ones;
+        then the body's type and the provider's auth."""
+        dropped = self.route.dropped_headers
+        headers = [(name, value) for name, value in scope["headers"] if name not in dropped]
+        if self.prepared.body:
+            headers.append(JSON_CONTENT_TYPE)
+        headers += kong_options.auth_headers(self.policy, scope["headers"], self.route.key_auth)
+        if self.trace is not None:
+            self.trace.upstream_headers(headers)  # traceparent: this attempt's span
+        return headers
+
+    def _response_headers(self, response: UpstreamResponse) -> Headers:
+        """The provider's response headers the client gets, with the request id and Kong's
+        model header."""
+        headers: Headers = [
+            (lowered, value)
+            for name, value in response.raw_headers
+            if (lowered := name.lower()) not in _DROPPED_RESPONSE_HEADERS
+        ]
+        headers.append((b"x-request-id", self.request_id.encode()))
+        model_header = kong_options.model_header(self.policy, self.prepared.model)
+        if model_header is not None:
+            headers.append(model_header)
+        return headers
+
+    async def _answer_whole(
+        self,
+        send: Send,
+        response: UpstreamResponse,
+        headers: Headers,
+        balancer: Balancer | None,
+    ) -> None:
+        """Read the whole response, translate it, meter it, record it, answer it."""
+        status = response.status
+        prepared = self.prepared
+        try:
+            body = await self._read_whole(response)
+        except UPSTREAM_ERRORS as exc:
+            raise self._upstream_failed(exc) from None
+        out, usage, model = read_whole(
+            self.translator, body, status, prepared, response.raw_headers
+        )
+        if out is not body:
+            headers = [(name, value) for name, value in headers if name != b"content-type"]
+            headers.append(JSON_CONTENT_TYPE)
+        estimated = False
+        if (
+            usage is None
+            and 200 <= status < 300
+            and prepared.metered
+            # A preserve route meters only bodies that carry usage; one whose usage block
+            # is there but unusable (malformed counts) is estimated, never left unbilled.
+            and (self.policy.route_type != ROUTE_TYPE_PRESERVE or b'"usage"' in body)
+        ):
+            usage, estimated = self._estimate(_completion_text(out), "response"), True
+        self.first_byte_ns = time.perf_counter_ns()
+        if self.trace is not None:
+            self.trace.response = out  # its id and finish reasons, read off the path
+        if self.policy.log_payloads:
+            self._log_payloads(status, out)
+        # Usage is recorded (spooled) before the response completes: a response its
+        # client received is never lost with a killed data plane.
+        self._record(status=status, usage=usage, model=model, estimated=estimated)
+        if balancer is not None and not balancer.fails_over_on_status(status):
+            self._answered(balancer, usage)
+        await _respond(send, status, out, headers, self.admitted)
 
     async def _send_with_token(
         self,
@@ -968,22 +1109,20 @@ class _Exchange:
             )
         return Rejection(502, message, type="api_error", code="upstream_auth_failed")
 
-    async def _read_whole(self, response: UpstreamResponse, scope: Scope) -> bytes:
-        scope[ON_DISCONNECT] = watch = _Watch()
+    async def _read_whole(self, response: UpstreamResponse) -> bytes:
+        self.waiting = True
         try:
-            try:
-                return await response.read()
-            except asyncio.CancelledError:
-                watch.abandoned()
+            return await response.read()
+        except asyncio.CancelledError:
+            if not self._abandoned(self.task):
                 raise
-            finally:
-                scope[ON_DISCONNECT] = None
-        except Abandoned:
-            response.close()  # the provider stops generating for nobody
-            self._abandoned()
-            raise _Gone from None
+        finally:
+            self.waiting = False
+        response.close()  # the provider stops generating for nobody
+        self._record_abandoned()
+        raise _Gone
 
-    def _abandoned(self) -> None:
+    def _record_abandoned(self) -> None:
         """The client left before its (non-streamed) answer: the upstream call was cut."""
         logger.info(
             "request %s: client left before the answer; upstream call to %s cancelled",
@@ -1009,7 +1148,6 @@ class _Exchange:
 
     async def _relay_stream(
         self,
-        receive: Receive,
         send: Send,
         response: UpstreamResponse,
         headers: Headers,
@@ -1025,94 +1163,21 @@ class _Exchange:
         headers.append(
             (b"content-type", client_type.encode()) if client_type else _SSE_CONTENT_TYPE
         )
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        splitter: SseSplitter | eventstream.EventStreamSplitter | NdjsonSplitter
-        if eventstream.CONTENT_TYPE in response.content_type:
-            splitter = eventstream.EventStreamSplitter()
-        elif self.prepared.upstream_framing == "ndjson":
-            splitter = NdjsonSplitter()
-        else:
-            splitter = SseSplitter()
-        relay = self.translator.stream(self.prepared)
-        if self.trace is not None:
-            relay = self.trace.tail(relay)  # sampled: keeps the ends for the span
-        if self.policy.log_payloads:
-            relay = PayloadTap(relay)  # what the client gets, capped, for the log
-        feed = relay.feed
-        status = response.status
-        disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
-        cut_short = False
-        loop = asyncio.get_running_loop()
+        headers += self.admitted.head(headers)
+        relay = self._relay()
+        # The client leaving starts the drain clock (_client_left), or has already.
+        self.draining = True
+        if self.left:
+            self._start_drain()
         try:
-            async with asyncio.timeout(None) as deadline:
-
-                def _start_drain_clock(future: asyncio.Future[None]) -> None:
-                    if not future.cancelled():
-                        deadline.reschedule(loop.time() + self.drain_timeout_s)
-
-                disconnected.add_done_callback(_start_drain_clock)
-                try:
-                    async for chunk in response.iter_chunks():
-                        events = splitter.feed(chunk)
-                        if not events:
-                            continue
-                        # One event per network chunk is the common case: no list, no join.
-                        out = (
-                            feed(events[0])
-                            if len(events) == 1
-                            else b"".join([feed(event) for event in events])
-                        )
-                        if out:
-                            if self.first_byte_ns is None:
-                                self.first_byte_ns = time.perf_counter_ns()
-                            await send(
-                                {"type": "http.response.body", "body": out, "more_body": True}
-                            )
-                    rest = splitter.flush()
-                    if rest:
-                        out = relay.feed(rest)
-                        if out:
-                            await send(
-                                {"type": "http.response.body", "body": out, "more_body": True}
-                            )
-                finally:
-                    disconnected.remove_done_callback(_start_drain_clock)
-        except (UpstreamError, eventstream.EventStreamCorrupt) as exc:
-            # Caught before TimeoutError: a read timeout (UpstreamTimeout is both) is a broken
-            # upstream, not the drain deadline below.
-            # The status line is gone already; end the stream and record the failure.
-            logger.warning(
-                "request %s: stream from %s broke: %s",
-                self.request_id,
-                self.policy.target.origin,
-                type(exc).__name__,
-            )
-            status = 502
-        except TimeoutError:
-            logger.warning(
-                "request %s: client left; upstream %s did not finish within %.0f s",
-                self.request_id,
-                self.policy.target.origin,
-                self.drain_timeout_s,
-            )
-            cut_short = True
+            start = {"type": "http.response.start", "status": response.status, "headers": headers}
+            await send(start)
+            status, cut_short = await self._pump(send, response, relay)
         finally:
-            disconnected.cancel()
-        usage = relay.usage
-        estimated = False
-        if status < 300:
-            # An error inside the stream (Bedrock's exception frame, Anthropic's error event).
-            status = stream_error_status(relay) or status
-        if self.policy.route_type != ROUTE_TYPE_PRESERVE:
-            if status < 300 and usage is None:
-                what = "stream cut short" if cut_short else "stream ended"
-                usage, estimated = self._estimate(relay.produced_text(), what), True
-            elif (status >= 300 or cut_short) and not usage_settled(relay):
-                # Broken, failed or abandoned mid-way: metered as far as it went, the part the
-                # provider did not count estimated (translate.base.cut_stream_usage).
-                produced = relay.produced_text()
-                usage = cut_stream_usage(usage, document=self.prepared.document, produced=produced)
-                estimated = True
+            self.draining = False
+            if self.drain is not None:
+                self.drain.cancel()
+        usage, estimated, status = self._stream_usage(relay, status, cut_short)
         if isinstance(relay, PayloadTap):
             self._log_payloads(status, relay)
         # Recorded before the stream's end reaches the client (see the whole-response path).
@@ -1122,7 +1187,109 @@ class _Exchange:
                 self._answered(balancer, usage)
             elif balancer.fails_over_on_error(timed_out=False):
                 balancer.failed(self.target_index)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._send_chunk(send, b"", more=False)
+
+    def _relay(self) -> StreamRelay:
+        """The translator's relay of the stream (with the trace's and the payload log's taps)."""
+        relay: StreamRelay = self.translator.stream(self.prepared)
+        if self.trace is not None:
+            relay = self.trace.tail(relay)  # sampled: keeps the ends for the span
+        if self.policy.log_payloads:
+            relay = PayloadTap(relay)  # what the client gets, capped, for the log
+        return relay
+
+    def _splitter(
+        self, response: UpstreamResponse
+    ) -> SseSplitter | eventstream.EventStreamSplitter | NdjsonSplitter:
+        if eventstream.CONTENT_TYPE in response.content_type:
+            return eventstream.EventStreamSplitter()
+        if self.prepared.upstream_framing == "ndjson":
+            return NdjsonSplitter()
+        return SseSplitter()
+
+    async def _pump(
+        self, send: Send, response: UpstreamResponse, relay: StreamRelay
+    ) -> tuple[int, bool]:
+        """The stream's events, upstream to client; its status (502 if it broke) and whether
+        the drain clock cut it short."""
+        splitter = self._splitter(response)
+        feed = relay.feed
+        task = self.task
+        try:
+            async for chunk in response.iter_chunks():
+                events = splitter.feed(chunk)
+                if not events:
+                    continue
+                # One event per network chunk is the common case: no list, no join.
+                out = (
+                    feed(events[0])
+                    if len(events) == 1
+                    else b"".join([feed(event) for event in events])
+                )
+                if out:
+                    if self.first_byte_ns is None:
+                        self.first_byte_ns = time.perf_counter_ns()
+                    await self._send_chunk(send, out)
+            rest = splitter.flush()
+            if rest:
+                out = feed(rest)
+                if out:
+                    await self._send_chunk(send, out)
+        except (UpstreamError, eventstream.EventStreamCorrupt) as exc:
+            # The status line is gone already; end the stream and record the failure.
+            logger.warning(
+                "request %s: stream from %s broke: %s",
+                self.request_id,
+                self.policy.target.origin,
+                type(exc).__name__,
+            )
+            return 502, False
+        except asyncio.CancelledError:
+            # The drain clock ran out (_drain_over), unless something else cancels too.
+            if self.cancelling < 0 or task is None or task.uncancel() > self.cancelling:
+                raise
+            logger.warning(
+                "request %s: client left; upstream %s did not finish within %.0f s",
+                self.request_id,
+                self.policy.target.origin,
+                self.drain_timeout_s,
+            )
+            return response.status, True
+        return response.status, False
+
+    async def _send_chunk(self, send: Send, body: bytes, *, more: bool = True) -> None:
+        """A chunk of the stream to the client; a stream's cost figures go beside its usage
+        chunk (dataplane.admission.cost.Metering.body)."""
+        metering = self.admitted.metering
+        if metering.stream and metering.stream_figures:
+            before = metering.body(body, more=more)
+            if before is None:
+                return  # held back
+            if before:
+                await send({"type": "http.response.body", "body": before, "more_body": True})
+        await send({"type": "http.response.body", "body": body, "more_body": more})
+
+    def _stream_usage(
+        self, relay: StreamRelay, status: int, cut_short: bool
+    ) -> tuple[TokenUsage | None, bool, int]:
+        """What a relayed stream used (estimated: True when not all of it is the provider's
+        count), and its status (an error inside the stream has its own)."""
+        usage = relay.usage
+        if status < 300:
+            # An error inside the stream (Bedrock's exception frame, Anthropic's error event).
+            status = stream_error_status(relay) or status
+        if self.policy.route_type == ROUTE_TYPE_PRESERVE:
+            return usage, False, status
+        if status < 300 and usage is None:
+            what = "stream cut short" if cut_short else "stream ended"
+            return self._estimate(relay.produced_text(), what), True, status
+        if (status >= 300 or cut_short) and not usage_settled(relay):
+            # Broken, failed or abandoned mid-way: metered as far as it went, the part the
+            # provider did not count estimated (translate.base.cut_stream_usage).
+            produced = relay.produced_text()
+            usage = cut_stream_usage(usage, document=self.prepared.document, produced=produced)
+            return usage, True, status
+        return usage, False, status
 
     def _upstream_failed(self, exc: BaseException) -> Rejection:
         """Record a failed upstream call; the Rejection (502 or 504) to answer with."""
@@ -1168,45 +1335,6 @@ class _Gone(Exception):
     """The exchange ended without an answer: its client is gone (internal signal)."""
 
 
-class _Watch:
-    """The scope's ON_DISCONNECT hook while the gateway awaits the provider: the client
-    leaving cancels the request's task (``left`` tells that cancellation from any other).
-
-    The server calls the hook when the client leaves (no task waits on ``receive`` for it:
-    this is on every non-streamed request). Cancelling closes the upstream connection: the
-    provider stops generating an answer nobody will read. Armed around one await, inline
-    (no wrapping coroutine per await on the request path)::
-
-        scope[ON_DISCONNECT] = watch = _Watch()
-        try:
-            result = await awaitable
-        except asyncio.CancelledError:
-            watch.abandoned()  # raises Abandoned if the client left, else returns
-            raise
-        finally:
-            scope[ON_DISCONNECT] = None
-    """
-
-    __slots__ = ("left", "task")
-
-    def __init__(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.task = task
-        self.left = False
-
-    def __call__(self) -> None:
-        self.left = True
-        self.task.cancel()
-
-    def abandoned(self) -> None:
-        """In an ``except CancelledError``: Abandoned if the client left (the cancellation
-        withdrawn), else nothing (the caller re-raises)."""
-        if self.left:
-            self.task.uncancel()
-            raise Abandoned from None
-
-
 class _SignatureRefused(DataPlaneError):
     """AWS refused the gateway's signature twice, or (``unavailable``) no credentials could be
     resolved to sign with."""
@@ -1233,11 +1361,6 @@ def _is_stream(content_type: str, prepared: Prepared) -> bool:
         # Ollama's native API streams newline-delimited JSON.
         return "ndjson" in content_type
     return "text/event-stream" in content_type or eventstream.CONTENT_TYPE in content_type
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def _completion_text(body: bytes) -> str:

@@ -13,6 +13,7 @@ from dataplane.admission.entitlements import EMPTY_TABLE, EnforcementTable
 from dataplane.admission.ratelimit import RouteRateLimits
 from dataplane.config.gcp_tokens import ServiceAccountTokens
 from dataplane.config.model import AiProxyPolicy, Consumer, KeyAuthPolicy
+from dataplane.config.providers import ROUTE_TYPE_PRESERVE
 from dataplane.config.routing import RouteTable
 from dataplane.proxy.balancer import Balancer
 from dataplane.translate.base import Translator
@@ -49,6 +50,20 @@ class CompiledRoute:
     refused: str = ""
     # Some target of the route has logging.log_payloads (observability.payloads).
     logs_payloads: bool = False
+    # Derived once (__post_init__), read per request: GET .../models is answered by the
+    # gateway (an ai-proxy route that is not preserve), and the whole path goes upstream
+    # (Kong's strip_path false on a preserve route).
+    answers_models: bool = field(init=False, compare=False, default=False)
+    forwards_whole_path: bool = field(init=False, compare=False, default=False)
+    # Kong's key_in_body: the body is read before authenticating.
+    key_in_body: bool = field(init=False, compare=False, default=False)
+
+    def __post_init__(self) -> None:
+        preserve = self.ai_proxy is not None and self.ai_proxy.route_type == ROUTE_TYPE_PRESERVE
+        object.__setattr__(self, "answers_models", self.ai_proxy is not None and not preserve)
+        object.__setattr__(self, "forwards_whole_path", preserve and not self.strip_path)
+        key_in_body = self.key_auth is not None and self.key_auth.key_in_body
+        object.__setattr__(self, "key_in_body", key_in_body)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,14 +62,13 @@ def malformed(usage: dict[str, Any], keys: tuple[str, ...]) -> bool:
     not trusted at all: the caller treats the whole usage as absent, so the request is
     estimated and marked estimated instead of billed as 0 or as a wrong figure.
     """
-    for key in keys:
-        value = usage.get(key)
-        if value is None:
-            continue
-        if type(value) is int:  # count()'s common case, inline: this runs on every response
-            if not 0 <= value <= MAX_COUNT:
-                return True
-        elif count(value) is None:
+    # map(usage.get, ...) and count()'s common case inline: this runs on every response.
+    for value in map(usage.get, keys):
+        if (
+            value is not None
+            and not (type(value) is int and 0 <= value <= MAX_COUNT)
+            and count(value) is None
+        ):
             return True
     return False
 

@@ -422,6 +422,40 @@ async def test_app_returning_without_answer_gives_500() -> None:
     assert response.status_code == 500
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param((b"x-note", b"a\r\nset-cookie: evil=1"), id="crlf-in-value"),
+        pytest.param((b"x-note", b"a\nset-cookie: evil=1"), id="lf-in-value"),
+        pytest.param((b"x-no\rte", b"a"), id="cr-in-name"),
+    ],
+)
+async def test_a_header_that_would_split_the_response_is_never_sent(
+    header: tuple[bytes, bytes],
+) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send_response(send, 200, b"ok", [header])
+
+    async with serve_http(app) as address, httpx.AsyncClient() as client:
+        response = await client.get(address.url)
+    assert response.status_code == 500 and "set-cookie" not in response.headers
+
+
+async def test_framing_headers_of_any_case_frame_the_body(wire_to) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        headers = [(b"Content-Length", b"5"), (b"CONNECTION", b"Close")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hello", "more_body": False})
+
+    async with serve_http(app) as address:
+        wire = await wire_to(address)
+        await wire.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await wire.closed()  # the app's Connection: close is honoured
+    response = wire.responses[0]
+    assert response.complete and response.body == b"hello"
+    assert b"transfer-encoding" not in response.headers  # its Content-Length frames it
+
+
 async def test_app_failing_midstream_closes_the_connection(wire_to) -> None:
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
