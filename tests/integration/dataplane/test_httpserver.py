@@ -622,12 +622,14 @@ async def test_a_head_trickled_byte_by_byte_is_cut_by_the_header_timeout(wire_to
         trickler = asyncio.create_task(trickle())
         try:
             # Then the server answers 408 and closes, within the timeout plus its 1 s tick
+            # (1.5 s; the bound leaves room for a loaded machine, far below the 100 s the
+            # trickle would hold the connection)
             response = await wire.response()
             assert response.status == 408
             assert await wire.closed()
         finally:
             trickler.cancel()
-        assert loop.time() - start < 2.5
+        assert loop.time() - start < 5
 
 
 async def test_a_body_that_never_arrives_is_cut_and_never_served(wire_to) -> None:
