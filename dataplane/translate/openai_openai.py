@@ -101,7 +101,7 @@ class _ResponsesRelay:
         data = event_data(event)
         if data is None:
             return event
-        is_delta = b'"response.output_text.delta"' in data
+        is_delta = data.find(b'"response.output_text.delta"') >= 0
         if self.error_status is None and not is_delta:
             self.error_status = responses_error_status(data)
         if is_delta:
@@ -112,7 +112,7 @@ class _ResponsesRelay:
             delta = document.get("delta") if isinstance(document, dict) else None
             if isinstance(delta, str) and self.usage is None:
                 self._texts.append(delta)
-        elif self.model is None or b'"usage"' in data:
+        elif self.model is None or data.find(b'"usage"') >= 0:
             try:
                 document = orjson.loads(data)
             except orjson.JSONDecodeError:

@@ -70,7 +70,7 @@ class _PreserveRelay:
 
     def feed(self, event: bytes) -> bytes:
         data = event_data(event)
-        if data is not None and (b'"usage"' in data or self.model is None):
+        if data is not None and (data.find(b'"usage"') >= 0 or self.model is None):
             try:
                 document = orjson.loads(data)
             except orjson.JSONDecodeError:
