@@ -42,6 +42,7 @@ from controlplane.clock import Clock
 from controlplane.console import usage
 from controlplane.console.api import ConsoleApi, Forbidden, Servicers, to_json
 from controlplane.console.auth import Kind, Principal, operator_principal
+from controlplane.console.catalog_forms import CatalogPages
 from controlplane.console.credits import CreditPages, portal_credits
 from controlplane.console.sessions import Session, SessionStore, csrf_ok
 from controlplane.customers import storage as customer_storage
@@ -157,6 +158,9 @@ class Console:
         self.templates = _templates()
         static = StaticFiles(packages=[("controlplane.console", "static")])
         credit_pages = CreditPages(change=self._change)
+        catalog_pages = CatalogPages(
+            change=self._change, render=self._page_response, clock=self.clock
+        )
         self.app = Starlette(
             routes=[
                 Route("/", self.home),
@@ -187,12 +191,8 @@ class Console:
                 Route("/gateway/apply", self.apply_form, methods=["GET"]),
                 Route("/gateway/apply", self.apply, methods=["POST"]),
                 *self._page("/gateway", self.gateway),
-                *self._page("/catalog", self.catalog),
-                Route(
-                    "/plans/{key}/versions/{version:int}/{action}",
-                    self.plan_action,
-                    methods=["POST"],
-                ),
+                *self._page("/catalog", catalog_pages.page),
+                *catalog_pages.routes(),
                 Route("/usage.csv", self.usage_csv),
                 *self._page("/usage", self.usage_explorer),
                 Route("/portal/signin", self.portal_signin_form, methods=["GET"]),
@@ -755,45 +755,6 @@ class Console:
                 path="/gateway/apply",
             )
             return HTMLResponse(html, status, headers=self._headers(portal=False))
-
-        return await self._change(request, run)
-
-    async def catalog(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
-        def listing(service: str, method: str, message: Any) -> Awaitable[Any]:
-            return api.call(service, method, message(page_size=1000))
-
-        meters, features, plans, price_lists = await asyncio.gather(
-            listing("usage", "ListMeters", usage_pb2.ListUsageMetersRequest),
-            listing("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest),
-            listing("catalog", "ListPlans", catalog_pb2.ListPlansRequest),
-            listing("catalog", "ListPriceLists", catalog_pb2.ListPriceListsRequest),
-        )
-        return "catalog.html", {
-            "meters": [to_json(m) for m in meters.meters],
-            "features": [to_json(f) for f in features.features],
-            "plans": [to_json(p) for p in plans.plans],
-            "price_lists": [to_json(p) for p in price_lists.price_lists],
-            "title": "Catalog",
-        }
-
-    async def plan_action(self, request: Request) -> Response:
-        """Plan versions' lifecycle: draft -> published (active) -> archived; a new draft
-        version copied from any version."""
-        key = request.path_params["key"]
-        version = request.path_params["version"]
-        action = request.path_params["action"]
-        methods = {
-            "publish": ("PublishPlan", catalog_pb2.PublishPlanRequest),
-            "archive": ("ArchivePlan", catalog_pb2.ArchivePlanRequest),
-            "new-version": ("CreatePlanVersion", catalog_pb2.CreatePlanVersionRequest),
-        }
-        if action not in methods:
-            return self._error(404, "not found", as_json=False, headers=self._headers(portal=False))
-        method, message = methods[action]
-
-        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
-            await api.call("catalog", method, message(name=f"plans/{key}/versions/{version}"))
-            return f"/catalog?done={quote(action)}"
 
         return await self._change(request, run)
 

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from controlplane.console.api import ConsoleApi, to_json
 from controlplane.console.sessions import Session
 from controlplane.errors import InvalidArgument, NotFound
-from meterline.admin.v1 import credits_pb2, customers_pb2
+from meterline.admin.v1 import credits_pb2, customers_pb2, notifications_pb2
 
 LEDGER_PAGE_SIZE = 50
 FUNDINGS = {
@@ -116,6 +116,8 @@ class CreditPages:
             Route(base + "/top-ups", self.top_up, methods=["POST"]),
             Route(base + "/recharge-rule", self.set_rule, methods=["POST"]),
             Route(base + "/recharge-rule/delete", self.delete_rule, methods=["POST"]),
+            Route(base + "/alerts", self.create_alert, methods=["POST"]),
+            Route(base + "/alerts/{alert}/delete", self.delete_alert, methods=["POST"]),
         ]
 
     async def page(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
@@ -150,6 +152,11 @@ class CreditPages:
             "ListCreditAlerts",
             credits_pb2.ListCreditAlertsRequest(parent=name, page_size=1000),
         )
+        channels = await api.call(
+            "notifications",
+            "ListChannels",
+            notifications_pb2.ListChannelsRequest(page_size=1000),
+        )
         return "credits.html", {
             "customer": {"key": customer.key, "display_name": customer.display_name},
             "balance": shown,
@@ -159,6 +166,7 @@ class CreditPages:
             "recharge_rule": rule,
             "credit_alerts": [to_json(a) for a in alerts.credit_alerts],
             "fundings": list(FUNDINGS),
+            "channels": [c.key for c in channels.channels],
             "title": f"Credits: {key}",
         }
 
@@ -276,3 +284,42 @@ class CreditPages:
             return self._back(key, "recharge-rule-deleted")
 
         return await self._change(request, run)
+
+    async def create_alert(self, request: Request) -> Response:
+        """Credit-balance thresholds on a notification channel (``CreateCreditAlert``)."""
+        key = request.path_params["key"]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            alert = credits_pb2.CreditAlert(
+                key=form.get("alert_key", "").strip(),
+                channel=form.get("channel", "").strip(),
+                percents=_listed(form.get("percents", "")),
+                amounts=_listed(form.get("amounts", "")),
+            )
+            await api.call(
+                "credits",
+                "CreateCreditAlert",
+                credits_pb2.CreateCreditAlertRequest(parent=f"customers/{key}", credit_alert=alert),
+            )
+            return self._back(key, "credit-alert-created")
+
+        return await self._change(request, run)
+
+    async def delete_alert(self, request: Request) -> Response:
+        key = request.path_params["key"]
+        alert = request.path_params["alert"]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            await api.call(
+                "credits",
+                "DeleteCreditAlert",
+                credits_pb2.DeleteCreditAlertRequest(name=f"customers/{key}/creditAlerts/{alert}"),
+            )
+            return self._back(key, "credit-alert-deleted")
+
+        return await self._change(request, run)
+
+
+def _listed(text: str) -> list[str]:
+    """``50, 20, 10`` (commas or spaces) as its items; the servicer checks the numbers."""
+    return [x for x in text.replace(",", " ").split() if x]
