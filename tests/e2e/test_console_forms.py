@@ -1,8 +1,9 @@
 """Per-resource forms and the alerts page in a real browser (Debian's Chromium, Playwright).
 
-From an empty database to a previewed invoice without the CLI: the service, route, ai-proxy
-plugin and plan come from the apply page; the consumer and its key (shown once), the customer,
-its subscription, a plugin edit (YAML, diff before apply) and the alerts come from their forms.
+From an empty database to a previewed invoice without the CLI: the service, route and ai-proxy
+plugin come from the apply page; the feature, the plans with their rate cards (published from
+a draft), the consumer and its key (shown once), the customer, its subscription, a plugin edit
+(YAML, diff before apply) and the alerts come from their forms.
 Requests with the key shown once go through a data plane and land on the preview. Every change
 is checked on the server, and refused to a read token and without the CSRF token.
 One control plane, data plane and browser for the module.
@@ -41,7 +42,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-# No consumer, customer or subscription: those come from the forms.
+# No feature, plan, consumer, customer or subscription: those come from the forms.
 GATEWAY = """\
 _format_version: "3.0"
 services:
@@ -64,22 +65,6 @@ services:
               output_cost: 600
 plugins:
   - name: key-auth
-billing:
-  features:
-    - {{key: ai-token, meter: llm_tokens, filters: {{provider: openai, type: input}}}}
-  plans:
-    - key: starter
-      name: Starter
-      currency: USD
-      billing_cadence: P1M
-      rate_cards:
-        - {{feature: ai-token, price: {{type: unit, amount: "1"}}}}
-    - key: scale
-      name: Scale
-      currency: USD
-      billing_cadence: P1M
-      rate_cards:
-        - {{feature: ai-token, price: {{type: unit, amount: "2"}}}}
 """
 
 
@@ -167,6 +152,44 @@ def _gateway(stack: dict[str, Any]) -> gateway_pb2_grpc.GatewayServiceStub:
     return gateway_pb2_grpc.GatewayServiceStub(grpc.insecure_channel(stack["cp"]))
 
 
+def _catalog_from_forms(page: Page, console: str) -> None:
+    """The feature and two plans from the catalog's forms, each published from its draft."""
+    page.goto(f"{console}/catalog")
+    page.fill("#feature-key", "ai-token")
+    page.select_option("#feature-meter", "llm_tokens")
+    # A dimension the meter lacks: the servicer's error beside the form, the input kept.
+    page.fill("#feature-filters", "provider=openai, colour=blue")
+    page.click("#new-feature button[type=submit]")
+    assert "'colour' is not a dimension" in page.inner_text("#error-feature")
+    assert page.input_value("#feature-key") == "ai-token"
+    page.fill("#feature-filters", "provider=openai, type=input")
+    page.click("#new-feature button[type=submit]")
+    page.wait_for_url(re.compile(r"/catalog\?done=feature"))
+    row = page.locator("#feature-table tr[data-feature=ai-token] .filters")
+    assert row.inner_text() == "provider=openai, type=input"
+    for key, name, amount in (("starter", "Starter", "1"), ("scale", "Scale", "2")):
+        page.fill("#plan-key", key)
+        page.fill("#plan-name", name)
+        page.select_option("#plan-feature", "ai-token")
+        page.select_option("#plan-price-type", "unit")
+        page.fill("#plan-amount", amount)
+        page.click("#new-plan button[type=submit]")
+        page.wait_for_url(re.compile(rf"/catalog\?done=plan\+{key}\+v1\+created"))
+        row = page.locator(f"#plan-table tr[data-plan={key}-1]")
+        assert row.locator(".state").inner_text() == "draft"
+        assert row.locator(".rate-cards [data-rate-card=ai-token]").inner_text() == (
+            f"ai-token: unit {amount}"
+        )
+        row.locator("button:text('Publish')").click()
+        page.wait_for_url(re.compile(r"/catalog\?done=publish"))
+        assert page.locator(f"tr[data-plan={key}-1] .state").inner_text() == "active"
+    twin = page.request.get(f"{console}/catalog.json").json()
+    assert sorted((p["key"], p["state"]) for p in twin["plans"]) == [
+        ("scale", "PLAN_STATE_ACTIVE"),
+        ("starter", "PLAN_STATE_ACTIVE"),
+    ]
+
+
 @pytest.fixture(scope="module")
 def built(stack: dict[str, Any], browser: Browser) -> dict[str, Any]:
     """The walk from an empty database, in the browser; what it made."""
@@ -180,6 +203,7 @@ def built(stack: dict[str, Any], browser: Browser) -> dict[str, Any]:
         page.click("#preview-changes")
         page.click("#apply-changes")
         assert page.inner_text("#config-version").startswith("sha256:")
+        _catalog_from_forms(page, console)
         # A consumer and its key: the key is on this answer's page once, never in a URL.
         page.goto(f"{console}/gateway")
         page.fill("#consumer-username", "acme-app")
