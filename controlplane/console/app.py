@@ -39,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 
 from controlplane.api.auth import TokenEntry
 from controlplane.clock import Clock
-from controlplane.console import usage
+from controlplane.console import margin, usage
 from controlplane.console.api import ConsoleApi, Forbidden, Servicers, to_json
 from controlplane.console.auth import Kind, Principal, operator_principal
 from controlplane.console.catalog_forms import CatalogPages
@@ -168,6 +168,7 @@ class Console:
                 Route("/signin", self.signin, methods=["POST"]),
                 Route("/signout", self.signout, methods=["POST"]),
                 *self._page("/overview", self.overview),
+                *self._page("/margin", self.margin),
                 *self._page("/customers", self.customers),
                 *self._page("/customers/{key}/preview", self.preview),
                 *self._page("/customers/{key}/credits", credit_pages.page),
@@ -507,6 +508,37 @@ class Console:
             "margin_by_model": _margin_by_model(period, open_totals),
             "margin_by_feature": _margin_by_feature(period, open_totals, features.features),
             "title": "Overview",
+        }
+
+    async def margin(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        """Billed revenue beside provider cost per month, for all or one customer, model or
+        feature (``margin.over_time``)."""
+        params = request.query_params
+        text = params.get("months", "6")
+        try:
+            months = int(text)
+        except ValueError:
+            raise InvalidArgument(f"months must be a whole number, got {text!r}") from None
+        selection = margin.Selection(
+            customer=params.get("customer", "").strip(),
+            model=params.get("model", "").strip(),
+            feature=params.get("feature", "").strip(),
+        )
+        figures, features = await asyncio.gather(
+            margin.over_time(
+                api,
+                now=self.clock.now(),
+                months=months,
+                selection=selection,
+                open_totals=lambda: self._open_totals(api),
+            ),
+            api.call("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)),
+        )
+        return "margin.html", {
+            **figures,
+            "months_shown": months,
+            "features": sorted(f.key for f in features.features),
+            "title": "Margin over time",
         }
 
     def _owners(self, subjects: list[str]) -> dict[str, str]:

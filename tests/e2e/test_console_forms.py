@@ -274,6 +274,19 @@ def test_empty_database_to_previewed_invoice_with_forms(
     # The overview's billed figure is that preview (the only customer).
     overview = page.request.get(f"{stack['console']}/overview.json").json()
     assert Decimal(overview["billed"]["USD"]) == quantity
+    # Margin over time: this month's billed is that preview; the chart drew its three series
+    # (billed, provider cost, margin) for each of the 6 months.
+    page.goto(f"{stack['console']}/overview")
+    page.click("#margin-over-time")
+    page.wait_for_url(re.compile(r"/margin$"))
+    twin = page.request.get(f"{stack['console']}/margin.json").json()
+    this_month = twin["months"][-1]
+    assert Decimal(this_month["billed"]["USD"]) == quantity
+    assert Decimal(this_month["margin"]) == quantity - Decimal(this_month["provider_cost"])
+    assert Decimal(this_month["provider_cost"]) > 0
+    page.wait_for_selector("#chart-margin[data-points='18']")
+    drawn = page.evaluate("window.meterlineCharts['chart-margin'].data[1]")
+    assert drawn == twin["chart"]["series"]["billed (USD)"] and drawn[-1] == float(quantity)
 
 
 def test_plugin_yaml_edit_shows_a_diff_then_applies(

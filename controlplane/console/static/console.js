@@ -28,7 +28,10 @@
       series: series,
       scales: {
         x: { time: true, range: function () { return [chart.start, chart.end]; } },
-        y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } },
+        // From 0 unless a series goes below it (a negative margin).
+        y: { range: function (u, min, max) {
+          return [min < 0 ? min * 1.1 : 0, max > 0 ? max * 1.1 : 1];
+        } },
       },
       axes: [{}, { size: 70 }],
       hooks: {
