@@ -482,11 +482,12 @@ class Console:
         if window not in usage.WINDOWS:
             raise InvalidArgument(f"window must be hour or day, got {window!r}")
         costs = await usage.route_costs(api)
+        reader = usage.UsageReader(self.db, api)
         # Independent reads, each in its own transaction (threads): their database time overlaps.
         period, (top, by_subject_chart), open_totals, features = await asyncio.gather(
-            usage.span_usage(api, start=start, end=now, window=window, costs=costs),
+            usage.span_usage(reader, start=start, end=now, window=window, costs=costs),
             usage.top_subjects(
-                api, start=start, end=now, window=window, costs=costs, top=TOP_CUSTOMERS
+                reader, start=start, end=now, window=window, costs=costs, top=TOP_CUSTOMERS
             ),
             self._open_totals(api),
             api.call("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)),
@@ -531,6 +532,7 @@ class Console:
                 months=months,
                 selection=selection,
                 open_totals=lambda: self._open_totals(api),
+                reader=usage.UsageReader(self.db, api),
             ),
             api.call("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)),
         )
@@ -575,35 +577,44 @@ class Console:
     async def customer(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
         key = request.path_params["key"]
         name = f"customers/{key}"
-        customer = await api.call(
-            "customers", "GetCustomer", customers_pb2.GetCustomerRequest(name=name)
+        # Independent reads, each in its own transaction (threads): their database time overlaps.
+        (
+            customer,
+            subs,
+            entitlements,
+            invoices,
+            budgets,
+            portal_tokens,
+            plans,
+        ) = await asyncio.gather(
+            api.call("customers", "GetCustomer", customers_pb2.GetCustomerRequest(name=name)),
+            api.call(
+                "customers",
+                "ListSubscriptions",
+                customers_pb2.ListSubscriptionsRequest(parent=name, page_size=1000),
+            ),
+            api.call(
+                "entitlements",
+                "ListEntitlements",
+                entitlements_pb2.ListEntitlementsRequest(customer=name),
+            ),
+            api.call(
+                "billing",
+                "ListInvoices",
+                billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
+            ),
+            api.call(
+                "entitlements",
+                "ListBudgets",
+                entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
+            ),
+            api.call(
+                "customers",
+                "ListPortalTokens",
+                customers_pb2.ListPortalTokensRequest(parent=name, page_size=1000),
+            ),
+            api.call("catalog", "ListPlans", catalog_pb2.ListPlansRequest(page_size=1000)),
         )
-        subs = await api.call(
-            "customers",
-            "ListSubscriptions",
-            customers_pb2.ListSubscriptionsRequest(parent=name, page_size=1000),
-        )
-        entitlements = await api.call(
-            "entitlements",
-            "ListEntitlements",
-            entitlements_pb2.ListEntitlementsRequest(customer=name),
-        )
-        invoices = await api.call(
-            "billing",
-            "ListInvoices",
-            billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
-        )
-        budgets = await api.call(
-            "entitlements",
-            "ListBudgets",
-            entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
-        )
-        portal_tokens = await api.call(
-            "customers",
-            "ListPortalTokens",
-            customers_pb2.ListPortalTokensRequest(parent=name, page_size=1000),
-        )
-        plans = await api.call("catalog", "ListPlans", catalog_pb2.ListPlansRequest(page_size=1000))
         active = sorted({p.key for p in plans.plans if p.state == catalog_pb2.PLAN_STATE_ACTIVE})
         return "customer.html", {
             "plans": active,
@@ -1214,9 +1225,13 @@ class Console:
                 return None
 
         # Independent reads, each in its own transaction (threads): their database time overlaps.
-        used, preview_json, entitlements, invoices, budgets = await asyncio.gather(
+        used, preview_json, entitlements, invoices, budgets, credits = await asyncio.gather(
             usage.span_usage(
-                api, start=start, end=now, subjects=list(customer.subjects), costs=costs
+                usage.UsageReader(self.db, api, checked=False),
+                start=start,
+                end=now,
+                subjects=list(customer.subjects),
+                costs=costs,
             ),
             preview(),
             api.unchecked(
@@ -1234,8 +1249,8 @@ class Console:
                 "ListBudgets",
                 entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
             ),
+            portal_credits(api, name),
         )
-        credits = await portal_credits(api, name)
         usage_json = used.to_json()
         # A customer sees its tokens, never its provider's cost.
         usage_json.pop("provider_cost")

@@ -8,6 +8,7 @@ and a read token's POST is refused by ``ConsoleApi.call`` before anything runs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -76,7 +77,9 @@ async def grants(api: ConsoleApi, name: str, *, portal: bool) -> list[dict[str, 
 
 async def portal_credits(api: ConsoleApi, name: str) -> dict[str, Any]:
     """What a customer sees of its credits: balance, burn, run-out and its grants."""
-    shown = await balance(api, name, portal=True)
+    shown, listed = await asyncio.gather(
+        balance(api, name, portal=True), grants(api, name, portal=True)
+    )
     return {
         "balance": {k: v for k, v in shown.items() if k != "grants"},
         "grants": [
@@ -97,7 +100,7 @@ async def portal_credits(api: ConsoleApi, name: str) -> dict[str, Any]:
                 )
                 if k in g
             }
-            for g in await grants(api, name, portal=True)
+            for g in listed
         ],
     }
 
@@ -123,39 +126,44 @@ class CreditPages:
     async def page(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
         key = request.path_params["key"]
         name = f"customers/{key}"
-        customer = await api.call(
-            "customers", "GetCustomer", customers_pb2.GetCustomerRequest(name=name)
-        )
-        shown = await balance(api, name, portal=False)
-        listed = await grants(api, name, portal=False)
-        ledger = await api.call(
-            "credits",
-            "ListCreditTransactions",
-            credits_pb2.ListCreditTransactionsRequest(
-                parent=name,
-                page_size=LEDGER_PAGE_SIZE,
-                page_token=request.query_params.get("page_token", ""),
-            ),
-        )
-        try:
-            rule: dict[str, Any] | None = to_json(
-                await api.call(
-                    "credits",
-                    "GetCreditRechargeRule",
-                    credits_pb2.GetCreditRechargeRuleRequest(name=f"{name}/creditRechargeRule"),
+
+        async def rule() -> dict[str, Any] | None:
+            try:
+                return to_json(
+                    await api.call(
+                        "credits",
+                        "GetCreditRechargeRule",
+                        credits_pb2.GetCreditRechargeRuleRequest(name=f"{name}/creditRechargeRule"),
+                    )
                 )
-            )
-        except NotFound:
-            rule = None
-        alerts = await api.call(
-            "credits",
-            "ListCreditAlerts",
-            credits_pb2.ListCreditAlertsRequest(parent=name, page_size=1000),
-        )
-        channels = await api.call(
-            "notifications",
-            "ListChannels",
-            notifications_pb2.ListChannelsRequest(page_size=1000),
+            except NotFound:
+                return None
+
+        # Independent reads, each in its own transaction (threads): their database time overlaps.
+        customer, shown, listed, ledger, recharge_rule, alerts, channels = await asyncio.gather(
+            api.call("customers", "GetCustomer", customers_pb2.GetCustomerRequest(name=name)),
+            balance(api, name, portal=False),
+            grants(api, name, portal=False),
+            api.call(
+                "credits",
+                "ListCreditTransactions",
+                credits_pb2.ListCreditTransactionsRequest(
+                    parent=name,
+                    page_size=LEDGER_PAGE_SIZE,
+                    page_token=request.query_params.get("page_token", ""),
+                ),
+            ),
+            rule(),
+            api.call(
+                "credits",
+                "ListCreditAlerts",
+                credits_pb2.ListCreditAlertsRequest(parent=name, page_size=1000),
+            ),
+            api.call(
+                "notifications",
+                "ListChannels",
+                notifications_pb2.ListChannelsRequest(page_size=1000),
+            ),
         )
         return "credits.html", {
             "customer": {"key": customer.key, "display_name": customer.display_name},
@@ -163,7 +171,7 @@ class CreditPages:
             "grants": listed,
             "ledger": [to_json(e) for e in ledger.credit_transactions],
             "next_page_token": ledger.next_page_token,
-            "recharge_rule": rule,
+            "recharge_rule": recharge_rule,
             "credit_alerts": [to_json(a) for a in alerts.credit_alerts],
             "fundings": list(FUNDINGS),
             "channels": [c.key for c in channels.channels],

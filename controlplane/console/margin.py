@@ -9,8 +9,9 @@ Billed, per calendar month (UTC) of an invoice's period start:
 - this month: also the open periods' invoices as they stand now: one customer's
   ``PreviewInvoice``, or every customer's (``invoicing.totals``, as the overview computes it).
 
-Provider cost: the ``llm_tokens`` rollups per day (``QueryMeter``), priced by each route's
-``ai-proxy`` ``input_cost``/``output_cost`` (``usage.route_costs``) and summed per month;
+Provider cost: the ``llm_tokens`` rollups per day (``usage.UsageReader``, ``QueryMeter``'s
+query), priced by each route's ``ai-proxy`` ``input_cost``/``output_cost``
+(``usage.route_costs``) and summed per month;
 narrowed to a customer's subjects, a model, or the billable requests a feature's filters match.
 Margin is billed minus provider cost, in USD only (provider prices are taken as USD).
 """
@@ -27,8 +28,9 @@ from controlplane.console import usage
 from controlplane.console.api import ConsoleApi
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.invoicing.totals import OpenTotals
+from controlplane.usage.aggregate import WindowSize
 from controlplane.usage.storage import llm_dimensions_match
-from meterline.admin.v1 import billing_pb2, catalog_pb2, customers_pb2, usage_pb2
+from meterline.admin.v1 import billing_pb2, catalog_pb2, customers_pb2
 
 MAX_MONTHS = 24
 CLOSED_STATES = [
@@ -153,14 +155,11 @@ async def _costs(
     now: datetime,
     selection: Selection,
     costs: Mapping[str, usage.RouteCost],
+    reader: usage.UsageReader,
 ) -> list[Decimal]:
     """Provider cost per month from the rollups' daily rows."""
-    request = usage_pb2.QueryMeterRequest(
-        meter="llm_tokens",
-        group_by=list(usage.GROUPS),
-        window_size=usage_pb2.WINDOW_SIZE_DAY,
-    )
-    wanted: dict[str, str] | None = None
+    subjects: list[str] = []
+    wanted: dict[str, str] = {}
     if selection.customer:
         customer = await api.call(
             "customers",
@@ -169,9 +168,9 @@ async def _costs(
         )
         if not customer.subjects:
             return [Decimal(0) for _ in starts]
-        request.subjects.extend(customer.subjects)
+        subjects = list(customer.subjects)
     if selection.model:
-        request.filters["model"] = selection.model
+        wanted = {"model": selection.model}
     if selection.feature:
         feature = await api.call(
             "catalog",
@@ -181,23 +180,30 @@ async def _costs(
         if feature.meter.rsplit("/", 1)[-1] != "llm_tokens":
             return [Decimal(0) for _ in starts]
         wanted = dict(feature.filters)
-    request.start_time.FromDatetime(starts[0])
-    request.end_time.FromDatetime(now)
-    answer = await api.call("usage", "QueryMeter", request)
+    rows = await reader.rows(
+        start=starts[0],
+        end=usage.rollup_end(now),
+        group_by=usage.GROUPS,
+        window=WindowSize.DAY,
+        subjects=subjects,
+    )
     by_month = [Decimal(0) for _ in starts]
-    for row in answer.rows:
-        group = dict(row.group)
-        if wanted is not None and not llm_dimensions_match(group, wanted, billable_only=True):
+    for row in rows:
+        group = row.group
+        # A feature bills its filters' billable requests; a model is every request of it.
+        if wanted and not llm_dimensions_match(
+            group, wanted, billable_only=bool(selection.feature)
+        ):
             continue
         route_cost = costs.get(group.get("route", ""))
         kind = group.get("type", "")
         if route_cost is None or kind not in ("input", "output"):
             continue
-        index = _month_of(row.window_start.ToDatetime(UTC), starts)
+        index = _month_of(row.window_start or starts[0], starts)
         if index is None:
             continue
         price = route_cost.input if kind == "input" else route_cost.output
-        by_month[index] += price * Decimal(row.value) / usage.PER_MILLION
+        by_month[index] += price * row.value / usage.PER_MILLION
     return by_month
 
 
@@ -208,6 +214,7 @@ async def over_time(
     months: int,
     selection: Selection,
     open_totals: Callable[[], Awaitable[OpenTotals]],
+    reader: usage.UsageReader,
 ) -> dict[str, Any]:
     """Billed, provider cost and margin per month, as the margin page and its twin show."""
     if not 1 <= months <= MAX_MONTHS:
@@ -217,7 +224,9 @@ async def over_time(
     billed = await _closed_billed(api, starts, selection)
     for currency, amount in (await _open_billed(api, selection, open_totals)).items():
         billed[-1][currency] = billed[-1].get(currency, Decimal(0)) + amount
-    cost = await _costs(api, starts=starts, now=now, selection=selection, costs=route_costs)
+    cost = await _costs(
+        api, starts=starts, now=now, selection=selection, costs=route_costs, reader=reader
+    )
     margins = [m.get("USD", Decimal(0)) - c for m, c in zip(billed, cost, strict=True)]
     rows = [
         {

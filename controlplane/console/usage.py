@@ -1,33 +1,40 @@
 """Usage of a span as pages show it: totals, requests, errors, a chart by model, provider cost.
 
-Everything comes from ``QueryMeter`` on the built-in ``llm_tokens`` meter, which reads hourly
-rollups for whole hours (never every raw event). One input event is recorded per request
-(failed ones included), so requests are the event count of ``type=input`` rows.
+Everything comes from the meter query ``QueryMeter`` runs, on the built-in ``llm_tokens``
+meter, over whole hours only (``rollup_end``), so from hourly rollups (never a raw event). One
+input event is recorded per request (failed ones included), so requests are the event count of
+``type=input`` rows.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from controlplane.console.api import ConsoleApi
-from meterline.admin.v1 import gateway_pb2, usage_pb2
+from controlplane.console.api import ConsoleApi, Forbidden
+from controlplane.storage.db import Database
+from controlplane.usage import query
+from controlplane.usage.aggregate import Row, WindowSize
+from meterline.admin.v1 import gateway_pb2
 
 PER_MILLION = Decimal(1_000_000)
 GROUPS = ("model", "provider", "type", "status_code", "route")
-WINDOWS = {"hour": usage_pb2.WINDOW_SIZE_HOUR, "day": usage_pb2.WINDOW_SIZE_DAY}
+WINDOWS = {"hour": WindowSize.HOUR, "day": WindowSize.DAY}
 
 
-def _ts(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+def rollup_end(end: datetime) -> datetime:
+    """The end of ``end``'s hour (``end`` itself on an hour boundary).
+
+    Usage "so far" is read up to there: the hour's rollup row holds every event of it stored
+    so far (ingestion keeps it in the same transaction), so the span is whole hours and no raw
+    event is read. Events later than now exist only when a data plane's clock runs ahead."""
+    hour = end.replace(minute=0, second=0, microsecond=0)
+    return end if hour == end else hour + timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,45 @@ class RouteCost:
 
     input: Decimal
     output: Decimal
+
+
+class UsageReader:
+    """``llm_tokens`` aggregates as ``QueryMeter`` computes them (``controlplane.usage.query``,
+    the function its servicer runs), in a transaction of their own, minus the protobuf round
+    trip: the overview reads hundreds of rows, and building then parsing them as messages cost
+    as much as the query. Operator pages are held to ``QueryMeter``'s scope rule; the portal
+    (``checked=False``) builds every query for its own customer's subjects."""
+
+    def __init__(self, db: Database, api: ConsoleApi, *, checked: bool = True) -> None:
+        self._db = db
+        self._api = api
+        self._checked = checked
+
+    async def rows(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        group_by: Sequence[str],
+        window: WindowSize | None,
+        subjects: Sequence[str] = (),
+    ) -> list[Row]:
+        if self._checked and not self._api.principal.may_call("QueryMeter"):
+            raise Forbidden(f"{self._api.principal.name!r} may not call QueryMeter")
+
+        def read() -> list[Row]:
+            with self._db.begin() as conn:
+                return query.query(
+                    conn,
+                    meter="llm_tokens",
+                    subjects=list(subjects),
+                    group_by=list(group_by),
+                    window=window,
+                    start=start,
+                    end=end,
+                )
+
+        return await asyncio.to_thread(read)
 
 
 @dataclass(frozen=True)
@@ -138,7 +184,7 @@ def json_of(struct: Any) -> dict[str, Any]:
 
 
 async def span_usage(
-    api: ConsoleApi,
+    reader: UsageReader,
     *,
     start: datetime,
     end: datetime,
@@ -151,22 +197,14 @@ async def span_usage(
         return Usage(
             {}, 0, 0, [], Decimal(0), {"times": [], "series": {}}, {"times": [], "series": {}}
         )
-    common: dict[str, Any] = {
-        "meter": "llm_tokens",
-        "subjects": list(subjects or ()),
-        "start_time": _ts(start),
-        "end_time": _ts(end),
-    }
     # One query for totals and chart: the rollup rows it reads dominate its cost.
     step = 3600 if window == "hour" else 86400
-    answer = await api.unchecked(
-        "usage",
-        "QueryMeter",
-        usage_pb2.QueryMeterRequest(
-            group_by=list(GROUPS),
-            window_size=WINDOWS.get(window, WINDOWS["day"]),
-            **common,
-        ),
+    rows = await reader.rows(
+        start=start,
+        end=rollup_end(end),
+        group_by=GROUPS,
+        window=WINDOWS.get(window, WINDOWS["day"]),
+        subjects=subjects or (),
     )
     first = int(start.timestamp()) // step * step
     times = list(range(first, int(end.timestamp()) + 1, step)) or [first]
@@ -178,16 +216,16 @@ async def span_usage(
     models: dict[str, dict[str, Any]] = {}
     requests = errors = 0
     cost_total = Decimal(0)
-    for row in answer.rows:
+    for row in rows:
         group = row.group
-        tokens = int(Decimal(row.value))
+        tokens = int(row.value)
         token_type = group.get("type", "")
         by_type[token_type] += tokens
         name = group.get("model", "")
         model = models.setdefault(name, {"model": name, "tokens": defaultdict(int), "requests": 0})
         model["tokens"][token_type] += tokens
         # Windows are UTC-aligned; the first one is clipped to the span's start.
-        slot = row.window_start.seconds // step * step
+        slot = _epoch(row.window_start) // step * step
         series.setdefault(name or "(none)", [0] * len(times))[index[slot]] += tokens
         type_series.setdefault(token_type or "(none)", [0] * len(times))[index[slot]] += tokens
         key = tuple(group.get(g, "") for g in GROUPS)
@@ -235,8 +273,12 @@ async def span_usage(
     )
 
 
+def _epoch(value: datetime | None) -> int:
+    return int(value.timestamp()) if value is not None else 0
+
+
 async def top_subjects(
-    api: ConsoleApi,
+    reader: UsageReader,
     *,
     start: datetime,
     end: datetime,
@@ -246,16 +288,13 @@ async def top_subjects(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The ``top`` subjects by tokens in [start, end) (tokens, provider cost) and their tokens
     per window, as a chart (one series per subject)."""
-    common: dict[str, Any] = {"meter": "llm_tokens", "start_time": _ts(start), "end_time": _ts(end)}
-    answer = await api.unchecked(
-        "usage",
-        "QueryMeter",
-        usage_pb2.QueryMeterRequest(group_by=["subject", "type", "route"], **common),
-    )
+    span_end = rollup_end(end)
     by_subject: dict[str, dict[str, Any]] = {}
-    for row in answer.rows:
+    for row in await reader.rows(
+        start=start, end=span_end, group_by=("subject", "type", "route"), window=None
+    ):
         subject = row.group.get("subject", "")
-        tokens = int(Decimal(row.value))
+        tokens = int(row.value)
         entry = by_subject.setdefault(
             subject, {"subject": subject, "tokens": 0, "provider_cost": Decimal(0)}
         )
@@ -272,20 +311,16 @@ async def top_subjects(
     index = {t: i for i, t in enumerate(times)}
     series: dict[str, list[int]] = {}
     if chosen:
-        windowed = await api.unchecked(
-            "usage",
-            "QueryMeter",
-            usage_pb2.QueryMeterRequest(
-                group_by=["subject"],
-                subjects=[e["subject"] for e in chosen],
-                window_size=WINDOWS.get(window, WINDOWS["day"]),
-                **common,
-            ),
-        )
-        for row in windowed.rows:
-            slot = row.window_start.seconds // step * step
+        for row in await reader.rows(
+            start=start,
+            end=span_end,
+            group_by=("subject",),
+            window=WINDOWS.get(window, WINDOWS["day"]),
+            subjects=[e["subject"] for e in chosen],
+        ):
+            slot = _epoch(row.window_start) // step * step
             label = row.group.get("subject", "")
-            series.setdefault(label, [0] * len(times))[index[slot]] += int(Decimal(row.value))
+            series.setdefault(label, [0] * len(times))[index[slot]] += int(row.value)
     chart = {
         "times": times if series else [],
         "series": dict(sorted(series.items())),
