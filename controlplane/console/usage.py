@@ -211,45 +211,56 @@ async def span_usage(
     index = {t: i for i, t in enumerate(times)}
     series: dict[str, list[int]] = {}
     type_series: dict[str, list[int]] = {}
-    totals: dict[tuple[str, ...], list[Any]] = {}
+    # Tokens and requests per dimension set over the span; priced once per set afterwards
+    # (Decimal arithmetic per row cost more than the rest of the loop).
+    totals: dict[tuple[str, ...], list[int]] = {}
+    for row in rows:
+        group = row.group
+        tokens = int(row.value)
+        key = tuple(group.get(g, "") for g in GROUPS)
+        total = totals.get(key)
+        if total is None:
+            total = totals[key] = [0, 0]
+        total[0] += tokens
+        total[1] += row.event_count
+        # Windows are UTC-aligned; the first one is clipped to the span's start.
+        slot = index[_epoch(row.window_start) // step * step]
+        series.setdefault(key[0] or "(none)", [0] * len(times))[slot] += tokens
+        type_series.setdefault(key[2] or "(none)", [0] * len(times))[slot] += tokens
     by_type: dict[str, int] = defaultdict(int)
     models: dict[str, dict[str, Any]] = {}
     requests = errors = 0
     cost_total = Decimal(0)
-    for row in rows:
-        group = row.group
-        tokens = int(row.value)
-        token_type = group.get("type", "")
+    groups = []
+    for key, (tokens, events) in sorted(totals.items()):
+        dimensions = dict(zip(GROUPS, key, strict=True))
+        name, token_type = dimensions["model"], dimensions["type"]
         by_type[token_type] += tokens
-        name = group.get("model", "")
-        model = models.setdefault(name, {"model": name, "tokens": defaultdict(int), "requests": 0})
+        model = models.setdefault(
+            name,
+            {"model": name, "tokens": defaultdict(int), "requests": 0, "provider_cost": Decimal(0)},
+        )
         model["tokens"][token_type] += tokens
-        # Windows are UTC-aligned; the first one is clipped to the span's start.
-        slot = _epoch(row.window_start) // step * step
-        series.setdefault(name or "(none)", [0] * len(times))[index[slot]] += tokens
-        type_series.setdefault(token_type or "(none)", [0] * len(times))[index[slot]] += tokens
-        key = tuple(group.get(g, "") for g in GROUPS)
-        total = totals.setdefault(key, [0, Decimal(0)])
-        total[0] += tokens
         if token_type == "input":
-            requests += row.event_count
-            model["requests"] += row.event_count
-            if int(group.get("status_code") or 0) >= 400:
-                errors += row.event_count
-        route_cost = (costs or {}).get(group.get("route", ""))
+            requests += events
+            model["requests"] += events
+            if int(dimensions["status_code"] or 0) >= 400:
+                errors += events
+        cost = Decimal(0)
+        route_cost = (costs or {}).get(dimensions["route"])
         if route_cost is not None and token_type in ("input", "output"):
             price = route_cost.input if token_type == "input" else route_cost.output
             cost = price * tokens / PER_MILLION
             cost_total += cost
-            total[1] += cost
-            model["provider_cost"] = model.get("provider_cost", Decimal(0)) + cost
+            model["provider_cost"] += cost
+        groups.append(Group(dimensions, tokens, cost))
     model_rows = [
         {
             "model": m["model"],
             "tokens": dict(m["tokens"]),
             "total_tokens": sum(m["tokens"].values()),
             "requests": m["requests"],
-            "provider_cost": str(m.get("provider_cost", Decimal(0))),
+            "provider_cost": str(m["provider_cost"]),
         }
         for m in sorted(models.values(), key=lambda m: -sum(m["tokens"].values()))
     ]
@@ -264,10 +275,6 @@ async def span_usage(
     }
     chart_by_type = {**chart, "series": dict(sorted(type_series.items()))}
     chart_by_type["times"] = times if type_series else []
-    groups = [
-        Group(dict(zip(GROUPS, key, strict=True)), tokens, cost)
-        for key, (tokens, cost) in sorted(totals.items())
-    ]
     return Usage(
         dict(by_type), requests, errors, model_rows, cost_total, chart, chart_by_type, groups
     )
