@@ -457,3 +457,60 @@ def test_alerts_page_forms_and_read_only(
     page.locator("tr[data-rule=invoices] button").click()
     page.wait_for_url(re.compile(r"/alerts\?done="))
     assert stub.ListRules(notifications_pb2.ListRulesRequest()).rules == []
+
+
+def test_price_list_and_draft_rate_card_forms(
+    stack: dict[str, Any], context: BrowserContext, built: dict[str, Any]
+) -> None:
+    console = stack["console"]
+    page = context.new_page()
+    _sign_in(page, stack, stack["admin"])
+    page.goto(f"{console}/catalog")
+    # A price list with its first model, then a later price for it from the list's own form.
+    page.fill("#price-list-key", "openai")
+    page.fill("#price-list-model", "gpt-4o-mini")
+    page.fill("#price-list-input", "0.00000015")
+    page.fill("#price-list-output", "0.0000006")
+    page.click("#new-price-list button[type=submit]")
+    page.wait_for_url(re.compile(r"/catalog\?done=price\+list"))
+    page.fill("#prices-openai-model", "gpt-4o-mini")
+    page.fill("#prices-openai-input", "0.0000002")
+    page.fill("#prices-openai-output", "0.0000008")
+    page.fill("#prices-openai-from", "2099-01-01T00:00:00")
+    page.click("#price-list-openai ~ form.set-price button[type=submit]")
+    page.wait_for_url(re.compile(r"/catalog\?done=price\+of"))
+    rows = page.locator("#price-list-openai tbody tr")
+    assert rows.locator(".input").all_inner_texts() == ["0.00000015", "0.0000002"]
+    assert "2099-01-01 00:00:00 UTC" in rows.nth(1).inner_text()
+    # A price in the past is refused beside that form; nothing is added.
+    page.fill("#prices-openai-model", "gpt-4o-mini")
+    page.fill("#prices-openai-input", "0.1")
+    page.fill("#prices-openai-from", "2001-01-01T00:00:00")
+    page.click("#price-list-openai ~ form.set-price button[type=submit]")
+    assert "past" in page.inner_text("#error-prices-openai")
+    assert page.locator("#price-list-openai tbody tr").count() == 2
+    # A new draft version of starter; a model-list rate card added to it, then removed.
+    page.goto(f"{console}/catalog")
+    page.locator("tr[data-plan=starter-1] button:text('New version from this')").click()
+    page.wait_for_url(re.compile(r"done=new-version\+starter\+v2"))
+    draft = page.locator("tr[data-plan=starter-2]")
+    assert draft.locator(".state").inner_text() == "draft"
+    draft.locator("summary").click()
+    draft.locator("select[name=feature]").select_option("ai-token")
+    draft.locator("input[name=rate_card_key]").fill("by-model")
+    draft.locator("select[name=price_type]").select_option("model_list")
+    draft.locator("select[name=price_list]").select_option("openai")
+    draft.locator("input[name=markup_percent]").fill("25")
+    draft.locator("form.add-rate-card button[type=submit]").click()
+    page.wait_for_url(re.compile(r"done=rate\+card\+added"))
+    card = page.locator("tr[data-plan=starter-2] [data-rate-card=by-model]")
+    assert card.inner_text() == "ai-token: model_list (openai +25%)"
+    twin = page.request.get(f"{console}/catalog.json").json()
+    (v2,) = [p for p in twin["plans"] if (p["key"], p["version"]) == ("starter", 2)]
+    assert [(c["key"], c["price"]["type"]) for c in v2["rate_cards"]] == [
+        ("ai-token", "PRICE_TYPE_UNIT"),
+        ("by-model", "PRICE_TYPE_MODEL_LIST"),
+    ]
+    page.locator("tr[data-plan=starter-2] button[aria-label='Remove rate card by-model']").click()
+    page.wait_for_url(re.compile(r"done=rate\+card\+removed"))
+    assert page.locator("tr[data-plan=starter-2] [data-rate-card=by-model]").count() == 0
