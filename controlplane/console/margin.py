@@ -4,7 +4,8 @@ one customer, model or feature.
 Billed, per calendar month (UTC) of an invoice's period start:
 
 - closed periods: the invoices no longer open (draft, issued, paid, payment failed; never
-  void), from ``ListInvoices``; narrowed to a model or feature, their lines of that model
+  void, nor credit top-ups, whose period is empty: buying credits is not usage billed), from
+  ``ListInvoices``; narrowed to a model or feature, their lines of that model
   (``model_list`` prices) or that feature (or rate card);
 - this month: also the open periods' invoices as they stand now: one customer's
   ``PreviewInvoice``, or every customer's (``invoicing.totals``, as the overview computes it).
@@ -112,6 +113,8 @@ async def _closed_billed(
             ),
         )
         for invoice in answer.invoices:
+            if invoice.period_start_time == invoice.period_end_time:
+                continue  # a credit top-up (a purchase of credits, not usage billed)
             index = _month_of(invoice.period_start_time.ToDatetime(UTC), starts)
             if index is None:
                 continue

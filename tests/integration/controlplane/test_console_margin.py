@@ -17,7 +17,7 @@ from controlplane.api.auth import Scope, TokenEntry, hash_token
 from controlplane.console.app import Console
 from controlplane.usage.storage import insert_events
 from controlplane.usage.types import TokenType, UsageEvent
-from meterline.admin.v1 import billing_pb2, gateway_pb2
+from meterline.admin.v1 import billing_pb2, credits_pb2, gateway_pb2
 
 ADMIN = "mlt_admin-token-for-margin-tests"
 READ = "mlt_read-token-for-margin-tests"
@@ -92,8 +92,17 @@ def _figures(twin: dict) -> list[tuple[str, dict[str, str], str, str]]:
 
 
 async def test_margin_per_month_for_everything_and_each_selection(client, harness):
+    # A credit top-up's one-off invoice is a purchase of credits, not revenue of a month.
+    top_up = await harness.cp.servicers.credits.CreateCreditTopUp(
+        credits_pb2.CreateCreditTopUpRequest(parent="customers/acme", amount="40"), None
+    )
+    assert top_up.state == billing_pb2.INVOICE_STATE_ISSUED and top_up.total == "40.00"
     closed = await harness.billing.ListInvoices(billing_pb2.ListInvoicesRequest())
-    november = [i for i in closed.invoices if i.period_start_time.ToDatetime(UTC) < DEC]
+    november = [
+        i
+        for i in closed.invoices
+        if i.period_start_time.ToDatetime(UTC) < DEC and i.id != top_up.id
+    ]
     assert [i.total for i in november] == ["1000.00"]  # the billable input tokens
     # Everything: November's invoice and its tokens' cost (3000 input, 500 output); December's
     # open preview (300 input) and its cost (300 input, 100 output).
