@@ -531,9 +531,23 @@ def test_portal_token_sees_its_customer_only(
     # Another customer's page and JSON are 404; every operator page and change is refused.
     for path in ("/portal/customers/beta", "/portal/customers/beta.json"):
         assert page.request.get(f"{console}{path}").status == 404
-    for path in ("/overview", "/overview.json", "/customers/acme.json", "/gateway", "/invoices"):
+    for path in (
+        "/overview",
+        "/overview.json",
+        "/customers/acme.json",
+        "/gateway",
+        "/invoices",
+        "/catalog",
+        "/margin.json?customer=acme",
+    ):
         assert page.request.get(f"{console}{path}", max_redirects=0).status == 403
     bearer = {"Authorization": f"Bearer {token}"}
+    made = httpx.post(
+        f"{console}/catalog/features",
+        data={"key": "portal-made", "meter": "llm_tokens"},
+        headers={**bearer, "Accept": "application/json"},
+    )
+    assert made.status_code == 403
     assert httpx.get(f"{console}/portal/customers/beta.json", headers=bearer).status_code == 404
     assert httpx.get(f"{console}/customers/acme.json", headers=bearer).status_code == 403
     assert httpx.get(f"{console}/portal/customers/acme.json", headers=bearer).status_code == 200
