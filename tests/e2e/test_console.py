@@ -388,6 +388,17 @@ def test_overview_chart_draws_its_points(
     assert page.locator("#margin-customers tbody tr").count() == 1
     _shot(page, stack, "overview")
     _readme_shot(page, stack, "console-overview")
+    # The feature's months on /margin: this month is the overview's row for it.
+    page.click("#margin-features tr[data-feature=ai-token] a")
+    page.wait_for_url(re.compile(r"/margin\?feature=ai-token$"))
+    months = page.request.get(f"{stack['console']}/margin.json?feature=ai-token").json()
+    this_month = months["months"][-1]
+    assert Decimal(this_month["billed"]["USD"]) == Decimal(feature["billed"])
+    assert Decimal(this_month["provider_cost"]) == Decimal(feature["provider_cost"])
+    page.wait_for_selector("#chart-margin[data-points]")
+    assert int(page.get_attribute("#chart-margin", "data-points")) == 3 * len(months["months"])
+    _shot(page, stack, "margin")
+    page.goto(f"{stack['console']}/overview")
     # A phone-width screen still shows the figures.
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
