@@ -43,6 +43,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PAGES = [
     "/overview",
     "/overview.json",
+    "/overview?window=hour",
     "/margin",
     "/margin?customer=big",
     "/customers",

@@ -29,7 +29,6 @@ from controlplane.console import usage
 from controlplane.console.api import ConsoleApi
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.invoicing.totals import OpenTotals
-from controlplane.usage.aggregate import WindowSize
 from controlplane.usage.storage import llm_dimensions_match
 from meterline.admin.v1 import billing_pb2, catalog_pb2, customers_pb2
 
@@ -184,11 +183,7 @@ async def _costs(
             return [Decimal(0) for _ in starts]
         wanted = dict(feature.filters)
     rows = await reader.rows(
-        start=starts[0],
-        end=usage.rollup_end(now),
-        group_by=usage.GROUPS,
-        window=WindowSize.DAY,
-        subjects=subjects,
+        start=starts[0], end=usage.rollup_end(now), window="day", subjects=subjects
     )
     by_month = [Decimal(0) for _ in starts]
     for row in rows:
