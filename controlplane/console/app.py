@@ -22,7 +22,7 @@ import io
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -483,11 +483,34 @@ class Console:
             raise InvalidArgument(f"window must be hour or day, got {window!r}")
         costs = await usage.route_costs(api)
         reader = usage.UsageReader(self.db, api)
+        # By hour, the charts show the last hours only (the figures stay the month's): a month
+        # by hour is hours x dimension sets rows, and its chart too many points to read.
+        chart_start = (
+            max(start, now.replace(minute=0, second=0, microsecond=0) - HOURLY_CHART)
+            if window == "hour"
+            else start
+        )
+
+        async def period_usage() -> usage.Usage:
+            if window == "day":
+                return await usage.span_usage(reader, start=start, end=now, costs=costs)
+            month, hours = await asyncio.gather(
+                usage.span_usage(reader, start=start, end=now, costs=costs),
+                usage.span_usage(reader, start=chart_start, end=now, window="hour"),
+            )
+            return replace(month, chart=hours.chart, chart_by_type=hours.chart_by_type)
+
         # Independent reads, each in its own transaction (threads): their database time overlaps.
         period, (top, by_subject_chart), open_totals, features = await asyncio.gather(
-            usage.span_usage(reader, start=start, end=now, window=window, costs=costs),
+            period_usage(),
             usage.top_subjects(
-                reader, start=start, end=now, window=window, costs=costs, top=TOP_CUSTOMERS
+                reader,
+                start=start,
+                end=now,
+                window=window,
+                chart_start=chart_start,
+                costs=costs,
+                top=TOP_CUSTOMERS,
             ),
             self._open_totals(api),
             api.call("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)),
@@ -1466,6 +1489,7 @@ def _plugin_context(plugin: dict[str, Any], *, document: str) -> dict[str, Any]:
 
 
 TOP_CUSTOMERS = 5
+HOURLY_CHART = timedelta(hours=47)  # plus the current hour: 48 points
 
 
 def _by_customer(

@@ -318,9 +318,11 @@ async def top_subjects(
     window: str,
     costs: Mapping[str, RouteCost],
     top: int,
+    chart_start: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The ``top`` subjects by tokens in [start, end) (tokens, provider cost) and their tokens
-    per window, as a chart (one series per subject)."""
+    per window from ``chart_start`` (default ``start``), as a chart (one series per subject)."""
+    chart_start = chart_start or start
     span_end = rollup_end(end)
     by_subject: dict[str, dict[str, Any]] = {}
     for row in await reader.rows(start=start, end=span_end, window=None, by_subject=True):
@@ -337,13 +339,13 @@ async def top_subjects(
             entry["provider_cost"] += price * tokens / PER_MILLION
     chosen = sorted(by_subject.values(), key=lambda e: (-e["tokens"], e["subject"]))[:top]
     step = 3600 if window == "hour" else 86400
-    first = int(start.timestamp()) // step * step
+    first = int(chart_start.timestamp()) // step * step
     times = list(range(first, int(end.timestamp()) + 1, step)) or [first]
     index = {t: i for i, t in enumerate(times)}
     series: dict[str, list[int]] = {}
     if chosen:
         for row in await reader.rows(
-            start=start,
+            start=chart_start,
             end=span_end,
             window=window,
             by_subject=True,
@@ -355,7 +357,7 @@ async def top_subjects(
         "times": times if series else [],
         "series": dict(sorted(series.items())),
         "window": window,
-        "start": int(start.timestamp()),
+        "start": int(chart_start.timestamp()),
         "end": int(end.timestamp()),
     }
     return chosen, chart
