@@ -1,9 +1,9 @@
 """Usage of a span as pages show it: totals, requests, errors, a chart by model, provider cost.
 
-Everything comes from the meter query ``QueryMeter`` runs, on the built-in ``llm_tokens``
-meter, over whole hours only (``rollup_end``), so from hourly rollups (never a raw event). One
-input event is recorded per request (failed ones included), so requests are the event count of
-``type=input`` rows.
+Everything comes from the built-in ``llm_tokens`` meter's hourly rollups combined in SQL
+(``UsageReader``: what ``QueryMeter`` adds up for whole hours), over whole hours only
+(``rollup_end``), so never from a raw event. One input event is recorded per request (failed
+ones included), so requests are the event count of ``type=input`` rows.
 """
 
 from __future__ import annotations
