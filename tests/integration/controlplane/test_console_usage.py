@@ -12,11 +12,13 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 
-from controlplane.api.auth import Scope
+from controlplane.api.auth import Scope, TokenEntry, hash_token
 from controlplane.console import usage
 from controlplane.console.api import ConsoleApi, Forbidden
+from controlplane.console.app import Console
 from controlplane.console.auth import Kind, Principal
 from controlplane.usage.storage import insert_events
 from controlplane.usage.types import TokenType, UsageEvent
@@ -121,3 +123,40 @@ async def test_reader_refuses_partial_hours_and_other_scopes(harness, reader):
     checked = usage.UsageReader(harness.cp.db, ConsoleApi(harness.cp.servicers, portal))
     with pytest.raises(Forbidden):
         await checked.rows(start=START, end=END, window=None)
+
+
+async def test_overview_by_hour_charts_the_last_48_hours_and_keeps_the_months_figures(
+    harness, reader
+):
+    token = "mlt_usage-test-reader"
+    app = Console(
+        servicers=harness.cp.servicers,
+        db=harness.cp.db,
+        clock=harness.clock,
+        tokens=[TokenEntry(name="viewer", scope=Scope.READ, hash=hash_token(token))],
+    )
+    now = START + timedelta(days=2, hours=10, minutes=20)
+    harness.clock.set(now)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://console.test",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
+        by_day = (await client.get("/overview.json")).json()
+        by_hour = (await client.get("/overview.json?window=hour")).json()
+    hour_end = START + timedelta(days=2, hours=11)
+    stored = [e for e in _events() if e.time < hour_end]
+    for twin in (by_day, by_hour):
+        assert twin["tokens"] == sum(e.tokens for e in stored)
+    assert by_day["requests"] == by_hour["requests"]
+    # 48 hourly points, the last the current hour; the chart holds those hours' tokens.
+    first = hour_end - timedelta(hours=48)
+    times = by_hour["chart"]["times"]
+    assert times == [int((first + timedelta(hours=h)).timestamp()) for h in range(48)]
+    charted = sum(e.tokens for e in stored if e.time >= first)
+    assert sum(sum(v) for v in by_hour["chart"]["series"].values()) == charted < by_hour["tokens"]
+    assert sum(sum(v) for v in by_hour["chart_by_type"]["series"].values()) == charted
+    assert sum(sum(v) for v in by_hour["chart_by_customer"]["series"].values()) == charted
+    # By day: every day of the month so far, all the tokens.
+    assert len(by_day["chart"]["times"]) == 3
+    assert sum(sum(v) for v in by_day["chart"]["series"].values()) == by_day["tokens"]
