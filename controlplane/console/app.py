@@ -22,7 +22,7 @@ import io
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -39,9 +39,10 @@ from starlette.staticfiles import StaticFiles
 
 from controlplane.api.auth import TokenEntry
 from controlplane.clock import Clock
-from controlplane.console import usage
+from controlplane.console import margin, usage
 from controlplane.console.api import ConsoleApi, Forbidden, Servicers, to_json
 from controlplane.console.auth import Kind, Principal, operator_principal
+from controlplane.console.catalog_forms import CatalogPages
 from controlplane.console.credits import CreditPages, portal_credits
 from controlplane.console.sessions import Session, SessionStore, csrf_ok
 from controlplane.customers import storage as customer_storage
@@ -157,6 +158,9 @@ class Console:
         self.templates = _templates()
         static = StaticFiles(packages=[("controlplane.console", "static")])
         credit_pages = CreditPages(change=self._change)
+        catalog_pages = CatalogPages(
+            change=self._change, render=self._page_response, clock=self.clock
+        )
         self.app = Starlette(
             routes=[
                 Route("/", self.home),
@@ -164,6 +168,7 @@ class Console:
                 Route("/signin", self.signin, methods=["POST"]),
                 Route("/signout", self.signout, methods=["POST"]),
                 *self._page("/overview", self.overview),
+                *self._page("/margin", self.margin),
                 *self._page("/customers", self.customers),
                 *self._page("/customers/{key}/preview", self.preview),
                 *self._page("/customers/{key}/credits", credit_pages.page),
@@ -187,12 +192,8 @@ class Console:
                 Route("/gateway/apply", self.apply_form, methods=["GET"]),
                 Route("/gateway/apply", self.apply, methods=["POST"]),
                 *self._page("/gateway", self.gateway),
-                *self._page("/catalog", self.catalog),
-                Route(
-                    "/plans/{key}/versions/{version:int}/{action}",
-                    self.plan_action,
-                    methods=["POST"],
-                ),
+                *self._page("/catalog", catalog_pages.page),
+                *catalog_pages.routes(),
                 Route("/usage.csv", self.usage_csv),
                 *self._page("/usage", self.usage_explorer),
                 Route("/portal/signin", self.portal_signin_form, methods=["GET"]),
@@ -480,14 +481,49 @@ class Console:
         window = request.query_params.get("window", "day")
         if window not in usage.WINDOWS:
             raise InvalidArgument(f"window must be hour or day, got {window!r}")
-        costs = await usage.route_costs(api)
+        # The open invoices' total is the longest read: it starts first, the rest beside it.
+        billed_task = asyncio.ensure_future(self._open_totals(api))
+        try:
+            costs = await usage.route_costs(api)
+        except BaseException:
+            billed_task.cancel()
+            raise
+        reader = usage.UsageReader(self.db, api)
+        # By hour, the charts show the last hours only (the figures stay the month's): a month
+        # by hour is hours x dimension sets rows, and its chart too many points to read.
+        chart_start = (
+            max(start, now.replace(minute=0, second=0, microsecond=0) - HOURLY_CHART)
+            if window == "hour"
+            else start
+        )
+
+        async def period_usage() -> usage.Usage:
+            if window == "day":
+                return await usage.span_usage(reader, start=start, end=now, costs=costs)
+            month, hours = await asyncio.gather(
+                usage.span_usage(reader, start=start, end=now, costs=costs),
+                usage.span_usage(reader, start=chart_start, end=now, window="hour"),
+            )
+            return replace(month, chart=hours.chart, chart_by_type=hours.chart_by_type)
+
+        async def top_customers() -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, str]]:
+            top, chart = await usage.top_subjects(
+                reader,
+                start=start,
+                end=now,
+                window=window,
+                chart_start=chart_start,
+                costs=costs,
+                top=TOP_CUSTOMERS,
+            )
+            owners = await asyncio.to_thread(self._owners, [e["subject"] for e in top])
+            return top, chart, owners
+
         # Independent reads, each in its own transaction (threads): their database time overlaps.
-        period, (top, by_subject_chart), open_totals, features = await asyncio.gather(
-            usage.span_usage(api, start=start, end=now, window=window, costs=costs),
-            usage.top_subjects(
-                api, start=start, end=now, window=window, costs=costs, top=TOP_CUSTOMERS
-            ),
-            self._open_totals(api),
+        period, (top, by_subject_chart, owners), open_totals, features = await asyncio.gather(
+            period_usage(),
+            top_customers(),
+            billed_task,
             api.call("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)),
         )
         billed = {c: str(v) for c, v in sorted(open_totals.by_currency.items())}
@@ -495,7 +531,6 @@ class Console:
             currency: str(Decimal(amount) - (period.provider_cost if currency == "USD" else 0))
             for currency, amount in billed.items()
         }
-        owners = await asyncio.to_thread(self._owners, [e["subject"] for e in top])
         customers, by_customer_chart = _by_customer(top, by_subject_chart, owners, open_totals)
         return "overview.html", {
             "period": {"start": start.isoformat(), "end": now.isoformat()},
@@ -507,6 +542,38 @@ class Console:
             "margin_by_model": _margin_by_model(period, open_totals),
             "margin_by_feature": _margin_by_feature(period, open_totals, features.features),
             "title": "Overview",
+        }
+
+    async def margin(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
+        """Billed revenue beside provider cost per month, for all or one customer, model or
+        feature (``margin.over_time``)."""
+        params = request.query_params
+        text = params.get("months", "6")
+        try:
+            months = int(text)
+        except ValueError:
+            raise InvalidArgument(f"months must be a whole number, got {text!r}") from None
+        selection = margin.Selection(
+            customer=params.get("customer", "").strip(),
+            model=params.get("model", "").strip(),
+            feature=params.get("feature", "").strip(),
+        )
+        figures, features = await asyncio.gather(
+            margin.over_time(
+                api,
+                now=self.clock.now(),
+                months=months,
+                selection=selection,
+                open_totals=lambda: self._open_totals(api),
+                reader=usage.UsageReader(self.db, api),
+            ),
+            api.call("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)),
+        )
+        return "margin.html", {
+            **figures,
+            "months_shown": months,
+            "features": sorted(f.key for f in features.features),
+            "title": "Margin over time",
         }
 
     def _owners(self, subjects: list[str]) -> dict[str, str]:
@@ -543,35 +610,44 @@ class Console:
     async def customer(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
         key = request.path_params["key"]
         name = f"customers/{key}"
-        customer = await api.call(
-            "customers", "GetCustomer", customers_pb2.GetCustomerRequest(name=name)
+        # Independent reads, each in its own transaction (threads): their database time overlaps.
+        (
+            customer,
+            subs,
+            entitlements,
+            invoices,
+            budgets,
+            portal_tokens,
+            plans,
+        ) = await asyncio.gather(
+            api.call("customers", "GetCustomer", customers_pb2.GetCustomerRequest(name=name)),
+            api.call(
+                "customers",
+                "ListSubscriptions",
+                customers_pb2.ListSubscriptionsRequest(parent=name, page_size=1000),
+            ),
+            api.call(
+                "entitlements",
+                "ListEntitlements",
+                entitlements_pb2.ListEntitlementsRequest(customer=name),
+            ),
+            api.call(
+                "billing",
+                "ListInvoices",
+                billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
+            ),
+            api.call(
+                "entitlements",
+                "ListBudgets",
+                entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
+            ),
+            api.call(
+                "customers",
+                "ListPortalTokens",
+                customers_pb2.ListPortalTokensRequest(parent=name, page_size=1000),
+            ),
+            api.call("catalog", "ListPlans", catalog_pb2.ListPlansRequest(page_size=1000)),
         )
-        subs = await api.call(
-            "customers",
-            "ListSubscriptions",
-            customers_pb2.ListSubscriptionsRequest(parent=name, page_size=1000),
-        )
-        entitlements = await api.call(
-            "entitlements",
-            "ListEntitlements",
-            entitlements_pb2.ListEntitlementsRequest(customer=name),
-        )
-        invoices = await api.call(
-            "billing",
-            "ListInvoices",
-            billing_pb2.ListInvoicesRequest(parent=name, page_size=1000),
-        )
-        budgets = await api.call(
-            "entitlements",
-            "ListBudgets",
-            entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
-        )
-        portal_tokens = await api.call(
-            "customers",
-            "ListPortalTokens",
-            customers_pb2.ListPortalTokensRequest(parent=name, page_size=1000),
-        )
-        plans = await api.call("catalog", "ListPlans", catalog_pb2.ListPlansRequest(page_size=1000))
         active = sorted({p.key for p in plans.plans if p.state == catalog_pb2.PLAN_STATE_ACTIVE})
         return "customer.html", {
             "plans": active,
@@ -755,45 +831,6 @@ class Console:
                 path="/gateway/apply",
             )
             return HTMLResponse(html, status, headers=self._headers(portal=False))
-
-        return await self._change(request, run)
-
-    async def catalog(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
-        def listing(service: str, method: str, message: Any) -> Awaitable[Any]:
-            return api.call(service, method, message(page_size=1000))
-
-        meters, features, plans, price_lists = await asyncio.gather(
-            listing("usage", "ListMeters", usage_pb2.ListUsageMetersRequest),
-            listing("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest),
-            listing("catalog", "ListPlans", catalog_pb2.ListPlansRequest),
-            listing("catalog", "ListPriceLists", catalog_pb2.ListPriceListsRequest),
-        )
-        return "catalog.html", {
-            "meters": [to_json(m) for m in meters.meters],
-            "features": [to_json(f) for f in features.features],
-            "plans": [to_json(p) for p in plans.plans],
-            "price_lists": [to_json(p) for p in price_lists.price_lists],
-            "title": "Catalog",
-        }
-
-    async def plan_action(self, request: Request) -> Response:
-        """Plan versions' lifecycle: draft -> published (active) -> archived; a new draft
-        version copied from any version."""
-        key = request.path_params["key"]
-        version = request.path_params["version"]
-        action = request.path_params["action"]
-        methods = {
-            "publish": ("PublishPlan", catalog_pb2.PublishPlanRequest),
-            "archive": ("ArchivePlan", catalog_pb2.ArchivePlanRequest),
-            "new-version": ("CreatePlanVersion", catalog_pb2.CreatePlanVersionRequest),
-        }
-        if action not in methods:
-            return self._error(404, "not found", as_json=False, headers=self._headers(portal=False))
-        method, message = methods[action]
-
-        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
-            await api.call("catalog", method, message(name=f"plans/{key}/versions/{version}"))
-            return f"/catalog?done={quote(action)}"
 
         return await self._change(request, run)
 
@@ -1221,9 +1258,13 @@ class Console:
                 return None
 
         # Independent reads, each in its own transaction (threads): their database time overlaps.
-        used, preview_json, entitlements, invoices, budgets = await asyncio.gather(
+        used, preview_json, entitlements, invoices, budgets, credits = await asyncio.gather(
             usage.span_usage(
-                api, start=start, end=now, subjects=list(customer.subjects), costs=costs
+                usage.UsageReader(self.db, api, checked=False),
+                start=start,
+                end=now,
+                subjects=list(customer.subjects),
+                costs=costs,
             ),
             preview(),
             api.unchecked(
@@ -1241,8 +1282,8 @@ class Console:
                 "ListBudgets",
                 entitlements_pb2.ListBudgetsRequest(parent=name, page_size=1000),
             ),
+            portal_credits(api, name),
         )
-        credits = await portal_credits(api, name)
         usage_json = used.to_json()
         # A customer sees its tokens, never its provider's cost.
         usage_json.pop("provider_cost")
@@ -1458,6 +1499,7 @@ def _plugin_context(plugin: dict[str, Any], *, document: str) -> dict[str, Any]:
 
 
 TOP_CUSTOMERS = 5
+HOURLY_CHART = timedelta(hours=47)  # plus the current hour: 48 points
 
 
 def _by_customer(

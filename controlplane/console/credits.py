@@ -8,6 +8,7 @@ and a read token's POST is refused by ``ConsoleApi.call`` before anything runs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ from starlette.routing import Route
 from controlplane.console.api import ConsoleApi, to_json
 from controlplane.console.sessions import Session
 from controlplane.errors import InvalidArgument, NotFound
-from meterline.admin.v1 import credits_pb2, customers_pb2
+from meterline.admin.v1 import credits_pb2, customers_pb2, notifications_pb2
 
 LEDGER_PAGE_SIZE = 50
 FUNDINGS = {
@@ -76,7 +77,9 @@ async def grants(api: ConsoleApi, name: str, *, portal: bool) -> list[dict[str, 
 
 async def portal_credits(api: ConsoleApi, name: str) -> dict[str, Any]:
     """What a customer sees of its credits: balance, burn, run-out and its grants."""
-    shown = await balance(api, name, portal=True)
+    shown, listed = await asyncio.gather(
+        balance(api, name, portal=True), grants(api, name, portal=True)
+    )
     return {
         "balance": {k: v for k, v in shown.items() if k != "grants"},
         "grants": [
@@ -97,7 +100,7 @@ async def portal_credits(api: ConsoleApi, name: str) -> dict[str, Any]:
                 )
                 if k in g
             }
-            for g in await grants(api, name, portal=True)
+            for g in listed
         ],
     }
 
@@ -116,39 +119,51 @@ class CreditPages:
             Route(base + "/top-ups", self.top_up, methods=["POST"]),
             Route(base + "/recharge-rule", self.set_rule, methods=["POST"]),
             Route(base + "/recharge-rule/delete", self.delete_rule, methods=["POST"]),
+            Route(base + "/alerts", self.create_alert, methods=["POST"]),
+            Route(base + "/alerts/{alert}/delete", self.delete_alert, methods=["POST"]),
         ]
 
     async def page(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
         key = request.path_params["key"]
         name = f"customers/{key}"
-        customer = await api.call(
-            "customers", "GetCustomer", customers_pb2.GetCustomerRequest(name=name)
-        )
-        shown = await balance(api, name, portal=False)
-        listed = await grants(api, name, portal=False)
-        ledger = await api.call(
-            "credits",
-            "ListCreditTransactions",
-            credits_pb2.ListCreditTransactionsRequest(
-                parent=name,
-                page_size=LEDGER_PAGE_SIZE,
-                page_token=request.query_params.get("page_token", ""),
-            ),
-        )
-        try:
-            rule: dict[str, Any] | None = to_json(
-                await api.call(
-                    "credits",
-                    "GetCreditRechargeRule",
-                    credits_pb2.GetCreditRechargeRuleRequest(name=f"{name}/creditRechargeRule"),
+
+        async def rule() -> dict[str, Any] | None:
+            try:
+                return to_json(
+                    await api.call(
+                        "credits",
+                        "GetCreditRechargeRule",
+                        credits_pb2.GetCreditRechargeRuleRequest(name=f"{name}/creditRechargeRule"),
+                    )
                 )
-            )
-        except NotFound:
-            rule = None
-        alerts = await api.call(
-            "credits",
-            "ListCreditAlerts",
-            credits_pb2.ListCreditAlertsRequest(parent=name, page_size=1000),
+            except NotFound:
+                return None
+
+        # Independent reads, each in its own transaction (threads): their database time overlaps.
+        customer, shown, listed, ledger, recharge_rule, alerts, channels = await asyncio.gather(
+            api.call("customers", "GetCustomer", customers_pb2.GetCustomerRequest(name=name)),
+            balance(api, name, portal=False),
+            grants(api, name, portal=False),
+            api.call(
+                "credits",
+                "ListCreditTransactions",
+                credits_pb2.ListCreditTransactionsRequest(
+                    parent=name,
+                    page_size=LEDGER_PAGE_SIZE,
+                    page_token=request.query_params.get("page_token", ""),
+                ),
+            ),
+            rule(),
+            api.call(
+                "credits",
+                "ListCreditAlerts",
+                credits_pb2.ListCreditAlertsRequest(parent=name, page_size=1000),
+            ),
+            api.call(
+                "notifications",
+                "ListChannels",
+                notifications_pb2.ListChannelsRequest(page_size=1000),
+            ),
         )
         return "credits.html", {
             "customer": {"key": customer.key, "display_name": customer.display_name},
@@ -156,9 +171,10 @@ class CreditPages:
             "grants": listed,
             "ledger": [to_json(e) for e in ledger.credit_transactions],
             "next_page_token": ledger.next_page_token,
-            "recharge_rule": rule,
+            "recharge_rule": recharge_rule,
             "credit_alerts": [to_json(a) for a in alerts.credit_alerts],
             "fundings": list(FUNDINGS),
+            "channels": [c.key for c in channels.channels],
             "title": f"Credits: {key}",
         }
 
@@ -276,3 +292,42 @@ class CreditPages:
             return self._back(key, "recharge-rule-deleted")
 
         return await self._change(request, run)
+
+    async def create_alert(self, request: Request) -> Response:
+        """Credit-balance thresholds on a notification channel (``CreateCreditAlert``)."""
+        key = request.path_params["key"]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            alert = credits_pb2.CreditAlert(
+                key=form.get("alert_key", "").strip(),
+                channel=form.get("channel", "").strip(),
+                percents=_listed(form.get("percents", "")),
+                amounts=_listed(form.get("amounts", "")),
+            )
+            await api.call(
+                "credits",
+                "CreateCreditAlert",
+                credits_pb2.CreateCreditAlertRequest(parent=f"customers/{key}", credit_alert=alert),
+            )
+            return self._back(key, "credit-alert-created")
+
+        return await self._change(request, run)
+
+    async def delete_alert(self, request: Request) -> Response:
+        key = request.path_params["key"]
+        alert = request.path_params["alert"]
+
+        async def run(api: ConsoleApi, form: dict[str, str], session: Session | None) -> str:
+            await api.call(
+                "credits",
+                "DeleteCreditAlert",
+                credits_pb2.DeleteCreditAlertRequest(name=f"customers/{key}/creditAlerts/{alert}"),
+            )
+            return self._back(key, "credit-alert-deleted")
+
+        return await self._change(request, run)
+
+
+def _listed(text: str) -> list[str]:
+    """``50, 20, 10`` (commas or spaces) as its items; the servicer checks the numbers."""
+    return [x for x in text.replace(",", " ").split() if x]

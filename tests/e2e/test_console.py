@@ -388,6 +388,17 @@ def test_overview_chart_draws_its_points(
     assert page.locator("#margin-customers tbody tr").count() == 1
     _shot(page, stack, "overview")
     _readme_shot(page, stack, "console-overview")
+    # The feature's months on /margin: this month is the overview's row for it.
+    page.click("#margin-features tr[data-feature=ai-token] a")
+    page.wait_for_url(re.compile(r"/margin\?feature=ai-token$"))
+    months = page.request.get(f"{stack['console']}/margin.json?feature=ai-token").json()
+    this_month = months["months"][-1]
+    assert Decimal(this_month["billed"]["USD"]) == Decimal(feature["billed"])
+    assert Decimal(this_month["provider_cost"]) == Decimal(feature["provider_cost"])
+    page.wait_for_selector("#chart-margin[data-points]")
+    assert int(page.get_attribute("#chart-margin", "data-points")) == 3 * len(months["months"])
+    _shot(page, stack, "margin")
+    page.goto(f"{stack['console']}/overview")
     # A phone-width screen still shows the figures.
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
@@ -531,9 +542,23 @@ def test_portal_token_sees_its_customer_only(
     # Another customer's page and JSON are 404; every operator page and change is refused.
     for path in ("/portal/customers/beta", "/portal/customers/beta.json"):
         assert page.request.get(f"{console}{path}").status == 404
-    for path in ("/overview", "/overview.json", "/customers/acme.json", "/gateway", "/invoices"):
+    for path in (
+        "/overview",
+        "/overview.json",
+        "/customers/acme.json",
+        "/gateway",
+        "/invoices",
+        "/catalog",
+        "/margin.json?customer=acme",
+    ):
         assert page.request.get(f"{console}{path}", max_redirects=0).status == 403
     bearer = {"Authorization": f"Bearer {token}"}
+    made = httpx.post(
+        f"{console}/catalog/features",
+        data={"key": "portal-made", "meter": "llm_tokens"},
+        headers={**bearer, "Accept": "application/json"},
+    )
+    assert made.status_code == 403
     assert httpx.get(f"{console}/portal/customers/beta.json", headers=bearer).status_code == 404
     assert httpx.get(f"{console}/customers/acme.json", headers=bearer).status_code == 403
     assert httpx.get(f"{console}/portal/customers/acme.json", headers=bearer).status_code == 200

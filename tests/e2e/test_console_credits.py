@@ -27,6 +27,8 @@ from meterline.admin.v1 import (
     customers_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
+    notifications_pb2,
+    notifications_pb2_grpc,
 )
 from support.processes import Processes, free_port, http_ready, meterline, wait_until
 
@@ -260,6 +262,44 @@ def test_grant_void_top_up_and_recharge_rule_from_the_forms(
     page.wait_for_url(re.compile(r"\?done=recharge-rule-deleted$"))
     assert page.locator("#no-recharge-rule").count() == 1
 
+    # A credit alert, from its form once a notification channel exists; a bad one refused.
+    assert page.locator("#no-channels a[href='/alerts']").count() == 1
+    notifications_pb2_grpc.NotificationServiceStub(stack["channel"]).CreateChannel(
+        notifications_pb2.CreateChannelRequest(
+            channel=notifications_pb2.NotificationChannel(
+                key="ops",
+                url="https://hooks.example.com/credits",
+                signing_secret="a-signing-secret-of-32-characters!!",
+            )
+        )
+    )
+    page.goto(f"{console}/customers/acme/credits")
+    page.fill("#alert-key", "low")
+    page.select_option("#alert-channel", "ops")
+    page.fill("#alert-percents", "50, 10")
+    page.fill("#alert-amounts", "5")
+    page.click("#new-credit-alert button[type=submit]")
+    page.wait_for_url(re.compile(r"\?done=credit-alert-created$"))
+    row = page.locator("#credit-alerts tr[data-credit-alert=low]")
+    assert (row.locator(".percents").inner_text(), row.locator(".amounts").inner_text()) == (
+        "50, 10",
+        "5",
+    )
+    page.fill("#alert-key", "too-much")
+    page.fill("#alert-percents", "150")
+    page.click("#new-credit-alert button[type=submit]")
+    assert page.locator("p.error").count() == 1
+    alerts = _credits(stack).ListCreditAlerts(
+        credits_pb2.ListCreditAlertsRequest(parent="customers/acme")
+    )
+    assert [(a.key, list(a.percents), list(a.amounts)) for a in alerts.credit_alerts] == [
+        ("low", ["50", "10"], ["5"])
+    ]
+    page.goto(f"{console}/customers/acme/credits")
+    row.locator("button").click()
+    page.wait_for_url(re.compile(r"\?done=credit-alert-deleted$"))
+    assert page.locator("#credit-alerts tr[data-credit-alert]").count() == 0
+
     # The ledger pages by 50: 2 funded + 1 voided + 50 funded = 53 transactions.
     for i in range(50):
         _credits(stack).CreateCreditGrant(
@@ -300,6 +340,7 @@ def test_read_token_sees_credits_and_changes_nothing(
         ("/customers/beta/credits/grants", {"amount": "10"}),
         ("/customers/beta/credits/top-ups", {"amount": "10"}),
         ("/customers/beta/credits/recharge-rule", {"mode": "threshold", "threshold": "1"}),
+        ("/customers/beta/credits/alerts", {"alert_key": "x", "channel": "ops", "percents": "5"}),
     ):
         answer = httpx.post(f"{console}{path}", data=form, headers=bearer)
         assert answer.status_code == 403, (path, answer.text)

@@ -1,8 +1,9 @@
 """Per-resource forms and the alerts page in a real browser (Debian's Chromium, Playwright).
 
-From an empty database to a previewed invoice without the CLI: the service, route, ai-proxy
-plugin and plan come from the apply page; the consumer and its key (shown once), the customer,
-its subscription, a plugin edit (YAML, diff before apply) and the alerts come from their forms.
+From an empty database to a previewed invoice without the CLI: the service, route and ai-proxy
+plugin come from the apply page; the feature, the plans with their rate cards (published from
+a draft), the consumer and its key (shown once), the customer, its subscription, a plugin edit
+(YAML, diff before apply) and the alerts come from their forms.
 Requests with the key shown once go through a data plane and land on the preview. Every change
 is checked on the server, and refused to a read token and without the CSRF token.
 One control plane, data plane and browser for the module.
@@ -41,7 +42,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-# No consumer, customer or subscription: those come from the forms.
+# No feature, plan, consumer, customer or subscription: those come from the forms.
 GATEWAY = """\
 _format_version: "3.0"
 services:
@@ -64,22 +65,6 @@ services:
               output_cost: 600
 plugins:
   - name: key-auth
-billing:
-  features:
-    - {{key: ai-token, meter: llm_tokens, filters: {{provider: openai, type: input}}}}
-  plans:
-    - key: starter
-      name: Starter
-      currency: USD
-      billing_cadence: P1M
-      rate_cards:
-        - {{feature: ai-token, price: {{type: unit, amount: "1"}}}}
-    - key: scale
-      name: Scale
-      currency: USD
-      billing_cadence: P1M
-      rate_cards:
-        - {{feature: ai-token, price: {{type: unit, amount: "2"}}}}
 """
 
 
@@ -167,6 +152,44 @@ def _gateway(stack: dict[str, Any]) -> gateway_pb2_grpc.GatewayServiceStub:
     return gateway_pb2_grpc.GatewayServiceStub(grpc.insecure_channel(stack["cp"]))
 
 
+def _catalog_from_forms(page: Page, console: str) -> None:
+    """The feature and two plans from the catalog's forms, each published from its draft."""
+    page.goto(f"{console}/catalog")
+    page.fill("#feature-key", "ai-token")
+    page.select_option("#feature-meter", "llm_tokens")
+    # A dimension the meter lacks: the servicer's error beside the form, the input kept.
+    page.fill("#feature-filters", "provider=openai, colour=blue")
+    page.click("#new-feature button[type=submit]")
+    assert "'colour' is not a dimension" in page.inner_text("#error-feature")
+    assert page.input_value("#feature-key") == "ai-token"
+    page.fill("#feature-filters", "provider=openai, type=input")
+    page.click("#new-feature button[type=submit]")
+    page.wait_for_url(re.compile(r"/catalog\?done=feature"))
+    row = page.locator("#feature-table tr[data-feature=ai-token] .filters")
+    assert row.inner_text() == "provider=openai, type=input"
+    for key, name, amount in (("starter", "Starter", "1"), ("scale", "Scale", "2")):
+        page.fill("#plan-key", key)
+        page.fill("#plan-name", name)
+        page.select_option("#plan-feature", "ai-token")
+        page.select_option("#plan-price-type", "unit")
+        page.fill("#plan-amount", amount)
+        page.click("#new-plan button[type=submit]")
+        page.wait_for_url(re.compile(rf"/catalog\?done=plan\+{key}\+v1\+created"))
+        row = page.locator(f"#plan-table tr[data-plan={key}-1]")
+        assert row.locator(".state").inner_text() == "draft"
+        assert row.locator(".rate-cards [data-rate-card=ai-token]").inner_text() == (
+            f"ai-token: unit {amount}"
+        )
+        row.locator("button:text('Publish')").click()
+        page.wait_for_url(re.compile(r"/catalog\?done=publish"))
+        assert page.locator(f"tr[data-plan={key}-1] .state").inner_text() == "active"
+    twin = page.request.get(f"{console}/catalog.json").json()
+    assert sorted((p["key"], p["state"]) for p in twin["plans"]) == [
+        ("scale", "PLAN_STATE_ACTIVE"),
+        ("starter", "PLAN_STATE_ACTIVE"),
+    ]
+
+
 @pytest.fixture(scope="module")
 def built(stack: dict[str, Any], browser: Browser) -> dict[str, Any]:
     """The walk from an empty database, in the browser; what it made."""
@@ -180,6 +203,7 @@ def built(stack: dict[str, Any], browser: Browser) -> dict[str, Any]:
         page.click("#preview-changes")
         page.click("#apply-changes")
         assert page.inner_text("#config-version").startswith("sha256:")
+        _catalog_from_forms(page, console)
         # A consumer and its key: the key is on this answer's page once, never in a URL.
         page.goto(f"{console}/gateway")
         page.fill("#consumer-username", "acme-app")
@@ -250,6 +274,19 @@ def test_empty_database_to_previewed_invoice_with_forms(
     # The overview's billed figure is that preview (the only customer).
     overview = page.request.get(f"{stack['console']}/overview.json").json()
     assert Decimal(overview["billed"]["USD"]) == quantity
+    # Margin over time: this month's billed is that preview; the chart drew its three series
+    # (billed, provider cost, margin) for each of the 6 months.
+    page.goto(f"{stack['console']}/overview")
+    page.click("#margin-over-time")
+    page.wait_for_url(re.compile(r"/margin$"))
+    twin = page.request.get(f"{stack['console']}/margin.json").json()
+    this_month = twin["months"][-1]
+    assert Decimal(this_month["billed"]["USD"]) == quantity
+    assert Decimal(this_month["margin"]) == quantity - Decimal(this_month["provider_cost"])
+    assert Decimal(this_month["provider_cost"]) > 0
+    page.wait_for_selector("#chart-margin[data-points='18']")
+    drawn = page.evaluate("window.meterlineCharts['chart-margin'].data[1]")
+    assert drawn == twin["chart"]["series"]["billed (USD)"] and drawn[-1] == float(quantity)
 
 
 def test_plugin_yaml_edit_shows_a_diff_then_applies(
@@ -420,3 +457,60 @@ def test_alerts_page_forms_and_read_only(
     page.locator("tr[data-rule=invoices] button").click()
     page.wait_for_url(re.compile(r"/alerts\?done="))
     assert stub.ListRules(notifications_pb2.ListRulesRequest()).rules == []
+
+
+def test_price_list_and_draft_rate_card_forms(
+    stack: dict[str, Any], context: BrowserContext, built: dict[str, Any]
+) -> None:
+    console = stack["console"]
+    page = context.new_page()
+    _sign_in(page, stack, stack["admin"])
+    page.goto(f"{console}/catalog")
+    # A price list with its first model, then a later price for it from the list's own form.
+    page.fill("#price-list-key", "openai")
+    page.fill("#price-list-model", "gpt-4o-mini")
+    page.fill("#price-list-input", "0.00000015")
+    page.fill("#price-list-output", "0.0000006")
+    page.click("#new-price-list button[type=submit]")
+    page.wait_for_url(re.compile(r"/catalog\?done=price\+list"))
+    page.fill("#prices-openai-model", "gpt-4o-mini")
+    page.fill("#prices-openai-input", "0.0000002")
+    page.fill("#prices-openai-output", "0.0000008")
+    page.fill("#prices-openai-from", "2099-01-01T00:00:00")
+    page.click("#price-list-openai ~ form.set-price button[type=submit]")
+    page.wait_for_url(re.compile(r"/catalog\?done=price\+of"))
+    rows = page.locator("#price-list-openai tbody tr")
+    assert rows.locator(".input").all_inner_texts() == ["0.00000015", "0.0000002"]
+    assert "2099-01-01 00:00:00 UTC" in rows.nth(1).inner_text()
+    # A price in the past is refused beside that form; nothing is added.
+    page.fill("#prices-openai-model", "gpt-4o-mini")
+    page.fill("#prices-openai-input", "0.1")
+    page.fill("#prices-openai-from", "2001-01-01T00:00:00")
+    page.click("#price-list-openai ~ form.set-price button[type=submit]")
+    assert "past" in page.inner_text("#error-prices-openai")
+    assert page.locator("#price-list-openai tbody tr").count() == 2
+    # A new draft version of starter; a model-list rate card added to it, then removed.
+    page.goto(f"{console}/catalog")
+    page.locator("tr[data-plan=starter-1] button:text('New version from this')").click()
+    page.wait_for_url(re.compile(r"done=new-version\+starter\+v2"))
+    draft = page.locator("tr[data-plan=starter-2]")
+    assert draft.locator(".state").inner_text() == "draft"
+    draft.locator("summary").click()
+    draft.locator("select[name=feature]").select_option("ai-token")
+    draft.locator("input[name=rate_card_key]").fill("by-model")
+    draft.locator("select[name=price_type]").select_option("model_list")
+    draft.locator("select[name=price_list]").select_option("openai")
+    draft.locator("input[name=markup_percent]").fill("25")
+    draft.locator("form.add-rate-card button[type=submit]").click()
+    page.wait_for_url(re.compile(r"done=rate\+card\+added"))
+    card = page.locator("tr[data-plan=starter-2] [data-rate-card=by-model]")
+    assert card.inner_text() == "ai-token: model_list (openai +25%)"
+    twin = page.request.get(f"{console}/catalog.json").json()
+    (v2,) = [p for p in twin["plans"] if (p["key"], p["version"]) == ("starter", 2)]
+    assert [(c["key"], c["price"]["type"]) for c in v2["rate_cards"]] == [
+        ("ai-token", "PRICE_TYPE_UNIT"),
+        ("by-model", "PRICE_TYPE_MODEL_LIST"),
+    ]
+    page.locator("tr[data-plan=starter-2] button[aria-label='Remove rate card by-model']").click()
+    page.wait_for_url(re.compile(r"done=rate\+card\+removed"))
+    assert page.locator("tr[data-plan=starter-2] [data-rate-card=by-model]").count() == 0

@@ -28,9 +28,21 @@
       series: series,
       scales: {
         x: { time: true, range: function () { return [chart.start, chart.end]; } },
-        y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } },
+        // From 0 unless a series goes below it (a negative margin).
+        y: { range: function (u, min, max) {
+          return [min < 0 ? min * 1.1 : 0, max > 0 ? max * 1.1 : 1];
+        } },
       },
-      axes: [{}, { size: 70 }],
+      // Months: one tick per month start, labelled YYYY-MM (UTC), not uPlot's day ticks.
+      axes: [chart.window === "month" ? {
+        splits: function () { return chart.times; },
+        values: function (u, splits) {
+          return splits.map(function (t) {
+            var d = new Date(t * 1000);
+            return d.getUTCFullYear() + "-" + String(d.getUTCMonth() + 1).padStart(2, "0");
+          });
+        },
+      } : {}, { size: 70 }],
       hooks: {
         draw: [function (u) {
           var points = 0;
