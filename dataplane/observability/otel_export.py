@@ -301,6 +301,7 @@ def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
 _SMALL: Final = [bytes((n,)) for n in range(128)]
 _Q: Final = struct.Struct("<Q").pack
 _I: Final = struct.Struct("<I").pack
+_U16: Final = struct.Struct("<H").pack
 _D: Final = struct.Struct("<d").pack
 _MASK64: Final = (1 << 64) - 1
 
@@ -349,17 +350,19 @@ class _Prefix:
     """Encodes attributes of one key fast: everything but the value's own bytes is encoded
     once, for the usual sizes (a KeyValue under 128 bytes): one concatenation per attribute."""
 
-    __slots__ = ("_head", "_int2_head", "_int_head", "_str_heads")
+    __slots__ = ("_head", "_int_head", "int2_head", "small", "str_heads")
 
     def __init__(self, key: str) -> None:
         self._head = head = _field(b"\x0a", key.encode())
         # KeyValue length = head + 2 (value tag, AnyValue length) + AnyValue; for ints of one
         # and two varint bytes all but the value's bytes are fixed.
         self._int_head = _field(b"\x4a", head + b"\x12\x02\x18\x00")[:-1]
-        self._int2_head = _field(b"\x4a", head + b"\x12\x03\x18\x00\x00")[:-2]
+        self.int2_head = _field(b"\x4a", head + b"\x12\x03\x18\x00\x00")[:-2]
+        # Whole attributes of the ints under 128 (token counts of short answers).
+        self.small = [self._int_head + _SMALL[n] for n in range(128)]
         # Strings of each size whose attribute stays under 128 bytes: (size) -> the bytes
         # before the string's.
-        self._str_heads = [
+        self.str_heads = [
             b"\x4a" + _SMALL[len(head) + 4 + size] + head + b"\x12" + _SMALL[size + 2] + b"\x0a"
             + _SMALL[size]
             for size in range(128 - 4 - len(head))
@@ -369,14 +372,14 @@ class _Prefix:
         if 0 <= value < 16384:
             if value < 128:
                 return self._int_head + _SMALL[value]
-            return self._int2_head + bytes(((value & 0x7F) | 0x80, value >> 7))
+            return self.int2_head + _U16((value & 0x7F) | 0x80 | (value >> 7) << 8)
         encoded = _varint(value)
         kv = self._head + b"\x12" + _varint(len(encoded) + 1) + b"\x18" + encoded
         return b"\x4a" + _varint(len(kv)) + kv
 
     def str(self, value: str) -> bytes:
         data = value.encode()
-        heads = self._str_heads
+        heads = self.str_heads
         size = len(data)
         if size < len(heads):
             return heads[size] + data
@@ -395,11 +398,13 @@ _OUTPUT_TOKENS = _Prefix("gen_ai.usage.output_tokens")
 _CACHE_READ_TOKENS = _Prefix("gen_ai.usage.cache_read.input_tokens")
 _CACHE_WRITE_TOKENS = _Prefix("gen_ai.usage.cache_creation.input_tokens")
 _REASONING_TOKENS = _Prefix("gen_ai.usage.reasoning.output_tokens")
+_INPUT_SMALL: Final = _INPUT_TOKENS.small
+_OUTPUT_SMALL: Final = _OUTPUT_TOKENS.small
+_CACHE_READ_SMALL: Final = _CACHE_READ_TOKENS.small
+_CACHE_WRITE_SMALL: Final = _CACHE_WRITE_TOKENS.small
+_REASONING_SMALL: Final = _REASONING_TOKENS.small
 _TTFT_KEY: Final = _key_value("gen_ai.server.time_to_first_token", 0.0)[:-8]  # + 8 bytes double
 _KIND_CLIENT: Final = b"\x30\x03"
-_TRACE_ID_TAG: Final = b"\x0a\x10"
-_SPAN_ID_TAG: Final = b"\x12\x08"
-_PARENT_ID_TAG: Final = b"\x22\x08"
 # Span fields 7 and 8 (start and end, fixed64) in one call.
 _TIMES: Final = struct.Struct("<BQBQ").pack
 _STATUS_ERROR_TAG: Final = b"\x7a"
@@ -413,11 +418,26 @@ _EVENT_ATTRIBUTE: Final = b"\x1a" + _varint(len(_TTFT_KEY) + 8) + _TTFT_KEY
 # Span field 11, Event{time (fixed64), name, the time-to-first-token attribute (a double)}:
 # all of fixed size, so one pack.
 _EVENT_SIZE: Final = 1 + 8 + len(_EVENT_NAME) + len(_EVENT_ATTRIBUTE) + 8
-_EVENT: Final = struct.Struct(
-    f"<{1 + len(_varint(_EVENT_SIZE))}sBQ{len(_EVENT_NAME) + len(_EVENT_ATTRIBUTE)}sd"
-).pack
 _EVENT_HEAD: Final = b"\x5a" + _varint(_EVENT_SIZE)
 _EVENT_MIDDLE: Final = _EVENT_NAME + _EVENT_ATTRIBUTE
+# Span fields 1, 2 (and 4): trace id, span id (and parent id), big-endian as the ids' hex
+# reads, then the flags (field 16): one pack.
+_TRACE_TAG: Final = b"\x0a\x10"
+_SPAN_TAG: Final = b"\x12\x08"
+_PARENT_TAG: Final = b"\x22\x08"
+_IDS: Final = struct.Struct(f">2sQQ2sQ{len(_FLAGS_LOCAL_PARENT)}s").pack
+_IDS_PARENT: Final = struct.Struct(f">2sQQ2sQ2sQ{len(_FLAGS_LOCAL_PARENT)}s").pack
+# Start and end (fields 7, 8) and the first-token event (field 11): one pack.
+_TIMES_EVENT: Final = struct.Struct(f"<BQBQ{len(_EVENT_HEAD)}sBQ{len(_EVENT_MIDDLE)}sd").pack
+
+
+def _span_head(heads: dict[int, bytes], size: int) -> bytes:
+    """A ScopeSpans ``spans`` field's tag and length for a span of ``size`` bytes (kept in
+    ``heads``: spans of one shape have a few sizes)."""
+    if len(heads) > 4096:
+        heads.clear()
+    head = heads[size] = b"\x12" + _varint(size)
+    return head
 
 
 def _status_error(status: int, error_type: str = "") -> bytes:
@@ -430,16 +450,25 @@ def _append_usage(parts: list[bytes], usage: Sequence[int | None]) -> None:
     """A request's token counts as the conventions count them: input with the cache reads and
     writes, output with reasoning (gen_ai_tokens), then the parts; absent counts left out."""
     value, output, cached, reasoning, written = usage
+    append = parts.append
     if value is not None:
-        parts.append(_INPUT_TOKENS.int(value + (cached or 0) + (written or 0)))
+        value += (cached or 0) + (written or 0)
+        append(_INPUT_SMALL[value] if 0 <= value < 128 else _INPUT_TOKENS.int(value))
     if output is not None:
-        parts.append(_OUTPUT_TOKENS.int(output + (reasoning or 0)))
+        output += reasoning or 0
+        append(_OUTPUT_SMALL[output] if 0 <= output < 128 else _OUTPUT_TOKENS.int(output))
     if cached is not None:
-        parts.append(_CACHE_READ_TOKENS.int(cached))
+        append(_CACHE_READ_SMALL[cached] if 0 <= cached < 128 else _CACHE_READ_TOKENS.int(cached))
     if written is not None:
-        parts.append(_CACHE_WRITE_TOKENS.int(written))
+        append(
+            _CACHE_WRITE_SMALL[written] if 0 <= written < 128 else _CACHE_WRITE_TOKENS.int(written)
+        )
     if reasoning is not None:
-        parts.append(_REASONING_TOKENS.int(reasoning))
+        append(
+            _REASONING_SMALL[reasoning]
+            if 0 <= reasoning < 128
+            else _REASONING_TOKENS.int(reasoning)
+        )
 
 
 def _append_cost(parts: list[bytes], cost: Any, request_id: str) -> None:
@@ -472,6 +501,7 @@ class SpanEncoder:
         self._scope = _field(b"\x0a", scope)
         # The parts of spans that repeat across requests, by what they are made of.
         self._blocks: dict[tuple[Any, ...], bytes] = {}
+        self._heads: dict[int, bytes] = {}
 
     def _block(self, key: tuple[Any, ...], build: Callable[[], bytes]) -> bytes:
         found = self._blocks.get(key)
@@ -502,7 +532,7 @@ class SpanEncoder:
             parts.append(_status_error(status))
         return b"".join(parts)
 
-    def _request_block(
+    def _shared_request_block(
         self,
         operation: str,
         request_model: str,
@@ -546,9 +576,32 @@ class SpanEncoder:
             parts.append(_status_error(status, error_type))
         return b"".join(parts)
 
+    def _request_block(
+        self,
+        names: tuple[str, str, str, str, str, str],
+        stream: bool,
+        estimated: bool,
+        status: int,
+        error_type: str,
+        attempts: int,
+        finish_reasons: tuple[str, ...],
+        params: tuple[tuple[str, int | float], ...],
+    ) -> bytes:
+        """A request span's name, kind and the attributes that repeat across requests."""
+        route, consumer, operation, request_model, response_model, provider = names
+        return self._shared_request_block(
+            operation, request_model, response_model, provider, route, consumer, stream,
+            estimated, status, error_type, attempts, finish_reasons, params,
+        )  # fmt: skip
+
     def request(self, record: Sequence[Any]) -> bytes:
         """The spans (attempts first, then the request) of one sampled request, each as a
-        ScopeSpans ``spans`` field: ``export_request`` puts such chunks together."""
+        ScopeSpans ``spans`` field: ``export_request`` puts such chunks together.
+
+        A span is a few pieces: its ids in one big-endian pack, its times (and first-token
+        event) in one little-endian pack, the block of what it shares with other requests of
+        its shape (names, attributes, flags), then the request's own attributes; protobuf
+        fields may come in any order."""
         (
             trace_id,
             span_id,
@@ -556,12 +609,12 @@ class SpanEncoder:
             tracestate,
             _sampled,
             request_id,
-            route,
-            consumer,
+            _route,
+            _consumer,
             operation,
-            request_model,
-            response_model,
-            provider,
+            _request_model,
+            _response_model,
+            _provider,
             start_ns,
             start_perf_ns,
             end_perf_ns,
@@ -583,59 +636,49 @@ class SpanEncoder:
             response_id, reasons = response_meta(response_id)
             finish_reasons = finish_reasons or reasons
         blocks = self._blocks
+        heads = self._heads
         offset = start_ns - start_perf_ns  # perf-counter instant -> Unix nanoseconds
-        head = _TRACE_ID_TAG + trace_id.to_bytes(16, "big")
+        high, low = trace_id >> 64, trace_id & _MASK64
         # The request span's id is drawn here: only its attempts' ids went upstream.
-        request_span_id = _SPAN_ID_TAG + (span_id or getrandbits(64) or 1).to_bytes(8, "big")
-        if tracestate:
-            head += _field(b"\x1a", tracestate.encode())
-        # Every span goes out as ScopeSpans field 2: its tag and length, then its parts; the
-        # request's spans become one bytes object, joined once.
+        request_span_id = span_id or getrandbits(64) or 1
+        state = b"" if not tracestate else _field(b"\x1a", tracestate.encode())
         out: list[bytes] = []
-        if attempts:
-            # The attempts' parent: the request span (its id, Span field 4).
-            parent = _PARENT_ID_TAG + request_span_id[2:]
-            for attempt in attempts:
-                attempt_key = (
-                    operation,
-                    attempt[2],
-                    attempt[3],
-                    attempt[4],
-                    attempt[7],
-                    attempt[0],
-                    attempt[8],
+        for attempt in attempts:
+            attempt_key = (operation, *attempt[2:5], attempt[7], attempt[0], attempt[8])
+            block = blocks.get(attempt_key)
+            if block is None:
+                block = self._block(attempt_key, partial(self._attempt_block, *attempt_key))
+            ids = _IDS_PARENT(
+                _TRACE_TAG,
+                high,
+                low,
+                _SPAN_TAG,
+                attempt[1],
+                _PARENT_TAG,
+                request_span_id,
+                _FLAGS_LOCAL_PARENT,
+            )
+            first_byte = attempt[10]
+            start = attempt[5]
+            times = (
+                _TIMES(0x39, start + offset, 0x41, attempt[6] + offset)
+                if first_byte is None
+                else _TIMES_EVENT(
+                    0x39,
+                    start + offset,
+                    0x41,
+                    attempt[6] + offset,
+                    _EVENT_HEAD,
+                    0x09,
+                    first_byte + offset,
+                    _EVENT_MIDDLE,
+                    (first_byte - start) / 1e9,
                 )
-                block = blocks.get(attempt_key)
-                if block is None:
-                    block = self._block(attempt_key, partial(self._attempt_block, *attempt_key))
-                attempt_first_byte = attempt[10]
-                spans = (
-                    head,
-                    _SPAN_ID_TAG,
-                    attempt[1].to_bytes(8, "big"),
-                    parent,
-                    _TIMES(0x39, attempt[5] + offset, 0x41, attempt[6] + offset),
-                    block,
-                    b""
-                    if attempt_first_byte is None
-                    else _EVENT(
-                        _EVENT_HEAD,
-                        0x09,
-                        attempt_first_byte + offset,
-                        _EVENT_MIDDLE,
-                        (attempt_first_byte - attempt[5]) / 1e9,
-                    ),
-                    _FLAGS_LOCAL_PARENT,
-                )
-                size = sum(map(len, spans))
-                out += (b"\x12", _SMALL[size] if size < 128 else _varint(size), *spans)
+            )
+            size = len(ids) + len(times) + len(block) + len(state)
+            out += (heads.get(size) or _span_head(heads, size), ids, times, block, state)
         key = (
-            operation,
-            request_model,
-            response_model,
-            provider,
-            route,
-            consumer,
+            record[6:12],  # route, consumer, operation, request model, response model, provider
             stream,
             estimated,
             status,
@@ -648,17 +691,45 @@ class SpanEncoder:
         if block is None:
             block = self._block(key, partial(self._request_block, *key))
         parts = [
-            head,
-            request_span_id,
-            _FLAGS_LOCAL_PARENT
+            _IDS(_TRACE_TAG, high, low, _SPAN_TAG, request_span_id, _FLAGS_LOCAL_PARENT)
             if parent_span_id is None
-            else _PARENT_ID_TAG + parent_span_id.to_bytes(8, "big") + _FLAGS_REMOTE_PARENT,
-            _TIMES(0x39, start_ns, 0x41, end_perf_ns + offset),
+            else _IDS_PARENT(
+                _TRACE_TAG,
+                high,
+                low,
+                _SPAN_TAG,
+                request_span_id,
+                _PARENT_TAG,
+                parent_span_id,
+                _FLAGS_REMOTE_PARENT,
+            ),
+            _TIMES(0x39, start_ns, 0x41, end_perf_ns + offset)
+            if first_byte_perf_ns is None
+            else _TIMES_EVENT(
+                0x39,
+                start_ns,
+                0x41,
+                end_perf_ns + offset,
+                _EVENT_HEAD,
+                0x09,
+                first_byte_perf_ns + offset,
+                _EVENT_MIDDLE,
+                (first_byte_perf_ns - start_perf_ns) / 1e9,
+            ),
             block,
-            _REQUEST_ID.str(request_id),
+            state,
         ]
+        data = request_id.encode()
+        size = len(data)
+        parts.append(
+            _REQUEST_ID.str_heads[size] + data if size < 64 else _REQUEST_ID.str(request_id)
+        )
         if response_id:
-            parts.append(_RESPONSE_ID.str(response_id))
+            data = response_id.encode()
+            size = len(data)
+            parts.append(
+                _RESPONSE_ID.str_heads[size] + data if size < 64 else _RESPONSE_ID.str(response_id)
+            )
         if usage is not None:
             _append_usage(parts, usage)
         if cost is not None:
@@ -668,18 +739,9 @@ class SpanEncoder:
                 parts.append(_INPUT_MESSAGES.str(content[0]))
             if content[1] is not None:
                 parts.append(_OUTPUT_MESSAGES.str(content[1]))
-        if first_byte_perf_ns is not None:
-            parts.append(
-                _EVENT(
-                    _EVENT_HEAD,
-                    0x09,
-                    first_byte_perf_ns + offset,
-                    _EVENT_MIDDLE,
-                    (first_byte_perf_ns - start_perf_ns) / 1e9,
-                )
-            )
-        out += (b"\x12", _varint(sum(map(len, parts))))
-        out += parts
+        span = b"".join(parts)
+        size = len(span)
+        out += (heads.get(size) or _span_head(heads, size), span)
         return b"".join(out)
 
     def export_request(self, chunks: Sequence[bytes]) -> bytes:
