@@ -76,6 +76,9 @@ _PARAMS: Final = (
     ("temperature", "gen_ai.request.temperature"),
     ("top_p", "gen_ai.request.top_p"),
 )
+_SAMPLED_TRACEPARENT: Final = b"00-%032x-%016x-01"
+_TRACEPARENT: Final = b"00-%032x-%016x-00"
+_PARAM_KEYS: Final = frozenset(key for key, _ in _PARAMS)
 _HEX: Final = frozenset("0123456789abcdef")
 
 
@@ -151,7 +154,7 @@ class RequestTrace:
         self.start_ns = start_ns
         self.start_perf_ns = start_perf_ns
         self.cost: Callable[[], Decimal | None] | None = None
-        self._attempts: list[tuple[Any, ...]] = []
+        self._attempts: tuple[tuple[Any, ...], ...] = ()
         self._attempt_span_id = 0
         self._attempt_start = start_perf_ns
         # Whether the client sent trace headers (they are replaced, never forwarded).
@@ -205,7 +208,7 @@ class RequestTrace:
                 False,
                 False,
                 None,
-                tuple(self._attempts),
+                self._attempts,
                 (),
                 "",
                 (),
@@ -225,7 +228,7 @@ class RequestTrace:
         headers.append(
             (
                 b"traceparent",
-                b"00-%032x-%016x-%s" % (self.trace_id, span_id, b"01" if self.sampled else b"00"),
+                (_SAMPLED_TRACEPARENT if self.sampled else _TRACEPARENT) % (self.trace_id, span_id),
             )
         )
         if self.tracestate:
@@ -258,7 +261,7 @@ class RequestTrace:
         """One attempt ended (the exchange's record step); the last one ends the request.
         ``capture``: the answering target logs payloads; then, with the content opt-in, the
         prompt and ``output_text`` go on the span."""
-        self._attempts.append(
+        self._attempts += (
             (  # TracedAttempt's fields
                 attempt,
                 self._attempt_span_id or _span_id(),
@@ -271,7 +274,7 @@ class RequestTrace:
                 failed_over,
                 upstream_perf_ns,
                 None if failed_over else first_byte_perf_ns,
-            )
+            ),
         )
         self._attempt_span_id = 0
         self._attempt_start = now_perf_ns
@@ -283,7 +286,9 @@ class RequestTrace:
         content = None
         if sampled and type(document) is dict:
             found_params = []
-            for key, name in _PARAMS:
+            # Most requests set none of them: one C-level check first.
+            keys = () if _PARAM_KEYS.isdisjoint(document) else _PARAMS
+            for key, name in keys:
                 value = document.get(key)
                 if value is not None and type(value) in (int, float):
                     found_params.append((name, value))
@@ -324,7 +329,7 @@ class RequestTrace:
                 estimated,
                 stream,
                 first_byte_perf_ns,
-                tuple(self._attempts),
+                self._attempts,
                 params,
                 # Read by the exporter (otel_export.response_meta) when it is not a str yet.
                 response_id or (self.response if sampled else ""),
@@ -498,7 +503,7 @@ class Tracing:
                 tracestate = value.decode("latin-1")[:512]
                 client_headers = True
         if parent is None:
-            trace_id, parent_span_id, tracestate = random.getrandbits(128) or 1, None, ""
+            trace_id, parent_span_id, tracestate = getrandbits(128) or 1, None, ""
             decide = self._decide
             sampled = (
                 decide(trace_id, None)
