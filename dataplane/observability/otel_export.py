@@ -578,7 +578,7 @@ class SpanEncoder:
 
     def _request_block(
         self,
-        names: tuple[str, str, str, str, str, str],
+        names: Sequence[str],
         stream: bool,
         estimated: bool,
         status: int,
@@ -760,9 +760,9 @@ class SpanEncoder:
 class _Histogram:
     """An explicit-bucket histogram (the SDK's semantics: bucket i holds (b[i-1], b[i]]).
 
-    Measurements are appended to ``pending`` (one list append each, by the tracing thread) and
-    folded into the buckets once per batch by ``fold``, whose loops all run in C (``map`` of a
-    bisect, ``Counter``, ``sum``, ``min``, ``max``)."""
+    Measurements are appended to ``pending`` (one list append each, on the request path) and
+    folded into the buckets by the tracing thread (``fold``), whose loops all run in C (``map``
+    of a bisect, ``Counter``, ``sum``, ``min``, ``max``)."""
 
     __slots__ = ("bounds", "count", "counts", "max", "min", "pending", "search", "sum")
 
@@ -778,9 +778,13 @@ class _Histogram:
         self.pending: list[float] = []
 
     def fold(self) -> None:
-        values = self.pending
-        if not values:
+        pending = self.pending
+        taken = len(pending)
+        if not taken:
             return
+        # The request path appends meanwhile: take what is there, leave what comes after.
+        values = pending[:taken]
+        del pending[:taken]
         counts = self.counts
         for index, number in Counter(map(partial(bisect_left, self.search), values)).items():
             counts[index] += number
@@ -791,7 +795,6 @@ class _Histogram:
             self.min = low
         if high > self.max:
             self.max = high
-        values.clear()  # the same list: its bound append stays valid
 
 
 _METRICS: Final = (
@@ -833,8 +836,9 @@ class MetricAggregator:
     """The four gen_ai.* histograms, cumulative since the data plane started, keyed by their
     attribute sets (one tuple and one dict lookup per request; no dict per measurement).
 
-    ``add`` appends a request's measurements to its series' pending lists; ``fold`` (after
-    each batch) turns them into bucket counts."""
+    The request path appends a request's measurements to its series' pending lists (inline in
+    ``tracing.RequestTrace.ended``, or ``measure``); ``fold`` (the tracing thread, before each
+    export) turns them into bucket counts."""
 
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
@@ -849,32 +853,55 @@ class MetricAggregator:
         return found.appends
 
     def add(self, record: Sequence[Any]) -> None:
+        """The measurements of one request record (``TracedRequest``'s fields)."""
         status = record[15]
         ok = 200 <= status < 400
-        key = (
-            record[8],
-            record[11],
-            record[9],
-            record[10],
-            record[6],
-            "" if ok else (record[24] or str(status)),
+        self.measure(
+            (
+                record[8],
+                record[11],
+                record[9],
+                record[10],
+                record[6],
+                "" if ok else (record[24] or str(status)),
+            ),
+            ok=ok,
+            start=record[13],
+            end=record[14],
+            first_byte=record[19],
+            usage=record[16],
+            stream=record[18],
         )
+
+    def measure(
+        self,
+        key: tuple[str, str, str, str, str, str],
+        *,
+        ok: bool,
+        start: int,
+        end: int,
+        first_byte: int | None,
+        usage: tuple[int | None, ...] | None,
+        stream: bool,
+    ) -> None:
+        """One request's measurements (nanosecond instants) in the series of ``key``:
+        (operation, provider, request model, response model, route, error type or "")."""
         found = self._series.get(key)
         appends = self.series(key) if found is None else found.appends
-        start, end, first_byte = record[13], record[14], record[19]
         appends[2]((end - start) / 1e9)
-        input_tokens, output = gen_ai_tokens(record[16])
+        input_tokens, output = gen_ai_tokens(usage)
         if input_tokens is not None:
             appends[0](input_tokens)
         if output is not None:
             appends[1](output)
         if ok and first_byte is not None:
             appends[3]((first_byte - start) / 1e9)
-            if record[18] and output is not None and output > 1:
+            if stream and output is not None and output > 1:
                 appends[4]((end - first_byte) / 1e9 / (output - 1))
 
     def fold(self) -> None:
-        for series in self._series.values():
+        # A copy: the request path may add a series meanwhile.
+        for series in list(self._series.values()):
             series.fold()
 
     def metrics_data(self, resource: Resource, version: str) -> Any:
@@ -1132,60 +1159,35 @@ class Exporter:
         traces, metrics = signals_configured()
         return cls(traces=traces, metrics=metrics)
 
+    @property
+    def aggregator(self) -> MetricAggregator | None:
+        """Where the request path records the GenAI metrics (None when they are not exported)."""
+        return self._aggregator
+
     def add(self, records: Iterable[Sequence[Any]]) -> None:
-        """Aggregate each record's metrics and encode its spans if it was sampled: one loop,
-        the metrics' arithmetic inline (a list append per measurement, folded into buckets
-        once per batch)."""
-        aggregator, encoder = self._aggregator, self._encoder
-        series = None if aggregator is None else aggregator._series
-        new_series = None if aggregator is None else aggregator.series
+        """Encode the spans of sampled requests (their metrics were recorded on the request
+        path), exporting whenever a batch is full."""
+        encoder = self._encoder
+        if encoder is None:
+            return
         spans, counts = self._spans, self._span_counts
         for record in records:
             try:
-                if series is not None:
-                    status = record[15]
-                    ok = 200 <= status < 400
-                    key = (
-                        record[8],
-                        record[11],
-                        record[9],
-                        record[10],
-                        record[6],
-                        "" if ok else (record[24] or str(status)),
-                    )
-                    found = series.get(key)
-                    appends = new_series(key) if found is None else found.appends  # type: ignore[misc]
-                    start, end, first_byte, usage = record[13], record[14], record[19], record[16]
-                    appends[2]((end - start) / 1e9)
-                    output = None
-                    if usage is not None:
-                        # As the conventions count them (gen_ai_tokens).
-                        value, output, cached, reasoning, written = usage
-                        if value is not None:
-                            appends[0](value + (cached or 0) + (written or 0))
-                        if output is not None:
-                            output += reasoning or 0
-                            appends[1](output)
-                    if ok and first_byte is not None:
-                        appends[3]((first_byte - start) / 1e9)
-                        if record[18] and output is not None and output > 1:
-                            appends[4]((end - first_byte) / 1e9 / (output - 1))
-                if encoder is not None and record[4]:
-                    spans.append(encoder.request(record))
-                    count = 1 + len(record[20])
-                    counts.append(count)
-                    self._pending_spans += count
-                    if self._pending_spans >= self._batch_size:
-                        self.export_spans()
-                        spans, counts = self._spans, self._span_counts
+                spans.append(encoder.request(record))
+                count = 1 + len(record[20])
+                counts.append(count)
+                self._pending_spans += count
+                if self._pending_spans >= self._batch_size:
+                    self.export_spans()
+                    spans, counts = self._spans, self._span_counts
             except Exception:
                 logger.exception("request %s: could not build its spans", record[5])
-        if aggregator is not None:
-            aggregator.fold()
 
     def tick(self) -> None:
         """Export what is due: spans older than the schedule delay, metrics each interval."""
         now = time.monotonic()
+        if self._aggregator is not None:
+            self._aggregator.fold()  # the pending measurements stay few
         if self._spans and now - self._spans_since >= self._span_delay_s:
             self.export_spans()
         if self._aggregator is not None and now - self._metrics_since >= self._metric_interval_s:
@@ -1215,7 +1217,7 @@ class Exporter:
         self._metrics_since = time.monotonic()
         if self._aggregator is None or self._metric_exporter is None:
             return
-        data = self._aggregator.metrics_data(self._resource, self._version)
+        data = self._aggregator.metrics_data(self._resource, self._version)  # folds first
         if data is not None:
             try:
                 self._metric_exporter.export(data)

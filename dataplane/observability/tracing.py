@@ -39,6 +39,7 @@ import orjson
 
 from dataplane.observability.otel_export import (
     Exporter,
+    MetricAggregator,
     signals_configured,
 )
 from dataplane.usage.tokens import TokenUsage
@@ -186,6 +187,28 @@ class RequestTrace:
         if self.recorded:
             return
         self.recorded = True
+        now = time.perf_counter_ns()
+        aggregator = self._tracing._aggregator
+        if aggregator is not None:
+            ok = 200 <= status < 400
+            aggregator.measure(
+                (
+                    operation,
+                    provider,
+                    model,
+                    "",
+                    self.route,
+                    "" if ok else error_type or str(status),
+                ),
+                ok=ok,
+                start=self.start_perf_ns,
+                end=now,
+                first_byte=None,
+                usage=None,
+                stream=False,
+            )
+        if not self.sampled:
+            return
         self._tracing._pending.append(
             (  # TracedRequest's fields
                 self.trace_id,
@@ -202,7 +225,7 @@ class RequestTrace:
                 provider,
                 self.start_ns,
                 self.start_perf_ns,
-                time.perf_counter_ns(),
+                now,
                 status,
                 None,
                 False,
@@ -261,35 +284,72 @@ class RequestTrace:
         """One attempt ended (the exchange's record step); the last one ends the request.
         ``capture``: the answering target logs payloads; then, with the content opt-in, the
         prompt and ``output_text`` go on the span."""
-        self._attempts += (
-            (  # TracedAttempt's fields
-                attempt,
-                self._attempt_span_id or _span_id(),
-                provider,
-                model,
-                origin,
-                self._attempt_start,
-                now_perf_ns,
-                status,
-                failed_over,
-                upstream_perf_ns,
-                None if failed_over else first_byte_perf_ns,
-            ),
-        )
-        self._attempt_span_id = 0
-        self._attempt_start = now_perf_ns
+        sampled = self.sampled
+        if sampled:
+            self._attempts += (
+                (  # TracedAttempt's fields
+                    attempt,
+                    self._attempt_span_id or _span_id(),
+                    provider,
+                    model,
+                    origin,
+                    self._attempt_start,
+                    now_perf_ns,
+                    status,
+                    failed_over,
+                    upstream_perf_ns,
+                    None if failed_over else first_byte_perf_ns,
+                ),
+            )
         if failed_over:
+            self._attempt_span_id = 0
+            self._attempt_start = now_perf_ns
             return
         self.recorded = True
-        sampled = self.sampled
+        tracing = self._tracing
+        aggregator = tracing._aggregator
+        if aggregator is not None:
+            # The GenAI metrics, recorded here: a few list appends (folded into buckets by the
+            # tracing thread), cheaper than a record for it to read them from.
+            ok = 200 <= status < 400
+            key = (
+                operation,
+                provider,
+                request_model,
+                response_model,
+                self.route,
+                "" if ok else str(status),
+            )
+            found = aggregator._series.get(key)
+            appends = aggregator.series(key) if found is None else found.appends
+            start = self.start_perf_ns
+            appends[2]((now_perf_ns - start) / 1e9)
+            output = None
+            if usage is not None:
+                # As the conventions count them (otel_export.gen_ai_tokens).
+                value = usage.input_tokens
+                if value is not None:
+                    appends[0](
+                        value + (usage.cached_input_tokens or 0) + (usage.cache_write_tokens or 0)
+                    )
+                output = usage.output_tokens
+                if output is not None:
+                    output += usage.reasoning_tokens or 0
+                    appends[1](output)
+            if ok and first_byte_perf_ns is not None:
+                appends[3]((first_byte_perf_ns - start) / 1e9)
+                if stream and output is not None and output > 1:
+                    appends[4]((now_perf_ns - first_byte_perf_ns) / 1e9 / (output - 1))
+        if not sampled:
+            return
         params: tuple[tuple[str, int | float], ...] = ()
         content = None
         if sampled and type(document) is dict:
             found_params = []
             # Most requests set none of them: one C-level check first.
-            keys = () if _PARAM_KEYS.isdisjoint(document) else _PARAMS
-            for key, name in keys:
-                value = document.get(key)
+            wanted = () if _PARAM_KEYS.isdisjoint(document) else _PARAMS
+            for field, name in wanted:
+                value = document.get(field)
                 if value is not None and type(value) in (int, float):
                     found_params.append((name, value))
             if found_params:
@@ -297,7 +357,7 @@ class RequestTrace:
             if capture and self._tracing.capture_content:
                 found = document.get("messages", document.get("input"))
                 content = (None if found is None else orjson.dumps(found).decode(), output_text)
-        self._tracing._pending.append(
+        tracing._pending.append(
             (  # TracedRequest's fields
                 self.trace_id,
                 0,  # the request span's id: drawn by the exporter
@@ -332,11 +392,11 @@ class RequestTrace:
                 self._attempts,
                 params,
                 # Read by the exporter (otel_export.response_meta) when it is not a str yet.
-                response_id or (self.response if sampled else ""),
+                response_id or self.response,
                 finish_reasons,
                 "",
                 content,
-                self.cost if sampled else None,
+                self.cost,
             )
         )
 
@@ -444,6 +504,8 @@ class Tracing:
         self.capture_content = capture_content
         self._pending: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
         self._exporter = exporter or Exporter.from_environment()
+        # Where the request path records the GenAI metrics (None: not exported).
+        self._aggregator: MetricAggregator | None = getattr(self._exporter, "aggregator", None)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meterline-otel", daemon=True)
@@ -550,13 +612,26 @@ class Tracing:
         else:
             trace_id, parent_span_id = parent[0], parent[1]
         name = f"{operation} {model}" if model else operation
+        if self._aggregator is not None:
+            ok = 200 <= status < 400
+            self._aggregator.measure(
+                (operation, provider, model, "", route, "" if ok else error_type or str(status)),
+                ok=ok,
+                start=start_ns,
+                end=now_ns,
+                first_byte=None,
+                usage=None,
+                stream=False,
+            )
+        if not self._sample(trace_id, parent, tracestate, name):
+            return
         self._pending.append(
             (  # TracedRequest's fields
                 trace_id,
                 _span_id(),
                 parent_span_id,
                 tracestate,
-                self._sample(trace_id, parent, tracestate, name),
+                True,
                 request_id,
                 route,
                 consumer,
