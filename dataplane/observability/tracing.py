@@ -406,10 +406,11 @@ class ResponseTail:
     client (a sampled request's response id is in the first, its finish reasons near the
     end); everything else is the wrapped relay's."""
 
-    __slots__ = ("_relay", "first", "last")
+    __slots__ = ("_feed", "_relay", "first", "last")
 
     def __init__(self, relay: Any) -> None:
         self._relay = relay
+        self._feed = relay.feed  # bound once: ``feed`` runs for every event
         self.first = b""
         self.last: deque[bytes] = deque(maxlen=3)
 
@@ -422,12 +423,12 @@ class ResponseTail:
         return self._relay.model
 
     def feed(self, event: bytes) -> bytes:
-        out: bytes = self._relay.feed(event)
+        out: bytes = self._feed(event)
         if out:
-            if not self.first:
-                self.first = out
-            else:
+            if self.first:
                 self.last.append(out)
+            else:
+                self.first = out
         return out
 
     def produced_text(self) -> str:
