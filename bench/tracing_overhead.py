@@ -12,10 +12,13 @@ share that upstream: ``off`` and ``off2`` (tracing None: the two give the noise 
 also records the gen_ai.* metrics for every request. Each round runs every mode once, in a
 rotated order, timed until its spans are encoded and exported (force_flush). Printed: the
 medians over rounds of req/s and of this process's CPU time per request (all its threads: the
-request path, the tracing thread, gRPC's), each with its ratio to ``off``. On a busy shared
-machine CPU per request is the steadier figure; ``--only MODE`` runs one mode with its timed
-part inside ``eval`` (the tracing thread's work done in that call too) for callgrind's
-instruction counts, which are repeatable whatever else runs.
+request path, the tracing thread that encodes and sends the spans, gRPC's; there is no exporter
+process), each with its ratio to ``off``. On a busy shared machine CPU per request is the
+steadier figure; ``--only MODE`` runs one mode with its timed part inside ``eval`` (the tracing
+thread's work done in that call too) for callgrind's instruction counts, which are repeatable
+whatever else runs. Callgrind also counts the ``eval`` calls made while modules are imported
+(namedtuple's, more with the SDK imported): subtract the count of ``--requests 0`` of the same
+mode, then divide by the requests.
 """
 
 from __future__ import annotations
