@@ -17,9 +17,9 @@ loop's thread (the request path, with the GenAI metrics it records) and every ot
 tracing thread and the flush that encode and send the spans, gRPC's own). On a busy shared
 machine CPU per request is the steadier figure; ``--only MODE`` runs one mode with its timed
 part inside ``eval`` (the tracing thread's work done in that call too) for callgrind's
-instruction counts, which are repeatable whatever else runs. Callgrind also counts the ``eval`` calls made while modules are imported
-(namedtuple's, more with the SDK imported): subtract the count of ``--requests 0`` of the same
-mode, then divide by the requests.
+instruction counts, which are repeatable whatever else runs. Callgrind also counts the
+``eval`` calls made while modules are imported (namedtuple's, more with the SDK imported):
+subtract the count of ``--requests 0`` of the same mode, then divide by the requests.
 """
 
 from __future__ import annotations
