@@ -1,17 +1,19 @@
 """The OpenTelemetry side of data-plane tracing: OTLP spans and GenAI metrics built in batches.
 
-``dataplane.observability.tracing`` (the request path) appends one plain tuple per finished
-request to a bounded deque; its background thread hands the drained batch to an ``Exporter``
-here, which
+``dataplane.observability.tracing`` (the request path) records every request's GenAI metrics
+in a ``MetricAggregator`` here (list appends) and appends one plain tuple per sampled request
+to a bounded deque; its background thread hands the drained batch to an ``Exporter`` here,
+which
 
 - encodes the sampled requests' spans straight into OTLP protobuf bytes (an
   ``ExportTraceServiceRequest``): the per-route attributes (operation, provider, models,
-  route, consumer) are encoded once and reused, the rest is a handful of varints and fixed64s
-  per span. The SDK's span objects (``ReadableSpan``, attribute validation, the batch span
-  processor's queue and locks) cost more CPU than the request they described; none is made;
-- aggregates the four gen_ai.* histograms itself (a bisect and four additions per
-  measurement), and every OTEL_METRIC_EXPORT_INTERVAL hands them to the SDK's metric exporter
-  as one ``MetricsData`` (cumulative temporality, the SDK's default);
+  route, consumer) are encoded once and reused, ids, times and the first-token event are two
+  ``struct`` packs, the rest a few concatenations per span. The SDK's span objects
+  (``ReadableSpan``, attribute validation, the batch span processor's queue and locks) cost
+  more CPU than the request they described; none is made;
+- folds the four gen_ai.* histograms' pending measurements into bucket counts, and every
+  OTEL_METRIC_EXPORT_INTERVAL hands them to the SDK's metric exporter as one ``MetricsData``
+  (cumulative temporality, the SDK's default);
 - sends the span bytes through the SDK's own OTLP exporters (gRPC or HTTP/protobuf), so the
   endpoint, headers, TLS, compression, timeout and retries are the OTEL_* variables' as the SDK
   reads them.

@@ -2,11 +2,12 @@
 
 The request path only notes what it already measures (perf-counter instants, the status, the
 usage the provider reported) on a ``RequestTrace``; when the exchange records its last attempt
-(or the gateway refuses the request itself) the trace becomes one plain tuple (the fields of
-``otel_export.TracedRequest``) appended to a bounded deque. A background thread drains that
-deque every ``_DRAIN_INTERVAL_S`` and hands the batch to ``otel_export.Exporter``, which
-prices the sampled requests, aggregates the GenAI metrics, encodes the spans straight to OTLP
-protobuf and exports both through the SDK's OTLP exporters.
+(or the gateway refuses the request itself) the request's GenAI metrics are appended to their
+histograms' pending lists, and a sampled request becomes one plain tuple (the fields of
+``otel_export.TracedRequest``) appended to a bounded deque. A background thread wakes every
+``_DRAIN_INTERVAL_S``, folds the metrics into their buckets and hands the drained records to
+``otel_export.Exporter``, which prices them, encodes their spans straight to OTLP protobuf and
+exports spans and metrics through the SDK's OTLP exporters.
 
 Spans (OpenTelemetry GenAI semantic conventions, Development status, semconv 1.37+):
 
