@@ -33,6 +33,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
+from itertools import repeat
 from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -788,7 +789,7 @@ class _Histogram:
         values = pending[:taken]
         del pending[:taken]
         counts = self.counts
-        for index, number in Counter(map(partial(bisect_left, self.search), values)).items():
+        for index, number in Counter(map(bisect_left, repeat(self.search), values)).items():
             counts[index] += number
         self.count += len(values)
         self.sum += sum(values)
