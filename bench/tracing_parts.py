@@ -6,11 +6,17 @@
 
 PIECE is one of
 - ``path``: what the request path does for a sampled request (``Tracing.begin``, the
-  ``traceparent`` of one attempt, ``RequestTrace.ended`` with a non-streamed answer);
-- ``metrics``: the tracing thread's GenAI metrics of one request (``Exporter.add`` of records
-  whose spans are not encoded), the per-batch fold included;
+  ``traceparent`` of one attempt, ``RequestTrace.ended`` with a non-streamed answer: its GenAI
+  metrics and its record), with the harness's usage object and clock reads;
+- ``unsampled``: the same for a request that is not sampled (its metrics, no record);
+- ``nometrics``: ``path`` with the metrics not exported (OTEL_METRICS_EXPORTER=none);
+- ``fold``: the tracing thread's share of one request's metrics (folding its measurements
+  into the buckets, per batch of 100);
 - ``encode``: one sampled request's two spans to OTLP bytes (its response id already read);
 - ``meta``: reading the response id and finish reasons of a whole chat completion body.
+
+Under callgrind, subtract the count of ``--calls 0`` (the imports' own ``eval`` calls, e.g.
+namedtuple's, are counted too).
 
 The records are the ones ``bench/tracing_overhead.py`` produces (a non-streamed OpenAI chat
 completion with one attempt). Only the timed calls run inside ``eval`` (callgrind's toggle).
@@ -27,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON  # noqa: E402
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON  # noqa: E402
 
 from dataplane.observability import otel_export, tracing  # noqa: E402
 from dataplane.usage.tokens import TokenUsage  # noqa: E402
@@ -49,7 +55,11 @@ DOCUMENT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "he
 
 
 class _Discard:
-    """An exporter that keeps nothing (the ``path`` piece measures the request path only)."""
+    """An exporter that keeps nothing but the metrics' pending measurements (the ``path``
+    pieces measure the request path only)."""
+
+    def __init__(self, metrics: bool = True) -> None:
+        self.aggregator = otel_export.MetricAggregator() if metrics else None
 
     def add(self, batch: Any) -> None:
         pass
@@ -113,25 +123,39 @@ def _request(tracer: tracing.Tracing) -> tracing.RequestTrace:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("piece", choices=("path", "metrics", "encode", "meta"))
+    parser.add_argument(
+        "piece", choices=("path", "unsampled", "nometrics", "fold", "encode", "meta")
+    )
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
-    tracer = tracing.Tracing(sampler=ALWAYS_ON, exporter=_Discard())  # type: ignore[arg-type]
-    record = _record(tracer)
+    discard = _Discard(metrics=args.piece != "nometrics")
+    tracer = tracing.Tracing(
+        sampler=ALWAYS_OFF if args.piece == "unsampled" else ALWAYS_ON,
+        exporter=discard,  # type: ignore[arg-type]
+    )
+    record = _record(tracing.Tracing(sampler=ALWAYS_ON, exporter=_Discard()))  # type: ignore[arg-type]
     calls = args.calls
-    if args.piece == "path":
+    if args.piece in ("path", "unsampled", "nometrics"):
 
         def piece() -> None:
             _request(tracer)
-            tracer._pending.clear()
+            tracer._pending.clear()  # the measurements stay pending: a few thousand floats
 
-    elif args.piece == "metrics":
-        exporter = otel_export.Exporter(traces=False, metrics=True)
-        batch = [record] * 100  # a drained batch
-        calls = max(calls // 100, 1) * 100
+    elif args.piece == "fold":
+        assert discard.aggregator is not None
+        batch = 100
+        calls = max(calls // batch, 1) * batch
+        for _ in range(batch):
+            _request(tracer)
+        tracer._pending.clear()
+        (series,) = discard.aggregator._series.values()
+        histograms = (series.input, series.output, series.duration, series.ttft)
+        measured = [list(h.pending) for h in histograms]
 
         def piece() -> None:
-            exporter.add(batch)
+            for histogram, values in zip(histograms, measured, strict=True):
+                histogram.pending.extend(values)
+            discard.aggregator.fold()  # type: ignore[union-attr]
 
     elif args.piece == "encode":
         encoder = otel_export.SpanEncoder(otel_export.otel_resource("bench"), "0")
@@ -148,7 +172,7 @@ def main() -> None:
         def piece() -> None:
             otel_export.response_meta(BODY)
 
-    rounds = calls // 100 if args.piece == "metrics" else calls
+    rounds = calls // 100 if args.piece == "fold" else calls
     for _ in range(min(rounds, 50)):
         piece()  # warm: caches, specialised bytecode
 

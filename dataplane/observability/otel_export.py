@@ -1,17 +1,19 @@
 """The OpenTelemetry side of data-plane tracing: OTLP spans and GenAI metrics built in batches.
 
-``dataplane.observability.tracing`` (the request path) appends one plain tuple per finished
-request to a bounded deque; its background thread hands the drained batch to an ``Exporter``
-here, which
+``dataplane.observability.tracing`` (the request path) records every request's GenAI metrics
+in a ``MetricAggregator`` here (list appends) and appends one plain tuple per sampled request
+to a bounded deque; its background thread hands the drained batch to an ``Exporter`` here,
+which
 
 - encodes the sampled requests' spans straight into OTLP protobuf bytes (an
   ``ExportTraceServiceRequest``): the per-route attributes (operation, provider, models,
-  route, consumer) are encoded once and reused, the rest is a handful of varints and fixed64s
-  per span. The SDK's span objects (``ReadableSpan``, attribute validation, the batch span
-  processor's queue and locks) cost more CPU than the request they described; none is made;
-- aggregates the four gen_ai.* histograms itself (a bisect and four additions per
-  measurement), and every OTEL_METRIC_EXPORT_INTERVAL hands them to the SDK's metric exporter
-  as one ``MetricsData`` (cumulative temporality, the SDK's default);
+  route, consumer) are encoded once and reused, ids, times and the first-token event are two
+  ``struct`` packs, the rest a few concatenations per span. The SDK's span objects
+  (``ReadableSpan``, attribute validation, the batch span processor's queue and locks) cost
+  more CPU than the request they described; none is made;
+- folds the four gen_ai.* histograms' pending measurements into bucket counts, and every
+  OTEL_METRIC_EXPORT_INTERVAL hands them to the SDK's metric exporter as one ``MetricsData``
+  (cumulative temporality, the SDK's default);
 - sends the span bytes through the SDK's own OTLP exporters (gRPC or HTTP/protobuf), so the
   endpoint, headers, TLS, compression, timeout and retries are the OTEL_* variables' as the SDK
   reads them.
@@ -31,6 +33,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
+from itertools import repeat
 from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -223,9 +226,51 @@ def _documents(data: bytes) -> list[Any]:
 _MAX_PARSED: Final = 4 * 1024 * 1024
 
 
+_OPENAI_HEAD: Final = b'{"id":"'
+# A byte as an int: ``int in bytes`` is a memchr, ``bytes in bytes`` first fails to read its
+# operand as an int (an exception raised and cleared, ~2k instructions in CPython 3.11).
+_BACKSLASH: Final = ord("\\")
+
+
+def _openai_meta(body: bytes) -> tuple[str, tuple[str, ...]] | None:
+    """The id and finish reasons of a chat or text completion as OpenAI and the servers
+    compatible with it write one (compact JSON, the id its first key), found by splitting the
+    body in C instead of parsing it (which cost as much as the rest of a span); None for any
+    other body or anything unusual in it (an escape, another kind of reason key), which is then
+    parsed.
+
+    A key's quotes are its own (a quote inside a JSON string is escaped), so ``{"id":"`` at the
+    start is the top-level id and each ``"finish_reason":"`` a reason; every key ending in
+    ``reason``/``Reason`` is looked at."""
+    head = body.split(b'"', 4)
+    if len(head) < 5 or not head[3] or _BACKSLASH in head[3]:
+        return None
+    pieces = head[4].split(b'eason"')
+    found: list[str] = []
+    before = pieces[0]
+    for after in pieces[1:]:
+        finish = before[-9:] == b'"finish_r'
+        if finish and after[:2] == b':"':
+            reason = after[2:].partition(b'"')[0]
+            if _BACKSLASH in reason:
+                return None
+            if reason:
+                found.append(reason.decode())
+        elif after[:5] != b":null" or not (finish or before[-7:] == b'"stop_r'):
+            # Any other reason key (Anthropic's stop_reason, a camel-case one), or a finish
+            # reason that is neither a string nor null (vLLM adds a null stop_reason): parsed.
+            return None
+        before = after
+    return head[3].decode(), tuple(dict.fromkeys(found)) if len(found) > 1 else tuple(found)
+
+
 def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
     """(gen_ai.response.id, gen_ai.response.finish_reasons) of what the client got: a whole
     body (bytes) or a stream's ``ResponseTail``; ("", ()) when it has neither."""
+    if type(response) is bytes and response[:7] == _OPENAI_HEAD:
+        meta = _openai_meta(response)
+        if meta is not None:
+            return meta
     if type(response) is bytes and response[:1] == b"{" and len(response) <= _MAX_PARSED:
         # The usual whole body: one JSON object, parsed once.
         try:
@@ -259,6 +304,7 @@ def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
 _SMALL: Final = [bytes((n,)) for n in range(128)]
 _Q: Final = struct.Struct("<Q").pack
 _I: Final = struct.Struct("<I").pack
+_U16: Final = struct.Struct("<H").pack
 _D: Final = struct.Struct("<d").pack
 _MASK64: Final = (1 << 64) - 1
 
@@ -307,17 +353,19 @@ class _Prefix:
     """Encodes attributes of one key fast: everything but the value's own bytes is encoded
     once, for the usual sizes (a KeyValue under 128 bytes): one concatenation per attribute."""
 
-    __slots__ = ("_head", "_int2_head", "_int_head", "_str_heads")
+    __slots__ = ("_head", "_int_head", "int2_head", "small", "str_heads")
 
     def __init__(self, key: str) -> None:
         self._head = head = _field(b"\x0a", key.encode())
         # KeyValue length = head + 2 (value tag, AnyValue length) + AnyValue; for ints of one
         # and two varint bytes all but the value's bytes are fixed.
         self._int_head = _field(b"\x4a", head + b"\x12\x02\x18\x00")[:-1]
-        self._int2_head = _field(b"\x4a", head + b"\x12\x03\x18\x00\x00")[:-2]
+        self.int2_head = _field(b"\x4a", head + b"\x12\x03\x18\x00\x00")[:-2]
+        # Whole attributes of the ints under 128 (token counts of short answers).
+        self.small = [self._int_head + _SMALL[n] for n in range(128)]
         # Strings of each size whose attribute stays under 128 bytes: (size) -> the bytes
         # before the string's.
-        self._str_heads = [
+        self.str_heads = [
             b"\x4a" + _SMALL[len(head) + 4 + size] + head + b"\x12" + _SMALL[size + 2] + b"\x0a"
             + _SMALL[size]
             for size in range(128 - 4 - len(head))
@@ -327,14 +375,14 @@ class _Prefix:
         if 0 <= value < 16384:
             if value < 128:
                 return self._int_head + _SMALL[value]
-            return self._int2_head + bytes(((value & 0x7F) | 0x80, value >> 7))
+            return self.int2_head + _U16((value & 0x7F) | 0x80 | (value >> 7) << 8)
         encoded = _varint(value)
         kv = self._head + b"\x12" + _varint(len(encoded) + 1) + b"\x18" + encoded
         return b"\x4a" + _varint(len(kv)) + kv
 
     def str(self, value: str) -> bytes:
         data = value.encode()
-        heads = self._str_heads
+        heads = self.str_heads
         size = len(data)
         if size < len(heads):
             return heads[size] + data
@@ -353,11 +401,13 @@ _OUTPUT_TOKENS = _Prefix("gen_ai.usage.output_tokens")
 _CACHE_READ_TOKENS = _Prefix("gen_ai.usage.cache_read.input_tokens")
 _CACHE_WRITE_TOKENS = _Prefix("gen_ai.usage.cache_creation.input_tokens")
 _REASONING_TOKENS = _Prefix("gen_ai.usage.reasoning.output_tokens")
+_INPUT_SMALL: Final = _INPUT_TOKENS.small
+_OUTPUT_SMALL: Final = _OUTPUT_TOKENS.small
+_CACHE_READ_SMALL: Final = _CACHE_READ_TOKENS.small
+_CACHE_WRITE_SMALL: Final = _CACHE_WRITE_TOKENS.small
+_REASONING_SMALL: Final = _REASONING_TOKENS.small
 _TTFT_KEY: Final = _key_value("gen_ai.server.time_to_first_token", 0.0)[:-8]  # + 8 bytes double
 _KIND_CLIENT: Final = b"\x30\x03"
-_TRACE_ID_TAG: Final = b"\x0a\x10"
-_SPAN_ID_TAG: Final = b"\x12\x08"
-_PARENT_ID_TAG: Final = b"\x22\x08"
 # Span fields 7 and 8 (start and end, fixed64) in one call.
 _TIMES: Final = struct.Struct("<BQBQ").pack
 _STATUS_ERROR_TAG: Final = b"\x7a"
@@ -371,11 +421,26 @@ _EVENT_ATTRIBUTE: Final = b"\x1a" + _varint(len(_TTFT_KEY) + 8) + _TTFT_KEY
 # Span field 11, Event{time (fixed64), name, the time-to-first-token attribute (a double)}:
 # all of fixed size, so one pack.
 _EVENT_SIZE: Final = 1 + 8 + len(_EVENT_NAME) + len(_EVENT_ATTRIBUTE) + 8
-_EVENT: Final = struct.Struct(
-    f"<{1 + len(_varint(_EVENT_SIZE))}sBQ{len(_EVENT_NAME) + len(_EVENT_ATTRIBUTE)}sd"
-).pack
 _EVENT_HEAD: Final = b"\x5a" + _varint(_EVENT_SIZE)
 _EVENT_MIDDLE: Final = _EVENT_NAME + _EVENT_ATTRIBUTE
+# Span fields 1, 2 (and 4): trace id, span id (and parent id), big-endian as the ids' hex
+# reads, then the flags (field 16): one pack.
+_TRACE_TAG: Final = b"\x0a\x10"
+_SPAN_TAG: Final = b"\x12\x08"
+_PARENT_TAG: Final = b"\x22\x08"
+_IDS: Final = struct.Struct(f">2sQQ2sQ{len(_FLAGS_LOCAL_PARENT)}s").pack
+_IDS_PARENT: Final = struct.Struct(f">2sQQ2sQ2sQ{len(_FLAGS_LOCAL_PARENT)}s").pack
+# Start and end (fields 7, 8) and the first-token event (field 11): one pack.
+_TIMES_EVENT: Final = struct.Struct(f"<BQBQ{len(_EVENT_HEAD)}sBQ{len(_EVENT_MIDDLE)}sd").pack
+
+
+def _span_head(heads: dict[int, bytes], size: int) -> bytes:
+    """A ScopeSpans ``spans`` field's tag and length for a span of ``size`` bytes (kept in
+    ``heads``: spans of one shape have a few sizes)."""
+    if len(heads) > 4096:
+        heads.clear()
+    head = heads[size] = b"\x12" + _varint(size)
+    return head
 
 
 def _status_error(status: int, error_type: str = "") -> bytes:
@@ -388,16 +453,25 @@ def _append_usage(parts: list[bytes], usage: Sequence[int | None]) -> None:
     """A request's token counts as the conventions count them: input with the cache reads and
     writes, output with reasoning (gen_ai_tokens), then the parts; absent counts left out."""
     value, output, cached, reasoning, written = usage
+    append = parts.append
     if value is not None:
-        parts.append(_INPUT_TOKENS.int(value + (cached or 0) + (written or 0)))
+        value += (cached or 0) + (written or 0)
+        append(_INPUT_SMALL[value] if 0 <= value < 128 else _INPUT_TOKENS.int(value))
     if output is not None:
-        parts.append(_OUTPUT_TOKENS.int(output + (reasoning or 0)))
+        output += reasoning or 0
+        append(_OUTPUT_SMALL[output] if 0 <= output < 128 else _OUTPUT_TOKENS.int(output))
     if cached is not None:
-        parts.append(_CACHE_READ_TOKENS.int(cached))
+        append(_CACHE_READ_SMALL[cached] if 0 <= cached < 128 else _CACHE_READ_TOKENS.int(cached))
     if written is not None:
-        parts.append(_CACHE_WRITE_TOKENS.int(written))
+        append(
+            _CACHE_WRITE_SMALL[written] if 0 <= written < 128 else _CACHE_WRITE_TOKENS.int(written)
+        )
     if reasoning is not None:
-        parts.append(_REASONING_TOKENS.int(reasoning))
+        append(
+            _REASONING_SMALL[reasoning]
+            if 0 <= reasoning < 128
+            else _REASONING_TOKENS.int(reasoning)
+        )
 
 
 def _append_cost(parts: list[bytes], cost: Any, request_id: str) -> None:
@@ -430,6 +504,7 @@ class SpanEncoder:
         self._scope = _field(b"\x0a", scope)
         # The parts of spans that repeat across requests, by what they are made of.
         self._blocks: dict[tuple[Any, ...], bytes] = {}
+        self._heads: dict[int, bytes] = {}
 
     def _block(self, key: tuple[Any, ...], build: Callable[[], bytes]) -> bytes:
         found = self._blocks.get(key)
@@ -460,7 +535,7 @@ class SpanEncoder:
             parts.append(_status_error(status))
         return b"".join(parts)
 
-    def _request_block(
+    def _shared_request_block(
         self,
         operation: str,
         request_model: str,
@@ -504,9 +579,32 @@ class SpanEncoder:
             parts.append(_status_error(status, error_type))
         return b"".join(parts)
 
+    def _request_block(
+        self,
+        names: Sequence[str],
+        stream: bool,
+        estimated: bool,
+        status: int,
+        error_type: str,
+        attempts: int,
+        finish_reasons: tuple[str, ...],
+        params: tuple[tuple[str, int | float], ...],
+    ) -> bytes:
+        """A request span's name, kind and the attributes that repeat across requests."""
+        route, consumer, operation, request_model, response_model, provider = names
+        return self._shared_request_block(
+            operation, request_model, response_model, provider, route, consumer, stream,
+            estimated, status, error_type, attempts, finish_reasons, params,
+        )  # fmt: skip
+
     def request(self, record: Sequence[Any]) -> bytes:
         """The spans (attempts first, then the request) of one sampled request, each as a
-        ScopeSpans ``spans`` field: ``export_request`` puts such chunks together."""
+        ScopeSpans ``spans`` field: ``export_request`` puts such chunks together.
+
+        A span is a few pieces: its ids in one big-endian pack, its times (and first-token
+        event) in one little-endian pack, the block of what it shares with other requests of
+        its shape (names, attributes, flags), then the request's own attributes; protobuf
+        fields may come in any order."""
         (
             trace_id,
             span_id,
@@ -514,12 +612,12 @@ class SpanEncoder:
             tracestate,
             _sampled,
             request_id,
-            route,
-            consumer,
+            _route,
+            _consumer,
             operation,
-            request_model,
-            response_model,
-            provider,
+            _request_model,
+            _response_model,
+            _provider,
             start_ns,
             start_perf_ns,
             end_perf_ns,
@@ -541,59 +639,49 @@ class SpanEncoder:
             response_id, reasons = response_meta(response_id)
             finish_reasons = finish_reasons or reasons
         blocks = self._blocks
+        heads = self._heads
         offset = start_ns - start_perf_ns  # perf-counter instant -> Unix nanoseconds
-        head = _TRACE_ID_TAG + trace_id.to_bytes(16, "big")
+        high, low = trace_id >> 64, trace_id & _MASK64
         # The request span's id is drawn here: only its attempts' ids went upstream.
-        request_span_id = _SPAN_ID_TAG + (span_id or getrandbits(64) or 1).to_bytes(8, "big")
-        if tracestate:
-            head += _field(b"\x1a", tracestate.encode())
-        # Every span goes out as ScopeSpans field 2: its tag and length, then its parts; the
-        # request's spans become one bytes object, joined once.
+        request_span_id = span_id or getrandbits(64) or 1
+        state = b"" if not tracestate else _field(b"\x1a", tracestate.encode())
         out: list[bytes] = []
-        if attempts:
-            # The attempts' parent: the request span (its id, Span field 4).
-            parent = _PARENT_ID_TAG + request_span_id[2:]
-            for attempt in attempts:
-                attempt_key = (
-                    operation,
-                    attempt[2],
-                    attempt[3],
-                    attempt[4],
-                    attempt[7],
-                    attempt[0],
-                    attempt[8],
+        for attempt in attempts:
+            attempt_key = (operation, *attempt[2:5], attempt[7], attempt[0], attempt[8])
+            block = blocks.get(attempt_key)
+            if block is None:
+                block = self._block(attempt_key, partial(self._attempt_block, *attempt_key))
+            ids = _IDS_PARENT(
+                _TRACE_TAG,
+                high,
+                low,
+                _SPAN_TAG,
+                attempt[1],
+                _PARENT_TAG,
+                request_span_id,
+                _FLAGS_LOCAL_PARENT,
+            )
+            first_byte = attempt[10]
+            start = attempt[5]
+            times = (
+                _TIMES(0x39, start + offset, 0x41, attempt[6] + offset)
+                if first_byte is None
+                else _TIMES_EVENT(
+                    0x39,
+                    start + offset,
+                    0x41,
+                    attempt[6] + offset,
+                    _EVENT_HEAD,
+                    0x09,
+                    first_byte + offset,
+                    _EVENT_MIDDLE,
+                    (first_byte - start) / 1e9,
                 )
-                block = blocks.get(attempt_key)
-                if block is None:
-                    block = self._block(attempt_key, partial(self._attempt_block, *attempt_key))
-                attempt_first_byte = attempt[10]
-                spans = (
-                    head,
-                    _SPAN_ID_TAG,
-                    attempt[1].to_bytes(8, "big"),
-                    parent,
-                    _TIMES(0x39, attempt[5] + offset, 0x41, attempt[6] + offset),
-                    block,
-                    b""
-                    if attempt_first_byte is None
-                    else _EVENT(
-                        _EVENT_HEAD,
-                        0x09,
-                        attempt_first_byte + offset,
-                        _EVENT_MIDDLE,
-                        (attempt_first_byte - attempt[5]) / 1e9,
-                    ),
-                    _FLAGS_LOCAL_PARENT,
-                )
-                size = sum(map(len, spans))
-                out += (b"\x12", _SMALL[size] if size < 128 else _varint(size), *spans)
+            )
+            size = len(ids) + len(times) + len(block) + len(state)
+            out += (heads.get(size) or _span_head(heads, size), ids, times, block, state)
         key = (
-            operation,
-            request_model,
-            response_model,
-            provider,
-            route,
-            consumer,
+            record[6:12],  # route, consumer, operation, request model, response model, provider
             stream,
             estimated,
             status,
@@ -606,17 +694,45 @@ class SpanEncoder:
         if block is None:
             block = self._block(key, partial(self._request_block, *key))
         parts = [
-            head,
-            request_span_id,
-            _FLAGS_LOCAL_PARENT
+            _IDS(_TRACE_TAG, high, low, _SPAN_TAG, request_span_id, _FLAGS_LOCAL_PARENT)
             if parent_span_id is None
-            else _PARENT_ID_TAG + parent_span_id.to_bytes(8, "big") + _FLAGS_REMOTE_PARENT,
-            _TIMES(0x39, start_ns, 0x41, end_perf_ns + offset),
+            else _IDS_PARENT(
+                _TRACE_TAG,
+                high,
+                low,
+                _SPAN_TAG,
+                request_span_id,
+                _PARENT_TAG,
+                parent_span_id,
+                _FLAGS_REMOTE_PARENT,
+            ),
+            _TIMES(0x39, start_ns, 0x41, end_perf_ns + offset)
+            if first_byte_perf_ns is None
+            else _TIMES_EVENT(
+                0x39,
+                start_ns,
+                0x41,
+                end_perf_ns + offset,
+                _EVENT_HEAD,
+                0x09,
+                first_byte_perf_ns + offset,
+                _EVENT_MIDDLE,
+                (first_byte_perf_ns - start_perf_ns) / 1e9,
+            ),
             block,
-            _REQUEST_ID.str(request_id),
+            state,
         ]
+        data = request_id.encode()
+        size = len(data)
+        parts.append(
+            _REQUEST_ID.str_heads[size] + data if size < 64 else _REQUEST_ID.str(request_id)
+        )
         if response_id:
-            parts.append(_RESPONSE_ID.str(response_id))
+            data = response_id.encode()
+            size = len(data)
+            parts.append(
+                _RESPONSE_ID.str_heads[size] + data if size < 64 else _RESPONSE_ID.str(response_id)
+            )
         if usage is not None:
             _append_usage(parts, usage)
         if cost is not None:
@@ -626,18 +742,9 @@ class SpanEncoder:
                 parts.append(_INPUT_MESSAGES.str(content[0]))
             if content[1] is not None:
                 parts.append(_OUTPUT_MESSAGES.str(content[1]))
-        if first_byte_perf_ns is not None:
-            parts.append(
-                _EVENT(
-                    _EVENT_HEAD,
-                    0x09,
-                    first_byte_perf_ns + offset,
-                    _EVENT_MIDDLE,
-                    (first_byte_perf_ns - start_perf_ns) / 1e9,
-                )
-            )
-        out += (b"\x12", _varint(sum(map(len, parts))))
-        out += parts
+        span = b"".join(parts)
+        size = len(span)
+        out += (heads.get(size) or _span_head(heads, size), span)
         return b"".join(out)
 
     def export_request(self, chunks: Sequence[bytes]) -> bytes:
@@ -656,9 +763,9 @@ class SpanEncoder:
 class _Histogram:
     """An explicit-bucket histogram (the SDK's semantics: bucket i holds (b[i-1], b[i]]).
 
-    Measurements are appended to ``pending`` (one list append each, by the tracing thread) and
-    folded into the buckets once per batch by ``fold``, whose loops all run in C (``map`` of a
-    bisect, ``Counter``, ``sum``, ``min``, ``max``)."""
+    Measurements are appended to ``pending`` (one list append each, on the request path) and
+    folded into the buckets by the tracing thread (``fold``), whose loops all run in C (``map``
+    of a bisect, ``Counter``, ``sum``, ``min``, ``max``)."""
 
     __slots__ = ("bounds", "count", "counts", "max", "min", "pending", "search", "sum")
 
@@ -674,11 +781,15 @@ class _Histogram:
         self.pending: list[float] = []
 
     def fold(self) -> None:
-        values = self.pending
-        if not values:
+        pending = self.pending
+        taken = len(pending)
+        if not taken:
             return
+        # The request path appends meanwhile: take what is there, leave what comes after.
+        values = pending[:taken]
+        del pending[:taken]
         counts = self.counts
-        for index, number in Counter(map(partial(bisect_left, self.search), values)).items():
+        for index, number in Counter(map(bisect_left, repeat(self.search), values)).items():
             counts[index] += number
         self.count += len(values)
         self.sum += sum(values)
@@ -687,7 +798,6 @@ class _Histogram:
             self.min = low
         if high > self.max:
             self.max = high
-        values.clear()  # the same list: its bound append stays valid
 
 
 _METRICS: Final = (
@@ -729,8 +839,9 @@ class MetricAggregator:
     """The four gen_ai.* histograms, cumulative since the data plane started, keyed by their
     attribute sets (one tuple and one dict lookup per request; no dict per measurement).
 
-    ``add`` appends a request's measurements to its series' pending lists; ``fold`` (after
-    each batch) turns them into bucket counts."""
+    The request path appends a request's measurements to its series' pending lists (inline in
+    ``tracing.RequestTrace.ended``, or ``measure``); ``fold`` (the tracing thread, before each
+    export) turns them into bucket counts."""
 
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
@@ -745,32 +856,55 @@ class MetricAggregator:
         return found.appends
 
     def add(self, record: Sequence[Any]) -> None:
+        """The measurements of one request record (``TracedRequest``'s fields)."""
         status = record[15]
         ok = 200 <= status < 400
-        key = (
-            record[8],
-            record[11],
-            record[9],
-            record[10],
-            record[6],
-            "" if ok else (record[24] or str(status)),
+        self.measure(
+            (
+                record[8],
+                record[11],
+                record[9],
+                record[10],
+                record[6],
+                "" if ok else (record[24] or str(status)),
+            ),
+            ok=ok,
+            start=record[13],
+            end=record[14],
+            first_byte=record[19],
+            usage=record[16],
+            stream=record[18],
         )
+
+    def measure(
+        self,
+        key: tuple[str, str, str, str, str, str],
+        *,
+        ok: bool,
+        start: int,
+        end: int,
+        first_byte: int | None,
+        usage: tuple[int | None, ...] | None,
+        stream: bool,
+    ) -> None:
+        """One request's measurements (nanosecond instants) in the series of ``key``:
+        (operation, provider, request model, response model, route, error type or "")."""
         found = self._series.get(key)
         appends = self.series(key) if found is None else found.appends
-        start, end, first_byte = record[13], record[14], record[19]
         appends[2]((end - start) / 1e9)
-        input_tokens, output = gen_ai_tokens(record[16])
+        input_tokens, output = gen_ai_tokens(usage)
         if input_tokens is not None:
             appends[0](input_tokens)
         if output is not None:
             appends[1](output)
         if ok and first_byte is not None:
             appends[3]((first_byte - start) / 1e9)
-            if record[18] and output is not None and output > 1:
+            if stream and output is not None and output > 1:
                 appends[4]((end - first_byte) / 1e9 / (output - 1))
 
     def fold(self) -> None:
-        for series in self._series.values():
+        # A copy: the request path may add a series meanwhile.
+        for series in list(self._series.values()):
             series.fold()
 
     def metrics_data(self, resource: Resource, version: str) -> Any:
@@ -1028,60 +1162,35 @@ class Exporter:
         traces, metrics = signals_configured()
         return cls(traces=traces, metrics=metrics)
 
+    @property
+    def aggregator(self) -> MetricAggregator | None:
+        """Where the request path records the GenAI metrics (None when they are not exported)."""
+        return self._aggregator
+
     def add(self, records: Iterable[Sequence[Any]]) -> None:
-        """Aggregate each record's metrics and encode its spans if it was sampled: one loop,
-        the metrics' arithmetic inline (a list append per measurement, folded into buckets
-        once per batch)."""
-        aggregator, encoder = self._aggregator, self._encoder
-        series = None if aggregator is None else aggregator._series
-        new_series = None if aggregator is None else aggregator.series
+        """Encode the spans of sampled requests (their metrics were recorded on the request
+        path), exporting whenever a batch is full."""
+        encoder = self._encoder
+        if encoder is None:
+            return
         spans, counts = self._spans, self._span_counts
         for record in records:
             try:
-                if series is not None:
-                    status = record[15]
-                    ok = 200 <= status < 400
-                    key = (
-                        record[8],
-                        record[11],
-                        record[9],
-                        record[10],
-                        record[6],
-                        "" if ok else (record[24] or str(status)),
-                    )
-                    found = series.get(key)
-                    appends = new_series(key) if found is None else found.appends  # type: ignore[misc]
-                    start, end, first_byte, usage = record[13], record[14], record[19], record[16]
-                    appends[2]((end - start) / 1e9)
-                    output = None
-                    if usage is not None:
-                        # As the conventions count them (gen_ai_tokens).
-                        value, output, cached, reasoning, written = usage
-                        if value is not None:
-                            appends[0](value + (cached or 0) + (written or 0))
-                        if output is not None:
-                            output += reasoning or 0
-                            appends[1](output)
-                    if ok and first_byte is not None:
-                        appends[3]((first_byte - start) / 1e9)
-                        if record[18] and output is not None and output > 1:
-                            appends[4]((end - first_byte) / 1e9 / (output - 1))
-                if encoder is not None and record[4]:
-                    spans.append(encoder.request(record))
-                    count = 1 + len(record[20])
-                    counts.append(count)
-                    self._pending_spans += count
-                    if self._pending_spans >= self._batch_size:
-                        self.export_spans()
-                        spans, counts = self._spans, self._span_counts
+                spans.append(encoder.request(record))
+                count = 1 + len(record[20])
+                counts.append(count)
+                self._pending_spans += count
+                if self._pending_spans >= self._batch_size:
+                    self.export_spans()
+                    spans, counts = self._spans, self._span_counts
             except Exception:
                 logger.exception("request %s: could not build its spans", record[5])
-        if aggregator is not None:
-            aggregator.fold()
 
     def tick(self) -> None:
         """Export what is due: spans older than the schedule delay, metrics each interval."""
         now = time.monotonic()
+        if self._aggregator is not None:
+            self._aggregator.fold()  # the pending measurements stay few
         if self._spans and now - self._spans_since >= self._span_delay_s:
             self.export_spans()
         if self._aggregator is not None and now - self._metrics_since >= self._metric_interval_s:
@@ -1111,7 +1220,7 @@ class Exporter:
         self._metrics_since = time.monotonic()
         if self._aggregator is None or self._metric_exporter is None:
             return
-        data = self._aggregator.metrics_data(self._resource, self._version)
+        data = self._aggregator.metrics_data(self._resource, self._version)  # folds first
         if data is not None:
             try:
                 self._metric_exporter.export(data)

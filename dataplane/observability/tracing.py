@@ -2,11 +2,12 @@
 
 The request path only notes what it already measures (perf-counter instants, the status, the
 usage the provider reported) on a ``RequestTrace``; when the exchange records its last attempt
-(or the gateway refuses the request itself) the trace becomes one plain tuple (the fields of
-``otel_export.TracedRequest``) appended to a bounded deque. A background thread drains that
-deque every ``_DRAIN_INTERVAL_S`` and hands the batch to ``otel_export.Exporter``, which
-prices the sampled requests, aggregates the GenAI metrics, encodes the spans straight to OTLP
-protobuf and exports both through the SDK's OTLP exporters.
+(or the gateway refuses the request itself) the request's GenAI metrics are appended to their
+histograms' pending lists, and a sampled request becomes one plain tuple (the fields of
+``otel_export.TracedRequest``) appended to a bounded deque. A background thread wakes every
+``_DRAIN_INTERVAL_S``, folds the metrics into their buckets and hands the drained records to
+``otel_export.Exporter``, which prices them, encodes their spans straight to OTLP protobuf and
+exports spans and metrics through the SDK's OTLP exporters.
 
 Spans (OpenTelemetry GenAI semantic conventions, Development status, semconv 1.37+):
 
@@ -31,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
+from operator import itemgetter
 from random import getrandbits
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final
@@ -39,6 +41,7 @@ import orjson
 
 from dataplane.observability.otel_export import (
     Exporter,
+    MetricAggregator,
     signals_configured,
 )
 from dataplane.usage.tokens import TokenUsage
@@ -76,7 +79,12 @@ _PARAMS: Final = (
     ("temperature", "gen_ai.request.temperature"),
     ("top_p", "gen_ai.request.top_p"),
 )
+_SAMPLED_TRACEPARENT: Final = b"00-%032x-%016x-01"
+_TRACEPARENT: Final = b"00-%032x-%016x-00"
+_PARAM_KEYS: Final = frozenset(key for key, _ in _PARAMS)
 _HEX: Final = frozenset("0123456789abcdef")
+_TRACE_HEADERS: Final = frozenset((b"traceparent", b"tracestate"))
+_NAME: Final = itemgetter(0)
 
 
 def operation_name(route_type: str) -> str:
@@ -151,7 +159,7 @@ class RequestTrace:
         self.start_ns = start_ns
         self.start_perf_ns = start_perf_ns
         self.cost: Callable[[], Decimal | None] | None = None
-        self._attempts: list[tuple[Any, ...]] = []
+        self._attempts: tuple[tuple[Any, ...], ...] = ()
         self._attempt_span_id = 0
         self._attempt_start = start_perf_ns
         # Whether the client sent trace headers (they are replaced, never forwarded).
@@ -183,6 +191,28 @@ class RequestTrace:
         if self.recorded:
             return
         self.recorded = True
+        now = time.perf_counter_ns()
+        aggregator = self._tracing._aggregator
+        if aggregator is not None:
+            ok = 200 <= status < 400
+            aggregator.measure(
+                (
+                    operation,
+                    provider,
+                    model,
+                    "",
+                    self.route,
+                    "" if ok else error_type or str(status),
+                ),
+                ok=ok,
+                start=self.start_perf_ns,
+                end=now,
+                first_byte=None,
+                usage=None,
+                stream=False,
+            )
+        if not self.sampled:
+            return
         self._tracing._pending.append(
             (  # TracedRequest's fields
                 self.trace_id,
@@ -199,13 +229,13 @@ class RequestTrace:
                 provider,
                 self.start_ns,
                 self.start_perf_ns,
-                time.perf_counter_ns(),
+                now,
                 status,
                 None,
                 False,
                 False,
                 None,
-                tuple(self._attempts),
+                self._attempts,
                 (),
                 "",
                 (),
@@ -225,7 +255,7 @@ class RequestTrace:
         headers.append(
             (
                 b"traceparent",
-                b"00-%032x-%016x-%s" % (self.trace_id, span_id, b"01" if self.sampled else b"00"),
+                (_SAMPLED_TRACEPARENT if self.sampled else _TRACEPARENT) % (self.trace_id, span_id),
             )
         )
         if self.tracestate:
@@ -258,33 +288,72 @@ class RequestTrace:
         """One attempt ended (the exchange's record step); the last one ends the request.
         ``capture``: the answering target logs payloads; then, with the content opt-in, the
         prompt and ``output_text`` go on the span."""
-        self._attempts.append(
-            (  # TracedAttempt's fields
-                attempt,
-                self._attempt_span_id or _span_id(),
-                provider,
-                model,
-                origin,
-                self._attempt_start,
-                now_perf_ns,
-                status,
-                failed_over,
-                upstream_perf_ns,
-                None if failed_over else first_byte_perf_ns,
+        sampled = self.sampled
+        if sampled:
+            self._attempts += (
+                (  # TracedAttempt's fields
+                    attempt,
+                    self._attempt_span_id or _span_id(),
+                    provider,
+                    model,
+                    origin,
+                    self._attempt_start,
+                    now_perf_ns,
+                    status,
+                    failed_over,
+                    upstream_perf_ns,
+                    None if failed_over else first_byte_perf_ns,
+                ),
             )
-        )
-        self._attempt_span_id = 0
-        self._attempt_start = now_perf_ns
         if failed_over:
+            self._attempt_span_id = 0
+            self._attempt_start = now_perf_ns
             return
         self.recorded = True
-        sampled = self.sampled
+        tracing = self._tracing
+        aggregator = tracing._aggregator
+        if aggregator is not None:
+            # The GenAI metrics, recorded here: a few list appends (folded into buckets by the
+            # tracing thread), cheaper than a record for it to read them from.
+            ok = 200 <= status < 400
+            key = (
+                operation,
+                provider,
+                request_model,
+                response_model,
+                self.route,
+                "" if ok else str(status),
+            )
+            found = aggregator._series.get(key)
+            appends = aggregator.series(key) if found is None else found.appends
+            start = self.start_perf_ns
+            appends[2]((now_perf_ns - start) / 1e9)
+            output = None
+            if usage is not None:
+                # As the conventions count them (otel_export.gen_ai_tokens).
+                value = usage.input_tokens
+                if value is not None:
+                    appends[0](
+                        value + (usage.cached_input_tokens or 0) + (usage.cache_write_tokens or 0)
+                    )
+                output = usage.output_tokens
+                if output is not None:
+                    output += usage.reasoning_tokens or 0
+                    appends[1](output)
+            if ok and first_byte_perf_ns is not None:
+                appends[3]((first_byte_perf_ns - start) / 1e9)
+                if stream and output is not None and output > 1:
+                    appends[4]((now_perf_ns - first_byte_perf_ns) / 1e9 / (output - 1))
+        if not sampled:
+            return
         params: tuple[tuple[str, int | float], ...] = ()
         content = None
         if sampled and type(document) is dict:
             found_params = []
-            for key, name in _PARAMS:
-                value = document.get(key)
+            # Most requests set none of them: one C-level check first.
+            wanted = () if _PARAM_KEYS.isdisjoint(document) else _PARAMS
+            for field, name in wanted:
+                value = document.get(field)
                 if value is not None and type(value) in (int, float):
                     found_params.append((name, value))
             if found_params:
@@ -292,7 +361,7 @@ class RequestTrace:
             if capture and self._tracing.capture_content:
                 found = document.get("messages", document.get("input"))
                 content = (None if found is None else orjson.dumps(found).decode(), output_text)
-        self._tracing._pending.append(
+        tracing._pending.append(
             (  # TracedRequest's fields
                 self.trace_id,
                 0,  # the request span's id: drawn by the exporter
@@ -324,14 +393,14 @@ class RequestTrace:
                 estimated,
                 stream,
                 first_byte_perf_ns,
-                tuple(self._attempts),
+                self._attempts,
                 params,
                 # Read by the exporter (otel_export.response_meta) when it is not a str yet.
-                response_id or (self.response if sampled else ""),
+                response_id or self.response,
                 finish_reasons,
                 "",
                 content,
-                self.cost if sampled else None,
+                self.cost,
             )
         )
 
@@ -341,10 +410,11 @@ class ResponseTail:
     client (a sampled request's response id is in the first, its finish reasons near the
     end); everything else is the wrapped relay's."""
 
-    __slots__ = ("_relay", "first", "last")
+    __slots__ = ("_feed", "_relay", "first", "last")
 
     def __init__(self, relay: Any) -> None:
         self._relay = relay
+        self._feed = relay.feed  # bound once: ``feed`` runs for every event
         self.first = b""
         self.last: deque[bytes] = deque(maxlen=3)
 
@@ -357,12 +427,12 @@ class ResponseTail:
         return self._relay.model
 
     def feed(self, event: bytes) -> bytes:
-        out: bytes = self._relay.feed(event)
+        out: bytes = self._feed(event)
         if out:
-            if not self.first:
-                self.first = out
-            else:
+            if self.first:
                 self.last.append(out)
+            else:
+                self.first = out
         return out
 
     def produced_text(self) -> str:
@@ -439,6 +509,8 @@ class Tracing:
         self.capture_content = capture_content
         self._pending: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
         self._exporter = exporter or Exporter.from_environment()
+        # Where the request path records the GenAI metrics (None: not exported).
+        self._aggregator: MetricAggregator | None = getattr(self._exporter, "aggregator", None)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meterline-otel", daemon=True)
@@ -489,16 +561,12 @@ class Tracing:
         if valid, and the sampling decision made now (the provider is told it)."""
         parent: tuple[int, int, int] | None = None
         tracestate = ""
-        client_headers = False
-        for key, value in headers:
-            if key == b"traceparent":
-                parent = parse_traceparent(value.decode("latin-1"))
-                client_headers = True
-            elif key == b"tracestate":
-                tracestate = value.decode("latin-1")[:512]
-                client_headers = True
+        # Most clients send no trace headers: looked for in C (a dozen headers from an SDK).
+        client_headers = not _TRACE_HEADERS.isdisjoint(map(_NAME, headers))
+        if client_headers:
+            parent, tracestate = self._parent(headers)
         if parent is None:
-            trace_id, parent_span_id, tracestate = random.getrandbits(128) or 1, None, ""
+            trace_id, parent_span_id, tracestate = getrandbits(128) or 1, None, ""
             decide = self._decide
             sampled = (
                 decide(trace_id, None)
@@ -545,13 +613,26 @@ class Tracing:
         else:
             trace_id, parent_span_id = parent[0], parent[1]
         name = f"{operation} {model}" if model else operation
+        if self._aggregator is not None:
+            ok = 200 <= status < 400
+            self._aggregator.measure(
+                (operation, provider, model, "", route, "" if ok else error_type or str(status)),
+                ok=ok,
+                start=start_ns,
+                end=now_ns,
+                first_byte=None,
+                usage=None,
+                stream=False,
+            )
+        if not self._sample(trace_id, parent, tracestate, name):
+            return
         self._pending.append(
             (  # TracedRequest's fields
                 trace_id,
                 _span_id(),
                 parent_span_id,
                 tracestate,
-                self._sample(trace_id, parent, tracestate, name),
+                True,
                 request_id,
                 route,
                 consumer,
