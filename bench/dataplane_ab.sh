@@ -7,9 +7,10 @@
 #
 # Each side is its own checkout: BASE in a temporary git worktree, imported first through
 # PYTHONPATH, so both sides run `python -m controlplane` and `python -m dataplane` of their
-# own code against the same fake upstream. Prints, per mode, the median req/s, p50 and p99 of
-# each side and the ratio head/base; these machines are noisy, so only ratios within one run
-# compare. DURATION (s per load run, default 10), MODES, CONNS pass through to run.sh.
+# own code against the same fake upstream. Prints, per mode, the median req/s, p50, p99 and
+# the data plane's CPU per request of each side and the ratios head/base; these machines are
+# noisy, so only ratios within one run compare (CPU per request is the steadier one).
+# DURATION (s per load run, default 10), MODES, CONNS pass through to run.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BASE="${BASE:-HEAD~1}"
@@ -69,9 +70,12 @@ def load(path):
     return runs
 
 base, head = load(sys.argv[1]), load(sys.argv[2])
-print(f"\n{'mode':14} {'side':5} {'req/s (median)':>15} {'runs':>24} {'p50 ms':>8} {'p99 ms':>8}")
+print(
+    f"\n{'mode':14} {'side':5} {'req/s (median)':>15} {'runs':>24} {'p50 ms':>8} {'p99 ms':>8}"
+    f" {'CPU us/req':>10}"
+)
 for mode in sorted(set(base) | set(head)):
-    medians = {}
+    medians, cpus = {}, {}
     for name, runs in (("base", base.get(mode, [])), ("head", head.get(mode, []))):
         if not runs:
             continue
@@ -80,7 +84,15 @@ for mode in sorted(set(base) | set(head)):
         each = ", ".join(f"{r['rps']:.0f}" for r in runs)
         p50 = statistics.median(r["lat_p50_ms"] for r in runs)
         p99 = statistics.median(r["lat_p99_ms"] for r in runs)
-        print(f"{mode:14} {name:5} {rps:15.1f} {each:>24} {p50:8.2f} {p99:8.2f}")
+        # The data plane's CPU (its process tree, from /proc) per request: steadier than req/s
+        # on a shared machine, since it does not count time spent waiting for a core.
+        per_request = [r["proxy_cores"] / r["rps"] * 1e6 for r in runs if r.get("proxy_cores")]
+        cpu = statistics.median(per_request) if per_request else float("nan")
+        cpus[name] = cpu
+        print(f"{mode:14} {name:5} {rps:15.1f} {each:>24} {p50:8.2f} {p99:8.2f} {cpu:10.1f}")
     if len(medians) == 2:
-        print(f"{mode:14} head/base req/s = {medians['head'] / medians['base']:.3f}")
+        print(
+            f"{mode:14} head/base req/s = {medians['head'] / medians['base']:.3f}, "
+            f"CPU per request = {cpus['head'] / cpus['base']:.3f}"
+        )
 PY
