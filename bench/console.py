@@ -13,7 +13,9 @@ usage. ``--history N`` also gives every customer a closed invoice for each of th
 before the period (4 lines each: flat, two features, one model_list line; mostly paid, some
 issued, payment failed or void), written by one ``INSERT ... SELECT`` per table in the rows and
 line JSON ``invoicing.storage.freeze`` writes (10,000 customers x 6 months: 60,000 invoices,
-240,000 lines), so ``/margin`` and ``/invoices`` read a history. Then a control plane with its console starts on a frozen clock 20 days into the period,
+240,000 lines), so ``/margin`` and ``/invoices`` read a history.
+
+Then a control plane with its console starts on a frozen clock 20 days into the period,
 and each page is fetched over HTTP with an admin token (median of ``--runs``, after one warm-up).
 The issue's bound is 150 ms per page.
 
