@@ -410,6 +410,24 @@ def list_invoices(
     return [load_invoice(conn, row) for row in rows]
 
 
+def page_invoices(
+    conn: Connection,
+    *,
+    customer: str | None = None,
+    states: Sequence[InvoiceState] | None = None,
+    offset: int,
+    size: int,
+) -> tuple[list[Invoice], bool]:
+    """``list_invoices[offset:offset + size]`` and whether more follow: only these rows are
+    read and loaded (their lines read, or computed for open ones)."""
+    if customer is not None:
+        customers.get_customer(conn, customer)
+    rows = storage.list_invoice_rows(
+        conn, customer=customer, states=states, top_ups=True, offset=offset, limit=size + 1
+    )
+    return [load_invoice(conn, row) for row in rows[:size]], len(rows) > size
+
+
 def preview_invoice(conn: Connection, *, customer: str, at: datetime) -> Invoice:
     """The invoice of the customer's billing period containing ``at``, as it stands.
 

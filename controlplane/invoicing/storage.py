@@ -113,8 +113,11 @@ def list_invoice_rows(
     states: Iterable[InvoiceState] | None = None,
     currency: str | None = None,
     top_ups: bool = False,
+    offset: int = 0,
+    limit: int | None = None,
 ) -> list[InvoiceRow]:
-    """Invoices in period order; credit top-up invoices only with ``top_ups``."""
+    """Invoices in period order; credit top-up invoices only with ``top_ups``; ``limit`` of
+    them from ``offset`` (all by default)."""
     query = select(inv).order_by(inv.c.period_start, inv.c.customer, inv.c.id)
     if not top_ups:
         query = query.where(inv.c.kind.is_(None))
@@ -124,6 +127,10 @@ def list_invoice_rows(
         query = query.where(inv.c.state.in_([st.value for st in states]))
     if currency is not None:
         query = query.where(inv.c.currency == currency)
+    if offset:
+        query = query.offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
     return [_row(r) for r in conn.execute(query)]
 
 

@@ -7,6 +7,9 @@ The table holds what the SQL must tell apart: months before the window, a period
 month, two currencies, void invoices and a credit top-up (never counted), a draft (computed
 live), an invoice without lines, lines without a feature (their rate card counts), amounts of
 every scale, and values a float would round.
+
+On the same table: ``lifecycle.page_invoices`` (``ListInvoices``' pages, read one at a time)
+cuts exactly ``list_invoices`` (every invoice read) in pages.
 """
 
 from __future__ import annotations
@@ -265,3 +268,33 @@ def test_figures_by_hand(db: Database) -> None:
         {"USD": "5"},
     ]
     assert as_text(gpt) == [{"EUR": "7", "USD": "123456789024.685"}, {}, {}]
+
+
+@pytest.mark.parametrize("size", [1, 4, 12, 100])
+@pytest.mark.parametrize(
+    ("customer", "states"),
+    [
+        pytest.param(None, None, id="all"),
+        pytest.param("globex", None, id="customer"),
+        pytest.param(None, [InvoiceState.PAID, InvoiceState.DRAFT], id="states"),
+    ],
+)
+def test_pages_cut_the_whole_list(
+    db: Database, size: int, customer: str | None, states: list[InvoiceState] | None
+) -> None:
+    with db.begin() as conn:
+        whole = lifecycle.list_invoices(conn, customer=customer, states=states)
+        pages = []
+        offset = 0
+        while True:
+            found, more = lifecycle.page_invoices(
+                conn, customer=customer, states=states, offset=offset, size=size
+            )
+            pages.append(found)
+            offset += size
+            if not more:
+                break
+    assert len(whole) > 1
+    assert [p for page in pages for p in page] == whole
+    assert all(len(page) == size for page in pages[:-1])
+    assert 0 < len(pages[-1]) <= size
