@@ -142,8 +142,8 @@ HISTORY = text(
             ELSE 'paid'
         END AS state,
         1 + (c.n * 7919 + k * 104729) % 5000000 AS input_tokens,
-        CAST((c.n * 31 + k * 17) % 90000 AS numeric) / 100 AS output_amount,
-        CAST((c.n * 13 + k * 7) % 40000 AS numeric) / 100 AS model_amount,
+        round(CAST((c.n * 31 + k * 17) % 90000 AS numeric) / 100, 2) AS output_amount,
+        round(CAST((c.n * 13 + k * 7) % 40000 AS numeric) / 100, 2) AS model_amount,
         (ARRAY[:m1, :m2, :m3])[1 + (c.n + k) % 3] AS model
     FROM (SELECT key, row_number() OVER (ORDER BY key) AS n FROM customers) AS c,
         generate_series(1, :months) AS k

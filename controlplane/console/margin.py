@@ -20,6 +20,7 @@ Margin is billed minus provider cost, in USD only (provider prices are taken as 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -167,13 +168,21 @@ async def over_time(
     if not 1 <= months <= MAX_MONTHS:
         raise InvalidArgument(f"months must be 1 to {MAX_MONTHS}, got {months}")
     starts = month_starts(now, months)
-    route_costs = await usage.route_costs(api)
-    billed = await closed_billed(starts, selection)
-    for currency, amount in (await _open_billed(api, selection, open_totals)).items():
-        billed[-1][currency] = billed[-1].get(currency, Decimal(0)) + amount
-    cost = await _costs(
-        api, starts=starts, now=now, selection=selection, costs=route_costs, reader=reader
+
+    async def provider_cost() -> list[Decimal]:
+        route_costs = await usage.route_costs(api)
+        return await _costs(
+            api, starts=starts, now=now, selection=selection, costs=route_costs, reader=reader
+        )
+
+    # Independent reads (each in its own thread and transaction): their database time overlaps.
+    billed, open_billed, cost = await asyncio.gather(
+        closed_billed(starts, selection),
+        _open_billed(api, selection, open_totals),
+        provider_cost(),
     )
+    for currency, amount in open_billed.items():
+        billed[-1][currency] = billed[-1].get(currency, Decimal(0)) + amount
     margins = [m.get("USD", Decimal(0)) - c for m, c in zip(billed, cost, strict=True)]
     rows = [
         {
