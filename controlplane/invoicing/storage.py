@@ -234,6 +234,19 @@ def stored_lines(conn: Connection, id: str) -> list[InvoiceLine]:
     return [line_from_json(r.id, json.loads(r.line)) for r in rows]
 
 
+def stored_lines_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[InvoiceLine]]:
+    """``stored_lines`` of several invoices in one statement (each id present, maybe empty)."""
+    t = s.invoice_lines
+    found: dict[str, list[InvoiceLine]] = {id: [] for id in ids}
+    if ids:
+        rows = conn.execute(
+            select(t).where(t.c.invoice_id.in_(list(ids))).order_by(t.c.invoice_id, t.c.position)
+        )
+        for r in rows:
+            found[r.invoice_id].append(line_from_json(r.id, json.loads(r.line)))
+    return found
+
+
 # Locks ----------------------------------------------------------------------------------------
 
 
