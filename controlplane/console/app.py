@@ -44,11 +44,12 @@ from controlplane.console.api import ConsoleApi, Forbidden, Servicers, to_json
 from controlplane.console.auth import Kind, Principal, operator_principal
 from controlplane.console.catalog_forms import CatalogPages
 from controlplane.console.credits import CreditPages, portal_credits
+from controlplane.console.margin import Selection as MarginSelection
 from controlplane.console.sessions import Session, SessionStore, csrf_ok
 from controlplane.customers import storage as customer_storage
 from controlplane.declarative.load import load_text
 from controlplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from controlplane.invoicing import totals
+from controlplane.invoicing import monthly, totals
 from controlplane.portal import service as portal_service
 from controlplane.portal import storage as portal_storage
 from controlplane.portal.types import PORTAL_TOKEN_PREFIX
@@ -565,6 +566,7 @@ class Console:
                 months=months,
                 selection=selection,
                 open_totals=lambda: self._open_totals(api),
+                closed_billed=lambda starts, chosen: self._closed_billed(api, starts, chosen),
                 reader=usage.UsageReader(self.db, api),
             ),
             api.call("catalog", "ListFeatures", catalog_pb2.ListFeaturesRequest(page_size=1000)),
@@ -588,6 +590,26 @@ class Console:
         at = self.clock.now()
 
         return await asyncio.to_thread(totals.open_totals_concurrently, self.db, at=at)
+
+    async def _closed_billed(
+        self, api: ConsoleApi, starts: list[datetime], selection: MarginSelection
+    ) -> list[dict[str, Decimal]]:
+        """The closed invoices' totals per month (what ``ListInvoices`` returns, summed by the
+        database: ``invoicing.monthly``)."""
+        if not api.principal.may_call("ListInvoices"):
+            raise Forbidden(f"{api.principal.name!r} may not call ListInvoices")
+
+        def read() -> list[dict[str, Decimal]]:
+            with self.db.begin() as conn:
+                return monthly.billed_by_month(
+                    conn,
+                    starts=starts,
+                    customer=selection.customer,
+                    model=selection.model,
+                    feature=selection.feature,
+                )
+
+        return await asyncio.to_thread(read)
 
     async def customers(self, request: Request, api: ConsoleApi) -> tuple[str, dict[str, Any]]:
         q = request.query_params.get("q", "").strip()

@@ -4,9 +4,10 @@ one customer, model or feature.
 Billed, per calendar month (UTC) of an invoice's period start:
 
 - closed periods: the invoices no longer open (draft, issued, paid, payment failed; never
-  void, nor credit top-ups, whose period is empty: buying credits is not usage billed), from
-  ``ListInvoices``; narrowed to a model or feature, their lines of that model
-  (``model_list`` prices) or that feature (or rate card);
+  void, nor credit top-ups, whose period is empty: buying credits is not usage billed), summed
+  per month and currency by the database (``invoicing.monthly.billed_by_month``, for a
+  principal that may call ``ListInvoices``); narrowed to a model or feature, their lines of
+  that model (``model_list`` prices) or that feature (or rate card);
 - this month: also the open periods' invoices as they stand now: one customer's
   ``PreviewInvoice``, or every customer's (``invoicing.totals``, as the overview computes it).
 
@@ -19,27 +20,25 @@ Margin is billed minus provider cost, in USD only (provider prices are taken as 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from controlplane.console import usage
 from controlplane.console.api import ConsoleApi
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from controlplane.invoicing.monthly import month_index
 from controlplane.invoicing.totals import OpenTotals
 from controlplane.usage.storage import llm_dimensions_match
 from meterline.admin.v1 import billing_pb2, catalog_pb2, customers_pb2
 
 MAX_MONTHS = 24
-CLOSED_STATES = [
-    billing_pb2.INVOICE_STATE_DRAFT,
-    billing_pb2.INVOICE_STATE_ISSUED,
-    billing_pb2.INVOICE_STATE_PAID,
-    billing_pb2.INVOICE_STATE_PAYMENT_FAILED,
-]
-INVOICE_PAGE = 1000
+
+# (month starts, selection) -> per month, currency -> billed: the closed invoices.
+ClosedBilled = Callable[[list[datetime], "Selection"], Awaitable[list[dict[str, Decimal]]]]
 
 
 @dataclass(frozen=True)
@@ -74,56 +73,6 @@ def month_starts(now: datetime, months: int) -> list[datetime]:
         )
         starts.append(previous.replace(year=year, month=month))
     return starts[::-1]
-
-
-def _month_of(value: datetime, starts: list[datetime]) -> int | None:
-    for index in range(len(starts) - 1, -1, -1):
-        if value >= starts[index]:
-            return index
-    return None
-
-
-def _amount_of(invoice: Any, selection: Selection) -> Decimal | None:
-    """An invoice's total, or the sum of its lines of the selected model or feature (None
-    when it has none: it bills nothing of them)."""
-    if not selection.model and not selection.feature:
-        return Decimal(invoice.total)
-    amounts = [
-        Decimal(line.amount)
-        for line in invoice.lines
-        if (selection.model and line.model == selection.model)
-        or (selection.feature and (line.feature or line.rate_card) == selection.feature)
-    ]
-    return sum(amounts, Decimal(0)) if amounts else None
-
-
-async def _closed_billed(
-    api: ConsoleApi, starts: list[datetime], selection: Selection
-) -> list[dict[str, Decimal]]:
-    billed: list[dict[str, Decimal]] = [{} for _ in starts]
-    parent = f"customers/{selection.customer}" if selection.customer else ""
-    token = ""
-    while True:
-        answer = await api.call(
-            "billing",
-            "ListInvoices",
-            billing_pb2.ListInvoicesRequest(
-                parent=parent, states=CLOSED_STATES, page_size=INVOICE_PAGE, page_token=token
-            ),
-        )
-        for invoice in answer.invoices:
-            if invoice.period_start_time == invoice.period_end_time:
-                continue  # a credit top-up (a purchase of credits, not usage billed)
-            index = _month_of(invoice.period_start_time.ToDatetime(UTC), starts)
-            if index is None:
-                continue
-            amount = _amount_of(invoice, selection)
-            if amount is not None:
-                month = billed[index]
-                month[invoice.currency] = month.get(invoice.currency, Decimal(0)) + amount
-        token = answer.next_page_token
-        if not token:
-            return billed
 
 
 async def _open_billed(
@@ -197,7 +146,7 @@ async def _costs(
         kind = group.get("type", "")
         if route_cost is None or kind not in ("input", "output"):
             continue
-        index = _month_of(row.window_start or starts[0], starts)
+        index = month_index(row.window_start or starts[0], starts)
         if index is None:
             continue
         price = route_cost.input if kind == "input" else route_cost.output
@@ -212,19 +161,28 @@ async def over_time(
     months: int,
     selection: Selection,
     open_totals: Callable[[], Awaitable[OpenTotals]],
+    closed_billed: ClosedBilled,
     reader: usage.UsageReader,
 ) -> dict[str, Any]:
     """Billed, provider cost and margin per month, as the margin page and its twin show."""
     if not 1 <= months <= MAX_MONTHS:
         raise InvalidArgument(f"months must be 1 to {MAX_MONTHS}, got {months}")
     starts = month_starts(now, months)
-    route_costs = await usage.route_costs(api)
-    billed = await _closed_billed(api, starts, selection)
-    for currency, amount in (await _open_billed(api, selection, open_totals)).items():
-        billed[-1][currency] = billed[-1].get(currency, Decimal(0)) + amount
-    cost = await _costs(
-        api, starts=starts, now=now, selection=selection, costs=route_costs, reader=reader
+
+    async def provider_cost() -> list[Decimal]:
+        route_costs = await usage.route_costs(api)
+        return await _costs(
+            api, starts=starts, now=now, selection=selection, costs=route_costs, reader=reader
+        )
+
+    # Independent reads (each in its own thread and transaction): their database time overlaps.
+    billed, open_billed, cost = await asyncio.gather(
+        closed_billed(starts, selection),
+        _open_billed(api, selection, open_totals),
+        provider_cost(),
     )
+    for currency, amount in open_billed.items():
+        billed[-1][currency] = billed[-1].get(currency, Decimal(0)) + amount
     margins = [m.get("USD", Decimal(0)) - c for m, c in zip(billed, cost, strict=True)]
     rows = [
         {

@@ -410,6 +410,33 @@ def list_invoices(
     return [load_invoice(conn, row) for row in rows]
 
 
+def page_invoices(
+    conn: Connection,
+    *,
+    customer: str | None = None,
+    states: Sequence[InvoiceState] | None = None,
+    offset: int,
+    size: int,
+) -> tuple[list[Invoice], bool]:
+    """``list_invoices[offset:offset + size]`` and whether more follow: only these rows are
+    read and loaded (the frozen ones' lines in one statement, open ones computed)."""
+    if customer is not None:
+        customers.get_customer(conn, customer)
+    rows = storage.list_invoice_rows(
+        conn, customer=customer, states=states, top_ups=True, offset=offset, limit=size + 1
+    )
+    shown = rows[:size]
+    frozen = storage.stored_lines_of(conn, [row.id for row in shown if not row.state.open])
+    invoices = []
+    for row in shown:
+        if row.state.open:
+            invoices.append(load_invoice(conn, row))
+        else:
+            assert row.total is not None
+            invoices.append(_invoice(row, frozen[row.id], row.total))
+    return invoices, len(rows) > size
+
+
 def preview_invoice(conn: Connection, *, customer: str, at: datetime) -> Invoice:
     """The invoice of the customer's billing period containing ``at``, as it stands.
 

@@ -113,8 +113,11 @@ def list_invoice_rows(
     states: Iterable[InvoiceState] | None = None,
     currency: str | None = None,
     top_ups: bool = False,
+    offset: int = 0,
+    limit: int | None = None,
 ) -> list[InvoiceRow]:
-    """Invoices in period order; credit top-up invoices only with ``top_ups``."""
+    """Invoices in period order; credit top-up invoices only with ``top_ups``; ``limit`` of
+    them from ``offset`` (all by default)."""
     query = select(inv).order_by(inv.c.period_start, inv.c.customer, inv.c.id)
     if not top_ups:
         query = query.where(inv.c.kind.is_(None))
@@ -124,6 +127,10 @@ def list_invoice_rows(
         query = query.where(inv.c.state.in_([st.value for st in states]))
     if currency is not None:
         query = query.where(inv.c.currency == currency)
+    if offset:
+        query = query.offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
     return [_row(r) for r in conn.execute(query)]
 
 
@@ -225,6 +232,19 @@ def stored_lines(conn: Connection, id: str) -> list[InvoiceLine]:
     t = s.invoice_lines
     rows = conn.execute(select(t).where(t.c.invoice_id == id).order_by(t.c.position))
     return [line_from_json(r.id, json.loads(r.line)) for r in rows]
+
+
+def stored_lines_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[InvoiceLine]]:
+    """``stored_lines`` of several invoices in one statement (each id present, maybe empty)."""
+    t = s.invoice_lines
+    found: dict[str, list[InvoiceLine]] = {id: [] for id in ids}
+    if ids:
+        rows = conn.execute(
+            select(t).where(t.c.invoice_id.in_(list(ids))).order_by(t.c.invoice_id, t.c.position)
+        )
+        for r in rows:
+            found[r.invoice_id].append(line_from_json(r.id, json.loads(r.line)))
+    return found
 
 
 # Locks ----------------------------------------------------------------------------------------

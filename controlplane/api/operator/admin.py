@@ -844,12 +844,18 @@ class BillingServicer(_Base, billing_pb2_grpc.BillingServiceServicer):
     ) -> billing_pb2.ListInvoicesResponse:
         customer = convert.resource_id(request.parent, "customers") if request.parent else None
         states = convert.invoice_states_from_proto(request.states) or None
-        items, token = await self._page(
-            lambda c: lifecycle.list_invoices(c, customer=customer, states=states),
-            request,
-            convert.invoice_to_proto,
+        # One page (+1 row to know whether another follows) read at a time, never all.
+        size = checked_page_size(request.page_size)
+        offset = decode_offset(request.page_token)
+        found, more = await self._tx(
+            lambda c: lifecycle.page_invoices(
+                c, customer=customer, states=states, offset=offset, size=size
+            )
         )
-        return billing_pb2.ListInvoicesResponse(invoices=items, next_page_token=token)
+        return billing_pb2.ListInvoicesResponse(
+            invoices=[convert.invoice_to_proto(i) for i in found],
+            next_page_token=encode_offset(offset + size) if more else "",
+        )
 
     async def GetInvoice(
         self, request: billing_pb2.GetInvoiceRequest, context: Ctx
