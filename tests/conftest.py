@@ -133,8 +133,16 @@ def migrated_db_url(db_url: str, request: pytest.FixtureRequest) -> str:
     return db_url
 
 
+# Data planes the tests start keep nothing on disk unless given --state-dir: by default they
+# would share the user's state directory (root's: /var/lib/meterline), its node id, config
+# cache and spool, which one process at a time may hold: a second data plane, started by
+# another test running at the same time, then served a stale cached config and another
+# test's spooled usage. Set for the whole session, before any fixture of any scope starts a
+# process (a function-scoped fixture came after the module-scoped stacks that start them).
+os.environ["METERLINE_STATE_DIR"] = ""
+
+
 @pytest.fixture(autouse=True)
 def _no_default_state_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Data planes a test starts keep nothing on disk unless it gives --state-dir: by default
-    they would share the user's state directory (one data plane per directory)."""
+    """Each test starts from the session's setting, whatever an earlier test changed."""
     monkeypatch.setenv("METERLINE_STATE_DIR", "")

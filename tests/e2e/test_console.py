@@ -20,7 +20,7 @@ import grpc
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from dataplane.testing.fake_openai import prompt_tokens
 from meterline.admin.v1 import (
@@ -242,6 +242,8 @@ def reported_input(stack: dict[str, Any], browser: Browser) -> int:
         page.fill("#document", GATEWAY.format(upstream=stack["upstream"], key=KEY))
         # Preview first: the changes are listed, nothing is stored yet...
         page.click("#preview-changes")
+        # (the click returns before the next page has loaded: wait for what it lists)
+        page.locator("#changes li").first.wait_for()
         changes = page.locator("#changes li").all_inner_texts()
         for expected in (
             "created service ai-service",
@@ -276,7 +278,7 @@ def reported_input(stack: dict[str, Any], browser: Browser) -> int:
         page.goto(f"{stack['console']}/gateway/apply")
         page.fill("#document", "services: [ {name: broken")
         page.click("#preview-changes")
-        assert page.locator("#apply-error").is_visible()
+        expect(page.locator("#apply-error")).to_be_visible()
     finally:
         context.close()
     return _send_six_requests(stack)

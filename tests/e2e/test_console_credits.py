@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from meterline.admin.v1 import (
     billing_pb2,
@@ -288,7 +288,7 @@ def test_grant_void_top_up_and_recharge_rule_from_the_forms(
     page.fill("#alert-key", "too-much")
     page.fill("#alert-percents", "150")
     page.click("#new-credit-alert button[type=submit]")
-    assert page.locator("p.error").count() == 1
+    expect(page.locator("p.error")).to_have_count(1)
     alerts = _credits(stack).ListCreditAlerts(
         credits_pb2.ListCreditAlertsRequest(parent="customers/acme")
     )
@@ -312,8 +312,8 @@ def test_grant_void_top_up_and_recharge_rule_from_the_forms(
     assert page.locator("#credit-ledger tbody tr").count() == 50
     assert page.inner_text("#credit-live") == "70.00 USD"
     page.click("#ledger-next")
-    assert page.locator("#credit-ledger tbody tr").count() == 3
-    assert page.locator("#ledger-next").count() == 0
+    expect(page.locator("#credit-ledger tbody tr")).to_have_count(3)
+    expect(page.locator("#ledger-next")).to_have_count(0)
 
 
 def test_read_token_sees_credits_and_changes_nothing(

@@ -20,7 +20,7 @@ import grpc
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from meterline.admin.v1 import (
     customers_pb2,
@@ -322,7 +322,7 @@ def test_plugin_yaml_edit_shows_a_diff_then_applies(
         ),
     )
     page.click("#preview-changes")
-    assert page.locator("#apply-error").is_visible()
+    expect(page.locator("#apply-error")).to_be_visible()
     # The preview shows the diff and the change; nothing is stored until applied.
     page.fill("#document", SECRET.sub("Bearer sk-new", edited))
     page.click("#preview-changes")
