@@ -10,6 +10,8 @@ PIECE is one of
   metrics and its record), with the harness's usage object and clock reads;
 - ``unsampled``: the same for a request that is not sampled (its metrics, no record);
 - ``nometrics``: ``path`` with the metrics not exported (OTEL_METRICS_EXPORTER=none);
+- ``fold``: the tracing thread's share of one request's metrics (folding its measurements
+  into the buckets, per batch of 100);
 - ``complete``: the tracing thread completing one sampled request's record
   (``RequestTrace.traced``);
 - ``encode``: one sampled request's two spans to OTLP bytes (its response id already read);
@@ -139,7 +141,7 @@ def _request(tracer: tracing.Tracing) -> tracing.RequestTrace:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "piece", choices=("path", "unsampled", "nometrics", "complete", "encode", "meta")
+        "piece", choices=("path", "unsampled", "nometrics", "fold", "complete", "encode", "meta")
     )
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
@@ -154,7 +156,23 @@ def main() -> None:
 
         def piece() -> None:
             _request(tracer)
-            tracer._pending.clear()
+            tracer._pending.clear()  # the measurements stay pending: a few thousand floats
+
+    elif args.piece == "fold":
+        assert discard.aggregator is not None
+        batch = 100
+        calls = max(calls // batch, 1) * batch
+        for _ in range(batch):
+            _request(tracer)
+        tracer._pending.clear()
+        (series,) = discard.aggregator._series.values()
+        histograms = (series.input, series.output, series.duration, series.ttft)
+        measured = [list(h.pending) for h in histograms]
+
+        def piece() -> None:
+            for histogram, values in zip(histograms, measured, strict=True):
+                histogram.pending.extend(values)
+            discard.aggregator.fold()  # type: ignore[union-attr]
 
     elif args.piece == "complete":
 
@@ -176,7 +194,7 @@ def main() -> None:
         def piece() -> None:
             otel_export.response_meta(BODY)
 
-    rounds = calls
+    rounds = calls // 100 if args.piece == "fold" else calls
     for _ in range(min(rounds, 50)):
         piece()  # warm: caches, specialised bytecode
 

@@ -1,8 +1,8 @@
 """The OpenTelemetry side of data-plane tracing: OTLP spans and GenAI metrics built in batches.
 
 ``dataplane.observability.tracing`` (the request path) records every request's GenAI metrics
-in a ``MetricAggregator`` here (bucket counts) and appends one record per sampled request to
-a bounded deque; its background thread hands the drained batch to an ``Exporter`` here,
+in a ``MetricAggregator`` here (list appends) and appends one plain tuple per sampled request
+to a bounded deque; its background thread hands the drained batch to an ``Exporter`` here,
 which
 
 - encodes the sampled requests' spans straight into OTLP protobuf bytes (an
@@ -11,8 +11,8 @@ which
   ``struct`` packs, the rest a few concatenations per span. The SDK's span objects
   (``ReadableSpan``, attribute validation, the batch span processor's queue and locks) cost
   more CPU than the request they described; none is made;
-- every OTEL_METRIC_EXPORT_INTERVAL hands the four gen_ai.* histograms to the SDK's metric
-  exporter as one ``MetricsData``
+- folds the four gen_ai.* histograms' pending measurements into bucket counts, and every
+  OTEL_METRIC_EXPORT_INTERVAL hands them to the SDK's metric exporter as one ``MetricsData``
   (cumulative temporality, the SDK's default);
 - sends the span bytes through the SDK's own OTLP exporters (gRPC or HTTP/protobuf), so the
   endpoint, headers, TLS, compression, timeout and retries are the OTEL_* variables' as the SDK
@@ -30,8 +30,10 @@ import struct
 import sys
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
+from itertools import repeat
 from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -761,32 +763,41 @@ class SpanEncoder:
 class _Histogram:
     """An explicit-bucket histogram (the SDK's semantics: bucket i holds (b[i-1], b[i]]).
 
-    The request path counts each measurement where it is made (``record``, or the same
-    statements inline in ``tracing.RequestTrace.ended``): a bisect in C, one increment, the sum
-    and the extremes. The tracing thread only reads the buckets when it exports."""
+    Measurements are appended to ``pending`` (one list append each, on the request path) and
+    folded into the buckets by the tracing thread (``fold``), whose loops all run in C (``map``
+    of a bisect, ``Counter``, ``sum``, ``min``, ``max``)."""
 
-    __slots__ = ("bounds", "counts", "max", "min", "search", "sum")
+    __slots__ = ("bounds", "count", "counts", "max", "min", "pending", "search", "sum")
 
     def __init__(self, bounds: tuple[float, ...], search: tuple[float, ...] = ()) -> None:
         self.bounds = bounds
         # What measurements are bisected against: ``bounds``, or equal values of their type.
         self.search = search or bounds
         self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
         self.sum = 0.0
         self.min = float("inf")
         self.max = float("-inf")
+        self.pending: list[float] = []
 
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def record(self, value: float) -> None:
-        self.counts[bisect_left(self.search, value)] += 1
-        self.sum += value
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
+    def fold(self) -> None:
+        pending = self.pending
+        taken = len(pending)
+        if not taken:
+            return
+        # The request path appends meanwhile: take what is there, leave what comes after.
+        values = pending[:taken]
+        del pending[:taken]
+        counts = self.counts
+        for index, number in Counter(map(bisect_left, repeat(self.search), values)).items():
+            counts[index] += number
+        self.count += len(values)
+        self.sum += sum(values)
+        low, high = min(values), max(values)
+        if low < self.min:
+            self.min = low
+        if high > self.max:
+            self.max = high
 
 
 _METRICS: Final = (
@@ -802,11 +813,12 @@ _METRICS: Final = (
 )  # fmt: skip
 
 
-class Series:
+class _Series:
     """The histograms of one attribute set: token usage (input, output), duration, time to
-    first token, time per output token."""
+    first token, time per output token; ``appends`` are their pending lists' ``append``s
+    in that order (what the tracing thread calls per measurement)."""
 
-    __slots__ = ("duration", "input", "output", "tpot", "ttft")
+    __slots__ = ("appends", "duration", "input", "output", "tpot", "ttft")
 
     def __init__(self) -> None:
         self.input = _Histogram(_TOKEN_BUCKETS, _TOKEN_SEARCH)
@@ -814,26 +826,34 @@ class Series:
         self.duration = _Histogram(_DURATION_BUCKETS)
         self.ttft = _Histogram(_TTFT_BUCKETS)
         self.tpot = _Histogram(_TPOT_BUCKETS)
+        self.appends = tuple(
+            h.pending.append for h in (self.input, self.output, self.duration, self.ttft, self.tpot)
+        )
+
+    def fold(self) -> None:
+        for histogram in (self.input, self.output, self.duration, self.ttft, self.tpot):
+            histogram.fold()
 
 
 class MetricAggregator:
     """The four gen_ai.* histograms, cumulative since the data plane started, keyed by their
     attribute sets (one tuple and one dict lookup per request; no dict per measurement).
 
-    The request path counts a request's measurements in its series' histograms (inline in
-    ``tracing.RequestTrace.ended``, or ``measure``); the tracing thread reads them to export."""
+    The request path appends a request's measurements to its series' pending lists (inline in
+    ``tracing.RequestTrace.ended``, or ``measure``); ``fold`` (the tracing thread, before each
+    export) turns them into bucket counts."""
 
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
         # (operation, provider, request model, response model, route, error type) -> series
-        self._series: dict[tuple[str, ...], Series] = {}
+        self._series: dict[tuple[str, ...], _Series] = {}
 
-    def series(self, key: tuple[str, ...]) -> Series:
-        """The histograms of ``key`` (made on first use)."""
+    def series(self, key: tuple[str, ...]) -> tuple[Callable[[float], None], ...]:
+        """The pending lists' appends of the series of ``key`` (made on first use)."""
         found = self._series.get(key)
         if found is None:
-            found = self._series[key] = Series()
-        return found
+            found = self._series[key] = _Series()
+        return found.appends
 
     def add(self, record: Sequence[Any]) -> None:
         """The measurements of one request record (``TracedRequest``'s fields)."""
@@ -869,17 +889,23 @@ class MetricAggregator:
     ) -> None:
         """One request's measurements (nanosecond instants) in the series of ``key``:
         (operation, provider, request model, response model, route, error type or "")."""
-        series = self._series.get(key) or self.series(key)
-        series.duration.record((end - start) / 1e9)
+        found = self._series.get(key)
+        appends = self.series(key) if found is None else found.appends
+        appends[2]((end - start) / 1e9)
         input_tokens, output = gen_ai_tokens(usage)
         if input_tokens is not None:
-            series.input.record(input_tokens)
+            appends[0](input_tokens)
         if output is not None:
-            series.output.record(output)
+            appends[1](output)
         if ok and first_byte is not None:
-            series.ttft.record((first_byte - start) / 1e9)
+            appends[3]((first_byte - start) / 1e9)
             if stream and output is not None and output > 1:
-                series.tpot.record((end - first_byte) / 1e9 / (output - 1))
+                appends[4]((end - first_byte) / 1e9 / (output - 1))
+
+    def fold(self) -> None:
+        # A copy: the request path may add a series meanwhile.
+        for series in list(self._series.values()):
+            series.fold()
 
     def metrics_data(self, resource: Resource, version: str) -> Any:
         """Everything so far as the SDK's ``MetricsData`` (what its metric exporters take)."""
@@ -894,6 +920,7 @@ class MetricAggregator:
         )
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+        self.fold()
         now = time.time_ns()
         metrics = []
         series_items = list(self._series.items())
@@ -922,20 +949,16 @@ class MetricAggregator:
                 else:
                     histograms = [(attributes, series.tpot)]
                 for point_attributes, histogram in histograms:
-                    # One copy, its count its own sum: the request path keeps counting
-                    # meanwhile (the sum may hold a measurement more or less than the copy).
-                    counts = list(histogram.counts)
-                    count = sum(counts)
-                    if not count:
+                    if not histogram.count:
                         continue
                     points.append(
                         HistogramDataPoint(
                             attributes=point_attributes,
                             start_time_unix_nano=self.start_ns,
                             time_unix_nano=now,
-                            count=count,
+                            count=histogram.count,
                             sum=histogram.sum,
-                            bucket_counts=counts,
+                            bucket_counts=list(histogram.counts),
                             explicit_bounds=list(bounds),
                             min=histogram.min,
                             max=histogram.max,
@@ -1166,6 +1189,8 @@ class Exporter:
     def tick(self) -> None:
         """Export what is due: spans older than the schedule delay, metrics each interval."""
         now = time.monotonic()
+        if self._aggregator is not None:
+            self._aggregator.fold()  # the pending measurements stay few
         if self._spans and now - self._spans_since >= self._span_delay_s:
             self.export_spans()
         if self._aggregator is not None and now - self._metrics_since >= self._metric_interval_s:
@@ -1195,7 +1220,7 @@ class Exporter:
         self._metrics_since = time.monotonic()
         if self._aggregator is None or self._metric_exporter is None:
             return
-        data = self._aggregator.metrics_data(self._resource, self._version)
+        data = self._aggregator.metrics_data(self._resource, self._version)  # folds first
         if data is not None:
             try:
                 self._metric_exporter.export(data)

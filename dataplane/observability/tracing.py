@@ -2,13 +2,13 @@
 
 The request path only notes what it already measures (perf-counter instants, the status, the
 usage the provider reported) on a ``RequestTrace``; when the exchange records its last attempt
-(or the gateway refuses the request itself) the request's GenAI metrics are counted in their
-histograms' buckets, and a sampled request becomes one tuple appended to a bounded deque: the
-trace, the exchange's immutable ``Prepared`` and the few values of its end. A background
-thread wakes every ``_DRAIN_INTERVAL_S``, completes the records (``RequestTrace.traced``: the
-fields of ``otel_export.TracedRequest``) and hands them to ``otel_export.Exporter``, which
-prices them, encodes their spans straight to OTLP protobuf and exports spans and metrics
-through the SDK's OTLP exporters.
+(or the gateway refuses the request itself) the request's GenAI metrics are appended to their
+histograms' pending lists, and a sampled request becomes one tuple appended to a bounded
+deque: the trace, the exchange's immutable ``Prepared`` and the few values of its end. A
+background thread wakes every ``_DRAIN_INTERVAL_S``, folds the metrics into their buckets,
+completes the records (``RequestTrace.traced``: the fields of ``otel_export.TracedRequest``)
+and hands them to ``otel_export.Exporter``, which prices them, encodes their spans straight
+to OTLP protobuf and exports spans and metrics through the SDK's OTLP exporters.
 
 Spans (OpenTelemetry GenAI semantic conventions, Development status, semconv 1.37+):
 
@@ -30,7 +30,6 @@ import os
 import random
 import threading
 import time
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
@@ -44,7 +43,6 @@ import orjson
 from dataplane.observability.otel_export import (
     Exporter,
     MetricAggregator,
-    Series,
     signals_configured,
 )
 from dataplane.usage.tokens import TokenUsage
@@ -330,7 +328,8 @@ class RequestTrace:
         first_byte = exchange.first_byte_ns
         aggregator = tracing._aggregator
         if aggregator is not None:
-            # The GenAI metrics, counted here.
+            # The GenAI metrics, recorded here: a few list appends (folded into buckets by the
+            # tracing thread), cheaper than a record for it to read them from.
             ok = 200 <= status < 400
             key = (
                 operation,
@@ -340,14 +339,26 @@ class RequestTrace:
                 self.route,
                 "" if ok else str(status),
             )
-            _count(
-                aggregator._series.get(key) or aggregator.series(key),
-                self.start_perf_ns,
-                now,
-                first_byte if ok else None,
-                usage,
-                prepared.stream,
-            )
+            found = aggregator._series.get(key)
+            appends = aggregator.series(key) if found is None else found.appends
+            start = self.start_perf_ns
+            appends[2]((now - start) / 1e9)
+            output = None
+            if usage is not None:
+                # As the conventions count them (otel_export.gen_ai_tokens).
+                value = usage.input_tokens
+                if value is not None:
+                    appends[0](
+                        value + (usage.cached_input_tokens or 0) + (usage.cache_write_tokens or 0)
+                    )
+                output = usage.output_tokens
+                if output is not None:
+                    output += usage.reasoning_tokens or 0
+                    appends[1](output)
+            if ok and first_byte is not None:
+                appends[3]((first_byte - start) / 1e9)
+                if output is not None and output > 1 and prepared.stream:
+                    appends[4]((now - first_byte) / 1e9 / (output - 1))
         if not sampled:
             return
         # The rest is read by the tracing thread (_traced): ``prepared`` is immutable, the
@@ -439,50 +450,6 @@ class RequestTrace:
             content,
             self.cost,
         )
-
-
-def _count(
-    series: Series,
-    start: int,
-    end: int,
-    first_byte: int | None,
-    usage: TokenUsage | None,
-    stream: bool,
-    /,
-) -> None:
-    """One request's GenAI measurements (perf-counter instants; ``first_byte`` None for a
-    failed one) counted in ``series``: ``otel_export._Histogram.record`` inline, a Python call
-    per measurement costing more than the measurement."""
-    value: float = (end - start) / 1e9
-    histogram = series.duration
-    histogram.counts[bisect_left(histogram.search, value)] += 1
-    histogram.sum += value
-    if value < histogram.min:
-        histogram.min = value
-    if value > histogram.max:
-        histogram.max = value
-    output = None
-    if usage is not None:
-        # As the conventions count them (otel_export.gen_ai_tokens).
-        tokens = usage.input_tokens
-        if tokens is not None:
-            tokens += (usage.cached_input_tokens or 0) + (usage.cache_write_tokens or 0)
-            series.input.record(tokens)
-        output = usage.output_tokens
-        if output is not None:
-            output += usage.reasoning_tokens or 0
-            series.output.record(output)
-    if first_byte is not None:
-        value = (first_byte - start) / 1e9
-        histogram = series.ttft
-        histogram.counts[bisect_left(histogram.search, value)] += 1
-        histogram.sum += value
-        if value < histogram.min:
-            histogram.min = value
-        if value > histogram.max:
-            histogram.max = value
-        if stream and output is not None and output > 1:
-            series.tpot.record((end - first_byte) / 1e9 / (output - 1))
 
 
 class ResponseTail:
