@@ -12,6 +12,8 @@ PIECE is one of
 - ``nometrics``: ``path`` with the metrics not exported (OTEL_METRICS_EXPORTER=none);
 - ``fold``: the tracing thread's share of one request's metrics (folding its measurements
   into the buckets, per batch of 100);
+- ``complete``: the tracing thread completing one sampled request's record
+  (``RequestTrace.traced``);
 - ``encode``: one sampled request's two spans to OTLP bytes (its response id already read);
 - ``meta``: reading the response id and finish reasons of a whole chat completion body.
 
@@ -36,6 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON  # noqa: E402
 
 from dataplane.observability import otel_export, tracing  # noqa: E402
+from dataplane.translate.base import Prepared  # noqa: E402
 from dataplane.usage.tokens import TokenUsage  # noqa: E402
 
 BODY = (
@@ -52,6 +55,38 @@ HEADERS = [
     (b"content-type", b"application/json"),
 ]
 DOCUMENT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello bench"}]}
+
+
+class _Target:
+    provider = "openai"
+    origin = "http://127.0.0.1:8080"
+
+
+class _Policy:
+    target = _Target()
+    route_type = "llm/v1/chat"
+    log_payloads = False
+
+
+class _Exchange:
+    """What ``RequestTrace.ended`` reads of the gateway's exchange."""
+
+    policy = _Policy()
+    prepared = Prepared(
+        body=b"{}",
+        model="gpt-4o-mini",
+        stream=False,
+        url="http://127.0.0.1:8080",
+        document=DOCUMENT,
+    )
+    attempt = 1
+    output_text = None
+
+    upstream_ns = 0
+    first_byte_ns = 0
+
+
+_EXCHANGE = _Exchange()
 
 
 class _Discard:
@@ -75,7 +110,7 @@ class _Discard:
 
 
 def _record(tracer: tracing.Tracing) -> tuple[Any, ...]:
-    """One finished request's record, as the request path makes it."""
+    """One finished request's record, as the request path queues it."""
     trace = _request(tracer)
     (record,) = tracer._pending
     tracer._pending.clear()
@@ -96,35 +131,17 @@ def _request(tracer: tracing.Tracing) -> tracing.RequestTrace:
     )
     trace.upstream_headers(list(HEADERS))
     trace.response = BODY
-    trace.ended(
-        attempt=1,
-        provider="openai",
-        model="gpt-4o-mini",
-        origin="http://127.0.0.1:8080",
-        status=200,
-        failed_over=False,
-        now_perf_ns=now + 2_000_000,
-        upstream_perf_ns=now + 100_000,
-        first_byte_perf_ns=now + 1_900_000,
-        response_model="gpt-4o-mini",
-        usage=TokenUsage(
-            input_tokens=5, output_tokens=4, cached_input_tokens=0, reasoning_tokens=0
-        ),
-        estimated=False,
-        stream=False,
-        operation=tracing.operation_name("llm/v1/chat"),
-        request_model="gpt-4o-mini",
-        document=DOCUMENT,
-        capture=False,
-        output_text=None,
-    )
+    usage = TokenUsage(input_tokens=5, output_tokens=4, cached_input_tokens=0, reasoning_tokens=0)
+    exchange = _EXCHANGE
+    exchange.upstream_ns, exchange.first_byte_ns = now + 100_000, now + 1_900_000
+    trace.ended(exchange, now + 2_000_000, 200, usage, "gpt-4o-mini", False, False)
     return trace
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "piece", choices=("path", "unsampled", "nometrics", "fold", "encode", "meta")
+        "piece", choices=("path", "unsampled", "nometrics", "fold", "complete", "encode", "meta")
     )
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
@@ -157,9 +174,14 @@ def main() -> None:
                 histogram.pending.extend(values)
             discard.aggregator.fold()  # type: ignore[union-attr]
 
+    elif args.piece == "complete":
+
+        def piece() -> None:
+            record[0].traced(record)
+
     elif args.piece == "encode":
         encoder = otel_export.SpanEncoder(otel_export.otel_resource("bench"), "0")
-        read = list(record)
+        read = list(record[0].traced(record))
         read[22], read[23] = otel_export.response_meta(BODY)
         read[26] = None  # not priced here (the metering's own cost)
         encoded = tuple(read)

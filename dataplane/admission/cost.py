@@ -114,6 +114,7 @@ class Metering:
         "done",
         "enforcer",
         "events",
+        "figures",
         "held",
         "model",
         "plain",
@@ -151,6 +152,8 @@ class Metering:
         self.stream_figures = stream_figures
         self.held: list[bytes] = []
         self.done = False
+        # What Enforcer.record counted and priced of the request (its cost, for traces).
+        self.figures: Figures | None = None
 
     def _items(self) -> list[UsageItem]:
         return [
@@ -173,7 +176,7 @@ class Metering:
             return _plain_figures(self.events)
         else:
             self.done = True
-            figures = enforcer.record(
+            figures = self.figures = enforcer.record(
                 consumer_id=self.consumer_id,
                 route_id=self.route_id,
                 items=self._items(),
@@ -193,8 +196,12 @@ class Metering:
         self.events.append(event)
 
     def cost(self) -> Decimal | None:
-        """What the request's usage so far costs by the snapshot's prices (None if unpriced);
-        read-only, for traces (observability.tracing prices a request off the request path)."""
+        """What the request's usage costs by the snapshot's prices (None if unpriced);
+        read-only, for traces (observability.tracing prices a request off the request path):
+        the cost its figures counted when they are made, else its usage priced now."""
+        figures = self.figures
+        if figures is not None:
+            return figures.cost
         table = self.enforcer.table
         policy = table.consumers.get(self.consumer_id) if self.consumer_id else None
         route_cost = table.route_costs.get(self.route_id)

@@ -3,11 +3,12 @@
 The request path only notes what it already measures (perf-counter instants, the status, the
 usage the provider reported) on a ``RequestTrace``; when the exchange records its last attempt
 (or the gateway refuses the request itself) the request's GenAI metrics are appended to their
-histograms' pending lists, and a sampled request becomes one plain tuple (the fields of
-``otel_export.TracedRequest``) appended to a bounded deque. A background thread wakes every
-``_DRAIN_INTERVAL_S``, folds the metrics into their buckets and hands the drained records to
-``otel_export.Exporter``, which prices them, encodes their spans straight to OTLP protobuf and
-exports spans and metrics through the SDK's OTLP exporters.
+histograms' pending lists, and a sampled request becomes one tuple appended to a bounded
+deque: the trace, the exchange's immutable ``Prepared`` and the few values of its end. A
+background thread wakes every ``_DRAIN_INTERVAL_S``, folds the metrics into their buckets,
+completes the records (``RequestTrace.traced``: the fields of ``otel_export.TracedRequest``)
+and hands them to ``otel_export.Exporter``, which prices them, encodes their spans straight
+to OTLP protobuf and exports spans and metrics through the SDK's OTLP exporters.
 
 Spans (OpenTelemetry GenAI semantic conventions, Development status, semconv 1.37+):
 
@@ -35,7 +36,7 @@ from decimal import Decimal
 from operator import itemgetter
 from random import getrandbits
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
@@ -85,6 +86,25 @@ _PARAM_KEYS: Final = frozenset(key for key, _ in _PARAMS)
 _HEX: Final = frozenset("0123456789abcdef")
 _TRACE_HEADERS: Final = frozenset((b"traceparent", b"tracestate"))
 _NAME: Final = itemgetter(0)
+# A queued record's output text when its route does not log payloads (None is an answer).
+_NO_CAPTURE: Final = object()
+
+
+class Exchange(Protocol):
+    """What ``RequestTrace.ended`` reads of the proxy's exchange (dataplane.proxy.gateway)."""
+
+    @property
+    def policy(self) -> Any: ...  # AiProxyPolicy: target (provider, origin), route_type
+    @property
+    def prepared(self) -> Any: ...  # translate.base.Prepared (immutable)
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def upstream_ns(self) -> int | None: ...
+    @property
+    def first_byte_ns(self) -> int | None: ...
+    @property
+    def output_text(self) -> str | None: ...
 
 
 def operation_name(route_type: str) -> str:
@@ -263,54 +283,49 @@ class RequestTrace:
 
     def ended(
         self,
-        *,
-        attempt: int,
-        provider: str,
-        model: str,
-        origin: str,
+        exchange: Exchange,
+        now: int,
         status: int,
-        failed_over: bool,
-        now_perf_ns: int,
-        upstream_perf_ns: int | None,
-        first_byte_perf_ns: int | None,
-        response_model: str,
         usage: TokenUsage | None,
+        response_model: str,
         estimated: bool,
-        stream: bool,
-        operation: str,
-        request_model: str,
-        document: Any,
-        response_id: str = "",
-        finish_reasons: tuple[str, ...] = (),
-        capture: bool = False,
-        output_text: str | None = None,
+        failed_over: bool,
+        /,
     ) -> None:
-        """One attempt ended (the exchange's record step); the last one ends the request.
-        ``capture``: the answering target logs payloads; then, with the content opt-in, the
-        prompt and ``output_text`` go on the span."""
+        """One attempt of ``exchange`` ended at perf-counter instant ``now`` (the exchange's
+        record step); the last one ends the request. Positional: this runs for every request,
+        and binding keywords costs more than the rest of an unsampled request's call; the
+        exchange's fields are read here, the ones only a span needs in the tracing thread."""
+        policy = exchange.policy
+        prepared = exchange.prepared
+        target = policy.target
+        provider = target.provider
         sampled = self.sampled
         if sampled:
             self._attempts += (
                 (  # TracedAttempt's fields
-                    attempt,
+                    exchange.attempt,
                     self._attempt_span_id or _span_id(),
                     provider,
-                    model,
-                    origin,
+                    prepared.model,
+                    target.origin,
                     self._attempt_start,
-                    now_perf_ns,
+                    now,
                     status,
                     failed_over,
-                    upstream_perf_ns,
-                    None if failed_over else first_byte_perf_ns,
+                    exchange.upstream_ns,
+                    None if failed_over else exchange.first_byte_ns,
                 ),
             )
         if failed_over:
             self._attempt_span_id = 0
-            self._attempt_start = now_perf_ns
+            self._attempt_start = now
             return
         self.recorded = True
         tracing = self._tracing
+        operation = _OPERATIONS.get(policy.route_type, "chat")
+        request_model = prepared.requested_model or prepared.model
+        first_byte = exchange.first_byte_ns
         aggregator = tracing._aggregator
         if aggregator is not None:
             # The GenAI metrics, recorded here: a few list appends (folded into buckets by the
@@ -327,7 +342,7 @@ class RequestTrace:
             found = aggregator._series.get(key)
             appends = aggregator.series(key) if found is None else found.appends
             start = self.start_perf_ns
-            appends[2]((now_perf_ns - start) / 1e9)
+            appends[2]((now - start) / 1e9)
             output = None
             if usage is not None:
                 # As the conventions count them (otel_export.gen_ai_tokens).
@@ -340,15 +355,51 @@ class RequestTrace:
                 if output is not None:
                     output += usage.reasoning_tokens or 0
                     appends[1](output)
-            if ok and first_byte_perf_ns is not None:
-                appends[3]((first_byte_perf_ns - start) / 1e9)
-                if stream and output is not None and output > 1:
-                    appends[4]((now_perf_ns - first_byte_perf_ns) / 1e9 / (output - 1))
+            if ok and first_byte is not None:
+                appends[3]((first_byte - start) / 1e9)
+                if output is not None and output > 1 and prepared.stream:
+                    appends[4]((now - first_byte) / 1e9 / (output - 1))
         if not sampled:
             return
+        # The rest is read by the tracing thread (_traced): ``prepared`` is immutable, the
+        # exchange is done with this request.
+        tracing._pending.append(
+            (
+                self,
+                prepared,
+                operation,
+                request_model,
+                response_model,
+                provider,
+                now,
+                status,
+                usage,
+                estimated,
+                first_byte,
+                exchange.output_text if policy.log_payloads else _NO_CAPTURE,
+            )
+        )
+
+    def traced(self, lazy: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The ``TracedRequest`` fields of a record ``ended`` queued (the tracing thread)."""
+        (
+            _trace,
+            prepared,
+            operation,
+            request_model,
+            response_model,
+            provider,
+            now,
+            status,
+            usage,
+            estimated,
+            first_byte,
+            output_text,
+        ) = lazy
         params: tuple[tuple[str, int | float], ...] = ()
         content = None
-        if sampled and type(document) is dict:
+        document = prepared.document
+        if type(document) is dict:
             found_params = []
             # Most requests set none of them: one C-level check first.
             wanted = () if _PARAM_KEYS.isdisjoint(document) else _PARAMS
@@ -358,50 +409,46 @@ class RequestTrace:
                     found_params.append((name, value))
             if found_params:
                 params = tuple(found_params)
-            if capture and self._tracing.capture_content:
+            if output_text is not _NO_CAPTURE and self._tracing.capture_content:
                 found = document.get("messages", document.get("input"))
                 content = (None if found is None else orjson.dumps(found).decode(), output_text)
-        tracing._pending.append(
-            (  # TracedRequest's fields
-                self.trace_id,
-                0,  # the request span's id: drawn by the exporter
-                self.parent_span_id,
-                self.tracestate,
-                sampled,
-                self.request_id,
-                self.route,
-                self.consumer,
-                operation,
-                request_model,
-                response_model,
-                provider,
-                self.start_ns,
-                self.start_perf_ns,
-                now_perf_ns,
-                status,
-                # Plain tuples all through: a record holding only atoms is not tracked by the
-                # garbage collector while it waits for the tracing thread.
-                None
-                if usage is None
-                else (
-                    usage.input_tokens,
-                    usage.output_tokens,
-                    usage.cached_input_tokens,
-                    usage.reasoning_tokens,
-                    usage.cache_write_tokens,
-                ),
-                estimated,
-                stream,
-                first_byte_perf_ns,
-                self._attempts,
-                params,
-                # Read by the exporter (otel_export.response_meta) when it is not a str yet.
-                response_id or self.response,
-                finish_reasons,
-                "",
-                content,
-                self.cost,
-            )
+        return (  # TracedRequest's fields
+            self.trace_id,
+            0,  # the request span's id: drawn by the exporter
+            self.parent_span_id,
+            self.tracestate,
+            True,
+            self.request_id,
+            self.route,
+            self.consumer,
+            operation,
+            request_model,
+            response_model,
+            provider,
+            self.start_ns,
+            self.start_perf_ns,
+            now,
+            status,
+            None
+            if usage is None
+            else (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens,
+                usage.reasoning_tokens,
+                usage.cache_write_tokens,
+            ),
+            estimated,
+            prepared.stream,
+            first_byte,
+            self._attempts,
+            params,
+            # Read by the exporter (otel_export.response_meta) when it is not a str yet.
+            self.response,
+            (),
+            "",
+            content,
+            self.cost,
         )
 
 
@@ -700,7 +747,10 @@ class Tracing:
         batch: list[tuple[Any, ...]] = []
         popleft = pending.popleft
         while pending:
-            batch.append(popleft())
+            record = popleft()
+            first = record[0]
+            # ``RequestTrace.ended``'s records are completed here, off the request path.
+            batch.append(first.traced(record) if type(first) is RequestTrace else record)
         if batch:
             # Sampled requests are priced there too (their ``cost`` thunk).
             self._exporter.add(batch)

@@ -651,26 +651,7 @@ class _Exchange:
         total_ms = (now - self.start_perf_ns) / 1e6
         if self.trace is not None:
             # Notes only: spans are built off the request path (observability.tracing).
-            self.trace.ended(
-                attempt=self.attempt,
-                provider=self.policy.target.provider,
-                model=self.prepared.model,
-                origin=self.policy.target.origin,
-                status=status,
-                failed_over=failed_attempt,
-                now_perf_ns=now,
-                upstream_perf_ns=self.upstream_ns,
-                first_byte_perf_ns=self.first_byte_ns,
-                response_model=model,
-                usage=usage,
-                estimated=estimated,
-                stream=self.prepared.stream,
-                operation=operation_name(self.policy.route_type),
-                request_model=self.prepared.requested_model or self.prepared.model,
-                document=self.prepared.document,
-                capture=self.policy.log_payloads,
-                output_text=self.output_text,
-            )
+            self.trace.ended(self, now, status, usage, model, estimated, failed_attempt)
         if not failed_attempt:
             self.metrics.exchange(
                 route=self.route.name,

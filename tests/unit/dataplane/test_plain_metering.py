@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from dataplane.admission.cost import admit
@@ -109,3 +111,47 @@ def test_a_snapshot_applied_mid_request_counts_it_by_its_policy() -> None:
     headers = dict(metering.head(JSON))
     assert headers[b"x-meterline-remaining"] == b"83"
     assert enforcer.remaining("c-1", provider="openai", model="m", task=None)[0] == 83
+
+
+def priced_route(input_cost: str, output_cost: str) -> snapshot_pb2.Snapshot:
+    return snapshot_pb2.Snapshot(
+        routes=[snapshot_pb2.Route(id="r", name="v1", service_id="s")],
+        plugins=[
+            snapshot_pb2.Plugin(
+                id="ai",
+                name="ai-proxy",
+                route_id="r",
+                enabled=True,
+                ai_proxy=snapshot_pb2.AiProxyConfig(
+                    model=snapshot_pb2.AiProxyModel(
+                        provider="openai",
+                        name="gpt-4o-mini",
+                        options=snapshot_pb2.AiProxyModelOptions(
+                            input_cost=input_cost, output_cost=output_cost
+                        ),
+                    )
+                ),
+            )
+        ],
+    )
+
+
+def test_a_traced_requests_cost_is_the_one_its_figures_counted() -> None:
+    # Given a priced route and a request whose usage was counted for its headers
+    enforcer = Enforcer()
+    enforcer.apply(compile_enforcement(priced_route("2", "8")))
+    metering = metered(enforcer, "c-9")
+    assert not metering.plain
+    usage_events = events()
+    for event in usage_events:
+        metering.record(event)
+    priced_before = metering.cost()  # not counted yet: priced from the events
+    headers = dict(metering.head(JSON))
+    # When the prices change before the tracing thread reads the cost
+    enforcer.apply(compile_enforcement(priced_route("100", "100")))
+    # Then the span's cost is the one the headers gave, not the usage priced again
+    assert metering.cost() == priced_before == Decimal(headers[b"x-meterline-cost"].decode())
+    repriced = metered(enforcer, "c-9")
+    for event in usage_events:
+        repriced.record(event)
+    assert repriced.cost() != priced_before  # what pricing it again would have said
