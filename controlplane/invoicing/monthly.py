@@ -8,10 +8,13 @@ no line of it counts nothing, not even a zero.
 
 Issued invoices (and paid, payment failed) have a frozen total and frozen lines: they are
 summed by the database, grouped by month and currency, so reading a year of ten thousand
-customers costs one statement, not one invoice (and its lines) at a time. Drafts are still
-computed live (``lifecycle.load_invoice``), one by one: they are the few periods ended and not
-yet issued. Sums are exact: PostgreSQL adds ``numeric``; SQLite has no exact decimal, so each
-group's amounts come back as one text (``group_concat``) and are added as ``Decimal`` here.
+customers costs one statement, not one invoice (and its lines) at a time. A model's or a
+feature's lines are read from ``invoice_line_totals`` (one narrow, indexed row per frozen line,
+written at issue), joined to the invoice for its current state, not parsed from each line's
+JSON. Drafts are still computed live (``lifecycle.load_invoice``), one by one: they are the few
+periods ended and not yet issued. Sums are exact: PostgreSQL adds ``numeric``; SQLite has no
+exact decimal, so each group's amounts come back as one text (``group_concat``) and are added
+as ``Decimal`` here.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Numeric, case, cast, func, select
-from sqlalchemy.dialects import postgresql
 
 from controlplane.customers import storage as customers
 from controlplane.invoicing import lifecycle, storage
@@ -55,13 +57,6 @@ def _month_of(column: Any, starts: Sequence[datetime]) -> ColumnElement[Any]:
     )
 
 
-def _line_value(conn: Connection, key: str) -> ColumnElement[Any]:
-    line = s.invoice_lines.c.line
-    if conn.dialect.name == "postgresql":
-        return cast(line, postgresql.JSONB).op("->>")(key)
-    return func.json_extract(line, f"$.{key}")
-
-
 def billed_by_month(
     conn: Connection,
     *,
@@ -88,20 +83,12 @@ def billed_by_month(
     if customer:
         where.append(inv.c.customer == customer)
     if model or feature:
-        lines = s.invoice_lines
-        amount: Any = _line_value(conn, "amount")
-        if model:
-            picked = _line_value(conn, "model") == model
-        else:
-            # A line's feature, or its rate card when it has none.
-            picked = (
-                func.coalesce(
-                    func.nullif(_line_value(conn, "feature"), ""), _line_value(conn, "rate_card")
-                )
-                == feature
-            )
-        source: Any = inv.join(lines, lines.c.invoice_id == inv.c.id)
-        where.append(picked)
+        # Each frozen line's row (written at issue): the invoice's current state still decides.
+        totals = s.invoice_line_totals
+        amount: Any = totals.c.amount
+        picked = totals.c.model == model if model else totals.c.feature == feature
+        source: Any = inv.join(totals, totals.c.invoice_id == inv.c.id)
+        where += [picked, totals.c.period_start >= starts[0]]
     else:
         amount = inv.c.total
         source = inv
@@ -160,7 +147,6 @@ def _amount_of(invoice: Invoice, *, model: str, feature: str) -> Decimal | None:
     amounts = [
         line.amount
         for line in invoice.lines
-        if (model and line.model == model)
-        or (feature and (line.feature or line.rate_card) == feature)
+        if (model and line.model == model) or (feature and storage.line_feature(line) == feature)
     ]
     return sum(amounts, Decimal(0)) if amounts else None
