@@ -24,7 +24,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Numeric, case, cast, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Numeric,
+    Subquery,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    select,
+)
 
 from controlplane.customers import storage as customers
 from controlplane.invoicing import lifecycle, storage
@@ -75,35 +86,7 @@ def billed_by_month(
     billed: list[dict[str, Decimal]] = [{} for _ in starts]
     if not starts:
         return billed
-    inv = s.invoices
-    where: list[ColumnElement[bool]] = [
-        inv.c.period_start >= starts[0],
-        inv.c.period_start != inv.c.period_end,  # not a credit top-up
-    ]
-    if customer:
-        where.append(inv.c.customer == customer)
-    if model or feature:
-        # Each frozen line's row (written at issue): the invoice's current state still decides.
-        totals = s.invoice_line_totals
-        amount: Any = totals.c.amount
-        picked = totals.c.model == model if model else totals.c.feature == feature
-        source: Any = inv.join(totals, totals.c.invoice_id == inv.c.id)
-        where += [picked, totals.c.period_start >= starts[0]]
-    else:
-        amount = inv.c.total
-        source = inv
-    # Grouped in an outer query: the month's CASE carries bound parameters, which PostgreSQL
-    # would not recognise as one expression in both SELECT and GROUP BY.
-    inner = (
-        select(
-            _month_of(inv.c.period_start, starts).label("month"),
-            inv.c.currency,
-            amount.label("amount"),
-        )
-        .select_from(source)
-        .where(inv.c.state.in_(_FROZEN), *where)
-        .subquery()
-    )
+    inner = _frozen_amounts(starts, customer=customer, model=model, feature=feature)
     if conn.dialect.name == "postgresql":
         summed: Any = func.sum(cast(inner.c.amount, Numeric))
     else:
@@ -130,6 +113,49 @@ def billed_by_month(
             month_billed = billed[index]
             month_billed[invoice.currency] = month_billed.get(invoice.currency, Decimal(0)) + found
     return billed
+
+
+def _frozen_amounts(
+    starts: Sequence[datetime], *, customer: str, model: str, feature: str
+) -> Subquery:
+    """The frozen invoices' rows summed: (month index, currency, amount as text), each frozen
+    invoice's total, or each of its lines of ``model`` or ``feature``."""
+    inv = s.invoices
+    counted = [
+        inv.c.state.in_(_FROZEN),
+        inv.c.period_start != inv.c.period_end,  # not a credit top-up
+    ]
+    if model or feature:
+        # Each frozen line's row (written at issue), of the months shown, unless its invoice
+        # is not counted now (void since, a top-up): the few such invoices are what the
+        # database looks up, not every invoice of the months.
+        t = s.invoice_line_totals
+        not_counted = select(inv.c.id).where(inv.c.id == t.c.invoice_id, ~and_(*counted))
+        where = [
+            t.c.model == model if model else t.c.feature == feature,
+            t.c.period_start >= starts[0],
+            ~exists(not_counted),
+        ]
+        if customer:
+            where.append(t.c.customer == customer)
+        columns = (t.c.period_start, t.c.currency, t.c.amount)
+    else:
+        where = [*counted, inv.c.period_start >= starts[0]]
+        if customer:
+            where.append(inv.c.customer == customer)
+        columns = (inv.c.period_start, inv.c.currency, inv.c.total)
+    period_start, currency, amount = columns
+    # Grouped in an outer query: the month's CASE carries bound parameters, which PostgreSQL
+    # would not recognise as one expression in both SELECT and GROUP BY.
+    return (
+        select(
+            _month_of(period_start, starts).label("month"),
+            currency.label("currency"),
+            amount.label("amount"),
+        )
+        .where(*where)
+        .subquery()
+    )
 
 
 def _drafts(conn: Connection, *, customer: str) -> Iterable[Invoice]:
