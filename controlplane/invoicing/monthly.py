@@ -10,8 +10,9 @@ Issued invoices (and paid, payment failed) have a frozen total and frozen lines:
 summed by the database, grouped by month and currency, so reading a year of ten thousand
 customers costs one statement, not one invoice (and its lines) at a time. A model's or a
 feature's lines are read from ``invoice_line_totals`` (one narrow, indexed row per frozen line,
-written at issue), joined to the invoice for its current state, not parsed from each line's
-JSON. Drafts are still computed live (``lifecycle.load_invoice``), one by one: they are the few
+written at issue), not parsed from each line's JSON; the invoice's current state still
+decides (a line of an invoice voided since, or of a top-up, is left out by an anti-join).
+Drafts are still computed live (``lifecycle.load_invoice``), one by one: they are the few
 periods ended and not yet issued. Sums are exact: PostgreSQL adds ``numeric``; SQLite has no
 exact decimal, so each group's amounts come back as one text (``group_concat``) and are added
 as ``Decimal`` here.
