@@ -195,6 +195,21 @@ HISTORY_LINES = text(
     """
 )
 
+# What issuing writes beside each frozen line (controlplane.invoicing.storage.freeze).
+HISTORY_LINE_TOTALS = text(
+    """
+    INSERT INTO invoice_line_totals (
+        line_id, invoice_id, customer, currency, period_start, feature, model, amount
+    )
+    SELECT
+        l.id, l.invoice_id, h.customer, 'USD', h.period_start,
+        coalesce(nullif(CAST(l.line AS jsonb) ->> 'feature', ''),
+            CAST(l.line AS jsonb) ->> 'rate_card'),
+        CAST(l.line AS jsonb) ->> 'model', CAST(l.line AS jsonb) ->> 'amount'
+    FROM invoice_lines AS l JOIN bench_history AS h ON h.id = l.invoice_id
+    """
+)
+
 
 def load_history(db: Database, months: int) -> None:
     """Closed invoices of the ``months`` months before the period, for every customer."""
@@ -211,6 +226,7 @@ def load_history(db: Database, months: int) -> None:
         )
         conn.execute(HISTORY_INVOICES)
         conn.execute(HISTORY_LINES)
+        conn.execute(HISTORY_LINE_TOTALS)
         conn.execute(
             text(
                 "INSERT INTO invoice_numbers (currency, year, last)"

@@ -8,10 +8,14 @@ no line of it counts nothing, not even a zero.
 
 Issued invoices (and paid, payment failed) have a frozen total and frozen lines: they are
 summed by the database, grouped by month and currency, so reading a year of ten thousand
-customers costs one statement, not one invoice (and its lines) at a time. Drafts are still
-computed live (``lifecycle.load_invoice``), one by one: they are the few periods ended and not
-yet issued. Sums are exact: PostgreSQL adds ``numeric``; SQLite has no exact decimal, so each
-group's amounts come back as one text (``group_concat``) and are added as ``Decimal`` here.
+customers costs one statement, not one invoice (and its lines) at a time. A model's or a
+feature's lines are read from ``invoice_line_totals`` (one narrow, indexed row per frozen line,
+written at issue), not parsed from each line's JSON; the invoice's current state still
+decides (a line of an invoice voided since, or of a top-up, is left out by an anti-join).
+Drafts are still computed live (``lifecycle.load_invoice``), one by one: they are the few
+periods ended and not yet issued. Sums are exact: PostgreSQL adds ``numeric``; SQLite has no
+exact decimal, so each group's amounts come back as one text (``group_concat``) and are added
+as ``Decimal`` here.
 """
 
 from __future__ import annotations
@@ -21,8 +25,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Numeric, case, cast, func, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Numeric,
+    Subquery,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    select,
+)
 
 from controlplane.customers import storage as customers
 from controlplane.invoicing import lifecycle, storage
@@ -55,13 +69,6 @@ def _month_of(column: Any, starts: Sequence[datetime]) -> ColumnElement[Any]:
     )
 
 
-def _line_value(conn: Connection, key: str) -> ColumnElement[Any]:
-    line = s.invoice_lines.c.line
-    if conn.dialect.name == "postgresql":
-        return cast(line, postgresql.JSONB).op("->>")(key)
-    return func.json_extract(line, f"$.{key}")
-
-
 def billed_by_month(
     conn: Connection,
     *,
@@ -80,43 +87,7 @@ def billed_by_month(
     billed: list[dict[str, Decimal]] = [{} for _ in starts]
     if not starts:
         return billed
-    inv = s.invoices
-    where: list[ColumnElement[bool]] = [
-        inv.c.period_start >= starts[0],
-        inv.c.period_start != inv.c.period_end,  # not a credit top-up
-    ]
-    if customer:
-        where.append(inv.c.customer == customer)
-    if model or feature:
-        lines = s.invoice_lines
-        amount: Any = _line_value(conn, "amount")
-        if model:
-            picked = _line_value(conn, "model") == model
-        else:
-            # A line's feature, or its rate card when it has none.
-            picked = (
-                func.coalesce(
-                    func.nullif(_line_value(conn, "feature"), ""), _line_value(conn, "rate_card")
-                )
-                == feature
-            )
-        source: Any = inv.join(lines, lines.c.invoice_id == inv.c.id)
-        where.append(picked)
-    else:
-        amount = inv.c.total
-        source = inv
-    # Grouped in an outer query: the month's CASE carries bound parameters, which PostgreSQL
-    # would not recognise as one expression in both SELECT and GROUP BY.
-    inner = (
-        select(
-            _month_of(inv.c.period_start, starts).label("month"),
-            inv.c.currency,
-            amount.label("amount"),
-        )
-        .select_from(source)
-        .where(inv.c.state.in_(_FROZEN), *where)
-        .subquery()
-    )
+    inner = _frozen_amounts(starts, customer=customer, model=model, feature=feature)
     if conn.dialect.name == "postgresql":
         summed: Any = func.sum(cast(inner.c.amount, Numeric))
     else:
@@ -145,6 +116,49 @@ def billed_by_month(
     return billed
 
 
+def _frozen_amounts(
+    starts: Sequence[datetime], *, customer: str, model: str, feature: str
+) -> Subquery:
+    """The frozen invoices' rows summed: (month index, currency, amount as text), each frozen
+    invoice's total, or each of its lines of ``model`` or ``feature``."""
+    inv = s.invoices
+    counted = [
+        inv.c.state.in_(_FROZEN),
+        inv.c.period_start != inv.c.period_end,  # not a credit top-up
+    ]
+    if model or feature:
+        # Each frozen line's row (written at issue), of the months shown, unless its invoice
+        # is not counted now (void since, a top-up): the few such invoices are what the
+        # database looks up, not every invoice of the months.
+        t = s.invoice_line_totals
+        not_counted = select(inv.c.id).where(inv.c.id == t.c.invoice_id, ~and_(*counted))
+        where = [
+            t.c.model == model if model else t.c.feature == feature,
+            t.c.period_start >= starts[0],
+            ~exists(not_counted),
+        ]
+        if customer:
+            where.append(t.c.customer == customer)
+        columns = (t.c.period_start, t.c.currency, t.c.amount)
+    else:
+        where = [*counted, inv.c.period_start >= starts[0]]
+        if customer:
+            where.append(inv.c.customer == customer)
+        columns = (inv.c.period_start, inv.c.currency, inv.c.total)
+    period_start, currency, amount = columns
+    # Grouped in an outer query: the month's CASE carries bound parameters, which PostgreSQL
+    # would not recognise as one expression in both SELECT and GROUP BY.
+    return (
+        select(
+            _month_of(period_start, starts).label("month"),
+            currency.label("currency"),
+            amount.label("amount"),
+        )
+        .where(*where)
+        .subquery()
+    )
+
+
 def _drafts(conn: Connection, *, customer: str) -> Iterable[Invoice]:
     rows = storage.list_invoice_rows(
         conn, customer=customer or None, states=[InvoiceState.DRAFT], top_ups=True
@@ -160,7 +174,6 @@ def _amount_of(invoice: Invoice, *, model: str, feature: str) -> Decimal | None:
     amounts = [
         line.amount
         for line in invoice.lines
-        if (model and line.model == model)
-        or (feature and (line.feature or line.rate_card) == feature)
+        if (model and line.model == model) or (feature and storage.line_feature(line) == feature)
     ]
     return sum(amounts, Decimal(0)) if amounts else None

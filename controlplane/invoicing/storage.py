@@ -203,7 +203,8 @@ def freeze(
     total: Decimal,
     now: datetime,
 ) -> None:
-    """Store the issued invoice's lines and total; nothing changes them afterwards."""
+    """Store the issued invoice's lines and total, and each line's ``invoice_line_totals`` row;
+    nothing changes them afterwards."""
     rows = [
         {
             "id": line.id or str(uuid.uuid4()),
@@ -215,6 +216,25 @@ def freeze(
     ]
     if rows:
         conn.execute(insert(s.invoice_lines), rows)
+        invoice = conn.execute(
+            select(inv.c.customer, inv.c.currency, inv.c.period_start).where(inv.c.id == id)
+        ).one()
+        conn.execute(
+            insert(s.invoice_line_totals),
+            [
+                {
+                    "line_id": row["id"],
+                    "invoice_id": id,
+                    "customer": invoice.customer,
+                    "currency": invoice.currency,
+                    "period_start": invoice.period_start,
+                    "feature": line_feature(line),
+                    "model": line.model,
+                    "amount": str(line.amount),
+                }
+                for row, line in zip(rows, lines, strict=True)
+            ],
+        )
     conn.execute(
         update(inv)
         .where(inv.c.id == id)
@@ -226,6 +246,11 @@ def freeze(
             update_time=now,
         )
     )
+
+
+def line_feature(line: InvoiceLine) -> str:
+    """What the margin page calls a line's feature: its feature, or its rate card without one."""
+    return line.feature or line.rate_card
 
 
 def stored_lines(conn: Connection, id: str) -> list[InvoiceLine]:

@@ -491,6 +491,33 @@ invoice_lines = Table(
     Index("ix_invoice_lines_invoice_id", "invoice_id"),
 )
 
+invoice_line_totals = Table(
+    "invoice_line_totals",
+    metadata,
+    # One row per frozen line (written with it by controlplane.invoicing.storage.freeze): what
+    # the console's margin sums per month for one model or feature, without parsing each
+    # line's JSON. It copies the invoice's period and currency; the invoice's state is not
+    # copied (a void invoice keeps its rows): readers join the invoice for it.
+    Column(
+        "line_id",
+        String(36),
+        ForeignKey("invoice_lines.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("invoice_id", String(36), ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False),
+    Column("customer", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("period_start", UTCDateTime(), nullable=False),
+    # The line's feature, or its rate card when it has none.
+    Column("feature", String(200), nullable=False),
+    Column("model", String(200), nullable=True),
+    # Decimal string, the line's amount.
+    Column("amount", Text, nullable=False),
+    Index("ix_invoice_line_totals_invoice_id", "invoice_id"),
+    Index("ix_invoice_line_totals_feature", "feature", "period_start"),
+    Index("ix_invoice_line_totals_model", "model", "period_start"),
+)
+
 invoice_usage_events = Table(
     "invoice_usage_events",
     metadata,
