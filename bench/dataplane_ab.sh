@@ -11,6 +11,10 @@
 # the data plane's CPU per request of each side and the ratios head/base; these machines are
 # noisy, so only ratios within one run compare (CPU per request is the steadier one).
 # DURATION (s per load run, default 10), MODES, CONNS pass through to run.sh.
+# Both sides run with their own defaults: since the data plane spools usage to its state
+# directory by default (root: /var/lib/meterline), compare code with code against a BASE
+# without that default as `METERLINE_STATE_DIR= BASE=... bash bench/dataplane_ab.sh` (no
+# spool on either side), or give both a spool with DP_ARGS="--state-dir DIR".
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BASE="${BASE:-HEAD~1}"
