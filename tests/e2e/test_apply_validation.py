@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import openai
+import pytest
 
 from support.processes import free_port, http_ready, meterline, wait_until
 
@@ -85,6 +86,9 @@ def _dataplanes(cp: str) -> list[dict[str, str]]:
     return json.loads(listed.stdout)
 
 
+# One backend: what is checked here (the data plane's compiler at apply, serving going on) does
+# not depend on the database; apply on both backends is tested in tests/integration.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_file_data_planes_would_refuse_is_refused_at_apply_and_serving_goes_on(
     processes, db_url: str, tmp_path: Path
 ) -> None:

@@ -214,6 +214,12 @@ def client(stack: Stack) -> Iterator[openai.OpenAI]:
         yield found
 
 
+# One backend for this whole-process test (it is the slowest of the suite): PostgreSQL, where
+# concurrent burn and the recharge's locks matter; the same paths run on SQLite in
+# tests/integration (test_credits_gateway.py, test_credit_recharge.py).
+@pytest.mark.parametrize(
+    "db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_credit_only_customer_buys_spends_and_is_recharged(
     stack: Stack, client: openai.OpenAI
 ) -> None:
