@@ -20,7 +20,7 @@ import grpc
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from dataplane.testing.fake_openai import prompt_tokens
 from meterline.admin.v1 import (
@@ -31,17 +31,10 @@ from meterline.admin.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+from support.browser import operator_tokens
 from support.processes import Processes, free_port, http_ready, meterline, wait_until
 
 KEY = "acme-secret-key"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 
 GATEWAY = """\
 _format_version: "3.0"
@@ -93,11 +86,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("console")
     processes = Processes(tmp=tmp)
     tokens_file = tmp / "tokens.yaml"
-    created = {}
-    for name, scope in (("ops", "admin"), ("viewer", "read")):
-        result = meterline("tokens", "create", name, "--scope", scope, "--file", str(tokens_file))
-        assert result.returncode == 0, result.stderr
-        created[scope] = result.stdout.strip()
+    created = operator_tokens(tokens_file)
     upstream_port, cp_port, dp_port, console_port = (free_port() for _ in range(4))
     upstream = f"http://127.0.0.1:{upstream_port}"
     cp = f"127.0.0.1:{cp_port}"
@@ -145,26 +134,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         }
     finally:
         processes.stop_all()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    # Module scope, not session: Playwright's sync API runs an event loop on this thread while
-    # it is open, and the asyncio tests of later modules need the thread back.
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    """A fresh cookie jar per test, at a desktop size."""
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
-    yield ctx
-    ctx.close()
 
 
 def _shot(page: Page, stack: dict[str, Any], name: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import BrowserContext, expect
 
 from meterline.admin.v1 import (
     billing_pb2,
@@ -30,16 +30,8 @@ from meterline.admin.v1 import (
     notifications_pb2,
     notifications_pb2_grpc,
 )
-from support.processes import Processes, free_port, http_ready, meterline, wait_until
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
+from support.browser import operator_tokens, sign_in
+from support.processes import Processes, free_port, http_ready, wait_until
 
 CONFIG = """\
 _format_version: "3.0"
@@ -67,11 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("console-credits")
     processes = Processes(tmp=tmp)
     tokens_file = tmp / "tokens.yaml"
-    created = {}
-    for name, scope in (("ops", "admin"), ("viewer", "read")):
-        result = meterline("tokens", "create", name, "--scope", scope, "--file", str(tokens_file))
-        assert result.returncode == 0, result.stderr
-        created[scope] = result.stdout.strip()
+    created = operator_tokens(tokens_file)
     cp_port, console_port = free_port(), free_port()
     cp = f"127.0.0.1:{cp_port}"
     console = f"http://127.0.0.1:{console_port}"
@@ -109,23 +97,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         processes.stop_all()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
-    yield ctx
-    ctx.close()
-
-
 def _credits(stack: dict[str, Any]) -> credits_pb2_grpc.CreditServiceStub:
     return credits_pb2_grpc.CreditServiceStub(stack["channel"])
 
@@ -144,13 +115,6 @@ def _grants(stack: dict[str, Any], customer: str = "acme") -> list[credits_pb2.C
     )
 
 
-def _sign_in(page: Page, stack: dict[str, Any], token: str) -> None:
-    page.goto(f"{stack['console']}/signin")
-    page.fill("#token", token)
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r"/overview$"))
-
-
 def _money(text: str) -> Decimal:
     return Decimal(text.split()[0].replace(",", ""))
 
@@ -160,7 +124,7 @@ def test_grant_void_top_up_and_recharge_rule_from_the_forms(
 ) -> None:
     console = stack["console"]
     page = context.new_page()
-    _sign_in(page, stack, stack["admin"])
+    sign_in(page, stack["console"], stack["admin"])
     page.goto(f"{console}/customers/acme")
     page.click("#credits-link")
     page.wait_for_url(re.compile(r"/customers/acme/credits$"))
@@ -321,7 +285,7 @@ def test_read_token_sees_credits_and_changes_nothing(
 ) -> None:
     console = stack["console"]
     page = context.new_page()
-    _sign_in(page, stack, stack["read"])
+    sign_in(page, stack["console"], stack["read"])
     page.goto(f"{console}/customers/beta/credits")
     assert page.inner_text("#credit-live") == "0.00 USD"
     assert page.locator("form[action*='/credits/']").count() == 0  # no forms for a reader
@@ -362,7 +326,7 @@ def test_read_token_sees_credits_and_changes_nothing(
     assert [g.key for g in _grants(stack, "beta")] == ["direct"]
     # A cookie session's POST without the CSRF token: refused.
     admin_page = context.new_page()
-    _sign_in(admin_page, stack, stack["admin"])
+    sign_in(admin_page, stack["console"], stack["admin"])
     no_csrf = admin_page.request.post(
         f"{console}/customers/beta/credits/grants", form={"amount": "1"}, max_redirects=0
     )

@@ -20,7 +20,7 @@ import grpc
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from meterline.admin.v1 import (
     customers_pb2,
@@ -30,17 +30,10 @@ from meterline.admin.v1 import (
     notifications_pb2,
     notifications_pb2_grpc,
 )
-from support.processes import Processes, free_port, http_ready, meterline, wait_until
+from support.browser import operator_tokens, sign_in
+from support.processes import Processes, free_port, http_ready, wait_until
 
 SECRET = re.compile(r'\$\{\{ env "DECK_[A-Z0-9_]+" \}\}')
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 
 # No feature, plan, consumer, customer or subscription: those come from the forms.
 GATEWAY = """\
@@ -73,11 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("console-forms")
     processes = Processes(tmp=tmp)
     tokens_file = tmp / "tokens.yaml"
-    created = {}
-    for name, scope in (("ops", "admin"), ("viewer", "read")):
-        result = meterline("tokens", "create", name, "--scope", scope, "--file", str(tokens_file))
-        assert result.returncode == 0, result.stderr
-        created[scope] = result.stdout.strip()
+    created = operator_tokens(tokens_file)
     upstream_port, cp_port, dp_port, console_port = (free_port() for _ in range(4))
     upstream = f"http://127.0.0.1:{upstream_port}"
     cp = f"127.0.0.1:{cp_port}"
@@ -118,30 +107,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         }
     finally:
         processes.stop_all()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
-    yield ctx
-    ctx.close()
-
-
-def _sign_in(page: Page, stack: dict[str, Any], token: str) -> None:
-    page.goto(f"{stack['console']}/signin")
-    page.fill("#token", token)
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r"/overview$"))
 
 
 def _csrf(page: Page) -> str:
@@ -197,7 +162,7 @@ def built(stack: dict[str, Any], browser: Browser) -> dict[str, Any]:
     page = context.new_page()
     console = stack["console"]
     try:
-        _sign_in(page, stack, stack["admin"])
+        sign_in(page, stack["console"], stack["admin"])
         page.goto(f"{console}/gateway/apply")
         page.fill("#document", GATEWAY.format(upstream=stack["upstream"]))
         page.click("#preview-changes")
@@ -259,7 +224,7 @@ def test_empty_database_to_previewed_invoice_with_forms(
     stack: dict[str, Any], context: BrowserContext, built: dict[str, Any]
 ) -> None:
     page = context.new_page()
-    _sign_in(page, stack, stack["admin"])
+    sign_in(page, stack["console"], stack["admin"])
 
     # The first (warm-up) request counts too: 4 requests in all, billed at 1 USD per token.
     def billed() -> bool:
@@ -293,7 +258,7 @@ def test_plugin_yaml_edit_shows_a_diff_then_applies(
     stack: dict[str, Any], context: BrowserContext, built: dict[str, Any]
 ) -> None:
     page = context.new_page()
-    _sign_in(page, stack, stack["admin"])
+    sign_in(page, stack["console"], stack["admin"])
     page.goto(f"{stack['console']}/gateway")
     page.click("a[data-edit=ai-proxy]")
     page.wait_for_url(re.compile(r"/gateway/plugins/[^/]+/edit$"))
@@ -359,7 +324,7 @@ def test_subscription_change_plan_and_cancel(
 ) -> None:
     console = stack["console"]
     page = context.new_page()
-    _sign_in(page, stack, stack["read"])
+    sign_in(page, stack["console"], stack["read"])
     page.goto(f"{console}/customers/acme")
     assert page.locator("#new-subscription").count() == 0  # no forms for a read token
     (running,) = [s for s in _subscriptions(stack) if not s.HasField("end_time")]
@@ -371,7 +336,7 @@ def test_subscription_change_plan_and_cancel(
     assert refused.status == 403
     admin = context.browser.new_context(viewport={"width": 1280, "height": 800})
     page = admin.new_page()
-    _sign_in(page, stack, stack["admin"])
+    sign_in(page, stack["console"], stack["admin"])
     no_csrf = page.request.post(
         f"{console}/subscriptions/{running.id}/cancel",
         form={"timing": "now"},
@@ -406,7 +371,7 @@ def test_alerts_page_forms_and_read_only(
 ) -> None:
     console = stack["console"]
     page = context.new_page()
-    _sign_in(page, stack, stack["admin"])
+    sign_in(page, stack["console"], stack["admin"])
     page.click("nav >> text=Alerts")
     page.wait_for_url(re.compile(r"/alerts$"))
     page.fill("#channel-key", "ops-hook")
@@ -440,7 +405,7 @@ def test_alerts_page_forms_and_read_only(
     # A read token sees the page, no forms, and its POSTs are refused.
     viewer = context.browser.new_context()
     read_page = viewer.new_page()
-    _sign_in(read_page, stack, stack["read"])
+    sign_in(read_page, stack["console"], stack["read"])
     read_page.goto(f"{console}/alerts")
     assert "ops-hook" in read_page.inner_text("#channels")
     assert read_page.locator("#new-channel, #new-rule, #evaluate-now").count() == 0
@@ -464,7 +429,7 @@ def test_price_list_and_draft_rate_card_forms(
 ) -> None:
     console = stack["console"]
     page = context.new_page()
-    _sign_in(page, stack, stack["admin"])
+    sign_in(page, stack["console"], stack["admin"])
     page.goto(f"{console}/catalog")
     # A price list with its first model, then a later price for it from the list's own form.
     page.fill("#price-list-key", "openai")
