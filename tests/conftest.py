@@ -14,6 +14,7 @@ from hypothesis import settings
 from sqlalchemy import create_engine, make_url, text
 
 from support.databases import copy_sqlite_at_head
+from support.durations import DURATIONS, file_seconds, slowest_files_first
 
 # Property tests run beside processes of their own on 2 cores: a per-example deadline measures
 # the machine's load, not the code (examples that took >200 ms under load failed at random).
@@ -146,3 +147,11 @@ os.environ["METERLINE_STATE_DIR"] = ""
 def _no_default_state_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts from the session's setting, whatever an earlier test changed."""
     monkeypatch.setenv("METERLINE_STATE_DIR", "")
+
+
+# The order the test workers take files in: the slowest first (tests/durations.txt, written by
+# tests/support/durations.py), the rest as collected. xdist's own reordering (files with the
+# most tests first) is off in pyproject.toml (--no-loadscope-reorder): it put the end-to-end
+# files, a few long tests each, last, where one of them ran alone for minutes at the end.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items[:] = slowest_files_first(items, file_seconds(DURATIONS))

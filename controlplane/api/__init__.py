@@ -9,6 +9,7 @@ Two audiences, two subpackages, kept apart by an import-linter contract (pyproje
   ingestion (``cluster/dataplane.py``), and the gRPC health service (``cluster/health.py``).
 
 Shared by both: ``convert*.py`` (all conversion between domain types and messages),
-``auth.py`` (operator tokens, data-plane certificates), ``errors.py`` (domain errors to status
-codes), ``tracing.py`` (a span per call). ``stripe_webhook.py`` serves Stripe's callbacks.
+``tokens.py`` (the operator tokens file), ``auth.py`` (checking tokens, data-plane
+certificates), ``errors.py`` (domain errors to status codes), ``tracing.py`` (a span per call).
+``stripe_webhook.py`` serves Stripe's callbacks.
 """

@@ -19,7 +19,6 @@ import grpc
 import yaml
 
 from controlplane.cli.client import add_cp_argument, admin_client
-from controlplane.cli.deck_diff import updated_fields
 from controlplane.cli.output import plural
 from controlplane.cli.progress import elapsed
 from controlplane.declarative.envsubst import redact, referenced, resolve
@@ -94,6 +93,9 @@ def _field_detail(args: argparse.Namespace, document: str, changes: list[str]) -
             gateway_pb2.ExportConfigRequest(include_secrets=True)
         )
     current = json.dumps(yaml.safe_load(exported.document), default=str)
+    # The whole parser, imported only here: every other command of the CLI goes without it.
+    from controlplane.cli.deck_diff import updated_fields
+
     try:
         return updated_fields(current, document, changes)
     except InvalidArgument:

@@ -6,12 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from controlplane import pki
 from controlplane.clock import SystemClock
 from controlplane.errors import MeterlineError
 
+# controlplane.pki (the cryptography package, ~75 ms) is imported by these commands only: the
+# CLI's parser registers them on every call.
+
 
 def _init(args: argparse.Namespace) -> int:
+    from controlplane import pki
+
     if args.exist_ok and (Path(args.dir) / pki.CA_KEY).exists():
         print(f"a PKI exists in {args.dir}; kept")
         return 0
@@ -29,6 +33,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _issue_dataplane(args: argparse.Namespace) -> int:
+    from controlplane import pki
+
     issued = pki.issue_dataplane(Path(args.dir), name=args.name, now=SystemClock().now())
     print(f"data plane {args.name}: {issued.cert_path} (key {issued.key_path})")
     print(f"valid until {issued.not_after:%Y-%m-%d}")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controlplane.api.auth import Scope, add_token, load_tokens
+from controlplane.api.tokens import Scope, add_token, load_tokens
 from controlplane.errors import MeterlineError
 
 

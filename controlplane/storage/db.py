@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,12 +18,6 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
-DEFAULT_SQLITE_PATH = "meterline.db"
-
-
-def default_url() -> str:
-    """DATABASE_URL if set, else a SQLite file in the working directory."""
-    return os.environ.get("DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from controlplane.storage.db import default_url
 from controlplane.storage.schema import metadata
+from controlplane.storage.urls import default_url
 
 config = context.config
 connection = config.attributes.get("connection")
