@@ -555,8 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["dataplane"]:
             args = dataplane_parser(config).parse_args(argv[1:])
         else:
-            # Only the completion scripts list the data plane's flags.
-            full = argv[:1] == ["completion"]
+            # The data plane's flags: for `dataplane` after global options (-v dataplane) and
+            # for the completion scripts; any word that may be either keeps them.
+            full = not {"dataplane", "completion"}.isdisjoint(argv)
             args = build_parser(config, dataplane_flags=full).parse_args(argv)
     except ConfigFileError as exc:
         print(f"meterline: error: --config: {exc}", file=sys.stderr)

@@ -21,6 +21,7 @@ import grpc
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from meterline.admin.v1 import (
     billing_pb2,
@@ -152,13 +153,25 @@ class Stack:
         assert self.invoice(id)["state"] == "paid"
         return stripe_id
 
+    def served_version(self) -> str | None:
+        """The config version the data plane serves (its /metrics)."""
+        text = httpx.get(f"{self.dp}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "meterline_dataplane_config_info" and sample.value == 1:
+                    return str(sample.labels["version"])
+        return None
+
     def buy(self, amount: str) -> tuple[str, str]:
-        """A top-up of ``amount`` paid at Stripe and granted: (invoice id, Stripe id)."""
-        before = live_balance(self.cp)
+        """A top-up of ``amount`` paid at Stripe and granted, the grant at the data plane too:
+        (invoice id, Stripe id)."""
+        before, served = live_balance(self.cp), self.served_version()
         bought = cli("credits", "top-up", "acme", "--amount", amount, "-o", "json", cp=self.cp)
         assert live_balance(self.cp) == before  # nothing before Stripe says paid
         stripe_id = self.pay_in_stripe(bought["invoice"])
         wait_until(lambda: live_balance(self.cp) > before, what="the top-up grant")
+        # The data plane learns of the grant in a new snapshot, a moment later.
+        wait_until(lambda: self.served_version() != served, what="the grant at the data plane")
         return str(bought["invoice"]), stripe_id
 
 
