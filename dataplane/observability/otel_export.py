@@ -32,6 +32,7 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
 from functools import partial
 from itertools import repeat
 from random import getrandbits
@@ -114,6 +115,26 @@ class TracedAttempt(NamedTuple):
     failed_over: bool
     upstream_perf_ns: int | None
     first_byte_perf_ns: int | None
+
+
+class Measure(NamedTuple):
+    """The GenAI metrics' measurements of one request that is not sampled, as the data plane
+    ships them to its exporter process (a plain tuple in this field order): instants in
+    nanoseconds (perf counter, or Unix for a refused request), ``usage`` as in
+    ``TracedRequest``."""
+
+    operation: str
+    provider: str
+    request_model: str
+    response_model: str
+    route: str
+    error_type: str
+    status: int
+    start: int
+    end: int
+    first_byte: int | None
+    usage: tuple[int | None, int | None, int | None, int | None, int | None] | None
+    stream: bool
 
 
 class TracedRequest(NamedTuple):
@@ -266,7 +287,8 @@ def _openai_meta(body: bytes) -> tuple[str, tuple[str, ...]] | None:
 
 def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
     """(gen_ai.response.id, gen_ai.response.finish_reasons) of what the client got: a whole
-    body (bytes) or a stream's ``ResponseTail``; ("", ()) when it has neither."""
+    body (bytes), a stream's ``ResponseTail`` or its ends as a tuple (first output, last
+    outputs); ("", ()) when it has neither."""
     if type(response) is bytes and response[:7] == _OPENAI_HEAD:
         meta = _openai_meta(response)
         if meta is not None:
@@ -283,6 +305,11 @@ def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
             return found[0], (tuple(dict.fromkeys(found[1:])) if len(found) > 1 else ())
     if isinstance(response, (bytes, bytearray, memoryview)):
         chunks: list[bytes] = [bytes(response).strip()]
+    elif type(response) is tuple:
+        # A stream's ends as the data plane ships them: (first output, the last ones).
+        if not response or not response[0]:
+            return "", ()
+        chunks = [response[0], *response[1]]
     else:
         first = getattr(response, "first", b"")
         if not first:
@@ -475,8 +502,12 @@ def _append_usage(parts: list[bytes], usage: Sequence[int | None]) -> None:
 
 
 def _append_cost(parts: list[bytes], cost: Any, request_id: str) -> None:
-    """The request's cost: a decimal string, or the request's Metering.cost read now."""
-    if type(cost) is not str:
+    """The request's cost: a decimal string (``str`` of a ``Decimal``: written without an
+    exponent here), or the request's Metering.cost read now."""
+    if type(cost) is str:
+        if "E" in cost:
+            cost = f"{Decimal(cost):f}"
+    else:
         try:
             priced = cost()
         except Exception:
@@ -876,6 +907,39 @@ class MetricAggregator:
             stream=record[18],
         )
 
+    def add_measures(self, measures: Iterable[Sequence[Any]]) -> None:
+        """Requests' measurements as the data plane ships them (``Measure``'s fields: an
+        unsampled request's whole record is these)."""
+        series = self._series
+        for (
+            operation, provider, request_model, response_model, route, error_type, status,
+            start, end, first_byte, usage, stream,
+        ) in measures:  # fmt: skip
+            ok = 200 <= status < 400
+            key = (
+                operation,
+                provider,
+                request_model,
+                response_model,
+                route,
+                "" if ok else error_type or str(status),
+            )
+            found = series.get(key)
+            appends = self.series(key) if found is None else found.appends
+            appends[2]((end - start) / 1e9)
+            output = None
+            if usage is not None:
+                value, output, cached, reasoning, written = usage
+                if value is not None:
+                    appends[0](value + (cached or 0) + (written or 0))
+                if output is not None:
+                    output += reasoning or 0
+                    appends[1](output)
+            if ok and first_byte is not None:
+                appends[3]((first_byte - start) / 1e9)
+                if stream and output is not None and output > 1:
+                    appends[4]((end - first_byte) / 1e9 / (output - 1))
+
     def measure(
         self,
         key: tuple[str, str, str, str, str, str],
@@ -1006,6 +1070,14 @@ def _protocol(signal: str) -> str:
             f"OTEL_EXPORTER_OTLP_PROTOCOL={value!r}: only grpc or http/protobuf are supported"
         )
     return value
+
+
+def check_environment(*, traces: bool, metrics: bool) -> None:
+    """Raise ValueError for OTEL_* values the exporter would refuse (an unsupported protocol
+    or exporter), before the exporter process starts."""
+    for signal, wanted in (("TRACES", traces), ("METRICS", metrics)):
+        if wanted and _exporter_kind(signal) == "otlp":
+            _protocol(signal)
 
 
 def otel_resource(default_service_name: str) -> Resource:

@@ -26,6 +26,7 @@ the OpenTelemetry SDK is imported and no thread or process starts.
 from __future__ import annotations
 
 import logging
+import marshal
 import os
 import random
 import threading
@@ -33,18 +34,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
-from operator import itemgetter
+from itertools import repeat
+from operator import call, itemgetter
 from random import getrandbits
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
-from dataplane.observability.otel_export import (
-    Exporter,
-    MetricAggregator,
-    signals_configured,
-)
+from dataplane.observability.otel_export import check_environment, signals_configured
+from dataplane.observability.otel_process import BATCH, ExporterProcess, frame
 from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
@@ -212,28 +211,28 @@ class RequestTrace:
             return
         self.recorded = True
         now = time.perf_counter_ns()
-        aggregator = self._tracing._aggregator
-        if aggregator is not None:
-            ok = 200 <= status < 400
-            aggregator.measure(
-                (
-                    operation,
-                    provider,
-                    model,
-                    "",
-                    self.route,
-                    "" if ok else error_type or str(status),
-                ),
-                ok=ok,
-                start=self.start_perf_ns,
-                end=now,
-                first_byte=None,
-                usage=None,
-                stream=False,
-            )
+        tracing = self._tracing
         if not self.sampled:
+            if tracing.metrics:
+                tracing._measured.append(
+                    (  # Measure's fields
+                        operation,
+                        provider,
+                        model,
+                        "",
+                        self.route,
+                        error_type,
+                        status,
+                        self.start_perf_ns,
+                        now,
+                        None,
+                        None,
+                        False,
+                    )
+                )
             return
-        self._tracing._pending.append(
+        # A sampled request's metrics are read off its record by the exporter process.
+        tracing._sampled.append(
             (  # TracedRequest's fields
                 self.trace_id,
                 0,
@@ -323,70 +322,61 @@ class RequestTrace:
             return
         self.recorded = True
         tracing = self._tracing
-        operation = _OPERATIONS.get(policy.route_type, "chat")
-        request_model = prepared.requested_model or prepared.model
-        first_byte = exchange.first_byte_ns
-        aggregator = tracing._aggregator
-        if aggregator is not None:
-            # The GenAI metrics, recorded here: a few list appends (folded into buckets by the
-            # tracing thread), cheaper than a record for it to read them from.
-            ok = 200 <= status < 400
-            key = (
-                operation,
-                provider,
-                request_model,
-                response_model,
-                self.route,
-                "" if ok else str(status),
+        if sampled:
+            # Read by the tracing thread (traced): ``prepared`` is immutable, the exchange is
+            # done with this request; its metrics are read off the record by the exporter
+            # process.
+            tracing._sampled.append(
+                (
+                    self,
+                    prepared,
+                    policy.route_type,
+                    response_model,
+                    provider,
+                    now,
+                    status,
+                    usage,
+                    estimated,
+                    exchange.first_byte_ns,
+                    exchange.output_text if policy.log_payloads else _NO_CAPTURE,
+                )
             )
-            found = aggregator._series.get(key)
-            appends = aggregator.series(key) if found is None else found.appends
-            start = self.start_perf_ns
-            appends[2]((now - start) / 1e9)
-            output = None
-            if usage is not None:
-                # As the conventions count them (otel_export.gen_ai_tokens).
-                value = usage.input_tokens
-                if value is not None:
-                    appends[0](
-                        value + (usage.cached_input_tokens or 0) + (usage.cache_write_tokens or 0)
-                    )
-                output = usage.output_tokens
-                if output is not None:
-                    output += usage.reasoning_tokens or 0
-                    appends[1](output)
-            if ok and first_byte is not None:
-                appends[3]((first_byte - start) / 1e9)
-                if output is not None and output > 1 and prepared.stream:
-                    appends[4]((now - first_byte) / 1e9 / (output - 1))
-        if not sampled:
-            return
-        # The rest is read by the tracing thread (_traced): ``prepared`` is immutable, the
-        # exchange is done with this request.
-        tracing._pending.append(
-            (
-                self,
-                prepared,
-                operation,
-                request_model,
-                response_model,
-                provider,
-                now,
-                status,
-                usage,
-                estimated,
-                first_byte,
-                exchange.output_text if policy.log_payloads else _NO_CAPTURE,
+        elif tracing.metrics:
+            # The GenAI metrics' measurements, as plain values (the exporter process counts
+            # them): one tuple, appended.
+            tracing._measured.append(
+                (  # Measure's fields
+                    _OPERATIONS.get(policy.route_type, "chat"),
+                    provider,
+                    prepared.requested_model or prepared.model,
+                    response_model,
+                    self.route,
+                    "",
+                    status,
+                    self.start_perf_ns,
+                    now,
+                    exchange.first_byte_ns,
+                    None
+                    if usage is None
+                    else (
+                        usage.input_tokens,
+                        usage.output_tokens,
+                        usage.cached_input_tokens,
+                        usage.reasoning_tokens,
+                        usage.cache_write_tokens,
+                    ),
+                    prepared.stream,
+                )
             )
-        )
 
     def traced(self, lazy: tuple[Any, ...]) -> tuple[Any, ...]:
-        """The ``TracedRequest`` fields of a record ``ended`` queued (the tracing thread)."""
+        """The ``TracedRequest`` fields of a record ``ended`` queued, as plain values for the
+        exporter process (the tracing thread): what the client got as bytes (a body, or a
+        stream's first and last outputs), the cost priced now, as a decimal string."""
         (
             _trace,
             prepared,
-            operation,
-            request_model,
+            route_type,
             response_model,
             provider,
             now,
@@ -400,18 +390,34 @@ class RequestTrace:
         content = None
         document = prepared.document
         if type(document) is dict:
-            found_params = []
             # Most requests set none of them: one C-level check first.
-            wanted = () if _PARAM_KEYS.isdisjoint(document) else _PARAMS
-            for field, name in wanted:
-                value = document.get(field)
-                if value is not None and type(value) in (int, float):
-                    found_params.append((name, value))
-            if found_params:
+            if not _PARAM_KEYS.isdisjoint(document):
+                found_params = []
+                for field, name in _PARAMS:
+                    value = document.get(field)
+                    if value is not None and type(value) in (int, float):
+                        found_params.append((name, value))
                 params = tuple(found_params)
             if output_text is not _NO_CAPTURE and self._tracing.capture_content:
                 found = document.get("messages", document.get("input"))
                 content = (None if found is None else orjson.dumps(found).decode(), output_text)
+        response = self.response
+        if response is not None and type(response) is not bytes:
+            if type(response) is ResponseTail:
+                first = response.first
+                response = (first, tuple(response.last)) if first else None
+            else:
+                response = bytes(response)
+        price = self.cost
+        cost = None
+        if price is not None:
+            try:
+                priced = price()
+            except Exception:
+                logger.exception("request %s: could not price it", self.request_id)
+                priced = None
+            # str of a Decimal (the exporter process writes it without an exponent).
+            cost = None if priced is None else str(priced)
         return (  # TracedRequest's fields
             self.trace_id,
             0,  # the request span's id: drawn by the exporter
@@ -421,8 +427,8 @@ class RequestTrace:
             self.request_id,
             self.route,
             self.consumer,
-            operation,
-            request_model,
+            _OPERATIONS.get(route_type, "chat"),
+            prepared.requested_model or prepared.model,
             response_model,
             provider,
             self.start_ns,
@@ -443,12 +449,12 @@ class RequestTrace:
             first_byte,
             self._attempts,
             params,
-            # Read by the exporter (otel_export.response_meta) when it is not a str yet.
-            self.response,
+            # Read by the exporter (otel_export.response_meta): not a str yet.
+            response,
             (),
             "",
             content,
-            self.cost,
+            cost,
         )
 
 
@@ -537,8 +543,11 @@ class Tracing:
         *,
         sampler: Sampler | None,
         capture_content: bool = False,
-        exporter: Exporter | None = None,
+        metrics: bool = True,
+        process: ExporterProcess | None = None,
     ) -> None:
+        """``process``: the exporter process the background thread feeds (None: no thread,
+        and nothing leaves the queues but ``force_flush``, which then discards them)."""
         from opentelemetry import trace as api
         from opentelemetry.context import Context
         from opentelemetry.sdk.trace.sampling import Decision
@@ -547,21 +556,27 @@ class Tracing:
         # An empty context for requests without a parent: the sampler would look up the
         # current one (contextvars) otherwise, and the request path has none.
         self._root = Context()
-        self._sampled = Decision.RECORD_AND_SAMPLE
+        self._sample_decision = Decision.RECORD_AND_SAMPLE
         self._sampler = sampler
         # The SDK's standard samplers decided without their per-call objects (a Context, a
         # SamplingResult): a quarter of tracing's cost on the request path otherwise.
         self._decide = None if sampler is None else _fast_decision(sampler)
         # Prompts and completions on spans: this opt-in, and the route's log_payloads.
         self.capture_content = capture_content
-        self._pending: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
-        self._exporter = exporter or Exporter.from_environment()
-        # Where the request path records the GenAI metrics (None: not exported).
-        self._aggregator: MetricAggregator | None = getattr(self._exporter, "aggregator", None)
+        # Whether every request's GenAI measurements are queued (OTLP metrics exported).
+        self.metrics = metrics
+        # What the request path queues for the background thread: the sampled requests'
+        # records (completed by the thread) and the others' measurements (plain already).
+        # Bounded: beyond this (the thread far behind a burst) the oldest are dropped.
+        self._sampled: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
+        self._measured: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
+        self._process = process
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="meterline-otel", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if process is not None:
+            self._thread = threading.Thread(target=self._run, name="meterline-otel", daemon=True)
+            self._thread.start()
 
     @classmethod
     def from_environment(cls) -> Tracing | None:
@@ -576,9 +591,12 @@ class Tracing:
 
             # Only read for its sampler (OTEL_TRACES_SAMPLER / _ARG): spans are built elsewhere.
             sampler = TracerProvider(shutdown_on_exit=False).sampler
+        check_environment(traces=traces, metrics=metrics)  # fails here, not in the child
         return cls(
             sampler=sampler,
             capture_content=_env_on(CAPTURE_CONTENT_ENV) or _env_on(METERLINE_CAPTURE_ENV),
+            metrics=metrics,
+            process=ExporterProcess(),
         )
 
     # -- the request path --------------------------------------------------------------
@@ -660,20 +678,27 @@ class Tracing:
         else:
             trace_id, parent_span_id = parent[0], parent[1]
         name = f"{operation} {model}" if model else operation
-        if self._aggregator is not None:
-            ok = 200 <= status < 400
-            self._aggregator.measure(
-                (operation, provider, model, "", route, "" if ok else error_type or str(status)),
-                ok=ok,
-                start=start_ns,
-                end=now_ns,
-                first_byte=None,
-                usage=None,
-                stream=False,
-            )
         if not self._sample(trace_id, parent, tracestate, name):
+            if self.metrics:
+                self._measured.append(
+                    (  # Measure's fields
+                        operation,
+                        provider,
+                        model,
+                        "",
+                        route,
+                        error_type,
+                        status,
+                        start_ns,
+                        now_ns,
+                        None,
+                        None,
+                        False,
+                    )
+                )
             return
-        self._pending.append(
+        # Its metrics are read off the record by the exporter process.
+        self._sampled.append(
             (  # TracedRequest's fields
                 trace_id,
                 _span_id(),
@@ -725,11 +750,7 @@ class Tracing:
             )
             context = api.set_span_in_context(api.NonRecordingSpan(remote))
         result = sampler.should_sample(context, trace_id, name, api.SpanKind.CLIENT)
-        return bool(result.decision == self._sampled)
-
-    def submit(self, request: tuple[Any, ...]) -> None:
-        """Queue a finished request for the background thread (one deque append)."""
-        self._pending.append(request)
+        return bool(result.decision == self._sample_decision)
 
     # -- the background thread -----------------------------------------------------------
 
@@ -738,34 +759,69 @@ class Tracing:
             try:
                 with self._lock:
                     self._drain()
-                    self._exporter.tick()
             except Exception:
-                logger.exception("tracing: could not export")
+                logger.exception("tracing: could not hand the records to the exporter process")
 
     def _drain(self) -> None:
-        pending = self._pending
-        batch: list[tuple[Any, ...]] = []
-        popleft = pending.popleft
-        while pending:
-            record = popleft()
-            first = record[0]
-            # ``RequestTrace.ended``'s records are completed here, off the request path.
-            batch.append(first.traced(record) if type(first) is RequestTrace else record)
-        if batch:
-            # Sampled requests are priced there too (their ``cost`` thunk).
-            self._exporter.add(batch)
+        """Everything queued, as plain values in one message to the exporter process."""
+        measured, sampled = self._measured, self._sampled
+        # popleft as many times as there are items, in C (the request path appends meanwhile).
+        measures = list(map(call, repeat(measured.popleft, len(measured))))
+        records = [
+            record[0].traced(record) if type(record[0]) is RequestTrace else record
+            for record in map(call, repeat(sampled.popleft, len(sampled)))
+        ]
+        process = self._process
+        if process is None:
+            return
+        if not (measures or records):
+            process.pump()  # what the pipe did not take yet; notices a child that died
+            return
+        try:
+            message = frame((BATCH, measures, records))
+        except ValueError:
+            message = self._plain_only(measures, records)
+        process.send(message, len(measures) + len(records))
+
+    def _plain_only(self, measures: list[Any], records: list[Any]) -> bytes:
+        """The batch without the records ``marshal`` refuses (a value of another type than
+        the plain ones: a bug, logged; the others go on)."""
+        kept: tuple[list[Any], list[Any]] = ([], [])
+        for index, items in enumerate((measures, records)):
+            for item in items:
+                try:
+                    marshal.dumps(item)
+                except ValueError:
+                    logger.exception("tracing: a record that is not plain data: %r", item)
+                    continue
+                kept[index].append(item)
+        return frame((BATCH, *kept))
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def force_flush(self) -> None:
-        """Build and export everything recorded so far (tests, benchmarks, shutdown)."""
+    @property
+    def exporter_pid(self) -> int | None:
+        """The exporter process's id (None when there is none)."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def dropped(self) -> int:
+        """Requests whose spans and metrics were dropped (the exporter process behind or
+        gone)."""
+        return 0 if self._process is None else self._process.dropped
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Export everything recorded so far: handed to the exporter process, which answers
+        once it exported it all (tests, benchmarks, shutdown); False if it did not in time."""
         with self._lock:
             self._drain()
-            self._exporter.flush()
+            return self._process is not None and self._process.flush(timeout)
 
     def shutdown(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         with self._lock:
             self._drain()
-            self._exporter.shutdown()
+            if self._process is not None:
+                self._process.close()
