@@ -243,7 +243,7 @@ def only(mode: str, upstream: str, otlp: str, requests: int, concurrency: int, w
     loop.run_until_complete(gateway.aclose())
     loop.close()
     if tracing is not None:
-        tracing.shutdown()
+        tracing.shutdown(timeout=600)  # the child exits (and callgrind writes its counts)
 
 
 def main() -> None:

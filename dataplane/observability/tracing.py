@@ -817,11 +817,13 @@ class Tracing:
             self._drain()
             return self._process is not None and self._process.flush(timeout)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop: what is queued goes to the exporter process, which exports it and exits
+        (killed after ``timeout`` seconds)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
             self._drain()
             if self._process is not None:
-                self._process.close()
+                self._process.close(timeout)
