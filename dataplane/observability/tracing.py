@@ -85,6 +85,7 @@ _PARAM_KEYS: Final = frozenset(key for key, _ in _PARAMS)
 _HEX: Final = frozenset("0123456789abcdef")
 _TRACE_HEADERS: Final = frozenset((b"traceparent", b"tracestate"))
 _NAME: Final = itemgetter(0)
+_new_object: Final = object.__new__
 # A queued record's output text when its route does not log payloads (None is an answer).
 _NO_CAPTURE: Final = object()
 
@@ -153,40 +154,60 @@ class RequestTrace:
         "tracestate",
     )
 
-    def __init__(
-        self,
+    # Set by ``new`` (no ``__init__``: calling a class with one costs more than the stores).
+    _tracing: Tracing
+    trace_id: int
+    parent_span_id: int | None
+    tracestate: str
+    sampled: bool
+    request_id: str
+    route: str
+    consumer: str
+    start_ns: int
+    start_perf_ns: int
+    cost: Callable[[], Decimal | None] | None
+    _attempts: tuple[tuple[Any, ...], ...]
+    _attempt_span_id: int
+    _attempt_start: int
+    _client_headers: bool
+    response: Any
+    recorded: bool
+
+    @staticmethod
+    def new(
         tracing: Tracing,
         trace_id: int,
-        parent_span_id: int | None,
-        tracestate: str,
         sampled: bool,
         request_id: str,
         route: str,
         consumer: str,
         start_ns: int,
         start_perf_ns: int,
-        client_headers: bool,
-    ) -> None:
+        /,
+    ) -> RequestTrace:
+        """A new trace (``Tracing.begin`` sets the client's parent, if any, afterwards)."""
+        self = _new_object(RequestTrace)
         self._tracing = tracing
         self.trace_id = trace_id
-        self.parent_span_id = parent_span_id
-        self.tracestate = tracestate
+        self.parent_span_id = None
+        self.tracestate = ""
         self.sampled = sampled
         self.request_id = request_id
         self.route = route
         self.consumer = consumer
         self.start_ns = start_ns
         self.start_perf_ns = start_perf_ns
-        self.cost: Callable[[], Decimal | None] | None = None
-        self._attempts: tuple[tuple[Any, ...], ...] = ()
+        self.cost = None
+        self._attempts = ()
         self._attempt_span_id = 0
         self._attempt_start = start_perf_ns
         # Whether the client sent trace headers (they are replaced, never forwarded).
-        self._client_headers = client_headers
+        self._client_headers = False
         # What the client got (a whole body, or a ResponseTail of a stream): read by the
         # exporter for gen_ai.response.id and finish_reasons, for sampled requests only.
-        self.response: Any = None
+        self.response = None
         self.recorded = False
+        return self
 
     @property
     def wants_content(self) -> bool:
@@ -532,6 +553,20 @@ def _fast_decision(sampler: Any) -> Callable[[int, int | None], bool] | None:
     return None
 
 
+def _root_static(sampler: Any) -> bool | None:
+    """The decision of ``sampler`` for a root span when it does not depend on the trace id
+    (metrics only: no sampler, never sampled), else None."""
+    if sampler is None:
+        return False
+    from opentelemetry.sdk.trace import sampling
+
+    if isinstance(sampler, sampling.ParentBased):
+        sampler = sampler._root
+    if isinstance(sampler, sampling.StaticSampler):
+        return bool(sampler._decision == sampling.Decision.RECORD_AND_SAMPLE)
+    return None
+
+
 class Tracing:
     """The OpenTelemetry side of a data plane: ``begin`` per request, ``refused`` for a request
     the gateway answered itself; spans and metrics are built and exported by a background
@@ -561,6 +596,9 @@ class Tracing:
         # The SDK's standard samplers decided without their per-call objects (a Context, a
         # SamplingResult): a quarter of tracing's cost on the request path otherwise.
         self._decide = None if sampler is None else _fast_decision(sampler)
+        # The decision for a request without a parent when it is always the same (always_on,
+        # always_off, and parentbased_* of those: the default sampler), else None.
+        self._root_static: bool | None = _root_static(sampler)
         # Prompts and completions on spans: this opt-in, and the route's log_payloads.
         self.capture_content = capture_content
         # Whether every request's GenAI measurements are queued (OTLP metrics exported).
@@ -614,46 +652,47 @@ class Tracing:
     def begin(
         self,
         headers: Headers,
-        *,
         request_id: str,
         route: str,
         consumer: str,
-        name: str,
+        route_type: str,
         start_ns: int,
         start_perf_ns: int,
+        /,
     ) -> RequestTrace:
         """A request's trace context: the client's ``traceparent``/``tracestate`` continued
-        if valid, and the sampling decision made now (the provider is told it)."""
-        parent: tuple[int, int, int] | None = None
-        tracestate = ""
+        if valid, and the sampling decision made now (the provider is told it). Positional:
+        this runs for every traced request."""
+        trace_id = getrandbits(128) or 1
         # Most clients send no trace headers: looked for in C (a dozen headers from an SDK).
-        client_headers = not _TRACE_HEADERS.isdisjoint(map(_NAME, headers))
-        if client_headers:
-            parent, tracestate = self._parent(headers)
-        if parent is None:
-            trace_id, parent_span_id, tracestate = getrandbits(128) or 1, None, ""
-            decide = self._decide
-            sampled = (
-                decide(trace_id, None)
-                if decide is not None
-                else self._sample(trace_id, None, "", name)
+        if _TRACE_HEADERS.isdisjoint(map(_NAME, headers)):
+            static = self._root_static
+            return RequestTrace.new(
+                self,
+                trace_id,
+                static
+                if static is not None
+                else self._sample(trace_id, None, "", _OPERATIONS.get(route_type, "chat")),
+                request_id,
+                route,
+                consumer,
+                start_ns,
+                start_perf_ns,
             )
+        parent, tracestate = self._parent(headers)
+        name = _OPERATIONS.get(route_type, "chat")
+        if parent is None:
+            sampled = self._sample(trace_id, None, "", name)
         else:
-            trace_id, parent_span_id = parent[0], parent[1]
+            trace_id = parent[0]
             sampled = self._sample(trace_id, parent, tracestate, name)
-        return RequestTrace(
-            self,
-            trace_id,
-            parent_span_id,
-            tracestate,
-            sampled,
-            request_id,
-            route,
-            consumer,
-            start_ns,
-            start_perf_ns,
-            client_headers,
+        trace = RequestTrace.new(
+            self, trace_id, sampled, request_id, route, consumer, start_ns, start_perf_ns
         )
+        trace._client_headers = True  # replaced upstream, never forwarded
+        if parent is not None:
+            trace.parent_span_id, trace.tracestate = parent[1], tracestate
+        return trace
 
     def refused(
         self,

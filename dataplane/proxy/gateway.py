@@ -324,12 +324,12 @@ class Gateway:
         assert self.tracing is not None
         return self.tracing.begin(
             scope["headers"],
-            request_id=request_id,
-            route=route.name,
-            consumer=consumer.username if consumer else "",
-            name=operation_name(policy.route_type),
-            start_ns=start_ns,
-            start_perf_ns=time.perf_counter_ns() - (time.time_ns() - start_ns),
+            request_id,
+            route.name,
+            consumer.username if consumer else "",
+            policy.route_type,
+            start_ns,
+            time.perf_counter_ns() - (time.time_ns() - start_ns),
         )
 
     def _body_limit(self, route: CompiledRoute) -> int:
