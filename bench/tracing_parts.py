@@ -11,7 +11,7 @@ PIECE is one of
 - ``unsampled``: the same for a request that is not sampled (its measurements, no record);
 - ``nometrics``: ``unsampled`` with the metrics not exported (OTEL_METRICS_EXPORTER=none);
 - ``complete``: the tracing thread completing one sampled request's record as plain values
-  (``RequestTrace.traced``);
+  (``tracing._complete``: its cost priced, here None);
 - ``ship``: the tracing thread's ``marshal`` of one sampled request's completed record and
   one unsampled request's measurements (per batch of 100);
 - ``fold`` (the exporter child): one request's measurements into the histograms (per batch of
@@ -154,12 +154,12 @@ def main() -> None:
     elif args.piece == "complete":
 
         def piece() -> None:
-            record[0].traced(record)
+            tracing._complete(record)
 
     elif args.piece in ("ship", "fold"):
         batch = 100
         calls = max(calls // batch, 1) * batch
-        records = [record[0].traced(record)] * batch
+        records = [tracing._complete(record)] * batch
         measures = [measure] * batch
         aggregator = otel_export.MetricAggregator()
         if args.piece == "ship":
@@ -175,7 +175,7 @@ def main() -> None:
 
     elif args.piece == "encode":
         encoder = otel_export.SpanEncoder(otel_export.otel_resource("bench"), "0")
-        read = list(record[0].traced(record))
+        read = list(tracing._complete(record))
         read[22], read[23] = otel_export.response_meta(BODY)
         read[26] = None  # not priced here (the metering's own cost)
         encoded = tuple(read)

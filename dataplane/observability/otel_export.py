@@ -119,9 +119,8 @@ class TracedAttempt(NamedTuple):
 
 class Measure(NamedTuple):
     """The GenAI metrics' measurements of one request that is not sampled, as the data plane
-    ships them to its exporter process (a plain tuple in this field order): instants in
-    nanoseconds (perf counter, or Unix for a refused request), ``usage`` as in
-    ``TracedRequest``."""
+    ships them to its exporter process (a plain tuple in this field order): durations in
+    nanoseconds since the request's start, ``usage`` as in ``TracedRequest``."""
 
     operation: str
     provider: str
@@ -130,9 +129,8 @@ class Measure(NamedTuple):
     route: str
     error_type: str
     status: int
-    start: int
-    end: int
-    first_byte: int | None
+    duration_ns: int
+    first_byte_ns: int | None  # after the start
     usage: tuple[int | None, int | None, int | None, int | None, int | None] | None
     stream: bool
 
@@ -913,7 +911,7 @@ class MetricAggregator:
         series = self._series
         for (
             operation, provider, request_model, response_model, route, error_type, status,
-            start, end, first_byte, usage, stream,
+            duration, first_byte, usage, stream,
         ) in measures:  # fmt: skip
             ok = 200 <= status < 400
             key = (
@@ -926,7 +924,7 @@ class MetricAggregator:
             )
             found = series.get(key)
             appends = self.series(key) if found is None else found.appends
-            appends[2]((end - start) / 1e9)
+            appends[2](duration / 1e9)
             output = None
             if usage is not None:
                 value, output, cached, reasoning, written = usage
@@ -936,9 +934,9 @@ class MetricAggregator:
                     output += reasoning or 0
                     appends[1](output)
             if ok and first_byte is not None:
-                appends[3]((first_byte - start) / 1e9)
+                appends[3](first_byte / 1e9)
                 if stream and output is not None and output > 1:
-                    appends[4]((end - first_byte) / 1e9 / (output - 1))
+                    appends[4]((duration - first_byte) / 1e9 / (output - 1))
 
     def measure(
         self,

@@ -2,13 +2,14 @@
 
 The request path only notes what it already measures (perf-counter instants, the status, the
 usage the provider reported) on a ``RequestTrace``; when the exchange records its last attempt
-(or the gateway refuses the request itself) the request's GenAI metrics are appended to their
-histograms' pending lists, and a sampled request becomes one tuple appended to a bounded
-deque: the trace, the exchange's immutable ``Prepared`` and the few values of its end. A
-background thread wakes every ``_DRAIN_INTERVAL_S``, folds the metrics into their buckets,
-completes the records (``RequestTrace.traced``: the fields of ``otel_export.TracedRequest``)
-and hands them to ``otel_export.Exporter``, which prices them, encodes their spans straight
-to OTLP protobuf and exports spans and metrics through the SDK's OTLP exporters.
+(or the gateway refuses the request itself) the request becomes one tuple of plain values
+appended to a bounded deque: a sampled request's record (``otel_export.TracedRequest``'s
+fields), or another's GenAI measurements (``otel_export.Measure``'s). A background thread
+wakes every ``_DRAIN_INTERVAL_S``, completes the records (``_complete``: the cost priced, a
+stream's ends read) and writes them all, ``marshal``led in one message, to the exporter
+process (``otel_process``), which reads the response ids, encodes the spans straight to OTLP
+protobuf, counts the histograms and exports spans and metrics through the SDK's OTLP
+exporters.
 
 Spans (OpenTelemetry GenAI semantic conventions, Development status, semconv 1.37+):
 
@@ -86,8 +87,6 @@ _HEX: Final = frozenset("0123456789abcdef")
 _TRACE_HEADERS: Final = frozenset((b"traceparent", b"tracestate"))
 _NAME: Final = itemgetter(0)
 _new_object: Final = object.__new__
-# A queued record's output text when its route does not log payloads (None is an answer).
-_NO_CAPTURE: Final = object()
 
 
 class Exchange(Protocol):
@@ -244,8 +243,7 @@ class RequestTrace:
                         self.route,
                         error_type,
                         status,
-                        self.start_perf_ns,
-                        now,
+                        now - self.start_perf_ns,
                         None,
                         None,
                         False,
@@ -344,27 +342,68 @@ class RequestTrace:
         self.recorded = True
         tracing = self._tracing
         if sampled:
-            # Read by the tracing thread (traced): ``prepared`` is immutable, the exchange is
-            # done with this request; its metrics are read off the record by the exporter
-            # process.
+            # The record, plain values already (tuples of plain values leave the garbage
+            # collector's sight: a record holding the exchange's objects was walked by every
+            # collection while it waited) but for two read by the tracing thread
+            # (``_complete``): the cost, priced once the metering is done with the request,
+            # and a stream's last outputs.
+            document = prepared.document
+            params: tuple[tuple[str, int | float], ...] = ()
+            content = None
+            if type(document) is dict:
+                # Most requests set none of them: one C-level check first.
+                if not _PARAM_KEYS.isdisjoint(document):
+                    params = _params(document)
+                if policy.log_payloads and tracing.capture_content:
+                    found = document.get("messages", document.get("input"))
+                    content = (
+                        None if found is None else orjson.dumps(found).decode(),
+                        exchange.output_text,
+                    )
             tracing._sampled.append(
-                (
-                    self,
-                    prepared,
-                    policy.route_type,
+                (  # TracedRequest's fields
+                    self.trace_id,
+                    0,  # the request span's id: drawn by the exporter
+                    self.parent_span_id,
+                    self.tracestate,
+                    True,
+                    self.request_id,
+                    self.route,
+                    self.consumer,
+                    _OPERATIONS.get(policy.route_type, "chat"),
+                    prepared.requested_model or prepared.model,
                     response_model,
                     provider,
+                    self.start_ns,
+                    self.start_perf_ns,
                     now,
                     status,
-                    usage,
+                    None
+                    if usage is None
+                    else (
+                        usage.input_tokens,
+                        usage.output_tokens,
+                        usage.cached_input_tokens,
+                        usage.reasoning_tokens,
+                        usage.cache_write_tokens,
+                    ),
                     estimated,
+                    prepared.stream,
                     exchange.first_byte_ns,
-                    exchange.output_text if policy.log_payloads else _NO_CAPTURE,
+                    self._attempts,
+                    params,
+                    self.response,  # bytes, or a ResponseTail (_complete)
+                    (),
+                    "",
+                    content,
+                    self.cost,  # a thunk (_complete)
                 )
             )
         elif tracing.metrics:
             # The GenAI metrics' measurements, as plain values (the exporter process counts
-            # them): one tuple, appended.
+            # them): one tuple, appended; durations, not instants (smaller ints to ship).
+            start = self.start_perf_ns
+            first_byte = exchange.first_byte_ns
             tracing._measured.append(
                 (  # Measure's fields
                     _OPERATIONS.get(policy.route_type, "chat"),
@@ -374,9 +413,8 @@ class RequestTrace:
                     self.route,
                     "",
                     status,
-                    self.start_perf_ns,
-                    now,
-                    exchange.first_byte_ns,
+                    now - start,
+                    None if first_byte is None else first_byte - start,
                     None
                     if usage is None
                     else (
@@ -390,93 +428,35 @@ class RequestTrace:
                 )
             )
 
-    def traced(self, lazy: tuple[Any, ...]) -> tuple[Any, ...]:
-        """The ``TracedRequest`` fields of a record ``ended`` queued, as plain values for the
-        exporter process (the tracing thread): what the client got as bytes (a body, or a
-        stream's first and last outputs), the cost priced now, as a decimal string."""
-        (
-            _trace,
-            prepared,
-            route_type,
-            response_model,
-            provider,
-            now,
-            status,
-            usage,
-            estimated,
-            first_byte,
-            output_text,
-        ) = lazy
-        params: tuple[tuple[str, int | float], ...] = ()
-        content = None
-        document = prepared.document
-        if type(document) is dict:
-            # Most requests set none of them: one C-level check first.
-            if not _PARAM_KEYS.isdisjoint(document):
-                found_params = []
-                for field, name in _PARAMS:
-                    value = document.get(field)
-                    if value is not None and type(value) in (int, float):
-                        found_params.append((name, value))
-                params = tuple(found_params)
-            if output_text is not _NO_CAPTURE and self._tracing.capture_content:
-                found = document.get("messages", document.get("input"))
-                content = (None if found is None else orjson.dumps(found).decode(), output_text)
-        response = self.response
-        if response is not None and type(response) is not bytes:
-            if type(response) is ResponseTail:
-                first = response.first
-                response = (first, tuple(response.last)) if first else None
-            else:
-                response = bytes(response)
-        price = self.cost
-        cost = None
-        if price is not None:
-            try:
-                priced = price()
-            except Exception:
-                logger.exception("request %s: could not price it", self.request_id)
-                priced = None
-            # str of a Decimal (the exporter process writes it without an exponent).
-            cost = None if priced is None else str(priced)
-        return (  # TracedRequest's fields
-            self.trace_id,
-            0,  # the request span's id: drawn by the exporter
-            self.parent_span_id,
-            self.tracestate,
-            True,
-            self.request_id,
-            self.route,
-            self.consumer,
-            _OPERATIONS.get(route_type, "chat"),
-            prepared.requested_model or prepared.model,
-            response_model,
-            provider,
-            self.start_ns,
-            self.start_perf_ns,
-            now,
-            status,
-            None
-            if usage is None
-            else (
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cached_input_tokens,
-                usage.reasoning_tokens,
-                usage.cache_write_tokens,
-            ),
-            estimated,
-            prepared.stream,
-            first_byte,
-            self._attempts,
-            params,
-            # Read by the exporter (otel_export.response_meta): not a str yet.
-            response,
-            (),
-            "",
-            content,
-            cost,
-        )
+
+def _params(document: dict[str, Any]) -> tuple[tuple[str, int | float], ...]:
+    """The gen_ai.request.* parameters a request body sets."""
+    found = []
+    for field, name in _PARAMS:
+        value = document.get(field)
+        if value is not None and type(value) in (int, float):
+            found.append((name, value))
+    return tuple(found)
+
+
+def _complete(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A queued record as plain values only (the tracing thread): its cost priced now, as a
+    decimal string (the exporter process writes it without an exponent), a stream's ends as
+    (first output, last outputs)."""
+    response, cost = record[22], record[26]
+    if type(response) is ResponseTail:
+        first = response.first
+        response = (first, tuple(response.last)) if first else None
+    elif isinstance(response, (bytearray, memoryview)):
+        response = bytes(response)
+    if cost is not None:
+        try:
+            priced = cost()
+        except Exception:
+            logger.exception("request %s: could not price it", record[5])
+            priced = None
+        cost = None if priced is None else str(priced)
+    return (*record[:22], response, *record[23:26], cost)
 
 
 class ResponseTail:
@@ -728,8 +708,7 @@ class Tracing:
                         route,
                         error_type,
                         status,
-                        start_ns,
-                        now_ns,
+                        now_ns - start_ns,
                         None,
                         None,
                         False,
@@ -806,10 +785,7 @@ class Tracing:
         measured, sampled = self._measured, self._sampled
         # popleft as many times as there are items, in C (the request path appends meanwhile).
         measures = list(map(call, repeat(measured.popleft, len(measured))))
-        records = [
-            record[0].traced(record) if type(record[0]) is RequestTrace else record
-            for record in map(call, repeat(sampled.popleft, len(sampled)))
-        ]
+        records = list(map(_complete, map(call, repeat(sampled.popleft, len(sampled)))))
         process = self._process
         if process is None:
             return

@@ -630,7 +630,7 @@ def test_a_stalled_exporter_process_costs_bounded_memory_and_never_blocks(
     assert pid is not None
     try:
         os.kill(pid, signal.SIGSTOP)  # reads nothing more: the pipe fills
-        measure = ("chat", "openai", "gpt-4o", "gpt-4o", "chat", "", 200, 0, 1, None, None, False)
+        measure = ("chat", "openai", "gpt-4o", "gpt-4o", "chat", "", 200, 1, None, None, False)
         batch = frame((BATCH, [(*measure[:7], n, *measure[8:]) for n in range(1000)], []))
         start = time.monotonic()
         for _ in range(200):  # ~7 MB: far more than the pipe and the bound hold
