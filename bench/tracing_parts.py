@@ -175,7 +175,7 @@ def main() -> None:
 
     elif args.piece == "encode":
         encoder = otel_export.SpanEncoder(otel_export.otel_resource("bench"), "0")
-        read = list(tracing._complete(record))
+        read = list(otel_process.completed([tracing._complete(record)])[0])
         read[22], read[23] = otel_export.response_meta(BODY)
         read[26] = None  # not priced here (the metering's own cost)
         encoded = tuple(read)

@@ -4,8 +4,9 @@ When OTEL_* variables ask for traces or metrics, ``tracing.Tracing`` starts one 
 (``python -m dataplane.observability.otel_process DATA_FD ACK_FD``) and its background thread
 writes it, every drain interval, one batch of plain values (``marshal``: ints, strs, bytes,
 tuples): the GenAI measurements of the requests that were not sampled (``Measure``'s fields)
-and the records of the sampled ones (``TracedRequest``'s fields, the response as the client got
-it: a body's bytes, or a stream's first and last outputs; the cost as a decimal string). The
+and the records of the sampled ones (``TracedRequest``'s fields, beside each the response as
+the client got it, a body's bytes or a stream's first and last outputs, and the cost as a
+decimal string). The
 child does everything else, on another core: the response id and finish reasons, the OTLP
 span bytes (``SpanEncoder``), the histograms (``MetricAggregator``) and the exports through the
 SDK's OTLP exporters, which read the OTEL_* variables (endpoint, protocol, headers, TLS,
@@ -268,6 +269,13 @@ class ExporterProcess:
 # -- the child ---------------------------------------------------------------------------------
 
 
+def completed(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The records of a batch's (record, response, cost) items, the two in their places
+    (``TracedRequest``'s ``response_id`` and ``cost``): the data plane ships them beside the
+    record, which it builds on the request path before they are known."""
+    return [(*record[:22], response, *record[23:26], cost) for record, response, cost in items]
+
+
 def serve(data_fd: int, ack_fd: int, exporter: Any = None) -> None:
     """The child's loop: read batches until end of file, export on the OTEL_* schedule and on
     each FLUSH (acked), then export everything and return."""
@@ -296,7 +304,8 @@ def serve(data_fd: int, ack_fd: int, exporter: Any = None) -> None:
                     message = loads(bytes(buffer[offset + head : end]))
                     offset = end
                     if message[0] == BATCH:
-                        _, measures, records = message
+                        _, measures, items = message
+                        records = completed(items)
                         try:
                             if aggregator is not None:
                                 aggregator.add_measures(measures)

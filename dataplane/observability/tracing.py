@@ -252,33 +252,37 @@ class RequestTrace:
             return
         # A sampled request's metrics are read off its record by the exporter process.
         tracing._sampled.append(
-            (  # TracedRequest's fields
-                self.trace_id,
-                0,
-                self.parent_span_id,
-                self.tracestate,
-                self.sampled,
-                self.request_id,
-                self.route,
-                self.consumer,
-                operation,
-                model,
+            (
+                (  # TracedRequest's fields
+                    self.trace_id,
+                    0,
+                    self.parent_span_id,
+                    self.tracestate,
+                    self.sampled,
+                    self.request_id,
+                    self.route,
+                    self.consumer,
+                    operation,
+                    model,
+                    "",
+                    provider,
+                    self.start_ns,
+                    self.start_perf_ns,
+                    now,
+                    status,
+                    None,
+                    False,
+                    False,
+                    None,
+                    self._attempts,
+                    (),
+                    "",
+                    (),
+                    error_type,
+                    None,
+                    None,
+                ),
                 "",
-                provider,
-                self.start_ns,
-                self.start_perf_ns,
-                now,
-                status,
-                None,
-                False,
-                False,
-                None,
-                self._attempts,
-                (),
-                "",
-                (),
-                error_type,
-                None,
                 None,
             )
         )
@@ -361,42 +365,48 @@ class RequestTrace:
                         exchange.output_text,
                     )
             tracing._sampled.append(
-                (  # TracedRequest's fields
-                    self.trace_id,
-                    0,  # the request span's id: drawn by the exporter
-                    self.parent_span_id,
-                    self.tracestate,
-                    True,
-                    self.request_id,
-                    self.route,
-                    self.consumer,
-                    _OPERATIONS.get(policy.route_type, "chat"),
-                    prepared.requested_model or prepared.model,
-                    response_model,
-                    provider,
-                    self.start_ns,
-                    self.start_perf_ns,
-                    now,
-                    status,
-                    None
-                    if usage is None
-                    else (
-                        usage.input_tokens,
-                        usage.output_tokens,
-                        usage.cached_input_tokens,
-                        usage.reasoning_tokens,
-                        usage.cache_write_tokens,
+                (
+                    (  # TracedRequest's fields
+                        self.trace_id,
+                        0,  # the request span's id: drawn by the exporter
+                        self.parent_span_id,
+                        self.tracestate,
+                        True,
+                        self.request_id,
+                        self.route,
+                        self.consumer,
+                        _OPERATIONS.get(policy.route_type, "chat"),
+                        prepared.requested_model or prepared.model,
+                        response_model,
+                        provider,
+                        self.start_ns,
+                        self.start_perf_ns,
+                        now,
+                        status,
+                        None
+                        if usage is None
+                        else (
+                            usage.input_tokens,
+                            usage.output_tokens,
+                            usage.cached_input_tokens,
+                            usage.reasoning_tokens,
+                            usage.cache_write_tokens,
+                        ),
+                        estimated,
+                        prepared.stream,
+                        exchange.first_byte_ns,
+                        self._attempts,
+                        params,
+                        None,  # the response: beside the record
+                        (),
+                        "",
+                        content,
+                        None,  # the cost: beside the record
                     ),
-                    estimated,
-                    prepared.stream,
-                    exchange.first_byte_ns,
-                    self._attempts,
-                    params,
-                    self.response,  # bytes, or a ResponseTail (_complete)
-                    (),
-                    "",
-                    content,
-                    self.cost,  # a thunk (_complete)
+                    # Completed by the tracing thread (_complete): bytes, or a ResponseTail; the
+                    # metering's cost thunk.
+                    self.response,
+                    self.cost,
                 )
             )
         elif tracing.metrics:
@@ -439,11 +449,12 @@ def _params(document: dict[str, Any]) -> tuple[tuple[str, int | float], ...]:
     return tuple(found)
 
 
-def _complete(record: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A queued record as plain values only (the tracing thread): its cost priced now, as a
-    decimal string (the exporter process writes it without an exponent), a stream's ends as
-    (first output, last outputs)."""
-    response, cost = record[22], record[26]
+def _complete(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A queued (record, response, cost) as plain values only (the tracing thread): the cost
+    priced now, as a decimal string (the exporter process writes it without an exponent), a
+    stream's ends as (first output, last outputs). The exporter process puts the two in their
+    places in the record (otel_process.records)."""
+    record, response, cost = item
     if type(response) is ResponseTail:
         first = response.first
         response = (first, tuple(response.last)) if first else None
@@ -456,7 +467,7 @@ def _complete(record: tuple[Any, ...]) -> tuple[Any, ...]:
             logger.exception("request %s: could not price it", record[5])
             priced = None
         cost = None if priced is None else str(priced)
-    return (*record[:22], response, *record[23:26], cost)
+    return record, response, cost
 
 
 class ResponseTail:
@@ -717,33 +728,37 @@ class Tracing:
             return
         # Its metrics are read off the record by the exporter process.
         self._sampled.append(
-            (  # TracedRequest's fields
-                trace_id,
-                _span_id(),
-                parent_span_id,
-                tracestate,
-                True,
-                request_id,
-                route,
-                consumer,
-                operation,
-                model,
+            (
+                (  # TracedRequest's fields
+                    trace_id,
+                    _span_id(),
+                    parent_span_id,
+                    tracestate,
+                    True,
+                    request_id,
+                    route,
+                    consumer,
+                    operation,
+                    model,
+                    "",
+                    provider,
+                    start_ns,
+                    start_ns,  # perf instants as Unix nanoseconds: no perf clock was read
+                    now_ns,
+                    status,
+                    None,
+                    False,
+                    False,
+                    None,
+                    (),
+                    (),
+                    "",
+                    (),
+                    error_type,
+                    None,
+                    None,
+                ),
                 "",
-                provider,
-                start_ns,
-                start_ns,  # perf instants as Unix nanoseconds: no perf clock was read
-                now_ns,
-                status,
-                None,
-                False,
-                False,
-                None,
-                (),
-                (),
-                "",
-                (),
-                error_type,
-                None,
                 None,
             )
         )
