@@ -105,9 +105,8 @@ def _record(tracer: tracing.Tracing) -> tuple[Any, ...]:
 def _request(tracer: tracing.Tracing) -> tracing.RequestTrace:
     now = time.perf_counter_ns()
     trace = tracer.begin(
-        HEADERS, "01a251b9e7929fb48954fb1a1d75744b", "chat", "acme", "llm/v1/chat",
-        time.time_ns(), now,
-    )  # fmt: skip
+        HEADERS, "01a251b9e7929fb48954fb1a1d75744b", "chat", "acme", "llm/v1/chat", time.time_ns()
+    )
     trace.upstream_headers(list(HEADERS))
     trace.response = BODY
     usage = TokenUsage(input_tokens=5, output_tokens=4, cached_input_tokens=0, reasoning_tokens=0)
