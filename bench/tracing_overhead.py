@@ -42,6 +42,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# --tree DIR: the gateway and tracing of another checkout under this harness (an A/B with the
+# same harness: the code before the exporter process has no exporter_pid, and a force_flush
+# without a deadline that returns None).
+if "--tree" in sys.argv:
+    ROOT = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
 import dataplane.observability.tracing as tracing_module  # noqa: E402
@@ -195,16 +200,43 @@ def _median_ratio(values: list[float], base: list[float]) -> tuple[float, float]
     return median, median / statistics.median(base)
 
 
+def flush(tracing: Tracing, timeout: float) -> bool:
+    """``tracing.force_flush``: True once everything is exported (--tree: the code before the
+    exporter process flushes synchronously and returns None)."""
+    try:
+        done = tracing.force_flush(timeout=timeout)
+    except TypeError:
+        done = tracing.force_flush()
+    return done is not False
+
+
+def tune_gc(how: str) -> None:
+    """``--gc dataplane``: the collector as the data plane's CLI sets it (dataplane.cli._tune_gc:
+    start-up objects frozen, gen-0 threshold 20,000); ``default``: Python's."""
+    if how == "dataplane":
+        from dataplane import cli
+
+        cli._tune_gc()
+
+
 def child_cpu_s(tracing: Tracing | None) -> float:
     """CPU time (user + system, all its threads) of the exporter child so far."""
-    pid = None if tracing is None else tracing.exporter_pid
+    pid = getattr(tracing, "exporter_pid", None)
     if pid is None:
         return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def only(mode: str, upstream: str, otlp: str, requests: int, concurrency: int, warmup: int) -> None:
+def only(
+    mode: str,
+    upstream: str,
+    otlp: str,
+    requests: int,
+    concurrency: int,
+    warmup: int,
+    gc_mode: str = "default",
+) -> None:
     """One mode, its timed part inside ``eval`` (callgrind --toggle-collect=builtin_eval):
     the load and the flush that hands its records to the exporter child and waits until the
     child exported them (the child's own work is not in this process's count: its CPU is
@@ -219,18 +251,19 @@ def only(mode: str, upstream: str, otlp: str, requests: int, concurrency: int, w
     gateway = Gateway(node_id="bench", usage_sink=lambda event: None, tracing=tracing)
     gateway.apply(compile_snapshot(snapshot(upstream), version="v1"))
     loop = asyncio.new_event_loop()
+    tune_gc(gc_mode)
     # A fixed warm-up, whatever --requests: the child's whole-run count minus that of
     # --requests 0 is then the timed requests' work alone.
     loop.run_until_complete(load(gateway, warmup, concurrency))
     if tracing is not None:
-        assert tracing.force_flush(timeout=1800)
+        assert flush(tracing, 1800)
 
     def timed() -> None:
         if requests:
             loop.run_until_complete(load(gateway, requests, concurrency))
         if tracing is not None:
             # Slow under valgrind with --trace-children=yes: a long deadline.
-            assert tracing.force_flush(timeout=1800)
+            assert flush(tracing, 1800)
 
     cpu_start, child_start = time.process_time(), child_cpu_s(tracing)
     eval("timed()", {"timed": timed})  # the callgrind toggle
@@ -238,12 +271,15 @@ def only(mode: str, upstream: str, otlp: str, requests: int, concurrency: int, w
     print(
         f"{mode}: data plane {(time.process_time() - cpu_start) / per * 1e6:.1f} us CPU/request,"
         f" exporter child {(child_cpu_s(tracing) - child_start) / per * 1e6:.1f} us CPU/request"
-        f" (pid {tracing.exporter_pid if tracing is not None else None})"
+        f" (pid {getattr(tracing, 'exporter_pid', None)})"
     )
     loop.run_until_complete(gateway.aclose())
     loop.close()
     if tracing is not None:
-        tracing.shutdown(timeout=600)  # the child exits (and callgrind writes its counts)
+        try:
+            tracing.shutdown(timeout=600)  # the child exits (and callgrind writes its counts)
+        except TypeError:  # --tree: before the exporter process
+            tracing.shutdown()
 
 
 def main() -> None:
@@ -253,6 +289,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--only", choices=("off", "on100", "on10"))
     parser.add_argument("--warmup", type=int, default=250, help="--only: requests before")
+    parser.add_argument(
+        "--gc",
+        choices=("default", "dataplane"),
+        default="default",
+        help="the cyclic collector: Python's thresholds, or the data plane CLI's",
+    )
+    parser.add_argument("--tree", help="import the gateway and tracing from this checkout")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'proto'}"}
     child = subprocess.Popen(
@@ -263,7 +306,15 @@ def main() -> None:
     otlp = f"http://127.0.0.1:{otlp_port}"
     try:
         if args.only:
-            only(args.only, upstream, otlp, args.requests, args.concurrency, args.warmup)
+            only(
+                args.only,
+                upstream,
+                otlp,
+                args.requests,
+                args.concurrency,
+                args.warmup,
+                args.gc,
+            )
         else:
             asyncio.run(interleaved(args, upstream, otlp))
     finally:
@@ -283,6 +334,7 @@ async def interleaved(args: argparse.Namespace, upstream: str, otlp: str) -> Non
     for mode, tracing in tracings.items():
         gateways[mode] = Gateway(node_id="bench", usage_sink=lambda event: None, tracing=tracing)
         gateways[mode].apply(config)
+    tune_gc(args.gc)
     try:
         for gateway in gateways.values():  # warm-up: connections, caches
             await load(gateway, args.requests // 4, args.concurrency)
@@ -306,7 +358,7 @@ async def interleaved(args: argparse.Namespace, upstream: str, otlp: str) -> Non
                 await load(gateways[mode], args.requests, args.concurrency)
                 if tracing is not None:
                     # Timed too: what is still pending is encoded and exported in this turn.
-                    assert await asyncio.to_thread(tracing.force_flush)
+                    assert await asyncio.to_thread(flush, tracing, 60)
                 rates[mode].append(args.requests / (time.perf_counter() - start))
                 # CPU of this process: event loop, tracing thread, gRPC's threads.
                 total = (time.process_time() - cpu_start) / args.requests * 1e6
