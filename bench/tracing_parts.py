@@ -13,7 +13,7 @@ PIECE is one of
 - ``complete``: the tracing thread completing one sampled request's record as plain values
   (``tracing._complete``: its cost priced, here None);
 - ``ship``: the tracing thread's ``marshal`` of one sampled request's completed record and
-  one unsampled request's measurements (per batch of 100);
+  one unsampled request's measurements (batches of 100 distinct requests);
 - ``fold`` (the exporter child): one request's measurements into the histograms (per batch of
   100);
 - ``encode`` (the exporter child): one sampled request's two spans to OTLP bytes (its
@@ -140,8 +140,6 @@ def main() -> None:
     )
     record = _record(tracing.Tracing(sampler=ALWAYS_ON))
     unsampled = tracing.Tracing(sampler=ALWAYS_OFF)
-    _request(unsampled)
-    (measure,) = unsampled._measured
     calls = args.calls
     if args.piece in ("path", "unsampled", "nometrics"):
 
@@ -158,8 +156,13 @@ def main() -> None:
     elif args.piece in ("ship", "fold"):
         batch = 100
         calls = max(calls // batch, 1) * batch
-        records = [tracing._complete(record)] * batch
-        measures = [measure] * batch
+        # Distinct requests' records (marshal writes an object it saw before as a reference).
+        sampled = tracing.Tracing(sampler=ALWAYS_ON)
+        for _ in range(batch):
+            _request(sampled)
+            _request(unsampled)
+        records = [tracing._complete(item) for item in sampled._sampled]
+        measures = list(unsampled._measured)
         aggregator = otel_export.MetricAggregator()
         if args.piece == "ship":
 
