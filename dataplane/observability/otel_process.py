@@ -76,6 +76,7 @@ class ExporterProcess:
         self.dropped = 0  # requests dropped (child too slow, dead, or gone for good)
         self.restarts = 0
         self.failed = False
+        self.closed = False
         self._warned_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._data_fd = self._ack_fd = -1
@@ -120,7 +121,7 @@ class ExporterProcess:
 
     def send(self, payload: bytes, requests: int) -> None:
         """Queue one framed message and write what the pipe takes now (never blocks)."""
-        if self.failed:
+        if self.failed or self.closed:
             self.dropped += requests
             return
         if self._buffered + len(payload) > self._max_buffered:
@@ -135,6 +136,8 @@ class ExporterProcess:
     def pump(self) -> bool:
         """Write what the pipe takes now; True once nothing is left to write. Notices (and
         restarts) a child that died."""
+        if self.closed:
+            return True
         outbox = self._outbox
         while outbox:
             chunk, requests = outbox[0]
@@ -211,7 +214,7 @@ class ExporterProcess:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Everything queued so far exported by the child (True), or the deadline passed."""
-        if self.failed or self._proc is None:
+        if self.failed or self.closed or self._proc is None:
             return False
         deadline = time.monotonic() + timeout
         self._sequence += 1
@@ -241,12 +244,15 @@ class ExporterProcess:
                 self._acks += data
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is left, then end of file: the child exports everything and exits."""
+        """Write what is left, then end of file: the child exports everything and exits.
+        Whatever comes after is dropped (counted), never a new child."""
         proc = self._proc
-        if proc is None:
+        if proc is None or self.closed:
+            self.closed = True
             return
         deadline = time.monotonic() + timeout
         self._write_all(deadline)
+        self.closed = True
         proc = self._proc
         self._close_fds()
         self._proc = None

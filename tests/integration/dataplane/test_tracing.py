@@ -550,6 +550,10 @@ async def test_one_exporter_process_runs_and_shutdown_stops_it(
     tracing.shutdown()  # what is queued is exported, then the process exits
     assert _gone(pid)
     assert _exporter_children() == []
+    # A request that ends after the shutdown is dropped: no exporter process again.
+    tracing._measured.append(("chat", "openai", "m", "m", "chat", "", 200, 1, None, None, False))
+    tracing.force_flush()
+    assert _exporter_children() == [] and tracing.dropped == 1
     assert len(_by_name(received)["chat gpt-4o-mini"]) == 3
     (duration,) = received.metric_points("gen_ai.client.operation.duration")
     assert duration.count == 3
