@@ -1,9 +1,10 @@
 """The OpenTelemetry side of data-plane tracing: OTLP spans and GenAI metrics built in batches.
 
-``dataplane.observability.tracing`` (the request path) records every request's GenAI metrics
-in a ``MetricAggregator`` here (list appends) and appends one plain tuple per sampled request
-to a bounded deque; its background thread hands the drained batch to an ``Exporter`` here,
-which
+This runs in the data plane's exporter process (``otel_process``): the data plane
+(``dataplane.observability.tracing``) ships it, in batches, every request's GenAI measurements
+(``Measure``) and each sampled request's record (``TracedRequest``), all plain values; the
+process counts the measurements in a ``MetricAggregator`` here and hands the records to an
+``Exporter`` here, which
 
 - encodes the sampled requests' spans straight into OTLP protobuf bytes (an
   ``ExportTraceServiceRequest``): the per-route attributes (operation, provider, models,
@@ -137,8 +138,9 @@ class Measure(NamedTuple):
 
 class TracedRequest(NamedTuple):
     """One request, after its last attempt (or refused before any): plain values only, a plain
-    tuple in this field order on the request path. ``cost`` is a thunk there, a decimal string
-    (or None) once the background thread priced it. ``error_type`` is set for requests the
+    tuple in this field order on the request path. ``cost`` is a decimal string (``str`` of a
+    ``Decimal``) or None by the time the exporter process reads it, ``response_id`` the
+    response as the client got it until the encoder reads the id from it. ``error_type`` is set for requests the
     gateway refused itself (no attempt), ``content`` only when the route logs payloads and the
     content opt-in is set: (input messages JSON, output text)."""
 
@@ -792,8 +794,8 @@ class SpanEncoder:
 class _Histogram:
     """An explicit-bucket histogram (the SDK's semantics: bucket i holds (b[i-1], b[i]]).
 
-    Measurements are appended to ``pending`` (one list append each, on the request path) and
-    folded into the buckets by the tracing thread (``fold``), whose loops all run in C (``map``
+    Measurements are appended to ``pending`` (one list append each) and folded into the
+    buckets per batch (``fold``), whose loops all run in C (``map``
     of a bisect, ``Counter``, ``sum``, ``min``, ``max``)."""
 
     __slots__ = ("bounds", "count", "counts", "max", "min", "pending", "search", "sum")
@@ -814,7 +816,7 @@ class _Histogram:
         taken = len(pending)
         if not taken:
             return
-        # The request path appends meanwhile: take what is there, leave what comes after.
+        # Take what is there, leave what comes after (appends may come from another thread).
         values = pending[:taken]
         del pending[:taken]
         counts = self.counts
@@ -845,7 +847,7 @@ _METRICS: Final = (
 class _Series:
     """The histograms of one attribute set: token usage (input, output), duration, time to
     first token, time per output token; ``appends`` are their pending lists' ``append``s
-    in that order (what the tracing thread calls per measurement)."""
+    in that order (what ``add_measures`` calls per measurement)."""
 
     __slots__ = ("appends", "duration", "input", "output", "tpot", "ttft")
 
@@ -868,8 +870,8 @@ class MetricAggregator:
     """The four gen_ai.* histograms, cumulative since the data plane started, keyed by their
     attribute sets (one tuple and one dict lookup per request; no dict per measurement).
 
-    The request path appends a request's measurements to its series' pending lists (inline in
-    ``tracing.RequestTrace.ended``, or ``measure``); ``fold`` (the tracing thread, before each
+    The exporter process appends the requests' measurements to their series' pending lists
+    (``add_measures``, ``add``, ``measure``); ``fold`` (before each
     export) turns them into bucket counts."""
 
     def __init__(self) -> None:
@@ -965,7 +967,7 @@ class MetricAggregator:
                 appends[4]((end - first_byte) / 1e9 / (output - 1))
 
     def fold(self) -> None:
-        # A copy: the request path may add a series meanwhile.
+        # A copy: a series may be added meanwhile.
         for series in list(self._series.values()):
             series.fold()
 
@@ -1200,8 +1202,8 @@ def _env_number(name: str, default: float) -> float:
 
 
 class Exporter:
-    """Batches of finished requests -> OTLP spans and GenAI metrics (the background thread's
-    one object; never called from the request path)."""
+    """Batches of finished requests -> OTLP spans and GenAI metrics (the exporter process's
+    one object; never in the data plane's process but in tests)."""
 
     def __init__(self, *, traces: bool, metrics: bool) -> None:
         from dataplane import __version__
@@ -1234,7 +1236,7 @@ class Exporter:
 
     @property
     def aggregator(self) -> MetricAggregator | None:
-        """Where the request path records the GenAI metrics (None when they are not exported)."""
+        """Where the GenAI metrics are counted (None when they are not exported)."""
         return self._aggregator
 
     def add(self, records: Iterable[Sequence[Any]]) -> None:
