@@ -140,9 +140,9 @@ class TracedRequest(NamedTuple):
     """One request, after its last attempt (or refused before any): plain values only, a plain
     tuple in this field order on the request path. ``cost`` is a decimal string (``str`` of a
     ``Decimal``) or None by the time the exporter process reads it, ``response_id`` the
-    response as the client got it until the encoder reads the id from it. ``error_type`` is set for requests the
-    gateway refused itself (no attempt), ``content`` only when the route logs payloads and the
-    content opt-in is set: (input messages JSON, output text)."""
+    response as the client got it until the encoder reads the id from it. ``error_type`` is
+    set for requests the gateway refused itself (no attempt), ``content`` only when the route
+    logs payloads and the content opt-in is set: (input messages JSON, output text)."""
 
     trace_id: int
     span_id: int
@@ -871,8 +871,8 @@ class MetricAggregator:
     attribute sets (one tuple and one dict lookup per request; no dict per measurement).
 
     The exporter process appends the requests' measurements to their series' pending lists
-    (``add_measures``, ``add``, ``measure``); ``fold`` (before each
-    export) turns them into bucket counts."""
+    (``add_measures``, ``add``, ``measure``); ``fold`` (before each export) turns them into
+    bucket counts."""
 
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
