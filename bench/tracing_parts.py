@@ -8,14 +8,18 @@ PIECE is one of
 - ``path``: what the request path does for a sampled request (``Tracing.begin``, the
   ``traceparent`` of one attempt, ``RequestTrace.ended`` with a non-streamed answer: its GenAI
   metrics and its record), with the harness's usage object and clock reads;
-- ``unsampled``: the same for a request that is not sampled (its metrics, no record);
-- ``nometrics``: ``path`` with the metrics not exported (OTEL_METRICS_EXPORTER=none);
-- ``fold``: the tracing thread's share of one request's metrics (folding its measurements
-  into the buckets, per batch of 100);
-- ``complete``: the tracing thread completing one sampled request's record
-  (``RequestTrace.traced``);
-- ``encode``: one sampled request's two spans to OTLP bytes (its response id already read);
-- ``meta``: reading the response id and finish reasons of a whole chat completion body.
+- ``unsampled``: the same for a request that is not sampled (its measurements, no record);
+- ``nometrics``: ``unsampled`` with the metrics not exported (OTEL_METRICS_EXPORTER=none);
+- ``complete``: the tracing thread completing one sampled request's record as plain values
+  (``tracing._complete``: its cost priced, here None);
+- ``ship``: the tracing thread's ``marshal`` of one sampled request's completed record and
+  one unsampled request's measurements (batches of 100 distinct requests);
+- ``fold`` (the exporter child): one request's measurements into the histograms (per batch of
+  100);
+- ``encode`` (the exporter child): one sampled request's two spans to OTLP bytes (its
+  response id already read);
+- ``meta`` (the exporter child): reading the response id and finish reasons of a whole chat
+  completion body.
 
 Under callgrind, subtract the count of ``--calls 0`` (the imports' own ``eval`` calls, e.g.
 namedtuple's, are counted too).
@@ -37,7 +41,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON  # noqa: E402
 
-from dataplane.observability import otel_export, tracing  # noqa: E402
+from dataplane.observability import otel_export, otel_process, tracing  # noqa: E402
 from dataplane.translate.base import Prepared  # noqa: E402
 from dataplane.usage.tokens import TokenUsage  # noqa: E402
 
@@ -89,31 +93,11 @@ class _Exchange:
 _EXCHANGE = _Exchange()
 
 
-class _Discard:
-    """An exporter that keeps nothing but the metrics' pending measurements (the ``path``
-    pieces measure the request path only)."""
-
-    def __init__(self, metrics: bool = True) -> None:
-        self.aggregator = otel_export.MetricAggregator() if metrics else None
-
-    def add(self, batch: Any) -> None:
-        pass
-
-    def tick(self) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-
 def _record(tracer: tracing.Tracing) -> tuple[Any, ...]:
     """One finished request's record, as the request path queues it."""
     trace = _request(tracer)
-    (record,) = tracer._pending
-    tracer._pending.clear()
+    (record,) = tracer._sampled
+    tracer._sampled.clear()
     assert trace.recorded
     return record
 
@@ -121,13 +105,7 @@ def _record(tracer: tracing.Tracing) -> tuple[Any, ...]:
 def _request(tracer: tracing.Tracing) -> tracing.RequestTrace:
     now = time.perf_counter_ns()
     trace = tracer.begin(
-        HEADERS,
-        request_id="01a251b9e7929fb48954fb1a1d75744b",
-        route="chat",
-        consumer="acme",
-        name="chat",
-        start_ns=time.time_ns(),
-        start_perf_ns=now,
+        HEADERS, "01a251b9e7929fb48954fb1a1d75744b", "chat", "acme", "llm/v1/chat", time.time_ns()
     )
     trace.upstream_headers(list(HEADERS))
     trace.response = BODY
@@ -141,47 +119,65 @@ def _request(tracer: tracing.Tracing) -> tracing.RequestTrace:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "piece", choices=("path", "unsampled", "nometrics", "fold", "complete", "encode", "meta")
+        "piece",
+        choices=(
+            "path",
+            "unsampled",
+            "nometrics",
+            "complete",
+            "ship",
+            "fold",
+            "encode",
+            "meta",
+        ),
     )
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
-    discard = _Discard(metrics=args.piece != "nometrics")
+    # No exporter process: the records stay queued (and are cleared here).
     tracer = tracing.Tracing(
-        sampler=ALWAYS_OFF if args.piece == "unsampled" else ALWAYS_ON,
-        exporter=discard,  # type: ignore[arg-type]
+        sampler=ALWAYS_ON if args.piece == "path" else ALWAYS_OFF,
+        metrics=args.piece != "nometrics",
     )
-    record = _record(tracing.Tracing(sampler=ALWAYS_ON, exporter=_Discard()))  # type: ignore[arg-type]
+    record = _record(tracing.Tracing(sampler=ALWAYS_ON))
+    unsampled = tracing.Tracing(sampler=ALWAYS_OFF)
     calls = args.calls
     if args.piece in ("path", "unsampled", "nometrics"):
 
         def piece() -> None:
             _request(tracer)
-            tracer._pending.clear()  # the measurements stay pending: a few thousand floats
-
-    elif args.piece == "fold":
-        assert discard.aggregator is not None
-        batch = 100
-        calls = max(calls // batch, 1) * batch
-        for _ in range(batch):
-            _request(tracer)
-        tracer._pending.clear()
-        (series,) = discard.aggregator._series.values()
-        histograms = (series.input, series.output, series.duration, series.ttft)
-        measured = [list(h.pending) for h in histograms]
-
-        def piece() -> None:
-            for histogram, values in zip(histograms, measured, strict=True):
-                histogram.pending.extend(values)
-            discard.aggregator.fold()  # type: ignore[union-attr]
+            tracer._sampled.clear()
+            tracer._measured.clear()
 
     elif args.piece == "complete":
 
         def piece() -> None:
-            record[0].traced(record)
+            tracing._complete(record)
+
+    elif args.piece in ("ship", "fold"):
+        batch = 100
+        calls = max(calls // batch, 1) * batch
+        # Distinct requests' records (marshal writes an object it saw before as a reference).
+        sampled = tracing.Tracing(sampler=ALWAYS_ON)
+        for _ in range(batch):
+            _request(sampled)
+            _request(unsampled)
+        records = [tracing._complete(item) for item in sampled._sampled]
+        measures = list(unsampled._measured)
+        aggregator = otel_export.MetricAggregator()
+        if args.piece == "ship":
+
+            def piece() -> None:
+                otel_process.frame((otel_process.BATCH, measures, records))
+
+        else:
+
+            def piece() -> None:
+                aggregator.add_measures(measures)
+                aggregator.fold()
 
     elif args.piece == "encode":
         encoder = otel_export.SpanEncoder(otel_export.otel_resource("bench"), "0")
-        read = list(record[0].traced(record))
+        read = list(otel_process.completed([tracing._complete(record)])[0])
         read[22], read[23] = otel_export.response_meta(BODY)
         read[26] = None  # not priced here (the metering's own cost)
         encoded = tuple(read)
@@ -194,7 +190,7 @@ def main() -> None:
         def piece() -> None:
             otel_export.response_meta(BODY)
 
-    rounds = calls // 100 if args.piece == "fold" else calls
+    rounds = calls // 100 if args.piece in ("ship", "fold") else calls
     for _ in range(min(rounds, 50)):
         piece()  # warm: caches, specialised bytecode
 

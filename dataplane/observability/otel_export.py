@@ -1,9 +1,10 @@
 """The OpenTelemetry side of data-plane tracing: OTLP spans and GenAI metrics built in batches.
 
-``dataplane.observability.tracing`` (the request path) records every request's GenAI metrics
-in a ``MetricAggregator`` here (list appends) and appends one plain tuple per sampled request
-to a bounded deque; its background thread hands the drained batch to an ``Exporter`` here,
-which
+This runs in the data plane's exporter process (``otel_process``): the data plane
+(``dataplane.observability.tracing``) ships it, in batches, every request's GenAI measurements
+(``Measure``) and each sampled request's record (``TracedRequest``), all plain values; the
+process counts the measurements in a ``MetricAggregator`` here and hands the records to an
+``Exporter`` here, which
 
 - encodes the sampled requests' spans straight into OTLP protobuf bytes (an
   ``ExportTraceServiceRequest``): the per-route attributes (operation, provider, models,
@@ -32,6 +33,7 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
 from functools import partial
 from itertools import repeat
 from random import getrandbits
@@ -116,12 +118,31 @@ class TracedAttempt(NamedTuple):
     first_byte_perf_ns: int | None
 
 
+class Measure(NamedTuple):
+    """The GenAI metrics' measurements of one request that is not sampled, as the data plane
+    ships them to its exporter process (a plain tuple in this field order): durations in
+    nanoseconds since the request's start, ``usage`` as in ``TracedRequest``."""
+
+    operation: str
+    provider: str
+    request_model: str
+    response_model: str
+    route: str
+    error_type: str
+    status: int
+    duration_ns: int
+    first_byte_ns: int | None  # after the start
+    usage: tuple[int | None, int | None, int | None, int | None, int | None] | None
+    stream: bool
+
+
 class TracedRequest(NamedTuple):
     """One request, after its last attempt (or refused before any): plain values only, a plain
-    tuple in this field order on the request path. ``cost`` is a thunk there, a decimal string
-    (or None) once the background thread priced it. ``error_type`` is set for requests the
-    gateway refused itself (no attempt), ``content`` only when the route logs payloads and the
-    content opt-in is set: (input messages JSON, output text)."""
+    tuple in this field order on the request path. ``cost`` is a decimal string (``str`` of a
+    ``Decimal``) or None by the time the exporter process reads it, ``response_id`` the
+    response as the client got it until the encoder reads the id from it. ``error_type`` is
+    set for requests the gateway refused itself (no attempt), ``content`` only when the route
+    logs payloads and the content opt-in is set: (input messages JSON, output text)."""
 
     trace_id: int
     span_id: int
@@ -266,7 +287,8 @@ def _openai_meta(body: bytes) -> tuple[str, tuple[str, ...]] | None:
 
 def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
     """(gen_ai.response.id, gen_ai.response.finish_reasons) of what the client got: a whole
-    body (bytes) or a stream's ``ResponseTail``; ("", ()) when it has neither."""
+    body (bytes), a stream's ``ResponseTail`` or its ends as a tuple (first output, last
+    outputs); ("", ()) when it has neither."""
     if type(response) is bytes and response[:7] == _OPENAI_HEAD:
         meta = _openai_meta(response)
         if meta is not None:
@@ -283,6 +305,11 @@ def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
             return found[0], (tuple(dict.fromkeys(found[1:])) if len(found) > 1 else ())
     if isinstance(response, (bytes, bytearray, memoryview)):
         chunks: list[bytes] = [bytes(response).strip()]
+    elif type(response) is tuple:
+        # A stream's ends as the data plane ships them: (first output, the last ones).
+        if not response or not response[0]:
+            return "", ()
+        chunks = [response[0], *response[1]]
     else:
         first = getattr(response, "first", b"")
         if not first:
@@ -475,8 +502,12 @@ def _append_usage(parts: list[bytes], usage: Sequence[int | None]) -> None:
 
 
 def _append_cost(parts: list[bytes], cost: Any, request_id: str) -> None:
-    """The request's cost: a decimal string, or the request's Metering.cost read now."""
-    if type(cost) is not str:
+    """The request's cost: a decimal string (``str`` of a ``Decimal``: written without an
+    exponent here), or the request's Metering.cost read now."""
+    if type(cost) is str:
+        if "E" in cost:
+            cost = f"{Decimal(cost):f}"
+    else:
         try:
             priced = cost()
         except Exception:
@@ -763,8 +794,8 @@ class SpanEncoder:
 class _Histogram:
     """An explicit-bucket histogram (the SDK's semantics: bucket i holds (b[i-1], b[i]]).
 
-    Measurements are appended to ``pending`` (one list append each, on the request path) and
-    folded into the buckets by the tracing thread (``fold``), whose loops all run in C (``map``
+    Measurements are appended to ``pending`` (one list append each) and folded into the
+    buckets per batch (``fold``), whose loops all run in C (``map``
     of a bisect, ``Counter``, ``sum``, ``min``, ``max``)."""
 
     __slots__ = ("bounds", "count", "counts", "max", "min", "pending", "search", "sum")
@@ -785,7 +816,7 @@ class _Histogram:
         taken = len(pending)
         if not taken:
             return
-        # The request path appends meanwhile: take what is there, leave what comes after.
+        # Take what is there, leave what comes after (appends may come from another thread).
         values = pending[:taken]
         del pending[:taken]
         counts = self.counts
@@ -816,7 +847,7 @@ _METRICS: Final = (
 class _Series:
     """The histograms of one attribute set: token usage (input, output), duration, time to
     first token, time per output token; ``appends`` are their pending lists' ``append``s
-    in that order (what the tracing thread calls per measurement)."""
+    in that order (what ``add_measures`` calls per measurement)."""
 
     __slots__ = ("appends", "duration", "input", "output", "tpot", "ttft")
 
@@ -839,9 +870,9 @@ class MetricAggregator:
     """The four gen_ai.* histograms, cumulative since the data plane started, keyed by their
     attribute sets (one tuple and one dict lookup per request; no dict per measurement).
 
-    The request path appends a request's measurements to its series' pending lists (inline in
-    ``tracing.RequestTrace.ended``, or ``measure``); ``fold`` (the tracing thread, before each
-    export) turns them into bucket counts."""
+    The exporter process appends the requests' measurements to their series' pending lists
+    (``add_measures``, ``add``, ``measure``); ``fold`` (before each export) turns them into
+    bucket counts."""
 
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
@@ -876,6 +907,39 @@ class MetricAggregator:
             stream=record[18],
         )
 
+    def add_measures(self, measures: Iterable[Sequence[Any]]) -> None:
+        """Requests' measurements as the data plane ships them (``Measure``'s fields: an
+        unsampled request's whole record is these)."""
+        series = self._series
+        for (
+            operation, provider, request_model, response_model, route, error_type, status,
+            duration, first_byte, usage, stream,
+        ) in measures:  # fmt: skip
+            ok = 200 <= status < 400
+            key = (
+                operation,
+                provider,
+                request_model,
+                response_model,
+                route,
+                "" if ok else error_type or str(status),
+            )
+            found = series.get(key)
+            appends = self.series(key) if found is None else found.appends
+            appends[2](duration / 1e9)
+            output = None
+            if usage is not None:
+                value, output, cached, reasoning, written = usage
+                if value is not None:
+                    appends[0](value + (cached or 0) + (written or 0))
+                if output is not None:
+                    output += reasoning or 0
+                    appends[1](output)
+            if ok and first_byte is not None:
+                appends[3](first_byte / 1e9)
+                if stream and output is not None and output > 1:
+                    appends[4]((duration - first_byte) / 1e9 / (output - 1))
+
     def measure(
         self,
         key: tuple[str, str, str, str, str, str],
@@ -903,7 +967,7 @@ class MetricAggregator:
                 appends[4]((end - first_byte) / 1e9 / (output - 1))
 
     def fold(self) -> None:
-        # A copy: the request path may add a series meanwhile.
+        # A copy: a series may be added meanwhile.
         for series in list(self._series.values()):
             series.fold()
 
@@ -1006,6 +1070,14 @@ def _protocol(signal: str) -> str:
             f"OTEL_EXPORTER_OTLP_PROTOCOL={value!r}: only grpc or http/protobuf are supported"
         )
     return value
+
+
+def check_environment(*, traces: bool, metrics: bool) -> None:
+    """Raise ValueError for OTEL_* values the exporter would refuse (an unsupported protocol
+    or exporter), before the exporter process starts."""
+    for signal, wanted in (("TRACES", traces), ("METRICS", metrics)):
+        if wanted and _exporter_kind(signal) == "otlp":
+            _protocol(signal)
 
 
 def otel_resource(default_service_name: str) -> Resource:
@@ -1130,8 +1202,8 @@ def _env_number(name: str, default: float) -> float:
 
 
 class Exporter:
-    """Batches of finished requests -> OTLP spans and GenAI metrics (the background thread's
-    one object; never called from the request path)."""
+    """Batches of finished requests -> OTLP spans and GenAI metrics (the exporter process's
+    one object; never in the data plane's process but in tests)."""
 
     def __init__(self, *, traces: bool, metrics: bool) -> None:
         from dataplane import __version__
@@ -1164,7 +1236,7 @@ class Exporter:
 
     @property
     def aggregator(self) -> MetricAggregator | None:
-        """Where the request path records the GenAI metrics (None when they are not exported)."""
+        """Where the GenAI metrics are counted (None when they are not exported)."""
         return self._aggregator
 
     def add(self, records: Iterable[Sequence[Any]]) -> None:

@@ -2,13 +2,14 @@
 
 The request path only notes what it already measures (perf-counter instants, the status, the
 usage the provider reported) on a ``RequestTrace``; when the exchange records its last attempt
-(or the gateway refuses the request itself) the request's GenAI metrics are appended to their
-histograms' pending lists, and a sampled request becomes one tuple appended to a bounded
-deque: the trace, the exchange's immutable ``Prepared`` and the few values of its end. A
-background thread wakes every ``_DRAIN_INTERVAL_S``, folds the metrics into their buckets,
-completes the records (``RequestTrace.traced``: the fields of ``otel_export.TracedRequest``)
-and hands them to ``otel_export.Exporter``, which prices them, encodes their spans straight
-to OTLP protobuf and exports spans and metrics through the SDK's OTLP exporters.
+(or the gateway refuses the request itself) the request becomes one tuple of plain values
+appended to a bounded deque: a sampled request's record (``otel_export.TracedRequest``'s
+fields), or another's GenAI measurements (``otel_export.Measure``'s). A background thread
+wakes every ``_DRAIN_INTERVAL_S``, completes the records (``_complete``: the cost priced, a
+stream's ends read) and writes them all, ``marshal``led in one message, to the exporter
+process (``otel_process``), which reads the response ids, encodes the spans straight to OTLP
+protobuf, counts the histograms and exports spans and metrics through the SDK's OTLP
+exporters.
 
 Spans (OpenTelemetry GenAI semantic conventions, Development status, semconv 1.37+):
 
@@ -26,6 +27,7 @@ the OpenTelemetry SDK is imported and no thread or process starts.
 from __future__ import annotations
 
 import logging
+import marshal
 import os
 import random
 import threading
@@ -33,18 +35,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
-from operator import itemgetter
+from itertools import repeat
+from operator import call, itemgetter
 from random import getrandbits
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
-from dataplane.observability.otel_export import (
-    Exporter,
-    MetricAggregator,
-    signals_configured,
-)
+from dataplane.observability.otel_export import check_environment, signals_configured
+from dataplane.observability.otel_process import BATCH, ExporterProcess, frame
 from dataplane.usage.tokens import TokenUsage
 
 if TYPE_CHECKING:
@@ -86,8 +86,7 @@ _PARAM_KEYS: Final = frozenset(key for key, _ in _PARAMS)
 _HEX: Final = frozenset("0123456789abcdef")
 _TRACE_HEADERS: Final = frozenset((b"traceparent", b"tracestate"))
 _NAME: Final = itemgetter(0)
-# A queued record's output text when its route does not log payloads (None is an answer).
-_NO_CAPTURE: Final = object()
+_new_object: Final = object.__new__
 
 
 class Exchange(Protocol):
@@ -154,40 +153,60 @@ class RequestTrace:
         "tracestate",
     )
 
-    def __init__(
-        self,
+    # Set by ``new`` (no ``__init__``: calling a class with one costs more than the stores).
+    _tracing: Tracing
+    trace_id: int
+    parent_span_id: int | None
+    tracestate: str
+    sampled: bool
+    request_id: str
+    route: str
+    consumer: str
+    start_ns: int
+    start_perf_ns: int
+    cost: Callable[[], Decimal | None] | None
+    _attempts: tuple[tuple[Any, ...], ...]
+    _attempt_span_id: int
+    _attempt_start: int
+    _client_headers: bool
+    response: Any
+    recorded: bool
+
+    @staticmethod
+    def new(
         tracing: Tracing,
         trace_id: int,
-        parent_span_id: int | None,
-        tracestate: str,
         sampled: bool,
         request_id: str,
         route: str,
         consumer: str,
         start_ns: int,
         start_perf_ns: int,
-        client_headers: bool,
-    ) -> None:
+        /,
+    ) -> RequestTrace:
+        """A new trace (``Tracing.begin`` sets the client's parent, if any, afterwards)."""
+        self = _new_object(RequestTrace)
         self._tracing = tracing
         self.trace_id = trace_id
-        self.parent_span_id = parent_span_id
-        self.tracestate = tracestate
+        self.parent_span_id = None
+        self.tracestate = ""
         self.sampled = sampled
         self.request_id = request_id
         self.route = route
         self.consumer = consumer
         self.start_ns = start_ns
         self.start_perf_ns = start_perf_ns
-        self.cost: Callable[[], Decimal | None] | None = None
-        self._attempts: tuple[tuple[Any, ...], ...] = ()
+        self.cost = None
+        self._attempts = ()
         self._attempt_span_id = 0
         self._attempt_start = start_perf_ns
         # Whether the client sent trace headers (they are replaced, never forwarded).
-        self._client_headers = client_headers
+        self._client_headers = False
         # What the client got (a whole body, or a ResponseTail of a stream): read by the
         # exporter for gen_ai.response.id and finish_reasons, for sampled requests only.
-        self.response: Any = None
+        self.response = None
         self.recorded = False
+        return self
 
     @property
     def wants_content(self) -> bool:
@@ -212,55 +231,58 @@ class RequestTrace:
             return
         self.recorded = True
         now = time.perf_counter_ns()
-        aggregator = self._tracing._aggregator
-        if aggregator is not None:
-            ok = 200 <= status < 400
-            aggregator.measure(
-                (
+        tracing = self._tracing
+        if not self.sampled:
+            if tracing.metrics:
+                tracing._measured.append(
+                    (  # Measure's fields
+                        operation,
+                        provider,
+                        model,
+                        "",
+                        self.route,
+                        error_type,
+                        status,
+                        now - self.start_perf_ns,
+                        None,
+                        None,
+                        False,
+                    )
+                )
+            return
+        # A sampled request's metrics are read off its record by the exporter process.
+        tracing._sampled.append(
+            (
+                (  # TracedRequest's fields
+                    self.trace_id,
+                    0,
+                    self.parent_span_id,
+                    self.tracestate,
+                    self.sampled,
+                    self.request_id,
+                    self.route,
+                    self.consumer,
                     operation,
-                    provider,
                     model,
                     "",
-                    self.route,
-                    "" if ok else error_type or str(status),
+                    provider,
+                    self.start_ns,
+                    self.start_perf_ns,
+                    now,
+                    status,
+                    None,
+                    False,
+                    False,
+                    None,
+                    self._attempts,
+                    (),
+                    "",
+                    (),
+                    error_type,
+                    None,
+                    None,
                 ),
-                ok=ok,
-                start=self.start_perf_ns,
-                end=now,
-                first_byte=None,
-                usage=None,
-                stream=False,
-            )
-        if not self.sampled:
-            return
-        self._tracing._pending.append(
-            (  # TracedRequest's fields
-                self.trace_id,
-                0,
-                self.parent_span_id,
-                self.tracestate,
-                self.sampled,
-                self.request_id,
-                self.route,
-                self.consumer,
-                operation,
-                model,
                 "",
-                provider,
-                self.start_ns,
-                self.start_perf_ns,
-                now,
-                status,
-                None,
-                False,
-                False,
-                None,
-                self._attempts,
-                (),
-                "",
-                (),
-                error_type,
-                None,
                 None,
             )
         )
@@ -323,133 +345,129 @@ class RequestTrace:
             return
         self.recorded = True
         tracing = self._tracing
-        operation = _OPERATIONS.get(policy.route_type, "chat")
-        request_model = prepared.requested_model or prepared.model
-        first_byte = exchange.first_byte_ns
-        aggregator = tracing._aggregator
-        if aggregator is not None:
-            # The GenAI metrics, recorded here: a few list appends (folded into buckets by the
-            # tracing thread), cheaper than a record for it to read them from.
-            ok = 200 <= status < 400
-            key = (
-                operation,
-                provider,
-                request_model,
-                response_model,
-                self.route,
-                "" if ok else str(status),
-            )
-            found = aggregator._series.get(key)
-            appends = aggregator.series(key) if found is None else found.appends
-            start = self.start_perf_ns
-            appends[2]((now - start) / 1e9)
-            output = None
-            if usage is not None:
-                # As the conventions count them (otel_export.gen_ai_tokens).
-                value = usage.input_tokens
-                if value is not None:
-                    appends[0](
-                        value + (usage.cached_input_tokens or 0) + (usage.cache_write_tokens or 0)
+        if sampled:
+            # The record, plain values already (tuples of plain values leave the garbage
+            # collector's sight: a record holding the exchange's objects was walked by every
+            # collection while it waited) but for two read by the tracing thread
+            # (``_complete``): the cost, priced once the metering is done with the request,
+            # and a stream's last outputs.
+            document = prepared.document
+            params: tuple[tuple[str, int | float], ...] = ()
+            content = None
+            if type(document) is dict:
+                # Most requests set none of them: one C-level check first.
+                if not _PARAM_KEYS.isdisjoint(document):
+                    params = _params(document)
+                if policy.log_payloads and tracing.capture_content:
+                    found = document.get("messages", document.get("input"))
+                    content = (
+                        None if found is None else orjson.dumps(found).decode(),
+                        exchange.output_text,
                     )
-                output = usage.output_tokens
-                if output is not None:
-                    output += usage.reasoning_tokens or 0
-                    appends[1](output)
-            if ok and first_byte is not None:
-                appends[3]((first_byte - start) / 1e9)
-                if output is not None and output > 1 and prepared.stream:
-                    appends[4]((now - first_byte) / 1e9 / (output - 1))
-        if not sampled:
-            return
-        # The rest is read by the tracing thread (_traced): ``prepared`` is immutable, the
-        # exchange is done with this request.
-        tracing._pending.append(
-            (
-                self,
-                prepared,
-                operation,
-                request_model,
-                response_model,
-                provider,
-                now,
-                status,
-                usage,
-                estimated,
-                first_byte,
-                exchange.output_text if policy.log_payloads else _NO_CAPTURE,
+            tracing._sampled.append(
+                (
+                    (  # TracedRequest's fields
+                        self.trace_id,
+                        0,  # the request span's id: drawn by the exporter
+                        self.parent_span_id,
+                        self.tracestate,
+                        True,
+                        self.request_id,
+                        self.route,
+                        self.consumer,
+                        _OPERATIONS.get(policy.route_type, "chat"),
+                        prepared.requested_model or prepared.model,
+                        response_model,
+                        provider,
+                        self.start_ns,
+                        self.start_perf_ns,
+                        now,
+                        status,
+                        None
+                        if usage is None
+                        else (
+                            usage.input_tokens,
+                            usage.output_tokens,
+                            usage.cached_input_tokens,
+                            usage.reasoning_tokens,
+                            usage.cache_write_tokens,
+                        ),
+                        estimated,
+                        prepared.stream,
+                        exchange.first_byte_ns,
+                        self._attempts,
+                        params,
+                        None,  # the response: beside the record
+                        (),
+                        "",
+                        content,
+                        None,  # the cost: beside the record
+                    ),
+                    # Completed by the tracing thread (_complete): bytes, or a ResponseTail; the
+                    # metering's cost thunk.
+                    self.response,
+                    self.cost,
+                )
             )
-        )
+        elif tracing.metrics:
+            # The GenAI metrics' measurements, as plain values (the exporter process counts
+            # them): one tuple, appended; durations, not instants (smaller ints to ship).
+            start = self.start_perf_ns
+            first_byte = exchange.first_byte_ns
+            tracing._measured.append(
+                (  # Measure's fields
+                    _OPERATIONS.get(policy.route_type, "chat"),
+                    provider,
+                    prepared.requested_model or prepared.model,
+                    response_model,
+                    self.route,
+                    "",
+                    status,
+                    now - start,
+                    None if first_byte is None else first_byte - start,
+                    None
+                    if usage is None
+                    else (
+                        usage.input_tokens,
+                        usage.output_tokens,
+                        usage.cached_input_tokens,
+                        usage.reasoning_tokens,
+                        usage.cache_write_tokens,
+                    ),
+                    prepared.stream,
+                )
+            )
 
-    def traced(self, lazy: tuple[Any, ...]) -> tuple[Any, ...]:
-        """The ``TracedRequest`` fields of a record ``ended`` queued (the tracing thread)."""
-        (
-            _trace,
-            prepared,
-            operation,
-            request_model,
-            response_model,
-            provider,
-            now,
-            status,
-            usage,
-            estimated,
-            first_byte,
-            output_text,
-        ) = lazy
-        params: tuple[tuple[str, int | float], ...] = ()
-        content = None
-        document = prepared.document
-        if type(document) is dict:
-            found_params = []
-            # Most requests set none of them: one C-level check first.
-            wanted = () if _PARAM_KEYS.isdisjoint(document) else _PARAMS
-            for field, name in wanted:
-                value = document.get(field)
-                if value is not None and type(value) in (int, float):
-                    found_params.append((name, value))
-            if found_params:
-                params = tuple(found_params)
-            if output_text is not _NO_CAPTURE and self._tracing.capture_content:
-                found = document.get("messages", document.get("input"))
-                content = (None if found is None else orjson.dumps(found).decode(), output_text)
-        return (  # TracedRequest's fields
-            self.trace_id,
-            0,  # the request span's id: drawn by the exporter
-            self.parent_span_id,
-            self.tracestate,
-            True,
-            self.request_id,
-            self.route,
-            self.consumer,
-            operation,
-            request_model,
-            response_model,
-            provider,
-            self.start_ns,
-            self.start_perf_ns,
-            now,
-            status,
-            None
-            if usage is None
-            else (
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cached_input_tokens,
-                usage.reasoning_tokens,
-                usage.cache_write_tokens,
-            ),
-            estimated,
-            prepared.stream,
-            first_byte,
-            self._attempts,
-            params,
-            # Read by the exporter (otel_export.response_meta) when it is not a str yet.
-            self.response,
-            (),
-            "",
-            content,
-            self.cost,
-        )
+
+def _params(document: dict[str, Any]) -> tuple[tuple[str, int | float], ...]:
+    """The gen_ai.request.* parameters a request body sets."""
+    found = []
+    for field, name in _PARAMS:
+        value = document.get(field)
+        if value is not None and type(value) in (int, float):
+            found.append((name, value))
+    return tuple(found)
+
+
+def _complete(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A queued (record, response, cost) as plain values only (the tracing thread): the cost
+    priced now, as a decimal string (the exporter process writes it without an exponent), a
+    stream's ends as (first output, last outputs). The exporter process puts the two in their
+    places in the record (otel_process.records)."""
+    record, response, cost = item
+    if type(response) is ResponseTail:
+        first = response.first
+        response = (first, tuple(response.last)) if first else None
+    elif isinstance(response, (bytearray, memoryview)):
+        response = bytes(response)
+    if cost is not None:
+        try:
+            priced = cost()
+        except Exception:
+            logger.exception("request %s: could not price it", record[5])
+            priced = None
+        cost = None if priced is None else str(priced)
+    return record, response, cost
 
 
 class ResponseTail:
@@ -526,6 +544,20 @@ def _fast_decision(sampler: Any) -> Callable[[int, int | None], bool] | None:
     return None
 
 
+def _root_static(sampler: Any) -> bool | None:
+    """The decision of ``sampler`` for a root span when it does not depend on the trace id
+    (metrics only: no sampler, never sampled), else None."""
+    if sampler is None:
+        return False
+    from opentelemetry.sdk.trace import sampling
+
+    if isinstance(sampler, sampling.ParentBased):
+        sampler = sampler._root
+    if isinstance(sampler, sampling.StaticSampler):
+        return bool(sampler._decision == sampling.Decision.RECORD_AND_SAMPLE)
+    return None
+
+
 class Tracing:
     """The OpenTelemetry side of a data plane: ``begin`` per request, ``refused`` for a request
     the gateway answered itself; spans and metrics are built and exported by a background
@@ -537,8 +569,11 @@ class Tracing:
         *,
         sampler: Sampler | None,
         capture_content: bool = False,
-        exporter: Exporter | None = None,
+        metrics: bool = True,
+        process: ExporterProcess | None = None,
     ) -> None:
+        """``process``: the exporter process the background thread feeds (None: no thread,
+        and nothing leaves the queues but ``force_flush``, which then discards them)."""
         from opentelemetry import trace as api
         from opentelemetry.context import Context
         from opentelemetry.sdk.trace.sampling import Decision
@@ -547,21 +582,33 @@ class Tracing:
         # An empty context for requests without a parent: the sampler would look up the
         # current one (contextvars) otherwise, and the request path has none.
         self._root = Context()
-        self._sampled = Decision.RECORD_AND_SAMPLE
+        self._sample_decision = Decision.RECORD_AND_SAMPLE
         self._sampler = sampler
         # The SDK's standard samplers decided without their per-call objects (a Context, a
         # SamplingResult): a quarter of tracing's cost on the request path otherwise.
         self._decide = None if sampler is None else _fast_decision(sampler)
+        # The decision for a request without a parent when it is always the same (always_on,
+        # always_off, and parentbased_* of those: the default sampler), else None.
+        self._root_static: bool | None = _root_static(sampler)
         # Prompts and completions on spans: this opt-in, and the route's log_payloads.
         self.capture_content = capture_content
-        self._pending: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
-        self._exporter = exporter or Exporter.from_environment()
-        # Where the request path records the GenAI metrics (None: not exported).
-        self._aggregator: MetricAggregator | None = getattr(self._exporter, "aggregator", None)
+        # Whether every request's GenAI measurements are queued (OTLP metrics exported).
+        self.metrics = metrics
+        # What the request path queues for the background thread: the sampled requests'
+        # records (completed by the thread) and the others' measurements (plain already).
+        # Bounded: beyond this (the thread far behind a burst) the oldest are dropped.
+        self._sampled: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
+        self._measured: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
+        self._process = process
+        # time.time_ns() - time.perf_counter_ns(), refreshed every drain (a wall clock step
+        # or slew moves it by microseconds in that time).
+        self.clock_offset = time.time_ns() - perf_counter_ns()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="meterline-otel", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if process is not None:
+            self._thread = threading.Thread(target=self._run, name="meterline-otel", daemon=True)
+            self._thread.start()
 
     @classmethod
     def from_environment(cls) -> Tracing | None:
@@ -576,9 +623,12 @@ class Tracing:
 
             # Only read for its sampler (OTEL_TRACES_SAMPLER / _ARG): spans are built elsewhere.
             sampler = TracerProvider(shutdown_on_exit=False).sampler
+        check_environment(traces=traces, metrics=metrics)  # fails here, not in the child
         return cls(
             sampler=sampler,
             capture_content=_env_on(CAPTURE_CONTENT_ENV) or _env_on(METERLINE_CAPTURE_ENV),
+            metrics=metrics,
+            process=ExporterProcess(),
         )
 
     # -- the request path --------------------------------------------------------------
@@ -596,46 +646,49 @@ class Tracing:
     def begin(
         self,
         headers: Headers,
-        *,
         request_id: str,
         route: str,
         consumer: str,
-        name: str,
+        route_type: str,
         start_ns: int,
-        start_perf_ns: int,
+        /,
     ) -> RequestTrace:
         """A request's trace context: the client's ``traceparent``/``tracestate`` continued
-        if valid, and the sampling decision made now (the provider is told it)."""
-        parent: tuple[int, int, int] | None = None
-        tracestate = ""
+        if valid, and the sampling decision made now (the provider is told it). Positional:
+        this runs for every traced request. ``start_ns``: its arrival (``time.time_ns``)."""
+        trace_id = getrandbits(128) or 1
+        # The perf-counter instant of the arrival, by the clocks' offset (refreshed by the
+        # tracing thread): two clock reads fewer per request.
+        start_perf_ns = start_ns - self.clock_offset
         # Most clients send no trace headers: looked for in C (a dozen headers from an SDK).
-        client_headers = not _TRACE_HEADERS.isdisjoint(map(_NAME, headers))
-        if client_headers:
-            parent, tracestate = self._parent(headers)
-        if parent is None:
-            trace_id, parent_span_id, tracestate = getrandbits(128) or 1, None, ""
-            decide = self._decide
-            sampled = (
-                decide(trace_id, None)
-                if decide is not None
-                else self._sample(trace_id, None, "", name)
+        if _TRACE_HEADERS.isdisjoint(map(_NAME, headers)):
+            static = self._root_static
+            return RequestTrace.new(
+                self,
+                trace_id,
+                static
+                if static is not None
+                else self._sample(trace_id, None, "", _OPERATIONS.get(route_type, "chat")),
+                request_id,
+                route,
+                consumer,
+                start_ns,
+                start_perf_ns,
             )
+        parent, tracestate = self._parent(headers)
+        name = _OPERATIONS.get(route_type, "chat")
+        if parent is None:
+            sampled = self._sample(trace_id, None, "", name)
         else:
-            trace_id, parent_span_id = parent[0], parent[1]
+            trace_id = parent[0]
             sampled = self._sample(trace_id, parent, tracestate, name)
-        return RequestTrace(
-            self,
-            trace_id,
-            parent_span_id,
-            tracestate,
-            sampled,
-            request_id,
-            route,
-            consumer,
-            start_ns,
-            start_perf_ns,
-            client_headers,
+        trace = RequestTrace.new(
+            self, trace_id, sampled, request_id, route, consumer, start_ns, start_perf_ns
         )
+        trace._client_headers = True  # replaced upstream, never forwarded
+        if parent is not None:
+            trace.parent_span_id, trace.tracestate = parent[1], tracestate
+        return trace
 
     def refused(
         self,
@@ -660,47 +713,57 @@ class Tracing:
         else:
             trace_id, parent_span_id = parent[0], parent[1]
         name = f"{operation} {model}" if model else operation
-        if self._aggregator is not None:
-            ok = 200 <= status < 400
-            self._aggregator.measure(
-                (operation, provider, model, "", route, "" if ok else error_type or str(status)),
-                ok=ok,
-                start=start_ns,
-                end=now_ns,
-                first_byte=None,
-                usage=None,
-                stream=False,
-            )
         if not self._sample(trace_id, parent, tracestate, name):
+            if self.metrics:
+                self._measured.append(
+                    (  # Measure's fields
+                        operation,
+                        provider,
+                        model,
+                        "",
+                        route,
+                        error_type,
+                        status,
+                        now_ns - start_ns,
+                        None,
+                        None,
+                        False,
+                    )
+                )
             return
-        self._pending.append(
-            (  # TracedRequest's fields
-                trace_id,
-                _span_id(),
-                parent_span_id,
-                tracestate,
-                True,
-                request_id,
-                route,
-                consumer,
-                operation,
-                model,
+        # Its metrics are read off the record by the exporter process.
+        self._sampled.append(
+            (
+                (  # TracedRequest's fields
+                    trace_id,
+                    _span_id(),
+                    parent_span_id,
+                    tracestate,
+                    True,
+                    request_id,
+                    route,
+                    consumer,
+                    operation,
+                    model,
+                    "",
+                    provider,
+                    start_ns,
+                    start_ns,  # perf instants as Unix nanoseconds: no perf clock was read
+                    now_ns,
+                    status,
+                    None,
+                    False,
+                    False,
+                    None,
+                    (),
+                    (),
+                    "",
+                    (),
+                    error_type,
+                    None,
+                    None,
+                ),
                 "",
-                provider,
-                start_ns,
-                start_ns,  # perf instants as Unix nanoseconds: no perf clock was read
-                now_ns,
-                status,
-                None,
-                False,
-                False,
-                None,
-                (),
-                (),
-                "",
-                (),
-                error_type,
-                None,
                 None,
             )
         )
@@ -725,11 +788,7 @@ class Tracing:
             )
             context = api.set_span_in_context(api.NonRecordingSpan(remote))
         result = sampler.should_sample(context, trace_id, name, api.SpanKind.CLIENT)
-        return bool(result.decision == self._sampled)
-
-    def submit(self, request: tuple[Any, ...]) -> None:
-        """Queue a finished request for the background thread (one deque append)."""
-        self._pending.append(request)
+        return bool(result.decision == self._sample_decision)
 
     # -- the background thread -----------------------------------------------------------
 
@@ -738,34 +797,69 @@ class Tracing:
             try:
                 with self._lock:
                     self._drain()
-                    self._exporter.tick()
             except Exception:
-                logger.exception("tracing: could not export")
+                logger.exception("tracing: could not hand the records to the exporter process")
 
     def _drain(self) -> None:
-        pending = self._pending
-        batch: list[tuple[Any, ...]] = []
-        popleft = pending.popleft
-        while pending:
-            record = popleft()
-            first = record[0]
-            # ``RequestTrace.ended``'s records are completed here, off the request path.
-            batch.append(first.traced(record) if type(first) is RequestTrace else record)
-        if batch:
-            # Sampled requests are priced there too (their ``cost`` thunk).
-            self._exporter.add(batch)
+        """Everything queued, as plain values in one message to the exporter process."""
+        self.clock_offset = time.time_ns() - perf_counter_ns()
+        measured, sampled = self._measured, self._sampled
+        # popleft as many times as there are items, in C (the request path appends meanwhile).
+        measures = list(map(call, repeat(measured.popleft, len(measured))))
+        records = list(map(_complete, map(call, repeat(sampled.popleft, len(sampled)))))
+        process = self._process
+        if process is None:
+            return
+        if not (measures or records):
+            process.pump()  # what the pipe did not take yet; notices a child that died
+            return
+        try:
+            message = frame((BATCH, measures, records))
+        except ValueError:
+            message = self._plain_only(measures, records)
+        process.send(message, len(measures) + len(records))
+
+    def _plain_only(self, measures: list[Any], records: list[Any]) -> bytes:
+        """The batch without the records ``marshal`` refuses (a value of another type than
+        the plain ones: a bug, logged; the others go on)."""
+        kept: tuple[list[Any], list[Any]] = ([], [])
+        for index, items in enumerate((measures, records)):
+            for item in items:
+                try:
+                    marshal.dumps(item)
+                except ValueError:
+                    logger.exception("tracing: a record that is not plain data: %r", item)
+                    continue
+                kept[index].append(item)
+        return frame((BATCH, *kept))
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def force_flush(self) -> None:
-        """Build and export everything recorded so far (tests, benchmarks, shutdown)."""
-        with self._lock:
-            self._drain()
-            self._exporter.flush()
+    @property
+    def exporter_pid(self) -> int | None:
+        """The exporter process's id (None when there is none)."""
+        return None if self._process is None else self._process.pid
 
-    def shutdown(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    @property
+    def dropped(self) -> int:
+        """Requests whose spans and metrics were dropped (the exporter process behind or
+        gone)."""
+        return 0 if self._process is None else self._process.dropped
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Export everything recorded so far: handed to the exporter process, which answers
+        once it exported it all (tests, benchmarks, shutdown); False if it did not in time."""
         with self._lock:
             self._drain()
-            self._exporter.shutdown()
+            return self._process is not None and self._process.flush(timeout)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop: what is queued goes to the exporter process, which exports it and exits
+        (killed after ``timeout`` seconds)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            self._drain()
+            if self._process is not None:
+                self._process.close(timeout)

@@ -231,7 +231,8 @@ class Gateway:
             admitted = await self._admit(route, policy, consumer, prepared, scope)
             if self.tracing is not None:
                 trace = self._trace(scope, request_id, route, consumer, policy, start_ns)
-                trace.cost = admitted.metering.cost
+                if trace.sampled:
+                    trace.cost = admitted.metering.cost
             exchange = _Exchange(
                 source=self.node_id,
                 usage_sink=self._usage_sink,
@@ -324,12 +325,11 @@ class Gateway:
         assert self.tracing is not None
         return self.tracing.begin(
             scope["headers"],
-            request_id=request_id,
-            route=route.name,
-            consumer=consumer.username if consumer else "",
-            name=operation_name(policy.route_type),
-            start_ns=start_ns,
-            start_perf_ns=time.perf_counter_ns() - (time.time_ns() - start_ns),
+            request_id,
+            route.name,
+            consumer.username if consumer else "",
+            policy.route_type,
+            start_ns,
         )
 
     def _body_limit(self, route: CompiledRoute) -> int:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, ExitStack
 from decimal import Decimal
+from pathlib import Path
 
 import openai
 import pytest
@@ -33,6 +36,38 @@ MESSAGES = [{"role": "user", "content": "tell me about tracing please"}]
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 OTEL_THREADS = ("meterline-otel", "OtelBatchSpanProcessor", "OtelPeriodicExportingMetricReader")
+
+
+def _exporter_children(parent: int | None = None) -> list[int]:
+    """The OpenTelemetry exporter processes whose parent is ``parent`` (this process)."""
+    parent = os.getpid() if parent is None else parent
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent and fields[0] != "Z" and b"otel_process" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    """Whether process ``pid`` exited (or is a zombie) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _clear_otel(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -472,6 +507,7 @@ async def test_without_otel_variables_nothing_is_exported_and_no_thread_runs(
                 )
             names = [thread.name for thread in threading.enumerate()]
         assert not [n for n in names if n.startswith(OTEL_THREADS)]
+        assert _exporter_children() == []  # and no exporter process
         assert received.spans() == [] and received.metrics == []
         assert len(events) == 2
         # Untraced, the client's own header goes to the provider unchanged.
@@ -495,3 +531,118 @@ def test_the_data_plane_imports_no_sdk_without_otel_variables() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- the exporter process -------------------------------------------------------------------
+
+
+async def test_one_exporter_process_runs_and_shutdown_stops_it(
+    collector: tuple[Received, Tracing],
+) -> None:
+    received, tracing = collector
+    pid = tracing.exporter_pid
+    assert pid is not None and _exporter_children() == [pid]
+    async with AsyncExitStack() as stack:
+        url, _ = await _gateway(stack, tracing, [FakeProvider()])
+        async with _client(url) as client:
+            for _ in range(3):
+                await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    tracing.shutdown()  # what is queued is exported, then the process exits
+    assert _gone(pid)
+    assert _exporter_children() == []
+    # A request that ends after the shutdown is dropped: no exporter process again.
+    tracing._measured.append(("chat", "openai", "m", "m", "chat", "", 200, 1, None, None, False))
+    tracing.force_flush()
+    assert _exporter_children() == [] and tracing.dropped == 1
+    assert len(_by_name(received)["chat gpt-4o-mini"]) == 3
+    (duration,) = received.metric_points("gen_ai.client.operation.duration")
+    assert duration.count == 3
+
+
+async def test_a_crashed_exporter_process_is_restarted_and_requests_go_on(
+    collector: tuple[Received, Tracing], caplog: pytest.LogCaptureFixture
+) -> None:
+    received, tracing = collector
+    first = tracing.exporter_pid
+    assert first is not None
+    async with AsyncExitStack() as stack:
+        url, events = await _gateway(stack, tracing, [FakeProvider()])
+        async with _client(url) as client:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            assert tracing.force_flush()
+            os.kill(first, signal.SIGKILL)
+            assert _gone(first)
+            # The requests do not notice; the next flush finds the process gone and starts
+            # another, which exports what comes after.
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            tracing.force_flush()
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            assert tracing.force_flush()
+    second = tracing.exporter_pid
+    assert second is not None and second != first
+    assert _exporter_children() == [second]
+    assert len(events) == 6  # every request answered and metered
+    assert "exporter process exited" in caplog.text
+    spans = _by_name(received)["chat gpt-4o-mini"]
+    assert 2 <= len(spans) <= 3  # the first, the last, and the one in flight if it got there
+
+
+def test_the_exporter_process_exits_with_the_data_plane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A data plane that dies without shutting tracing down (os._exit: no cleanup at all):
+    # its exporter process reads the end of its pipe and exits too.
+    _clear_otel(monkeypatch)
+    with grpc_receiver() as (url, _received):
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_EXPORTER_OTLP_PROTOCOL":
+               "grpc"}  # fmt: skip
+        code = (
+            "import os, sys\n"
+            "from dataplane.observability.tracing import Tracing\n"
+            "tracing = Tracing.from_environment()\n"
+            "assert tracing.force_flush()\n"
+            "print(tracing.exporter_pid, flush=True)\n"
+            "sys.stdin.readline()\n"
+            "os._exit(3)\n"
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as data_plane:
+            assert data_plane.stdout is not None and data_plane.stdin is not None
+            child = int(data_plane.stdout.readline())
+            assert _exporter_children(data_plane.pid) == [child]
+            data_plane.stdin.write("\n")
+            data_plane.stdin.flush()
+            assert data_plane.wait(timeout=30) == 3
+        assert _gone(child)
+
+
+def test_a_stalled_exporter_process_costs_bounded_memory_and_never_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataplane.observability.otel_process import BATCH, ExporterProcess, frame
+
+    _clear_otel(monkeypatch)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+    process = ExporterProcess(max_buffered=1 << 20)
+    pid = process.pid
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGSTOP)  # reads nothing more: the pipe fills
+        measure = ("chat", "openai", "gpt-4o", "gpt-4o", "chat", "", 200, 1, None, None, False)
+        batch = frame((BATCH, [(*measure[:7], n, *measure[8:]) for n in range(1000)], []))
+        start = time.monotonic()
+        for _ in range(200):  # ~7 MB: far more than the pipe and the bound hold
+            process.send(batch, 1000)
+        assert time.monotonic() - start < 5  # never waited for the process
+        assert process.dropped > 0
+        assert process._buffered <= 1 << 20
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        process.close()
+    assert _gone(pid)
