@@ -8,7 +8,8 @@
 # control plane's stored usage is printed, so the load's tokens can be checked against it.
 # Any knob of run.sh (TARGETS, MODES, CONNS, REPEATS, DURATION...) passes through; DP_WORKERS
 # (default 1) sets the data plane's --workers, DP_ARGS adds any other data-plane flag (e.g.
-# "--state-dir /tmp/dp-state" to measure with the usage spool on).
+# "--state-dir /tmp/dp-state" to measure with the usage spool on), DP_ENV sets variables for
+# the data plane alone (e.g. "OTEL_TRACES_SAMPLER=always_on ...": bench/tracing_ab.sh).
 #
 # The data plane runs as `python -m dataplane`, its own entry point: `meterline dataplane`
 # serves the same code but first imports the control plane's CLI (SQLAlchemy and more), which
@@ -52,7 +53,7 @@ YAML
 METERLINE_CONNECT_TIMEOUT=30 "$PYTHON" -m controlplane apply "$WORK/bench.yaml" --cp "127.0.0.1:$CP_PORT"
 
 THIRD_NAME=meterline \
-THIRD_CMD="exec $PYTHON -m dataplane --insecure-dev --cp 127.0.0.1:$CP_PORT --listen 127.0.0.1:$DP_PORT --workers ${DP_WORKERS:-1} ${DP_ARGS:-}" \
+THIRD_CMD="exec env ${DP_ENV:-} $PYTHON -m dataplane --insecure-dev --cp 127.0.0.1:$CP_PORT --listen 127.0.0.1:$DP_PORT --workers ${DP_WORKERS:-1} ${DP_ARGS:-}" \
 UPSTREAM_PORT="$UPSTREAM_PORT" \
   bash "$PEERS/run.sh" "http://127.0.0.1:$DP_PORT/v1/chat/completions" "apikey: $KEY"
 
