@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,15 @@ from sqlalchemy import Connection, Engine, create_engine, make_url, text
 
 from support.databases import copy_sqlite_at_head
 from support.durations import DURATIONS, file_seconds, slowest_files_first
+
+# Bytecode caching on, whatever the environment says (PYTHONDONTWRITEBYTECODE=1 was set on
+# the machines this suite runs on): the suite starts hundreds of Python processes (control
+# planes, data planes, the CLI) and three workers that each collect ~200 test files, and
+# without a cache each compiles the project's modules again, and pytest rewrites every test
+# module's asserts again (half of the collection's 16 s per worker). Set before the test
+# modules are imported, and inherited by every process a test starts.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 # Property tests run beside processes of their own on 2 cores: a per-example deadline measures
 # the machine's load, not the code (examples that took >200 ms under load failed at random).
