@@ -19,12 +19,19 @@ def _load_generator():
     return module
 
 
+def _source(path: Path) -> bool:
+    """A module or stub, not Python's bytecode cache of one (__pycache__/*.pyc)."""
+    return path.suffix in {".py", ".pyi"} and "__pycache__" not in path.parts
+
+
 def test_regenerating_changes_nothing(tmp_path: Path) -> None:
     generator = _load_generator()
     generator.generate(tmp_path)
-    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*") if _source(p))
     assert generated, "protoc produced nothing"
-    committed = sorted(p.relative_to(PROTO_ROOT) for p in PROTO_ROOT.glob("meterline/**/*_pb2*"))
+    committed = sorted(
+        p.relative_to(PROTO_ROOT) for p in PROTO_ROOT.glob("meterline/**/*_pb2*") if _source(p)
+    )
     assert generated == committed
     for rel in generated:
         assert (tmp_path / rel).read_text() == (PROTO_ROOT / rel).read_text(), f"{rel} is stale"
