@@ -28,8 +28,16 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
+SPANS = [0]
+
+
 class Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
+        SPANS[0] += sum(
+            len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
+        )
+        with open(sys.argv[1] + ".spans", "w") as out:  # what arrived so far
+            out.write(str(SPANS[0]))
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -64,6 +72,8 @@ run_mode() {  # run_mode NAME ROUND
     DP_ENV="$env" bash "$ROOT/bench/dataplane.sh" >"$TMP/$name-$round.log" 2>&1 \
     || { echo "$name round $round failed:"; tail -20 "$TMP/$name-$round.log"; exit 1; }
   cat "$TMP"/work-"$name"-"$round"/results/*/runs.jsonl >>"$TMP/$name.jsonl"
+  # Spans received so far: they must grow in the traced modes (tracing really on).
+  echo "round $round: $name: $(cat "$TMP/otlp.port.spans" 2>/dev/null || echo 0) spans received in all"
 }
 
 modes=(off on100 on10)
