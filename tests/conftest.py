@@ -97,13 +97,13 @@ def pg_url() -> Iterator[str]:
                 ),
                 {"name": schema},
             )
-            if schema in _AT_HEAD and _emptied(conn, schema):
-                _AT_HEAD.discard(schema)
+            at_head = schema in _AT_HEAD
+            _AT_HEAD.discard(schema)
+            if at_head and _emptied(conn, schema):
                 pooled = f"t_pool_{uuid.uuid4().hex[:12]}"
                 conn.execute(text(f'ALTER SCHEMA "{schema}" RENAME TO "{pooled}"'))
                 _POOL.append(pooled)
             else:
-                _AT_HEAD.discard(schema)
                 conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
