@@ -51,6 +51,11 @@ MAX_RESTARTS: Final = 5
 # How often the child looks at its clocks (span schedule delay, metric interval).
 _TICK_S: Final = 0.2
 _READ_SIZE: Final = 1 << 20
+# The data pipe's capacity asked for (Linux: F_SETPIPE_SZ; an unprivileged process gets up to
+# /proc/sys/fs/pipe-max-size, 1 MiB by default): a default pipe holds 64 KiB, a few hundred
+# sampled requests.
+PIPE_SIZE: Final = 1 << 20
+_F_SETPIPE_SZ: Final = 1031
 _SOURCE_ROOT: Final = str(Path(__file__).resolve().parent.parent.parent)
 
 
@@ -114,6 +119,7 @@ class ExporterProcess:
             os.close(data_read)
             os.close(ack_write)
         os.set_blocking(data_write, False)
+        _enlarge(data_write)
         self._data_fd, self._ack_fd = data_write, ack_read
         self._acks = b""
 
@@ -160,6 +166,20 @@ class ExporterProcess:
         if self._proc is not None and self._proc.poll() is not None:
             self._died()
         return not self._outbox
+
+    @property
+    def pending(self) -> bool:
+        """Whether framed messages wait for the pipe to take them."""
+        return bool(self._outbox) and not self.closed
+
+    def wait_writable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the pipe to take more, then write what it takes;
+        True once nothing is left to write (the tracing thread, between drains: a pipe holds
+        less than a busy drain interval's records)."""
+        if not self.pending or self._data_fd < 0:
+            return True
+        select.select([], [self._data_fd], [], timeout)
+        return self.pump()
 
     def _died(self) -> None:
         proc = self._proc
@@ -270,6 +290,16 @@ class ExporterProcess:
             if fd >= 0:
                 os.close(fd)
         self._data_fd = self._ack_fd = -1
+
+
+def _enlarge(fd: int) -> None:
+    """Ask for a ``PIPE_SIZE`` pipe (Linux); the default capacity otherwise."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", _F_SETPIPE_SZ), PIPE_SIZE)
+    except (ImportError, OSError):
+        pass  # not Linux, or above pipe-max-size: the default size, written more often
 
 
 # -- the child ---------------------------------------------------------------------------------

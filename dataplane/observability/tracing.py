@@ -58,6 +58,8 @@ Headers = list[tuple[bytes, bytes]]
 # the oldest are dropped rather than the data plane's memory growing.
 MAX_PENDING_RECORDS: Final = 65_536
 _DRAIN_INTERVAL_S: Final = 0.2
+# The longest the tracing thread holds its lock waiting for the exporter's pipe to take more.
+_WRITE_WAIT_S: Final = 0.02
 # The opt-in for prompt content on spans (OpenTelemetry's own variable for GenAI content).
 # Either one opts in; the route's log_payloads must be on as well.
 CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
@@ -793,7 +795,23 @@ class Tracing:
     # -- the background thread -----------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stop.wait(_DRAIN_INTERVAL_S):
+        """Every drain interval, hand the queues to the exporter process; in between, keep
+        writing to it what its pipe did not take yet (a busy interval's records outgrow a pipe:
+        waiting for the next drain to write more would hold the exporter to one pipeful per
+        interval, however fast it is)."""
+        process = self._process
+        due = time.monotonic() + _DRAIN_INTERVAL_S
+        while not self._stop.is_set():
+            left = due - time.monotonic()
+            if left > 0:
+                if process is not None and process.pending:
+                    # Under the lock (force_flush and a restart use the pipe too), briefly.
+                    with self._lock:
+                        process.wait_writable(min(left, _WRITE_WAIT_S))
+                elif self._stop.wait(left):
+                    break
+                continue
+            due = max(due + _DRAIN_INTERVAL_S, time.monotonic() + _DRAIN_INTERVAL_S / 2)
             try:
                 with self._lock:
                     self._drain()

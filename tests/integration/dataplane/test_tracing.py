@@ -646,3 +646,52 @@ def test_a_stalled_exporter_process_costs_bounded_memory_and_never_blocks(
         os.kill(pid, signal.SIGCONT)
         process.close()
     assert _gone(pid)
+
+
+def test_records_outgrowing_the_pipe_reach_the_exporter_before_the_next_drain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A busy drain interval's records (here ~6 MB: 3,000 sampled requests with 2 KB bodies)
+    # are more than a pipe holds. The tracing thread goes on writing them as the exporter
+    # reads, instead of one pipeful per drain (which held the exporter to ~320 KB/s under
+    # load: spans minutes late, then dropped).
+    import dataplane.observability.tracing as tracing_module
+    from dataplane.observability.otel_export import TracedRequest
+
+    _clear_otel(monkeypatch)
+    # One drain (the thread's first) within the test's deadline, not a second one.
+    monkeypatch.setattr(tracing_module, "_DRAIN_INTERVAL_S", 2.0)
+    with grpc_receiver() as (url, received):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        tracing = Tracing.from_environment()
+        assert tracing is not None
+        try:
+            now = time.time_ns()
+            padding = "x" * 2000
+            items = []
+            for n in range(3000):
+                body = f'{{"id":"chatcmpl-{n}","text":"{padding}"}}'.encode()
+                record = TracedRequest(
+                    trace_id=n + 1, span_id=0, parent_span_id=None, tracestate="",
+                    sampled=True, request_id=f"req-{n}", route="chat", consumer="acme",
+                    operation="chat", request_model="gpt-4o", response_model="gpt-4o",
+                    provider="openai", start_ns=now, start_perf_ns=0, end_perf_ns=1_000_000,
+                    status=200, usage=(3, 4, None, None, None), estimated=False, stream=False,
+                    first_byte_perf_ns=None, attempts=(), params=(), response_id="",
+                    finish_reasons=(), error_type="", content=None, cost=None,
+                )  # fmt: skip
+                items.append((tuple(record), body, None))
+            tracing._sampled.extend(items)  # before the thread's first drain
+            deadline = time.monotonic() + 5.5  # the drain at 2 s, then the writes
+            while len(received.spans()) < 3000 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            spans = received.spans()
+            assert len(spans) == 3000
+            ids = {attributes(span.attributes)["gen_ai.response.id"] for span in spans}
+            assert ids == {f"chatcmpl-{n}" for n in range(3000)}
+            assert tracing.dropped == 0
+        finally:
+            tracing.shutdown()
