@@ -112,10 +112,46 @@ async def load(host, port, path, body, requests, concurrency):
     return bad
 
 
+def otlp_receiver():
+    # A discarding OTLP/gRPC receiver (--otel): its port, or 0 when the SDK is not there.
+    try:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.metrics.v1 import (
+            metrics_service_pb2 as m_pb2, metrics_service_pb2_grpc as m_grpc,
+        )
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2 as t_pb2, trace_service_pb2_grpc as t_grpc,
+        )
+    except ImportError:
+        return 0
+
+    class Traces(t_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            return t_pb2.ExportTraceServiceResponse()
+
+    class Metrics(m_grpc.MetricsServiceServicer):
+        def Export(self, request, context):
+            return m_pb2.ExportMetricsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    t_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    m_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    RECEIVER.append(server)
+    return port
+
+
+RECEIVER = []
+
+
 async def main():
     loop = asyncio.get_running_loop()
+    otlp_port = otlp_receiver()
     async with serve_http(FakeProvider()) as address:
-        print(address.url, flush=True)
+        print(address.url, otlp_port, flush=True)
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line:
@@ -223,10 +259,12 @@ def worker(args: argparse.Namespace) -> None:
         text=True,
     )
     assert child.stdin is not None and child.stdout is not None
-    upstream = child.stdout.readline().strip()
+    upstream, otlp_port = child.stdout.readline().split()
     events: list[Any] = []
     metrics = m["new_metrics"]()
-    gateway = m["Gateway"](node_id="bench", usage_sink=events.append, metrics=metrics)
+    tracing = _tracing(args.otel, otlp_port)
+    extra = {} if tracing is None else {"tracing": tracing}
+    gateway = m["Gateway"](node_id="bench", usage_sink=events.append, metrics=metrics, **extra)
     gateway.apply(m["compile_snapshot"](_snapshot(m, upstream), version="v1"))
     app = m["Observability"](gateway, metrics=metrics, ready=lambda: True)
     # The data plane's own GC tuning (freeze what start-up made, higher thresholds), as
@@ -254,12 +292,22 @@ def worker(args: argparse.Namespace) -> None:
     host, port = address.host, address.port
     for mode in args.modes:
         loop.run_until_complete(run(mode, args.warmup))
+        _flush(tracing)
         events.clear()
         cpu = time.process_time()
-        # The callgrind toggle (--toggle-collect=builtin_eval): the timed part only.
+        exporter_cpu = _exporter_cpu(tracing)
+        # The callgrind toggle (--toggle-collect=builtin_eval): the timed part only, with
+        # --otel the records handed to the exporter process (and its acknowledgement) too.
         timed = run(mode, args.requests)
-        eval("run(timed)", {"run": loop.run_until_complete, "timed": timed})
+        eval(
+            "(run(timed), flush(tracing))",
+            {"run": loop.run_until_complete, "timed": timed, "flush": _flush, "tracing": tracing},
+        )
         results[mode] = (time.process_time() - cpu) / args.requests * 1e6
+        if tracing is not None:
+            results[f"{mode} exporter"] = (
+                (_exporter_cpu(tracing) - exporter_cpu) / args.requests * 1e6
+            )
         # Usage events: one or two per request (trees differ), never none.
         if not events or len(events) % args.requests:
             raise SystemExit(f"{mode}: {len(events)} usage events for {args.requests} requests")
@@ -267,9 +315,44 @@ def worker(args: argparse.Namespace) -> None:
     loop.run_until_complete(stack.aclose())
     loop.run_until_complete(gateway.aclose())
     loop.close()
+    if tracing is not None:
+        tracing.shutdown()  # while the child's receiver still answers
     child.stdin.close()
     child.wait(timeout=10)
     print(json.dumps(results), flush=True)
+
+
+def _tracing(mode: str, otlp_port: str) -> Any:
+    """--otel: the data plane's Tracing as the OTEL_* variables configure it, exporting to the
+    child's receiver; its thread's drains moved into the timed part (``_flush``), so callgrind's
+    toggle counts them."""
+    if mode == "off":
+        return None
+    tracing_module = importlib.import_module("dataplane.observability.tracing")
+    setattr(tracing_module, "_DRAIN_INTERVAL_S", 1e6)  # noqa: B010 (a module read at run time)
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        del os.environ[name]
+    os.environ.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp_port}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_TRACES_SAMPLER="always_on" if mode == "on100" else "traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0.1",
+    )
+    return tracing_module.Tracing.from_environment()
+
+
+def _flush(tracing: Any) -> None:
+    if tracing is not None and not tracing.force_flush(600):
+        raise SystemExit("the exporter process did not flush")
+
+
+def _exporter_cpu(tracing: Any) -> float:
+    """CPU seconds of the exporter process so far (0 without one)."""
+    pid = getattr(tracing, "exporter_pid", None)
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +379,7 @@ def measure(tree: Path, args: argparse.Namespace) -> dict[str, float]:
         str(args.warmup),
         "--concurrency",
         str(args.concurrency),
+        *(["--otel", args.otel] if args.otel != "off" else []),
         "--modes",
         *args.modes,
     ]
@@ -339,6 +423,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--modes", nargs="+", default=["nonstream", "stream"], choices=BODIES)
     parser.add_argument("--callgrind", action="store_true", help="instructions, not CPU µs")
+    parser.add_argument(
+        "--otel",
+        choices=("off", "on100", "on10"),
+        default="off",
+        help="OpenTelemetry tracing at 100%% or 10%% sampling, exported to a discarding receiver",
+    )
     parser.add_argument("--keep", type=Path, help="with --callgrind: keep its files in this dir")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -361,7 +451,7 @@ def main() -> None:
         dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet"]).returncode != 0
         figures = measure(tree, args)
         rows.append((f"{rev}{'+' if dirty else ''} {tree}", figures))
-        cells = "  ".join(f"{mode}={figures[mode]:,.0f}" for mode in args.modes)
+        cells = "  ".join(f"{mode}={value:,.0f}" for mode, value in figures.items())
         print(f"{rows[-1][0]}: {unit}/request {cells}", flush=True)
     if len(rows) > 1:
         base = rows[0][1]

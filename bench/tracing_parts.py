@@ -18,6 +18,9 @@ PIECE is one of
   100);
 - ``encode`` (the exporter child): one sampled request's two spans to OTLP bytes (its
   response id already read);
+- ``child`` (the exporter child): everything it does for one sampled request of a batch of
+  100, from the wire bytes to the export request's bytes (unmarshal, response id, histograms,
+  spans), the OTLP call itself aside;
 - ``meta`` (the exporter child): reading the response id and finish reasons of a whole chat
   completion body.
 
@@ -128,6 +131,7 @@ def main() -> None:
             "ship",
             "fold",
             "encode",
+            "child",
             "meta",
         ),
     )
@@ -153,7 +157,7 @@ def main() -> None:
         def piece() -> None:
             tracing._complete(record)
 
-    elif args.piece in ("ship", "fold"):
+    elif args.piece in ("ship", "fold", "child"):
         batch = 100
         calls = max(calls // batch, 1) * batch
         # Distinct requests' records (marshal writes an object it saw before as a reference).
@@ -168,6 +172,15 @@ def main() -> None:
 
             def piece() -> None:
                 otel_process.frame((otel_process.BATCH, measures, records))
+
+        elif args.piece == "child":
+            wire = otel_process.frame((otel_process.BATCH, [], records))
+            exporter = otel_export.Exporter(traces=False, metrics=True)
+            encoder = otel_export.SpanEncoder(otel_export.otel_resource("bench"), "0")
+
+            def piece() -> None:
+                spans = otel_process.handle(wire[4:], exporter.aggregator)
+                encoder.export_request([encoder.request(record) for record in spans])
 
         else:
 
@@ -190,7 +203,7 @@ def main() -> None:
         def piece() -> None:
             otel_export.response_meta(BODY)
 
-    rounds = calls // 100 if args.piece in ("ship", "fold") else calls
+    rounds = calls // 100 if args.piece in ("ship", "fold", "child") else calls
     for _ in range(min(rounds, 50)):
         piece()  # warm: caches, specialised bytecode
 

@@ -312,6 +312,23 @@ def completed(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [(*record[:22], response, *record[23:26], cost) for record, response, cost in items]
 
 
+def handle(message: Any, aggregator: Any) -> list[tuple[Any, ...]]:
+    """A BATCH message (its ``marshal`` bytes, or loaded): its measurements and records counted
+    by ``aggregator`` (None: metrics not exported); the records, for the span encoder."""
+    if type(message) is bytes:
+        message = marshal.loads(message)
+    _, measures, items = message
+    records = completed(items)
+    try:
+        if aggregator is not None:
+            aggregator.add_measures(measures)
+            for record in records:
+                aggregator.add(record)
+    except Exception:
+        logger.exception("could not record the GenAI metrics of a batch")
+    return records
+
+
 def serve(data_fd: int, ack_fd: int, exporter: Any = None) -> None:
     """The child's loop: read batches until end of file, export on the OTEL_* schedule and on
     each FLUSH (acked), then export everything and return."""
@@ -340,16 +357,7 @@ def serve(data_fd: int, ack_fd: int, exporter: Any = None) -> None:
                     message = loads(bytes(buffer[offset + head : end]))
                     offset = end
                     if message[0] == BATCH:
-                        _, measures, items = message
-                        records = completed(items)
-                        try:
-                            if aggregator is not None:
-                                aggregator.add_measures(measures)
-                                for record in records:
-                                    aggregator.add(record)
-                        except Exception:
-                            logger.exception("could not record the GenAI metrics of a batch")
-                        exporter.add(records)
+                        exporter.add(handle(message, aggregator))
                     else:
                         exporter.flush()
                         os.write(ack_fd, _ACK.pack(message[1]))
