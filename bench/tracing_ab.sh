@@ -12,7 +12,9 @@
 # mode: the median req/s and the data plane's CPU per request (its process tree, so the
 # exporter process it starts is counted), each with its ratio to "off": of the medians, and
 # "paired", the median of each round's ratio to that round's "off" run. Only ratios within one
-# run compare: these machines are noisy. DURATION, MODES and CONNS pass through to run.sh.
+# run compare: these machines are noisy. DURATION, MODES and CONNS pass through to run.sh;
+# TRACING (default "off on100 on10") picks the modes, among them on10nometrics (10% sampling,
+# no GenAI metrics) and metricsonly (no spans), to take the cost apart.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROUNDS="${ROUNDS:-3}"
@@ -75,6 +77,11 @@ run_mode() {  # run_mode NAME ROUND
   case "$name" in
     on100) env="$ON OTEL_TRACES_SAMPLER=always_on" ;;
     on10) env="$ON OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1" ;;
+    # Parts of "on", to take its cost apart (TRACING="off on10 on10nometrics metricsonly"):
+    on10nometrics) env="$ON OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 OTEL_METRICS_EXPORTER=none" ;;
+    metricsonly) env="$ON OTEL_TRACES_EXPORTER=none" ;;
+    off) ;;
+    *) echo "unknown tracing mode $name (off on100 on10 on10nometrics metricsonly)"; exit 2 ;;
   esac
   BENCH_WORK="$TMP/work-$name-$round" TARGETS=" " REPEATS=1 LAT_CONNS=0 WARMUP=2 \
     DURATION="${DURATION:-10}" MODES="${MODES:-nonstream stream}" PYTHON="$PYTHON" \
@@ -111,9 +118,10 @@ print(sum(json.loads(line)["requests"] for line in open(sys.argv[1])))' \
 }
 spans=0
 
-modes=(off on100 on10)
+read -r -a modes <<<"${TRACING:-off on100 on10}"
+[ "${modes[0]}" = off ] || { echo "TRACING must start with off (the baseline)"; exit 2; }
 for round in $(seq 1 "$ROUNDS"); do
-  shift_by=$(( (round - 1) % 3 ))
+  shift_by=$(( (round - 1) % ${#modes[@]} ))
   order=("${modes[@]:$shift_by}" "${modes[@]:0:$shift_by}")
   for name in "${order[@]}"; do
     run_mode "$name" "$round"
@@ -121,14 +129,14 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-"$PYTHON" - "$TMP" <<'PY'
+"$PYTHON" - "$TMP" "${modes[@]}" <<'PY'
 import json
 import statistics
 import sys
 from pathlib import Path
 
 runs = {}
-for name in ("off", "on100", "on10"):
+for name in sys.argv[2:]:
     for line in (Path(sys.argv[1]) / f"{name}.jsonl").read_text().splitlines():
         run = json.loads(line)
         if run["target"] == "meterline":
@@ -142,7 +150,7 @@ for mode in sorted(runs):
     off = runs[mode].get("off", [])
     off_rps = statistics.median(r["rps"] for r in off)
     off_cpu = statistics.median(r["proxy_cores"] / r["rps"] * 1e6 for r in off)
-    for name in ("off", "on100", "on10"):
+    for name in sys.argv[2:]:
         found = runs[mode].get(name, [])
         if not found:
             continue
