@@ -685,7 +685,9 @@ def test_records_outgrowing_the_pipe_reach_the_exporter_before_the_next_drain(
                 )  # fmt: skip
                 items.append((tuple(record), body, None))
             tracing._sampled.extend(items)  # before the thread's first drain
-            deadline = time.monotonic() + 5.5  # the drain at 2 s, then the writes
+            # The drain at 2 s, then the writes: one pipeful per drain (1 MiB at 2, 4, 6 and 8 s)
+            # would still be short of the ~6 MB at the deadline.
+            deadline = time.monotonic() + 8
             while len(received.spans()) < 3000 and time.monotonic() < deadline:
                 time.sleep(0.05)
             spans = received.spans()
