@@ -34,6 +34,7 @@ completion with one attempt). Only the timed calls run inside ``eval`` (callgrin
 from __future__ import annotations
 
 import argparse
+import marshal
 import sys
 import time
 from pathlib import Path
@@ -179,7 +180,7 @@ def main() -> None:
             encoder = otel_export.SpanEncoder(otel_export.otel_resource("bench"), "0")
 
             def piece() -> None:
-                spans = otel_process.handle(wire[4:], exporter.aggregator)
+                spans = otel_process.handle(marshal.loads(wire[4:]), exporter.aggregator)
                 encoder.export_request([encoder.request(record) for record in spans])
 
         else:

@@ -312,11 +312,9 @@ def completed(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [(*record[:22], response, *record[23:26], cost) for record, response, cost in items]
 
 
-def handle(message: Any, aggregator: Any) -> list[tuple[Any, ...]]:
-    """A BATCH message (its ``marshal`` bytes, or loaded): its measurements and records counted
-    by ``aggregator`` (None: metrics not exported); the records, for the span encoder."""
-    if type(message) is bytes:
-        message = marshal.loads(message)
+def handle(message: tuple[Any, ...], aggregator: Any) -> list[tuple[Any, ...]]:
+    """A BATCH message: its measurements and records counted by ``aggregator`` (None: metrics
+    not exported); the records, for the span encoder."""
     _, measures, items = message
     records = completed(items)
     try:

@@ -347,6 +347,22 @@ class RequestTrace:
             return
         self.recorded = True
         tracing = self._tracing
+        if not (sampled or tracing.metrics):
+            return
+        # What a sampled request's record and another's measurements both carry.
+        operation = _OPERATIONS.get(policy.route_type, "chat")
+        request_model = prepared.requested_model or prepared.model
+        counts = (
+            None
+            if usage is None
+            else (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens,
+                usage.reasoning_tokens,
+                usage.cache_write_tokens,
+            )
+        )
         if sampled:
             # The record, plain values already (tuples of plain values leave the garbage
             # collector's sight: a record holding the exchange's objects was walked by every
@@ -377,23 +393,15 @@ class RequestTrace:
                         self.request_id,
                         self.route,
                         self.consumer,
-                        _OPERATIONS.get(policy.route_type, "chat"),
-                        prepared.requested_model or prepared.model,
+                        operation,
+                        request_model,
                         response_model,
                         provider,
                         self.start_ns,
                         self.start_perf_ns,
                         now,
                         status,
-                        None
-                        if usage is None
-                        else (
-                            usage.input_tokens,
-                            usage.output_tokens,
-                            usage.cached_input_tokens,
-                            usage.reasoning_tokens,
-                            usage.cache_write_tokens,
-                        ),
+                        counts,
                         estimated,
                         prepared.stream,
                         exchange.first_byte_ns,
@@ -411,31 +419,23 @@ class RequestTrace:
                     self.cost,
                 )
             )
-        elif tracing.metrics:
+        else:
             # The GenAI metrics' measurements, as plain values (the exporter process counts
             # them): one tuple, appended; durations, not instants (smaller ints to ship).
             start = self.start_perf_ns
             first_byte = exchange.first_byte_ns
             tracing._measured.append(
                 (  # Measure's fields
-                    _OPERATIONS.get(policy.route_type, "chat"),
+                    operation,
                     provider,
-                    prepared.requested_model or prepared.model,
+                    request_model,
                     response_model,
                     self.route,
                     "",
                     status,
                     now - start,
                     None if first_byte is None else first_byte - start,
-                    None
-                    if usage is None
-                    else (
-                        usage.input_tokens,
-                        usage.output_tokens,
-                        usage.cached_input_tokens,
-                        usage.reasoning_tokens,
-                        usage.cache_write_tokens,
-                    ),
+                    counts,
                     prepared.stream,
                 )
             )
