@@ -5,6 +5,8 @@
     python bench/request_cpu.py --callgrind --tree /tmp/base --tree .   # instructions/request
     python bench/request_cpu.py --callgrind --keep /tmp/cg ...   # and keep callgrind's files
                                                    # (callgrind_annotate --inclusive=yes FILE)
+    CALLGRIND_EXTRA="--cache-sim=yes" python bench/request_cpu.py --callgrind ...  # and cache
+                                                   # misses (I1mr, D1mr, DLmr...) in the files
 
 What runs in the measured process is what a data-plane worker runs for a request: the HTTP
 server (``serve_http``), the Observability middleware, the Gateway (route matching, key-auth,
@@ -401,6 +403,7 @@ def measure(tree: Path, args: argparse.Namespace) -> dict[str, float]:
                     "--tool=callgrind",
                     "--collect-atstart=no",
                     "--toggle-collect=builtin_eval",
+                    *os.environ.get("CALLGRIND_EXTRA", "").split(),
                     f"--callgrind-out-file={out_file}",
                     *command[: -len(args.modes)],
                     mode,

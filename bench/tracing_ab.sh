@@ -14,7 +14,8 @@
 # "paired", the median of each round's ratio to that round's "off" run. Only ratios within one
 # run compare: these machines are noisy. DURATION, MODES and CONNS pass through to run.sh;
 # TRACING (default "off on100 on10") picks the modes, among them on10nometrics (10% sampling,
-# no GenAI metrics) and metricsonly (no spans), to take the cost apart.
+# no GenAI metrics) and metricsonly (no spans), to take the cost apart. DP_EXTRA adds variables
+# to the data plane's environment in every mode (e.g. PYTHONPATH for a sitecustomize probe).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROUNDS="${ROUNDS:-3}"
@@ -85,7 +86,7 @@ run_mode() {  # run_mode NAME ROUND
   esac
   BENCH_WORK="$TMP/work-$name-$round" TARGETS=" " REPEATS=1 LAT_CONNS=0 WARMUP=2 \
     DURATION="${DURATION:-10}" MODES="${MODES:-nonstream stream}" PYTHON="$PYTHON" \
-    DP_ENV="$env" bash "$ROOT/bench/dataplane.sh" >"$TMP/$name-$round.log" 2>&1 \
+    DP_ENV="$env ${DP_EXTRA:-}" bash "$ROOT/bench/dataplane.sh" >"$TMP/$name-$round.log" 2>&1 \
     || { echo "$name round $round failed:"; tail -20 "$TMP/$name-$round.log"; exit 1; }
   cat "$TMP"/work-"$name"-"$round"/results/*/runs.jsonl >>"$TMP/$name.jsonl"
   # The spans this run's data plane exported (it flushes them as it stops): at 100% sampling

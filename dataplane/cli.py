@@ -446,6 +446,10 @@ async def _serve(
     metrics = new_metrics(usage_state=usage_state)
     # OpenTelemetry traces/metrics: only when OTEL_* variables ask for them (docs/observability.md).
     tracing = Tracing.from_environment()
+    if tracing is not None:
+        tracing.start()  # its drains run on this loop, between requests
+        traced: Tracing = tracing
+        metrics.otel_dropped = lambda: traced.dropped
     gateway = Gateway(
         node_id=node_id,
         usage_sink=reporter.append,
@@ -506,8 +510,7 @@ async def _serve(
             await spool.close()
         await gateway.aclose()
         if tracing is not None:
-            # Builds and exports what is left (blocking calls: off the event loop).
-            await asyncio.to_thread(tracing.shutdown)
+            await tracing.aclose()  # exports what is left
         await channel.close()
     logger.info("dataplane stopped")
     return 0

@@ -104,6 +104,12 @@ SNAPSHOTS: Final = (
     "rejected, the previous config kept).",
     ("result",),
 )
+OTEL_DROPPED: Final = (
+    "meterline_dataplane_otel_dropped_total",
+    "Requests whose OpenTelemetry spans and GenAI metrics were dropped: the exporter process "
+    "behind (its buffer full) or gone. Only with OTEL_* tracing or metrics configured.",
+    (),
+)
 PENDING: Final = (
     "meterline_dataplane_usage_pending_events",
     "Usage events not yet acknowledged by the control plane (buffered or in flight).",
@@ -200,6 +206,9 @@ class DataPlaneMetrics:
         self._config_applied = 0.0
         # (pending usage events, spool bytes) of the usage reporter, read at each scrape.
         self.usage_state = usage_state
+        # Requests whose spans and GenAI metrics were dropped so far (Tracing.dropped), read
+        # at each scrape; None when OpenTelemetry is not configured.
+        self.otel_dropped: Callable[[], int] | None = None
         self._registry: CollectorRegistry | None = None
 
     # -- the hot path ---------------------------------------------------------------------------
@@ -307,6 +316,10 @@ class DataPlaneMetrics:
         for result, count in self._snapshots.items():
             snapshots.add_metric([result], count)
         yield from (requests, errors, duration, upstream, ttft, tokens, snapshots)
+        if self.otel_dropped is not None:
+            dropped = family(CounterMetricFamily, OTEL_DROPPED)
+            dropped.add_metric([], self.otel_dropped())
+            yield dropped
         if self.usage_state is not None:
             pending, spool_bytes = self.usage_state()
             yield GaugeMetricFamily(PENDING[0], PENDING[1], value=pending)
@@ -352,6 +365,9 @@ class SharedDataPlaneMetrics(DataPlaneMetrics):
             spec[0]: gauge(spec[0], spec[2], "sum")
             for spec in (REQUESTS, ERRORS, TOKENS, SNAPSHOTS)
         }
+        # Made on the first flush with OpenTelemetry configured (a gauge without labels is in
+        # the files, at 0, from its making on).
+        self._gauge = gauge
         self._histogram_totals = {
             spec[0]: (
                 gauge(f"{spec[0]}_bucket", (*spec[2], "le"), "sum"),
@@ -367,13 +383,18 @@ class SharedDataPlaneMetrics(DataPlaneMetrics):
 
     def flush(self) -> None:
         """Write this worker's totals and live values to its files."""
+        if self.otel_dropped is not None and OTEL_DROPPED[0] not in self._counter_totals:
+            self._counter_totals[OTEL_DROPPED[0]] = self._gauge(OTEL_DROPPED[0], (), "sum")
         for family in self.collect():
             name = family.name
             if family.type == "counter":
                 target = self._counter_totals[f"{name}_total"]
                 for sample in family.samples:
                     if sample.name.endswith("_total"):
-                        target.labels(**sample.labels).set(sample.value)
+                        # A counter without labels is its gauge itself.
+                        (target.labels(**sample.labels) if sample.labels else target).set(
+                            sample.value
+                        )
             elif family.type == "histogram":
                 buckets, sums = self._histogram_totals[name]
                 for sample in family.samples:
@@ -403,7 +424,9 @@ class SharedDataPlaneMetrics(DataPlaneMetrics):
         self.flush()
         stored = {family.name: family for family in MultiProcessCollector(None).collect()}
         families: list[Any] = []
-        for name, documentation, labels in (REQUESTS, ERRORS, TOKENS, SNAPSHOTS):
+        for name, documentation, labels in (REQUESTS, ERRORS, TOKENS, SNAPSHOTS, OTEL_DROPPED):
+            if not labels and name not in stored:
+                continue  # a gauge no worker wrote: tracing is not configured
             counter = CounterMetricFamily(name, documentation, labels=list(labels))
             for sample in getattr(stored.get(name), "samples", ()):
                 counter.add_metric([sample.labels[label] for label in labels], sample.value)

@@ -26,6 +26,7 @@ the OpenTelemetry SDK is imported and no thread or process starts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import marshal
 import os
@@ -58,8 +59,11 @@ Headers = list[tuple[bytes, bytes]]
 # the oldest are dropped rather than the data plane's memory growing.
 MAX_PENDING_RECORDS: Final = 65_536
 _DRAIN_INTERVAL_S: Final = 0.2
-# The longest the tracing thread holds its lock waiting for the exporter's pipe to take more.
-_WRITE_WAIT_S: Final = 0.02
+# The most records (and measurements) one step of a drain completes and ships: a busy
+# interval's are shipped in several steps, the loop serving its requests in between.
+_DRAIN_CHUNK: Final = 256
+# How often the loop writes to the exporter's pipe what it did not take yet.
+_PUMP_INTERVAL_S: Final = 0.005
 # The opt-in for prompt content on spans (OpenTelemetry's own variable for GenAI content).
 # Either one opts in; the route's log_payloads must be on as well.
 CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
@@ -605,12 +609,14 @@ class Tracing:
         # time.time_ns() - time.perf_counter_ns(), refreshed every drain (a wall clock step
         # or slew moves it by microseconds in that time).
         self.clock_offset = time.time_ns() - perf_counter_ns()
+        # Held by a drain, force_flush and shutdown (the exporter process is used by one at a
+        # time; the last two may run in another thread than the loop).
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if process is not None:
-            self._thread = threading.Thread(target=self._run, name="meterline-otel", daemon=True)
-            self._thread.start()
+        # The event loop driving the drains (``start``), its next step, the next drain's time.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
 
     @classmethod
     def from_environment(cls) -> Tracing | None:
@@ -792,50 +798,78 @@ class Tracing:
         result = sampler.should_sample(context, trace_id, name, api.SpanKind.CLIENT)
         return bool(result.decision == self._sample_decision)
 
-    # -- the background thread -----------------------------------------------------------
+    # -- the drains, on the event loop -------------------------------------------------
 
-    def _run(self) -> None:
-        """Every drain interval, hand the queues to the exporter process; in between, keep
-        writing to it what its pipe did not take yet (a busy interval's records outgrow a pipe:
-        waiting for the next drain to write more would hold the exporter to one pipeful per
-        interval, however fast it is)."""
-        process = self._process
-        due = time.monotonic() + _DRAIN_INTERVAL_S
-        while not self._stop.is_set():
-            left = due - time.monotonic()
-            if left > 0:
-                if process is not None and process.pending:
-                    # Under the lock (force_flush and a restart use the pipe too), briefly.
-                    with self._lock:
-                        process.wait_writable(min(left, _WRITE_WAIT_S))
-                elif self._stop.wait(left):
-                    break
-                continue
-            due = max(due + _DRAIN_INTERVAL_S, time.monotonic() + _DRAIN_INTERVAL_S / 2)
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Drive the drains from ``loop`` (the running one by default): the data plane's own
+        event loop, between its requests. Idempotent; without it nothing leaves the queues
+        but ``force_flush`` and ``shutdown``.
+
+        Not a thread of its own: the drain's work (completing and ``marshal``ling records)
+        needs the GIL anyway, and a thread holding it for a busy interval's records made the
+        request path wait for it at any instant, where the loop runs it in chunks between
+        requests. No lock is contended on the request path either way."""
+        if self._process is None or self._loop is not None or self._stop.is_set():
+            return
+        self._loop = loop or asyncio.get_running_loop()
+        self._due = time.monotonic() + _DRAIN_INTERVAL_S
+        self._timer = self._loop.call_later(_DRAIN_INTERVAL_S, self._tick)
+
+    def _tick(self) -> None:
+        """One step on the loop: a chunk of the queues when a drain is due (the next chunk
+        right after, once the loop has served what is ready), else what the pipe did not take
+        yet (a busy interval's records outgrow a pipe: waiting for the next drain to write
+        more would hold the exporter to one pipeful per interval, however fast it is)."""
+        loop, process = self._loop, self._process
+        if loop is None or process is None or self._stop.is_set():
+            return
+        now = time.monotonic()
+        more = False
+        # force_flush or shutdown may hold it (another thread): this step waits for the next.
+        if self._lock.acquire(blocking=False):
             try:
-                with self._lock:
-                    self._drain()
+                if now >= self._due:
+                    more = self._drain(_DRAIN_CHUNK)
+                    if not more:
+                        self._due = max(self._due + _DRAIN_INTERVAL_S, now + _DRAIN_INTERVAL_S / 2)
+                elif process.pending:
+                    process.pump()
             except Exception:
                 logger.exception("tracing: could not hand the records to the exporter process")
+            finally:
+                self._lock.release()
+        if more:
+            delay = 0.0
+        elif process.pending:
+            delay = min(_PUMP_INTERVAL_S, max(self._due - now, 0.0))
+        else:
+            delay = max(self._due - now, 0.0)
+        self._timer = loop.call_later(delay, self._tick)
 
-    def _drain(self) -> None:
-        """Everything queued, as plain values in one message to the exporter process."""
+    def _drain(self, limit: int | None = None) -> bool:
+        """What is queued (at most ``limit`` of each queue), as plain values in one message to
+        the exporter process; True if more is left."""
         self.clock_offset = time.time_ns() - perf_counter_ns()
         measured, sampled = self._measured, self._sampled
-        # popleft as many times as there are items, in C (the request path appends meanwhile).
-        measures = list(map(call, repeat(measured.popleft, len(measured))))
-        records = list(map(_complete, map(call, repeat(sampled.popleft, len(sampled)))))
+        taken_measured, taken_sampled = len(measured), len(sampled)
+        if limit is not None:
+            taken_measured, taken_sampled = min(taken_measured, limit), min(taken_sampled, limit)
+        # popleft as many times as taken, in C (a thread may append meanwhile: the tests').
+        measures = list(map(call, repeat(measured.popleft, taken_measured)))
+        records = list(map(_complete, map(call, repeat(sampled.popleft, taken_sampled))))
+        more = len(measured) > 0 or len(sampled) > 0
         process = self._process
         if process is None:
-            return
+            return more
         if not (measures or records):
             process.pump()  # what the pipe did not take yet; notices a child that died
-            return
+            return more
         try:
             message = frame((BATCH, measures, records))
         except ValueError:
             message = self._plain_only(measures, records)
         process.send(message, len(measures) + len(records))
+        return more
 
     def _plain_only(self, measures: list[Any], records: list[Any]) -> bytes:
         """The batch without the records ``marshal`` refuses (a value of another type than
@@ -866,18 +900,31 @@ class Tracing:
 
     def force_flush(self, timeout: float = 30.0) -> bool:
         """Export everything recorded so far: handed to the exporter process, which answers
-        once it exported it all (tests, benchmarks, shutdown); False if it did not in time."""
+        once it exported it all (tests, benchmarks, shutdown); False if it did not in time.
+        Blocks: from the loop's thread only in tests and benchmarks."""
         with self._lock:
-            self._drain()
+            while self._drain():
+                pass
             return self._process is not None and self._process.flush(timeout)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop: what is queued goes to the exporter process, which exports it and exits
-        (killed after ``timeout`` seconds)."""
+        (killed after ``timeout`` seconds). Blocks (``aclose`` from the loop)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         with self._lock:
-            self._drain()
+            while self._drain():
+                pass
             if self._process is not None:
                 self._process.close(timeout)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """``shutdown`` from the event loop driving the drains (in a worker thread: it waits
+        for the exporter process)."""
+        self._stop.set()
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        await asyncio.to_thread(self.shutdown, timeout)

@@ -4,7 +4,9 @@ header and the stored usage event carry, and --workers N shares one /metrics."""
 
 from __future__ import annotations
 
+import glob
 import json
+from pathlib import Path
 
 import grpc
 import httpx
@@ -202,3 +204,103 @@ def test_workers_share_one_metrics_endpoint(processes, tmp_path, upstream) -> No
         assert sample(text, "meterline_dataplane_time_to_first_token_seconds_count") == count
         assert sample(text, "meterline_dataplane_tokens_total", type="input") == prompt_tokens
         assert sample(text, "meterline_dataplane_config_snapshots_total", result="ack") >= 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_data_plane_process_exports_spans_as_it_serves(
+    processes, tmp_path, upstream, workers: int
+) -> None:
+    # The data plane as it runs (python -m controlplane dataplane, OTEL_* in its environment):
+    # its event loop hands the requests' records to its exporter process while it serves, the
+    # spans reach the collector without any flush, /metrics counts no dropped request, and
+    # SIGTERM stops the exporter process (or processes: one per worker) too.
+    from support.otlp_receiver import attributes, grpc_receiver
+
+    cp, _ = start_controlplane(processes, tmp_path, upstream)
+    with grpc_receiver() as (otlp, received):
+        dp_port = free_port()
+        dp = f"http://127.0.0.1:{dp_port}"
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_SERVICE_NAME": "dp-e2e",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+        }
+        data_plane = processes.start(
+            "dp",
+            "-m",
+            "controlplane",
+            "dataplane",
+            "--cp",
+            cp,
+            "--listen",
+            f"127.0.0.1:{dp_port}",
+            "--workers",
+            str(workers),
+            env=env,
+        )
+        wait_until(lambda: http_ready(f"{dp}/readyz", {200}), what="data plane ready")
+        wait_until(
+            lambda: sample(scrape(dp), "meterline_dataplane_config_info") == workers,
+            what="every worker configured",
+        )
+        count = 6
+        tokens = 0
+        for _ in range(count):
+            with openai.OpenAI(base_url=f"{dp}/chat", api_key=KEY, max_retries=0) as client:
+                completion = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+                tokens += completion.usage.prompt_tokens
+        wait_until(
+            lambda: len([s for s in received.spans() if s.name == "chat gpt-4o"]) == count,
+            timeout=15,
+            what="the request spans, exported while the data plane runs",
+        )
+        spans = [s for s in received.spans() if s.name == "chat gpt-4o"]
+        assert sum(attributes(s.attributes)["gen_ai.usage.input_tokens"] for s in spans) == tokens
+        assert len(received.spans()) == 2 * count  # each request and its one attempt
+        text = scrape(dp)
+        assert "meterline_dataplane_otel_dropped_total" in text
+        assert sample(text, "meterline_dataplane_otel_dropped_total") == 0
+        # This data plane's exporter processes (other tests may run theirs meanwhile): the
+        # children of the process, or of its workers.
+        family = {data_plane.pid} | {pid for pid in _pids() if _parent(pid) == data_plane.pid}
+        exporters = [
+            pid
+            for pid in _pids()
+            if _parent(pid) in family and "dataplane.observability.otel_process" in _cmdline(pid)
+        ]
+        assert len(exporters) == workers
+        data_plane.terminate()
+        assert data_plane.wait(timeout=30) == 0
+        wait_until(
+            lambda: not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in exporters),
+            timeout=15,
+            what="the exporter processes gone with the data plane",
+        )
+
+
+def _pids() -> list[int]:
+    return [int(Path(path).name) for path in glob.glob("/proc/[0-9]*")]
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

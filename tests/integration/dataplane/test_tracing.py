@@ -8,6 +8,7 @@ usage events record.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -163,6 +164,8 @@ async def _gateway(
         address = await stack.enter_async_context(serve_http(provider))
         urls.append(f"{address.url}/v1/chat/completions")
     events: list[usage_pb2.UsageEvent] = []
+    if tracing is not None:
+        tracing.start()  # the drains on this loop, as the data plane's CLI does
     gateway = Gateway(node_id="dp-test", usage_sink=events.append, tracing=tracing)
     stack.push_async_callback(gateway.aclose)
     snapshot = _snapshot(urls, advanced=advanced, log_payloads=log_payloads)
@@ -648,18 +651,18 @@ def test_a_stalled_exporter_process_costs_bounded_memory_and_never_blocks(
     assert _gone(pid)
 
 
-def test_records_outgrowing_the_pipe_reach_the_exporter_before_the_next_drain(
+async def test_records_outgrowing_the_pipe_reach_the_exporter_before_the_next_drain(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A busy drain interval's records (here ~6 MB: 3,000 sampled requests with 2 KB bodies)
-    # are more than a pipe holds. The tracing thread goes on writing them as the exporter
-    # reads, instead of one pipeful per drain (which held the exporter to ~320 KB/s under
-    # load: spans minutes late, then dropped).
+    # are more than a pipe holds. The loop goes on writing them as the exporter reads, instead
+    # of one pipeful per drain (which held the exporter to ~320 KB/s under load: spans minutes
+    # late, then dropped).
     import dataplane.observability.tracing as tracing_module
     from dataplane.observability.otel_export import TracedRequest
 
     _clear_otel(monkeypatch)
-    # One drain (the thread's first) within the test's deadline, not a second one.
+    # One drain (the first) within the test's deadline, not a second one.
     monkeypatch.setattr(tracing_module, "_DRAIN_INTERVAL_S", 2.0)
     with grpc_receiver() as (url, received):
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
@@ -684,16 +687,151 @@ def test_records_outgrowing_the_pipe_reach_the_exporter_before_the_next_drain(
                     finish_reasons=(), error_type="", content=None, cost=None,
                 )  # fmt: skip
                 items.append((tuple(record), body, None))
-            tracing._sampled.extend(items)  # before the thread's first drain
+            tracing._sampled.extend(items)  # before the first drain
+            tracing.start()
             # The drain at 2 s, then the writes: one pipeful per drain (1 MiB at 2, 4, 6 and 8 s)
             # would still be short of the ~6 MB at the deadline.
             deadline = time.monotonic() + 8
             while len(received.spans()) < 3000 and time.monotonic() < deadline:
-                time.sleep(0.05)
+                await asyncio.sleep(0.05)
             spans = received.spans()
             assert len(spans) == 3000
             ids = {attributes(span.attributes)["gen_ai.response.id"] for span in spans}
             assert ids == {f"chatcmpl-{n}" for n in range(3000)}
             assert tracing.dropped == 0
         finally:
-            tracing.shutdown()
+            await tracing.aclose()
+
+
+async def test_the_drains_run_on_the_event_loop_between_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No thread of tracing's own in the data plane (one completing and marshalling a drain's
+    # records held the GIL for milliseconds against the request path), and a busy interval's
+    # records are shipped in chunks, the loop running other callbacks in between.
+    import dataplane.observability.tracing as tracing_module
+
+    _clear_otel(monkeypatch)
+    monkeypatch.setattr(tracing_module, "_DRAIN_INTERVAL_S", 0.05)
+    with grpc_receiver() as (url, _received):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        before = {thread.name for thread in threading.enumerate()}
+        tracing = Tracing.from_environment()
+        assert tracing is not None
+        try:
+            tracing.start()
+            tracing.start()  # idempotent
+            assert {thread.name for thread in threading.enumerate()} == before
+            count = 5 * tracing_module._DRAIN_CHUNK + 7
+            for n in range(count):
+                tracing._measured.append(
+                    ("chat", "openai", "m", "m", "chat", "", 200, n + 1, None, None, False)
+                )
+            shipped: list[int] = []
+            send = tracing._process.send  # type: ignore[union-attr]
+
+            def counting(message: bytes, requests: int) -> None:
+                shipped.append(requests)
+                send(message, requests)
+
+            monkeypatch.setattr(tracing._process, "send", counting)
+            # Other callbacks run while the drain goes on: it never holds the loop for all.
+            seen = set()
+            deadline = time.monotonic() + 10
+            while sum(shipped) < count and time.monotonic() < deadline:
+                seen.add(sum(shipped))
+                await asyncio.sleep(0)
+            assert sum(shipped) == count
+            assert max(shipped) <= tracing_module._DRAIN_CHUNK and len(shipped) >= 6
+            # This coroutine ran between the chunks: it saw the drain part done.
+            assert {n * tracing_module._DRAIN_CHUNK for n in range(1, 5)} <= seen
+            assert tracing.force_flush()
+        finally:
+            await tracing.aclose()
+    assert tracing.dropped == 0
+
+
+def test_dropped_requests_are_a_prometheus_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The exporter process stalls (SIGSTOP) and the data plane's buffer for it is small: the
+    # requests beyond it are dropped, and /metrics counts them as the Tracing does.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dataplane.observability.metrics import DataPlaneMetrics
+    from dataplane.observability.otel_process import ExporterProcess
+
+    def dropped_sample(metrics: DataPlaneMetrics) -> list[float]:
+        return [
+            s.value
+            for family in text_string_to_metric_families(metrics.exposition().decode())
+            for s in family.samples
+            if s.name == "meterline_dataplane_otel_dropped_total"
+        ]
+
+    _clear_otel(monkeypatch)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+    metrics = DataPlaneMetrics()
+    assert dropped_sample(metrics) == []  # not configured: no such series
+    process = ExporterProcess(max_buffered=64 * 1024)
+    tracing = Tracing(sampler=None, metrics=True, process=process)
+    metrics.otel_dropped = lambda: tracing.dropped
+    pid = process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert dropped_sample(metrics) == [0.0]
+        measure = ("chat", "openai", "gpt-4o", "gpt-4o", "chat", "", 200, 1, None, None, False)
+        for _ in range(40):  # far more than the pipe and the 64 KiB bound hold
+            tracing._measured.extend((*measure[:7], n, *measure[8:]) for n in range(1000))
+            while tracing._drain():
+                pass
+        assert tracing.dropped > 0
+        assert dropped_sample(metrics) == [float(tracing.dropped)]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        tracing.shutdown()
+
+
+def test_workers_dropped_requests_add_up_on_any_workers_metrics(tmp_path: Path) -> None:
+    # --workers N: each worker writes its count to prometheus_client's multiprocess files, and
+    # any worker's /metrics shows their sum (a forked worker here, as the CLI forks them).
+    code = (
+        "import os, sys\n"
+        "from dataplane.observability.metrics import SharedDataPlaneMetrics\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    worker = SharedDataPlaneMetrics()\n"
+        "    worker.otel_dropped = lambda: 3\n"
+        "    worker.flush()\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "metrics = SharedDataPlaneMetrics()\n"
+        "metrics.otel_dropped = lambda: 4\n"
+        "sys.stdout.write(metrics.exposition().decode())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "meterline_dataplane_otel_dropped_total 7.0" in out.stdout
+    # Without tracing in any worker, no such series.
+    empty = tmp_path / "none"
+    empty.mkdir()
+    code = (
+        "import sys\n"
+        "from dataplane.observability.metrics import SharedDataPlaneMetrics\n"
+        "sys.stdout.write(SharedDataPlaneMetrics().exposition().decode())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "PROMETHEUS_MULTIPROC_DIR": str(empty)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "otel_dropped" not in out.stdout
