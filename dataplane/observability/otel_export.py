@@ -287,7 +287,7 @@ def _openai_meta(body: bytes) -> tuple[str, tuple[str, ...]] | None:
 
 def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
     """(gen_ai.response.id, gen_ai.response.finish_reasons) of what the client got: a whole
-    body (bytes), a stream's ``ResponseTail`` or its ends as a tuple (first output, last
+    body (bytes), a stream's ``StreamEnds`` or its ends as a tuple (first output, last
     outputs); ("", ()) when it has neither."""
     if type(response) is bytes and response[:7] == _OPENAI_HEAD:
         meta = _openai_meta(response)

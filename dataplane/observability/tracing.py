@@ -208,7 +208,7 @@ class RequestTrace:
         self._attempt_start = start_perf_ns
         # Whether the client sent trace headers (they are replaced, never forwarded).
         self._client_headers = False
-        # What the client got (a whole body, or a ResponseTail of a stream): read by the
+        # What the client got (a whole body, or a stream's StreamEnds): read by the
         # exporter for gen_ai.response.id and finish_reasons, for sampled requests only.
         self.response = None
         self.recorded = False
@@ -220,13 +220,13 @@ class RequestTrace:
         payloads): sampled, and the content opt-in set."""
         return self.sampled and self._tracing.capture_content
 
-    def tail(self, relay: Any) -> Any:
-        """``relay`` (a stream relay) as it is, or wrapped to keep the stream's first and last
-        events when this request is sampled (its response id and finish reasons)."""
+    def stream_ends(self) -> StreamEnds | None:
+        """Where the gateway's stream pump notes a sampled stream's first and last outputs
+        (its response id and finish reasons); None when this request is not sampled."""
         if not self.sampled:
-            return relay
-        self.response = tail = ResponseTail(relay)
-        return tail
+            return None
+        self.response = ends = StreamEnds()
+        return ends
 
     def failed(
         self, *, status: int, error_type: str, operation: str, model: str, provider: str
@@ -417,7 +417,7 @@ class RequestTrace:
                         content,
                         None,  # the cost: beside the record
                     ),
-                    # Completed by the tracing thread (_complete): bytes, or a ResponseTail; the
+                    # Completed by a drain (_complete): bytes, or a stream's StreamEnds; the
                     # metering's cost thunk.
                     self.response,
                     self.cost,
@@ -461,7 +461,7 @@ def _complete(item: tuple[Any, ...]) -> tuple[Any, ...]:
     stream's ends as (first output, last outputs). The exporter process puts the two in their
     places in the record (otel_process.records)."""
     record, response, cost = item
-    if type(response) is ResponseTail:
+    if type(response) is StreamEnds:
         first = response.first
         response = (first, tuple(response.last)) if first else None
     elif isinstance(response, (bytearray, memoryview)):
@@ -476,42 +476,24 @@ def _complete(item: tuple[Any, ...]) -> tuple[Any, ...]:
     return record, response, cost
 
 
-class ResponseTail:
-    """A stream relay that keeps the first and the last three non-empty outputs it gave the
-    client (a sampled request's response id is in the first, its finish reasons near the
-    end); everything else is the wrapped relay's."""
+class StreamEnds:
+    """The first and the last three non-empty outputs a sampled stream gave the client, as the
+    gateway's stream pump sent them (a network chunk's events together): its response id is in
+    the first, its finish reasons near the end. Noted per chunk sent, not per event: no call
+    per event of the stream."""
 
-    __slots__ = ("_feed", "_relay", "first", "last")
+    __slots__ = ("first", "last")
 
-    def __init__(self, relay: Any) -> None:
-        self._relay = relay
-        self._feed = relay.feed  # bound once: ``feed`` runs for every event
+    def __init__(self) -> None:
         self.first = b""
         self.last: deque[bytes] = deque(maxlen=3)
 
-    @property
-    def usage(self) -> Any:
-        return self._relay.usage
-
-    @property
-    def model(self) -> Any:
-        return self._relay.model
-
-    def feed(self, event: bytes) -> bytes:
-        out: bytes = self._feed(event)
-        if out:
-            if self.first:
-                self.last.append(out)
-            else:
-                self.first = out
-        return out
-
-    def produced_text(self) -> str:
-        text: str = self._relay.produced_text()
-        return text
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._relay, name)
+    def note(self, out: bytes) -> None:
+        """One non-empty output sent to the client."""
+        if self.first:
+            self.last.append(out)
+        else:
+            self.first = out
 
 
 def _span_id() -> int:

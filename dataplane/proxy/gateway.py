@@ -1173,8 +1173,6 @@ class _Exchange:
     def _relay(self) -> StreamRelay:
         """The translator's relay of the stream (with the trace's and the payload log's taps)."""
         relay: StreamRelay = self.translator.stream(self.prepared)
-        if self.trace is not None:
-            relay = self.trace.tail(relay)  # sampled: keeps the ends for the span
         if self.policy.log_payloads:
             relay = PayloadTap(relay)  # what the client gets, capped, for the log
         return relay
@@ -1196,6 +1194,9 @@ class _Exchange:
         splitter = self._splitter(response)
         feed = relay.feed
         task = self.task
+        # A sampled request's span reads its response id and finish reasons off the stream's
+        # first and last outputs: noted per chunk sent (None otherwise).
+        ends = None if self.trace is None else self.trace.stream_ends()
         try:
             async for chunk in response.iter_chunks():
                 events = splitter.feed(chunk)
@@ -1210,11 +1211,15 @@ class _Exchange:
                 if out:
                     if self.first_byte_ns is None:
                         self.first_byte_ns = time.perf_counter_ns()
+                    if ends is not None:
+                        ends.note(out)
                     await self._send_chunk(send, out)
             rest = splitter.flush()
             if rest:
                 out = feed(rest)
                 if out:
+                    if ends is not None:
+                        ends.note(out)
                     await self._send_chunk(send, out)
         except (UpstreamError, eventstream.EventStreamCorrupt) as exc:
             # The status line is gone already; end the stream and record the failure.

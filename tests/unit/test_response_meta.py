@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from dataplane.observability.otel_export import response_meta
-from dataplane.observability.tracing import ResponseTail
+from dataplane.observability.tracing import StreamEnds
 from dataplane.testing.fake_anthropic import FakeAnthropic
 from dataplane.testing.fake_cohere import FakeCohere
 from dataplane.testing.fake_gemini import FakeGemini
@@ -57,24 +57,34 @@ async def _call(app: Any, path: str, body: dict[str, Any], query: bytes = b"") -
     return b"".join(chunks)
 
 
-def _tail(stream: bytes) -> ResponseTail:
-    """The stream as the gateway's relay hands it on, event by event, through a ResponseTail."""
-
-    class Relay:
-        usage = model = None
-
-        def feed(self, event: bytes) -> bytes:
-            return event
-
-        def produced_text(self) -> str:
-            return ""
-
-    tail = ResponseTail(Relay())
+def _tail(stream: bytes) -> StreamEnds:
+    """The stream's ends as the gateway's pump notes them, here one event per chunk sent."""
+    tail = StreamEnds()
     separator = b"\n\n" if b"data:" in stream else b"\n"
     for event in stream.split(separator):
         if event.strip():
-            tail.feed(event + separator)
+            tail.note(event + separator)
     return tail
+
+
+def test_a_stream_sent_in_few_chunks_gives_the_same_id_and_reasons() -> None:
+    # The pump notes what it sends per network chunk: the first chunk may hold several events,
+    # the last ones the end of the stream.
+    events = [
+        b'data: {"id":"chatcmpl-1","choices":[{"delta":{"role":"assistant"}}]}\n\n',
+        b'data: {"id":"chatcmpl-1","choices":[{"delta":{"content":"a"}}]}\n\n',
+        b'data: {"id":"chatcmpl-1","choices":[{"delta":{"content":"b"}}]}\n\n',
+        b'data: {"id":"chatcmpl-1","choices":[{"delta":{},"finish_reason":"length"}]}\n\n',
+        b'data: {"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":3}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    ends = StreamEnds()
+    ends.note(b"".join(events[:3]))
+    for event in events[3:]:
+        ends.note(event)
+    assert response_meta(ends) == ("chatcmpl-1", ("length",))
+    assert response_meta((ends.first, tuple(ends.last))) == ("chatcmpl-1", ("length",))
+    assert response_meta(StreamEnds()) == ("", ())
 
 
 CASES = [
