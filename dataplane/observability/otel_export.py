@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import sys
 import time
@@ -317,11 +318,43 @@ def response_meta(response: Any) -> tuple[str, tuple[str, ...]]:
         chunks = [first, *getattr(response, "last", ())]
     found = [""]
     for chunk in chunks:
-        if len(chunk) > _MAX_PARSED:
-            continue  # not parsed again for a span
-        for document in _documents(chunk):
-            _meta_of(document, found)
+        _chunk_meta(chunk, found)
     return found[0], tuple(dict.fromkeys(found[1:]))
+
+
+def _chunk_meta(chunk: bytes, found: list[Any]) -> None:
+    """Note the id and finish reasons of one output of a stream (a chunk of its events) in
+    ``found``, parsing it only when it can add to them."""
+    if len(chunk) > _MAX_PARSED:
+        return  # not parsed again for a span
+    if _REASON_STRING.search(chunk) is None:
+        # No reason in it (every reason key ends in "eason"; a null one is not a reason): only
+        # its id could count, which an OpenAI-format event's first key gives.
+        if found[0]:
+            return
+        ident = _sse_openai_id(chunk)
+        if ident:
+            found[0] = ident
+            return
+    for document in _documents(chunk):
+        _meta_of(document, found)
+
+
+# A key ending in "eason" with a string value: a chunk without one holds no finish reason.
+_REASON_STRING: Final = re.compile(rb'eason"\s*:\s*"')
+_SSE_OPENAI_HEAD: Final = b'data: {"id":"'
+
+
+def _sse_openai_id(chunk: bytes) -> str:
+    """The id of a chunk whose first event is an OpenAI-format one (``data: {"id":"``), read
+    without a parse; "" for any other chunk, or an id with an escape in it."""
+    if not chunk.startswith(_SSE_OPENAI_HEAD):
+        return ""
+    end = chunk.find(b'"', len(_SSE_OPENAI_HEAD))
+    if end == -1:
+        return ""
+    ident = chunk[len(_SSE_OPENAI_HEAD) : end]
+    return "" if _BACKSLASH in ident else ident.decode()
 
 
 # -- OTLP protobuf, by hand -------------------------------------------------------------------

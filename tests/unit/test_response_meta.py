@@ -148,3 +148,31 @@ def test_bedrock_converse_stop_reason() -> None:
 def test_nothing_readable_gives_nothing() -> None:
     assert response_meta(b"not json") == ("", ())
     assert response_meta(None) == ("", ())
+
+
+def test_only_the_chunks_that_can_add_an_id_or_a_reason_are_parsed() -> None:
+    # A chunk without a string-valued reason key adds nothing once the id is known, and an
+    # OpenAI-format event gives its id without a parse; any reason, however spaced, is read.
+    first = (
+        b'data: {"id":"chatcmpl-9","choices":[{"delta":{"role":"assistant"},'
+        b'"finish_reason":null}]}\n\n'
+    )
+    spaced = (
+        b'data: {"id": "chatcmpl-9", "choices": [{"delta": {}, "finish_reason" : "length"}]}\n\n'
+    )
+    usage = b'data: {"id":"chatcmpl-9","choices":[],"usage":{"prompt_tokens":3}}\n\n'
+    assert response_meta((first, (spaced, usage, b"data: [DONE]\n\n"))) == (
+        "chatcmpl-9",
+        ("length",),
+    )
+    # Not parsed: the usage chunk's id would be read, but the first one's came first.
+    assert response_meta((first, (usage,))) == ("chatcmpl-9", ())
+    # An id with an escape in it, or another format, is parsed as before.
+    escaped = b'data: {"id":"chat\\"cmpl","choices":[{"delta":{},"finish_reason":null}]}\n\n'
+    assert response_meta((escaped, ())) == ('chat"cmpl', ())
+    anthropic = b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1"}}\n\n'
+    delta = (
+        b'event: message_delta\ndata: {"type":"message_delta",'
+        b'"delta":{"stop_reason":"end_turn"}}\n\n'
+    )
+    assert response_meta((anthropic, (delta,))) == ("msg_1", ("end_turn",))
