@@ -1,12 +1,12 @@
 """The data plane's OpenTelemetry exporter process, and the data plane's handle on it.
 
 When OTEL_* variables ask for traces or metrics, ``tracing.Tracing`` starts one child process
-(``python -m dataplane.observability.otel_process DATA_FD ACK_FD``) and its background thread
-writes it, every drain interval, one batch of plain values (``marshal``: ints, strs, bytes,
-tuples): the GenAI measurements of the requests that were not sampled (``Measure``'s fields)
-and the records of the sampled ones (``TracedRequest``'s fields, beside each the response as
-the client got it, a body's bytes or a stream's first and last outputs, and the cost as a
-decimal string). The
+(``python -m dataplane.observability.otel_process DATA_FD ACK_FD``) and its drains (on the
+data plane's event loop) write it, every drain interval, batches of plain values (``marshal``:
+ints, strs, bytes, tuples): the GenAI measurements of the requests that were not sampled
+(``Measure``'s fields) and the records of the sampled ones (``TracedRequest``'s fields, beside
+each the response as the client got it, a body's bytes or a stream's first and last outputs,
+and the cost as a decimal string). The
 child does everything else, on another core: the response id and finish reasons, the OTLP
 span bytes (``SpanEncoder``), the histograms (``MetricAggregator``) and the exports through the
 SDK's OTLP exporters, which read the OTEL_* variables (endpoint, protocol, headers, TLS,
@@ -18,7 +18,7 @@ everything before it is exported, with the sequence as a little-endian u64 on th
 
 The child dies with its parent: the data pipe's end-of-file (the parent exited, whatever the
 way) makes it export what it holds and exit. The parent never blocks on it from the request
-path: its thread writes without blocking, keeps at most ``MAX_BUFFERED_BYTES`` unwritten
+path: its drains write without blocking, keeps at most ``MAX_BUFFERED_BYTES`` unwritten
 (beyond that batches are dropped and counted in ``dropped``), and restarts a child that died
 (a few times; then tracing degrades to dropping, and says so once in the log).
 """
@@ -68,7 +68,7 @@ def frame(message: tuple[Any, ...]) -> bytes:
 class ExporterProcess:
     """The data plane's side: start the child, queue framed batches for it, flush, stop.
 
-    Used by ``Tracing``'s background thread and its ``force_flush``/``shutdown``, under its
+    Used by ``Tracing``'s drains and its ``force_flush``/``shutdown``, under its
     lock; never from the request path."""
 
     def __init__(self, *, max_buffered: int = MAX_BUFFERED_BYTES) -> None:
@@ -123,7 +123,7 @@ class ExporterProcess:
         self._data_fd, self._ack_fd = data_write, ack_read
         self._acks = b""
 
-    # -- the background thread ---------------------------------------------------------
+    # -- the drains ---------------------------------------------------------------------
 
     def send(self, payload: bytes, requests: int) -> None:
         """Queue one framed message and write what the pipe takes now (never blocks)."""
@@ -171,15 +171,6 @@ class ExporterProcess:
     def pending(self) -> bool:
         """Whether framed messages wait for the pipe to take them."""
         return bool(self._outbox) and not self.closed
-
-    def wait_writable(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the pipe to take more, then write what it takes;
-        True once nothing is left to write (the tracing thread, between drains: a pipe holds
-        less than a busy drain interval's records)."""
-        if not self.pending or self._data_fd < 0:
-            return True
-        select.select([], [self._data_fd], [], timeout)
-        return self.pump()
 
     def _died(self) -> None:
         proc = self._proc

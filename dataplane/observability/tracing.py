@@ -4,9 +4,10 @@ The request path only notes what it already measures (perf-counter instants, the
 usage the provider reported) on a ``RequestTrace``; when the exchange records its last attempt
 (or the gateway refuses the request itself) the request becomes one tuple of plain values
 appended to a bounded deque: a sampled request's record (``otel_export.TracedRequest``'s
-fields), or another's GenAI measurements (``otel_export.Measure``'s). A background thread
-wakes every ``_DRAIN_INTERVAL_S``, completes the records (``_complete``: the cost priced, a
-stream's ends read) and writes them all, ``marshal``led in one message, to the exporter
+fields), or another's GenAI measurements (``otel_export.Measure``'s). Every
+``_DRAIN_INTERVAL_S`` a timer on the data plane's event loop (``Tracing.start``; no thread)
+completes the records (``_complete``: the cost priced, a stream's ends read) and writes them,
+``marshal``led, a chunk per message, to the exporter
 process (``otel_process``), which reads the response ids, encodes the spans straight to OTLP
 protobuf, counts the histograms and exports spans and metrics through the SDK's OTLP
 exporters.
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
 
-# Records waiting for the drain thread; beyond this (the exporter far behind a traffic burst)
+# Records waiting for a drain; beyond this (the exporter far behind a traffic burst)
 # the oldest are dropped rather than the data plane's memory growing.
 MAX_PENDING_RECORDS: Final = 65_536
 _DRAIN_INTERVAL_S: Final = 0.2
@@ -323,7 +324,7 @@ class RequestTrace:
         """One attempt of ``exchange`` ended at perf-counter instant ``now`` (the exchange's
         record step); the last one ends the request. Positional: this runs for every request,
         and binding keywords costs more than the rest of an unsampled request's call; the
-        exchange's fields are read here, the ones only a span needs in the tracing thread."""
+        exchange's fields are read here, the ones only a span needs by a drain."""
         policy = exchange.policy
         prepared = exchange.prepared
         target = policy.target
@@ -370,7 +371,7 @@ class RequestTrace:
         if sampled:
             # The record, plain values already (tuples of plain values leave the garbage
             # collector's sight: a record holding the exchange's objects was walked by every
-            # collection while it waited) but for two read by the tracing thread
+            # collection while it waited) but for two read by a drain
             # (``_complete``): the cost, priced once the metering is done with the request,
             # and a stream's last outputs.
             document = prepared.document
@@ -456,7 +457,7 @@ def _params(document: dict[str, Any]) -> tuple[tuple[str, int | float], ...]:
 
 
 def _complete(item: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A queued (record, response, cost) as plain values only (the tracing thread): the cost
+    """A queued (record, response, cost) as plain values only (a drain): the cost
     priced now, as a decimal string (the exporter process writes it without an exponent), a
     stream's ends as (first output, last outputs). The exporter process puts the two in their
     places in the record (otel_process.records)."""
@@ -548,9 +549,9 @@ def _root_static(sampler: Any) -> bool | None:
 
 class Tracing:
     """The OpenTelemetry side of a data plane: ``begin`` per request, ``refused`` for a request
-    the gateway answered itself; spans and metrics are built and exported by a background
-    thread. Make one with ``from_environment`` (None when not configured); ``shutdown``
-    flushes and stops it."""
+    the gateway answered itself; spans and metrics are built and exported by an exporter
+    process the drains (``start``, on the event loop) feed. Make one with
+    ``from_environment`` (None when not configured); ``shutdown`` flushes and stops it."""
 
     def __init__(
         self,
@@ -582,9 +583,9 @@ class Tracing:
         self.capture_content = capture_content
         # Whether every request's GenAI measurements are queued (OTLP metrics exported).
         self.metrics = metrics
-        # What the request path queues for the background thread: the sampled requests'
-        # records (completed by the thread) and the others' measurements (plain already).
-        # Bounded: beyond this (the thread far behind a burst) the oldest are dropped.
+        # What the request path queues for the drains: the sampled requests'
+        # records (completed by a drain) and the others' measurements (plain already).
+        # Bounded: beyond this (the drains far behind a burst) the oldest are dropped.
         self._sampled: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
         self._measured: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_RECORDS)
         self._process = process
@@ -647,8 +648,8 @@ class Tracing:
         if valid, and the sampling decision made now (the provider is told it). Positional:
         this runs for every traced request. ``start_ns``: its arrival (``time.time_ns``)."""
         trace_id = getrandbits(128) or 1
-        # The perf-counter instant of the arrival, by the clocks' offset (refreshed by the
-        # tracing thread): two clock reads fewer per request.
+        # The perf-counter instant of the arrival, by the clocks' offset (refreshed by each
+        # drain): two clock reads fewer per request.
         start_perf_ns = start_ns - self.clock_offset
         # Most clients send no trace headers: looked for in C (a dozen headers from an SDK).
         if _TRACE_HEADERS.isdisjoint(map(_NAME, headers)):
