@@ -651,6 +651,14 @@ def test_a_stalled_exporter_process_costs_bounded_memory_and_never_blocks(
     assert _gone(pid)
 
 
+def _spans_only_to(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """OTEL_* for spans alone, to the OTLP/gRPC receiver at ``url``, exported within 100 ms."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+
+
 async def test_records_outgrowing_the_pipe_reach_the_exporter_before_the_next_drain(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -665,10 +673,7 @@ async def test_records_outgrowing_the_pipe_reach_the_exporter_before_the_next_dr
     # One drain (the first) within the test's deadline, not a second one.
     monkeypatch.setattr(tracing_module, "_DRAIN_INTERVAL_S", 2.0)
     with grpc_receiver() as (url, received):
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
-        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        _spans_only_to(monkeypatch, url)
         tracing = Tracing.from_environment()
         assert tracing is not None
         try:
@@ -714,10 +719,7 @@ async def test_the_drains_run_on_the_event_loop_between_requests(
     _clear_otel(monkeypatch)
     monkeypatch.setattr(tracing_module, "_DRAIN_INTERVAL_S", 0.05)
     with grpc_receiver() as (url, _received):
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
-        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        _spans_only_to(monkeypatch, url)
         before = {thread.name for thread in threading.enumerate()}
         tracing = Tracing.from_environment()
         assert tracing is not None
